@@ -1,0 +1,1 @@
+//! mvirt-api (work in progress).

@@ -1,0 +1,1 @@
+//! mvirt-cli (work in progress).

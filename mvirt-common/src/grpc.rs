@@ -1,0 +1,112 @@
+//! gRPC server bootstrap shared by every daemon.
+//!
+//! A daemon builds its services, hands them to [`GrpcServer`], and gets the standard
+//! `grpc.health.v1.Health` service for free. Binding happens before serving so that tests can
+//! listen on port 0 and learn the address, and so that "address in use" is reported at start.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::Router;
+use tonic::transport::Server;
+use tonic_health::server::HealthReporter;
+
+use crate::Shutdown;
+
+/// Errors from binding or running a gRPC server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("gRPC server failed")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Binds a TCP listener, with a clear error if the address is taken.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
+}
+
+/// A tonic server with the health service already added.
+pub struct GrpcServer {
+    router: Router,
+    health: HealthReporter,
+}
+
+impl GrpcServer {
+    /// Starts a server builder with `grpc.health.v1.Health` registered.
+    pub fn new() -> Self {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let router = Server::builder().add_service(health_service);
+        Self { router, health }
+    }
+
+    /// Adds a service and marks it SERVING in the health service.
+    pub async fn add_service<S>(mut self, service: S) -> Self
+    where
+        S: tower::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = std::convert::Infallible,
+            > + tonic::server::NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.health
+            .set_service_status(S::NAME, tonic_health::ServingStatus::Serving)
+            .await;
+        self.router = self.router.add_service(service);
+        self
+    }
+
+    /// The health reporter, to mark services NOT_SERVING when a dependency is lost.
+    pub fn health(&self) -> HealthReporter {
+        self.health.clone()
+    }
+
+    /// Serves on `listener` until `shutdown` fires, then drains in-flight calls.
+    pub async fn serve(self, listener: TcpListener, shutdown: Shutdown) -> Result<(), ServeError> {
+        let addr = listener.local_addr().ok();
+        tracing::info!(?addr, "gRPC server listening");
+        self.router
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                shutdown.wait().await
+            })
+            .await?;
+        tracing::info!(?addr, "gRPC server stopped");
+        Ok(())
+    }
+
+    /// Serves until an arbitrary future resolves (for callers with their own signal).
+    pub async fn serve_until<F>(self, listener: TcpListener, until: F) -> Result<(), ServeError>
+    where
+        F: Future<Output = ()> + Send,
+    {
+        self.router
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), until)
+            .await?;
+        Ok(())
+    }
+}
+
+impl Default for GrpcServer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Formats a listen address as an `http://` endpoint a client can dial.
+pub fn endpoint_url(addr: SocketAddr) -> String {
+    format!("http://{addr}")
+}

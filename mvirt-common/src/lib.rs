@@ -1,0 +1,24 @@
+//! Conventions shared by every mvirt daemon, written once so that each daemon reads the same:
+//!
+//! - [`telemetry`]: tracing set-up (human-readable on a terminal, JSON otherwise, `RUST_LOG`).
+//! - [`shutdown`]: one cancellation token fired by SIGINT/SIGTERM, so servers drain in-flight calls.
+//! - [`grpc`]: gRPC server bootstrap with the standard health service on a bound listener.
+//! - [`sqlite`]: opening a database (WAL, busy timeout, foreign keys) and running migrations.
+//! - [`error`]: the classification of typed errors and their mapping to `tonic::Status`.
+//! - [`version`]: the version a daemon reports from `GetVersion`.
+//! - [`validate`]: validation of names and ids that reach command lines, paths or datasets.
+//!
+//! A daemon's `main.rs` parses its flags (clap, every flag with an `MVIRT_<DAEMON>_<FLAG>`
+//! environment variable), calls [`telemetry::init`], and runs the service its `lib.rs` exposes
+//! until [`shutdown::Shutdown`] fires.
+
+pub mod error;
+pub mod grpc;
+pub mod shutdown;
+pub mod sqlite;
+pub mod telemetry;
+pub mod validate;
+pub mod version;
+
+pub use error::{ErrorKind, HasErrorKind};
+pub use shutdown::Shutdown;

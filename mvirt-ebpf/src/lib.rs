@@ -1,0 +1,1 @@
+//! mvirt-ebpf (work in progress).

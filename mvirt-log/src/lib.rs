@@ -1,0 +1,1 @@
+//! mvirt-log (work in progress).

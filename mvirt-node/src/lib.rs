@@ -1,0 +1,1 @@
+//! mvirt-node (work in progress).

@@ -1,0 +1,1 @@
+//! mvirt-one (work in progress).

@@ -1,0 +1,1 @@
+//! Cached Debian kernel + busybox initramfs for QEMU TCG test guests (being written).

@@ -1,0 +1,1 @@
+//! Network namespaces, veth pairs and TAP devices removed on drop (owned by the mvirt-ebpf work).

@@ -1,0 +1,1 @@
+//! mvirt-vmm (work in progress).

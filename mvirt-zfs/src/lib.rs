@@ -1,0 +1,1 @@
+//! mvirt-zfs (work in progress).

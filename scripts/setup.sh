@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs every system package mvirt's tests and its main command need.
+# Idempotent and quick when everything is already there. Run as root.
+set -euo pipefail
+
+PACKAGES=(
+  protobuf-compiler        # tonic-build / prost-build
+  clang llvm libbpf-dev bpftool  # eBPF programs (mvirt-ebpf)
+  qemu-system-x86 qemu-utils     # qemu driver, test guests, qemu-img
+  zfs-fuse                 # storage on machines without kernel ZFS
+  busybox-static cpio      # test guests and the embedded default template
+  genisoimage dosfstools mtools  # cloud-init NoCloud seed images
+  iproute2 iptables nftables iperf3 ethtool  # networking tests
+  docker-registry          # local OCI registry for mvirt-one tests
+  sqlite3 curl jq tmux xz-utils zstd gzip
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+  echo "setup: all system packages present"
+fi
+
+# Components the project needs that are not part of any default apt install.
+for c in rustfmt clippy; do
+  rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
+done
