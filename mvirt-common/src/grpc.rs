@@ -15,6 +15,9 @@ use tonic_health::server::HealthReporter;
 
 use crate::Shutdown;
 
+/// How long a stopping server waits for in-flight calls.
+pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Errors from binding or running a gRPC server.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -79,11 +82,25 @@ impl GrpcServer {
     pub async fn serve(self, listener: TcpListener, shutdown: Shutdown) -> Result<(), ServeError> {
         let addr = listener.local_addr().ok();
         tracing::info!(?addr, "gRPC server listening");
-        self.router
+        let drain_signal = shutdown.clone();
+        let serve = self
+            .router
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-                shutdown.wait().await
-            })
-            .await?;
+                drain_signal.wait().await
+            });
+        tokio::pin!(serve);
+        // Clients that keep idle connections open would hold a graceful shutdown forever:
+        // in-flight calls get DRAIN_TIMEOUT to finish, then the server stops regardless.
+        let drain_deadline = async {
+            shutdown.wait().await;
+            tokio::time::sleep(DRAIN_TIMEOUT).await;
+        };
+        tokio::select! {
+            result = &mut serve => result?,
+            _ = drain_deadline => {
+                tracing::warn!(?addr, "connections still open after the drain timeout; stopping");
+            }
+        }
         tracing::info!(?addr, "gRPC server stopped");
         Ok(())
     }

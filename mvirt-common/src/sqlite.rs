@@ -149,7 +149,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.sqlite");
         drop(open(&path, &[V1]).unwrap());
-        let err = open(&path, &[V1, "CREATE TABLE b (x); SELECT nope FROM missing;"]).unwrap_err();
+        let err = open(
+            &path,
+            &[V1, "CREATE TABLE b (x); SELECT nope FROM missing;"],
+        )
+        .unwrap_err();
         assert!(matches!(err, SqliteError::Migration { version: 2, .. }));
         let conn = open(&path, &[V1]).unwrap();
         let tables: i64 = conn

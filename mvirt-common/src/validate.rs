@@ -76,18 +76,30 @@ pub fn dns_label(what: &'static str, value: &str) -> Result<(), InvalidName> {
 pub fn mac_address(value: &str) -> Result<[u8; 6], InvalidName> {
     let parts: Vec<&str> = value.split(':').collect();
     if parts.len() != 6 {
-        return Err(invalid("MAC address", value, "must be six hex octets separated by ':'"));
+        return Err(invalid(
+            "MAC address",
+            value,
+            "must be six hex octets separated by ':'",
+        ));
     }
     let mut mac = [0u8; 6];
     for (slot, part) in mac.iter_mut().zip(&parts) {
         if part.len() != 2 {
-            return Err(invalid("MAC address", value, "each octet must be two hex digits"));
+            return Err(invalid(
+                "MAC address",
+                value,
+                "each octet must be two hex digits",
+            ));
         }
         *slot = u8::from_str_radix(part, 16)
             .map_err(|_| invalid("MAC address", value, "each octet must be two hex digits"))?;
     }
     if mac[0] & 1 == 1 {
-        return Err(invalid("MAC address", value, "must be unicast (multicast bit set)"));
+        return Err(invalid(
+            "MAC address",
+            value,
+            "must be unicast (multicast bit set)",
+        ));
     }
     if mac == [0; 6] {
         return Err(invalid("MAC address", value, "must not be all zero"));

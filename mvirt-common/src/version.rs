@@ -15,7 +15,9 @@ impl VersionInfo {
         Self {
             component: component.to_string(),
             version: version.to_string(),
-            git_commit: option_env!("MVIRT_GIT_COMMIT").unwrap_or("unknown").to_string(),
+            git_commit: option_env!("MVIRT_GIT_COMMIT")
+                .unwrap_or("unknown")
+                .to_string(),
         }
     }
 }
