@@ -1,1 +1,28 @@
-//! mvirt-node (work in progress).
+//! mvirt-node: the node agent.
+//!
+//! The agent registers this host with the control plane (`mvirt-api`'s NodeService), keeps it
+//! alive with heartbeats, and watches the full desired set of resources placed on it. On every
+//! new desired set, on every change a local daemon reports (`WatchVms`), and on a periodic
+//! resync, it compares desired with actual and converges — level-triggered, so a missed event
+//! costs nothing but a delay:
+//!
+//! ```text
+//! WatchSpecs ─┐
+//! WatchVms ───┼─> Reconciler::reconcile(spec) ─> mvirt-ebpf / mvirt-zfs / mvirt-vmm
+//! resync tick ┘            │
+//!                          └─> UpdateResourceStatus (only what changed, all on resync)
+//! ```
+//!
+//! - [`ledger`] records, before each create, which local objects the agent owns, so it deletes
+//!   only its own objects and survives its own crash at any point.
+//! - [`daemons`] holds the gRPC clients of the local daemons.
+//! - [`reconcile`] converges one desired set: networks, security groups, templates, volumes,
+//!   NICs, routes, VMs in that order; deletes in reverse.
+//! - [`imports`] follows template imports in the background so they never block a pass.
+//! - [`agent`] is the loop: register, heartbeat, watch, reconcile, report.
+
+pub mod agent;
+pub mod daemons;
+pub mod imports;
+pub mod ledger;
+pub mod reconcile;

@@ -1,0 +1,371 @@
+//! The agent loop: register, heartbeat, watch the desired set, reconcile, report.
+//!
+//! Four tasks cooperate. The watcher keeps a `WatchSpecs` stream open (from revision 0 at
+//! process start, so a restarted agent always gets the full set; from the last revision
+//! received after a reconnect) and publishes the newest set. The VM watcher turns every
+//! `WatchVms` event into a wake-up. The heartbeat task keeps the node online. The main loop
+//! runs a reconcile pass whenever the set changes, something wakes it, or the resync timer
+//! fires, then reports the statuses that changed (all of them on a resync).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+use mvirt_api::proto as api;
+use mvirt_common::Shutdown;
+
+use crate::daemons::{DaemonError, Daemons, Endpoints};
+use crate::imports::ImportTracker;
+use crate::ledger::{Ledger, LedgerError};
+use crate::reconcile::{Reconciler, Settings};
+
+/// Everything the agent needs to run.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub data_dir: PathBuf,
+    pub endpoints: Endpoints,
+    /// Node (or admin) token for NodeService.
+    pub token: String,
+    /// Node name (DNS label) registered with the API.
+    pub name: String,
+    /// Address the API and other nodes reach this host on.
+    pub address: String,
+    pub labels: HashMap<String, String>,
+    pub firmware: Option<String>,
+    pub resync_interval: Duration,
+    pub stop_timeout_secs: u32,
+    pub deregister_on_shutdown: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot open the agent state in the data dir")]
+    Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Daemons(#[from] DaemonError),
+    #[error("registration refused by the API: {0}")]
+    RegistrationRefused(String),
+}
+
+const MIN_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Runs the agent until `shutdown` fires.
+pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), AgentError> {
+    let ledger = Arc::new(Ledger::open(&config.data_dir)?);
+    let daemons = Daemons::connect_lazy(&config.endpoints, &config.token)?;
+    let audit = mvirt_log::create_audit_logger(&config.endpoints.log, "mvirt-node");
+
+    let Some((node_id, heartbeat_interval)) =
+        register(&config, &daemons, &ledger, &shutdown).await?
+    else {
+        return Ok(());
+    };
+    audit.info(format!("node agent registered as {node_id}"), &[&node_id]);
+
+    let wake = Arc::new(Notify::new());
+    let (spec_tx, mut spec_rx) = watch::channel::<Option<api::NodeSpec>>(None);
+    tokio::spawn(watch_specs(
+        daemons.clone(),
+        node_id.clone(),
+        spec_tx,
+        shutdown.clone(),
+    ));
+    tokio::spawn(watch_vms(daemons.clone(), wake.clone(), shutdown.clone()));
+    tokio::spawn(heartbeat(
+        config.clone(),
+        daemons.clone(),
+        ledger.clone(),
+        node_id.clone(),
+        heartbeat_interval,
+        shutdown.clone(),
+    ));
+
+    let reconciler = Reconciler::new(
+        daemons.clone(),
+        ledger.clone(),
+        ImportTracker::new(),
+        wake.clone(),
+        audit.clone(),
+        Settings {
+            node_id: node_id.clone(),
+            firmware: config.firmware.clone(),
+            stop_timeout_secs: config.stop_timeout_secs,
+        },
+    );
+    let mut reported: HashMap<(i32, String), api::ResourceStatus> = HashMap::new();
+    let mut resync = tokio::time::interval(config.resync_interval);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let full = tokio::select! {
+            changed = spec_rx.changed() => {
+                if changed.is_err() { break; }
+                false
+            }
+            _ = wake.notified() => false,
+            _ = resync.tick() => true,
+            _ = shutdown.wait() => break,
+        };
+        let Some(spec) = spec_rx.borrow_and_update().clone() else {
+            continue;
+        };
+        let statuses = reconciler.reconcile(&spec).await;
+        let to_send: Vec<api::ResourceStatus> = statuses
+            .into_iter()
+            .filter(|s| {
+                full || reported
+                    .get(&(s.kind, s.id.clone()))
+                    .is_none_or(|prev| !same_status(prev, s))
+            })
+            .collect();
+        if !to_send.is_empty() {
+            let request = api::UpdateResourceStatusRequest {
+                node_id: node_id.clone(),
+                statuses: to_send.clone(),
+            };
+            match daemons.api.clone().update_resource_status(request).await {
+                Ok(_) => {
+                    for s in to_send {
+                        reported.insert((s.kind, s.id.clone()), s);
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "status report failed; retrying on the next pass")
+                }
+            }
+        }
+        if let Err(err) = ledger.set_applied_revision(spec.revision) {
+            tracing::error!(error = %mvirt_common::error::error_chain(&err), "cannot record the applied revision");
+        }
+    }
+
+    if config.deregister_on_shutdown {
+        match daemons
+            .api
+            .clone()
+            .deregister(api::DeregisterRequest {
+                node_id: node_id.clone(),
+            })
+            .await
+        {
+            Ok(_) => tracing::info!(node = %node_id, "deregistered"),
+            Err(err) => tracing::warn!(error = %err, "deregistration failed"),
+        }
+    }
+    audit.flush().await;
+    Ok(())
+}
+
+fn same_status(a: &api::ResourceStatus, b: &api::ResourceStatus) -> bool {
+    let mut a = a.clone();
+    a.observed_revision = b.observed_revision;
+    &a == b
+}
+
+/// Total allocatable capacity of this host, from mvirt-vmm and mvirt-zfs (falling back to what
+/// the agent can read itself when a daemon is not up yet).
+async fn capacity(daemons: &Daemons) -> api::NodeCapacity {
+    let mut capacity = api::NodeCapacity {
+        vcpus: std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1),
+        memory_bytes: 0,
+        storage_bytes: 0,
+    };
+    if let Ok(info) = daemons
+        .vmm
+        .clone()
+        .get_system_info(mvirt_vmm::proto::GetSystemInfoRequest {})
+        .await
+    {
+        let info = info.into_inner();
+        capacity.vcpus = info.cpu_cores;
+        capacity.memory_bytes = info.memory_total_bytes;
+    }
+    if let Ok(stats) = daemons
+        .zfs
+        .clone()
+        .get_pool_stats(mvirt_zfs::proto::GetPoolStatsRequest {})
+        .await
+    {
+        capacity.storage_bytes = stats.into_inner().size_bytes;
+    }
+    capacity
+}
+
+/// Registers (retrying while the API is unreachable) and persists the node id.
+/// `None` when shutdown fired first.
+async fn register(
+    config: &AgentConfig,
+    daemons: &Daemons,
+    ledger: &Ledger,
+    shutdown: &Shutdown,
+) -> Result<Option<(String, Duration)>, AgentError> {
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let request = api::RegisterRequest {
+            node_id: ledger.node_id()?.unwrap_or_default(),
+            name: config.name.clone(),
+            address: config.address.clone(),
+            labels: config.labels.clone(),
+            capacity: Some(capacity(daemons).await),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        match daemons.api.clone().register(request).await {
+            Ok(response) => {
+                let response = response.into_inner();
+                ledger.set_node_id(&response.node_id)?;
+                let interval =
+                    Duration::from_millis(u64::from(response.heartbeat_interval_ms.max(200)));
+                tracing::info!(node = %response.node_id, "registered with the control plane");
+                return Ok(Some((response.node_id, interval)));
+            }
+            Err(status)
+                if matches!(
+                    status.code(),
+                    Code::InvalidArgument
+                        | Code::PermissionDenied
+                        | Code::Unauthenticated
+                        | Code::AlreadyExists
+                ) =>
+            {
+                return Err(AgentError::RegistrationRefused(
+                    status.message().to_string(),
+                ));
+            }
+            Err(status) => {
+                tracing::warn!(error = %status, "control plane unreachable; retrying registration");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.wait() => return Ok(None),
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn heartbeat(
+    config: AgentConfig,
+    daemons: Daemons,
+    ledger: Arc<Ledger>,
+    node_id: String,
+    interval: Duration,
+    shutdown: Shutdown,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    let mut beats: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.wait() => return,
+        }
+        // Capacity changes rarely; refresh it every 20 beats.
+        let capacity = if beats.is_multiple_of(20) {
+            Some(capacity(&daemons).await)
+        } else {
+            None
+        };
+        beats += 1;
+        let request = api::HeartbeatRequest {
+            node_id: node_id.clone(),
+            capacity,
+            applied_revision: ledger.applied_revision().unwrap_or(0),
+        };
+        match daemons.api.clone().heartbeat(request).await {
+            Ok(_) => {}
+            Err(status) if status.code() == Code::NotFound => {
+                // The API forgot this node (removed while the agent was away): register again.
+                tracing::warn!("the control plane does not know this node; registering again");
+                if let Err(err) = register(&config, &daemons, &ledger, &shutdown).await {
+                    tracing::error!(error = %err, "re-registration failed");
+                }
+            }
+            Err(status) => tracing::debug!(error = %status, "heartbeat failed"),
+        }
+    }
+}
+
+async fn watch_specs(
+    daemons: Daemons,
+    node_id: String,
+    specs: watch::Sender<Option<api::NodeSpec>>,
+    shutdown: Shutdown,
+) {
+    let mut from_revision = 0;
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let request = api::WatchSpecsRequest {
+            node_id: node_id.clone(),
+            from_revision,
+        };
+        match daemons.api.clone().watch_specs(request).await {
+            Ok(stream) => {
+                let mut stream = stream.into_inner();
+                loop {
+                    let next = tokio::select! {
+                        next = stream.next() => next,
+                        _ = shutdown.wait() => return,
+                    };
+                    match next {
+                        Some(Ok(spec)) => {
+                            backoff = MIN_BACKOFF;
+                            if spec.revision >= from_revision {
+                                from_revision = spec.revision;
+                                let _ = specs.send(Some(spec));
+                            }
+                        }
+                        Some(Err(status)) => {
+                            tracing::warn!(error = %status, "spec stream failed; reconnecting");
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+            }
+            Err(status) => tracing::warn!(error = %status, "cannot watch specs; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.wait() => return,
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn watch_vms(daemons: Daemons, wake: Arc<Notify>, shutdown: Shutdown) {
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let request = mvirt_vmm::proto::WatchVmsRequest {
+            include_initial: false,
+        };
+        if let Ok(stream) = daemons.vmm.clone().watch_vms(request).await {
+            let mut stream = stream.into_inner();
+            // Catch up on anything that changed while the stream was down.
+            wake.notify_one();
+            loop {
+                let next = tokio::select! {
+                    next = stream.next() => next,
+                    _ = shutdown.wait() => return,
+                };
+                match next {
+                    Some(Ok(_event)) => {
+                        backoff = MIN_BACKOFF;
+                        wake.notify_one();
+                    }
+                    _ => break,
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.wait() => return,
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}

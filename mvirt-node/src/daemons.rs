@@ -1,0 +1,109 @@
+//! Clients of the local daemons and of the control plane.
+//!
+//! Channels connect lazily: the agent starts even when a daemon is down, and every call to a
+//! daemon that is unreachable fails with `UNAVAILABLE`, which a reconcile pass reports and
+//! retries on the next pass.
+
+use std::time::Duration;
+
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+use mvirt_api::proto::node_service_client::NodeServiceClient;
+use mvirt_ebpf::proto::net_service_client::NetServiceClient;
+use mvirt_vmm::proto::vm_service_client::VmServiceClient;
+use mvirt_zfs::proto::zfs_service_client::ZfsServiceClient;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("invalid endpoint {endpoint:?} for {daemon}")]
+    Endpoint {
+        daemon: &'static str,
+        endpoint: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("the node token contains characters not allowed in a header")]
+    BadToken,
+}
+
+/// Endpoints of the local daemons and the API.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    pub api: String,
+    pub vmm: String,
+    pub zfs: String,
+    pub ebpf: String,
+    pub log: String,
+}
+
+impl Default for Endpoints {
+    fn default() -> Self {
+        Self {
+            api: "http://[::1]:50056".into(),
+            vmm: "http://[::1]:50051".into(),
+            log: "http://[::1]:50052".into(),
+            zfs: "http://[::1]:50053".into(),
+            ebpf: "http://[::1]:50054".into(),
+        }
+    }
+}
+
+fn channel(daemon: &'static str, endpoint: &str) -> Result<Channel, DaemonError> {
+    Ok(Endpoint::from_shared(endpoint.to_string())
+        .map_err(|source| DaemonError::Endpoint {
+            daemon,
+            endpoint: endpoint.to_string(),
+            source,
+        })?
+        .connect_timeout(Duration::from_secs(3))
+        .tcp_keepalive(Some(Duration::from_secs(30)))
+        .connect_lazy())
+}
+
+/// Adds `authorization: Bearer <token>` to every NodeService call.
+#[derive(Clone)]
+pub struct BearerAuth {
+    header: MetadataValue<tonic::metadata::Ascii>,
+}
+
+impl tonic::service::Interceptor for BearerAuth {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.header.clone());
+        Ok(request)
+    }
+}
+
+pub type ApiClient = NodeServiceClient<InterceptedService<Channel, BearerAuth>>;
+
+/// The gRPC clients the agent uses. Cheap to clone.
+#[derive(Clone)]
+pub struct Daemons {
+    pub api: ApiClient,
+    pub vmm: VmServiceClient<Channel>,
+    pub zfs: ZfsServiceClient<Channel>,
+    pub net: NetServiceClient<Channel>,
+}
+
+impl Daemons {
+    pub fn connect_lazy(endpoints: &Endpoints, token: &str) -> Result<Daemons, DaemonError> {
+        let header: MetadataValue<tonic::metadata::Ascii> = format!("Bearer {}", token.trim())
+            .parse()
+            .map_err(|_| DaemonError::BadToken)?;
+        Ok(Daemons {
+            api: NodeServiceClient::with_interceptor(
+                channel("mvirt-api", &endpoints.api)?,
+                BearerAuth { header },
+            ),
+            vmm: VmServiceClient::new(channel("mvirt-vmm", &endpoints.vmm)?),
+            zfs: ZfsServiceClient::new(channel("mvirt-zfs", &endpoints.zfs)?),
+            net: NetServiceClient::new(channel("mvirt-ebpf", &endpoints.ebpf)?),
+        })
+    }
+}

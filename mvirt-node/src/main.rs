@@ -1,0 +1,148 @@
+//! `mvirt-node`: the node agent.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use mvirt_common::telemetry::{self, LogFormat};
+use mvirt_common::Shutdown;
+use mvirt_node::agent::{self, AgentConfig};
+use mvirt_node::daemons::Endpoints;
+
+/// mvirt's node agent. Registers this host with the control plane (mvirt-api), watches the
+/// desired state of everything placed on it, and converges the local daemons (mvirt-ebpf
+/// networks and NICs, mvirt-zfs templates and volumes, mvirt-vmm VMs) to it, reporting every
+/// outcome back. Level-triggered: restarting it at any moment converges without duplicates.
+#[derive(Debug, Parser)]
+#[command(name = "mvirt-node", version)]
+struct Args {
+    /// Directory for the agent's state (node id, owned objects).
+    #[arg(
+        long,
+        env = "MVIRT_NODE_DATA_DIR",
+        default_value = "/var/lib/mvirt/node"
+    )]
+    data_dir: PathBuf,
+    /// mvirt-api NodeService endpoint.
+    #[arg(long, env = "MVIRT_NODE_API", default_value = "http://[::1]:50056")]
+    api: String,
+    /// Node token (or admin token) for NodeService.
+    #[arg(
+        long,
+        env = "MVIRT_NODE_TOKEN",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    token: String,
+    /// File holding the token (used when --token is empty).
+    #[arg(long, env = "MVIRT_NODE_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// mvirt-vmm endpoint.
+    #[arg(long, env = "MVIRT_NODE_VMM", default_value = "http://[::1]:50051")]
+    vmm: String,
+    /// mvirt-log endpoint (audit entries).
+    #[arg(long, env = "MVIRT_NODE_LOG", default_value = "http://[::1]:50052")]
+    log: String,
+    /// mvirt-zfs endpoint.
+    #[arg(long, env = "MVIRT_NODE_ZFS", default_value = "http://[::1]:50053")]
+    zfs: String,
+    /// mvirt-ebpf endpoint.
+    #[arg(long, env = "MVIRT_NODE_EBPF", default_value = "http://[::1]:50054")]
+    ebpf: String,
+    /// Node name registered with the API (default: the host name).
+    #[arg(long, env = "MVIRT_NODE_NAME")]
+    name: Option<String>,
+    /// Address the control plane and other nodes reach this host on.
+    #[arg(long, env = "MVIRT_NODE_ADDRESS", default_value = "127.0.0.1")]
+    address: String,
+    /// Node labels, `key=value`, repeatable (used by node selectors).
+    #[arg(long = "label", env = "MVIRT_NODE_LABELS", value_delimiter = ',')]
+    labels: Vec<String>,
+    /// UEFI firmware for VMs whose root volume carries no kernel.
+    #[arg(long, env = "MVIRT_NODE_FIRMWARE")]
+    firmware: Option<String>,
+    /// Seconds between full resyncs.
+    #[arg(long, env = "MVIRT_NODE_RESYNC_SECS", default_value_t = 30)]
+    resync_secs: u64,
+    /// Seconds a graceful VM stop waits before the hard stop.
+    #[arg(long, env = "MVIRT_NODE_STOP_TIMEOUT_SECS", default_value_t = 30)]
+    stop_timeout_secs: u32,
+    /// Deregister the node on a clean shutdown.
+    #[arg(long, env = "MVIRT_NODE_DEREGISTER_ON_SHUTDOWN")]
+    deregister_on_shutdown: bool,
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_lowercase())
+        .unwrap_or_else(|_| "node".into())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    telemetry::init("mvirt-node", LogFormat::Auto);
+    let mut labels = HashMap::new();
+    for label in &args.labels {
+        match label.split_once('=') {
+            Some((k, v)) if !k.is_empty() => {
+                labels.insert(k.to_string(), v.to_string());
+            }
+            _ => {
+                eprintln!("mvirt-node: --label {label:?} must be key=value");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let mut token = args.token.clone();
+    if token.is_empty() {
+        if let Some(path) = &args.token_file {
+            match std::fs::read_to_string(path) {
+                Ok(t) => token = t.trim().to_string(),
+                Err(err) => {
+                    eprintln!(
+                        "mvirt-node: cannot read token file {}: {err}",
+                        path.display()
+                    );
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    }
+    let config = AgentConfig {
+        data_dir: args.data_dir,
+        endpoints: Endpoints {
+            api: args.api,
+            vmm: args.vmm,
+            zfs: args.zfs,
+            ebpf: args.ebpf,
+            log: args.log,
+        },
+        token,
+        name: args.name.unwrap_or_else(host_name),
+        address: args.address,
+        labels,
+        firmware: args.firmware,
+        resync_interval: Duration::from_secs(args.resync_secs.max(1)),
+        stop_timeout_secs: args.stop_timeout_secs,
+        deregister_on_shutdown: args.deregister_on_shutdown,
+    };
+    let shutdown = match Shutdown::on_signals() {
+        Ok(s) => s,
+        Err(err) => {
+            eprintln!("mvirt-node: cannot install signal handlers: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match agent::run(config, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            let message = mvirt_common::error::error_chain(&err);
+            tracing::error!(error = %message, "mvirt-node failed");
+            eprintln!("mvirt-node: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
