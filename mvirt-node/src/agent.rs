@@ -40,6 +40,11 @@ pub struct AgentConfig {
     pub resync_interval: Duration,
     pub stop_timeout_secs: u32,
     pub deregister_on_shutdown: bool,
+    /// Where the console relay (NodeAgent gRPC) listens; `None` disables it.
+    pub console_listen: Option<std::net::SocketAddr>,
+    /// The endpoint the API dials for consoles (`http://<address>:<port>`); derived from
+    /// `address` and the bound port when empty.
+    pub console_endpoint: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +53,8 @@ pub enum AgentError {
     Ledger(#[from] LedgerError),
     #[error(transparent)]
     Daemons(#[from] DaemonError),
+    #[error("cannot start the console relay")]
+    Console(#[from] mvirt_common::grpc::ServeError),
     #[error("registration refused by the API: {0}")]
     RegistrationRefused(String),
 }
@@ -57,12 +64,32 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Runs the agent until `shutdown` fires.
 pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), AgentError> {
+    let mut config = config;
     let ledger = Arc::new(Ledger::open(&config.data_dir)?);
     let daemons = Daemons::connect_lazy(&config.endpoints, &config.token)?;
     let audit = mvirt_log::create_audit_logger(&config.endpoints.log, "mvirt-node");
+    let secret = crate::console::console_secret(&ledger)?;
+    if let Some(listen) = config.console_listen {
+        let listener = mvirt_common::grpc::bind(listen).await?;
+        let bound = listener.local_addr().unwrap_or(listen);
+        if config.console_endpoint.is_empty() {
+            config.console_endpoint = format!("http://{}:{}", config.address, bound.port());
+        }
+        let relay =
+            crate::console::ConsoleRelay::new(daemons.clone(), ledger.clone(), secret.clone());
+        let server = mvirt_common::grpc::GrpcServer::new()
+            .add_service(crate::console::proto::node_agent_server::NodeAgentServer::new(relay))
+            .await;
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(err) = server.serve(listener, stop).await {
+                tracing::error!(error = %mvirt_common::error::error_chain(&err), "console relay stopped");
+            }
+        });
+    }
 
     let Some((node_id, heartbeat_interval)) =
-        register(&config, &daemons, &ledger, &shutdown).await?
+        register(&config, &secret, &daemons, &ledger, &shutdown).await?
     else {
         return Ok(());
     };
@@ -79,6 +106,7 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), AgentErr
     tokio::spawn(watch_vms(daemons.clone(), wake.clone(), shutdown.clone()));
     tokio::spawn(heartbeat(
         config.clone(),
+        secret.clone(),
         daemons.clone(),
         ledger.clone(),
         node_id.clone(),
@@ -202,6 +230,7 @@ async fn capacity(daemons: &Daemons) -> api::NodeCapacity {
 /// `None` when shutdown fired first.
 async fn register(
     config: &AgentConfig,
+    console_secret: &str,
     daemons: &Daemons,
     ledger: &Ledger,
     shutdown: &Shutdown,
@@ -215,6 +244,12 @@ async fn register(
             labels: config.labels.clone(),
             capacity: Some(capacity(daemons).await),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            console_endpoint: config.console_endpoint.clone(),
+            console_secret: if config.console_endpoint.is_empty() {
+                String::new()
+            } else {
+                console_secret.to_string()
+            },
         };
         match daemons.api.clone().register(request).await {
             Ok(response) => {
@@ -252,6 +287,7 @@ async fn register(
 
 async fn heartbeat(
     config: AgentConfig,
+    console_secret: String,
     daemons: Daemons,
     ledger: Arc<Ledger>,
     node_id: String,
@@ -282,7 +318,9 @@ async fn heartbeat(
             Err(status) if status.code() == Code::NotFound => {
                 // The API forgot this node (removed while the agent was away): register again.
                 tracing::warn!("the control plane does not know this node; registering again");
-                if let Err(err) = register(&config, &daemons, &ledger, &shutdown).await {
+                if let Err(err) =
+                    register(&config, &console_secret, &daemons, &ledger, &shutdown).await
+                {
                     tracing::error!(error = %err, "re-registration failed");
                 }
             }

@@ -22,6 +22,7 @@
 //! - [`agent`] is the loop: register, heartbeat, watch, reconcile, report.
 
 pub mod agent;
+pub mod console;
 pub mod daemons;
 pub mod imports;
 pub mod ledger;

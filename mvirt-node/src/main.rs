@@ -69,6 +69,16 @@ struct Args {
     /// Seconds a graceful VM stop waits before the hard stop.
     #[arg(long, env = "MVIRT_NODE_STOP_TIMEOUT_SECS", default_value_t = 30)]
     stop_timeout_secs: u32,
+    /// Where the console relay (the API's path to VM consoles) listens; "off" disables it.
+    #[arg(
+        long,
+        env = "MVIRT_NODE_CONSOLE_LISTEN",
+        default_value = "0.0.0.0:50057"
+    )]
+    console_listen: String,
+    /// Console endpoint advertised to the API (default: http://<address>:<console port>).
+    #[arg(long, env = "MVIRT_NODE_CONSOLE_ENDPOINT", default_value = "")]
+    console_endpoint: String,
     /// Deregister the node on a clean shutdown.
     #[arg(long, env = "MVIRT_NODE_DEREGISTER_ON_SHUTDOWN")]
     deregister_on_shutdown: bool,
@@ -111,6 +121,20 @@ async fn main() -> ExitCode {
             }
         }
     }
+    let console_listen = if args.console_listen == "off" {
+        None
+    } else {
+        match args.console_listen.parse() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                eprintln!(
+                    "mvirt-node: --console-listen {:?} is not an address (or \"off\")",
+                    args.console_listen
+                );
+                return ExitCode::from(2);
+            }
+        }
+    };
     let config = AgentConfig {
         data_dir: args.data_dir,
         endpoints: Endpoints {
@@ -128,6 +152,8 @@ async fn main() -> ExitCode {
         resync_interval: Duration::from_secs(args.resync_secs.max(1)),
         stop_timeout_secs: args.stop_timeout_secs,
         deregister_on_shutdown: args.deregister_on_shutdown,
+        console_listen,
+        console_endpoint: args.console_endpoint,
     };
     let shutdown = match Shutdown::on_signals() {
         Ok(s) => s,

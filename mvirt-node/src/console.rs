@@ -1,0 +1,165 @@
+//! The console relay: the control plane's path to a VM's serial console on this node.
+//!
+//! `mvirt-api` (which terminates the user's authenticated WebSocket) dials the agent's
+//! `NodeAgent.Console` with the console secret the agent gave it at registration; the agent
+//! checks the secret, checks that the VM is one it manages, and splices the stream onto the
+//! local mvirt-vmm's `Console`. mvirt-vmm itself never listens beyond loopback.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use mvirt_vmm::proto as vmm;
+
+use crate::daemons::Daemons;
+use crate::ledger::{Kind, Ledger};
+
+/// Generated `mvirt.agent.v1` types.
+pub mod proto {
+    tonic::include_proto!("mvirt.agent.v1");
+}
+
+use proto::node_agent_server::NodeAgent;
+use proto::ConsoleFrame;
+
+/// Creates the console secret on first use and keeps it in the ledger.
+pub fn console_secret(ledger: &Ledger) -> Result<String, crate::ledger::LedgerError> {
+    if let Some(secret) = ledger.get("console_secret")? {
+        return Ok(secret);
+    }
+    let bytes: [u8; 32] = rand::random();
+    let secret = hex::encode(bytes);
+    ledger.set("console_secret", &secret)?;
+    Ok(secret)
+}
+
+/// Checks `authorization: Bearer <secret>` in constant time.
+pub fn check_secret(request_header: Option<&str>, secret: &str) -> Result<(), Status> {
+    let presented = request_header
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .ok_or_else(|| Status::unauthenticated("missing bearer token"))?;
+    let (a, b) = (presented.as_bytes(), secret.as_bytes());
+    let same = a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0;
+    if same {
+        Ok(())
+    } else {
+        Err(Status::unauthenticated("bad console secret"))
+    }
+}
+
+pub struct ConsoleRelay {
+    daemons: Daemons,
+    ledger: Arc<Ledger>,
+    secret: String,
+}
+
+impl ConsoleRelay {
+    pub fn new(daemons: Daemons, ledger: Arc<Ledger>, secret: String) -> Self {
+        Self {
+            daemons,
+            ledger,
+            secret,
+        }
+    }
+}
+
+type FrameStream = Pin<Box<dyn Stream<Item = Result<ConsoleFrame, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl NodeAgent for ConsoleRelay {
+    type ConsoleStream = FrameStream;
+
+    async fn console(
+        &self,
+        request: Request<Streaming<ConsoleFrame>>,
+    ) -> Result<Response<Self::ConsoleStream>, Status> {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        check_secret(header, &self.secret)?;
+        let mut input = request.into_inner();
+        let first = input
+            .next()
+            .await
+            .ok_or_else(|| Status::invalid_argument("the first frame must name the VM"))??;
+        mvirt_common::validate::resource_id("vm id", &first.vm_id)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let owned = self
+            .ledger
+            .owns(Kind::Vm, &first.vm_id)
+            .map_err(|e| Status::internal(mvirt_common::error::error_chain(&e)))?;
+        if !owned {
+            return Err(Status::not_found(format!(
+                "VM {} is not managed by this node",
+                first.vm_id
+            )));
+        }
+        let vm_id = first.vm_id.clone();
+        let upstream = async_stream_input(vm_id.clone(), first.data, input);
+        let output = self
+            .daemons
+            .vmm
+            .clone()
+            .console(upstream)
+            .await?
+            .into_inner();
+        let frames = output.map(move |item| {
+            item.map(|out| ConsoleFrame {
+                vm_id: vm_id.clone(),
+                data: out.data,
+            })
+        });
+        Ok(Response::new(Box::pin(frames)))
+    }
+}
+
+/// The vmm-side input stream: the first frame names the VM, the rest carry the client's input.
+fn async_stream_input(
+    vm_id: String,
+    first_data: Vec<u8>,
+    input: Streaming<ConsoleFrame>,
+) -> impl Stream<Item = vmm::ConsoleInput> + Send + 'static {
+    let head = tokio_stream::once(vmm::ConsoleInput {
+        vm_id: vm_id.clone(),
+        data: first_data,
+    });
+    let rest = input
+        .take_while(|frame| frame.is_ok())
+        .filter_map(|frame| frame.ok())
+        .map(move |frame| vmm::ConsoleInput {
+            vm_id: vm_id.clone(),
+            data: frame.data,
+        });
+    head.chain(rest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_console_secret_is_checked_exactly() {
+        assert!(check_secret(Some("Bearer abc"), "abc").is_ok());
+        assert_eq!(
+            check_secret(Some("Bearer abd"), "abc").unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        assert!(check_secret(Some("abc"), "abc").is_err());
+        assert!(check_secret(None, "abc").is_err());
+        assert!(check_secret(Some("Bearer abcd"), "abc").is_err());
+    }
+
+    #[test]
+    fn the_console_secret_is_generated_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        let a = console_secret(&ledger).unwrap();
+        let b = console_secret(&ledger).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 64);
+    }
+}
