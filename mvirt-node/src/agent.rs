@@ -78,7 +78,7 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), AgentErr
         let relay =
             crate::console::ConsoleRelay::new(daemons.clone(), ledger.clone(), secret.clone());
         let server = mvirt_common::grpc::GrpcServer::new()
-            .add_service(crate::console::proto::node_agent_server::NodeAgentServer::new(relay))
+            .add_service(api::node_agent_server::NodeAgentServer::new(relay))
             .await;
         let stop = shutdown.clone();
         tokio::spawn(async move {

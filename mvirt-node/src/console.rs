@@ -1,7 +1,7 @@
 //! The console relay: the control plane's path to a VM's serial console on this node.
 //!
 //! `mvirt-api` (which terminates the user's authenticated WebSocket) dials the agent's
-//! `NodeAgent.Console` with the console secret the agent gave it at registration; the agent
+//! `NodeAgent.Console` (defined in mvirt-api's `node.proto`) with the console secret the agent gave it at registration; the agent
 //! checks the secret, checks that the VM is one it manages, and splices the stream onto the
 //! local mvirt-vmm's `Console`. mvirt-vmm itself never listens beyond loopback.
 
@@ -17,13 +17,8 @@ use mvirt_vmm::proto as vmm;
 use crate::daemons::Daemons;
 use crate::ledger::{Kind, Ledger};
 
-/// Generated `mvirt.agent.v1` types.
-pub mod proto {
-    tonic::include_proto!("mvirt.agent.v1");
-}
-
-use proto::node_agent_server::NodeAgent;
-use proto::ConsoleFrame;
+use mvirt_api::proto::node_agent_server::NodeAgent;
+use mvirt_api::proto::ConsoleFrame;
 
 /// Creates the console secret on first use and keeps it in the ledger.
 pub fn console_secret(ledger: &Ledger) -> Result<String, crate::ledger::LedgerError> {
