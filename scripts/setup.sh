@@ -7,12 +7,15 @@ PACKAGES=(
   protobuf-compiler        # tonic-build / prost-build
   clang llvm libbpf-dev bpftool  # eBPF programs (mvirt-ebpf)
   qemu-system-x86 qemu-utils     # qemu driver, test guests, qemu-img
+  ovmf                     # mvirt-vmm: UEFI firmware boot (qemu driver)
   zfs-fuse                 # storage on machines without kernel ZFS
   busybox-static cpio      # test guests and the embedded default template
   genisoimage dosfstools mtools  # cloud-init NoCloud seed images
-  iproute2 iptables nftables iperf3 ethtool  # networking tests
-  docker-registry          # local OCI registry for mvirt-one tests
+  iproute2 iptables nftables iperf3 ethtool iputils-ping  # networking tests (ping: mvirt-ebpf-bench latency)
+  docker-registry apache2-utils ca-certificates  # OCI registry, htpasswd, CA bundle (mvirt-one tests)
   sqlite3 curl jq tmux xz-utils zstd gzip
+  etcd-server              # mvirt-api benchmark baseline (3-member etcd side by side)
+  python3                  # mvirt-vmm: fake cloud-hypervisor test double
 )
 
 missing=()
@@ -35,3 +38,6 @@ fi
 for c in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
 done
+
+# vhost-user vsock backend for pod guests under QEMU (mvirt-one in-guest tests).
+command -v vhost-device-vsock >/dev/null || cargo install vhost-device-vsock --version 0.3.0

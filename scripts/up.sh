@@ -94,7 +94,8 @@ say "starting daemons"
 start mvirt-log "$BIN/mvirt-log" --data-dir "$DATA/log"
 start mvirt-zfs "$BIN/mvirt-zfs" --pool "$POOL" --data-dir "$DATA/zfs/meta" --import-dir "$DATA/images"
 start mvirt-ebpf "$BIN/mvirt-ebpf" --data-dir "$DATA/ebpf"
-start mvirt-vmm "$BIN/mvirt-vmm" --data-dir "$DATA/vmm" --allowed-dirs "$DATA"
+start mvirt-vmm "$BIN/mvirt-vmm" --data-dir "$DATA/vmm" --allowed-dir "$DATA" \
+  --qemu-accel "${MVIRT_DEV_QEMU_ACCEL:-tcg}"
 start mvirt-api "$BIN/mvirt-api" --data-dir "$DATA/api" --listen "127.0.0.1:$API_PORT" \
   --grpc-listen 127.0.0.1:50056 --raft-listen 127.0.0.1:6001 --advertise-host 127.0.0.1
 wait_for "mvirt-api" curl -sf "$API/v1/health"
@@ -127,7 +128,7 @@ fi
 say "template tiny (imported from $DATA/images)"
 TPL=$(lookup templates tiny)
 if [ -z "$TPL" ]; then
-  TPL=$(api POST /v1/templates "$(jq -n --arg d "$DATA/images" '{name:"tiny",spec:{source_url:("file://"+$d+"/disk.raw"),format:"raw",kernel_url:("file://"+$d+"/vmlinuz"),initramfs_url:("file://"+$d+"/initramfs.cpio.gz"),cmdline:"console=ttyS0 tsc_early_khz=2100000 panic=-1"}}')" | jq -r .id)
+  TPL=$(api POST /v1/templates "$(jq -n --arg d "$DATA/images" '{name:"tiny",spec:{source_url:("file://"+$d+"/disk.raw"),format:"raw",kernel_url:("file://"+$d+"/vmlinuz"),initramfs_url:("file://"+$d+"/initramfs.img"),cmdline:"console=ttyS0 tsc_early_khz=2100000 panic=-1"}}')" | jq -r .id)
 fi
 
 say "VM demo"

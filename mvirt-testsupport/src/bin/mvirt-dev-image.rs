@@ -44,7 +44,7 @@ fn main() -> ExitCode {
     let initramfs = guest::standard_initramfs_with_init(&init);
     let targets = [
         (kernel.vmlinuz.clone(), out.join("vmlinuz")),
-        (initramfs, out.join("initramfs.cpio.gz")),
+        (initramfs, out.join("initramfs.img")),
     ];
     for (from, to) in &targets {
         if let Err(err) = std::fs::copy(from, to) {
@@ -61,6 +61,6 @@ fn main() -> ExitCode {
     }
     println!("{}", disk.display());
     println!("{}", out.join("vmlinuz").display());
-    println!("{}", out.join("initramfs.cpio.gz").display());
+    println!("{}", out.join("initramfs.img").display());
     ExitCode::SUCCESS
 }

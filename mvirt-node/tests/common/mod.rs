@@ -1,0 +1,360 @@
+//! A whole mvirt host in one test process: mvirt-log, mvirt-zfs (on a fresh zfs-fuse pool),
+//! mvirt-ebpf (eBPF datapath, TAPs), mvirt-vmm (QEMU TCG), mvirt-api (single member) and the
+//! node agent — every one the real daemon, started through its library on free ports.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mvirt_common::Shutdown;
+use mvirt_node::agent::AgentConfig;
+use mvirt_node::daemons::Endpoints;
+use mvirt_testsupport::process::wait_until_async;
+use mvirt_testsupport::zfs::TestPool;
+use serde_json::{json, Value};
+
+pub const CMDLINE: &str = "console=ttyS0 tsc_early_khz=2100000 panic=-1";
+
+fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// The template files: the standard test guest's kernel and initramfs and a raw disk.
+pub fn template_files(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    let guest = mvirt_testsupport::guest::standard_guest();
+    let kernel = dir.join("vmlinuz");
+    let initramfs = dir.join("initramfs.img");
+    let disk = dir.join("disk.raw");
+    std::fs::copy(&guest.kernel, &kernel).unwrap();
+    std::fs::copy(&guest.initramfs, &initramfs).unwrap();
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(32 * 1024 * 1024)
+        .unwrap();
+    (disk, kernel, initramfs)
+}
+
+/// The local daemons of one host (everything but the API and the agent).
+pub struct HostDaemons {
+    pub endpoints: Endpoints,
+    pub pool: TestPool,
+    pub images: PathBuf,
+    pub dir: PathBuf,
+    shutdown: Shutdown,
+    pub vmm: Option<mvirt_vmm::RunningVmm>,
+    pub vmm_config: mvirt_vmm::vmm::VmmConfig,
+    pin_dir: PathBuf,
+}
+
+impl HostDaemons {
+    pub async fn start(dir: &Path, log_endpoint: &str) -> HostDaemons {
+        let shutdown = Shutdown::new();
+        let images = dir.join("images");
+        template_files(&images);
+
+        let pool = TestPool::create();
+        let zfs_config = mvirt_zfs::server::Config {
+            listen: loopback(),
+            pool: pool.name.clone(),
+            parent_dataset: "mvirt".into(),
+            data_dir: dir.join("zfs"),
+            import_dir: Some(images.clone()),
+            log_endpoint: log_endpoint.to_string(),
+            compression: "on".into(),
+        };
+        let zfs = mvirt_zfs::server::Daemon::prepare(&zfs_config, &shutdown)
+            .await
+            .expect("mvirt-zfs prepares");
+        let zfs_listener = mvirt_common::grpc::bind(loopback()).await.unwrap();
+        let zfs_addr = zfs_listener.local_addr().unwrap();
+        tokio::spawn(zfs.serve(zfs_listener, shutdown.clone()));
+
+        let pin_dir = PathBuf::from(format!(
+            "/sys/fs/bpf/mvirt-node-test-{}",
+            mvirt_testsupport::unique_suffix()
+        ));
+        let ebpf_config = mvirt_ebpf::DaemonConfig {
+            data_dir: dir.join("ebpf"),
+            pin_dir: pin_dir.clone(),
+            lease_secs: 3600,
+            conntrack_timeout_secs: 600,
+            uplink: None,
+            nft_table: format!("mvnt{}", mvirt_testsupport::unique_suffix()),
+            tunnel_device: format!("mvg{}", mvirt_testsupport::unique_suffix()),
+            tunnel_port: mvirt_testsupport::net::free_port(),
+            guest_mtu: 1450,
+            log_endpoint: log_endpoint.to_string(),
+        };
+        let ebpf_listener = mvirt_common::grpc::bind(loopback()).await.unwrap();
+        let ebpf = mvirt_ebpf::start(ebpf_config, ebpf_listener, shutdown.clone())
+            .await
+            .expect("mvirt-ebpf starts (eBPF programs load)");
+
+        let mut vmm_config = mvirt_vmm::vmm::VmmConfig::new(dir.join("vmm"));
+        vmm_config.allowed_dirs = vec![dir.join("vmm"), pool.mountpoint.clone(), images.clone()];
+        vmm_config.hypervisor = mvirt_vmm::hypervisor::HypervisorChoice::Qemu;
+        // /dev/kvm exists here but cannot run guests (see TESTING.md).
+        vmm_config.qemu.accel = mvirt_vmm::hypervisor::qemu::Accel::Tcg;
+        vmm_config.log_endpoint = log_endpoint.to_string();
+        vmm_config.default_stop_timeout = Duration::from_secs(10);
+        let vmm = mvirt_vmm::start(vmm_config.clone(), loopback())
+            .await
+            .expect("mvirt-vmm starts");
+
+        HostDaemons {
+            endpoints: Endpoints {
+                api: String::new(),
+                vmm: vmm.endpoint(),
+                zfs: format!("http://{zfs_addr}"),
+                ebpf: format!("http://{}", ebpf.addr),
+                log: log_endpoint.to_string(),
+            },
+            pool,
+            images,
+            dir: dir.to_path_buf(),
+            shutdown,
+            vmm: Some(vmm),
+            vmm_config,
+            pin_dir,
+        }
+    }
+
+    /// Stops mvirt-vmm (guests keep running) and starts it again on the same address.
+    pub async fn restart_vmm(&mut self) {
+        let old = self.vmm.take().expect("vmm running");
+        let addr = old.addr;
+        old.stop().await.expect("vmm stops cleanly");
+        let vmm = mvirt_vmm::start(self.vmm_config.clone(), addr)
+            .await
+            .expect("mvirt-vmm restarts");
+        self.vmm = Some(vmm);
+    }
+}
+
+impl Drop for HostDaemons {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+    }
+}
+
+/// A started node agent.
+pub struct Agent {
+    shutdown: Shutdown,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Agent {
+    pub fn start(config: AgentConfig) -> Agent {
+        let shutdown = Shutdown::new();
+        let stop = shutdown.clone();
+        let task = tokio::spawn(async move {
+            mvirt_node::agent::run(config, stop)
+                .await
+                .expect("agent runs");
+        });
+        Agent { shutdown, task }
+    }
+
+    /// Kills the agent task at once (as `kill -9` would: no clean shutdown).
+    pub fn kill(self) {
+        self.task.abort();
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.trigger();
+        let _ = self.task.await;
+    }
+}
+
+pub fn agent_config(
+    name: &str,
+    data_dir: &Path,
+    endpoints: &Endpoints,
+    api_grpc: &str,
+    token: &str,
+) -> AgentConfig {
+    let mut endpoints = endpoints.clone();
+    endpoints.api = api_grpc.to_string();
+    AgentConfig {
+        data_dir: data_dir.to_path_buf(),
+        endpoints,
+        token: token.to_string(),
+        name: name.to_string(),
+        address: "127.0.0.1".into(),
+        labels: Default::default(),
+        firmware: None,
+        resync_interval: Duration::from_secs(5),
+        stop_timeout_secs: 10,
+        deregister_on_shutdown: false,
+        console_listen: Some(loopback()),
+        console_endpoint: String::new(),
+    }
+}
+
+/// A REST client for the API.
+#[derive(Clone)]
+pub struct Rest {
+    pub base: String,
+    pub token: String,
+    pub http: reqwest::Client,
+}
+
+impl Rest {
+    pub fn new(base: &str, token: &str) -> Rest {
+        Rest {
+            base: base.to_string(),
+            token: token.to_string(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{}", self.base, path))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("REST call");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, value)
+    }
+
+    /// Waits until the token is accepted (the bootstrap commits it through Raft).
+    pub async fn wait_ready(&self) {
+        wait_until_async(
+            "the API to accept the admin token",
+            Duration::from_secs(30),
+            || {
+                let rest = self.clone();
+                async move {
+                    let (status, _) = rest.call(reqwest::Method::GET, "/v1/projects", None).await;
+                    (status == 200).then_some(())
+                }
+            },
+        )
+        .await
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        let (status, value) = self.call(reqwest::Method::GET, path, None).await;
+        assert_eq!(status, 200, "GET {path}: {value}");
+        value
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Value {
+        let (status, value) = self.call(reqwest::Method::POST, path, Some(body)).await;
+        assert!(
+            (200..300).contains(&status),
+            "POST {path}: {status} {value}"
+        );
+        value
+    }
+
+    pub async fn delete(&self, path: &str) {
+        let (status, value) = self.call(reqwest::Method::DELETE, path, None).await;
+        assert!(
+            (200..300).contains(&status),
+            "DELETE {path}: {status} {value}"
+        );
+    }
+
+    /// Waits until the VM's status phase is `phase`; returns the VM. On timeout the panic shows
+    /// the VM as last seen.
+    pub async fn wait_vm_phase(&self, id: &str, phase: &str, timeout: Duration) -> Value {
+        let path = format!("/v1/vms/{id}");
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let vm = self.get(&path).await;
+            if vm["status"]["phase"] == phase {
+                return vm;
+            }
+            if tokio::time::Instant::now() > deadline {
+                let nodes = self.get("/v1/nodes").await;
+                let volumes = self.get("/v1/volumes").await;
+                let nics = self.get("/v1/nics").await;
+                let templates = self.get("/v1/templates").await;
+                panic!(
+                    "VM {id} not {phase} after {timeout:?}:\n{vm:#}\nnodes: {nodes:#}\nvolumes: {volumes:#}\nnics: {nics:#}\ntemplates: {templates:#}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Creates the standard template from `images` and returns its id.
+    pub async fn create_template(&self, name: &str, images: &Path) -> String {
+        let dir = images.display();
+        let template = self
+            .post(
+                "/v1/templates",
+                json!({
+                    "name": name,
+                    "spec": {
+                        "source_url": format!("file://{dir}/disk.raw"),
+                        "format": "raw",
+                        "kernel_url": format!("file://{dir}/vmlinuz"),
+                        "initramfs_url": format!("file://{dir}/initramfs.img"),
+                        "cmdline": CMDLINE,
+                    }
+                }),
+            )
+            .await;
+        template["id"].as_str().expect("template id").to_string()
+    }
+}
+
+/// Collects a VM's console output (through mvirt-vmm) until `needle` appears.
+pub async fn console_until(
+    vmm_endpoint: &str,
+    vm_id: &str,
+    input: &[u8],
+    needle: &str,
+    timeout: Duration,
+) -> String {
+    use mvirt_vmm::proto::vm_service_client::VmServiceClient;
+    use mvirt_vmm::proto::ConsoleInput;
+    use tokio_stream::StreamExt;
+    let mut client = VmServiceClient::connect(vmm_endpoint.to_string())
+        .await
+        .expect("connect vmm");
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tx.send(ConsoleInput {
+        vm_id: vm_id.to_string(),
+        data: input.to_vec(),
+    })
+    .await
+    .unwrap();
+    let mut output = client
+        .console(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("console")
+        .into_inner();
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !seen.contains(needle) {
+        let next = tokio::time::timeout_at(deadline, output.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("timed out waiting for {needle:?} on the console; saw:\n{seen}")
+            });
+        match next {
+            Some(Ok(chunk)) => seen.push_str(&String::from_utf8_lossy(&chunk.data)),
+            other => panic!("console ended ({other:?}) before {needle:?}; saw:\n{seen}"),
+        }
+    }
+    drop(tx);
+    seen
+}
