@@ -127,6 +127,23 @@ async fn a_vm_created_through_rest_boots_gets_its_address_and_everything_is_clea
     )
     .await;
 
+    // The console WebSocket through the API (API -> agent relay -> vmm) shows the guest's
+    // output, including the scrollback, and accepts input.
+    let through_api = ws_console_until(
+        &rest,
+        &vm_id,
+        "GATEWAY-2",
+        b"echo WS-$((5+5))\n",
+        "WS-10",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(through_api.contains("MVIRT-GUEST-BOOTED"), "scrollback: {through_api}");
+    let (status, body) = Rest::new(&rest.base, "not-a-token")
+        .call(reqwest::Method::GET, &format!("/v1/vms/{vm_id}/console"), None)
+        .await;
+    assert_eq!(status, 401, "{body}");
+
     // Exactly one of everything, created with the API's ids.
     let mut vmm =
         mvirt_vmm::proto::vm_service_client::VmServiceClient::connect(host.endpoints.vmm.clone())

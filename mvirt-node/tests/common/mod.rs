@@ -358,3 +358,54 @@ pub async fn console_until(
     drop(tx);
     seen
 }
+
+/// Opens the VM's console WebSocket through the API, sends `input` once `ready` has been seen
+/// (empty: at once), and collects output until `needle` appears.
+pub async fn ws_console_until(
+    rest: &Rest,
+    vm_id: &str,
+    ready: &str,
+    input: &[u8],
+    needle: &str,
+    timeout: Duration,
+) -> String {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    let url = format!(
+        "{}/v1/vms/{vm_id}/console",
+        rest.base.replacen("http://", "ws://", 1)
+    );
+    let mut request = url.into_client_request().unwrap();
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", rest.token).parse().unwrap(),
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("console WebSocket opens");
+    let mut seen = String::new();
+    let mut sent = input.is_empty();
+    let deadline = tokio::time::Instant::now() + timeout;
+    if ready.is_empty() && !sent {
+        socket.send(Message::binary(input.to_vec())).await.unwrap();
+        sent = true;
+    }
+    while !(sent && seen.contains(needle)) {
+        let next = tokio::time::timeout_at(deadline, socket.next())
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {needle:?} on the WebSocket; saw:\n{seen}"));
+        match next {
+            Some(Ok(Message::Binary(data))) => seen.push_str(&String::from_utf8_lossy(&data)),
+            Some(Ok(Message::Text(text))) => seen.push_str(text.as_str()),
+            Some(Ok(_)) => {}
+            other => panic!("console WebSocket ended ({other:?}); saw:\n{seen}"),
+        }
+        if !sent && seen.contains(ready) {
+            socket.send(Message::binary(input.to_vec())).await.unwrap();
+            sent = true;
+        }
+    }
+    let _ = socket.close(None).await;
+    seen
+}
