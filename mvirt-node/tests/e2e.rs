@@ -32,7 +32,7 @@ async fn a_vm_created_through_rest_boots_gets_its_address_and_everything_is_clea
     let log_shutdown = mvirt_common::Shutdown::new();
     tokio::spawn(log.serve(log_shutdown.clone()));
 
-    let mut host = HostDaemons::start(root, &log_endpoint).await;
+    let mut host = HostDaemons::start(root, &root.join("images"), &log_endpoint).await;
     let api = mvirt_api::server::start(
         mvirt_api::server::ServerConfig::for_tests("127.0.0.1".parse().unwrap(), &root.join("api")),
         mvirt_common::Shutdown::new(),
@@ -138,9 +138,16 @@ async fn a_vm_created_through_rest_boots_gets_its_address_and_everything_is_clea
         Duration::from_secs(30),
     )
     .await;
-    assert!(through_api.contains("MVIRT-GUEST-BOOTED"), "scrollback: {through_api}");
+    assert!(
+        through_api.contains("MVIRT-GUEST-BOOTED"),
+        "scrollback: {through_api}"
+    );
     let (status, body) = Rest::new(&rest.base, "not-a-token")
-        .call(reqwest::Method::GET, &format!("/v1/vms/{vm_id}/console"), None)
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/vms/{vm_id}/console"),
+            None,
+        )
         .await;
     assert_eq!(status, 401, "{body}");
 

@@ -50,10 +50,14 @@ pub struct HostDaemons {
 }
 
 impl HostDaemons {
-    pub async fn start(dir: &Path, log_endpoint: &str) -> HostDaemons {
+    /// Starts the daemons of one host in `dir`; template sources are imported from `images`
+    /// (shared by all hosts of a test, as an NFS export or identical paths would be).
+    pub async fn start(dir: &Path, images: &Path, log_endpoint: &str) -> HostDaemons {
         let shutdown = Shutdown::new();
-        let images = dir.join("images");
-        template_files(&images);
+        let images = images.to_path_buf();
+        if !images.join("disk.raw").exists() {
+            template_files(&images);
+        }
 
         let pool = TestPool::create();
         let zfs_config = mvirt_zfs::server::Config {
@@ -394,7 +398,9 @@ pub async fn ws_console_until(
     while !(sent && seen.contains(needle)) {
         let next = tokio::time::timeout_at(deadline, socket.next())
             .await
-            .unwrap_or_else(|_| panic!("timed out waiting for {needle:?} on the WebSocket; saw:\n{seen}"));
+            .unwrap_or_else(|_| {
+                panic!("timed out waiting for {needle:?} on the WebSocket; saw:\n{seen}")
+            });
         match next {
             Some(Ok(Message::Binary(data))) => seen.push_str(&String::from_utf8_lossy(&data)),
             Some(Ok(Message::Text(text))) => seen.push_str(text.as_str()),
