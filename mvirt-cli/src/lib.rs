@@ -1,1 +1,16 @@
-//! mvirt-cli (work in progress).
+//! mvirt-cli: the `mvirt` command-line client and terminal UI for mvirt-api's REST API.
+//!
+//! `cli` declares the command tree (clap), `commands` runs it against `client::ApiClient`,
+//! `output` renders tables/JSON/YAML, `config` resolves remotes, flags and environment,
+//! `console` attaches to a VM console, `progress` follows template imports, and `tui` is the
+//! full-screen UI (state in `tui::app`, drawing in `tui::ui`, I/O in background workers).
+
+pub mod cli;
+pub mod client;
+pub mod commands;
+pub mod config;
+pub mod console;
+pub mod output;
+pub mod progress;
+pub mod resources;
+pub mod tui;

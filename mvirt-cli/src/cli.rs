@@ -1,0 +1,571 @@
+//! The command tree: `mvirt <resource> <verb>`, mirroring the REST API one to one.
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::output::Format;
+
+const AFTER_HELP: &str = "\
+Examples:
+  mvirt login --url http://10.0.0.1:8080 --token-file /var/lib/mvirt/api/admin.token
+  mvirt template import debian-12 --source https://example.org/debian-12.qcow2 --format qcow2
+  mvirt network create lan --ipv4 10.0.0.0/24
+  mvirt vm create web-1 --cpus 2 --memory 2G --template debian-12 --disk-size 20G \\
+      --network lan --ssh-key ~/.ssh/id_ed25519.pub
+  mvirt vm list -o json
+  mvirt vm console web-1          (leave with Ctrl+a t)
+  mvirt events --follow
+  mvirt tui
+
+Configuration: ~/.config/mvirt/config.toml holds named remotes (url, token, project);
+MVIRT_REMOTE, MVIRT_URL, MVIRT_TOKEN, MVIRT_PROJECT and the flags below override it.
+
+Exit codes: 0 ok, 1 API error, 2 usage or configuration error, 3 not found,
+4 conflict (already exists, in use, precondition failed), 5 API unreachable or auth rejected.";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mvirt",
+    version,
+    about = "Manage mvirt VMs, networks, storage and the cluster through the mvirt API",
+    long_about = "mvirt is the command-line client of mvirt, a distributed VM manager. It talks to the \
+mvirt-api REST API: every resource is `mvirt <resource> <verb>`, output is a table by default or \
+JSON/YAML with -o, and `mvirt tui` opens a full-screen terminal UI.",
+    after_help = AFTER_HELP
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct GlobalArgs {
+    /// Named remote from the config file (default: the config's `current`).
+    #[arg(long, global = true, env = "MVIRT_REMOTE")]
+    pub remote: Option<String>,
+    /// API URL, e.g. http://10.0.0.1:8080 (overrides the remote).
+    #[arg(long, global = true, env = "MVIRT_URL")]
+    pub url: Option<String>,
+    /// API bearer token (overrides the remote).
+    #[arg(long, global = true, env = "MVIRT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Project to work in (default: the remote's project, else `default`).
+    #[arg(short, long, global = true, env = "MVIRT_PROJECT")]
+    pub project: Option<String>,
+    /// Output format of reads.
+    #[arg(short, long, global = true, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+    /// Only change or delete the object if it is still at this revision (its ETag); a newer
+    /// revision fails with exit code 4.
+    #[arg(long, global = true, value_name = "REVISION")]
+    pub if_match: Option<u64>,
+    /// Config file (default: ~/.config/mvirt/config.toml).
+    #[arg(long, global = true, env = "MVIRT_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Store an API URL and token as a named remote and make it current.
+    #[command(
+        after_help = "Examples:\n  mvirt login --url http://10.0.0.1:8080 --token-file admin.token\n  \
+echo $TOKEN | mvirt login --name lab --url https://lab.example:8080 --project web"
+    )]
+    Login(LoginArgs),
+    /// Named remotes in the config file.
+    #[command(subcommand)]
+    Remote(RemoteCmd),
+    /// Projects group resources; `default` always exists.
+    #[command(subcommand)]
+    Project(ProjectCmd),
+    /// Hypervisor nodes (registered by their node agents).
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// Virtual L3 networks.
+    #[command(subcommand)]
+    Network(NetworkCmd),
+    /// Network interfaces on a network.
+    #[command(subcommand)]
+    Nic(NicCmd),
+    /// Security groups and their rules.
+    #[command(subcommand, name = "sg", alias = "security-group")]
+    Sg(SgCmd),
+    /// Routes between nodes (derived by the API from NIC placement; read-only).
+    #[command(subcommand)]
+    Route(RouteCmd),
+    /// Disk volumes, their snapshots and resizing.
+    #[command(subcommand)]
+    Volume(VolumeCmd),
+    /// Disk image templates, imported from a URL on every node.
+    #[command(subcommand)]
+    Template(TemplateCmd),
+    /// Virtual machines.
+    #[command(subcommand)]
+    Vm(VmCmd),
+    /// Attach to a VM's serial console (same as `mvirt vm console`; leave with Ctrl+a t).
+    Console(ConsoleArgs),
+    /// Query the audit log.
+    Logs(LogsArgs),
+    /// Show the API's event stream (every change, with its revision).
+    Events(EventsArgs),
+    /// The control-plane cluster: members, join tokens.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// API tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Show the client version and the API's health.
+    Version,
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  mvirt completion bash > /etc/bash_completion.d/mvirt\n  \
+mvirt completion zsh > \"${fpath[1]}/_mvirt\"\n  mvirt completion fish > ~/.config/fish/completions/mvirt.fish"
+    )]
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Full-screen terminal UI.
+    Tui,
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// Name of the remote to create or update.
+    #[arg(long, default_value = "default")]
+    pub name: String,
+    /// API token; read from --token-file or stdin when not given (global --token works too).
+    #[arg(long = "token-file")]
+    pub token_file: Option<std::path::PathBuf>,
+    /// Do not check the token against the API before saving.
+    #[arg(long)]
+    pub no_verify: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RemoteCmd {
+    /// List remotes (* marks the current one).
+    List,
+    /// Make a remote the current one.
+    Use { name: String },
+    /// Remove a remote.
+    Remove { name: String },
+}
+
+/// Common list flags.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ListArgs {
+    /// List across all projects.
+    #[arg(short = 'A', long)]
+    pub all_projects: bool,
+    /// Only objects with these labels (`k=v,k2=v2`).
+    #[arg(short = 'l', long)]
+    pub label: Option<String>,
+    /// Only objects placed on this node (id or name; VMs and volumes).
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Only objects in this phase (e.g. running, ready, pending; nodes: online/offline).
+    #[arg(long)]
+    pub phase: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectCmd {
+    /// List projects.
+    List,
+    /// Show one project.
+    Show { name: String },
+    /// Create a project.
+    #[command(after_help = "Example:\n  mvirt project create web --description \"web tier\"")]
+    Create {
+        name: String,
+        #[arg(long)]
+        description: Option<String>,
+        /// Labels `k=v` (repeatable).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+    },
+    /// Delete a project (refused while it holds resources).
+    Delete { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCmd {
+    /// List nodes with capacity and allocation.
+    List(ListArgs),
+    /// Show one node (id or name).
+    Show { node: String },
+    /// Stop placing new VMs on a node.
+    Cordon { node: String },
+    /// Allow placing VMs on a node again.
+    Uncordon { node: String },
+    /// Set labels on a node (`k=v`, repeatable; replaces the label set).
+    #[command(after_help = "Example:\n  mvirt node label hv1 --label zone=a --label ssd=true")]
+    Label {
+        node: String,
+        #[arg(long = "label")]
+        labels: Vec<String>,
+    },
+    /// Forget a node.
+    Delete { node: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NetworkCmd {
+    /// List networks.
+    List(ListArgs),
+    /// Show one network.
+    Show { network: String },
+    /// Create a network.
+    #[command(
+        after_help = "Examples:\n  mvirt network create lan --ipv4 10.0.0.0/24 --dns 1.1.1.1\n  \
+mvirt network create pub --ipv4 192.168.50.0/24 --ipv6 fd00:50::/64 --public"
+    )]
+    Create {
+        name: String,
+        /// IPv4 prefix, e.g. 10.0.0.0/24.
+        #[arg(long)]
+        ipv4: Option<String>,
+        /// IPv6 prefix, e.g. fd00::/64.
+        #[arg(long)]
+        ipv6: Option<String>,
+        /// DNS server handed out by DHCP (repeatable).
+        #[arg(long)]
+        dns: Vec<String>,
+        /// NTP server handed out by DHCP (repeatable).
+        #[arg(long)]
+        ntp: Vec<String>,
+        /// Reach the outside through NAT.
+        #[arg(long)]
+        public: bool,
+        #[arg(long = "label")]
+        labels: Vec<String>,
+    },
+    /// Delete a network (refused while it has NICs unless --force).
+    Delete {
+        network: String,
+        /// Also delete the network's NICs.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NicCmd {
+    /// List NICs.
+    List(ListArgs),
+    /// Show one NIC.
+    Show { nic: String },
+    /// Create a NIC (address and MAC are allocated unless given).
+    #[command(
+        after_help = "Example:\n  mvirt nic create web-eth0 --network lan --ipv4 10.0.0.10 --sg web"
+    )]
+    Create {
+        name: String,
+        /// Network id or name.
+        #[arg(long)]
+        network: String,
+        #[arg(long)]
+        mac: Option<String>,
+        #[arg(long)]
+        ipv4: Option<String>,
+        #[arg(long)]
+        ipv6: Option<String>,
+        /// Security group id or name (repeatable).
+        #[arg(long = "sg")]
+        security_groups: Vec<String>,
+    },
+    /// Delete a NIC.
+    Delete { nic: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SgCmd {
+    /// List security groups.
+    List(ListArgs),
+    /// Show one security group with its rules.
+    Show { sg: String },
+    /// Create an (empty) security group.
+    Create { name: String },
+    /// Delete a security group (refused while a NIC uses it).
+    Delete { sg: String },
+    /// Rules of a security group.
+    #[command(subcommand)]
+    Rule(SgRuleCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SgRuleCmd {
+    /// List a group's rules.
+    List { sg: String },
+    /// Add an allow rule.
+    #[command(
+        after_help = "Examples:\n  mvirt sg rule add web --direction ingress --protocol tcp --port 443 --cidr 0.0.0.0/0\n  \
+mvirt sg rule add web --direction ingress --protocol tcp --port 8000-8100 --remote-group lb"
+    )]
+    Add {
+        sg: String,
+        /// ingress or egress.
+        #[arg(long, default_value = "ingress")]
+        direction: String,
+        /// any, tcp, udp, icmp, icmpv6.
+        #[arg(long, default_value = "any")]
+        protocol: String,
+        /// A port or a range `min-max`.
+        #[arg(long)]
+        port: Option<String>,
+        #[arg(long)]
+        cidr: Option<String>,
+        /// Security group id or name the peer must belong to.
+        #[arg(long)]
+        remote_group: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// Delete a rule by id.
+    Delete { sg: String, rule_id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RouteCmd {
+    /// List the routes the API derives: each placed NIC address and the node that hosts it.
+    List(ListArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VolumeCmd {
+    /// List volumes.
+    List(ListArgs),
+    /// Show one volume.
+    Show { volume: String },
+    /// Create a volume, empty or cloned from a template.
+    #[command(after_help = "Examples:\n  mvirt volume create data --size 50G\n  \
+mvirt volume create root2 --size 20G --template debian-12 --node hv1")]
+    Create {
+        name: String,
+        /// Size, e.g. 512M, 20G.
+        #[arg(long)]
+        size: String,
+        /// Template id or name to clone.
+        #[arg(long)]
+        template: Option<String>,
+        /// Pin to a node (id).
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Grow a volume.
+    Resize {
+        volume: String,
+        /// New size, e.g. 40G (grow only).
+        #[arg(long)]
+        size: String,
+    },
+    /// Delete a volume (refused while attached).
+    Delete { volume: String },
+    /// Snapshots of a volume.
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCmd {
+    /// List a volume's snapshots.
+    List { volume: String },
+    /// Take a snapshot.
+    Create { volume: String, name: String },
+    /// Delete a snapshot (by id or name).
+    Delete { volume: String, snapshot: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TemplateCmd {
+    /// List templates with import state.
+    List(ListArgs),
+    /// Show one template.
+    Show { template: String },
+    /// Import a disk image as a template and follow the import to its end.
+    #[command(
+        after_help = "Examples:\n  mvirt template import debian-12 --source https://cloud.debian.org/…/debian-12-generic-amd64.qcow2 --format qcow2\n  \
+mvirt template import tiny --source file:///srv/images/tiny.raw --kernel file:///srv/vmlinuz --no-wait"
+    )]
+    Import {
+        name: String,
+        /// Source URL (file://, http://, https://).
+        #[arg(long)]
+        source: String,
+        /// raw or qcow2.
+        #[arg(long, default_value = "raw")]
+        format: String,
+        /// Expected sha256 of the image.
+        #[arg(long)]
+        sha256: Option<String>,
+        /// Kernel URL for direct boot.
+        #[arg(long)]
+        kernel: Option<String>,
+        /// Initramfs URL for direct boot.
+        #[arg(long)]
+        initramfs: Option<String>,
+        /// Default kernel command line.
+        #[arg(long)]
+        cmdline: Option<String>,
+        /// Return once the import is requested instead of following it.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Delete a template (refused while volumes are cloned from it).
+    Delete { template: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VmCmd {
+    /// List VMs.
+    List(ListArgs),
+    /// Show one VM.
+    Show { vm: String },
+    /// Create (and by default start) a VM.
+    #[command(
+        after_help = "Examples:\n  mvirt vm create web-1 --cpus 2 --memory 2G --template debian-12 --disk-size 20G --network lan\n  \
+mvirt vm create db --cpus 4 --memory 8G --template debian-12 --disk-size 100G --network lan \\\n      \
+--ssh-key ~/.ssh/id_ed25519.pub --user-data cloud-init.yaml --node-selector zone=a --stopped"
+    )]
+    Create(Box<VmCreateArgs>),
+    /// Start a VM.
+    Start { vm: String },
+    /// Stop a VM gracefully (ACPI power button).
+    Stop { vm: String },
+    /// Stop a VM at once (power off).
+    Kill { vm: String },
+    /// Restart a VM.
+    Restart { vm: String },
+    /// Delete a VM with its owned root volume and NICs.
+    Delete { vm: String },
+    /// Attach to the serial console (leave with Ctrl+a t).
+    Console(ConsoleArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct VmCreateArgs {
+    pub name: String,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    pub cpus: u32,
+    /// Memory, e.g. 512M, 2G.
+    #[arg(long, default_value = "512M")]
+    pub memory: String,
+    /// Template (id or name) to clone the root disk from.
+    #[arg(long)]
+    pub template: Option<String>,
+    /// Root disk size (with --template), e.g. 20G.
+    #[arg(long, default_value = "10G")]
+    pub disk_size: String,
+    /// Network (id or name) to give the VM a NIC on (repeatable).
+    #[arg(long)]
+    pub network: Vec<String>,
+    /// Security group for the VM's NICs (repeatable).
+    #[arg(long = "sg")]
+    pub security_groups: Vec<String>,
+    /// Existing volume to attach (repeatable).
+    #[arg(long)]
+    pub volume: Vec<String>,
+    /// SSH public key, inline or a path to a .pub file (repeatable).
+    #[arg(long)]
+    pub ssh_key: Vec<String>,
+    /// cloud-init user-data file.
+    #[arg(long)]
+    pub user_data: Option<std::path::PathBuf>,
+    /// Node id, node name or labels `k=v,k2=v2`.
+    #[arg(long)]
+    pub node_selector: Option<String>,
+    /// Guest hostname (default: the VM name).
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Create without starting.
+    #[arg(long)]
+    pub stopped: bool,
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ConsoleArgs {
+    /// VM id or name.
+    pub vm: String,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+#[command(
+    after_help = "Examples:\n  mvirt logs --object <vm-id> --level audit,error\n  mvirt logs --component mvirt-api --since 1h --limit 20\n  mvirt logs --follow"
+)]
+pub struct LogsArgs {
+    /// Only entries about this object id.
+    #[arg(long)]
+    pub object: Option<String>,
+    #[arg(long)]
+    pub component: Option<String>,
+    /// audit, info, warn, error, debug (comma-separated for several).
+    #[arg(long)]
+    pub level: Option<String>,
+    /// Entries at or after this time: RFC 3339, or an age like 10m, 2h, 7d.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Entries before this time: RFC 3339, or an age.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Substring to search for.
+    #[arg(long)]
+    pub text: Option<String>,
+    #[arg(long)]
+    pub limit: Option<u32>,
+    /// Keep the stream open and print new entries.
+    #[arg(short, long)]
+    pub follow: bool,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+#[command(
+    after_help = "Examples:\n  mvirt events                      (the events so far, then exit)\n  mvirt events --follow --type vm.created\n  mvirt events --follow --from-revision 120 -o json"
+)]
+pub struct EventsArgs {
+    /// Keep the stream open.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only events of this type (e.g. vm.created).
+    #[arg(long = "type")]
+    pub event_type: Option<String>,
+    /// Start after this revision.
+    #[arg(long)]
+    pub from_revision: Option<u64>,
+    /// Events of all projects.
+    #[arg(short = 'A', long)]
+    pub all_projects: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCmd {
+    /// List control-plane members and the leader.
+    Members,
+    /// Create a single-use join token for a new member.
+    JoinToken {
+        /// Seconds until the token expires.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
+    /// Remove a member.
+    Remove { member_id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// List API tokens.
+    List,
+    /// Create a token (the secret is shown once).
+    Create {
+        name: String,
+        /// admin or node.
+        #[arg(long, default_value = "admin")]
+        role: String,
+    },
+    /// Delete a token.
+    Delete { id: String },
+}

@@ -1,0 +1,725 @@
+//! The TUI's state and its transitions: `App::update` takes a message (a key, a worker result,
+//! an event from `/v1/events`) and returns the I/O commands to hand to the workers. No I/O and
+//! no terminal here, so every transition and every screen is testable.
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use serde_json::Value;
+
+use crate::console::EscapeDetector;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    Vms,
+    Nodes,
+    Networks,
+    Storage,
+    Logs,
+}
+
+pub const VIEWS: [View; 5] = [
+    View::Vms,
+    View::Nodes,
+    View::Networks,
+    View::Storage,
+    View::Logs,
+];
+
+impl View {
+    pub fn title(self) -> &'static str {
+        match self {
+            View::Vms => "VMs",
+            View::Nodes => "Nodes",
+            View::Networks => "Networks",
+            View::Storage => "Storage",
+            View::Logs => "Logs",
+        }
+    }
+
+    fn index(self) -> usize {
+        VIEWS.iter().position(|v| *v == self).unwrap_or(0)
+    }
+}
+
+/// Resource collections the TUI keeps in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Vm,
+    Node,
+    Network,
+    Volume,
+    Template,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 5] = [
+        Kind::Vm,
+        Kind::Node,
+        Kind::Network,
+        Kind::Volume,
+        Kind::Template,
+    ];
+
+    pub fn path(self) -> &'static str {
+        match self {
+            Kind::Vm => "/v1/vms",
+            Kind::Node => "/v1/nodes",
+            Kind::Network => "/v1/networks",
+            Kind::Volume => "/v1/volumes",
+            Kind::Template => "/v1/templates",
+        }
+    }
+
+    /// The `kind` string of events.
+    pub fn from_event_kind(s: &str) -> Option<Kind> {
+        Some(match s {
+            "vm" => Kind::Vm,
+            "node" => Kind::Node,
+            "network" => Kind::Network,
+            "volume" => Kind::Volume,
+            "template" => Kind::Template,
+            _ => return None,
+        })
+    }
+
+    pub fn singular(self) -> &'static str {
+        match self {
+            Kind::Vm => "vm",
+            Kind::Node => "node",
+            Kind::Network => "network",
+            Kind::Volume => "volume",
+            Kind::Template => "template",
+        }
+    }
+}
+
+/// What the app asks the workers to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cmd {
+    Load(Kind),
+    LoadLogs,
+    VmAction {
+        id: String,
+        name: String,
+        action: &'static str,
+    },
+    Delete {
+        kind: Kind,
+        id: String,
+        name: String,
+    },
+    CreateVm(VmForm),
+    OpenConsole {
+        id: String,
+    },
+    ConsoleInput(Vec<u8>),
+    CloseConsole,
+}
+
+/// What comes back to the app.
+#[derive(Debug, Clone)]
+pub enum Msg {
+    Key(KeyEvent),
+    Resize(u16, u16),
+    Loaded(Kind, Vec<Value>),
+    LoadFailed(Kind, String),
+    Logs(Vec<Value>),
+    /// One `/v1/events` event (`{"revision","type","kind","id","object"}`).
+    Event(Value),
+    /// The events stream connected (true) or dropped (false, with the reason).
+    Stream(bool, String),
+    Done(String),
+    Failed(String),
+    ConsoleOutput(Vec<u8>),
+    ConsoleClosed(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Confirm {
+    VmAction {
+        id: String,
+        name: String,
+        action: &'static str,
+    },
+    Delete {
+        kind: Kind,
+        id: String,
+        name: String,
+    },
+}
+
+impl Confirm {
+    pub fn question(&self) -> String {
+        match self {
+            Confirm::VmAction { name, action, .. } => format!("{action} vm {name}?"),
+            Confirm::Delete { kind, name, .. } => format!("delete {} {name}?", kind.singular()),
+        }
+    }
+
+    fn into_cmd(self) -> Cmd {
+        match self {
+            Confirm::VmAction { id, name, action } => Cmd::VmAction { id, name, action },
+            Confirm::Delete { kind, id, name } => Cmd::Delete { kind, id, name },
+        }
+    }
+}
+
+pub const FORM_FIELDS: [&str; 7] = [
+    "Name",
+    "vCPUs",
+    "Memory",
+    "Template",
+    "Disk size",
+    "Network",
+    "SSH key",
+];
+
+/// The create-VM form: free text fields, validated by the worker and the API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmForm {
+    pub values: [String; 7],
+    pub focus: usize,
+}
+
+impl Default for VmForm {
+    fn default() -> Self {
+        VmForm {
+            values: [
+                String::new(),
+                "1".into(),
+                "512M".into(),
+                String::new(),
+                "10G".into(),
+                String::new(),
+                String::new(),
+            ],
+            focus: 0,
+        }
+    }
+}
+
+impl VmForm {
+    pub fn name(&self) -> &str {
+        self.values[0].trim()
+    }
+}
+
+pub struct ConsoleView {
+    pub vm_id: String,
+    pub vm_name: String,
+    pub screen: vt100::Parser,
+    pub connected: bool,
+    escape: EscapeDetector,
+}
+
+pub enum Modal {
+    Confirm(Confirm),
+    CreateVm(VmForm),
+    Console(Box<ConsoleView>),
+    Help,
+}
+
+pub struct App {
+    pub view: View,
+    pub vms: Vec<Value>,
+    pub nodes: Vec<Value>,
+    pub networks: Vec<Value>,
+    pub volumes: Vec<Value>,
+    pub templates: Vec<Value>,
+    pub logs: Vec<Value>,
+    selected: [usize; 5],
+    pub modal: Option<Modal>,
+    /// Last outcome or error, shown above the footer.
+    pub status: String,
+    /// Whether the live event stream is connected.
+    pub live: bool,
+    pub quit: bool,
+    pub size: (u16, u16),
+    pub project: String,
+    pub api_url: String,
+}
+
+impl App {
+    pub fn new(api_url: &str, project: &str) -> App {
+        App {
+            view: View::Vms,
+            vms: vec![],
+            nodes: vec![],
+            networks: vec![],
+            volumes: vec![],
+            templates: vec![],
+            logs: vec![],
+            selected: [0; 5],
+            modal: None,
+            status: "loading…".into(),
+            live: false,
+            quit: false,
+            size: (80, 24),
+            project: project.into(),
+            api_url: api_url.into(),
+        }
+    }
+
+    /// The commands to run at start.
+    pub fn initial_commands(&self) -> Vec<Cmd> {
+        let mut c: Vec<Cmd> = Kind::ALL.iter().map(|k| Cmd::Load(*k)).collect();
+        c.push(Cmd::LoadLogs);
+        c
+    }
+
+    pub fn items(&self, kind: Kind) -> &Vec<Value> {
+        match kind {
+            Kind::Vm => &self.vms,
+            Kind::Node => &self.nodes,
+            Kind::Network => &self.networks,
+            Kind::Volume => &self.volumes,
+            Kind::Template => &self.templates,
+        }
+    }
+
+    fn items_mut(&mut self, kind: Kind) -> &mut Vec<Value> {
+        match kind {
+            Kind::Vm => &mut self.vms,
+            Kind::Node => &mut self.nodes,
+            Kind::Network => &mut self.networks,
+            Kind::Volume => &mut self.volumes,
+            Kind::Template => &mut self.templates,
+        }
+    }
+
+    /// The collection the current view's selection moves over.
+    pub fn view_kind(&self) -> Option<Kind> {
+        match self.view {
+            View::Vms => Some(Kind::Vm),
+            View::Nodes => Some(Kind::Node),
+            View::Networks => Some(Kind::Network),
+            View::Storage => Some(Kind::Volume),
+            View::Logs => None,
+        }
+    }
+
+    fn view_len(&self) -> usize {
+        match self.view_kind() {
+            Some(k) => self.items(k).len(),
+            None => self.logs.len(),
+        }
+    }
+
+    pub fn selected(&self) -> usize {
+        self.selected[self.view.index()].min(self.view_len().saturating_sub(1))
+    }
+
+    pub fn selected_item(&self) -> Option<&Value> {
+        self.view_kind()
+            .and_then(|k| self.items(k).get(self.selected()))
+    }
+
+    pub fn update(&mut self, msg: Msg) -> Vec<Cmd> {
+        match msg {
+            Msg::Key(k) => self.key(k),
+            Msg::Resize(w, h) => {
+                self.size = (w, h);
+                if let Some(Modal::Console(c)) = &mut self.modal {
+                    let (rows, cols) = console_size(w, h);
+                    c.screen.set_size(rows, cols);
+                }
+                vec![]
+            }
+            Msg::Loaded(kind, mut items) => {
+                sort_by_name(&mut items);
+                *self.items_mut(kind) = items;
+                if self.status == "loading…" {
+                    self.status.clear();
+                }
+                vec![]
+            }
+            Msg::LoadFailed(kind, e) => {
+                self.status = format!("loading {}s failed: {e}", kind.singular());
+                vec![]
+            }
+            Msg::Logs(items) => {
+                self.logs = items;
+                vec![]
+            }
+            Msg::Event(ev) => {
+                self.apply_event(&ev);
+                vec![]
+            }
+            Msg::Stream(up, why) => {
+                self.live = up;
+                if !up {
+                    self.status = format!("live updates interrupted: {why} (reconnecting)");
+                }
+                vec![]
+            }
+            Msg::Done(s) => {
+                self.status = s;
+                vec![]
+            }
+            Msg::Failed(s) => {
+                self.status = format!("error: {s}");
+                vec![]
+            }
+            Msg::ConsoleOutput(bytes) => {
+                if let Some(Modal::Console(c)) = &mut self.modal {
+                    c.screen.process(&bytes);
+                    c.connected = true;
+                }
+                vec![]
+            }
+            Msg::ConsoleClosed(why) => {
+                if let Some(Modal::Console(c)) = &mut self.modal {
+                    c.connected = false;
+                    self.status = format!("console of {} closed: {why}", c.vm_name);
+                }
+                vec![]
+            }
+        }
+    }
+
+    /// Upserts or removes the object an event carries.
+    pub fn apply_event(&mut self, ev: &Value) {
+        let Some(kind) = ev
+            .get("kind")
+            .and_then(Value::as_str)
+            .and_then(Kind::from_event_kind)
+        else {
+            return;
+        };
+        let Some(id) = ev.get("id").and_then(Value::as_str) else {
+            return;
+        };
+        let project = self.project.clone();
+        let items = self.items_mut(kind);
+        let pos = items
+            .iter()
+            .position(|i| i.get("id").and_then(Value::as_str) == Some(id));
+        match ev.get("object").filter(|o| !o.is_null()) {
+            None => {
+                if let Some(p) = pos {
+                    items.remove(p);
+                }
+            }
+            Some(obj) => {
+                let in_project = kind == Kind::Node
+                    || obj.get("project").and_then(Value::as_str) == Some(project.as_str());
+                if !in_project {
+                    return;
+                }
+                let rev = |v: &Value| v.get("revision").and_then(Value::as_u64).unwrap_or(0);
+                match pos {
+                    Some(p) if rev(&items[p]) > rev(obj) => {} // stale replay
+                    Some(p) => items[p] = obj.clone(),
+                    None => {
+                        items.push(obj.clone());
+                        sort_by_name(items);
+                    }
+                }
+            }
+        }
+    }
+
+    fn key(&mut self, k: KeyEvent) -> Vec<Cmd> {
+        if k.kind == crossterm::event::KeyEventKind::Release {
+            return vec![];
+        }
+        match self.modal.take() {
+            Some(Modal::Confirm(c)) => match k.code {
+                KeyCode::Char('y') | KeyCode::Char('Y') | KeyCode::Enter => {
+                    self.status = format!("{}…", c.question().trim_end_matches('?'));
+                    vec![c.into_cmd()]
+                }
+                KeyCode::Char('n') | KeyCode::Esc | KeyCode::Char('q') => vec![],
+                _ => {
+                    self.modal = Some(Modal::Confirm(c));
+                    vec![]
+                }
+            },
+            Some(Modal::CreateVm(f)) => self.form_key(f, k),
+            Some(Modal::Console(c)) => self.console_key(c, k),
+            Some(Modal::Help) => vec![],
+            None => self.view_key(k),
+        }
+    }
+
+    fn view_key(&mut self, k: KeyEvent) -> Vec<Cmd> {
+        let before = self.view;
+        let mut cmds = self.view_key_inner(k);
+        // The audit log has no live feed here: refresh it whenever the view is entered.
+        if self.view == View::Logs && before != View::Logs {
+            cmds.push(Cmd::LoadLogs);
+        }
+        cmds
+    }
+
+    fn view_key_inner(&mut self, k: KeyEvent) -> Vec<Cmd> {
+        let idx = self.view.index();
+        match k.code {
+            KeyCode::Char('q') => self.quit = true,
+            KeyCode::Char('c') if k.modifiers.contains(KeyModifiers::CONTROL) => self.quit = true,
+            KeyCode::Tab | KeyCode::Right => self.view = VIEWS[(idx + 1) % VIEWS.len()],
+            KeyCode::BackTab | KeyCode::Left => {
+                self.view = VIEWS[(idx + VIEWS.len() - 1) % VIEWS.len()]
+            }
+            KeyCode::Char(c @ '1'..='5') => self.view = VIEWS[(c as usize) - ('1' as usize)],
+            KeyCode::Down | KeyCode::Char('j') => {
+                let n = self.view_len();
+                self.selected[idx] = (self.selected() + 1).min(n.saturating_sub(1));
+            }
+            KeyCode::Up | KeyCode::Char('k') => {
+                self.selected[idx] = self.selected().saturating_sub(1)
+            }
+            KeyCode::Char('?') => self.modal = Some(Modal::Help),
+            KeyCode::Char('r') => {
+                self.status = "reloading…".into();
+                return match self.view_kind() {
+                    Some(Kind::Volume) => vec![Cmd::Load(Kind::Volume), Cmd::Load(Kind::Template)],
+                    Some(kind) => vec![Cmd::Load(kind)],
+                    None => vec![Cmd::LoadLogs],
+                };
+            }
+            KeyCode::Char('n') if self.view == View::Vms => {
+                self.modal = Some(Modal::CreateVm(VmForm::default()))
+            }
+            KeyCode::Char(c @ ('s' | 'o' | 'x' | 'R')) if self.view == View::Vms => {
+                let action = match c {
+                    's' => "start",
+                    'o' => "stop",
+                    'x' => "kill",
+                    _ => "restart",
+                };
+                if let Some((id, name)) = self.selected_ident() {
+                    self.modal = Some(Modal::Confirm(Confirm::VmAction { id, name, action }));
+                }
+            }
+            KeyCode::Char('d') | KeyCode::Delete => {
+                if let (Some(kind), Some((id, name))) = (self.view_kind(), self.selected_ident()) {
+                    if kind != Kind::Node {
+                        self.modal = Some(Modal::Confirm(Confirm::Delete { kind, id, name }));
+                    }
+                }
+            }
+            KeyCode::Enter if self.view == View::Vms => {
+                if let Some((id, name)) = self.selected_ident() {
+                    let (rows, cols) = console_size(self.size.0, self.size.1);
+                    self.modal = Some(Modal::Console(Box::new(ConsoleView {
+                        vm_id: id.clone(),
+                        vm_name: name,
+                        screen: vt100::Parser::new(rows, cols, 500),
+                        connected: false,
+                        escape: EscapeDetector::default(),
+                    })));
+                    return vec![Cmd::OpenConsole { id }];
+                }
+            }
+            _ => {}
+        }
+        vec![]
+    }
+
+    fn selected_ident(&self) -> Option<(String, String)> {
+        let it = self.selected_item()?;
+        let id = it.get("id").and_then(Value::as_str)?.to_string();
+        let name = it
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or(&id)
+            .to_string();
+        Some((id, name))
+    }
+
+    fn form_key(&mut self, mut f: VmForm, k: KeyEvent) -> Vec<Cmd> {
+        match k.code {
+            KeyCode::Esc => return vec![],
+            KeyCode::Enter => {
+                if f.name().is_empty() {
+                    self.status = "the VM needs a name".into();
+                    f.focus = 0;
+                } else {
+                    self.status = format!("creating vm {}…", f.name());
+                    return vec![Cmd::CreateVm(f)];
+                }
+            }
+            KeyCode::Tab | KeyCode::Down => f.focus = (f.focus + 1) % FORM_FIELDS.len(),
+            KeyCode::BackTab | KeyCode::Up => {
+                f.focus = (f.focus + FORM_FIELDS.len() - 1) % FORM_FIELDS.len()
+            }
+            KeyCode::Backspace => {
+                f.values[f.focus].pop();
+            }
+            KeyCode::Char(c) if !k.modifiers.contains(KeyModifiers::CONTROL) => {
+                f.values[f.focus].push(c)
+            }
+            _ => {}
+        }
+        self.modal = Some(Modal::CreateVm(f));
+        vec![]
+    }
+
+    fn console_key(&mut self, mut c: Box<ConsoleView>, k: KeyEvent) -> Vec<Cmd> {
+        let bytes = key_bytes(&k);
+        let f = c.escape.feed(&bytes);
+        let mut cmds = Vec::new();
+        if !f.forward.is_empty() {
+            cmds.push(Cmd::ConsoleInput(f.forward));
+        }
+        if f.detach {
+            cmds.push(Cmd::CloseConsole);
+            self.status = format!("detached from {}", c.vm_name);
+        } else {
+            self.modal = Some(Modal::Console(c));
+        }
+        cmds
+    }
+}
+
+fn sort_by_name(items: &mut [Value]) {
+    items.sort_by(|a, b| {
+        let n = |v: &Value| {
+            v.get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        n(a).cmp(&n(b))
+    });
+}
+
+/// The console's text area for a terminal of `w`×`h` (borders, header and footer removed).
+pub fn console_size(w: u16, h: u16) -> (u16, u16) {
+    (h.saturating_sub(6).max(5), w.saturating_sub(2).max(20))
+}
+
+/// The bytes a terminal would send for a key.
+pub fn key_bytes(k: &KeyEvent) -> Vec<u8> {
+    let ctrl = k.modifiers.contains(KeyModifiers::CONTROL);
+    match k.code {
+        KeyCode::Char(c) if ctrl && c.is_ascii_alphabetic() => {
+            vec![(c.to_ascii_lowercase() as u8) & 0x1f]
+        }
+        KeyCode::Char(c) => c.to_string().into_bytes(),
+        KeyCode::Enter => vec![b'\r'],
+        KeyCode::Backspace => vec![0x7f],
+        KeyCode::Tab => vec![b'\t'],
+        KeyCode::Esc => vec![0x1b],
+        KeyCode::Up => b"\x1b[A".to_vec(),
+        KeyCode::Down => b"\x1b[B".to_vec(),
+        KeyCode::Right => b"\x1b[C".to_vec(),
+        KeyCode::Left => b"\x1b[D".to_vec(),
+        KeyCode::Home => b"\x1b[H".to_vec(),
+        KeyCode::End => b"\x1b[F".to_vec(),
+        KeyCode::Delete => b"\x1b[3~".to_vec(),
+        _ => vec![],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn key(c: KeyCode) -> Msg {
+        Msg::Key(KeyEvent::new(c, KeyModifiers::NONE))
+    }
+
+    fn app_with_vm() -> App {
+        let mut a = App::new("http://x", "default");
+        a.update(Msg::Loaded(
+            Kind::Vm,
+            vec![json!({"id":"v1","name":"web","project":"default","revision":3})],
+        ));
+        a
+    }
+
+    #[test]
+    fn tab_and_digits_switch_views() {
+        let mut a = App::new("http://x", "default");
+        a.update(key(KeyCode::Tab));
+        assert_eq!(a.view, View::Nodes);
+        assert_eq!(
+            a.update(key(KeyCode::Char('5'))),
+            vec![Cmd::LoadLogs],
+            "entering the log view refreshes it"
+        );
+        assert_eq!(a.view, View::Logs);
+        a.update(key(KeyCode::BackTab));
+        assert_eq!(a.view, View::Storage);
+    }
+
+    #[test]
+    fn stop_asks_for_confirmation_and_only_yes_acts() {
+        let mut a = app_with_vm();
+        assert!(a.update(key(KeyCode::Char('o'))).is_empty());
+        assert!(matches!(a.modal, Some(Modal::Confirm(_))));
+        assert!(a.update(key(KeyCode::Char('n'))).is_empty());
+        assert!(a.modal.is_none());
+        a.update(key(KeyCode::Char('o')));
+        let cmds = a.update(key(KeyCode::Char('y')));
+        assert_eq!(
+            cmds,
+            vec![Cmd::VmAction {
+                id: "v1".into(),
+                name: "web".into(),
+                action: "stop"
+            }]
+        );
+    }
+
+    #[test]
+    fn events_upsert_and_delete_ignoring_stale_and_foreign_objects() {
+        let mut a = app_with_vm();
+        a.apply_event(&json!({"kind":"vm","id":"v1","object":{"id":"v1","name":"web","project":"default","revision":2,"x":1}}));
+        assert!(
+            a.vms[0].get("x").is_none(),
+            "an older revision must not overwrite"
+        );
+        a.apply_event(&json!({"kind":"vm","id":"v2","object":{"id":"v2","name":"api","project":"default","revision":5}}));
+        assert_eq!(
+            a.vms
+                .iter()
+                .map(|v| v["name"].as_str().unwrap())
+                .collect::<Vec<_>>(),
+            ["api", "web"]
+        );
+        a.apply_event(&json!({"kind":"vm","id":"v9","object":{"id":"v9","name":"other","project":"p2","revision":6}}));
+        assert_eq!(a.vms.len(), 2);
+        a.apply_event(&json!({"kind":"vm","id":"v1","object":null}));
+        assert_eq!(a.vms.len(), 1);
+    }
+
+    #[test]
+    fn form_collects_input_and_submits() {
+        let mut a = App::new("http://x", "default");
+        a.update(key(KeyCode::Char('n')));
+        for c in "db".chars() {
+            a.update(key(KeyCode::Char(c)));
+        }
+        a.update(key(KeyCode::Tab));
+        a.update(key(KeyCode::Backspace));
+        a.update(key(KeyCode::Char('4')));
+        let cmds = a.update(key(KeyCode::Enter));
+        let Some(Cmd::CreateVm(f)) = cmds.first() else {
+            panic!("no create command: {cmds:?}")
+        };
+        assert_eq!(f.values[0], "db");
+        assert_eq!(f.values[1], "4");
+        assert!(a.modal.is_none());
+    }
+
+    #[test]
+    fn console_forwards_keys_and_ctrl_a_t_detaches() {
+        let mut a = app_with_vm();
+        assert_eq!(
+            a.update(key(KeyCode::Enter)),
+            vec![Cmd::OpenConsole { id: "v1".into() }]
+        );
+        assert_eq!(
+            a.update(key(KeyCode::Char('l'))),
+            vec![Cmd::ConsoleInput(b"l".to_vec())]
+        );
+        a.update(Msg::ConsoleOutput(b"login: ".to_vec()));
+        let ctrl_a = Msg::Key(KeyEvent::new(KeyCode::Char('a'), KeyModifiers::CONTROL));
+        assert!(a.update(ctrl_a).is_empty());
+        assert_eq!(a.update(key(KeyCode::Char('t'))), vec![Cmd::CloseConsole]);
+        assert!(a.modal.is_none());
+    }
+}

@@ -1,0 +1,287 @@
+//! `mvirt tui`: a full-screen terminal UI.
+//!
+//! Three kinds of threads of control, joined by channels so the draw loop never waits on the
+//! network: an input thread (crossterm's blocking `read`), the command worker (one task per
+//! API call, results sent back as `Msg`), and the events worker that follows `/v1/events` and
+//! reconnects from the last revision it saw. The draw loop owns the `App` and only reacts to
+//! messages: `app.update(msg)` returns commands for the worker, then the screen is redrawn.
+
+pub mod app;
+pub mod ui;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+use crate::client::ApiClient;
+use app::{App, Cmd, Kind, Msg, VmForm};
+
+pub async fn run(api: ApiClient) -> std::io::Result<()> {
+    use std::io::IsTerminal;
+    if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
+        return Err(std::io::Error::other(
+            "mvirt tui needs a terminal (stdin and stdout must be a TTY)",
+        ));
+    }
+    let (msg_tx, mut msg_rx) = unbounded_channel::<Msg>();
+    let (cmd_tx, cmd_rx) = unbounded_channel::<Cmd>();
+
+    let input_tx = msg_tx.clone();
+    std::thread::spawn(move || loop {
+        let msg = match crossterm::event::read() {
+            Ok(crossterm::event::Event::Key(k)) => Msg::Key(k),
+            Ok(crossterm::event::Event::Resize(w, h)) => Msg::Resize(w, h),
+            Ok(_) => continue,
+            Err(_) => break,
+        };
+        if input_tx.send(msg).is_err() {
+            break;
+        }
+    });
+    tokio::spawn(command_worker(api.clone(), cmd_rx, msg_tx.clone()));
+    tokio::spawn(events_worker(api.clone(), msg_tx.clone()));
+
+    let mut terminal = ratatui::try_init()?;
+    let mut app = App::new(&api.base, &api.project);
+    if let Ok(s) = terminal.size() {
+        app.update(Msg::Resize(s.width, s.height));
+    }
+    for c in app.initial_commands() {
+        let _ = cmd_tx.send(c);
+    }
+    let result = loop {
+        if let Err(e) = terminal.draw(|f| ui::draw(f, &app)) {
+            break Err(e);
+        }
+        let Some(first) = msg_rx.recv().await else {
+            break Ok(());
+        };
+        // Apply everything already queued before drawing again (bursts of events).
+        let mut batch = vec![first];
+        while let Ok(m) = msg_rx.try_recv() {
+            batch.push(m);
+        }
+        for m in batch {
+            for c in app.update(m) {
+                let _ = cmd_tx.send(c);
+            }
+        }
+        if app.quit {
+            break Ok(());
+        }
+    };
+    ratatui::restore();
+    result
+}
+
+/// Runs each command as its own task so a slow call never holds up the others.
+async fn command_worker(api: ApiClient, mut rx: UnboundedReceiver<Cmd>, tx: UnboundedSender<Msg>) {
+    let mut console_input: Option<UnboundedSender<Vec<u8>>> = None;
+    while let Some(cmd) = rx.recv().await {
+        match cmd {
+            Cmd::OpenConsole { id } => {
+                let (in_tx, in_rx) = unbounded_channel();
+                console_input = Some(in_tx);
+                tokio::spawn(console_task(api.clone(), id, in_rx, tx.clone()));
+            }
+            Cmd::ConsoleInput(bytes) => {
+                if let Some(c) = &console_input {
+                    let _ = c.send(bytes);
+                }
+            }
+            Cmd::CloseConsole => console_input = None,
+            other => {
+                let api = api.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    for m in execute(&api, other).await {
+                        let _ = tx.send(m);
+                    }
+                });
+            }
+        }
+    }
+}
+
+fn item_path(kind: Kind, id: &str) -> String {
+    format!("{}/{}", kind.path(), crate::commands::encode(id))
+}
+
+async fn execute(api: &ApiClient, cmd: Cmd) -> Vec<Msg> {
+    let project = vec![("project", api.project.clone())];
+    match cmd {
+        Cmd::Load(kind) => {
+            let q = if kind == Kind::Node { vec![] } else { project };
+            match api.list_all(kind.path(), &q).await {
+                Ok(items) => vec![Msg::Loaded(kind, items)],
+                Err(e) => vec![Msg::LoadFailed(kind, e.display_message())],
+            }
+        }
+        Cmd::LoadLogs => match api.get("/v1/logs", &[("limit", "200".into())]).await {
+            Ok(v) => {
+                let items = match &v {
+                    Value::Array(a) => a.clone(),
+                    o => o
+                        .get("items")
+                        .or_else(|| o.get("entries"))
+                        .and_then(Value::as_array)
+                        .cloned()
+                        .unwrap_or_default(),
+                };
+                vec![Msg::Logs(items)]
+            }
+            Err(e) => vec![Msg::Failed(format!("logs: {}", e.display_message()))],
+        },
+        Cmd::VmAction { id, name, action } => {
+            let path = format!("{}/{action}", item_path(Kind::Vm, &id));
+            match api.post(&path, &[], &serde_json::json!({})).await {
+                Ok(_) => vec![Msg::Done(format!("{action} of vm {name} requested"))],
+                Err(e) => vec![Msg::Failed(e.display_message())],
+            }
+        }
+        Cmd::Delete { kind, id, name } => match api.delete(&item_path(kind, &id), &[]).await {
+            Ok(_) => vec![
+                Msg::Done(format!("{} {name} deleted", kind.singular())),
+                Msg::Event(deleted(kind, &id)),
+            ],
+            Err(e) => vec![Msg::Failed(e.display_message())],
+        },
+        Cmd::CreateVm(form) => match create_vm(api, &form).await {
+            Ok(v) => {
+                let ev = serde_json::json!({"kind": "vm", "id": v.get("id").cloned().unwrap_or(Value::Null), "object": v});
+                vec![
+                    Msg::Done(format!("vm {} created", form.name())),
+                    Msg::Event(ev),
+                ]
+            }
+            Err(e) => vec![Msg::Failed(e.display_message())],
+        },
+        Cmd::OpenConsole { .. } | Cmd::ConsoleInput(_) | Cmd::CloseConsole => vec![],
+    }
+}
+
+fn deleted(kind: Kind, id: &str) -> Value {
+    serde_json::json!({"kind": kind.singular(), "id": id, "object": null})
+}
+
+async fn create_vm(api: &ApiClient, f: &VmForm) -> Result<Value, crate::client::ApiError> {
+    let v = |i: usize| f.values[i].trim().to_string();
+    let opt = |i: usize| Some(v(i)).filter(|s| !s.is_empty());
+    let cpus: u32 = v(1)
+        .parse()
+        .map_err(|_| crate::client::ApiError::Usage(format!("vCPUs {:?} is not a number", v(1))))?;
+    let args = crate::cli::VmCreateArgs {
+        name: v(0),
+        cpus,
+        memory: v(2),
+        template: opt(3),
+        disk_size: opt(4).unwrap_or_else(|| "10G".into()),
+        network: opt(5).into_iter().collect(),
+        security_groups: vec![],
+        volume: vec![],
+        ssh_key: opt(6).into_iter().collect(),
+        user_data: None,
+        node_selector: None,
+        hostname: None,
+        stopped: false,
+        labels: vec![],
+    };
+    let project = vec![("project", api.project.clone())];
+    let id_of = |x: Value| {
+        x.get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let mut ids = crate::commands::VmCreateIds::default();
+    if let Some(t) = &args.template {
+        ids.template = Some(id_of(
+            api.get(&item_path(Kind::Template, t), &project).await?,
+        ));
+    }
+    for n in &args.network {
+        ids.networks.push(id_of(
+            api.get(&item_path(Kind::Network, n), &project).await?,
+        ));
+    }
+    ids.ssh_keys = args.ssh_key.clone();
+    let body = crate::commands::vm_create_body(&args, &api.project, &ids)?;
+    api.create("/v1/vms", &body).await
+}
+
+/// Follows `/v1/events` for the TUI's lifetime, resuming from the last revision after drops.
+async fn events_worker(api: ApiClient, tx: UnboundedSender<Msg>) {
+    let head = match api.get("/v1/projects", &[("limit", "1".into())]).await {
+        Ok(v) => v.get("revision").and_then(Value::as_u64),
+        Err(_) => None,
+    };
+    let mut cursor = crate::client::EventCursor::after(head);
+    loop {
+        match api.sse("/v1/events", &[], cursor.resume_after()).await {
+            Ok(stream) => {
+                let _ = tx.send(Msg::Stream(true, String::new()));
+                futures::pin_mut!(stream);
+                let mut why = "the API closed the stream".to_string();
+                while let Some(ev) = stream.next().await {
+                    match ev {
+                        Ok(ev) => {
+                            let Ok(v) = serde_json::from_str::<Value>(&ev.data) else {
+                                continue;
+                            };
+                            if cursor.accept(&v) && tx.send(Msg::Event(v)).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            why = e.display_message();
+                            break;
+                        }
+                    }
+                }
+                if tx.send(Msg::Stream(false, why)).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                if tx.send(Msg::Stream(false, e.display_message())).is_err() {
+                    return;
+                }
+            }
+        }
+        // Back off before reconnecting so a down API is not hammered.
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
+}
+
+async fn console_task(
+    api: ApiClient,
+    vm_id: String,
+    mut input: UnboundedReceiver<Vec<u8>>,
+    tx: UnboundedSender<Msg>,
+) {
+    use tokio_tungstenite::tungstenite::Message;
+    let ws = match crate::console::connect(&api, &vm_id).await {
+        Ok(ws) => ws,
+        Err(e) => {
+            let _ = tx.send(Msg::ConsoleClosed(e.display_message()));
+            return;
+        }
+    };
+    let _ = tx.send(Msg::ConsoleOutput(Vec::new()));
+    let (mut sink, mut source) = ws.split();
+    loop {
+        tokio::select! {
+            m = source.next() => match m {
+                Some(Ok(Message::Binary(b))) => { let _ = tx.send(Msg::ConsoleOutput(b.to_vec())); }
+                Some(Ok(Message::Text(t))) => { let _ = tx.send(Msg::ConsoleOutput(t.as_bytes().to_vec())); }
+                Some(Ok(Message::Close(_))) | None => { let _ = tx.send(Msg::ConsoleClosed("closed by the API".into())); return; }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => { let _ = tx.send(Msg::ConsoleClosed(e.to_string())); return; }
+            },
+            i = input.recv() => match i {
+                Some(bytes) => { if sink.send(Message::Binary(bytes.into())).await.is_err() { return; } }
+                None => { let _ = sink.send(Message::Close(None)).await; return; }
+            },
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! Test fixtures: a real single-member mvirt-api in-process (Raft, SQLite, REST, NodeService)
+//! and a runner for the `mvirt` binary pointed at it with an isolated config file.
+#![allow(dead_code)]
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+use mvirt_api::proto::node_agent_server::{NodeAgent, NodeAgentServer};
+use mvirt_api::proto::{self, node_service_client::NodeServiceClient, ConsoleFrame};
+use mvirt_api::server::{self, Running, ServerConfig};
+use serde_json::Value;
+
+pub const GIB: u64 = 1 << 30;
+
+pub struct Api {
+    pub running: Option<Running>,
+    pub url: String,
+    pub grpc_url: String,
+    pub token: String,
+    pub dir: tempfile::TempDir,
+    /// The CLI's config file for this test (never the user's).
+    pub config: PathBuf,
+}
+
+/// The outcome of one `mvirt` invocation.
+#[derive(Debug)]
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    pub fn json(&self) -> Value {
+        assert_eq!(self.code, 0, "mvirt failed: {self:?}");
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.stdout))
+    }
+}
+
+pub async fn start_api() -> Api {
+    start_api_with(|_| {}).await
+}
+
+pub async fn start_api_with(tweak: impl FnOnce(&mut ServerConfig)) -> Api {
+    mvirt_common::telemetry::init_for_tests();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = ServerConfig::for_tests(IpAddr::from([127, 0, 0, 1]), &dir.path().join("api"));
+    tweak(&mut config);
+    let running = server::start(config, mvirt_common::Shutdown::new())
+        .await
+        .expect("start mvirt-api");
+    let token = running
+        .admin_token()
+        .expect("admin token written at bootstrap");
+    let api = Api {
+        url: running.api_url(),
+        grpc_url: running.grpc_url(),
+        running: Some(running),
+        token,
+        config: dir.path().join("config.toml"),
+        dir,
+    };
+    let http = reqwest::Client::new();
+    mvirt_testsupport::process::wait_until_async(
+        "admin token accepted",
+        Duration::from_secs(20),
+        || async {
+            let r = http
+                .get(format!("{}/v1/projects", api.url))
+                .bearer_auth(&api.token)
+                .send()
+                .await
+                .ok()?;
+            r.status().is_success().then_some(())
+        },
+    )
+    .await;
+    api
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        // Stopping is async; dropping `Running` signals its tasks to end with the runtime.
+        self.running.take();
+    }
+}
+
+impl Api {
+    /// Runs `mvirt` with this API's URL and token in the environment.
+    pub async fn mvirt(&self, args: &[&str]) -> Out {
+        self.mvirt_env(
+            args,
+            &[
+                ("MVIRT_URL", self.url.as_str()),
+                ("MVIRT_TOKEN", self.token.as_str()),
+            ],
+        )
+        .await
+    }
+
+    /// Runs `mvirt` with only the given environment (plus the isolated config path).
+    pub async fn mvirt_env(&self, args: &[&str], env: &[(&str, &str)]) -> Out {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_mvirt"));
+        cmd.args(args)
+            .env_remove("MVIRT_URL")
+            .env_remove("MVIRT_TOKEN")
+            .env_remove("MVIRT_PROJECT")
+            .env_remove("MVIRT_REMOTE")
+            .env("MVIRT_CONFIG", &self.config)
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().await.expect("run mvirt");
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// `mvirt <args> -o json`, asserting success.
+    pub async fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        self.mvirt(&a).await.json()
+    }
+
+    /// Asserts that `mvirt <args>` fails with `code` and an error message containing `needle`.
+    pub async fn fails(&self, args: &[&str], code: i32, needle: &str) -> Out {
+        let out = self.mvirt(args).await;
+        assert_eq!(out.code, code, "exit code of mvirt {args:?}: {out:?}");
+        assert!(
+            out.stderr.contains(needle),
+            "stderr of mvirt {args:?} lacks {needle:?}: {}",
+            out.stderr
+        );
+        out
+    }
+
+    pub async fn node_client(&self) -> NodeServiceClient<tonic::transport::Channel> {
+        NodeServiceClient::connect(self.grpc_url.clone())
+            .await
+            .expect("connect NodeService")
+    }
+
+    pub fn req<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        r.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", self.token)
+                .parse()
+                .expect("token header"),
+        );
+        r
+    }
+
+    /// Registers a node like a node agent would; returns its id.
+    pub async fn register_node(
+        &self,
+        name: &str,
+        console_endpoint: &str,
+        console_secret: &str,
+    ) -> String {
+        let mut c = self.node_client().await;
+        c.register(
+            self.req(proto::RegisterRequest {
+                name: name.into(),
+                address: "127.0.0.1".into(),
+                labels: [("zone".to_string(), "a".to_string())]
+                    .into_iter()
+                    .collect(),
+                capacity: Some(proto::NodeCapacity {
+                    vcpus: 16,
+                    memory_bytes: 64 * GIB,
+                    storage_bytes: 1000 * GIB,
+                }),
+                agent_version: "cli-test".into(),
+                console_endpoint: console_endpoint.into(),
+                console_secret: console_secret.into(),
+                ..Default::default()
+            }),
+        )
+        .await
+        .expect("register node")
+        .into_inner()
+        .node_id
+    }
+
+    /// Reports a status for one resource, as the node agent does.
+    pub async fn report(&self, node_id: &str, status: proto::ResourceStatus) {
+        let mut c = self.node_client().await;
+        c.update_resource_status(self.req(proto::UpdateResourceStatusRequest {
+            node_id: node_id.into(),
+            statuses: vec![status],
+        }))
+        .await
+        .expect("update resource status");
+    }
+}
+
+pub fn id_of(v: &Value) -> String {
+    v["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no id in {v}"))
+        .to_string()
+}
+
+/// The `name`s of a JSON list.
+pub fn names(v: &Value) -> Vec<String> {
+    v.as_array()
+        .expect("a JSON array")
+        .iter()
+        .filter_map(|i| i["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// A real mvirt-log daemon in-process; returns its gRPC endpoint. It stops with `shutdown`.
+pub async fn start_log(dir: &std::path::Path, shutdown: mvirt_common::Shutdown) -> String {
+    let config = mvirt_log::server::Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        data_dir: dir.to_path_buf(),
+        retention: mvirt_log::retention::RetentionPolicy {
+            max_age: None,
+            max_rows: None,
+            interval: Duration::from_secs(3600),
+        },
+    };
+    let bound = mvirt_log::server::BoundServer::bind(config)
+        .await
+        .expect("bind mvirt-log");
+    let endpoint = format!("http://{}", bound.local_addr());
+    tokio::spawn(bound.serve(shutdown));
+    endpoint
+}
+
+/// Test double for the node agent's console relay (mvirt-node's `NodeAgent.Console`): a VM
+/// console cannot run behind a fake node here, so this plays the guest: it greets with a
+/// login prompt (the "scrollback") and echoes input back upper-cased.
+pub struct EchoConsole {
+    pub secret: String,
+}
+
+pub type FrameStream =
+    Pin<Box<dyn futures::Stream<Item = Result<ConsoleFrame, tonic::Status>> + Send>>;
+
+#[tonic::async_trait]
+impl NodeAgent for EchoConsole {
+    type ConsoleStream = FrameStream;
+
+    async fn console(
+        &self,
+        req: tonic::Request<tonic::Streaming<ConsoleFrame>>,
+    ) -> Result<tonic::Response<FrameStream>, tonic::Status> {
+        let auth = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        if auth != format!("Bearer {}", self.secret) {
+            return Err(tonic::Status::unauthenticated("bad console secret"));
+        }
+        let mut input = req.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            let _ = tx
+                .send(Ok(ConsoleFrame {
+                    vm_id: String::new(),
+                    data: b"guest login: ".to_vec(),
+                }))
+                .await;
+            while let Ok(Some(frame)) = input.message().await {
+                if frame.data.is_empty() {
+                    continue;
+                }
+                let echoed = frame.data.to_ascii_uppercase();
+                if tx
+                    .send(Ok(ConsoleFrame {
+                        vm_id: frame.vm_id,
+                        data: echoed,
+                    }))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        Ok(tonic::Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+/// Serves [`EchoConsole`] on a free loopback port; returns its endpoint and the server task.
+pub async fn start_echo_console(
+    secret: &str,
+) -> (
+    String,
+    tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = tonic::transport::Server::builder()
+        .add_service(NodeAgentServer::new(EchoConsole {
+            secret: secret.to_string(),
+        }))
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+    (format!("http://{addr}"), tokio::spawn(server))
+}

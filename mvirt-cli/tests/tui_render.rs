@@ -1,0 +1,216 @@
+//! State → screen: the TUI's `App` rendered into ratatui's `TestBackend`, checked as text.
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use mvirt_cli::tui::app::{App, Kind, Msg};
+use mvirt_cli::tui::ui;
+use ratatui::backend::TestBackend;
+use ratatui::Terminal;
+use serde_json::json;
+
+fn screen(app: &App) -> String {
+    let mut t = Terminal::new(TestBackend::new(140, 30)).expect("terminal");
+    t.draw(|f| ui::draw(f, app)).expect("draw");
+    let buf = t.backend().buffer().clone();
+    let mut out = String::new();
+    for y in 0..buf.area.height {
+        for x in 0..buf.area.width {
+            out.push_str(buf[(x, y)].symbol());
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn key(c: KeyCode) -> Msg {
+    Msg::Key(KeyEvent::new(c, KeyModifiers::NONE))
+}
+
+fn app() -> App {
+    let mut a = App::new("http://api:8080", "default");
+    a.update(Msg::Resize(140, 30));
+    a.update(Msg::Loaded(
+        Kind::Vm,
+        vec![
+            json!({"id":"11111111-aaaa","name":"web","project":"default","revision":5,"spec":{"vcpus":2,"memory_bytes":2147483648u64,"desired_state":"running"},
+                   "status":{"phase":"running","ipv4_addresses":["10.0.0.5"]},"node_id":"99999999-node","scheduling":{"state":"scheduled"}}),
+            json!({"id":"22222222-bbbb","name":"db","project":"default","revision":6,"spec":{"vcpus":4,"memory_bytes":4294967296u64,"desired_state":"running"},
+                   "status":{"phase":""},"scheduling":{"state":"pending","reason":"no capacity"}}),
+        ],
+    ));
+    a.update(Msg::Loaded(
+        Kind::Node,
+        vec![json!({"id":"99999999-node","name":"hv1","spec":{"schedulable":true},"status":{"state":"online","capacity":{"vcpus":16,"memory_bytes":68719476736u64}},"allocated":{"vcpus":2,"memory_bytes":2147483648u64}})],
+    ));
+    a.update(Msg::Loaded(Kind::Network, vec![json!({"id":"33333333","name":"lan","project":"default","spec":{"ipv4_prefix":"10.0.0.0/24","is_public":false},"status":{"phase":"ready"}})]));
+    a.update(Msg::Loaded(Kind::Volume, vec![json!({"id":"44444444","name":"web-root","project":"default","spec":{"size_bytes":10737418240u64},"status":{"phase":"ready"},"node_id":"99999999-node","owner_vm_id":"11111111-aaaa"})]));
+    a.update(Msg::Loaded(
+        Kind::Template,
+        vec![json!({"id":"55555555","name":"debian-12","project":"default","spec":{"format":"qcow2","source_url":"https://x/deb.qcow2"},"status":{"phase":"importing","import_bytes_done":25,"import_bytes_total":100}})],
+    ));
+    a.update(Msg::Stream(true, String::new()));
+    a
+}
+
+#[test]
+fn vms_view_lists_vms_with_phase_resources_and_keybinding_footer() {
+    let s = screen(&app());
+    assert!(s.contains("1 VMs") && s.contains("5 Logs"), "tabs:\n{s}");
+    assert!(s.contains("● live"), "live indicator:\n{s}");
+    assert!(s.contains("VMs (2)"), "{s}");
+    let web = s.lines().find(|l| l.contains("web")).expect("web row");
+    assert!(
+        web.contains("running")
+            && web.contains("2GiB")
+            && web.contains("10.0.0.5")
+            && web.contains("99999999"),
+        "{web}"
+    );
+    let db = s.lines().find(|l| l.contains(" db ")).expect("db row");
+    assert!(db.contains("pending") && db.contains("4GiB"), "{db}");
+    assert!(
+        s.contains("n new")
+            && s.contains("s start")
+            && s.contains("o stop")
+            && s.contains("d delete")
+            && s.contains("Enter console"),
+        "footer:\n{s}"
+    );
+    // Rows are sorted by name and the first one is selected.
+    assert!(db.contains("> ") && !web.contains("> "), "{s}");
+}
+
+#[test]
+fn other_views_show_nodes_networks_storage_with_import_progress_and_logs() {
+    let mut a = app();
+    a.update(key(KeyCode::Char('2')));
+    let s = screen(&a);
+    let hv = s.lines().find(|l| l.contains("hv1")).expect("node row");
+    assert!(
+        hv.contains("online") && hv.contains("16") && hv.contains("64GiB"),
+        "{hv}"
+    );
+
+    a.update(key(KeyCode::Tab));
+    let s = screen(&a);
+    assert!(
+        s.lines()
+            .any(|l| l.contains("lan") && l.contains("10.0.0.0/24") && l.contains("ready")),
+        "{s}"
+    );
+
+    a.update(key(KeyCode::Tab));
+    let s = screen(&a);
+    assert!(
+        s.lines()
+            .any(|l| l.contains("web-root") && l.contains("10GiB")),
+        "{s}"
+    );
+    assert!(
+        s.lines()
+            .any(|l| l.contains("debian-12") && l.contains("importing") && l.contains("25%")),
+        "{s}"
+    );
+
+    a.update(key(KeyCode::Tab));
+    a.update(Msg::Logs(vec![json!({"timestamp_ns":1_700_000_000_000_000_000i64,"level":"audit","component":"mvirt-api","message":"vm web created","object_ids":["11111111-aaaa"]})]));
+    let s = screen(&a);
+    assert!(
+        s.contains("Audit log (1)") && s.contains("AUDIT") && s.contains("vm web created"),
+        "{s}"
+    );
+}
+
+#[test]
+fn live_event_updates_the_visible_list() {
+    let mut a = app();
+    a.update(Msg::Event(json!({"kind":"vm","id":"22222222-bbbb","object":{"id":"22222222-bbbb","name":"db","project":"default","revision":9,
+        "spec":{"vcpus":4,"memory_bytes":4294967296u64},"status":{"phase":"running"},"scheduling":{"state":"scheduled"}}})));
+    let s = screen(&a);
+    let db = s.lines().find(|l| l.contains(" db ")).expect("db row");
+    assert!(db.contains("running"), "{db}");
+    a.update(Msg::Event(
+        json!({"kind":"vm","id":"11111111-aaaa","object":null}),
+    ));
+    let s = screen(&a);
+    assert!(!s.contains("web") && s.contains("VMs (1)"), "{s}");
+    a.update(Msg::Stream(false, "connection reset".into()));
+    let s = screen(&a);
+    assert!(
+        s.contains("○ offline") && s.contains("live updates interrupted: connection reset"),
+        "{s}"
+    );
+}
+
+#[test]
+fn stop_shows_a_confirmation_dialog() {
+    let mut a = app();
+    a.update(key(KeyCode::Down));
+    a.update(key(KeyCode::Char('o')));
+    let s = screen(&a);
+    assert!(
+        s.contains("Confirm") && s.contains("stop vm web?") && s.contains("[y] yes"),
+        "{s}"
+    );
+    assert!(s.contains("y confirm  n cancel"), "{s}");
+    a.update(key(KeyCode::Down));
+    let s = screen(&a);
+    assert!(
+        s.contains("stop vm web?"),
+        "other keys keep the dialog:\n{s}"
+    );
+}
+
+#[test]
+fn create_form_shows_fields_and_typed_values() {
+    let mut a = app();
+    a.update(key(KeyCode::Char('n')));
+    for c in "api".chars() {
+        a.update(key(KeyCode::Char(c)));
+    }
+    let s = screen(&a);
+    assert!(s.contains("Create VM"), "{s}");
+    assert!(s.contains("Name: api_"), "{s}");
+    assert!(
+        s.contains("vCPUs: 1") && s.contains("Memory: 512M") && s.contains("Disk size: 10G"),
+        "{s}"
+    );
+    assert!(s.contains("Enter create  Esc cancel"), "{s}");
+}
+
+#[test]
+fn console_view_renders_terminal_output() {
+    let mut a = app();
+    a.update(key(KeyCode::Char('j')));
+    a.update(key(KeyCode::Enter));
+    a.update(Msg::ConsoleOutput(
+        b"Debian GNU/Linux 12 web ttyS0\r\n\r\nweb login: \x1b[1mroot\x1b[0m".to_vec(),
+    ));
+    let s = screen(&a);
+    assert!(
+        s.contains("console web (connected)") && s.contains("Ctrl+a t"),
+        "{s}"
+    );
+    assert!(s.contains("Debian GNU/Linux 12 web ttyS0"), "{s}");
+    assert!(s.contains("web login: root"), "{s}");
+    a.update(Msg::ConsoleClosed("closed by the API".into()));
+    let s = screen(&a);
+    assert!(
+        s.contains("console of web closed: closed by the API"),
+        "{s}"
+    );
+}
+
+#[test]
+fn help_overlay_lists_the_keys_and_any_key_closes_it() {
+    let mut a = app();
+    a.update(key(KeyCode::Char('?')));
+    let s = screen(&a);
+    assert!(
+        s.contains(" Help ") && s.contains("switch view") && s.contains("Ctrl+a t detaches"),
+        "{s}"
+    );
+    assert!(s.contains("any key: close"), "{s}");
+    a.update(key(KeyCode::Char('x')));
+    let s = screen(&a);
+    assert!(!s.contains(" Help "), "{s}");
+}
