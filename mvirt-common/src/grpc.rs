@@ -85,7 +85,7 @@ impl GrpcServer {
         let drain_signal = shutdown.clone();
         let serve = self
             .router
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            .serve_with_incoming_shutdown(incoming(listener), async move {
                 drain_signal.wait().await
             });
         tokio::pin!(serve);
@@ -111,7 +111,7 @@ impl GrpcServer {
         F: Future<Output = ()> + Send,
     {
         self.router
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), until)
+            .serve_with_incoming_shutdown(incoming(listener), until)
             .await?;
         Ok(())
     }
@@ -121,6 +121,21 @@ impl Default for GrpcServer {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Accepted connections with `TCP_NODELAY` set: small gRPC frames (unary answers, stream
+/// items) must not wait for Nagle's algorithm and the peer's delayed ACK (~40 ms each).
+fn incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt as _;
+    TcpListenerStream::new(listener).map(|accepted| {
+        accepted.inspect(|stream| {
+            if let Err(err) = stream.set_nodelay(true) {
+                tracing::debug!(error = %err, "cannot set TCP_NODELAY");
+            }
+        })
+    })
 }
 
 /// Formats a listen address as an `http://` endpoint a client can dial.

@@ -1,1 +1,138 @@
-//! mvirt-vmm (work in progress).
+//! mvirt-vmm: the local hypervisor daemon of one host.
+//!
+//! It keeps VM definitions in SQLite and runs one hypervisor process per running VM through a
+//! driver (`cloud-hypervisor`, the production default, or `qemu`), serves their serial consoles
+//! (several viewers, scrollback, input), writes cloud-init NoCloud seeds, reports every change on
+//! `WatchVms` and as AUDIT entries in mvirt-log, and adopts running guests after a restart
+//! instead of killing or duplicating them.
+//!
+//! Modules: [`model`] (domain types), [`store`] (SQLite), [`hypervisor`] (driver trait, QEMU and
+//! cloud-hypervisor), [`console`] (console hubs), [`cloudinit`] (seed images), [`process`]
+//! (process identity), [`sysinfo`] (host facts), [`vmm`] (the manager), [`grpc`] (proto edge).
+//!
+//! With `default-features = false` only the generated [`proto`] module (messages and
+//! `VmServiceClient`) is built.
+
+/// Generated protobuf types and the `VmService` client (and server, with the `server` feature).
+pub mod proto {
+    tonic::include_proto!("mvirt.vmm.v1");
+}
+
+#[cfg(feature = "server")]
+pub mod cloudinit;
+#[cfg(feature = "server")]
+pub mod console;
+#[cfg(feature = "server")]
+pub mod grpc;
+#[cfg(feature = "server")]
+pub mod hypervisor;
+#[cfg(feature = "server")]
+pub mod model;
+#[cfg(feature = "server")]
+pub mod process;
+#[cfg(feature = "server")]
+pub mod store;
+#[cfg(feature = "server")]
+pub mod sysinfo;
+#[cfg(feature = "server")]
+pub mod vmm;
+
+#[cfg(feature = "server")]
+pub use server::{serve, start, RunningVmm};
+
+#[cfg(feature = "server")]
+mod server {
+    use std::net::SocketAddr;
+
+    use mvirt_common::Shutdown;
+    use tokio::net::TcpListener;
+
+    use crate::proto::vm_service_server::VmServiceServer;
+    use crate::vmm::{Vmm, VmmConfig, VmmError};
+
+    #[derive(Debug, thiserror::Error)]
+    pub enum ServeError {
+        #[error(transparent)]
+        Vmm(#[from] VmmError),
+        #[error(transparent)]
+        Grpc(#[from] mvirt_common::grpc::ServeError),
+    }
+
+    /// Opens the manager, recovers running VMs and serves `VmService` on `listener` until
+    /// `shutdown` fires. Guests keep running after it returns.
+    pub async fn serve(
+        config: VmmConfig,
+        listener: TcpListener,
+        shutdown: Shutdown,
+    ) -> Result<(), ServeError> {
+        let vmm = Vmm::open(config)?;
+        vmm.recover().await?;
+        serve_vmm(vmm, listener, shutdown).await
+    }
+
+    async fn serve_vmm(
+        vmm: Vmm,
+        listener: TcpListener,
+        shutdown: Shutdown,
+    ) -> Result<(), ServeError> {
+        let watcher = {
+            let vmm = vmm.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                shutdown.wait().await;
+                // Ends console and watch streams so the server can drain.
+                vmm.shutdown().await;
+            })
+        };
+        let server = mvirt_common::grpc::GrpcServer::new()
+            .add_service(VmServiceServer::new(crate::grpc::VmGrpc::new(vmm.clone())))
+            .await;
+        let result = server.serve(listener, shutdown).await;
+        let _ = watcher.await;
+        Ok(result?)
+    }
+
+    /// A daemon started in-process (tests, benchmarks).
+    pub struct RunningVmm {
+        pub addr: SocketAddr,
+        pub vmm: Vmm,
+        shutdown: Shutdown,
+        task: tokio::task::JoinHandle<Result<(), ServeError>>,
+    }
+
+    impl RunningVmm {
+        pub fn endpoint(&self) -> String {
+            mvirt_common::grpc::endpoint_url(self.addr)
+        }
+
+        /// Stops serving and detaches from the VMs (they keep running).
+        pub async fn stop(self) -> Result<(), ServeError> {
+            self.shutdown.trigger();
+            match self.task.await {
+                Ok(result) => result,
+                Err(join) => {
+                    tracing::error!(error = %join, "vmm server task panicked");
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// Opens, recovers and serves on `addr` (port 0 picks one) in a background task.
+    pub async fn start(config: VmmConfig, addr: SocketAddr) -> Result<RunningVmm, ServeError> {
+        let vmm = Vmm::open(config)?;
+        vmm.recover().await?;
+        let listener = mvirt_common::grpc::bind(addr).await?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| mvirt_common::grpc::ServeError::Bind { addr, source })?;
+        let shutdown = Shutdown::new();
+        let task = tokio::spawn(serve_vmm(vmm.clone(), listener, shutdown.clone()));
+        Ok(RunningVmm {
+            addr,
+            vmm,
+            shutdown,
+            task,
+        })
+    }
+}

@@ -1,0 +1,301 @@
+//! NetService CRUD against a real daemon: idempotent creates, bad input rejected with the
+//! right gRPC code and nothing changed, dependent objects protected from deletion.
+
+mod common;
+
+use common::*;
+use mvirt_ebpf::proto;
+use tonic::Code;
+
+fn network_req(id: &str, v4: &str, public: bool) -> proto::CreateNetworkRequest {
+    proto::CreateNetworkRequest {
+        id: id.into(),
+        name: "net".into(),
+        ipv4_prefix: v4.into(),
+        ipv6_prefix: String::new(),
+        dns_servers: vec![],
+        ntp_servers: vec![],
+        public,
+    }
+}
+
+fn nic_req(network: &str, mac_s: &str, ip: &str) -> proto::CreateNicRequest {
+    proto::CreateNicRequest {
+        id: new_id(),
+        network_id: network.into(),
+        name: String::new(),
+        mac_address: mac_s.into(),
+        ipv4_address: ip.into(),
+        ipv6_address: String::new(),
+        routed_prefixes: vec![],
+        hostname: String::new(),
+        security_group_ids: vec![],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_the_right_code_and_changes_nothing() {
+    let mut h = Harness::start().await;
+    let c = &mut h.client;
+    let code = |r: Result<tonic::Response<proto::Network>, tonic::Status>| r.unwrap_err().code();
+
+    // Networks.
+    assert_eq!(
+        code(
+            c.create_network(network_req("not-a-uuid", "10.0.0.0/24", false))
+                .await
+        ),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            c.create_network(network_req(&new_id(), "10.0.0.1/24", false))
+                .await
+        ),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            c.create_network(network_req(&new_id(), "10.0.0.0/33", false))
+                .await
+        ),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(c.create_network(network_req(&new_id(), "", false)).await),
+        Code::InvalidArgument
+    );
+    let public = new_id();
+    c.create_network(network_req(&public, "192.168.50.0/24", true))
+        .await
+        .unwrap();
+    let err = c
+        .create_network(network_req(&new_id(), "192.168.50.128/25", true))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("overlaps"), "{}", err.message());
+    // Private networks may overlap anything.
+    let private = new_id();
+    c.create_network(network_req(&private, "192.168.50.0/24", false))
+        .await
+        .unwrap();
+    // Idempotent create; a different spec under the same id is ALREADY_EXISTS.
+    c.create_network(network_req(&private, "192.168.50.0/24", false))
+        .await
+        .unwrap();
+    assert_eq!(
+        code(
+            c.create_network(network_req(&private, "192.168.51.0/24", false))
+                .await
+        ),
+        Code::AlreadyExists
+    );
+    let listed = c
+        .list_networks(proto::ListNetworksRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .networks;
+    assert_eq!(listed.len(), 2, "rejected creates left nothing behind");
+
+    // NICs.
+    let nic_code = |r: Result<tonic::Response<proto::Nic>, tonic::Status>| r.unwrap_err().code();
+    assert_eq!(
+        nic_code(
+            c.create_nic(nic_req(&private, "02:00:00:00:00:01", "10.9.9.9"))
+                .await
+        ),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        nic_code(
+            c.create_nic(nic_req(&private, "01:00:00:00:00:01", "192.168.50.5"))
+                .await
+        ),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        nic_code(c.create_nic(nic_req(&private, "zz", "192.168.50.5")).await),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        nic_code(
+            c.create_nic(nic_req(&new_id(), "02:00:00:00:00:01", "192.168.50.5"))
+                .await
+        ),
+        Code::NotFound
+    );
+    let mut with_sg = nic_req(&private, "02:00:00:00:00:01", "192.168.50.5");
+    with_sg.security_group_ids = vec![new_id()];
+    assert_eq!(nic_code(c.create_nic(with_sg).await), Code::NotFound);
+    let first = nic_req(&private, "02:00:00:00:00:01", "192.168.50.5");
+    let nic = h.nic_request(first.clone()).await;
+    let c = &mut h.client;
+    assert_eq!(
+        c.create_nic(first.clone()).await.unwrap().into_inner(),
+        nic,
+        "idempotent NIC create"
+    );
+    let mut changed = first.clone();
+    changed.ipv4_address = "192.168.50.6".into();
+    assert_eq!(nic_code(c.create_nic(changed).await), Code::AlreadyExists);
+    let err = c
+        .create_nic(nic_req(&private, "02:00:00:00:00:02", "192.168.50.5"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists);
+    assert!(err.message().contains("already used"), "{}", err.message());
+    assert!(
+        mvirt_ebpf::ip::link_exists(&nic.tap_name),
+        "the NIC's TAP exists"
+    );
+    let nics = c
+        .list_nics(proto::ListNicsRequest {
+            network_id: private.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .nics;
+    assert_eq!(nics.len(), 1);
+
+    // Security groups.
+    let sg_code =
+        |r: Result<tonic::Response<proto::SecurityGroup>, tonic::Status>| r.unwrap_err().code();
+    let bad_rule = |protocol: proto::Protocol, ports: (u32, u32), cidr: &str, remote: &str| {
+        proto::CreateSecurityGroupRequest {
+            id: new_id(),
+            name: "sg".into(),
+            rules: vec![proto::SecurityGroupRule {
+                id: new_id(),
+                direction: proto::Direction::Ingress as i32,
+                protocol: protocol as i32,
+                port_min: ports.0,
+                port_max: ports.1,
+                cidr: cidr.into(),
+                remote_security_group_id: remote.into(),
+            }],
+        }
+    };
+    assert_eq!(
+        sg_code(
+            c.create_security_group(bad_rule(proto::Protocol::Icmp, (1, 2), "", ""))
+                .await
+        ),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        sg_code(
+            c.create_security_group(bad_rule(proto::Protocol::Tcp, (90, 80), "", ""))
+                .await
+        ),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        sg_code(
+            c.create_security_group(bad_rule(proto::Protocol::Tcp, (1, 70000), "", ""))
+                .await
+        ),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        sg_code(
+            c.create_security_group(bad_rule(proto::Protocol::Tcp, (0, 0), "10.0.0.1/8", ""))
+                .await
+        ),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        sg_code(
+            c.create_security_group(bad_rule(proto::Protocol::Tcp, (0, 0), "", &new_id()))
+                .await
+        ),
+        Code::NotFound
+    );
+    assert!(c
+        .list_security_groups(proto::ListSecurityGroupsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .security_groups
+        .is_empty());
+    let sg = c
+        .create_security_group(bad_rule(proto::Protocol::Tcp, (22, 22), "10.0.0.0/8", ""))
+        .await
+        .unwrap()
+        .into_inner();
+    let attached = c
+        .attach_security_group(proto::AttachSecurityGroupRequest {
+            nic_id: nic.id.clone(),
+            security_group_id: sg.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(attached.security_group_ids, vec![sg.id.clone()]);
+    let err = c
+        .delete_security_group(proto::DeleteSecurityGroupRequest { id: sg.id.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+
+    // A network with NICs cannot be deleted; deleting the NIC removes its TAP.
+    let err = c
+        .delete_network(proto::DeleteNetworkRequest {
+            id: private.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    c.delete_nic(proto::DeleteNicRequest { id: nic.id.clone() })
+        .await
+        .unwrap();
+    assert!(
+        !mvirt_ebpf::ip::link_exists(&nic.tap_name),
+        "TAP removed with the NIC"
+    );
+    assert_eq!(
+        c.get_nic(proto::GetNicRequest { id: nic.id.clone() })
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    c.delete_security_group(proto::DeleteSecurityGroupRequest { id: sg.id.clone() })
+        .await
+        .unwrap();
+    c.delete_network(proto::DeleteNetworkRequest {
+        id: private.clone(),
+    })
+    .await
+    .unwrap();
+
+    // Network update changes DNS/NTP only.
+    let updated = c
+        .update_network(proto::UpdateNetworkRequest {
+            id: public.clone(),
+            dns_servers: vec!["9.9.9.9".into()],
+            ntp_servers: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(updated.dns_servers, vec!["9.9.9.9".to_string()]);
+    assert_eq!(updated.ipv4_prefix, "192.168.50.0/24");
+    let err = c
+        .update_network(proto::UpdateNetworkRequest {
+            id: public.clone(),
+            dns_servers: vec!["nope".into()],
+            ntp_servers: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let version = c
+        .get_version(proto::GetVersionRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(version.component, "mvirt-ebpf");
+}

@@ -1,0 +1,479 @@
+//! `VmService`: translates between proto messages and the domain types of [`crate::vmm`], and
+//! maps [`VmmError`] to `tonic::Status`. No VM logic lives here.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::Stream;
+use tokio::sync::broadcast::error::RecvError;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::model::{BootSource, CloudInitSpec, DiskSpec, NicSpec, VmRecord, VmSpec, VmState};
+use crate::proto;
+use crate::proto::vm_service_server::VmService;
+use crate::vmm::{DeviceChange, VmEventKind, Vmm, VmmError};
+
+pub struct VmGrpc {
+    vmm: Vmm,
+}
+
+impl VmGrpc {
+    pub fn new(vmm: Vmm) -> Self {
+        Self { vmm }
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> Status {
+    Status::invalid_argument(msg.into())
+}
+
+fn non_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+pub fn spec_from_proto(config: proto::VmConfig) -> Result<VmSpec, Status> {
+    let boot = match config.boot {
+        Some(proto::vm_config::Boot::Kernel(k)) => BootSource::Kernel {
+            kernel: k.kernel,
+            initramfs: non_empty(k.initramfs),
+            cmdline: k.cmdline,
+        },
+        Some(proto::vm_config::Boot::Firmware(f)) => BootSource::Firmware {
+            firmware: non_empty(f.firmware),
+        },
+        None => return Err(invalid("config.boot is required (kernel or firmware)")),
+    };
+    Ok(VmSpec {
+        name: config.name,
+        vcpus: config.vcpus,
+        memory_mib: config.memory_mib,
+        boot,
+        disks: config.disks.into_iter().map(disk_from_proto).collect(),
+        nics: config.nics.into_iter().map(nic_from_proto).collect(),
+        cloud_init: config.cloud_init.map(|c| CloudInitSpec {
+            user_data: c.user_data,
+            meta_data: c.meta_data,
+            network_config: c.network_config,
+            hostname: c.hostname,
+        }),
+        hugepages: config.hugepages,
+        nested_virtualization: config.nested_virtualization,
+        labels: config.labels.into_iter().collect(),
+    })
+}
+
+fn disk_from_proto(d: proto::Disk) -> DiskSpec {
+    DiskSpec {
+        id: d.id,
+        path: d.path,
+        read_only: d.read_only,
+    }
+}
+
+fn nic_from_proto(n: proto::Nic) -> NicSpec {
+    NicSpec {
+        id: n.id,
+        tap: n.tap,
+        mac: n.mac.to_lowercase(),
+    }
+}
+
+pub fn spec_to_proto(spec: &VmSpec) -> proto::VmConfig {
+    let boot = match &spec.boot {
+        BootSource::Kernel {
+            kernel,
+            initramfs,
+            cmdline,
+        } => proto::vm_config::Boot::Kernel(proto::KernelBoot {
+            kernel: kernel.clone(),
+            initramfs: initramfs.clone().unwrap_or_default(),
+            cmdline: cmdline.clone(),
+        }),
+        BootSource::Firmware { firmware } => {
+            proto::vm_config::Boot::Firmware(proto::FirmwareBoot {
+                firmware: firmware.clone().unwrap_or_default(),
+            })
+        }
+    };
+    proto::VmConfig {
+        name: spec.name.clone(),
+        vcpus: spec.vcpus,
+        memory_mib: spec.memory_mib,
+        boot: Some(boot),
+        disks: spec
+            .disks
+            .iter()
+            .map(|d| proto::Disk {
+                id: d.id.clone(),
+                path: d.path.clone(),
+                read_only: d.read_only,
+            })
+            .collect(),
+        nics: spec
+            .nics
+            .iter()
+            .map(|n| proto::Nic {
+                id: n.id.clone(),
+                tap: n.tap.clone(),
+                mac: n.mac.clone(),
+            })
+            .collect(),
+        cloud_init: spec.cloud_init.as_ref().map(|c| proto::CloudInit {
+            user_data: c.user_data.clone(),
+            meta_data: c.meta_data.clone(),
+            network_config: c.network_config.clone(),
+            hostname: c.hostname.clone(),
+        }),
+        hugepages: spec.hugepages,
+        nested_virtualization: spec.nested_virtualization,
+        labels: spec
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    }
+}
+
+fn state_to_proto(state: VmState) -> proto::VmState {
+    match state {
+        VmState::Stopped => proto::VmState::Stopped,
+        VmState::Starting => proto::VmState::Starting,
+        VmState::Running => proto::VmState::Running,
+        VmState::Stopping => proto::VmState::Stopping,
+        VmState::Failed => proto::VmState::Failed,
+    }
+}
+
+pub fn vm_to_proto(vm: &VmRecord) -> proto::Vm {
+    proto::Vm {
+        id: vm.id.clone(),
+        config: Some(spec_to_proto(&vm.spec)),
+        state: state_to_proto(vm.state) as i32,
+        state_reason: vm.state_reason.clone(),
+        pid: vm.process.map(|p| p.pid).unwrap_or(0),
+        hypervisor: vm.hypervisor.clone(),
+        created_at_ms: vm.created_at_ms,
+        updated_at_ms: vm.updated_at_ms,
+        started_at_ms: vm.started_at_ms,
+        pending_changes: vm.pending_changes.clone(),
+    }
+}
+
+fn change_to_proto(change: DeviceChange) -> proto::DeviceChangeResponse {
+    proto::DeviceChangeResponse {
+        vm: Some(vm_to_proto(&change.vm)),
+        applied_live: change.applied_live,
+        message: change.message,
+    }
+}
+
+fn timeout(seconds: u32) -> Option<Duration> {
+    (seconds > 0).then(|| Duration::from_secs(seconds as u64))
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl VmService for VmGrpc {
+    async fn get_version(
+        &self,
+        _request: Request<proto::GetVersionRequest>,
+    ) -> Result<Response<proto::VersionInfo>, Status> {
+        let v = mvirt_common::version::VersionInfo::new("mvirt-vmm", env!("CARGO_PKG_VERSION"));
+        Ok(Response::new(proto::VersionInfo {
+            component: v.component,
+            version: v.version,
+            git_commit: v.git_commit,
+            hypervisor: self.vmm.hypervisor_name().to_string(),
+        }))
+    }
+
+    async fn get_system_info(
+        &self,
+        _request: Request<proto::GetSystemInfoRequest>,
+    ) -> Result<Response<proto::SystemInfo>, Status> {
+        let info = self.vmm.system_info()?;
+        let h = info.host;
+        Ok(Response::new(proto::SystemInfo {
+            hostname: h.hostname,
+            cpu_model: h.cpu_model,
+            cpu_cores: h.cpu_cores,
+            memory_total_bytes: h.memory_total_bytes,
+            memory_available_bytes: h.memory_available_bytes,
+            hugepages_total: h.hugepages_total,
+            hugepages_free: h.hugepages_free,
+            hugepage_size_bytes: h.hugepage_size_bytes,
+            numa_nodes: h.numa_nodes,
+            disks: h
+                .disks
+                .into_iter()
+                .map(|d| proto::HostDisk {
+                    name: d.name,
+                    size_bytes: d.size_bytes,
+                    rotational: d.rotational,
+                })
+                .collect(),
+            nics: h
+                .nics
+                .into_iter()
+                .map(|n| proto::HostNic {
+                    name: n.name,
+                    mac: n.mac,
+                    up: n.up,
+                    mtu: n.mtu,
+                })
+                .collect(),
+            allocated_vcpus: info.allocated_vcpus,
+            allocated_memory_bytes: info.allocated_memory_bytes,
+            running_vms: info.running_vms,
+            defined_vms: info.defined_vms,
+            hypervisor: info.hypervisor,
+            kvm_usable: info.kvm_usable,
+        }))
+    }
+
+    async fn create_vm(
+        &self,
+        request: Request<proto::CreateVmRequest>,
+    ) -> Result<Response<proto::Vm>, Status> {
+        let req = request.into_inner();
+        let config = req.config.ok_or_else(|| invalid("config is required"))?;
+        let spec = spec_from_proto(config)?;
+        let vm = self.vmm.create(&req.id, spec).await?;
+        Ok(Response::new(vm_to_proto(&vm)))
+    }
+
+    async fn get_vm(
+        &self,
+        request: Request<proto::GetVmRequest>,
+    ) -> Result<Response<proto::Vm>, Status> {
+        let vm = self.vmm.get(&request.into_inner().id)?;
+        Ok(Response::new(vm_to_proto(&vm)))
+    }
+
+    async fn list_vms(
+        &self,
+        request: Request<proto::ListVmsRequest>,
+    ) -> Result<Response<proto::ListVmsResponse>, Status> {
+        let selector: BTreeMap<String, String> =
+            request.into_inner().label_selector.into_iter().collect();
+        let vms = self.vmm.list(&selector)?;
+        Ok(Response::new(proto::ListVmsResponse {
+            vms: vms.iter().map(vm_to_proto).collect(),
+        }))
+    }
+
+    async fn delete_vm(
+        &self,
+        request: Request<proto::DeleteVmRequest>,
+    ) -> Result<Response<proto::DeleteVmResponse>, Status> {
+        let req = request.into_inner();
+        self.vmm.delete(&req.id, req.force).await?;
+        Ok(Response::new(proto::DeleteVmResponse {}))
+    }
+
+    async fn start_vm(
+        &self,
+        request: Request<proto::StartVmRequest>,
+    ) -> Result<Response<proto::Vm>, Status> {
+        let vm = self.vmm.start(&request.into_inner().id).await?;
+        Ok(Response::new(vm_to_proto(&vm)))
+    }
+
+    async fn stop_vm(
+        &self,
+        request: Request<proto::StopVmRequest>,
+    ) -> Result<Response<proto::Vm>, Status> {
+        let req = request.into_inner();
+        let vm = self.vmm.stop(&req.id, timeout(req.timeout_seconds)).await?;
+        Ok(Response::new(vm_to_proto(&vm)))
+    }
+
+    async fn kill_vm(
+        &self,
+        request: Request<proto::KillVmRequest>,
+    ) -> Result<Response<proto::Vm>, Status> {
+        let vm = self.vmm.kill(&request.into_inner().id).await?;
+        Ok(Response::new(vm_to_proto(&vm)))
+    }
+
+    async fn restart_vm(
+        &self,
+        request: Request<proto::RestartVmRequest>,
+    ) -> Result<Response<proto::Vm>, Status> {
+        let req = request.into_inner();
+        let vm = self
+            .vmm
+            .restart(&req.id, timeout(req.timeout_seconds))
+            .await?;
+        Ok(Response::new(vm_to_proto(&vm)))
+    }
+
+    async fn resize_vm(
+        &self,
+        request: Request<proto::ResizeVmRequest>,
+    ) -> Result<Response<proto::DeviceChangeResponse>, Status> {
+        let req = request.into_inner();
+        if req.vcpus == 0 && req.memory_mib == 0 {
+            return Err(invalid("resize needs vcpus or memory_mib"));
+        }
+        let change = self
+            .vmm
+            .resize(
+                &req.id,
+                (req.vcpus > 0).then_some(req.vcpus),
+                (req.memory_mib > 0).then_some(req.memory_mib),
+            )
+            .await?;
+        Ok(Response::new(change_to_proto(change)))
+    }
+
+    async fn attach_disk(
+        &self,
+        request: Request<proto::AttachDiskRequest>,
+    ) -> Result<Response<proto::DeviceChangeResponse>, Status> {
+        let req = request.into_inner();
+        let disk = req.disk.ok_or_else(|| invalid("disk is required"))?;
+        let change = self
+            .vmm
+            .attach_disk(&req.vm_id, disk_from_proto(disk))
+            .await?;
+        Ok(Response::new(change_to_proto(change)))
+    }
+
+    async fn detach_disk(
+        &self,
+        request: Request<proto::DetachDiskRequest>,
+    ) -> Result<Response<proto::DeviceChangeResponse>, Status> {
+        let req = request.into_inner();
+        let change = self.vmm.detach_disk(&req.vm_id, &req.disk_id).await?;
+        Ok(Response::new(change_to_proto(change)))
+    }
+
+    async fn attach_nic(
+        &self,
+        request: Request<proto::AttachNicRequest>,
+    ) -> Result<Response<proto::DeviceChangeResponse>, Status> {
+        let req = request.into_inner();
+        let nic = req.nic.ok_or_else(|| invalid("nic is required"))?;
+        let change = self.vmm.attach_nic(&req.vm_id, nic_from_proto(nic)).await?;
+        Ok(Response::new(change_to_proto(change)))
+    }
+
+    async fn detach_nic(
+        &self,
+        request: Request<proto::DetachNicRequest>,
+    ) -> Result<Response<proto::DeviceChangeResponse>, Status> {
+        let req = request.into_inner();
+        let change = self.vmm.detach_nic(&req.vm_id, &req.nic_id).await?;
+        Ok(Response::new(change_to_proto(change)))
+    }
+
+    type ConsoleStream = BoxStream<proto::ConsoleOutput>;
+
+    async fn console(
+        &self,
+        request: Request<Streaming<proto::ConsoleInput>>,
+    ) -> Result<Response<Self::ConsoleStream>, Status> {
+        let mut inputs = request.into_inner();
+        let first = inputs
+            .next()
+            .await
+            .ok_or_else(|| invalid("the first console message must name the VM"))??;
+        let vm_id = first.vm_id.clone();
+        let hub = self.vmm.console(&vm_id)?;
+        let (scrollback, live) = hub.subscribe();
+        let mut live =
+            live.ok_or_else(|| Status::from(VmmError::ConsoleUnavailable(vm_id.clone())))?;
+        if !first.data.is_empty() {
+            hub.send_input(Bytes::from(first.data))
+                .await
+                .map_err(|_| Status::from(VmmError::ConsoleUnavailable(vm_id.clone())))?;
+        }
+        // Input from this viewer, until it hangs up.
+        let input_hub = hub.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(message)) = inputs.next().await {
+                if !message.data.is_empty()
+                    && input_hub
+                        .send_input(Bytes::from(message.data))
+                        .await
+                        .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        let stop = self.vmm.shutdown_token();
+        let output = async_stream::stream! {
+            if !scrollback.is_empty() {
+                yield Ok(proto::ConsoleOutput { data: scrollback });
+            }
+            loop {
+                let next = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    next = live.recv() => next,
+                };
+                match next {
+                    Ok(data) => yield Ok(proto::ConsoleOutput { data: data.to_vec() }),
+                    Err(RecvError::Lagged(n)) => {
+                        let note = format!("\r\n[mvirt: {n} console chunks dropped: viewer too slow]\r\n");
+                        yield Ok(proto::ConsoleOutput { data: note.into_bytes() });
+                    }
+                    Err(RecvError::Closed) => break,
+                }
+            }
+        };
+        Ok(Response::new(Box::pin(output)))
+    }
+
+    type WatchVmsStream = BoxStream<proto::VmEvent>;
+
+    async fn watch_vms(
+        &self,
+        request: Request<proto::WatchVmsRequest>,
+    ) -> Result<Response<Self::WatchVmsStream>, Status> {
+        // Subscribe before listing so that no change falls between the two.
+        let mut events = self.vmm.subscribe();
+        let initial = if request.into_inner().include_initial {
+            self.vmm.list(&BTreeMap::new())?
+        } else {
+            Vec::new()
+        };
+        let stop = self.vmm.shutdown_token();
+        let output = async_stream::stream! {
+            for vm in initial {
+                yield Ok(proto::VmEvent {
+                    r#type: proto::VmEventType::Initial as i32,
+                    vm: Some(vm_to_proto(&vm)),
+                });
+            }
+            loop {
+                let next = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    next = events.recv() => next,
+                };
+                match next {
+                    Ok(event) => {
+                        let kind = match event.kind {
+                            VmEventKind::Created => proto::VmEventType::Created,
+                            VmEventKind::StateChanged => proto::VmEventType::StateChanged,
+                            VmEventKind::Updated => proto::VmEventType::Updated,
+                            VmEventKind::Deleted => proto::VmEventType::Deleted,
+                        };
+                        yield Ok(proto::VmEvent { r#type: kind as i32, vm: Some(vm_to_proto(&event.vm)) });
+                    }
+                    Err(RecvError::Lagged(n)) => {
+                        yield Err(Status::data_loss(format!("watcher fell behind by {n} events: watch again with include_initial")));
+                        break;
+                    }
+                    Err(RecvError::Closed) => break,
+                }
+            }
+        };
+        Ok(Response::new(Box::pin(output)))
+    }
+}

@@ -1,0 +1,449 @@
+//! The QEMU driver: `qemu-system-x86_64` with KVM when it is usable, TCG otherwise, controlled
+//! over QMP.
+//!
+//! One process per VM. The serial port is a unix-socket chardev served by QEMU (with a logfile,
+//! so output produced while the daemon is down is kept); the daemon connects as a client. Disks
+//! are virtio-blk, NICs virtio-net on an existing TAP (`script=no`, no vhost: the TAP belongs to
+//! mvirt-ebpf). The machine is `pc` so that ACPI PCI hot-plug works without root ports.
+//! Live resize is not implemented for QEMU: it is recorded for the next boot.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::json;
+
+use super::{
+    listen_socket, qmp, spawn_hypervisor, until_ready, Hypervisor, HypervisorError, LaunchRequest,
+    Launched, RunDir,
+};
+use crate::model::{BootSource, DiskSpec, NicSpec, ProcessIdentity};
+
+/// How QEMU executes guest code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    /// KVM when `/dev/kvm` answers, TCG otherwise.
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+impl std::str::FromStr for Accel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "kvm" => Ok(Self::Kvm),
+            "tcg" => Ok(Self::Tcg),
+            other => Err(format!("unknown accelerator {other:?}: auto, kvm or tcg")),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct QemuConfig {
+    pub binary: PathBuf,
+    pub accel: Accel,
+    /// TCG translation cache size in MiB (QEMU's default of 1 GiB per VM is wasteful).
+    pub tcg_tb_size_mib: u32,
+    /// Firmware when a VM boots UEFI without naming one.
+    pub default_firmware: PathBuf,
+    pub start_timeout: Duration,
+}
+
+impl Default for QemuConfig {
+    fn default() -> Self {
+        Self {
+            binary: PathBuf::from("qemu-system-x86_64"),
+            accel: Accel::Auto,
+            tcg_tb_size_mib: 64,
+            default_firmware: PathBuf::from("/usr/share/ovmf/OVMF.fd"),
+            start_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// How long a hot-unplug waits for the guest to release the device.
+const UNPLUG_WAIT: Duration = Duration::from_secs(10);
+
+pub struct QemuDriver {
+    config: QemuConfig,
+    use_kvm: bool,
+}
+
+impl QemuDriver {
+    pub fn new(config: QemuConfig) -> Self {
+        let (use_kvm, why) = match config.accel {
+            Accel::Kvm => (true, "--qemu-accel kvm".to_string()),
+            Accel::Tcg => (false, "--qemu-accel tcg".to_string()),
+            Accel::Auto => match super::kvm_status() {
+                Ok(()) => (true, "auto: /dev/kvm is usable".to_string()),
+                Err(why) => (false, format!("auto: {why}")),
+            },
+        };
+        tracing::info!(
+            accel = if use_kvm { "kvm" } else { "tcg" },
+            reason = %why,
+            "qemu driver ready"
+        );
+        Self { config, use_kvm }
+    }
+
+    /// The QEMU command line for a VM (without the program name).
+    pub fn command_line(&self, request: &LaunchRequest<'_>) -> Vec<String> {
+        let spec = request.spec;
+        let run = request.run;
+        let mut args: Vec<String> = Vec::new();
+        let mut push = |a: &str, b: String| {
+            args.push(a.to_string());
+            args.push(b);
+        };
+        push("-name", format!("guest={},debug-threads=on", request.vm_id));
+        push("-uuid", request.vm_id.to_string());
+        push("-machine", "pc".into());
+        if self.use_kvm {
+            push("-accel", "kvm".into());
+            push("-cpu", "host".into());
+        } else {
+            push(
+                "-accel",
+                format!("tcg,tb-size={}", self.config.tcg_tb_size_mib),
+            );
+            push("-cpu", "max".into());
+        }
+        push("-smp", spec.vcpus.to_string());
+        push("-m", format!("{}M", spec.memory_mib));
+        if spec.hugepages && hugepages_available(spec.memory_mib) {
+            push(
+                "-object",
+                format!(
+                    "memory-backend-file,id=mem0,size={}M,mem-path=/dev/hugepages,share=on,prealloc=on",
+                    spec.memory_mib
+                ),
+            );
+            push("-numa", "node,memdev=mem0".into());
+        }
+        args.extend(
+            ["-nodefaults", "-no-user-config", "-display", "none"]
+                .iter()
+                .map(|s| s.to_string()),
+        );
+        let mut push = |a: &str, b: String| {
+            args.push(a.to_string());
+            args.push(b);
+        };
+        // fd 3: the QMP socket, fd 4: the serial console socket, both bound by the daemon
+        // (see `launch`).
+        push("-chardev", "socket,id=qmp,fd=3,server=on,wait=off".into());
+        push("-mon", "chardev=qmp,mode=control".into());
+        push(
+            "-chardev",
+            format!(
+                "socket,id=serial0,fd=4,server=on,wait=off,logfile={},logappend=on",
+                run.console_log().display()
+            ),
+        );
+        push("-serial", "chardev:serial0".into());
+        match &spec.boot {
+            BootSource::Kernel {
+                kernel,
+                initramfs,
+                cmdline,
+            } => {
+                push("-kernel", kernel.clone());
+                if let Some(initramfs) = initramfs {
+                    push("-initrd", initramfs.clone());
+                }
+                if !cmdline.is_empty() {
+                    push("-append", cmdline.clone());
+                }
+            }
+            BootSource::Firmware { firmware } => {
+                let firmware = firmware
+                    .clone()
+                    .unwrap_or_else(|| self.config.default_firmware.display().to_string());
+                push("-bios", firmware);
+            }
+        }
+        for disk in &spec.disks {
+            push(
+                "-drive",
+                format!(
+                    "file={},if=none,id=drive-{},format=raw,readonly={}",
+                    disk.path,
+                    disk.id,
+                    if disk.read_only { "on" } else { "off" }
+                ),
+            );
+            push(
+                "-device",
+                format!("virtio-blk-pci,drive=drive-{0},id=disk-{0}", disk.id),
+            );
+        }
+        if let Some(cidata) = request.cidata {
+            push(
+                "-drive",
+                format!(
+                    "file={},if=none,id=drive-cidata,format=raw,readonly=on",
+                    cidata.display()
+                ),
+            );
+            push(
+                "-device",
+                "virtio-blk-pci,drive=drive-cidata,id=disk-cidata".into(),
+            );
+        }
+        for nic in &spec.nics {
+            push(
+                "-netdev",
+                format!(
+                    "tap,id=netdev-{},ifname={},script=no,downscript=no",
+                    nic.id, nic.tap
+                ),
+            );
+            push(
+                "-device",
+                format!(
+                    "virtio-net-pci,netdev=netdev-{0},id=nic-{0},mac={1}",
+                    nic.id, nic.mac
+                ),
+            );
+        }
+        args
+    }
+}
+
+/// Whether `/dev/hugepages` is mounted and has enough free pages for `memory_mib`.
+fn hugepages_available(memory_mib: u64) -> bool {
+    let info = crate::sysinfo::meminfo();
+    let free = info.get("HugePages_Free").copied().unwrap_or(0);
+    let size_kib = info.get("Hugepagesize").copied().unwrap_or(0);
+    let mounted = std::fs::read_to_string("/proc/mounts")
+        .map(|m| m.lines().any(|l| l.contains(" /dev/hugepages ")))
+        .unwrap_or(false);
+    let ok = mounted && free * size_kib >= memory_mib * 1024;
+    if !ok {
+        tracing::warn!(
+            memory_mib,
+            "hugepages requested but not available: using normal memory"
+        );
+    }
+    ok
+}
+
+#[async_trait]
+impl Hypervisor for QemuDriver {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    fn binary(&self) -> &Path {
+        &self.config.binary
+    }
+
+    async fn launch(&self, request: &LaunchRequest<'_>) -> Result<Launched, HypervisorError> {
+        let run = request.run;
+        let sockets = [
+            listen_socket(&run.control_socket())?,
+            listen_socket(&run.console_socket())?,
+        ];
+        let args = self.command_line(request);
+        let program = self.config.binary.display().to_string();
+        let mut child = spawn_hypervisor(&self.config.binary, &args, run, &sockets)?;
+        drop(sockets);
+        let pid = child.id().unwrap_or(0);
+        let status = until_ready(
+            &program,
+            &mut child,
+            run,
+            self.config.start_timeout,
+            qmp::execute(&run.control_socket(), "query-status", None),
+        )
+        .await?;
+        tracing::debug!(vm = request.vm_id, %status, "qemu started");
+        let identity = crate::process::identity(pid).ok_or_else(|| HypervisorError::EarlyExit {
+            program: program.clone(),
+            status: "gone right after start".into(),
+            log: run.hypervisor_log_tail(2000),
+        })?;
+        Ok(Launched {
+            identity: ProcessIdentity {
+                pid: identity.pid,
+                start_time: identity.start_time,
+            },
+            child: Some(child),
+        })
+    }
+
+    async fn power_button(&self, run: &RunDir) -> Result<(), HypervisorError> {
+        qmp::execute(&run.control_socket(), "system_powerdown", None).await?;
+        Ok(())
+    }
+
+    async fn hard_stop(&self, run: &RunDir) -> Result<(), HypervisorError> {
+        qmp::execute(&run.control_socket(), "quit", None).await?;
+        Ok(())
+    }
+
+    async fn ping(&self, run: &RunDir) -> Result<(), HypervisorError> {
+        qmp::execute(&run.control_socket(), "query-status", None).await?;
+        Ok(())
+    }
+
+    async fn add_disk(&self, run: &RunDir, disk: &DiskSpec) -> Result<(), HypervisorError> {
+        let socket = run.control_socket();
+        // A node left by an earlier hot-unplug of the same disk (QEMU keeps blockdev-add'ed
+        // nodes after device_del) would block the name: drop it if nothing uses it any more.
+        let _ = qmp::execute(
+            &socket,
+            "blockdev-del",
+            Some(json!({"node-name": format!("drive-{}", disk.id)})),
+        )
+        .await;
+        qmp::execute(
+            &socket,
+            "blockdev-add",
+            Some(json!({
+                "driver": "raw",
+                "node-name": format!("drive-{}", disk.id),
+                "read-only": disk.read_only,
+                "file": {"driver": "file", "filename": disk.path},
+            })),
+        )
+        .await?;
+        let added = qmp::execute(
+            &socket,
+            "device_add",
+            Some(json!({
+                "driver": "virtio-blk-pci",
+                "id": format!("disk-{}", disk.id),
+                "drive": format!("drive-{}", disk.id),
+            })),
+        )
+        .await;
+        if let Err(err) = added {
+            let _ = qmp::execute(
+                &socket,
+                "blockdev-del",
+                Some(json!({"node-name": format!("drive-{}", disk.id)})),
+            )
+            .await;
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    async fn add_nic(&self, run: &RunDir, nic: &NicSpec) -> Result<(), HypervisorError> {
+        let socket = run.control_socket();
+        // Same for a netdev left by an earlier unplug.
+        let _ = qmp::execute(
+            &socket,
+            "netdev_del",
+            Some(json!({"id": format!("netdev-{}", nic.id)})),
+        )
+        .await;
+        qmp::execute(
+            &socket,
+            "netdev_add",
+            Some(json!({
+                "type": "tap",
+                "id": format!("netdev-{}", nic.id),
+                "ifname": nic.tap,
+                "script": "no",
+                "downscript": "no",
+            })),
+        )
+        .await?;
+        let added = qmp::execute(
+            &socket,
+            "device_add",
+            Some(json!({
+                "driver": "virtio-net-pci",
+                "id": format!("nic-{}", nic.id),
+                "netdev": format!("netdev-{}", nic.id),
+                "mac": nic.mac,
+            })),
+        )
+        .await;
+        if let Err(err) = added {
+            let _ = qmp::execute(
+                &socket,
+                "netdev_del",
+                Some(json!({"id": format!("netdev-{}", nic.id)})),
+            )
+            .await;
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    async fn remove_disk(&self, run: &RunDir, disk_id: &str) -> Result<(), HypervisorError> {
+        // device_del asks the guest to eject; QEMU reports DEVICE_DELETED once it has. Then the
+        // backing node can go (disks attached at boot with -drive go with the device, so that
+        // blockdev-del fails harmlessly). A guest slower than the wait keeps the node until the
+        // next attach of the same id or the VM's end.
+        let device = format!("disk-{disk_id}");
+        let mut session = qmp::Session::connect(&run.control_socket()).await?;
+        session
+            .execute("device_del", Some(json!({ "id": device })))
+            .await?;
+        let deleted = session
+            .wait_event(
+                "DEVICE_DELETED",
+                |data| data.get("device").and_then(|d| d.as_str()) == Some(device.as_str()),
+                UNPLUG_WAIT,
+            )
+            .await?;
+        if deleted {
+            let _ = session
+                .execute(
+                    "blockdev-del",
+                    Some(json!({"node-name": format!("drive-{disk_id}")})),
+                )
+                .await;
+        } else {
+            tracing::warn!(disk = disk_id, "guest has not released the disk yet");
+        }
+        Ok(())
+    }
+
+    async fn remove_nic(&self, run: &RunDir, nic_id: &str) -> Result<(), HypervisorError> {
+        let device = format!("nic-{nic_id}");
+        let mut session = qmp::Session::connect(&run.control_socket()).await?;
+        session
+            .execute("device_del", Some(json!({ "id": device })))
+            .await?;
+        let deleted = session
+            .wait_event(
+                "DEVICE_DELETED",
+                |data| data.get("device").and_then(|d| d.as_str()) == Some(device.as_str()),
+                UNPLUG_WAIT,
+            )
+            .await?;
+        if !deleted {
+            tracing::warn!(nic = nic_id, "guest has not released the NIC yet");
+        }
+        if let Err(err) = session
+            .execute(
+                "netdev_del",
+                Some(json!({"id": format!("netdev-{nic_id}")})),
+            )
+            .await
+        {
+            tracing::warn!(nic = nic_id, error = %err, "netdev_del after device_del failed");
+        }
+        Ok(())
+    }
+
+    async fn resize(
+        &self,
+        _run: &RunDir,
+        _vcpus: Option<u32>,
+        _memory_mib: Option<u64>,
+    ) -> Result<(), HypervisorError> {
+        Err(HypervisorError::Unsupported {
+            driver: "qemu",
+            what: "vCPU/memory resize of a running VM".into(),
+        })
+    }
+}
