@@ -12,7 +12,7 @@ PACKAGES=(
   busybox-static cpio      # test guests and the embedded default template
   genisoimage dosfstools mtools  # cloud-init NoCloud seed images
   iproute2 iptables nftables iperf3 ethtool iputils-ping  # networking tests (ping: mvirt-ebpf-bench latency)
-  docker-registry apache2-utils ca-certificates  # OCI registry, htpasswd, CA bundle (mvirt-one tests)
+  docker-registry apache2-utils ca-certificates dnsmasq-base  # mvirt-one tests: OCI registry, htpasswd, CA bundle, DHCPv4/v6 + RA for the pod VM
   sqlite3 curl jq tmux xz-utils zstd gzip
   etcd-server              # mvirt-api benchmark baseline (3-member etcd side by side)
   python3                  # mvirt-vmm: fake cloud-hypervisor test double
