@@ -1,0 +1,531 @@
+//! Control-plane benchmarks (not tests; run with `cargo bench -p mvirt-api`):
+//!
+//! 1. Scheduler: placements per second for 10,000 pending VMs on 1,000 nodes.
+//! 2. Spec propagation: 1,000 simulated nodes watch their specs; one change that concerns every
+//!    node (a new template); time until each stream has delivered it (p50/p99).
+//! 3. Writes: a 3-member mvirt-api cluster on loopback creating VMs (REST) at 1, 16 and 128
+//!    concurrent clients, side by side with a 3-member etcd cluster (if `etcd` is installed)
+//!    doing puts of the same payload size through its JSON gateway. Throughput and p50/p99.
+//!
+//! Set `MVIRT_BENCH_QUICK=1` for a short run.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mvirt_api::model::*;
+use mvirt_api::proto::{self, node_service_client::NodeServiceClient};
+use mvirt_api::scheduler::{schedule, Strategy};
+use mvirt_api::server::{self, Running, ServerConfig};
+use mvirt_api::state::State;
+use serde_json::json;
+
+const GIB: u64 = 1 << 30;
+
+fn quick() -> bool {
+    std::env::var_os("MVIRT_BENCH_QUICK").is_some()
+}
+
+fn meta(id: String, name: String) -> Meta {
+    Meta {
+        id,
+        name,
+        project: "default".into(),
+        labels: BTreeMap::new(),
+        revision: 1,
+        spec_revision: 1,
+        created_at: "t".into(),
+        updated_at: "t".into(),
+    }
+}
+
+fn bench_scheduler() {
+    let mut state = State::initial();
+    for n in 0..1000 {
+        let id = format!("node-{n:04}");
+        state.nodes.insert(
+            id.clone(),
+            Node {
+                meta: meta(id.clone(), id),
+                spec: NodeSpec { schedulable: true },
+                status: NodeStatus {
+                    state: "online".into(),
+                    address: "127.0.0.1".into(),
+                    capacity: Capacity {
+                        vcpus: 64,
+                        memory_bytes: 256 * GIB,
+                        storage_bytes: 10_000 * GIB,
+                    },
+                    agent_version: "bench".into(),
+                    last_state_change_at: None,
+                    console_endpoint: String::new(),
+                },
+                allocated: Capacity::default(),
+                console_secret: String::new(),
+            },
+        );
+    }
+    for v in 0..10_000 {
+        let id = format!("vm-{v:05}");
+        state.vms.insert(
+            id.clone(),
+            Vm {
+                meta: meta(id.clone(), id),
+                spec: serde_json::from_value(json!({"vcpus": 2, "memory_bytes": 4 * GIB}))
+                    .unwrap_or_else(|e| panic!("{e}")),
+                status: Status::default(),
+                node_id: None,
+                scheduling: Scheduling::default(),
+                stop_mode: "graceful".into(),
+                restart_generation: 0,
+            },
+        );
+    }
+    for strategy in [Strategy::Spread, Strategy::Binpack] {
+        let start = Instant::now();
+        let decision = schedule(&state, strategy);
+        let elapsed = start.elapsed();
+        println!(
+            "scheduler {strategy:?}: {} placements of 10000 VMs on 1000 nodes in {:.1} ms = {:.0} placements/s",
+            decision.placements.len(),
+            elapsed.as_secs_f64() * 1000.0,
+            decision.placements.len() as f64 / elapsed.as_secs_f64()
+        );
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx]
+}
+
+async fn start_member(
+    ip: [u8; 4],
+    dir: &std::path::Path,
+    join: Option<(String, String)>,
+) -> Running {
+    let mut config = ServerConfig::for_tests(IpAddr::from(ip), dir);
+    if let Some((url, token)) = join {
+        config.join = Some(url);
+        config.join_token = Some(token);
+    }
+    server::start(config, mvirt_common::Shutdown::new())
+        .await
+        .unwrap_or_else(|e| panic!("start member: {e}"))
+}
+
+async fn wait_ok(http: &reqwest::Client, url: &str, token: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Ok(r) = http.get(url).bearer_auth(token).send().await {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{url} not ready");
+}
+
+fn authed<T>(msg: T, auth: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert(
+        "authorization",
+        auth.parse().unwrap_or_else(|e| panic!("{e}")),
+    );
+    r
+}
+
+async fn bench_propagation() {
+    let nodes = if quick() { 100 } else { 1000 };
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let member = start_member([127, 0, 0, 1], dir.path(), None).await;
+    let token = loop {
+        if let Some(t) = member.admin_token() {
+            break t;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let http = reqwest::Client::new();
+    wait_ok(&http, &format!("{}/v1/projects", member.api_url()), &token).await;
+    let channel = tonic::transport::Endpoint::from_shared(member.grpc_url())
+        .unwrap_or_else(|e| panic!("{e}"))
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let auth = format!("Bearer {token}");
+    let mut streams = Vec::new();
+    for n in 0..nodes {
+        let mut c = NodeServiceClient::new(channel.clone());
+        let id = c
+            .register(authed(
+                proto::RegisterRequest {
+                    name: format!("node-{n}"),
+                    address: "127.0.0.1".into(),
+                    capacity: Some(proto::NodeCapacity {
+                        vcpus: 8,
+                        memory_bytes: 8 * GIB,
+                        storage_bytes: 100 * GIB,
+                    }),
+                    ..Default::default()
+                },
+                &auth,
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_inner()
+            .node_id;
+        let mut s = c
+            .watch_specs(authed(
+                proto::WatchSpecsRequest {
+                    node_id: id,
+                    from_revision: 0,
+                },
+                &auth,
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_inner();
+        // Drain the initial set.
+        let first = s
+            .message()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("stream closed"));
+        streams.push((s, first.revision));
+    }
+    let start = Instant::now();
+    let resp = http
+        .post(format!("{}/v1/templates", member.api_url()))
+        .bearer_auth(&token)
+        .json(&json!({"name": "bench", "spec": {"source_url": "file:///bench.raw"}}))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(resp.status().is_success());
+    let mut tasks = Vec::new();
+    for (mut s, rev) in streams {
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let spec = s.message().await.ok().flatten()?;
+                if spec.revision > rev && !spec.templates.is_empty() {
+                    return Some(start.elapsed());
+                }
+            }
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        if let Ok(Some(d)) = t.await {
+            lat.push(d);
+        }
+    }
+    lat.sort();
+    println!(
+        "spec propagation to {} watching nodes: {} delivered, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        nodes,
+        lat.len(),
+        percentile(&lat, 0.5).as_secs_f64() * 1000.0,
+        percentile(&lat, 0.99).as_secs_f64() * 1000.0,
+        lat.last().copied().unwrap_or_default().as_secs_f64() * 1000.0
+    );
+    member.stop().await;
+}
+
+struct Load {
+    throughput: f64,
+    p50: Duration,
+    p99: Duration,
+    errors: usize,
+}
+
+async fn run_load<F, Fut>(concurrency: usize, total: usize, op: F) -> Load
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let op = Arc::new(op);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let op = op.clone();
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0;
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= total {
+                    return (lat, errors);
+                }
+                let t = Instant::now();
+                if op(i).await {
+                    lat.push(t.elapsed());
+                } else {
+                    errors += 1;
+                }
+            }
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        if let Ok((l, e)) = t.await {
+            lat.extend(l);
+            errors += e;
+        }
+    }
+    let elapsed = start.elapsed();
+    lat.sort();
+    Load {
+        throughput: lat.len() as f64 / elapsed.as_secs_f64(),
+        p50: percentile(&lat, 0.5),
+        p99: percentile(&lat, 0.99),
+        errors,
+    }
+}
+
+struct Etcd {
+    children: Vec<Child>,
+    client_urls: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn start_etcd() -> Option<Etcd> {
+    let bin = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())?;
+    let dir = tempfile::tempdir().ok()?;
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let initial = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, peer))| format!("e{i}=http://127.0.0.1:{peer}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut children = Vec::new();
+    let mut client_urls = Vec::new();
+    for (i, (client, peer)) in ports.iter().enumerate() {
+        let data = dir.path().join(format!("e{i}"));
+        let child = Command::new(bin)
+            .args(["--name", &format!("e{i}")])
+            .arg("--data-dir")
+            .arg(&data)
+            .args([
+                "--listen-client-urls",
+                &format!("http://127.0.0.1:{client}"),
+            ])
+            .args([
+                "--advertise-client-urls",
+                &format!("http://127.0.0.1:{client}"),
+            ])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{peer}"),
+            ])
+            .args([
+                "--initial-cluster",
+                &initial,
+                "--initial-cluster-state",
+                "new",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        children.push(child);
+        client_urls.push(format!("http://127.0.0.1:{client}"));
+    }
+    Some(Etcd {
+        children,
+        client_urls,
+        _dir: dir,
+    })
+}
+
+async fn bench_writes() {
+    let root = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let a = start_member([127, 0, 0, 21], &root.path().join("a"), None).await;
+    let token = loop {
+        if let Some(t) = a.admin_token() {
+            break t;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_ok(&http, &format!("{}/v1/projects", a.api_url()), &token).await;
+    let mut members = vec![a];
+    for ip in [[127, 0, 0, 22], [127, 0, 0, 23]] {
+        let jt: serde_json::Value = http
+            .post(format!(
+                "{}/v1/controlplane/join-tokens",
+                members[0].api_url()
+            ))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let t = jt["token"].as_str().unwrap_or_default().to_string();
+        let name = format!("m{}", ip[3]);
+        members
+            .push(start_member(ip, &root.path().join(name), Some((members[0].api_url(), t))).await);
+    }
+    // Wait for 3 voters.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let cp: serde_json::Value = http
+            .get(format!("{}/v1/controlplane", members[0].api_url()))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let voters = cp["members"]
+            .as_array()
+            .map(|m| m.iter().filter(|x| x["role"] != "learner").count())
+            .unwrap_or(0);
+        if voters == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "cluster did not form");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let leader = members[0].api_url();
+    let etcd = start_etcd();
+    if let Some(e) = &etcd {
+        wait_etcd(&http, &e.client_urls[0]).await;
+    } else {
+        println!("etcd not installed (apt etcd-server): mvirt-api numbers only");
+    }
+    let per = if quick() { 200 } else { 2000 };
+    let body_len = serde_json::to_vec(&json!({"name": "vm-000000-00000", "spec": {"vcpus": 1, "memory_bytes": 1073741824u64, "node_selector": "none-such"}}))
+        .map(|v| v.len())
+        .unwrap_or(100);
+    println!("writes: {per} operations per run, payload ~{body_len} bytes");
+    println!(
+        "{:>11} | {:>22} | {:>22} | ratio",
+        "concurrency", "mvirt-api VM create", "etcd put"
+    );
+    for (round, concurrency) in [1usize, 16, 128].into_iter().enumerate() {
+        let http2 = http.clone();
+        let url = format!("{leader}/v1/vms");
+        let tok = token.clone();
+        let ours = run_load(concurrency, per, move |i| {
+            let http = http2.clone();
+            let url = url.clone();
+            let tok = tok.clone();
+            async move {
+                // Pending VMs (the selector matches no node), so only the control plane works.
+                let body = json!({"name": format!("vm-{round:06}-{i:05}"), "spec": {"vcpus": 1, "memory_bytes": 1073741824u64, "node_selector": "none-such"}});
+                matches!(http.post(&url).bearer_auth(&tok).json(&body).send().await, Ok(r) if r.status().as_u16() == 201)
+            }
+        })
+        .await;
+        let theirs = match &etcd {
+            None => None,
+            Some(e) => {
+                let http2 = http.clone();
+                let url = format!("{}/v3/kv/put", e.client_urls[0]);
+                Some(
+                    run_load(concurrency, per, move |i| {
+                        let http = http2.clone();
+                        let url = url.clone();
+                        async move {
+                            use base64::Engine;
+                            let b64 = base64::engine::general_purpose::STANDARD;
+                            let key = b64.encode(format!("vm-{round:06}-{i:05}"));
+                            let value = b64.encode(vec![b'x'; body_len]);
+                            let body = json!({"key": key, "value": value});
+                            matches!(http.post(&url).json(&body).send().await, Ok(r) if r.status().is_success())
+                        }
+                    })
+                    .await,
+                )
+            }
+        };
+        let fmt = |l: &Load| {
+            format!(
+                "{:>7.0}/s p50 {:>5.1} p99 {:>5.1} ms{}",
+                l.throughput,
+                l.p50.as_secs_f64() * 1000.0,
+                l.p99.as_secs_f64() * 1000.0,
+                if l.errors > 0 {
+                    format!(" ({} errors)", l.errors)
+                } else {
+                    String::new()
+                }
+            )
+        };
+        match theirs {
+            Some(t) => println!(
+                "{concurrency:>11} | {} | {} | {:.2}x",
+                fmt(&ours),
+                fmt(&t),
+                ours.throughput / t.throughput.max(1e-9)
+            ),
+            None => println!("{concurrency:>11} | {} | {:>22} |", fmt(&ours), "-"),
+        }
+    }
+    for m in members {
+        m.stop().await;
+    }
+}
+
+async fn wait_etcd(http: &reqwest::Client, url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Ok(r) = http
+            .post(format!("{url}/v3/kv/range"))
+            .json(&json!({"key": "eA=="}))
+            .send()
+            .await
+        {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("etcd did not become ready");
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    bench_scheduler();
+    runtime.block_on(bench_propagation());
+    runtime.block_on(bench_writes());
+}

@@ -1,0 +1,650 @@
+//! The running control-plane member: Raft, the shared state, and what every front end needs —
+//! proposing a command (forwarded to the leader when this member is a follower), linearizable
+//! reads through the leader's read index, node liveness (leader memory), the scheduler loop and
+//! membership changes.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::ServerState;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::model::{Capacity, Kind, Member};
+use crate::raft::{MemberId, Raft, Shared};
+use crate::scheduler::{self, Strategy};
+use crate::state::{ApiError, Command, Outcome, Proposal};
+
+/// How long a write waits for a leader (election in progress) before answering 503.
+const LEADER_WAIT: Duration = Duration::from_secs(10);
+
+/// The current time as RFC 3339 (UTC, seconds). Minted before proposing, never in `apply`.
+pub fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// sha256 hex of a secret (tokens are stored hashed).
+pub fn hash_secret(secret: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(secret.as_bytes()))
+}
+
+/// A random secret: 32 bytes, hex.
+pub fn random_secret() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+/// A heartbeat forwarded from a follower to the leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeartbeatForward {
+    pub node_id: String,
+    pub capacity: Option<Capacity>,
+}
+
+pub struct App {
+    pub raft: Raft,
+    pub shared: Arc<Shared>,
+    pub member_id: MemberId,
+    pub me: Member,
+    pub secret: Arc<String>,
+    pub http: reqwest::Client,
+    pub data_dir: PathBuf,
+    pub node_offline_after: Duration,
+    pub heartbeat_interval: Duration,
+    pub strategy: Strategy,
+    pub audit: mvirt_log::AuditLogger,
+    pub log_endpoint: String,
+    /// Last heartbeat per node, kept by the leader only.
+    liveness: Mutex<HashMap<String, Instant>>,
+    /// When this member last became leader (nodes get a grace period after a failover).
+    leader_since: Mutex<Option<Instant>>,
+    /// One membership change at a time.
+    membership_lock: tokio::sync::Mutex<()>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+impl App {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        raft: Raft,
+        shared: Arc<Shared>,
+        member_id: MemberId,
+        me: Member,
+        secret: String,
+        data_dir: PathBuf,
+        node_offline_after: Duration,
+        strategy: Strategy,
+        audit: mvirt_log::AuditLogger,
+        log_endpoint: String,
+    ) -> Self {
+        Self {
+            raft,
+            shared,
+            member_id,
+            me,
+            secret: Arc::new(secret),
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .build()
+                .unwrap_or_default(),
+            data_dir,
+            heartbeat_interval: (node_offline_after / 5).max(Duration::from_millis(200)),
+            node_offline_after,
+            strategy,
+            audit,
+            log_endpoint,
+            liveness: Mutex::new(HashMap::new()),
+            leader_since: Mutex::new(None),
+            membership_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The current leader as this member sees it.
+    pub fn leader(&self) -> Option<(MemberId, Member)> {
+        let m = self.raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id).cloned()?;
+        Some((id, node))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    async fn wait_for_leader(&self, deadline: Instant) -> Option<(MemberId, Member)> {
+        let mut rx = self.raft.metrics();
+        loop {
+            if let Some(l) = self.leader() {
+                return Some(l);
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            if tokio::time::timeout(left, rx.changed()).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// Proposes a command and returns its outcome; forwards to the leader when needed.
+    pub async fn propose(&self, proposal: Proposal) -> Result<Outcome, ApiError> {
+        let deadline = Instant::now() + LEADER_WAIT;
+        loop {
+            let leader = self
+                .wait_for_leader(deadline)
+                .await
+                .ok_or_else(|| ApiError::no_leader("no Raft leader elected; retry later"))?;
+            if leader.0 == self.member_id {
+                match self.raft.client_write(proposal.clone()).await {
+                    Ok(resp) => return Ok(resp.data),
+                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                        // Lost leadership before the entry was appended: safe to retry.
+                        self.wait_leader_change(leader.0, deadline).await?;
+                        continue;
+                    }
+                    Err(e) => {
+                        return Err(ApiError::new(
+                            "unavailable",
+                            format!("write outcome unknown: {e}"),
+                        ))
+                    }
+                }
+            }
+            match self.forward::<_, Result<Outcome, ApiError>>(&leader.1, "write", &proposal).await {
+                Ok(result) => match result {
+                    Err(e) if e.code == "no_leader" && Instant::now() < deadline => {
+                        self.wait_leader_change(leader.0, deadline).await?;
+                        continue;
+                    }
+                    other => return other,
+                },
+                Err(Forward::NotSent(e)) => {
+                    tracing::debug!(error = %e, "leader unreachable, waiting for a new one");
+                    self.wait_leader_change(leader.0, deadline).await?;
+                }
+                Err(Forward::Unknown(e)) => {
+                    return Err(ApiError::new(
+                        "unavailable",
+                        format!("the leader did not answer ({e}); the write may or may not have been applied — retry with the same Idempotency-Key"),
+                    ))
+                }
+            }
+        }
+    }
+
+    async fn wait_leader_change(&self, old: MemberId, deadline: Instant) -> Result<(), ApiError> {
+        let mut rx = self.raft.metrics();
+        loop {
+            let cur = rx.borrow().current_leader;
+            if cur.is_some() && cur != Some(old) {
+                return Ok(());
+            }
+            // The old leader may come back (a brief blip): recheck on a short period.
+            let left = deadline
+                .checked_duration_since(Instant::now())
+                .ok_or_else(|| ApiError::no_leader("no Raft leader reachable; retry later"))?;
+            let step = left.min(Duration::from_millis(300));
+            if tokio::time::timeout(step, rx.changed()).await.is_err() && cur == Some(old) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Proposes and unwraps: `(revision, result object)` or the command's error. Successful
+    /// commands are written to the audit log with the ids they touched.
+    pub async fn submit(
+        &self,
+        command: Command,
+        idempotency: Option<crate::state::Idempotency>,
+    ) -> Result<(u64, Value), ApiError> {
+        let proposal = Proposal {
+            command,
+            idempotency,
+        };
+        let summary = proposal.to_string();
+        let ids = related_ids(&proposal.command);
+        let outcome = self.propose(proposal).await?;
+        let value = outcome.result?;
+        if !matches!(
+            summary.as_str(),
+            "update_statuses" | "schedule" | "set_node_state"
+        ) || !ids.is_empty()
+        {
+            let refs: Vec<&str> = ids.iter().map(|s| s.as_str()).collect();
+            self.audit
+                .audit(format!("{summary} (revision {})", outcome.revision), &refs);
+        }
+        Ok((outcome.revision, value))
+    }
+
+    /// Waits until this member has applied everything the leader had committed when the read
+    /// started (Raft read index), so a read never goes back in time.
+    pub async fn read_barrier(&self) -> Result<(), ApiError> {
+        let deadline = Instant::now() + LEADER_WAIT;
+        let leader = self
+            .wait_for_leader(deadline)
+            .await
+            .ok_or_else(|| ApiError::no_leader("no Raft leader elected; retry later"))?;
+        let index = if leader.0 == self.member_id {
+            match self.raft.ensure_linearizable().await {
+                Ok(log_id) => log_id.map(|l| l.index).unwrap_or(0),
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
+                    return Err(ApiError::no_leader(
+                        "leadership changed during the read; retry",
+                    ))
+                }
+                Err(e) => return Err(ApiError::no_leader(format!("read index failed: {e}"))),
+            }
+        } else {
+            match self
+                .forward::<_, Result<u64, ApiError>>(&leader.1, "read-index", &())
+                .await
+            {
+                Ok(r) => r?,
+                Err(Forward::NotSent(e)) | Err(Forward::Unknown(e)) => {
+                    return Err(ApiError::no_leader(format!(
+                        "leader unreachable for the read index: {e}"
+                    )))
+                }
+            }
+        };
+        let mut rx = self.shared.applied.subscribe();
+        let wait = async {
+            loop {
+                if *rx.borrow_and_update() >= index {
+                    return true;
+                }
+                if rx.changed().await.is_err() {
+                    return false;
+                }
+            }
+        };
+        match tokio::time::timeout(LEADER_WAIT, wait).await {
+            Ok(true) => Ok(()),
+            _ => Err(ApiError::no_leader(
+                "this member is not catching up with the leader",
+            )),
+        }
+    }
+
+    /// POSTs to the leader's Raft listener.
+    pub async fn forward<Req: Serialize, Resp: for<'de> Deserialize<'de>>(
+        &self,
+        leader: &Member,
+        rpc: &str,
+        body: &Req,
+    ) -> Result<Resp, Forward> {
+        let url = format!("http://{}/raft/{rpc}", leader.raft_addr);
+        let resp = self
+            .http
+            .post(&url)
+            .bearer_auth(self.secret.as_str())
+            .timeout(Duration::from_secs(15))
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_connect() {
+                    Forward::NotSent(e.to_string())
+                } else {
+                    Forward::Unknown(e.to_string())
+                }
+            })?;
+        if !resp.status().is_success() {
+            return Err(Forward::Unknown(format!(
+                "leader answered {}",
+                resp.status()
+            )));
+        }
+        resp.json()
+            .await
+            .map_err(|e| Forward::Unknown(e.to_string()))
+    }
+
+    // -------------------------------------------------------------------------- node liveness
+
+    /// Records a node heartbeat (on the leader; followers forward it) and proposes a state or
+    /// capacity change only when something actually changed.
+    pub async fn heartbeat(&self, hb: HeartbeatForward) -> Result<(), ApiError> {
+        if !self.is_leader() {
+            let leader = self
+                .wait_for_leader(Instant::now() + LEADER_WAIT)
+                .await
+                .ok_or_else(|| ApiError::no_leader("no Raft leader elected"))?;
+            if leader.0 != self.member_id {
+                return match self
+                    .forward::<_, Result<(), ApiError>>(&leader.1, "heartbeat", &hb)
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(Forward::NotSent(e)) | Err(Forward::Unknown(e)) => {
+                        Err(ApiError::no_leader(e))
+                    }
+                };
+            }
+        }
+        let (known, needs_write) = {
+            let state = self.shared.read();
+            match state.nodes.get(&hb.node_id) {
+                None => (false, false),
+                Some(node) => (
+                    true,
+                    node.status.state != "online"
+                        || hb.capacity.is_some_and(|c| c != node.status.capacity),
+                ),
+            }
+        };
+        if !known {
+            return Err(ApiError::not_found(Kind::Node, &hb.node_id));
+        }
+        locked(&self.liveness).insert(hb.node_id.clone(), Instant::now());
+        if needs_write {
+            self.submit(
+                Command::SetNodeState {
+                    id: hb.node_id.clone(),
+                    state: "online".into(),
+                    capacity: hb.capacity,
+                    now: now(),
+                },
+                None,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Marks a registered node as seen now (Register counts as a heartbeat).
+    pub fn touch(&self, node_id: &str) {
+        locked(&self.liveness).insert(node_id.to_string(), Instant::now());
+    }
+
+    /// Leader housekeeping, run on every applied change and on a short tick: nodes that went
+    /// silent become offline, pending VMs get scheduled.
+    pub async fn run_leader_loop(self: Arc<Self>, shutdown: mvirt_common::Shutdown) {
+        let mut applied = self.shared.applied.subscribe();
+        let tick =
+            (self.node_offline_after / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+        // Under a burst of writes, one round per ROUND_GAP is enough: a round always looks at
+        // the latest state, so coalescing wake-ups loses nothing.
+        const ROUND_GAP: Duration = Duration::from_millis(20);
+        let mut last_round = Instant::now();
+        loop {
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                _ = applied.changed() => {},
+                _ = tokio::time::sleep(tick) => {},
+            }
+            let next = last_round + ROUND_GAP;
+            if Instant::now() < next {
+                tokio::time::sleep_until(next.into()).await;
+            }
+            applied.borrow_and_update();
+            last_round = Instant::now();
+            if !self.is_leader() {
+                *locked(&self.leader_since) = None;
+                continue;
+            }
+            let since = *locked(&self.leader_since).get_or_insert_with(Instant::now);
+            if let Err(e) = self.mark_offline_nodes(since).await {
+                tracing::warn!(error = %e, "could not mark silent nodes offline");
+            }
+            if let Err(e) = self.schedule_once().await {
+                tracing::warn!(error = %e, "scheduling round failed");
+            }
+            self.promote_caught_up_learners().await;
+        }
+    }
+
+    /// Promotes learners that caught up with the log. Normally the join does this itself; this
+    /// covers a leader that died between adding the learner and promoting it.
+    async fn promote_caught_up_learners(&self) {
+        let Ok(_guard) = self.membership_lock.try_lock() else {
+            return;
+        };
+        let metrics = self.raft.metrics().borrow().clone();
+        let learners: Vec<MemberId> = metrics
+            .membership_config
+            .membership()
+            .learner_ids()
+            .collect();
+        if learners.is_empty() {
+            return;
+        }
+        let last = metrics.last_log_index.unwrap_or(0);
+        let replication = metrics.replication.clone().unwrap_or_default();
+        for id in learners {
+            let caught_up = replication
+                .get(&id)
+                .and_then(|m| *m)
+                .is_some_and(|matched| matched.index + 100 >= last);
+            if !caught_up {
+                continue;
+            }
+            match self
+                .change_voters(0, |voters| {
+                    voters.insert(id);
+                })
+                .await
+            {
+                Ok(()) => tracing::info!(member_id = id, "caught-up learner promoted to voter"),
+                Err(e) => {
+                    tracing::debug!(member_id = id, error = %e.message, "learner promotion deferred")
+                }
+            }
+        }
+    }
+
+    async fn mark_offline_nodes(&self, leader_since: Instant) -> Result<(), ApiError> {
+        let online: Vec<String> = {
+            let state = self.shared.read();
+            state
+                .nodes
+                .values()
+                .filter(|n| n.status.state == "online")
+                .map(|n| n.meta.id.clone())
+                .collect()
+        };
+        let silent: Vec<String> = {
+            let live = locked(&self.liveness);
+            online
+                .into_iter()
+                .filter(|id| {
+                    let last = live
+                        .get(id)
+                        .copied()
+                        .unwrap_or(leader_since)
+                        .max(leader_since);
+                    last.elapsed() > self.node_offline_after
+                })
+                .collect()
+        };
+        for id in silent {
+            tracing::warn!(node_id = %id, "node missed its heartbeats: offline");
+            self.submit(
+                Command::SetNodeState {
+                    id,
+                    state: "offline".into(),
+                    capacity: None,
+                    now: now(),
+                },
+                None,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// One scheduler round: proposes placements (if any).
+    pub async fn schedule_once(&self) -> Result<(), ApiError> {
+        let decision = {
+            let state = self.shared.read();
+            scheduler::schedule(&state, self.strategy)
+        };
+        if decision.is_empty() {
+            return Ok(());
+        }
+        self.submit(
+            Command::Schedule {
+                placements: decision.placements,
+                pending: decision.pending,
+                now: now(),
+            },
+            None,
+        )
+        .await?;
+        Ok(())
+    }
+
+    // -------------------------------------------------------------------------- membership
+
+    /// Adds a member as learner (it catches up, by snapshot if far behind), then as voter.
+    /// Membership changes are serialized (one joint consensus at a time) and retried while
+    /// another change is still in progress.
+    pub async fn add_member(&self, id: MemberId, member: Member) -> Result<(), ApiError> {
+        let _guard = self.membership_lock.lock().await;
+        self.raft
+            .add_learner(id, member, true)
+            .await
+            .map_err(|e| ApiError::internal(format!("adding learner {id} failed: {e}")))?;
+        self.change_voters(100, |voters| {
+            voters.insert(id);
+        })
+        .await?;
+        tracing::info!(member_id = id, "member joined as voter");
+        self.audit
+            .audit(format!("control-plane member {id} joined"), &[]);
+        Ok(())
+    }
+
+    async fn change_voters(
+        &self,
+        max_attempts: u32,
+        edit: impl Fn(&mut BTreeSet<MemberId>),
+    ) -> Result<(), ApiError> {
+        let mut attempts = 0;
+        loop {
+            let mut voters: BTreeSet<MemberId> = self
+                .raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .voter_ids()
+                .collect();
+            edit(&mut voters);
+            match self.raft.change_membership(voters, false).await {
+                Ok(_) => return Ok(()),
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))
+                    if attempts < max_attempts =>
+                {
+                    tracing::debug!(error = %e, "membership change busy; retrying");
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                    return Err(ApiError::no_leader("not the leader"))
+                }
+                Err(e) => return Err(ApiError::internal(format!("membership change failed: {e}"))),
+            }
+        }
+    }
+
+    pub async fn remove_member(&self, id: MemberId) -> Result<(), ApiError> {
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        let voters: BTreeSet<MemberId> = membership.membership().voter_ids().collect();
+        let known = membership.membership().get_node(&id).is_some();
+        if !known {
+            return Err(ApiError::new("not_found", format!("member {id} not found")));
+        }
+        if voters.len() == 1 && voters.contains(&id) {
+            return Err(ApiError::conflict("cannot remove the last voter"));
+        }
+        let _guard = self.membership_lock.lock().await;
+        self.change_voters(100, |voters| {
+            voters.remove(&id);
+        })
+        .await?;
+        self.audit
+            .audit(format!("control-plane member {id} removed"), &[]);
+        Ok(())
+    }
+}
+
+/// Why a forward to the leader failed.
+#[derive(Debug)]
+pub enum Forward {
+    /// The request never reached the leader (connection refused): safe to retry elsewhere.
+    NotSent(String),
+    /// The request may have been processed.
+    Unknown(String),
+}
+
+/// The ids a command is about (for audit entries).
+fn related_ids(command: &Command) -> Vec<String> {
+    match command {
+        Command::CreateProject { project } => vec![project.meta.id.clone()],
+        Command::CreateNetwork { network } => vec![network.meta.id.clone()],
+        Command::CreateNic { nic } => vec![nic.meta.id.clone(), nic.spec.network_id.clone()],
+        Command::CreateSecurityGroup { security_group } => vec![security_group.meta.id.clone()],
+        Command::CreateTemplate { template } => vec![template.meta.id.clone()],
+        Command::CreateVolume { volume } => vec![volume.meta.id.clone()],
+        Command::CreateVm {
+            vm,
+            owned_volumes,
+            owned_nics,
+        } => std::iter::once(vm.meta.id.clone())
+            .chain(owned_volumes.iter().map(|v| v.meta.id.clone()))
+            .chain(owned_nics.iter().map(|n| n.meta.id.clone()))
+            .collect(),
+        Command::Update { id, .. } | Command::Delete { id, .. } | Command::VmAction { id, .. } => {
+            vec![id.clone()]
+        }
+        Command::ResizeVolume { id, .. } => vec![id.clone()],
+        Command::CreateSnapshot {
+            volume_id,
+            snapshot,
+        } => vec![volume_id.clone(), snapshot.id.clone()],
+        Command::DeleteSnapshot {
+            volume_id,
+            snapshot_id,
+            ..
+        } => vec![volume_id.clone(), snapshot_id.clone()],
+        Command::AddRule {
+            security_group_id, ..
+        }
+        | Command::DeleteRule {
+            security_group_id, ..
+        } => {
+            vec![security_group_id.clone()]
+        }
+        Command::RegisterNode { node } => vec![node.meta.id.clone()],
+        Command::SetNodeState { id, .. } => vec![id.clone()],
+        Command::UpdateStatuses { .. } => vec![],
+        Command::Schedule { placements, .. } => placements
+            .iter()
+            .flat_map(|p| [p.vm_id.clone(), p.node_id.clone()])
+            .collect(),
+        Command::CreateToken { token } => vec![token.id.clone()],
+        Command::DeleteToken { id } => vec![id.clone()],
+        Command::CreateJoinToken { token } => vec![token.id.clone()],
+        Command::ConsumeJoinToken { .. } | Command::Noop => vec![],
+    }
+}

@@ -1,0 +1,316 @@
+//! NodeService (gRPC, `proto/node.proto`): translates between proto messages and commands.
+//! Every call needs `authorization: Bearer <token>` with a node or admin token.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::app::{hash_secret, new_id, now, App, HeartbeatForward};
+use crate::model::{Capacity, Kind, Meta, Node, NodeSpec, NodeStatus, Status as ResourceStatus};
+use crate::nodespec;
+use crate::proto::{self, node_service_server::NodeService};
+use crate::state::{ApiError, Command, StatusReport};
+use crate::validate;
+
+pub struct NodeServiceImpl {
+    app: Arc<App>,
+    shutdown: mvirt_common::Shutdown,
+}
+
+impl NodeServiceImpl {
+    pub fn new(app: Arc<App>, shutdown: mvirt_common::Shutdown) -> Self {
+        Self { app, shutdown }
+    }
+
+    fn authenticate<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let token = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or_else(|| Status::unauthenticated("missing authorization: Bearer <node token>"))?;
+        let hash = hash_secret(token);
+        let state = self.app.shared.read();
+        match state.tokens.values().find(|t| t.hash == hash) {
+            Some(t) if t.role == "node" || t.role == "admin" => Ok(()),
+            Some(_) => Err(Status::permission_denied(
+                "token not allowed on NodeService",
+            )),
+            None => Err(Status::unauthenticated("unknown or revoked token")),
+        }
+    }
+}
+
+fn capacity(c: Option<proto::NodeCapacity>) -> Option<Capacity> {
+    c.map(|c| Capacity {
+        vcpus: c.vcpus,
+        memory_bytes: c.memory_bytes,
+        storage_bytes: c.storage_bytes,
+    })
+}
+
+fn kind_of(k: i32) -> Option<Kind> {
+    Some(match proto::ResourceKind::try_from(k).ok()? {
+        proto::ResourceKind::Network => Kind::Network,
+        proto::ResourceKind::SecurityGroup => Kind::SecurityGroup,
+        proto::ResourceKind::Template => Kind::Template,
+        proto::ResourceKind::Volume => Kind::Volume,
+        proto::ResourceKind::Nic => Kind::Nic,
+        proto::ResourceKind::Vm => Kind::Vm,
+        proto::ResourceKind::Route | proto::ResourceKind::Unspecified => return None,
+    })
+}
+
+fn phase_of(p: i32) -> &'static str {
+    match proto::Phase::try_from(p).unwrap_or(proto::Phase::Unspecified) {
+        proto::Phase::Unspecified => "",
+        proto::Phase::Pending => "pending",
+        proto::Phase::Creating => "creating",
+        proto::Phase::Ready => "ready",
+        proto::Phase::Running => "running",
+        proto::Phase::Stopping => "stopping",
+        proto::Phase::Stopped => "stopped",
+        proto::Phase::Failed => "failed",
+        proto::Phase::Importing => "importing",
+        proto::Phase::Deleting => "deleting",
+    }
+}
+
+type SpecStream = Pin<Box<dyn Stream<Item = Result<proto::NodeSpec, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl NodeService for NodeServiceImpl {
+    async fn register(
+        &self,
+        request: Request<proto::RegisterRequest>,
+    ) -> Result<Response<proto::RegisterResponse>, Status> {
+        self.authenticate(&request)?;
+        let req = request.into_inner();
+        let node_id = if req.node_id.is_empty() {
+            new_id()
+        } else {
+            req.node_id.clone()
+        };
+        validate::id("node_id", &node_id)?;
+        validate::name("node name", &req.name)?;
+        if req.address.is_empty()
+            || req.address.len() > 255
+            || req.address.chars().any(|c| c.is_whitespace())
+        {
+            return Err(Status::invalid_argument("address must be a host address"));
+        }
+        let endpoint_ok = req.console_endpoint.is_empty()
+            || req.console_endpoint.starts_with("http://")
+            || req.console_endpoint.starts_with("https://");
+        if !endpoint_ok {
+            return Err(Status::invalid_argument(
+                "console_endpoint must be an http(s):// URL",
+            ));
+        }
+        if req.console_secret.len() > 1024 {
+            return Err(Status::invalid_argument(
+                "console_secret: at most 1024 bytes",
+            ));
+        }
+        let labels = req.labels.into_iter().collect();
+        validate::labels(&labels)?;
+        let now = now();
+        let node = Node {
+            meta: Meta {
+                id: node_id.clone(),
+                name: req.name,
+                project: String::new(),
+                labels,
+                revision: 0,
+                spec_revision: 0,
+                created_at: now.clone(),
+                updated_at: now.clone(),
+            },
+            spec: NodeSpec { schedulable: true },
+            status: NodeStatus {
+                state: "online".into(),
+                address: req.address,
+                capacity: capacity(req.capacity).unwrap_or_default(),
+                agent_version: req.agent_version,
+                last_state_change_at: Some(now),
+                console_endpoint: req.console_endpoint,
+            },
+            allocated: Capacity::default(),
+            console_secret: req.console_secret,
+        };
+        let (revision, _) = self
+            .app
+            .submit(Command::RegisterNode { node }, None)
+            .await?;
+        if self.app.is_leader() {
+            self.app.touch(&node_id);
+        } else {
+            // Liveness lives on the leader: tell it the node is alive.
+            let _ = self
+                .app
+                .heartbeat(HeartbeatForward {
+                    node_id: node_id.clone(),
+                    capacity: None,
+                })
+                .await;
+        }
+        Ok(Response::new(proto::RegisterResponse {
+            node_id,
+            revision,
+            heartbeat_interval_ms: self.app.heartbeat_interval.as_millis() as u32,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<proto::HeartbeatRequest>,
+    ) -> Result<Response<proto::HeartbeatResponse>, Status> {
+        self.authenticate(&request)?;
+        let req = request.into_inner();
+        validate::id("node_id", &req.node_id)?;
+        self.app
+            .heartbeat(HeartbeatForward {
+                node_id: req.node_id,
+                capacity: capacity(req.capacity),
+            })
+            .await?;
+        Ok(Response::new(proto::HeartbeatResponse {
+            revision: self.app.shared.applied_revision(),
+        }))
+    }
+
+    async fn deregister(
+        &self,
+        request: Request<proto::DeregisterRequest>,
+    ) -> Result<Response<proto::DeregisterResponse>, Status> {
+        self.authenticate(&request)?;
+        let req = request.into_inner();
+        validate::id("node_id", &req.node_id)?;
+        self.app
+            .submit(
+                Command::Delete {
+                    kind: Kind::Node,
+                    id: req.node_id,
+                    if_match: None,
+                    force: false,
+                },
+                None,
+            )
+            .await?;
+        Ok(Response::new(proto::DeregisterResponse {}))
+    }
+
+    type WatchSpecsStream = SpecStream;
+
+    async fn watch_specs(
+        &self,
+        request: Request<proto::WatchSpecsRequest>,
+    ) -> Result<Response<Self::WatchSpecsStream>, Status> {
+        self.authenticate(&request)?;
+        let req = request.into_inner();
+        validate::id("node_id", &req.node_id)?;
+        self.app.read_barrier().await?;
+        if !self.app.shared.read().nodes.contains_key(&req.node_id) {
+            return Err(ApiError::not_found(Kind::Node, &req.node_id).into());
+        }
+        let app = self.app.clone();
+        let shutdown = self.shutdown.clone();
+        let node_id = req.node_id;
+        let mut last = req.from_revision;
+        let stream = async_stream::try_stream! {
+            let mut applied = app.shared.applied.subscribe();
+            loop {
+                let spec = {
+                    let state = app.shared.read();
+                    state.nodes.contains_key(&node_id).then(|| nodespec::desired_for(&state, &node_id))
+                };
+                let Some(spec) = spec else {
+                    Err(Status::not_found(format!("node {node_id} was deregistered")))?;
+                    break;
+                };
+                if spec.revision > last {
+                    last = spec.revision;
+                    yield spec;
+                }
+                tokio::select! {
+                    changed = applied.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                    }
+                    _ = shutdown.wait() => break,
+                }
+            }
+        };
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn update_resource_status(
+        &self,
+        request: Request<proto::UpdateResourceStatusRequest>,
+    ) -> Result<Response<proto::UpdateResourceStatusResponse>, Status> {
+        self.authenticate(&request)?;
+        let req = request.into_inner();
+        validate::id("node_id", &req.node_id)?;
+        if req.statuses.len() > 10_000 {
+            return Err(Status::invalid_argument("at most 10000 statuses per call"));
+        }
+        let mut reports = Vec::new();
+        let mut unknown = Vec::new();
+        for s in req.statuses {
+            let Some(kind) = kind_of(s.kind) else {
+                // Routes have no stored status; unknown kinds are reported back.
+                if s.kind != proto::ResourceKind::Route as i32 {
+                    unknown.push(s.id);
+                }
+                continue;
+            };
+            if s.message.len() > 4096 {
+                return Err(Status::invalid_argument(
+                    "status message: at most 4096 bytes",
+                ));
+            }
+            reports.push(StatusReport {
+                kind,
+                id: s.id,
+                status: ResourceStatus {
+                    phase: phase_of(s.phase).into(),
+                    message: s.message,
+                    conditions: Vec::new(),
+                    node_id: None,
+                    observed_revision: s.observed_revision,
+                    updated_at: None,
+                    ipv4_addresses: s.ipv4_addresses,
+                    ipv6_addresses: s.ipv6_addresses,
+                    import_bytes_done: (s.import_bytes_total > 0 || s.import_bytes_done > 0)
+                        .then_some(s.import_bytes_done),
+                    import_bytes_total: (s.import_bytes_total > 0).then_some(s.import_bytes_total),
+                    used_bytes: (s.used_bytes > 0).then_some(s.used_bytes),
+                    fields: s.fields.into_iter().collect(),
+                },
+            });
+        }
+        let (_, value) = self
+            .app
+            .submit(
+                Command::UpdateStatuses {
+                    node_id: req.node_id,
+                    reports,
+                    now: now(),
+                },
+                None,
+            )
+            .await?;
+        let accepted = value.get("accepted").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
+        if let Some(ids) = value.get("unknown_ids").and_then(|v| v.as_array()) {
+            unknown.extend(ids.iter().filter_map(|v| v.as_str().map(String::from)));
+        }
+        Ok(Response::new(proto::UpdateResourceStatusResponse {
+            accepted,
+            unknown_ids: unknown,
+        }))
+    }
+}

@@ -1,0 +1,113 @@
+//! `mvirt-api`: the mvirt control plane. Parses flags and runs the server from the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use mvirt_api::scheduler::Strategy;
+use mvirt_api::server::{self, ServerConfig};
+use mvirt_common::telemetry::{self, LogFormat};
+
+/// The mvirt control plane: holds the desired state of every VM, volume, network, NIC,
+/// security group and template in a Raft-replicated SQLite store, serves it over REST (/v1)
+/// and to node agents over NodeService gRPC, and schedules VMs onto nodes. The first start
+/// on an empty data dir bootstraps a one-member cluster and writes an admin API token;
+/// further members join with `--join <url> --token <join-token>`.
+#[derive(Debug, Parser)]
+#[command(name = "mvirt-api", version)]
+struct Args {
+    /// REST API listen address.
+    #[arg(long, env = "MVIRT_API_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// NodeService gRPC listen address.
+    #[arg(long, env = "MVIRT_API_GRPC_LISTEN", default_value = "0.0.0.0:50056")]
+    grpc_listen: SocketAddr,
+    /// Raft (member-to-member) listen address.
+    #[arg(long, env = "MVIRT_API_RAFT_LISTEN", default_value = "0.0.0.0:6001")]
+    raft_listen: SocketAddr,
+    /// Host name or IP other members and clients use to reach this member (default: the
+    /// listen IP, or 127.0.0.1 when listening on all addresses).
+    #[arg(long, env = "MVIRT_API_ADVERTISE_HOST")]
+    advertise_host: Option<String>,
+    /// Data directory (Raft log, state, member identity, admin token).
+    #[arg(long, env = "MVIRT_API_DATA_DIR", default_value = "/var/lib/mvirt/api")]
+    data_dir: PathBuf,
+    /// REST URL of an existing member to join (first start only).
+    #[arg(long, env = "MVIRT_API_JOIN", requires = "token")]
+    join: Option<String>,
+    /// Join token from `POST /v1/controlplane/join-tokens`.
+    #[arg(long, env = "MVIRT_API_TOKEN")]
+    token: Option<String>,
+    /// A node whose heartbeats stop for this long becomes offline.
+    #[arg(
+        long,
+        env = "MVIRT_API_NODE_OFFLINE_AFTER_MS",
+        default_value_t = 15_000
+    )]
+    node_offline_after_ms: u64,
+    /// Placement strategy: spread or binpack.
+    #[arg(long, env = "MVIRT_API_SCHEDULER", default_value = "spread")]
+    scheduler: Strategy,
+    /// mvirt-log endpoint for audit entries and `GET /v1/logs` (empty: tracing only).
+    #[arg(
+        long,
+        env = "MVIRT_API_LOG_ENDPOINT",
+        default_value = "http://[::1]:50052"
+    )]
+    log_endpoint: String,
+    /// Snapshot the state (and purge the Raft log before it) every this many entries.
+    #[arg(long, env = "MVIRT_API_SNAPSHOT_EVERY", default_value_t = 2000)]
+    snapshot_every: u64,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    // openraft logs every election step at INFO; keep the default output about mvirt.
+    if std::env::var_os("RUST_LOG").is_none() {
+        std::env::set_var("RUST_LOG", "info,openraft=warn");
+    }
+    telemetry::init("mvirt-api", LogFormat::Auto);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("mvirt-api: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> std::process::ExitCode {
+    let shutdown = match mvirt_common::Shutdown::on_signals() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install signal handlers");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let config = ServerConfig {
+        listen: args.listen,
+        grpc_listen: args.grpc_listen,
+        raft_listen: args.raft_listen,
+        advertise_host: args.advertise_host,
+        data_dir: args.data_dir,
+        join: args.join,
+        join_token: args.token,
+        node_offline_after: Duration::from_millis(args.node_offline_after_ms),
+        strategy: args.scheduler,
+        log_endpoint: args.log_endpoint,
+        snapshot_every: args.snapshot_every,
+    };
+    match server::start(config, shutdown).await {
+        Ok(running) => {
+            running.wait().await;
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error = %mvirt_common::error::error_chain(&e), "mvirt-api failed to start");
+            eprintln!("mvirt-api: {}", mvirt_common::error::error_chain(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

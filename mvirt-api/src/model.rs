@@ -1,0 +1,488 @@
+//! The domain model: every resource the control plane stores, as plain serde data.
+//!
+//! A resource is `Meta` (id, name, project, labels, revisions, times) + a `spec` (what the user
+//! asked for, validated in `validate.rs`) + a `status` (what nodes report, changed only by
+//! `UpdateResourceStatus`). These same types are the REST JSON (and OpenAPI schemas); the proto
+//! types of NodeService are converted at the edge in `grpc.rs`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Identity and bookkeeping shared by every resource.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Meta {
+    pub id: String,
+    pub name: String,
+    /// Project name (projects themselves carry their own name here).
+    pub project: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Raft log index that last changed this object (its ETag).
+    pub revision: u64,
+    /// Raft log index that last changed what a node must do (spec, placement); status reports
+    /// do not move it.
+    pub spec_revision: u64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// What nodes report. Empty phase until the first report.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Status {
+    #[serde(default)]
+    pub phase: String,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    #[serde(default)]
+    pub observed_revision: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ipv4_addresses: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ipv6_addresses: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import_bytes_done: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import_bytes_total: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fields: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub status: String,
+    #[serde(default)]
+    pub message: String,
+}
+
+// ------------------------------------------------------------------------------------ projects
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Project {
+    #[serde(flatten)]
+    pub meta: Meta,
+    #[serde(default)]
+    pub description: String,
+}
+
+// ------------------------------------------------------------------------------------ nodes
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Capacity {
+    pub vcpus: u32,
+    pub memory_bytes: u64,
+    pub storage_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    /// False = cordoned: nothing new is placed here.
+    #[serde(default = "default_true")]
+    pub schedulable: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct NodeStatus {
+    /// `online` or `offline`.
+    pub state: String,
+    pub address: String,
+    pub capacity: Capacity,
+    pub agent_version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_state_change_at: Option<String>,
+    /// The agent's NodeAgent endpoint (console relay); empty = none.
+    #[serde(default)]
+    pub console_endpoint: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Node {
+    #[serde(flatten)]
+    pub meta: Meta,
+    pub spec: NodeSpec,
+    pub status: NodeStatus,
+    /// Sum of what is placed on the node (filled when read, not stored).
+    #[serde(default)]
+    pub allocated: Capacity,
+    /// Secret the API presents to the agent's console relay. Stored (replicated), never shown:
+    /// views for REST and events clear it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schema(ignore)]
+    pub console_secret: String,
+}
+
+// ------------------------------------------------------------------------------------ networks
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {
+    #[serde(default)]
+    pub ipv4_prefix: Option<String>,
+    #[serde(default)]
+    pub ipv6_prefix: Option<String>,
+    #[serde(default)]
+    pub dns_servers: Vec<String>,
+    #[serde(default)]
+    pub ntp_servers: Vec<String>,
+    #[serde(default)]
+    pub is_public: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Network {
+    #[serde(flatten)]
+    pub meta: Meta,
+    pub spec: NetworkSpec,
+    pub status: Status,
+}
+
+// ------------------------------------------------------------------------------------ NICs
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NicSpec {
+    pub network_id: String,
+    #[serde(default)]
+    pub mac_address: Option<String>,
+    #[serde(default)]
+    pub ipv4_address: Option<String>,
+    #[serde(default)]
+    pub ipv6_address: Option<String>,
+    #[serde(default)]
+    pub security_group_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Nic {
+    #[serde(flatten)]
+    pub meta: Meta,
+    pub spec: NicSpec,
+    pub status: Status,
+    /// The VM this NIC is attached to.
+    #[serde(default)]
+    pub vm_id: Option<String>,
+    /// Set when the NIC was created by and belongs to a VM (deleted with it).
+    #[serde(default)]
+    pub owner_vm_id: Option<String>,
+}
+
+// ------------------------------------------------------------------------------ security groups
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityGroupRule {
+    /// Minted by the API when omitted.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// `ingress` or `egress`.
+    pub direction: String,
+    /// `any`, `tcp`, `udp`, `icmp`, `icmpv6`.
+    #[serde(default = "default_protocol")]
+    pub protocol: String,
+    #[serde(default)]
+    pub port_min: u16,
+    #[serde(default)]
+    pub port_max: u16,
+    #[serde(default)]
+    pub cidr: Option<String>,
+    #[serde(default)]
+    pub remote_group_id: Option<String>,
+    #[serde(default)]
+    pub description: String,
+}
+
+fn default_protocol() -> String {
+    "any".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityGroupSpec {
+    #[serde(default)]
+    pub rules: Vec<SecurityGroupRule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SecurityGroup {
+    #[serde(flatten)]
+    pub meta: Meta,
+    pub spec: SecurityGroupSpec,
+    pub status: Status,
+}
+
+// ------------------------------------------------------------------------------------ templates
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateSpec {
+    pub source_url: String,
+    /// `raw` or `qcow2`.
+    #[serde(default = "default_format")]
+    pub format: String,
+    #[serde(default)]
+    pub sha256: Option<String>,
+    #[serde(default)]
+    pub kernel_url: Option<String>,
+    #[serde(default)]
+    pub initramfs_url: Option<String>,
+    #[serde(default)]
+    pub cmdline: Option<String>,
+}
+
+fn default_format() -> String {
+    "raw".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Template {
+    #[serde(flatten)]
+    pub meta: Meta,
+    pub spec: TemplateSpec,
+    pub status: Status,
+}
+
+// ------------------------------------------------------------------------------------ volumes
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeSpec {
+    pub size_bytes: u64,
+    #[serde(default)]
+    pub template_id: Option<String>,
+    /// Pin the volume to a node (otherwise it goes where its first VM is placed).
+    #[serde(default)]
+    pub node_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct VolumeSnapshot {
+    pub id: String,
+    pub name: String,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Volume {
+    #[serde(flatten)]
+    pub meta: Meta,
+    pub spec: VolumeSpec,
+    pub status: Status,
+    /// Where the volume lives (set by pinning or by its first VM's placement).
+    #[serde(default)]
+    pub node_id: Option<String>,
+    #[serde(default)]
+    pub owner_vm_id: Option<String>,
+    /// The VM the volume is attached to.
+    #[serde(default)]
+    pub vm_id: Option<String>,
+    #[serde(default)]
+    pub snapshots: Vec<VolumeSnapshot>,
+}
+
+// ------------------------------------------------------------------------------------ VMs
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RootVolumeRequest {
+    pub template_id: String,
+    pub size_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkInterfaceRequest {
+    pub network_id: String,
+    #[serde(default)]
+    pub security_group_ids: Vec<String>,
+    #[serde(default)]
+    pub ipv4_address: Option<String>,
+    #[serde(default)]
+    pub ipv6_address: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmSpec {
+    pub vcpus: u32,
+    pub memory_bytes: u64,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// `uefi`, `direct_kernel`, or omitted (direct kernel when the root template has a kernel).
+    #[serde(default)]
+    pub boot_mode: Option<String>,
+    #[serde(default)]
+    pub volume_ids: Vec<String>,
+    #[serde(default)]
+    pub nic_ids: Vec<String>,
+    #[serde(default)]
+    pub user_data: Option<String>,
+    #[serde(default)]
+    pub ssh_authorized_keys: Vec<String>,
+    /// `running` (default) or `stopped`.
+    #[serde(default = "default_running")]
+    pub desired_state: String,
+    /// A node id, a node name, or `k=v,k2=v2` labels.
+    #[serde(default)]
+    pub node_selector: Option<String>,
+    #[serde(default)]
+    pub kernel_cmdline: Option<String>,
+    /// Create-only: an owned root volume cloned from a template (prepended to `volume_ids`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_volume: Option<RootVolumeRequest>,
+    /// Create-only: owned NICs (appended to `nic_ids`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network_interfaces: Vec<NetworkInterfaceRequest>,
+}
+
+fn default_running() -> String {
+    "running".into()
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Scheduling {
+    /// `pending` or `scheduled`.
+    pub state: String,
+    #[serde(default)]
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Vm {
+    #[serde(flatten)]
+    pub meta: Meta,
+    pub spec: VmSpec,
+    pub status: Status,
+    #[serde(default)]
+    pub node_id: Option<String>,
+    pub scheduling: Scheduling,
+    /// `graceful` or `force`: how the last stop was requested.
+    #[serde(default = "default_graceful")]
+    pub stop_mode: String,
+    #[serde(default)]
+    pub restart_generation: u64,
+}
+
+fn default_graceful() -> String {
+    "graceful".into()
+}
+
+// ------------------------------------------------------------------------------------ auth
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ApiToken {
+    pub id: String,
+    pub name: String,
+    /// `admin` or `node`.
+    pub role: String,
+    /// sha256 of the secret (hex); never shown over REST (see `rest::TokenView`).
+    pub hash: String,
+    pub created_at: String,
+    pub revision: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JoinToken {
+    pub id: String,
+    pub hash: String,
+    pub expires_at_ms: i64,
+    pub used: bool,
+}
+
+/// A control-plane member as Raft knows it (openraft's `Node` type).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Member {
+    /// `http://host:port` of the member's REST API.
+    pub api_url: String,
+    /// `host:port` of the member's Raft listener.
+    pub raft_addr: String,
+}
+
+impl std::fmt::Display for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (raft {})", self.api_url, self.raft_addr)
+    }
+}
+
+/// Kinds of resources, as used in events, status reports and error messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Project,
+    Node,
+    Network,
+    Nic,
+    SecurityGroup,
+    Template,
+    Volume,
+    Vm,
+    Token,
+    JoinToken,
+    Idempotency,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Project => "project",
+            Kind::Node => "node",
+            Kind::Network => "network",
+            Kind::Nic => "nic",
+            Kind::SecurityGroup => "security_group",
+            Kind::Template => "template",
+            Kind::Volume => "volume",
+            Kind::Vm => "vm",
+            Kind::Token => "token",
+            Kind::JoinToken => "join_token",
+            Kind::Idempotency => "idempotency",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        Some(match s {
+            "project" => Kind::Project,
+            "node" => Kind::Node,
+            "network" => Kind::Network,
+            "nic" => Kind::Nic,
+            "security_group" => Kind::SecurityGroup,
+            "template" => Kind::Template,
+            "volume" => Kind::Volume,
+            "vm" => Kind::Vm,
+            "token" => Kind::Token,
+            "join_token" => Kind::JoinToken,
+            "idempotency" => Kind::Idempotency,
+            _ => return None,
+        })
+    }
+}
+
+/// One change, appended by `apply`. `revision` is the Raft log index of the command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Event {
+    pub revision: u64,
+    /// `<kind>.<verb>`, e.g. `vm.created`, `vm.status`, `network.deleted`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub kind: String,
+    pub id: String,
+    #[serde(default)]
+    pub project: String,
+    /// The object after the change (`null` for deletions).
+    #[schema(value_type = Object)]
+    pub object: Option<serde_json::Value>,
+}

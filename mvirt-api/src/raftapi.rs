@@ -1,0 +1,132 @@
+//! The member-to-member HTTP API on the Raft listener (`:6001`). Every call carries the cluster
+//! secret as a Bearer token. Besides openraft's three RPCs it serves what followers forward to
+//! the leader: writes, read-index requests and node heartbeats.
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, InstallSnapshotError, RaftError};
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+
+use crate::app::{App, HeartbeatForward};
+use crate::raft::{MemberId, TypeConfig};
+use crate::state::{ApiError, Proposal};
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/raft/append", post(append))
+        .route("/raft/vote", post(vote))
+        .route("/raft/snapshot", post(snapshot))
+        .route("/raft/write", post(write))
+        .route("/raft/read-index", post(read_index))
+        .route("/raft/heartbeat", post(heartbeat))
+        .layer(DefaultBodyLimit::max(256 * 1024 * 1024))
+        .with_state(app)
+}
+
+fn authorized(app: &App, headers: &HeaderMap) -> bool {
+    let expected = format!("Bearer {}", app.secret);
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| constant_time_eq(v.as_bytes(), expected.as_bytes()))
+}
+
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn denied() -> Response {
+    (StatusCode::UNAUTHORIZED, "bad cluster secret").into_response()
+}
+
+async fn append(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Json(req): Json<AppendEntriesRequest<TypeConfig>>,
+) -> Response {
+    if !authorized(&app, &headers) {
+        return denied();
+    }
+    Json(app.raft.append_entries(req).await).into_response()
+}
+
+async fn vote(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Json(req): Json<VoteRequest<MemberId>>,
+) -> Response {
+    if !authorized(&app, &headers) {
+        return denied();
+    }
+    Json(app.raft.vote(req).await).into_response()
+}
+
+async fn snapshot(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Json(req): Json<InstallSnapshotRequest<TypeConfig>>,
+) -> Response {
+    if !authorized(&app, &headers) {
+        return denied();
+    }
+    let result: Result<_, RaftError<MemberId, InstallSnapshotError>> =
+        app.raft.install_snapshot(req).await;
+    Json(result).into_response()
+}
+
+async fn write(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Json(proposal): Json<Proposal>,
+) -> Response {
+    if !authorized(&app, &headers) {
+        return denied();
+    }
+    // Only the leader appends; a follower that got this (leadership moved) says so.
+    let result = match app.raft.client_write(proposal).await {
+        Ok(resp) => Ok(resp.data),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+            Err(ApiError::no_leader("not the leader; not written"))
+        }
+        Err(e) => Err(ApiError::new(
+            "unavailable",
+            format!("outcome unknown: {e}"),
+        )),
+    };
+    Json(result).into_response()
+}
+
+async fn read_index(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if !authorized(&app, &headers) {
+        return denied();
+    }
+    let result: Result<u64, ApiError> = match app.raft.ensure_linearizable().await {
+        Ok(id) => Ok(id.map(|l| l.index).unwrap_or(0)),
+        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
+            Err(ApiError::no_leader("not the leader"))
+        }
+        Err(e) => Err(ApiError::no_leader(e.to_string())),
+    };
+    Json(result).into_response()
+}
+
+async fn heartbeat(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Json(hb): Json<HeartbeatForward>,
+) -> Response {
+    if !authorized(&app, &headers) {
+        return denied();
+    }
+    let result = if app.is_leader() {
+        app.heartbeat(hb).await
+    } else {
+        Err(ApiError::no_leader("not the leader"))
+    };
+    Json(result).into_response()
+}

@@ -1,0 +1,355 @@
+//! API tokens and the control plane: members, join tokens, joining and removal.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use openraft::ServerState;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{ErrorEnvelope, JsonBody};
+use crate::app::{hash_secret, new_id, now, now_ms, random_secret, App};
+use crate::model::{ApiToken, JoinToken, Member};
+use crate::state::{ApiError, Command};
+use crate::validate;
+
+/// A token as listed (never with its secret or hash).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TokenView {
+    pub id: String,
+    pub name: String,
+    pub role: String,
+    pub created_at: String,
+    /// Only in the answer to the create call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+impl TokenView {
+    fn of(t: &ApiToken, token: Option<String>) -> Self {
+        Self {
+            id: t.id.clone(),
+            name: t.name.clone(),
+            role: t.role.clone(),
+            created_at: t.created_at.clone(),
+            token,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTokenRequest {
+    pub name: String,
+    /// `admin` (REST and NodeService) or `node` (NodeService only).
+    pub role: String,
+}
+
+#[utoipa::path(get, path = "/v1/tokens", tag = "auth", responses((status = 200, body = [TokenView])))]
+pub async fn list_tokens(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
+    app.read_barrier().await?;
+    let state = app.shared.read();
+    let tokens: Vec<TokenView> = state
+        .tokens
+        .values()
+        .map(|t| TokenView::of(t, None))
+        .collect();
+    Ok(Json(tokens).into_response())
+}
+
+#[utoipa::path(post, path = "/v1/tokens", tag = "auth", request_body = CreateTokenRequest, responses((status = 201, body = TokenView), (status = 400, body = ErrorEnvelope)))]
+pub async fn create_token(
+    State(app): State<Arc<App>>,
+    JsonBody(req, _): JsonBody<CreateTokenRequest>,
+) -> Result<Response, ApiError> {
+    validate::name("token name", &req.name)?;
+    if req.role != "admin" && req.role != "node" {
+        return Err(ApiError::invalid("role must be admin or node"));
+    }
+    let secret = random_secret();
+    let token = ApiToken {
+        id: new_id(),
+        name: req.name,
+        role: req.role,
+        hash: hash_secret(&secret),
+        created_at: now(),
+        revision: 0,
+    };
+    app.submit(
+        Command::CreateToken {
+            token: token.clone(),
+        },
+        None,
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(TokenView::of(&token, Some(secret))),
+    )
+        .into_response())
+}
+
+#[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "auth", params(("id" = String, Path, description = "token id")), responses((status = 204), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
+pub async fn delete_token(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    app.submit(Command::DeleteToken { id }, None).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct MemberView {
+    pub id: u64,
+    pub api_url: String,
+    pub raft_addr: String,
+    /// `leader`, `voter` or `learner`.
+    pub role: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ControlPlaneView {
+    pub member_id: u64,
+    pub members: Vec<MemberView>,
+    pub leader_id: Option<u64>,
+    pub term: u64,
+    pub state: String,
+    pub last_log_index: Option<u64>,
+    pub applied_index: u64,
+    pub snapshot_index: Option<u64>,
+}
+
+#[utoipa::path(get, path = "/v1/controlplane", tag = "controlplane", responses((status = 200, body = ControlPlaneView)))]
+pub async fn controlplane(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
+    let m = app.raft.metrics().borrow().clone();
+    let membership = m.membership_config.membership();
+    let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+    let members = membership
+        .nodes()
+        .map(|(id, node)| MemberView {
+            id: *id,
+            api_url: node.api_url.clone(),
+            raft_addr: node.raft_addr.clone(),
+            role: if Some(*id) == m.current_leader {
+                "leader".into()
+            } else if voters.contains(id) {
+                "voter".into()
+            } else {
+                "learner".into()
+            },
+        })
+        .collect();
+    let state = match m.state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    };
+    Ok(Json(ControlPlaneView {
+        member_id: app.member_id,
+        members,
+        leader_id: m.current_leader,
+        term: m.current_term,
+        state: state.into(),
+        last_log_index: m.last_log_index,
+        applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+        snapshot_index: m.snapshot.map(|l| l.index),
+    })
+    .into_response())
+}
+
+#[derive(Debug, Deserialize, Serialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CreateJoinTokenRequest {
+    /// Seconds until the token expires (default 3600, at most 7 days).
+    #[serde(default)]
+    pub ttl_seconds: Option<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct JoinTokenView {
+    pub token: String,
+    pub expires_at_ms: i64,
+}
+
+#[utoipa::path(post, path = "/v1/controlplane/join-tokens", tag = "controlplane", request_body = CreateJoinTokenRequest, responses((status = 201, body = JoinTokenView)))]
+pub async fn create_join_token(
+    State(app): State<Arc<App>>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let req: CreateJoinTokenRequest = if body.is_empty() {
+        CreateJoinTokenRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))?
+    };
+    let ttl = req.ttl_seconds.unwrap_or(3600);
+    if ttl == 0 || ttl > 7 * 24 * 3600 {
+        return Err(ApiError::invalid(
+            "ttl_seconds must be between 1 and 604800",
+        ));
+    }
+    let secret = random_secret();
+    let expires_at_ms = now_ms() + (ttl as i64) * 1000;
+    let token = JoinToken {
+        id: new_id(),
+        hash: hash_secret(&secret),
+        expires_at_ms,
+        used: false,
+    };
+    app.submit(Command::CreateJoinToken { token }, None).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(JoinTokenView {
+            token: secret,
+            expires_at_ms,
+        }),
+    )
+        .into_response())
+}
+
+#[utoipa::path(delete, path = "/v1/controlplane/members/{id}", tag = "controlplane", params(("id" = u64, Path, description = "member id")), responses((status = 204), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
+pub async fn remove_member(
+    State(app): State<Arc<App>>,
+    Path(id): Path<u64>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if !app.is_leader() {
+        // The caller's (admin) token is valid on every member: pass it on.
+        let token = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_string);
+        return forward_to_leader_rest(
+            &app,
+            reqwest::Method::DELETE,
+            &format!("/v1/controlplane/members/{id}"),
+            token.as_deref(),
+            None,
+        )
+        .await;
+    }
+    app.remove_member(id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    /// The single-use join token.
+    pub token: String,
+    /// The joining member's REST URL (`http://host:port`).
+    pub api_url: String,
+    /// The joining member's Raft address (`host:port`).
+    pub raft_addr: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct JoinResponse {
+    pub member_id: u64,
+    /// The secret members authenticate Raft traffic with.
+    pub cluster_secret: String,
+}
+
+/// Called by `mvirt-api --join`: authenticated by the join token in the body (no Bearer).
+#[utoipa::path(post, path = "/v1/controlplane/join", tag = "controlplane", request_body = JoinRequest, responses((status = 200, body = JoinResponse), (status = 403, body = ErrorEnvelope)))]
+pub async fn join(
+    State(app): State<Arc<App>>,
+    JsonBody(req, raw): JsonBody<JoinRequest>,
+) -> Result<Response, ApiError> {
+    if !req.api_url.starts_with("http://") && !req.api_url.starts_with("https://") {
+        return Err(ApiError::invalid("api_url must be an http(s) URL"));
+    }
+    if req.raft_addr.parse::<std::net::SocketAddr>().is_err() {
+        return Err(ApiError::invalid(
+            "raft_addr must be host:port with an IP address",
+        ));
+    }
+    if !app.is_leader() {
+        return forward_to_leader_rest(
+            &app,
+            reqwest::Method::POST,
+            "/v1/controlplane/join",
+            None,
+            Some(raw.to_vec()),
+        )
+        .await;
+    }
+    let (_, value) = app
+        .submit(
+            Command::ConsumeJoinToken {
+                hash: hash_secret(&req.token),
+                now_ms: now_ms(),
+            },
+            None,
+        )
+        .await?;
+    let member_id = value
+        .get("member_id")
+        .and_then(|v| v.as_u64())
+        .ok_or_else(|| ApiError::internal("join did not mint a member id"))?;
+    let member = Member {
+        api_url: req.api_url,
+        raft_addr: req.raft_addr,
+    };
+    // The joiner starts its Raft listener after this answer; adding it waits until it catches up.
+    let adder = app.clone();
+    tokio::spawn(async move {
+        if let Err(e) = adder.add_member(member_id, member).await {
+            tracing::error!(member_id, error = %e.message, "adding the joining member failed");
+        }
+    });
+    Ok(Json(JoinResponse {
+        member_id,
+        cluster_secret: app.secret.to_string(),
+    })
+    .into_response())
+}
+
+/// Re-sends a REST call to the leader's REST API (for membership calls only the leader does).
+async fn forward_to_leader_rest(
+    app: &App,
+    method: reqwest::Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Vec<u8>>,
+) -> Result<Response, ApiError> {
+    let (_, leader) = app
+        .leader()
+        .ok_or_else(|| ApiError::no_leader("no Raft leader elected"))?;
+    let mut req = app
+        .http
+        .request(method, format!("{}{}", leader.api_url, path));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.header("content-type", "application/json").body(b);
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| ApiError::no_leader(format!("leader unreachable: {e}")))?;
+    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| ApiError::no_leader(format!("leader answer lost: {e}")))?;
+    Ok((status, [("content-type", "application/json")], bytes).into_response())
+}
+
+pub fn routes() -> Router<Arc<App>> {
+    Router::new()
+        .route("/v1/tokens", get(list_tokens).post(create_token))
+        .route("/v1/tokens/{id}", delete(delete_token))
+        .route("/v1/controlplane", get(controlplane))
+        .route("/v1/controlplane/join-tokens", post(create_join_token))
+        .route("/v1/controlplane/members/{id}", delete(remove_member))
+        .route("/v1/controlplane/join", post(join))
+}

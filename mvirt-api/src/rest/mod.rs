@@ -1,0 +1,479 @@
+//! The REST API under `/v1` (axum). Handlers only translate: they validate the request
+//! (`validate.rs`), mint ids and timestamps, submit a [`Command`] through [`App::submit`] and turn
+//! the outcome into JSON. Reads go through the Raft read index first ([`App::read_barrier`]).
+//!
+//! Cross-cutting behaviour lives here: Bearer authentication, the error envelope, JSON bodies
+//! with unknown fields rejected and a size limit, `If-Match`/`ETag`, `Idempotency-Key`, lists
+//! with filters and pagination. One file per resource family: `resources.rs` (CRUD of projects,
+//! networks, NICs, security groups, templates, volumes, VMs, nodes and their actions),
+//! `cluster.rs` (tokens, control plane, join), `events.rs` (SSE), `logs.rs` (mvirt-log).
+
+mod cluster;
+mod console;
+mod events;
+mod logs;
+mod resources;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+use crate::app::{hash_secret, App};
+use crate::model::*;
+use crate::state::ApiError;
+
+/// Request bodies above this are refused with 413.
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
+pub use cluster::JoinResponse;
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %self.message, "internal error");
+        }
+        let body =
+            json!({"error": {"code": self.code, "message": self.message, "details": self.details}});
+        (status, Json(body)).into_response()
+    }
+}
+
+/// The error envelope, for the OpenAPI document.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorEnvelope {
+    pub error: ErrorBody,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// `invalid_argument`, `unauthenticated`, `permission_denied`, `not_found`, `already_exists`,
+    /// `conflict`, `precondition_failed`, `payload_too_large`, `no_leader`, `internal`.
+    pub code: String,
+    pub message: String,
+    #[schema(value_type = Object)]
+    pub details: Value,
+}
+
+/// A JSON body: parsed with serde (unknown fields are rejected by the types), errors in the
+/// envelope, 413 over [`BODY_LIMIT`].
+pub struct JsonBody<T>(pub T, pub Bytes);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let ct = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json")
+            .to_string();
+        if !ct.starts_with("application/json") {
+            return Err(ApiError::new(
+                "unsupported_media_type",
+                format!("expected application/json, got {ct}"),
+            ));
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    "payload_too_large",
+                    format!("request body exceeds {BODY_LIMIT} bytes"),
+                )
+            } else {
+                ApiError::invalid(format!("cannot read body: {e}"))
+            }
+        })?;
+        let value = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))?;
+        Ok(JsonBody(value, bytes))
+    }
+}
+
+/// `ETag: "<revision>"`.
+pub fn etag(revision: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{revision}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
+}
+
+/// Parses `If-Match: "<revision>"` (`*` or absent = no condition).
+pub fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(v) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let s = v
+        .to_str()
+        .map_err(|_| ApiError::invalid("invalid If-Match header"))?
+        .trim();
+    if s == "*" {
+        return Ok(None);
+    }
+    let s = s.trim_start_matches("W/").trim_matches('"');
+    s.parse::<u64>().map(Some).map_err(|_| {
+        ApiError::invalid(format!(
+            "invalid If-Match {s:?}: expected a revision like \"42\""
+        ))
+    })
+}
+
+/// Reads `Idempotency-Key` and fingerprints the request it came with.
+pub fn idempotency(
+    headers: &HeaderMap,
+    scope: &str,
+    body: &[u8],
+) -> Result<Option<crate::state::Idempotency>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = v
+        .to_str()
+        .map_err(|_| ApiError::invalid("invalid Idempotency-Key"))?;
+    if key.is_empty() || key.len() > 255 {
+        return Err(ApiError::invalid(
+            "Idempotency-Key must be 1-255 characters",
+        ));
+    }
+    let mut material = scope.as_bytes().to_vec();
+    material.push(0);
+    material.extend_from_slice(body);
+    Ok(Some(crate::state::Idempotency {
+        key: format!("{scope}:{key}"),
+        fingerprint: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&material)),
+    }))
+}
+
+/// A JSON object response with its ETag.
+pub fn object_response(status: StatusCode, value: Value) -> Response {
+    let revision = value.get("revision").and_then(|r| r.as_u64()).unwrap_or(0);
+    let mut resp = (status, Json(value)).into_response();
+    resp.headers_mut().insert(header::ETAG, etag(revision));
+    resp
+}
+
+/// Common list filters and pagination.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only objects of this project (name). Default: all projects.
+    pub project: Option<String>,
+    /// Only objects placed on this node (id or name): VMs, volumes.
+    pub node: Option<String>,
+    /// Label selector `k=v,k2=v2` (all must match).
+    pub label: Option<String>,
+    /// Only objects whose `status.phase` is this (`scheduling.state` `pending` also matches VMs).
+    pub phase: Option<String>,
+    /// Page size (default 100, at most 1000).
+    pub limit: Option<usize>,
+    /// `next_page_token` of the previous page.
+    pub page_token: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ListResponse {
+    #[schema(value_type = Vec<Object>)]
+    pub items: Vec<Value>,
+    pub next_page_token: Option<String>,
+    /// The applied revision the list was read at.
+    pub revision: u64,
+}
+
+/// Filters and paginates `objects` (sorted by id).
+pub fn paginate(
+    objects: Vec<Value>,
+    q: &ListQuery,
+    node_id: Option<&str>,
+    revision: u64,
+) -> Result<ListResponse, ApiError> {
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > 1000 {
+        return Err(ApiError::invalid("limit must be between 1 and 1000"));
+    }
+    let labels: Vec<(String, String)> = match &q.label {
+        None => Vec::new(),
+        Some(sel) => sel
+            .split(',')
+            .map(|t| {
+                let mut kv = t.splitn(2, '=');
+                match (kv.next(), kv.next()) {
+                    (Some(k), Some(v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+                    _ => Err(ApiError::invalid(format!(
+                        "invalid label selector term {t:?}: expected k=v"
+                    ))),
+                }
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let after = q.page_token.clone().unwrap_or_default();
+    let mut items = Vec::new();
+    let mut next = None;
+    for obj in objects {
+        let id = obj
+            .get("id")
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string();
+        if !after.is_empty() && id.as_str() <= after.as_str() {
+            continue;
+        }
+        if let Some(p) = &q.project {
+            if obj.get("project").and_then(|v| v.as_str()) != Some(p.as_str()) {
+                continue;
+            }
+        }
+        if let Some(n) = node_id {
+            if obj.get("node_id").and_then(|v| v.as_str()) != Some(n) {
+                continue;
+            }
+        }
+        if !labels.iter().all(|(k, v)| {
+            obj.get("labels")
+                .and_then(|l| l.get(k))
+                .and_then(|x| x.as_str())
+                == Some(v.as_str())
+        }) {
+            continue;
+        }
+        if let Some(phase) = &q.phase {
+            let st = obj
+                .pointer("/status/phase")
+                .and_then(|v| v.as_str())
+                .unwrap_or("");
+            let sched = obj
+                .pointer("/scheduling/state")
+                .and_then(|v| v.as_str())
+                .unwrap_or("");
+            if st != phase && !(phase == "pending" && sched == "pending") {
+                continue;
+            }
+        }
+        if items.len() == limit {
+            next = items
+                .last()
+                .and_then(|o: &Value| o.get("id"))
+                .and_then(|v| v.as_str())
+                .map(String::from);
+            break;
+        }
+        items.push(obj);
+    }
+    Ok(ListResponse {
+        items,
+        next_page_token: next,
+        revision,
+    })
+}
+
+/// Who is calling.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub token_id: String,
+}
+
+async fn auth(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
+    if path == "/v1/health" || path == "/v1/controlplane/join" {
+        return next.run(req).await;
+    }
+    let header_token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_string());
+    // Browsers cannot set headers on EventSource and WebSocket: those two accept
+    // `?access_token=` instead (removed from the query before the handler sees it).
+    let streaming = path == "/v1/events" || path.ends_with("/console");
+    let token = match header_token {
+        Some(t) => Some(t),
+        None if streaming => take_query_token(&mut req),
+        None => None,
+    };
+    let Some(token) = token else {
+        return ApiError::unauthenticated("missing Authorization: Bearer <token>").into_response();
+    };
+    let hash = hash_secret(&token);
+    let found = {
+        let state = app.shared.read();
+        state
+            .tokens
+            .values()
+            .find(|t| t.hash == hash)
+            .map(|t| (t.id.clone(), t.role.clone()))
+    };
+    match found {
+        None => ApiError::unauthenticated("unknown or revoked token").into_response(),
+        Some((_, role)) if role != "admin" => {
+            ApiError::forbidden("this token may only be used by node agents on NodeService")
+                .into_response()
+        }
+        Some((token_id, _)) => {
+            req.extensions_mut().insert(Caller { token_id });
+            next.run(req).await
+        }
+    }
+}
+
+/// Removes `access_token=<t>` from the request's query string and returns it.
+fn take_query_token(req: &mut Request) -> Option<String> {
+    let query = req.uri().query()?.to_string();
+    let mut token = None;
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|kv| match kv.strip_prefix("access_token=") {
+            Some(t) => {
+                token = Some(t.to_string());
+                false
+            }
+            None => true,
+        })
+        .collect();
+    let token = token?;
+    let path = req.uri().path().to_string();
+    let new = if rest.is_empty() {
+        path
+    } else {
+        format!("{path}?{}", rest.join("&"))
+    };
+    if let Ok(uri) = new.parse() {
+        *req.uri_mut() = uri;
+    }
+    Some(token)
+}
+
+#[utoipa::path(get, path = "/v1/health", tag = "system", responses((status = 200, description = "the member is up")))]
+async fn health(State(app): State<Arc<App>>) -> Json<Value> {
+    Json(
+        json!({"status": "ok", "member_id": app.member_id, "applied_revision": app.shared.applied_revision()}),
+    )
+}
+
+async fn openapi_json() -> Response {
+    Json(ApiDoc::openapi()).into_response()
+}
+
+async fn not_found_fallback() -> ApiError {
+    ApiError::new("not_found", "no such endpoint")
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "mvirt API",
+        description = "mvirt control plane REST API. Every call needs `Authorization: Bearer <token>`."
+    ),
+    paths(
+        health,
+        resources::list_projects,
+        resources::get_project,
+        resources::create_project,
+        resources::update_project,
+        resources::delete_project,
+        resources::networks::list,
+        resources::networks::get,
+        resources::networks::create,
+        resources::networks::update,
+        resources::networks::delete,
+        resources::nics::list,
+        resources::nics::get,
+        resources::nics::create,
+        resources::nics::update,
+        resources::nics::delete,
+        resources::security_groups::list,
+        resources::security_groups::get,
+        resources::security_groups::create,
+        resources::security_groups::update,
+        resources::security_groups::delete,
+        resources::templates::list,
+        resources::templates::get,
+        resources::templates::create,
+        resources::templates::update,
+        resources::templates::delete,
+        resources::volumes::list,
+        resources::volumes::get,
+        resources::volumes::create,
+        resources::volumes::update,
+        resources::volumes::delete,
+        resources::vms::list,
+        resources::vms::get,
+        resources::vms::create,
+        resources::vms::update,
+        resources::vms::delete,
+        resources::list_nodes,
+        resources::get_node,
+        resources::update_node,
+        resources::delete_node,
+        resources::vm_action,
+        console::vm_console,
+        resources::resize_volume,
+        resources::create_snapshot,
+        resources::delete_snapshot,
+        resources::add_rule,
+        resources::delete_rule,
+        cluster::list_tokens,
+        cluster::create_token,
+        cluster::delete_token,
+        cluster::controlplane,
+        cluster::create_join_token,
+        cluster::remove_member,
+        cluster::join,
+        events::events,
+        logs::logs,
+    ),
+    components(schemas(
+        ErrorEnvelope,
+        ErrorBody,
+        ListResponse,
+        Event,
+        Project,
+        Node,
+        Network,
+        Nic,
+        SecurityGroup,
+        SecurityGroupRule,
+        Template,
+        Volume,
+        VolumeSnapshot,
+        Vm,
+        Status,
+        Capacity,
+        Member,
+    ))
+)]
+pub struct ApiDoc;
+
+/// The REST router (with auth, body limit and the error envelope for unknown paths).
+pub fn router(app: Arc<App>) -> Router {
+    let api = Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/openapi.json", get(openapi_json))
+        .merge(resources::routes())
+        .merge(cluster::routes())
+        .merge(events::routes())
+        .merge(logs::routes())
+        .fallback(not_found_fallback)
+        .layer(middleware::from_fn_with_state(app.clone(), auth))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT));
+    api.with_state(app)
+}
+
+/// Labels from an optional map, validated.
+pub fn labels_of(
+    l: Option<BTreeMap<String, String>>,
+) -> Result<BTreeMap<String, String>, ApiError> {
+    let l = l.unwrap_or_default();
+    crate::validate::labels(&l)?;
+    Ok(l)
+}

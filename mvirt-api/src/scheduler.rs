@@ -1,0 +1,429 @@
+//! Placement of pending VMs on nodes. A pure function of the state: the leader runs it whenever
+//! the state changes and proposes the result as one `Schedule` command (which `apply` re-checks,
+//! so a decision that became stale is simply not applied and is retried next round).
+//!
+//! Rules: a candidate node is online and schedulable, matches the VM's node selector (node id,
+//! node name, or `k=v,k2=v2` labels), holds the VM's volumes if any of them already live on a
+//! node (volume locality), and has enough free vCPU, memory and storage *after everything already
+//! placed, including the placements made earlier in the same round*. Among the candidates,
+//! `spread` picks the least loaded node, `binpack` the most loaded one that still fits; ties go to
+//! the smaller node id so the result is deterministic. A VM that fits nowhere stays pending with a
+//! reason that says why.
+
+use std::collections::HashMap;
+
+use crate::model::{Capacity, Node, Vm};
+use crate::state::{Placement, State};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    Spread,
+    Binpack,
+}
+
+impl std::str::FromStr for Strategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "spread" => Ok(Strategy::Spread),
+            "binpack" => Ok(Strategy::Binpack),
+            other => Err(format!("unknown strategy {other:?} (spread or binpack)")),
+        }
+    }
+}
+
+/// The scheduler's decision for one round.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Decision {
+    pub placements: Vec<Placement>,
+    /// VMs that stay pending, with the reason (only those whose reason changed).
+    pub pending: Vec<(String, String)>,
+}
+
+impl Decision {
+    pub fn is_empty(&self) -> bool {
+        self.placements.is_empty() && self.pending.is_empty()
+    }
+}
+
+/// Whether `node` matches a selector: its id, its name, or all of `k=v` labels.
+pub fn matches_selector(node: &Node, selector: &str) -> bool {
+    if selector.contains('=') {
+        selector.split(',').all(|term| {
+            let mut kv = term.splitn(2, '=');
+            let (k, v) = (kv.next().unwrap_or(""), kv.next().unwrap_or(""));
+            node.meta.labels.get(k.trim()).map(|x| x.as_str()) == Some(v.trim())
+        })
+    } else {
+        node.meta.id == selector || node.meta.name == selector
+    }
+}
+
+fn load(alloc: &Capacity, cap: &Capacity) -> f64 {
+    let frac = |a: u64, c: u64| if c == 0 { 1.0 } else { a as f64 / c as f64 };
+    frac(alloc.vcpus as u64, cap.vcpus as u64)
+        .max(frac(alloc.memory_bytes, cap.memory_bytes))
+        .max(frac(alloc.storage_bytes, cap.storage_bytes))
+}
+
+/// Computes placements for every pending VM.
+pub fn schedule(state: &State, strategy: Strategy) -> Decision {
+    let mut decision = Decision::default();
+    let mut pending: Vec<&Vm> = state.vms.values().filter(|v| v.node_id.is_none()).collect();
+    if pending.is_empty() {
+        return decision;
+    }
+    // Oldest first, so a stream of new VMs never starves an old one.
+    pending.sort_by(|a, b| {
+        (a.meta.revision.min(a.meta.spec_revision), &a.meta.id)
+            .cmp(&(b.meta.revision.min(b.meta.spec_revision), &b.meta.id))
+    });
+
+    let nodes: Vec<&Node> = state
+        .nodes
+        .values()
+        .filter(|n| n.status.state == "online" && n.spec.schedulable)
+        .collect();
+    let mut allocated: HashMap<&str, Capacity> = nodes
+        .iter()
+        .map(|n| (n.meta.id.as_str(), Capacity::default()))
+        .collect();
+    for vm in state.vms.values() {
+        if let Some(a) = vm.node_id.as_deref().and_then(|n| allocated.get_mut(n)) {
+            a.vcpus += vm.spec.vcpus;
+            a.memory_bytes += vm.spec.memory_bytes;
+        }
+    }
+    for vol in state.volumes.values() {
+        if let Some(a) = vol.node_id.as_deref().and_then(|n| allocated.get_mut(n)) {
+            a.storage_bytes += vol.spec.size_bytes;
+        }
+    }
+
+    for vm in pending {
+        let mut storage = 0u64;
+        let mut locality: Option<&str> = None;
+        let mut split = false;
+        for vid in &vm.spec.volume_ids {
+            if let Some(vol) = state.volumes.get(vid) {
+                match vol.node_id.as_deref() {
+                    None => storage += vol.spec.size_bytes,
+                    Some(n) => {
+                        if locality.is_some_and(|l| l != n) {
+                            split = true;
+                        }
+                        locality = Some(n);
+                    }
+                }
+            }
+        }
+        let reason = if split {
+            Some("the VM's volumes live on different nodes".to_string())
+        } else {
+            let mut best: Option<(&Node, f64)> = None;
+            let (mut matched, mut fitting) = (0usize, 0usize);
+            for node in &nodes {
+                if let Some(sel) = &vm.spec.node_selector {
+                    if !matches_selector(node, sel) {
+                        continue;
+                    }
+                }
+                if locality.is_some_and(|l| l != node.meta.id) {
+                    continue;
+                }
+                matched += 1;
+                let cap = node.status.capacity;
+                let Some(alloc) = allocated.get(node.meta.id.as_str()) else {
+                    continue;
+                };
+                let after = Capacity {
+                    vcpus: alloc.vcpus + vm.spec.vcpus,
+                    memory_bytes: alloc.memory_bytes + vm.spec.memory_bytes,
+                    storage_bytes: alloc.storage_bytes + storage,
+                };
+                if after.vcpus > cap.vcpus
+                    || after.memory_bytes > cap.memory_bytes
+                    || after.storage_bytes > cap.storage_bytes
+                {
+                    continue;
+                }
+                fitting += 1;
+                let score = load(&after, &cap);
+                let better = match best {
+                    None => true,
+                    Some((_, s)) => match strategy {
+                        Strategy::Spread => score < s,
+                        Strategy::Binpack => score > s,
+                    },
+                };
+                if better {
+                    best = Some((node, score));
+                }
+            }
+            match best {
+                Some((node, _)) => {
+                    if let Some(a) = allocated.get_mut(node.meta.id.as_str()) {
+                        a.vcpus += vm.spec.vcpus;
+                        a.memory_bytes += vm.spec.memory_bytes;
+                        a.storage_bytes += storage;
+                    }
+                    decision.placements.push(Placement {
+                        vm_id: vm.meta.id.clone(),
+                        node_id: node.meta.id.clone(),
+                    });
+                    None
+                }
+                None if nodes.is_empty() => Some("no online, schedulable node".to_string()),
+                None if matched == 0 => Some(match (&vm.spec.node_selector, locality) {
+                    (_, Some(l)) => format!("the VM's volumes live on node {l}, which is offline, cordoned or does not match the selector"),
+                    (Some(sel), None) => format!("no online node matches node_selector {sel:?}"),
+                    (None, None) => "no online, schedulable node".to_string(),
+                }),
+                None => {
+                    debug_assert_eq!(fitting, 0);
+                    Some(format!(
+                        "insufficient capacity: none of {matched} candidate node(s) has {} vCPU, {} bytes memory and {} bytes storage free",
+                        vm.spec.vcpus, vm.spec.memory_bytes, storage
+                    ))
+                }
+            }
+        };
+        if let Some(reason) = reason {
+            if vm.scheduling.reason != reason {
+                decision.pending.push((vm.meta.id.clone(), reason));
+            }
+        }
+    }
+    decision
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::Strategy;
+    use super::*;
+    use crate::model::*;
+    use crate::state::{Command, Proposal};
+
+    const GIB: u64 = 1 << 30;
+
+    fn meta(id: &str, name: &str) -> Meta {
+        Meta {
+            id: id.into(),
+            name: name.into(),
+            project: "default".into(),
+            labels: BTreeMap::new(),
+            revision: 0,
+            spec_revision: 0,
+            created_at: "t".into(),
+            updated_at: "t".into(),
+        }
+    }
+
+    fn node(id: &str, vcpus: u32, mem_gib: u64, labels: &[(&str, &str)]) -> Node {
+        let mut m = meta(id, &format!("node-{id}"));
+        m.labels = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Node {
+            meta: m,
+            spec: NodeSpec { schedulable: true },
+            status: NodeStatus {
+                state: "online".into(),
+                address: "127.0.0.1".into(),
+                capacity: Capacity {
+                    vcpus,
+                    memory_bytes: mem_gib * GIB,
+                    storage_bytes: 1000 * GIB,
+                },
+                agent_version: "t".into(),
+                last_state_change_at: None,
+                console_endpoint: String::new(),
+            },
+            allocated: Capacity::default(),
+            console_secret: String::new(),
+        }
+    }
+
+    fn vm(id: &str, vcpus: u32, mem_gib: u64) -> Vm {
+        Vm {
+            meta: meta(id, &format!("vm-{id}")),
+            spec: serde_json::from_value(
+                serde_json::json!({"vcpus": vcpus, "memory_bytes": mem_gib * GIB}),
+            )
+            .unwrap(),
+            status: Status::default(),
+            node_id: None,
+            scheduling: Scheduling::default(),
+            stop_mode: "graceful".into(),
+            restart_generation: 0,
+        }
+    }
+
+    fn state(nodes: Vec<Node>, vms: Vec<Vm>) -> State {
+        let mut s = State::initial();
+        for n in nodes {
+            s.nodes.insert(n.meta.id.clone(), n);
+        }
+        for v in vms {
+            s.vms.insert(v.meta.id.clone(), v);
+        }
+        s
+    }
+
+    fn apply_decision(s: &mut State, d: &Decision) {
+        let p = Proposal {
+            command: Command::Schedule {
+                placements: d.placements.clone(),
+                pending: d.pending.clone(),
+                now: "t".into(),
+            },
+            idempotency: None,
+        };
+        let (outcome, _) = s.apply(1, &p);
+        outcome.result.unwrap();
+    }
+
+    #[test]
+    fn spread_puts_vms_on_the_least_loaded_node() {
+        let s = state(
+            vec![node("a", 8, 16, &[]), node("b", 8, 16, &[])],
+            vec![vm("1", 2, 2), vm("2", 2, 2)],
+        );
+        let d = schedule(&s, Strategy::Spread);
+        let nodes: Vec<_> = d.placements.iter().map(|p| p.node_id.as_str()).collect();
+        assert_eq!(nodes, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn binpack_fills_one_node_first() {
+        let s = state(
+            vec![node("a", 8, 16, &[]), node("b", 8, 16, &[])],
+            vec![vm("1", 2, 2), vm("2", 2, 2)],
+        );
+        let d = schedule(&s, Strategy::Binpack);
+        assert!(d
+            .placements
+            .iter()
+            .all(|p| p.node_id == d.placements[0].node_id));
+    }
+
+    #[test]
+    fn capacity_counts_vms_already_placed() {
+        let mut placed = vm("0", 6, 2);
+        placed.node_id = Some("a".into());
+        let s = state(vec![node("a", 8, 16, &[])], vec![placed, vm("1", 4, 2)]);
+        let d = schedule(&s, Strategy::Spread);
+        assert!(d.placements.is_empty());
+        assert!(
+            d.pending[0].1.contains("insufficient capacity"),
+            "{:?}",
+            d.pending
+        );
+    }
+
+    #[test]
+    fn selector_by_label_name_and_id() {
+        let s = state(
+            vec![
+                node("a", 8, 16, &[("zone", "x")]),
+                node("b", 8, 16, &[("zone", "y")]),
+            ],
+            vec![],
+        );
+        assert!(matches_selector(&s.nodes["a"], "zone=x"));
+        assert!(!matches_selector(&s.nodes["b"], "zone=x"));
+        assert!(matches_selector(&s.nodes["b"], "node-b"));
+        assert!(matches_selector(&s.nodes["b"], "b"));
+        let mut v = vm("1", 1, 1);
+        v.spec.node_selector = Some("zone=y".into());
+        let s = state(
+            vec![
+                node("a", 8, 16, &[("zone", "x")]),
+                node("b", 8, 16, &[("zone", "y")]),
+            ],
+            vec![v],
+        );
+        assert_eq!(schedule(&s, Strategy::Spread).placements[0].node_id, "b");
+    }
+
+    #[test]
+    fn volume_locality_keeps_the_vm_with_its_volume() {
+        let mut s = state(vec![node("a", 8, 16, &[]), node("b", 8, 16, &[])], vec![]);
+        let vol = Volume {
+            meta: meta("vol", "vol"),
+            spec: VolumeSpec {
+                size_bytes: GIB,
+                template_id: None,
+                node_id: Some("b".into()),
+            },
+            status: Status::default(),
+            node_id: Some("b".into()),
+            owner_vm_id: None,
+            vm_id: None,
+            snapshots: vec![],
+        };
+        s.volumes.insert("vol".into(), vol);
+        let mut v = vm("1", 1, 1);
+        v.spec.volume_ids = vec!["vol".into()];
+        s.vms.insert("1".into(), v);
+        assert_eq!(schedule(&s, Strategy::Spread).placements[0].node_id, "b");
+        s.nodes.get_mut("b").unwrap().status.state = "offline".into();
+        let d = schedule(&s, Strategy::Spread);
+        assert!(d.placements.is_empty());
+        assert!(d.pending[0].1.contains("volumes live on node b"));
+    }
+
+    #[test]
+    fn a_pending_vm_is_placed_when_capacity_appears() {
+        let mut s = state(vec![node("a", 1, 1, &[])], vec![vm("1", 2, 2)]);
+        let d = schedule(&s, Strategy::Spread);
+        assert!(d.placements.is_empty());
+        apply_decision(&mut s, &d);
+        assert_eq!(s.vms["1"].scheduling.state, "pending");
+        // The same reason is not proposed again.
+        assert!(schedule(&s, Strategy::Spread).is_empty());
+        s.nodes.insert("b".into(), node("b", 4, 4, &[]));
+        let d = schedule(&s, Strategy::Spread);
+        assert_eq!(d.placements[0].node_id, "b");
+        apply_decision(&mut s, &d);
+        assert_eq!(s.vms["1"].node_id.as_deref(), Some("b"));
+        assert_eq!(s.vms["1"].scheduling.state, "scheduled");
+    }
+
+    proptest! {
+        /// Whatever the cluster and the VMs, after applying the decision no node is over
+        /// capacity, and a VM stays pending only if no node could have taken it at that point.
+        #[test]
+        fn placements_never_exceed_capacity(
+            nodes in prop::collection::vec((1u32..16, 1u64..32), 1..6),
+            vms in prop::collection::vec((1u32..8, 1u64..8), 0..40),
+            binpack in any::<bool>(),
+        ) {
+            let nodes: Vec<Node> = nodes.iter().enumerate().map(|(i, (c, m))| node(&format!("n{i}"), *c, *m, &[])).collect();
+            let vms: Vec<Vm> = vms.iter().enumerate().map(|(i, (c, m))| vm(&format!("v{i:03}"), *c, *m)).collect();
+            let mut s = state(nodes, vms);
+            let strategy = if binpack { Strategy::Binpack } else { Strategy::Spread };
+            let d = schedule(&s, strategy);
+            apply_decision(&mut s, &d);
+            // Every decided placement was applied (apply re-checks capacity).
+            prop_assert_eq!(s.vms.values().filter(|v| v.node_id.is_some()).count(), d.placements.len());
+            for n in s.nodes.values() {
+                let a = s.allocated_on(&n.meta.id);
+                prop_assert!(a.vcpus <= n.status.capacity.vcpus);
+                prop_assert!(a.memory_bytes <= n.status.capacity.memory_bytes);
+            }
+            for v in s.vms.values().filter(|v| v.node_id.is_none()) {
+                prop_assert!(!v.scheduling.reason.is_empty());
+            }
+            // Running the scheduler again places nothing new on a cluster that cannot take more:
+            // any VM still pending must not fit on any node now.
+            let again = schedule(&s, strategy);
+            prop_assert!(again.placements.is_empty());
+        }
+    }
+}

@@ -1,0 +1,426 @@
+//! Starting a member: bind the three listeners, establish the member identity (bootstrap a
+//! one-member cluster on an empty data dir, or join an existing cluster with a join token),
+//! open the SQLite stores, start Raft, and serve REST, NodeService and the Raft API.
+//!
+//! Identity lives in `<data-dir>/member.json` (member id + cluster secret). Once it exists the
+//! member restarts from its data dir and `--join` is ignored.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+
+use crate::app::{hash_secret, new_id, now, random_secret, App};
+use crate::model::{ApiToken, Member};
+use crate::raft::{self, HttpNetworkFactory, LogStore, Raft, Shared, StateMachine};
+use crate::rest::{self, JoinResponse};
+use crate::scheduler::Strategy;
+use crate::state::{Command, State};
+
+/// Everything a member needs to start.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub grpc_listen: SocketAddr,
+    pub raft_listen: SocketAddr,
+    /// Host other members and clients reach this member on (default: the listen IP, or
+    /// 127.0.0.1 when listening on every address).
+    pub advertise_host: Option<String>,
+    pub data_dir: PathBuf,
+    /// REST URL of an existing member to join (first start only).
+    pub join: Option<String>,
+    pub join_token: Option<String>,
+    pub node_offline_after: Duration,
+    pub strategy: Strategy,
+    /// mvirt-log gRPC endpoint (empty: audit entries go to tracing only).
+    pub log_endpoint: String,
+    /// Build a snapshot (and purge the log before it) every this many applied entries.
+    pub snapshot_every: u64,
+}
+
+impl ServerConfig {
+    /// A config for tests: every listener on `ip` with port 0, data in `data_dir`.
+    pub fn for_tests(ip: std::net::IpAddr, data_dir: &Path) -> Self {
+        Self {
+            listen: SocketAddr::new(ip, 0),
+            grpc_listen: SocketAddr::new(ip, 0),
+            raft_listen: SocketAddr::new(ip, 0),
+            advertise_host: None,
+            data_dir: data_dir.to_path_buf(),
+            join: None,
+            join_token: None,
+            node_offline_after: Duration::from_secs(15),
+            strategy: Strategy::Spread,
+            log_endpoint: String::new(),
+            snapshot_every: 2000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen")]
+    Bind(#[from] mvirt_common::grpc::ServeError),
+    #[error("data directory {path}")]
+    DataDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("corrupt member.json")]
+    Identity(#[source] serde_json::Error),
+    #[error("cannot open the store")]
+    Store(#[from] crate::store::StoreError),
+    #[error("raft failed to start: {0}")]
+    Raft(String),
+    #[error("--join needs --token")]
+    JoinWithoutToken,
+    #[error("joining the cluster at {url} failed: {message}")]
+    Join { url: String, message: String },
+}
+
+/// The persisted identity of this member.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Identity {
+    member_id: u64,
+    cluster_secret: String,
+}
+
+/// A started member.
+pub struct Running {
+    pub rest_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
+    pub raft_addr: SocketAddr,
+    pub app: Arc<App>,
+    pub data_dir: PathBuf,
+    shutdown: mvirt_common::Shutdown,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// `http://<rest addr>`.
+    pub fn api_url(&self) -> String {
+        format!("http://{}", self.rest_addr)
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc_addr)
+    }
+
+    /// The admin token written at bootstrap (only on the bootstrap member).
+    pub fn admin_token(&self) -> Option<String> {
+        std::fs::read_to_string(self.data_dir.join(ADMIN_TOKEN_FILE))
+            .ok()
+            .map(|s| s.trim().to_string())
+    }
+
+    /// Resolves when the shutdown signal fires and the servers have stopped.
+    pub async fn wait(self) {
+        self.shutdown.wait().await;
+        self.stop().await;
+    }
+
+    /// Stops everything: servers drain, Raft shuts down.
+    pub async fn stop(self) {
+        self.shutdown.trigger();
+        let _ = self.app.raft.shutdown().await;
+        for t in self.tasks {
+            // Long-lived streams (SSE, watches) end with the signal; do not wait forever.
+            let abort = t.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(3), t)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+        self.app.audit.flush().await;
+    }
+}
+
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+const IDENTITY_FILE: &str = "member.json";
+const DB_FILE: &str = "mvirt-api.db";
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ServerError + '_ {
+    move |source| ServerError::DataDir {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Writes `contents` to `path` atomically with mode 0600.
+fn write_private(path: &Path, contents: &str) -> Result<(), ServerError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_err(&tmp))?;
+        f.write_all(contents.as_bytes()).map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))?;
+    }
+    std::fs::rename(&tmp, path).map_err(io_err(path))?;
+    Ok(())
+}
+
+fn advertised(host: &Option<String>, addr: SocketAddr) -> String {
+    let host = match host {
+        Some(h) => h.clone(),
+        None if addr.ip().is_unspecified() => "127.0.0.1".to_string(),
+        None => addr.ip().to_string(),
+    };
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{}", addr.port())
+    } else {
+        format!("{host}:{}", addr.port())
+    }
+}
+
+async fn join_cluster(url: &str, token: &str, me: &Member) -> Result<JoinResponse, ServerError> {
+    let err = |message: String| ServerError::Join {
+        url: url.to_string(),
+        message,
+    };
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| err(e.to_string()))?;
+    let resp = client
+        .post(format!(
+            "{}/v1/controlplane/join",
+            url.trim_end_matches('/')
+        ))
+        .json(
+            &serde_json::json!({"token": token, "api_url": me.api_url, "raft_addr": me.raft_addr}),
+        )
+        .send()
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    let status = resp.status();
+    let body = resp.text().await.map_err(|e| err(e.to_string()))?;
+    if !status.is_success() {
+        return Err(err(format!("{status}: {body}")));
+    }
+    serde_json::from_str(&body).map_err(|e| err(e.to_string()))
+}
+
+/// Starts a member. Returns once all listeners are bound and Raft is running.
+pub async fn start(
+    config: ServerConfig,
+    shutdown: mvirt_common::Shutdown,
+) -> Result<Running, ServerError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(io_err(&config.data_dir))?;
+    let rest_listener = mvirt_common::grpc::bind(config.listen).await?;
+    let grpc_listener = mvirt_common::grpc::bind(config.grpc_listen).await?;
+    let raft_listener = mvirt_common::grpc::bind(config.raft_listen).await?;
+    let local = |l: &tokio::net::TcpListener, fallback| l.local_addr().unwrap_or(fallback);
+    let rest_addr = local(&rest_listener, config.listen);
+    let grpc_addr = local(&grpc_listener, config.grpc_listen);
+    let raft_addr = local(&raft_listener, config.raft_listen);
+    let me = Member {
+        api_url: format!("http://{}", advertised(&config.advertise_host, rest_addr)),
+        raft_addr: advertised(&config.advertise_host, raft_addr),
+    };
+
+    let identity_path = config.data_dir.join(IDENTITY_FILE);
+    let (identity, bootstrap) = if identity_path.exists() {
+        let raw = std::fs::read_to_string(&identity_path).map_err(io_err(&identity_path))?;
+        (
+            serde_json::from_str::<Identity>(&raw).map_err(ServerError::Identity)?,
+            false,
+        )
+    } else if let Some(url) = &config.join {
+        let token = config
+            .join_token
+            .as_deref()
+            .ok_or(ServerError::JoinWithoutToken)?;
+        let joined = join_cluster(url, token, &me).await?;
+        tracing::info!(member_id = joined.member_id, %url, "joined the cluster");
+        (
+            Identity {
+                member_id: joined.member_id,
+                cluster_secret: joined.cluster_secret,
+            },
+            false,
+        )
+    } else {
+        (
+            Identity {
+                member_id: 1,
+                cluster_secret: random_secret(),
+            },
+            true,
+        )
+    };
+    if !identity_path.exists() {
+        let json = serde_json::to_string(&identity).map_err(ServerError::Identity)?;
+        write_private(&identity_path, &json)?;
+    }
+
+    let db_path = config.data_dir.join(DB_FILE);
+    let (applied, _) = watch::channel(0u64);
+    let (events, _) = broadcast::channel(4096);
+    let shared = Arc::new(Shared {
+        state: std::sync::RwLock::new(State::initial()),
+        applied,
+        events,
+        db_path: db_path.clone(),
+    });
+    let log_store = LogStore::open(&db_path)?;
+    let state_machine = StateMachine::open(shared.clone())?;
+    let network = HttpNetworkFactory {
+        client: reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(500))
+            .build()
+            .map_err(|e| ServerError::Raft(e.to_string()))?,
+        secret: Arc::new(identity.cluster_secret.clone()),
+    };
+    let raft_config = raft::config(config.snapshot_every)
+        .validate()
+        .map_err(|e| ServerError::Raft(e.to_string()))?;
+    let raft = Raft::new(
+        identity.member_id,
+        Arc::new(raft_config),
+        network,
+        log_store,
+        state_machine,
+    )
+    .await
+    .map_err(|e| ServerError::Raft(e.to_string()))?;
+
+    let audit = mvirt_log::create_audit_logger(&config.log_endpoint, "mvirt-api");
+    let app = Arc::new(App::new(
+        raft.clone(),
+        shared,
+        identity.member_id,
+        me.clone(),
+        identity.cluster_secret.clone(),
+        config.data_dir.clone(),
+        config.node_offline_after,
+        config.strategy,
+        audit,
+        config.log_endpoint.clone(),
+    ));
+
+    let mut tasks = Vec::new();
+    let raft_router = crate::raftapi::router(app.clone());
+    let sd = shutdown.clone();
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = axum::serve(raft_listener, raft_router)
+            .with_graceful_shutdown(async move { sd.wait().await })
+            .await
+        {
+            tracing::error!(error = %e, "raft listener failed");
+        }
+    }));
+
+    if bootstrap {
+        let is_init = raft
+            .is_initialized()
+            .await
+            .map_err(|e| ServerError::Raft(e.to_string()))?;
+        if !is_init {
+            let mut members = BTreeMap::new();
+            members.insert(identity.member_id, me.clone());
+            raft.initialize(members)
+                .await
+                .map_err(|e| ServerError::Raft(e.to_string()))?;
+            tracing::info!(
+                member_id = identity.member_id,
+                "bootstrapped a one-member cluster"
+            );
+        }
+        let token_path = config.data_dir.join(ADMIN_TOKEN_FILE);
+        if !token_path.exists() {
+            write_private(&token_path, &format!("{}\n", random_secret()))?;
+        }
+        tracing::info!(path = %token_path.display(), "admin API token written (mode 0600)");
+        println!("mvirt-api: admin API token in {}", token_path.display());
+    }
+
+    // The admin token file (bootstrap member only) must be known to the cluster; retried until
+    // a leader accepts it, which also covers a crash between writing the file and proposing.
+    let ensure = app.clone();
+    let sd = shutdown.clone();
+    tasks.push(tokio::spawn(async move {
+        let path = ensure.data_dir.join(ADMIN_TOKEN_FILE);
+        let Ok(secret) = std::fs::read_to_string(&path) else {
+            return;
+        };
+        let hash = hash_secret(secret.trim());
+        loop {
+            if sd.is_triggered() {
+                return;
+            }
+            let known = ensure.shared.read().tokens.values().any(|t| t.hash == hash);
+            if known {
+                return;
+            }
+            let token = ApiToken {
+                id: new_id(),
+                name: format!("admin-{}", &hash[..8]),
+                role: "admin".into(),
+                hash: hash.clone(),
+                created_at: now(),
+                revision: 0,
+            };
+            match ensure.submit(Command::CreateToken { token }, None).await {
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::debug!(error = %e.message, "admin token not registered yet; retrying")
+                }
+            }
+            tokio::select! {
+                _ = sd.wait() => return,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+    }));
+
+    let rest_router = rest::router(app.clone());
+    let sd = shutdown.clone();
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = axum::serve(rest_listener, rest_router)
+            .with_graceful_shutdown(async move { sd.wait().await })
+            .await
+        {
+            tracing::error!(error = %e, "REST listener failed");
+        }
+    }));
+
+    let grpc = mvirt_common::grpc::GrpcServer::new()
+        .add_service(crate::proto::node_service_server::NodeServiceServer::new(
+            crate::grpc::NodeServiceImpl::new(app.clone(), shutdown.clone()),
+        ))
+        .await;
+    let sd = shutdown.clone();
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = grpc.serve(grpc_listener, sd).await {
+            tracing::error!(error = %e, "NodeService listener failed");
+        }
+    }));
+
+    tasks.push(tokio::spawn(app.clone().run_leader_loop(shutdown.clone())));
+
+    tracing::info!(member_id = identity.member_id, %rest_addr, %grpc_addr, %raft_addr, "mvirt-api member started");
+    Ok(Running {
+        rest_addr,
+        grpc_addr,
+        raft_addr,
+        app,
+        data_dir: config.data_dir,
+        shutdown,
+        tasks,
+    })
+}

@@ -1,0 +1,2118 @@
+//! The materialised state and the deterministic `apply` of commands.
+//!
+//! A REST or gRPC call is validated syntactically (`validate.rs`), turned into a [`Command`] with
+//! every id and timestamp already minted, and proposed to Raft. Once committed, every member runs
+//! [`State::apply`] with the command and its log index. `apply` checks everything that depends on
+//! the state (references, uniqueness, conflicts, `If-Match`) *before* mutating anything, so a
+//! rejected command leaves the state untouched; then it mutates and returns the [`Change`]s (which
+//! the store persists and which become events). Nothing here reads a clock, a random source or
+//! the environment: the same log gives the same state on every member.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::model::*;
+
+/// The error every layer returns to REST/gRPC clients: `{"code","message","details"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ApiError {
+    pub code: String,
+    pub message: String,
+    #[serde(default)]
+    pub details: Value,
+}
+
+impl ApiError {
+    pub fn new(code: &str, message: impl Into<String>) -> Self {
+        Self {
+            code: code.into(),
+            message: message.into(),
+            details: Value::Null,
+        }
+    }
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.details = details;
+        self
+    }
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new("invalid_argument", message)
+    }
+    pub fn not_found(kind: Kind, id: &str) -> Self {
+        Self::new("not_found", format!("{} {id} not found", kind.as_str()))
+            .with_details(json!({"kind": kind.as_str(), "id": id}))
+    }
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new("conflict", message)
+    }
+    pub fn exists(message: impl Into<String>) -> Self {
+        Self::new("already_exists", message)
+    }
+    pub fn precondition(expected: u64, actual: u64) -> Self {
+        Self::new(
+            "precondition_failed",
+            format!("If-Match revision {expected} does not match current revision {actual}"),
+        )
+        .with_details(json!({"expected": expected, "actual": actual}))
+    }
+    pub fn no_leader(message: impl Into<String>) -> Self {
+        Self::new("no_leader", message)
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new("internal", message)
+    }
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        Self::new("unauthenticated", message)
+    }
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new("permission_denied", message)
+    }
+
+    /// The HTTP status for this error code.
+    pub fn http_status(&self) -> u16 {
+        match self.code.as_str() {
+            "invalid_argument" => 400,
+            "unauthenticated" => 401,
+            "permission_denied" => 403,
+            "not_found" => 404,
+            "already_exists" | "conflict" => 409,
+            "precondition_failed" => 412,
+            "payload_too_large" => 413,
+            "unsupported_media_type" => 415,
+            "no_leader" | "unavailable" => 503,
+            "not_implemented" => 501,
+            _ => 500,
+        }
+    }
+
+    pub fn grpc_code(&self) -> tonic::Code {
+        match self.code.as_str() {
+            "invalid_argument" | "payload_too_large" => tonic::Code::InvalidArgument,
+            "unauthenticated" => tonic::Code::Unauthenticated,
+            "permission_denied" => tonic::Code::PermissionDenied,
+            "not_found" => tonic::Code::NotFound,
+            "already_exists" => tonic::Code::AlreadyExists,
+            "conflict" | "precondition_failed" => tonic::Code::FailedPrecondition,
+            "no_leader" | "unavailable" => tonic::Code::Unavailable,
+            _ => tonic::Code::Internal,
+        }
+    }
+}
+
+impl From<ApiError> for tonic::Status {
+    fn from(err: ApiError) -> Self {
+        tonic::Status::new(err.grpc_code(), err.message)
+    }
+}
+
+/// Idempotency of creates: the key the client sent and a fingerprint of its request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Idempotency {
+    pub key: String,
+    pub fingerprint: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    pub key: String,
+    pub fingerprint: String,
+    pub kind: Kind,
+    pub id: String,
+}
+
+/// A placement decided by the scheduler.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Placement {
+    pub vm_id: String,
+    pub node_id: String,
+}
+
+/// One status report from a node (domain form of `proto::ResourceStatus`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub kind: Kind,
+    pub id: String,
+    pub status: Status,
+}
+
+/// A state change, fully minted before it is proposed. (Variants carry whole objects; a
+/// command lives briefly and is serialized into the log, so boxing buys nothing.)
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Command {
+    CreateProject {
+        project: Project,
+    },
+    CreateNetwork {
+        network: Network,
+    },
+    CreateNic {
+        nic: Nic,
+    },
+    CreateSecurityGroup {
+        security_group: SecurityGroup,
+    },
+    CreateTemplate {
+        template: Template,
+    },
+    CreateVolume {
+        volume: Volume,
+    },
+    CreateVm {
+        vm: Vm,
+        owned_volumes: Vec<Volume>,
+        owned_nics: Vec<Nic>,
+    },
+    Update {
+        kind: Kind,
+        id: String,
+        if_match: Option<u64>,
+        labels: Option<BTreeMap<String, String>>,
+        spec: Option<Value>,
+        now: String,
+    },
+    Delete {
+        kind: Kind,
+        id: String,
+        if_match: Option<u64>,
+        force: bool,
+    },
+    VmAction {
+        id: String,
+        action: String,
+        now: String,
+    },
+    ResizeVolume {
+        id: String,
+        size_bytes: u64,
+        if_match: Option<u64>,
+        now: String,
+    },
+    CreateSnapshot {
+        volume_id: String,
+        snapshot: VolumeSnapshot,
+    },
+    DeleteSnapshot {
+        volume_id: String,
+        snapshot_id: String,
+        now: String,
+    },
+    AddRule {
+        security_group_id: String,
+        rule: SecurityGroupRule,
+        now: String,
+    },
+    DeleteRule {
+        security_group_id: String,
+        rule_id: String,
+        now: String,
+    },
+    RegisterNode {
+        node: Node,
+    },
+    SetNodeState {
+        id: String,
+        state: String,
+        capacity: Option<Capacity>,
+        now: String,
+    },
+    UpdateStatuses {
+        node_id: String,
+        reports: Vec<StatusReport>,
+        now: String,
+    },
+    Schedule {
+        placements: Vec<Placement>,
+        pending: Vec<(String, String)>,
+        now: String,
+    },
+    CreateToken {
+        token: ApiToken,
+    },
+    DeleteToken {
+        id: String,
+    },
+    CreateJoinToken {
+        token: JoinToken,
+    },
+    /// A joining member presents a join token; apply marks it used and mints the member id.
+    ConsumeJoinToken {
+        hash: String,
+        now_ms: i64,
+    },
+    /// A no-op used by linearizable reads through the log and by tests.
+    Noop,
+}
+
+/// A request as it travels through Raft: the command plus its optional idempotency key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub command: Command,
+    #[serde(default)]
+    pub idempotency: Option<Idempotency>,
+}
+
+impl std::fmt::Display for Proposal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let op = serde_json::to_value(&self.command)
+            .ok()
+            .and_then(|v| v.get("op").and_then(|o| o.as_str().map(String::from)))
+            .unwrap_or_else(|| "noop".into());
+        write!(f, "{op}")
+    }
+}
+
+/// The result of applying one proposal, returned to the proposer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub revision: u64,
+    pub result: Result<Value, ApiError>,
+}
+
+/// One persisted change: the new object (or `None` = removed). Visible kinds become events.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub kind: Kind,
+    pub id: String,
+    pub project: String,
+    pub verb: &'static str,
+    pub object: Option<Value>,
+}
+
+impl Change {
+    /// The event for this change, if its kind is visible to users.
+    pub fn event(&self, revision: u64) -> Option<Event> {
+        match self.kind {
+            Kind::Token | Kind::JoinToken | Kind::Idempotency => None,
+            kind => Some(Event {
+                revision,
+                event_type: format!("{}.{}", kind.as_str(), self.verb),
+                kind: kind.as_str().into(),
+                id: self.id.clone(),
+                project: self.project.clone(),
+                object: self.object.clone(),
+            }),
+        }
+    }
+}
+
+/// Counters kept with the state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Control-plane member ids are never reused: the next one to hand out (bootstrap is 1).
+    pub next_member_id: u64,
+    /// Last revision at which something was removed from (or moved off) some node's desired
+    /// set. Node spec revisions include it so that removals are never missed by a watcher.
+    pub last_removal_revision: u64,
+}
+
+/// The whole materialised state, keyed by id.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub projects: BTreeMap<String, Project>,
+    pub nodes: BTreeMap<String, Node>,
+    pub networks: BTreeMap<String, Network>,
+    pub nics: BTreeMap<String, Nic>,
+    pub security_groups: BTreeMap<String, SecurityGroup>,
+    pub templates: BTreeMap<String, Template>,
+    pub volumes: BTreeMap<String, Volume>,
+    pub vms: BTreeMap<String, Vm>,
+    pub tokens: BTreeMap<String, ApiToken>,
+    pub join_tokens: BTreeMap<String, JoinToken>,
+    pub idempotency: BTreeMap<String, IdempotencyRecord>,
+    pub counters: Counters,
+}
+
+/// The id of the built-in `default` project (fixed so every member agrees without a command).
+pub const DEFAULT_PROJECT_ID: &str = "00000000-0000-4000-8000-000000000001";
+pub const DEFAULT_PROJECT: &str = "default";
+
+fn to_value<T: Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+type Applied = Result<(Value, Vec<Change>), ApiError>;
+
+fn stamp(meta: &mut Meta, index: u64, now: &str, spec_changed: bool) {
+    meta.revision = index;
+    if spec_changed {
+        meta.spec_revision = index;
+    }
+    meta.updated_at = now.to_string();
+}
+
+fn check_if_match(if_match: Option<u64>, actual: u64) -> Result<(), ApiError> {
+    match if_match {
+        Some(expected) if expected != actual => Err(ApiError::precondition(expected, actual)),
+        _ => Ok(()),
+    }
+}
+
+impl State {
+    /// A fresh state with the `default` project, as every member starts.
+    pub fn initial() -> Self {
+        let mut state = State::default();
+        state.counters.next_member_id = 2;
+        state.projects.insert(
+            DEFAULT_PROJECT_ID.into(),
+            Project {
+                meta: Meta {
+                    id: DEFAULT_PROJECT_ID.into(),
+                    name: DEFAULT_PROJECT.into(),
+                    project: DEFAULT_PROJECT.into(),
+                    labels: BTreeMap::new(),
+                    revision: 0,
+                    spec_revision: 0,
+                    created_at: "1970-01-01T00:00:00Z".into(),
+                    updated_at: "1970-01-01T00:00:00Z".into(),
+                },
+                description: "The default project".into(),
+            },
+        );
+        state
+    }
+
+    pub fn project_by_name(&self, name: &str) -> Option<&Project> {
+        self.projects.values().find(|p| p.meta.name == name)
+    }
+
+    fn require_project(&self, name: &str) -> Result<(), ApiError> {
+        if self.project_by_name(name).is_some() {
+            Ok(())
+        } else {
+            Err(ApiError::not_found(Kind::Project, name))
+        }
+    }
+
+    /// Whether `name` is taken by another object of `kind` in `project`.
+    fn name_taken(&self, kind: Kind, project: &str, name: &str) -> bool {
+        fn taken<'a, T: 'a>(
+            mut it: impl Iterator<Item = &'a T>,
+            meta: impl Fn(&T) -> &Meta,
+            project: &str,
+            name: &str,
+        ) -> bool {
+            it.any(|o| meta(o).project == project && meta(o).name == name)
+        }
+        match kind {
+            Kind::Project => self.project_by_name(name).is_some(),
+            Kind::Node => self.nodes.values().any(|n| n.meta.name == name),
+            Kind::Network => taken(self.networks.values(), |o| &o.meta, project, name),
+            Kind::Nic => taken(self.nics.values(), |o| &o.meta, project, name),
+            Kind::SecurityGroup => taken(self.security_groups.values(), |o| &o.meta, project, name),
+            Kind::Template => taken(self.templates.values(), |o| &o.meta, project, name),
+            Kind::Volume => taken(self.volumes.values(), |o| &o.meta, project, name),
+            Kind::Vm => taken(self.vms.values(), |o| &o.meta, project, name),
+            _ => false,
+        }
+    }
+
+    /// The object of `kind` with `id` as JSON.
+    pub fn object(&self, kind: Kind, id: &str) -> Option<Value> {
+        match kind {
+            Kind::Project => self.projects.get(id).map(to_value),
+            Kind::Node => self.nodes.get(id).map(|n| to_value(&self.node_view(n))),
+            Kind::Network => self.networks.get(id).map(to_value),
+            Kind::Nic => self.nics.get(id).map(to_value),
+            Kind::SecurityGroup => self.security_groups.get(id).map(to_value),
+            Kind::Template => self.templates.get(id).map(to_value),
+            Kind::Volume => self.volumes.get(id).map(to_value),
+            Kind::Vm => self.vms.get(id).map(to_value),
+            Kind::Token => self.tokens.get(id).map(to_value),
+            Kind::JoinToken => self.join_tokens.get(id).map(to_value),
+            Kind::Idempotency => self.idempotency.get(id).map(to_value),
+        }
+    }
+
+    /// A node with `allocated` filled in from what is placed on it.
+    pub fn node_view(&self, node: &Node) -> Node {
+        let mut view = node.clone();
+        view.allocated = self.allocated_on(&node.meta.id);
+        view.console_secret.clear();
+        view
+    }
+
+    /// Everything placed on a node: VM vCPUs and memory, volume sizes.
+    pub fn allocated_on(&self, node_id: &str) -> Capacity {
+        let mut cap = Capacity::default();
+        for vm in self.vms.values() {
+            if vm.node_id.as_deref() == Some(node_id) {
+                cap.vcpus += vm.spec.vcpus;
+                cap.memory_bytes += vm.spec.memory_bytes;
+            }
+        }
+        for vol in self.volumes.values() {
+            if vol.node_id.as_deref() == Some(node_id) {
+                cap.storage_bytes += vol.spec.size_bytes;
+            }
+        }
+        cap
+    }
+
+    fn change(&self, kind: Kind, id: &str, verb: &'static str) -> Change {
+        let object = self.object(kind, id);
+        let project = object
+            .as_ref()
+            .and_then(|o| o.get("project"))
+            .and_then(|p| p.as_str())
+            .unwrap_or("")
+            .to_string();
+        Change {
+            kind,
+            id: id.to_string(),
+            project,
+            verb,
+            object,
+        }
+    }
+
+    fn removed(kind: Kind, id: &str, project: &str) -> Change {
+        Change {
+            kind,
+            id: id.to_string(),
+            project: project.to_string(),
+            verb: "deleted",
+            object: None,
+        }
+    }
+
+    /// Applies one committed proposal at log `index`. Deterministic; on error nothing changed.
+    pub fn apply(&mut self, index: u64, proposal: &Proposal) -> (Outcome, Vec<Change>) {
+        if let Some(idem) = &proposal.idempotency {
+            if let Some(record) = self.idempotency.get(&idem.key) {
+                let result = if record.fingerprint == idem.fingerprint {
+                    self.object(record.kind, &record.id)
+                        .ok_or_else(|| ApiError::not_found(record.kind, &record.id))
+                } else {
+                    Err(ApiError::conflict(
+                        "Idempotency-Key was already used with a different request",
+                    )
+                    .with_details(json!({"key": idem.key})))
+                };
+                return (
+                    Outcome {
+                        revision: index,
+                        result,
+                    },
+                    Vec::new(),
+                );
+            }
+        }
+        let result = self.apply_command(index, &proposal.command);
+        match result {
+            Ok((value, mut changes)) => {
+                if let (Some(idem), Some(kind_id)) =
+                    (&proposal.idempotency, created_kind_id(&proposal.command))
+                {
+                    let record = IdempotencyRecord {
+                        key: idem.key.clone(),
+                        fingerprint: idem.fingerprint.clone(),
+                        kind: kind_id.0,
+                        id: kind_id.1,
+                    };
+                    self.idempotency.insert(idem.key.clone(), record);
+                    changes.push(self.change(Kind::Idempotency, &idem.key, "created"));
+                }
+                (
+                    Outcome {
+                        revision: index,
+                        result: Ok(value),
+                    },
+                    changes,
+                )
+            }
+            Err(err) => (
+                Outcome {
+                    revision: index,
+                    result: Err(err),
+                },
+                Vec::new(),
+            ),
+        }
+    }
+
+    fn apply_command(&mut self, index: u64, command: &Command) -> Applied {
+        match command {
+            Command::Noop => Ok((Value::Null, Vec::new())),
+            Command::CreateProject { project } => {
+                if self.projects.contains_key(&project.meta.id) {
+                    return self.same_or_exists(Kind::Project, &project.meta.id);
+                }
+                if self.name_taken(Kind::Project, "", &project.meta.name) {
+                    return Err(name_exists(Kind::Project, &project.meta.name));
+                }
+                let mut project = project.clone();
+                stamp_new(&mut project.meta, index);
+                let id = project.meta.id.clone();
+                self.projects.insert(id.clone(), project);
+                self.created(Kind::Project, &id)
+            }
+            Command::CreateNetwork { network } => {
+                if self.networks.contains_key(&network.meta.id) {
+                    return self.same_or_exists(Kind::Network, &network.meta.id);
+                }
+                self.check_new(Kind::Network, &network.meta)?;
+                let mut network = network.clone();
+                stamp_new(&mut network.meta, index);
+                let id = network.meta.id.clone();
+                self.networks.insert(id.clone(), network);
+                self.created(Kind::Network, &id)
+            }
+            Command::CreateNic { nic } => {
+                if self.nics.contains_key(&nic.meta.id) {
+                    return self.same_or_exists(Kind::Nic, &nic.meta.id);
+                }
+                self.check_new(Kind::Nic, &nic.meta)?;
+                let mut nic = nic.clone();
+                self.allocate_nic(&mut nic, &BTreeSet::new(), &BTreeSet::new())?;
+                stamp_new(&mut nic.meta, index);
+                let id = nic.meta.id.clone();
+                self.nics.insert(id.clone(), nic);
+                self.created(Kind::Nic, &id)
+            }
+            Command::CreateSecurityGroup { security_group } => {
+                if self.security_groups.contains_key(&security_group.meta.id) {
+                    return self.same_or_exists(Kind::SecurityGroup, &security_group.meta.id);
+                }
+                self.check_new(Kind::SecurityGroup, &security_group.meta)?;
+                self.check_rules(&security_group.meta.id, &security_group.spec.rules)?;
+                let mut sg = security_group.clone();
+                stamp_new(&mut sg.meta, index);
+                let id = sg.meta.id.clone();
+                self.security_groups.insert(id.clone(), sg);
+                self.created(Kind::SecurityGroup, &id)
+            }
+            Command::CreateTemplate { template } => {
+                if self.templates.contains_key(&template.meta.id) {
+                    return self.same_or_exists(Kind::Template, &template.meta.id);
+                }
+                self.check_new(Kind::Template, &template.meta)?;
+                let mut template = template.clone();
+                stamp_new(&mut template.meta, index);
+                let id = template.meta.id.clone();
+                self.templates.insert(id.clone(), template);
+                self.created(Kind::Template, &id)
+            }
+            Command::CreateVolume { volume } => {
+                if self.volumes.contains_key(&volume.meta.id) {
+                    return self.same_or_exists(Kind::Volume, &volume.meta.id);
+                }
+                self.check_new(Kind::Volume, &volume.meta)?;
+                self.check_volume_refs(volume)?;
+                let mut volume = volume.clone();
+                volume.node_id = volume.spec.node_id.clone();
+                stamp_new(&mut volume.meta, index);
+                let id = volume.meta.id.clone();
+                self.volumes.insert(id.clone(), volume);
+                self.created(Kind::Volume, &id)
+            }
+            Command::CreateVm {
+                vm,
+                owned_volumes,
+                owned_nics,
+            } => self.create_vm(index, vm, owned_volumes, owned_nics),
+            Command::Update {
+                kind,
+                id,
+                if_match,
+                labels,
+                spec,
+                now,
+            } => self.update(
+                index,
+                *kind,
+                id,
+                *if_match,
+                labels.as_ref(),
+                spec.as_ref(),
+                now,
+            ),
+            Command::Delete {
+                kind,
+                id,
+                if_match,
+                force,
+            } => self.delete(index, *kind, id, *if_match, *force),
+            Command::VmAction { id, action, now } => {
+                let vm = self
+                    .vms
+                    .get_mut(id)
+                    .ok_or_else(|| ApiError::not_found(Kind::Vm, id))?;
+                match action.as_str() {
+                    "start" => vm.spec.desired_state = "running".into(),
+                    "stop" => {
+                        vm.spec.desired_state = "stopped".into();
+                        vm.stop_mode = "graceful".into();
+                    }
+                    "kill" => {
+                        vm.spec.desired_state = "stopped".into();
+                        vm.stop_mode = "force".into();
+                    }
+                    "restart" => {
+                        vm.spec.desired_state = "running".into();
+                        vm.restart_generation += 1;
+                    }
+                    other => return Err(ApiError::invalid(format!("unknown VM action {other:?}"))),
+                }
+                stamp(&mut vm.meta, index, now, true);
+                let change = self.change(Kind::Vm, id, action_verb(action));
+                Ok((change.object.clone().unwrap_or(Value::Null), vec![change]))
+            }
+            Command::ResizeVolume {
+                id,
+                size_bytes,
+                if_match,
+                now,
+            } => {
+                let vol = self
+                    .volumes
+                    .get_mut(id)
+                    .ok_or_else(|| ApiError::not_found(Kind::Volume, id))?;
+                check_if_match(*if_match, vol.meta.revision)?;
+                if *size_bytes < vol.spec.size_bytes {
+                    return Err(ApiError::invalid(format!(
+                        "volumes only grow: {} < current size {}",
+                        size_bytes, vol.spec.size_bytes
+                    )));
+                }
+                vol.spec.size_bytes = *size_bytes;
+                stamp(&mut vol.meta, index, now, true);
+                self.updated(Kind::Volume, id)
+            }
+            Command::CreateSnapshot {
+                volume_id,
+                snapshot,
+            } => {
+                let vol = self
+                    .volumes
+                    .get_mut(volume_id)
+                    .ok_or_else(|| ApiError::not_found(Kind::Volume, volume_id))?;
+                if vol.snapshots.iter().any(|s| s.name == snapshot.name) {
+                    return Err(ApiError::exists(format!(
+                        "volume {volume_id} already has a snapshot named {:?}",
+                        snapshot.name
+                    )));
+                }
+                vol.snapshots.push(snapshot.clone());
+                stamp(&mut vol.meta, index, &snapshot.created_at, true);
+                let change = self.change(Kind::Volume, volume_id, "snapshot_created");
+                Ok((to_value(snapshot), vec![change]))
+            }
+            Command::DeleteSnapshot {
+                volume_id,
+                snapshot_id,
+                now,
+            } => {
+                let vol = self
+                    .volumes
+                    .get_mut(volume_id)
+                    .ok_or_else(|| ApiError::not_found(Kind::Volume, volume_id))?;
+                let before = vol.snapshots.len();
+                vol.snapshots.retain(|s| &s.id != snapshot_id);
+                if vol.snapshots.len() == before {
+                    return Err(ApiError::new(
+                        "not_found",
+                        format!("snapshot {snapshot_id} not found on volume {volume_id}"),
+                    ));
+                }
+                stamp(&mut vol.meta, index, now, true);
+                self.counters.last_removal_revision = index;
+                let change = self.change(Kind::Volume, volume_id, "snapshot_deleted");
+                Ok((Value::Null, vec![change]))
+            }
+            Command::AddRule {
+                security_group_id,
+                rule,
+                now,
+            } => {
+                let sg = self
+                    .security_groups
+                    .get(security_group_id)
+                    .ok_or_else(|| ApiError::not_found(Kind::SecurityGroup, security_group_id))?;
+                let mut rules = sg.spec.rules.clone();
+                rules.push(rule.clone());
+                self.check_rules(security_group_id, &rules)?;
+                let sg = self
+                    .security_groups
+                    .get_mut(security_group_id)
+                    .ok_or_else(|| ApiError::not_found(Kind::SecurityGroup, security_group_id))?;
+                sg.spec.rules = rules;
+                stamp(&mut sg.meta, index, now, true);
+                let change = self.change(Kind::SecurityGroup, security_group_id, "updated");
+                Ok((to_value(rule), vec![change]))
+            }
+            Command::DeleteRule {
+                security_group_id,
+                rule_id,
+                now,
+            } => {
+                let sg = self
+                    .security_groups
+                    .get_mut(security_group_id)
+                    .ok_or_else(|| ApiError::not_found(Kind::SecurityGroup, security_group_id))?;
+                let before = sg.spec.rules.len();
+                sg.spec.rules.retain(|r| r.id.as_deref() != Some(rule_id));
+                if sg.spec.rules.len() == before {
+                    return Err(ApiError::new(
+                        "not_found",
+                        format!("rule {rule_id} not found in security group {security_group_id}"),
+                    ));
+                }
+                stamp(&mut sg.meta, index, now, true);
+                self.updated(Kind::SecurityGroup, security_group_id)
+            }
+            Command::RegisterNode { node } => self.register_node(index, node),
+            Command::SetNodeState {
+                id,
+                state,
+                capacity,
+                now,
+            } => {
+                let node = self
+                    .nodes
+                    .get_mut(id)
+                    .ok_or_else(|| ApiError::not_found(Kind::Node, id))?;
+                let mut changed = false;
+                if &node.status.state != state {
+                    node.status.state = state.clone();
+                    node.status.last_state_change_at = Some(now.clone());
+                    changed = true;
+                }
+                if let Some(cap) = capacity {
+                    if &node.status.capacity != cap {
+                        node.status.capacity = *cap;
+                        changed = true;
+                    }
+                }
+                if !changed {
+                    return Ok((
+                        self.object(Kind::Node, id).unwrap_or(Value::Null),
+                        Vec::new(),
+                    ));
+                }
+                stamp(&mut node.meta, index, now, false);
+                self.updated(Kind::Node, id)
+            }
+            Command::UpdateStatuses {
+                node_id,
+                reports,
+                now,
+            } => self.update_statuses(index, node_id, reports, now),
+            Command::Schedule {
+                placements,
+                pending,
+                now,
+            } => self.schedule(index, placements, pending, now),
+            Command::CreateToken { token } => {
+                if self.tokens.values().any(|t| t.name == token.name) {
+                    return Err(name_exists(Kind::Token, &token.name));
+                }
+                let mut token = token.clone();
+                token.revision = index;
+                let id = token.id.clone();
+                self.tokens.insert(id.clone(), token.clone());
+                Ok((
+                    to_value(&token),
+                    vec![self.change(Kind::Token, &id, "created")],
+                ))
+            }
+            Command::DeleteToken { id } => {
+                let token = self
+                    .tokens
+                    .get(id)
+                    .ok_or_else(|| ApiError::not_found(Kind::Token, id))?;
+                if token.role == "admin"
+                    && self.tokens.values().filter(|t| t.role == "admin").count() == 1
+                {
+                    return Err(ApiError::conflict("cannot revoke the last admin token"));
+                }
+                self.tokens.remove(id);
+                Ok((Value::Null, vec![State::removed(Kind::Token, id, "")]))
+            }
+            Command::CreateJoinToken { token } => {
+                let id = token.id.clone();
+                self.join_tokens.insert(id.clone(), token.clone());
+                Ok((
+                    Value::Null,
+                    vec![self.change(Kind::JoinToken, &id, "created")],
+                ))
+            }
+            Command::ConsumeJoinToken { hash, now_ms } => {
+                let token = self
+                    .join_tokens
+                    .values_mut()
+                    .find(|t| &t.hash == hash)
+                    .ok_or_else(|| ApiError::forbidden("unknown join token"))?;
+                if token.used {
+                    return Err(ApiError::forbidden("join token already used"));
+                }
+                if token.expires_at_ms < *now_ms {
+                    return Err(ApiError::forbidden("join token expired"));
+                }
+                token.used = true;
+                let id = token.id.clone();
+                let member_id = self.counters.next_member_id;
+                self.counters.next_member_id += 1;
+                Ok((
+                    json!({"member_id": member_id}),
+                    vec![self.change(Kind::JoinToken, &id, "updated")],
+                ))
+            }
+        }
+    }
+
+    fn same_or_exists(&self, kind: Kind, id: &str) -> Applied {
+        // The id is minted by the API, so a repeat is a replay of the same create.
+        Err(ApiError::exists(format!(
+            "{} {id} already exists",
+            kind.as_str()
+        )))
+    }
+
+    fn check_new(&self, kind: Kind, meta: &Meta) -> Result<(), ApiError> {
+        self.require_project(&meta.project)?;
+        if self.name_taken(kind, &meta.project, &meta.name) {
+            return Err(name_exists(kind, &meta.name));
+        }
+        Ok(())
+    }
+
+    fn created(&self, kind: Kind, id: &str) -> Applied {
+        let change = self.change(kind, id, "created");
+        Ok((change.object.clone().unwrap_or(Value::Null), vec![change]))
+    }
+
+    fn updated(&self, kind: Kind, id: &str) -> Applied {
+        let change = self.change(kind, id, "updated");
+        Ok((change.object.clone().unwrap_or(Value::Null), vec![change]))
+    }
+
+    fn check_volume_refs(&self, volume: &Volume) -> Result<(), ApiError> {
+        if let Some(template_id) = &volume.spec.template_id {
+            if !self.templates.contains_key(template_id) {
+                return Err(ApiError::not_found(Kind::Template, template_id));
+            }
+        }
+        if let Some(node_id) = &volume.spec.node_id {
+            if !self.nodes.contains_key(node_id) {
+                return Err(ApiError::not_found(Kind::Node, node_id));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_rules(&self, own_id: &str, rules: &[SecurityGroupRule]) -> Result<(), ApiError> {
+        let mut ids = BTreeSet::new();
+        for rule in rules {
+            if let Some(id) = &rule.id {
+                if !ids.insert(id.clone()) {
+                    return Err(ApiError::invalid(format!("duplicate rule id {id}")));
+                }
+            }
+            if let Some(remote) = &rule.remote_group_id {
+                if remote != own_id && !self.security_groups.contains_key(remote) {
+                    return Err(ApiError::not_found(Kind::SecurityGroup, remote));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Fills in MAC and addresses of a NIC (requested ones must be free). `extra_macs` and
+    /// `extra_ips` are taken by NICs minted in the same command.
+    fn allocate_nic(
+        &self,
+        nic: &mut Nic,
+        extra_macs: &BTreeSet<String>,
+        extra_ips: &BTreeSet<IpAddr>,
+    ) -> Result<(), ApiError> {
+        let network = self
+            .networks
+            .get(&nic.spec.network_id)
+            .ok_or_else(|| ApiError::not_found(Kind::Network, &nic.spec.network_id))?;
+        if network.meta.project != nic.meta.project {
+            return Err(ApiError::invalid(format!(
+                "network {} is in project {}, not {}",
+                network.meta.id, network.meta.project, nic.meta.project
+            )));
+        }
+        for sg in &nic.spec.security_group_ids {
+            let group = self
+                .security_groups
+                .get(sg)
+                .ok_or_else(|| ApiError::not_found(Kind::SecurityGroup, sg))?;
+            if group.meta.project != nic.meta.project {
+                return Err(ApiError::invalid(format!(
+                    "security group {sg} is in another project"
+                )));
+            }
+        }
+        let mut used_ips: BTreeSet<IpAddr> = extra_ips.clone();
+        for other in self.nics.values() {
+            if other.spec.network_id == nic.spec.network_id {
+                for addr in [&other.spec.ipv4_address, &other.spec.ipv6_address]
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Ok(ip) = addr.parse() {
+                        used_ips.insert(ip);
+                    }
+                }
+            }
+        }
+        nic.spec.ipv4_address = crate::ipam::allocate(
+            network.spec.ipv4_prefix.as_deref(),
+            nic.spec.ipv4_address.as_deref(),
+            &used_ips,
+        )
+        .map_err(|e| e.with_details(json!({"network_id": network.meta.id})))?;
+        nic.spec.ipv6_address = crate::ipam::allocate(
+            network.spec.ipv6_prefix.as_deref(),
+            nic.spec.ipv6_address.as_deref(),
+            &used_ips,
+        )
+        .map_err(|e| e.with_details(json!({"network_id": network.meta.id})))?;
+        let mut used_macs: BTreeSet<String> = extra_macs.clone();
+        used_macs.extend(
+            self.nics
+                .values()
+                .filter_map(|n| n.spec.mac_address.clone()),
+        );
+        match &nic.spec.mac_address {
+            Some(mac) => {
+                if used_macs.contains(mac) {
+                    return Err(ApiError::conflict(format!("MAC address {mac} is in use")));
+                }
+            }
+            None => nic.spec.mac_address = Some(crate::ipam::mac_for(&nic.meta.id, &used_macs)),
+        }
+        Ok(())
+    }
+
+    fn create_vm(
+        &mut self,
+        index: u64,
+        vm: &Vm,
+        owned_volumes: &[Volume],
+        owned_nics: &[Nic],
+    ) -> Applied {
+        if self.vms.contains_key(&vm.meta.id) {
+            return self.same_or_exists(Kind::Vm, &vm.meta.id);
+        }
+        self.check_new(Kind::Vm, &vm.meta)?;
+        // Owned volumes and NICs: validate and allocate before touching anything.
+        let mut volumes = Vec::new();
+        for vol in owned_volumes {
+            self.check_new(Kind::Volume, &vol.meta)?;
+            if volumes
+                .iter()
+                .any(|v: &Volume| v.meta.name == vol.meta.name)
+            {
+                return Err(name_exists(Kind::Volume, &vol.meta.name));
+            }
+            self.check_volume_refs(vol)?;
+            volumes.push(vol.clone());
+        }
+        let mut nics = Vec::new();
+        let mut macs = BTreeSet::new();
+        let mut ips = BTreeSet::new();
+        for nic in owned_nics {
+            self.check_new(Kind::Nic, &nic.meta)?;
+            if nics.iter().any(|n: &Nic| n.meta.name == nic.meta.name) {
+                return Err(name_exists(Kind::Nic, &nic.meta.name));
+            }
+            let mut nic = nic.clone();
+            self.allocate_nic(&mut nic, &macs, &ips)?;
+            macs.extend(nic.spec.mac_address.clone());
+            for addr in [&nic.spec.ipv4_address, &nic.spec.ipv6_address]
+                .into_iter()
+                .flatten()
+            {
+                if let Ok(ip) = addr.parse() {
+                    ips.insert(ip);
+                }
+            }
+            nics.push(nic);
+        }
+        let owned_volume_ids: BTreeSet<&str> = volumes.iter().map(|v| v.meta.id.as_str()).collect();
+        let owned_nic_ids: BTreeSet<&str> = nics.iter().map(|n| n.meta.id.as_str()).collect();
+        let mut pinned_node: Option<String> = None;
+        for vid in &vm.spec.volume_ids {
+            if owned_volume_ids.contains(vid.as_str()) {
+                continue;
+            }
+            let vol = self
+                .volumes
+                .get(vid)
+                .ok_or_else(|| ApiError::not_found(Kind::Volume, vid))?;
+            self.check_attachable_volume(vol, &vm.meta)?;
+            if let Some(node) = &vol.node_id {
+                if pinned_node.as_ref().is_some_and(|p| p != node) {
+                    return Err(ApiError::conflict(
+                        "the VM's volumes live on different nodes",
+                    ));
+                }
+                pinned_node = Some(node.clone());
+            }
+        }
+        for nid in &vm.spec.nic_ids {
+            if owned_nic_ids.contains(nid.as_str()) {
+                continue;
+            }
+            let nic = self
+                .nics
+                .get(nid)
+                .ok_or_else(|| ApiError::not_found(Kind::Nic, nid))?;
+            self.check_attachable_nic(nic, &vm.meta)?;
+        }
+        // Mutate.
+        let mut changes = Vec::new();
+        for mut vol in volumes {
+            vol.node_id = vol.spec.node_id.clone();
+            vol.vm_id = Some(vm.meta.id.clone());
+            stamp_new(&mut vol.meta, index);
+            let id = vol.meta.id.clone();
+            self.volumes.insert(id.clone(), vol);
+            changes.push(self.change(Kind::Volume, &id, "created"));
+        }
+        for mut nic in nics {
+            nic.vm_id = Some(vm.meta.id.clone());
+            stamp_new(&mut nic.meta, index);
+            let id = nic.meta.id.clone();
+            self.nics.insert(id.clone(), nic);
+            changes.push(self.change(Kind::Nic, &id, "created"));
+        }
+        for vid in &vm.spec.volume_ids {
+            if let Some(vol) = self.volumes.get_mut(vid) {
+                if vol.vm_id.is_none() {
+                    vol.vm_id = Some(vm.meta.id.clone());
+                    vol.meta.revision = index;
+                    changes.push(self.change(Kind::Volume, vid, "attached"));
+                }
+            }
+        }
+        for nid in &vm.spec.nic_ids {
+            if let Some(nic) = self.nics.get_mut(nid) {
+                if nic.vm_id.is_none() {
+                    nic.vm_id = Some(vm.meta.id.clone());
+                    nic.meta.revision = index;
+                    changes.push(self.change(Kind::Nic, nid, "attached"));
+                }
+            }
+        }
+        let mut vm = vm.clone();
+        stamp_new(&mut vm.meta, index);
+        vm.node_id = None;
+        vm.scheduling = Scheduling {
+            state: "pending".into(),
+            reason: "waiting for the scheduler".into(),
+        };
+        let id = vm.meta.id.clone();
+        self.vms.insert(id.clone(), vm);
+        let change = self.change(Kind::Vm, &id, "created");
+        let value = change.object.clone().unwrap_or(Value::Null);
+        changes.push(change);
+        Ok((value, changes))
+    }
+
+    fn check_attachable_volume(&self, vol: &Volume, vm: &Meta) -> Result<(), ApiError> {
+        if vol.meta.project != vm.project {
+            return Err(ApiError::invalid(format!(
+                "volume {} is in another project",
+                vol.meta.id
+            )));
+        }
+        if let Some(other) = &vol.vm_id {
+            if other != &vm.id {
+                return Err(ApiError::conflict(format!(
+                    "volume {} is attached to VM {other}",
+                    vol.meta.id
+                ))
+                .with_details(json!({"volume_id": vol.meta.id, "vm_id": other})));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_attachable_nic(&self, nic: &Nic, vm: &Meta) -> Result<(), ApiError> {
+        if nic.meta.project != vm.project {
+            return Err(ApiError::invalid(format!(
+                "NIC {} is in another project",
+                nic.meta.id
+            )));
+        }
+        if let Some(other) = &nic.vm_id {
+            if other != &vm.id {
+                return Err(ApiError::conflict(format!(
+                    "NIC {} is attached to VM {other}",
+                    nic.meta.id
+                ))
+                .with_details(json!({"nic_id": nic.meta.id, "vm_id": other})));
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn update(
+        &mut self,
+        index: u64,
+        kind: Kind,
+        id: &str,
+        if_match: Option<u64>,
+        labels: Option<&BTreeMap<String, String>>,
+        spec: Option<&Value>,
+        now: &str,
+    ) -> Applied {
+        let meta = self
+            .meta(kind, id)
+            .ok_or_else(|| ApiError::not_found(kind, id))?
+            .clone();
+        check_if_match(if_match, meta.revision)?;
+        let parse = |v: &Value| -> Result<_, ApiError> { Ok(v.clone()) };
+        let mut spec_changed = false;
+        let mut changes = Vec::new();
+        match (kind, spec) {
+            (_, None) => {}
+            (Kind::Network, Some(v)) => {
+                let new: NetworkSpec = from_spec(parse(v)?)?;
+                let net = &self.networks[id];
+                if new.ipv4_prefix != net.spec.ipv4_prefix
+                    || new.ipv6_prefix != net.spec.ipv6_prefix
+                {
+                    return Err(ApiError::invalid("a network's prefixes cannot change"));
+                }
+                spec_changed = new != net.spec;
+                if let Some(n) = self.networks.get_mut(id) {
+                    n.spec = new;
+                }
+            }
+            (Kind::Nic, Some(v)) => {
+                let mut new: NicSpec = from_spec(parse(v)?)?;
+                let nic = &self.nics[id];
+                if new.network_id != nic.spec.network_id {
+                    return Err(ApiError::invalid("a NIC's network cannot change"));
+                }
+                // Addresses and MAC are fixed once allocated; omitted means "keep".
+                for (field, old, newv) in [
+                    ("mac_address", &nic.spec.mac_address, &mut new.mac_address),
+                    (
+                        "ipv4_address",
+                        &nic.spec.ipv4_address,
+                        &mut new.ipv4_address,
+                    ),
+                    (
+                        "ipv6_address",
+                        &nic.spec.ipv6_address,
+                        &mut new.ipv6_address,
+                    ),
+                ] {
+                    match newv {
+                        None => *newv = old.clone(),
+                        Some(x) if Some(&*x) != old.as_ref() => {
+                            return Err(ApiError::invalid(format!("{field} cannot change")))
+                        }
+                        _ => {}
+                    }
+                }
+                for sg in &new.security_group_ids {
+                    if !self.security_groups.contains_key(sg) {
+                        return Err(ApiError::not_found(Kind::SecurityGroup, sg));
+                    }
+                }
+                spec_changed = new != nic.spec;
+                if let Some(n) = self.nics.get_mut(id) {
+                    n.spec = new;
+                }
+            }
+            (Kind::SecurityGroup, Some(v)) => {
+                let new: SecurityGroupSpec = from_spec(parse(v)?)?;
+                self.check_rules(id, &new.rules)?;
+                spec_changed = new != self.security_groups[id].spec;
+                if let Some(s) = self.security_groups.get_mut(id) {
+                    s.spec = new;
+                }
+            }
+            (Kind::Template, Some(v)) => {
+                let new: TemplateSpec = from_spec(parse(v)?)?;
+                if new != self.templates[id].spec {
+                    return Err(ApiError::invalid(
+                        "a template's source cannot change; create a new template",
+                    ));
+                }
+            }
+            (Kind::Volume, Some(v)) => {
+                let new: VolumeSpec = from_spec(parse(v)?)?;
+                let vol = &self.volumes[id];
+                if new.template_id != vol.spec.template_id || new.node_id != vol.spec.node_id {
+                    return Err(ApiError::invalid(
+                        "a volume's template and node cannot change",
+                    ));
+                }
+                if new.size_bytes < vol.spec.size_bytes {
+                    return Err(ApiError::invalid("volumes only grow"));
+                }
+                spec_changed = new != vol.spec;
+                if let Some(v) = self.volumes.get_mut(id) {
+                    v.spec = new;
+                }
+            }
+            (Kind::Vm, Some(v)) => {
+                let new: VmSpec = from_spec(parse(v)?)?;
+                changes.extend(self.update_vm_spec(index, id, new)?);
+                spec_changed = true;
+            }
+            (Kind::Node, Some(v)) => {
+                let new: NodeSpec = from_spec(parse(v)?)?;
+                if let Some(n) = self.nodes.get_mut(id) {
+                    n.spec = new;
+                }
+            }
+            (Kind::Project, Some(_)) => {
+                return Err(ApiError::invalid(
+                    "projects have no spec; update labels only",
+                ))
+            }
+            (other, Some(_)) => {
+                return Err(ApiError::invalid(format!(
+                    "{} cannot be updated",
+                    other.as_str()
+                )))
+            }
+        }
+        if let Some(meta) = self.meta_mut(kind, id) {
+            if let Some(labels) = labels {
+                meta.labels = labels.clone();
+            }
+            stamp(meta, index, now, spec_changed);
+        }
+        let change = self.change(kind, id, "updated");
+        let value = change.object.clone().unwrap_or(Value::Null);
+        changes.push(change);
+        Ok((value, changes))
+    }
+
+    fn update_vm_spec(
+        &mut self,
+        index: u64,
+        id: &str,
+        mut new: VmSpec,
+    ) -> Result<Vec<Change>, ApiError> {
+        let vm = self.vms[id].clone();
+        let asks_owned = new.root_volume.is_some() || !new.network_interfaces.is_empty();
+        let changed_owned = new.root_volume != vm.spec.root_volume
+            || new.network_interfaces != vm.spec.network_interfaces;
+        if asks_owned && changed_owned {
+            return Err(ApiError::invalid(
+                "root_volume and network_interfaces are create-only; attach existing volumes and NICs with volume_ids and nic_ids",
+            ));
+        }
+        new.root_volume = vm.spec.root_volume.clone();
+        new.network_interfaces = vm.spec.network_interfaces.clone();
+        let placed = vm.node_id.is_some();
+        if placed && (new.vcpus != vm.spec.vcpus || new.memory_bytes != vm.spec.memory_bytes) {
+            // Resizing a placed VM would need a capacity re-check on its node.
+            let node = vm.node_id.clone().unwrap_or_default();
+            let mut alloc = self.allocated_on(&node);
+            alloc.vcpus = alloc.vcpus - vm.spec.vcpus + new.vcpus;
+            alloc.memory_bytes = alloc.memory_bytes - vm.spec.memory_bytes + new.memory_bytes;
+            if let Some(n) = self.nodes.get(&node) {
+                if alloc.vcpus > n.status.capacity.vcpus
+                    || alloc.memory_bytes > n.status.capacity.memory_bytes
+                {
+                    return Err(ApiError::conflict(format!(
+                        "node {node} has no capacity for the new size"
+                    )));
+                }
+            }
+        }
+        let old_vols: BTreeSet<&String> = vm.spec.volume_ids.iter().collect();
+        let new_vols: BTreeSet<&String> = new.volume_ids.iter().collect();
+        let old_nics: BTreeSet<&String> = vm.spec.nic_ids.iter().collect();
+        let new_nics: BTreeSet<&String> = new.nic_ids.iter().collect();
+        for vid in new_vols.difference(&old_vols) {
+            let vol = self
+                .volumes
+                .get(*vid)
+                .ok_or_else(|| ApiError::not_found(Kind::Volume, vid))?;
+            self.check_attachable_volume(vol, &vm.meta)?;
+            if let (Some(vn), Some(n)) = (&vol.node_id, &vm.node_id) {
+                if vn != n {
+                    return Err(ApiError::conflict(format!(
+                        "volume {vid} lives on node {vn}, the VM runs on {n}"
+                    )));
+                }
+            }
+        }
+        for vid in old_vols.difference(&new_vols) {
+            if self.volumes.get(*vid).and_then(|v| v.owner_vm_id.as_ref()) == Some(&vm.meta.id) {
+                return Err(ApiError::conflict(format!(
+                    "volume {vid} belongs to the VM and cannot be detached"
+                )));
+            }
+        }
+        for nid in new_nics.difference(&old_nics) {
+            let nic = self
+                .nics
+                .get(*nid)
+                .ok_or_else(|| ApiError::not_found(Kind::Nic, nid))?;
+            self.check_attachable_nic(nic, &vm.meta)?;
+        }
+        for nid in old_nics.difference(&new_nics) {
+            if self.nics.get(*nid).and_then(|n| n.owner_vm_id.as_ref()) == Some(&vm.meta.id) {
+                return Err(ApiError::conflict(format!(
+                    "NIC {nid} belongs to the VM and cannot be detached"
+                )));
+            }
+        }
+        let mut changes = Vec::new();
+        for vid in new_vols.difference(&old_vols) {
+            if let Some(vol) = self.volumes.get_mut(*vid) {
+                vol.vm_id = Some(vm.meta.id.clone());
+                if vol.node_id.is_none() {
+                    vol.node_id = vm.node_id.clone();
+                }
+                vol.meta.revision = index;
+                vol.meta.spec_revision = index;
+            }
+            changes.push(self.change(Kind::Volume, vid, "attached"));
+        }
+        for vid in old_vols.difference(&new_vols) {
+            if let Some(vol) = self.volumes.get_mut(*vid) {
+                vol.vm_id = None;
+                vol.meta.revision = index;
+                vol.meta.spec_revision = index;
+            }
+            changes.push(self.change(Kind::Volume, vid, "detached"));
+        }
+        for nid in new_nics.difference(&old_nics) {
+            if let Some(nic) = self.nics.get_mut(*nid) {
+                nic.vm_id = Some(vm.meta.id.clone());
+                nic.meta.revision = index;
+                nic.meta.spec_revision = index;
+            }
+            changes.push(self.change(Kind::Nic, nid, "attached"));
+        }
+        for nid in old_nics.difference(&new_nics) {
+            if let Some(nic) = self.nics.get_mut(*nid) {
+                nic.vm_id = None;
+                nic.meta.revision = index;
+                nic.meta.spec_revision = index;
+            }
+            changes.push(self.change(Kind::Nic, nid, "detached"));
+            self.counters.last_removal_revision = index;
+        }
+        if !old_vols.is_subset(&new_vols) {
+            self.counters.last_removal_revision = index;
+        }
+        if let Some(v) = self.vms.get_mut(id) {
+            v.spec = new;
+        }
+        Ok(changes)
+    }
+
+    fn delete(
+        &mut self,
+        index: u64,
+        kind: Kind,
+        id: &str,
+        if_match: Option<u64>,
+        force: bool,
+    ) -> Applied {
+        let meta = self
+            .meta(kind, id)
+            .ok_or_else(|| ApiError::not_found(kind, id))?
+            .clone();
+        check_if_match(if_match, meta.revision)?;
+        let mut changes = Vec::new();
+        match kind {
+            Kind::Project => {
+                if meta.id == DEFAULT_PROJECT_ID {
+                    return Err(ApiError::conflict("the default project cannot be deleted"));
+                }
+                let mut holders = Vec::new();
+                let p = &meta.name;
+                holders.extend(
+                    self.vms
+                        .values()
+                        .filter(|o| &o.meta.project == p)
+                        .map(|o| format!("vm/{}", o.meta.id)),
+                );
+                holders.extend(
+                    self.volumes
+                        .values()
+                        .filter(|o| &o.meta.project == p)
+                        .map(|o| format!("volume/{}", o.meta.id)),
+                );
+                holders.extend(
+                    self.nics
+                        .values()
+                        .filter(|o| &o.meta.project == p)
+                        .map(|o| format!("nic/{}", o.meta.id)),
+                );
+                holders.extend(
+                    self.networks
+                        .values()
+                        .filter(|o| &o.meta.project == p)
+                        .map(|o| format!("network/{}", o.meta.id)),
+                );
+                holders.extend(
+                    self.security_groups
+                        .values()
+                        .filter(|o| &o.meta.project == p)
+                        .map(|o| format!("security_group/{}", o.meta.id)),
+                );
+                holders.extend(
+                    self.templates
+                        .values()
+                        .filter(|o| &o.meta.project == p)
+                        .map(|o| format!("template/{}", o.meta.id)),
+                );
+                if !holders.is_empty() {
+                    return Err(in_use(
+                        format!("project {p} still holds resources"),
+                        holders,
+                    ));
+                }
+                self.projects.remove(id);
+            }
+            Kind::Network => {
+                let nics: Vec<String> = self
+                    .nics
+                    .values()
+                    .filter(|n| n.spec.network_id == id)
+                    .map(|n| n.meta.id.clone())
+                    .collect();
+                if !nics.is_empty() && !force {
+                    return Err(in_use(
+                        format!("network {id} has NICs (delete them or use force=true)"),
+                        nics.iter().map(|n| format!("nic/{n}")).collect(),
+                    ));
+                }
+                for nic_id in nics {
+                    changes.extend(self.remove_nic(index, &nic_id));
+                }
+                self.networks.remove(id);
+            }
+            Kind::Nic => {
+                if let Some(vm) = self.nics.get(id).and_then(|n| n.vm_id.clone()) {
+                    return Err(in_use(
+                        format!("NIC {id} is attached to VM {vm}"),
+                        vec![format!("vm/{vm}")],
+                    ));
+                }
+                self.nics.remove(id);
+            }
+            Kind::SecurityGroup => {
+                let mut users: Vec<String> = self
+                    .nics
+                    .values()
+                    .filter(|n| n.spec.security_group_ids.iter().any(|s| s == id))
+                    .map(|n| format!("nic/{}", n.meta.id))
+                    .collect();
+                users.extend(
+                    self.security_groups
+                        .values()
+                        .filter(|s| {
+                            s.meta.id != id
+                                && s.spec
+                                    .rules
+                                    .iter()
+                                    .any(|r| r.remote_group_id.as_deref() == Some(id))
+                        })
+                        .map(|s| format!("security_group/{}", s.meta.id)),
+                );
+                if !users.is_empty() {
+                    return Err(in_use(format!("security group {id} is in use"), users));
+                }
+                self.security_groups.remove(id);
+            }
+            Kind::Template => {
+                let clones: Vec<String> = self
+                    .volumes
+                    .values()
+                    .filter(|v| v.spec.template_id.as_deref() == Some(id))
+                    .map(|v| format!("volume/{}", v.meta.id))
+                    .collect();
+                if !clones.is_empty() {
+                    return Err(in_use(format!("template {id} has clones"), clones));
+                }
+                self.templates.remove(id);
+            }
+            Kind::Volume => {
+                if let Some(vm) = self.volumes.get(id).and_then(|v| v.vm_id.clone()) {
+                    return Err(in_use(
+                        format!("volume {id} is attached to VM {vm}"),
+                        vec![format!("vm/{vm}")],
+                    ));
+                }
+                self.volumes.remove(id);
+            }
+            Kind::Vm => {
+                changes.extend(self.remove_vm(index, id));
+                return Ok((Value::Null, changes));
+            }
+            Kind::Node => {
+                let placed: Vec<String> = self
+                    .vms
+                    .values()
+                    .filter(|v| v.node_id.as_deref() == Some(id))
+                    .map(|v| format!("vm/{}", v.meta.id))
+                    .chain(
+                        self.volumes
+                            .values()
+                            .filter(|v| v.node_id.as_deref() == Some(id))
+                            .map(|v| format!("volume/{}", v.meta.id)),
+                    )
+                    .collect();
+                if !placed.is_empty() {
+                    return Err(in_use(
+                        format!("node {id} still has resources placed on it"),
+                        placed,
+                    ));
+                }
+                self.nodes.remove(id);
+            }
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "{} cannot be deleted here",
+                    other.as_str()
+                )))
+            }
+        }
+        self.counters.last_removal_revision = index;
+        changes.push(State::removed(kind, id, &meta.project));
+        Ok((Value::Null, changes))
+    }
+
+    fn remove_nic(&mut self, index: u64, nic_id: &str) -> Vec<Change> {
+        let mut changes = Vec::new();
+        if let Some(nic) = self.nics.remove(nic_id) {
+            if let Some(vm_id) = &nic.vm_id {
+                if let Some(vm) = self.vms.get_mut(vm_id) {
+                    vm.spec.nic_ids.retain(|n| n != nic_id);
+                    vm.meta.revision = index;
+                    vm.meta.spec_revision = index;
+                    changes.push(self.change(Kind::Vm, vm_id, "updated"));
+                }
+            }
+            changes.push(State::removed(Kind::Nic, nic_id, &nic.meta.project));
+        }
+        self.counters.last_removal_revision = index;
+        changes
+    }
+
+    /// Deletes a VM: its owned volumes and NICs go with it; attached ones are detached.
+    fn remove_vm(&mut self, index: u64, vm_id: &str) -> Vec<Change> {
+        let mut changes = Vec::new();
+        let Some(vm) = self.vms.remove(vm_id) else {
+            return changes;
+        };
+        for vid in &vm.spec.volume_ids {
+            let owned = self
+                .volumes
+                .get(vid)
+                .and_then(|v| v.owner_vm_id.clone())
+                .as_deref()
+                == Some(vm_id);
+            if owned {
+                if let Some(vol) = self.volumes.remove(vid) {
+                    changes.push(State::removed(Kind::Volume, vid, &vol.meta.project));
+                }
+            } else if let Some(vol) = self.volumes.get_mut(vid) {
+                vol.vm_id = None;
+                vol.meta.revision = index;
+                vol.meta.spec_revision = index;
+                changes.push(self.change(Kind::Volume, vid, "detached"));
+            }
+        }
+        for nid in &vm.spec.nic_ids {
+            let owned = self
+                .nics
+                .get(nid)
+                .and_then(|n| n.owner_vm_id.clone())
+                .as_deref()
+                == Some(vm_id);
+            if owned {
+                if let Some(nic) = self.nics.remove(nid) {
+                    changes.push(State::removed(Kind::Nic, nid, &nic.meta.project));
+                }
+            } else if let Some(nic) = self.nics.get_mut(nid) {
+                nic.vm_id = None;
+                nic.meta.revision = index;
+                nic.meta.spec_revision = index;
+                changes.push(self.change(Kind::Nic, nid, "detached"));
+            }
+        }
+        self.counters.last_removal_revision = index;
+        changes.push(State::removed(Kind::Vm, vm_id, &vm.meta.project));
+        changes
+    }
+
+    fn register_node(&mut self, index: u64, node: &Node) -> Applied {
+        let id = node.meta.id.clone();
+        if let Some(existing) = self.nodes.get(&id) {
+            // Re-registration (agent restart): refresh what the agent says about itself.
+            if existing.meta.name != node.meta.name
+                && self.name_taken(Kind::Node, "", &node.meta.name)
+            {
+                return Err(name_exists(Kind::Node, &node.meta.name));
+            }
+            let mut updated = existing.clone();
+            updated.meta.name = node.meta.name.clone();
+            updated.meta.labels = node.meta.labels.clone();
+            updated.status.address = node.status.address.clone();
+            updated.status.capacity = node.status.capacity;
+            updated.status.agent_version = node.status.agent_version.clone();
+            updated.status.console_endpoint = node.status.console_endpoint.clone();
+            updated.console_secret = node.console_secret.clone();
+            if updated.status.state != "online" {
+                updated.status.state = "online".into();
+                updated.status.last_state_change_at = Some(node.meta.updated_at.clone());
+            }
+            if updated == *existing {
+                return Ok((
+                    self.object(Kind::Node, &id).unwrap_or(Value::Null),
+                    Vec::new(),
+                ));
+            }
+            let now = node.meta.updated_at.clone();
+            stamp(&mut updated.meta, index, &now, true);
+            self.nodes.insert(id.clone(), updated);
+            return self.updated(Kind::Node, &id);
+        }
+        if self.name_taken(Kind::Node, "", &node.meta.name) {
+            return Err(name_exists(Kind::Node, &node.meta.name));
+        }
+        let mut node = node.clone();
+        stamp_new(&mut node.meta, index);
+        self.nodes.insert(id.clone(), node);
+        self.created(Kind::Node, &id)
+    }
+
+    fn update_statuses(
+        &mut self,
+        index: u64,
+        node_id: &str,
+        reports: &[StatusReport],
+        now: &str,
+    ) -> Applied {
+        if !self.nodes.contains_key(node_id) {
+            return Err(ApiError::not_found(Kind::Node, node_id));
+        }
+        let mut accepted = 0u32;
+        let mut unknown = Vec::new();
+        let mut changes = Vec::new();
+        for report in reports {
+            let mut status = report.status.clone();
+            status.node_id = Some(node_id.to_string());
+            status.updated_at = Some(now.to_string());
+            let slot: Option<(&mut Status, &mut Meta)> = match report.kind {
+                Kind::Vm => self
+                    .vms
+                    .get_mut(&report.id)
+                    .filter(|v| v.node_id.as_deref() == Some(node_id))
+                    .map(|v| (&mut v.status, &mut v.meta)),
+                Kind::Volume => self
+                    .volumes
+                    .get_mut(&report.id)
+                    .filter(|v| v.node_id.is_none() || v.node_id.as_deref() == Some(node_id))
+                    .map(|v| (&mut v.status, &mut v.meta)),
+                Kind::Nic => self
+                    .nics
+                    .get_mut(&report.id)
+                    .map(|v| (&mut v.status, &mut v.meta)),
+                Kind::Network => self
+                    .networks
+                    .get_mut(&report.id)
+                    .map(|v| (&mut v.status, &mut v.meta)),
+                Kind::SecurityGroup => self
+                    .security_groups
+                    .get_mut(&report.id)
+                    .map(|v| (&mut v.status, &mut v.meta)),
+                Kind::Template => self
+                    .templates
+                    .get_mut(&report.id)
+                    .map(|v| (&mut v.status, &mut v.meta)),
+                _ => None,
+            };
+            let Some((slot, meta)) = slot else {
+                unknown.push(report.id.clone());
+                continue;
+            };
+            accepted += 1;
+            let mut same = slot.clone();
+            same.updated_at = status.updated_at.clone();
+            if same == status {
+                continue;
+            }
+            *slot = status;
+            meta.revision = index;
+            meta.updated_at = now.to_string();
+            changes.push(self.change(report.kind, &report.id, "status"));
+        }
+        Ok((
+            json!({"accepted": accepted, "unknown_ids": unknown}),
+            changes,
+        ))
+    }
+
+    fn schedule(
+        &mut self,
+        index: u64,
+        placements: &[Placement],
+        pending: &[(String, String)],
+        now: &str,
+    ) -> Applied {
+        let mut changes = Vec::new();
+        let mut placed = 0u32;
+        for p in placements {
+            let Some(vm) = self.vms.get(&p.vm_id) else {
+                continue;
+            };
+            if vm.node_id.is_some() {
+                continue;
+            }
+            let Some(node) = self.nodes.get(&p.node_id) else {
+                continue;
+            };
+            // Re-check capacity against the state at apply time: the decision is only applied
+            // if it is still valid.
+            let alloc = self.allocated_on(&p.node_id);
+            let storage: u64 = vm
+                .spec
+                .volume_ids
+                .iter()
+                .filter_map(|v| self.volumes.get(v))
+                .filter(|v| v.node_id.is_none())
+                .map(|v| v.spec.size_bytes)
+                .sum();
+            let cap = node.status.capacity;
+            if node.status.state != "online"
+                || alloc.vcpus + vm.spec.vcpus > cap.vcpus
+                || alloc.memory_bytes + vm.spec.memory_bytes > cap.memory_bytes
+                || alloc.storage_bytes + storage > cap.storage_bytes
+            {
+                continue;
+            }
+            let vol_ids = vm.spec.volume_ids.clone();
+            if let Some(vm) = self.vms.get_mut(&p.vm_id) {
+                vm.node_id = Some(p.node_id.clone());
+                vm.scheduling = Scheduling {
+                    state: "scheduled".into(),
+                    reason: String::new(),
+                };
+                stamp(&mut vm.meta, index, now, true);
+            }
+            for vid in vol_ids {
+                if let Some(vol) = self.volumes.get_mut(&vid) {
+                    if vol.node_id.is_none() {
+                        vol.node_id = Some(p.node_id.clone());
+                        stamp(&mut vol.meta, index, now, true);
+                        changes.push(self.change(Kind::Volume, &vid, "placed"));
+                    }
+                }
+            }
+            placed += 1;
+            changes.push(self.change(Kind::Vm, &p.vm_id, "scheduled"));
+        }
+        for (vm_id, reason) in pending {
+            if let Some(vm) = self.vms.get_mut(vm_id) {
+                if vm.node_id.is_none() && &vm.scheduling.reason != reason {
+                    vm.scheduling = Scheduling {
+                        state: "pending".into(),
+                        reason: reason.clone(),
+                    };
+                    vm.meta.revision = index;
+                    vm.meta.updated_at = now.to_string();
+                    changes.push(self.change(Kind::Vm, vm_id, "pending"));
+                }
+            }
+        }
+        Ok((json!({"placed": placed}), changes))
+    }
+
+    pub fn meta(&self, kind: Kind, id: &str) -> Option<&Meta> {
+        match kind {
+            Kind::Project => self.projects.get(id).map(|o| &o.meta),
+            Kind::Node => self.nodes.get(id).map(|o| &o.meta),
+            Kind::Network => self.networks.get(id).map(|o| &o.meta),
+            Kind::Nic => self.nics.get(id).map(|o| &o.meta),
+            Kind::SecurityGroup => self.security_groups.get(id).map(|o| &o.meta),
+            Kind::Template => self.templates.get(id).map(|o| &o.meta),
+            Kind::Volume => self.volumes.get(id).map(|o| &o.meta),
+            Kind::Vm => self.vms.get(id).map(|o| &o.meta),
+            _ => None,
+        }
+    }
+
+    fn meta_mut(&mut self, kind: Kind, id: &str) -> Option<&mut Meta> {
+        match kind {
+            Kind::Project => self.projects.get_mut(id).map(|o| &mut o.meta),
+            Kind::Node => self.nodes.get_mut(id).map(|o| &mut o.meta),
+            Kind::Network => self.networks.get_mut(id).map(|o| &mut o.meta),
+            Kind::Nic => self.nics.get_mut(id).map(|o| &mut o.meta),
+            Kind::SecurityGroup => self.security_groups.get_mut(id).map(|o| &mut o.meta),
+            Kind::Template => self.templates.get_mut(id).map(|o| &mut o.meta),
+            Kind::Volume => self.volumes.get_mut(id).map(|o| &mut o.meta),
+            Kind::Vm => self.vms.get_mut(id).map(|o| &mut o.meta),
+            _ => None,
+        }
+    }
+
+    /// Loads one persisted row (kind, id, json) into the state.
+    pub fn load_row(&mut self, kind: Kind, id: &str, json: &str) -> Result<(), serde_json::Error> {
+        let id = id.to_string();
+        match kind {
+            Kind::Project => {
+                self.projects.insert(id, serde_json::from_str(json)?);
+            }
+            Kind::Node => {
+                self.nodes.insert(id, serde_json::from_str(json)?);
+            }
+            Kind::Network => {
+                self.networks.insert(id, serde_json::from_str(json)?);
+            }
+            Kind::Nic => {
+                self.nics.insert(id, serde_json::from_str(json)?);
+            }
+            Kind::SecurityGroup => {
+                self.security_groups.insert(id, serde_json::from_str(json)?);
+            }
+            Kind::Template => {
+                self.templates.insert(id, serde_json::from_str(json)?);
+            }
+            Kind::Volume => {
+                self.volumes.insert(id, serde_json::from_str(json)?);
+            }
+            Kind::Vm => {
+                self.vms.insert(id, serde_json::from_str(json)?);
+            }
+            Kind::Token => {
+                self.tokens.insert(id, serde_json::from_str(json)?);
+            }
+            Kind::JoinToken => {
+                self.join_tokens.insert(id, serde_json::from_str(json)?);
+            }
+            Kind::Idempotency => {
+                self.idempotency.insert(id, serde_json::from_str(json)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Every row of the state as (kind, id, json), for snapshots and full rewrites.
+    pub fn rows(&self) -> Vec<(Kind, String, String)> {
+        let mut rows = Vec::new();
+        fn push<T: Serialize>(
+            rows: &mut Vec<(Kind, String, String)>,
+            kind: Kind,
+            map: &BTreeMap<String, T>,
+        ) {
+            for (id, v) in map {
+                rows.push((
+                    kind,
+                    id.clone(),
+                    serde_json::to_string(v).unwrap_or_default(),
+                ));
+            }
+        }
+        push(&mut rows, Kind::Project, &self.projects);
+        // Nodes are stored without the derived `allocated` field.
+        push(&mut rows, Kind::Node, &self.nodes);
+        push(&mut rows, Kind::Network, &self.networks);
+        push(&mut rows, Kind::Nic, &self.nics);
+        push(&mut rows, Kind::SecurityGroup, &self.security_groups);
+        push(&mut rows, Kind::Template, &self.templates);
+        push(&mut rows, Kind::Volume, &self.volumes);
+        push(&mut rows, Kind::Vm, &self.vms);
+        push(&mut rows, Kind::Token, &self.tokens);
+        push(&mut rows, Kind::JoinToken, &self.join_tokens);
+        push(&mut rows, Kind::Idempotency, &self.idempotency);
+        rows
+    }
+
+    /// The stored form of one object (what `rows` would give for it).
+    pub fn stored_json(&self, kind: Kind, id: &str) -> Option<String> {
+        let v = match kind {
+            Kind::Node => self.nodes.get(id).map(to_value),
+            _ => self.object(kind, id),
+        }?;
+        serde_json::to_string(&v).ok()
+    }
+}
+
+fn action_verb(action: &str) -> &'static str {
+    match action {
+        "start" => "start_requested",
+        "stop" => "stop_requested",
+        "kill" => "kill_requested",
+        _ => "restart_requested",
+    }
+}
+
+fn stamp_new(meta: &mut Meta, index: u64) {
+    meta.revision = index;
+    meta.spec_revision = index;
+}
+
+fn name_exists(kind: Kind, name: &str) -> ApiError {
+    ApiError::exists(format!("a {} named {name:?} already exists", kind.as_str()))
+        .with_details(json!({"kind": kind.as_str(), "name": name}))
+}
+
+fn in_use(message: String, holders: Vec<String>) -> ApiError {
+    ApiError::conflict(message).with_details(json!({"in_use_by": holders}))
+}
+
+fn from_spec<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, ApiError> {
+    serde_json::from_value(v).map_err(|e| ApiError::invalid(format!("invalid spec: {e}")))
+}
+
+/// The (kind, id) a create command creates, for the idempotency record.
+fn created_kind_id(command: &Command) -> Option<(Kind, String)> {
+    Some(match command {
+        Command::CreateProject { project } => (Kind::Project, project.meta.id.clone()),
+        Command::CreateNetwork { network } => (Kind::Network, network.meta.id.clone()),
+        Command::CreateNic { nic } => (Kind::Nic, nic.meta.id.clone()),
+        Command::CreateSecurityGroup { security_group } => {
+            (Kind::SecurityGroup, security_group.meta.id.clone())
+        }
+        Command::CreateTemplate { template } => (Kind::Template, template.meta.id.clone()),
+        Command::CreateVolume { volume } => (Kind::Volume, volume.meta.id.clone()),
+        Command::CreateVm { vm, .. } => (Kind::Vm, vm.meta.id.clone()),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(id: &str, name: &str) -> Meta {
+        Meta {
+            id: id.into(),
+            name: name.into(),
+            project: DEFAULT_PROJECT.into(),
+            labels: BTreeMap::new(),
+            revision: 0,
+            spec_revision: 0,
+            created_at: "t0".into(),
+            updated_at: "t0".into(),
+        }
+    }
+
+    fn p(command: Command) -> Proposal {
+        Proposal {
+            command,
+            idempotency: None,
+        }
+    }
+
+    fn network(id: &str, name: &str) -> Proposal {
+        p(Command::CreateNetwork {
+            network: Network {
+                meta: meta(id, name),
+                spec: NetworkSpec {
+                    ipv4_prefix: Some("10.0.0.0/24".into()),
+                    ..Default::default()
+                },
+                status: Status::default(),
+            },
+        })
+    }
+
+    fn nic(id: &str, name: &str, net: &str) -> Proposal {
+        p(Command::CreateNic {
+            nic: Nic {
+                meta: meta(id, name),
+                spec: NicSpec {
+                    network_id: net.into(),
+                    ..Default::default()
+                },
+                status: Status::default(),
+                vm_id: None,
+                owner_vm_id: None,
+            },
+        })
+    }
+
+    fn log() -> Vec<Proposal> {
+        vec![
+            network("n1", "net"),
+            nic("c1", "a", "n1"),
+            nic("c2", "b", "n1"),
+            network("n2", "net"), // refused: name taken
+            p(Command::Delete {
+                kind: Kind::Network,
+                id: "n1".into(),
+                if_match: None,
+                force: false,
+            }), // refused: NICs
+            p(Command::Delete {
+                kind: Kind::Nic,
+                id: "c1".into(),
+                if_match: None,
+                force: false,
+            }),
+            nic("c3", "c", "n1"),
+        ]
+    }
+
+    #[test]
+    fn replaying_the_same_log_gives_the_same_state_and_outcomes() {
+        let run = || {
+            let mut s = State::initial();
+            let outcomes: Vec<Outcome> = log()
+                .iter()
+                .enumerate()
+                .map(|(i, p)| s.apply(i as u64 + 1, p).0)
+                .collect();
+            (s, outcomes)
+        };
+        let (a, oa) = run();
+        let (b, ob) = run();
+        assert_eq!(a, b);
+        assert_eq!(oa, ob);
+        // c1's address was freed and reused by c3 (first free).
+        assert_eq!(a.nics["c3"].spec.ipv4_address.as_deref(), Some("10.0.0.1"));
+        assert_eq!(oa[3].result.as_ref().unwrap_err().code, "already_exists");
+        assert_eq!(oa[4].result.as_ref().unwrap_err().code, "conflict");
+    }
+
+    #[test]
+    fn a_refused_command_changes_nothing_and_emits_no_event() {
+        let mut s = State::initial();
+        for (i, prop) in log().iter().take(3).enumerate() {
+            s.apply(i as u64 + 1, prop).0.result.unwrap();
+        }
+        let before = s.clone();
+        let (outcome, changes) = s.apply(
+            10,
+            &p(Command::Delete {
+                kind: Kind::Network,
+                id: "n1".into(),
+                if_match: Some(99),
+                force: true,
+            }),
+        );
+        assert_eq!(outcome.result.unwrap_err().code, "precondition_failed");
+        assert!(changes.is_empty());
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn every_change_carries_the_revision_of_its_command() {
+        let mut s = State::initial();
+        let (_, changes) = s.apply(7, &network("n1", "net"));
+        let events: Vec<Event> = changes.iter().filter_map(|c| c.event(7)).collect();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].event_type, "network.created");
+        assert_eq!(s.networks["n1"].meta.revision, 7);
+        assert_eq!(s.networks["n1"].meta.spec_revision, 7);
+    }
+}

@@ -1,0 +1,263 @@
+//! SQLite persistence: the Raft log and vote, the materialised state machine, events and the
+//! current snapshot, all in `<data-dir>/mvirt-api.db` (WAL, `synchronous=FULL`: a transaction is
+//! on disk when `commit` returns, so an acknowledged append or apply survives a crash).
+//!
+//! The log and the state machine each own one connection (openraft drives them from different
+//! tasks). Every apply batch — changed rows, events, last applied log id — is one transaction, so
+//! the state machine is never half-applied after a crash.
+
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::model::{Event, Kind};
+use crate::state::{Counters, State};
+
+const MIGRATIONS: &[&str] = &["
+CREATE TABLE raft_log (idx INTEGER PRIMARY KEY, entry TEXT NOT NULL);
+CREATE TABLE raft_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE sm_objects (kind TEXT NOT NULL, id TEXT NOT NULL, json TEXT NOT NULL, PRIMARY KEY (kind, id));
+CREATE TABLE sm_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, revision INTEGER NOT NULL, json TEXT NOT NULL);
+CREATE INDEX events_revision ON events (revision);
+CREATE TABLE snapshot (id INTEGER PRIMARY KEY CHECK (id = 1), meta TEXT NOT NULL, data BLOB NOT NULL);
+"];
+
+/// How many events are kept for `Last-Event-ID` resumption (older ones are pruned).
+pub const EVENTS_RETAINED: i64 = 200_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open database")]
+    Open(#[from] mvirt_common::sqlite::SqliteError),
+    #[error("database error")]
+    Sql(#[from] rusqlite::Error),
+    #[error("corrupt stored JSON")]
+    Json(#[from] serde_json::Error),
+    #[error("unknown stored kind {0:?}")]
+    Kind(String),
+}
+
+pub fn open(path: &Path) -> Result<Connection, StoreError> {
+    Ok(mvirt_common::sqlite::open(path, MIGRATIONS)?)
+}
+
+// ------------------------------------------------------------------------------------ log
+
+pub fn log_get_meta(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .query_row("SELECT value FROM raft_meta WHERE key = ?1", [key], |r| {
+            r.get(0)
+        })
+        .optional()?)
+}
+
+pub fn log_set_meta(conn: &Connection, key: &str, value: &str) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO raft_meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        params![key, value],
+    )?;
+    Ok(())
+}
+
+/// Appends serialized entries `(index, json)` in one transaction (replacing same indexes).
+pub fn log_append(conn: &mut Connection, entries: &[(u64, String)]) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    {
+        let mut stmt =
+            tx.prepare_cached("INSERT OR REPLACE INTO raft_log (idx, entry) VALUES (?1, ?2)")?;
+        for (idx, json) in entries {
+            stmt.execute(params![*idx as i64, json])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+pub fn log_range(
+    conn: &Connection,
+    start: u64,
+    end_exclusive: u64,
+) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT entry FROM raft_log WHERE idx >= ?1 AND idx < ?2 ORDER BY idx")?;
+    let rows = stmt.query_map(
+        params![start as i64, end_exclusive.min(i64::MAX as u64) as i64],
+        |r| r.get::<_, String>(0),
+    )?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn log_last(conn: &Connection) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT entry FROM raft_log ORDER BY idx DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// Deletes entries with index >= `from` (conflicting suffix).
+pub fn log_truncate(conn: &Connection, from: u64) -> Result<(), StoreError> {
+    conn.execute("DELETE FROM raft_log WHERE idx >= ?1", [from as i64])?;
+    Ok(())
+}
+
+/// Deletes entries with index <= `upto` and records the purge point in the same transaction.
+pub fn log_purge(conn: &mut Connection, upto: u64, purged_json: &str) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    tx.execute("DELETE FROM raft_log WHERE idx <= ?1", [upto as i64])?;
+    tx.execute(
+        "INSERT INTO raft_meta (key, value) VALUES ('last_purged', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        [purged_json],
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------ state machine
+
+/// What the state machine loads at start.
+pub struct LoadedState {
+    pub state: State,
+    pub last_applied: Option<String>,
+    pub last_membership: Option<String>,
+}
+
+pub fn sm_load(conn: &Connection) -> Result<LoadedState, StoreError> {
+    let mut state = State::initial();
+    {
+        let mut stmt = conn.prepare("SELECT kind, id, json FROM sm_objects")?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let kind: String = row.get(0)?;
+            let id: String = row.get(1)?;
+            let json: String = row.get(2)?;
+            let kind = Kind::parse(&kind).ok_or(StoreError::Kind(kind))?;
+            state.load_row(kind, &id, &json)?;
+        }
+    }
+    if let Some(counters) = sm_get_meta(conn, "counters")? {
+        state.counters = serde_json::from_str::<Counters>(&counters)?;
+    }
+    Ok(LoadedState {
+        state,
+        last_applied: sm_get_meta(conn, "last_applied")?,
+        last_membership: sm_get_meta(conn, "last_membership")?,
+    })
+}
+
+fn sm_get_meta(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .query_row("SELECT value FROM sm_meta WHERE key = ?1", [key], |r| {
+            r.get(0)
+        })
+        .optional()?)
+}
+
+fn set_meta(tx: &rusqlite::Transaction<'_>, key: &str, value: &str) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO sm_meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        params![key, value],
+    )?;
+    Ok(())
+}
+
+/// One applied batch, prepared while the state was locked: the final form of every changed
+/// row (`None` = removed), the events, and the new applied point.
+pub struct AppliedBatch<'a> {
+    pub rows: &'a [(Kind, String, Option<String>)],
+    pub events: &'a [Event],
+    pub counters: &'a str,
+    pub last_applied: &'a str,
+    pub last_membership: &'a str,
+}
+
+pub fn sm_commit(conn: &mut Connection, batch: AppliedBatch<'_>) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    {
+        let mut upsert = tx.prepare_cached(
+            "INSERT INTO sm_objects (kind, id, json) VALUES (?1, ?2, ?3) ON CONFLICT(kind, id) DO UPDATE SET json = excluded.json",
+        )?;
+        let mut delete = tx.prepare_cached("DELETE FROM sm_objects WHERE kind = ?1 AND id = ?2")?;
+        for (kind, id, json) in batch.rows {
+            match json {
+                Some(json) => upsert.execute(params![kind.as_str(), id, json])?,
+                None => delete.execute(params![kind.as_str(), id])?,
+            };
+        }
+        let mut insert_event =
+            tx.prepare_cached("INSERT INTO events (revision, json) VALUES (?1, ?2)")?;
+        for event in batch.events {
+            insert_event.execute(params![
+                event.revision as i64,
+                serde_json::to_string(event)?
+            ])?;
+        }
+    }
+    set_meta(&tx, "counters", batch.counters)?;
+    set_meta(&tx, "last_applied", batch.last_applied)?;
+    set_meta(&tx, "last_membership", batch.last_membership)?;
+    if !batch.events.is_empty() {
+        tx.execute(
+            "DELETE FROM events WHERE seq <= (SELECT MAX(seq) FROM events) - ?1",
+            [EVENTS_RETAINED],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Replaces the whole state machine (snapshot install).
+pub fn sm_replace(
+    conn: &mut Connection,
+    state: &State,
+    last_applied: &str,
+    last_membership: &str,
+) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    tx.execute("DELETE FROM sm_objects", [])?;
+    {
+        let mut stmt =
+            tx.prepare_cached("INSERT INTO sm_objects (kind, id, json) VALUES (?1, ?2, ?3)")?;
+        for (kind, id, json) in state.rows() {
+            stmt.execute(params![kind.as_str(), id, json])?;
+        }
+    }
+    set_meta(&tx, "counters", &serde_json::to_string(&state.counters)?)?;
+    set_meta(&tx, "last_applied", last_applied)?;
+    set_meta(&tx, "last_membership", last_membership)?;
+    tx.commit()?;
+    Ok(())
+}
+
+pub fn snapshot_save(conn: &Connection, meta: &str, data: &[u8]) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO snapshot (id, meta, data) VALUES (1, ?1, ?2) ON CONFLICT(id) DO UPDATE SET meta = excluded.meta, data = excluded.data",
+        params![meta, data],
+    )?;
+    Ok(())
+}
+
+pub fn snapshot_load(conn: &Connection) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+    Ok(conn
+        .query_row("SELECT meta, data FROM snapshot WHERE id = 1", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?)
+}
+
+/// Events with revision > `after`, oldest first, at most `limit`.
+pub fn events_after(conn: &Connection, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT json FROM events WHERE revision > ?1 ORDER BY seq LIMIT ?2")?;
+    let rows = stmt.query_map(params![after as i64, limit as i64], |r| {
+        r.get::<_, String>(0)
+    })?;
+    let mut events = Vec::new();
+    for json in rows {
+        events.push(serde_json::from_str(&json?)?);
+    }
+    Ok(events)
+}

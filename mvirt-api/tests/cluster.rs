@@ -1,0 +1,569 @@
+//! A real multi-process control plane on 127.0.0.x: late joiners catch up by snapshot,
+//! replication and forwarding from followers, `kill -9` of the leader under concurrent writes
+//! with a check of the client history (no acknowledged write lost), restart with data kept,
+//! and member removal.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mvirt_api::proto::{self, node_service_client::NodeServiceClient};
+use mvirt_testsupport::net::free_port;
+use mvirt_testsupport::process::{wait_until_async, ChildGuard};
+use serde_json::{json, Value};
+
+/// Prints the members' logs when the test fails (the temp dir goes away with it).
+struct DumpLogsOnFailure(PathBuf);
+
+impl Drop for DumpLogsOnFailure {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for name in ["a", "b", "c", "d"] {
+            let path = self.0.join(name).join("member.log");
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                let lines: Vec<&str> = text.lines().collect();
+                eprintln!("===== {} (last 40 lines)", path.display());
+                for l in &lines[lines.len().saturating_sub(40)..] {
+                    eprintln!("{l}");
+                }
+            }
+        }
+    }
+}
+
+struct Proc {
+    guard: ChildGuard,
+    url: String,
+    ip: String,
+    ports: (u16, u16, u16),
+    dir: PathBuf,
+}
+
+fn spawn(ip: &str, dir: &Path, ports: (u16, u16, u16), join: Option<(&str, &str)>) -> ChildGuard {
+    std::fs::create_dir_all(dir).unwrap();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("member.log"))
+        .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mvirt-api"));
+    cmd.arg("--listen")
+        .arg(format!("{ip}:{}", ports.0))
+        .arg("--grpc-listen")
+        .arg(format!("{ip}:{}", ports.1))
+        .arg("--raft-listen")
+        .arg(format!("{ip}:{}", ports.2))
+        .arg("--data-dir")
+        .arg(dir)
+        .arg("--log-endpoint")
+        .arg("")
+        .arg("--snapshot-every")
+        .arg("40")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log));
+    if let Some((url, token)) = join {
+        cmd.arg("--join").arg(url).arg("--token").arg(token);
+    }
+    ChildGuard::spawn("mvirt-api", &mut cmd)
+}
+
+fn start(ip: &str, root: &Path, name: &str, join: Option<(&str, &str)>) -> Proc {
+    let ports = (free_port(), free_port(), free_port());
+    let dir = root.join(name);
+    let guard = spawn(ip, &dir, ports, join);
+    Proc {
+        guard,
+        url: format!("http://{ip}:{}", ports.0),
+        ip: ip.to_string(),
+        ports,
+        dir,
+    }
+}
+
+/// Every write attempt: the object name and the HTTP status (or the transport error).
+type History = Vec<(String, Result<u16, String>)>;
+
+struct Client {
+    http: reqwest::Client,
+    token: String,
+}
+
+impl Client {
+    async fn req(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        body: Option<Value>,
+        idem: Option<&str>,
+    ) -> Result<(u16, Value), String> {
+        let mut r = self
+            .http
+            .request(method, url)
+            .bearer_auth(&self.token)
+            .timeout(Duration::from_secs(20));
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        if let Some(k) = idem {
+            r = r.header("idempotency-key", k);
+        }
+        let resp = r.send().await.map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.map_err(|e| e.to_string())?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    }
+
+    async fn get(&self, url: &str) -> Option<Value> {
+        match self.req(reqwest::Method::GET, url, None, None).await {
+            Ok((200, v)) => Some(v),
+            _ => None,
+        }
+    }
+
+    async fn controlplane(&self, p: &Proc) -> Option<Value> {
+        self.get(&format!("{}/v1/controlplane", p.url)).await
+    }
+
+    async fn network_names(&self, p: &Proc) -> Option<Vec<String>> {
+        let mut names = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let url = match &token {
+                None => format!("{}/v1/networks?limit=1000", p.url),
+                Some(t) => format!("{}/v1/networks?limit=1000&page_token={t}", p.url),
+            };
+            let page = self.get(&url).await?;
+            names.extend(
+                page["items"]
+                    .as_array()?
+                    .iter()
+                    .filter_map(|n| n["name"].as_str().map(String::from)),
+            );
+            match page["next_page_token"].as_str() {
+                Some(t) => token = Some(t.to_string()),
+                None => return Some(names),
+            }
+        }
+    }
+}
+
+async fn join_token(c: &Client, leader: &Proc) -> String {
+    let (s, v) = c
+        .req(
+            reqwest::Method::POST,
+            &format!("{}/v1/controlplane/join-tokens", leader.url),
+            Some(json!({"ttl_seconds": 600})),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 201, "{v}");
+    v["token"].as_str().unwrap().to_string()
+}
+
+async fn voters(c: &Client, p: &Proc) -> usize {
+    c.controlplane(p)
+        .await
+        .and_then(|v| {
+            v["members"]
+                .as_array()
+                .map(|m| m.iter().filter(|x| x["role"] != "learner").count())
+        })
+        .unwrap_or(0)
+}
+
+fn network_body(name: &str, i: usize) -> Value {
+    json!({"name": name, "spec": {"ipv4_prefix": format!("10.{}.{}.0/24", (i / 256) % 256, i % 256)}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_member_cluster_replicates_forwards_and_survives_kill_9_of_the_leader() {
+    let root = tempfile::tempdir().unwrap();
+    let _dump = DumpLogsOnFailure(root.path().to_path_buf());
+    let suffix = std::process::id() % 200 + 20;
+    let ips: Vec<String> = (0..3)
+        .map(|i| format!("127.0.{suffix}.{}", 11 + i))
+        .collect();
+
+    // --- bootstrap A and write enough to make it snapshot and purge its log.
+    let a = start(&ips[0], root.path(), "a", None);
+    let token_path = a.dir.join("admin.token");
+    let token = wait_until_async("admin token file", Duration::from_secs(30), || async {
+        std::fs::read_to_string(&token_path)
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    })
+    .await;
+    let c = Client {
+        http: reqwest::Client::new(),
+        token,
+    };
+    wait_until_async("A serves", Duration::from_secs(30), || async {
+        c.get(&format!("{}/v1/projects", a.url)).await
+    })
+    .await;
+    for i in 0..60 {
+        let (s, v) = c
+            .req(
+                reqwest::Method::POST,
+                &format!("{}/v1/networks", a.url),
+                Some(network_body(&format!("pre-{i}"), i)),
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(s, 201, "{v}");
+    }
+    wait_until_async("A snapshots", Duration::from_secs(30), || async {
+        c.controlplane(&a)
+            .await
+            .filter(|v| v["snapshot_index"].as_u64().is_some())
+    })
+    .await;
+
+    // --- B and C join late: their logs start after A's purge, so they install the snapshot.
+    let t1 = join_token(&c, &a).await;
+    let mut b = start(&ips[1], root.path(), "b", Some((&a.url, &t1)));
+    let t2 = join_token(&c, &a).await;
+    let cc = start(&ips[2], root.path(), "c", Some((&a.url, &t2)));
+    wait_until_async("3 voters", Duration::from_secs(60), || async {
+        (voters(&c, &a).await == 3).then_some(())
+    })
+    .await;
+    // A join token is single-use.
+    let (s, v) = c
+        .req(
+            reqwest::Method::POST,
+            &format!("{}/v1/controlplane/join", a.url),
+            Some(json!({"token": t1, "api_url": "http://127.0.0.1:1", "raft_addr": "127.0.0.1:1"})),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 403, "{v}");
+    for p in [&b, &cc] {
+        let names = wait_until_async("joiner caught up", Duration::from_secs(60), || async {
+            c.network_names(p).await.filter(|n| n.len() == 60)
+        })
+        .await;
+        assert!(names.contains(&"pre-0".to_string()));
+        let cp = c.controlplane(p).await.unwrap();
+        assert!(
+            cp["snapshot_index"].as_u64().is_some(),
+            "joiner has no snapshot: {cp}"
+        );
+    }
+
+    // --- writes through a follower are forwarded; reads on any member see them.
+    let (s, v) = c
+        .req(
+            reqwest::Method::POST,
+            &format!("{}/v1/networks", b.url),
+            Some(network_body("via-b", 300)),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 201, "{v}");
+    let (s, _) = c
+        .req(
+            reqwest::Method::GET,
+            &format!("{}/v1/networks/via-b", cc.url),
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        s, 200,
+        "a read on C after an acknowledged write through B must see it (read index)"
+    );
+
+    // --- concurrent writers on every member; kill -9 the leader in the middle.
+    let leader_id = c.controlplane(&a).await.unwrap()["leader_id"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(leader_id, 1, "A bootstrapped and leads");
+    let urls = vec![a.url.clone(), b.url.clone(), cc.url.clone()];
+    let history: Arc<Mutex<History>> = Arc::new(Mutex::new(Vec::new()));
+    let acked: Arc<Mutex<BTreeMap<String, String>>> = Arc::new(Mutex::new(BTreeMap::new()));
+    let stop_at = Arc::new(Mutex::new(None::<Instant>));
+    let mut writers = Vec::new();
+    for w in 0..4usize {
+        let c = Client {
+            http: reqwest::Client::new(),
+            token: c.token.clone(),
+        };
+        let urls = urls.clone();
+        let history = history.clone();
+        let acked = acked.clone();
+        let stop_at = stop_at.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0..400usize {
+                if stop_at.lock().unwrap().is_some_and(|t| Instant::now() > t) {
+                    break;
+                }
+                let name = format!("w{w}-{i}");
+                let key = format!("key-{name}");
+                // Retry the same write (same Idempotency-Key) on other members until it is
+                // acknowledged or refused: exactly-once from the client's view.
+                for attempt in 0..40usize {
+                    let url = &urls[(w + i + attempt) % urls.len()];
+                    let r = c
+                        .req(
+                            reqwest::Method::POST,
+                            &format!("{url}/v1/networks"),
+                            Some(network_body(&name, 1000 + w * 400 + i)),
+                            Some(&key),
+                        )
+                        .await;
+                    history.lock().unwrap().push((
+                        name.clone(),
+                        r.as_ref().map(|(s, _)| *s).map_err(|e| e.clone()),
+                    ));
+                    match r {
+                        Ok((201, v)) => {
+                            acked.lock().unwrap().insert(
+                                name.clone(),
+                                v["id"].as_str().unwrap_or_default().to_string(),
+                            );
+                            break;
+                        }
+                        Ok((s, v)) if s < 500 && s != 409 => {
+                            panic!("write {name} refused: {s} {v}")
+                        }
+                        _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                }
+            }
+        }));
+    }
+    wait_until_async("writes in flight", Duration::from_secs(60), || async {
+        (acked.lock().unwrap().len() >= 20).then_some(())
+    })
+    .await;
+    let mut a = a;
+    a.guard.kill(); // SIGKILL
+    let acked_before_kill = acked.lock().unwrap().len();
+    wait_until_async("new leader", Duration::from_secs(30), || async {
+        let cp = c.controlplane(&b).await?;
+        let l = cp["leader_id"].as_u64()?;
+        (l != 1).then_some(())
+    })
+    .await;
+    wait_until_async("writes after failover", Duration::from_secs(60), || async {
+        (acked.lock().unwrap().len() >= acked_before_kill + 20).then_some(())
+    })
+    .await;
+    *stop_at.lock().unwrap() = Some(Instant::now());
+    for w in writers {
+        w.await.unwrap();
+    }
+
+    // --- history check: every acknowledged write is present exactly once, with the id that
+    // was acknowledged, on every surviving member; nothing unacknowledged and unattempted.
+    let acked = acked.lock().unwrap().clone();
+    let history = history.lock().unwrap().clone();
+    assert!(
+        history
+            .iter()
+            .any(|(_, r)| r.is_err() || r.as_ref().is_ok_and(|s| *s >= 500)),
+        "the kill was not observed by any client"
+    );
+    for p in [&b, &cc] {
+        let list = wait_until_async("full list", Duration::from_secs(30), || async {
+            c.get(&format!("{}/v1/networks?limit=1000", p.url)).await
+        })
+        .await;
+        let mut by_name: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for n in list["items"].as_array().unwrap() {
+            by_name
+                .entry(n["name"].as_str().unwrap().to_string())
+                .or_default()
+                .push(n["id"].as_str().unwrap().to_string());
+        }
+        for (name, id) in &acked {
+            let ids = by_name
+                .get(name)
+                .unwrap_or_else(|| panic!("acknowledged write {name} lost on {}", p.url));
+            assert_eq!(ids, &vec![id.clone()], "{name} on {}", p.url);
+        }
+        let attempted: std::collections::BTreeSet<&String> =
+            history.iter().map(|(n, _)| n).collect();
+        for name in by_name.keys().filter(|n| n.starts_with('w')) {
+            assert!(
+                attempted.contains(name),
+                "{name} was never written by a client"
+            );
+        }
+    }
+
+    // --- the killed member restarts from its data dir and catches up.
+    a.guard = spawn(&a.ip, &a.dir, a.ports, None);
+    let expected = c.network_names(&b).await.unwrap().len();
+    wait_until_async(
+        "restarted member catches up",
+        Duration::from_secs(60),
+        || async { c.network_names(&a).await.filter(|n| n.len() == expected) },
+    )
+    .await;
+
+    // --- NodeService on followers: register and heartbeat through one follower, watch the
+    // specs on another; the VM created through REST reaches the node's stream.
+    let leader_now = c.controlplane(&b).await.unwrap()["leader_id"]
+        .as_u64()
+        .unwrap();
+    let members = [&a, &b, &cc];
+    let mut followers = Vec::new();
+    for p in members {
+        if c.controlplane(p).await.unwrap()["member_id"].as_u64() != Some(leader_now) {
+            followers.push(p);
+        }
+    }
+    assert!(followers.len() >= 2, "expected two followers");
+    let grpc = |p: &Proc| format!("http://{}:{}", p.ip, p.ports.1);
+    let authed = |msg| {
+        let mut r = tonic::Request::new(msg);
+        r.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", c.token).parse().unwrap(),
+        );
+        r
+    };
+    let mut n1 = NodeServiceClient::connect(grpc(followers[0]))
+        .await
+        .unwrap();
+    let node_id = n1
+        .register(authed(proto::RegisterRequest {
+            name: "host-f".into(),
+            address: "192.0.2.1".into(),
+            capacity: Some(proto::NodeCapacity {
+                vcpus: 4,
+                memory_bytes: 4 << 30,
+                storage_bytes: 100 << 30,
+            }),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .node_id;
+    let mut hb = tonic::Request::new(proto::HeartbeatRequest {
+        node_id: node_id.clone(),
+        ..Default::default()
+    });
+    hb.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", c.token).parse().unwrap(),
+    );
+    n1.heartbeat(hb).await.unwrap();
+    let (s, vm) = c
+        .req(
+            reqwest::Method::POST,
+            &format!("{}/v1/vms", followers[0].url),
+            Some(json!({"name": "on-f", "spec": {"vcpus": 1, "memory_bytes": 1 << 30}})),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 201, "{vm}");
+    let mut n2 = NodeServiceClient::connect(grpc(followers[1]))
+        .await
+        .unwrap();
+    let mut w = tonic::Request::new(proto::WatchSpecsRequest {
+        node_id: node_id.clone(),
+        from_revision: 0,
+    });
+    w.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", c.token).parse().unwrap(),
+    );
+    let mut stream = n2.watch_specs(w).await.unwrap().into_inner();
+    let spec = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let spec = stream.message().await.unwrap().unwrap();
+            if spec.vms.iter().any(|v| v.id == vm["id"].as_str().unwrap()) {
+                return spec;
+            }
+        }
+    })
+    .await
+    .expect("the VM reaches the watching node through a follower");
+    assert_eq!(spec.node_id, node_id);
+    drop(stream);
+    let (s, _) = c
+        .req(
+            reqwest::Method::DELETE,
+            &format!("{}/v1/vms/on-f", followers[1].url),
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 204);
+    let mut dr = tonic::Request::new(proto::DeregisterRequest { node_id });
+    dr.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", c.token).parse().unwrap(),
+    );
+    n2.deregister(dr).await.unwrap();
+
+    // --- removal: B leaves the voters; the cluster keeps working with A and C.
+    let b_id = c.controlplane(&b).await.unwrap()["member_id"]
+        .as_u64()
+        .unwrap();
+    let (s, v) = c
+        .req(
+            reqwest::Method::DELETE,
+            &format!("{}/v1/controlplane/members/{b_id}", cc.url),
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 204, "{v}");
+    wait_until_async("B removed", Duration::from_secs(30), || async {
+        let cp = c.controlplane(&cc).await?;
+        let ids: Vec<u64> = cp["members"]
+            .as_array()?
+            .iter()
+            .filter_map(|m| m["id"].as_u64())
+            .collect();
+        (!ids.contains(&b_id)).then_some(())
+    })
+    .await;
+    b.guard.kill();
+    let (s, v) = wait_until_async("write after removal", Duration::from_secs(30), || async {
+        c.req(
+            reqwest::Method::POST,
+            &format!("{}/v1/networks", cc.url),
+            Some(network_body("after-removal", 5000)),
+            Some("after-removal"),
+        )
+        .await
+        .ok()
+        .filter(|(s, _)| *s == 201)
+    })
+    .await;
+    assert_eq!(s, 201, "{v}");
+    // Member ids are never reused: a new joiner gets a fresh one.
+    let t3 = join_token(&c, &cc).await;
+    let d = start(
+        &format!("127.0.{suffix}.14"),
+        root.path(),
+        "d",
+        Some((&cc.url, &t3)),
+    );
+    let d_id = wait_until_async("D joined", Duration::from_secs(60), || async {
+        c.controlplane(&d).await?["member_id"].as_u64()
+    })
+    .await;
+    assert!(d_id > 3, "member id {d_id} reused");
+    drop(d);
+}

@@ -1,0 +1,594 @@
+//! NodeService against a real in-process member: registration, liveness, WatchSpecs, status
+//! reports and the scheduler placing VMs on registered nodes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use mvirt_api::proto::{self, node_service_client::NodeServiceClient};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tonic::transport::Channel;
+
+fn req<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+async fn client(m: &Member) -> NodeServiceClient<Channel> {
+    NodeServiceClient::connect(m.grpc_url.clone())
+        .await
+        .expect("connect NodeService")
+}
+
+fn capacity(vcpus: u32, mem_gib: u64) -> Option<proto::NodeCapacity> {
+    Some(proto::NodeCapacity {
+        vcpus,
+        memory_bytes: mem_gib * GIB,
+        storage_bytes: 100 * GIB,
+    })
+}
+
+async fn register(
+    c: &mut NodeServiceClient<Channel>,
+    token: &str,
+    id: &str,
+    name: &str,
+    vcpus: u32,
+    mem_gib: u64,
+) -> String {
+    c.register(req(
+        proto::RegisterRequest {
+            node_id: id.into(),
+            name: name.into(),
+            address: "192.0.2.10".into(),
+            labels: [("zone".to_string(), "a".to_string())]
+                .into_iter()
+                .collect(),
+            capacity: capacity(vcpus, mem_gib),
+            agent_version: "test".into(),
+            ..Default::default()
+        },
+        token,
+    ))
+    .await
+    .expect("register")
+    .into_inner()
+    .node_id
+}
+
+async fn vm_until(m: &Member, id: &str, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+    mvirt_testsupport::process::wait_until_async(what, Duration::from_secs(20), || async {
+        let (s, v) = m.get(&format!("/v1/vms/{id}")).await;
+        (s == StatusCode::OK && cond(&v)).then_some(v)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn nodeservice_requires_a_token() {
+    let m = start_member().await;
+    let mut c = client(&m).await;
+    let err = c
+        .heartbeat(tonic::Request::new(proto::HeartbeatRequest {
+            node_id: "0b8f3c1e-2a4d-4f6b-9c1d-7e5a3b2c1d0f".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    let err = c
+        .heartbeat(req(proto::HeartbeatRequest::default(), "bogus"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn register_mints_an_id_once_and_reregistering_is_not_a_conflict() {
+    let m = start_member().await;
+    let node_token = m
+        .create("/v1/tokens", json!({"name": "agents", "role": "node"}))
+        .await["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut c = client(&m).await;
+    let id = register(&mut c, &node_token, "", "host-1", 8, 16).await;
+    assert_eq!(id.len(), 36);
+    let again = register(&mut c, &node_token, &id, "host-1", 16, 32).await;
+    assert_eq!(again, id);
+    let (_, nodes) = m.get("/v1/nodes").await;
+    let items = nodes["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["status"]["capacity"]["vcpus"], 16);
+    assert_eq!(items[0]["status"]["state"], "online");
+    // Another node cannot take the same name.
+    let err = c
+        .register(req(
+            proto::RegisterRequest {
+                name: "host-1".into(),
+                address: "192.0.2.11".into(),
+                ..Default::default()
+            },
+            &node_token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::AlreadyExists);
+    let err = c
+        .register(req(
+            proto::RegisterRequest {
+                name: "Bad Name".into(),
+                address: "x".into(),
+                ..Default::default()
+            },
+            &node_token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn a_silent_node_goes_offline_and_comes_back_with_a_heartbeat() {
+    let m = start_member_with(|c| c.node_offline_after = Duration::from_millis(600)).await;
+    let mut c = client(&m).await;
+    let id = register(&mut c, &m.token, "", "host-1", 4, 8).await;
+    let offline = mvirt_testsupport::process::wait_until_async(
+        "node offline",
+        Duration::from_secs(20),
+        || async {
+            let (_, n) = m.get(&format!("/v1/nodes/{id}")).await;
+            (n["status"]["state"] == "offline").then_some(n)
+        },
+    )
+    .await;
+    assert!(offline["status"]["last_state_change_at"].is_string());
+    c.heartbeat(req(
+        proto::HeartbeatRequest {
+            node_id: id.clone(),
+            capacity: None,
+            applied_revision: 0,
+        },
+        &m.token,
+    ))
+    .await
+    .unwrap();
+    let (_, n) = m.get(&format!("/v1/nodes/{id}")).await;
+    assert_eq!(n["status"]["state"], "online");
+    let (_, offline_list) = m.get("/v1/nodes?phase=online").await;
+    assert_eq!(offline_list["items"].as_array().unwrap().len(), 1);
+    let err = c
+        .heartbeat(req(
+            proto::HeartbeatRequest {
+                node_id: "0b8f3c1e-2a4d-4f6b-9c1d-7e5a3b2c1d0f".into(),
+                ..Default::default()
+            },
+            &m.token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+}
+
+#[tokio::test]
+async fn pending_vms_are_placed_when_capacity_appears_and_stay_pending_with_a_reason() {
+    let m = start_member().await;
+    let vm = m
+        .create(
+            "/v1/vms",
+            json!({"name": "big", "spec": {"vcpus": 4, "memory_bytes": 4 * GIB}}),
+        )
+        .await;
+    let id = vm["id"].as_str().unwrap().to_string();
+    let v = vm_until(&m, &id, "pending reason", |v| {
+        v["scheduling"]["reason"] == "no online, schedulable node"
+    })
+    .await;
+    assert!(v["node_id"].is_null());
+
+    let mut c = client(&m).await;
+    let small = register(&mut c, &m.token, "", "small", 2, 2).await;
+    let v = vm_until(&m, &id, "insufficient capacity", |v| {
+        v["scheduling"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("insufficient capacity"))
+    })
+    .await;
+    assert!(v["node_id"].is_null());
+    let (_, pending) = m.get("/v1/vms?phase=pending").await;
+    assert_eq!(pending["items"].as_array().unwrap().len(), 1);
+
+    let large = register(&mut c, &m.token, "", "large", 8, 16).await;
+    let v = vm_until(&m, &id, "placed", |v| v["node_id"].is_string()).await;
+    assert_eq!(v["node_id"], large.as_str());
+    assert_eq!(v["scheduling"]["state"], "scheduled");
+    let (_, node) = m.get(&format!("/v1/nodes/{large}")).await;
+    assert_eq!(node["allocated"]["vcpus"], 4);
+
+    // A selector that matches only the small node keeps the next VM pending.
+    let sel = m
+        .create("/v1/vms", json!({"name": "pinned", "spec": {"vcpus": 4, "memory_bytes": GIB, "node_selector": "small"}}))
+        .await;
+    let sid = sel["id"].as_str().unwrap().to_string();
+    vm_until(&m, &sid, "pending on selector", |v| {
+        v["scheduling"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("insufficient"))
+    })
+    .await;
+    let _ = small;
+    // A node with VMs placed cannot deregister.
+    let err = c
+        .deregister(req(
+            proto::DeregisterRequest {
+                node_id: large.clone(),
+            },
+            &m.token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+}
+
+#[tokio::test]
+async fn watch_specs_streams_the_full_desired_set_and_resumes_without_gaps() {
+    let m = start_member().await;
+    let mut c = client(&m).await;
+    let node = register(&mut c, &m.token, "", "host-1", 8, 16).await;
+    let net = m
+        .create(
+            "/v1/networks",
+            json!({"name": "net", "spec": {"ipv4_prefix": "10.0.0.0/24"}}),
+        )
+        .await;
+    let tpl = m
+        .create(
+            "/v1/templates",
+            json!({"name": "img", "spec": {"source_url": "file:///images/img.raw"}}),
+        )
+        .await;
+    let sg = m.create("/v1/security-groups", json!({"name": "sg", "spec": {"rules": [{"direction": "ingress", "protocol": "tcp", "port_min": 22, "port_max": 22}]}})).await;
+    let vm = m
+        .create(
+            "/v1/vms",
+            json!({"name": "web", "spec": {"vcpus": 1, "memory_bytes": GIB,
+                "root_volume": {"template_id": tpl["id"], "size_bytes": 2 * GIB},
+                "network_interfaces": [{"network_id": net["id"], "security_group_ids": [sg["id"]]}],
+                "user_data": "#cloud-config\n", "ssh_authorized_keys": ["ssh-ed25519 AAAA k"]}}),
+        )
+        .await;
+    let vm_id = vm["id"].as_str().unwrap().to_string();
+    vm_until(&m, &vm_id, "placed", |v| v["node_id"].is_string()).await;
+
+    let mut stream = c
+        .watch_specs(req(
+            proto::WatchSpecsRequest {
+                node_id: node.clone(),
+                from_revision: 0,
+            },
+            &m.token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert_eq!(first.node_id, node);
+    assert_eq!(first.vms.len(), 1);
+    let spec_vm = &first.vms[0];
+    assert_eq!(spec_vm.id, vm_id);
+    assert_eq!(spec_vm.desired_state, proto::DesiredState::Running as i32);
+    assert_eq!(spec_vm.user_data, "#cloud-config\n");
+    assert_eq!(first.volumes.len(), 1);
+    assert_eq!(first.volumes[0].template_id, tpl["id"].as_str().unwrap());
+    assert_eq!(first.volumes[0].owner_vm_id, vm_id);
+    assert_eq!(first.nics.len(), 1);
+    assert_eq!(first.nics[0].ipv4_address, "10.0.0.1");
+    assert_eq!(first.networks.len(), 1);
+    assert_eq!(first.security_groups.len(), 1);
+    assert_eq!(first.security_groups[0].rules[0].port_min, 22);
+    assert_eq!(first.templates.len(), 1);
+
+    // A change to the VM gives a new full set with a higher revision.
+    m.post(&format!("/v1/vms/{vm_id}/stop"), json!({})).await;
+    let second = stream.message().await.unwrap().unwrap();
+    assert!(second.revision > first.revision);
+    assert_eq!(
+        second.vms[0].desired_state,
+        proto::DesiredState::Stopped as i32
+    );
+    drop(stream);
+
+    // Changes while nobody watches are not lost: resuming from the last revision seen yields
+    // the current set at once; nothing older comes again.
+    m.post(&format!("/v1/vms/{vm_id}/start"), json!({})).await;
+    let mut resumed = c
+        .watch_specs(req(
+            proto::WatchSpecsRequest {
+                node_id: node.clone(),
+                from_revision: second.revision,
+            },
+            &m.token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let third = resumed.message().await.unwrap().unwrap();
+    assert!(third.revision > second.revision);
+    assert_eq!(
+        third.vms[0].desired_state,
+        proto::DesiredState::Running as i32
+    );
+
+    // Changes that do not concern this node's set (another project's network) send nothing;
+    // the next message is the VM delete, which empties the set.
+    m.create("/v1/projects", json!({"name": "other"})).await;
+    m.post(&format!("/v1/vms/{vm_id}/restart"), json!({})).await;
+    let fourth = resumed.message().await.unwrap().unwrap();
+    assert!(fourth.revision > third.revision);
+    assert_eq!(fourth.vms[0].restart_generation, 1);
+    m.delete(&format!("/v1/vms/{vm_id}")).await;
+    let fifth = resumed.message().await.unwrap().unwrap();
+    assert!(fifth.revision > fourth.revision);
+    assert!(fifth.vms.is_empty() && fifth.volumes.is_empty() && fifth.nics.is_empty());
+    assert_eq!(fifth.templates.len(), 1);
+}
+
+#[tokio::test]
+async fn status_changes_only_through_node_reports() {
+    let m = start_member().await;
+    let mut c = client(&m).await;
+    let node = register(&mut c, &m.token, "", "host-1", 8, 16).await;
+    let other = register(&mut c, &m.token, "", "host-2", 1, 1).await;
+    let tpl = m
+        .create(
+            "/v1/templates",
+            json!({"name": "img", "spec": {"source_url": "file:///images/img.raw"}}),
+        )
+        .await;
+    let vm = m
+        .create(
+            "/v1/vms",
+            json!({"name": "web", "spec": {"vcpus": 2, "memory_bytes": 2 * GIB}}),
+        )
+        .await;
+    let vm_id = vm["id"].as_str().unwrap().to_string();
+    vm_until(&m, &vm_id, "placed", |v| v["node_id"] == node.as_str()).await;
+
+    let resp = c
+        .update_resource_status(req(
+            proto::UpdateResourceStatusRequest {
+                node_id: node.clone(),
+                statuses: vec![
+                    proto::ResourceStatus {
+                        kind: proto::ResourceKind::Vm as i32,
+                        id: vm_id.clone(),
+                        phase: proto::Phase::Running as i32,
+                        message: "booted".into(),
+                        observed_revision: 7,
+                        ipv4_addresses: vec!["10.0.0.5".into()],
+                        ..Default::default()
+                    },
+                    proto::ResourceStatus {
+                        kind: proto::ResourceKind::Template as i32,
+                        id: tpl["id"].as_str().unwrap().into(),
+                        phase: proto::Phase::Importing as i32,
+                        import_bytes_done: 512,
+                        import_bytes_total: 2048,
+                        ..Default::default()
+                    },
+                    proto::ResourceStatus {
+                        kind: proto::ResourceKind::Volume as i32,
+                        id: "0b8f3c1e-2a4d-4f6b-9c1d-7e5a3b2c1d0f".into(),
+                        phase: proto::Phase::Ready as i32,
+                        ..Default::default()
+                    },
+                ],
+            },
+            &m.token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.accepted, 2);
+    assert_eq!(
+        resp.unknown_ids,
+        vec!["0b8f3c1e-2a4d-4f6b-9c1d-7e5a3b2c1d0f".to_string()]
+    );
+    let (_, v) = m.get(&format!("/v1/vms/{vm_id}")).await;
+    assert_eq!(v["status"]["phase"], "running");
+    assert_eq!(v["status"]["message"], "booted");
+    assert_eq!(v["status"]["ipv4_addresses"][0], "10.0.0.5");
+    assert_eq!(v["status"]["node_id"], node.as_str());
+    let (_, t) = m
+        .get(&format!("/v1/templates/{}", tpl["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(t["status"]["phase"], "importing");
+    assert_eq!(t["status"]["import_bytes_done"], 512);
+
+    // A node cannot report for a VM placed elsewhere.
+    let resp = c
+        .update_resource_status(req(
+            proto::UpdateResourceStatusRequest {
+                node_id: other,
+                statuses: vec![proto::ResourceStatus {
+                    kind: proto::ResourceKind::Vm as i32,
+                    id: vm_id.clone(),
+                    phase: proto::Phase::Failed as i32,
+                    ..Default::default()
+                }],
+            },
+            &m.token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.accepted, 0);
+    let (_, v) = m.get(&format!("/v1/vms/{vm_id}")).await;
+    assert_eq!(v["status"]["phase"], "running");
+    // An action does not fake a status.
+    let (_, v) = m.post(&format!("/v1/vms/{vm_id}/stop"), json!({})).await;
+    assert_eq!(v["status"]["phase"], "running");
+}
+
+/// A stand-in for mvirt-node's console relay (mvirt-node depends on this crate, so the real
+/// relay cannot be a dev-dependency here): it checks the secret and echoes input back with a
+/// prefix, after a "scrollback" line naming the VM.
+struct EchoRelay {
+    secret: String,
+}
+
+#[tonic::async_trait]
+impl proto::node_agent_server::NodeAgent for EchoRelay {
+    type ConsoleStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<proto::ConsoleFrame, tonic::Status>> + Send>,
+    >;
+
+    async fn console(
+        &self,
+        request: tonic::Request<tonic::Streaming<proto::ConsoleFrame>>,
+    ) -> Result<tonic::Response<Self::ConsoleStream>, tonic::Status> {
+        let auth = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        if auth != format!("Bearer {}", self.secret) {
+            return Err(tonic::Status::unauthenticated("bad console secret"));
+        }
+        let mut input = request.into_inner();
+        let stream = async_stream_like(move |tx| async move {
+            let mut first = true;
+            while let Ok(Some(frame)) = input.message().await {
+                if first {
+                    first = false;
+                    let _ = tx
+                        .send(Ok(proto::ConsoleFrame {
+                            vm_id: frame.vm_id.clone(),
+                            data: format!("scrollback of {}\n", frame.vm_id).into_bytes(),
+                        }))
+                        .await;
+                }
+                if !frame.data.is_empty() {
+                    let mut data = b"echo:".to_vec();
+                    data.extend_from_slice(&frame.data);
+                    if tx
+                        .send(Ok(proto::ConsoleFrame {
+                            vm_id: String::new(),
+                            data,
+                        }))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(tonic::Response::new(stream))
+    }
+}
+
+/// A channel-backed stream fed by a spawned task.
+fn async_stream_like<F, Fut>(
+    f: F,
+) -> std::pin::Pin<Box<dyn futures::Stream<Item = Result<proto::ConsoleFrame, tonic::Status>> + Send>>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<proto::ConsoleFrame, tonic::Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(f(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+#[tokio::test]
+async fn the_console_websocket_is_relayed_to_the_vms_node() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let m = start_member().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay_addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(proto::node_agent_server::NodeAgentServer::new(EchoRelay {
+                secret: "s3cret".into(),
+            }))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let mut c = client(&m).await;
+    let node = c
+        .register(req(
+            proto::RegisterRequest {
+                name: "host-1".into(),
+                address: "127.0.0.1".into(),
+                capacity: capacity(4, 8),
+                console_endpoint: format!("http://{relay_addr}"),
+                console_secret: "s3cret".into(),
+                ..Default::default()
+            },
+            &m.token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .node_id;
+    // The secret is never shown.
+    let (_, n) = m.get(&format!("/v1/nodes/{node}")).await;
+    assert!(!n.to_string().contains("s3cret"), "{n}");
+    assert_eq!(
+        n["status"]["console_endpoint"],
+        format!("http://{relay_addr}")
+    );
+
+    let vm = m
+        .create(
+            "/v1/vms",
+            json!({"name": "web", "spec": {"vcpus": 1, "memory_bytes": GIB}}),
+        )
+        .await;
+    let vm_id = vm["id"].as_str().unwrap().to_string();
+    vm_until(&m, &vm_id, "placed", |v| v["node_id"] == node.as_str()).await;
+
+    // Without a token the upgrade is refused.
+    let ws_url = format!("{}/v1/vms/web/console", m.url.replace("http://", "ws://"));
+    assert!(tokio_tungstenite::connect_async(ws_url.clone())
+        .await
+        .is_err());
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("{ws_url}?access_token={}", m.token))
+            .await
+            .expect("console websocket");
+    let first = ws.next().await.unwrap().unwrap();
+    assert_eq!(
+        first.into_data().as_ref(),
+        format!("scrollback of {vm_id}\n").as_bytes()
+    );
+    ws.send(Message::Binary(b"ls\n".to_vec().into()))
+        .await
+        .unwrap();
+    let echoed = ws.next().await.unwrap().unwrap();
+    assert_eq!(echoed.into_data().as_ref(), b"echo:ls\n");
+    ws.close(None).await.unwrap();
+
+    // A VM that is not placed has no console.
+    let pending = m
+        .create(
+            "/v1/vms",
+            json!({"name": "huge", "spec": {"vcpus": 64, "memory_bytes": GIB}}),
+        )
+        .await;
+    let (s, v) = m
+        .get(&format!(
+            "/v1/vms/{}/console",
+            pending["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_error(s, &v, 409, "conflict");
+}
