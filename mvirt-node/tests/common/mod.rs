@@ -47,6 +47,7 @@ pub struct HostDaemons {
     pub vmm: Option<mvirt_vmm::RunningVmm>,
     pub vmm_config: mvirt_vmm::vmm::VmmConfig,
     pin_dir: PathBuf,
+    tunnel_device: String,
 }
 
 impl HostDaemons {
@@ -80,6 +81,7 @@ impl HostDaemons {
             "/sys/fs/bpf/mvirt-node-test-{}",
             mvirt_testsupport::unique_suffix()
         ));
+        let tunnel_device = format!("mvg{}", mvirt_testsupport::unique_suffix());
         let ebpf_config = mvirt_ebpf::DaemonConfig {
             data_dir: dir.join("ebpf"),
             pin_dir: pin_dir.clone(),
@@ -87,7 +89,7 @@ impl HostDaemons {
             conntrack_timeout_secs: 600,
             uplink: None,
             nft_table: format!("mvnt{}", mvirt_testsupport::unique_suffix()),
-            tunnel_device: format!("mvg{}", mvirt_testsupport::unique_suffix()),
+            tunnel_device: tunnel_device.clone(),
             tunnel_port: mvirt_testsupport::net::free_port(),
             guest_mtu: 1450,
             log_endpoint: log_endpoint.to_string(),
@@ -123,6 +125,7 @@ impl HostDaemons {
             vmm: Some(vmm),
             vmm_config,
             pin_dir,
+            tunnel_device,
         }
     }
 
@@ -139,8 +142,52 @@ impl HostDaemons {
 }
 
 impl Drop for HostDaemons {
+    /// Leaves nothing behind, even when the test failed: guests are killed, NICs (whose TAPs
+    /// are persistent by design) deleted, the tunnel device and pinned maps removed.
     fn drop(&mut self) {
+        let vmm = self.endpoints.vmm.clone();
+        let ebpf = self.endpoints.ebpf.clone();
+        let cleanup = async move {
+            use mvirt_ebpf::proto::net_service_client::NetServiceClient;
+            use mvirt_vmm::proto::vm_service_client::VmServiceClient;
+            if let Ok(mut client) = VmServiceClient::connect(vmm).await {
+                if let Ok(vms) = client
+                    .list_vms(mvirt_vmm::proto::ListVmsRequest::default())
+                    .await
+                {
+                    for vm in vms.into_inner().vms {
+                        let _ = client
+                            .kill_vm(mvirt_vmm::proto::KillVmRequest { id: vm.id.clone() })
+                            .await;
+                        let _ = client
+                            .delete_vm(mvirt_vmm::proto::DeleteVmRequest {
+                                id: vm.id,
+                                force: true,
+                            })
+                            .await;
+                    }
+                }
+            }
+            if let Ok(mut client) = NetServiceClient::connect(ebpf).await {
+                if let Ok(nics) = client
+                    .list_nics(mvirt_ebpf::proto::ListNicsRequest::default())
+                    .await
+                {
+                    for nic in nics.into_inner().nics {
+                        let _ = client
+                            .delete_nic(mvirt_ebpf::proto::DeleteNicRequest { id: nic.id })
+                            .await;
+                    }
+                }
+            }
+        };
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            tokio::task::block_in_place(|| handle.block_on(cleanup));
+        }
         self.shutdown.trigger();
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.tunnel_device])
+            .output();
         let _ = std::fs::remove_dir_all(&self.pin_dir);
     }
 }
