@@ -51,9 +51,11 @@ pub fn ensure_zfs_fuse() {
             panic!("cannot start zfs-fuse ({e}); run scripts/setup.sh to install zfs-fuse")
         });
     assert!(status.success(), "zfs-fuse exited with {status}");
-    wait_until("zfs-fuse to answer `zpool list`", Duration::from_secs(30), || {
-        zpool_answers().then_some(())
-    });
+    wait_until(
+        "zfs-fuse to answer `zpool list`",
+        Duration::from_secs(30),
+        || zpool_answers().then_some(()),
+    );
 }
 
 fn run(program: &str, args: &[&str]) -> Result<String, String> {
@@ -80,7 +82,8 @@ pub struct TestPool {
     pub mountpoint: PathBuf,
     /// The sparse file backing the pool.
     pub image: PathBuf,
-    dir: tempfile::TempDir,
+    /// `None` only while dropping.
+    dir: Option<tempfile::TempDir>,
 }
 
 impl TestPool {
@@ -115,7 +118,7 @@ impl TestPool {
             name,
             mountpoint,
             image,
-            dir,
+            dir: Some(dir),
         }
     }
 
@@ -126,7 +129,7 @@ impl TestPool {
 
     /// The temporary directory holding the backing file (tests may put other files here).
     pub fn dir(&self) -> &Path {
-        self.dir.path()
+        self.image.parent().unwrap_or(Path::new("/tmp"))
     }
 }
 
@@ -142,6 +145,11 @@ impl Drop for TestPool {
             }
             std::thread::sleep(Duration::from_millis(250));
         }
-        eprintln!("warning: could not destroy test pool {}: {last}", self.name);
+        // Keep the backing file: a pool whose file vanished can no longer be cleaned up.
+        let kept = self.dir.take().map(|d| d.keep());
+        eprintln!(
+            "warning: could not destroy test pool {} (backing file kept in {kept:?}): {last}",
+            self.name
+        );
     }
 }

@@ -1,0 +1,349 @@
+//! The `zfs` command-line wrapper: datasets, properties, snapshots, clones, send/receive.
+//!
+//! Works the same on kernel ZFS and on zfs-fuse, so it uses only what both have: no `-p` on
+//! `zfs list` (values come from `zfs get -H -p`), no `clones` property (dependents are found by
+//! scanning `origin`). zfs-fuse sometimes answers "dataset is busy" right after a create or
+//! mount; the mutating calls that hit it are retried with a bounded backoff.
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+use mvirt_common::{ErrorKind, HasErrorKind};
+
+use crate::command::{self, CommandError};
+
+const ZFS: &str = "zfs";
+/// Attempts for operations that zfs-fuse may report as busy (about 6 s in total).
+const BUSY_ATTEMPTS: u32 = 12;
+
+/// Failure of a `zfs` call, classified from its stderr.
+#[derive(Debug, thiserror::Error)]
+pub enum ZfsError {
+    #[error("dataset {0} does not exist")]
+    NotFound(String),
+    #[error("dataset {0} already exists")]
+    AlreadyExists(String),
+    #[error("dataset {0} has dependent clones")]
+    HasDependents(String),
+    #[error("dataset {0} is busy")]
+    Busy(String),
+    #[error("zfs failed")]
+    Command(#[source] CommandError),
+    #[error("unexpected zfs output: {0}")]
+    Parse(String),
+}
+
+impl HasErrorKind for ZfsError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            ZfsError::NotFound(_) => ErrorKind::NotFound,
+            ZfsError::AlreadyExists(_) => ErrorKind::AlreadyExists,
+            ZfsError::HasDependents(_) | ZfsError::Busy(_) => ErrorKind::FailedPrecondition,
+            ZfsError::Command(_) | ZfsError::Parse(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+fn classify(target: &str, err: CommandError) -> ZfsError {
+    let stderr = err.stderr();
+    if stderr.contains("does not exist") {
+        ZfsError::NotFound(target.to_string())
+    } else if stderr.contains("already exists") {
+        ZfsError::AlreadyExists(target.to_string())
+    } else if stderr.contains("dependent clones") {
+        ZfsError::HasDependents(target.to_string())
+    } else if stderr.contains("busy") {
+        ZfsError::Busy(target.to_string())
+    } else {
+        ZfsError::Command(err)
+    }
+}
+
+/// Property values of one dataset, by property name.
+pub type Properties = BTreeMap<String, String>;
+
+/// Thin typed access to the `zfs` program.
+#[derive(Debug, Clone, Default)]
+pub struct Zfs;
+
+impl Zfs {
+    async fn zfs(&self, target: &str, args: &[&str]) -> Result<String, ZfsError> {
+        command::run(ZFS, args)
+            .await
+            .map_err(|err| classify(target, err))
+    }
+
+    /// Runs a mutating call, retrying while zfs-fuse says the dataset is busy.
+    async fn zfs_retrying(&self, target: &str, args: &[&str]) -> Result<String, ZfsError> {
+        let mut delay = Duration::from_millis(50);
+        let mut attempt = 1;
+        loop {
+            match self.zfs(target, args).await {
+                Err(ZfsError::Busy(_)) if attempt < BUSY_ATTEMPTS => {
+                    tracing::debug!(target, attempt, "dataset busy, retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_millis(1000));
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Whether the dataset (or snapshot) exists.
+    pub async fn exists(&self, dataset: &str) -> Result<bool, ZfsError> {
+        match self
+            .zfs(dataset, &["get", "-H", "-o", "value", "type", dataset])
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(ZfsError::NotFound(_)) => Ok(false),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// `zfs create [-p] -o k=v ... dataset`.
+    pub async fn create(
+        &self,
+        dataset: &str,
+        parents: bool,
+        props: &[(&str, &str)],
+    ) -> Result<(), ZfsError> {
+        let opts: Vec<String> = props.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut args = vec!["create"];
+        if parents {
+            args.push("-p");
+        }
+        for opt in &opts {
+            args.push("-o");
+            args.push(opt);
+        }
+        args.push(dataset);
+        match self.zfs_retrying(dataset, &args).await {
+            // zfs-fuse sometimes creates the dataset but fails to mount it under load.
+            Err(ZfsError::Command(err))
+                if err
+                    .stderr()
+                    .contains("successfully created, but not mounted") =>
+            {
+                tracing::warn!(dataset, "dataset created but not mounted, mounting it");
+                self.mount(dataset).await
+            }
+            other => other.map(drop),
+        }
+    }
+
+    /// `zfs mount dataset`, retried a few times (zfs-fuse under load).
+    pub async fn mount(&self, dataset: &str) -> Result<(), ZfsError> {
+        let mut delay = Duration::from_millis(100);
+        let mut attempt = 1;
+        loop {
+            match self.zfs(dataset, &["mount", dataset]).await {
+                Ok(_) => return Ok(()),
+                Err(ZfsError::Command(err)) if err.stderr().contains("already mounted") => {
+                    return Ok(())
+                }
+                Err(_) if attempt < BUSY_ATTEMPTS => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_millis(1000));
+                    attempt += 1;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// `zfs set k=v dataset`.
+    pub async fn set(&self, dataset: &str, key: &str, value: &str) -> Result<(), ZfsError> {
+        let kv = format!("{key}={value}");
+        self.zfs_retrying(dataset, &["set", &kv, dataset])
+            .await
+            .map(drop)
+    }
+
+    /// Property values of `dataset` (and its descendants when `recursive`), parsed from
+    /// `zfs get -H -p`. Unset values are `-`.
+    pub async fn get(
+        &self,
+        dataset: &str,
+        props: &[&str],
+        recursive: bool,
+    ) -> Result<BTreeMap<String, Properties>, ZfsError> {
+        let list = props.join(",");
+        let mut args = vec!["get", "-H", "-p"];
+        if recursive {
+            args.push("-r");
+        }
+        args.extend(["-o", "name,property,value", &list, dataset]);
+        let out = self.zfs(dataset, &args).await?;
+        let mut result: BTreeMap<String, Properties> = BTreeMap::new();
+        for line in out.lines().filter(|l| !l.is_empty()) {
+            let mut fields = line.splitn(3, '\t');
+            let (Some(name), Some(prop), Some(value)) =
+                (fields.next(), fields.next(), fields.next())
+            else {
+                return Err(ZfsError::Parse(line.to_string()));
+            };
+            result
+                .entry(name.to_string())
+                .or_default()
+                .insert(prop.to_string(), value.to_string());
+        }
+        Ok(result)
+    }
+
+    /// One numeric property of one dataset.
+    pub async fn get_u64(&self, dataset: &str, prop: &str) -> Result<u64, ZfsError> {
+        let props = self.get(dataset, &[prop], false).await?;
+        let value = props
+            .get(dataset)
+            .and_then(|p| p.get(prop))
+            .ok_or_else(|| ZfsError::Parse(format!("no {prop} for {dataset}")))?;
+        value
+            .parse()
+            .map_err(|_| ZfsError::Parse(format!("{prop} of {dataset} = {value:?}")))
+    }
+
+    /// Names of the snapshots directly under `dataset`, oldest first.
+    pub async fn snapshots(&self, dataset: &str) -> Result<Vec<String>, ZfsError> {
+        let out = self
+            .zfs(
+                dataset,
+                &[
+                    "list", "-H", "-t", "snapshot", "-o", "name", "-s", "creation", "-r", dataset,
+                ],
+            )
+            .await?;
+        let prefix = format!("{dataset}@");
+        Ok(out
+            .lines()
+            .filter(|l| l.starts_with(&prefix))
+            .map(str::to_string)
+            .collect())
+    }
+
+    /// `zfs snapshot dataset@name`.
+    pub async fn snapshot(&self, snapshot: &str) -> Result<(), ZfsError> {
+        self.zfs_retrying(snapshot, &["snapshot", snapshot])
+            .await
+            .map(drop)
+    }
+
+    /// `zfs clone -o k=v ... snapshot dataset`.
+    pub async fn clone_snapshot(
+        &self,
+        snapshot: &str,
+        dataset: &str,
+        props: &[(&str, &str)],
+    ) -> Result<(), ZfsError> {
+        let opts: Vec<String> = props.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut args = vec!["clone"];
+        for opt in &opts {
+            args.push("-o");
+            args.push(opt);
+        }
+        args.push(snapshot);
+        args.push(dataset);
+        self.zfs_retrying(dataset, &args).await.map(drop)
+    }
+
+    /// `zfs destroy [-r] target`.
+    pub async fn destroy(&self, target: &str, recursive: bool) -> Result<(), ZfsError> {
+        let mut args = vec!["destroy"];
+        if recursive {
+            args.push("-r");
+        }
+        args.push(target);
+        self.zfs_retrying(target, &args).await.map(drop)
+    }
+
+    /// Destroys `target` if it exists (recursively): for clean-up paths.
+    pub async fn destroy_if_exists(&self, target: &str) -> Result<(), ZfsError> {
+        match self.destroy(target, true).await {
+            Err(ZfsError::NotFound(_)) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// `zfs rollback -r snapshot` (newer snapshots are destroyed).
+    pub async fn rollback(&self, snapshot: &str) -> Result<(), ZfsError> {
+        self.zfs_retrying(snapshot, &["rollback", "-r", snapshot])
+            .await
+            .map(drop)
+    }
+
+    /// `zfs send snapshot | zfs recv dataset`, the two processes joined by a pipe (no shell).
+    pub async fn send_receive(&self, snapshot: &str, dataset: &str) -> Result<(), ZfsError> {
+        tracing::debug!(snapshot, dataset, "zfs send | zfs recv");
+        let (snap, ds) = (snapshot.to_string(), dataset.to_string());
+        let joined = tokio::task::spawn_blocking(move || send_receive_blocking(&snap, &ds)).await;
+        match joined {
+            Ok(result) => result,
+            Err(err) => Err(ZfsError::Parse(format!("zfs send/recv task: {err}"))),
+        }
+    }
+}
+
+fn send_receive_blocking(snapshot: &str, dataset: &str) -> Result<(), ZfsError> {
+    use std::io::Read;
+    use std::process::Command;
+    let spawn_err = |program: &str, source| {
+        ZfsError::Command(CommandError::Spawn {
+            program: program.to_string(),
+            source,
+        })
+    };
+    let mut send = Command::new(ZFS)
+        .args(["send", snapshot])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| spawn_err("zfs send", e))?;
+    let Some(send_out) = send.stdout.take() else {
+        let _ = send.kill();
+        let _ = send.wait();
+        return Err(ZfsError::Parse("zfs send has no stdout".into()));
+    };
+    let recv = Command::new(ZFS)
+        .args(["recv", dataset])
+        .stdin(Stdio::from(send_out))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output();
+    let mut send_stderr = String::new();
+    if let Some(mut err) = send.stderr.take() {
+        let _ = err.read_to_string(&mut send_stderr);
+    }
+    let send_status = send.wait();
+    let recv = recv.map_err(|e| spawn_err("zfs recv", e))?;
+    if !recv.status.success() {
+        return Err(classify(
+            dataset,
+            CommandError::Failed {
+                program: ZFS.into(),
+                args: format!("recv {dataset}"),
+                status: recv.status.to_string(),
+                stderr: String::from_utf8_lossy(&recv.stderr).trim().to_string(),
+            },
+        ));
+    }
+    match send_status {
+        Ok(status) if status.success() => Ok(()),
+        status => Err(classify(
+            snapshot,
+            CommandError::Failed {
+                program: ZFS.into(),
+                args: format!("send {snapshot}"),
+                status: format!("{status:?}"),
+                stderr: send_stderr.trim().to_string(),
+            },
+        )),
+    }
+}
+
+/// Parses a `compressratio` value such as `1.53x` (or `1.53`).
+pub fn parse_ratio(value: &str) -> Option<f64> {
+    value.trim().trim_end_matches('x').parse().ok()
+}

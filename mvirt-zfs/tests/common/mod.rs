@@ -1,0 +1,355 @@
+//! Fixtures for mvirt-zfs integration tests: a daemon on its own zfs-fuse pool, a tiny HTTP
+//! server for import sources, and disk images.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use mvirt_common::Shutdown;
+use mvirt_testsupport::zfs::TestPool;
+use mvirt_zfs::proto::zfs_service_client::ZfsServiceClient;
+use mvirt_zfs::proto::{self, ImportPhase};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+
+pub type Client = ZfsServiceClient<Channel>;
+
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// mvirt-zfs served in-process on a pool of its own.
+pub struct Daemon {
+    pub client: Client,
+    pub addr: SocketAddr,
+    pub config: mvirt_zfs::Config,
+    shutdown: Shutdown,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Daemon {
+    pub async fn start(config: mvirt_zfs::Config) -> Self {
+        mvirt_common::telemetry::init_for_tests();
+        let shutdown = Shutdown::new();
+        let daemon = mvirt_zfs::Daemon::prepare(&config, &shutdown)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "mvirt-zfs did not start: {}",
+                    mvirt_common::error::error_chain(&e)
+                )
+            });
+        let listener = mvirt_common::grpc::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let serve_shutdown = shutdown.clone();
+        let task = tokio::spawn(async move {
+            daemon.serve(listener, serve_shutdown).await.unwrap();
+        });
+        let client = ZfsServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        Self {
+            client,
+            addr,
+            config,
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    /// Stops serving (running imports are interrupted) and waits for the server to end.
+    pub async fn stop(mut self) -> mvirt_zfs::Config {
+        self.shutdown.trigger();
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+        }
+        self.config.clone()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}
+
+/// A pool, directories and a daemon on them.
+pub struct Fixture {
+    pub daemon: Daemon,
+    pub import_dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub pool: TestPool,
+    pub dirs: tempfile::TempDir,
+}
+
+impl Fixture {
+    pub async fn start() -> Self {
+        let pool = TestPool::create();
+        let dirs = tempfile::tempdir().unwrap();
+        let import_dir = dirs.path().join("import");
+        let data_dir = dirs.path().join("data");
+        std::fs::create_dir_all(&import_dir).unwrap();
+        let config = config_for(&pool, &data_dir, &import_dir);
+        let daemon = Daemon::start(config).await;
+        Self {
+            daemon,
+            import_dir,
+            data_dir,
+            pool,
+            dirs,
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        self.daemon.client.clone()
+    }
+
+    /// Whether a dataset exists in the pool (asked of `zfs` directly, not the daemon).
+    pub fn dataset_exists(&self, relative: &str) -> bool {
+        Command::new("zfs")
+            .args([
+                "get",
+                "-H",
+                "-o",
+                "value",
+                "type",
+                &self.pool.dataset(relative),
+            ])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    }
+}
+
+pub fn config_for(pool: &TestPool, data_dir: &Path, import_dir: &Path) -> mvirt_zfs::Config {
+    mvirt_zfs::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        pool: pool.name.clone(),
+        parent_dataset: "mvirt".into(),
+        data_dir: data_dir.to_path_buf(),
+        import_dir: Some(import_dir.to_path_buf()),
+        log_endpoint: String::new(),
+        compression: "on".into(),
+    }
+}
+
+/// Runs a program, panicking with its stderr on failure.
+pub fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A raw disk image: MBR boot signature, pseudo-random data in every other MiB, zeros between.
+pub fn make_disk_image(path: &Path, size: u64, seed: u64) {
+    let mut data = vec![0u8; size as usize];
+    let mut x = seed | 1;
+    for (i, block) in data.chunks_mut(1 << 20).enumerate() {
+        if i.is_multiple_of(2) {
+            for chunk in block.chunks_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let bytes = x.to_le_bytes();
+                chunk.copy_from_slice(&bytes[..chunk.len()]);
+            }
+        }
+    }
+    data[510] = 0x55;
+    data[511] = 0xaa;
+    std::fs::write(path, &data).unwrap();
+}
+
+pub fn sha256_file(path: &Path) -> String {
+    let data = std::fs::read(path).unwrap();
+    hex::encode(Sha256::digest(&data))
+}
+
+/// Follows `WatchImport` to the end; returns every state seen.
+pub async fn watch_to_end(client: &mut Client, job_id: &str) -> Vec<proto::ImportJob> {
+    let mut stream = client
+        .watch_import(proto::WatchImportRequest {
+            job_id: job_id.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let next = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .expect("import did not finish within 120 s");
+        match next {
+            Some(Ok(job)) => seen.push(job),
+            Some(Err(status)) => panic!("watch failed: {status}"),
+            None => break,
+        }
+    }
+    seen
+}
+
+pub fn phase(job: &proto::ImportJob) -> ImportPhase {
+    ImportPhase::try_from(job.phase).unwrap()
+}
+
+/// Imports and waits; panics unless the job completes.
+pub async fn import_ok(
+    client: &mut Client,
+    request: proto::ImportTemplateRequest,
+) -> proto::ImportJob {
+    let job = client.import_template(request).await.unwrap().into_inner();
+    let seen = watch_to_end(client, &job.id).await;
+    let last = seen.last().unwrap().clone();
+    assert_eq!(
+        phase(&last),
+        ImportPhase::Completed,
+        "import failed: {}",
+        last.error
+    );
+    last
+}
+
+pub fn import_request(id: &str, name: &str, url: &str) -> proto::ImportTemplateRequest {
+    proto::ImportTemplateRequest {
+        id: id.to_string(),
+        name: name.to_string(),
+        source_url: url.to_string(),
+        ..Default::default()
+    }
+}
+
+/// A minimal HTTP/1.1 file server on 127.0.0.1 for import sources.
+///
+/// `GET /<file>` serves the file from its directory; `GET /stall/<file>` announces the whole
+/// file, sends its first MiB and then stalls until the client goes away (to catch an import in
+/// the middle of its download); `GET /slow/<file>` sends 256 KiB every 25 ms (about 10 MB/s).
+/// Missing files are 404.
+pub struct HttpServer {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HttpServer {
+    pub async fn start(root: &Path) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let root = root.to_path_buf();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let root = root.clone();
+                tokio::spawn(async move {
+                    let _ = serve_connection(stream, &root).await;
+                });
+            }
+        });
+        Self { addr, task }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}/{path}", self.addr)
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Full,
+    Slow,
+    Stall,
+}
+
+async fn serve_connection(mut stream: tokio::net::TcpStream, root: &Path) -> std::io::Result<()> {
+    let mut request = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 || request.len() > 16 * 1024 {
+            return Ok(());
+        }
+        request.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&request);
+    let path = text
+        .lines()
+        .next()
+        .and_then(|line| line.split_whitespace().nth(1))
+        .unwrap_or("/")
+        .trim_start_matches('/')
+        .to_string();
+    let (mode, name) = if let Some(rest) = path.strip_prefix("stall/") {
+        (Mode::Stall, rest.to_string())
+    } else if let Some(rest) = path.strip_prefix("slow/") {
+        (Mode::Slow, rest.to_string())
+    } else {
+        (Mode::Full, path)
+    };
+    let file_path = root.join(&name);
+    if name.contains("..") || !file_path.is_file() {
+        let body = b"not found";
+        stream
+            .write_all(
+                format!(
+                    "HTTP/1.1 404 Not Found\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                )
+                .as_bytes(),
+            )
+            .await?;
+        stream.write_all(body).await?;
+        return Ok(());
+    }
+    let mut file = tokio::fs::File::open(&file_path).await?;
+    let len = file.metadata().await?.len();
+    stream
+        .write_all(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await?;
+    if mode == Mode::Slow {
+        let mut piece = vec![0u8; 256 * 1024];
+        loop {
+            let n = file.read(&mut piece).await?;
+            if n == 0 {
+                break;
+            }
+            stream.write_all(&piece[..n]).await?;
+            stream.flush().await?;
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        return Ok(());
+    }
+    if mode == Mode::Stall {
+        let mut first = vec![0u8; (1 << 20).min(len as usize)];
+        file.read_exact(&mut first).await?;
+        stream.write_all(&first).await?;
+        stream.flush().await?;
+        // Hold the connection open without sending more, until the client closes it.
+        let mut sink = [0u8; 64];
+        while stream.read(&mut sink).await? > 0 {}
+        return Ok(());
+    }
+    tokio::io::copy(&mut file, &mut stream).await?;
+    stream.flush().await?;
+    Ok(())
+}
