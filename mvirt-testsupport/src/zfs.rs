@@ -58,10 +58,35 @@ pub fn ensure_zfs_fuse() {
     );
 }
 
+/// Runs a zfs/zpool command, killing it after 120 s: a wedged zfs-fuse must fail the test
+/// loudly instead of hanging the suite.
 fn run(program: &str, args: &[&str]) -> Result<String, String> {
-    let output = Command::new(program)
+    let mut child = Command::new(program)
         .args(args)
-        .output()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "{program} {} timed out (zfs-fuse wedged?)",
+                    args.join(" ")
+                ));
+            }
+        }
+    }
+    let output = child
+        .wait_with_output()
         .map_err(|e| format!("cannot run {program}: {e}"))?;
     if output.status.success() {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())

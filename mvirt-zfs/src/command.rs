@@ -17,6 +17,12 @@ pub enum CommandError {
         #[source]
         source: std::io::Error,
     },
+    #[error("`{program} {args}` did not finish within {seconds} s (killed)")]
+    TimedOut {
+        program: String,
+        args: String,
+        seconds: u64,
+    },
     #[error("`{program} {args}` failed ({status}): {stderr}")]
     Failed {
         program: String,
@@ -31,22 +37,33 @@ impl CommandError {
     pub fn stderr(&self) -> &str {
         match self {
             CommandError::Failed { stderr, .. } => stderr,
-            CommandError::Spawn { .. } => "",
+            CommandError::Spawn { .. } | CommandError::TimedOut { .. } => "",
         }
     }
 }
 
-/// Runs `program` with `args`, returning its stdout when it exits with status 0.
+/// How long an administrative command (`zfs`, `qemu-img info`) may take. zfs-fuse has been
+/// seen to wedge: a bounded wait turns that into an error instead of a hung operation.
+pub const RUN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Runs `program` with `args`, returning its stdout when it exits with status 0 within
+/// [`RUN_TIMEOUT`] (the child is killed otherwise).
 pub async fn run(program: &str, args: &[&str]) -> Result<String, CommandError> {
     tracing::debug!(program, ?args, "running");
-    let output = Command::new(program)
+    let child = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
-        .output()
+        .output();
+    let output = tokio::time::timeout(RUN_TIMEOUT, child)
         .await
+        .map_err(|_| CommandError::TimedOut {
+            program: program.to_string(),
+            args: args.join(" "),
+            seconds: RUN_TIMEOUT.as_secs(),
+        })?
         .map_err(|source| CommandError::Spawn {
             program: program.to_string(),
             source,

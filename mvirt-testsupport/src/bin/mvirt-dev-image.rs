@@ -48,7 +48,11 @@ fn main() -> ExitCode {
     ];
     for (from, to) in &targets {
         if let Err(err) = std::fs::copy(from, to) {
-            eprintln!("mvirt-dev-image: cannot copy {} to {}: {err}", from.display(), to.display());
+            eprintln!(
+                "mvirt-dev-image: cannot copy {} to {}: {err}",
+                from.display(),
+                to.display()
+            );
             return ExitCode::FAILURE;
         }
     }
