@@ -83,11 +83,11 @@ impl GrpcServer {
         let addr = listener.local_addr().ok();
         tracing::info!(?addr, "gRPC server listening");
         let drain_signal = shutdown.clone();
-        let serve = self
-            .router
-            .serve_with_incoming_shutdown(incoming(listener), async move {
-                drain_signal.wait().await
-            });
+        let serve =
+            self.router
+                .serve_with_incoming_shutdown(incoming(listener), async move {
+                    drain_signal.wait().await
+                });
         tokio::pin!(serve);
         // Clients that keep idle connections open would hold a graceful shutdown forever:
         // in-flight calls get DRAIN_TIMEOUT to finish, then the server stops regardless.
