@@ -12,4 +12,9 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
 echo "== cargo test"
-cargo test --workspace --no-fail-fast 2>&1 | tee target/test-output.log
+# zfs-fuse has been seen to deadlock when several pools create datasets at the same moment:
+# mvirt-zfs's tests (many pools) run one at a time; everything else in parallel as usual.
+status=0
+cargo test --workspace --exclude mvirt-zfs --no-fail-fast 2>&1 | tee target/test-output.log || status=1
+cargo test -p mvirt-zfs --no-fail-fast -- --test-threads=1 2>&1 | tee -a target/test-output.log || status=1
+exit $status

@@ -17,7 +17,9 @@ API_PORT=${MVIRT_DEV_API_PORT:-8080}
 API=http://127.0.0.1:$API_PORT
 POOL=mvirtdev
 RUN=$DATA/run
-BIN=$ROOT/target/release
+# MVIRT_DEV_PROFILE=dev uses a debug build (quicker to build, slower to run).
+PROFILE=${MVIRT_DEV_PROFILE:-release}
+if [ "$PROFILE" = dev ]; then BIN=$ROOT/target/debug; else BIN=$ROOT/target/$PROFILE; fi
 DAEMONS=(mvirt-node mvirt-api mvirt-vmm mvirt-ebpf mvirt-zfs mvirt-log)
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
@@ -45,8 +47,8 @@ fi
 say "installing prerequisites"
 bash scripts/setup.sh
 
-say "building mvirt (release)"
-cargo build --release --bins -p mvirt-log -p mvirt-zfs -p mvirt-ebpf -p mvirt-vmm -p mvirt-api \
+say "building mvirt ($PROFILE)"
+cargo build --profile "$PROFILE" --bins -p mvirt-log -p mvirt-zfs -p mvirt-ebpf -p mvirt-vmm -p mvirt-api \
   -p mvirt-node -p mvirt-cli -p mvirt-testsupport
 
 mkdir -p "$DATA"/{log,zfs,ebpf,vmm,api,node,images} "$RUN"

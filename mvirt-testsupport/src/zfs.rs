@@ -26,6 +26,19 @@ fn zpool_answers() -> bool {
         .unwrap_or(false)
 }
 
+fn remove_if_stale_pid_file(path: &str) {
+    let alive = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+        .is_some_and(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim() == "zfs-fuse")
+        });
+    if !alive {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
 /// Makes sure a zfs-fuse daemon is running and answering; starts one if not.
 pub fn ensure_zfs_fuse() {
     crate::require_root();
@@ -43,6 +56,10 @@ pub fn ensure_zfs_fuse() {
     if zpool_answers() {
         return;
     }
+    // A zfs-fuse that died (or a machine that rebooted) leaves its pid file and socket behind;
+    // with a stale pid file zfs-fuse exits at once without a word.
+    remove_if_stale_pid_file(PID_FILE);
+    let _ = std::fs::remove_file("/var/run/zfs/zfs_socket");
     // zfs-fuse daemonises itself; the status is that of the parent.
     let status = Command::new("zfs-fuse")
         .args(["-p", PID_FILE, "--no-kstat-mount"])

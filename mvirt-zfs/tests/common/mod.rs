@@ -141,9 +141,17 @@ pub fn config_for(pool: &TestPool, data_dir: &Path, import_dir: &Path) -> mvirt_
     }
 }
 
-/// Runs a program, panicking with its stderr on failure.
+/// Runs a program, panicking with its stderr on failure. zfs-fuse answers "dataset is busy"
+/// now and then right after a dataset was used: that is retried for a few seconds.
 pub fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program).args(args).output().unwrap();
+    let mut out = Command::new(program).args(args).output().unwrap();
+    for _ in 0..40 {
+        if out.status.success() || !String::from_utf8_lossy(&out.stderr).contains("busy") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        out = Command::new(program).args(args).output().unwrap();
+    }
     assert!(
         out.status.success(),
         "{program} {args:?}: {}",
