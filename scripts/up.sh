@@ -8,7 +8,8 @@
 # reach its console. A second run reuses the running daemons and the existing resources.
 #
 # Environment: MVIRT_DEV_DATA (default /var/lib/mvirt-dev), MVIRT_DEV_API_PORT (default 8080).
-# Stop everything with: bash scripts/up.sh stop
+# Stop the daemons with: bash scripts/up.sh stop (VMs keep running and are adopted again);
+# remove everything with: bash scripts/up.sh purge
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -40,6 +41,19 @@ stop_all() {
 
 if [ "${1:-}" = "stop" ]; then
   stop_all
+  exit 0
+fi
+# purge: stop everything and remove every trace (guests, TAPs, pinned eBPF objects, the pool).
+if [ "${1:-}" = "purge" ]; then
+  stop_all
+  pkill -f "qemu-system-x86_64.*$DATA/vmm" || true
+  for tap in $(ip -o link show type tun 2>/dev/null | awk -F': ' '{print $2}' | grep -E '^mv[0-9a-f]{12}$'); do
+    ip link del "$tap" || true
+  done
+  rm -rf /sys/fs/bpf/mvirt-ebpf
+  zpool destroy -f "$POOL" 2>/dev/null || true
+  rm -rf "$DATA"
+  say "purged $DATA"
   exit 0
 fi
 [ "$(id -u)" = 0 ] || die "run as root (TAP devices, eBPF and zfs-fuse need it)"
