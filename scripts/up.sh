@@ -51,7 +51,14 @@ if [ "${1:-}" = "purge" ]; then
     ip link del "$tap" || true
   done
   rm -rf /sys/fs/bpf/mvirt-ebpf
-  zpool destroy -f "$POOL" 2>/dev/null || true
+  if zpool list -H "$POOL" >/dev/null 2>&1; then
+    # zfs-fuse says "busy" for a moment after the daemons let go of the datasets.
+    for _ in $(seq 1 20); do
+      zpool destroy -f "$POOL" 2>/dev/null && break
+      sleep 0.5
+    done
+    zpool list -H "$POOL" >/dev/null 2>&1 && die "cannot destroy pool $POOL; $DATA kept"
+  fi
   rm -rf "$DATA"
   say "purged $DATA"
   exit 0
