@@ -16,7 +16,13 @@ use mvirt_log::server::{BoundServer, Config as LogConfig};
 use mvirt_vmm::proto as vmm;
 use serde_json::json;
 
-const VMS: usize = 50;
+/// `MVIRT_BENCH_VMS` overrides (e.g. 3 with `RUST_LOG=debug` to trace one path).
+fn vms() -> usize {
+    std::env::var("MVIRT_BENCH_VMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50)
+}
 
 fn percentile(samples: &mut [Duration], p: f64) -> Duration {
     samples.sort();
@@ -43,6 +49,7 @@ async fn wait_running(
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() {
     mvirt_testsupport::require_root();
+    mvirt_common::telemetry::init("vm_create", mvirt_common::telemetry::LogFormat::Text);
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path();
     let log = BoundServer::bind(LogConfig {
@@ -95,15 +102,17 @@ async fn main() {
     rest.wait_vm_phase(&warm_id, "running", Duration::from_secs(120))
         .await;
     rest.delete(&format!("/v1/vms/{warm_id}")).await;
+    wait_clean(&host).await;
 
     let mut client = vmm::vm_service_client::VmServiceClient::connect(host.endpoints.vmm.clone())
         .await
         .expect("vmm");
     let mut through_api = Vec::new();
     let mut direct = Vec::new();
-    for i in 0..VMS {
+    for i in 0..vms() {
         // Through the control plane.
         let start = Instant::now();
+        tracing::debug!(i, "POST /v1/vms");
         let vm = rest
             .post(
                 "/v1/vms",
@@ -113,7 +122,9 @@ async fn main() {
             )
             .await;
         let id = vm["id"].as_str().expect("id").to_string();
+        tracing::debug!(i, "POST answered");
         wait_running(&mut client, &id).await;
+        tracing::debug!(i, "hypervisor running");
         through_api.push(start.elapsed());
         // Baseline: the same guest straight on mvirt-vmm, reusing the VM's disk and TAP.
         let config = client
@@ -134,6 +145,7 @@ async fn main() {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        wait_clean(&host).await;
         let direct_id = uuid_like(i);
         let mut config = config;
         config.nics.clear();
@@ -142,6 +154,10 @@ async fn main() {
         if let Some(disk) = config.disks.first_mut() {
             disk.path = host.images.join("disk.raw").display().to_string();
             disk.read_only = true;
+        }
+        if let Some(vmm::vm_config::Boot::Kernel(kernel)) = config.boot.as_mut() {
+            kernel.kernel = host.images.join("vmlinuz").display().to_string();
+            kernel.initramfs = host.images.join("initramfs.img").display().to_string();
         }
         let start = Instant::now();
         client
@@ -177,7 +193,8 @@ async fn main() {
     );
     let (d50, d99) = (percentile(&mut direct, 0.5), percentile(&mut direct, 0.99));
     println!(
-        "POST /v1/vms -> hypervisor running, {VMS} VMs: p50 {:.0} ms, p99 {:.0} ms (target p50 <= 100 ms)",
+        "POST /v1/vms -> hypervisor running, {} VMs: p50 {:.0} ms, p99 {:.0} ms (target p50 <= 100 ms)",
+        through_api.len(),
         p50.as_secs_f64() * 1e3,
         p99.as_secs_f64() * 1e3
     );
@@ -190,6 +207,35 @@ async fn main() {
     );
     agent.stop().await;
     api.stop().await;
+}
+
+/// Waits until the agent has removed every volume and NIC, so each create is measured alone.
+async fn wait_clean(host: &HostDaemons) {
+    let mut zfs =
+        mvirt_zfs::proto::zfs_service_client::ZfsServiceClient::connect(host.endpoints.zfs.clone())
+            .await
+            .expect("zfs");
+    let mut net = mvirt_ebpf::proto::net_service_client::NetServiceClient::connect(
+        host.endpoints.ebpf.clone(),
+    )
+    .await
+    .expect("ebpf");
+    loop {
+        let volumes = zfs
+            .list_volumes(mvirt_zfs::proto::ListVolumesRequest {})
+            .await
+            .map(|r| r.into_inner().volumes.len())
+            .unwrap_or(1);
+        let nics = net
+            .list_nics(mvirt_ebpf::proto::ListNicsRequest::default())
+            .await
+            .map(|r| r.into_inner().nics.len())
+            .unwrap_or(1);
+        if volumes == 0 && nics == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 fn uuid_like(i: usize) -> String {

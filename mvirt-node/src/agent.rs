@@ -142,7 +142,13 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), AgentErr
         let Some(spec) = spec_rx.borrow_and_update().clone() else {
             continue;
         };
+        let started = std::time::Instant::now();
         let statuses = reconciler.reconcile(&spec).await;
+        tracing::debug!(
+            revision = spec.revision,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "reconcile pass"
+        );
         let to_send: Vec<api::ResourceStatus> = statuses
             .into_iter()
             .filter(|s| {

@@ -1,8 +1,9 @@
 //! One reconcile pass: converge the local daemons to a desired set.
 //!
 //! Deletes run first, in reverse dependency order (VMs, routes, NICs, volumes, templates,
-//! security groups, networks), then creates and updates in dependency order (networks, security
-//! groups, templates, volumes, NICs, routes, VMs). Every local object is created with the API's
+//! security groups, networks), then creates and updates in dependency order: networks, security
+//! groups, NICs and routes (mvirt-ebpf) alongside templates and volumes (mvirt-zfs) — the two
+//! branches do not depend on each other — and VMs last. Every local object is created with the API's
 //! id, and only objects recorded in the [`Ledger`] are ever deleted. A failure touches one
 //! resource: it is reported as that resource's status and retried on the next pass. When a
 //! daemon cannot even be listed, its kinds are skipped this pass and nothing is reported for
@@ -118,36 +119,48 @@ impl Reconciler {
         let desired = DesiredIds::of(spec);
         self.delete_undesired(&desired).await;
 
-        if let Err(err) = self.networks(spec, &mut out).await {
-            tracing::warn!(error = %err, "networks skipped this pass");
-        }
-        if let Err(err) = self.security_groups(spec, &mut out).await {
-            tracing::warn!(error = %err, "security groups skipped this pass");
-        }
-        let templates = match self.templates(spec, &mut out).await {
-            Ok(ready) => ready,
-            Err(err) => {
-                tracing::warn!(error = %err, "templates skipped this pass");
-                HashMap::new()
+        // Storage (mvirt-zfs) and networking (mvirt-ebpf) do not depend on each other: converge
+        // both at once; VMs need both.
+        let mut storage_out = Vec::new();
+        let mut network_out = Vec::new();
+        let storage = async {
+            let templates = match self.templates(spec, &mut storage_out).await {
+                Ok(ready) => ready,
+                Err(err) => {
+                    tracing::warn!(error = %err, "templates skipped this pass");
+                    HashMap::new()
+                }
+            };
+            match self.volumes(spec, &templates, &mut storage_out).await {
+                Ok(v) => v,
+                Err(err) => {
+                    tracing::warn!(error = %err, "volumes skipped this pass");
+                    HashMap::new()
+                }
             }
         };
-        let volumes = match self.volumes(spec, &templates, &mut out).await {
-            Ok(v) => v,
-            Err(err) => {
-                tracing::warn!(error = %err, "volumes skipped this pass");
-                HashMap::new()
+        let networking = async {
+            if let Err(err) = self.networks(spec, &mut network_out).await {
+                tracing::warn!(error = %err, "networks skipped this pass");
             }
-        };
-        let nics = match self.nics(spec, &mut out).await {
-            Ok(n) => n,
-            Err(err) => {
-                tracing::warn!(error = %err, "NICs skipped this pass");
-                HashMap::new()
+            if let Err(err) = self.security_groups(spec, &mut network_out).await {
+                tracing::warn!(error = %err, "security groups skipped this pass");
             }
+            let nics = match self.nics(spec, &mut network_out).await {
+                Ok(n) => n,
+                Err(err) => {
+                    tracing::warn!(error = %err, "NICs skipped this pass");
+                    HashMap::new()
+                }
+            };
+            if let Err(err) = self.routes(spec, &mut network_out).await {
+                tracing::warn!(error = %err, "routes skipped this pass");
+            }
+            nics
         };
-        if let Err(err) = self.routes(spec, &mut out).await {
-            tracing::warn!(error = %err, "routes skipped this pass");
-        }
+        let (volumes, nics) = tokio::join!(storage, networking);
+        out.append(&mut network_out);
+        out.append(&mut storage_out);
         if let Err(err) = self.vms(spec, &volumes, &nics, &mut out).await {
             tracing::warn!(error = %err, "VMs skipped this pass");
         }
