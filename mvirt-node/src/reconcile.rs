@@ -87,6 +87,15 @@ fn ledger_status(err: LedgerError) -> Status {
     ))
 }
 
+/// The value of one convergence step, or its default when the step could not even list its
+/// daemon (the kind is then skipped this pass and retried on the next).
+fn or_skipped<T: Default>(what: &str, result: Result<T, Status>) -> T {
+    result.unwrap_or_else(|err| {
+        tracing::warn!(error = %err, "{what} skipped this pass");
+        T::default()
+    })
+}
+
 /// A hyphenated UUID derived from a parent id and a name (route destinations).
 pub fn derived_id(parent: &str, name: &str) -> String {
     let namespace = uuid::Uuid::parse_str(parent).unwrap_or(uuid::Uuid::NAMESPACE_OID);
@@ -124,46 +133,26 @@ impl Reconciler {
         let mut storage_out = Vec::new();
         let mut network_out = Vec::new();
         let storage = async {
-            let templates = match self.templates(spec, &mut storage_out).await {
-                Ok(ready) => ready,
-                Err(err) => {
-                    tracing::warn!(error = %err, "templates skipped this pass");
-                    HashMap::new()
-                }
-            };
-            match self.volumes(spec, &templates, &mut storage_out).await {
-                Ok(v) => v,
-                Err(err) => {
-                    tracing::warn!(error = %err, "volumes skipped this pass");
-                    HashMap::new()
-                }
-            }
+            let templates = or_skipped("templates", self.templates(spec, &mut storage_out).await);
+            or_skipped(
+                "volumes",
+                self.volumes(spec, &templates, &mut storage_out).await,
+            )
         };
         let networking = async {
-            if let Err(err) = self.networks(spec, &mut network_out).await {
-                tracing::warn!(error = %err, "networks skipped this pass");
-            }
-            if let Err(err) = self.security_groups(spec, &mut network_out).await {
-                tracing::warn!(error = %err, "security groups skipped this pass");
-            }
-            let nics = match self.nics(spec, &mut network_out).await {
-                Ok(n) => n,
-                Err(err) => {
-                    tracing::warn!(error = %err, "NICs skipped this pass");
-                    HashMap::new()
-                }
-            };
-            if let Err(err) = self.routes(spec, &mut network_out).await {
-                tracing::warn!(error = %err, "routes skipped this pass");
-            }
+            or_skipped("networks", self.networks(spec, &mut network_out).await);
+            or_skipped(
+                "security groups",
+                self.security_groups(spec, &mut network_out).await,
+            );
+            let nics = or_skipped("NICs", self.nics(spec, &mut network_out).await);
+            or_skipped("routes", self.routes(spec, &mut network_out).await);
             nics
         };
         let (volumes, nics) = tokio::join!(storage, networking);
         out.append(&mut network_out);
         out.append(&mut storage_out);
-        if let Err(err) = self.vms(spec, &volumes, &nics, &mut out).await {
-            tracing::warn!(error = %err, "VMs skipped this pass");
-        }
+        or_skipped("VMs", self.vms(spec, &volumes, &nics, &mut out).await);
         for s in &mut out {
             s.observed_revision = spec.revision;
         }
