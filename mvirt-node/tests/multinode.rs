@@ -161,15 +161,19 @@ async fn vms_spread_over_two_nodes_honour_selectors_and_wait_for_capacity() {
         .await;
     let huge_id = huge["id"].as_str().unwrap().to_string();
     let huge = wait_until_async(
-        "the huge VM to be marked pending",
+        "the scheduler to say why the huge VM is pending",
         Duration::from_secs(20),
         || {
             let rest = rest.clone();
             let path = format!("/v1/vms/{huge_id}");
             async move {
+                // Before the first scheduling round the reason is "waiting for the scheduler";
+                // after it, the reason names what is missing.
                 let vm = rest.get(&path).await;
+                let reason = vm["scheduling"]["reason"].as_str()?.to_lowercase();
                 (vm["scheduling"]["state"] == "pending"
-                    && !vm["scheduling"]["reason"].as_str()?.is_empty())
+                    && !reason.is_empty()
+                    && !reason.contains("waiting for the scheduler"))
                 .then_some(vm)
             }
         },
