@@ -290,6 +290,7 @@ impl NodeService for NodeServiceImpl {
                     import_bytes_total: (s.import_bytes_total > 0).then_some(s.import_bytes_total),
                     used_bytes: (s.used_bytes > 0).then_some(s.used_bytes),
                     fields: s.fields.into_iter().collect(),
+                    nodes: Default::default(),
                 },
             });
         }

@@ -55,6 +55,26 @@ pub struct Status {
     pub used_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub fields: BTreeMap<String, String>,
+    /// For resources that exist on several nodes (templates, networks, security groups): each
+    /// node's own report, by node id. The top-level fields then mirror the least advanced node
+    /// (failed before pending/importing before ready), so one node's success never hides
+    /// another's failure.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub nodes: BTreeMap<String, PerNodeStatus>,
+}
+
+/// One node's report on a resource that lives on several nodes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PerNodeStatus {
+    pub phase: String,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import_bytes_done: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import_bytes_total: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -437,6 +457,11 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Kinds that exist on several nodes at once, whose status is kept per node.
+    pub fn is_multi_node(self) -> bool {
+        matches!(self, Kind::Network | Kind::SecurityGroup | Kind::Template)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Project => "project",

@@ -453,6 +453,39 @@ impl State {
         cap
     }
 
+    /// Drops a removed node's reports from every multi-node resource and re-derives their
+    /// top-level status.
+    fn forget_node_reports(&mut self, index: u64, node_id: &str) -> Vec<Change> {
+        let mut touched = Vec::new();
+        let statuses = self
+            .networks
+            .iter_mut()
+            .map(|(id, o)| (Kind::Network, id, &mut o.status, &mut o.meta))
+            .chain(
+                self.security_groups
+                    .iter_mut()
+                    .map(|(id, o)| (Kind::SecurityGroup, id, &mut o.status, &mut o.meta)),
+            )
+            .chain(
+                self.templates
+                    .iter_mut()
+                    .map(|(id, o)| (Kind::Template, id, &mut o.status, &mut o.meta)),
+            );
+        for (kind, id, status, meta) in statuses {
+            if status.nodes.contains_key(node_id) {
+                let mut nodes = std::mem::take(&mut status.nodes);
+                nodes.remove(node_id);
+                *status = aggregate_node_reports(nodes, status.observed_revision);
+                meta.revision = index;
+                touched.push((kind, id.clone()));
+            }
+        }
+        touched
+            .into_iter()
+            .map(|(kind, id)| self.change(kind, &id, "status"))
+            .collect()
+    }
+
     fn change(&self, kind: Kind, id: &str, verb: &'static str) -> Change {
         let object = self.object(kind, id);
         let project = object
@@ -1576,6 +1609,7 @@ impl State {
                     ));
                 }
                 self.nodes.remove(id);
+                changes.extend(self.forget_node_reports(index, id));
             }
             other => {
                 return Err(ApiError::invalid(format!(
@@ -1745,9 +1779,17 @@ impl State {
                 continue;
             };
             accepted += 1;
+            let status = if report.kind.is_multi_node() {
+                merge_node_report(slot, node_id, status)
+            } else {
+                status
+            };
             let mut same = slot.clone();
             same.updated_at = status.updated_at.clone();
-            if same == status {
+            same.nodes.values_mut().for_each(|n| n.updated_at = None);
+            let mut cmp = status.clone();
+            cmp.nodes.values_mut().for_each(|n| n.updated_at = None);
+            if same == cmp {
                 continue;
             }
             *slot = status;
@@ -2114,5 +2156,61 @@ mod tests {
         assert_eq!(events[0].event_type, "network.created");
         assert_eq!(s.networks["n1"].meta.revision, 7);
         assert_eq!(s.networks["n1"].meta.spec_revision, 7);
+    }
+}
+
+/// Folds one node's report on a multi-node resource into its status: the report is kept under
+/// the node's id and the top-level fields are re-derived from all nodes' reports.
+fn merge_node_report(current: &Status, node_id: &str, report: Status) -> Status {
+    let mut nodes = current.nodes.clone();
+    nodes.insert(
+        node_id.to_string(),
+        PerNodeStatus {
+            phase: report.phase,
+            message: report.message,
+            updated_at: report.updated_at,
+            import_bytes_done: report.import_bytes_done,
+            import_bytes_total: report.import_bytes_total,
+        },
+    );
+    aggregate_node_reports(nodes, report.observed_revision)
+}
+
+/// The top-level status of a multi-node resource: a copy of the least advanced node's report
+/// (failed, then anything in progress, then ready; ties go to the smallest node id), with the
+/// node named in the message when more than one node reports.
+pub(crate) fn aggregate_node_reports(
+    nodes: BTreeMap<String, PerNodeStatus>,
+    observed_revision: u64,
+) -> Status {
+    fn rank(phase: &str) -> u8 {
+        match phase {
+            "failed" => 0,
+            "ready" | "running" => 2,
+            _ => 1,
+        }
+    }
+    let worst = nodes
+        .iter()
+        .min_by_key(|(id, n)| (rank(&n.phase), id.as_str()))
+        .map(|(id, n)| (id.clone(), n.clone()));
+    let Some((worst_id, worst)) = worst else {
+        return Status::default();
+    };
+    let message = if nodes.len() > 1 && !worst.message.is_empty() {
+        format!("node {worst_id}: {}", worst.message)
+    } else {
+        worst.message.clone()
+    };
+    Status {
+        phase: worst.phase.clone(),
+        message,
+        node_id: Some(worst_id),
+        observed_revision,
+        updated_at: worst.updated_at.clone(),
+        import_bytes_done: worst.import_bytes_done,
+        import_bytes_total: worst.import_bytes_total,
+        nodes,
+        ..Status::default()
     }
 }

@@ -435,6 +435,85 @@ async fn status_changes_only_through_node_reports() {
     assert_eq!(v["status"]["phase"], "running");
 }
 
+async fn report(
+    c: &mut NodeServiceClient<Channel>,
+    token: &str,
+    node: &str,
+    status: proto::ResourceStatus,
+) {
+    let resp = c
+        .update_resource_status(req(
+            proto::UpdateResourceStatusRequest {
+                node_id: node.into(),
+                statuses: vec![status],
+            },
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.accepted, 1, "report from {node} not accepted");
+}
+
+#[tokio::test]
+async fn a_template_keeps_each_nodes_report_and_shows_the_least_advanced() {
+    let m = start_member().await;
+    let mut c = client(&m).await;
+    let a = register(&mut c, &m.token, "", "host-a", 4, 8).await;
+    let b = register(&mut c, &m.token, "", "host-b", 4, 8).await;
+    let tpl = m
+        .create(
+            "/v1/templates",
+            json!({"name": "img", "spec": {"source_url": "file:///images/img.raw"}}),
+        )
+        .await;
+    let tpl_id = tpl["id"].as_str().unwrap().to_string();
+    let template = |phase: proto::Phase, message: &str| proto::ResourceStatus {
+        kind: proto::ResourceKind::Template as i32,
+        id: tpl_id.clone(),
+        phase: phase as i32,
+        message: message.into(),
+        ..Default::default()
+    };
+    let get = || async { m.get(&format!("/v1/templates/{tpl_id}")).await.1 };
+
+    report(&mut c, &m.token, &a, template(proto::Phase::Ready, "")).await;
+    report(
+        &mut c,
+        &m.token,
+        &b,
+        template(proto::Phase::Failed, "disk full"),
+    )
+    .await;
+    let t = get().await;
+    assert_eq!(t["status"]["phase"], "failed", "{t}");
+    assert_eq!(t["status"]["message"], format!("node {b}: disk full"));
+    assert_eq!(t["status"]["nodes"][&a]["phase"], "ready");
+    assert_eq!(t["status"]["nodes"][&b]["phase"], "failed");
+
+    // A later success on the first node does not hide the second node's failure.
+    report(&mut c, &m.token, &a, template(proto::Phase::Ready, "")).await;
+    assert_eq!(get().await["status"]["phase"], "failed");
+
+    report(&mut c, &m.token, &b, template(proto::Phase::Importing, "")).await;
+    let t = get().await;
+    assert_eq!(t["status"]["phase"], "importing");
+    assert_eq!(t["status"]["node_id"], b.as_str());
+    report(&mut c, &m.token, &b, template(proto::Phase::Ready, "")).await;
+    let t = get().await;
+    assert_eq!(t["status"]["phase"], "ready");
+    assert_eq!(t["status"]["message"], "");
+
+    // A failed node that is removed no longer counts.
+    report(&mut c, &m.token, &b, template(proto::Phase::Failed, "gone")).await;
+    assert_eq!(get().await["status"]["phase"], "failed");
+    let (s, _) = m.delete(&format!("/v1/nodes/{b}")).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let t = get().await;
+    assert_eq!(t["status"]["phase"], "ready", "{t}");
+    assert!(t["status"]["nodes"].get(&b).is_none());
+}
+
 /// A stand-in for mvirt-node's console relay (mvirt-node depends on this crate, so the real
 /// relay cannot be a dev-dependency here): it checks the secret and echoes input back with a
 /// prefix, after a "scrollback" line naming the VM.

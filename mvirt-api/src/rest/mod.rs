@@ -448,6 +448,7 @@ async fn not_found_fallback() -> ApiError {
         VolumeSnapshot,
         Vm,
         Status,
+        PerNodeStatus,
         Capacity,
         Member,
     ))
