@@ -55,6 +55,12 @@ pub struct HeartbeatForward {
     pub capacity: Option<Capacity>,
 }
 
+/// Default for `--idempotency-retention-secs`: one day, like Stripe's idempotency keys.
+pub const DEFAULT_IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+/// How often the leader looks for prunable records.
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
+
 pub struct App {
     pub raft: Raft,
     pub shared: Arc<Shared>,
@@ -68,6 +74,8 @@ pub struct App {
     pub strategy: Strategy,
     pub audit: mvirt_log::AuditLogger,
     pub log_endpoint: String,
+    /// How long an `Idempotency-Key` is remembered (pruned by the leader afterwards).
+    pub idempotency_retention: Duration,
     /// Last heartbeat per node, kept by the leader only.
     liveness: Mutex<HashMap<String, Instant>>,
     /// When this member last became leader (nodes get a grace period after a failover).
@@ -113,6 +121,7 @@ impl App {
             strategy,
             audit,
             log_endpoint,
+            idempotency_retention: DEFAULT_IDEMPOTENCY_RETENTION,
             liveness: Mutex::new(HashMap::new()),
             leader_since: Mutex::new(None),
             membership_lock: tokio::sync::Mutex::new(()),
@@ -386,6 +395,7 @@ impl App {
         // the latest state, so coalescing wake-ups loses nothing.
         const ROUND_GAP: Duration = Duration::from_millis(20);
         let mut last_round = Instant::now();
+        let mut last_prune: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = shutdown.wait() => return,
@@ -410,7 +420,39 @@ impl App {
                 tracing::warn!(error = %e, "scheduling round failed");
             }
             self.promote_caught_up_learners().await;
+            let prune_every = PRUNE_EVERY.min(self.idempotency_retention / 2);
+            if last_prune.is_none_or(|t| t.elapsed() >= prune_every) {
+                last_prune = Some(Instant::now());
+                if let Err(e) = self.prune_once().await {
+                    tracing::warn!(error = %e, "pruning round failed");
+                }
+            }
         }
+    }
+
+    /// Forgets idempotency records past their retention and used or expired join tokens.
+    /// Proposes only when there is something to remove.
+    async fn prune_once(&self) -> Result<(), ApiError> {
+        let now_ms = now_ms();
+        let before_ms = now_ms - self.idempotency_retention.as_millis() as i64;
+        let (keys, tokens) = self.shared.read().prunable(before_ms, now_ms);
+        if keys.is_empty() && tokens.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(
+            idempotency_records = keys.len(),
+            join_tokens = tokens.len(),
+            "pruning"
+        );
+        self.submit(
+            Command::Prune {
+                idempotency_before_ms: before_ms,
+                now_ms,
+            },
+            None,
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Promotes learners that caught up with the log. Normally the join does this itself; this
@@ -645,6 +687,6 @@ fn related_ids(command: &Command) -> Vec<String> {
         Command::CreateToken { token } => vec![token.id.clone()],
         Command::DeleteToken { id } => vec![id.clone()],
         Command::CreateJoinToken { token } => vec![token.id.clone()],
-        Command::ConsumeJoinToken { .. } | Command::Noop => vec![],
+        Command::ConsumeJoinToken { .. } | Command::Prune { .. } | Command::Noop => vec![],
     }
 }

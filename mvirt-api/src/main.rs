@@ -59,6 +59,13 @@ struct Args {
     /// Snapshot the state (and purge the Raft log before it) every this many entries.
     #[arg(long, env = "MVIRT_API_SNAPSHOT_EVERY", default_value_t = 2000)]
     snapshot_every: u64,
+    /// How long an `Idempotency-Key` is remembered; the leader prunes older records.
+    #[arg(
+        long,
+        env = "MVIRT_API_IDEMPOTENCY_RETENTION_SECS",
+        default_value_t = 86_400
+    )]
+    idempotency_retention_secs: u64,
 }
 
 fn main() -> std::process::ExitCode {
@@ -98,6 +105,7 @@ async fn run(args: Args) -> std::process::ExitCode {
         strategy: args.scheduler,
         log_endpoint: args.log_endpoint,
         snapshot_every: args.snapshot_every,
+        idempotency_retention: Duration::from_secs(args.idempotency_retention_secs),
     };
     match server::start(config, shutdown).await {
         Ok(running) => {

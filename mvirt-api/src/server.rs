@@ -41,6 +41,8 @@ pub struct ServerConfig {
     pub log_endpoint: String,
     /// Build a snapshot (and purge the log before it) every this many applied entries.
     pub snapshot_every: u64,
+    /// How long an `Idempotency-Key` is remembered.
+    pub idempotency_retention: Duration,
 }
 
 impl ServerConfig {
@@ -58,6 +60,7 @@ impl ServerConfig {
             strategy: Strategy::Spread,
             log_endpoint: String::new(),
             snapshot_every: 2000,
+            idempotency_retention: crate::app::DEFAULT_IDEMPOTENCY_RETENTION,
         }
     }
 }
@@ -144,6 +147,40 @@ impl Running {
 }
 
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+/// The admin token before the cluster has committed it.
+const ADMIN_TOKEN_PENDING_FILE: &str = "admin.token.pending";
+
+/// Makes sure the cluster knows an admin token with this secret: proposes it until a leader
+/// accepts it (or shutdown). Idempotent: nothing is proposed when the hash is already known.
+async fn register_admin_token(app: &Arc<App>, secret: &str, shutdown: &mvirt_common::Shutdown) {
+    let hash = hash_secret(secret);
+    loop {
+        if shutdown.is_triggered() {
+            return;
+        }
+        if app.shared.read().tokens.values().any(|t| t.hash == hash) {
+            return;
+        }
+        let token = ApiToken {
+            id: new_id(),
+            name: format!("admin-{}", &hash[..8]),
+            role: "admin".into(),
+            hash: hash.clone(),
+            created_at: now(),
+            revision: 0,
+        };
+        match app.submit(Command::CreateToken { token }, None).await {
+            Ok(_) => return,
+            Err(e) => {
+                tracing::debug!(error = %e.message, "admin token not registered yet; retrying")
+            }
+        }
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+}
 const IDENTITY_FILE: &str = "member.json";
 const DB_FILE: &str = "mvirt-api.db";
 
@@ -300,7 +337,7 @@ pub async fn start(
     .map_err(|e| ServerError::Raft(e.to_string()))?;
 
     let audit = mvirt_log::create_audit_logger(&config.log_endpoint, "mvirt-api");
-    let app = Arc::new(App::new(
+    let mut app = App::new(
         raft.clone(),
         shared,
         identity.member_id,
@@ -311,7 +348,9 @@ pub async fn start(
         config.strategy,
         audit,
         config.log_endpoint.clone(),
-    ));
+    );
+    app.idempotency_retention = config.idempotency_retention;
+    let app = Arc::new(app);
 
     let mut tasks = Vec::new();
     let raft_router = crate::raftapi::router(app.clone());
@@ -341,50 +380,38 @@ pub async fn start(
                 "bootstrapped a one-member cluster"
             );
         }
+    }
+    if bootstrap {
+        // The token file appears only once the cluster knows the token, so whoever reads it
+        // can use it at once: it is first written under a temporary name (kept across a crash,
+        // so the same secret is registered), and renamed after the commit.
         let token_path = config.data_dir.join(ADMIN_TOKEN_FILE);
         if !token_path.exists() {
-            write_private(&token_path, &format!("{}\n", random_secret()))?;
+            let pending = config.data_dir.join(ADMIN_TOKEN_PENDING_FILE);
+            if !pending.exists() {
+                write_private(&pending, &format!("{}\n", random_secret()))?;
+            }
+            let secret = std::fs::read_to_string(&pending).map_err(io_err(&pending))?;
+            register_admin_token(&app, secret.trim(), &shutdown).await;
+            if shutdown.is_triggered() {
+                return Err(ServerError::Raft(
+                    "shut down before the admin token was registered".into(),
+                ));
+            }
+            std::fs::rename(&pending, &token_path).map_err(io_err(&token_path))?;
         }
         tracing::info!(path = %token_path.display(), "admin API token written (mode 0600)");
         println!("mvirt-api: admin API token in {}", token_path.display());
     }
 
-    // The admin token file (bootstrap member only) must be known to the cluster; retried until
-    // a leader accepts it, which also covers a crash between writing the file and proposing.
+    // A bootstrap member's token file must be known to the cluster (also after a restore from a
+    // backup of the data dir); retried until a leader accepts it.
     let ensure = app.clone();
     let sd = shutdown.clone();
     tasks.push(tokio::spawn(async move {
         let path = ensure.data_dir.join(ADMIN_TOKEN_FILE);
-        let Ok(secret) = std::fs::read_to_string(&path) else {
-            return;
-        };
-        let hash = hash_secret(secret.trim());
-        loop {
-            if sd.is_triggered() {
-                return;
-            }
-            let known = ensure.shared.read().tokens.values().any(|t| t.hash == hash);
-            if known {
-                return;
-            }
-            let token = ApiToken {
-                id: new_id(),
-                name: format!("admin-{}", &hash[..8]),
-                role: "admin".into(),
-                hash: hash.clone(),
-                created_at: now(),
-                revision: 0,
-            };
-            match ensure.submit(Command::CreateToken { token }, None).await {
-                Ok(_) => return,
-                Err(e) => {
-                    tracing::debug!(error = %e.message, "admin token not registered yet; retrying")
-                }
-            }
-            tokio::select! {
-                _ = sd.wait() => return,
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-            }
+        if let Ok(secret) = std::fs::read_to_string(&path) {
+            register_admin_token(&ensure, secret.trim(), &sd).await;
         }
     }));
 

@@ -113,6 +113,10 @@ impl From<ApiError> for tonic::Status {
 pub struct Idempotency {
     pub key: String,
     pub fingerprint: String,
+    /// When the request arrived (minted before proposing); records are pruned after the
+    /// retention window (`--idempotency-retention-secs`).
+    #[serde(default)]
+    pub created_at_ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -121,6 +125,8 @@ pub struct IdempotencyRecord {
     pub fingerprint: String,
     pub kind: Kind,
     pub id: String,
+    #[serde(default)]
+    pub created_at_ms: i64,
 }
 
 /// A placement decided by the scheduler.
@@ -242,6 +248,12 @@ pub enum Command {
     /// A joining member presents a join token; apply marks it used and mints the member id.
     ConsumeJoinToken {
         hash: String,
+        now_ms: i64,
+    },
+    /// Housekeeping by the leader: forgets idempotency records created before
+    /// `idempotency_before_ms` and join tokens that are used or expired at `now_ms`.
+    Prune {
+        idempotency_before_ms: i64,
         now_ms: i64,
     },
     /// A no-op used by linearizable reads through the log and by tests.
@@ -513,6 +525,23 @@ impl State {
         }
     }
 
+    /// What a `Prune` with these bounds would remove: idempotency keys and join-token ids.
+    pub fn prunable(&self, idempotency_before_ms: i64, now_ms: i64) -> (Vec<String>, Vec<String>) {
+        let keys = self
+            .idempotency
+            .values()
+            .filter(|r| r.created_at_ms < idempotency_before_ms)
+            .map(|r| r.key.clone())
+            .collect();
+        let tokens = self
+            .join_tokens
+            .values()
+            .filter(|t| t.used || t.expires_at_ms < now_ms)
+            .map(|t| t.id.clone())
+            .collect();
+        (keys, tokens)
+    }
+
     /// Applies one committed proposal at log `index`. Deterministic; on error nothing changed.
     pub fn apply(&mut self, index: u64, proposal: &Proposal) -> (Outcome, Vec<Change>) {
         if let Some(idem) = &proposal.idempotency {
@@ -546,6 +575,7 @@ impl State {
                         fingerprint: idem.fingerprint.clone(),
                         kind: kind_id.0,
                         id: kind_id.1,
+                        created_at_ms: idem.created_at_ms,
                     };
                     self.idempotency.insert(idem.key.clone(), record);
                     changes.push(self.change(Kind::Idempotency, &idem.key, "created"));
@@ -873,6 +903,22 @@ impl State {
                     Value::Null,
                     vec![self.change(Kind::JoinToken, &id, "created")],
                 ))
+            }
+            Command::Prune {
+                idempotency_before_ms,
+                now_ms,
+            } => {
+                let (keys, tokens) = self.prunable(*idempotency_before_ms, *now_ms);
+                let mut changes = Vec::new();
+                for key in keys {
+                    self.idempotency.remove(&key);
+                    changes.push(State::removed(Kind::Idempotency, &key, ""));
+                }
+                for id in tokens {
+                    self.join_tokens.remove(&id);
+                    changes.push(State::removed(Kind::JoinToken, &id, ""));
+                }
+                Ok((json!({"pruned": changes.len()}), changes))
             }
             Command::ConsumeJoinToken { hash, now_ms } => {
                 let token = self
@@ -2124,6 +2170,66 @@ mod tests {
         assert_eq!(a.nics["c3"].spec.ipv4_address.as_deref(), Some("10.0.0.1"));
         assert_eq!(oa[3].result.as_ref().unwrap_err().code, "already_exists");
         assert_eq!(oa[4].result.as_ref().unwrap_err().code, "conflict");
+    }
+
+    #[test]
+    fn prune_forgets_old_idempotency_records_and_spent_join_tokens_only() {
+        let mut s = State::initial();
+        let keyed = |key: &str, at: i64, prop: Proposal| Proposal {
+            idempotency: Some(Idempotency {
+                key: key.into(),
+                fingerprint: key.into(),
+                created_at_ms: at,
+            }),
+            ..prop
+        };
+        s.apply(1, &keyed("old", 1_000, network("n1", "a")))
+            .0
+            .result
+            .unwrap();
+        s.apply(2, &keyed("new", 5_000, network("n2", "b")))
+            .0
+            .result
+            .unwrap();
+        let join = |id: &str, expires_at_ms: i64| {
+            p(Command::CreateJoinToken {
+                token: JoinToken {
+                    id: id.into(),
+                    hash: format!("hash-{id}"),
+                    expires_at_ms,
+                    used: false,
+                },
+            })
+        };
+        s.apply(3, &join("used", 10_000)).0.result.unwrap();
+        s.apply(4, &join("expired", 2_000)).0.result.unwrap();
+        s.apply(5, &join("live", 10_000)).0.result.unwrap();
+        s.apply(
+            6,
+            &p(Command::ConsumeJoinToken {
+                hash: "hash-used".into(),
+                now_ms: 3_000,
+            }),
+        )
+        .0
+        .result
+        .unwrap();
+
+        let (outcome, changes) = s.apply(
+            7,
+            &p(Command::Prune {
+                idempotency_before_ms: 3_000,
+                now_ms: 3_000,
+            }),
+        );
+        assert_eq!(outcome.result.unwrap()["pruned"], 3);
+        assert_eq!(changes.len(), 3);
+        assert!(changes.iter().all(|c| c.verb == "deleted"));
+        assert_eq!(s.idempotency.keys().collect::<Vec<_>>(), vec!["new"]);
+        assert_eq!(s.join_tokens.keys().collect::<Vec<_>>(), vec!["live"]);
+        // The resources the records pointed at stay.
+        assert!(s.networks.contains_key("n1"));
+        assert_eq!(s.prunable(3_000, 3_000), (vec![], vec![]));
     }
 
     #[test]

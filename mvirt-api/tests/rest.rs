@@ -3,6 +3,7 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
 
 use common::*;
 use reqwest::{Method, StatusCode};
@@ -426,6 +427,37 @@ async fn idempotency_key_replays_the_first_result_and_refuses_a_different_reques
     assert_error(s3, &v3, 409, "conflict");
     let (_, list) = m.get("/v1/networks").await;
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn idempotency_keys_are_forgotten_after_the_retention_window() {
+    let m = start_member_with(|c| c.idempotency_retention = Duration::from_secs(1)).await;
+    let post = |name: &str| {
+        let body = json!({"name": name, "spec": {"ipv4_prefix": "10.0.0.0/24"}});
+        let m = &m;
+        async move {
+            m.call_with(
+                Method::POST,
+                "/v1/networks",
+                Some(body),
+                &[("idempotency-key", "k1")],
+            )
+            .await
+        }
+    };
+    let (s, _) = post("net-a").await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, v) = post("net-b").await;
+    assert_error(s, &v, 409, "conflict");
+    // Once the record is pruned the key is free again: the different request now creates.
+    mvirt_testsupport::process::wait_until_async(
+        "idempotency record pruned",
+        Duration::from_secs(15),
+        || async { (post("net-b").await.0 == StatusCode::CREATED).then_some(()) },
+    )
+    .await;
+    let (_, list) = m.get("/v1/networks").await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 2);
 }
 
 #[tokio::test]

@@ -151,6 +151,7 @@ pub fn idempotency(
     Ok(Some(crate::state::Idempotency {
         key: format!("{scope}:{key}"),
         fingerprint: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&material)),
+        created_at_ms: crate::app::now_ms(),
     }))
 }
 

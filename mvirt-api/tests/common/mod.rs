@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 use std::net::IpAddr;
-use std::time::Duration;
 
 use mvirt_api::server::{self, Running, ServerConfig};
 use reqwest::{Method, StatusCode};
@@ -43,16 +42,13 @@ pub async fn start_member_with(tweak: impl FnOnce(&mut ServerConfig)) -> Member 
         dir,
         http: reqwest::Client::new(),
     };
-    // Ready once the admin token is known to the cluster.
-    mvirt_testsupport::process::wait_until_async(
-        "admin token accepted",
-        Duration::from_secs(20),
-        || async {
-            let (s, _) = member.call(Method::GET, "/v1/projects", None).await;
-            (s == StatusCode::OK).then_some(())
-        },
-    )
-    .await;
+    // The token file appears only after the cluster committed the token: the first call works.
+    let (s, body) = member.call(Method::GET, "/v1/projects", None).await;
+    assert_eq!(
+        s,
+        StatusCode::OK,
+        "first call with the fresh admin token: {body}"
+    );
     member
 }
 
