@@ -2077,6 +2077,62 @@ fn created_kind_id(command: &Command) -> Option<(Kind, String)> {
     })
 }
 
+/// Folds one node's report on a multi-node resource into its status: the report is kept under
+/// the node's id and the top-level fields are re-derived from all nodes' reports.
+fn merge_node_report(current: &Status, node_id: &str, report: Status) -> Status {
+    let mut nodes = current.nodes.clone();
+    nodes.insert(
+        node_id.to_string(),
+        PerNodeStatus {
+            phase: report.phase,
+            message: report.message,
+            updated_at: report.updated_at,
+            import_bytes_done: report.import_bytes_done,
+            import_bytes_total: report.import_bytes_total,
+        },
+    );
+    aggregate_node_reports(nodes, report.observed_revision)
+}
+
+/// The top-level status of a multi-node resource: a copy of the least advanced node's report
+/// (failed, then anything in progress, then ready; ties go to the smallest node id), with the
+/// node named in the message when more than one node reports.
+pub(crate) fn aggregate_node_reports(
+    nodes: BTreeMap<String, PerNodeStatus>,
+    observed_revision: u64,
+) -> Status {
+    fn rank(phase: &str) -> u8 {
+        match phase {
+            "failed" => 0,
+            "ready" | "running" => 2,
+            _ => 1,
+        }
+    }
+    let worst = nodes
+        .iter()
+        .min_by_key(|(id, n)| (rank(&n.phase), id.as_str()))
+        .map(|(id, n)| (id.clone(), n.clone()));
+    let Some((worst_id, worst)) = worst else {
+        return Status::default();
+    };
+    let message = if nodes.len() > 1 && !worst.message.is_empty() {
+        format!("node {worst_id}: {}", worst.message)
+    } else {
+        worst.message.clone()
+    };
+    Status {
+        phase: worst.phase.clone(),
+        message,
+        node_id: Some(worst_id),
+        observed_revision,
+        updated_at: worst.updated_at.clone(),
+        import_bytes_done: worst.import_bytes_done,
+        import_bytes_total: worst.import_bytes_total,
+        nodes,
+        ..Status::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2262,61 +2318,5 @@ mod tests {
         assert_eq!(events[0].event_type, "network.created");
         assert_eq!(s.networks["n1"].meta.revision, 7);
         assert_eq!(s.networks["n1"].meta.spec_revision, 7);
-    }
-}
-
-/// Folds one node's report on a multi-node resource into its status: the report is kept under
-/// the node's id and the top-level fields are re-derived from all nodes' reports.
-fn merge_node_report(current: &Status, node_id: &str, report: Status) -> Status {
-    let mut nodes = current.nodes.clone();
-    nodes.insert(
-        node_id.to_string(),
-        PerNodeStatus {
-            phase: report.phase,
-            message: report.message,
-            updated_at: report.updated_at,
-            import_bytes_done: report.import_bytes_done,
-            import_bytes_total: report.import_bytes_total,
-        },
-    );
-    aggregate_node_reports(nodes, report.observed_revision)
-}
-
-/// The top-level status of a multi-node resource: a copy of the least advanced node's report
-/// (failed, then anything in progress, then ready; ties go to the smallest node id), with the
-/// node named in the message when more than one node reports.
-pub(crate) fn aggregate_node_reports(
-    nodes: BTreeMap<String, PerNodeStatus>,
-    observed_revision: u64,
-) -> Status {
-    fn rank(phase: &str) -> u8 {
-        match phase {
-            "failed" => 0,
-            "ready" | "running" => 2,
-            _ => 1,
-        }
-    }
-    let worst = nodes
-        .iter()
-        .min_by_key(|(id, n)| (rank(&n.phase), id.as_str()))
-        .map(|(id, n)| (id.clone(), n.clone()));
-    let Some((worst_id, worst)) = worst else {
-        return Status::default();
-    };
-    let message = if nodes.len() > 1 && !worst.message.is_empty() {
-        format!("node {worst_id}: {}", worst.message)
-    } else {
-        worst.message.clone()
-    };
-    Status {
-        phase: worst.phase.clone(),
-        message,
-        node_id: Some(worst_id),
-        observed_revision,
-        updated_at: worst.updated_at.clone(),
-        import_bytes_done: worst.import_bytes_done,
-        import_bytes_total: worst.import_bytes_total,
-        nodes,
-        ..Status::default()
     }
 }
