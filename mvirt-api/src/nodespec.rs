@@ -164,6 +164,11 @@ pub fn desired_for(state: &State, node_id: &str) -> proto::NodeSpec {
                         port_max: r.port_max.into(),
                         cidr: r.cidr.clone().unwrap_or_default(),
                         remote_group_id: r.remote_group_id.clone().unwrap_or_default(),
+                        remote_addresses: r
+                            .remote_group_id
+                            .as_deref()
+                            .map(|g| remote_members(state, node_id, g, &mut bump))
+                            .unwrap_or_default(),
                     })
                     .collect(),
             }
@@ -256,6 +261,39 @@ fn route(
         node_id: node.meta.id.clone(),
         node_address: node.status.address.clone(),
     }
+}
+
+/// The addresses of `group`'s member NICs that are attached to VMs placed on nodes other than
+/// `node_id` (sorted, so the set is stable), bumping the revision with everything they depend on.
+fn remote_members(
+    state: &State,
+    node_id: &str,
+    group: &str,
+    bump: &mut impl FnMut(u64),
+) -> Vec<String> {
+    let mut addresses = BTreeSet::new();
+    for nic in state
+        .nics
+        .values()
+        .filter(|n| n.spec.security_group_ids.iter().any(|g| g == group))
+    {
+        let Some(vm) = nic.vm_id.as_ref().and_then(|v| state.vms.get(v)) else {
+            continue;
+        };
+        match vm.node_id.as_deref() {
+            Some(other) if other != node_id => {}
+            _ => continue,
+        }
+        bump(nic.meta.spec_revision);
+        bump(vm.meta.spec_revision);
+        if let Some(a) = &nic.spec.ipv4_address {
+            addresses.insert(format!("{a}/32"));
+        }
+        if let Some(a) = &nic.spec.ipv6_address {
+            addresses.insert(format!("{a}/128"));
+        }
+    }
+    addresses.into_iter().collect()
 }
 
 fn project_id(state: &State, name: &str) -> String {

@@ -1304,6 +1304,10 @@ impl State {
                     }
                 }
                 spec_changed = new != nic.spec;
+                if new.security_group_ids != nic.spec.security_group_ids {
+                    // Leaving a group removes the NIC from other nodes' remote-group expansions.
+                    self.counters.last_removal_revision = index;
+                }
                 if let Some(n) = self.nics.get_mut(id) {
                     n.spec = new;
                 }

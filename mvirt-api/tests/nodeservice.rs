@@ -435,6 +435,86 @@ async fn status_changes_only_through_node_reports() {
     assert_eq!(v["status"]["phase"], "running");
 }
 
+#[tokio::test]
+async fn remote_group_rules_carry_the_members_on_other_nodes() {
+    let m = start_member().await;
+    let mut c = client(&m).await;
+    let a = register(&mut c, &m.token, "", "host-a", 8, 16).await;
+    let b = register(&mut c, &m.token, "", "host-b", 8, 16).await;
+    let net = m
+        .create(
+            "/v1/networks",
+            json!({"name": "net", "spec": {"ipv4_prefix": "10.0.0.0/24", "ipv6_prefix": "fd00::/64"}}),
+        )
+        .await;
+    let bastion = m
+        .create(
+            "/v1/security-groups",
+            json!({"name": "bastion", "spec": {"rules": []}}),
+        )
+        .await;
+    let web = m
+        .create(
+            "/v1/security-groups",
+            json!({"name": "web", "spec": {"rules": [{"direction": "ingress", "protocol": "tcp",
+                "port_min": 22, "port_max": 22, "remote_group_id": bastion["id"]}]}}),
+        )
+        .await;
+    let vm = |name: &str, node: &str, sg: &Value| {
+        json!({"name": name, "spec": {"vcpus": 1, "memory_bytes": GIB, "node_selector": node,
+            "network_interfaces": [{"network_id": net["id"], "security_group_ids": [sg["id"]]}]}})
+    };
+    let web_vm = m.create("/v1/vms", vm("web", &a, &web)).await;
+    let jump_vm = m.create("/v1/vms", vm("jump", &b, &bastion)).await;
+    let jump_id = jump_vm["id"].as_str().unwrap().to_string();
+    vm_until(&m, web_vm["id"].as_str().unwrap(), "web placed", |v| {
+        v["node_id"] == a.as_str()
+    })
+    .await;
+    vm_until(&m, &jump_id, "jump placed", |v| v["node_id"] == b.as_str()).await;
+    let (_, jump_nic) = m
+        .get(&format!(
+            "/v1/nics/{}",
+            jump_vm["spec"]["nic_ids"][0].as_str().unwrap()
+        ))
+        .await;
+
+    let mut stream = c
+        .watch_specs(req(
+            proto::WatchSpecsRequest {
+                node_id: a.clone(),
+                from_revision: 0,
+            },
+            &m.token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    let rule = &first.security_groups[0].rules[0];
+    assert_eq!(rule.remote_group_id, bastion["id"].as_str().unwrap());
+    let v4 = format!("{}/32", jump_nic["spec"]["ipv4_address"].as_str().unwrap());
+    let v6 = format!("{}/128", jump_nic["spec"]["ipv6_address"].as_str().unwrap());
+    let mut want = vec![v4, v6];
+    want.sort();
+    assert_eq!(rule.remote_addresses, want);
+
+    // The bastion NIC leaves the group: node A gets a new set without its addresses.
+    let (s, body) = m
+        .call(
+            reqwest::Method::PUT,
+            &format!("/v1/nics/{}", jump_nic["id"].as_str().unwrap()),
+            Some(json!({"spec": {"network_id": net["id"], "security_group_ids": []}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let second = stream.message().await.unwrap().unwrap();
+    assert!(second.revision > first.revision);
+    assert!(second.security_groups[0].rules[0]
+        .remote_addresses
+        .is_empty());
+}
+
 async fn report(
     c: &mut NodeServiceClient<Channel>,
     token: &str,
