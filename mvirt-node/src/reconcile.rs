@@ -1132,6 +1132,7 @@ mod tests {
             port_max: 22,
             cidr: "0.0.0.0/0".into(),
             remote_group_id: String::new(),
+            remote_addresses: Vec::new(),
         };
         let translated = net_rule(&rule);
         assert_eq!(translated.protocol, net::Protocol::Tcp as i32);

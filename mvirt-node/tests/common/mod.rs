@@ -147,7 +147,7 @@ impl Drop for HostDaemons {
     fn drop(&mut self) {
         let vmm = self.endpoints.vmm.clone();
         let ebpf = self.endpoints.ebpf.clone();
-        let cleanup = async move {
+        let cleanup = |vmm: String, ebpf: String| async move {
             use mvirt_ebpf::proto::net_service_client::NetServiceClient;
             use mvirt_vmm::proto::vm_service_client::VmServiceClient;
             if let Ok(mut client) = VmServiceClient::connect(vmm).await {
@@ -182,13 +182,51 @@ impl Drop for HostDaemons {
             }
         };
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            tokio::task::block_in_place(|| handle.block_on(cleanup));
+            // Twice: an agent of this host that was still converging (a test that ended without
+            // stopping it) may have created a VM or NIC while the first pass ran.
+            tokio::task::block_in_place(|| {
+                handle.block_on(async {
+                    cleanup(vmm.clone(), ebpf.clone()).await;
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    cleanup(vmm, ebpf).await;
+                })
+            });
         }
+        // Last resort: no hypervisor started from this host's directory outlives the test.
+        kill_processes_mentioning(&self.dir);
         self.shutdown.trigger();
         let _ = std::process::Command::new("ip")
             .args(["link", "del", &self.tunnel_device])
             .output();
         let _ = std::fs::remove_dir_all(&self.pin_dir);
+    }
+}
+
+/// SIGKILLs every process whose command line mentions `dir` (hypervisors started by this host's
+/// vmm carry their socket and disk paths under it).
+fn kill_processes_mentioning(dir: &Path) {
+    let needle = dir.to_string_lossy().into_owned();
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid as u32 == me {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if String::from_utf8_lossy(&cmdline).contains(&needle) {
+            eprintln!("test cleanup: killing leftover process {pid} that uses {needle}");
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
 }
 
@@ -215,9 +253,17 @@ impl Agent {
         self.task.abort();
     }
 
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         self.shutdown.trigger();
-        let _ = self.task.await;
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for Agent {
+    /// An agent a test did not stop must not keep converging while the host is torn down.
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+        self.task.abort();
     }
 }
 
