@@ -263,7 +263,7 @@ fn route(
     }
 }
 
-/// The addresses of `group`'s member NICs that are attached to VMs placed on nodes other than
+/// The host addresses (no prefix length, as mvirt-ebpf returns them) of `group`'s member NICs that are attached to VMs placed on nodes other than
 /// `node_id` (sorted, so the set is stable), bumping the revision with everything they depend on.
 fn remote_members(
     state: &State,
@@ -286,12 +286,8 @@ fn remote_members(
         }
         bump(nic.meta.spec_revision);
         bump(vm.meta.spec_revision);
-        if let Some(a) = &nic.spec.ipv4_address {
-            addresses.insert(format!("{a}/32"));
-        }
-        if let Some(a) = &nic.spec.ipv6_address {
-            addresses.insert(format!("{a}/128"));
-        }
+        addresses.extend(nic.spec.ipv4_address.iter().cloned());
+        addresses.extend(nic.spec.ipv6_address.iter().cloned());
     }
     addresses.into_iter().collect()
 }
