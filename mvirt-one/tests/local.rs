@@ -913,6 +913,173 @@ async fn private_registries_need_credentials_and_layers_are_cached_by_digest() {
     h.stop().await;
 }
 
+/// cgroup limits: the memory limit OOM-kills (and says so), a container below its limit runs,
+/// the pids limit stops a fork loop, the CPU quota throttles, exec joins the container's cgroup,
+/// and delete removes the cgroups. On the test machines the controllers are cgroup v1 (hybrid
+/// host); the guest test covers cgroup v2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cgroup_limits_are_enforced_and_removed_with_the_pod() {
+    let mut h = Harness::start().await;
+    h.registry
+        .push_image("limits", "latest", &TestImage::busybox());
+    let image = h.image("limits");
+    let container = |name: &str, script: &str| proto::ContainerSpec {
+        name: name.into(),
+        image: image.clone(),
+        command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        restart_policy: proto::RestartPolicy::Never as i32,
+        ..Default::default()
+    };
+    const MIB: u64 = 1024 * 1024;
+
+    // Limits out of range are refused, and nothing is recorded.
+    for (field, mut bad) in [
+        ("cpu_millicores", container("bad", "true")),
+        ("memory_limit_bytes", container("bad", "true")),
+        ("pids_limit", container("bad", "true")),
+    ] {
+        match field {
+            "cpu_millicores" => bad.cpu_millicores = Some(5),
+            "memory_limit_bytes" => bad.memory_limit_bytes = Some(1024),
+            _ => bad.pids_limit = Some(0),
+        }
+        let id = uuid();
+        let err = h
+            .client
+            .create_pod(proto::CreatePodRequest {
+                id: id.clone(),
+                hostname: String::new(),
+                containers: vec![bad],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains(field), "{}", err.message());
+        let gone = h.client.get_pod(proto::GetPodRequest { id }).await;
+        assert_eq!(gone.unwrap_err().code(), tonic::Code::NotFound);
+    }
+
+    let mut hog = container("hog", "echo start; tail /dev/zero");
+    hog.memory_limit_bytes = Some(32 * MIB);
+    let mut modest = container(
+        "modest",
+        "head -c 16000000 /dev/zero | tail -c 16000000 | wc -c",
+    );
+    modest.memory_limit_bytes = Some(64 * MIB);
+    let mut forker = container(
+        "forker",
+        "for i in $(seq 1 20); do sleep 30 & done; echo all-started; wait",
+    );
+    forker.pids_limit = Some(5);
+    let mut spinner = container("spinner", "while :; do :; done");
+    spinner.cpu_millicores = Some(50);
+    let pod = h.create(vec![hog, modest, forker, spinner]).await;
+    let cgroups = mvirt_one::cgroup::Hierarchy::detect();
+    for name in ["hog", "modest", "forker", "spinner"] {
+        let dirs = cgroups.cgroup_of(&pod.id, name).dirs();
+        assert!(!dirs.is_empty(), "no cgroup hierarchy on this host");
+        for dir in dirs {
+            assert!(dir.is_dir(), "{} missing after create", dir.display());
+        }
+    }
+    h.start_pod(&pod.id).await;
+
+    let hog = h
+        .wait_container(&pod.id, "the hog to die", |c| {
+            c.name == "hog" && c.state == EXITED
+        })
+        .await;
+    assert!(hog.oom_killed, "{hog:?}");
+    assert_eq!(hog.exit_code, 137, "{hog:?}");
+    assert_eq!(text(&h.logs(&pod.id, "hog", 0).await), ["start"]);
+
+    let modest = h
+        .wait_container(&pod.id, "the modest container to finish", |c| {
+            c.name == "modest" && c.state == EXITED
+        })
+        .await;
+    assert!(!modest.oom_killed && modest.exit_code == 0, "{modest:?}");
+    assert_eq!(text(&h.logs(&pod.id, "modest", 0).await), ["16000000"]);
+
+    let forker = h
+        .wait_container(&pod.id, "the fork loop to fail", |c| {
+            c.name == "forker" && c.state == EXITED
+        })
+        .await;
+    assert_ne!(forker.exit_code, 0, "{forker:?}");
+    assert!(!forker.oom_killed);
+    let forker_log = text(&h.logs(&pod.id, "forker", 0).await);
+    assert!(
+        forker_log.iter().any(|l| l.contains("can't fork"))
+            && !forker_log.contains(&"all-started".to_string()),
+        "{forker_log:?}"
+    );
+
+    // The spinner runs in its cgroup, and the quota throttles it.
+    let spinner = h
+        .wait_container(&pod.id, "the spinner to run", |c| {
+            c.name == "spinner" && c.state == RUNNING
+        })
+        .await;
+    let spinner_cgroup = cgroups.cgroup_of(&pod.id, "spinner");
+    for dir in spinner_cgroup.dirs() {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
+        assert!(
+            procs.lines().any(|l| l == spinner.pid.to_string()),
+            "{}: {procs}",
+            dir.display()
+        );
+    }
+    let cpu_dir = spinner_cgroup.dir_for("cpu").unwrap();
+    let throttled = || {
+        std::fs::read_to_string(cpu_dir.join("cpu.stat"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("nr_throttled "))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap()
+    };
+    mvirt_testsupport::process::wait_until(
+        "the spinner to be throttled",
+        Duration::from_secs(20),
+        || (throttled() > 0).then_some(()),
+    );
+    // An exec'd process joins the container's cgroup too.
+    let (out, _, code) = h
+        .exec(
+            &pod.id,
+            "spinner",
+            &["cat", "/proc/self/cgroup"],
+            false,
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    let own = String::from_utf8_lossy(&out).to_string();
+    assert!(
+        own.contains(&format!("/mvirt-one/{}/spinner", pod.id)),
+        "{own}"
+    );
+
+    h.client
+        .delete_pod(proto::DeletePodRequest {
+            id: pod.id.clone(),
+            timeout_seconds: 1,
+        })
+        .await
+        .unwrap();
+    for name in ["hog", "modest", "forker", "spinner"] {
+        for dir in cgroups.cgroup_of(&pod.id, name).dirs() {
+            assert!(!dir.exists(), "{} left after delete", dir.display());
+        }
+    }
+    for dir in cgroups.pod_dirs(&pod.id) {
+        assert!(!dir.exists(), "{} left after delete", dir.display());
+    }
+    h.stop().await;
+}
+
 /// Bearer-token auth (distribution's `auth: token:`) with a real token server: the registry
 /// verifies the tokens' signature, issuer, audience, expiry and access itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
