@@ -217,6 +217,27 @@ impl Hierarchy {
         limits: &Limits,
     ) -> Result<Cgroup, CgroupError> {
         self.check(limits)?;
+        // The base is removed when its last pod goes; a create racing with that sees a
+        // directory vanish under it and simply starts over.
+        let mut attempts = 0;
+        loop {
+            match self.create_once(pod, container, limits) {
+                Err(CgroupError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound && attempts < 5 =>
+                {
+                    attempts += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn create_once(
+        &self,
+        pod: &str,
+        container: &str,
+        limits: &Limits,
+    ) -> Result<Cgroup, CgroupError> {
         match self {
             Hierarchy::None => Ok(Cgroup { dirs: Vec::new() }),
             Hierarchy::V2 { base, available } => {
@@ -350,12 +371,16 @@ impl Hierarchy {
     }
 
     /// Removes the (empty) cgroup of a pod after its containers' cgroups are gone.
+    /// Also removes the base once no pod is left (other pods keep it busy).
     pub fn remove_pod(&self, pod: &str) {
         for dir in self.pod_dirs(pod) {
             if let Err(e) = std::fs::remove_dir(&dir) {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     tracing::warn!(path = %dir.display(), error = %e, "cannot remove pod cgroup");
                 }
+            }
+            if let Some(base) = dir.parent() {
+                let _ = std::fs::remove_dir(base);
             }
         }
     }
