@@ -29,8 +29,12 @@ pub const BASE_NAME: &str = "mvirt-one";
 pub const CPU_PERIOD_US: u64 = 100_000;
 /// The smallest CPU quota the kernel accepts is 1 ms per period: 10 millicores.
 pub const MIN_CPU_MILLICORES: u32 = 10;
+/// 1000 CPUs: far beyond any pod VM, and well inside what `cpu.max` accepts.
+pub const MAX_CPU_MILLICORES: u32 = 1_000_000;
 /// Below this a container cannot even exec busybox; such a limit is a mistake.
 pub const MIN_MEMORY_BYTES: u64 = 4 * 1024 * 1024;
+/// The kernel's `PID_MAX_LIMIT`: `pids.max` accepts nothing larger.
+pub const MAX_PIDS: u32 = 4 * 1024 * 1024;
 
 /// Resource limits of one container; `None` = unlimited.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -48,9 +52,9 @@ impl Limits {
     /// Checks the values; the message names the field.
     pub fn validate(&self) -> Result<(), String> {
         if let Some(m) = self.cpu_millicores {
-            if m < MIN_CPU_MILLICORES {
+            if !(MIN_CPU_MILLICORES..=MAX_CPU_MILLICORES).contains(&m) {
                 return Err(format!(
-                    "cpu_millicores must be at least {MIN_CPU_MILLICORES} (got {m}); omit it for no limit"
+                    "cpu_millicores must be between {MIN_CPU_MILLICORES} and {MAX_CPU_MILLICORES} (got {m}); omit it for no limit"
                 ));
             }
         }
@@ -61,8 +65,12 @@ impl Limits {
                 ));
             }
         }
-        if self.pids == Some(0) {
-            return Err("pids_limit must be at least 1; omit it for no limit".into());
+        if let Some(p) = self.pids {
+            if !(1..=MAX_PIDS).contains(&p) {
+                return Err(format!(
+                    "pids_limit must be between 1 and {MAX_PIDS} (got {p}); omit it for no limit"
+                ));
+            }
         }
         Ok(())
     }
@@ -592,6 +600,13 @@ mod tests {
     #[test]
     fn limit_values_are_validated() {
         assert!(Limits::default().validate().is_ok());
+        assert!(Limits {
+            cpu_millicores: Some(MIN_CPU_MILLICORES),
+            memory_bytes: Some(MIN_MEMORY_BYTES),
+            pids: Some(1),
+        }
+        .validate()
+        .is_ok());
         for bad in [
             Limits {
                 cpu_millicores: Some(5),
@@ -603,6 +618,14 @@ mod tests {
             },
             Limits {
                 pids: Some(0),
+                ..Default::default()
+            },
+            Limits {
+                cpu_millicores: Some(MAX_CPU_MILLICORES + 1),
+                ..Default::default()
+            },
+            Limits {
+                pids: Some(MAX_PIDS + 1),
                 ..Default::default()
             },
         ] {
