@@ -498,8 +498,10 @@ impl Cgroup {
         all
     }
 
-    /// Kills whatever still runs in the cgroup and removes it (retrying while the kernel
-    /// finishes the killed processes).
+    /// Kills whatever still runs in the cgroup and removes it, retrying for up to ~7 s while
+    /// the kernel finishes the killed processes: when a container's pid-namespace init dies,
+    /// the rest of the namespace is killed asynchronously, and cgroup v1 has no notification
+    /// for "empty" (v2's `cgroup.events` does, but one loop for both keeps this simple).
     pub async fn remove(&self) -> Result<(), CgroupError> {
         for attempt in 0..50 {
             for pid in self.pids() {
