@@ -11,6 +11,7 @@ use mvirt_common::Shutdown;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::cgroup::Limits;
 use crate::image::Credentials;
 use crate::logs;
 use crate::proto;
@@ -144,6 +145,11 @@ fn container_spec_from(c: proto::ContainerSpec) -> Result<ContainerSpec, Status>
         ports,
         credentials,
         user: c.user,
+        limits: Limits {
+            cpu_millicores: c.cpu_millicores,
+            memory_bytes: c.memory_limit_bytes,
+            pids: c.pids_limit,
+        },
     })
 }
 
@@ -164,6 +170,7 @@ fn container_status_to(s: ContainerStatus) -> proto::ContainerStatus {
         started_at_ns: s.started_at_ns,
         finished_at_ns: s.finished_at_ns,
         message: s.message,
+        oom_killed: s.oom_killed,
     }
 }
 

@@ -17,6 +17,7 @@ use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
+use oci_client::RegistryOperation;
 use oci_client::{Client, Reference};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
@@ -374,6 +375,16 @@ impl ImageStore {
         })?;
         let client = self.client_for(reference, parsed.resolve_registry())?;
         let auth = credentials.to_oci();
+        if *credentials != Credentials::Anonymous {
+            // Authenticate explicitly first: oci-client's implicit token fetch drops the token
+            // server's refusal and carries on anonymously, so wrong credentials would only show
+            // as the registry's generic 401. This surfaces the token server's reason instead.
+            // Costs one `GET /v2/` (plus the token request on a token-auth registry).
+            client
+                .auth(&parsed, &auth, RegistryOperation::Pull)
+                .await
+                .map_err(|e| classify(reference, e))?;
+        }
         tracing::info!(image = reference, "pulling image manifest");
         let (manifest, manifest_digest) = client
             .pull_image_manifest(&parsed, &auth)

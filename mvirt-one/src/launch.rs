@@ -53,6 +53,10 @@ pub struct ContainerLaunch {
     pub identity: Identity,
     /// Copied to `/etc/resolv.conf` in the container when it exists.
     pub resolv_conf: Option<PathBuf>,
+    /// `cgroup.procs` files of the container's cgroup (one per hierarchy) that its first
+    /// process joins before exec.
+    #[serde(default)]
+    pub cgroup_procs: Vec<PathBuf>,
 }
 
 /// Everything an exec launcher needs.
@@ -65,6 +69,9 @@ pub struct ExecLaunch {
     pub cwd: String,
     pub identity: Identity,
     pub tty: bool,
+    /// The container's cgroup, which the command joins (so the limits cover it too).
+    #[serde(default)]
+    pub cgroup_procs: Vec<PathBuf>,
 }
 
 fn report(line: &str) {
@@ -117,11 +124,33 @@ fn mkdir_p(path: &Path) -> Result<(), String> {
     std::fs::create_dir_all(path).map_err(|e| format!("create {}: {e}", path.display()))
 }
 
+/// Opens the `cgroup.procs` files to join (while the host's /sys/fs/cgroup is still visible).
+fn open_cgroup_procs(paths: &[PathBuf]) -> Result<Vec<std::fs::File>, String> {
+    paths
+        .iter()
+        .map(|p| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(p)
+                .map_err(|e| format!("open {}: {e}", p.display()))
+        })
+        .collect()
+}
+
+/// Moves the calling process into the cgroups (`0` means "the writer"); between fork and exec.
+fn join_cgroups(files: &[std::fs::File]) -> std::io::Result<()> {
+    for file in files {
+        (&*file).write_all(b"0")?;
+    }
+    Ok(())
+}
+
 fn spawn_container(spec: &ContainerLaunch) -> Result<std::process::Child, String> {
     let argv0 = spec
         .argv
         .first()
         .ok_or_else(|| "no command to run: the image has no entrypoint or cmd".to_string())?;
+    let cgroups = open_cgroup_procs(&spec.cgroup_procs)?;
     unshare(
         CloneFlags::CLONE_NEWNS
             | CloneFlags::CLONE_NEWPID
@@ -207,6 +236,7 @@ fn spawn_container(spec: &ContainerLaunch) -> Result<std::process::Child, String
     unsafe {
         command.pre_exec(move || {
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+            join_cgroups(&cgroups)?;
             mount(
                 Some("proc"),
                 &merged.join("proc"),
@@ -326,6 +356,8 @@ fn spawn_exec(spec: &ExecLaunch) -> Result<std::process::Child, String> {
         .argv
         .first()
         .ok_or_else(|| "exec needs a command".to_string())?;
+    // The cgroup files are opened before the container's mount namespace hides them.
+    let cgroups = open_cgroup_procs(&spec.cgroup_procs)?;
     // Open every namespace before joining any: after joining the mount namespace, /proc is the
     // container's.
     let mut namespaces = Vec::new();
@@ -360,6 +392,7 @@ fn spawn_exec(spec: &ExecLaunch) -> Result<std::process::Child, String> {
     unsafe {
         command.pre_exec(move || {
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+            join_cgroups(&cgroups)?;
             if tty {
                 nix::unistd::setsid()?;
                 if libc::ioctl(0, libc::TIOCSCTTY as _, 0) != 0 {

@@ -9,7 +9,8 @@
 //!   this crate with `default-features = false`).
 //! - `server` feature: [`grpc`] (proto ⇄ domain), [`runtime`] (pods, supervision, exec),
 //!   [`image`] + [`unpack`] (OCI pulls, layer cache, whiteouts), [`launch`] (namespace set-up in
-//!   a re-executed launcher), [`logs`], [`reaper`], [`netinfo`], [`init`] (PID-1 duties),
+//!   a re-executed launcher), [`cgroup`] (per-container limits), [`logs`], [`reaper`],
+//!   [`netinfo`], [`init`] (PID-1 duties),
 //!   [`network`] + [`dhcpv6`] (guest networking), [`server`] (listeners and the daemon's flow).
 
 pub mod proto {
@@ -18,6 +19,8 @@ pub mod proto {
 
 pub mod client;
 
+#[cfg(feature = "server")]
+pub mod cgroup;
 #[cfg(feature = "server")]
 pub mod dhcpv6;
 #[cfg(feature = "server")]

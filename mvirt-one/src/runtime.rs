@@ -22,6 +22,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::sync::{mpsc, oneshot, watch, Mutex};
 
+use crate::cgroup::{Cgroup, CgroupError, Hierarchy, Limits};
 use crate::image::{Credentials, ImageError, ImageStore, PulledImage};
 use crate::launch::{self, ContainerLaunch, ExecLaunch, Identity};
 use crate::logs::{LogFile, Stream};
@@ -69,6 +70,8 @@ pub struct ContainerSpec {
     pub restart_policy: RestartPolicy,
     pub credentials: Credentials,
     pub user: String,
+    /// cgroup limits; all `None` = unlimited.
+    pub limits: Limits,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,6 +101,8 @@ pub struct ContainerStatus {
     pub started_at_ns: i64,
     pub finished_at_ns: i64,
     pub message: String,
+    /// The kernel OOM killer struck during the last run.
+    pub oom_killed: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,6 +148,12 @@ pub enum RuntimeError {
     Launcher(#[source] std::io::Error),
     #[error("exec failed: {0}")]
     ExecFailed(String),
+    #[error("container {container}: {source}")]
+    Cgroup {
+        container: String,
+        #[source]
+        source: CgroupError,
+    },
     #[error("I/O on {path}")]
     Io {
         path: PathBuf,
@@ -165,6 +176,11 @@ impl HasErrorKind for RuntimeError {
             RuntimeError::UnknownUser { .. } => ErrorKind::FailedPrecondition,
             RuntimeError::Image { source, .. } => source.kind(),
             RuntimeError::ExecFailed(_) => ErrorKind::FailedPrecondition,
+            RuntimeError::Cgroup {
+                source: CgroupError::Unsupported(_),
+                ..
+            } => ErrorKind::FailedPrecondition,
+            RuntimeError::Cgroup { .. } => ErrorKind::Internal,
             RuntimeError::Launcher(_) | RuntimeError::Io { .. } => ErrorKind::Internal,
         }
     }
@@ -227,6 +243,7 @@ struct Container {
     image: PulledImage,
     dir: PathBuf,
     process: Process,
+    cgroup: Cgroup,
     log: Arc<LogFile>,
     status: watch::Sender<ContainerStatus>,
     control: watch::Sender<Desired>,
@@ -291,6 +308,7 @@ pub struct Runtime {
     images: ImageStore,
     reaper: Reaper,
     audit: AuditLogger,
+    cgroups: Hierarchy,
     pods: Mutex<BTreeMap<String, Arc<Pod>>>,
 }
 
@@ -369,6 +387,9 @@ fn validate_spec(spec: &PodSpec) -> Result<(), RuntimeError> {
                 c.name
             )));
         }
+        c.limits
+            .validate()
+            .map_err(|e| RuntimeError::InvalidSpec(format!("container {:?}: {e}", c.name)))?;
     }
     Ok(())
 }
@@ -513,11 +534,14 @@ impl Runtime {
         // Pods of a previous instance are gone with their processes.
         let _ = std::fs::remove_dir_all(&pods_dir);
         std::fs::create_dir_all(&pods_dir).map_err(io_err(&pods_dir))?;
+        let cgroups = Hierarchy::detect();
+        tracing::info!(?cgroups, "cgroup hierarchy for container limits");
         Ok(Arc::new(Self {
             config,
             images,
             reaper,
             audit,
+            cgroups,
             pods: Mutex::new(BTreeMap::new()),
         }))
     }
@@ -552,6 +576,15 @@ impl Runtime {
                 Err(RuntimeError::PodConflict(spec.id.clone()))
             };
         }
+        // Limits this system cannot enforce are refused before anything is pulled.
+        for c in &spec.containers {
+            self.cgroups
+                .check(&c.limits)
+                .map_err(|source| RuntimeError::Cgroup {
+                    container: c.name.clone(),
+                    source,
+                })?;
+        }
         let mut pulled = Vec::new();
         for c in &spec.containers {
             let image = self
@@ -578,6 +611,8 @@ impl Runtime {
             Ok(pod) => Arc::new(pod),
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&pod_dir);
+                let names: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
+                self.cgroups.discard(&spec.id, &names);
                 return Err(e);
             }
         };
@@ -645,6 +680,13 @@ impl Runtime {
             };
             let dir = pod_dir.join(&c.name);
             std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+            let cgroup = self
+                .cgroups
+                .create(&spec.id, &c.name, &c.limits)
+                .map_err(|source| RuntimeError::Cgroup {
+                    container: c.name.clone(),
+                    source,
+                })?;
             let log_path = pod_dir.join(format!("{}.log", c.name));
             let log = LogFile::open(&log_path).map_err(io_err(&log_path))?;
             let (status, _) = watch::channel(ContainerStatus {
@@ -659,6 +701,7 @@ impl Runtime {
                 started_at_ns: 0,
                 finished_at_ns: 0,
                 message: String::new(),
+                oom_killed: false,
             });
             let (control, _) = watch::channel(Desired::Stop {
                 deadline: tokio::time::Instant::now(),
@@ -673,6 +716,7 @@ impl Runtime {
                 },
                 image,
                 dir,
+                cgroup,
                 log,
                 status,
                 control,
@@ -759,6 +803,18 @@ impl Runtime {
         let pod = self.pod(id).await?;
         let _op = pod.op.lock().await;
         self.stop_containers(&pod, timeout).await;
+        // The cgroups go first: if one cannot be removed the pod stays, and a retry finishes.
+        for container in &pod.containers {
+            container
+                .cgroup
+                .remove()
+                .await
+                .map_err(|source| RuntimeError::Cgroup {
+                    container: container.spec.name.clone(),
+                    source,
+                })?;
+        }
+        self.cgroups.remove_pod(id);
         self.pods.lock().await.remove(id);
         let dir = pod.dir.clone();
         tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&dir))
@@ -769,12 +825,20 @@ impl Runtime {
         Ok(())
     }
 
-    /// Stops every pod (used by Shutdown).
+    /// Stops every pod and removes their cgroups (used by Shutdown).
     pub async fn stop_all(&self, timeout: Duration) {
         let pods: Vec<Arc<Pod>> = self.pods.lock().await.values().cloned().collect();
         let stops = pods.iter().map(|pod| async move {
             let _op = pod.op.lock().await;
             self.stop_containers(pod, timeout).await;
+            // The daemon is going away: leave no cgroups behind (matters in local mode; a VM
+            // powers off anyway).
+            for container in &pod.containers {
+                if let Err(e) = container.cgroup.remove().await {
+                    tracing::warn!(pod = %pod.spec.id, error = %e, "cannot remove container cgroup");
+                }
+            }
+            self.cgroups.remove_pod(&pod.spec.id);
         });
         futures::future::join_all(stops).await;
     }
@@ -794,6 +858,7 @@ impl Runtime {
                 break;
             }
             let started = Instant::now();
+            let oom_kills_before = container.cgroup.oom_kills();
             let exit_code = match self.launch_container(&container, &hostname).await {
                 Ok(Launched {
                     pid,
@@ -806,16 +871,30 @@ impl Runtime {
                         s.restarting = false;
                         s.started_at_ns = now_ns();
                         s.message.clear();
+                        s.oom_killed = false;
                     });
                     tracing::info!(pod = %pod_label, container = %container.spec.name, pid, "container running");
                     let code = wait_for_exit(pid, exit, &mut control).await;
                     // Every line is in the log before the exit is visible (Logs relies on it).
                     join_threads(captures).await;
+                    let oom_killed = container.cgroup.oom_kills() > oom_kills_before;
+                    if oom_killed {
+                        tracing::warn!(pod = %pod_label, container = %container.spec.name, code, "container OOM-killed");
+                        self.audit.warn(
+                            format!(
+                                "container {} was killed by the OOM killer (memory limit {} bytes)",
+                                container.spec.name,
+                                container.spec.limits.memory_bytes.unwrap_or(0)
+                            ),
+                            &[&pod_label],
+                        );
+                    }
                     container.status.send_modify(|s| {
                         s.state = ContainerState::Exited;
                         s.pid = 0;
                         s.exit_code = code;
                         s.finished_at_ns = now_ns();
+                        s.oom_killed = oom_killed;
                     });
                     code
                 }
@@ -885,6 +964,7 @@ impl Runtime {
             cwd: container.process.cwd.clone(),
             identity: container.process.identity.clone(),
             resolv_conf: self.config.resolv_conf.clone(),
+            cgroup_procs: container.cgroup.procs_files(),
         };
         // The work dir must be empty for every mount; a previous run leaves a stale one.
         let _ = std::fs::remove_dir_all(&spec.work);
@@ -981,6 +1061,7 @@ impl Runtime {
             },
             identity: container.process.identity.clone(),
             tty: request.tty,
+            cgroup_procs: container.cgroup.procs_files(),
         };
         let json =
             serde_json::to_string(&spec).map_err(|e| RuntimeError::ExecFailed(e.to_string()))?;

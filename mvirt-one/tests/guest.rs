@@ -164,6 +164,71 @@ async fn pod_vm_with_mvirt_one_as_init_runs_a_container_from_the_registry() {
     assert_eq!(String::from_utf8_lossy(&stdout), "42\n");
     assert_eq!(code, Some(5));
 
+    // cgroup v2 (mounted by mvirt-one as init): every container has its own cgroup, which
+    // exec'd processes join; a memory limit OOM-kills and the status says so; deleting the pod
+    // removes its cgroups (DeletePod fails if one cannot be removed).
+    let (stdout, code) = exec(&mut client, &pod_id, "web", &["cat", "/proc/self/cgroup"]).await;
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&stdout),
+        format!("0::/mvirt-one/{pod_id}/web\n")
+    );
+    let hog_pod = "6f1c2d3e-4a5b-4c6d-8e7f-00112233aaaa".to_string();
+    client
+        .create_pod(proto::CreatePodRequest {
+            id: hog_pod.clone(),
+            hostname: "hog".into(),
+            containers: vec![proto::ContainerSpec {
+                name: "hog".into(),
+                image: format!("{}/busybox:latest", registry_host),
+                command: vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    "echo start; tail /dev/zero".into(),
+                ],
+                restart_policy: proto::RestartPolicy::Never as i32,
+                memory_limit_bytes: Some(32 * 1024 * 1024),
+                pids_limit: Some(16),
+                cpu_millicores: Some(500),
+                ..Default::default()
+            }],
+        })
+        .await
+        .unwrap_or_else(|e| panic!("create hog pod: {e:?}; console:\n{}", console_text()));
+    client
+        .start_pod(proto::StartPodRequest {
+            id: hog_pod.clone(),
+        })
+        .await
+        .unwrap();
+    let hog = wait_until_async("the hog to be OOM-killed", Duration::from_secs(120), || {
+        let mut client = client.clone();
+        let id = hog_pod.clone();
+        async move {
+            let pod = client
+                .get_pod(proto::GetPodRequest { id })
+                .await
+                .ok()?
+                .into_inner();
+            pod.containers
+                .into_iter()
+                .find(|c| c.state == proto::ContainerState::Exited as i32)
+        }
+    })
+    .await;
+    assert!(
+        hog.oom_killed && hog.exit_code == 137,
+        "{hog:?}; console:\n{}",
+        console_text()
+    );
+    client
+        .delete_pod(proto::DeletePodRequest {
+            id: hog_pod.clone(),
+            timeout_seconds: 1,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("delete hog pod: {e:?}"));
+
     // Shutdown stops the containers and powers the VM off.
     client
         .shutdown(proto::ShutdownRequest { timeout_seconds: 2 })
@@ -242,4 +307,39 @@ async fn acpi_power_button_stops_containers_gracefully_and_powers_off() {
         console.contains("container graceful exited with code 0"),
         "{console}"
     );
+}
+
+/// Runs `command` in a container (no TTY, no stdin); returns stdout and the exit code.
+async fn exec(
+    client: &mut proto::one_service_client::OneServiceClient<tonic::transport::Channel>,
+    pod_id: &str,
+    container: &str,
+    command: &[&str],
+) -> (Vec<u8>, Option<i32>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(proto::ExecInput {
+        input: Some(proto::exec_input::Input::Start(proto::ExecStart {
+            pod_id: pod_id.into(),
+            container: container.into(),
+            command: command.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        })),
+    })
+    .await
+    .unwrap();
+    drop(tx);
+    let mut output = client
+        .exec(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut stdout, mut code) = (Vec::new(), None);
+    while let Some(message) = output.next().await {
+        match message.unwrap().output {
+            Some(proto::exec_output::Output::Stdout(b)) => stdout.extend(b),
+            Some(proto::exec_output::Output::ExitCode(c)) => code = Some(c),
+            _ => {}
+        }
+    }
+    (stdout, code)
 }

@@ -13,7 +13,10 @@ use mvirt_one::proto::one_service_client::OneServiceClient;
 use mvirt_one::runtime::RuntimeConfig;
 use mvirt_one::server::{self, BoundListener, DaemonConfig, Listen};
 use mvirt_testsupport::process::wait_until_async;
-use mvirt_testsupport::registry::{LayerBuilder, Registry, TestImage};
+use mvirt_testsupport::registry::{
+    LayerBuilder, Registry, TestImage, OCI_MANIFEST, TOKEN_PUSH_USER,
+};
+use mvirt_testsupport::token_server::{TokenServer, TokenUser};
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
@@ -905,6 +908,328 @@ async fn private_registries_need_credentials_and_layers_are_cached_by_digest() {
     let again = h.create(vec![spec(Some(("puller", "s3cret")))]).await;
     assert_eq!(
         again.containers[0].image_digest,
+        pod.containers[0].image_digest
+    );
+    h.stop().await;
+}
+
+/// cgroup limits: the memory limit OOM-kills (and says so), a container below its limit runs,
+/// the pids limit stops a fork loop, the CPU quota throttles, exec joins the container's cgroup,
+/// and delete removes the cgroups. On the test machines the controllers are cgroup v1 (hybrid
+/// host); the guest test covers cgroup v2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cgroup_limits_are_enforced_and_removed_with_the_pod() {
+    let mut h = Harness::start().await;
+    h.registry
+        .push_image("limits", "latest", &TestImage::busybox());
+    let image = h.image("limits");
+    let container = |name: &str, script: &str| proto::ContainerSpec {
+        name: name.into(),
+        image: image.clone(),
+        command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        restart_policy: proto::RestartPolicy::Never as i32,
+        ..Default::default()
+    };
+    const MIB: u64 = 1024 * 1024;
+
+    // Limits out of range are refused, and nothing is recorded.
+    for (field, mut bad) in [
+        ("cpu_millicores", container("bad", "true")),
+        ("memory_limit_bytes", container("bad", "true")),
+        ("pids_limit", container("bad", "true")),
+    ] {
+        match field {
+            "cpu_millicores" => bad.cpu_millicores = Some(5),
+            "memory_limit_bytes" => bad.memory_limit_bytes = Some(1024),
+            _ => bad.pids_limit = Some(0),
+        }
+        let id = uuid();
+        let err = h
+            .client
+            .create_pod(proto::CreatePodRequest {
+                id: id.clone(),
+                hostname: String::new(),
+                containers: vec![bad],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains(field), "{}", err.message());
+        let gone = h.client.get_pod(proto::GetPodRequest { id }).await;
+        assert_eq!(gone.unwrap_err().code(), tonic::Code::NotFound);
+    }
+
+    let mut hog = container("hog", "echo start; tail /dev/zero");
+    hog.memory_limit_bytes = Some(32 * MIB);
+    let mut modest = container(
+        "modest",
+        "head -c 16000000 /dev/zero | tail -c 16000000 | wc -c",
+    );
+    modest.memory_limit_bytes = Some(64 * MIB);
+    let mut forker = container(
+        "forker",
+        "for i in $(seq 1 20); do sleep 30 & done; echo all-started; wait",
+    );
+    forker.pids_limit = Some(5);
+    let mut spinner = container("spinner", "while :; do :; done");
+    spinner.cpu_millicores = Some(50);
+    let pod = h.create(vec![hog, modest, forker, spinner]).await;
+    let cgroups = mvirt_one::cgroup::Hierarchy::detect();
+    for name in ["hog", "modest", "forker", "spinner"] {
+        let dirs = cgroups.cgroup_of(&pod.id, name).dirs();
+        assert!(!dirs.is_empty(), "no cgroup hierarchy on this host");
+        for dir in dirs {
+            assert!(dir.is_dir(), "{} missing after create", dir.display());
+        }
+    }
+    h.start_pod(&pod.id).await;
+
+    let hog = h
+        .wait_container(&pod.id, "the hog to die", |c| {
+            c.name == "hog" && c.state == EXITED
+        })
+        .await;
+    assert!(hog.oom_killed, "{hog:?}");
+    assert_eq!(hog.exit_code, 137, "{hog:?}");
+    assert_eq!(text(&h.logs(&pod.id, "hog", 0).await), ["start"]);
+
+    let modest = h
+        .wait_container(&pod.id, "the modest container to finish", |c| {
+            c.name == "modest" && c.state == EXITED
+        })
+        .await;
+    assert!(!modest.oom_killed && modest.exit_code == 0, "{modest:?}");
+    assert_eq!(text(&h.logs(&pod.id, "modest", 0).await), ["16000000"]);
+
+    let forker = h
+        .wait_container(&pod.id, "the fork loop to fail", |c| {
+            c.name == "forker" && c.state == EXITED
+        })
+        .await;
+    assert_ne!(forker.exit_code, 0, "{forker:?}");
+    assert!(!forker.oom_killed);
+    let forker_log = text(&h.logs(&pod.id, "forker", 0).await);
+    assert!(
+        forker_log.iter().any(|l| l.contains("can't fork"))
+            && !forker_log.contains(&"all-started".to_string()),
+        "{forker_log:?}"
+    );
+
+    // The spinner runs in its cgroup, and the quota throttles it.
+    let spinner = h
+        .wait_container(&pod.id, "the spinner to run", |c| {
+            c.name == "spinner" && c.state == RUNNING
+        })
+        .await;
+    let spinner_cgroup = cgroups.cgroup_of(&pod.id, "spinner");
+    for dir in spinner_cgroup.dirs() {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
+        assert!(
+            procs.lines().any(|l| l == spinner.pid.to_string()),
+            "{}: {procs}",
+            dir.display()
+        );
+    }
+    let cpu_dir = spinner_cgroup.dir_for("cpu").unwrap();
+    let throttled = || {
+        std::fs::read_to_string(cpu_dir.join("cpu.stat"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("nr_throttled "))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap()
+    };
+    mvirt_testsupport::process::wait_until(
+        "the spinner to be throttled",
+        Duration::from_secs(20),
+        || (throttled() > 0).then_some(()),
+    );
+    // An exec'd process joins the container's cgroup too.
+    let (out, _, code) = h
+        .exec(
+            &pod.id,
+            "spinner",
+            &["cat", "/proc/self/cgroup"],
+            false,
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    let own = String::from_utf8_lossy(&out).to_string();
+    assert!(
+        own.contains(&format!("/mvirt-one/{}/spinner", pod.id)),
+        "{own}"
+    );
+
+    h.client
+        .delete_pod(proto::DeletePodRequest {
+            id: pod.id.clone(),
+            timeout_seconds: 1,
+        })
+        .await
+        .unwrap();
+    for name in ["hog", "modest", "forker", "spinner"] {
+        for dir in cgroups.cgroup_of(&pod.id, name).dirs() {
+            assert!(!dir.exists(), "{} left after delete", dir.display());
+        }
+    }
+    for dir in cgroups.pod_dirs(&pod.id) {
+        assert!(!dir.exists(), "{} left after delete", dir.display());
+    }
+    h.stop().await;
+}
+
+/// Bearer-token auth (distribution's `auth: token:`) with a real token server: the registry
+/// verifies the tokens' signature, issuer, audience, expiry and access itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_auth_registry_pulls_only_with_valid_credentials() {
+    let registry = Registry::start_with_token_auth(vec![
+        TokenUser::new("puller", "s3cret", &["pull"]),
+        TokenUser::new("outsider", "0ther", &[]),
+    ]);
+    let mut h = Harness::start_with(registry).await;
+    let image = TestImage::busybox();
+    h.registry.push_image("private/app", "latest", &image);
+    let reference = h.image("private/app");
+
+    // The push itself went through the token server as the fixture's pull,push user, and the
+    // registry refuses requests without a token or with a token signed by a foreign key.
+    let issued = h.registry.token_server().issued();
+    assert!(
+        issued
+            .iter()
+            .any(|t| t.user.as_deref() == Some(TOKEN_PUSH_USER)
+                && t.granted
+                    == [(
+                        "private/app".to_string(),
+                        vec!["pull".to_string(), "push".to_string()]
+                    )]),
+        "{issued:?}"
+    );
+    let manifest_path = "/v2/private/app/manifests/latest";
+    let accept = [("Accept", OCI_MANIFEST)];
+    let anonymous = h
+        .registry
+        .request_as(None, "GET", manifest_path, &accept, &[])
+        .unwrap();
+    assert_eq!(anonymous.status, 401, "{anonymous:?}");
+    let challenge = anonymous.header("WWW-Authenticate").unwrap().to_string();
+    assert!(
+        challenge.starts_with("Bearer ")
+            && challenge.contains("scope=\"repository:private/app:pull\""),
+        "{challenge}"
+    );
+    let foreign = TokenServer::start(vec![TokenUser::new("puller", "s3cret", &["pull"])]);
+    let forged = foreign.token_for("puller", "s3cret", &["repository:private/app:pull"]);
+    let forged_reply = h
+        .registry
+        .request_as(
+            Some(&format!("Bearer {forged}")),
+            "GET",
+            manifest_path,
+            &accept,
+            &[],
+        )
+        .unwrap();
+    assert_eq!(forged_reply.status, 401, "{forged_reply:?}");
+
+    let spec = |auth: Option<proto::RegistryAuth>| proto::ContainerSpec {
+        name: "main".into(),
+        image: reference.clone(),
+        command: vec!["/bin/echo".into(), "pulled with a token".into()],
+        restart_policy: proto::RestartPolicy::Never as i32,
+        registry_auth: auth,
+        ..Default::default()
+    };
+    let basic = |u: &str, p: &str| proto::RegistryAuth {
+        username: u.into(),
+        password: p.into(),
+        token: String::new(),
+    };
+    let bearer = |t: &str| proto::RegistryAuth {
+        token: t.into(),
+        ..Default::default()
+    };
+    let refused_before = h.registry.token_server().refused();
+    let cases = [
+        ("anonymous", None, "refused access"),
+        (
+            "wrong password",
+            Some(basic("puller", "wrong")),
+            "invalid username or password",
+        ),
+        (
+            "unknown user",
+            Some(basic("mallory", "s3cret")),
+            "invalid username or password",
+        ),
+        (
+            "user without pull",
+            Some(basic("outsider", "0ther")),
+            "refused access",
+        ),
+        ("foreign token", Some(bearer(&forged)), "refused access"),
+    ];
+    for (what, auth, expected) in cases {
+        let err = h
+            .client
+            .create_pod(proto::CreatePodRequest {
+                id: uuid(),
+                hostname: String::new(),
+                containers: vec![spec(auth)],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{what}: {err:?}");
+        assert!(
+            err.message().contains(&reference) && err.message().contains(expected),
+            "{what}: {}",
+            err.message()
+        );
+    }
+    assert_eq!(h.registry.token_server().refused(), refused_before + 2);
+    // Nothing half-created: no pod, no blob, no unpacked image.
+    let pods = h
+        .client
+        .list_pods(proto::ListPodsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .pods;
+    assert!(pods.is_empty(), "{pods:?}");
+    for dir in ["images/blobs/sha256", "images/images", "images/tmp"] {
+        let entries: Vec<_> = std::fs::read_dir(h.data.path().join(dir))
+            .unwrap()
+            .collect();
+        assert!(entries.is_empty(), "{dir}: {entries:?}");
+    }
+
+    // The right credentials: a token for exactly the pull scope, and the container runs.
+    let pod = h.create(vec![spec(Some(basic("puller", "s3cret")))]).await;
+    let granted = h.registry.token_server().issued();
+    assert!(
+        granted.iter().any(|t| t.user.as_deref() == Some("puller")
+            && t.scopes == ["repository:private/app:pull"]
+            && t.granted == [("private/app".to_string(), vec!["pull".to_string()])]),
+        "{granted:?}"
+    );
+    h.start_pod(&pod.id).await;
+    h.wait_container(&pod.id, "exit", |c| c.state == EXITED)
+        .await;
+    assert_eq!(
+        text(&h.logs(&pod.id, "main", 0).await),
+        ["pulled with a token"]
+    );
+
+    // A bearer token fetched by the caller (RegistryAuth.token) works as well.
+    let token =
+        h.registry
+            .token_server()
+            .token_for("puller", "s3cret", &["repository:private/app:pull"]);
+    let with_token = h.create(vec![spec(Some(bearer(&token)))]).await;
+    assert_eq!(
+        with_token.containers[0].image_digest,
         pod.containers[0].image_digest
     );
     h.stop().await;

@@ -5,6 +5,7 @@
 //! - [`guest`]: a cached Debian kernel and busybox initramfs for QEMU TCG test guests.
 //! - [`zfs`]: a zfs-fuse daemon and a pool on a sparse file, unique per test.
 //! - [`registry`]: a local OCI registry (distribution) on 127.0.0.1.
+//! - [`token_server`]: a Docker token server for registries with bearer-token auth.
 //! - [`netns`]: network namespaces, veth pairs and TAP devices removed on drop.
 //!
 //! A missing prerequisite (QEMU, zfs-fuse, root, …) is a loud failure, never a skipped test:
@@ -15,6 +16,7 @@ pub mod net;
 pub mod netns;
 pub mod process;
 pub mod registry;
+pub mod token_server;
 pub mod zfs;
 
 use std::path::PathBuf;

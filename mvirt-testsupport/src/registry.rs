@@ -4,11 +4,16 @@
 //! [`Registry::start`] writes a config into a temporary directory (storage included), starts
 //! `docker-registry serve` on a free port, waits until `/v2/` answers, and kills it and removes
 //! everything on drop. [`Registry::start_with_basic_auth`] protects it with htpasswd (bcrypt,
-//! generated with `htpasswd` from apache2-utils). [`LayerBuilder`] makes gzip'd tar layers,
+//! generated with `htpasswd` from apache2-utils). [`Registry::start_with_token_auth`] configures
+//! distribution's bearer-token auth (`auth: token:`) against a [`TokenServer`] the fixture
+//! starts and owns; the fixture's own requests (pushes) then follow the real protocol: a `401`
+//! challenge names realm, service and scope, a token for that scope is fetched from the realm
+//! with the fixture's `pull,push` user, and the request is repeated with it. [`LayerBuilder`] makes gzip'd tar layers,
 //! [`TestImage`] puts layers and a config together, [`Registry::push_image`] uploads blobs
 //! (POST + PUT monolithic upload) and the manifest; [`Registry::push_index`] adds an image index.
 //! [`busybox_layer`] is a root filesystem with the host's static `/bin/busybox` and its applets.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -19,6 +24,7 @@ use base64::Engine;
 use sha2::{Digest, Sha256};
 
 use crate::process::{wait_until, ChildGuard};
+use crate::token_server::{TokenServer, TokenUser};
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -36,8 +42,24 @@ pub struct Registry {
     dir: tempfile::TempDir,
     ip: std::net::Ipv4Addr,
     port: u16,
-    auth: Option<(String, String)>,
+    auth: Auth,
 }
+
+/// How the registry authenticates requests, and how the fixture authenticates its own.
+enum Auth {
+    None,
+    Basic(String, String),
+    Token {
+        server: TokenServer,
+        user: String,
+        password: String,
+        /// Tokens of the fixture's user by repository.
+        tokens: std::sync::Mutex<HashMap<String, String>>,
+    },
+}
+
+/// The user the fixture pushes as on a token-auth registry.
+pub const TOKEN_PUSH_USER: &str = "fixture-pusher";
 
 /// A reply of the registry's HTTP API.
 #[derive(Debug)]
@@ -59,24 +81,54 @@ impl HttpReply {
 impl Registry {
     /// An anonymous registry.
     pub fn start() -> Self {
-        Self::launch(std::net::Ipv4Addr::LOCALHOST, None)
+        Self::launch(std::net::Ipv4Addr::LOCALHOST, Auth::None)
     }
 
     /// An anonymous registry listening on `ip` (an address of a TAP or bridge the test owns, so
     /// that a guest can reach it) instead of loopback.
     pub fn start_on(ip: std::net::Ipv4Addr) -> Self {
-        Self::launch(ip, None)
+        Self::launch(ip, Auth::None)
     }
 
     /// A registry that requires HTTP basic auth for everything.
     pub fn start_with_basic_auth(user: &str, password: &str) -> Self {
         Self::launch(
             std::net::Ipv4Addr::LOCALHOST,
-            Some((user.to_string(), password.to_string())),
+            Auth::Basic(user.to_string(), password.to_string()),
         )
     }
 
-    fn launch(ip: std::net::Ipv4Addr, auth: Option<(String, String)>) -> Self {
+    /// A registry that requires bearer tokens from a [`TokenServer`] (started here, stopped
+    /// with the registry) for everything. `users` are the token server's users; the fixture
+    /// adds its own `pull,push` user ([`TOKEN_PUSH_USER`]) for pushing.
+    pub fn start_with_token_auth(users: Vec<TokenUser>) -> Self {
+        let password = format!("push-{}", crate::unique_suffix());
+        let mut all = users;
+        all.push(TokenUser::new(
+            TOKEN_PUSH_USER,
+            &password,
+            &["pull", "push"],
+        ));
+        Self::launch(
+            std::net::Ipv4Addr::LOCALHOST,
+            Auth::Token {
+                server: TokenServer::start(all),
+                user: TOKEN_PUSH_USER.to_string(),
+                password,
+                tokens: Default::default(),
+            },
+        )
+    }
+
+    /// The token server of a registry started with [`Registry::start_with_token_auth`].
+    pub fn token_server(&self) -> &TokenServer {
+        match &self.auth {
+            Auth::Token { server, .. } => server,
+            _ => panic!("this registry was not started with token auth"),
+        }
+    }
+
+    fn launch(ip: std::net::Ipv4Addr, auth: Auth) -> Self {
         assert!(
             Path::new("/usr/bin/docker-registry").exists(),
             "docker-registry is missing: run scripts/setup.sh (apt docker-registry)"
@@ -93,7 +145,7 @@ impl Registry {
             "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {ip}:{port}\n",
             storage.display()
         );
-        if let Some((user, password)) = &auth {
+        if let Auth::Basic(user, password) = &auth {
             let out = Command::new("htpasswd")
                 .args(["-Bbn", user, password])
                 .output()
@@ -104,6 +156,17 @@ impl Registry {
             config.push_str(&format!(
                 "auth:\n  htpasswd:\n    realm: mvirt-test\n    path: {}\n",
                 htpasswd.display()
+            ));
+        }
+        if let Auth::Token { server, .. } = &auth {
+            let bundle = dir.path().join("token-root.pem");
+            server.write_cert_bundle(&bundle);
+            config.push_str(&format!(
+                "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                server.realm(),
+                crate::token_server::SERVICE,
+                crate::token_server::ISSUER,
+                bundle.display()
             ));
         }
         let config_path = dir.path().join("config.yml");
@@ -170,7 +233,9 @@ impl Registry {
             .join("data")
     }
 
-    /// One HTTP/1.1 request to the registry (with basic auth when configured).
+    /// One HTTP/1.1 request to the registry, authenticated as the fixture: basic auth when
+    /// configured; with token auth, a `401` bearer challenge is answered with a token fetched
+    /// from the challenge's realm for its scope, and the request repeated.
     pub fn request(
         &self,
         method: &str,
@@ -178,46 +243,98 @@ impl Registry {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> std::io::Result<HttpReply> {
-        let mut stream = TcpStream::connect((self.ip, self.port))?;
-        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
-            self.host(),
-            body.len()
-        );
-        if let Some((user, password)) = &self.auth {
-            let token =
-                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-            head.push_str(&format!("Authorization: Basic {token}\r\n"));
+        match &self.auth {
+            Auth::None => self.request_as(None, method, path, headers, body),
+            Auth::Basic(user, password) => {
+                let token =
+                    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+                self.request_as(Some(&format!("Basic {token}")), method, path, headers, body)
+            }
+            Auth::Token {
+                user,
+                password,
+                tokens,
+                ..
+            } => {
+                let Some(repo) = repository_of(path) else {
+                    // Not a repository request (`/v2/`): answer the challenge as it comes.
+                    let first = self.request_as(None, method, path, headers, body)?;
+                    if first.status != 401 {
+                        return Ok(first);
+                    }
+                    let challenge = first.header("WWW-Authenticate").ok_or_else(|| {
+                        std::io::Error::other(format!("401 without a challenge: {first:?}"))
+                    })?;
+                    let token = fetch_token(challenge, None, user, password)?;
+                    return self.request_as(
+                        Some(&format!("Bearer {token}")),
+                        method,
+                        path,
+                        headers,
+                        body,
+                    );
+                };
+                // A request with a body must carry its token up front (the registry answers 401
+                // without reading the body), so tokens are fetched per repository, for
+                // `pull,push`, with realm and service from the `/v2/` challenge, and reused.
+                let mut retried = false;
+                loop {
+                    let cached = tokens.lock().expect("token cache").get(&repo).cloned();
+                    let token = match cached {
+                        Some(token) => token,
+                        None => {
+                            let probe = self.request_as(None, "GET", "/v2/", &[], &[])?;
+                            let challenge = probe.header("WWW-Authenticate").ok_or_else(|| {
+                                std::io::Error::other(format!(
+                                    "/v2/ without a challenge: {probe:?}"
+                                ))
+                            })?;
+                            let scope = format!("repository:{repo}:pull,push");
+                            let token = fetch_token(challenge, Some(&scope), user, password)?;
+                            tokens
+                                .lock()
+                                .expect("token cache")
+                                .insert(repo.clone(), token.clone());
+                            token
+                        }
+                    };
+                    let reply = self.request_as(
+                        Some(&format!("Bearer {token}")),
+                        method,
+                        path,
+                        headers,
+                        body,
+                    )?;
+                    if reply.status != 401 || retried {
+                        return Ok(reply);
+                    }
+                    // Expired: fetch a new one once.
+                    tokens.lock().expect("token cache").remove(&repo);
+                    retried = true;
+                }
+            }
         }
-        for (k, v) in headers {
-            head.push_str(&format!("{k}: {v}\r\n"));
-        }
-        head.push_str("\r\n");
-        stream.write_all(head.as_bytes())?;
-        stream.write_all(body)?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw)?;
-        let split = raw
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .ok_or_else(|| std::io::Error::other("malformed HTTP reply"))?;
-        let head = String::from_utf8_lossy(&raw[..split]).to_string();
-        let mut lines = head.lines();
-        let status = lines
-            .next()
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| std::io::Error::other("malformed HTTP status line"))?;
-        let headers = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-            .collect();
-        Ok(HttpReply {
-            status,
+    }
+
+    /// One HTTP/1.1 request to the registry with the given `Authorization` header (or none).
+    pub fn request_as(
+        &self,
+        authorization: Option<&str>,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<HttpReply> {
+        let (ip, port) = (self.ip, self.port);
+        http_request(
+            (ip, port).into(),
+            &self.host(),
+            authorization,
+            method,
+            path,
             headers,
-            body: raw[split + 4..].to_vec(),
-        })
+            body,
+        )
     }
 
     /// Uploads a blob (monolithic: POST to start, PUT with the digest) unless it exists.
@@ -309,6 +426,174 @@ impl Registry {
         }))
         .expect("serialise index");
         self.push_manifest(repo, tag, OCI_INDEX, &index)
+    }
+}
+
+/// Parses a `Bearer realm="…",service="…",scope="…"` challenge.
+pub fn parse_bearer_challenge(header: &str) -> Option<HashMap<String, String>> {
+    let params = header.strip_prefix("Bearer ")?;
+    let mut out = HashMap::new();
+    let mut rest = params.trim();
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once('=')?;
+        let after = after.strip_prefix('"')?;
+        let end = after.find('"')?;
+        out.insert(key.trim().to_string(), after[..end].to_string());
+        rest = after[end + 1..].trim_start_matches(',').trim();
+    }
+    Some(out)
+}
+
+/// The repository name of a registry API path (`/v2/<name>/{blobs,manifests,tags}/…`).
+fn repository_of(path: &str) -> Option<String> {
+    let rest = path.strip_prefix("/v2/")?;
+    ["/blobs/", "/manifests/", "/tags/"]
+        .iter()
+        .filter_map(|marker| rest.find(marker))
+        .min()
+        .map(|end| rest[..end].to_string())
+}
+
+/// Answers a bearer challenge: fetches a token from its realm (HTTP basic `user:password`) for
+/// its service and its scope (or `scope` instead).
+fn fetch_token(
+    challenge: &str,
+    scope: Option<&str>,
+    user: &str,
+    password: &str,
+) -> std::io::Result<String> {
+    let params = parse_bearer_challenge(challenge)
+        .ok_or_else(|| std::io::Error::other(format!("not a bearer challenge: {challenge}")))?;
+    let realm = params
+        .get("realm")
+        .ok_or_else(|| std::io::Error::other("challenge without realm"))?;
+    let rest = realm
+        .strip_prefix("http://")
+        .ok_or_else(|| std::io::Error::other(format!("realm is not plain http: {realm}")))?;
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let addr: std::net::SocketAddr = authority
+        .parse()
+        .map_err(|e| std::io::Error::other(format!("realm address {authority}: {e}")))?;
+    let mut query = Vec::new();
+    if let Some(service) = params.get("service") {
+        query.push(format!("service={}", query_escape(service)));
+    }
+    if let Some(scope) = scope.or(params.get("scope").map(String::as_str)) {
+        query.push(format!("scope={}", query_escape(scope)));
+    }
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let reply = http_request(
+        addr,
+        authority,
+        Some(&format!("Basic {basic}")),
+        "GET",
+        &format!("{path}?{}", query.join("&")),
+        &[],
+        &[],
+    )?;
+    if reply.status != 200 {
+        return Err(std::io::Error::other(format!(
+            "token server answered {}: {}",
+            reply.status,
+            String::from_utf8_lossy(&reply.body)
+        )));
+    }
+    let json: serde_json::Value = serde_json::from_slice(&reply.body)
+        .map_err(|e| std::io::Error::other(format!("token reply is not JSON: {e}")))?;
+    json.get("token")
+        .and_then(|t| t.as_str())
+        .map(str::to_string)
+        .ok_or_else(|| std::io::Error::other("token reply without a token"))
+}
+
+fn query_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// One HTTP/1.1 request (`Connection: close`) to `addr`.
+fn http_request(
+    addr: std::net::SocketAddr,
+    host: &str,
+    authorization: Option<&str>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<HttpReply> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(authorization) = authorization {
+        head.push_str(&format!("Authorization: {authorization}\r\n"));
+    }
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("malformed HTTP reply"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other("malformed HTTP status line"))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    let chunked = HttpReply {
+        status,
+        headers,
+        body: Vec::new(),
+    };
+    if chunked
+        .header("Transfer-Encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+    {
+        body = dechunk(&body)?;
+    }
+    Ok(HttpReply { body, ..chunked })
+}
+
+/// Decodes a chunked HTTP body.
+fn dechunk(mut raw: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = raw
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or_else(|| std::io::Error::other("malformed chunk"))?;
+        let size_text = String::from_utf8_lossy(&raw[..line_end]).to_string();
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|e| std::io::Error::other(format!("chunk size {size_text:?}: {e}")))?;
+        raw = &raw[line_end + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        if raw.len() < size + 2 {
+            return Err(std::io::Error::other("truncated chunk"));
+        }
+        out.extend_from_slice(&raw[..size]);
+        raw = &raw[size + 2..];
     }
 }
 
@@ -493,5 +778,44 @@ impl TestImage {
 
     pub fn layer_digests(&self) -> Vec<String> {
         self.layers.iter().map(|l| sha256_digest(l)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repository_names_of_api_paths() {
+        assert_eq!(
+            repository_of("/v2/team/app/blobs/uploads/").as_deref(),
+            Some("team/app")
+        );
+        assert_eq!(
+            repository_of("/v2/app/manifests/latest").as_deref(),
+            Some("app")
+        );
+        assert_eq!(repository_of("/v2/"), None);
+    }
+
+    #[test]
+    fn bearer_challenges() {
+        let params = parse_bearer_challenge(
+            r#"Bearer realm="http://127.0.0.1:1/token",service="svc",scope="repository:a/b:pull,push""#,
+        )
+        .unwrap();
+        assert_eq!(params["realm"], "http://127.0.0.1:1/token");
+        assert_eq!(params["service"], "svc");
+        assert_eq!(params["scope"], "repository:a/b:pull,push");
+        assert!(parse_bearer_challenge(r#"Basic realm="x""#).is_none());
+    }
+
+    #[test]
+    fn chunked_bodies() {
+        assert_eq!(
+            dechunk(b"3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n").unwrap(),
+            b"abcde"
+        );
+        assert!(dechunk(b"5\r\nab").is_err());
     }
 }
