@@ -25,6 +25,10 @@ pub const ROUTE_NIC: u32 = 1;
 pub const ROUTE_TUNNEL: u32 = 2;
 pub const ROUTE_UPLINK: u32 = 3;
 
+/// `RouteValue::flags`: the destination is a veth, delivered into its peer with
+/// `bpf_redirect_peer` (the daemon's NICs are TAPs and never set it; `mvirt-ebpf-bench` does).
+pub const ROUTE_F_PEER: u8 = 1;
+
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
     #[error("cannot prepare the bpf filesystem at {path}")]
@@ -111,7 +115,8 @@ pub struct RouteValue {
     pub kind: u32,
     pub ifindex: u32,
     pub mac: [u8; 6],
-    pub pad: [u8; 2],
+    pub flags: u8,
+    pub pad: u8,
     /// Remote node IPv4 for tunnel routes (network byte order).
     pub remote: [u8; 4],
     pub key: u32,

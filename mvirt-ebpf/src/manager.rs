@@ -200,7 +200,11 @@ impl NetManager {
             .store
             .get_network(&nic.spec.network_id)?
             .ok_or_else(|| not_found("network", &nic.spec.network_id))?;
-        tap::ensure(&nic.tap_name)?;
+        // The host stack sees a NIC's IPv6 only where it NATs it to the uplink (NAT66).
+        let host_ipv6 = self.config.uplink.is_some()
+            && network.spec.public
+            && network.spec.ipv6_prefix.is_some();
+        tap::ensure(&nic.tap_name, host_ipv6)?;
         let ifindex = inner.datapath.attach_tap(&nic.tap_name)?;
         inner.ifindex.insert(nic.id.clone(), ifindex);
         let config = self.nic_config(nic, &network);
@@ -251,24 +255,33 @@ impl NetManager {
         let mut d = DesiredState::default();
         for network in networks.values() {
             d.tunnel_keys.insert(network.tunnel_key, network.index);
-            if network.spec.public && network.spec.ipv4_prefix.is_some() {
-                d.routes4.insert(
-                    (
-                        0,
-                        Route4Data {
-                            network: network.index,
-                            addr: [0; 4],
-                        },
-                    ),
-                    RouteValue {
-                        kind: ROUTE_UPLINK,
-                        ifindex: 0,
-                        mac: [0; 6],
-                        pad: [0; 2],
-                        remote: [0; 4],
-                        key: 0,
-                    },
-                );
+            if !network.spec.public {
+                continue;
+            }
+            // Public networks: whatever matches no NIC and no tunnel route goes up the host
+            // stack to the uplink (SNAT / NAT66 in nftables).
+            let uplink = RouteValue {
+                kind: ROUTE_UPLINK,
+                ifindex: 0,
+                mac: [0; 6],
+                flags: 0,
+                pad: 0,
+                remote: [0; 4],
+                key: 0,
+            };
+            if network.spec.ipv4_prefix.is_some() {
+                let default = Route4Data {
+                    network: network.index,
+                    addr: [0; 4],
+                };
+                d.routes4.insert((0, default), uplink);
+            }
+            if network.spec.ipv6_prefix.is_some() {
+                let default = Route6Data {
+                    network: network.index,
+                    addr: [0; 16],
+                };
+                d.routes6.insert((0, default), uplink);
             }
         }
         for nic in &nics {
@@ -291,7 +304,9 @@ impl NetManager {
                 kind: ROUTE_NIC,
                 ifindex,
                 mac: nic.spec.mac,
-                pad: [0; 2],
+                // NICs are TAPs: bpf_redirect to their egress (the VM reads the frame).
+                flags: 0,
+                pad: 0,
                 remote: [0; 4],
                 key: 0,
             };
@@ -343,7 +358,8 @@ impl NetManager {
                     kind: ROUTE_TUNNEL,
                     ifindex: tunnel,
                     mac: [0; 6],
-                    pad: [0; 2],
+                    flags: 0,
+                    pad: 0,
                     remote: route.spec.remote_node.octets(),
                     key: network.tunnel_key,
                 };
@@ -376,13 +392,14 @@ impl NetManager {
             let networks = self.store.list_networks()?;
             let nics = self.store.list_nics()?;
             let mut public_hosts = Vec::new();
-            let mut prefixes = Vec::new();
+            let mut prefixes: Vec<IpNet> = Vec::new();
             for n in networks.iter().filter(|n| n.spec.public) {
-                if let Some(p) = n.spec.ipv4_prefix {
-                    prefixes.push(p);
-                }
+                prefixes.extend(n.spec.ipv4_prefix.map(IpNet::V4));
+                prefixes.extend(n.spec.ipv6_prefix.map(IpNet::V6));
                 for nic in nics.iter().filter(|x| x.spec.network_id == n.id) {
-                    if let Some(ip) = nic.spec.ipv4 {
+                    let v4 = nic.spec.ipv4.map(IpAddr::V4);
+                    let v6 = nic.spec.ipv6.map(IpAddr::V6);
+                    for ip in v4.into_iter().chain(v6) {
                         public_hosts.push((ip, nic.spec.mac, nic.tap_name.clone()));
                     }
                 }
@@ -461,12 +478,24 @@ impl NetManager {
                 )));
             }
             if spec.public && other.spec.public {
-                if let (Some(a), Some(b)) = (spec.ipv4_prefix, other.spec.ipv4_prefix) {
-                    if a.contains(&b.network()) || b.contains(&a.network()) {
-                        return Err(ManagerError::InUse(format!(
-                            "public prefix {a} overlaps {b} of public network {}",
-                            other.id
-                        )));
+                let pairs = [
+                    (
+                        spec.ipv4_prefix.map(IpNet::V4),
+                        other.spec.ipv4_prefix.map(IpNet::V4),
+                    ),
+                    (
+                        spec.ipv6_prefix.map(IpNet::V6),
+                        other.spec.ipv6_prefix.map(IpNet::V6),
+                    ),
+                ];
+                for (a, b) in pairs {
+                    if let (Some(a), Some(b)) = (a, b) {
+                        if a.contains(&b.network()) || b.contains(&a.network()) {
+                            return Err(ManagerError::InUse(format!(
+                                "public prefix {a} overlaps {b} of public network {}",
+                                other.id
+                            )));
+                        }
                     }
                 }
             }

@@ -6,6 +6,11 @@
 //! The endpoints are veth pairs (a TAP's far side is a VM, which a benchmark cannot run at
 //! speed here); the eBPF program attached to the host end of each veth is exactly the one that
 //! runs on a NIC's TAP, with the tables written through the same `Datapath::sync`.
+//!
+//! Two eBPF deliveries are measured: `bpf_redirect` to the destination's egress (what a TAP
+//! destination, i.e. every VM NIC, gets) and `bpf_redirect_peer` into the veth's peer (routes
+//! flagged `ROUTE_F_PEER`, veth destinations only), plus the latter with 1,000 security-group
+//! rules. The load average before and after the run is printed with the table.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -13,7 +18,8 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use mvirt_ebpf::datapath::{
-    Datapath, DesiredState, NicInfo, NicRules, Route4Data, RouteValue, SgRule, ROUTE_NIC,
+    Datapath, DesiredState, NicInfo, NicRules, Route4Data, RouteValue, SgRule, ROUTE_F_PEER,
+    ROUTE_NIC,
 };
 
 fn run(argv: &[&str]) -> Result<String, String> {
@@ -242,7 +248,8 @@ fn bench() -> Result<(), String> {
                 kind: ROUTE_NIC,
                 ifindex,
                 mac,
-                pad: [0; 2],
+                flags: 0,
+                pad: 0,
                 remote: [0; 4],
                 key: 0,
             },
@@ -250,6 +257,10 @@ fn bench() -> Result<(), String> {
         ifindexes.push(ifindex);
     }
     let plain = desired;
+    let mut peer = plain.clone();
+    for route in peer.routes4.values_mut() {
+        route.flags = ROUTE_F_PEER;
+    }
 
     // The same with 1,000 security-group rules on the server (999 that do not match, then the
     // allow rule): only the first packet of a flow walks them, conntrack carries the rest.
@@ -278,48 +289,69 @@ fn bench() -> Result<(), String> {
     });
     let mut security = HashMap::new();
     security.insert(ifindexes[1], rules);
-    let mut with_rules = plain.clone();
+    let mut with_rules = peer.clone();
     with_rules.security = security;
 
-    // Rounds interleave the three paths and the median is reported: other work on the machine
+    // Rounds interleave the paths and the median is reported: other work on the machine
     // shifts absolute numbers, interleaving keeps the comparison fair.
     let rounds: usize = std::env::args()
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(3);
-    let (mut bridge, mut ebpf, mut rules1000) = (Vec::new(), Vec::new(), Vec::new());
+    let load_before = loadavg();
+    let paths: [(&str, Option<&DesiredState>); 4] = [
+        ("Linux bridge", None),
+        ("eBPF, bpf_redirect (TAP delivery)", Some(&plain)),
+        ("eBPF, bpf_redirect_peer (veth delivery)", Some(&peer)),
+        (
+            "eBPF, bpf_redirect_peer + 1,000 SG rules",
+            Some(&with_rules),
+        ),
+    ];
+    let mut results: Vec<Vec<Result3>> = paths.iter().map(|_| Vec::new()).collect();
     for round in 1..=rounds {
         eprintln!("round {round}/{rounds}");
-        bridge.push(measure(&b2, "10.98.0.3", &b1)?);
-        dp.sync(&plain)
-            .map_err(|e| mvirt_common::error::error_chain(&e))?;
-        ebpf.push(measure(&e2, "10.99.0.3", &e1)?);
-        dp.sync(&with_rules)
-            .map_err(|e| mvirt_common::error::error_chain(&e))?;
-        rules1000.push(measure(&e2, "10.99.0.3", &e1)?);
+        for ((name, tables), runs) in paths.iter().zip(results.iter_mut()) {
+            let r = match tables {
+                None => measure(&b2, "10.98.0.3", &b1)?,
+                Some(tables) => {
+                    dp.sync(tables)
+                        .map_err(|e| mvirt_common::error::error_chain(&e))?;
+                    measure(&e2, "10.99.0.3", &e1)?
+                }
+            };
+            eprintln!("  {name}: {:.2} Gbit/s, {:.3} ms", r.gbits, r.rtt_ms);
+            runs.push(r);
+        }
     }
+    let load_after = loadavg();
     for host in [&e1, &e2] {
         dp.detach(&format!("{host}h"));
     }
-    let (bridge, ebpf, rules1000) = (median(bridge), median(ebpf), median(rules1000));
+    let medians: Vec<Result3> = results.into_iter().map(median).collect();
+    let bridge = medians[0].gbits;
 
     println!("| path | TCP throughput (Gbit/s) | ratio to bridge | ping RTT avg (ms) |");
     println!("|---|---|---|---|");
-    for (name, r) in [
-        ("Linux bridge", &bridge),
-        ("eBPF datapath", &ebpf),
-        ("eBPF + 1,000 SG rules", &rules1000),
-    ] {
+    for ((name, _), r) in paths.iter().zip(&medians) {
         println!(
             "| {name} | {:.2} | {:.2}x | {:.3} |",
             r.gbits,
-            r.gbits / bridge.gbits,
+            r.gbits / bridge,
             r.rtt_ms
         );
     }
     println!(
-        "1,000 rules vs none: {:+.1}% throughput",
-        (rules1000.gbits / ebpf.gbits - 1.0) * 100.0
+        "1,000 rules vs none (both bpf_redirect_peer): {:+.1}% throughput",
+        (medians[3].gbits / medians[2].gbits - 1.0) * 100.0
     );
+    println!("{rounds} rounds; load average before: {load_before}; after: {load_after}");
     Ok(())
+}
+
+/// The 1/5/15-minute load averages.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
 }
