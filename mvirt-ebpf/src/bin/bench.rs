@@ -1,7 +1,13 @@
 //! `mvirt-ebpf-bench`: throughput and latency between two network namespaces through the eBPF
 //! datapath, against the same endpoints joined by a Linux bridge, side by side in one run.
-//! Needs root, iperf3 and ping. `mvirt-ebpf-bench [rounds]` (default 3) prints a Markdown table
-//! of medians (the crate README records a run).
+//! Needs root, iperf3 and ping. `mvirt-ebpf-bench [rounds] [seconds]` (default 15 rounds of 2 s
+//! iperf3 runs per path) prints a Markdown table of medians (the crate README records a run).
+//!
+//! Other work on the machine shifts absolute numbers by tens of percent from one run to the
+//! next, so the paths are measured interleaved, every other round in reverse order (a load that
+//! rises or falls during a round hits them evenly), and each path's ratio to the bridge is taken
+//! within its round; the table reports median throughputs and the median (and quartiles) of those
+//! ratios. (Pinning client and server to CPUs made it worse: one busy CPU then stalls a run.)
 //!
 //! The endpoints are veth pairs (a TAP's far side is a VM, which a benchmark cannot run at
 //! speed here); the eBPF program attached to the host end of each veth is exactly the one that
@@ -91,9 +97,18 @@ fn endpoint(c: &mut Cleanup, name: &str) -> Result<String, String> {
 struct Result3 {
     gbits: f64,
     rtt_ms: f64,
+    /// CPU time of iperf3's client and server (as iperf3 reports it, % of one CPU) per Gbit/s:
+    /// the cost of moving the bytes, which other work on the machine disturbs less than the
+    /// throughput itself.
+    cpu_per_gbit: f64,
 }
 
-fn measure(server_ns: &str, server_ip: &str, client_ns: &str) -> Result<Result3, String> {
+fn measure(
+    server_ns: &str,
+    server_ip: &str,
+    client_ns: &str,
+    seconds: &str,
+) -> Result<Result3, String> {
     let mut server = Command::new("ip")
         .args([
             "netns", "exec", server_ns, "iperf3", "-s", "-1", "-B", server_ip,
@@ -106,7 +121,11 @@ fn measure(server_ns: &str, server_ip: &str, client_ns: &str) -> Result<Result3,
     let mut out = Err(String::new());
     for _ in 0..50 {
         // iperf3 -J reports "connection refused" in its JSON with exit status 0.
-        out = ns(client_ns, &["iperf3", "-c", server_ip, "-t", "5", "-J"]).and_then(|j| {
+        out = ns(
+            client_ns,
+            &["iperf3", "-c", server_ip, "-t", seconds, "-A", "0,1", "-J"],
+        )
+        .and_then(|j| {
             if j.contains("\"error\"") {
                 Err(j)
             } else {
@@ -134,7 +153,7 @@ fn measure(server_ns: &str, server_ip: &str, client_ns: &str) -> Result<Result3,
         / 1e9;
     let ping = ns(
         client_ns,
-        &["ping", "-q", "-c", "200", "-i", "0.005", server_ip],
+        &["ping", "-q", "-c", "100", "-i", "0.005", server_ip],
     )?;
     let rtt_ms = ping
         .lines()
@@ -143,7 +162,14 @@ fn measure(server_ns: &str, server_ip: &str, client_ns: &str) -> Result<Result3,
         .and_then(|s| s.trim().split('/').nth(1))
         .and_then(|s| s.parse::<f64>().ok())
         .ok_or("cannot parse ping output")?;
-    Ok(Result3 { gbits, rtt_ms })
+    let cpu = &parsed["end"]["cpu_utilization_percent"];
+    let cpu_total = cpu["host_total"].as_f64().unwrap_or(f64::NAN)
+        + cpu["remote_total"].as_f64().unwrap_or(f64::NAN);
+    Ok(Result3 {
+        gbits,
+        rtt_ms,
+        cpu_per_gbit: cpu_total / gbits,
+    })
 }
 
 fn median(mut runs: Vec<Result3>) -> Result3 {
@@ -151,9 +177,12 @@ fn median(mut runs: Vec<Result3>) -> Result3 {
     runs.sort_by(|a, b| a.gbits.total_cmp(&b.gbits));
     let gbits = runs[mid].gbits;
     runs.sort_by(|a, b| a.rtt_ms.total_cmp(&b.rtt_ms));
+    let rtt_ms = runs[mid].rtt_ms;
+    runs.sort_by(|a, b| a.cpu_per_gbit.total_cmp(&b.cpu_per_gbit));
     Result3 {
         gbits,
-        rtt_ms: runs[mid].rtt_ms,
+        rtt_ms,
+        cpu_per_gbit: runs[mid].cpu_per_gbit,
     }
 }
 
@@ -297,7 +326,8 @@ fn bench() -> Result<(), String> {
     let rounds: usize = std::env::args()
         .nth(1)
         .and_then(|a| a.parse().ok())
-        .unwrap_or(3);
+        .unwrap_or(15);
+    let seconds = std::env::args().nth(2).unwrap_or_else(|| "2".into());
     let load_before = loadavg();
     let paths: [(&str, Option<&DesiredState>); 4] = [
         ("Linux bridge", None),
@@ -309,43 +339,63 @@ fn bench() -> Result<(), String> {
         ),
     ];
     let mut results: Vec<Vec<Result3>> = paths.iter().map(|_| Vec::new()).collect();
-    for round in 1..=rounds {
-        eprintln!("round {round}/{rounds}");
-        for ((name, tables), runs) in paths.iter().zip(results.iter_mut()) {
+    for round in 0..rounds {
+        eprintln!("round {}/{rounds}", round + 1);
+        let mut order: Vec<usize> = (0..paths.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            let (name, tables) = paths[i];
             let r = match tables {
-                None => measure(&b2, "10.98.0.3", &b1)?,
+                None => measure(&b2, "10.98.0.3", &b1, &seconds)?,
                 Some(tables) => {
                     dp.sync(tables)
                         .map_err(|e| mvirt_common::error::error_chain(&e))?;
-                    measure(&e2, "10.99.0.3", &e1)?
+                    measure(&e2, "10.99.0.3", &e1, &seconds)?
                 }
             };
             eprintln!("  {name}: {:.2} Gbit/s, {:.3} ms", r.gbits, r.rtt_ms);
-            runs.push(r);
+            results[i].push(r);
         }
     }
     let load_after = loadavg();
     for host in [&e1, &e2] {
         dp.detach(&format!("{host}h"));
     }
+    // Ratio of each path to the bridge (or to another path) within each round: quartiles.
+    let ratio = |of: usize, to: usize| -> [f64; 3] {
+        let mut r: Vec<f64> = results[of]
+            .iter()
+            .zip(&results[to])
+            .map(|(a, b)| a.gbits / b.gbits)
+            .collect();
+        r.sort_by(f64::total_cmp);
+        let n = r.len() - 1;
+        [r[n / 4], r[n / 2], r[(3 * n).div_ceil(4)]]
+    };
+    let ratios: Vec<[f64; 3]> = (0..paths.len()).map(|i| ratio(i, 0)).collect();
+    let rules_vs_none = ratio(3, 2);
     let medians: Vec<Result3> = results.into_iter().map(median).collect();
-    let bridge = medians[0].gbits;
 
-    println!("| path | TCP throughput (Gbit/s) | ratio to bridge | ping RTT avg (ms) |");
-    println!("|---|---|---|---|");
-    for ((name, _), r) in paths.iter().zip(&medians) {
+    println!(
+        "| path | TCP throughput (Gbit/s, median) | ratio to bridge (per round: median, quartiles) | iperf3 CPU % per Gbit/s (median) | ping RTT avg (ms) |"
+    );
+    println!("|---|---|---|---|---|");
+    for (((name, _), r), [q1, q2, q3]) in paths.iter().zip(&medians).zip(&ratios) {
         println!(
-            "| {name} | {:.2} | {:.2}x | {:.3} |",
-            r.gbits,
-            r.gbits / bridge,
-            r.rtt_ms
+            "| {name} | {:.2} | {q2:.2}x ({q1:.2}–{q3:.2}) | {:.1} | {:.3} |",
+            r.gbits, r.cpu_per_gbit, r.rtt_ms
         );
     }
+    let [q1, q2, q3] = rules_vs_none.map(|r| (r - 1.0) * 100.0);
     println!(
-        "1,000 rules vs none (both bpf_redirect_peer): {:+.1}% throughput",
-        (medians[3].gbits / medians[2].gbits - 1.0) * 100.0
+        "1,000 rules vs none (both bpf_redirect_peer, per round): median {q2:+.1}% throughput \
+         (quartiles {q1:+.1}% to {q3:+.1}%)"
     );
-    println!("{rounds} rounds; load average before: {load_before}; after: {load_after}");
+    println!(
+        "{rounds} rounds of {seconds} s; load average before: {load_before}; after: {load_after}"
+    );
     Ok(())
 }
 
