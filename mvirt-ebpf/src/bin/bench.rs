@@ -1,7 +1,9 @@
 //! `mvirt-ebpf-bench`: throughput and latency between two network namespaces through the eBPF
 //! datapath, against the same endpoints joined by a Linux bridge, side by side in one run.
-//! Needs root, iperf3 and ping. `mvirt-ebpf-bench [rounds] [seconds]` (default 15 rounds of 2 s
-//! iperf3 runs per path) prints a Markdown table of medians (the crate README records a run).
+//! Needs root, iperf3, ethtool and ping. `mvirt-ebpf-bench [rounds] [seconds] [no-offload]`
+//! (default 15 rounds of 2 s iperf3 runs per path, offloads on) prints a Markdown table of
+//! medians (the crate README records runs). `no-offload` switches TSO/GSO/GRO off on every veth
+//! of both setups, so that each MTU-sized frame crosses the bridge or the eBPF program.
 //!
 //! Other work on the machine shifts absolute numbers by tens of percent from one run to the
 //! next, so the paths are measured interleaved, every other round in reverse order (a load that
@@ -80,7 +82,10 @@ fn mac_of(ns_name: &str, dev: &str) -> Result<[u8; 6], String> {
 }
 
 /// One endpoint: netns `name` with veth `<name>h` (host) / `eth0` (inside).
-fn endpoint(c: &mut Cleanup, name: &str) -> Result<String, String> {
+/// With `offload` false, TSO/GSO/GRO are switched off on both ends of the veth, so TCP moves
+/// MTU-sized frames and every frame pays the forwarding path (the datapath's own cost) instead
+/// of one 64 KB segment doing so for ~45 frames.
+fn endpoint(c: &mut Cleanup, name: &str, offload: bool) -> Result<String, String> {
     run(&["ip", "netns", "add", name])?;
     c.netns.push(name.to_string());
     let host = format!("{name}h");
@@ -91,6 +96,15 @@ fn endpoint(c: &mut Cleanup, name: &str) -> Result<String, String> {
     run(&["ip", "link", "set", &host, "up"])?;
     ns(name, &["ip", "link", "set", "lo", "up"])?;
     ns(name, &["ip", "link", "set", "eth0", "up"])?;
+    if !offload {
+        let off = ["tso", "off", "gso", "off", "gro", "off"];
+        let mut argv = vec!["ethtool", "-K", &host];
+        argv.extend_from_slice(&off);
+        run(&argv)?;
+        let mut argv = vec!["ethtool", "-K", "eth0"];
+        argv.extend_from_slice(&off);
+        ns(name, &argv)?;
+    }
     Ok(host)
 }
 
@@ -195,6 +209,11 @@ fn main() {
 
 fn bench() -> Result<(), String> {
     let id = std::process::id() & 0xffff;
+    let offload = match std::env::args().nth(3).as_deref() {
+        None | Some("offload") => true,
+        Some("no-offload") => false,
+        Some(other) => return Err(format!("third argument {other:?}: offload or no-offload")),
+    };
     let mut c = Cleanup::default();
 
     // Baseline: Linux bridge, one subnet.
@@ -204,7 +223,7 @@ fn bench() -> Result<(), String> {
     run(&["ip", "link", "set", &br, "up"])?;
     let (b1, b2) = (format!("mvbb1{id:x}"), format!("mvbb2{id:x}"));
     for (name, ip) in [(&b1, "10.98.0.2/24"), (&b2, "10.98.0.3/24")] {
-        let host = endpoint(&mut c, name)?;
+        let host = endpoint(&mut c, name, offload)?;
         run(&["ip", "link", "set", &host, "master", &br])?;
         ns(name, &["ip", "addr", "add", ip, "dev", "eth0"])?;
     }
@@ -220,7 +239,7 @@ fn bench() -> Result<(), String> {
         (&e1, Ipv4Addr::new(10, 99, 0, 2)),
         (&e2, Ipv4Addr::new(10, 99, 0, 3)),
     ] {
-        let host = endpoint(&mut c, name)?;
+        let host = endpoint(&mut c, name, offload)?;
         ns(
             name,
             &["ip", "addr", "add", &format!("{ip}/32"), "dev", "eth0"],
@@ -394,7 +413,9 @@ fn bench() -> Result<(), String> {
          (quartiles {q1:+.1}% to {q3:+.1}%)"
     );
     println!(
-        "{rounds} rounds of {seconds} s; load average before: {load_before}; after: {load_after}"
+        "{rounds} rounds of {seconds} s, offloads {}; load average before: {load_before}; after: \
+         {load_after}",
+        if offload { "on" } else { "off" }
     );
     Ok(())
 }
