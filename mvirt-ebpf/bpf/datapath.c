@@ -26,6 +26,7 @@
 #define ROUTE_TUNNEL 2
 #define ROUTE_UPLINK 3
 
+/* nic_info.flags: the NIC has security groups (its rules are in sg_nics/sg_rules). */
 #define NIC_F_SECURITY 1
 
 #define DIR_INGRESS 0
@@ -54,6 +55,7 @@ struct route6_key {
 
 /* route.flags */
 #define ROUTE_F_PEER 1 /* the destination is a veth: deliver into its peer (bpf_redirect_peer) */
+#define ROUTE_F_SECURITY 2 /* the destination NIC has security groups */
 
 struct route {
 	__u32 kind;
@@ -321,11 +323,12 @@ static __always_inline int ct_fresh(struct ct_key *k, __u64 now, const struct fl
 }
 
 /* Security-group verdict for a flow from NIC `src_if` (0: from a tunnel/host) to NIC `dst_if`
- * (0: leaves the node). Connection tracking: an allowed flow is remembered; its replies pass. */
-static __always_inline int policy_allows(__u32 network, __u32 src_if, __u32 dst_if, const struct flow *f)
+ * (0: leaves the node); `src_sg`/`dst_sg`: whether they have security groups (flags in their
+ * nic_info and route entries, so unfiltered traffic costs no lookup here). Connection tracking:
+ * an allowed flow is remembered; its replies pass. */
+static __always_inline int policy_allows(__u32 network, __u32 src_if, int src_sg, __u32 dst_if,
+					 int dst_sg, const struct flow *f)
 {
-	int src_sg = src_if && bpf_map_lookup_elem(&sg_nics, &src_if);
-	int dst_sg = dst_if && bpf_map_lookup_elem(&sg_nics, &dst_if);
 	if (!src_sg && !dst_sg)
 		return 1;
 
@@ -410,12 +413,13 @@ static __always_inline int redirect(const struct route *rt)
 }
 
 static __always_inline int deliver(struct __sk_buff *skb, __u32 network, __u32 src_if,
-				   struct route *rt, const struct flow *f, __u64 len)
+				   int src_sg, struct route *rt, const struct flow *f, __u64 len)
 {
 	if (rt->kind == ROUTE_NIC) {
 		if (rt->ifindex == src_if)
 			return TC_ACT_SHOT;
-		if (!policy_allows(network, src_if, rt->ifindex, f)) {
+		if (!policy_allows(network, src_if, src_sg, rt->ifindex,
+				   rt->flags & ROUTE_F_SECURITY, f)) {
 			count(rt->ifindex, 1, len, 1);
 			return TC_ACT_SHOT;
 		}
@@ -424,7 +428,7 @@ static __always_inline int deliver(struct __sk_buff *skb, __u32 network, __u32 s
 		count(rt->ifindex, 1, len, 0);
 		return redirect(rt);
 	}
-	if (!policy_allows(network, src_if, 0, f))
+	if (!policy_allows(network, src_if, src_sg, 0, 0, f))
 		return TC_ACT_SHOT;
 	if (rt->kind == ROUTE_TUNNEL) {
 		struct bpf_tunnel_key key = {};
@@ -492,6 +496,7 @@ int tap_ingress(struct __sk_buff *skb)
 	if (!nic)
 		return TC_ACT_OK;
 	__u32 network = nic->network;
+	int src_sg = nic->flags & NIC_F_SECURITY;
 	__u64 len = skb->len;
 
 	struct ethhdr eth;
@@ -546,7 +551,7 @@ int tap_ingress(struct __sk_buff *skb)
 	}
 	if (!rt)
 		goto drop;
-	int verdict = deliver(skb, network, ifindex, rt, &f, len);
+	int verdict = deliver(skb, network, ifindex, src_sg, rt, &f, len);
 	if (verdict == TC_ACT_SHOT)
 		goto drop;
 	count(ifindex, 0, len, 0);
@@ -592,9 +597,10 @@ int tunnel_ingress(struct __sk_buff *skb)
 	if (!rt || rt->kind != ROUTE_NIC)
 		return TC_ACT_SHOT;
 	__u32 dst_if = rt->ifindex;
+	int dst_sg = rt->flags & ROUTE_F_SECURITY;
 	__u8 mac[6];
 	__builtin_memcpy(mac, rt->mac, 6);
-	if (!policy_allows(net, 0, dst_if, &f)) {
+	if (!policy_allows(net, 0, 0, dst_if, dst_sg, &f)) {
 		count(dst_if, 1, skb->len, 1);
 		return TC_ACT_SHOT;
 	}
