@@ -26,6 +26,7 @@
 #define ROUTE_TUNNEL 2
 #define ROUTE_UPLINK 3
 
+/* nic_info.flags: the NIC has security groups (its rules are in sg_nics/sg_rules). */
 #define NIC_F_SECURITY 1
 
 #define DIR_INGRESS 0
@@ -52,11 +53,16 @@ struct route6_key {
 	__u8 addr[16];
 };
 
+/* route.flags */
+#define ROUTE_F_PEER 1 /* the destination is a veth: deliver into its peer (bpf_redirect_peer) */
+#define ROUTE_F_SECURITY 2 /* the destination NIC has security groups */
+
 struct route {
 	__u32 kind;
 	__u32 ifindex;
 	__u8 mac[6];
-	__u8 pad[2];
+	__u8 flags;
+	__u8 pad;
 	__u32 remote;  /* ROUTE_TUNNEL: remote node IPv4, network byte order */
 	__u32 key;     /* ROUTE_TUNNEL: VXLAN VNI of the network */
 };
@@ -287,6 +293,9 @@ static __always_inline int sg_allows(__u32 ifindex, __u32 dir, const struct flow
 #define TCP_FIN 0x01
 #define TCP_RST 0x04
 #define CT_CLOSING_NS (10ULL * 1000000000ULL)
+/* last_seen is rewritten at most this often: a write on every packet bounces the entry's cache
+ * line between the CPUs that carry the two directions of a flow. Timeouts are >= 1 s anyway. */
+#define CT_REFRESH_NS 1000000000ULL
 
 /* Whether the tracked flow `k` is alive; refreshes it. A TCP RST ends the flow (this packet
  * still passes), a FIN switches it to a short timeout. */
@@ -306,18 +315,20 @@ static __always_inline int ct_fresh(struct ct_key *k, __u64 now, const struct fl
 		bpf_map_delete_elem(&conntrack, k);
 		return 1;
 	}
-	if (f->proto == IPPROTO_TCP && (f->tcp_flags & TCP_FIN))
+	if (f->proto == IPPROTO_TCP && (f->tcp_flags & TCP_FIN) && !v->closing)
 		v->closing = 1;
-	v->last_seen = now;
+	if (now - v->last_seen > CT_REFRESH_NS)
+		v->last_seen = now;
 	return 1;
 }
 
 /* Security-group verdict for a flow from NIC `src_if` (0: from a tunnel/host) to NIC `dst_if`
- * (0: leaves the node). Connection tracking: an allowed flow is remembered; its replies pass. */
-static __always_inline int policy_allows(__u32 network, __u32 src_if, __u32 dst_if, const struct flow *f)
+ * (0: leaves the node); `src_sg`/`dst_sg`: whether they have security groups (flags in their
+ * nic_info and route entries, so unfiltered traffic costs no lookup here). Connection tracking:
+ * an allowed flow is remembered; its replies pass. */
+static __always_inline int policy_allows(__u32 network, __u32 src_if, int src_sg, __u32 dst_if,
+					 int dst_sg, const struct flow *f)
 {
-	int src_sg = src_if && bpf_map_lookup_elem(&sg_nics, &src_if);
-	int dst_sg = dst_if && bpf_map_lookup_elem(&sg_nics, &dst_if);
 	if (!src_sg && !dst_sg)
 		return 1;
 
@@ -382,23 +393,42 @@ static __always_inline int parse_l4(struct __sk_buff *skb, __u32 l4, struct flow
 	return 0;
 }
 
+/* Destination MAC = the NIC's, source MAC = the gateway's: one 12-byte write. */
+static __always_inline int rewrite_macs(struct __sk_buff *skb, const __u8 *dst_mac)
+{
+	__u8 macs[12];
+	__builtin_memcpy(macs, dst_mac, 6);
+	__builtin_memcpy(macs + 6, gateway_mac, 6);
+	return bpf_skb_store_bytes(skb, 0, macs, 12, 0);
+}
+
+/* To a NIC. A TAP (every VM NIC) gets the frame on its egress, i.e. the VM reads it; a veth
+ * destination is entered from the peer side directly (bpf_redirect_peer: no second pass through
+ * the backlog queue). Only the tc ingress hook may use bpf_redirect_peer. */
+static __always_inline int redirect(const struct route *rt)
+{
+	if (rt->flags & ROUTE_F_PEER)
+		return bpf_redirect_peer(rt->ifindex, 0);
+	return bpf_redirect(rt->ifindex, 0);
+}
+
 static __always_inline int deliver(struct __sk_buff *skb, __u32 network, __u32 src_if,
-				   struct route *rt, const struct flow *f, __u64 len)
+				   int src_sg, struct route *rt, const struct flow *f, __u64 len)
 {
 	if (rt->kind == ROUTE_NIC) {
 		if (rt->ifindex == src_if)
 			return TC_ACT_SHOT;
-		if (!policy_allows(network, src_if, rt->ifindex, f)) {
+		if (!policy_allows(network, src_if, src_sg, rt->ifindex,
+				   rt->flags & ROUTE_F_SECURITY, f)) {
 			count(rt->ifindex, 1, len, 1);
 			return TC_ACT_SHOT;
 		}
-		if (bpf_skb_store_bytes(skb, 0, rt->mac, 6, 0) < 0 ||
-		    bpf_skb_store_bytes(skb, 6, gateway_mac, 6, 0) < 0)
+		if (rewrite_macs(skb, rt->mac) < 0)
 			return TC_ACT_SHOT;
 		count(rt->ifindex, 1, len, 0);
-		return bpf_redirect(rt->ifindex, 0);
+		return redirect(rt);
 	}
-	if (!policy_allows(network, src_if, 0, f))
+	if (!policy_allows(network, src_if, src_sg, 0, 0, f))
 		return TC_ACT_SHOT;
 	if (rt->kind == ROUTE_TUNNEL) {
 		struct bpf_tunnel_key key = {};
@@ -466,6 +496,7 @@ int tap_ingress(struct __sk_buff *skb)
 	if (!nic)
 		return TC_ACT_OK;
 	__u32 network = nic->network;
+	int src_sg = nic->flags & NIC_F_SECURITY;
 	__u64 len = skb->len;
 
 	struct ethhdr eth;
@@ -520,7 +551,7 @@ int tap_ingress(struct __sk_buff *skb)
 	}
 	if (!rt)
 		goto drop;
-	int verdict = deliver(skb, network, ifindex, rt, &f, len);
+	int verdict = deliver(skb, network, ifindex, src_sg, rt, &f, len);
 	if (verdict == TC_ACT_SHOT)
 		goto drop;
 	count(ifindex, 0, len, 0);
@@ -566,14 +597,14 @@ int tunnel_ingress(struct __sk_buff *skb)
 	if (!rt || rt->kind != ROUTE_NIC)
 		return TC_ACT_SHOT;
 	__u32 dst_if = rt->ifindex;
+	int dst_sg = rt->flags & ROUTE_F_SECURITY;
 	__u8 mac[6];
 	__builtin_memcpy(mac, rt->mac, 6);
-	if (!policy_allows(net, 0, dst_if, &f)) {
+	if (!policy_allows(net, 0, 0, dst_if, dst_sg, &f)) {
 		count(dst_if, 1, skb->len, 1);
 		return TC_ACT_SHOT;
 	}
-	if (bpf_skb_store_bytes(skb, 0, mac, 6, 0) < 0 ||
-	    bpf_skb_store_bytes(skb, 6, gateway_mac, 6, 0) < 0)
+	if (rewrite_macs(skb, mac) < 0)
 		return TC_ACT_SHOT;
 	count(dst_if, 1, skb->len, 0);
 	return bpf_redirect(dst_if, 0);

@@ -25,6 +25,14 @@ pub const ROUTE_NIC: u32 = 1;
 pub const ROUTE_TUNNEL: u32 = 2;
 pub const ROUTE_UPLINK: u32 = 3;
 
+/// `RouteValue::flags`: the destination is a veth, delivered into its peer with
+/// `bpf_redirect_peer` (the daemon's NICs are TAPs and never set it; `mvirt-ebpf-bench` does).
+pub const ROUTE_F_PEER: u8 = 1;
+/// `RouteValue::flags`: the destination NIC has security groups. Set by [`Datapath::sync`]
+/// from [`DesiredState::security`], like `NIC_F_SECURITY` in `NicInfo::flags`.
+const ROUTE_F_SECURITY: u8 = 2;
+const NIC_F_SECURITY: u32 = 1;
+
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
     #[error("cannot prepare the bpf filesystem at {path}")]
@@ -111,7 +119,8 @@ pub struct RouteValue {
     pub kind: u32,
     pub ifindex: u32,
     pub mac: [u8; 6],
-    pub pad: [u8; 2],
+    pub flags: u8,
+    pub pad: u8,
     /// Remote node IPv4 for tunnel routes (network byte order).
     pub remote: [u8; 4],
     pub key: u32,
@@ -420,36 +429,9 @@ impl Datapath {
 
     /// Makes the tables equal to `desired`: writes every entry, then removes stale ones.
     pub fn sync(&mut self, desired: &DesiredState) -> Result<(), DatapathError> {
-        // Routes and NICs first, then security (so a NIC never appears unfiltered while its
-        // rules are being written, the rules go in before the NIC's rule count).
-        for (ifindex, info) in &desired.nics {
-            self.nics
-                .insert(ifindex, info, 0)
-                .map_err(map_err("nics"))?;
-            if self.stats.get(ifindex, 0).is_err() {
-                let cpus = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Cpus(e))?;
-                let zero = PerCpuValues::try_from(vec![NicStats::default(); cpus])
-                    .map_err(DatapathError::Cpus)?;
-                self.stats
-                    .insert(ifindex, zero, 0)
-                    .map_err(map_err("stats"))?;
-            }
-        }
-        for ((plen, data), value) in &desired.routes4 {
-            self.routes4
-                .insert(&Key::new(32 + plen, *data), value, 0)
-                .map_err(map_err("routes4"))?;
-        }
-        for ((plen, data), value) in &desired.routes6 {
-            self.routes6
-                .insert(&Key::new(32 + plen, *data), value, 0)
-                .map_err(map_err("routes6"))?;
-        }
-        for (key, network) in &desired.tunnel_keys {
-            self.tunnel_keys
-                .insert(key, network, 0)
-                .map_err(map_err("tunnel_keys"))?;
-        }
+        // Security first (each NIC's rules before its rule count), then NICs and routes, whose
+        // flags tell the program which NICs have rules: a NIC is only ever treated as filtered
+        // once its rules are in place, and unfiltered traffic costs no security lookup.
         for (ifindex, rules) in &desired.security {
             for (dir, list) in [(0u32, &rules.ingress), (1u32, &rules.egress)] {
                 for (i, rule) in list.iter().enumerate() {
@@ -468,6 +450,47 @@ impl Datapath {
             self.sg_nics
                 .insert(ifindex, meta, 0)
                 .map_err(map_err("sg_nics"))?;
+        }
+        for (ifindex, info) in &desired.nics {
+            let mut info = *info;
+            info.flags &= !NIC_F_SECURITY;
+            if desired.security.contains_key(ifindex) {
+                info.flags |= NIC_F_SECURITY;
+            }
+            self.nics
+                .insert(ifindex, info, 0)
+                .map_err(map_err("nics"))?;
+            if self.stats.get(ifindex, 0).is_err() {
+                let cpus = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Cpus(e))?;
+                let zero = PerCpuValues::try_from(vec![NicStats::default(); cpus])
+                    .map_err(DatapathError::Cpus)?;
+                self.stats
+                    .insert(ifindex, zero, 0)
+                    .map_err(map_err("stats"))?;
+            }
+        }
+        let route_flags = |value: &RouteValue| {
+            let mut value = *value;
+            value.flags &= !ROUTE_F_SECURITY;
+            if value.kind == ROUTE_NIC && desired.security.contains_key(&value.ifindex) {
+                value.flags |= ROUTE_F_SECURITY;
+            }
+            value
+        };
+        for ((plen, data), value) in &desired.routes4 {
+            self.routes4
+                .insert(&Key::new(32 + plen, *data), route_flags(value), 0)
+                .map_err(map_err("routes4"))?;
+        }
+        for ((plen, data), value) in &desired.routes6 {
+            self.routes6
+                .insert(&Key::new(32 + plen, *data), route_flags(value), 0)
+                .map_err(map_err("routes6"))?;
+        }
+        for (key, network) in &desired.tunnel_keys {
+            self.tunnel_keys
+                .insert(key, network, 0)
+                .map_err(map_err("tunnel_keys"))?;
         }
 
         // Stale entries.

@@ -125,6 +125,12 @@ fn rule_from_proto(r: proto::SecurityGroupRule) -> Result<model::Rule, Status> {
         (lo, hi) if lo <= 65535 && hi <= 65535 => Some((lo as u16, hi as u16)),
         (lo, hi) => return Err(bad(format!("rule {}: invalid port range {lo}-{hi}", r.id))),
     };
+    if !r.remote_addresses.is_empty() && r.remote_security_group_id.is_empty() {
+        return Err(bad(format!(
+            "rule {}: remote_addresses are only allowed together with remote_security_group_id",
+            r.id
+        )));
+    }
     let target = match (r.cidr.is_empty(), r.remote_security_group_id.is_empty()) {
         (true, true) => RuleTarget::Any,
         (false, true) => RuleTarget::Cidr(
@@ -132,7 +138,22 @@ fn rule_from_proto(r: proto::SecurityGroupRule) -> Result<model::Rule, Status> {
                 .parse()
                 .map_err(|_| bad(format!("rule {}: invalid CIDR {:?}", r.id, r.cidr)))?,
         ),
-        (true, false) => RuleTarget::Group(r.remote_security_group_id),
+        (true, false) => RuleTarget::Group {
+            id: r.remote_security_group_id,
+            remote_addresses: r
+                .remote_addresses
+                .iter()
+                .map(|a| {
+                    parse_host_or_cidr(a).ok_or_else(|| {
+                        bad(format!(
+                            "rule {}: invalid remote address {a:?} (expected an IPv4/IPv6 \
+                             address or CIDR)",
+                            r.id
+                        ))
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        },
         (false, false) => {
             return Err(bad(format!(
                 "rule {}: set either a CIDR or a remote security group, not both",
@@ -154,10 +175,17 @@ fn rule_to_proto(r: model::Rule) -> proto::SecurityGroupRule {
         .ports
         .map(|(a, b)| (u32::from(a), u32::from(b)))
         .unwrap_or((0, 0));
-    let (cidr, remote) = match r.target {
-        RuleTarget::Any => (String::new(), String::new()),
-        RuleTarget::Cidr(c) => (c.to_string(), String::new()),
-        RuleTarget::Group(g) => (String::new(), g),
+    let (cidr, remote, remote_addresses) = match r.target {
+        RuleTarget::Any => (String::new(), String::new(), Vec::new()),
+        RuleTarget::Cidr(c) => (c.to_string(), String::new(), Vec::new()),
+        RuleTarget::Group {
+            id,
+            remote_addresses,
+        } => (
+            String::new(),
+            id,
+            remote_addresses.iter().map(host_or_cidr).collect(),
+        ),
     };
     proto::SecurityGroupRule {
         id: r.id,
@@ -176,6 +204,24 @@ fn rule_to_proto(r: model::Rule) -> proto::SecurityGroupRule {
         port_max,
         cidr,
         remote_security_group_id: remote,
+        remote_addresses,
+    }
+}
+
+/// "10.0.0.5" (a host prefix) or "10.0.0.0/24".
+fn parse_host_or_cidr(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
+}
+
+/// A host prefix as its bare address, anything else as a CIDR (inverse of
+/// [`parse_host_or_cidr`]).
+fn host_or_cidr(net: &IpNet) -> String {
+    if net.prefix_len() == net.max_prefix_len() {
+        net.addr().to_string()
+    } else {
+        net.to_string()
     }
 }
 

@@ -99,6 +99,9 @@ impl From<validate::InvalidName> for ManagerError {
 
 type Result<T, E = ManagerError> = std::result::Result<T, E>;
 
+/// `MAX_RULES` in bpf/datapath.c: rules evaluated per NIC and direction.
+const MAX_RULES_PER_DIRECTION: usize = 4096;
+
 fn not_found(what: &'static str, id: &str) -> ManagerError {
     ManagerError::NotFound {
         what,
@@ -197,7 +200,11 @@ impl NetManager {
             .store
             .get_network(&nic.spec.network_id)?
             .ok_or_else(|| not_found("network", &nic.spec.network_id))?;
-        tap::ensure(&nic.tap_name)?;
+        // The host stack sees a NIC's IPv6 only where it NATs it to the uplink (NAT66).
+        let host_ipv6 = self.config.uplink.is_some()
+            && network.spec.public
+            && network.spec.ipv6_prefix.is_some();
+        tap::ensure(&nic.tap_name, host_ipv6)?;
         let ifindex = inner.datapath.attach_tap(&nic.tap_name)?;
         inner.ifindex.insert(nic.id.clone(), ifindex);
         let config = self.nic_config(nic, &network);
@@ -248,24 +255,33 @@ impl NetManager {
         let mut d = DesiredState::default();
         for network in networks.values() {
             d.tunnel_keys.insert(network.tunnel_key, network.index);
-            if network.spec.public && network.spec.ipv4_prefix.is_some() {
-                d.routes4.insert(
-                    (
-                        0,
-                        Route4Data {
-                            network: network.index,
-                            addr: [0; 4],
-                        },
-                    ),
-                    RouteValue {
-                        kind: ROUTE_UPLINK,
-                        ifindex: 0,
-                        mac: [0; 6],
-                        pad: [0; 2],
-                        remote: [0; 4],
-                        key: 0,
-                    },
-                );
+            if !network.spec.public {
+                continue;
+            }
+            // Public networks: whatever matches no NIC and no tunnel route goes up the host
+            // stack to the uplink (SNAT / NAT66 in nftables).
+            let uplink = RouteValue {
+                kind: ROUTE_UPLINK,
+                ifindex: 0,
+                mac: [0; 6],
+                flags: 0,
+                pad: 0,
+                remote: [0; 4],
+                key: 0,
+            };
+            if network.spec.ipv4_prefix.is_some() {
+                let default = Route4Data {
+                    network: network.index,
+                    addr: [0; 4],
+                };
+                d.routes4.insert((0, default), uplink);
+            }
+            if network.spec.ipv6_prefix.is_some() {
+                let default = Route6Data {
+                    network: network.index,
+                    addr: [0; 16],
+                };
+                d.routes6.insert((0, default), uplink);
             }
         }
         for nic in &nics {
@@ -288,7 +304,9 @@ impl NetManager {
                 kind: ROUTE_NIC,
                 ifindex,
                 mac: nic.spec.mac,
-                pad: [0; 2],
+                // NICs are TAPs: bpf_redirect to their egress (the VM reads the frame).
+                flags: 0,
+                pad: 0,
                 remote: [0; 4],
                 key: 0,
             };
@@ -340,7 +358,8 @@ impl NetManager {
                     kind: ROUTE_TUNNEL,
                     ifindex: tunnel,
                     mac: [0; 6],
-                    pad: [0; 2],
+                    flags: 0,
+                    pad: 0,
                     remote: route.spec.remote_node.octets(),
                     key: network.tunnel_key,
                 };
@@ -373,13 +392,14 @@ impl NetManager {
             let networks = self.store.list_networks()?;
             let nics = self.store.list_nics()?;
             let mut public_hosts = Vec::new();
-            let mut prefixes = Vec::new();
+            let mut prefixes: Vec<IpNet> = Vec::new();
             for n in networks.iter().filter(|n| n.spec.public) {
-                if let Some(p) = n.spec.ipv4_prefix {
-                    prefixes.push(p);
-                }
+                prefixes.extend(n.spec.ipv4_prefix.map(IpNet::V4));
+                prefixes.extend(n.spec.ipv6_prefix.map(IpNet::V6));
                 for nic in nics.iter().filter(|x| x.spec.network_id == n.id) {
-                    if let Some(ip) = nic.spec.ipv4 {
+                    let v4 = nic.spec.ipv4.map(IpAddr::V4);
+                    let v6 = nic.spec.ipv6.map(IpAddr::V6);
+                    for ip in v4.into_iter().chain(v6) {
                         public_hosts.push((ip, nic.spec.mac, nic.tap_name.clone()));
                     }
                 }
@@ -458,12 +478,24 @@ impl NetManager {
                 )));
             }
             if spec.public && other.spec.public {
-                if let (Some(a), Some(b)) = (spec.ipv4_prefix, other.spec.ipv4_prefix) {
-                    if a.contains(&b.network()) || b.contains(&a.network()) {
-                        return Err(ManagerError::InUse(format!(
-                            "public prefix {a} overlaps {b} of public network {}",
-                            other.id
-                        )));
+                let pairs = [
+                    (
+                        spec.ipv4_prefix.map(IpNet::V4),
+                        other.spec.ipv4_prefix.map(IpNet::V4),
+                    ),
+                    (
+                        spec.ipv6_prefix.map(IpNet::V6),
+                        other.spec.ipv6_prefix.map(IpNet::V6),
+                    ),
+                ];
+                for (a, b) in pairs {
+                    if let (Some(a), Some(b)) = (a, b) {
+                        if a.contains(&b.network()) || b.contains(&a.network()) {
+                            return Err(ManagerError::InUse(format!(
+                                "public prefix {a} overlaps {b} of public network {}",
+                                other.id
+                            )));
+                        }
                     }
                 }
             }
@@ -576,7 +608,48 @@ impl NetManager {
                 return Err(not_found("security group", sg));
             }
         }
+        let candidate = Nic {
+            id: id.into(),
+            spec: spec.clone(),
+            tap_name: tap_name(id),
+            created_at: 0,
+        };
+        self.check_rule_counts(Some(&candidate), None)?;
         Ok(network)
+    }
+
+    /// Refuses a change after which some NIC would have more rules per direction than the
+    /// datapath evaluates (remote groups expand into one rule per member address). `nic` and
+    /// `group` are the changed objects, replacing their stored versions.
+    fn check_rule_counts(&self, nic: Option<&Nic>, group: Option<&SecurityGroup>) -> Result<()> {
+        let mut nics = self.store.list_nics()?;
+        if let Some(changed) = nic {
+            nics.retain(|n| n.id != changed.id);
+            nics.push(changed.clone());
+        }
+        let mut groups: HashMap<String, SecurityGroup> = self
+            .store
+            .list_security_groups()?
+            .into_iter()
+            .map(|g| (g.id.clone(), g))
+            .collect();
+        if let Some(changed) = group {
+            groups.insert(changed.id.clone(), changed.clone());
+        }
+        for n in nics.iter().filter(|n| !n.spec.security_groups.is_empty()) {
+            let rules = nic_rules(n, &nics, &groups);
+            let most = rules.ingress.len().max(rules.egress.len());
+            if most > MAX_RULES_PER_DIRECTION {
+                return Err(Invalid(format!(
+                    "NIC {} would have {most} security-group rules in one direction after \
+                     expanding remote groups; the datapath evaluates at most \
+                     {MAX_RULES_PER_DIRECTION}",
+                    n.id
+                ))
+                .into());
+            }
+        }
+        Ok(())
     }
 
     pub async fn create_nic(&self, id: &str, spec: NicSpec) -> Result<Nic> {
@@ -717,7 +790,7 @@ impl NetManager {
     fn check_group(&self, id: &str, spec: &SecurityGroupSpec) -> Result<()> {
         spec.validate()?;
         for rule in &spec.rules {
-            if let RuleTarget::Group(g) = &rule.target {
+            if let Some(g) = rule.target.group_id() {
                 if g != id && self.store.get_security_group(g)?.is_none() {
                     return Err(not_found("remote security group", g));
                 }
@@ -778,6 +851,7 @@ impl NetManager {
         let mut sg = self.get_security_group(id)?;
         sg.spec.rules = rules;
         self.check_group(id, &sg.spec)?;
+        self.check_rule_counts(None, Some(&sg))?;
         self.store.upsert_security_group(&sg)?;
         self.converge(&mut inner)?;
         self.audit.audit(
@@ -810,7 +884,7 @@ impl NetManager {
                     .spec
                     .rules
                     .iter()
-                    .any(|r| r.target == RuleTarget::Group(id.into()))
+                    .any(|r| r.target.group_id() == Some(id))
             {
                 return Err(ManagerError::InUse(format!(
                     "security group {id} is referenced by a rule of security group {}",
@@ -934,7 +1008,9 @@ fn sg_rule(rule: &model::Rule, family: u8, addr: [u8; 16], prefixlen: u8) -> SgR
 }
 
 /// The datapath's rule lists for a NIC: rules of all attached groups, remote groups expanded
-/// into the addresses of their member NICs (on this node).
+/// into the addresses of their member NICs on this node merged with the rule's
+/// `remote_addresses` (members on other nodes). Addresses of the wrong family for an ICMP or
+/// ICMPv6 rule are left out, and so are duplicates.
 pub fn nic_rules(nic: &Nic, nics: &[Nic], groups: &HashMap<String, SecurityGroup>) -> NicRules {
     let mut out = NicRules::default();
     for gid in &nic.spec.security_groups {
@@ -948,25 +1024,29 @@ pub fn nic_rules(nic: &Nic, nics: &[Nic], groups: &HashMap<String, SecurityGroup
             };
             match &rule.target {
                 RuleTarget::Any => list.push(sg_rule(rule, 0, [0; 16], 0)),
-                RuleTarget::Cidr(net) => {
-                    let family = if matches!(net, IpNet::V4(_)) { 4 } else { 6 };
-                    list.push(sg_rule(
-                        rule,
-                        family,
-                        addr_bytes(net.addr()),
-                        net.prefix_len(),
-                    ));
-                }
-                RuleTarget::Group(remote) => {
-                    for member in nics
+                RuleTarget::Cidr(net) => list.push(sg_rule_for(rule, net)),
+                RuleTarget::Group {
+                    id: remote,
+                    remote_addresses,
+                } => {
+                    let local = nics
                         .iter()
                         .filter(|n| n.spec.security_groups.iter().any(|g| g == remote))
-                    {
-                        if let Some(ip) = member.spec.ipv4 {
-                            list.push(sg_rule(rule, 4, addr_bytes(IpAddr::V4(ip)), 32));
-                        }
-                        if let Some(ip) = member.spec.ipv6 {
-                            list.push(sg_rule(rule, 6, addr_bytes(IpAddr::V6(ip)), 128));
+                        .flat_map(|member| {
+                            let v4 = member.spec.ipv4.map(|ip| IpNet::from(IpAddr::V4(ip)));
+                            let v6 = member.spec.ipv6.map(|ip| IpNet::from(IpAddr::V6(ip)));
+                            v4.into_iter().chain(v6)
+                        });
+                    let mut seen = HashSet::new();
+                    for net in local.chain(remote_addresses.iter().copied()) {
+                        let v6 = matches!(net, IpNet::V6(_));
+                        let family_ok = match rule.protocol {
+                            Protocol::Icmp => !v6,
+                            Protocol::Icmpv6 => v6,
+                            _ => true,
+                        };
+                        if family_ok && seen.insert(net) {
+                            list.push(sg_rule_for(rule, &net));
                         }
                     }
                 }
@@ -974,6 +1054,12 @@ pub fn nic_rules(nic: &Nic, nics: &[Nic], groups: &HashMap<String, SecurityGroup
         }
     }
     out
+}
+
+/// A datapath rule matching the remote addresses in `net`.
+fn sg_rule_for(rule: &model::Rule, net: &IpNet) -> SgRule {
+    let family = if matches!(net, IpNet::V4(_)) { 4 } else { 6 };
+    sg_rule(rule, family, addr_bytes(net.addr()), net.prefix_len())
 }
 
 fn prefix_match(rule: &[u8; 16], addr: &[u8; 16], prefixlen: u8) -> bool {
@@ -1059,7 +1145,7 @@ mod tests {
             direction: Direction::Ingress,
             protocol: Protocol::Tcp,
             ports: Some((5432, 5432)),
-            target: RuleTarget::Group(G_WEB.into()),
+            target: RuleTarget::group(G_WEB),
         };
         let groups: HashMap<String, SecurityGroup> = [(G_WEB, vec![]), (G_DB, vec![db_rule])]
             .into_iter()
@@ -1131,5 +1217,70 @@ mod tests {
             ),
             "egress open without egress rules"
         );
+    }
+
+    #[test]
+    fn remote_addresses_merge_with_local_members_by_family_and_without_duplicates() {
+        let rule = |protocol, remote_addresses: &[&str]| Rule {
+            id: "00000000-0000-4000-8000-00000000000a".into(),
+            direction: Direction::Ingress,
+            protocol,
+            ports: None,
+            target: RuleTarget::Group {
+                id: G_WEB.into(),
+                remote_addresses: remote_addresses
+                    .iter()
+                    .map(|a| a.parse().unwrap())
+                    .collect(),
+            },
+        };
+        let groups = |r: Rule| -> HashMap<String, SecurityGroup> {
+            [(G_WEB, vec![]), (G_DB, vec![r])]
+                .into_iter()
+                .map(|(id, rules)| {
+                    let spec = SecurityGroupSpec {
+                        name: String::new(),
+                        rules,
+                    };
+                    let sg = SecurityGroup {
+                        id: id.into(),
+                        spec,
+                        created_at: 0,
+                    };
+                    (id.to_string(), sg)
+                })
+                .collect()
+        };
+        let nics = vec![
+            nic("web1", "10.0.0.2", &[G_WEB]),
+            nic("db", "10.0.0.9", &[G_DB]),
+        ];
+        let remote = ["10.1.0.7/32", "10.2.0.0/24", "10.0.0.2/32", "fd00::7/128"];
+        let rules = nic_rules(&nics[1], &nics, &groups(rule(Protocol::Tcp, &remote)));
+        assert_eq!(
+            rules.ingress.len(),
+            4,
+            "local 10.0.0.2 + three remote entries (10.0.0.2 only once)"
+        );
+        for (src, allowed) in [
+            ("10.0.0.2", true),
+            ("10.1.0.7", true),
+            ("10.2.0.200", true),
+            ("10.1.0.8", false),
+            ("10.3.0.1", false),
+        ] {
+            assert_eq!(
+                rules_allow(&rules, Direction::Ingress, &ct(src, "10.0.0.9", 6, 22)),
+                allowed,
+                "{src}"
+            );
+        }
+        // An ICMP rule only takes the IPv4 members, an ICMPv6 rule only the IPv6 ones.
+        let icmp = nic_rules(&nics[1], &nics, &groups(rule(Protocol::Icmp, &remote)));
+        assert_eq!(icmp.ingress.len(), 3);
+        assert!(icmp.ingress.iter().all(|r| r.family == 4));
+        let icmp6 = nic_rules(&nics[1], &nics, &groups(rule(Protocol::Icmpv6, &remote)));
+        assert_eq!(icmp6.ingress.len(), 1);
+        assert_eq!(icmp6.ingress[0].prefixlen, 128);
     }
 }

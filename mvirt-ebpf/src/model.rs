@@ -236,11 +236,38 @@ impl Protocol {
     }
 }
 
+/// Most addresses a rule may name as remote members of a group (the datapath evaluates at most
+/// 4096 rules per NIC and direction).
+pub const MAX_REMOTE_ADDRESSES: usize = 4096;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RuleTarget {
     Any,
     Cidr(IpNet),
-    Group(String),
+    /// Members of a security group: its NICs on this node, plus `remote_addresses` — the
+    /// members on other nodes, pushed by the control plane (host prefixes or CIDRs).
+    Group {
+        id: String,
+        remote_addresses: Vec<IpNet>,
+    },
+}
+
+impl RuleTarget {
+    /// A group target without members on other nodes.
+    pub fn group(id: impl Into<String>) -> Self {
+        RuleTarget::Group {
+            id: id.into(),
+            remote_addresses: Vec::new(),
+        }
+    }
+
+    /// The remote security group this target names, if any.
+    pub fn group_id(&self) -> Option<&str> {
+        match self {
+            RuleTarget::Group { id, .. } => Some(id),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -288,7 +315,25 @@ impl Rule {
                     )));
                 }
             }
-            RuleTarget::Group(g) => validate::resource_id("remote security group id", g)?,
+            RuleTarget::Group {
+                id,
+                remote_addresses,
+            } => {
+                validate::resource_id("remote security group id", id)?;
+                if remote_addresses.len() > MAX_REMOTE_ADDRESSES {
+                    return Err(invalid(format!(
+                        "rule {}: at most {MAX_REMOTE_ADDRESSES} remote addresses ({} given)",
+                        self.id,
+                        remote_addresses.len()
+                    )));
+                }
+                if let Some(net) = remote_addresses.iter().find(|n| n.network() != n.addr()) {
+                    return Err(invalid(format!(
+                        "rule {}: remote address {net} has host bits set",
+                        self.id
+                    )));
+                }
+            }
             RuleTarget::Any => {}
         }
         Ok(())

@@ -14,7 +14,8 @@ use serde::Serialize;
 
 use crate::model::{Network, Nic, Route, SecurityGroup};
 
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE networks (
     idx INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL UNIQUE,
@@ -34,7 +35,22 @@ CREATE TABLE routes (
     network_id TEXT NOT NULL REFERENCES networks(id),
     body TEXT NOT NULL
 );
-"];
+",
+    // 2: a rule's remote-group target gains the addresses of members on other nodes:
+    // {"Group": "<id>"} becomes {"Group": {"id": "<id>", "remote_addresses": []}}.
+    "
+UPDATE security_groups SET body = json_set(body, '$.spec.rules', json((
+    SELECT json_group_array(
+        CASE WHEN json_type(r.value, '$.target.Group') = 'text'
+        THEN json_set(r.value, '$.target', json_object('Group', json_object(
+            'id', json_extract(r.value, '$.target.Group'),
+            'remote_addresses', json_array())))
+        ELSE json(r.value) END
+        ORDER BY r.key)
+    FROM json_each(security_groups.body, '$.spec.rules') AS r)))
+WHERE json_array_length(body, '$.spec.rules') > 0;
+",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -223,5 +239,62 @@ impl Store {
             c.execute("DELETE FROM routes WHERE id = ?1", [id])?;
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::RuleTarget;
+
+    #[test]
+    fn migration_2_gives_stored_remote_group_rules_an_empty_address_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("net.sqlite");
+        // A database as the first schema version wrote it.
+        let old = r#"{"id":"00000000-0000-4000-8000-000000000001","spec":{"name":"db","rules":[
+            {"id":"00000000-0000-4000-8000-00000000000a","direction":"Ingress","protocol":"Tcp",
+             "ports":[5432,5432],"target":{"Group":"00000000-0000-4000-8000-000000000002"}},
+            {"id":"00000000-0000-4000-8000-00000000000b","direction":"Ingress","protocol":"Icmp",
+             "ports":null,"target":"Any"},
+            {"id":"00000000-0000-4000-8000-00000000000c","direction":"Egress","protocol":"Udp",
+             "ports":null,"target":{"Cidr":"10.0.0.0/8"}}]},"created_at":7}"#;
+        {
+            let c = mvirt_common::sqlite::open(&path, &MIGRATIONS[..1]).unwrap();
+            c.execute(
+                "INSERT INTO security_groups (id, body) VALUES (?1, ?2)",
+                params!["00000000-0000-4000-8000-000000000001", old],
+            )
+            .unwrap();
+            c.execute(
+                "INSERT INTO security_groups (id, body) VALUES ('e', ?1)",
+                [r#"{"id":"e","spec":{"name":"","rules":[]},"created_at":1}"#],
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let sg = store
+            .get_security_group("00000000-0000-4000-8000-000000000001")
+            .unwrap()
+            .unwrap();
+        let targets: Vec<RuleTarget> = sg.spec.rules.iter().map(|r| r.target.clone()).collect();
+        assert_eq!(
+            targets,
+            vec![
+                RuleTarget::group("00000000-0000-4000-8000-000000000002"),
+                RuleTarget::Any,
+                RuleTarget::Cidr("10.0.0.0/8".parse().unwrap()),
+            ],
+            "rules keep their order and content"
+        );
+        assert_eq!(sg.spec.rules[0].ports, Some((5432, 5432)));
+        assert_eq!(sg.created_at, 7);
+        assert!(store
+            .get_security_group("e")
+            .unwrap()
+            .unwrap()
+            .spec
+            .rules
+            .is_empty());
     }
 }

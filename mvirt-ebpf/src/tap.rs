@@ -4,7 +4,9 @@
 //! outlives the daemon, and the hypervisor later opens it by name. On the host side every TAP
 //! carries the gateway MAC (so frames from the VM addressed to the gateway are "for this host"
 //! when they go up the stack, e.g. to the NAT uplink) and has IPv6 disabled (the host must not
-//! talk NDP/MLD to the VM; the daemon's responder does).
+//! talk NDP/MLD to the VM; the daemon's responder does) — except on NICs whose IPv6 the host
+//! NATs to the uplink (NAT66): there IPv6 is enabled without any address of its own
+//! (`addr_gen_mode` none, no RAs accepted), so the host forwards but still never speaks NDP.
 
 use std::os::fd::AsRawFd;
 
@@ -35,9 +37,10 @@ pub enum TapError {
         #[source]
         source: CommandError,
     },
-    #[error("cannot disable IPv6 on TAP {name}")]
+    #[error("cannot set {setting} on TAP {name}")]
     Sysctl {
         name: String,
+        setting: &'static str,
         #[source]
         source: std::io::Error,
     },
@@ -95,18 +98,30 @@ fn ioctl_tap(name: &str, persist: bool) -> Result<(), TapError> {
     Ok(())
 }
 
-/// Creates (or adopts) the persistent TAP `name` and brings it up. Idempotent.
-pub fn ensure(name: &str) -> Result<(), TapError> {
+/// Creates (or adopts) the persistent TAP `name` and brings it up; `host_ipv6`: whether the
+/// host stack handles the NIC's IPv6 (NAT66 of public networks). Idempotent.
+pub fn ensure(name: &str, host_ipv6: bool) -> Result<(), TapError> {
     check_name(name)?;
     if !ip::link_exists(name) {
         ioctl_tap(name, true)?;
         tracing::info!(tap = name, "created persistent TAP");
     }
-    let sysctl = format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6");
-    std::fs::write(&sysctl, "1").map_err(|source| TapError::Sysctl {
-        name: name.into(),
-        source,
-    })?;
+    let sysctl = |setting: &'static str, value: &str| {
+        let path = format!("/proc/sys/net/ipv6/conf/{name}/{setting}");
+        std::fs::write(&path, value).map_err(|source| TapError::Sysctl {
+            name: name.into(),
+            setting,
+            source,
+        })
+    };
+    if host_ipv6 {
+        // No link-local address (so no DAD, MLD or NDP from the host), no RAs taken from VMs.
+        sysctl("addr_gen_mode", "1")?;
+        sysctl("accept_ra", "0")?;
+        sysctl("disable_ipv6", "0")?;
+    } else {
+        sysctl("disable_ipv6", "1")?;
+    }
     let mac = format_mac(&GATEWAY_MAC);
     ip::ip(&["link", "set", "dev", name, "address", &mac, "up"]).map_err(|source| {
         TapError::Configure {

@@ -175,6 +175,7 @@ async fn bad_input_gets_the_right_code_and_changes_nothing() {
                 port_max: ports.1,
                 cidr: cidr.into(),
                 remote_security_group_id: remote.into(),
+                remote_addresses: vec![],
             }],
         }
     };
@@ -298,4 +299,163 @@ async fn bad_input_gets_the_right_code_and_changes_nothing() {
         .unwrap()
         .into_inner();
     assert_eq!(version.component, "mvirt-ebpf");
+}
+
+fn group_rule(remote_group: &str, addresses: &[&str]) -> proto::SecurityGroupRule {
+    proto::SecurityGroupRule {
+        id: new_id(),
+        direction: proto::Direction::Ingress as i32,
+        protocol: proto::Protocol::Tcp as i32,
+        port_min: 22,
+        port_max: 22,
+        cidr: String::new(),
+        remote_security_group_id: remote_group.into(),
+        remote_addresses: addresses.iter().map(|a| a.to_string()).collect(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_addresses_of_group_rules_are_validated_persisted_and_returned() {
+    let mut h = Harness::start().await;
+    let members = new_id();
+    h.client
+        .create_security_group(proto::CreateSecurityGroupRequest {
+            id: members.clone(),
+            name: "members".into(),
+            rules: vec![],
+        })
+        .await
+        .unwrap();
+    let sg = new_id();
+    let rules = vec![group_rule(
+        &members,
+        &["10.1.0.5", "10.2.0.0/24", "fd00:1::7/128", "fd00:2::/64"],
+    )];
+    let created = h
+        .client
+        .create_security_group(proto::CreateSecurityGroupRequest {
+            id: sg.clone(),
+            name: "sg".into(),
+            rules: rules.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let expected = vec!["10.1.0.5", "10.2.0.0/24", "fd00:1::7", "fd00:2::/64"];
+    assert_eq!(created.rules[0].remote_addresses, expected);
+    // Idempotent: the same spec again (host addresses written with or without /32 alike).
+    h.client
+        .create_security_group(proto::CreateSecurityGroupRequest {
+            id: sg.clone(),
+            name: "sg".into(),
+            rules: rules.clone(),
+        })
+        .await
+        .unwrap();
+
+    let stored_addresses = |h: &Harness| {
+        let mut c = h.client.clone();
+        let id = sg.clone();
+        async move {
+            c.get_security_group(proto::GetSecurityGroupRequest { id })
+                .await
+                .unwrap()
+                .into_inner()
+                .rules[0]
+                .remote_addresses
+                .clone()
+        }
+    };
+    assert_eq!(stored_addresses(&h).await, expected);
+
+    // Bad input: INVALID_ARGUMENT, and the stored rules stay as they were.
+    let bad_cases: Vec<(proto::SecurityGroupRule, &str)> = vec![
+        (
+            group_rule(&members, &["10.1.0.300"]),
+            "invalid remote address",
+        ),
+        (
+            group_rule(&members, &["not-an-address"]),
+            "invalid remote address",
+        ),
+        (group_rule(&members, &["10.1.0.5/16"]), "host bits"),
+        (group_rule("", &["10.1.0.5"]), "only allowed together"),
+        (
+            proto::SecurityGroupRule {
+                cidr: "10.0.0.0/8".into(),
+                ..group_rule("", &["10.1.0.5"])
+            },
+            "only allowed together",
+        ),
+    ];
+    for (rule, message) in bad_cases {
+        let err = h
+            .client
+            .update_security_group(proto::UpdateSecurityGroupRequest {
+                id: sg.clone(),
+                rules: vec![rule.clone()],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{rule:?}");
+        assert!(err.message().contains(message), "{}", err.message());
+        let err = h
+            .client
+            .create_security_group(proto::CreateSecurityGroupRequest {
+                id: new_id(),
+                name: String::new(),
+                rules: vec![rule],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+    }
+    assert_eq!(stored_addresses(&h).await, expected);
+
+    // Persisted: a restarted daemon returns them, in List too.
+    h.restart().await;
+    let listed = h
+        .client
+        .list_security_groups(proto::ListSecurityGroupsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .security_groups;
+    let stored = listed.iter().find(|g| g.id == sg).expect("listed");
+    assert_eq!(stored.rules[0].remote_addresses, expected);
+    assert_eq!(stored.rules[0].remote_security_group_id, members);
+
+    // The datapath evaluates at most 4096 rules per NIC and direction: a change after which a
+    // NIC's expanded rules would not fit is refused and changes nothing.
+    let net = h.network("10.77.0.0/24", false).await;
+    let many: Vec<String> = (0..4096u32)
+        .map(|i| format!("10.{}.{}.{}", 100 + (i >> 16), (i >> 8) & 0xff, i & 0xff))
+        .collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    h.client
+        .update_security_group(proto::UpdateSecurityGroupRequest {
+            id: sg.clone(),
+            rules: vec![group_rule(&members, &many)],
+        })
+        .await
+        .unwrap();
+    let server = h.nic(&net, mac(0x31), "10.77.0.3", &[&sg]).await;
+    let member = h.nic(&net, mac(0x32), "10.77.0.4", &[]).await;
+    let err = h
+        .client
+        .attach_security_group(proto::AttachSecurityGroupRequest {
+            nic_id: member.id.clone(),
+            security_group_id: members.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+    assert!(err.message().contains(&server.id), "{}", err.message());
+    let member_now = h
+        .client
+        .get_nic(proto::GetNicRequest { id: member.id })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(member_now.security_group_ids.is_empty(), "nothing changed");
 }

@@ -336,6 +336,7 @@ fn rule(
         port_max: ports.1,
         cidr: cidr.into(),
         remote_security_group_id: String::new(),
+        remote_addresses: vec![],
     }
 }
 
@@ -940,4 +941,123 @@ async fn a_tcp_reset_ends_the_tracked_connection() {
         !got.iter().any(|p| p == b"after-rst"),
         "a reset flow still passed: {got:?}"
     );
+}
+
+/// Members of a remote group that live on other nodes are given as `remote_addresses`; their
+/// traffic reaches this node through a route (here: a router NIC whose routed prefix holds the
+/// "remote member" addresses, so the datapath's anti-spoofing accepts them as sources).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_group_rules_allow_members_on_other_nodes_by_address_and_follow_updates_live() {
+    let mut h = Harness::start().await;
+    let net = h.network("10.41.0.0/24", false).await;
+    let group_a = new_id();
+    let group_b = new_id();
+    h.client
+        .create_security_group(proto::CreateSecurityGroupRequest {
+            id: group_b.clone(),
+            name: "b".into(),
+            rules: vec![],
+        })
+        .await
+        .unwrap();
+    let ssh_from_b = |addresses: &[&str]| proto::SecurityGroupRule {
+        id: "00000000-0000-4000-8000-0000000000aa".into(),
+        direction: proto::Direction::Ingress as i32,
+        protocol: proto::Protocol::Tcp as i32,
+        port_min: 22,
+        port_max: 22,
+        cidr: String::new(),
+        remote_security_group_id: group_b.clone(),
+        remote_addresses: addresses.iter().map(|a| a.to_string()).collect(),
+    };
+    h.client
+        .create_security_group(proto::CreateSecurityGroupRequest {
+            id: group_a.clone(),
+            name: "a".into(),
+            rules: vec![ssh_from_b(&["10.99.0.5", "10.98.0.0/28"])],
+        })
+        .await
+        .unwrap();
+    let router = h
+        .nic_request(proto::CreateNicRequest {
+            id: new_id(),
+            network_id: net.clone(),
+            name: String::new(),
+            mac_address: mac_str(&mac(0x70)),
+            ipv4_address: "10.41.0.2".into(),
+            ipv6_address: String::new(),
+            routed_prefixes: vec!["10.99.0.0/24".into(), "10.98.0.0/24".into()],
+            hostname: "router".into(),
+            security_group_ids: vec![],
+        })
+        .await;
+    let server = h.nic(&net, mac(0x71), "10.41.0.3", &[&group_a]).await;
+    let sip = v4("10.41.0.3");
+    let mut tr = TestTap::open(&router.tap_name);
+    let mut ts = TestTap::open(&server.tap_name);
+    let ssh = |src: &str, sport: u16, payload: &[u8]| {
+        tcp4(mac(0x70), v4(src), sip, sport, 22, false, payload)
+    };
+
+    // A listed remote member (host address and inside a listed CIDR) reaches port 22.
+    tr.write_frame(&ssh("10.99.0.5", 40000, b"member"));
+    assert!(collect_until(&mut ts, b"member"), "remote member allowed");
+    tr.write_frame(&ssh("10.98.0.9", 40001, b"member-cidr"));
+    assert!(collect_until(&mut ts, b"member-cidr"), "member in a CIDR");
+    // Its reply passes back (connection tracking).
+    ts.write_frame(&tcp4(
+        mac(0x71),
+        sip,
+        v4("10.99.0.5"),
+        22,
+        40000,
+        true,
+        b"reply",
+    ));
+    assert!(collect_until(&mut tr, b"reply"));
+
+    // An address that is not listed (same routed prefix) is dropped.
+    let drops_before = h.stats(&server).await.tx_drops;
+    tr.write_frame(&ssh("10.99.0.6", 40002, b"stranger"));
+    tr.write_frame(&ssh("10.98.0.17", 40003, b"outside-cidr"));
+    tr.write_frame(&ssh("10.99.0.5", 40000, b"marker"));
+    let got = collect_until_marker_any(&mut ts);
+    assert!(
+        !got.iter().any(|p| p == b"stranger" || p == b"outside-cidr"),
+        "addresses not in the list arrived: {got:?}"
+    );
+    assert!(h.stats(&server).await.tx_drops >= drops_before + 2);
+
+    // The control plane updates the members: 10.99.0.5 left, 10.99.0.6 joined. The established
+    // flow of the departed member is cut on live traffic, the new member gets through.
+    let updated = h
+        .client
+        .update_security_group(proto::UpdateSecurityGroupRequest {
+            id: group_a.clone(),
+            rules: vec![ssh_from_b(&["10.99.0.6"])],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(updated.rules[0].remote_addresses, vec!["10.99.0.6"]);
+    tr.write_frame(&ssh("10.99.0.5", 40000, b"after-update"));
+    tr.write_frame(&ssh("10.98.0.9", 40001, b"after-update-cidr"));
+    tr.write_frame(&ssh("10.99.0.6", 40004, b"marker"));
+    let got = collect_until_marker_any(&mut ts);
+    assert!(
+        !got.iter()
+            .any(|p| p == b"after-update" || p == b"after-update-cidr"),
+        "removed members still pass: {got:?}"
+    );
+
+    // Local members still count: the router joins group B, so its own address is allowed.
+    h.client
+        .attach_security_group(proto::AttachSecurityGroupRequest {
+            nic_id: router.id.clone(),
+            security_group_id: group_b.clone(),
+        })
+        .await
+        .unwrap();
+    tr.write_frame(&ssh("10.41.0.2", 40005, b"local-member"));
+    assert!(collect_until(&mut ts, b"local-member"));
 }

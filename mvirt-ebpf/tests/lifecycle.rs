@@ -1,6 +1,6 @@
 //! Daemon restarts and the way out: forwarding survives a restart without losing a frame
 //! (pinned TCX links and maps), and a public network reaches an "outside" host in a network
-//! namespace through SNAT on the uplink.
+//! namespace through SNAT and NAT66 on the uplink.
 
 mod common;
 
@@ -92,20 +92,113 @@ async fn forwarding_continues_without_loss_while_the_daemon_restarts() {
     tb.drain();
 }
 
+/// An ICMPv6 echo request from a VM to the gateway MAC.
+fn ping6(src_mac: [u8; 6], src: &str, dst: &str, id: u16) -> Vec<u8> {
+    let mut frame = Vec::new();
+    etherparse::PacketBuilder::ethernet2(src_mac, GATEWAY_MAC)
+        .ipv6(v6(src).octets(), v6(dst).octets(), 64)
+        .icmpv6_echo_request(id, 1)
+        .write(&mut frame, b"mvirt-ping6")
+        .unwrap();
+    frame
+}
+
+/// (source, destination) of an ICMPv6 echo reply.
+fn pong6(frame: &[u8]) -> Option<(std::net::Ipv6Addr, std::net::Ipv6Addr)> {
+    let p = etherparse::SlicedPacket::from_ethernet(frame).ok()?;
+    match (p.net, p.transport) {
+        (Some(etherparse::NetSlice::Ipv6(ip)), Some(etherparse::TransportSlice::Icmpv6(i)))
+            if i.type_u8() == 129 =>
+        {
+            Some((ip.header().source_addr(), ip.header().destination_addr()))
+        }
+        _ => None,
+    }
+}
+
+/// Whether nftables has `table` in `family`.
+fn nft_table_exists(family: &str, table: &str) -> bool {
+    std::process::Command::new("nft")
+        .args(["list", "table", family, table])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_public_network_reaches_an_outside_host_through_snat_and_a_private_one_does_not() {
+async fn a_public_network_reaches_an_outside_host_through_snat_and_nat66_and_a_private_one_does_not(
+) {
     mvirt_testsupport::require_root();
     let outside = Netns::new("mvout");
     let mut veth = VethPair::new("mvu");
     veth.move_peer(&outside);
     mvirt_testsupport::netns::ip(&["addr", "add", "198.51.100.1/24", "dev", &veth.host]);
     outside.exec_ok(&["ip", "addr", "add", "198.51.100.2/24", "dev", &veth.peer]);
+    mvirt_testsupport::netns::ip(&[
+        "addr",
+        "add",
+        "fd6f:51:100::1/64",
+        "dev",
+        &veth.host,
+        "nodad",
+    ]);
+    outside.exec_ok(&[
+        "ip",
+        "addr",
+        "add",
+        "fd6f:51:100::2/64",
+        "dev",
+        &veth.peer,
+        "nodad",
+    ]);
 
-    let mut h = Harness::start_with(Some(veth.host.clone())).await;
-    let public = h.network("10.77.0.0/24", true).await;
-    let private = h.network("10.78.0.0/24", false).await;
-    let p = h.nic(&public, mac(0x81), "10.77.0.5", &[]).await;
-    let q = h.nic(&private, mac(0x82), "10.78.0.5", &[]).await;
+    // A table of the old family `ip` left by an earlier version is replaced by the `inet` one.
+    let mut h = Harness::start_configured(|c| c.uplink = Some(veth.host.clone())).await;
+    let table = h.config.nft_table.clone();
+    mvirt_ebpf::ip::nft_script(&format!(
+        "table ip {table} {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n  }}\n}}\n"
+    ))
+    .unwrap();
+    assert!(nft_table_exists("ip", &table));
+
+    let dual =
+        |id: &str, v4: &str, v6: &str, public: bool| mvirt_ebpf::proto::CreateNetworkRequest {
+            id: id.into(),
+            name: "net".into(),
+            ipv4_prefix: v4.into(),
+            ipv6_prefix: v6.into(),
+            dns_servers: vec![],
+            ntp_servers: vec![],
+            public,
+        };
+    let (public, private) = (new_id(), new_id());
+    h.client
+        .create_network(dual(&public, "10.77.0.0/24", "fd6e:77::/64", true))
+        .await
+        .unwrap();
+    h.client
+        .create_network(dual(&private, "10.78.0.0/24", "fd6e:78::/64", false))
+        .await
+        .unwrap();
+    assert!(!nft_table_exists("ip", &table), "old ip table removed");
+    assert!(nft_table_exists("inet", &table));
+    let nic = |network: &str, m: u8, v4: &str, v6: &str| mvirt_ebpf::proto::CreateNicRequest {
+        id: new_id(),
+        network_id: network.into(),
+        name: String::new(),
+        mac_address: mac_str(&mac(m)),
+        ipv4_address: v4.into(),
+        ipv6_address: v6.into(),
+        routed_prefixes: vec![],
+        hostname: String::new(),
+        security_group_ids: vec![],
+    };
+    let p = h
+        .nic_request(nic(&public, 0x81, "10.77.0.5", "fd6e:77::5"))
+        .await;
+    let q = h
+        .nic_request(nic(&private, 0x82, "10.78.0.5", "fd6e:78::5"))
+        .await;
     let mut tp = TestTap::open(&p.tap_name);
     let mut tq = TestTap::open(&q.tap_name);
 
@@ -123,7 +216,44 @@ async fn a_public_network_reaches_an_outside_host_through_snat_and_a_private_one
     assert_eq!(reply.src, v4("198.51.100.2"));
     assert_eq!(reply.dst, v4("10.77.0.5"));
 
-    // A private network has no way out: the datapath drops the frame.
+    // NAT66: the outside host only knows fd6f:51:100::/64, so it can only answer the uplink's
+    // address; the reply is de-NATed back to the VM. The first echo may wait for neighbour
+    // discovery on the uplink: retry until answered.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let reply6 = loop {
+        tp.write_frame(&ping6(mac(0x81), "fd6e:77::5", "fd6f:51:100::2", 61));
+        if let Some(r) = tp.read_matching(Duration::from_millis(500), pong6) {
+            break r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no IPv6 echo reply from the outside host; host routes: {}",
+            mvirt_testsupport::netns::ip(&["-6", "route", "show", "dev", &p.tap_name])
+        );
+    };
+    assert_eq!(reply6, (v6("fd6f:51:100::2"), v6("fd6e:77::5")));
+    // And a UDP socket on the outside host names the uplink's address as the sender.
+    let (listener, bound) = udp_listener_in(&outside, "[fd6f:51:100::2]:5353");
+    bound.recv_timeout(WAIT).expect("outside listener bound");
+    let mut datagram = Vec::new();
+    etherparse::PacketBuilder::ethernet2(mac(0x81), GATEWAY_MAC)
+        .ipv6(v6("fd6e:77::5").octets(), v6("fd6f:51:100::2").octets(), 64)
+        .udp(40000, 5353)
+        .write(&mut datagram, b"who am i")
+        .unwrap();
+    tp.write_frame(&datagram);
+    let (payload, sender) = listener
+        .join()
+        .unwrap()
+        .expect("the datagram reached the outside host");
+    assert_eq!(payload, b"who am i");
+    assert_eq!(
+        sender.ip(),
+        std::net::IpAddr::V6(v6("fd6f:51:100::1")),
+        "the outside host sees the uplink's address"
+    );
+
+    // A private network has no way out, in either family: the datapath drops the frames.
     let before = h.stats(&q).await.rx_drops;
     tq.write_frame(&ping4(
         mac(0x82),
@@ -132,12 +262,48 @@ async fn a_public_network_reaches_an_outside_host_through_snat_and_a_private_one
         43,
         1,
     ));
+    tq.write_frame(&ping6(mac(0x82), "fd6e:78::5", "fd6f:51:100::2", 62));
     tq.write_frame(&ping4(mac(0x82), v4("10.78.0.5"), v4("169.254.0.1"), 44, 1));
     let first = tq
-        .read_matching(WAIT, |f| seen4(f).filter(|s| s.proto == 1 && s.sport == 0))
+        .read_matching(WAIT, |f| {
+            seen4(f)
+                .filter(|s| s.proto == 1 && s.sport == 0)
+                .map(|s| s.src.to_string())
+                .or_else(|| pong6(f).map(|(src, _)| src.to_string()))
+        })
         .expect("gateway echo reply (marker)");
-    assert_eq!(first.src, v4("169.254.0.1"), "only the gateway answered");
-    assert_eq!(h.stats(&q).await.rx_drops, before + 1);
+    assert_eq!(first, "169.254.0.1", "only the gateway answered");
+    assert_eq!(h.stats(&q).await.rx_drops, before + 2);
+
+    // A restart keeps the table (idempotent) and the way out.
+    h.restart().await;
+    assert!(nft_table_exists("inet", &table));
+    tp.write_frame(&ping6(mac(0x81), "fd6e:77::5", "fd6f:51:100::2", 63));
+    assert_eq!(
+        tp.read_matching(WAIT, pong6),
+        Some((v6("fd6f:51:100::2"), v6("fd6e:77::5")))
+    );
+}
+
+type UdpListener = std::thread::JoinHandle<Option<(Vec<u8>, std::net::SocketAddr)>>;
+
+/// A UDP socket bound to `addr` inside `ns` (on its own thread, which enters the namespace):
+/// the first datagram and its sender, or `None` after the wait. The channel says "bound".
+fn udp_listener_in(ns: &Netns, addr: &str) -> (UdpListener, std::sync::mpsc::Receiver<()>) {
+    let path = format!("/var/run/netns/{}", ns.name());
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("netns handle");
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let socket = std::net::UdpSocket::bind(addr).expect("bind in the outside namespace");
+        socket.set_read_timeout(Some(WAIT)).unwrap();
+        tx.send(()).unwrap();
+        let mut buf = [0u8; 1500];
+        let (n, from) = socket.recv_from(&mut buf).ok()?;
+        Some((buf[..n].to_vec(), from))
+    });
+    (handle, rx)
 }
 
 /// Node 1 is the daemon (host namespace); "node 2" is a network namespace whose kernel VXLAN

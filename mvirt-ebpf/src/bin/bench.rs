@@ -1,11 +1,24 @@
 //! `mvirt-ebpf-bench`: throughput and latency between two network namespaces through the eBPF
 //! datapath, against the same endpoints joined by a Linux bridge, side by side in one run.
-//! Needs root, iperf3 and ping. `mvirt-ebpf-bench [rounds]` (default 3) prints a Markdown table
-//! of medians (the crate README records a run).
+//! Needs root, iperf3, ethtool and ping. `mvirt-ebpf-bench [rounds] [seconds] [no-offload]`
+//! (default 15 rounds of 2 s iperf3 runs per path, offloads on) prints a Markdown table of
+//! medians (the crate README records runs). `no-offload` switches TSO/GSO/GRO off on every veth
+//! of both setups, so that each MTU-sized frame crosses the bridge or the eBPF program.
+//!
+//! Other work on the machine shifts absolute numbers by tens of percent from one run to the
+//! next, so the paths are measured interleaved, every other round in reverse order (a load that
+//! rises or falls during a round hits them evenly), and each path's ratio to the bridge is taken
+//! within its round; the table reports median throughputs and the median (and quartiles) of those
+//! ratios. (Pinning client and server to CPUs made it worse: one busy CPU then stalls a run.)
 //!
 //! The endpoints are veth pairs (a TAP's far side is a VM, which a benchmark cannot run at
 //! speed here); the eBPF program attached to the host end of each veth is exactly the one that
 //! runs on a NIC's TAP, with the tables written through the same `Datapath::sync`.
+//!
+//! Two eBPF deliveries are measured: `bpf_redirect` to the destination's egress (what a TAP
+//! destination, i.e. every VM NIC, gets) and `bpf_redirect_peer` into the veth's peer (routes
+//! flagged `ROUTE_F_PEER`, veth destinations only), plus the latter with 1,000 security-group
+//! rules. The load average before and after the run is printed with the table.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -13,7 +26,8 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use mvirt_ebpf::datapath::{
-    Datapath, DesiredState, NicInfo, NicRules, Route4Data, RouteValue, SgRule, ROUTE_NIC,
+    Datapath, DesiredState, NicInfo, NicRules, Route4Data, RouteValue, SgRule, ROUTE_F_PEER,
+    ROUTE_NIC,
 };
 
 fn run(argv: &[&str]) -> Result<String, String> {
@@ -68,7 +82,10 @@ fn mac_of(ns_name: &str, dev: &str) -> Result<[u8; 6], String> {
 }
 
 /// One endpoint: netns `name` with veth `<name>h` (host) / `eth0` (inside).
-fn endpoint(c: &mut Cleanup, name: &str) -> Result<String, String> {
+/// With `offload` false, TSO/GSO/GRO are switched off on both ends of the veth, so TCP moves
+/// MTU-sized frames and every frame pays the forwarding path (the datapath's own cost) instead
+/// of one 64 KB segment doing so for ~45 frames.
+fn endpoint(c: &mut Cleanup, name: &str, offload: bool) -> Result<String, String> {
     run(&["ip", "netns", "add", name])?;
     c.netns.push(name.to_string());
     let host = format!("{name}h");
@@ -79,15 +96,33 @@ fn endpoint(c: &mut Cleanup, name: &str) -> Result<String, String> {
     run(&["ip", "link", "set", &host, "up"])?;
     ns(name, &["ip", "link", "set", "lo", "up"])?;
     ns(name, &["ip", "link", "set", "eth0", "up"])?;
+    if !offload {
+        let off = ["tso", "off", "gso", "off", "gro", "off"];
+        let mut argv = vec!["ethtool", "-K", &host];
+        argv.extend_from_slice(&off);
+        run(&argv)?;
+        let mut argv = vec!["ethtool", "-K", "eth0"];
+        argv.extend_from_slice(&off);
+        ns(name, &argv)?;
+    }
     Ok(host)
 }
 
 struct Result3 {
     gbits: f64,
     rtt_ms: f64,
+    /// CPU time of iperf3's client and server (as iperf3 reports it, % of one CPU) per Gbit/s:
+    /// the cost of moving the bytes, which other work on the machine disturbs less than the
+    /// throughput itself.
+    cpu_per_gbit: f64,
 }
 
-fn measure(server_ns: &str, server_ip: &str, client_ns: &str) -> Result<Result3, String> {
+fn measure(
+    server_ns: &str,
+    server_ip: &str,
+    client_ns: &str,
+    seconds: &str,
+) -> Result<Result3, String> {
     let mut server = Command::new("ip")
         .args([
             "netns", "exec", server_ns, "iperf3", "-s", "-1", "-B", server_ip,
@@ -100,7 +135,11 @@ fn measure(server_ns: &str, server_ip: &str, client_ns: &str) -> Result<Result3,
     let mut out = Err(String::new());
     for _ in 0..50 {
         // iperf3 -J reports "connection refused" in its JSON with exit status 0.
-        out = ns(client_ns, &["iperf3", "-c", server_ip, "-t", "5", "-J"]).and_then(|j| {
+        out = ns(
+            client_ns,
+            &["iperf3", "-c", server_ip, "-t", seconds, "-A", "0,1", "-J"],
+        )
+        .and_then(|j| {
             if j.contains("\"error\"") {
                 Err(j)
             } else {
@@ -128,7 +167,7 @@ fn measure(server_ns: &str, server_ip: &str, client_ns: &str) -> Result<Result3,
         / 1e9;
     let ping = ns(
         client_ns,
-        &["ping", "-q", "-c", "200", "-i", "0.005", server_ip],
+        &["ping", "-q", "-c", "100", "-i", "0.005", server_ip],
     )?;
     let rtt_ms = ping
         .lines()
@@ -137,7 +176,14 @@ fn measure(server_ns: &str, server_ip: &str, client_ns: &str) -> Result<Result3,
         .and_then(|s| s.trim().split('/').nth(1))
         .and_then(|s| s.parse::<f64>().ok())
         .ok_or("cannot parse ping output")?;
-    Ok(Result3 { gbits, rtt_ms })
+    let cpu = &parsed["end"]["cpu_utilization_percent"];
+    let cpu_total = cpu["host_total"].as_f64().unwrap_or(f64::NAN)
+        + cpu["remote_total"].as_f64().unwrap_or(f64::NAN);
+    Ok(Result3 {
+        gbits,
+        rtt_ms,
+        cpu_per_gbit: cpu_total / gbits,
+    })
 }
 
 fn median(mut runs: Vec<Result3>) -> Result3 {
@@ -145,9 +191,12 @@ fn median(mut runs: Vec<Result3>) -> Result3 {
     runs.sort_by(|a, b| a.gbits.total_cmp(&b.gbits));
     let gbits = runs[mid].gbits;
     runs.sort_by(|a, b| a.rtt_ms.total_cmp(&b.rtt_ms));
+    let rtt_ms = runs[mid].rtt_ms;
+    runs.sort_by(|a, b| a.cpu_per_gbit.total_cmp(&b.cpu_per_gbit));
     Result3 {
         gbits,
-        rtt_ms: runs[mid].rtt_ms,
+        rtt_ms,
+        cpu_per_gbit: runs[mid].cpu_per_gbit,
     }
 }
 
@@ -160,6 +209,11 @@ fn main() {
 
 fn bench() -> Result<(), String> {
     let id = std::process::id() & 0xffff;
+    let offload = match std::env::args().nth(3).as_deref() {
+        None | Some("offload") => true,
+        Some("no-offload") => false,
+        Some(other) => return Err(format!("third argument {other:?}: offload or no-offload")),
+    };
     let mut c = Cleanup::default();
 
     // Baseline: Linux bridge, one subnet.
@@ -169,7 +223,7 @@ fn bench() -> Result<(), String> {
     run(&["ip", "link", "set", &br, "up"])?;
     let (b1, b2) = (format!("mvbb1{id:x}"), format!("mvbb2{id:x}"));
     for (name, ip) in [(&b1, "10.98.0.2/24"), (&b2, "10.98.0.3/24")] {
-        let host = endpoint(&mut c, name)?;
+        let host = endpoint(&mut c, name, offload)?;
         run(&["ip", "link", "set", &host, "master", &br])?;
         ns(name, &["ip", "addr", "add", ip, "dev", "eth0"])?;
     }
@@ -185,7 +239,7 @@ fn bench() -> Result<(), String> {
         (&e1, Ipv4Addr::new(10, 99, 0, 2)),
         (&e2, Ipv4Addr::new(10, 99, 0, 3)),
     ] {
-        let host = endpoint(&mut c, name)?;
+        let host = endpoint(&mut c, name, offload)?;
         ns(
             name,
             &["ip", "addr", "add", &format!("{ip}/32"), "dev", "eth0"],
@@ -242,7 +296,8 @@ fn bench() -> Result<(), String> {
                 kind: ROUTE_NIC,
                 ifindex,
                 mac,
-                pad: [0; 2],
+                flags: 0,
+                pad: 0,
                 remote: [0; 4],
                 key: 0,
             },
@@ -250,6 +305,10 @@ fn bench() -> Result<(), String> {
         ifindexes.push(ifindex);
     }
     let plain = desired;
+    let mut peer = plain.clone();
+    for route in peer.routes4.values_mut() {
+        route.flags = ROUTE_F_PEER;
+    }
 
     // The same with 1,000 security-group rules on the server (999 that do not match, then the
     // allow rule): only the first packet of a flow walks them, conntrack carries the rest.
@@ -278,48 +337,92 @@ fn bench() -> Result<(), String> {
     });
     let mut security = HashMap::new();
     security.insert(ifindexes[1], rules);
-    let mut with_rules = plain.clone();
+    let mut with_rules = peer.clone();
     with_rules.security = security;
 
-    // Rounds interleave the three paths and the median is reported: other work on the machine
+    // Rounds interleave the paths and the median is reported: other work on the machine
     // shifts absolute numbers, interleaving keeps the comparison fair.
     let rounds: usize = std::env::args()
         .nth(1)
         .and_then(|a| a.parse().ok())
-        .unwrap_or(3);
-    let (mut bridge, mut ebpf, mut rules1000) = (Vec::new(), Vec::new(), Vec::new());
-    for round in 1..=rounds {
-        eprintln!("round {round}/{rounds}");
-        bridge.push(measure(&b2, "10.98.0.3", &b1)?);
-        dp.sync(&plain)
-            .map_err(|e| mvirt_common::error::error_chain(&e))?;
-        ebpf.push(measure(&e2, "10.99.0.3", &e1)?);
-        dp.sync(&with_rules)
-            .map_err(|e| mvirt_common::error::error_chain(&e))?;
-        rules1000.push(measure(&e2, "10.99.0.3", &e1)?);
+        .unwrap_or(15);
+    let seconds = std::env::args().nth(2).unwrap_or_else(|| "2".into());
+    let load_before = loadavg();
+    let paths: [(&str, Option<&DesiredState>); 4] = [
+        ("Linux bridge", None),
+        ("eBPF, bpf_redirect (TAP delivery)", Some(&plain)),
+        ("eBPF, bpf_redirect_peer (veth delivery)", Some(&peer)),
+        (
+            "eBPF, bpf_redirect_peer + 1,000 SG rules",
+            Some(&with_rules),
+        ),
+    ];
+    let mut results: Vec<Vec<Result3>> = paths.iter().map(|_| Vec::new()).collect();
+    for round in 0..rounds {
+        eprintln!("round {}/{rounds}", round + 1);
+        let mut order: Vec<usize> = (0..paths.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            let (name, tables) = paths[i];
+            let r = match tables {
+                None => measure(&b2, "10.98.0.3", &b1, &seconds)?,
+                Some(tables) => {
+                    dp.sync(tables)
+                        .map_err(|e| mvirt_common::error::error_chain(&e))?;
+                    measure(&e2, "10.99.0.3", &e1, &seconds)?
+                }
+            };
+            eprintln!("  {name}: {:.2} Gbit/s, {:.3} ms", r.gbits, r.rtt_ms);
+            results[i].push(r);
+        }
     }
+    let load_after = loadavg();
     for host in [&e1, &e2] {
         dp.detach(&format!("{host}h"));
     }
-    let (bridge, ebpf, rules1000) = (median(bridge), median(ebpf), median(rules1000));
+    // Ratio of each path to the bridge (or to another path) within each round: quartiles.
+    let ratio = |of: usize, to: usize| -> [f64; 3] {
+        let mut r: Vec<f64> = results[of]
+            .iter()
+            .zip(&results[to])
+            .map(|(a, b)| a.gbits / b.gbits)
+            .collect();
+        r.sort_by(f64::total_cmp);
+        let n = r.len() - 1;
+        [r[n / 4], r[n / 2], r[(3 * n).div_ceil(4)]]
+    };
+    let ratios: Vec<[f64; 3]> = (0..paths.len()).map(|i| ratio(i, 0)).collect();
+    let rules_vs_none = ratio(3, 2);
+    let medians: Vec<Result3> = results.into_iter().map(median).collect();
 
-    println!("| path | TCP throughput (Gbit/s) | ratio to bridge | ping RTT avg (ms) |");
-    println!("|---|---|---|---|");
-    for (name, r) in [
-        ("Linux bridge", &bridge),
-        ("eBPF datapath", &ebpf),
-        ("eBPF + 1,000 SG rules", &rules1000),
-    ] {
+    println!(
+        "| path | TCP throughput (Gbit/s, median) | ratio to bridge (per round: median, quartiles) | iperf3 CPU % per Gbit/s (median) | ping RTT avg (ms) |"
+    );
+    println!("|---|---|---|---|---|");
+    for (((name, _), r), [q1, q2, q3]) in paths.iter().zip(&medians).zip(&ratios) {
         println!(
-            "| {name} | {:.2} | {:.2}x | {:.3} |",
-            r.gbits,
-            r.gbits / bridge.gbits,
-            r.rtt_ms
+            "| {name} | {:.2} | {q2:.2}x ({q1:.2}–{q3:.2}) | {:.1} | {:.3} |",
+            r.gbits, r.cpu_per_gbit, r.rtt_ms
         );
     }
+    let [q1, q2, q3] = rules_vs_none.map(|r| (r - 1.0) * 100.0);
     println!(
-        "1,000 rules vs none: {:+.1}% throughput",
-        (rules1000.gbits / ebpf.gbits - 1.0) * 100.0
+        "1,000 rules vs none (both bpf_redirect_peer, per round): median {q2:+.1}% throughput \
+         (quartiles {q1:+.1}% to {q3:+.1}%)"
+    );
+    println!(
+        "{rounds} rounds of {seconds} s, offloads {}; load average before: {load_before}; after: \
+         {load_after}",
+        if offload { "on" } else { "off" }
     );
     Ok(())
+}
+
+/// The 1/5/15-minute load averages.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
 }
