@@ -493,8 +493,14 @@ async fn remote_group_rules_carry_the_members_on_other_nodes() {
     let first = stream.message().await.unwrap().unwrap();
     let rule = &first.security_groups[0].rules[0];
     assert_eq!(rule.remote_group_id, bastion["id"].as_str().unwrap());
-    let v4 = jump_nic["spec"]["ipv4_address"].as_str().unwrap().to_string();
-    let v6 = jump_nic["spec"]["ipv6_address"].as_str().unwrap().to_string();
+    let v4 = jump_nic["spec"]["ipv4_address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let v6 = jump_nic["spec"]["ipv6_address"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let mut want = vec![v4, v6];
     want.sort();
     assert_eq!(rule.remote_addresses, want);

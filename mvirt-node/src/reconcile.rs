@@ -1051,6 +1051,7 @@ fn net_rule(rule: &api::SecurityGroupRuleSpec) -> net::SecurityGroupRule {
         port_max: rule.port_max,
         cidr: rule.cidr.clone(),
         remote_security_group_id: rule.remote_group_id.clone(),
+        remote_addresses: rule.remote_addresses.clone(),
     }
 }
 

@@ -152,6 +152,64 @@ async fn vms_spread_over_two_nodes_honour_selectors_and_wait_for_capacity() {
         "node selector zone=b honoured"
     );
 
+    // A remote-group rule reaches across nodes: "web" on one node admits ssh from "bastion"
+    // members; the bastion NIC lives on the other node, so that node's agent cannot expand it
+    // locally — the control plane sends its address and the eBPF daemon holds it.
+    let bastion = rest
+        .post(
+            "/v1/security-groups",
+            json!({"name": "bastion", "spec": {"rules": []}}),
+        )
+        .await;
+    let web = rest
+        .post(
+            "/v1/security-groups",
+            json!({"name": "web", "spec": {"rules": [{"direction": "ingress", "protocol": "tcp",
+                "port_min": 22, "port_max": 22, "remote_group_id": bastion["id"]}]}}),
+        )
+        .await;
+    let web_id = web["id"].as_str().unwrap().to_string();
+    let nic_of = |vm: &Value| vm["spec"]["nic_ids"][0].as_str().unwrap().to_string();
+    let (web_vm, bastion_vm) = if one["node_id"] == json!(node_a) {
+        (&one, &two)
+    } else {
+        (&two, &one)
+    };
+    let bastion_nic = rest.get(&format!("/v1/nics/{}", nic_of(bastion_vm))).await;
+    for (vm, sg) in [(web_vm, &web), (bastion_vm, &bastion)] {
+        rest.put(
+            &format!("/v1/nics/{}", nic_of(vm)),
+            json!({"spec": {"network_id": network_id, "security_group_ids": [sg["id"]]}}),
+        )
+        .await;
+    }
+    let bastion_address = bastion_nic["spec"]["ipv4_address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let net_a = mvirt_ebpf::proto::net_service_client::NetServiceClient::connect(
+        host_a.endpoints.ebpf.clone(),
+    )
+    .await
+    .unwrap();
+    wait_until_async(
+        "node a's eBPF daemon to hold the bastion's address from node b",
+        Duration::from_secs(30),
+        || {
+            let mut net_a = net_a.clone();
+            let (web_id, want) = (web_id.clone(), bastion_address.clone());
+            async move {
+                let sg = net_a
+                    .get_security_group(mvirt_ebpf::proto::GetSecurityGroupRequest { id: web_id })
+                    .await
+                    .ok()?
+                    .into_inner();
+                (sg.rules.len() == 1 && sg.rules[0].remote_addresses == vec![want]).then_some(())
+            }
+        },
+    )
+    .await;
+
     // More vCPUs than any node has: Pending with the reason, never placed, never started.
     let huge = rest
         .post(

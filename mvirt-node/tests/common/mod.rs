@@ -211,7 +211,11 @@ fn kill_processes_mentioning(dir: &Path) {
         return;
     };
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
             continue;
         };
         if pid as u32 == me {
@@ -357,6 +361,12 @@ impl Rest {
             (200..300).contains(&status),
             "POST {path}: {status} {value}"
         );
+        value
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> Value {
+        let (status, value) = self.call(reqwest::Method::PUT, path, Some(body)).await;
+        assert_eq!(status, 200, "PUT {path}: {value}");
         value
     }
 
