@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+
+use crate::proposer::{Proposer, WriteFailure};
 use openraft::ServerState;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -74,6 +76,8 @@ pub struct App {
     leader_since: Mutex<Option<Instant>>,
     /// One membership change at a time.
     membership_lock: tokio::sync::Mutex<()>,
+    /// Group commit of this member's writes while it leads.
+    proposer: Proposer,
 }
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -98,7 +102,6 @@ impl App {
         log_endpoint: String,
     ) -> Self {
         Self {
-            raft,
             shared,
             member_id,
             me,
@@ -116,7 +119,15 @@ impl App {
             liveness: Mutex::new(HashMap::new()),
             leader_since: Mutex::new(None),
             membership_lock: tokio::sync::Mutex::new(()),
+            proposer: Proposer::start(raft.clone()),
+            raft,
         }
+    }
+
+    /// Proposes through Raft on this member (it must be the leader), batched with concurrent
+    /// proposals; waits for the applied outcome.
+    pub async fn write_local(&self, proposal: Proposal) -> Result<Outcome, WriteFailure> {
+        self.proposer.write(proposal).await
     }
 
     /// The current leader as this member sees it.
@@ -153,14 +164,14 @@ impl App {
                 .await
                 .ok_or_else(|| ApiError::no_leader("no Raft leader elected; retry later"))?;
             if leader.0 == self.member_id {
-                match self.raft.client_write(proposal.clone()).await {
-                    Ok(resp) => return Ok(resp.data),
-                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                match self.write_local(proposal.clone()).await {
+                    Ok(outcome) => return Ok(outcome),
+                    Err(WriteFailure::NotLeader) => {
                         // Lost leadership before the entry was appended: safe to retry.
                         self.wait_leader_change(leader.0, deadline).await?;
                         continue;
                     }
-                    Err(e) => {
+                    Err(WriteFailure::Unknown(e)) => {
                         return Err(ApiError::new(
                             "unavailable",
                             format!("write outcome unknown: {e}"),

@@ -39,10 +39,11 @@ use crate::state::{Change, Outcome, Proposal, State};
 use crate::store;
 
 openraft::declare_raft_types!(
-    /// mvirt-api's Raft types: proposals in, outcomes out, members addressed by `Member`.
+    /// mvirt-api's Raft types: a batch of proposals per entry in, one outcome per proposal
+    /// out, members addressed by `Member`.
     pub TypeConfig:
-        D = Proposal,
-        R = Outcome,
+        D = Batch,
+        R = Vec<Outcome>,
         NodeId = u64,
         Node = Member,
         Entry = Entry<TypeConfig>,
@@ -50,6 +51,21 @@ openraft::declare_raft_types!(
 );
 
 pub type Raft = openraft::Raft<TypeConfig>;
+
+/// What one Raft log entry carries: proposals applied in order, all at the entry's log index
+/// (their shared revision). The leader's [`crate::proposer::Proposer`] groups concurrent
+/// proposals so that they cost one log append and one replication round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Batch(pub Vec<Proposal>);
+
+impl std::fmt::Display for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.as_slice() {
+            [one] => write!(f, "{one}"),
+            many => write!(f, "batch of {}", many.len()),
+        }
+    }
+}
 pub type MemberId = u64;
 type StorageResult<T> = Result<T, StorageError<MemberId>>;
 
@@ -327,7 +343,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((self.last_applied, self.last_membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<Outcome>>
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<Vec<Outcome>>>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -343,21 +359,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let index = entry.log_id.index;
                 last = Some(entry.log_id);
                 match &entry.payload {
-                    EntryPayload::Blank => outcomes.push(Outcome {
-                        revision: index,
-                        result: Ok(serde_json::Value::Null),
-                    }),
-                    EntryPayload::Normal(proposal) => {
-                        let (outcome, c) = state.apply(index, proposal);
-                        changes.extend(c.into_iter().map(|c| (index, c)));
-                        outcomes.push(outcome);
+                    EntryPayload::Blank => outcomes.push(Vec::new()),
+                    EntryPayload::Normal(batch) => {
+                        let mut batch_outcomes = Vec::with_capacity(batch.0.len());
+                        for proposal in &batch.0 {
+                            let (outcome, c) = state.apply(index, proposal);
+                            changes.extend(c.into_iter().map(|c| (index, c)));
+                            batch_outcomes.push(outcome);
+                        }
+                        outcomes.push(batch_outcomes);
                     }
                     EntryPayload::Membership(m) => {
                         self.last_membership = StoredMembership::new(Some(entry.log_id), m.clone());
-                        outcomes.push(Outcome {
-                            revision: index,
-                            result: Ok(serde_json::Value::Null),
-                        });
+                        outcomes.push(Vec::new());
                     }
                 }
             }
