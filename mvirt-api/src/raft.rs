@@ -99,8 +99,8 @@ impl Shared {
     }
 }
 
-fn lock(conn: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
-    match conn.lock() {
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
         Ok(g) => g,
         Err(poisoned) => poisoned.into_inner(),
     }
@@ -112,12 +112,23 @@ fn lock(conn: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
 #[derive(Clone)]
 pub struct LogStore {
     conn: Arc<Mutex<Connection>>,
+    /// The latest committed log id openraft reported, not yet written: it is a restart hint
+    /// (entries up to it may be re-applied without waiting for the leader), not something a
+    /// decision depends on, so it rides along with the next log append instead of costing an
+    /// fsync of its own on every commit. Losing the newest value in a crash only means an
+    /// older hint.
+    pending_committed: Arc<Mutex<Option<String>>>,
 }
 
 impl LogStore {
-    pub fn open(path: &std::path::Path) -> Result<Self, store::StoreError> {
+    /// Opens the log that belongs to the state database at `state_db`: it lives next to it in
+    /// its own file ([`store::LOG_DB_FILE`]), so log appends never wait for the state
+    /// machine's transactions or checkpoints.
+    pub fn open(state_db: &std::path::Path) -> Result<Self, store::StoreError> {
+        let path = state_db.with_file_name(store::LOG_DB_FILE);
         Ok(Self {
-            conn: Arc::new(Mutex::new(store::open(path)?)),
+            conn: Arc::new(Mutex::new(store::open_log(&path)?)),
+            pending_committed: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -202,13 +213,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId<MemberId>>) -> StorageResult<()> {
         let json = serde_json::to_string(&committed).map_err(|e| StorageIOError::write_logs(&e))?;
-        let conn = lock(&self.conn);
-        store::log_set_meta(&conn, "committed", &json)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
+        *lock(&self.pending_committed) = Some(json);
         Ok(())
     }
 
     async fn read_committed(&mut self) -> StorageResult<Option<LogId<MemberId>>> {
+        if let Some(json) = lock(&self.pending_committed).as_deref() {
+            return serde_json::from_str::<Option<LogId<MemberId>>>(json)
+                .map_err(|e| StorageIOError::read_logs(&e).into());
+        }
         Ok(self
             .get_json::<Option<LogId<MemberId>>>("committed")?
             .flatten())
@@ -227,9 +240,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // SQLite blocks (fsync): keep it off the async worker threads. Appends stay ordered:
         // openraft calls `append` one at a time and we wait for each.
         let conn = self.conn.clone();
+        let committed = self.pending_committed.clone();
         let result = tokio::task::spawn_blocking(move || {
             let mut conn = lock(&conn);
-            store::log_append(&mut conn, &rows)
+            let committed = lock(&committed).take();
+            store::log_append(&mut conn, &rows, committed.as_deref())
         })
         .await
         .map_err(|e| StorageIOError::write_logs(&e))?;
@@ -627,6 +642,9 @@ pub fn config(snapshot_every: u64) -> openraft::Config {
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_every),
         max_in_snapshot_log_to_keep: (snapshot_every / 4).max(5),
         purge_batch_size: 64,
+        // An entry is a batch of up to `proposer::MAX_BATCH` proposals: keep one AppendEntries
+        // (one follower fsync) to a bounded size when a follower catches up.
+        max_payload_entries: 64,
         ..Default::default()
     }
 }
