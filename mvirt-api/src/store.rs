@@ -70,10 +70,10 @@ pub fn log_get_meta(conn: &Connection, key: &str) -> Result<Option<String>, Stor
 }
 
 pub fn log_set_meta(conn: &Connection, key: &str, value: &str) -> Result<(), StoreError> {
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO raft_meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        params![key, value],
-    )?;
+    )?
+    .execute(params![key, value])?;
     Ok(())
 }
 
@@ -93,10 +93,10 @@ pub fn log_append(
         }
     }
     if let Some(committed) = committed {
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO raft_meta (key, value) VALUES ('committed', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            [committed],
-        )?;
+        )?
+        .execute([committed])?;
     }
     tx.commit()?;
     Ok(())
@@ -185,10 +185,10 @@ fn sm_get_meta(conn: &Connection, key: &str) -> Result<Option<String>, StoreErro
 }
 
 fn set_meta(tx: &rusqlite::Transaction<'_>, key: &str, value: &str) -> Result<(), StoreError> {
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO sm_meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        params![key, value],
-    )?;
+    )?
+    .execute(params![key, value])?;
     Ok(())
 }
 
@@ -228,10 +228,8 @@ pub fn sm_commit(conn: &mut Connection, batch: AppliedBatch<'_>) -> Result<(), S
     set_meta(&tx, "last_applied", batch.last_applied)?;
     set_meta(&tx, "last_membership", batch.last_membership)?;
     if !batch.events.is_empty() {
-        tx.execute(
-            "DELETE FROM events WHERE seq <= (SELECT MAX(seq) FROM events) - ?1",
-            [EVENTS_RETAINED],
-        )?;
+        tx.prepare_cached("DELETE FROM events WHERE seq <= (SELECT MAX(seq) FROM events) - ?1")?
+            .execute([EVENTS_RETAINED])?;
     }
     tx.commit()?;
     Ok(())
