@@ -3,9 +3,11 @@
 //! 1. Scheduler: placements per second for 10,000 pending VMs on 1,000 nodes.
 //! 2. Spec propagation: 1,000 simulated nodes watch their specs; one change that concerns every
 //!    node (a new template); time until each stream has delivered it (p50/p99).
-//! 3. Writes: a 3-member mvirt-api cluster on loopback creating VMs (REST) at 1, 16 and 128
+//! 3. Writes: a 3-member mvirt-api cluster on loopback — three `mvirt-api` processes, like the
+//!    etcd members it is compared with — creating VMs (REST, on the leader) at 1, 16 and 128
 //!    concurrent clients, side by side with a 3-member etcd cluster (if `etcd` is installed)
-//!    doing puts of the same payload size through its JSON gateway. Throughput and p50/p99.
+//!    doing puts of the same payload size through its JSON gateway on its leader. Throughput
+//!    and p50/p99.
 //!
 //! Set `MVIRT_BENCH_QUICK=1` for a short run.
 
