@@ -393,9 +393,14 @@ impl App {
         let mut applied = self.shared.applied.subscribe();
         let tick =
             (self.node_offline_after / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
-        // Under a burst of writes, one round per ROUND_GAP is enough: a round always looks at
-        // the latest state, so coalescing wake-ups loses nothing.
+        // Under a burst of writes, one round per gap is enough: a round always looks at the
+        // latest state, so coalescing wake-ups loses nothing. A round costs O(pending VMs) under
+        // the state's read lock, which applies (and so every write) wait behind: when rounds get
+        // expensive (thousands of pending VMs, a busy machine), they are spaced out to keep that
+        // under ~10 % of the time, but never more than MAX_ROUND_GAP apart.
         const ROUND_GAP: Duration = Duration::from_millis(20);
+        const MAX_ROUND_GAP: Duration = Duration::from_millis(200);
+        let mut gap = ROUND_GAP;
         let mut last_round = Instant::now();
         loop {
             tokio::select! {
@@ -403,7 +408,7 @@ impl App {
                 _ = applied.changed() => {},
                 _ = tokio::time::sleep(tick) => {},
             }
-            let next = last_round + ROUND_GAP;
+            let next = last_round + gap;
             if Instant::now() < next {
                 tokio::time::sleep_until(next.into()).await;
             }
@@ -417,8 +422,9 @@ impl App {
             if let Err(e) = self.mark_offline_nodes(since).await {
                 tracing::warn!(error = %e, "could not mark silent nodes offline");
             }
-            if let Err(e) = self.schedule_once().await {
-                tracing::warn!(error = %e, "scheduling round failed");
+            match self.schedule_round().await {
+                Ok(cost) => gap = (cost * 10).clamp(ROUND_GAP, MAX_ROUND_GAP),
+                Err(e) => tracing::warn!(error = %e, "scheduling round failed"),
             }
             self.promote_caught_up_learners().await;
         }
@@ -505,12 +511,19 @@ impl App {
 
     /// One scheduler round: proposes placements (if any).
     pub async fn schedule_once(&self) -> Result<(), ApiError> {
+        self.schedule_round().await.map(|_| ())
+    }
+
+    /// [`Self::schedule_once`], returning how long the decision held the state lock.
+    async fn schedule_round(&self) -> Result<Duration, ApiError> {
+        let started = Instant::now();
         let decision = {
             let state = self.shared.read();
             scheduler::schedule(&state, self.strategy)
         };
+        let cost = started.elapsed();
         if decision.is_empty() {
-            return Ok(());
+            return Ok(cost);
         }
         self.submit(
             Command::Schedule {
@@ -521,7 +534,7 @@ impl App {
             None,
         )
         .await?;
-        Ok(())
+        Ok(cost)
     }
 
     // -------------------------------------------------------------------------- membership

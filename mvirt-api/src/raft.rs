@@ -327,10 +327,12 @@ impl StateMachine {
     }
 }
 
-/// Builds a snapshot from the state captured when the builder was created.
+/// Builds a snapshot from the state captured when the builder was created. The capture (a
+/// clone) happens on the state-machine worker; encoding and writing it happen here, in the task
+/// openraft spawns for the build, so applies do not wait for a whole-state JSON encoding.
 pub struct SnapshotBuilder {
     db_path: PathBuf,
-    data: Vec<u8>,
+    state: Option<State>,
     meta: SnapshotMeta<MemberId, Member>,
 }
 
@@ -338,14 +340,25 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
         let meta_json = serde_json::to_string(&self.meta)
             .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-        let conn =
-            store::open(&self.db_path).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-        store::snapshot_save(&conn, &meta_json, &self.data)
-            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-        tracing::info!(last_log_id = ?self.meta.last_log_id, bytes = self.data.len(), "snapshot built");
+        let state = self.state.take().ok_or_else(|| {
+            let e = std::io::Error::other("snapshot builder used twice");
+            StorageIOError::write_snapshot(None, &e)
+        })?;
+        let db_path = self.db_path.clone();
+        // JSON encoding of the whole state and the synced write: off the async workers.
+        let data = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
+            let data = serde_json::to_vec(&SnapshotPayload { state }).map_err(|e| e.to_string())?;
+            let conn = store::open(&db_path).map_err(|e| e.to_string())?;
+            store::snapshot_save(&conn, &meta_json, &data).map_err(|e| e.to_string())?;
+            Ok(data)
+        })
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(None, &e))?
+        .map_err(|e| StorageIOError::write_snapshot(None, &std::io::Error::other(e)))?;
+        tracing::info!(last_log_id = ?self.meta.last_log_id, bytes = data.len(), "snapshot built");
         Ok(Snapshot {
             meta: self.meta.clone(),
-            snapshot: Box::new(Cursor::new(self.data.clone())),
+            snapshot: Box::new(Cursor::new(data)),
         })
     }
 }
@@ -442,10 +455,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.snapshot_seq += 1;
-        let payload = SnapshotPayload {
-            state: self.shared.read().clone(),
-        };
-        let data = serde_json::to_vec(&payload).unwrap_or_default();
+        let state = self.shared.read().clone();
         let snapshot_id = format!(
             "{}-{}",
             self.last_applied.map(|l| l.index).unwrap_or(0),
@@ -453,7 +463,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         );
         SnapshotBuilder {
             db_path: self.shared.db_path.clone(),
-            data,
+            state: Some(state),
             meta: SnapshotMeta {
                 last_log_id: self.last_applied,
                 last_membership: self.last_membership.clone(),
