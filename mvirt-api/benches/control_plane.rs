@@ -3,9 +3,11 @@
 //! 1. Scheduler: placements per second for 10,000 pending VMs on 1,000 nodes.
 //! 2. Spec propagation: 1,000 simulated nodes watch their specs; one change that concerns every
 //!    node (a new template); time until each stream has delivered it (p50/p99).
-//! 3. Writes: a 3-member mvirt-api cluster on loopback creating VMs (REST) at 1, 16 and 128
+//! 3. Writes: a 3-member mvirt-api cluster on loopback — three `mvirt-api` processes, like the
+//!    etcd members it is compared with — creating VMs (REST, on the leader) at 1, 16 and 128
 //!    concurrent clients, side by side with a 3-member etcd cluster (if `etcd` is installed)
-//!    doing puts of the same payload size through its JSON gateway. Throughput and p50/p99.
+//!    doing puts of the same payload size through its JSON gateway on its leader. Throughput
+//!    and p50/p99.
 //!
 //! Set `MVIRT_BENCH_QUICK=1` for a short run.
 
@@ -20,6 +22,7 @@ use mvirt_api::proto::{self, node_service_client::NodeServiceClient};
 use mvirt_api::scheduler::{schedule, Strategy};
 use mvirt_api::server::{self, Running, ServerConfig};
 use mvirt_api::state::State;
+use mvirt_testsupport::process::ChildGuard;
 use serde_json::json;
 
 const GIB: u64 = 1 << 30;
@@ -366,27 +369,75 @@ fn start_etcd() -> Option<Etcd> {
     })
 }
 
+/// One mvirt-api member as its own process (like the etcd members it is compared with), with
+/// its log in `<dir>/member.log`.
+struct MemberProc {
+    _guard: ChildGuard,
+    url: String,
+    dir: std::path::PathBuf,
+}
+
+fn spawn_member(ip: &str, dir: &std::path::Path, join: Option<(&str, &str)>) -> MemberProc {
+    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{e}"));
+    let log = std::fs::File::create(dir.join("member.log")).unwrap_or_else(|e| panic!("{e}"));
+    let rest = free_port_on(ip);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mvirt-api"));
+    cmd.arg("--listen")
+        .arg(format!("{ip}:{rest}"))
+        .arg("--grpc-listen")
+        .arg(format!("{ip}:{}", free_port_on(ip)))
+        .arg("--raft-listen")
+        .arg(format!("{ip}:{}", free_port_on(ip)))
+        .arg("--data-dir")
+        .arg(dir)
+        .arg("--log-endpoint")
+        .arg("")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log));
+    if let Some((url, token)) = join {
+        cmd.arg("--join").arg(url).arg("--token").arg(token);
+    }
+    MemberProc {
+        _guard: ChildGuard::spawn("mvirt-api", &mut cmd),
+        url: format!("http://{ip}:{rest}"),
+        dir: dir.to_path_buf(),
+    }
+}
+
+fn free_port_on(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
 async fn bench_writes() {
     let root = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let a = start_member([127, 0, 0, 21], &root.path().join("a"), None).await;
+    let a = spawn_member("127.0.0.21", &root.path().join("a"), None);
+    let token_path = a.dir.join(server::ADMIN_TOKEN_FILE);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let token = loop {
-        if let Some(t) = a.admin_token() {
-            break t;
+        if let Ok(t) = std::fs::read_to_string(&token_path) {
+            if !t.trim().is_empty() {
+                break t.trim().to_string();
+            }
         }
+        assert!(
+            Instant::now() < deadline,
+            "bootstrap member wrote no admin token"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()
         .unwrap_or_else(|e| panic!("{e}"));
-    wait_ok(&http, &format!("{}/v1/projects", a.api_url()), &token).await;
+    wait_ok(&http, &format!("{}/v1/projects", a.url), &token).await;
     let mut members = vec![a];
-    for ip in [[127, 0, 0, 22], [127, 0, 0, 23]] {
+    for (ip, name) in [("127.0.0.22", "b"), ("127.0.0.23", "c")] {
         let jt: serde_json::Value = http
-            .post(format!(
-                "{}/v1/controlplane/join-tokens",
-                members[0].api_url()
-            ))
+            .post(format!("{}/v1/controlplane/join-tokens", members[0].url))
             .bearer_auth(&token)
             .send()
             .await
@@ -395,36 +446,40 @@ async fn bench_writes() {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let t = jt["token"].as_str().unwrap_or_default().to_string();
-        let name = format!("m{}", ip[3]);
-        members
-            .push(start_member(ip, &root.path().join(name), Some((members[0].api_url(), t))).await);
+        let joined = spawn_member(ip, &root.path().join(name), Some((&members[0].url, &t)));
+        members.push(joined);
     }
-    // Wait for 3 voters.
+    // Wait for 3 voters; the load goes to the leader (as etcd's goes to one member).
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let cp: serde_json::Value = http
-            .get(format!("{}/v1/controlplane", members[0].api_url()))
+    let leader = loop {
+        let cp: serde_json::Value = match http
+            .get(format!("{}/v1/controlplane", members[0].url))
             .bearer_auth(&token)
             .send()
             .await
-            .unwrap_or_else(|e| panic!("{e}"))
-            .json()
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        {
+            Ok(r) => r.json().await.unwrap_or_default(),
+            Err(_) => serde_json::Value::Null,
+        };
         let voters = cp["members"]
             .as_array()
             .map(|m| m.iter().filter(|x| x["role"] != "learner").count())
             .unwrap_or(0);
-        if voters == 3 {
-            break;
+        let leader_url = cp["members"].as_array().and_then(|m| {
+            m.iter()
+                .find(|x| x["id"] == cp["leader_id"])
+                .and_then(|x| x["api_url"].as_str().map(String::from))
+        });
+        if let (3, Some(url)) = (voters, leader_url) {
+            break url;
         }
         assert!(Instant::now() < deadline, "cluster did not form");
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let leader = members[0].api_url();
+    };
     let etcd = start_etcd();
+    let mut etcd_leader = String::new();
     if let Some(e) = &etcd {
-        wait_etcd(&http, &e.client_urls[0]).await;
+        etcd_leader = wait_etcd(&http, &e.client_urls).await;
     } else {
         println!("etcd not installed (apt etcd-server): mvirt-api numbers only");
     }
@@ -454,9 +509,9 @@ async fn bench_writes() {
         .await;
         let theirs = match &etcd {
             None => None,
-            Some(e) => {
+            Some(_) => {
                 let http2 = http.clone();
-                let url = format!("{}/v3/kv/put", e.client_urls[0]);
+                let url = format!("{etcd_leader}/v3/kv/put");
                 Some(
                     run_load(concurrency, per, move |i| {
                         let http = http2.clone();
@@ -497,27 +552,31 @@ async fn bench_writes() {
             None => println!("{concurrency:>11} | {} | {:>22} |", fmt(&ours), "-"),
         }
     }
-    for m in members {
-        m.stop().await;
-    }
+    drop(members);
 }
 
-async fn wait_etcd(http: &reqwest::Client, url: &str) {
+/// Waits until the etcd cluster has a leader and returns the leader's client URL.
+async fn wait_etcd(http: &reqwest::Client, urls: &[String]) -> String {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
-        if let Ok(r) = http
-            .post(format!("{url}/v3/kv/range"))
-            .json(&json!({"key": "eA=="}))
-            .send()
-            .await
-        {
-            if r.status().is_success() {
-                return;
+        for url in urls {
+            let status = http
+                .post(format!("{url}/v3/maintenance/status"))
+                .json(&json!({}))
+                .send()
+                .await;
+            let Ok(r) = status else { continue };
+            let Ok(v) = r.json::<serde_json::Value>().await else {
+                continue;
+            };
+            let me = &v["header"]["member_id"];
+            if !me.is_null() && *me == v["leader"] {
+                return url.clone();
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("etcd did not become ready");
+    panic!("etcd did not elect a leader");
 }
 
 fn main() {

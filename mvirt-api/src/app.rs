@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+
+use crate::proposer::{Proposer, WriteFailure};
 use openraft::ServerState;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -82,6 +84,8 @@ pub struct App {
     leader_since: Mutex<Option<Instant>>,
     /// One membership change at a time.
     membership_lock: tokio::sync::Mutex<()>,
+    /// Group commit of this member's writes while it leads.
+    proposer: Proposer,
 }
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -106,7 +110,6 @@ impl App {
         log_endpoint: String,
     ) -> Self {
         Self {
-            raft,
             shared,
             member_id,
             me,
@@ -125,7 +128,15 @@ impl App {
             liveness: Mutex::new(HashMap::new()),
             leader_since: Mutex::new(None),
             membership_lock: tokio::sync::Mutex::new(()),
+            proposer: Proposer::start(raft.clone()),
+            raft,
         }
+    }
+
+    /// Proposes through Raft on this member (it must be the leader), batched with concurrent
+    /// proposals; waits for the applied outcome.
+    pub async fn write_local(&self, proposal: Proposal) -> Result<Outcome, WriteFailure> {
+        self.proposer.write(proposal).await
     }
 
     /// The current leader as this member sees it.
@@ -162,14 +173,14 @@ impl App {
                 .await
                 .ok_or_else(|| ApiError::no_leader("no Raft leader elected; retry later"))?;
             if leader.0 == self.member_id {
-                match self.raft.client_write(proposal.clone()).await {
-                    Ok(resp) => return Ok(resp.data),
-                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                match self.write_local(proposal.clone()).await {
+                    Ok(outcome) => return Ok(outcome),
+                    Err(WriteFailure::NotLeader) => {
                         // Lost leadership before the entry was appended: safe to retry.
                         self.wait_leader_change(leader.0, deadline).await?;
                         continue;
                     }
-                    Err(e) => {
+                    Err(WriteFailure::Unknown(e)) => {
                         return Err(ApiError::new(
                             "unavailable",
                             format!("write outcome unknown: {e}"),
@@ -391,9 +402,14 @@ impl App {
         let mut applied = self.shared.applied.subscribe();
         let tick =
             (self.node_offline_after / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
-        // Under a burst of writes, one round per ROUND_GAP is enough: a round always looks at
-        // the latest state, so coalescing wake-ups loses nothing.
+        // Under a burst of writes, one round per gap is enough: a round always looks at the
+        // latest state, so coalescing wake-ups loses nothing. A round costs O(pending VMs) under
+        // the state's read lock, which applies (and so every write) wait behind: when rounds get
+        // expensive (thousands of pending VMs, a busy machine), they are spaced out to keep that
+        // under ~10 % of the time, but never more than MAX_ROUND_GAP apart.
         const ROUND_GAP: Duration = Duration::from_millis(20);
+        const MAX_ROUND_GAP: Duration = Duration::from_millis(200);
+        let mut gap = ROUND_GAP;
         let mut last_round = Instant::now();
         let mut last_prune: Option<Instant> = None;
         loop {
@@ -402,7 +418,7 @@ impl App {
                 _ = applied.changed() => {},
                 _ = tokio::time::sleep(tick) => {},
             }
-            let next = last_round + ROUND_GAP;
+            let next = last_round + gap;
             if Instant::now() < next {
                 tokio::time::sleep_until(next.into()).await;
             }
@@ -416,8 +432,9 @@ impl App {
             if let Err(e) = self.mark_offline_nodes(since).await {
                 tracing::warn!(error = %e, "could not mark silent nodes offline");
             }
-            if let Err(e) = self.schedule_once().await {
-                tracing::warn!(error = %e, "scheduling round failed");
+            match self.schedule_round().await {
+                Ok(cost) => gap = (cost * 10).clamp(ROUND_GAP, MAX_ROUND_GAP),
+                Err(e) => tracing::warn!(error = %e, "scheduling round failed"),
             }
             self.promote_caught_up_learners().await;
             let prune_every = PRUNE_EVERY.min(self.idempotency_retention / 2);
@@ -536,12 +553,19 @@ impl App {
 
     /// One scheduler round: proposes placements (if any).
     pub async fn schedule_once(&self) -> Result<(), ApiError> {
+        self.schedule_round().await.map(|_| ())
+    }
+
+    /// [`Self::schedule_once`], returning how long the decision held the state lock.
+    async fn schedule_round(&self) -> Result<Duration, ApiError> {
+        let started = Instant::now();
         let decision = {
             let state = self.shared.read();
             scheduler::schedule(&state, self.strategy)
         };
+        let cost = started.elapsed();
         if decision.is_empty() {
-            return Ok(());
+            return Ok(cost);
         }
         self.submit(
             Command::Schedule {
@@ -552,7 +576,7 @@ impl App {
             None,
         )
         .await?;
-        Ok(())
+        Ok(cost)
     }
 
     // -------------------------------------------------------------------------- membership

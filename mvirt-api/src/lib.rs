@@ -27,6 +27,8 @@ pub mod model;
 #[cfg(feature = "server")]
 pub mod nodespec;
 #[cfg(feature = "server")]
+pub mod proposer;
+#[cfg(feature = "server")]
 pub mod raft;
 #[cfg(feature = "server")]
 pub mod raftapi;

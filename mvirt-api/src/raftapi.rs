@@ -9,10 +9,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use openraft::error::{CheckIsLeaderError, ClientWriteError, InstallSnapshotError, RaftError};
+use openraft::error::{CheckIsLeaderError, InstallSnapshotError, RaftError};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 
 use crate::app::{App, HeartbeatForward};
+use crate::proposer::WriteFailure;
 use crate::raft::{MemberId, TypeConfig};
 use crate::state::{ApiError, Proposal};
 
@@ -88,12 +89,10 @@ async fn write(
         return denied();
     }
     // Only the leader appends; a follower that got this (leadership moved) says so.
-    let result = match app.raft.client_write(proposal).await {
-        Ok(resp) => Ok(resp.data),
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-            Err(ApiError::no_leader("not the leader; not written"))
-        }
-        Err(e) => Err(ApiError::new(
+    let result = match app.write_local(proposal).await {
+        Ok(outcome) => Ok(outcome),
+        Err(WriteFailure::NotLeader) => Err(ApiError::no_leader("not the leader; not written")),
+        Err(WriteFailure::Unknown(e)) => Err(ApiError::new(
             "unavailable",
             format!("outcome unknown: {e}"),
         )),

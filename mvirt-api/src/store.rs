@@ -1,10 +1,13 @@
-//! SQLite persistence: the Raft log and vote, the materialised state machine, events and the
-//! current snapshot, all in `<data-dir>/mvirt-api.db` (WAL, `synchronous=FULL`: a transaction is
-//! on disk when `commit` returns, so an acknowledged append or apply survives a crash).
+//! SQLite persistence in two files (WAL each):
+//! - `<data-dir>/raft-log.db`: the Raft log and vote (`synchronous=FULL`: an append is on disk
+//!   when `commit` returns, so an acknowledged append survives a crash);
+//! - `<data-dir>/mvirt-api.db`: the materialised state machine, events and the current snapshot.
 //!
-//! The log and the state machine each own one connection (openraft drives them from different
-//! tasks). Every apply batch — changed rows, events, last applied log id — is one transaction, so
-//! the state machine is never half-applied after a crash.
+//! Two files, because SQLite has one writer per database: in one file the state machine's
+//! apply transactions and WAL checkpoints held the write lock that the next log append (with
+//! its fsync) waited for, and the other way round. Every apply batch — changed rows, events,
+//! last applied log id — is one transaction, so the state machine is never half-applied after a
+//! crash.
 
 use std::path::Path;
 
@@ -23,6 +26,14 @@ CREATE INDEX events_revision ON events (revision);
 CREATE TABLE snapshot (id INTEGER PRIMARY KEY CHECK (id = 1), meta TEXT NOT NULL, data BLOB NOT NULL);
 "];
 
+/// The Raft log's own database file (next to the state database).
+pub const LOG_DB_FILE: &str = "raft-log.db";
+
+const LOG_MIGRATIONS: &[&str] = &["
+CREATE TABLE raft_log (idx INTEGER PRIMARY KEY, entry TEXT NOT NULL);
+CREATE TABLE raft_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"];
+
 /// How many events are kept for `Last-Event-ID` resumption (older ones are pruned).
 pub const EVENTS_RETAINED: i64 = 200_000;
 
@@ -38,8 +49,14 @@ pub enum StoreError {
     Kind(String),
 }
 
+/// Opens the state database (state machine, events, snapshot).
 pub fn open(path: &Path) -> Result<Connection, StoreError> {
     Ok(mvirt_common::sqlite::open(path, MIGRATIONS)?)
+}
+
+/// Opens the Raft log database (log entries, vote, committed and purge points).
+pub fn open_log(path: &Path) -> Result<Connection, StoreError> {
+    Ok(mvirt_common::sqlite::open(path, LOG_MIGRATIONS)?)
 }
 
 // ------------------------------------------------------------------------------------ log
@@ -53,15 +70,20 @@ pub fn log_get_meta(conn: &Connection, key: &str) -> Result<Option<String>, Stor
 }
 
 pub fn log_set_meta(conn: &Connection, key: &str, value: &str) -> Result<(), StoreError> {
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO raft_meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        params![key, value],
-    )?;
+    )?
+    .execute(params![key, value])?;
     Ok(())
 }
 
-/// Appends serialized entries `(index, json)` in one transaction (replacing same indexes).
-pub fn log_append(conn: &mut Connection, entries: &[(u64, String)]) -> Result<(), StoreError> {
+/// Appends serialized entries `(index, json)` in one transaction (replacing same indexes),
+/// together with the latest committed log id if one is pending.
+pub fn log_append(
+    conn: &mut Connection,
+    entries: &[(u64, String)],
+    committed: Option<&str>,
+) -> Result<(), StoreError> {
     let tx = conn.transaction()?;
     {
         let mut stmt =
@@ -69,6 +91,12 @@ pub fn log_append(conn: &mut Connection, entries: &[(u64, String)]) -> Result<()
         for (idx, json) in entries {
             stmt.execute(params![*idx as i64, json])?;
         }
+    }
+    if let Some(committed) = committed {
+        tx.prepare_cached(
+            "INSERT INTO raft_meta (key, value) VALUES ('committed', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        )?
+        .execute([committed])?;
     }
     tx.commit()?;
     Ok(())
@@ -157,10 +185,10 @@ fn sm_get_meta(conn: &Connection, key: &str) -> Result<Option<String>, StoreErro
 }
 
 fn set_meta(tx: &rusqlite::Transaction<'_>, key: &str, value: &str) -> Result<(), StoreError> {
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO sm_meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        params![key, value],
-    )?;
+    )?
+    .execute(params![key, value])?;
     Ok(())
 }
 
@@ -200,10 +228,8 @@ pub fn sm_commit(conn: &mut Connection, batch: AppliedBatch<'_>) -> Result<(), S
     set_meta(&tx, "last_applied", batch.last_applied)?;
     set_meta(&tx, "last_membership", batch.last_membership)?;
     if !batch.events.is_empty() {
-        tx.execute(
-            "DELETE FROM events WHERE seq <= (SELECT MAX(seq) FROM events) - ?1",
-            [EVENTS_RETAINED],
-        )?;
+        tx.prepare_cached("DELETE FROM events WHERE seq <= (SELECT MAX(seq) FROM events) - ?1")?
+            .execute([EVENTS_RETAINED])?;
     }
     tx.commit()?;
     Ok(())

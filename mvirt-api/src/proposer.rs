@@ -1,0 +1,125 @@
+//! Group commit on the leader: concurrent proposals are coalesced into one Raft entry.
+//!
+//! openraft 0.9 appends every `client_write` on its own and waits for that append (one
+//! SQLite transaction with its fsync) inside the Raft core before it looks at the next one,
+//! so N concurrent writes cost N serialized fsyncs on the leader and N AppendEntries rounds.
+//! The [`Proposer`] queues proposals and hands them to Raft as one [`Batch`] per log entry:
+//! while a batch is in flight (appended, replicated to a majority, fsynced there, applied), the
+//! proposals that arrive meanwhile wait and then go together in the next one. A lone write is
+//! proposed at once, so a single client pays no extra latency.
+//!
+//! Durability is unchanged: a proposal is acknowledged only with the outcome of its applied
+//! entry, which is committed only once it is durable on a majority. Every proposal of a batch
+//! shares the entry's log index as its revision and is applied in queue order.
+
+use std::sync::Arc;
+
+use openraft::error::{ClientWriteError, RaftError};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::raft::{Batch, Raft};
+use crate::state::{Outcome, Proposal};
+
+/// At most this many proposals go into one Raft entry.
+pub const MAX_BATCH: usize = 256;
+/// At most this many batches are in flight at once (the next one is appended and replicated
+/// while the previous one is still waiting for its quorum).
+pub const MAX_IN_FLIGHT: usize = 2;
+
+/// Why a proposal was not applied.
+#[derive(Debug, Clone)]
+pub enum WriteFailure {
+    /// This member is not (or no longer) the leader and the entry was not appended: safe to
+    /// retry on the new leader.
+    NotLeader,
+    /// Raft failed after the entry may have been appended: the outcome is unknown.
+    Unknown(String),
+}
+
+type Reply = oneshot::Sender<Result<Outcome, WriteFailure>>;
+
+/// The leader-side write queue. Cheap to share; the background task ends when the last
+/// `Proposer` is dropped.
+pub struct Proposer {
+    tx: mpsc::UnboundedSender<(Proposal, Reply)>,
+}
+
+impl Proposer {
+    /// Starts the batching task (needs a Tokio runtime).
+    pub fn start(raft: Raft) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(raft, rx));
+        Self { tx }
+    }
+
+    /// Proposes through Raft on this member and waits for the applied outcome.
+    pub async fn write(&self, proposal: Proposal) -> Result<Outcome, WriteFailure> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send((proposal, reply))
+            .map_err(|_| WriteFailure::Unknown("raft is shutting down".into()))?;
+        rx.await
+            .unwrap_or_else(|_| Err(WriteFailure::Unknown("raft is shutting down".into())))
+    }
+}
+
+async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<(Proposal, Reply)>) {
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    loop {
+        // Wait for a free slot first: whatever queues up meanwhile joins the next batch.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = rx.recv().await else {
+            return;
+        };
+        let mut proposals = vec![first.0];
+        let mut replies = vec![first.1];
+        while proposals.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok((p, r)) => {
+                    proposals.push(p);
+                    replies.push(r);
+                }
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let result = raft.client_write(Batch(proposals)).await;
+            drop(permit);
+            match result {
+                Ok(resp) => {
+                    let outcomes = resp.data;
+                    if outcomes.len() != replies.len() {
+                        let msg = format!(
+                            "raft applied {} outcomes for a batch of {}",
+                            outcomes.len(),
+                            replies.len()
+                        );
+                        tracing::error!("{msg}");
+                        for r in replies {
+                            let _ = r.send(Err(WriteFailure::Unknown(msg.clone())));
+                        }
+                        return;
+                    }
+                    for (r, o) in replies.into_iter().zip(outcomes) {
+                        // The caller may have gone away (client disconnected): fine.
+                        let _ = r.send(Ok(o));
+                    }
+                }
+                Err(e) => {
+                    let failure = match e {
+                        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
+                            WriteFailure::NotLeader
+                        }
+                        other => WriteFailure::Unknown(other.to_string()),
+                    };
+                    for r in replies {
+                        let _ = r.send(Err(failure.clone()));
+                    }
+                }
+            }
+        });
+    }
+}
