@@ -143,7 +143,10 @@ async fn raw_import_over_http_streams_progress_and_clones_carry_data_and_boot_fi
         .into_inner();
     assert_eq!(t.clone_count, 2);
     let err = c
-        .delete_template(proto::DeleteTemplateRequest { id: tid.clone() })
+        .delete_template(proto::DeleteTemplateRequest {
+            id: tid.clone(),
+            detach_clones: false,
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
@@ -159,7 +162,10 @@ async fn raw_import_over_http_streams_progress_and_clones_carry_data_and_boot_fi
             .unwrap();
     }
     let deleted = c
-        .delete_template(proto::DeleteTemplateRequest { id: tid.clone() })
+        .delete_template(proto::DeleteTemplateRequest {
+            id: tid.clone(),
+            detach_clones: false,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -327,7 +333,10 @@ async fn cancelling_during_the_download_removes_the_partial_template() {
         TemplateState::Importing
     );
     let err = c
-        .delete_template(proto::DeleteTemplateRequest { id: tid.clone() })
+        .delete_template(proto::DeleteTemplateRequest {
+            id: tid.clone(),
+            detach_clones: false,
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
