@@ -226,6 +226,15 @@ struct Decompressor {
     stderr: JoinHandle<String>,
 }
 
+impl Drop for Decompressor {
+    /// A cancelled import drops its content mid-stream: the decompressor is killed
+    /// (`kill_on_drop`) and the task feeding it must not keep the download open.
+    fn drop(&mut self) {
+        self.feeder.abort();
+        self.stderr.abort();
+    }
+}
+
 /// Opens `source`: an HTTP GET (status checked) or the file.
 pub async fn open(
     source: &Source,
@@ -338,9 +347,9 @@ impl Content {
     /// SHA-256 (lowercase hex) of the downloaded bytes.
     pub async fn finish(mut self) -> Result<String, FetchError> {
         if let Some(mut d) = self.decompressor.take() {
-            let fed = d.feeder.await;
+            let fed = (&mut d.feeder).await;
             let status = d.child.wait().await.map_err(FetchError::Read)?;
-            let stderr = d.stderr.await.unwrap_or_default();
+            let stderr = (&mut d.stderr).await.unwrap_or_default();
             if !status.success() {
                 return Err(FetchError::Decompress {
                     program: d.program.to_string(),

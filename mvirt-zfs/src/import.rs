@@ -452,7 +452,10 @@ impl ImportManager {
     async fn run(self: Arc<Self>, job: JobRun, mut progress: Progress, cancel: CancellationToken) {
         let template_id = job.req.id.clone();
         let name = job.req.name.clone();
+        // Biased towards the job: once it has marked the template ready, a cancel that arrives
+        // in the same instant must not report CANCELLED for a template that was kept.
         let result = tokio::select! {
+            biased;
             r = self.execute(job, &mut progress) => r,
             _ = cancel.cancelled() => Err(if self.shutdown.is_cancelled() {
                 ImportError::Interrupted("mvirt-zfs shut down".into())
@@ -565,7 +568,10 @@ impl ImportManager {
             written = writer.finish().await?;
             let downloaded = content.downloaded.clone();
             actual = finish_content(content).await?;
+            // The final count of the download is always shown, not coalesced away.
             progress.update(downloaded.load(Ordering::Relaxed));
+            progress.persist();
+            progress.publish();
         }
         if !req.sha256.is_empty() && actual != req.sha256 {
             return Err(ImportError::ChecksumMismatch {
