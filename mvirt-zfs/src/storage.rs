@@ -672,6 +672,13 @@ impl Storage {
             }
             let volumes_prefix = format!("{}/", self.layout.volumes_dataset());
             for dependent in dependents {
+                if dependent.starts_with(&format!("{}/", self.layout.staging_dataset()))
+                    && dependent.ends_with(".old")
+                {
+                    // A clone already replaced by its copy whose removal failed: finish it.
+                    self.zfs.destroy_if_exists(&dependent).await?;
+                    continue;
+                }
                 let volume_id = dependent
                     .strip_prefix(&volumes_prefix)
                     .filter(|v| validate::resource_id("volume id", v).is_ok())

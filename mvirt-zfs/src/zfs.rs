@@ -205,13 +205,23 @@ impl Zfs {
             .map_err(|_| ZfsError::Parse(format!("{prop} of {dataset} = {value:?}")))
     }
 
-    /// Names of the snapshots directly under `dataset`, oldest first.
+    /// Names of the snapshots directly under `dataset`, oldest first (by creation txg:
+    /// `creation` has a resolution of one second).
     pub async fn snapshots(&self, dataset: &str) -> Result<Vec<String>, ZfsError> {
         let out = self
             .zfs(
                 dataset,
                 &[
-                    "list", "-H", "-t", "snapshot", "-o", "name", "-s", "creation", "-r", dataset,
+                    "list",
+                    "-H",
+                    "-t",
+                    "snapshot",
+                    "-o",
+                    "name",
+                    "-s",
+                    "createtxg",
+                    "-r",
+                    dataset,
                 ],
             )
             .await?;
