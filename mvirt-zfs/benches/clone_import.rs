@@ -70,7 +70,7 @@ fn loadavg() -> String {
 
 const CLONE_WARMUP: usize = 5;
 const IMPORT_WARMUP: usize = 1;
-const IMPORT_REPS: usize = 5;
+const IMPORT_REPS: usize = 9;
 
 async fn timed<F: std::future::Future<Output = ()>>(f: F) -> f64 {
     let start = Instant::now();
@@ -93,12 +93,26 @@ async fn import_and_drop(c: &mut common::Client, url: &str, name: &str) -> f64 {
     secs
 }
 
-fn baseline(program: &str, args: &[&str], output: &Path) -> f64 {
+/// Runs a baseline writing into a dataset of its own, created before and destroyed after the
+/// timed part — the same clean-up an import gets (`DeleteTemplate`). Removing the file instead
+/// would leave ZFS freeing its blocks in the background during whatever runs next.
+fn baseline(pool: &TestPool, program: &str, args: &[&str], file: &str) -> f64 {
+    let dataset = pool.dataset(&format!("mvirt/scratch/{}", new_id()));
+    common::run("zfs", &["create", &dataset]);
+    let output = pool
+        .mountpoint
+        .join(dataset.split_once('/').unwrap().1)
+        .join(file);
+    let output = output.to_str().unwrap();
+    let args: Vec<&str> = args
+        .iter()
+        .map(|a| if *a == "OUTPUT" { output } else { a })
+        .collect();
     let start = Instant::now();
-    common::run(program, args);
-    common::run("sync", &[output.to_str().unwrap()]);
+    common::run(program, &args);
+    common::run("sync", &[output]);
     let secs = start.elapsed().as_secs_f64();
-    std::fs::remove_file(output).unwrap();
+    common::run("zfs", &["destroy", "-r", &dataset]);
     secs
 }
 
@@ -183,22 +197,18 @@ async fn main() {
         ],
     );
     // The baselines write into the same parent dataset (same compression) as the imports.
-    let scratch = pool.dataset("mvirt/scratch");
-    common::run("zfs", &["create", &scratch]);
-    let scratch_dir = pool.mountpoint.join("mvirt/scratch");
+    common::run("zfs", &["create", &pool.dataset("mvirt/scratch")]);
     // Both sides read the sources from the page cache.
     for file in [&raw, &qcow2] {
         std::fs::read(file).unwrap();
     }
-    let curl_out = scratch_dir.join("curl.raw");
-    let conv_out = scratch_dir.join("conv.raw");
     let raw_url = http.url("bench.raw");
     let qcow2_url = format!("file://{}", qcow2.display());
     let (mut http_ratios, mut qcow2_ratios) = (Vec::new(), Vec::new());
     let (mut curl, mut import_http, mut convert, mut import_qcow2) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for rep in 0..IMPORT_WARMUP + IMPORT_REPS {
-        let curl_args = ["-sSf", "-o", curl_out.to_str().unwrap(), raw_url.as_str()];
+        let curl_args = ["-sSf", "-o", "OUTPUT", raw_url.as_str()];
         let conv_args = [
             "convert",
             "-f",
@@ -206,19 +216,19 @@ async fn main() {
             "-O",
             "raw",
             qcow2.to_str().unwrap(),
-            conv_out.to_str().unwrap(),
+            "OUTPUT",
         ];
         let (b1, i1, b2, i2);
         if rep % 2 == 0 {
-            b1 = baseline("curl", &curl_args, &curl_out);
+            b1 = baseline(&pool, "curl", &curl_args, "curl.raw");
             i1 = import_and_drop(&mut c, &raw_url, &format!("http-{rep}")).await;
-            b2 = baseline("qemu-img", &conv_args, &conv_out);
+            b2 = baseline(&pool, "qemu-img", &conv_args, "conv.raw");
             i2 = import_and_drop(&mut c, &qcow2_url, &format!("qcow2-{rep}")).await;
         } else {
             i1 = import_and_drop(&mut c, &raw_url, &format!("http-{rep}")).await;
-            b1 = baseline("curl", &curl_args, &curl_out);
+            b1 = baseline(&pool, "curl", &curl_args, "curl.raw");
             i2 = import_and_drop(&mut c, &qcow2_url, &format!("qcow2-{rep}")).await;
-            b2 = baseline("qemu-img", &conv_args, &conv_out);
+            b2 = baseline(&pool, "qemu-img", &conv_args, "conv.raw");
         }
         println!(
             "  rep {rep}{}: curl {b1:.2} s, import {i1:.2} s; qemu-img {b2:.2} s, import {i2:.2} s",
