@@ -249,7 +249,10 @@ impl Reconciler {
             Kind::Template => d
                 .zfs
                 .clone()
-                .delete_template(zfs::DeleteTemplateRequest { id: id_s })
+                .delete_template(zfs::DeleteTemplateRequest {
+                    id: id_s,
+                    detach_clones: false,
+                })
                 .await
                 .map(|_| ()),
             Kind::SecurityGroup => d

@@ -32,6 +32,20 @@ pub struct DriftItem {
 pub async fn check(storage: &Storage) -> Result<Vec<DriftItem>, StorageError> {
     let layout = &storage.layout;
     let mut items = Vec::new();
+    // A volume being made independent of its template is briefly renamed into the staging
+    // area (see `Storage::detach_clone`): that is not a missing dataset.
+    let staging = layout.staging_dataset();
+    let in_staging: BTreeSet<String> = storage
+        .zfs
+        .get(&staging, &["type"], true)
+        .await?
+        .into_keys()
+        .filter_map(|name| {
+            let child = name.strip_prefix(&format!("{staging}/"))?;
+            let id = child.strip_suffix(".old").or(child.strip_suffix(".new"))?;
+            Some(id.to_string())
+        })
+        .collect();
     for (object_kind, parent) in [
         ("volume", layout.volumes_dataset()),
         ("template", layout.templates_dataset()),
@@ -69,6 +83,9 @@ pub async fn check(storage: &Storage) -> Result<Vec<DriftItem>, StorageError> {
         for id in &known {
             let dataset = format!("{prefix}{id}");
             if !in_pool.contains_key(id) {
+                if object_kind == "volume" && in_staging.contains(id) {
+                    continue;
+                }
                 items.push(DriftItem {
                     kind: DriftKind::MissingDataset,
                     object_id: id.clone(),

@@ -226,6 +226,15 @@ struct Decompressor {
     stderr: JoinHandle<String>,
 }
 
+impl Drop for Decompressor {
+    /// A cancelled import drops its content mid-stream: the decompressor is killed
+    /// (`kill_on_drop`) and the task feeding it must not keep the download open.
+    fn drop(&mut self) {
+        self.feeder.abort();
+        self.stderr.abort();
+    }
+}
+
 /// Opens `source`: an HTTP GET (status checked) or the file.
 pub async fn open(
     source: &Source,
@@ -338,9 +347,9 @@ impl Content {
     /// SHA-256 (lowercase hex) of the downloaded bytes.
     pub async fn finish(mut self) -> Result<String, FetchError> {
         if let Some(mut d) = self.decompressor.take() {
-            let fed = d.feeder.await;
+            let fed = (&mut d.feeder).await;
             let status = d.child.wait().await.map_err(FetchError::Read)?;
-            let stderr = d.stderr.await.unwrap_or_default();
+            let stderr = (&mut d.stderr).await.unwrap_or_default();
             if !status.success() {
                 return Err(FetchError::Decompress {
                     program: d.program.to_string(),
@@ -380,6 +389,56 @@ impl Format {
     }
 }
 
+fn be_u32(head: &[u8], offset: usize) -> Option<u32> {
+    let bytes: [u8; 4] = head.get(offset..offset + 4)?.try_into().ok()?;
+    Some(u32::from_be_bytes(bytes))
+}
+
+fn be_u64(head: &[u8], offset: usize) -> Option<u64> {
+    let bytes: [u8; 8] = head.get(offset..offset + 8)?.try_into().ok()?;
+    Some(u64::from_be_bytes(bytes))
+}
+
+/// What an import needs from a qcow2 header (qemu's `docs/interop/qcow2.txt`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Qcow2Header {
+    pub virtual_size: u64,
+}
+
+/// Reads and checks a qcow2 header. Only self-contained images are accepted: `qemu-img
+/// convert` follows a backing file or an external data file named in the image, which would
+/// copy whatever host file that names into the template.
+pub fn qcow2_header(head: &[u8]) -> Result<Qcow2Header, FetchError> {
+    let bad = |what: &str| FetchError::NotAnImage(format!("the qcow2 image {what}"));
+    if !at(head, 0, b"QFI\xfb") {
+        return Err(bad("has no qcow2 header"));
+    }
+    let version = be_u32(head, 4).ok_or_else(|| bad("header is truncated"))?;
+    if !(2..=3).contains(&version) {
+        return Err(bad(&format!("has unsupported version {version}")));
+    }
+    let backing_file_offset = be_u64(head, 8).ok_or_else(|| bad("header is truncated"))?;
+    if backing_file_offset != 0 {
+        return Err(bad(
+            "refers to a backing file; only self-contained images are imported (flatten it with qemu-img convert first)",
+        ));
+    }
+    let virtual_size = be_u64(head, 24).ok_or_else(|| bad("header is truncated"))?;
+    if virtual_size == 0 {
+        return Err(bad("has a virtual size of zero"));
+    }
+    if version >= 3 {
+        let incompatible = be_u64(head, 72).ok_or_else(|| bad("header is truncated"))?;
+        // Bit 2: the guest data lives in an external data file.
+        if incompatible & (1 << 2) != 0 {
+            return Err(bad(
+                "keeps its data in an external data file; only self-contained images are imported",
+            ));
+        }
+    }
+    Ok(Qcow2Header { virtual_size })
+}
+
 fn at(head: &[u8], offset: usize, magic: &[u8]) -> bool {
     head.get(offset..offset + magic.len()) == Some(magic)
 }
@@ -407,6 +466,9 @@ pub fn detect(head: &[u8], requested: Format) -> Result<Format, FetchError> {
         None
     };
     let is_qcow2 = at(head, 0, b"QFI\xfb");
+    if is_qcow2 && requested != Format::Raw {
+        qcow2_header(head)?;
+    }
     match requested {
         Format::Qcow2 if is_qcow2 => Ok(Format::Qcow2),
         Format::Qcow2 => Err(FetchError::NotAnImage(
@@ -447,10 +509,19 @@ mod tests {
         mbr[510] = 0x55;
         mbr[511] = 0xaa;
         assert_eq!(detect(&mbr, Format::Auto).unwrap(), Format::Raw);
-        assert_eq!(
-            detect(b"QFI\xfb\0\0\0\x03", Format::Auto).unwrap(),
-            Format::Qcow2
-        );
+        let mut qcow2 = vec![0u8; 512];
+        qcow2[..8].copy_from_slice(b"QFI\xfb\0\0\0\x03");
+        qcow2[24..32].copy_from_slice(&(1u64 << 30).to_be_bytes());
+        assert_eq!(detect(&qcow2, Format::Auto).unwrap(), Format::Qcow2);
+        assert_eq!(qcow2_header(&qcow2).unwrap().virtual_size, 1 << 30);
+        let mut backed = qcow2.clone();
+        backed[8..16].copy_from_slice(&512u64.to_be_bytes());
+        let err = detect(&backed, Format::Qcow2).unwrap_err();
+        assert!(err.to_string().contains("backing file"), "{err}");
+        let mut external = qcow2.clone();
+        external[72..80].copy_from_slice(&4u64.to_be_bytes());
+        assert!(detect(&external, Format::Auto).is_err());
+        assert!(detect(b"QFI\xfb\0\0\0\x03", Format::Auto).is_err());
         let html = b"<html><body>404</body></html>".to_vec();
         let err = detect(&html, Format::Auto).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidArgument);

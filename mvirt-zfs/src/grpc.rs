@@ -361,12 +361,14 @@ impl ZfsService for ZfsGrpc {
         &self,
         request: Request<proto::DeleteTemplateRequest>,
     ) -> Result<Response<proto::DeleteTemplateResponse>, Status> {
-        let dependent_clones = self
+        let request = request.into_inner();
+        let deleted = self
             .storage
-            .delete_template(&request.into_inner().id)
+            .delete_template(&request.id, request.detach_clones)
             .await?;
         Ok(Response::new(proto::DeleteTemplateResponse {
-            dependent_clones,
+            dependent_clones: deleted.dependent_clones,
+            detached_volume_ids: deleted.detached_volume_ids,
         }))
     }
 

@@ -452,7 +452,10 @@ impl ImportManager {
     async fn run(self: Arc<Self>, job: JobRun, mut progress: Progress, cancel: CancellationToken) {
         let template_id = job.req.id.clone();
         let name = job.req.name.clone();
+        // Biased towards the job: once it has marked the template ready, a cancel that arrives
+        // in the same instant must not report CANCELLED for a template that was kept.
         let result = tokio::select! {
+            biased;
             r = self.execute(job, &mut progress) => r,
             _ = cancel.cancelled() => Err(if self.shutdown.is_cancelled() {
                 ImportError::Interrupted("mvirt-zfs shut down".into())
@@ -520,9 +523,8 @@ impl ImportManager {
         if let Some(source_path) = &direct {
             // CONVERTING straight from the local qcow2 file (no staging copy); the checksum is
             // computed from a second read of the file while qemu-img converts it.
-            let info = qemu_img::info(source_path, "qcow2").await?;
-            progress.set_phase(Phase::Converting, info.virtual_size);
-            let total = info.virtual_size;
+            let total = fetch::qcow2_header(&head)?.virtual_size;
+            progress.set_phase(Phase::Converting, total);
             let mut reader = std::mem::replace(&mut content.reader, Box::new(tokio::io::empty()));
             let verify = !req.sha256.is_empty();
             let hashing = async move {
@@ -565,7 +567,10 @@ impl ImportManager {
             written = writer.finish().await?;
             let downloaded = content.downloaded.clone();
             actual = finish_content(content).await?;
+            // The final count of the download is always shown, not coalesced away.
             progress.update(downloaded.load(Ordering::Relaxed));
+            progress.persist();
+            progress.publish();
         }
         if !req.sha256.is_empty() && actual != req.sha256 {
             return Err(ImportError::ChecksumMismatch {
@@ -589,9 +594,8 @@ impl ImportManager {
 
         // CONVERTING (downloaded qcow2)
         if format == Format::Qcow2 && direct.is_none() {
-            let info = qemu_img::info(&target, "qcow2").await?;
-            progress.set_phase(Phase::Converting, info.virtual_size);
-            let total = info.virtual_size;
+            let total = fetch::qcow2_header(&head)?.virtual_size;
+            progress.set_phase(Phase::Converting, total);
             qemu_img::convert_to_raw(&target, "qcow2", &image, |percent| {
                 progress.update((percent / 100.0 * total as f64) as u64)
             })
@@ -776,23 +780,35 @@ impl SparseWriter {
             self.buf.len() / SPARSE_BLOCK * SPARSE_BLOCK
         };
         let context = || format!("cannot write {}", self.path.display());
-        for block in self.buf[..n].chunks(SPARSE_BLOCK) {
-            if block == &ZEROS[..block.len()] {
+        // Consecutive data blocks go out in one write (fewer syscalls and FUSE requests);
+        // all-zero blocks are skipped with a seek and stay holes.
+        let mut offset = 0;
+        while offset < n {
+            let is_zero = |block: &[u8]| block == &ZEROS[..block.len()];
+            let block_len = |at: usize| SPARSE_BLOCK.min(n - at);
+            if is_zero(&self.buf[offset..offset + block_len(offset)]) {
                 self.seek_pending = true;
-            } else {
-                if self.seek_pending {
-                    self.file
-                        .seek(SeekFrom::Start(self.pos))
-                        .await
-                        .map_err(io_err(context()))?;
-                    self.seek_pending = false;
-                }
+                self.pos += block_len(offset) as u64;
+                offset += block_len(offset);
+                continue;
+            }
+            let mut end = offset + block_len(offset);
+            while end < n && !is_zero(&self.buf[end..end + block_len(end)]) {
+                end += block_len(end);
+            }
+            if self.seek_pending {
                 self.file
-                    .write_all(block)
+                    .seek(SeekFrom::Start(self.pos))
                     .await
                     .map_err(io_err(context()))?;
+                self.seek_pending = false;
             }
-            self.pos += block.len() as u64;
+            self.file
+                .write_all(&self.buf[offset..end])
+                .await
+                .map_err(io_err(context()))?;
+            self.pos += (end - offset) as u64;
+            offset = end;
         }
         self.buf.drain(..n);
         Ok(())
@@ -832,5 +848,27 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let allocated = std::fs::metadata(&path).unwrap().blocks() * 512;
         assert!(allocated < 1024 * 1024, "allocated {allocated} bytes");
+    }
+
+    #[tokio::test]
+    async fn runs_of_data_and_holes_across_chunks_come_back_byte_for_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("img");
+        let mut writer = SparseWriter::create(&path).await.unwrap();
+        // Data runs of 1..5 blocks between holes of 1..3 blocks, and a tail of 1000 bytes.
+        let mut data = Vec::new();
+        let mut byte = 1u8;
+        for i in 0..60usize {
+            let run = (i % 5 + 1) * SPARSE_BLOCK;
+            data.extend(std::iter::repeat_n(byte, run));
+            byte = byte.wrapping_add(1).max(1);
+            data.extend(std::iter::repeat_n(0u8, (i % 3 + 1) * SPARSE_BLOCK));
+        }
+        data.extend(std::iter::repeat_n(7u8, 1000));
+        for piece in data.chunks(777_777) {
+            writer.write(piece).await.unwrap();
+        }
+        assert_eq!(writer.finish().await.unwrap(), data.len() as u64);
+        assert_eq!(std::fs::read(&path).unwrap(), data);
     }
 }

@@ -4,6 +4,8 @@
 //! <pool>/<parent>/volumes/<volume id>/disk.raw      one dataset per volume
 //! <pool>/<parent>/templates/<template id>/disk.raw  one dataset per template (+ @base snapshot)
 //!                                        /vmlinuz, /initramfs, /cmdline   optional direct boot
+//! <pool>/<parent>/staging/<volume id>.new           copy of a clone being made independent
+//! <pool>/<parent>/staging/<volume id>.old           the clone it replaces, until destroyed
 //! ```
 //! Ids are validated UUIDs before they get here, so they are safe in dataset names and paths.
 
@@ -19,9 +21,15 @@ pub const STAGING_FILE: &str = ".import.qcow2";
 /// The snapshot every template is cloned from.
 pub const BASE_SNAPSHOT: &str = "base";
 
+/// The snapshot a clone is copied from when it is made independent of its template.
+pub const DETACH_SNAPSHOT: &str = "mvirt-detach";
+
 /// ZFS user properties that label datasets with mvirt ids.
 pub const PROP_ID: &str = "mvirt:id";
 pub const PROP_KIND: &str = "mvirt:kind";
+/// Set to `ready` on a staged copy once it is complete (see `storage::Storage::detach_clone`).
+pub const PROP_DETACH: &str = "mvirt:detach";
+pub const DETACH_READY: &str = "ready";
 
 /// Dataset and path naming for one parent dataset.
 #[derive(Debug, Clone)]
@@ -38,6 +46,17 @@ impl Layout {
     }
     pub fn templates_dataset(&self) -> String {
         format!("{}/templates", self.root)
+    }
+    pub fn staging_dataset(&self) -> String {
+        format!("{}/staging", self.root)
+    }
+    /// Where the independent copy of volume `id` is received.
+    pub fn detach_new(&self, id: &str) -> String {
+        format!("{}/staging/{id}.new", self.root)
+    }
+    /// Where the clone of volume `id` waits to be destroyed once its copy is in place.
+    pub fn detach_old(&self, id: &str) -> String {
+        format!("{}/staging/{id}.old", self.root)
     }
     pub fn volume_dataset(&self, id: &str) -> String {
         format!("{}/volumes/{id}", self.root)

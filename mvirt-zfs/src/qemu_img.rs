@@ -1,4 +1,5 @@
-//! The `qemu-img` wrapper: inspecting and converting disk images (qcow2 → raw).
+//! The `qemu-img` wrapper: converting disk images (qcow2 → raw). The qcow2 header itself is
+//! read and checked in `fetch` before an import starts.
 
 use std::path::Path;
 
@@ -14,8 +15,6 @@ const QEMU_IMG: &str = "qemu-img";
 pub enum QemuImgError {
     #[error("qemu-img failed")]
     Command(#[source] CommandError),
-    #[error("qemu-img says the image is not a valid {format} image: {stderr}")]
-    InvalidImage { format: String, stderr: String },
     #[error("unexpected qemu-img output: {0}")]
     Parse(String),
 }
@@ -23,17 +22,9 @@ pub enum QemuImgError {
 impl HasErrorKind for QemuImgError {
     fn kind(&self) -> ErrorKind {
         match self {
-            QemuImgError::InvalidImage { .. } => ErrorKind::InvalidArgument,
-            _ => ErrorKind::Internal,
+            QemuImgError::Command(_) | QemuImgError::Parse(_) => ErrorKind::Internal,
         }
     }
-}
-
-/// Facts about an image, from `qemu-img info --output=json`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageInfo {
-    pub format: String,
-    pub virtual_size: u64,
 }
 
 fn path_str(path: &Path) -> Result<&str, QemuImgError> {
@@ -41,37 +32,12 @@ fn path_str(path: &Path) -> Result<&str, QemuImgError> {
         .ok_or_else(|| QemuImgError::Parse(format!("non-UTF-8 path {}", path.display())))
 }
 
-/// `qemu-img info --output=json -f <format> <path>`.
-pub async fn info(path: &Path, format: &str) -> Result<ImageInfo, QemuImgError> {
-    let p = path_str(path)?;
-    let out = command::run(QEMU_IMG, &["info", "--output=json", "-f", format, p])
-        .await
-        .map_err(|err| match err {
-            CommandError::Failed { stderr, .. } => QemuImgError::InvalidImage {
-                format: format.to_string(),
-                stderr,
-            },
-            other => QemuImgError::Command(other),
-        })?;
-    let json: serde_json::Value =
-        serde_json::from_str(&out).map_err(|e| QemuImgError::Parse(e.to_string()))?;
-    let virtual_size = json
-        .get("virtual-size")
-        .and_then(|v| v.as_u64())
-        .ok_or_else(|| QemuImgError::Parse("no virtual-size".into()))?;
-    let format = json
-        .get("format")
-        .and_then(|v| v.as_str())
-        .unwrap_or(format)
-        .to_string();
-    Ok(ImageInfo {
-        format,
-        virtual_size,
-    })
-}
-
-/// `qemu-img convert -p -f <format> -O raw <src> <dst>`, reporting progress in percent through
-/// `progress` as qemu-img prints it. Dropping the future kills qemu-img.
+/// `qemu-img convert -p -W -f <format> -O raw <src> <dst>`, reporting progress in percent
+/// through `progress` as qemu-img prints it. Dropping the future kills qemu-img.
+///
+/// `-W` lets qemu-img's coroutines write out of order: nothing reads the target before the
+/// conversion has finished (the template is snapshotted afterwards). On zfs-fuse here it was
+/// never slower and in interleaved series up to ~5 % faster (1 GiB qcow2; a noisy machine).
 pub async fn convert_to_raw(
     src: &Path,
     format: &str,
@@ -79,7 +45,7 @@ pub async fn convert_to_raw(
     mut progress: impl FnMut(f64),
 ) -> Result<(), QemuImgError> {
     let (s, d) = (path_str(src)?, path_str(dst)?);
-    let args = ["convert", "-p", "-f", format, "-O", "raw", s, d];
+    let args = ["convert", "-p", "-W", "-f", format, "-O", "raw", s, d];
     let mut child = command::streaming(QEMU_IMG, &args)
         .spawn()
         .map_err(|source| {

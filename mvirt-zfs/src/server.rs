@@ -61,6 +61,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("cannot recover interrupted detaches of clones")]
+    RecoverDetach(#[source] StorageError),
     #[error("cannot recover interrupted imports")]
     Recover(#[source] ImportError),
     #[error("drift check failed")]
@@ -125,7 +127,7 @@ impl Daemon {
                 .await
                 .map_err(dataset_err(&root))?;
         }
-        for child in ["volumes", "templates"] {
+        for child in ["volumes", "templates", "staging"] {
             let dataset = format!("{root}/{child}");
             if !zfs.exists(&dataset).await.map_err(dataset_err(&dataset))? {
                 zfs.create(&dataset, false, &[])
@@ -161,6 +163,10 @@ impl Daemon {
             config.import_dir.clone(),
             shutdown.token(),
         ));
+        storage
+            .recover_detaches()
+            .await
+            .map_err(StartError::RecoverDetach)?;
         let recovered = imports.recover().await.map_err(StartError::Recover)?;
         if recovered > 0 {
             tracing::warn!(

@@ -102,6 +102,14 @@ pub struct Template {
     pub clone_count: u32,
 }
 
+/// What `delete_template` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeletedTemplate {
+    /// Clones that depended on the template (all made independent first).
+    pub dependent_clones: u32,
+    pub detached_volume_ids: Vec<String>,
+}
+
 /// Pool usage.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolStats {
@@ -631,8 +639,14 @@ impl Storage {
             .collect())
     }
 
-    /// Deletes a template with no clones. Returns the number of dependent clones (0).
-    pub async fn delete_template(&self, id: &str) -> Result<u32, StorageError> {
+    /// Deletes a template. While volumes are clones of it, this is refused with their count,
+    /// unless `detach_clones`: then each clone is first made independent
+    /// ([`Storage::detach_clone`]).
+    pub async fn delete_template(
+        &self,
+        id: &str,
+        detach_clones: bool,
+    ) -> Result<DeletedTemplate, StorageError> {
         validate::resource_id("template id", id)?;
         let _guard = self.locks.lock(id).await;
         let record = self.template_record(id)?;
@@ -641,29 +655,272 @@ impl Storage {
                 "template {id} is still importing; cancel its import job first"
             )));
         }
-        let clones = self.clone_counts().await?.get(id).copied().unwrap_or(0);
-        if clones > 0 {
-            return Err(StorageError::FailedPrecondition(format!(
-                "template {id} has {clones} dependent clone(s); delete them first"
-            )));
+        let dataset = self.layout.template_dataset(id);
+        let mut detached = Vec::new();
+        // Clones made while we copy (CloneFromTemplate does not take the template's lock, so
+        // clones of one template run concurrently) are picked up by the next round.
+        for _round in 0..3 {
+            let dependents = self.dependents_of(&dataset).await?;
+            if dependents.is_empty() {
+                break;
+            }
+            if !detach_clones {
+                return Err(StorageError::FailedPrecondition(format!(
+                    "template {id} has {} dependent clone(s); delete them first or delete with detach_clones",
+                    dependents.len()
+                )));
+            }
+            let volumes_prefix = format!("{}/", self.layout.volumes_dataset());
+            for dependent in dependents {
+                if dependent.starts_with(&format!("{}/", self.layout.staging_dataset()))
+                    && dependent.ends_with(".old")
+                {
+                    // A clone already replaced by its copy whose removal failed: finish it.
+                    self.zfs.destroy_if_exists(&dependent).await?;
+                    continue;
+                }
+                let volume_id = dependent
+                    .strip_prefix(&volumes_prefix)
+                    .filter(|v| validate::resource_id("volume id", v).is_ok())
+                    .ok_or_else(|| {
+                        StorageError::FailedPrecondition(format!(
+                            "template {id} has a dependent clone {dependent} that is not an mvirt volume"
+                        ))
+                    })?;
+                self.detach_clone(volume_id, id).await.map_err(|err| {
+                    if detached.is_empty() {
+                        return err;
+                    }
+                    StorageError::FailedPrecondition(format!(
+                        "{} (volumes already made independent: {}); template {id} was not deleted",
+                        mvirt_common::error::error_chain(&err),
+                        detached.join(", ")
+                    ))
+                })?;
+                detached.push(volume_id.to_string());
+            }
         }
-        match self
-            .zfs
-            .destroy(&self.layout.template_dataset(id), true)
-            .await
-        {
+        match self.zfs.destroy(&dataset, true).await {
             Ok(()) | Err(ZfsError::NotFound(_)) => {}
             Err(ZfsError::HasDependents(_)) => {
                 return Err(StorageError::FailedPrecondition(format!(
-                    "template {id} has dependent clones"
+                    "template {id} has dependent clones (new clones keep appearing)"
                 )))
             }
             Err(err) => return Err(err.into()),
         }
         self.store.delete_template(id)?;
+        let how = if detached.is_empty() {
+            String::new()
+        } else {
+            format!(" after making {} clone(s) independent", detached.len())
+        };
         self.audit
-            .audit(format!("deleted template {}", record.name), &[id]);
-        Ok(0)
+            .audit(format!("deleted template {}{how}", record.name), &[id]);
+        Ok(DeletedTemplate {
+            dependent_clones: detached.len() as u32,
+            detached_volume_ids: detached,
+        })
+    }
+
+    /// Makes the clone `volume_id` of template `template_id` independent: its data (all its
+    /// snapshots and every write made since it was cloned) is copied with `zfs send | zfs recv`
+    /// into a dataset that depends on nothing, which then takes the volume's name. The image
+    /// path, user properties, snapshots and metadata row stay what they were.
+    ///
+    /// Crash safety (see [`Storage::recover_detaches`]), in order:
+    /// 1. `volumes/V@mvirt-detach` snapshot, received (with older snapshots) into
+    ///    `staging/V.new`; user properties copied; only then `mvirt:detach=ready` is set on it.
+    /// 2. rename `volumes/V` → `staging/V.old`, then `staging/V.new` → `volumes/V`.
+    /// 3. destroy `staging/V.old` and `volumes/V@mvirt-detach`, clear `mvirt:detach`.
+    ///
+    /// A crash before `ready` leaves the clone in place and a partial copy that recovery
+    /// destroys; after it, recovery completes the swap (or puts the clone back): the pool always
+    /// holds the old clone or the complete copy.
+    async fn detach_clone(&self, volume_id: &str, template_id: &str) -> Result<(), StorageError> {
+        let _guard = self.locks.lock(volume_id).await;
+        let dataset = self.layout.volume_dataset(volume_id);
+        let base = self.layout.template_base(template_id);
+        let origin = self
+            .zfs
+            .get(&dataset, &["origin"], false)
+            .await?
+            .remove(&dataset)
+            .and_then(|mut p| p.remove("origin"))
+            .unwrap_or_default();
+        if origin != base {
+            // Made independent (or deleted) meanwhile.
+            return Ok(());
+        }
+        self.check_not_in_use(volume_id, "making it independent of its template")
+            .await?;
+        let staged = self.layout.detach_new(volume_id);
+        let snapshot = format!("{dataset}@{}", layout::DETACH_SNAPSHOT);
+        self.zfs.destroy_if_exists(&staged).await?;
+        self.zfs.destroy_if_exists(&snapshot).await?;
+        self.zfs.snapshot(&snapshot).await?;
+        let copied = async {
+            let snapshots = self.zfs.snapshots(&dataset).await?;
+            let first = snapshots
+                .first()
+                .cloned()
+                .unwrap_or_else(|| snapshot.clone());
+            self.zfs.send_receive(&first, &staged).await?;
+            if first != snapshot {
+                self.zfs
+                    .send_receive_incremental(&first, &snapshot, &staged)
+                    .await?;
+            }
+            for (key, value) in self.zfs.local_user_properties(&dataset).await? {
+                if key != layout::PROP_DETACH {
+                    self.zfs.set(&staged, &key, &value).await?;
+                }
+            }
+            // Nothing may have written to the clone after the snapshot.
+            self.check_not_in_use(volume_id, "making it independent of its template")
+                .await?;
+            self.zfs
+                .set(&staged, layout::PROP_DETACH, layout::DETACH_READY)
+                .await?;
+            Ok::<_, StorageError>(())
+        }
+        .await;
+        if let Err(err) = copied {
+            self.undo_dataset(&staged).await;
+            self.undo_dataset(&snapshot).await;
+            return Err(err);
+        }
+        let old = self.layout.detach_old(volume_id);
+        if let Err(err) = self.zfs.rename(&dataset, &old).await {
+            self.undo_dataset(&staged).await;
+            self.undo_dataset(&snapshot).await;
+            return Err(err.into());
+        }
+        if let Err(err) = self.zfs.rename(&staged, &dataset).await {
+            // Put the clone back; if even that fails, recovery at the next start does it.
+            if let Err(back) = self.zfs.rename(&old, &dataset).await {
+                tracing::error!(volume_id, error = %mvirt_common::error::error_chain(&back), "cannot put the clone back after a failed swap");
+            } else {
+                self.undo_dataset(&staged).await;
+                self.undo_dataset(&snapshot).await;
+            }
+            return Err(err.into());
+        }
+        self.finish_detach(volume_id).await;
+        let volume = self.store.get_volume(volume_id)?;
+        self.audit.audit(
+            format!(
+                "made volume {} independent of template {template_id} (copied out of its clone)",
+                volume
+                    .map(|v| v.name)
+                    .unwrap_or_else(|| volume_id.to_string())
+            ),
+            &[volume_id, template_id],
+        );
+        Ok(())
+    }
+
+    /// Step 3 of a detach: removes the replaced clone and the markers. Failures are logged;
+    /// recovery at the next start retries them.
+    async fn finish_detach(&self, volume_id: &str) {
+        let dataset = self.layout.volume_dataset(volume_id);
+        self.undo_dataset(&self.layout.detach_old(volume_id)).await;
+        self.undo_dataset(&format!("{dataset}@{}", layout::DETACH_SNAPSHOT))
+            .await;
+        if let Err(err) = self.zfs.inherit(&dataset, layout::PROP_DETACH).await {
+            tracing::warn!(volume_id, error = %mvirt_common::error::error_chain(&err), "cannot clear the detach marker");
+        }
+    }
+
+    async fn check_not_in_use(&self, volume_id: &str, doing: &str) -> Result<(), StorageError> {
+        let image = self.layout.volume_dir(volume_id).join(layout::IMAGE_FILE);
+        let holders = tokio::task::spawn_blocking(move || processes_holding(&image))
+            .await
+            .unwrap_or_default();
+        if holders.is_empty() {
+            Ok(())
+        } else {
+            Err(StorageError::FailedPrecondition(format!(
+                "volume {volume_id} is in use (image open by pid {holders:?}); stop the VM before {doing}"
+            )))
+        }
+    }
+
+    /// Finishes or undoes detaches a crash interrupted (see [`Storage::detach_clone`]). Runs at
+    /// start, before anything else touches volumes. Returns the volumes it repaired.
+    pub async fn recover_detaches(&self) -> Result<Vec<String>, StorageError> {
+        let staging = self.layout.staging_dataset();
+        let prefix = format!("{staging}/");
+        let children = self.zfs.get(&staging, &[layout::PROP_DETACH], true).await?;
+        let mut repaired = Vec::new();
+        // `.new` before `.old`: whether a complete copy exists decides what happens to the clone.
+        let mut staged: Vec<(String, bool, bool)> = Vec::new();
+        for (name, props) in &children {
+            let Some(child) = name.strip_prefix(&prefix) else {
+                continue;
+            };
+            if child.contains(['/', '@']) {
+                continue;
+            }
+            let (volume_id, is_new) = match (child.strip_suffix(".new"), child.strip_suffix(".old"))
+            {
+                (Some(v), _) => (v, true),
+                (_, Some(v)) => (v, false),
+                _ => {
+                    tracing::warn!(dataset = %name, "unexpected dataset in the staging area, left alone");
+                    continue;
+                }
+            };
+            if validate::resource_id("volume id", volume_id).is_err() {
+                tracing::warn!(dataset = %name, "unexpected dataset in the staging area, left alone");
+                continue;
+            }
+            let ready =
+                props.get(layout::PROP_DETACH).map(String::as_str) == Some(layout::DETACH_READY);
+            staged.push((volume_id.to_string(), is_new, ready));
+        }
+        staged.sort_by_key(|(_, is_new, _)| !is_new);
+        for (volume_id, is_new, ready) in staged {
+            let dataset = self.layout.volume_dataset(&volume_id);
+            let new = self.layout.detach_new(&volume_id);
+            let old = self.layout.detach_old(&volume_id);
+            if is_new {
+                if ready && !self.zfs.exists(&dataset).await? {
+                    // Crashed between the two renames: the complete copy takes the name.
+                    self.zfs.rename(&new, &dataset).await?;
+                    tracing::warn!(volume_id, "completed a detach interrupted by a restart");
+                } else {
+                    // The clone is still in place (or the copy is incomplete): drop the copy.
+                    self.zfs.destroy_if_exists(&new).await?;
+                    tracing::warn!(
+                        volume_id,
+                        "dropped the copy of a detach interrupted by a restart"
+                    );
+                }
+            } else if !self.zfs.exists(&dataset).await? {
+                // Neither the copy nor the clone has the name: the clone takes it back.
+                self.zfs.rename(&old, &dataset).await?;
+                tracing::warn!(volume_id, "restored a clone after an interrupted detach");
+            }
+            self.finish_detach(&volume_id).await;
+            if !repaired.contains(&volume_id) {
+                self.audit.warn(
+                    format!("repaired volume {volume_id} after a detach interrupted by a restart"),
+                    &[&volume_id],
+                );
+                repaired.push(volume_id);
+            }
+        }
+        // A crash right after the detach snapshot was taken leaves just that snapshot.
+        let suffix = format!("@{}", layout::DETACH_SNAPSHOT);
+        let snapshots = self
+            .zfs
+            .get(&self.layout.volumes_dataset(), &["type"], true)
+            .await?;
+        for name in snapshots.keys().filter(|n| n.ends_with(&suffix)) {
+            self.zfs.destroy_if_exists(name).await?;
+        }
+        Ok(repaired)
     }
 
     pub async fn clone_from_template(

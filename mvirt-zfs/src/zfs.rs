@@ -205,13 +205,23 @@ impl Zfs {
             .map_err(|_| ZfsError::Parse(format!("{prop} of {dataset} = {value:?}")))
     }
 
-    /// Names of the snapshots directly under `dataset`, oldest first.
+    /// Names of the snapshots directly under `dataset`, oldest first (by creation txg:
+    /// `creation` has a resolution of one second).
     pub async fn snapshots(&self, dataset: &str) -> Result<Vec<String>, ZfsError> {
         let out = self
             .zfs(
                 dataset,
                 &[
-                    "list", "-H", "-t", "snapshot", "-o", "name", "-s", "creation", "-r", dataset,
+                    "list",
+                    "-H",
+                    "-t",
+                    "snapshot",
+                    "-o",
+                    "name",
+                    "-s",
+                    "createtxg",
+                    "-r",
+                    dataset,
                 ],
             )
             .await?;
@@ -274,18 +284,109 @@ impl Zfs {
     }
 
     /// `zfs send snapshot | zfs recv dataset`, the two processes joined by a pipe (no shell).
+    /// A full stream: `dataset` (which must not exist) depends on nothing.
     pub async fn send_receive(&self, snapshot: &str, dataset: &str) -> Result<(), ZfsError> {
-        tracing::debug!(snapshot, dataset, "zfs send | zfs recv");
-        let (snap, ds) = (snapshot.to_string(), dataset.to_string());
-        let joined = tokio::task::spawn_blocking(move || send_receive_blocking(&snap, &ds)).await;
+        self.pipe_send_receive(vec!["send".into(), snapshot.into()], dataset, false)
+            .await
+    }
+
+    /// `zfs send -I from to | zfs recv -F dataset`: every snapshot after `from` up to `to`, onto
+    /// a dataset that already holds `from` (received earlier).
+    pub async fn send_receive_incremental(
+        &self,
+        from: &str,
+        to: &str,
+        dataset: &str,
+    ) -> Result<(), ZfsError> {
+        self.pipe_send_receive(
+            vec!["send".into(), "-I".into(), from.into(), to.into()],
+            dataset,
+            true,
+        )
+        .await
+    }
+
+    async fn pipe_send_receive(
+        &self,
+        send_args: Vec<String>,
+        dataset: &str,
+        force: bool,
+    ) -> Result<(), ZfsError> {
+        tracing::debug!(?send_args, dataset, "zfs send | zfs recv");
+        let ds = dataset.to_string();
+        let joined =
+            tokio::task::spawn_blocking(move || send_receive_blocking(&send_args, &ds, force))
+                .await;
         match joined {
             Ok(result) => result,
             Err(err) => Err(ZfsError::Parse(format!("zfs send/recv task: {err}"))),
         }
     }
+
+    /// `zfs unmount dataset`; a dataset that is not mounted is fine.
+    pub async fn unmount(&self, dataset: &str) -> Result<(), ZfsError> {
+        match self.zfs_retrying(dataset, &["unmount", dataset]).await {
+            Err(ZfsError::Command(err)) if err.stderr().contains("not currently mounted") => Ok(()),
+            other => other.map(drop),
+        }
+    }
+
+    /// Renames a filesystem (possibly to another parent) and mounts it at its new place.
+    ///
+    /// zfs-fuse answers "dataset is busy" when a mounted filesystem is renamed, so it is
+    /// unmounted first (kernel ZFS does the same internally). The rename itself is atomic: on
+    /// failure the dataset keeps its old name (and is mounted again).
+    pub async fn rename(&self, from: &str, to: &str) -> Result<(), ZfsError> {
+        self.unmount(from).await?;
+        if let Err(err) = self.zfs_retrying(from, &["rename", from, to]).await {
+            if let Err(mount_err) = self.mount(from).await {
+                tracing::warn!(dataset = from, error = %mount_err, "cannot mount again after a failed rename");
+            }
+            return Err(err);
+        }
+        self.mount(to).await
+    }
+
+    /// The user properties (`module:name`) set locally on `dataset`.
+    pub async fn local_user_properties(&self, dataset: &str) -> Result<Properties, ZfsError> {
+        let out = self
+            .zfs(
+                dataset,
+                &[
+                    "get",
+                    "-H",
+                    "-p",
+                    "-s",
+                    "local",
+                    "-o",
+                    "property,value",
+                    "all",
+                    dataset,
+                ],
+            )
+            .await?;
+        let mut props = Properties::new();
+        for line in out.lines().filter(|l| !l.is_empty()) {
+            let Some((key, value)) = line.split_once('\t') else {
+                return Err(ZfsError::Parse(line.to_string()));
+            };
+            if key.contains(':') {
+                props.insert(key.to_string(), value.to_string());
+            }
+        }
+        Ok(props)
+    }
+
+    /// `zfs inherit prop dataset`: removes a locally set (user) property.
+    pub async fn inherit(&self, dataset: &str, prop: &str) -> Result<(), ZfsError> {
+        self.zfs_retrying(dataset, &["inherit", prop, dataset])
+            .await
+            .map(drop)
+    }
 }
 
-fn send_receive_blocking(snapshot: &str, dataset: &str) -> Result<(), ZfsError> {
+fn send_receive_blocking(send_args: &[String], dataset: &str, force: bool) -> Result<(), ZfsError> {
+    let snapshot = send_args.last().map(String::as_str).unwrap_or_default();
     use std::io::Read;
     use std::process::Command;
     let spawn_err = |program: &str, source| {
@@ -295,7 +396,7 @@ fn send_receive_blocking(snapshot: &str, dataset: &str) -> Result<(), ZfsError> 
         })
     };
     let mut send = Command::new(ZFS)
-        .args(["send", snapshot])
+        .args(send_args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -306,8 +407,13 @@ fn send_receive_blocking(snapshot: &str, dataset: &str) -> Result<(), ZfsError> 
         let _ = send.wait();
         return Err(ZfsError::Parse("zfs send has no stdout".into()));
     };
+    let recv_args: &[&str] = if force {
+        &["recv", "-F", dataset]
+    } else {
+        &["recv", dataset]
+    };
     let recv = Command::new(ZFS)
-        .args(["recv", dataset])
+        .args(recv_args)
         .stdin(Stdio::from(send_out))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -323,7 +429,7 @@ fn send_receive_blocking(snapshot: &str, dataset: &str) -> Result<(), ZfsError> 
             dataset,
             CommandError::Failed {
                 program: ZFS.into(),
-                args: format!("recv {dataset}"),
+                args: recv_args.join(" "),
                 status: recv.status.to_string(),
                 stderr: String::from_utf8_lossy(&recv.stderr).trim().to_string(),
             },
@@ -335,7 +441,7 @@ fn send_receive_blocking(snapshot: &str, dataset: &str) -> Result<(), ZfsError> 
             snapshot,
             CommandError::Failed {
                 program: ZFS.into(),
-                args: format!("send {snapshot}"),
+                args: send_args.join(" "),
                 status: format!("{status:?}"),
                 stderr: send_stderr.trim().to_string(),
             },

@@ -55,18 +55,79 @@ async fn volume_changes_are_audited_in_mvirt_log_with_the_volume_id() {
     .await
     .unwrap();
 
-    let messages = wait_until_async(
-        "three AUDIT entries for the volume",
+    let messages = audit_entries(log_addr, &vid, 3).await;
+    assert!(
+        messages[0].contains("created volume audited"),
+        "{messages:?}"
+    );
+    assert!(
+        messages[1].contains("resized volume audited"),
+        "{messages:?}"
+    );
+    assert!(
+        messages[2].contains("deleted volume audited"),
+        "{messages:?}"
+    );
+
+    // Making a clone independent before its template is deleted is audited for the volume and
+    // for the template.
+    let image = import_dir.join("t.img");
+    common::make_disk_image(&image, 4 << 20, 1);
+    let tid = new_id();
+    common::import_ok(
+        &mut c,
+        common::import_request(&tid, "audited-t", &format!("file://{}", image.display())),
+    )
+    .await;
+    let cid = new_id();
+    c.clone_from_template(proto::CloneFromTemplateRequest {
+        template_id: tid.clone(),
+        volume_id: cid.clone(),
+        name: "audited-clone".into(),
+        size_bytes: 0,
+    })
+    .await
+    .unwrap();
+    c.delete_template(proto::DeleteTemplateRequest {
+        id: tid.clone(),
+        detach_clones: true,
+    })
+    .await
+    .unwrap();
+    let messages = audit_entries(log_addr, &cid, 2).await;
+    assert!(
+        messages[0].contains("cloned volume audited-clone"),
+        "{messages:?}"
+    );
+    assert!(
+        messages[1].contains("made volume audited-clone independent"),
+        "{messages:?}"
+    );
+    let messages = audit_entries(log_addr, &tid, 5).await;
+    assert!(
+        messages
+            .last()
+            .unwrap()
+            .contains("deleted template audited-t after making 1 clone(s) independent"),
+        "{messages:?}"
+    );
+    shutdown.trigger();
+}
+
+/// The AUDIT entries tagged with `object_id`, oldest first, once there are at least `min`.
+async fn audit_entries(log_addr: std::net::SocketAddr, object_id: &str, min: usize) -> Vec<String> {
+    wait_until_async(
+        &format!("{min} AUDIT entries for {object_id}"),
         Duration::from_secs(30),
         || {
-            let vid = vid.clone();
+            let object_id = object_id.to_string();
             async move {
                 let mut log = LogServiceClient::connect(format!("http://{log_addr}"))
                     .await
                     .ok()?;
                 let mut stream = log
                     .query(QueryRequest {
-                        object_id: vid,
+                        object_id,
                         levels: vec![LogLevel::Audit as i32],
                         order: 1,
                         limit: 100,
@@ -82,22 +143,9 @@ async fn volume_changes_are_audited_in_mvirt_log_with_the_volume_id() {
                         messages.push(entry.message);
                     }
                 }
-                (messages.len() >= 3).then_some(messages)
+                (messages.len() >= min).then_some(messages)
             }
         },
     )
-    .await;
-    assert!(
-        messages[0].contains("created volume audited"),
-        "{messages:?}"
-    );
-    assert!(
-        messages[1].contains("resized volume audited"),
-        "{messages:?}"
-    );
-    assert!(
-        messages[2].contains("deleted volume audited"),
-        "{messages:?}"
-    );
-    shutdown.trigger();
+    .await
 }

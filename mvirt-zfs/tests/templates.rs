@@ -143,7 +143,10 @@ async fn raw_import_over_http_streams_progress_and_clones_carry_data_and_boot_fi
         .into_inner();
     assert_eq!(t.clone_count, 2);
     let err = c
-        .delete_template(proto::DeleteTemplateRequest { id: tid.clone() })
+        .delete_template(proto::DeleteTemplateRequest {
+            id: tid.clone(),
+            detach_clones: false,
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
@@ -159,7 +162,10 @@ async fn raw_import_over_http_streams_progress_and_clones_carry_data_and_boot_fi
             .unwrap();
     }
     let deleted = c
-        .delete_template(proto::DeleteTemplateRequest { id: tid.clone() })
+        .delete_template(proto::DeleteTemplateRequest {
+            id: tid.clone(),
+            detach_clones: false,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -327,7 +333,10 @@ async fn cancelling_during_the_download_removes_the_partial_template() {
         TemplateState::Importing
     );
     let err = c
-        .delete_template(proto::DeleteTemplateRequest { id: tid.clone() })
+        .delete_template(proto::DeleteTemplateRequest {
+            id: tid.clone(),
+            detach_clones: false,
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
@@ -390,7 +399,29 @@ async fn bad_sources_are_refused_with_clear_codes_and_leave_nothing_behind() {
     let outside_url = format!("file://{}", outside.path().display());
     let missing_url = format!("file://{}", fx.import_dir.join("missing.img").display());
     let text_url = format!("file://{}", fx.import_dir.join("notes.txt").display());
+    // A qcow2 naming a backing file (here a harmless one; it could name any host file).
+    let backing = fx.import_dir.join("backing.raw");
+    common::make_disk_image(&backing, MIB, 2);
+    let overlay = fx.import_dir.join("overlay.qcow2");
+    common::run(
+        "qemu-img",
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-b",
+            backing.to_str().unwrap(),
+            "-F",
+            "raw",
+            overlay.to_str().unwrap(),
+        ],
+    );
     let cases: Vec<(String, Code, &str)> = vec![
+        (
+            format!("file://{}", overlay.display()),
+            Code::InvalidArgument,
+            "backing file",
+        ),
         (
             "ftp://example.org/disk.img".into(),
             Code::InvalidArgument,
