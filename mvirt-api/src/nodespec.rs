@@ -133,6 +133,21 @@ pub fn desired_for(state: &State, node_id: &str) -> proto::NodeSpec {
         })
         .collect();
 
+    // Groups named by the rules of those groups come along (mvirt-ebpf needs a rule's remote
+    // group to exist locally, even when none of its members lives here).
+    let mut queue: Vec<String> = sg_ids.iter().cloned().collect();
+    while let Some(id) = queue.pop() {
+        let Some(g) = state.security_groups.get(&id) else {
+            continue;
+        };
+        for r in &g.spec.rules {
+            if let Some(remote) = &r.remote_group_id {
+                if sg_ids.insert(remote.clone()) {
+                    queue.push(remote.clone());
+                }
+            }
+        }
+    }
     let security_groups = sg_ids
         .iter()
         .filter_map(|id| state.security_groups.get(id))

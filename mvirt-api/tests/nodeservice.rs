@@ -491,7 +491,21 @@ async fn remote_group_rules_carry_the_members_on_other_nodes() {
         .unwrap()
         .into_inner();
     let first = stream.message().await.unwrap().unwrap();
-    let rule = &first.security_groups[0].rules[0];
+    // The remote group comes along (mvirt-ebpf needs it to exist), web's rule carries the
+    // bastion's addresses on node b.
+    let mut groups: Vec<&str> = first
+        .security_groups
+        .iter()
+        .map(|g| g.name.as_str())
+        .collect();
+    groups.sort();
+    assert_eq!(groups, vec!["bastion", "web"]);
+    let web_spec = first
+        .security_groups
+        .iter()
+        .find(|g| g.name == "web")
+        .unwrap();
+    let rule = &web_spec.rules[0];
     assert_eq!(rule.remote_group_id, bastion["id"].as_str().unwrap());
     let v4 = jump_nic["spec"]["ipv4_address"]
         .as_str()
@@ -516,9 +530,12 @@ async fn remote_group_rules_carry_the_members_on_other_nodes() {
     assert_eq!(s, StatusCode::OK, "{body}");
     let second = stream.message().await.unwrap().unwrap();
     assert!(second.revision > first.revision);
-    assert!(second.security_groups[0].rules[0]
-        .remote_addresses
-        .is_empty());
+    let web_spec = second
+        .security_groups
+        .iter()
+        .find(|g| g.name == "web")
+        .unwrap();
+    assert!(web_spec.rules[0].remote_addresses.is_empty());
 }
 
 async fn report(

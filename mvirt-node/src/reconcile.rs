@@ -350,7 +350,7 @@ impl Reconciler {
         out: &mut Vec<ResourceStatus>,
     ) -> Result<(), Status> {
         let mut client = self.daemons.net.clone();
-        let existing: HashMap<String, net::SecurityGroup> = client
+        let mut existing: HashMap<String, net::SecurityGroup> = client
             .list_security_groups(net::ListSecurityGroupsRequest {})
             .await?
             .into_inner()
@@ -358,28 +358,42 @@ impl Reconciler {
             .into_iter()
             .map(|g| (g.id.clone(), g))
             .collect();
+        // Rules may name other groups (also in cycles), which mvirt-ebpf wants to exist first:
+        // missing groups are created empty, then every group gets its rules.
+        let mut failures: HashMap<&str, Status> = HashMap::new();
+        for want in &spec.security_groups {
+            if existing.contains_key(&want.id) {
+                continue;
+            }
+            self.claim(Kind::SecurityGroup, &want.id)?;
+            let created = client
+                .create_security_group(net::CreateSecurityGroupRequest {
+                    id: want.id.clone(),
+                    name: want.name.clone(),
+                    rules: Vec::new(),
+                })
+                .await;
+            match created {
+                Ok(g) => {
+                    existing.insert(want.id.clone(), g.into_inner());
+                }
+                Err(e) => {
+                    failures.insert(&want.id, e);
+                }
+            }
+        }
         for want in &spec.security_groups {
             let rules: Vec<net::SecurityGroupRule> = want.rules.iter().map(net_rule).collect();
-            let result = match existing.get(&want.id) {
-                Some(have) if have.rules == rules => Ok(()),
-                Some(_) => client
+            let result = match (failures.remove(want.id.as_str()), existing.get(&want.id)) {
+                (Some(e), _) => Err(e),
+                (None, Some(have)) if have.rules == rules => Ok(()),
+                (None, _) => client
                     .update_security_group(net::UpdateSecurityGroupRequest {
                         id: want.id.clone(),
                         rules,
                     })
                     .await
                     .map(|_| ()),
-                None => {
-                    self.claim(Kind::SecurityGroup, &want.id)?;
-                    client
-                        .create_security_group(net::CreateSecurityGroupRequest {
-                            id: want.id.clone(),
-                            name: want.name.clone(),
-                            rules,
-                        })
-                        .await
-                        .map(|_| ())
-                }
             };
             out.push(match result {
                 Ok(()) => status(ResourceKind::SecurityGroup, &want.id, Phase::Ready, ""),
