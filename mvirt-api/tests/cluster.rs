@@ -171,6 +171,22 @@ impl Client {
     }
 }
 
+/// A client with the bootstrap member's admin token (the file appears once it is usable).
+async fn admin_client(bootstrap: &Proc) -> Client {
+    let token_path = bootstrap.dir.join("admin.token");
+    let token = wait_until_async("admin token file", Duration::from_secs(30), || async {
+        std::fs::read_to_string(&token_path)
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    })
+    .await;
+    Client {
+        http: reqwest::Client::new(),
+        token,
+    }
+}
+
 async fn join_token(c: &Client, leader: &Proc) -> String {
     let (s, v) = c
         .req(
@@ -211,18 +227,7 @@ async fn a_three_member_cluster_replicates_forwards_and_survives_kill_9_of_the_l
 
     // --- bootstrap A and write enough to make it snapshot and purge its log.
     let a = start(&ips[0], root.path(), "a", None);
-    let token_path = a.dir.join("admin.token");
-    let token = wait_until_async("admin token file", Duration::from_secs(30), || async {
-        std::fs::read_to_string(&token_path)
-            .ok()
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-    })
-    .await;
-    let c = Client {
-        http: reqwest::Client::new(),
-        token,
-    };
+    let c = admin_client(&a).await;
     wait_until_async("A serves", Duration::from_secs(30), || async {
         c.get(&format!("{}/v1/projects", a.url)).await
     })
@@ -697,18 +702,7 @@ async fn a_partitioned_leader_acknowledges_nothing_and_rejoins_without_divergenc
     let uids = [base_uid, base_uid + 1, base_uid + 2];
 
     let a = start_as(uids[0], &ips[0], root.path(), "a", None);
-    let token_path = a.dir.join("admin.token");
-    let token = wait_until_async("admin token file", Duration::from_secs(30), || async {
-        std::fs::read_to_string(&token_path)
-            .ok()
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-    })
-    .await;
-    let c = Client {
-        http: reqwest::Client::new(),
-        token,
-    };
+    let c = admin_client(&a).await;
     let t1 = join_token(&c, &a).await;
     let b = start_as(uids[1], &ips[1], root.path(), "b", Some((&a.url, &t1)));
     let t2 = join_token(&c, &a).await;

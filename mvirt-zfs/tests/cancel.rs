@@ -236,18 +236,7 @@ async fn cancel_while_qemu_img_converts_a_staged_download_or_a_local_file() {
     let raw = fx.dirs.path().join("big.raw");
     random_image(&raw, 384 * MIB, 9);
     let qcow2 = fx.import_dir.join("big.qcow2");
-    common::run(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "qcow2",
-            raw.to_str().unwrap(),
-            qcow2.to_str().unwrap(),
-        ],
-    );
+    common::raw_to_qcow2(&raw, &qcow2);
     std::fs::remove_file(&raw).unwrap();
     let sha = common::sha256_file(&qcow2);
 

@@ -188,18 +188,7 @@ async fn qcow2_and_compressed_sources_are_detected_converted_and_equal_the_origi
     common::make_disk_image(&raw, 8 * MIB, 11);
     let sha = common::sha256_file(&raw);
     let qcow2 = fx.import_dir.join("base.qcow2");
-    common::run(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "qcow2",
-            raw.to_str().unwrap(),
-            qcow2.to_str().unwrap(),
-        ],
-    );
+    common::raw_to_qcow2(&raw, &qcow2);
     common::run("xz", &["-0", "-k", "-T1", raw.to_str().unwrap()]);
     common::run("zstd", &["-q", "-k", qcow2.to_str().unwrap()]);
     common::run("gzip", &["-1", "-k", raw.to_str().unwrap()]);

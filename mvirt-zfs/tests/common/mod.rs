@@ -143,6 +143,22 @@ pub fn config_for(pool: &TestPool, data_dir: &Path, import_dir: &Path) -> mvirt_
 
 /// Runs a program, panicking with its stderr on failure. zfs-fuse answers "dataset is busy"
 /// now and then right after a dataset was used: that is retried for a few seconds.
+/// Converts a raw image into a qcow2 with `qemu-img`.
+pub fn raw_to_qcow2(raw: &Path, qcow2: &Path) {
+    run(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            raw.to_str().unwrap(),
+            qcow2.to_str().unwrap(),
+        ],
+    );
+}
+
 pub fn run(program: &str, args: &[&str]) -> String {
     let mut out = Command::new(program).args(args).output().unwrap();
     for _ in 0..40 {
