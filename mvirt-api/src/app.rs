@@ -86,6 +86,16 @@ pub struct App {
     membership_lock: tokio::sync::Mutex<()>,
     /// Group commit of this member's writes while it leads.
     proposer: Proposer,
+    /// What the last scheduling round saw (leader only).
+    last_round: Mutex<Option<LastRound>>,
+}
+
+/// What the last scheduling round saw, so the next one can skip what cannot have changed.
+#[derive(Clone, Copy)]
+struct LastRound {
+    key: scheduler::CapacityKey,
+    newest: u64,
+    full_at: Instant,
 }
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -129,6 +139,7 @@ impl App {
             leader_since: Mutex::new(None),
             membership_lock: tokio::sync::Mutex::new(()),
             proposer: Proposer::start(raft.clone()),
+            last_round: Mutex::new(None),
             raft,
         }
     }
@@ -558,10 +569,35 @@ impl App {
 
     /// [`Self::schedule_once`], returning how long the decision held the state lock.
     async fn schedule_round(&self) -> Result<Duration, ApiError> {
+        // A full round looks at every pending VM against every node. While nothing that could
+        // make room changed (same capacity key), only VMs created or changed since the last
+        // round can be placed, so only they are looked at; a full round still runs every
+        // FULL_ROUND_EVERY as a safety net.
+        const FULL_ROUND_EVERY: Duration = Duration::from_secs(5);
         let started = Instant::now();
         let decision = {
             let state = self.shared.read();
-            scheduler::schedule(&state, self.strategy)
+            let key = scheduler::capacity_key(&state);
+            let newest = scheduler::newest_vm_spec(&state);
+            let mut last = locked(&self.last_round);
+            let since = match *last {
+                Some(r) if r.key == key && r.full_at.elapsed() < FULL_ROUND_EVERY => Some(r.newest),
+                _ => None,
+            };
+            let full_at = match (since, *last) {
+                (Some(_), Some(r)) => r.full_at,
+                _ => Instant::now(),
+            };
+            let decision = scheduler::schedule_since(&state, self.strategy, since);
+            // Placements move the key (the next round is full); pending reasons do not move a
+            // VM's spec_revision, so VMs looked at now are not looked at again until the key
+            // moves. Should a decision not get applied, the periodic full round retries it.
+            *last = Some(LastRound {
+                key,
+                newest,
+                full_at,
+            });
+            decision
         };
         let cost = started.elapsed();
         if decision.is_empty() {

@@ -68,8 +68,62 @@ fn load(alloc: &Capacity, cap: &Capacity) -> f64 {
 
 /// Computes placements for every pending VM.
 pub fn schedule(state: &State, strategy: Strategy) -> Decision {
+    schedule_since(state, strategy, None)
+}
+
+/// What a pending VM's chances depend on besides itself: the nodes (any change: registration,
+/// state, capacity, labels), anything removed (a deleted VM or volume frees capacity) and the
+/// placed VMs' specs (a placement or a resize changes what is free). While this key stays the
+/// same, a VM that fit nowhere still fits nowhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CapacityKey {
+    nodes: usize,
+    node_revision: u64,
+    removal_revision: u64,
+    placed_revision: u64,
+}
+
+pub fn capacity_key(state: &State) -> CapacityKey {
+    CapacityKey {
+        nodes: state.nodes.len(),
+        node_revision: state
+            .nodes
+            .values()
+            .map(|n| n.meta.revision)
+            .max()
+            .unwrap_or(0),
+        removal_revision: state.counters.last_removal_revision,
+        placed_revision: state
+            .vms
+            .values()
+            .filter(|v| v.node_id.is_some())
+            .map(|v| v.meta.spec_revision)
+            .max()
+            .unwrap_or(0),
+    }
+}
+
+/// The newest VM spec in the state: a later round with the same [`CapacityKey`] only needs to
+/// look at VMs whose `spec_revision` is above it.
+pub fn newest_vm_spec(state: &State) -> u64 {
+    state
+        .vms
+        .values()
+        .map(|v| v.meta.spec_revision)
+        .max()
+        .unwrap_or(0)
+}
+
+/// [`schedule`], considering only the pending VMs whose spec changed after `since` (all when
+/// `None`). Placement accounting always covers every placed VM.
+pub fn schedule_since(state: &State, strategy: Strategy, since: Option<u64>) -> Decision {
     let mut decision = Decision::default();
-    let mut pending: Vec<&Vm> = state.vms.values().filter(|v| v.node_id.is_none()).collect();
+    let mut pending: Vec<&Vm> = state
+        .vms
+        .values()
+        .filter(|v| v.node_id.is_none())
+        .filter(|v| since.is_none_or(|s| v.meta.spec_revision > s))
+        .collect();
     if pending.is_empty() {
         return decision;
     }
@@ -273,6 +327,40 @@ mod tests {
             s.vms.insert(v.meta.id.clone(), v);
         }
         s
+    }
+
+    #[test]
+    fn a_round_since_a_revision_looks_only_at_newer_vms_and_the_key_tracks_capacity() {
+        let mut old = vm("old", 16, 1);
+        old.meta.spec_revision = 5;
+        let mut new = vm("new", 16, 1);
+        new.meta.spec_revision = 9;
+        let mut s = state(vec![node("a", 4, 8, &[])], vec![old, new]);
+        assert_eq!(newest_vm_spec(&s), 9);
+        let all = schedule_since(&s, Strategy::Spread, None);
+        assert_eq!(all.pending.len(), 2);
+        let newer = schedule_since(&s, Strategy::Spread, Some(5));
+        let ids: Vec<&str> = newer.pending.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids, vec!["new"]);
+        assert!(schedule_since(&s, Strategy::Spread, Some(9)).is_empty());
+
+        // Anything that could make room moves the key: a node, a removal, a placed VM's spec.
+        let key = capacity_key(&s);
+        s.nodes.insert("b".into(), node("b", 32, 8, &[]));
+        let with_node = capacity_key(&s);
+        assert_ne!(key, with_node);
+        s.counters.last_removal_revision = 12;
+        let after_removal = capacity_key(&s);
+        assert_ne!(with_node, after_removal);
+        let mut placed = vm("placed", 1, 1);
+        placed.node_id = Some("a".into());
+        placed.meta.spec_revision = 13;
+        s.vms.insert("placed".into(), placed);
+        assert_ne!(after_removal, capacity_key(&s));
+        // A pending VM's reason changing moves nothing.
+        let before = capacity_key(&s);
+        s.vms.get_mut("old").unwrap().meta.revision = 20;
+        assert_eq!(before, capacity_key(&s));
     }
 
     fn apply_decision(s: &mut State, d: &Decision) {
