@@ -80,6 +80,7 @@ fn bench_scheduler() {
                     .unwrap_or_else(|e| panic!("{e}")),
                 status: Status::default(),
                 node_id: None,
+                node_state: None,
                 scheduling: Scheduling::default(),
                 stop_mode: "graceful".into(),
                 restart_generation: 0,

@@ -390,6 +390,11 @@ pub struct Vm {
     pub status: Status,
     #[serde(default)]
     pub node_id: Option<String>,
+    /// The state of the VM's node (`online`/`offline`) as the control plane sees it, kept
+    /// current when the node's state changes. While it is `offline`, `status` is only the node's
+    /// last report and may be stale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_state: Option<String>,
     pub scheduling: Scheduling,
     /// `graceful` or `force`: how the last stop was requested.
     #[serde(default = "default_graceful")]

@@ -312,6 +312,7 @@ mod tests {
             .unwrap(),
             status: Status::default(),
             node_id: None,
+            node_state: None,
             scheduling: Scheduling::default(),
             stop_mode: "graceful".into(),
             restart_generation: 0,

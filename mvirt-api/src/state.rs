@@ -840,10 +840,12 @@ impl State {
                     .get_mut(id)
                     .ok_or_else(|| ApiError::not_found(Kind::Node, id))?;
                 let mut changed = false;
+                let mut state_changed = false;
                 if &node.status.state != state {
                     node.status.state = state.clone();
                     node.status.last_state_change_at = Some(now.clone());
                     changed = true;
+                    state_changed = true;
                 }
                 if let Some(cap) = capacity {
                     if &node.status.capacity != cap {
@@ -858,7 +860,25 @@ impl State {
                     ));
                 }
                 stamp(&mut node.meta, index, now, false);
-                self.updated(Kind::Node, id)
+                let (value, mut changes) = self.updated(Kind::Node, id)?;
+                if state_changed {
+                    // Its VMs say so too: their status is the node's last word until it is back.
+                    let vm_ids: Vec<String> = self
+                        .vms
+                        .values()
+                        .filter(|v| v.node_id.as_deref() == Some(id.as_str()))
+                        .map(|v| v.meta.id.clone())
+                        .collect();
+                    for vm_id in vm_ids {
+                        if let Some(vm) = self.vms.get_mut(&vm_id) {
+                            vm.node_state = Some(state.clone());
+                            vm.meta.revision = index;
+                            vm.meta.updated_at = now.clone();
+                        }
+                        changes.push(self.change(Kind::Vm, &vm_id, "node_state"));
+                    }
+                }
+                Ok((value, changes))
             }
             Command::UpdateStatuses {
                 node_id,
@@ -1892,8 +1912,10 @@ impl State {
                 continue;
             }
             let vol_ids = vm.spec.volume_ids.clone();
+            let node_state = node.status.state.clone();
             if let Some(vm) = self.vms.get_mut(&p.vm_id) {
                 vm.node_id = Some(p.node_id.clone());
+                vm.node_state = Some(node_state);
                 vm.scheduling = Scheduling {
                     state: "scheduled".into(),
                     reason: String::new(),

@@ -138,6 +138,41 @@ async fn a_silent_node_goes_offline_and_comes_back_with_a_heartbeat() {
     let m = start_member_with(|c| c.node_offline_after = Duration::from_millis(600)).await;
     let mut c = client(&m).await;
     let id = register(&mut c, &m.token, "", "host-1", 4, 8).await;
+    let vm = m
+        .create(
+            "/v1/vms",
+            json!({"name": "web", "spec": {"vcpus": 1, "memory_bytes": GIB}}),
+        )
+        .await;
+    let vm_id = vm["id"].as_str().unwrap().to_string();
+    let beat = |c: NodeServiceClient<Channel>| {
+        let (id, token) = (id.clone(), m.token.clone());
+        async move {
+            let mut c = c;
+            c.heartbeat(req(
+                proto::HeartbeatRequest {
+                    node_id: id,
+                    capacity: None,
+                    applied_revision: 0,
+                },
+                &token,
+            ))
+            .await
+            .unwrap();
+        }
+    };
+    // Placed while the node is online (kept online by heartbeats until then).
+    let placed = mvirt_testsupport::process::wait_until_async(
+        "VM placed",
+        Duration::from_secs(20),
+        || async {
+            beat(c.clone()).await;
+            let (_, v) = m.get(&format!("/v1/vms/{vm_id}")).await;
+            (v["node_id"] == id.as_str()).then_some(v)
+        },
+    )
+    .await;
+    assert_eq!(placed["node_state"], "online", "{placed}");
     let offline = mvirt_testsupport::process::wait_until_async(
         "node offline",
         Duration::from_secs(20),
@@ -148,6 +183,10 @@ async fn a_silent_node_goes_offline_and_comes_back_with_a_heartbeat() {
     )
     .await;
     assert!(offline["status"]["last_state_change_at"].is_string());
+    // The VM says its node is offline; its status stays the node's last report.
+    let (_, v) = m.get(&format!("/v1/vms/{vm_id}")).await;
+    assert_eq!(v["node_state"], "offline", "{v}");
+    assert_eq!(v["status"], placed["status"]);
     c.heartbeat(req(
         proto::HeartbeatRequest {
             node_id: id.clone(),
@@ -160,6 +199,8 @@ async fn a_silent_node_goes_offline_and_comes_back_with_a_heartbeat() {
     .unwrap();
     let (_, n) = m.get(&format!("/v1/nodes/{id}")).await;
     assert_eq!(n["status"]["state"], "online");
+    let (_, v) = m.get(&format!("/v1/vms/{vm_id}")).await;
+    assert_eq!(v["node_state"], "online", "{v}");
     let (_, offline_list) = m.get("/v1/nodes?phase=online").await;
     assert_eq!(offline_list["items"].as_array().unwrap().len(), 1);
     let err = c

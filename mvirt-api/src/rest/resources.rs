@@ -408,6 +408,7 @@ fn build_vm(meta: Meta, mut spec: VmSpec) -> Result<Command, ApiError> {
             spec,
             status: Status::default(),
             node_id: None,
+            node_state: None,
             scheduling: Scheduling::default(),
             stop_mode: "graceful".into(),
             restart_generation: 0,
