@@ -401,6 +401,32 @@ impl State {
     }
 
     /// Whether `name` is taken by another object of `kind` in `project`.
+    /// The id of the object of `kind` named `name` (in `project`; projects and nodes are
+    /// cluster-wide).
+    pub fn id_by_name(&self, kind: Kind, project: &str, name: &str) -> Option<String> {
+        fn find<'a, T: 'a>(
+            mut it: impl Iterator<Item = &'a T>,
+            meta: impl Fn(&T) -> &Meta,
+            project: Option<&str>,
+            name: &str,
+        ) -> Option<String> {
+            it.find(|o| meta(o).name == name && project.is_none_or(|p| meta(o).project == p))
+                .map(|o| meta(o).id.clone())
+        }
+        let p = Some(project);
+        match kind {
+            Kind::Project => find(self.projects.values(), |o| &o.meta, None, name),
+            Kind::Node => find(self.nodes.values(), |o| &o.meta, None, name),
+            Kind::Network => find(self.networks.values(), |o| &o.meta, p, name),
+            Kind::Nic => find(self.nics.values(), |o| &o.meta, p, name),
+            Kind::SecurityGroup => find(self.security_groups.values(), |o| &o.meta, p, name),
+            Kind::Template => find(self.templates.values(), |o| &o.meta, p, name),
+            Kind::Volume => find(self.volumes.values(), |o| &o.meta, p, name),
+            Kind::Vm => find(self.vms.values(), |o| &o.meta, p, name),
+            _ => None,
+        }
+    }
+
     fn name_taken(&self, kind: Kind, project: &str, name: &str) -> bool {
         fn taken<'a, T: 'a>(
             mut it: impl Iterator<Item = &'a T>,

@@ -125,13 +125,8 @@ pub fn resolve(
         return Ok(id_or_name.to_string());
     }
     let project = project.unwrap_or(DEFAULT_PROJECT);
-    let found = objects(state, kind).into_iter().find(|o| {
-        o.get("name").and_then(|v| v.as_str()) == Some(id_or_name)
-            && (matches!(kind, Kind::Project | Kind::Node)
-                || o.get("project").and_then(|v| v.as_str()) == Some(project))
-    });
-    found
-        .and_then(|o| o.get("id").and_then(|v| v.as_str()).map(String::from))
+    state
+        .id_by_name(kind, project, id_or_name)
         .ok_or_else(|| ApiError::not_found(kind, id_or_name))
 }
 
