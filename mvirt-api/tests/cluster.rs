@@ -212,6 +212,11 @@ async fn voters(c: &Client, p: &Proc) -> usize {
         .unwrap_or(0)
 }
 
+/// Writes before the late joiners arrive: enough that the bootstrap member snapshots (every 40
+/// entries here) and purges its log (openraft purges in batches of 64 and keeps 10 entries), so
+/// a joiner can only catch up by installing the snapshot.
+const PRE_WRITES: usize = 120;
+
 fn network_body(name: &str, i: usize) -> Value {
     json!({"name": name, "spec": {"ipv4_prefix": format!("10.{}.{}.0/24", (i / 256) % 256, i % 256)}})
 }
@@ -232,7 +237,7 @@ async fn a_three_member_cluster_replicates_forwards_and_survives_kill_9_of_the_l
         c.get(&format!("{}/v1/projects", a.url)).await
     })
     .await;
-    for i in 0..60 {
+    for i in 0..PRE_WRITES {
         let (s, v) = c
             .req(
                 reqwest::Method::POST,
@@ -244,10 +249,13 @@ async fn a_three_member_cluster_replicates_forwards_and_survives_kill_9_of_the_l
             .unwrap();
         assert_eq!(s, 201, "{v}");
     }
-    wait_until_async("A snapshots", Duration::from_secs(30), || async {
+    // Joiners must not find the first entries in A's log: wait until A purged them (the
+    // snapshot is built in the background, the purge follows it).
+    wait_until_async("A snapshots and purges", Duration::from_secs(30), || async {
         c.controlplane(&a)
             .await
             .filter(|v| v["snapshot_index"].as_u64().is_some())
+            .filter(|v| v["purged_index"].as_u64().is_some_and(|p| p > 0))
     })
     .await;
 
@@ -273,7 +281,7 @@ async fn a_three_member_cluster_replicates_forwards_and_survives_kill_9_of_the_l
     assert_eq!(s, 403, "{v}");
     for p in [&b, &cc] {
         let names = wait_until_async("joiner caught up", Duration::from_secs(60), || async {
-            c.network_names(p).await.filter(|n| n.len() == 60)
+            c.network_names(p).await.filter(|n| n.len() == PRE_WRITES)
         })
         .await;
         assert!(names.contains(&"pre-0".to_string()));

@@ -121,6 +121,8 @@ pub struct ControlPlaneView {
     pub last_log_index: Option<u64>,
     pub applied_index: u64,
     pub snapshot_index: Option<u64>,
+    /// The log is purged up to here (entries up to it exist only in the snapshot).
+    pub purged_index: Option<u64>,
 }
 
 #[utoipa::path(get, path = "/v1/controlplane", tag = "controlplane", responses((status = 200, body = ControlPlaneView)))]
@@ -159,6 +161,7 @@ pub async fn controlplane(State(app): State<Arc<App>>) -> Result<Response, ApiEr
         last_log_index: m.last_log_index,
         applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
         snapshot_index: m.snapshot.map(|l| l.index),
+        purged_index: m.purged.map(|l| l.index),
     })
     .into_response())
 }
