@@ -251,12 +251,16 @@ async fn a_three_member_cluster_replicates_forwards_and_survives_kill_9_of_the_l
     }
     // Joiners must not find the first entries in A's log: wait until A purged them (the
     // snapshot is built in the background, the purge follows it).
-    wait_until_async("A snapshots and purges", Duration::from_secs(30), || async {
-        c.controlplane(&a)
-            .await
-            .filter(|v| v["snapshot_index"].as_u64().is_some())
-            .filter(|v| v["purged_index"].as_u64().is_some_and(|p| p > 0))
-    })
+    wait_until_async(
+        "A snapshots and purges",
+        Duration::from_secs(30),
+        || async {
+            c.controlplane(&a)
+                .await
+                .filter(|v| v["snapshot_index"].as_u64().is_some())
+                .filter(|v| v["purged_index"].as_u64().is_some_and(|p| p > 0))
+        },
+    )
     .await;
 
     // --- B and C join late: their logs start after A's purge, so they install the snapshot.
