@@ -404,49 +404,14 @@ impl State {
     /// The id of the object of `kind` named `name` (in `project`; projects and nodes are
     /// cluster-wide).
     pub fn id_by_name(&self, kind: Kind, project: &str, name: &str) -> Option<String> {
-        fn find<'a, T: 'a>(
-            mut it: impl Iterator<Item = &'a T>,
-            meta: impl Fn(&T) -> &Meta,
-            project: Option<&str>,
-            name: &str,
-        ) -> Option<String> {
-            it.find(|o| meta(o).name == name && project.is_none_or(|p| meta(o).project == p))
-                .map(|o| meta(o).id.clone())
-        }
-        let p = Some(project);
-        match kind {
-            Kind::Project => find(self.projects.values(), |o| &o.meta, None, name),
-            Kind::Node => find(self.nodes.values(), |o| &o.meta, None, name),
-            Kind::Network => find(self.networks.values(), |o| &o.meta, p, name),
-            Kind::Nic => find(self.nics.values(), |o| &o.meta, p, name),
-            Kind::SecurityGroup => find(self.security_groups.values(), |o| &o.meta, p, name),
-            Kind::Template => find(self.templates.values(), |o| &o.meta, p, name),
-            Kind::Volume => find(self.volumes.values(), |o| &o.meta, p, name),
-            Kind::Vm => find(self.vms.values(), |o| &o.meta, p, name),
-            _ => None,
-        }
+        let cluster_wide = matches!(kind, Kind::Project | Kind::Node);
+        self.metas(kind)
+            .find(|m| m.name == name && (cluster_wide || m.project == project))
+            .map(|m| m.id.clone())
     }
 
     fn name_taken(&self, kind: Kind, project: &str, name: &str) -> bool {
-        fn taken<'a, T: 'a>(
-            mut it: impl Iterator<Item = &'a T>,
-            meta: impl Fn(&T) -> &Meta,
-            project: &str,
-            name: &str,
-        ) -> bool {
-            it.any(|o| meta(o).project == project && meta(o).name == name)
-        }
-        match kind {
-            Kind::Project => self.project_by_name(name).is_some(),
-            Kind::Node => self.nodes.values().any(|n| n.meta.name == name),
-            Kind::Network => taken(self.networks.values(), |o| &o.meta, project, name),
-            Kind::Nic => taken(self.nics.values(), |o| &o.meta, project, name),
-            Kind::SecurityGroup => taken(self.security_groups.values(), |o| &o.meta, project, name),
-            Kind::Template => taken(self.templates.values(), |o| &o.meta, project, name),
-            Kind::Volume => taken(self.volumes.values(), |o| &o.meta, project, name),
-            Kind::Vm => taken(self.vms.values(), |o| &o.meta, project, name),
-            _ => false,
-        }
+        self.id_by_name(kind, project, name).is_some()
     }
 
     /// The object of `kind` with `id` as JSON.
@@ -1563,44 +1528,22 @@ impl State {
                 if meta.id == DEFAULT_PROJECT_ID {
                     return Err(ApiError::conflict("the default project cannot be deleted"));
                 }
-                let mut holders = Vec::new();
                 let p = &meta.name;
-                holders.extend(
-                    self.vms
-                        .values()
-                        .filter(|o| &o.meta.project == p)
-                        .map(|o| format!("vm/{}", o.meta.id)),
-                );
-                holders.extend(
-                    self.volumes
-                        .values()
-                        .filter(|o| &o.meta.project == p)
-                        .map(|o| format!("volume/{}", o.meta.id)),
-                );
-                holders.extend(
-                    self.nics
-                        .values()
-                        .filter(|o| &o.meta.project == p)
-                        .map(|o| format!("nic/{}", o.meta.id)),
-                );
-                holders.extend(
-                    self.networks
-                        .values()
-                        .filter(|o| &o.meta.project == p)
-                        .map(|o| format!("network/{}", o.meta.id)),
-                );
-                holders.extend(
-                    self.security_groups
-                        .values()
-                        .filter(|o| &o.meta.project == p)
-                        .map(|o| format!("security_group/{}", o.meta.id)),
-                );
-                holders.extend(
-                    self.templates
-                        .values()
-                        .filter(|o| &o.meta.project == p)
-                        .map(|o| format!("template/{}", o.meta.id)),
-                );
+                let holders: Vec<String> = [
+                    Kind::Vm,
+                    Kind::Volume,
+                    Kind::Nic,
+                    Kind::Network,
+                    Kind::SecurityGroup,
+                    Kind::Template,
+                ]
+                .into_iter()
+                .flat_map(|kind| {
+                    self.metas(kind)
+                        .filter(|m| &m.project == p)
+                        .map(move |m| format!("{}/{}", kind.as_str(), m.id))
+                })
+                .collect();
                 if !holders.is_empty() {
                     return Err(in_use(
                         format!("project {p} still holds resources"),
@@ -1974,6 +1917,27 @@ impl State {
             }
         }
         Ok((json!({"placed": placed}), changes))
+    }
+
+    /// Every object of `kind`'s `Meta`, in id order.
+    pub fn metas(&self, kind: Kind) -> Box<dyn Iterator<Item = &Meta> + '_> {
+        fn of<T>(
+            m: &BTreeMap<String, T>,
+            meta: fn(&T) -> &Meta,
+        ) -> Box<dyn Iterator<Item = &Meta> + '_> {
+            Box::new(m.values().map(meta))
+        }
+        match kind {
+            Kind::Project => of(&self.projects, |o| &o.meta),
+            Kind::Node => of(&self.nodes, |o| &o.meta),
+            Kind::Network => of(&self.networks, |o| &o.meta),
+            Kind::Nic => of(&self.nics, |o| &o.meta),
+            Kind::SecurityGroup => of(&self.security_groups, |o| &o.meta),
+            Kind::Template => of(&self.templates, |o| &o.meta),
+            Kind::Volume => of(&self.volumes, |o| &o.meta),
+            Kind::Vm => of(&self.vms, |o| &o.meta),
+            _ => Box::new(std::iter::empty()),
+        }
     }
 
     pub fn meta(&self, kind: Kind, id: &str) -> Option<&Meta> {
