@@ -9,7 +9,8 @@
 //!    doing puts of the same payload size through its JSON gateway on its leader. Throughput
 //!    and p50/p99.
 //!
-//! Set `MVIRT_BENCH_QUICK=1` for a short run.
+//! Set `MVIRT_BENCH_QUICK=1` for a short run; `MVIRT_BENCH_CONC=1,128` runs only the write
+//! comparison at those concurrencies, `MVIRT_BENCH_NO_ETCD=1` leaves etcd out.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -477,7 +478,12 @@ async fn bench_writes() {
         assert!(Instant::now() < deadline, "cluster did not form");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let etcd = start_etcd();
+    // `MVIRT_BENCH_NO_ETCD=1`: mvirt-api alone (for profiling it).
+    let etcd = if std::env::var_os("MVIRT_BENCH_NO_ETCD").is_some() {
+        None
+    } else {
+        start_etcd()
+    };
     let mut etcd_leader = String::new();
     if let Some(e) = &etcd {
         etcd_leader = wait_etcd(&http, &e.client_urls).await;
@@ -493,7 +499,11 @@ async fn bench_writes() {
         "{:>11} | {:>22} | {:>22} | ratio",
         "concurrency", "mvirt-api VM create", "etcd put"
     );
-    for (round, concurrency) in [1usize, 16, 128].into_iter().enumerate() {
+    let concs: Vec<usize> = std::env::var("MVIRT_BENCH_CONC")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or(vec![1usize, 16, 128]);
+    for (round, concurrency) in concs.into_iter().enumerate() {
         let http2 = http.clone();
         let url = format!("{leader}/v1/vms");
         let tok = token.clone();
@@ -585,7 +595,10 @@ fn main() {
         .enable_all()
         .build()
         .unwrap_or_else(|e| panic!("{e}"));
-    bench_scheduler();
-    runtime.block_on(bench_propagation());
+    // `MVIRT_BENCH_CONC=1,128`: only the write comparison, at these concurrencies.
+    if std::env::var_os("MVIRT_BENCH_CONC").is_none() {
+        bench_scheduler();
+        runtime.block_on(bench_propagation());
+    }
     runtime.block_on(bench_writes());
 }

@@ -119,6 +119,7 @@ impl App {
         audit: mvirt_log::AuditLogger,
         log_endpoint: String,
     ) -> Self {
+        let proposer = Proposer::start(raft.clone(), shared.clone());
         Self {
             shared,
             member_id,
@@ -138,7 +139,7 @@ impl App {
             liveness: Mutex::new(HashMap::new()),
             leader_since: Mutex::new(None),
             membership_lock: tokio::sync::Mutex::new(()),
-            proposer: Proposer::start(raft.clone()),
+            proposer,
             last_round: Mutex::new(None),
             raft,
         }

@@ -27,11 +27,15 @@ pub mod model;
 #[cfg(feature = "server")]
 pub mod nodespec;
 #[cfg(feature = "server")]
+pub mod persist;
+#[cfg(feature = "server")]
 pub mod proposer;
 #[cfg(feature = "server")]
 pub mod raft;
 #[cfg(feature = "server")]
 pub mod raftapi;
+#[cfg(feature = "server")]
+pub mod raftlog;
 #[cfg(feature = "server")]
 pub mod rest;
 #[cfg(feature = "server")]

@@ -17,14 +17,14 @@ use std::sync::Arc;
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::raft::{Batch, Raft};
+use crate::raft::{Batch, Raft, Shared};
 use crate::state::{Outcome, Proposal};
 
 /// At most this many proposals go into one Raft entry.
 pub const MAX_BATCH: usize = 256;
 /// At most this many batches are in flight at once (the next one is appended and replicated
 /// while the previous one is still waiting for its quorum).
-pub const MAX_IN_FLIGHT: usize = 2;
+pub const MAX_IN_FLIGHT: usize = 8;
 
 /// Why a proposal was not applied.
 #[derive(Debug, Clone)]
@@ -46,9 +46,9 @@ pub struct Proposer {
 
 impl Proposer {
     /// Starts the batching task (needs a Tokio runtime).
-    pub fn start(raft: Raft) -> Self {
+    pub fn start(raft: Raft, shared: Arc<Shared>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(raft, rx));
+        tokio::spawn(run(raft, shared, rx));
         Self { tx }
     }
 
@@ -63,7 +63,7 @@ impl Proposer {
     }
 }
 
-async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<(Proposal, Reply)>) {
+async fn run(raft: Raft, shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<(Proposal, Reply)>) {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     loop {
         // Wait for a free slot first: whatever queues up meanwhile joins the next batch.
@@ -85,12 +85,29 @@ async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<(Proposal, Reply)>) {
             }
         }
         let raft = raft.clone();
+        let shared = shared.clone();
         tokio::spawn(async move {
-            let result = raft.client_write(Batch(proposals)).await;
+            // The state machine hands the outcomes over as soon as it applied the entry
+            // (`Shared::waiters`); openraft's own response comes a few hops later.
+            let id = loop {
+                let id: u64 = rand::random();
+                if id != 0 && !waiters(&shared).contains_key(&id) {
+                    break id;
+                }
+            };
+            let (applied_tx, applied) = oneshot::channel();
+            waiters(&shared).insert(id, applied_tx);
+            let write = raft.client_write(Batch { id, proposals });
+            tokio::pin!(write);
+            let result = tokio::select! {
+                biased;
+                Ok(outcomes) = applied => Ok(outcomes),
+                r = &mut write => r.map(|resp| resp.data),
+            };
+            waiters(&shared).remove(&id);
             drop(permit);
             match result {
-                Ok(resp) => {
-                    let outcomes = resp.data;
+                Ok(outcomes) => {
                     if outcomes.len() != replies.len() {
                         let msg = format!(
                             "raft applied {} outcomes for a batch of {}",
@@ -121,5 +138,12 @@ async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<(Proposal, Reply)>) {
                 }
             }
         });
+    }
+}
+
+fn waiters(shared: &Shared) -> std::sync::MutexGuard<'_, crate::raft::WaiterMap> {
+    match shared.waiters.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
     }
 }

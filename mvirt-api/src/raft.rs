@@ -2,9 +2,10 @@
 //! and the member-to-member network (HTTP + JSON on the Raft listener, authenticated with the
 //! cluster secret that every member receives at bootstrap or join).
 //!
-//! The three parts follow openraft's `raft-kv` examples: [`LogStore`] persists entries and the
-//! vote, [`StateMachine`] applies committed entries to [`State`] (writing the changes to SQLite
-//! in the same transaction as the applied log id), [`HttpNetworkFactory`] sends RPCs.
+//! The three parts follow openraft's `raft-kv` examples: [`LogStore`] (`raftlog.rs`) persists
+//! entries and the vote, [`StateMachine`] applies committed entries to [`State`] (its writer
+//! thread, `persist.rs`, writes the changes to SQLite in one transaction with the applied log
+//! id), [`HttpNetworkFactory`] sends RPCs.
 
 // openraft's StorageError is large and fixed by the trait signatures.
 #![allow(clippy::result_large_err)]
@@ -12,7 +13,6 @@
 use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::io::Cursor;
-use std::ops::{Bound, RangeBounds};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -25,10 +25,10 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
-    Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta,
-    StorageError, StorageIOError, StoredMembership, Vote,
+    Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError,
+    StorageIOError, StoredMembership,
 };
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
@@ -36,7 +36,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::model::{Event, Kind, Member};
 use crate::state::{Change, Outcome, Proposal, State};
-use crate::store;
+use crate::{persist, store};
 
 openraft::declare_raft_types!(
     /// mvirt-api's Raft types: a batch of proposals per entry in, one outcome per proposal
@@ -55,18 +55,27 @@ pub type Raft = openraft::Raft<TypeConfig>;
 /// What one Raft log entry carries: proposals applied in order, all at the entry's log index
 /// (their shared revision). The leader's [`crate::proposer::Proposer`] groups concurrent
 /// proposals so that they cost one log append and one replication round.
+///
+/// `id` is a random number the leader's proposer picked: when a member applies the entry it
+/// hands the outcomes straight to a proposer waiting for that id ([`Shared::waiters`]), which
+/// saves the hops back through the Raft core. 0 = nobody waits.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Batch(pub Vec<Proposal>);
+pub struct Batch {
+    #[serde(default)]
+    pub id: u64,
+    pub proposals: Vec<Proposal>,
+}
 
 impl std::fmt::Display for Batch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0.as_slice() {
+        match self.proposals.as_slice() {
             [one] => write!(f, "{one}"),
             many => write!(f, "batch of {}", many.len()),
         }
     }
 }
 pub type MemberId = u64;
+pub use crate::raftlog::LogStore;
 type StorageResult<T> = Result<T, StorageError<MemberId>>;
 
 /// The state every part of the daemon reads: the materialised state, the applied revision and
@@ -76,7 +85,13 @@ pub struct Shared {
     pub applied: watch::Sender<u64>,
     pub events: broadcast::Sender<Event>,
     pub db_path: PathBuf,
+    /// Proposers waiting for the outcomes of their batch, by [`Batch::id`].
+    pub waiters: Waiters,
 }
+
+/// See [`Shared::waiters`].
+pub type Waiters = Mutex<WaiterMap>;
+pub type WaiterMap = std::collections::HashMap<u64, tokio::sync::oneshot::Sender<Vec<Outcome>>>;
 
 impl Shared {
     /// A read guard on the state (poisoning means a panic in apply: propagate it).
@@ -106,178 +121,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     }
 }
 
-// ------------------------------------------------------------------------------------ log store
-
-/// The Raft log and vote in SQLite.
-#[derive(Clone)]
-pub struct LogStore {
-    conn: Arc<Mutex<Connection>>,
-    /// The latest committed log id openraft reported, not yet written: it is a restart hint
-    /// (entries up to it may be re-applied without waiting for the leader), not something a
-    /// decision depends on, so it rides along with the next log append instead of costing an
-    /// fsync of its own on every commit. Losing the newest value in a crash only means an
-    /// older hint.
-    pending_committed: Arc<Mutex<Option<String>>>,
-}
-
-impl LogStore {
-    /// Opens the log that belongs to the state database at `state_db`: it lives next to it in
-    /// its own file ([`store::LOG_DB_FILE`]), so log appends never wait for the state
-    /// machine's transactions or checkpoints.
-    pub fn open(state_db: &std::path::Path) -> Result<Self, store::StoreError> {
-        let path = state_db.with_file_name(store::LOG_DB_FILE);
-        Ok(Self {
-            conn: Arc::new(Mutex::new(store::open_log(&path)?)),
-            pending_committed: Arc::new(Mutex::new(None)),
-        })
-    }
-
-    fn get_json<T: for<'de> Deserialize<'de>>(&self, key: &str) -> StorageResult<Option<T>> {
-        let conn = lock(&self.conn);
-        let raw = store::log_get_meta(&conn, key).map_err(|e| StorageIOError::read_logs(&e))?;
-        match raw {
-            None => Ok(None),
-            Some(s) => serde_json::from_str(&s)
-                .map(Some)
-                .map_err(|e| StorageIOError::read_logs(&e).into()),
-        }
-    }
-}
-
-fn range_to_bounds<RB: RangeBounds<u64>>(range: &RB) -> (u64, u64) {
-    let start = match range.start_bound() {
-        Bound::Included(x) => *x,
-        Bound::Excluded(x) => x.saturating_add(1),
-        Bound::Unbounded => 0,
-    };
-    let end = match range.end_bound() {
-        Bound::Included(x) => x.saturating_add(1),
-        Bound::Excluded(x) => *x,
-        Bound::Unbounded => u64::MAX,
-    };
-    (start, end)
-}
-
-impl RaftLogReader<TypeConfig> for LogStore {
-    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
-        &mut self,
-        range: RB,
-    ) -> StorageResult<Vec<Entry<TypeConfig>>> {
-        let (start, end) = range_to_bounds(&range);
-        let conn = lock(&self.conn);
-        let rows =
-            store::log_range(&conn, start, end).map_err(|e| StorageIOError::read_logs(&e))?;
-        rows.iter()
-            .map(|s| serde_json::from_str(s).map_err(|e| StorageIOError::read_logs(&e).into()))
-            .collect()
-    }
-}
-
-impl RaftLogStorage<TypeConfig> for LogStore {
-    type LogReader = LogStore;
-
-    async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
-        let last_purged: Option<LogId<MemberId>> = self.get_json("last_purged")?;
-        let last = {
-            let conn = lock(&self.conn);
-            store::log_last(&conn).map_err(|e| StorageIOError::read_logs(&e))?
-        };
-        let last_log_id = match last {
-            Some(s) => {
-                let entry: Entry<TypeConfig> =
-                    serde_json::from_str(&s).map_err(|e| StorageIOError::read_logs(&e))?;
-                Some(entry.log_id)
-            }
-            None => last_purged,
-        };
-        Ok(LogState {
-            last_purged_log_id: last_purged,
-            last_log_id,
-        })
-    }
-
-    async fn get_log_reader(&mut self) -> Self::LogReader {
-        self.clone()
-    }
-
-    async fn save_vote(&mut self, vote: &Vote<MemberId>) -> StorageResult<()> {
-        let json = serde_json::to_string(vote).map_err(|e| StorageIOError::write_vote(&e))?;
-        let conn = lock(&self.conn);
-        store::log_set_meta(&conn, "vote", &json).map_err(|e| StorageIOError::write_vote(&e))?;
-        Ok(())
-    }
-
-    async fn read_vote(&mut self) -> StorageResult<Option<Vote<MemberId>>> {
-        self.get_json("vote")
-    }
-
-    async fn save_committed(&mut self, committed: Option<LogId<MemberId>>) -> StorageResult<()> {
-        let json = serde_json::to_string(&committed).map_err(|e| StorageIOError::write_logs(&e))?;
-        *lock(&self.pending_committed) = Some(json);
-        Ok(())
-    }
-
-    async fn read_committed(&mut self) -> StorageResult<Option<LogId<MemberId>>> {
-        if let Some(json) = lock(&self.pending_committed).as_deref() {
-            return serde_json::from_str::<Option<LogId<MemberId>>>(json)
-                .map_err(|e| StorageIOError::read_logs(&e).into());
-        }
-        Ok(self
-            .get_json::<Option<LogId<MemberId>>>("committed")?
-            .flatten())
-    }
-
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
-    where
-        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
-        I::IntoIter: OptionalSend,
-    {
-        let mut rows = Vec::new();
-        for entry in entries {
-            let json = serde_json::to_string(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
-            rows.push((entry.log_id.index, json));
-        }
-        // SQLite blocks (fsync): keep it off the async worker threads. Appends stay ordered:
-        // openraft calls `append` one at a time and we wait for each. (Running it in place with
-        // `block_in_place` instead measured no different in the benchmark.)
-        let conn = self.conn.clone();
-        let committed = self.pending_committed.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let mut conn = lock(&conn);
-            let committed = lock(&committed).take();
-            store::log_append(&mut conn, &rows, committed.as_deref())
-        })
-        .await
-        .map_err(|e| StorageIOError::write_logs(&e))?;
-        match result {
-            Ok(()) => {
-                // synchronous=FULL: the transaction is durable once commit returned.
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(StorageIOError::write_logs(&e).into())
-            }
-        }
-    }
-
-    async fn truncate(&mut self, log_id: LogId<MemberId>) -> StorageResult<()> {
-        let conn = lock(&self.conn);
-        store::log_truncate(&conn, log_id.index).map_err(|e| StorageIOError::write_logs(&e))?;
-        Ok(())
-    }
-
-    async fn purge(&mut self, log_id: LogId<MemberId>) -> StorageResult<()> {
-        let json =
-            serde_json::to_string(&Some(log_id)).map_err(|e| StorageIOError::write_logs(&e))?;
-        let mut conn = lock(&self.conn);
-        store::log_purge(&mut conn, log_id.index, &json)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        Ok(())
-    }
-}
-
 // ------------------------------------------------------------------------------ state machine
 
 #[derive(Serialize, Deserialize)]
@@ -288,7 +131,9 @@ struct SnapshotPayload {
 /// The state machine: [`State`] in memory (shared for reads), every applied batch written to
 /// SQLite with its applied log id.
 pub struct StateMachine {
+    /// A read connection (the current snapshot); all writes go through `writer`.
     conn: Arc<Mutex<Connection>>,
+    writer: persist::Writer,
     shared: Arc<Shared>,
     last_applied: Option<LogId<MemberId>>,
     last_membership: StoredMembership<MemberId, Member>,
@@ -301,8 +146,9 @@ impl StateMachine {
         let conn = store::open(&shared.db_path)?;
         // Applied batches are re-derivable from the Raft log (fsynced on every append): after a
         // power loss openraft re-applies whatever the state machine lost. So its transactions
-        // skip the per-commit fsync; a snapshot (written through a fully synced connection
-        // before the log is purged) syncs the WAL including everything before it.
+        // skip the per-commit fsync and are written by a background thread
+        // ([`persist::Writer`]); a snapshot (a synced commit on that thread, after every batch
+        // before it, before the log is purged) syncs the WAL including everything before it.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         let loaded = store::sm_load(&conn)?;
         let last_applied: Option<LogId<MemberId>> = match &loaded.last_applied {
@@ -317,8 +163,10 @@ impl StateMachine {
         shared
             .applied
             .send_replace(last_applied.map(|l| l.index).unwrap_or(0));
+        let writer = persist::Writer::start(conn, shared.events.clone())?;
         Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
+            conn: Arc::new(Mutex::new(store::open(&shared.db_path)?)),
+            writer,
             shared,
             last_applied,
             last_membership,
@@ -331,7 +179,7 @@ impl StateMachine {
 /// clone) happens on the state-machine worker; encoding and writing it happen here, in the task
 /// openraft spawns for the build, so applies do not wait for a whole-state JSON encoding.
 pub struct SnapshotBuilder {
-    db_path: PathBuf,
+    writer: persist::Writer,
     state: Option<State>,
     meta: SnapshotMeta<MemberId, Member>,
 }
@@ -344,17 +192,17 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             let e = std::io::Error::other("snapshot builder used twice");
             StorageIOError::write_snapshot(None, &e)
         })?;
-        let db_path = self.db_path.clone();
-        // JSON encoding of the whole state and the synced write: off the async workers.
-        let data = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
-            let data = serde_json::to_vec(&SnapshotPayload { state }).map_err(|e| e.to_string())?;
-            let conn = store::open(&db_path).map_err(|e| e.to_string())?;
-            store::snapshot_save(&conn, &meta_json, &data).map_err(|e| e.to_string())?;
-            Ok(data)
-        })
-        .await
-        .map_err(|e| StorageIOError::write_snapshot(None, &e))?
-        .map_err(|e| StorageIOError::write_snapshot(None, &std::io::Error::other(e)))?;
+        // JSON encoding of the whole state: off the async workers. The synced write goes
+        // through the state writer, after every batch applied before the capture.
+        let data =
+            tokio::task::spawn_blocking(move || serde_json::to_vec(&SnapshotPayload { state }))
+                .await
+                .map_err(|e| StorageIOError::write_snapshot(None, &e))?
+                .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        self.writer
+            .snapshot(meta_json, data.clone())
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(None, &std::io::Error::other(e)))?;
         tracing::info!(last_log_id = ?self.meta.last_log_id, bytes = data.len(), "snapshot built");
         Ok(Snapshot {
             meta: self.meta.clone(),
@@ -379,8 +227,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         // Apply under the write lock; prepare the rows there, write them after releasing it
         // (readers are not blocked by SQLite; what they see is committed in the Raft log).
-        let (outcomes, rows, events, counters, last) = {
+        let (outcomes, rows, events, counters, last, ready) = {
             let mut outcomes = Vec::new();
+            let mut ready = Vec::new();
             let mut changes: Vec<(u64, Change)> = Vec::new();
             let mut state = self.shared.write();
             let mut last = self.last_applied;
@@ -390,11 +239,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 match &entry.payload {
                     EntryPayload::Blank => outcomes.push(Vec::new()),
                     EntryPayload::Normal(batch) => {
-                        let mut batch_outcomes = Vec::with_capacity(batch.0.len());
-                        for proposal in &batch.0 {
+                        let mut batch_outcomes = Vec::with_capacity(batch.proposals.len());
+                        for proposal in &batch.proposals {
                             let (outcome, c) = state.apply(index, proposal);
                             changes.extend(c.into_iter().map(|c| (index, c)));
                             batch_outcomes.push(outcome);
+                        }
+                        if batch.id != 0 {
+                            ready.push((batch.id, batch_outcomes.clone()));
                         }
                         outcomes.push(batch_outcomes);
                     }
@@ -418,38 +270,37 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .map_err(|e| StorageIOError::write_state_machine(&e))?;
             let rows: Vec<(Kind, String, Option<String>)> =
                 rows.into_iter().map(|((k, i), j)| (k, i, j)).collect();
-            (outcomes, rows, events, counters, last)
+            (outcomes, rows, events, counters, last, ready)
         };
         let last_applied_json =
             serde_json::to_string(&last).map_err(|e| StorageIOError::write_state_machine(&e))?;
         let membership_json = serde_json::to_string(&self.last_membership)
             .map_err(|e| StorageIOError::write_state_machine(&e))?;
-        // SQLite blocks: keep it off the async worker threads.
-        let conn = self.conn.clone();
-        let events = tokio::task::spawn_blocking(move || {
-            store::sm_commit(
-                &mut lock(&conn),
-                store::AppliedBatch {
-                    rows: &rows,
-                    events: &events,
-                    counters: &counters,
-                    last_applied: &last_applied_json,
-                    last_membership: &membership_json,
-                },
-            )
-            .map(|()| events)
-        })
-        .await
-        .map_err(|e| StorageIOError::write_state_machine(&e))?
-        .map_err(|e| StorageIOError::write_state_machine(&e))?;
+        // Persisted by the writer thread; openraft does not wait for the transaction (see
+        // `persist`). Events are published once written.
+        self.writer
+            .applied(persist::Applied {
+                rows,
+                events,
+                counters,
+                last_applied: last_applied_json,
+                last_membership: membership_json,
+            })
+            .await
+            .map_err(|e| StorageIOError::write_state_machine(&std::io::Error::other(e)))?;
         self.last_applied = last;
-        for event in events {
-            // No receiver is fine: nobody is watching.
-            let _ = self.shared.events.send(event);
-        }
         self.shared
             .applied
             .send_replace(last.map(|l| l.index).unwrap_or(0));
+        if !ready.is_empty() {
+            let mut waiters = lock(&self.shared.waiters);
+            for (id, o) in ready {
+                if let Some(tx) = waiters.remove(&id) {
+                    // The proposer may have given up (client gone): fine.
+                    let _ = tx.send(o);
+                }
+            }
+        }
         Ok(outcomes)
     }
 
@@ -462,7 +313,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.snapshot_seq
         );
         SnapshotBuilder {
-            db_path: self.shared.db_path.clone(),
+            writer: self.writer.clone(),
             state: Some(state),
             meta: SnapshotMeta {
                 last_log_id: self.last_applied,
@@ -488,19 +339,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(|e| StorageIOError::write_state_machine(&e))?;
         let membership_json = serde_json::to_string(&meta.last_membership)
             .map_err(|e| StorageIOError::write_state_machine(&e))?;
-        let mut conn = lock(&self.conn);
-        store::sm_replace(
-            &mut conn,
-            &payload.state,
-            &last_applied_json,
-            &membership_json,
-        )
-        .map_err(|e| StorageIOError::write_state_machine(&e))?;
         let meta_json =
             serde_json::to_string(meta).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-        store::snapshot_save(&conn, &meta_json, &data)
-            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-        drop(conn);
+        self.writer
+            .replace(
+                payload.state.clone(),
+                last_applied_json,
+                membership_json,
+                meta_json,
+                data,
+            )
+            .await
+            .map_err(|e| StorageIOError::write_state_machine(&std::io::Error::other(e)))?;
         *self.shared.write() = payload.state;
         self.last_applied = meta.last_log_id;
         self.last_membership = meta.last_membership.clone();

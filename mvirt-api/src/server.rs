@@ -5,6 +5,7 @@
 //! Identity lives in `<data-dir>/member.json` (member id + cluster secret). Once it exists the
 //! member restarts from its data dir and `--join` is ignored.
 
+use axum::serve::ListenerExt;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -313,6 +314,7 @@ pub async fn start(
         applied,
         events,
         db_path: db_path.clone(),
+        waiters: Default::default(),
     });
     let log_store = LogStore::open(&db_path)?;
     let state_machine = StateMachine::open(shared.clone())?;
@@ -356,6 +358,10 @@ pub async fn start(
     let raft_router = crate::raftapi::router(app.clone());
     let sd = shutdown.clone();
     tasks.push(tokio::spawn(async move {
+        // Small request/response messages: no Nagle delay on either side.
+        let raft_listener = raft_listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         if let Err(e) = axum::serve(raft_listener, raft_router)
             .with_graceful_shutdown(async move { sd.wait().await })
             .await
@@ -418,6 +424,9 @@ pub async fn start(
     let rest_router = rest::router(app.clone());
     let sd = shutdown.clone();
     tasks.push(tokio::spawn(async move {
+        let rest_listener = rest_listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         if let Err(e) = axum::serve(rest_listener, rest_router)
             .with_graceful_shutdown(async move { sd.wait().await })
             .await

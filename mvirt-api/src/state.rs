@@ -337,6 +337,77 @@ pub struct State {
     pub join_tokens: BTreeMap<String, JoinToken>,
     pub idempotency: BTreeMap<String, IdempotencyRecord>,
     pub counters: Counters,
+    /// Name → id for the named kinds: derived from the maps above, built on first use and
+    /// kept current by [`State::apply`] from the changes every command reports.
+    #[serde(skip)]
+    names: NameIndex,
+}
+
+/// Key of the name index: kind, project (empty for the cluster-wide kinds), name.
+type NameKey = (Kind, String, String);
+
+/// The name index behind [`State::id_by_name`]: a create checks its name's uniqueness without
+/// scanning every object of its kind (that scan was the top CPU cost of a VM create once the
+/// state held thousands of VMs). Derived data: it never takes part in equality.
+#[derive(Debug, Clone, Default)]
+struct NameIndex(std::sync::OnceLock<NameMaps>);
+
+#[derive(Debug, Clone, Default)]
+struct NameMaps {
+    by_name: std::collections::HashMap<NameKey, String>,
+    by_id: std::collections::HashMap<(Kind, String), NameKey>,
+}
+
+impl PartialEq for NameIndex {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+fn name_key(kind: Kind, meta: &Meta) -> NameKey {
+    let project = if matches!(kind, Kind::Project | Kind::Node) {
+        String::new()
+    } else {
+        meta.project.clone()
+    };
+    (kind, project, meta.name.clone())
+}
+
+const NAMED_KINDS: [Kind; 8] = [
+    Kind::Project,
+    Kind::Node,
+    Kind::Network,
+    Kind::Nic,
+    Kind::SecurityGroup,
+    Kind::Template,
+    Kind::Volume,
+    Kind::Vm,
+];
+
+impl NameMaps {
+    fn build(state: &State) -> Self {
+        let mut maps = NameMaps::default();
+        for kind in NAMED_KINDS {
+            for meta in state.metas(kind) {
+                maps.set(kind, &meta.id, Some(meta));
+            }
+        }
+        maps
+    }
+
+    /// Records that object `id` of `kind` now has `meta` (`None`: it is gone).
+    fn set(&mut self, kind: Kind, id: &str, meta: Option<&Meta>) {
+        if let Some(old) = self.by_id.remove(&(kind, id.to_string())) {
+            if self.by_name.get(&old).is_some_and(|v| v == id) {
+                self.by_name.remove(&old);
+            }
+        }
+        if let Some(meta) = meta {
+            let key = name_key(kind, meta);
+            self.by_name.insert(key.clone(), id.to_string());
+            self.by_id.insert((kind, id.to_string()), key);
+        }
+    }
 }
 
 /// The id of the built-in `default` project (fixed so every member agrees without a command).
@@ -400,14 +471,59 @@ impl State {
         }
     }
 
-    /// Whether `name` is taken by another object of `kind` in `project`.
     /// The id of the object of `kind` named `name` (in `project`; projects and nodes are
     /// cluster-wide).
     pub fn id_by_name(&self, kind: Kind, project: &str, name: &str) -> Option<String> {
+        if !NAMED_KINDS.contains(&kind) {
+            return None;
+        }
         let cluster_wide = matches!(kind, Kind::Project | Kind::Node);
+        let key = (
+            kind,
+            if cluster_wide { "" } else { project }.to_string(),
+            name.to_string(),
+        );
+        let maps = self.names.0.get_or_init(|| NameMaps::build(self));
+        let id = maps.by_name.get(&key)?;
+        // Trust, but verify: a map changed without a reported change (only tests do that)
+        // falls back to the scan.
+        if self
+            .meta_of(kind, id)
+            .is_some_and(|m| name_key(kind, m) == key)
+        {
+            return Some(id.clone());
+        }
         self.metas(kind)
             .find(|m| m.name == name && (cluster_wide || m.project == project))
             .map(|m| m.id.clone())
+    }
+
+    /// The `Meta` of object `id` of `kind`, if it exists.
+    fn meta_of(&self, kind: Kind, id: &str) -> Option<&Meta> {
+        match kind {
+            Kind::Project => self.projects.get(id).map(|o| &o.meta),
+            Kind::Node => self.nodes.get(id).map(|o| &o.meta),
+            Kind::Network => self.networks.get(id).map(|o| &o.meta),
+            Kind::Nic => self.nics.get(id).map(|o| &o.meta),
+            Kind::SecurityGroup => self.security_groups.get(id).map(|o| &o.meta),
+            Kind::Template => self.templates.get(id).map(|o| &o.meta),
+            Kind::Volume => self.volumes.get(id).map(|o| &o.meta),
+            Kind::Vm => self.vms.get(id).map(|o| &o.meta),
+            _ => None,
+        }
+    }
+
+    /// Keeps the name index (if built) in step with what a command changed.
+    fn index_names(&mut self, changes: &[Change]) {
+        let Some(mut maps) = self.names.0.take() else {
+            return;
+        };
+        for c in changes {
+            if NAMED_KINDS.contains(&c.kind) {
+                maps.set(c.kind, &c.id, self.meta_of(c.kind, &c.id));
+            }
+        }
+        let _ = self.names.0.set(maps);
     }
 
     fn name_taken(&self, kind: Kind, project: &str, name: &str) -> bool {
@@ -571,6 +687,7 @@ impl State {
                     self.idempotency.insert(idem.key.clone(), record);
                     changes.push(self.change(Kind::Idempotency, &idem.key, "created"));
                 }
+                self.index_names(&changes);
                 (
                     Outcome {
                         revision: index,
@@ -1970,6 +2087,8 @@ impl State {
 
     /// Loads one persisted row (kind, id, json) into the state.
     pub fn load_row(&mut self, kind: Kind, id: &str, json: &str) -> Result<(), serde_json::Error> {
+        // Rebuilt on the next lookup.
+        self.names = NameIndex::default();
         let id = id.to_string();
         match kind {
             Kind::Project => {
@@ -2199,6 +2318,58 @@ mod tests {
                 owner_vm_id: None,
             },
         })
+    }
+
+    #[test]
+    fn the_name_index_follows_creates_deletes_and_loads() {
+        let mut s = State::initial();
+        // Built before anything exists, so every later answer comes from its upkeep.
+        assert_eq!(s.id_by_name(Kind::Network, DEFAULT_PROJECT, "net"), None);
+        let ok = |s: &mut State, i: u64, prop: Proposal| {
+            let (o, _) = s.apply(i, &prop);
+            o.result.map(|_| ())
+        };
+        ok(&mut s, 1, network("n1", "net")).unwrap();
+        assert_eq!(
+            s.id_by_name(Kind::Network, DEFAULT_PROJECT, "net"),
+            Some("n1".into())
+        );
+        assert_eq!(s.id_by_name(Kind::Network, "other", "net"), None);
+        assert_eq!(s.id_by_name(Kind::Nic, DEFAULT_PROJECT, "net"), None);
+        assert!(ok(&mut s, 2, network("n2", "net")).is_err(), "name taken");
+        let delete = p(Command::Delete {
+            kind: Kind::Network,
+            id: "n1".into(),
+            if_match: None,
+            force: false,
+        });
+        ok(&mut s, 3, delete).unwrap();
+        assert_eq!(s.id_by_name(Kind::Network, DEFAULT_PROJECT, "net"), None);
+        ok(&mut s, 4, network("n3", "net")).unwrap();
+        assert_eq!(
+            s.id_by_name(Kind::Network, DEFAULT_PROJECT, "net"),
+            Some("n3".into())
+        );
+        // Projects are cluster-wide: found from any project.
+        assert_eq!(
+            s.id_by_name(Kind::Project, "whatever", DEFAULT_PROJECT),
+            Some(DEFAULT_PROJECT_ID.into())
+        );
+        // A snapshot (serde) and a load from rows rebuild it.
+        let json = serde_json::to_string(&s).unwrap();
+        let restored: State = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            restored.id_by_name(Kind::Network, DEFAULT_PROJECT, "net"),
+            Some("n3".into())
+        );
+        let mut loaded = State::initial();
+        for (kind, id, json) in s.rows() {
+            loaded.load_row(kind, &id, &json).unwrap();
+        }
+        assert_eq!(
+            loaded.id_by_name(Kind::Network, DEFAULT_PROJECT, "net"),
+            Some("n3".into())
+        );
     }
 
     fn log() -> Vec<Proposal> {

@@ -47,6 +47,8 @@ pub enum StoreError {
     Json(#[from] serde_json::Error),
     #[error("unknown stored kind {0:?}")]
     Kind(String),
+    #[error("cannot start the state writer thread")]
+    Thread(#[from] std::io::Error),
 }
 
 /// Opens the state database (state machine, events, snapshot).
