@@ -15,6 +15,8 @@ echo "== cargo test"
 # zfs-fuse has been seen to deadlock when several pools create datasets at the same moment:
 # mvirt-zfs's tests (many pools) run one at a time; everything else in parallel as usual.
 status=0
-cargo test --workspace --exclude mvirt-zfs --no-fail-fast 2>&1 | tee target/test-output.log || status=1
-cargo test -p mvirt-zfs --no-fail-fast -- --test-threads=1 2>&1 | tee -a target/test-output.log || status=1
+log="${CARGO_TARGET_DIR:-target}/test-output.log"
+mkdir -p "$(dirname "$log")"
+cargo test --workspace --exclude mvirt-zfs --no-fail-fast 2>&1 | tee "$log" || status=1
+cargo test -p mvirt-zfs --no-fail-fast -- --test-threads=1 2>&1 | tee -a "$log" || status=1
 exit $status

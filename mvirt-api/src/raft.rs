@@ -392,6 +392,12 @@ pub struct HttpConnection {
     secret: Arc<String>,
     target: MemberId,
     addr: String,
+    /// The AppendEntries stream to this member (opened on first use, dropped on any error).
+    /// In a mutex only because openraft wants the connection `Sync`; `&mut self` reaches it
+    /// with `get_mut`, without locking.
+    stream: tokio::sync::Mutex<Option<reqwest::Upgraded>>,
+    /// The member does not offer the stream (an older build): AppendEntries go by HTTP POST.
+    no_stream: bool,
     /// Recent failures, to log an unreachable peer once instead of on every heartbeat.
     failures: VecDeque<String>,
 }
@@ -405,6 +411,8 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetworkFactory {
             secret: self.secret.clone(),
             target,
             addr: node.raft_addr.clone(),
+            stream: tokio::sync::Mutex::new(None),
+            no_stream: false,
             failures: VecDeque::new(),
         }
     }
@@ -434,13 +442,7 @@ impl HttpConnection {
         let resp = match sent {
             Ok(r) => r,
             Err(e) => {
-                if self.failures.is_empty() {
-                    tracing::debug!(target_member = self.target, %url, error = %e, "raft peer unreachable");
-                }
-                self.failures.push_back(e.to_string());
-                if self.failures.len() > 8 {
-                    self.failures.pop_front();
-                }
+                self.note_failure(format!("{url}: {e}"));
                 return Err(RPCError::Unreachable(Unreachable::new(&e)));
             }
         };
@@ -459,6 +461,116 @@ impl HttpConnection {
     }
 }
 
+/// Why the AppendEntries stream could not carry a call.
+enum StreamError {
+    NotOffered,
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for StreamError {
+    fn from(e: std::io::Error) -> Self {
+        StreamError::Io(e)
+    }
+}
+
+/// The protocol name of the AppendEntries stream (`Upgrade:` header on `GET /raft/stream`).
+pub const STREAM_PROTOCOL: &str = "mvirt-raft-append";
+
+/// The largest frame either side accepts (as the HTTP body limit of the Raft listener).
+const MAX_FRAME: usize = 256 * 1024 * 1024;
+
+/// Writes one frame: a big-endian u32 length, then the bytes.
+pub async fn write_frame<W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    body: &[u8],
+) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let len = u32::try_from(body.len())
+        .ok()
+        .filter(|l| (*l as usize) <= MAX_FRAME)
+        .ok_or_else(|| std::io::Error::other("frame too large"))?;
+    let mut buf = Vec::with_capacity(4 + body.len());
+    buf.extend_from_slice(&len.to_be_bytes());
+    buf.extend_from_slice(body);
+    w.write_all(&buf).await?;
+    w.flush().await
+}
+
+/// Reads one frame; `None` on a clean end of stream before it.
+pub async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+) -> std::io::Result<Option<Vec<u8>>> {
+    use tokio::io::AsyncReadExt;
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(std::io::Error::other(format!(
+            "frame of {len} bytes is too large"
+        )));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await?;
+    Ok(Some(body))
+}
+
+impl HttpConnection {
+    fn note_failure(&mut self, e: String) {
+        if self.failures.is_empty() {
+            tracing::debug!(target_member = self.target, error = %e, "raft peer unreachable");
+        }
+        self.failures.push_back(e);
+        if self.failures.len() > 8 {
+            self.failures.pop_front();
+        }
+    }
+
+    /// AppendEntries over the member's stream (opened first if needed): one frame out, one
+    /// frame back — no HTTP request per call, no connection-pool hop.
+    async fn append_on_stream(
+        &mut self,
+        rpc: &AppendEntriesRequest<TypeConfig>,
+    ) -> Result<Result<AppendEntriesResponse<MemberId>, RaftError<MemberId>>, StreamError> {
+        if self.stream.get_mut().is_none() {
+            let url = format!("http://{}/raft/stream", self.addr);
+            let resp = self
+                .client
+                .get(&url)
+                .bearer_auth(self.secret.as_str())
+                .header(reqwest::header::CONNECTION, "upgrade")
+                .header(reqwest::header::UPGRADE, STREAM_PROTOCOL)
+                .send()
+                .await
+                .map_err(std::io::Error::other)?;
+            match resp.status() {
+                reqwest::StatusCode::SWITCHING_PROTOCOLS => {}
+                reqwest::StatusCode::NOT_FOUND | reqwest::StatusCode::METHOD_NOT_ALLOWED => {
+                    return Err(StreamError::NotOffered)
+                }
+                other => {
+                    return Err(StreamError::Io(std::io::Error::other(format!(
+                        "stream refused: {other}"
+                    ))))
+                }
+            }
+            *self.stream.get_mut() = Some(resp.upgrade().await.map_err(std::io::Error::other)?);
+        }
+        let Some(stream) = self.stream.get_mut().as_mut() else {
+            return Err(StreamError::Io(std::io::Error::other("no stream")));
+        };
+        let body = serde_json::to_vec(rpc).map_err(std::io::Error::other)?;
+        write_frame(stream, &body).await?;
+        let frame = read_frame(stream).await?.ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "stream closed")
+        })?;
+        Ok(serde_json::from_slice(&frame).map_err(std::io::Error::other)?)
+    }
+}
+
 impl RaftNetwork<TypeConfig> for HttpConnection {
     async fn append_entries(
         &mut self,
@@ -466,7 +578,31 @@ impl RaftNetwork<TypeConfig> for HttpConnection {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<MemberId>, RPCError<MemberId, Member, RaftError<MemberId>>>
     {
-        self.call("append", &rpc, &option).await
+        if self.no_stream {
+            return self.call("append", &rpc, &option).await;
+        }
+        let ttl = option.hard_ttl().max(Duration::from_millis(500));
+        match tokio::time::timeout(ttl, self.append_on_stream(&rpc)).await {
+            Ok(Ok(result)) => {
+                self.failures.clear();
+                result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            Ok(Err(StreamError::NotOffered)) => {
+                self.no_stream = true;
+                self.call("append", &rpc, &option).await
+            }
+            Ok(Err(StreamError::Io(e))) => {
+                *self.stream.get_mut() = None;
+                self.note_failure(e.to_string());
+                Err(RPCError::Unreachable(Unreachable::new(&e)))
+            }
+            Err(_) => {
+                // The frame may be half written: this stream is done.
+                *self.stream.get_mut() = None;
+                let e = std::io::Error::new(std::io::ErrorKind::TimedOut, "append timed out");
+                Err(RPCError::Unreachable(Unreachable::new(&e)))
+            }
+        }
     }
 
     async fn install_snapshot(

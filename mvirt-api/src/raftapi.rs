@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use openraft::error::{CheckIsLeaderError, InstallSnapshotError, RaftError};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
@@ -25,6 +25,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/raft/write", post(write))
         .route("/raft/read-index", post(read_index))
         .route("/raft/heartbeat", post(heartbeat))
+        .route("/raft/stream", get(stream))
         .layer(DefaultBodyLimit::max(256 * 1024 * 1024))
         .with_state(app)
 }
@@ -54,6 +55,57 @@ async fn append(
         return denied();
     }
     Json(app.raft.append_entries(req).await).into_response()
+}
+
+/// `GET /raft/stream` with `Upgrade: mvirt-raft-append`: the leader's replication task to this
+/// member sends its AppendEntries as frames on one upgraded connection (see
+/// [`crate::raft::write_frame`]) instead of one HTTP request each.
+async fn stream(State(app): State<Arc<App>>, headers: HeaderMap, mut req: Request) -> Response {
+    if !authorized(&app, &headers) {
+        return denied();
+    }
+    let wanted = headers
+        .get(axum::http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok());
+    if wanted != Some(crate::raft::STREAM_PROTOCOL) {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("expected Upgrade: {}", crate::raft::STREAM_PROTOCOL),
+        )
+            .into_response();
+    }
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let io = hyper_util::rt::TokioIo::new(upgraded);
+                if let Err(e) = serve_stream(&app, io).await {
+                    tracing::debug!(error = %e, "raft stream closed");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "raft stream upgrade failed"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(axum::http::header::CONNECTION, "upgrade")
+        .header(axum::http::header::UPGRADE, crate::raft::STREAM_PROTOCOL)
+        .body(axum::body::Body::empty())
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+async fn serve_stream<S>(app: &App, mut io: S) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    while let Some(frame) = crate::raft::read_frame(&mut io).await? {
+        let req: AppendEntriesRequest<TypeConfig> =
+            serde_json::from_slice(&frame).map_err(std::io::Error::other)?;
+        let resp = app.raft.append_entries(req).await;
+        let body = serde_json::to_vec(&resp).map_err(std::io::Error::other)?;
+        crate::raft::write_frame(&mut io, &body).await?;
+    }
+    Ok(())
 }
 
 async fn vote(

@@ -828,3 +828,101 @@ async fn a_partitioned_leader_acknowledges_nothing_and_rejoins_without_divergenc
     .unwrap();
     assert_eq!(s, 201, "{v}");
 }
+
+/// The leader sends AppendEntries to each follower as frames on one upgraded connection
+/// (`GET /raft/stream`). Replication in the tests above runs on it; this checks the protocol
+/// itself and that strangers are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_append_entries_stream_answers_frames_and_refuses_strangers() {
+    use mvirt_api::raft::{read_frame, write_frame, TypeConfig, STREAM_PROTOCOL};
+    use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let root = tempfile::tempdir().unwrap();
+    let a = start("127.0.0.1", root.path(), "a", None);
+    let http = reqwest::Client::new();
+    wait_until_async("member up", Duration::from_secs(30), || {
+        let url = format!("{}/v1/health", a.url);
+        let http = http.clone();
+        async move {
+            http.get(url)
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+        }
+    })
+    .await;
+    let identity: Value =
+        serde_json::from_str(&std::fs::read_to_string(a.dir.join("member.json")).unwrap()).unwrap();
+    let secret = identity["cluster_secret"].as_str().unwrap().to_string();
+    let raft_addr = format!("{}:{}", a.ip, a.ports.2);
+
+    // Opens the stream by hand; returns the status line and the connection.
+    async fn open(addr: &str, secret: &str, upgrade: bool) -> (String, tokio::net::TcpStream) {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut req = format!(
+            "GET /raft/stream HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {secret}\r\n"
+        );
+        if upgrade {
+            req.push_str(&format!(
+                "Connection: upgrade\r\nUpgrade: {STREAM_PROTOCOL}\r\n"
+            ));
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            assert_eq!(
+                s.read(&mut byte).await.unwrap(),
+                1,
+                "connection closed early"
+            );
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        (head.lines().next().unwrap_or_default().to_string(), s)
+    }
+
+    let (status, _) = open(&raft_addr, "not-the-secret", true).await;
+    assert!(status.contains(" 401"), "{status}");
+    let (status, _) = open(&raft_addr, &secret, false).await;
+    assert!(status.contains(" 400"), "{status}");
+    let (status, mut s) = open(&raft_addr, &secret, true).await;
+    assert!(status.contains(" 101"), "{status}");
+
+    // A stale leader's AppendEntries (term 0): the member answers with its higher vote, on
+    // the same connection, twice.
+    for _ in 0..2 {
+        let req = AppendEntriesRequest::<TypeConfig> {
+            vote: openraft::Vote::new_committed(0, 99),
+            prev_log_id: None,
+            entries: Vec::new(),
+            leader_commit: None,
+        };
+        write_frame(&mut s, &serde_json::to_vec(&req).unwrap())
+            .await
+            .unwrap();
+        let frame = tokio::time::timeout(Duration::from_secs(10), read_frame(&mut s))
+            .await
+            .expect("no answer on the stream")
+            .unwrap()
+            .expect("stream closed");
+        let resp: Result<AppendEntriesResponse<u64>, openraft::error::RaftError<u64>> =
+            serde_json::from_slice(&frame).unwrap();
+        assert!(
+            matches!(resp, Ok(AppendEntriesResponse::HigherVote(_))),
+            "{resp:?}"
+        );
+    }
+    // A frame longer than the limit is refused by closing the stream.
+    s.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "the stream stayed open after an oversized frame"
+    );
+    drop(a);
+}
