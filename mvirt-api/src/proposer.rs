@@ -1,12 +1,12 @@
 //! Group commit on the leader: concurrent proposals are coalesced into one Raft entry.
 //!
-//! openraft 0.9 appends every `client_write` on its own and waits for that append (one
-//! SQLite transaction with its fsync) inside the Raft core before it looks at the next one,
-//! so N concurrent writes cost N serialized fsyncs on the leader and N AppendEntries rounds.
-//! The [`Proposer`] queues proposals and hands them to Raft as one [`Batch`] per log entry:
-//! while a batch is in flight (appended, replicated to a majority, fsynced there, applied), the
-//! proposals that arrive meanwhile wait and then go together in the next one. A lone write is
-//! proposed at once, so a single client pays no extra latency.
+//! Every `client_write` is one log entry, with its own trip through the Raft core, the log
+//! writer and the replication streams. The [`Proposer`] queues proposals and hands them to
+//! Raft as one [`Batch`] per log entry: while [`MAX_IN_FLIGHT`] batches are on their way
+//! (appended, replicated to a majority, fsynced there, applied), the proposals that arrive
+//! meanwhile wait and then go together in the next one. A lone write is proposed at once, so a
+//! single client pays no extra latency. The outcomes come straight from the state machine
+//! (`Shared::waiters`, keyed by the batch's random id) rather than back through the Raft core.
 //!
 //! Durability is unchanged: a proposal is acknowledged only with the outcome of its applied
 //! entry, which is committed only once it is durable on a majority. Every proposal of a batch
@@ -22,8 +22,10 @@ use crate::state::{Outcome, Proposal};
 
 /// At most this many proposals go into one Raft entry.
 pub const MAX_BATCH: usize = 256;
-/// At most this many batches are in flight at once (the next one is appended and replicated
-/// while the previous one is still waiting for its quorum).
+/// At most this many batches are in flight at once (later ones are appended and replicated
+/// while earlier ones wait for their quorum; the leader does not wait for its own fsync before
+/// replicating). Measured with the write benchmark: 2 → 8 raised 16 clients from ~0.6× to
+/// ~0.75× of etcd (quick runs); 32 was worse than 8 at 16 and 128 clients (smaller batches).
 pub const MAX_IN_FLIGHT: usize = 8;
 
 /// Why a proposal was not applied.
