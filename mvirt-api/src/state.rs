@@ -488,7 +488,7 @@ impl State {
         // Trust, but verify: a map changed without a reported change (only tests do that)
         // falls back to the scan.
         if self
-            .meta_of(kind, id)
+            .meta(kind, id)
             .is_some_and(|m| name_key(kind, m) == key)
         {
             return Some(id.clone());
@@ -498,21 +498,6 @@ impl State {
             .map(|m| m.id.clone())
     }
 
-    /// The `Meta` of object `id` of `kind`, if it exists.
-    fn meta_of(&self, kind: Kind, id: &str) -> Option<&Meta> {
-        match kind {
-            Kind::Project => self.projects.get(id).map(|o| &o.meta),
-            Kind::Node => self.nodes.get(id).map(|o| &o.meta),
-            Kind::Network => self.networks.get(id).map(|o| &o.meta),
-            Kind::Nic => self.nics.get(id).map(|o| &o.meta),
-            Kind::SecurityGroup => self.security_groups.get(id).map(|o| &o.meta),
-            Kind::Template => self.templates.get(id).map(|o| &o.meta),
-            Kind::Volume => self.volumes.get(id).map(|o| &o.meta),
-            Kind::Vm => self.vms.get(id).map(|o| &o.meta),
-            _ => None,
-        }
-    }
-
     /// Keeps the name index (if built) in step with what a command changed.
     fn index_names(&mut self, changes: &[Change]) {
         let Some(mut maps) = self.names.0.take() else {
@@ -520,7 +505,7 @@ impl State {
         };
         for c in changes {
             if NAMED_KINDS.contains(&c.kind) {
-                maps.set(c.kind, &c.id, self.meta_of(c.kind, &c.id));
+                maps.set(c.kind, &c.id, self.meta(c.kind, &c.id));
             }
         }
         let _ = self.names.0.set(maps);
@@ -2057,6 +2042,7 @@ impl State {
         }
     }
 
+    /// The `Meta` of object `id` of `kind`, if it exists.
     pub fn meta(&self, kind: Kind, id: &str) -> Option<&Meta> {
         match kind {
             Kind::Project => self.projects.get(id).map(|o| &o.meta),
