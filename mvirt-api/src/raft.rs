@@ -175,6 +175,18 @@ impl StateMachine {
     }
 }
 
+/// Runs CPU-heavy synchronous work (applying a batch of hundreds of commands, cloning the
+/// whole state for a snapshot: milliseconds) without holding up the async workers: on a
+/// multi-thread runtime the current worker hands its other tasks to a new one first
+/// (`block_in_place`), so REST handlers, the Raft core and the replication streams keep
+/// running meanwhile. On a current-thread runtime (in-process tests) it just runs.
+fn off_the_workers<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// Builds a snapshot from the state captured when the builder was created. The capture (a
 /// clone) happens on the state-machine worker; encoding and writing it happen here, in the task
 /// openraft spawns for the build, so applies do not wait for a whole-state JSON encoding.
@@ -227,7 +239,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         // Apply under the write lock; prepare the rows there, write them after releasing it
         // (readers are not blocked by SQLite; what they see is committed in the Raft log).
-        let (outcomes, rows, events, counters, last, ready) = {
+        let (outcomes, rows, events, counters, last, ready) = off_the_workers(|| {
             let mut outcomes = Vec::new();
             let mut ready = Vec::new();
             let mut changes: Vec<(u64, Change)> = Vec::new();
@@ -270,8 +282,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .map_err(|e| StorageIOError::write_state_machine(&e))?;
             let rows: Vec<(Kind, String, Option<String>)> =
                 rows.into_iter().map(|((k, i), j)| (k, i, j)).collect();
-            (outcomes, rows, events, counters, last, ready)
-        };
+            Ok::<_, StorageError<MemberId>>((outcomes, rows, events, counters, last, ready))
+        })?;
         let last_applied_json =
             serde_json::to_string(&last).map_err(|e| StorageIOError::write_state_machine(&e))?;
         let membership_json = serde_json::to_string(&self.last_membership)
@@ -306,7 +318,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.snapshot_seq += 1;
-        let state = self.shared.read().clone();
+        let state = off_the_workers(|| self.shared.read().clone());
         let snapshot_id = format!(
             "{}-{}",
             self.last_applied.map(|l| l.index).unwrap_or(0),

@@ -1,7 +1,8 @@
 //! Opening a daemon's SQLite database the same way everywhere.
 //!
 //! WAL journal (readers never block the writer), `synchronous=FULL` so that a committed
-//! transaction survives power loss, a busy timeout instead of immediate `SQLITE_BUSY`, foreign keys
+//! transaction survives power loss (synced with `fdatasync`: the workspace's `.cargo/config.toml`
+//! builds the bundled SQLite with `HAVE_FDATASYNC`, as distribution builds are), a busy timeout instead of immediate `SQLITE_BUSY`, foreign keys
 //! enforced, and schema migrations applied in order and recorded in `PRAGMA user_version`.
 
 use std::path::Path;
