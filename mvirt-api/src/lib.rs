@@ -48,3 +48,5 @@ pub mod state;
 pub mod store;
 #[cfg(feature = "server")]
 pub mod validate;
+#[cfg(feature = "server")]
+pub mod writer;

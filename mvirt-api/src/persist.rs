@@ -27,6 +27,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use crate::model::{Event, Kind};
 use crate::state::State;
 use crate::store;
+use crate::writer::Queue;
 
 /// How many applied batches may wait for the writer before apply waits for it (backpressure).
 const QUEUE: usize = 1024;
@@ -147,32 +148,19 @@ const MERGE: usize = 256;
 
 fn run(
     mut conn: Connection,
-    mut rx: mpsc::Receiver<Job>,
+    rx: mpsc::Receiver<Job>,
     events: broadcast::Sender<Event>,
     failed: Arc<Mutex<Option<String>>>,
 ) {
-    let mut next = None;
-    loop {
-        let job = match next.take() {
-            Some(j) => j,
-            None => match rx.blocking_recv() {
-                Some(j) => j,
-                None => return,
-            },
-        };
+    let mut queue = Queue::new(rx);
+    while let Some(job) = queue.take() {
         let result = match job {
             Job::Applied(first) => {
                 let mut batches = vec![first];
-                while batches.len() < MERGE {
-                    match rx.try_recv() {
-                        Ok(Job::Applied(b)) => batches.push(b),
-                        Ok(other) => {
-                            next = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
+                batches.extend(queue.merge(MERGE, |job| match job {
+                    Job::Applied(b) => Ok(b),
+                    other => Err(other),
+                }));
                 write_applied(&mut conn, batches, &events)
             }
             Job::Snapshot { meta, data, done } => {
@@ -202,14 +190,7 @@ fn run(
                 Ok(mut g) => *g = Some(e),
                 Err(p) => *p.into_inner() = Some(e),
             }
-            // Answer whatever still waits, then stop.
-            rx.close();
-            while let Ok(job) = rx.try_recv() {
-                fail(job);
-            }
-            if let Some(job) = next.take() {
-                fail(job);
-            }
+            queue.fail_all(fail);
             return;
         }
     }

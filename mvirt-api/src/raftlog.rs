@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::raft::{MemberId, TypeConfig};
 use crate::store;
+use crate::writer::Queue;
 
 type StorageResult<T> = Result<T, StorageError<MemberId>>;
 
@@ -36,6 +37,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         Err(poisoned) => poisoned.into_inner(),
     }
 }
+
+/// How many jobs may wait for the writer before `append` waits for it (backpressure).
+const QUEUE: usize = 1024;
 
 /// At most this many queued appends are committed in one transaction.
 const MERGE: usize = 64;
@@ -65,7 +69,7 @@ type Pending = Arc<Mutex<BTreeMap<u64, Entry<TypeConfig>>>>;
 pub struct LogStore {
     /// Read connection (WAL: readers do not wait for the writer's fsync).
     conn: Arc<Mutex<Connection>>,
-    tx: mpsc::UnboundedSender<Job>,
+    tx: mpsc::Sender<Job>,
     pending: Pending,
     /// The latest committed log id openraft reported, not yet written: it is a restart hint
     /// (entries up to it may be re-applied without waiting for the leader), not something a
@@ -84,7 +88,7 @@ impl LogStore {
         let path = state_db.with_file_name(store::LOG_DB_FILE);
         let write_conn = store::open_log(&path)?;
         let read_conn = store::open_log(&path)?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(QUEUE);
         let pending: Pending = Arc::new(Mutex::new(BTreeMap::new()));
         let failed = Arc::new(Mutex::new(None));
         let (p, f) = (pending.clone(), failed.clone());
@@ -130,6 +134,7 @@ impl LogStore {
                 op: Box::new(op),
                 done,
             })
+            .await
             .map_err(|_| std::io::Error::other("log writer stopped"))?;
         rx.await
             .unwrap_or_else(|_| Err("log writer stopped".into()))
@@ -255,6 +260,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 committed,
                 callback,
             })
+            .await
             .map_err(|_| {
                 StorageIOError::write_logs(&std::io::Error::other("log writer stopped")).into()
             })
@@ -281,19 +287,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
 fn run(
     mut conn: Connection,
-    mut rx: mpsc::UnboundedReceiver<Job>,
+    rx: mpsc::Receiver<Job>,
     pending: Pending,
     failed: Arc<Mutex<Option<String>>>,
 ) {
-    let mut next = None;
-    loop {
-        let job = match next.take() {
-            Some(j) => j,
-            None => match rx.blocking_recv() {
-                Some(j) => j,
-                None => return,
-            },
-        };
+    let mut queue = Queue::new(rx);
+    while let Some(job) = queue.take() {
         let result = match job {
             Job::Append {
                 rows,
@@ -303,23 +302,18 @@ fn run(
                 let mut all = rows;
                 let mut hint = committed;
                 let mut callbacks = vec![callback];
-                while callbacks.len() < MERGE {
-                    match rx.try_recv() {
-                        Ok(Job::Append {
-                            rows,
-                            committed,
-                            callback,
-                        }) => {
-                            all.extend(rows);
-                            hint = committed.or(hint);
-                            callbacks.push(callback);
-                        }
-                        Ok(other) => {
-                            next = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
+                let more = queue.merge(MERGE, |job| match job {
+                    Job::Append {
+                        rows,
+                        committed,
+                        callback,
+                    } => Ok((rows, committed, callback)),
+                    other => Err(other),
+                });
+                for (rows, committed, callback) in more {
+                    all.extend(rows);
+                    hint = committed.or(hint);
+                    callbacks.push(callback);
                 }
                 // synchronous=FULL: durable once commit returned.
                 let r =
@@ -344,13 +338,7 @@ fn run(
         if let Err(e) = result {
             tracing::error!(error = %e, "Raft log write failed; this member stops");
             *lock(&failed) = Some(e);
-            rx.close();
-            while let Ok(job) = rx.try_recv() {
-                fail(job);
-            }
-            if let Some(job) = next.take() {
-                fail(job);
-            }
+            queue.fail_all(fail);
             return;
         }
     }
