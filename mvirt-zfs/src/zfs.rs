@@ -17,6 +17,12 @@ const ZFS: &str = "zfs";
 /// Attempts for operations that zfs-fuse may report as busy (about 6 s in total).
 const BUSY_ATTEMPTS: u32 = 12;
 
+/// Mutating `zfs` calls run one at a time in this process. zfs-fuse (what the tests run on)
+/// has been seen to hang for good when two `zfs create` run at the same moment in one pool;
+/// kernel ZFS serializes such changes in its transaction group anyway, so queueing them here
+/// costs next to nothing. Reads (`get`, `list`) are not queued.
+static MUTATIONS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Failure of a `zfs` call, classified from its stderr.
 #[derive(Debug, thiserror::Error)]
 pub enum ZfsError {
@@ -74,8 +80,10 @@ impl Zfs {
             .map_err(|err| classify(target, err))
     }
 
-    /// Runs a mutating call, retrying while zfs-fuse says the dataset is busy.
+    /// Runs a mutating call (one at a time, see [`MUTATIONS`]), retrying while zfs-fuse says the
+    /// dataset is busy.
     async fn zfs_retrying(&self, target: &str, args: &[&str]) -> Result<String, ZfsError> {
+        let _one_at_a_time = MUTATIONS.lock().await;
         let mut delay = Duration::from_millis(50);
         let mut attempt = 1;
         loop {
