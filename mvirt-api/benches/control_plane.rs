@@ -10,7 +10,9 @@
 //!    and p50/p99.
 //!
 //! Set `MVIRT_BENCH_QUICK=1` for a short run; `MVIRT_BENCH_CONC=1,128` runs only the write
-//! comparison at those concurrencies, `MVIRT_BENCH_NO_ETCD=1` leaves etcd out.
+//! comparison at those concurrencies, `MVIRT_BENCH_NO_ETCD=1` leaves etcd out,
+//! `MVIRT_BENCH_WRITES=N` makes N writes per concurrency level. Each write row also gives the
+//! CPU time (user + system) the three members used per successful write.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -242,8 +244,38 @@ async fn bench_propagation() {
     member.stop().await;
 }
 
+/// CPU time (user + system) the processes have used so far, from `/proc/<pid>/stat`.
+fn cpu_time(pids: &[u32]) -> Duration {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let total: u64 = pids
+        .iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
+            // Fields after the command name (which may hold spaces) start at field 3.
+            let rest = stat.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum();
+    Duration::from_secs_f64(total as f64 / ticks)
+}
+
+/// Runs `load` and returns its result with the CPU time `pids` spent per operation.
+async fn with_cpu<Fut: std::future::Future<Output = Load>>(pids: &[u32], load: Fut) -> Load {
+    let before = cpu_time(pids);
+    let mut l = load.await;
+    let ops = (l.ok as f64).max(1.0);
+    l.cpu_per_op = Duration::from_secs_f64((cpu_time(pids) - before).as_secs_f64() / ops);
+    l
+}
+
 struct Load {
     throughput: f64,
+    /// Successful operations.
+    ok: usize,
+    /// CPU time of the measured system's processes per successful operation (set by `with_cpu`).
+    cpu_per_op: Duration,
     p50: Duration,
     p99: Duration,
     errors: usize,
@@ -290,6 +322,8 @@ where
     lat.sort();
     Load {
         throughput: lat.len() as f64 / elapsed.as_secs_f64(),
+        ok: lat.len(),
+        cpu_per_op: Duration::ZERO,
         p50: percentile(&lat, 0.5),
         p99: percentile(&lat, 0.99),
         errors,
@@ -490,7 +524,16 @@ async fn bench_writes() {
     } else {
         println!("etcd not installed (apt etcd-server): mvirt-api numbers only");
     }
-    let per = if quick() { 200 } else { 2000 };
+    let member_pids: Vec<u32> = members.iter().map(|m| m._guard.id()).collect();
+    let etcd_pids: Vec<u32> = etcd
+        .as_ref()
+        .map(|e| e.children.iter().map(|c| c.id()).collect())
+        .unwrap_or_default();
+    // `MVIRT_BENCH_WRITES=N`: N writes per concurrency level (longer runs for profiling).
+    let per = std::env::var("MVIRT_BENCH_WRITES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if quick() { 200 } else { 2000 });
     let body_len = serde_json::to_vec(&json!({"name": "vm-000000-00000", "spec": {"vcpus": 1, "memory_bytes": 1073741824u64, "node_selector": "none-such"}}))
         .map(|v| v.len())
         .unwrap_or(100);
@@ -507,7 +550,7 @@ async fn bench_writes() {
         let http2 = http.clone();
         let url = format!("{leader}/v1/vms");
         let tok = token.clone();
-        let ours = run_load(concurrency, per, move |i| {
+        let ours = with_cpu(&member_pids, run_load(concurrency, per, move |i| {
             let http = http2.clone();
             let url = url.clone();
             let tok = tok.clone();
@@ -516,7 +559,7 @@ async fn bench_writes() {
                 let body = json!({"name": format!("vm-{round:06}-{i:05}"), "spec": {"vcpus": 1, "memory_bytes": 1073741824u64, "node_selector": "none-such"}});
                 matches!(http.post(&url).bearer_auth(&tok).json(&body).send().await, Ok(r) if r.status().as_u16() == 201)
             }
-        })
+        }))
         .await;
         let theirs = match &etcd {
             None => None,
@@ -524,7 +567,7 @@ async fn bench_writes() {
                 let http2 = http.clone();
                 let url = format!("{etcd_leader}/v3/kv/put");
                 Some(
-                    run_load(concurrency, per, move |i| {
+                    with_cpu(&etcd_pids, run_load(concurrency, per, move |i| {
                         let http = http2.clone();
                         let url = url.clone();
                         async move {
@@ -535,17 +578,18 @@ async fn bench_writes() {
                             let body = json!({"key": key, "value": value});
                             matches!(http.post(&url).json(&body).send().await, Ok(r) if r.status().is_success())
                         }
-                    })
+                    }))
                     .await,
                 )
             }
         };
         let fmt = |l: &Load| {
             format!(
-                "{:>7.0}/s p50 {:>5.1} p99 {:>5.1} ms{}",
+                "{:>7.0}/s p50 {:>5.1} p99 {:>5.1} ms cpu {:>4.0} µs/op{}",
                 l.throughput,
                 l.p50.as_secs_f64() * 1000.0,
                 l.p99.as_secs_f64() * 1000.0,
+                l.cpu_per_op.as_secs_f64() * 1e6,
                 if l.errors > 0 {
                     format!(" ({} errors)", l.errors)
                 } else {

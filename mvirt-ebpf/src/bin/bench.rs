@@ -19,6 +19,10 @@
 //! destination, i.e. every VM NIC, gets) and `bpf_redirect_peer` into the veth's peer (routes
 //! flagged `ROUTE_F_PEER`, veth destinations only), plus the latter with 1,000 security-group
 //! rules. The load average before and after the run is printed with the table.
+//!
+//! A fifth path bounds what any datapath could reach: the two namespaces joined directly by one
+//! veth pair, with no forwarding step at all. A datapath between two veth (or TAP) endpoints
+//! always adds a second device crossing to that, so its ratio to the bridge is the ceiling.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -228,6 +232,32 @@ fn bench() -> Result<(), String> {
         ns(name, &["ip", "addr", "add", ip, "dev", "eth0"])?;
     }
 
+    // Ceiling: one veth pair straight between two namespaces, no forwarding step.
+    let (d1, d2) = (format!("mvbd1{id:x}"), format!("mvbd2{id:x}"));
+    for name in [&d1, &d2] {
+        run(&["ip", "netns", "add", name])?;
+        c.netns.push(name.to_string());
+        ns(name, &["ip", "link", "set", "lo", "up"])?;
+    }
+    ns(
+        &d1,
+        &[
+            "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &d2,
+        ],
+    )?;
+    for (name, ip) in [(&d1, "10.97.0.2/24"), (&d2, "10.97.0.3/24")] {
+        ns(name, &["ip", "link", "set", "eth0", "up"])?;
+        ns(name, &["ip", "addr", "add", ip, "dev", "eth0"])?;
+        if !offload {
+            ns(
+                name,
+                &[
+                    "ethtool", "-K", "eth0", "tso", "off", "gso", "off", "gro", "off",
+                ],
+            )?;
+        }
+    }
+
     // eBPF: each endpoint is a "VM" with a /32 and the link-local gateway.
     let pin = PathBuf::from(format!("/sys/fs/bpf/mvirt-bench-{id:x}"));
     c.dirs.push(pin.clone());
@@ -348,14 +378,15 @@ fn bench() -> Result<(), String> {
         .unwrap_or(15);
     let seconds = std::env::args().nth(2).unwrap_or_else(|| "2".into());
     let load_before = loadavg();
-    let paths: [(&str, Option<&DesiredState>); 4] = [
-        ("Linux bridge", None),
-        ("eBPF, bpf_redirect (TAP delivery)", Some(&plain)),
-        ("eBPF, bpf_redirect_peer (veth delivery)", Some(&peer)),
+    let paths: [(&str, Path); 5] = [
+        ("Linux bridge", Path::Bridge),
+        ("eBPF, bpf_redirect (TAP delivery)", Path::Ebpf(&plain)),
+        ("eBPF, bpf_redirect_peer (veth delivery)", Path::Ebpf(&peer)),
         (
             "eBPF, bpf_redirect_peer + 1,000 SG rules",
-            Some(&with_rules),
+            Path::Ebpf(&with_rules),
         ),
+        ("ceiling: direct veth pair, no forwarding", Path::Direct),
     ];
     let mut results: Vec<Vec<Result3>> = paths.iter().map(|_| Vec::new()).collect();
     for round in 0..rounds {
@@ -367,8 +398,9 @@ fn bench() -> Result<(), String> {
         for i in order {
             let (name, tables) = paths[i];
             let r = match tables {
-                None => measure(&b2, "10.98.0.3", &b1, &seconds)?,
-                Some(tables) => {
+                Path::Bridge => measure(&b2, "10.98.0.3", &b1, &seconds)?,
+                Path::Direct => measure(&d2, "10.97.0.3", &d1, &seconds)?,
+                Path::Ebpf(tables) => {
                     dp.sync(tables)
                         .map_err(|e| mvirt_common::error::error_chain(&e))?;
                     measure(&e2, "10.99.0.3", &e1, &seconds)?
@@ -418,6 +450,16 @@ fn bench() -> Result<(), String> {
         if offload { "on" } else { "off" }
     );
     Ok(())
+}
+
+/// How the two endpoints of one benchmark path are joined.
+#[derive(Clone, Copy)]
+enum Path<'a> {
+    Bridge,
+    /// One veth pair between the namespaces: no forwarding step at all.
+    Direct,
+    /// The eBPF datapath with these tables.
+    Ebpf(&'a DesiredState),
 }
 
 /// The 1/5/15-minute load averages.
