@@ -254,7 +254,7 @@ impl App {
         let summary = proposal.to_string();
         let ids = related_ids(&proposal.command);
         let outcome = self.propose(proposal).await?;
-        let value = outcome.result?;
+        let value = outcome.result?.to_value();
         if !matches!(
             summary.as_str(),
             "update_statuses" | "schedule" | "set_node_state"

@@ -282,7 +282,7 @@ impl std::fmt::Display for Proposal {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Outcome {
     pub revision: u64,
-    pub result: Result<Value, ApiError>,
+    pub result: Result<Json, ApiError>,
 }
 
 /// One persisted change: the new object (or `None` = removed). Visible kinds become events.
@@ -292,7 +292,8 @@ pub struct Change {
     pub id: String,
     pub project: String,
     pub verb: &'static str,
-    pub object: Option<Value>,
+    /// The object as it is after this change, serialized once (event payload and response).
+    pub object: Option<Json>,
 }
 
 impl Change {
@@ -418,7 +419,34 @@ fn to_value<T: Serialize>(v: &T) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
-type Applied = Result<(Value, Vec<Change>), ApiError>;
+/// One object of the state as it is shown (a node as its view, see [`State::node_view`]),
+/// serializable straight from its type; `null` if it does not exist.
+struct ObjectRef<'a> {
+    state: &'a State,
+    kind: Kind,
+    id: &'a str,
+}
+
+impl Serialize for ObjectRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        let (s, id) = (self.state, self.id);
+        match self.kind {
+            Kind::Project => s.projects.get(id).serialize(ser),
+            Kind::Node => s.nodes.get(id).map(|n| s.node_view(n)).serialize(ser),
+            Kind::Network => s.networks.get(id).serialize(ser),
+            Kind::Nic => s.nics.get(id).serialize(ser),
+            Kind::SecurityGroup => s.security_groups.get(id).serialize(ser),
+            Kind::Template => s.templates.get(id).serialize(ser),
+            Kind::Volume => s.volumes.get(id).serialize(ser),
+            Kind::Vm => s.vms.get(id).serialize(ser),
+            Kind::Token => s.tokens.get(id).serialize(ser),
+            Kind::JoinToken => s.join_tokens.get(id).serialize(ser),
+            Kind::Idempotency => s.idempotency.get(id).serialize(ser),
+        }
+    }
+}
+
+type Applied = Result<(Json, Vec<Change>), ApiError>;
 
 fn stamp(meta: &mut Meta, index: u64, now: &str, spec_changed: bool) {
     meta.revision = index;
@@ -517,18 +545,39 @@ impl State {
 
     /// The object of `kind` with `id` as JSON.
     pub fn object(&self, kind: Kind, id: &str) -> Option<Value> {
+        self.contains(kind, id).then(|| {
+            to_value(&ObjectRef {
+                state: self,
+                kind,
+                id,
+            })
+        })
+    }
+
+    /// The object of `kind` with `id` as JSON text, serialized straight from its type.
+    pub fn object_json(&self, kind: Kind, id: &str) -> Option<Json> {
+        self.contains(kind, id).then(|| {
+            Json::of(&ObjectRef {
+                state: self,
+                kind,
+                id,
+            })
+        })
+    }
+
+    fn contains(&self, kind: Kind, id: &str) -> bool {
         match kind {
-            Kind::Project => self.projects.get(id).map(to_value),
-            Kind::Node => self.nodes.get(id).map(|n| to_value(&self.node_view(n))),
-            Kind::Network => self.networks.get(id).map(to_value),
-            Kind::Nic => self.nics.get(id).map(to_value),
-            Kind::SecurityGroup => self.security_groups.get(id).map(to_value),
-            Kind::Template => self.templates.get(id).map(to_value),
-            Kind::Volume => self.volumes.get(id).map(to_value),
-            Kind::Vm => self.vms.get(id).map(to_value),
-            Kind::Token => self.tokens.get(id).map(to_value),
-            Kind::JoinToken => self.join_tokens.get(id).map(to_value),
-            Kind::Idempotency => self.idempotency.get(id).map(to_value),
+            Kind::Project => self.projects.contains_key(id),
+            Kind::Node => self.nodes.contains_key(id),
+            Kind::Network => self.networks.contains_key(id),
+            Kind::Nic => self.nics.contains_key(id),
+            Kind::SecurityGroup => self.security_groups.contains_key(id),
+            Kind::Template => self.templates.contains_key(id),
+            Kind::Volume => self.volumes.contains_key(id),
+            Kind::Vm => self.vms.contains_key(id),
+            Kind::Token => self.tokens.contains_key(id),
+            Kind::JoinToken => self.join_tokens.contains_key(id),
+            Kind::Idempotency => self.idempotency.contains_key(id),
         }
     }
 
@@ -591,13 +640,11 @@ impl State {
     }
 
     fn change(&self, kind: Kind, id: &str, verb: &'static str) -> Change {
-        let object = self.object(kind, id);
-        let project = object
-            .as_ref()
-            .and_then(|o| o.get("project"))
-            .and_then(|p| p.as_str())
-            .unwrap_or("")
-            .to_string();
+        let object = self.object_json(kind, id);
+        let project = self
+            .meta(kind, id)
+            .map(|m| m.project.clone())
+            .unwrap_or_default();
         Change {
             kind,
             id: id.to_string(),
@@ -639,7 +686,7 @@ impl State {
         if let Some(idem) = &proposal.idempotency {
             if let Some(record) = self.idempotency.get(&idem.key) {
                 let result = if record.fingerprint == idem.fingerprint {
-                    self.object(record.kind, &record.id)
+                    self.object_json(record.kind, &record.id)
                         .ok_or_else(|| ApiError::not_found(record.kind, &record.id))
                 } else {
                     Err(ApiError::conflict(
@@ -693,7 +740,7 @@ impl State {
 
     fn apply_command(&mut self, index: u64, command: &Command) -> Applied {
         match command {
-            Command::Noop => Ok((Value::Null, Vec::new())),
+            Command::Noop => Ok((Json::null(), Vec::new())),
             Command::CreateProject { project } => {
                 if self.projects.contains_key(&project.meta.id) {
                     return self.same_or_exists(Kind::Project, &project.meta.id);
@@ -816,7 +863,10 @@ impl State {
                 }
                 stamp(&mut vm.meta, index, now, true);
                 let change = self.change(Kind::Vm, id, action_verb(action));
-                Ok((change.object.clone().unwrap_or(Value::Null), vec![change]))
+                Ok((
+                    change.object.clone().unwrap_or_else(Json::null),
+                    vec![change],
+                ))
             }
             Command::ResizeVolume {
                 id,
@@ -856,7 +906,7 @@ impl State {
                 vol.snapshots.push(snapshot.clone());
                 stamp(&mut vol.meta, index, &snapshot.created_at, true);
                 let change = self.change(Kind::Volume, volume_id, "snapshot_created");
-                Ok((to_value(snapshot), vec![change]))
+                Ok((Json::of(snapshot), vec![change]))
             }
             Command::DeleteSnapshot {
                 volume_id,
@@ -878,7 +928,7 @@ impl State {
                 stamp(&mut vol.meta, index, now, true);
                 self.counters.last_removal_revision = index;
                 let change = self.change(Kind::Volume, volume_id, "snapshot_deleted");
-                Ok((Value::Null, vec![change]))
+                Ok((Json::null(), vec![change]))
             }
             Command::AddRule {
                 security_group_id,
@@ -899,7 +949,7 @@ impl State {
                 sg.spec.rules = rules;
                 stamp(&mut sg.meta, index, now, true);
                 let change = self.change(Kind::SecurityGroup, security_group_id, "updated");
-                Ok((to_value(rule), vec![change]))
+                Ok((Json::of(rule), vec![change]))
             }
             Command::DeleteRule {
                 security_group_id,
@@ -948,7 +998,7 @@ impl State {
                 }
                 if !changed {
                     return Ok((
-                        self.object(Kind::Node, id).unwrap_or(Value::Null),
+                        self.object_json(Kind::Node, id).unwrap_or_else(Json::null),
                         Vec::new(),
                     ));
                 }
@@ -992,7 +1042,7 @@ impl State {
                 let id = token.id.clone();
                 self.tokens.insert(id.clone(), token.clone());
                 Ok((
-                    to_value(&token),
+                    Json::of(&token),
                     vec![self.change(Kind::Token, &id, "created")],
                 ))
             }
@@ -1007,13 +1057,13 @@ impl State {
                     return Err(ApiError::conflict("cannot revoke the last admin token"));
                 }
                 self.tokens.remove(id);
-                Ok((Value::Null, vec![State::removed(Kind::Token, id, "")]))
+                Ok((Json::null(), vec![State::removed(Kind::Token, id, "")]))
             }
             Command::CreateJoinToken { token } => {
                 let id = token.id.clone();
                 self.join_tokens.insert(id.clone(), token.clone());
                 Ok((
-                    Value::Null,
+                    Json::null(),
                     vec![self.change(Kind::JoinToken, &id, "created")],
                 ))
             }
@@ -1031,7 +1081,7 @@ impl State {
                     self.join_tokens.remove(&id);
                     changes.push(State::removed(Kind::JoinToken, &id, ""));
                 }
-                Ok((json!({"pruned": changes.len()}), changes))
+                Ok((Json::of(&json!({"pruned": changes.len()})), changes))
             }
             Command::ConsumeJoinToken { hash, now_ms } => {
                 let token = self
@@ -1050,7 +1100,7 @@ impl State {
                 let member_id = self.counters.next_member_id;
                 self.counters.next_member_id += 1;
                 Ok((
-                    json!({"member_id": member_id}),
+                    Json::of(&json!({"member_id": member_id})),
                     vec![self.change(Kind::JoinToken, &id, "updated")],
                 ))
             }
@@ -1075,12 +1125,18 @@ impl State {
 
     fn created(&self, kind: Kind, id: &str) -> Applied {
         let change = self.change(kind, id, "created");
-        Ok((change.object.clone().unwrap_or(Value::Null), vec![change]))
+        Ok((
+            change.object.clone().unwrap_or_else(Json::null),
+            vec![change],
+        ))
     }
 
     fn updated(&self, kind: Kind, id: &str) -> Applied {
         let change = self.change(kind, id, "updated");
-        Ok((change.object.clone().unwrap_or(Value::Null), vec![change]))
+        Ok((
+            change.object.clone().unwrap_or_else(Json::null),
+            vec![change],
+        ))
     }
 
     fn check_volume_refs(&self, volume: &Volume) -> Result<(), ApiError> {
@@ -1306,7 +1362,7 @@ impl State {
         let id = vm.meta.id.clone();
         self.vms.insert(id.clone(), vm);
         let change = self.change(Kind::Vm, &id, "created");
-        let value = change.object.clone().unwrap_or(Value::Null);
+        let value = change.object.clone().unwrap_or_else(Json::null);
         changes.push(change);
         Ok((value, changes))
     }
@@ -1487,7 +1543,7 @@ impl State {
             stamp(meta, index, now, spec_changed);
         }
         let change = self.change(kind, id, "updated");
-        let value = change.object.clone().unwrap_or(Value::Null);
+        let value = change.object.clone().unwrap_or_else(Json::null);
         changes.push(change);
         Ok((value, changes))
     }
@@ -1728,7 +1784,7 @@ impl State {
             }
             Kind::Vm => {
                 changes.extend(self.remove_vm(index, id));
-                return Ok((Value::Null, changes));
+                return Ok((Json::null(), changes));
             }
             Kind::Node => {
                 let placed: Vec<String> = self
@@ -1761,7 +1817,7 @@ impl State {
         }
         self.counters.last_removal_revision = index;
         changes.push(State::removed(kind, id, &meta.project));
-        Ok((Value::Null, changes))
+        Ok((Json::null(), changes))
     }
 
     fn remove_nic(&mut self, index: u64, nic_id: &str) -> Vec<Change> {
@@ -1851,7 +1907,7 @@ impl State {
             }
             if updated == *existing {
                 return Ok((
-                    self.object(Kind::Node, &id).unwrap_or(Value::Null),
+                    self.object_json(Kind::Node, &id).unwrap_or_else(Json::null),
                     Vec::new(),
                 ));
             }
@@ -1939,7 +1995,7 @@ impl State {
             changes.push(self.change(report.kind, &report.id, "status"));
         }
         Ok((
-            json!({"accepted": accepted, "unknown_ids": unknown}),
+            Json::of(&json!({"accepted": accepted, "unknown_ids": unknown})),
             changes,
         ))
     }
@@ -2018,7 +2074,7 @@ impl State {
                 }
             }
         }
-        Ok((json!({"placed": placed}), changes))
+        Ok((Json::of(&json!({"placed": placed})), changes))
     }
 
     /// Every object of `kind`'s `Meta`, in id order.
@@ -2147,11 +2203,16 @@ impl State {
 
     /// The stored form of one object (what `rows` would give for it).
     pub fn stored_json(&self, kind: Kind, id: &str) -> Option<String> {
-        let v = match kind {
-            Kind::Node => self.nodes.get(id).map(to_value),
-            _ => self.object(kind, id),
-        }?;
-        serde_json::to_string(&v).ok()
+        match kind {
+            Kind::Node => serde_json::to_string(self.nodes.get(id)?).ok(),
+            _ if self.contains(kind, id) => serde_json::to_string(&ObjectRef {
+                state: self,
+                kind,
+                id,
+            })
+            .ok(),
+            _ => None,
+        }
     }
 }
 
@@ -2451,7 +2512,7 @@ mod tests {
                 now_ms: 3_000,
             }),
         );
-        assert_eq!(outcome.result.unwrap()["pruned"], 3);
+        assert_eq!(outcome.result.unwrap().to_value()["pruned"], 3);
         assert_eq!(changes.len(), 3);
         assert!(changes.iter().all(|c| c.verb == "deleted"));
         assert_eq!(s.idempotency.keys().collect::<Vec<_>>(), vec!["new"]);
