@@ -1,6 +1,6 @@
 //! The Raft log and vote in SQLite (`<data-dir>/raft-log.db`), written by one thread.
 //!
-//! `append` makes the entries readable at once (an in-memory overlay, `pending`) and queues
+//! `append` makes the entries readable at once (an in-memory overlay, `recent`) and queues
 //! them for the writer thread; the writer commits them with `synchronous=FULL` (durable when
 //! the commit returns) and only then reports the flush to openraft. With the vendored
 //! openraft patch the leader therefore sends AppendEntries while its own fsync runs, and
@@ -10,6 +10,10 @@
 //!
 //! Every other write (vote, truncate, purge) goes through the same queue and is awaited, so the
 //! order openraft issues them in is the order they reach the disk.
+//!
+//! The overlay keeps the newest [`RECENT`] entries after they are written, too: replication
+//! and the state machine read entries right after they were appended, and serving them from
+//! memory spares every member a SQLite read and a JSON decode per entry.
 
 // openraft's StorageError is large and fixed by the trait signatures.
 #![allow(clippy::result_large_err)]
@@ -44,6 +48,9 @@ const QUEUE: usize = 1024;
 /// At most this many queued appends are committed in one transaction.
 const MERGE: usize = 64;
 
+/// Written entries kept in the overlay (only the newest; older ones are read from SQLite).
+const RECENT: usize = 1024;
+
 /// A write other than an append (vote, truncate, purge).
 type WriteOp = Box<dyn FnOnce(&mut Connection) -> Result<(), store::StoreError> + Send>;
 
@@ -60,8 +67,9 @@ enum Job {
     },
 }
 
-/// Entries appended but not yet committed to SQLite, by index.
-type Pending = Arc<Mutex<BTreeMap<u64, Entry<TypeConfig>>>>;
+/// Entries appended but not yet committed to SQLite, and the newest [`RECENT`] committed
+/// ones, by index.
+type Recent = Arc<Mutex<BTreeMap<u64, Entry<TypeConfig>>>>;
 
 /// The Raft log and vote. Clones share the writer and the overlay (openraft's log readers are
 /// clones).
@@ -70,7 +78,7 @@ pub struct LogStore {
     /// Read connection (WAL: readers do not wait for the writer's fsync).
     conn: Arc<Mutex<Connection>>,
     tx: mpsc::Sender<Job>,
-    pending: Pending,
+    recent: Recent,
     /// The latest committed log id openraft reported, not yet written: it is a restart hint
     /// (entries up to it may be re-applied without waiting for the leader), not something a
     /// decision depends on, so it rides along with the next log append instead of costing an
@@ -89,16 +97,16 @@ impl LogStore {
         let write_conn = store::open_log(&path)?;
         let read_conn = store::open_log(&path)?;
         let (tx, rx) = mpsc::channel(QUEUE);
-        let pending: Pending = Arc::new(Mutex::new(BTreeMap::new()));
+        let recent: Recent = Arc::new(Mutex::new(BTreeMap::new()));
         let failed = Arc::new(Mutex::new(None));
-        let (p, f) = (pending.clone(), failed.clone());
+        let (p, f) = (recent.clone(), failed.clone());
         std::thread::Builder::new()
             .name("mvirt-api-log-writer".into())
             .spawn(move || run(write_conn, rx, p, f))?;
         Ok(Self {
             conn: Arc::new(Mutex::new(read_conn)),
             tx,
-            pending,
+            recent,
             pending_committed: Arc::new(Mutex::new(None)),
             failed,
         })
@@ -164,10 +172,14 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let (start, end) = range_to_bounds(&range);
         // The overlay first, then SQLite: the writer removes an entry from the overlay only
         // after its commit, so every appended entry is in at least one of the two reads.
-        let mut out: BTreeMap<u64, Entry<TypeConfig>> = lock(&self.pending)
+        let mut out: BTreeMap<u64, Entry<TypeConfig>> = lock(&self.recent)
             .range(start..end)
             .map(|(i, e)| (*i, e.clone()))
             .collect();
+        if end.checked_sub(start) == Some(out.len() as u64) {
+            // All of it from memory (the usual case: replication and apply read new entries).
+            return Ok(out.into_values().collect());
+        }
         let rows = {
             let conn = lock(&self.conn);
             store::log_range(&conn, start, end).map_err(|e| StorageIOError::read_logs(&e))?
@@ -175,7 +187,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         for s in rows {
             let entry: Entry<TypeConfig> =
                 serde_json::from_str(&s).map_err(|e| StorageIOError::read_logs(&e))?;
-            // A pending entry is newer than a stored one at the same index.
+            // An overlay entry is newer than a stored one at the same index.
             out.entry(entry.log_id.index).or_insert(entry);
         }
         Ok(out.into_values().collect())
@@ -187,7 +199,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
         let last_purged: Option<LogId<MemberId>> = self.get_json("last_purged")?;
-        let pending_last = lock(&self.pending).values().next_back().map(|e| e.log_id);
+        let pending_last = lock(&self.recent).values().next_back().map(|e| e.log_id);
         let stored_last = {
             let conn = lock(&self.conn);
             match store::log_last(&conn).map_err(|e| StorageIOError::read_logs(&e))? {
@@ -245,12 +257,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.check().map_err(|e| StorageIOError::write_logs(&e))?;
         let mut rows = Vec::new();
         {
-            let mut pending = lock(&self.pending);
+            let mut recent = lock(&self.recent);
             for entry in entries {
                 let json =
                     serde_json::to_string(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
                 rows.push((entry.log_id.index, json));
-                pending.insert(entry.log_id.index, entry);
+                recent.insert(entry.log_id.index, entry);
             }
         }
         let committed = lock(&self.pending_committed).take();
@@ -271,7 +283,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.write(move |c| store::log_truncate(c, from))
             .await
             .map_err(|e| StorageIOError::write_logs(&e))?;
-        lock(&self.pending).retain(|i, _| *i < from);
+        lock(&self.recent).retain(|i, _| *i < from);
         Ok(())
     }
 
@@ -281,14 +293,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let upto = log_id.index;
         self.write(move |c| store::log_purge(c, upto, &json))
             .await
-            .map_err(|e| StorageIOError::write_logs(&e).into())
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        lock(&self.recent).retain(|i, _| *i > upto);
+        Ok(())
     }
 }
 
 fn run(
     mut conn: Connection,
     rx: mpsc::Receiver<Job>,
-    pending: Pending,
+    recent: Recent,
     failed: Arc<Mutex<Option<String>>>,
 ) {
     let mut queue = Queue::new(rx);
@@ -318,10 +332,14 @@ fn run(
                 // synchronous=FULL: durable once commit returned.
                 let r =
                     store::log_append(&mut conn, &all, hint.as_deref()).map_err(|e| e.to_string());
-                if r.is_ok() {
-                    let mut p = lock(&pending);
-                    for (index, _) in &all {
-                        p.remove(index);
+                if let (Ok(()), Some(written)) = (&r, all.iter().map(|(i, _)| *i).max()) {
+                    // Keep the newest RECENT entries; never drop one not yet written.
+                    let mut recent = lock(&recent);
+                    while recent.len() > RECENT {
+                        match recent.first_key_value() {
+                            Some((&first, _)) if first <= written => recent.remove(&first),
+                            _ => break,
+                        };
                     }
                 }
                 for cb in callbacks {
