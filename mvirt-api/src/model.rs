@@ -548,6 +548,12 @@ impl Json {
     }
 }
 
+impl From<Json> for String {
+    fn from(j: Json) -> String {
+        String::from(Box::<str>::from(j.0))
+    }
+}
+
 impl PartialEq for Json {
     fn eq(&self, other: &Self) -> bool {
         self.get() == other.get()

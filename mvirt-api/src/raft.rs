@@ -268,15 +268,30 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     }
                 }
             }
+            // A row is the object after its last change in these entries: that change's JSON
+            // (every mutation is followed by its change, so it is the final form), except for
+            // nodes, whose stored form differs from the view their events show.
             let mut rows: std::collections::BTreeMap<(Kind, String), Option<String>> =
                 std::collections::BTreeMap::new();
             let mut events = Vec::new();
             for (revision, change) in &changes {
-                rows.insert(
-                    (change.kind, change.id.clone()),
-                    state.stored_json(change.kind, &change.id),
-                );
                 events.extend(change.event(*revision));
+            }
+            for (_, change) in changes.into_iter().rev() {
+                let key = (change.kind, change.id);
+                if rows.contains_key(&key) {
+                    continue;
+                }
+                let json = match (key.0, change.object) {
+                    (Kind::Node, _) | (_, None) => state.stored_json(key.0, &key.1),
+                    (_, Some(object)) => Some(String::from(object)),
+                };
+                debug_assert_eq!(
+                    json,
+                    state.stored_json(key.0, &key.1),
+                    "{key:?} changed after its last change was recorded"
+                );
+                rows.insert(key, json);
             }
             let counters = serde_json::to_string(&state.counters)
                 .map_err(|e| StorageIOError::write_state_machine(&e))?;
