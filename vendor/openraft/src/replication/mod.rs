@@ -142,10 +142,18 @@ where
     /// Next replication action to run.
     next_action: Option<Data<C>>,
 
+    /// mvirt patch: when a newer committed log id has not been sent yet and nothing else is
+    /// queued, the time by which it goes out alone (see `COMMIT_ALONE_AFTER`).
+    commit_due: Option<InstantOf<C>>,
+
     /// Appropriate number of entries to send.
     /// This is only used by AppendEntries RPC.
     entries_hint: ReplicationHint,
 }
+
+/// mvirt patch: how long a newer committed log id waits for entries to ride along with
+/// before it is sent in an AppendEntries of its own.
+const COMMIT_ALONE_AFTER: Duration = Duration::from_millis(2);
 
 impl<C, N, LS> ReplicationCore<C, N, LS>
 where
@@ -197,6 +205,7 @@ where
             rx_event,
             weak_tx_event: tx_event.downgrade(),
             next_action: None,
+            commit_due: None,
             entries_hint: Default::default(),
         };
 
@@ -217,6 +226,8 @@ where
                 self.drain_events_with_backoff().await?;
                 continue;
             };
+            // mvirt patch: every AppendEntries carries the committed log id.
+            self.commit_due = None;
 
             // Backup the log data for retrying.
             let mut log_data = None;
@@ -630,8 +641,23 @@ where
         // If there is next action to run, do not block waiting for events,
         // instead, just try the best to drain all events.
         if self.next_action.is_none() {
-            let event =
-                self.rx_event.recv().await.ok_or(ReplicationClosed::new("rx_repl is closed in drain_event()"))?;
+            let event = match self.commit_due {
+                // mvirt patch: a commit update waits (briefly) for entries to ride along with.
+                Some(due) => {
+                    let now = C::now();
+                    let left = if due > now { due - now } else { Duration::ZERO };
+                    match C::timeout(left, self.rx_event.recv()).await {
+                        Ok(event) => event,
+                        Err(_) => {
+                            self.commit_due = None;
+                            self.next_action = Some(Data::new_heartbeat());
+                            return Ok(());
+                        }
+                    }
+                }
+                None => self.rx_event.recv().await,
+            };
+            let event = event.ok_or(ReplicationClosed::new("rx_repl is closed in drain_event()"))?;
             self.process_event(event);
         }
 
@@ -679,9 +705,14 @@ where
 
                 self.committed = c;
 
-                // If there is no action, fill in an heartbeat action to send committed index.
-                if self.next_action.is_none() {
-                    self.next_action = Some(Data::new_heartbeat());
+                // mvirt patch: stock 0.9 sends the new committed index at once, in an
+                // AppendEntries of its own, when nothing else is queued. Under load the next
+                // entries are appended a moment later and then wait for that message's round
+                // trip (one AppendEntries in flight per follower). Instead, the committed index
+                // waits up to `COMMIT_ALONE_AFTER` for entries (or a heartbeat) to carry it,
+                // and goes alone only then. Only liveness depends on when a follower learns it.
+                if self.next_action.is_none() && self.commit_due.is_none() {
+                    self.commit_due = Some(C::now() + COMMIT_ALONE_AFTER);
                 }
             }
             Replicate::Heartbeat => {
