@@ -11,8 +11,10 @@
 //!
 //! Set `MVIRT_BENCH_QUICK=1` for a short run; `MVIRT_BENCH_CONC=1,128` runs only the write
 //! comparison at those concurrencies, `MVIRT_BENCH_NO_ETCD=1` leaves etcd out,
-//! `MVIRT_BENCH_WRITES=N` makes N writes per concurrency level. Each write row also gives the
-//! CPU time (user + system) the three members used per successful write.
+//! `MVIRT_BENCH_WRITES=N` makes N writes per run, `MVIRT_BENCH_ROUNDS=N` runs each level N times
+//! (default 3, 1 when quick), alternating which system goes first; the row gives medians and
+//! each round's ratio. Each write row also gives the CPU time (user + system) the three
+//! members (or etcd's three) used per successful write.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -546,43 +548,73 @@ async fn bench_writes() {
         .ok()
         .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
         .unwrap_or(vec![1usize, 16, 128]);
-    for (round, concurrency) in concs.into_iter().enumerate() {
-        let http2 = http.clone();
-        let url = format!("{leader}/v1/vms");
-        let tok = token.clone();
-        let ours = with_cpu(&member_pids, run_load(concurrency, per, move |i| {
-            let http = http2.clone();
-            let url = url.clone();
-            let tok = tok.clone();
-            async move {
-                // Pending VMs (the selector matches no node), so only the control plane works.
-                let body = json!({"name": format!("vm-{round:06}-{i:05}"), "spec": {"vcpus": 1, "memory_bytes": 1073741824u64, "node_selector": "none-such"}});
-                matches!(http.post(&url).bearer_auth(&tok).json(&body).send().await, Ok(r) if r.status().as_u16() == 201)
-            }
-        }))
-        .await;
-        let theirs = match &etcd {
-            None => None,
-            Some(_) => {
-                let http2 = http.clone();
-                let url = format!("{etcd_leader}/v3/kv/put");
-                Some(
-                    with_cpu(&etcd_pids, run_load(concurrency, per, move |i| {
-                        let http = http2.clone();
-                        let url = url.clone();
-                        async move {
-                            use base64::Engine;
-                            let b64 = base64::engine::general_purpose::STANDARD;
-                            let key = b64.encode(format!("vm-{round:06}-{i:05}"));
-                            let value = b64.encode(vec![b'x'; body_len]);
-                            let body = json!({"key": key, "value": value});
-                            matches!(http.post(&url).json(&body).send().await, Ok(r) if r.status().is_success())
-                        }
-                    }))
+    // Each level runs `rounds` times, the two systems alternating which goes first, and the
+    // row gives medians: single runs on this shared 2-core machine move by ±15 %.
+    let rounds: usize = std::env::var("MVIRT_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if quick() { 1 } else { 3 })
+        .max(1);
+    println!("{rounds} interleaved round(s) per level; medians, and the per-round ratios");
+    for (level, concurrency) in concs.into_iter().enumerate() {
+        let mut ours_runs = Vec::new();
+        let mut theirs_runs = Vec::new();
+        for r in 0..rounds {
+            let tag = level * 100 + r;
+            let etcd_first = r % 2 == 1;
+            if etcd_first {
+                theirs_runs.extend(
+                    etcd_load(
+                        &http,
+                        &etcd,
+                        &etcd_leader,
+                        &etcd_pids,
+                        concurrency,
+                        per,
+                        tag,
+                        body_len,
+                    )
                     .await,
-                )
+                );
             }
-        };
+            let http2 = http.clone();
+            let url = format!("{leader}/v1/vms");
+            let tok = token.clone();
+            ours_runs.push(
+                with_cpu(&member_pids, run_load(concurrency, per, move |i| {
+                    let http = http2.clone();
+                    let url = url.clone();
+                    let tok = tok.clone();
+                    async move {
+                        // Pending VMs (the selector matches no node), so only the control plane works.
+                        let body = json!({"name": format!("vm-{tag:06}-{i:05}"), "spec": {"vcpus": 1, "memory_bytes": 1073741824u64, "node_selector": "none-such"}});
+                        matches!(http.post(&url).bearer_auth(&tok).json(&body).send().await, Ok(r) if r.status().as_u16() == 201)
+                    }
+                }))
+                .await,
+            );
+            if !etcd_first {
+                theirs_runs.extend(
+                    etcd_load(
+                        &http,
+                        &etcd,
+                        &etcd_leader,
+                        &etcd_pids,
+                        concurrency,
+                        per,
+                        tag,
+                        body_len,
+                    )
+                    .await,
+                );
+            }
+        }
+        let mut ratios: Vec<f64> = ours_runs
+            .iter()
+            .zip(&theirs_runs)
+            .map(|(o, t)| o.throughput / t.throughput.max(1e-9))
+            .collect();
+        ratios.sort_by(f64::total_cmp);
         let fmt = |l: &Load| {
             format!(
                 "{:>7.0}/s p50 {:>5.1} p99 {:>5.1} ms cpu {:>4.0} µs/op{}",
@@ -597,17 +629,77 @@ async fn bench_writes() {
                 }
             )
         };
-        match theirs {
-            Some(t) => println!(
-                "{concurrency:>11} | {} | {} | {:.2}x",
+        let ours = median_load(ours_runs);
+        if theirs_runs.is_empty() {
+            println!("{concurrency:>11} | {} | {:>22} |", fmt(&ours), "-");
+        } else {
+            let per_round: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+            println!(
+                "{concurrency:>11} | {} | {} | {:.2}x (rounds {})",
                 fmt(&ours),
-                fmt(&t),
-                ours.throughput / t.throughput.max(1e-9)
-            ),
-            None => println!("{concurrency:>11} | {} | {:>22} |", fmt(&ours), "-"),
+                fmt(&median_load(theirs_runs)),
+                ratios[ratios.len() / 2],
+                per_round.join(", ")
+            );
         }
     }
     drop(members);
+}
+
+/// One etcd load run (puts of `body_len` bytes on its leader), if etcd runs.
+#[allow(clippy::too_many_arguments)]
+async fn etcd_load(
+    http: &reqwest::Client,
+    etcd: &Option<Etcd>,
+    leader: &str,
+    pids: &[u32],
+    concurrency: usize,
+    per: usize,
+    tag: usize,
+    body_len: usize,
+) -> Option<Load> {
+    etcd.as_ref()?;
+    let http = http.clone();
+    let url = format!("{leader}/v3/kv/put");
+    Some(
+        with_cpu(
+            pids,
+            run_load(concurrency, per, move |i| {
+                let http = http.clone();
+                let url = url.clone();
+                async move {
+                    use base64::Engine;
+                    let b64 = base64::engine::general_purpose::STANDARD;
+                    let key = b64.encode(format!("vm-{tag:06}-{i:05}"));
+                    let value = b64.encode(vec![b'x'; body_len]);
+                    let body = json!({"key": key, "value": value});
+                    matches!(http.post(&url).json(&body).send().await, Ok(r) if r.status().is_success())
+                }
+            }),
+        )
+        .await,
+    )
+}
+
+/// The median of each figure over several runs (taken separately).
+fn median_load(mut runs: Vec<Load>) -> Load {
+    let mid = runs.len() / 2;
+    let pick = |runs: &mut Vec<Load>, key: fn(&Load) -> f64| {
+        runs.sort_by(|a, b| key(a).total_cmp(&key(b)));
+        key(&runs[mid])
+    };
+    let throughput = pick(&mut runs, |l| l.throughput);
+    let p50 = pick(&mut runs, |l| l.p50.as_secs_f64());
+    let p99 = pick(&mut runs, |l| l.p99.as_secs_f64());
+    let cpu = pick(&mut runs, |l| l.cpu_per_op.as_secs_f64());
+    Load {
+        throughput,
+        ok: runs.iter().map(|l| l.ok).sum(),
+        cpu_per_op: Duration::from_secs_f64(cpu),
+        p50: Duration::from_secs_f64(p50),
+        p99: Duration::from_secs_f64(p99),
+        errors: runs.iter().map(|l| l.errors).sum(),
+    }
 }
 
 /// Waits until the etcd cluster has a leader and returns the leader's client URL.

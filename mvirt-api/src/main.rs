@@ -63,7 +63,7 @@ struct Args {
     )]
     log_endpoint: String,
     /// Snapshot the state (and purge the Raft log before it) every this many entries.
-    #[arg(long, env = "MVIRT_API_SNAPSHOT_EVERY", default_value_t = 2000)]
+    #[arg(long, env = "MVIRT_API_SNAPSHOT_EVERY", default_value_t = 10_000)]
     snapshot_every: u64,
     /// How long an `Idempotency-Key` is remembered; the leader prunes older records.
     #[arg(
