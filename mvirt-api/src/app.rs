@@ -578,18 +578,15 @@ impl App {
         let started = Instant::now();
         let decision = {
             let state = self.shared.read();
-            let key = scheduler::capacity_key(&state);
-            let newest = scheduler::newest_vm_spec(&state);
             let mut last = locked(&self.last_round);
-            let since = match *last {
-                Some(r) if r.key == key && r.full_at.elapsed() < FULL_ROUND_EVERY => Some(r.newest),
-                _ => None,
-            };
-            let full_at = match (since, *last) {
-                (Some(_), Some(r)) => r.full_at,
+            let previous = last
+                .filter(|r| r.full_at.elapsed() < FULL_ROUND_EVERY)
+                .map(|r| (r.key, r.newest));
+            let (key, newest, decision) = scheduler::round(&state, self.strategy, previous);
+            let full_at = match *last {
+                Some(r) if previous.is_some_and(|(k, _)| k == key) => r.full_at,
                 _ => Instant::now(),
             };
-            let decision = scheduler::schedule_since(&state, self.strategy, since);
             // Placements move the key (the next round is full); pending reasons do not move a
             // VM's spec_revision, so VMs looked at now are not looked at again until the key
             // moves. Should a decision not get applied, the periodic full round retries it.
