@@ -415,11 +415,14 @@ impl App {
         let tick =
             (self.node_offline_after / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
         // Under a burst of writes, one round per gap is enough: a round always looks at the
-        // latest state, so coalescing wake-ups loses nothing. A round costs O(pending VMs) under
-        // the state's read lock, which applies (and so every write) wait behind: when rounds get
-        // expensive (thousands of pending VMs, a busy machine), they are spaced out to keep that
-        // under ~10 % of the time, but never more than MAX_ROUND_GAP apart.
-        const ROUND_GAP: Duration = Duration::from_millis(20);
+        // latest state, so coalescing wake-ups loses nothing. A round costs O(VMs) under the
+        // state's read lock, which applies (and so every write) wait behind, and proposes one
+        // command: at most 10 rounds a second (a new VM is placed within ~100 ms, well inside
+        // the seconds a VM takes to boot; the write benchmark at 128 clients went from 0.82× to
+        // 1.10× of etcd against 50 rounds a second). When rounds get expensive (a busy
+        // machine), they are spaced out to keep that under ~10 % of the time, but never more
+        // than MAX_ROUND_GAP apart.
+        const ROUND_GAP: Duration = Duration::from_millis(100);
         const MAX_ROUND_GAP: Duration = Duration::from_millis(200);
         let mut gap = ROUND_GAP;
         let mut last_round = Instant::now();

@@ -62,8 +62,10 @@ struct Args {
         default_value = "http://[::1]:50052"
     )]
     log_endpoint: String,
-    /// Snapshot the state (and purge the Raft log before it) every this many entries.
-    #[arg(long, env = "MVIRT_API_SNAPSHOT_EVERY", default_value_t = 10_000)]
+    /// Snapshot the state (and purge the Raft log before it) every this many entries. A
+    /// snapshot encodes and writes the whole state (tens of MB with tens of thousands of VMs)
+    /// on every member; fewer of them cost a larger log on disk (etcd's default is 100,000).
+    #[arg(long, env = "MVIRT_API_SNAPSHOT_EVERY", default_value_t = 50_000)]
     snapshot_every: u64,
     /// How long an `Idempotency-Key` is remembered; the leader prunes older records.
     #[arg(

@@ -60,7 +60,7 @@ impl ServerConfig {
             node_offline_after: Duration::from_secs(15),
             strategy: Strategy::Spread,
             log_endpoint: String::new(),
-            snapshot_every: 10_000,
+            snapshot_every: 50_000,
             idempotency_retention: crate::app::DEFAULT_IDEMPOTENCY_RETENTION,
         }
     }
