@@ -247,6 +247,17 @@ impl App {
         command: Command,
         idempotency: Option<crate::state::Idempotency>,
     ) -> Result<(u64, Value), ApiError> {
+        let (revision, json) = self.submit_json(command, idempotency).await?;
+        Ok((revision, json.to_value()))
+    }
+
+    /// [`Self::submit`] with the result as the JSON text `apply` made (for a response that
+    /// passes it on as it is).
+    pub async fn submit_json(
+        &self,
+        command: Command,
+        idempotency: Option<crate::state::Idempotency>,
+    ) -> Result<(u64, crate::model::Json), ApiError> {
         let proposal = Proposal {
             command,
             idempotency,
@@ -254,7 +265,7 @@ impl App {
         let summary = proposal.to_string();
         let ids = related_ids(&proposal.command);
         let outcome = self.propose(proposal).await?;
-        let value = outcome.result?.to_value();
+        let value = outcome.result?;
         if !matches!(
             summary.as_str(),
             "update_statuses" | "schedule" | "set_node_state"

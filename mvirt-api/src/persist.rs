@@ -67,23 +67,33 @@ enum Job {
 pub struct Writer {
     tx: mpsc::Sender<Job>,
     failed: Arc<Mutex<Option<String>>>,
+    /// Dropped with the last handle: the checkpoint thread then ends.
+    _checkpoint: Arc<store::Checkpointer>,
 }
 
 impl Writer {
     /// Starts the writer on `conn` (the state database); persisted events go to `events`.
-    pub fn start(conn: Connection, events: broadcast::Sender<Event>) -> std::io::Result<Self> {
-        // Checkpoint every ~32 MiB of WAL instead of SQLite's 4 MiB: a page changed by many
-        // transactions (the events table's last leaf, a VM's row) is copied into the database
-        // once per checkpoint, so fewer checkpoints copy fewer pages.
-        conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)
+    pub fn start(
+        conn: Connection,
+        checkpoint_conn: Connection,
+        events: broadcast::Sender<Event>,
+    ) -> std::io::Result<Self> {
+        // The writer never checkpoints (see `store::Checkpointer`): a snapshot's synced commit
+        // or the next batch never waits for one.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(std::io::Error::other)?;
+        let checkpoint = store::Checkpointer::start(checkpoint_conn, "mvirt-api-sm-checkpoint")?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let failed = Arc::new(Mutex::new(None));
         let f = failed.clone();
         std::thread::Builder::new()
             .name("mvirt-api-sm-writer".into())
             .spawn(move || run(conn, rx, events, f))?;
-        Ok(Self { tx, failed })
+        Ok(Self {
+            tx,
+            failed,
+            _checkpoint: Arc::new(checkpoint),
+        })
     }
 
     fn failure(&self) -> Option<String> {
@@ -147,9 +157,6 @@ impl Writer {
             .unwrap_or_else(|_| Err("state writer stopped".to_string()))
     }
 }
-
-/// WAL pages after which a commit checkpoints (SQLite's default is 1,000).
-const WAL_AUTOCHECKPOINT_PAGES: i64 = 8_192;
 
 /// At most this many queued batches are merged into one transaction.
 const MERGE: usize = 256;

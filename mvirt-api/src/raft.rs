@@ -163,7 +163,8 @@ impl StateMachine {
         shared
             .applied
             .send_replace(last_applied.map(|l| l.index).unwrap_or(0));
-        let writer = persist::Writer::start(conn, shared.events.clone())?;
+        let writer =
+            persist::Writer::start(conn, store::open(&shared.db_path)?, shared.events.clone())?;
         Ok(Self {
             conn: Arc::new(Mutex::new(store::open(&shared.db_path)?)),
             writer,

@@ -87,22 +87,7 @@ pub struct LogStore {
     pending_committed: Arc<Mutex<Option<String>>>,
     failed: Arc<Mutex<Option<String>>>,
     /// Dropped with the last clone: the checkpoint thread then ends.
-    _checkpoint: Arc<std::sync::mpsc::Sender<()>>,
-}
-
-/// How often the checkpoint thread copies the log's WAL into its database file.
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
-
-/// Checkpoints the log database (passive: it never blocks the writer, and the writer restarts
-/// the WAL from its start once a checkpoint has copied all of it) until `stop`'s sender is gone.
-fn checkpoint_loop(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
-    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY)
-    {
-        let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0));
-        if let Err(e) = done {
-            tracing::warn!(error = %e, "raft log checkpoint failed; retrying");
-        }
-    }
+    _checkpoint: Arc<store::Checkpointer>,
 }
 
 impl LogStore {
@@ -112,17 +97,11 @@ impl LogStore {
     pub fn open(state_db: &std::path::Path) -> Result<Self, store::StoreError> {
         let path = state_db.with_file_name(store::LOG_DB_FILE);
         let write_conn = store::open_log(&path)?;
-        // The writer never checkpoints: with SQLite's automatic checkpoint, every ~1,000 pages
-        // a commit also copied the WAL into the database file and fsynced it, and every append
-        // queued behind waited for that (the slowest writes in the benchmark). A thread of
-        // its own checkpoints instead (`checkpoint_loop`), beside the writer.
+        // The writer never checkpoints (see `store::Checkpointer`): appends never wait for one.
         write_conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         let read_conn = store::open_log(&path)?;
-        let checkpoint_conn = store::open_log(&path)?;
-        let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        std::thread::Builder::new()
-            .name("mvirt-api-log-checkpoint".into())
-            .spawn(move || checkpoint_loop(checkpoint_conn, stopped))?;
+        let checkpoint =
+            store::Checkpointer::start(store::open_log(&path)?, "mvirt-api-log-checkpoint")?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let recent: Recent = Arc::new(Mutex::new(BTreeMap::new()));
         let failed = Arc::new(Mutex::new(None));
@@ -136,7 +115,7 @@ impl LogStore {
             recent,
             pending_committed: Arc::new(Mutex::new(None)),
             failed,
-            _checkpoint: Arc::new(stop),
+            _checkpoint: Arc::new(checkpoint),
         })
     }
 

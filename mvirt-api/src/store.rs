@@ -51,6 +51,40 @@ pub enum StoreError {
     Thread(#[from] std::io::Error),
 }
 
+/// Checkpoints one database's WAL on a thread of its own, beside its writer, which runs with
+/// `wal_autocheckpoint=0`: SQLite's automatic checkpoint runs inside a commit every ~1,000
+/// pages, and whatever queued behind that commit waited for the copy and the fsync. Passive:
+/// it never blocks the writer, and the writer restarts the WAL from its start once a checkpoint
+/// has copied all of it. The thread ends when the `Checkpointer` is dropped.
+pub struct Checkpointer {
+    _stop: std::sync::mpsc::Sender<()>,
+}
+
+impl Checkpointer {
+    /// How often the WAL is copied into the database file.
+    const EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+    /// Starts checkpointing the database `conn` is open on (a connection of its own).
+    pub fn start(conn: Connection, thread_name: &str) -> std::io::Result<Self> {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let name = thread_name.to_string();
+        std::thread::Builder::new()
+            .name(thread_name.into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(Self::EVERY)
+                {
+                    let done = conn
+                        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0));
+                    if let Err(e) = done {
+                        tracing::warn!(thread = %name, error = %e, "checkpoint failed; retrying");
+                    }
+                }
+            })?;
+        Ok(Self { _stop: stop })
+    }
+}
+
 /// Opens the state database (state machine, events, snapshot).
 pub fn open(path: &Path) -> Result<Connection, StoreError> {
     Ok(mvirt_common::sqlite::open(path, MIGRATIONS)?)

@@ -16,8 +16,8 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use super::{
-    idempotency, if_match, object_response, paginate, ErrorEnvelope, JsonBody, ListQuery,
-    ListResponse,
+    idempotency, if_match, json_response, object_response, paginate, ErrorEnvelope, JsonBody,
+    ListQuery, ListResponse,
 };
 use crate::app::{new_id, now, App};
 use crate::model::*;
@@ -155,10 +155,10 @@ pub async fn get_kind(
     app.read_barrier().await?;
     let state = app.shared.read();
     let id = resolve(&state, kind, id, q.project.as_deref())?;
-    let value = state
-        .object(kind, &id)
+    let object = state
+        .object_json(kind, &id)
         .ok_or_else(|| ApiError::not_found(kind, &id))?;
-    Ok(object_response(StatusCode::OK, value))
+    Ok(json_response(StatusCode::OK, object))
 }
 
 pub async fn create_with(
@@ -169,8 +169,8 @@ pub async fn create_with(
     command: Command,
 ) -> Result<Response, ApiError> {
     let idem = idempotency(headers, kind.as_str(), raw)?;
-    let (_, value) = app.submit(command, idem).await?;
-    Ok(object_response(StatusCode::CREATED, value))
+    let (_, object) = app.submit_json(command, idem).await?;
+    Ok(json_response(StatusCode::CREATED, object))
 }
 
 pub async fn update_kind(
