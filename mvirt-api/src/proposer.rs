@@ -89,57 +89,74 @@ async fn run(raft: Raft, shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<(P
         let raft = raft.clone();
         let shared = shared.clone();
         tokio::spawn(async move {
-            // The state machine hands the outcomes over as soon as it applied the entry
-            // (`Shared::waiters`); openraft's own response comes a few hops later.
             let id = loop {
                 let id: u64 = rand::random();
                 if id != 0 && !waiters(&shared).contains_key(&id) {
                     break id;
                 }
             };
-            let (applied_tx, applied) = oneshot::channel();
-            waiters(&shared).insert(id, applied_tx);
-            let write = raft.client_write(Batch { id, proposals });
-            tokio::pin!(write);
-            let result = tokio::select! {
-                biased;
-                Ok(outcomes) = applied => Ok(outcomes),
-                r = &mut write => r.map(|resp| resp.data),
-            };
+            // The state machine hands the outcomes straight to the callers as soon as it
+            // applied the entry (`Shared::waiters`) and frees the in-flight slot; openraft's own
+            // response comes a few hops later and is only used if that did not happen.
+            let waiting = Arc::new(std::sync::Mutex::new(Some((replies, permit))));
+            let from_apply = waiting.clone();
+            waiters(&shared).insert(
+                id,
+                Box::new(move |outcomes| {
+                    if let Some((replies, _permit)) = take(&from_apply) {
+                        deliver(replies, Ok(outcomes));
+                    }
+                }),
+            );
+            let result = raft.client_write(Batch { id, proposals }).await;
             waiters(&shared).remove(&id);
-            drop(permit);
-            match result {
-                Ok(outcomes) => {
-                    if outcomes.len() != replies.len() {
-                        let msg = format!(
-                            "raft applied {} outcomes for a batch of {}",
-                            outcomes.len(),
-                            replies.len()
-                        );
-                        tracing::error!("{msg}");
-                        for r in replies {
-                            let _ = r.send(Err(WriteFailure::Unknown(msg.clone())));
-                        }
-                        return;
+            if let Some((replies, _permit)) = take(&waiting) {
+                let result = result.map(|resp| resp.data).map_err(|e| match e {
+                    RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
+                        WriteFailure::NotLeader
                     }
-                    for (r, o) in replies.into_iter().zip(outcomes) {
-                        // The caller may have gone away (client disconnected): fine.
-                        let _ = r.send(Ok(o));
-                    }
-                }
-                Err(e) => {
-                    let failure = match e {
-                        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
-                            WriteFailure::NotLeader
-                        }
-                        other => WriteFailure::Unknown(other.to_string()),
-                    };
-                    for r in replies {
-                        let _ = r.send(Err(failure.clone()));
-                    }
-                }
+                    other => WriteFailure::Unknown(other.to_string()),
+                });
+                deliver(replies, result);
             }
         });
+    }
+}
+
+type Waiting = std::sync::Mutex<Option<(Vec<Reply>, tokio::sync::OwnedSemaphorePermit)>>;
+
+fn take(w: &Waiting) -> Option<(Vec<Reply>, tokio::sync::OwnedSemaphorePermit)> {
+    match w.lock() {
+        Ok(mut g) => g.take(),
+        Err(p) => p.into_inner().take(),
+    }
+}
+
+/// Answers each proposer of a batch with its outcome (or the batch's failure).
+fn deliver(replies: Vec<Reply>, result: Result<Vec<Outcome>, WriteFailure>) {
+    match result {
+        Ok(outcomes) if outcomes.len() == replies.len() => {
+            for (r, o) in replies.into_iter().zip(outcomes) {
+                // The caller may have gone away (client disconnected): fine.
+                let _ = r.send(Ok(o));
+            }
+        }
+        Ok(outcomes) => {
+            let msg = format!(
+                "raft applied {} outcomes for a batch of {}",
+                outcomes.len(),
+                replies.len()
+            );
+            tracing::error!("{msg}");
+            for r in replies {
+                let _ = r.send(Err(WriteFailure::Unknown(msg.clone())));
+            }
+        }
+        Err(failure) => {
+            for r in replies {
+                let _ = r.send(Err(failure.clone()));
+            }
+        }
     }
 }
 

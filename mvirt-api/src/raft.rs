@@ -91,7 +91,8 @@ pub struct Shared {
 
 /// See [`Shared::waiters`].
 pub type Waiters = Mutex<WaiterMap>;
-pub type WaiterMap = std::collections::HashMap<u64, tokio::sync::oneshot::Sender<Vec<Outcome>>>;
+/// Per batch id, what hands the applied outcomes (in proposal order) to their proposers.
+pub type WaiterMap = std::collections::HashMap<u64, Box<dyn FnOnce(Vec<Outcome>) + Send>>;
 
 impl Shared {
     /// A read guard on the state (poisoning means a panic in apply: propagate it).
@@ -321,12 +322,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .applied
             .send_replace(last.map(|l| l.index).unwrap_or(0));
         if !ready.is_empty() {
-            let mut waiters = lock(&self.shared.waiters);
-            for (id, o) in ready {
-                if let Some(tx) = waiters.remove(&id) {
-                    // The proposer may have given up (client gone): fine.
-                    let _ = tx.send(o);
-                }
+            let deliveries: Vec<_> = {
+                let mut waiters = lock(&self.shared.waiters);
+                ready
+                    .into_iter()
+                    .filter_map(|(id, o)| waiters.remove(&id).map(|deliver| (deliver, o)))
+                    .collect()
+            };
+            for (deliver, o) in deliveries {
+                deliver(o);
             }
         }
         Ok(outcomes)
