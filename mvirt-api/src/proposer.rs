@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::ClientWriteError;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::raft::{Batch, Raft, Shared};
@@ -86,37 +86,41 @@ async fn run(raft: Raft, shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<(P
                 Err(_) => break,
             }
         }
-        let raft = raft.clone();
+        let id = loop {
+            let id: u64 = rand::random();
+            if id != 0 && !waiters(&shared).contains_key(&id) {
+                break id;
+            }
+        };
+        // The state machine hands the outcomes straight to the callers as soon as it applied
+        // the entry (`Shared::waiters`) and frees the in-flight slot; openraft's own response
+        // comes a few hops later and is only used if that did not happen.
+        let waiting = Arc::new(std::sync::Mutex::new(Some((replies, permit))));
+        let from_apply = waiting.clone();
+        waiters(&shared).insert(
+            id,
+            Box::new(move |outcomes| {
+                if let Some((replies, _permit)) = take(&from_apply) {
+                    deliver(replies, Ok(outcomes));
+                }
+            }),
+        );
+        // Handed to the Raft core from here (no task in between); a task waits for openraft's
+        // response.
+        let response = raft.client_write_ff(Batch { id, proposals }).await;
         let shared = shared.clone();
         tokio::spawn(async move {
-            let id = loop {
-                let id: u64 = rand::random();
-                if id != 0 && !waiters(&shared).contains_key(&id) {
-                    break id;
-                }
+            let result = match response {
+                Ok(rx) => match rx.await {
+                    Ok(Ok(resp)) => Ok(resp.data),
+                    Ok(Err(ClientWriteError::ForwardToLeader(_))) => Err(WriteFailure::NotLeader),
+                    Ok(Err(e)) => Err(WriteFailure::Unknown(e.to_string())),
+                    Err(_) => Err(WriteFailure::Unknown("raft is shutting down".into())),
+                },
+                Err(fatal) => Err(WriteFailure::Unknown(fatal.to_string())),
             };
-            // The state machine hands the outcomes straight to the callers as soon as it
-            // applied the entry (`Shared::waiters`) and frees the in-flight slot; openraft's own
-            // response comes a few hops later and is only used if that did not happen.
-            let waiting = Arc::new(std::sync::Mutex::new(Some((replies, permit))));
-            let from_apply = waiting.clone();
-            waiters(&shared).insert(
-                id,
-                Box::new(move |outcomes| {
-                    if let Some((replies, _permit)) = take(&from_apply) {
-                        deliver(replies, Ok(outcomes));
-                    }
-                }),
-            );
-            let result = raft.client_write(Batch { id, proposals }).await;
             waiters(&shared).remove(&id);
             if let Some((replies, _permit)) = take(&waiting) {
-                let result = result.map(|resp| resp.data).map_err(|e| match e {
-                    RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
-                        WriteFailure::NotLeader
-                    }
-                    other => WriteFailure::Unknown(other.to_string()),
-                });
                 deliver(replies, result);
             }
         });
