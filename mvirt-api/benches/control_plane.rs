@@ -561,52 +561,41 @@ async fn bench_writes() {
         let mut theirs_runs = Vec::new();
         for r in 0..rounds {
             let tag = level * 100 + r;
-            let etcd_first = r % 2 == 1;
-            if etcd_first {
-                theirs_runs.extend(
-                    etcd_load(
-                        &http,
-                        &etcd,
-                        &etcd_leader,
-                        &etcd_pids,
-                        concurrency,
-                        per,
-                        tag,
-                        body_len,
-                    )
-                    .await,
-                );
-            }
-            let http2 = http.clone();
-            let url = format!("{leader}/v1/vms");
-            let tok = token.clone();
-            ours_runs.push(
-                with_cpu(&member_pids, run_load(concurrency, per, move |i| {
-                    let http = http2.clone();
-                    let url = url.clone();
-                    let tok = tok.clone();
-                    async move {
-                        // Pending VMs (the selector matches no node), so only the control plane works.
-                        let body = json!({"name": format!("vm-{tag:06}-{i:05}"), "spec": {"vcpus": 1, "memory_bytes": 1073741824u64, "node_selector": "none-such"}});
-                        matches!(http.post(&url).bearer_auth(&tok).json(&body).send().await, Ok(r) if r.status().as_u16() == 201)
-                    }
-                }))
-                .await,
-            );
-            if !etcd_first {
-                theirs_runs.extend(
-                    etcd_load(
-                        &http,
-                        &etcd,
-                        &etcd_leader,
-                        &etcd_pids,
-                        concurrency,
-                        per,
-                        tag,
-                        body_len,
-                    )
-                    .await,
-                );
+            // Every other round etcd goes first.
+            let ours_first = r % 2 == 0;
+            for ours in [ours_first, !ours_first] {
+                if ours {
+                    let http2 = http.clone();
+                    let url = format!("{leader}/v1/vms");
+                    let tok = token.clone();
+                    ours_runs.push(
+                        with_cpu(&member_pids, run_load(concurrency, per, move |i| {
+                            let http = http2.clone();
+                            let url = url.clone();
+                            let tok = tok.clone();
+                            async move {
+                                // Pending VMs (the selector matches no node), so only the control plane works.
+                                let body = json!({"name": format!("vm-{tag:06}-{i:05}"), "spec": {"vcpus": 1, "memory_bytes": 1073741824u64, "node_selector": "none-such"}});
+                                matches!(http.post(&url).bearer_auth(&tok).json(&body).send().await, Ok(r) if r.status().as_u16() == 201)
+                            }
+                        }))
+                        .await,
+                    );
+                } else {
+                    theirs_runs.extend(
+                        etcd_load(
+                            &http,
+                            &etcd,
+                            &etcd_leader,
+                            &etcd_pids,
+                            concurrency,
+                            per,
+                            tag,
+                            body_len,
+                        )
+                        .await,
+                    );
+                }
             }
         }
         let mut ratios: Vec<f64> = ours_runs

@@ -83,6 +83,9 @@ pub struct CapacityKey {
     placed_revision: u64,
 }
 
+/// The key as its own pass over the VMs; the leader gets it from [`round`], and the tests check
+/// `round` against this.
+#[cfg(test)]
 pub fn capacity_key(state: &State) -> CapacityKey {
     CapacityKey {
         placed_revision: state
@@ -112,7 +115,8 @@ fn node_key(state: &State) -> CapacityKey {
 }
 
 /// The newest VM spec in the state: a later round with the same [`CapacityKey`] only needs to
-/// look at VMs whose `spec_revision` is above it.
+/// look at VMs whose `spec_revision` is above it. Its own pass, like [`capacity_key`] (tests).
+#[cfg(test)]
 pub fn newest_vm_spec(state: &State) -> u64 {
     state
         .vms
@@ -146,7 +150,7 @@ pub fn schedule_since(state: &State, strategy: Strategy, since: Option<u64>) -> 
     place(state, strategy, pending, &nodes, allocated)
 }
 
-/// One scheduler round as the leader runs it: [`capacity_key`], [`newest_vm_spec`] and
+/// One scheduler round as the leader runs it: the capacity key, the newest VM spec and
 /// [`schedule_since`] in a single pass over the VMs. (Four passes took milliseconds per round
 /// once the state held ~10,000 VMs, under the state's read lock that every apply waits
 /// behind.) `last` is the previous round's key and newest VM spec: while the key is the same,
