@@ -283,7 +283,25 @@ struct Load {
     errors: usize,
 }
 
-async fn run_load<F, Fut>(concurrency: usize, total: usize, op: F) -> Load
+/// `MVIRT_BENCH_HIST=1`: print each run's latency distribution (for finding a tail's source).
+fn print_distribution(what: &str, sorted: &[Duration]) {
+    if std::env::var_os("MVIRT_BENCH_HIST").is_none() || sorted.is_empty() {
+        return;
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let mean = sorted.iter().map(|d| ms(*d)).sum::<f64>() / sorted.len() as f64;
+    let qs: Vec<String> = [0.1, 0.5, 0.9, 0.95, 0.99, 0.999]
+        .iter()
+        .map(|q| format!("p{} {:.2}", q * 100.0, ms(percentile(sorted, *q))))
+        .collect();
+    println!(
+        "    {what}: mean {mean:.2} ms, {}, max {:.2}",
+        qs.join(", "),
+        ms(*sorted.last().unwrap())
+    );
+}
+
+async fn run_load<F, Fut>(what: &str, concurrency: usize, total: usize, op: F) -> Load
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = bool> + Send,
@@ -322,6 +340,7 @@ where
     }
     let elapsed = start.elapsed();
     lat.sort();
+    print_distribution(what, &lat);
     Load {
         throughput: lat.len() as f64 / elapsed.as_secs_f64(),
         ok: lat.len(),
@@ -569,7 +588,7 @@ async fn bench_writes() {
                     let url = format!("{leader}/v1/vms");
                     let tok = token.clone();
                     ours_runs.push(
-                        with_cpu(&member_pids, run_load(concurrency, per, move |i| {
+                        with_cpu(&member_pids, run_load("mvirt-api", concurrency, per, move |i| {
                             let http = http2.clone();
                             let url = url.clone();
                             let tok = tok.clone();
@@ -653,7 +672,7 @@ async fn etcd_load(
     Some(
         with_cpu(
             pids,
-            run_load(concurrency, per, move |i| {
+            run_load("etcd", concurrency, per, move |i| {
                 let http = http.clone();
                 let url = url.clone();
                 async move {

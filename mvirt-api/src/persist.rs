@@ -80,15 +80,16 @@ impl Writer {
     ) -> std::io::Result<Self> {
         // The writer never checkpoints (see `store::Checkpointer`): a snapshot's synced commit
         // or the next batch never waits for one.
-        conn.pragma_update(None, "wal_autocheckpoint", 0)
-            .map_err(std::io::Error::other)?;
-        let checkpoint = store::Checkpointer::start(checkpoint_conn, "mvirt-api-sm-checkpoint")?;
+        store::writer_settings(&conn).map_err(std::io::Error::other)?;
+        let gate = store::WriteGate::default();
+        let checkpoint =
+            store::Checkpointer::start(checkpoint_conn, gate.clone(), "mvirt-api-sm-checkpoint")?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let failed = Arc::new(Mutex::new(None));
         let f = failed.clone();
         std::thread::Builder::new()
             .name("mvirt-api-sm-writer".into())
-            .spawn(move || run(conn, rx, events, f))?;
+            .spawn(move || run(conn, gate, rx, events, f))?;
         Ok(Self {
             tx,
             failed,
@@ -170,15 +171,18 @@ const LINGER: std::time::Duration = std::time::Duration::from_millis(10);
 
 fn run(
     mut conn: Connection,
+    gate: store::WriteGate,
     rx: mpsc::Receiver<Job>,
     events: broadcast::Sender<Event>,
     failed: Arc<Mutex<Option<String>>>,
 ) {
     let mut queue = Queue::new(rx);
     while let Some(job) = queue.take() {
-        let result = match job {
+        if matches!(job, Job::Applied(_)) {
+            std::thread::sleep(LINGER);
+        }
+        let result = gate.transaction(|| match job {
             Job::Applied(first) => {
-                std::thread::sleep(LINGER);
                 let mut batches = vec![first];
                 batches.extend(queue.merge(MERGE, |job| match job {
                     Job::Applied(b) => Ok(b),
@@ -206,7 +210,7 @@ fn run(
                 let _ = done.send(r.clone());
                 r
             }
-        };
+        });
         if let Err(e) = result {
             tracing::error!(error = %e, "state database write failed; this member stops applying");
             match failed.lock() {

@@ -98,17 +98,21 @@ impl LogStore {
         let path = state_db.with_file_name(store::LOG_DB_FILE);
         let write_conn = store::open_log(&path)?;
         // The writer never checkpoints (see `store::Checkpointer`): appends never wait for one.
-        write_conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        store::writer_settings(&write_conn)?;
         let read_conn = store::open_log(&path)?;
-        let checkpoint =
-            store::Checkpointer::start(store::open_log(&path)?, "mvirt-api-log-checkpoint")?;
+        let gate = store::WriteGate::default();
+        let checkpoint = store::Checkpointer::start(
+            store::open_log(&path)?,
+            gate.clone(),
+            "mvirt-api-log-checkpoint",
+        )?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let recent: Recent = Arc::new(Mutex::new(BTreeMap::new()));
         let failed = Arc::new(Mutex::new(None));
         let (p, f) = (recent.clone(), failed.clone());
         std::thread::Builder::new()
             .name("mvirt-api-log-writer".into())
-            .spawn(move || run(write_conn, rx, p, f))?;
+            .spawn(move || run(write_conn, gate, rx, p, f))?;
         Ok(Self {
             conn: Arc::new(Mutex::new(read_conn)),
             tx,
@@ -308,13 +312,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
 fn run(
     mut conn: Connection,
+    gate: store::WriteGate,
     rx: mpsc::Receiver<Job>,
     recent: Recent,
     failed: Arc<Mutex<Option<String>>>,
 ) {
     let mut queue = Queue::new(rx);
     while let Some(job) = queue.take() {
-        let result = match job {
+        let result = gate.transaction(|| match job {
             Job::Append {
                 rows,
                 committed,
@@ -359,7 +364,7 @@ fn run(
                 let _ = done.send(r.clone());
                 r
             }
-        };
+        });
         if let Err(e) = result {
             tracing::error!(error = %e, "Raft log write failed; this member stops");
             *lock(&failed) = Some(e);

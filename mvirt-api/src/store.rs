@@ -53,29 +53,69 @@ pub enum StoreError {
 
 /// Checkpoints one database's WAL on a thread of its own, beside its writer, which runs with
 /// `wal_autocheckpoint=0`: SQLite's automatic checkpoint runs inside a commit every ~1,000
-/// pages, and whatever queued behind that commit waited for the copy and the fsync. Passive:
-/// it never blocks the writer, and the writer restarts the WAL from its start once a checkpoint
-/// has copied all of it. The thread ends when the `Checkpointer` is dropped.
+/// pages, and whatever queued behind that commit waited for the copy and the fsync.
+///
+/// A checkpoint alone does not bound the WAL: SQLite starts writing it from the beginning again
+/// only when a write transaction begins while every frame has been copied back. A writer that
+/// commits every millisecond (the Raft log at one client) never sees that moment, because
+/// frames arrive while the checkpoint copies and syncs; its WAL then grew without end, and every
+/// append extended the file, so each fsync also wrote the inode and block bitmaps. So each round
+/// has two steps: a passive checkpoint that copies the bulk while the writer goes on, then a
+/// second one under the writer's [`WriteGate`] that copies the few frames appended meanwhile.
+/// The writer's next transaction then restarts the WAL, and appends overwrite the same blocks.
+/// The thread ends when the `Checkpointer` is dropped.
 pub struct Checkpointer {
     _stop: std::sync::mpsc::Sender<()>,
+}
+
+/// Held by a database's writer thread around each of its transactions, and by its checkpoint
+/// thread for the short final copy of a round (see [`Checkpointer`]).
+#[derive(Clone, Default)]
+pub struct WriteGate(std::sync::Arc<parking_lot::Mutex<()>>);
+
+impl WriteGate {
+    /// Runs one of the writer's transactions. A waiting checkpoint thread gets the gate next:
+    /// an unfair unlock would let a writer that commits back to back take it again at once.
+    pub fn transaction<R>(&self, f: impl FnOnce() -> R) -> R {
+        let held = self.0.lock();
+        let r = f();
+        parking_lot::MutexGuard::unlock_fair(held);
+        r
+    }
+}
+
+/// The largest WAL a writer leaves behind when it restarts it (SQLite's `journal_size_limit`):
+/// a burst may grow it further, a restart then gives the space back down to this.
+pub const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+
+/// Sets up a database's writer connection: it never checkpoints (its [`Checkpointer`] does), and
+/// it trims the WAL to [`WAL_SIZE_LIMIT`] when it restarts it.
+pub fn writer_settings(conn: &Connection) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)
 }
 
 impl Checkpointer {
     /// How often the WAL is copied into the database file.
     const EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
-    /// Starts checkpointing the database `conn` is open on (a connection of its own).
-    pub fn start(conn: Connection, thread_name: &str) -> std::io::Result<Self> {
+    /// Starts checkpointing the database `conn` is open on (a connection of its own); its
+    /// writer holds `gate` around each transaction.
+    pub fn start(conn: Connection, gate: WriteGate, thread_name: &str) -> std::io::Result<Self> {
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let name = thread_name.to_string();
+        let checkpoint =
+            move || conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0));
         std::thread::Builder::new()
             .name(thread_name.into())
             .spawn(move || {
                 while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                     stopped.recv_timeout(Self::EVERY)
                 {
-                    let done = conn
-                        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0));
+                    let done = checkpoint().and_then(|_| {
+                        let _writer_waits = gate.0.lock();
+                        checkpoint()
+                    });
                     if let Err(e) = done {
                         tracing::warn!(thread = %name, error = %e, "checkpoint failed; retrying");
                     }
@@ -322,4 +362,52 @@ pub fn events_after(conn: &Connection, after: u64, limit: usize) -> Result<Vec<E
         events.push(serde_json::from_str(&json?)?);
     }
     Ok(events)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The WAL header's checkpoint sequence number: SQLite adds one each time a writer starts
+    /// the WAL over from its beginning.
+    fn wal_restarts(wal: &Path) -> u32 {
+        let header = std::fs::read(wal).unwrap();
+        u32::from_be_bytes(header[12..16].try_into().unwrap())
+    }
+
+    /// A writer that commits back to back (no idle moment between its transactions) still
+    /// gets its WAL restarted, so the WAL stays the size of one checkpoint round instead of
+    /// growing by every append: the checkpoint thread's final copy under the gate leaves the
+    /// writer's next transaction a fully copied WAL. Without that step, passive checkpoints
+    /// alone never let this writer restart.
+    #[test]
+    fn back_to_back_writer_restarts_its_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LOG_DB_FILE);
+        let mut conn = open_log(&path).unwrap();
+        writer_settings(&conn).unwrap();
+        let gate = WriteGate::default();
+        let checkpoint = open_log(&path).unwrap();
+        let _checkpoint = Checkpointer::start(checkpoint, gate.clone(), "test-ckpt").unwrap();
+        let wal = path.with_file_name(format!("{LOG_DB_FILE}-wal"));
+        let entry = "x".repeat(500);
+        let mut idx = 0;
+        let mut append = |conn: &mut Connection| {
+            idx += 1;
+            gate.transaction(|| log_append(conn, &[(idx, entry.clone())], Some("c")))
+                .unwrap();
+        };
+        append(&mut conn);
+        let before = wal_restarts(&wal);
+        let started = std::time::Instant::now();
+        while started.elapsed() < std::time::Duration::from_secs(2) {
+            append(&mut conn);
+        }
+        // Eight checkpoint rounds in two seconds; each should end in a restart.
+        let restarts = wal_restarts(&wal) - before;
+        assert!(
+            restarts >= 4,
+            "the WAL was restarted {restarts} times in 2 s of appends"
+        );
+    }
 }
