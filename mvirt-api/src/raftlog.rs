@@ -51,6 +51,13 @@ const MERGE: usize = 64;
 /// Written entries kept in the overlay (only the newest; older ones are read from SQLite).
 const RECENT: usize = 1024;
 
+/// The committed hint rides along with an append at most this often. Written with every
+/// append, its row's page was about 4 KiB of each ~10 KiB append (WAL frames are whole pages),
+/// and every byte of an append is on the fsync everybody waits for. A restart then re-applies
+/// up to a second of committed entries more slowly (as the leader confirms them), which is all
+/// an older hint costs.
+const COMMITTED_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A write other than an append (vote, truncate, purge).
 type WriteOp = Box<dyn FnOnce(&mut Connection) -> Result<(), store::StoreError> + Send>;
 
@@ -85,6 +92,8 @@ pub struct LogStore {
     /// fsync of its own on every commit. Losing the newest value in a crash only means an
     /// older hint.
     pending_committed: Arc<Mutex<Option<String>>>,
+    /// When a committed hint last rode along with an append (see [`COMMITTED_EVERY`]).
+    committed_sent: Arc<Mutex<std::time::Instant>>,
     failed: Arc<Mutex<Option<String>>>,
     /// Dropped with the last clone: the checkpoint thread then ends.
     _checkpoint: Arc<store::Checkpointer>,
@@ -118,6 +127,7 @@ impl LogStore {
             tx,
             recent,
             pending_committed: Arc::new(Mutex::new(None)),
+            committed_sent: Arc::new(Mutex::new(std::time::Instant::now())),
             failed,
             _checkpoint: Arc::new(checkpoint),
         })
@@ -276,7 +286,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 recent.insert(entry.log_id.index, entry);
             }
         }
-        let committed = lock(&self.pending_committed).take();
+        let committed = {
+            let mut sent = lock(&self.committed_sent);
+            if sent.elapsed() >= COMMITTED_EVERY {
+                *sent = std::time::Instant::now();
+                lock(&self.pending_committed).take()
+            } else {
+                None
+            }
+        };
         self.tx
             .send(Job::Append {
                 rows,

@@ -120,7 +120,7 @@ impl Checkpointer {
                 {
                     round = round.wrapping_add(1);
                     let done = checkpoint().and_then(|busy| {
-                        if round % Self::RESTART_EVERY != 0 {
+                        if !round.is_multiple_of(Self::RESTART_EVERY) {
                             return Ok(busy);
                         }
                         let _writer_waits = gate.0.lock();
