@@ -62,9 +62,8 @@ pub enum StoreError {
 /// append extended the file, so each fsync also wrote the inode and block bitmaps. So each round
 /// has two steps: a passive checkpoint that copies the bulk while the writer goes on, then (once
 /// a second) a second one under the writer's [`WriteGate`] that copies the few frames appended
-/// meanwhile.
-/// The writer's next transaction then restarts the WAL, and appends overwrite the same blocks.
-/// The thread ends when the `Checkpointer` is dropped.
+/// meanwhile. The writer's next transaction then restarts the WAL, and appends overwrite the
+/// same blocks. The thread ends when the `Checkpointer` is dropped.
 pub struct Checkpointer {
     _stop: std::sync::mpsc::Sender<()>,
 }
@@ -386,8 +385,8 @@ mod tests {
     }
 
     /// A writer that commits back to back (no idle moment between its transactions) still
-    /// gets its WAL restarted, so the WAL stays the size of one checkpoint round instead of
-    /// growing by every append: the checkpoint thread's final copy under the gate leaves the
+    /// gets its WAL restarted, so the WAL stays the size of about a second of appends instead
+    /// of growing by every append: the checkpoint thread's final copy under the gate leaves the
     /// writer's next transaction a fully copied WAL. Without that step, passive checkpoints
     /// alone never let this writer restart.
     #[test]
@@ -410,14 +409,14 @@ mod tests {
         append(&mut conn);
         let before = wal_restarts(&wal);
         let started = std::time::Instant::now();
-        while started.elapsed() < std::time::Duration::from_secs(3) {
+        while started.elapsed() < std::time::Duration::from_secs(4) {
             append(&mut conn);
         }
-        // Three seconds: about one restart a second.
+        // A restart about once a second (rounds slip a little on a busy machine).
         let restarts = wal_restarts(&wal) - before;
         assert!(
             restarts >= 2,
-            "the WAL was restarted {restarts} times in 3 s of appends"
+            "the WAL was restarted {restarts} times in 4 s of appends"
         );
     }
 }
