@@ -80,10 +80,9 @@ impl Writer {
     ) -> std::io::Result<Self> {
         // The writer never checkpoints (see `store::Checkpointer`): a snapshot's synced commit
         // or the next batch never waits for one.
-        store::writer_settings(&conn).map_err(std::io::Error::other)?;
-        let gate = store::WriteGate::default();
-        let checkpoint =
-            store::Checkpointer::start(checkpoint_conn, gate.clone(), "mvirt-api-sm-checkpoint")?;
+        let (checkpoint, gate) =
+            store::Checkpointer::start(&conn, checkpoint_conn, "mvirt-api-sm-checkpoint")
+                .map_err(std::io::Error::other)?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let failed = Arc::new(Mutex::new(None));
         let f = failed.clone();

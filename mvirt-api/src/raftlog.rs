@@ -74,6 +74,13 @@ enum Job {
     },
 }
 
+/// The latest committed log id openraft reported and not yet written, and when a hint last rode
+/// along with an append (see [`COMMITTED_EVERY`]).
+struct CommittedHint {
+    newest: Option<String>,
+    sent_at: std::time::Instant,
+}
+
 /// Entries appended but not yet committed to SQLite, and the newest [`RECENT`] committed
 /// ones, by index.
 type Recent = Arc<Mutex<BTreeMap<u64, Entry<TypeConfig>>>>;
@@ -88,12 +95,10 @@ pub struct LogStore {
     recent: Recent,
     /// The latest committed log id openraft reported, not yet written: it is a restart hint
     /// (entries up to it may be re-applied without waiting for the leader), not something a
-    /// decision depends on, so it rides along with the next log append instead of costing an
-    /// fsync of its own on every commit. Losing the newest value in a crash only means an
-    /// older hint.
-    pending_committed: Arc<Mutex<Option<String>>>,
-    /// When a committed hint last rode along with an append (see [`COMMITTED_EVERY`]).
-    committed_sent: Arc<Mutex<std::time::Instant>>,
+    /// decision depends on, so it rides along with a log append (at most every
+    /// [`COMMITTED_EVERY`]) instead of costing an fsync of its own on every commit. Losing the
+    /// newest value in a crash only means an older hint.
+    committed: Arc<Mutex<CommittedHint>>,
     failed: Arc<Mutex<Option<String>>>,
     /// Dropped with the last clone: the checkpoint thread then ends.
     _checkpoint: Arc<store::Checkpointer>,
@@ -107,14 +112,12 @@ impl LogStore {
         let path = state_db.with_file_name(store::LOG_DB_FILE);
         let write_conn = store::open_log(&path)?;
         // The writer never checkpoints (see `store::Checkpointer`): appends never wait for one.
-        store::writer_settings(&write_conn)?;
-        let read_conn = store::open_log(&path)?;
-        let gate = store::WriteGate::default();
-        let checkpoint = store::Checkpointer::start(
+        let (checkpoint, gate) = store::Checkpointer::start(
+            &write_conn,
             store::open_log(&path)?,
-            gate.clone(),
             "mvirt-api-log-checkpoint",
         )?;
+        let read_conn = store::open_log(&path)?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let recent: Recent = Arc::new(Mutex::new(BTreeMap::new()));
         let failed = Arc::new(Mutex::new(None));
@@ -126,8 +129,10 @@ impl LogStore {
             conn: Arc::new(Mutex::new(read_conn)),
             tx,
             recent,
-            pending_committed: Arc::new(Mutex::new(None)),
-            committed_sent: Arc::new(Mutex::new(std::time::Instant::now())),
+            committed: Arc::new(Mutex::new(CommittedHint {
+                newest: None,
+                sent_at: std::time::Instant::now(),
+            })),
             failed,
             _checkpoint: Arc::new(checkpoint),
         })
@@ -256,12 +261,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId<MemberId>>) -> StorageResult<()> {
         let json = serde_json::to_string(&committed).map_err(|e| StorageIOError::write_logs(&e))?;
-        *lock(&self.pending_committed) = Some(json);
+        lock(&self.committed).newest = Some(json);
         Ok(())
     }
 
     async fn read_committed(&mut self) -> StorageResult<Option<LogId<MemberId>>> {
-        if let Some(json) = lock(&self.pending_committed).as_deref() {
+        if let Some(json) = lock(&self.committed).newest.as_deref() {
             return serde_json::from_str::<Option<LogId<MemberId>>>(json)
                 .map_err(|e| StorageIOError::read_logs(&e).into());
         }
@@ -287,10 +292,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
         }
         let committed = {
-            let mut sent = lock(&self.committed_sent);
-            if sent.elapsed() >= COMMITTED_EVERY {
-                *sent = std::time::Instant::now();
-                lock(&self.pending_committed).take()
+            let mut hint = lock(&self.committed);
+            if hint.sent_at.elapsed() >= COMMITTED_EVERY {
+                hint.sent_at = std::time::Instant::now();
+                hint.newest.take()
             } else {
                 None
             }

@@ -88,13 +88,6 @@ impl WriteGate {
 /// a burst may grow it further, a restart then gives the space back down to this.
 pub const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 
-/// Sets up a database's writer connection: it never checkpoints (its [`Checkpointer`] does), and
-/// it trims the WAL to [`WAL_SIZE_LIMIT`] when it restarts it.
-pub fn writer_settings(conn: &Connection) -> rusqlite::Result<()> {
-    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-    conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)
-}
-
 impl Checkpointer {
     /// How often the WAL is copied into the database file.
     const EVERY: std::time::Duration = std::time::Duration::from_millis(250);
@@ -103,9 +96,19 @@ impl Checkpointer {
     /// is not done every round: the WAL then holds about a second of appends.
     const RESTART_EVERY: u32 = 4;
 
-    /// Starts checkpointing the database `conn` is open on (a connection of its own); its
-    /// writer holds `gate` around each transaction.
-    pub fn start(conn: Connection, gate: WriteGate, thread_name: &str) -> std::io::Result<Self> {
+    /// Starts checkpointing the database that `writer` (its one writer connection) and `conn`
+    /// (a connection of the checkpoint thread's own) are open on. The writer stops
+    /// checkpointing itself, trims the WAL to [`WAL_SIZE_LIMIT`] when it restarts it, and must
+    /// run each transaction through the returned gate.
+    pub fn start(
+        writer: &Connection,
+        conn: Connection,
+        thread_name: &str,
+    ) -> Result<(Self, WriteGate), StoreError> {
+        writer.pragma_update(None, "wal_autocheckpoint", 0)?;
+        writer.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
+        let gate = WriteGate::default();
+        let held = gate.clone();
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let name = thread_name.to_string();
         let checkpoint =
@@ -122,7 +125,7 @@ impl Checkpointer {
                         if !round.is_multiple_of(Self::RESTART_EVERY) {
                             return Ok(busy);
                         }
-                        let _writer_waits = gate.0.lock();
+                        let _writer_waits = held.0.lock();
                         checkpoint()
                     });
                     if let Err(e) = done {
@@ -130,7 +133,7 @@ impl Checkpointer {
                     }
                 }
             })?;
-        Ok(Self { _stop: stop })
+        Ok((Self { _stop: stop }, gate))
     }
 }
 
@@ -394,10 +397,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(LOG_DB_FILE);
         let mut conn = open_log(&path).unwrap();
-        writer_settings(&conn).unwrap();
-        let gate = WriteGate::default();
         let checkpoint = open_log(&path).unwrap();
-        let _checkpoint = Checkpointer::start(checkpoint, gate.clone(), "test-ckpt").unwrap();
+        let (_checkpoint, gate) = Checkpointer::start(&conn, checkpoint, "test-ckpt").unwrap();
         let wal = path.with_file_name(format!("{LOG_DB_FILE}-wal"));
         let entry = "x".repeat(500);
         let mut idx = 0;
