@@ -1,0 +1,165 @@
+# services.mvirt.*: mvirt's daemons as systemd services on NixOS.
+#
+# Every service, its flags (`settings`), its ordering and its systemd hardening come from
+# deploy/services.toml through nix/lib.nix — the same description the Debian units are
+# generated from, so the two cannot drift. This file only maps that description onto NixOS
+# options and adds what is NixOS-specific: packages, PATHs, the firewall, ZFS support.
+# No flag is spelled here: the argv comes from `mvirtLib.argv` (scripts/test-deploy.sh checks
+# each one against the daemon's `--help`, and that this file names none).
+#
+# Packages: the flake sets `services.mvirt.packages` to its own builds (nixosModules.default);
+# without the flake, set it to an attribute set with one derivation per binary name.
+{ config, lib, pkgs, ... }:
+let
+  mvirtLib = import ../lib.nix;
+  inherit (mvirtLib) services keys;
+  cfg = config.services.mvirt;
+  enabled = builtins.filter (key: cfg.${key}.enable) keys;
+  anyEnabled = enabled != [ ];
+  listenOf = key: cfg.${key}.settings.listen;
+
+  # Programs each daemon runs (it calls them with argv, found on PATH).
+  servicePath = {
+    log = [ ];
+    zfs = [ config.boot.zfs.package pkgs.qemu-utils pkgs.coreutils ];
+    ebpf = [ pkgs.iproute2 pkgs.nftables ];
+    vmm = [ pkgs.qemu_kvm pkgs.cloud-hypervisor pkgs.dosfstools pkgs.mtools pkgs.util-linux ];
+    api = [ ];
+    node = [ ];
+  };
+
+  settingOption = key: name: setting:
+    let
+      kind = mvirtLib.kindOf setting;
+      doc = "${setting.description} (`${setting.flag}`).";
+    in
+    if kind == "switch" then
+      lib.mkOption { type = lib.types.bool; default = setting.default or false; description = doc; }
+    else if kind == "list" then
+      lib.mkOption {
+        type = lib.types.listOf lib.types.str;
+        default = setting.default or [ ];
+        example = setting.example or null;
+        description = doc;
+      }
+    else if kind == "secret" then
+      lib.mkOption {
+        type = lib.types.nullOr lib.types.path;
+        default = null;
+        description = "${doc} A file holding the value; it reaches the daemon in `${setting.env}` through a systemd credential, never on its command line.";
+      }
+    else
+      lib.mkOption ({
+        type = lib.types.nullOr (lib.types.oneOf [ lib.types.str lib.types.int ]);
+        default = mvirtLib.defaultOf listenOf setting;
+        description = doc + " `null`: not passed (the daemon's own default applies).";
+      } // lib.optionalAttrs (setting ? endpoint_of) {
+        defaultText = lib.literalExpression
+          ''"http://''${config.services.mvirt.${setting.endpoint_of}.settings.listen}"'';
+      } // lib.optionalAttrs (setting ? example) { inherit (setting) example; });
+
+  serviceOptions = key: svc: {
+    enable = lib.mkEnableOption svc.description;
+    package = lib.mkOption {
+      type = lib.types.package;
+      default = cfg.packages.${svc.binary};
+      defaultText = lib.literalExpression "config.services.mvirt.packages.${svc.binary}";
+      description = "The package providing `bin/${svc.binary}`.";
+    };
+    settings = lib.mapAttrs (settingOption key) svc.settings;
+    extraFlags = lib.mkOption {
+      type = lib.types.listOf lib.types.str;
+      default = [ ];
+      description = "More flags for `${svc.binary}` (see its `--help`).";
+    };
+  };
+
+  mkService = key: svc:
+    let
+      c = cfg.${key};
+      args = mvirtLib.argv key c.settings ++ c.extraFlags;
+      exe = "${c.package}/bin/${svc.binary}";
+      secrets = builtins.filter (s: c.settings.${s.name} != null) (mvirtLib.secrets key);
+      # Secrets arrive as systemd credentials; a small wrapper exports them for the daemon.
+      start =
+        if secrets == [ ] then "${exe} ${lib.escapeShellArgs args}"
+        else
+          toString (pkgs.writeShellScript "${svc.binary}-start" ''
+            ${lib.concatMapStrings (s: ''
+              ${s.env}="$(< "$CREDENTIALS_DIRECTORY/${s.name}")"
+              export ${s.env}
+            '') secrets}
+            exec ${exe} ${lib.escapeShellArgs args}
+          '');
+    in
+    {
+      description = svc.description;
+      wantedBy = [ "multi-user.target" ];
+      after = map mvirtLib.unitName svc.after;
+      wants = map mvirtLib.unitName svc.wants;
+      path = servicePath.${key};
+      serviceConfig = svc.hardening // {
+        Type = "exec";
+        ExecStart = start;
+        Restart = "on-failure";
+        RestartSec = "2s";
+        KillMode = svc.kill_mode;
+        StateDirectory = svc.state_directory;
+      } // lib.optionalAttrs (svc ? user) {
+        User = svc.user;
+        Group = svc.group;
+      } // lib.optionalAttrs (secrets != [ ]) {
+        LoadCredential = map (s: "${s.name}:${c.settings.${s.name}}") secrets;
+      };
+    };
+
+  ports = proto: lib.concatMap
+    (key: map (p: p.port) (builtins.filter (p: p.proto == proto)
+      (mvirtLib.firewallPorts key cfg.${key}.settings)))
+    enabled;
+in
+{
+  options.services.mvirt = lib.mapAttrs serviceOptions services // {
+    packages = lib.mkOption {
+      type = lib.types.attrsOf lib.types.package;
+      description = "One package per mvirt binary (`mvirt-api`, ..., `mvirt`), e.g. the flake's `packages.<system>`.";
+    };
+    openFirewall = lib.mkOption {
+      type = lib.types.bool;
+      default = false;
+      description = ''
+        Open the ports of the enabled services that other hosts reach: the API's REST, NodeService
+        and Raft ports, the agent's console relay, mvirt-ebpf's VXLAN port.
+      '';
+    };
+  };
+
+  config = lib.mkIf anyEnabled (lib.mkMerge [
+    {
+      users.groups.${mvirtLib.description.common.group} = { };
+      users.users.${mvirtLib.description.common.user} = {
+        isSystemUser = true;
+        group = mvirtLib.description.common.group;
+        home = "/var/lib/mvirt";
+        description = mvirtLib.description.common.user_description;
+      };
+      systemd.tmpfiles.rules = mvirtLib.description.common.tmpfiles;
+      environment.systemPackages = [ cfg.packages.mvirt ];
+      systemd.services = lib.listToAttrs (map
+        (key: lib.nameValuePair services.${key}.binary (mkService key services.${key}))
+        enabled);
+      boot.kernelModules = lib.unique (lib.concatMap (key: services.${key}.kernel_modules) enabled);
+      boot.kernel.sysctl = lib.foldl' (acc: key: acc // (services.${key}.sysctl or { })) { } enabled;
+      networking.firewall = lib.mkIf cfg.openFirewall {
+        allowedTCPPorts = ports "tcp";
+        allowedUDPPorts = ports "udp";
+      };
+    }
+    (lib.mkIf cfg.zfs.enable {
+      boot.supportedFilesystems = [ "zfs" ];
+    })
+    (lib.mkIf cfg.vmm.enable {
+      services.mvirt.vmm.settings.qemuFirmware = lib.mkDefault "${pkgs.OVMF.fd}/FV/OVMF.fd";
+    })
+  ]);
+}

@@ -1,0 +1,96 @@
+# mvirt's packages, built with crane: one per binary (dependencies compiled once and shared),
+# the eBPF object, the web UI when mvirt-ui/ exists, and `mvirt-all` with every binary.
+# Pods (mvirt-one's kernel and initramfs) get packages once pods are wired into mvirt-vmm.
+{ pkgs, crane, src }:
+let
+  inherit (pkgs) lib;
+  craneLib = crane.mkLib pkgs;
+  version = (builtins.fromTOML (builtins.readFile (src + "/Cargo.toml"))).workspace.package.version;
+
+  # What cargo reads: Rust sources and manifests, protos, the eBPF C source, vendored openraft,
+  # .cargo/config.toml (SQLite is built with HAVE_FDATASYNC).
+  cargoSrc = lib.cleanSourceWith {
+    inherit src;
+    filter = path: type:
+      craneLib.filterCargoSources path type
+      || lib.hasSuffix ".proto" path
+      || lib.hasSuffix ".c" path
+      || lib.hasInfix "/vendor/" path;
+  };
+
+  commonArgs = {
+    src = cargoSrc;
+    pname = "mvirt";
+    inherit version;
+    strictDeps = true;
+    nativeBuildInputs = [ pkgs.protobuf pkgs.clang pkgs.pkg-config ];
+    buildInputs = [ pkgs.libbpf pkgs.linuxHeaders ];
+    # mvirt-ebpf's build.rs compiles bpf/datapath.c with `clang -target bpf`: the compiler
+    # wrapper's hardening flags (stack protector, zero-call-used-regs) do not exist for BPF.
+    hardeningDisable = [ "all" ];
+    MVIRT_CLANG = "${pkgs.clang}/bin/clang";
+    # The tests need root, zfs-fuse, QEMU and TAP devices: scripts/test.sh runs them.
+    doCheck = false;
+  };
+
+  cargoArtifacts = craneLib.buildDepsOnly commonArgs;
+
+  binary = crate: bin: craneLib.buildPackage (commonArgs // {
+    inherit cargoArtifacts;
+    pname = bin;
+    cargoExtraArgs = "--locked -p ${crate} --bin ${bin}";
+    meta.mainProgram = bin;
+  });
+
+  binaries = {
+    mvirt-api = binary "mvirt-api" "mvirt-api";
+    mvirt-node = binary "mvirt-node" "mvirt-node";
+    mvirt-vmm = binary "mvirt-vmm" "mvirt-vmm";
+    mvirt-zfs = binary "mvirt-zfs" "mvirt-zfs";
+    mvirt-ebpf = binary "mvirt-ebpf" "mvirt-ebpf";
+    mvirt-log = binary "mvirt-log" "mvirt-log";
+    mvirt = binary "mvirt-cli" "mvirt";
+  };
+
+  # The datapath object on its own, for inspection with bpftool (mvirt-ebpf embeds its own copy).
+  mvirt-ebpf-objects = pkgs.stdenv.mkDerivation {
+    pname = "mvirt-ebpf-objects";
+    inherit version;
+    src = src + "/mvirt-ebpf/bpf";
+    nativeBuildInputs = [ pkgs.llvmPackages.clang-unwrapped ];
+    dontConfigure = true;
+    buildPhase = ''
+      clang -target bpf -O2 -g -Wall -Werror \
+        -I${pkgs.libbpf}/include -I${pkgs.linuxHeaders}/include \
+        -c datapath.c -o datapath.o
+    '';
+    installPhase = ''
+      install -D -m 0644 datapath.o $out/lib/mvirt/bpf/datapath.o
+    '';
+  };
+
+  # The web UI, built with npm from its committed lockfile, installed where mvirt-api's
+  # --ui-dir expects it (share/mvirt/ui).
+  ui = lib.optionalAttrs (builtins.pathExists (src + "/mvirt-ui/package.json")) {
+    mvirt-ui = pkgs.buildNpmPackage {
+      pname = "mvirt-ui";
+      inherit version;
+      src = src + "/mvirt-ui";
+      npmDeps = pkgs.importNpmLock { npmRoot = src + "/mvirt-ui"; };
+      npmConfigHook = pkgs.importNpmLock.npmConfigHook;
+      installPhase = ''
+        runHook preInstall
+        mkdir -p $out/share/mvirt
+        cp -r dist $out/share/mvirt/ui
+        runHook postInstall
+      '';
+    };
+  };
+in
+binaries // ui // {
+  inherit mvirt-ebpf-objects;
+  mvirt-all = pkgs.symlinkJoin {
+    name = "mvirt-all-${version}";
+    paths = builtins.attrValues binaries;
+  };
+}
