@@ -74,6 +74,9 @@ struct Args {
         default_value_t = 86_400
     )]
     idempotency_retention_secs: u64,
+    /// Directory of the built web UI (mvirt-ui), served at `/`.
+    #[arg(long, env = "MVIRT_API_UI_DIR", default_value = mvirt_api::rest::ui::DEFAULT_UI_DIR)]
+    ui_dir: PathBuf,
 }
 
 fn main() -> std::process::ExitCode {
@@ -121,6 +124,7 @@ async fn run(args: Args) -> std::process::ExitCode {
         log_endpoint: args.log_endpoint,
         snapshot_every: args.snapshot_every,
         idempotency_retention: Duration::from_secs(args.idempotency_retention_secs),
+        ui_dir: Some(args.ui_dir),
     };
     match server::start(config, shutdown).await {
         Ok(running) => {

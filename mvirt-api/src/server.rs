@@ -44,6 +44,8 @@ pub struct ServerConfig {
     pub snapshot_every: u64,
     /// How long an `Idempotency-Key` is remembered.
     pub idempotency_retention: Duration,
+    /// The built web UI served at `/` (`None`: `/` says that no UI is configured).
+    pub ui_dir: Option<PathBuf>,
 }
 
 impl ServerConfig {
@@ -62,6 +64,7 @@ impl ServerConfig {
             log_endpoint: String::new(),
             snapshot_every: 50_000,
             idempotency_retention: crate::app::DEFAULT_IDEMPOTENCY_RETENTION,
+            ui_dir: None,
         }
     }
 }
@@ -421,7 +424,7 @@ pub async fn start(
         }
     }));
 
-    let rest_router = rest::router(app.clone());
+    let rest_router = rest::ui::with_ui(rest::router(app.clone()), config.ui_dir.as_deref());
     let sd = shutdown.clone();
     tasks.push(tokio::spawn(async move {
         let rest_listener = rest_listener.tap_io(|tcp| {

@@ -6,13 +6,15 @@
 //! with unknown fields rejected and a size limit, `If-Match`/`ETag`, `Idempotency-Key`, lists
 //! with filters and pagination. One file per resource family: `resources.rs` (CRUD of projects,
 //! networks, NICs, security groups, templates, volumes, VMs, nodes and their actions),
-//! `cluster.rs` (tokens, control plane, join), `events.rs` (SSE), `logs.rs` (mvirt-log).
+//! `cluster.rs` (tokens, control plane, join), `events.rs` (SSE), `logs.rs` (mvirt-log); `ui.rs`
+//! serves the web dashboard next to `/v1`.
 
 mod cluster;
 mod console;
 mod events;
 mod logs;
 mod resources;
+pub mod ui;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -1,0 +1,103 @@
+// Resource lists kept live from the event stream. A list is read once (every page) into the
+// query cache under ['list', kind]; each event then replaces, inserts or removes its object
+// there. Events that arrive while a list is still loading are kept in a short buffer and applied
+// to the list when it lands if they are newer than the revision it was read at, so no change
+// falls between the read and the stream.
+import type { QueryClient } from '@tanstack/react-query';
+import { listAll } from './client';
+import type { ApiEvent } from './events';
+
+export type Kind = 'project' | 'node' | 'network' | 'nic' | 'security_group' | 'template' | 'volume' | 'vm';
+
+export const KIND_PATH: Record<Kind, string> = {
+  project: '/v1/projects',
+  node: '/v1/nodes',
+  network: '/v1/networks',
+  nic: '/v1/nics',
+  security_group: '/v1/security-groups',
+  template: '/v1/templates',
+  volume: '/v1/volumes',
+  vm: '/v1/vms',
+};
+
+export interface Resource {
+  id: string;
+  name: string;
+  revision: number;
+  project?: string;
+  [k: string]: unknown;
+}
+
+export interface LiveList<T extends Resource = Resource> {
+  items: T[];
+  /** The revision the list reflects (its read, or the newest event applied). */
+  revision: number;
+}
+
+export const listKey = (kind: Kind) => ['list', kind] as const;
+
+/** Applies one event to a list (pure; returns the same list when nothing changed). */
+export function applyEvent<T extends Resource>(list: LiveList<T>, e: ApiEvent): LiveList<T> {
+  const i = list.items.findIndex((x) => x.id === e.id);
+  const revision = Math.max(list.revision, e.revision);
+  if (!e.object) {
+    if (i < 0) return revision === list.revision ? list : { ...list, revision };
+    const items = list.items.slice();
+    items.splice(i, 1);
+    return { items, revision };
+  }
+  const obj = e.object as T;
+  if (i >= 0) {
+    if ((list.items[i].revision ?? 0) > (obj.revision ?? 0)) return list;
+    const items = list.items.slice();
+    items[i] = obj;
+    return { items, revision };
+  }
+  // Ids are UUIDv7 and lists come sorted by id: keep that order (a new object is usually last).
+  const items = list.items.slice();
+  let at = items.length;
+  while (at > 0 && items[at - 1].id > obj.id) at--;
+  items.splice(at, 0, obj);
+  return { items, revision };
+}
+
+const BUFFER = 5000;
+
+export class LiveSync {
+  private buffer: ApiEvent[] = [];
+  private listeners = new Set<(e: ApiEvent) => void>();
+  constructor(private qc: QueryClient) {}
+
+  onEvent = (e: ApiEvent) => {
+    this.buffer.push(e);
+    if (this.buffer.length > BUFFER) this.buffer.splice(0, this.buffer.length - BUFFER);
+    const kind = e.kind as Kind;
+    if (KIND_PATH[kind]) {
+      this.qc.setQueryData<LiveList>(listKey(kind), (old) => (old ? applyEvent(old, e) : old));
+    }
+    if (e.kind === 'vm' && e.object) this.qc.setQueryData(['vm', e.id], e.object);
+    this.listeners.forEach((l) => l(e));
+  };
+
+  /** Every event, for views that show the stream itself (recent events). */
+  subscribe(l: (e: ApiEvent) => void) {
+    this.listeners.add(l);
+    return () => {
+      this.listeners.delete(l);
+    };
+  }
+
+  recent(n: number): ApiEvent[] {
+    return this.buffer.slice(-n);
+  }
+
+  /** Reads a whole list and brings it up to date with buffered events. */
+  async load(kind: Kind): Promise<LiveList> {
+    const { items, revision } = await listAll<Resource>(KIND_PATH[kind]);
+    let list: LiveList = { items, revision };
+    for (const e of this.buffer) {
+      if (e.kind === kind && e.revision > revision) list = applyEvent(list, e);
+    }
+    return list;
+  }
+}

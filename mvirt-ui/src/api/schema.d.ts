@@ -1,0 +1,3385 @@
+// Generated from mvirt-api's /v1/openapi.json by `npm run gen:api` (openapi-typescript).
+// Do not edit: regenerate against a running mvirt-api when the API changes. The e2e run fails
+// when this file and the live spec drift.
+export interface paths {
+    "/v1/controlplane": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["controlplane"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/controlplane/join": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Called by `mvirt-api --join`: authenticated by the join token in the body (no Bearer). */
+        post: operations["join"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/controlplane/join-tokens": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post: operations["create_join_token"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/controlplane/members/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        delete: operations["remove_member"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["events"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/health": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["health"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/logs": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["logs"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/networks": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["get_v1_networks"];
+        put?: never;
+        post: operations["post_v1_networks"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/networks/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["get_v1_networks_id_"];
+        put: operations["put_v1_networks_id_"];
+        post?: never;
+        delete: operations["delete_v1_networks_id_"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/nics": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["get_v1_nics"];
+        put?: never;
+        post: operations["post_v1_nics"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/nics/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["get_v1_nics_id_"];
+        put: operations["put_v1_nics_id_"];
+        post?: never;
+        delete: operations["delete_v1_nics_id_"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/nodes": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["list_nodes"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/nodes/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["get_node"];
+        put: operations["update_node"];
+        post?: never;
+        delete: operations["delete_node"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/projects": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["list_projects"];
+        put?: never;
+        post: operations["create_project"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/projects/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["get_project"];
+        put: operations["update_project"];
+        post?: never;
+        delete: operations["delete_project"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/security-groups": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["get_v1_security_groups"];
+        put?: never;
+        post: operations["post_v1_security_groups"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/security-groups/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["get_v1_security_groups_id_"];
+        put: operations["put_v1_security_groups_id_"];
+        post?: never;
+        delete: operations["delete_v1_security_groups_id_"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/security-groups/{id}/rules": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post: operations["add_rule"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/security-groups/{id}/rules/{rule_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        delete: operations["delete_rule"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/templates": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["get_v1_templates"];
+        put?: never;
+        post: operations["post_v1_templates"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/templates/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["get_v1_templates_id_"];
+        put: operations["put_v1_templates_id_"];
+        post?: never;
+        delete: operations["delete_v1_templates_id_"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/tokens": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["list_tokens"];
+        put?: never;
+        post: operations["create_token"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/tokens/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        delete: operations["delete_token"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/vms": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["get_v1_vms"];
+        put?: never;
+        post: operations["post_v1_vms"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/vms/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["get_v1_vms_id_"];
+        put: operations["put_v1_vms_id_"];
+        post?: never;
+        delete: operations["delete_v1_vms_id_"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/vms/{id}/{action}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post: operations["vm_action"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/vms/{id}/console": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["vm_console"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/volumes": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["get_v1_volumes"];
+        put?: never;
+        post: operations["post_v1_volumes"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/volumes/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["get_v1_volumes_id_"];
+        put: operations["put_v1_volumes_id_"];
+        post?: never;
+        delete: operations["delete_v1_volumes_id_"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/volumes/{id}/resize": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post: operations["resize_volume"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/volumes/{id}/snapshots": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post: operations["create_snapshot"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/volumes/{id}/snapshots/{snapshot_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        delete: operations["delete_snapshot"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+}
+export type webhooks = Record<string, never>;
+export interface components {
+    schemas: {
+        Capacity: {
+            /** Format: int64 */
+            memory_bytes: number;
+            /** Format: int64 */
+            storage_bytes: number;
+            /** Format: int32 */
+            vcpus: number;
+        };
+        Condition: {
+            message?: string;
+            status: string;
+            type: string;
+        };
+        ControlPlaneView: {
+            /** Format: int64 */
+            applied_index: number;
+            /** Format: int64 */
+            last_log_index?: number | null;
+            /** Format: int64 */
+            leader_id?: number | null;
+            /** Format: int64 */
+            member_id: number;
+            members: components["schemas"]["MemberView"][];
+            /**
+             * Format: int64
+             * @description The log is purged up to here (entries up to it exist only in the snapshot).
+             */
+            purged_index?: number | null;
+            /** Format: int64 */
+            snapshot_index?: number | null;
+            state: string;
+            /** Format: int64 */
+            term: number;
+        };
+        CreateJoinTokenRequest: {
+            /**
+             * Format: int64
+             * @description Seconds until the token expires (default 3600, at most 7 days).
+             */
+            ttl_seconds?: number | null;
+        };
+        CreateProjectRequest: {
+            description?: string | null;
+            labels?: {
+                [key: string]: string;
+            } | null;
+            name: string;
+        };
+        /** @description Body of a create: `{"name", "project"?, "labels"?, "spec"}`. */
+        CreateRequest_NetworkSpec: {
+            labels?: {
+                [key: string]: string;
+            } | null;
+            name: string;
+            /** @description Project name (default `default`). */
+            project?: string | null;
+            spec: {
+                dns_servers?: string[];
+                ipv4_prefix?: string | null;
+                ipv6_prefix?: string | null;
+                is_public?: boolean;
+                ntp_servers?: string[];
+            };
+        };
+        /** @description Body of a create: `{"name", "project"?, "labels"?, "spec"}`. */
+        CreateRequest_NicSpec: {
+            labels?: {
+                [key: string]: string;
+            } | null;
+            name: string;
+            /** @description Project name (default `default`). */
+            project?: string | null;
+            spec: {
+                ipv4_address?: string | null;
+                ipv6_address?: string | null;
+                mac_address?: string | null;
+                network_id: string;
+                security_group_ids?: string[];
+            };
+        };
+        /** @description Body of a create: `{"name", "project"?, "labels"?, "spec"}`. */
+        CreateRequest_SecurityGroupSpec: {
+            labels?: {
+                [key: string]: string;
+            } | null;
+            name: string;
+            /** @description Project name (default `default`). */
+            project?: string | null;
+            spec: {
+                rules?: components["schemas"]["SecurityGroupRule"][];
+            };
+        };
+        /** @description Body of a create: `{"name", "project"?, "labels"?, "spec"}`. */
+        CreateRequest_TemplateSpec: {
+            labels?: {
+                [key: string]: string;
+            } | null;
+            name: string;
+            /** @description Project name (default `default`). */
+            project?: string | null;
+            spec: {
+                cmdline?: string | null;
+                /** @description `raw` or `qcow2`. */
+                format?: string;
+                initramfs_url?: string | null;
+                kernel_url?: string | null;
+                sha256?: string | null;
+                source_url: string;
+            };
+        };
+        /** @description Body of a create: `{"name", "project"?, "labels"?, "spec"}`. */
+        CreateRequest_VmSpec: {
+            labels?: {
+                [key: string]: string;
+            } | null;
+            name: string;
+            /** @description Project name (default `default`). */
+            project?: string | null;
+            spec: {
+                /** @description `uefi`, `direct_kernel`, or omitted (direct kernel when the root template has a kernel). */
+                boot_mode?: string | null;
+                /** @description `running` (default) or `stopped`. */
+                desired_state?: string;
+                hostname?: string | null;
+                kernel_cmdline?: string | null;
+                /** Format: int64 */
+                memory_bytes: number;
+                /** @description Create-only: owned NICs (appended to `nic_ids`). */
+                network_interfaces?: components["schemas"]["NetworkInterfaceRequest"][];
+                nic_ids?: string[];
+                /** @description A node id, a node name, or `k=v,k2=v2` labels. */
+                node_selector?: string | null;
+                root_volume?: null | components["schemas"]["RootVolumeRequest"];
+                ssh_authorized_keys?: string[];
+                user_data?: string | null;
+                /** Format: int32 */
+                vcpus: number;
+                volume_ids?: string[];
+            };
+        };
+        /** @description Body of a create: `{"name", "project"?, "labels"?, "spec"}`. */
+        CreateRequest_VolumeSpec: {
+            labels?: {
+                [key: string]: string;
+            } | null;
+            name: string;
+            /** @description Project name (default `default`). */
+            project?: string | null;
+            spec: {
+                /** @description Pin the volume to a node (otherwise it goes where its first VM is placed). */
+                node_id?: string | null;
+                /** Format: int64 */
+                size_bytes: number;
+                template_id?: string | null;
+            };
+        };
+        CreateTokenRequest: {
+            name: string;
+            /** @description `admin` (REST and NodeService) or `node` (NodeService only). */
+            role: string;
+        };
+        ErrorBody: {
+            /**
+             * @description `invalid_argument`, `unauthenticated`, `permission_denied`, `not_found`, `already_exists`,
+             *     `conflict`, `precondition_failed`, `payload_too_large`, `no_leader`, `internal`.
+             */
+            code: string;
+            details: Record<string, never>;
+            message: string;
+        };
+        /** @description The error envelope, for the OpenAPI document. */
+        ErrorEnvelope: {
+            error: components["schemas"]["ErrorBody"];
+        };
+        /** @description One change, appended by `apply`. `revision` is the Raft log index of the command. */
+        Event: {
+            id: string;
+            kind: string;
+            /** @description The object after the change (`null` for deletions). */
+            object: Record<string, never>;
+            project?: string;
+            /** Format: int64 */
+            revision: number;
+            /** @description `<kind>.<verb>`, e.g. `vm.created`, `vm.status`, `network.deleted`. */
+            type: string;
+        };
+        JoinRequest: {
+            /** @description The joining member's REST URL (`http://host:port`). */
+            api_url: string;
+            /** @description The joining member's Raft address (`host:port`). */
+            raft_addr: string;
+            /** @description The single-use join token. */
+            token: string;
+        };
+        JoinResponse: {
+            /** @description The secret members authenticate Raft traffic with. */
+            cluster_secret: string;
+            /** Format: int64 */
+            member_id: number;
+        };
+        JoinTokenView: {
+            /** Format: int64 */
+            expires_at_ms: number;
+            token: string;
+        };
+        ListResponse: {
+            items: Record<string, never>[];
+            next_page_token?: string | null;
+            /**
+             * Format: int64
+             * @description The applied revision the list was read at.
+             */
+            revision: number;
+        };
+        LogEntryView: {
+            component: string;
+            id: string;
+            level: string;
+            message: string;
+            object_ids: string[];
+            /** Format: int64 */
+            timestamp_ns: number;
+        };
+        LogPage: {
+            entries: components["schemas"]["LogEntryView"][];
+            next_cursor?: string | null;
+        };
+        /** @description A control-plane member as Raft knows it (openraft's `Node` type). */
+        Member: {
+            /** @description `http://host:port` of the member's REST API. */
+            api_url: string;
+            /** @description `host:port` of the member's Raft listener. */
+            raft_addr: string;
+        };
+        MemberView: {
+            api_url: string;
+            /** Format: int64 */
+            id: number;
+            raft_addr: string;
+            /** @description `leader`, `voter` or `learner`. */
+            role: string;
+        };
+        /** @description Identity and bookkeeping shared by every resource. */
+        Meta: {
+            created_at: string;
+            id: string;
+            labels?: {
+                [key: string]: string;
+            };
+            name: string;
+            /** @description Project name (projects themselves carry their own name here). */
+            project: string;
+            /**
+             * Format: int64
+             * @description Raft log index that last changed this object (its ETag).
+             */
+            revision: number;
+            /**
+             * Format: int64
+             * @description Raft log index that last changed what a node must do (spec, placement); status reports
+             *     do not move it.
+             */
+            spec_revision: number;
+            updated_at: string;
+        };
+        Network: components["schemas"]["Meta"] & {
+            spec: components["schemas"]["NetworkSpec"];
+            status: components["schemas"]["Status"];
+        };
+        NetworkInterfaceRequest: {
+            ipv4_address?: string | null;
+            ipv6_address?: string | null;
+            network_id: string;
+            security_group_ids?: string[];
+        };
+        NetworkSpec: {
+            dns_servers?: string[];
+            ipv4_prefix?: string | null;
+            ipv6_prefix?: string | null;
+            is_public?: boolean;
+            ntp_servers?: string[];
+        };
+        Nic: components["schemas"]["Meta"] & {
+            /** @description Set when the NIC was created by and belongs to a VM (deleted with it). */
+            owner_vm_id?: string | null;
+            spec: components["schemas"]["NicSpec"];
+            status: components["schemas"]["Status"];
+            /** @description The VM this NIC is attached to. */
+            vm_id?: string | null;
+        };
+        NicSpec: {
+            ipv4_address?: string | null;
+            ipv6_address?: string | null;
+            mac_address?: string | null;
+            network_id: string;
+            security_group_ids?: string[];
+        };
+        Node: components["schemas"]["Meta"] & {
+            /** @description Sum of what is placed on the node (filled when read, not stored). */
+            allocated?: components["schemas"]["Capacity"];
+            spec: components["schemas"]["NodeSpec"];
+            status: components["schemas"]["NodeStatus"];
+        };
+        NodeSpec: {
+            /** @description False = cordoned: nothing new is placed here. */
+            schedulable?: boolean;
+        };
+        NodeStatus: {
+            address: string;
+            agent_version: string;
+            capacity: components["schemas"]["Capacity"];
+            /** @description The agent's NodeAgent endpoint (console relay); empty = none. */
+            console_endpoint?: string;
+            last_state_change_at?: string | null;
+            /** @description `online` or `offline`. */
+            state: string;
+        };
+        /** @description One node's report on a resource that lives on several nodes. */
+        PerNodeStatus: {
+            /** Format: int64 */
+            import_bytes_done?: number | null;
+            /** Format: int64 */
+            import_bytes_total?: number | null;
+            message?: string;
+            phase: string;
+            updated_at?: string | null;
+        };
+        Project: components["schemas"]["Meta"] & {
+            description?: string;
+        };
+        ResizeRequest: {
+            /** Format: int64 */
+            size_bytes: number;
+        };
+        RootVolumeRequest: {
+            /** Format: int64 */
+            size_bytes: number;
+            template_id: string;
+        };
+        Scheduling: {
+            reason?: string;
+            /** @description `pending` or `scheduled`. */
+            state: string;
+        };
+        SecurityGroup: components["schemas"]["Meta"] & {
+            spec: components["schemas"]["SecurityGroupSpec"];
+            status: components["schemas"]["Status"];
+        };
+        SecurityGroupRule: {
+            cidr?: string | null;
+            description?: string;
+            /** @description `ingress` or `egress`. */
+            direction: string;
+            /** @description Minted by the API when omitted. */
+            id?: string | null;
+            /** Format: int32 */
+            port_max?: number;
+            /** Format: int32 */
+            port_min?: number;
+            /** @description `any`, `tcp`, `udp`, `icmp`, `icmpv6`. */
+            protocol?: string;
+            remote_group_id?: string | null;
+        };
+        SecurityGroupSpec: {
+            rules?: components["schemas"]["SecurityGroupRule"][];
+        };
+        SnapshotRequest: {
+            name: string;
+        };
+        /** @description What nodes report. Empty phase until the first report. */
+        Status: {
+            conditions?: components["schemas"]["Condition"][];
+            fields?: {
+                [key: string]: string;
+            };
+            /** Format: int64 */
+            import_bytes_done?: number | null;
+            /** Format: int64 */
+            import_bytes_total?: number | null;
+            ipv4_addresses?: string[];
+            ipv6_addresses?: string[];
+            message?: string;
+            node_id?: string | null;
+            /**
+             * @description For resources that exist on several nodes (templates, networks, security groups): each
+             *     node's own report, by node id. The top-level fields then mirror the least advanced node
+             *     (failed before pending/importing before ready), so one node's success never hides
+             *     another's failure.
+             */
+            nodes?: {
+                [key: string]: components["schemas"]["PerNodeStatus"];
+            };
+            /** Format: int64 */
+            observed_revision?: number;
+            phase?: string;
+            updated_at?: string | null;
+            /** Format: int64 */
+            used_bytes?: number | null;
+        };
+        Template: components["schemas"]["Meta"] & {
+            spec: components["schemas"]["TemplateSpec"];
+            status: components["schemas"]["Status"];
+        };
+        TemplateSpec: {
+            cmdline?: string | null;
+            /** @description `raw` or `qcow2`. */
+            format?: string;
+            initramfs_url?: string | null;
+            kernel_url?: string | null;
+            sha256?: string | null;
+            source_url: string;
+        };
+        /** @description A token as listed (never with its secret or hash). */
+        TokenView: {
+            created_at: string;
+            id: string;
+            name: string;
+            role: string;
+            /** @description Only in the answer to the create call. */
+            token?: string | null;
+        };
+        UpdateProjectRequest: {
+            labels?: {
+                [key: string]: string;
+            } | null;
+        };
+        /** @description Body of an update: labels and/or the full spec. */
+        UpdateRequest_NetworkSpec: {
+            labels?: {
+                [key: string]: string;
+            } | null;
+            spec?: {
+                dns_servers?: string[];
+                ipv4_prefix?: string | null;
+                ipv6_prefix?: string | null;
+                is_public?: boolean;
+                ntp_servers?: string[];
+            };
+        };
+        /** @description Body of an update: labels and/or the full spec. */
+        UpdateRequest_NicSpec: {
+            labels?: {
+                [key: string]: string;
+            } | null;
+            spec?: {
+                ipv4_address?: string | null;
+                ipv6_address?: string | null;
+                mac_address?: string | null;
+                network_id: string;
+                security_group_ids?: string[];
+            };
+        };
+        /** @description Body of an update: labels and/or the full spec. */
+        UpdateRequest_NodeSpec: {
+            labels?: {
+                [key: string]: string;
+            } | null;
+            spec?: {
+                /** @description False = cordoned: nothing new is placed here. */
+                schedulable?: boolean;
+            };
+        };
+        /** @description Body of an update: labels and/or the full spec. */
+        UpdateRequest_SecurityGroupSpec: {
+            labels?: {
+                [key: string]: string;
+            } | null;
+            spec?: {
+                rules?: components["schemas"]["SecurityGroupRule"][];
+            };
+        };
+        /** @description Body of an update: labels and/or the full spec. */
+        UpdateRequest_TemplateSpec: {
+            labels?: {
+                [key: string]: string;
+            } | null;
+            spec?: {
+                cmdline?: string | null;
+                /** @description `raw` or `qcow2`. */
+                format?: string;
+                initramfs_url?: string | null;
+                kernel_url?: string | null;
+                sha256?: string | null;
+                source_url: string;
+            };
+        };
+        /** @description Body of an update: labels and/or the full spec. */
+        UpdateRequest_VmSpec: {
+            labels?: {
+                [key: string]: string;
+            } | null;
+            spec?: {
+                /** @description `uefi`, `direct_kernel`, or omitted (direct kernel when the root template has a kernel). */
+                boot_mode?: string | null;
+                /** @description `running` (default) or `stopped`. */
+                desired_state?: string;
+                hostname?: string | null;
+                kernel_cmdline?: string | null;
+                /** Format: int64 */
+                memory_bytes: number;
+                /** @description Create-only: owned NICs (appended to `nic_ids`). */
+                network_interfaces?: components["schemas"]["NetworkInterfaceRequest"][];
+                nic_ids?: string[];
+                /** @description A node id, a node name, or `k=v,k2=v2` labels. */
+                node_selector?: string | null;
+                root_volume?: null | components["schemas"]["RootVolumeRequest"];
+                ssh_authorized_keys?: string[];
+                user_data?: string | null;
+                /** Format: int32 */
+                vcpus: number;
+                volume_ids?: string[];
+            };
+        };
+        /** @description Body of an update: labels and/or the full spec. */
+        UpdateRequest_VolumeSpec: {
+            labels?: {
+                [key: string]: string;
+            } | null;
+            spec?: {
+                /** @description Pin the volume to a node (otherwise it goes where its first VM is placed). */
+                node_id?: string | null;
+                /** Format: int64 */
+                size_bytes: number;
+                template_id?: string | null;
+            };
+        };
+        Vm: components["schemas"]["Meta"] & {
+            node_id?: string | null;
+            /**
+             * @description The state of the VM's node (`online`/`offline`) as the control plane sees it, kept
+             *     current when the node's state changes. While it is `offline`, `status` is only the node's
+             *     last report and may be stale.
+             */
+            node_state?: string | null;
+            /** Format: int64 */
+            restart_generation?: number;
+            scheduling: components["schemas"]["Scheduling"];
+            spec: components["schemas"]["VmSpec"];
+            status: components["schemas"]["Status"];
+            /** @description `graceful` or `force`: how the last stop was requested. */
+            stop_mode?: string;
+        };
+        VmSpec: {
+            /** @description `uefi`, `direct_kernel`, or omitted (direct kernel when the root template has a kernel). */
+            boot_mode?: string | null;
+            /** @description `running` (default) or `stopped`. */
+            desired_state?: string;
+            hostname?: string | null;
+            kernel_cmdline?: string | null;
+            /** Format: int64 */
+            memory_bytes: number;
+            /** @description Create-only: owned NICs (appended to `nic_ids`). */
+            network_interfaces?: components["schemas"]["NetworkInterfaceRequest"][];
+            nic_ids?: string[];
+            /** @description A node id, a node name, or `k=v,k2=v2` labels. */
+            node_selector?: string | null;
+            root_volume?: null | components["schemas"]["RootVolumeRequest"];
+            ssh_authorized_keys?: string[];
+            user_data?: string | null;
+            /** Format: int32 */
+            vcpus: number;
+            volume_ids?: string[];
+        };
+        Volume: components["schemas"]["Meta"] & {
+            /** @description Where the volume lives (set by pinning or by its first VM's placement). */
+            node_id?: string | null;
+            owner_vm_id?: string | null;
+            snapshots?: components["schemas"]["VolumeSnapshot"][];
+            spec: components["schemas"]["VolumeSpec"];
+            status: components["schemas"]["Status"];
+            /** @description The VM the volume is attached to. */
+            vm_id?: string | null;
+        };
+        VolumeSnapshot: {
+            created_at: string;
+            id: string;
+            name: string;
+        };
+        VolumeSpec: {
+            /** @description Pin the volume to a node (otherwise it goes where its first VM is placed). */
+            node_id?: string | null;
+            /** Format: int64 */
+            size_bytes: number;
+            template_id?: string | null;
+        };
+    };
+    responses: never;
+    parameters: never;
+    requestBodies: never;
+    headers: never;
+    pathItems: never;
+}
+export type $defs = Record<string, never>;
+export interface operations {
+    controlplane: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ControlPlaneView"];
+                };
+            };
+        };
+    };
+    join: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["JoinRequest"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["JoinResponse"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    create_join_token: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CreateJoinTokenRequest"];
+            };
+        };
+        responses: {
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["JoinTokenView"];
+                };
+            };
+        };
+    };
+    remove_member: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description member id */
+                id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    events: {
+        parameters: {
+            query?: {
+                /** @description Resume after this revision (like `Last-Event-ID`). */
+                from_revision?: number;
+                /** @description Only events of this project. */
+                project?: string;
+                /** @description Only events of this type (`vm.created`) or kind prefix (`vm`). */
+                type?: string;
+            };
+            header?: {
+                /** @description resume after this revision */
+                "Last-Event-ID"?: string | null;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description text/event-stream of Event objects */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Event"];
+                };
+            };
+        };
+    };
+    health: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the member is up */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    logs: {
+        parameters: {
+            query?: {
+                component?: string;
+                cursor?: string;
+                follow?: boolean;
+                /** @description Comma-separated levels: audit, info, warn, error, debug. */
+                level?: string;
+                limit?: number;
+                object_id?: string;
+                /** @description `newest` (default) or `oldest`. */
+                order?: string;
+                /** @description Inclusive lower bound, nanoseconds since the epoch. */
+                since_ns?: number;
+                /** @description Substring of the message. */
+                text?: string;
+                /** @description Exclusive upper bound, nanoseconds since the epoch. */
+                until_ns?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["LogPage"];
+                };
+            };
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    get_v1_networks: {
+        parameters: {
+            query?: {
+                /** @description Label selector `k=v,k2=v2` (all must match). */
+                label?: string;
+                /** @description Page size (default 100, at most 1000). */
+                limit?: number;
+                /** @description Only objects placed on this node (id or name): VMs, volumes. */
+                node?: string;
+                /** @description `next_page_token` of the previous page. */
+                page_token?: string;
+                /** @description Only objects whose `status.phase` is this (`scheduling.state` `pending` also matches VMs). */
+                phase?: string;
+                /** @description Only objects of this project (name). Default: all projects. */
+                project?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ListResponse"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    post_v1_networks: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description a retry with the same key returns the first result */
+                "Idempotency-Key"?: string | null;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CreateRequest_NetworkSpec"];
+            };
+        };
+        responses: {
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Network"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    get_v1_networks_id_: {
+        parameters: {
+            query?: {
+                /** @description Project (name) for resolving a name in the path (default `default`). */
+                project?: string;
+            };
+            header?: never;
+            path: {
+                /** @description id or name */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Network"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    put_v1_networks_id_: {
+        parameters: {
+            query?: {
+                /** @description Project (name) for resolving a name in the path (default `default`). */
+                project?: string;
+            };
+            header?: {
+                /** @description "<revision>" */
+                "If-Match"?: string | null;
+            };
+            path: {
+                /** @description id or name */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["UpdateRequest_NetworkSpec"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Network"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    delete_v1_networks_id_: {
+        parameters: {
+            query?: {
+                /** @description Networks: also delete the network's NICs. */
+                force?: boolean;
+                project?: string;
+            };
+            header?: {
+                /** @description "<revision>" */
+                "If-Match"?: string | null;
+            };
+            path: {
+                /** @description id or name */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    get_v1_nics: {
+        parameters: {
+            query?: {
+                /** @description Label selector `k=v,k2=v2` (all must match). */
+                label?: string;
+                /** @description Page size (default 100, at most 1000). */
+                limit?: number;
+                /** @description Only objects placed on this node (id or name): VMs, volumes. */
+                node?: string;
+                /** @description `next_page_token` of the previous page. */
+                page_token?: string;
+                /** @description Only objects whose `status.phase` is this (`scheduling.state` `pending` also matches VMs). */
+                phase?: string;
+                /** @description Only objects of this project (name). Default: all projects. */
+                project?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ListResponse"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    post_v1_nics: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description a retry with the same key returns the first result */
+                "Idempotency-Key"?: string | null;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CreateRequest_NicSpec"];
+            };
+        };
+        responses: {
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Nic"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    get_v1_nics_id_: {
+        parameters: {
+            query?: {
+                /** @description Project (name) for resolving a name in the path (default `default`). */
+                project?: string;
+            };
+            header?: never;
+            path: {
+                /** @description id or name */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Nic"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    put_v1_nics_id_: {
+        parameters: {
+            query?: {
+                /** @description Project (name) for resolving a name in the path (default `default`). */
+                project?: string;
+            };
+            header?: {
+                /** @description "<revision>" */
+                "If-Match"?: string | null;
+            };
+            path: {
+                /** @description id or name */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["UpdateRequest_NicSpec"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Nic"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    delete_v1_nics_id_: {
+        parameters: {
+            query?: {
+                /** @description Networks: also delete the network's NICs. */
+                force?: boolean;
+                project?: string;
+            };
+            header?: {
+                /** @description "<revision>" */
+                "If-Match"?: string | null;
+            };
+            path: {
+                /** @description id or name */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    list_nodes: {
+        parameters: {
+            query?: {
+                /** @description Label selector `k=v,k2=v2` (all must match). */
+                label?: string;
+                /** @description Page size (default 100, at most 1000). */
+                limit?: number;
+                /** @description Only objects placed on this node (id or name): VMs, volumes. */
+                node?: string;
+                /** @description `next_page_token` of the previous page. */
+                page_token?: string;
+                /** @description Only objects whose `status.phase` is this (`scheduling.state` `pending` also matches VMs). */
+                phase?: string;
+                /** @description Only objects of this project (name). Default: all projects. */
+                project?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ListResponse"];
+                };
+            };
+        };
+    };
+    get_node: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description id or name */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Node"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    update_node: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description id or name */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["UpdateRequest_NodeSpec"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Node"];
+                };
+            };
+        };
+    };
+    delete_node: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description id or name */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    list_projects: {
+        parameters: {
+            query?: {
+                /** @description Label selector `k=v,k2=v2` (all must match). */
+                label?: string;
+                /** @description Page size (default 100, at most 1000). */
+                limit?: number;
+                /** @description Only objects placed on this node (id or name): VMs, volumes. */
+                node?: string;
+                /** @description `next_page_token` of the previous page. */
+                page_token?: string;
+                /** @description Only objects whose `status.phase` is this (`scheduling.state` `pending` also matches VMs). */
+                phase?: string;
+                /** @description Only objects of this project (name). Default: all projects. */
+                project?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ListResponse"];
+                };
+            };
+        };
+    };
+    create_project: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CreateProjectRequest"];
+            };
+        };
+        responses: {
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Project"];
+                };
+            };
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    get_project: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description id or name */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Project"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    update_project: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description id or name */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["UpdateProjectRequest"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Project"];
+                };
+            };
+        };
+    };
+    delete_project: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description id or name */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    get_v1_security_groups: {
+        parameters: {
+            query?: {
+                /** @description Label selector `k=v,k2=v2` (all must match). */
+                label?: string;
+                /** @description Page size (default 100, at most 1000). */
+                limit?: number;
+                /** @description Only objects placed on this node (id or name): VMs, volumes. */
+                node?: string;
+                /** @description `next_page_token` of the previous page. */
+                page_token?: string;
+                /** @description Only objects whose `status.phase` is this (`scheduling.state` `pending` also matches VMs). */
+                phase?: string;
+                /** @description Only objects of this project (name). Default: all projects. */
+                project?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ListResponse"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    post_v1_security_groups: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description a retry with the same key returns the first result */
+                "Idempotency-Key"?: string | null;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CreateRequest_SecurityGroupSpec"];
+            };
+        };
+        responses: {
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SecurityGroup"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    get_v1_security_groups_id_: {
+        parameters: {
+            query?: {
+                /** @description Project (name) for resolving a name in the path (default `default`). */
+                project?: string;
+            };
+            header?: never;
+            path: {
+                /** @description id or name */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SecurityGroup"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    put_v1_security_groups_id_: {
+        parameters: {
+            query?: {
+                /** @description Project (name) for resolving a name in the path (default `default`). */
+                project?: string;
+            };
+            header?: {
+                /** @description "<revision>" */
+                "If-Match"?: string | null;
+            };
+            path: {
+                /** @description id or name */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["UpdateRequest_SecurityGroupSpec"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SecurityGroup"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    delete_v1_security_groups_id_: {
+        parameters: {
+            query?: {
+                /** @description Networks: also delete the network's NICs. */
+                force?: boolean;
+                project?: string;
+            };
+            header?: {
+                /** @description "<revision>" */
+                "If-Match"?: string | null;
+            };
+            path: {
+                /** @description id or name */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    add_rule: {
+        parameters: {
+            query?: {
+                /** @description Project (name) for resolving a name in the path (default `default`). */
+                project?: string;
+            };
+            header?: never;
+            path: {
+                /** @description id or name */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SecurityGroupRule"];
+            };
+        };
+        responses: {
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SecurityGroupRule"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    delete_rule: {
+        parameters: {
+            query?: {
+                /** @description Project (name) for resolving a name in the path (default `default`). */
+                project?: string;
+            };
+            header?: never;
+            path: {
+                /** @description id or name */
+                id: string;
+                /** @description rule id */
+                rule_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    get_v1_templates: {
+        parameters: {
+            query?: {
+                /** @description Label selector `k=v,k2=v2` (all must match). */
+                label?: string;
+                /** @description Page size (default 100, at most 1000). */
+                limit?: number;
+                /** @description Only objects placed on this node (id or name): VMs, volumes. */
+                node?: string;
+                /** @description `next_page_token` of the previous page. */
+                page_token?: string;
+                /** @description Only objects whose `status.phase` is this (`scheduling.state` `pending` also matches VMs). */
+                phase?: string;
+                /** @description Only objects of this project (name). Default: all projects. */
+                project?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ListResponse"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    post_v1_templates: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description a retry with the same key returns the first result */
+                "Idempotency-Key"?: string | null;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CreateRequest_TemplateSpec"];
+            };
+        };
+        responses: {
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Template"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    get_v1_templates_id_: {
+        parameters: {
+            query?: {
+                /** @description Project (name) for resolving a name in the path (default `default`). */
+                project?: string;
+            };
+            header?: never;
+            path: {
+                /** @description id or name */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Template"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    put_v1_templates_id_: {
+        parameters: {
+            query?: {
+                /** @description Project (name) for resolving a name in the path (default `default`). */
+                project?: string;
+            };
+            header?: {
+                /** @description "<revision>" */
+                "If-Match"?: string | null;
+            };
+            path: {
+                /** @description id or name */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["UpdateRequest_TemplateSpec"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Template"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    delete_v1_templates_id_: {
+        parameters: {
+            query?: {
+                /** @description Networks: also delete the network's NICs. */
+                force?: boolean;
+                project?: string;
+            };
+            header?: {
+                /** @description "<revision>" */
+                "If-Match"?: string | null;
+            };
+            path: {
+                /** @description id or name */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    list_tokens: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TokenView"][];
+                };
+            };
+        };
+    };
+    create_token: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CreateTokenRequest"];
+            };
+        };
+        responses: {
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TokenView"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    delete_token: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description token id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    get_v1_vms: {
+        parameters: {
+            query?: {
+                /** @description Label selector `k=v,k2=v2` (all must match). */
+                label?: string;
+                /** @description Page size (default 100, at most 1000). */
+                limit?: number;
+                /** @description Only objects placed on this node (id or name): VMs, volumes. */
+                node?: string;
+                /** @description `next_page_token` of the previous page. */
+                page_token?: string;
+                /** @description Only objects whose `status.phase` is this (`scheduling.state` `pending` also matches VMs). */
+                phase?: string;
+                /** @description Only objects of this project (name). Default: all projects. */
+                project?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ListResponse"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    post_v1_vms: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description a retry with the same key returns the first result */
+                "Idempotency-Key"?: string | null;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CreateRequest_VmSpec"];
+            };
+        };
+        responses: {
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Vm"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    get_v1_vms_id_: {
+        parameters: {
+            query?: {
+                /** @description Project (name) for resolving a name in the path (default `default`). */
+                project?: string;
+            };
+            header?: never;
+            path: {
+                /** @description id or name */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Vm"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    put_v1_vms_id_: {
+        parameters: {
+            query?: {
+                /** @description Project (name) for resolving a name in the path (default `default`). */
+                project?: string;
+            };
+            header?: {
+                /** @description "<revision>" */
+                "If-Match"?: string | null;
+            };
+            path: {
+                /** @description id or name */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["UpdateRequest_VmSpec"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Vm"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    delete_v1_vms_id_: {
+        parameters: {
+            query?: {
+                /** @description Networks: also delete the network's NICs. */
+                force?: boolean;
+                project?: string;
+            };
+            header?: {
+                /** @description "<revision>" */
+                "If-Match"?: string | null;
+            };
+            path: {
+                /** @description id or name */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    vm_action: {
+        parameters: {
+            query?: {
+                /** @description Project (name) for resolving a name in the path (default `default`). */
+                project?: string;
+            };
+            header?: never;
+            path: {
+                /** @description start, stop, kill or restart */
+                action: string;
+                /** @description id or name */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Vm"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    vm_console: {
+        parameters: {
+            query?: {
+                /** @description Project (name) for resolving a name in the path (default `default`). */
+                project?: string;
+            };
+            header?: never;
+            path: {
+                /** @description id or name */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description WebSocket: binary frames in both directions */
+            101: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    get_v1_volumes: {
+        parameters: {
+            query?: {
+                /** @description Label selector `k=v,k2=v2` (all must match). */
+                label?: string;
+                /** @description Page size (default 100, at most 1000). */
+                limit?: number;
+                /** @description Only objects placed on this node (id or name): VMs, volumes. */
+                node?: string;
+                /** @description `next_page_token` of the previous page. */
+                page_token?: string;
+                /** @description Only objects whose `status.phase` is this (`scheduling.state` `pending` also matches VMs). */
+                phase?: string;
+                /** @description Only objects of this project (name). Default: all projects. */
+                project?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ListResponse"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    post_v1_volumes: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description a retry with the same key returns the first result */
+                "Idempotency-Key"?: string | null;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CreateRequest_VolumeSpec"];
+            };
+        };
+        responses: {
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Volume"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    get_v1_volumes_id_: {
+        parameters: {
+            query?: {
+                /** @description Project (name) for resolving a name in the path (default `default`). */
+                project?: string;
+            };
+            header?: never;
+            path: {
+                /** @description id or name */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Volume"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    put_v1_volumes_id_: {
+        parameters: {
+            query?: {
+                /** @description Project (name) for resolving a name in the path (default `default`). */
+                project?: string;
+            };
+            header?: {
+                /** @description "<revision>" */
+                "If-Match"?: string | null;
+            };
+            path: {
+                /** @description id or name */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["UpdateRequest_VolumeSpec"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Volume"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    delete_v1_volumes_id_: {
+        parameters: {
+            query?: {
+                /** @description Networks: also delete the network's NICs. */
+                force?: boolean;
+                project?: string;
+            };
+            header?: {
+                /** @description "<revision>" */
+                "If-Match"?: string | null;
+            };
+            path: {
+                /** @description id or name */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    resize_volume: {
+        parameters: {
+            query?: {
+                /** @description Project (name) for resolving a name in the path (default `default`). */
+                project?: string;
+            };
+            header?: never;
+            path: {
+                /** @description id or name */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ResizeRequest"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Volume"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    create_snapshot: {
+        parameters: {
+            query?: {
+                /** @description Project (name) for resolving a name in the path (default `default`). */
+                project?: string;
+            };
+            header?: never;
+            path: {
+                /** @description id or name */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SnapshotRequest"];
+            };
+        };
+        responses: {
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["VolumeSnapshot"];
+                };
+            };
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    delete_snapshot: {
+        parameters: {
+            query?: {
+                /** @description Project (name) for resolving a name in the path (default `default`). */
+                project?: string;
+            };
+            header?: never;
+            path: {
+                /** @description id or name */
+                id: string;
+                /** @description snapshot id or name */
+                snapshot_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+}

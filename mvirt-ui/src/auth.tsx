@@ -1,0 +1,81 @@
+// Login state: the API token (kept in sessionStorage: it lives as long as the tab) and the
+// caller's role. Today every token that REST accepts is an admin token (node tokens get 403);
+// when the API gains `GET /v1/whoami` with a role (operator, viewer), the role comes from there.
+import { createContext, useContext, useEffect, useState, type ReactNode } from 'react';
+import { api, ApiError, getSession, onSessionChange, setSession } from './api/client';
+
+export type Role = 'admin' | 'operator' | 'viewer';
+
+const STORAGE = 'mvirt.token';
+
+interface AuthState {
+  token: string | null;
+  role: Role;
+  login: (token: string) => Promise<void>;
+  logout: () => void;
+}
+
+const AuthContext = createContext<AuthState | null>(null);
+
+async function roleOf(token: string): Promise<Role> {
+  try {
+    const me = await api<{ role?: string }>('/v1/whoami', { token });
+    if (me.role === 'viewer' || me.role === 'operator') return me.role;
+    return 'admin';
+  } catch (e) {
+    if (e instanceof ApiError && e.status === 404) return 'admin';
+    throw e;
+  }
+}
+
+export function AuthProvider({ children }: { children: ReactNode }) {
+  const [token, setToken] = useState<string | null>(() => {
+    const t = sessionStorage.getItem(STORAGE);
+    if (t) setSession({ token: t });
+    return t;
+  });
+  const [role, setRole] = useState<Role>('admin');
+
+  useEffect(
+    () =>
+      onSessionChange(() => {
+        const s = getSession();
+        setToken(s?.token ?? null);
+        if (!s) sessionStorage.removeItem(STORAGE);
+      }),
+    [],
+  );
+  useEffect(() => {
+    if (token) roleOf(token).then(setRole, () => undefined);
+  }, [token]);
+
+  const login = async (t: string) => {
+    // A call every token that may use REST can make: checks the token before we keep it.
+    await api('/v1/projects', { token: t, query: { limit: 1 } });
+    setRole(await roleOf(t));
+    sessionStorage.setItem(STORAGE, t);
+    setSession({ token: t });
+  };
+  const logout = () => {
+    sessionStorage.removeItem(STORAGE);
+    setSession(null);
+  };
+  return <AuthContext.Provider value={{ token, role, login, logout }}>{children}</AuthContext.Provider>;
+}
+
+export function useAuth() {
+  const ctx = useContext(AuthContext);
+  if (!ctx) throw new Error('useAuth outside AuthProvider');
+  return ctx;
+}
+
+/** What a role may do. Buttons that the API would refuse are not shown. */
+export type Action = 'write' | 'vm-action' | 'admin';
+export function allowed(role: Role, action: Action): boolean {
+  if (role === 'admin') return true;
+  if (role === 'operator') return action !== 'admin';
+  return false;
+}
+export function useCan(action: Action) {
+  return allowed(useAuth().role, action);
+}

@@ -1,0 +1,77 @@
+// The React side of the live layer: one event stream per login, resource lists from the cache.
+import { createContext, useContext, useEffect, useMemo, useState, type ReactNode } from 'react';
+import { useQuery, useQueryClient } from '@tanstack/react-query';
+import { api } from './api/client';
+import { openEventStream, type ApiEvent, type StreamState } from './api/events';
+import { LiveSync, listKey, type Kind, type LiveList, type Resource } from './api/live';
+import { useAuth } from './auth';
+
+interface LiveState {
+  sync: LiveSync;
+  state: StreamState;
+  ready: boolean;
+}
+const LiveContext = createContext<LiveState | null>(null);
+
+export function LiveProvider({ children }: { children: ReactNode }) {
+  const qc = useQueryClient();
+  const { token, logout } = useAuth();
+  const sync = useMemo(() => new LiveSync(qc), [qc]);
+  const [state, setState] = useState<StreamState>('connecting');
+  const [ready, setReady] = useState(false);
+
+  useEffect(() => {
+    if (!token) return;
+    let close: (() => void) | undefined;
+    let cancelled = false;
+    // Start the stream at the revision the member has applied now: every list read after this
+    // is at least as new, and the stream replays everything after it.
+    api<{ applied_revision: number }>('/v1/health')
+      .then((h) => h.applied_revision)
+      .catch(() => undefined)
+      .then((from) => {
+        if (cancelled) return;
+        setReady(true);
+        close = openEventStream({
+          token,
+          from,
+          onEvent: sync.onEvent,
+          onState: setState,
+          onFatal: () => logout(),
+        });
+      });
+    return () => {
+      cancelled = true;
+      close?.();
+      setReady(false);
+    };
+  }, [token, sync, logout]);
+
+  return <LiveContext.Provider value={{ sync, state, ready }}>{children}</LiveContext.Provider>;
+}
+
+export function useLive() {
+  const ctx = useContext(LiveContext);
+  if (!ctx) throw new Error('useLive outside LiveProvider');
+  return ctx;
+}
+
+/** A live list of one kind (every project; filter with `inProject`). */
+export function useList<T extends Resource = Resource>(kind: Kind) {
+  const { sync, ready } = useLive();
+  const q = useQuery<LiveList>({
+    queryKey: listKey(kind),
+    queryFn: () => sync.load(kind),
+    enabled: ready,
+    staleTime: Infinity,
+  });
+  return { ...q, items: (q.data?.items ?? []) as T[] };
+}
+
+/** The newest `n` events, updated as they arrive. */
+export function useRecentEvents(n: number): ApiEvent[] {
+  const { sync } = useLive();
+  const [events, setEvents] = useState(() => sync.recent(n));
+  useEffect(() => sync.subscribe(() => setEvents(sync.recent(n))), [sync, n]);
+  return events;
+}

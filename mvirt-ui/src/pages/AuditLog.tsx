@@ -1,0 +1,136 @@
+// The audit log (mvirt-log through GET /v1/logs): filters, pages, and "follow", which keeps a
+// stream open (the same fetch-based SSE reader as the events, with the token in the header).
+import { useEffect, useState, type FormEvent } from 'react';
+import { useInfiniteQuery } from '@tanstack/react-query';
+import { api, buildUrl, getSession } from '../api/client';
+import { SseParser } from '../api/events';
+import { Badge, Button, ErrorBox, inputCls, PageHeader, Table } from '../components/ui';
+
+export interface LogEntry {
+  id: string;
+  timestamp_ns: number;
+  message: string;
+  level: string;
+  component: string;
+  object_ids: string[];
+}
+
+const LEVELS = ['audit', 'info', 'warn', 'error', 'debug'];
+
+interface Filters {
+  object_id: string;
+  component: string;
+  text: string;
+  levels: string[];
+}
+
+function query(f: Filters) {
+  return { object_id: f.object_id, component: f.component, text: f.text, level: f.levels.join(',') };
+}
+
+export default function AuditLog() {
+  const [draft, setDraft] = useState<Filters>({ object_id: '', component: '', text: '', levels: [] });
+  const [filters, setFilters] = useState(draft);
+  const [follow, setFollow] = useState(false);
+  const [live, setLive] = useState<LogEntry[]>([]);
+  const [followError, setFollowError] = useState<string>();
+  const pages = useInfiniteQuery({
+    queryKey: ['logs', filters],
+    queryFn: ({ pageParam }) => api<{ entries: LogEntry[]; next_cursor?: string | null }>('/v1/logs', { query: { ...query(filters), limit: 100, cursor: pageParam } }),
+    initialPageParam: undefined as string | undefined,
+    getNextPageParam: (last) => last.next_cursor ?? undefined,
+  });
+
+  useEffect(() => {
+    setLive([]);
+    if (!follow) return;
+    const ctrl = new AbortController();
+    const token = getSession()?.token ?? '';
+    (async () => {
+      try {
+        const resp = await fetch(buildUrl('/v1/logs', { ...query(filters), follow: true, since_ns: Date.now() * 1e6 }), {
+          headers: { Authorization: `Bearer ${token}` },
+          signal: ctrl.signal,
+        });
+        if (!resp.ok || !resp.body) {
+          setFollowError(`follow failed: ${await resp.text()}`);
+          return;
+        }
+        const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
+        const parser = new SseParser();
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          const entries = parser.push(value).map((m) => JSON.parse(m.data) as LogEntry);
+          if (entries.length) setLive((old) => [...entries.reverse(), ...old].slice(0, 1000));
+        }
+      } catch (e) {
+        if (!ctrl.signal.aborted) setFollowError((e as Error).message);
+      }
+    })();
+    return () => ctrl.abort();
+  }, [follow, filters]);
+
+  const seen = new Set(live.map((e) => e.id));
+  const entries = [...live, ...(pages.data?.pages.flatMap((p) => p.entries) ?? []).filter((e) => !seen.has(e.id))];
+  const apply = (e: FormEvent) => {
+    e.preventDefault();
+    setFilters(draft);
+  };
+  return (
+    <div className="flex flex-col gap-3">
+      <PageHeader title="Audit log" />
+      <form onSubmit={apply} className="flex flex-wrap items-end gap-3" aria-label="Log filters">
+        <label className="flex flex-col text-sm">
+          Object id
+          <input className={inputCls} value={draft.object_id} onChange={(e) => setDraft({ ...draft, object_id: e.target.value.trim() })} />
+        </label>
+        <label className="flex flex-col text-sm">
+          Component
+          <input className={inputCls} value={draft.component} onChange={(e) => setDraft({ ...draft, component: e.target.value.trim() })} />
+        </label>
+        <label className="flex flex-col text-sm">
+          Text
+          <input className={inputCls} value={draft.text} onChange={(e) => setDraft({ ...draft, text: e.target.value })} />
+        </label>
+        <fieldset className="flex gap-2 text-sm">
+          <legend className="sr-only">Levels</legend>
+          {LEVELS.map((l) => (
+            <label key={l} className="flex items-center gap-1">
+              <input
+                type="checkbox"
+                checked={draft.levels.includes(l)}
+                onChange={() => setDraft({ ...draft, levels: draft.levels.includes(l) ? draft.levels.filter((x) => x !== l) : [...draft.levels, l] })}
+              />
+              {l}
+            </label>
+          ))}
+        </fieldset>
+        <Button type="submit">Apply</Button>
+        <label className="flex items-center gap-1 text-sm">
+          <input type="checkbox" checked={follow} onChange={(e) => setFollow(e.target.checked)} /> Follow
+        </label>
+      </form>
+      <ErrorBox error={pages.error} />
+      {followError && <ErrorBox error={new Error(followError)} onClose={() => setFollowError(undefined)} />}
+      <Table label="Log entries" head={['Time', 'Level', 'Component', 'Message', 'Objects']}>
+        {entries.map((e) => (
+          <tr key={e.id}>
+            <td className="px-3 py-1 whitespace-nowrap font-mono text-xs">{new Date(e.timestamp_ns / 1e6).toISOString().replace('T', ' ').slice(0, 23)}</td>
+            <td className="px-3 py-1">
+              <Badge value={e.level} />
+            </td>
+            <td className="px-3 py-1">{e.component}</td>
+            <td className="px-3 py-1">{e.message}</td>
+            <td className="px-3 py-1 font-mono text-xs">{e.object_ids.map((o) => o.slice(-8)).join(' ')}</td>
+          </tr>
+        ))}
+      </Table>
+      {pages.hasNextPage && (
+        <Button onClick={() => pages.fetchNextPage()} disabled={pages.isFetchingNextPage}>
+          Older entries
+        </Button>
+      )}
+    </div>
+  );
+}

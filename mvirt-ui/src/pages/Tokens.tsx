@@ -1,0 +1,74 @@
+// API tokens: the secret is shown once, right after creation, and never again.
+import { useState } from 'react';
+import { useMutation, useQuery, useQueryClient } from '@tanstack/react-query';
+import { api, del, post } from '../api/client';
+import type { TokenView } from '../api/types';
+import { useCan } from '../auth';
+import { SimpleForm } from '../components/Form';
+import { Button, Card, ConfirmButton, ErrorBox, PageHeader, Table } from '../components/ui';
+import { ago, validateName } from '../format';
+
+export default function Tokens() {
+  const can = useCan('admin');
+  const qc = useQueryClient();
+  const tokens = useQuery({ queryKey: ['tokens'], queryFn: () => api<TokenView[]>('/v1/tokens') });
+  const [created, setCreated] = useState<TokenView | null>(null);
+  const [formKey, setFormKey] = useState(0);
+  const remove = useMutation({ mutationFn: (id: string) => del(`/v1/tokens/${id}`), onSuccess: () => qc.invalidateQueries({ queryKey: ['tokens'] }) });
+  return (
+    <div className="flex flex-col gap-4">
+      <PageHeader title="API tokens" actions={<Button onClick={() => tokens.refetch()}>Refresh</Button>} />
+      {created && (
+        <div role="status" className="rounded-md border border-green-600 bg-green-50 p-3 text-sm text-green-950 dark:bg-green-950 dark:text-green-50">
+          <p className="font-medium">Token {created.name} created. Copy the secret now: it is not shown again.</p>
+          <code className="mt-1 block break-all rounded bg-surface p-2 font-mono text-fg" data-testid="token-secret">
+            {created.token}
+          </code>
+          <div className="mt-2 flex gap-2">
+            <Button onClick={() => navigator.clipboard?.writeText(created.token ?? '')}>Copy</Button>
+            <Button onClick={() => setCreated(null)}>Done</Button>
+          </div>
+        </div>
+      )}
+      <ErrorBox error={tokens.error ?? remove.error} />
+      <Table label="Tokens" head={['Name', 'Role', 'Created', '']}>
+        {(tokens.data ?? []).map((t) => (
+          <tr key={t.id}>
+            <td className="px-3 py-2">{t.name}</td>
+            <td className="px-3 py-2">{t.role}</td>
+            <td className="px-3 py-2">{ago(t.created_at)}</td>
+            <td className="px-3 py-2 text-right">{can && <ConfirmButton label="Revoke" confirm={`Revoke ${t.name}?`} onConfirm={() => remove.mutate(t.id)} />}</td>
+          </tr>
+        ))}
+      </Table>
+      {can && (
+        <Card title="New token">
+          <SimpleForm
+            key={formKey}
+            label="Create token"
+            fields={[
+              { key: 'name', label: 'Name' },
+              {
+                key: 'role',
+                label: 'Role',
+                type: 'select',
+                initial: 'admin',
+                options: [
+                  { value: 'admin', label: 'admin (REST and NodeService)' },
+                  { value: 'node', label: 'node (a node agent: NodeService only)' },
+                ],
+              },
+            ]}
+            validate={(v) => ({ name: validateName(v.name) })}
+            submit={(v) => post<TokenView>('/v1/tokens', { name: v.name, role: v.role })}
+            onDone={(t) => {
+              setCreated(t as TokenView);
+              setFormKey((k) => k + 1);
+              void qc.invalidateQueries({ queryKey: ['tokens'] });
+            }}
+          />
+        </Card>
+      )}
+    </div>
+  );
+}

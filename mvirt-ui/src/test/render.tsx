@@ -1,0 +1,46 @@
+// Renders a page with every provider the app has, against a fetch the test provides.
+import { QueryClientProvider } from '@tanstack/react-query';
+import { render } from '@testing-library/react';
+import type { ReactNode } from 'react';
+import { MemoryRouter } from 'react-router';
+import { vi } from 'vitest';
+import { makeQueryClient } from '../App';
+import { AuthProvider } from '../auth';
+import { LiveProvider } from '../live';
+import { ProjectProvider } from '../project';
+
+export type Route = (url: string, init: RequestInit) => Response | Promise<Response> | undefined;
+
+export const json = (body: unknown, status = 200) => new Response(JSON.stringify(body), { status, headers: { 'Content-Type': 'application/json' } });
+export const page = (items: unknown[]) => json({ items, next_page_token: null, revision: 1 });
+
+/** Stubs fetch: `route` answers what it knows; lists are empty, the event stream stays open. */
+export function stubApi(route: Route) {
+  const calls: { url: string; init: RequestInit }[] = [];
+  const fetchMock = vi.fn(async (url: string, init: RequestInit = {}) => {
+    calls.push({ url, init });
+    const r = await route(url, init);
+    if (r) return r;
+    if (url.startsWith('/v1/events')) return new Promise<Response>(() => undefined);
+    if (url.startsWith('/v1/health')) return json({ status: 'ok', applied_revision: 1 });
+    if (url.startsWith('/v1/whoami')) return json({ error: { code: 'not_found', message: 'no such endpoint' } }, 404);
+    return page([]);
+  });
+  vi.stubGlobal('fetch', fetchMock);
+  return calls;
+}
+
+export function renderApp(ui: ReactNode, { token = 'test-token' } = {}) {
+  sessionStorage.setItem('mvirt.token', token);
+  return render(
+    <QueryClientProvider client={makeQueryClient()}>
+      <AuthProvider>
+        <ProjectProvider>
+          <MemoryRouter>
+            <LiveProvider>{ui}</LiveProvider>
+          </MemoryRouter>
+        </ProjectProvider>
+      </AuthProvider>
+    </QueryClientProvider>,
+  );
+}
