@@ -41,3 +41,6 @@ done
 
 # vhost-user vsock backend for pod guests under QEMU (mvirt-one in-guest tests).
 command -v vhost-device-vsock >/dev/null || cargo install vhost-device-vsock --version 0.3.0
+
+# The web UI: Node.js ≥ 20 with npm, and Chromium for its end-to-end test.
+bash "$(dirname "$0")/setup-ui.sh"

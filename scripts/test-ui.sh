@@ -6,17 +6,13 @@
 # `cargo test --workspace` runs ui_e2e with every other test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup-ui.sh
-
+echo "== mvirt-ui: npm ci and build"
+bash scripts/build-ui.sh
 cd mvirt-ui
-echo "== mvirt-ui: npm ci"
-npm ci --no-audit --no-fund --loglevel=error
 echo "== mvirt-ui: typecheck"
 npm run --silent typecheck
 echo "== mvirt-ui: vitest"
 npx vitest run
-echo "== mvirt-ui: build"
-npx vite build --logLevel warn
 cd ..
 
 if [ "${1:-}" != "--build-only" ]; then

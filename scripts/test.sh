@@ -11,6 +11,8 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
+bash scripts/test-ui.sh --build-only  # mvirt-ui: npm ci, typecheck, Vitest, dist/ for the ui_e2e test below
+
 echo "== cargo test"
 # zfs-fuse has been seen to deadlock when several pools create datasets at the same moment:
 # mvirt-zfs's tests (many pools) run one at a time; everything else in parallel as usual.

@@ -71,6 +71,7 @@ bash scripts/setup.sh
 say "building mvirt ($PROFILE)"
 cargo build --profile "$PROFILE" --bins -p mvirt-log -p mvirt-zfs -p mvirt-ebpf -p mvirt-vmm -p mvirt-api \
   -p mvirt-node -p mvirt-cli -p mvirt-testsupport
+say "building the web UI" && bash scripts/build-ui.sh
 
 mkdir -p "$DATA"/{log,zfs,ebpf,vmm,api,node,images} "$RUN"
 
@@ -120,7 +121,7 @@ start mvirt-ebpf "$BIN/mvirt-ebpf" --data-dir "$DATA/ebpf"
 start mvirt-vmm "$BIN/mvirt-vmm" --data-dir "$DATA/vmm" --allowed-dir "$DATA" \
   --qemu-accel "${MVIRT_DEV_QEMU_ACCEL:-tcg}"
 start mvirt-api "$BIN/mvirt-api" --data-dir "$DATA/api" --listen "127.0.0.1:$API_PORT" \
-  --grpc-listen 127.0.0.1:50056 --raft-listen 127.0.0.1:6001 --advertise-host 127.0.0.1
+  --grpc-listen 127.0.0.1:50056 --raft-listen 127.0.0.1:6001 --advertise-host 127.0.0.1 --ui-dir "$ROOT/mvirt-ui/dist"
 wait_for "mvirt-api" curl -sf "$API/v1/health"
 wait_for "the admin token" test -s "$DATA/api/admin.token"
 start mvirt-node "$BIN/mvirt-node" --data-dir "$DATA/node" --api http://127.0.0.1:50056 \
@@ -176,6 +177,7 @@ cat <<EOT
 
 mvirt is running (data in $DATA, logs in $RUN).
   API:      $API   (token: $DATA/api/admin.token)
+  Dashboard: $API/   (log in with the token in $DATA/api/admin.token)
   VM demo:  $VM
   Console:  $BIN/mvirt --url $API --token "\$(cat $DATA/api/admin.token)" vm console demo
             (or websocat -H "Authorization: Bearer \$(cat $DATA/api/admin.token)" ws://127.0.0.1:$API_PORT/v1/vms/$VM/console)
