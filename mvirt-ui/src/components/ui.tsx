@@ -67,10 +67,12 @@ export function Badge({ value }: { value: string }) {
   return <span className={`inline-block rounded px-2 py-0.5 text-xs font-medium ${cls}`}>{value || '—'}</span>;
 }
 
-export function Table({ head, children, label }: { head: ReactNode[]; children: ReactNode; label: string }) {
+export function Table({ head, children, label, fixed }: { head: ReactNode[]; children: ReactNode; label: string; fixed?: boolean }) {
+  // `fixed`: column widths from the header alone — a long table (1,000 VMs) is laid out without
+  // measuring every cell, which is most of its first render.
   return (
     <div className="overflow-x-auto rounded-lg border border-line">
-      <table className="w-full text-left text-sm" aria-label={label}>
+      <table className={`w-full text-left text-sm ${fixed ? 'table-fixed' : ''}`} aria-label={label}>
         <thead className="bg-panel text-muted">
           <tr>
             {head.map((h, i) => (

@@ -49,8 +49,8 @@ describe('VmList', () => {
     stubApi((url) => (url.startsWith('/v1/vms') ? page([vm('alpha', 'running'), vm('beta', 'stopped')]) : undefined));
     renderApp(<VmList />);
     const rows = await screen.findAllByTestId('vm-row');
-    expect(rows.map((r) => r.dataset.name)).toEqual(['alpha', 'beta']);
-    expect(within(rows[0]).getByText('running')).toBeTruthy();
+    expect(rows.map((r) => r.dataset.name)).toEqual(['beta', 'alpha']); // newest (highest UUIDv7) first
+    expect(within(rows[1]).getByText('running')).toBeTruthy();
   });
 
   it('shows the form errors without calling the API, then the API message when it refuses', async () => {

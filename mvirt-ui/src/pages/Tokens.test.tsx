@@ -1,0 +1,40 @@
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { screen, within } from '@testing-library/react';
+import userEvent from '@testing-library/user-event';
+import { json, renderApp, stubApi } from '../test/render';
+import Tokens from './Tokens';
+import { validateRule } from './SecurityGroups';
+
+afterEach(() => vi.unstubAllGlobals());
+
+describe('Tokens', () => {
+  it('shows a new token secret once, and no more after Done', async () => {
+    const tokens = [{ id: 't1', name: 'admin', role: 'admin', created_at: '2026-01-01T00:00:00Z' }];
+    stubApi((url, init) => {
+      if (url === '/v1/tokens' && init.method === 'POST') {
+        const t = { id: 't2', name: JSON.parse(init.body as string).name, role: 'admin', created_at: '2026-01-01T00:00:00Z' };
+        tokens.push(t);
+        return json({ ...t, token: 's3cr3t-value' }, 201);
+      }
+      if (url === '/v1/tokens') return json(tokens);
+      return undefined;
+    });
+    renderApp(<Tokens />);
+    const form = await screen.findByRole('form', { name: 'Create token' });
+    await userEvent.type(within(form).getByLabelText('Name'), 'ci');
+    await userEvent.click(within(form).getByRole('button', { name: 'Create' }));
+    expect((await screen.findByTestId('token-secret')).textContent).toBe('s3cr3t-value');
+    expect(await screen.findByText('ci')).toBeTruthy();
+    await userEvent.click(screen.getByRole('button', { name: 'Done' }));
+    expect(screen.queryByText('s3cr3t-value')).toBeNull();
+  });
+});
+
+describe('security group rules', () => {
+  it('are checked before sending', () => {
+    expect(validateRule({ protocol: 'tcp', port_min: '22', port_max: '22', cidr: '0.0.0.0/0' })).toEqual({});
+    expect(validateRule({ protocol: 'tcp', port_min: '80', port_max: '79', cidr: '' }).port_max).toMatch(/below/);
+    expect(validateRule({ protocol: 'udp', port_min: '0', port_max: '70000', cidr: 'x' })).toMatchObject({ port_min: expect.any(String), port_max: expect.any(String), cidr: expect.any(String) });
+    expect(validateRule({ protocol: 'icmp', port_min: '', port_max: '', cidr: '' })).toEqual({});
+  });
+});
