@@ -16,6 +16,7 @@ PACKAGES=(
   sqlite3 curl jq tmux xz-utils zstd gzip
   etcd-server              # mvirt-api benchmark baseline (3-member etcd side by side)
   python3                  # mvirt-vmm: fake cloud-hypervisor test double
+  nix-bin                  # deployment test: every .nix file parses, nix/lib.nix evaluates
 )
 
 missing=()

@@ -21,4 +21,5 @@ log="${CARGO_TARGET_DIR:-target}/test-output.log"
 mkdir -p "$(dirname "$log")"
 cargo test --workspace --exclude mvirt-zfs --no-fail-fast 2>&1 | tee "$log" || status=1
 cargo test -p mvirt-zfs --no-fail-fast -- --test-threads=1 2>&1 | tee -a "$log" || status=1
+bash scripts/test-deploy.sh 2>&1 | tee -a "$log" || status=1  # packaging: NixOS module flags, .debs boot a VM
 exit $status

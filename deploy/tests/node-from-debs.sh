@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# Steps 4-6 of scripts/test-deploy.sh, run by it inside a mount and network namespace of its own
+# (unshare --mount --net --propagation slave): installs the .deb files from WORK/debs into a
+# fresh root, verifies the units, starts every daemon as its unit says and boots a VM through
+# REST. Arguments: REPO WORK POOL START (set up by scripts/test-deploy.sh, which also cleans up).
+set -euo pipefail
+REPO=$1 WORK=$2 POOL=$3 START=$4
+R=$WORK/root
+UNITRUN="python3 $REPO/deploy/tests/unitrun.py"
+say() { printf '== test-deploy: %s (%ss)\n' "$*" "$(($(date +%s) - START))"; }
+die() { printf 'test-deploy: FAILED: %s\n' "$*" >&2; exit 1; }
+ip link set lo up
+
+say "a fresh root: an overlay of this machine's / with a throw-away upper layer"
+mkdir -p "$WORK/ovl" "$R"
+mount -t tmpfs tmpfs "$WORK/ovl"
+mkdir -p "$WORK/ovl/upper" "$WORK/ovl/work"
+mount -t overlay overlay -o "lowerdir=/,upperdir=$WORK/ovl/upper,workdir=$WORK/ovl/work" "$R"
+mount --rbind /dev "$R/dev"
+mount -t proc proc "$R/proc"
+mount -t sysfs sysfs "$R/sys"              # sysfs of this network namespace (its TAPs)
+mount -t bpf bpf "$R/sys/fs/bpf"          # a bpffs of our own: pins vanish with the namespace
+mount -t tmpfs tmpfs "$R/run"              # /run of a freshly booted host
+mkdir -p "$R/run/zfs" "$R/tmp/debs"
+mount --bind /run/zfs "$R/run/zfs"         # zfs-fuse's socket
+mkdir -p "$R$WORK/shared"
+mount --rbind "$WORK/shared" "$R$WORK/shared"
+[ ! -e "$R/usr/bin/mvirt-vmm" ] && [ ! -e "$R/etc/mvirt" ] || die "the root is not fresh: mvirt is installed on this machine"
+
+say "dpkg -i every package into the root"
+cp "$WORK"/debs/*.deb "$R/tmp/debs/"
+chroot "$R" sh -c 'dpkg -i /tmp/debs/*.deb' >"$WORK/logs/dpkg.log" 2>&1 || { cat "$WORK/logs/dpkg.log"; die "dpkg -i failed"; }
+for pkg in mvirt-common mvirt-log mvirt-zfs mvirt-ebpf mvirt-vmm mvirt-api mvirt-node mvirt-cli mvirt-hypervisor mvirt-controlplane; do
+  [ "$(chroot "$R" dpkg-query -W -f '${Status}' "$pkg")" = "install ok installed" ] || die "$pkg is not installed"
+done
+chroot "$R" getent group mvirt >/dev/null || die "no mvirt group"
+[ "$(chroot "$R" id -gn mvirt)" = mvirt ] || die "the mvirt user is not in the mvirt group"
+[ "$(chroot "$R" stat -c "%a %G" /run/mvirt)" = "750 mvirt" ] || die "/run/mvirt is not 0750 root:mvirt"
+[ -d "$R/var/lib/mvirt/images" ] || die "no /var/lib/mvirt/images"
+[ "$(stat -c %a "$R/etc/mvirt/api.env")" = 600 ] || die "/etc/mvirt/api.env (may hold a join token) is not 0600"
+grep -qx 'KillMode=process' "$R/lib/systemd/system/mvirt-vmm.service" || die "mvirt-vmm.service lacks KillMode=process"
+chroot "$R" mvirt --help >/dev/null || die "the mvirt CLI does not run"
+
+say "systemd-analyze verify"
+chroot "$R" sh -c 'systemd-analyze verify /lib/systemd/system/mvirt-*.service' >"$WORK/logs/verify.log" 2>&1 ||
+  { cat "$WORK/logs/verify.log"; die "systemd-analyze verify failed"; }
+# Units this machine does not have (zfs.target: kernel ZFS) are fine; anything about ours is not.
+if grep -E 'mvirt-[a-z]+\.service:' "$WORK/logs/verify.log"; then die "systemd-analyze verify complains about a unit"; fi
+
+say "operator configuration in /etc/mvirt/"
+sed -i "s|^MVIRT_ZFS_POOL=.*|MVIRT_ZFS_POOL=$POOL|" "$R/etc/mvirt/zfs.env"
+sed -i "s|^MVIRT_VMM_ALLOWED_DIRS=.*|MVIRT_VMM_ALLOWED_DIRS=/var/lib/mvirt,$WORK/shared/pool/mnt|" "$R/etc/mvirt/vmm.env"
+sed -i "s|^#MVIRT_NODE_NAME=.*|MVIRT_NODE_NAME=deploy-test|" "$R/etc/mvirt/node.env"
+cp "$WORK"/images/{disk.raw,vmlinuz,initramfs.img} "$R/var/lib/mvirt/images/"
+
+declare -A PIDS
+# running PID: the process exists and is not a zombie (the daemons are not this shell's children).
+running() { [ -e "/proc/$1/stat" ] && [ "$(sed 's/.*) //' "/proc/$1/stat" | cut -d' ' -f1)" != Z ]; }
+start_unit() {
+  PIDS[$1]=$($UNITRUN start "$R" "$1.service" "$WORK/logs/$1.log")
+  echo "   $1: pid ${PIDS[$1]} ($($UNITRUN show "$R" "$1.service" | sed -n 1p))"
+}
+grpc_up() { # a daemon is up when its TCP port accepts (from the packaged env file)
+  local addr; addr=$(sed -n "s/^$1=//p" "$R/etc/mvirt/$2.env")
+  local host=${addr%:*} port=${addr##*:}; host=${host#[}; host=${host%]}
+  timeout 1 bash -c "</dev/tcp/$host/$port" 2>/dev/null
+}
+wait_for() { # wait_for WHAT SECONDS COMMAND...
+  local what=$1 secs=$2; shift 2
+  local end=$(($(date +%s) + secs))
+  until "$@"; do
+    [ "$(date +%s)" -lt "$end" ] || die "timed out after ${secs}s waiting for $what"
+    sleep 0.2
+  done
+}
+mapfile -t ORDER < <($UNITRUN order "$R")
+echo "   order: ${ORDER[*]}"
+pos() { local i; for i in "${!ORDER[@]}"; do [ "${ORDER[$i]}" = "$1.service" ] && echo "$i"; done; }
+[ ${#ORDER[@]} = 6 ] || die "expected six units, found ${ORDER[*]}"
+for dep in mvirt-log mvirt-zfs mvirt-ebpf; do
+  [ "$(pos "$dep")" -lt "$(pos mvirt-vmm)" ] || die "$dep does not start before mvirt-vmm"
+done
+for dep in mvirt-log mvirt-zfs mvirt-ebpf mvirt-vmm mvirt-api; do
+  [ "$(pos "$dep")" -lt "$(pos mvirt-node)" ] || die "$dep does not start before mvirt-node"
+done
+
+say "starting the daemons as their units say, in After= order"
+API=http://127.0.0.1:8080
+for unit in "${ORDER[@]}"; do
+  name=${unit%.service}
+  case $name in
+    mvirt-log) start_unit "$name"; wait_for "mvirt-log" 30 grpc_up MVIRT_LOG_LISTEN log ;;
+    mvirt-zfs) start_unit "$name"; wait_for "mvirt-zfs" 30 grpc_up MVIRT_ZFS_LISTEN zfs ;;
+    mvirt-ebpf) start_unit "$name"; wait_for "mvirt-ebpf" 30 grpc_up MVIRT_EBPF_LISTEN ebpf ;;
+    mvirt-vmm) start_unit "$name"; wait_for "mvirt-vmm" 30 grpc_up MVIRT_VMM_LISTEN vmm ;;
+    mvirt-api)
+      start_unit "$name"
+      wait_for "mvirt-api" 60 curl -sf -o /dev/null "$API/v1/health"
+      wait_for "the admin token" 30 test -s "$R/var/lib/mvirt/api/admin.token"
+      [ "$(chroot "$R" stat -c "%U %a" /var/lib/mvirt/api/admin.token)" = "mvirt 600" ] || die "admin.token is not mvirt's, 0600"
+      TOKEN=$(cat "$R/var/lib/mvirt/api/admin.token")
+      # The node token the agent's packaged configuration expects in /etc/mvirt/node.token.
+      NODE_TOKEN=$(curl -sSf -X POST -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+        --data '{"name":"hosts","role":"node"}' "$API/v1/tokens" | jq -r .token)
+      install -m 0600 /dev/null "$R/etc/mvirt/node.token"
+      printf %s "$NODE_TOKEN" >"$R/etc/mvirt/node.token" ;;
+    mvirt-node) start_unit "$name" ;;
+    *) die "an unknown unit $unit was installed" ;;
+  esac
+done
+MVIRT_UID=$(chroot "$R" id -u mvirt)
+for name in mvirt-log mvirt-api; do # User=mvirt in their units
+  [ "$(awk '/^Uid:/{print $2}' "/proc/${PIDS[$name]}/status")" = "$MVIRT_UID" ] || die "$name does not run as mvirt"
+done
+
+api() { # api METHOD PATH [JSON]
+  if [ $# -ge 3 ]; then
+    curl -sS -f -X "$1" -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' --data "$3" "$API$2"
+  else
+    curl -sS -f -X "$1" -H "Authorization: Bearer $TOKEN" "$API$2"
+  fi
+}
+say "through REST: the node registers with its node token"
+wait_for "the node to be online" 60 sh -c "curl -sf -H 'Authorization: Bearer $TOKEN' $API/v1/nodes | jq -e '.items | length == 1 and .[0].status.state == \"online\"' >/dev/null"
+NET=$(api POST /v1/networks '{"name":"net","spec":{"ipv4_prefix":"10.77.0.0/24"}}' | jq -r .id)
+TPL=$(api POST /v1/templates '{"name":"tiny","spec":{"source_url":"file:///var/lib/mvirt/images/disk.raw","format":"raw","kernel_url":"file:///var/lib/mvirt/images/vmlinuz","initramfs_url":"file:///var/lib/mvirt/images/initramfs.img","cmdline":"console=ttyS0 tsc_early_khz=2100000 panic=-1"}}' | jq -r .id)
+VM=$(api POST /v1/vms "$(jq -n --arg net "$NET" --arg tpl "$TPL" '{name:"vm1",spec:{vcpus:1,memory_bytes:268435456,hostname:"vm1",root_volume:{template_id:$tpl,size_bytes:67108864},network_interfaces:[{network_id:$net}]}}')" | jq -r .id)
+say "VM $VM: waiting until it runs"
+vm_phase() { api GET "/v1/vms/$VM" | jq -r '.status.phase // ""'; }
+end=$(($(date +%s) + 120))
+until [ "$(vm_phase)" = running ]; do
+  [ "$(vm_phase)" != failed ] && [ "$(date +%s)" -lt "$end" ] ||
+    die "the VM did not run: $(api GET "/v1/vms/$VM" | jq -c '{scheduling, status}')"
+  sleep 0.5
+done
+ADDR=$(api GET "/v1/nics?project=default" | jq -r --arg vm "$VM" '.items[] | select(.owner_vm_id == $vm) | .spec.ipv4_address')
+CONSOLE=$R/var/lib/mvirt/vmm/run/$VM/console.log
+wait_for "the guest's DHCP lease from mvirt-ebpf ($ADDR)" 90 grep -q "MVIRT-DHCP-BOUND ip=$ADDR" "$CONSOLE"
+grep -q "MVIRT-CIDATA-HOSTNAME vm1" "$CONSOLE" || die "the guest did not apply its cloud-init hostname"
+QEMU=$(pgrep -f "qemu-system.*$VM" | head -n 1)
+[ -n "$QEMU" ] && [ "$(readlink "/proc/$QEMU/root")" = "$R" ] || die "no QEMU process for $VM inside the root"
+
+say "mvirt-vmm stopped as KillMode=process stops it: the guest survives and is adopted"
+$UNITRUN stop "$R" mvirt-vmm.service "${PIDS[mvirt-vmm]}"
+! running "${PIDS[mvirt-vmm]}" || die "mvirt-vmm did not stop"
+running "$QEMU" || die "stopping mvirt-vmm killed the guest"
+start_unit mvirt-vmm
+wait_for "mvirt-vmm" 30 grpc_up MVIRT_VMM_LISTEN vmm
+wait_for "the adopted VM to be reported running" 60 sh -c "[ \"\$(curl -sf -H 'Authorization: Bearer $TOKEN' $API/v1/vms/$VM | jq -r '.status.phase')\" = running ]"
+[ "$(pgrep -f "qemu-system.*$VM" | head -n 1)" = "$QEMU" ] || die "the guest was replaced instead of adopted"
+grep -q 'adopted' "$WORK/logs/mvirt-vmm.log" || die "the restarted mvirt-vmm did not log an adoption"
+
+say "stopping every daemon as its unit says"
+for ((i = ${#ORDER[@]} - 1; i >= 0; i--)); do
+  name=${ORDER[$i]%.service}
+  $UNITRUN stop "$R" "$name.service" "${PIDS[$name]}"
+done
+kill -9 "$QEMU" 2>/dev/null || true
