@@ -93,6 +93,10 @@ for pkg in mvirt-common mvirt-log mvirt-zfs mvirt-ebpf mvirt-vmm mvirt-api mvirt
   mvirt-hypervisor mvirt-controlplane; do
   ls "$WORK/debs/${pkg}_"*.deb >/dev/null 2>&1 || die "no $pkg package was built"
 done
+if [ -f mvirt-ui/package.json ]; then
+  ls "$WORK/debs/mvirt-ui_"*.deb >/dev/null 2>&1 ||
+    die "no mvirt-ui package: build the UI first (bash scripts/test-ui.sh --build-only)"
+fi
 
 say "storage: zfs-fuse pool $POOL (mounted in a shared subtree the daemons' namespace sees)"
 # zfs-fuse is one daemon per machine, shared with the other tests (mvirt-testsupport::zfs).

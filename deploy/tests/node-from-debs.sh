@@ -120,6 +120,11 @@ api() { # api METHOD PATH [JSON]
     curl -sS -f -X "$1" -H "Authorization: Bearer $TOKEN" "$API$2"
   fi
 }
+if [ -f "$REPO/mvirt-ui/package.json" ]; then
+  say "the web UI from the mvirt-ui package is served at /"
+  curl -sSf "$API/" | grep -qi '<!doctype html' || die "GET / does not serve the packaged UI's index.html"
+  cmp -s <(curl -sSf "$API/") "$R/usr/share/mvirt/ui/index.html" || die "GET / is not /usr/share/mvirt/ui/index.html"
+fi
 say "through REST: the node registers with its node token"
 wait_for "the node to be online" 60 sh -c "curl -sf -H 'Authorization: Bearer $TOKEN' $API/v1/nodes | jq -e '.items | length == 1 and .[0].status.state == \"online\"' >/dev/null"
 NET=$(api POST /v1/networks '{"name":"net","spec":{"ipv4_prefix":"10.77.0.0/24"}}' | jq -r .id)

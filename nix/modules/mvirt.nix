@@ -155,6 +155,9 @@ in
         allowedUDPPorts = ports "udp";
       };
     }
+    (lib.mkIf (cfg.api.enable && cfg.packages ? mvirt-ui) {
+      services.mvirt.api.settings.uiDir = lib.mkDefault "${cfg.packages.mvirt-ui}/share/mvirt/ui";
+    })
     (lib.mkIf cfg.zfs.enable {
       boot.supportedFilesystems = [ "zfs" ];
     })
