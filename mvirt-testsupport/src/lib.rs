@@ -1,7 +1,8 @@
 //! Fixtures shared by mvirt's integration tests, written once instead of per crate.
 //!
 //! - [`net`]: free loopback ports.
-//! - [`process`]: child processes killed on drop, waiting on conditions with a deadline.
+//! - [`process`]: child processes killed on drop, waiting on conditions with a deadline, and
+//!   the end-of-test check that no hypervisor process outlives a test.
 //! - [`guest`]: a cached Debian kernel and busybox initramfs for QEMU TCG test guests.
 //! - [`zfs`]: a zfs-fuse daemon and a pool on a sparse file, unique per test.
 //! - [`registry`]: a local OCI registry (distribution) on 127.0.0.1.

@@ -8,6 +8,13 @@
 //! start time and command line must match) and marks the others stopped, so restarting the
 //! daemon never kills or duplicates a guest. [`Vmm::shutdown`] detaches from every VM and
 //! leaves them running.
+//!
+//! Lifecycle operations (create, start, stop, kill, restart, delete) run to completion in a
+//! task of their own, whatever their caller does: a gRPC caller that gives up (deadline, agent
+//! killed) drops its request future, and a start dropped between spawning the hypervisor and
+//! tracking it would leave a guest nobody knows about, which a delete could not find. A delete
+//! also kills any hypervisor process that still names the VM's run directory, so it always ends
+//! with no process and no record.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -118,6 +125,8 @@ pub enum VmmError {
         #[source]
         source: std::io::Error,
     },
+    #[error("operation on VM {0} was interrupted (mvirt-vmm is shutting down)")]
+    Interrupted(String),
 }
 
 impl HasErrorKind for VmmError {
@@ -134,6 +143,7 @@ impl HasErrorKind for VmmError {
             | VmmError::Running(_)
             | VmmError::NotRunning { .. }
             | VmmError::ConsoleUnavailable(_) => ErrorKind::FailedPrecondition,
+            VmmError::Interrupted(_) => ErrorKind::Unavailable,
             VmmError::Hypervisor { .. }
             | VmmError::CloudInit(_)
             | VmmError::Store(_)
@@ -302,6 +312,44 @@ impl Vmm {
             .clone()
     }
 
+    /// Forgets the operation lock of a VM that no longer exists, unless another operation
+    /// holds or waits for it: that one must stay serialised with whatever comes next for the
+    /// same id (a re-create), so the entry stays until its last user is gone. (Removing it
+    /// while shared would let two operations on one id run at once, each with its own lock.)
+    fn release_op_lock(&self, id: &str, held: &Arc<tokio::sync::Mutex<()>>) {
+        let mut locks = lock(&self.inner.op_locks);
+        // The map's reference and the caller's: nobody else can reach this lock any more.
+        if locks.get(id).is_some_and(|l| Arc::ptr_eq(l, held)) && Arc::strong_count(held) == 2 {
+            locks.remove(id);
+        }
+    }
+
+    /// Runs `operation` under the VM's operation lock, on a task of its own: it completes even
+    /// if the caller's future is dropped (see the module comment).
+    async fn serialised<T, F, Fut>(&self, id: &str, operation: F) -> Result<T, VmmError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Vmm, String) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<T, VmmError>> + Send + 'static,
+    {
+        let (vmm, owned) = (self.clone(), id.to_string());
+        let task = tokio::spawn(async move {
+            let op = vmm.op_lock(&owned);
+            let guard = op.lock().await;
+            let result = operation(vmm.clone(), owned.clone()).await;
+            drop(guard);
+            if matches!(vmm.inner.store.get(&owned), Ok(None)) {
+                vmm.release_op_lock(&owned, &op);
+            }
+            result
+        });
+        match task.await {
+            Ok(result) => result,
+            Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+            Err(_) => Err(VmmError::Interrupted(id.to_string())),
+        }
+    }
+
     fn publish(&self, kind: VmEventKind, vm: &VmRecord) {
         let _ = self.inner.events.send(VmEvent {
             kind,
@@ -418,8 +466,14 @@ impl Vmm {
     pub async fn create(&self, id: &str, spec: VmSpec) -> Result<VmRecord, VmmError> {
         mvirt_common::validate::resource_id("VM id", id)?;
         spec.validate_shape()?;
-        let op = self.op_lock(id);
-        let _op = op.lock().await;
+        self.serialised(
+            id,
+            |vmm, id| async move { vmm.create_locked(&id, spec).await },
+        )
+        .await
+    }
+
+    async fn create_locked(&self, id: &str, spec: VmSpec) -> Result<VmRecord, VmmError> {
         if let Some(existing) = self.inner.store.get(id)? {
             return if existing.spec == spec {
                 Ok(existing)
@@ -472,10 +526,16 @@ impl Vmm {
             .collect())
     }
 
-    /// Deletes a stopped VM; a running one only with `force` (killed first).
+    /// Deletes a stopped VM; a running one only with `force` (killed first). Ends with no
+    /// hypervisor process of the VM and no record.
     pub async fn delete(&self, id: &str, force: bool) -> Result<(), VmmError> {
-        let op = self.op_lock(id);
-        let _op = op.lock().await;
+        self.serialised(id, move |vmm, id| async move {
+            vmm.delete_locked(&id, force).await
+        })
+        .await
+    }
+
+    async fn delete_locked(&self, id: &str, force: bool) -> Result<(), VmmError> {
         let vm = self.load(id)?;
         if vm.state.is_active() {
             if !force {
@@ -486,13 +546,14 @@ impl Vmm {
         }
         let vm = self.load(id).unwrap_or(vm);
         let run = self.run_dir(id);
+        // Whatever the record says, no process of this VM survives its deletion.
+        self.kill_untracked(id, &run).await;
         if let Err(err) = std::fs::remove_dir_all(run.path()) {
             if err.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(vm = id, error = %err, "cannot remove run directory");
             }
         }
         self.inner.store.delete(id)?;
-        lock(&self.inner.op_locks).remove(id);
         self.inner
             .audit
             .audit(format!("deleted VM {}", vm.spec.name), &[id]);
@@ -504,9 +565,38 @@ impl Vmm {
 
     /// Starts a stopped (or failed) VM; returns it running. Starting a running VM is a no-op.
     pub async fn start(&self, id: &str) -> Result<VmRecord, VmmError> {
-        let op = self.op_lock(id);
-        let _op = op.lock().await;
-        self.start_locked(id).await
+        self.serialised(
+            id,
+            move |vmm, id| async move { vmm.start_locked(&id).await },
+        )
+        .await
+    }
+
+    /// SIGKILLs every hypervisor process naming the VM's run directory that the daemon does
+    /// not track (none, unless something went wrong) and waits until they are gone.
+    async fn kill_untracked(&self, id: &str, run: &RunDir) {
+        let tracked = lock(&self.inner.runtimes).get(id).map(|r| r.identity);
+        for pid in process::all_pids() {
+            let Some(identity) = process::identity(pid) else {
+                continue;
+            };
+            if Some(identity) == tracked
+                || !self.inner.driver.owns_process(run, &process::cmdline(pid))
+            {
+                continue;
+            }
+            tracing::warn!(
+                vm = id,
+                pid,
+                "killing an untracked hypervisor process of the VM"
+            );
+            self.inner.audit.warn(
+                format!("killed untracked hypervisor process {pid} of VM {id}"),
+                &[id],
+            );
+            process::signal(identity, nix::sys::signal::Signal::SIGKILL);
+            process::wait_exit(identity).await;
+        }
     }
 
     async fn start_locked(&self, id: &str) -> Result<VmRecord, VmmError> {
@@ -560,13 +650,25 @@ impl Vmm {
                 })?;
         let identity = launched.identity;
         self.track(id, identity, launched.child, Vec::new());
-        let vm = self.update(id, VmEventKind::StateChanged, |vm| {
+        let recorded = self.update(id, VmEventKind::StateChanged, |vm| {
             vm.state = VmState::Running;
             vm.state_reason = "started".into();
             vm.process = Some(identity);
             vm.started_at_ms = now_ms();
             vm.pending_changes.clear();
-        })?;
+        });
+        let vm = match recorded {
+            Ok(vm) => vm,
+            Err(err) => {
+                // A process the store does not name would outlive the VM: stop it.
+                if let Some((_, mut exited, stop_reason)) = self.runtime_handles(id) {
+                    *lock(&stop_reason) = Some("start could not be recorded".into());
+                    process::signal(identity, nix::sys::signal::Signal::SIGKILL);
+                    let _ = exited.wait_for(|d| *d).await;
+                }
+                return Err(err);
+            }
+        };
         self.inner.audit.audit(
             format!("started VM {} (pid {})", vm.spec.name, identity.pid),
             &[id],
@@ -648,9 +750,10 @@ impl Vmm {
 
     /// Graceful stop: power button, then a hard stop after `timeout`.
     pub async fn stop(&self, id: &str, timeout: Option<Duration>) -> Result<VmRecord, VmmError> {
-        let op = self.op_lock(id);
-        let _op = op.lock().await;
-        self.stop_locked(id, timeout).await
+        self.serialised(id, move |vmm, id| async move {
+            vmm.stop_locked(&id, timeout).await
+        })
+        .await
     }
 
     async fn stop_locked(&self, id: &str, timeout: Option<Duration>) -> Result<VmRecord, VmmError> {
@@ -712,9 +815,10 @@ impl Vmm {
 
     /// Immediate stop: SIGKILL to the hypervisor process.
     pub async fn kill(&self, id: &str) -> Result<VmRecord, VmmError> {
-        let op = self.op_lock(id);
-        let _op = op.lock().await;
-        self.kill_locked(id, "killed by request").await
+        self.serialised(id, move |vmm, id| async move {
+            vmm.kill_locked(&id, "killed by request").await
+        })
+        .await
     }
 
     async fn kill_locked(&self, id: &str, reason: &str) -> Result<VmRecord, VmmError> {
@@ -733,10 +837,11 @@ impl Vmm {
 
     /// Graceful stop (with the hard-stop fallback), then start.
     pub async fn restart(&self, id: &str, timeout: Option<Duration>) -> Result<VmRecord, VmmError> {
-        let op = self.op_lock(id);
-        let _op = op.lock().await;
-        self.stop_locked(id, timeout).await?;
-        self.start_locked(id).await
+        self.serialised(id, move |vmm, id| async move {
+            vmm.stop_locked(&id, timeout).await?;
+            vmm.start_locked(&id).await
+        })
+        .await
     }
 
     // ----- resize and hot-plug -----

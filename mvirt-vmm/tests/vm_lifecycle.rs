@@ -242,6 +242,7 @@ async fn a_guest_boots_with_cloud_init_a_disk_and_a_nic_and_powers_off_on_the_po
     assert_eq!(kinds, expected);
 
     daemon.stop().await.unwrap();
+    mvirt_testsupport::process::assert_no_hypervisor_outlives(dir.path(), Duration::ZERO).await;
 }
 
 /// The real `mvirt-vmm` binary on a free port.
@@ -596,6 +597,7 @@ async fn a_crashed_daemon_adopts_the_running_guest_on_restart_and_a_guest_ignori
     daemon.signal(nix::sys::signal::Signal::SIGTERM);
     let status = daemon.wait_timeout(Duration::from_secs(30));
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    mvirt_testsupport::process::assert_no_hypervisor_outlives(dir.path(), Duration::ZERO).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -654,4 +656,5 @@ async fn a_firmware_boot_vm_runs_ovmf_which_tries_to_boot_from_its_disk() {
         .into_inner();
     assert_eq!(state(&killed), proto::VmState::Stopped);
     daemon.stop().await.unwrap();
+    mvirt_testsupport::process::assert_no_hypervisor_outlives(dir.path(), Duration::ZERO).await;
 }
