@@ -9,8 +9,8 @@ cd "$(dirname "$0")/.."
 echo "== mvirt-ui: npm ci and build"
 bash scripts/build-ui.sh
 cd mvirt-ui
-echo "== mvirt-ui: typecheck"
-npm run --silent typecheck
+echo "== mvirt-ui: format check and typecheck"
+npm run --silent lint
 echo "== mvirt-ui: vitest"
 npx vitest run
 cd ..

@@ -52,7 +52,16 @@ const profile = mkdtempSync(path.join(os.tmpdir(), 'mvirt-ui-bench-'));
 const context = await chromium.launchPersistentContext(profile, {
   executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
   viewport: { width: 1400, height: 900 },
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  args: [
+    '--headless',
+    '--no-sandbox',
+    '--disable-gpu',
+    '--disable-quic',
+    '--no-first-run',
+    '--disable-background-networking',
+    '--disable-component-update',
+    '--disable-sync',
+  ],
 });
 try {
   const page = context.pages()[0] ?? (await context.newPage());
@@ -62,7 +71,9 @@ try {
     await page.goto(`${BASE}/vms`);
     // The list is windowed: done when it counts every VM and its first screen of rows is there.
     await page.waitForFunction(
-      (n) => parseInt(document.querySelector('[data-testid=vms-shown]')?.textContent ?? '0', 10) >= n && document.querySelectorAll('[data-testid=vm-row]').length >= 20,
+      (n) =>
+        parseInt(document.querySelector('[data-testid=vms-shown]')?.textContent ?? '0', 10) >= n &&
+        document.querySelectorAll('[data-testid=vm-row]').length >= 20,
       N,
       { polling: 'raf', timeout: 60_000 },
     );
@@ -70,7 +81,12 @@ try {
       await page.evaluate(() => {
         const list = performance.getEntriesByType('resource').filter((e) => e.name.includes('/v1/vms?'));
         const nav = performance.getEntriesByType('navigation')[0];
-        return { rows: performance.now(), script: nav.domContentLoadedEventEnd, listDone: Math.max(...list.map((e) => e.responseEnd)), listStart: Math.min(...list.map((e) => e.startTime)) };
+        return {
+          rows: performance.now(),
+          script: nav.domContentLoadedEventEnd,
+          listDone: Math.max(...list.map((e) => e.responseEnd)),
+          listStart: Math.min(...list.map((e) => e.startTime)),
+        };
       }),
     );
   }
@@ -85,7 +101,8 @@ try {
     new MutationObserver((records) => {
       const now = performance.timeOrigin + performance.now();
       for (const r of records)
-        for (const n of r.addedNodes) if (n.nodeType === 1 && n.dataset?.testid === 'vm-row' && !window.__seen.has(n.dataset.name)) window.__seen.set(n.dataset.name, now);
+        for (const n of r.addedNodes)
+          if (n.nodeType === 1 && n.dataset?.testid === 'vm-row' && !window.__seen.has(n.dataset.name)) window.__seen.set(n.dataset.name, now);
     }).observe(document.querySelector('tbody'), { childList: true });
   });
   const latencies = [];
@@ -97,7 +114,9 @@ try {
     latencies.push((await page.evaluate((n) => window.__seen.get(n), name)) - answered);
     names.push(name);
   }
-  console.log(`event → DOM over ${ROUNDS} creates: p50 ${pct(latencies, 50).toFixed(1)} ms, p95 ${pct(latencies, 95).toFixed(1)} ms, max ${Math.max(...latencies).toFixed(1)} ms`);
+  console.log(
+    `event → DOM over ${ROUNDS} creates: p50 ${pct(latencies, 50).toFixed(1)} ms, p95 ${pct(latencies, 95).toFixed(1)} ms, max ${Math.max(...latencies).toFixed(1)} ms`,
+  );
 } finally {
   await context.close();
   rmSync(profile, { recursive: true, force: true });

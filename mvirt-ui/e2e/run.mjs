@@ -8,7 +8,7 @@
 // message; a VM created through REST meanwhile appears live; delete. axe-core runs on every
 // page (no critical or serious violation) and every page is screenshotted into MVIRT_SHOTS.
 import { chromium } from 'playwright-core';
-import { mkdirSync, readFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, readFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
@@ -51,13 +51,17 @@ async function rest(method, p, body) {
 {
   const live = await typesFor(await fetchSpec(BASE, TOKEN));
   const checkedIn = readFileSync(SCHEMA_FILE, 'utf8');
-  if (live !== checkedIn) {
+  if (live !== checkedIn && process.env.MVIRT_UI_UPDATE_TYPES === '1') {
+    // Like a snapshot test's update mode: rewrite the file from the live spec (then commit it).
+    writeFileSync(SCHEMA_FILE, live);
+    log(`MVIRT_UI_UPDATE_TYPES=1: rewrote ${SCHEMA_FILE} from the live spec`);
+  } else if (live !== checkedIn) {
     const a = checkedIn.split('\n');
     const b = live.split('\n');
     const i = a.findIndex((line, n) => line !== b[n]);
     throw new Error(
       `src/api/schema.d.ts drifted from the live /v1/openapi.json (first difference at line ${i + 1}:\n  checked in: ${a[i]}\n  live:       ${b[i]})\n` +
-        'regenerate it with `MVIRT_API_URL=... MVIRT_TOKEN=... npm run gen:api` in mvirt-ui/ and commit it',
+        'regenerate it (MVIRT_UI_UPDATE_TYPES=1 cargo test -p mvirt-node --test ui_e2e, or `npm run gen:api` in mvirt-ui/ against a running API) and commit it',
     );
   }
   log('API types match the live spec');
@@ -97,7 +101,13 @@ try {
     await page.addScriptTag({ content: axeSource });
     const result = await page.evaluate(async () => await window.axe.run(document, { resultTypes: ['violations'] }));
     const bad = result.violations.filter((v) => v.impact === 'critical' || v.impact === 'serious');
-    for (const v of bad) axeViolations.push(`${name}: ${v.id} (${v.impact}) ${v.help} — ${v.nodes.map((n) => n.target.join(' ')).slice(0, 3).join(', ')}`);
+    for (const v of bad)
+      axeViolations.push(
+        `${name}: ${v.id} (${v.impact}) ${v.help} — ${v.nodes
+          .map((n) => n.target.join(' '))
+          .slice(0, 3)
+          .join(', ')}`,
+      );
     log(`page ${name}: screenshot, axe ${bad.length ? bad.length + ' serious/critical' : 'clean'}`);
   }
   const nav = async (label) => {
@@ -155,9 +165,9 @@ try {
   await form.getByLabel(NET).check();
   await form.getByLabel('User data (cloud-init)').fill('#cloud-config\nmvirt-ui-e2e: hello\n');
   await check('vm-create');
+  const created = Date.now();
   await form.getByRole('button', { name: 'Create' }).click();
   await page.getByRole('heading', { name: VM }).waitFor();
-  const created = Date.now();
   await page.getByTestId('detail-phase').filter({ hasText: 'running' }).waitFor({ timeout: BOOT_MS });
   log(`VM ${VM} shown running ${((Date.now() - created) / 1000).toFixed(1)}s after create, no reload`);
 
@@ -167,6 +177,7 @@ try {
   await page.getByTestId('console-state').filter({ hasText: 'connected' }).waitFor();
   const screenText = () => term.locator('.xterm-rows').innerText();
   await waitFor('the guest to finish booting on the console', BOOT_MS, async () => (await screenText()).includes('MVIRT-GUEST-BOOTED'));
+  await waitFor('the guest shell', 60_000, async () => (await screenText()).includes('built-in shell'));
   log('console shows the guest booted');
   await term.click();
   await page.keyboard.type('echo UI-$((6*7))\n', { delay: 20 });

@@ -132,7 +132,12 @@ function Shell({ children }: { children: ReactNode }) {
             {state === 'live' ? 'live' : state}
           </span>
           <span className="text-xs text-muted">role: {role}</span>
-          <button type="button" className="rounded-md px-2 py-1 text-sm hover:bg-line" onClick={toggle} aria-label={`Switch to ${theme === 'dark' ? 'light' : 'dark'} theme`}>
+          <button
+            type="button"
+            className="rounded-md px-2 py-1 text-sm hover:bg-line"
+            onClick={toggle}
+            aria-label={`Switch to ${theme === 'dark' ? 'light' : 'dark'} theme`}
+          >
             {theme === 'dark' ? '☀' : '☾'}
           </button>
           <button type="button" className="rounded-md px-2 py-1 text-sm hover:bg-line" onClick={logout}>

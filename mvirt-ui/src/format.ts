@@ -81,3 +81,20 @@ export const formatLabels = (l: Record<string, string> | undefined) =>
 
 export const MIB = 1024 * 1024;
 export const GIB = 1024 * MIB;
+
+/** What is placed on a node, from the live VM and volume lists (the API's `allocated`, kept live:
+ *  placing a VM emits a VM event, not a node event). */
+export function allocatedOn(
+  nodeId: string,
+  vms: { node_id?: string | null; spec: { vcpus: number; memory_bytes: number } }[],
+  volumes: { node_id?: string | null; spec: { size_bytes: number } }[],
+) {
+  const cap = { vcpus: 0, memory_bytes: 0, storage_bytes: 0 };
+  for (const vm of vms)
+    if (vm.node_id === nodeId) {
+      cap.vcpus += vm.spec.vcpus;
+      cap.memory_bytes += vm.spec.memory_bytes;
+    }
+  for (const v of volumes) if (v.node_id === nodeId) cap.storage_bytes += v.spec.size_bytes;
+  return cap;
+}

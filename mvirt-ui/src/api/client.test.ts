@@ -14,7 +14,10 @@ describe('errors', () => {
   });
   it('a 401 ends the session', async () => {
     setSession({ token: 't' });
-    vi.stubGlobal('fetch', vi.fn(async () => new Response('{"error":{"code":"unauthenticated","message":"unknown or revoked token"}}', { status: 401 })));
+    vi.stubGlobal(
+      'fetch',
+      vi.fn(async () => new Response('{"error":{"code":"unauthenticated","message":"unknown or revoked token"}}', { status: 401 })),
+    );
     await expect(api('/v1/vms')).rejects.toThrow('unknown or revoked token');
     vi.unstubAllGlobals();
     expect(getSession()).toBeNull();

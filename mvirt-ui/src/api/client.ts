@@ -118,8 +118,7 @@ export async function listAll<T>(path: string, query: RequestOptions['query'] = 
   return { items, revision };
 }
 
-export const post = <T = unknown>(path: string, body?: unknown, query?: RequestOptions['query']) =>
-  api<T>(path, { method: 'POST', body, query });
+export const post = <T = unknown>(path: string, body?: unknown, query?: RequestOptions['query']) => api<T>(path, { method: 'POST', body, query });
 export const put = <T = unknown>(path: string, body: unknown, revision?: number) =>
   api<T>(path, { method: 'PUT', body, headers: revision ? { 'If-Match': `"${revision}"` } : {} });
 export const del = (path: string, query?: RequestOptions['query']) => api<void>(path, { method: 'DELETE', query });

@@ -54,7 +54,10 @@ describe('openEventStream', () => {
   });
 
   it('stops for good on 401 and reports the API message', async () => {
-    vi.stubGlobal('fetch', vi.fn(async () => new Response('{"error":{"code":"unauthenticated","message":"unknown or revoked token"}}', { status: 401 })));
+    vi.stubGlobal(
+      'fetch',
+      vi.fn(async () => new Response('{"error":{"code":"unauthenticated","message":"unknown or revoked token"}}', { status: 401 })),
+    );
     const fatal = vi.fn();
     openEventStream({ token: 'bad', onEvent: () => undefined, onFatal: fatal });
     await vi.waitFor(() => expect(fatal).toHaveBeenCalledWith(401, 'unknown or revoked token'));

@@ -75,7 +75,10 @@ export class LiveSync {
     if (KIND_PATH[kind]) {
       this.qc.setQueryData<LiveList>(listKey(kind), (old) => (old ? applyEvent(old, e) : old));
     }
-    if (e.kind === 'vm' && e.object) this.qc.setQueryData(['vm', e.id], e.object);
+    if (e.kind === 'vm') {
+      if (e.object) this.qc.setQueryData(['vm', e.id], e.object);
+      else this.qc.removeQueries({ queryKey: ['vm', e.id] });
+    }
     this.listeners.forEach((l) => l(e));
   };
 

@@ -490,7 +490,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        get?: never;
+        get: operations["list_snapshots"];
         put?: never;
         post: operations["create_snapshot"];
         delete?: never;
@@ -510,6 +510,38 @@ export interface paths {
         put?: never;
         post?: never;
         delete: operations["delete_snapshot"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/volumes/{id}/snapshots/{snapshot_id}/promote": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post: operations["promote_snapshot"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/volumes/{id}/snapshots/{snapshot_id}/rollback": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post: operations["rollback_snapshot"];
+        delete?: never;
         options?: never;
         head?: never;
         patch?: never;
@@ -581,6 +613,14 @@ export interface components {
                 ipv6_prefix?: string | null;
                 is_public?: boolean;
                 ntp_servers?: string[];
+                /**
+                 * Format: int32
+                 * @description VXLAN VNI that names the network between nodes (1..=16777215). Allocated by the control
+                 *     plane when omitted on create (unique in the cluster, never reused while the network
+                 *     exists); a requested key is refused with 409 when another network has it. Fixed after
+                 *     create: an update may omit it or repeat it.
+                 */
+                tunnel_key?: number | null;
             };
         };
         /** @description Body of a create: `{"name", "project"?, "labels"?, "spec"}`. */
@@ -623,10 +663,25 @@ export interface components {
                 cmdline?: string | null;
                 /** @description `raw` or `qcow2`. */
                 format?: string;
+                /**
+                 * @description SHA-256 of the file at `initramfs_url` (64 lowercase hex characters; needs
+                 *     `initramfs_url`). Every node verifies its download and fails the import on a mismatch.
+                 */
+                initramfs_sha256?: string | null;
                 initramfs_url?: string | null;
+                /**
+                 * @description SHA-256 of the file at `kernel_url` (64 lowercase hex characters; needs `kernel_url`).
+                 *     Every node verifies its download and fails the import on a mismatch.
+                 */
+                kernel_sha256?: string | null;
                 kernel_url?: string | null;
                 sha256?: string | null;
-                source_url: string;
+                source_snapshot?: null | components["schemas"]["SnapshotSource"];
+                /**
+                 * @description `file://` or `http(s)://` image to import on every node. Empty for a template promoted
+                 *     from a snapshot (then `source_snapshot` names it).
+                 */
+                source_url?: string;
             };
         };
         /** @description Body of a create: `{"name", "project"?, "labels"?, "spec"}`. */
@@ -800,6 +855,14 @@ export interface components {
             ipv6_prefix?: string | null;
             is_public?: boolean;
             ntp_servers?: string[];
+            /**
+             * Format: int32
+             * @description VXLAN VNI that names the network between nodes (1..=16777215). Allocated by the control
+             *     plane when omitted on create (unique in the cluster, never reused while the network
+             *     exists); a requested key is refused with 409 when another network has it. Fixed after
+             *     create: an update may omit it or repeat it.
+             */
+            tunnel_key?: number | null;
         };
         Nic: components["schemas"]["Meta"] & {
             /** @description Set when the NIC was created by and belongs to a VM (deleted with it). */
@@ -849,6 +912,13 @@ export interface components {
         Project: components["schemas"]["Meta"] & {
             description?: string;
         };
+        PromoteRequest: {
+            labels?: {
+                [key: string]: string;
+            } | null;
+            /** @description Name of the new template. */
+            name: string;
+        };
         ResizeRequest: {
             /** Format: int64 */
             size_bytes: number;
@@ -888,6 +958,21 @@ export interface components {
         SnapshotRequest: {
             name: string;
         };
+        /** @description Where a template promoted from a volume snapshot comes from. */
+        SnapshotSource: {
+            snapshot_id: string;
+            volume_id: string;
+        };
+        SnapshotStatus: {
+            message?: string;
+            /** @description `pending`, `ready` or `failed`. */
+            phase: string;
+            /**
+             * Format: int64
+             * @description Bytes held only by this snapshot.
+             */
+            used_bytes?: number | null;
+        };
         /** @description What nodes report. Empty phase until the first report. */
         Status: {
             conditions?: components["schemas"]["Condition"][];
@@ -914,11 +999,21 @@ export interface components {
             /** Format: int64 */
             observed_revision?: number;
             phase?: string;
+            /**
+             * Format: int64
+             * @description Volumes: the generation of the last rollback the node carried out.
+             */
+            rollback_generation?: number | null;
             updated_at?: string | null;
             /** Format: int64 */
             used_bytes?: number | null;
         };
         Template: components["schemas"]["Meta"] & {
+            /**
+             * @description The one node a template promoted from a snapshot lives on (VMs cloning it are placed
+             *     there); none for imported templates, which every node imports.
+             */
+            node_id?: string | null;
             spec: components["schemas"]["TemplateSpec"];
             status: components["schemas"]["Status"];
         };
@@ -926,10 +1021,25 @@ export interface components {
             cmdline?: string | null;
             /** @description `raw` or `qcow2`. */
             format?: string;
+            /**
+             * @description SHA-256 of the file at `initramfs_url` (64 lowercase hex characters; needs
+             *     `initramfs_url`). Every node verifies its download and fails the import on a mismatch.
+             */
+            initramfs_sha256?: string | null;
             initramfs_url?: string | null;
+            /**
+             * @description SHA-256 of the file at `kernel_url` (64 lowercase hex characters; needs `kernel_url`).
+             *     Every node verifies its download and fails the import on a mismatch.
+             */
+            kernel_sha256?: string | null;
             kernel_url?: string | null;
             sha256?: string | null;
-            source_url: string;
+            source_snapshot?: null | components["schemas"]["SnapshotSource"];
+            /**
+             * @description `file://` or `http(s)://` image to import on every node. Empty for a template promoted
+             *     from a snapshot (then `source_snapshot` names it).
+             */
+            source_url?: string;
         };
         /** @description A token as listed (never with its secret or hash). */
         TokenView: {
@@ -956,6 +1066,14 @@ export interface components {
                 ipv6_prefix?: string | null;
                 is_public?: boolean;
                 ntp_servers?: string[];
+                /**
+                 * Format: int32
+                 * @description VXLAN VNI that names the network between nodes (1..=16777215). Allocated by the control
+                 *     plane when omitted on create (unique in the cluster, never reused while the network
+                 *     exists); a requested key is refused with 409 when another network has it. Fixed after
+                 *     create: an update may omit it or repeat it.
+                 */
+                tunnel_key?: number | null;
             };
         };
         /** @description Body of an update: labels and/or the full spec. */
@@ -999,10 +1117,25 @@ export interface components {
                 cmdline?: string | null;
                 /** @description `raw` or `qcow2`. */
                 format?: string;
+                /**
+                 * @description SHA-256 of the file at `initramfs_url` (64 lowercase hex characters; needs
+                 *     `initramfs_url`). Every node verifies its download and fails the import on a mismatch.
+                 */
+                initramfs_sha256?: string | null;
                 initramfs_url?: string | null;
+                /**
+                 * @description SHA-256 of the file at `kernel_url` (64 lowercase hex characters; needs `kernel_url`).
+                 *     Every node verifies its download and fails the import on a mismatch.
+                 */
+                kernel_sha256?: string | null;
                 kernel_url?: string | null;
                 sha256?: string | null;
-                source_url: string;
+                source_snapshot?: null | components["schemas"]["SnapshotSource"];
+                /**
+                 * @description `file://` or `http(s)://` image to import on every node. Empty for a template promoted
+                 *     from a snapshot (then `source_snapshot` names it).
+                 */
+                source_url?: string;
             };
         };
         /** @description Body of an update: labels and/or the full spec. */
@@ -1086,16 +1219,36 @@ export interface components {
             /** @description Where the volume lives (set by pinning or by its first VM's placement). */
             node_id?: string | null;
             owner_vm_id?: string | null;
+            rollback?: null | components["schemas"]["VolumeRollback"];
             snapshots?: components["schemas"]["VolumeSnapshot"][];
             spec: components["schemas"]["VolumeSpec"];
             status: components["schemas"]["Status"];
             /** @description The VM the volume is attached to. */
             vm_id?: string | null;
         };
+        /**
+         * @description A rollback asked for through `POST /v1/volumes/{id}/snapshots/{sid}/rollback`. The volume's
+         *     node carries it out once (it remembers the generation it applied) and reports the generation
+         *     in `status.rollback_generation`; until they match, the rollback is pending.
+         */
+        VolumeRollback: {
+            /**
+             * Format: int64
+             * @description Counts the rollbacks of this volume (1 for the first).
+             */
+            generation: number;
+            requested_at: string;
+            snapshot_id: string;
+        };
         VolumeSnapshot: {
             created_at: string;
             id: string;
             name: string;
+            /**
+             * @description What the volume's node reports: `pending` until ZFS holds the snapshot (or while the
+             *     volume is on no node yet), then `ready`, or `failed` with the reason.
+             */
+            status?: components["schemas"]["SnapshotStatus"];
         };
         VolumeSpec: {
             /** @description Pin the volume to a node (otherwise it goes where its first VM is placed). */
@@ -3312,6 +3465,31 @@ export interface operations {
             };
         };
     };
+    list_snapshots: {
+        parameters: {
+            query?: {
+                /** @description Project (name) for resolving a name in the path (default `default`). */
+                project?: string;
+            };
+            header?: never;
+            path: {
+                /** @description id or name */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["VolumeSnapshot"][];
+                };
+            };
+        };
+    };
     create_snapshot: {
         parameters: {
             query?: {
@@ -3373,6 +3551,100 @@ export interface operations {
                 content?: never;
             };
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    promote_snapshot: {
+        parameters: {
+            query?: {
+                /** @description Project (name) for resolving a name in the path (default `default`). */
+                project?: string;
+            };
+            header?: never;
+            path: {
+                /** @description id or name */
+                id: string;
+                /** @description snapshot id or name */
+                snapshot_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["PromoteRequest"];
+            };
+        };
+        responses: {
+            /** @description a template copied from the snapshot on the volume's node (it exists on that node only) */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Template"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description the snapshot is not ready, or the name is taken */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    rollback_snapshot: {
+        parameters: {
+            query?: {
+                /** @description Project (name) for resolving a name in the path (default `default`). */
+                project?: string;
+            };
+            header?: never;
+            path: {
+                /** @description id or name */
+                id: string;
+                /** @description snapshot id or name */
+                snapshot_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description accepted: the volume's node rolls back; `rollback.generation` equals `status.rollback_generation` when done. Newer snapshots are removed. */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Volume"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description a VM using the volume runs or is asked to run, or the snapshot is not ready */
+            409: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -46,9 +46,26 @@ export function SimpleForm({
         <Field key={f.key} label={f.label} error={errors[f.key]} hint={f.hint}>
           {(id, d) =>
             f.type === 'textarea' ? (
-              <textarea id={id} name={f.key} aria-describedby={d} aria-invalid={!!errors[f.key]} rows={3} className={`${inputCls} font-mono`} value={values[f.key]} onChange={(e) => set(f.key, e.target.value)} />
+              <textarea
+                id={id}
+                name={f.key}
+                aria-describedby={d}
+                aria-invalid={!!errors[f.key]}
+                rows={3}
+                className={`${inputCls} font-mono`}
+                value={values[f.key]}
+                onChange={(e) => set(f.key, e.target.value)}
+              />
             ) : f.type === 'select' ? (
-              <select id={id} name={f.key} aria-describedby={d} aria-invalid={!!errors[f.key]} className={inputCls} value={values[f.key]} onChange={(e) => set(f.key, e.target.value)}>
+              <select
+                id={id}
+                name={f.key}
+                aria-describedby={d}
+                aria-invalid={!!errors[f.key]}
+                className={inputCls}
+                value={values[f.key]}
+                onChange={(e) => set(f.key, e.target.value)}
+              >
                 {f.options?.map((o) => (
                   <option key={o.value} value={o.value}>
                     {o.label}
@@ -56,9 +73,24 @@ export function SimpleForm({
                 ))}
               </select>
             ) : f.type === 'checkbox' ? (
-              <input id={id} name={f.key} type="checkbox" className="h-4 w-4 self-start" checked={values[f.key] === 'true'} onChange={(e) => set(f.key, String(e.target.checked))} />
+              <input
+                id={id}
+                name={f.key}
+                type="checkbox"
+                className="h-4 w-4 self-start"
+                checked={values[f.key] === 'true'}
+                onChange={(e) => set(f.key, String(e.target.checked))}
+              />
             ) : (
-              <input id={id} name={f.key} aria-describedby={d} aria-invalid={!!errors[f.key]} className={inputCls} value={values[f.key]} onChange={(e) => set(f.key, e.target.value)} />
+              <input
+                id={id}
+                name={f.key}
+                aria-describedby={d}
+                aria-invalid={!!errors[f.key]}
+                className={inputCls}
+                value={values[f.key]}
+                onChange={(e) => set(f.key, e.target.value)}
+              />
             )
           }
         </Field>

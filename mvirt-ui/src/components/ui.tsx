@@ -99,7 +99,10 @@ export function ErrorBox({ error, onClose }: { error: unknown; onClose?: () => v
   const code = error instanceof ApiError ? error.code : undefined;
   const details = error instanceof ApiError && error.details && Object.keys(error.details as object).length ? JSON.stringify(error.details) : undefined;
   return (
-    <div role="alert" className="my-2 flex items-start justify-between gap-3 rounded-md border border-red-300 bg-red-50 p-3 text-sm text-red-900 dark:border-red-800 dark:bg-red-950 dark:text-red-100">
+    <div
+      role="alert"
+      className="my-2 flex items-start justify-between gap-3 rounded-md border border-red-300 bg-red-50 p-3 text-sm text-red-900 dark:border-red-800 dark:bg-red-950 dark:text-red-100"
+    >
       <div>
         <span className="font-medium">{e.message}</span>
         {code && <span className="ml-2 font-mono text-xs">({code})</span>}
@@ -114,7 +117,17 @@ export function ErrorBox({ error, onClose }: { error: unknown; onClose?: () => v
   );
 }
 
-export function Field({ label, error, hint, children }: { label: string; error?: string; hint?: string; children: (id: string, describedBy?: string) => ReactNode }) {
+export function Field({
+  label,
+  error,
+  hint,
+  children,
+}: {
+  label: string;
+  error?: string;
+  hint?: string;
+  children: (id: string, describedBy?: string) => ReactNode;
+}) {
   const id = useId();
   const errId = error ? `${id}-err` : undefined;
   return (

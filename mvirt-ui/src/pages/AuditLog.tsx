@@ -36,7 +36,8 @@ export default function AuditLog() {
   const [followError, setFollowError] = useState<string>();
   const pages = useInfiniteQuery({
     queryKey: ['logs', filters],
-    queryFn: ({ pageParam }) => api<{ entries: LogEntry[]; next_cursor?: string | null }>('/v1/logs', { query: { ...query(filters), limit: 100, cursor: pageParam } }),
+    queryFn: ({ pageParam }) =>
+      api<{ entries: LogEntry[]; next_cursor?: string | null }>('/v1/logs', { query: { ...query(filters), limit: 100, cursor: pageParam } }),
     initialPageParam: undefined as string | undefined,
     getNextPageParam: (last) => last.next_cursor ?? undefined,
   });

@@ -47,7 +47,9 @@ export default function ControlPlane() {
                 </td>
                 <td className="px-3 py-2 font-mono text-xs">{m.api_url}</td>
                 <td className="px-3 py-2 font-mono text-xs">{m.raft_addr}</td>
-                <td className="px-3 py-2 text-right">{can && d.members.length > 1 && <ConfirmButton label="Remove" confirm={`Remove member ${m.id}?`} onConfirm={() => remove.mutate(m.id)} />}</td>
+                <td className="px-3 py-2 text-right">
+                  {can && d.members.length > 1 && <ConfirmButton label="Remove" confirm={`Remove member ${m.id}?`} onConfirm={() => remove.mutate(m.id)} />}
+                </td>
               </tr>
             ))}
           </Table>
@@ -56,7 +58,8 @@ export default function ControlPlane() {
       {can && (
         <Card title="Add a member">
           <p className="mb-2 text-sm">
-            A join token is single-use and expires in an hour. Start the new member with <code>mvirt-api --join {d?.members.find((m) => m.id === d.leader_id)?.api_url ?? '<url>'} --token &lt;token&gt;</code>.
+            A join token is single-use and expires in an hour. Start the new member with{' '}
+            <code>mvirt-api --join {d?.members.find((m) => m.id === d.leader_id)?.api_url ?? '<url>'} --token &lt;token&gt;</code>.
           </p>
           <Button onClick={() => mint.mutate()} disabled={mint.isPending}>
             Create join token

@@ -2,9 +2,9 @@
 import { useQuery } from '@tanstack/react-query';
 import { Link } from 'react-router';
 import { api } from '../api/client';
-import type { ControlPlane, Node, Vm } from '../api/types';
+import type { ControlPlane, Node, Vm, Volume } from '../api/types';
 import { Badge, Card, ErrorBox, Meter, PageHeader } from '../components/ui';
-import { bytes, shortId } from '../format';
+import { allocatedOn, bytes, shortId } from '../format';
 import { useList, useRecentEvents } from '../live';
 import { inProject, useProject } from '../project';
 
@@ -14,7 +14,7 @@ export function Dashboard() {
   const nodes = useList<Node>('node');
   const vms = useList<Vm>('vm');
   const networks = useList('network');
-  const volumes = useList('volume');
+  const volumes = useList<Volume>('volume');
   const templates = useList('template');
   const events = useRecentEvents(12);
   const myVms = inProject(vms.items, project);
@@ -30,7 +30,9 @@ export function Dashboard() {
           {cp.data && (
             <dl className="grid grid-cols-2 gap-1 text-sm">
               <dt className="text-muted">Leader</dt>
-              <dd data-testid="leader">{leader ? `member ${leader.id} (${leader.api_url})` : 'none'}</dd>
+              <dd data-testid="leader" className="break-all">
+                {leader ? `member ${leader.id} (${leader.api_url})` : 'none'}
+              </dd>
               <dt className="text-muted">Members</dt>
               <dd>{cp.data.members.length}</dd>
               <dt className="text-muted">Term</dt>
@@ -76,21 +78,24 @@ export function Dashboard() {
       <Card title="Nodes">
         <ErrorBox error={nodes.error} />
         <div className="grid gap-3 md:grid-cols-2 xl:grid-cols-3">
-          {nodes.items.map((n) => (
-            <div key={n.id} className="rounded-md border border-line p-3">
-              <div className="mb-2 flex items-center justify-between">
-                <Link to="/nodes" className="font-medium underline">
-                  {n.name}
-                </Link>
-                <Badge value={n.status?.state ?? ''} />
+          {nodes.items.map((n) => {
+            const used = allocatedOn(n.id, vms.items, volumes.items);
+            return (
+              <div key={n.id} className="rounded-md border border-line p-3">
+                <div className="mb-2 flex items-center justify-between">
+                  <Link to="/nodes" className="font-medium underline">
+                    {n.name}
+                  </Link>
+                  <Badge value={n.status?.state ?? ''} />
+                </div>
+                <div className="flex flex-col gap-2">
+                  <Meter label="vCPU" used={used.vcpus} total={n.status?.capacity?.vcpus ?? 0} format={String} />
+                  <Meter label="Memory" used={used.memory_bytes} total={n.status?.capacity?.memory_bytes ?? 0} format={bytes} />
+                  <Meter label="Storage" used={used.storage_bytes} total={n.status?.capacity?.storage_bytes ?? 0} format={bytes} />
+                </div>
               </div>
-              <div className="flex flex-col gap-2">
-                <Meter label="vCPU" used={n.allocated?.vcpus ?? 0} total={n.status?.capacity?.vcpus ?? 0} format={String} />
-                <Meter label="Memory" used={n.allocated?.memory_bytes ?? 0} total={n.status?.capacity?.memory_bytes ?? 0} format={bytes} />
-                <Meter label="Storage" used={n.allocated?.storage_bytes ?? 0} total={n.status?.capacity?.storage_bytes ?? 0} format={bytes} />
-              </div>
-            </div>
-          ))}
+            );
+          })}
           {nodes.items.length === 0 && <p className="text-sm text-muted">No node has registered yet.</p>}
         </div>
       </Card>

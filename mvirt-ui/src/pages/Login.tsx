@@ -32,7 +32,8 @@ export function Login() {
           <img src="/favicon.svg" alt="" className="h-7 w-7" /> mvirt
         </h1>
         <p className="text-sm text-muted">
-          Log in with an API token. The bootstrap admin token is in <code>&lt;data-dir&gt;/admin.token</code> on the first control-plane member; more are made under Tokens.
+          Log in with an API token. The bootstrap admin token is in <code>&lt;data-dir&gt;/admin.token</code> on the first control-plane member; more are made
+          under Tokens.
         </p>
         <Field label="API token" error={invalid}>
           {(id, d) => (

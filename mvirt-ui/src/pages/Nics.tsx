@@ -23,7 +23,17 @@ export default function Nics() {
         { head: 'Network', cell: (n) => netName(n.spec.network_id) },
         { head: 'MAC', cell: (n) => <span className="font-mono text-xs">{n.spec.mac_address ?? '—'}</span> },
         { head: 'IPv4', cell: (n) => <span className="font-mono text-xs">{n.spec.ipv4_address ?? '—'}</span> },
-        { head: 'VM', cell: (n) => (n.vm_id ? <Link className="underline" to={`/vms/${n.vm_id}`}>{n.vm_id.slice(-8)}</Link> : '—') },
+        {
+          head: 'VM',
+          cell: (n) =>
+            n.vm_id ? (
+              <Link className="underline" to={`/vms/${n.vm_id}`}>
+                {n.vm_id.slice(-8)}
+              </Link>
+            ) : (
+              '—'
+            ),
+        },
         { head: 'Owned', cell: (n) => (n.owner_vm_id ? 'by its VM' : 'no') },
       ]}
       create={(close) => (
@@ -35,10 +45,21 @@ export default function Nics() {
               key: 'network',
               label: 'Network',
               type: 'select',
-              options: [{ value: '', label: 'choose…' }, ...inProject(networks, target).map((n) => ({ value: n.id, label: `${n.name} (${n.spec.ipv4_prefix ?? n.spec.ipv6_prefix})` }))],
+              options: [
+                { value: '', label: 'choose…' },
+                ...inProject(networks, target).map((n) => ({ value: n.id, label: `${n.name} (${n.spec.ipv4_prefix ?? n.spec.ipv6_prefix})` })),
+              ],
             },
             { key: 'ipv4', label: 'IPv4 address', hint: 'optional: the first free one otherwise' },
-            { key: 'sgs', label: 'Security groups', hint: `names, comma-separated (${inProject(groups, target).map((g) => g.name).join(', ') || 'none yet'})` },
+            {
+              key: 'sgs',
+              label: 'Security groups',
+              hint: `names, comma-separated (${
+                inProject(groups, target)
+                  .map((g) => g.name)
+                  .join(', ') || 'none yet'
+              })`,
+            },
           ]}
           validate={(v) => ({
             name: validateName(v.name),

@@ -2,11 +2,12 @@
 import { useState } from 'react';
 import { useMutation } from '@tanstack/react-query';
 import { put } from '../api/client';
-import type { Node } from '../api/types';
+import type { Node, Vm, Volume } from '../api/types';
+import { useList } from '../live';
 import { useCan } from '../auth';
 import { ResourcePage } from '../components/ResourcePage';
 import { Badge, Button, ErrorBox, inputCls, Meter } from '../components/ui';
-import { ago, bytes, formatLabels, parseLabels, validateLabels } from '../format';
+import { ago, allocatedOn, bytes, formatLabels, parseLabels, validateLabels } from '../format';
 
 function NodeActions({ node }: { node: Node }) {
   const can = useCan('admin');
@@ -22,17 +23,24 @@ function NodeActions({ node }: { node: Node }) {
   );
 }
 
+function useAllocated() {
+  const vms = useList<Vm>('vm').items;
+  const volumes = useList<Volume>('volume').items;
+  return (id: string) => allocatedOn(id, vms, volumes);
+}
+
 function Labels({ node }: { node: Node }) {
   const can = useCan('admin');
+  const used = useAllocated()(node.id);
   const [text, setText] = useState(formatLabels(node.labels));
   const [err, setErr] = useState<string>();
   const save = useMutation({ mutationFn: () => put(`/v1/nodes/${node.id}`, { labels: parseLabels(text) }, node.revision) });
   return (
     <div className="flex flex-col gap-3">
       <div className="grid max-w-xl gap-2">
-        <Meter label="vCPU" used={node.allocated?.vcpus ?? 0} total={node.status.capacity.vcpus} format={String} />
-        <Meter label="Memory" used={node.allocated?.memory_bytes ?? 0} total={node.status.capacity.memory_bytes} format={bytes} />
-        <Meter label="Storage" used={node.allocated?.storage_bytes ?? 0} total={node.status.capacity.storage_bytes} format={bytes} />
+        <Meter label="vCPU" used={used.vcpus} total={node.status.capacity.vcpus} format={String} />
+        <Meter label="Memory" used={used.memory_bytes} total={node.status.capacity.memory_bytes} format={bytes} />
+        <Meter label="Storage" used={used.storage_bytes} total={node.status.capacity.storage_bytes} format={bytes} />
       </div>
       <p className="text-sm">
         Address {node.status.address} · agent {node.status.agent_version || '—'} · state changed {ago(node.status.last_state_change_at)}
@@ -62,6 +70,7 @@ function Labels({ node }: { node: Node }) {
 }
 
 export default function Nodes() {
+  const allocated = useAllocated();
   return (
     <ResourcePage<Node>
       kind="node"
@@ -73,8 +82,8 @@ export default function Nodes() {
         { head: 'Name', cell: (n) => n.name },
         { head: 'State', cell: (n) => <Badge value={n.status.state} /> },
         { head: 'Schedulable', cell: (n) => (n.spec.schedulable ? 'yes' : 'cordoned') },
-        { head: 'vCPU', cell: (n) => `${n.allocated?.vcpus ?? 0} / ${n.status.capacity.vcpus}` },
-        { head: 'Memory', cell: (n) => `${bytes(n.allocated?.memory_bytes)} / ${bytes(n.status.capacity.memory_bytes)}` },
+        { head: 'vCPU', cell: (n) => `${allocated(n.id).vcpus} / ${n.status.capacity.vcpus}` },
+        { head: 'Memory', cell: (n) => `${bytes(allocated(n.id).memory_bytes)} / ${bytes(n.status.capacity.memory_bytes)}` },
         { head: 'Labels', cell: (n) => <span className="font-mono text-xs">{formatLabels(n.labels) || '—'}</span> },
       ]}
       extraActions={(n) => <NodeActions node={n} />}

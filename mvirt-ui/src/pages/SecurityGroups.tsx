@@ -63,7 +63,9 @@ function RuleEditor({ group }: { group: SecurityGroup }) {
             <td className="px-3 py-1">{rule.direction}</td>
             <td className="px-3 py-1">{rule.protocol}</td>
             <td className="px-3 py-1">{rule.port_min || rule.port_max ? `${rule.port_min}–${rule.port_max}` : 'all'}</td>
-            <td className="px-3 py-1 font-mono text-xs">{rule.remote_group_id ? `group ${groups.find((g) => g.id === rule.remote_group_id)?.name ?? rule.remote_group_id}` : (rule.cidr ?? 'any')}</td>
+            <td className="px-3 py-1 font-mono text-xs">
+              {rule.remote_group_id ? `group ${groups.find((g) => g.id === rule.remote_group_id)?.name ?? rule.remote_group_id}` : (rule.cidr ?? 'any')}
+            </td>
             <td className="px-3 py-1">{rule.description}</td>
             <td className="px-3 py-1 text-right">{can && rule.id && <Button onClick={() => remove.mutate(rule.id!)}>Remove</Button>}</td>
           </tr>
@@ -96,13 +98,33 @@ function RuleEditor({ group }: { group: SecurityGroup }) {
             )}
           </Field>
           <Field label="First port" error={errors.port_min}>
-            {(id, d) => <input id={id} aria-describedby={d} aria-invalid={!!errors.port_min} className={`${inputCls} w-24`} value={r.port_min} onChange={set('port_min')} />}
+            {(id, d) => (
+              <input
+                id={id}
+                aria-describedby={d}
+                aria-invalid={!!errors.port_min}
+                className={`${inputCls} w-24`}
+                value={r.port_min}
+                onChange={set('port_min')}
+              />
+            )}
           </Field>
           <Field label="Last port" error={errors.port_max}>
-            {(id, d) => <input id={id} aria-describedby={d} aria-invalid={!!errors.port_max} className={`${inputCls} w-24`} value={r.port_max} onChange={set('port_max')} />}
+            {(id, d) => (
+              <input
+                id={id}
+                aria-describedby={d}
+                aria-invalid={!!errors.port_max}
+                className={`${inputCls} w-24`}
+                value={r.port_max}
+                onChange={set('port_max')}
+              />
+            )}
           </Field>
           <Field label="CIDR" error={errors.cidr}>
-            {(id, d) => <input id={id} aria-describedby={d} aria-invalid={!!errors.cidr} className={`${inputCls} w-36`} value={r.cidr} onChange={set('cidr')} />}
+            {(id, d) => (
+              <input id={id} aria-describedby={d} aria-invalid={!!errors.cidr} className={`${inputCls} w-36`} value={r.cidr} onChange={set('cidr')} />
+            )}
           </Field>
           <Field label="or remote group">
             {(id) => (

@@ -46,7 +46,16 @@ export default function Templates() {
           fields={[
             { key: 'name', label: 'Name' },
             { key: 'source', label: 'Disk image URL', hint: 'file:// or http(s)://' },
-            { key: 'format', label: 'Format', type: 'select', options: [{ value: 'raw', label: 'raw' }, { value: 'qcow2', label: 'qcow2' }] , initial: 'raw' },
+            {
+              key: 'format',
+              label: 'Format',
+              type: 'select',
+              options: [
+                { value: 'raw', label: 'raw' },
+                { value: 'qcow2', label: 'qcow2' },
+              ],
+              initial: 'raw',
+            },
             { key: 'sha256', label: 'SHA-256', hint: 'optional; checked after the download' },
             { key: 'kernel', label: 'Kernel URL', hint: 'optional, for direct kernel boot' },
             { key: 'initramfs', label: 'Initramfs URL', hint: 'optional' },

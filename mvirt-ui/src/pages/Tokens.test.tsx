@@ -34,7 +34,11 @@ describe('security group rules', () => {
   it('are checked before sending', () => {
     expect(validateRule({ protocol: 'tcp', port_min: '22', port_max: '22', cidr: '0.0.0.0/0' })).toEqual({});
     expect(validateRule({ protocol: 'tcp', port_min: '80', port_max: '79', cidr: '' }).port_max).toMatch(/below/);
-    expect(validateRule({ protocol: 'udp', port_min: '0', port_max: '70000', cidr: 'x' })).toMatchObject({ port_min: expect.any(String), port_max: expect.any(String), cidr: expect.any(String) });
+    expect(validateRule({ protocol: 'udp', port_min: '0', port_max: '70000', cidr: 'x' })).toMatchObject({
+      port_min: expect.any(String),
+      port_max: expect.any(String),
+      cidr: expect.any(String),
+    });
     expect(validateRule({ protocol: 'icmp', port_min: '', port_max: '', cidr: '' })).toEqual({});
   });
 });

@@ -37,7 +37,9 @@ export default function Tokens() {
             <td className="px-3 py-2">{t.name}</td>
             <td className="px-3 py-2">{t.role}</td>
             <td className="px-3 py-2">{ago(t.created_at)}</td>
-            <td className="px-3 py-2 text-right">{can && <ConfirmButton label="Revoke" confirm={`Revoke ${t.name}?`} onConfirm={() => remove.mutate(t.id)} />}</td>
+            <td className="px-3 py-2 text-right">
+              {can && <ConfirmButton label="Revoke" confirm={`Revoke ${t.name}?`} onConfirm={() => remove.mutate(t.id)} />}
+            </td>
           </tr>
         ))}
       </Table>

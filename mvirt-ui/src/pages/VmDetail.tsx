@@ -1,9 +1,9 @@
 // One VM: status, conditions and placement (live), power actions, changes to vCPU/memory, disks
 // and NICs (sent as the full spec with If-Match), and the serial console.
 import { lazy, Suspense, useState, type FormEvent } from 'react';
-import { useMutation } from '@tanstack/react-query';
+import { useMutation, useQuery } from '@tanstack/react-query';
 import { Link, useNavigate, useParams } from 'react-router';
-import { del, post, put } from '../api/client';
+import { api, del, post, put } from '../api/client';
 import type { Nic, Node, Vm, Volume } from '../api/types';
 import { useCan } from '../auth';
 import { Badge, Button, Card, ConfirmButton, ErrorBox, Field, inputCls, PageHeader, Table } from '../components/ui';
@@ -17,15 +17,26 @@ export default function VmDetail() {
   const { id = '' } = useParams();
   const vms = useList<Vm>('vm');
   const nodes = useList<Node>('node');
-  const vm = vms.items.find((v) => v.id === id || v.name === id);
+  const listed = vms.items.find((v) => v.id === id || v.name === id);
+  // Right after a create the list may not have the VM's event yet: read it directly meanwhile.
+  const direct = useQuery({
+    queryKey: ['vm', id],
+    queryFn: () => api<Vm>(`/v1/vms/${encodeURIComponent(id)}`),
+    enabled: !listed && !vms.isLoading,
+    retry: false,
+  });
+  const vm = listed ?? (direct.data && !direct.isError ? direct.data : undefined);
   const [showConsole, setShowConsole] = useState(false);
-  if (vms.isLoading) return <p className="text-sm text-muted">Loading…</p>;
+  if (vms.isLoading || (!vm && direct.isLoading)) return <p className="text-sm text-muted">Loading…</p>;
   if (!vm)
     return (
       <div>
         <PageHeader title="VM not found" />
         <p className="text-sm">
-          There is no VM {id} (it may have been deleted). <Link to="/vms" className="underline">All VMs</Link>
+          There is no VM {id} (it may have been deleted).{' '}
+          <Link to="/vms" className="underline">
+            All VMs
+          </Link>
         </p>
       </div>
     );
@@ -145,10 +156,28 @@ function Resize({ vm }: { vm: Vm }) {
       {can && (
         <form onSubmit={submit} className="flex flex-wrap items-end gap-3" noValidate aria-label="Change vCPU and memory">
           <Field label="vCPUs" error={errors.vcpus}>
-            {(id, d) => <input id={id} aria-describedby={d} aria-invalid={!!errors.vcpus} className={`${inputCls} w-24`} value={vcpus} onChange={(e) => setVcpus(e.target.value)} />}
+            {(id, d) => (
+              <input
+                id={id}
+                aria-describedby={d}
+                aria-invalid={!!errors.vcpus}
+                className={`${inputCls} w-24`}
+                value={vcpus}
+                onChange={(e) => setVcpus(e.target.value)}
+              />
+            )}
           </Field>
           <Field label="Memory (MiB)" error={errors.mem}>
-            {(id, d) => <input id={id} aria-describedby={d} aria-invalid={!!errors.mem} className={`${inputCls} w-32`} value={mem} onChange={(e) => setMem(e.target.value)} />}
+            {(id, d) => (
+              <input
+                id={id}
+                aria-describedby={d}
+                aria-invalid={!!errors.mem}
+                className={`${inputCls} w-32`}
+                value={mem}
+                onChange={(e) => setMem(e.target.value)}
+              />
+            )}
           </Field>
           <Button type="submit" disabled={save.isPending}>
             Apply
@@ -219,7 +248,9 @@ function Attachments({ vm }: { vm: Vm }) {
               <td className="px-3 py-2 font-mono text-xs">{n.spec?.ipv4_address ?? '—'}</td>
               <td className="px-3 py-2">{n.owner_vm_id === vm.id ? 'yes' : 'no'}</td>
               <td className="px-3 py-2 text-right">
-                {can && n.owner_vm_id !== vm.id && <Button onClick={() => update.mutate({ ...vm.spec, nic_ids: nicIds.filter((x) => x !== n.id) })}>Detach</Button>}
+                {can && n.owner_vm_id !== vm.id && (
+                  <Button onClick={() => update.mutate({ ...vm.spec, nic_ids: nicIds.filter((x) => x !== n.id) })}>Detach</Button>
+                )}
               </td>
             </tr>
           ))}

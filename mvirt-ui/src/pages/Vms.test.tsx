@@ -19,12 +19,36 @@ const vm = (name: string, phase: string) => ({
 
 describe('VM form', () => {
   it('validates before sending', () => {
-    const f = { name: 'Bad_Name', template: 't', rootMib: '0', vcpus: '0', memoryMib: 'x', hostname: '', networks: [], securityGroups: [], sshKeys: 'not a key', userData: '', nodeSelector: '' };
+    const f = {
+      name: 'Bad_Name',
+      template: 't',
+      rootMib: '0',
+      vcpus: '0',
+      memoryMib: 'x',
+      hostname: '',
+      networks: [],
+      securityGroups: [],
+      sshKeys: 'not a key',
+      userData: '',
+      nodeSelector: '',
+    };
     expect(Object.keys(validateVmForm(f)).sort()).toEqual(['memoryMib', 'name', 'rootMib', 'sshKeys', 'vcpus']);
   });
   it('builds the API body with owned root volume and NICs', () => {
     const body = vmCreateBody(
-      { name: 'web', template: 'tpl', rootMib: '64', vcpus: '2', memoryMib: '512', hostname: 'h', networks: ['n1'], securityGroups: ['g1'], sshKeys: 'ssh-ed25519 AAAA me\n', userData: '#cloud-config', nodeSelector: 'zone=a' },
+      {
+        name: 'web',
+        template: 'tpl',
+        rootMib: '64',
+        vcpus: '2',
+        memoryMib: '512',
+        hostname: 'h',
+        networks: ['n1'],
+        securityGroups: ['g1'],
+        sshKeys: 'ssh-ed25519 AAAA me\n',
+        userData: '#cloud-config',
+        nodeSelector: 'zone=a',
+      },
       'default',
     );
     expect(body).toEqual({
@@ -55,7 +79,9 @@ describe('VmList', () => {
 
   it('shows the form errors without calling the API, then the API message when it refuses', async () => {
     const calls = stubApi((url, init) =>
-      url === '/v1/vms' && init.method === 'POST' ? json({ error: { code: 'invalid_argument', message: 'memory_bytes must be a multiple of 1 MiB' } }, 400) : undefined,
+      url === '/v1/vms' && init.method === 'POST'
+        ? json({ error: { code: 'invalid_argument', message: 'memory_bytes must be a multiple of 1 MiB' } }, 400)
+        : undefined,
     );
     renderApp(<VmList />);
     await userEvent.click(await screen.findByRole('button', { name: 'Create VM' }));

@@ -222,17 +222,18 @@ function CreateVm({ onClose }: { onClose: () => void }) {
     },
   });
   const set = (k: keyof VmForm) => (e: { target: { value: string } }) => setF({ ...f, [k]: e.target.value });
-  const toggle = (k: 'networks' | 'securityGroups', id: string) =>
-    setF({ ...f, [k]: f[k].includes(id) ? f[k].filter((x) => x !== id) : [...f[k], id] });
+  const toggle = (k: 'networks' | 'securityGroups', id: string) => setF({ ...f, [k]: f[k].includes(id) ? f[k].filter((x) => x !== id) : [...f[k], id] });
   const submit = (e: FormEvent) => {
     e.preventDefault();
     const errs = validateVmForm(f);
     setErrors(errs);
     if (Object.keys(errs).length === 0) create.mutate(vmCreateBody(f, target));
   };
-  const input = (k: keyof VmForm, extra: Record<string, unknown> = {}) => (id: string, d?: string) => (
-    <input id={id} aria-describedby={d} aria-invalid={!!errors[k]} className={inputCls} value={f[k] as string} onChange={set(k)} {...extra} />
-  );
+  const input =
+    (k: keyof VmForm, extra: Record<string, unknown> = {}) =>
+    (id: string, d?: string) => (
+      <input id={id} aria-describedby={d} aria-invalid={!!errors[k]} className={inputCls} value={f[k] as string} onChange={set(k)} {...extra} />
+    );
 
   return (
     <Dialog title={`Create VM in ${target}`} open onClose={onClose}>
@@ -311,7 +312,17 @@ function CreateVm({ onClose }: { onClose: () => void }) {
         </Field>
         <div />
         <Field label="SSH authorized keys (one per line)" error={errors.sshKeys}>
-          {(id, d) => <textarea id={id} aria-describedby={d} aria-invalid={!!errors.sshKeys} rows={3} className={`${inputCls} font-mono`} value={f.sshKeys} onChange={set('sshKeys')} />}
+          {(id, d) => (
+            <textarea
+              id={id}
+              aria-describedby={d}
+              aria-invalid={!!errors.sshKeys}
+              rows={3}
+              className={`${inputCls} font-mono`}
+              value={f.sshKeys}
+              onChange={set('sshKeys')}
+            />
+          )}
         </Field>
         <Field label="User data (cloud-init)">
           {(id) => <textarea id={id} rows={3} className={`${inputCls} font-mono`} value={f.userData} onChange={set('userData')} placeholder="#cloud-config" />}

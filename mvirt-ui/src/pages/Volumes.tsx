@@ -74,13 +74,24 @@ function VolumeDetail({ volume }: { volume: Volume }) {
         <div className="flex flex-wrap gap-6">
           <form onSubmit={onSnap} noValidate className="flex items-end gap-2" aria-label={`Snapshot ${volume.name}`}>
             <Field label="Snapshot name" error={errors.snap}>
-              {(id, d) => <input id={id} aria-describedby={d} aria-invalid={!!errors.snap} className={inputCls} value={snap} onChange={(e) => setSnap(e.target.value)} />}
+              {(id, d) => (
+                <input id={id} aria-describedby={d} aria-invalid={!!errors.snap} className={inputCls} value={snap} onChange={(e) => setSnap(e.target.value)} />
+              )}
             </Field>
             <Button type="submit">Take snapshot</Button>
           </form>
           <form onSubmit={onResize} noValidate className="flex items-end gap-2" aria-label={`Resize ${volume.name}`}>
             <Field label="New size (MiB)" error={errors.size}>
-              {(id, d) => <input id={id} aria-describedby={d} aria-invalid={!!errors.size} className={`${inputCls} w-32`} value={size} onChange={(e) => setSize(e.target.value)} />}
+              {(id, d) => (
+                <input
+                  id={id}
+                  aria-describedby={d}
+                  aria-invalid={!!errors.size}
+                  className={`${inputCls} w-32`}
+                  value={size}
+                  onChange={(e) => setSize(e.target.value)}
+                />
+              )}
             </Field>
             <Button type="submit">Resize</Button>
           </form>
@@ -105,7 +116,17 @@ export default function Volumes() {
         { head: 'Project', cell: (v) => v.project },
         { head: 'Size', cell: (v) => bytes(v.spec.size_bytes) },
         { head: 'Template', cell: (v) => templates.find((t) => t.id === v.spec.template_id)?.name ?? '—' },
-        { head: 'VM', cell: (v) => (v.vm_id ? <Link className="underline" to={`/vms/${v.vm_id}`}>{v.vm_id.slice(-8)}</Link> : '—') },
+        {
+          head: 'VM',
+          cell: (v) =>
+            v.vm_id ? (
+              <Link className="underline" to={`/vms/${v.vm_id}`}>
+                {v.vm_id.slice(-8)}
+              </Link>
+            ) : (
+              '—'
+            ),
+        },
         { head: 'Snapshots', cell: (v) => v.snapshots?.length ?? 0 },
         { head: 'Phase', cell: (v) => <Badge value={v.status?.phase ?? ''} /> },
       ]}
@@ -116,7 +137,12 @@ export default function Volumes() {
           fields={[
             { key: 'name', label: 'Name' },
             { key: 'size', label: 'Size (MiB)', initial: '1024' },
-            { key: 'template', label: 'Clone of template', type: 'select', options: [{ value: '', label: 'empty' }, ...templates.map((t) => ({ value: t.id, label: t.name }))] },
+            {
+              key: 'template',
+              label: 'Clone of template',
+              type: 'select',
+              options: [{ value: '', label: 'empty' }, ...templates.map((t) => ({ value: t.id, label: t.name }))],
+            },
           ]}
           validate={(v) => ({ name: validateName(v.name), size: validateInt(v.size, 1, 64 * 1024 * 1024, 'size (MiB)') })}
           submit={(v) =>
