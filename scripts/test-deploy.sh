@@ -6,8 +6,10 @@
 #  1. every .nix file parses (nix-instantiate --parse; nixpkgs cannot be fetched here);
 #  2. deploy/debian/ is what deploy/gen.py makes of deploy/services.toml, and the NixOS module
 #     spells no flag of its own;
-#  3. every flag the NixOS module can pass, and every variable of /etc/mvirt/*.env, is checked
-#     against the daemon's --help (deploy/tests/check_flags.py);
+#  3. every flag the NixOS module can pass (nix/lib.nix) and does pass on its ExecStart lines
+#     (nix/tests/module-eval.nix evaluates the module with a stand-in for nixpkgs' lib), and every
+#     variable of /etc/mvirt/*.env, is checked against the daemon's --help
+#     (deploy/tests/check_flags.py);
 #  4. the .deb files are built from the debug binaries cargo already built
 #     (deploy/build-debs.sh) and installed with dpkg into a fresh root: a copy-on-write overlay
 #     of this machine's root file system, so dpkg checks the packages' dependencies against a
@@ -84,7 +86,8 @@ trap cleanup EXIT
 
 say "flags and variables against each daemon's --help"
 nix-instantiate --eval --strict --json -E '(import ./nix/lib.nix).flagCheck' >"$WORK/flagcheck.json"
-python3 deploy/tests/check_flags.py "$BIN" "$WORK/flagcheck.json" deploy/debian
+nix-instantiate --eval --strict --json nix/tests/module-eval.nix >"$WORK/module.json"
+python3 deploy/tests/check_flags.py "$BIN" "$WORK/flagcheck.json" "$WORK/module.json" deploy/debian
 
 say "building the .deb files"
 MVIRT_DEB_COMPRESSION=none deploy/build-debs.sh --bin-dir "$BIN" --out "$WORK/debs" >"$WORK/build-debs.log" ||
