@@ -198,6 +198,20 @@ try {
   log(`a VM created through REST appeared in ${Date.now() - restStart} ms`);
   await check('vms');
 
+  // 6b. The stream drops (the browser goes offline); a VM is created meanwhile; back online the
+  // stream resumes with Last-Event-ID and the missed VM appears without a reload.
+  const MISSED = `missed-vm-${SUFFIX}`;
+  await page.context().setOffline(true);
+  await page.getByTestId('stream-state').filter({ hasNotText: 'live' }).waitFor();
+  const missed = await rest('POST', '/v1/vms', { name: MISSED, spec: { vcpus: 1, memory_bytes: 64 << 20, node_selector: 'mvirt-ui-e2e=nowhere' } });
+  if (missed.status !== 201 && missed.status !== 200) throw new Error(`REST create: ${missed.status} ${JSON.stringify(missed.body)}`);
+  await page.waitForTimeout(500);
+  if (await page.locator(`[data-testid="vm-row"][data-name="${MISSED}"]`).count()) throw new Error('a VM appeared while the browser was offline');
+  await page.context().setOffline(false);
+  await page.locator(`[data-testid="vm-row"][data-name="${MISSED}"]`).waitFor({ timeout: 15_000 });
+  await page.getByTestId('stream-state').filter({ hasText: 'live' }).waitFor();
+  log('after a dropped stream the missed VM appeared (resumed with Last-Event-ID)');
+
   // 7. Every other page, screenshotted and checked by axe.
   for (const [label, name] of [
     ['NICs', 'nics'],
@@ -226,10 +240,13 @@ try {
   await page.getByRole('button', { name: 'Yes, delete' }).click();
   await page.getByRole('heading', { name: 'Virtual machines' }).waitFor();
   await page.locator(`[data-testid="vm-row"][data-name="${VM}"]`).waitFor({ state: 'detached' });
-  const del = await rest('DELETE', `/v1/vms/${restVm.body.id}`);
-  if (del.status !== 204) throw new Error(`REST delete: ${del.status}`);
+  for (const id of [restVm.body.id, missed.body.id]) {
+    const del = await rest('DELETE', `/v1/vms/${id}`);
+    if (del.status !== 204) throw new Error(`REST delete: ${del.status}`);
+  }
+  await page.locator(`[data-testid="vm-row"][data-name="${MISSED}"]`).waitFor({ state: 'detached' });
   await page.locator(`[data-testid="vm-row"][data-name="${REST_VM}"]`).waitFor({ state: 'detached' });
-  log('both VMs deleted and gone from the list');
+  log('the VMs deleted and gone from the list');
   await nav('Networks');
   const row = page.locator(`[data-testid="network-row"][data-name="${NET}"]`);
   await row.getByRole('button', { name: 'Delete' }).click();

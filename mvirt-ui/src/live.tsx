@@ -63,7 +63,9 @@ export function useList<T extends Resource = Resource>(kind: Kind) {
     queryKey: listKey(kind),
     queryFn: () => sync.load(kind),
     enabled: ready,
+    // The stream keeps the list current (and replays what a drop missed): never re-read it.
     staleTime: Infinity,
+    refetchOnReconnect: false,
   });
   return { ...q, items: (q.data?.items ?? []) as T[] };
 }

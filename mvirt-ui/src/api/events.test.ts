@@ -64,3 +64,38 @@ describe('openEventStream', () => {
     vi.unstubAllGlobals();
   });
 });
+
+describe('openEventStream offline', () => {
+  it('drops the connection when the browser goes offline and resumes when it is back', async () => {
+    const calls: Headers[] = [];
+    let firstSignal: AbortSignal | undefined;
+    vi.stubGlobal(
+      'fetch',
+      vi.fn(async (_url: string, init: RequestInit) => {
+        calls.push(new Headers(init.headers));
+        if (calls.length === 1) {
+          firstSignal = init.signal ?? undefined;
+          // A stream that sends one event and then hangs, like a connection the network lost.
+          const body = new ReadableStream<Uint8Array>({
+            start(c) {
+              c.enqueue(new TextEncoder().encode(`id: 9\ndata: ${JSON.stringify(ev(9))}\n\n`));
+              init.signal?.addEventListener('abort', () => c.error(new DOMException('aborted', 'AbortError')));
+            },
+          });
+          return new Response(body, { status: 200 });
+        }
+        return new Promise<Response>(() => undefined);
+      }),
+    );
+    const states: string[] = [];
+    const close = openEventStream({ token: 't', onEvent: () => undefined, onState: (s) => states.push(s) });
+    await vi.waitFor(() => expect(states).toContain('live'));
+    window.dispatchEvent(new Event('offline'));
+    await vi.waitFor(() => expect(firstSignal?.aborted).toBe(true));
+    window.dispatchEvent(new Event('online'));
+    await vi.waitFor(() => expect(calls.length).toBe(2));
+    expect(calls[1].get('Last-Event-ID')).toBe('9');
+    close();
+    vi.unstubAllGlobals();
+  });
+});

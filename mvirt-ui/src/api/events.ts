@@ -71,13 +71,20 @@ export function openEventStream(opts: EventStreamOptions): () => void {
   let delay = 250;
   const url = opts.url ?? '/v1/events';
 
+  // A connection the network lost may look open for minutes (no TCP reset): when the browser
+  // says it went offline, drop the attempt at once, and when it is back, reconnect at once.
+  const hasWindow = typeof window !== 'undefined';
   const run = async () => {
     while (!ctrl.signal.aborted) {
       opts.onState?.(last === opts.from && delay === 250 ? 'connecting' : 'reconnecting');
+      const attempt = new AbortController();
+      const drop = () => attempt.abort();
+      ctrl.signal.addEventListener('abort', drop);
+      if (hasWindow) window.addEventListener('offline', drop);
       try {
         const headers: Record<string, string> = { Authorization: `Bearer ${opts.token}`, Accept: 'text/event-stream' };
         if (last !== undefined) headers['Last-Event-ID'] = String(last);
-        const resp = await fetch(url, { headers, signal: ctrl.signal, cache: 'no-store' });
+        const resp = await fetch(url, { headers, signal: attempt.signal, cache: 'no-store' });
         if (resp.status === 401 || resp.status === 403) {
           const text = await resp.text();
           let message = text;
@@ -112,10 +119,23 @@ export function openEventStream(opts: EventStreamOptions): () => void {
       } catch (e) {
         if (ctrl.signal.aborted) return;
         opts.onState?.('reconnecting', (e as Error).message);
+      } finally {
+        ctrl.signal.removeEventListener('abort', drop);
+        if (hasWindow) window.removeEventListener('offline', drop);
       }
       if (ctrl.signal.aborted) return;
-      // Back off between reconnects (a dropped stream, a restarting member): 0.25 s → 5 s.
-      await new Promise((r) => setTimeout(r, delay));
+      opts.onState?.('reconnecting');
+      // Back off between reconnects (a dropped stream, a restarting member): 0.25 s → 5 s, cut
+      // short when the browser comes back online.
+      await new Promise<void>((resolve) => {
+        const wake = () => {
+          clearTimeout(timer);
+          if (hasWindow) window.removeEventListener('online', wake);
+          resolve();
+        };
+        const timer = setTimeout(wake, delay);
+        if (hasWindow) window.addEventListener('online', wake);
+      });
       delay = Math.min(delay * 2, 5000);
     }
   };
