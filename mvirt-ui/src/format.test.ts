@@ -30,3 +30,10 @@ describe('validation', () => {
     expect(bytes(1536)).toBe('1.5 KiB');
   });
 });
+
+import { fillSnapshotPath } from './pages/Volumes';
+describe('snapshot action paths', () => {
+  it('fill the volume and snapshot ids into the spec path', () => {
+    expect(fillSnapshotPath('/v1/volumes/{id}/snapshots/{snapshot_id}/rollback', 'v1', 's 2')).toBe('/v1/volumes/v1/snapshots/s%202/rollback');
+  });
+});

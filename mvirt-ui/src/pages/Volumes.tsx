@@ -13,23 +13,34 @@ import { ago, bytes, MIB, validateInt, validateName } from '../format';
 import { useList } from '../live';
 import { targetProject, useProject } from '../project';
 
-/** Whether the live spec offers snapshot rollback (it may arrive after this UI was built). */
-function useRollbackPath() {
+/** The live spec's path for a snapshot action (`rollback`, `promote`), if this API offers it:
+ *  the UI shows the button only then. */
+function useSnapshotAction(action: string) {
   const spec = useQuery({ queryKey: ['openapi'], queryFn: () => api<{ paths: Record<string, unknown> }>('/v1/openapi.json'), staleTime: Infinity });
-  return Object.keys(spec.data?.paths ?? {}).find((p) => p.startsWith('/v1/volumes/') && p.includes('snapshots') && p.endsWith('/rollback'));
+  return Object.keys(spec.data?.paths ?? {}).find((p) => p.startsWith('/v1/volumes/') && p.includes('snapshots') && p.endsWith(`/${action}`));
+}
+
+/** `/v1/volumes/{id}/snapshots/{snapshot_id}/rollback` with the two ids filled in. */
+export function fillSnapshotPath(template: string, volumeId: string, snapshotId: string) {
+  return template.replace('{id}', encodeURIComponent(volumeId)).replace(/\{[a-z_]+\}/, encodeURIComponent(snapshotId));
 }
 
 function VolumeDetail({ volume }: { volume: Volume }) {
   const can = useCan('write');
-  const rollbackPath = useRollbackPath();
+  const rollbackPath = useSnapshotAction('rollback');
+  const promotePath = useSnapshotAction('promote');
+  const [promoting, setPromoting] = useState<string | null>(null);
+  const [templateName, setTemplateName] = useState('');
   const [size, setSize] = useState(String(Math.round(volume.spec.size_bytes / MIB)));
   const [snap, setSnap] = useState('');
-  const [errors, setErrors] = useState<{ size?: string; snap?: string }>({});
+  const [errors, setErrors] = useState<{ size?: string; snap?: string; template?: string }>({});
   const resize = useMutation({ mutationFn: () => post(`/v1/volumes/${volume.id}/resize`, { size_bytes: Number(size) * MIB }) });
   const snapshot = useMutation({ mutationFn: () => post(`/v1/volumes/${volume.id}/snapshots`, { name: snap }), onSuccess: () => setSnap('') });
   const removeSnap = useMutation({ mutationFn: (id: string) => del(`/v1/volumes/${volume.id}/snapshots/${id}`) });
-  const rollback = useMutation({
-    mutationFn: (id: string) => post(rollbackPath!.replace(/\{id\}/, volume.id).replace(/\{[a-z_]+\}/, id)),
+  const rollback = useMutation({ mutationFn: (id: string) => post(fillSnapshotPath(rollbackPath!, volume.id, id)) });
+  const promote = useMutation({
+    mutationFn: (id: string) => post(fillSnapshotPath(promotePath!, volume.id, id), { name: templateName }),
+    onSuccess: () => (setPromoting(null), setTemplateName('')),
   });
   const onResize = (e: FormEvent) => {
     e.preventDefault();
@@ -47,15 +58,23 @@ function VolumeDetail({ volume }: { volume: Volume }) {
   };
   return (
     <div className="flex flex-col gap-3">
-      <Table label={`Snapshots of ${volume.name}`} head={['Snapshot', 'Created', '']}>
+      <Table label={`Snapshots of ${volume.name}`} head={['Snapshot', 'State', 'Created', '']}>
         {(volume.snapshots ?? []).map((s) => (
           <tr key={s.id}>
             <td className="px-3 py-1">{s.name}</td>
+            <td className="px-3 py-1" title={s.status?.message}>
+              <Badge value={s.status?.phase ?? ''} />
+            </td>
             <td className="px-3 py-1">{ago(s.created_at)}</td>
             <td className="px-3 py-1 text-right">
               {can && rollbackPath && (
                 <Button onClick={() => rollback.mutate(s.id)} className="mr-2">
                   Roll back
+                </Button>
+              )}
+              {can && promotePath && (
+                <Button onClick={() => setPromoting(promoting === s.id ? null : s.id)} className="mr-2" aria-expanded={promoting === s.id}>
+                  Promote to template
                 </Button>
               )}
               {can && <Button onClick={() => removeSnap.mutate(s.id)}>Delete</Button>}
@@ -97,8 +116,34 @@ function VolumeDetail({ volume }: { volume: Volume }) {
           </form>
         </div>
       )}
+      {promoting && (
+        <form
+          className="flex items-end gap-2"
+          aria-label="Promote snapshot to template"
+          onSubmit={(e) => {
+            e.preventDefault();
+            const err = validateName(templateName);
+            setErrors({ template: err });
+            if (!err) promote.mutate(promoting);
+          }}
+        >
+          <Field label="Template name" error={errors.template}>
+            {(id, d) => (
+              <input
+                id={id}
+                aria-describedby={d}
+                aria-invalid={!!errors.template}
+                className={inputCls}
+                value={templateName}
+                onChange={(e) => setTemplateName(e.target.value)}
+              />
+            )}
+          </Field>
+          <Button type="submit">Promote</Button>
+        </form>
+      )}
       {!rollbackPath && <p className="text-xs text-muted">Rollback appears here once the API offers it.</p>}
-      <ErrorBox error={resize.error ?? snapshot.error ?? removeSnap.error ?? rollback.error} />
+      <ErrorBox error={resize.error ?? snapshot.error ?? removeSnap.error ?? rollback.error ?? promote.error} />
     </div>
   );
 }
