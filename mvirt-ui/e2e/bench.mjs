@@ -49,6 +49,7 @@ const names = Array.from({ length: N }, (_, i) => `bench-${tag}-${i}`);
 for (let i = 0; i < names.length; i += 32) await Promise.all(names.slice(i, i + 32).map((n) => rest('POST', '/v1/vms', vmBody(n))));
 
 const profile = mkdtempSync(path.join(os.tmpdir(), 'mvirt-ui-bench-'));
+process.on('exit', () => rmSync(profile, { recursive: true, force: true }));
 const context = await chromium.launchPersistentContext(profile, {
   executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
   viewport: { width: 1400, height: 900 },
@@ -119,7 +120,6 @@ try {
   );
 } finally {
   await context.close();
-  rmSync(profile, { recursive: true, force: true });
   if (!process.env.MVIRT_BENCH_KEEP) {
     console.log('deleting the bench VMs…');
     for (let i = 0; i < names.length; i += 32) await Promise.all(names.slice(i, i + 32).map((n) => rest('DELETE', `/v1/vms/${n}`).catch(() => undefined)));

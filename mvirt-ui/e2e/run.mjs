@@ -73,6 +73,7 @@ const failures = [];
 
 mkdirSync(SHOTS, { recursive: true });
 const profile = mkdtempSync(path.join(os.tmpdir(), 'mvirt-ui-e2e-'));
+process.on('exit', () => rmSync(profile, { recursive: true, force: true }));
 // A fresh profile directory (Playwright passes it as --user-data-dir).
 const context = await chromium.launchPersistentContext(profile, {
   executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
@@ -298,7 +299,6 @@ try {
   if (page) await page.screenshot({ path: path.join(SHOTS, 'failure.png'), fullPage: true }).catch(() => undefined);
 } finally {
   await context.close();
-  rmSync(profile, { recursive: true, force: true });
 }
 
 async function waitFor(what, ms, cond) {
