@@ -253,7 +253,44 @@ try {
     await page.getByRole('heading', { level: 1 }).first().waitFor();
     await check(name);
   }
+  // A security group with the rule editor: created with the SSH rule, a rule added, one removed.
+  const SG = `ui-sg-${SUFFIX}`;
+  await nav('Security groups');
+  await page.getByRole('button', { name: 'Create security group' }).click();
+  form = page.getByRole('form', { name: 'Create security group' });
+  await form.getByLabel('Name').fill(SG);
+  await form.getByRole('button', { name: 'Create' }).click();
+  const sgRow = page.locator(`[data-testid="security_group-row"][data-name="${SG}"]`);
+  await sgRow.getByRole('button', { name: 'Details' }).click();
+  const rules = page.getByRole('table', { name: `Rules of ${SG}` });
+  await rules.getByRole('cell', { name: 'ssh', exact: true }).waitFor();
+  const ruleForm = page.getByRole('form', { name: `Add a rule to ${SG}` });
+  await ruleForm.getByLabel('First port').fill('8080');
+  await ruleForm.getByLabel('Last port').fill('80');
+  await ruleForm.getByRole('button', { name: 'Add rule' }).click();
+  await ruleForm.getByText('must not be below the first port').waitFor();
+  await ruleForm.getByLabel('Last port').fill('8090');
+  await ruleForm.getByLabel('Description').fill('web');
+  await ruleForm.getByRole('button', { name: 'Add rule' }).click();
+  await rules.getByRole('cell', { name: '8080–8090' }).waitFor();
+  await rules.getByRole('row').filter({ hasText: 'ssh' }).getByRole('button', { name: 'Remove' }).click();
+  await rules.getByRole('cell', { name: 'ssh', exact: true }).waitFor({ state: 'detached' });
+  log('a security group: rule added (after the form refused a bad range) and removed, live');
+  await sgRow.getByRole('button', { name: 'Delete' }).click();
+  await sgRow.getByRole('button', { name: 'Yes, delete' }).click();
+  await sgRow.waitFor({ state: 'detached' });
+
+  // Cordon and uncordon the node.
+  await nav('Nodes');
+  const nodeRow = page.locator('[data-testid="node-row"]').first();
+  await nodeRow.getByRole('button', { name: 'Cordon' }).click();
+  await nodeRow.getByRole('cell', { name: 'cordoned' }).waitFor();
+  await nodeRow.getByRole('button', { name: 'Uncordon' }).click();
+  await nodeRow.getByRole('cell', { name: 'yes', exact: true }).waitFor();
+  log('the node was cordoned and uncordoned');
+
   // The audit log follows: an entry for a project created now through REST arrives in the table.
+  await nav('Audit log');
   await page.getByRole('checkbox', { name: 'Follow' }).check();
   await page.waitForTimeout(500);
   const project = await rest('POST', '/v1/projects', { name: `ui-proj-${SUFFIX}` });

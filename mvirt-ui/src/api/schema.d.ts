@@ -124,6 +124,7 @@ export interface paths {
         };
         get: operations["get_v1_networks"];
         put?: never;
+        /** @description A network needs `ipv4_prefix`, `ipv6_prefix` or both; each prefix is a network address (its host bits are zero), IPv4 at most /30, IPv6 at most /126. */
         post: operations["post_v1_networks"];
         delete?: never;
         options?: never;
@@ -139,6 +140,11 @@ export interface paths {
             cookie?: never;
         };
         get: operations["get_v1_networks_id_"];
+        /**
+         * @description A network needs `ipv4_prefix`, `ipv6_prefix` or both; each prefix is a network address (its host bits are zero), IPv4 at most /30, IPv6 at most /126.
+         *
+         *     An update may omit `tunnel_key` or repeat the network's own; a different one is refused.
+         */
         put: operations["put_v1_networks_id_"];
         post?: never;
         delete: operations["delete_v1_networks_id_"];
@@ -156,6 +162,7 @@ export interface paths {
         };
         get: operations["get_v1_nics"];
         put?: never;
+        /** @description Addresses are valid IP addresses of their family; ids in a list are distinct. */
         post: operations["post_v1_nics"];
         delete?: never;
         options?: never;
@@ -171,6 +178,7 @@ export interface paths {
             cookie?: never;
         };
         get: operations["get_v1_nics_id_"];
+        /** @description Addresses are valid IP addresses of their family; ids in a list are distinct. */
         put: operations["put_v1_nics_id_"];
         post?: never;
         delete: operations["delete_v1_nics_id_"];
@@ -206,6 +214,22 @@ export interface paths {
         put: operations["update_node"];
         post?: never;
         delete: operations["delete_node"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/nodes/{id}/host": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["get_host"];
+        put?: never;
+        post?: never;
+        delete?: never;
         options?: never;
         head?: never;
         patch?: never;
@@ -252,6 +276,7 @@ export interface paths {
         };
         get: operations["get_v1_security_groups"];
         put?: never;
+        /** @description A rule with ports (`port_min`/`port_max` not both 0) must be `tcp` or `udp` with 1 <= `port_min` <= `port_max`; a rule has `cidr` (a valid prefix) or `remote_group_id`, not both. */
         post: operations["post_v1_security_groups"];
         delete?: never;
         options?: never;
@@ -267,6 +292,7 @@ export interface paths {
             cookie?: never;
         };
         get: operations["get_v1_security_groups_id_"];
+        /** @description A rule with ports (`port_min`/`port_max` not both 0) must be `tcp` or `udp` with 1 <= `port_min` <= `port_max`; a rule has `cidr` (a valid prefix) or `remote_group_id`, not both. */
         put: operations["put_v1_security_groups_id_"];
         post?: never;
         delete: operations["delete_v1_security_groups_id_"];
@@ -284,6 +310,7 @@ export interface paths {
         };
         get?: never;
         put?: never;
+        /** @description A rule with ports (`port_min`/`port_max` not both 0) must be `tcp` or `udp` with 1 <= `port_min` <= `port_max`; a rule has `cidr` (a valid prefix) or `remote_group_id`, not both. */
         post: operations["add_rule"];
         delete?: never;
         options?: never;
@@ -316,6 +343,7 @@ export interface paths {
         };
         get: operations["get_v1_templates"];
         put?: never;
+        /** @description `kernel_sha256` needs `kernel_url`, `initramfs_sha256` needs `initramfs_url`, and `initramfs_url` needs `kernel_url`. */
         post: operations["post_v1_templates"];
         delete?: never;
         options?: never;
@@ -331,6 +359,7 @@ export interface paths {
             cookie?: never;
         };
         get: operations["get_v1_templates_id_"];
+        /** @description `kernel_sha256` needs `kernel_url`, `initramfs_sha256` needs `initramfs_url`, and `initramfs_url` needs `kernel_url`. */
         put: operations["put_v1_templates_id_"];
         post?: never;
         delete: operations["delete_v1_templates_id_"];
@@ -380,6 +409,11 @@ export interface paths {
         };
         get: operations["get_v1_vms"];
         put?: never;
+        /**
+         * @description Addresses are valid IP addresses of their family; ids in a list are distinct.
+         *
+         *     `user_data` is at most 64 KiB of UTF-8; each SSH key is `<type> <key> [comment]`.
+         */
         post: operations["post_v1_vms"];
         delete?: never;
         options?: never;
@@ -395,6 +429,11 @@ export interface paths {
             cookie?: never;
         };
         get: operations["get_v1_vms_id_"];
+        /**
+         * @description Addresses are valid IP addresses of their family; ids in a list are distinct.
+         *
+         *     `user_data` is at most 64 KiB of UTF-8; each SSH key is `<type> <key> [comment]`.
+         */
         put: operations["put_v1_vms_id_"];
         post?: never;
         delete: operations["delete_v1_vms_id_"];
@@ -459,6 +498,7 @@ export interface paths {
             cookie?: never;
         };
         get: operations["get_v1_volumes_id_"];
+        /** @description A volume only grows: `size_bytes` below the current size is refused. */
         put: operations["put_v1_volumes_id_"];
         post?: never;
         delete: operations["delete_v1_volumes_id_"];
@@ -476,6 +516,7 @@ export interface paths {
         };
         get?: never;
         put?: never;
+        /** @description A volume only grows: `size_bytes` below the current size is refused. */
         post: operations["resize_volume"];
         delete?: never;
         options?: never;
@@ -608,11 +649,11 @@ export interface components {
             /** @description Project name (default `default`). */
             project?: string | null;
             spec: {
-                dns_servers?: string[];
+                dns_servers?: (string | unknown | unknown)[];
                 ipv4_prefix?: string | null;
                 ipv6_prefix?: string | null;
                 is_public?: boolean;
-                ntp_servers?: string[];
+                ntp_servers?: (string | unknown | unknown)[];
                 /**
                  * Format: int32
                  * @description VXLAN VNI that names the network between nodes (1..=16777215). Allocated by the control
@@ -632,10 +673,18 @@ export interface components {
             /** @description Project name (default `default`). */
             project?: string | null;
             spec: {
+                /** Format: ipv4 */
                 ipv4_address?: string | null;
+                /** Format: ipv6 */
                 ipv6_address?: string | null;
+                /** @description unicast, not all zero */
                 mac_address?: string | null;
                 network_id: string;
+                /**
+                 * @description Prefixes (CIDR, in the network's address families) routed to this NIC, for a VM that
+                 *     routes for others. Changeable.
+                 */
+                routed_prefixes?: string[];
                 security_group_ids?: string[];
             };
         };
@@ -661,8 +710,11 @@ export interface components {
             project?: string | null;
             spec: {
                 cmdline?: string | null;
-                /** @description `raw` or `qcow2`. */
-                format?: string;
+                /**
+                 * @description `raw` or `qcow2`.
+                 * @enum {string}
+                 */
+                format?: "raw" | "qcow2";
                 /**
                  * @description SHA-256 of the file at `initramfs_url` (64 lowercase hex characters; needs
                  *     `initramfs_url`). Every node verifies its download and fails the import on a mismatch.
@@ -676,7 +728,6 @@ export interface components {
                 kernel_sha256?: string | null;
                 kernel_url?: string | null;
                 sha256?: string | null;
-                source_snapshot?: null | components["schemas"]["SnapshotSource"];
                 /**
                  * @description `file://` or `http(s)://` image to import on every node. Empty for a template promoted
                  *     from a snapshot (then `source_snapshot` names it).
@@ -693,14 +744,27 @@ export interface components {
             /** @description Project name (default `default`). */
             project?: string | null;
             spec: {
-                /** @description `uefi`, `direct_kernel`, or omitted (direct kernel when the root template has a kernel). */
-                boot_mode?: string | null;
-                /** @description `running` (default) or `stopped`. */
-                desired_state?: string;
+                /**
+                 * @description `uefi`, `direct_kernel`, or omitted (direct kernel when the root template has a kernel).
+                 * @enum {string|null}
+                 */
+                boot_mode?: "uefi" | "direct_kernel" | null;
+                /**
+                 * @description `running` (default) or `stopped`.
+                 * @enum {string}
+                 */
+                desired_state?: "running" | "stopped";
                 hostname?: string | null;
+                /**
+                 * @description Back the guest's memory with the host's hugepages (the VM fails to start, with the
+                 *     reason, on a node without enough free hugepages). Fixed after create.
+                 */
+                hugepages?: boolean;
                 kernel_cmdline?: string | null;
                 /** Format: int64 */
                 memory_bytes: number;
+                /** @description Expose the CPU's virtualization extensions to the guest. Fixed after create. */
+                nested_virtualization?: boolean;
                 /** @description Create-only: owned NICs (appended to `nic_ids`). */
                 network_interfaces?: components["schemas"]["NetworkInterfaceRequest"][];
                 nic_ids?: string[];
@@ -732,8 +796,11 @@ export interface components {
         };
         CreateTokenRequest: {
             name: string;
-            /** @description `admin` (REST and NodeService) or `node` (NodeService only). */
-            role: string;
+            /**
+             * @description `admin` (REST and NodeService) or `node` (NodeService only).
+             * @enum {string}
+             */
+            role: "admin" | "node";
         };
         ErrorBody: {
             /**
@@ -741,7 +808,8 @@ export interface components {
              *     `conflict`, `precondition_failed`, `payload_too_large`, `no_leader`, `internal`.
              */
             code: string;
-            details: Record<string, never>;
+            /** @description what is in the way (e.g. the ids that block a delete), or null */
+            details: Record<string, never> | null;
             message: string;
         };
         /** @description The error envelope, for the OpenAPI document. */
@@ -759,6 +827,32 @@ export interface components {
             revision: number;
             /** @description `<kind>.<verb>`, e.g. `vm.created`, `vm.status`, `network.deleted`. */
             type: string;
+        };
+        /** @description A node's host, as its agent reads it now. */
+        HostInfo: {
+            /**
+             * Format: int32
+             * @description Logical CPUs.
+             */
+            cpu_cores: number;
+            cpu_model: string;
+            hostname: string;
+            /** Format: int64 */
+            hugepage_size_bytes: number;
+            /** Format: int64 */
+            hugepages_free: number;
+            /** Format: int64 */
+            hugepages_total: number;
+            /** Format: int64 */
+            memory_available_bytes: number;
+            /** Format: int64 */
+            memory_total_bytes: number;
+            node_id: string;
+            /** Format: int32 */
+            numa_nodes: number;
+            pool?: null | components["schemas"]["StoragePool"];
+            /** Format: int32 */
+            running_vms: number;
         };
         JoinRequest: {
             /** @description The joining member's REST URL (`http://host:port`). */
@@ -844,8 +938,8 @@ export interface components {
             status: components["schemas"]["Status"];
         };
         NetworkInterfaceRequest: {
-            ipv4_address?: string | null;
-            ipv6_address?: string | null;
+            ipv4_address?: ((string | unknown | unknown) | null) | unknown | unknown;
+            ipv6_address?: ((string | unknown | unknown) | null) | unknown | unknown;
             network_id: string;
             security_group_ids?: string[];
         };
@@ -877,6 +971,11 @@ export interface components {
             ipv6_address?: string | null;
             mac_address?: string | null;
             network_id: string;
+            /**
+             * @description Prefixes (CIDR, in the network's address families) routed to this NIC, for a VM that
+             *     routes for others. Changeable.
+             */
+            routed_prefixes?: string[];
             security_group_ids?: string[];
         };
         Node: components["schemas"]["Meta"] & {
@@ -940,16 +1039,22 @@ export interface components {
         SecurityGroupRule: {
             cidr?: string | null;
             description?: string;
-            /** @description `ingress` or `egress`. */
-            direction: string;
+            /**
+             * @description `ingress` or `egress`.
+             * @enum {string}
+             */
+            direction: "ingress" | "egress";
             /** @description Minted by the API when omitted. */
             id?: string | null;
             /** Format: int32 */
             port_max?: number;
             /** Format: int32 */
             port_min?: number;
-            /** @description `any`, `tcp`, `udp`, `icmp`, `icmpv6`. */
-            protocol?: string;
+            /**
+             * @description `any`, `tcp`, `udp`, `icmp`, `icmpv6`.
+             * @enum {string}
+             */
+            protocol?: "any" | "tcp" | "udp" | "icmp" | "icmpv6";
             remote_group_id?: string | null;
         };
         SecurityGroupSpec: {
@@ -1008,6 +1113,28 @@ export interface components {
             /** Format: int64 */
             used_bytes?: number | null;
         };
+        /** @description The node's ZFS pool (or parent dataset) that holds volumes and templates. */
+        StoragePool: {
+            /** Format: int64 */
+            allocated_bytes: number;
+            /** Format: double */
+            compression_ratio: number;
+            dataset: string;
+            /** Format: int64 */
+            free_bytes: number;
+            pool: string;
+            /**
+             * Format: int64
+             * @description Sum of the virtual sizes of all volumes and templates (thin provisioning).
+             */
+            provisioned_bytes: number;
+            /** Format: int64 */
+            size_bytes: number;
+            /** Format: int32 */
+            template_count: number;
+            /** Format: int32 */
+            volume_count: number;
+        };
         Template: components["schemas"]["Meta"] & {
             /**
              * @description The one node a template promoted from a snapshot lives on (VMs cloning it are placed
@@ -1061,11 +1188,11 @@ export interface components {
                 [key: string]: string;
             } | null;
             spec?: {
-                dns_servers?: string[];
+                dns_servers?: (string | unknown | unknown)[];
                 ipv4_prefix?: string | null;
                 ipv6_prefix?: string | null;
                 is_public?: boolean;
-                ntp_servers?: string[];
+                ntp_servers?: (string | unknown | unknown)[];
                 /**
                  * Format: int32
                  * @description VXLAN VNI that names the network between nodes (1..=16777215). Allocated by the control
@@ -1082,10 +1209,18 @@ export interface components {
                 [key: string]: string;
             } | null;
             spec?: {
+                /** Format: ipv4 */
                 ipv4_address?: string | null;
+                /** Format: ipv6 */
                 ipv6_address?: string | null;
+                /** @description unicast, not all zero */
                 mac_address?: string | null;
                 network_id: string;
+                /**
+                 * @description Prefixes (CIDR, in the network's address families) routed to this NIC, for a VM that
+                 *     routes for others. Changeable.
+                 */
+                routed_prefixes?: string[];
                 security_group_ids?: string[];
             };
         };
@@ -1115,8 +1250,11 @@ export interface components {
             } | null;
             spec?: {
                 cmdline?: string | null;
-                /** @description `raw` or `qcow2`. */
-                format?: string;
+                /**
+                 * @description `raw` or `qcow2`.
+                 * @enum {string}
+                 */
+                format?: "raw" | "qcow2";
                 /**
                  * @description SHA-256 of the file at `initramfs_url` (64 lowercase hex characters; needs
                  *     `initramfs_url`). Every node verifies its download and fails the import on a mismatch.
@@ -1130,7 +1268,6 @@ export interface components {
                 kernel_sha256?: string | null;
                 kernel_url?: string | null;
                 sha256?: string | null;
-                source_snapshot?: null | components["schemas"]["SnapshotSource"];
                 /**
                  * @description `file://` or `http(s)://` image to import on every node. Empty for a template promoted
                  *     from a snapshot (then `source_snapshot` names it).
@@ -1144,14 +1281,27 @@ export interface components {
                 [key: string]: string;
             } | null;
             spec?: {
-                /** @description `uefi`, `direct_kernel`, or omitted (direct kernel when the root template has a kernel). */
-                boot_mode?: string | null;
-                /** @description `running` (default) or `stopped`. */
-                desired_state?: string;
+                /**
+                 * @description `uefi`, `direct_kernel`, or omitted (direct kernel when the root template has a kernel).
+                 * @enum {string|null}
+                 */
+                boot_mode?: "uefi" | "direct_kernel" | null;
+                /**
+                 * @description `running` (default) or `stopped`.
+                 * @enum {string}
+                 */
+                desired_state?: "running" | "stopped";
                 hostname?: string | null;
+                /**
+                 * @description Back the guest's memory with the host's hugepages (the VM fails to start, with the
+                 *     reason, on a node without enough free hugepages). Fixed after create.
+                 */
+                hugepages?: boolean;
                 kernel_cmdline?: string | null;
                 /** Format: int64 */
                 memory_bytes: number;
+                /** @description Expose the CPU's virtualization extensions to the guest. Fixed after create. */
+                nested_virtualization?: boolean;
                 /** @description Create-only: owned NICs (appended to `nic_ids`). */
                 network_interfaces?: components["schemas"]["NetworkInterfaceRequest"][];
                 nic_ids?: string[];
@@ -1200,9 +1350,16 @@ export interface components {
             /** @description `running` (default) or `stopped`. */
             desired_state?: string;
             hostname?: string | null;
+            /**
+             * @description Back the guest's memory with the host's hugepages (the VM fails to start, with the
+             *     reason, on a node without enough free hugepages). Fixed after create.
+             */
+            hugepages?: boolean;
             kernel_cmdline?: string | null;
             /** Format: int64 */
             memory_bytes: number;
+            /** @description Expose the CPU's virtualization extensions to the guest. Fixed after create. */
+            nested_virtualization?: boolean;
             /** @description Create-only: owned NICs (appended to `nic_ids`). */
             network_interfaces?: components["schemas"]["NetworkInterfaceRequest"][];
             nic_ids?: string[];
@@ -1283,6 +1440,24 @@ export interface operations {
                     "application/json": components["schemas"]["ControlPlaneView"];
                 };
             };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
         };
     };
     join: {
@@ -1306,7 +1481,52 @@ export interface operations {
                     "application/json": components["schemas"]["JoinResponse"];
                 };
             };
+            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description already_exists or conflict: the change is refused by the current state; `details` names what is in the way */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description payload_too_large: the body exceeds 1 MiB */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unsupported_media_type: the body is not application/json */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1323,7 +1543,7 @@ export interface operations {
             path?: never;
             cookie?: never;
         };
-        requestBody: {
+        requestBody?: {
             content: {
                 "application/json": components["schemas"]["CreateJoinTokenRequest"];
             };
@@ -1335,6 +1555,69 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["JoinTokenView"];
+                };
+            };
+            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description already_exists or conflict: the change is refused by the current state; `details` names what is in the way */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description payload_too_large: the body exceeds 1 MiB */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unsupported_media_type: the body is not application/json */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
         };
@@ -1357,6 +1640,33 @@ export interface operations {
                 };
                 content?: never;
             };
+            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -1366,6 +1676,15 @@ export interface operations {
                 };
             };
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1400,7 +1719,43 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Event"];
+                    "text/event-stream": components["schemas"]["Event"];
+                };
+            };
+            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
         };
@@ -1434,7 +1789,7 @@ export interface operations {
                 limit?: number;
                 object_id?: string;
                 /** @description `newest` (default) or `oldest`. */
-                order?: string;
+                order?: "newest" | "oldest";
                 /** @description Inclusive lower bound, nanoseconds since the epoch. */
                 since_ns?: number;
                 /** @description Substring of the message. */
@@ -1454,6 +1809,34 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["LogPage"];
+                    "text/event-stream": string;
+                };
+            };
+            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
             503: {
@@ -1512,6 +1895,33 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description not_found: the `node` filter names no node */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
         };
     };
     post_v1_networks: {
@@ -1546,6 +1956,24 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -1555,6 +1983,33 @@ export interface operations {
                 };
             };
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description payload_too_large: the body exceeds 1 MiB */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unsupported_media_type: the body is not application/json */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1587,7 +2042,43 @@ export interface operations {
                     "application/json": components["schemas"]["Network"];
                 };
             };
+            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1605,7 +2096,7 @@ export interface operations {
             };
             header?: {
                 /** @description "<revision>" */
-                "If-Match"?: string | null;
+                "If-Match"?: string;
             };
             path: {
                 /** @description id or name */
@@ -1635,6 +2126,24 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -1652,6 +2161,33 @@ export interface operations {
                 };
             };
             412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description payload_too_large: the body exceeds 1 MiB */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unsupported_media_type: the body is not application/json */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1670,7 +2206,7 @@ export interface operations {
             };
             header?: {
                 /** @description "<revision>" */
-                "If-Match"?: string | null;
+                "If-Match"?: string;
             };
             path: {
                 /** @description id or name */
@@ -1685,6 +2221,33 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
             };
             404: {
                 headers: {
@@ -1703,6 +2266,15 @@ export interface operations {
                 };
             };
             412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1758,6 +2330,33 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description not_found: the `node` filter names no node */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
         };
     };
     post_v1_nics: {
@@ -1792,6 +2391,24 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -1801,6 +2418,33 @@ export interface operations {
                 };
             };
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description payload_too_large: the body exceeds 1 MiB */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unsupported_media_type: the body is not application/json */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1833,7 +2477,43 @@ export interface operations {
                     "application/json": components["schemas"]["Nic"];
                 };
             };
+            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1851,7 +2531,7 @@ export interface operations {
             };
             header?: {
                 /** @description "<revision>" */
-                "If-Match"?: string | null;
+                "If-Match"?: string;
             };
             path: {
                 /** @description id or name */
@@ -1881,6 +2561,24 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -1898,6 +2596,33 @@ export interface operations {
                 };
             };
             412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description payload_too_large: the body exceeds 1 MiB */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unsupported_media_type: the body is not application/json */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1916,7 +2641,7 @@ export interface operations {
             };
             header?: {
                 /** @description "<revision>" */
-                "If-Match"?: string | null;
+                "If-Match"?: string;
             };
             path: {
                 /** @description id or name */
@@ -1931,6 +2656,33 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
             };
             404: {
                 headers: {
@@ -1949,6 +2701,15 @@ export interface operations {
                 };
             };
             412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1988,6 +2749,51 @@ export interface operations {
                     "application/json": components["schemas"]["ListResponse"];
                 };
             };
+            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description not_found: the `node` filter names no node */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
         };
     };
     get_node: {
@@ -2010,7 +2816,43 @@ export interface operations {
                     "application/json": components["schemas"]["Node"];
                 };
             };
+            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2023,7 +2865,10 @@ export interface operations {
     update_node: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description "<revision>": the change is made only if the object is still at this revision */
+                "If-Match"?: string;
+            };
             path: {
                 /** @description id or name */
                 id: string;
@@ -2044,12 +2889,96 @@ export interface operations {
                     "application/json": components["schemas"]["Node"];
                 };
             };
+            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description not_found: nothing with this id or name */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description already_exists or conflict: the change is refused by the current state; `details` names what is in the way */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description precondition_failed: the object is no longer at the `If-Match` revision */
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description payload_too_large: the body exceeds 1 MiB */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unsupported_media_type: the body is not application/json */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
         };
     };
     delete_node: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description "<revision>": the change is made only if the object is still at this revision */
+                "If-Match"?: string;
+            };
             path: {
                 /** @description id or name */
                 id: string;
@@ -2064,7 +2993,136 @@ export interface operations {
                 };
                 content?: never;
             };
+            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description not_found: nothing with this id or name */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description precondition_failed: the object is no longer at the `If-Match` revision */
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    get_host: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description id or name */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HostInfo"];
+                };
+            };
+            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description the node is offline or offers no agent endpoint */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description the node's agent cannot be reached or its daemons fail */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2104,6 +3162,51 @@ export interface operations {
                     "application/json": components["schemas"]["ListResponse"];
                 };
             };
+            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description not_found: the `node` filter names no node */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
         };
     };
     create_project: {
@@ -2127,7 +3230,61 @@ export interface operations {
                     "application/json": components["schemas"]["Project"];
                 };
             };
+            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description payload_too_large: the body exceeds 1 MiB */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unsupported_media_type: the body is not application/json */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2157,7 +3314,43 @@ export interface operations {
                     "application/json": components["schemas"]["Project"];
                 };
             };
+            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2170,7 +3363,10 @@ export interface operations {
     update_project: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description "<revision>": the change is made only if the object is still at this revision */
+                "If-Match"?: string;
+            };
             path: {
                 /** @description id or name */
                 id: string;
@@ -2191,12 +3387,96 @@ export interface operations {
                     "application/json": components["schemas"]["Project"];
                 };
             };
+            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description not_found: nothing with this id or name */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description already_exists or conflict: the change is refused by the current state; `details` names what is in the way */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description precondition_failed: the object is no longer at the `If-Match` revision */
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description payload_too_large: the body exceeds 1 MiB */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unsupported_media_type: the body is not application/json */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
         };
     };
     delete_project: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description "<revision>": the change is made only if the object is still at this revision */
+                "If-Match"?: string;
+            };
             path: {
                 /** @description id or name */
                 id: string;
@@ -2211,7 +3491,61 @@ export interface operations {
                 };
                 content?: never;
             };
+            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description not_found: nothing with this id or name */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description precondition_failed: the object is no longer at the `If-Match` revision */
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2267,6 +3601,33 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description not_found: the `node` filter names no node */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
         };
     };
     post_v1_security_groups: {
@@ -2301,6 +3662,24 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2310,6 +3689,33 @@ export interface operations {
                 };
             };
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description payload_too_large: the body exceeds 1 MiB */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unsupported_media_type: the body is not application/json */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2342,7 +3748,43 @@ export interface operations {
                     "application/json": components["schemas"]["SecurityGroup"];
                 };
             };
+            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2360,7 +3802,7 @@ export interface operations {
             };
             header?: {
                 /** @description "<revision>" */
-                "If-Match"?: string | null;
+                "If-Match"?: string;
             };
             path: {
                 /** @description id or name */
@@ -2390,6 +3832,24 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2407,6 +3867,33 @@ export interface operations {
                 };
             };
             412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description payload_too_large: the body exceeds 1 MiB */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unsupported_media_type: the body is not application/json */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2425,7 +3912,7 @@ export interface operations {
             };
             header?: {
                 /** @description "<revision>" */
-                "If-Match"?: string | null;
+                "If-Match"?: string;
             };
             path: {
                 /** @description id or name */
@@ -2440,6 +3927,33 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
             };
             404: {
                 headers: {
@@ -2458,6 +3972,15 @@ export interface operations {
                 };
             };
             412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2502,6 +4025,69 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description not_found: nothing with this id or name */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description already_exists or conflict: the change is refused by the current state; `details` names what is in the way */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description payload_too_large: the body exceeds 1 MiB */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unsupported_media_type: the body is not application/json */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
         };
     };
     delete_rule: {
@@ -2527,7 +4113,52 @@ export interface operations {
                 };
                 content?: never;
             };
+            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description already_exists or conflict: the change is refused by the current state; `details` names what is in the way */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2583,6 +4214,33 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description not_found: the `node` filter names no node */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
         };
     };
     post_v1_templates: {
@@ -2617,6 +4275,24 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2626,6 +4302,33 @@ export interface operations {
                 };
             };
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description payload_too_large: the body exceeds 1 MiB */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unsupported_media_type: the body is not application/json */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2658,7 +4361,43 @@ export interface operations {
                     "application/json": components["schemas"]["Template"];
                 };
             };
+            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2676,7 +4415,7 @@ export interface operations {
             };
             header?: {
                 /** @description "<revision>" */
-                "If-Match"?: string | null;
+                "If-Match"?: string;
             };
             path: {
                 /** @description id or name */
@@ -2706,6 +4445,24 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2723,6 +4480,33 @@ export interface operations {
                 };
             };
             412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description payload_too_large: the body exceeds 1 MiB */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unsupported_media_type: the body is not application/json */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2741,7 +4525,7 @@ export interface operations {
             };
             header?: {
                 /** @description "<revision>" */
-                "If-Match"?: string | null;
+                "If-Match"?: string;
             };
             path: {
                 /** @description id or name */
@@ -2756,6 +4540,33 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
             };
             404: {
                 headers: {
@@ -2774,6 +4585,15 @@ export interface operations {
                 };
             };
             412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2798,6 +4618,33 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["TokenView"][];
+                };
+            };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
         };
@@ -2831,6 +4678,60 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description already_exists or conflict: the change is refused by the current state; `details` names what is in the way */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description payload_too_large: the body exceeds 1 MiB */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unsupported_media_type: the body is not application/json */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
         };
     };
     delete_token: {
@@ -2851,6 +4752,33 @@ export interface operations {
                 };
                 content?: never;
             };
+            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2860,6 +4788,15 @@ export interface operations {
                 };
             };
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2915,6 +4852,33 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description not_found: the `node` filter names no node */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
         };
     };
     post_v1_vms: {
@@ -2949,6 +4913,24 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2958,6 +4940,33 @@ export interface operations {
                 };
             };
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description payload_too_large: the body exceeds 1 MiB */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unsupported_media_type: the body is not application/json */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2990,7 +4999,43 @@ export interface operations {
                     "application/json": components["schemas"]["Vm"];
                 };
             };
+            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3008,7 +5053,7 @@ export interface operations {
             };
             header?: {
                 /** @description "<revision>" */
-                "If-Match"?: string | null;
+                "If-Match"?: string;
             };
             path: {
                 /** @description id or name */
@@ -3038,6 +5083,24 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -3055,6 +5118,33 @@ export interface operations {
                 };
             };
             412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description payload_too_large: the body exceeds 1 MiB */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unsupported_media_type: the body is not application/json */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3073,7 +5163,7 @@ export interface operations {
             };
             header?: {
                 /** @description "<revision>" */
-                "If-Match"?: string | null;
+                "If-Match"?: string;
             };
             path: {
                 /** @description id or name */
@@ -3088,6 +5178,33 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
             };
             404: {
                 headers: {
@@ -3113,6 +5230,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
         };
     };
     vm_action: {
@@ -3124,7 +5250,7 @@ export interface operations {
             header?: never;
             path: {
                 /** @description start, stop, kill or restart */
-                action: string;
+                action: "start" | "stop" | "kill" | "restart";
                 /** @description id or name */
                 id: string;
             };
@@ -3140,7 +5266,52 @@ export interface operations {
                     "application/json": components["schemas"]["Vm"];
                 };
             };
+            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description already_exists or conflict: the change is refused by the current state; `details` names what is in the way */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3172,7 +5343,52 @@ export interface operations {
                 };
                 content?: never;
             };
+            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description not_found: nothing with this id or name */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3228,6 +5444,33 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description not_found: the `node` filter names no node */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
         };
     };
     post_v1_volumes: {
@@ -3262,6 +5505,24 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -3271,6 +5532,33 @@ export interface operations {
                 };
             };
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description payload_too_large: the body exceeds 1 MiB */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unsupported_media_type: the body is not application/json */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3303,7 +5591,43 @@ export interface operations {
                     "application/json": components["schemas"]["Volume"];
                 };
             };
+            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3321,7 +5645,7 @@ export interface operations {
             };
             header?: {
                 /** @description "<revision>" */
-                "If-Match"?: string | null;
+                "If-Match"?: string;
             };
             path: {
                 /** @description id or name */
@@ -3351,6 +5675,24 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -3368,6 +5710,33 @@ export interface operations {
                 };
             };
             412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description payload_too_large: the body exceeds 1 MiB */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unsupported_media_type: the body is not application/json */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3386,7 +5755,7 @@ export interface operations {
             };
             header?: {
                 /** @description "<revision>" */
-                "If-Match"?: string | null;
+                "If-Match"?: string;
             };
             path: {
                 /** @description id or name */
@@ -3401,6 +5770,33 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
             };
             404: {
                 headers: {
@@ -3426,6 +5822,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
         };
     };
     resize_volume: {
@@ -3434,7 +5839,10 @@ export interface operations {
                 /** @description Project (name) for resolving a name in the path (default `default`). */
                 project?: string;
             };
-            header?: never;
+            header?: {
+                /** @description "<revision>": the change is made only if the object is still at this revision */
+                "If-Match"?: string;
+            };
             path: {
                 /** @description id or name */
                 id: string;
@@ -3456,6 +5864,78 @@ export interface operations {
                 };
             };
             400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description not_found: nothing with this id or name */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description already_exists or conflict: the change is refused by the current state; `details` names what is in the way */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description precondition_failed: the object is no longer at the `If-Match` revision */
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description payload_too_large: the body exceeds 1 MiB */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unsupported_media_type: the body is not application/json */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3488,6 +5968,51 @@ export interface operations {
                     "application/json": components["schemas"]["VolumeSnapshot"][];
                 };
             };
+            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description not_found: nothing with this id or name */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
         };
     };
     create_snapshot: {
@@ -3517,7 +6042,70 @@ export interface operations {
                     "application/json": components["schemas"]["VolumeSnapshot"];
                 };
             };
+            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description not_found: nothing with this id or name */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description payload_too_large: the body exceeds 1 MiB */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unsupported_media_type: the body is not application/json */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3550,7 +6138,52 @@ export interface operations {
                 };
                 content?: never;
             };
+            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description already_exists or conflict: the change is refused by the current state; `details` names what is in the way */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3590,6 +6223,33 @@ export interface operations {
                     "application/json": components["schemas"]["Template"];
                 };
             };
+            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -3600,6 +6260,33 @@ export interface operations {
             };
             /** @description the snapshot is not ready, or the name is taken */
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description payload_too_large: the body exceeds 1 MiB */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unsupported_media_type: the body is not application/json */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3635,6 +6322,33 @@ export interface operations {
                     "application/json": components["schemas"]["Volume"];
                 };
             };
+            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description unauthenticated: no token, or an unknown or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -3645,6 +6359,15 @@ export interface operations {
             };
             /** @description a VM using the volume runs or is asked to run, or the snapshot is not ready */
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
