@@ -8,7 +8,8 @@
 //! a new build is picked up at once. A directory without `index.html` answers 404 with a
 //! sentence saying where the UI was expected, instead of a blank page.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -29,8 +30,9 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsa
 
 /// `api` (the `/v1` router) plus the UI from `dir` for every other path.
 pub fn with_ui(api: Router, dir: Option<&Path>) -> Router {
-    let dir = dir.map(Path::to_path_buf);
-    // One dispatch on the path (axum does not nest a `Router` with a fallback of its own).
+    let dir: Option<Arc<Path>> = dir.map(Arc::from);
+    // One dispatch on the path (axum does not nest a `Router` with a fallback of its own). An API
+    // request costs two reference-count increments here, nothing more.
     Router::new().fallback(move |req: Request| {
         let api = api.clone();
         let dir = dir.clone();
@@ -42,7 +44,7 @@ pub fn with_ui(api: Router, dir: Option<&Path>) -> Router {
                     Err(e) => match e {},
                 }
             } else if let Some(dir) = dir {
-                serve(dir, req).await
+                serve(&dir, req).await
             } else {
                 missing("no --ui-dir is configured")
             }
@@ -50,7 +52,7 @@ pub fn with_ui(api: Router, dir: Option<&Path>) -> Router {
     })
 }
 
-async fn serve(dir: PathBuf, req: Request) -> Response {
+async fn serve(dir: &Path, req: Request) -> Response {
     let index = dir.join("index.html");
     if !index.is_file() {
         return missing(&format!(
@@ -59,7 +61,7 @@ async fn serve(dir: PathBuf, req: Request) -> Response {
         ));
     }
     let immutable = req.uri().path().starts_with("/assets/");
-    let files = ServeDir::new(&dir).fallback(ServeFile::new(&index));
+    let files = ServeDir::new(dir).fallback(ServeFile::new(&index));
     let mut resp = match files.oneshot(req).await {
         Ok(r) => r.map(Body::new),
         Err(e) => match e {},
