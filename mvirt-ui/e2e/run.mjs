@@ -189,6 +189,17 @@ try {
   log('a command typed in the browser console was answered');
   await check('vm-detail-console');
 
+  // 5b. Power actions from the VM's page: stop, then start; the phase follows the node's reports.
+  await page.getByRole('button', { name: 'Close console' }).click();
+  let t = Date.now();
+  await page.getByRole('button', { name: 'Stop', exact: true }).click();
+  await page.getByTestId('detail-phase').filter({ hasText: 'stopped' }).waitFor({ timeout: 60_000 });
+  const stopMs = Date.now() - t;
+  t = Date.now();
+  await page.getByRole('button', { name: 'Start', exact: true }).click();
+  await page.getByTestId('detail-phase').filter({ hasText: 'running' }).waitFor({ timeout: 60_000 });
+  log(`stopped (${stopMs} ms) and started again (${Date.now() - t} ms) from its page`);
+
   // 6. A VM created through REST meanwhile appears in the list live (no reload).
   await nav('VMs');
   await page.locator(`[data-testid="vm-row"][data-name="${VM}"]`).waitFor();
@@ -251,6 +262,8 @@ try {
   ]) {
     await nav(label);
     await page.getByRole('heading', { level: 1 }).first().waitFor();
+    // The audit log is read from mvirt-log on demand: wait for its first entries (this run made many).
+    if (name === 'audit') await page.getByRole('table', { name: 'Log entries' }).getByRole('row').nth(1).waitFor();
     await check(name);
   }
   // A security group with the rule editor: created with the SSH rule, a rule added, one removed.

@@ -162,7 +162,11 @@ export interface paths {
         };
         get: operations["get_v1_nics"];
         put?: never;
-        /** @description Addresses are valid IP addresses of their family; ids in a list are distinct. */
+        /**
+         * @description Addresses are valid IP addresses of their family; ids in a list are distinct.
+         *
+         *     Each routed prefix is a network address (its host bits are zero) of a valid length.
+         */
         post: operations["post_v1_nics"];
         delete?: never;
         options?: never;
@@ -178,7 +182,11 @@ export interface paths {
             cookie?: never;
         };
         get: operations["get_v1_nics_id_"];
-        /** @description Addresses are valid IP addresses of their family; ids in a list are distinct. */
+        /**
+         * @description Addresses are valid IP addresses of their family; ids in a list are distinct.
+         *
+         *     Each routed prefix is a network address (its host bits are zero) of a valid length.
+         */
         put: operations["put_v1_nics_id_"];
         post?: never;
         delete: operations["delete_v1_nics_id_"];
@@ -732,7 +740,7 @@ export interface components {
                  * @description `file://` or `http(s)://` image to import on every node. Empty for a template promoted
                  *     from a snapshot (then `source_snapshot` names it).
                  */
-                source_url?: string;
+                source_url: string;
             };
         };
         /** @description Body of a create: `{"name", "project"?, "labels"?, "spec"}`. */
@@ -1201,7 +1209,7 @@ export interface components {
                  *     create: an update may omit it or repeat it.
                  */
                 tunnel_key?: number | null;
-            };
+            } | null;
         };
         /** @description Body of an update: labels and/or the full spec. */
         UpdateRequest_NicSpec: {
@@ -1222,7 +1230,7 @@ export interface components {
                  */
                 routed_prefixes?: string[];
                 security_group_ids?: string[];
-            };
+            } | null;
         };
         /** @description Body of an update: labels and/or the full spec. */
         UpdateRequest_NodeSpec: {
@@ -1232,7 +1240,7 @@ export interface components {
             spec?: {
                 /** @description False = cordoned: nothing new is placed here. */
                 schedulable?: boolean;
-            };
+            } | null;
         };
         /** @description Body of an update: labels and/or the full spec. */
         UpdateRequest_SecurityGroupSpec: {
@@ -1241,7 +1249,7 @@ export interface components {
             } | null;
             spec?: {
                 rules?: components["schemas"]["SecurityGroupRule"][];
-            };
+            } | null;
         };
         /** @description Body of an update: labels and/or the full spec. */
         UpdateRequest_TemplateSpec: {
@@ -1272,8 +1280,8 @@ export interface components {
                  * @description `file://` or `http(s)://` image to import on every node. Empty for a template promoted
                  *     from a snapshot (then `source_snapshot` names it).
                  */
-                source_url?: string;
-            };
+                source_url: string;
+            } | null;
         };
         /** @description Body of an update: labels and/or the full spec. */
         UpdateRequest_VmSpec: {
@@ -1302,18 +1310,15 @@ export interface components {
                 memory_bytes: number;
                 /** @description Expose the CPU's virtualization extensions to the guest. Fixed after create. */
                 nested_virtualization?: boolean;
-                /** @description Create-only: owned NICs (appended to `nic_ids`). */
-                network_interfaces?: components["schemas"]["NetworkInterfaceRequest"][];
                 nic_ids?: string[];
                 /** @description A node id, a node name, or `k=v,k2=v2` labels. */
                 node_selector?: string | null;
-                root_volume?: null | components["schemas"]["RootVolumeRequest"];
                 ssh_authorized_keys?: string[];
                 user_data?: string | null;
                 /** Format: int32 */
                 vcpus: number;
                 volume_ids?: string[];
-            };
+            } | null;
         };
         /** @description Body of an update: labels and/or the full spec. */
         UpdateRequest_VolumeSpec: {
@@ -1326,7 +1331,7 @@ export interface components {
                 /** Format: int64 */
                 size_bytes: number;
                 template_id?: string | null;
-            };
+            } | null;
         };
         Vm: components["schemas"]["Meta"] & {
             node_id?: string | null;

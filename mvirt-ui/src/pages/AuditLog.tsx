@@ -113,6 +113,7 @@ export default function AuditLog() {
         </label>
       </form>
       <ErrorBox error={pages.error} />
+      {pages.isLoading && <p className="text-sm text-muted">Loading…</p>}
       {followError && <ErrorBox error={new Error(followError)} onClose={() => setFollowError(undefined)} />}
       <Table label="Log entries" head={['Time', 'Level', 'Component', 'Message', 'Objects']}>
         {entries.map((e) => (
