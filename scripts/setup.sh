@@ -16,6 +16,7 @@ PACKAGES=(
   sqlite3 curl jq tmux xz-utils zstd gzip
   etcd-server              # mvirt-api benchmark baseline (3-member etcd side by side)
   python3                  # mvirt-vmm: fake cloud-hypervisor test double
+  python3-venv             # mvirt-api: schemathesis (OpenAPI contract test) in a venv
   nix-bin                  # deployment test: every .nix file parses, nix/lib.nix evaluates
 )
 
@@ -42,6 +43,15 @@ done
 
 # vhost-user vsock backend for pod guests under QEMU (mvirt-one in-guest tests).
 command -v vhost-device-vsock >/dev/null || cargo install vhost-device-vsock --version 0.3.0
+
+# schemathesis (PyPI, pinned) for mvirt-api's OpenAPI contract test (mvirt-api/tests/openapi.rs),
+# in a venv of its own: Debian's python3 is "externally managed".
+SCHEMATHESIS_VERSION=4.32.5
+SCHEMATHESIS_VENV=/opt/mvirt-schemathesis
+if ! "$SCHEMATHESIS_VENV/bin/schemathesis" --version 2>/dev/null | grep -q "version $SCHEMATHESIS_VERSION\$"; then
+  python3 -m venv "$SCHEMATHESIS_VENV"
+  "$SCHEMATHESIS_VENV/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"
+fi
 
 # The web UI: Node.js ≥ 20 with npm, and Chromium for its end-to-end test.
 bash "$(dirname "$0")/setup-ui.sh"

@@ -743,7 +743,21 @@ fn related_ids(command: &Command) -> Vec<String> {
             volume_id,
             snapshot_id,
             ..
+        }
+        | Command::RollbackSnapshot {
+            volume_id,
+            snapshot_id,
+            ..
         } => vec![volume_id.clone(), snapshot_id.clone()],
+        Command::PromoteSnapshot {
+            volume_id,
+            snapshot_id,
+            template,
+        } => vec![
+            template.meta.id.clone(),
+            volume_id.clone(),
+            snapshot_id.clone(),
+        ],
         Command::AddRule {
             security_group_id, ..
         }

@@ -8,10 +8,13 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::app::{hash_secret, new_id, now, App, HeartbeatForward};
-use crate::model::{Capacity, Kind, Meta, Node, NodeSpec, NodeStatus, Status as ResourceStatus};
+use crate::model::{
+    Capacity, Condition, Kind, Meta, Node, NodeSpec, NodeStatus, SnapshotStatus,
+    Status as ResourceStatus,
+};
 use crate::nodespec;
 use crate::proto::{self, node_service_server::NodeService};
-use crate::state::{ApiError, Command, StatusReport};
+use crate::state::{ApiError, Command, SnapshotReport, StatusReport};
 use crate::validate;
 
 pub struct NodeServiceImpl {
@@ -273,13 +276,35 @@ impl NodeService for NodeServiceImpl {
                     "status message: at most 4096 bytes",
                 ));
             }
+            let snapshots = s
+                .snapshots
+                .into_iter()
+                .map(|r| SnapshotReport {
+                    id: r.id,
+                    status: SnapshotStatus {
+                        phase: phase_of(r.phase).into(),
+                        message: r.message.chars().take(4096).collect(),
+                        used_bytes: (r.used_bytes > 0).then_some(r.used_bytes),
+                    },
+                })
+                .collect();
             reports.push(StatusReport {
                 kind,
                 id: s.id,
+                snapshots,
                 status: ResourceStatus {
                     phase: phase_of(s.phase).into(),
                     message: s.message,
-                    conditions: Vec::new(),
+                    conditions: s
+                        .conditions
+                        .into_iter()
+                        .take(16)
+                        .map(|c| Condition {
+                            kind: c.r#type.chars().take(64).collect(),
+                            status: c.status.chars().take(16).collect(),
+                            message: c.message.chars().take(4096).collect(),
+                        })
+                        .collect(),
                     node_id: None,
                     observed_revision: s.observed_revision,
                     updated_at: None,
@@ -289,6 +314,8 @@ impl NodeService for NodeServiceImpl {
                         .then_some(s.import_bytes_done),
                     import_bytes_total: (s.import_bytes_total > 0).then_some(s.import_bytes_total),
                     used_bytes: (s.used_bytes > 0).then_some(s.used_bytes),
+                    rollback_generation: (s.rollback_generation > 0)
+                        .then_some(s.rollback_generation),
                     fields: s.fields.into_iter().collect(),
                     nodes: Default::default(),
                 },

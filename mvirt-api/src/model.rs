@@ -53,6 +53,9 @@ pub struct Status {
     pub import_bytes_total: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub used_bytes: Option<u64>,
+    /// Volumes: the generation of the last rollback the node carried out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_generation: Option<u64>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub fields: BTreeMap<String, String>,
     /// For resources that exist on several nodes (templates, networks, security groups): each
@@ -162,7 +165,17 @@ pub struct NetworkSpec {
     pub ntp_servers: Vec<String>,
     #[serde(default)]
     pub is_public: bool,
+    /// VXLAN VNI that names the network between nodes (1..=16777215). Allocated by the control
+    /// plane when omitted on create (unique in the cluster, never reused while the network
+    /// exists); a requested key is refused with 409 when another network has it. Fixed after
+    /// create: an update may omit it or repeat it.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 16777215)]
+    pub tunnel_key: Option<u32>,
 }
+
+/// The largest VXLAN VNI.
+pub const MAX_TUNNEL_KEY: u32 = 0xff_ffff;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Network {
@@ -186,6 +199,10 @@ pub struct NicSpec {
     pub ipv6_address: Option<String>,
     #[serde(default)]
     pub security_group_ids: Vec<String>,
+    /// Prefixes (CIDR, in the network's address families) routed to this NIC, for a VM that
+    /// routes for others. Changeable.
+    #[serde(default)]
+    pub routed_prefixes: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -251,7 +268,14 @@ pub struct SecurityGroup {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct TemplateSpec {
+    /// `file://` or `http(s)://` image to import on every node. Empty for a template promoted
+    /// from a snapshot (then `source_snapshot` names it).
+    #[serde(default)]
     pub source_url: String,
+    /// Set by `POST /v1/volumes/{id}/snapshots/{sid}/promote`: the template is a copy of that
+    /// snapshot, made on the volume's node, and exists on that node only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_snapshot: Option<SnapshotSource>,
     /// `raw` or `qcow2`.
     #[serde(default = "default_format")]
     pub format: String,
@@ -261,6 +285,16 @@ pub struct TemplateSpec {
     pub kernel_url: Option<String>,
     #[serde(default)]
     pub initramfs_url: Option<String>,
+    /// SHA-256 of the file at `kernel_url` (64 lowercase hex characters; needs `kernel_url`).
+    /// Every node verifies its download and fails the import on a mismatch.
+    #[serde(default)]
+    #[schema(pattern = "^[0-9a-f]{64}$")]
+    pub kernel_sha256: Option<String>,
+    /// SHA-256 of the file at `initramfs_url` (64 lowercase hex characters; needs
+    /// `initramfs_url`). Every node verifies its download and fails the import on a mismatch.
+    #[serde(default)]
+    #[schema(pattern = "^[0-9a-f]{64}$")]
+    pub initramfs_sha256: Option<String>,
     #[serde(default)]
     pub cmdline: Option<String>,
 }
@@ -275,6 +309,10 @@ pub struct Template {
     pub meta: Meta,
     pub spec: TemplateSpec,
     pub status: Status,
+    /// The one node a template promoted from a snapshot lives on (VMs cloning it are placed
+    /// there); none for imported templates, which every node imports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
 }
 
 // ------------------------------------------------------------------------------------ volumes
@@ -295,6 +333,50 @@ pub struct VolumeSnapshot {
     pub id: String,
     pub name: String,
     pub created_at: String,
+    /// What the volume's node reports: `pending` until ZFS holds the snapshot (or while the
+    /// volume is on no node yet), then `ready`, or `failed` with the reason.
+    #[serde(default)]
+    pub status: SnapshotStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SnapshotStatus {
+    /// `pending`, `ready` or `failed`.
+    pub phase: String,
+    #[serde(default)]
+    pub message: String,
+    /// Bytes held only by this snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_bytes: Option<u64>,
+}
+
+impl Default for SnapshotStatus {
+    fn default() -> Self {
+        Self {
+            phase: "pending".into(),
+            message: String::new(),
+            used_bytes: None,
+        }
+    }
+}
+
+/// A rollback asked for through `POST /v1/volumes/{id}/snapshots/{sid}/rollback`. The volume's
+/// node carries it out once (it remembers the generation it applied) and reports the generation
+/// in `status.rollback_generation`; until they match, the rollback is pending.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct VolumeRollback {
+    pub snapshot_id: String,
+    /// Counts the rollbacks of this volume (1 for the first).
+    pub generation: u64,
+    pub requested_at: String,
+}
+
+/// Where a template promoted from a volume snapshot comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotSource {
+    pub volume_id: String,
+    pub snapshot_id: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -313,6 +395,8 @@ pub struct Volume {
     pub vm_id: Option<String>,
     #[serde(default)]
     pub snapshots: Vec<VolumeSnapshot>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<VolumeRollback>,
 }
 
 // ------------------------------------------------------------------------------------ VMs
@@ -368,6 +452,13 @@ pub struct VmSpec {
     /// Create-only: owned NICs (appended to `nic_ids`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub network_interfaces: Vec<NetworkInterfaceRequest>,
+    /// Back the guest's memory with the host's hugepages (the VM fails to start, with the
+    /// reason, on a node without enough free hugepages). Fixed after create.
+    #[serde(default)]
+    pub hugepages: bool,
+    /// Expose the CPU's virtualization extensions to the guest. Fixed after create.
+    #[serde(default)]
+    pub nested_virtualization: bool,
 }
 
 fn default_running() -> String {

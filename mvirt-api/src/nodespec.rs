@@ -59,6 +59,8 @@ pub fn desired_for(state: &State, node_id: &str) -> proto::NodeSpec {
                 proto::StopMode::Graceful as i32
             },
             restart_generation: vm.restart_generation,
+            hugepages: vm.spec.hugepages,
+            nested_virtualization: vm.spec.nested_virtualization,
             kernel_cmdline: vm.spec.kernel_cmdline.clone().unwrap_or_default(),
         });
     }
@@ -88,6 +90,12 @@ pub fn desired_for(state: &State, node_id: &str) -> proto::NodeSpec {
                     name: s.name.clone(),
                 })
                 .collect(),
+            rollback_snapshot_id: vol
+                .rollback
+                .as_ref()
+                .map(|r| r.snapshot_id.clone())
+                .unwrap_or_default(),
+            rollback_generation: vol.rollback.as_ref().map_or(0, |r| r.generation),
         });
     }
 
@@ -112,6 +120,7 @@ pub fn desired_for(state: &State, node_id: &str) -> proto::NodeSpec {
             security_group_ids: nic.spec.security_group_ids.clone(),
             owner_vm_id: nic.owner_vm_id.clone().unwrap_or_default(),
             vm_id: vm_id.clone(),
+            routed_prefixes: nic.spec.routed_prefixes.clone(),
         });
     }
 
@@ -129,6 +138,7 @@ pub fn desired_for(state: &State, node_id: &str) -> proto::NodeSpec {
                 dns_servers: n.spec.dns_servers.clone(),
                 ntp_servers: n.spec.ntp_servers.clone(),
                 is_public: n.spec.is_public,
+                tunnel_key: n.spec.tunnel_key.unwrap_or(0),
             }
         })
         .collect();
@@ -190,10 +200,12 @@ pub fn desired_for(state: &State, node_id: &str) -> proto::NodeSpec {
         })
         .collect();
 
-    // Templates are imported on every node, so a clone anywhere is O(1).
+    // Templates are imported on every node, so a clone anywhere is O(1); a template promoted
+    // from a snapshot exists only on its volume's node.
     let templates = state
         .templates
         .values()
+        .filter(|t| t.node_id.as_deref().is_none_or(|n| n == node_id))
         .map(|t| {
             bump(t.meta.spec_revision);
             template_ids.remove(&t.meta.id);
@@ -209,7 +221,21 @@ pub fn desired_for(state: &State, node_id: &str) -> proto::NodeSpec {
                 sha256: t.spec.sha256.clone().unwrap_or_default(),
                 kernel_url: t.spec.kernel_url.clone().unwrap_or_default(),
                 initramfs_url: t.spec.initramfs_url.clone().unwrap_or_default(),
+                kernel_sha256: t.spec.kernel_sha256.clone().unwrap_or_default(),
+                initramfs_sha256: t.spec.initramfs_sha256.clone().unwrap_or_default(),
                 cmdline: t.spec.cmdline.clone().unwrap_or_default(),
+                source_volume_id: t
+                    .spec
+                    .source_snapshot
+                    .as_ref()
+                    .map(|s| s.volume_id.clone())
+                    .unwrap_or_default(),
+                source_snapshot_id: t
+                    .spec
+                    .source_snapshot
+                    .as_ref()
+                    .map(|s| s.snapshot_id.clone())
+                    .unwrap_or_default(),
             }
         })
         .collect();
@@ -242,6 +268,7 @@ pub fn desired_for(state: &State, node_id: &str) -> proto::NodeSpec {
         if let Some(a) = &nic.spec.ipv6_address {
             destinations.push(format!("{a}/128"));
         }
+        destinations.extend(nic.spec.routed_prefixes.iter().cloned());
         routes.push(route(
             nic.meta.id.clone(),
             nic.spec.network_id.clone(),

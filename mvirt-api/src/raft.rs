@@ -430,6 +430,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
 // ------------------------------------------------------------------------------------ network
 
+/// Names the member a Raft RPC is meant for; a member refuses RPCs meant for another (an
+/// address that reaches the wrong member, e.g. its own, never feeds it a stranger's messages).
+pub const TARGET_HEADER: &str = "x-mvirt-raft-target";
+
 /// Sends Raft RPCs as `POST http://<raft_addr>/raft/<rpc>` with a JSON body.
 #[derive(Clone)]
 pub struct HttpNetworkFactory {
@@ -485,6 +489,7 @@ impl HttpConnection {
             .client
             .post(&url)
             .bearer_auth(self.secret.as_str())
+            .header(TARGET_HEADER, self.target)
             .timeout(option.hard_ttl().max(Duration::from_millis(500)))
             .json(req)
             .send()
@@ -591,6 +596,7 @@ impl HttpConnection {
                 .client
                 .get(&url)
                 .bearer_auth(self.secret.as_str())
+                .header(TARGET_HEADER, self.target)
                 .header(reqwest::header::CONNECTION, "upgrade")
                 .header(reqwest::header::UPGRADE, STREAM_PROTOCOL)
                 .send()

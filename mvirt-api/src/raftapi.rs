@@ -42,6 +42,23 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// `Some(421)` when the RPC names another member as its target ([`crate::raft::TARGET_HEADER`];
+/// absent on RPCs from older builds, which are taken).
+fn misdirected(app: &App, headers: &HeaderMap) -> Option<Response> {
+    let target = headers.get(crate::raft::TARGET_HEADER)?;
+    let target = target
+        .to_str()
+        .ok()
+        .and_then(|t| t.parse::<MemberId>().ok());
+    (target != Some(app.member_id)).then(|| {
+        (
+            StatusCode::MISDIRECTED_REQUEST,
+            format!("this is member {}, not {target:?}", app.member_id),
+        )
+            .into_response()
+    })
+}
+
 fn denied() -> Response {
     (StatusCode::UNAUTHORIZED, "bad cluster secret").into_response()
 }
@@ -54,6 +71,9 @@ async fn append(
     if !authorized(&app, &headers) {
         return denied();
     }
+    if let Some(refused) = misdirected(&app, &headers) {
+        return refused;
+    }
     Json(app.raft.append_entries(req).await).into_response()
 }
 
@@ -63,6 +83,9 @@ async fn append(
 async fn stream(State(app): State<Arc<App>>, headers: HeaderMap, mut req: Request) -> Response {
     if !authorized(&app, &headers) {
         return denied();
+    }
+    if let Some(refused) = misdirected(&app, &headers) {
+        return refused;
     }
     let wanted = headers
         .get(axum::http::header::UPGRADE)
@@ -116,6 +139,9 @@ async fn vote(
     if !authorized(&app, &headers) {
         return denied();
     }
+    if let Some(refused) = misdirected(&app, &headers) {
+        return refused;
+    }
     Json(app.raft.vote(req).await).into_response()
 }
 
@@ -126,6 +152,9 @@ async fn snapshot(
 ) -> Response {
     if !authorized(&app, &headers) {
         return denied();
+    }
+    if let Some(refused) = misdirected(&app, &headers) {
+        return refused;
     }
     let result: Result<_, RaftError<MemberId, InstallSnapshotError>> =
         app.raft.install_snapshot(req).await;

@@ -535,6 +535,7 @@ mod tests {
             owner_vm_id: None,
             vm_id: None,
             snapshots: vec![],
+            rollback: None,
         };
         s.volumes.insert("vol".into(), vol);
         let mut v = vm("1", 1, 1);

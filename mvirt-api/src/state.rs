@@ -142,6 +142,16 @@ pub struct StatusReport {
     pub kind: Kind,
     pub id: String,
     pub status: Status,
+    /// Volumes: the state of each of the volume's snapshots on its node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshots: Vec<SnapshotReport>,
+}
+
+/// One snapshot's state as the volume's node reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotReport {
+    pub id: String,
+    pub status: SnapshotStatus,
 }
 
 /// A state change, fully minted before it is proposed. (Variants carry whole objects; a
@@ -206,6 +216,17 @@ pub enum Command {
         volume_id: String,
         snapshot_id: String,
         now: String,
+    },
+    RollbackSnapshot {
+        volume_id: String,
+        snapshot_id: String,
+        now: String,
+    },
+    /// A new template copied from a volume's snapshot on the volume's node.
+    PromoteSnapshot {
+        volume_id: String,
+        snapshot_id: String,
+        template: Template,
     },
     AddRule {
         security_group_id: String,
@@ -760,6 +781,7 @@ impl State {
                 }
                 self.check_new(Kind::Network, &network.meta)?;
                 let mut network = network.clone();
+                network.spec.tunnel_key = Some(self.tunnel_key_for(&network)?);
                 stamp_new(&mut network.meta, index);
                 let id = network.meta.id.clone();
                 self.networks.insert(id.clone(), network);
@@ -805,9 +827,9 @@ impl State {
                     return self.same_or_exists(Kind::Volume, &volume.meta.id);
                 }
                 self.check_new(Kind::Volume, &volume.meta)?;
-                self.check_volume_refs(volume)?;
+                let home = self.volume_home(volume)?;
                 let mut volume = volume.clone();
-                volume.node_id = volume.spec.node_id.clone();
+                volume.node_id = home;
                 stamp_new(&mut volume.meta, index);
                 let id = volume.meta.id.clone();
                 self.volumes.insert(id.clone(), volume);
@@ -903,10 +925,12 @@ impl State {
                         snapshot.name
                     )));
                 }
+                let mut snapshot = snapshot.clone();
+                snapshot.status = SnapshotStatus::default();
                 vol.snapshots.push(snapshot.clone());
                 stamp(&mut vol.meta, index, &snapshot.created_at, true);
                 let change = self.change(Kind::Volume, volume_id, "snapshot_created");
-                Ok((Json::of(snapshot), vec![change]))
+                Ok((Json::of(&snapshot), vec![change]))
             }
             Command::DeleteSnapshot {
                 volume_id,
@@ -917,6 +941,15 @@ impl State {
                     .volumes
                     .get_mut(volume_id)
                     .ok_or_else(|| ApiError::not_found(Kind::Volume, volume_id))?;
+                let pending_target = vol.rollback.as_ref().filter(|r| {
+                    &r.snapshot_id == snapshot_id
+                        && vol.status.rollback_generation.unwrap_or(0) < r.generation
+                });
+                if pending_target.is_some() {
+                    return Err(ApiError::conflict(format!(
+                        "snapshot {snapshot_id} is the target of a rollback the volume's node has not carried out yet"
+                    )));
+                }
                 let before = vol.snapshots.len();
                 vol.snapshots.retain(|s| &s.id != snapshot_id);
                 if vol.snapshots.len() == before {
@@ -930,6 +963,16 @@ impl State {
                 let change = self.change(Kind::Volume, volume_id, "snapshot_deleted");
                 Ok((Json::null(), vec![change]))
             }
+            Command::RollbackSnapshot {
+                volume_id,
+                snapshot_id,
+                now,
+            } => self.rollback_snapshot(index, volume_id, snapshot_id, now),
+            Command::PromoteSnapshot {
+                volume_id,
+                snapshot_id,
+                template,
+            } => self.promote_snapshot(index, volume_id, snapshot_id, template),
             Command::AddRule {
                 security_group_id,
                 rule,
@@ -1107,6 +1150,38 @@ impl State {
         }
     }
 
+    /// The tunnel key (VXLAN VNI) of a new network: the one it asks for when no other network
+    /// has it, else one past the largest key in use, else (all keys up to the maximum ever
+    /// handed out) the smallest free one. Derived from the stored networks only, so every
+    /// member computes the same key and a snapshot carries it in the networks' specs.
+    fn tunnel_key_for(&self, network: &Network) -> Result<u32, ApiError> {
+        let used: std::collections::BTreeSet<u32> = self
+            .networks
+            .values()
+            .filter_map(|n| n.spec.tunnel_key)
+            .collect();
+        if let Some(k) = network.spec.tunnel_key {
+            if let Some(other) = self
+                .networks
+                .values()
+                .find(|n| n.spec.tunnel_key == Some(k))
+            {
+                return Err(ApiError::conflict(format!(
+                    "tunnel_key {k} is used by network {} ({})",
+                    other.meta.name, other.meta.id
+                )));
+            }
+            return Ok(k);
+        }
+        match used.last() {
+            None => Ok(1),
+            Some(&max) if max < MAX_TUNNEL_KEY => Ok(max + 1),
+            Some(_) => (1..=MAX_TUNNEL_KEY)
+                .find(|k| !used.contains(k))
+                .ok_or_else(|| ApiError::conflict("every tunnel key (VXLAN VNI) is in use")),
+        }
+    }
+
     fn same_or_exists(&self, kind: Kind, id: &str) -> Applied {
         // The id is minted by the API, so a repeat is a replay of the same create.
         Err(ApiError::exists(format!(
@@ -1139,18 +1214,140 @@ impl State {
         ))
     }
 
-    fn check_volume_refs(&self, volume: &Volume) -> Result<(), ApiError> {
-        if let Some(template_id) = &volume.spec.template_id {
-            if !self.templates.contains_key(template_id) {
-                return Err(ApiError::not_found(Kind::Template, template_id));
+    /// A volume's snapshot that its node holds (`ready`): only those can be rolled back to or
+    /// promoted.
+    fn ready_snapshot(&self, volume_id: &str, snapshot_id: &str) -> Result<&Volume, ApiError> {
+        let vol = self
+            .volumes
+            .get(volume_id)
+            .ok_or_else(|| ApiError::not_found(Kind::Volume, volume_id))?;
+        let snap = vol
+            .snapshots
+            .iter()
+            .find(|s| s.id == snapshot_id)
+            .ok_or_else(|| {
+                ApiError::new(
+                    "not_found",
+                    format!("snapshot {snapshot_id} not found on volume {volume_id}"),
+                )
+            })?;
+        if snap.status.phase != "ready" {
+            return Err(ApiError::conflict(format!(
+                "snapshot {} is {} on its node, not ready{}",
+                snap.name,
+                snap.status.phase,
+                if snap.status.message.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", snap.status.message)
+                }
+            )));
+        }
+        Ok(vol)
+    }
+
+    /// Rolls a volume back to one of its snapshots: refused while a VM that uses the volume
+    /// runs or is asked to; snapshots newer than the target go (as `zfs rollback -r` destroys
+    /// them on the node).
+    fn rollback_snapshot(
+        &mut self,
+        index: u64,
+        volume_id: &str,
+        snapshot_id: &str,
+        now: &str,
+    ) -> Applied {
+        let vol = self.ready_snapshot(volume_id, snapshot_id)?;
+        if let Some(vm) = vol.vm_id.as_deref().and_then(|id| self.vms.get(id)) {
+            let phase = vm.status.phase.as_str();
+            if vm.spec.desired_state == "running" || !matches!(phase, "" | "stopped" | "failed") {
+                return Err(ApiError::conflict(format!(
+                    "volume {} is used by VM {} ({}, desired {}): stop the VM before a rollback",
+                    vol.meta.name,
+                    vm.meta.name,
+                    if phase.is_empty() { "pending" } else { phase },
+                    vm.spec.desired_state
+                ))
+                .with_details(json!({"vm_id": vm.meta.id})));
             }
+        }
+        let generation = vol.rollback.as_ref().map_or(0, |r| r.generation) + 1;
+        let vol = self
+            .volumes
+            .get_mut(volume_id)
+            .ok_or_else(|| ApiError::not_found(Kind::Volume, volume_id))?;
+        if let Some(pos) = vol.snapshots.iter().position(|s| s.id == snapshot_id) {
+            vol.snapshots.truncate(pos + 1);
+        }
+        vol.rollback = Some(VolumeRollback {
+            snapshot_id: snapshot_id.to_string(),
+            generation,
+            requested_at: now.to_string(),
+        });
+        stamp(&mut vol.meta, index, now, true);
+        self.counters.last_removal_revision = index;
+        let change = self.change(Kind::Volume, volume_id, "rollback");
+        Ok((
+            self.object_json(Kind::Volume, volume_id)
+                .unwrap_or_else(Json::null),
+            vec![change],
+        ))
+    }
+
+    /// Creates a template from a volume's snapshot. The copy is made on the volume's node, so
+    /// the template lives there only and VMs cloning it are placed there.
+    fn promote_snapshot(
+        &mut self,
+        index: u64,
+        volume_id: &str,
+        snapshot_id: &str,
+        template: &Template,
+    ) -> Applied {
+        if self.templates.contains_key(&template.meta.id) {
+            return self.same_or_exists(Kind::Template, &template.meta.id);
+        }
+        let vol = self.ready_snapshot(volume_id, snapshot_id)?;
+        let Some(node_id) = vol.node_id.clone() else {
+            return Err(ApiError::conflict(format!(
+                "volume {} is on no node yet",
+                vol.meta.name
+            )));
+        };
+        self.check_new(Kind::Template, &template.meta)?;
+        let mut template = template.clone();
+        template.node_id = Some(node_id);
+        template.spec.source_snapshot = Some(SnapshotSource {
+            volume_id: volume_id.to_string(),
+            snapshot_id: snapshot_id.to_string(),
+        });
+        stamp_new(&mut template.meta, index);
+        let id = template.meta.id.clone();
+        self.templates.insert(id.clone(), template);
+        self.created(Kind::Template, &id)
+    }
+
+    /// Checks a new volume's references and returns the node it must live on: the node it is
+    /// pinned to, or the one node a template promoted from a snapshot exists on.
+    fn volume_home(&self, volume: &Volume) -> Result<Option<String>, ApiError> {
+        let mut home = None;
+        if let Some(template_id) = &volume.spec.template_id {
+            let template = self
+                .templates
+                .get(template_id)
+                .ok_or_else(|| ApiError::not_found(Kind::Template, template_id))?;
+            home = template.node_id.clone();
         }
         if let Some(node_id) = &volume.spec.node_id {
             if !self.nodes.contains_key(node_id) {
                 return Err(ApiError::not_found(Kind::Node, node_id));
             }
+            if let Some(h) = home.as_ref().filter(|h| *h != node_id) {
+                return Err(ApiError::conflict(format!(
+                    "the template exists only on node {h}; a volume cloned from it cannot be pinned to node {node_id}"
+                )));
+            }
+            home = Some(node_id.clone());
         }
-        Ok(())
+        Ok(home)
     }
 
     fn check_rules(&self, own_id: &str, rules: &[SecurityGroupRule]) -> Result<(), ApiError> {
@@ -1262,8 +1459,9 @@ impl State {
             {
                 return Err(name_exists(Kind::Volume, &vol.meta.name));
             }
-            self.check_volume_refs(vol)?;
-            volumes.push(vol.clone());
+            let mut vol = vol.clone();
+            vol.node_id = self.volume_home(&vol)?;
+            volumes.push(vol);
         }
         let mut nics = Vec::new();
         let mut macs = BTreeSet::new();
@@ -1286,18 +1484,20 @@ impl State {
             }
             nics.push(nic);
         }
-        let owned_volume_ids: BTreeSet<&str> = volumes.iter().map(|v| v.meta.id.as_str()).collect();
         let owned_nic_ids: BTreeSet<&str> = nics.iter().map(|n| n.meta.id.as_str()).collect();
         let mut pinned_node: Option<String> = None;
         for vid in &vm.spec.volume_ids {
-            if owned_volume_ids.contains(vid.as_str()) {
-                continue;
-            }
-            let vol = self
-                .volumes
-                .get(vid)
-                .ok_or_else(|| ApiError::not_found(Kind::Volume, vid))?;
-            self.check_attachable_volume(vol, &vm.meta)?;
+            let vol = match volumes.iter().find(|v| &v.meta.id == vid) {
+                Some(owned) => owned,
+                None => {
+                    let vol = self
+                        .volumes
+                        .get(vid)
+                        .ok_or_else(|| ApiError::not_found(Kind::Volume, vid))?;
+                    self.check_attachable_volume(vol, &vm.meta)?;
+                    vol
+                }
+            };
             if let Some(node) = &vol.node_id {
                 if pinned_node.as_ref().is_some_and(|p| p != node) {
                     return Err(ApiError::conflict(
@@ -1320,7 +1520,6 @@ impl State {
         // Mutate.
         let mut changes = Vec::new();
         for mut vol in volumes {
-            vol.node_id = vol.spec.node_id.clone();
             vol.vm_id = Some(vm.meta.id.clone());
             stamp_new(&mut vol.meta, index);
             let id = vol.meta.id.clone();
@@ -1427,12 +1626,19 @@ impl State {
         match (kind, spec) {
             (_, None) => {}
             (Kind::Network, Some(v)) => {
-                let new: NetworkSpec = from_spec(parse(v)?)?;
+                let mut new: NetworkSpec = from_spec(parse(v)?)?;
                 let net = &self.networks[id];
                 if new.ipv4_prefix != net.spec.ipv4_prefix
                     || new.ipv6_prefix != net.spec.ipv6_prefix
                 {
                     return Err(ApiError::invalid("a network's prefixes cannot change"));
+                }
+                match new.tunnel_key {
+                    None => new.tunnel_key = net.spec.tunnel_key,
+                    Some(k) if Some(k) != net.spec.tunnel_key => {
+                        return Err(ApiError::invalid("a network's tunnel_key cannot change"))
+                    }
+                    Some(_) => {}
                 }
                 spec_changed = new != net.spec;
                 if let Some(n) = self.networks.get_mut(id) {
@@ -1565,6 +1771,13 @@ impl State {
         }
         new.root_volume = vm.spec.root_volume.clone();
         new.network_interfaces = vm.spec.network_interfaces.clone();
+        if new.hugepages != vm.spec.hugepages
+            || new.nested_virtualization != vm.spec.nested_virtualization
+        {
+            return Err(ApiError::invalid(
+                "hugepages and nested_virtualization are fixed after create",
+            ));
+        }
         let placed = vm.node_id.is_some();
         if placed && (new.vcpus != vm.spec.vcpus || new.memory_bytes != vm.spec.memory_bytes) {
             // Resizing a placed VM would need a capacity re-check on its node.
@@ -1942,6 +2155,13 @@ impl State {
             let mut status = report.status.clone();
             status.node_id = Some(node_id.to_string());
             status.updated_at = Some(now.to_string());
+            // A volume's snapshots ride along with the volume's report.
+            let snapshots_changed = report.kind == Kind::Volume
+                && self
+                    .volumes
+                    .get_mut(&report.id)
+                    .filter(|v| v.node_id.as_deref() == Some(node_id))
+                    .is_some_and(|v| apply_snapshot_reports(v, &report.snapshots));
             let slot: Option<(&mut Status, &mut Meta)> = match report.kind {
                 Kind::Vm => self
                     .vms
@@ -1986,7 +2206,7 @@ impl State {
             same.nodes.values_mut().for_each(|n| n.updated_at = None);
             let mut cmp = status.clone();
             cmp.nodes.values_mut().for_each(|n| n.updated_at = None);
-            if same == cmp {
+            if same == cmp && !snapshots_changed {
                 continue;
             }
             *slot = status;
@@ -2261,6 +2481,21 @@ fn created_kind_id(command: &Command) -> Option<(Kind, String)> {
 
 /// Folds one node's report on a multi-node resource into its status: the report is kept under
 /// the node's id and the top-level fields are re-derived from all nodes' reports.
+/// Copies a node's snapshot reports into the volume's snapshots; true when one changed.
+/// Snapshots the node does not mention keep their state (pending until it reports them).
+fn apply_snapshot_reports(volume: &mut Volume, reports: &[SnapshotReport]) -> bool {
+    let mut changed = false;
+    for r in reports {
+        if let Some(snap) = volume.snapshots.iter_mut().find(|s| s.id == r.id) {
+            if snap.status != r.status {
+                snap.status = r.status.clone();
+                changed = true;
+            }
+        }
+    }
+    changed
+}
+
 fn merge_node_report(current: &Status, node_id: &str, report: Status) -> Status {
     let mut nodes = current.nodes.clone();
     nodes.insert(
@@ -2302,9 +2537,31 @@ pub(crate) fn aggregate_node_reports(
     } else {
         worst.message.clone()
     };
+    // Neither side hides the other: a node's failure shows in the phase, and the nodes where
+    // the resource is usable show in a condition (a failed import on one node never hides the
+    // ready copy on another).
+    let ready: Vec<&str> = nodes
+        .iter()
+        .filter(|(_, n)| rank(&n.phase) == 2)
+        .map(|(id, _)| id.as_str())
+        .collect();
+    let mut conditions = Vec::new();
+    if nodes.len() > 1 && !ready.is_empty() && ready.len() < nodes.len() {
+        conditions.push(Condition {
+            kind: "ready_on_nodes".into(),
+            status: "true".into(),
+            message: format!(
+                "ready on {} of {} nodes: {}",
+                ready.len(),
+                nodes.len(),
+                ready.join(", ")
+            ),
+        });
+    }
     Status {
         phase: worst.phase.clone(),
         message,
+        conditions,
         node_id: Some(worst_id),
         observed_revision,
         updated_at: worst.updated_at.clone(),
@@ -2417,6 +2674,176 @@ mod tests {
             loaded.id_by_name(Kind::Network, DEFAULT_PROJECT, "net"),
             Some("n3".into())
         );
+    }
+
+    #[test]
+    fn tunnel_keys_are_allocated_unique_fixed_and_survive_snapshots_and_loads() {
+        let mut s = State::initial();
+        let key = |s: &State, id: &str| s.networks[id].spec.tunnel_key;
+        for i in 0..50 {
+            let (o, _) = s.apply(i + 1, &network(&format!("n{i}"), &format!("net{i}")));
+            o.result.unwrap();
+        }
+        let keys: BTreeSet<u32> = (0..50).filter_map(|i| key(&s, &format!("n{i}"))).collect();
+        assert_eq!(keys.len(), 50, "every network has its own key");
+        // A requested key is honoured when free and refused (409) when taken.
+        let mut asked = network("asked", "asked");
+        let mut taken = network("taken", "taken");
+        if let Command::CreateNetwork { network } = &mut asked.command {
+            network.spec.tunnel_key = Some(4242);
+        }
+        if let Command::CreateNetwork { network } = &mut taken.command {
+            network.spec.tunnel_key = key(&s, "n7");
+        }
+        s.apply(60, &asked).0.result.unwrap();
+        assert_eq!(key(&s, "asked"), Some(4242));
+        let err = s.apply(61, &taken).0.result.unwrap_err();
+        assert_eq!(err.http_status(), 409, "{err:?}");
+        // Updates keep the key (omitted) and refuse a different one.
+        let update = |k: Option<u32>| {
+            p(Command::Update {
+                kind: Kind::Network,
+                id: "n3".into(),
+                if_match: None,
+                labels: None,
+                spec: Some(json!({"ipv4_prefix": "10.0.0.0/24", "tunnel_key": k})),
+                now: "t1".into(),
+            })
+        };
+        let before = key(&s, "n3");
+        s.apply(62, &update(None)).0.result.unwrap();
+        assert_eq!(key(&s, "n3"), before);
+        assert!(s.apply(63, &update(Some(99_999))).0.result.is_err());
+        // The next key never repeats one in use, and the keys come back from rows.
+        s.apply(64, &network("n50", "net50")).0.result.unwrap();
+        let k50 = key(&s, "n50").unwrap();
+        assert!(
+            s.networks
+                .values()
+                .filter(|n| n.spec.tunnel_key == Some(k50))
+                .count()
+                == 1
+        );
+        let mut loaded = State::initial();
+        for (kind, id, json) in s.rows() {
+            loaded.load_row(kind, &id, &json).unwrap();
+        }
+        assert_eq!(key(&loaded, "n50"), Some(k50));
+    }
+
+    fn volume(id: &str, name: &str) -> Proposal {
+        p(Command::CreateVolume {
+            volume: Volume {
+                meta: meta(id, name),
+                spec: VolumeSpec {
+                    size_bytes: 1 << 30,
+                    ..Default::default()
+                },
+                status: Status::default(),
+                node_id: None,
+                owner_vm_id: None,
+                vm_id: None,
+                snapshots: Vec::new(),
+                rollback: None,
+            },
+        })
+    }
+
+    fn snapshot(volume_id: &str, id: &str, name: &str) -> Proposal {
+        p(Command::CreateSnapshot {
+            volume_id: volume_id.into(),
+            snapshot: VolumeSnapshot {
+                id: id.into(),
+                name: name.into(),
+                created_at: "t1".into(),
+                status: SnapshotStatus::default(),
+            },
+        })
+    }
+
+    #[test]
+    fn rollbacks_need_a_ready_snapshot_drop_newer_ones_and_count_generations() {
+        let mut s = State::initial();
+        s.apply(1, &volume("v1", "data")).0.result.unwrap();
+        s.volumes.get_mut("v1").unwrap().node_id = Some("node".into());
+        s.apply(2, &snapshot("v1", "s1", "one")).0.result.unwrap();
+        s.apply(3, &snapshot("v1", "s2", "two")).0.result.unwrap();
+        let rollback = |sid: &str| {
+            p(Command::RollbackSnapshot {
+                volume_id: "v1".into(),
+                snapshot_id: sid.into(),
+                now: "t2".into(),
+            })
+        };
+        let err = s.apply(4, &rollback("s1")).0.result.unwrap_err();
+        assert_eq!(err.http_status(), 409, "a pending snapshot: {err:?}");
+        for sid in ["s1", "s2"] {
+            s.volumes
+                .get_mut("v1")
+                .unwrap()
+                .snapshots
+                .iter_mut()
+                .find(|x| x.id == sid)
+                .unwrap()
+                .status
+                .phase = "ready".into();
+        }
+        s.apply(5, &rollback("s1")).0.result.unwrap();
+        let v = &s.volumes["v1"];
+        assert_eq!(v.rollback.as_ref().unwrap().generation, 1);
+        assert_eq!(v.snapshots.len(), 1, "the newer snapshot is gone");
+        // The target of a rollback the node has not carried out cannot be deleted.
+        let delete = p(Command::DeleteSnapshot {
+            volume_id: "v1".into(),
+            snapshot_id: "s1".into(),
+            now: "t3".into(),
+        });
+        assert_eq!(s.apply(6, &delete).0.result.unwrap_err().http_status(), 409);
+        s.apply(7, &rollback("s1")).0.result.unwrap();
+        assert_eq!(s.volumes["v1"].rollback.as_ref().unwrap().generation, 2);
+        s.volumes.get_mut("v1").unwrap().status.rollback_generation = Some(2);
+        s.apply(8, &delete).0.result.unwrap();
+
+        // Promotion: the template lives on the volume's node; clones are pinned there.
+        s.apply(9, &snapshot("v1", "s3", "three")).0.result.unwrap();
+        s.volumes.get_mut("v1").unwrap().snapshots[0].status.phase = "ready".into();
+        let promote = p(Command::PromoteSnapshot {
+            volume_id: "v1".into(),
+            snapshot_id: "s3".into(),
+            template: Template {
+                meta: meta("t1", "golden"),
+                spec: TemplateSpec::default(),
+                status: Status::default(),
+                node_id: None,
+            },
+        });
+        s.apply(10, &promote).0.result.unwrap();
+        assert_eq!(s.templates["t1"].node_id.as_deref(), Some("node"));
+        let mut clone = volume("v2", "clone");
+        if let Command::CreateVolume { volume } = &mut clone.command {
+            volume.spec.template_id = Some("t1".into());
+        }
+        s.apply(11, &clone).0.result.unwrap();
+        assert_eq!(s.volumes["v2"].node_id.as_deref(), Some("node"));
+    }
+
+    #[test]
+    fn a_failed_node_never_hides_the_ready_copy_of_another() {
+        let node = |phase: &str, message: &str| PerNodeStatus {
+            phase: phase.into(),
+            message: message.into(),
+            ..Default::default()
+        };
+        let nodes = BTreeMap::from([
+            ("a".to_string(), node("ready", "")),
+            ("b".to_string(), node("failed", "checksum mismatch")),
+        ]);
+        let s = aggregate_node_reports(nodes, 7);
+        assert_eq!(s.phase, "failed");
+        assert_eq!(s.message, "node b: checksum mismatch");
+        assert_eq!(s.nodes["a"].phase, "ready");
+        assert_eq!(s.conditions.len(), 1);
+        assert_eq!(s.conditions[0].message, "ready on 1 of 2 nodes: a");
     }
 
     fn log() -> Vec<Proposal> {

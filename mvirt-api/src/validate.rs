@@ -94,6 +94,14 @@ pub fn network(spec: &NetworkSpec) -> Result<(), ApiError> {
     for s in spec.dns_servers.iter().chain(&spec.ntp_servers) {
         ip("server address", s)?;
     }
+    if let Some(k) = spec.tunnel_key {
+        if k == 0 || k > crate::model::MAX_TUNNEL_KEY {
+            return Err(ApiError::invalid(format!(
+                "invalid tunnel_key {k}: a VXLAN VNI in 1..={}",
+                crate::model::MAX_TUNNEL_KEY
+            )));
+        }
+    }
     Ok(())
 }
 
@@ -113,6 +121,19 @@ pub fn nic(spec: &NicSpec) -> Result<(), ApiError> {
     if let Some(a) = &spec.ipv6_address {
         if !ip("ipv6_address", a)?.is_ipv6() {
             return Err(ApiError::invalid("ipv6_address must be IPv6"));
+        }
+    }
+    if spec.routed_prefixes.len() > 32 {
+        return Err(ApiError::invalid("at most 32 routed_prefixes"));
+    }
+    for p in &spec.routed_prefixes {
+        match p.parse::<IpNet>() {
+            Ok(n) if n.trunc() == n => {}
+            _ => {
+                return Err(ApiError::invalid(format!(
+                    "invalid routed prefix {p:?}: a network like 10.1.0.0/24 or fd00:1::/64"
+                )))
+            }
         }
     }
     unique_ids("security group", &spec.security_group_ids)
@@ -186,6 +207,11 @@ fn url(what: &str, value: &str) -> Result<(), ApiError> {
 }
 
 pub fn template(spec: &TemplateSpec) -> Result<(), ApiError> {
+    if spec.source_snapshot.is_some() {
+        return Err(ApiError::invalid(
+            "source_snapshot is set by POST /v1/volumes/{id}/snapshots/{snapshot_id}/promote, not by a create",
+        ));
+    }
     url("source_url", &spec.source_url)?;
     if !["raw", "qcow2"].contains(&spec.format.as_str()) {
         return Err(ApiError::invalid(format!(
@@ -193,16 +219,28 @@ pub fn template(spec: &TemplateSpec) -> Result<(), ApiError> {
             spec.format
         )));
     }
-    if let Some(h) = &spec.sha256 {
-        if h.len() != 64
-            || !h
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-        {
-            return Err(ApiError::invalid(
-                "sha256 must be 64 lowercase hex characters",
-            ));
+    for (what, sum) in [
+        ("sha256", &spec.sha256),
+        ("kernel_sha256", &spec.kernel_sha256),
+        ("initramfs_sha256", &spec.initramfs_sha256),
+    ] {
+        if let Some(h) = sum {
+            if h.len() != 64
+                || !h
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            {
+                return Err(ApiError::invalid(format!(
+                    "{what} must be 64 lowercase hex characters"
+                )));
+            }
         }
+    }
+    if spec.kernel_sha256.is_some() && spec.kernel_url.is_none() {
+        return Err(ApiError::invalid("kernel_sha256 needs kernel_url"));
+    }
+    if spec.initramfs_sha256.is_some() && spec.initramfs_url.is_none() {
+        return Err(ApiError::invalid("initramfs_sha256 needs initramfs_url"));
     }
     if let Some(k) = &spec.kernel_url {
         url("kernel_url", k)?;
@@ -401,6 +439,27 @@ mod tests {
         assert!(template(&t).is_err());
         t.source_url = "http://127.0.0.1:8000/a.qcow2".into();
         t.sha256 = Some("ABC".into());
+        assert!(template(&t).is_err());
+        t.sha256 = None;
+        let sum = "0123456789abcdef".repeat(4);
+        t.kernel_sha256 = Some(sum.clone());
+        let needs_url = template(&t).unwrap_err();
+        assert!(format!("{needs_url:?}").contains("kernel_sha256 needs kernel_url"));
+        t.kernel_url = Some("http://127.0.0.1:8000/vmlinuz".into());
+        assert!(template(&t).is_ok());
+        t.kernel_sha256 = Some(sum.to_uppercase());
+        assert!(template(&t).is_err());
+        t.kernel_sha256 = Some(sum[..63].into());
+        assert!(template(&t).is_err());
+        t.kernel_sha256 = Some(sum.clone());
+        t.initramfs_sha256 = Some(sum.clone());
+        assert!(
+            template(&t).is_err(),
+            "initramfs_sha256 without initramfs_url"
+        );
+        t.initramfs_url = Some("http://127.0.0.1:8000/initrd".into());
+        assert!(template(&t).is_ok());
+        t.initramfs_sha256 = Some(format!("{}g", &sum[..63]));
         assert!(template(&t).is_err());
     }
 }

@@ -671,6 +671,15 @@ impl proto::node_agent_server::NodeAgent for EchoRelay {
         Box<dyn futures::Stream<Item = Result<proto::ConsoleFrame, tonic::Status>> + Send>,
     >;
 
+    async fn get_host(
+        &self,
+        _: tonic::Request<proto::GetHostRequest>,
+    ) -> Result<tonic::Response<proto::HostInfo>, tonic::Status> {
+        Err(tonic::Status::unimplemented(
+            "the console stand-in has no host (the e2e test reads a real one)",
+        ))
+    }
+
     async fn console(
         &self,
         request: tonic::Request<tonic::Streaming<proto::ConsoleFrame>>,

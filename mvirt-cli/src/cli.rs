@@ -196,6 +196,9 @@ pub enum NodeCmd {
     List(ListArgs),
     /// Show one node (id or name).
     Show { node: String },
+    /// The node's host now: CPU model, cores, NUMA nodes, memory, hugepages, and its storage
+    /// pool (size, allocated, free, provisioned bytes, compression ratio), read live.
+    Host { node: String },
     /// Stop placing new VMs on a node.
     Cordon { node: String },
     /// Allow placing VMs on a node again.
@@ -376,6 +379,17 @@ pub enum SnapshotCmd {
     Create { volume: String, name: String },
     /// Delete a snapshot (by id or name).
     Delete { volume: String, snapshot: String },
+    /// Roll the volume back to a snapshot (refused while a VM using it runs; newer snapshots
+    /// are removed). The volume's node carries it out before the VM starts again.
+    Rollback { volume: String, snapshot: String },
+    /// Copy a snapshot into a new template (it lives on the volume's node).
+    Promote {
+        volume: String,
+        snapshot: String,
+        /// Name of the new template.
+        #[arg(long)]
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -386,6 +400,7 @@ pub enum TemplateCmd {
     Show { template: String },
     /// Import a disk image as a template and follow the import to its end.
     #[command(
+        visible_alias = "create",
         after_help = "Examples:\n  mvirt template import debian-12 --source https://cloud.debian.org/…/debian-12-generic-amd64.qcow2 --format qcow2\n  \
 mvirt template import tiny --source file:///srv/images/tiny.raw --kernel file:///srv/vmlinuz --no-wait"
     )]
@@ -406,6 +421,12 @@ mvirt template import tiny --source file:///srv/images/tiny.raw --kernel file://
         /// Initramfs URL for direct boot.
         #[arg(long)]
         initramfs: Option<String>,
+        /// Expected sha256 of the kernel (needs --kernel); every node verifies its download.
+        #[arg(long)]
+        kernel_sha256: Option<String>,
+        /// Expected sha256 of the initramfs (needs --initramfs); every node verifies its download.
+        #[arg(long)]
+        initramfs_sha256: Option<String>,
         /// Default kernel command line.
         #[arg(long)]
         cmdline: Option<String>,

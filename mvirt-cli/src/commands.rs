@@ -397,6 +397,13 @@ async fn node(ctx: &Ctx, c: NodeCmd) -> Result<(), ApiError> {
     match c {
         NodeCmd::List(a) => ctx.list(r, &a).await,
         NodeCmd::Show { node } => ctx.show(r, &node).await,
+        NodeCmd::Host { node } => {
+            let v = ctx
+                .api
+                .get(&format!("{}/host", item_path(r, &node)), &[])
+                .await?;
+            ctx.print_object(&v)
+        }
         NodeCmd::Cordon { node } => set_schedulable(ctx, &node, false).await,
         NodeCmd::Uncordon { node } => set_schedulable(ctx, &node, true).await,
         NodeCmd::Label { node, labels } => {
@@ -682,26 +689,53 @@ async fn volume(ctx: &Ctx, c: VolumeCmd) -> Result<(), ApiError> {
                 .await?;
             ctx.done(&v, &format!("snapshot {name} of volume {volume} created"))
         }
+        // The API takes a snapshot's name as well as its id.
         VolumeCmd::Snapshot(SnapshotCmd::Delete { volume, snapshot }) => {
-            // Accept a snapshot name as well as its id.
-            let v = ctx.get(r, &volume).await?;
-            let snap_id = v
-                .get("snapshots")
-                .and_then(Value::as_array)
-                .and_then(|a| {
-                    a.iter().find(|s| {
-                        s.get("name").and_then(Value::as_str) == Some(snapshot.as_str())
-                            || s.get("id").and_then(Value::as_str) == Some(snapshot.as_str())
-                    })
-                })
-                .and_then(|s| s.get("id").and_then(Value::as_str))
-                .unwrap_or(&snapshot)
-                .to_string();
-            let path = format!("{}/snapshots/{}", item_path(r, &volume), encode(&snap_id));
+            let path = format!("{}/snapshots/{}", item_path(r, &volume), encode(&snapshot));
             let v = ctx.api.delete(&path, &ctx.pq()).await?;
             ctx.done(
                 &v,
                 &format!("snapshot {snapshot} of volume {volume} deleted"),
+            )
+        }
+        VolumeCmd::Snapshot(SnapshotCmd::Rollback { volume, snapshot }) => {
+            let path = format!(
+                "{}/snapshots/{}/rollback",
+                item_path(r, &volume),
+                encode(&snapshot)
+            );
+            let v = ctx.api.post(&path, &ctx.pq(), &json!({})).await?;
+            let generation = v
+                .pointer("/rollback/generation")
+                .and_then(Value::as_u64)
+                .unwrap_or_default();
+            ctx.done(
+                &v,
+                &format!(
+                    "volume {volume}: rollback to snapshot {snapshot} accepted (generation {generation}; done when status.rollback_generation shows it)"
+                ),
+            )
+        }
+        VolumeCmd::Snapshot(SnapshotCmd::Promote {
+            volume,
+            snapshot,
+            name,
+        }) => {
+            let path = format!(
+                "{}/snapshots/{}/promote",
+                item_path(r, &volume),
+                encode(&snapshot)
+            );
+            let v = ctx
+                .api
+                .post(&path, &ctx.pq(), &json!({"name": name}))
+                .await?;
+            let id = v.get("id").and_then(Value::as_str).unwrap_or_default();
+            ctx.done(
+                &v,
+                &format!(
+                    "template {name} ({id}) created from snapshot {snapshot} of volume {volume}"
+                ),
             )
         }
     }
@@ -719,6 +753,8 @@ async fn template(ctx: &Ctx, c: TemplateCmd) -> Result<(), ApiError> {
             sha256,
             kernel,
             initramfs,
+            kernel_sha256,
+            initramfs_sha256,
             cmdline,
             no_wait,
         } => {
@@ -727,6 +763,8 @@ async fn template(ctx: &Ctx, c: TemplateCmd) -> Result<(), ApiError> {
                 ("sha256", sha256),
                 ("kernel_url", kernel),
                 ("initramfs_url", initramfs),
+                ("kernel_sha256", kernel_sha256),
+                ("initramfs_sha256", initramfs_sha256),
                 ("cmdline", cmdline),
             ] {
                 if let Some(v) = v {
@@ -993,11 +1031,11 @@ pub fn log_line(v: &Value) -> String {
                 .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
                 .unwrap_or_default()
         });
-    let objs = output::cell(
-        v,
-        &output::colf("", "object_ids", output::Fmt::ShortId),
-        chrono::Utc::now(),
-    );
+    // A log line stands alone (no table to compare ids against): whole ids, greppable.
+    let objs = output::lookup(v, "object_ids")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().map(output::text).collect::<Vec<_>>().join(","))
+        .unwrap_or_default();
     let objs = if objs.is_empty() {
         String::new()
     } else {
@@ -1310,7 +1348,7 @@ mod tests {
         );
         assert_eq!(
             l,
-            "2023-11-14T22:13:20.000Z AUDIT api          vm created [01234567]"
+            "2023-11-14T22:13:20.000Z AUDIT api          vm created [0123456789]"
         );
     }
 

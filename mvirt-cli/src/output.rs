@@ -24,7 +24,8 @@ pub enum Fmt {
     Bytes,
     /// An RFC 3339 timestamp shown as an age (`5m`, `3h`, `2d`).
     Age,
-    /// A UUID shortened to its first 8 characters.
+    /// A UUID shortened to the shortest prefix (at least 8 characters) that still tells apart
+    /// every id in the table: ids minted in one millisecond share their first 13 characters.
     ShortId,
     /// A map shown as `k=v,k2=v2`.
     Labels,
@@ -32,6 +33,8 @@ pub enum Fmt {
     Count,
     /// A status object's `import_bytes_done`/`import_bytes_total` as a percentage.
     Progress,
+    /// The types of the conditions that hold (`status` "true"), e.g. `restart_required`.
+    Conditions,
 }
 
 /// One table column: header, JSON path (dot separated; `a|b` takes the first non-empty), format.
@@ -139,7 +142,55 @@ pub fn age(ts: &str, now: chrono::DateTime<chrono::Utc>) -> String {
     }
 }
 
-pub fn cell(v: &Value, c: &Column, now: chrono::DateTime<chrono::Utc>) -> String {
+/// How the cells of one table are rendered: the time ages are measured against and the length of
+/// the short ids, chosen so that no two ids in the table look alike.
+#[derive(Debug, Clone, Copy)]
+pub struct Cells {
+    pub now: chrono::DateTime<chrono::Utc>,
+    pub id_len: usize,
+}
+
+/// Shortest short id shown.
+pub const MIN_ID_LEN: usize = 8;
+
+impl Cells {
+    /// The rendering of `items` in `columns`, with short ids long enough to tell apart every id
+    /// in any `ShortId` column of any item.
+    pub fn for_items(items: &[Value], columns: &[Column]) -> Self {
+        let mut ids: Vec<String> = Vec::new();
+        for it in items {
+            for c in columns.iter().filter(|c| c.fmt == Fmt::ShortId) {
+                for p in c.path.split('|') {
+                    match lookup(it, p) {
+                        Some(Value::Array(a)) => ids.extend(a.iter().map(text)),
+                        Some(Value::String(s)) if !s.is_empty() => ids.push(s.clone()),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Self {
+            now: chrono::Utc::now(),
+            id_len: unique_prefix_len(&mut ids),
+        }
+    }
+
+    pub fn cell(&self, v: &Value, c: &Column) -> String {
+        cell(v, c, self.now, self.id_len)
+    }
+}
+
+/// The shortest prefix length (at least [`MIN_ID_LEN`]) at which the distinct `ids` differ.
+pub fn unique_prefix_len(ids: &mut Vec<String>) -> usize {
+    ids.sort();
+    ids.dedup();
+    let common = |a: &str, b: &str| a.chars().zip(b.chars()).take_while(|(x, y)| x == y).count();
+    ids.windows(2)
+        .map(|w| common(&w[0], &w[1]) + 1)
+        .fold(MIN_ID_LEN, usize::max)
+}
+
+pub fn cell(v: &Value, c: &Column, now: chrono::DateTime<chrono::Utc>, id_len: usize) -> String {
     let found = c
         .path
         .split('|')
@@ -155,16 +206,26 @@ pub fn cell(v: &Value, c: &Column, now: chrono::DateTime<chrono::Utc>) -> String
         Fmt::ShortId => match x {
             Value::Array(a) => a
                 .iter()
-                .map(|i| short_id(&text(i)))
+                .map(|i| short_id(&text(i), id_len))
                 .collect::<Vec<_>>()
                 .join(","),
-            _ => short_id(&text(x)),
+            _ => short_id(&text(x), id_len),
         },
         Fmt::Count => x
             .as_array()
             .map(|a| a.len().to_string())
             .unwrap_or_default(),
         Fmt::Progress => progress(x),
+        Fmt::Conditions => x
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|c| c.get("status").and_then(Value::as_str) == Some("true"))
+                    .filter_map(|c| c.get("type").and_then(Value::as_str))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default(),
         Fmt::Labels => match x.as_object() {
             Some(m) => m
                 .iter()
@@ -187,8 +248,8 @@ pub fn progress(status: &Value) -> String {
     }
 }
 
-pub fn short_id(s: &str) -> String {
-    s.chars().take(8).collect()
+pub fn short_id(s: &str, len: usize) -> String {
+    s.chars().take(len).collect()
 }
 
 /// Renders rows as an aligned table with upper-case headers.
@@ -228,11 +289,11 @@ pub fn render_list(items: &[Value], columns: &[Column], format: Format) -> Resul
             .map_err(|e| e.to_string()),
         Format::Yaml => serde_yaml::to_string(items).map_err(|e| e.to_string()),
         Format::Table => {
-            let now = chrono::Utc::now();
+            let cells = Cells::for_items(items, columns);
             let headers: Vec<&str> = columns.iter().map(|c| c.header).collect();
             let rows: Vec<Vec<String>> = items
                 .iter()
-                .map(|it| columns.iter().map(|c| cell(it, c, now)).collect())
+                .map(|it| columns.iter().map(|c| cells.cell(it, c)).collect())
                 .collect();
             Ok(render_table(&headers, &rows))
         }
@@ -311,6 +372,49 @@ mod tests {
             out.lines().nth(1).unwrap(),
             "01234567  vm1   512MiB  pending  a=1,b=2"
         );
+    }
+
+    #[test]
+    fn short_ids_grow_until_ids_of_one_millisecond_differ() {
+        // UUIDv7: the first 13 characters are the millisecond.
+        let items = vec![
+            json!({"id":"0190f3a2-7c41-7a6b-9c1d-7e5a3b2c1d0f","name":"a","spec":{"network_id":"0190f3a2-7c41-7a6b-9c1d-000000000001"}}),
+            json!({"id":"0190f3a2-7c41-7b00-9c1d-7e5a3b2c1d0f","name":"b","spec":{"network_id":"0190f3a2-7c41-7a6b-9c1d-000000000001"}}),
+        ];
+        let cols = [
+            colf("id", "id", Fmt::ShortId),
+            col("name", "name"),
+            colf("network", "spec.network_id", Fmt::ShortId),
+        ];
+        let out = render_list(&items, &cols, Format::Table).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        // The network's id shares 20 characters with the first VM's: 21 tell them apart.
+        assert_eq!(
+            lines[1].split_whitespace().next(),
+            Some("0190f3a2-7c41-7a6b-9c1d-7")
+        );
+        assert_eq!(
+            lines[2].split_whitespace().next(),
+            Some("0190f3a2-7c41-7b00-9c1d-7")
+        );
+        let firsts: std::collections::HashSet<&str> = lines[1..]
+            .iter()
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        assert_eq!(firsts.len(), 2, "{out}");
+        // Ids of different days stay at 8 characters.
+        let mut far = vec!["0190f3a2-0000".to_string(), "0191aaaa-0000".to_string()];
+        assert_eq!(unique_prefix_len(&mut far), MIN_ID_LEN);
+    }
+
+    #[test]
+    fn conditions_show_the_types_that_hold() {
+        let items = vec![json!({"status":{"conditions":[
+            {"type":"restart_required","status":"true","message":"m"},
+            {"type":"devices_pending","status":"false"}]}})];
+        let cols = [colf("conditions", "status.conditions", Fmt::Conditions)];
+        let out = render_list(&items, &cols, Format::Table).unwrap();
+        assert_eq!(out.lines().nth(1), Some("restart_required"));
     }
 
     #[test]

@@ -120,6 +120,9 @@ pub const VOLUMES: Resource = Resource {
 pub const SNAPSHOTS: &[Column] = &[
     col("id", "id"),
     col("name", "name"),
+    col("status", "status.phase"),
+    colf("used", "status.used_bytes", Fmt::Bytes),
+    col("message", "status.message"),
     colf("age", "created_at", Fmt::Age),
 ];
 
@@ -150,8 +153,11 @@ pub const VMS: Resource = Resource {
         col("vcpus", "spec.vcpus"),
         colf("memory", "spec.memory_bytes", Fmt::Bytes),
         colf("node", "node_id", Fmt::ShortId),
+        // `offline` while the VM's node misses heartbeats: the phase is then its last report.
+        col("node state", "node_state"),
         col("ipv4", "status.ipv4_addresses"),
         colf("age", "created_at", Fmt::Age),
+        colf("conditions", "status.conditions", Fmt::Conditions),
     ],
 };
 

@@ -322,6 +322,44 @@ async fn template_import_follows_progress_to_ready_and_reports_failure() {
         .await;
     assert_eq!(no_wait["spec"]["source_url"], "http://127.0.0.1:1/a.raw");
     assert_eq!(no_wait["spec"]["format"], "raw");
+    // The boot files' checksums go into the spec (`create` is the same command); a checksum
+    // without its file is refused by the API.
+    let sum = "ab".repeat(32);
+    let with_sums = api
+        .json(&[
+            "template",
+            "create",
+            "sums",
+            "--source",
+            "http://127.0.0.1:1/b.raw",
+            "--kernel",
+            "http://127.0.0.1:1/vmlinuz",
+            "--kernel-sha256",
+            &sum,
+            "--initramfs",
+            "http://127.0.0.1:1/initrd",
+            "--initramfs-sha256",
+            &sum,
+            "--no-wait",
+        ])
+        .await;
+    assert_eq!(with_sums["spec"]["kernel_sha256"], sum.as_str());
+    assert_eq!(with_sums["spec"]["initramfs_sha256"], sum.as_str());
+    api.fails(
+        &[
+            "template",
+            "import",
+            "nosum",
+            "--source",
+            "http://127.0.0.1:1/c.raw",
+            "--kernel-sha256",
+            &sum,
+            "--no-wait",
+        ],
+        1,
+        "kernel_sha256 needs kernel_url",
+    )
+    .await;
 
     // Follow an import while "the node" reports progress and then success.
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mvirt"))
@@ -440,7 +478,7 @@ async fn template_import_follows_progress_to_ready_and_reports_failure() {
     let list = api.json(&["template", "list"]).await;
     let mut n = names(&list);
     n.sort();
-    assert_eq!(n, ["broken", "deb", "quick"]);
+    assert_eq!(n, ["broken", "deb", "quick", "sums"]);
     let table = api.mvirt(&["template", "list"]).await;
     assert!(
         table

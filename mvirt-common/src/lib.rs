@@ -7,6 +7,7 @@
 //! - [`error`]: the classification of typed errors and their mapping to `tonic::Status`.
 //! - [`version`]: the version a daemon reports from `GetVersion`.
 //! - [`validate`]: validation of names and ids that reach command lines, paths or datasets.
+//! - [`names`]: node-local names (TAP devices, datasets, objects) derived from a whole id.
 //!
 //! A daemon's `main.rs` parses its flags (clap, every flag with an `MVIRT_<DAEMON>_<FLAG>`
 //! environment variable), calls [`telemetry::init`], and runs the service its `lib.rs` exposes
@@ -14,6 +15,7 @@
 
 pub mod error;
 pub mod grpc;
+pub mod names;
 pub mod shutdown;
 pub mod sqlite;
 pub mod telemetry;

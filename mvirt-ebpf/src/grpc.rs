@@ -286,7 +286,10 @@ impl NetService for NetGrpc {
             ntp_servers: parse_ips("NTP server", &r.ntp_servers)?,
             public: r.public,
         };
-        let n = self.manager.create_network(&r.id, spec).await?;
+        let n = self
+            .manager
+            .create_network(&r.id, spec, r.tunnel_key)
+            .await?;
         Ok(Response::new(network_to_proto(n)))
     }
 

@@ -204,7 +204,11 @@ impl NetManager {
         let host_ipv6 = self.config.uplink.is_some()
             && network.spec.public
             && network.spec.ipv6_prefix.is_some();
-        tap::ensure(&nic.tap_name, host_ipv6)?;
+        tap::ensure(
+            &nic.tap_name,
+            host_ipv6,
+            &tap::owner_alias(&self.config.pin_dir),
+        )?;
         let ifindex = inner.datapath.attach_tap(&nic.tap_name)?;
         inner.ifindex.insert(nic.id.clone(), ifindex);
         let config = self.nic_config(nic, &network);
@@ -386,6 +390,7 @@ impl NetManager {
 
     /// Writes the datapath tables and the NAT rules from the store.
     fn converge(&self, inner: &mut Inner) -> Result<()> {
+        self.remove_orphan_taps(inner)?;
         let desired = self.desired(inner)?;
         inner.datapath.sync(&desired)?;
         if let Some(uplink) = &self.config.uplink {
@@ -438,6 +443,33 @@ impl NetManager {
         Ok(())
     }
 
+    /// Removes every TAP with our naming that no stored NIC owns (see `tap.rs`), with its
+    /// pinned link, and says so in the audit log. A device that cannot be removed is logged and
+    /// retried at the next convergence; it never fails the caller's request.
+    fn remove_orphan_taps(&self, inner: &mut Inner) -> Result<()> {
+        let known: HashSet<String> = self
+            .store
+            .list_nics()?
+            .into_iter()
+            .map(|n| n.tap_name)
+            .collect();
+        for name in tap::orphans(&known, &tap::owner_alias(&self.config.pin_dir)) {
+            inner.datapath.detach(&name);
+            match tap::remove(&name) {
+                Ok(()) => self
+                    .audit
+                    .audit(format!("removed orphan TAP {name} (no NIC owns it)"), &[]),
+                Err(e) => {
+                    let message = mvirt_common::error::error_chain(&e);
+                    tracing::error!(tap = name, error = %message, "cannot remove orphan TAP");
+                    self.audit
+                        .error(format!("cannot remove orphan TAP {name}: {message}"), &[]);
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn update_responders(&self, inner: &Inner, network_id: &str) -> Result<()> {
         let Some(network) = self.store.get_network(network_id)? else {
             return Ok(());
@@ -457,19 +489,21 @@ impl NetManager {
 
     // ---- networks ----------------------------------------------------------------------
 
-    pub async fn create_network(&self, id: &str, spec: NetworkSpec) -> Result<Network> {
+    /// Creates a network; `key` is its VXLAN VNI, allocated by the control plane. Two networks
+    /// with one key would share their tunnel traffic, so a second is refused, never shared.
+    pub async fn create_network(&self, id: &str, spec: NetworkSpec, key: u32) -> Result<Network> {
         validate::resource_id("network id", id)?;
         spec.validate()?;
+        model::validate_tunnel_key(key)?;
         let mut inner = self.inner.lock().await;
         if let Some(existing) = self.store.get_network(id)? {
-            if existing.spec == spec {
+            if existing.spec == spec && existing.tunnel_key == key {
                 return Ok(existing);
             }
             return Err(ManagerError::AlreadyExists(format!(
-                "network {id} exists with a different spec"
+                "network {id} exists with a different spec or tunnel key"
             )));
         }
-        let key = model::tunnel_key(id);
         for other in self.store.list_networks()? {
             if other.tunnel_key == key {
                 return Err(ManagerError::InUse(format!(
@@ -598,7 +632,7 @@ impl NetManager {
             }
             if other.tap_name == tap_name(id) {
                 return Err(ManagerError::AlreadyExists(format!(
-                    "NIC {} already uses TAP name {} (ids share their first 12 hex digits)",
+                    "NIC {} already uses TAP name {} (the digests of two ids collide)",
                     other.id, other.tap_name
                 )));
             }
@@ -768,8 +802,9 @@ impl NetManager {
         inner.ifindex.remove(id);
         inner.datapath.detach(&nic.tap_name);
         self.store.delete_nic(id)?;
-        self.converge(&mut inner)?;
+        // Before converging, which would otherwise find the TAP an orphan.
         tap::remove(&nic.tap_name)?;
+        self.converge(&mut inner)?;
         self.audit
             .audit(format!("deleted NIC {id} (TAP {})", nic.tap_name), &[id]);
         Ok(())

@@ -99,15 +99,23 @@ pub struct Network {
     pub spec: NetworkSpec,
     /// Small integer naming the network in the datapath's tables (local to this node).
     pub index: u32,
-    /// VXLAN VNI naming the network between nodes: the first 24 bits of the id.
+    /// VXLAN VNI naming the network between nodes, allocated by the control plane (unique in
+    /// the cluster, the same on every node).
     pub tunnel_key: u32,
     pub created_at: i64,
 }
 
-/// The VXLAN VNI of a network id (same on every node, since ids are minted by the API).
-pub fn tunnel_key(id: &str) -> u32 {
-    let hex: String = id.chars().filter(|c| *c != '-').take(6).collect();
-    u32::from_str_radix(&hex, 16).unwrap_or(0)
+/// The largest VXLAN VNI (24 bits).
+pub const MAX_TUNNEL_KEY: u32 = 0xff_ffff;
+
+/// A tunnel key must be a usable VXLAN VNI (0 means "none given").
+pub fn validate_tunnel_key(key: u32) -> Result<(), Invalid> {
+    if key == 0 || key > MAX_TUNNEL_KEY {
+        return Err(invalid(format!(
+            "tunnel key {key} is not a VXLAN VNI (1..={MAX_TUNNEL_KEY}); the control plane allocates one per network"
+        )));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -191,14 +199,10 @@ pub struct Nic {
     pub created_at: i64,
 }
 
-/// The persistent TAP name of a NIC: `mv` + the first 12 hex digits of its id (15 chars max).
+/// The persistent TAP name of a NIC: derived from a digest of its whole id (see
+/// [`mvirt_common::names::tap_name`]); ids of one millisecond get different names.
 pub fn tap_name(nic_id: &str) -> String {
-    let hex: String = nic_id
-        .chars()
-        .filter(|c| c.is_ascii_hexdigit())
-        .take(12)
-        .collect();
-    format!("mv{hex}")
+    mvirt_common::names::tap_name(nic_id)
 }
 
 pub fn format_mac(mac: &[u8; 6]) -> String {
@@ -430,11 +434,19 @@ mod tests {
     }
 
     #[test]
-    fn tap_names_fit_in_ifnamsiz_and_derive_from_the_id() {
-        let name = tap_name("0b8f3c1e-2a4d-4f6b-9c1d-7e5a3b2c1d0f");
-        assert_eq!(name, "mv0b8f3c1e2a4d");
-        assert!(name.len() <= 15);
-        assert_eq!(tunnel_key("0b8f3c1e-2a4d-4f6b-9c1d-7e5a3b2c1d0f"), 0x0b8f3c);
+    fn tap_names_fit_in_ifnamsiz_and_differ_for_ids_sharing_their_prefix() {
+        let a = tap_name("0b8f3c1e-2a4d-7f6b-9c1d-7e5a3b2c1d0f");
+        let b = tap_name("0b8f3c1e-2a4d-7f6b-9c1d-7e5a3b2c1d1f");
+        assert!(a.len() <= 15 && b.len() <= 15);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn tunnel_keys_must_be_24_bit_vnis() {
+        assert!(validate_tunnel_key(0).is_err());
+        assert!(validate_tunnel_key(1).is_ok());
+        assert!(validate_tunnel_key(MAX_TUNNEL_KEY).is_ok());
+        assert!(validate_tunnel_key(MAX_TUNNEL_KEY + 1).is_err());
     }
 
     #[test]

@@ -7,6 +7,14 @@
 //! talk NDP/MLD to the VM; the daemon's responder does) — except on NICs whose IPv6 the host
 //! NATs to the uplink (NAT66): there IPv6 is enabled without any address of its own
 //! (`addr_gen_mode` none, no RAs accepted), so the host forwards but still never speaks NDP.
+//!
+//! Orphans: a TAP that follows the daemon's naming ([`follows_naming`]) but belongs to no stored
+//! NIC (left by a crash between creating the device and recording it, or by a delete that died
+//! half-way) is found by [`orphans`] and removed by the manager. Every TAP the daemon creates
+//! carries the interface alias `mvirt-ebpf:<pin dir>` ([`owner_alias`]), so a TAP of *another*
+//! mvirt-ebpf on the same host (tests run several; the pin dir is unique per daemon) is never
+//! taken for an orphan. An unmarked TAP with our naming (made by hand, or by a version before
+//! the alias) is ours to clean up.
 
 use std::os::fd::AsRawFd;
 
@@ -98,14 +106,23 @@ fn ioctl_tap(name: &str, persist: bool) -> Result<(), TapError> {
     Ok(())
 }
 
-/// Creates (or adopts) the persistent TAP `name` and brings it up; `host_ipv6`: whether the
-/// host stack handles the NIC's IPv6 (NAT66 of public networks). Idempotent.
-pub fn ensure(name: &str, host_ipv6: bool) -> Result<(), TapError> {
+/// Creates (or adopts) the persistent TAP `name`, marks it with the `owner` alias (see
+/// [`owner_alias`]) and brings it up; `host_ipv6`: whether the host stack handles the NIC's
+/// IPv6 (NAT66 of public networks). Idempotent.
+pub fn ensure(name: &str, host_ipv6: bool, owner: &str) -> Result<(), TapError> {
     check_name(name)?;
     if !ip::link_exists(name) {
         ioctl_tap(name, true)?;
         tracing::info!(tap = name, "created persistent TAP");
     }
+    // Marked at once, before anything that may fail: an unmarked device with our name is an
+    // orphan for every mvirt-ebpf on the host.
+    ip::ip(&["link", "set", "dev", name, "alias", owner]).map_err(|source| {
+        TapError::Configure {
+            name: name.into(),
+            source,
+        }
+    })?;
     let sysctl = |setting: &'static str, value: &str| {
         let path = format!("/proc/sys/net/ipv6/conf/{name}/{setting}");
         std::fs::write(&path, value).map_err(|source| TapError::Sysctl {
@@ -149,4 +166,79 @@ pub fn remove(name: &str) -> Result<(), TapError> {
 /// The interface index of `name`.
 pub fn ifindex(name: &str) -> Option<u32> {
     nix::net::if_::if_nametoindex(name).ok()
+}
+
+/// The interface alias marking the TAPs of the mvirt-ebpf whose maps are pinned at `pin_dir`.
+pub fn owner_alias(pin_dir: &std::path::Path) -> String {
+    format!("mvirt-ebpf:{}", pin_dir.display())
+}
+
+/// Whether `name` is a TAP name mvirt-ebpf gives its NICs: `mv` + 13 characters of lowercase
+/// base32 (`a`–`z`, `2`–`7`; [`mvirt_common::names::tap_name`], a digest of the whole NIC id),
+/// or the earlier `mv` + 12 lowercase hex digits (the id's prefix), which devices made by older
+/// versions still carry.
+pub fn follows_naming(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("mv") else {
+        return false;
+    };
+    let digest = rest.len() == 13
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b));
+    let id_prefix = rest.len() == 12
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    digest || id_prefix
+}
+
+/// TAP devices (tun devices in TAP mode) on the host that follow mvirt-ebpf's naming, are not in
+/// `known` (the TAPs of stored NICs) and carry no alias or the alias `owner`: the devices this
+/// daemon must remove. Any other device, however it is named, is never returned.
+pub fn orphans(known: &std::collections::HashSet<String>, owner: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/sys/class/net") else {
+        return Vec::new();
+    };
+    let mut found: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|name| follows_naming(name) && !known.contains(name))
+        .filter(|name| {
+            let dev = std::path::Path::new("/sys/class/net").join(name);
+            let is_tap = std::fs::read_to_string(dev.join("tun_flags"))
+                .ok()
+                .and_then(|f| i64::from_str_radix(f.trim().trim_start_matches("0x"), 16).ok())
+                .is_some_and(|flags| flags & i64::from(IFF_TAP) != 0);
+            let alias = std::fs::read_to_string(dev.join("ifalias")).unwrap_or_default();
+            let alias = alias.trim_end_matches('\n');
+            is_tap && (alias.is_empty() || alias == owner)
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_naming_covers_digest_and_id_prefix_names_and_nothing_else() {
+        let digest = mvirt_common::names::tap_name("0190f3a2-7c41-7000-8000-000000000001");
+        assert!(follows_naming(&digest), "{digest}");
+        assert!(follows_naming("mv0b8f3c1e2a4d"));
+        for foreign in [
+            "mv0b8f3c1e2a4",    // 11 hex digits
+            "mv0b8f3c1e2a4dx",  // 13 characters, but 0, 1, 8 and 9 are not base32
+            "mvabcdefghijk1m",  // `1` is not in the base32 alphabet
+            "mvABCDEFGHIJKLM",  // upper case
+            "mv0B8F3C1E2A4D",   // upper-case hex
+            "mvabcdefghijklmn", // too long
+            "tap0",
+            "mvt1a2b0",
+            "xv0b8f3c1e2a4d",
+        ] {
+            assert!(!follows_naming(foreign), "{foreign}");
+        }
+    }
 }

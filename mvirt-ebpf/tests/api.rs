@@ -16,6 +16,7 @@ fn network_req(id: &str, v4: &str, public: bool) -> proto::CreateNetworkRequest 
         dns_servers: vec![],
         ntp_servers: vec![],
         public,
+        tunnel_key: common::tunnel_key(),
     }
 }
 
@@ -77,19 +78,41 @@ async fn bad_input_gets_the_right_code_and_changes_nothing() {
     assert!(err.message().contains("overlaps"), "{}", err.message());
     // Private networks may overlap anything.
     let private = new_id();
-    c.create_network(network_req(&private, "192.168.50.0/24", false))
-        .await
-        .unwrap();
+    let private_req = network_req(&private, "192.168.50.0/24", false);
+    c.create_network(private_req.clone()).await.unwrap();
     // Idempotent create; a different spec under the same id is ALREADY_EXISTS.
-    c.create_network(network_req(&private, "192.168.50.0/24", false))
-        .await
-        .unwrap();
+    c.create_network(private_req.clone()).await.unwrap();
     assert_eq!(
         code(
-            c.create_network(network_req(&private, "192.168.51.0/24", false))
-                .await
+            c.create_network(proto::CreateNetworkRequest {
+                ipv4_prefix: "192.168.51.0/24".into(),
+                ..private_req.clone()
+            })
+            .await
         ),
         Code::AlreadyExists
+    );
+    // The tunnel key comes from the control plane: required, and never shared by two networks.
+    let no_key = c
+        .create_network(proto::CreateNetworkRequest {
+            tunnel_key: 0,
+            ..network_req(&new_id(), "10.9.0.0/24", false)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(no_key.code(), Code::InvalidArgument, "{}", no_key.message());
+    let same_key = c
+        .create_network(proto::CreateNetworkRequest {
+            tunnel_key: private_req.tunnel_key,
+            ..network_req(&new_id(), "10.9.0.0/24", false)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(same_key.code(), Code::FailedPrecondition);
+    assert!(
+        same_key.message().contains("same tunnel key"),
+        "{}",
+        same_key.message()
     );
     let listed = c
         .list_networks(proto::ListNetworksRequest {})

@@ -571,6 +571,7 @@ async fn ipv6_gets_router_advertisements_neighbour_answers_dhcpv6_and_routing() 
             dns_servers: vec!["fd00:53::53".into()],
             ntp_servers: vec![],
             public: false,
+            tunnel_key: common::tunnel_key(),
         })
         .await
         .unwrap();
@@ -825,6 +826,7 @@ async fn ipv6_security_groups_allow_icmpv6_echo_and_drop_other_traffic() {
             dns_servers: vec![],
             ntp_servers: vec![],
             public: false,
+            tunnel_key: common::tunnel_key(),
         })
         .await
         .unwrap();

@@ -170,6 +170,7 @@ async fn a_public_network_reaches_an_outside_host_through_snat_and_nat66_and_a_p
             dns_servers: vec![],
             ntp_servers: vec![],
             public,
+            tunnel_key: common::tunnel_key(),
         };
     let (public, private) = (new_id(), new_id());
     h.client
@@ -339,6 +340,7 @@ async fn routes_carry_ipv4_and_ipv6_of_a_network_to_another_node_over_vxlan_keye
             dns_servers: vec![],
             ntp_servers: vec![],
             public: false,
+            tunnel_key: common::tunnel_key(),
         })
         .await
         .unwrap();

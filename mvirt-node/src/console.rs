@@ -18,7 +18,7 @@ use crate::daemons::Daemons;
 use crate::ledger::{Kind, Ledger};
 
 use mvirt_api::proto::node_agent_server::NodeAgent;
-use mvirt_api::proto::ConsoleFrame;
+use mvirt_api::proto::{ConsoleFrame, GetHostRequest, HostInfo, StoragePool};
 
 /// Creates the console secret on first use and keeps it in the ledger.
 pub fn console_secret(ledger: &Ledger) -> Result<String, crate::ledger::LedgerError> {
@@ -66,6 +66,47 @@ type FrameStream = Pin<Box<dyn Stream<Item = Result<ConsoleFrame, Status>> + Sen
 #[tonic::async_trait]
 impl NodeAgent for ConsoleRelay {
     type ConsoleStream = FrameStream;
+
+    async fn get_host(
+        &self,
+        request: Request<GetHostRequest>,
+    ) -> Result<Response<HostInfo>, Status> {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        check_secret(header, &self.secret)?;
+        let (mut vmm, mut zfs) = (self.daemons.vmm.clone(), self.daemons.zfs.clone());
+        let (system, pool) = tokio::join!(
+            vmm.get_system_info(mvirt_vmm::proto::GetSystemInfoRequest {}),
+            zfs.get_pool_stats(mvirt_zfs::proto::GetPoolStatsRequest {}),
+        );
+        let system = system?.into_inner();
+        let pool = pool?.into_inner();
+        Ok(Response::new(HostInfo {
+            hostname: system.hostname,
+            cpu_model: system.cpu_model,
+            cpu_cores: system.cpu_cores,
+            numa_nodes: system.numa_nodes,
+            memory_total_bytes: system.memory_total_bytes,
+            memory_available_bytes: system.memory_available_bytes,
+            hugepages_total: system.hugepages_total,
+            hugepages_free: system.hugepages_free,
+            hugepage_size_bytes: system.hugepage_size_bytes,
+            running_vms: system.running_vms,
+            pool: Some(StoragePool {
+                pool: pool.pool,
+                dataset: pool.dataset,
+                size_bytes: pool.size_bytes,
+                allocated_bytes: pool.allocated_bytes,
+                free_bytes: pool.free_bytes,
+                provisioned_bytes: pool.provisioned_bytes,
+                compression_ratio: pool.compression_ratio,
+                volume_count: pool.volume_count,
+                template_count: pool.template_count,
+            }),
+        }))
+    }
 
     async fn console(
         &self,

@@ -24,6 +24,8 @@
 pub mod agent;
 pub mod console;
 pub mod daemons;
+pub mod devices;
 pub mod imports;
 pub mod ledger;
 pub mod reconcile;
+pub mod snapshots;

@@ -20,14 +20,17 @@ use tonic::{Code, Status};
 
 use mvirt_api::proto as api;
 use mvirt_api::proto::{Phase, ResourceKind, ResourceStatus};
+use mvirt_common::names::local_name;
 use mvirt_ebpf::proto as net;
 use mvirt_log::AuditLogger;
 use mvirt_vmm::proto as vmm;
 use mvirt_zfs::proto as zfs;
 
 use crate::daemons::Daemons;
+use crate::devices;
 use crate::imports::{ImportState, ImportTracker};
 use crate::ledger::{Kind, Ledger, LedgerError};
+use crate::snapshots;
 
 /// Labels the agent puts on every VM it creates.
 pub const MANAGED_BY_LABEL: &str = "mvirt.io/managed-by";
@@ -171,7 +174,24 @@ impl Reconciler {
             (Kind::SecurityGroup, &desired.security_groups),
             (Kind::Network, &desired.networks),
         ];
+        // NICs and volumes a VM here still holds wait for the VM pass to detach them.
+        let mut in_use: Option<HashSet<String>> = None;
         for (kind, wanted) in steps {
+            if matches!(kind, Kind::Nic | Kind::Volume) && in_use.is_none() {
+                match self
+                    .daemons
+                    .vmm
+                    .clone()
+                    .list_vms(vmm::ListVmsRequest::default())
+                    .await
+                {
+                    Ok(r) => in_use = Some(devices::in_use(&r.into_inner().vms)),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "cannot list VMs: NIC and volume deletes wait");
+                        return;
+                    }
+                }
+            }
             let owned = match self.ledger.owned(kind) {
                 Ok(owned) => owned,
                 Err(err) => {
@@ -180,6 +200,12 @@ impl Reconciler {
                 }
             };
             for id in owned.difference(wanted) {
+                if matches!(kind, Kind::Nic | Kind::Volume)
+                    && in_use.as_ref().is_some_and(|u| u.contains(id))
+                {
+                    tracing::debug!(kind = kind.as_str(), id = %id, "still attached to a VM here");
+                    continue;
+                }
                 match self.delete_one(kind, id).await {
                     Ok(()) => {
                         if let Err(err) = self.ledger.release(kind, id) {
@@ -246,15 +272,34 @@ impl Reconciler {
                 })
                 .await
                 .map(|_| ()),
-            Kind::Template => d
-                .zfs
-                .clone()
-                .delete_template(zfs::DeleteTemplateRequest {
+            Kind::Template => {
+                // A template deleted while it imports: the import is cancelled, not finished.
+                let mut zfs = d.zfs.clone();
+                let jobs = zfs
+                    .list_import_jobs(zfs::ListImportJobsRequest {})
+                    .await?
+                    .into_inner()
+                    .jobs;
+                for job in jobs
+                    .iter()
+                    .filter(|j| j.template_id == id && import_running(j))
+                {
+                    zfs.cancel_import_job(zfs::CancelImportJobRequest {
+                        job_id: job.id.clone(),
+                    })
+                    .await?;
+                    self.audit.audit(
+                        format!("cancelled the import of deleted template {id}"),
+                        &[id],
+                    );
+                }
+                zfs.delete_template(zfs::DeleteTemplateRequest {
                     id: id_s,
                     detach_clones: false,
                 })
                 .await
-                .map(|_| ()),
+                .map(|_| ())
+            }
             Kind::SecurityGroup => d
                 .net
                 .clone()
@@ -298,6 +343,14 @@ impl Reconciler {
         for want in &spec.networks {
             let kind = ResourceKind::Network;
             let result = match existing.get(&want.id) {
+                Some(have) if have.tunnel_key != want.tunnel_key => {
+                    // The key names the network's tunnel traffic on every node; it is fixed in
+                    // mvirt-ebpf once created, so a difference is reported, never papered over.
+                    Err(Status::failed_precondition(format!(
+                        "network {} has tunnel key {} on this node but {} in the cluster",
+                        want.id, have.tunnel_key, want.tunnel_key
+                    )))
+                }
                 Some(have) => {
                     if have.dns_servers != want.dns_servers || have.ntp_servers != want.ntp_servers
                     {
@@ -324,6 +377,7 @@ impl Reconciler {
                             dns_servers: want.dns_servers.clone(),
                             ntp_servers: want.ntp_servers.clone(),
                             public: want.is_public,
+                            tunnel_key: want.tunnel_key,
                         })
                         .await
                         .map(|_| ());
@@ -463,17 +517,40 @@ impl Reconciler {
                 );
             }
             let running = jobs.as_ref().and_then(|jobs| {
-                jobs.iter().find(|j| {
-                    j.template_id == want.id
-                        && matches!(
-                            zfs::ImportPhase::try_from(j.phase),
-                            Ok(zfs::ImportPhase::Pending
-                                | zfs::ImportPhase::Downloading
-                                | zfs::ImportPhase::Converting
-                                | zfs::ImportPhase::Finalizing)
-                        )
-                })
+                jobs.iter()
+                    .find(|j| j.template_id == want.id && import_running(j))
             });
+            if !want.source_snapshot_id.is_empty() {
+                // Promoted from a volume's snapshot on this node: copied, not imported.
+                self.claim(Kind::Template, &want.id)?;
+                match client
+                    .promote_snapshot_to_template(zfs::PromoteSnapshotToTemplateRequest {
+                        volume_id: want.source_volume_id.clone(),
+                        snapshot_id: want.source_snapshot_id.clone(),
+                        template_id: want.id.clone(),
+                        name: local_name(&want.name, &want.id),
+                    })
+                    .await
+                {
+                    Ok(t) => {
+                        let t = t.into_inner();
+                        self.audit.audit(
+                            format!(
+                                "promoted snapshot {} of volume {} to template {}",
+                                want.source_snapshot_id, want.source_volume_id, want.id
+                            ),
+                            &[&want.id, &want.source_volume_id, &want.source_snapshot_id],
+                        );
+                        let mut s = status(kind, &want.id, Phase::Ready, "");
+                        s.import_bytes_done = t.size_bytes;
+                        s.import_bytes_total = t.size_bytes;
+                        out.push(s);
+                        ready.insert(want.id.clone(), t);
+                    }
+                    Err(e) => out.push(failed(kind, &want.id, "promote snapshot", &e)),
+                }
+                continue;
+            }
             let job_id = match running {
                 Some(job) => job.id.clone(),
                 None => {
@@ -481,12 +558,14 @@ impl Reconciler {
                     match client
                         .import_template(zfs::ImportTemplateRequest {
                             id: want.id.clone(),
-                            name: want.name.clone(),
+                            name: local_name(&want.name, &want.id),
                             source_url: want.source_url.clone(),
                             format: want.format,
                             sha256: want.sha256.clone(),
                             kernel_url: want.kernel_url.clone(),
                             initramfs_url: want.initramfs_url.clone(),
+                            kernel_sha256: want.kernel_sha256.clone(),
+                            initramfs_sha256: want.initramfs_sha256.clone(),
                             cmdline: want.cmdline.clone(),
                         })
                         .await
@@ -530,6 +609,25 @@ impl Reconciler {
             .into_iter()
             .map(|v| (v.id.clone(), v))
             .collect();
+        // A pending rollback must know whether the volume's VMs run here.
+        let rollback_pending = spec
+            .volumes
+            .iter()
+            .any(|v| v.rollback_generation > snapshots::applied_generation(&self.ledger, &v.id));
+        let local_vms: HashMap<String, vmm::Vm> = if rollback_pending {
+            self.daemons
+                .vmm
+                .clone()
+                .list_vms(vmm::ListVmsRequest::default())
+                .await?
+                .into_inner()
+                .vms
+                .into_iter()
+                .map(|v| (v.id.clone(), v))
+                .collect()
+        } else {
+            HashMap::new()
+        };
         for want in &spec.volumes {
             let kind = ResourceKind::Volume;
             if let Some(have) = existing.get(&want.id) {
@@ -545,14 +643,20 @@ impl Reconciler {
                             existing.insert(want.id.clone(), r.into_inner());
                         });
                 }
-                out.push(match result {
+                let users = snapshots::running_users(spec, &local_vms, &want.id);
+                let snaps =
+                    snapshots::converge(&mut client, &self.ledger, &self.audit, want, &users).await;
+                let mut s = match result {
                     Ok(()) => {
-                        let mut s = status(kind, &want.id, Phase::Ready, "");
+                        let mut s = status(kind, &want.id, Phase::Ready, snaps.rollback_problem);
                         s.used_bytes = existing.get(&want.id).map(|v| v.used_bytes).unwrap_or(0);
                         s
                     }
                     Err(e) => failed(kind, &want.id, "resize", &e),
-                });
+                };
+                s.snapshots = snaps.snapshots;
+                s.rollback_generation = snaps.rollback_generation;
+                out.push(s);
                 continue;
             }
             let name = local_name(&want.name, &want.id);
@@ -630,16 +734,19 @@ impl Reconciler {
             let kind = ResourceKind::Nic;
             let result = match existing.get(&want.id) {
                 Some(have) => {
-                    let mut sgs_have = have.security_group_ids.clone();
-                    let mut sgs_want = want.security_group_ids.clone();
-                    sgs_have.sort();
-                    sgs_want.sort();
-                    if sgs_have != sgs_want {
+                    let sorted = |v: &[String]| {
+                        let mut v = v.to_vec();
+                        v.sort();
+                        v
+                    };
+                    if sorted(&have.security_group_ids) != sorted(&want.security_group_ids)
+                        || sorted(&have.routed_prefixes) != sorted(&want.routed_prefixes)
+                    {
                         client
                             .update_nic(net::UpdateNicRequest {
                                 id: want.id.clone(),
                                 hostname: have.hostname.clone(),
-                                routed_prefixes: have.routed_prefixes.clone(),
+                                routed_prefixes: want.routed_prefixes.clone(),
                                 security_group_ids: want.security_group_ids.clone(),
                             })
                             .await
@@ -660,7 +767,7 @@ impl Reconciler {
                             mac_address: want.mac_address.clone(),
                             ipv4_address: want.ipv4_address.clone(),
                             ipv6_address: want.ipv6_address.clone(),
-                            routed_prefixes: Vec::new(),
+                            routed_prefixes: want.routed_prefixes.clone(),
                             hostname: hostnames
                                 .get(want.id.as_str())
                                 .map(|h| h.to_string())
@@ -761,8 +868,14 @@ impl Reconciler {
             spec.nics.iter().map(|n| (n.id.as_str(), n)).collect();
         for want in &spec.vms {
             let kind = ResourceKind::Vm;
+            let mut problems = Vec::new();
             let vm = match existing.get(&want.id) {
-                Some(vm) => vm.clone(),
+                Some(vm) => {
+                    let (vm, p) =
+                        devices::converge(&mut client, want, vm.clone(), volumes, nics).await;
+                    problems = p;
+                    vm
+                }
                 None => {
                     let config = match self.vm_config(want, volumes, nics) {
                         Ok(config) => config,
@@ -792,7 +905,25 @@ impl Reconciler {
                 }
             };
             let vm = self.converge_power(want, vm).await;
-            out.push(self.vm_status(want, &vm, &nic_specs));
+            let mut s = self.vm_status(want, &vm, &nic_specs);
+            if !vm.pending_changes.is_empty() {
+                s.conditions.push(api::Condition {
+                    r#type: "restart_required".into(),
+                    status: "true".into(),
+                    message: format!(
+                        "applies at the next boot: {}",
+                        vm.pending_changes.join("; ")
+                    ),
+                });
+            }
+            if !problems.is_empty() {
+                s.conditions.push(api::Condition {
+                    r#type: "devices_pending".into(),
+                    status: "true".into(),
+                    message: problems.join("; "),
+                });
+            }
+            out.push(s);
         }
         Ok(())
     }
@@ -885,8 +1016,8 @@ impl Reconciler {
                     want.hostname.clone()
                 },
             }),
-            hugepages: false,
-            nested_virtualization: false,
+            hugepages: want.hugepages,
+            nested_virtualization: want.nested_virtualization,
             labels,
         })
     }
@@ -1072,15 +1203,15 @@ fn net_rule(rule: &api::SecurityGroupRuleSpec) -> net::SecurityGroupRule {
     }
 }
 
-/// A local object name that is unique even when two projects use the same name.
-fn local_name(name: &str, id: &str) -> String {
-    let short: String = id.chars().filter(|c| *c != '-').take(8).collect();
-    if name.is_empty() {
-        format!("mvirt-{short}")
-    } else {
-        let name: String = name.chars().take(40).collect();
-        format!("{name}-{short}")
-    }
+/// Whether an import job is still at work.
+fn import_running(job: &zfs::ImportJob) -> bool {
+    matches!(
+        zfs::ImportPhase::try_from(job.phase),
+        Ok(zfs::ImportPhase::Pending
+            | zfs::ImportPhase::Downloading
+            | zfs::ImportPhase::Converting
+            | zfs::ImportPhase::Finalizing)
+    )
 }
 
 /// The ids a desired set names, by kind.
@@ -1118,12 +1249,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn local_names_stay_unique_across_projects() {
-        let a = local_name("web", "0b8f3c1e-2a4d-4f6b-9c1d-7e5a3b2c1d0f");
-        let b = local_name("web", "1c8f3c1e-2a4d-4f6b-9c1d-7e5a3b2c1d0f");
+    fn local_names_stay_unique_across_projects_in_one_millisecond() {
+        // UUIDv7 ids minted in the same millisecond share their first 13 characters.
+        let a = local_name("web", "0190f3a2-7c41-7a6b-9c1d-7e5a3b2c1d0f");
+        let b = local_name("web", "0190f3a2-7c41-7b6b-9c1d-7e5a3b2c1d0f");
         assert_ne!(a, b);
-        assert_eq!(a, "web-0b8f3c1e");
-        assert_eq!(local_name("", "0b8f3c1e-2a4d"), "mvirt-0b8f3c1e");
+        assert_eq!(a, "web-0190f3a27c417a6b9c1d7e5a3b2c1d0f");
     }
 
     #[test]

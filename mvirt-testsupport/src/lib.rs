@@ -13,6 +13,7 @@
 //! `scripts/setup.sh` installs everything the tests need.
 
 pub mod guest;
+pub mod http;
 pub mod net;
 pub mod netns;
 pub mod process;

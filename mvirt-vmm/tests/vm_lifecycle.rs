@@ -10,6 +10,9 @@ use common::*;
 use mvirt_vmm::proto;
 use tokio_stream::StreamExt;
 
+/// Disk ids are the API's UUIDs (36 characters): longer than QEMU's 31-character node names.
+const HOT_DISK: &str = "01a24e96-25f6-74f8-b8ef-fc687d523142";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guest_boots_with_cloud_init_a_disk_and_a_nic_and_powers_off_on_the_power_button() {
     mvirt_testsupport::require_root();
@@ -384,7 +387,7 @@ async fn a_crashed_daemon_adopts_the_running_guest_on_restart_and_a_guest_ignori
         .attach_disk(proto::AttachDiskRequest {
             vm_id: id.clone(),
             disk: Some(proto::Disk {
-                id: "hot".into(),
+                id: HOT_DISK.into(),
                 path: hot.display().to_string(),
                 read_only: false,
             }),
@@ -422,7 +425,7 @@ async fn a_crashed_daemon_adopts_the_running_guest_on_restart_and_a_guest_ignori
     let change = client
         .detach_disk(proto::DetachDiskRequest {
             vm_id: id.clone(),
-            disk_id: "hot".into(),
+            disk_id: HOT_DISK.into(),
         })
         .await
         .unwrap()
@@ -438,7 +441,7 @@ async fn a_crashed_daemon_adopts_the_running_guest_on_restart_and_a_guest_ignori
         .attach_disk(proto::AttachDiskRequest {
             vm_id: id.clone(),
             disk: Some(proto::Disk {
-                id: "hot".into(),
+                id: HOT_DISK.into(),
                 path: hot.display().to_string(),
                 read_only: true,
             }),

@@ -323,6 +323,12 @@ pub async fn open(
     })
 }
 
+/// The size `source` announces (file size, HTTP Content-Length), checking on the way that it
+/// can be opened. An HTTP body is not read: the request is dropped after its headers.
+pub async fn size(source: &Source, client: &reqwest::Client) -> Result<Option<u64>, FetchError> {
+    Ok(open(source, Compression::None, client).await?.total)
+}
+
 impl Content {
     /// Reads up to `max` bytes (fewer only at the end of the content).
     pub async fn read_head(&mut self, max: usize) -> Result<Vec<u8>, FetchError> {

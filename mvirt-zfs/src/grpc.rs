@@ -279,6 +279,8 @@ impl ZfsService for ZfsGrpc {
                 sha256: r.sha256,
                 kernel_url: r.kernel_url,
                 initramfs_url: r.initramfs_url,
+                kernel_sha256: r.kernel_sha256,
+                initramfs_sha256: r.initramfs_sha256,
                 cmdline: r.cmdline,
             })
             .await?;

@@ -8,10 +8,14 @@
 //!
 //! 1. DOWNLOADING: the content streams into the template's dataset, raw straight into
 //!    `disk.raw` (zero blocks become holes), qcow2 into a staging file; the SHA-256 of the
-//!    downloaded bytes is checked at the end. Kernel and initramfs are fetched next to it.
+//!    downloaded bytes is checked at the end. Kernel and initramfs are fetched next to it, each
+//!    checked against its own SHA-256 when one is given. `bytes_total` of this phase counts
+//!    image, kernel and initramfs (their sizes are learned when `start` opens them), and
+//!    `bytes_done` runs through all three in that order.
 //! 2. CONVERTING (qcow2 only): `qemu-img convert` to `disk.raw`, progress from its `-p` output.
 //!    A local uncompressed qcow2 (`file://`) skips the staging copy: qemu-img reads the source
-//!    itself while the checksum is computed alongside.
+//!    itself while the checksum is computed alongside; its kernel and initramfs are then
+//!    downloaded first (DOWNLOADING counts only them).
 //! 3. FINALIZING: snapshot `@base`, template marked ready.
 //!
 //! Progress goes to watchers through a `watch` channel at every change (coalesced to a few per
@@ -67,8 +71,12 @@ pub enum ImportError {
     Fetch(#[from] FetchError),
     #[error("timed out after {0:?} opening the source")]
     Timeout(Duration),
-    #[error("checksum mismatch: expected sha256 {expected}, downloaded bytes have {actual}")]
-    ChecksumMismatch { expected: String, actual: String },
+    #[error("{artifact} checksum mismatch: expected sha256 {expected}, the downloaded {artifact} has {actual}")]
+    ChecksumMismatch {
+        artifact: Artifact,
+        expected: String,
+        actual: String,
+    },
     #[error("cancelled")]
     Cancelled,
     #[error("interrupted: {0}")]
@@ -107,6 +115,24 @@ impl HasErrorKind for ImportError {
 }
 mvirt_common::impl_status_from!(ImportError);
 
+/// The files an import downloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Artifact {
+    Image,
+    Kernel,
+    Initramfs,
+}
+
+impl std::fmt::Display for Artifact {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Artifact::Image => "image",
+            Artifact::Kernel => "kernel",
+            Artifact::Initramfs => "initramfs",
+        })
+    }
+}
+
 fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ImportError {
     let context = context.into();
     move |source| ImportError::Io { context, source }
@@ -122,6 +148,9 @@ pub struct ImportRequest {
     pub sha256: String,
     pub kernel_url: String,
     pub initramfs_url: String,
+    /// Lowercase hex SHA-256 of the kernel / initramfs download; empty = not verified.
+    pub kernel_sha256: String,
+    pub initramfs_sha256: String,
     pub cmdline: String,
 }
 
@@ -144,6 +173,26 @@ struct Sources {
     image: (Source, Compression),
     kernel: Option<Source>,
     initramfs: Option<Source>,
+}
+
+/// A kernel or initramfs to fetch: where from, its size when the source announced one, and the
+/// checksum it must have (empty: not verified).
+struct BootFile {
+    artifact: Artifact,
+    source: Source,
+    size: Option<u64>,
+    sha256: String,
+}
+
+/// A checksum as given (any case, surrounding blanks), normalised; `what` names it in errors.
+fn normalise_sha256(what: &str, value: &str) -> Result<String, ImportError> {
+    let value = value.trim().to_ascii_lowercase();
+    if !value.is_empty() && (value.len() != 64 || !value.bytes().all(|b| b.is_ascii_hexdigit())) {
+        return Err(ImportError::InvalidArgument(format!(
+            "{what} must be 64 hexadecimal digits"
+        )));
+    }
+    Ok(value)
 }
 
 impl ImportManager {
@@ -174,13 +223,18 @@ impl ImportManager {
     fn check(&self, req: &mut ImportRequest) -> Result<Sources, ImportError> {
         validate::resource_id("template id", &req.id)?;
         validate::dns_label("template name", &req.name)?;
-        req.sha256 = req.sha256.trim().to_ascii_lowercase();
-        if !req.sha256.is_empty()
-            && (req.sha256.len() != 64 || !req.sha256.bytes().all(|b| b.is_ascii_hexdigit()))
-        {
-            return Err(ImportError::InvalidArgument(
-                "sha256 must be 64 hexadecimal digits".into(),
-            ));
+        req.sha256 = normalise_sha256("sha256", &req.sha256)?;
+        req.kernel_sha256 = normalise_sha256("kernel_sha256", &req.kernel_sha256)?;
+        req.initramfs_sha256 = normalise_sha256("initramfs_sha256", &req.initramfs_sha256)?;
+        for (sum, url, name) in [
+            (&req.kernel_sha256, &req.kernel_url, "kernel"),
+            (&req.initramfs_sha256, &req.initramfs_url, "initramfs"),
+        ] {
+            if !sum.is_empty() && url.is_empty() {
+                return Err(ImportError::InvalidArgument(format!(
+                    "{name}_sha256 is given without {name}_url"
+                )));
+            }
         }
         if req.cmdline.len() > MAX_CMDLINE || req.cmdline.contains(['\0', '\n']) {
             return Err(ImportError::InvalidArgument(format!(
@@ -225,6 +279,8 @@ impl ImportManager {
                 && existing.sha256 == req.sha256
                 && existing.kernel_url == req.kernel_url
                 && existing.initramfs_url == req.initramfs_url
+                && existing.kernel_sha256 == req.kernel_sha256
+                && existing.initramfs_sha256 == req.initramfs_sha256
                 && existing.cmdline == req.cmdline;
             if !same {
                 return Err(ImportError::AlreadyExists(format!(
@@ -248,15 +304,60 @@ impl ImportManager {
         }
 
         let (image, compression) = &sources.image;
+        let boot_file = |artifact, source: Option<Source>, sha256: &str| {
+            let client = &self.client;
+            let sha256 = sha256.to_string();
+            async move {
+                let Some(source) = source else {
+                    return Ok::<_, ImportError>(None);
+                };
+                // Opened now for its size (and so that a bad URL fails the call, not the
+                // job); fetched after the image.
+                let size = fetch::size(&source, client).await?;
+                Ok(Some(BootFile {
+                    artifact,
+                    source,
+                    size,
+                    sha256,
+                }))
+            }
+        };
         let preflight = async {
             let mut content = fetch::open(image, *compression, &self.client).await?;
             let head = content.read_head(fetch::HEAD_LEN).await?;
             let format = fetch::detect(&head, req.format)?;
-            Ok::<_, ImportError>((content, head, format))
+            let kernel = boot_file(Artifact::Kernel, sources.kernel, &req.kernel_sha256).await?;
+            let initramfs = boot_file(
+                Artifact::Initramfs,
+                sources.initramfs,
+                &req.initramfs_sha256,
+            )
+            .await?;
+            Ok::<_, ImportError>((content, head, format, kernel, initramfs))
         };
-        let (content, head, format) = tokio::time::timeout(PREFLIGHT_TIMEOUT, preflight)
-            .await
-            .map_err(|_| ImportError::Timeout(PREFLIGHT_TIMEOUT))??;
+        let (content, head, format, kernel, initramfs) =
+            tokio::time::timeout(PREFLIGHT_TIMEOUT, preflight)
+                .await
+                .map_err(|_| ImportError::Timeout(PREFLIGHT_TIMEOUT))??;
+        let direct = match (&sources.image, format) {
+            ((Source::File(path), Compression::None), Format::Qcow2) => Some(path.clone()),
+            _ => None,
+        };
+        // DOWNLOADING's total: the image (unless qemu-img reads it in place), kernel and
+        // initramfs; unknown (0) when one of them announced no size.
+        let image_total = if direct.is_some() {
+            Some(0)
+        } else {
+            content.total
+        };
+        let download_total = image_total
+            .and_then(|image| {
+                [kernel.as_ref(), initramfs.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .try_fold(image, |sum, f| f.size.map(|size| sum + size))
+            })
+            .unwrap_or(0);
 
         let dataset = self.storage.layout.template_dataset(&req.id);
         self.storage
@@ -278,6 +379,8 @@ impl ImportManager {
             sha256: req.sha256.clone(),
             kernel_url: req.kernel_url.clone(),
             initramfs_url: req.initramfs_url.clone(),
+            kernel_sha256: req.kernel_sha256.clone(),
+            initramfs_sha256: req.initramfs_sha256.clone(),
             cmdline: req.cmdline.clone(),
             has_kernel: false,
             has_initramfs: false,
@@ -292,8 +395,12 @@ impl ImportManager {
             template_id: req.id.clone(),
             source_url: req.source_url.clone(),
             phase: Phase::Downloading,
-            bytes_done: content.downloaded.load(Ordering::Relaxed),
-            bytes_total: content.total.unwrap_or(0),
+            bytes_done: if direct.is_some() {
+                0
+            } else {
+                content.downloaded.load(Ordering::Relaxed)
+            },
+            bytes_total: download_total,
             rate_bytes_per_sec: 0,
             error: String::new(),
             detected_format: format.as_str().to_string(),
@@ -325,14 +432,10 @@ impl ImportManager {
         );
         let progress = Progress::new(job.clone(), tx, self.storage.store.clone());
         let manager = self.clone();
-        let direct = match (&sources.image, format) {
-            ((Source::File(path), Compression::None), Format::Qcow2) => Some(path.clone()),
-            _ => None,
-        };
         let job_run = JobRun {
             req,
-            kernel: sources.kernel,
-            initramfs: sources.initramfs,
+            kernel,
+            initramfs,
             content,
             head,
             format,
@@ -518,9 +621,18 @@ impl ImportManager {
             _ => image.clone(),
         };
 
+        let boot_files: Vec<&BootFile> = [kernel.as_ref(), initramfs.as_ref()]
+            .into_iter()
+            .flatten()
+            .collect();
         let written;
         let actual;
         if let Some(source_path) = &direct {
+            // The image is not downloaded: the boot files are, first.
+            let mut done = 0;
+            for file in &boot_files {
+                done += self.fetch_boot_file(file, &dir, progress, done).await?;
+            }
             // CONVERTING straight from the local qcow2 file (no staging copy); the checksum is
             // computed from a second read of the file while qemu-img converts it.
             let total = fetch::qcow2_header(&head)?.virtual_size;
@@ -574,17 +686,17 @@ impl ImportManager {
         }
         if !req.sha256.is_empty() && actual != req.sha256 {
             return Err(ImportError::ChecksumMismatch {
+                artifact: Artifact::Image,
                 expected: req.sha256.clone(),
                 actual,
             });
         }
-        if let Some(source) = &kernel {
-            self.fetch_file(source, &dir.join(layout::KERNEL_FILE))
-                .await?;
-        }
-        if let Some(source) = &initramfs {
-            self.fetch_file(source, &dir.join(layout::INITRAMFS_FILE))
-                .await?;
+        if direct.is_none() {
+            // Counted after the image's bytes.
+            let mut done = progress.job.bytes_done;
+            for file in &boot_files {
+                done += self.fetch_boot_file(file, &dir, progress, done).await?;
+            }
         }
         if !req.cmdline.is_empty() {
             tokio::fs::write(dir.join(layout::CMDLINE_FILE), format!("{}\n", req.cmdline))
@@ -633,18 +745,57 @@ impl ImportManager {
         Ok(size)
     }
 
-    async fn fetch_file(&self, source: &Source, dest: &Path) -> Result<(), ImportError> {
-        let mut content = fetch::open(source, Compression::None, &self.client).await?;
-        let mut file = tokio::fs::File::create(dest)
+    /// Downloads a kernel or initramfs into the template's directory, reporting its bytes as
+    /// `offset` + what arrived, and checks its checksum. Returns the bytes downloaded.
+    async fn fetch_boot_file(
+        &self,
+        file: &BootFile,
+        dir: &Path,
+        progress: &mut Progress,
+        offset: u64,
+    ) -> Result<u64, ImportError> {
+        let dest = dir.join(match file.artifact {
+            Artifact::Kernel => layout::KERNEL_FILE,
+            _ => layout::INITRAMFS_FILE,
+        });
+        let mut content = fetch::open(&file.source, Compression::None, &self.client).await?;
+        let mut out = tokio::fs::File::create(&dest)
             .await
             .map_err(io_err(format!("cannot create {}", dest.display())))?;
-        tokio::io::copy(&mut content.reader, &mut file)
-            .await
-            .map_err(io_err(format!("cannot download to {}", dest.display())))?;
-        file.sync_all()
+        let mut chunk = vec![0u8; CHUNK];
+        let mut ticker = tokio::time::interval(PUBLISH_EVERY);
+        loop {
+            let n = tokio::select! {
+                read = content.reader.read(&mut chunk) => read.map_err(FetchError::Read)?,
+                _ = ticker.tick() => {
+                    progress.update(offset + content.downloaded.load(Ordering::Relaxed));
+                    continue;
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            out.write_all(&chunk[..n])
+                .await
+                .map_err(io_err(format!("cannot write {}", dest.display())))?;
+            progress.update(offset + content.downloaded.load(Ordering::Relaxed));
+        }
+        out.sync_all()
             .await
             .map_err(io_err(format!("cannot sync {}", dest.display())))?;
-        Ok(())
+        let downloaded = content.downloaded.load(Ordering::Relaxed);
+        let actual = finish_content(content).await?;
+        if !file.sha256.is_empty() && actual != file.sha256 {
+            return Err(ImportError::ChecksumMismatch {
+                artifact: file.artifact,
+                expected: file.sha256.clone(),
+                actual,
+            });
+        }
+        progress.update(offset + downloaded);
+        progress.persist();
+        progress.publish();
+        Ok(downloaded)
     }
 }
 
@@ -655,8 +806,8 @@ async fn finish_content(content: Content) -> Result<String, ImportError> {
 /// Everything a job task needs, prepared by `start`.
 struct JobRun {
     req: ImportRequest,
-    kernel: Option<Source>,
-    initramfs: Option<Source>,
+    kernel: Option<BootFile>,
+    initramfs: Option<BootFile>,
     content: Content,
     head: Vec<u8>,
     format: Format,

@@ -1067,6 +1067,8 @@ impl Storage {
                 sha256: String::new(),
                 kernel_url: String::new(),
                 initramfs_url: String::new(),
+                kernel_sha256: String::new(),
+                initramfs_sha256: String::new(),
                 cmdline: cmdline.trim_end().to_string(),
                 has_kernel: dir.join(layout::KERNEL_FILE).exists(),
                 has_initramfs: dir.join(layout::INITRAMFS_FILE).exists(),

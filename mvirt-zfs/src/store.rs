@@ -11,7 +11,8 @@ use std::sync::Mutex;
 use mvirt_common::{ErrorKind, HasErrorKind};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE volumes (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -56,7 +57,12 @@ CREATE TABLE import_jobs (
     updated_at INTEGER NOT NULL
 );
 CREATE INDEX import_jobs_template ON import_jobs (template_id, created_at);
-"#];
+"#,
+    r#"
+ALTER TABLE templates ADD COLUMN kernel_sha256 TEXT NOT NULL DEFAULT '';
+ALTER TABLE templates ADD COLUMN initramfs_sha256 TEXT NOT NULL DEFAULT '';
+"#,
+];
 
 /// Failure of a metadata operation.
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +152,9 @@ pub struct TemplateRecord {
     pub sha256: String,
     pub kernel_url: String,
     pub initramfs_url: String,
+    /// Lowercase hex SHA-256 the kernel / initramfs download must have; empty = not verified.
+    pub kernel_sha256: String,
+    pub initramfs_sha256: String,
     pub cmdline: String,
     pub has_kernel: bool,
     pub has_initramfs: bool,
@@ -254,11 +263,13 @@ fn template_from_row(row: &Row) -> rusqlite::Result<RawTemplate> {
             has_kernel: row.get(10)?,
             has_initramfs: row.get(11)?,
             created_at: row.get(12)?,
+            kernel_sha256: row.get(13)?,
+            initramfs_sha256: row.get(14)?,
         },
         row.get(2)?,
     ))
 }
-const TEMPLATE_COLS: &str = "id, name, state, size_bytes, source_url, format, sha256, kernel_url, initramfs_url, cmdline, has_kernel, has_initramfs, created_at";
+const TEMPLATE_COLS: &str = "id, name, state, size_bytes, source_url, format, sha256, kernel_url, initramfs_url, cmdline, has_kernel, has_initramfs, created_at, kernel_sha256, initramfs_sha256";
 
 fn finish_template((mut t, state): RawTemplate) -> Result<TemplateRecord, StoreError> {
     t.state = TemplateState::parse(&state)?;
@@ -422,11 +433,11 @@ impl Store {
     pub fn insert_template(&self, t: &TemplateRecord) -> Result<(), StoreError> {
         self.conn()
             .execute(
-                &format!("INSERT INTO templates ({TEMPLATE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
+                &format!("INSERT INTO templates ({TEMPLATE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"),
                 params![
                     t.id, t.name, t.state.as_str(), t.size_bytes as i64, t.source_url, t.format,
                     t.sha256, t.kernel_url, t.initramfs_url, t.cmdline, t.has_kernel,
-                    t.has_initramfs, t.created_at
+                    t.has_initramfs, t.created_at, t.kernel_sha256, t.initramfs_sha256
                 ],
             )
             .map_err(sql_err(&t.name))?;

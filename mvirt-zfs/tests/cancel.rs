@@ -218,10 +218,12 @@ async fn cancel_while_the_kernel_is_fetched_after_the_image() {
     request.sha256 = common::sha256_file(&image);
     request.kernel_url = http.url("stall/vmlinuz");
     let job = c.import_template(request).await.unwrap().into_inner();
-    // The image is complete (and its checksum checked); the kernel download is stalled.
+    // The image is complete (and its checksum checked); the kernel download is stalled after
+    // its first MiB, which counts after the image's bytes.
+    assert_eq!(job.bytes_total, 16 * MIB);
     cancel_when(&fx, &mut c, &job, "the kernel fetch", |j| {
         phase(j) == ImportPhase::Downloading
-            && j.bytes_done == 8 * MIB
+            && j.bytes_done == 9 * MIB
             && http.requested("stall/vmlinuz")
     })
     .await;

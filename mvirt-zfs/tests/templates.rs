@@ -34,6 +34,9 @@ async fn raw_import_over_http_streams_progress_and_clones_carry_data_and_boot_fi
     request.sha256 = sha.clone();
     request.kernel_url = http.url("vmlinuz");
     request.initramfs_url = http.url("initrd");
+    request.kernel_sha256 = common::sha256_file(&fx.import_dir.join("vmlinuz"));
+    // Any case is accepted (and normalised).
+    request.initramfs_sha256 = common::sha256_file(&fx.import_dir.join("initrd")).to_uppercase();
     request.cmdline = "console=ttyS0 root=/dev/vda".into();
     let job = c
         .import_template(request.clone())
@@ -54,12 +57,25 @@ async fn raw_import_over_http_streams_progress_and_clones_carry_data_and_boot_fi
     let err = c.import_template(different).await.unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
 
+    // The same import with other boot-file checksums is a different spec.
+    let mut other_sum = request.clone();
+    other_sum.kernel_sha256 = "00".repeat(32);
+    let err = c.import_template(other_sum).await.unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists);
+
+    // The download counts image, kernel and initramfs, from the job's first state on.
+    let all = 64 * MIB + 300_000 + 200_000;
+    assert_eq!(job.bytes_total, all);
     let seen = watch_to_end(&mut c, &job.id).await;
     let last = seen.last().unwrap();
     assert_eq!(phase(last), ImportPhase::Completed, "{}", last.error);
-    assert_eq!(last.bytes_done, 64 * MIB);
-    assert_eq!(last.bytes_total, 64 * MIB);
+    assert_eq!(last.bytes_done, all);
+    assert_eq!(last.bytes_total, all);
     assert!(seen.iter().all(|j| j.bytes_done <= j.bytes_total));
+    assert!(seen
+        .iter()
+        .filter(|j| phase(j) == ImportPhase::Downloading)
+        .all(|j| j.bytes_total == all));
 
     let t = c
         .get_template(proto::GetTemplateRequest { id: tid.clone() })
@@ -279,6 +295,90 @@ async fn a_checksum_mismatch_fails_the_job_and_leaves_nothing_behind() {
     // Retrying the same id with the right checksum works.
     request.sha256 = common::sha256_file(&image).to_uppercase();
     import_ok(&mut c, request).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kernel_checksum_mismatch_fails_the_import_naming_the_kernel() {
+    let fx = Fixture::start().await;
+    let mut c = fx.client();
+    let http = HttpServer::start(&fx.import_dir).await;
+    let image = fx.import_dir.join("disk.img");
+    common::make_disk_image(&image, 8 * MIB, 5);
+    std::fs::write(
+        fx.import_dir.join("vmlinuz"),
+        vec![0x11u8; 3 * MIB as usize],
+    )
+    .unwrap();
+    std::fs::write(fx.import_dir.join("initrd"), vec![0x22u8; 1_000_000]).unwrap();
+    let kernel_sha = common::sha256_file(&fx.import_dir.join("vmlinuz"));
+    let initrd_sha = common::sha256_file(&fx.import_dir.join("initrd"));
+    let tid = new_id();
+    let mut request = import_request(&tid, "boot-sums", &http.url("disk.img"));
+    request.sha256 = common::sha256_file(&image);
+    request.kernel_url = http.url("vmlinuz");
+    request.initramfs_url = http.url("initrd");
+    let wrong = "ab".repeat(32);
+    request.kernel_sha256 = wrong.clone();
+    request.initramfs_sha256 = initrd_sha.clone();
+    let job = c
+        .import_template(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let last = watch_to_end(&mut c, &job.id).await.pop().unwrap();
+    assert_eq!(phase(&last), ImportPhase::Failed);
+    assert!(
+        last.error.contains(&format!(
+            "kernel checksum mismatch: expected sha256 {wrong}, the downloaded kernel has {kernel_sha}"
+        )),
+        "{}",
+        last.error
+    );
+    let err = c
+        .get_template(proto::GetTemplateRequest { id: tid.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(!fx.dataset_exists(&format!("mvirt/templates/{tid}")));
+
+    // A wrong initramfs checksum names the initramfs.
+    request.kernel_sha256 = kernel_sha.clone();
+    request.initramfs_sha256 = "cd".repeat(32);
+    let job = c
+        .import_template(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let last = watch_to_end(&mut c, &job.id).await.pop().unwrap();
+    assert_eq!(phase(&last), ImportPhase::Failed);
+    assert!(
+        last.error.contains("initramfs checksum mismatch"),
+        "{}",
+        last.error
+    );
+
+    // Bad checksums and a checksum without its file are refused before anything starts.
+    let mut bad = request.clone();
+    bad.kernel_sha256 = "xyz".into();
+    let err = c.import_template(bad).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("kernel_sha256"), "{}", err.message());
+    let mut orphan_sum = request.clone();
+    orphan_sum.initramfs_url = String::new();
+    let err = c.import_template(orphan_sum).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("initramfs_url"), "{}", err.message());
+
+    // With the right checksums the same id imports, and the kernel is the file served.
+    request.initramfs_sha256 = initrd_sha;
+    let done = import_ok(&mut c, request).await;
+    assert_eq!(done.bytes_total, 8 * MIB + 3 * MIB + 1_000_000);
+    let t = c
+        .get_template(proto::GetTemplateRequest { id: tid })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(common::sha256_file(t.kernel_path.as_ref()), kernel_sha);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

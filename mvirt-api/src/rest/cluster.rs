@@ -187,6 +187,8 @@ pub async fn create_join_token(
 ) -> Result<Response, ApiError> {
     let req: CreateJoinTokenRequest = if body.is_empty() {
         CreateJoinTokenRequest::default()
+    } else if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::invalid("the body must be a JSON object"));
     } else {
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))?
@@ -283,6 +285,26 @@ pub async fn join(
             Some(raw.to_vec()),
         )
         .await;
+    }
+    // A join never reuses a member's address: the leader would send a stranger's log there.
+    let raft_addr = req.raft_addr.parse::<std::net::SocketAddr>().ok();
+    let taken = app
+        .raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .nodes()
+        .find(|(_, m)| {
+            m.api_url.trim_end_matches('/') == req.api_url.trim_end_matches('/')
+                || m.raft_addr.parse::<std::net::SocketAddr>().ok() == raft_addr
+        })
+        .map(|(id, _)| *id);
+    if let Some(id) = taken {
+        return Err(ApiError::new(
+            "conflict",
+            format!("member {id} already has this api_url or raft_addr"),
+        ));
     }
     let (_, value) = app
         .submit(

@@ -77,6 +77,16 @@ fn view(e: LogEntry) -> LogEntryView {
     }
 }
 
+/// mvirt-log refusing the query (a bad cursor, an empty time range) is the caller's error (400);
+/// anything else means the log is not there (503).
+fn query_failed(s: tonic::Status) -> ApiError {
+    let code = match s.code() {
+        tonic::Code::InvalidArgument | tonic::Code::OutOfRange => "invalid_argument",
+        _ => "unavailable",
+    };
+    ApiError::new(code, format!("mvirt-log query failed: {}", s.message()))
+}
+
 fn request(q: &LogsQuery) -> Result<QueryRequest, ApiError> {
     let mut levels = Vec::new();
     for l in q
@@ -94,6 +104,9 @@ fn request(q: &LogsQuery) -> Result<QueryRequest, ApiError> {
             "debug" => LogLevel::Debug,
             other => return Err(ApiError::invalid(format!("unknown level {other:?}"))),
         } as i32);
+    }
+    if q.limit.is_some_and(|l| l == 0 || l > 10_000) {
+        return Err(ApiError::invalid("limit must be between 1 and 10000"));
     }
     let order = match q.order.as_deref() {
         None | Some("newest") => Order::NewestFirst,
@@ -135,27 +148,13 @@ pub async fn logs(
     let mut client = LogServiceClient::connect(app.log_endpoint.clone())
         .await
         .map_err(|e| ApiError::new("unavailable", format!("mvirt-log unreachable: {e}")))?;
-    let mut stream = client
-        .query(req)
-        .await
-        .map_err(|s| {
-            ApiError::new(
-                "unavailable",
-                format!("mvirt-log query failed: {}", s.message()),
-            )
-        })?
-        .into_inner();
+    let mut stream = client.query(req).await.map_err(query_failed)?.into_inner();
     if !q.follow {
         let mut page = LogPage {
             entries: Vec::new(),
             next_cursor: None,
         };
-        while let Some(item) = stream.message().await.map_err(|s| {
-            ApiError::new(
-                "unavailable",
-                format!("mvirt-log query failed: {}", s.message()),
-            )
-        })? {
+        while let Some(item) = stream.message().await.map_err(query_failed)? {
             match item.item {
                 Some(query_response::Item::Entry(e)) => page.entries.push(view(e)),
                 Some(query_response::Item::PageEnd(end)) => {

@@ -12,7 +12,9 @@
 mod cluster;
 mod console;
 mod events;
+mod hosts;
 mod logs;
+pub mod openapi;
 mod resources;
 pub mod ui;
 
@@ -99,10 +101,41 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 ApiError::invalid(format!("cannot read body: {e}"))
             }
         })?;
-        let value = serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))?;
+        // Every body is an object (serde would also take a struct's fields as an array).
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::invalid("the body must be a JSON object"));
+        }
+        let value = match serde_json::from_slice(&bytes) {
+            Ok(v) => v,
+            // JSON Schema (and JavaScript) count `3.0` as the integer 3: accept it as one.
+            Err(e) => integral_floats(&bytes)
+                .and_then(|v| T::deserialize(v).ok())
+                .ok_or_else(|| ApiError::invalid(format!("invalid JSON body: {e}")))?,
+        };
         Ok(JsonBody(value, bytes))
     }
+}
+
+/// `bytes` as JSON with every float that is a whole number turned into an integer, or `None`
+/// when it is no JSON or holds no such float (so the first error stands).
+fn integral_floats(bytes: &[u8]) -> Option<Value> {
+    fn walk(v: &mut Value) -> bool {
+        match v {
+            Value::Number(n) if n.is_f64() => {
+                let f = n.as_f64().unwrap_or(f64::NAN);
+                if f.fract() != 0.0 || !f.is_finite() || f.abs() > 9.007_199_254_740_992e15 {
+                    return false;
+                }
+                *v = Value::from(f as i64);
+                true
+            }
+            Value::Array(a) => a.iter_mut().fold(false, |c, x| walk(x) | c),
+            Value::Object(o) => o.values_mut().fold(false, |c, x| walk(x) | c),
+            _ => false,
+        }
+    }
+    let mut value: Value = serde_json::from_slice(bytes).ok()?;
+    walk(&mut value).then_some(value)
 }
 
 /// `ETag: "<revision>"`.
@@ -307,7 +340,7 @@ pub struct Caller {
 
 async fn auth(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
-    if path == "/v1/health" || path == "/v1/controlplane/join" {
+    if path == "/v1/health" || path == "/v1/controlplane/join" || openapi::is_docs_path(&path) {
         return next.run(req).await;
     }
     let header_token = req
@@ -383,10 +416,6 @@ async fn health(State(app): State<Arc<App>>) -> Json<Value> {
     )
 }
 
-async fn openapi_json() -> Response {
-    Json(ApiDoc::openapi()).into_response()
-}
-
 async fn not_found_fallback() -> ApiError {
     ApiError::new("not_found", "no such endpoint")
 }
@@ -438,11 +467,15 @@ async fn not_found_fallback() -> ApiError {
         resources::get_node,
         resources::update_node,
         resources::delete_node,
+        hosts::get_host,
         resources::vm_action,
         console::vm_console,
         resources::resize_volume,
         resources::create_snapshot,
         resources::delete_snapshot,
+        resources::list_snapshots,
+        resources::rollback_snapshot,
+        resources::promote_snapshot,
         resources::add_rule,
         resources::delete_rule,
         cluster::list_tokens,
@@ -469,11 +502,16 @@ async fn not_found_fallback() -> ApiError {
         Template,
         Volume,
         VolumeSnapshot,
+        SnapshotStatus,
+        VolumeRollback,
+        SnapshotSource,
         Vm,
         Status,
         PerNodeStatus,
         Capacity,
         Member,
+        hosts::HostInfo,
+        hosts::StoragePool,
     ))
 )]
 pub struct ApiDoc;
@@ -482,13 +520,18 @@ pub struct ApiDoc;
 pub fn router(app: Arc<App>) -> Router {
     let api = Router::new()
         .route("/v1/health", get(health))
-        .route("/v1/openapi.json", get(openapi_json))
+        .route("/v1/openapi.json", get(openapi::openapi_json))
+        .route("/v1/docs", get(openapi::docs_html))
+        .route("/v1/docs/docs.js", get(openapi::docs_js))
+        .route("/v1/docs/docs.css", get(openapi::docs_css))
         .merge(resources::routes())
+        .route("/v1/nodes/{id}/host", get(hosts::get_host))
         .merge(cluster::routes())
         .merge(events::routes())
         .merge(logs::routes())
         .fallback(not_found_fallback)
         .layer(middleware::from_fn_with_state(app.clone(), auth))
+        .layer(middleware::from_fn(openapi::envelope_rejections))
         .layer(DefaultBodyLimit::max(BODY_LIMIT));
     api.with_state(app)
 }

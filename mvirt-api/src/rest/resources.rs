@@ -329,6 +329,7 @@ fn build_template(meta: Meta, spec: TemplateSpec) -> Result<Command, ApiError> {
             meta,
             spec,
             status: Status::default(),
+            node_id: None,
         },
     })
 }
@@ -343,6 +344,7 @@ fn build_volume(meta: Meta, spec: VolumeSpec) -> Result<Command, ApiError> {
             owner_vm_id: None,
             vm_id: None,
             snapshots: Vec::new(),
+            rollback: None,
         },
     })
 }
@@ -375,6 +377,7 @@ fn build_vm(meta: Meta, mut spec: VmSpec) -> Result<Command, ApiError> {
             owner_vm_id: Some(meta.id.clone()),
             vm_id: Some(meta.id.clone()),
             snapshots: Vec::new(),
+            rollback: None,
         });
     }
     for (i, req) in spec.network_interfaces.iter().enumerate() {
@@ -391,6 +394,7 @@ fn build_vm(meta: Meta, mut spec: VmSpec) -> Result<Command, ApiError> {
                 ipv4_address: req.ipv4_address.clone(),
                 ipv6_address: req.ipv6_address.clone(),
                 security_group_ids: req.security_group_ids.clone(),
+                routed_prefixes: Vec::new(),
             },
             status: Status::default(),
             vm_id: Some(meta.id.clone()),
@@ -729,6 +733,7 @@ pub async fn create_snapshot(
         id: new_id(),
         name: req.name,
         created_at: now(),
+        status: SnapshotStatus::default(),
     };
     let (_, value) = app
         .submit(
@@ -769,21 +774,7 @@ pub async fn delete_snapshot(
     q: Result<Query<ProjectQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
-    let (volume_id, snapshot_id) = {
-        let state = app.shared.read();
-        let vid = resolve(&state, Kind::Volume, &id, q.project.as_deref())?;
-        let sid = state
-            .volumes
-            .get(&vid)
-            .and_then(|v| {
-                v.snapshots
-                    .iter()
-                    .find(|s| s.id == snapshot || s.name == snapshot)
-            })
-            .map(|s| s.id.clone())
-            .unwrap_or(snapshot);
-        (vid, sid)
-    };
+    let (volume_id, snapshot_id) = resolve_snapshot(&app, &id, snapshot, q.project.as_deref())?;
     app.submit(
         Command::DeleteSnapshot {
             volume_id,
@@ -794,6 +785,105 @@ pub async fn delete_snapshot(
     )
     .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The volume id and snapshot id of a snapshot named by id or name.
+fn resolve_snapshot(
+    app: &App,
+    volume: &str,
+    snapshot: String,
+    project: Option<&str>,
+) -> Result<(String, String), ApiError> {
+    let state = app.shared.read();
+    let vid = resolve(&state, Kind::Volume, volume, project)?;
+    let sid = state
+        .volumes
+        .get(&vid)
+        .and_then(|v| {
+            v.snapshots
+                .iter()
+                .find(|s| s.id == snapshot || s.name == snapshot)
+        })
+        .map(|s| s.id.clone())
+        .unwrap_or(snapshot);
+    Ok((vid, sid))
+}
+
+#[utoipa::path(post, path = "/v1/volumes/{id}/snapshots/{snapshot_id}/rollback", tag = "volumes",
+    params(("id" = String, Path, description = "id or name"), ("snapshot_id" = String, Path, description = "snapshot id or name"), ProjectQuery),
+    responses(
+        (status = 202, description = "accepted: the volume's node rolls back; `rollback.generation` equals `status.rollback_generation` when done. Newer snapshots are removed.", body = Volume),
+        (status = 404, body = ErrorEnvelope),
+        (status = 409, description = "a VM using the volume runs or is asked to run, or the snapshot is not ready", body = ErrorEnvelope)))]
+pub async fn rollback_snapshot(
+    State(app): State<Arc<App>>,
+    Path((id, snapshot)): Path<(String, String)>,
+    q: Result<Query<ProjectQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let (volume_id, snapshot_id) = resolve_snapshot(&app, &id, snapshot, q.project.as_deref())?;
+    let (_, value) = app
+        .submit(
+            Command::RollbackSnapshot {
+                volume_id,
+                snapshot_id,
+                now: now(),
+            },
+            None,
+        )
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(value)).into_response())
+}
+
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PromoteRequest {
+    /// Name of the new template.
+    pub name: String,
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+#[utoipa::path(post, path = "/v1/volumes/{id}/snapshots/{snapshot_id}/promote", tag = "volumes", request_body = PromoteRequest,
+    params(("id" = String, Path, description = "id or name"), ("snapshot_id" = String, Path, description = "snapshot id or name"), ProjectQuery),
+    responses(
+        (status = 201, description = "a template copied from the snapshot on the volume's node (it exists on that node only)", body = Template),
+        (status = 404, body = ErrorEnvelope),
+        (status = 409, description = "the snapshot is not ready, or the name is taken", body = ErrorEnvelope)))]
+pub async fn promote_snapshot(
+    State(app): State<Arc<App>>,
+    Path((id, snapshot)): Path<(String, String)>,
+    q: Result<Query<ProjectQuery>, QueryRejection>,
+    JsonBody(req, _): JsonBody<PromoteRequest>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let (volume_id, snapshot_id) = resolve_snapshot(&app, &id, snapshot, q.project.as_deref())?;
+    let project = app
+        .shared
+        .read()
+        .volumes
+        .get(&volume_id)
+        .map(|v| v.meta.project.clone());
+    let meta = new_meta(&req.name, project.as_deref(), req.labels)?;
+    let (_, value) = app
+        .submit(
+            Command::PromoteSnapshot {
+                volume_id,
+                snapshot_id,
+                template: Template {
+                    meta,
+                    spec: TemplateSpec {
+                        format: "raw".into(),
+                        ..TemplateSpec::default()
+                    },
+                    status: Status::default(),
+                    node_id: None,
+                },
+            },
+            None,
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(value)).into_response())
 }
 
 #[utoipa::path(post, path = "/v1/security-groups/{id}/rules", tag = "security-groups", request_body = SecurityGroupRule, params(("id" = String, Path, description = "id or name"), ProjectQuery),
@@ -880,6 +970,14 @@ pub fn routes() -> Router<Arc<App>> {
         .route(
             "/v1/volumes/{id}/snapshots/{snapshot_id}",
             delete_route(delete_snapshot),
+        )
+        .route(
+            "/v1/volumes/{id}/snapshots/{snapshot_id}/rollback",
+            post(rollback_snapshot),
+        )
+        .route(
+            "/v1/volumes/{id}/snapshots/{snapshot_id}/promote",
+            post(promote_snapshot),
         )
         .route("/v1/security-groups/{id}/rules", post(add_rule))
         .route(

@@ -108,6 +108,12 @@ pub enum Cmd {
         name: String,
     },
     CreateVm(VmForm),
+    /// A snapshot action on a volume: `POST /v1/volumes/{id}/snapshots[/{snapshot}/{action}]`.
+    VolumeSnapshot {
+        volume_id: String,
+        volume: String,
+        action: SnapshotAction,
+    },
     OpenConsole {
         id: String,
     },
@@ -133,12 +139,32 @@ pub enum Msg {
     ConsoleClosed(String),
 }
 
+/// What the storage view does with the selected volume's snapshots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotAction {
+    /// Take a snapshot with this name.
+    Take { name: String },
+    /// Roll back to this snapshot (id, name).
+    Rollback { id: String, name: String },
+    /// Copy this snapshot into a template named `template`.
+    Promote {
+        id: String,
+        name: String,
+        template: String,
+    },
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Confirm {
     VmAction {
         id: String,
         name: String,
         action: &'static str,
+    },
+    VolumeSnapshot {
+        volume_id: String,
+        volume: String,
+        action: SnapshotAction,
     },
     Delete {
         kind: Kind,
@@ -151,6 +177,15 @@ impl Confirm {
     pub fn question(&self) -> String {
         match self {
             Confirm::VmAction { name, action, .. } => format!("{action} vm {name}?"),
+            Confirm::VolumeSnapshot { volume, action, .. } => match action {
+                SnapshotAction::Take { name } => format!("snapshot volume {volume} as {name}?"),
+                SnapshotAction::Rollback { name, .. } => {
+                    format!("roll volume {volume} back to snapshot {name}?")
+                }
+                SnapshotAction::Promote { name, template, .. } => {
+                    format!("promote snapshot {name} of volume {volume} to template {template}?")
+                }
+            },
             Confirm::Delete { kind, name, .. } => format!("delete {} {name}?", kind.singular()),
         }
     }
@@ -158,6 +193,15 @@ impl Confirm {
     fn into_cmd(self) -> Cmd {
         match self {
             Confirm::VmAction { id, name, action } => Cmd::VmAction { id, name, action },
+            Confirm::VolumeSnapshot {
+                volume_id,
+                volume,
+                action,
+            } => Cmd::VolumeSnapshot {
+                volume_id,
+                volume,
+                action,
+            },
             Confirm::Delete { kind, id, name } => Cmd::Delete { kind, id, name },
         }
     }
@@ -491,6 +535,11 @@ impl App {
                     self.modal = Some(Modal::Confirm(Confirm::VmAction { id, name, action }));
                 }
             }
+            KeyCode::Char(c @ ('S' | 'B' | 'P')) if self.view == View::Storage => {
+                if let Some(confirm) = self.snapshot_confirm(c) {
+                    self.modal = Some(Modal::Confirm(confirm));
+                }
+            }
             KeyCode::Char('d') | KeyCode::Delete => {
                 if let (Some(kind), Some((id, name))) = (self.view_kind(), self.selected_ident()) {
                     if kind != Kind::Node {
@@ -514,6 +563,49 @@ impl App {
             _ => {}
         }
         vec![]
+    }
+
+    /// `S` takes a snapshot of the selected volume; `B` rolls it back to its newest snapshot;
+    /// `P` promotes that snapshot to a template.
+    fn snapshot_confirm(&mut self, key: char) -> Option<Confirm> {
+        let vol = self.selected_item()?;
+        if vol.get("spec").and_then(|s| s.get("source_url")).is_some() {
+            return None; // a template row
+        }
+        let (volume_id, volume) = self.selected_ident()?;
+        let newest = vol
+            .get("snapshots")
+            .and_then(Value::as_array)
+            .and_then(|a| a.last())
+            .and_then(|s| {
+                Some((
+                    s.get("id")?.as_str()?.to_string(),
+                    s.get("name")?.as_str()?.to_string(),
+                ))
+            });
+        let action = match (key, newest) {
+            ('S', _) => SnapshotAction::Take {
+                name: format!("snap-{}", chrono::Utc::now().format("%Y%m%d-%H%M%S")),
+            },
+            ('B', Some((id, name))) => SnapshotAction::Rollback { id, name },
+            ('P', Some((id, name))) => {
+                let template: String = format!("{volume}-{name}").chars().take(63).collect();
+                SnapshotAction::Promote {
+                    id,
+                    name,
+                    template: template.trim_end_matches('-').to_string(),
+                }
+            }
+            _ => {
+                self.status = format!("volume {volume} has no snapshot");
+                return None;
+            }
+        };
+        Some(Confirm::VolumeSnapshot {
+            volume_id,
+            volume,
+            action,
+        })
     }
 
     fn selected_ident(&self) -> Option<(String, String)> {
@@ -721,5 +813,41 @@ mod tests {
         assert!(a.update(ctrl_a).is_empty());
         assert_eq!(a.update(key(KeyCode::Char('t'))), vec![Cmd::CloseConsole]);
         assert!(a.modal.is_none());
+    }
+
+    #[test]
+    fn storage_keys_confirm_snapshot_rollback_and_promote_of_the_newest_snapshot() {
+        let mut a = App::new("http://x", "default");
+        a.update(key(KeyCode::Char('4')));
+        a.update(Msg::Loaded(
+            Kind::Volume,
+            vec![
+                serde_json::json!({"id": "v1", "name": "data", "project": "default",
+                "snapshots": [{"id": "s1", "name": "old"}, {"id": "s2", "name": "new"}]}),
+            ],
+        ));
+        a.update(key(KeyCode::Char('B')));
+        let cmds = a.update(key(KeyCode::Char('y')));
+        assert_eq!(
+            cmds,
+            vec![Cmd::VolumeSnapshot {
+                volume_id: "v1".into(),
+                volume: "data".into(),
+                action: SnapshotAction::Rollback {
+                    id: "s2".into(),
+                    name: "new".into()
+                },
+            }]
+        );
+        a.update(key(KeyCode::Char('P')));
+        let cmds = a.update(key(KeyCode::Char('y')));
+        assert!(
+            matches!(&cmds[0], Cmd::VolumeSnapshot { action: SnapshotAction::Promote { template, .. }, .. } if template == "data-new")
+        );
+        a.update(key(KeyCode::Char('S')));
+        let cmds = a.update(key(KeyCode::Char('y')));
+        assert!(
+            matches!(&cmds[0], Cmd::VolumeSnapshot { action: SnapshotAction::Take { name }, .. } if name.starts_with("snap-"))
+        );
     }
 }

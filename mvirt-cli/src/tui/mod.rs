@@ -14,7 +14,7 @@ use serde_json::Value;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use crate::client::ApiClient;
-use app::{App, Cmd, Kind, Msg, VmForm};
+use app::{App, Cmd, Kind, Msg, SnapshotAction, VmForm};
 
 pub async fn run(api: ApiClient) -> std::io::Result<()> {
     use std::io::IsTerminal;
@@ -156,6 +156,35 @@ async fn execute(api: &ApiClient, cmd: Cmd) -> Vec<Msg> {
             }
             Err(e) => vec![Msg::Failed(e.display_message())],
         },
+        Cmd::VolumeSnapshot {
+            volume_id,
+            volume,
+            action,
+        } => {
+            let base = format!("{}/snapshots", item_path(Kind::Volume, &volume_id));
+            let (path, body, done) = match &action {
+                SnapshotAction::Take { name } => (
+                    base,
+                    serde_json::json!({"name": name}),
+                    format!("snapshot {name} of volume {volume} requested"),
+                ),
+                SnapshotAction::Rollback { id, name } => (
+                    format!("{base}/{id}/rollback"),
+                    serde_json::json!({}),
+                    format!("rollback of volume {volume} to {name} accepted"),
+                ),
+                SnapshotAction::Promote { id, template, .. } => (
+                    format!("{base}/{id}/promote"),
+                    serde_json::json!({"name": template}),
+                    format!("template {template} created"),
+                ),
+            };
+            match api.post(&path, &[], &body).await {
+                // The volume's new state arrives through the event stream.
+                Ok(_) => vec![Msg::Done(done)],
+                Err(e) => vec![Msg::Failed(e.display_message())],
+            }
+        }
         Cmd::OpenConsole { .. } | Cmd::ConsoleInput(_) | Cmd::CloseConsole => vec![],
     }
 }

@@ -8,7 +8,7 @@ use ratatui::Frame;
 use serde_json::Value;
 
 use super::app::{App, Modal, View, FORM_FIELDS, VIEWS};
-use crate::output::{cell, Column};
+use crate::output::{Cells, Column};
 use crate::resources as res;
 
 pub fn draw(f: &mut Frame, app: &App) {
@@ -153,7 +153,7 @@ pub fn draw(f: &mut Frame, app: &App) {
             f.render_widget(Paragraph::new(lines).block(block), area);
         }
         Some(Modal::Help) => {
-            let area = centered(f.area(), 64, 14);
+            let area = centered(f.area(), 64, 15);
             f.render_widget(Clear, area);
             let text = vec![
                 Line::from("Tab/←/→ or 1-5   switch view"),
@@ -162,6 +162,7 @@ pub fn draw(f: &mut Frame, app: &App) {
                 Line::from("n                create a VM (VMs view)"),
                 Line::from("s / o / x / R    start / stop / kill / restart (confirmed)"),
                 Line::from("d                delete the selected object (confirmed)"),
+                Line::from("S / B / P        volume: snapshot / roll back / promote newest"),
                 Line::from("Enter            open the VM's console; Ctrl+a t detaches"),
                 Line::from("q                quit"),
                 Line::from(""),
@@ -187,6 +188,7 @@ pub fn footer_text(app: &App) -> String {
             View::Vms => " q quit  Tab view  ↑↓ select  n new  s start  o stop  x kill  R restart  d delete  Enter console  r reload  ? help".into(),
             View::Logs => " q quit  Tab view  ↑↓ select  r reload  ? help".into(),
             View::Nodes => " q quit  Tab view  ↑↓ select  r reload  ? help".into(),
+            View::Storage => " q quit  Tab view  ↑↓ select  S snapshot  B rollback  P promote  d delete  r reload  ? help".into(),
             _ => " q quit  Tab view  ↑↓ select  d delete  r reload  ? help".into(),
         },
     }
@@ -200,6 +202,8 @@ const VM_COLUMNS: &[Column] = &[
     res::VMS.columns[5],
     res::VMS.columns[6],
     res::VMS.columns[7],
+    res::VMS.columns[8],
+    res::VMS.columns[10],
     res::VMS.columns[0],
 ];
 const NODE_COLUMNS: &[Column] = &[
@@ -244,7 +248,7 @@ fn table(
     columns: &[Column],
     selected: Option<usize>,
 ) {
-    let now = chrono::Utc::now();
+    let cells = Cells::for_items(items, columns);
     let header = Row::new(columns.iter().map(|c| Cell::from(c.header.to_uppercase()))).bold();
     let rows: Vec<Row> = items
         .iter()
@@ -252,7 +256,7 @@ fn table(
             let cells: Vec<Cell> = columns
                 .iter()
                 .map(|c| {
-                    let text = cell(it, c, now);
+                    let text = cells.cell(it, c);
                     let style = phase_style(c.header, &text);
                     Cell::from(text).style(style)
                 })

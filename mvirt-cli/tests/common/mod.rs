@@ -252,6 +252,15 @@ pub type FrameStream =
 impl NodeAgent for EchoConsole {
     type ConsoleStream = FrameStream;
 
+    async fn get_host(
+        &self,
+        _: tonic::Request<mvirt_api::proto::GetHostRequest>,
+    ) -> Result<tonic::Response<mvirt_api::proto::HostInfo>, tonic::Status> {
+        Err(tonic::Status::unimplemented(
+            "the CLI tests' console double has no host",
+        ))
+    }
+
     async fn console(
         &self,
         req: tonic::Request<tonic::Streaming<ConsoleFrame>>,

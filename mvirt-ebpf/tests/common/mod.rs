@@ -18,8 +18,15 @@ use tonic::transport::Channel;
 pub const GATEWAY_MAC: [u8; 6] = [0x02, 0x6d, 0x76, 0x00, 0x00, 0x01];
 pub const WAIT: Duration = Duration::from_secs(5);
 
+/// Ids as the control plane mints them: UUIDv7, so ids of one millisecond share their prefix.
 pub fn new_id() -> String {
-    uuid::Uuid::new_v4().to_string()
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// A tunnel key (VNI) not used before in this test process, as the control plane allocates.
+pub fn tunnel_key() -> u32 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(100);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 pub struct Harness {
@@ -101,6 +108,7 @@ impl Harness {
                 dns_servers: vec!["10.53.0.53".into()],
                 ntp_servers: vec!["10.123.0.123".into()],
                 public,
+                tunnel_key: tunnel_key(),
             })
             .await
             .expect("create network");

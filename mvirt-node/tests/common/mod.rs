@@ -402,7 +402,21 @@ impl Rest {
     }
 
     /// Creates the standard template from `images` and returns its id.
+    /// Creates a template from [`template_files`] (kernel and initramfs with their checksums,
+    /// which every node verifies); returns its id.
     pub async fn create_template(&self, name: &str, images: &Path) -> String {
+        let kernel_sha256 = sha256_of(&images.join("vmlinuz"));
+        self.create_template_with_kernel_sha256(name, images, &kernel_sha256)
+            .await
+    }
+
+    /// [`Rest::create_template`] with a given kernel checksum (a wrong one fails the import).
+    pub async fn create_template_with_kernel_sha256(
+        &self,
+        name: &str,
+        images: &Path,
+        kernel_sha256: &str,
+    ) -> String {
         let dir = images.display();
         let template = self
             .post(
@@ -414,6 +428,8 @@ impl Rest {
                         "format": "raw",
                         "kernel_url": format!("file://{dir}/vmlinuz"),
                         "initramfs_url": format!("file://{dir}/initramfs.img"),
+                        "kernel_sha256": kernel_sha256,
+                        "initramfs_sha256": sha256_of(&images.join("initramfs.img")),
                         "cmdline": CMDLINE,
                     }
                 }),
@@ -421,6 +437,20 @@ impl Rest {
             .await;
         template["id"].as_str().expect("template id").to_string()
     }
+}
+
+/// The SHA-256 of a file (lowercase hex), by `sha256sum`.
+pub fn sha256_of(path: &Path) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("run sha256sum");
+    assert!(out.status.success(), "sha256sum {}", path.display());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .expect("a checksum")
+        .to_string()
 }
 
 /// Collects a VM's console output (through mvirt-vmm) until `needle` appears.

@@ -66,6 +66,12 @@ impl Default for QemuConfig {
 /// How long a hot-unplug waits for the guest to release the device.
 const UNPLUG_WAIT: Duration = Duration::from_secs(10);
 
+/// The block node of a hot-plugged disk. QEMU limits node names to 31 characters, which a
+/// `drive-<uuid>` exceeds, so the name is a digest of the whole disk id (19 characters).
+fn block_node(disk_id: &str) -> String {
+    format!("drive-{}", mvirt_common::names::digest(disk_id, 13))
+}
+
 pub struct QemuDriver {
     config: QemuConfig,
     use_kvm: bool,
@@ -297,7 +303,7 @@ impl Hypervisor for QemuDriver {
         let _ = qmp::execute(
             &socket,
             "blockdev-del",
-            Some(json!({"node-name": format!("drive-{}", disk.id)})),
+            Some(json!({"node-name": block_node(&disk.id)})),
         )
         .await;
         qmp::execute(
@@ -305,7 +311,7 @@ impl Hypervisor for QemuDriver {
             "blockdev-add",
             Some(json!({
                 "driver": "raw",
-                "node-name": format!("drive-{}", disk.id),
+                "node-name": block_node(&disk.id),
                 "read-only": disk.read_only,
                 "file": {"driver": "file", "filename": disk.path},
             })),
@@ -317,7 +323,7 @@ impl Hypervisor for QemuDriver {
             Some(json!({
                 "driver": "virtio-blk-pci",
                 "id": format!("disk-{}", disk.id),
-                "drive": format!("drive-{}", disk.id),
+                "drive": block_node(&disk.id),
             })),
         )
         .await;
@@ -325,7 +331,7 @@ impl Hypervisor for QemuDriver {
             let _ = qmp::execute(
                 &socket,
                 "blockdev-del",
-                Some(json!({"node-name": format!("drive-{}", disk.id)})),
+                Some(json!({"node-name": block_node(&disk.id)})),
             )
             .await;
             return Err(err);
@@ -398,7 +404,7 @@ impl Hypervisor for QemuDriver {
             let _ = session
                 .execute(
                     "blockdev-del",
-                    Some(json!({"node-name": format!("drive-{disk_id}")})),
+                    Some(json!({"node-name": block_node(disk_id)})),
                 )
                 .await;
         } else {
