@@ -30,7 +30,20 @@ export function uniqueOperationIds(spec) {
   return spec;
 }
 
+/** Drops the prose (`description`, `summary` strings): the types, and so the drift check, follow
+ *  the API's shapes, not the wording of its docs. A property *named* description is an object
+ *  there and stays. */
+export function withoutProse(node) {
+  if (Array.isArray(node)) node.forEach(withoutProse);
+  else if (node && typeof node === 'object')
+    for (const [k, v] of Object.entries(node)) {
+      if ((k === 'description' || k === 'summary') && typeof v === 'string') delete node[k];
+      else withoutProse(v);
+    }
+  return node;
+}
+
 export async function typesFor(spec) {
-  const ast = await openapiTS(uniqueOperationIds(structuredClone(spec)), { alphabetize: true });
+  const ast = await openapiTS(withoutProse(uniqueOperationIds(structuredClone(spec))), { alphabetize: true });
   return HEADER + astToString(ast);
 }

@@ -27,7 +27,6 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Called by `mvirt-api --join`: authenticated by the join token in the body (no Bearer). */
         post: operations["join"];
         delete?: never;
         options?: never;
@@ -124,7 +123,6 @@ export interface paths {
         };
         get: operations["get_v1_networks"];
         put?: never;
-        /** @description A network needs `ipv4_prefix`, `ipv6_prefix` or both; each prefix is a network address (its host bits are zero), IPv4 at most /30, IPv6 at most /126. */
         post: operations["post_v1_networks"];
         delete?: never;
         options?: never;
@@ -140,11 +138,6 @@ export interface paths {
             cookie?: never;
         };
         get: operations["get_v1_networks_id_"];
-        /**
-         * @description A network needs `ipv4_prefix`, `ipv6_prefix` or both; each prefix is a network address (its host bits are zero), IPv4 at most /30, IPv6 at most /126.
-         *
-         *     An update may omit `tunnel_key` or repeat the network's own; a different one is refused.
-         */
         put: operations["put_v1_networks_id_"];
         post?: never;
         delete: operations["delete_v1_networks_id_"];
@@ -162,11 +155,6 @@ export interface paths {
         };
         get: operations["get_v1_nics"];
         put?: never;
-        /**
-         * @description Addresses are valid IP addresses of their family; ids in a list are distinct.
-         *
-         *     Each routed prefix is a network address (its host bits are zero) of a valid length.
-         */
         post: operations["post_v1_nics"];
         delete?: never;
         options?: never;
@@ -182,11 +170,6 @@ export interface paths {
             cookie?: never;
         };
         get: operations["get_v1_nics_id_"];
-        /**
-         * @description Addresses are valid IP addresses of their family; ids in a list are distinct.
-         *
-         *     Each routed prefix is a network address (its host bits are zero) of a valid length.
-         */
         put: operations["put_v1_nics_id_"];
         post?: never;
         delete: operations["delete_v1_nics_id_"];
@@ -284,7 +267,6 @@ export interface paths {
         };
         get: operations["get_v1_security_groups"];
         put?: never;
-        /** @description A rule with ports (`port_min`/`port_max` not both 0) must be `tcp` or `udp` with 1 <= `port_min` <= `port_max`; a rule has `cidr` (a valid prefix) or `remote_group_id`, not both. */
         post: operations["post_v1_security_groups"];
         delete?: never;
         options?: never;
@@ -300,7 +282,6 @@ export interface paths {
             cookie?: never;
         };
         get: operations["get_v1_security_groups_id_"];
-        /** @description A rule with ports (`port_min`/`port_max` not both 0) must be `tcp` or `udp` with 1 <= `port_min` <= `port_max`; a rule has `cidr` (a valid prefix) or `remote_group_id`, not both. */
         put: operations["put_v1_security_groups_id_"];
         post?: never;
         delete: operations["delete_v1_security_groups_id_"];
@@ -318,7 +299,6 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** @description A rule with ports (`port_min`/`port_max` not both 0) must be `tcp` or `udp` with 1 <= `port_min` <= `port_max`; a rule has `cidr` (a valid prefix) or `remote_group_id`, not both. */
         post: operations["add_rule"];
         delete?: never;
         options?: never;
@@ -351,7 +331,6 @@ export interface paths {
         };
         get: operations["get_v1_templates"];
         put?: never;
-        /** @description `kernel_sha256` needs `kernel_url`, `initramfs_sha256` needs `initramfs_url`, and `initramfs_url` needs `kernel_url`. */
         post: operations["post_v1_templates"];
         delete?: never;
         options?: never;
@@ -367,7 +346,6 @@ export interface paths {
             cookie?: never;
         };
         get: operations["get_v1_templates_id_"];
-        /** @description `kernel_sha256` needs `kernel_url`, `initramfs_sha256` needs `initramfs_url`, and `initramfs_url` needs `kernel_url`. */
         put: operations["put_v1_templates_id_"];
         post?: never;
         delete: operations["delete_v1_templates_id_"];
@@ -417,11 +395,6 @@ export interface paths {
         };
         get: operations["get_v1_vms"];
         put?: never;
-        /**
-         * @description Addresses are valid IP addresses of their family; ids in a list are distinct.
-         *
-         *     `user_data` is at most 64 KiB of UTF-8; each SSH key is `<type> <key> [comment]`.
-         */
         post: operations["post_v1_vms"];
         delete?: never;
         options?: never;
@@ -437,11 +410,6 @@ export interface paths {
             cookie?: never;
         };
         get: operations["get_v1_vms_id_"];
-        /**
-         * @description Addresses are valid IP addresses of their family; ids in a list are distinct.
-         *
-         *     `user_data` is at most 64 KiB of UTF-8; each SSH key is `<type> <key> [comment]`.
-         */
         put: operations["put_v1_vms_id_"];
         post?: never;
         delete: operations["delete_v1_vms_id_"];
@@ -506,7 +474,6 @@ export interface paths {
             cookie?: never;
         };
         get: operations["get_v1_volumes_id_"];
-        /** @description A volume only grows: `size_bytes` below the current size is refused. */
         put: operations["put_v1_volumes_id_"];
         post?: never;
         delete: operations["delete_v1_volumes_id_"];
@@ -524,7 +491,6 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** @description A volume only grows: `size_bytes` below the current size is refused. */
         post: operations["resize_volume"];
         delete?: never;
         options?: never;
@@ -623,10 +589,7 @@ export interface components {
             /** Format: int64 */
             member_id: number;
             members: components["schemas"]["MemberView"][];
-            /**
-             * Format: int64
-             * @description The log is purged up to here (entries up to it exist only in the snapshot).
-             */
+            /** Format: int64 */
             purged_index?: number | null;
             /** Format: int64 */
             snapshot_index?: number | null;
@@ -635,10 +598,7 @@ export interface components {
             term: number;
         };
         CreateJoinTokenRequest: {
-            /**
-             * Format: int64
-             * @description Seconds until the token expires (default 3600, at most 7 days).
-             */
+            /** Format: int64 */
             ttl_seconds?: number | null;
         };
         CreateProjectRequest: {
@@ -648,13 +608,11 @@ export interface components {
             } | null;
             name: string;
         };
-        /** @description Body of a create: `{"name", "project"?, "labels"?, "spec"}`. */
         CreateRequest_NetworkSpec: {
             labels?: {
                 [key: string]: string;
             } | null;
             name: string;
-            /** @description Project name (default `default`). */
             project?: string | null;
             spec: {
                 dns_servers?: (string | unknown | unknown)[];
@@ -662,121 +620,74 @@ export interface components {
                 ipv6_prefix?: string | null;
                 is_public?: boolean;
                 ntp_servers?: (string | unknown | unknown)[];
-                /**
-                 * Format: int32
-                 * @description VXLAN VNI that names the network between nodes (1..=16777215). Allocated by the control
-                 *     plane when omitted on create (unique in the cluster, never reused while the network
-                 *     exists); a requested key is refused with 409 when another network has it. Fixed after
-                 *     create: an update may omit it or repeat it.
-                 */
+                /** Format: int32 */
                 tunnel_key?: number | null;
             };
         };
-        /** @description Body of a create: `{"name", "project"?, "labels"?, "spec"}`. */
         CreateRequest_NicSpec: {
             labels?: {
                 [key: string]: string;
             } | null;
             name: string;
-            /** @description Project name (default `default`). */
             project?: string | null;
             spec: {
                 /** Format: ipv4 */
                 ipv4_address?: string | null;
                 /** Format: ipv6 */
                 ipv6_address?: string | null;
-                /** @description unicast, not all zero */
                 mac_address?: string | null;
                 network_id: string;
-                /**
-                 * @description Prefixes (CIDR, in the network's address families) routed to this NIC, for a VM that
-                 *     routes for others. Changeable.
-                 */
                 routed_prefixes?: string[];
                 security_group_ids?: string[];
             };
         };
-        /** @description Body of a create: `{"name", "project"?, "labels"?, "spec"}`. */
         CreateRequest_SecurityGroupSpec: {
             labels?: {
                 [key: string]: string;
             } | null;
             name: string;
-            /** @description Project name (default `default`). */
             project?: string | null;
             spec: {
                 rules?: components["schemas"]["SecurityGroupRule"][];
             };
         };
-        /** @description Body of a create: `{"name", "project"?, "labels"?, "spec"}`. */
         CreateRequest_TemplateSpec: {
             labels?: {
                 [key: string]: string;
             } | null;
             name: string;
-            /** @description Project name (default `default`). */
             project?: string | null;
             spec: {
                 cmdline?: string | null;
-                /**
-                 * @description `raw` or `qcow2`.
-                 * @enum {string}
-                 */
+                /** @enum {string} */
                 format?: "raw" | "qcow2";
-                /**
-                 * @description SHA-256 of the file at `initramfs_url` (64 lowercase hex characters; needs
-                 *     `initramfs_url`). Every node verifies its download and fails the import on a mismatch.
-                 */
                 initramfs_sha256?: string | null;
                 initramfs_url?: string | null;
-                /**
-                 * @description SHA-256 of the file at `kernel_url` (64 lowercase hex characters; needs `kernel_url`).
-                 *     Every node verifies its download and fails the import on a mismatch.
-                 */
                 kernel_sha256?: string | null;
                 kernel_url?: string | null;
                 sha256?: string | null;
-                /**
-                 * @description `file://` or `http(s)://` image to import on every node. Empty for a template promoted
-                 *     from a snapshot (then `source_snapshot` names it).
-                 */
                 source_url: string;
             };
         };
-        /** @description Body of a create: `{"name", "project"?, "labels"?, "spec"}`. */
         CreateRequest_VmSpec: {
             labels?: {
                 [key: string]: string;
             } | null;
             name: string;
-            /** @description Project name (default `default`). */
             project?: string | null;
             spec: {
-                /**
-                 * @description `uefi`, `direct_kernel`, or omitted (direct kernel when the root template has a kernel).
-                 * @enum {string|null}
-                 */
+                /** @enum {string|null} */
                 boot_mode?: "uefi" | "direct_kernel" | null;
-                /**
-                 * @description `running` (default) or `stopped`.
-                 * @enum {string}
-                 */
+                /** @enum {string} */
                 desired_state?: "running" | "stopped";
                 hostname?: string | null;
-                /**
-                 * @description Back the guest's memory with the host's hugepages (the VM fails to start, with the
-                 *     reason, on a node without enough free hugepages). Fixed after create.
-                 */
                 hugepages?: boolean;
                 kernel_cmdline?: string | null;
                 /** Format: int64 */
                 memory_bytes: number;
-                /** @description Expose the CPU's virtualization extensions to the guest. Fixed after create. */
                 nested_virtualization?: boolean;
-                /** @description Create-only: owned NICs (appended to `nic_ids`). */
                 network_interfaces?: components["schemas"]["NetworkInterfaceRequest"][];
                 nic_ids?: string[];
-                /** @description A node id, a node name, or `k=v,k2=v2` labels. */
                 node_selector?: string | null;
                 root_volume?: null | components["schemas"]["RootVolumeRequest"];
                 ssh_authorized_keys?: string[];
@@ -786,16 +697,13 @@ export interface components {
                 volume_ids?: string[];
             };
         };
-        /** @description Body of a create: `{"name", "project"?, "labels"?, "spec"}`. */
         CreateRequest_VolumeSpec: {
             labels?: {
                 [key: string]: string;
             } | null;
             name: string;
-            /** @description Project name (default `default`). */
             project?: string | null;
             spec: {
-                /** @description Pin the volume to a node (otherwise it goes where its first VM is placed). */
                 node_id?: string | null;
                 /** Format: int64 */
                 size_bytes: number;
@@ -804,44 +712,28 @@ export interface components {
         };
         CreateTokenRequest: {
             name: string;
-            /**
-             * @description `admin` (REST and NodeService) or `node` (NodeService only).
-             * @enum {string}
-             */
+            /** @enum {string} */
             role: "admin" | "node";
         };
         ErrorBody: {
-            /**
-             * @description `invalid_argument`, `unauthenticated`, `permission_denied`, `not_found`, `already_exists`,
-             *     `conflict`, `precondition_failed`, `payload_too_large`, `no_leader`, `internal`.
-             */
             code: string;
-            /** @description what is in the way (e.g. the ids that block a delete), or null */
             details: Record<string, never> | null;
             message: string;
         };
-        /** @description The error envelope, for the OpenAPI document. */
         ErrorEnvelope: {
             error: components["schemas"]["ErrorBody"];
         };
-        /** @description One change, appended by `apply`. `revision` is the Raft log index of the command. */
         Event: {
             id: string;
             kind: string;
-            /** @description The object after the change (`null` for deletions). */
             object: Record<string, never>;
             project?: string;
             /** Format: int64 */
             revision: number;
-            /** @description `<kind>.<verb>`, e.g. `vm.created`, `vm.status`, `network.deleted`. */
             type: string;
         };
-        /** @description A node's host, as its agent reads it now. */
         HostInfo: {
-            /**
-             * Format: int32
-             * @description Logical CPUs.
-             */
+            /** Format: int32 */
             cpu_cores: number;
             cpu_model: string;
             hostname: string;
@@ -863,15 +755,11 @@ export interface components {
             running_vms: number;
         };
         JoinRequest: {
-            /** @description The joining member's REST URL (`http://host:port`). */
             api_url: string;
-            /** @description The joining member's Raft address (`host:port`). */
             raft_addr: string;
-            /** @description The single-use join token. */
             token: string;
         };
         JoinResponse: {
-            /** @description The secret members authenticate Raft traffic with. */
             cluster_secret: string;
             /** Format: int64 */
             member_id: number;
@@ -884,10 +772,7 @@ export interface components {
         ListResponse: {
             items: Record<string, never>[];
             next_page_token?: string | null;
-            /**
-             * Format: int64
-             * @description The applied revision the list was read at.
-             */
+            /** Format: int64 */
             revision: number;
         };
         LogEntryView: {
@@ -903,11 +788,8 @@ export interface components {
             entries: components["schemas"]["LogEntryView"][];
             next_cursor?: string | null;
         };
-        /** @description A control-plane member as Raft knows it (openraft's `Node` type). */
         Member: {
-            /** @description `http://host:port` of the member's REST API. */
             api_url: string;
-            /** @description `host:port` of the member's Raft listener. */
             raft_addr: string;
         };
         MemberView: {
@@ -915,10 +797,8 @@ export interface components {
             /** Format: int64 */
             id: number;
             raft_addr: string;
-            /** @description `leader`, `voter` or `learner`. */
             role: string;
         };
-        /** @description Identity and bookkeeping shared by every resource. */
         Meta: {
             created_at: string;
             id: string;
@@ -926,18 +806,10 @@ export interface components {
                 [key: string]: string;
             };
             name: string;
-            /** @description Project name (projects themselves carry their own name here). */
             project: string;
-            /**
-             * Format: int64
-             * @description Raft log index that last changed this object (its ETag).
-             */
+            /** Format: int64 */
             revision: number;
-            /**
-             * Format: int64
-             * @description Raft log index that last changed what a node must do (spec, placement); status reports
-             *     do not move it.
-             */
+            /** Format: int64 */
             spec_revision: number;
             updated_at: string;
         };
@@ -957,21 +829,13 @@ export interface components {
             ipv6_prefix?: string | null;
             is_public?: boolean;
             ntp_servers?: string[];
-            /**
-             * Format: int32
-             * @description VXLAN VNI that names the network between nodes (1..=16777215). Allocated by the control
-             *     plane when omitted on create (unique in the cluster, never reused while the network
-             *     exists); a requested key is refused with 409 when another network has it. Fixed after
-             *     create: an update may omit it or repeat it.
-             */
+            /** Format: int32 */
             tunnel_key?: number | null;
         };
         Nic: components["schemas"]["Meta"] & {
-            /** @description Set when the NIC was created by and belongs to a VM (deleted with it). */
             owner_vm_id?: string | null;
             spec: components["schemas"]["NicSpec"];
             status: components["schemas"]["Status"];
-            /** @description The VM this NIC is attached to. */
             vm_id?: string | null;
         };
         NicSpec: {
@@ -979,34 +843,25 @@ export interface components {
             ipv6_address?: string | null;
             mac_address?: string | null;
             network_id: string;
-            /**
-             * @description Prefixes (CIDR, in the network's address families) routed to this NIC, for a VM that
-             *     routes for others. Changeable.
-             */
             routed_prefixes?: string[];
             security_group_ids?: string[];
         };
         Node: components["schemas"]["Meta"] & {
-            /** @description Sum of what is placed on the node (filled when read, not stored). */
             allocated?: components["schemas"]["Capacity"];
             spec: components["schemas"]["NodeSpec"];
             status: components["schemas"]["NodeStatus"];
         };
         NodeSpec: {
-            /** @description False = cordoned: nothing new is placed here. */
             schedulable?: boolean;
         };
         NodeStatus: {
             address: string;
             agent_version: string;
             capacity: components["schemas"]["Capacity"];
-            /** @description The agent's NodeAgent endpoint (console relay); empty = none. */
             console_endpoint?: string;
             last_state_change_at?: string | null;
-            /** @description `online` or `offline`. */
             state: string;
         };
-        /** @description One node's report on a resource that lives on several nodes. */
         PerNodeStatus: {
             /** Format: int64 */
             import_bytes_done?: number | null;
@@ -1023,7 +878,6 @@ export interface components {
             labels?: {
                 [key: string]: string;
             } | null;
-            /** @description Name of the new template. */
             name: string;
         };
         ResizeRequest: {
@@ -1037,7 +891,6 @@ export interface components {
         };
         Scheduling: {
             reason?: string;
-            /** @description `pending` or `scheduled`. */
             state: string;
         };
         SecurityGroup: components["schemas"]["Meta"] & {
@@ -1047,21 +900,14 @@ export interface components {
         SecurityGroupRule: {
             cidr?: string | null;
             description?: string;
-            /**
-             * @description `ingress` or `egress`.
-             * @enum {string}
-             */
+            /** @enum {string} */
             direction: "ingress" | "egress";
-            /** @description Minted by the API when omitted. */
             id?: string | null;
             /** Format: int32 */
             port_max?: number;
             /** Format: int32 */
             port_min?: number;
-            /**
-             * @description `any`, `tcp`, `udp`, `icmp`, `icmpv6`.
-             * @enum {string}
-             */
+            /** @enum {string} */
             protocol?: "any" | "tcp" | "udp" | "icmp" | "icmpv6";
             remote_group_id?: string | null;
         };
@@ -1071,22 +917,16 @@ export interface components {
         SnapshotRequest: {
             name: string;
         };
-        /** @description Where a template promoted from a volume snapshot comes from. */
         SnapshotSource: {
             snapshot_id: string;
             volume_id: string;
         };
         SnapshotStatus: {
             message?: string;
-            /** @description `pending`, `ready` or `failed`. */
             phase: string;
-            /**
-             * Format: int64
-             * @description Bytes held only by this snapshot.
-             */
+            /** Format: int64 */
             used_bytes?: number | null;
         };
-        /** @description What nodes report. Empty phase until the first report. */
         Status: {
             conditions?: components["schemas"]["Condition"][];
             fields?: {
@@ -1100,28 +940,18 @@ export interface components {
             ipv6_addresses?: string[];
             message?: string;
             node_id?: string | null;
-            /**
-             * @description For resources that exist on several nodes (templates, networks, security groups): each
-             *     node's own report, by node id. The top-level fields then mirror the least advanced node
-             *     (failed before pending/importing before ready), so one node's success never hides
-             *     another's failure.
-             */
             nodes?: {
                 [key: string]: components["schemas"]["PerNodeStatus"];
             };
             /** Format: int64 */
             observed_revision?: number;
             phase?: string;
-            /**
-             * Format: int64
-             * @description Volumes: the generation of the last rollback the node carried out.
-             */
+            /** Format: int64 */
             rollback_generation?: number | null;
             updated_at?: string | null;
             /** Format: int64 */
             used_bytes?: number | null;
         };
-        /** @description The node's ZFS pool (or parent dataset) that holds volumes and templates. */
         StoragePool: {
             /** Format: int64 */
             allocated_bytes: number;
@@ -1131,10 +961,7 @@ export interface components {
             /** Format: int64 */
             free_bytes: number;
             pool: string;
-            /**
-             * Format: int64
-             * @description Sum of the virtual sizes of all volumes and templates (thin provisioning).
-             */
+            /** Format: int64 */
             provisioned_bytes: number;
             /** Format: int64 */
             size_bytes: number;
@@ -1144,45 +971,26 @@ export interface components {
             volume_count: number;
         };
         Template: components["schemas"]["Meta"] & {
-            /**
-             * @description The one node a template promoted from a snapshot lives on (VMs cloning it are placed
-             *     there); none for imported templates, which every node imports.
-             */
             node_id?: string | null;
             spec: components["schemas"]["TemplateSpec"];
             status: components["schemas"]["Status"];
         };
         TemplateSpec: {
             cmdline?: string | null;
-            /** @description `raw` or `qcow2`. */
             format?: string;
-            /**
-             * @description SHA-256 of the file at `initramfs_url` (64 lowercase hex characters; needs
-             *     `initramfs_url`). Every node verifies its download and fails the import on a mismatch.
-             */
             initramfs_sha256?: string | null;
             initramfs_url?: string | null;
-            /**
-             * @description SHA-256 of the file at `kernel_url` (64 lowercase hex characters; needs `kernel_url`).
-             *     Every node verifies its download and fails the import on a mismatch.
-             */
             kernel_sha256?: string | null;
             kernel_url?: string | null;
             sha256?: string | null;
             source_snapshot?: null | components["schemas"]["SnapshotSource"];
-            /**
-             * @description `file://` or `http(s)://` image to import on every node. Empty for a template promoted
-             *     from a snapshot (then `source_snapshot` names it).
-             */
             source_url?: string;
         };
-        /** @description A token as listed (never with its secret or hash). */
         TokenView: {
             created_at: string;
             id: string;
             name: string;
             role: string;
-            /** @description Only in the answer to the create call. */
             token?: string | null;
         };
         UpdateProjectRequest: {
@@ -1190,7 +998,6 @@ export interface components {
                 [key: string]: string;
             } | null;
         };
-        /** @description Body of an update: labels and/or the full spec. */
         UpdateRequest_NetworkSpec: {
             labels?: {
                 [key: string]: string;
@@ -1201,17 +1008,10 @@ export interface components {
                 ipv6_prefix?: string | null;
                 is_public?: boolean;
                 ntp_servers?: (string | unknown | unknown)[];
-                /**
-                 * Format: int32
-                 * @description VXLAN VNI that names the network between nodes (1..=16777215). Allocated by the control
-                 *     plane when omitted on create (unique in the cluster, never reused while the network
-                 *     exists); a requested key is refused with 409 when another network has it. Fixed after
-                 *     create: an update may omit it or repeat it.
-                 */
+                /** Format: int32 */
                 tunnel_key?: number | null;
             } | null;
         };
-        /** @description Body of an update: labels and/or the full spec. */
         UpdateRequest_NicSpec: {
             labels?: {
                 [key: string]: string;
@@ -1221,28 +1021,20 @@ export interface components {
                 ipv4_address?: string | null;
                 /** Format: ipv6 */
                 ipv6_address?: string | null;
-                /** @description unicast, not all zero */
                 mac_address?: string | null;
                 network_id: string;
-                /**
-                 * @description Prefixes (CIDR, in the network's address families) routed to this NIC, for a VM that
-                 *     routes for others. Changeable.
-                 */
                 routed_prefixes?: string[];
                 security_group_ids?: string[];
             } | null;
         };
-        /** @description Body of an update: labels and/or the full spec. */
         UpdateRequest_NodeSpec: {
             labels?: {
                 [key: string]: string;
             } | null;
             spec?: {
-                /** @description False = cordoned: nothing new is placed here. */
                 schedulable?: boolean;
             } | null;
         };
-        /** @description Body of an update: labels and/or the full spec. */
         UpdateRequest_SecurityGroupSpec: {
             labels?: {
                 [key: string]: string;
@@ -1251,67 +1043,38 @@ export interface components {
                 rules?: components["schemas"]["SecurityGroupRule"][];
             } | null;
         };
-        /** @description Body of an update: labels and/or the full spec. */
         UpdateRequest_TemplateSpec: {
             labels?: {
                 [key: string]: string;
             } | null;
             spec?: {
                 cmdline?: string | null;
-                /**
-                 * @description `raw` or `qcow2`.
-                 * @enum {string}
-                 */
+                /** @enum {string} */
                 format?: "raw" | "qcow2";
-                /**
-                 * @description SHA-256 of the file at `initramfs_url` (64 lowercase hex characters; needs
-                 *     `initramfs_url`). Every node verifies its download and fails the import on a mismatch.
-                 */
                 initramfs_sha256?: string | null;
                 initramfs_url?: string | null;
-                /**
-                 * @description SHA-256 of the file at `kernel_url` (64 lowercase hex characters; needs `kernel_url`).
-                 *     Every node verifies its download and fails the import on a mismatch.
-                 */
                 kernel_sha256?: string | null;
                 kernel_url?: string | null;
                 sha256?: string | null;
-                /**
-                 * @description `file://` or `http(s)://` image to import on every node. Empty for a template promoted
-                 *     from a snapshot (then `source_snapshot` names it).
-                 */
                 source_url: string;
             } | null;
         };
-        /** @description Body of an update: labels and/or the full spec. */
         UpdateRequest_VmSpec: {
             labels?: {
                 [key: string]: string;
             } | null;
             spec?: {
-                /**
-                 * @description `uefi`, `direct_kernel`, or omitted (direct kernel when the root template has a kernel).
-                 * @enum {string|null}
-                 */
+                /** @enum {string|null} */
                 boot_mode?: "uefi" | "direct_kernel" | null;
-                /**
-                 * @description `running` (default) or `stopped`.
-                 * @enum {string}
-                 */
+                /** @enum {string} */
                 desired_state?: "running" | "stopped";
                 hostname?: string | null;
-                /**
-                 * @description Back the guest's memory with the host's hugepages (the VM fails to start, with the
-                 *     reason, on a node without enough free hugepages). Fixed after create.
-                 */
                 hugepages?: boolean;
                 kernel_cmdline?: string | null;
                 /** Format: int64 */
                 memory_bytes: number;
-                /** @description Expose the CPU's virtualization extensions to the guest. Fixed after create. */
                 nested_virtualization?: boolean;
                 nic_ids?: string[];
-                /** @description A node id, a node name, or `k=v,k2=v2` labels. */
                 node_selector?: string | null;
                 ssh_authorized_keys?: string[];
                 user_data?: string | null;
@@ -1320,13 +1083,11 @@ export interface components {
                 volume_ids?: string[];
             } | null;
         };
-        /** @description Body of an update: labels and/or the full spec. */
         UpdateRequest_VolumeSpec: {
             labels?: {
                 [key: string]: string;
             } | null;
             spec?: {
-                /** @description Pin the volume to a node (otherwise it goes where its first VM is placed). */
                 node_id?: string | null;
                 /** Format: int64 */
                 size_bytes: number;
@@ -1335,40 +1096,25 @@ export interface components {
         };
         Vm: components["schemas"]["Meta"] & {
             node_id?: string | null;
-            /**
-             * @description The state of the VM's node (`online`/`offline`) as the control plane sees it, kept
-             *     current when the node's state changes. While it is `offline`, `status` is only the node's
-             *     last report and may be stale.
-             */
             node_state?: string | null;
             /** Format: int64 */
             restart_generation?: number;
             scheduling: components["schemas"]["Scheduling"];
             spec: components["schemas"]["VmSpec"];
             status: components["schemas"]["Status"];
-            /** @description `graceful` or `force`: how the last stop was requested. */
             stop_mode?: string;
         };
         VmSpec: {
-            /** @description `uefi`, `direct_kernel`, or omitted (direct kernel when the root template has a kernel). */
             boot_mode?: string | null;
-            /** @description `running` (default) or `stopped`. */
             desired_state?: string;
             hostname?: string | null;
-            /**
-             * @description Back the guest's memory with the host's hugepages (the VM fails to start, with the
-             *     reason, on a node without enough free hugepages). Fixed after create.
-             */
             hugepages?: boolean;
             kernel_cmdline?: string | null;
             /** Format: int64 */
             memory_bytes: number;
-            /** @description Expose the CPU's virtualization extensions to the guest. Fixed after create. */
             nested_virtualization?: boolean;
-            /** @description Create-only: owned NICs (appended to `nic_ids`). */
             network_interfaces?: components["schemas"]["NetworkInterfaceRequest"][];
             nic_ids?: string[];
-            /** @description A node id, a node name, or `k=v,k2=v2` labels. */
             node_selector?: string | null;
             root_volume?: null | components["schemas"]["RootVolumeRequest"];
             ssh_authorized_keys?: string[];
@@ -1378,26 +1124,16 @@ export interface components {
             volume_ids?: string[];
         };
         Volume: components["schemas"]["Meta"] & {
-            /** @description Where the volume lives (set by pinning or by its first VM's placement). */
             node_id?: string | null;
             owner_vm_id?: string | null;
             rollback?: null | components["schemas"]["VolumeRollback"];
             snapshots?: components["schemas"]["VolumeSnapshot"][];
             spec: components["schemas"]["VolumeSpec"];
             status: components["schemas"]["Status"];
-            /** @description The VM the volume is attached to. */
             vm_id?: string | null;
         };
-        /**
-         * @description A rollback asked for through `POST /v1/volumes/{id}/snapshots/{sid}/rollback`. The volume's
-         *     node carries it out once (it remembers the generation it applied) and reports the generation
-         *     in `status.rollback_generation`; until they match, the rollback is pending.
-         */
         VolumeRollback: {
-            /**
-             * Format: int64
-             * @description Counts the rollbacks of this volume (1 for the first).
-             */
+            /** Format: int64 */
             generation: number;
             requested_at: string;
             snapshot_id: string;
@@ -1406,14 +1142,9 @@ export interface components {
             created_at: string;
             id: string;
             name: string;
-            /**
-             * @description What the volume's node reports: `pending` until ZFS holds the snapshot (or while the
-             *     volume is on no node yet), then `ready`, or `failed` with the reason.
-             */
             status?: components["schemas"]["SnapshotStatus"];
         };
         VolumeSpec: {
-            /** @description Pin the volume to a node (otherwise it goes where its first VM is placed). */
             node_id?: string | null;
             /** Format: int64 */
             size_bytes: number;
@@ -1445,7 +1176,6 @@ export interface operations {
                     "application/json": components["schemas"]["ControlPlaneView"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -1454,7 +1184,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -1486,7 +1215,6 @@ export interface operations {
                     "application/json": components["schemas"]["JoinResponse"];
                 };
             };
-            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -1503,7 +1231,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description already_exists or conflict: the change is refused by the current state; `details` names what is in the way */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -1512,7 +1239,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description payload_too_large: the body exceeds 1 MiB */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -1521,7 +1247,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unsupported_media_type: the body is not application/json */
             415: {
                 headers: {
                     [name: string]: unknown;
@@ -1530,7 +1255,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -1562,7 +1286,6 @@ export interface operations {
                     "application/json": components["schemas"]["JoinTokenView"];
                 };
             };
-            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -1571,7 +1294,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -1580,7 +1302,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -1589,7 +1310,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description already_exists or conflict: the change is refused by the current state; `details` names what is in the way */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -1598,7 +1318,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description payload_too_large: the body exceeds 1 MiB */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -1607,7 +1326,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unsupported_media_type: the body is not application/json */
             415: {
                 headers: {
                     [name: string]: unknown;
@@ -1616,7 +1334,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -1632,7 +1349,6 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
-                /** @description member id */
                 id: number;
             };
             cookie?: never;
@@ -1645,7 +1361,6 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -1654,7 +1369,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -1663,7 +1377,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -1688,7 +1401,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -1702,15 +1414,11 @@ export interface operations {
     events: {
         parameters: {
             query?: {
-                /** @description Resume after this revision (like `Last-Event-ID`). */
                 from_revision?: number;
-                /** @description Only events of this project. */
                 project?: string;
-                /** @description Only events of this type (`vm.created`) or kind prefix (`vm`). */
                 type?: string;
             };
             header?: {
-                /** @description resume after this revision */
                 "Last-Event-ID"?: string | null;
             };
             path?: never;
@@ -1718,7 +1426,6 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description text/event-stream of Event objects */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -1727,7 +1434,6 @@ export interface operations {
                     "text/event-stream": components["schemas"]["Event"];
                 };
             };
-            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -1736,7 +1442,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -1745,7 +1450,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -1754,7 +1458,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -1774,7 +1477,6 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description the member is up */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -1789,17 +1491,12 @@ export interface operations {
                 component?: string;
                 cursor?: string;
                 follow?: boolean;
-                /** @description Comma-separated levels: audit, info, warn, error, debug. */
                 level?: string;
                 limit?: number;
                 object_id?: string;
-                /** @description `newest` (default) or `oldest`. */
                 order?: "newest" | "oldest";
-                /** @description Inclusive lower bound, nanoseconds since the epoch. */
                 since_ns?: number;
-                /** @description Substring of the message. */
                 text?: string;
-                /** @description Exclusive upper bound, nanoseconds since the epoch. */
                 until_ns?: number;
             };
             header?: never;
@@ -1817,7 +1514,6 @@ export interface operations {
                     "text/event-stream": string;
                 };
             };
-            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -1826,7 +1522,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -1835,7 +1530,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -1857,17 +1551,11 @@ export interface operations {
     get_v1_networks: {
         parameters: {
             query?: {
-                /** @description Label selector `k=v,k2=v2` (all must match). */
                 label?: string;
-                /** @description Page size (default 100, at most 1000). */
                 limit?: number;
-                /** @description Only objects placed on this node (id or name): VMs, volumes. */
                 node?: string;
-                /** @description `next_page_token` of the previous page. */
                 page_token?: string;
-                /** @description Only objects whose `status.phase` is this (`scheduling.state` `pending` also matches VMs). */
                 phase?: string;
-                /** @description Only objects of this project (name). Default: all projects. */
                 project?: string;
             };
             header?: never;
@@ -1900,7 +1588,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -1909,7 +1596,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description not_found: the `node` filter names no node */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -1918,7 +1604,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -1933,7 +1618,6 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description a retry with the same key returns the first result */
                 "Idempotency-Key"?: string | null;
             };
             path?: never;
@@ -1961,7 +1645,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -1970,7 +1653,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -1995,7 +1677,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description payload_too_large: the body exceeds 1 MiB */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -2004,7 +1685,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unsupported_media_type: the body is not application/json */
             415: {
                 headers: {
                     [name: string]: unknown;
@@ -2013,7 +1693,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -2027,12 +1706,10 @@ export interface operations {
     get_v1_networks_id_: {
         parameters: {
             query?: {
-                /** @description Project (name) for resolving a name in the path (default `default`). */
                 project?: string;
             };
             header?: never;
             path: {
-                /** @description id or name */
                 id: string;
             };
             cookie?: never;
@@ -2047,7 +1724,6 @@ export interface operations {
                     "application/json": components["schemas"]["Network"];
                 };
             };
-            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -2056,7 +1732,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -2065,7 +1740,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -2082,7 +1756,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -2096,15 +1769,12 @@ export interface operations {
     put_v1_networks_id_: {
         parameters: {
             query?: {
-                /** @description Project (name) for resolving a name in the path (default `default`). */
                 project?: string;
             };
             header?: {
-                /** @description "<revision>" */
                 "If-Match"?: string;
             };
             path: {
-                /** @description id or name */
                 id: string;
             };
             cookie?: never;
@@ -2131,7 +1801,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -2140,7 +1809,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -2173,7 +1841,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description payload_too_large: the body exceeds 1 MiB */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -2182,7 +1849,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unsupported_media_type: the body is not application/json */
             415: {
                 headers: {
                     [name: string]: unknown;
@@ -2191,7 +1857,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -2205,16 +1870,13 @@ export interface operations {
     delete_v1_networks_id_: {
         parameters: {
             query?: {
-                /** @description Networks: also delete the network's NICs. */
                 force?: boolean;
                 project?: string;
             };
             header?: {
-                /** @description "<revision>" */
                 "If-Match"?: string;
             };
             path: {
-                /** @description id or name */
                 id: string;
             };
             cookie?: never;
@@ -2227,7 +1889,6 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -2236,7 +1897,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -2245,7 +1905,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -2278,7 +1937,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -2292,17 +1950,11 @@ export interface operations {
     get_v1_nics: {
         parameters: {
             query?: {
-                /** @description Label selector `k=v,k2=v2` (all must match). */
                 label?: string;
-                /** @description Page size (default 100, at most 1000). */
                 limit?: number;
-                /** @description Only objects placed on this node (id or name): VMs, volumes. */
                 node?: string;
-                /** @description `next_page_token` of the previous page. */
                 page_token?: string;
-                /** @description Only objects whose `status.phase` is this (`scheduling.state` `pending` also matches VMs). */
                 phase?: string;
-                /** @description Only objects of this project (name). Default: all projects. */
                 project?: string;
             };
             header?: never;
@@ -2335,7 +1987,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -2344,7 +1995,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description not_found: the `node` filter names no node */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2353,7 +2003,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -2368,7 +2017,6 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description a retry with the same key returns the first result */
                 "Idempotency-Key"?: string | null;
             };
             path?: never;
@@ -2396,7 +2044,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -2405,7 +2052,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -2430,7 +2076,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description payload_too_large: the body exceeds 1 MiB */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -2439,7 +2084,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unsupported_media_type: the body is not application/json */
             415: {
                 headers: {
                     [name: string]: unknown;
@@ -2448,7 +2092,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -2462,12 +2105,10 @@ export interface operations {
     get_v1_nics_id_: {
         parameters: {
             query?: {
-                /** @description Project (name) for resolving a name in the path (default `default`). */
                 project?: string;
             };
             header?: never;
             path: {
-                /** @description id or name */
                 id: string;
             };
             cookie?: never;
@@ -2482,7 +2123,6 @@ export interface operations {
                     "application/json": components["schemas"]["Nic"];
                 };
             };
-            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -2491,7 +2131,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -2500,7 +2139,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -2517,7 +2155,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -2531,15 +2168,12 @@ export interface operations {
     put_v1_nics_id_: {
         parameters: {
             query?: {
-                /** @description Project (name) for resolving a name in the path (default `default`). */
                 project?: string;
             };
             header?: {
-                /** @description "<revision>" */
                 "If-Match"?: string;
             };
             path: {
-                /** @description id or name */
                 id: string;
             };
             cookie?: never;
@@ -2566,7 +2200,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -2575,7 +2208,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -2608,7 +2240,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description payload_too_large: the body exceeds 1 MiB */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -2617,7 +2248,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unsupported_media_type: the body is not application/json */
             415: {
                 headers: {
                     [name: string]: unknown;
@@ -2626,7 +2256,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -2640,16 +2269,13 @@ export interface operations {
     delete_v1_nics_id_: {
         parameters: {
             query?: {
-                /** @description Networks: also delete the network's NICs. */
                 force?: boolean;
                 project?: string;
             };
             header?: {
-                /** @description "<revision>" */
                 "If-Match"?: string;
             };
             path: {
-                /** @description id or name */
                 id: string;
             };
             cookie?: never;
@@ -2662,7 +2288,6 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -2671,7 +2296,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -2680,7 +2304,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -2713,7 +2336,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -2727,17 +2349,11 @@ export interface operations {
     list_nodes: {
         parameters: {
             query?: {
-                /** @description Label selector `k=v,k2=v2` (all must match). */
                 label?: string;
-                /** @description Page size (default 100, at most 1000). */
                 limit?: number;
-                /** @description Only objects placed on this node (id or name): VMs, volumes. */
                 node?: string;
-                /** @description `next_page_token` of the previous page. */
                 page_token?: string;
-                /** @description Only objects whose `status.phase` is this (`scheduling.state` `pending` also matches VMs). */
                 phase?: string;
-                /** @description Only objects of this project (name). Default: all projects. */
                 project?: string;
             };
             header?: never;
@@ -2754,7 +2370,6 @@ export interface operations {
                     "application/json": components["schemas"]["ListResponse"];
                 };
             };
-            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -2763,7 +2378,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -2772,7 +2386,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -2781,7 +2394,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description not_found: the `node` filter names no node */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2790,7 +2402,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -2806,7 +2417,6 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
-                /** @description id or name */
                 id: string;
             };
             cookie?: never;
@@ -2821,7 +2431,6 @@ export interface operations {
                     "application/json": components["schemas"]["Node"];
                 };
             };
-            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -2830,7 +2439,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -2839,7 +2447,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -2856,7 +2463,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -2871,11 +2477,9 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description "<revision>": the change is made only if the object is still at this revision */
                 "If-Match"?: string;
             };
             path: {
-                /** @description id or name */
                 id: string;
             };
             cookie?: never;
@@ -2894,7 +2498,6 @@ export interface operations {
                     "application/json": components["schemas"]["Node"];
                 };
             };
-            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -2903,7 +2506,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -2912,7 +2514,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -2921,7 +2522,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description not_found: nothing with this id or name */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2930,7 +2530,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description already_exists or conflict: the change is refused by the current state; `details` names what is in the way */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -2939,7 +2538,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description precondition_failed: the object is no longer at the `If-Match` revision */
             412: {
                 headers: {
                     [name: string]: unknown;
@@ -2948,7 +2546,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description payload_too_large: the body exceeds 1 MiB */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -2957,7 +2554,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unsupported_media_type: the body is not application/json */
             415: {
                 headers: {
                     [name: string]: unknown;
@@ -2966,7 +2562,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -2981,11 +2576,9 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description "<revision>": the change is made only if the object is still at this revision */
                 "If-Match"?: string;
             };
             path: {
-                /** @description id or name */
                 id: string;
             };
             cookie?: never;
@@ -2998,7 +2591,6 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -3007,7 +2599,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -3016,7 +2607,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -3025,7 +2615,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description not_found: nothing with this id or name */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -3042,7 +2631,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description precondition_failed: the object is no longer at the `If-Match` revision */
             412: {
                 headers: {
                     [name: string]: unknown;
@@ -3051,7 +2639,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -3067,7 +2654,6 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
-                /** @description id or name */
                 id: string;
             };
             cookie?: never;
@@ -3082,7 +2668,6 @@ export interface operations {
                     "application/json": components["schemas"]["HostInfo"];
                 };
             };
-            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -3091,7 +2676,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -3100,7 +2684,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -3117,7 +2700,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description the node is offline or offers no agent endpoint */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -3126,7 +2708,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description the node's agent cannot be reached or its daemons fail */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -3140,17 +2721,11 @@ export interface operations {
     list_projects: {
         parameters: {
             query?: {
-                /** @description Label selector `k=v,k2=v2` (all must match). */
                 label?: string;
-                /** @description Page size (default 100, at most 1000). */
                 limit?: number;
-                /** @description Only objects placed on this node (id or name): VMs, volumes. */
                 node?: string;
-                /** @description `next_page_token` of the previous page. */
                 page_token?: string;
-                /** @description Only objects whose `status.phase` is this (`scheduling.state` `pending` also matches VMs). */
                 phase?: string;
-                /** @description Only objects of this project (name). Default: all projects. */
                 project?: string;
             };
             header?: never;
@@ -3167,7 +2742,6 @@ export interface operations {
                     "application/json": components["schemas"]["ListResponse"];
                 };
             };
-            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -3176,7 +2750,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -3185,7 +2758,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -3194,7 +2766,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description not_found: the `node` filter names no node */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -3203,7 +2774,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -3235,7 +2805,6 @@ export interface operations {
                     "application/json": components["schemas"]["Project"];
                 };
             };
-            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -3244,7 +2813,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -3253,7 +2821,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -3270,7 +2837,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description payload_too_large: the body exceeds 1 MiB */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -3279,7 +2845,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unsupported_media_type: the body is not application/json */
             415: {
                 headers: {
                     [name: string]: unknown;
@@ -3288,7 +2853,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -3304,7 +2868,6 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
-                /** @description id or name */
                 id: string;
             };
             cookie?: never;
@@ -3319,7 +2882,6 @@ export interface operations {
                     "application/json": components["schemas"]["Project"];
                 };
             };
-            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -3328,7 +2890,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -3337,7 +2898,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -3354,7 +2914,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -3369,11 +2928,9 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description "<revision>": the change is made only if the object is still at this revision */
                 "If-Match"?: string;
             };
             path: {
-                /** @description id or name */
                 id: string;
             };
             cookie?: never;
@@ -3392,7 +2949,6 @@ export interface operations {
                     "application/json": components["schemas"]["Project"];
                 };
             };
-            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -3401,7 +2957,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -3410,7 +2965,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -3419,7 +2973,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description not_found: nothing with this id or name */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -3428,7 +2981,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description already_exists or conflict: the change is refused by the current state; `details` names what is in the way */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -3437,7 +2989,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description precondition_failed: the object is no longer at the `If-Match` revision */
             412: {
                 headers: {
                     [name: string]: unknown;
@@ -3446,7 +2997,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description payload_too_large: the body exceeds 1 MiB */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -3455,7 +3005,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unsupported_media_type: the body is not application/json */
             415: {
                 headers: {
                     [name: string]: unknown;
@@ -3464,7 +3013,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -3479,11 +3027,9 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description "<revision>": the change is made only if the object is still at this revision */
                 "If-Match"?: string;
             };
             path: {
-                /** @description id or name */
                 id: string;
             };
             cookie?: never;
@@ -3496,7 +3042,6 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -3505,7 +3050,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -3514,7 +3058,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -3523,7 +3066,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description not_found: nothing with this id or name */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -3540,7 +3082,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description precondition_failed: the object is no longer at the `If-Match` revision */
             412: {
                 headers: {
                     [name: string]: unknown;
@@ -3549,7 +3090,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -3563,17 +3103,11 @@ export interface operations {
     get_v1_security_groups: {
         parameters: {
             query?: {
-                /** @description Label selector `k=v,k2=v2` (all must match). */
                 label?: string;
-                /** @description Page size (default 100, at most 1000). */
                 limit?: number;
-                /** @description Only objects placed on this node (id or name): VMs, volumes. */
                 node?: string;
-                /** @description `next_page_token` of the previous page. */
                 page_token?: string;
-                /** @description Only objects whose `status.phase` is this (`scheduling.state` `pending` also matches VMs). */
                 phase?: string;
-                /** @description Only objects of this project (name). Default: all projects. */
                 project?: string;
             };
             header?: never;
@@ -3606,7 +3140,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -3615,7 +3148,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description not_found: the `node` filter names no node */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -3624,7 +3156,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -3639,7 +3170,6 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description a retry with the same key returns the first result */
                 "Idempotency-Key"?: string | null;
             };
             path?: never;
@@ -3667,7 +3197,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -3676,7 +3205,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -3701,7 +3229,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description payload_too_large: the body exceeds 1 MiB */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -3710,7 +3237,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unsupported_media_type: the body is not application/json */
             415: {
                 headers: {
                     [name: string]: unknown;
@@ -3719,7 +3245,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -3733,12 +3258,10 @@ export interface operations {
     get_v1_security_groups_id_: {
         parameters: {
             query?: {
-                /** @description Project (name) for resolving a name in the path (default `default`). */
                 project?: string;
             };
             header?: never;
             path: {
-                /** @description id or name */
                 id: string;
             };
             cookie?: never;
@@ -3753,7 +3276,6 @@ export interface operations {
                     "application/json": components["schemas"]["SecurityGroup"];
                 };
             };
-            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -3762,7 +3284,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -3771,7 +3292,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -3788,7 +3308,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -3802,15 +3321,12 @@ export interface operations {
     put_v1_security_groups_id_: {
         parameters: {
             query?: {
-                /** @description Project (name) for resolving a name in the path (default `default`). */
                 project?: string;
             };
             header?: {
-                /** @description "<revision>" */
                 "If-Match"?: string;
             };
             path: {
-                /** @description id or name */
                 id: string;
             };
             cookie?: never;
@@ -3837,7 +3353,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -3846,7 +3361,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -3879,7 +3393,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description payload_too_large: the body exceeds 1 MiB */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -3888,7 +3401,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unsupported_media_type: the body is not application/json */
             415: {
                 headers: {
                     [name: string]: unknown;
@@ -3897,7 +3409,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -3911,16 +3422,13 @@ export interface operations {
     delete_v1_security_groups_id_: {
         parameters: {
             query?: {
-                /** @description Networks: also delete the network's NICs. */
                 force?: boolean;
                 project?: string;
             };
             header?: {
-                /** @description "<revision>" */
                 "If-Match"?: string;
             };
             path: {
-                /** @description id or name */
                 id: string;
             };
             cookie?: never;
@@ -3933,7 +3441,6 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -3942,7 +3449,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -3951,7 +3457,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -3984,7 +3489,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -3998,12 +3502,10 @@ export interface operations {
     add_rule: {
         parameters: {
             query?: {
-                /** @description Project (name) for resolving a name in the path (default `default`). */
                 project?: string;
             };
             header?: never;
             path: {
-                /** @description id or name */
                 id: string;
             };
             cookie?: never;
@@ -4030,7 +3532,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -4039,7 +3540,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -4048,7 +3548,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description not_found: nothing with this id or name */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -4057,7 +3556,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description already_exists or conflict: the change is refused by the current state; `details` names what is in the way */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -4066,7 +3564,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description payload_too_large: the body exceeds 1 MiB */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -4075,7 +3572,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unsupported_media_type: the body is not application/json */
             415: {
                 headers: {
                     [name: string]: unknown;
@@ -4084,7 +3580,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -4098,14 +3593,11 @@ export interface operations {
     delete_rule: {
         parameters: {
             query?: {
-                /** @description Project (name) for resolving a name in the path (default `default`). */
                 project?: string;
             };
             header?: never;
             path: {
-                /** @description id or name */
                 id: string;
-                /** @description rule id */
                 rule_id: string;
             };
             cookie?: never;
@@ -4118,7 +3610,6 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -4127,7 +3618,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -4136,7 +3626,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -4153,7 +3642,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description already_exists or conflict: the change is refused by the current state; `details` names what is in the way */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -4162,7 +3650,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -4176,17 +3663,11 @@ export interface operations {
     get_v1_templates: {
         parameters: {
             query?: {
-                /** @description Label selector `k=v,k2=v2` (all must match). */
                 label?: string;
-                /** @description Page size (default 100, at most 1000). */
                 limit?: number;
-                /** @description Only objects placed on this node (id or name): VMs, volumes. */
                 node?: string;
-                /** @description `next_page_token` of the previous page. */
                 page_token?: string;
-                /** @description Only objects whose `status.phase` is this (`scheduling.state` `pending` also matches VMs). */
                 phase?: string;
-                /** @description Only objects of this project (name). Default: all projects. */
                 project?: string;
             };
             header?: never;
@@ -4219,7 +3700,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -4228,7 +3708,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description not_found: the `node` filter names no node */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -4237,7 +3716,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -4252,7 +3730,6 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description a retry with the same key returns the first result */
                 "Idempotency-Key"?: string | null;
             };
             path?: never;
@@ -4280,7 +3757,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -4289,7 +3765,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -4314,7 +3789,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description payload_too_large: the body exceeds 1 MiB */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -4323,7 +3797,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unsupported_media_type: the body is not application/json */
             415: {
                 headers: {
                     [name: string]: unknown;
@@ -4332,7 +3805,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -4346,12 +3818,10 @@ export interface operations {
     get_v1_templates_id_: {
         parameters: {
             query?: {
-                /** @description Project (name) for resolving a name in the path (default `default`). */
                 project?: string;
             };
             header?: never;
             path: {
-                /** @description id or name */
                 id: string;
             };
             cookie?: never;
@@ -4366,7 +3836,6 @@ export interface operations {
                     "application/json": components["schemas"]["Template"];
                 };
             };
-            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -4375,7 +3844,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -4384,7 +3852,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -4401,7 +3868,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -4415,15 +3881,12 @@ export interface operations {
     put_v1_templates_id_: {
         parameters: {
             query?: {
-                /** @description Project (name) for resolving a name in the path (default `default`). */
                 project?: string;
             };
             header?: {
-                /** @description "<revision>" */
                 "If-Match"?: string;
             };
             path: {
-                /** @description id or name */
                 id: string;
             };
             cookie?: never;
@@ -4450,7 +3913,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -4459,7 +3921,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -4492,7 +3953,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description payload_too_large: the body exceeds 1 MiB */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -4501,7 +3961,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unsupported_media_type: the body is not application/json */
             415: {
                 headers: {
                     [name: string]: unknown;
@@ -4510,7 +3969,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -4524,16 +3982,13 @@ export interface operations {
     delete_v1_templates_id_: {
         parameters: {
             query?: {
-                /** @description Networks: also delete the network's NICs. */
                 force?: boolean;
                 project?: string;
             };
             header?: {
-                /** @description "<revision>" */
                 "If-Match"?: string;
             };
             path: {
-                /** @description id or name */
                 id: string;
             };
             cookie?: never;
@@ -4546,7 +4001,6 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -4555,7 +4009,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -4564,7 +4017,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -4597,7 +4049,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -4625,7 +4076,6 @@ export interface operations {
                     "application/json": components["schemas"]["TokenView"][];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -4634,7 +4084,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -4643,7 +4092,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -4683,7 +4131,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -4692,7 +4139,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -4701,7 +4147,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description already_exists or conflict: the change is refused by the current state; `details` names what is in the way */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -4710,7 +4155,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description payload_too_large: the body exceeds 1 MiB */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -4719,7 +4163,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unsupported_media_type: the body is not application/json */
             415: {
                 headers: {
                     [name: string]: unknown;
@@ -4728,7 +4171,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -4744,7 +4186,6 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
-                /** @description token id */
                 id: string;
             };
             cookie?: never;
@@ -4757,7 +4198,6 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -4766,7 +4206,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -4775,7 +4214,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -4800,7 +4238,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -4814,17 +4251,11 @@ export interface operations {
     get_v1_vms: {
         parameters: {
             query?: {
-                /** @description Label selector `k=v,k2=v2` (all must match). */
                 label?: string;
-                /** @description Page size (default 100, at most 1000). */
                 limit?: number;
-                /** @description Only objects placed on this node (id or name): VMs, volumes. */
                 node?: string;
-                /** @description `next_page_token` of the previous page. */
                 page_token?: string;
-                /** @description Only objects whose `status.phase` is this (`scheduling.state` `pending` also matches VMs). */
                 phase?: string;
-                /** @description Only objects of this project (name). Default: all projects. */
                 project?: string;
             };
             header?: never;
@@ -4857,7 +4288,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -4866,7 +4296,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description not_found: the `node` filter names no node */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -4875,7 +4304,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -4890,7 +4318,6 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description a retry with the same key returns the first result */
                 "Idempotency-Key"?: string | null;
             };
             path?: never;
@@ -4918,7 +4345,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -4927,7 +4353,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -4952,7 +4377,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description payload_too_large: the body exceeds 1 MiB */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -4961,7 +4385,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unsupported_media_type: the body is not application/json */
             415: {
                 headers: {
                     [name: string]: unknown;
@@ -4970,7 +4393,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -4984,12 +4406,10 @@ export interface operations {
     get_v1_vms_id_: {
         parameters: {
             query?: {
-                /** @description Project (name) for resolving a name in the path (default `default`). */
                 project?: string;
             };
             header?: never;
             path: {
-                /** @description id or name */
                 id: string;
             };
             cookie?: never;
@@ -5004,7 +4424,6 @@ export interface operations {
                     "application/json": components["schemas"]["Vm"];
                 };
             };
-            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -5013,7 +4432,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -5022,7 +4440,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -5039,7 +4456,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -5053,15 +4469,12 @@ export interface operations {
     put_v1_vms_id_: {
         parameters: {
             query?: {
-                /** @description Project (name) for resolving a name in the path (default `default`). */
                 project?: string;
             };
             header?: {
-                /** @description "<revision>" */
                 "If-Match"?: string;
             };
             path: {
-                /** @description id or name */
                 id: string;
             };
             cookie?: never;
@@ -5088,7 +4501,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -5097,7 +4509,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -5130,7 +4541,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description payload_too_large: the body exceeds 1 MiB */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -5139,7 +4549,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unsupported_media_type: the body is not application/json */
             415: {
                 headers: {
                     [name: string]: unknown;
@@ -5148,7 +4557,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -5162,16 +4570,13 @@ export interface operations {
     delete_v1_vms_id_: {
         parameters: {
             query?: {
-                /** @description Networks: also delete the network's NICs. */
                 force?: boolean;
                 project?: string;
             };
             header?: {
-                /** @description "<revision>" */
                 "If-Match"?: string;
             };
             path: {
-                /** @description id or name */
                 id: string;
             };
             cookie?: never;
@@ -5184,7 +4589,6 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -5193,7 +4597,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -5202,7 +4605,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -5235,7 +4637,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -5249,14 +4650,11 @@ export interface operations {
     vm_action: {
         parameters: {
             query?: {
-                /** @description Project (name) for resolving a name in the path (default `default`). */
                 project?: string;
             };
             header?: never;
             path: {
-                /** @description start, stop, kill or restart */
                 action: "start" | "stop" | "kill" | "restart";
-                /** @description id or name */
                 id: string;
             };
             cookie?: never;
@@ -5271,7 +4669,6 @@ export interface operations {
                     "application/json": components["schemas"]["Vm"];
                 };
             };
-            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -5280,7 +4677,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -5289,7 +4685,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -5306,7 +4701,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description already_exists or conflict: the change is refused by the current state; `details` names what is in the way */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -5315,7 +4709,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -5329,26 +4722,22 @@ export interface operations {
     vm_console: {
         parameters: {
             query?: {
-                /** @description Project (name) for resolving a name in the path (default `default`). */
                 project?: string;
             };
             header?: never;
             path: {
-                /** @description id or name */
                 id: string;
             };
             cookie?: never;
         };
         requestBody?: never;
         responses: {
-            /** @description WebSocket: binary frames in both directions */
             101: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content?: never;
             };
-            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -5357,7 +4746,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -5366,7 +4754,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -5375,7 +4762,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description not_found: nothing with this id or name */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -5392,7 +4778,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -5406,17 +4791,11 @@ export interface operations {
     get_v1_volumes: {
         parameters: {
             query?: {
-                /** @description Label selector `k=v,k2=v2` (all must match). */
                 label?: string;
-                /** @description Page size (default 100, at most 1000). */
                 limit?: number;
-                /** @description Only objects placed on this node (id or name): VMs, volumes. */
                 node?: string;
-                /** @description `next_page_token` of the previous page. */
                 page_token?: string;
-                /** @description Only objects whose `status.phase` is this (`scheduling.state` `pending` also matches VMs). */
                 phase?: string;
-                /** @description Only objects of this project (name). Default: all projects. */
                 project?: string;
             };
             header?: never;
@@ -5449,7 +4828,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -5458,7 +4836,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description not_found: the `node` filter names no node */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -5467,7 +4844,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -5482,7 +4858,6 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description a retry with the same key returns the first result */
                 "Idempotency-Key"?: string | null;
             };
             path?: never;
@@ -5510,7 +4885,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -5519,7 +4893,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -5544,7 +4917,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description payload_too_large: the body exceeds 1 MiB */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -5553,7 +4925,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unsupported_media_type: the body is not application/json */
             415: {
                 headers: {
                     [name: string]: unknown;
@@ -5562,7 +4933,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -5576,12 +4946,10 @@ export interface operations {
     get_v1_volumes_id_: {
         parameters: {
             query?: {
-                /** @description Project (name) for resolving a name in the path (default `default`). */
                 project?: string;
             };
             header?: never;
             path: {
-                /** @description id or name */
                 id: string;
             };
             cookie?: never;
@@ -5596,7 +4964,6 @@ export interface operations {
                     "application/json": components["schemas"]["Volume"];
                 };
             };
-            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -5605,7 +4972,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -5614,7 +4980,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -5631,7 +4996,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -5645,15 +5009,12 @@ export interface operations {
     put_v1_volumes_id_: {
         parameters: {
             query?: {
-                /** @description Project (name) for resolving a name in the path (default `default`). */
                 project?: string;
             };
             header?: {
-                /** @description "<revision>" */
                 "If-Match"?: string;
             };
             path: {
-                /** @description id or name */
                 id: string;
             };
             cookie?: never;
@@ -5680,7 +5041,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -5689,7 +5049,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -5722,7 +5081,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description payload_too_large: the body exceeds 1 MiB */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -5731,7 +5089,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unsupported_media_type: the body is not application/json */
             415: {
                 headers: {
                     [name: string]: unknown;
@@ -5740,7 +5097,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -5754,16 +5110,13 @@ export interface operations {
     delete_v1_volumes_id_: {
         parameters: {
             query?: {
-                /** @description Networks: also delete the network's NICs. */
                 force?: boolean;
                 project?: string;
             };
             header?: {
-                /** @description "<revision>" */
                 "If-Match"?: string;
             };
             path: {
-                /** @description id or name */
                 id: string;
             };
             cookie?: never;
@@ -5776,7 +5129,6 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -5785,7 +5137,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -5794,7 +5145,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -5827,7 +5177,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -5841,15 +5190,12 @@ export interface operations {
     resize_volume: {
         parameters: {
             query?: {
-                /** @description Project (name) for resolving a name in the path (default `default`). */
                 project?: string;
             };
             header?: {
-                /** @description "<revision>": the change is made only if the object is still at this revision */
                 "If-Match"?: string;
             };
             path: {
-                /** @description id or name */
                 id: string;
             };
             cookie?: never;
@@ -5876,7 +5222,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -5885,7 +5230,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -5894,7 +5238,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description not_found: nothing with this id or name */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -5903,7 +5246,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description already_exists or conflict: the change is refused by the current state; `details` names what is in the way */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -5912,7 +5254,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description precondition_failed: the object is no longer at the `If-Match` revision */
             412: {
                 headers: {
                     [name: string]: unknown;
@@ -5921,7 +5262,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description payload_too_large: the body exceeds 1 MiB */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -5930,7 +5270,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unsupported_media_type: the body is not application/json */
             415: {
                 headers: {
                     [name: string]: unknown;
@@ -5939,7 +5278,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -5953,12 +5291,10 @@ export interface operations {
     list_snapshots: {
         parameters: {
             query?: {
-                /** @description Project (name) for resolving a name in the path (default `default`). */
                 project?: string;
             };
             header?: never;
             path: {
-                /** @description id or name */
                 id: string;
             };
             cookie?: never;
@@ -5973,7 +5309,6 @@ export interface operations {
                     "application/json": components["schemas"]["VolumeSnapshot"][];
                 };
             };
-            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -5982,7 +5317,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -5991,7 +5325,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -6000,7 +5333,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description not_found: nothing with this id or name */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -6009,7 +5341,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -6023,12 +5354,10 @@ export interface operations {
     create_snapshot: {
         parameters: {
             query?: {
-                /** @description Project (name) for resolving a name in the path (default `default`). */
                 project?: string;
             };
             header?: never;
             path: {
-                /** @description id or name */
                 id: string;
             };
             cookie?: never;
@@ -6047,7 +5376,6 @@ export interface operations {
                     "application/json": components["schemas"]["VolumeSnapshot"];
                 };
             };
-            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -6056,7 +5384,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -6065,7 +5392,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -6074,7 +5400,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description not_found: nothing with this id or name */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -6091,7 +5416,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description payload_too_large: the body exceeds 1 MiB */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -6100,7 +5424,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unsupported_media_type: the body is not application/json */
             415: {
                 headers: {
                     [name: string]: unknown;
@@ -6109,7 +5432,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -6123,14 +5445,11 @@ export interface operations {
     delete_snapshot: {
         parameters: {
             query?: {
-                /** @description Project (name) for resolving a name in the path (default `default`). */
                 project?: string;
             };
             header?: never;
             path: {
-                /** @description id or name */
                 id: string;
-                /** @description snapshot id or name */
                 snapshot_id: string;
             };
             cookie?: never;
@@ -6143,7 +5462,6 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -6152,7 +5470,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -6161,7 +5478,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -6178,7 +5494,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description already_exists or conflict: the change is refused by the current state; `details` names what is in the way */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -6187,7 +5502,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -6201,14 +5515,11 @@ export interface operations {
     promote_snapshot: {
         parameters: {
             query?: {
-                /** @description Project (name) for resolving a name in the path (default `default`). */
                 project?: string;
             };
             header?: never;
             path: {
-                /** @description id or name */
                 id: string;
-                /** @description snapshot id or name */
                 snapshot_id: string;
             };
             cookie?: never;
@@ -6219,7 +5530,6 @@ export interface operations {
             };
         };
         responses: {
-            /** @description a template copied from the snapshot on the volume's node (it exists on that node only) */
             201: {
                 headers: {
                     [name: string]: unknown;
@@ -6228,7 +5538,6 @@ export interface operations {
                     "application/json": components["schemas"]["Template"];
                 };
             };
-            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -6237,7 +5546,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -6246,7 +5554,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -6263,7 +5570,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description the snapshot is not ready, or the name is taken */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -6272,7 +5578,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description payload_too_large: the body exceeds 1 MiB */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -6281,7 +5586,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unsupported_media_type: the body is not application/json */
             415: {
                 headers: {
                     [name: string]: unknown;
@@ -6290,7 +5594,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -6304,21 +5607,17 @@ export interface operations {
     rollback_snapshot: {
         parameters: {
             query?: {
-                /** @description Project (name) for resolving a name in the path (default `default`). */
                 project?: string;
             };
             header?: never;
             path: {
-                /** @description id or name */
                 id: string;
-                /** @description snapshot id or name */
                 snapshot_id: string;
             };
             cookie?: never;
         };
         requestBody?: never;
         responses: {
-            /** @description accepted: the volume's node rolls back; `rollback.generation` equals `status.rollback_generation` when done. Newer snapshots are removed. */
             202: {
                 headers: {
                     [name: string]: unknown;
@@ -6327,7 +5626,6 @@ export interface operations {
                     "application/json": components["schemas"]["Volume"];
                 };
             };
-            /** @description invalid_argument: a parameter or the body is malformed or breaks a rule */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -6336,7 +5634,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description unauthenticated: no token, or an unknown or revoked one */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -6345,7 +5642,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description permission_denied: the token may not call this (node tokens are for NodeService only) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -6362,7 +5658,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description a VM using the volume runs or is asked to run, or the snapshot is not ready */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -6371,7 +5666,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description no_leader (or unavailable): no Raft leader is elected or reachable right now; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
