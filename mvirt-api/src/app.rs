@@ -526,6 +526,16 @@ impl App {
             if !caught_up {
                 continue;
             }
+            let mut after: BTreeSet<MemberId> =
+                metrics.membership_config.membership().voter_ids().collect();
+            after.insert(id);
+            if let Err(e) = self
+                .check_quorum_after(&after, &format!("promoting member {id}"))
+                .await
+            {
+                tracing::warn!(member_id = id, error = %e.message, "learner not promoted");
+                continue;
+            }
             match self
                 .change_voters(0, |voters| {
                     voters.insert(id);
@@ -641,6 +651,17 @@ impl App {
             .add_learner(id, member, true)
             .await
             .map_err(|e| ApiError::internal(format!("adding learner {id} failed: {e}")))?;
+        let mut voters: BTreeSet<MemberId> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        voters.insert(id);
+        self.check_quorum_after(&voters, &format!("adding member {id} as a voter"))
+            .await?;
         self.change_voters(100, |voters| {
             voters.insert(id);
         })
@@ -649,6 +670,44 @@ impl App {
         self.audit
             .audit(format!("control-plane member {id} joined"), &[]);
         Ok(())
+    }
+
+    /// etcd's strict reconfiguration check: a membership change is refused (409, with the
+    /// reason) when afterwards the voters that are reachable and caught up would not form a
+    /// majority of the new voter set. Reachable and caught up means: acknowledged a no-op this
+    /// leader committed just now, within `QUORUM_PROBE`.
+    async fn check_quorum_after(
+        &self,
+        new_voters: &BTreeSet<MemberId>,
+        what: &str,
+    ) -> Result<(), ApiError> {
+        const QUORUM_PROBE: Duration = Duration::from_secs(2);
+        let (probe, _) = self.submit(Command::Noop, None).await?;
+        let deadline = tokio::time::Instant::now() + QUORUM_PROBE;
+        let need = new_voters.len() / 2 + 1;
+        loop {
+            let metrics = self.raft.metrics().borrow().clone();
+            let replication = metrics.replication.clone().unwrap_or_default();
+            let (ok, behind): (Vec<MemberId>, Vec<MemberId>) = new_voters.iter().partition(|v| {
+                **v == metrics.id
+                    || replication
+                        .get(v)
+                        .and_then(|m| *m)
+                        .is_some_and(|matched| matched.index >= probe)
+            });
+            if ok.len() >= need {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(ApiError::conflict(format!(
+                    "{what} would leave {} of {} voters reachable and caught up, and {need} are needed for a majority (behind or unreachable: {behind:?})",
+                    ok.len(),
+                    new_voters.len()
+                ))
+                .with_details(serde_json::json!({"reachable": ok, "unreachable": behind, "needed": need})));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn change_voters(
@@ -695,6 +754,10 @@ impl App {
             return Err(ApiError::conflict("cannot remove the last voter"));
         }
         let _guard = self.membership_lock.lock().await;
+        let mut remaining = voters.clone();
+        remaining.remove(&id);
+        self.check_quorum_after(&remaining, &format!("removing member {id}"))
+            .await?;
         self.change_voters(100, |voters| {
             voters.remove(&id);
         })

@@ -601,6 +601,84 @@ async fn a_three_member_cluster_replicates_forwards_and_survives_kill_9_of_the_l
     })
     .await;
     assert!(d_id > 3, "member id {d_id} reused");
+    wait_until_async("A, C and D voters", Duration::from_secs(60), || async {
+        (voters(&c, &cc).await == 3).then_some(())
+    })
+    .await;
+
+    // --- membership can't be broken. A join naming a member's own addresses is refused and
+    // says which member has them.
+    let c_id = c.controlplane(&cc).await.unwrap()["member_id"]
+        .as_u64()
+        .unwrap();
+    let t4 = join_token(&c, &cc).await;
+    let (s, v) = c
+        .req(
+            reqwest::Method::POST,
+            &format!("{}/v1/controlplane/join", cc.url),
+            Some(json!({"token": t4, "api_url": cc.url, "raft_addr": format!("{}:{}", cc.ip, cc.ports.2)})),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 409, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("member {c_id}")),
+        "{v}"
+    );
+    // With D dead, removing C would leave A alone of {A, D}: refused (etcd's strict
+    // reconfiguration check), and nothing changes.
+    let mut d = d;
+    d.guard.kill();
+    let (s, v) = c
+        .req(
+            reqwest::Method::DELETE,
+            &format!("{}/v1/controlplane/members/{c_id}", cc.url),
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 409, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("reachable and caught up"),
+        "{v}"
+    );
+    assert_eq!(voters(&c, &cc).await, 3);
+    // Removing the dead D leaves A and C, both reachable: allowed, and the cluster still writes.
+    let (s, v) = c
+        .req(
+            reqwest::Method::DELETE,
+            &format!("{}/v1/controlplane/members/{d_id}", cc.url),
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 204, "{v}");
+    let (s, v) = wait_until_async(
+        "write after removing D",
+        Duration::from_secs(30),
+        || async {
+            c.req(
+                reqwest::Method::POST,
+                &format!("{}/v1/networks", cc.url),
+                Some(network_body("after-d", 5001)),
+                Some("after-d"),
+            )
+            .await
+            .ok()
+            .filter(|(s, _)| *s == 201)
+        },
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
     drop(d);
 }
 
