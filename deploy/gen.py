@@ -61,7 +61,10 @@ def unit_name(ref, services):
 
 def endpoint(services, key):
     """How a client on the same host reaches service `key` (one rule, also in nix/lib.nix)."""
-    return "http://" + services[key]["settings"]["listen"]["default"]
+    listen = services[key]["settings"]["listen"]["default"]
+    if listen.startswith("/"):
+        return "unix:" + listen
+    return "http://" + listen
 
 
 def default_of(services, setting):

@@ -11,7 +11,9 @@ let
 
   # How a client on the same host reaches a local daemon from its `listen` value (the same
   # rule as `endpoint` in deploy/gen.py).
-  endpoint = listen: "http://${listen}";
+  # A unix socket path becomes "unix:/path", a TCP host:port "http://host:port".
+  endpoint = listen:
+    if builtins.substring 0 1 listen == "/" then "unix:${listen}" else "http://${listen}";
 
   # The value a setting has when the operator sets nothing: its `default`, or the endpoint of
   # the service it names (with that service's configured `listen`).

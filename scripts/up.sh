@@ -6,6 +6,8 @@
 # packages (Debian kernel + busybox initramfs that applies the cloud-init NoCloud seed and runs
 # DHCP); creates a network and a VM; waits until the VM runs and prints its address and how to
 # reach its console. A second run reuses the running daemons and the existing resources.
+# The local daemons listen on unix sockets in $MVIRT_DEV_DATA/run (mode 0600, root only), not on
+# TCP ports; mvirt-api and the agent reach them there.
 #
 # Environment: MVIRT_DEV_DATA (default /var/lib/mvirt-dev), MVIRT_DEV_API_PORT (default 8080).
 # Stop the daemons with: bash scripts/up.sh stop (VMs keep running and are adopted again);
@@ -18,6 +20,8 @@ API_PORT=${MVIRT_DEV_API_PORT:-8080}
 API=http://127.0.0.1:$API_PORT
 POOL=mvirtdev
 RUN=$DATA/run
+# The local daemons listen on unix sockets here (mode 0600, root only), never on TCP.
+LOG_SOCK=$RUN/log.sock
 # MVIRT_DEV_PROFILE=dev uses a debug build (quicker to build, slower to run).
 PROFILE=${MVIRT_DEV_PROFILE:-release}
 if [ "$PROFILE" = dev ]; then BIN=$ROOT/target/debug; else BIN=$ROOT/target/$PROFILE; fi
@@ -115,17 +119,22 @@ say "template image (Debian kernel + busybox initramfs)"
 "$BIN/mvirt-dev-image" "$DATA/images" >/dev/null
 
 say "starting daemons"
-start mvirt-log "$BIN/mvirt-log" --data-dir "$DATA/log"
-start mvirt-zfs "$BIN/mvirt-zfs" --pool "$POOL" --data-dir "$DATA/zfs/meta" --import-dir "$DATA/images"
-start mvirt-ebpf "$BIN/mvirt-ebpf" --data-dir "$DATA/ebpf"
+start mvirt-log "$BIN/mvirt-log" --data-dir "$DATA/log" --listen "$LOG_SOCK"
+start mvirt-zfs "$BIN/mvirt-zfs" --pool "$POOL" --data-dir "$DATA/zfs/meta" --import-dir "$DATA/images" \
+  --listen "$RUN/zfs.sock" --log-endpoint "unix:$LOG_SOCK"
+start mvirt-ebpf "$BIN/mvirt-ebpf" --data-dir "$DATA/ebpf" --listen "$RUN/ebpf.sock" --log-endpoint "unix:$LOG_SOCK"
 start mvirt-vmm "$BIN/mvirt-vmm" --data-dir "$DATA/vmm" --allowed-dir "$DATA" \
+  --listen "$RUN/vmm.sock" --log-endpoint "unix:$LOG_SOCK" \
   --qemu-accel "${MVIRT_DEV_QEMU_ACCEL:-tcg}"
 start mvirt-api "$BIN/mvirt-api" --data-dir "$DATA/api" --listen "127.0.0.1:$API_PORT" \
-  --grpc-listen 127.0.0.1:50056 --raft-listen 127.0.0.1:6001 --advertise-host 127.0.0.1 --ui-dir "$ROOT/mvirt-ui/dist"
+  --grpc-listen 127.0.0.1:50056 --raft-listen 127.0.0.1:6001 --advertise-host 127.0.0.1 --ui-dir "$ROOT/mvirt-ui/dist" \
+  --log-endpoint "unix:$LOG_SOCK"
 wait_for "mvirt-api" curl -sf "$API/v1/health"
 wait_for "the admin token" test -s "$DATA/api/admin.token"
 start mvirt-node "$BIN/mvirt-node" --data-dir "$DATA/node" --api http://127.0.0.1:50056 \
-  --token-file "$DATA/api/admin.token" --name "$(hostname | tr 'A-Z_.' 'a-z--' | cut -c1-63)" \
+  --token-file "$DATA/api/admin.token" \
+  --vmm "unix:$RUN/vmm.sock" --zfs "unix:$RUN/zfs.sock" --ebpf "unix:$RUN/ebpf.sock" --log "unix:$LOG_SOCK" \
+  --name "$(hostname | tr 'A-Z_.' 'a-z--' | cut -c1-63)" \
   --console-listen 127.0.0.1:50057
 
 TOKEN=$(cat "$DATA/api/admin.token")
@@ -175,7 +184,7 @@ api GET "/v1/vms/$VM" | jq '{id, name, node_id, phase: .status.phase, addresses:
 
 cat <<EOT
 
-mvirt is running (data in $DATA, logs in $RUN).
+mvirt is running (data in $DATA, logs and the daemons' sockets in $RUN).
   API:      $API   (token: $DATA/api/admin.token)
   Dashboard: $API/   (log in with the token in $DATA/api/admin.token)
   VM demo:  $VM

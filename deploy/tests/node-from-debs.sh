@@ -35,7 +35,7 @@ for pkg in mvirt-common mvirt-log mvirt-zfs mvirt-ebpf mvirt-vmm mvirt-api mvirt
 done
 chroot "$R" getent group mvirt >/dev/null || die "no mvirt group"
 [ "$(chroot "$R" id -gn mvirt)" = mvirt ] || die "the mvirt user is not in the mvirt group"
-[ "$(chroot "$R" stat -c "%a %G" /run/mvirt)" = "750 mvirt" ] || die "/run/mvirt is not 0750 root:mvirt"
+[ "$(chroot "$R" stat -c "%a %G" /run/mvirt)" = "1770 mvirt" ] || die "/run/mvirt is not 1770 root:mvirt"
 [ -d "$R/var/lib/mvirt/images" ] || die "no /var/lib/mvirt/images"
 [ "$(stat -c %a "$R/etc/mvirt/api.env")" = 600 ] || die "/etc/mvirt/api.env (may hold a join token) is not 0600"
 grep -qx 'KillMode=process' "$R/lib/systemd/system/mvirt-vmm.service" || die "mvirt-vmm.service lacks KillMode=process"

@@ -59,7 +59,7 @@ struct Args {
     #[arg(
         long,
         env = "MVIRT_API_LOG_ENDPOINT",
-        default_value = "http://[::1]:50052"
+        default_value = "unix:/run/mvirt/log.sock"
     )]
     log_endpoint: String,
     /// Snapshot the state (and purge the Raft log before it) every this many entries. A

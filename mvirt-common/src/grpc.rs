@@ -3,16 +3,21 @@
 //! A daemon builds its services, hands them to [`GrpcServer`], and gets the standard
 //! `grpc.health.v1.Health` service for free. Binding happens before serving so that tests can
 //! listen on port 0 and learn the address, and so that "address in use" is reported at start.
+//! A server serves a [`Listener`]: the local daemons' unix socket (see [`crate::listen`]) or,
+//! for the control plane and when asked for, TCP. [`client_endpoint`] is the other side: it
+//! turns `unix:/path` (or a bare absolute path) or `http://host:port` into a tonic `Endpoint`.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::server::Router;
-use tonic::transport::Server;
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tonic::transport::server::{Connected, Router};
+use tonic::transport::{Endpoint, Server};
 use tonic_health::server::HealthReporter;
 
+use crate::listen::Listener;
 use crate::Shutdown;
 
 /// How long a stopping server waits for in-flight calls.
@@ -27,6 +32,21 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{what}: {}", path.display())]
+    Socket {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("another process serves the socket {} (is the daemon already running?)", path.display())]
+    SocketInUse { path: PathBuf },
+    #[error("{} exists and is not a socket; refusing to replace it", path.display())]
+    NotASocket { path: PathBuf },
+    #[error("the socket group {group:?} does not exist")]
+    UnknownGroup { group: String },
+    #[error("refusing to listen on TCP {addr} without --allow-tcp: TCP has no access control (the default is a unix socket under /run/mvirt)")]
+    TcpNotAllowed { addr: SocketAddr },
     #[error("gRPC server failed")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -78,30 +98,33 @@ impl GrpcServer {
         self.health.clone()
     }
 
-    /// Serves on `listener` until `shutdown` fires, then drains in-flight calls.
-    pub async fn serve(self, listener: TcpListener, shutdown: Shutdown) -> Result<(), ServeError> {
-        let addr = listener.local_addr().ok();
-        tracing::info!(?addr, "gRPC server listening");
-        let drain_signal = shutdown.clone();
-        let serve =
-            self.router
-                .serve_with_incoming_shutdown(incoming(listener), async move {
-                    drain_signal.wait().await
-                });
-        tokio::pin!(serve);
-        // Clients that keep idle connections open would hold a graceful shutdown forever:
-        // in-flight calls get DRAIN_TIMEOUT to finish, then the server stops regardless.
-        let drain_deadline = async {
-            shutdown.wait().await;
-            tokio::time::sleep(DRAIN_TIMEOUT).await;
-        };
-        tokio::select! {
-            result = &mut serve => result?,
-            _ = drain_deadline => {
-                tracing::warn!(?addr, "connections still open after the drain timeout; stopping");
+    /// Serves on `listener` (a [`Listener`] or a bound `TcpListener`) until `shutdown` fires,
+    /// then drains in-flight calls. A unix socket file is removed when serving ends.
+    pub async fn serve(
+        self,
+        listener: impl Into<Listener>,
+        shutdown: Shutdown,
+    ) -> Result<(), ServeError> {
+        let listener = listener.into();
+        let addr = listener.local_addr();
+        tracing::info!(%addr, "gRPC server listening");
+        match listener {
+            Listener::Tcp(listener) => {
+                serve_draining(self.router, incoming(listener), shutdown, &addr).await?
+            }
+            Listener::Unix { listener, socket } => {
+                let result = serve_draining(
+                    self.router,
+                    UnixListenerStream::new(listener),
+                    shutdown,
+                    &addr,
+                )
+                .await;
+                drop(socket);
+                result?
             }
         }
-        tracing::info!(?addr, "gRPC server stopped");
+        tracing::info!(%addr, "gRPC server stopped");
         Ok(())
     }
 
@@ -115,6 +138,37 @@ impl GrpcServer {
             .await?;
         Ok(())
     }
+}
+
+/// Serves `incoming` until `shutdown`, then gives in-flight calls [`DRAIN_TIMEOUT`].
+async fn serve_draining<S, IO>(
+    router: Router,
+    incoming: S,
+    shutdown: Shutdown,
+    addr: &crate::listen::ListenAddr,
+) -> Result<(), ServeError>
+where
+    S: tokio_stream::Stream<Item = std::io::Result<IO>> + Send + 'static,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Connected + Unpin + Send + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+{
+    let drain_signal = shutdown.clone();
+    let serve =
+        router.serve_with_incoming_shutdown(incoming, async move { drain_signal.wait().await });
+    tokio::pin!(serve);
+    // Clients that keep idle connections open would hold a graceful shutdown forever:
+    // in-flight calls get DRAIN_TIMEOUT to finish, then the server stops regardless.
+    let drain_deadline = async {
+        shutdown.wait().await;
+        tokio::time::sleep(DRAIN_TIMEOUT).await;
+    };
+    tokio::select! {
+        result = &mut serve => result?,
+        _ = drain_deadline => {
+            tracing::warn!(%addr, "connections still open after the drain timeout; stopping");
+        }
+    }
+    Ok(())
 }
 
 impl Default for GrpcServer {
@@ -138,7 +192,17 @@ fn incoming(
     })
 }
 
-/// Formats a listen address as an `http://` endpoint a client can dial.
+/// A client endpoint for a local daemon or the API: `unix:/path`, `unix:///path` or a bare
+/// absolute path dial a unix socket (tonic connects those itself); anything else is a URI such
+/// as `http://[::1]:50051`. The caller adds timeouts and connects (lazily or not).
+pub fn client_endpoint(endpoint: &str) -> Result<Endpoint, tonic::transport::Error> {
+    if endpoint.starts_with('/') {
+        return Endpoint::from_shared(format!("unix:{endpoint}"));
+    }
+    Endpoint::from_shared(endpoint.to_string())
+}
+
+/// Formats a TCP listen address as an `http://` endpoint a client can dial.
 pub fn endpoint_url(addr: SocketAddr) -> String {
     format!("http://{addr}")
 }

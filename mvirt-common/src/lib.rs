@@ -2,7 +2,10 @@
 //!
 //! - [`telemetry`]: tracing set-up (human-readable on a terminal, JSON otherwise, `RUST_LOG`).
 //! - [`shutdown`]: one cancellation token fired by SIGINT/SIGTERM, so servers drain in-flight calls.
-//! - [`grpc`]: gRPC server bootstrap with the standard health service on a bound listener.
+//! - [`grpc`]: gRPC server bootstrap with the standard health service on a bound listener, and
+//!   client endpoints (`unix:/path` or `http://host:port`).
+//! - [`listen`]: listen addresses; the local daemons' unix sockets (mode 0600/0660) and the
+//!   flag that TCP needs.
 //! - [`sqlite`]: opening a database (WAL, busy timeout, foreign keys) and running migrations.
 //! - [`error`]: the classification of typed errors and their mapping to `tonic::Status`.
 //! - [`version`]: the version a daemon reports from `GetVersion`.
@@ -15,6 +18,7 @@
 
 pub mod error;
 pub mod grpc;
+pub mod listen;
 pub mod names;
 pub mod shutdown;
 pub mod sqlite;

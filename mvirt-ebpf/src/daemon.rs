@@ -1,12 +1,11 @@
 //! Starting the daemon: the manager (store, datapath, convergence) behind a gRPC server.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use mvirt_common::grpc::GrpcServer;
+use mvirt_common::listen::{ListenAddr, Listener};
 use mvirt_common::Shutdown;
-use tokio::net::TcpListener;
 
 use crate::grpc::NetGrpc;
 use crate::manager::{ManagerConfig, ManagerError, NetManager};
@@ -56,7 +55,7 @@ impl DaemonConfig {
 /// A daemon started in this process (tests, and `main`).
 pub struct RunningDaemon {
     pub manager: Arc<NetManager>,
-    pub addr: SocketAddr,
+    pub addr: ListenAddr,
     server: tokio::task::JoinHandle<Result<(), mvirt_common::grpc::ServeError>>,
     audit: mvirt_log::AuditLogger,
 }
@@ -81,17 +80,12 @@ impl RunningDaemon {
 /// `shutdown` fires. The datapath keeps forwarding after the daemon stops (pinned links/maps).
 pub async fn start(
     config: DaemonConfig,
-    listener: TcpListener,
+    listener: Listener,
     shutdown: Shutdown,
 ) -> Result<RunningDaemon, DaemonError> {
     let audit = mvirt_log::create_audit_logger(&config.log_endpoint, "mvirt-ebpf");
     let manager = Arc::new(NetManager::start(config.manager(), audit.clone()).await?);
-    let addr = listener.local_addr().map_err(|source| {
-        DaemonError::Serve(mvirt_common::grpc::ServeError::Bind {
-            addr: default_listen(),
-            source,
-        })
-    })?;
+    let addr = listener.local_addr();
     let server = GrpcServer::new()
         .add_service(NetServiceServer::new(NetGrpc::new(manager.clone())))
         .await;
@@ -104,7 +98,7 @@ pub async fn start(
     })
 }
 
-/// The address the daemon listens on by default.
-pub fn default_listen() -> SocketAddr {
-    SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 50054))
+/// The address the daemon listens on by default: `/run/mvirt/ebpf.sock`.
+pub fn default_listen() -> ListenAddr {
+    ListenAddr::Unix(mvirt_common::listen::default_socket("ebpf"))
 }

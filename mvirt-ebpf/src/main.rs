@@ -1,9 +1,9 @@
 //! `mvirt-ebpf`: flags, tracing, run.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
+use mvirt_common::listen::{Listen, ListenAddr, SocketOptions};
 use mvirt_common::telemetry::{self, LogFormat};
 use mvirt_common::Shutdown;
 
@@ -15,9 +15,22 @@ use mvirt_common::Shutdown;
 #[derive(Parser, Debug)]
 #[command(name = "mvirt-ebpf", version)]
 struct Args {
-    /// gRPC listen address.
-    #[arg(long, env = "MVIRT_EBPF_LISTEN", default_value = "[::1]:50054")]
-    listen: SocketAddr,
+    /// gRPC listen address: a unix socket (`/path` or `unix:/path`; mode 0600, see
+    /// --socket-group) or, only with --allow-tcp, a TCP host:port.
+    #[arg(
+        long,
+        env = "MVIRT_EBPF_LISTEN",
+        default_value = "/run/mvirt/ebpf.sock"
+    )]
+    listen: ListenAddr,
+    /// Allow --listen to be a TCP address. TCP has no access control: every local user (and
+    /// anyone who reaches the address) can call this daemon. For development only.
+    #[arg(long, env = "MVIRT_EBPF_ALLOW_TCP")]
+    allow_tcp: bool,
+    /// Give the unix socket this group and mode 0660 (default: mode 0600, only the daemon's
+    /// user and root may connect).
+    #[arg(long, env = "MVIRT_EBPF_SOCKET_GROUP")]
+    socket_group: Option<String>,
     /// Directory of the SQLite database.
     #[arg(
         long,
@@ -58,7 +71,7 @@ struct Args {
     #[arg(
         long,
         env = "MVIRT_EBPF_LOG_ENDPOINT",
-        default_value = "http://[::1]:50052"
+        default_value = "unix:/run/mvirt/log.sock"
     )]
     log_endpoint: String,
 }
@@ -87,9 +100,16 @@ async fn main() -> std::process::ExitCode {
         log_endpoint: args.log_endpoint,
     };
     let result = async {
-        let listener = mvirt_common::grpc::bind(args.listen)
-            .await
-            .map_err(mvirt_ebpf::DaemonError::Serve)?;
+        let listener = Listen {
+            addr: args.listen.clone(),
+            allow_tcp: args.allow_tcp,
+            socket: SocketOptions {
+                group: args.socket_group.clone(),
+            },
+        }
+        .bind()
+        .await
+        .map_err(mvirt_ebpf::DaemonError::Serve)?;
         mvirt_ebpf::start(config, listener, shutdown)
             .await?
             .wait()

@@ -81,13 +81,13 @@ fn id_prefix_name(id: &str) -> String {
 async fn taps_with_our_naming_that_no_nic_owns_are_removed_and_audited_and_foreign_devices_stay() {
     let log_dir = tempfile::tempdir().unwrap();
     let log = BoundServer::bind(LogConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
+        listen: mvirt_common::listen::ListenAddr::Unix(log_dir.path().join("log.sock")),
         data_dir: log_dir.path().to_path_buf(),
         retention: Default::default(),
     })
     .await
     .unwrap();
-    let log_endpoint = format!("http://{}", log.local_addr());
+    let log_endpoint = log.endpoint();
     let log_shutdown = mvirt_common::Shutdown::new();
     tokio::spawn(log.serve(log_shutdown.clone()));
 

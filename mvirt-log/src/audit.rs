@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::level::Level;
 use crate::proto::log_service_client::LogServiceClient;
@@ -51,7 +51,7 @@ pub struct AuditLogger {
 }
 
 /// Creates a logger for `component` that delivers to the mvirt-log at `endpoint`
-/// (`http://[::1]:50052`). An empty endpoint gives a logger that only emits tracing events.
+/// (`unix:/run/mvirt/log.sock`, or `http://host:port` when it listens on TCP). An empty endpoint gives a logger that only emits tracing events.
 /// Must be called inside a tokio runtime (it spawns the sender task).
 pub fn create_audit_logger(endpoint: &str, component: &str) -> AuditLogger {
     AuditLogger::new(endpoint, component)
@@ -63,7 +63,7 @@ impl AuditLogger {
         let sender = if endpoint.trim().is_empty() {
             None
         } else {
-            match Endpoint::from_shared(endpoint.to_string()) {
+            match mvirt_common::grpc::client_endpoint(endpoint) {
                 Ok(endpoint) => {
                     let channel = endpoint
                         .connect_timeout(Duration::from_secs(2))

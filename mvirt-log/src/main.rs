@@ -1,11 +1,11 @@
 //! `mvirt-log`: the audit log daemon.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use mvirt_common::listen::{Listen, ListenAddr, SocketOptions};
 use mvirt_common::telemetry::{self, LogFormat};
 use mvirt_common::Shutdown;
 use mvirt_log::retention::RetentionPolicy;
@@ -18,9 +18,18 @@ use mvirt_log::server::{self, Config};
 #[derive(Debug, Parser)]
 #[command(name = "mvirt-log", version)]
 struct Args {
-    /// Address of the gRPC server.
-    #[arg(long, env = "MVIRT_LOG_LISTEN", default_value = "[::1]:50052")]
-    listen: SocketAddr,
+    /// gRPC listen address: a unix socket (`/path` or `unix:/path`; mode 0600, see
+    /// --socket-group) or, only with --allow-tcp, a TCP host:port.
+    #[arg(long, env = "MVIRT_LOG_LISTEN", default_value = "/run/mvirt/log.sock")]
+    listen: ListenAddr,
+    /// Allow --listen to be a TCP address. TCP has no access control: every local user (and
+    /// anyone who reaches the address) can call this daemon. For development only.
+    #[arg(long, env = "MVIRT_LOG_ALLOW_TCP")]
+    allow_tcp: bool,
+    /// Give the unix socket this group and mode 0660 (default: mode 0600, only the daemon's
+    /// user and root may connect).
+    #[arg(long, env = "MVIRT_LOG_SOCKET_GROUP")]
+    socket_group: Option<String>,
     /// Directory holding the SQLite database (log.db).
     #[arg(long, env = "MVIRT_LOG_DATA_DIR", default_value = "/var/lib/mvirt/log")]
     data_dir: PathBuf,
@@ -52,7 +61,7 @@ async fn main() -> ExitCode {
     };
     telemetry::init("mvirt-log", format);
     let config = Config {
-        listen: args.listen,
+        listen: args.listen.clone(),
         data_dir: args.data_dir,
         retention: RetentionPolicy {
             max_age: (args.retention_days > 0)
@@ -68,7 +77,21 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match server::run(config, shutdown).await {
+    let listen = Listen {
+        addr: args.listen.clone(),
+        allow_tcp: args.allow_tcp,
+        socket: SocketOptions {
+            group: args.socket_group.clone(),
+        },
+    };
+    let result = match listen.bind().await {
+        Ok(listener) => match server::BoundServer::with_listener(config, listener) {
+            Ok(bound) => bound.serve(shutdown).await,
+            Err(err) => Err(err),
+        },
+        Err(err) => Err(err.into()),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %mvirt_common::error::error_chain(&err), "mvirt-log failed");

@@ -1,13 +1,12 @@
 //! Wiring of the mvirt-log daemon: opens the store, starts retention, and serves `LogService`
 //! (with the gRPC health service) until shutdown.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use mvirt_common::grpc::{self, GrpcServer, ServeError};
+use mvirt_common::grpc::{GrpcServer, ServeError};
+use mvirt_common::listen::{ListenAddr, Listener, SocketOptions};
 use mvirt_common::Shutdown;
-use tokio::net::TcpListener;
 
 use crate::grpc::LogServiceImpl;
 use crate::proto::log_service_server::LogServiceServer;
@@ -17,7 +16,8 @@ use crate::store::{Store, StoreError};
 /// Everything the daemon needs to run.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub listen: SocketAddr,
+    /// Where [`BoundServer::bind`] listens (a unix socket with mode 0600, or TCP).
+    pub listen: ListenAddr,
     pub data_dir: PathBuf,
     pub retention: RetentionPolicy,
 }
@@ -38,16 +38,23 @@ pub enum ServerError {
 
 /// A server bound to its address, ready to serve.
 pub struct BoundServer {
-    listener: TcpListener,
+    listener: Listener,
     store: Arc<Store>,
     config: Config,
 }
 
 impl BoundServer {
-    /// Opens the database and binds the listen address (port 0 picks a free port).
+    /// Opens the database and binds `config.listen` (TCP port 0 picks a free port; a unix
+    /// socket gets mode 0600).
     pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
+        let listener = Listener::bind(&config.listen, &SocketOptions::default()).await?;
+        Self::with_listener(config, listener)
+    }
+
+    /// Opens the database and serves on a listener bound by the caller (`main` binds with
+    /// the daemon's socket flags).
+    pub fn with_listener(config: Config, listener: Listener) -> Result<BoundServer, ServerError> {
         let store = Arc::new(Store::open(&config.database_path())?);
-        let listener = grpc::bind(config.listen).await?;
         Ok(BoundServer {
             listener,
             store,
@@ -56,8 +63,13 @@ impl BoundServer {
     }
 
     /// The address actually bound.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().unwrap_or(self.config.listen)
+    pub fn local_addr(&self) -> ListenAddr {
+        self.listener.local_addr()
+    }
+
+    /// The endpoint clients (and `create_audit_logger`) dial: `unix:/path` or `http://addr`.
+    pub fn endpoint(&self) -> String {
+        self.listener.endpoint()
     }
 
     /// Serves until `shutdown` fires; in-flight calls drain, follow streams end.

@@ -1,10 +1,10 @@
-//! LogService against a real server on a free port with a temporary SQLite file.
+//! LogService against a real server on a unix socket with a temporary SQLite file.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use mvirt_common::listen::ListenAddr;
 use mvirt_common::Shutdown;
 use mvirt_log::proto::log_service_client::LogServiceClient;
 use mvirt_log::proto::{
@@ -17,13 +17,13 @@ use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
 struct Running {
-    addr: SocketAddr,
+    addr: ListenAddr,
     shutdown: Shutdown,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
-    async fn start(dir: &Path, listen: SocketAddr) -> Running {
+    async fn start(dir: &Path, listen: ListenAddr) -> Running {
         let config = Config {
             listen,
             data_dir: dir.to_path_buf(),
@@ -42,7 +42,7 @@ impl Running {
     }
 
     async fn client(&self) -> LogServiceClient<Channel> {
-        LogServiceClient::connect(format!("http://{}", self.addr))
+        LogServiceClient::connect(self.addr.endpoint())
             .await
             .expect("connect")
     }
@@ -53,8 +53,9 @@ impl Running {
     }
 }
 
-fn loopback0() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
+/// The server's unix socket in the test's directory, as under /run/mvirt in production.
+fn socket_in(dir: &Path) -> ListenAddr {
+    ListenAddr::Unix(dir.join("log.sock"))
 }
 
 fn entry(message: &str, level: LogLevel, component: &str, objects: &[&str], ts: i64) -> LogEntry {
@@ -99,7 +100,7 @@ fn messages(entries: &[LogEntry]) -> Vec<&str> {
 #[tokio::test]
 async fn an_entry_round_trips_with_all_its_fields() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Running::start(dir.path(), loopback0()).await;
+    let server = Running::start(dir.path(), socket_in(dir.path())).await;
     let mut client = server.client().await;
     let id = client
         .log(LogRequest {
@@ -145,7 +146,7 @@ async fn an_entry_round_trips_with_all_its_fields() {
 #[tokio::test]
 async fn every_filter_and_both_orders_select_the_right_entries() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Running::start(dir.path(), loopback0()).await;
+    let server = Running::start(dir.path(), socket_in(dir.path())).await;
     let mut client = server.client().await;
     let entries = vec![
         entry("vm a created", LogLevel::Audit, "vmm", &["a"], 10),
@@ -245,7 +246,7 @@ async fn every_filter_and_both_orders_select_the_right_entries() {
 #[tokio::test]
 async fn pagination_walks_every_entry_once_in_both_orders_even_while_writes_continue() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Running::start(dir.path(), loopback0()).await;
+    let server = Running::start(dir.path(), socket_in(dir.path())).await;
     let mut client = server.client().await;
     // Several entries share a timestamp, so the cursor must break ties by id.
     let entries: Vec<_> = (0..250)
@@ -316,7 +317,7 @@ async fn pagination_walks_every_entry_once_in_both_orders_even_while_writes_cont
 #[tokio::test]
 async fn follow_delivers_live_entries_with_no_gap_and_no_duplicate() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Running::start(dir.path(), loopback0()).await;
+    let server = Running::start(dir.path(), socket_in(dir.path())).await;
     let mut client = server.client().await;
     for i in 0..20 {
         client
@@ -412,7 +413,7 @@ async fn follow_delivers_live_entries_with_no_gap_and_no_duplicate() {
 #[tokio::test]
 async fn entries_survive_a_server_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Running::start(dir.path(), loopback0()).await;
+    let server = Running::start(dir.path(), socket_in(dir.path())).await;
     let mut client = server.client().await;
     client
         .log(LogRequest {
@@ -422,7 +423,7 @@ async fn entries_survive_a_server_restart() {
         .unwrap();
     server.stop().await;
 
-    let server = Running::start(dir.path(), loopback0()).await;
+    let server = Running::start(dir.path(), socket_in(dir.path())).await;
     let mut client = server.client().await;
     let (entries, _) = query(
         &mut client,
@@ -439,15 +440,15 @@ async fn entries_survive_a_server_restart() {
 #[tokio::test]
 async fn the_audit_logger_delivers_entries_logged_while_the_server_was_down_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
-    let addr = mvirt_testsupport::net::free_addr();
-    let logger = mvirt_log::create_audit_logger(&format!("http://{addr}"), "tester");
+    let addr = socket_in(dir.path());
+    let logger = mvirt_log::create_audit_logger(&addr.endpoint(), "tester");
     for i in 0..50 {
         logger.audit(format!("offline {i}"), &["vm-offline"]);
     }
     // Nothing listens yet: the logger must not block, and keeps the entries.
     assert!(!logger.flush_within(Duration::from_millis(300)).await);
 
-    let server = Running::start(dir.path(), addr).await;
+    let server = Running::start(dir.path(), addr.clone()).await;
     assert!(
         logger.flush().await,
         "entries delivered once the server is up"
@@ -476,7 +477,7 @@ async fn the_audit_logger_delivers_entries_logged_while_the_server_was_down_exac
     for i in 0..10 {
         logger.audit(format!("during restart {i}"), &["vm-offline"]);
     }
-    let server = Running::start(dir.path(), addr).await;
+    let server = Running::start(dir.path(), addr.clone()).await;
     assert!(logger.flush().await);
     let mut client = server.client().await;
     let (entries, _) = query(
@@ -494,7 +495,7 @@ async fn the_audit_logger_delivers_entries_logged_while_the_server_was_down_exac
 #[tokio::test]
 async fn a_retried_entry_with_the_same_dedup_key_is_stored_once() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Running::start(dir.path(), loopback0()).await;
+    let server = Running::start(dir.path(), socket_in(dir.path())).await;
     let mut client = server.client().await;
     let mut e = entry("once", LogLevel::Audit, "c", &["x"], 7);
     e.dedup_key = "key-1".into();
@@ -521,7 +522,7 @@ async fn a_retried_entry_with_the_same_dedup_key_is_stored_once() {
 #[tokio::test]
 async fn many_concurrent_writers_are_all_stored_with_unique_ids() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Running::start(dir.path(), loopback0()).await;
+    let server = Running::start(dir.path(), socket_in(dir.path())).await;
     let mut tasks = Vec::new();
     for w in 0..16 {
         let mut client = server.client().await;
@@ -577,7 +578,7 @@ async fn many_concurrent_writers_are_all_stored_with_unique_ids() {
 #[tokio::test]
 async fn bad_input_is_invalid_argument_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Running::start(dir.path(), loopback0()).await;
+    let server = Running::start(dir.path(), socket_in(dir.path())).await;
     let mut client = server.client().await;
 
     let cases = [
@@ -654,8 +655,8 @@ async fn bad_input_is_invalid_argument_and_writes_nothing() {
 #[tokio::test]
 async fn the_health_service_reports_log_service_serving() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Running::start(dir.path(), loopback0()).await;
-    let channel = Channel::from_shared(format!("http://{}", server.addr))
+    let server = Running::start(dir.path(), socket_in(dir.path())).await;
+    let channel = mvirt_common::grpc::client_endpoint(&server.addr.endpoint())
         .unwrap()
         .connect()
         .await

@@ -53,13 +53,13 @@ async fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path();
     let log = BoundServer::bind(LogConfig {
-        listen: "127.0.0.1:0".parse().expect("addr"),
+        listen: common::socket(root, "log"),
         data_dir: root.join("log"),
         retention: Default::default(),
     })
     .await
     .expect("log");
-    let log_endpoint = format!("http://{}", log.local_addr());
+    let log_endpoint = log.endpoint();
     tokio::spawn(log.serve(mvirt_common::Shutdown::new()));
     let host = HostDaemons::start(root, &root.join("images"), &log_endpoint).await;
     let api = mvirt_api::server::start(

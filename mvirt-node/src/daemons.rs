@@ -1,5 +1,7 @@
 //! Clients of the local daemons and of the control plane.
 //!
+//! The local daemons are reached over their unix sockets (`unix:/run/mvirt/<daemon>.sock`,
+//! root-only), the API over TCP; [`mvirt_common::grpc::client_endpoint`] takes either form.
 //! Channels connect lazily: the agent starts even when a daemon is down, and every call to a
 //! daemon that is unreachable fails with `UNAVAILABLE`, which a reconcile pass reports and
 //! retries on the next pass.
@@ -8,7 +10,7 @@ use std::time::Duration;
 
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use mvirt_api::proto::node_service_client::NodeServiceClient;
 use mvirt_ebpf::proto::net_service_client::NetServiceClient;
@@ -42,16 +44,16 @@ impl Default for Endpoints {
     fn default() -> Self {
         Self {
             api: "http://[::1]:50056".into(),
-            vmm: "http://[::1]:50051".into(),
-            log: "http://[::1]:50052".into(),
-            zfs: "http://[::1]:50053".into(),
-            ebpf: "http://[::1]:50054".into(),
+            vmm: "unix:/run/mvirt/vmm.sock".into(),
+            log: "unix:/run/mvirt/log.sock".into(),
+            zfs: "unix:/run/mvirt/zfs.sock".into(),
+            ebpf: "unix:/run/mvirt/ebpf.sock".into(),
         }
     }
 }
 
 fn channel(daemon: &'static str, endpoint: &str) -> Result<Channel, DaemonError> {
-    Ok(Endpoint::from_shared(endpoint.to_string())
+    Ok(mvirt_common::grpc::client_endpoint(endpoint)
         .map_err(|source| DaemonError::Endpoint {
             daemon,
             endpoint: endpoint.to_string(),

@@ -39,17 +39,34 @@ struct Args {
     /// File holding the token (used when --token is empty).
     #[arg(long, env = "MVIRT_NODE_TOKEN_FILE")]
     token_file: Option<PathBuf>,
-    /// mvirt-vmm endpoint.
-    #[arg(long, env = "MVIRT_NODE_VMM", default_value = "http://[::1]:50051")]
+    /// mvirt-vmm endpoint: its unix socket (`unix:/path`), or `http://host:port` if it listens
+    /// on TCP.
+    #[arg(
+        long,
+        env = "MVIRT_NODE_VMM",
+        default_value = "unix:/run/mvirt/vmm.sock"
+    )]
     vmm: String,
     /// mvirt-log endpoint (audit entries).
-    #[arg(long, env = "MVIRT_NODE_LOG", default_value = "http://[::1]:50052")]
+    #[arg(
+        long,
+        env = "MVIRT_NODE_LOG",
+        default_value = "unix:/run/mvirt/log.sock"
+    )]
     log: String,
     /// mvirt-zfs endpoint.
-    #[arg(long, env = "MVIRT_NODE_ZFS", default_value = "http://[::1]:50053")]
+    #[arg(
+        long,
+        env = "MVIRT_NODE_ZFS",
+        default_value = "unix:/run/mvirt/zfs.sock"
+    )]
     zfs: String,
     /// mvirt-ebpf endpoint.
-    #[arg(long, env = "MVIRT_NODE_EBPF", default_value = "http://[::1]:50054")]
+    #[arg(
+        long,
+        env = "MVIRT_NODE_EBPF",
+        default_value = "unix:/run/mvirt/ebpf.sock"
+    )]
     ebpf: String,
     /// Node name registered with the API (default: the host name).
     #[arg(long, env = "MVIRT_NODE_NAME")]

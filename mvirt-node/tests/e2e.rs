@@ -22,13 +22,13 @@ async fn a_vm_created_through_rest_boots_gets_its_address_and_everything_is_clea
     let root = dir.path();
 
     let log = BoundServer::bind(LogConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
+        listen: common::socket(root, "log"),
         data_dir: root.join("log"),
         retention: Default::default(),
     })
     .await
     .unwrap();
-    let log_endpoint = format!("http://{}", log.local_addr());
+    let log_endpoint = log.endpoint();
     let log_shutdown = mvirt_common::Shutdown::new();
     tokio::spawn(log.serve(log_shutdown.clone()));
 

@@ -55,13 +55,13 @@ impl TwoNodes {
         let root = dir.path();
 
         let log = BoundServer::bind(LogConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
+            listen: common::socket(root, "log"),
             data_dir: root.join("log"),
             retention: Default::default(),
         })
         .await
         .unwrap();
-        let log_endpoint = format!("http://{}", log.local_addr());
+        let log_endpoint = log.endpoint();
         let log_shutdown = mvirt_common::Shutdown::new();
         tokio::spawn(log.serve(log_shutdown.clone()));
 
@@ -173,7 +173,7 @@ async fn two_nodes_place_vms_by_capacity_and_selector_and_never_share_a_derived_
     let template_id = c.rest.create_template("tiny", &c.host_a.images).await;
     vms_spread_honour_selectors_and_wait_for_capacity(&c, &template_id).await;
     objects_of_one_millisecond_never_share_a_derived_name(&c, &template_id).await;
-    a_template_deleted_while_it_imports_is_cancelled_on_every_node(&c).await;
+    template_imports_are_cancelled_on_every_node_by_cancel_and_by_delete(&c).await;
     c.stop().await;
 }
 
@@ -555,16 +555,31 @@ async fn objects_of_one_millisecond_never_share_a_derived_name(c: &TwoNodes, tem
     }
 }
 
-/// A template is imported on every node; deleting it while the imports run cancels each of
-/// them (nothing is finished and then thrown away). Each node's progress is its own entry in the
-/// template's status.
-async fn a_template_deleted_while_it_imports_is_cancelled_on_every_node(c: &TwoNodes) {
+/// A template is imported on every node; `POST /v1/templates/{id}/cancel`, or deleting it,
+/// while the imports run cancels each of them (nothing is finished and then thrown away). Each
+/// node's progress is its own entry in the template's status.
+async fn template_imports_are_cancelled_on_every_node_by_cancel_and_by_delete(c: &TwoNodes) {
     let http = mvirt_testsupport::http::HttpServer::start(&c.host_a.images).await;
+    for delete in [false, true] {
+        template_import_cancelled(c, &http, delete).await;
+    }
+}
+
+async fn template_import_cancelled(
+    c: &TwoNodes,
+    http: &mvirt_testsupport::http::HttpServer,
+    delete: bool,
+) {
+    let name = if delete {
+        "stalled-deleted"
+    } else {
+        "stalled-cancelled"
+    };
     let template = c
         .rest
         .post(
             "/v1/templates",
-            json!({"name": "stalled", "spec": {"source_url": http.url("stall/disk.raw"), "format": "raw"}}),
+            json!({"name": name, "spec": {"source_url": http.url("stall/disk.raw"), "format": "raw"}}),
         )
         .await;
     let id = template["id"].as_str().unwrap().to_string();
@@ -625,7 +640,20 @@ async fn a_template_deleted_while_it_imports_is_cancelled_on_every_node(c: &TwoN
         },
     )
     .await;
-    c.rest.delete(&path).await;
+    if delete {
+        c.rest.delete(&path).await;
+    } else {
+        let (status, body) = c
+            .rest
+            .call(
+                reqwest::Method::POST,
+                &format!("{path}/cancel"),
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+        assert_eq!(body["import_cancelled"], true, "{body}");
+    }
     for client in &clients {
         wait_until_async(
             "the import to be cancelled",
@@ -651,5 +679,26 @@ async fn a_template_deleted_while_it_imports_is_cancelled_on_every_node(c: &TwoN
             },
         )
         .await;
+    }
+    if !delete {
+        let t = wait_until_async(
+            "both nodes to report the cancel",
+            Duration::from_secs(30),
+            || {
+                let (rest, path) = (c.rest.clone(), path.clone());
+                async move {
+                    let t = rest.get(&path).await;
+                    let nodes = t["status"]["nodes"].as_object()?.clone();
+                    (nodes.len() == 2
+                        && nodes
+                            .values()
+                            .all(|n| n["phase"] == "failed" && n["message"] == "import cancelled"))
+                    .then_some(t)
+                }
+            },
+        )
+        .await;
+        assert_eq!(t["status"]["phase"], "failed", "{t:#}");
+        c.rest.delete(&path).await;
     }
 }

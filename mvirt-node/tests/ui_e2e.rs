@@ -44,13 +44,13 @@ async fn the_dashboard_logs_in_creates_a_vm_that_runs_opens_its_console_and_foll
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let log = BoundServer::bind(LogConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
+        listen: common::socket(root, "log"),
         data_dir: root.join("log"),
         retention: Default::default(),
     })
     .await
     .unwrap();
-    let log_endpoint = format!("http://{}", log.local_addr());
+    let log_endpoint = log.endpoint();
     let log_shutdown = mvirt_common::Shutdown::new();
     tokio::spawn(log.serve(log_shutdown.clone()));
 

@@ -179,9 +179,8 @@ async fn main() {
     cfg.hypervisor = HypervisorChoice::Qemu;
     cfg.qemu.accel = Accel::Tcg;
     cfg.qemu.tcg_tb_size_mib = 32;
-    let daemon = mvirt_vmm::start(cfg, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let socket = mvirt_common::listen::ListenAddr::Unix(cfg.data_dir.join("vmm.sock"));
+    let daemon = mvirt_vmm::start(cfg, socket).await.unwrap();
     let mut client = VmServiceClient::connect(daemon.endpoint()).await.unwrap();
 
     let (mut hand_run, mut hand_byte, mut vmm_run, mut vmm_byte) = (vec![], vec![], vec![], vec![]);

@@ -42,10 +42,8 @@ pub use server::{serve, start, RunningVmm};
 
 #[cfg(feature = "server")]
 mod server {
-    use std::net::SocketAddr;
-
+    use mvirt_common::listen::{ListenAddr, Listener, SocketOptions};
     use mvirt_common::Shutdown;
-    use tokio::net::TcpListener;
 
     use crate::proto::vm_service_server::VmServiceServer;
     use crate::vmm::{Vmm, VmmConfig, VmmError};
@@ -62,19 +60,16 @@ mod server {
     /// `shutdown` fires. Guests keep running after it returns.
     pub async fn serve(
         config: VmmConfig,
-        listener: TcpListener,
+        listener: impl Into<Listener>,
         shutdown: Shutdown,
     ) -> Result<(), ServeError> {
+        let listener = listener.into();
         let vmm = Vmm::open(config)?;
         vmm.recover().await?;
         serve_vmm(vmm, listener, shutdown).await
     }
 
-    async fn serve_vmm(
-        vmm: Vmm,
-        listener: TcpListener,
-        shutdown: Shutdown,
-    ) -> Result<(), ServeError> {
+    async fn serve_vmm(vmm: Vmm, listener: Listener, shutdown: Shutdown) -> Result<(), ServeError> {
         let watcher = {
             let vmm = vmm.clone();
             let shutdown = shutdown.clone();
@@ -94,7 +89,7 @@ mod server {
 
     /// A daemon started in-process (tests, benchmarks).
     pub struct RunningVmm {
-        pub addr: SocketAddr,
+        pub addr: ListenAddr,
         pub vmm: Vmm,
         shutdown: Shutdown,
         task: tokio::task::JoinHandle<Result<(), ServeError>>,
@@ -102,7 +97,7 @@ mod server {
 
     impl RunningVmm {
         pub fn endpoint(&self) -> String {
-            mvirt_common::grpc::endpoint_url(self.addr)
+            self.addr.endpoint()
         }
 
         /// Stops serving and detaches from the VMs (they keep running).
@@ -118,14 +113,13 @@ mod server {
         }
     }
 
-    /// Opens, recovers and serves on `addr` (port 0 picks one) in a background task.
-    pub async fn start(config: VmmConfig, addr: SocketAddr) -> Result<RunningVmm, ServeError> {
+    /// Opens, recovers and serves on `addr` (a unix socket with mode 0600, or TCP where port
+    /// 0 picks one) in a background task.
+    pub async fn start(config: VmmConfig, addr: ListenAddr) -> Result<RunningVmm, ServeError> {
         let vmm = Vmm::open(config)?;
         vmm.recover().await?;
-        let listener = mvirt_common::grpc::bind(addr).await?;
-        let addr = listener
-            .local_addr()
-            .map_err(|source| mvirt_common::grpc::ServeError::Bind { addr, source })?;
+        let listener = Listener::bind(&addr, &SocketOptions::default()).await?;
+        let addr = listener.local_addr();
         let shutdown = Shutdown::new();
         let task = tokio::spawn(serve_vmm(vmm.clone(), listener, shutdown.clone()));
         Ok(RunningVmm {

@@ -1,10 +1,10 @@
 //! `mvirt-vmm`: flags, tracing, run.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use mvirt_common::listen::{Listen, ListenAddr, SocketOptions};
 use mvirt_vmm::hypervisor::qemu::Accel;
 use mvirt_vmm::hypervisor::HypervisorChoice;
 use mvirt_vmm::vmm::VmmConfig;
@@ -15,9 +15,18 @@ use mvirt_vmm::vmm::VmmConfig;
 #[derive(Parser, Debug)]
 #[command(name = "mvirt-vmm", version)]
 struct Flags {
-    /// gRPC listen address of VmService.
-    #[arg(long, env = "MVIRT_VMM_LISTEN", default_value = "[::1]:50051")]
-    listen: SocketAddr,
+    /// gRPC listen address of VmService: a unix socket (`/path` or `unix:/path`; mode 0600, see
+    /// --socket-group) or, only with --allow-tcp, a TCP host:port.
+    #[arg(long, env = "MVIRT_VMM_LISTEN", default_value = "/run/mvirt/vmm.sock")]
+    listen: ListenAddr,
+    /// Allow --listen to be a TCP address. TCP has no access control: every local user (and
+    /// anyone who reaches the address) can call this daemon. For development only.
+    #[arg(long, env = "MVIRT_VMM_ALLOW_TCP")]
+    allow_tcp: bool,
+    /// Give the unix socket this group and mode 0660 (default: mode 0600, only the daemon's
+    /// user and root may connect).
+    #[arg(long, env = "MVIRT_VMM_SOCKET_GROUP")]
+    socket_group: Option<String>,
     /// Directory for the database, per-VM sockets, console logs and cloud-init seeds.
     #[arg(long, env = "MVIRT_VMM_DATA_DIR", default_value = "/var/lib/mvirt/vmm")]
     data_dir: PathBuf,
@@ -68,11 +77,12 @@ struct Flags {
         default_value = "/usr/share/ovmf/OVMF.fd"
     )]
     qemu_firmware: PathBuf,
-    /// mvirt-log endpoint for audit entries (empty: tracing only).
+    /// mvirt-log endpoint for audit entries: `unix:/path` or `http://host:port` (empty:
+    /// tracing only).
     #[arg(
         long,
         env = "MVIRT_VMM_LOG_ENDPOINT",
-        default_value = "http://[::1]:50052"
+        default_value = "unix:/run/mvirt/log.sock"
     )]
     log_endpoint: String,
     /// Seconds StopVm waits for the guest to power off before a hard stop, when the request
@@ -112,7 +122,14 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let listener = match mvirt_common::grpc::bind(flags.listen).await {
+    let listen = Listen {
+        addr: flags.listen.clone(),
+        allow_tcp: flags.allow_tcp,
+        socket: SocketOptions {
+            group: flags.socket_group.clone(),
+        },
+    };
+    let listener = match listen.bind().await {
         Ok(l) => l,
         Err(err) => {
             tracing::error!(error = %mvirt_common::error::error_chain(&err), "cannot start");

@@ -35,7 +35,7 @@ async fn bad_requests_get_precise_codes_and_leave_nothing_behind_and_changes_are
     // A real mvirt-log.
     let log_dir = tempfile::tempdir().unwrap();
     let log_server = mvirt_log::server::BoundServer::bind(mvirt_log::server::Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
+        listen: mvirt_common::listen::ListenAddr::Unix(log_dir.path().join("log.sock")),
         data_dir: log_dir.path().to_path_buf(),
         retention: mvirt_log::retention::RetentionPolicy {
             max_age: None,
@@ -45,12 +45,12 @@ async fn bad_requests_get_precise_codes_and_leave_nothing_behind_and_changes_are
     })
     .await
     .unwrap();
-    let log_addr = log_server.local_addr();
+    let log_endpoint = log_server.endpoint();
     let log_shutdown = mvirt_common::Shutdown::new();
     let log_task = tokio::spawn(log_server.serve(log_shutdown.clone()));
 
     let mut cfg = config(dir.path(), &[files.path()]);
-    cfg.log_endpoint = format!("http://{log_addr}");
+    cfg.log_endpoint = log_endpoint.clone();
     let (daemon, mut client) = start_daemon(cfg).await;
 
     let kernel = files.path().join("vmlinuz");
@@ -280,7 +280,7 @@ async fn bad_requests_get_precise_codes_and_leave_nothing_behind_and_changes_are
     daemon.stop().await.unwrap();
 
     // The audit trail of this VM in mvirt-log.
-    let mut log = LogServiceClient::connect(format!("http://{log_addr}"))
+    let mut log = LogServiceClient::connect(log_endpoint.clone())
         .await
         .unwrap();
     let mut stream = log

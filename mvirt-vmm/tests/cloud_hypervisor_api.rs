@@ -339,9 +339,8 @@ async fn the_daemon_drives_a_cloud_hypervisor_process_through_its_whole_life() {
     std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     config.cloud_hypervisor.binary = fake.clone();
     let _reaper = KillOnDrop(fake.display().to_string());
-    let daemon = mvirt_vmm::start(config, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let socket = mvirt_common::listen::ListenAddr::Unix(config.data_dir.join("vmm.sock"));
+    let daemon = mvirt_vmm::start(config, socket).await.unwrap();
     let mut client = VmServiceClient::connect(daemon.endpoint()).await.unwrap();
 
     let kernel = files.path().join("vmlinuz");

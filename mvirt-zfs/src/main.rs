@@ -1,10 +1,10 @@
 //! The `mvirt-zfs` daemon: flags → [`mvirt_zfs::Config`] → run until SIGINT/SIGTERM.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use mvirt_common::listen::{Listen, ListenAddr, SocketOptions};
 use mvirt_common::telemetry::{self, LogFormat};
 use mvirt_common::Shutdown;
 
@@ -16,9 +16,18 @@ use mvirt_common::Shutdown;
 #[derive(Debug, Parser)]
 #[command(name = "mvirt-zfs", version, about, long_about)]
 struct Flags {
-    /// gRPC listen address.
-    #[arg(long, env = "MVIRT_ZFS_LISTEN", default_value = "[::1]:50053")]
-    listen: SocketAddr,
+    /// gRPC listen address: a unix socket (`/path` or `unix:/path`; mode 0600, see
+    /// --socket-group) or, only with --allow-tcp, a TCP host:port.
+    #[arg(long, env = "MVIRT_ZFS_LISTEN", default_value = "/run/mvirt/zfs.sock")]
+    listen: ListenAddr,
+    /// Allow --listen to be a TCP address. TCP has no access control: every local user (and
+    /// anyone who reaches the address) can call this daemon. For development only.
+    #[arg(long, env = "MVIRT_ZFS_ALLOW_TCP")]
+    allow_tcp: bool,
+    /// Give the unix socket this group and mode 0660 (default: mode 0600, only the daemon's
+    /// user and root may connect).
+    #[arg(long, env = "MVIRT_ZFS_SOCKET_GROUP")]
+    socket_group: Option<String>,
     /// ZFS pool to use (must exist).
     #[arg(long, env = "MVIRT_ZFS_POOL", default_value = "tank")]
     pool: String,
@@ -35,7 +44,7 @@ struct Flags {
     #[arg(
         long,
         env = "MVIRT_ZFS_LOG_ENDPOINT",
-        default_value = "http://[::1]:50052"
+        default_value = "unix:/run/mvirt/log.sock"
     )]
     log_endpoint: String,
     /// ZFS compression set on the parent dataset when it is created.
@@ -63,7 +72,6 @@ async fn main() -> ExitCode {
         }
     };
     let config = mvirt_zfs::Config {
-        listen: flags.listen,
         pool: flags.pool,
         parent_dataset: flags.parent_dataset,
         data_dir: flags.data_dir,
@@ -71,7 +79,18 @@ async fn main() -> ExitCode {
         log_endpoint: flags.log_endpoint,
         compression: flags.compression,
     };
-    match mvirt_zfs::run(config, shutdown).await {
+    let listen = Listen {
+        addr: flags.listen.clone(),
+        allow_tcp: flags.allow_tcp,
+        socket: SocketOptions {
+            group: flags.socket_group.clone(),
+        },
+    };
+    let result = match listen.bind().await {
+        Ok(listener) => mvirt_zfs::run(config, listener, shutdown).await,
+        Err(err) => Err(err.into()),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %mvirt_common::error::error_chain(&err), "mvirt-zfs failed");

@@ -1,14 +1,13 @@
 //! Wiring: checks the pool, prepares the parent dataset, opens the metadata, recovers
 //! interrupted imports, reports drift, and serves `ZfsService` until shutdown.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use mvirt_common::grpc::{GrpcServer, ServeError};
+use mvirt_common::listen::Listener;
 use mvirt_common::version::VersionInfo;
 use mvirt_common::Shutdown;
-use tokio::net::TcpListener;
 
 use crate::drift;
 use crate::grpc::ZfsGrpc;
@@ -23,7 +22,6 @@ use crate::zfs::{Zfs, ZfsError};
 /// Daemon configuration (flags in `main.rs`).
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub listen: SocketAddr,
     /// The ZFS pool (must exist).
     pub pool: String,
     /// Parent dataset under the pool for everything mvirt creates (empty: the pool itself).
@@ -194,7 +192,11 @@ impl Daemon {
     }
 
     /// Serves on `listener` until `shutdown` fires.
-    pub async fn serve(self, listener: TcpListener, shutdown: Shutdown) -> Result<(), StartError> {
+    pub async fn serve(
+        self,
+        listener: impl Into<Listener>,
+        shutdown: Shutdown,
+    ) -> Result<(), StartError> {
         let service = ZfsGrpc {
             storage: self.storage.clone(),
             imports: self.imports,
@@ -209,9 +211,9 @@ impl Daemon {
     }
 }
 
-/// Prepares and serves on `config.listen` until `shutdown` fires.
-pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), StartError> {
+/// Prepares and serves on `listener` (bound first, so that a taken socket is reported before
+/// any work) until `shutdown` fires.
+pub async fn run(config: Config, listener: Listener, shutdown: Shutdown) -> Result<(), StartError> {
     let daemon = Daemon::prepare(&config, &shutdown).await?;
-    let listener = mvirt_common::grpc::bind(config.listen).await?;
     daemon.serve(listener, shutdown).await
 }

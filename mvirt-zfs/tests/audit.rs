@@ -17,20 +17,20 @@ async fn volume_changes_are_audited_in_mvirt_log_with_the_volume_id() {
     let dirs = tempfile::tempdir().unwrap();
     let shutdown = mvirt_common::Shutdown::new();
     let log = mvirt_log::server::BoundServer::bind(mvirt_log::server::Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
+        listen: mvirt_common::listen::ListenAddr::Unix(dirs.path().join("log.sock")),
         data_dir: dirs.path().join("log"),
         retention: Default::default(),
     })
     .await
     .unwrap();
-    let log_addr = log.local_addr();
+    let log_endpoint = log.endpoint();
     tokio::spawn(log.serve(shutdown.clone()));
 
     let pool = TestPool::create();
     let import_dir = dirs.path().join("import");
     std::fs::create_dir_all(&import_dir).unwrap();
     let mut config = common::config_for(&pool, &dirs.path().join("zfs"), &import_dir);
-    config.log_endpoint = format!("http://{log_addr}");
+    config.log_endpoint = log_endpoint.clone();
     let daemon = common::Daemon::start(config).await;
     let mut c = daemon.client.clone();
 
@@ -55,7 +55,7 @@ async fn volume_changes_are_audited_in_mvirt_log_with_the_volume_id() {
     .await
     .unwrap();
 
-    let messages = audit_entries(log_addr, &vid, 3).await;
+    let messages = audit_entries(&log_endpoint, &vid, 3).await;
     assert!(
         messages[0].contains("created volume audited"),
         "{messages:?}"
@@ -94,7 +94,7 @@ async fn volume_changes_are_audited_in_mvirt_log_with_the_volume_id() {
     })
     .await
     .unwrap();
-    let messages = audit_entries(log_addr, &cid, 2).await;
+    let messages = audit_entries(&log_endpoint, &cid, 2).await;
     assert!(
         messages[0].contains("cloned volume audited-clone"),
         "{messages:?}"
@@ -103,7 +103,7 @@ async fn volume_changes_are_audited_in_mvirt_log_with_the_volume_id() {
         messages[1].contains("made volume audited-clone independent"),
         "{messages:?}"
     );
-    let messages = audit_entries(log_addr, &tid, 5).await;
+    let messages = audit_entries(&log_endpoint, &tid, 5).await;
     assert!(
         messages
             .last()
@@ -115,14 +115,14 @@ async fn volume_changes_are_audited_in_mvirt_log_with_the_volume_id() {
 }
 
 /// The AUDIT entries tagged with `object_id`, oldest first, once there are at least `min`.
-async fn audit_entries(log_addr: std::net::SocketAddr, object_id: &str, min: usize) -> Vec<String> {
+async fn audit_entries(log_endpoint: &str, object_id: &str, min: usize) -> Vec<String> {
     wait_until_async(
         &format!("{min} AUDIT entries for {object_id}"),
         Duration::from_secs(30),
         || {
             let object_id = object_id.to_string();
             async move {
-                let mut log = LogServiceClient::connect(format!("http://{log_addr}"))
+                let mut log = LogServiceClient::connect(log_endpoint.to_string())
                     .await
                     .ok()?;
                 let mut stream = log

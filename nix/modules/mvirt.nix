@@ -55,7 +55,7 @@ let
         description = doc + " `null`: not passed (the daemon's own default applies).";
       } // lib.optionalAttrs (setting ? endpoint_of) {
         defaultText = lib.literalExpression
-          ''"http://''${config.services.mvirt.${setting.endpoint_of}.settings.listen}"'';
+          ''"unix:''${config.services.mvirt.${setting.endpoint_of}.settings.listen}"'';
       } // lib.optionalAttrs (setting ? example) { inherit (setting) example; });
 
   serviceOptions = key: svc: {

@@ -219,10 +219,11 @@ pub fn names(v: &Value) -> Vec<String> {
         .collect()
 }
 
-/// A real mvirt-log daemon in-process; returns its gRPC endpoint. It stops with `shutdown`.
+/// A real mvirt-log daemon in-process on a unix socket in `dir` (as on a host, where the API
+/// reaches it at `unix:/run/mvirt/log.sock`); returns its endpoint. It stops with `shutdown`.
 pub async fn start_log(dir: &std::path::Path, shutdown: mvirt_common::Shutdown) -> String {
     let config = mvirt_log::server::Config {
-        listen: "127.0.0.1:0".parse().expect("addr"),
+        listen: mvirt_common::listen::ListenAddr::Unix(dir.join("log.sock")),
         data_dir: dir.to_path_buf(),
         retention: mvirt_log::retention::RetentionPolicy {
             max_age: None,
@@ -233,7 +234,7 @@ pub async fn start_log(dir: &std::path::Path, shutdown: mvirt_common::Shutdown) 
     let bound = mvirt_log::server::BoundServer::bind(config)
         .await
         .expect("bind mvirt-log");
-    let endpoint = format!("http://{}", bound.local_addr());
+    let endpoint = bound.endpoint();
     tokio::spawn(bound.serve(shutdown));
     endpoint
 }

@@ -3,7 +3,7 @@
 //! Everything global is removed on drop (TAPs of NICs the test created, pins, NAT table).
 #![allow(dead_code)]
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -157,14 +157,19 @@ impl Harness {
 }
 
 async fn launch(config: &DaemonConfig) -> (RunningDaemon, Shutdown, NetServiceClient<Channel>) {
-    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
-        .expect("bind");
+    // The daemon's unix socket, in its data dir as it is under /run/mvirt in production.
+    let socket = mvirt_common::listen::ListenAddr::Unix(config.data_dir.join("ebpf.sock"));
+    let listener = mvirt_common::listen::Listener::bind(
+        &socket,
+        &mvirt_common::listen::SocketOptions::default(),
+    )
+    .await
+    .expect("bind the socket");
     let shutdown = Shutdown::new();
     let daemon = mvirt_ebpf::start(config.clone(), listener, shutdown.clone())
         .await
         .unwrap_or_else(|e| panic!("daemon start: {}", mvirt_common::error::error_chain(&e)));
-    let client = NetServiceClient::connect(format!("http://{}", daemon.addr))
+    let client = NetServiceClient::connect(daemon.addr.endpoint())
         .await
         .expect("connect");
     (daemon, shutdown, client)

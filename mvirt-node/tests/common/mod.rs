@@ -1,6 +1,8 @@
 //! A whole mvirt host in one test process: mvirt-log, mvirt-zfs (on a fresh zfs-fuse pool),
 //! mvirt-ebpf (eBPF datapath, TAPs), mvirt-vmm (QEMU TCG), mvirt-api (single member) and the
-//! node agent — every one the real daemon, started through its library on free ports.
+//! node agent — every one the real daemon, started through its library. The local daemons
+//! listen on unix sockets in the test's directory, as they do under /run/mvirt in production;
+//! the API and the console relay use free TCP ports.
 
 #![allow(dead_code)]
 
@@ -8,6 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use mvirt_common::listen::{ListenAddr, Listener, SocketOptions};
 use mvirt_common::Shutdown;
 use mvirt_node::agent::AgentConfig;
 use mvirt_node::daemons::Endpoints;
@@ -19,6 +22,17 @@ pub const CMDLINE: &str = "console=ttyS0 tsc_early_khz=2100000 panic=-1";
 
 fn loopback() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
+}
+
+/// The unix socket of a local daemon (`<name>.sock`) in `dir`.
+pub fn socket(dir: &Path, name: &str) -> ListenAddr {
+    ListenAddr::Unix(dir.join(format!("{name}.sock")))
+}
+
+async fn bind_socket(dir: &Path, name: &str) -> Listener {
+    Listener::bind(&socket(dir, name), &SocketOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("{name}.sock: {}", mvirt_common::error::error_chain(&e)))
 }
 
 /// The template files: the standard test guest's kernel and initramfs and a raw disk.
@@ -62,7 +76,6 @@ impl HostDaemons {
 
         let pool = TestPool::create();
         let zfs_config = mvirt_zfs::server::Config {
-            listen: loopback(),
             pool: pool.name.clone(),
             parent_dataset: "mvirt".into(),
             data_dir: dir.join("zfs"),
@@ -73,8 +86,8 @@ impl HostDaemons {
         let zfs = mvirt_zfs::server::Daemon::prepare(&zfs_config, &shutdown)
             .await
             .expect("mvirt-zfs prepares");
-        let zfs_listener = mvirt_common::grpc::bind(loopback()).await.unwrap();
-        let zfs_addr = zfs_listener.local_addr().unwrap();
+        let zfs_listener = bind_socket(dir, "zfs").await;
+        let zfs_endpoint = zfs_listener.endpoint();
         tokio::spawn(zfs.serve(zfs_listener, shutdown.clone()));
 
         let pin_dir = PathBuf::from(format!(
@@ -94,7 +107,7 @@ impl HostDaemons {
             guest_mtu: 1450,
             log_endpoint: log_endpoint.to_string(),
         };
-        let ebpf_listener = mvirt_common::grpc::bind(loopback()).await.unwrap();
+        let ebpf_listener = bind_socket(dir, "ebpf").await;
         let ebpf = mvirt_ebpf::start(ebpf_config, ebpf_listener, shutdown.clone())
             .await
             .expect("mvirt-ebpf starts (eBPF programs load)");
@@ -106,7 +119,7 @@ impl HostDaemons {
         vmm_config.qemu.accel = mvirt_vmm::hypervisor::qemu::Accel::Tcg;
         vmm_config.log_endpoint = log_endpoint.to_string();
         vmm_config.default_stop_timeout = Duration::from_secs(10);
-        let vmm = mvirt_vmm::start(vmm_config.clone(), loopback())
+        let vmm = mvirt_vmm::start(vmm_config.clone(), socket(dir, "vmm"))
             .await
             .expect("mvirt-vmm starts");
 
@@ -114,8 +127,8 @@ impl HostDaemons {
             endpoints: Endpoints {
                 api: String::new(),
                 vmm: vmm.endpoint(),
-                zfs: format!("http://{zfs_addr}"),
-                ebpf: format!("http://{}", ebpf.addr),
+                zfs: zfs_endpoint,
+                ebpf: ebpf.addr.endpoint(),
                 log: log_endpoint.to_string(),
             },
             pool,
@@ -129,10 +142,10 @@ impl HostDaemons {
         }
     }
 
-    /// Stops mvirt-vmm (guests keep running) and starts it again on the same address.
+    /// Stops mvirt-vmm (guests keep running) and starts it again on the same socket.
     pub async fn restart_vmm(&mut self) {
         let old = self.vmm.take().expect("vmm running");
-        let addr = old.addr;
+        let addr = old.addr.clone();
         old.stop().await.expect("vmm stops cleanly");
         let vmm = mvirt_vmm::start(self.vmm_config.clone(), addr)
             .await

@@ -39,7 +39,8 @@ pub fn config(data_dir: &Path, extra_allowed: &[&Path]) -> VmmConfig {
 
 pub async fn start_daemon(config: VmmConfig) -> (RunningVmm, VmServiceClient<Channel>) {
     mvirt_common::telemetry::init_for_tests();
-    let running = mvirt_vmm::start(config, "127.0.0.1:0".parse().unwrap())
+    let socket = mvirt_common::listen::ListenAddr::Unix(config.data_dir.join("vmm.sock"));
+    let running = mvirt_vmm::start(config, socket)
         .await
         .expect("start mvirt-vmm in-process");
     let client = VmServiceClient::connect(running.endpoint())

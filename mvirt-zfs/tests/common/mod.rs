@@ -2,11 +2,11 @@
 //! server for import sources, and disk images.
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use mvirt_common::listen::{ListenAddr, Listener, SocketOptions};
 use mvirt_common::Shutdown;
 use mvirt_testsupport::zfs::TestPool;
 use mvirt_zfs::proto::zfs_service_client::ZfsServiceClient;
@@ -24,7 +24,8 @@ pub fn new_id() -> String {
 /// mvirt-zfs served in-process on a pool of its own.
 pub struct Daemon {
     pub client: Client,
-    pub addr: SocketAddr,
+    /// The daemon's unix socket (in its data dir).
+    pub addr: ListenAddr,
     pub config: mvirt_zfs::Config,
     shutdown: Shutdown,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -42,17 +43,18 @@ impl Daemon {
                     mvirt_common::error::error_chain(&e)
                 )
             });
-        let listener = mvirt_common::grpc::bind("127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
-        let addr = listener.local_addr().unwrap();
+        let listener = Listener::bind(
+            &ListenAddr::Unix(config.data_dir.join("zfs.sock")),
+            &SocketOptions::default(),
+        )
+        .await
+        .unwrap();
+        let addr = listener.local_addr();
         let serve_shutdown = shutdown.clone();
         let task = tokio::spawn(async move {
             daemon.serve(listener, serve_shutdown).await.unwrap();
         });
-        let client = ZfsServiceClient::connect(format!("http://{addr}"))
-            .await
-            .unwrap();
+        let client = ZfsServiceClient::connect(addr.endpoint()).await.unwrap();
         Self {
             client,
             addr,
@@ -129,7 +131,6 @@ impl Fixture {
 
 pub fn config_for(pool: &TestPool, data_dir: &Path, import_dir: &Path) -> mvirt_zfs::Config {
     mvirt_zfs::Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
         pool: pool.name.clone(),
         parent_dataset: "mvirt".into(),
         data_dir: data_dir.to_path_buf(),
