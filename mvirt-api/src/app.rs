@@ -797,7 +797,7 @@ fn related_ids(command: &Command) -> Vec<String> {
         Command::Update { id, .. } | Command::Delete { id, .. } | Command::VmAction { id, .. } => {
             vec![id.clone()]
         }
-        Command::ResizeVolume { id, .. } => vec![id.clone()],
+        Command::ResizeVolume { id, .. } | Command::CancelImport { id, .. } => vec![id.clone()],
         Command::CreateSnapshot {
             volume_id,
             snapshot,

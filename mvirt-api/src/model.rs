@@ -313,6 +313,10 @@ pub struct Template {
     /// there); none for imported templates, which every node imports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_id: Option<String>,
+    /// Set by `POST /v1/templates/{id}/cancel`: nodes stop a running import and start none
+    /// (copies already imported stay usable).
+    #[serde(default)]
+    pub import_cancelled: bool,
 }
 
 // ------------------------------------------------------------------------------------ volumes

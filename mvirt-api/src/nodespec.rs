@@ -224,6 +224,7 @@ pub fn desired_for(state: &State, node_id: &str) -> proto::NodeSpec {
                 kernel_sha256: t.spec.kernel_sha256.clone().unwrap_or_default(),
                 initramfs_sha256: t.spec.initramfs_sha256.clone().unwrap_or_default(),
                 cmdline: t.spec.cmdline.clone().unwrap_or_default(),
+                import_cancelled: t.import_cancelled,
                 source_volume_id: t
                     .spec
                     .source_snapshot

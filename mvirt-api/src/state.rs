@@ -222,6 +222,11 @@ pub enum Command {
         snapshot_id: String,
         now: String,
     },
+    /// Stops a template's imports on every node.
+    CancelImport {
+        id: String,
+        now: String,
+    },
     /// A new template copied from a volume's snapshot on the volume's node.
     PromoteSnapshot {
         volume_id: String,
@@ -968,6 +973,27 @@ impl State {
                 snapshot_id,
                 now,
             } => self.rollback_snapshot(index, volume_id, snapshot_id, now),
+            Command::CancelImport { id, now } => {
+                let t = self
+                    .templates
+                    .get_mut(id)
+                    .ok_or_else(|| ApiError::not_found(Kind::Template, id))?;
+                let everywhere_ready = !t.status.nodes.is_empty()
+                    && t.status.nodes.values().all(|n| n.phase == "ready");
+                if t.spec.source_snapshot.is_some() || everywhere_ready {
+                    return Err(ApiError::conflict(format!(
+                        "template {} has no import to cancel",
+                        t.meta.name
+                    )));
+                }
+                t.import_cancelled = true;
+                stamp(&mut t.meta, index, now, true);
+                let change = self.change(Kind::Template, id, "import_cancelled");
+                Ok((
+                    change.object.clone().unwrap_or_else(Json::null),
+                    vec![change],
+                ))
+            }
             Command::PromoteSnapshot {
                 volume_id,
                 snapshot_id,
@@ -2815,6 +2841,7 @@ mod tests {
                 spec: TemplateSpec::default(),
                 status: Status::default(),
                 node_id: None,
+                import_cancelled: false,
             },
         });
         s.apply(10, &promote).0.result.unwrap();

@@ -398,6 +398,8 @@ pub enum TemplateCmd {
     List(ListArgs),
     /// Show one template.
     Show { template: String },
+    /// Cancel a template's import on every node (copies already imported stay).
+    Cancel { template: String },
     /// Import a disk image as a template and follow the import to its end.
     #[command(
         visible_alias = "create",

@@ -792,6 +792,17 @@ async fn template(ctx: &Ctx, c: TemplateCmd) -> Result<(), ApiError> {
             ctx.done(&last, &format!("template {name} imported ({id})"))
         }
         TemplateCmd::Delete { template } => ctx.delete(r, &template, &[]).await,
+        TemplateCmd::Cancel { template } => {
+            let v = ctx
+                .api
+                .post(
+                    &format!("{}/cancel", item_path(r, &template)),
+                    &ctx.pq(),
+                    &json!({}),
+                )
+                .await?;
+            ctx.done(&v, &format!("import of template {template} cancelled"))
+        }
     }
 }
 

@@ -488,6 +488,30 @@ impl Reconciler {
                     continue;
                 }
             }
+            if want.import_cancelled {
+                // Stop what runs and start nothing; a copy imported before stays (above).
+                let jobs = client
+                    .list_import_jobs(zfs::ListImportJobsRequest {})
+                    .await?
+                    .into_inner()
+                    .jobs;
+                for job in jobs
+                    .iter()
+                    .filter(|j| j.template_id == want.id && import_running(j))
+                {
+                    client
+                        .cancel_import_job(zfs::CancelImportJobRequest {
+                            job_id: job.id.clone(),
+                        })
+                        .await?;
+                    self.audit.audit(
+                        format!("cancelled the import of template {}", want.id),
+                        &[&want.id],
+                    );
+                }
+                out.push(status(kind, &want.id, Phase::Failed, "import cancelled"));
+                continue;
+            }
             match self.imports.get(&want.id) {
                 Some(ImportState::Running {
                     bytes_done,

@@ -475,6 +475,7 @@ async fn not_found_fallback() -> ApiError {
         resources::delete_snapshot,
         resources::list_snapshots,
         resources::rollback_snapshot,
+        resources::cancel_import,
         resources::promote_snapshot,
         resources::add_rule,
         resources::delete_rule,

@@ -330,6 +330,7 @@ fn build_template(meta: Meta, spec: TemplateSpec) -> Result<Command, ApiError> {
             spec,
             status: Status::default(),
             node_id: None,
+            import_cancelled: false,
         },
     })
 }
@@ -878,12 +879,37 @@ pub async fn promote_snapshot(
                     },
                     status: Status::default(),
                     node_id: None,
+                    import_cancelled: false,
                 },
             },
             None,
         )
         .await?;
     Ok((StatusCode::CREATED, Json(value)).into_response())
+}
+
+#[utoipa::path(post, path = "/v1/templates/{id}/cancel", tag = "templates",
+    params(("id" = String, Path, description = "id or name"), ProjectQuery),
+    responses(
+        (status = 202, description = "accepted: every node stops its running import and starts none (copies already imported stay); the template then reports `failed` (import cancelled) where it was not imported", body = Template),
+        (status = 404, body = ErrorEnvelope),
+        (status = 409, description = "nothing to cancel: imported on every node, or promoted from a snapshot", body = ErrorEnvelope)))]
+pub async fn cancel_import(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    q: Result<Query<ProjectQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let id = resolve(
+        &app.shared.read(),
+        Kind::Template,
+        &id,
+        q.project.as_deref(),
+    )?;
+    let (_, value) = app
+        .submit(Command::CancelImport { id, now: now() }, None)
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(value)).into_response())
 }
 
 #[utoipa::path(post, path = "/v1/security-groups/{id}/rules", tag = "security-groups", request_body = SecurityGroupRule, params(("id" = String, Path, description = "id or name"), ProjectQuery),
@@ -971,6 +997,7 @@ pub fn routes() -> Router<Arc<App>> {
             "/v1/volumes/{id}/snapshots/{snapshot_id}",
             delete_route(delete_snapshot),
         )
+        .route("/v1/templates/{id}/cancel", post(cancel_import))
         .route(
             "/v1/volumes/{id}/snapshots/{snapshot_id}/rollback",
             post(rollback_snapshot),
