@@ -60,10 +60,14 @@ start_unit() {
   PIDS[$1]=$($UNITRUN start "$R" "$1.service" "$WORK/logs/$1.log")
   echo "   $1: pid ${PIDS[$1]} ($($UNITRUN show "$R" "$1.service" | sed -n 1p))"
 }
-grpc_up() { # a daemon is up when its TCP port accepts (from the packaged env file)
-  local addr; addr=$(sed -n "s/^$1=//p" "$R/etc/mvirt/$2.env")
-  local host=${addr%:*} port=${addr##*:}; host=${host#[}; host=${host%]}
-  timeout 1 bash -c "</dev/tcp/$host/$port" 2>/dev/null
+connects() { # connects PATH [setpriv args...]: a unix stream connect to PATH succeeds
+  local path=$1; shift
+  "$@" /usr/bin/python3 -c 'import socket, sys
+s = socket.socket(socket.AF_UNIX); s.settimeout(1); s.connect(sys.argv[1])' "$path" 2>/dev/null
+}
+grpc_up() { # a daemon is up when its unix socket (from the packaged env file) accepts
+  local path; path=$(sed -n "s/^$1=//p" "$R/etc/mvirt/$2.env"); path=${path#unix:}
+  [ -S "$R$path" ] && connects "$R$path"
 }
 wait_for() { # wait_for WHAT SECONDS COMMAND...
   local what=$1 secs=$2; shift 2
@@ -111,6 +115,26 @@ done
 MVIRT_UID=$(chroot "$R" id -u mvirt)
 for name in mvirt-log mvirt-api; do # User=mvirt in their units
   [ "$(awk '/^Uid:/{print $2}' "/proc/${PIDS[$name]}/status")" = "$MVIRT_UID" ] || die "$name does not run as mvirt"
+done
+
+say "the local daemons are on root-only unix sockets, not on TCP"
+for d in vmm zfs ebpf log; do
+  owner=root; [ "$d" = log ] && owner=mvirt # mvirt-log runs as mvirt; mvirt-api (mvirt) is its client
+  [ "$(chroot "$R" stat -c "%a %U %F" "/run/mvirt/$d.sock")" = "600 $owner socket" ] ||
+    die "/run/mvirt/$d.sock is not a 0600 socket of $owner: $(chroot "$R" stat -c "%a %U %F" "/run/mvirt/$d.sock")"
+  connects "/run/mvirt/$d.sock" chroot "$R" || die "root cannot connect to /run/mvirt/$d.sock"
+  # Refused for the right reason (permission), not because python or the path failed.
+  refused=$(chroot "$R" setpriv --reuid nobody --regid nogroup --clear-groups /usr/bin/python3 -c 'import socket, sys
+try:
+    socket.socket(socket.AF_UNIX).connect(sys.argv[1]); print("connected")
+except OSError as e:
+    print(type(e).__name__)' "/run/mvirt/$d.sock" 2>&1)
+  [ "$refused" = PermissionError ] || die "user nobody connecting to /run/mvirt/$d.sock: $refused (expected PermissionError)"
+done
+for port in 50051 50052 50053 50054; do
+  if timeout 1 bash -c "</dev/tcp/127.0.0.1/$port" 2>/dev/null || timeout 1 bash -c "</dev/tcp/::1/$port" 2>/dev/null; then
+    die "something listens on TCP port $port"
+  fi
 done
 
 api() { # api METHOD PATH [JSON]
