@@ -185,16 +185,25 @@ pub fn follows_naming(name: &str) -> bool {
         && rest
             .bytes()
             .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b));
-    let id_prefix = rest.len() == 12
-        && rest
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    digest || id_prefix
+    digest || is_id_prefix_name(name)
+}
+
+/// The `mv` + 12 lowercase hex digits names of versions before the digest names.
+fn is_id_prefix_name(name: &str) -> bool {
+    name.strip_prefix("mv").is_some_and(|rest| {
+        rest.len() == 12
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
 }
 
 /// TAP devices (tun devices in TAP mode) on the host that follow mvirt-ebpf's naming, are not in
-/// `known` (the TAPs of stored NICs) and carry no alias or the alias `owner`: the devices this
-/// daemon must remove. Any other device, however it is named, is never returned.
+/// `known` (the TAPs of stored NICs) and either carry this daemon's alias `owner`, or carry none
+/// and have the id-prefix name of versions that labelled nothing: the devices this daemon must
+/// remove. An unlabelled TAP with a digest name is left alone: another mvirt-ebpf on the host
+/// (tests run several) may have just created it and not labelled it yet. Any other device,
+/// however it is named, is never returned.
 pub fn orphans(known: &std::collections::HashSet<String>, owner: &str) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir("/sys/class/net") else {
         return Vec::new();
@@ -211,7 +220,8 @@ pub fn orphans(known: &std::collections::HashSet<String>, owner: &str) -> Vec<St
                 .is_some_and(|flags| flags & i64::from(IFF_TAP) != 0);
             let alias = std::fs::read_to_string(dev.join("ifalias")).unwrap_or_default();
             let alias = alias.trim_end_matches('\n');
-            is_tap && (alias.is_empty() || alias == owner)
+            let unlabelled_legacy = alias.is_empty() && is_id_prefix_name(name);
+            is_tap && (alias == owner || unlabelled_legacy)
         })
         .collect();
     found.sort();

@@ -1,6 +1,7 @@
 //! TAPs that belong to no NIC (left by a crash) are removed at start-up and on every
 //! convergence, each with an AUDIT entry in a real mvirt-log; devices that do not follow
-//! mvirt-ebpf's naming, and TAPs marked as another mvirt-ebpf's, are never touched.
+//! mvirt-ebpf's naming, TAPs marked as another mvirt-ebpf's, and unlabelled TAPs with a digest
+//! name (possibly another daemon's, between creating and labelling them) are never touched.
 
 mod common;
 
@@ -99,7 +100,10 @@ async fn taps_with_our_naming_that_no_nic_owns_are_removed_and_audited_and_forei
     // While the daemon is down: a TAP for a NIC id that never reached the store (digest name), one
     // with the old id-prefix name, and devices that must survive.
     h.stop().await;
-    let orphan = HandMadeTap::create(&mvirt_common::names::tap_name(&new_id()), None);
+    let ours = format!("mvirt-ebpf:{}", h.config.pin_dir.display());
+    let orphan = HandMadeTap::create(&mvirt_common::names::tap_name(&new_id()), Some(&ours));
+    // Our naming without a label: another daemon may be between creating and labelling it.
+    let unlabelled = HandMadeTap::create(&mvirt_common::names::tap_name(&new_id()), None);
     let old_style = HandMadeTap::create(&id_prefix_name(&new_id()), None);
     // One character short of our naming.
     let near_miss = HandMadeTap::create(&id_prefix_name(&new_id())[..13], None);
@@ -115,6 +119,11 @@ async fn taps_with_our_naming_that_no_nic_owns_are_removed_and_audited_and_forei
     assert!(!old_style.exists(), "{} removed at start-up", old_style.0);
     assert!(near_miss.exists(), "{} is not ours", near_miss.0);
     assert!(foreign.exists(), "{} is not ours", foreign.0);
+    assert!(
+        unlabelled.exists(),
+        "{} may be another daemon's",
+        unlabelled.0
+    );
     assert!(
         other_daemons.exists(),
         "{} is another daemon's",
@@ -141,7 +150,7 @@ async fn taps_with_our_naming_that_no_nic_owns_are_removed_and_audited_and_forei
 
     // While it runs: an orphan appears (a crash of a second writer, a person); the next change
     // to the node's networking converges and removes it. Deleting a NIC is not an orphan.
-    let late = HandMadeTap::create(&mvirt_common::names::tap_name(&new_id()), None);
+    let late = HandMadeTap::create(&mvirt_common::names::tap_name(&new_id()), Some(&ours));
     let second = h.nic(&net, mac(0x76), "10.62.0.3", &[]).await;
     assert!(!late.exists(), "{} removed on converge", late.0);
     wait_audited(
