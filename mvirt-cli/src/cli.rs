@@ -278,6 +278,9 @@ pub enum NicCmd {
         /// Security group id or name (repeatable).
         #[arg(long = "sg")]
         security_groups: Vec<String>,
+        /// A prefix routed to this NIC, e.g. 10.9.0.0/24 behind a router VM (repeatable).
+        #[arg(long = "routed-prefix")]
+        routed_prefixes: Vec<String>,
     },
     /// Delete a NIC.
     Delete { nic: String },
@@ -506,6 +509,12 @@ pub struct VmCreateArgs {
     /// Create without starting.
     #[arg(long)]
     pub stopped: bool,
+    /// Back the guest's memory with the host's hugepages (fixed after create).
+    #[arg(long)]
+    pub hugepages: bool,
+    /// Expose the CPU's virtualization extensions to the guest (fixed after create).
+    #[arg(long)]
+    pub nested_virtualization: bool,
     #[arg(long = "label")]
     pub labels: Vec<String>,
 }

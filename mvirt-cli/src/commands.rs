@@ -498,10 +498,12 @@ async fn nic(ctx: &Ctx, c: NicCmd) -> Result<(), ApiError> {
             ipv4,
             ipv6,
             security_groups,
+            routed_prefixes,
         } => {
             let network_id = ctx.resolve_id(&res::NETWORKS, &network).await?;
             let sgs = resolve_all(ctx, &res::SECURITY_GROUPS, &security_groups).await?;
-            let mut spec = json!({"network_id": network_id, "security_group_ids": sgs});
+            let mut spec = json!({"network_id": network_id, "security_group_ids": sgs,
+                "routed_prefixes": routed_prefixes});
             for (k, v) in [
                 ("mac_address", mac),
                 ("ipv4_address", ipv4),
@@ -817,6 +819,8 @@ pub fn vm_create_body(
         "memory_bytes": size(&a.memory)?,
         "hostname": a.hostname.clone().unwrap_or_else(|| a.name.clone()),
         "desired_state": if a.stopped { "stopped" } else { "running" },
+        "hugepages": a.hugepages,
+        "nested_virtualization": a.nested_virtualization,
         "volume_ids": ids.volumes,
         "ssh_authorized_keys": ids.ssh_keys,
     });
@@ -1293,6 +1297,7 @@ mod tests {
             "--node-selector",
             "zone=a",
             "--stopped",
+            "--nested-virtualization",
         ])
         .unwrap();
         let Command::Vm(VmCmd::Create(a)) = cli.command else {
@@ -1314,6 +1319,8 @@ mod tests {
         assert_eq!(b["spec"]["network_interfaces"][0]["network_id"], "nid");
         assert_eq!(b["spec"]["node_selector"], "zone=a");
         assert_eq!(b["spec"]["desired_state"], "stopped");
+        assert_eq!(b["spec"]["nested_virtualization"], true);
+        assert_eq!(b["spec"]["hugepages"], false);
         assert_eq!(b["spec"]["ssh_authorized_keys"][0], "ssh-ed25519 AAA");
         assert_eq!(b["spec"]["hostname"], "web");
     }

@@ -213,6 +213,8 @@ async fn create_vm(api: &ApiClient, f: &VmForm) -> Result<Value, crate::client::
         node_selector: None,
         hostname: None,
         stopped: false,
+        hugepages: false,
+        nested_virtualization: false,
         labels: vec![],
     };
     let project = vec![("project", api.project.clone())];
