@@ -206,8 +206,10 @@ impl Drop for SocketFile {
 /// - a socket file nobody answers on (left by a crash) is replaced, but a socket a live process
 ///   serves is not taken over ([`ServeError::SocketInUse`]), and a file that is not a socket is
 ///   never deleted ([`ServeError::NotASocket`]);
-/// - the socket is bound under a temporary name, given its group and mode, and only then renamed
+/// - the socket is bound under a temporary name, given its group and mode, and only then linked
 ///   into place, so no client can connect while it still has the default permissions.
+///
+/// Must be called inside a tokio runtime (the listener registers with it).
 pub fn bind_unix(path: &Path, options: &SocketOptions) -> Result<Listener, ServeError> {
     let socket_err = |what: &'static str, source: std::io::Error| ServeError::Socket {
         path: path.to_path_buf(),
@@ -255,12 +257,20 @@ pub fn bind_unix(path: &Path, options: &SocketOptions) -> Result<Listener, Serve
         }
         std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(options.mode()))
             .map_err(|e| socket_err("cannot set the socket mode", e))?;
-        std::fs::rename(&temporary, path).map_err(|e| socket_err("cannot move the socket", e))
+        // A hard link, not a rename: it fails if another daemon started at the same moment
+        // has put its socket there first, where a rename would silently replace it.
+        std::fs::hard_link(&temporary, path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                ServeError::SocketInUse {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                socket_err("cannot move the socket into place", e)
+            }
+        })
     })();
-    if let Err(err) = prepared {
-        let _ = std::fs::remove_file(&temporary);
-        return Err(err);
-    }
+    let _ = std::fs::remove_file(&temporary);
+    prepared?;
     let meta = std::fs::symlink_metadata(path).map_err(|e| socket_err("cannot stat", e))?;
     tracing::info!(
         path = %path.display(),
