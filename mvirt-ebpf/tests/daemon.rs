@@ -27,7 +27,9 @@ fn the_daemon_refuses_to_start_when_the_ebpf_datapath_cannot_be_loaded() {
     let dir = tempfile::tempdir().unwrap();
     // Pinning maps on a non-bpffs directory fails: the datapath cannot be set up.
     let out = Command::new(env!("CARGO_BIN_EXE_mvirt-ebpf"))
-        .args(["--listen", "127.0.0.1:0", "--log-endpoint", ""])
+        .args(["--log-endpoint", ""])
+        .arg("--listen")
+        .arg(dir.path().join("ebpf.sock"))
         .arg("--data-dir")
         .arg(dir.path().join("data"))
         .arg("--bpf-pin-dir")

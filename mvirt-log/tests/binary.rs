@@ -23,17 +23,16 @@ fn help_says_what_the_daemon_does_and_names_its_environment_variables() {
 #[tokio::test]
 async fn the_binary_serves_on_its_configured_address_and_exits_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let addr = mvirt_testsupport::net::free_addr();
+    let socket = dir.path().join("log.sock");
+    let endpoint = format!("unix:{}", socket.display());
     let mut child = ChildGuard::spawn(
         "mvirt-log",
         Command::new(env!("CARGO_BIN_EXE_mvirt-log"))
-            .env("MVIRT_LOG_LISTEN", addr.to_string())
+            .env("MVIRT_LOG_LISTEN", &socket)
             .env("MVIRT_LOG_DATA_DIR", dir.path()),
     );
     let mut client = wait_until_async("mvirt-log to listen", Duration::from_secs(20), || async {
-        LogServiceClient::connect(format!("http://{addr}"))
-            .await
-            .ok()
+        LogServiceClient::connect(endpoint.clone()).await.ok()
     })
     .await;
     let version = client

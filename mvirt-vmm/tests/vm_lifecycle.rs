@@ -248,11 +248,11 @@ async fn a_guest_boots_with_cloud_init_a_disk_and_a_nic_and_powers_off_on_the_po
     mvirt_testsupport::process::assert_no_hypervisor_outlives(dir.path(), Duration::ZERO).await;
 }
 
-/// The real `mvirt-vmm` binary on a free port.
+/// The real `mvirt-vmm` binary on its unix socket `socket`.
 fn spawn_daemon_binary(
     data_dir: &std::path::Path,
     allowed: &std::path::Path,
-    port: u16,
+    socket: &std::path::Path,
 ) -> mvirt_testsupport::process::ChildGuard {
     let allowed = format!(
         "{},{}",
@@ -263,7 +263,7 @@ fn spawn_daemon_binary(
         "mvirt-vmm",
         std::process::Command::new(env!("CARGO_BIN_EXE_mvirt-vmm"))
             .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
+            .arg(socket)
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--allowed-dir")
@@ -288,15 +288,19 @@ fn spawn_daemon_binary(
 }
 
 async fn connect_binary(
-    port: u16,
+    socket: &std::path::Path,
 ) -> proto::vm_service_client::VmServiceClient<tonic::transport::Channel> {
+    let endpoint = format!("unix:{}", socket.display());
     mvirt_testsupport::process::wait_until_async(
         "mvirt-vmm to serve",
         Duration::from_secs(30),
-        || async move {
-            proto::vm_service_client::VmServiceClient::connect(format!("http://127.0.0.1:{port}"))
-                .await
-                .ok()
+        || {
+            let endpoint = endpoint.clone();
+            async move {
+                proto::vm_service_client::VmServiceClient::connect(endpoint)
+                    .await
+                    .ok()
+            }
         },
     )
     .await
@@ -309,9 +313,10 @@ async fn a_crashed_daemon_adopts_the_running_guest_on_restart_and_a_guest_ignori
     let dir = tempfile::tempdir().unwrap();
     let disks = tempfile::tempdir().unwrap();
     let mut reaper = GuestReaper::default();
-    let port = mvirt_testsupport::net::free_port();
-    let mut daemon = spawn_daemon_binary(dir.path(), disks.path(), port);
-    let mut client = connect_binary(port).await;
+    // Killed and restarted on the same socket: the stale socket file is replaced.
+    let socket = dir.path().join("vmm.sock");
+    let mut daemon = spawn_daemon_binary(dir.path(), disks.path(), &socket);
+    let mut client = connect_binary(&socket).await;
 
     let id = new_id();
     reaper.watch(&id);
@@ -357,8 +362,8 @@ async fn a_crashed_daemon_adopts_the_running_guest_on_restart_and_a_guest_ignori
         },
     )
     .await;
-    let mut daemon = spawn_daemon_binary(dir.path(), disks.path(), port);
-    let mut client = connect_binary(port).await;
+    let mut daemon = spawn_daemon_binary(dir.path(), disks.path(), &socket);
+    let mut client = connect_binary(&socket).await;
     let adopted = get_vm(&mut client, &id).await;
     assert_eq!(state(&adopted), proto::VmState::Running);
     assert_eq!(adopted.pid, pid, "the same process, not a new one");

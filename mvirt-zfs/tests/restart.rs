@@ -17,10 +17,11 @@ fn start_daemon(
     pool: &TestPool,
     data_dir: &std::path::Path,
     import_dir: &std::path::Path,
-    port: u16,
+    socket: &std::path::Path,
 ) -> ChildGuard {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mvirt-zfs"));
-    cmd.args(["--listen", &format!("127.0.0.1:{port}")])
+    cmd.arg("--listen")
+        .arg(socket)
         .args(["--pool", &pool.name, "--parent-dataset", "mvirt"])
         .arg("--data-dir")
         .arg(data_dir)
@@ -30,14 +31,14 @@ fn start_daemon(
     ChildGuard::spawn("mvirt-zfs", &mut cmd)
 }
 
-async fn connect(port: u16) -> common::Client {
+async fn connect(socket: &std::path::Path) -> common::Client {
+    let endpoint = format!("unix:{}", socket.display());
     wait_until_async(
         "mvirt-zfs to accept connections",
         Duration::from_secs(30),
-        || async move {
-            ZfsServiceClient::connect(format!("http://127.0.0.1:{port}"))
-                .await
-                .ok()
+        || {
+            let endpoint = endpoint.clone();
+            async move { ZfsServiceClient::connect(endpoint).await.ok() }
         },
     )
     .await
@@ -53,10 +54,11 @@ async fn a_daemon_killed_during_an_import_marks_the_job_failed_and_removes_the_d
     std::fs::create_dir_all(&import_dir).unwrap();
     common::make_disk_image(&import_dir.join("big.img"), 64 * 1024 * 1024, 9);
     let http = HttpServer::start(&import_dir).await;
-    let port = mvirt_testsupport::net::free_port();
+    // SIGKILLed and restarted on the same socket: the stale socket file is replaced.
+    let socket = dirs.path().join("zfs.sock");
 
-    let mut daemon = start_daemon(&pool, &data_dir, &import_dir, port);
-    let mut c = connect(port).await;
+    let mut daemon = start_daemon(&pool, &data_dir, &import_dir, &socket);
+    let mut c = connect(&socket).await;
     let tid = new_id();
     let job = c
         .import_template(import_request(
@@ -116,8 +118,8 @@ async fn a_daemon_killed_during_an_import_marks_the_job_failed_and_removes_the_d
     .contains(&dataset));
     daemon.kill();
 
-    let _daemon = start_daemon(&pool, &data_dir, &import_dir, port);
-    let mut c = connect(port).await;
+    let _daemon = start_daemon(&pool, &data_dir, &import_dir, &socket);
+    let mut c = connect(&socket).await;
     let after = c
         .get_import_job(proto::GetImportJobRequest {
             job_id: job.id.clone(),
