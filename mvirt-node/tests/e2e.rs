@@ -521,7 +521,7 @@ async fn vm_changes_reach_the_guest(
     let extra = rest
         .post(
             "/v1/nics",
-            json!({"name": "extra", "spec": {"network_id": network_id}}),
+            json!({"name": "extra", "spec": {"network_id": network_id, "routed_prefixes": ["10.99.0.0/24"]}}),
         )
         .await;
     let extra_id = extra["id"].as_str().unwrap().to_string();
@@ -610,14 +610,16 @@ async fn vm_changes_reach_the_guest(
     )
     .await
     .unwrap();
-    let tap_name = net
+    let local_nic = net
         .get_nic(mvirt_ebpf::proto::GetNicRequest {
             id: extra_id.clone(),
         })
         .await
         .unwrap()
-        .into_inner()
-        .tap_name;
+        .into_inner();
+    // The NIC's routed prefix reached mvirt-ebpf.
+    assert_eq!(local_nic.routed_prefixes, vec!["10.99.0.0/24".to_string()]);
+    let tap_name = local_nic.tap_name;
     assert!(mvirt_ebpf::ip::link_exists(&tap_name));
 
     // Detach the NIC: it leaves the guest, then its TAP goes.

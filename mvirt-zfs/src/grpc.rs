@@ -269,21 +269,24 @@ impl ZfsService for ZfsGrpc {
                 )))
             }
         };
-        let job = self
-            .imports
-            .start(ImportRequest {
-                id: r.id,
-                name: r.name,
-                source_url: r.source_url,
-                format,
-                sha256: r.sha256,
-                kernel_url: r.kernel_url,
-                initramfs_url: r.initramfs_url,
-                kernel_sha256: r.kernel_sha256,
-                initramfs_sha256: r.initramfs_sha256,
-                cmdline: r.cmdline,
-            })
-            .await?;
+        // The start runs to its end in a task of its own: a caller that goes away (an agent
+        // killed mid-call) must not cut it off between creating the dataset and recording it.
+        let imports = self.imports.clone();
+        let request = ImportRequest {
+            id: r.id,
+            name: r.name,
+            source_url: r.source_url,
+            format,
+            sha256: r.sha256,
+            kernel_url: r.kernel_url,
+            initramfs_url: r.initramfs_url,
+            kernel_sha256: r.kernel_sha256,
+            initramfs_sha256: r.initramfs_sha256,
+            cmdline: r.cmdline,
+        };
+        let job = tokio::spawn(async move { imports.start(request).await })
+            .await
+            .map_err(|e| Status::internal(format!("import start failed: {e}")))??;
         Ok(Response::new(job_to_proto(job)))
     }
 

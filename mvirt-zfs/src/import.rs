@@ -360,6 +360,9 @@ impl ImportManager {
             .unwrap_or(0);
 
         let dataset = self.storage.layout.template_dataset(&req.id);
+        // No record of this template exists (checked above, under its lock): a dataset of its
+        // id is what an earlier start left when it was cut off after creating it.
+        self.storage.zfs.destroy_if_exists(&dataset).await?;
         self.storage
             .zfs
             .create(
