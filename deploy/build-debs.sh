@@ -62,6 +62,12 @@ for template in deploy/debian/*/; do
   bin=$(binary_of "$pkg")
   dir=$STAGE/$pkg
   cp -a "$template" "$dir"
+  # A clone carries only the executable bit: give each file the mode gen.py made it with.
+  while read -r mode rel; do
+    case $rel in
+      "$pkg"/*) [ -e "$STAGE/$rel" ] && chmod "$mode" "$STAGE/$rel" ;;
+    esac
+  done < <(python3 deploy/gen.py --modes)
   if [ -n "$bin" ]; then
     [ -x "$BIN/$bin" ] || die "$BIN/$bin is missing: build it first"
     install -D -m 0755 "$BIN/$bin" "$dir/usr/bin/$bin"

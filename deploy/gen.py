@@ -9,6 +9,7 @@ deploy/build-debs.sh adds the binaries and builds the .deb files.
 
     deploy/gen.py           rewrite deploy/debian/
     deploy/gen.py --check   exit 1 (and say which files) if deploy/debian/ is not up to date
+    deploy/gen.py --modes   print each generated file's mode (octal) and path
 
 The NixOS module reads the same description (nix/lib.nix), so units and module cannot drift.
 """
@@ -247,11 +248,20 @@ def generate():
 def main():
     check = "--check" in sys.argv[1:]
     files = generate()
+    if "--modes" in sys.argv[1:]:
+        # Git keeps only the executable bit, so a fresh clone has 0644 where a file must be
+        # 0600 (a config holding a token): build-debs.sh applies these modes to what it stages.
+        for rel, (_, mode) in sorted(files.items()):
+            print(f"{mode:o} {rel}")
+        return 0
     stale = []
     for rel, (content, mode) in sorted(files.items()):
         path = OUT / rel
         current = path.read_text() if path.exists() else None
-        if current != content or (path.exists() and path.stat().st_mode & 0o777 != mode):
+        # Of the mode, only what git carries (the executable bit) can be checked in a clone.
+        exec_bits = lambda m: m & 0o111
+        wrong_mode = path.exists() and exec_bits(path.stat().st_mode) != exec_bits(mode)
+        if current != content or wrong_mode:
             stale.append(rel)
             if not check:
                 path.parent.mkdir(parents=True, exist_ok=True)

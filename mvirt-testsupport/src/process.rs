@@ -196,11 +196,23 @@ mod tests {
             let log = base.join("vm").join("console.log");
             std::fs::create_dir_all(log.parent().unwrap()).unwrap();
             std::fs::write(&log, b"").unwrap();
-            std::process::Command::new(&fake)
-                .arg("-f")
-                .arg(&log)
-                .spawn()
-                .unwrap()
+            // A copy just written can be "text file busy" while another test thread's fork still
+            // holds the copy's write descriptor: try again for a moment.
+            let mut tries = 0;
+            loop {
+                match std::process::Command::new(&fake)
+                    .arg("-f")
+                    .arg(&log)
+                    .spawn()
+                {
+                    Ok(child) => break child,
+                    Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 50 => {
+                        tries += 1;
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    Err(e) => panic!("spawn {}: {e}", fake.display()),
+                }
+            }
         };
         let mut ours = spawn_naming(&run);
         let mut foreign = spawn_naming(other.path());
