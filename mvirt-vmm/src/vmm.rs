@@ -144,6 +144,10 @@ impl HasErrorKind for VmmError {
             | VmmError::NotRunning { .. }
             | VmmError::ConsoleUnavailable(_) => ErrorKind::FailedPrecondition,
             VmmError::Interrupted(_) => ErrorKind::Unavailable,
+            VmmError::Hypervisor {
+                source: HypervisorError::HostLacks(_),
+                ..
+            } => ErrorKind::FailedPrecondition,
             VmmError::Hypervisor { .. }
             | VmmError::CloudInit(_)
             | VmmError::Store(_)

@@ -257,6 +257,7 @@ impl Hypervisor for CloudHypervisorDriver {
     }
 
     async fn launch(&self, request: &LaunchRequest<'_>) -> Result<Launched, HypervisorError> {
+        super::qemu::check_host(request.spec, true)?;
         let run = request.run;
         let _ = std::fs::remove_file(run.console_socket());
         let program = self.config.binary.display().to_string();

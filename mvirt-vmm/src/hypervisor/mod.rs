@@ -119,6 +119,9 @@ pub enum HypervisorError {
     Api { call: String, message: String },
     #[error("malformed answer from the hypervisor: {0}")]
     Protocol(String),
+    /// The VM's spec asks for something this host does not offer (hugepages, nested KVM).
+    #[error("this host cannot run the VM as specified: {0}")]
+    HostLacks(String),
     #[error("not supported live by the {driver} driver: {what}")]
     Unsupported { driver: &'static str, what: String },
     #[error("cannot prepare the run directory {path}")]

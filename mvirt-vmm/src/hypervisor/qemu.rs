@@ -17,7 +17,7 @@ use super::{
     listen_socket, qmp, spawn_hypervisor, until_ready, Hypervisor, HypervisorError, LaunchRequest,
     Launched, RunDir,
 };
-use crate::model::{BootSource, DiskSpec, NicSpec, ProcessIdentity};
+use crate::model::{BootSource, DiskSpec, NicSpec, ProcessIdentity, VmSpec};
 
 /// How QEMU executes guest code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,24 +107,33 @@ impl QemuDriver {
         push("-name", format!("guest={},debug-threads=on", request.vm_id));
         push("-uuid", request.vm_id.to_string());
         push("-machine", "pc".into());
+        // The virtualisation extensions reach the guest only when its spec asks for nested
+        // virtualization (which `check_host` allows only under KVM).
+        let virt_flags = if spec.nested_virtualization {
+            ""
+        } else {
+            ",-vmx,-svm"
+        };
         if self.use_kvm {
             push("-accel", "kvm".into());
-            push("-cpu", "host".into());
+            push("-cpu", format!("host{virt_flags}"));
         } else {
             push(
                 "-accel",
                 format!("tcg,tb-size={}", self.config.tcg_tb_size_mib),
             );
-            push("-cpu", "max".into());
+            push("-cpu", format!("max{virt_flags}"));
         }
         push("-smp", spec.vcpus.to_string());
         push("-m", format!("{}M", spec.memory_mib));
-        if spec.hugepages && hugepages_available(spec.memory_mib) {
+        if spec.hugepages {
+            let mount = hugetlbfs_mount().unwrap_or_else(|| PathBuf::from(DEFAULT_HUGETLBFS));
             push(
                 "-object",
                 format!(
-                    "memory-backend-file,id=mem0,size={}M,mem-path=/dev/hugepages,share=on,prealloc=on",
-                    spec.memory_mib
+                    "memory-backend-file,id=mem0,size={}M,mem-path={},share=on,prealloc=on",
+                    spec.memory_mib,
+                    mount.display()
                 ),
             );
             push("-numa", "node,memdev=mem0".into());
@@ -219,22 +228,102 @@ impl QemuDriver {
     }
 }
 
-/// Whether `/dev/hugepages` is mounted and has enough free pages for `memory_mib`.
-fn hugepages_available(memory_mib: u64) -> bool {
-    let info = crate::sysinfo::meminfo();
-    let free = info.get("HugePages_Free").copied().unwrap_or(0);
-    let size_kib = info.get("Hugepagesize").copied().unwrap_or(0);
-    let mounted = std::fs::read_to_string("/proc/mounts")
-        .map(|m| m.lines().any(|l| l.contains(" /dev/hugepages ")))
-        .unwrap_or(false);
-    let ok = mounted && free * size_kib >= memory_mib * 1024;
-    if !ok {
-        tracing::warn!(
-            memory_mib,
-            "hugepages requested but not available: using normal memory"
-        );
+/// Where systemd mounts the default-size hugetlbfs.
+const DEFAULT_HUGETLBFS: &str = "/dev/hugepages";
+
+/// The hugetlbfs mount QEMU backs guest memory with: `/dev/hugepages` when it is one, else the
+/// first hugetlbfs of the default page size in `/proc/mounts`.
+fn hugetlbfs_mount() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
+    let default_size = crate::sysinfo::meminfo()
+        .get("Hugepagesize")
+        .copied()
+        .unwrap_or(2048);
+    let candidates: Vec<PathBuf> = mounts
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (mountpoint, fstype, options) = (fields.get(1)?, fields.get(2)?, fields.get(3)?);
+            if *fstype != "hugetlbfs" {
+                return None;
+            }
+            let page_kib = options
+                .split(',')
+                .find_map(|o| o.strip_prefix("pagesize="))
+                .map(parse_page_size)
+                .unwrap_or(Some(default_size))?;
+            (page_kib == default_size).then(|| PathBuf::from(mountpoint))
+        })
+        .collect();
+    candidates
+        .iter()
+        .find(|p| p.as_path() == Path::new(DEFAULT_HUGETLBFS))
+        .or_else(|| candidates.first())
+        .cloned()
+}
+
+/// `2M`, `1G`, `2048k` → KiB.
+fn parse_page_size(text: &str) -> Option<u64> {
+    let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit())?);
+    let n: u64 = digits.parse().ok()?;
+    match unit.to_ascii_uppercase().as_str() {
+        "K" => Some(n),
+        "M" => Some(n * 1024),
+        "G" => Some(n * 1024 * 1024),
+        _ => None,
     }
-    ok
+}
+
+/// Refuses a VM whose spec asks for what this host cannot give, so that a VM never runs
+/// silently without it: hugepages need a hugetlbfs mount with enough free pages, nested
+/// virtualization needs KVM (`kvm` says whether the driver uses it) with the vendor module's
+/// `nested` parameter on. Both drivers call it before they start a hypervisor.
+pub(super) fn check_host(spec: &VmSpec, kvm: bool) -> Result<(), HypervisorError> {
+    if spec.nested_virtualization {
+        if !kvm {
+            return Err(HypervisorError::HostLacks(
+                "nested virtualization needs KVM, but this mvirt-vmm runs QEMU with TCG \
+                 (see --qemu-accel)"
+                    .into(),
+            ));
+        }
+        if !kvm_nested_enabled() {
+            return Err(HypervisorError::HostLacks(
+                "nested virtualization asked for, but the kvm_intel/kvm_amd module has \
+                 nested=N"
+                    .into(),
+            ));
+        }
+    }
+    if spec.hugepages {
+        if hugetlbfs_mount().is_none() {
+            return Err(HypervisorError::HostLacks(format!(
+                "hugepages asked for, but no hugetlbfs is mounted (expected at \
+                 {DEFAULT_HUGETLBFS})"
+            )));
+        }
+        let info = crate::sysinfo::meminfo();
+        let free = info.get("HugePages_Free").copied().unwrap_or(0);
+        let page_kib = info.get("Hugepagesize").copied().unwrap_or(2048).max(1);
+        let needed = (spec.memory_mib * 1024).div_ceil(page_kib);
+        if free < needed {
+            return Err(HypervisorError::HostLacks(format!(
+                "hugepages asked for: the guest's {} MiB need {needed} free pages of {page_kib} \
+                 KiB, the host has {free} (vm.nr_hugepages)",
+                spec.memory_mib
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether the loaded KVM vendor module lets guests run their own hypervisor.
+fn kvm_nested_enabled() -> bool {
+    ["kvm_intel", "kvm_amd"].iter().any(|module| {
+        std::fs::read_to_string(format!("/sys/module/{module}/parameters/nested"))
+            .map(|v| matches!(v.trim(), "Y" | "y" | "1"))
+            .unwrap_or(false)
+    })
 }
 
 #[async_trait]
@@ -248,6 +337,7 @@ impl Hypervisor for QemuDriver {
     }
 
     async fn launch(&self, request: &LaunchRequest<'_>) -> Result<Launched, HypervisorError> {
+        check_host(request.spec, self.use_kvm)?;
         let run = request.run;
         let sockets = [
             listen_socket(&run.control_socket())?,
