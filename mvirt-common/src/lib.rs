@@ -1,5 +1,7 @@
 //! Conventions shared by every mvirt daemon, written once so that each daemon reads the same:
 //!
+//! - [`daemon`]: the skeleton of every daemon's `main.rs`: shared flags, start-up, error report.
+//! - [`command`]: running a short-lived external program (argv, bounded time, typed errors).
 //! - [`telemetry`]: tracing set-up (human-readable on a terminal, JSON otherwise, `RUST_LOG`).
 //! - [`shutdown`]: one cancellation token fired by SIGINT/SIGTERM, so servers drain in-flight calls.
 //! - [`grpc`]: gRPC server bootstrap with the standard health service on a bound listener, and
@@ -13,9 +15,11 @@
 //! - [`names`]: node-local names (TAP devices, datasets, objects) derived from a whole id.
 //!
 //! A daemon's `main.rs` parses its flags (clap, every flag with an `MVIRT_<DAEMON>_<FLAG>`
-//! environment variable), calls [`telemetry::init`], and runs the service its `lib.rs` exposes
-//! until [`shutdown::Shutdown`] fires.
+//! environment variable) and runs the service its `lib.rs` exposes through
+//! [`daemon::DaemonSpec`], until [`shutdown::Shutdown`] fires.
 
+pub mod command;
+pub mod daemon;
 pub mod error;
 pub mod grpc;
 pub mod listen;

@@ -5,8 +5,8 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::{fmt, prelude::*, EnvFilter};
 
-/// Output format of the tracing subscriber.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Output format of the tracing subscriber (`--log-format auto|text|json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
     /// Human-readable when stderr is a terminal, JSON otherwise.
     Auto,
@@ -17,7 +17,13 @@ pub enum LogFormat {
 /// Installs the global subscriber. Safe to call more than once (later calls do nothing), so
 /// tests that start several daemons in one process can call it freely.
 pub fn init(component: &str, format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    init_with_filter(component, format, "info")
+}
+
+/// [`init`] with another filter than `info` when `RUST_LOG` is unset.
+pub fn init_with_filter(component: &str, format: LogFormat, default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let json = match format {
         LogFormat::Auto => !std::io::stderr().is_terminal(),
         LogFormat::Text => false,
