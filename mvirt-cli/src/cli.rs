@@ -468,6 +468,45 @@ mvirt vm create db --cpus 4 --memory 8G --template debian-12 --disk-size 100G --
     Delete { vm: String },
     /// Attach to the serial console (leave with Ctrl+a t).
     Console(ConsoleArgs),
+    /// Change a VM's vCPUs and/or memory. A running VM's node hot-plugs what it can; the rest
+    /// shows as the condition `restart_required` until the next boot.
+    #[command(after_help = "Examples:\n  mvirt vm resize web-1 --vcpus 4\n  \
+mvirt vm resize web-1 --vcpus 2 --memory 2GiB")]
+    Resize(VmResizeArgs),
+    /// Attach existing volumes and/or NICs to a VM.
+    #[command(after_help = "Examples:\n  mvirt vm attach web-1 --volume data\n  \
+mvirt vm attach web-1 --nic web-eth1")]
+    Attach(VmDeviceArgs),
+    /// Detach volumes and/or NICs from a VM (a VM's own root volume and NICs stay).
+    #[command(after_help = "Examples:\n  mvirt vm detach web-1 --volume data\n  \
+mvirt vm detach web-1 --nic web-eth1")]
+    Detach(VmDeviceArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+#[command(group = clap::ArgGroup::new("size").required(true).multiple(true).args(["vcpus", "memory"]))]
+pub struct VmResizeArgs {
+    /// VM id or name.
+    pub vm: String,
+    /// New number of vCPUs.
+    #[arg(long)]
+    pub vcpus: Option<u32>,
+    /// New memory, e.g. 2GiB, 512M.
+    #[arg(long)]
+    pub memory: Option<String>,
+}
+
+#[derive(Debug, Args, Clone)]
+#[command(group = clap::ArgGroup::new("device").required(true).multiple(true).args(["volumes", "nics"]))]
+pub struct VmDeviceArgs {
+    /// VM id or name.
+    pub vm: String,
+    /// Volume id or name (repeatable).
+    #[arg(long = "volume")]
+    pub volumes: Vec<String>,
+    /// NIC id or name (repeatable).
+    #[arg(long = "nic")]
+    pub nics: Vec<String>,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -38,6 +38,10 @@ pub enum ApiError {
     BadResponse(String),
     #[error("{0}")]
     Usage(String),
+    /// Refused before any request: the object is not in a state the command can change (a
+    /// volume to detach that is not attached, a NIC to attach that already is).
+    #[error("{0}")]
+    Conflict(String),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error("{0}")]
@@ -55,6 +59,7 @@ impl ApiError {
             },
             ApiError::Unreachable { .. } => exit::UNREACHABLE_OR_AUTH,
             ApiError::Usage(_) | ApiError::Config(_) => exit::USAGE,
+            ApiError::Conflict(_) => exit::CONFLICT,
             ApiError::BadResponse(_) | ApiError::Other(_) => exit::API,
         }
     }
@@ -249,6 +254,26 @@ impl ApiClient {
     ) -> Result<Value, ApiError> {
         self.send(
             self.conditional(self.request(Method::PUT, path))
+                .query(query)
+                .json(body),
+        )
+        .await
+    }
+
+    /// The write of a read-modify-write: applies only while the object is still at `revision`
+    /// (`If-Match`), so a change made in between is refused (412) instead of overwritten. A
+    /// global `--if-match` takes the place of `revision`.
+    pub async fn put_at_revision(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        body: &Value,
+        revision: u64,
+    ) -> Result<Value, ApiError> {
+        let rev = self.if_match.unwrap_or(revision);
+        self.send(
+            self.request(Method::PUT, path)
+                .header("If-Match", format!("\"{rev}\""))
                 .query(query)
                 .json(body),
         )

@@ -892,7 +892,189 @@ async fn vm(ctx: &Ctx, c: VmCmd) -> Result<(), ApiError> {
         VmCmd::Restart { vm } => vm_action(ctx, &vm, "restart", "restart requested").await,
         VmCmd::Delete { vm } => ctx.delete(r, &vm, &[]).await,
         VmCmd::Console(a) => crate::console::run(&ctx.api, &a.vm).await,
+        VmCmd::Resize(a) => {
+            let memory = a.memory.as_deref().map(size).transpose()?;
+            let v = update_vm_spec(&ctx.api, &a.vm, |spec| {
+                resize_spec(spec, a.vcpus, memory);
+                Ok(())
+            })
+            .await?;
+            let s = |k: &str| output::lookup(&v, k).map(output::text).unwrap_or_default();
+            let memory = output::lookup(&v, "spec.memory_bytes")
+                .and_then(Value::as_u64)
+                .map(output::human_bytes)
+                .unwrap_or_default();
+            let what = format!(
+                "vm {}: resized to {} vCPUs, {memory} memory",
+                a.vm,
+                s("spec.vcpus")
+            );
+            ctx.done(&v, &with_conditions(what, &v))
+        }
+        VmCmd::Attach(a) => vm_devices(ctx, &a, DeviceChange::Attach).await,
+        VmCmd::Detach(a) => vm_devices(ctx, &a, DeviceChange::Detach).await,
     }
+}
+
+/// Reads a VM, lets `edit` change its spec, and writes the spec back only while the VM is still
+/// at the revision that was read (`If-Match`): a change someone made in between is refused with
+/// a message that says so, never overwritten.
+pub async fn update_vm_spec(
+    api: &ApiClient,
+    vm: &str,
+    edit: impl FnOnce(&mut Value) -> Result<(), ApiError>,
+) -> Result<Value, ApiError> {
+    let q = vec![("project", api.project.clone())];
+    let current = api.get(&item_path(&res::VMS, vm), &q).await?;
+    let field = |k: &str| {
+        current
+            .get(k)
+            .cloned()
+            .ok_or_else(|| ApiError::BadResponse(format!("vm {vm}: the response has no {k}")))
+    };
+    let revision = field("revision")?.as_u64().unwrap_or_default();
+    let id = field("id")?.as_str().unwrap_or(vm).to_string();
+    let mut spec = field("spec")?;
+    edit(&mut spec)?;
+    // By id from here on: a rename in between must not make the write hit another VM.
+    api.put_at_revision(
+        &item_path(&res::VMS, &id),
+        &q,
+        &json!({"spec": spec}),
+        revision,
+    )
+    .await
+    .map_err(|e| stale_revision(e, vm, revision))
+}
+
+/// A refused `If-Match` of a read-modify-write, told as what happened.
+fn stale_revision(e: ApiError, vm: &str, read: u64) -> ApiError {
+    match e {
+        ApiError::Api {
+            status: 412,
+            code,
+            details,
+            ..
+        } => {
+            let now = details
+                .get("actual")
+                .and_then(Value::as_u64)
+                .map(|r| format!(", it is now at revision {r}"))
+                .unwrap_or_default();
+            ApiError::Api {
+                status: 412,
+                code,
+                message: format!(
+                    "vm {vm} was changed by someone else after it was read at revision {read}{now}; nothing was changed, run the command again"
+                ),
+                details: Value::Null,
+            }
+        }
+        other => other,
+    }
+}
+
+/// Sets the vCPUs and/or memory in a VM spec.
+pub fn resize_spec(spec: &mut Value, vcpus: Option<u32>, memory_bytes: Option<u64>) {
+    if let Some(n) = vcpus {
+        spec["vcpus"] = json!(n);
+    }
+    if let Some(m) = memory_bytes {
+        spec["memory_bytes"] = json!(m);
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChange {
+    Attach,
+    Detach,
+}
+
+/// Adds `id` to or removes it from the id list `field` (`volume_ids`, `nic_ids`) of the spec of
+/// `vm`; `what` names the device (`volume data`) in the error when it is already (or not) there.
+pub fn change_device(
+    spec: &mut Value,
+    field: &str,
+    id: &str,
+    change: DeviceChange,
+    what: &str,
+    vm: &str,
+) -> Result<(), ApiError> {
+    let mut ids: Vec<Value> = spec
+        .get(field)
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let pos = ids.iter().position(|v| v.as_str() == Some(id));
+    match (change, pos) {
+        (DeviceChange::Attach, None) => ids.push(json!(id)),
+        (DeviceChange::Detach, Some(p)) => {
+            ids.remove(p);
+        }
+        (DeviceChange::Attach, Some(_)) => {
+            return Err(ApiError::Conflict(format!(
+                "{what} is already attached to vm {vm}"
+            )))
+        }
+        (DeviceChange::Detach, None) => {
+            return Err(ApiError::Conflict(format!(
+                "{what} is not attached to vm {vm}"
+            )))
+        }
+    }
+    spec[field] = Value::Array(ids);
+    Ok(())
+}
+
+async fn vm_devices(ctx: &Ctx, a: &VmDeviceArgs, change: DeviceChange) -> Result<(), ApiError> {
+    let mut devices = Vec::new();
+    for (r, field, names) in [
+        (&res::VOLUMES, "volume_ids", &a.volumes),
+        (&res::NICS, "nic_ids", &a.nics),
+    ] {
+        for n in names {
+            devices.push((
+                field,
+                ctx.resolve_id(r, n).await?,
+                format!("{} {n}", r.name),
+            ));
+        }
+    }
+    let vm = &a.vm;
+    let v = update_vm_spec(&ctx.api, vm, |spec| {
+        for (field, id, what) in &devices {
+            change_device(spec, field, id, change, what, vm)?;
+        }
+        Ok(())
+    })
+    .await?;
+    let verb = match change {
+        DeviceChange::Attach => "attached",
+        DeviceChange::Detach => "detached",
+    };
+    let list = devices
+        .iter()
+        .map(|(_, _, what)| what.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    ctx.done(&v, &with_conditions(format!("vm {vm}: {list} {verb}"), &v))
+}
+
+/// `what`, followed by one line per condition of the object that holds, e.g.
+/// `restart required: memory shrinks at the next boot`.
+pub fn with_conditions(what: String, v: &Value) -> String {
+    let mut s = what;
+    for c in output::lookup(v, "status.conditions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|c| c.get("status").and_then(Value::as_str) == Some("true"))
+    {
+        let kind = c.get("type").map(output::text).unwrap_or_default();
+        let message = c.get("message").map(output::text).unwrap_or_default();
+        s.push_str(&format!("\n{}: {message}", kind.replace('_', " ")));
+    }
+    s
 }
 
 async fn vm_action(ctx: &Ctx, vm: &str, action: &str, what: &str) -> Result<(), ApiError> {

@@ -1027,6 +1027,7 @@ async fn every_endpoint_the_client_uses_is_in_the_openapi_document() {
         ("put", "/v1/nodes/{id}"),
         ("delete", "/v1/nodes/{id}"),
         ("post", "/v1/vms/{id}/{action}"),
+        ("put", "/v1/vms/{id}"),
         ("get", "/v1/vms/{id}/console"),
         ("post", "/v1/volumes/{id}/resize"),
         ("post", "/v1/volumes/{id}/snapshots"),

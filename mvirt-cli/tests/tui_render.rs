@@ -214,3 +214,18 @@ fn help_overlay_lists_the_keys_and_any_key_closes_it() {
     let s = screen(&a);
     assert!(!s.contains(" Help "), "{s}");
 }
+
+#[test]
+fn resize_prompt_shows_the_current_size_and_then_a_confirmation() {
+    let mut a = app();
+    a.update(key(KeyCode::Char('e')));
+    let s = screen(&a);
+    assert!(
+        s.contains(" Resize vm db ") && s.contains("vCPUs memory: 4 4GiB_"),
+        "{s}"
+    );
+    assert!(s.contains("Enter resize  Esc cancel"), "{s}");
+    a.update(key(KeyCode::Enter));
+    let s = screen(&a);
+    assert!(s.contains("resize vm db to 4 vCPUs, 4GiB?"), "{s}");
+}

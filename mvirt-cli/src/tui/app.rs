@@ -114,6 +114,13 @@ pub enum Cmd {
         volume: String,
         action: SnapshotAction,
     },
+    /// Set a VM's vCPUs and memory (read, change, write back at the read revision).
+    ResizeVm {
+        id: String,
+        name: String,
+        vcpus: u32,
+        memory_bytes: u64,
+    },
     OpenConsole {
         id: String,
     },
@@ -171,6 +178,12 @@ pub enum Confirm {
         id: String,
         name: String,
     },
+    ResizeVm {
+        id: String,
+        name: String,
+        vcpus: u32,
+        memory_bytes: u64,
+    },
 }
 
 impl Confirm {
@@ -187,6 +200,15 @@ impl Confirm {
                 }
             },
             Confirm::Delete { kind, name, .. } => format!("delete {} {name}?", kind.singular()),
+            Confirm::ResizeVm {
+                name,
+                vcpus,
+                memory_bytes,
+                ..
+            } => format!(
+                "resize vm {name} to {vcpus} vCPUs, {}?",
+                crate::output::human_bytes(*memory_bytes)
+            ),
         }
     }
 
@@ -203,6 +225,17 @@ impl Confirm {
                 action,
             },
             Confirm::Delete { kind, id, name } => Cmd::Delete { kind, id, name },
+            Confirm::ResizeVm {
+                id,
+                name,
+                vcpus,
+                memory_bytes,
+            } => Cmd::ResizeVm {
+                id,
+                name,
+                vcpus,
+                memory_bytes,
+            },
         }
     }
 }
@@ -247,6 +280,30 @@ impl VmForm {
     }
 }
 
+/// The resize prompt of the VM view: one line `<vCPUs> <memory>`, filled with the VM's current
+/// values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResizePrompt {
+    pub id: String,
+    pub name: String,
+    pub input: String,
+}
+
+impl ResizePrompt {
+    /// `4 8G` into (vCPUs, memory bytes).
+    pub fn parse(&self) -> Result<(u32, u64), String> {
+        let mut words = self.input.split_whitespace();
+        let (Some(cpus), Some(memory), None) = (words.next(), words.next(), words.next()) else {
+            return Err("type vCPUs and memory, e.g. 4 8G".into());
+        };
+        let vcpus: u32 = cpus
+            .parse()
+            .map_err(|_| format!("vCPUs {cpus:?} is not a number"))?;
+        let memory_bytes = crate::output::parse_size(memory)?;
+        Ok((vcpus, memory_bytes))
+    }
+}
+
 pub struct ConsoleView {
     pub vm_id: String,
     pub vm_name: String,
@@ -258,6 +315,7 @@ pub struct ConsoleView {
 pub enum Modal {
     Confirm(Confirm),
     CreateVm(VmForm),
+    Resize(ResizePrompt),
     Console(Box<ConsoleView>),
     Help,
 }
@@ -479,6 +537,7 @@ impl App {
                 }
             },
             Some(Modal::CreateVm(f)) => self.form_key(f, k),
+            Some(Modal::Resize(p)) => self.resize_key(p, k),
             Some(Modal::Console(c)) => self.console_key(c, k),
             Some(Modal::Help) => vec![],
             None => self.view_key(k),
@@ -533,6 +592,11 @@ impl App {
                 };
                 if let Some((id, name)) = self.selected_ident() {
                     self.modal = Some(Modal::Confirm(Confirm::VmAction { id, name, action }));
+                }
+            }
+            KeyCode::Char('e') if self.view == View::Vms => {
+                if let Some(prompt) = self.resize_prompt() {
+                    self.modal = Some(Modal::Resize(prompt));
                 }
             }
             KeyCode::Char(c @ ('S' | 'B' | 'P')) if self.view == View::Storage => {
@@ -606,6 +670,53 @@ impl App {
             volume,
             action,
         })
+    }
+
+    /// `e` on a VM: the resize prompt, filled with its current vCPUs and memory.
+    fn resize_prompt(&self) -> Option<ResizePrompt> {
+        let vm = self.selected_item()?;
+        let (id, name) = self.selected_ident()?;
+        let spec = vm.get("spec");
+        let vcpus = spec
+            .and_then(|s| s.get("vcpus"))
+            .and_then(Value::as_u64)
+            .unwrap_or(1);
+        let memory = spec
+            .and_then(|s| s.get("memory_bytes"))
+            .and_then(Value::as_u64)
+            .map(crate::output::human_bytes)
+            .unwrap_or_else(|| "512M".into());
+        Some(ResizePrompt {
+            id,
+            name,
+            input: format!("{vcpus} {memory}"),
+        })
+    }
+
+    /// Typing edits the prompt; Enter asks for confirmation of the parsed size, Esc cancels.
+    fn resize_key(&mut self, mut p: ResizePrompt, k: KeyEvent) -> Vec<Cmd> {
+        match k.code {
+            KeyCode::Esc => return vec![],
+            KeyCode::Enter => match p.parse() {
+                Ok((vcpus, memory_bytes)) => {
+                    self.modal = Some(Modal::Confirm(Confirm::ResizeVm {
+                        id: p.id,
+                        name: p.name,
+                        vcpus,
+                        memory_bytes,
+                    }));
+                    return vec![];
+                }
+                Err(e) => self.status = e,
+            },
+            KeyCode::Backspace => {
+                p.input.pop();
+            }
+            KeyCode::Char(c) if !k.modifiers.contains(KeyModifiers::CONTROL) => p.input.push(c),
+            _ => {}
+        }
+        self.modal = Some(Modal::Resize(p));
+        vec![]
     }
 
     fn selected_ident(&self) -> Option<(String, String)> {
@@ -813,6 +924,54 @@ mod tests {
         assert!(a.update(ctrl_a).is_empty());
         assert_eq!(a.update(key(KeyCode::Char('t'))), vec![Cmd::CloseConsole]);
         assert!(a.modal.is_none());
+    }
+
+    #[test]
+    fn resize_prompts_with_the_current_size_and_confirms_the_typed_one() {
+        let mut a = App::new("http://x", "default");
+        a.update(Msg::Loaded(
+            Kind::Vm,
+            vec![
+                json!({"id":"v1","name":"web","project":"default","revision":3,
+                "spec":{"vcpus":2,"memory_bytes":1u64<<30}}),
+            ],
+        ));
+        a.update(key(KeyCode::Char('e')));
+        let Some(Modal::Resize(p)) = &a.modal else {
+            panic!("no resize prompt")
+        };
+        assert_eq!(p.input, "2 1GiB");
+        for _ in 0.."1GiB".len() {
+            a.update(key(KeyCode::Backspace));
+        }
+        assert!(a.update(key(KeyCode::Char('x'))).is_empty());
+        a.update(key(KeyCode::Enter));
+        assert!(
+            matches!(a.modal, Some(Modal::Resize(_))),
+            "an unparsable size stays in the prompt"
+        );
+        assert!(a.status.contains("invalid size"), "{}", a.status);
+        a.update(key(KeyCode::Backspace));
+        for c in "4G".chars() {
+            a.update(key(KeyCode::Char(c)));
+        }
+        assert!(a.update(key(KeyCode::Enter)).is_empty());
+        let Some(Modal::Confirm(c)) = &a.modal else {
+            panic!("no confirmation")
+        };
+        assert_eq!(c.question(), "resize vm web to 2 vCPUs, 4GiB?");
+        assert_eq!(
+            a.update(key(KeyCode::Char('y'))),
+            vec![Cmd::ResizeVm {
+                id: "v1".into(),
+                name: "web".into(),
+                vcpus: 2,
+                memory_bytes: 4 << 30
+            }]
+        );
+        a.update(key(KeyCode::Char('e')));
+        a.update(key(KeyCode::Esc));
+        assert!(a.modal.is_none(), "Esc cancels");
     }
 
     #[test]

@@ -185,6 +185,30 @@ async fn execute(api: &ApiClient, cmd: Cmd) -> Vec<Msg> {
                 Err(e) => vec![Msg::Failed(e.display_message())],
             }
         }
+        Cmd::ResizeVm {
+            id,
+            name,
+            vcpus,
+            memory_bytes,
+        } => {
+            let resized = crate::commands::update_vm_spec(api, &id, |spec| {
+                crate::commands::resize_spec(spec, Some(vcpus), Some(memory_bytes));
+                Ok(())
+            })
+            .await;
+            match resized {
+                Ok(v) => {
+                    let what = format!(
+                        "vm {name} resized to {vcpus} vCPUs, {}",
+                        crate::output::human_bytes(memory_bytes)
+                    );
+                    let done = crate::commands::with_conditions(what, &v).replace('\n', "; ");
+                    let ev = serde_json::json!({"kind": "vm", "id": id, "object": v});
+                    vec![Msg::Done(done), Msg::Event(ev)]
+                }
+                Err(e) => vec![Msg::Failed(e.display_message())],
+            }
+        }
         Cmd::OpenConsole { .. } | Cmd::ConsoleInput(_) | Cmd::CloseConsole => vec![],
     }
 }

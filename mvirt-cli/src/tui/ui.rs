@@ -135,6 +135,23 @@ pub fn draw(f: &mut Frame, app: &App) {
                 area,
             );
         }
+        Some(Modal::Resize(p)) => {
+            let area = centered(f.area(), 50, 6);
+            f.render_widget(Clear, area);
+            let text = vec![
+                Line::from(vec![
+                    Span::raw("vCPUs memory: "),
+                    Span::styled(format!("{}_", p.input), Style::new().reversed()),
+                ]),
+                Line::from(""),
+                Line::from("e.g. 4 8G; a running VM may need a restart").dim(),
+            ];
+            f.render_widget(
+                Paragraph::new(text)
+                    .block(Block::bordered().title(format!(" Resize vm {} ", p.name))),
+                area,
+            );
+        }
         Some(Modal::Console(c)) => {
             let area = body;
             f.render_widget(Clear, area);
@@ -153,7 +170,7 @@ pub fn draw(f: &mut Frame, app: &App) {
             f.render_widget(Paragraph::new(lines).block(block), area);
         }
         Some(Modal::Help) => {
-            let area = centered(f.area(), 64, 15);
+            let area = centered(f.area(), 64, 16);
             f.render_widget(Clear, area);
             let text = vec![
                 Line::from("Tab/←/→ or 1-5   switch view"),
@@ -161,6 +178,7 @@ pub fn draw(f: &mut Frame, app: &App) {
                 Line::from("r                reload the view"),
                 Line::from("n                create a VM (VMs view)"),
                 Line::from("s / o / x / R    start / stop / kill / restart (confirmed)"),
+                Line::from("e                resize the VM: vCPUs and memory (confirmed)"),
                 Line::from("d                delete the selected object (confirmed)"),
                 Line::from("S / B / P        volume: snapshot / roll back / promote newest"),
                 Line::from("Enter            open the VM's console; Ctrl+a t detaches"),
@@ -182,10 +200,11 @@ pub fn footer_text(app: &App) -> String {
     match &app.modal {
         Some(Modal::Confirm(_)) => " y confirm  n cancel".into(),
         Some(Modal::CreateVm(_)) => " Tab/↑↓ field  Enter create  Esc cancel".into(),
+        Some(Modal::Resize(_)) => " Enter resize  Esc cancel".into(),
         Some(Modal::Console(_)) => " typing goes to the VM  Ctrl+a t detach".into(),
         Some(Modal::Help) => " any key: close".into(),
         None => match app.view {
-            View::Vms => " q quit  Tab view  ↑↓ select  n new  s start  o stop  x kill  R restart  d delete  Enter console  r reload  ? help".into(),
+            View::Vms => " q quit  Tab view  ↑↓ select  n new  s start  o stop  x kill  R restart  e resize  d delete  Enter console  r reload  ? help".into(),
             View::Logs => " q quit  Tab view  ↑↓ select  r reload  ? help".into(),
             View::Nodes => " q quit  Tab view  ↑↓ select  r reload  ? help".into(),
             View::Storage => " q quit  Tab view  ↑↓ select  S snapshot  B rollback  P promote  d delete  r reload  ? help".into(),

@@ -1,0 +1,204 @@
+//! `mvirt vm resize|attach|detach` against a real in-process mvirt-api: each reads the VM,
+//! changes its spec and writes it back at the read revision; the stored spec is checked after
+//! every step, and the refusals (nothing to detach, a stale revision) have their exit codes.
+
+mod common;
+
+use common::*;
+use mvirt_api::proto;
+use serde_json::Value;
+
+/// The ids in a VM's `spec.<field>`.
+fn ids(vm: &Value, field: &str) -> Vec<String> {
+    vm["spec"][field]
+        .as_array()
+        .unwrap_or_else(|| panic!("no spec.{field} in {vm}"))
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resize_attach_and_detach_change_the_stored_spec() {
+    let api = start_api().await;
+    api.json(&["network", "create", "lan", "--ipv4", "10.2.0.0/24"])
+        .await;
+    let vol = api
+        .json(&["volume", "create", "data", "--size", "1G"])
+        .await;
+    let nic = api
+        .json(&["nic", "create", "eth1", "--network", "lan"])
+        .await;
+    let vm = api
+        .json(&[
+            "vm",
+            "create",
+            "web",
+            "--cpus",
+            "1",
+            "--memory",
+            "512M",
+            "--stopped",
+        ])
+        .await;
+    assert_eq!(ids(&vm, "volume_ids"), Vec::<String>::new());
+
+    let resized = api
+        .json(&["vm", "resize", "web", "--vcpus", "2", "--memory", "2GiB"])
+        .await;
+    assert_eq!(resized["spec"]["vcpus"], 2);
+    assert_eq!(resized["spec"]["memory_bytes"], 2 * GIB);
+    let out = api.mvirt(&["vm", "resize", "web", "--vcpus", "3"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout.trim(), "vm web: resized to 3 vCPUs, 2GiB memory");
+    let shown = api.json(&["vm", "show", "web"]).await;
+    assert_eq!(shown["spec"]["vcpus"], 3, "stored: {shown}");
+    assert_eq!(
+        shown["spec"]["memory_bytes"],
+        2 * GIB,
+        "memory kept: {shown}"
+    );
+    api.fails(&["vm", "resize", "web"], 2, "--vcpus").await;
+    api.fails(
+        &["vm", "resize", "web", "--memory", "lots"],
+        2,
+        "invalid size",
+    )
+    .await;
+    api.fails(&["vm", "resize", "ghost", "--vcpus", "2"], 3, "not found")
+        .await;
+
+    let attached = api.json(&["vm", "attach", "web", "--volume", "data"]).await;
+    assert_eq!(ids(&attached, "volume_ids"), [id_of(&vol)]);
+    let out = api.mvirt(&["vm", "attach", "web", "--nic", "eth1"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout.trim(), "vm web: nic eth1 attached");
+    let shown = api.json(&["vm", "show", "web"]).await;
+    assert_eq!(ids(&shown, "nic_ids"), [id_of(&nic)]);
+    assert_eq!(
+        api.json(&["volume", "show", "data"]).await["vm_id"],
+        shown["id"],
+        "the volume knows its VM"
+    );
+    api.fails(
+        &["vm", "attach", "web", "--volume", "data"],
+        4,
+        "volume data is already attached to vm web",
+    )
+    .await;
+
+    let detached = api
+        .json(&["vm", "detach", "web", "--volume", "data", "--nic", "eth1"])
+        .await;
+    assert_eq!(ids(&detached, "volume_ids"), Vec::<String>::new());
+    assert_eq!(ids(&detached, "nic_ids"), Vec::<String>::new());
+    let shown = api.json(&["vm", "show", "web"]).await;
+    assert_eq!(ids(&shown, "volume_ids"), Vec::<String>::new());
+    assert_eq!(ids(&shown, "nic_ids"), Vec::<String>::new());
+    assert!(api.json(&["nic", "show", "eth1"]).await["vm_id"].is_null());
+
+    api.fails(
+        &["vm", "detach", "web", "--volume", "data"],
+        4,
+        "volume data is not attached to vm web",
+    )
+    .await;
+    api.fails(
+        &["vm", "detach", "web", "--nic", "eth1"],
+        4,
+        "nic eth1 is not attached to vm web",
+    )
+    .await;
+    api.fails(
+        &["vm", "detach", "web", "--volume", "ghost"],
+        3,
+        "not found",
+    )
+    .await;
+    api.fails(&["vm", "attach", "web"], 2, "--volume").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_revision_is_refused_with_a_clear_conflict() {
+    let api = start_api().await;
+    let vm = api
+        .json(&["vm", "create", "web", "--cpus", "1", "--stopped"])
+        .await;
+    let read = vm["revision"].as_u64().expect("revision");
+    api.json(&["vm", "resize", "web", "--vcpus", "2"]).await;
+    // The VM moved on since `read`: a change based on it must not overwrite the newer one.
+    let out = api
+        .fails(
+            &[
+                "--if-match",
+                &read.to_string(),
+                "vm",
+                "resize",
+                "web",
+                "--vcpus",
+                "4",
+            ],
+            4,
+            "vm web was changed by someone else after it was read",
+        )
+        .await;
+    assert!(
+        out.stderr.contains("run the command again"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(api.json(&["vm", "show", "web"]).await["spec"]["vcpus"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resize_prints_the_conditions_the_vm_reports() {
+    let api = start_api().await;
+    let node = api.register_node("hv1", "", "").await;
+    let vm = api
+        .json(&["vm", "create", "web", "--cpus", "1", "--memory", "1G"])
+        .await;
+    let vm_id = id_of(&vm);
+    let http = reqwest::Client::new();
+    mvirt_testsupport::process::wait_until_async(
+        "vm placed",
+        std::time::Duration::from_secs(20),
+        || async {
+            let v: Value = http
+                .get(format!("{}/v1/vms/{vm_id}", api.url))
+                .bearer_auth(&api.token)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (v["node_id"] == node.as_str()).then_some(())
+        },
+    )
+    .await;
+    api.report(
+        &node,
+        proto::ResourceStatus {
+            kind: proto::ResourceKind::Vm as i32,
+            id: vm_id.clone(),
+            phase: proto::Phase::Running as i32,
+            conditions: vec![proto::Condition {
+                r#type: "restart_required".into(),
+                status: "true".into(),
+                message: "memory shrinks at the next boot".into(),
+            }],
+            ..Default::default()
+        },
+    )
+    .await;
+    let out = api
+        .mvirt(&["vm", "resize", "web", "--memory", "512M"])
+        .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout
+            .contains("restart required: memory shrinks at the next boot"),
+        "{}",
+        out.stdout
+    );
+}
