@@ -18,7 +18,7 @@ use serde_json::Value;
 use crate::model::{Capacity, Kind, Member};
 use crate::raft::{MemberId, Raft, Shared};
 use crate::scheduler::{self, Strategy};
-use crate::state::{ApiError, Command, Outcome, Proposal};
+use crate::state::{ApiError, Command, Outcome, Proposal, Update};
 
 /// How long a write waits for a leader (election in progress) before answering 503.
 const LEADER_WAIT: Duration = Duration::from_secs(10);
@@ -794,7 +794,9 @@ fn related_ids(command: &Command) -> Vec<String> {
             .chain(owned_volumes.iter().map(|v| v.meta.id.clone()))
             .chain(owned_nics.iter().map(|n| n.meta.id.clone()))
             .collect(),
-        Command::Update { id, .. } | Command::Delete { id, .. } | Command::VmAction { id, .. } => {
+        Command::Update(Update { id, .. })
+        | Command::Delete { id, .. }
+        | Command::VmAction { id, .. } => {
             vec![id.clone()]
         }
         Command::ResizeVolume { id, .. } | Command::CancelImport { id, .. } => vec![id.clone()],

@@ -21,7 +21,7 @@ use super::{
 };
 use crate::app::{new_id, now, App};
 use crate::model::*;
-use crate::state::{ApiError, Command, State as Cluster, DEFAULT_PROJECT};
+use crate::state::{ApiError, Command, Spec, State as Cluster, Update, DEFAULT_PROJECT};
 use crate::validate;
 
 /// Body of a create: `{"name", "project"?, "labels"?, "spec"}`.
@@ -180,7 +180,7 @@ pub async fn update_kind(
     q: ProjectQuery,
     headers: &HeaderMap,
     labels: Option<BTreeMap<String, String>>,
-    spec: Option<Value>,
+    spec: Option<Spec>,
 ) -> Result<Response, ApiError> {
     let if_match = if_match(headers)?;
     if let Some(l) = &labels {
@@ -192,14 +192,14 @@ pub async fn update_kind(
     };
     let (_, value) = app
         .submit(
-            Command::Update {
+            Command::Update(Update {
                 kind,
                 id,
                 if_match,
                 labels,
                 spec,
                 now: now(),
-            },
+            }),
             None,
         )
         .await?;
@@ -262,13 +262,10 @@ macro_rules! crud {
                 params(("id" = String, Path, description = "id or name"), ProjectQuery, ("If-Match" = Option<String>, Header, description = "\"<revision>\"")),
                 responses((status = 200, body = $obj), (status = 400, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope), (status = 412, body = ErrorEnvelope)))]
             pub async fn update(State(app): State<Arc<App>>, Path(id): Path<String>, q: Result<Query<ProjectQuery>, QueryRejection>, headers: HeaderMap, JsonBody(req, _): JsonBody<UpdateRequest<$spec>>) -> Result<Response, ApiError> {
-                let spec = match &req.spec {
-                    Some(s) => {
-                        $validate(s)?;
-                        Some(serde_json::to_value(s).map_err(|e| ApiError::internal(e.to_string()))?)
-                    }
-                    None => None,
-                };
+                if let Some(s) = &req.spec {
+                    $validate(s)?;
+                }
+                let spec = req.spec.map(Spec::from);
                 super::update_kind(&app, $kind, &id, super::query(q)?, &headers, req.labels, spec).await
             }
 
@@ -625,9 +622,7 @@ pub async fn update_node(
     headers: HeaderMap,
     JsonBody(req, _): JsonBody<UpdateRequest<NodeSpec>>,
 ) -> Result<Response, ApiError> {
-    let spec = req
-        .spec
-        .map(|s| serde_json::to_value(s).unwrap_or(Value::Null));
+    let spec = req.spec.map(Spec::from);
     update_kind(
         &app,
         Kind::Node,

@@ -1,0 +1,328 @@
+//! The commands that travel through Raft: what a write asks for, fully minted (ids, times)
+//! before it is proposed, so that applying it is deterministic.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::*;
+
+/// Idempotency of creates: the key the client sent and a fingerprint of its request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Idempotency {
+    pub key: String,
+    pub fingerprint: String,
+    /// When the request arrived (minted before proposing); records are pruned after the
+    /// retention window (`--idempotency-retention-secs`).
+    #[serde(default)]
+    pub created_at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    pub key: String,
+    pub fingerprint: String,
+    pub kind: Kind,
+    pub id: String,
+    #[serde(default)]
+    pub created_at_ms: i64,
+}
+
+/// A placement decided by the scheduler.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Placement {
+    pub vm_id: String,
+    pub node_id: String,
+}
+
+/// One status report from a node (domain form of `proto::ResourceStatus`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub kind: Kind,
+    pub id: String,
+    pub status: Status,
+    /// Volumes: the state of each of the volume's snapshots on its node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshots: Vec<SnapshotReport>,
+}
+
+/// One snapshot's state as the volume's node reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotReport {
+    pub id: String,
+    pub status: SnapshotStatus,
+}
+
+/// A state change, fully minted before it is proposed. (Variants carry whole objects; a
+/// command lives briefly and is serialized into the log, so boxing buys nothing.)
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Command {
+    CreateProject {
+        project: Project,
+    },
+    CreateNetwork {
+        network: Network,
+    },
+    CreateNic {
+        nic: Nic,
+    },
+    CreateSecurityGroup {
+        security_group: SecurityGroup,
+    },
+    CreateTemplate {
+        template: Template,
+    },
+    CreateVolume {
+        volume: Volume,
+    },
+    CreateVm {
+        vm: Vm,
+        owned_volumes: Vec<Volume>,
+        owned_nics: Vec<Nic>,
+    },
+    Update(Update),
+    Delete {
+        kind: Kind,
+        id: String,
+        if_match: Option<u64>,
+        force: bool,
+    },
+    VmAction {
+        id: String,
+        action: String,
+        now: String,
+    },
+    ResizeVolume {
+        id: String,
+        size_bytes: u64,
+        if_match: Option<u64>,
+        now: String,
+    },
+    CreateSnapshot {
+        volume_id: String,
+        snapshot: VolumeSnapshot,
+    },
+    DeleteSnapshot {
+        volume_id: String,
+        snapshot_id: String,
+        now: String,
+    },
+    RollbackSnapshot {
+        volume_id: String,
+        snapshot_id: String,
+        now: String,
+    },
+    /// Stops a template's imports on every node.
+    CancelImport {
+        id: String,
+        now: String,
+    },
+    /// A new template copied from a volume's snapshot on the volume's node.
+    PromoteSnapshot {
+        volume_id: String,
+        snapshot_id: String,
+        template: Template,
+    },
+    AddRule {
+        security_group_id: String,
+        rule: SecurityGroupRule,
+        now: String,
+    },
+    DeleteRule {
+        security_group_id: String,
+        rule_id: String,
+        now: String,
+    },
+    RegisterNode {
+        node: Node,
+    },
+    SetNodeState {
+        id: String,
+        state: String,
+        capacity: Option<Capacity>,
+        now: String,
+    },
+    UpdateStatuses {
+        node_id: String,
+        reports: Vec<StatusReport>,
+        now: String,
+    },
+    Schedule {
+        placements: Vec<Placement>,
+        pending: Vec<(String, String)>,
+        now: String,
+    },
+    CreateToken {
+        token: ApiToken,
+    },
+    DeleteToken {
+        id: String,
+    },
+    CreateJoinToken {
+        token: JoinToken,
+    },
+    /// A joining member presents a join token; apply marks it used and mints the member id.
+    ConsumeJoinToken {
+        hash: String,
+        now_ms: i64,
+    },
+    /// Housekeeping by the leader: forgets idempotency records created before
+    /// `idempotency_before_ms` and join tokens that are used or expired at `now_ms`.
+    Prune {
+        idempotency_before_ms: i64,
+        now_ms: i64,
+    },
+    /// A no-op used by linearizable reads through the log and by tests.
+    Noop,
+}
+
+/// A request as it travels through Raft: the command plus its optional idempotency key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub command: Command,
+    #[serde(default)]
+    pub idempotency: Option<Idempotency>,
+}
+
+impl std::fmt::Display for Proposal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let op = serde_json::to_value(&self.command)
+            .ok()
+            .and_then(|v| v.get("op").and_then(|o| o.as_str().map(String::from)))
+            .unwrap_or_else(|| "noop".into());
+        write!(f, "{op}")
+    }
+}
+
+/// A change of an object's labels and/or spec (`PUT /v1/<kind>/{id}`). The spec stays typed
+/// from the REST body to `apply`; only the log holds it as JSON, next to its kind (the wire
+/// form is the one the log always had: `kind`, `id`, `if_match`, `labels`, `spec`, `now`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(try_from = "UpdateWire")]
+pub struct Update {
+    pub kind: Kind,
+    pub id: String,
+    pub if_match: Option<u64>,
+    pub labels: Option<BTreeMap<String, String>>,
+    /// The new spec; its variant is always `kind`'s.
+    pub spec: Option<Spec>,
+    pub now: String,
+}
+
+/// The spec of one kind, for an [`Update`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Spec {
+    Node(NodeSpec),
+    Network(NetworkSpec),
+    Nic(NicSpec),
+    SecurityGroup(SecurityGroupSpec),
+    Template(TemplateSpec),
+    Volume(VolumeSpec),
+    Vm(VmSpec),
+}
+
+impl Spec {
+    /// The kind this spec belongs to.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Spec::Node(_) => Kind::Node,
+            Spec::Network(_) => Kind::Network,
+            Spec::Nic(_) => Kind::Nic,
+            Spec::SecurityGroup(_) => Kind::SecurityGroup,
+            Spec::Template(_) => Kind::Template,
+            Spec::Volume(_) => Kind::Volume,
+            Spec::Vm(_) => Kind::Vm,
+        }
+    }
+
+    /// Reads the spec of `kind` from its log form.
+    fn from_wire(kind: Kind, v: serde_json::Value) -> Result<Spec, String> {
+        fn typed<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, String> {
+            serde_json::from_value(v).map_err(|e| format!("invalid spec: {e}"))
+        }
+        Ok(match kind {
+            Kind::Node => Spec::Node(typed(v)?),
+            Kind::Network => Spec::Network(typed(v)?),
+            Kind::Nic => Spec::Nic(typed(v)?),
+            Kind::SecurityGroup => Spec::SecurityGroup(typed(v)?),
+            Kind::Template => Spec::Template(typed(v)?),
+            Kind::Volume => Spec::Volume(typed(v)?),
+            Kind::Vm => Spec::Vm(typed(v)?),
+            other => return Err(format!("{} has no spec", other.as_str())),
+        })
+    }
+}
+
+/// `Spec::from(network_spec)` and so on.
+macro_rules! spec_from {
+    ($($variant:ident($ty:ty)),* $(,)?) => {$(
+        impl From<$ty> for Spec {
+            fn from(spec: $ty) -> Spec {
+                Spec::$variant(spec)
+            }
+        }
+    )*};
+}
+
+spec_from!(
+    Node(NodeSpec),
+    Network(NetworkSpec),
+    Nic(NicSpec),
+    SecurityGroup(SecurityGroupSpec),
+    Template(TemplateSpec),
+    Volume(VolumeSpec),
+    Vm(VmSpec),
+);
+
+/// The log form of an [`Update`], as it is read.
+#[derive(Deserialize)]
+struct UpdateWire {
+    kind: Kind,
+    id: String,
+    if_match: Option<u64>,
+    labels: Option<BTreeMap<String, String>>,
+    spec: Option<serde_json::Value>,
+    now: String,
+}
+
+impl TryFrom<UpdateWire> for Update {
+    type Error = String;
+
+    fn try_from(w: UpdateWire) -> Result<Self, String> {
+        let spec = w.spec.map(|v| Spec::from_wire(w.kind, v)).transpose()?;
+        Ok(Update {
+            kind: w.kind,
+            id: w.id,
+            if_match: w.if_match,
+            labels: w.labels,
+            spec,
+            now: w.now,
+        })
+    }
+}
+
+impl Serialize for Update {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Wire<'a> {
+            kind: Kind,
+            id: &'a str,
+            if_match: Option<u64>,
+            labels: &'a Option<BTreeMap<String, String>>,
+            spec: &'a Option<Spec>,
+            now: &'a str,
+        }
+        Wire {
+            kind: self.kind,
+            id: &self.id,
+            if_match: self.if_match,
+            labels: &self.labels,
+            spec: &self.spec,
+            now: &self.now,
+        }
+        .serialize(ser)
+    }
+}

@@ -1,0 +1,137 @@
+//! Nodes: hypervisor hosts. An agent registers its node (again after each restart), the
+//! control plane marks it online or offline, and a node is deleted only when nothing is placed
+//! on it.
+
+use super::{in_use, name_exists, stamp, ApiError, Applied, Removed, Resource, SpecChanged, State};
+use crate::model::*;
+
+impl Resource for Node {
+    type Spec = NodeSpec;
+
+    fn check_create(s: &State, new: &mut Self) -> Result<(), ApiError> {
+        s.check_unique_name(Kind::Node, "", &new.meta.name)
+    }
+
+    /// Cordoning does not change what the node runs, so the spec revision stays.
+    fn update_spec(s: &mut State, _: u64, id: &str, new: NodeSpec) -> SpecChanged {
+        if let Some(n) = s.nodes.get_mut(id) {
+            n.spec = new;
+        }
+        Ok((false, Vec::new()))
+    }
+
+    fn delete(s: &mut State, at: u64, id: &str, _: bool) -> Removed {
+        let placed: Vec<String> = s
+            .vms
+            .values()
+            .filter(|v| v.node_id.as_deref() == Some(id))
+            .map(|v| format!("vm/{}", v.meta.id))
+            .chain(
+                s.volumes
+                    .values()
+                    .filter(|v| v.node_id.as_deref() == Some(id))
+                    .map(|v| format!("volume/{}", v.meta.id)),
+            )
+            .collect();
+        if !placed.is_empty() {
+            return Err(in_use(
+                format!("node {id} still has resources placed on it"),
+                placed,
+            ));
+        }
+        s.nodes.remove(id);
+        Ok(s.forget_node_reports(at, id))
+    }
+}
+
+impl State {
+    pub(super) fn register_node(&mut self, index: u64, node: &Node) -> Applied {
+        let id = node.meta.id.clone();
+        if let Some(existing) = self.nodes.get(&id) {
+            // Re-registration (agent restart): refresh what the agent says about itself.
+            if existing.meta.name != node.meta.name
+                && self.name_taken(Kind::Node, "", &node.meta.name)
+            {
+                return Err(name_exists(Kind::Node, &node.meta.name));
+            }
+            let mut updated = existing.clone();
+            updated.meta.name = node.meta.name.clone();
+            updated.meta.labels = node.meta.labels.clone();
+            updated.status.address = node.status.address.clone();
+            updated.status.capacity = node.status.capacity;
+            updated.status.agent_version = node.status.agent_version.clone();
+            updated.status.console_endpoint = node.status.console_endpoint.clone();
+            updated.console_secret = node.console_secret.clone();
+            if updated.status.state != "online" {
+                updated.status.state = "online".into();
+                updated.status.last_state_change_at = Some(node.meta.updated_at.clone());
+            }
+            if updated == *existing {
+                return Ok((
+                    self.object_json(Kind::Node, &id).unwrap_or_else(Json::null),
+                    Vec::new(),
+                ));
+            }
+            let now = node.meta.updated_at.clone();
+            stamp(&mut updated.meta, index, &now, true);
+            self.nodes.insert(id.clone(), updated);
+            return self.updated(Kind::Node, &id);
+        }
+        self.create(index, node)
+    }
+
+    /// Marks a node online or offline (and records its capacity); its VMs show the state too.
+    pub(super) fn set_node_state(
+        &mut self,
+        index: u64,
+        id: &str,
+        state: &str,
+        capacity: Option<&Capacity>,
+        now: &str,
+    ) -> Applied {
+        let node = self
+            .nodes
+            .get_mut(id)
+            .ok_or_else(|| ApiError::not_found(Kind::Node, id))?;
+        let mut changed = false;
+        let mut state_changed = false;
+        if node.status.state != state {
+            node.status.state = state.to_string();
+            node.status.last_state_change_at = Some(now.to_string());
+            changed = true;
+            state_changed = true;
+        }
+        if let Some(cap) = capacity {
+            if &node.status.capacity != cap {
+                node.status.capacity = *cap;
+                changed = true;
+            }
+        }
+        if !changed {
+            return Ok((
+                self.object_json(Kind::Node, id).unwrap_or_else(Json::null),
+                Vec::new(),
+            ));
+        }
+        stamp(&mut node.meta, index, now, false);
+        let (value, mut changes) = self.updated(Kind::Node, id)?;
+        if state_changed {
+            // Its VMs say so too: their status is the node's last word until it is back.
+            let vm_ids: Vec<String> = self
+                .vms
+                .values()
+                .filter(|v| v.node_id.as_deref() == Some(id))
+                .map(|v| v.meta.id.clone())
+                .collect();
+            for vm_id in vm_ids {
+                if let Some(vm) = self.vms.get_mut(&vm_id) {
+                    vm.node_state = Some(state.to_string());
+                    vm.meta.revision = index;
+                    vm.meta.updated_at = now.to_string();
+                }
+                changes.push(self.change(Kind::Vm, &vm_id, "node_state"));
+            }
+        }
+        Ok((value, changes))
+    }
+}
