@@ -2,12 +2,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
 use mvirt_api::scheduler::Strategy;
 use mvirt_api::server::{self, ServerConfig};
-use mvirt_common::telemetry::{self, LogFormat};
+use mvirt_common::daemon::{CommonArgs, DaemonSpec};
 
 /// mimalloc instead of glibc's malloc: every write builds and drops many small JSON values and
 /// maps on each member; with glibc, allocation (`malloc`, `free`, `malloc_consolidate`) was
@@ -23,63 +24,60 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(name = "mvirt-api", version)]
 struct Args {
+    #[command(flatten)]
+    common: CommonArgs,
     /// REST API listen address.
-    #[arg(long, env = "MVIRT_API_LISTEN", default_value = "0.0.0.0:8080")]
+    #[arg(long, default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
     /// NodeService gRPC listen address.
-    #[arg(long, env = "MVIRT_API_GRPC_LISTEN", default_value = "0.0.0.0:50056")]
+    #[arg(long, default_value = "0.0.0.0:50056")]
     grpc_listen: SocketAddr,
     /// Raft (member-to-member) listen address.
-    #[arg(long, env = "MVIRT_API_RAFT_LISTEN", default_value = "0.0.0.0:6001")]
+    #[arg(long, default_value = "0.0.0.0:6001")]
     raft_listen: SocketAddr,
     /// Host name or IP other members and clients use to reach this member (default: the
     /// listen IP, or 127.0.0.1 when listening on all addresses).
-    #[arg(long, env = "MVIRT_API_ADVERTISE_HOST")]
+    #[arg(long)]
     advertise_host: Option<String>,
-    /// Data directory (Raft log, state, member identity, admin token).
-    #[arg(long, env = "MVIRT_API_DATA_DIR", default_value = "/var/lib/mvirt/api")]
-    data_dir: PathBuf,
     /// REST URL of an existing member to join (first start only).
-    #[arg(long, env = "MVIRT_API_JOIN", requires = "token")]
+    #[arg(long, requires = "token")]
     join: Option<String>,
     /// Join token from `POST /v1/controlplane/join-tokens`.
-    #[arg(long, env = "MVIRT_API_TOKEN")]
+    #[arg(long)]
     token: Option<String>,
     /// A node whose heartbeats stop for this long becomes offline.
-    #[arg(
-        long,
-        env = "MVIRT_API_NODE_OFFLINE_AFTER_MS",
-        default_value_t = 15_000
-    )]
+    #[arg(long, default_value_t = 15_000)]
     node_offline_after_ms: u64,
     /// Placement strategy: spread or binpack.
-    #[arg(long, env = "MVIRT_API_SCHEDULER", default_value = "spread")]
+    #[arg(long, default_value = "spread")]
     scheduler: Strategy,
     /// mvirt-log endpoint for audit entries and `GET /v1/logs` (empty: tracing only).
-    #[arg(
-        long,
-        env = "MVIRT_API_LOG_ENDPOINT",
-        default_value = "unix:/run/mvirt/log.sock"
-    )]
+    #[arg(long, default_value = "unix:/run/mvirt/log.sock")]
     log_endpoint: String,
     /// Snapshot the state (and purge the Raft log before it) every this many entries. A
     /// snapshot encodes and writes the whole state (tens of MB with tens of thousands of VMs)
     /// on every member; fewer of them cost a larger log on disk (etcd's default is 100,000).
-    #[arg(long, env = "MVIRT_API_SNAPSHOT_EVERY", default_value_t = 50_000)]
+    #[arg(long, default_value_t = 50_000)]
     snapshot_every: u64,
     /// How long an `Idempotency-Key` is remembered; the leader prunes older records.
-    #[arg(
-        long,
-        env = "MVIRT_API_IDEMPOTENCY_RETENTION_SECS",
-        default_value_t = 86_400
-    )]
+    #[arg(long, default_value_t = 86_400)]
     idempotency_retention_secs: u64,
     /// Directory of the built web UI (mvirt-ui), served at `/`.
-    #[arg(long, env = "MVIRT_API_UI_DIR", default_value = mvirt_api::rest::ui::DEFAULT_UI_DIR)]
+    #[arg(long, default_value = mvirt_api::rest::ui::DEFAULT_UI_DIR)]
     ui_dir: PathBuf,
 }
 
-fn main() -> std::process::ExitCode {
+const DAEMON: DaemonSpec = DaemonSpec {
+    name: "mvirt-api",
+    env_prefix: "MVIRT_API",
+    listen: None,
+    data_dir: "/var/lib/mvirt/api",
+    data_dir_help: "Data directory (Raft log, state, member identity, admin token).",
+    // openraft logs every election step at INFO; keep the default output about mvirt.
+    log_filter: "info,openraft=warn",
+};
+
+fn main() -> ExitCode {
     // No transparent huge pages for this process: the allocator hands freed pages back to the
     // kernel and touches them again moments later, and with THP (`always` on many hosts,
     // Debian's default included) every such touch zeroed a whole 2 MiB page — 12 % of the
@@ -87,36 +85,13 @@ fn main() -> std::process::ExitCode {
     if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
         eprintln!("mvirt-api: cannot opt out of transparent huge pages (continuing): {e}");
     }
-    let args = Args::parse();
-    // openraft logs every election step at INFO; keep the default output about mvirt.
-    if std::env::var_os("RUST_LOG").is_none() {
-        std::env::set_var("RUST_LOG", "info,openraft=warn");
-    }
-    telemetry::init("mvirt-api", LogFormat::Auto);
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("mvirt-api: cannot start the async runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(run(args))
-}
-
-async fn run(args: Args) -> std::process::ExitCode {
-    let shutdown = match mvirt_common::Shutdown::on_signals() {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot install signal handlers");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
+    let args: Args = DAEMON.parse();
     let config = ServerConfig {
         listen: args.listen,
         grpc_listen: args.grpc_listen,
         raft_listen: args.raft_listen,
         advertise_host: args.advertise_host,
-        data_dir: args.data_dir,
+        data_dir: args.common.data_dir,
         join: args.join,
         join_token: args.token,
         node_offline_after: Duration::from_millis(args.node_offline_after_ms),
@@ -126,15 +101,8 @@ async fn run(args: Args) -> std::process::ExitCode {
         idempotency_retention: Duration::from_secs(args.idempotency_retention_secs),
         ui_dir: Some(args.ui_dir),
     };
-    match server::start(config, shutdown).await {
-        Ok(running) => {
-            running.wait().await;
-            std::process::ExitCode::SUCCESS
-        }
-        Err(e) => {
-            tracing::error!(error = %mvirt_common::error::error_chain(&e), "mvirt-api failed to start");
-            eprintln!("mvirt-api: {}", mvirt_common::error::error_chain(&e));
-            std::process::ExitCode::FAILURE
-        }
-    }
+    DAEMON.run(args.common.log_format, |shutdown| async move {
+        server::start(config, shutdown).await?.wait().await;
+        Ok::<(), server::ServerError>(())
+    })
 }

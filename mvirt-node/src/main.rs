@@ -6,8 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use mvirt_common::telemetry::{self, LogFormat};
-use mvirt_common::Shutdown;
+use mvirt_common::daemon::{CommonArgs, DaemonSpec};
 use mvirt_node::agent::{self, AgentConfig};
 use mvirt_node::daemons::Endpoints;
 
@@ -18,86 +17,56 @@ use mvirt_node::daemons::Endpoints;
 #[derive(Debug, Parser)]
 #[command(name = "mvirt-node", version)]
 struct Args {
-    /// Directory for the agent's state (node id, owned objects).
-    #[arg(
-        long,
-        env = "MVIRT_NODE_DATA_DIR",
-        default_value = "/var/lib/mvirt/node"
-    )]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    common: CommonArgs,
     /// mvirt-api NodeService endpoint.
-    #[arg(long, env = "MVIRT_NODE_API", default_value = "http://[::1]:50056")]
+    #[arg(long, default_value = "http://[::1]:50056")]
     api: String,
     /// Node token (or admin token) for NodeService.
-    #[arg(
-        long,
-        env = "MVIRT_NODE_TOKEN",
-        hide_env_values = true,
-        default_value = ""
-    )]
+    #[arg(long, hide_env_values = true, default_value = "")]
     token: String,
     /// File holding the token (used when --token is empty).
-    #[arg(long, env = "MVIRT_NODE_TOKEN_FILE")]
+    #[arg(long)]
     token_file: Option<PathBuf>,
     /// mvirt-vmm endpoint: its unix socket (`unix:/path`), or `http://host:port` if it listens
     /// on TCP.
-    #[arg(
-        long,
-        env = "MVIRT_NODE_VMM",
-        default_value = "unix:/run/mvirt/vmm.sock"
-    )]
+    #[arg(long, default_value = "unix:/run/mvirt/vmm.sock")]
     vmm: String,
     /// mvirt-log endpoint (audit entries).
-    #[arg(
-        long,
-        env = "MVIRT_NODE_LOG",
-        default_value = "unix:/run/mvirt/log.sock"
-    )]
+    #[arg(long, default_value = "unix:/run/mvirt/log.sock")]
     log: String,
     /// mvirt-zfs endpoint.
-    #[arg(
-        long,
-        env = "MVIRT_NODE_ZFS",
-        default_value = "unix:/run/mvirt/zfs.sock"
-    )]
+    #[arg(long, default_value = "unix:/run/mvirt/zfs.sock")]
     zfs: String,
     /// mvirt-ebpf endpoint.
-    #[arg(
-        long,
-        env = "MVIRT_NODE_EBPF",
-        default_value = "unix:/run/mvirt/ebpf.sock"
-    )]
+    #[arg(long, default_value = "unix:/run/mvirt/ebpf.sock")]
     ebpf: String,
     /// Node name registered with the API (default: the host name).
-    #[arg(long, env = "MVIRT_NODE_NAME")]
+    #[arg(long)]
     name: Option<String>,
     /// Address the control plane and other nodes reach this host on.
-    #[arg(long, env = "MVIRT_NODE_ADDRESS", default_value = "127.0.0.1")]
+    #[arg(long, default_value = "127.0.0.1")]
     address: String,
     /// Node labels, `key=value`, repeatable (used by node selectors).
-    #[arg(long = "label", env = "MVIRT_NODE_LABELS", value_delimiter = ',')]
+    #[arg(long = "label", value_delimiter = ',')]
     labels: Vec<String>,
     /// UEFI firmware for VMs whose root volume carries no kernel.
-    #[arg(long, env = "MVIRT_NODE_FIRMWARE")]
+    #[arg(long)]
     firmware: Option<String>,
     /// Seconds between full resyncs.
-    #[arg(long, env = "MVIRT_NODE_RESYNC_SECS", default_value_t = 30)]
+    #[arg(long, default_value_t = 30)]
     resync_secs: u64,
     /// Seconds a graceful VM stop waits before the hard stop.
-    #[arg(long, env = "MVIRT_NODE_STOP_TIMEOUT_SECS", default_value_t = 30)]
+    #[arg(long, default_value_t = 30)]
     stop_timeout_secs: u32,
     /// Where the console relay (the API's path to VM consoles) listens; "off" disables it.
-    #[arg(
-        long,
-        env = "MVIRT_NODE_CONSOLE_LISTEN",
-        default_value = "0.0.0.0:50057"
-    )]
+    #[arg(long, default_value = "0.0.0.0:50057")]
     console_listen: String,
     /// Console endpoint advertised to the API (default: http://<address>:<console port>).
-    #[arg(long, env = "MVIRT_NODE_CONSOLE_ENDPOINT", default_value = "")]
+    #[arg(long, default_value = "")]
     console_endpoint: String,
     /// Deregister the node on a clean shutdown.
-    #[arg(long, env = "MVIRT_NODE_DEREGISTER_ON_SHUTDOWN")]
+    #[arg(long)]
     deregister_on_shutdown: bool,
 }
 
@@ -107,10 +76,17 @@ fn host_name() -> String {
         .unwrap_or_else(|_| "node".into())
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    let args = Args::parse();
-    telemetry::init("mvirt-node", LogFormat::Auto);
+const DAEMON: DaemonSpec = DaemonSpec {
+    name: "mvirt-node",
+    env_prefix: "MVIRT_NODE",
+    listen: None,
+    data_dir: "/var/lib/mvirt/node",
+    data_dir_help: "Directory for the agent's state (node id, owned objects).",
+    log_filter: "info",
+};
+
+fn main() -> ExitCode {
+    let args: Args = DAEMON.parse();
     let mut labels = HashMap::new();
     for label in &args.labels {
         match label.split_once('=') {
@@ -153,7 +129,7 @@ async fn main() -> ExitCode {
         }
     };
     let config = AgentConfig {
-        data_dir: args.data_dir,
+        data_dir: args.common.data_dir,
         endpoints: Endpoints {
             api: args.api,
             vmm: args.vmm,
@@ -172,20 +148,7 @@ async fn main() -> ExitCode {
         console_listen,
         console_endpoint: args.console_endpoint,
     };
-    let shutdown = match Shutdown::on_signals() {
-        Ok(s) => s,
-        Err(err) => {
-            eprintln!("mvirt-node: cannot install signal handlers: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match agent::run(config, shutdown).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            let message = mvirt_common::error::error_chain(&err);
-            tracing::error!(error = %message, "mvirt-node failed");
-            eprintln!("mvirt-node: {message}");
-            ExitCode::FAILURE
-        }
-    }
+    DAEMON.run(args.common.log_format, |shutdown| {
+        agent::run(config, shutdown)
+    })
 }

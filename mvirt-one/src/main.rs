@@ -4,8 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mvirt_common::telemetry::{self, LogFormat};
-use mvirt_common::Shutdown;
+use mvirt_common::daemon::{CommonArgs, DaemonSpec};
 use mvirt_one::grpc::Mode;
 use mvirt_one::runtime::RuntimeConfig;
 use mvirt_one::server::{self, BoundListener, DaemonConfig, Listen};
@@ -23,23 +22,22 @@ use mvirt_one::server::{self, BoundListener, DaemonConfig, Listen};
 struct Cli {
     /// Where OneService listens: tcp:HOST:PORT, unix:PATH or vsock:PORT. Default: vsock:1024
     /// as PID 1, tcp:127.0.0.1:50060 otherwise.
-    #[arg(long, env = "MVIRT_ONE_LISTEN")]
+    #[arg(long)]
     listen: Option<Listen>,
 
-    /// Image cache and container directories (a tmpfs inside the VM).
-    #[arg(long, env = "MVIRT_ONE_DATA_DIR", default_value = "/run/mvirt-one")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    common: CommonArgs,
 
     /// Registries (host:port) reached over plain HTTP; loopback registries always are.
-    #[arg(long, env = "MVIRT_ONE_INSECURE_REGISTRIES", value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',')]
     insecure_registries: Vec<String>,
 
     /// mvirt-log endpoint for audit entries; empty: tracing only.
-    #[arg(long, env = "MVIRT_ONE_LOG_ENDPOINT", default_value = "")]
+    #[arg(long, default_value = "")]
     log_endpoint: String,
 
     /// Force init (PID-1) or local mode instead of deciding by the process id.
-    #[arg(long, env = "MVIRT_ONE_MODE", value_parser = ["auto", "init", "local"], default_value = "auto")]
+    #[arg(long, value_parser = ["auto", "init", "local"], default_value = "auto")]
     mode: String,
 
     #[command(subcommand)]
@@ -81,14 +79,23 @@ fn run_launcher(launcher: Launcher) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(255))
 }
 
+const DAEMON: DaemonSpec = DaemonSpec {
+    name: "mvirt-one",
+    env_prefix: "MVIRT_ONE",
+    listen: None,
+    data_dir: "/run/mvirt-one",
+    data_dir_help: "Image cache and container directories (a tmpfs inside the VM).",
+    log_filter: "info",
+};
+
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match DAEMON.try_parse_from(std::env::args_os()) {
         Ok(cli) => cli,
         // As PID 1 the kernel passes unknown command-line words as arguments; exiting would
         // panic the kernel, so ignore them (flags still come from the environment).
         Err(e) if std::process::id() == 1 => {
             eprintln!("mvirt-one: ignoring init arguments: {e}");
-            match Cli::try_parse_from(["mvirt-one"]) {
+            match DAEMON.try_parse_from(["mvirt-one"]) {
                 Ok(cli) => cli,
                 Err(e) => e.exit(),
             }
@@ -108,14 +115,6 @@ fn main() -> ExitCode {
         // Mount /proc, /dev etc. before anything (tracing, tokio) may need them.
         mvirt_one::init::early_setup();
     }
-    telemetry::init("mvirt-one", LogFormat::Auto);
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("mvirt-one: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     let listen = cli.listen.unwrap_or(match mode {
         Mode::Init => Listen::Vsock(mvirt_one::client::ONE_VSOCK_PORT),
         Mode::Local => Listen::Tcp(([127, 0, 0, 1], 50060).into()),
@@ -131,37 +130,26 @@ fn main() -> ExitCode {
         mode,
         listen,
         runtime: RuntimeConfig {
-            data_dir: cli.data_dir,
+            data_dir: cli.common.data_dir,
             launcher,
             insecure_registries: cli.insecure_registries,
             resolv_conf: Some(PathBuf::from("/etc/resolv.conf")),
         },
         log_endpoint: cli.log_endpoint,
     };
-    let result = runtime.block_on(async move {
-        // As PID 1, Ctrl-Alt-Del arrives as SIGINT (see init::start) and shuts down cleanly.
-        let shutdown = Shutdown::on_signals().map_err(|e| e.to_string())?;
-        let listener = BoundListener::bind(&config.listen)
-            .await
-            .map_err(|e| mvirt_common::error::error_chain(&e))?;
+    // As PID 1, Ctrl-Alt-Del arrives as SIGINT (see init::start) and shuts down cleanly.
+    let result = DAEMON.run_reported(cli.common.log_format, |shutdown| async move {
+        let listener = BoundListener::bind(&config.listen).await?;
         // After binding: the readiness announcement must not precede the listener.
         if mode == Mode::Init {
             mvirt_one::init::start(shutdown.clone()).await;
         }
-        server::serve(config, listener, shutdown)
-            .await
-            .map_err(|e| mvirt_common::error::error_chain(&e))
+        server::serve(config, listener, shutdown).await.map(drop)
     });
+    // As PID 1, returning would panic the kernel: the VM powers off, failed or not.
     match result {
-        Ok(_) if mode == Mode::Init => mvirt_one::init::power_off(),
-        Ok(_) => ExitCode::SUCCESS,
-        Err(message) => {
-            tracing::error!(error = %message, "mvirt-one failed");
-            if mode == Mode::Init {
-                mvirt_one::init::power_off()
-            } else {
-                ExitCode::FAILURE
-            }
-        }
+        _ if mode == Mode::Init => mvirt_one::init::power_off(),
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::FAILURE,
     }
 }

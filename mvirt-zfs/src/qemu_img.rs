@@ -94,7 +94,7 @@ pub async fn convert_to_raw(
         Err(QemuImgError::Command(CommandError::Failed {
             program: QEMU_IMG.into(),
             args: args.join(" "),
-            status: status.to_string(),
+            status,
             stderr: stderr.trim().to_string(),
         }))
     }

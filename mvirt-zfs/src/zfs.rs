@@ -438,22 +438,27 @@ fn send_receive_blocking(send_args: &[String], dataset: &str, force: bool) -> Re
             CommandError::Failed {
                 program: ZFS.into(),
                 args: recv_args.join(" "),
-                status: recv.status.to_string(),
+                status: recv.status,
                 stderr: String::from_utf8_lossy(&recv.stderr).trim().to_string(),
             },
         ));
     }
     match send_status {
         Ok(status) if status.success() => Ok(()),
-        status => Err(classify(
+        Ok(status) => Err(classify(
             snapshot,
             CommandError::Failed {
                 program: ZFS.into(),
                 args: send_args.join(" "),
-                status: format!("{status:?}"),
+                status,
                 stderr: send_stderr.trim().to_string(),
             },
         )),
+        Err(source) => Err(ZfsError::Command(CommandError::Io {
+            program: ZFS.into(),
+            args: send_args.join(" "),
+            source,
+        })),
     }
 }
 
