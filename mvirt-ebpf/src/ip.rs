@@ -1,57 +1,26 @@
-//! Wrapper around the `ip` and `nft` programs: argv only (never a shell), every call logged,
-//! failures returned with the program's stderr. Names reaching these command lines are
+//! Wrapper around the `ip` and `nft` programs, run through [`mvirt_common::command`]: argv
+//! only (never a shell), every call logged, bounded in time, failures returned with the
+//! program's stderr. Names reaching these command lines are
 //! interface names built by this crate (`model::tap_name`) or validated flags.
 
-use std::process::Command;
+use mvirt_common::command::ExternalCommand;
+pub use mvirt_common::command::CommandError;
 
-#[derive(Debug, thiserror::Error)]
-pub enum CommandError {
-    #[error("cannot run {program}")]
-    Spawn {
-        program: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("`{program} {args}` failed ({status}): {stderr}")]
-    Failed {
-        program: &'static str,
-        args: String,
-        status: String,
-        stderr: String,
-    },
-}
+/// How long one `ip` or `nft` call may take: they answer in milliseconds, so a call still
+/// running after this is wedged (a kernel lock, a hung netlink peer).
+const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-fn run(program: &'static str, args: &[&str], stdin: Option<&str>) -> Result<String, CommandError> {
-    tracing::debug!(program, ?args, "running");
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .stdin(if stdin.is_some() {
-            std::process::Stdio::piped()
-        } else {
-            std::process::Stdio::null()
-        });
-    let mut child = cmd
-        .spawn()
-        .map_err(|source| CommandError::Spawn { program, source })?;
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        use std::io::Write;
-        pipe.write_all(input.as_bytes())
-            .map_err(|source| CommandError::Spawn { program, source })?;
+/// The daemon's datapath code is synchronous (it runs under the manager's lock), so the calls
+/// block until the program ends.
+fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, CommandError> {
+    let mut command = ExternalCommand::new(program)
+        .args(args)
+        .capture_stdout()
+        .timeout(TIMEOUT);
+    if let Some(input) = stdin {
+        command = command.stdin(input);
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|source| CommandError::Spawn { program, source })?;
-    if !out.status.success() {
-        return Err(CommandError::Failed {
-            program,
-            args: args.join(" "),
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    command.run_blocking().map(|output| output.stdout)
 }
 
 /// Runs `ip <args>`.

@@ -3,27 +3,20 @@
 //! given, `network-config`. It is attached to the VM as a read-only virtio disk (a vfat seed
 //! cannot be read from a CD-ROM drive).
 //!
-//! The image is built with `mkfs.vfat` and `mcopy` (dosfstools, mtools), each behind a small
-//! wrapper that logs the command line and returns the program's stderr on failure.
+//! The image is built with `mkfs.vfat` and `mcopy` (dosfstools, mtools), run through
+//! [`mvirt_common::command`], which logs the command line and returns the program's stderr on
+//! failure.
 
 use std::path::{Path, PathBuf};
+
+use mvirt_common::command::{CommandError, ExternalCommand};
 
 use crate::model::CloudInitSpec;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CloudInitError {
-    #[error("cannot run {program} (install dosfstools and mtools: scripts/setup.sh)")]
-    Spawn {
-        program: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{program} failed ({status}): {stderr}")]
-    Failed {
-        program: &'static str,
-        status: String,
-        stderr: String,
-    },
+    #[error("cannot build the seed image (mkfs.vfat and mcopy: dosfstools and mtools, see scripts/setup.sh)")]
+    Tool(#[source] CommandError),
     #[error("cannot write seed file {path}")]
     Io {
         path: String,
@@ -32,23 +25,15 @@ pub enum CloudInitError {
     },
 }
 
-/// Runs `program` with `args` (argv, never a shell), logging it and capturing stderr.
+/// Runs `program` with `args` through [`mvirt_common::command`] (argv, logged, bounded in
+/// time, stderr in the error).
 async fn run_tool(program: &'static str, args: &[&std::ffi::OsStr]) -> Result<(), CloudInitError> {
-    tracing::debug!(program, ?args, "running");
-    let out = tokio::process::Command::new(program)
+    ExternalCommand::new(program)
         .args(args)
-        .output()
+        .run()
         .await
-        .map_err(|source| CloudInitError::Spawn { program, source })?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(CloudInitError::Failed {
-            program,
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
-    }
+        .map(drop)
+        .map_err(CloudInitError::Tool)
 }
 
 /// `mkfs.vfat -C <image> <size KiB> -n CIDATA`.
