@@ -1,7 +1,9 @@
-//! A pod VM for tests and benchmarks: mvirt-one as `/init` of a real QEMU TCG microVM: the Debian kernel, an initramfs holding
-//! mvirt-one (and the shared libraries it links), vsock through vhost-device-vsock, a TAP with
-//! dnsmasq (DHCPv4, router advertisements, DHCPv6) and a registry on the host side. The host waits for the
-//! readiness connection and connects to OneService over the hybrid vsock socket.
+//! A pod VM for tests and benchmarks: the product pod artefacts (`mvirt-podimage`: the Debian
+//! kernel and an initramfs with mvirt-one as `/init`, its libraries, modules and CA bundle, no
+//! busybox), built from this test's mvirt-one, booted in a real QEMU TCG microVM; vsock through
+//! vhost-device-vsock, a TAP with dnsmasq (DHCPv4, router advertisements, DHCPv6) and a registry
+//! on the host side. The host waits for the readiness connection and connects to OneService over
+//! the hybrid vsock socket.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -11,7 +13,7 @@ use std::time::Duration;
 use mvirt_one::client::{connect_hybrid_vsock, ONE_VSOCK_PORT};
 use mvirt_one::proto;
 use mvirt_one::proto::one_service_client::OneServiceClient;
-use mvirt_testsupport::guest::{debian_kernel, InitramfsBuilder};
+use mvirt_podimage::image::{self, BuildConfig, Inputs, Manifest, INITRAMFS, VMLINUZ};
 use mvirt_testsupport::netns::ip;
 use mvirt_testsupport::process::{wait_until, wait_until_async, ChildGuard};
 use mvirt_testsupport::registry::{Registry, TestImage};
@@ -41,34 +43,35 @@ impl Drop for HostTap {
     }
 }
 
-/// The mvirt-one binary, stripped, plus every shared library `ldd` names, as initramfs files.
-fn with_mvirt_one(mut builder: InitramfsBuilder, work: &Path) -> InitramfsBuilder {
-    let binary = PathBuf::from(env!("CARGO_BIN_EXE_mvirt-one"));
-    let stripped = work.join("mvirt-one");
-    let status = Command::new("strip")
-        .arg("-o")
-        .arg(&stripped)
-        .arg(&binary)
-        .status()
-        .expect("run strip (binutils)");
-    assert!(status.success());
-    builder = builder.host_file("/init", &stripped, 0o755);
-    // As in a production pod image: a CA bundle for HTTPS registries (rustls reads it).
-    let bundle = Path::new("/etc/ssl/certs/ca-certificates.crt");
-    assert!(bundle.exists(), "CA bundle missing (apt ca-certificates)");
-    builder = builder.host_file("/etc/ssl/certs/ca-certificates.crt", bundle, 0o644);
-    let ldd = Command::new("ldd").arg(&binary).output().expect("run ldd");
-    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
-        let path = line
-            .split_whitespace()
-            .find(|w| w.starts_with('/'))
-            .map(PathBuf::from);
-        if let Some(path) = path {
-            let real = std::fs::canonicalize(&path).unwrap();
-            builder = builder.host_file(path.to_str().unwrap(), &real, 0o755);
-        }
-    }
-    builder
+/// The pod artefacts built from this test's mvirt-one into the test cache, in a directory named
+/// by their version (so concurrent runs with another mvirt-one binary do not replace them):
+/// `(vmlinuz, initramfs.img)`. Built once per process; a later run with the same inputs is a
+/// cache hit.
+fn pod_artefacts() -> &'static (PathBuf, PathBuf) {
+    static ARTEFACTS: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
+    ARTEFACTS.get_or_init(|| {
+        let cache = mvirt_testsupport::cache_dir();
+        let mut config = BuildConfig {
+            out_dir: PathBuf::new(),
+            mvirt_one: PathBuf::from(env!("CARGO_BIN_EXE_mvirt-one")),
+            kernel: image::kernel_package(None).expect("the kernel package apt names"),
+            cache_dir: cache.clone(),
+            ca_bundle: PathBuf::from(image::CA_BUNDLE),
+        };
+        let version = Inputs::collect(&config)
+            .expect("hash the pod artefacts' inputs")
+            .version();
+        config.out_dir = cache.join(format!("pod-artefacts-{}", &version[..16]));
+        let (manifest, outcome) = image::build(&config).expect("build the pod artefacts");
+        assert_eq!(manifest.version, version);
+        assert_eq!(Manifest::read(&config.out_dir).unwrap(), manifest);
+        eprintln!(
+            "pod artefacts {} ({outcome:?}) in {}",
+            manifest.version,
+            config.out_dir.display()
+        );
+        (config.out_dir.join(VMLINUZ), config.out_dir.join(INITRAMFS))
+    })
 }
 
 /// A booted pod VM and everything on the host side it needs; all removed on drop.
@@ -158,16 +161,11 @@ impl PodVm {
         let registry = Registry::start_on(host_ip);
         registry.push_image("busybox", "latest", &TestImage::busybox());
 
-        // The guest: kernel, initramfs with mvirt-one as /init, overlayfs for containers.
-        let kernel = debian_kernel();
-        let initramfs = with_mvirt_one(
-            InitramfsBuilder::new()
-                .virtio_modules(&kernel)
-                // overlayfs for containers; the ACPI power button and evdev for graceful stop.
-                .with_modules(&kernel, &["overlay", "button", "evdev"]),
-            work.path(),
-        )
-        .build();
+        // The guest: the product kernel and initramfs (mvirt-one as /init, nothing else to run).
+        let (vmlinuz, initramfs) = tokio::task::spawn_blocking(pod_artefacts)
+            .await
+            .unwrap()
+            .clone();
 
         let vhost_socket = work.path().join("vhost.sock");
         let uds = work.path().join("vm.vsock");
@@ -214,7 +212,7 @@ impl PodVm {
                 .arg("-qmp")
                 .arg(format!("unix:{},server=on,wait=off", qmp.display()))
                 .arg("-kernel")
-                .arg(&kernel.vmlinuz)
+                .arg(&vmlinuz)
                 .arg("-initrd")
                 .arg(&initramfs)
                 .arg("-append")
