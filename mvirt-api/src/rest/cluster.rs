@@ -5,8 +5,7 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
-use axum::{Json, Router};
+use axum::Json;
 use openraft::ServerState;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -367,14 +366,4 @@ async fn forward_to_leader_rest(
         .await
         .map_err(|e| ApiError::no_leader(format!("leader answer lost: {e}")))?;
     Ok((status, [("content-type", "application/json")], bytes).into_response())
-}
-
-pub fn routes() -> Router<Arc<App>> {
-    Router::new()
-        .route("/v1/tokens", get(list_tokens).post(create_token))
-        .route("/v1/tokens/{id}", delete(delete_token))
-        .route("/v1/controlplane", get(controlplane))
-        .route("/v1/controlplane/join-tokens", post(create_join_token))
-        .route("/v1/controlplane/members/{id}", delete(remove_member))
-        .route("/v1/controlplane/join", post(join))
 }

@@ -9,8 +9,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use mvirt_log::proto::log_service_client::LogServiceClient;
 use mvirt_log::proto::{query_response, LogEntry, LogLevel, Order, QueryRequest};
 use serde::{Deserialize, Serialize};
@@ -182,8 +181,4 @@ pub async fn logs(
     Ok(Sse::new(sse)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
-}
-
-pub fn routes() -> Router<Arc<App>> {
-    Router::new().route("/v1/logs", get(logs))
 }

@@ -14,9 +14,17 @@ mod console;
 mod events;
 mod hosts;
 mod logs;
+mod networks;
+mod nics;
+mod nodes;
 pub mod openapi;
+mod projects;
 mod resources;
+mod security_groups;
+mod templates;
 pub mod ui;
+mod vms;
+mod volumes;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,7 +34,7 @@ use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get, post, MethodRouter};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -428,57 +436,57 @@ async fn not_found_fallback() -> ApiError {
     ),
     paths(
         health,
-        resources::list_projects,
-        resources::get_project,
-        resources::create_project,
-        resources::update_project,
-        resources::delete_project,
-        resources::networks::list,
-        resources::networks::get,
-        resources::networks::create,
-        resources::networks::update,
-        resources::networks::delete,
-        resources::nics::list,
-        resources::nics::get,
-        resources::nics::create,
-        resources::nics::update,
-        resources::nics::delete,
-        resources::security_groups::list,
-        resources::security_groups::get,
-        resources::security_groups::create,
-        resources::security_groups::update,
-        resources::security_groups::delete,
-        resources::templates::list,
-        resources::templates::get,
-        resources::templates::create,
-        resources::templates::update,
-        resources::templates::delete,
-        resources::volumes::list,
-        resources::volumes::get,
-        resources::volumes::create,
-        resources::volumes::update,
-        resources::volumes::delete,
-        resources::vms::list,
-        resources::vms::get,
-        resources::vms::create,
-        resources::vms::update,
-        resources::vms::delete,
-        resources::list_nodes,
-        resources::get_node,
-        resources::update_node,
-        resources::delete_node,
+        projects::list_projects,
+        projects::get_project,
+        projects::create_project,
+        projects::update_project,
+        projects::delete_project,
+        networks::list,
+        networks::get,
+        networks::create,
+        networks::update,
+        networks::delete,
+        nics::list,
+        nics::get,
+        nics::create,
+        nics::update,
+        nics::delete,
+        security_groups::list,
+        security_groups::get,
+        security_groups::create,
+        security_groups::update,
+        security_groups::delete,
+        templates::list,
+        templates::get,
+        templates::create,
+        templates::update,
+        templates::delete,
+        volumes::list,
+        volumes::get,
+        volumes::create,
+        volumes::update,
+        volumes::delete,
+        vms::list,
+        vms::get,
+        vms::create,
+        vms::update,
+        vms::delete,
+        nodes::list_nodes,
+        nodes::get_node,
+        nodes::update_node,
+        nodes::delete_node,
         hosts::get_host,
-        resources::vm_action,
+        vms::vm_action,
         console::vm_console,
-        resources::resize_volume,
-        resources::create_snapshot,
-        resources::delete_snapshot,
-        resources::list_snapshots,
-        resources::rollback_snapshot,
-        resources::cancel_import,
-        resources::promote_snapshot,
-        resources::add_rule,
-        resources::delete_rule,
+        volumes::resize_volume,
+        volumes::create_snapshot,
+        volumes::delete_snapshot,
+        volumes::list_snapshots,
+        volumes::rollback_snapshot,
+        templates::cancel_import,
+        volumes::promote_snapshot,
+        security_groups::add_rule,
+        security_groups::delete_rule,
         cluster::list_tokens,
         cluster::create_token,
         cluster::delete_token,
@@ -517,19 +525,133 @@ async fn not_found_fallback() -> ApiError {
 )]
 pub struct ApiDoc;
 
+/// Every route of the REST API, in one table: path and its handlers.
+fn routes() -> Vec<(&'static str, MethodRouter<Arc<App>>)> {
+    vec![
+        ("/v1/health", get(health)),
+        ("/v1/openapi.json", get(openapi::openapi_json)),
+        ("/v1/docs", get(openapi::docs_html)),
+        ("/v1/docs/docs.js", get(openapi::docs_js)),
+        ("/v1/docs/docs.css", get(openapi::docs_css)),
+        // Resources (one file each).
+        (
+            "/v1/projects",
+            get(projects::list_projects).post(projects::create_project),
+        ),
+        (
+            "/v1/projects/{id}",
+            get(projects::get_project)
+                .put(projects::update_project)
+                .delete(projects::delete_project),
+        ),
+        ("/v1/nodes", get(nodes::list_nodes)),
+        (
+            "/v1/nodes/{id}",
+            get(nodes::get_node)
+                .put(nodes::update_node)
+                .delete(nodes::delete_node),
+        ),
+        ("/v1/nodes/{id}/host", get(hosts::get_host)),
+        ("/v1/networks", get(networks::list).post(networks::create)),
+        (
+            "/v1/networks/{id}",
+            get(networks::get)
+                .put(networks::update)
+                .delete(networks::delete),
+        ),
+        ("/v1/nics", get(nics::list).post(nics::create)),
+        (
+            "/v1/nics/{id}",
+            get(nics::get).put(nics::update).delete(nics::delete),
+        ),
+        (
+            "/v1/security-groups",
+            get(security_groups::list).post(security_groups::create),
+        ),
+        (
+            "/v1/security-groups/{id}",
+            get(security_groups::get)
+                .put(security_groups::update)
+                .delete(security_groups::delete),
+        ),
+        (
+            "/v1/security-groups/{id}/rules",
+            post(security_groups::add_rule),
+        ),
+        (
+            "/v1/security-groups/{id}/rules/{rule_id}",
+            delete(security_groups::delete_rule),
+        ),
+        (
+            "/v1/templates",
+            get(templates::list).post(templates::create),
+        ),
+        (
+            "/v1/templates/{id}",
+            get(templates::get)
+                .put(templates::update)
+                .delete(templates::delete),
+        ),
+        ("/v1/templates/{id}/cancel", post(templates::cancel_import)),
+        ("/v1/volumes", get(volumes::list).post(volumes::create)),
+        (
+            "/v1/volumes/{id}",
+            get(volumes::get)
+                .put(volumes::update)
+                .delete(volumes::delete),
+        ),
+        ("/v1/volumes/{id}/resize", post(volumes::resize_volume)),
+        (
+            "/v1/volumes/{id}/snapshots",
+            get(volumes::list_snapshots).post(volumes::create_snapshot),
+        ),
+        (
+            "/v1/volumes/{id}/snapshots/{snapshot_id}",
+            delete(volumes::delete_snapshot),
+        ),
+        (
+            "/v1/volumes/{id}/snapshots/{snapshot_id}/rollback",
+            post(volumes::rollback_snapshot),
+        ),
+        (
+            "/v1/volumes/{id}/snapshots/{snapshot_id}/promote",
+            post(volumes::promote_snapshot),
+        ),
+        ("/v1/vms", get(vms::list).post(vms::create)),
+        (
+            "/v1/vms/{id}",
+            get(vms::get).put(vms::update).delete(vms::delete),
+        ),
+        ("/v1/vms/{id}/console", get(console::vm_console)),
+        ("/v1/vms/{id}/{action}", post(vms::vm_action)),
+        // The cluster.
+        (
+            "/v1/tokens",
+            get(cluster::list_tokens).post(cluster::create_token),
+        ),
+        ("/v1/tokens/{id}", delete(cluster::delete_token)),
+        ("/v1/controlplane", get(cluster::controlplane)),
+        (
+            "/v1/controlplane/join-tokens",
+            post(cluster::create_join_token),
+        ),
+        (
+            "/v1/controlplane/members/{id}",
+            delete(cluster::remove_member),
+        ),
+        ("/v1/controlplane/join", post(cluster::join)),
+        ("/v1/events", get(events::events)),
+        ("/v1/logs", get(logs::logs)),
+    ]
+}
+
 /// The REST router (with auth, body limit and the error envelope for unknown paths).
 pub fn router(app: Arc<App>) -> Router {
-    let api = Router::new()
-        .route("/v1/health", get(health))
-        .route("/v1/openapi.json", get(openapi::openapi_json))
-        .route("/v1/docs", get(openapi::docs_html))
-        .route("/v1/docs/docs.js", get(openapi::docs_js))
-        .route("/v1/docs/docs.css", get(openapi::docs_css))
-        .merge(resources::routes())
-        .route("/v1/nodes/{id}/host", get(hosts::get_host))
-        .merge(cluster::routes())
-        .merge(events::routes())
-        .merge(logs::routes())
+    let api = routes()
+        .into_iter()
+        .fold(Router::new(), |router, (path, handlers)| {
+            router.route(path, handlers)
+        })
         .fallback(not_found_fallback)
         .layer(middleware::from_fn_with_state(app.clone(), auth))
         .layer(middleware::from_fn(openapi::envelope_rejections))
