@@ -22,7 +22,7 @@ use mvirt_common::Shutdown;
 use crate::daemons::{DaemonError, Daemons, Endpoints};
 use crate::imports::ImportTracker;
 use crate::ledger::{Ledger, LedgerError};
-use crate::reconcile::{Reconciler, Settings};
+use crate::reconcile::{NodeReconciler, Settings};
 
 /// Everything the agent needs to run.
 #[derive(Debug, Clone)]
@@ -114,7 +114,7 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), AgentErr
         shutdown.clone(),
     ));
 
-    let reconciler = Reconciler::new(
+    let reconciler = NodeReconciler::new(
         daemons.clone(),
         ledger.clone(),
         ImportTracker::new(),

@@ -93,6 +93,19 @@ impl Ledger {
         Ok(())
     }
 
+    /// A number kept under `key`: 0 when there is none (or it cannot be read).
+    pub fn counter(&self, key: &str) -> u64 {
+        self.get(key)
+            .ok()
+            .flatten()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub fn set_counter(&self, key: &str, value: u64) -> Result<(), LedgerError> {
+        self.set(key, &value.to_string())
+    }
+
     /// The node id the API gave this host, once registered.
     pub fn node_id(&self) -> Result<Option<String>, LedgerError> {
         self.get("node_id")

@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! WatchSpecs ─┐
-//! WatchVms ───┼─> Reconciler::reconcile(spec) ─> mvirt-ebpf / mvirt-zfs / mvirt-vmm
+//! WatchVms ───┼─> NodeReconciler::reconcile(spec) ─> mvirt-ebpf / mvirt-zfs / mvirt-vmm
 //! resync tick ┘            │
 //!                          └─> UpdateResourceStatus (only what changed, all on resync)
 //! ```
@@ -16,8 +16,9 @@
 //! - [`ledger`] records, before each create, which local objects the agent owns, so it deletes
 //!   only its own objects and survives its own crash at any point.
 //! - [`daemons`] holds the gRPC clients of the local daemons.
-//! - [`reconcile`] converges one desired set: networks, security groups, templates, volumes,
-//!   NICs, routes, VMs in that order; deletes in reverse.
+//! - [`reconcile`] converges one desired set: one `Reconciler` per kind (networks, security
+//!   groups, NICs, routes, templates, volumes, VMs), driven in dependency order; deletes in
+//!   reverse.
 //! - [`imports`] follows template imports in the background so they never block a pass.
 //! - [`agent`] is the loop: register, heartbeat, watch, reconcile, report.
 

@@ -38,12 +38,7 @@ fn ledger_key(volume_id: &str) -> String {
 
 /// The rollback generation this agent carried out for a volume (0 = none).
 pub fn applied_generation(ledger: &Ledger, volume_id: &str) -> u64 {
-    ledger
-        .get(&ledger_key(volume_id))
-        .ok()
-        .flatten()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    ledger.counter(&ledger_key(volume_id))
 }
 
 fn snapshot_status(id: &str, phase: Phase, message: impl Into<String>) -> api::SnapshotStatus {
@@ -189,7 +184,7 @@ async fn rollback(
         )
     })?;
     ledger
-        .set(&ledger_key(&want.id), &want.rollback_generation.to_string())
+        .set_counter(&ledger_key(&want.id), want.rollback_generation)
         .map_err(|e| format!("rolled back, but the agent could not record it: {e}"))?;
     audit.audit(
         format!(

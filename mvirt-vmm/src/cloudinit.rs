@@ -68,16 +68,22 @@ async fn mcopy(image: &Path, file: &Path, name: &str) -> Result<(), CloudInitErr
     .await
 }
 
-/// The `meta-data` document: instance-id and local-hostname first, then the caller's lines.
-pub fn meta_data(vm_id: &str, hostname: &str, extra: &str) -> String {
-    let mut text = format!("instance-id: {vm_id}\nlocal-hostname: {hostname}\n");
-    for line in extra.lines() {
-        let key = line.split(':').next().unwrap_or("").trim();
-        if key == "instance-id" || key == "local-hostname" {
-            continue;
+/// The `meta-data` document: `instance-id`, `local-hostname` and, when there are any,
+/// `public-keys`. It is block-style YAML, one key a line, because the simplest readers (a test
+/// guest's init script) read it line by line; every value is a JSON string, which YAML reads as
+/// a double-quoted scalar, so a key or hostname cannot break out of its line.
+pub fn meta_data(vm_id: &str, hostname: &str, public_keys: &[String]) -> String {
+    let quoted = |value: &str| serde_json::Value::from(value).to_string();
+    let mut text = format!(
+        "instance-id: {}\nlocal-hostname: {}\n",
+        quoted(vm_id),
+        quoted(hostname)
+    );
+    if !public_keys.is_empty() {
+        text.push_str("public-keys:\n");
+        for key in public_keys {
+            text.push_str(&format!("  - {}\n", quoted(key)));
         }
-        text.push_str(line);
-        text.push('\n');
     }
     text
 }
@@ -107,7 +113,10 @@ pub async fn write_seed(
     };
     let mut files = vec![
         ("user-data", spec.user_data.clone()),
-        ("meta-data", meta_data(vm_id, hostname, &spec.meta_data)),
+        (
+            "meta-data",
+            meta_data(vm_id, hostname, &spec.ssh_authorized_keys),
+        ),
     ];
     if !spec.network_config.is_empty() {
         files.push(("network-config", spec.network_config.clone()));
@@ -134,9 +143,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn meta_data_always_carries_the_vm_id_and_hostname() {
-        let text = meta_data("id-1", "web", "instance-id: other\nfoo: bar\n");
-        assert_eq!(text, "instance-id: id-1\nlocal-hostname: web\nfoo: bar\n");
+    fn meta_data_carries_the_vm_id_the_hostname_and_the_public_keys() {
+        let keys = vec![
+            "ssh-ed25519 AAAA alice@x".to_string(),
+            "ssh-rsa BBBB \"quoted\"\ninstance-id: evil".to_string(),
+        ];
+        let text = meta_data("id-1", "web", &keys);
+        let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        assert_eq!(doc["instance-id"].as_str(), Some("id-1"));
+        assert_eq!(doc["local-hostname"].as_str(), Some("web"));
+        let parsed: Vec<String> = serde_yaml::from_value(doc["public-keys"].clone()).unwrap();
+        assert_eq!(parsed, keys);
+        // One key a line: a key cannot add a line of its own.
+        assert_eq!(
+            text.lines()
+                .filter(|l| l.starts_with("instance-id:"))
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn meta_data_without_keys_has_no_public_keys_entry() {
+        assert_eq!(
+            meta_data("id-1", "web", &[]),
+            "instance-id: \"id-1\"\nlocal-hostname: \"web\"\n"
+        );
     }
 
     #[tokio::test]
@@ -163,7 +195,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             String::from_utf8_lossy(&out.stdout),
-            "instance-id: vm-1\nlocal-hostname: web-1\n"
+            "instance-id: \"vm-1\"\nlocal-hostname: \"web-1\"\n"
         );
         let out = std::process::Command::new("mtype")
             .arg("-i")

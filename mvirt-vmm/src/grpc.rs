@@ -55,9 +55,9 @@ pub fn spec_from_proto(config: proto::VmConfig) -> Result<VmSpec, Status> {
         nics: config.nics.into_iter().map(nic_from_proto).collect(),
         cloud_init: config.cloud_init.map(|c| CloudInitSpec {
             user_data: c.user_data,
-            meta_data: c.meta_data,
             network_config: c.network_config,
             hostname: c.hostname,
+            ssh_authorized_keys: c.ssh_authorized_keys,
         }),
         hugepages: config.hugepages,
         nested_virtualization: config.nested_virtualization,
@@ -123,9 +123,9 @@ pub fn spec_to_proto(spec: &VmSpec) -> proto::VmConfig {
             .collect(),
         cloud_init: spec.cloud_init.as_ref().map(|c| proto::CloudInit {
             user_data: c.user_data.clone(),
-            meta_data: c.meta_data.clone(),
             network_config: c.network_config.clone(),
             hostname: c.hostname.clone(),
+            ssh_authorized_keys: c.ssh_authorized_keys.clone(),
         }),
         hugepages: spec.hugepages,
         nested_virtualization: spec.nested_virtualization,

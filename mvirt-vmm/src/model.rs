@@ -47,11 +47,12 @@ pub struct CloudInitSpec {
     #[serde(default)]
     pub user_data: String,
     #[serde(default)]
-    pub meta_data: String,
-    #[serde(default)]
     pub network_config: String,
     #[serde(default)]
     pub hostname: String,
+    /// Rendered into meta-data as `public-keys`.
+    #[serde(default)]
+    pub ssh_authorized_keys: Vec<String>,
 }
 
 /// Everything the caller decides about a VM.

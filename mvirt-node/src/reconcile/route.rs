@@ -1,0 +1,121 @@
+//! Routes in mvirt-ebpf: each destination of a route (an address or prefix behind another node)
+//! is one local route, with an id derived from the route's id so it is stable across passes.
+//! The ledger records the derived ids.
+
+use std::collections::HashSet;
+
+use tonic::Status;
+
+use mvirt_api::proto as api;
+use mvirt_ebpf::proto as net;
+
+use super::{deleted, Context, Converging, Outcome, Reconciler};
+use crate::ledger::Kind;
+
+pub struct RouteReconciler<'a> {
+    pub cx: &'a Context,
+}
+
+/// A hyphenated UUID derived from a parent id and a name (route destinations).
+pub fn derived_id(parent: &str, name: &str) -> String {
+    let namespace = uuid::Uuid::parse_str(parent).unwrap_or(uuid::Uuid::NAMESPACE_OID);
+    uuid::Uuid::new_v5(&namespace, name.as_bytes()).to_string()
+}
+
+/// The destinations of a route mvirt-ebpf lacks, with their local ids.
+fn missing_destinations<'a>(
+    want: &'a api::RouteSpec,
+    existing: &HashSet<String>,
+) -> Vec<(String, &'a String)> {
+    want.destinations
+        .iter()
+        .map(|destination| (derived_id(&want.id, destination), destination))
+        .filter(|(id, _)| !existing.contains(id))
+        .collect()
+}
+
+impl Reconciler for RouteReconciler<'_> {
+    const KIND: Kind = Kind::Route;
+    type Desired = api::RouteSpec;
+    type Observed = HashSet<String>;
+    type Converged = ();
+
+    fn local_ids(spec: &api::NodeSpec) -> HashSet<String> {
+        spec.routes
+            .iter()
+            .flat_map(|r| r.destinations.iter().map(|d| derived_id(&r.id, d)))
+            .collect()
+    }
+
+    async fn observe(&self) -> Result<HashSet<String>, Status> {
+        let routes = self
+            .cx
+            .daemons
+            .net
+            .clone()
+            .list_routes(net::ListRoutesRequest::default())
+            .await?
+            .into_inner()
+            .routes;
+        Ok(routes.into_iter().map(|r| r.id).collect())
+    }
+
+    async fn converge(&self, want: &Self::Desired, seen: &Self::Observed) -> Converging<()> {
+        let mut client = self.cx.daemons.net.clone();
+        let mut result = Ok(());
+        for (id, destination) in missing_destinations(want, seen) {
+            self.cx.claim(Kind::Route, &id)?;
+            if let Err(error) = client
+                .create_route(net::CreateRouteRequest {
+                    id,
+                    network_id: want.network_id.clone(),
+                    destination: destination.clone(),
+                    remote_node: want.node_address.clone(),
+                })
+                .await
+            {
+                result = Err(error);
+            }
+        }
+        Ok(Outcome::of_call("route", result))
+    }
+
+    async fn delete(cx: &Context, id: &str) -> Result<(), Status> {
+        let request = net::DeleteRouteRequest { id: id.to_string() };
+        deleted(cx.daemons.net.clone().delete_route(request).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PARENT: &str = "0b8f3c1e-2a4d-4f6b-9c1d-7e5a3b2c1d0f";
+
+    #[test]
+    fn route_ids_are_stable_and_distinct_per_destination() {
+        assert_eq!(
+            derived_id(PARENT, "10.0.0.5/32"),
+            derived_id(PARENT, "10.0.0.5/32")
+        );
+        assert_ne!(
+            derived_id(PARENT, "10.0.0.5/32"),
+            derived_id(PARENT, "fd00::5/128")
+        );
+        assert!(mvirt_common::validate::resource_id("route", &derived_id(PARENT, "x")).is_ok());
+    }
+
+    #[test]
+    fn only_destinations_without_a_local_route_are_created() {
+        let want = api::RouteSpec {
+            id: PARENT.into(),
+            destinations: vec!["10.0.0.5/32".into(), "fd00::5/128".into()],
+            ..Default::default()
+        };
+        let existing = HashSet::from([derived_id(PARENT, "10.0.0.5/32")]);
+        let missing = missing_destinations(&want, &existing);
+        assert_eq!(missing.len(), 1);
+        assert_eq!(missing[0].1, "fd00::5/128");
+        assert_eq!(missing[0].0, derived_id(PARENT, "fd00::5/128"));
+    }
+}

@@ -1,0 +1,229 @@
+//! Volumes in mvirt-zfs: created empty or cloned from a ready template, grown when the desired
+//! size is larger; each existing volume's snapshots and rollbacks are converged by
+//! [`snapshots`]. Existing volumes are handed to the VMs.
+
+use std::collections::HashMap;
+
+use tonic::Status;
+
+use mvirt_api::proto as api;
+use mvirt_api::proto::ResourceStatus;
+use mvirt_common::names::local_name;
+use mvirt_vmm::proto as vmm;
+use mvirt_zfs::proto as zfs;
+
+use super::{by_id, deleted, Context, Converging, Failure, Outcome, Reconciler};
+use crate::ledger::Kind;
+use crate::snapshots::{self, SnapshotOutcome};
+
+pub struct VolumeReconciler<'a> {
+    pub cx: &'a Context,
+    pub spec: &'a api::NodeSpec,
+    /// The templates ready on this node.
+    pub templates: &'a HashMap<String, zfs::Template>,
+}
+
+/// The volumes mvirt-zfs has, and the VMs here when a rollback must know which run.
+pub struct Volumes {
+    volumes: HashMap<String, zfs::Volume>,
+    local_vms: HashMap<String, vmm::Vm>,
+}
+
+/// A volume on this node after a pass, with its snapshots' states.
+pub struct LocalVolume {
+    volume: zfs::Volume,
+    snapshots: SnapshotOutcome,
+}
+
+/// The volumes themselves, by id (what the VMs need).
+pub fn objects(volumes: HashMap<String, LocalVolume>) -> HashMap<String, zfs::Volume> {
+    volumes
+        .into_iter()
+        .map(|(id, local)| (id, local.volume))
+        .collect()
+}
+
+/// How a volume that does not exist yet is made.
+#[derive(Debug, PartialEq, Eq)]
+enum Creation {
+    Empty,
+    FromTemplate,
+    /// Its template is not ready here yet.
+    WaitForTemplate,
+}
+
+fn creation(want: &api::VolumeSpec, templates: &HashMap<String, zfs::Template>) -> Creation {
+    if want.template_id.is_empty() {
+        Creation::Empty
+    } else if templates.contains_key(&want.template_id) {
+        Creation::FromTemplate
+    } else {
+        Creation::WaitForTemplate
+    }
+}
+
+impl Reconciler for VolumeReconciler<'_> {
+    const KIND: Kind = Kind::Volume;
+    const HELD_BY_VMS: bool = true;
+    type Desired = api::VolumeSpec;
+    type Observed = Volumes;
+    type Converged = LocalVolume;
+
+    async fn observe(&self) -> Result<Volumes, Status> {
+        let volumes = self
+            .cx
+            .daemons
+            .zfs
+            .clone()
+            .list_volumes(zfs::ListVolumesRequest {})
+            .await?
+            .into_inner()
+            .volumes;
+        // A pending rollback must know whether the volume's VMs run here.
+        let rollback_pending =
+            self.spec.volumes.iter().any(|v| {
+                v.rollback_generation > snapshots::applied_generation(&self.cx.ledger, &v.id)
+            });
+        let local_vms = if rollback_pending {
+            let vms = self
+                .cx
+                .daemons
+                .vmm
+                .clone()
+                .list_vms(vmm::ListVmsRequest::default())
+                .await?
+                .into_inner()
+                .vms;
+            by_id(vms, |v| &v.id)
+        } else {
+            HashMap::new()
+        };
+        Ok(Volumes {
+            volumes: by_id(volumes, |v| &v.id),
+            local_vms,
+        })
+    }
+
+    async fn converge(
+        &self,
+        want: &Self::Desired,
+        seen: &Self::Observed,
+    ) -> Converging<LocalVolume> {
+        if let Some(have) = seen.volumes.get(&want.id) {
+            return Ok(self.update(want, have, seen).await);
+        }
+        let mut client = self.cx.daemons.zfs.clone();
+        let name = local_name(&want.name, &want.id);
+        let created = match creation(want, self.templates) {
+            Creation::WaitForTemplate => {
+                return Ok(Outcome::Pending(format!(
+                    "waiting for template {} to be imported",
+                    want.template_id
+                )))
+            }
+            Creation::Empty => {
+                self.cx.claim(Kind::Volume, &want.id)?;
+                client
+                    .create_volume(zfs::CreateVolumeRequest {
+                        id: want.id.clone(),
+                        name,
+                        size_bytes: want.size_bytes,
+                    })
+                    .await
+            }
+            Creation::FromTemplate => {
+                self.cx.claim(Kind::Volume, &want.id)?;
+                client
+                    .clone_from_template(zfs::CloneFromTemplateRequest {
+                        template_id: want.template_id.clone(),
+                        volume_id: want.id.clone(),
+                        name,
+                        size_bytes: want.size_bytes,
+                    })
+                    .await
+            }
+        };
+        let created = created.map(|volume| {
+            self.cx
+                .audit
+                .audit(format!("created volume {}", want.id), &[&want.id]);
+            LocalVolume {
+                volume: volume.into_inner(),
+                snapshots: SnapshotOutcome::default(),
+            }
+        });
+        Ok(Outcome::of_call("create volume", created))
+    }
+
+    fn report(&self, _want: &api::VolumeSpec, have: &LocalVolume, status: &mut ResourceStatus) {
+        status.used_bytes = have.volume.used_bytes;
+        status.message = have.snapshots.rollback_problem.clone();
+        status.snapshots = have.snapshots.snapshots.clone();
+        status.rollback_generation = have.snapshots.rollback_generation;
+    }
+
+    async fn delete(cx: &Context, id: &str) -> Result<(), Status> {
+        let request = zfs::DeleteVolumeRequest {
+            id: id.to_string(),
+            force: false,
+        };
+        deleted(cx.daemons.zfs.clone().delete_volume(request).await)
+    }
+}
+
+impl VolumeReconciler<'_> {
+    /// Grows an existing volume when asked to, then converges its snapshots.
+    async fn update(
+        &self,
+        want: &api::VolumeSpec,
+        have: &zfs::Volume,
+        seen: &Volumes,
+    ) -> Outcome<LocalVolume> {
+        let mut client = self.cx.daemons.zfs.clone();
+        let mut resized = Ok(have.clone());
+        if want.size_bytes > have.size_bytes {
+            resized = client
+                .resize_volume(zfs::ResizeVolumeRequest {
+                    id: want.id.clone(),
+                    size_bytes: want.size_bytes,
+                })
+                .await
+                .map(tonic::Response::into_inner);
+        }
+        let users = snapshots::running_users(self.spec, &seen.local_vms, &want.id);
+        let snapshots =
+            snapshots::converge(&mut client, &self.cx.ledger, &self.cx.audit, want, &users).await;
+        match resized {
+            Ok(volume) => Outcome::Ready(LocalVolume { volume, snapshots }),
+            Err(error) => Outcome::Degraded(
+                LocalVolume {
+                    volume: have.clone(),
+                    snapshots,
+                },
+                Failure::Call {
+                    what: "resize",
+                    error,
+                },
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_volume_is_cloned_only_from_a_template_ready_here() {
+        let mut templates = HashMap::new();
+        let empty = api::VolumeSpec::default();
+        let cloned = api::VolumeSpec {
+            template_id: "t".into(),
+            ..Default::default()
+        };
+        assert_eq!(creation(&empty, &templates), Creation::Empty);
+        assert_eq!(creation(&cloned, &templates), Creation::WaitForTemplate);
+        templates.insert("t".to_string(), zfs::Template::default());
+        assert_eq!(creation(&cloned, &templates), Creation::FromTemplate);
+    }
+}
