@@ -1,6 +1,7 @@
 //! mvirt-cli: the `mvirt` command-line client and terminal UI for mvirt-api's REST API.
 //!
-//! `cli` declares the command tree (clap), `commands` runs it against `client::ApiClient`,
+//! `cli` declares the command tree (clap), `commands` runs it against `client::ApiClient` (one
+//! module per noun, shared shapes in `commands::ctx` and `commands::parse`),
 //! `output` renders tables/JSON/YAML, `config` resolves remotes, flags and environment,
 //! `console` attaches to a VM console, `progress` follows template imports, and `tui` is the
 //! full-screen UI (state in `tui::app`, drawing in `tui::ui`, I/O in background workers).

@@ -71,6 +71,11 @@ pub fn lookup<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
 }
 
 /// Plain text for a JSON value: strings unquoted, arrays comma-joined, null empty.
+/// The text of the value at a dot-separated `path` (empty when there is none).
+pub fn text_at(v: &Value, path: &str) -> String {
+    lookup(v, path).map(text).unwrap_or_default()
+}
+
 pub fn text(v: &Value) -> String {
     match v {
         Value::Null => String::new(),

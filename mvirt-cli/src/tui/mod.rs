@@ -118,18 +118,7 @@ async fn execute(api: &ApiClient, cmd: Cmd) -> Vec<Msg> {
             }
         }
         Cmd::LoadLogs => match api.get("/v1/logs", &[("limit", "200".into())]).await {
-            Ok(v) => {
-                let items = match &v {
-                    Value::Array(a) => a.clone(),
-                    o => o
-                        .get("items")
-                        .or_else(|| o.get("entries"))
-                        .and_then(Value::as_array)
-                        .cloned()
-                        .unwrap_or_default(),
-                };
-                vec![Msg::Logs(items)]
-            }
+            Ok(v) => vec![Msg::Logs(crate::commands::logs::entries(&v))],
             Err(e) => vec![Msg::Failed(format!("logs: {}", e.display_message()))],
         },
         Cmd::VmAction { id, name, action } => {
@@ -191,8 +180,8 @@ async fn execute(api: &ApiClient, cmd: Cmd) -> Vec<Msg> {
             vcpus,
             memory_bytes,
         } => {
-            let resized = crate::commands::update_vm_spec(api, &id, |spec| {
-                crate::commands::resize_spec(spec, Some(vcpus), Some(memory_bytes));
+            let resized = crate::commands::vm::update_vm_spec(api, &id, |spec| {
+                crate::commands::vm::resize_spec(spec, Some(vcpus), Some(memory_bytes));
                 Ok(())
             })
             .await;
@@ -202,7 +191,7 @@ async fn execute(api: &ApiClient, cmd: Cmd) -> Vec<Msg> {
                         "vm {name} resized to {vcpus} vCPUs, {}",
                         crate::output::human_bytes(memory_bytes)
                     );
-                    let done = crate::commands::with_conditions(what, &v).replace('\n', "; ");
+                    let done = crate::commands::vm::with_conditions(what, &v).replace('\n', "; ");
                     let ev = serde_json::json!({"kind": "vm", "id": id, "object": v});
                     vec![Msg::Done(done), Msg::Event(ev)]
                 }
@@ -248,7 +237,7 @@ async fn create_vm(api: &ApiClient, f: &VmForm) -> Result<Value, crate::client::
             .unwrap_or_default()
             .to_string()
     };
-    let mut ids = crate::commands::VmCreateIds::default();
+    let mut ids = crate::commands::vm::VmCreateIds::default();
     if let Some(t) = &args.template {
         ids.template = Some(id_of(
             api.get(&item_path(Kind::Template, t), &project).await?,
@@ -260,7 +249,7 @@ async fn create_vm(api: &ApiClient, f: &VmForm) -> Result<Value, crate::client::
         ));
     }
     ids.ssh_keys = args.ssh_key.clone();
-    let body = crate::commands::vm_create_body(&args, &api.project, &ids)?;
+    let body = crate::commands::vm::vm_create_body(&args, &api.project, &ids)?;
     api.create("/v1/vms", &body).await
 }
 

@@ -325,7 +325,7 @@ fn logs(f: &mut Frame, area: Rect, app: &App) {
     let lines: Vec<Line> = app
         .logs
         .iter()
-        .map(|l| Line::from(crate::commands::log_line(l)))
+        .map(|l| Line::from(crate::commands::logs::log_line(l)))
         .collect();
     let n = lines.len();
     let height = area.height.saturating_sub(2) as usize;

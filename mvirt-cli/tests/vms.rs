@@ -1,12 +1,177 @@
-//! `mvirt vm resize|attach|detach` against a real in-process mvirt-api: each reads the VM,
-//! changes its spec and writes it back at the read revision; the stored spec is checked after
-//! every step, and the refusals (nothing to detach, a stale revision) have their exit codes.
+//! `mvirt vm` against a real single-member mvirt-api started in-process: create with every
+//! option, the actions, routes, cascading delete, and the changes after create (`resize`,
+//! `attach`, `detach`), each a read of the VM and a write of its spec at the read revision,
+//! checked in the stored spec after every step, with the refusals (nothing to detach, a stale
+//! revision) and their exit codes.
 
 mod common;
 
 use common::*;
 use mvirt_api::proto;
 use serde_json::Value;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_lifecycle_create_actions_routes_and_cascading_delete() {
+    let api = start_api().await;
+    let node = api.register_node("hv1", "", "").await;
+    api.json(&[
+        "template",
+        "import",
+        "deb",
+        "--source",
+        "http://127.0.0.1:1/deb.raw",
+        "--no-wait",
+    ])
+    .await;
+    api.json(&["network", "create", "lan", "--ipv4", "10.1.0.0/24"])
+        .await;
+    let key = api.dir.path().join("id.pub");
+    std::fs::write(&key, "ssh-ed25519 AAAAC3Nza test@host\n").expect("write key");
+    let ud = api.dir.path().join("user-data.yaml");
+    std::fs::write(&ud, "#cloud-config\nhostname: web\n").expect("write user-data");
+
+    let vm = api
+        .json(&[
+            "vm",
+            "create",
+            "web",
+            "--cpus",
+            "2",
+            "--memory",
+            "1G",
+            "--template",
+            "deb",
+            "--disk-size",
+            "5G",
+            "--network",
+            "lan",
+            "--ssh-key",
+            key.to_str().unwrap_or_default(),
+            "--user-data",
+            ud.to_str().unwrap_or_default(),
+            "--node-selector",
+            "zone=a",
+        ])
+        .await;
+    let vm_id = id_of(&vm);
+    assert_eq!(vm["spec"]["vcpus"], 2);
+    assert_eq!(vm["spec"]["memory_bytes"], GIB);
+    assert_eq!(
+        vm["spec"]["ssh_authorized_keys"][0],
+        "ssh-ed25519 AAAAC3Nza test@host"
+    );
+    assert_eq!(vm["spec"]["user_data"], "#cloud-config\nhostname: web\n");
+    assert_eq!(vm["spec"]["node_selector"], "zone=a");
+    assert_eq!(
+        vm["spec"]["volume_ids"].as_array().map(Vec::len),
+        Some(1),
+        "owned root volume: {vm}"
+    );
+    assert_eq!(
+        vm["spec"]["nic_ids"].as_array().map(Vec::len),
+        Some(1),
+        "owned NIC: {vm}"
+    );
+
+    api.fails(&["vm", "create", "web"], 4, "already_exists")
+        .await;
+    api.fails(&["vm", "create", "x", "--template", "nope"], 3, "not found")
+        .await;
+    api.fails(
+        &["vm", "create", "x", "--memory", "lots"],
+        2,
+        "invalid size",
+    )
+    .await;
+    api.fails(&["vm", "create", "x", "--cpus", "two"], 2, "invalid value")
+        .await;
+
+    // The scheduler places the VM on the only node.
+    let http = reqwest::Client::new();
+    mvirt_testsupport::process::wait_until_async(
+        "vm placed",
+        std::time::Duration::from_secs(20),
+        || async {
+            let v: Value = http
+                .get(format!("{}/v1/vms/{vm_id}", api.url))
+                .bearer_auth(&api.token)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (v["node_id"] == node.as_str()).then_some(())
+        },
+    )
+    .await;
+    let shown = api.json(&["vm", "show", "web"]).await;
+    assert_eq!(shown["node_id"], node.as_str());
+    assert_eq!(
+        names(&api.json(&["vm", "list", "--node", "hv1"]).await),
+        ["web"]
+    );
+    assert_eq!(
+        api.json(&["vm", "list", "--phase", "running"]).await,
+        serde_json::json!([]),
+        "no node reported running"
+    );
+    assert_eq!(
+        api.json(&["vm", "list", "-l", "tier=none"]).await,
+        serde_json::json!([])
+    );
+    let list = api.json(&["vm", "list"]).await;
+    assert_eq!(names(&list), ["web"]);
+    let table = api.mvirt(&["vm", "list"]).await;
+    assert!(
+        table
+            .stdout
+            .lines()
+            .any(|l| l.starts_with(&vm_id[..8]) && l.contains("web") && l.contains("1GiB")),
+        "{}",
+        table.stdout
+    );
+
+    let routes = api.json(&["route", "list"]).await;
+    assert_eq!(routes[0]["vm"], "web");
+    assert_eq!(routes[0]["node"], node.as_str());
+    assert_eq!(routes[0]["network"], "lan");
+    assert!(
+        routes[0]["destination"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("10.1.0.") && d.ends_with("/32")),
+        "{routes}"
+    );
+
+    for (action, desired) in [
+        ("stop", "stopped"),
+        ("start", "running"),
+        ("kill", "stopped"),
+        ("restart", "running"),
+    ] {
+        let v = api.json(&["vm", action, "web"]).await;
+        assert_eq!(v["spec"]["desired_state"], desired, "after {action}: {v}");
+    }
+    let out = api.mvirt(&["vm", "stop", "web"]).await;
+    assert_eq!(out.stdout.trim(), "vm web: stop requested");
+    api.fails(&["vm", "start", "ghost"], 3, "not found").await;
+    // The console needs a node with a console relay; this one has none.
+    api.fails(&["vm", "console", "web"], 4, "console").await;
+
+    let out = api.mvirt(&["vm", "delete", "web"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        api.json(&["volume", "list"]).await,
+        serde_json::json!([]),
+        "owned root volume deleted with the VM"
+    );
+    assert_eq!(
+        api.json(&["nic", "list"]).await,
+        serde_json::json!([]),
+        "owned NIC deleted with the VM"
+    );
+    api.fails(&["vm", "show", "web"], 3, "not found").await;
+}
 
 /// The ids in a VM's `spec.<field>`.
 fn ids(vm: &Value, field: &str) -> Vec<String> {

@@ -1,0 +1,353 @@
+//! `mvirt vm`: VMs, their actions, and changes after create (resize, attach, detach) done as
+//! a read-modify-write of the spec at the read revision.
+
+use serde_json::{json, Value};
+
+use crate::cli::{VmCmd, VmCreateArgs, VmDeviceArgs};
+use crate::client::{ApiClient, ApiError};
+use crate::output;
+use crate::resources as res;
+
+use super::ctx::{item_path, set_given, Ctx};
+use super::parse::{parse_labels, size, ssh_key};
+
+/// The JSON body of `POST /v1/vms` for `mvirt vm create` (names already resolved to ids).
+pub fn vm_create_body(
+    a: &VmCreateArgs,
+    project: &str,
+    ids: &VmCreateIds,
+) -> Result<Value, ApiError> {
+    let mut spec = json!({
+        "vcpus": a.cpus,
+        "memory_bytes": size(&a.memory)?,
+        "hostname": a.hostname.clone().unwrap_or_else(|| a.name.clone()),
+        "desired_state": if a.stopped { "stopped" } else { "running" },
+        "hugepages": a.hugepages,
+        "nested_virtualization": a.nested_virtualization,
+        "volume_ids": ids.volumes,
+        "ssh_authorized_keys": ids.ssh_keys,
+    });
+    if let Some(t) = &ids.template {
+        spec["root_volume"] = json!({"template_id": t, "size_bytes": size(&a.disk_size)?});
+    }
+    if !ids.networks.is_empty() {
+        spec["network_interfaces"] = ids
+            .networks
+            .iter()
+            .map(|n| json!({"network_id": n, "security_group_ids": ids.security_groups}))
+            .collect();
+    }
+    set_given(
+        &mut spec,
+        [
+            ("user_data", ids.user_data.clone()),
+            ("node_selector", a.node_selector.clone()),
+        ],
+    );
+    Ok(
+        json!({"name": a.name, "project": project, "labels": parse_labels(&a.labels)?, "spec": spec}),
+    )
+}
+
+/// Ids and file contents gathered for a VM create.
+#[derive(Debug, Default)]
+pub struct VmCreateIds {
+    pub template: Option<String>,
+    pub networks: Vec<String>,
+    pub security_groups: Vec<String>,
+    pub volumes: Vec<String>,
+    pub ssh_keys: Vec<String>,
+    pub user_data: Option<String>,
+}
+
+pub async fn run(ctx: &Ctx, c: VmCmd) -> Result<(), ApiError> {
+    let r = &res::VMS;
+    match c {
+        VmCmd::List(a) => ctx.list(r, &a).await,
+        VmCmd::Show { vm } => ctx.show(r, &vm).await,
+        VmCmd::Create(a) => {
+            let ids = VmCreateIds {
+                template: match &a.template {
+                    Some(t) => Some(ctx.resolve_id(&res::TEMPLATES, t).await?),
+                    None => None,
+                },
+                networks: ctx.resolve_all(&res::NETWORKS, &a.network).await?,
+                security_groups: ctx
+                    .resolve_all(&res::SECURITY_GROUPS, &a.security_groups)
+                    .await?,
+                volumes: ctx.resolve_all(&res::VOLUMES, &a.volume).await?,
+                ssh_keys: a
+                    .ssh_key
+                    .iter()
+                    .map(|k| ssh_key(k))
+                    .collect::<Result<_, _>>()?,
+                user_data: match &a.user_data {
+                    Some(p) => Some(std::fs::read_to_string(p).map_err(|e| {
+                        ApiError::Usage(format!("cannot read --user-data {}: {e}", p.display()))
+                    })?),
+                    None => None,
+                },
+            };
+            let body = vm_create_body(&a, &ctx.api.project, &ids)?;
+            ctx.create(r, body).await
+        }
+        VmCmd::Start { vm } => vm_action(ctx, &vm, "start", "start requested").await,
+        VmCmd::Stop { vm } => vm_action(ctx, &vm, "stop", "stop requested").await,
+        VmCmd::Kill { vm } => vm_action(ctx, &vm, "kill", "kill requested").await,
+        VmCmd::Restart { vm } => vm_action(ctx, &vm, "restart", "restart requested").await,
+        VmCmd::Delete { vm } => ctx.delete(r, &vm, &[]).await,
+        VmCmd::Console(a) => crate::console::run(&ctx.api, &a.vm).await,
+        VmCmd::Resize(a) => {
+            let memory = a.memory.as_deref().map(size).transpose()?;
+            let v = update_vm_spec(&ctx.api, &a.vm, |spec| {
+                resize_spec(spec, a.vcpus, memory);
+                Ok(())
+            })
+            .await?;
+            let memory = output::lookup(&v, "spec.memory_bytes")
+                .and_then(Value::as_u64)
+                .map(output::human_bytes)
+                .unwrap_or_default();
+            let what = format!(
+                "vm {}: resized to {} vCPUs, {memory} memory",
+                a.vm,
+                output::text_at(&v, "spec.vcpus")
+            );
+            ctx.done(&v, &with_conditions(what, &v))
+        }
+        VmCmd::Attach(a) => vm_devices(ctx, &a, DeviceChange::Attach).await,
+        VmCmd::Detach(a) => vm_devices(ctx, &a, DeviceChange::Detach).await,
+    }
+}
+
+/// Reads a VM, lets `edit` change its spec, and writes the spec back only while the VM is still
+/// at the revision that was read (`If-Match`): a change someone made to the spec in between is
+/// refused with a message that says so, never overwritten. A revision that moved on without a
+/// spec change (the platform recording status or placement) is read again and the edit
+/// re-applied, a few times; a global `--if-match` is never retried.
+pub async fn update_vm_spec(
+    api: &ApiClient,
+    vm: &str,
+    edit: impl Fn(&mut Value) -> Result<(), ApiError>,
+) -> Result<Value, ApiError> {
+    const ATTEMPTS: usize = 5;
+    let q = vec![("project", api.project.clone())];
+    let mut current = api.get(&item_path(&res::VMS, vm), &q).await?;
+    let first_spec = current.get("spec").cloned();
+    for attempt in 1..=ATTEMPTS {
+        let field = |k: &str| {
+            current
+                .get(k)
+                .cloned()
+                .ok_or_else(|| ApiError::BadResponse(format!("vm {vm}: the response has no {k}")))
+        };
+        let revision = field("revision")?.as_u64().unwrap_or_default();
+        let id = field("id")?.as_str().unwrap_or(vm).to_string();
+        let mut spec = field("spec")?;
+        edit(&mut spec)?;
+        // By id from here on: a rename in between must not make the write hit another VM.
+        let path = item_path(&res::VMS, &id);
+        match api
+            .put_at_revision(&path, &q, &json!({"spec": spec}), revision)
+            .await
+        {
+            Err(ApiError::Api { status: 412, .. })
+                if api.if_match.is_none() && attempt < ATTEMPTS =>
+            {
+                let fresh = api.get(&path, &q).await?;
+                if fresh.get("spec").cloned() != first_spec {
+                    return Err(stale_revision(vm, revision, &fresh));
+                }
+                current = fresh;
+            }
+            Err(ApiError::Api { status: 412, .. }) => {
+                let fresh = api.get(&path, &q).await?;
+                return Err(stale_revision(vm, api.if_match.unwrap_or(revision), &fresh));
+            }
+            other => return other,
+        }
+    }
+    Err(ApiError::Other(format!(
+        "vm {vm}: the update did not go through after {ATTEMPTS} attempts"
+    )))
+}
+
+/// A refused `If-Match` of a read-modify-write, told as what happened (exit code 4).
+fn stale_revision(vm: &str, read: u64, fresh: &Value) -> ApiError {
+    let now = fresh
+        .get("revision")
+        .and_then(Value::as_u64)
+        .map(|r| format!(", it is now at revision {r}"))
+        .unwrap_or_default();
+    ApiError::Api {
+        status: 412,
+        code: "precondition_failed".into(),
+        message: format!(
+            "vm {vm} was changed by someone else after it was read at revision {read}{now}; nothing was changed, run the command again"
+        ),
+        details: Value::Null,
+    }
+}
+
+/// Sets the vCPUs and/or memory in a VM spec.
+pub fn resize_spec(spec: &mut Value, vcpus: Option<u32>, memory_bytes: Option<u64>) {
+    if let Some(n) = vcpus {
+        spec["vcpus"] = json!(n);
+    }
+    if let Some(m) = memory_bytes {
+        spec["memory_bytes"] = json!(m);
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChange {
+    Attach,
+    Detach,
+}
+
+/// Adds `id` to or removes it from the id list `field` (`volume_ids`, `nic_ids`) of the spec of
+/// `vm`; `what` names the device (`volume data`) in the error when it is already (or not) there.
+pub fn change_device(
+    spec: &mut Value,
+    field: &str,
+    id: &str,
+    change: DeviceChange,
+    what: &str,
+    vm: &str,
+) -> Result<(), ApiError> {
+    let mut ids: Vec<Value> = spec
+        .get(field)
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let pos = ids.iter().position(|v| v.as_str() == Some(id));
+    match (change, pos) {
+        (DeviceChange::Attach, None) => ids.push(json!(id)),
+        (DeviceChange::Detach, Some(p)) => {
+            ids.remove(p);
+        }
+        (DeviceChange::Attach, Some(_)) => {
+            return Err(ApiError::Conflict(format!(
+                "{what} is already attached to vm {vm}"
+            )))
+        }
+        (DeviceChange::Detach, None) => {
+            return Err(ApiError::Conflict(format!(
+                "{what} is not attached to vm {vm}"
+            )))
+        }
+    }
+    spec[field] = Value::Array(ids);
+    Ok(())
+}
+
+async fn vm_devices(ctx: &Ctx, a: &VmDeviceArgs, change: DeviceChange) -> Result<(), ApiError> {
+    let mut devices = Vec::new();
+    for (r, field, names) in [
+        (&res::VOLUMES, "volume_ids", &a.volumes),
+        (&res::NICS, "nic_ids", &a.nics),
+    ] {
+        for n in names {
+            devices.push((
+                field,
+                ctx.resolve_id(r, n).await?,
+                format!("{} {n}", r.name),
+            ));
+        }
+    }
+    let vm = &a.vm;
+    let v = update_vm_spec(&ctx.api, vm, |spec| {
+        for (field, id, what) in &devices {
+            change_device(spec, field, id, change, what, vm)?;
+        }
+        Ok(())
+    })
+    .await?;
+    let verb = match change {
+        DeviceChange::Attach => "attached",
+        DeviceChange::Detach => "detached",
+    };
+    let list = devices
+        .iter()
+        .map(|(_, _, what)| what.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    ctx.done(&v, &with_conditions(format!("vm {vm}: {list} {verb}"), &v))
+}
+
+/// `what`, followed by one line per condition of the object that holds, e.g.
+/// `restart required: memory shrinks at the next boot`.
+pub fn with_conditions(what: String, v: &Value) -> String {
+    let mut s = what;
+    for c in output::lookup(v, "status.conditions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|c| c.get("status").and_then(Value::as_str) == Some("true"))
+    {
+        let kind = c.get("type").map(output::text).unwrap_or_default();
+        let message = c.get("message").map(output::text).unwrap_or_default();
+        s.push_str(&format!("\n{}: {message}", kind.replace('_', " ")));
+    }
+    s
+}
+
+async fn vm_action(ctx: &Ctx, vm: &str, action: &str, what: &str) -> Result<(), ApiError> {
+    let v = ctx.post_below(&res::VMS, vm, action, &json!({})).await?;
+    ctx.done(&v, &format!("vm {vm}: {what}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    #[test]
+    fn vm_create_body_has_root_volume_nics_keys_and_selector() {
+        let cli = Cli::try_parse_from([
+            "mvirt",
+            "vm",
+            "create",
+            "web",
+            "--cpus",
+            "2",
+            "--memory",
+            "1G",
+            "--template",
+            "t",
+            "--disk-size",
+            "20G",
+            "--network",
+            "n",
+            "--node-selector",
+            "zone=a",
+            "--stopped",
+            "--nested-virtualization",
+        ])
+        .unwrap();
+        let Command::Vm(VmCmd::Create(a)) = cli.command else {
+            panic!("parsed wrong command")
+        };
+        let ids = VmCreateIds {
+            template: Some("tid".into()),
+            networks: vec!["nid".into()],
+            ssh_keys: vec!["ssh-ed25519 AAA".into()],
+            ..Default::default()
+        };
+        let b = vm_create_body(&a, "default", &ids).unwrap();
+        assert_eq!(b["spec"]["vcpus"], 2);
+        assert_eq!(b["spec"]["memory_bytes"], 1u64 << 30);
+        assert_eq!(
+            b["spec"]["root_volume"],
+            json!({"template_id":"tid","size_bytes":20u64<<30})
+        );
+        assert_eq!(b["spec"]["network_interfaces"][0]["network_id"], "nid");
+        assert_eq!(b["spec"]["node_selector"], "zone=a");
+        assert_eq!(b["spec"]["desired_state"], "stopped");
+        assert_eq!(b["spec"]["nested_virtualization"], true);
+        assert_eq!(b["spec"]["hugepages"], false);
+        assert_eq!(b["spec"]["ssh_authorized_keys"][0], "ssh-ed25519 AAA");
+        assert_eq!(b["spec"]["hostname"], "web");
+    }
+}
