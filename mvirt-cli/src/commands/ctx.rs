@@ -1,15 +1,40 @@
-//! The context every command runs in (the API client and the output format) and the shapes
-//! the nouns share: list, show, create, delete, an action on a sub-path, name-to-id resolution
-//! and printing. Noun modules use this; it uses no noun module.
+//! The context every command runs in (the API client built from config, environment and flags,
+//! and the output format) and the shapes the nouns share: list, show, create, delete, a POST or
+//! DELETE below an object, a list inside an object, name-to-id resolution and printing. Noun
+//! modules use this; it uses no noun module.
 
 use std::io::Write;
 
 use serde_json::Value;
 
-use crate::cli::ListArgs;
+use crate::cli::{GlobalArgs, ListArgs};
 use crate::client::{ApiClient, ApiError};
+use crate::config::{self, ConfigFile, Overrides};
 use crate::output::{self, Format};
 use crate::resources::Resource;
+
+/// The config file: `--config`/`MVIRT_CONFIG`, else the default path.
+pub fn config_path(g: &GlobalArgs) -> Result<std::path::PathBuf, ApiError> {
+    match &g.config {
+        Some(p) => Ok(p.clone()),
+        None => Ok(config::default_path()?),
+    }
+}
+
+/// Builds the API client from config file + environment + flags.
+pub fn client_for(g: &GlobalArgs) -> Result<ApiClient, ApiError> {
+    let file = ConfigFile::load(&config_path(g)?)?;
+    let o = Overrides {
+        remote: g.remote.clone(),
+        url: g.url.clone(),
+        token: g.token.clone(),
+        project: g.project.clone(),
+    };
+    let r = config::resolve(&file, &o)?;
+    let mut api = ApiClient::new(&r.url, r.token, &r.project)?;
+    api.if_match = g.if_match;
+    Ok(api)
+}
 
 pub struct Ctx {
     pub api: ApiClient,

@@ -24,11 +24,10 @@ pub mod version;
 pub mod vm;
 pub mod volume;
 
-pub use ctx::{encode, item_path};
+pub use ctx::{client_for, encode, item_path};
 
 use crate::cli::*;
-use crate::client::{exit, ApiClient, ApiError};
-use crate::config::{self, ConfigFile, Overrides};
+use crate::client::{exit, ApiError};
 use ctx::Ctx;
 
 /// Parses arguments, runs the command and returns the exit code.
@@ -40,28 +39,6 @@ pub async fn run(cli: Cli) -> i32 {
             e.exit_code()
         }
     }
-}
-
-fn config_path(g: &GlobalArgs) -> Result<std::path::PathBuf, ApiError> {
-    match &g.config {
-        Some(p) => Ok(p.clone()),
-        None => Ok(config::default_path()?),
-    }
-}
-
-/// Builds the API client from config file + environment + flags.
-pub fn client_for(g: &GlobalArgs) -> Result<ApiClient, ApiError> {
-    let file = ConfigFile::load(&config_path(g)?)?;
-    let o = Overrides {
-        remote: g.remote.clone(),
-        url: g.url.clone(),
-        token: g.token.clone(),
-        project: g.project.clone(),
-    };
-    let r = config::resolve(&file, &o)?;
-    let mut api = ApiClient::new(&r.url, r.token, &r.project)?;
-    api.if_match = g.if_match;
-    Ok(api)
 }
 
 async fn dispatch(cli: Cli) -> Result<(), ApiError> {

@@ -8,7 +8,7 @@ use crate::config::{self, ConfigFile, Remote};
 use crate::output;
 use crate::resources as res;
 
-use super::config_path;
+use super::ctx::config_path;
 
 pub(super) async fn login(g: &GlobalArgs, a: LoginArgs) -> Result<(), ApiError> {
     let path = config_path(g)?;

@@ -6,7 +6,7 @@ use crate::cli::{SgCmd, SgRuleCmd};
 use crate::client::ApiError;
 use crate::resources as res;
 
-use super::ctx::{encode, Ctx};
+use super::ctx::{encode, set_given, Ctx};
 use super::parse::parse_port_range;
 
 pub async fn run(ctx: &Ctx, c: SgCmd) -> Result<(), ApiError> {
@@ -43,7 +43,7 @@ pub async fn run(ctx: &Ctx, c: SgCmd) -> Result<(), ApiError> {
                 Some(g) => Some(ctx.resolve_id(r, &g).await?),
                 None => None,
             };
-            super::ctx::set_given(
+            set_given(
                 &mut rule,
                 [
                     ("cidr", cidr),
