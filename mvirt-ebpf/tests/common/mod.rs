@@ -318,3 +318,22 @@ pub fn v6(s: &str) -> Ipv6Addr {
 pub fn v4(s: &str) -> Ipv4Addr {
     s.parse().unwrap()
 }
+
+/// A security group rule for a CIDR (no remote group).
+pub fn rule(
+    direction: proto::Direction,
+    protocol: proto::Protocol,
+    ports: (u32, u32),
+    cidr: &str,
+) -> proto::SecurityGroupRule {
+    proto::SecurityGroupRule {
+        id: new_id(),
+        direction: direction as i32,
+        protocol: protocol as i32,
+        port_min: ports.0,
+        port_max: ports.1,
+        cidr: cidr.into(),
+        remote_security_group_id: String::new(),
+        remote_addresses: vec![],
+    }
+}
