@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
-use tokio_stream::StreamExt;
+use tokio_stream::{Stream, StreamExt};
 use tonic::Code;
 
 use mvirt_api::proto as api;
@@ -22,7 +22,7 @@ use mvirt_common::Shutdown;
 use crate::daemons::{DaemonError, Daemons, Endpoints};
 use crate::imports::ImportTracker;
 use crate::ledger::{Ledger, LedgerError};
-use crate::reconcile::{NodeReconciler, Settings};
+use crate::reconcile::{Context, NodeReconciler, Settings};
 
 /// Everything the agent needs to run.
 #[derive(Debug, Clone)]
@@ -114,18 +114,18 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), AgentErr
         shutdown.clone(),
     ));
 
-    let reconciler = NodeReconciler::new(
-        daemons.clone(),
-        ledger.clone(),
-        ImportTracker::new(),
-        wake.clone(),
-        audit.clone(),
-        Settings {
+    let reconciler = NodeReconciler::new(Context {
+        daemons: daemons.clone(),
+        ledger: ledger.clone(),
+        imports: ImportTracker::new(),
+        wake: wake.clone(),
+        audit: audit.clone(),
+        settings: Settings {
             node_id: node_id.clone(),
             firmware: config.firmware.clone(),
             stop_timeout_secs: config.stop_timeout_secs,
         },
-    );
+    });
     let mut reported: HashMap<(i32, String), api::ResourceStatus> = HashMap::new();
     let mut resync = tokio::time::interval(config.resync_interval);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -335,6 +335,27 @@ async fn heartbeat(
     }
 }
 
+/// The stream's next item; `None` when the agent shuts down first.
+async fn next_unless_shutdown<S: Stream + Unpin>(
+    stream: &mut S,
+    shutdown: &Shutdown,
+) -> Option<Option<S::Item>> {
+    tokio::select! {
+        next = stream.next() => Some(next),
+        _ = shutdown.wait() => None,
+    }
+}
+
+/// Waits `backoff`, then doubles it (up to the maximum); false when the agent shuts down first.
+async fn back_off(backoff: &mut Duration, shutdown: &Shutdown) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(*backoff) => {}
+        _ = shutdown.wait() => return false,
+    }
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
+    true
+}
+
 async fn watch_specs(
     daemons: Daemons,
     node_id: String,
@@ -352,9 +373,8 @@ async fn watch_specs(
             Ok(stream) => {
                 let mut stream = stream.into_inner();
                 loop {
-                    let next = tokio::select! {
-                        next = stream.next() => next,
-                        _ = shutdown.wait() => return,
+                    let Some(next) = next_unless_shutdown(&mut stream, &shutdown).await else {
+                        return;
                     };
                     match next {
                         Some(Ok(spec)) => {
@@ -374,11 +394,9 @@ async fn watch_specs(
             }
             Err(status) => tracing::warn!(error = %status, "cannot watch specs; retrying"),
         }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = shutdown.wait() => return,
+        if !back_off(&mut backoff, &shutdown).await {
+            return;
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
@@ -393,9 +411,8 @@ async fn watch_vms(daemons: Daemons, wake: Arc<Notify>, shutdown: Shutdown) {
             // Catch up on anything that changed while the stream was down.
             wake.notify_one();
             loop {
-                let next = tokio::select! {
-                    next = stream.next() => next,
-                    _ = shutdown.wait() => return,
+                let Some(next) = next_unless_shutdown(&mut stream, &shutdown).await else {
+                    return;
                 };
                 match next {
                     Some(Ok(_event)) => {
@@ -406,10 +423,8 @@ async fn watch_vms(daemons: Daemons, wake: Arc<Notify>, shutdown: Shutdown) {
                 }
             }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = shutdown.wait() => return,
+        if !back_off(&mut backoff, &shutdown).await {
+            return;
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }

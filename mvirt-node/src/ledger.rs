@@ -129,19 +129,20 @@ impl Ledger {
 
     /// Records that the agent owns (or is about to create) `kind/id`.
     pub fn claim(&self, kind: Kind, id: &str) -> Result<(), LedgerError> {
-        self.conn().execute(
+        self.owned_row(
             "INSERT OR IGNORE INTO owned (kind, id) VALUES (?1, ?2)",
-            [kind.as_str(), id],
-        )?;
-        Ok(())
+            kind,
+            id,
+        )
     }
 
     /// Forgets `kind/id` after it was deleted.
     pub fn release(&self, kind: Kind, id: &str) -> Result<(), LedgerError> {
-        self.conn().execute(
-            "DELETE FROM owned WHERE kind = ?1 AND id = ?2",
-            [kind.as_str(), id],
-        )?;
+        self.owned_row("DELETE FROM owned WHERE kind = ?1 AND id = ?2", kind, id)
+    }
+
+    fn owned_row(&self, statement: &str, kind: Kind, id: &str) -> Result<(), LedgerError> {
+        self.conn().execute(statement, [kind.as_str(), id])?;
         Ok(())
     }
 

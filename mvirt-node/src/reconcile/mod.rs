@@ -33,12 +33,16 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tokio::sync::Notify;
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use mvirt_api::proto as api;
 use mvirt_api::proto::{Phase, ResourceKind, ResourceStatus};
+use mvirt_ebpf::proto::net_service_client::NetServiceClient;
 use mvirt_log::AuditLogger;
 use mvirt_vmm::proto as vmm;
+use mvirt_vmm::proto::vm_service_client::VmServiceClient;
+use mvirt_zfs::proto::zfs_service_client::ZfsServiceClient;
 
 use crate::daemons::Daemons;
 use crate::devices;
@@ -61,15 +65,35 @@ pub struct Settings {
 
 /// What every kind's reconciler works with: the daemons, the agent's ledger and audit log.
 pub struct Context {
-    daemons: Daemons,
-    ledger: Arc<Ledger>,
-    imports: Arc<ImportTracker>,
-    wake: Arc<Notify>,
-    audit: AuditLogger,
-    settings: Settings,
+    pub daemons: Daemons,
+    pub ledger: Arc<Ledger>,
+    /// Template imports followed in the background.
+    pub imports: Arc<ImportTracker>,
+    /// Woken when background work ends, for another pass.
+    pub wake: Arc<Notify>,
+    pub audit: AuditLogger,
+    pub settings: Settings,
 }
 
 impl Context {
+    fn net(&self) -> NetServiceClient<Channel> {
+        self.daemons.net.clone()
+    }
+
+    fn zfs(&self) -> ZfsServiceClient<Channel> {
+        self.daemons.zfs.clone()
+    }
+
+    fn vmm(&self) -> VmServiceClient<Channel> {
+        self.daemons.vmm.clone()
+    }
+
+    /// The VMs mvirt-vmm has.
+    async fn vms_here(&self) -> Result<Vec<vmm::Vm>, Status> {
+        let listed = self.vmm().list_vms(vmm::ListVmsRequest::default()).await?;
+        Ok(listed.into_inner().vms)
+    }
+
     /// Records in the ledger that the agent owns `kind/id`, before the create call.
     fn claim(&self, kind: Kind, id: &str) -> Result<(), Status> {
         self.ledger.claim(kind, id).map_err(|err| {
@@ -78,6 +102,24 @@ impl Context {
                 mvirt_common::error::error_chain(&err)
             ))
         })
+    }
+
+    /// Creates `kind/id` with `call`: ownership is recorded in the ledger first, the create is
+    /// audited as "created <noun> <id>". The outer error is the ledger's (it stops the kind);
+    /// the inner one the daemon's.
+    async fn create<T>(
+        &self,
+        kind: Kind,
+        noun: &str,
+        id: &str,
+        call: impl Future<Output = Result<tonic::Response<T>, Status>>,
+    ) -> Result<Result<T, Status>, Status> {
+        self.claim(kind, id)?;
+        let created = call.await.map(tonic::Response::into_inner);
+        if created.is_ok() {
+            self.audit.audit(format!("created {noun} {id}"), &[id]);
+        }
+        Ok(created)
     }
 }
 
@@ -323,23 +365,9 @@ pub struct NodeReconciler {
 }
 
 impl NodeReconciler {
-    pub fn new(
-        daemons: Daemons,
-        ledger: Arc<Ledger>,
-        imports: Arc<ImportTracker>,
-        wake: Arc<Notify>,
-        audit: AuditLogger,
-        settings: Settings,
-    ) -> Self {
+    pub fn new(cx: Context) -> Self {
         Self {
-            cx: Context {
-                daemons,
-                ledger,
-                imports,
-                wake,
-                audit,
-                settings,
-            },
+            cx,
             power: power::Operations::default(),
         }
     }
@@ -392,41 +420,42 @@ impl NodeReconciler {
 
     /// Deletes, in reverse dependency order, the owned objects the desired set no longer names.
     async fn delete_undesired(&self, spec: &api::NodeSpec) -> Result<(), DeletesWait> {
-        let mut held = None;
-        self.delete_kind::<vm::VmReconciler>(spec, &mut held)
-            .await?;
-        self.delete_kind::<route::RouteReconciler>(spec, &mut held)
-            .await?;
-        self.delete_kind::<nic::NicReconciler>(spec, &mut held)
-            .await?;
-        self.delete_kind::<volume::VolumeReconciler>(spec, &mut held)
-            .await?;
-        self.delete_kind::<template::TemplateReconciler>(spec, &mut held)
-            .await?;
-        self.delete_kind::<security_group::SecurityGroupReconciler>(spec, &mut held)
-            .await?;
-        self.delete_kind::<network::NetworkReconciler>(spec, &mut held)
-            .await
-    }
-
-    /// Deletes the owned objects of one kind that are no longer desired. `held` caches the NIC
-    /// and volume ids VM configs here still name (listed once, when first needed).
-    async fn delete_kind<R: Reconciler>(
-        &self,
-        spec: &api::NodeSpec,
-        held: &mut Option<HashSet<String>>,
-    ) -> Result<(), DeletesWait> {
-        let cx = &self.cx;
-        let owned = cx.ledger.owned(R::KIND).map_err(DeletesWait::Ledger)?;
-        let wanted = R::local_ids(spec);
-        let held = if R::HELD_BY_VMS {
-            if held.is_none() {
-                *held = Some(self.held_by_vms().await?);
-            }
-            held.as_ref()
-        } else {
-            None
+        let mut deletes = Deletes {
+            cx: &self.cx,
+            spec,
+            held: None,
         };
+        deletes.of::<vm::VmReconciler>().await?;
+        deletes.of::<route::RouteReconciler>().await?;
+        deletes.of::<nic::NicReconciler>().await?;
+        deletes.of::<volume::VolumeReconciler>().await?;
+        deletes.of::<template::TemplateReconciler>().await?;
+        deletes
+            .of::<security_group::SecurityGroupReconciler>()
+            .await?;
+        deletes.of::<network::NetworkReconciler>().await
+    }
+}
+
+/// The deletes of one pass.
+struct Deletes<'a> {
+    cx: &'a Context,
+    spec: &'a api::NodeSpec,
+    /// The NIC and volume ids VM configs here still name, listed once when first needed.
+    held: Option<HashSet<String>>,
+}
+
+impl Deletes<'_> {
+    /// Deletes the owned objects of one kind that are no longer desired.
+    async fn of<R: Reconciler>(&mut self) -> Result<(), DeletesWait> {
+        let cx = self.cx;
+        let owned = cx.ledger.owned(R::KIND).map_err(DeletesWait::Ledger)?;
+        let wanted = R::local_ids(self.spec);
+        if R::HELD_BY_VMS && self.held.is_none() {
+            let vms = cx.vms_here().await.map_err(DeletesWait::VmsUnlisted)?;
+            self.held = Some(devices::in_use(&vms));
+        }
+        let held = self.held.as_ref().filter(|_| R::HELD_BY_VMS);
         for id in owned.difference(&wanted) {
             if held.is_some_and(|held| held.contains(id)) {
                 tracing::debug!(kind = R::KIND.as_str(), id = %id, "still attached to a VM here");
@@ -443,19 +472,6 @@ impl NodeReconciler {
                 .audit(format!("deleted {} {id}", R::KIND.as_str()), &[id]);
         }
         Ok(())
-    }
-
-    /// The NIC and volume ids VM configs here name.
-    async fn held_by_vms(&self) -> Result<HashSet<String>, DeletesWait> {
-        let vms = self
-            .cx
-            .daemons
-            .vmm
-            .clone()
-            .list_vms(vmm::ListVmsRequest::default())
-            .await
-            .map_err(DeletesWait::VmsUnlisted)?;
-        Ok(devices::in_use(&vms.into_inner().vms))
     }
 }
 

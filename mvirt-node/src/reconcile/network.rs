@@ -50,20 +50,14 @@ impl Reconciler for NetworkReconciler<'_> {
     type Converged = ();
 
     async fn observe(&self) -> Result<Self::Observed, Status> {
-        let networks = self
-            .cx
-            .daemons
-            .net
-            .clone()
-            .list_networks(net::ListNetworksRequest {})
-            .await?
-            .into_inner()
-            .networks;
+        let request = net::ListNetworksRequest {};
+        let listed = self.cx.net().list_networks(request).await?;
+        let networks = listed.into_inner().networks;
         Ok(by_id(networks, |n| &n.id))
     }
 
     async fn converge(&self, want: &Self::Desired, seen: &Self::Observed) -> Converging<()> {
-        let mut client = self.cx.daemons.net.clone();
+        let mut client = self.cx.net();
         let result = match step(want, seen.get(&want.id)) {
             Step::InSync => Ok(()),
             Step::KeyMismatch { here } => Err(Status::failed_precondition(format!(
@@ -79,26 +73,19 @@ impl Reconciler for NetworkReconciler<'_> {
                 .await
                 .map(drop),
             Step::Create => {
-                self.cx.claim(Kind::Network, &want.id)?;
-                let created = client
-                    .create_network(net::CreateNetworkRequest {
-                        id: want.id.clone(),
-                        name: want.name.clone(),
-                        ipv4_prefix: want.ipv4_prefix.clone(),
-                        ipv6_prefix: want.ipv6_prefix.clone(),
-                        dns_servers: want.dns_servers.clone(),
-                        ntp_servers: want.ntp_servers.clone(),
-                        public: want.is_public,
-                        tunnel_key: want.tunnel_key,
-                    })
-                    .await
-                    .map(drop);
-                if created.is_ok() {
-                    self.cx
-                        .audit
-                        .audit(format!("created network {}", want.id), &[&want.id]);
-                }
-                created
+                let request = net::CreateNetworkRequest {
+                    id: want.id.clone(),
+                    name: want.name.clone(),
+                    ipv4_prefix: want.ipv4_prefix.clone(),
+                    ipv6_prefix: want.ipv6_prefix.clone(),
+                    dns_servers: want.dns_servers.clone(),
+                    ntp_servers: want.ntp_servers.clone(),
+                    public: want.is_public,
+                    tunnel_key: want.tunnel_key,
+                };
+                let call = client.create_network(request);
+                let created = self.cx.create(Kind::Network, "network", &want.id, call);
+                created.await?.map(drop)
             }
         };
         Ok(Outcome::of_call("network", result))
@@ -106,7 +93,7 @@ impl Reconciler for NetworkReconciler<'_> {
 
     async fn delete(cx: &Context, id: &str) -> Result<(), Status> {
         let request = net::DeleteNetworkRequest { id: id.to_string() };
-        deleted(cx.daemons.net.clone().delete_network(request).await)
+        deleted(cx.net().delete_network(request).await)
     }
 }
 
@@ -123,11 +110,13 @@ mod tests {
         }
     }
 
+    /// The network as mvirt-ebpf has it after creating `want()`.
     fn have() -> net::Network {
+        let want = want();
         net::Network {
-            id: "n".into(),
-            tunnel_key: 7,
-            dns_servers: vec!["10.0.0.1".into()],
+            id: want.id,
+            tunnel_key: want.tunnel_key,
+            dns_servers: want.dns_servers,
             ..Default::default()
         }
     }

@@ -65,45 +65,32 @@ impl Reconciler for NicReconciler<'_> {
     type Converged = net::Nic;
 
     async fn observe(&self) -> Result<Self::Observed, Status> {
-        let nics = self
-            .cx
-            .daemons
-            .net
-            .clone()
-            .list_nics(net::ListNicsRequest::default())
-            .await?
-            .into_inner()
-            .nics;
+        let request = net::ListNicsRequest::default();
+        let listed = self.cx.net().list_nics(request).await?;
+        let nics = listed.into_inner().nics;
         Ok(by_id(nics, |n| &n.id))
     }
 
     async fn converge(&self, want: &Self::Desired, seen: &Self::Observed) -> Converging<net::Nic> {
-        let mut client = self.cx.daemons.net.clone();
+        let mut client = self.cx.net();
         let Some(have) = seen.get(&want.id) else {
-            self.cx.claim(Kind::Nic, &want.id)?;
-            let created = client
-                .create_nic(net::CreateNicRequest {
-                    id: want.id.clone(),
-                    network_id: want.network_id.clone(),
-                    name: local_name(&want.name, &want.id),
-                    mac_address: want.mac_address.clone(),
-                    ipv4_address: want.ipv4_address.clone(),
-                    ipv6_address: want.ipv6_address.clone(),
-                    routed_prefixes: want.routed_prefixes.clone(),
-                    hostname: self
-                        .hostnames
-                        .get(want.id.as_str())
-                        .map(|h| h.to_string())
-                        .unwrap_or_default(),
-                    security_group_ids: want.security_group_ids.clone(),
-                })
-                .await
-                .map(|nic| {
-                    self.cx
-                        .audit
-                        .audit(format!("created NIC {}", want.id), &[&want.id]);
-                    nic.into_inner()
-                });
+            let request = net::CreateNicRequest {
+                id: want.id.clone(),
+                network_id: want.network_id.clone(),
+                name: local_name(&want.name, &want.id),
+                mac_address: want.mac_address.clone(),
+                ipv4_address: want.ipv4_address.clone(),
+                ipv6_address: want.ipv6_address.clone(),
+                routed_prefixes: want.routed_prefixes.clone(),
+                hostname: self
+                    .hostnames
+                    .get(want.id.as_str())
+                    .map(|h| h.to_string())
+                    .unwrap_or_default(),
+                security_group_ids: want.security_group_ids.clone(),
+            };
+            let call = client.create_nic(request);
+            let created = self.cx.create(Kind::Nic, "NIC", &want.id, call).await?;
             return Ok(Outcome::of_call("NIC", created));
         };
         if !needs_update(want, have) {
@@ -130,7 +117,7 @@ impl Reconciler for NicReconciler<'_> {
 
     async fn delete(cx: &Context, id: &str) -> Result<(), Status> {
         let request = net::DeleteNicRequest { id: id.to_string() };
-        deleted(cx.daemons.net.clone().delete_nic(request).await)
+        deleted(cx.net().delete_nic(request).await)
     }
 }
 

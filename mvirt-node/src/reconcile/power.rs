@@ -146,7 +146,7 @@ async fn start(cx: &Context, want: &api::VmSpec, mut vm: vmm::Vm) -> vmm::Vm {
     let request = vmm::StartVmRequest {
         id: want.id.clone(),
     };
-    match cx.daemons.vmm.clone().start_vm(request).await {
+    match cx.vmm().start_vm(request).await {
         Ok(started) => {
             cx.audit
                 .audit(format!("started VM {}", want.id), &[&want.id]);
@@ -170,7 +170,7 @@ where
     operations.lock().insert(id.to_string());
     let running = operations.running.clone();
     let wake = cx.wake.clone();
-    let client = cx.daemons.vmm.clone();
+    let client = cx.vmm();
     let id = id.to_string();
     let timeout = cx.settings.stop_timeout_secs;
     tokio::spawn(async move {
@@ -190,53 +190,34 @@ mod tests {
     use super::*;
     use api::DesiredState as Desired;
     use vmm::VmState as State;
+    use PowerAction::*;
+
+    /// (state, desired, force, restart requested, action)
+    #[rustfmt::skip]
+    const CASES: &[(State, Desired, bool, bool, PowerAction)] = &[
+        // Asked to stop: a running VM is stopped gracefully, or killed with `force`.
+        (State::Running, Desired::Stopped, false, false, Stop { force: false }),
+        (State::Starting, Desired::Stopped, true, false, Stop { force: true }),
+        (State::Stopped, Desired::Stopped, false, false, Leave),
+        (State::Stopping, Desired::Stopped, false, true, Leave),
+        // Asked to run: a stopped or failed VM is started.
+        (State::Stopped, Desired::Running, false, false, Start),
+        (State::Failed, Desired::Unspecified, false, false, Start),
+        (State::Running, Desired::Running, false, false, Leave),
+        (State::Stopping, Desired::Running, false, false, Leave),
+        // A restart restarts a running VM; a stopped one is simply started.
+        (State::Running, Desired::Running, false, true, Restart),
+        (State::Stopped, Desired::Running, false, true, Start),
+    ];
 
     #[test]
-    fn a_running_vm_asked_to_stop_is_stopped_gracefully_or_killed() {
-        assert_eq!(
-            decide(State::Running, Desired::Stopped, false, false),
-            PowerAction::Stop { force: false }
-        );
-        assert_eq!(
-            decide(State::Starting, Desired::Stopped, true, false),
-            PowerAction::Stop { force: true }
-        );
-        assert_eq!(
-            decide(State::Stopped, Desired::Stopped, false, false),
-            PowerAction::Leave
-        );
-        assert_eq!(
-            decide(State::Stopping, Desired::Stopped, false, false),
-            PowerAction::Leave
-        );
-    }
-
-    #[test]
-    fn a_stopped_or_failed_vm_asked_to_run_is_started() {
-        for state in [State::Stopped, State::Failed] {
-            for desired in [Desired::Running, Desired::Unspecified] {
-                assert_eq!(decide(state, desired, false, false), PowerAction::Start);
-            }
+    fn the_power_action_follows_the_state_and_the_desired_state() {
+        for &(state, desired, force, restart, action) in CASES {
+            assert_eq!(
+                decide(state, desired, force, restart),
+                action,
+                "{state:?} asked {desired:?} (force {force}, restart {restart})"
+            );
         }
-        assert_eq!(
-            decide(State::Running, Desired::Running, false, false),
-            PowerAction::Leave
-        );
-        assert_eq!(
-            decide(State::Stopping, Desired::Running, false, false),
-            PowerAction::Leave
-        );
-    }
-
-    #[test]
-    fn a_restart_restarts_a_running_vm_and_starts_a_stopped_one() {
-        assert_eq!(
-            decide(State::Running, Desired::Running, false, true),
-            PowerAction::Restart
-        );
-        assert_eq!(
-            decide(State::Stopped, Desired::Running, false, true),
-            PowerAction::Start
-        );
     }
 }

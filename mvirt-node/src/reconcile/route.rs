@@ -48,20 +48,14 @@ impl Reconciler for RouteReconciler<'_> {
     }
 
     async fn observe(&self) -> Result<HashSet<String>, Status> {
-        let routes = self
-            .cx
-            .daemons
-            .net
-            .clone()
-            .list_routes(net::ListRoutesRequest::default())
-            .await?
-            .into_inner()
-            .routes;
+        let request = net::ListRoutesRequest::default();
+        let listed = self.cx.net().list_routes(request).await?;
+        let routes = listed.into_inner().routes;
         Ok(routes.into_iter().map(|r| r.id).collect())
     }
 
     async fn converge(&self, want: &Self::Desired, seen: &Self::Observed) -> Converging<()> {
-        let mut client = self.cx.daemons.net.clone();
+        let mut client = self.cx.net();
         let mut result = Ok(());
         for (id, destination) in missing_destinations(want, seen) {
             self.cx.claim(Kind::Route, &id)?;
@@ -82,7 +76,7 @@ impl Reconciler for RouteReconciler<'_> {
 
     async fn delete(cx: &Context, id: &str) -> Result<(), Status> {
         let request = net::DeleteRouteRequest { id: id.to_string() };
-        deleted(cx.daemons.net.clone().delete_route(request).await)
+        deleted(cx.net().delete_route(request).await)
     }
 }
 

@@ -33,7 +33,7 @@ impl Reconciler for SecurityGroupReconciler<'_> {
 
     /// Lists the groups and creates every missing desired group without rules.
     async fn observe(&self) -> Result<Groups, Status> {
-        let mut client = self.cx.daemons.net.clone();
+        let mut client = self.cx.net();
         let listed = client
             .list_security_groups(net::ListSecurityGroupsRequest {})
             .await?
@@ -84,9 +84,7 @@ impl Reconciler for SecurityGroupReconciler<'_> {
         }
         let updated = self
             .cx
-            .daemons
-            .net
-            .clone()
+            .net()
             .update_security_group(net::UpdateSecurityGroupRequest {
                 id: want.id.clone(),
                 rules,
@@ -98,7 +96,7 @@ impl Reconciler for SecurityGroupReconciler<'_> {
 
     async fn delete(cx: &Context, id: &str) -> Result<(), Status> {
         let request = net::DeleteSecurityGroupRequest { id: id.to_string() };
-        deleted(cx.daemons.net.clone().delete_security_group(request).await)
+        deleted(cx.net().delete_security_group(request).await)
     }
 }
 

@@ -82,7 +82,7 @@ fn import_running(job: &zfs::ImportJob) -> bool {
 
 /// Cancels the running imports of a template; `why` goes into the audit entry.
 async fn cancel_imports(cx: &Context, template_id: &str, why: &str) -> Result<(), Status> {
-    let mut client = cx.daemons.zfs.clone();
+    let mut client = cx.zfs();
     let jobs = client
         .list_import_jobs(zfs::ListImportJobsRequest {})
         .await?
@@ -112,15 +112,9 @@ impl Reconciler for TemplateReconciler<'_> {
     type Converged = zfs::Template;
 
     async fn observe(&self) -> Result<Templates, Status> {
-        let templates = self
-            .cx
-            .daemons
-            .zfs
-            .clone()
-            .list_templates(zfs::ListTemplatesRequest {})
-            .await?
-            .into_inner()
-            .templates;
+        let request = zfs::ListTemplatesRequest {};
+        let listed = self.cx.zfs().list_templates(request).await?;
+        let templates = listed.into_inner().templates;
         Ok(Templates {
             templates: by_id(templates, |t| &t.id),
             jobs: OnceCell::new(),
@@ -169,7 +163,7 @@ impl Reconciler for TemplateReconciler<'_> {
             id: id.to_string(),
             detach_clones: false,
         };
-        deleted(cx.daemons.zfs.clone().delete_template(request).await)?;
+        deleted(cx.zfs().delete_template(request).await)?;
         cx.imports.forget(id);
         Ok(())
     }
@@ -181,9 +175,7 @@ impl TemplateReconciler<'_> {
         self.cx.claim(Kind::Template, &want.id)?;
         let promoted = self
             .cx
-            .daemons
-            .zfs
-            .clone()
+            .zfs()
             .promote_snapshot_to_template(zfs::PromoteSnapshotToTemplateRequest {
                 volume_id: want.source_volume_id.clone(),
                 snapshot_id: want.source_snapshot_id.clone(),
@@ -210,7 +202,7 @@ impl TemplateReconciler<'_> {
         want: &api::TemplateSpec,
         seen: &Templates,
     ) -> Result<Outcome<zfs::Template>, Status> {
-        let mut client = self.cx.daemons.zfs.clone();
+        let mut client = self.cx.zfs();
         let jobs = seen
             .jobs
             .get_or_try_init(|| async {

@@ -64,20 +64,11 @@ impl Reconciler for VmReconciler<'_> {
     type Converged = LocalVm;
 
     async fn observe(&self) -> Result<Self::Observed, Status> {
-        let vms = self
-            .cx
-            .daemons
-            .vmm
-            .clone()
-            .list_vms(vmm::ListVmsRequest::default())
-            .await?
-            .into_inner()
-            .vms;
-        Ok(by_id(vms, |v| &v.id))
+        Ok(by_id(self.cx.vms_here().await?, |v| &v.id))
     }
 
     async fn converge(&self, want: &Self::Desired, seen: &Self::Observed) -> Converging<LocalVm> {
-        let mut client = self.cx.daemons.vmm.clone();
+        let mut client = self.cx.vmm();
         let (vm, device_problems) = match seen.get(&want.id) {
             Some(vm) => {
                 devices::converge(&mut client, want, vm.clone(), self.volumes, self.nics).await
@@ -87,20 +78,13 @@ impl Reconciler for VmReconciler<'_> {
                     Ok(config) => config,
                     Err(waiting) => return Ok(Outcome::Pending(waiting)),
                 };
-                self.cx.claim(Kind::Vm, &want.id)?;
-                let created = client
-                    .create_vm(vmm::CreateVmRequest {
-                        id: want.id.clone(),
-                        config: Some(config),
-                    })
-                    .await;
-                match created {
-                    Ok(vm) => {
-                        self.cx
-                            .audit
-                            .audit(format!("created VM {}", want.id), &[&want.id]);
-                        (vm.into_inner(), Vec::new())
-                    }
+                let request = vmm::CreateVmRequest {
+                    id: want.id.clone(),
+                    config: Some(config),
+                };
+                let call = client.create_vm(request);
+                match self.cx.create(Kind::Vm, "VM", &want.id, call).await? {
+                    Ok(vm) => (vm, Vec::new()),
                     Err(error) => {
                         return Ok(Outcome::Failed(Failure::Call {
                             what: "create VM",
@@ -140,7 +124,7 @@ impl Reconciler for VmReconciler<'_> {
     }
 
     async fn delete(cx: &Context, id: &str) -> Result<(), Status> {
-        let mut client = cx.daemons.vmm.clone();
+        let mut client = cx.vmm();
         // The VM goes first: kill it (its owner asked for deletion), then delete.
         match client
             .kill_vm(vmm::KillVmRequest { id: id.to_string() })
@@ -191,6 +175,23 @@ fn conditions(pending_changes: &[String], device_problems: &[String]) -> Vec<api
     conditions
 }
 
+/// The devices for `ids`, made by `device` from what exists here; or what the VM waits for.
+fn devices_for<T, D>(
+    ids: &[String],
+    existing: &HashMap<String, T>,
+    noun: &str,
+    device: fn(&str, &T) -> D,
+) -> Result<Vec<D>, String> {
+    ids.iter()
+        .map(|id| {
+            let found = existing.get(id);
+            found
+                .map(|t| device(id, t))
+                .ok_or_else(|| format!("waiting for {noun} {id}"))
+        })
+        .collect()
+}
+
 /// The VmConfig for a spec, or why it cannot be built yet.
 fn vm_config(
     want: &api::VmSpec,
@@ -198,28 +199,8 @@ fn vm_config(
     nics: &HashMap<String, net::Nic>,
     settings: &Settings,
 ) -> Result<vmm::VmConfig, String> {
-    let mut disks = Vec::new();
-    for id in &want.volume_ids {
-        let volume = volumes
-            .get(id)
-            .ok_or_else(|| format!("waiting for volume {id}"))?;
-        disks.push(vmm::Disk {
-            id: id.clone(),
-            path: volume.path.clone(),
-            read_only: false,
-        });
-    }
-    let mut vm_nics = Vec::new();
-    for id in &want.nic_ids {
-        let nic = nics
-            .get(id)
-            .ok_or_else(|| format!("waiting for NIC {id}"))?;
-        vm_nics.push(vmm::Nic {
-            id: id.clone(),
-            tap: nic.tap_name.clone(),
-            mac: nic.mac_address.clone(),
-        });
-    }
+    let disks = devices_for(&want.volume_ids, volumes, "volume", devices::disk)?;
+    let vm_nics = devices_for(&want.nic_ids, nics, "NIC", devices::nic)?;
     let root = want.volume_ids.first().and_then(|id| volumes.get(id));
     let mut labels = HashMap::new();
     labels.insert(MANAGED_BY_LABEL.to_string(), "mvirt-node".to_string());

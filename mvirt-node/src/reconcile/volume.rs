@@ -46,17 +46,27 @@ pub fn objects(volumes: HashMap<String, LocalVolume>) -> HashMap<String, zfs::Vo
 /// How a volume that does not exist yet is made.
 #[derive(Debug, PartialEq, Eq)]
 enum Creation {
-    Empty,
-    FromTemplate,
+    Empty(zfs::CreateVolumeRequest),
+    FromTemplate(zfs::CloneFromTemplateRequest),
     /// Its template is not ready here yet.
     WaitForTemplate,
 }
 
 fn creation(want: &api::VolumeSpec, templates: &HashMap<String, zfs::Template>) -> Creation {
+    let name = local_name(&want.name, &want.id);
     if want.template_id.is_empty() {
-        Creation::Empty
+        Creation::Empty(zfs::CreateVolumeRequest {
+            id: want.id.clone(),
+            name,
+            size_bytes: want.size_bytes,
+        })
     } else if templates.contains_key(&want.template_id) {
-        Creation::FromTemplate
+        Creation::FromTemplate(zfs::CloneFromTemplateRequest {
+            template_id: want.template_id.clone(),
+            volume_id: want.id.clone(),
+            name,
+            size_bytes: want.size_bytes,
+        })
     } else {
         Creation::WaitForTemplate
     }
@@ -70,31 +80,16 @@ impl Reconciler for VolumeReconciler<'_> {
     type Converged = LocalVolume;
 
     async fn observe(&self) -> Result<Volumes, Status> {
-        let volumes = self
-            .cx
-            .daemons
-            .zfs
-            .clone()
-            .list_volumes(zfs::ListVolumesRequest {})
-            .await?
-            .into_inner()
-            .volumes;
+        let request = zfs::ListVolumesRequest {};
+        let listed = self.cx.zfs().list_volumes(request).await?;
+        let volumes = listed.into_inner().volumes;
         // A pending rollback must know whether the volume's VMs run here.
         let rollback_pending =
             self.spec.volumes.iter().any(|v| {
                 v.rollback_generation > snapshots::applied_generation(&self.cx.ledger, &v.id)
             });
         let local_vms = if rollback_pending {
-            let vms = self
-                .cx
-                .daemons
-                .vmm
-                .clone()
-                .list_vms(vmm::ListVmsRequest::default())
-                .await?
-                .into_inner()
-                .vms;
-            by_id(vms, |v| &v.id)
+            by_id(self.cx.vms_here().await?, |v| &v.id)
         } else {
             HashMap::new()
         };
@@ -112,8 +107,7 @@ impl Reconciler for VolumeReconciler<'_> {
         if let Some(have) = seen.volumes.get(&want.id) {
             return Ok(self.update(want, have, seen).await);
         }
-        let mut client = self.cx.daemons.zfs.clone();
-        let name = local_name(&want.name, &want.id);
+        let mut client = self.cx.zfs();
         let created = match creation(want, self.templates) {
             Creation::WaitForTemplate => {
                 return Ok(Outcome::Pending(format!(
@@ -121,36 +115,22 @@ impl Reconciler for VolumeReconciler<'_> {
                     want.template_id
                 )))
             }
-            Creation::Empty => {
-                self.cx.claim(Kind::Volume, &want.id)?;
-                client
-                    .create_volume(zfs::CreateVolumeRequest {
-                        id: want.id.clone(),
-                        name,
-                        size_bytes: want.size_bytes,
-                    })
-                    .await
+            Creation::Empty(request) => {
+                let call = client.create_volume(request);
+                self.cx
+                    .create(Kind::Volume, "volume", &want.id, call)
+                    .await?
             }
-            Creation::FromTemplate => {
-                self.cx.claim(Kind::Volume, &want.id)?;
-                client
-                    .clone_from_template(zfs::CloneFromTemplateRequest {
-                        template_id: want.template_id.clone(),
-                        volume_id: want.id.clone(),
-                        name,
-                        size_bytes: want.size_bytes,
-                    })
-                    .await
+            Creation::FromTemplate(request) => {
+                let call = client.clone_from_template(request);
+                self.cx
+                    .create(Kind::Volume, "volume", &want.id, call)
+                    .await?
             }
         };
-        let created = created.map(|volume| {
-            self.cx
-                .audit
-                .audit(format!("created volume {}", want.id), &[&want.id]);
-            LocalVolume {
-                volume: volume.into_inner(),
-                snapshots: SnapshotOutcome::default(),
-            }
+        let created = created.map(|volume| LocalVolume {
+            volume,
+            snapshots: SnapshotOutcome::default(),
         });
         Ok(Outcome::of_call("create volume", created))
     }
@@ -167,7 +147,7 @@ impl Reconciler for VolumeReconciler<'_> {
             id: id.to_string(),
             force: false,
         };
-        deleted(cx.daemons.zfs.clone().delete_volume(request).await)
+        deleted(cx.zfs().delete_volume(request).await)
     }
 }
 
@@ -179,7 +159,7 @@ impl VolumeReconciler<'_> {
         have: &zfs::Volume,
         seen: &Volumes,
     ) -> Outcome<LocalVolume> {
-        let mut client = self.cx.daemons.zfs.clone();
+        let mut client = self.cx.zfs();
         let mut resized = Ok(have.clone());
         if want.size_bytes > have.size_bytes {
             resized = client
@@ -221,9 +201,12 @@ mod tests {
             template_id: "t".into(),
             ..Default::default()
         };
-        assert_eq!(creation(&empty, &templates), Creation::Empty);
+        assert!(matches!(creation(&empty, &templates), Creation::Empty(_)));
         assert_eq!(creation(&cloned, &templates), Creation::WaitForTemplate);
         templates.insert("t".to_string(), zfs::Template::default());
-        assert_eq!(creation(&cloned, &templates), Creation::FromTemplate);
+        let Creation::FromTemplate(request) = creation(&cloned, &templates) else {
+            panic!("expected a clone");
+        };
+        assert_eq!(request.template_id, "t");
     }
 }
