@@ -350,4 +350,174 @@ mod tests {
         assert_eq!(b["spec"]["ssh_authorized_keys"][0], "ssh-ed25519 AAA");
         assert_eq!(b["spec"]["hostname"], "web");
     }
+
+    /// A scripted API: answers each request with the next `(status, body)` and records each
+    /// request's method, path and `If-Match`.
+    async fn scripted_api(
+        responses: Vec<(u16, Value)>,
+    ) -> (ApiClient, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            for (status, body) in responses {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                // Headers, then as much body as Content-Length says.
+                loop {
+                    let n = conn.read(&mut buf).await.unwrap();
+                    req.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&req).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap())
+                            })
+                            .unwrap_or(0);
+                        if req.len() >= end + 4 + len || n == 0 {
+                            break;
+                        }
+                    }
+                }
+                let text = String::from_utf8_lossy(&req).to_string();
+                let line = text.lines().next().unwrap_or_default();
+                let mut parts = line.split(' ');
+                let method = parts.next().unwrap_or_default();
+                let path = parts
+                    .next()
+                    .unwrap_or_default()
+                    .split('?')
+                    .next()
+                    .unwrap_or_default();
+                let if_match = text
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("if-match:")
+                            .map(|v| v.trim().to_string())
+                    })
+                    .unwrap_or_default();
+                log.lock()
+                    .unwrap()
+                    .push(format!("{method} {path} {if_match}").trim().to_string());
+                let body = body.to_string();
+                let resp = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                conn.write_all(resp.as_bytes()).await.unwrap();
+            }
+        });
+        (ApiClient::new(&url, None, "default").unwrap(), seen)
+    }
+
+    fn vm_at(revision: u64, vcpus: u32) -> Value {
+        json!({"id": "v1", "name": "web", "revision": revision,
+            "spec": {"vcpus": vcpus, "memory_bytes": 1u64 << 30, "volume_ids": [], "nic_ids": []}})
+    }
+
+    fn refused(expected: u64, actual: u64) -> (u16, Value) {
+        (
+            412,
+            json!({"error": {"code": "precondition_failed", "message": "If-Match revision does not match",
+                "details": {"expected": expected, "actual": actual}}}),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_spec_changed_between_read_and_write_is_a_conflict_and_not_overwritten() {
+        let (api, seen) =
+            scripted_api(vec![(200, vm_at(5, 1)), refused(5, 6), (200, vm_at(6, 3))]).await;
+        let e = update_vm_spec(&api, "web", |spec| {
+            resize_spec(spec, Some(2), None);
+            Ok(())
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(e.exit_code(), crate::client::exit::CONFLICT);
+        let msg = e.display_message();
+        assert!(
+            msg.contains("vm web was changed by someone else after it was read at revision 5, it is now at revision 6"),
+            "{msg}"
+        );
+        assert_eq!(
+            *seen.lock().unwrap(),
+            ["GET /v1/vms/web", "PUT /v1/vms/v1 \"5\"", "GET /v1/vms/v1"],
+            "one write only"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_revision_moved_by_status_only_is_read_again_and_the_edit_reapplied() {
+        let mut done = vm_at(7, 2);
+        done["spec"]["vcpus"] = json!(2);
+        let (api, seen) = scripted_api(vec![
+            (200, vm_at(5, 1)),
+            refused(5, 6),
+            (200, vm_at(6, 1)),
+            (200, done),
+        ])
+        .await;
+        let v = update_vm_spec(&api, "web", |spec| {
+            resize_spec(spec, Some(2), None);
+            Ok(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(v["spec"]["vcpus"], 2);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [
+                "GET /v1/vms/web",
+                "PUT /v1/vms/v1 \"5\"",
+                "GET /v1/vms/v1",
+                "PUT /v1/vms/v1 \"6\""
+            ]
+        );
+    }
+
+    #[test]
+    fn attaching_twice_and_detaching_what_is_absent_are_refused() {
+        let mut spec = json!({"volume_ids": ["a"]});
+        let attach = |spec: &mut Value, id| {
+            change_device(
+                spec,
+                "volume_ids",
+                id,
+                DeviceChange::Attach,
+                "volume x",
+                "web",
+            )
+        };
+        assert!(attach(&mut spec, "b").is_ok());
+        assert_eq!(spec["volume_ids"], json!(["a", "b"]));
+        let e = attach(&mut spec, "a").unwrap_err();
+        assert_eq!(e.to_string(), "volume x is already attached to vm web");
+        let e = change_device(
+            &mut spec,
+            "volume_ids",
+            "c",
+            DeviceChange::Detach,
+            "volume c",
+            "web",
+        )
+        .unwrap_err();
+        assert_eq!(e.to_string(), "volume c is not attached to vm web");
+        change_device(
+            &mut spec,
+            "volume_ids",
+            "a",
+            DeviceChange::Detach,
+            "volume a",
+            "web",
+        )
+        .unwrap();
+        assert_eq!(spec["volume_ids"], json!(["b"]));
+    }
 }
