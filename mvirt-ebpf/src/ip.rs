@@ -1,10 +1,10 @@
 //! Wrapper around the `ip` and `nft` programs, run through [`mvirt_common::command`]: argv
 //! only (never a shell), every call logged, bounded in time, failures returned with the
-//! program's stderr. Names reaching these command lines are
-//! interface names built by this crate (`model::tap_name`) or validated flags.
+//! program's stderr. Names reaching these command lines are interface names built by this crate
+//! (`model::tap_name`) or validated flags.
 
-use mvirt_common::command::ExternalCommand;
 pub use mvirt_common::command::CommandError;
+use mvirt_common::command::ExternalCommand;
 
 /// How long one `ip` or `nft` call may take: they answer in milliseconds, so a call still
 /// running after this is wedged (a kernel lock, a hung netlink peer).
