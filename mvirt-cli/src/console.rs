@@ -68,8 +68,8 @@ pub fn console_url(base: &str, vm: &str, project: &str) -> String {
     };
     format!(
         "{ws}/v1/vms/{}/console?project={}",
-        crate::commands::encode(vm),
-        crate::commands::encode(project)
+        crate::commands::ctx::encode(vm),
+        crate::commands::ctx::encode(project)
     )
 }
 

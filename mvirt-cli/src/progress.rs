@@ -60,7 +60,7 @@ pub async fn follow_import(
         .progress_chars("=> "),
     );
     pb.enable_steady_tick(std::time::Duration::from_millis(200));
-    let path = format!("/v1/templates/{}", crate::commands::encode(id));
+    let path = format!("/v1/templates/{}", crate::commands::ctx::encode(id));
     let mut current = api.get(&path, &[]).await?;
     let mut cursor = crate::client::EventCursor::after(Some(from_revision.unwrap_or(0)));
     pb.set_message(

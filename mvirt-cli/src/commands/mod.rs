@@ -24,11 +24,9 @@ pub mod version;
 pub mod vm;
 pub mod volume;
 
-pub use ctx::{client_for, encode, item_path};
-
 use crate::cli::*;
 use crate::client::{exit, ApiError};
-use ctx::Ctx;
+use ctx::{client_for, Ctx};
 
 /// Parses arguments, runs the command and returns the exit code.
 pub async fn run(cli: Cli) -> i32 {

@@ -104,7 +104,7 @@ async fn command_worker(api: ApiClient, mut rx: UnboundedReceiver<Cmd>, tx: Unbo
 }
 
 fn item_path(kind: Kind, id: &str) -> String {
-    format!("{}/{}", kind.path(), crate::commands::encode(id))
+    format!("{}/{}", kind.path(), crate::commands::ctx::encode(id))
 }
 
 async fn execute(api: &ApiClient, cmd: Cmd) -> Vec<Msg> {
