@@ -194,6 +194,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn local_names_stay_unique_across_projects_in_one_millisecond() {
+        // UUIDv7 ids minted in the same millisecond share their first 13 characters.
+        let a = local_name("web", "0190f3a2-7c41-7a6b-9c1d-7e5a3b2c1d0f");
+        let b = local_name("web", "0190f3a2-7c41-7b6b-9c1d-7e5a3b2c1d0f");
+        assert_ne!(a, b);
+        assert_eq!(a, "web-0190f3a27c417a6b9c1d7e5a3b2c1d0f");
+    }
+
+    #[test]
     fn a_volume_is_cloned_only_from_a_template_ready_here() {
         let mut templates = HashMap::new();
         let empty = api::VolumeSpec::default();
