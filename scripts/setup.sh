@@ -10,6 +10,7 @@ PACKAGES=(
   ovmf                     # mvirt-vmm: UEFI firmware boot (qemu driver)
   zfs-fuse                 # storage on machines without kernel ZFS
   busybox-static cpio      # test guests and the embedded default template
+  binutils                 # mvirt-pod-image: strip (pod boot artefacts)
   genisoimage dosfstools mtools  # cloud-init NoCloud seed images
   iproute2 iptables nftables iperf3 ethtool iputils-ping  # networking tests (ping: mvirt-ebpf-bench latency)
   docker-registry apache2-utils ca-certificates dnsmasq-base  # mvirt-one tests: OCI registry, htpasswd, CA bundle, DHCPv4/v6 + RA for the pod VM
