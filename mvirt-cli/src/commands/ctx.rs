@@ -36,6 +36,7 @@ pub fn client_for(g: &GlobalArgs) -> Result<ApiClient, ApiError> {
     Ok(api)
 }
 
+/// What a command needs: the API client (URL, token, project, `--if-match`) and how to print.
 pub struct Ctx {
     pub api: ApiClient,
     pub format: Format,

@@ -199,6 +199,7 @@ pub fn resize_spec(spec: &mut Value, vcpus: Option<u32>, memory_bytes: Option<u6
     }
 }
 
+/// Whether `vm attach` or `vm detach` edits a device list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceChange {
     Attach,
