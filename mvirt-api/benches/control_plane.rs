@@ -59,7 +59,7 @@ fn bench_scheduler() {
                 meta: meta(id.clone(), id),
                 spec: NodeSpec { schedulable: true },
                 status: NodeStatus {
-                    state: "online".into(),
+                    state: NodeState::Online,
                     address: "127.0.0.1".into(),
                     capacity: Capacity {
                         vcpus: 64,
@@ -87,7 +87,7 @@ fn bench_scheduler() {
                 node_id: None,
                 node_state: None,
                 scheduling: Scheduling::default(),
-                stop_mode: "graceful".into(),
+                stop_mode: StopMode::Graceful,
                 restart_generation: 0,
             },
         );

@@ -15,10 +15,10 @@ use openraft::ServerState;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::model::{Capacity, Kind, Member};
+use crate::model::{Capacity, Kind, Member, NodeState};
 use crate::raft::{MemberId, Raft, Shared};
 use crate::scheduler::{self, Strategy};
-use crate::state::{ApiError, Command, Outcome, Proposal, Update};
+use crate::state::{ApiError, Command, ErrorCode, Outcome, Proposal, Update};
 
 /// How long a write waits for a leader (election in progress) before answering 503.
 const LEADER_WAIT: Duration = Duration::from_secs(10);
@@ -197,7 +197,7 @@ impl App {
                     }
                     Err(WriteFailure::Unknown(e)) => {
                         return Err(ApiError::new(
-                            "unavailable",
+                            ErrorCode::Unavailable,
                             format!("write outcome unknown: {e}"),
                         ))
                     }
@@ -205,7 +205,7 @@ impl App {
             }
             match self.forward::<_, Result<Outcome, ApiError>>(&leader.1, "write", &proposal).await {
                 Ok(result) => match result {
-                    Err(e) if e.code == "no_leader" && Instant::now() < deadline => {
+                    Err(e) if e.code == ErrorCode::NoLeader && Instant::now() < deadline => {
                         self.wait_leader_change(leader.0, deadline).await?;
                         continue;
                     }
@@ -217,7 +217,7 @@ impl App {
                 }
                 Err(Forward::Unknown(e)) => {
                     return Err(ApiError::new(
-                        "unavailable",
+                        ErrorCode::Unavailable,
                         format!("the leader did not answer ({e}); the write may or may not have been applied — retry with the same Idempotency-Key"),
                     ))
                 }
@@ -393,7 +393,7 @@ impl App {
                 None => (false, false),
                 Some(node) => (
                     true,
-                    node.status.state != "online"
+                    node.status.state != NodeState::Online
                         || hb.capacity.is_some_and(|c| c != node.status.capacity),
                 ),
             }
@@ -406,7 +406,7 @@ impl App {
             self.submit(
                 Command::SetNodeState {
                     id: hb.node_id.clone(),
-                    state: "online".into(),
+                    state: NodeState::Online,
                     capacity: hb.capacity,
                     now: now(),
                 },
@@ -556,7 +556,7 @@ impl App {
             state
                 .nodes
                 .values()
-                .filter(|n| n.status.state == "online")
+                .filter(|n| n.status.state == NodeState::Online)
                 .map(|n| n.meta.id.clone())
                 .collect()
         };
@@ -579,7 +579,7 @@ impl App {
             self.submit(
                 Command::SetNodeState {
                     id,
-                    state: "offline".into(),
+                    state: NodeState::Offline,
                     capacity: None,
                     now: now(),
                 },
@@ -748,7 +748,10 @@ impl App {
         let voters: BTreeSet<MemberId> = membership.membership().voter_ids().collect();
         let known = membership.membership().get_node(&id).is_some();
         if !known {
-            return Err(ApiError::new("not_found", format!("member {id} not found")));
+            return Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!("member {id} not found"),
+            ));
         }
         if voters.len() == 1 && voters.contains(&id) {
             return Err(ApiError::conflict("cannot remove the last voter"));

@@ -9,8 +9,8 @@ use tonic::{Request, Response, Status};
 
 use crate::app::{hash_secret, new_id, now, App, HeartbeatForward};
 use crate::model::{
-    Capacity, Condition, Kind, Meta, Node, NodeSpec, NodeStatus, SnapshotStatus,
-    Status as ResourceStatus,
+    Capacity, Condition, Kind, Meta, Node, NodeSpec, NodeState, NodeStatus, Phase, Role,
+    SnapshotStatus, Status as ResourceStatus,
 };
 use crate::nodespec;
 use crate::proto::{self, node_service_server::NodeService};
@@ -38,7 +38,7 @@ impl NodeServiceImpl {
         let hash = hash_secret(token);
         let state = self.app.shared.read();
         match state.tokens.values().find(|t| t.hash == hash) {
-            Some(t) if t.role == "node" || t.role == "admin" => Ok(()),
+            Some(t) if matches!(t.role, Role::Node | Role::Admin) => Ok(()),
             Some(_) => Err(Status::permission_denied(
                 "token not allowed on NodeService",
             )),
@@ -67,18 +67,18 @@ fn kind_of(k: i32) -> Option<Kind> {
     })
 }
 
-fn phase_of(p: i32) -> &'static str {
+fn phase_of(p: i32) -> Phase {
     match proto::Phase::try_from(p).unwrap_or(proto::Phase::Unspecified) {
-        proto::Phase::Unspecified => "",
-        proto::Phase::Pending => "pending",
-        proto::Phase::Creating => "creating",
-        proto::Phase::Ready => "ready",
-        proto::Phase::Running => "running",
-        proto::Phase::Stopping => "stopping",
-        proto::Phase::Stopped => "stopped",
-        proto::Phase::Failed => "failed",
-        proto::Phase::Importing => "importing",
-        proto::Phase::Deleting => "deleting",
+        proto::Phase::Unspecified => Phase::Unknown,
+        proto::Phase::Pending => Phase::Pending,
+        proto::Phase::Creating => Phase::Creating,
+        proto::Phase::Ready => Phase::Ready,
+        proto::Phase::Running => Phase::Running,
+        proto::Phase::Stopping => Phase::Stopping,
+        proto::Phase::Stopped => Phase::Stopped,
+        proto::Phase::Failed => Phase::Failed,
+        proto::Phase::Importing => Phase::Importing,
+        proto::Phase::Deleting => Phase::Deleting,
     }
 }
 
@@ -134,7 +134,7 @@ impl NodeService for NodeServiceImpl {
             },
             spec: NodeSpec { schedulable: true },
             status: NodeStatus {
-                state: "online".into(),
+                state: NodeState::Online,
                 address: req.address,
                 capacity: capacity(req.capacity).unwrap_or_default(),
                 agent_version: req.agent_version,
@@ -282,7 +282,7 @@ impl NodeService for NodeServiceImpl {
                 .map(|r| SnapshotReport {
                     id: r.id,
                     status: SnapshotStatus {
-                        phase: phase_of(r.phase).into(),
+                        phase: phase_of(r.phase),
                         message: r.message.chars().take(4096).collect(),
                         used_bytes: (r.used_bytes > 0).then_some(r.used_bytes),
                     },
@@ -293,7 +293,7 @@ impl NodeService for NodeServiceImpl {
                 id: s.id,
                 snapshots,
                 status: ResourceStatus {
-                    phase: phase_of(s.phase).into(),
+                    phase: phase_of(s.phase),
                     message: s.message,
                     conditions: s
                         .conditions

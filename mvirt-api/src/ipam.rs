@@ -110,7 +110,7 @@ mod tests {
         used.insert("10.0.0.1".parse().unwrap());
         used.insert("10.0.0.2".parse().unwrap());
         let err = allocate(Some("10.0.0.0/30"), None, &used).unwrap_err();
-        assert_eq!(err.code, "conflict");
+        assert_eq!(err.code, crate::state::ErrorCode::Conflict);
     }
 
     #[test]
@@ -121,19 +121,19 @@ mod tests {
             allocate(Some("10.0.0.0/24"), Some("10.0.1.5"), &used)
                 .unwrap_err()
                 .code,
-            "invalid_argument"
+            crate::state::ErrorCode::InvalidArgument
         );
         assert_eq!(
             allocate(Some("10.0.0.0/24"), Some("10.0.0.5"), &used)
                 .unwrap_err()
                 .code,
-            "conflict"
+            crate::state::ErrorCode::Conflict
         );
         assert_eq!(
             allocate(Some("10.0.0.0/24"), Some("10.0.0.255"), &used)
                 .unwrap_err()
                 .code,
-            "invalid_argument"
+            crate::state::ErrorCode::InvalidArgument
         );
         assert_eq!(
             allocate(Some("10.0.0.0/24"), Some("10.0.0.6"), &used).unwrap(),

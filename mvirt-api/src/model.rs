@@ -10,6 +10,138 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+/// A string-valued enum of the model: serde and the OpenAPI schema use the given strings. (The
+/// enums carry no doc comment of their own: the schema of each field that has one keeps the
+/// field's description only.)
+macro_rules! string_enum {
+    ($name:ident { $($(#[$vm:meta])* $variant:ident = $s:tt),+ $(,)? }) => {
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name {
+            $($(#[$vm])* #[serde(rename = $s)] $variant),+
+        }
+
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::schema::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .enum_values(Some([$($s),+]))
+                    .into()
+            }
+        }
+
+        impl ToSchema for $name {}
+
+        impl $name {
+            /// The string this value is in JSON.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $s),+
+                }
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = ();
+
+            /// The value whose JSON string is `s`.
+            fn from_str(s: &str) -> Result<Self, ()> {
+                match s {
+                    $($s => Ok($name::$variant),)+
+                    _ => Err(()),
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+string_enum! {
+    // Where a resource is, as its node reports it (empty until the first report).
+    Phase {
+        #[default]
+        Unknown = "",
+        Pending = "pending",
+        Creating = "creating",
+        Ready = "ready",
+        Running = "running",
+        Stopping = "stopping",
+        Stopped = "stopped",
+        Failed = "failed",
+        Importing = "importing",
+        Deleting = "deleting",
+    }
+}
+
+string_enum! {
+    // Whether a node is reachable, as the control plane sees it.
+    NodeState {
+        #[default]
+        Online = "online",
+        Offline = "offline",
+    }
+}
+
+string_enum! {
+    // What a VM's node is asked to keep it in.
+    DesiredState {
+        #[default]
+        Running = "running",
+        Stopped = "stopped",
+    }
+}
+
+string_enum! {
+    // How the last stop of a VM was requested.
+    StopMode {
+        #[default]
+        Graceful = "graceful",
+        Force = "force",
+    }
+}
+
+string_enum! {
+    // How a VM boots.
+    BootMode {
+        #[default]
+        Uefi = "uefi",
+        DirectKernel = "direct_kernel",
+    }
+}
+
+string_enum! {
+    // Whether the scheduler has placed a VM.
+    SchedulingState {
+        #[default]
+        Pending = "pending",
+        Scheduled = "scheduled",
+    }
+}
+
+string_enum! {
+    // What `POST /v1/vms/{id}/{action}` asks of a VM.
+    VmAction {
+        #[default]
+        Start = "start",
+        Stop = "stop",
+        Kill = "kill",
+        Restart = "restart",
+    }
+}
+
+string_enum! {
+    // What an API token may do: everything, or only NodeService.
+    Role {
+        #[default]
+        Admin = "admin",
+        Node = "node",
+    }
+}
+
 /// Identity and bookkeeping shared by every resource.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Meta {
@@ -32,7 +164,8 @@ pub struct Meta {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Status {
     #[serde(default)]
-    pub phase: String,
+    #[schema(inline)]
+    pub phase: Phase,
     #[serde(default)]
     pub message: String,
     #[serde(default)]
@@ -69,7 +202,8 @@ pub struct Status {
 /// One node's report on a resource that lives on several nodes.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct PerNodeStatus {
-    pub phase: String,
+    #[schema(inline)]
+    pub phase: Phase,
     #[serde(default)]
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -123,7 +257,8 @@ fn default_true() -> bool {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct NodeStatus {
     /// `online` or `offline`.
-    pub state: String,
+    #[schema(inline)]
+    pub state: NodeState,
     pub address: String,
     pub capacity: Capacity,
     pub agent_version: String,
@@ -346,7 +481,8 @@ pub struct VolumeSnapshot {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct SnapshotStatus {
     /// `pending`, `ready` or `failed`.
-    pub phase: String,
+    #[schema(inline)]
+    pub phase: Phase,
     #[serde(default)]
     pub message: String,
     /// Bytes held only by this snapshot.
@@ -357,7 +493,7 @@ pub struct SnapshotStatus {
 impl Default for SnapshotStatus {
     fn default() -> Self {
         Self {
-            phase: "pending".into(),
+            phase: Phase::Pending,
             message: String::new(),
             used_bytes: None,
         }
@@ -433,7 +569,8 @@ pub struct VmSpec {
     pub hostname: Option<String>,
     /// `uefi`, `direct_kernel`, or omitted (direct kernel when the root template has a kernel).
     #[serde(default)]
-    pub boot_mode: Option<String>,
+    #[schema(inline)]
+    pub boot_mode: Option<BootMode>,
     #[serde(default)]
     pub volume_ids: Vec<String>,
     #[serde(default)]
@@ -443,8 +580,9 @@ pub struct VmSpec {
     #[serde(default)]
     pub ssh_authorized_keys: Vec<String>,
     /// `running` (default) or `stopped`.
-    #[serde(default = "default_running")]
-    pub desired_state: String,
+    #[serde(default)]
+    #[schema(inline)]
+    pub desired_state: DesiredState,
     /// A node id, a node name, or `k=v,k2=v2` labels.
     #[serde(default)]
     pub node_selector: Option<String>,
@@ -465,14 +603,11 @@ pub struct VmSpec {
     pub nested_virtualization: bool,
 }
 
-fn default_running() -> String {
-    "running".into()
-}
-
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Scheduling {
     /// `pending` or `scheduled`.
-    pub state: String,
+    #[schema(inline)]
+    pub state: SchedulingState,
     #[serde(default)]
     pub reason: String,
 }
@@ -489,17 +624,15 @@ pub struct Vm {
     /// current when the node's state changes. While it is `offline`, `status` is only the node's
     /// last report and may be stale.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node_state: Option<String>,
+    #[schema(inline)]
+    pub node_state: Option<NodeState>,
     pub scheduling: Scheduling,
     /// `graceful` or `force`: how the last stop was requested.
-    #[serde(default = "default_graceful")]
-    pub stop_mode: String,
+    #[serde(default)]
+    #[schema(inline)]
+    pub stop_mode: StopMode,
     #[serde(default)]
     pub restart_generation: u64,
-}
-
-fn default_graceful() -> String {
-    "graceful".into()
 }
 
 // ------------------------------------------------------------------------------------ auth
@@ -509,7 +642,8 @@ pub struct ApiToken {
     pub id: String,
     pub name: String,
     /// `admin` or `node`.
-    pub role: String,
+    #[schema(inline)]
+    pub role: Role,
     /// sha256 of the secret (hex); never shown over REST (see `rest::TokenView`).
     pub hash: String,
     pub created_at: String,

@@ -15,7 +15,7 @@ use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use crate::app::{App, HeartbeatForward};
 use crate::proposer::WriteFailure;
 use crate::raft::{MemberId, TypeConfig};
-use crate::state::{ApiError, Proposal};
+use crate::state::{ApiError, ErrorCode, Proposal};
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
@@ -174,7 +174,7 @@ async fn write(
         Ok(outcome) => Ok(outcome),
         Err(WriteFailure::NotLeader) => Err(ApiError::no_leader("not the leader; not written")),
         Err(WriteFailure::Unknown(e)) => Err(ApiError::new(
-            "unavailable",
+            ErrorCode::Unavailable,
             format!("outcome unknown: {e}"),
         )),
     };

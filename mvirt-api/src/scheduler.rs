@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 
-use crate::model::{Capacity, Node, Vm};
+use crate::model::{Capacity, Node, NodeState, Vm};
 use crate::state::{Placement, State};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,7 +200,7 @@ fn candidate_nodes(state: &State) -> Vec<&Node> {
     state
         .nodes
         .values()
-        .filter(|n| n.status.state == "online" && n.spec.schedulable)
+        .filter(|n| n.status.state == NodeState::Online && n.spec.schedulable)
         .collect()
 }
 
@@ -367,7 +367,7 @@ mod tests {
             meta: m,
             spec: NodeSpec { schedulable: true },
             status: NodeStatus {
-                state: "online".into(),
+                state: NodeState::Online,
                 address: "127.0.0.1".into(),
                 capacity: Capacity {
                     vcpus,
@@ -394,7 +394,7 @@ mod tests {
             node_id: None,
             node_state: None,
             scheduling: Scheduling::default(),
-            stop_mode: "graceful".into(),
+            stop_mode: StopMode::Graceful,
             restart_generation: 0,
         }
     }
@@ -542,7 +542,7 @@ mod tests {
         v.spec.volume_ids = vec!["vol".into()];
         s.vms.insert("1".into(), v);
         assert_eq!(schedule(&s, Strategy::Spread).placements[0].node_id, "b");
-        s.nodes.get_mut("b").unwrap().status.state = "offline".into();
+        s.nodes.get_mut("b").unwrap().status.state = NodeState::Offline;
         let d = schedule(&s, Strategy::Spread);
         assert!(d.placements.is_empty());
         assert!(d.pending[0].1.contains("volumes live on node b"));
@@ -554,7 +554,7 @@ mod tests {
         let d = schedule(&s, Strategy::Spread);
         assert!(d.placements.is_empty());
         apply_decision(&mut s, &d);
-        assert_eq!(s.vms["1"].scheduling.state, "pending");
+        assert_eq!(s.vms["1"].scheduling.state, SchedulingState::Pending);
         // The same reason is not proposed again.
         assert!(schedule(&s, Strategy::Spread).is_empty());
         s.nodes.insert("b".into(), node("b", 4, 4, &[]));
@@ -562,7 +562,7 @@ mod tests {
         assert_eq!(d.placements[0].node_id, "b");
         apply_decision(&mut s, &d);
         assert_eq!(s.vms["1"].node_id.as_deref(), Some("b"));
-        assert_eq!(s.vms["1"].scheduling.state, "scheduled");
+        assert_eq!(s.vms["1"].scheduling.state, SchedulingState::Scheduled);
     }
 
     proptest! {

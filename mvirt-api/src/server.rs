@@ -17,7 +17,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use crate::app::{hash_secret, new_id, now, random_secret, App};
-use crate::model::{ApiToken, Member};
+use crate::model::{ApiToken, Member, Role};
 use crate::raft::{self, HttpNetworkFactory, LogStore, Raft, Shared, StateMachine};
 use crate::rest::{self, JoinResponse};
 use crate::scheduler::Strategy;
@@ -168,7 +168,7 @@ async fn register_admin_token(app: &Arc<App>, secret: &str, shutdown: &mvirt_com
         let token = ApiToken {
             id: new_id(),
             name: format!("admin-{}", &hash[..8]),
-            role: "admin".into(),
+            role: Role::Admin,
             hash: hash.clone(),
             created_at: now(),
             revision: 0,

@@ -301,19 +301,7 @@ pub fn vm(spec: &VmSpec) -> Result<(), ApiError> {
             return Err(ApiError::invalid(format!("invalid hostname {h:?}")));
         }
     }
-    if let Some(b) = &spec.boot_mode {
-        if !["uefi", "direct_kernel"].contains(&b.as_str()) {
-            return Err(ApiError::invalid(format!(
-                "invalid boot_mode {b:?}: uefi or direct_kernel"
-            )));
-        }
-    }
-    if !["running", "stopped"].contains(&spec.desired_state.as_str()) {
-        return Err(ApiError::invalid(format!(
-            "invalid desired_state {:?}: running or stopped",
-            spec.desired_state
-        )));
-    }
+    // `boot_mode` and `desired_state` are enums: serde refuses any other value.
     unique_ids("volume", &spec.volume_ids)?;
     unique_ids("NIC", &spec.nic_ids)?;
     if let Some(u) = &spec.user_data {

@@ -12,8 +12,8 @@ use utoipa::ToSchema;
 
 use super::{ErrorEnvelope, JsonBody};
 use crate::app::{hash_secret, new_id, now, now_ms, random_secret, App};
-use crate::model::{ApiToken, JoinToken, Member};
-use crate::state::{ApiError, Command};
+use crate::model::{ApiToken, JoinToken, Member, Role};
+use crate::state::{ApiError, Command, ErrorCode};
 use crate::validate;
 
 /// A token as listed (never with its secret or hash).
@@ -21,7 +21,8 @@ use crate::validate;
 pub struct TokenView {
     pub id: String,
     pub name: String,
-    pub role: String,
+    #[schema(inline)]
+    pub role: Role,
     pub created_at: String,
     /// Only in the answer to the create call.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -33,7 +34,7 @@ impl TokenView {
         Self {
             id: t.id.clone(),
             name: t.name.clone(),
-            role: t.role.clone(),
+            role: t.role,
             created_at: t.created_at.clone(),
             token,
         }
@@ -66,14 +67,15 @@ pub async fn create_token(
     JsonBody(req, _): JsonBody<CreateTokenRequest>,
 ) -> Result<Response, ApiError> {
     validate::name("token name", &req.name)?;
-    if req.role != "admin" && req.role != "node" {
-        return Err(ApiError::invalid("role must be admin or node"));
-    }
+    let role: Role = req
+        .role
+        .parse()
+        .map_err(|()| ApiError::invalid("role must be admin or node"))?;
     let secret = random_secret();
     let token = ApiToken {
         id: new_id(),
         name: req.name,
-        role: req.role,
+        role,
         hash: hash_secret(&secret),
         created_at: now(),
         revision: 0,
@@ -301,7 +303,7 @@ pub async fn join(
         .map(|(id, _)| *id);
     if let Some(id) = taken {
         return Err(ApiError::new(
-            "conflict",
+            ErrorCode::Conflict,
             format!("member {id} already has this api_url or raft_addr"),
         ));
     }

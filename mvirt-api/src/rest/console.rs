@@ -20,7 +20,7 @@ use super::resources::{query, resolve, ProjectQuery};
 use crate::app::App;
 use crate::model::Kind;
 use crate::proto::{node_agent_client::NodeAgentClient, ConsoleFrame};
-use crate::state::ApiError;
+use crate::state::{ApiError, ErrorCode};
 
 /// Where a VM's console is: (vm id, endpoint, secret).
 fn target(
@@ -70,7 +70,7 @@ pub async fn vm_console(
         .await
         .map_err(|e| {
             ApiError::new(
-                "unavailable",
+                ErrorCode::Unavailable,
                 format!("console relay at {endpoint} unreachable: {e}"),
             )
         })?;

@@ -16,10 +16,10 @@ use utoipa::ToSchema;
 
 use super::ErrorEnvelope;
 use crate::app::App;
-use crate::model::Kind;
+use crate::model::{Kind, NodeState};
 use crate::proto::node_agent_client::NodeAgentClient;
 use crate::proto::GetHostRequest;
-use crate::state::ApiError;
+use crate::state::{ApiError, ErrorCode};
 
 /// A node's host, as its agent reads it now.
 #[derive(Debug, Serialize, ToSchema)]
@@ -72,7 +72,7 @@ pub async fn get_host(
             .nodes
             .get(&node_id)
             .ok_or_else(|| ApiError::not_found(Kind::Node, &node_id))?;
-        if node.status.state != "online" {
+        if node.status.state != NodeState::Online {
             return Err(ApiError::conflict(format!(
                 "node {} is {}",
                 node.meta.name, node.status.state
@@ -90,7 +90,7 @@ pub async fn get_host(
             node.console_secret.clone(),
         )
     };
-    let unavailable = |e: String| ApiError::new("unavailable", e);
+    let unavailable = |e: String| ApiError::new(ErrorCode::Unavailable, e);
     let mut client = NodeAgentClient::connect(endpoint.clone())
         .await
         .map_err(|e| unavailable(format!("node agent at {endpoint} unreachable: {e}")))?;

@@ -17,7 +17,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::resources::query;
 use crate::app::App;
-use crate::state::ApiError;
+use crate::state::{ApiError, ErrorCode};
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -80,8 +80,8 @@ fn view(e: LogEntry) -> LogEntryView {
 /// anything else means the log is not there (503).
 fn query_failed(s: tonic::Status) -> ApiError {
     let code = match s.code() {
-        tonic::Code::InvalidArgument | tonic::Code::OutOfRange => "invalid_argument",
-        _ => "unavailable",
+        tonic::Code::InvalidArgument | tonic::Code::OutOfRange => ErrorCode::InvalidArgument,
+        _ => ErrorCode::Unavailable,
     };
     ApiError::new(code, format!("mvirt-log query failed: {}", s.message()))
 }
@@ -140,13 +140,18 @@ pub async fn logs(
     let req = request(&q)?;
     if app.log_endpoint.is_empty() {
         return Err(ApiError::new(
-            "unavailable",
+            ErrorCode::Unavailable,
             "no mvirt-log endpoint configured (--log-endpoint)",
         ));
     }
     let mut client = LogServiceClient::connect(app.log_endpoint.clone())
         .await
-        .map_err(|e| ApiError::new("unavailable", format!("mvirt-log unreachable: {e}")))?;
+        .map_err(|e| {
+            ApiError::new(
+                ErrorCode::Unavailable,
+                format!("mvirt-log unreachable: {e}"),
+            )
+        })?;
     let mut stream = client.query(req).await.map_err(query_failed)?.into_inner();
     if !q.follow {
         let mut page = LogPage {

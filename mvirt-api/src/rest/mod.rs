@@ -43,7 +43,7 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::app::{hash_secret, App};
 use crate::model::*;
-use crate::state::ApiError;
+use crate::state::{ApiError, ErrorCode};
 
 /// Request bodies above this are refused with 413.
 pub const BODY_LIMIT: usize = 1024 * 1024;
@@ -95,14 +95,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
             .to_string();
         if !ct.starts_with("application/json") {
             return Err(ApiError::new(
-                "unsupported_media_type",
+                ErrorCode::UnsupportedMediaType,
                 format!("expected application/json, got {ct}"),
             ));
         }
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::new(
-                    "payload_too_large",
+                    ErrorCode::PayloadTooLarge,
                     format!("request body exceeds {BODY_LIMIT} bytes"),
                 )
             } else {
@@ -375,11 +375,11 @@ async fn auth(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Resp
             .tokens
             .values()
             .find(|t| t.hash == hash)
-            .map(|t| (t.id.clone(), t.role.clone()))
+            .map(|t| (t.id.clone(), t.role))
     };
     match found {
         None => ApiError::unauthenticated("unknown or revoked token").into_response(),
-        Some((_, role)) if role != "admin" => {
+        Some((_, role)) if role != Role::Admin => {
             ApiError::forbidden("this token may only be used by node agents on NodeService")
                 .into_response()
         }
@@ -425,7 +425,7 @@ async fn health(State(app): State<Arc<App>>) -> Json<Value> {
 }
 
 async fn not_found_fallback() -> ApiError {
-    ApiError::new("not_found", "no such endpoint")
+    ApiError::new(ErrorCode::NotFound, "no such endpoint")
 }
 
 #[derive(OpenApi)]

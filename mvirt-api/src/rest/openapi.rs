@@ -30,6 +30,7 @@ pub fn document() -> &'static Value {
     DOC.get_or_init(|| {
         let mut doc = serde_json::to_value(super::ApiDoc::openapi()).unwrap_or(Value::Null);
         add_shared_responses(&mut doc);
+        flatten_string_enums(&mut doc);
         add_request_rules(&mut doc);
         add_cross_field_rules(&mut doc);
         fix_details(&mut doc);
@@ -424,6 +425,49 @@ fn constrain(object: &mut Value, property: &str, rule: &Value) {
                 schema.insert(k.clone(), v.clone());
             }
         }
+    }
+}
+
+/// A field whose type is one of the model's string enums is, as utoipa inlines it, a `oneOf`
+/// of that enum (and `null` when optional); written plainly it is a string (or null) with an
+/// `enum` of its values, as the request rules and every client expect.
+fn flatten_string_enums(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            let flat = map
+                .get("oneOf")
+                .and_then(Value::as_array)
+                .and_then(|members| {
+                    let nullable = members.iter().any(|m| *m == json!({"type": "null"}));
+                    let enums: Vec<&Value> = members
+                        .iter()
+                        .filter(|m| **m != json!({"type": "null"}))
+                        .collect();
+                    match enums.as_slice() {
+                        [e] if e.get("type") == Some(&json!("string")) => {
+                            let mut values = e.get("enum")?.as_array()?.clone();
+                            if nullable {
+                                values.push(Value::Null);
+                            }
+                            Some((nullable, values))
+                        }
+                        _ => None,
+                    }
+                });
+            if let Some((nullable, values)) = flat {
+                map.remove("oneOf");
+                let ty = if nullable {
+                    json!(["string", "null"])
+                } else {
+                    json!("string")
+                };
+                map.insert("type".into(), ty);
+                map.insert("enum".into(), Value::Array(values));
+            }
+            map.values_mut().for_each(flatten_string_enums);
+        }
+        Value::Array(items) => items.iter_mut().for_each(flatten_string_enums),
+        _ => {}
     }
 }
 

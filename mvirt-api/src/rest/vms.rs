@@ -13,7 +13,7 @@ use super::object_response;
 use super::resources::{crud, query, resolve};
 use crate::app::{new_id, now, App};
 use crate::model::*;
-use crate::state::{ApiError, Command};
+use crate::state::{ApiError, Command, ErrorCode};
 use crate::validate;
 
 crud!(
@@ -87,7 +87,7 @@ fn build_vm(meta: Meta, mut spec: VmSpec) -> Result<Command, ApiError> {
             node_id: None,
             node_state: None,
             scheduling: Scheduling::default(),
-            stop_mode: "graceful".into(),
+            stop_mode: StopMode::Graceful,
             restart_generation: 0,
         },
         owned_volumes,
@@ -103,12 +103,12 @@ pub async fn vm_action(
     Path((id, action)): Path<(String, String)>,
     q: Result<Query<ProjectQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    if !["start", "stop", "kill", "restart"].contains(&action.as_str()) {
+    let Ok(action) = action.parse::<VmAction>() else {
         return Err(ApiError::new(
-            "not_found",
+            ErrorCode::NotFound,
             format!("unknown VM action {action:?}: start, stop, kill or restart"),
         ));
-    }
+    };
     let q = query(q)?;
     let id = resolve(&app.shared.read(), Kind::Vm, &id, q.project.as_deref())?;
     let (_, value) = app

@@ -91,7 +91,7 @@ pub enum Command {
     },
     VmAction {
         id: String,
-        action: String,
+        action: VmAction,
         now: String,
     },
     ResizeVolume {
@@ -140,7 +140,7 @@ pub enum Command {
     },
     SetNodeState {
         id: String,
-        state: String,
+        state: NodeState,
         capacity: Option<Capacity>,
         now: String,
     },

@@ -1,24 +1,106 @@
 //! The error every layer of the control plane returns, and how it maps to HTTP and gRPC.
+//!
+//! An [`ApiError`] carries an [`ErrorCode`]: the REST `code` string of the error envelope
+//! (`{"error":{"code","message","details"}}`). Each code belongs to one of the workspace's
+//! [`ErrorKind`]s, which gives its gRPC code; the HTTP status is the kind's, except for the
+//! few codes only REST has (412, 413, 415). Errors are matched by code, never by message.
 
+use mvirt_common::error::{ErrorKind, HasErrorKind};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::model::Kind;
 
+/// What went wrong, as the `code` of the REST error envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    InvalidArgument,
+    Unauthenticated,
+    PermissionDenied,
+    NotFound,
+    AlreadyExists,
+    /// In use, or in the wrong state; `details` names what is in the way.
+    Conflict,
+    /// `If-Match` names another revision.
+    PreconditionFailed,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    /// No Raft leader is elected or reachable right now.
+    NoLeader,
+    Unavailable,
+    NotImplemented,
+    Internal,
+}
+
+impl ErrorCode {
+    /// The code as it appears in the JSON envelope.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidArgument => "invalid_argument",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::PermissionDenied => "permission_denied",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::AlreadyExists => "already_exists",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::PreconditionFailed => "precondition_failed",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::NoLeader => "no_leader",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::NotImplemented => "not_implemented",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// The class of failure this code belongs to.
+    pub fn kind(self) -> ErrorKind {
+        match self {
+            ErrorCode::InvalidArgument
+            | ErrorCode::PayloadTooLarge
+            | ErrorCode::UnsupportedMediaType => ErrorKind::InvalidArgument,
+            ErrorCode::Unauthenticated => ErrorKind::Unauthenticated,
+            ErrorCode::PermissionDenied => ErrorKind::PermissionDenied,
+            ErrorCode::NotFound => ErrorKind::NotFound,
+            ErrorCode::AlreadyExists => ErrorKind::AlreadyExists,
+            ErrorCode::Conflict | ErrorCode::PreconditionFailed => ErrorKind::FailedPrecondition,
+            ErrorCode::NoLeader | ErrorCode::Unavailable => ErrorKind::Unavailable,
+            ErrorCode::NotImplemented => ErrorKind::Unimplemented,
+            ErrorCode::Internal => ErrorKind::Internal,
+        }
+    }
+
+    /// The HTTP status of this code.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::PreconditionFailed => 412,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::UnsupportedMediaType => 415,
+            other => other.kind().http_status(),
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The error every layer returns to REST/gRPC clients: `{"code","message","details"}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct ApiError {
-    pub code: String,
+    pub code: ErrorCode,
     pub message: String,
     #[serde(default)]
     pub details: Value,
 }
 
 impl ApiError {
-    pub fn new(code: &str, message: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
-            code: code.into(),
+            code,
             message: message.into(),
             details: Value::Null,
         }
@@ -28,71 +110,86 @@ impl ApiError {
         self
     }
     pub fn invalid(message: impl Into<String>) -> Self {
-        Self::new("invalid_argument", message)
+        Self::new(ErrorCode::InvalidArgument, message)
     }
     pub fn not_found(kind: Kind, id: &str) -> Self {
-        Self::new("not_found", format!("{} {id} not found", kind.as_str()))
-            .with_details(json!({"kind": kind.as_str(), "id": id}))
+        Self::new(
+            ErrorCode::NotFound,
+            format!("{} {id} not found", kind.as_str()),
+        )
+        .with_details(json!({"kind": kind.as_str(), "id": id}))
     }
     pub fn conflict(message: impl Into<String>) -> Self {
-        Self::new("conflict", message)
+        Self::new(ErrorCode::Conflict, message)
     }
     pub fn exists(message: impl Into<String>) -> Self {
-        Self::new("already_exists", message)
+        Self::new(ErrorCode::AlreadyExists, message)
     }
     pub fn precondition(expected: u64, actual: u64) -> Self {
         Self::new(
-            "precondition_failed",
+            ErrorCode::PreconditionFailed,
             format!("If-Match revision {expected} does not match current revision {actual}"),
         )
         .with_details(json!({"expected": expected, "actual": actual}))
     }
     pub fn no_leader(message: impl Into<String>) -> Self {
-        Self::new("no_leader", message)
+        Self::new(ErrorCode::NoLeader, message)
+    }
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Unavailable, message)
     }
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::new("internal", message)
+        Self::new(ErrorCode::Internal, message)
     }
     pub fn unauthenticated(message: impl Into<String>) -> Self {
-        Self::new("unauthenticated", message)
+        Self::new(ErrorCode::Unauthenticated, message)
     }
     pub fn forbidden(message: impl Into<String>) -> Self {
-        Self::new("permission_denied", message)
+        Self::new(ErrorCode::PermissionDenied, message)
     }
 
-    /// The HTTP status for this error code.
+    /// The HTTP status for this error.
     pub fn http_status(&self) -> u16 {
-        match self.code.as_str() {
-            "invalid_argument" => 400,
-            "unauthenticated" => 401,
-            "permission_denied" => 403,
-            "not_found" => 404,
-            "already_exists" | "conflict" => 409,
-            "precondition_failed" => 412,
-            "payload_too_large" => 413,
-            "unsupported_media_type" => 415,
-            "no_leader" | "unavailable" => 503,
-            "not_implemented" => 501,
-            _ => 500,
-        }
+        self.code.http_status()
     }
 
     pub fn grpc_code(&self) -> tonic::Code {
-        match self.code.as_str() {
-            "invalid_argument" | "payload_too_large" => tonic::Code::InvalidArgument,
-            "unauthenticated" => tonic::Code::Unauthenticated,
-            "permission_denied" => tonic::Code::PermissionDenied,
-            "not_found" => tonic::Code::NotFound,
-            "already_exists" => tonic::Code::AlreadyExists,
-            "conflict" | "precondition_failed" => tonic::Code::FailedPrecondition,
-            "no_leader" | "unavailable" => tonic::Code::Unavailable,
-            _ => tonic::Code::Internal,
-        }
+        self.code.kind().grpc_code()
+    }
+}
+
+impl HasErrorKind for ApiError {
+    fn kind(&self) -> ErrorKind {
+        self.code.kind()
     }
 }
 
 impl From<ApiError> for tonic::Status {
     fn from(err: ApiError) -> Self {
         tonic::Status::new(err.grpc_code(), err.message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_envelope_code_and_statuses_follow_the_error_code() {
+        let err = ApiError::precondition(1, 2);
+        assert_eq!(
+            serde_json::to_value(&err).unwrap()["code"],
+            "precondition_failed"
+        );
+        assert_eq!(err.http_status(), 412);
+        assert_eq!(err.grpc_code(), tonic::Code::FailedPrecondition);
+        assert_eq!(ApiError::conflict("x").http_status(), 409);
+        assert_eq!(
+            ApiError::no_leader("x").grpc_code(),
+            tonic::Code::Unavailable
+        );
+        let back: ApiError = serde_json::from_str(r#"{"code":"not_found","message":"m"}"#).unwrap();
+        assert_eq!(back.code, ErrorCode::NotFound);
+        assert_eq!(back.to_string(), "not_found: m");
     }
 }

@@ -48,7 +48,7 @@ pub use command::{
     Command, Idempotency, IdempotencyRecord, Placement, Proposal, SnapshotReport, Spec,
     StatusReport, Update,
 };
-pub use error::ApiError;
+pub use error::{ApiError, ErrorCode};
 
 use names::NameIndex;
 
@@ -417,7 +417,7 @@ impl State {
                 force,
             } => with_resource!(*kind, R => self.delete::<R>(at, id, *if_match, *force),
                 _ => Err(ApiError::not_found(*kind, id))),
-            Command::VmAction { id, action, now } => self.vm_action(at, id, action, now),
+            Command::VmAction { id, action, now } => self.vm_action(at, id, *action, now),
             Command::ResizeVolume {
                 id,
                 size_bytes,
@@ -460,7 +460,7 @@ impl State {
                 state,
                 capacity,
                 now,
-            } => self.set_node_state(at, id, state, capacity.as_ref(), now),
+            } => self.set_node_state(at, id, *state, capacity.as_ref(), now),
             Command::UpdateStatuses {
                 node_id,
                 reports,
@@ -521,10 +521,7 @@ impl State {
 
     /// Updates labels and/or the spec of object `u.id` of kind `R`.
     fn update<R: Resource>(&mut self, at: u64, u: &Update, spec: Option<R::Spec>) -> Applied {
-        let meta = R::map(self)
-            .get(&u.id)
-            .ok_or_else(|| ApiError::not_found(R::KIND, &u.id))?;
-        check_if_match(u.if_match, meta.meta().revision)?;
+        check_if_match(u.if_match, self.get::<R>(&u.id)?.meta().revision)?;
         let (spec_changed, mut changes) = match spec {
             None => (false, Vec::new()),
             Some(spec) => R::update_spec(self, at, &u.id, spec)?,
@@ -550,16 +547,26 @@ impl State {
         if_match: Option<u64>,
         force: bool,
     ) -> Applied {
-        let meta = R::map(self)
-            .get(id)
-            .ok_or_else(|| ApiError::not_found(R::KIND, id))?
-            .meta()
-            .clone();
+        let meta = self.get::<R>(id)?.meta().clone();
         check_if_match(if_match, meta.revision)?;
         let mut changes = R::delete(self, at, id, force)?;
         self.counters.last_removal_revision = at;
         changes.push(State::removed(R::KIND, id, &meta.project));
         Ok((Json::null(), changes))
+    }
+
+    /// Object `id` of kind `T`, or `not_found`.
+    fn get<T: Stored>(&self, id: &str) -> Result<&T, ApiError> {
+        T::map(self)
+            .get(id)
+            .ok_or_else(|| ApiError::not_found(T::KIND, id))
+    }
+
+    /// Object `id` of kind `T` to change, or `not_found`.
+    fn get_mut<T: Stored>(&mut self, id: &str) -> Result<&mut T, ApiError> {
+        T::map_mut(self)
+            .get_mut(id)
+            .ok_or_else(|| ApiError::not_found(T::KIND, id))
     }
 
     fn same_or_exists(&self, kind: Kind, id: &str) -> Applied {

@@ -82,3 +82,50 @@ fn tunnel_key_for(s: &State, network: &Network) -> Result<u32, ApiError> {
             .ok_or_else(|| ApiError::conflict("every tunnel key (VXLAN VNI) is in use")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::*;
+    use super::super::*;
+
+    fn update(spec: NetworkSpec) -> Proposal {
+        p(Command::Update(Update {
+            kind: Kind::Network,
+            id: "n1".into(),
+            if_match: None,
+            labels: None,
+            spec: Some(Spec::Network(spec)),
+            now: "t1".into(),
+        }))
+    }
+
+    #[test]
+    fn prefixes_stay_and_a_network_with_nics_goes_only_with_force() {
+        let mut s = State::initial();
+        s.apply(1, &network("n1", "net")).0.result.unwrap();
+        s.apply(2, &nic("c1", "a", "n1")).0.result.unwrap();
+        let moved = NetworkSpec {
+            ipv4_prefix: Some("10.9.0.0/24".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            s.apply(3, &update(moved)).0.result.unwrap_err().code,
+            ErrorCode::InvalidArgument
+        );
+        let delete = |force| {
+            p(Command::Delete {
+                kind: Kind::Network,
+                id: "n1".into(),
+                if_match: None,
+                force,
+            })
+        };
+        assert_eq!(
+            s.apply(4, &delete(false)).0.result.unwrap_err().code,
+            ErrorCode::Conflict
+        );
+        let (_, changes) = s.apply(5, &delete(true));
+        assert!(s.networks.is_empty() && s.nics.is_empty());
+        assert_eq!(changes.len(), 2, "the NIC and the network: {changes:?}");
+    }
+}

@@ -81,10 +81,7 @@ impl State {
         extra_macs: &BTreeSet<String>,
         extra_ips: &BTreeSet<IpAddr>,
     ) -> Result<(), ApiError> {
-        let network = self
-            .networks
-            .get(&nic.spec.network_id)
-            .ok_or_else(|| ApiError::not_found(Kind::Network, &nic.spec.network_id))?;
+        let network = self.get::<Network>(&nic.spec.network_id)?;
         if network.meta.project != nic.meta.project {
             return Err(ApiError::invalid(format!(
                 "network {} is in project {}, not {}",
@@ -92,10 +89,7 @@ impl State {
             )));
         }
         for sg in &nic.spec.security_group_ids {
-            let group = self
-                .security_groups
-                .get(sg)
-                .ok_or_else(|| ApiError::not_found(Kind::SecurityGroup, sg))?;
+            let group = self.get::<SecurityGroup>(sg)?;
             if group.meta.project != nic.meta.project {
                 return Err(ApiError::invalid(format!(
                     "security group {sg} is in another project"
@@ -179,5 +173,46 @@ impl State {
         }
         self.counters.last_removal_revision = index;
         changes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::*;
+    use super::super::*;
+
+    #[test]
+    fn addresses_are_allocated_once_and_a_taken_mac_is_refused() {
+        let mut s = State::initial();
+        s.apply(1, &network("n1", "net")).0.result.unwrap();
+        s.apply(2, &nic("c1", "a", "n1")).0.result.unwrap();
+        let first = s.nics["c1"].spec.clone();
+        assert_eq!(first.ipv4_address.as_deref(), Some("10.0.0.1"));
+        let mut twin = nic("c2", "b", "n1");
+        if let Command::CreateNic { nic } = &mut twin.command {
+            nic.spec.mac_address = first.mac_address.clone();
+        }
+        assert_eq!(
+            s.apply(3, &twin).0.result.unwrap_err().code,
+            ErrorCode::Conflict
+        );
+        let readdress = Update {
+            kind: Kind::Nic,
+            id: "c1".into(),
+            if_match: None,
+            labels: None,
+            spec: Some(Spec::Nic(NicSpec {
+                ipv4_address: Some("10.0.0.9".into()),
+                ..first.clone()
+            })),
+            now: "t1".into(),
+        };
+        let err = s
+            .apply(4, &p(Command::Update(readdress)))
+            .0
+            .result
+            .unwrap_err();
+        assert_eq!(err.message, "ipv4_address cannot change");
+        assert_eq!(s.nics["c1"].spec, first);
     }
 }

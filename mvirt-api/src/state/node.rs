@@ -62,8 +62,8 @@ impl State {
             updated.status.agent_version = node.status.agent_version.clone();
             updated.status.console_endpoint = node.status.console_endpoint.clone();
             updated.console_secret = node.console_secret.clone();
-            if updated.status.state != "online" {
-                updated.status.state = "online".into();
+            if updated.status.state != NodeState::Online {
+                updated.status.state = NodeState::Online;
                 updated.status.last_state_change_at = Some(node.meta.updated_at.clone());
             }
             if updated == *existing {
@@ -85,18 +85,15 @@ impl State {
         &mut self,
         index: u64,
         id: &str,
-        state: &str,
+        state: NodeState,
         capacity: Option<&Capacity>,
         now: &str,
     ) -> Applied {
-        let node = self
-            .nodes
-            .get_mut(id)
-            .ok_or_else(|| ApiError::not_found(Kind::Node, id))?;
+        let node = self.get_mut::<Node>(id)?;
         let mut changed = false;
         let mut state_changed = false;
         if node.status.state != state {
-            node.status.state = state.to_string();
+            node.status.state = state;
             node.status.last_state_change_at = Some(now.to_string());
             changed = true;
             state_changed = true;
@@ -125,7 +122,7 @@ impl State {
                 .collect();
             for vm_id in vm_ids {
                 if let Some(vm) = self.vms.get_mut(&vm_id) {
-                    vm.node_state = Some(state.to_string());
+                    vm.node_state = Some(state);
                     vm.meta.revision = index;
                     vm.meta.updated_at = now.to_string();
                 }
@@ -133,5 +130,81 @@ impl State {
             }
         }
         Ok((value, changes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::*;
+    use super::super::*;
+
+    fn node(id: &str, name: &str) -> Node {
+        Node {
+            meta: meta(id, name),
+            spec: NodeSpec { schedulable: true },
+            status: NodeStatus {
+                state: NodeState::Online,
+                address: "10.0.0.1".into(),
+                capacity: Capacity::default(),
+                agent_version: "1".into(),
+                last_state_change_at: None,
+                console_endpoint: String::new(),
+            },
+            allocated: Capacity::default(),
+            console_secret: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_node_re_registers_under_its_id_and_is_deleted_only_when_empty() {
+        let mut s = State::initial();
+        s.apply(
+            1,
+            &p(Command::RegisterNode {
+                node: node("a", "alpha"),
+            }),
+        )
+        .0
+        .result
+        .unwrap();
+        let taken = s.apply(
+            2,
+            &p(Command::RegisterNode {
+                node: node("b", "alpha"),
+            }),
+        );
+        assert_eq!(taken.0.result.unwrap_err().code, ErrorCode::AlreadyExists);
+        // Offline, then back by re-registering: online again, same id.
+        let offline = Command::SetNodeState {
+            id: "a".into(),
+            state: NodeState::Offline,
+            capacity: None,
+            now: "t1".into(),
+        };
+        s.apply(3, &p(offline)).0.result.unwrap();
+        assert_eq!(s.nodes["a"].status.state, NodeState::Offline);
+        s.apply(
+            4,
+            &p(Command::RegisterNode {
+                node: node("a", "alpha"),
+            }),
+        )
+        .0
+        .result
+        .unwrap();
+        assert_eq!(s.nodes["a"].status.state, NodeState::Online);
+        let mut vol = volume("v1", "data");
+        if let Command::CreateVolume { volume } = &mut vol.command {
+            volume.spec.node_id = Some("a".into());
+        }
+        s.apply(5, &vol).0.result.unwrap();
+        let delete = Command::Delete {
+            kind: Kind::Node,
+            id: "a".into(),
+            if_match: None,
+            force: false,
+        };
+        let err = s.apply(6, &p(delete)).0.result.unwrap_err();
+        assert_eq!(err.details["in_use_by"][0], "volume/v1");
     }
 }

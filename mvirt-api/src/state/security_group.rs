@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use super::{in_use, stamp, ApiError, Applied, Removed, Resource, SpecChanged, State};
+use super::{in_use, stamp, ApiError, Applied, ErrorCode, Removed, Resource, SpecChanged, State};
 use crate::model::*;
 
 impl Resource for SecurityGroup {
@@ -78,17 +78,11 @@ impl State {
         rule: &SecurityGroupRule,
         now: &str,
     ) -> Applied {
-        let sg = self
-            .security_groups
-            .get(security_group_id)
-            .ok_or_else(|| ApiError::not_found(Kind::SecurityGroup, security_group_id))?;
+        let sg = self.get::<SecurityGroup>(security_group_id)?;
         let mut rules = sg.spec.rules.clone();
         rules.push(rule.clone());
         self.check_rules(security_group_id, &rules)?;
-        let sg = self
-            .security_groups
-            .get_mut(security_group_id)
-            .ok_or_else(|| ApiError::not_found(Kind::SecurityGroup, security_group_id))?;
+        let sg = self.get_mut::<SecurityGroup>(security_group_id)?;
         sg.spec.rules = rules;
         stamp(&mut sg.meta, index, now, true);
         let change = self.change(Kind::SecurityGroup, security_group_id, "updated");
@@ -103,19 +97,75 @@ impl State {
         rule_id: &str,
         now: &str,
     ) -> Applied {
-        let sg = self
-            .security_groups
-            .get_mut(security_group_id)
-            .ok_or_else(|| ApiError::not_found(Kind::SecurityGroup, security_group_id))?;
+        let sg = self.get_mut::<SecurityGroup>(security_group_id)?;
         let before = sg.spec.rules.len();
         sg.spec.rules.retain(|r| r.id.as_deref() != Some(rule_id));
         if sg.spec.rules.len() == before {
             return Err(ApiError::new(
-                "not_found",
+                ErrorCode::NotFound,
                 format!("rule {rule_id} not found in security group {security_group_id}"),
             ));
         }
         stamp(&mut sg.meta, index, now, true);
         self.updated(Kind::SecurityGroup, security_group_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::*;
+    use super::super::*;
+
+    fn group(id: &str, name: &str, remote: Option<&str>) -> Proposal {
+        let rule = SecurityGroupRule {
+            id: Some(format!("{id}-r")),
+            direction: "ingress".into(),
+            protocol: "any".into(),
+            port_min: 0,
+            port_max: 0,
+            cidr: None,
+            remote_group_id: remote.map(String::from),
+            description: String::new(),
+        };
+        p(Command::CreateSecurityGroup {
+            security_group: SecurityGroup {
+                meta: meta(id, name),
+                spec: SecurityGroupSpec { rules: vec![rule] },
+                status: Status::default(),
+            },
+        })
+    }
+
+    #[test]
+    fn remote_groups_must_exist_and_a_named_group_is_not_deleted() {
+        let mut s = State::initial();
+        let missing = s
+            .apply(1, &group("g1", "web", Some("nope")))
+            .0
+            .result
+            .unwrap_err();
+        assert_eq!(missing.code, ErrorCode::NotFound);
+        s.apply(2, &group("g1", "web", Some("g1")))
+            .0
+            .result
+            .unwrap();
+        s.apply(3, &group("g2", "db", Some("g1"))).0.result.unwrap();
+        let delete = Command::Delete {
+            kind: Kind::SecurityGroup,
+            id: "g1".into(),
+            if_match: None,
+            force: false,
+        };
+        let err = s.apply(4, &p(delete)).0.result.unwrap_err();
+        assert_eq!(err.details["in_use_by"][0], "security_group/g2");
+        let drop_rule = Command::DeleteRule {
+            security_group_id: "g2".into(),
+            rule_id: "nope".into(),
+            now: "t1".into(),
+        };
+        assert_eq!(
+            s.apply(5, &p(drop_rule)).0.result.unwrap_err().code,
+            ErrorCode::NotFound
+        );
     }
 }

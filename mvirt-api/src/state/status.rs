@@ -164,16 +164,16 @@ pub(super) fn aggregate_node_reports(
     nodes: BTreeMap<String, PerNodeStatus>,
     observed_revision: u64,
 ) -> Status {
-    fn rank(phase: &str) -> u8 {
+    fn rank(phase: Phase) -> u8 {
         match phase {
-            "failed" => 0,
-            "ready" | "running" => 2,
+            Phase::Failed => 0,
+            Phase::Ready | Phase::Running => 2,
             _ => 1,
         }
     }
     let worst = nodes
         .iter()
-        .min_by_key(|(id, n)| (rank(&n.phase), id.as_str()))
+        .min_by_key(|(id, n)| (rank(n.phase), id.as_str()))
         .map(|(id, n)| (id.clone(), n.clone()));
     let Some((worst_id, worst)) = worst else {
         return Status::default();
@@ -188,7 +188,7 @@ pub(super) fn aggregate_node_reports(
     // ready copy on another).
     let ready: Vec<&str> = nodes
         .iter()
-        .filter(|(_, n)| rank(&n.phase) == 2)
+        .filter(|(_, n)| rank(n.phase) == 2)
         .map(|(id, _)| id.as_str())
         .collect();
     let mut conditions = Vec::new();
@@ -205,7 +205,7 @@ pub(super) fn aggregate_node_reports(
         });
     }
     Status {
-        phase: worst.phase.clone(),
+        phase: worst.phase,
         message,
         conditions,
         node_id: Some(worst_id),

@@ -34,12 +34,9 @@ impl Resource for Template {
 impl State {
     /// Stops a template's imports on every node (copies already imported stay).
     pub(super) fn cancel_import(&mut self, index: u64, id: &str, now: &str) -> Applied {
-        let t = self
-            .templates
-            .get_mut(id)
-            .ok_or_else(|| ApiError::not_found(Kind::Template, id))?;
+        let t = self.get_mut::<Template>(id)?;
         let everywhere_ready =
-            !t.status.nodes.is_empty() && t.status.nodes.values().all(|n| n.phase == "ready");
+            !t.status.nodes.is_empty() && t.status.nodes.values().all(|n| n.phase == Phase::Ready);
         if t.spec.source_snapshot.is_some() || everywhere_ready {
             return Err(ApiError::conflict(format!(
                 "template {} has no import to cancel",
@@ -77,5 +74,64 @@ impl State {
             snapshot_id: snapshot_id.to_string(),
         });
         self.create(index, &template)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::*;
+    use super::super::*;
+
+    fn template(id: &str, name: &str) -> Proposal {
+        p(Command::CreateTemplate {
+            template: Template {
+                meta: meta(id, name),
+                spec: TemplateSpec {
+                    source_url: "file:///image.raw".into(),
+                    ..Default::default()
+                },
+                status: Status::default(),
+                node_id: None,
+                import_cancelled: false,
+            },
+        })
+    }
+
+    #[test]
+    fn a_template_with_clones_stays_and_an_import_is_cancelled_once_begun() {
+        let mut s = State::initial();
+        s.apply(1, &template("t1", "base")).0.result.unwrap();
+        let mut clone = volume("v1", "disk");
+        if let Command::CreateVolume { volume } = &mut clone.command {
+            volume.spec.template_id = Some("t1".into());
+        }
+        s.apply(2, &clone).0.result.unwrap();
+        let delete = Command::Delete {
+            kind: Kind::Template,
+            id: "t1".into(),
+            if_match: None,
+            force: false,
+        };
+        let err = s.apply(3, &p(delete)).0.result.unwrap_err();
+        assert_eq!(err.details["in_use_by"][0], "volume/v1");
+        let cancel = || {
+            p(Command::CancelImport {
+                id: "t1".into(),
+                now: "t1".into(),
+            })
+        };
+        s.apply(4, &cancel()).0.result.unwrap();
+        assert!(s.templates["t1"].import_cancelled);
+        s.templates.get_mut("t1").unwrap().status.nodes.insert(
+            "a".into(),
+            PerNodeStatus {
+                phase: Phase::Ready,
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            s.apply(5, &cancel()).0.result.unwrap_err().code,
+            ErrorCode::Conflict
+        );
     }
 }

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::status::aggregate_node_reports;
 use super::*;
 
-pub(super) fn meta(id: &str, name: &str) -> Meta {
+pub(crate) fn meta(id: &str, name: &str) -> Meta {
     Meta {
         id: id.into(),
         name: name.into(),
@@ -18,14 +18,14 @@ pub(super) fn meta(id: &str, name: &str) -> Meta {
     }
 }
 
-pub(super) fn p(command: Command) -> Proposal {
+pub(crate) fn p(command: Command) -> Proposal {
     Proposal {
         command,
         idempotency: None,
     }
 }
 
-pub(super) fn network(id: &str, name: &str) -> Proposal {
+pub(crate) fn network(id: &str, name: &str) -> Proposal {
     p(Command::CreateNetwork {
         network: Network {
             meta: meta(id, name),
@@ -38,7 +38,7 @@ pub(super) fn network(id: &str, name: &str) -> Proposal {
     })
 }
 
-pub(super) fn nic(id: &str, name: &str, net: &str) -> Proposal {
+pub(crate) fn nic(id: &str, name: &str, net: &str) -> Proposal {
     p(Command::CreateNic {
         nic: Nic {
             meta: meta(id, name),
@@ -164,7 +164,7 @@ fn tunnel_keys_are_allocated_unique_fixed_and_survive_snapshots_and_loads() {
     assert_eq!(key(&loaded, "n50"), Some(k50));
 }
 
-pub(super) fn volume(id: &str, name: &str) -> Proposal {
+pub(crate) fn volume(id: &str, name: &str) -> Proposal {
     p(Command::CreateVolume {
         volume: Volume {
             meta: meta(id, name),
@@ -219,7 +219,7 @@ fn rollbacks_need_a_ready_snapshot_drop_newer_ones_and_count_generations() {
             .find(|x| x.id == sid)
             .unwrap()
             .status
-            .phase = "ready".into();
+            .phase = Phase::Ready;
     }
     s.apply(5, &rollback("s1")).0.result.unwrap();
     let v = &s.volumes["v1"];
@@ -239,7 +239,7 @@ fn rollbacks_need_a_ready_snapshot_drop_newer_ones_and_count_generations() {
 
     // Promotion: the template lives on the volume's node; clones are pinned there.
     s.apply(9, &snapshot("v1", "s3", "three")).0.result.unwrap();
-    s.volumes.get_mut("v1").unwrap().snapshots[0].status.phase = "ready".into();
+    s.volumes.get_mut("v1").unwrap().snapshots[0].status.phase = Phase::Ready;
     let promote = p(Command::PromoteSnapshot {
         volume_id: "v1".into(),
         snapshot_id: "s3".into(),
@@ -264,7 +264,7 @@ fn rollbacks_need_a_ready_snapshot_drop_newer_ones_and_count_generations() {
 #[test]
 fn a_failed_node_never_hides_the_ready_copy_of_another() {
     let node = |phase: &str, message: &str| PerNodeStatus {
-        phase: phase.into(),
+        phase: phase.parse().unwrap(),
         message: message.into(),
         ..Default::default()
     };
@@ -273,9 +273,9 @@ fn a_failed_node_never_hides_the_ready_copy_of_another() {
         ("b".to_string(), node("failed", "checksum mismatch")),
     ]);
     let s = aggregate_node_reports(nodes, 7);
-    assert_eq!(s.phase, "failed");
+    assert_eq!(s.phase, Phase::Failed);
     assert_eq!(s.message, "node b: checksum mismatch");
-    assert_eq!(s.nodes["a"].phase, "ready");
+    assert_eq!(s.nodes["a"].phase, Phase::Ready);
     assert_eq!(s.conditions.len(), 1);
     assert_eq!(s.conditions[0].message, "ready on 1 of 2 nodes: a");
 }
@@ -319,8 +319,11 @@ fn replaying_the_same_log_gives_the_same_state_and_outcomes() {
     assert_eq!(oa, ob);
     // c1's address was freed and reused by c3 (first free).
     assert_eq!(a.nics["c3"].spec.ipv4_address.as_deref(), Some("10.0.0.1"));
-    assert_eq!(oa[3].result.as_ref().unwrap_err().code, "already_exists");
-    assert_eq!(oa[4].result.as_ref().unwrap_err().code, "conflict");
+    assert_eq!(
+        oa[3].result.as_ref().unwrap_err().code,
+        ErrorCode::AlreadyExists
+    );
+    assert_eq!(oa[4].result.as_ref().unwrap_err().code, ErrorCode::Conflict);
 }
 
 #[test]
@@ -399,7 +402,10 @@ fn a_refused_command_changes_nothing_and_emits_no_event() {
             force: true,
         }),
     );
-    assert_eq!(outcome.result.unwrap_err().code, "precondition_failed");
+    assert_eq!(
+        outcome.result.unwrap_err().code,
+        ErrorCode::PreconditionFailed
+    );
     assert!(changes.is_empty());
     assert_eq!(s, before);
 }

@@ -23,11 +23,14 @@ impl State {
     }
 
     pub(super) fn delete_token(&mut self, id: &str) -> Applied {
-        let token = self
-            .tokens
-            .get(id)
-            .ok_or_else(|| ApiError::not_found(Kind::Token, id))?;
-        if token.role == "admin" && self.tokens.values().filter(|t| t.role == "admin").count() == 1
+        let token = self.get::<ApiToken>(id)?;
+        if token.role == Role::Admin
+            && self
+                .tokens
+                .values()
+                .filter(|t| t.role == Role::Admin)
+                .count()
+                == 1
         {
             return Err(ApiError::conflict("cannot revoke the last admin token"));
         }
@@ -96,5 +99,62 @@ impl State {
             .map(|t| t.id.clone())
             .collect();
         (keys, tokens)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::*;
+    use super::super::*;
+
+    fn token(id: &str, role: Role) -> Command {
+        Command::CreateToken {
+            token: ApiToken {
+                id: id.into(),
+                name: id.into(),
+                role,
+                hash: format!("hash-{id}"),
+                created_at: "t0".into(),
+                revision: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn the_last_admin_token_stays_and_a_join_token_is_used_once() {
+        let mut s = State::initial();
+        s.apply(1, &p(token("admin", Role::Admin)))
+            .0
+            .result
+            .unwrap();
+        s.apply(2, &p(token("agent", Role::Node))).0.result.unwrap();
+        let revoke = |id: &str| p(Command::DeleteToken { id: id.into() });
+        assert_eq!(
+            s.apply(3, &revoke("admin")).0.result.unwrap_err().code,
+            ErrorCode::Conflict
+        );
+        s.apply(4, &revoke("agent")).0.result.unwrap();
+        let join = JoinToken {
+            id: "j".into(),
+            hash: "h".into(),
+            expires_at_ms: 10,
+            used: false,
+        };
+        s.apply(5, &p(Command::CreateJoinToken { token: join }))
+            .0
+            .result
+            .unwrap();
+        let consume = || {
+            p(Command::ConsumeJoinToken {
+                hash: "h".into(),
+                now_ms: 5,
+            })
+        };
+        let member = s.apply(6, &consume()).0.result.unwrap().to_value();
+        assert_eq!(member["member_id"], 2);
+        assert_eq!(
+            s.apply(7, &consume()).0.result.unwrap_err().code,
+            ErrorCode::PermissionDenied
+        );
     }
 }

@@ -78,10 +78,7 @@ impl State {
             let vol = match volumes.iter().find(|v| &v.meta.id == vid) {
                 Some(owned) => owned,
                 None => {
-                    let vol = self
-                        .volumes
-                        .get(vid)
-                        .ok_or_else(|| ApiError::not_found(Kind::Volume, vid))?;
+                    let vol = self.get::<Volume>(vid)?;
                     self.check_attachable_volume(vol, &vm.meta)?;
                     vol
                 }
@@ -99,10 +96,7 @@ impl State {
             if owned_nic_ids.contains(nid.as_str()) {
                 continue;
             }
-            let nic = self
-                .nics
-                .get(nid)
-                .ok_or_else(|| ApiError::not_found(Kind::Nic, nid))?;
+            let nic = self.get::<Nic>(nid)?;
             self.check_attachable_nic(nic, &vm.meta)?;
         }
         // Mutate.
@@ -143,7 +137,7 @@ impl State {
         stamp_new(&mut vm.meta, index);
         vm.node_id = None;
         vm.scheduling = Scheduling {
-            state: "pending".into(),
+            state: SchedulingState::Pending,
             reason: "waiting for the scheduler".into(),
         };
         let id = vm.meta.id.clone();
@@ -200,10 +194,7 @@ impl State {
         let old_nics: BTreeSet<&String> = vm.spec.nic_ids.iter().collect();
         let new_nics: BTreeSet<&String> = new.nic_ids.iter().collect();
         for vid in new_vols.difference(&old_vols) {
-            let vol = self
-                .volumes
-                .get(*vid)
-                .ok_or_else(|| ApiError::not_found(Kind::Volume, vid))?;
+            let vol = self.get::<Volume>(*vid)?;
             self.check_attachable_volume(vol, &vm.meta)?;
             if let (Some(vn), Some(n)) = (&vol.node_id, &vm.node_id) {
                 if vn != n {
@@ -221,10 +212,7 @@ impl State {
             }
         }
         for nid in new_nics.difference(&old_nics) {
-            let nic = self
-                .nics
-                .get(*nid)
-                .ok_or_else(|| ApiError::not_found(Kind::Nic, nid))?;
+            let nic = self.get::<Nic>(*nid)?;
             self.check_attachable_nic(nic, &vm.meta)?;
         }
         for nid in old_nics.difference(&new_nics) {
@@ -326,26 +314,28 @@ impl State {
     }
 
     /// Start, stop, kill or restart: changes what the VM's node is asked for.
-    pub(super) fn vm_action(&mut self, index: u64, id: &str, action: &str, now: &str) -> Applied {
-        let vm = self
-            .vms
-            .get_mut(id)
-            .ok_or_else(|| ApiError::not_found(Kind::Vm, id))?;
+    pub(super) fn vm_action(
+        &mut self,
+        index: u64,
+        id: &str,
+        action: VmAction,
+        now: &str,
+    ) -> Applied {
+        let vm = self.get_mut::<Vm>(id)?;
         match action {
-            "start" => vm.spec.desired_state = "running".into(),
-            "stop" => {
-                vm.spec.desired_state = "stopped".into();
-                vm.stop_mode = "graceful".into();
+            VmAction::Start => vm.spec.desired_state = DesiredState::Running,
+            VmAction::Stop => {
+                vm.spec.desired_state = DesiredState::Stopped;
+                vm.stop_mode = StopMode::Graceful;
             }
-            "kill" => {
-                vm.spec.desired_state = "stopped".into();
-                vm.stop_mode = "force".into();
+            VmAction::Kill => {
+                vm.spec.desired_state = DesiredState::Stopped;
+                vm.stop_mode = StopMode::Force;
             }
-            "restart" => {
-                vm.spec.desired_state = "running".into();
+            VmAction::Restart => {
+                vm.spec.desired_state = DesiredState::Running;
                 vm.restart_generation += 1;
             }
-            other => return Err(ApiError::invalid(format!("unknown VM action {other:?}"))),
         }
         stamp(&mut vm.meta, index, now, true);
         self.answer(Kind::Vm, id, action_verb(action))
@@ -383,7 +373,7 @@ impl State {
                 .map(|v| v.spec.size_bytes)
                 .sum();
             let cap = node.status.capacity;
-            if node.status.state != "online"
+            if node.status.state != NodeState::Online
                 || alloc.vcpus + vm.spec.vcpus > cap.vcpus
                 || alloc.memory_bytes + vm.spec.memory_bytes > cap.memory_bytes
                 || alloc.storage_bytes + storage > cap.storage_bytes
@@ -391,12 +381,12 @@ impl State {
                 continue;
             }
             let vol_ids = vm.spec.volume_ids.clone();
-            let node_state = node.status.state.clone();
+            let node_state = node.status.state;
             if let Some(vm) = self.vms.get_mut(&p.vm_id) {
                 vm.node_id = Some(p.node_id.clone());
                 vm.node_state = Some(node_state);
                 vm.scheduling = Scheduling {
-                    state: "scheduled".into(),
+                    state: SchedulingState::Scheduled,
                     reason: String::new(),
                 };
                 stamp(&mut vm.meta, index, now, true);
@@ -417,7 +407,7 @@ impl State {
             if let Some(vm) = self.vms.get_mut(vm_id) {
                 if vm.node_id.is_none() && &vm.scheduling.reason != reason {
                     vm.scheduling = Scheduling {
-                        state: "pending".into(),
+                        state: SchedulingState::Pending,
                         reason: reason.clone(),
                     };
                     vm.meta.revision = index;
@@ -430,11 +420,84 @@ impl State {
     }
 }
 
-fn action_verb(action: &str) -> &'static str {
+fn action_verb(action: VmAction) -> &'static str {
     match action {
-        "start" => "start_requested",
-        "stop" => "stop_requested",
-        "kill" => "kill_requested",
-        _ => "restart_requested",
+        VmAction::Start => "start_requested",
+        VmAction::Stop => "stop_requested",
+        VmAction::Kill => "kill_requested",
+        VmAction::Restart => "restart_requested",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::*;
+    use super::super::*;
+
+    fn vm(id: &str, name: &str, volume_ids: Vec<String>) -> Command {
+        Command::CreateVm {
+            vm: Vm {
+                meta: meta(id, name),
+                spec: VmSpec {
+                    vcpus: 1,
+                    memory_bytes: 1 << 30,
+                    hostname: None,
+                    boot_mode: None,
+                    volume_ids,
+                    nic_ids: Vec::new(),
+                    user_data: None,
+                    ssh_authorized_keys: Vec::new(),
+                    desired_state: DesiredState::Running,
+                    node_selector: None,
+                    kernel_cmdline: None,
+                    root_volume: None,
+                    network_interfaces: Vec::new(),
+                    hugepages: false,
+                    nested_virtualization: false,
+                },
+                status: Status::default(),
+                node_id: None,
+                node_state: None,
+                scheduling: Scheduling::default(),
+                stop_mode: StopMode::Graceful,
+                restart_generation: 0,
+            },
+            owned_volumes: Vec::new(),
+            owned_nics: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_vm_attaches_free_volumes_only_and_detaches_them_when_deleted() {
+        let mut s = State::initial();
+        s.apply(1, &volume("v1", "data")).0.result.unwrap();
+        s.apply(2, &p(vm("m1", "one", vec!["v1".into()])))
+            .0
+            .result
+            .unwrap();
+        assert_eq!(s.volumes["v1"].vm_id.as_deref(), Some("m1"));
+        assert_eq!(s.vms["m1"].scheduling.state, SchedulingState::Pending);
+        let err = s
+            .apply(3, &p(vm("m2", "two", vec!["v1".into()])))
+            .0
+            .result
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::Conflict, "attached elsewhere");
+        let kill = Command::VmAction {
+            id: "m1".into(),
+            action: VmAction::Kill,
+            now: "t1".into(),
+        };
+        s.apply(4, &p(kill)).0.result.unwrap();
+        assert_eq!(s.vms["m1"].spec.desired_state, DesiredState::Stopped);
+        assert_eq!(s.vms["m1"].stop_mode, StopMode::Force);
+        let delete = Command::Delete {
+            kind: Kind::Vm,
+            id: "m1".into(),
+            if_match: None,
+            force: false,
+        };
+        s.apply(5, &p(delete)).0.result.unwrap();
+        assert_eq!(s.volumes["v1"].vm_id, None, "detached, not deleted");
     }
 }

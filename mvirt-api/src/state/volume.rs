@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use super::{in_use, stamp, ApiError, Applied, Removed, Resource, SpecChanged, State};
+use super::{in_use, stamp, ApiError, Applied, ErrorCode, Removed, Resource, SpecChanged, State};
 use crate::model::*;
 
 impl Resource for Volume {
@@ -54,10 +54,7 @@ impl State {
         if_match: Option<u64>,
         now: &str,
     ) -> Applied {
-        let vol = self
-            .volumes
-            .get_mut(id)
-            .ok_or_else(|| ApiError::not_found(Kind::Volume, id))?;
+        let vol = self.get_mut::<Volume>(id)?;
         super::check_if_match(if_match, vol.meta.revision)?;
         if size_bytes < vol.spec.size_bytes {
             return Err(ApiError::invalid(format!(
@@ -77,10 +74,7 @@ impl State {
         volume_id: &str,
         snapshot: &VolumeSnapshot,
     ) -> Applied {
-        let vol = self
-            .volumes
-            .get_mut(volume_id)
-            .ok_or_else(|| ApiError::not_found(Kind::Volume, volume_id))?;
+        let vol = self.get_mut::<Volume>(volume_id)?;
         if vol.snapshots.iter().any(|s| s.name == snapshot.name) {
             return Err(ApiError::exists(format!(
                 "volume {volume_id} already has a snapshot named {:?}",
@@ -103,10 +97,7 @@ impl State {
         snapshot_id: &str,
         now: &str,
     ) -> Applied {
-        let vol = self
-            .volumes
-            .get_mut(volume_id)
-            .ok_or_else(|| ApiError::not_found(Kind::Volume, volume_id))?;
+        let vol = self.get_mut::<Volume>(volume_id)?;
         let pending_target = vol.rollback.as_ref().filter(|r| {
             r.snapshot_id == snapshot_id
                 && vol.status.rollback_generation.unwrap_or(0) < r.generation
@@ -134,16 +125,13 @@ impl State {
         volume_id: &str,
         snapshot_id: &str,
     ) -> Result<&Volume, ApiError> {
-        let vol = self
-            .volumes
-            .get(volume_id)
-            .ok_or_else(|| ApiError::not_found(Kind::Volume, volume_id))?;
+        let vol = self.get::<Volume>(volume_id)?;
         let snap = vol
             .snapshots
             .iter()
             .find(|s| s.id == snapshot_id)
             .ok_or_else(|| snapshot_not_found(volume_id, snapshot_id))?;
-        if snap.status.phase != "ready" {
+        if snap.status.phase != Phase::Ready {
             return Err(ApiError::conflict(format!(
                 "snapshot {} is {} on its node, not ready{}",
                 snap.name,
@@ -170,23 +158,25 @@ impl State {
     ) -> Applied {
         let vol = self.ready_snapshot(volume_id, snapshot_id)?;
         if let Some(vm) = vol.vm_id.as_deref().and_then(|id| self.vms.get(id)) {
-            let phase = vm.status.phase.as_str();
-            if vm.spec.desired_state == "running" || !matches!(phase, "" | "stopped" | "failed") {
+            let phase = vm.status.phase;
+            let stopped = matches!(phase, Phase::Unknown | Phase::Stopped | Phase::Failed);
+            if vm.spec.desired_state == DesiredState::Running || !stopped {
                 return Err(ApiError::conflict(format!(
                     "volume {} is used by VM {} ({}, desired {}): stop the VM before a rollback",
                     vol.meta.name,
                     vm.meta.name,
-                    if phase.is_empty() { "pending" } else { phase },
+                    if phase == Phase::Unknown {
+                        Phase::Pending
+                    } else {
+                        phase
+                    },
                     vm.spec.desired_state
                 ))
                 .with_details(json!({"vm_id": vm.meta.id})));
             }
         }
         let generation = vol.rollback.as_ref().map_or(0, |r| r.generation) + 1;
-        let vol = self
-            .volumes
-            .get_mut(volume_id)
-            .ok_or_else(|| ApiError::not_found(Kind::Volume, volume_id))?;
+        let vol = self.get_mut::<Volume>(volume_id)?;
         if let Some(pos) = vol.snapshots.iter().position(|s| s.id == snapshot_id) {
             vol.snapshots.truncate(pos + 1);
         }
@@ -210,10 +200,7 @@ impl State {
     pub(super) fn volume_home(&self, volume: &Volume) -> Result<Option<String>, ApiError> {
         let mut home = None;
         if let Some(template_id) = &volume.spec.template_id {
-            let template = self
-                .templates
-                .get(template_id)
-                .ok_or_else(|| ApiError::not_found(Kind::Template, template_id))?;
+            let template = self.get::<Template>(template_id)?;
             home = template.node_id.clone();
         }
         if let Some(node_id) = &volume.spec.node_id {
@@ -252,7 +239,50 @@ impl State {
 
 fn snapshot_not_found(volume_id: &str, snapshot_id: &str) -> ApiError {
     ApiError::new(
-        "not_found",
+        ErrorCode::NotFound,
         format!("snapshot {snapshot_id} not found on volume {volume_id}"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::*;
+    use super::super::*;
+
+    #[test]
+    fn volumes_only_grow_and_an_attached_volume_is_not_deleted() {
+        let mut s = State::initial();
+        s.apply(1, &volume("v1", "data")).0.result.unwrap();
+        let resize = |size_bytes| {
+            p(Command::ResizeVolume {
+                id: "v1".into(),
+                size_bytes,
+                if_match: None,
+                now: "t1".into(),
+            })
+        };
+        assert_eq!(
+            s.apply(2, &resize(1)).0.result.unwrap_err().code,
+            ErrorCode::InvalidArgument
+        );
+        s.apply(3, &resize(2 << 30)).0.result.unwrap();
+        assert_eq!(s.volumes["v1"].spec.size_bytes, 2 << 30);
+        let mut pinned = volume("v2", "pinned");
+        if let Command::CreateVolume { volume } = &mut pinned.command {
+            volume.spec.node_id = Some("nowhere".into());
+        }
+        assert_eq!(
+            s.apply(4, &pinned).0.result.unwrap_err().code,
+            ErrorCode::NotFound
+        );
+        s.volumes.get_mut("v1").unwrap().vm_id = Some("vm".into());
+        let delete = Command::Delete {
+            kind: Kind::Volume,
+            id: "v1".into(),
+            if_match: None,
+            force: false,
+        };
+        let err = s.apply(5, &p(delete)).0.result.unwrap_err();
+        assert_eq!(err.details["in_use_by"][0], "vm/vm");
+    }
 }

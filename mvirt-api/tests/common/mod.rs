@@ -2,6 +2,8 @@
 //! temporary data dir, and a small JSON client.
 #![allow(dead_code)]
 
+pub mod processes;
+
 use std::net::IpAddr;
 
 use mvirt_api::server::{self, Running, ServerConfig};

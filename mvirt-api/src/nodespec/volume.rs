@@ -1,0 +1,43 @@
+//! The volumes that live on the node, with their snapshots and pending rollback.
+
+use super::Desired;
+use crate::model::Volume;
+use crate::proto;
+
+pub(super) fn volumes(cx: &mut Desired) -> Vec<proto::VolumeSpec> {
+    let (state, node_id) = (cx.state, cx.node_id);
+    let mut volumes = Vec::new();
+    for vol in state
+        .volumes
+        .values()
+        .filter(|v| v.node_id.as_deref() == Some(node_id))
+    {
+        cx.bump(vol.meta.spec_revision);
+        volumes.push(volume_spec(vol));
+    }
+    volumes
+}
+
+fn volume_spec(vol: &Volume) -> proto::VolumeSpec {
+    proto::VolumeSpec {
+        id: vol.meta.id.clone(),
+        name: vol.meta.name.clone(),
+        size_bytes: vol.spec.size_bytes,
+        template_id: vol.spec.template_id.clone().unwrap_or_default(),
+        owner_vm_id: vol.owner_vm_id.clone().unwrap_or_default(),
+        snapshots: vol
+            .snapshots
+            .iter()
+            .map(|s| proto::VolumeSnapshotSpec {
+                id: s.id.clone(),
+                name: s.name.clone(),
+            })
+            .collect(),
+        rollback_snapshot_id: vol
+            .rollback
+            .as_ref()
+            .map(|r| r.snapshot_id.clone())
+            .unwrap_or_default(),
+        rollback_generation: vol.rollback.as_ref().map_or(0, |r| r.generation),
+    }
+}
