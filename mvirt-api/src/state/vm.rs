@@ -194,7 +194,7 @@ impl State {
         let old_nics: BTreeSet<&String> = vm.spec.nic_ids.iter().collect();
         let new_nics: BTreeSet<&String> = new.nic_ids.iter().collect();
         for vid in new_vols.difference(&old_vols) {
-            let vol = self.get::<Volume>(*vid)?;
+            let vol = self.get::<Volume>(vid)?;
             self.check_attachable_volume(vol, &vm.meta)?;
             if let (Some(vn), Some(n)) = (&vol.node_id, &vm.node_id) {
                 if vn != n {
@@ -212,7 +212,7 @@ impl State {
             }
         }
         for nid in new_nics.difference(&old_nics) {
-            let nic = self.get::<Nic>(*nid)?;
+            let nic = self.get::<Nic>(nid)?;
             self.check_attachable_nic(nic, &vm.meta)?;
         }
         for nid in old_nics.difference(&new_nics) {

@@ -876,7 +876,8 @@ export interface components {
             capacity: components["schemas"]["Capacity"];
             console_endpoint?: string;
             last_state_change_at?: string | null;
-            state: string;
+            /** @enum {string} */
+            state: "online" | "offline";
         };
         PerNodeStatus: {
             /** Format: int64 */
@@ -884,7 +885,8 @@ export interface components {
             /** Format: int64 */
             import_bytes_total?: number | null;
             message?: string;
-            phase: string;
+            /** @enum {string} */
+            phase: "" | "pending" | "creating" | "ready" | "running" | "stopping" | "stopped" | "failed" | "importing" | "deleting";
             updated_at?: string | null;
         };
         Project: components["schemas"]["Meta"] & {
@@ -907,7 +909,8 @@ export interface components {
         };
         Scheduling: {
             reason?: string;
-            state: string;
+            /** @enum {string} */
+            state: "pending" | "scheduled";
         };
         SecurityGroup: components["schemas"]["Meta"] & {
             spec: components["schemas"]["SecurityGroupSpec"];
@@ -939,7 +942,8 @@ export interface components {
         };
         SnapshotStatus: {
             message?: string;
-            phase: string;
+            /** @enum {string} */
+            phase: "" | "pending" | "creating" | "ready" | "running" | "stopping" | "stopped" | "failed" | "importing" | "deleting";
             /** Format: int64 */
             used_bytes?: number | null;
         };
@@ -961,7 +965,8 @@ export interface components {
             };
             /** Format: int64 */
             observed_revision?: number;
-            phase?: string;
+            /** @enum {string} */
+            phase?: "" | "pending" | "creating" | "ready" | "running" | "stopping" | "stopped" | "failed" | "importing" | "deleting";
             /** Format: int64 */
             rollback_generation?: number | null;
             updated_at?: string | null;
@@ -1007,7 +1012,8 @@ export interface components {
             created_at: string;
             id: string;
             name: string;
-            role: string;
+            /** @enum {string} */
+            role: "admin" | "node";
             token?: string | null;
         };
         UpdateProjectRequest: {
@@ -1113,17 +1119,21 @@ export interface components {
         };
         Vm: components["schemas"]["Meta"] & {
             node_id?: string | null;
-            node_state?: string | null;
+            /** @enum {string|null} */
+            node_state?: "online" | "offline" | null;
             /** Format: int64 */
             restart_generation?: number;
             scheduling: components["schemas"]["Scheduling"];
             spec: components["schemas"]["VmSpec"];
             status: components["schemas"]["Status"];
-            stop_mode?: string;
+            /** @enum {string} */
+            stop_mode?: "graceful" | "force";
         };
         VmSpec: {
-            boot_mode?: string | null;
-            desired_state?: string;
+            /** @enum {string|null} */
+            boot_mode?: "uefi" | "direct_kernel" | null;
+            /** @enum {string} */
+            desired_state?: "running" | "stopped";
             hostname?: string | null;
             hugepages?: boolean;
             kernel_cmdline?: string | null;
