@@ -26,6 +26,8 @@ pub struct DaemonConfig {
     pub tunnel_port: u16,
     /// mvirt-log endpoint; empty = audit entries only in tracing.
     pub log_endpoint: String,
+    /// Per-NIC budget of control frames (ARP, DHCP, NDP, echo to the gateway).
+    pub control_rate: crate::responder::ControlRateLimit,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +50,7 @@ impl DaemonConfig {
             nft_table: self.nft_table.clone(),
             tunnel_device: self.tunnel_device.clone(),
             tunnel_port: self.tunnel_port,
+            control_rate: self.control_rate,
         }
     }
 }

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use mvirt_common::daemon::{DaemonArgs, DaemonSpec};
+use mvirt_ebpf::responder::ControlRateLimit;
 
 /// mvirt's networking daemon: manages networks, NICs (persistent TAP devices), security groups
 /// and routes of this node, and runs the eBPF datapath that routes VM traffic within each
@@ -44,6 +45,13 @@ struct Args {
     /// mvirt-log endpoint for audit entries (empty: tracing only).
     #[arg(long, default_value = "unix:/run/mvirt/log.sock")]
     log_endpoint: String,
+    /// Control frames (ARP, DHCP, DHCPv6, NDP, echo to the gateway) each NIC may send per
+    /// second; more are dropped and counted, so one guest cannot starve the others. 0 = no limit.
+    #[arg(long, default_value_t = ControlRateLimit::default().per_sec)]
+    control_rate: u32,
+    /// Control frames a NIC may send at once above `--control-rate` (the token bucket's size).
+    #[arg(long, default_value_t = ControlRateLimit::default().burst)]
+    control_burst: u32,
 }
 
 const DAEMON: DaemonSpec = DaemonSpec {
@@ -68,6 +76,10 @@ fn main() -> ExitCode {
         tunnel_device: args.tunnel_device,
         tunnel_port: args.tunnel_port,
         log_endpoint: args.log_endpoint,
+        control_rate: ControlRateLimit {
+            per_sec: args.control_rate,
+            burst: args.control_burst,
+        },
     };
     DAEMON.serve(&args.daemon, |listener, shutdown| async move {
         mvirt_ebpf::start(config, listener, shutdown)

@@ -5,10 +5,18 @@
 //! run before tc ingress, where the datapath drops those frames so the host stack never sees
 //! them). [`answer`] is a pure function from (NIC configuration, frame) to the reply frame;
 //! replies are written back on the same socket, i.e. transmitted to the VM through the TAP.
+//!
+//! A guest must not be able to starve the others: every NIC has its own token bucket
+//! ([`ControlRateLimit`], the daemon's `--control-rate`/`--control-burst`). A frame that finds
+//! the bucket empty is dropped before it is parsed, counted ([`Responder::rate_limited`]) and
+//! reported in the log at most every [`DROP_LOG_INTERVAL`]. Everything that parses guest bytes
+//! is fuzzed (`tests/fuzz_responder.rs`).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use dhcproto::{v4, v6, Decodable, Decoder, Encodable, Encoder};
 use etherparse::{
@@ -53,9 +61,68 @@ pub enum ResponderError {
     },
 }
 
+/// How many control frames (ARP, DHCP, DHCPv6, NDP, echo to the gateway) one NIC may send to
+/// the responder: `per_sec` on average, `burst` at once. `per_sec == 0` means no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ControlRateLimit {
+    pub per_sec: u32,
+    pub burst: u32,
+}
+
+impl Default for ControlRateLimit {
+    /// A booting guest sends a handful of frames (DHCP, RS, NS, ARP); 100/s with a burst of
+    /// 200 leaves room for a ping to the gateway at any sane interval.
+    fn default() -> Self {
+        Self {
+            per_sec: 100,
+            burst: 200,
+        }
+    }
+}
+
+/// A token bucket: starts full (`burst` tokens), refills at `per_sec`. Time is passed in, so
+/// the arithmetic is tested without sleeping.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    limit: ControlRateLimit,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    pub fn new(limit: ControlRateLimit, now: Instant) -> Self {
+        Self {
+            limit,
+            tokens: f64::from(limit.burst.max(1)),
+            last: now,
+        }
+    }
+
+    /// Takes one token if there is one (always true without a limit).
+    pub fn take(&mut self, now: Instant) -> bool {
+        if self.limit.per_sec == 0 {
+            return true;
+        }
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        let capacity = f64::from(self.limit.burst.max(1));
+        self.tokens = (self.tokens + elapsed * f64::from(self.limit.per_sec)).min(capacity);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Frames dropped by the rate limit are logged at most this often per NIC (with their count).
+pub const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
 /// A running responder for one NIC; stops when dropped.
 pub struct Responder {
     config: Arc<RwLock<NicConfig>>,
+    rate_limited: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -108,6 +175,7 @@ impl Responder {
         tap: &str,
         ifindex: u32,
         config: NicConfig,
+        limit: ControlRateLimit,
         datapath: &crate::datapath::Datapath,
     ) -> Result<Self, ResponderError> {
         let sock_err = |source| ResponderError::Socket {
@@ -127,9 +195,25 @@ impl Responder {
         let afd = unsafe { AsyncFd::register(fd) }.map_err(|e| sock_err(e.into()))?;
         let config = Arc::new(RwLock::new(config));
         let shared = config.clone();
+        let rate_limited = Arc::new(AtomicU64::new(0));
+        let limiter = RateLimiter {
+            bucket: TokenBucket::new(limit, Instant::now()),
+            dropped: rate_limited.clone(),
+            unlogged: 0,
+            last_log: None,
+        };
         let tap = tap.to_string();
-        let task = tokio::spawn(async move { serve(afd, shared, tap).await });
-        Ok(Self { config, task })
+        let task = tokio::spawn(async move { serve(afd, shared, limiter, tap).await });
+        Ok(Self {
+            config,
+            rate_limited,
+            task,
+        })
+    }
+
+    /// Frames dropped so far because the NIC exceeded its control rate limit.
+    pub fn rate_limited(&self) -> u64 {
+        self.rate_limited.load(Ordering::Relaxed)
     }
 
     /// Replaces the NIC configuration (served from the next request on).
@@ -156,7 +240,48 @@ fn send(afd: &AsyncFd<OwnedFd>, frame: &[u8], tap: &str) {
     }
 }
 
-async fn serve(afd: AsyncFd<OwnedFd>, config: Arc<RwLock<NicConfig>>, tap: String) {
+/// The bucket of one NIC and its drop accounting.
+struct RateLimiter {
+    bucket: TokenBucket,
+    dropped: Arc<AtomicU64>,
+    unlogged: u64,
+    last_log: Option<Instant>,
+}
+
+impl RateLimiter {
+    /// Whether a frame received now may be answered; counts (and now and then logs) a drop.
+    fn admit(&mut self, tap: &str, nic: &Arc<RwLock<NicConfig>>) -> bool {
+        let now = Instant::now();
+        if self.bucket.take(now) {
+            return true;
+        }
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        self.unlogged += 1;
+        if self
+            .last_log
+            .is_none_or(|at| now.duration_since(at) >= DROP_LOG_INTERVAL)
+        {
+            let nic = nic.read().unwrap_or_else(|p| p.into_inner()).nic_id.clone();
+            tracing::warn!(
+                tap,
+                nic,
+                dropped = self.unlogged,
+                total = self.dropped.load(Ordering::Relaxed),
+                "control frames over the NIC's rate limit dropped"
+            );
+            self.unlogged = 0;
+            self.last_log = Some(now);
+        }
+        false
+    }
+}
+
+async fn serve(
+    afd: AsyncFd<OwnedFd>,
+    config: Arc<RwLock<NicConfig>>,
+    mut limiter: RateLimiter,
+    tap: String,
+) {
     let mut buf = vec![0u8; 2048];
     let mut ra_timer = tokio::time::interval(RA_INTERVAL);
     ra_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -199,6 +324,10 @@ async fn serve(afd: AsyncFd<OwnedFd>, config: Arc<RwLock<NicConfig>>, tap: Strin
             }
             Err(_would_block) => continue,
         };
+        // Dropped before parsing: a flood costs one recv per frame and nothing else.
+        if !limiter.admit(&tap, &config) {
+            continue;
+        }
         let reply = {
             let cfg = config.read().unwrap_or_else(|p| p.into_inner());
             answer(&cfg, &buf[..n])
@@ -305,6 +434,10 @@ fn answer_arp(cfg: &NicConfig, arp: &etherparse::ArpPacketSlice<'_>) -> Option<V
 
 fn answer_dhcp4(cfg: &NicConfig, payload: &[u8]) -> Option<Vec<u8>> {
     let ip = cfg.ipv4?;
+    if let Err(e) = option_lengths::check_v4(payload) {
+        tracing::debug!(nic = cfg.nic_id, error = %e, "DHCPv4 message ignored");
+        return None;
+    }
     let request = v4::Message::decode(&mut Decoder::new(payload)).ok()?;
     if request.opcode() != v4::Opcode::BootRequest || request.chaddr().get(..6)? != cfg.mac {
         return None;
@@ -498,6 +631,10 @@ fn server_duid() -> Vec<u8> {
 }
 
 fn answer_dhcp6(cfg: &NicConfig, src: Ipv6Addr, payload: &[u8]) -> Option<Vec<u8>> {
+    if let Err(e) = option_lengths::check_v6(payload) {
+        tracing::debug!(nic = cfg.nic_id, error = %e, "DHCPv6 message ignored");
+        return None;
+    }
     let request = v6::Message::decode(&mut Decoder::new(payload)).ok()?;
     let client_id = match request.opts().get(v6::OptionCode::ClientId) {
         Some(v6::DhcpOption::ClientId(id)) => id.clone(),
@@ -558,6 +695,198 @@ fn answer_dhcp6(cfg: &NicConfig, src: Ipv6Addr, payload: &[u8]) -> Option<Vec<u8
     Some(out)
 }
 
+/// Lengths checked before `dhcproto` decodes a message. dhcproto 0.15 trusts some of them:
+/// `Message::chaddr()` slices by the header's `hlen` (a panic, in release builds too, for
+/// `hlen > 16`), and option decoding `debug_assert!`s fixed lengths and subtracts header sizes
+/// from a length without checking (a panic in debug builds, a misparse in release). All were
+/// found by `tests/fuzz_responder.rs`. A message with such an option is not a well-formed client
+/// message, so it is ignored; everything the decoder walks is checked to fit, and DHCPv6
+/// options nested in IA options are checked to a bounded depth.
+mod option_lengths {
+    #[derive(Debug, PartialEq, Eq, thiserror::Error)]
+    pub enum BadOptions {
+        #[error("DHCPv4 message shorter than its fixed header and magic cookie")]
+        Short,
+        #[error("DHCPv4 hardware address length {0} is more than 16")]
+        HardwareLength(u8),
+        #[error("option {code} runs past the end of the message")]
+        Truncated { code: u16 },
+        #[error("option {code} has length {len}, which its format does not allow")]
+        Length { code: u16, len: usize },
+        #[error("DHCPv6 options nested deeper than {MAX_DEPTH}")]
+        TooDeep,
+        #[error("DHCPv6 relay messages are not answered")]
+        Relay,
+    }
+
+    /// Fixed header (236 bytes) and magic cookie.
+    const V4_OPTIONS_START: usize = 240;
+    const MAX_DEPTH: usize = 4;
+
+    /// What a DHCPv4 option's (concatenated, RFC 3396) length must be for dhcproto.
+    fn v4_length_ok(code: u8, len: usize) -> bool {
+        match code {
+            80 => len == 0,        // rapid commit
+            81 => len >= 3,        // client FQDN: flags, two rcodes, name
+            94 => len == 3,        // client network interface identifier
+            151 => len >= 1,       // bulk leasequery status code
+            152..=155 => len == 4, // bulk leasequery times
+            _ => true,
+        }
+    }
+
+    pub fn check_v4(payload: &[u8]) -> Result<(), BadOptions> {
+        let options = payload.get(V4_OPTIONS_START..).ok_or(BadOptions::Short)?;
+        // `hlen`: how much of the 16-byte `chaddr` field is the address.
+        if payload[2] > 16 {
+            return Err(BadOptions::HardwareLength(payload[2]));
+        }
+        let mut at = 0;
+        // dhcproto concatenates consecutive options with the same code before decoding.
+        let mut run: Option<(u8, usize)> = None;
+        let finish = |run: Option<(u8, usize)>| match run {
+            Some((code, len)) if !v4_length_ok(code, len) => Err(BadOptions::Length {
+                code: code.into(),
+                len,
+            }),
+            _ => Ok(()),
+        };
+        while let Some(&code) = options.get(at) {
+            match code {
+                0 | 255 => {
+                    finish(run.take())?;
+                    if code == 255 {
+                        return Ok(());
+                    }
+                    at += 1;
+                }
+                _ => {
+                    let len = usize::from(
+                        *options
+                            .get(at + 1)
+                            .ok_or(BadOptions::Truncated { code: code.into() })?,
+                    );
+                    if at + 2 + len > options.len() {
+                        return Err(BadOptions::Truncated { code: code.into() });
+                    }
+                    run = match run {
+                        Some((c, total)) if c == code => Some((c, total + len)),
+                        other => {
+                            finish(other)?;
+                            Some((code, len))
+                        }
+                    };
+                    at += 2 + len;
+                }
+            }
+        }
+        finish(run)
+    }
+
+    pub fn check_v6(payload: &[u8]) -> Result<(), BadOptions> {
+        match payload.first() {
+            // Relay-forward and relay-reply have another header; a guest sends neither.
+            Some(12 | 13) => Err(BadOptions::Relay),
+            Some(_) => v6_options(payload.get(4..).unwrap_or_default(), 0),
+            None => Ok(()),
+        }
+    }
+
+    fn v6_options(mut options: &[u8], depth: usize) -> Result<(), BadOptions> {
+        if depth > MAX_DEPTH {
+            return Err(BadOptions::TooDeep);
+        }
+        while !options.is_empty() {
+            let header = options.get(..4).ok_or(BadOptions::Truncated { code: 0 })?;
+            let code = u16::from_be_bytes([header[0], header[1]]);
+            let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
+            let body = options
+                .get(4..4 + len)
+                .ok_or(BadOptions::Truncated { code })?;
+            let length = |ok: bool| {
+                if ok {
+                    Ok(())
+                } else {
+                    Err(BadOptions::Length { code, len })
+                }
+            };
+            // Options holding options after a fixed part: IA_NA, IA_TA, IAADDR, IA_PD,
+            // IAPREFIX.
+            let nested = match code {
+                3 | 25 => Some(12),
+                4 => Some(4),
+                5 => Some(24),
+                26 => Some(25),
+                _ => None,
+            };
+            match (code, nested) {
+                (_, Some(fixed)) => {
+                    length(len >= fixed)?;
+                    v6_options(&body[fixed..], depth + 1)?;
+                }
+                (9, _) => return Err(BadOptions::Relay), // relay message
+                (13, _) => length(len >= 2)?,            // status code
+                (16 | 17, _) => length(len >= 4)?,       // vendor class, vendor options
+                (14 | 20, _) => length(len == 0)?,       // rapid commit, reconfigure accept
+                _ => {}
+            }
+            options = &options[4 + len..];
+        }
+        Ok(())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn v4(options: &[u8]) -> Vec<u8> {
+            let mut payload = vec![0u8; 236];
+            payload.extend_from_slice(&[99, 130, 83, 99]);
+            payload.extend_from_slice(options);
+            payload
+        }
+
+        #[test]
+        fn dhcpv4_options_that_dhcproto_would_assert_on_are_refused() {
+            assert_eq!(check_v4(&v4(&[53, 1, 1, 255])), Ok(()));
+            // Rapid commit with a value; a 2-byte client network interface; an FQDN too short
+            // for its header; a status code of length 0 (dhcproto subtracts 1).
+            for bad in [&[80, 1, 0][..], &[94, 2, 1, 2], &[81, 1, 0], &[151, 0]] {
+                assert!(matches!(check_v4(&v4(bad)), Err(BadOptions::Length { .. })));
+            }
+            // Two 3-byte interface options concatenate to 6 bytes.
+            assert!(check_v4(&v4(&[94, 3, 1, 2, 3, 94, 3, 1, 2, 3])).is_err());
+            assert!(check_v4(&v4(&[94, 3, 1, 2, 3, 0, 94, 3, 1, 2, 3])).is_ok());
+            assert_eq!(
+                check_v4(&v4(&[12, 9, 1])),
+                Err(BadOptions::Truncated { code: 12 })
+            );
+            assert_eq!(check_v4(&[0; 100]), Err(BadOptions::Short));
+            let mut long_hardware_address = v4(&[53, 1, 1, 255]);
+            long_hardware_address[2] = 128;
+            assert_eq!(
+                check_v4(&long_hardware_address),
+                Err(BadOptions::HardwareLength(128))
+            );
+        }
+
+        #[test]
+        fn dhcpv6_options_are_checked_also_inside_identity_associations() {
+            assert_eq!(check_v6(&[1, 0, 0, 1, 0, 14, 0, 0]), Ok(()));
+            assert!(check_v6(&[1, 0, 0, 1, 0, 13, 0, 1, 0]).is_err());
+            // A status code of length 1 inside an IA_NA.
+            let mut ia = vec![1, 0, 0, 1, 0, 3, 0, 17];
+            ia.extend_from_slice(&[0; 12]);
+            ia.extend_from_slice(&[0, 13, 0, 1, 0]);
+            assert!(matches!(
+                check_v6(&ia),
+                Err(BadOptions::Length { code: 13, len: 1 })
+            ));
+            assert_eq!(check_v6(&[12, 0, 0, 0]), Err(BadOptions::Relay));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -611,6 +940,32 @@ mod tests {
             &arp_request([2, 0, 0, 0, 0, 8], [10, 0, 0, 9], [169, 254, 0, 1])
         )
         .is_none());
+    }
+
+    #[test]
+    fn the_token_bucket_allows_a_burst_then_the_rate_and_no_limit_means_no_limit() {
+        let start = Instant::now();
+        let limit = ControlRateLimit {
+            per_sec: 10,
+            burst: 5,
+        };
+        let mut bucket = TokenBucket::new(limit, start);
+        assert_eq!((0..20).filter(|_| bucket.take(start)).count(), 5);
+        // One second refills `per_sec` tokens, capped at the burst.
+        let later = start + Duration::from_secs(1);
+        assert_eq!((0..20).filter(|_| bucket.take(later)).count(), 5);
+        let soon = later + Duration::from_millis(300);
+        assert_eq!((0..20).filter(|_| bucket.take(soon)).count(), 3);
+        // A clock that goes backwards refills nothing.
+        assert!(!bucket.take(start));
+        let mut unlimited = TokenBucket::new(
+            ControlRateLimit {
+                per_sec: 0,
+                burst: 0,
+            },
+            start,
+        );
+        assert!((0..10_000).all(|_| unlimited.take(start)));
     }
 
     #[test]

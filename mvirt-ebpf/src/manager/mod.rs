@@ -31,7 +31,7 @@ use tokio::sync::Mutex;
 use crate::datapath::DesiredState;
 use crate::datapath::{Datapath, DatapathError};
 use crate::model::{Invalid, Network, Nic};
-use crate::responder::{NicConfig, Responder, ResponderError};
+use crate::responder::{ControlRateLimit, NicConfig, Responder, ResponderError};
 use crate::store::{Store, StoreError};
 use crate::{nat, tap};
 
@@ -51,6 +51,8 @@ pub struct ManagerConfig {
     /// VXLAN (collect_md) device carrying routes to other nodes.
     pub tunnel_device: String,
     pub tunnel_port: u16,
+    /// Per-NIC budget of control frames the responder answers.
+    pub control_rate: ControlRateLimit,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -222,7 +224,13 @@ impl NetManager {
         match inner.responders.get(&nic.id) {
             Some(r) => r.update(config),
             None => {
-                let r = Responder::spawn(&nic.tap_name, ifindex, config, &inner.datapath)?;
+                let r = Responder::spawn(
+                    &nic.tap_name,
+                    ifindex,
+                    config,
+                    self.config.control_rate,
+                    &inner.datapath,
+                )?;
                 inner.responders.insert(nic.id.clone(), r);
             }
         }

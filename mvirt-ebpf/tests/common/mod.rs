@@ -50,6 +50,7 @@ pub fn config(data_dir: PathBuf, uplink: Option<String>) -> DaemonConfig {
         tunnel_device: format!("mvvx{suffix}"),
         tunnel_port: 4789,
         log_endpoint: String::new(),
+        control_rate: Default::default(),
     }
 }
 

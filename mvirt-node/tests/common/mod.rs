@@ -106,6 +106,7 @@ impl HostDaemons {
             tunnel_port: mvirt_testsupport::net::free_port(),
             guest_mtu: 1450,
             log_endpoint: log_endpoint.to_string(),
+            control_rate: Default::default(),
         };
         let ebpf_listener = bind_socket(dir, "ebpf").await;
         let ebpf = mvirt_ebpf::start(ebpf_config, ebpf_listener, shutdown.clone())
