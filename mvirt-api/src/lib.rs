@@ -8,7 +8,8 @@
 //! A write flows: REST/gRPC handler (`rest/`, `grpc.rs`) → validation (`validate.rs`) →
 //! a minted [`state::Command`] → [`app::App::submit`] (forwarded to the leader if needed) →
 //! Raft commit → [`state::State::apply`] on every member (`raft.rs` persists it with `store.rs`)
-//! → events → watchers (`/v1/events`, `WatchSpecs` via `nodespec.rs`).
+//! → events → watchers (`/v1/events`, `WatchSpecs` via `nodespec/`). `state/`, `rest/` and `nodespec/`
+//! have one module per resource kind (see the README's "Layout").
 
 /// Generated `mvirt.node.v1` protobuf types and the `NodeService` client/server.
 pub mod proto {

@@ -539,6 +539,22 @@ pub struct Volume {
     pub rollback: Option<VolumeRollback>,
 }
 
+impl Volume {
+    /// A new volume as a create asks for it: on no node, attached to nothing, no snapshots.
+    pub fn new(meta: Meta, spec: VolumeSpec) -> Volume {
+        Volume {
+            meta,
+            spec,
+            status: Status::default(),
+            node_id: None,
+            owner_vm_id: None,
+            vm_id: None,
+            snapshots: Vec::new(),
+            rollback: None,
+        }
+    }
+}
+
 // ------------------------------------------------------------------------------------ VMs
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -633,6 +649,22 @@ pub struct Vm {
     pub stop_mode: StopMode,
     #[serde(default)]
     pub restart_generation: u64,
+}
+
+impl Vm {
+    /// A new VM as a create asks for it: not placed yet.
+    pub fn new(meta: Meta, spec: VmSpec) -> Vm {
+        Vm {
+            meta,
+            spec,
+            status: Status::default(),
+            node_id: None,
+            node_state: None,
+            scheduling: Scheduling::default(),
+            stop_mode: StopMode::Graceful,
+            restart_generation: 0,
+        }
+    }
 }
 
 // ------------------------------------------------------------------------------------ auth

@@ -4,10 +4,11 @@
 //!
 //! Cross-cutting behaviour lives here: Bearer authentication, the error envelope, JSON bodies
 //! with unknown fields rejected and a size limit, `If-Match`/`ETag`, `Idempotency-Key`, lists
-//! with filters and pagination. One file per resource family: `resources.rs` (CRUD of projects,
-//! networks, NICs, security groups, templates, volumes, VMs, nodes and their actions),
-//! `cluster.rs` (tokens, control plane, join), `events.rs` (SSE), `logs.rs` (mvirt-log); `ui.rs`
-//! serves the web dashboard next to `/v1`.
+//! with filters and pagination. One file per resource: `projects.rs`, `nodes.rs`, `networks.rs`, `nics.rs`,
+//! `security_groups.rs`, `templates.rs`, `volumes.rs`, `vms.rs` (each with its actions; the
+//! shared CRUD is `resources.rs`), `cluster.rs` (tokens, control plane, join), `events.rs` (SSE),
+//! `logs.rs` (mvirt-log), `hosts.rs`, `console.rs`; `ui.rs` serves the web dashboard next to
+//! `/v1`. Every route is in the one table of [`routes`].
 
 mod cluster;
 mod console;

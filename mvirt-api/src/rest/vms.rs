@@ -80,16 +80,7 @@ fn build_vm(meta: Meta, mut spec: VmSpec) -> Result<Command, ApiError> {
         });
     }
     Ok(Command::CreateVm {
-        vm: Vm {
-            meta,
-            spec,
-            status: Status::default(),
-            node_id: None,
-            node_state: None,
-            scheduling: Scheduling::default(),
-            stop_mode: StopMode::Graceful,
-            restart_generation: 0,
-        },
+        vm: Vm::new(meta, spec),
         owned_volumes,
         owned_nics,
     })

@@ -32,16 +32,7 @@ crud!(
 
 fn build_volume(meta: Meta, spec: VolumeSpec) -> Result<Command, ApiError> {
     Ok(Command::CreateVolume {
-        volume: Volume {
-            meta,
-            spec,
-            status: Status::default(),
-            node_id: None,
-            owner_vm_id: None,
-            vm_id: None,
-            snapshots: Vec::new(),
-            rollback: None,
-        },
+        volume: Volume::new(meta, spec),
     })
 }
 

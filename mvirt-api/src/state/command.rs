@@ -211,10 +211,34 @@ pub struct Update {
     pub now: String,
 }
 
-/// The spec of one kind, for an [`Update`].
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(untagged)]
-pub enum Spec {
+/// `Spec`, its `kind()` and a `From` for each kind's spec type.
+macro_rules! specs {
+    ($($variant:ident($ty:ty)),* $(,)?) => {
+        /// The spec of one kind, for an [`Update`].
+        #[derive(Debug, Clone, PartialEq, Serialize)]
+        #[serde(untagged)]
+        pub enum Spec {
+            $($variant($ty)),*
+        }
+
+        impl Spec {
+            /// The kind this spec belongs to.
+            pub fn kind(&self) -> Kind {
+                match self {
+                    $(Spec::$variant(_) => Kind::$variant),*
+                }
+            }
+        }
+
+        $(impl From<$ty> for Spec {
+            fn from(spec: $ty) -> Spec {
+                Spec::$variant(spec)
+            }
+        })*
+    };
+}
+
+specs!(
     Node(NodeSpec),
     Network(NetworkSpec),
     Nic(NicSpec),
@@ -222,22 +246,9 @@ pub enum Spec {
     Template(TemplateSpec),
     Volume(VolumeSpec),
     Vm(VmSpec),
-}
+);
 
 impl Spec {
-    /// The kind this spec belongs to.
-    pub fn kind(&self) -> Kind {
-        match self {
-            Spec::Node(_) => Kind::Node,
-            Spec::Network(_) => Kind::Network,
-            Spec::Nic(_) => Kind::Nic,
-            Spec::SecurityGroup(_) => Kind::SecurityGroup,
-            Spec::Template(_) => Kind::Template,
-            Spec::Volume(_) => Kind::Volume,
-            Spec::Vm(_) => Kind::Vm,
-        }
-    }
-
     /// Reads the spec of `kind` from its log form.
     fn from_wire(kind: Kind, v: serde_json::Value) -> Result<Spec, String> {
         fn typed<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, String> {
@@ -255,27 +266,6 @@ impl Spec {
         })
     }
 }
-
-/// `Spec::from(network_spec)` and so on.
-macro_rules! spec_from {
-    ($($variant:ident($ty:ty)),* $(,)?) => {$(
-        impl From<$ty> for Spec {
-            fn from(spec: $ty) -> Spec {
-                Spec::$variant(spec)
-            }
-        }
-    )*};
-}
-
-spec_from!(
-    Node(NodeSpec),
-    Network(NetworkSpec),
-    Nic(NicSpec),
-    SecurityGroup(SecurityGroupSpec),
-    Template(TemplateSpec),
-    Volume(VolumeSpec),
-    Vm(VmSpec),
-);
 
 /// The log form of an [`Update`], as it is read.
 #[derive(Deserialize)]

@@ -199,6 +199,35 @@ stored!(ApiToken, Kind::Token, tokens);
 stored!(JoinToken, Kind::JoinToken, join_tokens);
 stored!(IdempotencyRecord, Kind::Idempotency, idempotency);
 
+/// A kind that VMs attach (volumes, NICs) and may own.
+pub(crate) trait Attachable: Resource {
+    /// How messages name the kind.
+    const LABEL: &'static str;
+    fn vm_id(&self) -> Option<&String>;
+    fn vm_id_mut(&mut self) -> &mut Option<String>;
+    fn owner_vm_id(&self) -> Option<&String>;
+}
+
+macro_rules! attachable {
+    ($ty:ty, $label:literal) => {
+        impl Attachable for $ty {
+            const LABEL: &'static str = $label;
+            fn vm_id(&self) -> Option<&String> {
+                self.vm_id.as_ref()
+            }
+            fn vm_id_mut(&mut self) -> &mut Option<String> {
+                &mut self.vm_id
+            }
+            fn owner_vm_id(&self) -> Option<&String> {
+                self.owner_vm_id.as_ref()
+            }
+        }
+    };
+}
+
+attachable!(Volume, "volume");
+attachable!(Nic, "NIC");
+
 /// Evaluates `$body` with `$T` the type of the resource kind `$kind`, or `$other` for a kind
 /// that is no [`Resource`].
 macro_rules! with_resource {
@@ -247,8 +276,12 @@ fn name_exists(kind: Kind, name: &str) -> ApiError {
         .with_details(json!({"kind": kind.as_str(), "name": name}))
 }
 
-fn in_use(message: String, holders: Vec<String>) -> ApiError {
-    ApiError::conflict(message).with_details(json!({"in_use_by": holders}))
+/// Refuses a change while `holders` (`kind/id`) use what it would remove.
+fn refuse_if_used(holders: Vec<String>, message: impl FnOnce() -> String) -> Result<(), ApiError> {
+    if holders.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::conflict(message()).with_details(json!({"in_use_by": holders})))
 }
 
 impl State {
@@ -395,91 +428,52 @@ impl State {
     }
 
     /// Runs one command: the kind's module does the work, the shared steps are below.
+    // A table: one line per command.
+    #[rustfmt::skip]
     fn apply_command(&mut self, at: u64, command: &Command) -> Applied {
+        use Command as C;
         match command {
-            Command::Noop => Ok((Json::null(), Vec::new())),
-            Command::CreateProject { project } => self.create(at, project),
-            Command::CreateNetwork { network } => self.create(at, network),
-            Command::CreateNic { nic } => self.create(at, nic),
-            Command::CreateSecurityGroup { security_group } => self.create(at, security_group),
-            Command::CreateTemplate { template } => self.create(at, template),
-            Command::CreateVolume { volume } => self.create(at, volume),
-            Command::CreateVm {
-                vm,
-                owned_volumes,
-                owned_nics,
-            } => self.create_vm(at, vm, owned_volumes, owned_nics),
-            Command::Update(update) => self.apply_update(at, update),
-            Command::Delete {
-                kind,
-                id,
-                if_match,
-                force,
-            } => with_resource!(*kind, R => self.delete::<R>(at, id, *if_match, *force),
-                _ => Err(ApiError::not_found(*kind, id))),
-            Command::VmAction { id, action, now } => self.vm_action(at, id, *action, now),
-            Command::ResizeVolume {
-                id,
-                size_bytes,
-                if_match,
-                now,
-            } => self.resize_volume(at, id, *size_bytes, *if_match, now),
-            Command::CreateSnapshot {
-                volume_id,
-                snapshot,
-            } => self.create_snapshot(at, volume_id, snapshot),
-            Command::DeleteSnapshot {
-                volume_id,
-                snapshot_id,
-                now,
-            } => self.delete_snapshot(at, volume_id, snapshot_id, now),
-            Command::RollbackSnapshot {
-                volume_id,
-                snapshot_id,
-                now,
-            } => self.rollback_snapshot(at, volume_id, snapshot_id, now),
-            Command::CancelImport { id, now } => self.cancel_import(at, id, now),
-            Command::PromoteSnapshot {
-                volume_id,
-                snapshot_id,
-                template,
-            } => self.promote_snapshot(at, volume_id, snapshot_id, template),
-            Command::AddRule {
-                security_group_id,
-                rule,
-                now,
-            } => self.add_rule(at, security_group_id, rule, now),
-            Command::DeleteRule {
-                security_group_id,
-                rule_id,
-                now,
-            } => self.delete_rule(at, security_group_id, rule_id, now),
-            Command::RegisterNode { node } => self.register_node(at, node),
-            Command::SetNodeState {
-                id,
-                state,
-                capacity,
-                now,
-            } => self.set_node_state(at, id, *state, capacity.as_ref(), now),
-            Command::UpdateStatuses {
-                node_id,
-                reports,
-                now,
-            } => self.update_statuses(at, node_id, reports, now),
-            Command::Schedule {
-                placements,
-                pending,
-                now,
-            } => self.schedule(at, placements, pending, now),
-            Command::CreateToken { token } => self.create_token(at, token),
-            Command::DeleteToken { id } => self.delete_token(id),
-            Command::CreateJoinToken { token } => self.create_join_token(token),
-            Command::Prune {
-                idempotency_before_ms,
-                now_ms,
-            } => self.prune(*idempotency_before_ms, *now_ms),
-            Command::ConsumeJoinToken { hash, now_ms } => self.consume_join_token(hash, *now_ms),
+            C::Noop => Ok((Json::null(), Vec::new())),
+            C::CreateProject { project } => self.create(at, project),
+            C::CreateNetwork { network } => self.create(at, network),
+            C::CreateNic { nic } => self.create(at, nic),
+            C::CreateSecurityGroup { security_group } => self.create(at, security_group),
+            C::CreateTemplate { template } => self.create(at, template),
+            C::CreateVolume { volume } => self.create(at, volume),
+            C::CreateVm { vm, owned_volumes: v, owned_nics: n } => self.create_vm(at, vm, v, n),
+            C::Update(update) => self.apply_update(at, update),
+            C::Delete { kind, id, if_match: m, force: f } => self.apply_delete(at, *kind, id, *m, *f),
+            C::VmAction { id, action, now } => self.vm_action(at, id, *action, now),
+            C::ResizeVolume { id, size_bytes: b, if_match: m, now } => self.resize_volume(at, id, *b, *m, now),
+            C::CreateSnapshot { volume_id: v, snapshot } => self.create_snapshot(at, v, snapshot),
+            C::DeleteSnapshot { volume_id: v, snapshot_id: s, now } => self.delete_snapshot(at, v, s, now),
+            C::RollbackSnapshot { volume_id: v, snapshot_id: s, now } => self.rollback_snapshot(at, v, s, now),
+            C::CancelImport { id, now } => self.cancel_import(at, id, now),
+            C::PromoteSnapshot { volume_id: v, snapshot_id: s, template: t } => self.promote_snapshot(at, v, s, t),
+            C::AddRule { security_group_id: g, rule, now } => self.add_rule(at, g, rule, now),
+            C::DeleteRule { security_group_id: g, rule_id: r, now } => self.delete_rule(at, g, r, now),
+            C::RegisterNode { node } => self.register_node(at, node),
+            C::SetNodeState { id, state, capacity: c, now } => self.set_node_state(at, id, *state, c.as_ref(), now),
+            C::UpdateStatuses { node_id: n, reports: r, now } => self.update_statuses(at, n, r, now),
+            C::Schedule { placements: p, pending: w, now } => self.schedule(at, p, w, now),
+            C::CreateToken { token } => self.create_token(at, token),
+            C::DeleteToken { id } => self.delete_token(id),
+            C::CreateJoinToken { token } => self.create_join_token(token),
+            C::Prune { idempotency_before_ms: b, now_ms: n } => self.prune(*b, *n),
+            C::ConsumeJoinToken { hash, now_ms } => self.consume_join_token(hash, *now_ms),
         }
+    }
+
+    /// A delete goes to its kind's [`Resource::delete`].
+    fn apply_delete(
+        &mut self,
+        at: u64,
+        kind: Kind,
+        id: &str,
+        m: Option<u64>,
+        force: bool,
+    ) -> Applied {
+        with_resource!(kind, R => self.delete::<R>(at, id, m, force), _ => Err(ApiError::not_found(kind, id)))
     }
 
     /// Creates `new` (of any kind) at log index `at`.
@@ -567,6 +561,24 @@ impl State {
         T::map_mut(self)
             .get_mut(id)
             .ok_or_else(|| ApiError::not_found(T::KIND, id))
+    }
+
+    /// Stores `new` as the spec (`spec_of`) of object `id` of kind `R`; whether it changed.
+    fn store_spec<R: Resource>(
+        &mut self,
+        id: &str,
+        new: R::Spec,
+        spec_of: fn(&mut R) -> &mut R::Spec,
+    ) -> bool
+    where
+        R::Spec: PartialEq,
+    {
+        let Some(spec) = R::map_mut(self).get_mut(id).map(spec_of) else {
+            return false;
+        };
+        let changed = *spec != new;
+        *spec = new;
+        changed
     }
 
     fn same_or_exists(&self, kind: Kind, id: &str) -> Applied {

@@ -2,7 +2,7 @@
 //! Prefixes and the tunnel key are fixed after create; a network with NICs is deleted only
 //! with `force` (which takes the NICs along).
 
-use super::{in_use, ApiError, Removed, Resource, SpecChanged, State};
+use super::{refuse_if_used, ApiError, Removed, Resource, SpecChanged, State};
 use crate::model::*;
 
 impl Resource for Network {
@@ -26,11 +26,8 @@ impl Resource for Network {
             }
             Some(_) => {}
         }
-        let spec_changed = new != net.spec;
-        if let Some(n) = s.networks.get_mut(id) {
-            n.spec = new;
-        }
-        Ok((spec_changed, Vec::new()))
+        let changed = s.store_spec(id, new, |n: &mut Network| &mut n.spec);
+        Ok((changed, Vec::new()))
     }
 
     fn delete(s: &mut State, at: u64, id: &str, force: bool) -> Removed {
@@ -40,11 +37,11 @@ impl Resource for Network {
             .filter(|n| n.spec.network_id == id)
             .map(|n| n.meta.id.clone())
             .collect();
-        if !nics.is_empty() && !force {
-            return Err(in_use(
-                format!("network {id} has NICs (delete them or use force=true)"),
-                nics.iter().map(|n| format!("nic/{n}")).collect(),
-            ));
+        if !force {
+            let holders = nics.iter().map(|n| format!("nic/{n}")).collect();
+            refuse_if_used(holders, || {
+                format!("network {id} has NICs (delete them or use force=true)")
+            })?;
         }
         let mut changes = Vec::new();
         for nic_id in nics {
@@ -88,17 +85,6 @@ mod tests {
     use super::super::tests::*;
     use super::super::*;
 
-    fn update(spec: NetworkSpec) -> Proposal {
-        p(Command::Update(Update {
-            kind: Kind::Network,
-            id: "n1".into(),
-            if_match: None,
-            labels: None,
-            spec: Some(Spec::Network(spec)),
-            now: "t1".into(),
-        }))
-    }
-
     #[test]
     fn prefixes_stay_and_a_network_with_nics_goes_only_with_force() {
         let mut s = State::initial();
@@ -109,7 +95,11 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            s.apply(3, &update(moved)).0.result.unwrap_err().code,
+            s.apply(3, &update("n1", Spec::Network(moved)))
+                .0
+                .result
+                .unwrap_err()
+                .code,
             ErrorCode::InvalidArgument
         );
         let delete = |force| {

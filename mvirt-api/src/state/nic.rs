@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use serde_json::json;
 
-use super::{in_use, ApiError, Change, Removed, Resource, SpecChanged, State};
+use super::{refuse_if_used, ApiError, Change, Removed, Resource, SpecChanged, State};
 use crate::model::*;
 
 impl Resource for Nic {
@@ -49,23 +49,19 @@ impl Resource for Nic {
                 return Err(ApiError::not_found(Kind::SecurityGroup, sg));
             }
         }
-        let spec_changed = new != nic.spec;
         if new.security_group_ids != nic.spec.security_group_ids {
             // Leaving a group removes the NIC from other nodes' remote-group expansions.
             s.counters.last_removal_revision = at;
         }
-        if let Some(n) = s.nics.get_mut(id) {
-            n.spec = new;
-        }
-        Ok((spec_changed, Vec::new()))
+        let changed = s.store_spec(id, new, |n: &mut Nic| &mut n.spec);
+        Ok((changed, Vec::new()))
     }
 
     fn delete(s: &mut State, _: u64, id: &str, _: bool) -> Removed {
         if let Some(vm) = s.nics.get(id).and_then(|n| n.vm_id.clone()) {
-            return Err(in_use(
-                format!("NIC {id} is attached to VM {vm}"),
-                vec![format!("vm/{vm}")],
-            ));
+            refuse_if_used(vec![format!("vm/{vm}")], || {
+                format!("NIC {id} is attached to VM {vm}")
+            })?;
         }
         s.nics.remove(id);
         Ok(Vec::new())
@@ -138,25 +134,6 @@ impl State {
         Ok(())
     }
 
-    pub(super) fn check_attachable_nic(&self, nic: &Nic, vm: &Meta) -> Result<(), ApiError> {
-        if nic.meta.project != vm.project {
-            return Err(ApiError::invalid(format!(
-                "NIC {} is in another project",
-                nic.meta.id
-            )));
-        }
-        if let Some(other) = &nic.vm_id {
-            if other != &vm.id {
-                return Err(ApiError::conflict(format!(
-                    "NIC {} is attached to VM {other}",
-                    nic.meta.id
-                ))
-                .with_details(json!({"nic_id": nic.meta.id, "vm_id": other})));
-            }
-        }
-        Ok(())
-    }
-
     /// Removes a NIC (its network is going), detaching it from its VM.
     pub(super) fn remove_nic(&mut self, index: u64, nic_id: &str) -> Vec<Change> {
         let mut changes = Vec::new();
@@ -183,35 +160,19 @@ mod tests {
 
     #[test]
     fn addresses_are_allocated_once_and_a_taken_mac_is_refused() {
-        let mut s = State::initial();
-        s.apply(1, &network("n1", "net")).0.result.unwrap();
-        s.apply(2, &nic("c1", "a", "n1")).0.result.unwrap();
+        let mut s = state_after(&[network("n1", "net"), nic("c1", "a", "n1")]);
         let first = s.nics["c1"].spec.clone();
         assert_eq!(first.ipv4_address.as_deref(), Some("10.0.0.1"));
         let mut twin = nic("c2", "b", "n1");
         if let Command::CreateNic { nic } = &mut twin.command {
             nic.spec.mac_address = first.mac_address.clone();
         }
-        assert_eq!(
-            s.apply(3, &twin).0.result.unwrap_err().code,
-            ErrorCode::Conflict
-        );
-        let readdress = Update {
-            kind: Kind::Nic,
-            id: "c1".into(),
-            if_match: None,
-            labels: None,
-            spec: Some(Spec::Nic(NicSpec {
-                ipv4_address: Some("10.0.0.9".into()),
-                ..first.clone()
-            })),
-            now: "t1".into(),
-        };
-        let err = s
-            .apply(4, &p(Command::Update(readdress)))
-            .0
-            .result
-            .unwrap_err();
+        assert_eq!(refused(&mut s, 3, &twin).code, ErrorCode::Conflict);
+        let readdress = Spec::Nic(NicSpec {
+            ipv4_address: Some("10.0.0.9".into()),
+            ..first.clone()
+        });
+        let err = refused(&mut s, 4, &update("c1", readdress));
         assert_eq!(err.message, "ipv4_address cannot change");
         assert_eq!(s.nics["c1"].spec, first);
     }

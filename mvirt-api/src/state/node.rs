@@ -2,7 +2,9 @@
 //! control plane marks it online or offline, and a node is deleted only when nothing is placed
 //! on it.
 
-use super::{in_use, name_exists, stamp, ApiError, Applied, Removed, Resource, SpecChanged, State};
+use super::{
+    name_exists, refuse_if_used, stamp, ApiError, Applied, Removed, Resource, SpecChanged, State,
+};
 use crate::model::*;
 
 impl Resource for Node {
@@ -14,9 +16,7 @@ impl Resource for Node {
 
     /// Cordoning does not change what the node runs, so the spec revision stays.
     fn update_spec(s: &mut State, _: u64, id: &str, new: NodeSpec) -> SpecChanged {
-        if let Some(n) = s.nodes.get_mut(id) {
-            n.spec = new;
-        }
+        s.store_spec(id, new, |n: &mut Node| &mut n.spec);
         Ok((false, Vec::new()))
     }
 
@@ -33,12 +33,9 @@ impl Resource for Node {
                     .map(|v| format!("volume/{}", v.meta.id)),
             )
             .collect();
-        if !placed.is_empty() {
-            return Err(in_use(
-                format!("node {id} still has resources placed on it"),
-                placed,
-            ));
-        }
+        refuse_if_used(placed, || {
+            format!("node {id} still has resources placed on it")
+        })?;
         s.nodes.remove(id);
         Ok(s.forget_node_reports(at, id))
     }
@@ -193,18 +190,9 @@ mod tests {
         .result
         .unwrap();
         assert_eq!(s.nodes["a"].status.state, NodeState::Online);
-        let mut vol = volume("v1", "data");
-        if let Command::CreateVolume { volume } = &mut vol.command {
-            volume.spec.node_id = Some("a".into());
-        }
-        s.apply(5, &vol).0.result.unwrap();
-        let delete = Command::Delete {
-            kind: Kind::Node,
-            id: "a".into(),
-            if_match: None,
-            force: false,
-        };
-        let err = s.apply(6, &p(delete)).0.result.unwrap_err();
+        s.apply(5, &volume("v1", "data")).0.result.unwrap();
+        s.volumes.get_mut("v1").unwrap().node_id = Some("a".into());
+        let err = refused(&mut s, 6, &delete(Kind::Node, "a"));
         assert_eq!(err.details["in_use_by"][0], "volume/v1");
     }
 }

@@ -1,7 +1,7 @@
 //! Projects: cluster-wide names that hold the other resources. A project has no spec; it is
 //! deleted only when empty, and the `default` project never.
 
-use super::{in_use, ApiError, Removed, Resource, SpecChanged, State, DEFAULT_PROJECT_ID};
+use super::{refuse_if_used, ApiError, Removed, Resource, SpecChanged, State, DEFAULT_PROJECT_ID};
 use crate::model::*;
 
 /// The kinds a project holds, which keep it from being deleted.
@@ -43,12 +43,7 @@ impl Resource for Project {
                     .map(move |m| format!("{}/{}", kind.as_str(), m.id))
             })
             .collect();
-        if !holders.is_empty() {
-            return Err(in_use(
-                format!("project {p} still holds resources"),
-                holders,
-            ));
-        }
+        refuse_if_used(holders, || format!("project {p} still holds resources"))?;
         s.projects.remove(id);
         Ok(Vec::new())
     }
@@ -56,7 +51,7 @@ impl Resource for Project {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{meta, network, p};
+    use super::super::tests::{delete, meta, network, p, refused};
     use super::super::{Command, DEFAULT_PROJECT};
     use super::*;
 
@@ -71,23 +66,10 @@ mod tests {
         }
     }
 
-    fn delete(id: &str) -> Command {
-        Command::Delete {
-            kind: Kind::Project,
-            id: id.into(),
-            if_match: None,
-            force: false,
-        }
-    }
-
     #[test]
     fn a_project_is_deleted_only_when_empty_and_never_the_default_one() {
         let mut s = State::initial();
-        let err = s
-            .apply(1, &p(delete(DEFAULT_PROJECT_ID)))
-            .0
-            .result
-            .unwrap_err();
+        let err = refused(&mut s, 1, &delete(Kind::Project, DEFAULT_PROJECT_ID));
         assert_eq!(err.http_status(), 409);
         s.apply(2, &p(project("p1", "team"))).0.result.unwrap();
         let taken = s.apply(3, &p(project("p2", "team"))).0.result.unwrap_err();
@@ -97,7 +79,7 @@ mod tests {
             network.meta.project = "team".into();
         }
         s.apply(4, &net).0.result.unwrap();
-        let err = s.apply(5, &p(delete("p1"))).0.result.unwrap_err();
+        let err = refused(&mut s, 5, &delete(Kind::Project, "p1"));
         assert_eq!(err.details["in_use_by"][0], "network/n1");
         assert!(s.projects.contains_key("p1"));
         assert_eq!(

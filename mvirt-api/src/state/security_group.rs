@@ -4,7 +4,9 @@
 
 use std::collections::BTreeSet;
 
-use super::{in_use, stamp, ApiError, Applied, ErrorCode, Removed, Resource, SpecChanged, State};
+use super::{
+    refuse_if_used, stamp, ApiError, Applied, ErrorCode, Removed, Resource, SpecChanged, State,
+};
 use crate::model::*;
 
 impl Resource for SecurityGroup {
@@ -17,11 +19,8 @@ impl Resource for SecurityGroup {
 
     fn update_spec(s: &mut State, _: u64, id: &str, new: SecurityGroupSpec) -> SpecChanged {
         s.check_rules(id, &new.rules)?;
-        let spec_changed = new != s.security_groups[id].spec;
-        if let Some(group) = s.security_groups.get_mut(id) {
-            group.spec = new;
-        }
-        Ok((spec_changed, Vec::new()))
+        let changed = s.store_spec(id, new, |g: &mut SecurityGroup| &mut g.spec);
+        Ok((changed, Vec::new()))
     }
 
     fn delete(s: &mut State, _: u64, id: &str, _: bool) -> Removed {
@@ -43,9 +42,7 @@ impl Resource for SecurityGroup {
                 })
                 .map(|g| format!("security_group/{}", g.meta.id)),
         );
-        if !users.is_empty() {
-            return Err(in_use(format!("security group {id} is in use"), users));
-        }
+        refuse_if_used(users, || format!("security group {id} is in use"))?;
         s.security_groups.remove(id);
         Ok(Vec::new())
     }
@@ -150,13 +147,7 @@ mod tests {
             .result
             .unwrap();
         s.apply(3, &group("g2", "db", Some("g1"))).0.result.unwrap();
-        let delete = Command::Delete {
-            kind: Kind::SecurityGroup,
-            id: "g1".into(),
-            if_match: None,
-            force: false,
-        };
-        let err = s.apply(4, &p(delete)).0.result.unwrap_err();
+        let err = refused(&mut s, 4, &delete(Kind::SecurityGroup, "g1"));
         assert_eq!(err.details["in_use_by"][0], "security_group/g2");
         let drop_rule = Command::DeleteRule {
             security_group_id: "g2".into(),

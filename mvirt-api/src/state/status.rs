@@ -5,8 +5,25 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 
-use super::{ApiError, Applied, Change, SnapshotReport, State, StatusReport};
+use super::{ApiError, Applied, Change, Resource, SnapshotReport, State, StatusReport};
 use crate::model::*;
+
+/// A kind whose nodes report a [`Status`] on it.
+pub(super) trait Reported: Resource {
+    fn status_and_meta(&mut self) -> (&mut Status, &mut Meta);
+}
+
+macro_rules! reported {
+    ($($ty:ty),*) => {$(
+        impl Reported for $ty {
+            fn status_and_meta(&mut self) -> (&mut Status, &mut Meta) {
+                (&mut self.status, &mut self.meta)
+            }
+        }
+    )*};
+}
+
+reported!(Vm, Volume, Nic, Network, SecurityGroup, Template);
 
 impl State {
     pub(super) fn update_statuses(
@@ -33,33 +50,17 @@ impl State {
                     .get_mut(&report.id)
                     .filter(|v| v.node_id.as_deref() == Some(node_id))
                     .is_some_and(|v| apply_snapshot_reports(v, &report.snapshots));
-            let slot: Option<(&mut Status, &mut Meta)> = match report.kind {
-                Kind::Vm => self
-                    .vms
-                    .get_mut(&report.id)
-                    .filter(|v| v.node_id.as_deref() == Some(node_id))
-                    .map(|v| (&mut v.status, &mut v.meta)),
-                Kind::Volume => self
-                    .volumes
-                    .get_mut(&report.id)
-                    .filter(|v| v.node_id.is_none() || v.node_id.as_deref() == Some(node_id))
-                    .map(|v| (&mut v.status, &mut v.meta)),
-                Kind::Nic => self
-                    .nics
-                    .get_mut(&report.id)
-                    .map(|v| (&mut v.status, &mut v.meta)),
-                Kind::Network => self
-                    .networks
-                    .get_mut(&report.id)
-                    .map(|v| (&mut v.status, &mut v.meta)),
-                Kind::SecurityGroup => self
-                    .security_groups
-                    .get_mut(&report.id)
-                    .map(|v| (&mut v.status, &mut v.meta)),
-                Kind::Template => self
-                    .templates
-                    .get_mut(&report.id)
-                    .map(|v| (&mut v.status, &mut v.meta)),
+            let (id, node) = (report.id.as_str(), Some(node_id));
+            // A VM's report counts from its node only, a volume's also before it is placed.
+            let slot = match report.kind {
+                Kind::Vm => self.slot::<Vm>(id, |v| v.node_id.as_deref() == node),
+                Kind::Volume => {
+                    self.slot::<Volume>(id, |v| v.node_id.is_none() || v.node_id.as_deref() == node)
+                }
+                Kind::Nic => self.slot::<Nic>(id, |_| true),
+                Kind::Network => self.slot::<Network>(id, |_| true),
+                Kind::SecurityGroup => self.slot::<SecurityGroup>(id, |_| true),
+                Kind::Template => self.slot::<Template>(id, |_| true),
                 _ => None,
             };
             let Some((slot, meta)) = slot else {
@@ -89,6 +90,18 @@ impl State {
             Json::of(&json!({"accepted": accepted, "unknown_ids": unknown})),
             changes,
         ))
+    }
+
+    /// The status and meta of object `id` of kind `R`, if `accept` takes a report on it.
+    fn slot<R: Reported + 'static>(
+        &mut self,
+        id: &str,
+        accept: impl Fn(&R) -> bool,
+    ) -> Option<(&mut Status, &mut Meta)> {
+        R::map_mut(self)
+            .get_mut(id)
+            .filter(|o| accept(o))
+            .map(Reported::status_and_meta)
     }
 
     /// Drops a removed node's reports from every multi-node resource and re-derives their

@@ -1,7 +1,7 @@
 //! Templates: disk images every node imports (or, promoted from a volume's snapshot, one copy
 //! on that volume's node). A template's source never changes; one with clones is not deleted.
 
-use super::{in_use, stamp, ApiError, Applied, Removed, Resource, SpecChanged, State};
+use super::{refuse_if_used, stamp, ApiError, Applied, Removed, Resource, SpecChanged, State};
 use crate::model::*;
 
 impl Resource for Template {
@@ -23,9 +23,7 @@ impl Resource for Template {
             .filter(|v| v.spec.template_id.as_deref() == Some(id))
             .map(|v| format!("volume/{}", v.meta.id))
             .collect();
-        if !clones.is_empty() {
-            return Err(in_use(format!("template {id} has clones"), clones));
-        }
+        refuse_if_used(clones, || format!("template {id} has clones"))?;
         s.templates.remove(id);
         Ok(Vec::new())
     }
@@ -106,13 +104,7 @@ mod tests {
             volume.spec.template_id = Some("t1".into());
         }
         s.apply(2, &clone).0.result.unwrap();
-        let delete = Command::Delete {
-            kind: Kind::Template,
-            id: "t1".into(),
-            if_match: None,
-            force: false,
-        };
-        let err = s.apply(3, &p(delete)).0.result.unwrap_err();
+        let err = refused(&mut s, 3, &delete(Kind::Template, "t1"));
         assert_eq!(err.details["in_use_by"][0], "volume/v1");
         let cancel = || {
             p(Command::CancelImport {

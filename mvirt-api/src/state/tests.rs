@@ -18,6 +18,47 @@ pub(crate) fn meta(id: &str, name: &str) -> Meta {
     }
 }
 
+/// A delete of `id` without `If-Match` or `force`.
+pub(crate) fn delete(kind: Kind, id: &str) -> Proposal {
+    p(Command::Delete {
+        kind,
+        id: id.into(),
+        if_match: None,
+        force: false,
+    })
+}
+
+/// Why `apply` refused `proposal` at `index`.
+pub(crate) fn refused(s: &mut State, index: u64, proposal: &Proposal) -> ApiError {
+    match s.apply(index, proposal).0.result {
+        Ok(v) => panic!("accepted: {v:?}"),
+        Err(e) => e,
+    }
+}
+
+/// An update of `id`'s spec (no labels, no `If-Match`).
+pub(crate) fn update(id: &str, spec: Spec) -> Proposal {
+    p(Command::Update(Update {
+        kind: spec.kind(),
+        id: id.into(),
+        if_match: None,
+        labels: None,
+        spec: Some(spec),
+        now: "t1".into(),
+    }))
+}
+
+/// A fresh state after `proposals`, applied at indexes 1, 2, … (each must be accepted).
+pub(crate) fn state_after(proposals: &[Proposal]) -> State {
+    let mut s = State::initial();
+    for (i, proposal) in proposals.iter().enumerate() {
+        if let Err(e) = s.apply(i as u64 + 1, proposal).0.result {
+            panic!("proposal {i} refused: {e}");
+        }
+    }
+    s
+}
+
 pub(crate) fn p(command: Command) -> Proposal {
     Proposal {
         command,
@@ -165,20 +206,12 @@ fn tunnel_keys_are_allocated_unique_fixed_and_survive_snapshots_and_loads() {
 }
 
 pub(crate) fn volume(id: &str, name: &str) -> Proposal {
+    let spec = VolumeSpec {
+        size_bytes: 1 << 30,
+        ..Default::default()
+    };
     p(Command::CreateVolume {
-        volume: Volume {
-            meta: meta(id, name),
-            spec: VolumeSpec {
-                size_bytes: 1 << 30,
-                ..Default::default()
-            },
-            status: Status::default(),
-            node_id: None,
-            owner_vm_id: None,
-            vm_id: None,
-            snapshots: Vec::new(),
-            rollback: None,
-        },
+        volume: Volume::new(meta(id, name), spec),
     })
 }
 

@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 use serde_json::json;
 
 use super::{
-    name_exists, stamp, stamp_new, ApiError, Applied, Change, Placement, Removed, Resource,
-    SpecChanged, State,
+    name_exists, stamp, stamp_new, ApiError, Applied, Attachable, Change, Placement, Removed,
+    Resource, SpecChanged, State,
 };
 use crate::model::*;
 
@@ -79,7 +79,7 @@ impl State {
                 Some(owned) => owned,
                 None => {
                     let vol = self.get::<Volume>(vid)?;
-                    self.check_attachable_volume(vol, &vm.meta)?;
+                    self.check_attachable(vol, &vm.meta)?;
                     vol
                 }
             };
@@ -97,41 +97,21 @@ impl State {
                 continue;
             }
             let nic = self.get::<Nic>(nid)?;
-            self.check_attachable_nic(nic, &vm.meta)?;
+            self.check_attachable(nic, &vm.meta)?;
         }
         // Mutate.
         let mut changes = Vec::new();
-        for mut vol in volumes {
-            vol.vm_id = Some(vm.meta.id.clone());
-            stamp_new(&mut vol.meta, index);
-            let id = vol.meta.id.clone();
-            self.volumes.insert(id.clone(), vol);
-            changes.push(self.change(Kind::Volume, &id, "created"));
+        for vol in volumes {
+            changes.push(self.insert_owned(index, vol, &vm.meta.id));
         }
-        for mut nic in nics {
-            nic.vm_id = Some(vm.meta.id.clone());
-            stamp_new(&mut nic.meta, index);
-            let id = nic.meta.id.clone();
-            self.nics.insert(id.clone(), nic);
-            changes.push(self.change(Kind::Nic, &id, "created"));
+        for nic in nics {
+            changes.push(self.insert_owned(index, nic, &vm.meta.id));
         }
         for vid in &vm.spec.volume_ids {
-            if let Some(vol) = self.volumes.get_mut(vid) {
-                if vol.vm_id.is_none() {
-                    vol.vm_id = Some(vm.meta.id.clone());
-                    vol.meta.revision = index;
-                    changes.push(self.change(Kind::Volume, vid, "attached"));
-                }
-            }
+            changes.extend(self.attach_free::<Volume>(index, vid, &vm.meta.id));
         }
         for nid in &vm.spec.nic_ids {
-            if let Some(nic) = self.nics.get_mut(nid) {
-                if nic.vm_id.is_none() {
-                    nic.vm_id = Some(vm.meta.id.clone());
-                    nic.meta.revision = index;
-                    changes.push(self.change(Kind::Nic, nid, "attached"));
-                }
-            }
+            changes.extend(self.attach_free::<Nic>(index, nid, &vm.meta.id));
         }
         let mut vm = vm.clone();
         stamp_new(&mut vm.meta, index);
@@ -195,7 +175,7 @@ impl State {
         let new_nics: BTreeSet<&String> = new.nic_ids.iter().collect();
         for vid in new_vols.difference(&old_vols) {
             let vol = self.get::<Volume>(vid)?;
-            self.check_attachable_volume(vol, &vm.meta)?;
+            self.check_attachable(vol, &vm.meta)?;
             if let (Some(vn), Some(n)) = (&vol.node_id, &vm.node_id) {
                 if vn != n {
                     return Err(ApiError::conflict(format!(
@@ -213,7 +193,7 @@ impl State {
         }
         for nid in new_nics.difference(&old_nics) {
             let nic = self.get::<Nic>(nid)?;
-            self.check_attachable_nic(nic, &vm.meta)?;
+            self.check_attachable(nic, &vm.meta)?;
         }
         for nid in old_nics.difference(&new_nics) {
             if self.nics.get(*nid).and_then(|n| n.owner_vm_id.as_ref()) == Some(&vm.meta.id) {
@@ -223,40 +203,21 @@ impl State {
             }
         }
         let mut changes = Vec::new();
+        let attach = Some(&vm.meta.id);
         for vid in new_vols.difference(&old_vols) {
             if let Some(vol) = self.volumes.get_mut(*vid) {
-                vol.vm_id = Some(vm.meta.id.clone());
-                if vol.node_id.is_none() {
-                    vol.node_id = vm.node_id.clone();
-                }
-                vol.meta.revision = index;
-                vol.meta.spec_revision = index;
+                vol.node_id = vol.node_id.take().or_else(|| vm.node_id.clone());
             }
-            changes.push(self.change(Kind::Volume, vid, "attached"));
+            changes.push(self.set_attachment::<Volume>(index, vid, attach));
         }
         for vid in old_vols.difference(&new_vols) {
-            if let Some(vol) = self.volumes.get_mut(*vid) {
-                vol.vm_id = None;
-                vol.meta.revision = index;
-                vol.meta.spec_revision = index;
-            }
-            changes.push(self.change(Kind::Volume, vid, "detached"));
+            changes.push(self.set_attachment::<Volume>(index, vid, None));
         }
         for nid in new_nics.difference(&old_nics) {
-            if let Some(nic) = self.nics.get_mut(*nid) {
-                nic.vm_id = Some(vm.meta.id.clone());
-                nic.meta.revision = index;
-                nic.meta.spec_revision = index;
-            }
-            changes.push(self.change(Kind::Nic, nid, "attached"));
+            changes.push(self.set_attachment::<Nic>(index, nid, attach));
         }
         for nid in old_nics.difference(&new_nics) {
-            if let Some(nic) = self.nics.get_mut(*nid) {
-                nic.vm_id = None;
-                nic.meta.revision = index;
-                nic.meta.spec_revision = index;
-            }
-            changes.push(self.change(Kind::Nic, nid, "detached"));
+            changes.push(self.set_attachment::<Nic>(index, nid, None));
             self.counters.last_removal_revision = index;
         }
         if !old_vols.is_subset(&new_vols) {
@@ -275,42 +236,91 @@ impl State {
             return changes;
         };
         for vid in &vm.spec.volume_ids {
-            let owned = self
-                .volumes
-                .get(vid)
-                .and_then(|v| v.owner_vm_id.clone())
-                .as_deref()
-                == Some(vm_id);
-            if owned {
-                if let Some(vol) = self.volumes.remove(vid) {
-                    changes.push(State::removed(Kind::Volume, vid, &vol.meta.project));
-                }
-            } else if let Some(vol) = self.volumes.get_mut(vid) {
-                vol.vm_id = None;
-                vol.meta.revision = index;
-                vol.meta.spec_revision = index;
-                changes.push(self.change(Kind::Volume, vid, "detached"));
-            }
+            changes.extend(self.release::<Volume>(index, vm_id, vid));
         }
         for nid in &vm.spec.nic_ids {
-            let owned = self
-                .nics
-                .get(nid)
-                .and_then(|n| n.owner_vm_id.clone())
-                .as_deref()
-                == Some(vm_id);
-            if owned {
-                if let Some(nic) = self.nics.remove(nid) {
-                    changes.push(State::removed(Kind::Nic, nid, &nic.meta.project));
-                }
-            } else if let Some(nic) = self.nics.get_mut(nid) {
-                nic.vm_id = None;
-                nic.meta.revision = index;
-                nic.meta.spec_revision = index;
-                changes.push(self.change(Kind::Nic, nid, "detached"));
-            }
+            changes.extend(self.release::<Nic>(index, vm_id, nid));
         }
         changes
+    }
+
+    /// Takes object `id` from the deleted VM `vm_id`: deleted with it if the VM owns it,
+    /// detached otherwise.
+    fn release<A: Attachable>(&mut self, index: u64, vm_id: &str, id: &str) -> Option<Change> {
+        let owner = A::map(self).get(id).and_then(|o| o.owner_vm_id());
+        if owner.map(String::as_str) == Some(vm_id) {
+            let object = A::map_mut(self).remove(id)?;
+            return Some(State::removed(A::KIND, id, &object.meta().project));
+        }
+        A::map(self)
+            .contains_key(id)
+            .then(|| self.set_attachment::<A>(index, id, None))
+    }
+
+    /// Attaches an existing volume or NIC the new VM `vm_id` names, unless it is attached
+    /// (the VM's own, minted with it).
+    fn attach_free<A: Attachable>(&mut self, index: u64, id: &str, vm_id: &str) -> Option<Change> {
+        let object = A::map_mut(self)
+            .get_mut(id)
+            .filter(|o| o.vm_id().is_none())?;
+        *object.vm_id_mut() = Some(vm_id.to_string());
+        object.meta_mut().revision = index;
+        Some(self.change(A::KIND, id, "attached"))
+    }
+
+    /// Stores a volume or NIC created with (and attached to) the VM `vm_id`.
+    fn insert_owned<A: Attachable>(&mut self, index: u64, mut object: A, vm_id: &str) -> Change {
+        *object.vm_id_mut() = Some(vm_id.to_string());
+        stamp_new(object.meta_mut(), index);
+        let id = object.meta().id.clone();
+        A::map_mut(self).insert(id.clone(), object);
+        self.change(A::KIND, &id, "created")
+    }
+
+    /// Attaches object `id` to the VM `vm` (`None`: detaches it).
+    fn set_attachment<A: Attachable>(
+        &mut self,
+        index: u64,
+        id: &str,
+        vm: Option<&String>,
+    ) -> Change {
+        if let Some(object) = A::map_mut(self).get_mut(id) {
+            *object.vm_id_mut() = vm.cloned();
+            object.meta_mut().revision = index;
+            object.meta_mut().spec_revision = index;
+        }
+        self.change(
+            A::KIND,
+            id,
+            if vm.is_some() { "attached" } else { "detached" },
+        )
+    }
+
+    /// `object` can be attached to the VM `vm`: same project, attached to no other VM.
+    pub(super) fn check_attachable<A: Attachable>(
+        &self,
+        object: &A,
+        vm: &Meta,
+    ) -> Result<(), ApiError> {
+        let id = &object.meta().id;
+        if object.meta().project != vm.project {
+            return Err(ApiError::invalid(format!(
+                "{} {id} is in another project",
+                A::LABEL
+            )));
+        }
+        match object.vm_id() {
+            Some(other) if other != &vm.id => {
+                let mut details = serde_json::Map::new();
+                details.insert(format!("{}_id", A::KIND.as_str()), json!(id));
+                details.insert("vm_id".into(), json!(other));
+                Err(
+                    ApiError::conflict(format!("{} {id} is attached to VM {other}", A::LABEL))
+                        .with_details(details.into()),
+                )
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Start, stop, kill or restart: changes what the VM's node is asked for.
@@ -436,9 +446,9 @@ mod tests {
 
     fn vm(id: &str, name: &str, volume_ids: Vec<String>) -> Command {
         Command::CreateVm {
-            vm: Vm {
-                meta: meta(id, name),
-                spec: VmSpec {
+            vm: Vm::new(
+                meta(id, name),
+                VmSpec {
                     vcpus: 1,
                     memory_bytes: 1 << 30,
                     hostname: None,
@@ -455,13 +465,7 @@ mod tests {
                     hugepages: false,
                     nested_virtualization: false,
                 },
-                status: Status::default(),
-                node_id: None,
-                node_state: None,
-                scheduling: Scheduling::default(),
-                stop_mode: StopMode::Graceful,
-                restart_generation: 0,
-            },
+            ),
             owned_volumes: Vec::new(),
             owned_nics: Vec::new(),
         }
@@ -491,13 +495,7 @@ mod tests {
         s.apply(4, &p(kill)).0.result.unwrap();
         assert_eq!(s.vms["m1"].spec.desired_state, DesiredState::Stopped);
         assert_eq!(s.vms["m1"].stop_mode, StopMode::Force);
-        let delete = Command::Delete {
-            kind: Kind::Vm,
-            id: "m1".into(),
-            if_match: None,
-            force: false,
-        };
-        s.apply(5, &p(delete)).0.result.unwrap();
+        s.apply(5, &delete(Kind::Vm, "m1")).0.result.unwrap();
         assert_eq!(s.volumes["v1"].vm_id, None, "detached, not deleted");
     }
 }

@@ -3,7 +3,9 @@
 
 use serde_json::json;
 
-use super::{in_use, stamp, ApiError, Applied, ErrorCode, Removed, Resource, SpecChanged, State};
+use super::{
+    refuse_if_used, stamp, ApiError, Applied, ErrorCode, Removed, Resource, SpecChanged, State,
+};
 use crate::model::*;
 
 impl Resource for Volume {
@@ -25,20 +27,16 @@ impl Resource for Volume {
         if new.size_bytes < vol.spec.size_bytes {
             return Err(ApiError::invalid("volumes only grow"));
         }
-        let spec_changed = new != vol.spec;
-        if let Some(v) = s.volumes.get_mut(id) {
-            v.spec = new;
-        }
-        Ok((spec_changed, Vec::new()))
+        let changed = s.store_spec(id, new, |v: &mut Volume| &mut v.spec);
+        Ok((changed, Vec::new()))
     }
 
     fn delete(s: &mut State, _: u64, id: &str, _: bool) -> Removed {
-        if let Some(vm) = s.volumes.get(id).and_then(|v| v.vm_id.clone()) {
-            return Err(in_use(
-                format!("volume {id} is attached to VM {vm}"),
-                vec![format!("vm/{vm}")],
-            ));
-        }
+        let vm = s.volumes.get(id).and_then(|v| v.vm_id.as_ref());
+        let holders = vm.map(|vm| format!("vm/{vm}")).into_iter().collect();
+        refuse_if_used(holders, || {
+            format!("volume {id} is attached to VM {}", vm.map_or("", |v| v))
+        })?;
         s.volumes.remove(id);
         Ok(Vec::new())
     }
@@ -94,9 +92,10 @@ impl State {
         &mut self,
         index: u64,
         volume_id: &str,
-        snapshot_id: &str,
+        snap: &str,
         now: &str,
     ) -> Applied {
+        let snapshot_id = snap;
         let vol = self.get_mut::<Volume>(volume_id)?;
         let pending_target = vol.rollback.as_ref().filter(|r| {
             r.snapshot_id == snapshot_id
@@ -216,25 +215,6 @@ impl State {
         }
         Ok(home)
     }
-
-    pub(super) fn check_attachable_volume(&self, vol: &Volume, vm: &Meta) -> Result<(), ApiError> {
-        if vol.meta.project != vm.project {
-            return Err(ApiError::invalid(format!(
-                "volume {} is in another project",
-                vol.meta.id
-            )));
-        }
-        if let Some(other) = &vol.vm_id {
-            if other != &vm.id {
-                return Err(ApiError::conflict(format!(
-                    "volume {} is attached to VM {other}",
-                    vol.meta.id
-                ))
-                .with_details(json!({"volume_id": vol.meta.id, "vm_id": other})));
-            }
-        }
-        Ok(())
-    }
 }
 
 fn snapshot_not_found(volume_id: &str, snapshot_id: &str) -> ApiError {
@@ -251,8 +231,7 @@ mod tests {
 
     #[test]
     fn volumes_only_grow_and_an_attached_volume_is_not_deleted() {
-        let mut s = State::initial();
-        s.apply(1, &volume("v1", "data")).0.result.unwrap();
+        let mut s = state_after(&[volume("v1", "data")]);
         let resize = |size_bytes| {
             p(Command::ResizeVolume {
                 id: "v1".into(),
@@ -276,13 +255,7 @@ mod tests {
             ErrorCode::NotFound
         );
         s.volumes.get_mut("v1").unwrap().vm_id = Some("vm".into());
-        let delete = Command::Delete {
-            kind: Kind::Volume,
-            id: "v1".into(),
-            if_match: None,
-            force: false,
-        };
-        let err = s.apply(5, &p(delete)).0.result.unwrap_err();
+        let err = refused(&mut s, 5, &delete(Kind::Volume, "v1"));
         assert_eq!(err.details["in_use_by"][0], "vm/vm");
     }
 }
