@@ -14,8 +14,8 @@ use super::{
     io_err, Artifact, BootFile, ImportError, ImportManager, ImportRequest, CHUNK, PUBLISH_EVERY,
 };
 use crate::fetch::{self, Compression, Content, FetchError, Format};
-use crate::layout::{self};
-use crate::qemu_img::{self};
+use crate::layout;
+use crate::qemu_img;
 use crate::storage::SECTOR;
 use crate::store::Phase;
 
