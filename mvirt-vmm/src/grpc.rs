@@ -232,6 +232,7 @@ impl VmService for VmGrpc {
             defined_vms: info.defined_vms,
             hypervisor: info.hypervisor,
             kvm_usable: info.kvm_usable,
+            ..Default::default()
         }))
     }
 
