@@ -28,6 +28,9 @@ use rand::Rng;
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
 
+/// The responder reads frames into a buffer of this size (longer ones arrive cut).
+const RECV_BUFFER: usize = 2048;
+
 /// The CI run: ~3 s per target in a debug build on the shared 2-core machine.
 const CI_CASES: u64 = 3000;
 
@@ -74,8 +77,9 @@ fn check(cfg: &NicConfig, frame: &[u8]) {
     let Some(reply) = answer(cfg, frame) else {
         return;
     };
+    // No amplification: an echo reply mirrors the request; DHCP replies and RAs are small.
     assert!(
-        reply.len() <= 9018,
+        reply.len() <= frame.len().max(600),
         "a {}-byte reply to a {}-byte frame",
         reply.len(),
         frame.len()
@@ -103,7 +107,7 @@ fn arbitrary_frames_never_panic_hang_or_allocate_without_bound() {
         .run(
             |rng| {
                 let cfg = nic_config(rng);
-                let mut frame = bytes(rng, 0..2048);
+                let mut frame = bytes(rng, 0..RECV_BUFFER);
                 // Most frames get the NIC's source MAC and a control EtherType, or the
                 // responder would drop them at the first check.
                 if frame.len() >= 14 && rng.gen_bool(0.9) {
@@ -284,6 +288,7 @@ fn valid_control_frames_with_random_edits_never_panic_hang_or_allocate_without_b
                 if keep_mac {
                     mutated[6..12].copy_from_slice(&cfg.mac);
                 }
+                mutated.truncate(RECV_BUFFER);
                 (cfg, mutated)
             },
             |(cfg, frame)| check(cfg, frame),
@@ -363,7 +368,8 @@ fn valid_headers_around_random_payloads_never_panic_hang_or_allocate_without_bou
                     }
                     _ => bytes(rng, 0..1400),
                 };
-                let frame = control_frame(rng, &cfg, Some(payload));
+                let mut frame = control_frame(rng, &cfg, Some(payload));
+                frame.truncate(RECV_BUFFER);
                 (cfg, frame)
             },
             |(cfg, frame)| check(cfg, frame),

@@ -7,6 +7,8 @@
 //! then unpacked in order into `images/<manifest hex>/rootfs` (see [`crate::unpack`]), which
 //! containers use read-only as the lower layer of their overlay. Work happens in temporary
 //! directories renamed into place at the end, so a failed pull leaves nothing half-written.
+//! The config blob is held in memory, so it is capped ([`MAX_CONFIG_BYTES`]): both its
+//! descriptor's size and the bytes the registry actually sends.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -23,6 +25,10 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
 use crate::unpack::{self, LayerCompression, UnpackError};
+
+/// The largest image config blob a pull accepts. Real configs are a few KiB (their history
+/// can reach some hundred KiB); the blob is kept in memory.
+pub const MAX_CONFIG_BYTES: usize = 4 << 20;
 
 /// Credentials for one pull.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -118,6 +124,8 @@ pub enum ImageError {
         os: String,
         architecture: String,
     },
+    #[error("image config of {reference} has {size} bytes (at most {MAX_CONFIG_BYTES})")]
+    ConfigTooLarge { reference: String, size: i64 },
     #[error("image config of {reference} is not valid JSON")]
     BadConfig {
         reference: String,
@@ -152,6 +160,7 @@ impl HasErrorKind for ImageError {
             }
             // DATA_LOSS has no ErrorKind; the gRPC edge maps DigestMismatch itself.
             ImageError::DigestMismatch { .. } => ErrorKind::Internal,
+            ImageError::ConfigTooLarge { .. } => ErrorKind::FailedPrecondition,
             ImageError::Registry { .. }
             | ImageError::BadConfig { .. }
             | ImageError::Unpack { .. }
@@ -412,12 +421,24 @@ impl ImageStore {
             }
         }
 
-        let mut config_blob = Vec::new();
-        client
+        let too_large = |size| ImageError::ConfigTooLarge {
+            reference: reference.to_string(),
+            size,
+        };
+        let declared = manifest.config.size;
+        if usize::try_from(declared).map_or(true, |size| size > MAX_CONFIG_BYTES) {
+            return Err(too_large(declared));
+        }
+        // The descriptor may lie about the size; the digest is only checked at the end.
+        let mut config_blob = CappedBuffer::new(MAX_CONFIG_BYTES);
+        let pulled = client
             .pull_blob(&parsed, &manifest.config, &mut config_blob)
-            .await
-            .map_err(|e| classify(reference, e))?;
-        let config = parse_config(reference, &config_blob)?;
+            .await;
+        if config_blob.overflowed {
+            return Err(too_large(i64::MAX));
+        }
+        pulled.map_err(|e| classify(reference, e))?;
+        let config = parse_config(reference, &config_blob.bytes)?;
 
         let mut layers = Vec::new();
         for layer in &manifest.layers {
@@ -529,6 +550,56 @@ impl ImageStore {
     }
 }
 
+/// An in-memory blob sink that fails once more than `cap` bytes arrive.
+struct CappedBuffer {
+    bytes: Vec<u8>,
+    cap: usize,
+    overflowed: bool,
+}
+
+impl CappedBuffer {
+    fn new(cap: usize) -> Self {
+        Self {
+            bytes: Vec::new(),
+            cap,
+            overflowed: false,
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for CappedBuffer {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.bytes.len().saturating_add(buf.len()) > this.cap {
+            this.overflowed = true;
+            return std::task::Poll::Ready(Err(std::io::Error::other(format!(
+                "blob larger than {} bytes",
+                this.cap
+            ))));
+        }
+        this.bytes.extend_from_slice(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
 /// The hex part of a `sha256:<hex>` digest, validated (it becomes a file name).
 pub fn digest_hex(digest: &str) -> Result<&str, ImageError> {
     let hex = digest.strip_prefix("sha256:").unwrap_or("");
@@ -566,6 +637,16 @@ mod tests {
         assert!(digest_hex(&format!("sha256:{}", "a".repeat(64))).is_ok());
         assert!(digest_hex("sha256:../../etc").is_err());
         assert!(digest_hex("md5:abc").is_err());
+    }
+
+    #[tokio::test]
+    async fn the_config_sink_refuses_more_than_its_cap() {
+        use tokio::io::AsyncWriteExt;
+        let mut sink = CappedBuffer::new(8);
+        sink.write_all(b"12345678").await.unwrap();
+        assert!(sink.write_all(b"9").await.is_err());
+        assert!(sink.overflowed);
+        assert_eq!(sink.bytes, b"12345678");
     }
 
     #[test]

@@ -4,7 +4,13 @@
 //! from the layers below, and a `.wh..wh..opq` entry makes its directory opaque: whatever lower
 //! layers put there is removed, while what this same layer puts there stays (the tar order of
 //! the marker and its siblings is not specified, so entries of the current layer are tracked).
-//! Paths are confined to the target directory by the `tar` crate's `unpack_in`.
+//! Paths are confined to the target directory by the `tar` crate's `unpack_in`; whiteouts and
+//! the replacement of an existing path (file by directory and back) are checked here, since
+//! they delete before `tar` looks: nothing outside the root is ever removed, also not through
+//! a symlink the layer itself planted. A layer is read twice: first its raw headers, so that
+//! GNU long names/links and pax extension records (which `tar` buffers whole in memory) larger
+//! than [`MAX_METADATA_ENTRY`] are refused before anything is buffered; then it is applied.
+//! The layers come from a registry, so they are fuzzed (`tests/fuzz_oci.rs`).
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -13,6 +19,10 @@ use std::path::{Component, Path, PathBuf};
 
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
+
+/// The largest GNU long name/link or pax extension record a layer may carry. Linux paths are
+/// at most 4 KiB; pax records also carry xattrs, which are not unpacked.
+pub const MAX_METADATA_ENTRY: u64 = 1 << 20;
 
 /// How a layer blob is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +55,10 @@ pub enum UnpackError {
     },
     #[error("layer entry {entry:?} escapes the root filesystem")]
     UnsafePath { entry: PathBuf },
+    #[error("whiteout {entry:?} does not name a file")]
+    BadWhiteout { entry: PathBuf },
+    #[error("layer has a {size}-byte long name or pax record (at most {MAX_METADATA_ENTRY})")]
+    OversizedMetadata { size: u64 },
     #[error("cannot apply layer entry {entry:?}")]
     Apply {
         entry: PathBuf,
@@ -95,21 +109,57 @@ fn parent_is_inside(root: &Path, relative: &Path) -> bool {
     }
 }
 
+fn open_layer(blob: &Path, compression: LayerCompression) -> Result<Box<dyn Read>, UnpackError> {
+    let file = File::open(blob).map_err(|source| UnpackError::Read {
+        path: blob.to_path_buf(),
+        source,
+    })?;
+    Ok(match compression {
+        LayerCompression::None => Box::new(BufReader::new(file)),
+        LayerCompression::Gzip => Box::new(flate2::read::GzDecoder::new(BufReader::new(file))),
+    })
+}
+
+/// Refuses a layer whose long-name or pax records would make `tar` buffer more than
+/// [`MAX_METADATA_ENTRY`] bytes (raw entries: nothing is buffered here).
+fn check_metadata_sizes(blob: &Path, compression: LayerCompression) -> Result<(), UnpackError> {
+    let read_err = |source| UnpackError::Read {
+        path: blob.to_path_buf(),
+        source,
+    };
+    let mut archive = tar::Archive::new(open_layer(blob, compression)?);
+    for entry in archive.entries().map_err(read_err)?.raw(true) {
+        let entry = entry.map_err(read_err)?;
+        let kind = entry.header().entry_type();
+        if kind.is_gnu_longname() || kind.is_gnu_longlink() || kind.is_pax_local_extensions() {
+            let size = entry.header().entry_size().map_err(read_err)?;
+            if size > MAX_METADATA_ENTRY {
+                return Err(UnpackError::OversizedMetadata { size });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The path a whiteout file name hides: `.wh.<name>` in the same directory, where `<name>`
+/// must be one plain file name (not empty, `.` or `..`, which would hide the directory itself
+/// or its parent).
+fn whiteout_target(relative: &Path, hidden: &str) -> Option<PathBuf> {
+    let mut components = Path::new(hidden).components();
+    match (components.next(), components.next()) {
+        (Some(Component::Normal(name)), None) => Some(relative.with_file_name(name)),
+        _ => None,
+    }
+}
+
 /// Applies one layer blob on top of `root`.
 pub fn unpack_layer(
     blob: &Path,
     compression: LayerCompression,
     root: &Path,
 ) -> Result<(), UnpackError> {
-    let file = File::open(blob).map_err(|source| UnpackError::Read {
-        path: blob.to_path_buf(),
-        source,
-    })?;
-    let reader: Box<dyn Read> = match compression {
-        LayerCompression::None => Box::new(BufReader::new(file)),
-        LayerCompression::Gzip => Box::new(flate2::read::GzDecoder::new(BufReader::new(file))),
-    };
-    let mut archive = tar::Archive::new(reader);
+    check_metadata_sizes(blob, compression)?;
+    let mut archive = tar::Archive::new(open_layer(blob, compression)?);
     archive.set_preserve_permissions(true);
     archive.set_preserve_ownerships(true);
     archive.set_preserve_mtime(true);
@@ -134,7 +184,10 @@ pub fn unpack_layer(
             continue;
         }
         if let Some(hidden) = file_name.strip_prefix(WHITEOUT_PREFIX) {
-            let target = relative.with_file_name(hidden);
+            let target =
+                whiteout_target(&relative, hidden).ok_or_else(|| UnpackError::BadWhiteout {
+                    entry: raw_path.clone(),
+                })?;
             if !parent_is_inside(root, &target) {
                 return Err(UnpackError::UnsafePath { entry: raw_path });
             }
@@ -144,7 +197,12 @@ pub fn unpack_layer(
             })?;
             continue;
         }
-        // A directory replacing a file or a file replacing a directory.
+        // A directory replacing a file or a file replacing a directory. The parent may be a
+        // symlink out of the root (planted by this or a lower layer): `tar` refuses to write
+        // through it, but the removal here would happen first.
+        if !parent_is_inside(root, &relative) {
+            return Err(UnpackError::UnsafePath { entry: raw_path });
+        }
         let dest = root.join(&relative);
         if let Ok(meta) = std::fs::symlink_metadata(&dest) {
             let entry_is_dir = entry.header().entry_type().is_dir();
