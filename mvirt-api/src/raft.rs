@@ -531,8 +531,9 @@ impl From<std::io::Error> for StreamError {
 /// The protocol name of the AppendEntries stream (`Upgrade:` header on `GET /raft/stream`).
 pub const STREAM_PROTOCOL: &str = "mvirt-raft-append";
 
-/// The largest frame either side accepts (as the HTTP body limit of the Raft listener).
-const MAX_FRAME: usize = 256 * 1024 * 1024;
+/// The largest AppendEntries frame either side accepts (also the body limit of
+/// `POST /raft/append`, [`crate::raftapi::APPEND_BODY_LIMIT`]).
+pub const MAX_FRAME: usize = 256 * 1024 * 1024;
 
 /// Writes one frame: a big-endian u32 length, then the bytes.
 pub async fn write_frame<W: tokio::io::AsyncWrite + Unpin>(
@@ -692,6 +693,9 @@ pub fn config(snapshot_every: u64) -> openraft::Config {
         election_timeout_min: 600,
         election_timeout_max: 1200,
         install_snapshot_timeout: 10_000,
+        // openraft's default, pinned: the Raft listener's snapshot body limit
+        // (`raftapi::SNAPSHOT_BODY_LIMIT`) is sized for chunks of this size.
+        snapshot_max_chunk_size: 3 * 1024 * 1024,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_every),
         max_in_snapshot_log_to_keep: (snapshot_every / 4).max(5),
         purge_batch_size: 64,

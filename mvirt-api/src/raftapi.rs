@@ -1,33 +1,80 @@
 //! The member-to-member HTTP API on the Raft listener (`:6001`). Every call carries the cluster
 //! secret as a Bearer token. Besides openraft's three RPCs it serves what followers forward to
-//! the leader: writes, read-index requests and node heartbeats.
+//! the leader (writes, read-index requests and node heartbeats) and the leader's request to a
+//! follower to campaign when the leader hands over before its own removal (`/raft/elect`).
+//!
+//! A request is authenticated (and its `x-mvirt-raft-target` checked) on its headers alone, in a
+//! layer in front of every route, so a stranger's body is never read. Each route caps its body
+//! (see the `*_BODY_LIMIT` constants); a `Content-Length` over the cap is answered 413 before
+//! any of the body is read, a chunked body is cut off at the cap.
 
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use openraft::error::{CheckIsLeaderError, InstallSnapshotError, RaftError};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::app::{App, HeartbeatForward};
 use crate::proposer::WriteFailure;
 use crate::raft::{MemberId, TypeConfig};
 use crate::state::{ApiError, ErrorCode, Proposal};
 
+/// Vote, read-index, heartbeat and elect bodies: a few hundred bytes.
+pub const SMALL_BODY_LIMIT: usize = 64 * 1024;
+/// A forwarded write: one proposal, whose REST body is at most `rest::BODY_LIMIT` (1 MiB) and
+/// whose gRPC origin (a batch of status reports) at most tonic's 4 MiB, with room for JSON.
+pub const WRITE_BODY_LIMIT: usize = 16 * 1024 * 1024;
+/// `POST /raft/append` (the fallback of the AppendEntries stream) and one stream frame: up to
+/// `max_payload_entries` (64) entries, each a group-commit batch of proposals.
+pub const APPEND_BODY_LIMIT: usize = crate::raft::MAX_FRAME;
+/// One InstallSnapshot chunk: at most `snapshot_max_chunk_size` (pinned to 3 MiB in
+/// [`crate::raft::config`]) of snapshot bytes, which JSON writes as an array of numbers (up to
+/// 4 characters a byte), plus the snapshot's metadata (membership).
+pub const SNAPSHOT_BODY_LIMIT: usize = 64 * 1024 * 1024;
+
 pub fn router(app: Arc<App>) -> Router {
+    let limit = RequestBodyLimitLayer::new;
     Router::new()
-        .route("/raft/append", post(append))
-        .route("/raft/vote", post(vote))
-        .route("/raft/snapshot", post(snapshot))
-        .route("/raft/write", post(write))
-        .route("/raft/read-index", post(read_index))
-        .route("/raft/heartbeat", post(heartbeat))
+        .route("/raft/append", post(append).layer(limit(APPEND_BODY_LIMIT)))
+        .route("/raft/vote", post(vote).layer(limit(SMALL_BODY_LIMIT)))
+        .route(
+            "/raft/snapshot",
+            post(snapshot).layer(limit(SNAPSHOT_BODY_LIMIT)),
+        )
+        .route("/raft/write", post(write).layer(limit(WRITE_BODY_LIMIT)))
+        .route(
+            "/raft/read-index",
+            post(read_index).layer(limit(SMALL_BODY_LIMIT)),
+        )
+        .route(
+            "/raft/heartbeat",
+            post(heartbeat).layer(limit(SMALL_BODY_LIMIT)),
+        )
+        .route("/raft/elect", post(elect).layer(limit(SMALL_BODY_LIMIT)))
         .route("/raft/stream", get(stream))
-        .layer(DefaultBodyLimit::max(256 * 1024 * 1024))
+        // Runs before the route (and so before any extractor reads the body).
+        .route_layer(middleware::from_fn_with_state(app.clone(), authenticate))
+        // The per-route limits above replace axum's default of 2 MB.
+        .layer(DefaultBodyLimit::disable())
         .with_state(app)
+}
+
+/// The gate in front of every route: the cluster secret, then the target member, from the
+/// headers only.
+async fn authenticate(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    if !authorized(&app, req.headers()) {
+        return denied();
+    }
+    if let Some(refused) = misdirected(&app, req.headers()) {
+        return refused;
+    }
+    next.run(req).await
 }
 
 fn authorized(app: &App, headers: &HeaderMap) -> bool {
@@ -43,7 +90,7 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// `Some(421)` when the RPC names another member as its target ([`crate::raft::TARGET_HEADER`];
-/// absent on RPCs from older builds, which are taken).
+/// absent on RPCs from older builds and on forwards, which are taken).
 fn misdirected(app: &App, headers: &HeaderMap) -> Option<Response> {
     let target = headers.get(crate::raft::TARGET_HEADER)?;
     let target = target
@@ -65,15 +112,8 @@ fn denied() -> Response {
 
 async fn append(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
     Json(req): Json<AppendEntriesRequest<TypeConfig>>,
 ) -> Response {
-    if !authorized(&app, &headers) {
-        return denied();
-    }
-    if let Some(refused) = misdirected(&app, &headers) {
-        return refused;
-    }
     Json(app.raft.append_entries(req).await).into_response()
 }
 
@@ -81,12 +121,6 @@ async fn append(
 /// member sends its AppendEntries as frames on one upgraded connection (see
 /// [`crate::raft::write_frame`]) instead of one HTTP request each.
 async fn stream(State(app): State<Arc<App>>, headers: HeaderMap, mut req: Request) -> Response {
-    if !authorized(&app, &headers) {
-        return denied();
-    }
-    if let Some(refused) = misdirected(&app, &headers) {
-        return refused;
-    }
     let wanted = headers
         .get(axum::http::header::UPGRADE)
         .and_then(|v| v.to_str().ok());
@@ -131,44 +165,20 @@ where
     Ok(())
 }
 
-async fn vote(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    Json(req): Json<VoteRequest<MemberId>>,
-) -> Response {
-    if !authorized(&app, &headers) {
-        return denied();
-    }
-    if let Some(refused) = misdirected(&app, &headers) {
-        return refused;
-    }
+async fn vote(State(app): State<Arc<App>>, Json(req): Json<VoteRequest<MemberId>>) -> Response {
     Json(app.raft.vote(req).await).into_response()
 }
 
 async fn snapshot(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
     Json(req): Json<InstallSnapshotRequest<TypeConfig>>,
 ) -> Response {
-    if !authorized(&app, &headers) {
-        return denied();
-    }
-    if let Some(refused) = misdirected(&app, &headers) {
-        return refused;
-    }
     let result: Result<_, RaftError<MemberId, InstallSnapshotError>> =
         app.raft.install_snapshot(req).await;
     Json(result).into_response()
 }
 
-async fn write(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    Json(proposal): Json<Proposal>,
-) -> Response {
-    if !authorized(&app, &headers) {
-        return denied();
-    }
+async fn write(State(app): State<Arc<App>>, Json(proposal): Json<Proposal>) -> Response {
     // Only the leader appends; a follower that got this (leadership moved) says so.
     let result = match app.write_local(proposal).await {
         Ok(outcome) => Ok(outcome),
@@ -181,10 +191,7 @@ async fn write(
     Json(result).into_response()
 }
 
-async fn read_index(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    if !authorized(&app, &headers) {
-        return denied();
-    }
+async fn read_index(State(app): State<Arc<App>>) -> Response {
     let result: Result<u64, ApiError> = match app.raft.ensure_linearizable().await {
         Ok(id) => Ok(id.map(|l| l.index).unwrap_or(0)),
         Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
@@ -195,18 +202,23 @@ async fn read_index(State(app): State<Arc<App>>, headers: HeaderMap) -> Response
     Json(result).into_response()
 }
 
-async fn heartbeat(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    Json(hb): Json<HeartbeatForward>,
-) -> Response {
-    if !authorized(&app, &headers) {
-        return denied();
-    }
+async fn heartbeat(State(app): State<Arc<App>>, Json(hb): Json<HeartbeatForward>) -> Response {
     let result = if app.is_leader() {
         app.heartbeat(hb).await
     } else {
         Err(ApiError::no_leader("not the leader"))
     };
+    Json(result).into_response()
+}
+
+/// `POST /raft/elect`: the leader, about to remove itself, asks this member to campaign now
+/// (see [`App::hand_over`](crate::app::App)). A no-op on a learner or a leader.
+async fn elect(State(app): State<Arc<App>>) -> Response {
+    let result: Result<(), ApiError> = app
+        .raft
+        .trigger()
+        .elect()
+        .await
+        .map_err(|e| ApiError::unavailable(format!("cannot campaign: {e}")));
     Json(result).into_response()
 }

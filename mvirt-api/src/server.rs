@@ -430,7 +430,9 @@ pub async fn start(
         let rest_listener = rest_listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        if let Err(e) = axum::serve(rest_listener, rest_router)
+        // The peer address reaches handlers (the join rate limit is per source address).
+        let rest_service = rest_router.into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(e) = axum::serve(rest_listener, rest_service)
             .with_graceful_shutdown(async move { sd.wait().await })
             .await
         {

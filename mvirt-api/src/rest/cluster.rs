@@ -2,16 +2,16 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use openraft::ServerState;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{ErrorEnvelope, JsonBody};
-use crate::app::{hash_secret, new_id, now, now_ms, random_secret, App};
+use crate::app::{hash_secret, new_id, now, now_ms, random_secret, App, Removal};
 use crate::model::{ApiToken, JoinToken, Member, Role};
 use crate::state::{ApiError, Command, ErrorCode};
 use crate::validate;
@@ -225,24 +225,37 @@ pub async fn remove_member(
     Path(id): Path<u64>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    // The caller's (admin) token is valid on every member: pass it on.
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
+    let path = format!("/v1/controlplane/members/{id}");
     if !app.is_leader() {
-        // The caller's (admin) token is valid on every member: pass it on.
-        let token = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::to_string);
         return forward_to_leader_rest(
             &app,
             reqwest::Method::DELETE,
-            &format!("/v1/controlplane/members/{id}"),
+            &path,
             token.as_deref(),
             None,
         )
         .await;
     }
-    app.remove_member(id).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    match app.remove_member(id).await? {
+        Removal::Removed => Ok(StatusCode::NO_CONTENT.into_response()),
+        // This member led and is the one to go: the new leader removes it.
+        Removal::HandedOver(_) => {
+            forward_to_leader_rest(
+                &app,
+                reqwest::Method::DELETE,
+                &path,
+                token.as_deref(),
+                None,
+            )
+            .await
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
@@ -264,9 +277,13 @@ pub struct JoinResponse {
 }
 
 /// Called by `mvirt-api --join`: authenticated by the join token in the body (no Bearer).
-#[utoipa::path(post, path = "/v1/controlplane/join", tag = "controlplane", request_body = JoinRequest, responses((status = 200, body = JoinResponse), (status = 403, body = ErrorEnvelope)))]
+/// The token is checked against the replicated state in memory first (a bad one costs no Raft
+/// write), and refused tokens are rate-limited per source address: past
+/// [`crate::app::JOIN_FAILURE_BURST`] of them the address gets 429 with `Retry-After`.
+#[utoipa::path(post, path = "/v1/controlplane/join", tag = "controlplane", request_body = JoinRequest, responses((status = 200, body = JoinResponse), (status = 403, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope), (status = 429, body = ErrorEnvelope)))]
 pub async fn join(
     State(app): State<Arc<App>>,
+    peer: Option<Extension<ConnectInfo<std::net::SocketAddr>>>,
     JsonBody(req, raw): JsonBody<JoinRequest>,
 ) -> Result<Response, ApiError> {
     if !req.api_url.starts_with("http://") && !req.api_url.starts_with("https://") {
@@ -276,6 +293,19 @@ pub async fn join(
         return Err(ApiError::invalid(
             "raft_addr must be host:port with an IP address",
         ));
+    }
+    // Without connection info (a router served in-process) every caller shares one bucket.
+    let source = peer
+        .map(|Extension(ConnectInfo(addr))| addr.ip())
+        .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+    if let Err(wait) = app.join_limiter.admit(source) {
+        return Ok(too_many_joins(wait));
+    }
+    if let Err(e) = app.verify_join_token(&req.token).await {
+        if e.code == ErrorCode::PermissionDenied {
+            app.join_limiter.charge(source);
+        }
+        return Err(e);
     }
     if !app.is_leader() {
         return forward_to_leader_rest(
@@ -307,6 +337,7 @@ pub async fn join(
             format!("member {id} already has this api_url or raft_addr"),
         ));
     }
+    // Still refused when another join used the token since the check above.
     let (_, value) = app
         .submit(
             Command::ConsumeJoinToken {
@@ -315,7 +346,12 @@ pub async fn join(
             },
             None,
         )
-        .await?;
+        .await
+        .inspect_err(|e| {
+            if e.code == ErrorCode::PermissionDenied {
+                app.join_limiter.charge(source);
+            }
+        })?;
     let member_id = value
         .get("member_id")
         .and_then(|v| v.as_u64())
@@ -336,6 +372,22 @@ pub async fn join(
         cluster_secret: app.secret.to_string(),
     })
     .into_response())
+}
+
+/// 429 for a source address that used up its failed joins.
+fn too_many_joins(wait: std::time::Duration) -> Response {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let body = serde_json::json!({"error": {
+        "code": "rate_limited",
+        "message": format!("too many refused joins from this address; retry in {seconds}s"),
+        "details": {"retry_after_seconds": seconds},
+    }});
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(axum::http::header::RETRY_AFTER, seconds.to_string())],
+        Json(body),
+    )
+        .into_response()
 }
 
 /// Re-sends a REST call to the leader's REST API (for membership calls only the leader does).
