@@ -18,15 +18,26 @@ use crate::vmm::{DeviceChange, VmEventKind, Vmm, VmmError};
 
 pub struct VmGrpc {
     vmm: Vmm,
+    pods: crate::pod::PodManager,
 }
 
 impl VmGrpc {
-    pub fn new(vmm: Vmm) -> Self {
-        Self { vmm }
+    pub fn new(vmm: Vmm, pods: crate::pod::PodManager) -> Self {
+        Self { vmm, pods }
     }
 }
 
-fn invalid(msg: impl Into<String>) -> Status {
+impl VmGrpc {
+    /// VmService does not reach the microVMs of pods (PodService owns them).
+    fn vm_only(&self, id: &str) -> Result<(), Status> {
+        match self.vmm.get(id) {
+            Ok(vm) if vm.spec.is_pod_vm() => Err(VmmError::NotFound(id.to_string()).into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+pub(crate) fn invalid(msg: impl Into<String>) -> Status {
     Status::invalid_argument(msg.into())
 }
 
@@ -62,6 +73,7 @@ pub fn spec_from_proto(config: proto::VmConfig) -> Result<VmSpec, Status> {
         hugepages: config.hugepages,
         nested_virtualization: config.nested_virtualization,
         labels: config.labels.into_iter().collect(),
+        vsock: None,
     })
 }
 
@@ -73,11 +85,19 @@ fn disk_from_proto(d: proto::Disk) -> DiskSpec {
     }
 }
 
-fn nic_from_proto(n: proto::Nic) -> NicSpec {
+pub(crate) fn nic_from_proto(n: proto::Nic) -> NicSpec {
     NicSpec {
         id: n.id,
         tap: n.tap,
         mac: n.mac.to_lowercase(),
+    }
+}
+
+pub(crate) fn nic_to_proto(n: &NicSpec) -> proto::Nic {
+    proto::Nic {
+        id: n.id.clone(),
+        tap: n.tap.clone(),
+        mac: n.mac.clone(),
     }
 }
 
@@ -112,15 +132,7 @@ pub fn spec_to_proto(spec: &VmSpec) -> proto::VmConfig {
                 read_only: d.read_only,
             })
             .collect(),
-        nics: spec
-            .nics
-            .iter()
-            .map(|n| proto::Nic {
-                id: n.id.clone(),
-                tap: n.tap.clone(),
-                mac: n.mac.clone(),
-            })
-            .collect(),
+        nics: spec.nics.iter().map(nic_to_proto).collect(),
         cloud_init: spec.cloud_init.as_ref().map(|c| proto::CloudInit {
             user_data: c.user_data.clone(),
             network_config: c.network_config.clone(),
@@ -170,11 +182,11 @@ fn change_to_proto(change: DeviceChange) -> proto::DeviceChangeResponse {
     }
 }
 
-fn timeout(seconds: u32) -> Option<Duration> {
+pub(crate) fn timeout(seconds: u32) -> Option<Duration> {
     (seconds > 0).then(|| Duration::from_secs(seconds as u64))
 }
 
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+pub(crate) type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl VmService for VmGrpc {
@@ -196,6 +208,11 @@ impl VmService for VmGrpc {
         _request: Request<proto::GetSystemInfoRequest>,
     ) -> Result<Response<proto::SystemInfo>, Status> {
         let info = self.vmm.system_info()?;
+        let (running_pods, defined_pods) = self.pods.counts()?;
+        let (pod_artefacts_version, pod_artefacts_error) = match self.pods.artefacts().await {
+            Ok(a) => (a.version, String::new()),
+            Err(e) => (String::new(), mvirt_common::error::error_chain(&e)),
+        };
         let h = info.host;
         Ok(Response::new(proto::SystemInfo {
             hostname: h.hostname,
@@ -232,7 +249,10 @@ impl VmService for VmGrpc {
             defined_vms: info.defined_vms,
             hypervisor: info.hypervisor,
             kvm_usable: info.kvm_usable,
-            ..Default::default()
+            pod_artefacts_version,
+            pod_artefacts_error,
+            running_pods,
+            defined_pods,
         }))
     }
 
@@ -251,7 +271,9 @@ impl VmService for VmGrpc {
         &self,
         request: Request<proto::GetVmRequest>,
     ) -> Result<Response<proto::Vm>, Status> {
-        let vm = self.vmm.get(&request.into_inner().id)?;
+        let id = request.into_inner().id;
+        self.vm_only(&id)?;
+        let vm = self.vmm.get(&id)?;
         Ok(Response::new(vm_to_proto(&vm)))
     }
 
@@ -261,7 +283,8 @@ impl VmService for VmGrpc {
     ) -> Result<Response<proto::ListVmsResponse>, Status> {
         let selector: BTreeMap<String, String> =
             request.into_inner().label_selector.into_iter().collect();
-        let vms = self.vmm.list(&selector)?;
+        let mut vms = self.vmm.list(&selector)?;
+        vms.retain(|vm| !vm.spec.is_pod_vm());
         Ok(Response::new(proto::ListVmsResponse {
             vms: vms.iter().map(vm_to_proto).collect(),
         }))
@@ -272,6 +295,7 @@ impl VmService for VmGrpc {
         request: Request<proto::DeleteVmRequest>,
     ) -> Result<Response<proto::DeleteVmResponse>, Status> {
         let req = request.into_inner();
+        self.vm_only(&req.id)?;
         self.vmm.delete(&req.id, req.force).await?;
         Ok(Response::new(proto::DeleteVmResponse {}))
     }
@@ -280,7 +304,9 @@ impl VmService for VmGrpc {
         &self,
         request: Request<proto::StartVmRequest>,
     ) -> Result<Response<proto::Vm>, Status> {
-        let vm = self.vmm.start(&request.into_inner().id).await?;
+        let id = request.into_inner().id;
+        self.vm_only(&id)?;
+        let vm = self.vmm.start(&id).await?;
         Ok(Response::new(vm_to_proto(&vm)))
     }
 
@@ -289,6 +315,7 @@ impl VmService for VmGrpc {
         request: Request<proto::StopVmRequest>,
     ) -> Result<Response<proto::Vm>, Status> {
         let req = request.into_inner();
+        self.vm_only(&req.id)?;
         let vm = self.vmm.stop(&req.id, timeout(req.timeout_seconds)).await?;
         Ok(Response::new(vm_to_proto(&vm)))
     }
@@ -297,7 +324,9 @@ impl VmService for VmGrpc {
         &self,
         request: Request<proto::KillVmRequest>,
     ) -> Result<Response<proto::Vm>, Status> {
-        let vm = self.vmm.kill(&request.into_inner().id).await?;
+        let id = request.into_inner().id;
+        self.vm_only(&id)?;
+        let vm = self.vmm.kill(&id).await?;
         Ok(Response::new(vm_to_proto(&vm)))
     }
 
@@ -306,6 +335,7 @@ impl VmService for VmGrpc {
         request: Request<proto::RestartVmRequest>,
     ) -> Result<Response<proto::Vm>, Status> {
         let req = request.into_inner();
+        self.vm_only(&req.id)?;
         let vm = self
             .vmm
             .restart(&req.id, timeout(req.timeout_seconds))
@@ -318,6 +348,7 @@ impl VmService for VmGrpc {
         request: Request<proto::ResizeVmRequest>,
     ) -> Result<Response<proto::DeviceChangeResponse>, Status> {
         let req = request.into_inner();
+        self.vm_only(&req.id)?;
         if req.vcpus == 0 && req.memory_mib == 0 {
             return Err(invalid("resize needs vcpus or memory_mib"));
         }
@@ -337,6 +368,7 @@ impl VmService for VmGrpc {
         request: Request<proto::AttachDiskRequest>,
     ) -> Result<Response<proto::DeviceChangeResponse>, Status> {
         let req = request.into_inner();
+        self.vm_only(&req.vm_id)?;
         let disk = req.disk.ok_or_else(|| invalid("disk is required"))?;
         let change = self
             .vmm
@@ -350,6 +382,7 @@ impl VmService for VmGrpc {
         request: Request<proto::DetachDiskRequest>,
     ) -> Result<Response<proto::DeviceChangeResponse>, Status> {
         let req = request.into_inner();
+        self.vm_only(&req.vm_id)?;
         let change = self.vmm.detach_disk(&req.vm_id, &req.disk_id).await?;
         Ok(Response::new(change_to_proto(change)))
     }
@@ -359,6 +392,7 @@ impl VmService for VmGrpc {
         request: Request<proto::AttachNicRequest>,
     ) -> Result<Response<proto::DeviceChangeResponse>, Status> {
         let req = request.into_inner();
+        self.vm_only(&req.vm_id)?;
         let nic = req.nic.ok_or_else(|| invalid("nic is required"))?;
         let change = self.vmm.attach_nic(&req.vm_id, nic_from_proto(nic)).await?;
         Ok(Response::new(change_to_proto(change)))
@@ -369,6 +403,7 @@ impl VmService for VmGrpc {
         request: Request<proto::DetachNicRequest>,
     ) -> Result<Response<proto::DeviceChangeResponse>, Status> {
         let req = request.into_inner();
+        self.vm_only(&req.vm_id)?;
         let change = self.vmm.detach_nic(&req.vm_id, &req.nic_id).await?;
         Ok(Response::new(change_to_proto(change)))
     }
@@ -385,50 +420,9 @@ impl VmService for VmGrpc {
             .await
             .ok_or_else(|| invalid("the first console message must name the VM"))??;
         let vm_id = first.vm_id.clone();
-        let hub = self.vmm.console(&vm_id)?;
-        let (scrollback, live) = hub.subscribe();
-        let mut live =
-            live.ok_or_else(|| Status::from(VmmError::ConsoleUnavailable(vm_id.clone())))?;
-        if !first.data.is_empty() {
-            hub.send_input(Bytes::from(first.data))
-                .await
-                .map_err(|_| Status::from(VmmError::ConsoleUnavailable(vm_id.clone())))?;
-        }
-        // Input from this viewer, until it hangs up.
-        let input_hub = hub.clone();
-        tokio::spawn(async move {
-            while let Some(Ok(message)) = inputs.next().await {
-                if !message.data.is_empty()
-                    && input_hub
-                        .send_input(Bytes::from(message.data))
-                        .await
-                        .is_err()
-                {
-                    break;
-                }
-            }
-        });
-        let stop = self.vmm.shutdown_token();
-        let output = async_stream::stream! {
-            if !scrollback.is_empty() {
-                yield Ok(proto::ConsoleOutput { data: scrollback });
-            }
-            loop {
-                let next = tokio::select! {
-                    _ = stop.cancelled() => break,
-                    next = live.recv() => next,
-                };
-                match next {
-                    Ok(data) => yield Ok(proto::ConsoleOutput { data: data.to_vec() }),
-                    Err(RecvError::Lagged(n)) => {
-                        let note = format!("\r\n[mvirt: {n} console chunks dropped: viewer too slow]\r\n");
-                        yield Ok(proto::ConsoleOutput { data: note.into_bytes() });
-                    }
-                    Err(RecvError::Closed) => break,
-                }
-            }
-        };
-        Ok(Response::new(Box::pin(output)))
+        self.vm_only(&vm_id)?;
+        let inputs = inputs.map(|m| m.map(|m| m.data));
+        console_stream(&self.vmm, &vm_id, first.data, inputs).await
     }
 
     type WatchVmsStream = BoxStream<proto::VmEvent>;
@@ -440,7 +434,9 @@ impl VmService for VmGrpc {
         // Subscribe before listing so that no change falls between the two.
         let mut events = self.vmm.subscribe();
         let initial = if request.into_inner().include_initial {
-            self.vmm.list(&BTreeMap::new())?
+            let mut vms = self.vmm.list(&BTreeMap::new())?;
+            vms.retain(|vm| !vm.spec.is_pod_vm());
+            vms
         } else {
             Vec::new()
         };
@@ -458,6 +454,7 @@ impl VmService for VmGrpc {
                     next = events.recv() => next,
                 };
                 match next {
+                    Ok(event) if event.vm.spec.is_pod_vm() => {}
                     Ok(event) => {
                         let kind = match event.kind {
                             VmEventKind::Created => proto::VmEventType::Created,
@@ -477,4 +474,53 @@ impl VmService for VmGrpc {
         };
         Ok(Response::new(Box::pin(output)))
     }
+}
+
+/// The serial console of a running VM (or pod microVM) as a gRPC stream: the scrollback, then
+/// live output; `first_input` and everything `inputs` yields go to the guest.
+pub(crate) async fn console_stream(
+    vmm: &Vmm,
+    id: &str,
+    first_input: Vec<u8>,
+    mut inputs: impl tokio_stream::Stream<Item = Result<Vec<u8>, Status>> + Send + Unpin + 'static,
+) -> Result<Response<BoxStream<proto::ConsoleOutput>>, Status> {
+    let hub = vmm.console(id)?;
+    let (scrollback, live) = hub.subscribe();
+    let unavailable = || Status::from(VmmError::ConsoleUnavailable(id.to_string()));
+    let mut live = live.ok_or_else(unavailable)?;
+    if !first_input.is_empty() {
+        hub.send_input(Bytes::from(first_input))
+            .await
+            .map_err(|_| unavailable())?;
+    }
+    // Input from this viewer, until it hangs up.
+    let input_hub = hub.clone();
+    tokio::spawn(async move {
+        while let Some(Ok(data)) = inputs.next().await {
+            if !data.is_empty() && input_hub.send_input(Bytes::from(data)).await.is_err() {
+                break;
+            }
+        }
+    });
+    let stop = vmm.shutdown_token();
+    let output = async_stream::stream! {
+        if !scrollback.is_empty() {
+            yield Ok(proto::ConsoleOutput { data: scrollback });
+        }
+        loop {
+            let next = tokio::select! {
+                _ = stop.cancelled() => break,
+                next = live.recv() => next,
+            };
+            match next {
+                Ok(data) => yield Ok(proto::ConsoleOutput { data: data.to_vec() }),
+                Err(RecvError::Lagged(n)) => {
+                    let note = format!("\r\n[mvirt: {n} console chunks dropped: viewer too slow]\r\n");
+                    yield Ok(proto::ConsoleOutput { data: note.into_bytes() });
+                }
+                Err(RecvError::Closed) => break,
+            }
+        }
+    };
+    Ok(Response::new(Box::pin(output)))
 }

@@ -13,7 +13,7 @@
 //! With `default-features = false` only the generated [`proto`] module (messages and
 //! `VmServiceClient`) is built.
 
-/// Generated protobuf types and the `VmService` client (and server, with the `server` feature).
+/// Generated protobuf types and the `VmService`/`PodService` clients (and server, with the `server` feature).
 pub mod proto {
     tonic::include_proto!("mvirt.vmm.v1");
 }
@@ -28,6 +28,8 @@ pub mod grpc;
 pub mod hypervisor;
 #[cfg(feature = "server")]
 pub mod model;
+#[cfg(feature = "server")]
+pub mod pod;
 #[cfg(feature = "server")]
 pub mod process;
 #[cfg(feature = "server")]
@@ -45,6 +47,8 @@ mod server {
     use mvirt_common::listen::{ListenAddr, Listener, SocketOptions};
     use mvirt_common::Shutdown;
 
+    use crate::pod::{PodError, PodManager};
+    use crate::proto::pod_service_server::PodServiceServer;
     use crate::proto::vm_service_server::VmServiceServer;
     use crate::vmm::{Vmm, VmmConfig, VmmError};
 
@@ -52,6 +56,8 @@ mod server {
     pub enum ServeError {
         #[error(transparent)]
         Vmm(#[from] VmmError),
+        #[error(transparent)]
+        Pod(#[from] PodError),
         #[error(transparent)]
         Grpc(#[from] mvirt_common::grpc::ServeError),
     }
@@ -64,12 +70,27 @@ mod server {
         shutdown: Shutdown,
     ) -> Result<(), ServeError> {
         let listener = listener.into();
-        let vmm = Vmm::open(config)?;
-        vmm.recover().await?;
-        serve_vmm(vmm, listener, shutdown).await
+        let (vmm, pods) = open(config).await?;
+        serve_vmm(vmm, pods, listener, shutdown).await
     }
 
-    async fn serve_vmm(vmm: Vmm, listener: Listener, shutdown: Shutdown) -> Result<(), ServeError> {
+    /// Opens the manager and adopts what survived a restart: VMs first, then the pods on
+    /// their microVMs.
+    async fn open(config: VmmConfig) -> Result<(Vmm, PodManager), ServeError> {
+        let pod_config = config.pod.clone();
+        let vmm = Vmm::open(config)?;
+        vmm.recover().await?;
+        let pods = PodManager::new(vmm.clone(), pod_config);
+        pods.recover().await?;
+        Ok((vmm, pods))
+    }
+
+    async fn serve_vmm(
+        vmm: Vmm,
+        pods: PodManager,
+        listener: Listener,
+        shutdown: Shutdown,
+    ) -> Result<(), ServeError> {
         let watcher = {
             let vmm = vmm.clone();
             let shutdown = shutdown.clone();
@@ -80,7 +101,12 @@ mod server {
             })
         };
         let server = mvirt_common::grpc::GrpcServer::new()
-            .add_service(VmServiceServer::new(crate::grpc::VmGrpc::new(vmm.clone())))
+            .add_service(VmServiceServer::new(crate::grpc::VmGrpc::new(
+                vmm.clone(),
+                pods.clone(),
+            )))
+            .await
+            .add_service(PodServiceServer::new(crate::pod::grpc::PodGrpc::new(pods)))
             .await;
         let result = server.serve(listener, shutdown).await;
         let _ = watcher.await;
@@ -91,6 +117,7 @@ mod server {
     pub struct RunningVmm {
         pub addr: ListenAddr,
         pub vmm: Vmm,
+        pub pods: PodManager,
         shutdown: Shutdown,
         task: tokio::task::JoinHandle<Result<(), ServeError>>,
     }
@@ -116,15 +143,20 @@ mod server {
     /// Opens, recovers and serves on `addr` (a unix socket with mode 0600, or TCP where port
     /// 0 picks one) in a background task.
     pub async fn start(config: VmmConfig, addr: ListenAddr) -> Result<RunningVmm, ServeError> {
-        let vmm = Vmm::open(config)?;
-        vmm.recover().await?;
+        let (vmm, pods) = open(config).await?;
         let listener = Listener::bind(&addr, &SocketOptions::default()).await?;
         let addr = listener.local_addr();
         let shutdown = Shutdown::new();
-        let task = tokio::spawn(serve_vmm(vmm.clone(), listener, shutdown.clone()));
+        let task = tokio::spawn(serve_vmm(
+            vmm.clone(),
+            pods.clone(),
+            listener,
+            shutdown.clone(),
+        ));
         Ok(RunningVmm {
             addr,
             vmm,
+            pods,
             shutdown,
             task,
         })

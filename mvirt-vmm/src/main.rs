@@ -56,6 +56,21 @@ struct Flags {
     /// does not say.
     #[arg(long, default_value_t = 30)]
     stop_timeout: u64,
+    /// Pod boot artefacts (mvirt-pod-image's vmlinuz, initramfs.img, manifest.json).
+    #[arg(long, default_value = "/var/lib/mvirt/pod-artefacts")]
+    pod_artefacts: PathBuf,
+    /// vhost-user vsock backend run beside each QEMU pod microVM (a name is looked up in PATH).
+    #[arg(long, default_value = "vhost-device-vsock")]
+    vhost_device_vsock_binary: PathBuf,
+    /// Seconds a pod start waits for mvirt-one's readiness connection.
+    #[arg(long, default_value_t = 120)]
+    pod_ready_timeout: u64,
+    /// Extra kernel command-line words for pod microVMs (e.g. `tsc_early_khz=2100000`).
+    #[arg(long, value_delimiter = ' ')]
+    pod_kernel_args: Vec<String>,
+    /// Registries (`host:port`) pods may pull from over plain HTTP (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pod_insecure_registries: Vec<String>,
 }
 
 const DAEMON: DaemonSpec = DaemonSpec {
@@ -80,6 +95,11 @@ fn main() -> ExitCode {
     config.qemu.default_firmware = flags.qemu_firmware;
     config.log_endpoint = flags.log_endpoint;
     config.default_stop_timeout = Duration::from_secs(flags.stop_timeout);
+    config.qemu.vhost_vsock_binary = flags.vhost_device_vsock_binary;
+    config.pod.artefacts_dir = flags.pod_artefacts;
+    config.pod.ready_timeout = Duration::from_secs(flags.pod_ready_timeout);
+    config.pod.kernel_args = flags.pod_kernel_args;
+    config.pod.insecure_registries = flags.pod_insecure_registries;
     DAEMON.serve(&flags.daemon, |listener, shutdown| {
         mvirt_vmm::serve(config, listener, shutdown)
     })

@@ -74,6 +74,24 @@ pub struct VmSpec {
     pub nested_virtualization: bool,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// A virtio-vsock device (pod microVMs only: never set through VmService). The host side
+    /// is a hybrid vsock unix socket in the run directory ([`crate::hypervisor::RunDir::vsock_socket`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<VsockSpec>,
+}
+
+/// The guest's vsock context id (3 or more; every guest has its own socket, so the id only has
+/// to be valid, not unique on the host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VsockSpec {
+    pub cid: u32,
+}
+
+impl VmSpec {
+    /// Whether this is the microVM of a pod (owned by the pod, hidden from VmService).
+    pub fn is_pod_vm(&self) -> bool {
+        self.vsock.is_some()
+    }
 }
 
 /// Limits that keep a typo from asking the host for something absurd.
@@ -315,6 +333,7 @@ mod tests {
             hugepages: false,
             nested_virtualization: false,
             labels: BTreeMap::new(),
+            vsock: None,
         }
     }
 

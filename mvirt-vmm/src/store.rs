@@ -1,4 +1,4 @@
-//! SQLite persistence of VMs: one row per VM with its spec (JSON), its state and the identity
+//! SQLite persistence of VMs and pods: one row per VM with its spec (JSON), its state and the identity
 //! of its hypervisor process. The store is the daemon's memory across restarts: recovery reads
 //! it to find the processes to adopt. Calls are short and synchronous behind one mutex.
 
@@ -8,8 +8,10 @@ use std::sync::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::model::{ProcessIdentity, VmRecord, VmSpec, VmState};
+use crate::pod::model::PodRecord;
 
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE vms (
     id TEXT PRIMARY KEY,
     spec TEXT NOT NULL,
@@ -23,7 +25,15 @@ CREATE TABLE vms (
     started_at_ms INTEGER NOT NULL DEFAULT 0,
     pending_changes TEXT NOT NULL DEFAULT '[]'
 );
-"];
+",
+    "
+CREATE TABLE pods (
+    id TEXT PRIMARY KEY,
+    record TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -207,6 +217,56 @@ impl Store {
     pub fn delete(&self, id: &str) -> Result<bool, StoreError> {
         Ok(self.conn().execute("DELETE FROM vms WHERE id = ?1", [id])? > 0)
     }
+
+    /// Inserts or replaces a pod's record (one JSON document per pod: a pod's process state
+    /// lives in the record of its microVM, in `vms`).
+    pub fn put_pod(&self, pod: &PodRecord) -> Result<(), StoreError> {
+        let record = serde_json::to_string(pod).map_err(|e| StoreError::Corrupt {
+            id: pod.id.clone(),
+            reason: e.to_string(),
+        })?;
+        self.conn().execute(
+            "INSERT INTO pods (id, record, created_at_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT(id) DO UPDATE SET record = excluded.record",
+            params![pod.id, record, pod.created_at_ms],
+        )?;
+        Ok(())
+    }
+
+    pub fn get_pod(&self, id: &str) -> Result<Option<PodRecord>, StoreError> {
+        let raw: Option<String> = self
+            .conn()
+            .query_row("SELECT record FROM pods WHERE id = ?1", [id], |row| {
+                row.get(0)
+            })
+            .optional()?;
+        raw.map(|r| parse_pod(id, &r)).transpose()
+    }
+
+    pub fn list_pods(&self) -> Result<Vec<PodRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT id, record FROM pods ORDER BY created_at_ms, id")?;
+        let raws = stmt
+            .query_map([], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        raws.iter().map(|(id, r)| parse_pod(id, r)).collect()
+    }
+
+    pub fn delete_pod(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn()
+            .execute("DELETE FROM pods WHERE id = ?1", [id])?
+            > 0)
+    }
+}
+
+fn parse_pod(id: &str, record: &str) -> Result<PodRecord, StoreError> {
+    serde_json::from_str(record).map_err(|e| StoreError::Corrupt {
+        id: id.to_string(),
+        reason: format!("pod record: {e}"),
+    })
 }
 
 #[cfg(test)]
@@ -228,6 +288,7 @@ mod tests {
                 hugepages: false,
                 nested_virtualization: false,
                 labels: Default::default(),
+                vsock: None,
             },
             state: VmState::Stopped,
             state_reason: "created".into(),

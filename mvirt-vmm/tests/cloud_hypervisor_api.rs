@@ -119,6 +119,7 @@ fn spec() -> VmSpec {
         hugepages: false,
         nested_virtualization: true,
         labels: Default::default(),
+        vsock: None,
     }
 }
 

@@ -131,6 +131,15 @@ pub fn vm_config(
     if !net.is_empty() {
         config["net"] = Value::Array(net);
     }
+    if let Some(vsock) = spec.vsock {
+        // cloud-hypervisor serves the hybrid vsock socket itself; vsock needs shared memory
+        // only with vhost-user, which this is not.
+        config["vsock"] = json!({
+            "cid": vsock.cid,
+            "socket": run.vsock_socket().display().to_string(),
+            "id": "vsock0",
+        });
+    }
     config
 }
 

@@ -51,6 +51,23 @@ impl RunDir {
     pub fn hypervisor_log(&self) -> PathBuf {
         self.path.join("hypervisor.log")
     }
+    /// The host side of a pod microVM's vsock (hybrid vsock: `CONNECT <port>` to reach the
+    /// guest; guest-initiated connections to host port P arrive on `vsock.sock_P`).
+    pub fn vsock_socket(&self) -> PathBuf {
+        self.path.join("vsock.sock")
+    }
+    /// Where the host listens for guest connections to vsock port `port`.
+    pub fn vsock_listener(&self, port: u32) -> PathBuf {
+        self.path.join(format!("vsock.sock_{port}"))
+    }
+    /// The vhost-user socket between QEMU and its vhost-device-vsock backend.
+    pub fn vhost_vsock_socket(&self) -> PathBuf {
+        self.path.join("vhost-vsock.sock")
+    }
+    /// stdout/stderr of the vhost-device-vsock backend (QEMU pods).
+    pub fn vsock_backend_log(&self) -> PathBuf {
+        self.path.join("vhost-device-vsock.log")
+    }
     /// The cloud-init NoCloud seed image.
     pub fn cidata_image(&self) -> PathBuf {
         self.path.join("cidata.img")
@@ -149,14 +166,14 @@ pub trait Hypervisor: Send + Sync + 'static {
     /// and its arguments name the VM's run directory, which contains the VM id. (So an
     /// operator's `less …/console.log` is never taken for a hypervisor.)
     fn owns_process(&self, run: &RunDir, cmdline: &[String]) -> bool {
-        let Some(program) = cmdline.first() else {
-            return false;
-        };
-        if Path::new(program).file_name() != self.binary().file_name() {
-            return false;
-        }
-        let dir = format!("{}/", run.path().display());
-        cmdline.iter().skip(1).any(|arg| arg.contains(&dir))
+        names_run_dir(self.binary(), run, cmdline)
+    }
+
+    /// Whether a process is a device backend this driver started beside the hypervisor for
+    /// `run` (QEMU's vhost-device-vsock of a pod). Backends are killed once the hypervisor is
+    /// gone, and with the VM's deletion.
+    fn owns_backend(&self, _run: &RunDir, _cmdline: &[String]) -> bool {
+        false
     }
 
     /// Presses the ACPI power button (the guest decides whether to power off).
@@ -178,6 +195,18 @@ pub trait Hypervisor: Send + Sync + 'static {
         vcpus: Option<u32>,
         memory_mib: Option<u64>,
     ) -> Result<(), HypervisorError>;
+}
+
+/// Whether `cmdline` runs `program` and one of its arguments names a path in `run`.
+pub fn names_run_dir(program: &Path, run: &RunDir, cmdline: &[String]) -> bool {
+    let Some(first) = cmdline.first() else {
+        return false;
+    };
+    if Path::new(first).file_name() != program.file_name() {
+        return false;
+    }
+    let dir = format!("{}/", run.path().display());
+    cmdline.iter().skip(1).any(|arg| arg.contains(&dir))
 }
 
 /// Which driver `--hypervisor` asks for.
@@ -299,13 +328,24 @@ pub(crate) fn spawn_hypervisor(
     run: &RunDir,
     inherited: &[OwnedFd],
 ) -> Result<tokio::process::Child, HypervisorError> {
+    spawn_detached(program, args, &run.hypervisor_log(), inherited)
+}
+
+/// Spawns a process that must outlive the daemon (a hypervisor or its device backend): stdio
+/// to `log_path`, its own process group, `inherited[i]` as fd `3 + i`.
+pub(crate) fn spawn_detached(
+    program: &Path,
+    args: &[String],
+    log_path: &Path,
+    inherited: &[OwnedFd],
+) -> Result<tokio::process::Child, HypervisorError> {
     let program_name = program.display().to_string();
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(run.hypervisor_log())
+        .open(log_path)
         .map_err(|source| HypervisorError::RunDir {
-            path: run.hypervisor_log().display().to_string(),
+            path: log_path.display().to_string(),
             source,
         })?;
     let log2 = log.try_clone()?;
@@ -322,7 +362,7 @@ pub(crate) fn spawn_hypervisor(
         high.push(unsafe { OwnedFd::from_raw_fd(raw) });
     }
     let raw_fds: Vec<RawFd> = high.iter().map(|fd| fd.as_raw_fd()).collect();
-    tracing::info!(program = %program_name, ?args, "starting hypervisor");
+    tracing::info!(program = %program_name, ?args, "starting process");
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
         .stdin(std::process::Stdio::null())

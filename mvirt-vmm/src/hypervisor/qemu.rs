@@ -14,8 +14,8 @@ use async_trait::async_trait;
 use serde_json::json;
 
 use super::{
-    listen_socket, qmp, spawn_hypervisor, until_ready, Hypervisor, HypervisorError, LaunchRequest,
-    Launched, RunDir,
+    listen_socket, names_run_dir, qmp, spawn_detached, spawn_hypervisor, until_ready, Hypervisor,
+    HypervisorError, LaunchRequest, Launched, RunDir,
 };
 use crate::model::{BootSource, DiskSpec, NicSpec, ProcessIdentity, VmSpec};
 
@@ -49,6 +49,8 @@ pub struct QemuConfig {
     /// Firmware when a VM boots UEFI without naming one.
     pub default_firmware: PathBuf,
     pub start_timeout: Duration,
+    /// The vhost-user vsock backend of pod microVMs (one process per pod).
+    pub vhost_vsock_binary: PathBuf,
 }
 
 impl Default for QemuConfig {
@@ -59,6 +61,7 @@ impl Default for QemuConfig {
             tcg_tb_size_mib: 64,
             default_firmware: PathBuf::from("/usr/share/ovmf/OVMF.fd"),
             start_timeout: Duration::from_secs(20),
+            vhost_vsock_binary: PathBuf::from("vhost-device-vsock"),
         }
     }
 }
@@ -137,6 +140,16 @@ impl QemuDriver {
                 ),
             );
             push("-numa", "node,memdev=mem0".into());
+        } else if spec.vsock.is_some() {
+            // vhost-user devices need guest memory the backend can map.
+            push(
+                "-object",
+                format!(
+                    "memory-backend-memfd,id=mem0,size={}M,share=on",
+                    spec.memory_mib
+                ),
+            );
+            push("-numa", "node,memdev=mem0".into());
         }
         args.extend(
             ["-nodefaults", "-no-user-config", "-display", "none"]
@@ -208,6 +221,19 @@ impl QemuDriver {
                 "virtio-blk-pci,drive=drive-cidata,id=disk-cidata".into(),
             );
         }
+        if spec.vsock.is_some() {
+            push(
+                "-chardev",
+                format!(
+                    "socket,id=vsock0,path={}",
+                    run.vhost_vsock_socket().display()
+                ),
+            );
+            push(
+                "-device",
+                "vhost-user-vsock-pci,chardev=vsock0,id=vsock0".into(),
+            );
+        }
         for nic in &spec.nics {
             push(
                 "-netdev",
@@ -225,6 +251,59 @@ impl QemuDriver {
             );
         }
         args
+    }
+}
+
+impl QemuDriver {
+    /// Starts the pod's vhost-device-vsock (one per pod; it serves the hybrid vsock socket and
+    /// the vhost-user socket QEMU connects to) and waits until it listens. It names the run
+    /// directory in its arguments, which is how it is found again after a daemon restart and
+    /// killed once QEMU is gone ([`Hypervisor::owns_backend`]).
+    async fn start_vsock_backend(&self, run: &RunDir, cid: u32) -> Result<(), HypervisorError> {
+        let socket = run.vhost_vsock_socket();
+        let _ = std::fs::remove_file(&socket);
+        let _ = std::fs::remove_file(run.vsock_socket());
+        let args = vec![
+            "--guest-cid".to_string(),
+            cid.to_string(),
+            "--socket".to_string(),
+            socket.display().to_string(),
+            "--uds-path".to_string(),
+            run.vsock_socket().display().to_string(),
+        ];
+        let program = self.config.vhost_vsock_binary.display().to_string();
+        let mut child = spawn_detached(
+            &self.config.vhost_vsock_binary,
+            &args,
+            &run.vsock_backend_log(),
+            &[],
+        )?;
+        // vhost-device-vsock cannot take a listening fd: its socket appears once it listens.
+        let deadline = tokio::time::Instant::now() + self.config.start_timeout;
+        while !socket.exists() {
+            if tokio::time::Instant::now() > deadline {
+                let _ = child.start_kill();
+                return Err(HypervisorError::StartTimeout {
+                    program,
+                    timeout: self.config.start_timeout,
+                    log: super::tail(&run.vsock_backend_log(), 2000),
+                });
+            }
+            tokio::select! {
+                status = child.wait() => {
+                    return Err(HypervisorError::EarlyExit {
+                        program,
+                        status: status?.to_string(),
+                        log: super::tail(&run.vsock_backend_log(), 2000),
+                    });
+                }
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        }
+        // Not awaited: it outlives the daemon like the hypervisor; it is reaped by tokio's
+        // orphan handling and killed with the microVM.
+        drop(child);
+        Ok(())
     }
 }
 
@@ -336,6 +415,10 @@ impl Hypervisor for QemuDriver {
         &self.config.binary
     }
 
+    fn owns_backend(&self, run: &RunDir, cmdline: &[String]) -> bool {
+        names_run_dir(&self.config.vhost_vsock_binary, run, cmdline)
+    }
+
     async fn launch(&self, request: &LaunchRequest<'_>) -> Result<Launched, HypervisorError> {
         check_host(request.spec, self.use_kvm)?;
         let run = request.run;
@@ -343,6 +426,9 @@ impl Hypervisor for QemuDriver {
             listen_socket(&run.control_socket())?,
             listen_socket(&run.console_socket())?,
         ];
+        if let Some(vsock) = request.spec.vsock {
+            self.start_vsock_backend(run, vsock.cid).await?;
+        }
         let args = self.command_line(request);
         let program = self.config.binary.display().to_string();
         let mut child = spawn_hypervisor(&self.config.binary, &args, run, &sockets)?;

@@ -49,6 +49,22 @@ impl Vmm {
             process::signal(identity, nix::sys::signal::Signal::SIGKILL);
             process::wait_exit(identity).await;
         }
+        self.kill_backends(id, run).await;
+    }
+
+    /// SIGKILLs the device backends (a pod's vhost-device-vsock) of a VM whose hypervisor is
+    /// gone: without their hypervisor they serve nothing.
+    pub(super) async fn kill_backends(&self, id: &str, run: &RunDir) {
+        for pid in process::all_pids() {
+            let Some(identity) = process::identity(pid) else {
+                continue;
+            };
+            if self.inner.driver.owns_backend(run, &process::cmdline(pid)) {
+                tracing::info!(vm = id, pid, "stopping the device backend of the VM");
+                process::signal(identity, nix::sys::signal::Signal::SIGKILL);
+                process::wait_exit(identity).await;
+            }
+        }
     }
 
     pub(super) async fn start_locked(&self, id: &str) -> Result<VmRecord, VmmError> {
@@ -158,6 +174,7 @@ impl Vmm {
                 _ = vmm.inner.shutdown.cancelled() => return,
                 status = wait_for(identity, child) => status,
             };
+            vmm.kill_backends(&id, &vmm.run_dir(&id)).await;
             let requested = lock(&stop_reason).clone();
             let (state, reason) = exit_outcome(requested, status);
             // The console hub ends by itself: the dead process's socket reads EOF once the

@@ -59,6 +59,8 @@ pub struct VmmConfig {
     pub log_endpoint: String,
     /// StopVm's timeout when the request gives none.
     pub default_stop_timeout: Duration,
+    /// Pod microVMs (artefacts, readiness, kernel arguments).
+    pub pod: crate::pod::PodConfig,
 }
 
 impl VmmConfig {
@@ -71,6 +73,7 @@ impl VmmConfig {
             cloud_hypervisor: CloudHypervisorConfig::default(),
             log_endpoint: String::new(),
             default_stop_timeout: Duration::from_secs(30),
+            pod: crate::pod::PodConfig::default(),
         }
     }
 }
@@ -275,9 +278,11 @@ impl Vmm {
         };
         std::fs::create_dir_all(config.data_dir.join("run")).map_err(io(&config.data_dir))?;
         let store = Store::open(&config.data_dir.join("vmm.db"))?;
+        // Pod microVMs boot the pod artefacts.
         let allowed_dirs = config
             .allowed_dirs
             .iter()
+            .chain(std::iter::once(&config.pod.artefacts_dir))
             .filter_map(|d| match std::fs::canonicalize(d) {
                 Ok(p) => Some(p),
                 Err(err) => {
@@ -313,7 +318,24 @@ impl Vmm {
         self.inner.driver.name()
     }
 
-    fn run_dir(&self, id: &str) -> RunDir {
+    pub(crate) fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub(crate) fn default_stop_timeout(&self) -> Duration {
+        self.inner.config.default_stop_timeout
+    }
+
+    pub(crate) fn audit(&self) -> &AuditLogger {
+        &self.inner.audit
+    }
+
+    /// Whether a VM (or a pod's microVM) with this id is recorded.
+    pub(crate) fn exists(&self, id: &str) -> Result<bool, VmmError> {
+        Ok(self.inner.store.get(id)?.is_some())
+    }
+
+    pub(crate) fn run_dir(&self, id: &str) -> RunDir {
         RunDir::new(self.inner.config.data_dir.join("run").join(id))
     }
 
@@ -504,8 +526,9 @@ impl Vmm {
             host: crate::sysinfo::collect(),
             allocated_vcpus: active.iter().map(|v| v.spec.vcpus).sum(),
             allocated_memory_bytes: active.iter().map(|v| v.spec.memory_mib * 1024 * 1024).sum(),
-            running_vms: active.len() as u32,
-            defined_vms: vms.len() as u32,
+            // Pod microVMs count in the allocation, not as VMs (PodService counts them).
+            running_vms: active.iter().filter(|v| !v.spec.is_pod_vm()).count() as u32,
+            defined_vms: vms.iter().filter(|v| !v.spec.is_pod_vm()).count() as u32,
             hypervisor: self.inner.driver.name().to_string(),
             kvm_usable: crate::hypervisor::kvm_usable(),
         })
