@@ -186,8 +186,8 @@ async fn hugepages_and_nested_virtualization_reach_qemu_or_the_start_says_why() 
             && backend.contains("prealloc=on"),
         "{backend}"
     );
-    // Without nested virtualization the guest's CPU hides VMX and SVM.
-    assert!(args.iter().any(|a| a == "max,-vmx,-svm"), "{args:?}");
+    // Under TCG the CPU model stays `max` (see `QemuDriver::command_line`).
+    assert!(args.iter().any(|a| a == "max"), "{args:?}");
     let used = free_before - meminfo("HugePages_Free");
     assert!(used >= 96, "the guest took {used} hugepages, wanted 96");
     Viewer::open(&mut client, &huge)

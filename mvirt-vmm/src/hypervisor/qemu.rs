@@ -110,22 +110,25 @@ impl QemuDriver {
         push("-name", format!("guest={},debug-threads=on", request.vm_id));
         push("-uuid", request.vm_id.to_string());
         push("-machine", "pc".into());
-        // The virtualisation extensions reach the guest only when its spec asks for nested
-        // virtualization (which `check_host` allows only under KVM).
-        let virt_flags = if spec.nested_virtualization {
-            ""
-        } else {
-            ",-vmx,-svm"
-        };
         if self.use_kvm {
+            // The host's virtualisation extensions reach the guest only when its spec asks for
+            // nested virtualization.
+            let virt_flags = if spec.nested_virtualization {
+                ""
+            } else {
+                ",-vmx,-svm"
+            };
             push("-accel", "kvm".into());
             push("-cpu", format!("host{virt_flags}"));
         } else {
+            // TCG's `max` model is left whole: `max,-svm` makes glibc's static start-up abort in
+            // the guest (`_dl_get_origin` assertion, seen with QEMU 7.2), and nested
+            // virtualization is refused under TCG anyway (`check_host`).
             push(
                 "-accel",
                 format!("tcg,tb-size={}", self.config.tcg_tb_size_mib),
             );
-            push("-cpu", format!("max{virt_flags}"));
+            push("-cpu", "max".into());
         }
         push("-smp", spec.vcpus.to_string());
         push("-m", format!("{}M", spec.memory_mib));
