@@ -1064,6 +1064,7 @@ fn related_ids(command: &Command) -> Vec<String> {
             .collect(),
         Command::CreateToken { token } => vec![token.id.clone()],
         Command::DeleteToken { id } => vec![id.clone()],
+        Command::BindToken { id, node_id } => vec![id.clone(), node_id.clone()],
         Command::CreateJoinToken { token } => vec![token.id.clone()],
         Command::ConsumeJoinToken { .. } | Command::Prune { .. } | Command::Noop => vec![],
     }

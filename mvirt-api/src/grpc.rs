@@ -1,5 +1,8 @@
 //! NodeService (gRPC, `proto/node.proto`): translates between proto messages and commands.
-//! Every call needs `authorization: Bearer <token>` with a node or admin token.
+//! Every call needs `authorization: Bearer <token>` with a node or admin token. A node token is
+//! bound to the node it registers first (`BindToken`); from then on it acts for that node only:
+//! another `node_id` is PERMISSION_DENIED, and status reports about resources not on its node
+//! are dropped and returned in `unknown_ids`. Admin tokens may act for any node.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -27,7 +30,7 @@ impl NodeServiceImpl {
         Self { app, shutdown }
     }
 
-    fn authenticate<T>(&self, req: &Request<T>) -> Result<(), Status> {
+    fn authenticate<T>(&self, req: &Request<T>) -> Result<NodeCaller, Status> {
         let token = req
             .metadata()
             .get("authorization")
@@ -38,12 +41,57 @@ impl NodeServiceImpl {
         let hash = hash_secret(token);
         let state = self.app.shared.read();
         match state.tokens.values().find(|t| t.hash == hash) {
-            Some(t) if matches!(t.role, Role::Node | Role::Admin) => Ok(()),
+            Some(t) if t.role == Role::Admin => Ok(NodeCaller::Admin),
+            Some(t) if t.role == Role::Node => Ok(NodeCaller::Node {
+                token_id: t.id.clone(),
+                bound: t.node_id.clone(),
+            }),
             Some(_) => Err(Status::permission_denied(
                 "token not allowed on NodeService",
             )),
             None => Err(Status::unauthenticated("unknown or revoked token")),
         }
+    }
+}
+
+/// Who calls NodeService.
+enum NodeCaller {
+    /// May act for any node.
+    Admin,
+    /// A node token; `bound` is the node it registered first.
+    Node {
+        token_id: String,
+        bound: Option<String>,
+    },
+}
+
+impl NodeCaller {
+    /// Refuses a call for `node_id` by a node token bound to another node (or to none yet).
+    fn may_act_for(&self, node_id: &str) -> Result<(), Status> {
+        match self {
+            NodeCaller::Admin => Ok(()),
+            NodeCaller::Node { bound: Some(b), .. } if b == node_id => Ok(()),
+            NodeCaller::Node { bound: Some(b), .. } => Err(Status::permission_denied(format!(
+                "this token is bound to node {b}, not {node_id}"
+            ))),
+            NodeCaller::Node { bound: None, .. } => Err(Status::permission_denied(
+                "this node token has registered no node yet: Register first",
+            )),
+        }
+    }
+}
+
+/// Whether a report about `kind`/`id` may come from `node_id` when a node token sends it: NICs
+/// only when attached to a VM placed on that node (VMs and volumes are checked by the state).
+fn on_node(state: &crate::state::State, kind: Kind, id: &str, node_id: &str) -> bool {
+    match kind {
+        Kind::Nic => state
+            .nics
+            .get(id)
+            .and_then(|n| n.vm_id.as_deref())
+            .and_then(|vm| state.vms.get(vm))
+            .is_some_and(|vm| vm.node_id.as_deref() == Some(node_id)),
+        _ => true,
     }
 }
 
@@ -90,8 +138,10 @@ impl NodeService for NodeServiceImpl {
         &self,
         request: Request<proto::RegisterRequest>,
     ) -> Result<Response<proto::RegisterResponse>, Status> {
-        self.authenticate(&request)?;
+        let caller = self.authenticate(&request)?;
         let req = request.into_inner();
+        // A bound token asking for a new id is refused below (it may only be its node again): a
+        // second machine using the same token fails instead of taking over the first's node.
         let node_id = if req.node_id.is_empty() {
             new_id()
         } else {
@@ -120,6 +170,23 @@ impl NodeService for NodeServiceImpl {
         }
         let labels = req.labels.into_iter().collect();
         validate::labels(&labels)?;
+        if let NodeCaller::Node { token_id, bound } = &caller {
+            if bound.is_some() {
+                caller.may_act_for(&node_id)?;
+            } else {
+                // Bound before the node exists, so two registrations racing with one token
+                // cannot both win.
+                self.app
+                    .submit(
+                        Command::BindToken {
+                            id: token_id.clone(),
+                            node_id: node_id.clone(),
+                        },
+                        None,
+                    )
+                    .await?;
+            }
+        }
         let now = now();
         let node = Node {
             meta: Meta {
@@ -171,9 +238,10 @@ impl NodeService for NodeServiceImpl {
         &self,
         request: Request<proto::HeartbeatRequest>,
     ) -> Result<Response<proto::HeartbeatResponse>, Status> {
-        self.authenticate(&request)?;
+        let caller = self.authenticate(&request)?;
         let req = request.into_inner();
         validate::id("node_id", &req.node_id)?;
+        caller.may_act_for(&req.node_id)?;
         self.app
             .heartbeat(HeartbeatForward {
                 node_id: req.node_id,
@@ -189,9 +257,10 @@ impl NodeService for NodeServiceImpl {
         &self,
         request: Request<proto::DeregisterRequest>,
     ) -> Result<Response<proto::DeregisterResponse>, Status> {
-        self.authenticate(&request)?;
+        let caller = self.authenticate(&request)?;
         let req = request.into_inner();
         validate::id("node_id", &req.node_id)?;
+        caller.may_act_for(&req.node_id)?;
         self.app
             .submit(
                 Command::Delete {
@@ -212,9 +281,10 @@ impl NodeService for NodeServiceImpl {
         &self,
         request: Request<proto::WatchSpecsRequest>,
     ) -> Result<Response<Self::WatchSpecsStream>, Status> {
-        self.authenticate(&request)?;
+        let caller = self.authenticate(&request)?;
         let req = request.into_inner();
         validate::id("node_id", &req.node_id)?;
+        caller.may_act_for(&req.node_id)?;
         self.app.read_barrier().await?;
         if !self.app.shared.read().nodes.contains_key(&req.node_id) {
             return Err(ApiError::not_found(Kind::Node, &req.node_id).into());
@@ -255,9 +325,10 @@ impl NodeService for NodeServiceImpl {
         &self,
         request: Request<proto::UpdateResourceStatusRequest>,
     ) -> Result<Response<proto::UpdateResourceStatusResponse>, Status> {
-        self.authenticate(&request)?;
+        let caller = self.authenticate(&request)?;
         let req = request.into_inner();
         validate::id("node_id", &req.node_id)?;
+        caller.may_act_for(&req.node_id)?;
         if req.statuses.len() > 10_000 {
             return Err(Status::invalid_argument("at most 10000 statuses per call"));
         }
@@ -319,6 +390,16 @@ impl NodeService for NodeServiceImpl {
                     fields: s.fields.into_iter().collect(),
                     nodes: Default::default(),
                 },
+            });
+        }
+        if matches!(caller, NodeCaller::Node { .. }) {
+            let state = self.app.shared.read();
+            reports.retain(|r| {
+                let ok = on_node(&state, r.kind, &r.id, &req.node_id);
+                if !ok {
+                    unknown.push(r.id.clone());
+                }
+                ok
             });
         }
         let (_, value) = self

@@ -134,10 +134,13 @@ string_enum! {
 }
 
 string_enum! {
-    // What an API token may do: everything, or only NodeService.
+    // What an API token may do (README "Tokens and roles"): everything; project-scoped writes
+    // and reads; reads only; or only NodeService, bound to one node.
     Role {
         #[default]
         Admin = "admin",
+        Operator = "operator",
+        Viewer = "viewer",
         Node = "node",
     }
 }
@@ -673,13 +676,26 @@ impl Vm {
 pub struct ApiToken {
     pub id: String,
     pub name: String,
-    /// `admin` or `node`.
+    /// `admin`, `operator`, `viewer` or `node`.
     #[schema(inline)]
     pub role: Role,
     /// sha256 of the secret (hex); never shown over REST (see `rest::TokenView`).
     pub hash: String,
     pub created_at: String,
     pub revision: u64,
+    /// Operator and viewer tokens: the projects (names) the token sees; empty = every project.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub projects: Vec<String>,
+    /// Node tokens: the node the token registered first (`BindToken`); it acts for that node only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+}
+
+impl ApiToken {
+    /// Whether the token sees objects of `project` (empty scope = every project).
+    pub fn sees(&self, project: &str) -> bool {
+        self.projects.is_empty() || self.projects.iter().any(|p| p == project)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -172,6 +172,8 @@ async fn register_admin_token(app: &Arc<App>, secret: &str, shutdown: &mvirt_com
             hash: hash.clone(),
             created_at: now(),
             revision: 0,
+            projects: Vec::new(),
+            node_id: None,
         };
         match app.submit(Command::CreateToken { token }, None).await {
             Ok(_) => return,

@@ -106,7 +106,8 @@ async fn register_mints_an_id_once_and_reregistering_is_not_a_conflict() {
     assert_eq!(items.len(), 1);
     assert_eq!(items[0]["status"]["capacity"]["vcpus"], 16);
     assert_eq!(items[0]["status"]["state"], "online");
-    // Another node cannot take the same name.
+    // Another node cannot take the same name (the node token is bound to host-1 by now, so
+    // the admin token asks).
     let err = c
         .register(req(
             proto::RegisterRequest {
@@ -114,7 +115,7 @@ async fn register_mints_an_id_once_and_reregistering_is_not_a_conflict() {
                 address: "192.0.2.11".into(),
                 ..Default::default()
             },
-            &node_token,
+            &m.token,
         ))
         .await
         .unwrap_err();

@@ -52,6 +52,29 @@ struct Rule {
 
 const ACCEPTED_REJECTIONS: &[Rule] = &[
     Rule {
+        operations: &["POST /v1/tokens"],
+        message: "only operator and viewer tokens are limited to projects",
+        documented: "`projects` is for operator and viewer tokens only",
+        reason: "one field is allowed only for some values of another",
+    },
+    Rule {
+        operations: &["POST /v1/nics", "PUT /v1/nics/{id}"],
+        message: " is in project ",
+        documented: "is in the object's own project",
+        reason: "depends on the stored network's project",
+    },
+    Rule {
+        operations: &[
+            "POST /v1/nics",
+            "PUT /v1/nics/{id}",
+            "POST /v1/vms",
+            "PUT /v1/vms/{id}",
+        ],
+        message: " is in another project",
+        documented: "is in the object's own project",
+        reason: "depends on the stored objects' projects",
+    },
+    Rule {
         operations: &["POST /v1/networks", "PUT /v1/networks/{id}"],
         message: "a network needs ipv4_prefix, ipv6_prefix or both",
         documented: "needs `ipv4_prefix`, `ipv6_prefix` or both",

@@ -23,6 +23,12 @@ pub struct TokenView {
     pub name: String,
     #[schema(inline)]
     pub role: Role,
+    /// Operator and viewer tokens: the projects the token sees; empty = every project.
+    #[serde(default)]
+    pub projects: Vec<String>,
+    /// Node tokens: the node the token is bound to (after its first `Register`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
     pub created_at: String,
     /// Only in the answer to the create call.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -35,6 +41,8 @@ impl TokenView {
             id: t.id.clone(),
             name: t.name.clone(),
             role: t.role,
+            projects: t.projects.clone(),
+            node_id: t.node_id.clone(),
             created_at: t.created_at.clone(),
             token,
         }
@@ -45,8 +53,15 @@ impl TokenView {
 #[serde(deny_unknown_fields)]
 pub struct CreateTokenRequest {
     pub name: String,
-    /// `admin` (REST and NodeService) or `node` (NodeService only).
-    pub role: String,
+    /// `admin` (everything), `operator` (changes project resources, reads everything in its
+    /// projects), `viewer` (reads only; no console) or `node` (NodeService only, bound to the
+    /// first node it registers).
+    #[schema(inline)]
+    pub role: Role,
+    /// Operator and viewer tokens only: the projects (names) the token sees; omitted or empty =
+    /// every project. Objects of other projects are invisible to it (404), creates there 403.
+    #[serde(default)]
+    pub projects: Option<Vec<String>>,
 }
 
 #[utoipa::path(get, path = "/v1/tokens", tag = "auth", responses((status = 200, body = [TokenView])))]
@@ -61,24 +76,37 @@ pub async fn list_tokens(State(app): State<Arc<App>>) -> Result<Response, ApiErr
     Ok(Json(tokens).into_response())
 }
 
-#[utoipa::path(post, path = "/v1/tokens", tag = "auth", request_body = CreateTokenRequest, responses((status = 201, body = TokenView), (status = 400, body = ErrorEnvelope)))]
+#[utoipa::path(post, path = "/v1/tokens", tag = "auth", request_body = CreateTokenRequest,
+    responses((status = 201, body = TokenView), (status = 400, body = ErrorEnvelope)))]
 pub async fn create_token(
     State(app): State<Arc<App>>,
     JsonBody(req, _): JsonBody<CreateTokenRequest>,
 ) -> Result<Response, ApiError> {
     validate::name("token name", &req.name)?;
-    let role: Role = req
-        .role
-        .parse()
-        .map_err(|()| ApiError::invalid("role must be admin or node"))?;
+    let mut projects = req.projects.unwrap_or_default();
+    if projects.len() > 100 {
+        return Err(ApiError::invalid("projects: at most 100"));
+    }
+    for p in &projects {
+        validate::name("project", p)?;
+    }
+    projects.sort();
+    projects.dedup();
+    if !projects.is_empty() && !matches!(req.role, Role::Operator | Role::Viewer) {
+        return Err(ApiError::invalid(
+            "projects: only operator and viewer tokens are limited to projects",
+        ));
+    }
     let secret = random_secret();
     let token = ApiToken {
         id: new_id(),
         name: req.name,
-        role,
+        role: req.role,
         hash: hash_secret(&secret),
         created_at: now(),
         revision: 0,
+        projects,
+        node_id: None,
     };
     app.submit(
         Command::CreateToken {

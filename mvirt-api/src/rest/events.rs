@@ -16,13 +16,15 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 use utoipa::IntoParams;
 
 use super::resources::query;
+use super::Caller;
 use crate::app::App;
-use crate::model::Event;
+use crate::model::{Event, Role};
 use crate::state::ApiError;
 use crate::store;
 
@@ -41,7 +43,17 @@ pub struct EventsQuery {
 
 const PAGE: usize = 1000;
 
-fn matches(q: &EventsQuery, e: &Event) -> bool {
+/// Whether `e` passes the query's filters and the caller may see it: events about tokens, join
+/// tokens and idempotency records only for admins; a project-scoped token only its projects'
+/// events (and nodes', which belong to no project).
+fn matches(q: &EventsQuery, caller: &Caller, e: &Event) -> bool {
+    let bookkeeping = matches!(e.kind.as_str(), "token" | "join_token" | "idempotency");
+    if bookkeeping && caller.role != Role::Admin {
+        return false;
+    }
+    if caller.is_scoped() && e.kind != "node" && !caller.sees(&e.project) {
+        return false;
+    }
     if let Some(p) = &q.project {
         if &e.project != p {
             return false;
@@ -94,9 +106,10 @@ fn backlog(db: &rusqlite::Connection, after: u64) -> Result<Vec<Event>, ApiError
 }
 
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(EventsQuery, ("Last-Event-ID" = Option<String>, Header, description = "resume after this revision")),
-    responses((status = 200, description = "text/event-stream of Event objects", body = Event)))]
+    responses((status = 200, description = "text/event-stream of Event objects: those the token may see (a project-scoped token: its projects' and nodes'; tokens' only for admins)", body = Event)))]
 pub async fn events(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     q: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -137,7 +150,7 @@ pub async fn events(
                     Ok(events) => {
                         for e in events {
                             floor = floor.max(e.revision);
-                            if matches(&q, &e) {
+                            if matches(&q, &caller, &e) {
                                 yield Ok::<_, Infallible>(to_sse(&e));
                             }
                         }
@@ -159,7 +172,7 @@ pub async fn events(
                         complete = current;
                         current = e.revision;
                     }
-                    if matches(&q, &e) {
+                    if matches(&q, &caller, &e) {
                         yield Ok(to_sse(&e));
                     }
                 }

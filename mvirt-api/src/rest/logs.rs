@@ -9,13 +9,14 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use mvirt_log::proto::log_service_client::LogServiceClient;
 use mvirt_log::proto::{query_response, LogEntry, LogLevel, Order, QueryRequest};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::resources::query;
+use super::Caller;
 use crate::app::App;
 use crate::state::{ApiError, ErrorCode};
 
@@ -76,6 +77,16 @@ fn view(e: LogEntry) -> LogEntryView {
     }
 }
 
+/// Whether a project-scoped caller sees an entry: only when it names objects and every one is
+/// visible to it now (entries about deleted objects, tokens or nothing in particular are not).
+fn visible(app: &App, caller: &Caller, e: &LogEntryView) -> bool {
+    if !caller.is_scoped() {
+        return true;
+    }
+    let state = app.shared.read();
+    !e.object_ids.is_empty() && e.object_ids.iter().all(|id| caller.sees_id(&state, id))
+}
+
 /// mvirt-log refusing the query (a bad cursor, an empty time range) is the caller's error (400);
 /// anything else means the log is not there (503).
 fn query_failed(s: tonic::Status) -> ApiError {
@@ -131,9 +142,12 @@ fn request(q: &LogsQuery) -> Result<QueryRequest, ApiError> {
 }
 
 #[utoipa::path(get, path = "/v1/logs", tag = "logs", params(LogsQuery),
+    description = "A project-scoped token gets only entries whose objects are all visible to it now \
+        (a page may then hold fewer than `limit` entries; follow `next_cursor`).",
     responses((status = 200, body = LogPage), (status = 503, body = super::ErrorEnvelope)))]
 pub async fn logs(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     q: Result<Query<LogsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
@@ -160,7 +174,12 @@ pub async fn logs(
         };
         while let Some(item) = stream.message().await.map_err(query_failed)? {
             match item.item {
-                Some(query_response::Item::Entry(e)) => page.entries.push(view(e)),
+                Some(query_response::Item::Entry(e)) => {
+                    let v = view(e);
+                    if visible(&app, &caller, &v) {
+                        page.entries.push(v);
+                    }
+                }
                 Some(query_response::Item::PageEnd(end)) => {
                     page.next_cursor = Some(end.next_cursor).filter(|c| !c.is_empty());
                     break;
@@ -176,6 +195,9 @@ pub async fn logs(
                 Ok(Some(item)) => {
                     if let Some(query_response::Item::Entry(e)) = item.item {
                         let v = view(e);
+                        if !visible(&app, &caller, &v) {
+                            continue;
+                        }
                         yield Ok::<_, Infallible>(SseEvent::default().id(v.id.clone()).event("log").data(serde_json::to_string(&v).unwrap_or_default()));
                     }
                 }

@@ -2,7 +2,7 @@
 //! (`validate.rs`), mint ids and timestamps, submit a [`Command`] through [`App::submit`] and turn
 //! the outcome into JSON. Reads go through the Raft read index first ([`App::read_barrier`]).
 //!
-//! Cross-cutting behaviour lives here: Bearer authentication, the error envelope, JSON bodies
+//! Cross-cutting behaviour lives here: Bearer authentication and roles (`access.rs`), the error envelope, JSON bodies
 //! with unknown fields rejected and a size limit, `If-Match`/`ETag`, `Idempotency-Key`, lists
 //! with filters and pagination. One file per resource: `projects.rs`, `nodes.rs`, `networks.rs`, `nics.rs`,
 //! `security_groups.rs`, `templates.rs`, `volumes.rs`, `vms.rs` (each with its actions; the
@@ -10,6 +10,7 @@
 //! `logs.rs` (mvirt-log), `hosts.rs`, `console.rs`; `ui.rs` serves the web dashboard next to
 //! `/v1`. Every route is in the one table of [`routes`].
 
+mod access;
 mod cluster;
 mod console;
 mod events;
@@ -33,7 +34,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, MethodRouter};
 use axum::{Json, Router};
@@ -42,13 +43,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
-use crate::app::{hash_secret, App};
+use crate::app::App;
 use crate::model::*;
 use crate::state::{ApiError, ErrorCode};
 
 /// Request bodies above this are refused with 413.
 pub const BODY_LIMIT: usize = 1024 * 1024;
 
+pub use access::{access, Access, Caller};
 pub use cluster::JoinResponse;
 
 impl IntoResponse for ApiError {
@@ -341,83 +343,6 @@ pub fn paginate(
     })
 }
 
-/// Who is calling.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    pub token_id: String,
-}
-
-async fn auth(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
-    let path = req.uri().path().to_string();
-    if path == "/v1/health" || path == "/v1/controlplane/join" || openapi::is_docs_path(&path) {
-        return next.run(req).await;
-    }
-    let header_token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| t.trim().to_string());
-    // Browsers cannot set headers on EventSource and WebSocket: those two accept
-    // `?access_token=` instead (removed from the query before the handler sees it).
-    let streaming = path == "/v1/events" || path.ends_with("/console");
-    let token = match header_token {
-        Some(t) => Some(t),
-        None if streaming => take_query_token(&mut req),
-        None => None,
-    };
-    let Some(token) = token else {
-        return ApiError::unauthenticated("missing Authorization: Bearer <token>").into_response();
-    };
-    let hash = hash_secret(&token);
-    let found = {
-        let state = app.shared.read();
-        state
-            .tokens
-            .values()
-            .find(|t| t.hash == hash)
-            .map(|t| (t.id.clone(), t.role))
-    };
-    match found {
-        None => ApiError::unauthenticated("unknown or revoked token").into_response(),
-        Some((_, role)) if role != Role::Admin => {
-            ApiError::forbidden("this token may only be used by node agents on NodeService")
-                .into_response()
-        }
-        Some((token_id, _)) => {
-            req.extensions_mut().insert(Caller { token_id });
-            next.run(req).await
-        }
-    }
-}
-
-/// Removes `access_token=<t>` from the request's query string and returns it.
-fn take_query_token(req: &mut Request) -> Option<String> {
-    let query = req.uri().query()?.to_string();
-    let mut token = None;
-    let rest: Vec<&str> = query
-        .split('&')
-        .filter(|kv| match kv.strip_prefix("access_token=") {
-            Some(t) => {
-                token = Some(t.to_string());
-                false
-            }
-            None => true,
-        })
-        .collect();
-    let token = token?;
-    let path = req.uri().path().to_string();
-    let new = if rest.is_empty() {
-        path
-    } else {
-        format!("{path}?{}", rest.join("&"))
-    };
-    if let Ok(uri) = new.parse() {
-        *req.uri_mut() = uri;
-    }
-    Some(token)
-}
-
 #[utoipa::path(get, path = "/v1/health", tag = "system", responses((status = 200, description = "the member is up")))]
 async fn health(State(app): State<Arc<App>>) -> Json<Value> {
     Json(
@@ -497,6 +422,7 @@ async fn not_found_fallback() -> ApiError {
         cluster::join,
         events::events,
         logs::logs,
+        access::whoami,
     ),
     components(schemas(
         ErrorEnvelope,
@@ -522,6 +448,7 @@ async fn not_found_fallback() -> ApiError {
         Member,
         hosts::HostInfo,
         hosts::StoragePool,
+        access::WhoAmI,
     ))
 )]
 pub struct ApiDoc;
@@ -643,6 +570,7 @@ fn routes() -> Vec<(&'static str, MethodRouter<Arc<App>>)> {
         ("/v1/controlplane/join", post(cluster::join)),
         ("/v1/events", get(events::events)),
         ("/v1/logs", get(logs::logs)),
+        ("/v1/whoami", get(access::whoami)),
     ]
 }
 
@@ -654,7 +582,7 @@ pub fn router(app: Arc<App>) -> Router {
             router.route(path, handlers)
         })
         .fallback(not_found_fallback)
-        .layer(middleware::from_fn_with_state(app.clone(), auth))
+        .layer(middleware::from_fn_with_state(app.clone(), access::auth))
         .layer(middleware::from_fn(openapi::envelope_rejections))
         .layer(DefaultBodyLimit::max(BODY_LIMIT));
     api.with_state(app)

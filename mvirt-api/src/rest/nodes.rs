@@ -7,10 +7,10 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 
 use super::resources::*;
-use super::{ErrorEnvelope, JsonBody, ListQuery, ListResponse};
+use super::{Caller, ErrorEnvelope, JsonBody, ListQuery, ListResponse};
 use crate::app::App;
 use crate::model::*;
 use crate::state::{ApiError, Spec};
@@ -18,13 +18,14 @@ use crate::state::{ApiError, Spec};
 #[utoipa::path(get, path = "/v1/nodes", tag = "nodes", params(ListQuery), responses((status = 200, body = ListResponse)))]
 pub async fn list_nodes(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let mut q = query(q)?;
     // Nodes have no project; a `phase` filter matches their state (online/offline).
     q.project = None;
     let phase = q.phase.take();
-    let mut list = list_kind_raw(&app, Kind::Node, &q).await?;
+    let mut list = list_kind_raw(&app, &caller, Kind::Node, &q).await?;
     if let Some(p) = phase {
         list.items
             .retain(|o| o.pointer("/status/state").and_then(|v| v.as_str()) == Some(p.as_str()));

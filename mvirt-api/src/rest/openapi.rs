@@ -47,11 +47,11 @@ pub async fn openapi_json() -> Response {
 
 // ------------------------------------------------------------------------- shared responses
 
-/// Paths that need no token (see `super::auth`).
+/// Paths that need no token (see `super::access`).
 const ANONYMOUS: &[&str] = &["/v1/health", "/v1/controlplane/join"];
 
 /// Operations that answer from local state without the Raft read index (so never 503).
-const LOCAL_READS: &[&str] = &["GET /v1/health", "GET /v1/controlplane"];
+const LOCAL_READS: &[&str] = &["GET /v1/health", "GET /v1/controlplane", "GET /v1/whoami"];
 
 /// Operations that read `If-Match` (`super::if_match`).
 const IF_MATCH: &[&str] = &[
@@ -154,7 +154,7 @@ fn add_shared_responses(doc: &mut Value) {
                     "401",
                     "unauthenticated: no token, or an unknown or revoked one",
                 );
-                add("403", "permission_denied: the token may not call this (node tokens are for NodeService only)");
+                add("403", "permission_denied: the token's role may not call this (viewers read; operators also change project resources; tokens, the control plane, nodes and projects need admin; node tokens are for NodeService and `GET /v1/whoami` only), or a create names a project outside the token's projects");
             }
             if path.contains('{') {
                 add("404", "not_found: nothing with this id or name");
@@ -244,7 +244,12 @@ fn request_rules() -> Vec<(&'static str, &'static str, Value)> {
         (
             "CreateTokenRequest",
             "role",
-            json!({"enum": ["admin", "node"]}),
+            json!({"enum": ["admin", "operator", "viewer", "node"]}),
+        ),
+        (
+            "CreateTokenRequest",
+            "projects",
+            json!({"maxItems": 100, "items": {"type": "string", "pattern": DNS_LABEL}}),
         ),
         (
             "CreateJoinTokenRequest",
@@ -601,6 +606,14 @@ fn add_request_rules(doc: &mut Value) {
 /// `tests/openapi.rs` accepts a schemathesis "schema-valid request rejected" only for one of
 /// these.
 pub const CROSS_FIELD_RULES: &[(&[&str], &str)] = &[
+    (
+        &["POST /v1/tokens"],
+        "`projects` is for operator and viewer tokens only (400 with `admin` or `node`).",
+    ),
+    (
+        &["POST /v1/nics", "PUT /v1/nics/{id}", "POST /v1/vms", "PUT /v1/vms/{id}"],
+        "What an object references (network, security groups, volumes, NICs) is in the object's own project; templates may be in any.",
+    ),
     (
         &["POST /v1/networks", "PUT /v1/networks/{id}"],
         "A network needs `ipv4_prefix`, `ipv6_prefix` or both; each prefix is a network address (its host bits are zero), IPv4 at most /30, IPv6 at most /126.",

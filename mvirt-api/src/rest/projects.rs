@@ -7,12 +7,12 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::resources::*;
-use super::{ErrorEnvelope, JsonBody, ListQuery, ListResponse};
+use super::{Caller, ErrorEnvelope, JsonBody, ListQuery, ListResponse};
 use crate::app::App;
 use crate::model::*;
 use crate::state::{ApiError, Command};
@@ -37,17 +37,18 @@ pub struct UpdateProjectRequest {
 #[utoipa::path(get, path = "/v1/projects", tag = "projects", params(ListQuery), responses((status = 200, body = ListResponse)))]
 pub async fn list_projects(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let mut q = query(q)?;
     // A project's own `project` field is its name; filtering by project means "that project".
     if let Some(p) = q.project.take() {
-        let mut list = list_kind_raw(&app, Kind::Project, &q).await?;
+        let mut list = list_kind_raw(&app, &caller, Kind::Project, &q).await?;
         list.items
             .retain(|o| o.get("name").and_then(|v| v.as_str()) == Some(p.as_str()));
         return Ok(Json(list).into_response());
     }
-    list_kind(&app, Kind::Project, q).await
+    list_kind(&app, &caller, Kind::Project, q).await
 }
 
 #[utoipa::path(get, path = "/v1/projects/{id}", tag = "projects", params(("id" = String, Path, description = "id or name")), responses((status = 200, body = Project), (status = 404, body = ErrorEnvelope)))]

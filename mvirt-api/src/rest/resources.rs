@@ -15,7 +15,8 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use super::{
-    idempotency, if_match, json_response, object_response, paginate, ListQuery, ListResponse,
+    idempotency, if_match, json_response, object_response, paginate, Caller, ListQuery,
+    ListResponse,
 };
 use crate::app::{new_id, now, App};
 use crate::model::*;
@@ -88,6 +89,15 @@ pub fn new_meta(
     })
 }
 
+/// Every object of `kind` the caller sees, as JSON, sorted by id.
+fn visible_objects(state: &Cluster, kind: Kind, caller: &Caller) -> Vec<Value> {
+    let mut all = objects(state, kind);
+    if caller.is_scoped() {
+        all.retain(|o| caller.sees_object(kind, o));
+    }
+    all
+}
+
 /// Every object of `kind` as JSON, sorted by id.
 fn objects(state: &Cluster, kind: Kind) -> Vec<Value> {
     fn all<T: Serialize>(m: &BTreeMap<String, T>) -> Vec<Value> {
@@ -128,7 +138,12 @@ pub fn resolve(
         .ok_or_else(|| ApiError::not_found(kind, id_or_name))
 }
 
-pub async fn list_kind(app: &App, kind: Kind, q: ListQuery) -> Result<Response, ApiError> {
+pub async fn list_kind(
+    app: &App,
+    caller: &Caller,
+    kind: Kind,
+    q: ListQuery,
+) -> Result<Response, ApiError> {
     app.read_barrier().await?;
     let state = app.shared.read();
     let node_id = match &q.node {
@@ -136,7 +151,7 @@ pub async fn list_kind(app: &App, kind: Kind, q: ListQuery) -> Result<Response, 
         Some(n) => Some(resolve(&state, Kind::Node, n, None)?),
     };
     let list: ListResponse = paginate(
-        objects(&state, kind),
+        visible_objects(&state, kind, caller),
         &q,
         node_id.as_deref(),
         app.shared.applied_revision(),
@@ -241,34 +256,35 @@ macro_rules! crud {
         use ::axum::response::Response as __Response;
         use $crate::app::App as __App;
         use $crate::rest::resources::{self as __crud, CreateRequest, DeleteQuery, ProjectQuery, UpdateRequest};
-        use $crate::rest::{ErrorEnvelope, JsonBody as __JsonBody, ListQuery, ListResponse};
+        use $crate::rest::{Caller as __Caller, ErrorEnvelope, JsonBody as __JsonBody, ListQuery, ListResponse};
         use $crate::state::ApiError as __ApiError;
 
         #[utoipa::path(get, path = $coll, tag = $tag, params(ListQuery),
-            responses((status = 200, body = ListResponse), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope)))]
-        pub async fn list(__State(app): __State<__Arc<__App>>, q: Result<__Query<ListQuery>, __QueryRejection>) -> Result<__Response, __ApiError> {
-            __crud::list_kind(&app, $kind, __crud::query(q)?).await
+            responses((status = 200, description = "the objects the token sees (a project-scoped token: only its projects')", body = ListResponse), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope)))]
+        pub async fn list(__State(app): __State<__Arc<__App>>, ::axum::Extension(caller): ::axum::Extension<__Caller>, q: Result<__Query<ListQuery>, __QueryRejection>) -> Result<__Response, __ApiError> {
+            __crud::list_kind(&app, &caller, $kind, __crud::query(q)?).await
         }
 
         #[utoipa::path(get, path = $item, tag = $tag, params(("id" = String, Path, description = "id or name"), ProjectQuery),
-            responses((status = 200, body = $obj), (status = 404, body = ErrorEnvelope)))]
+            responses((status = 200, body = $obj), (status = 403, body = ErrorEnvelope), (status = 404, description = "no such object, or not in the token's projects", body = ErrorEnvelope)))]
         pub async fn get(__State(app): __State<__Arc<__App>>, __Path(id): __Path<String>, q: Result<__Query<ProjectQuery>, __QueryRejection>) -> Result<__Response, __ApiError> {
             __crud::get_kind(&app, $kind, &id, __crud::query(q)?).await
         }
 
         #[utoipa::path(post, path = $coll, tag = $tag, request_body = CreateRequest<$spec>,
             params(("Idempotency-Key" = Option<String>, Header, description = "a retry with the same key returns the first result")),
-            responses((status = 201, body = $obj), (status = 400, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
-        pub async fn create(__State(app): __State<__Arc<__App>>, headers: __HeaderMap, __JsonBody(req, raw): __JsonBody<CreateRequest<$spec>>) -> Result<__Response, __ApiError> {
+            responses((status = 201, body = $obj), (status = 400, body = ErrorEnvelope), (status = 403, description = "a viewer token, or a project outside the token's projects", body = ErrorEnvelope), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
+        pub async fn create(__State(app): __State<__Arc<__App>>, ::axum::Extension(caller): ::axum::Extension<__Caller>, headers: __HeaderMap, __JsonBody(req, raw): __JsonBody<CreateRequest<$spec>>) -> Result<__Response, __ApiError> {
             $validate(&req.spec)?;
             let meta = __crud::new_meta(&req.name, req.project.as_deref(), req.labels)?;
+            caller.may_create_in(&meta.project)?;
             let command = $build(meta, req.spec)?;
             __crud::create_with(&app, $kind, &headers, &raw, command).await
         }
 
         #[utoipa::path(put, path = $item, tag = $tag, request_body = UpdateRequest<$spec>,
             params(("id" = String, Path, description = "id or name"), ProjectQuery, ("If-Match" = Option<String>, Header, description = "\"<revision>\"")),
-            responses((status = 200, body = $obj), (status = 400, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope), (status = 412, body = ErrorEnvelope)))]
+            responses((status = 200, body = $obj), (status = 400, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope), (status = 412, body = ErrorEnvelope)))]
         pub async fn update(__State(app): __State<__Arc<__App>>, __Path(id): __Path<String>, q: Result<__Query<ProjectQuery>, __QueryRejection>, headers: __HeaderMap, __JsonBody(req, _): __JsonBody<UpdateRequest<$spec>>) -> Result<__Response, __ApiError> {
             if let Some(s) = &req.spec {
                 $validate(s)?;
@@ -279,7 +295,7 @@ macro_rules! crud {
 
         #[utoipa::path(delete, path = $item, tag = $tag,
             params(("id" = String, Path, description = "id or name"), DeleteQuery, ("If-Match" = Option<String>, Header, description = "\"<revision>\"")),
-            responses((status = 204), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope), (status = 412, body = ErrorEnvelope)))]
+            responses((status = 204), (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope), (status = 412, body = ErrorEnvelope)))]
         pub async fn delete(__State(app): __State<__Arc<__App>>, __Path(id): __Path<String>, q: Result<__Query<DeleteQuery>, __QueryRejection>, headers: __HeaderMap) -> Result<__Response, __ApiError> {
             __crud::delete_kind(&app, $kind, &id, __crud::query(q)?, &headers).await
         }
@@ -288,11 +304,16 @@ macro_rules! crud {
 pub(crate) use crud;
 
 /// A list of `kind` with pagination but no node filter, for handlers that filter it further.
-pub async fn list_kind_raw(app: &App, kind: Kind, q: &ListQuery) -> Result<ListResponse, ApiError> {
+pub async fn list_kind_raw(
+    app: &App,
+    caller: &Caller,
+    kind: Kind,
+    q: &ListQuery,
+) -> Result<ListResponse, ApiError> {
     app.read_barrier().await?;
     let state = app.shared.read();
     paginate(
-        objects(&state, kind),
+        visible_objects(&state, kind, caller),
         q,
         None,
         app.shared.applied_revision(),

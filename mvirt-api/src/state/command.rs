@@ -160,6 +160,11 @@ pub enum Command {
     DeleteToken {
         id: String,
     },
+    /// A node token's first `Register`: from now on it acts for this node only.
+    BindToken {
+        id: String,
+        node_id: String,
+    },
     CreateJoinToken {
         token: JoinToken,
     },

@@ -458,6 +458,7 @@ impl State {
             C::Schedule { placements: p, pending: w, now } => self.schedule(at, p, w, now),
             C::CreateToken { token } => self.create_token(at, token),
             C::DeleteToken { id } => self.delete_token(id),
+            C::BindToken { id, node_id } => self.bind_token(at, id, node_id),
             C::CreateJoinToken { token } => self.create_join_token(token),
             C::Prune { idempotency_before_ms: b, now_ms: n } => self.prune(*b, *n),
             C::ConsumeJoinToken { hash, now_ms } => self.consume_join_token(hash, *now_ms),

@@ -1,4 +1,5 @@
-//! The bookkeeping kinds: API tokens (the last admin token is never revoked), join tokens for
+//! The bookkeeping kinds: API tokens (the last admin token is never revoked; a node token is
+//! bound to the first node it registers, and no second token can take that node), join tokens for
 //! new control-plane members (used once, until they expire), and idempotency records; the
 //! leader's `Prune` forgets the spent ones.
 
@@ -36,6 +37,37 @@ impl State {
         }
         self.tokens.remove(id);
         Ok((Json::null(), vec![State::removed(Kind::Token, id, "")]))
+    }
+
+    /// Binds node token `id` to `node_id`. Idempotent for the same node; refused when the token
+    /// is bound to another node, is no node token, or another token is bound to that node.
+    pub(super) fn bind_token(&mut self, index: u64, id: &str, node_id: &str) -> Applied {
+        let token = self.get::<ApiToken>(id)?;
+        if token.role != Role::Node {
+            return Err(ApiError::invalid("only node tokens are bound to a node"));
+        }
+        match token.node_id.as_deref() {
+            Some(bound) if bound == node_id => return Ok((Json::null(), Vec::new())),
+            Some(bound) => {
+                return Err(ApiError::forbidden(format!(
+                    "this token is bound to node {bound}"
+                )))
+            }
+            None => {}
+        }
+        if self
+            .tokens
+            .values()
+            .any(|t| t.id != id && t.node_id.as_deref() == Some(node_id))
+        {
+            return Err(ApiError::forbidden(format!(
+                "node {node_id} is bound to another token"
+            )));
+        }
+        let token = self.get_mut::<ApiToken>(id)?;
+        token.node_id = Some(node_id.to_string());
+        token.revision = index;
+        Ok((Json::null(), vec![self.change(Kind::Token, id, "updated")]))
     }
 
     pub(super) fn create_join_token(&mut self, token: &JoinToken) -> Applied {
@@ -116,6 +148,8 @@ mod tests {
                 hash: format!("hash-{id}"),
                 created_at: "t0".into(),
                 revision: 0,
+                projects: Vec::new(),
+                node_id: None,
             },
         }
     }
@@ -156,5 +190,60 @@ mod tests {
             s.apply(7, &consume()).0.result.unwrap_err().code,
             ErrorCode::PermissionDenied
         );
+    }
+
+    #[test]
+    fn a_node_token_binds_to_its_first_node_only() {
+        let mut s = State::initial();
+        s.apply(1, &p(token("agent1", Role::Node)))
+            .0
+            .result
+            .unwrap();
+        s.apply(2, &p(token("agent2", Role::Node)))
+            .0
+            .result
+            .unwrap();
+        s.apply(3, &p(token("admin", Role::Admin)))
+            .0
+            .result
+            .unwrap();
+        let bind = |id: &str, node: &str| {
+            p(Command::BindToken {
+                id: id.into(),
+                node_id: node.into(),
+            })
+        };
+        s.apply(4, &bind("agent1", "n1")).0.result.unwrap();
+        assert_eq!(s.tokens["agent1"].node_id.as_deref(), Some("n1"));
+        // The same node again is fine; another node, or a node taken by another token, is not.
+        s.apply(5, &bind("agent1", "n1")).0.result.unwrap();
+        let code = |s: &mut State, i, c| s.apply(i, &c).0.result.unwrap_err().code;
+        assert_eq!(
+            code(&mut s, 6, bind("agent1", "n2")),
+            ErrorCode::PermissionDenied
+        );
+        assert_eq!(
+            code(&mut s, 7, bind("agent2", "n1")),
+            ErrorCode::PermissionDenied
+        );
+        assert_eq!(
+            code(&mut s, 8, bind("admin", "n3")),
+            ErrorCode::InvalidArgument
+        );
+        s.apply(9, &bind("agent2", "n2")).0.result.unwrap();
+    }
+
+    #[test]
+    fn a_token_stored_before_roles_and_scopes_reads_as_it_was() {
+        let old =
+            r#"{"id":"t","name":"t","role":"admin","hash":"h","created_at":"c","revision":3}"#;
+        let t: ApiToken = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            (t.role, t.projects.len(), &t.node_id),
+            (Role::Admin, 0, &None)
+        );
+        assert!(t.sees("anything"));
+        let node: ApiToken = serde_json::from_str(&old.replace("admin", "node")).unwrap();
+        assert_eq!(node.role, Role::Node);
     }
 }
