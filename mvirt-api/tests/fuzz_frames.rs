@@ -152,7 +152,7 @@ fn raft_stream_frames_never_panic_hang_or_allocate_past_the_frame_limit() {
                 let declared: u32 = match rng.gen_range(0..10) {
                     0 => rng.gen(),
                     1 => MAX_FRAME as u32 + 1,
-                    _ => body.len() as u32 + rng.gen_range(0..3) - 1,
+                    _ => (body.len() as u32 + rng.gen_range(0..3)).saturating_sub(1),
                 };
                 let mut stream = declared.to_be_bytes().to_vec();
                 stream.extend_from_slice(&body);
