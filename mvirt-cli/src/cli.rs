@@ -50,9 +50,10 @@ pub struct GlobalArgs {
     /// API bearer token (overrides the remote).
     #[arg(long, global = true, env = "MVIRT_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Project to work in (default: the remote's project, else `default`).
-    #[arg(short, long, global = true, env = "MVIRT_PROJECT")]
-    pub project: Option<String>,
+    /// Project to work in (default: $MVIRT_PROJECT, else the remote's project, else `default`).
+    /// `token create` takes it several times: the projects the new token sees.
+    #[arg(short, long, global = true, action = clap::ArgAction::Append)]
+    pub project: Vec<String>,
     /// Output format of reads.
     #[arg(short, long, global = true, value_enum, default_value_t = Format::Table)]
     pub output: Format,
@@ -63,6 +64,18 @@ pub struct GlobalArgs {
     /// Config file (default: ~/.config/mvirt/config.toml).
     #[arg(long, global = true, env = "MVIRT_CONFIG")]
     pub config: Option<std::path::PathBuf>,
+}
+
+impl GlobalArgs {
+    /// The project to work in: the last `--project`, else `$MVIRT_PROJECT` (read here rather
+    /// than by clap, so that `token create` sees only the projects given on the command line).
+    pub fn project(&self) -> Option<String> {
+        self.project.last().cloned().or_else(|| {
+            std::env::var("MVIRT_PROJECT")
+                .ok()
+                .filter(|p| !p.is_empty())
+        })
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -115,6 +128,8 @@ echo $TOKEN | mvirt login --name lab --url https://lab.example:8080 --project we
     /// API tokens.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Show the calling token: its name, role and projects (and a node token's node).
+    Whoami,
     /// Show the client version and the API's health.
     Version,
     /// Print a shell completion script.
@@ -631,9 +646,13 @@ pub enum TokenCmd {
     /// List API tokens.
     List,
     /// Create a token (the secret is shown once).
+    #[command(after_help = "Examples:\n  mvirt token create ci --role admin\n  \
+mvirt token create dash --role viewer --project a --project b\n  mvirt token create agents --role node")]
     Create {
         name: String,
-        /// admin or node.
+        /// admin (everything), operator (changes project resources), viewer (reads only) or
+        /// node (NodeService only, bound to the first node it registers). Operator and viewer
+        /// tokens see only the projects given with `--project` (repeat; none = every project).
         #[arg(long, default_value = "admin")]
         role: String,
     },

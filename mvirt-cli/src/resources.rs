@@ -169,6 +169,8 @@ pub const TOKENS: Resource = Resource {
         col("id", "id"),
         col("name", "name"),
         col("role", "role"),
+        col("projects", "projects"),
+        col("node", "node_id"),
         colf("age", "created_at", Fmt::Age),
     ],
 };

@@ -389,3 +389,41 @@ async fn every_endpoint_the_client_uses_is_in_the_openapi_document() {
         "endpoints the client uses but the API does not document: {missing:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_token_limited_to_a_project_says_so_and_cannot_write() {
+    let api = start_api().await;
+    let tok = api
+        .json(&[
+            "token",
+            "create",
+            "dash",
+            "--role",
+            "viewer",
+            "--project",
+            "a",
+            "--project",
+            "b",
+        ])
+        .await;
+    assert_eq!(tok["role"], "viewer", "{tok}");
+    assert_eq!(tok["projects"], serde_json::json!(["a", "b"]), "{tok}");
+    let secret = tok["token"].as_str().expect("secret shown once");
+    let me = api.json(&["whoami"]).await;
+    assert_eq!(me["role"], "admin", "{me}");
+    let env = [("MVIRT_URL", api.url.as_str()), ("MVIRT_TOKEN", secret)];
+    let out = api.mvirt_env(&["whoami"], &env).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout.contains("role:     viewer") && out.stdout.contains("projects: a,b"),
+        "{}",
+        out.stdout
+    );
+    // A viewer reads but does not write (403: exit code 5).
+    assert_eq!(api.mvirt_env(&["network", "list"], &env).await.code, 0);
+    let out = api
+        .mvirt_env(&["network", "create", "n", "--ipv4", "10.9.0.0/24"], &env)
+        .await;
+    assert_eq!(out.code, 5, "{out:?}");
+    assert!(out.stderr.contains("admin or operator"), "{}", out.stderr);
+}

@@ -28,7 +28,7 @@ pub fn client_for(g: &GlobalArgs) -> Result<ApiClient, ApiError> {
         remote: g.remote.clone(),
         url: g.url.clone(),
         token: g.token.clone(),
-        project: g.project.clone(),
+        project: g.project(),
     };
     let r = config::resolve(&file, &o)?;
     let mut api = ApiClient::new(&r.url, r.token, &r.project)?;

@@ -78,7 +78,8 @@ async fn dispatch(cli: Cli) -> Result<(), ApiError> {
         Command::Logs(a) => logs::run(&ctx, a).await,
         Command::Events(a) => events::run(&ctx, a).await,
         Command::Cluster(c) => cluster::run(&ctx, c).await,
-        Command::Token(c) => token::run(&ctx, c).await,
+        Command::Token(c) => token::run(&ctx, c, &g.project).await,
+        Command::Whoami => token::whoami(&ctx).await,
         Command::Version => version::run(&ctx).await,
         Command::Login(_)
         | Command::Remote(_)

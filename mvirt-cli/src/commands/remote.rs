@@ -41,10 +41,7 @@ pub(super) async fn login(g: &GlobalArgs, a: LoginArgs) -> Result<(), ApiError> 
             "no token given (use --token, --token-file or stdin)".into(),
         ));
     }
-    let project = g
-        .project
-        .clone()
-        .or_else(|| existing.and_then(|r| r.project));
+    let project = g.project().or_else(|| existing.and_then(|r| r.project));
     if !a.no_verify {
         let api = ApiClient::new(
             &url,

@@ -1,4 +1,4 @@
-//! `mvirt token`: API tokens.
+//! `mvirt token`: API tokens; `mvirt whoami`: the calling token.
 
 use serde_json::json;
 
@@ -9,15 +9,18 @@ use crate::resources as res;
 
 use super::ctx::Ctx;
 
-pub async fn run(ctx: &Ctx, c: TokenCmd) -> Result<(), ApiError> {
+/// `projects`: the `--project` flags of the command line (`token create` scopes the token to
+/// them; the environment's project is not one of them).
+pub async fn run(ctx: &Ctx, c: TokenCmd, projects: &[String]) -> Result<(), ApiError> {
     let r = &res::TOKENS;
     match c {
         TokenCmd::List => ctx.list(r, &ListArgs::default()).await,
         TokenCmd::Create { name, role } => {
-            let v = ctx
-                .api
-                .create(r.path, &json!({"name": name, "role": role}))
-                .await?;
+            let mut body = json!({"name": name, "role": role});
+            if !projects.is_empty() {
+                body["projects"] = json!(projects);
+            }
+            let v = ctx.api.create(r.path, &body).await?;
             ctx.print_text_or_object(&v, |v| {
                 format!(
                     "{}\n(token {} created; the secret is shown only now)\n",
@@ -28,4 +31,25 @@ pub async fn run(ctx: &Ctx, c: TokenCmd) -> Result<(), ApiError> {
         }
         TokenCmd::Delete { id } => ctx.delete(r, &id, &[]).await,
     }
+}
+
+/// `mvirt whoami`: `GET /v1/whoami`.
+pub async fn whoami(ctx: &Ctx) -> Result<(), ApiError> {
+    let v = ctx.api.get("/v1/whoami", &[]).await?;
+    ctx.print_text_or_object(&v, |v| {
+        let projects = match output::text_at(v, "projects") {
+            p if p.is_empty() => "all".to_string(),
+            p => p,
+        };
+        let mut text = format!(
+            "token:    {} ({})\nrole:     {}\nprojects: {projects}\n",
+            output::text_at(v, "name"),
+            output::text_at(v, "id"),
+            output::text_at(v, "role"),
+        );
+        if let Some(node) = v.get("node_id").and_then(|n| n.as_str()) {
+            text.push_str(&format!("node:     {node}\n"));
+        }
+        text
+    })
 }
