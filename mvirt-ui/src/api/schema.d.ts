@@ -578,6 +578,22 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/whoami": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["whoami"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -728,8 +744,9 @@ export interface components {
         };
         CreateTokenRequest: {
             name: string;
+            projects?: string[] | null;
             /** @enum {string} */
-            role: "admin" | "node";
+            role: "admin" | "operator" | "viewer" | "node";
         };
         ErrorBody: {
             code: string;
@@ -1012,8 +1029,10 @@ export interface components {
             created_at: string;
             id: string;
             name: string;
+            node_id?: string | null;
+            projects?: string[];
             /** @enum {string} */
-            role: "admin" | "node";
+            role: "admin" | "operator" | "viewer" | "node";
             token?: string | null;
         };
         UpdateProjectRequest: {
@@ -1176,6 +1195,14 @@ export interface components {
             /** Format: int64 */
             size_bytes: number;
             template_id?: string | null;
+        };
+        WhoAmI: {
+            id: string;
+            name: string;
+            node_id?: string | null;
+            projects: string[];
+            /** @enum {string} */
+            role: "admin" | "operator" | "viewer" | "node";
         };
     };
     responses: never;
@@ -5765,6 +5792,41 @@ export interface operations {
                 };
             };
             503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    whoami: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WhoAmI"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
