@@ -806,3 +806,69 @@ async fn a_scoped_viewer_gets_only_its_projects_events() {
     assert!(text.contains("\"project\":\"b\""), "{text}");
     assert!(!text.contains("\"kind\":\"token\""), "{text}");
 }
+
+#[tokio::test]
+async fn a_scoped_token_reads_only_audit_entries_about_its_projects() {
+    let log_dir = tempfile::tempdir().unwrap();
+    let log_server = mvirt_log::server::BoundServer::bind(mvirt_log::server::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: log_dir.path().to_path_buf(),
+        retention: Default::default(),
+    })
+    .await
+    .expect("bind mvirt-log");
+    let log_addr = log_server.local_addr();
+    let log_shutdown = mvirt_common::Shutdown::new();
+    let s = log_shutdown.clone();
+    tokio::spawn(async move { log_server.serve(s).await });
+
+    let m = start_member_with(|c| c.log_endpoint = format!("http://{log_addr}")).await;
+    let mut ids = Vec::new();
+    for (p, prefix) in [("a", "10.1.0.0/24"), ("b", "10.2.0.0/24")] {
+        m.create("/v1/projects", json!({"name": p})).await;
+        let net = m
+            .create(
+                "/v1/networks",
+                json!({"name": "net", "project": p, "spec": {"ipv4_prefix": prefix}}),
+            )
+            .await;
+        ids.push(net["id"].as_str().unwrap().to_string());
+    }
+    let secret = token(&m, "view-a", json!({"role": "viewer", "projects": ["a"]})).await;
+    let viewer = Member {
+        running: None,
+        url: m.url.clone(),
+        grpc_url: m.grpc_url.clone(),
+        token: secret,
+        dir: tempfile::tempdir().unwrap(),
+        http: m.http.clone(),
+    };
+    // The admin sees both networks' entries once they are written.
+    for id in &ids {
+        mvirt_testsupport::process::wait_until_async(
+            "audit entry",
+            Duration::from_secs(20),
+            || async {
+                let (s, v) = m.get(&format!("/v1/logs?object_id={id}&level=audit")).await;
+                (s == StatusCode::OK && !v["entries"].as_array()?.is_empty()).then_some(())
+            },
+        )
+        .await;
+    }
+    let (s, page) = viewer.get("/v1/logs?level=audit&limit=1000").await;
+    assert_eq!(s, StatusCode::OK, "{page}");
+    let entries = page["entries"].as_array().unwrap();
+    let names = |e: &Value, id: &str| {
+        e["object_ids"]
+            .as_array()
+            .is_some_and(|ids| ids.iter().any(|i| i == id))
+    };
+    assert!(entries.iter().any(|e| names(e, &ids[0])), "{page}");
+    assert!(!entries.iter().any(|e| names(e, &ids[1])), "{page}");
+    // Project b's object, asked for by id: nothing.
+    let (_, page) = viewer
+        .get(&format!("/v1/logs?object_id={}&level=audit", ids[1]))
+        .await;
+    assert_eq!(page["entries"], json!([]));
+    log_shutdown.trigger();
+}
