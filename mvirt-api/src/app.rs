@@ -21,7 +21,7 @@ use crate::scheduler::{self, Strategy};
 use crate::state::{ApiError, Command, ErrorCode, Outcome, Proposal, Update};
 
 /// How long a write waits for a leader (election in progress) before answering 503.
-const LEADER_WAIT: Duration = Duration::from_secs(10);
+pub const LEADER_WAIT: Duration = Duration::from_secs(10);
 
 /// The current time as RFC 3339 (UTC, seconds). Minted before proposing, never in `apply`.
 pub fn now() -> String {
@@ -169,7 +169,8 @@ impl App {
         self.raft.metrics().borrow().state == ServerState::Leader
     }
 
-    async fn wait_for_leader(&self, deadline: Instant) -> Option<(MemberId, Member)> {
+    /// Waits until this member knows a leader (until `deadline`).
+    pub async fn wait_for_leader(&self, deadline: Instant) -> Option<(MemberId, Member)> {
         let mut rx = self.raft.metrics();
         loop {
             if let Some(l) = self.leader() {
@@ -825,9 +826,11 @@ impl App {
                     tracing::debug!(target, error = %e, "campaign request not delivered")
                 }
             }
-            // Re-ask after about one election timeout: the first vote usually meets a lease
-            // that has not run out yet.
-            let round = (Instant::now() + HAND_OVER_RETRY).min(deadline);
+            // Re-ask after a random pause of one to two election timeouts (when the first
+            // campaign met a lease that had not run out yet): a fixed period could fall in step
+            // with another follower's campaigns and split the vote every time.
+            let pause = HAND_OVER_RETRY.mul_f64(1.0 + rand::random::<f64>());
+            let round = (Instant::now() + pause).min(deadline);
             loop {
                 let (state, leader) = {
                     let m = rx.borrow_and_update();
@@ -851,8 +854,13 @@ impl App {
                 }
             }
             if Instant::now() >= deadline {
+                let now = if self.is_leader() {
+                    "this member still leads"
+                } else {
+                    "this member stepped down, no leader is elected yet"
+                };
                 return Err(ApiError::unavailable(format!(
-                    "leadership was not handed over to member {target} within {}s; this member still leads and was not removed; retry",
+                    "leadership was not handed over to member {target} within {}s; {now}; the member was not removed; retry",
                     HAND_OVER_WITHIN.as_secs()
                 )));
             }
@@ -890,7 +898,8 @@ impl App {
 
 /// How long the leader tries to hand leadership over before its own removal.
 pub const HAND_OVER_WITHIN: Duration = Duration::from_secs(5);
-/// How often the chosen voter is asked again to campaign (about the election timeout).
+/// How often (at least; randomized up to twice this) the chosen voter is asked again to
+/// campaign: about the election timeout.
 const HAND_OVER_RETRY: Duration = Duration::from_millis(700);
 
 /// What [`App::remove_member`] did.
@@ -957,7 +966,15 @@ impl JoinBucket {
 impl JoinLimiter {
     /// `Err(wait)` while `source` has used up its failed attempts.
     pub fn admit(&self, source: std::net::IpAddr) -> Result<(), Duration> {
-        let now = Instant::now();
+        self.admit_at(source, Instant::now())
+    }
+
+    /// Counts one refused join against `source`.
+    pub fn charge(&self, source: std::net::IpAddr) {
+        self.charge_at(source, Instant::now())
+    }
+
+    fn admit_at(&self, source: std::net::IpAddr, now: Instant) -> Result<(), Duration> {
         let buckets = locked(&self.buckets);
         let Some(bucket) = buckets.get(&source).map(|b| b.refilled(now)) else {
             return Ok(());
@@ -968,9 +985,7 @@ impl JoinLimiter {
         Err(JOIN_FAILURE_REFILL.mul_f64(1.0 - bucket.left))
     }
 
-    /// Counts one refused join against `source`.
-    pub fn charge(&self, source: std::net::IpAddr) {
-        let now = Instant::now();
+    fn charge_at(&self, source: std::net::IpAddr, now: Instant) {
         let mut buckets = locked(&self.buckets);
         if buckets.len() >= JOIN_LIMITER_TRACKED {
             buckets.retain(|_, b| b.refilled(now).left < f64::from(JOIN_FAILURE_BURST));
@@ -1067,5 +1082,41 @@ fn related_ids(command: &Command) -> Vec<String> {
         Command::BindToken { id, node_id } => vec![id.clone(), node_id.clone()],
         Command::CreateJoinToken { token } => vec![token.id.clone()],
         Command::ConsumeJoinToken { .. } | Command::Prune { .. } | Command::Noop => vec![],
+    }
+}
+
+#[cfg(test)]
+mod join_limiter_tests {
+    use super::*;
+
+    #[test]
+    fn refused_joins_are_limited_per_address_and_the_allowance_refills() {
+        let limiter = JoinLimiter::default();
+        let here = std::net::IpAddr::from([192, 0, 2, 1]);
+        let there = std::net::IpAddr::from([192, 0, 2, 2]);
+        let t0 = Instant::now();
+        for _ in 0..JOIN_FAILURE_BURST {
+            assert!(limiter.admit_at(here, t0).is_ok());
+            limiter.charge_at(here, t0);
+        }
+        let wait = limiter.admit_at(here, t0).unwrap_err();
+        assert!(
+            wait > Duration::ZERO && wait <= JOIN_FAILURE_REFILL,
+            "{wait:?}"
+        );
+        // Another address is not affected.
+        assert!(limiter.admit_at(there, t0).is_ok());
+        // One refill period later, one more attempt; then limited again.
+        let t1 = t0 + JOIN_FAILURE_REFILL;
+        assert!(limiter.admit_at(here, t1).is_ok());
+        limiter.charge_at(here, t1);
+        assert!(limiter.admit_at(here, t1).is_err());
+        // Long quiet: the whole burst is back.
+        let t2 = t1 + JOIN_FAILURE_REFILL * (JOIN_FAILURE_BURST + 1);
+        for _ in 0..JOIN_FAILURE_BURST {
+            assert!(limiter.admit_at(here, t2).is_ok());
+            limiter.charge_at(here, t2);
+        }
+        assert!(limiter.admit_at(here, t2).is_err());
     }
 }

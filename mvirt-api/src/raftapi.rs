@@ -212,13 +212,20 @@ async fn heartbeat(State(app): State<Arc<App>>, Json(hb): Json<HeartbeatForward>
 }
 
 /// `POST /raft/elect`: the leader, about to remove itself, asks this member to campaign now
-/// (see [`App::hand_over`](crate::app::App)). A no-op on a learner or a leader.
+/// (see [`App::remove_member`](crate::app::App::remove_member)). Only a follower starts a
+/// campaign: a candidate's own randomized timer already retries (restarting its campaign on
+/// every request would keep splitting the vote with other candidates), and openraft ignores it
+/// on a learner or a leader.
 async fn elect(State(app): State<Arc<App>>) -> Response {
-    let result: Result<(), ApiError> = app
-        .raft
-        .trigger()
-        .elect()
-        .await
-        .map_err(|e| ApiError::unavailable(format!("cannot campaign: {e}")));
+    let state = app.raft.metrics().borrow().state;
+    let result: Result<(), ApiError> = if state == openraft::ServerState::Follower {
+        app.raft
+            .trigger()
+            .elect()
+            .await
+            .map_err(|e| ApiError::unavailable(format!("cannot campaign: {e}")))
+    } else {
+        Ok(())
+    };
     Json(result).into_response()
 }

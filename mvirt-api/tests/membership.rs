@@ -86,9 +86,10 @@ async fn removing_the_leader_hands_over_first_and_the_last_voter_stays() {
 
     let mut procs: Vec<(u64, Proc)> = Vec::new();
     for p in [a, b, cc] {
-        let id = c.controlplane(&p).await.unwrap()["member_id"]
-            .as_u64()
-            .unwrap();
+        let id = wait_until_async("the member's id", Duration::from_secs(30), || async {
+            c.controlplane(&p).await?["member_id"].as_u64()
+        })
+        .await;
         procs.push((id, p));
     }
     let mut written = Vec::new();
@@ -251,7 +252,8 @@ async fn the_raft_listener_authenticates_and_caps_bodies_before_reading_them() {
         .await;
         assert!(status.contains(" 413"), "{path} over {cap} bytes: {status}");
     }
-    // Chunked (no length up front): cut off at the cap.
+    // Chunked (no length up front): cut off at the cap — a 413, or the connection closed
+    // under the sender when the answer overtakes the rest of the body.
     let resp = reqwest::Client::new()
         .post(format!("http://{raft_addr}/raft/vote"))
         .header("authorization", &bearer)
@@ -260,9 +262,10 @@ async fn the_raft_listener_authenticates_and_caps_bodies_before_reading_them() {
             SMALL_BODY_LIMIT * 2,
         )))
         .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 413);
+        .await;
+    if let Ok(resp) = resp {
+        assert_eq!(resp.status(), 413);
+    }
     // The member still serves its peers' RPCs.
     let resp = reqwest::Client::new()
         .post(format!("http://{raft_addr}/raft/read-index"))

@@ -274,14 +274,8 @@ pub async fn remove_member(
         Removal::Removed => Ok(StatusCode::NO_CONTENT.into_response()),
         // This member led and is the one to go: the new leader removes it.
         Removal::HandedOver(_) => {
-            forward_to_leader_rest(
-                &app,
-                reqwest::Method::DELETE,
-                &path,
-                token.as_deref(),
-                None,
-            )
-            .await
+            forward_to_leader_rest(&app, reqwest::Method::DELETE, &path, token.as_deref(), None)
+                .await
         }
     }
 }
@@ -426,8 +420,10 @@ async fn forward_to_leader_rest(
     token: Option<&str>,
     body: Option<Vec<u8>>,
 ) -> Result<Response, ApiError> {
+    // Right after a hand-over or a failover the leader may not be known yet: wait a little.
     let (_, leader) = app
-        .leader()
+        .wait_for_leader(std::time::Instant::now() + crate::app::LEADER_WAIT)
+        .await
         .ok_or_else(|| ApiError::no_leader("no Raft leader elected"))?;
     let mut req = app
         .http
