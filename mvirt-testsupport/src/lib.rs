@@ -8,6 +8,8 @@
 //! - [`registry`]: a local OCI registry (distribution) on 127.0.0.1.
 //! - [`token_server`]: a Docker token server for registries with bearer-token auth.
 //! - [`netns`]: network namespaces, veth pairs and TAP devices removed on drop.
+//! - [`pod`]: the pod artefacts built from this checkout's mvirt-one, and a host network
+//!   (TAP + DHCP) for pod microVMs.
 //!
 //! A missing prerequisite (QEMU, zfs-fuse, root, …) is a loud failure, never a skipped test:
 //! `scripts/setup.sh` installs everything the tests need.
@@ -16,6 +18,7 @@ pub mod guest;
 pub mod http;
 pub mod net;
 pub mod netns;
+pub mod pod;
 pub mod process;
 pub mod registry;
 pub mod token_server;

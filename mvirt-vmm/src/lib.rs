@@ -29,6 +29,8 @@ pub mod hypervisor;
 #[cfg(feature = "server")]
 pub mod model;
 #[cfg(feature = "server")]
+mod oplock;
+#[cfg(feature = "server")]
 pub mod pod;
 #[cfg(feature = "server")]
 pub mod process;

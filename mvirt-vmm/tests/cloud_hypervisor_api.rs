@@ -170,6 +170,35 @@ fn vm_create_bodies_validate_against_the_openapi_spec() {
 }
 
 #[test]
+fn a_pod_microvm_gets_cloud_hypervisors_hybrid_vsock_on_its_run_directory_socket() {
+    let contract = Contract::load();
+    let run = RunDir::new(PathBuf::from("/var/lib/mvirt/vmm/run/id"));
+    let fw = Path::new("/usr/share/cloud-hypervisor/CLOUDHV.fd");
+    let mut s = spec();
+    s.disks.clear();
+    s.cloud_init = None;
+    s.vsock = Some(mvirt_vmm::model::VsockSpec { cid: 3 });
+    let body = ch::vm_config("0b8f3c1e-2a4d-4f6b-9c1d-7e5a3b2c1d0f", &s, &run, None, fw);
+    contract.assert_valid("VmConfig", &body);
+    assert_eq!(body["vsock"]["cid"], 3);
+    assert_eq!(
+        body["vsock"]["socket"],
+        "/var/lib/mvirt/vmm/run/id/vsock.sock"
+    );
+    // Without vhost-user there is no need for shared memory.
+    assert!(body["memory"].get("shared").is_none());
+    // A VM without vsock has none.
+    let plain = ch::vm_config(
+        "0b8f3c1e-2a4d-4f6b-9c1d-7e5a3b2c1d0f",
+        &spec(),
+        &run,
+        None,
+        fw,
+    );
+    assert!(plain.get("vsock").is_none());
+}
+
+#[test]
 fn the_strict_contract_rejects_what_cloud_hypervisor_would_reject() {
     // The validation is not vacuous: wrong types, unknown fields, missing required fields fail.
     let contract = Contract::load();

@@ -632,3 +632,86 @@ impl Hypervisor for QemuDriver {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{BootSource, VsockSpec};
+
+    #[test]
+    fn a_pod_microvm_gets_shared_memory_and_a_vhost_user_vsock_device() {
+        let driver = QemuDriver::new(QemuConfig {
+            accel: Accel::Tcg,
+            ..QemuConfig::default()
+        });
+        let run = RunDir::new(PathBuf::from("/var/lib/mvirt/vmm/run/id"));
+        let spec = VmSpec {
+            name: "pod-web".into(),
+            vcpus: 1,
+            memory_mib: 512,
+            boot: BootSource::Kernel {
+                kernel: "/k/vmlinuz".into(),
+                initramfs: Some("/k/initramfs.img".into()),
+                cmdline: "console=ttyS0 mvirt.ready_port=1025".into(),
+            },
+            disks: vec![],
+            nics: vec![],
+            cloud_init: None,
+            hugepages: false,
+            nested_virtualization: false,
+            labels: Default::default(),
+            vsock: Some(VsockSpec { cid: 3 }),
+        };
+        let request = LaunchRequest {
+            vm_id: "id",
+            spec: &spec,
+            run: &run,
+            cidata: None,
+        };
+        let args = driver.command_line(&request).join(" ");
+        assert!(
+            args.contains(
+                "-object memory-backend-memfd,id=mem0,size=512M,share=on -numa node,memdev=mem0"
+            ),
+            "{args}"
+        );
+        assert!(
+            args.contains(
+                "-chardev socket,id=vsock0,path=/var/lib/mvirt/vmm/run/id/vhost-vsock.sock"
+            ),
+            "{args}"
+        );
+        assert!(
+            args.contains("-device vhost-user-vsock-pci,chardev=vsock0"),
+            "{args}"
+        );
+        let plain = VmSpec {
+            vsock: None,
+            ..spec.clone()
+        };
+        let request = LaunchRequest {
+            spec: &plain,
+            ..request
+        };
+        let args = driver.command_line(&request).join(" ");
+        assert!(!args.contains("vsock") && !args.contains("memfd"), "{args}");
+        // The backend is recognised by its program and the run directory it names.
+        let cmd = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(driver.owns_backend(
+            &run,
+            &cmd(&[
+                "/root/.cargo/bin/vhost-device-vsock",
+                "--socket",
+                "/var/lib/mvirt/vmm/run/id/vhost-vsock.sock"
+            ])
+        ));
+        assert!(!driver.owns_backend(
+            &run,
+            &cmd(&[
+                "vhost-device-vsock",
+                "--socket",
+                "/var/lib/mvirt/vmm/run/other/vhost-vsock.sock"
+            ])
+        ));
+    }
+}

@@ -367,15 +367,25 @@ impl PodService for PodGrpc {
             .await?
             .into_inner();
         let stop = self.pods.vmm().shutdown_token();
-        let output = stream
-            .map(|entry| {
-                entry.map(|e| proto::PodLogEntry {
-                    timestamp_ns: e.timestamp_ns,
-                    stream: e.stream,
-                    line: e.line,
-                })
-            })
-            .take_while(move |_| !stop.is_cancelled());
+        let mut stream = stream;
+        // Ends with the guest's stream, or when the daemon shuts down (a followed log would
+        // otherwise hold the server open).
+        let output = async_stream::stream! {
+            loop {
+                let next = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    next = stream.next() => next,
+                };
+                match next {
+                    Some(entry) => yield entry.map(|e| proto::PodLogEntry {
+                        timestamp_ns: e.timestamp_ns,
+                        stream: e.stream,
+                        line: e.line,
+                    }),
+                    None => break,
+                }
+            }
+        };
         Ok(Response::new(Box::pin(output)))
     }
 

@@ -93,7 +93,7 @@ fn container_to_one(c: &ContainerSpec) -> one::ContainerSpec {
 pub fn create_request(id: &str, spec: &PodSpec) -> one::CreatePodRequest {
     one::CreatePodRequest {
         id: id.to_string(),
-        hostname: spec.effective_hostname(id),
+        hostname: spec.effective_hostname(),
         containers: spec.containers.iter().map(container_to_one).collect(),
     }
 }

@@ -20,7 +20,7 @@ mod guest;
 mod lifecycle;
 pub mod model;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -139,7 +139,7 @@ struct Inner {
     vmm: Vmm,
     config: PodConfig,
     events: broadcast::Sender<PodEvent>,
-    op_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    op_locks: Arc<crate::oplock::OpLocks>,
     record_lock: Mutex<()>,
     /// The artefacts last read (and verified), re-read when their manifest changes.
     artefacts: Mutex<Option<Artefacts>>,
@@ -165,7 +165,7 @@ impl PodManager {
                 vmm,
                 config,
                 events,
-                op_locks: Mutex::new(HashMap::new()),
+                op_locks: Arc::default(),
                 record_lock: Mutex::new(()),
                 artefacts: Mutex::new(None),
             }),
@@ -196,19 +196,12 @@ impl PodManager {
         Fut: std::future::Future<Output = Result<T, PodError>> + Send + 'static,
     {
         let (pods, owned) = (self.clone(), id.to_string());
-        let op = lock(&self.inner.op_locks)
-            .entry(owned.clone())
-            .or_default()
-            .clone();
-        let task = tokio::spawn(async move {
-            let _guard = op.lock().await;
-            operation(pods, owned).await
-        });
-        match task.await {
-            Ok(result) => result,
-            Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
-            Err(_) => Err(PodError::Interrupted(id.to_string())),
-        }
+        let gone = move || matches!(pods.inner.vmm.store().get_pod(&owned), Ok(None));
+        self.inner
+            .op_locks
+            .serialised(id, operation(self.clone(), id.to_string()), gone)
+            .await
+            .unwrap_or_else(|| Err(PodError::Interrupted(id.to_string())))
     }
 
     fn publish(&self, kind: PodEventKind, pod: &PodRecord) {
@@ -372,7 +365,7 @@ impl PodManager {
         }
         cmdline.extend(self.inner.config.kernel_args.iter().cloned());
         VmSpec {
-            name: format!("pod-{}", spec.name),
+            name: spec.name.clone(),
             vcpus: spec.vcpus,
             memory_mib: spec.memory_mib,
             boot: BootSource::Kernel {

@@ -109,22 +109,11 @@ fn err(msg: impl Into<String>) -> SpecError {
     SpecError(msg.into())
 }
 
-/// A pod name: 1–63 of letters, digits, '.', '_', '-', starting with a letter or digit.
+/// A pod name is a DNS label, as a VM name is (it names the pod's microVM and is the default
+/// hostname of its containers).
 pub fn validate_pod_name(name: &str) -> Result<(), SpecError> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(err(format!(
-            "invalid pod name {name:?}: 1-63 characters of letters, digits, '.', '_' and '-', \
-             starting with a letter or digit"
-        )))
-    }
+    mvirt_common::validate::dns_label("pod name", name)
+        .map_err(|e| err(format!("invalid pod name: {e}")))
 }
 
 impl PodSpec {
@@ -180,16 +169,13 @@ impl PodSpec {
         Ok(())
     }
 
-    /// The hostname of the containers: the spec's, else the pod name when it is a DNS label,
-    /// else the first 8 characters of the id.
-    pub fn effective_hostname(&self, id: &str) -> String {
-        if !self.hostname.is_empty() {
-            return self.hostname.clone();
+    /// The hostname of the containers: the spec's, else the pod name.
+    pub fn effective_hostname(&self) -> String {
+        if self.hostname.is_empty() {
+            self.name.clone()
+        } else {
+            self.hostname.clone()
         }
-        if mvirt_common::validate::dns_label("hostname", &self.name).is_ok() {
-            return self.name.clone();
-        }
-        id.chars().take(8).collect()
     }
 }
 
@@ -312,7 +298,7 @@ mod tests {
         let s = spec().normalised();
         assert_eq!((s.vcpus, s.memory_mib), (DEFAULT_VCPUS, DEFAULT_MEMORY_MIB));
         s.validate().unwrap();
-        assert_eq!(s.effective_hostname("0190aaaa-bbbb"), "web");
+        assert_eq!(s.effective_hostname(), "web");
     }
 
     #[test]
@@ -322,6 +308,8 @@ mod tests {
             (Box::new(|s| s.name = "".into()), "invalid pod name"),
             (Box::new(|s| s.name = "-x".into()), "invalid pod name"),
             (Box::new(|s| s.name = "a b".into()), "invalid pod name"),
+            (Box::new(|s| s.name = "Web_1".into()), "invalid pod name"),
+            (Box::new(|s| s.name = "x".repeat(64)), "invalid pod name"),
             (Box::new(|s| s.containers.clear()), "at least one container"),
             (
                 Box::new(|s| s.containers[0].name = "App_1".into()),

@@ -228,7 +228,7 @@ struct Inner {
     audit: AuditLogger,
     events: broadcast::Sender<VmEvent>,
     runtimes: Mutex<HashMap<String, VmRuntime>>,
-    op_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    op_locks: Arc<crate::oplock::OpLocks>,
     /// Serialises read-modify-write of records between operations and watchers.
     record_lock: Mutex<()>,
     shutdown: CancellationToken,
@@ -278,11 +278,9 @@ impl Vmm {
         };
         std::fs::create_dir_all(config.data_dir.join("run")).map_err(io(&config.data_dir))?;
         let store = Store::open(&config.data_dir.join("vmm.db"))?;
-        // Pod microVMs boot the pod artefacts.
         let allowed_dirs = config
             .allowed_dirs
             .iter()
-            .chain(std::iter::once(&config.pod.artefacts_dir))
             .filter_map(|d| match std::fs::canonicalize(d) {
                 Ok(p) => Some(p),
                 Err(err) => {
@@ -302,7 +300,7 @@ impl Vmm {
                 audit,
                 events,
                 runtimes: Mutex::new(HashMap::new()),
-                op_locks: Mutex::new(HashMap::new()),
+                op_locks: Arc::default(),
                 record_lock: Mutex::new(()),
                 shutdown: CancellationToken::new(),
             }),
@@ -340,22 +338,7 @@ impl Vmm {
     }
 
     fn op_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        lock(&self.inner.op_locks)
-            .entry(id.to_string())
-            .or_default()
-            .clone()
-    }
-
-    /// Forgets the operation lock of a VM that no longer exists, unless another operation
-    /// holds or waits for it: that one must stay serialised with whatever comes next for the
-    /// same id (a re-create), so the entry stays until its last user is gone. (Removing it
-    /// while shared would let two operations on one id run at once, each with its own lock.)
-    fn release_op_lock(&self, id: &str, held: &Arc<tokio::sync::Mutex<()>>) {
-        let mut locks = lock(&self.inner.op_locks);
-        // The map's reference and the caller's: nobody else can reach this lock any more.
-        if locks.get(id).is_some_and(|l| Arc::ptr_eq(l, held)) && Arc::strong_count(held) == 2 {
-            locks.remove(id);
-        }
+        self.inner.op_locks.get(id)
     }
 
     /// Runs `operation` under the VM's operation lock, on a task of its own: it completes even
@@ -367,21 +350,12 @@ impl Vmm {
         Fut: std::future::Future<Output = Result<T, VmmError>> + Send + 'static,
     {
         let (vmm, owned) = (self.clone(), id.to_string());
-        let task = tokio::spawn(async move {
-            let op = vmm.op_lock(&owned);
-            let guard = op.lock().await;
-            let result = operation(vmm.clone(), owned.clone()).await;
-            drop(guard);
-            if matches!(vmm.inner.store.get(&owned), Ok(None)) {
-                vmm.release_op_lock(&owned, &op);
-            }
-            result
-        });
-        match task.await {
-            Ok(result) => result,
-            Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
-            Err(_) => Err(VmmError::Interrupted(id.to_string())),
-        }
+        let gone = move || matches!(vmm.inner.store.get(&owned), Ok(None));
+        self.inner
+            .op_locks
+            .serialised(id, operation(self.clone(), id.to_string()), gone)
+            .await
+            .unwrap_or_else(|| Err(VmmError::Interrupted(id.to_string())))
     }
 
     fn publish(&self, kind: VmEventKind, vm: &VmRecord) {
@@ -445,10 +419,13 @@ impl Vmm {
             what,
             path: path.to_string(),
         })?;
+        // Pod microVMs boot the pod artefacts, which may be installed after the daemon started.
+        let artefacts = std::fs::canonicalize(&self.inner.config.pod.artefacts_dir).ok();
         if !self
             .inner
             .allowed_dirs
             .iter()
+            .chain(artefacts.as_ref())
             .any(|dir| canonical.starts_with(dir))
         {
             return Err(VmmError::PathNotAllowed {
