@@ -10,6 +10,7 @@
 #   MVIRT_FUZZ_SEED=42 scripts/fuzz.sh   # repeat an earlier run
 #
 # Needs root (the layer target chowns unpacked files; the NodeService target starts a member).
+# Builds the three crates' tests in release (`target/release`, ~1.2 GB; check the free disk).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
