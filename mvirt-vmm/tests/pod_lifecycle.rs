@@ -252,6 +252,22 @@ async fn a_pod_runs_its_containers_survives_a_daemon_crash_and_leaves_nothing_be
         .into_inner();
     assert!(listed.pods.is_empty());
 
+    // Every change is reported on WatchPods, collected from before the pod exists.
+    let mut watch = client
+        .watch_pods(proto::WatchPodsRequest {
+            include_initial: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::<proto::PodEvent>::new()));
+    let sink = events.clone();
+    tokio::spawn(async move {
+        while let Some(Ok(event)) = watch.next().await {
+            sink.lock().unwrap().push(event);
+        }
+    });
+
     // Create (idempotent), start.
     let id = new_id();
     let created = client
@@ -417,6 +433,42 @@ async fn a_pod_runs_its_containers_survives_a_daemon_crash_and_leaves_nothing_be
         .unwrap();
     assert!(String::from_utf8_lossy(&first.data).contains("Linux version"));
     drop(console);
+
+    // The watch saw the pod created, starting (booting, pulling, starting the containers),
+    // running, then its status updates; nothing before it existed.
+    let seen: Vec<(proto::PodEventType, proto::PodState, String)> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let pod = e.pod.as_ref().unwrap();
+            assert_eq!(pod.id, id);
+            (
+                proto::PodEventType::try_from(e.r#type).unwrap(),
+                state(pod),
+                pod.state_reason.clone(),
+            )
+        })
+        .collect();
+    let transitions: Vec<_> = seen
+        .iter()
+        .filter(|(t, _, _)| *t != proto::PodEventType::Updated)
+        .map(|(t, s, r)| (*t, *s, r.as_str()))
+        .collect();
+    use proto::PodEventType::{Created, StateChanged, Updated};
+    use proto::PodState::{Running, Starting};
+    assert_eq!(
+        transitions,
+        vec![
+            (Created, proto::PodState::Created, "created"),
+            (StateChanged, Starting, "booting the microVM"),
+            (StateChanged, Starting, "pulling images"),
+            (StateChanged, Starting, "starting the containers"),
+            (StateChanged, Running, "started"),
+        ],
+        "{seen:?}"
+    );
+    assert!(seen.iter().any(|(t, s, _)| *t == Updated && *s == Running));
 
     // The daemon crashes; the restarted one adopts the running pod.
     daemon.kill();
