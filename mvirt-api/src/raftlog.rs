@@ -255,8 +255,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| StorageIOError::write_vote(&e).into())
     }
 
+    /// The stored vote, always as *uncommitted*. openraft restores the leadership of a member
+    /// whose stored vote is its own committed one, in the same term. Our leader replicates
+    /// before its own append is on disk (the vendored patch), so after a crash its followers
+    /// may hold entries it lost, and it would write other entries under the same log ids.
+    /// Uncommitted, the vote still forbids voting twice in its term, and a restarted leader
+    /// campaigns in a new term instead (found by `tests/membership_chaos.rs`).
     async fn read_vote(&mut self) -> StorageResult<Option<Vote<MemberId>>> {
-        self.get_json("vote")
+        let vote: Option<Vote<MemberId>> = self.get_json("vote")?;
+        Ok(vote.map(|mut vote| {
+            vote.committed = false;
+            vote
+        }))
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<MemberId>>) -> StorageResult<()> {
