@@ -258,11 +258,49 @@ impl QemuDriver {
 }
 
 impl QemuDriver {
+    async fn launch_qemu(
+        &self,
+        request: &LaunchRequest<'_>,
+        sockets: [std::os::fd::OwnedFd; 2],
+    ) -> Result<Launched, HypervisorError> {
+        let run = request.run;
+        let args = self.command_line(request);
+        let program = self.config.binary.display().to_string();
+        let mut child = spawn_hypervisor(&self.config.binary, &args, run, &sockets)?;
+        drop(sockets);
+        let pid = child.id().unwrap_or(0);
+        let status = until_ready(
+            &program,
+            &mut child,
+            run,
+            self.config.start_timeout,
+            qmp::execute(&run.control_socket(), "query-status", None),
+        )
+        .await?;
+        tracing::debug!(vm = request.vm_id, %status, "qemu started");
+        let identity = crate::process::identity(pid).ok_or_else(|| HypervisorError::EarlyExit {
+            program: program.clone(),
+            status: "gone right after start".into(),
+            log: run.hypervisor_log_tail(2000),
+        })?;
+        Ok(Launched {
+            identity: ProcessIdentity {
+                pid: identity.pid,
+                start_time: identity.start_time,
+            },
+            child: Some(child),
+        })
+    }
+
     /// Starts the pod's vhost-device-vsock (one per pod; it serves the hybrid vsock socket and
     /// the vhost-user socket QEMU connects to) and waits until it listens. It names the run
     /// directory in its arguments, which is how it is found again after a daemon restart and
     /// killed once QEMU is gone ([`Hypervisor::owns_backend`]).
-    async fn start_vsock_backend(&self, run: &RunDir, cid: u32) -> Result<(), HypervisorError> {
+    async fn start_vsock_backend(
+        &self,
+        run: &RunDir,
+        cid: u32,
+    ) -> Result<tokio::process::Child, HypervisorError> {
         let socket = run.vhost_vsock_socket();
         let _ = std::fs::remove_file(&socket);
         let _ = std::fs::remove_file(run.vsock_socket());
@@ -303,10 +341,10 @@ impl QemuDriver {
                 _ = tokio::time::sleep(Duration::from_millis(20)) => {}
             }
         }
-        // Not awaited: it outlives the daemon like the hypervisor; it is reaped by tokio's
-        // orphan handling and killed with the microVM.
-        drop(child);
-        Ok(())
+        // Once QEMU runs, the backend lives as long as it (it outlives the daemon like the
+        // hypervisor; dropping the handle leaves it to tokio's orphan reaping) and is killed when
+        // the microVM is gone (`Hypervisor::owns_backend`).
+        Ok(child)
     }
 }
 
@@ -429,35 +467,17 @@ impl Hypervisor for QemuDriver {
             listen_socket(&run.control_socket())?,
             listen_socket(&run.console_socket())?,
         ];
-        if let Some(vsock) = request.spec.vsock {
-            self.start_vsock_backend(run, vsock.cid).await?;
+        let backend = match request.spec.vsock {
+            Some(vsock) => Some(self.start_vsock_backend(run, vsock.cid).await?),
+            None => None,
+        };
+        let launched = self.launch_qemu(request, sockets).await;
+        if let (Err(_), Some(mut backend)) = (&launched, backend) {
+            // Without its QEMU the backend serves nothing.
+            let _ = backend.start_kill();
+            let _ = backend.wait().await;
         }
-        let args = self.command_line(request);
-        let program = self.config.binary.display().to_string();
-        let mut child = spawn_hypervisor(&self.config.binary, &args, run, &sockets)?;
-        drop(sockets);
-        let pid = child.id().unwrap_or(0);
-        let status = until_ready(
-            &program,
-            &mut child,
-            run,
-            self.config.start_timeout,
-            qmp::execute(&run.control_socket(), "query-status", None),
-        )
-        .await?;
-        tracing::debug!(vm = request.vm_id, %status, "qemu started");
-        let identity = crate::process::identity(pid).ok_or_else(|| HypervisorError::EarlyExit {
-            program: program.clone(),
-            status: "gone right after start".into(),
-            log: run.hypervisor_log_tail(2000),
-        })?;
-        Ok(Launched {
-            identity: ProcessIdentity {
-                pid: identity.pid,
-                start_time: identity.start_time,
-            },
-            child: Some(child),
-        })
+        launched
     }
 
     async fn power_button(&self, run: &RunDir) -> Result<(), HypervisorError> {
