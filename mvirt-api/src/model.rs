@@ -365,11 +365,11 @@ pub struct SecurityGroupRule {
     /// Minted by the API when omitted.
     #[serde(default)]
     pub id: Option<String>,
-    /// `ingress` or `egress`.
-    pub direction: String,
-    /// `any`, `tcp`, `udp`, `icmp`, `icmpv6`.
-    #[serde(default = "default_protocol")]
-    pub protocol: String,
+    #[schema(inline)]
+    pub direction: Direction,
+    #[serde(default)]
+    #[schema(inline)]
+    pub protocol: Protocol,
     #[serde(default)]
     pub port_min: u16,
     #[serde(default)]
@@ -382,8 +382,25 @@ pub struct SecurityGroupRule {
     pub description: String,
 }
 
-fn default_protocol() -> String {
-    "any".into()
+string_enum! {
+    // Which traffic a security-group rule admits: to the NIC or from it.
+    Direction {
+        #[default]
+        Ingress = "ingress",
+        Egress = "egress",
+    }
+}
+
+string_enum! {
+    // The protocol a security-group rule matches (`any` when omitted).
+    Protocol {
+        #[default]
+        Any = "any",
+        Tcp = "tcp",
+        Udp = "udp",
+        Icmp = "icmp",
+        Icmpv6 = "icmpv6",
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, Default)]
@@ -414,9 +431,10 @@ pub struct TemplateSpec {
     /// snapshot, made on the volume's node, and exists on that node only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_snapshot: Option<SnapshotSource>,
-    /// `raw` or `qcow2`.
-    #[serde(default = "default_format")]
-    pub format: String,
+    /// The image's format (`raw` when omitted).
+    #[serde(default)]
+    #[schema(inline)]
+    pub format: ImageFormat,
     #[serde(default)]
     pub sha256: Option<String>,
     #[serde(default)]
@@ -437,8 +455,13 @@ pub struct TemplateSpec {
     pub cmdline: Option<String>,
 }
 
-fn default_format() -> String {
-    "raw".into()
+string_enum! {
+    // The format of a template's image.
+    ImageFormat {
+        #[default]
+        Raw = "raw",
+        Qcow2 = "qcow2",
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

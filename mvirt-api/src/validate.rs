@@ -143,21 +143,9 @@ pub fn rule(rule: &SecurityGroupRule) -> Result<(), ApiError> {
     if let Some(i) = &rule.id {
         id("rule id", i)?;
     }
-    if !["ingress", "egress"].contains(&rule.direction.as_str()) {
-        return Err(ApiError::invalid(format!(
-            "invalid direction {:?}: ingress or egress",
-            rule.direction
-        )));
-    }
-    if !["any", "tcp", "udp", "icmp", "icmpv6"].contains(&rule.protocol.as_str()) {
-        return Err(ApiError::invalid(format!(
-            "invalid protocol {:?}: any, tcp, udp, icmp or icmpv6",
-            rule.protocol
-        )));
-    }
     let ports = rule.port_min != 0 || rule.port_max != 0;
     if ports {
-        if !["tcp", "udp"].contains(&rule.protocol.as_str()) {
+        if !matches!(rule.protocol, Protocol::Tcp | Protocol::Udp) {
             return Err(ApiError::invalid("ports are only valid for tcp and udp"));
         }
         if rule.port_min == 0 || rule.port_min > rule.port_max {
@@ -213,12 +201,6 @@ pub fn template(spec: &TemplateSpec) -> Result<(), ApiError> {
         ));
     }
     url("source_url", &spec.source_url)?;
-    if !["raw", "qcow2"].contains(&spec.format.as_str()) {
-        return Err(ApiError::invalid(format!(
-            "invalid format {:?}: raw or qcow2",
-            spec.format
-        )));
-    }
     for (what, sum) in [
         ("sha256", &spec.sha256),
         ("kernel_sha256", &spec.kernel_sha256),
@@ -419,7 +401,7 @@ mod tests {
     fn template_urls_and_checksums_are_checked() {
         let mut t = TemplateSpec {
             source_url: "file:///images/debian.raw".into(),
-            format: "raw".into(),
+            format: ImageFormat::Raw,
             ..Default::default()
         };
         assert!(template(&t).is_ok());

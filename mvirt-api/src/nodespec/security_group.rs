@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use super::Desired;
-use crate::model::SecurityGroupRule;
+use crate::model::{Direction, Protocol, SecurityGroupRule};
 use crate::proto;
 
 pub(super) fn security_groups(
@@ -47,17 +47,16 @@ pub(super) fn security_groups(
 fn rule_spec(cx: &mut Desired, r: &SecurityGroupRule) -> proto::SecurityGroupRuleSpec {
     proto::SecurityGroupRuleSpec {
         id: r.id.clone().unwrap_or_default(),
-        direction: if r.direction == "egress" {
-            proto::Direction::Egress as i32
-        } else {
-            proto::Direction::Ingress as i32
-        },
-        protocol: match r.protocol.as_str() {
-            "tcp" => proto::Protocol::Tcp,
-            "udp" => proto::Protocol::Udp,
-            "icmp" => proto::Protocol::Icmp,
-            "icmpv6" => proto::Protocol::Icmpv6,
-            _ => proto::Protocol::Any,
+        direction: match r.direction {
+            Direction::Ingress => proto::Direction::Ingress,
+            Direction::Egress => proto::Direction::Egress,
+        } as i32,
+        protocol: match r.protocol {
+            Protocol::Any => proto::Protocol::Any,
+            Protocol::Tcp => proto::Protocol::Tcp,
+            Protocol::Udp => proto::Protocol::Udp,
+            Protocol::Icmp => proto::Protocol::Icmp,
+            Protocol::Icmpv6 => proto::Protocol::Icmpv6,
         } as i32,
         port_min: r.port_min.into(),
         port_max: r.port_max.into(),

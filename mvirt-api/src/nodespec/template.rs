@@ -1,7 +1,7 @@
 //! The templates the node holds: every imported one, and those promoted from a snapshot on it.
 
 use super::Desired;
-use crate::model::Template;
+use crate::model::{ImageFormat, Template};
 use crate::proto;
 
 /// Templates are imported on every node, so a clone anywhere is O(1); a template promoted from
@@ -26,11 +26,10 @@ fn template_spec(t: &Template) -> proto::TemplateSpec {
         id: t.meta.id.clone(),
         name: t.meta.name.clone(),
         source_url: t.spec.source_url.clone(),
-        format: if t.spec.format == "qcow2" {
-            proto::ImageFormat::Qcow2 as i32
-        } else {
-            proto::ImageFormat::Raw as i32
-        },
+        format: match t.spec.format {
+            ImageFormat::Raw => proto::ImageFormat::Raw,
+            ImageFormat::Qcow2 => proto::ImageFormat::Qcow2,
+        } as i32,
         sha256: t.spec.sha256.clone().unwrap_or_default(),
         kernel_url: t.spec.kernel_url.clone().unwrap_or_default(),
         initramfs_url: t.spec.initramfs_url.clone().unwrap_or_default(),

@@ -302,16 +302,6 @@ fn request_rules() -> Vec<(&'static str, &'static str, Value)> {
         ),
         // validate::rule, validate::security_group
         ("SecurityGroupRule", "id", json!({"pattern": UUID})),
-        (
-            "SecurityGroupRule",
-            "direction",
-            json!({"enum": ["ingress", "egress"]}),
-        ),
-        (
-            "SecurityGroupRule",
-            "protocol",
-            json!({"enum": ["any", "tcp", "udp", "icmp", "icmpv6"]}),
-        ),
         ("SecurityGroupRule", "port_min", json!({"maximum": 65535})),
         ("SecurityGroupRule", "port_max", json!({"maximum": 65535})),
         (

@@ -230,7 +230,7 @@ pub async fn promote_snapshot(
                 template: Template {
                     meta,
                     spec: TemplateSpec {
-                        format: "raw".into(),
+                        format: ImageFormat::Raw,
                         ..TemplateSpec::default()
                     },
                     status: Status::default(),

@@ -116,8 +116,8 @@ mod tests {
     fn group(id: &str, name: &str, remote: Option<&str>) -> Proposal {
         let rule = SecurityGroupRule {
             id: Some(format!("{id}-r")),
-            direction: "ingress".into(),
-            protocol: "any".into(),
+            direction: Direction::Ingress,
+            protocol: Protocol::Any,
             port_min: 0,
             port_max: 0,
             cidr: None,

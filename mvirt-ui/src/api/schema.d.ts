@@ -1016,7 +1016,8 @@ export interface components {
         };
         TemplateSpec: {
             cmdline?: string | null;
-            format?: string;
+            /** @enum {string} */
+            format?: "raw" | "qcow2";
             initramfs_sha256?: string | null;
             initramfs_url?: string | null;
             kernel_sha256?: string | null;
