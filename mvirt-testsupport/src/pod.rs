@@ -66,7 +66,10 @@ pub fn mvirt_one_binary() -> PathBuf {
             }
             let target = crate::cache_dir().join("mvirt-one-target");
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            eprintln!("building mvirt-one for the pod artefacts into {}", target.display());
+            eprintln!(
+                "building mvirt-one for the pod artefacts into {}",
+                target.display()
+            );
             let status = Command::new(cargo)
                 .current_dir(&root)
                 .args(["build", "-p", "mvirt-one", "--target-dir"])
@@ -153,7 +156,9 @@ impl PodNet {
                 .args(["--bind-interfaces", "--user=root", "--group=root"])
                 .args(["--no-resolv", "--no-hosts"])
                 .arg(format!("--interface={tap}"))
-                .arg(format!("--dhcp-range=10.214.{n}.10,10.214.{n}.20,255.255.255.0,1h"))
+                .arg(format!(
+                    "--dhcp-range=10.214.{n}.10,10.214.{n}.20,255.255.255.0,1h"
+                ))
                 .arg(format!("--dhcp-option=option:router,{host_ip}"))
                 .arg(format!(
                     "--dhcp-leasefile={}",
@@ -178,9 +183,7 @@ impl PodNet {
 
 impl Drop for PodNet {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.tap])
-            .status();
+        let _ = Command::new("ip").args(["link", "del", &self.tap]).status();
     }
 }
 
