@@ -9,16 +9,15 @@
 //! `MVIRT_FUZZ_CASES=100000 cargo test --release -p mvirt-api --test fuzz_frames`.
 
 mod common;
-mod fuzz_support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use fuzz_support::{bytes, mutate, CountingAlloc, Target};
 use mvirt_api::app::HeartbeatForward;
 use mvirt_api::proto::{self, node_service_client::NodeServiceClient};
 use mvirt_api::raft::{Batch, MemberId, TypeConfig, MAX_FRAME};
 use mvirt_api::state::{Command, Proposal};
+use mvirt_testsupport::fuzz::{bytes, mutate, CountingAlloc, Target};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
 use prost::Message;

@@ -8,9 +8,7 @@
 //!
 //! Short run: `cargo test -p mvirt-ebpf --test fuzz_responder`. Long run:
 //! `MVIRT_FUZZ_CASES=1000000 cargo test --release -p mvirt-ebpf --test fuzz_responder`
-//! (see `fuzz_support/mod.rs` for the seed and single-case reruns).
-
-mod fuzz_support;
+//! (see `mvirt_testsupport::fuzz` for the seed and single-case reruns).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -19,9 +17,9 @@ use etherparse::{
     ArpHardwareId, ArpOperation, ArpPacket, EtherType, Icmpv6Type, LinkSlice, PacketBuilder,
     SlicedPacket,
 };
-use fuzz_support::{bytes, mutate, CountingAlloc, Target};
 use mvirt_ebpf::model::{GATEWAY_MAC, GATEWAY_V4, GATEWAY_V6};
 use mvirt_ebpf::responder::{answer, NicConfig};
+use mvirt_testsupport::fuzz::{bytes, mutate, CountingAlloc, Target};
 use rand::rngs::StdRng;
 use rand::Rng;
 

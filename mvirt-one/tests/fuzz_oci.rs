@@ -13,16 +13,14 @@
 //! Needs root only for ownership (`chown` of unpacked entries); symlink targets never point
 //! anywhere but the case's own directory.
 
-mod fuzz_support;
-
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use fuzz_support::{bytes, mutate, peak_allocation, CountingAlloc, Target};
 use mvirt_one::image::parse_config;
 use mvirt_one::unpack::{unpack_layer, LayerCompression, UnpackError, MAX_METADATA_ENTRY};
+use mvirt_testsupport::fuzz::{bytes, mutate, peak_allocation, CountingAlloc, Target};
 use oci_client::manifest::{OciImageIndex, OciImageManifest, OciManifest};
 use rand::rngs::StdRng;
 use rand::Rng;

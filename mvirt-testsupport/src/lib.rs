@@ -14,6 +14,7 @@
 //! A missing prerequisite (QEMU, zfs-fuse, root, …) is a loud failure, never a skipped test:
 //! `scripts/setup.sh` installs everything the tests need.
 
+pub mod fuzz;
 pub mod guest;
 pub mod http;
 pub mod net;

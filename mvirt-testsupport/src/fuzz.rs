@@ -1,8 +1,7 @@
 //! Stable-Rust fuzzing for the `tests/fuzz_*.rs` targets: a seeded RNG generates each case's
 //! input, and every case must finish without a panic, within a deadline and under an
-//! allocation cap (a counting global allocator). The same file sits in mvirt-ebpf, mvirt-one
-//! and mvirt-api (`tests/fuzz_support/mod.rs`): the allocator has to be defined in the test
-//! binary itself, so it cannot live in the shared test-support crate's library.
+//! allocation cap (a counting global allocator). A fuzz test binary installs the allocator
+//! itself: `#[global_allocator] static ALLOC: CountingAlloc = CountingAlloc;`.
 //!
 //! Environment:
 //! - `MVIRT_FUZZ_CASES=<n>`: cases per target (default: the target's short CI count);
@@ -10,7 +9,6 @@
 //! - `MVIRT_FUZZ_CASE=<i>`: run only case `i` (what a failure prints to reproduce it);
 //! - `MVIRT_FUZZ_DEADLINE_MS=<ms>`: per-case deadline (default 5000; a debug build on a busy
 //!   machine is slow, a hang is caught either way).
-#![allow(dead_code)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
