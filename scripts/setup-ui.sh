@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# What the web UI (mvirt-ui) needs on the machine: Node.js ≥ 20 with npm (its build and tests)
-# and Chromium (the end-to-end browser test). Called by setup.sh; idempotent and quick.
+# What the web UI (mvirt-ui) needs on the machine: Node.js ≥ 20 with npm (its build and tests),
+# Chromium (the end-to-end browser test) and NSS's certutil (the test puts the cluster CA into
+# the browser's certificate database, so Chromium trusts the API's TLS for real). Called by
+# setup.sh; idempotent and quick.
 set -euo pipefail
 
 missing=()
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
 dpkg-query -W -f='${Status}' chromium 2>/dev/null | grep -q "install ok installed" || missing+=(chromium)
+command -v certutil >/dev/null || missing+=(libnss3-tools)
 if ((${#missing[@]})); then
   echo "setup-ui: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
