@@ -6,7 +6,6 @@
 use std::io::{IsTerminal, Read, Write};
 
 use futures::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{ApiClient, ApiError};
@@ -59,55 +58,20 @@ impl EscapeDetector {
 
 /// `http://h:p` → `ws://h:p/v1/vms/<vm>/console?project=<p>`.
 pub fn console_url(base: &str, vm: &str, project: &str) -> String {
-    let ws = if let Some(rest) = base.strip_prefix("https://") {
-        format!("wss://{rest}")
-    } else if let Some(rest) = base.strip_prefix("http://") {
-        format!("ws://{rest}")
-    } else {
-        base.to_string()
-    };
-    format!(
-        "{ws}/v1/vms/{}/console?project={}",
-        crate::commands::ctx::encode(vm),
-        crate::commands::ctx::encode(project)
-    )
+    crate::commands::ctx::ws_url(base, &console_path(vm), &[("project", project.to_string())])
+}
+
+fn console_path(vm: &str) -> String {
+    format!("/v1/vms/{}/console", crate::commands::ctx::encode(vm))
 }
 
 /// Opens the console WebSocket (authenticated with the API token).
 pub async fn connect(
     api: &ApiClient,
     vm: &str,
-) -> Result<
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
-    ApiError,
-> {
-    let url = console_url(&api.base, vm, &api.project);
-    let mut req = url
-        .as_str()
-        .into_client_request()
-        .map_err(|e| ApiError::Usage(format!("bad console URL {url}: {e}")))?;
-    if let Some(t) = api.token() {
-        let v = format!("Bearer {t}")
-            .parse()
-            .map_err(|_| ApiError::Usage("the token has invalid characters".into()))?;
-        req.headers_mut().insert("authorization", v);
-    }
-    match tokio_tungstenite::connect_async(req).await {
-        Ok((ws, _)) => Ok(ws),
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
-            let status = resp.status().as_u16();
-            let body = resp
-                .body()
-                .as_ref()
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-                .unwrap_or_default();
-            Err(crate::client::error_from_body(status, &body))
-        }
-        Err(e) => Err(ApiError::Unreachable {
-            url,
-            reason: e.to_string(),
-        }),
-    }
+) -> Result<crate::commands::ctx::WebSocket, ApiError> {
+    crate::commands::ctx::websocket(api, &console_path(vm), &[("project", api.project.clone())])
+        .await
 }
 
 struct RawMode(bool);

@@ -12,6 +12,7 @@ use crate::client::{ApiClient, ApiError};
 use crate::config::{self, ConfigFile, Overrides};
 use crate::output::{self, Format};
 use crate::resources::Resource;
+use crate::trust::Trust;
 
 /// The config file: `--config`/`MVIRT_CONFIG`, else the default path.
 pub fn config_path(g: &GlobalArgs) -> Result<std::path::PathBuf, ApiError> {
@@ -29,11 +30,24 @@ pub fn client_for(g: &GlobalArgs) -> Result<ApiClient, ApiError> {
         url: g.url.clone(),
         token: g.token.clone(),
         project: g.project(),
+        ca_file: g.ca_file.clone(),
     };
     let r = config::resolve(&file, &o)?;
-    let mut api = ApiClient::new(&r.url, r.token, &r.project)?;
+    let trust = trust_of(r.ca.as_ref())?;
+    let mut api = ApiClient::with_trust(&r.url, r.token, &r.project, trust)?;
     api.if_match = g.if_match;
     Ok(api)
+}
+
+/// The CA an https:// API is verified against, from `--ca-file` or the remote's pin.
+pub fn trust_of(ca: Option<&config::CaSource>) -> Result<Option<Trust>, ApiError> {
+    Ok(match ca {
+        None => None,
+        Some(config::CaSource::File(path)) => Some(Trust::from_file(path)?),
+        Some(config::CaSource::Pinned { remote, pem }) => {
+            Some(Trust::from_pem(pem, &format!("pinned for remote {remote:?}"))?)
+        }
+    })
 }
 
 /// What a command needs: the API client (URL, token, project, `--if-match`) and how to print.
@@ -209,6 +223,66 @@ impl Ctx {
     }
 }
 
+/// An open WebSocket to the API (VM console, pod exec).
+pub type WebSocket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// `http(s)://host:port` + `path` + `query` as a `ws(s)://` URL (query values percent-encoded).
+pub fn ws_url(base: &str, path: &str, query: &[(&str, String)]) -> String {
+    let ws = if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if let Some(rest) = base.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else {
+        base.to_string()
+    };
+    let q: Vec<String> = query
+        .iter()
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect();
+    if q.is_empty() {
+        format!("{ws}{path}")
+    } else {
+        format!("{ws}{path}?{}", q.join("&"))
+    }
+}
+
+/// Opens a WebSocket to `path` on the API, authenticated with the API token (Bearer header);
+/// an HTTP error answer to the upgrade becomes the API's error (message, code, exit code).
+pub async fn websocket(
+    api: &ApiClient,
+    path: &str,
+    query: &[(&str, String)],
+) -> Result<WebSocket, ApiError> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = ws_url(&api.base, path, query);
+    let mut req = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| ApiError::Usage(format!("bad WebSocket URL {url}: {e}")))?;
+    if let Some(t) = api.token() {
+        let v = format!("Bearer {t}")
+            .parse()
+            .map_err(|_| ApiError::Usage("the token has invalid characters".into()))?;
+        req.headers_mut().insert("authorization", v);
+    }
+    match tokio_tungstenite::connect_async_tls_with_config(req, None, false, api.ws_connector())
+        .await
+    {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let status = resp.status().as_u16();
+            let body = resp
+                .body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+            Err(crate::client::error_from_body(status, &body))
+        }
+        Err(e) => Err(api.connect_error(&url, e.to_string()).await),
+    }
+}
+
 /// Sets each `key` of `object` whose value is given (optional flags of a request body).
 pub fn set_given(
     object: &mut Value,
@@ -246,5 +320,25 @@ mod tests {
     fn path_segments_are_encoded() {
         assert_eq!(encode("web-1"), "web-1");
         assert_eq!(encode("a/b c"), "a%2Fb%20c");
+    }
+
+    #[test]
+    fn ws_urls_switch_scheme_and_encode_repeated_query_values() {
+        assert_eq!(
+            ws_url("http://h:8080", "/v1/pods/p/exec", &[]),
+            "ws://h:8080/v1/pods/p/exec"
+        );
+        assert_eq!(
+            ws_url(
+                "https://h",
+                "/v1/pods/p/exec",
+                &[
+                    ("command", "sh".into()),
+                    ("command", "-c".into()),
+                    ("command", "echo a;b".into())
+                ]
+            ),
+            "wss://h/v1/pods/p/exec?command=sh&command=-c&command=echo%20a%3Bb"
+        );
     }
 }
