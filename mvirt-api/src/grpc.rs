@@ -111,7 +111,9 @@ fn kind_of(k: i32) -> Option<Kind> {
         proto::ResourceKind::Volume => Kind::Volume,
         proto::ResourceKind::Nic => Kind::Nic,
         proto::ResourceKind::Vm => Kind::Vm,
-        proto::ResourceKind::Route | proto::ResourceKind::Unspecified => return None,
+        proto::ResourceKind::Route
+        | proto::ResourceKind::Pod
+        | proto::ResourceKind::Unspecified => return None,
     })
 }
 

@@ -672,6 +672,31 @@ impl proto::node_agent_server::NodeAgent for EchoRelay {
         Box<dyn futures::Stream<Item = Result<proto::ConsoleFrame, tonic::Status>> + Send>,
     >;
 
+    type PodLogsStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<proto::PodLogEntry, tonic::Status>> + Send>,
+    >;
+    type PodExecStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<proto::PodExecOutput, tonic::Status>> + Send>,
+    >;
+
+    async fn pod_logs(
+        &self,
+        _: tonic::Request<proto::PodLogsRequest>,
+    ) -> Result<tonic::Response<Self::PodLogsStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented(
+            "the console stand-in has no pods (tests/pods.rs has the pod relay's)",
+        ))
+    }
+
+    async fn pod_exec(
+        &self,
+        _: tonic::Request<tonic::Streaming<proto::PodExecInput>>,
+    ) -> Result<tonic::Response<Self::PodExecStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented(
+            "the console stand-in has no pods (tests/pods.rs has the pod relay's)",
+        ))
+    }
+
     async fn get_host(
         &self,
         _: tonic::Request<proto::GetHostRequest>,

@@ -70,5 +70,6 @@ pub fn desired_for(state: &State, node_id: &str) -> proto::NodeSpec {
         nics: attached.nics,
         routes,
         vms,
+        pods: Vec::new(),
     }
 }

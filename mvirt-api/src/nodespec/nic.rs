@@ -39,6 +39,7 @@ pub(super) fn nics(cx: &mut Desired, vm_ids: &BTreeSet<String>) -> Attached {
             owner_vm_id: nic.owner_vm_id.clone().unwrap_or_default(),
             vm_id: vm_id.clone(),
             routed_prefixes: nic.spec.routed_prefixes.clone(),
+            ..Default::default()
         });
     }
     attached
