@@ -12,6 +12,8 @@ import { Dashboard } from './pages/Dashboard';
 import { VmList } from './pages/Vms';
 
 const VmDetail = lazy(() => import('./pages/VmDetail'));
+const Pods = lazy(() => import('./pages/Pods'));
+const PodDetail = lazy(() => import('./pages/PodDetail'));
 const Networks = lazy(() => import('./pages/Networks'));
 const Nics = lazy(() => import('./pages/Nics'));
 const SecurityGroups = lazy(() => import('./pages/SecurityGroups'));
@@ -55,6 +57,8 @@ function Gate() {
             <Route path="/" element={<Dashboard />} />
             <Route path="/vms" element={<VmList />} />
             <Route path="/vms/:id" element={<VmDetail />} />
+            <Route path="/pods" element={<Pods />} />
+            <Route path="/pods/:id" element={<PodDetail />} />
             <Route path="/networks" element={<Networks />} />
             <Route path="/nics" element={<Nics />} />
             <Route path="/security-groups" element={<SecurityGroups />} />
@@ -77,6 +81,7 @@ function Gate() {
 const NAV: { to: string; label: string }[] = [
   { to: '/', label: 'Dashboard' },
   { to: '/vms', label: 'VMs' },
+  { to: '/pods', label: 'Pods' },
   { to: '/networks', label: 'Networks' },
   { to: '/nics', label: 'NICs' },
   { to: '/security-groups', label: 'Security groups' },
@@ -116,12 +121,6 @@ function Shell({ children }: { children: ReactNode }) {
               </NavLink>
             </li>
           ))}
-          {/* Pods: the API has no pods yet (issue 19). Their page goes here once /v1/pods exists. */}
-          <li>
-            <span className="block px-2 py-1.5 text-sm text-muted" title="Pods arrive once the API serves /v1/pods">
-              Pods (not in the API yet)
-            </span>
-          </li>
         </ul>
       </nav>
       <div className="flex min-w-0 flex-1 flex-col">

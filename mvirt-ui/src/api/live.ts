@@ -7,7 +7,7 @@ import type { QueryClient } from '@tanstack/react-query';
 import { listAll } from './client';
 import type { ApiEvent } from './events';
 
-export type Kind = 'project' | 'node' | 'network' | 'nic' | 'security_group' | 'template' | 'volume' | 'vm';
+export type Kind = 'project' | 'node' | 'network' | 'nic' | 'security_group' | 'template' | 'volume' | 'vm' | 'pod';
 
 export const KIND_PATH: Record<Kind, string> = {
   project: '/v1/projects',
@@ -18,6 +18,7 @@ export const KIND_PATH: Record<Kind, string> = {
   template: '/v1/templates',
   volume: '/v1/volumes',
   vm: '/v1/vms',
+  pod: '/v1/pods',
 };
 
 export interface Resource {
@@ -75,9 +76,10 @@ export class LiveSync {
     if (KIND_PATH[kind]) {
       this.qc.setQueryData<LiveList>(listKey(kind), (old) => (old ? applyEvent(old, e) : old));
     }
-    if (e.kind === 'vm') {
-      if (e.object) this.qc.setQueryData(['vm', e.id], e.object);
-      else this.qc.removeQueries({ queryKey: ['vm', e.id] });
+    if (e.kind === 'vm' || e.kind === 'pod') {
+      // The detail pages' direct reads (before the list has the object) follow the stream too.
+      if (e.object) this.qc.setQueryData([e.kind, e.id], e.object);
+      else this.qc.removeQueries({ queryKey: [e.kind, e.id] });
     }
     this.listeners.forEach((l) => l(e));
   };

@@ -30,13 +30,13 @@ export function stubApi(route: Route) {
   return calls;
 }
 
-export function renderApp(ui: ReactNode, { token = 'test-token' } = {}) {
+export function renderApp(ui: ReactNode, { token = 'test-token', path = '/' } = {}) {
   sessionStorage.setItem('mvirt.token', token);
   return render(
     <QueryClientProvider client={makeQueryClient()}>
       <AuthProvider>
         <ProjectProvider>
-          <MemoryRouter>
+          <MemoryRouter initialEntries={[path]}>
             <LiveProvider>{ui}</LiveProvider>
           </MemoryRouter>
         </ProjectProvider>
