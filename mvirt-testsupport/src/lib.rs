@@ -10,6 +10,9 @@
 //! - [`netns`]: network namespaces, veth pairs and TAP devices removed on drop.
 //! - [`pod`]: the pod artefacts built from this checkout's mvirt-one, and a host network
 //!   (TAP + DHCP) for pod microVMs.
+//! - [`powercut`]: a FUSE file system that drops everything not fsynced on a simulated power
+//!   cut (crash tests that notice a missing fsync).
+//! - [`tls`]: HTTP clients and a browser profile that trust a cluster's CA.
 //!
 //! A missing prerequisite (QEMU, zfs-fuse, root, …) is a loud failure, never a skipped test:
 //! `scripts/setup.sh` installs everything the tests need.
@@ -20,8 +23,10 @@ pub mod http;
 pub mod net;
 pub mod netns;
 pub mod pod;
+pub mod powercut;
 pub mod process;
 pub mod registry;
+pub mod tls;
 pub mod token_server;
 pub mod zfs;
 
