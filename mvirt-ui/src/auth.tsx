@@ -1,7 +1,7 @@
 // Login state: the API token (kept in sessionStorage: it lives as long as the tab) and the
 // caller's role. Today every token that REST accepts is an admin token (node tokens get 403);
 // when the API gains `GET /v1/whoami` with a role (operator, viewer), the role comes from there.
-import { createContext, useContext, useEffect, useState, type ReactNode } from 'react';
+import { createContext, useCallback, useContext, useEffect, useMemo, useState, type ReactNode } from 'react';
 import { api, ApiError, getSession, onSessionChange, setSession } from './api/client';
 
 export type Role = 'admin' | 'operator' | 'viewer';
@@ -49,18 +49,21 @@ export function AuthProvider({ children }: { children: ReactNode }) {
     if (token) roleOf(token).then(setRole, () => undefined);
   }, [token]);
 
-  const login = async (t: string) => {
+  const login = useCallback(async (t: string) => {
     // A call every token that may use REST can make: checks the token before we keep it.
     await api('/v1/projects', { token: t, query: { limit: 1 } });
     setRole(await roleOf(t));
     sessionStorage.setItem(STORAGE, t);
     setSession({ token: t });
-  };
-  const logout = () => {
+  }, []);
+  // Stable: the event stream's effect depends on it (a new function on every render closed and
+  // reopened the stream when the role arrived).
+  const logout = useCallback(() => {
     sessionStorage.removeItem(STORAGE);
     setSession(null);
-  };
-  return <AuthContext.Provider value={{ token, role, login, logout }}>{children}</AuthContext.Provider>;
+  }, []);
+  const value = useMemo(() => ({ token, role, login, logout }), [token, role, login, logout]);
+  return <AuthContext.Provider value={value}>{children}</AuthContext.Provider>;
 }
 
 export function useAuth() {

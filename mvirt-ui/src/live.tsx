@@ -9,7 +9,6 @@ import { useAuth } from './auth';
 interface LiveState {
   sync: LiveSync;
   state: StreamState;
-  ready: boolean;
 }
 const LiveContext = createContext<LiveState | null>(null);
 
@@ -18,20 +17,20 @@ export function LiveProvider({ children }: { children: ReactNode }) {
   const { token, logout } = useAuth();
   const sync = useMemo(() => new LiveSync(qc), [qc]);
   const [state, setState] = useState<StreamState>('connecting');
-  const [ready, setReady] = useState(false);
 
   useEffect(() => {
     if (!token) return;
     let close: (() => void) | undefined;
     let cancelled = false;
-    // Start the stream at the revision the member has applied now: every list read after this
-    // is at least as new, and the stream replays everything after it.
-    api<{ applied_revision: number }>('/v1/health')
+    // Start the stream at the revision the member has applied now; lists are read meanwhile
+    // (not after: that wait was most of a cold first load) and read again if older than that.
+    sync
+      .health(() => api<{ applied_revision: number }>('/v1/health'))
       .then((h) => h.applied_revision)
       .catch(() => undefined)
       .then((from) => {
+        sync.streamStarts(from);
         if (cancelled) return;
-        setReady(true);
         close = openEventStream({
           token,
           from,
@@ -43,11 +42,11 @@ export function LiveProvider({ children }: { children: ReactNode }) {
     return () => {
       cancelled = true;
       close?.();
-      setReady(false);
     };
   }, [token, sync, logout]);
 
-  return <LiveContext.Provider value={{ sync, state, ready }}>{children}</LiveContext.Provider>;
+  const value = useMemo(() => ({ sync, state }), [sync, state]);
+  return <LiveContext.Provider value={value}>{children}</LiveContext.Provider>;
 }
 
 export function useLive() {
@@ -58,11 +57,10 @@ export function useLive() {
 
 /** A live list of one kind (every project; filter with `inProject`). */
 export function useList<T extends Resource = Resource>(kind: Kind) {
-  const { sync, ready } = useLive();
+  const { sync } = useLive();
   const q = useQuery<LiveList>({
     queryKey: listKey(kind),
     queryFn: () => sync.load(kind),
-    enabled: ready,
     // The stream keeps the list current (and replays what a drop missed): never re-read it.
     staleTime: Infinity,
     refetchOnReconnect: false,

@@ -46,6 +46,7 @@ describe('LiveSync', () => {
       }),
     );
     const loading = sync.load('vm');
+    sync.streamStarts(8);
     sync.onEvent(event('01', 9, obj('01', 9, 'old news'))); // before the read: already in it
     sync.onEvent(event('02', 11, obj('02', 11)));
     sync.onEvent(event('01', 12, null));
@@ -57,5 +58,41 @@ describe('LiveSync', () => {
     qc.setQueryData(listKey('vm'), list);
     sync.onEvent(event('03', 13, obj('03', 13)));
     expect(qc.getQueryData<LiveList>(listKey('vm'))!.items.map((x) => x.id)).toEqual(['02', '03']);
+  });
+
+  it('reads a list again when it is older than where the stream starts (the events between would be missing)', async () => {
+    const sync = new LiveSync(new QueryClient());
+    const revisions = [5, 12];
+    const fetchMock = vi.fn(async () => new Response(JSON.stringify({ items: [obj('01', 3)], next_page_token: null, revision: revisions.shift() })));
+    vi.stubGlobal('fetch', fetchMock);
+    const loading = sync.load('vm');
+    sync.streamStarts(10);
+    const list = await loading;
+    vi.unstubAllGlobals();
+    expect(list.revision).toBe(12);
+    expect(fetchMock).toHaveBeenCalledTimes(2);
+  });
+
+  it('takes the reads early.ts started once each, and falls back to its own reads', async () => {
+    const early = {
+      health: Promise.resolve({ applied_revision: 7 }),
+      lists: {
+        vm: Promise.resolve({ items: [obj('01', 3)], revision: 7 }),
+        node: Promise.reject(new Error('HTTP 500')),
+      },
+    };
+    const fetchMock = vi.fn(async () => new Response(JSON.stringify({ items: [obj('09', 8)], next_page_token: null, revision: 8 })));
+    vi.stubGlobal('fetch', fetchMock);
+    const sync = new LiveSync(new QueryClient(), early);
+    expect(await sync.health(() => Promise.resolve({ applied_revision: 99 }))).toEqual({ applied_revision: 7 });
+    expect(await sync.health(() => Promise.resolve({ applied_revision: 99 }))).toEqual({ applied_revision: 99 });
+    sync.streamStarts(7);
+    expect((await sync.load('vm')).items.map((x) => x.id)).toEqual(['01']);
+    expect(fetchMock).not.toHaveBeenCalled();
+    // The failed early read is asked again through the client; a second load reads afresh.
+    expect((await sync.load('node')).items.map((x) => x.id)).toEqual(['09']);
+    expect((await sync.load('vm')).items.map((x) => x.id)).toEqual(['09']);
+    expect(fetchMock).toHaveBeenCalledTimes(2);
+    vi.unstubAllGlobals();
   });
 });

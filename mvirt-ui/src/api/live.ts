@@ -4,6 +4,7 @@
 // to the list when it lands if they are newer than the revision it was read at, so no change
 // falls between the read and the stream.
 import type { QueryClient } from '@tanstack/react-query';
+import type { Early } from '../early';
 import { listAll } from './client';
 import type { ApiEvent } from './events';
 
@@ -67,7 +68,28 @@ const BUFFER = 5000;
 export class LiveSync {
   private buffer: ApiEvent[] = [];
   private listeners = new Set<(e: ApiEvent) => void>();
-  constructor(private qc: QueryClient) {}
+  private startedAt!: (from: number | undefined) => void;
+  /** The revision the stream starts after (undefined: the API did not say; live feed only). */
+  readonly start: Promise<number | undefined> = new Promise((resolve) => (this.startedAt = resolve));
+  /** Reads started before the app ran (src/early.ts), each taken once. */
+  constructor(
+    private qc: QueryClient,
+    private early: Early | undefined = typeof window === 'undefined' ? undefined : window.__mvirtEarly,
+  ) {
+    if (typeof window !== 'undefined') window.__mvirtEarly = undefined;
+  }
+
+  /** The health read that decides where the stream starts: the early one if there is one. */
+  health(read: () => Promise<{ applied_revision: number }>): Promise<{ applied_revision: number }> {
+    const early = this.early?.health;
+    if (this.early) this.early.health = undefined;
+    return early ? early.catch(read) : read();
+  }
+
+  /** The stream opens after `from`: lists read at an older revision are read again. */
+  streamStarts(from: number | undefined) {
+    this.startedAt(from);
+  }
 
   onEvent = (e: ApiEvent) => {
     this.buffer.push(e);
@@ -96,10 +118,17 @@ export class LiveSync {
     return this.buffer.slice(-n);
   }
 
-  /** Reads a whole list and brings it up to date with buffered events. */
+  /** Reads a whole list and brings it up to date with buffered events. The read does not wait
+   *  for the stream to open (it runs alongside the health read, or was started by early.ts):
+   *  if it turns out older than the stream's start, the events between would be missing, so
+   *  it is read again (rare: only when something changed between the two reads). */
   async load(kind: Kind): Promise<LiveList> {
-    const { items, revision } = await listAll<Resource>(KIND_PATH[kind]);
-    let list: LiveList = { items, revision };
+    const early = this.early?.lists[kind];
+    if (early) delete this.early!.lists[kind];
+    let { items, revision } = early ? await early.catch(() => listAll<Resource>(KIND_PATH[kind])) : await listAll<Resource>(KIND_PATH[kind]);
+    const from = await this.start;
+    if (from !== undefined && revision < from) ({ items, revision } = await listAll<Resource>(KIND_PATH[kind]));
+    let list: LiveList = { items: items as Resource[], revision };
     for (const e of this.buffer) {
       if (e.kind === kind && e.revision > revision) list = applyEvent(list, e);
     }

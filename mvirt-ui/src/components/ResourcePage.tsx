@@ -1,6 +1,7 @@
 // The shape most resource pages share: a live list of one kind in the selected project, a
-// create dialog, a delete button per row, and an optional panel per row for its details.
-import { Fragment, useState, type ReactNode } from 'react';
+// create dialog, a delete button per row, and an optional panel per row for its details. The
+// table is windowed (only the rows near the viewport are in the DOM).
+import { useState, type ReactNode } from 'react';
 import { useMutation } from '@tanstack/react-query';
 import { del } from '../api/client';
 import type { Kind, Resource } from '../api/live';
@@ -8,7 +9,8 @@ import { KIND_PATH } from '../api/live';
 import { useCan, type Action } from '../auth';
 import { useList } from '../live';
 import { inProject, useProject } from '../project';
-import { Button, ConfirmButton, Dialog, Empty, ErrorBox, PageHeader, Table } from './ui';
+import { Button, ConfirmButton, Dialog, Empty, ErrorBox, PageHeader } from './ui';
+import { WindowedTable } from './WindowedTable';
 
 export interface Column<T> {
   head: string;
@@ -65,9 +67,13 @@ export function ResourcePage<T extends Resource>({
       {items.length === 0 && !list.isLoading ? (
         <Empty>No {noun}s yet.</Empty>
       ) : (
-        <Table label={title} head={[...columns.map((c) => c.head), '']}>
-          {items.map((x) => (
-            <Fragment key={x.id}>
+        <WindowedTable
+          label={title}
+          head={[...columns.map((c) => c.head), '']}
+          items={items}
+          itemKey={(x) => x.id}
+          renderItem={(x) => (
+            <>
               <tr data-testid={`${kind}-row`} data-name={x.name}>
                 {columns.map((c, i) => (
                   <td key={i} className="px-3 py-2 align-top">
@@ -93,9 +99,9 @@ export function ResourcePage<T extends Resource>({
                   </td>
                 </tr>
               )}
-            </Fragment>
-          ))}
-        </Table>
+            </>
+          )}
+        />
       )}
       {creating && create && (
         <Dialog title={`Create ${noun}`} open onClose={() => setCreating(false)}>

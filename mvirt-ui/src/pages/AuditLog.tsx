@@ -4,7 +4,8 @@ import { useEffect, useState, type FormEvent } from 'react';
 import { useInfiniteQuery } from '@tanstack/react-query';
 import { api, buildUrl, getSession } from '../api/client';
 import { SseParser } from '../api/events';
-import { Badge, Button, ErrorBox, inputCls, PageHeader, Table } from '../components/ui';
+import { Badge, Button, ErrorBox, inputCls, PageHeader } from '../components/ui';
+import { WindowedTable } from '../components/WindowedTable';
 
 export interface LogEntry {
   id: string;
@@ -115,9 +116,14 @@ export default function AuditLog() {
       <ErrorBox error={pages.error} />
       {pages.isLoading && <p className="text-sm text-muted">Loading…</p>}
       {followError && <ErrorBox error={new Error(followError)} onClose={() => setFollowError(undefined)} />}
-      <Table label="Log entries" head={['Time', 'Level', 'Component', 'Message', 'Objects']}>
-        {entries.map((e) => (
-          <tr key={e.id}>
+      <WindowedTable
+        label="Log entries"
+        head={['Time', 'Level', 'Component', 'Message', 'Objects']}
+        items={entries}
+        itemKey={(e) => e.id}
+        estimate={33}
+        renderItem={(e) => (
+          <tr>
             <td className="px-3 py-1 whitespace-nowrap font-mono text-xs">{new Date(e.timestamp_ns / 1e6).toISOString().replace('T', ' ').slice(0, 23)}</td>
             <td className="px-3 py-1">
               <Badge value={e.level} />
@@ -126,8 +132,8 @@ export default function AuditLog() {
             <td className="px-3 py-1">{e.message}</td>
             <td className="px-3 py-1 font-mono text-xs">{e.object_ids.map((o) => o.slice(-8)).join(' ')}</td>
           </tr>
-        ))}
-      </Table>
+        )}
+      />
       {pages.hasNextPage && (
         <Button onClick={() => pages.fetchNextPage()} disabled={pages.isFetchingNextPage}>
           Older entries

@@ -5,7 +5,8 @@ import { api, del, post } from '../api/client';
 import type { TokenView } from '../api/types';
 import { useCan } from '../auth';
 import { SimpleForm } from '../components/Form';
-import { Button, Card, ConfirmButton, ErrorBox, PageHeader, Table } from '../components/ui';
+import { Button, Card, ConfirmButton, ErrorBox, PageHeader } from '../components/ui';
+import { WindowedTable } from '../components/WindowedTable';
 import { ago, validateName } from '../format';
 
 export default function Tokens() {
@@ -31,9 +32,13 @@ export default function Tokens() {
         </div>
       )}
       <ErrorBox error={tokens.error ?? remove.error} />
-      <Table label="Tokens" head={['Name', 'Role', 'Created', '']}>
-        {(tokens.data ?? []).map((t) => (
-          <tr key={t.id}>
+      <WindowedTable
+        label="Tokens"
+        head={['Name', 'Role', 'Created', '']}
+        items={tokens.data ?? []}
+        itemKey={(t) => t.id}
+        renderItem={(t) => (
+          <tr data-testid="token-row" data-name={t.name}>
             <td className="px-3 py-2">{t.name}</td>
             <td className="px-3 py-2">{t.role}</td>
             <td className="px-3 py-2">{ago(t.created_at)}</td>
@@ -41,8 +46,8 @@ export default function Tokens() {
               {can && <ConfirmButton label="Revoke" confirm={`Revoke ${t.name}?`} onConfirm={() => remove.mutate(t.id)} />}
             </td>
           </tr>
-        ))}
-      </Table>
+        )}
+      />
       {can && (
         <Card title="New token">
           <SimpleForm
