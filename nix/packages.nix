@@ -29,6 +29,8 @@ let
     # wrapper's hardening flags (stack protector, zero-call-used-regs) do not exist for BPF.
     hardeningDisable = [ "all" ];
     MVIRT_CLANG = "${pkgs.clang}/bin/clang";
+    # The UAPI and libbpf headers for `-target bpf` (build.rs defaults to Debian's multiarch dir).
+    MVIRT_BPF_CFLAGS = "-I${pkgs.libbpf}/include -I${pkgs.linuxHeaders}/include";
     # The tests need root, zfs-fuse, QEMU and TAP devices: scripts/test.sh runs them.
     doCheck = false;
   };
