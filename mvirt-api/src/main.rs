@@ -75,6 +75,7 @@ const DAEMON: DaemonSpec = DaemonSpec {
     data_dir_help: "Data directory (Raft log, state, member identity, admin token).",
     // openraft logs every election step at INFO; keep the default output about mvirt.
     log_filter: "info,openraft=warn",
+    metrics_listen: Some("127.0.0.1:50066"),
 };
 
 fn main() -> ExitCode {
@@ -101,7 +102,7 @@ fn main() -> ExitCode {
         idempotency_retention: Duration::from_secs(args.idempotency_retention_secs),
         ui_dir: Some(args.ui_dir),
     };
-    DAEMON.run(args.common.log_format, |shutdown| async move {
+    DAEMON.run_daemon(&args.common, |shutdown| async move {
         server::start(config, shutdown).await?.wait().await;
         Ok::<(), server::ServerError>(())
     })

@@ -442,7 +442,7 @@ pub async fn start(
         }
     }));
 
-    let grpc = mvirt_common::grpc::GrpcServer::new()
+    let grpc = mvirt_common::grpc::GrpcServer::for_daemon("mvirt-api")
         .add_service(crate::proto::node_service_server::NodeServiceServer::new(
             crate::grpc::NodeServiceImpl::new(app.clone(), shutdown.clone()),
         ))

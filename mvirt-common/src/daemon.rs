@@ -26,6 +26,7 @@ use clap::{Arg, CommandFactory, FromArgMatches};
 
 use crate::error::error_chain;
 use crate::listen::{Listen, ListenAddr, Listener, SocketOptions};
+use crate::metrics::MetricsListen;
 use crate::telemetry::{self, LogFormat};
 use crate::Shutdown;
 
@@ -45,6 +46,8 @@ pub struct DaemonSpec {
     pub data_dir_help: &'static str,
     /// The tracing filter when `RUST_LOG` is unset.
     pub log_filter: &'static str,
+    /// Default of `--metrics-listen` (`None`: off unless asked for). See [`crate::metrics`].
+    pub metrics_listen: Option<&'static str>,
 }
 
 /// Flags every daemon has.
@@ -56,6 +59,11 @@ pub struct CommonArgs {
     /// The daemon's own log output: auto (text on a terminal, JSON otherwise), text or json.
     #[arg(long, value_enum, default_value = "auto")]
     pub log_format: LogFormat,
+    /// Where Prometheus scrapes this daemon's metrics (`GET /metrics`): a TCP host:port or
+    /// "off". The default (per daemon) is on loopback; when it is taken the daemon logs an error
+    /// and runs without metrics, while an address given here that cannot be bound stops it.
+    #[arg(long)]
+    pub metrics_listen: Option<MetricsListen>,
 }
 
 /// How a local daemon (vmm, zfs, ebpf, log) listens: see [`crate::listen`].
@@ -124,6 +132,7 @@ impl DaemonSpec {
                 Some(self.data_dir)
             }
             "listen" => self.listen,
+            "metrics_listen" => self.metrics_listen,
             _ => None,
         };
         match default {
@@ -194,8 +203,48 @@ impl DaemonSpec {
         })
     }
 
+    /// [`DaemonSpec::run`] with the shared flags: also starts the `/metrics` listener
+    /// (`--metrics-listen`) before `service` runs.
+    pub fn run_daemon<Fut, E>(
+        &self,
+        common: &CommonArgs,
+        service: impl FnOnce(Shutdown) -> Fut,
+    ) -> ExitCode
+    where
+        Fut: Future<Output = Result<(), E>>,
+        E: Into<Box<dyn Error>>,
+    {
+        let metrics = common.metrics_listen;
+        let spec = *self;
+        self.run(common.log_format, |shutdown| async move {
+            spec.start_metrics(metrics, &shutdown).await?;
+            service(shutdown).await.map_err(Into::into)
+        })
+    }
+
+    /// Starts the `/metrics` listener. The daemon's default address being taken is logged
+    /// (the daemon runs without metrics: a second daemon on a host, a test); an address the
+    /// operator chose that cannot be bound is an error.
+    pub async fn start_metrics(
+        &self,
+        listen: Option<MetricsListen>,
+        shutdown: &Shutdown,
+    ) -> Result<Option<std::net::SocketAddr>, Box<dyn Error>> {
+        let Some(MetricsListen::Addr(addr)) = listen else {
+            return Ok(None);
+        };
+        match crate::metrics::serve(self.name, addr, shutdown.clone()).await {
+            Ok(server) => Ok(Some(server.addr)),
+            Err(err) if Some(addr.to_string().as_str()) == self.metrics_listen => {
+                tracing::error!(error = %err, "running without metrics: the default metrics address is taken (set --metrics-listen)");
+                Ok(None)
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
     /// [`DaemonSpec::run`] for a local daemon: binds `args`' listener (refusing TCP without
-    /// `--allow-tcp`), then runs `service` on it.
+    /// `--allow-tcp`), starts the metrics listener, then runs `service` on it.
     pub fn serve<Fut, E>(
         &self,
         args: &DaemonArgs,
@@ -206,8 +255,11 @@ impl DaemonSpec {
         E: Into<Box<dyn Error>>,
     {
         let listen = args.socket.listen();
+        let metrics = args.common.metrics_listen;
+        let spec = *self;
         self.run(args.common.log_format, |shutdown| async move {
             let listener = listen.bind().await.map_err(Box::<dyn Error>::from)?;
+            spec.start_metrics(metrics, &shutdown).await?;
             service(listener, shutdown).await.map_err(Into::into)
         })
     }
@@ -232,6 +284,7 @@ mod tests {
         data_dir: "/var/lib/mvirt/test",
         data_dir_help: "Where the test keeps nothing.",
         log_filter: "info",
+        metrics_listen: Some("127.0.0.1:50069"),
     };
 
     #[derive(Debug, Parser)]
@@ -258,7 +311,18 @@ mod tests {
             PathBuf::from("/var/lib/mvirt/test")
         );
         assert_eq!(flags.daemon.common.log_format, LogFormat::Auto);
+        assert_eq!(
+            flags.daemon.common.metrics_listen,
+            Some(MetricsListen::Addr("127.0.0.1:50069".parse().unwrap()))
+        );
         assert_eq!(flags.answer, 7);
+        let off: Flags = SPEC
+            .try_parse_from(["mvirt-test", "--metrics-listen", "off"])
+            .unwrap();
+        assert_eq!(off.daemon.common.metrics_listen, Some(MetricsListen::Off));
+        assert!(SPEC
+            .try_parse_from::<Flags, _, _>(["mvirt-test", "--metrics-listen", "nowhere"])
+            .is_err());
     }
 
     #[test]

@@ -62,6 +62,7 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
 pub struct GrpcServer {
     router: Router,
     health: HealthReporter,
+    metrics: Option<&'static crate::metrics::RpcMetrics>,
 }
 
 impl GrpcServer {
@@ -69,7 +70,21 @@ impl GrpcServer {
     pub fn new() -> Self {
         let (health, health_service) = tonic_health::server::health_reporter();
         let router = Server::builder().add_service(health_service);
-        Self { router, health }
+        Self {
+            router,
+            health,
+            metrics: None,
+        }
+    }
+
+    /// [`GrpcServer::new`] whose services' calls are counted and timed in `daemon`'s metrics
+    /// (`mvirt_grpc_requests_total`, `mvirt_grpc_request_duration_seconds`; see
+    /// [`crate::metrics`]).
+    pub fn for_daemon(daemon: &str) -> Self {
+        Self {
+            metrics: Some(crate::metrics::RpcMetrics::of(daemon)),
+            ..Self::new()
+        }
     }
 
     /// Adds a service and marks it SERVING in the health service.
@@ -89,7 +104,12 @@ impl GrpcServer {
         self.health
             .set_service_status(S::NAME, tonic_health::ServingStatus::Serving)
             .await;
-        self.router = self.router.add_service(service);
+        self.router = match self.metrics {
+            Some(metrics) => self
+                .router
+                .add_service(crate::metrics::GrpcMetrics::new(service, metrics)),
+            None => self.router.add_service(service),
+        };
         self
     }
 

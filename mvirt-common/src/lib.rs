@@ -12,6 +12,8 @@
 //! - [`error`]: the classification of typed errors and their mapping to `tonic::Status`.
 //! - [`version`]: the version a daemon reports from `GetVersion`.
 //! - [`validate`]: validation of names and ids that reach command lines, paths or datasets.
+//! - [`metrics`]: Prometheus metrics: a registry per daemon, `--metrics-listen`'s `/metrics`,
+//!   gRPC method and REST route counters and latency histograms.
 //! - [`names`]: node-local names (TAP devices, datasets, objects) derived from a whole id.
 //!
 //! A daemon's `main.rs` parses its flags (clap, every flag with an `MVIRT_<DAEMON>_<FLAG>`
@@ -23,6 +25,7 @@ pub mod daemon;
 pub mod error;
 pub mod grpc;
 pub mod listen;
+pub mod metrics;
 pub mod names;
 pub mod shutdown;
 pub mod sqlite;

@@ -89,7 +89,7 @@ pub async fn start(
     let audit = mvirt_log::create_audit_logger(&config.log_endpoint, "mvirt-ebpf");
     let manager = Arc::new(NetManager::start(config.manager(), audit.clone()).await?);
     let addr = listener.local_addr();
-    let server = GrpcServer::new()
+    let server = GrpcServer::for_daemon("mvirt-ebpf")
         .add_service(NetServiceServer::new(NetGrpc::new(manager.clone())))
         .await;
     let server = tokio::spawn(server.serve(listener, shutdown));

@@ -61,6 +61,7 @@ const DAEMON: DaemonSpec = DaemonSpec {
     data_dir: "/var/lib/mvirt/ebpf",
     data_dir_help: "Directory of the SQLite database.",
     log_filter: "info",
+    metrics_listen: Some("127.0.0.1:50064"),
 };
 
 fn main() -> ExitCode {

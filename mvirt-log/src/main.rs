@@ -35,6 +35,7 @@ const DAEMON: DaemonSpec = DaemonSpec {
     data_dir: "/var/lib/mvirt/log",
     data_dir_help: "Directory holding the SQLite database (log.db).",
     log_filter: "info",
+    metrics_listen: Some("127.0.0.1:50062"),
 };
 
 fn main() -> ExitCode {

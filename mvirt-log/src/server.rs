@@ -86,7 +86,7 @@ impl BoundServer {
             database = %self.config.database_path().display(),
             "mvirt-log ready"
         );
-        GrpcServer::new()
+        GrpcServer::for_daemon("mvirt-log")
             .add_service(LogServiceServer::new(service))
             .await
             .serve(self.listener, shutdown)

@@ -83,6 +83,7 @@ const DAEMON: DaemonSpec = DaemonSpec {
     data_dir: "/var/lib/mvirt/node",
     data_dir_help: "Directory for the agent's state (node id, owned objects).",
     log_filter: "info",
+    metrics_listen: Some("127.0.0.1:50067"),
 };
 
 fn main() -> ExitCode {
@@ -148,7 +149,5 @@ fn main() -> ExitCode {
         console_listen,
         console_endpoint: args.console_endpoint,
     };
-    DAEMON.run(args.common.log_format, |shutdown| {
-        agent::run(config, shutdown)
-    })
+    DAEMON.run_daemon(&args.common, |shutdown| agent::run(config, shutdown))
 }

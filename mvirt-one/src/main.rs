@@ -86,6 +86,7 @@ const DAEMON: DaemonSpec = DaemonSpec {
     data_dir: "/run/mvirt-one",
     data_dir_help: "Image cache and container directories (a tmpfs inside the VM).",
     log_filter: "info",
+    metrics_listen: None,
 };
 
 fn main() -> ExitCode {

@@ -102,7 +102,7 @@ mod server {
                 vmm.shutdown().await;
             })
         };
-        let server = mvirt_common::grpc::GrpcServer::new()
+        let server = mvirt_common::grpc::GrpcServer::for_daemon("mvirt-vmm")
             .add_service(VmServiceServer::new(crate::grpc::VmGrpc::new(
                 vmm.clone(),
                 pods.clone(),

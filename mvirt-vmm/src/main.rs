@@ -80,6 +80,7 @@ const DAEMON: DaemonSpec = DaemonSpec {
     data_dir: "/var/lib/mvirt/vmm",
     data_dir_help: "Directory for the database, per-VM sockets, console logs and cloud-init seeds.",
     log_filter: "info",
+    metrics_listen: Some("127.0.0.1:50061"),
 };
 
 fn main() -> ExitCode {

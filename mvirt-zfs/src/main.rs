@@ -40,6 +40,7 @@ const DAEMON: DaemonSpec = DaemonSpec {
     data_dir: "/var/lib/mvirt/zfs",
     data_dir_help: "Directory for the SQLite metadata.",
     log_filter: "info",
+    metrics_listen: Some("127.0.0.1:50063"),
 };
 
 fn main() -> ExitCode {

@@ -202,7 +202,7 @@ impl Daemon {
             imports: self.imports,
             version: VersionInfo::new("mvirt-zfs", env!("CARGO_PKG_VERSION")),
         };
-        let server = GrpcServer::new()
+        let server = GrpcServer::for_daemon("mvirt-zfs")
             .add_service(ZfsServiceServer::new(service))
             .await;
         server.serve(listener, shutdown).await?;

@@ -5,7 +5,7 @@
 //! Cross-cutting behaviour lives here: Bearer authentication and roles (`access.rs`), the error envelope, JSON bodies
 //! with unknown fields rejected and a size limit, `If-Match`/`ETag`, `Idempotency-Key`, lists
 //! with filters and pagination. One file per resource: `projects.rs`, `nodes.rs`, `networks.rs`, `nics.rs`,
-//! `security_groups.rs`, `templates.rs`, `volumes.rs`, `vms.rs` (each with its actions; the
+//! `security_groups.rs`, `templates.rs`, `volumes.rs`, `vms.rs`, `pods.rs` (each with its actions; the
 //! shared CRUD is `resources.rs`), `cluster.rs` (tokens, control plane, join), `events.rs` (SSE),
 //! `logs.rs` (mvirt-log), `hosts.rs`, `console.rs`; `ui.rs` serves the web dashboard next to
 //! `/v1`. Every route is in the one table of [`routes`].
@@ -20,6 +20,7 @@ mod networks;
 mod nics;
 mod nodes;
 pub mod openapi;
+mod pods;
 mod projects;
 mod resources;
 mod security_groups;
@@ -397,6 +398,14 @@ async fn not_found_fallback() -> ApiError {
         vms::create,
         vms::update,
         vms::delete,
+        pods::list,
+        pods::get,
+        pods::create,
+        pods::update,
+        pods::delete,
+        pods::pod_action,
+        pods::pod_logs,
+        pods::pod_exec,
         nodes::list_nodes,
         nodes::get_node,
         nodes::update_node,
@@ -442,6 +451,13 @@ async fn not_found_fallback() -> ApiError {
         VolumeRollback,
         SnapshotSource,
         Vm,
+        Pod,
+        PodSpec,
+        PodContainer,
+        ContainerPort,
+        RegistryCredential,
+        ContainerStatus,
+        pods::PodLogLine,
         Status,
         PerNodeStatus,
         Capacity,
@@ -552,6 +568,14 @@ fn routes() -> Vec<(&'static str, MethodRouter<Arc<App>>)> {
         ),
         ("/v1/vms/{id}/console", get(console::vm_console)),
         ("/v1/vms/{id}/{action}", post(vms::vm_action)),
+        ("/v1/pods", get(pods::list).post(pods::create)),
+        (
+            "/v1/pods/{id}",
+            get(pods::get).put(pods::update).delete(pods::delete),
+        ),
+        ("/v1/pods/{id}/logs", get(pods::pod_logs)),
+        ("/v1/pods/{id}/exec", get(pods::pod_exec)),
+        ("/v1/pods/{id}/{action}", post(pods::pod_action)),
         // The cluster.
         (
             "/v1/tokens",
@@ -584,7 +608,12 @@ pub fn router(app: Arc<App>) -> Router {
         .fallback(not_found_fallback)
         .layer(middleware::from_fn_with_state(app.clone(), access::auth))
         .layer(middleware::from_fn(openapi::envelope_rejections))
-        .layer(DefaultBodyLimit::max(BODY_LIMIT));
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        // Outermost: every answer is counted, refusals by auth and body limit included.
+        .layer(middleware::from_fn_with_state(
+            mvirt_common::metrics::HttpMetrics::of("mvirt-api"),
+            mvirt_common::metrics::track,
+        ));
     api.with_state(app)
 }
 

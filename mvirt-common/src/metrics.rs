@@ -1,0 +1,537 @@
+//! Prometheus metrics: one registry per daemon, the `/metrics` listener, and the metrics every
+//! daemon gets for free (its gRPC methods; REST routes for the API).
+//!
+//! The registry and the text format are the `prometheus-client` crate's (OpenMetrics text,
+//! which Prometheus scrapes natively). A daemon's metrics are registered into the registry
+//! named after the daemon ([`registry`], keyed by its binary name such as `mvirt-vmm`), and
+//! its `/metrics` listener ([`serve`]) encodes that registry only. In production each process
+//! runs one daemon; tests that run several daemons in one process still get one `/metrics` per
+//! daemon. A metric set is created once per process and registered on first use (see a crate's
+//! `metrics.rs`), so two instances of a daemon in one test process share their counters.
+//!
+//! Names follow the Prometheus conventions: `mvirt_<subsystem>_<name>_<unit>`, counters end in
+//! `_total` (the encoder appends it), durations are `_seconds` histograms, sizes `_bytes`.
+//!
+//! Flow: the daemon's `main.rs` parses `--metrics-listen` ([`MetricsListen`], default per
+//! daemon, see [`crate::daemon::DaemonSpec::metrics_listen`]) → [`serve`] binds it before the
+//! daemon starts serving → every scrape encodes the daemon's registry. gRPC calls are counted
+//! by [`crate::grpc::GrpcServer::for_daemon`] (a [`GrpcMetrics`] wrapper around each service);
+//! REST routes by [`http_layer`] (axum middleware: route template, method, status).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::Shutdown;
+
+/// The `Content-Type` of a scrape answer.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Label set of a metric family: `(name, value)` pairs.
+pub type Labels = Vec<(&'static str, String)>;
+/// A histogram family whose histograms share one bucket layout.
+pub type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
+
+/// Buckets for request and operation latencies: 0.5 ms to ~65 s, doubling.
+pub fn latency_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.0005, 2.0, 18)
+}
+
+/// Buckets for slow operations (VM starts, imports, convergence): 10 ms to ~10 min, doubling.
+pub fn slow_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.01, 2.0, 17)
+}
+
+/// A histogram with [`latency_buckets`].
+pub fn latency_histogram() -> Histogram {
+    Histogram::new(latency_buckets())
+}
+
+/// A histogram with [`slow_buckets`].
+pub fn slow_histogram() -> Histogram {
+    Histogram::new(slow_buckets())
+}
+
+/// A histogram family with [`latency_buckets`].
+pub fn latency_family() -> HistogramFamily {
+    Family::new_with_constructor(latency_histogram)
+}
+
+/// A histogram family with [`slow_buckets`].
+pub fn slow_family() -> HistogramFamily {
+    Family::new_with_constructor(slow_histogram)
+}
+
+type Shared = Arc<Mutex<Registry>>;
+
+static REGISTRIES: LazyLock<Mutex<HashMap<String, Shared>>> = LazyLock::new(Default::default);
+
+fn shared(daemon: &str) -> Shared {
+    let mut registries = REGISTRIES.lock().unwrap_or_else(|e| e.into_inner());
+    registries.entry(daemon.to_string()).or_default().clone()
+}
+
+/// Registers metrics into `daemon`'s registry (created on first use).
+pub fn register(daemon: &str, f: impl FnOnce(&mut Registry)) {
+    let registry = shared(daemon);
+    let mut registry = registry.lock().unwrap_or_else(|e| e.into_inner());
+    f(&mut registry);
+}
+
+/// The OpenMetrics text of `daemon`'s registry (what `/metrics` answers).
+pub fn encode_text(daemon: &str) -> String {
+    let registry = shared(daemon);
+    let registry = registry.lock().unwrap_or_else(|e| e.into_inner());
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = encode(&mut out, &registry);
+    out
+}
+
+/// `--metrics-listen`: a TCP address or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsListen {
+    Off,
+    Addr(SocketAddr),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is neither a TCP host:port (e.g. 127.0.0.1:50061) nor \"off\"")]
+pub struct ParseMetricsListenError(String);
+
+impl FromStr for MetricsListen {
+    type Err = ParseMetricsListenError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(MetricsListen::Off);
+        }
+        s.parse()
+            .map(MetricsListen::Addr)
+            .map_err(|_| ParseMetricsListenError(s.to_string()))
+    }
+}
+
+impl fmt::Display for MetricsListen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MetricsListen::Off => f.write_str("off"),
+            MetricsListen::Addr(addr) => addr.fmt(f),
+        }
+    }
+}
+
+/// A running `/metrics` listener.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricsServer {
+    pub addr: SocketAddr,
+}
+
+/// Binds `addr` and serves `daemon`'s registry at `GET /metrics` until `shutdown` fires.
+pub async fn serve(
+    daemon: &str,
+    addr: SocketAddr,
+    shutdown: Shutdown,
+) -> std::io::Result<MetricsServer> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen for metrics on {addr}: {e}"),
+        )
+    })?;
+    let addr = listener.local_addr()?;
+    let name = daemon.to_string();
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let name = name.clone();
+            async move {
+                (
+                    [(http::header::CONTENT_TYPE, CONTENT_TYPE)],
+                    encode_text(&name),
+                )
+            }
+        }),
+    );
+    tracing::info!(%addr, "metrics listening (GET /metrics)");
+    tokio::spawn(async move {
+        let stop = shutdown.clone();
+        if let Err(err) = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.wait().await })
+            .await
+        {
+            tracing::error!(error = %err, "metrics listener failed");
+        }
+    });
+    Ok(MetricsServer { addr })
+}
+
+// ------------------------------------------------------------------------------------ gRPC
+
+/// The gRPC server metrics of one daemon.
+#[derive(Debug)]
+pub struct RpcMetrics {
+    /// `mvirt_grpc_requests_total{service,method,code}`.
+    requests: Family<Labels, Counter>,
+    /// `mvirt_grpc_request_duration_seconds{service,method}`: until the call's status (a
+    /// stream's whole life for streaming calls).
+    duration: HistogramFamily,
+}
+
+static RPC: LazyLock<Mutex<HashMap<String, &'static RpcMetrics>>> = LazyLock::new(Default::default);
+
+impl RpcMetrics {
+    /// The gRPC metrics of `daemon` (registered on first use).
+    pub fn of(daemon: &str) -> &'static RpcMetrics {
+        let mut all = RPC.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = all.get(daemon) {
+            return m;
+        }
+        let m: &'static RpcMetrics = Box::leak(Box::new(RpcMetrics {
+            requests: Family::default(),
+            duration: latency_family(),
+        }));
+        register(daemon, |r| {
+            r.register(
+                "mvirt_grpc_requests",
+                "gRPC calls served, by service, method and status code",
+                m.requests.clone(),
+            );
+            r.register_with_unit(
+                "mvirt_grpc_request_duration",
+                "Time from a gRPC call's arrival to its status (streams: their whole life)",
+                Unit::Seconds,
+                m.duration.clone(),
+            );
+        });
+        all.insert(daemon.to_string(), m);
+        m
+    }
+
+    fn record(&self, path: &str, code: tonic::Code, started: Instant) {
+        let (service, method) = split_path(path);
+        self.requests
+            .get_or_create(&vec![
+                ("service", service.to_string()),
+                ("method", method.to_string()),
+                ("code", format!("{code:?}")),
+            ])
+            .inc();
+        self.duration
+            .get_or_create(&vec![
+                ("service", service.to_string()),
+                ("method", method.to_string()),
+            ])
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+/// `/pkg.Service/Method` → (`pkg.Service`, `Method`).
+fn split_path(path: &str) -> (&str, &str) {
+    let path = path.trim_start_matches('/');
+    path.split_once('/').unwrap_or((path, ""))
+}
+
+fn grpc_status(headers: &http::HeaderMap) -> Option<tonic::Code> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map(tonic::Code::from_i32)
+}
+
+/// A gRPC service wrapped so that each call is counted by status code and timed.
+#[derive(Debug, Clone)]
+pub struct GrpcMetrics<S> {
+    inner: S,
+    metrics: &'static RpcMetrics,
+}
+
+impl<S> GrpcMetrics<S> {
+    pub fn new(inner: S, metrics: &'static RpcMetrics) -> Self {
+        GrpcMetrics { inner, metrics }
+    }
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for GrpcMetrics<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S> tower::Service<http::Request<tonic::body::Body>> for GrpcMetrics<S>
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + Send,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let started = Instant::now();
+        let path = request.uri().path().to_string();
+        let metrics = self.metrics;
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let response = future.await?;
+            // A trailers-only answer (most errors) carries its status in the headers.
+            if let Some(code) = grpc_status(response.headers()) {
+                metrics.record(&path, code, started);
+                return Ok(response);
+            }
+            let pending = Pending {
+                metrics,
+                path,
+                started,
+            };
+            Ok(response.map(|body| {
+                tonic::body::Body::new(MeteredBody {
+                    inner: body,
+                    pending: Some(pending),
+                })
+            }))
+        })
+    }
+}
+
+struct Pending {
+    metrics: &'static RpcMetrics,
+    path: String,
+    started: Instant,
+}
+
+/// A response body that records the call when its trailers (the status) pass, or as
+/// `Cancelled` when it is dropped before (the client went away).
+struct MeteredBody {
+    inner: tonic::body::Body,
+    pending: Option<Pending>,
+}
+
+impl MeteredBody {
+    fn finish(&mut self, code: tonic::Code) {
+        if let Some(p) = self.pending.take() {
+            p.metrics.record(&p.path, code, p.started);
+        }
+    }
+}
+
+impl Drop for MeteredBody {
+    fn drop(&mut self) {
+        self.finish(tonic::Code::Cancelled);
+    }
+}
+
+impl http_body::Body for MeteredBody {
+    type Data = axum::body::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    let code = grpc_status(trailers).unwrap_or(tonic::Code::Unknown);
+                    self.finish(code);
+                }
+            }
+            Poll::Ready(Some(Err(status))) => {
+                let code = status.code();
+                self.finish(code);
+            }
+            Poll::Ready(None) => self.finish(tonic::Code::Unknown),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+// ------------------------------------------------------------------------------------ REST
+
+/// The REST metrics of one daemon.
+#[derive(Debug, Clone)]
+pub struct HttpMetrics {
+    /// `mvirt_http_requests_total{method,route,status}`.
+    requests: Family<Labels, Counter>,
+    /// `mvirt_http_request_duration_seconds{method,route}`: until the response head.
+    duration: HistogramFamily,
+}
+
+static HTTP: LazyLock<Mutex<HashMap<String, &'static HttpMetrics>>> =
+    LazyLock::new(Default::default);
+
+impl HttpMetrics {
+    /// The REST metrics of `daemon` (registered on first use).
+    pub fn of(daemon: &str) -> &'static HttpMetrics {
+        let mut all = HTTP.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = all.get(daemon) {
+            return m;
+        }
+        let m: &'static HttpMetrics = Box::leak(Box::new(HttpMetrics {
+            requests: Family::default(),
+            duration: latency_family(),
+        }));
+        register(daemon, |r| {
+            r.register(
+                "mvirt_http_requests",
+                "HTTP requests answered, by method, route template and status",
+                m.requests.clone(),
+            );
+            r.register_with_unit(
+                "mvirt_http_request_duration",
+                "Time from an HTTP request's arrival to its response head",
+                Unit::Seconds,
+                m.duration.clone(),
+            );
+        });
+        all.insert(daemon.to_string(), m);
+        m
+    }
+}
+
+/// Axum middleware counting and timing every request by its route template (`/v1/vms/{id}`,
+/// never the concrete path: one series per route) or `unmatched`. Add it with
+/// `router.layer(axum::middleware::from_fn_with_state(HttpMetrics::of("mvirt-api"), track))`
+/// — or [`http_layer`].
+pub async fn track(
+    axum::extract::State(metrics): axum::extract::State<&'static HttpMetrics>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let started = Instant::now();
+    let method = request.method().as_str().to_string();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics
+        .requests
+        .get_or_create(&vec![
+            ("method", method.clone()),
+            ("route", route.clone()),
+            ("status", status),
+        ])
+        .inc();
+    metrics
+        .duration
+        .get_or_create(&vec![("method", method), ("route", route)])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Adds [`track`] for `daemon` to every route of `router` (call after the routes are added).
+pub fn http_layer<S>(router: axum::Router<S>, daemon: &str) -> axum::Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    router.layer(axum::middleware::from_fn_with_state(
+        HttpMetrics::of(daemon),
+        track,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_listen_parses_addresses_and_off() {
+        assert_eq!("off".parse::<MetricsListen>().unwrap(), MetricsListen::Off);
+        assert_eq!(
+            "127.0.0.1:50061".parse::<MetricsListen>().unwrap(),
+            MetricsListen::Addr("127.0.0.1:50061".parse().unwrap())
+        );
+        let err = "localhost".parse::<MetricsListen>().unwrap_err();
+        assert!(err.to_string().contains("\"localhost\""), "{err}");
+    }
+
+    #[test]
+    fn registries_are_per_daemon() {
+        let a = Counter::<u64>::default();
+        register("metrics-test-a", |r| {
+            r.register("mvirt_test_things", "things", a.clone())
+        });
+        a.inc_by(3);
+        let text = encode_text("metrics-test-a");
+        assert!(text.contains("mvirt_test_things_total 3"), "{text}");
+        assert!(!encode_text("metrics-test-b").contains("mvirt_test_things"));
+    }
+
+    #[test]
+    fn grpc_paths_split_into_service_and_method() {
+        assert_eq!(
+            split_path("/mvirt.vmm.v1.VmService/CreateVm"),
+            ("mvirt.vmm.v1.VmService", "CreateVm")
+        );
+        assert_eq!(split_path("/odd"), ("odd", ""));
+    }
+
+    #[tokio::test]
+    async fn the_listener_serves_the_daemons_registry() {
+        let c = Counter::<u64>::default();
+        register("metrics-test-serve", |r| {
+            r.register("mvirt_test_served", "served", c.clone())
+        });
+        c.inc();
+        let shutdown = Shutdown::new();
+        let server = serve(
+            "metrics-test-serve",
+            "127.0.0.1:0".parse().unwrap(),
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+        let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains("openmetrics-text"), "{answer}");
+        assert!(answer.contains("mvirt_test_served_total 1"), "{answer}");
+        // Taken address: a clear error.
+        let err = serve("metrics-test-serve", server.addr, shutdown.clone())
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("cannot listen for metrics"),
+            "{err}"
+        );
+        shutdown.trigger();
+    }
+}
