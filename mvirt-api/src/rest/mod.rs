@@ -5,7 +5,7 @@
 //! Cross-cutting behaviour lives here: Bearer authentication and roles (`access.rs`), the error envelope, JSON bodies
 //! with unknown fields rejected and a size limit, `If-Match`/`ETag`, `Idempotency-Key`, lists
 //! with filters and pagination. One file per resource: `projects.rs`, `nodes.rs`, `networks.rs`, `nics.rs`,
-//! `security_groups.rs`, `templates.rs`, `volumes.rs`, `vms.rs`, `pods.rs` (each with its actions; the
+//! `security_groups.rs`, `templates.rs`, `volumes.rs`, `vms.rs` (each with its actions; the
 //! shared CRUD is `resources.rs`), `cluster.rs` (tokens, control plane, join), `events.rs` (SSE),
 //! `logs.rs` (mvirt-log), `hosts.rs`, `console.rs`; `ui.rs` serves the web dashboard next to
 //! `/v1`. Every route is in the one table of [`routes`].
@@ -20,7 +20,6 @@ mod networks;
 mod nics;
 mod nodes;
 pub mod openapi;
-mod pods;
 mod projects;
 mod resources;
 mod security_groups;
@@ -398,14 +397,6 @@ async fn not_found_fallback() -> ApiError {
         vms::create,
         vms::update,
         vms::delete,
-        pods::list,
-        pods::get,
-        pods::create,
-        pods::update,
-        pods::delete,
-        pods::pod_action,
-        pods::pod_logs,
-        pods::pod_exec,
         nodes::list_nodes,
         nodes::get_node,
         nodes::update_node,
@@ -451,13 +442,6 @@ async fn not_found_fallback() -> ApiError {
         VolumeRollback,
         SnapshotSource,
         Vm,
-        Pod,
-        PodSpec,
-        PodContainer,
-        ContainerPort,
-        RegistryCredential,
-        ContainerStatus,
-        pods::PodLogLine,
         Status,
         PerNodeStatus,
         Capacity,
@@ -568,14 +552,6 @@ fn routes() -> Vec<(&'static str, MethodRouter<Arc<App>>)> {
         ),
         ("/v1/vms/{id}/console", get(console::vm_console)),
         ("/v1/vms/{id}/{action}", post(vms::vm_action)),
-        ("/v1/pods", get(pods::list).post(pods::create)),
-        (
-            "/v1/pods/{id}",
-            get(pods::get).put(pods::update).delete(pods::delete),
-        ),
-        ("/v1/pods/{id}/logs", get(pods::pod_logs)),
-        ("/v1/pods/{id}/exec", get(pods::pod_exec)),
-        ("/v1/pods/{id}/{action}", post(pods::pod_action)),
         // The cluster.
         (
             "/v1/tokens",
