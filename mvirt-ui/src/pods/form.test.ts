@@ -33,7 +33,16 @@ describe('pod form validation', () => {
         memoryMib: '32',
         labels: 'a=b,c',
         containers: [
-          { ...emptyContainer('db'), image: 'a b', command: 'sh -c "x', env: 'OK=1\n1BAD=2', cpuMillis: '0', memoryMib: '1024', ports: '80,http:99999' },
+          {
+            ...emptyContainer('db'),
+            image: 'a b',
+            command: 'sh -c "x',
+            env: 'OK=1\nB AD=2',
+            workingDir: 'srv',
+            cpuMillis: '0',
+            memoryMib: '1024',
+            ports: '80,http:99999',
+          },
           { ...emptyContainer('db'), image: '' },
         ],
       }),
@@ -41,13 +50,14 @@ describe('pod form validation', () => {
     expect(formOk(e)).toBe(false);
     expect(e.name).toMatch(/lowercase letters/);
     expect(e.hostname).toMatch(/DNS label/);
-    expect(e.vcpus).toMatch(/between 1 and 256/);
-    expect(e.memoryMib).toMatch(/between 64/);
+    expect(e.vcpus).toMatch(/between 1 and 64/);
+    expect(e.memoryMib).toMatch(/between 128/);
     expect(e.labels).toMatch(/"c" is not key=value/);
     expect(e.container[0]).toMatchObject({
       image: expect.stringMatching(/no spaces/),
       command: expect.stringMatching(/unclosed " quote/),
-      env: expect.stringMatching(/"1BAD" is not a variable name/),
+      env: expect.stringMatching(/"B AD" is not a variable name/),
+      workingDir: 'an absolute path (starting with /)',
       cpuMillis: expect.stringMatching(/between 1 and 256000/),
       ports: expect.stringMatching(/"http:99999"/),
     });
@@ -61,10 +71,13 @@ describe('pod form validation', () => {
     expect(e.container[0].memoryMib).toBe("more than the pod's 256 MiB");
     expect(e.container[0].env).toBe('A is set twice');
     expect(validatePodForm(form({ containers: [] })).containers).toMatch(/at least one container/);
+    const many = Array.from({ length: 17 }, (_, i) => ({ ...emptyContainer(`c${i}`), image: 'x' }));
+    expect(validatePodForm(form({ containers: many })).containers).toMatch(/at most 16/);
   });
 
   it('checks registry credentials: a username needs its password, a token goes alone', () => {
-    const cred = (over: Partial<ReturnType<typeof emptyCredential>>) => ({ ...emptyCredential(), registry: '10.0.0.1:5000', ...over });
+    let n = 0;
+    const cred = (over: Partial<ReturnType<typeof emptyCredential>>) => ({ ...emptyCredential(), registry: `10.0.0.${++n}:5000`, ...over });
     const e = validatePodForm(
       form({
         credentials: [
@@ -73,7 +86,8 @@ describe('pod form validation', () => {
           cred({}),
           cred({ registry: 'host/path', token: 't' }),
           cred({ username: 'u', password: 'p' }),
-          cred({ token: 't' }),
+          cred({ registry: 'r2', token: 't' }),
+          cred({ registry: 'r2', token: 't' }),
         ],
       }),
     );
@@ -83,6 +97,7 @@ describe('pod form validation', () => {
     expect(e.credential[3].registry).toMatch(/host\[:port\]/);
     expect(e.credential[4]).toEqual({});
     expect(e.credential[5]).toEqual({});
+    expect(e.credential[6].registry).toBe('credentials for r2 are given twice');
   });
 
   it('image references: no control characters, at most 255 bytes', () => {
@@ -104,6 +119,8 @@ describe('pod form validation', () => {
     });
     expect(parsePorts('0').error).toBeDefined();
     expect(parsePorts('80/sctp').error).toBeDefined();
+    expect(parsePorts('80 web:80/tcp').error).toBe('80/tcp is listed twice');
+    expect(parsePorts('80 80/udp').error).toBeUndefined();
   });
 });
 

@@ -95,8 +95,10 @@ export const formOk = (e: PodFormErrors) =>
 // Whitespace or control characters (C0, DEL, C1): never in an image reference or a registry.
 // eslint-disable-next-line no-control-regex
 const BAD_CHARS = /[\s\u0000-\u001f\u007f-\u009f]/;
-const ENV_KEY = /^[A-Za-z_][A-Za-z0-9_.-]*$/;
-const PORT = /^(?:([a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?):)?(\d{1,5})(?:\/(tcp|udp))?$/;
+const PORT = /^(?:([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?):)?(\d{1,5})(?:\/(tcp|udp))?$/;
+const REGISTRY = /^[A-Za-z0-9.\-:[\]]{1,255}$/;
+/** The API's limits (mvirt-api validate.rs). */
+export const MAX_CONTAINERS = 16;
 
 /** An image reference: required, no whitespace or control characters, at most 255 bytes. */
 export function validateImage(v: string): string | undefined {
@@ -115,7 +117,7 @@ export function parseEnv(v: string): { env: Record<string, string>; error?: stri
     const eq = line.indexOf('=');
     if (eq < 0) return { env, error: `"${line.slice(0, 40)}" is not KEY=value` };
     const key = line.slice(0, eq).trim();
-    if (!ENV_KEY.test(key)) return { env, error: `"${key.slice(0, 40)}" is not a variable name (letters, digits, "_", not starting with a digit)` };
+    if (!key || key.length > 1024 || BAD_CHARS.test(key)) return { env, error: `"${key.slice(0, 40)}" is not a variable name (1–1024 characters, no spaces)` };
     if (key in env) return { env, error: `${key} is set twice` };
     env[key] = line.slice(eq + 1);
   }
@@ -129,7 +131,9 @@ export function parsePorts(v: string): { ports: PodPort[]; error?: string } {
     const m = PORT.exec(term);
     const port = m ? Number(m[3]) : 0;
     if (!m || port < 1 || port > 65535) return { ports, error: `"${term}" is not [name:]port[/tcp|udp] with a port 1–65535` };
-    const p: PodPort = { container_port: port, protocol: (m[4] as 'tcp' | 'udp' | undefined) ?? 'tcp' };
+    const protocol = (m[4] as 'tcp' | 'udp' | undefined) ?? 'tcp';
+    if (ports.some((p) => p.container_port === port && p.protocol === protocol)) return { ports, error: `${port}/${protocol} is listed twice` };
+    const p: PodPort = { container_port: port, protocol };
     if (m[1]) p.name = m[1];
     ports.push(p);
   }
@@ -154,9 +158,10 @@ export function validatePodForm(f: PodForm): PodFormErrors {
   e.name = validateName(f.name);
   if (f.hostname && validateName(f.hostname)) e.hostname = 'a hostname is a DNS label (lowercase letters, digits, "-")';
   e.labels = validateLabels(f.labels);
-  e.vcpus = validateInt(f.vcpus, 1, 256, 'vCPUs');
-  e.memoryMib = validateInt(f.memoryMib, 64, 4 * 1024 * 1024, 'memory (MiB)');
+  e.vcpus = validateInt(f.vcpus, 1, 64, 'vCPUs');
+  e.memoryMib = validateInt(f.memoryMib, 128, 1024 * 1024, 'memory (MiB)');
   if (f.containers.length === 0) e.containers = 'a pod has at least one container';
+  if (f.containers.length > MAX_CONTAINERS) e.containers = `a pod has at most ${MAX_CONTAINERS} containers`;
   const seen = new Set<string>();
   for (const c of f.containers) {
     const ce: ContainerErrors = {};
@@ -167,18 +172,22 @@ export function validatePodForm(f: PodForm): PodFormErrors {
     ce.command = argsError(c.command);
     ce.args = argsError(c.args);
     ce.env = parseEnv(c.env).error;
+    if (c.workingDir.trim() && !c.workingDir.trim().startsWith('/')) ce.workingDir = 'an absolute path (starting with /)';
     ce.cpuMillis = optionalInt(c.cpuMillis, 1, 256_000, 'CPU (millicores)');
-    ce.memoryMib = optionalInt(c.memoryMib, 4, 4 * 1024 * 1024, 'memory limit (MiB)');
+    ce.memoryMib = optionalInt(c.memoryMib, 1, 1024 * 1024, 'memory limit (MiB)');
     if (!ce.memoryMib && !e.memoryMib && c.memoryMib.trim() && Number(c.memoryMib) > Number(f.memoryMib))
       ce.memoryMib = `more than the pod's ${f.memoryMib} MiB`;
     ce.ports = parsePorts(c.ports).error;
     e.container.push(ce);
   }
+  const registries = new Set<string>();
   for (const r of f.credentials) {
     const re: CredentialErrors = {};
     const registry = r.registry.trim();
     if (!registry) re.registry = 'a registry (host[:port]) is required';
-    else if (BAD_CHARS.test(registry) || registry.includes('/')) re.registry = 'a registry is host[:port], without spaces or a path';
+    else if (!REGISTRY.test(registry)) re.registry = 'a registry is host[:port] (letters, digits, ".", "-", ":"), without a path';
+    else if (registries.has(registry)) re.registry = `credentials for ${registry} are given twice`;
+    registries.add(registry);
     if (r.token && (r.username || r.password)) re.token = 'either a username and password or a token, not both';
     else if (!r.token && !r.username) re.username = 'a username (with its password) or a token is required';
     else if (r.username && !r.password) re.password = 'a password is required with a username';
