@@ -1,5 +1,5 @@
 // The React side of the live layer: one event stream per login, resource lists from the cache.
-import { createContext, useContext, useEffect, useMemo, useState, type ReactNode } from 'react';
+import { createContext, useContext, useEffect, useMemo, useRef, useState, type ReactNode } from 'react';
 import { useQuery, useQueryClient } from '@tanstack/react-query';
 import { api } from './api/client';
 import { openEventStream, type ApiEvent, type StreamState } from './api/events';
@@ -74,4 +74,19 @@ export function useRecentEvents(n: number): ApiEvent[] {
   const [events, setEvents] = useState(() => sync.recent(n));
   useEffect(() => sync.subscribe(() => setEvents(sync.recent(n))), [sync, n]);
   return events;
+}
+
+/** Reads again what has no events (control-plane membership, tokens) whenever the event stream
+ *  comes back after a drop: a member that left, a new leader, a restarted API all drop the
+ *  stream, so this catches most changes without polling. (The API emits no events for members
+ *  or tokens: README, known gaps.) */
+export function useRefetchOnReconnect(refetch: () => unknown) {
+  const { state } = useLive();
+  const was = useRef(state);
+  const latest = useRef(refetch);
+  latest.current = refetch;
+  useEffect(() => {
+    if (state === 'live' && was.current !== 'live' && was.current !== 'connecting') void latest.current();
+    was.current = state;
+  }, [state]);
 }

@@ -6,10 +6,12 @@ import { api, del, post } from '../api/client';
 import type { ControlPlane as CP } from '../api/types';
 import { useCan } from '../auth';
 import { Badge, Button, Card, ConfirmButton, ErrorBox, PageHeader, Table } from '../components/ui';
+import { useRefetchOnReconnect } from '../live';
 
 export default function ControlPlane() {
   const can = useCan('admin');
   const cp = useQuery({ queryKey: ['controlplane'], queryFn: () => api<CP>('/v1/controlplane') });
+  useRefetchOnReconnect(cp.refetch);
   const [join, setJoin] = useState<{ token: string; expires_at_ms: number } | null>(null);
   const mint = useMutation({ mutationFn: () => post<{ token: string; expires_at_ms: number }>('/v1/controlplane/join-tokens', {}), onSuccess: setJoin });
   const remove = useMutation({ mutationFn: (id: number) => del(`/v1/controlplane/members/${id}`), onSuccess: () => cp.refetch() });

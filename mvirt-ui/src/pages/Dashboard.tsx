@@ -5,12 +5,13 @@ import { api } from '../api/client';
 import type { ControlPlane, Node, Vm, Volume } from '../api/types';
 import { Badge, Card, ErrorBox, Meter, PageHeader } from '../components/ui';
 import { allocatedOn, bytes, shortId } from '../format';
-import { useList, useRecentEvents } from '../live';
+import { useList, useRecentEvents, useRefetchOnReconnect } from '../live';
 import { inProject, useProject } from '../project';
 
 export function Dashboard() {
   const { project } = useProject();
   const cp = useQuery({ queryKey: ['controlplane'], queryFn: () => api<ControlPlane>('/v1/controlplane') });
+  useRefetchOnReconnect(cp.refetch);
   const nodes = useList<Node>('node');
   const vms = useList<Vm>('vm');
   const networks = useList('network');

@@ -30,6 +30,32 @@ describe('Tokens', () => {
   });
 });
 
+describe('Tokens without events', () => {
+  it('are read again when the event stream comes back after a drop (no polling)', async () => {
+    let reads = 0;
+    let streams = 0;
+    stubApi((url) => {
+      if (url === '/v1/tokens') {
+        reads++;
+        return json([{ id: `t${reads}`, name: `token-${reads}`, role: 'admin', created_at: '2026-01-01T00:00:00Z' }]);
+      }
+      if (url.startsWith('/v1/events')) {
+        streams++;
+        // The first stream ends at once (a dropped connection); the second stays open.
+        if (streams === 1) return new Response('', { status: 200, headers: { 'Content-Type': 'text/event-stream' } });
+        return new Promise<Response>((resolve) =>
+          resolve(new Response(new ReadableStream({ start: () => undefined }), { status: 200, headers: { 'Content-Type': 'text/event-stream' } })),
+        );
+      }
+      return undefined;
+    });
+    renderApp(<Tokens />);
+    expect(await screen.findByText('token-2', undefined, { timeout: 3000 })).toBeTruthy();
+    expect(streams).toBe(2);
+    expect(reads).toBe(2);
+  });
+});
+
 describe('security group rules', () => {
   it('are checked before sending', () => {
     expect(validateRule({ protocol: 'tcp', port_min: '22', port_max: '22', cidr: '0.0.0.0/0' })).toEqual({});

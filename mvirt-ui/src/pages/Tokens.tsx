@@ -7,12 +7,14 @@ import { useCan } from '../auth';
 import { SimpleForm } from '../components/Form';
 import { Button, Card, ConfirmButton, ErrorBox, PageHeader } from '../components/ui';
 import { WindowedTable } from '../components/WindowedTable';
+import { useRefetchOnReconnect } from '../live';
 import { ago, validateName } from '../format';
 
 export default function Tokens() {
   const can = useCan('admin');
   const qc = useQueryClient();
   const tokens = useQuery({ queryKey: ['tokens'], queryFn: () => api<TokenView[]>('/v1/tokens') });
+  useRefetchOnReconnect(tokens.refetch);
   const [created, setCreated] = useState<TokenView | null>(null);
   const [formKey, setFormKey] = useState(0);
   const remove = useMutation({ mutationFn: (id: string) => del(`/v1/tokens/${id}`), onSuccess: () => qc.invalidateQueries({ queryKey: ['tokens'] }) });
