@@ -191,6 +191,7 @@ fn proto_samples() -> Vec<(u8, Vec<u8>)> {
                 agent_version: "fuzz".into(),
                 console_endpoint: "http://192.0.2.10:50057".into(),
                 console_secret: "s".into(),
+                pod_artefacts_version: "0123456789abcdef".into(),
             }
             .encode_to_vec(),
         ),
@@ -200,6 +201,7 @@ fn proto_samples() -> Vec<(u8, Vec<u8>)> {
                 node_id: id.clone(),
                 capacity,
                 applied_revision: 5,
+                pod_artefacts_version: Some("0123456789abcdef".into()),
             }
             .encode_to_vec(),
         ),

@@ -1,9 +1,9 @@
 //! The agent loop: register, heartbeat, watch the desired set, reconcile, report.
 //!
-//! Four tasks cooperate. The watcher keeps a `WatchSpecs` stream open (from revision 0 at
+//! Five tasks cooperate. The watcher keeps a `WatchSpecs` stream open (from revision 0 at
 //! process start, so a restarted agent always gets the full set; from the last revision
-//! received after a reconnect) and publishes the newest set. The VM watcher turns every
-//! `WatchVms` event into a wake-up. The heartbeat task keeps the node online. The main loop
+//! received after a reconnect) and publishes the newest set. The VM and pod watchers turn every
+//! `WatchVms` / `WatchPods` event into a wake-up. The heartbeat task keeps the node online. The main loop
 //! runs a reconcile pass whenever the set changes, something wakes it, or the resync timer
 //! fires, then reports the statuses that changed (all of them on a resync).
 
@@ -104,6 +104,7 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), AgentErr
         shutdown.clone(),
     ));
     tokio::spawn(watch_vms(daemons.clone(), wake.clone(), shutdown.clone()));
+    tokio::spawn(watch_pods(daemons.clone(), wake.clone(), shutdown.clone()));
     tokio::spawn(heartbeat(
         config.clone(),
         secret.clone(),
@@ -202,8 +203,9 @@ fn same_status(a: &api::ResourceStatus, b: &api::ResourceStatus) -> bool {
 }
 
 /// Total allocatable capacity of this host, from mvirt-vmm and mvirt-zfs (falling back to what
-/// the agent can read itself when a daemon is not up yet).
-async fn capacity(daemons: &Daemons) -> api::NodeCapacity {
+/// the agent can read itself when a daemon is not up yet), and the pod artefacts version
+/// mvirt-vmm reports (empty when it has none usable, or cannot be asked).
+async fn capacity(daemons: &Daemons) -> (api::NodeCapacity, String) {
     let mut capacity = api::NodeCapacity {
         vcpus: std::thread::available_parallelism()
             .map(|n| n.get() as u32)
@@ -211,6 +213,7 @@ async fn capacity(daemons: &Daemons) -> api::NodeCapacity {
         memory_bytes: 0,
         storage_bytes: 0,
     };
+    let mut pod_artefacts_version = String::new();
     if let Ok(info) = daemons
         .vmm
         .clone()
@@ -220,6 +223,7 @@ async fn capacity(daemons: &Daemons) -> api::NodeCapacity {
         let info = info.into_inner();
         capacity.vcpus = info.cpu_cores;
         capacity.memory_bytes = info.memory_total_bytes;
+        pod_artefacts_version = info.pod_artefacts_version;
     }
     if let Ok(stats) = daemons
         .zfs
@@ -229,7 +233,7 @@ async fn capacity(daemons: &Daemons) -> api::NodeCapacity {
     {
         capacity.storage_bytes = stats.into_inner().size_bytes;
     }
-    capacity
+    (capacity, pod_artefacts_version)
 }
 
 /// Registers (retrying while the API is unreachable) and persists the node id.
@@ -243,12 +247,13 @@ async fn register(
 ) -> Result<Option<(String, Duration)>, AgentError> {
     let mut backoff = MIN_BACKOFF;
     loop {
+        let (capacity, pod_artefacts_version) = capacity(daemons).await;
         let request = api::RegisterRequest {
             node_id: ledger.node_id()?.unwrap_or_default(),
             name: config.name.clone(),
             address: config.address.clone(),
             labels: config.labels.clone(),
-            capacity: Some(capacity(daemons).await),
+            capacity: Some(capacity),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             console_endpoint: config.console_endpoint.clone(),
             console_secret: if config.console_endpoint.is_empty() {
@@ -256,6 +261,8 @@ async fn register(
             } else {
                 console_secret.to_string()
             },
+            pod_artefacts_version,
+            ..Default::default()
         };
         match daemons.api.clone().register(request).await {
             Ok(response) => {
@@ -308,16 +315,18 @@ async fn heartbeat(
             _ = shutdown.wait() => return,
         }
         // Capacity changes rarely; refresh it every 20 beats.
-        let capacity = if beats.is_multiple_of(20) {
-            Some(capacity(&daemons).await)
+        let (capacity, pod_artefacts_version) = if beats.is_multiple_of(20) {
+            let (capacity, version) = capacity(&daemons).await;
+            (Some(capacity), Some(version))
         } else {
-            None
+            (None, None)
         };
         beats += 1;
         let request = api::HeartbeatRequest {
             node_id: node_id.clone(),
             capacity,
             applied_revision: ledger.applied_revision().unwrap_or(0),
+            pod_artefacts_version,
         };
         match daemons.api.clone().heartbeat(request).await {
             Ok(_) => {}
@@ -407,6 +416,36 @@ async fn watch_vms(daemons: Daemons, wake: Arc<Notify>, shutdown: Shutdown) {
             include_initial: false,
         };
         if let Ok(stream) = daemons.vmm.clone().watch_vms(request).await {
+            let mut stream = stream.into_inner();
+            // Catch up on anything that changed while the stream was down.
+            wake.notify_one();
+            loop {
+                let Some(next) = next_unless_shutdown(&mut stream, &shutdown).await else {
+                    return;
+                };
+                match next {
+                    Some(Ok(_event)) => {
+                        backoff = MIN_BACKOFF;
+                        wake.notify_one();
+                    }
+                    _ => break,
+                }
+            }
+        }
+        if !back_off(&mut backoff, &shutdown).await {
+            return;
+        }
+    }
+}
+
+/// Every pod event of mvirt-vmm (a state change, a container or address update) wakes a pass.
+async fn watch_pods(daemons: Daemons, wake: Arc<Notify>, shutdown: Shutdown) {
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let request = mvirt_vmm::proto::WatchPodsRequest {
+            include_initial: false,
+        };
+        if let Ok(stream) = daemons.pods.clone().watch_pods(request).await {
             let mut stream = stream.into_inner();
             // Catch up on anything that changed while the stream was down.
             wake.notify_one();

@@ -61,11 +61,44 @@ impl ConsoleRelay {
     }
 }
 
+impl ConsoleRelay {
+    /// Checks the console secret the API presents.
+    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        check_secret(header, &self.secret)
+    }
+}
+
 type FrameStream = Pin<Box<dyn Stream<Item = Result<ConsoleFrame, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl NodeAgent for ConsoleRelay {
     type ConsoleStream = FrameStream;
+    type PodLogsStream = crate::pod_relay::LogStream;
+    type PodExecStream = crate::pod_relay::ExecStream;
+
+    async fn pod_logs(
+        &self,
+        request: Request<mvirt_api::proto::PodLogsRequest>,
+    ) -> Result<Response<Self::PodLogsStream>, Status> {
+        self.authorize(&request)?;
+        let stream =
+            crate::pod_relay::logs(&self.daemons, &self.ledger, request.into_inner()).await?;
+        Ok(Response::new(stream))
+    }
+
+    async fn pod_exec(
+        &self,
+        request: Request<Streaming<mvirt_api::proto::PodExecInput>>,
+    ) -> Result<Response<Self::PodExecStream>, Status> {
+        self.authorize(&request)?;
+        let stream =
+            crate::pod_relay::exec(&self.daemons, &self.ledger, request.into_inner()).await?;
+        Ok(Response::new(stream))
+    }
 
     async fn get_host(
         &self,

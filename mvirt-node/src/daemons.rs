@@ -14,6 +14,7 @@ use tonic::transport::Channel;
 
 use mvirt_api::proto::node_service_client::NodeServiceClient;
 use mvirt_ebpf::proto::net_service_client::NetServiceClient;
+use mvirt_vmm::proto::pod_service_client::PodServiceClient;
 use mvirt_vmm::proto::vm_service_client::VmServiceClient;
 use mvirt_zfs::proto::zfs_service_client::ZfsServiceClient;
 
@@ -89,6 +90,8 @@ pub type ApiClient = NodeServiceClient<InterceptedService<Channel, BearerAuth>>;
 pub struct Daemons {
     pub api: ApiClient,
     pub vmm: VmServiceClient<Channel>,
+    /// mvirt-vmm's PodService (same socket as `vmm`).
+    pub pods: PodServiceClient<Channel>,
     pub zfs: ZfsServiceClient<Channel>,
     pub net: NetServiceClient<Channel>,
 }
@@ -98,12 +101,14 @@ impl Daemons {
         let header: MetadataValue<tonic::metadata::Ascii> = format!("Bearer {}", token.trim())
             .parse()
             .map_err(|_| DaemonError::BadToken)?;
+        let vmm = channel("mvirt-vmm", &endpoints.vmm)?;
         Ok(Daemons {
             api: NodeServiceClient::with_interceptor(
                 channel("mvirt-api", &endpoints.api)?,
                 BearerAuth { header },
             ),
-            vmm: VmServiceClient::new(channel("mvirt-vmm", &endpoints.vmm)?),
+            vmm: VmServiceClient::new(vmm.clone()),
+            pods: PodServiceClient::new(vmm),
             zfs: ZfsServiceClient::new(channel("mvirt-zfs", &endpoints.zfs)?),
             net: NetServiceClient::new(channel("mvirt-ebpf", &endpoints.ebpf)?),
         })

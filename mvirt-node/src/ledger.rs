@@ -43,6 +43,7 @@ pub enum Kind {
     Nic,
     Route,
     Vm,
+    Pod,
 }
 
 impl Kind {
@@ -55,6 +56,7 @@ impl Kind {
             Kind::Nic => "nic",
             Kind::Route => "route",
             Kind::Vm => "vm",
+            Kind::Pod => "pod",
         }
     }
 }

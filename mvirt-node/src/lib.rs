@@ -28,5 +28,6 @@ pub mod daemons;
 pub mod devices;
 pub mod imports;
 pub mod ledger;
+pub mod pod_relay;
 pub mod reconcile;
 pub mod snapshots;

@@ -98,6 +98,12 @@ impl Registry {
         )
     }
 
+    /// A registry on `ip` that requires HTTP basic auth for everything (a private registry a
+    /// guest reaches on an address of the test's own interface).
+    pub fn start_on_with_basic_auth(ip: std::net::Ipv4Addr, user: &str, password: &str) -> Self {
+        Self::launch(ip, Auth::Basic(user.to_string(), password.to_string()))
+    }
+
     /// A registry that requires bearer tokens from a [`TokenServer`] (started here, stopped
     /// with the registry) for everything. `users` are the token server's users; the fixture
     /// adds its own `pull,push` user ([`TOKEN_PUSH_USER`]) for pushing.

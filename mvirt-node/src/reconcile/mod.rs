@@ -21,6 +21,7 @@
 
 mod network;
 mod nic;
+mod pod;
 mod power;
 mod route;
 mod security_group;
@@ -194,6 +195,7 @@ desired_resources!(
     api::TemplateSpec => templates,
     api::VolumeSpec => volumes,
     api::VmSpec => vms,
+    api::PodSpec => pods,
 );
 
 /// What [`Reconciler::converge`] returns: an error stops the kind for this pass.
@@ -206,8 +208,8 @@ pub type Converging<C> = Result<Outcome<C>, Status>;
 pub trait Reconciler: Sync {
     /// The kind in the ledger and in status reports.
     const KIND: Kind;
-    /// Whether a VM here may still hold an object of this kind after it is no longer desired
-    /// (NICs and volumes): then it is deleted only once no VM config names it.
+    /// Whether a VM (or pod) here may still hold an object of this kind after it is no longer
+    /// desired (NICs and volumes): then it is deleted only once no VM or pod config names it.
     const HELD_BY_VMS: bool = false;
 
     /// The API's spec of one resource.
@@ -278,6 +280,7 @@ fn resource_kind(kind: Kind) -> ResourceKind {
         Kind::Nic => ResourceKind::Nic,
         Kind::Route => ResourceKind::Route,
         Kind::Vm => ResourceKind::Vm,
+        Kind::Pod => ResourceKind::Pod,
     }
 }
 
@@ -353,6 +356,8 @@ async fn converge_kind<R: Reconciler>(
 enum DeletesWait {
     #[error("cannot list VMs: NIC and volume deletes wait")]
     VmsUnlisted(#[source] Status),
+    #[error("cannot list pods: NIC deletes wait")]
+    PodsUnlisted(#[source] Status),
     #[error("cannot read the ledger")]
     Ledger(#[source] LedgerError),
 }
@@ -362,6 +367,7 @@ enum DeletesWait {
 pub struct NodeReconciler {
     cx: Context,
     power: power::Operations,
+    pods: pod::Operations,
 }
 
 impl NodeReconciler {
@@ -369,6 +375,7 @@ impl NodeReconciler {
         Self {
             cx,
             power: power::Operations::default(),
+            pods: pod::Operations::default(),
         }
     }
 
@@ -412,6 +419,8 @@ impl NodeReconciler {
         let volumes = volume::objects(volumes);
         let vms = vm::VmReconciler::new(cx, &self.power, spec, &volumes, &nics);
         converge_kind(&vms, spec, &mut out).await;
+        let pods = pod::PodReconciler::new(cx, &self.pods, &nics);
+        converge_kind(&pods, spec, &mut out).await;
         for s in &mut out {
             s.observed_revision = spec.revision;
         }
@@ -425,6 +434,7 @@ impl NodeReconciler {
             spec,
             held: None,
         };
+        deletes.of::<pod::PodReconciler>().await?;
         deletes.of::<vm::VmReconciler>().await?;
         deletes.of::<route::RouteReconciler>().await?;
         deletes.of::<nic::NicReconciler>().await?;
@@ -453,7 +463,10 @@ impl Deletes<'_> {
         let wanted = R::local_ids(self.spec);
         if R::HELD_BY_VMS && self.held.is_none() {
             let vms = cx.vms_here().await.map_err(DeletesWait::VmsUnlisted)?;
-            self.held = Some(devices::in_use(&vms));
+            let pods = cx.pods_here().await.map_err(DeletesWait::PodsUnlisted)?;
+            let mut held = devices::in_use(&vms);
+            held.extend(pod::nics_in_use(&pods));
+            self.held = Some(held);
         }
         let held = self.held.as_ref().filter(|_| R::HELD_BY_VMS);
         for id in owned.difference(&wanted) {

@@ -1,5 +1,5 @@
 //! NICs in mvirt-ebpf: created with the API's MAC and addresses (mvirt-ebpf's DHCP hands out
-//! exactly those) and the hostname of the VM that uses them; security-group membership and
+//! exactly those) and the hostname of the VM or pod that uses them; security-group membership and
 //! routed prefixes are updated in place. A converged NIC (its TAP) is handed to the VMs.
 
 use std::collections::HashMap;
@@ -22,15 +22,20 @@ pub struct NicReconciler<'a> {
 
 impl<'a> NicReconciler<'a> {
     pub fn new(cx: &'a Context, spec: &'a api::NodeSpec) -> Self {
-        let hostnames = spec
-            .vms
-            .iter()
-            .flat_map(|vm| {
-                vm.nic_ids
-                    .iter()
-                    .map(move |nic| (nic.as_str(), vm.hostname.as_str()))
-            })
-            .collect();
+        let vms = spec.vms.iter().flat_map(|vm| {
+            vm.nic_ids
+                .iter()
+                .map(move |nic| (nic.as_str(), vm.hostname.as_str()))
+        });
+        let pods = spec.pods.iter().flat_map(|pod| {
+            let hostname = if pod.hostname.is_empty() {
+                pod.name.as_str()
+            } else {
+                pod.hostname.as_str()
+            };
+            pod.nic_ids.iter().map(move |nic| (nic.as_str(), hostname))
+        });
+        let hostnames = vms.chain(pods).collect();
         Self { cx, hostnames }
     }
 }

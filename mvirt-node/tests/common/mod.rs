@@ -51,6 +51,15 @@ pub fn template_files(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     (disk, kernel, initramfs)
 }
 
+/// What a host runs beyond VMs.
+#[derive(Default, Clone)]
+pub struct HostOptions {
+    /// mvirt-ebpf's `--uplink` (public networks reach the host stack and are NATed there).
+    pub uplink: Option<String>,
+    /// mvirt-vmm's pod settings (artefacts, kernel args, insecure registries).
+    pub pods: Option<mvirt_vmm::pod::PodConfig>,
+}
+
 /// The local daemons of one host (everything but the API and the agent).
 pub struct HostDaemons {
     pub endpoints: Endpoints,
@@ -68,6 +77,16 @@ impl HostDaemons {
     /// Starts the daemons of one host in `dir`; template sources are imported from `images`
     /// (shared by all hosts of a test, as an NFS export or identical paths would be).
     pub async fn start(dir: &Path, images: &Path, log_endpoint: &str) -> HostDaemons {
+        Self::start_with(dir, images, log_endpoint, HostOptions::default()).await
+    }
+
+    /// [`HostDaemons::start`] with an uplink for public networks and/or pods.
+    pub async fn start_with(
+        dir: &Path,
+        images: &Path,
+        log_endpoint: &str,
+        options: HostOptions,
+    ) -> HostDaemons {
         let shutdown = Shutdown::new();
         let images = images.to_path_buf();
         if !images.join("disk.raw").exists() {
@@ -100,7 +119,7 @@ impl HostDaemons {
             pin_dir: pin_dir.clone(),
             lease_secs: 3600,
             conntrack_timeout_secs: 600,
-            uplink: None,
+            uplink: options.uplink.clone(),
             nft_table: format!("mvnt{}", mvirt_testsupport::unique_suffix()),
             tunnel_device: tunnel_device.clone(),
             tunnel_port: mvirt_testsupport::net::free_port(),
@@ -120,6 +139,10 @@ impl HostDaemons {
         vmm_config.qemu.accel = mvirt_vmm::hypervisor::qemu::Accel::Tcg;
         vmm_config.log_endpoint = log_endpoint.to_string();
         vmm_config.default_stop_timeout = Duration::from_secs(10);
+        if let Some(pods) = options.pods {
+            vmm_config.pod = pods;
+            vmm_config.qemu.vhost_vsock_binary = mvirt_testsupport::pod::vhost_device_vsock();
+        }
         let vmm = mvirt_vmm::start(vmm_config.clone(), socket(dir, "vmm"))
             .await
             .expect("mvirt-vmm starts");
@@ -164,7 +187,7 @@ impl Drop for HostDaemons {
         let cleanup = |vmm: String, ebpf: String| async move {
             use mvirt_ebpf::proto::net_service_client::NetServiceClient;
             use mvirt_vmm::proto::vm_service_client::VmServiceClient;
-            if let Ok(mut client) = VmServiceClient::connect(vmm).await {
+            if let Ok(mut client) = VmServiceClient::connect(vmm.clone()).await {
                 if let Ok(vms) = client
                     .list_vms(mvirt_vmm::proto::ListVmsRequest::default())
                     .await
@@ -176,6 +199,23 @@ impl Drop for HostDaemons {
                         let _ = client
                             .delete_vm(mvirt_vmm::proto::DeleteVmRequest {
                                 id: vm.id,
+                                force: true,
+                            })
+                            .await;
+                    }
+                }
+            }
+            if let Ok(mut client) =
+                mvirt_vmm::proto::pod_service_client::PodServiceClient::connect(vmm.clone()).await
+            {
+                if let Ok(pods) = client
+                    .list_pods(mvirt_vmm::proto::ListPodsRequest::default())
+                    .await
+                {
+                    for pod in pods.into_inner().pods {
+                        let _ = client
+                            .delete_pod(mvirt_vmm::proto::DeletePodRequest {
+                                id: pod.id,
                                 force: true,
                             })
                             .await;
