@@ -178,7 +178,9 @@ function Actions({ pod }: { pod: Pod }) {
   const canAct = useCan('vm-action');
   const canWrite = useCan('write');
   const navigate = useNavigate();
-  const action = useMutation({ mutationFn: (verb: string) => post(`/v1/pods/${pod.id}/${verb}`) });
+  const action = useMutation({
+    mutationFn: (verb: string) => (verb === 'force-stop' ? post(`/v1/pods/${pod.id}/stop`, undefined, { force: true }) : post(`/v1/pods/${pod.id}/${verb}`)),
+  });
   const remove = useMutation({ mutationFn: () => del(`/v1/pods/${pod.id}`), onSuccess: () => navigate('/pods') });
   if (!canAct && !canWrite) return null;
   return (
@@ -194,6 +196,9 @@ function Actions({ pod }: { pod: Pod }) {
             </Button>
             <Button onClick={() => action.mutate('restart')} disabled={action.isPending}>
               Restart
+            </Button>
+            <Button onClick={() => action.mutate('force-stop')} disabled={action.isPending} title="stop at once, without waiting for the containers to exit">
+              Force stop
             </Button>
           </>
         )}

@@ -153,7 +153,11 @@ describe('Pod detail', () => {
     expect(logCall.url).toBe('/v1/pods/0190-api/logs?container=web&follow=true&tail=200');
     // Follow: the stream ended here (the stub closed it), and the page says so.
     await screen.findByText(/the stream ended/);
-    for (const b of ['Start', 'Stop', 'Restart', 'Delete', 'Run']) expect(screen.getByRole('button', { name: b })).toBeTruthy();
+    for (const b of ['Start', 'Stop', 'Restart', 'Force stop', 'Delete', 'Run']) expect(screen.getByRole('button', { name: b })).toBeTruthy();
+    await userEvent.click(screen.getByRole('button', { name: 'Force stop' }));
+    await waitFor(() => expect(calls.some((c) => c.url === '/v1/pods/0190-api/stop?force=true' && c.init.method === 'POST')).toBe(true));
+    await userEvent.click(screen.getByRole('button', { name: 'Restart' }));
+    await waitFor(() => expect(calls.some((c) => c.url === '/v1/pods/0190-api/restart' && c.init.method === 'POST')).toBe(true));
   });
 
   it('a pending pod shows why it is not placed, and the log request error from the API', async () => {
@@ -180,7 +184,7 @@ describe('Pod detail', () => {
     await screen.findByRole('heading', { name: 'api' });
     await screen.findByRole('log');
     await waitFor(() => {
-      for (const b of ['Start', 'Stop', 'Restart', 'Delete', 'Run']) expect(screen.queryByRole('button', { name: b })).toBeNull();
+      for (const b of ['Start', 'Stop', 'Restart', 'Force stop', 'Delete', 'Run']) expect(screen.queryByRole('button', { name: b })).toBeNull();
     });
     expect(screen.queryByRole('form', { name: 'Run a command' })).toBeNull();
   });

@@ -7,7 +7,7 @@ import { FitAddon } from '@xterm/addon-fit';
 import '@xterm/xterm/css/xterm.css';
 import { getSession } from '../api/client';
 import { Button } from '../components/ui';
-import { decodeFrame, execUrl, resizeFrame, stdinEof, stdinFrame, STATUS, STDERR, STDOUT } from './frames';
+import { decodeFrame, EXEC_PROTOCOL, execUrl, resizeFrame, stdinEof, stdinFrame, STATUS, STDERR, STDOUT } from './frames';
 
 export default function ExecTerminal({ podId, container, command, tty }: { podId: string; container: string; command: string[]; tty: boolean }) {
   const box = useRef<HTMLDivElement>(null);
@@ -30,7 +30,7 @@ export default function ExecTerminal({ podId, container, command, tty }: { podId
     term.open(box.current);
     fit.fit();
     term.focus();
-    const ws = new WebSocket(execUrl(podId, { container, command, tty, token }));
+    const ws = new WebSocket(execUrl(podId, { container, command, tty, token }), [EXEC_PROTOCOL]);
     sock.current = ws;
     ws.binaryType = 'arraybuffer';
     let ended: string | null = null;

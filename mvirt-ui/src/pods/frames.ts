@@ -4,6 +4,9 @@
 // 4 resize (client → server: JSON {"cols": n, "rows": n}). An empty stdin frame ([0]) closes the
 // process's stdin.
 
+/** The WebSocket subprotocol the API offers for exec. */
+export const EXEC_PROTOCOL = 'v4.channel.k8s.io';
+
 export const STDIN = 0;
 export const STDOUT = 1;
 export const STDERR = 2;
