@@ -33,7 +33,7 @@ export function kindsFor(path: string): string[] {
   const first = path.split('/')[1] ?? '';
   switch (first) {
     case '':
-      return ['node', 'vm', 'network', 'volume', 'template'];
+      return ['node', 'vm', 'network', 'volume', 'template', 'pod'];
     case 'vms':
       return ['vm', 'node'];
     case 'pods':
@@ -49,7 +49,7 @@ export function kindsFor(path: string): string[] {
     case 'templates':
       return ['template'];
     case 'nodes':
-      return ['node'];
+      return ['node', 'vm', 'volume', 'pod'];
     default:
       return [];
   }

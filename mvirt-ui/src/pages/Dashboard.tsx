@@ -1,7 +1,9 @@
 // Cluster health (leader, members), nodes with capacity and use, counts per kind, recent events.
+import { useMemo } from 'react';
 import { useQuery } from '@tanstack/react-query';
 import { Link } from 'react-router';
 import { api } from '../api/client';
+import type { Pod } from '../api/pods';
 import type { ControlPlane, Node, Vm, Volume } from '../api/types';
 import { Badge, Card, ErrorBox, Meter, PageHeader } from '../components/ui';
 import { allocatedOn, bytes, shortId } from '../format';
@@ -17,6 +19,9 @@ export function Dashboard() {
   const networks = useList('network');
   const volumes = useList<Volume>('volume');
   const templates = useList('template');
+  const pods = useList<Pod>('pod');
+  // Pods take node capacity like VMs (their microVM's vCPUs and memory).
+  const placed = useMemo(() => [...vms.items, ...pods.items], [vms.items, pods.items]);
   const events = useRecentEvents(12);
   const myVms = inProject(vms.items, project);
   const running = myVms.filter((v) => v.status?.phase === 'running').length;
@@ -59,6 +64,8 @@ export function Dashboard() {
             <dd>{inProject(volumes.items, project).length}</dd>
             <dt className="text-muted">Templates</dt>
             <dd>{templates.items.length}</dd>
+            <dt className="text-muted">Pods</dt>
+            <dd data-testid="pod-count">{inProject(pods.items, project).length}</dd>
           </dl>
         </Card>
         <Card title="Recent events">
@@ -80,7 +87,7 @@ export function Dashboard() {
         <ErrorBox error={nodes.error} />
         <div className="grid gap-3 md:grid-cols-2 xl:grid-cols-3">
           {nodes.items.map((n) => {
-            const used = allocatedOn(n.id, vms.items, volumes.items);
+            const used = allocatedOn(n.id, placed, volumes.items);
             return (
               <div key={n.id} className="rounded-md border border-line p-3">
                 <div className="mb-2 flex items-center justify-between">

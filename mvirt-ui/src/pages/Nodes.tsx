@@ -3,6 +3,7 @@ import { useState } from 'react';
 import { useMutation } from '@tanstack/react-query';
 import { put } from '../api/client';
 import type { Node, Vm, Volume } from '../api/types';
+import type { Pod } from '../api/pods';
 import { useList } from '../live';
 import { useCan } from '../auth';
 import { ResourcePage } from '../components/ResourcePage';
@@ -25,8 +26,10 @@ function NodeActions({ node }: { node: Node }) {
 
 function useAllocated() {
   const vms = useList<Vm>('vm').items;
+  const pods = useList<Pod>('pod').items;
   const volumes = useList<Volume>('volume').items;
-  return (id: string) => allocatedOn(id, vms, volumes);
+  // Pods take node capacity like VMs (their microVM's vCPUs and memory).
+  return (id: string) => allocatedOn(id, [...vms, ...pods], volumes);
 }
 
 function Labels({ node }: { node: Node }) {
