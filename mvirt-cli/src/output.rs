@@ -35,6 +35,9 @@ pub enum Fmt {
     Progress,
     /// The types of the conditions that hold (`status` "true"), e.g. `restart_required`.
     Conditions,
+    /// A pod's container statuses as `name:state` each, with the exit code of an exited one
+    /// and the restart count when there were restarts: `web:running log:exited(1),restarts=2`.
+    Containers,
 }
 
 /// One table column: header, JSON path (dot separated; `a|b` takes the first non-empty), format.
@@ -231,6 +234,10 @@ pub fn cell(v: &Value, c: &Column, now: chrono::DateTime<chrono::Utc>, id_len: u
                     .join(",")
             })
             .unwrap_or_default(),
+        Fmt::Containers => x
+            .as_array()
+            .map(|a| a.iter().map(container_state).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default(),
         Fmt::Labels => match x.as_object() {
             Some(m) => m
                 .iter()
@@ -240,6 +247,28 @@ pub fn cell(v: &Value, c: &Column, now: chrono::DateTime<chrono::Utc>, id_len: u
             None => text(x),
         },
     }
+}
+
+/// One container status as `name:state`, `name:exited(1)`, with `,restarts=N` and `,oom`.
+pub fn container_state(c: &Value) -> String {
+    let field = |k: &str| c.get(k).map(text).unwrap_or_default();
+    let mut s = format!("{}:{}", field("name"), field("state"));
+    if field("state") == "exited" {
+        if let Some(code) = c.get("exit_code").filter(|v| !v.is_null()) {
+            s.push_str(&format!("({})", text(code)));
+        }
+    }
+    if let Some(n) = c
+        .get("restart_count")
+        .and_then(Value::as_u64)
+        .filter(|n| *n > 0)
+    {
+        s.push_str(&format!(",restarts={n}"));
+    }
+    if c.get("oom_killed").and_then(Value::as_bool) == Some(true) {
+        s.push_str(",oom");
+    }
+    s
 }
 
 /// `42%` from a status with import byte counters; empty when there are none.

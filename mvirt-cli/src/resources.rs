@@ -161,6 +161,36 @@ pub const VMS: Resource = Resource {
     ],
 };
 
+pub const PODS: Resource = Resource {
+    name: "pod",
+    path: "/v1/pods",
+    projected: true,
+    columns: &[
+        colf("id", "id", Fmt::ShortId),
+        col("name", "name"),
+        col("phase", "status.phase|scheduling.state"),
+        col("desired", "spec.desired_state"),
+        colf("containers", "status.containers", Fmt::Containers),
+        col("vcpus", "spec.vcpus"),
+        colf("memory", "spec.memory_bytes", Fmt::Bytes),
+        colf("node", "node_id", Fmt::ShortId),
+        col("ipv4", "status.ipv4_addresses"),
+        colf("age", "created_at", Fmt::Age),
+    ],
+};
+
+/// A pod's containers (`status.containers`) in `mvirt pod show` and the TUI's pod detail.
+pub const POD_CONTAINERS: &[Column] = &[
+    col("name", "name"),
+    col("image", "image"),
+    col("state", "state"),
+    col("exit code", "exit_code"),
+    col("restarts", "restart_count"),
+    col("oom", "oom_killed"),
+    colf("started", "started_at", Fmt::Age),
+    col("message", "message"),
+];
+
 pub const TOKENS: Resource = Resource {
     name: "token",
     path: "/v1/tokens",

@@ -14,6 +14,7 @@ pub mod network;
 pub mod nic;
 pub mod node;
 pub mod parse;
+pub mod pod;
 pub mod project;
 pub mod remote;
 pub mod route;
@@ -30,6 +31,10 @@ use ctx::{client_for, Ctx};
 
 /// Parses arguments, runs the command and returns the exit code.
 pub async fn run(cli: Cli) -> i32 {
+    // `pod exec` exits with the remote command's exit code.
+    if let Command::Pod(pod::PodCmd::Exec(a)) = &cli.command {
+        return pod::run_exec(&cli.global, a).await;
+    }
     match dispatch(cli).await {
         Ok(()) => exit::OK,
         Err(e) => {
@@ -75,6 +80,7 @@ async fn dispatch(cli: Cli) -> Result<(), ApiError> {
         Command::Volume(c) => volume::run(&ctx, c).await,
         Command::Template(c) => template::run(&ctx, c).await,
         Command::Vm(c) => vm::run(&ctx, c).await,
+        Command::Pod(c) => pod::run(&ctx, c).await,
         Command::Logs(a) => logs::run(&ctx, a).await,
         Command::Events(a) => events::run(&ctx, a).await,
         Command::Cluster(c) => cluster::run(&ctx, c).await,
