@@ -27,10 +27,14 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::Shutdown;
@@ -99,6 +103,163 @@ pub fn encode_text(daemon: &str) -> String {
     out
 }
 
+// ------------------------------------------------------------------ sampled at scrape time
+
+/// Something read fresh on every scrape: returns `false` once what it reads is gone (a
+/// stopped daemon instance), which removes it.
+pub type Refresh =
+    Arc<dyn Fn() -> Pin<Box<dyn std::future::Future<Output = bool> + Send>> + Send + Sync>;
+
+static REFRESH: LazyLock<Mutex<HashMap<String, Vec<Refresh>>>> = LazyLock::new(Default::default);
+
+/// How long one refresh may take before a scrape answers without it.
+pub const REFRESH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs `refresh` before every scrape of `daemon` (it updates gauges or a [`Sampled`] set from
+/// the daemon's own state: counters kept elsewhere, such as the eBPF datapath's, or /proc).
+/// Nothing is sampled while nobody scrapes.
+pub fn on_scrape(daemon: &str, refresh: Refresh) {
+    let mut all = REFRESH.lock().unwrap_or_else(|e| e.into_inner());
+    all.entry(daemon.to_string()).or_default().push(refresh);
+}
+
+/// Runs `daemon`'s refreshers (each bounded by [`REFRESH_TIMEOUT`]); drops those whose source
+/// is gone.
+pub async fn refresh(daemon: &str) {
+    let list: Vec<Refresh> = {
+        let all = REFRESH.lock().unwrap_or_else(|e| e.into_inner());
+        all.get(daemon).cloned().unwrap_or_default()
+    };
+    for r in list {
+        let alive = match tokio::time::timeout(REFRESH_TIMEOUT, r()).await {
+            Ok(alive) => alive,
+            Err(_) => {
+                tracing::warn!(
+                    daemon,
+                    "a metrics refresh took longer than {REFRESH_TIMEOUT:?}; skipped"
+                );
+                true
+            }
+        };
+        if !alive {
+            let mut all = REFRESH.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(v) = all.get_mut(daemon) {
+                v.retain(|x| !Arc::ptr_eq(x, &r));
+            }
+        }
+    }
+}
+
+/// Whether a sampled family is a counter or a gauge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// One metric family of a [`Sampled`] set: its samples as last read.
+#[derive(Debug, Clone)]
+pub struct SampledFamily {
+    name: &'static str,
+    help: &'static str,
+    unit: Option<Unit>,
+    kind: Kind,
+    samples: Vec<(Labels, f64)>,
+}
+
+impl SampledFamily {
+    /// Adds one sample (a counter's value must only grow while its labels live).
+    pub fn add(&mut self, labels: Labels, value: f64) -> &mut Self {
+        self.samples.push((labels, value));
+        self
+    }
+}
+
+/// A set of families built by one refresh.
+#[derive(Debug, Default, Clone)]
+pub struct Snapshot {
+    families: Vec<SampledFamily>,
+}
+
+impl Snapshot {
+    /// The family `name` (created empty on first use; names without `_total` or the unit, which
+    /// the encoder appends).
+    pub fn family(
+        &mut self,
+        kind: Kind,
+        name: &'static str,
+        help: &'static str,
+        unit: Option<Unit>,
+    ) -> &mut SampledFamily {
+        if let Some(i) = self.families.iter().position(|f| f.name == name) {
+            return &mut self.families[i];
+        }
+        self.families.push(SampledFamily {
+            name,
+            help,
+            unit,
+            kind,
+            samples: Vec::new(),
+        });
+        self.families.last_mut().expect("just pushed")
+    }
+}
+
+/// Families whose values are read from elsewhere (the datapath's counters, /proc, a pool) and
+/// replaced as a whole by a refresh; encoded as counters or gauges. Register it once with
+/// `registry.register_collector(Box::new(sampled.clone()))`.
+#[derive(Debug, Default, Clone)]
+pub struct Sampled {
+    inner: Arc<Mutex<Snapshot>>,
+}
+
+impl Sampled {
+    /// Replaces every family with `snapshot`'s.
+    pub fn replace(&self, snapshot: Snapshot) {
+        *self.inner.lock().unwrap_or_else(|e| e.into_inner()) = snapshot;
+    }
+}
+
+impl Collector for Sampled {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let snapshot = self.inner.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for family in &snapshot.families {
+            let metric_type = match family.kind {
+                Kind::Counter => MetricType::Counter,
+                Kind::Gauge => MetricType::Gauge,
+            };
+            let mut metric = encoder.encode_descriptor(
+                family.name,
+                family.help,
+                family.unit.as_ref(),
+                metric_type,
+            )?;
+            if let [(labels, value)] = family.samples.as_slice() {
+                if labels.is_empty() {
+                    // `name 42.0`, not `name{} 42.0`.
+                    encode_value(family.kind, *value, metric)?;
+                    continue;
+                }
+            }
+            for (labels, value) in &family.samples {
+                encode_value(family.kind, *value, metric.encode_family(labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn encode_value(
+    kind: Kind,
+    value: f64,
+    sample: prometheus_client::encoding::MetricEncoder<'_>,
+) -> Result<(), fmt::Error> {
+    match kind {
+        Kind::Counter => ConstCounter::new(value).encode(sample),
+        Kind::Gauge => ConstGauge::new(value).encode(sample),
+    }
+}
+
 /// `--metrics-listen`: a TCP address or `off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetricsListen {
@@ -157,6 +318,7 @@ pub async fn serve(
         axum::routing::get(move || {
             let name = name.clone();
             async move {
+                refresh(&name).await;
                 (
                     [(http::header::CONTENT_TYPE, CONTENT_TYPE)],
                     encode_text(&name),
@@ -487,6 +649,55 @@ mod tests {
         let text = encode_text("metrics-test-a");
         assert!(text.contains("mvirt_test_things_total 3"), "{text}");
         assert!(!encode_text("metrics-test-b").contains("mvirt_test_things"));
+    }
+
+    #[tokio::test]
+    async fn sampled_families_are_read_at_scrape_time() {
+        let sampled = Sampled::default();
+        register("metrics-test-sampled", |r| {
+            r.register_collector(Box::new(sampled.clone()))
+        });
+        let reads = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (s, n) = (sampled.clone(), reads.clone());
+        on_scrape(
+            "metrics-test-sampled",
+            Arc::new(move || {
+                let (s, n) = (s.clone(), n.clone());
+                Box::pin(async move {
+                    let read = n.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                    let mut snapshot = Snapshot::default();
+                    snapshot
+                        .family(Kind::Counter, "mvirt_test_bytes", "bytes", None)
+                        .add(vec![("nic", "a".into())], 100.0 * read as f64)
+                        .add(vec![("nic", "b".into())], 7.0);
+                    snapshot
+                        .family(Kind::Gauge, "mvirt_test_size", "size", Some(Unit::Bytes))
+                        .add(vec![], 42.0);
+                    s.replace(snapshot);
+                    read < 2
+                })
+            }),
+        );
+        refresh("metrics-test-sampled").await;
+        let text = encode_text("metrics-test-sampled");
+        assert!(
+            text.contains("mvirt_test_bytes_total{nic=\"a\"} 100.0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mvirt_test_bytes_total{nic=\"b\"} 7.0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE mvirt_test_size_bytes gauge"),
+            "{text}"
+        );
+        assert!(text.contains("mvirt_test_size_bytes 42.0"), "{text}");
+        refresh("metrics-test-sampled").await;
+        assert!(encode_text("metrics-test-sampled").contains("{nic=\"a\"} 200.0"));
+        // The second refresh said its source is gone: no third read.
+        refresh("metrics-test-sampled").await;
+        assert_eq!(reads.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[test]
