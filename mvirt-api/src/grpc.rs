@@ -233,6 +233,8 @@ impl NodeService for NodeServiceImpl {
             node_id,
             revision,
             heartbeat_interval_ms: self.app.heartbeat_interval.as_millis() as u32,
+            certificate_pem: String::new(),
+            ca_pem: String::new(),
         }))
     }
 
@@ -423,5 +425,15 @@ impl NodeService for NodeServiceImpl {
             accepted,
             unknown_ids: unknown,
         }))
+    }
+
+    async fn renew_certificate(
+        &self,
+        request: Request<proto::RenewCertificateRequest>,
+    ) -> Result<Response<proto::RenewCertificateResponse>, Status> {
+        let _caller = self.authenticate(&request)?;
+        Err(Status::unimplemented(
+            "RenewCertificate: node certificates are not issued by this member yet",
+        ))
     }
 }

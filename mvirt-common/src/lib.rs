@@ -14,6 +14,7 @@
 //! - [`validate`]: validation of names and ids that reach command lines, paths or datasets.
 //! - [`metrics`]: Prometheus metrics: a registry per daemon, `--metrics-listen`'s `/metrics`,
 //!   gRPC method and REST route counters and latency histograms.
+//! - [`tls`]: the cluster CA, member/node certificates, TLS listeners and client configs.
 //! - [`names`]: node-local names (TAP devices, datasets, objects) derived from a whole id.
 //!
 //! A daemon's `main.rs` parses its flags (clap, every flag with an `MVIRT_<DAEMON>_<FLAG>`
@@ -30,6 +31,7 @@ pub mod names;
 pub mod shutdown;
 pub mod sqlite;
 pub mod telemetry;
+pub mod tls;
 pub mod validate;
 pub mod version;
 
