@@ -64,8 +64,13 @@ mvirt pod exec app -c writer -it -- /bin/sh\n  echo data | mvirt pod exec app -c
     Exec(PodExecArgs),
     /// Start a stopped pod.
     Start { pod: String },
-    /// Stop a pod (its microVM).
-    Stop { pod: String },
+    /// Stop a pod: its containers gracefully, then its microVM.
+    Stop {
+        pod: String,
+        /// Kill the pod's microVM at once instead.
+        #[arg(long)]
+        force: bool,
+    },
     /// Restart a pod's microVM (its containers start again).
     Restart { pod: String },
     /// Delete a pod with its microVM and owned NICs.
@@ -173,9 +178,18 @@ pub async fn run(ctx: &Ctx, c: PodCmd) -> Result<(), ApiError> {
                 Err(ApiError::Other(format!("the command exited with {code}")))
             }
         }
-        PodCmd::Start { pod } => pod_action(ctx, &pod, "start", "start requested").await,
-        PodCmd::Stop { pod } => pod_action(ctx, &pod, "stop", "stop requested").await,
-        PodCmd::Restart { pod } => pod_action(ctx, &pod, "restart", "restart requested").await,
+        PodCmd::Start { pod } => pod_action(ctx, &pod, "start", false, "start requested").await,
+        PodCmd::Stop { pod, force } => {
+            let what = if force {
+                "forced stop requested"
+            } else {
+                "stop requested"
+            };
+            pod_action(ctx, &pod, "stop", force, what).await
+        }
+        PodCmd::Restart { pod } => {
+            pod_action(ctx, &pod, "restart", false, "restart requested").await
+        }
         PodCmd::Delete { pod } => ctx.delete(r, &pod, &[]).await,
     }
 }
@@ -208,6 +222,7 @@ async fn exec_code(api: &ApiClient, a: &PodExecArgs) -> Result<i32, ApiError> {
         container: a.container.clone(),
         tty: a.tty,
         command: a.command.clone(),
+        size: None,
     };
     exec::run(api, &req, a.stdin).await
 }
@@ -238,10 +253,19 @@ async fn pod_logs(ctx: &Ctx, a: &PodLogsArgs) -> Result<(), ApiError> {
     .await
 }
 
-async fn pod_action(ctx: &Ctx, pod: &str, action: &str, what: &str) -> Result<(), ApiError> {
-    let v = ctx
-        .post_below(&res::PODS, pod, action, &serde_json::json!({}))
-        .await?;
+async fn pod_action(
+    ctx: &Ctx,
+    pod: &str,
+    action: &str,
+    force: bool,
+    what: &str,
+) -> Result<(), ApiError> {
+    let path = format!("{}/{action}", super::ctx::item_path(&res::PODS, pod));
+    let mut q = ctx.pq();
+    if force {
+        q.push(("force", "true".into()));
+    }
+    let v = ctx.api.post(&path, &q, &serde_json::json!({})).await?;
     ctx.done(&v, &format!("pod {pod}: {what}"))
 }
 

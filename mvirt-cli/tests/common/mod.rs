@@ -2,6 +2,8 @@
 //! and a runner for the `mvirt` binary pointed at it with an isolated config file.
 #![allow(dead_code)]
 
+pub mod pods;
+
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -252,6 +254,22 @@ pub type FrameStream =
 #[tonic::async_trait]
 impl NodeAgent for EchoConsole {
     type ConsoleStream = FrameStream;
+    type PodLogsStream = pods::LogStream;
+    type PodExecStream = pods::ExecStream;
+
+    async fn pod_logs(
+        &self,
+        req: tonic::Request<mvirt_api::proto::PodLogsRequest>,
+    ) -> Result<tonic::Response<pods::LogStream>, tonic::Status> {
+        pods::logs(&self.secret, req).await
+    }
+
+    async fn pod_exec(
+        &self,
+        req: tonic::Request<tonic::Streaming<mvirt_api::proto::PodExecInput>>,
+    ) -> Result<tonic::Response<pods::ExecStream>, tonic::Status> {
+        pods::exec(&self.secret, req).await
+    }
 
     async fn get_host(
         &self,

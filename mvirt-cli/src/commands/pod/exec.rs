@@ -101,6 +101,8 @@ pub struct ExecRequest {
     pub container: Option<String>,
     pub tty: bool,
     pub command: Vec<String>,
+    /// The local terminal's size (`cols`, `rows`) when it is one: the remote terminal starts so.
+    pub size: Option<(u16, u16)>,
 }
 
 /// The exec endpoint's path and query: each argument is its own `command=` value, so nothing
@@ -112,6 +114,10 @@ pub fn exec_query(r: &ExecRequest, project: &str) -> (String, Vec<(&'static str,
         q.push(("container", c.clone()));
     }
     q.push(("tty", r.tty.to_string()));
+    if let (true, Some((cols, rows))) = (r.tty, r.size) {
+        q.push(("cols", cols.to_string()));
+        q.push(("rows", rows.to_string()));
+    }
     for a in &r.command {
         q.push(("command", a.clone()));
     }
@@ -219,7 +225,12 @@ impl Drop for RawMode {
 /// SIGWINCH → resize with `-t`), stdout and stderr, and returns the CLI's exit code.
 pub async fn run(api: &ApiClient, r: &ExecRequest, interactive: bool) -> Result<i32, ApiError> {
     use std::io::{IsTerminal, Read};
-    let (path, q) = exec_query(r, &api.project);
+    let terminal = r.tty && std::io::stdin().is_terminal();
+    let mut r = r.clone();
+    if terminal {
+        r.size = crossterm::terminal::size().ok();
+    }
+    let (path, q) = exec_query(&r, &api.project);
     let ws = crate::commands::ctx::websocket(api, &path, &q).await?;
     let (tx, rx) = mpsc::channel::<Input>(64);
     if interactive {
@@ -246,11 +257,7 @@ pub async fn run(api: &ApiClient, r: &ExecRequest, interactive: bool) -> Result<
             }
         });
     }
-    let terminal = r.tty && std::io::stdin().is_terminal();
     if terminal {
-        if let Ok((cols, rows)) = crossterm::terminal::size() {
-            let _ = tx.send(Input::Resize(cols, rows)).await;
-        }
         let resize_tx = tx.clone();
         if let Ok(mut winch) =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
@@ -343,13 +350,14 @@ mod tests {
             container: Some("writer".into()),
             tty: true,
             command: vec!["sh".into(), "-c".into(), "echo $HOME; exit 3".into()],
+            size: Some((100, 30)),
         };
         let (path, q) = exec_query(&r, "default");
         assert_eq!(path, "/v1/pods/web/exec");
         let url = crate::commands::ctx::ws_url("http://h", &path, &q);
         assert_eq!(
             url,
-            "ws://h/v1/pods/web/exec?project=default&container=writer&tty=true&command=sh&command=-c&command=echo%20%24HOME%3B%20exit%203"
+            "ws://h/v1/pods/web/exec?project=default&container=writer&tty=true&cols=100&rows=30&command=sh&command=-c&command=echo%20%24HOME%3B%20exit%203"
         );
     }
 
