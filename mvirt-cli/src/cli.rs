@@ -6,7 +6,7 @@ use crate::output::Format;
 
 const AFTER_HELP: &str = "\
 Examples:
-  mvirt login --url http://10.0.0.1:8080 --token-file /var/lib/mvirt/api/admin.token
+  mvirt login https://10.0.0.1:8080 --token-file /var/lib/mvirt/api/admin.token
   mvirt template import debian-12 --source https://example.org/debian-12.qcow2 --format qcow2
   mvirt network create lan --ipv4 10.0.0.0/24
   mvirt vm create web-1 --cpus 2 --memory 2G --template debian-12 --disk-size 20G \\
@@ -16,8 +16,9 @@ Examples:
   mvirt events --follow
   mvirt tui
 
-Configuration: ~/.config/mvirt/config.toml holds named remotes (url, token, project);
-MVIRT_REMOTE, MVIRT_URL, MVIRT_TOKEN, MVIRT_PROJECT and the flags below override it.
+Configuration: ~/.config/mvirt/config.toml holds named remotes (url, token, project, the
+cluster CA pinned by `mvirt login`); MVIRT_REMOTE, MVIRT_URL, MVIRT_TOKEN, MVIRT_PROJECT,
+MVIRT_CA_FILE and the flags below override it.
 
 Exit codes: 0 ok, 1 API error, 2 usage or configuration error, 3 not found,
 4 conflict (already exists, in use, precondition failed), 5 API unreachable or auth rejected.";
@@ -64,6 +65,10 @@ pub struct GlobalArgs {
     /// Config file (default: ~/.config/mvirt/config.toml).
     #[arg(long, global = true, env = "MVIRT_CONFIG")]
     pub config: Option<std::path::PathBuf>,
+    /// Verify an https:// API against this CA certificate (PEM) instead of the CA pinned for
+    /// the remote by `mvirt login`.
+    #[arg(long, global = true, env = "MVIRT_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl GlobalArgs {
@@ -80,10 +85,17 @@ impl GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Store an API URL and token as a named remote and make it current.
+    /// Store an API URL, token and the cluster's CA as a named remote and make it current.
+    ///
+    /// For an https:// URL the CLI fetches the CA certificate the API presents, shows its
+    /// fingerprint (mvirt-api logs the same at start-up) and pins it once confirmed: at the
+    /// prompt, with --accept-fingerprint, or with --yes. Every later command verifies the API
+    /// against the pinned CA; a server presenting another CA is refused with both fingerprints.
     #[command(
-        after_help = "Examples:\n  mvirt login --url http://10.0.0.1:8080 --token-file admin.token\n  \
-echo $TOKEN | mvirt login --name lab --url https://lab.example:8080 --project web"
+        after_help = "Examples:\n  mvirt login https://10.0.0.1:8080 --token-file admin.token\n  \
+mvirt login https://10.0.0.1:8080 --token-file admin.token --accept-fingerprint sha256:3f1c...\n  \
+echo $TOKEN | mvirt login --name lab https://lab.example:8080 --project web --yes\n  \
+mvirt login https://10.0.0.1:8080 --ca-file /var/lib/mvirt/api/tls/ca.pem --token-file admin.token"
     )]
     Login(LoginArgs),
     /// Named remotes in the config file.
@@ -116,6 +128,9 @@ echo $TOKEN | mvirt login --name lab --url https://lab.example:8080 --project we
     /// Virtual machines.
     #[command(subcommand)]
     Vm(VmCmd),
+    /// Pods: OCI containers in a microVM (run, create -f, logs, exec).
+    #[command(subcommand)]
+    Pod(crate::commands::pod::PodCmd),
     /// Attach to a VM's serial console (same as `mvirt vm console`; leave with Ctrl+a t).
     Console(ConsoleArgs),
     /// Query the audit log.
@@ -147,9 +162,21 @@ mvirt completion zsh > \"${fpath[1]}/_mvirt\"\n  mvirt completion fish > ~/.conf
 
 #[derive(Debug, Args)]
 pub struct LoginArgs {
+    /// API URL, e.g. https://10.0.0.1:8080 (or the global --url / MVIRT_URL; default: the
+    /// remote's URL).
+    #[arg(value_name = "URL")]
+    pub url: Option<String>,
     /// Name of the remote to create or update.
     #[arg(long, default_value = "default")]
     pub name: String,
+    /// Trust the API's CA only if its fingerprint is this (`sha256:<hex>`); also replaces a CA
+    /// pinned before, after the cluster was re-created.
+    #[arg(long, value_name = "FINGERPRINT")]
+    pub accept_fingerprint: Option<String>,
+    /// Trust the CA the API presents without asking (trust on first use). Never replaces a
+    /// pinned CA that differs.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
     /// API token; read from --token-file or stdin when not given (global --token works too).
     #[arg(long = "token-file")]
     pub token_file: Option<std::path::PathBuf>,

@@ -2,11 +2,14 @@
 //! (`{"error":{"code","message","details"}}`) turned into a typed [`ApiError`] that knows its
 //! exit code, and a small Server-Sent-Events reader for `/v1/events`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
+
+use crate::trust::Trust;
 
 /// Process exit codes (documented in the README and in `mvirt --help`).
 pub mod exit {
@@ -34,6 +37,9 @@ pub enum ApiError {
     },
     #[error("cannot reach the mvirt API at {url}: {reason}")]
     Unreachable { url: String, reason: String },
+    /// The server's certificate is not from the trusted cluster CA.
+    #[error("{0}")]
+    Tls(String),
     #[error("the API sent a response that is not valid JSON: {0}")]
     BadResponse(String),
     #[error("{0}")]
@@ -57,7 +63,7 @@ impl ApiError {
                 (401, _) | (403, _) => exit::UNREACHABLE_OR_AUTH,
                 _ => exit::API,
             },
-            ApiError::Unreachable { .. } => exit::UNREACHABLE_OR_AUTH,
+            ApiError::Unreachable { .. } | ApiError::Tls(_) => exit::UNREACHABLE_OR_AUTH,
             ApiError::Usage(_) | ApiError::Config(_) => exit::USAGE,
             ApiError::Conflict(_) => exit::CONFLICT,
             ApiError::BadResponse(_) | ApiError::Other(_) => exit::API,
@@ -142,7 +148,8 @@ fn default_code(status: u16) -> &'static str {
     }
 }
 
-/// A client bound to one API URL, token and project.
+/// A client bound to one API URL, token and project. An `https://` client verifies the server
+/// against exactly one CA ([`Trust`]): the pinned cluster CA or `--ca-file`.
 #[derive(Clone)]
 pub struct ApiClient {
     http: reqwest::Client,
@@ -152,22 +159,87 @@ pub struct ApiClient {
     pub project: String,
     /// Sent as `If-Match: "<revision>"` on updates, deletes and resizes when set.
     pub if_match: Option<u64>,
+    /// The CA an `https://` API is verified against (`None` for `http://`).
+    trust: Option<Trust>,
+    /// The TLS configuration built from `trust` (also used for WebSockets).
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl ApiClient {
+    /// A client of an `http://` API (or of an `https://` one when the URL is plain HTTP for a
+    /// test double); `https://` needs [`ApiClient::with_trust`].
     pub fn new(base: &str, token: Option<String>, project: &str) -> Result<ApiClient, ApiError> {
-        let http = reqwest::Client::builder()
+        ApiClient::with_trust(base, token, project, None)
+    }
+
+    /// A client that verifies an `https://` API against `trust`. An `https://` URL without a
+    /// CA is refused with a hint at `mvirt login` (the CLI does not fall back to the public web
+    /// PKI: the cluster's certificates come from its own CA).
+    pub fn with_trust(
+        base: &str,
+        token: Option<String>,
+        project: &str,
+        trust: Option<Trust>,
+    ) -> Result<ApiClient, ApiError> {
+        let base = base.trim_end_matches('/').to_string();
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
-            .user_agent(concat!("mvirt-cli/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("mvirt-cli/", env!("CARGO_PKG_VERSION")));
+        let mut tls = None;
+        if base.starts_with("https://") {
+            let Some(trust) = &trust else {
+                return Err(ApiError::Usage(format!(
+                    "no cluster CA is trusted for {base}: run `mvirt login {base}` (it shows the \
+                     CA's fingerprint and pins it), or pass --ca-file (MVIRT_CA_FILE)"
+                )));
+            };
+            let config = trust.client_config()?;
+            builder = builder.use_preconfigured_tls((*config).clone());
+            tls = Some(config);
+        } else if !base.starts_with("http://") {
+            return Err(ApiError::Usage(format!(
+                "the API URL {base:?} must start with https:// (or http:// for an API run with \
+                 --insecure-plaintext)"
+            )));
+        }
+        let http = builder
             .build()
             .map_err(|e| ApiError::Other(format!("cannot build the HTTP client: {e}")))?;
         Ok(ApiClient {
             http,
-            base: base.trim_end_matches('/').to_string(),
+            base,
             token,
             project: project.to_string(),
             if_match: None,
+            trust,
+            tls,
         })
+    }
+
+    /// The CA this client verifies the API against.
+    pub fn trust(&self) -> Option<&Trust> {
+        self.trust.as_ref()
+    }
+
+    /// The connector for a WebSocket to this API: TLS against the same CA for `https://`.
+    pub fn ws_connector(&self) -> Option<tokio_tungstenite::Connector> {
+        self.tls.clone().map(tokio_tungstenite::Connector::Rustls)
+    }
+
+    /// A connection failure as the user should see it: when the TLS handshake failed because
+    /// the server presents another CA than the trusted one, a message naming both fingerprints.
+    pub async fn connect_error(&self, url: &str, reason: String) -> ApiError {
+        if let Some(trust) = &self.trust {
+            if crate::trust::is_certificate_error(&reason) {
+                if let Some(message) = crate::trust::mismatch(&self.base, trust).await {
+                    return ApiError::Tls(message);
+                }
+            }
+        }
+        ApiError::Unreachable {
+            url: url.to_string(),
+            reason,
+        }
     }
 
     pub fn token(&self) -> Option<&str> {
@@ -189,23 +261,26 @@ impl ApiClient {
         }
     }
 
-    fn unreachable(&self, e: reqwest::Error) -> ApiError {
+    async fn unreachable(&self, e: reqwest::Error) -> ApiError {
         let mut reason = e.to_string();
         let mut src = std::error::Error::source(&e);
         while let Some(s) = src {
             reason = format!("{reason}: {s}");
             src = s.source();
         }
-        ApiError::Unreachable {
-            url: self.base.clone(),
-            reason,
-        }
+        self.connect_error(&self.base, reason).await
     }
 
     async fn send(&self, rb: reqwest::RequestBuilder) -> Result<Value, ApiError> {
-        let resp = rb.send().await.map_err(|e| self.unreachable(e))?;
+        let resp = match rb.send().await {
+            Ok(resp) => resp,
+            Err(e) => return Err(self.unreachable(e).await),
+        };
         let status = resp.status();
-        let body = resp.text().await.map_err(|e| self.unreachable(e))?;
+        let body = match resp.text().await {
+            Ok(body) => body,
+            Err(e) => return Err(self.unreachable(e).await),
+        };
         if !status.is_success() {
             return Err(error_from_body(status.as_u16(), &body));
         }
@@ -341,7 +416,10 @@ impl ApiClient {
         if let Some(id) = last_event_id {
             rb = rb.header("Last-Event-ID", id.to_string());
         }
-        let resp = rb.send().await.map_err(|e| self.unreachable(e))?;
+        let resp = match rb.send().await {
+            Ok(resp) => resp,
+            Err(e) => return Err(self.unreachable(e).await),
+        };
         let status = resp.status();
         if !status.is_success() {
             let body = resp.text().await.unwrap_or_default();
@@ -368,12 +446,10 @@ impl ApiClient {
         path: &str,
         query: &[(&str, String)],
     ) -> Result<impl Stream<Item = Result<bytes_chunk::Chunk, ApiError>> + use<>, ApiError> {
-        let resp = self
-            .request(Method::GET, path)
-            .query(query)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
+        let resp = match self.request(Method::GET, path).query(query).send().await {
+            Ok(resp) => resp,
+            Err(e) => return Err(self.unreachable(e).await),
+        };
         let status = resp.status();
         if !status.is_success() {
             let body = resp.text().await.unwrap_or_default();

@@ -1,9 +1,10 @@
-//! The client configuration: named remotes (API URL, token, default project) in
-//! `~/.config/mvirt/config.toml`, and how flags and environment variables override them.
+//! The client configuration: named remotes (API URL, token, default project, pinned cluster
+//! CA) in `~/.config/mvirt/config.toml`, and how flags and environment variables override them.
 //!
 //! Precedence, highest first: command-line flag, environment variable (`MVIRT_URL`,
-//! `MVIRT_TOKEN`, `MVIRT_PROJECT`, `MVIRT_REMOTE`; clap folds these two together), the selected
-//! remote in the config file, built-in defaults (`http://127.0.0.1:8080`, project `default`).
+//! `MVIRT_TOKEN`, `MVIRT_PROJECT`, `MVIRT_REMOTE`, `MVIRT_CA_FILE`; clap folds these two
+//! together), the selected remote in the config file, built-in defaults
+//! (`http://127.0.0.1:8080`, project `default`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -46,6 +47,10 @@ pub struct Remote {
     pub token: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project: Option<String>,
+    /// The cluster CA (PEM) pinned by `mvirt login` (trust on first use); every `https://`
+    /// connection to this remote is verified against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
 }
 
 /// The config file as stored.
@@ -124,6 +129,17 @@ pub struct Overrides {
     pub url: Option<String>,
     pub token: Option<String>,
     pub project: Option<String>,
+    /// `--ca-file` / `MVIRT_CA_FILE`.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Where the CA an `https://` API is verified against comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CaSource {
+    /// `--ca-file` / `MVIRT_CA_FILE`.
+    File(PathBuf),
+    /// Pinned in the config file for this remote.
+    Pinned { remote: String, pem: String },
 }
 
 /// The settings a command runs with, after applying precedence.
@@ -134,6 +150,7 @@ pub struct Resolved {
     pub url: String,
     pub token: Option<String>,
     pub project: String,
+    pub ca: Option<CaSource>,
 }
 
 pub fn resolve(file: &ConfigFile, o: &Overrides) -> Result<Resolved, ConfigError> {
@@ -164,11 +181,28 @@ pub fn resolve(file: &ConfigFile, o: &Overrides) -> Result<Resolved, ConfigError
         .clone()
         .or_else(|| remote.as_ref().and_then(|r| r.project.clone()))
         .unwrap_or_else(|| DEFAULT_PROJECT.to_string());
+    let remote_name = remote.as_ref().map(|_| remote_name.unwrap_or_default());
+    // The remote's CA is the cluster's: it also verifies another member given with --url.
+    let ca = match (&o.ca_file, &remote, &remote_name) {
+        (Some(file), _, _) => Some(CaSource::File(file.clone())),
+        (
+            None,
+            Some(Remote {
+                ca_pem: Some(pem), ..
+            }),
+            Some(name),
+        ) => Some(CaSource::Pinned {
+            remote: name.clone(),
+            pem: pem.clone(),
+        }),
+        _ => None,
+    };
     Ok(Resolved {
-        remote: remote.map(|_| remote_name.unwrap_or_default()),
+        remote: remote_name,
         url: url.trim_end_matches('/').to_string(),
         token: token.filter(|t| !t.is_empty()),
         project,
+        ca,
     })
 }
 
@@ -187,6 +221,7 @@ mod tests {
                 url: "http://lab:8080/".into(),
                 token: Some("t-lab".into()),
                 project: Some("web".into()),
+                ca_pem: Some("PEM-LAB".into()),
             },
         );
         f.remotes.insert(
@@ -195,6 +230,7 @@ mod tests {
                 url: "https://prod".into(),
                 token: None,
                 project: None,
+                ca_pem: None,
             },
         );
         f
@@ -207,6 +243,28 @@ mod tests {
         assert_eq!(r.token.as_deref(), Some("t-lab"));
         assert_eq!(r.project, "web");
         assert_eq!(r.remote.as_deref(), Some("lab"));
+        assert_eq!(
+            r.ca,
+            Some(CaSource::Pinned {
+                remote: "lab".into(),
+                pem: "PEM-LAB".into()
+            })
+        );
+    }
+
+    #[test]
+    fn a_ca_file_overrides_the_pinned_ca() {
+        let o = Overrides {
+            ca_file: Some("/etc/ca.pem".into()),
+            ..Default::default()
+        };
+        let r = resolve(&file(), &o).unwrap();
+        assert_eq!(r.ca, Some(CaSource::File("/etc/ca.pem".into())));
+        let o = Overrides {
+            remote: Some("prod".into()),
+            ..Default::default()
+        };
+        assert_eq!(resolve(&file(), &o).unwrap().ca, None);
     }
 
     #[test]
@@ -216,6 +274,7 @@ mod tests {
             token: Some("t".into()),
             project: Some("p".into()),
             remote: None,
+            ca_file: None,
         };
         let r = resolve(&file(), &o).unwrap();
         assert_eq!(

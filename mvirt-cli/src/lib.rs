@@ -3,6 +3,7 @@
 //! `cli` declares the command tree (clap), `commands` runs it against `client::ApiClient` (one
 //! module per noun, shared shapes in `commands::ctx` and `commands::parse`),
 //! `output` renders tables/JSON/YAML, `config` resolves remotes, flags and environment,
+//! `trust` pins the cluster CA an `https://` API is verified against (trust on first use),
 //! `console` attaches to a VM console, `progress` follows template imports, and `tui` is the
 //! full-screen UI (state in `tui::app`, drawing in `tui::ui`, I/O in background workers).
 
@@ -14,4 +15,5 @@ pub mod console;
 pub mod output;
 pub mod progress;
 pub mod resources;
+pub mod trust;
 pub mod tui;

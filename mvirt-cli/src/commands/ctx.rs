@@ -44,9 +44,10 @@ pub fn trust_of(ca: Option<&config::CaSource>) -> Result<Option<Trust>, ApiError
     Ok(match ca {
         None => None,
         Some(config::CaSource::File(path)) => Some(Trust::from_file(path)?),
-        Some(config::CaSource::Pinned { remote, pem }) => {
-            Some(Trust::from_pem(pem, &format!("pinned for remote {remote:?}"))?)
-        }
+        Some(config::CaSource::Pinned { remote, pem }) => Some(Trust::from_pem(
+            pem,
+            &format!("pinned for remote {remote:?}"),
+        )?),
     })
 }
 
