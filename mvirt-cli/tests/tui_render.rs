@@ -229,3 +229,55 @@ fn resize_prompt_shows_the_current_size_and_then_a_confirmation() {
     let s = screen(&a);
     assert!(s.contains("resize vm db to 4 vCPUs, 4GiB?"), "{s}");
 }
+
+#[test]
+fn pods_view_shows_container_states_the_detail_pane_logs_and_the_exec_title() {
+    let mut a = app();
+    a.update(Msg::Loaded(
+        Kind::Pod,
+        vec![json!({"id":"66666666-pod","name":"app","project":"default","revision":7,
+            "spec":{"vcpus":1,"memory_bytes":536870912u64,"desired_state":"running",
+                    "containers":[{"name":"web","image":"reg/httpd:1"},{"name":"writer","image":"reg/busybox:1"}]},
+            "status":{"phase":"running","ipv4_addresses":["10.0.0.9"],"containers":[
+                {"name":"web","image":"reg/httpd:1","state":"running","restart_count":0},
+                {"name":"writer","image":"reg/busybox:1","state":"exited","exit_code":2,"restart_count":3,"message":"back-off"}]},
+            "node_id":"99999999-node"})],
+    ));
+    a.update(key(KeyCode::Char('6')));
+    let s = screen(&a);
+    assert!(s.contains("6 Pods") && s.contains("Pods (1)"), "{s}");
+    let row = s.lines().find(|l| l.contains("app ")).expect("pod row");
+    assert!(
+        row.contains("running") && row.contains("web:running writer:exited(2),restarts=3"),
+        "{row}"
+    );
+    assert!(s.contains("Containers of app (2)"), "{s}");
+    let writer = s
+        .lines()
+        .find(|l| l.contains("writer") && l.contains("reg/busybox:1"))
+        .expect("writer row");
+    assert!(
+        writer.contains("exited") && writer.contains("back-off"),
+        "{writer}"
+    );
+    assert!(s.contains("l logs") && s.contains("Enter shell"), "{s}");
+
+    a.update(key(KeyCode::Char('l')));
+    a.update(Msg::PodLogs {
+        pod_id: "66666666-pod".into(),
+        lines: vec!["[web] GET / 200".into()],
+    });
+    let s = screen(&a);
+    assert!(
+        s.contains("logs app/web (following)") && s.contains("[web] GET / 200"),
+        "{s}"
+    );
+    a.update(key(KeyCode::Esc));
+    a.update(key(KeyCode::Enter));
+    a.update(Msg::ConsoleOutput(b"/ # ".to_vec()));
+    let s = screen(&a);
+    assert!(
+        s.contains("exec app/web (connected)") && s.contains("/ #"),
+        "{s}"
+    );
+}

@@ -14,14 +14,16 @@ pub enum View {
     Networks,
     Storage,
     Logs,
+    Pods,
 }
 
-pub const VIEWS: [View; 5] = [
+pub const VIEWS: [View; 6] = [
     View::Vms,
     View::Nodes,
     View::Networks,
     View::Storage,
     View::Logs,
+    View::Pods,
 ];
 
 impl View {
@@ -32,6 +34,7 @@ impl View {
             View::Networks => "Networks",
             View::Storage => "Storage",
             View::Logs => "Logs",
+            View::Pods => "Pods",
         }
     }
 
@@ -48,15 +51,17 @@ pub enum Kind {
     Network,
     Volume,
     Template,
+    Pod,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Vm,
         Kind::Node,
         Kind::Network,
         Kind::Volume,
         Kind::Template,
+        Kind::Pod,
     ];
 
     pub fn path(self) -> &'static str {
@@ -66,6 +71,7 @@ impl Kind {
             Kind::Network => "/v1/networks",
             Kind::Volume => "/v1/volumes",
             Kind::Template => "/v1/templates",
+            Kind::Pod => "/v1/pods",
         }
     }
 
@@ -77,6 +83,7 @@ impl Kind {
             "network" => Kind::Network,
             "volume" => Kind::Volume,
             "template" => Kind::Template,
+            "pod" => Kind::Pod,
             _ => return None,
         })
     }
@@ -88,6 +95,7 @@ impl Kind {
             Kind::Network => "network",
             Kind::Volume => "volume",
             Kind::Template => "template",
+            Kind::Pod => "pod",
         }
     }
 }
@@ -126,6 +134,31 @@ pub enum Cmd {
     },
     ConsoleInput(Vec<u8>),
     CloseConsole,
+    /// `POST /v1/pods/{id}/{action}` (start, stop, restart).
+    PodAction {
+        id: String,
+        name: String,
+        action: &'static str,
+    },
+    /// Follow a pod container's logs (the last lines first) until `ClosePodLogs`.
+    OpenPodLogs {
+        id: String,
+        container: String,
+    },
+    ClosePodLogs,
+    /// A shell (`/bin/sh` with a terminal) in a pod's container; input and detach as for the
+    /// console (`ConsoleInput`, `CloseConsole`).
+    OpenExec {
+        id: String,
+        container: String,
+        cols: u16,
+        rows: u16,
+    },
+    /// The exec terminal's new size.
+    ExecResize {
+        cols: u16,
+        rows: u16,
+    },
 }
 
 /// What comes back to the app.
@@ -144,6 +177,16 @@ pub enum Msg {
     Failed(String),
     ConsoleOutput(Vec<u8>),
     ConsoleClosed(String),
+    /// Lines of the followed pod logs (`[container] line`) of pod `pod_id`.
+    PodLogs {
+        pod_id: String,
+        lines: Vec<String>,
+    },
+    /// The followed logs ended (why).
+    PodLogsEnded {
+        pod_id: String,
+        why: String,
+    },
 }
 
 /// What the storage view does with the selected volume's snapshots.
@@ -164,6 +207,11 @@ pub enum SnapshotAction {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Confirm {
     VmAction {
+        id: String,
+        name: String,
+        action: &'static str,
+    },
+    PodAction {
         id: String,
         name: String,
         action: &'static str,
@@ -190,6 +238,7 @@ impl Confirm {
     pub fn question(&self) -> String {
         match self {
             Confirm::VmAction { name, action, .. } => format!("{action} vm {name}?"),
+            Confirm::PodAction { name, action, .. } => format!("{action} pod {name}?"),
             Confirm::VolumeSnapshot { volume, action, .. } => match action {
                 SnapshotAction::Take { name } => format!("snapshot volume {volume} as {name}?"),
                 SnapshotAction::Rollback { name, .. } => {
@@ -215,6 +264,7 @@ impl Confirm {
     fn into_cmd(self) -> Cmd {
         match self {
             Confirm::VmAction { id, name, action } => Cmd::VmAction { id, name, action },
+            Confirm::PodAction { id, name, action } => Cmd::PodAction { id, name, action },
             Confirm::VolumeSnapshot {
                 volume_id,
                 volume,
@@ -306,17 +356,36 @@ impl ResizePrompt {
 
 pub struct ConsoleView {
     pub vm_id: String,
+    /// The VM's name, or `pod/container` for an exec.
     pub vm_name: String,
     pub screen: vt100::Parser,
     pub connected: bool,
+    /// A shell in a pod's container rather than a VM's serial console.
+    pub exec: bool,
     escape: EscapeDetector,
 }
+
+/// The followed logs of one container of a pod.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodLogsView {
+    pub pod_id: String,
+    pub pod_name: String,
+    pub container: String,
+    /// `[container] line`, oldest first, at most [`POD_LOG_LINES`].
+    pub lines: Vec<String>,
+    /// Set when the stream ended (the reason).
+    pub ended: Option<String>,
+}
+
+/// How many log lines the pod logs view keeps.
+pub const POD_LOG_LINES: usize = 2000;
 
 pub enum Modal {
     Confirm(Confirm),
     CreateVm(VmForm),
     Resize(ResizePrompt),
     Console(Box<ConsoleView>),
+    PodLogs(PodLogsView),
     Help,
 }
 
@@ -327,8 +396,11 @@ pub struct App {
     pub networks: Vec<Value>,
     pub volumes: Vec<Value>,
     pub templates: Vec<Value>,
+    pub pods: Vec<Value>,
     pub logs: Vec<Value>,
-    selected: [usize; 5],
+    selected: [usize; 6],
+    /// The container selected in the pod detail pane (index into the pod's containers).
+    pub pod_container: usize,
     pub modal: Option<Modal>,
     /// Last outcome or error, shown above the footer.
     pub status: String,
@@ -349,8 +421,10 @@ impl App {
             networks: vec![],
             volumes: vec![],
             templates: vec![],
+            pods: vec![],
             logs: vec![],
-            selected: [0; 5],
+            selected: [0; 6],
+            pod_container: 0,
             modal: None,
             status: "loading…".into(),
             live: false,
@@ -375,6 +449,7 @@ impl App {
             Kind::Network => &self.networks,
             Kind::Volume => &self.volumes,
             Kind::Template => &self.templates,
+            Kind::Pod => &self.pods,
         }
     }
 
@@ -385,6 +460,7 @@ impl App {
             Kind::Network => &mut self.networks,
             Kind::Volume => &mut self.volumes,
             Kind::Template => &mut self.templates,
+            Kind::Pod => &mut self.pods,
         }
     }
 
@@ -396,6 +472,7 @@ impl App {
             View::Networks => Some(Kind::Network),
             View::Storage => Some(Kind::Volume),
             View::Logs => None,
+            View::Pods => Some(Kind::Pod),
         }
     }
 
@@ -423,6 +500,9 @@ impl App {
                 if let Some(Modal::Console(c)) = &mut self.modal {
                     let (rows, cols) = console_size(w, h);
                     c.screen.set_size(rows, cols);
+                    if c.exec {
+                        return vec![Cmd::ExecResize { cols, rows }];
+                    }
                 }
                 vec![]
             }
@@ -471,7 +551,26 @@ impl App {
             Msg::ConsoleClosed(why) => {
                 if let Some(Modal::Console(c)) = &mut self.modal {
                     c.connected = false;
-                    self.status = format!("console of {} closed: {why}", c.vm_name);
+                    let what = if c.exec { "exec in" } else { "console of" };
+                    self.status = format!("{what} {} closed: {why}", c.vm_name);
+                }
+                vec![]
+            }
+            Msg::PodLogs { pod_id, lines } => {
+                if let Some(Modal::PodLogs(v)) = &mut self.modal {
+                    if v.pod_id == pod_id {
+                        v.lines.extend(lines);
+                        let extra = v.lines.len().saturating_sub(POD_LOG_LINES);
+                        v.lines.drain(..extra);
+                    }
+                }
+                vec![]
+            }
+            Msg::PodLogsEnded { pod_id, why } => {
+                if let Some(Modal::PodLogs(v)) = &mut self.modal {
+                    if v.pod_id == pod_id {
+                        v.ended = Some(why);
+                    }
                 }
                 vec![]
             }
@@ -539,6 +638,16 @@ impl App {
             Some(Modal::CreateVm(f)) => self.form_key(f, k),
             Some(Modal::Resize(p)) => self.resize_key(p, k),
             Some(Modal::Console(c)) => self.console_key(c, k),
+            Some(Modal::PodLogs(v)) => match k.code {
+                KeyCode::Esc | KeyCode::Char('q') | KeyCode::Char('l') => {
+                    self.status = format!("stopped following {}/{}", v.pod_name, v.container);
+                    vec![Cmd::ClosePodLogs]
+                }
+                _ => {
+                    self.modal = Some(Modal::PodLogs(v));
+                    vec![]
+                }
+            },
             Some(Modal::Help) => vec![],
             None => self.view_key(k),
         }
@@ -563,13 +672,70 @@ impl App {
             KeyCode::BackTab | KeyCode::Left => {
                 self.view = VIEWS[(idx + VIEWS.len() - 1) % VIEWS.len()]
             }
-            KeyCode::Char(c @ '1'..='5') => self.view = VIEWS[(c as usize) - ('1' as usize)],
+            KeyCode::Char(c @ '1'..='6') => self.view = VIEWS[(c as usize) - ('1' as usize)],
             KeyCode::Down | KeyCode::Char('j') => {
                 let n = self.view_len();
                 self.selected[idx] = (self.selected() + 1).min(n.saturating_sub(1));
+                self.pod_container = 0;
             }
             KeyCode::Up | KeyCode::Char('k') => {
-                self.selected[idx] = self.selected().saturating_sub(1)
+                self.selected[idx] = self.selected().saturating_sub(1);
+                self.pod_container = 0;
+            }
+            KeyCode::Char(c @ ('s' | 'o' | 'R')) if self.view == View::Pods => {
+                let action = match c {
+                    's' => "start",
+                    'o' => "stop",
+                    _ => "restart",
+                };
+                if let Some((id, name)) = self.selected_ident() {
+                    self.modal = Some(Modal::Confirm(Confirm::PodAction { id, name, action }));
+                }
+            }
+            KeyCode::Char('c') if self.view == View::Pods => {
+                let n = self
+                    .selected_item()
+                    .map(pod_containers)
+                    .unwrap_or_default()
+                    .len();
+                if n > 0 {
+                    self.pod_container = (self.selected_pod_container_index() + 1) % n;
+                }
+            }
+            KeyCode::Char('l') if self.view == View::Pods => {
+                if let Some(((id, name), container)) =
+                    self.selected_ident().zip(self.selected_pod_container())
+                {
+                    self.modal = Some(Modal::PodLogs(PodLogsView {
+                        pod_id: id.clone(),
+                        pod_name: name,
+                        container: container.clone(),
+                        lines: vec![],
+                        ended: None,
+                    }));
+                    return vec![Cmd::OpenPodLogs { id, container }];
+                }
+            }
+            KeyCode::Enter if self.view == View::Pods => {
+                if let Some(((id, name), container)) =
+                    self.selected_ident().zip(self.selected_pod_container())
+                {
+                    let (rows, cols) = console_size(self.size.0, self.size.1);
+                    self.modal = Some(Modal::Console(Box::new(ConsoleView {
+                        vm_id: id.clone(),
+                        vm_name: format!("{name}/{container}"),
+                        screen: vt100::Parser::new(rows, cols, 500),
+                        connected: false,
+                        exec: true,
+                        escape: EscapeDetector::default(),
+                    })));
+                    return vec![Cmd::OpenExec {
+                        id,
+                        container,
+                        cols,
+                        rows,
+                    }];
+                }
             }
             KeyCode::Char('?') => self.modal = Some(Modal::Help),
             KeyCode::Char('r') => {
@@ -619,6 +785,7 @@ impl App {
                         vm_name: name,
                         screen: vt100::Parser::new(rows, cols, 500),
                         connected: false,
+                        exec: false,
                         escape: EscapeDetector::default(),
                     })));
                     return vec![Cmd::OpenConsole { id }];
@@ -719,6 +886,28 @@ impl App {
         vec![]
     }
 
+    /// The index of the container selected in the pod detail pane (0 when out of range).
+    pub fn selected_pod_container_index(&self) -> usize {
+        let n = self
+            .selected_item()
+            .map(pod_containers)
+            .unwrap_or_default()
+            .len();
+        if self.pod_container < n {
+            self.pod_container
+        } else {
+            0
+        }
+    }
+
+    /// The name of the container selected in the pod detail pane.
+    pub fn selected_pod_container(&self) -> Option<String> {
+        let pod = self.selected_item()?;
+        pod_containers(pod)
+            .get(self.selected_pod_container_index())
+            .cloned()
+    }
+
     fn selected_ident(&self) -> Option<(String, String)> {
         let it = self.selected_item()?;
         let id = it.get("id").and_then(Value::as_str)?.to_string();
@@ -773,6 +962,11 @@ impl App {
         }
         cmds
     }
+}
+
+/// A pod's container names, in spec order.
+pub fn pod_containers(pod: &Value) -> Vec<String> {
+    crate::commands::pod::spec::container_names(pod)
 }
 
 fn sort_by_name(items: &mut [Value]) {

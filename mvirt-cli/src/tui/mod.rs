@@ -76,7 +76,10 @@ pub async fn run(api: ApiClient) -> std::io::Result<()> {
 
 /// Runs each command as its own task so a slow call never holds up the others.
 async fn command_worker(api: ApiClient, mut rx: UnboundedReceiver<Cmd>, tx: UnboundedSender<Msg>) {
+    use crate::commands::pod::exec::Input;
     let mut console_input: Option<UnboundedSender<Vec<u8>>> = None;
+    let mut exec_input: Option<tokio::sync::mpsc::Sender<Input>> = None;
+    let mut pod_logs: Option<tokio::task::JoinHandle<()>> = None;
     while let Some(cmd) = rx.recv().await {
         match cmd {
             Cmd::OpenConsole { id } => {
@@ -84,12 +87,56 @@ async fn command_worker(api: ApiClient, mut rx: UnboundedReceiver<Cmd>, tx: Unbo
                 console_input = Some(in_tx);
                 tokio::spawn(console_task(api.clone(), id, in_rx, tx.clone()));
             }
+            Cmd::OpenExec {
+                id,
+                container,
+                cols,
+                rows,
+            } => {
+                let (in_tx, in_rx) = tokio::sync::mpsc::channel(64);
+                exec_input = Some(in_tx);
+                let req = crate::commands::pod::exec::ExecRequest {
+                    pod: id,
+                    container: Some(container),
+                    tty: true,
+                    command: vec!["/bin/sh".into()],
+                    size: Some((cols, rows)),
+                };
+                tokio::spawn(exec_task(api.clone(), req, in_rx, tx.clone()));
+            }
             Cmd::ConsoleInput(bytes) => {
                 if let Some(c) = &console_input {
-                    let _ = c.send(bytes);
+                    let _ = c.send(bytes.clone());
+                }
+                if let Some(e) = &exec_input {
+                    let _ = e.send(Input::Stdin(bytes)).await;
                 }
             }
-            Cmd::CloseConsole => console_input = None,
+            Cmd::ExecResize { cols, rows } => {
+                if let Some(e) = &exec_input {
+                    let _ = e.send(Input::Resize(cols, rows)).await;
+                }
+            }
+            Cmd::CloseConsole => {
+                console_input = None;
+                exec_input = None;
+            }
+            Cmd::OpenPodLogs { id, container } => {
+                if let Some(t) = pod_logs.take() {
+                    t.abort();
+                }
+                pod_logs = Some(tokio::spawn(pod_logs_task(
+                    api.clone(),
+                    id,
+                    container,
+                    tx.clone(),
+                )));
+            }
+            Cmd::ClosePodLogs => {
+                if let Some(t) = pod_logs.take() {
+                    t.abort();
+                }
+            }
             other => {
                 let api = api.clone();
                 let tx = tx.clone();
@@ -121,6 +168,16 @@ async fn execute(api: &ApiClient, cmd: Cmd) -> Vec<Msg> {
             Ok(v) => vec![Msg::Logs(crate::commands::logs::entries(&v))],
             Err(e) => vec![Msg::Failed(format!("logs: {}", e.display_message()))],
         },
+        Cmd::PodAction { id, name, action } => {
+            let path = format!("{}/{action}", item_path(Kind::Pod, &id));
+            match api.post(&path, &[], &serde_json::json!({})).await {
+                Ok(v) => vec![
+                    Msg::Done(format!("{action} of pod {name} requested")),
+                    Msg::Event(serde_json::json!({"kind": "pod", "id": id, "object": v})),
+                ],
+                Err(e) => vec![Msg::Failed(e.display_message())],
+            }
+        }
         Cmd::VmAction { id, name, action } => {
             let path = format!("{}/{action}", item_path(Kind::Vm, &id));
             match api.post(&path, &[], &serde_json::json!({})).await {
@@ -198,7 +255,13 @@ async fn execute(api: &ApiClient, cmd: Cmd) -> Vec<Msg> {
                 Err(e) => vec![Msg::Failed(e.display_message())],
             }
         }
-        Cmd::OpenConsole { .. } | Cmd::ConsoleInput(_) | Cmd::CloseConsole => vec![],
+        Cmd::OpenConsole { .. }
+        | Cmd::ConsoleInput(_)
+        | Cmd::CloseConsole
+        | Cmd::OpenExec { .. }
+        | Cmd::ExecResize { .. }
+        | Cmd::OpenPodLogs { .. }
+        | Cmd::ClosePodLogs => vec![],
     }
 }
 
@@ -327,5 +390,85 @@ async fn console_task(
                 None => { let _ = sink.send(Message::Close(None)).await; return; }
             },
         }
+    }
+}
+
+/// Follows one container's logs (the last 200 lines, then new ones) into `PodLogs` messages.
+async fn pod_logs_task(
+    api: ApiClient,
+    pod_id: String,
+    container: String,
+    tx: UnboundedSender<Msg>,
+) {
+    use crate::commands::pod::logs;
+    let q = logs::logs_query(&api.project, Some(&container), true, Some(200));
+    let send_tx = tx.clone();
+    let id = pod_id.clone();
+    let result = logs::stream(&api, &pod_id, &q, |v| {
+        let _ = send_tx.send(Msg::PodLogs {
+            pod_id: id.clone(),
+            lines: vec![logs::log_line(v)],
+        });
+    })
+    .await;
+    let why = match result {
+        Ok(()) => "the stream ended".to_string(),
+        Err(e) => e.display_message(),
+    };
+    let _ = tx.send(Msg::PodLogsEnded { pod_id, why });
+}
+
+/// A shell in a pod's container: the exec WebSocket's stdout and stderr go to the terminal
+/// view, keystrokes and resizes to the shell; ends with the shell's exit code.
+async fn exec_task(
+    api: ApiClient,
+    req: crate::commands::pod::exec::ExecRequest,
+    input: tokio::sync::mpsc::Receiver<crate::commands::pod::exec::Input>,
+    tx: UnboundedSender<Msg>,
+) {
+    use crate::commands::pod::exec;
+    let (path, q) = exec::exec_query(&req, &api.project);
+    let ws = match crate::commands::ctx::websocket(&api, &path, &q).await {
+        Ok(ws) => ws,
+        Err(e) => {
+            let _ = tx.send(Msg::ConsoleClosed(e.display_message()));
+            return;
+        }
+    };
+    let _ = tx.send(Msg::ConsoleOutput(Vec::new()));
+    let mut out = MsgWriter(tx.clone());
+    let mut err = MsgWriter(tx.clone());
+    let why = match exec::session(ws, input, true, &mut out, &mut err).await {
+        Ok(code) => format!("the shell exited with {code}"),
+        Err(e) => e.display_message(),
+    };
+    let _ = tx.send(Msg::ConsoleClosed(why));
+}
+
+/// Writes bytes as `ConsoleOutput` messages (the exec session's stdout and stderr).
+struct MsgWriter(UnboundedSender<Msg>);
+
+impl tokio::io::AsyncWrite for MsgWriter {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let _ = self.0.send(Msg::ConsoleOutput(buf.to_vec()));
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
     }
 }

@@ -81,6 +81,7 @@ pub fn draw(f: &mut Frame, app: &App) {
             );
         }
         View::Logs => logs(f, body, app),
+        View::Pods => pods(f, body, app),
     }
 
     f.render_widget(Paragraph::new(app.status.clone()).fg(Color::Yellow), status);
@@ -163,17 +164,37 @@ pub fn draw(f: &mut Frame, app: &App) {
             } else {
                 "connecting…"
             };
+            let what = if c.exec { "exec" } else { "console" };
             let block = Block::bordered().title(format!(
-                " console {} ({state}) — Ctrl+a t to detach ",
+                " {what} {} ({state}) — Ctrl+a t to detach ",
                 c.vm_name
             ));
             f.render_widget(Paragraph::new(lines).block(block), area);
         }
+        Some(Modal::PodLogs(v)) => {
+            let area = body;
+            f.render_widget(Clear, area);
+            let height = area.height.saturating_sub(2) as usize;
+            let start = v.lines.len().saturating_sub(height);
+            let lines: Vec<Line> = v.lines[start..]
+                .iter()
+                .map(|l| Line::from(l.clone()))
+                .collect();
+            let state = match &v.ended {
+                Some(why) => format!("ended: {why}"),
+                None => "following".into(),
+            };
+            let block = Block::bordered().title(format!(
+                " logs {}/{} ({state}) — Esc to close ",
+                v.pod_name, v.container
+            ));
+            f.render_widget(Paragraph::new(lines).block(block), area);
+        }
         Some(Modal::Help) => {
-            let area = centered(f.area(), 64, 16);
+            let area = centered(f.area(), 64, 20);
             f.render_widget(Clear, area);
             let text = vec![
-                Line::from("Tab/←/→ or 1-5   switch view"),
+                Line::from("Tab/←/→ or 1-6   switch view"),
                 Line::from("↑/↓ or j/k       select"),
                 Line::from("r                reload the view"),
                 Line::from("n                create a VM (VMs view)"),
@@ -182,6 +203,9 @@ pub fn draw(f: &mut Frame, app: &App) {
                 Line::from("d                delete the selected object (confirmed)"),
                 Line::from("S / B / P        volume: snapshot / roll back / promote newest"),
                 Line::from("Enter            open the VM's console; Ctrl+a t detaches"),
+                Line::from("Pods: s/o/R      start / stop / restart the pod (confirmed)"),
+                Line::from("Pods: c / l      next container / follow its logs (Esc closes)"),
+                Line::from("Pods: Enter      a shell in the container; Ctrl+a t detaches"),
                 Line::from("q                quit"),
                 Line::from(""),
                 Line::from("Lists update live from the API's event stream."),
@@ -201,12 +225,15 @@ pub fn footer_text(app: &App) -> String {
         Some(Modal::Confirm(_)) => " y confirm  n cancel".into(),
         Some(Modal::CreateVm(_)) => " Tab/↑↓ field  Enter create  Esc cancel".into(),
         Some(Modal::Resize(_)) => " Enter resize  Esc cancel".into(),
+        Some(Modal::Console(c)) if c.exec => " typing goes to the shell  Ctrl+a t detach".into(),
         Some(Modal::Console(_)) => " typing goes to the VM  Ctrl+a t detach".into(),
+        Some(Modal::PodLogs(_)) => " Esc close (new lines follow)".into(),
         Some(Modal::Help) => " any key: close".into(),
         None => match app.view {
             View::Vms => " q quit  Tab view  ↑↓ select  n new  s start  o stop  x kill  R restart  e resize  d delete  Enter console  r reload  ? help".into(),
             View::Logs => " q quit  Tab view  ↑↓ select  r reload  ? help".into(),
             View::Nodes => " q quit  Tab view  ↑↓ select  r reload  ? help".into(),
+            View::Pods => " q quit  Tab view  ↑↓ select  c container  l logs  Enter shell  s start  o stop  R restart  d delete  r reload  ? help".into(),
             View::Storage => " q quit  Tab view  ↑↓ select  S snapshot  B rollback  P promote  d delete  r reload  ? help".into(),
             _ => " q quit  Tab view  ↑↓ select  d delete  r reload  ? help".into(),
         },
@@ -259,6 +286,69 @@ const TEMPLATE_COLUMNS: &[Column] = &[
     res::TEMPLATES.columns[5],
 ];
 
+const POD_COLUMNS: &[Column] = &[
+    res::PODS.columns[1],
+    res::PODS.columns[2],
+    res::PODS.columns[3],
+    res::PODS.columns[4],
+    res::PODS.columns[5],
+    res::PODS.columns[6],
+    res::PODS.columns[7],
+    res::PODS.columns[8],
+    res::PODS.columns[0],
+];
+
+/// The pods view: the pod list above, the selected pod's containers below (the selected
+/// container marked: `l` follows its logs, Enter opens a shell in it).
+fn pods(f: &mut Frame, area: Rect, app: &App) {
+    let [top, bottom] =
+        Layout::vertical([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(area);
+    table(f, top, "Pods", &app.pods, POD_COLUMNS, Some(app.selected()));
+    let Some(pod) = app.selected_item() else {
+        f.render_widget(Block::bordered().title(" Containers "), bottom);
+        return;
+    };
+    let statuses = crate::output::lookup(pod, "status.containers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    // One row per container of the spec, with its status when the node reported one.
+    let rows: Vec<Value> = super::app::pod_containers(pod)
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let mut row = statuses
+                .iter()
+                .find(|s| s.get("name").and_then(Value::as_str) == Some(name.as_str()))
+                .cloned()
+                .unwrap_or_else(|| {
+                    let image = pod
+                        .pointer(&format!("/spec/containers/{i}/image"))
+                        .cloned()
+                        .unwrap_or(Value::Null);
+                    serde_json::json!({"name": name, "image": image})
+                });
+            row["name"] = Value::String(name.clone());
+            row
+        })
+        .collect();
+    let name = pod.get("name").and_then(Value::as_str).unwrap_or_default();
+    let message = crate::output::text_at(pod, "status.message");
+    let title = if message.is_empty() {
+        format!("Containers of {name}")
+    } else {
+        format!("Containers of {name} — {message}")
+    };
+    table(
+        f,
+        bottom,
+        &title,
+        &rows,
+        res::POD_CONTAINERS,
+        Some(app.selected_pod_container_index()),
+    );
+}
+
 fn table(
     f: &mut Frame,
     area: Rect,
@@ -285,7 +375,11 @@ fn table(
         .collect();
     let widths: Vec<Constraint> = columns
         .iter()
-        .map(|c| Constraint::Min(c.header.len() as u16 + 2))
+        .map(|c| match c.fmt {
+            // Container states (`web:running log:exited(1),restarts=2`) need room.
+            crate::output::Fmt::Containers => Constraint::Min(40),
+            _ => Constraint::Min(c.header.len() as u16 + 2),
+        })
         .collect();
     let block = Block::bordered().title(format!(" {title} ({}) ", items.len()));
     let t = Table::new(rows, widths)

@@ -192,3 +192,128 @@ fn storage_keys_confirm_snapshot_rollback_and_promote_of_the_newest_snapshot() {
         matches!(&cmds[0], Cmd::VolumeSnapshot { action: SnapshotAction::Take { name }, .. } if name.starts_with("snap-"))
     );
 }
+
+fn app_with_pods() -> App {
+    let mut a = App::new("http://x", "default");
+    a.update(Msg::Resize(100, 30));
+    a.update(Msg::Loaded(
+        Kind::Pod,
+        vec![
+            json!({"id":"p1","name":"app","project":"default","revision":4,
+                   "spec":{"containers":[{"name":"web","image":"i:1"},{"name":"writer","image":"j:1"}]}}),
+            json!({"id":"p2","name":"solo","project":"default","revision":5,
+                   "spec":{"containers":[{"name":"solo","image":"k:1"}]}}),
+        ],
+    ));
+    a.update(key(KeyCode::Char('6')));
+    assert_eq!(a.view, View::Pods);
+    a
+}
+
+#[test]
+fn pod_actions_are_confirmed_and_events_of_pods_apply() {
+    let mut a = app_with_pods();
+    a.update(key(KeyCode::Char('R')));
+    assert_eq!(
+        a.update(key(KeyCode::Char('y'))),
+        vec![Cmd::PodAction {
+            id: "p1".into(),
+            name: "app".into(),
+            action: "restart"
+        }]
+    );
+    a.update(key(KeyCode::Char('d')));
+    assert_eq!(
+        a.update(key(KeyCode::Char('y'))),
+        vec![Cmd::Delete {
+            kind: Kind::Pod,
+            id: "p1".into(),
+            name: "app".into()
+        }]
+    );
+    a.apply_event(&json!({"kind":"pod","id":"p3","object":{"id":"p3","name":"b","project":"default","revision":9}}));
+    assert_eq!(a.pods.len(), 3);
+    a.apply_event(&json!({"kind":"pod","id":"p3","object":null}));
+    assert_eq!(a.pods.len(), 2);
+    assert_eq!(
+        a.update(key(KeyCode::Char('r'))),
+        vec![Cmd::Load(Kind::Pod)]
+    );
+}
+
+#[test]
+fn c_picks_the_container_and_l_follows_its_logs_until_esc() {
+    let mut a = app_with_pods();
+    assert_eq!(a.selected_pod_container().as_deref(), Some("web"));
+    a.update(key(KeyCode::Char('c')));
+    assert_eq!(a.selected_pod_container().as_deref(), Some("writer"));
+    a.update(key(KeyCode::Char('c')));
+    assert_eq!(a.selected_pod_container().as_deref(), Some("web"));
+    a.update(key(KeyCode::Char('c')));
+    assert_eq!(
+        a.update(key(KeyCode::Char('l'))),
+        vec![Cmd::OpenPodLogs {
+            id: "p1".into(),
+            container: "writer".into()
+        }]
+    );
+    a.update(Msg::PodLogs {
+        pod_id: "p1".into(),
+        lines: vec!["[writer] a".into(), "[writer] b".into()],
+    });
+    a.update(Msg::PodLogs {
+        pod_id: "other".into(),
+        lines: vec!["[x] stale".into()],
+    });
+    let Some(Modal::PodLogs(v)) = &a.modal else {
+        panic!("logs view open")
+    };
+    assert_eq!(v.lines, ["[writer] a", "[writer] b"]);
+    a.update(Msg::PodLogsEnded {
+        pod_id: "p1".into(),
+        why: "gone".into(),
+    });
+    let Some(Modal::PodLogs(v)) = &a.modal else {
+        panic!("logs view open")
+    };
+    assert_eq!(v.ended.as_deref(), Some("gone"));
+    assert_eq!(a.update(key(KeyCode::Esc)), vec![Cmd::ClosePodLogs]);
+    assert!(a.modal.is_none());
+    // Moving to another pod selects its first container.
+    a.update(key(KeyCode::Down));
+    assert_eq!(a.selected_pod_container().as_deref(), Some("solo"));
+}
+
+#[test]
+fn enter_opens_a_shell_in_the_container_that_resizes_and_detaches() {
+    let mut a = app_with_pods();
+    a.update(key(KeyCode::Char('c')));
+    let (rows, cols) = console_size(100, 30);
+    assert_eq!(
+        a.update(key(KeyCode::Enter)),
+        vec![Cmd::OpenExec {
+            id: "p1".into(),
+            container: "writer".into(),
+            cols,
+            rows
+        }]
+    );
+    assert_eq!(
+        a.update(key(KeyCode::Char('x'))),
+        vec![Cmd::ConsoleInput(b"x".to_vec())]
+    );
+    let (rows, cols) = console_size(120, 40);
+    assert_eq!(
+        a.update(Msg::Resize(120, 40)),
+        vec![Cmd::ExecResize { cols, rows }]
+    );
+    a.update(Msg::ConsoleClosed("the shell exited with 0".into()));
+    assert_eq!(
+        a.status,
+        "exec in app/writer closed: the shell exited with 0"
+    );
+    let ctrl_a = Msg::Key(KeyEvent::new(KeyCode::Char('a'), KeyModifiers::CONTROL));
+    a.update(ctrl_a);
+    assert_eq!(a.update(key(KeyCode::Char('t'))), vec![Cmd::CloseConsole]);
+    assert!(a.modal.is_none());
+}
