@@ -180,8 +180,13 @@ async fn pods_are_created_listed_shown_acted_on_and_deleted() {
     .await;
     api.fails(&["pod", "show", "ghost"], 3, "not found").await;
     api.fails(&["pod", "delete", "ghost"], 3, "not found").await;
-    api.fails(&["pod", "stop", "app", "--force", "--if-match", "1"], 4, "")
-        .await;
+    // A stale revision (If-Match) is refused, the pod stays.
+    api.fails(
+        &["pod", "delete", "app", "--if-match", "1"],
+        4,
+        "precondition",
+    )
+    .await;
     // Refused before any request (exit 2), or by a name that resolves to nothing (exit 3).
     for (args, needle) in [
         (vec!["--env", "NOVALUE"], "--env \"NOVALUE\" is not K=V"),
@@ -281,7 +286,7 @@ async fn pods_are_created_listed_shown_acted_on_and_deleted() {
 
 /// Waits until pod `id` is placed on `node`.
 async fn placed(api: &Api, id: &str, node: &str) {
-    let http = reqwest::Client::new();
+    let http = api.http();
     mvirt_testsupport::process::wait_until_async("pod placed", Duration::from_secs(20), || async {
         let v: Value = http
             .get(format!("{}/v1/pods/{id}", api.url))
@@ -333,6 +338,7 @@ fn spawn_mvirt(api: &Api, args: &[&str]) -> tokio::process::Child {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_mvirt"))
         .args(args)
         .env("MVIRT_URL", &api.url)
+        .env("MVIRT_CA_FILE", &api.ca_file)
         .env("MVIRT_TOKEN", &api.token)
         .env("MVIRT_CONFIG", &api.config)
         .env_remove("MVIRT_PROJECT")
@@ -358,7 +364,7 @@ async fn finish(child: tokio::process::Child) -> Out {
 
 /// The id of pod `name` once it exists.
 async fn pod_id(api: &Api, name: &str) -> String {
-    let http = reqwest::Client::new();
+    let http = api.http();
     mvirt_testsupport::process::wait_until_async("pod created", Duration::from_secs(20), || async {
         let v: Value = http
             .get(format!("{}/v1/pods/{name}", api.url))
@@ -378,7 +384,7 @@ async fn pod_id(api: &Api, name: &str) -> String {
 async fn run_waits_for_running_and_logs_and_exec_go_through_the_relay() {
     let api = start_api().await;
     let secret = "pod-relay-secret".to_string();
-    let (endpoint, server) = start_echo_console(&secret).await;
+    let (endpoint, server) = start_echo_console(&api, &secret).await;
     let node = api.register_node("hv1", &endpoint, &secret).await;
     api.json(&["network", "create", "podnet", "--ipv4", "10.20.0.0/24"])
         .await;
