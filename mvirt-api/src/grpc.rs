@@ -85,12 +85,12 @@ impl NodeCaller {
 /// only when attached to a VM placed on that node (VMs and volumes are checked by the state).
 fn on_node(state: &crate::state::State, kind: Kind, id: &str, node_id: &str) -> bool {
     match kind {
-        Kind::Nic => state
-            .nics
-            .get(id)
-            .and_then(|n| n.vm_id.as_deref())
-            .and_then(|vm| state.vms.get(vm))
-            .is_some_and(|vm| vm.node_id.as_deref() == Some(node_id)),
+        Kind::Nic => state.nics.get(id).is_some_and(|n| {
+            let vm = n.vm_id.as_deref().and_then(|vm| state.vms.get(vm));
+            let pod = n.pod_id.as_deref().and_then(|p| state.pods.get(p));
+            vm.is_some_and(|vm| vm.node_id.as_deref() == Some(node_id))
+                || pod.is_some_and(|p| p.node_id.as_deref() == Some(node_id))
+        }),
         _ => true,
     }
 }
@@ -111,9 +111,8 @@ fn kind_of(k: i32) -> Option<Kind> {
         proto::ResourceKind::Volume => Kind::Volume,
         proto::ResourceKind::Nic => Kind::Nic,
         proto::ResourceKind::Vm => Kind::Vm,
-        proto::ResourceKind::Route
-        | proto::ResourceKind::Pod
-        | proto::ResourceKind::Unspecified => return None,
+        proto::ResourceKind::Pod => Kind::Pod,
+        proto::ResourceKind::Route | proto::ResourceKind::Unspecified => return None,
     })
 }
 
@@ -437,3 +436,11 @@ impl NodeService for NodeServiceImpl {
         ))
     }
 }
+                    containers: s
+                        .containers
+                        .into_iter()
+                        .take(crate::validate::MAX_CONTAINERS)
+                        .map(crate::nodespec::container_status)
+                        .collect(),
+                    artefacts_version: (!s.artefacts_version.is_empty())
+                        .then(|| s.artefacts_version.chars().take(256).collect()),

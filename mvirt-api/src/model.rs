@@ -194,6 +194,12 @@ pub struct Status {
     pub rollback_generation: Option<u64>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub fields: BTreeMap<String, String>,
+    /// Pods: each container's state, as the pod's node last reported it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<ContainerStatus>,
+    /// Pods: the version of the pod artefacts (kernel + initramfs) the microVM booted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artefacts_version: Option<String>,
     /// For resources that exist on several nodes (templates, networks, security groups): each
     /// node's own report, by node id. The top-level fields then mirror the least advanced node
     /// (failed before pending/importing before ready), so one node's success never hides
@@ -355,6 +361,12 @@ pub struct Nic {
     /// Set when the NIC was created by and belongs to a VM (deleted with it).
     #[serde(default)]
     pub owner_vm_id: Option<String>,
+    /// The pod this NIC is attached to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_id: Option<String>,
+    /// Set when the NIC was created by and belongs to a pod (deleted with it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_pod_id: Option<String>,
 }
 
 // ------------------------------------------------------------------------------ security groups
@@ -693,6 +705,235 @@ impl Vm {
     }
 }
 
+// ------------------------------------------------------------------------------------ pods
+
+string_enum! {
+    // When a pod's container is restarted after it exits (Kubernetes semantics).
+    RestartPolicy {
+        #[default]
+        Always = "always",
+        OnFailure = "on_failure",
+        Never = "never",
+    }
+}
+
+string_enum! {
+    // The transport protocol of a container port.
+    PortProtocol {
+        #[default]
+        Tcp = "tcp",
+        Udp = "udp",
+    }
+}
+
+string_enum! {
+    // A container's state, as mvirt-one reports it.
+    ContainerState {
+        #[default]
+        Waiting = "waiting",
+        Created = "created",
+        Running = "running",
+        Exited = "exited",
+    }
+}
+
+string_enum! {
+    // What `POST /v1/pods/{id}/{action}` asks of a pod.
+    PodAction {
+        #[default]
+        Start = "start",
+        Stop = "stop",
+        Restart = "restart",
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerPort {
+    /// A DNS label naming the port (optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[schema(minimum = 1, maximum = 65535)]
+    pub container_port: u16,
+    /// `tcp` (default) or `udp`.
+    #[serde(default)]
+    #[schema(inline)]
+    pub protocol: PortProtocol,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PodContainer {
+    /// A DNS label, unique in the pod.
+    pub name: String,
+    /// OCI image reference, e.g. `registry.example:5000/team/app:1.2` or `...@sha256:...`.
+    pub image: String,
+    /// Overrides the image's ENTRYPOINT.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Overrides the image's CMD.
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Empty = the image's.
+    #[serde(default)]
+    pub working_dir: Option<String>,
+    /// cgroup CPU limit in thousandths of a CPU (none = unlimited).
+    #[serde(default)]
+    pub cpu_millis: Option<u32>,
+    /// cgroup memory limit (none = unlimited).
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
+    /// `always` (default), `on_failure` or `never`.
+    #[serde(default)]
+    #[schema(inline)]
+    pub restart_policy: RestartPolicy,
+    #[serde(default)]
+    pub ports: Vec<ContainerPort>,
+}
+
+/// Credentials for one registry host, used for every container image on it. Write-only:
+/// `password` and `token` are never returned (reads show `registry` and `username`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryCredential {
+    /// `host[:port]`, as in the image references.
+    pub registry: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// With `username` (basic auth). Write-only; on an update, omitted = keep the stored one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(write_only)]
+    pub password: Option<String>,
+    /// A bearer token instead of username/password. Write-only; on an update, omitted = keep
+    /// the stored one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(write_only)]
+    pub token: Option<String>,
+}
+
+impl RegistryCredential {
+    /// The credential without its secret, as reads, events and audit entries show it.
+    pub fn redacted(&self) -> RegistryCredential {
+        RegistryCredential {
+            registry: self.registry.clone(),
+            username: self.username.clone(),
+            password: None,
+            token: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PodSpec {
+    /// vCPUs of the pod's microVM.
+    pub vcpus: u32,
+    /// Memory of the pod's microVM (a multiple of 1 MiB, at least 128 MiB).
+    pub memory_bytes: u64,
+    /// Hostname of the containers (default: the pod's name).
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// At least one; fixed after create.
+    pub containers: Vec<PodContainer>,
+    /// Existing NICs to attach (in order, after the owned ones).
+    #[serde(default)]
+    pub nic_ids: Vec<String>,
+    /// Create-only: owned NICs (created and deleted with the pod; listed first in `nic_ids`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network_interfaces: Vec<NetworkInterfaceRequest>,
+    /// A node id, a node name, or `k=v,k2=v2` labels.
+    #[serde(default)]
+    pub node_selector: Option<String>,
+    /// `running` (default) or `stopped`.
+    #[serde(default)]
+    #[schema(inline)]
+    pub desired_state: DesiredState,
+    /// Registry credentials (write-only secrets, see `RegistryCredential`).
+    #[serde(default)]
+    pub registry_credentials: Vec<RegistryCredential>,
+}
+
+/// One container's state in a pod's status.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ContainerStatus {
+    pub name: String,
+    #[serde(default)]
+    pub image: String,
+    #[serde(default)]
+    pub image_digest: String,
+    /// `waiting`, `created`, `running` or `exited`.
+    #[serde(default)]
+    #[schema(inline)]
+    pub state: ContainerState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub restart_count: u32,
+    #[serde(default)]
+    pub oom_killed: bool,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Pod {
+    #[serde(flatten)]
+    pub meta: Meta,
+    pub spec: PodSpec,
+    /// What the pod's node reports (`containers` and `artefacts_version` besides the common
+    /// fields).
+    pub status: Status,
+    #[serde(default)]
+    pub node_id: Option<String>,
+    /// The state of the pod's node (`online`/`offline`); while `offline`, `status` is only the
+    /// node's last report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(inline)]
+    pub node_state: Option<NodeState>,
+    pub scheduling: Scheduling,
+    /// `graceful` or `force`: how the last stop was requested.
+    #[serde(default)]
+    #[schema(inline)]
+    pub stop_mode: StopMode,
+    /// Moved by the restart action.
+    #[serde(default)]
+    pub restart_generation: u64,
+}
+
+impl Pod {
+    /// A new pod as a create asks for it: not placed yet.
+    pub fn new(meta: Meta, spec: PodSpec) -> Pod {
+        Pod {
+            meta,
+            spec,
+            status: Status::default(),
+            node_id: None,
+            node_state: None,
+            scheduling: Scheduling::default(),
+            stop_mode: StopMode::Graceful,
+            restart_generation: 0,
+        }
+    }
+
+    /// The pod as REST, events and audit show it: registry secrets removed.
+    pub fn view(&self) -> Pod {
+        let mut view = self.clone();
+        view.spec.registry_credentials = self
+            .spec
+            .registry_credentials
+            .iter()
+            .map(RegistryCredential::redacted)
+            .collect();
+        view
+    }
+}
+
 // ------------------------------------------------------------------------------------ auth
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -756,6 +997,7 @@ pub enum Kind {
     Template,
     Volume,
     Vm,
+    Pod,
     Token,
     JoinToken,
     Idempotency,
@@ -777,6 +1019,7 @@ impl Kind {
             Kind::Template => "template",
             Kind::Volume => "volume",
             Kind::Vm => "vm",
+            Kind::Pod => "pod",
             Kind::Token => "token",
             Kind::JoinToken => "join_token",
             Kind::Idempotency => "idempotency",
@@ -793,6 +1036,7 @@ impl Kind {
             "template" => Kind::Template,
             "volume" => Kind::Volume,
             "vm" => Kind::Vm,
+            "pod" => Kind::Pod,
             "token" => Kind::Token,
             "join_token" => Kind::JoinToken,
             "idempotency" => Kind::Idempotency,

@@ -285,7 +285,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             // A row is the object after its last change in these entries: that change's JSON
             // (every mutation is followed by its change, so it is the final form), except for
-            // nodes, whose stored form differs from the view their events show.
+            // nodes and pods, whose stored form differs from the view their events show (a
+            // node's relay secret, a pod's registry secrets).
             let mut rows: std::collections::BTreeMap<(Kind, String), Option<String>> =
                 std::collections::BTreeMap::new();
             let mut events = Vec::new();
@@ -298,7 +299,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     continue;
                 }
                 let json = match (key.0, change.object) {
-                    (Kind::Node, _) | (_, None) => state.stored_json(key.0, &key.1),
+                    (Kind::Node | Kind::Pod, _) | (_, None) => state.stored_json(key.0, &key.1),
                     (_, Some(object)) => Some(String::from(object)),
                 };
                 debug_assert_eq!(

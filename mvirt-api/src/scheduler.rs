@@ -1,4 +1,5 @@
-//! Placement of pending VMs on nodes. A pure function of the state: the leader runs it whenever
+//! Placement of pending VMs and pods on nodes (a pod counts its microVM's vCPUs and memory
+//! against a node's capacity like a VM; it has no volumes). A pure function of the state: the leader runs it whenever
 //! the state changes and proposes the result as one `Schedule` command (which `apply` re-checks,
 //! so a decision that became stale is simply not applied and is retried next round).
 //!
@@ -12,7 +13,7 @@
 
 use std::collections::HashMap;
 
-use crate::model::{Capacity, Node, NodeState, Vm};
+use crate::model::{Capacity, Kind, Node, NodeState, Pod, Vm};
 use crate::state::{Placement, State};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +65,59 @@ fn load(alloc: &Capacity, cap: &Capacity) -> f64 {
     frac(alloc.vcpus as u64, cap.vcpus as u64)
         .max(frac(alloc.memory_bytes, cap.memory_bytes))
         .max(frac(alloc.storage_bytes, cap.storage_bytes))
+}
+
+/// Something the scheduler places: a VM or a pod.
+struct Work<'a> {
+    kind: Kind,
+    id: &'a str,
+    vcpus: u32,
+    memory_bytes: u64,
+    node_selector: Option<&'a String>,
+    volume_ids: &'a [String],
+    /// Oldest first: (the lower of revision and spec revision, id).
+    age: (u64, &'a str),
+    spec_revision: u64,
+    /// Why it is pending now.
+    reason: &'a str,
+}
+
+impl<'a> Work<'a> {
+    fn vm(vm: &'a Vm) -> Self {
+        Work {
+            kind: Kind::Vm,
+            id: &vm.meta.id,
+            vcpus: vm.spec.vcpus,
+            memory_bytes: vm.spec.memory_bytes,
+            node_selector: vm.spec.node_selector.as_ref(),
+            volume_ids: &vm.spec.volume_ids,
+            age: (vm.meta.revision.min(vm.meta.spec_revision), &vm.meta.id),
+            spec_revision: vm.meta.spec_revision,
+            reason: &vm.scheduling.reason,
+        }
+    }
+
+    fn pod(pod: &'a Pod) -> Self {
+        Work {
+            kind: Kind::Pod,
+            id: &pod.meta.id,
+            vcpus: pod.spec.vcpus,
+            memory_bytes: pod.spec.memory_bytes,
+            node_selector: pod.spec.node_selector.as_ref(),
+            volume_ids: &[],
+            age: (pod.meta.revision.min(pod.meta.spec_revision), &pod.meta.id),
+            spec_revision: pod.meta.spec_revision,
+            reason: &pod.scheduling.reason,
+        }
+    }
+
+    fn label(&self) -> &'static str {
+        if self.kind == Kind::Pod {
+            "pod"
+        } else {
+            "VM"
+        }
+    }
 }
 
 /// Computes placements for every pending VM.
@@ -129,11 +183,20 @@ pub fn newest_vm_spec(state: &State) -> u64 {
 /// [`schedule`], considering only the pending VMs whose spec changed after `since` (all when
 /// `None`). Placement accounting always covers every placed VM.
 pub fn schedule_since(state: &State, strategy: Strategy, since: Option<u64>) -> Decision {
-    let pending: Vec<&Vm> = state
+    let pending: Vec<Work> = state
         .vms
         .values()
         .filter(|v| v.node_id.is_none())
         .filter(|v| since.is_none_or(|s| v.meta.spec_revision > s))
+        .map(Work::vm)
+        .chain(
+            state
+                .pods
+                .values()
+                .filter(|p| p.node_id.is_none())
+                .filter(|p| since.is_none_or(|s| p.meta.spec_revision > s))
+                .map(Work::pod),
+        )
         .collect();
     if pending.is_empty() {
         return Decision::default();
@@ -144,6 +207,12 @@ pub fn schedule_since(state: &State, strategy: Strategy, since: Option<u64>) -> 
         if let Some(a) = vm.node_id.as_deref().and_then(|n| allocated.get_mut(n)) {
             a.vcpus += vm.spec.vcpus;
             a.memory_bytes += vm.spec.memory_bytes;
+        }
+    }
+    for pod in state.pods.values() {
+        if let Some(a) = pod.node_id.as_deref().and_then(|n| allocated.get_mut(n)) {
+            a.vcpus += pod.spec.vcpus;
+            a.memory_bytes += pod.spec.memory_bytes;
         }
     }
     add_volumes(state, &mut allocated);
@@ -174,7 +243,20 @@ pub fn round(
                     a.memory_bytes += vm.spec.memory_bytes;
                 }
             }
-            None => pending.push(vm),
+            None => pending.push(Work::vm(vm)),
+        }
+    }
+    for pod in state.pods.values() {
+        newest = newest.max(pod.meta.spec_revision);
+        match pod.node_id.as_deref() {
+            Some(node) => {
+                placed_revision = placed_revision.max(pod.meta.spec_revision);
+                if let Some(a) = allocated.get_mut(node) {
+                    a.vcpus += pod.spec.vcpus;
+                    a.memory_bytes += pod.spec.memory_bytes;
+                }
+            }
+            None => pending.push(Work::pod(pod)),
         }
     }
     let key = CapacityKey {
@@ -182,7 +264,7 @@ pub fn round(
         ..node_key(state)
     };
     if let Some((_, since)) = last.filter(|(k, _)| *k == key) {
-        pending.retain(|v| v.meta.spec_revision > since);
+        pending.retain(|w| w.spec_revision > since);
     }
     if pending.is_empty() {
         return (key, newest, Decision::default());
@@ -223,22 +305,19 @@ fn add_volumes<'a>(state: &'a State, allocated: &mut HashMap<&'a str, Capacity>)
 fn place<'a>(
     state: &'a State,
     strategy: Strategy,
-    mut pending: Vec<&'a Vm>,
+    mut pending: Vec<Work<'a>>,
     nodes: &[&'a Node],
     mut allocated: HashMap<&'a str, Capacity>,
 ) -> Decision {
     let mut decision = Decision::default();
     // Oldest first, so a stream of new VMs never starves an old one.
-    pending.sort_by(|a, b| {
-        (a.meta.revision.min(a.meta.spec_revision), &a.meta.id)
-            .cmp(&(b.meta.revision.min(b.meta.spec_revision), &b.meta.id))
-    });
+    pending.sort_by(|a, b| a.age.cmp(&b.age));
 
     for vm in pending {
         let mut storage = 0u64;
         let mut locality: Option<&str> = None;
         let mut split = false;
-        for vid in &vm.spec.volume_ids {
+        for vid in vm.volume_ids {
             if let Some(vol) = state.volumes.get(vid) {
                 match vol.node_id.as_deref() {
                     None => storage += vol.spec.size_bytes,
@@ -257,7 +336,7 @@ fn place<'a>(
             let mut best: Option<(&Node, f64)> = None;
             let (mut matched, mut fitting) = (0usize, 0usize);
             for node in nodes {
-                if let Some(sel) = &vm.spec.node_selector {
+                if let Some(sel) = vm.node_selector {
                     if !matches_selector(node, sel) {
                         continue;
                     }
@@ -271,8 +350,8 @@ fn place<'a>(
                     continue;
                 };
                 let after = Capacity {
-                    vcpus: alloc.vcpus + vm.spec.vcpus,
-                    memory_bytes: alloc.memory_bytes + vm.spec.memory_bytes,
+                    vcpus: alloc.vcpus + vm.vcpus,
+                    memory_bytes: alloc.memory_bytes + vm.memory_bytes,
                     storage_bytes: alloc.storage_bytes + storage,
                 };
                 if after.vcpus > cap.vcpus
@@ -297,18 +376,19 @@ fn place<'a>(
             match best {
                 Some((node, _)) => {
                     if let Some(a) = allocated.get_mut(node.meta.id.as_str()) {
-                        a.vcpus += vm.spec.vcpus;
-                        a.memory_bytes += vm.spec.memory_bytes;
+                        a.vcpus += vm.vcpus;
+                        a.memory_bytes += vm.memory_bytes;
                         a.storage_bytes += storage;
                     }
                     decision.placements.push(Placement {
-                        vm_id: vm.meta.id.clone(),
+                        vm_id: vm.id.to_string(),
                         node_id: node.meta.id.clone(),
+                        kind: vm.kind,
                     });
                     None
                 }
                 None if nodes.is_empty() => Some("no online, schedulable node".to_string()),
-                None if matched == 0 => Some(match (&vm.spec.node_selector, locality) {
+                None if matched == 0 => Some(match (vm.node_selector, locality) {
                     (_, Some(l)) => format!("the VM's volumes live on node {l}, which is offline, cordoned or does not match the selector"),
                     (Some(sel), None) => format!("no online node matches node_selector {sel:?}"),
                     (None, None) => "no online, schedulable node".to_string(),
@@ -316,15 +396,15 @@ fn place<'a>(
                 None => {
                     debug_assert_eq!(fitting, 0);
                     Some(format!(
-                        "insufficient capacity: none of {matched} candidate node(s) has {} vCPU, {} bytes memory and {} bytes storage free",
-                        vm.spec.vcpus, vm.spec.memory_bytes, storage
+                        "insufficient capacity: none of {matched} candidate node(s) has {} vCPU, {} bytes memory and {} bytes storage free for the {}",
+                        vm.vcpus, vm.memory_bytes, storage, vm.label()
                     ))
                 }
             }
         };
         if let Some(reason) = reason {
-            if vm.scheduling.reason != reason {
-                decision.pending.push((vm.meta.id.clone(), reason));
+            if vm.reason != reason {
+                decision.pending.push((vm.id.to_string(), reason));
             }
         }
     }

@@ -332,6 +332,193 @@ pub fn vm(spec: &VmSpec) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Most containers in one pod.
+pub const MAX_CONTAINERS: usize = 16;
+
+/// An OCI image reference: 1-255 bytes, no whitespace or control characters, not starting with
+/// `-` or `/`, no `://` (a reference names a registry host, not a URL).
+pub fn image_ref(what: &str, image: &str) -> Result<(), ApiError> {
+    let bad = image.is_empty()
+        || image.len() > 255
+        || image.chars().any(|c| c.is_whitespace() || c.is_control())
+        || image.starts_with('-')
+        || image.starts_with('/')
+        || image.ends_with('/')
+        || image.ends_with(':')
+        || image.contains("://")
+        || image.contains("//");
+    if bad {
+        return Err(ApiError::invalid(format!(
+            "invalid {what} {image:?}: an OCI image reference like registry.example:5000/team/app:1.2 (1-255 bytes, no whitespace)"
+        )));
+    }
+    Ok(())
+}
+
+/// A registry host as credentials name it: `host[:port]`.
+fn registry_host(value: &str) -> Result<(), ApiError> {
+    let bad = value.is_empty()
+        || value.len() > 255
+        || value
+            .chars()
+            .any(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']')));
+    if bad {
+        return Err(ApiError::invalid(format!(
+            "invalid registry_credentials.registry {value:?}: a registry host like registry.example:5000"
+        )));
+    }
+    Ok(())
+}
+
+/// A string passed to a container (command, argument, env, path): no NUL, at most 64 KiB.
+fn container_string(what: &str, value: &str) -> Result<(), ApiError> {
+    if value.contains('\0') || value.len() > 64 * 1024 {
+        return Err(ApiError::invalid(format!(
+            "invalid {what}: no NUL characters, at most 64 KiB"
+        )));
+    }
+    Ok(())
+}
+
+/// A pod spec, without what depends on the state (networks, NICs, names).
+pub fn pod(spec: &PodSpec) -> Result<(), ApiError> {
+    if spec.vcpus == 0 || spec.vcpus > 64 {
+        return Err(ApiError::invalid("vcpus must be between 1 and 64"));
+    }
+    if spec.memory_bytes < 128 * MIB
+        || !spec.memory_bytes.is_multiple_of(MIB)
+        || spec.memory_bytes > 1024 * 1024 * MIB
+    {
+        return Err(ApiError::invalid(
+            "memory_bytes must be a multiple of 1 MiB between 128 MiB and 1 TiB",
+        ));
+    }
+    if let Some(h) = &spec.hostname {
+        validate::dns_label("hostname", h).map_err(err)?;
+    }
+    if spec.containers.is_empty() {
+        return Err(ApiError::invalid(
+            "containers: a pod needs at least one container",
+        ));
+    }
+    if spec.containers.len() > MAX_CONTAINERS {
+        return Err(ApiError::invalid(format!(
+            "containers: at most {MAX_CONTAINERS} per pod"
+        )));
+    }
+    let mut names = BTreeSet::new();
+    for c in &spec.containers {
+        validate::dns_label("containers.name", &c.name).map_err(err)?;
+        if !names.insert(c.name.as_str()) {
+            return Err(ApiError::invalid(format!(
+                "duplicate container name {:?}: container names are unique in a pod",
+                c.name
+            )));
+        }
+        image_ref(&format!("image of container {:?}", c.name), &c.image)?;
+        for a in c.command.iter().chain(&c.args) {
+            container_string("command/args", a)?;
+        }
+        for (k, v) in &c.env {
+            if k.is_empty() || k.contains('=') || k.len() > 1024 {
+                return Err(ApiError::invalid(format!(
+                    "invalid env name {k:?} in container {:?}: 1-1024 characters, no '='",
+                    c.name
+                )));
+            }
+            container_string("env name", k)?;
+            container_string("env value", v)?;
+        }
+        if let Some(w) = &c.working_dir {
+            container_string("working_dir", w)?;
+            if !w.starts_with('/') {
+                return Err(ApiError::invalid(format!(
+                    "working_dir of container {:?} must be an absolute path",
+                    c.name
+                )));
+            }
+        }
+        if c.cpu_millis == Some(0) {
+            return Err(ApiError::invalid(
+                "cpu_millis must be at least 1 (omit it for no limit)",
+            ));
+        }
+        if let Some(m) = c.memory_bytes {
+            if m < MIB || m > spec.memory_bytes {
+                return Err(ApiError::invalid(format!(
+                    "memory_bytes of container {:?} must be between 1 MiB and the pod's memory_bytes",
+                    c.name
+                )));
+            }
+        }
+        let mut ports = BTreeSet::new();
+        for p in &c.ports {
+            if p.container_port == 0 {
+                return Err(ApiError::invalid(
+                    "container_port must be between 1 and 65535",
+                ));
+            }
+            if let Some(n) = &p.name {
+                validate::dns_label("ports.name", n).map_err(err)?;
+            }
+            if !ports.insert((p.container_port, p.protocol.as_str())) {
+                return Err(ApiError::invalid(format!(
+                    "duplicate port {}/{} in container {:?}",
+                    p.container_port, p.protocol, c.name
+                )));
+            }
+        }
+    }
+    unique_ids("NIC", &spec.nic_ids)?;
+    for nic in &spec.network_interfaces {
+        id("network_interfaces.network_id", &nic.network_id)?;
+        unique_ids("security group", &nic.security_group_ids)?;
+        if let Some(a) = &nic.ipv4_address {
+            ip("ipv4_address", a)?;
+        }
+        if let Some(a) = &nic.ipv6_address {
+            ip("ipv6_address", a)?;
+        }
+    }
+    if let Some(sel) = &spec.node_selector {
+        node_selector(sel)?;
+    }
+    let mut registries = BTreeSet::new();
+    for cred in &spec.registry_credentials {
+        registry_host(&cred.registry)?;
+        if !registries.insert(cred.registry.as_str()) {
+            return Err(ApiError::invalid(format!(
+                "duplicate registry_credentials for {:?}",
+                cred.registry
+            )));
+        }
+        if cred.password.is_some() && cred.token.is_some() {
+            return Err(ApiError::invalid(format!(
+                "registry_credentials for {:?}: either username and password, or token",
+                cred.registry
+            )));
+        }
+        if cred.password.is_some() && cred.username.as_deref().unwrap_or("").is_empty() {
+            return Err(ApiError::invalid(format!(
+                "registry_credentials for {:?}: a password needs a username",
+                cred.registry
+            )));
+        }
+        for v in [&cred.username, &cred.password, &cred.token]
+            .into_iter()
+            .flatten()
+        {
+            if v.len() > 4096 || v.chars().any(|c| c.is_control()) {
+                return Err(ApiError::invalid(format!(
+                    "registry_credentials for {:?}: username, password and token are at most 4096 printable characters",
+                    cred.registry
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 pub fn node_selector(sel: &str) -> Result<(), ApiError> {
     if sel.is_empty() || sel.len() > 1024 {
         return Err(ApiError::invalid("node_selector must not be empty"));

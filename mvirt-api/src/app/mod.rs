@@ -679,8 +679,12 @@ fn related_ids(command: &Command) -> Vec<String> {
             .collect(),
         Command::Update(Update { id, .. })
         | Command::Delete { id, .. }
-        | Command::VmAction { id, .. } => {
+        | Command::VmAction { id, .. }
+        | Command::PodAction { id, .. } => {
             vec![id.clone()]
+        Command::CreatePod { pod, owned_nics } => std::iter::once(pod.meta.id.clone())
+            .chain(owned_nics.iter().map(|n| n.meta.id.clone()))
+            .collect(),
         }
         Command::ResizeVolume { id, .. } | Command::CancelImport { id, .. } => vec![id.clone()],
         Command::CreateSnapshot {

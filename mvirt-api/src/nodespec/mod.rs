@@ -6,17 +6,20 @@
 //! the last revision it saw misses nothing.
 //!
 //! One module per kind turns that kind's objects into their proto form: `vm.rs`, `volume.rs`,
-//! `nic.rs`, `network.rs`, `security_group.rs`, `template.rs`, and `route.rs` (the NICs of the
+//! `pod.rs`, `nic.rs`, `network.rs`, `security_group.rs`, `template.rs`, and `route.rs` (the NICs of the
 //! node's networks that live on other nodes). Each takes a [`Desired`], which knows the node
 //! and keeps the revision; a new kind adds a module and one line in [`desired_for`].
 
 mod network;
 mod nic;
+mod pod;
 mod route;
 mod security_group;
 mod template;
 mod vm;
 mod volume;
+
+pub use pod::container_status;
 
 use crate::proto;
 use crate::state::State;
@@ -54,8 +57,9 @@ pub fn desired_for(state: &State, node_id: &str) -> proto::NodeSpec {
         cx.bump(node.meta.spec_revision);
     }
     let (vms, vm_ids) = vm::vms(&mut cx);
+    let (pods, pod_ids) = pod::pods(&mut cx);
     let volumes = volume::volumes(&mut cx);
-    let attached = nic::nics(&mut cx, &vm_ids);
+    let attached = nic::nics(&mut cx, &vm_ids, &pod_ids);
     let networks = network::networks(&mut cx, &attached.network_ids);
     let security_groups = security_group::security_groups(&mut cx, attached.security_group_ids);
     let templates = template::templates(&mut cx);
@@ -70,6 +74,6 @@ pub fn desired_for(state: &State, node_id: &str) -> proto::NodeSpec {
         nics: attached.nics,
         routes,
         vms,
-        pods: Vec::new(),
+        pods,
     }
 }

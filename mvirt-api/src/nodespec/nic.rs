@@ -1,4 +1,4 @@
-//! The NICs of the node's VMs; they decide which networks and security groups the node needs.
+//! The NICs of the node's VMs and pods; they decide which networks and security groups the node needs.
 
 use std::collections::BTreeSet;
 
@@ -12,7 +12,11 @@ pub(super) struct Attached {
     pub security_group_ids: BTreeSet<String>,
 }
 
-pub(super) fn nics(cx: &mut Desired, vm_ids: &BTreeSet<String>) -> Attached {
+pub(super) fn nics(
+    cx: &mut Desired,
+    vm_ids: &BTreeSet<String>,
+    pod_ids: &BTreeSet<String>,
+) -> Attached {
     let state = cx.state;
     let mut attached = Attached {
         nics: Vec::new(),
@@ -20,9 +24,11 @@ pub(super) fn nics(cx: &mut Desired, vm_ids: &BTreeSet<String>) -> Attached {
         security_group_ids: BTreeSet::new(),
     };
     for nic in state.nics.values() {
-        let Some(vm_id) = nic.vm_id.as_ref().filter(|v| vm_ids.contains(*v)) else {
+        let vm_id = nic.vm_id.as_ref().filter(|v| vm_ids.contains(*v));
+        let pod_id = nic.pod_id.as_ref().filter(|p| pod_ids.contains(*p));
+        if vm_id.is_none() && pod_id.is_none() {
             continue;
-        };
+        }
         cx.bump(nic.meta.spec_revision);
         attached.network_ids.insert(nic.spec.network_id.clone());
         attached
@@ -37,9 +43,10 @@ pub(super) fn nics(cx: &mut Desired, vm_ids: &BTreeSet<String>) -> Attached {
             ipv6_address: nic.spec.ipv6_address.clone().unwrap_or_default(),
             security_group_ids: nic.spec.security_group_ids.clone(),
             owner_vm_id: nic.owner_vm_id.clone().unwrap_or_default(),
-            vm_id: vm_id.clone(),
+            vm_id: vm_id.cloned().unwrap_or_default(),
             routed_prefixes: nic.spec.routed_prefixes.clone(),
-            ..Default::default()
+            owner_pod_id: nic.owner_pod_id.clone().unwrap_or_default(),
+            pod_id: pod_id.cloned().unwrap_or_default(),
         });
     }
     attached

@@ -93,13 +93,14 @@ impl Caller {
 }
 
 /// The kinds that live in a project (their item paths are checked against a token's scope).
-const SCOPED_KINDS: [Kind; 6] = [
+const SCOPED_KINDS: [Kind; 7] = [
     Kind::Network,
     Kind::Nic,
     Kind::SecurityGroup,
     Kind::Template,
     Kind::Volume,
     Kind::Vm,
+    Kind::Pod,
 ];
 
 /// What a route needs.
@@ -146,7 +147,10 @@ pub fn access(method: &Method, path: &str) -> Access {
     if read {
         if collection == "tokens" {
             Access::Admin
-        } else if collection == "vms" && path.ends_with("/console") {
+        } else if (collection == "vms" && path.ends_with("/console"))
+            || (collection == "pods" && path.ends_with("/exec"))
+        {
+            // A write channel into the guest or container.
             Access::Write
         } else {
             Access::Read
@@ -167,6 +171,7 @@ fn kind_of_collection(collection: &str) -> Option<Kind> {
         "templates" => Kind::Template,
         "volumes" => Kind::Volume,
         "vms" => Kind::Vm,
+        "pods" => Kind::Pod,
         _ => return None,
     })
 }
@@ -256,7 +261,9 @@ pub async fn auth(State(app): State<Arc<App>>, mut req: Request, next: Next) -> 
         .map(|t| t.trim().to_string());
     // Browsers cannot set headers on EventSource and WebSocket: those two accept
     // `?access_token=` instead (removed from the query before the handler sees it).
-    let streaming = path == "/v1/events" || path.ends_with("/console");
+    let streaming = path == "/v1/events"
+        || path.ends_with("/console")
+        || (path.starts_with("/v1/pods/") && (path.ends_with("/exec") || path.ends_with("/logs")));
     let token = match header_token {
         Some(t) => Some(t),
         None if streaming => take_query_token(&mut req),
@@ -373,6 +380,9 @@ mod tests {
         assert_eq!(access(&get, "/v1/tokens"), Access::Admin);
         assert_eq!(access(&get, "/v1/controlplane"), Access::Read);
         assert_eq!(access(&post, "/v1/vms/x/start"), Access::Write);
+        assert_eq!(access(&get, "/v1/pods/x/exec"), Access::Write);
+        assert_eq!(access(&get, "/v1/pods/x/logs"), Access::Read);
+        assert_eq!(access(&post, "/v1/pods/x/restart"), Access::Write);
         assert_eq!(access(&Method::PUT, "/v1/nodes/x"), Access::Admin);
         assert_eq!(access(&post, "/v1/projects"), Access::Admin);
         assert_eq!(access(&post, "/v1/controlplane/join-tokens"), Access::Admin);

@@ -5,7 +5,7 @@
 //! Cross-cutting behaviour lives here: Bearer authentication and roles (`access.rs`), the error envelope, JSON bodies
 //! with unknown fields rejected and a size limit, `If-Match`/`ETag`, `Idempotency-Key`, lists
 //! with filters and pagination. One file per resource: `projects.rs`, `nodes.rs`, `networks.rs`, `nics.rs`,
-//! `security_groups.rs`, `templates.rs`, `volumes.rs`, `vms.rs` (each with its actions; the
+//! `security_groups.rs`, `templates.rs`, `volumes.rs`, `vms.rs`, `pods.rs` (each with its actions; the
 //! shared CRUD is `resources.rs`), `cluster.rs` (tokens, control plane, join), `events.rs` (SSE),
 //! `logs.rs` (mvirt-log), `hosts.rs`, `console.rs`; `ui.rs` serves the web dashboard next to
 //! `/v1`. Every route is in the one table of [`routes`].
@@ -20,9 +20,11 @@ mod networks;
 mod nics;
 mod nodes;
 pub mod openapi;
+mod pods;
 mod projects;
 mod resources;
 mod security_groups;
+mod stats;
 mod templates;
 pub mod ui;
 mod vms;
@@ -397,6 +399,16 @@ async fn not_found_fallback() -> ApiError {
         vms::create,
         vms::update,
         vms::delete,
+        stats::vm_stats,
+        stats::node_stats,
+        pods::list,
+        pods::get,
+        pods::create,
+        pods::update,
+        pods::delete,
+        pods::pod_action,
+        pods::pod_logs,
+        pods::pod_exec,
         nodes::list_nodes,
         nodes::get_node,
         nodes::update_node,
@@ -442,11 +454,22 @@ async fn not_found_fallback() -> ApiError {
         VolumeRollback,
         SnapshotSource,
         Vm,
+        Pod,
+        PodSpec,
+        PodContainer,
+        ContainerPort,
+        RegistryCredential,
+        ContainerStatus,
+        pods::PodLogLine,
         Status,
         PerNodeStatus,
         Capacity,
         Member,
         hosts::HostInfo,
+        stats::GuestStats,
+        stats::NicStats,
+        stats::HostStats,
+        stats::NodeStats,
         hosts::StoragePool,
         access::WhoAmI,
     ))
@@ -480,6 +503,7 @@ fn routes() -> Vec<(&'static str, MethodRouter<Arc<App>>)> {
                 .delete(nodes::delete_node),
         ),
         ("/v1/nodes/{id}/host", get(hosts::get_host)),
+        ("/v1/nodes/{id}/stats", get(stats::node_stats)),
         ("/v1/networks", get(networks::list).post(networks::create)),
         (
             "/v1/networks/{id}",
@@ -551,7 +575,16 @@ fn routes() -> Vec<(&'static str, MethodRouter<Arc<App>>)> {
             get(vms::get).put(vms::update).delete(vms::delete),
         ),
         ("/v1/vms/{id}/console", get(console::vm_console)),
+        ("/v1/vms/{id}/stats", get(stats::vm_stats)),
         ("/v1/vms/{id}/{action}", post(vms::vm_action)),
+        ("/v1/pods", get(pods::list).post(pods::create)),
+        (
+            "/v1/pods/{id}",
+            get(pods::get).put(pods::update).delete(pods::delete),
+        ),
+        ("/v1/pods/{id}/logs", get(pods::pod_logs)),
+        ("/v1/pods/{id}/exec", get(pods::pod_exec)),
+        ("/v1/pods/{id}/{action}", post(pods::pod_action)),
         // The cluster.
         (
             "/v1/tokens",
@@ -587,7 +620,7 @@ pub fn router(app: Arc<App>) -> Router {
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         // Outermost: every answer is counted, refusals by auth and body limit included.
         .layer(middleware::from_fn_with_state(
-            mvirt_common::metrics::HttpMetrics::of("mvirt-api"),
+            mvirt_common::metrics::HttpMetrics::of(crate::metrics::DAEMON),
             mvirt_common::metrics::track,
         ));
     api.with_state(app)

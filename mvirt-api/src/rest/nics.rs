@@ -24,6 +24,8 @@ fn build_nic(meta: Meta, spec: NicSpec) -> Result<Command, ApiError> {
             status: Status::default(),
             vm_id: None,
             owner_vm_id: None,
+            pod_id: None,
+            owner_pod_id: None,
         },
     })
 }

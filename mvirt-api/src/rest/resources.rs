@@ -118,6 +118,12 @@ fn objects(state: &Cluster, kind: Kind) -> Vec<Value> {
         Kind::Template => all(&state.templates),
         Kind::Volume => all(&state.volumes),
         Kind::Vm => all(&state.vms),
+        // Registry secrets never leave the state.
+        Kind::Pod => state
+            .pods
+            .values()
+            .filter_map(|p| serde_json::to_value(p.view()).ok())
+            .collect(),
         _ => Vec::new(),
     }
 }

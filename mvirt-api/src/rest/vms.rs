@@ -77,6 +77,8 @@ fn build_vm(meta: Meta, mut spec: VmSpec) -> Result<Command, ApiError> {
             status: Status::default(),
             vm_id: Some(meta.id.clone()),
             owner_vm_id: Some(meta.id.clone()),
+            pod_id: None,
+            owner_pod_id: None,
         });
     }
     Ok(Command::CreateVm {

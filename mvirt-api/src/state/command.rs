@@ -31,8 +31,20 @@ pub struct IdempotencyRecord {
 /// A placement decided by the scheduler.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Placement {
+    /// The VM's id, or the pod's when `kind` is `pod`.
     pub vm_id: String,
     pub node_id: String,
+    /// What is placed: `vm` (the default, as the log always had it) or `pod`.
+    #[serde(default = "placed_kind", skip_serializing_if = "is_vm")]
+    pub kind: Kind,
+}
+
+fn placed_kind() -> Kind {
+    Kind::Vm
+}
+
+fn is_vm(kind: &Kind) -> bool {
+    *kind == Kind::Vm
 }
 
 /// One status report from a node (domain form of `proto::ResourceStatus`).
@@ -81,6 +93,18 @@ pub enum Command {
         vm: Vm,
         owned_volumes: Vec<Volume>,
         owned_nics: Vec<Nic>,
+    },
+    CreatePod {
+        pod: Pod,
+        owned_nics: Vec<Nic>,
+    },
+    /// Start, stop (graceful or forced) or restart a pod.
+    PodAction {
+        id: String,
+        action: PodAction,
+        #[serde(default)]
+        force: bool,
+        now: String,
     },
     Update(Update),
     Delete {
@@ -251,6 +275,7 @@ specs!(
     Template(TemplateSpec),
     Volume(VolumeSpec),
     Vm(VmSpec),
+    Pod(PodSpec),
 );
 
 impl Spec {
@@ -267,6 +292,7 @@ impl Spec {
             Kind::Template => Spec::Template(typed(v)?),
             Kind::Volume => Spec::Volume(typed(v)?),
             Kind::Vm => Spec::Vm(typed(v)?),
+            Kind::Pod => Spec::Pod(typed(v)?),
             other => return Err(format!("{} has no spec", other.as_str())),
         })
     }

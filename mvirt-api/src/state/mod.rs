@@ -32,6 +32,7 @@ mod names;
 mod network;
 mod nic;
 mod node;
+mod pod;
 mod project;
 mod rows;
 mod security_group;
@@ -108,6 +109,8 @@ pub struct State {
     pub templates: BTreeMap<String, Template>,
     pub volumes: BTreeMap<String, Volume>,
     pub vms: BTreeMap<String, Vm>,
+    #[serde(default)]
+    pub pods: BTreeMap<String, Pod>,
     pub tokens: BTreeMap<String, ApiToken>,
     pub join_tokens: BTreeMap<String, JoinToken>,
     pub idempotency: BTreeMap<String, IdempotencyRecord>,
@@ -195,6 +198,7 @@ stored!(SecurityGroup, Kind::SecurityGroup, security_groups, meta);
 stored!(Template, Kind::Template, templates, meta);
 stored!(Volume, Kind::Volume, volumes, meta);
 stored!(Vm, Kind::Vm, vms, meta);
+stored!(Pod, Kind::Pod, pods, meta);
 stored!(ApiToken, Kind::Token, tokens);
 stored!(JoinToken, Kind::JoinToken, join_tokens);
 stored!(IdempotencyRecord, Kind::Idempotency, idempotency);
@@ -206,6 +210,10 @@ pub(crate) trait Attachable: Resource {
     fn vm_id(&self) -> Option<&String>;
     fn vm_id_mut(&mut self) -> &mut Option<String>;
     fn owner_vm_id(&self) -> Option<&String>;
+    /// The pod the object is attached to (only NICs attach to pods).
+    fn pod_id(&self) -> Option<&String> {
+        None
+    }
 }
 
 macro_rules! attachable {
@@ -226,7 +234,22 @@ macro_rules! attachable {
 }
 
 attachable!(Volume, "volume");
-attachable!(Nic, "NIC");
+
+impl Attachable for Nic {
+    const LABEL: &'static str = "NIC";
+    fn vm_id(&self) -> Option<&String> {
+        self.vm_id.as_ref()
+    }
+    fn vm_id_mut(&mut self) -> &mut Option<String> {
+        &mut self.vm_id
+    }
+    fn owner_vm_id(&self) -> Option<&String> {
+        self.owner_vm_id.as_ref()
+    }
+    fn pod_id(&self) -> Option<&String> {
+        self.pod_id.as_ref()
+    }
+}
 
 /// Evaluates `$body` with `$T` the type of the resource kind `$kind`, or `$other` for a kind
 /// that is no [`Resource`].
@@ -241,6 +264,7 @@ macro_rules! with_resource {
             Kind::Template => with_resource!(@ $T = Template, $body),
             Kind::Volume => with_resource!(@ $T = Volume, $body),
             Kind::Vm => with_resource!(@ $T = Vm, $body),
+            Kind::Pod => with_resource!(@ $T = Pod, $body),
             Kind::Token | Kind::JoinToken | Kind::Idempotency => $other,
         }
     };
@@ -328,13 +352,19 @@ impl State {
         view
     }
 
-    /// Everything placed on a node: VM vCPUs and memory, volume sizes.
+    /// Everything placed on a node: VM and pod vCPUs and memory, volume sizes.
     pub fn allocated_on(&self, node_id: &str) -> Capacity {
         let mut cap = Capacity::default();
         for vm in self.vms.values() {
             if vm.node_id.as_deref() == Some(node_id) {
                 cap.vcpus += vm.spec.vcpus;
                 cap.memory_bytes += vm.spec.memory_bytes;
+            }
+        }
+        for pod in self.pods.values() {
+            if pod.node_id.as_deref() == Some(node_id) {
+                cap.vcpus += pod.spec.vcpus;
+                cap.memory_bytes += pod.spec.memory_bytes;
             }
         }
         for vol in self.volumes.values() {
@@ -441,6 +471,8 @@ impl State {
             C::CreateTemplate { template } => self.create(at, template),
             C::CreateVolume { volume } => self.create(at, volume),
             C::CreateVm { vm, owned_volumes: v, owned_nics: n } => self.create_vm(at, vm, v, n),
+            C::CreatePod { pod, owned_nics: n } => self.create_pod(at, pod, n),
+            C::PodAction { id, action, force, now } => self.pod_action(at, id, *action, *force, now),
             C::Update(update) => self.apply_update(at, update),
             C::Delete { kind, id, if_match: m, force: f } => self.apply_delete(at, *kind, id, *m, *f),
             C::VmAction { id, action, now } => self.vm_action(at, id, *action, now),
@@ -511,6 +543,7 @@ impl State {
             Spec::Template(s) => self.update::<Template>(at, u, Some(s)),
             Spec::Volume(s) => self.update::<Volume>(at, u, Some(s)),
             Spec::Vm(s) => self.update::<Vm>(at, u, Some(s)),
+            Spec::Pod(s) => self.update::<Pod>(at, u, Some(s)),
         }
     }
 
@@ -644,6 +677,7 @@ fn created_kind_id(command: &Command) -> Option<(Kind, String)> {
         Command::CreateTemplate { template } => (Kind::Template, template.meta.id.clone()),
         Command::CreateVolume { volume } => (Kind::Volume, volume.meta.id.clone()),
         Command::CreateVm { vm, .. } => (Kind::Vm, vm.meta.id.clone()),
+        Command::CreatePod { pod, .. } => (Kind::Pod, pod.meta.id.clone()),
         _ => return None,
     })
 }

@@ -34,7 +34,7 @@ fn name_key(kind: Kind, meta: &Meta) -> NameKey {
     (kind, project, meta.name.clone())
 }
 
-const NAMED_KINDS: [Kind; 8] = [
+const NAMED_KINDS: [Kind; 9] = [
     Kind::Project,
     Kind::Node,
     Kind::Network,
@@ -43,6 +43,7 @@ const NAMED_KINDS: [Kind; 8] = [
     Kind::Template,
     Kind::Volume,
     Kind::Vm,
+    Kind::Pod,
 ];
 
 impl NameMaps {

@@ -63,6 +63,11 @@ impl Resource for Nic {
                 format!("NIC {id} is attached to VM {vm}")
             })?;
         }
+        if let Some(pod) = s.nics.get(id).and_then(|n| n.pod_id.clone()) {
+            refuse_if_used(vec![format!("pod/{pod}")], || {
+                format!("NIC {id} is attached to pod {pod}")
+            })?;
+        }
         s.nics.remove(id);
         Ok(Vec::new())
     }
@@ -144,6 +149,14 @@ impl State {
                     vm.meta.revision = index;
                     vm.meta.spec_revision = index;
                     changes.push(self.change(Kind::Vm, vm_id, "updated"));
+                }
+            }
+            if let Some(pod_id) = &nic.pod_id {
+                if let Some(pod) = self.pods.get_mut(pod_id) {
+                    pod.spec.nic_ids.retain(|n| n != nic_id);
+                    pod.meta.revision = index;
+                    pod.meta.spec_revision = index;
+                    changes.push(self.change(Kind::Pod, pod_id, "updated"));
                 }
             }
             changes.push(State::removed(Kind::Nic, nic_id, &nic.meta.project));

@@ -27,6 +27,12 @@ impl Resource for Node {
             .filter(|v| v.node_id.as_deref() == Some(id))
             .map(|v| format!("vm/{}", v.meta.id))
             .chain(
+                s.pods
+                    .values()
+                    .filter(|p| p.node_id.as_deref() == Some(id))
+                    .map(|p| format!("pod/{}", p.meta.id)),
+            )
+            .chain(
                 s.volumes
                     .values()
                     .filter(|v| v.node_id.as_deref() == Some(id))
@@ -124,6 +130,20 @@ impl State {
                     vm.meta.updated_at = now.to_string();
                 }
                 changes.push(self.change(Kind::Vm, &vm_id, "node_state"));
+            }
+            let pod_ids: Vec<String> = self
+                .pods
+                .values()
+                .filter(|p| p.node_id.as_deref() == Some(id))
+                .map(|p| p.meta.id.clone())
+                .collect();
+            for pod_id in pod_ids {
+                if let Some(pod) = self.pods.get_mut(&pod_id) {
+                    pod.node_state = Some(state);
+                    pod.meta.revision = index;
+                    pod.meta.updated_at = now.to_string();
+                }
+                changes.push(self.change(Kind::Pod, &pod_id, "node_state"));
             }
         }
         Ok((value, changes))

@@ -5,8 +5,9 @@ use super::{refuse_if_used, ApiError, Removed, Resource, SpecChanged, State, DEF
 use crate::model::*;
 
 /// The kinds a project holds, which keep it from being deleted.
-const HELD_KINDS: [Kind; 6] = [
+const HELD_KINDS: [Kind; 7] = [
     Kind::Vm,
+    Kind::Pod,
     Kind::Volume,
     Kind::Nic,
     Kind::Network,

@@ -31,6 +31,8 @@ impl Serialize for ObjectRef<'_> {
         let (s, id) = (self.state, self.id);
         match self.kind {
             Kind::Node => s.nodes.get(id).map(|n| s.node_view(n)).serialize(ser),
+            // Registry secrets stay in the state (the node needs them), never in a view.
+            Kind::Pod => s.pods.get(id).map(Pod::view).serialize(ser),
             kind => with_stored!(kind, T => T::map(s).get(id).serialize(ser)),
         }
     }
@@ -91,6 +93,7 @@ impl State {
         push::<Template>(self, &mut rows);
         push::<Volume>(self, &mut rows);
         push::<Vm>(self, &mut rows);
+        push::<Pod>(self, &mut rows);
         push::<ApiToken>(self, &mut rows);
         push::<JoinToken>(self, &mut rows);
         push::<super::IdempotencyRecord>(self, &mut rows);

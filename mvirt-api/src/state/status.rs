@@ -23,7 +23,7 @@ macro_rules! reported {
     )*};
 }
 
-reported!(Vm, Volume, Nic, Network, SecurityGroup, Template);
+reported!(Vm, Pod, Volume, Nic, Network, SecurityGroup, Template);
 
 impl State {
     pub(super) fn update_statuses(
@@ -54,6 +54,7 @@ impl State {
             // A VM's report counts from its node only, a volume's also before it is placed.
             let slot = match report.kind {
                 Kind::Vm => self.slot::<Vm>(id, |v| v.node_id.as_deref() == node),
+                Kind::Pod => self.slot::<Pod>(id, |p| p.node_id.as_deref() == node),
                 Kind::Volume => {
                     self.slot::<Volume>(id, |v| v.node_id.is_none() || v.node_id.as_deref() == node)
                 }

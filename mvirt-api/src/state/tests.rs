@@ -90,6 +90,8 @@ pub(crate) fn nic(id: &str, name: &str, net: &str) -> Proposal {
             status: Status::default(),
             vm_id: None,
             owner_vm_id: None,
+            pod_id: None,
+            owner_pod_id: None,
         },
     })
 }

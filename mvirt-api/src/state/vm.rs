@@ -309,6 +309,12 @@ impl State {
                 A::LABEL
             )));
         }
+        if let Some(pod) = object.pod_id() {
+            return Err(
+                ApiError::conflict(format!("{} {id} is attached to pod {pod}", A::LABEL))
+                    .with_details(json!({"nic_id": id, "pod_id": pod})),
+            );
+        }
         match object.vm_id() {
             Some(other) if other != &vm.id => {
                 let mut details = serde_json::Map::new();
@@ -362,6 +368,13 @@ impl State {
         let mut changes = Vec::new();
         let mut placed = 0u32;
         for p in placements {
+            if p.kind == Kind::Pod {
+                if let Some(change) = self.place_pod(index, &p.vm_id, &p.node_id, now) {
+                    placed += 1;
+                    changes.push(change);
+                }
+                continue;
+            }
             let Some(vm) = self.vms.get(&p.vm_id) else {
                 continue;
             };
@@ -414,6 +427,10 @@ impl State {
             changes.push(self.change(Kind::Vm, &p.vm_id, "scheduled"));
         }
         for (vm_id, reason) in pending {
+            if self.pods.contains_key(vm_id) {
+                changes.extend(self.pod_pending(index, vm_id, reason, now));
+                continue;
+            }
             if let Some(vm) = self.vms.get_mut(vm_id) {
                 if vm.node_id.is_none() && &vm.scheduling.reason != reason {
                     vm.scheduling = Scheduling {
