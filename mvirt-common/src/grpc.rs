@@ -148,6 +148,29 @@ impl GrpcServer {
         Ok(())
     }
 
+    /// Serves TCP `listener` over TLS with `config` (or plain with `None`, for
+    /// `--insecure-plaintext`) until `shutdown` fires, then drains like [`GrpcServer::serve`].
+    /// Handshakes run concurrently ([`crate::tls::TlsIncoming`]); handlers find the peer's
+    /// certificate and identity as the request extension [`crate::tls::PeerInfo`].
+    pub async fn serve_tls(
+        self,
+        listener: TcpListener,
+        config: Option<std::sync::Arc<rustls::ServerConfig>>,
+        shutdown: Shutdown,
+    ) -> Result<(), ServeError> {
+        let local = crate::listen::ListenAddr::Tcp(
+            listener
+                .local_addr()
+                .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+        );
+        let tls = config.is_some();
+        tracing::info!(addr = %local, tls, "gRPC server listening");
+        let incoming = crate::tls::TlsIncoming::new(listener, config);
+        serve_draining(self.router, incoming, shutdown, &local).await?;
+        tracing::info!(addr = %local, "gRPC server stopped");
+        Ok(())
+    }
+
     /// Serves until an arbitrary future resolves (for callers with their own signal).
     pub async fn serve_until<F>(self, listener: TcpListener, until: F) -> Result<(), ServeError>
     where

@@ -72,13 +72,13 @@ async fn main() {
     .await
     .expect("api");
     let token = api.admin_token().expect("token");
-    let rest = Rest::new(&api.api_url(), &token);
+    let rest = Rest::for_member(&api, &token);
     rest.wait_ready().await;
     let agent = Agent::start(agent_config(
         "bench",
         &root.join("agent"),
         &host.endpoints,
-        &api.grpc_url(),
+        &api,
         &token,
     ));
     let network = rest

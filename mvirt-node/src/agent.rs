@@ -42,9 +42,11 @@ pub struct AgentConfig {
     pub deregister_on_shutdown: bool,
     /// Where the console relay (NodeAgent gRPC) listens; `None` disables it.
     pub console_listen: Option<std::net::SocketAddr>,
-    /// The endpoint the API dials for consoles (`http://<address>:<port>`); derived from
-    /// `address` and the bound port when empty.
+    /// The endpoint the API dials for consoles (`https://<address>:<port>`, `http://` with
+    /// `--insecure-plaintext`); derived from `address` and the bound port when empty.
     pub console_endpoint: String,
+    /// TLS to the API and on the NodeAgent listener (see [`crate::tls`]).
+    pub tls: crate::tls::TlsOptions,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +59,24 @@ pub enum AgentError {
     Console(#[from] mvirt_common::grpc::ServeError),
     #[error("registration refused by the API: {0}")]
     RegistrationRefused(String),
+    #[error("TLS")]
+    Tls(#[from] crate::tls::NodeTlsError),
+}
+
+/// The agent's TLS material (absent with `--insecure-plaintext`).
+struct AgentTls {
+    /// The cluster CA the API (and the NodeAgent's callers) are verified against.
+    ca_pem: String,
+    /// What the node certificate names besides its identity.
+    sans: Vec<String>,
+    /// The node certificate, from the first registration on; swapped by renewals.
+    store: std::sync::Mutex<Option<mvirt_common::tls::CertStore>>,
+}
+
+impl AgentTls {
+    fn store(&self) -> Option<mvirt_common::tls::CertStore> {
+        self.store.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
@@ -65,34 +85,114 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Runs the agent until `shutdown` fires.
 pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), AgentError> {
     let mut config = config;
+    crate::tls::check_api_url(&config.endpoints.api, &config.tls)?;
     let ledger = Arc::new(Ledger::open(&config.data_dir)?);
-    let daemons = Daemons::connect_lazy(&config.endpoints, &config.token)?;
+    let ca_pem = if config.tls.insecure_plaintext {
+        tracing::warn!(
+            api = %config.endpoints.api,
+            "--insecure-plaintext: the node token, the desired state, statuses and console \
+             traffic travel unencrypted, and neither the API nor the console relay's callers \
+             are authenticated by certificate; use TLS outside development"
+        );
+        None
+    } else {
+        match crate::tls::resolve_ca(
+            &config.data_dir,
+            &config.endpoints.api,
+            &config.tls,
+            &shutdown,
+        )
+        .await?
+        {
+            Some(ca_pem) => Some(ca_pem),
+            None => return Ok(()),
+        }
+    };
+    // Until the first registration returns a certificate the API channel has no client
+    // certificate (Register is the one call that needs none).
+    let channel = crate::tls::api_channel(&config.endpoints.api, ca_pem.as_deref(), None)?;
+    let mut daemons = Daemons::connect_lazy(&config.endpoints, &config.token, channel)?;
     let audit = mvirt_log::create_audit_logger(&config.endpoints.log, "mvirt-node");
     let secret = crate::console::console_secret(&ledger)?;
+    let mut console_listener = None;
     if let Some(listen) = config.console_listen {
         let listener = mvirt_common::grpc::bind(listen).await?;
         let bound = listener.local_addr().unwrap_or(listen);
         if config.console_endpoint.is_empty() {
-            config.console_endpoint = format!("http://{}:{}", config.address, bound.port());
+            let scheme = if ca_pem.is_some() { "https" } else { "http" };
+            let host = if config.address.contains(':') {
+                format!("[{}]", config.address)
+            } else {
+                config.address.clone()
+            };
+            config.console_endpoint = format!("{scheme}://{host}:{}", bound.port());
         }
-        let relay =
-            crate::console::ConsoleRelay::new(daemons.clone(), ledger.clone(), secret.clone());
+        console_listener = Some(listener);
+    }
+    let tls = ca_pem.map(|ca_pem| {
+        Arc::new(AgentTls {
+            ca_pem,
+            sans: crate::tls::node_sans(&config.address, &config.console_endpoint),
+            store: std::sync::Mutex::new(None),
+        })
+    });
+
+    let Some((node_id, heartbeat_interval)) = register(
+        &config,
+        &secret,
+        &daemons,
+        &ledger,
+        tls.as_deref(),
+        &shutdown,
+    )
+    .await?
+    else {
+        return Ok(());
+    };
+    if let Some(tls) = &tls {
+        // From now on every call presents the node certificate (swapped in place by renewals
+        // and re-registrations, so open streams keep their connection).
+        let store = tls.store().expect("registration stored a certificate");
+        let channel = crate::tls::api_channel(
+            &config.endpoints.api,
+            Some(&tls.ca_pem),
+            Some(store.clone()),
+        )?;
+        daemons.api = crate::daemons::api_client(channel, &config.token)?;
+        crate::tls::spawn_renewal(
+            store,
+            config.data_dir.clone(),
+            node_id.clone(),
+            config.name.clone(),
+            tls.sans.clone(),
+            daemons.api.clone(),
+            shutdown.clone(),
+        );
+    }
+    if let Some(listener) = console_listener {
+        let server_tls = match &tls {
+            Some(tls) => Some(crate::tls::agent_server_config(
+                &tls.store().expect("registration stored a certificate"),
+                &tls.ca_pem,
+            )?),
+            None => None,
+        };
+        let relay = crate::console::ConsoleRelay::new(
+            daemons.clone(),
+            ledger.clone(),
+            secret.clone(),
+            server_tls.is_some(),
+        );
         let server = mvirt_common::grpc::GrpcServer::for_daemon("mvirt-node")
             .add_service(api::node_agent_server::NodeAgentServer::new(relay))
             .await;
         let stop = shutdown.clone();
         tokio::spawn(async move {
-            if let Err(err) = server.serve(listener, stop).await {
+            if let Err(err) = server.serve_tls(listener, server_tls, stop).await {
                 tracing::error!(error = %mvirt_common::error::error_chain(&err), "console relay stopped");
             }
         });
     }
-
-    let Some((node_id, heartbeat_interval)) =
-        register(&config, &secret, &daemons, &ledger, &shutdown).await?
-    else {
-        return Ok(());
-    };
     audit.info(format!("node agent registered as {node_id}"), &[&node_id]);
 
     let wake = Arc::new(Notify::new());
@@ -108,6 +208,7 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), AgentErr
     tokio::spawn(heartbeat(
         config.clone(),
         secret.clone(),
+        tls.clone(),
         daemons.clone(),
         ledger.clone(),
         node_id.clone(),
@@ -245,10 +346,16 @@ async fn register(
     ledger: &Ledger,
     shutdown: &Shutdown,
 ) -> Result<Option<(String, Duration)>, AgentError> {
+    tls: Option<&AgentTls>,
     let mut backoff = MIN_BACKOFF;
     loop {
         let (capacity, pod_artefacts_version) = capacity(daemons).await;
         let request = api::RegisterRequest {
+        // A fresh key at every registration: the API signs its CSR for this node.
+        let (csr_pem, key_pem) = match tls {
+            Some(tls) => crate::tls::new_csr(&config.name, &tls.sans)?,
+            None => (String::new(), String::new()),
+        };
             node_id: ledger.node_id()?.unwrap_or_default(),
             name: config.name.clone(),
             address: config.address.clone(),
@@ -262,7 +369,7 @@ async fn register(
                 console_secret.to_string()
             },
             pod_artefacts_version,
-            ..Default::default()
+            csr_pem,
         };
         match daemons.api.clone().register(request).await {
             Ok(response) => {
@@ -270,6 +377,9 @@ async fn register(
                 ledger.set_node_id(&response.node_id)?;
                 let interval =
                     Duration::from_millis(u64::from(response.heartbeat_interval_ms.max(200)));
+                if let Some(tls) = tls {
+                    keep_registration_certificate(config, tls, &response, &key_pem)?;
+                }
                 tracing::info!(node = %response.node_id, "registered with the control plane");
                 return Ok(Some((response.node_id, interval)));
             }
@@ -300,9 +410,49 @@ async fn register(
 
 async fn heartbeat(
     config: AgentConfig,
+/// Keeps the certificate a registration returned (it must name this node and chain to the
+/// trusted CA).
+fn keep_registration_certificate(
+    config: &AgentConfig,
+    tls: &AgentTls,
+    response: &api::RegisterResponse,
+    key_pem: &str,
+) -> Result<(), AgentError> {
+    if response.certificate_pem.is_empty() {
+        return Err(AgentError::RegistrationRefused(
+            "the API issued no node certificate (does it run with --insecure-plaintext? then \
+             so must the agent)"
+                .into(),
+        ));
+    }
+    if !response.ca_pem.is_empty() {
+        let theirs = mvirt_common::tls::fingerprint_pem(&response.ca_pem).ok();
+        let ours = mvirt_common::tls::fingerprint_pem(&tls.ca_pem).ok();
+        if theirs != ours {
+            tracing::warn!(
+                trusted = ?ours,
+                api_says = ?theirs,
+                "the API names another cluster CA than the one this agent trusts"
+            );
+        }
+    }
+    let mut store = tls.store.lock().unwrap_or_else(|e| e.into_inner());
+    crate::tls::keep_certificate(
+        &config.data_dir,
+        &mut store,
+        &response.node_id,
+        &tls.ca_pem,
+        &response.certificate_pem,
+        key_pem,
+    )?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
     console_secret: String,
     daemons: Daemons,
     ledger: Arc<Ledger>,
+    tls: Option<Arc<AgentTls>>,
     node_id: String,
     interval: Duration,
     shutdown: Shutdown,
@@ -333,8 +483,15 @@ async fn heartbeat(
             Err(status) if status.code() == Code::NotFound => {
                 // The API forgot this node (removed while the agent was away): register again.
                 tracing::warn!("the control plane does not know this node; registering again");
-                if let Err(err) =
-                    register(&config, &console_secret, &daemons, &ledger, &shutdown).await
+                if let Err(err) = register(
+                    &config,
+                    &console_secret,
+                    &daemons,
+                    &ledger,
+                    tls.as_deref(),
+                    &shutdown,
+                )
+                .await
                 {
                     tracing::error!(error = %err, "re-registration failed");
                 }

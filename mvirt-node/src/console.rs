@@ -2,8 +2,10 @@
 //!
 //! `mvirt-api` (which terminates the user's authenticated WebSocket) dials the agent's
 //! `NodeAgent.Console` (defined in mvirt-api's `node.proto`) with the console secret the agent gave it at registration; the agent
-//! checks the secret, checks that the VM is one it manages, and splices the stream onto the
-//! local mvirt-vmm's `Console`. mvirt-vmm itself never listens beyond loopback.
+//! checks the caller's member certificate (NodeAgent is served over TLS with the node
+//! certificate and requires a client certificate of the cluster CA) and the secret, checks that
+//! the VM is one it manages, and splices the stream onto the local mvirt-vmm's `Console`.
+//! mvirt-vmm itself never listens beyond its unix socket.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -49,21 +51,28 @@ pub struct ConsoleRelay {
     daemons: Daemons,
     ledger: Arc<Ledger>,
     secret: String,
+    /// Served over TLS: callers must present a member certificate of the cluster.
+    tls: bool,
 }
 
 impl ConsoleRelay {
-    pub fn new(daemons: Daemons, ledger: Arc<Ledger>, secret: String) -> Self {
+    /// `tls`: the relay is served over TLS (with a required client certificate), so every
+    /// call must come from a control-plane member ([`crate::tls::require_member`]).
+    pub fn new(daemons: Daemons, ledger: Arc<Ledger>, secret: String, tls: bool) -> Self {
         Self {
             daemons,
             ledger,
             secret,
+            tls,
         }
     }
 }
 
 impl ConsoleRelay {
-    /// Checks the console secret the API presents.
+    /// Checks that a control-plane member calls (its client certificate, over TLS) and the
+    /// console secret the API presents.
     fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        crate::tls::require_member(request, self.tls)?;
         let header = request
             .metadata()
             .get("authorization")
@@ -104,11 +113,7 @@ impl NodeAgent for ConsoleRelay {
         &self,
         request: Request<GetHostRequest>,
     ) -> Result<Response<HostInfo>, Status> {
-        let header = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok());
-        check_secret(header, &self.secret)?;
+        self.authorize(&request)?;
         let (mut vmm, mut zfs) = (self.daemons.vmm.clone(), self.daemons.zfs.clone());
         let (system, pool) = tokio::join!(
             vmm.get_system_info(mvirt_vmm::proto::GetSystemInfoRequest {}),
@@ -145,11 +150,7 @@ impl NodeAgent for ConsoleRelay {
         &self,
         request: Request<Streaming<ConsoleFrame>>,
     ) -> Result<Response<Self::ConsoleStream>, Status> {
-        let header = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok());
-        check_secret(header, &self.secret)?;
+        self.authorize(&request)?;
         let mut input = request.into_inner();
         let first = input
             .next()

@@ -1,7 +1,8 @@
 //! Clients of the local daemons and of the control plane.
 //!
 //! The local daemons are reached over their unix sockets (`unix:/run/mvirt/<daemon>.sock`,
-//! root-only), the API over TCP; [`mvirt_common::grpc::client_endpoint`] takes either form.
+//! root-only) through [`mvirt_common::grpc::client_endpoint`], the API over TCP with TLS
+//! (see [`crate::tls`]).
 //! Channels connect lazily: the agent starts even when a daemon is down, and every call to a
 //! daemon that is unreachable fails with `UNAVAILABLE`, which a reconcile pass reports and
 //! retries on the next pass.
@@ -85,6 +86,22 @@ impl tonic::service::Interceptor for BearerAuth {
 
 pub type ApiClient = NodeServiceClient<InterceptedService<Channel, BearerAuth>>;
 
+fn bearer(token: &str) -> Result<MetadataValue<tonic::metadata::Ascii>, DaemonError> {
+    format!("Bearer {}", token.trim())
+        .parse()
+        .map_err(|_| DaemonError::BadToken)
+}
+
+/// A NodeService client over `channel` that sends `token` with every call.
+pub fn api_client(channel: Channel, token: &str) -> Result<ApiClient, DaemonError> {
+    Ok(NodeServiceClient::with_interceptor(
+        channel,
+        BearerAuth {
+            header: bearer(token)?,
+        },
+    ))
+}
+
 /// The gRPC clients the agent uses. Cheap to clone.
 #[derive(Clone)]
 pub struct Daemons {
@@ -97,16 +114,17 @@ pub struct Daemons {
 }
 
 impl Daemons {
-    pub fn connect_lazy(endpoints: &Endpoints, token: &str) -> Result<Daemons, DaemonError> {
-        let header: MetadataValue<tonic::metadata::Ascii> = format!("Bearer {}", token.trim())
-            .parse()
-            .map_err(|_| DaemonError::BadToken)?;
+    /// The local daemons' clients, and the API's over `api` (see [`crate::tls::api_channel`]:
+    /// TLS against the cluster CA, or plain with `--insecure-plaintext`).
+    pub fn connect_lazy(
+        endpoints: &Endpoints,
+        token: &str,
+        api: Channel,
+    ) -> Result<Daemons, DaemonError> {
+        let header = bearer(token)?;
         let vmm = channel("mvirt-vmm", &endpoints.vmm)?;
         Ok(Daemons {
-            api: NodeServiceClient::with_interceptor(
-                channel("mvirt-api", &endpoints.api)?,
-                BearerAuth { header },
-            ),
+            api: NodeServiceClient::with_interceptor(api, BearerAuth { header }),
             vmm: VmServiceClient::new(vmm.clone()),
             pods: PodServiceClient::new(vmm),
             zfs: ZfsServiceClient::new(channel("mvirt-zfs", &endpoints.zfs)?),

@@ -21,6 +21,8 @@
 //!   reverse.
 //! - [`imports`] follows template imports in the background so they never block a pass.
 //! - [`agent`] is the loop: register, heartbeat, watch, reconcile, report.
+//! - [`tls`] is the agent's TLS: the trusted cluster CA, the node certificate (issued at
+//!   registration, renewed at 2/3 of its lifetime), the NodeAgent listener's member check.
 
 pub mod agent;
 pub mod console;
@@ -31,3 +33,4 @@ pub mod ledger;
 pub mod pod_relay;
 pub mod reconcile;
 pub mod snapshots;
+pub mod tls;

@@ -19,9 +19,23 @@ use mvirt_node::daemons::Endpoints;
 struct Args {
     #[command(flatten)]
     common: CommonArgs,
-    /// mvirt-api NodeService endpoint.
-    #[arg(long, default_value = "http://[::1]:50056")]
+    /// mvirt-api NodeService endpoint (https://; http:// only with --insecure-plaintext).
+    #[arg(long, default_value = "https://[::1]:50056")]
     api: String,
+    /// Trust this cluster CA certificate (PEM, e.g. a member's <data-dir>/tls/ca.pem) for the
+    /// API and the NodeAgent's callers.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// Trust the CA the API presents if its fingerprint is this (`sha256:<hex>`, shown by
+    /// mvirt-api at start-up and by `token create`); fetched on the first start and pinned in
+    /// <data-dir>/tls/ca.pem.
+    #[arg(long)]
+    ca_fingerprint: Option<String>,
+    /// Plain gRPC to the API and on the console relay (the API must run with
+    /// --insecure-plaintext too). No encryption, no certificates: development only; logged
+    /// as a warning.
+    #[arg(long)]
+    insecure_plaintext: bool,
     /// Node token (or admin token) for NodeService.
     #[arg(long, hide_env_values = true, default_value = "")]
     token: String,
@@ -62,7 +76,8 @@ struct Args {
     /// Where the console relay (the API's path to VM consoles) listens; "off" disables it.
     #[arg(long, default_value = "0.0.0.0:50057")]
     console_listen: String,
-    /// Console endpoint advertised to the API (default: http://<address>:<console port>).
+    /// Console endpoint advertised to the API (default: https://<address>:<console port>, or
+    /// http:// with --insecure-plaintext).
     #[arg(long, default_value = "")]
     console_endpoint: String,
     /// Deregister the node on a clean shutdown.
@@ -130,7 +145,7 @@ fn main() -> ExitCode {
         }
     };
     let config = AgentConfig {
-        data_dir: args.common.data_dir,
+        data_dir: args.common.data_dir.clone(),
         endpoints: Endpoints {
             api: args.api,
             vmm: args.vmm,
@@ -148,6 +163,11 @@ fn main() -> ExitCode {
         deregister_on_shutdown: args.deregister_on_shutdown,
         console_listen,
         console_endpoint: args.console_endpoint,
+        tls: mvirt_node::tls::TlsOptions {
+            insecure_plaintext: args.insecure_plaintext,
+            ca_file: args.ca_file,
+            ca_fingerprint: args.ca_fingerprint,
+        },
     };
     DAEMON.run_daemon(&args.common, |shutdown| agent::run(config, shutdown))
 }

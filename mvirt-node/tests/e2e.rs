@@ -40,17 +40,11 @@ async fn a_vm_created_through_rest_boots_gets_its_address_and_everything_is_clea
     .await
     .expect("mvirt-api starts");
     let token = api.admin_token().expect("admin token");
-    let rest = Rest::new(&api.api_url(), &token);
+    let rest = Rest::for_member(&api, &token);
     rest.wait_ready().await;
 
     let agent_dir = root.join("agent");
-    let config = agent_config(
-        "node-a",
-        &agent_dir,
-        &host.endpoints,
-        &api.grpc_url(),
-        &token,
-    );
+    let config = agent_config("node-a", &agent_dir, &host.endpoints, &api, &token);
     let agent = Agent::start(config.clone());
 
     // Network, template, VM.
@@ -165,7 +159,8 @@ async fn a_vm_created_through_rest_boots_gets_its_address_and_everything_is_clea
         through_api.contains("MVIRT-GUEST-BOOTED"),
         "scrollback: {through_api}"
     );
-    let (status, body) = Rest::new(&rest.base, "not-a-token")
+    let (status, body) = rest
+        .with_token("not-a-token")
         .call(
             reqwest::Method::GET,
             &format!("/v1/vms/{vm_id}/console"),

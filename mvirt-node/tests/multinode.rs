@@ -75,7 +75,7 @@ impl TwoNodes {
         .await
         .expect("mvirt-api starts");
         let token = api.admin_token().expect("admin token");
-        let rest = Rest::new(&api.api_url(), &token);
+        let rest = Rest::for_member(&api, &token);
         rest.wait_ready().await;
 
         let host_a = HostDaemons::start(&root.join("a"), &root.join("images"), &log_endpoint).await;
@@ -84,7 +84,7 @@ impl TwoNodes {
             "node-a",
             &root.join("a/agent"),
             &host_a.endpoints,
-            &api.grpc_url(),
+            &api,
             &token,
         );
         config_a.labels.insert("zone".into(), "a".into());
@@ -92,7 +92,7 @@ impl TwoNodes {
             "node-b",
             &root.join("b/agent"),
             &host_b.endpoints,
-            &api.grpc_url(),
+            &api,
             &token,
         );
         config_b.labels.insert("zone".into(), "b".into());

@@ -63,14 +63,14 @@ async fn the_dashboard_logs_in_creates_a_vm_that_runs_opens_its_console_and_foll
         .await
         .expect("mvirt-api starts");
     let token = api.admin_token().expect("admin token");
-    let rest = Rest::new(&api.api_url(), &token);
+    let rest = Rest::for_member(&api, &token);
     rest.wait_ready().await;
 
     let agent = Agent::start(agent_config(
         "node-ui",
         &root.join("agent"),
         &host.endpoints,
-        &api.grpc_url(),
+        &api,
         &token,
     ));
     let template_id = rest.create_template("tiny", &host.images).await;
@@ -89,6 +89,17 @@ async fn the_dashboard_logs_in_creates_a_vm_that_runs_opens_its_console_and_foll
         .map(PathBuf::from)
         .unwrap_or_else(|| mvirt_testsupport::workspace_root().join("target/mvirt-ui-screenshots"));
     let mut run = tokio::process::Command::new("node");
+    // The API serves TLS with its own cluster CA: the browser trusts that CA for real, through
+    // the NSS database of a HOME of its own (as a user who imported the CA would), and Node's
+    // fetch (the spec check, REST calls of the script) through NODE_EXTRA_CA_CERTS. No
+    // "ignore certificate errors" anywhere.
+    if api.api_url().starts_with("https://") {
+        let ca_file = member_ca_file(&api);
+        let ca_pem = std::fs::read_to_string(&ca_file).expect("the cluster CA");
+        let browser_home = mvirt_testsupport::tls::browser_home_trusting(root, &ca_pem);
+        run.env("HOME", &browser_home)
+            .env("NODE_EXTRA_CA_CERTS", &ca_file);
+    }
     run.arg("e2e/run.mjs")
         .current_dir(&ui)
         .env("MVIRT_UI_URL", api.api_url())

@@ -325,15 +325,18 @@ impl Drop for Agent {
     }
 }
 
+/// The agent configuration of a host whose agent registers with `api` (TLS with the member's
+/// cluster CA as `--ca-file`, or plain when the member runs `--insecure-plaintext`).
 pub fn agent_config(
     name: &str,
     data_dir: &Path,
     endpoints: &Endpoints,
-    api_grpc: &str,
+    api: &mvirt_api::server::Running,
     token: &str,
 ) -> AgentConfig {
     let mut endpoints = endpoints.clone();
-    endpoints.api = api_grpc.to_string();
+    endpoints.api = api.grpc_url();
+    let plain = endpoints.api.starts_with("http://");
     AgentConfig {
         data_dir: data_dir.to_path_buf(),
         endpoints,
@@ -347,23 +350,53 @@ pub fn agent_config(
         deregister_on_shutdown: false,
         console_listen: Some(loopback()),
         console_endpoint: String::new(),
+        tls: mvirt_node::tls::TlsOptions {
+            insecure_plaintext: plain,
+            ca_file: (!plain).then(|| member_ca_file(api)),
+            ca_fingerprint: None,
+        },
     }
 }
 
-/// A REST client for the API.
+/// The cluster CA a member created at bootstrap: `<data-dir>/tls/ca.pem`.
+pub fn member_ca_file(api: &mvirt_api::server::Running) -> PathBuf {
+    api.data_dir.join("tls").join("ca.pem")
+}
+
+/// A REST client for the API: over TLS it trusts exactly the member's cluster CA.
 #[derive(Clone)]
 pub struct Rest {
     pub base: String,
     pub token: String,
     pub http: reqwest::Client,
+    /// The cluster CA (PEM) for `https://`; `None` for a member run `--insecure-plaintext`.
+    pub ca_pem: Option<String>,
 }
 
 impl Rest {
-    pub fn new(base: &str, token: &str) -> Rest {
+    /// A client of `api`'s REST listener with `token`.
+    pub fn for_member(api: &mvirt_api::server::Running, token: &str) -> Rest {
+        let base = api.api_url();
+        let ca_pem = base
+            .starts_with("https://")
+            .then(|| mvirt_testsupport::tls::read_ca(&api.data_dir));
+        let http = match &ca_pem {
+            Some(ca) => mvirt_testsupport::tls::reqwest_client(ca),
+            None => reqwest::Client::new(),
+        };
         Rest {
-            base: base.to_string(),
+            base,
             token: token.to_string(),
-            http: reqwest::Client::new(),
+            http,
+            ca_pem,
+        }
+    }
+
+    /// The same API with another token.
+    pub fn with_token(&self, token: &str) -> Rest {
+        Rest {
+            token: token.to_string(),
+            ..self.clone()
         }
     }
 
@@ -565,16 +598,24 @@ pub async fn ws_console_until(
     use tokio_tungstenite::tungstenite::Message;
     let url = format!(
         "{}/v1/vms/{vm_id}/console",
-        rest.base.replacen("http://", "ws://", 1)
+        rest.base
+            .replacen("https://", "wss://", 1)
+            .replacen("http://", "ws://", 1)
     );
     let mut request = url.into_client_request().unwrap();
     request.headers_mut().insert(
         "authorization",
         format!("Bearer {}", rest.token).parse().unwrap(),
     );
-    let (mut socket, _) = tokio_tungstenite::connect_async(request)
-        .await
-        .expect("console WebSocket opens");
+    let connector = rest.ca_pem.as_ref().map(|ca| {
+        tokio_tungstenite::Connector::Rustls(
+            mvirt_common::tls::client_config(ca, None).expect("TLS client config"),
+        )
+    });
+    let (mut socket, _) =
+        tokio_tungstenite::connect_async_tls_with_config(request, None, false, connector)
+            .await
+            .expect("console WebSocket opens");
     let mut seen = String::new();
     let mut sent = input.is_empty();
     let deadline = tokio::time::Instant::now() + timeout;
