@@ -156,12 +156,14 @@ where
         ApiError::Other(format!("the exec connection broke: {e}"))
     };
     let (mut sink, mut source) = ws.split();
+    let mut stdin_open = stdin_open;
     if !stdin_open {
         sink.send(Message::Binary(stdin_frame(&[]).into()))
             .await
             .map_err(broken)?;
     }
-    let mut input_open = stdin_open;
+    // Resizes flow even when stdin is not passed (`-t` without `-i`).
+    let mut input_open = true;
     let mut status: Option<ExecStatus> = None;
     loop {
         tokio::select! {
@@ -180,10 +182,15 @@ where
             },
             i = input.recv(), if input_open => {
                 let frame = match i {
-                    Some(Input::Stdin(d)) if d.is_empty() => continue,
+                    Some(Input::Stdin(d)) if d.is_empty() || !stdin_open => continue,
                     Some(Input::Stdin(d)) => stdin_frame(&d),
                     Some(Input::Resize(cols, rows)) => resize_frame(cols, rows),
-                    Some(Input::Eof) | None => { input_open = false; stdin_frame(&[]) }
+                    Some(Input::Eof) | None => {
+                        input_open = i.is_some();
+                        if !stdin_open { continue; }
+                        stdin_open = false;
+                        stdin_frame(&[])
+                    }
                 };
                 // The server may already be done (the process exited): its status follows.
                 let _ = sink.send(Message::Binary(frame.into())).await;
@@ -361,10 +368,11 @@ mod tests {
         );
     }
 
-    /// A scripted exec server: records every frame the client sends and answers with `script`.
+    /// A scripted exec server: records every frame the client sends, echoes stdin upper-cased
+    /// on stdout until it has `wait_frames` frames, then answers with `script` and closes.
     async fn scripted_server(
         script: Vec<Vec<u8>>,
-        wait_for_eof: bool,
+        wait_frames: usize,
     ) -> (String, tokio::task::JoinHandle<Vec<Vec<u8>>>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("ws://{}", listener.local_addr().unwrap());
@@ -372,19 +380,14 @@ mod tests {
             let (tcp, _) = listener.accept().await.unwrap();
             let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
             let mut got = Vec::new();
-            if wait_for_eof {
-                // Echo stdin upper-cased on stdout until stdin closes.
-                while let Some(Ok(m)) = ws.next().await {
-                    if let Message::Binary(b) = m {
-                        got.push(b.to_vec());
-                        if b[0] == STDIN && b.len() == 1 {
-                            break;
-                        }
-                        if b[0] == STDIN {
-                            let mut f = vec![STDOUT];
-                            f.extend(b[1..].to_ascii_uppercase());
-                            ws.send(Message::Binary(f.into())).await.unwrap();
-                        }
+            while got.len() < wait_frames {
+                let Some(Ok(m)) = ws.next().await else { break };
+                if let Message::Binary(b) = m {
+                    got.push(b.to_vec());
+                    if b[0] == STDIN && b.len() > 1 {
+                        let mut f = vec![STDOUT];
+                        f.extend(b[1..].to_ascii_uppercase());
+                        ws.send(Message::Binary(f.into())).await.unwrap();
                     }
                 }
             }
@@ -416,7 +419,7 @@ mod tests {
                 b"\x01out-2\n".to_vec(),
                 b"\x03{\"exit_code\":3}".to_vec(),
             ],
-            false,
+            0,
         )
         .await;
         let ws = connect(&url).await;
@@ -432,7 +435,7 @@ mod tests {
 
     #[tokio::test]
     async fn stdin_and_resize_reach_the_server_and_eof_closes_stdin() {
-        let (url, server) = scripted_server(vec![b"\x03{\"exit_code\":0}".to_vec()], true).await;
+        let (url, server) = scripted_server(vec![b"\x03{\"exit_code\":0}".to_vec()], 3).await;
         let ws = connect(&url).await;
         let (tx, rx) = mpsc::channel(8);
         tx.send(Input::Resize(100, 30)).await.unwrap();
@@ -449,10 +452,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn without_stdin_resizes_still_flow_and_stdin_bytes_do_not() {
+        let (url, server) = scripted_server(vec![b"\x03{\"exit_code\":0}".to_vec()], 2).await;
+        let ws = connect(&url).await;
+        let (tx, rx) = mpsc::channel(8);
+        tx.send(Input::Stdin(b"ignored".to_vec())).await.unwrap();
+        tx.send(Input::Resize(80, 24)).await.unwrap();
+        drop(tx);
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        // The close of stdin comes first (no -i), then the resize; stdin bytes never.
+        let code = session(ws, rx, false, &mut out, &mut err).await.unwrap();
+        assert_eq!(code, 0);
+        let got = server.await.unwrap();
+        assert_eq!(got[0], vec![STDIN]);
+        assert_eq!(got[1..], [resize_frame(80, 24)]);
+    }
+
+    #[tokio::test]
     async fn an_error_status_or_a_missing_status_fails_the_exec() {
         let (url, _server) = scripted_server(
             vec![b"\x03{\"error\":\"container writer is not running\"}".to_vec()],
-            false,
+            0,
         )
         .await;
         let (_tx, rx) = mpsc::channel(1);
@@ -471,7 +491,7 @@ mod tests {
         );
         assert_eq!(failure_code(&e), exit::API);
 
-        let (url, _server) = scripted_server(vec![b"\x01partial".to_vec()], false).await;
+        let (url, _server) = scripted_server(vec![b"\x01partial".to_vec()], 0).await;
         let (_tx, rx) = mpsc::channel(1);
         let e = session(
             connect(&url).await,
