@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::client::ApiError;
 
@@ -310,11 +310,6 @@ pub fn container_names(pod: &Value) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// Sets `key` in a JSON object map unless it is there already.
-pub fn default_field(obj: &mut Map<String, Value>, key: &str, value: Value) {
-    obj.entry(key.to_string()).or_insert(value);
 }
 
 #[cfg(test)]
