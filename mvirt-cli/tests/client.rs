@@ -41,6 +41,7 @@ async fn events_replay_history_and_follow_live_changes() {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mvirt"))
         .args(["events", "--follow", "-o", "json"])
         .env("MVIRT_URL", &api.url)
+        .env("MVIRT_CA_FILE", &api.ca_file)
         .env("MVIRT_TOKEN", &api.token)
         .env("MVIRT_CONFIG", &api.config)
         .stdout(std::process::Stdio::piped())
@@ -323,7 +324,8 @@ async fn version_completion_help_and_logs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_endpoint_the_client_uses_is_in_the_openapi_document() {
     let api = start_api().await;
-    let doc: Value = reqwest::Client::new()
+    let doc: Value = api
+        .http()
         .get(format!("{}/v1/openapi.json", api.url))
         .bearer_auth(&api.token)
         .send()
@@ -345,6 +347,9 @@ async fn every_endpoint_the_client_uses_is_in_the_openapi_document() {
         ("post", "/v1/vms/{id}/{action}"),
         ("put", "/v1/vms/{id}"),
         ("get", "/v1/vms/{id}/console"),
+        ("post", "/v1/pods/{id}/{action}"),
+        ("get", "/v1/pods/{id}/logs"),
+        ("get", "/v1/pods/{id}/exec"),
         ("post", "/v1/volumes/{id}/resize"),
         ("post", "/v1/volumes/{id}/snapshots"),
         ("delete", "/v1/volumes/{id}/snapshots/{snapshot_id}"),
@@ -372,6 +377,7 @@ async fn every_endpoint_the_client_uses_is_in_the_openapi_document() {
         "templates",
         "volumes",
         "vms",
+        "pods",
     ] {
         for (method, path) in [
             ("get", format!("/v1/{coll}")),
@@ -426,4 +432,136 @@ async fn a_viewer_token_limited_to_a_project_says_so_and_cannot_write() {
         .await;
     assert_eq!(out.code, 5, "{out:?}");
     assert!(out.stderr.contains("admin or operator"), "{}", out.stderr);
+}
+
+/// Trust on first use, as Incus does it: `mvirt login` shows the CA fingerprint the API
+/// presents and pins the CA only once confirmed; later commands verify against the pin (no
+/// `--ca-file`), and a server of another cluster (another member bootstrapped on its own, so
+/// another CA) is refused with both fingerprints, by commands and by a new login, `--yes` or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_pins_the_cluster_ca_and_refuses_a_different_one() {
+    let a = start_api().await;
+    let b = start_api().await;
+    assert!(
+        a.tls && b.tls,
+        "members serve TLS by default: {} {}",
+        a.url,
+        b.url
+    );
+    let fp_a = mvirt_common::tls::fingerprint_pem(&a.ca_pem).expect("fingerprint of A's CA");
+    let fp_b = mvirt_common::tls::fingerprint_pem(&b.ca_pem).expect("fingerprint of B's CA");
+    assert_ne!(fp_a, fp_b, "two bootstrapped members have two CAs");
+    let no_ca = ("MVIRT_CA_FILE", "");
+    let login = |url: &str, extra: &[&str]| {
+        let mut args = vec!["login", url, "--token", a.token.as_str()];
+        args.extend_from_slice(extra);
+        args.into_iter().map(str::to_string).collect::<Vec<_>>()
+    };
+    let api_a = &a;
+    let run = |args: Vec<String>| async move {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        api_a.mvirt_env(&refs, &[no_ca]).await
+    };
+
+    // Without a terminal to ask on and without --yes or a fingerprint: refused, nothing saved,
+    // and the message shows the fingerprint to check.
+    let out = run(login(&a.url, &[])).await;
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains(&fp_a) && out.stderr.contains("--accept-fingerprint"),
+        "{}",
+        out.stderr
+    );
+    assert!(!a.config.exists(), "nothing saved");
+    // A fingerprint that is not the presented one: refused naming both.
+    let out = run(login(&a.url, &["--accept-fingerprint", &fp_b])).await;
+    assert_eq!(out.code, 5, "{out:?}");
+    assert!(
+        out.stderr.contains(&fp_a) && out.stderr.contains(&fp_b),
+        "{}",
+        out.stderr
+    );
+    assert!(!a.config.exists(), "nothing saved");
+
+    // The right fingerprint (any spelling): pinned.
+    let upper = fp_a.to_uppercase();
+    let out = run(login(&a.url, &["--accept-fingerprint", &upper])).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains(&fp_a), "{}", out.stdout);
+    let config = std::fs::read_to_string(&a.config).expect("config saved");
+    let saved: toml::Value = toml::from_str(&config).expect("config is TOML");
+    assert_eq!(
+        saved["remotes"]["default"]["ca_pem"].as_str(),
+        Some(a.ca_pem.as_str()),
+        "the CA the server presented is pinned"
+    );
+    let remotes = a
+        .mvirt_env(&["remote", "list", "-o", "json"], &[no_ca])
+        .await
+        .json();
+    assert_eq!(remotes[0]["ca"], fp_a.as_str());
+
+    // Later commands (REST, SSE) verify against the pin alone.
+    let out = a
+        .mvirt_env(&["project", "list", "-o", "json"], &[no_ca])
+        .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let out = a.mvirt_env(&["events", "-o", "json"], &[no_ca]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+
+    // Another cluster at the remote's place: every command is refused with both fingerprints.
+    let out = a
+        .mvirt_env(&["--url", &b.url, "project", "list"], &[no_ca])
+        .await;
+    assert_eq!(out.code, 5, "{out:?}");
+    assert!(
+        out.stderr.contains("different cluster CA")
+            && out.stderr.contains(&fp_a)
+            && out.stderr.contains(&fp_b),
+        "{}",
+        out.stderr
+    );
+    // A new login of the same remote does not replace the pin, not even with --yes ...
+    let out = run(login(&b.url, &["--yes"])).await;
+    assert_eq!(out.code, 5, "{out:?}");
+    assert!(
+        out.stderr.contains(&fp_a) && out.stderr.contains(&fp_b),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(&a.config).unwrap(),
+        config,
+        "the pin is unchanged"
+    );
+    // ... and --ca-file naming the other CA is what the user chose for this command only.
+    let out = a
+        .mvirt_env(
+            &["--url", &b.url, "--token", &b.token, "project", "list"],
+            &[("MVIRT_CA_FILE", b.ca_file.to_str().unwrap())],
+        )
+        .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    // A second remote for the other cluster is its own trust decision (--yes, first use).
+    let out = a
+        .mvirt_env(
+            &["login", &b.url, "--name", "b", "--token", &b.token, "--yes"],
+            &[no_ca],
+        )
+        .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains(&fp_b), "{}", out.stderr);
+    let out = a
+        .mvirt_env(&["--remote", "b", "project", "list"], &[no_ca])
+        .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    // An https URL with no CA at all (no remote, no --ca-file) says how to get one.
+    let out = a
+        .mvirt_env(
+            &["--config", "/nonexistent/config.toml", "project", "list"],
+            &[no_ca, ("MVIRT_URL", &a.url), ("MVIRT_TOKEN", &a.token)],
+        )
+        .await;
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("mvirt login"), "{}", out.stderr);
 }

@@ -376,6 +376,7 @@ async fn template_import_follows_progress_to_ready_and_reports_failure() {
             "json",
         ])
         .env("MVIRT_URL", &api.url)
+        .env("MVIRT_CA_FILE", &api.ca_file)
         .env("MVIRT_TOKEN", &api.token)
         .env("MVIRT_CONFIG", &api.config)
         .stdout(std::process::Stdio::piped())
@@ -383,7 +384,7 @@ async fn template_import_follows_progress_to_ready_and_reports_failure() {
         .kill_on_drop(true)
         .spawn()
         .expect("spawn mvirt");
-    let http = reqwest::Client::new();
+    let http = api.http();
     let tpl: Value = mvirt_testsupport::process::wait_until_async(
         "template deb exists",
         std::time::Duration::from_secs(20),
@@ -433,6 +434,7 @@ async fn template_import_follows_progress_to_ready_and_reports_failure() {
             "http://127.0.0.1:1/x.raw",
         ])
         .env("MVIRT_URL", &api.url)
+        .env("MVIRT_CA_FILE", &api.ca_file)
         .env("MVIRT_TOKEN", &api.token)
         .env("MVIRT_CONFIG", &api.config)
         .stdout(std::process::Stdio::piped())

@@ -59,6 +59,7 @@ async fn logs_query_filters_and_follow_show_audit_entries_from_mvirt_log() {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mvirt"))
         .args(["logs", "--follow", "-o", "json"])
         .env("MVIRT_URL", &api.url)
+        .env("MVIRT_CA_FILE", &api.ca_file)
         .env("MVIRT_TOKEN", &api.token)
         .env("MVIRT_CONFIG", &api.config)
         .stdout(std::process::Stdio::piped())
@@ -132,11 +133,11 @@ async fn read_until(stdout: &mut tokio::process::ChildStdout, seen: &mut Vec<u8>
 async fn console_relays_both_ways_through_the_api_and_ctrl_a_t_detaches() {
     let api = start_api().await;
     let secret = "console-secret-for-test".to_string();
-    let (endpoint, server) = start_echo_console(&secret).await;
+    let (endpoint, server) = start_echo_console(&api, &secret).await;
     let node = api.register_node("hv1", &endpoint, &secret).await;
     let vm = api.json(&["vm", "create", "web", "--memory", "256M"]).await;
     let vm_id = id_of(&vm);
-    let http = reqwest::Client::new();
+    let http = api.http();
     mvirt_testsupport::process::wait_until_async("vm placed", Duration::from_secs(20), || async {
         let v: Value = http
             .get(format!("{}/v1/vms/{vm_id}", api.url))
@@ -154,6 +155,7 @@ async fn console_relays_both_ways_through_the_api_and_ctrl_a_t_detaches() {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mvirt"))
         .args(["vm", "console", "web"])
         .env("MVIRT_URL", &api.url)
+        .env("MVIRT_CA_FILE", &api.ca_file)
         .env("MVIRT_TOKEN", &api.token)
         .env("MVIRT_CONFIG", &api.config)
         .stdin(std::process::Stdio::piped())

@@ -73,7 +73,8 @@ impl Drop for Tmux {
 }
 
 async fn vm(api: &Api, name: &str) -> (reqwest::StatusCode, Value) {
-    let r = reqwest::Client::new()
+    let r = api
+        .http()
         .get(format!("{}/v1/vms/{name}", api.url))
         .bearer_auth(&api.token)
         .send()
@@ -86,7 +87,7 @@ async fn vm(api: &Api, name: &str) -> (reqwest::StatusCode, Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tui_in_tmux_navigates_views_updates_live_and_creates_stops_deletes_a_vm() {
     let api = start_api().await;
-    let (console_endpoint, console_server) = start_echo_console("tmux-console-secret").await;
+    let (console_endpoint, console_server) = start_echo_console(&api, "tmux-console-secret").await;
     api.register_node("hv1", &console_endpoint, "tmux-console-secret")
         .await;
     api.json(&["network", "create", "lan", "--ipv4", "10.5.0.0/24"])
@@ -121,6 +122,8 @@ async fn tui_in_tmux_navigates_views_updates_live_and_creates_stops_deletes_a_vm
         &format!("MVIRT_TOKEN={}", api.token),
         "-e",
         &format!("MVIRT_CONFIG={}", api.config.display()),
+        "-e",
+        &format!("MVIRT_CA_FILE={}", api.ca_file.display()),
         "-e",
         "TERM=xterm-256color",
         env!("CARGO_BIN_EXE_mvirt"),
@@ -208,7 +211,7 @@ async fn tui_in_tmux_navigates_views_updates_live_and_creates_stops_deletes_a_vm
     );
 
     // The console view: a terminal on the VM's serial console, detached with Ctrl+a t.
-    let http = reqwest::Client::new();
+    let http = api.http();
     mvirt_testsupport::process::wait_until_async("vm placed", Duration::from_secs(20), || async {
         let r = http
             .get(format!("{}/v1/vms/tmuxvm", api.url))

@@ -87,7 +87,7 @@ async fn vm_lifecycle_create_actions_routes_and_cascading_delete() {
         .await;
 
     // The scheduler places the VM on the only node.
-    let http = reqwest::Client::new();
+    let http = api.http();
     mvirt_testsupport::process::wait_until_async(
         "vm placed",
         std::time::Duration::from_secs(20),
@@ -323,7 +323,7 @@ async fn resize_prints_the_conditions_the_vm_reports() {
         .json(&["vm", "create", "web", "--cpus", "1", "--memory", "1G"])
         .await;
     let vm_id = id_of(&vm);
-    let http = reqwest::Client::new();
+    let http = api.http();
     mvirt_testsupport::process::wait_until_async(
         "vm placed",
         std::time::Duration::from_secs(20),

@@ -1,5 +1,6 @@
-//! Test fixtures: a real single-member mvirt-api in-process (Raft, SQLite, REST, NodeService)
-//! and a runner for the `mvirt` binary pointed at it with an isolated config file.
+//! Test fixtures: a real single-member mvirt-api in-process (Raft, SQLite, REST, NodeService,
+//! all over TLS with the cluster CA it creates at bootstrap) and a runner for the `mvirt`
+//! binary pointed at it with an isolated config file and that CA (`MVIRT_CA_FILE`).
 #![allow(dead_code)]
 
 pub mod pods;
@@ -24,6 +25,13 @@ pub struct Api {
     pub dir: tempfile::TempDir,
     /// The CLI's config file for this test (never the user's).
     pub config: PathBuf,
+    /// The API serves TLS (not `--insecure-plaintext`).
+    pub tls: bool,
+    /// The cluster CA the member created (`<data-dir>/tls/ca.pem`; empty PEM when plaintext).
+    pub ca_file: PathBuf,
+    pub ca_pem: String,
+    /// Node certificates (chain, key) of the nodes [`Api::register_node`] registered.
+    node_certs: std::sync::Mutex<std::collections::HashMap<String, (String, String)>>,
 }
 
 /// The outcome of one `mvirt` invocation.
@@ -57,15 +65,26 @@ pub async fn start_api_with(tweak: impl FnOnce(&mut ServerConfig)) -> Api {
     let token = running
         .admin_token()
         .expect("admin token written at bootstrap");
+    let ca_file = dir.path().join("api").join("tls").join("ca.pem");
+    let tls = running.api_url().starts_with("https://");
+    let ca_pem = if tls {
+        std::fs::read_to_string(&ca_file).expect("the member created its cluster CA")
+    } else {
+        String::new()
+    };
     let api = Api {
+        tls,
         url: running.api_url(),
         grpc_url: running.grpc_url(),
         running: Some(running),
         token,
         config: dir.path().join("config.toml"),
+        ca_file,
+        ca_pem,
+        node_certs: Default::default(),
         dir,
     };
-    let http = reqwest::Client::new();
+    let http = api.http();
     mvirt_testsupport::process::wait_until_async(
         "admin token accepted",
         Duration::from_secs(20),
@@ -91,6 +110,15 @@ impl Drop for Api {
 }
 
 impl Api {
+    /// A REST client that trusts exactly this cluster's CA.
+    pub fn http(&self) -> reqwest::Client {
+        if self.tls {
+            mvirt_testsupport::tls::reqwest_client(&self.ca_pem)
+        } else {
+            reqwest::Client::new()
+        }
+    }
+
     /// Runs `mvirt` with this API's URL and token in the environment.
     pub async fn mvirt(&self, args: &[&str]) -> Out {
         self.mvirt_env(
@@ -103,7 +131,8 @@ impl Api {
         .await
     }
 
-    /// Runs `mvirt` with only the given environment (plus the isolated config path).
+    /// Runs `mvirt` with only the given environment (plus the isolated config path and the
+    /// cluster CA in `MVIRT_CA_FILE`; an empty value given for `MVIRT_CA_FILE` unsets it).
     pub async fn mvirt_env(&self, args: &[&str], env: &[(&str, &str)]) -> Out {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_mvirt"));
         cmd.args(args)
@@ -111,11 +140,19 @@ impl Api {
             .env_remove("MVIRT_TOKEN")
             .env_remove("MVIRT_PROJECT")
             .env_remove("MVIRT_REMOTE")
+            .env_remove("MVIRT_CA_FILE")
             .env("MVIRT_CONFIG", &self.config)
             .env("NO_COLOR", "1")
             .stdin(std::process::Stdio::null());
+        if self.tls {
+            cmd.env("MVIRT_CA_FILE", &self.ca_file);
+        }
         for (k, v) in env {
-            cmd.env(k, v);
+            if *k == "MVIRT_CA_FILE" && v.is_empty() {
+                cmd.env_remove(k);
+            } else {
+                cmd.env(k, v);
+            }
         }
         let out = cmd.output().await.expect("run mvirt");
         Out {
@@ -144,10 +181,22 @@ impl Api {
         out
     }
 
-    pub async fn node_client(&self) -> NodeServiceClient<tonic::transport::Channel> {
-        NodeServiceClient::connect(self.grpc_url.clone())
-            .await
-            .expect("connect NodeService")
+    /// A NodeService client over TLS, presenting `node`'s certificate (from its registration)
+    /// when given; every call but Register needs one.
+    pub fn node_client(&self, node: Option<&str>) -> NodeServiceClient<tonic::transport::Channel> {
+        let store = node.map(|id| {
+            let certs = self.node_certs.lock().unwrap();
+            let (chain, key) = certs
+                .get(id)
+                .unwrap_or_else(|| panic!("node {id} was not registered by this test"));
+            mvirt_common::tls::CertStore::from_pem(chain, key).expect("node certificate")
+        });
+        let config = self
+            .tls
+            .then(|| mvirt_common::tls::client_config(&self.ca_pem, store).expect("TLS config"));
+        let channel =
+            mvirt_common::tls::grpc_channel(&self.grpc_url, config).expect("NodeService channel");
+        NodeServiceClient::new(channel)
     }
 
     pub fn req<T>(&self, msg: T) -> tonic::Request<T> {
@@ -168,34 +217,46 @@ impl Api {
         console_endpoint: &str,
         console_secret: &str,
     ) -> String {
-        let mut c = self.node_client().await;
-        c.register(
-            self.req(proto::RegisterRequest {
-                name: name.into(),
-                address: "127.0.0.1".into(),
-                labels: [("zone".to_string(), "a".to_string())]
-                    .into_iter()
-                    .collect(),
-                capacity: Some(proto::NodeCapacity {
-                    vcpus: 16,
-                    memory_bytes: 64 * GIB,
-                    storage_bytes: 1000 * GIB,
+        let mut c = self.node_client(None);
+        let (csr_pem, key_pem) =
+            mvirt_common::tls::generate_csr(name, &["127.0.0.1".into()]).expect("CSR");
+        let registered = c
+            .register(
+                self.req(proto::RegisterRequest {
+                    name: name.into(),
+                    address: "127.0.0.1".into(),
+                    labels: [("zone".to_string(), "a".to_string())]
+                        .into_iter()
+                        .collect(),
+                    capacity: Some(proto::NodeCapacity {
+                        vcpus: 16,
+                        memory_bytes: 64 * GIB,
+                        storage_bytes: 1000 * GIB,
+                    }),
+                    agent_version: "cli-test".into(),
+                    console_endpoint: console_endpoint.into(),
+                    console_secret: console_secret.into(),
+                    csr_pem,
+                    ..Default::default()
                 }),
-                agent_version: "cli-test".into(),
-                console_endpoint: console_endpoint.into(),
-                console_secret: console_secret.into(),
-                ..Default::default()
-            }),
-        )
-        .await
-        .expect("register node")
-        .into_inner()
-        .node_id
+            )
+            .await
+            .expect("register node")
+            .into_inner();
+        assert!(
+            !self.tls || !registered.certificate_pem.is_empty(),
+            "a registration with a CSR gets a node certificate"
+        );
+        self.node_certs.lock().unwrap().insert(
+            registered.node_id.clone(),
+            (registered.certificate_pem, key_pem),
+        );
+        registered.node_id
     }
 
     /// Reports a status for one resource, as the node agent does.
     pub async fn report(&self, node_id: &str, status: proto::ResourceStatus) {
-        let mut c = self.node_client().await;
+        let mut c = self.node_client(Some(node_id));
         c.update_resource_status(self.req(proto::UpdateResourceStatusRequest {
             node_id: node_id.into(),
             statuses: vec![status],
@@ -280,6 +341,15 @@ impl NodeAgent for EchoConsole {
         ))
     }
 
+    async fn get_stats(
+        &self,
+        _: tonic::Request<mvirt_api::proto::GetStatsRequest>,
+    ) -> Result<tonic::Response<mvirt_api::proto::NodeStats>, tonic::Status> {
+        Err(tonic::Status::unimplemented(
+            "the CLI tests' node-agent double has no stats",
+        ))
+    }
+
     async fn console(
         &self,
         req: tonic::Request<tonic::Streaming<ConsoleFrame>>,
@@ -325,21 +395,44 @@ impl NodeAgent for EchoConsole {
     }
 }
 
-/// Serves [`EchoConsole`] on a free loopback port; returns its endpoint and the server task.
+/// Serves [`EchoConsole`] on a free loopback port as a node agent does: TLS with a node
+/// certificate of this cluster's CA, a client certificate of the CA required (the API dials
+/// with its member certificate). Returns its `https://` endpoint and the server task.
 pub async fn start_echo_console(
+    api: &Api,
     secret: &str,
 ) -> (
     String,
     tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
 ) {
+    use mvirt_common::tls;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
+    let echo = NodeAgentServer::new(EchoConsole {
+        secret: secret.to_string(),
+    });
+    if !api.tls {
+        let server = tonic::transport::Server::builder()
+            .add_service(echo)
+            .serve_with_incoming(tls::TlsIncoming::new(listener, None));
+        return (format!("http://{addr}"), tokio::spawn(server));
+    }
+    let ca =
+        tls::ClusterCa::load(&api.dir.path().join("api").join("tls")).expect("the member's CA");
+    let issued = ca
+        .issue(
+            tls::PeerIdentity::Node("echo-console".into()),
+            &["127.0.0.1".into()],
+            std::time::Duration::from_secs(3600),
+        )
+        .expect("issue the console's certificate");
+    let store = tls::CertStore::from_issued(&issued).expect("certificate store");
+    let config = tls::server_config(&store, tls::ClientAuth::Required(api.ca_pem.clone()))
+        .expect("server TLS config");
     let server = tonic::transport::Server::builder()
-        .add_service(NodeAgentServer::new(EchoConsole {
-            secret: secret.to_string(),
-        }))
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
-    (format!("http://{addr}"), tokio::spawn(server))
+        .add_service(echo)
+        .serve_with_incoming(tls::TlsIncoming::new(listener, Some(config)));
+    (format!("https://{addr}"), tokio::spawn(server))
 }
