@@ -419,6 +419,30 @@ try {
   await restPodRow.getByTestId('pod-phase').filter({ hasText: 'pending' }).waitFor();
   log(`a pod created through REST appeared in ${Date.now() - restPodAt} ms`);
   await check('pods');
+  // A viewer (a token the API gives the viewer role) sees the pods and a pod's page, but no
+  // button the API would refuse it: no create, no start/stop/restart/delete, no exec.
+  const viewer = await rest('POST', '/v1/tokens', { name: `ui-viewer-${SUFFIX}`, role: 'viewer' });
+  if (viewer.status !== 201 && viewer.status !== 200) throw new Error(`viewer token: ${viewer.status} ${JSON.stringify(viewer.body)}`);
+  await page.getByRole('button', { name: 'Log out' }).click();
+  await page.getByLabel('API token').fill(viewer.body.token);
+  await page.getByRole('button', { name: 'Log in' }).click();
+  await page.getByText('role: viewer').waitFor();
+  await nav('Pods');
+  await restPodRow.waitFor();
+  if (await page.getByRole('button', { name: 'Create pod' }).count()) throw new Error('a viewer sees Create pod');
+  await restPodRow.getByRole('link', { name: REST_POD }).click();
+  await page.getByRole('heading', { name: REST_POD }).waitFor();
+  await page.getByRole('log').waitFor();
+  for (const b of ['Start', 'Stop', 'Restart', 'Force stop', 'Delete', 'Run'])
+    if (await page.getByRole('button', { name: b, exact: true }).count()) throw new Error(`a viewer sees the ${b} button on a pod`);
+  await check('pod-detail-viewer');
+  await page.getByRole('button', { name: 'Log out' }).click();
+  await page.getByLabel('API token').fill(TOKEN);
+  await page.getByRole('button', { name: 'Log in' }).click();
+  await page.getByText('role: admin').waitFor();
+  await rest('DELETE', `/v1/tokens/${viewer.body.id}`);
+  log('a viewer sees the pods without the buttons the API would refuse');
+  await nav('Pods');
   // Delete: the UI pod from its page, the REST pod through REST; both rows go away live.
   await page.locator(`[data-testid="pod-row"][data-name="${POD}"]`).getByRole('link', { name: POD }).click();
   await page.getByRole('heading', { name: POD }).waitFor();
