@@ -258,12 +258,15 @@ async fn join_cluster(url: &str, token: &str, me: &Member) -> Result<JoinRespons
     serde_json::from_str(&body).map_err(|e| err(e.to_string()))
 }
 
+    // The name is durable only once the directory is synced (found by tests/powercut.rs).
+    mvirt_common::durable::sync_parent(path).map_err(io_err(path))?;
 /// Starts a member. Returns once all listeners are bound and Raft is running.
 pub async fn start(
     config: ServerConfig,
     shutdown: mvirt_common::Shutdown,
 ) -> Result<Running, ServerError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(io_err(&config.data_dir))?;
+    mvirt_common::durable::create_dir_all(&config.data_dir, 0o755)
+        .map_err(io_err(&config.data_dir))?;
     let rest_listener = mvirt_common::grpc::bind(config.listen).await?;
     let grpc_listener = mvirt_common::grpc::bind(config.grpc_listen).await?;
     let raft_listener = mvirt_common::grpc::bind(config.raft_listen).await?;
@@ -467,3 +470,4 @@ pub async fn start(
         tasks,
     })
 }
+            mvirt_common::durable::sync_parent(&token_path).map_err(io_err(&token_path))?;

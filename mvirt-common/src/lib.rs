@@ -23,6 +23,7 @@
 
 pub mod command;
 pub mod daemon;
+pub mod durable;
 pub mod error;
 pub mod grpc;
 pub mod listen;

@@ -519,12 +519,8 @@ pub fn generate_csr(identity_hint: &str, sans: &[String]) -> Result<(String, Str
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), TlsError> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(io_error(dir))
+    // Durably: the directory's name must survive a power cut as the files in it do.
+    crate::durable::create_dir_all(dir, 0o700).map_err(io_error(dir))
 }
 
 /// Writes `contents` to `path` atomically (temporary file, fsync, rename) with `mode`.
@@ -543,7 +539,9 @@ pub fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), TlsError
         f.write_all(contents.as_bytes()).map_err(io_error(&tmp))?;
         f.sync_all().map_err(io_error(&tmp))?;
     }
-    std::fs::rename(&tmp, path).map_err(io_error(path))
+    std::fs::rename(&tmp, path).map_err(io_error(path))?;
+    // The new name is durable only once the directory is synced.
+    crate::durable::sync_parent(path).map_err(io_error(path))
 }
 
 struct Current {
