@@ -979,10 +979,10 @@ impl PowerCutFs {
 
 impl Drop for PowerCutFs {
     fn drop(&mut self) {
-        // Detach first (lazily: never EBUSY, so no dead mount is left behind even when a
-        // killed process still holds a file), then end the session and its thread.
-        let _ = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
+        // Ends the session and its thread, unmounting; should that unmount fail (EBUSY: a
+        // process still holds a file), a lazy one leaves no dead mount behind.
         drop(self.session.take());
+        let _ = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
     }
 }
 
