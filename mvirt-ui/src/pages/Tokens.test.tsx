@@ -2,7 +2,7 @@ import { afterEach, describe, expect, it, vi } from 'vitest';
 import { screen, within } from '@testing-library/react';
 import userEvent from '@testing-library/user-event';
 import { json, renderApp, stubApi } from '../test/render';
-import Tokens from './Tokens';
+import Tokens, { tokenBody, validateProjects } from './Tokens';
 import { validateRule } from './SecurityGroups';
 
 afterEach(() => vi.unstubAllGlobals());
@@ -27,6 +27,16 @@ describe('Tokens', () => {
     expect(await screen.findByText('ci')).toBeTruthy();
     await userEvent.click(screen.getByRole('button', { name: 'Done' }));
     expect(screen.queryByText('s3cr3t-value')).toBeNull();
+  });
+});
+
+describe('token roles and projects', () => {
+  it('scope only operator and viewer tokens, by project name', () => {
+    expect(validateProjects('viewer', 'default, team-a')).toBeUndefined();
+    expect(validateProjects('admin', 'default')).toMatch(/only operator and viewer/);
+    expect(validateProjects('operator', 'Bad Name')).toMatch(/not a project name/);
+    expect(tokenBody({ name: 'ci', role: 'viewer', projects: ' default ,team-a,' })).toEqual({ name: 'ci', role: 'viewer', projects: ['default', 'team-a'] });
+    expect(tokenBody({ name: 'ci', role: 'admin', projects: '' })).toEqual({ name: 'ci', role: 'admin' });
   });
 });
 

@@ -10,6 +10,25 @@ import { WindowedTable } from '../components/WindowedTable';
 import { useRefetchOnReconnect } from '../live';
 import { ago, validateName } from '../format';
 
+const projectList = (v: string) =>
+  v
+    .split(',')
+    .map((p) => p.trim())
+    .filter(Boolean);
+
+/** Projects scope operator and viewer tokens only; each is a project name (a DNS label). */
+export function validateProjects(role: string, v: string): string | undefined {
+  const projects = projectList(v);
+  if (projects.length && role !== 'operator' && role !== 'viewer') return 'only operator and viewer tokens are limited to projects';
+  const bad = projects.find((p) => validateName(p));
+  return bad ? `"${bad}" is not a project name` : undefined;
+}
+
+export function tokenBody(v: Record<string, string>) {
+  const projects = projectList(v.projects ?? '');
+  return projects.length ? { name: v.name, role: v.role, projects } : { name: v.name, role: v.role };
+}
+
 export default function Tokens() {
   const can = useCan('admin');
   const qc = useQueryClient();
@@ -36,13 +55,14 @@ export default function Tokens() {
       <ErrorBox error={tokens.error ?? remove.error} />
       <WindowedTable
         label="Tokens"
-        head={['Name', 'Role', 'Created', '']}
+        head={['Name', 'Role', 'Projects', 'Created', '']}
         items={tokens.data ?? []}
         itemKey={(t) => t.id}
         renderItem={(t) => (
           <tr data-testid="token-row" data-name={t.name}>
             <td className="px-3 py-2">{t.name}</td>
             <td className="px-3 py-2">{t.role}</td>
+            <td className="px-3 py-2">{t.projects?.length ? t.projects.join(', ') : t.role === 'operator' || t.role === 'viewer' ? 'all' : '—'}</td>
             <td className="px-3 py-2">{ago(t.created_at)}</td>
             <td className="px-3 py-2 text-right">
               {can && <ConfirmButton label="Revoke" confirm={`Revoke ${t.name}?`} onConfirm={() => remove.mutate(t.id)} />}
@@ -63,13 +83,16 @@ export default function Tokens() {
                 type: 'select',
                 initial: 'admin',
                 options: [
-                  { value: 'admin', label: 'admin (REST and NodeService)' },
+                  { value: 'admin', label: 'admin (everything)' },
+                  { value: 'operator', label: 'operator (changes resources in its projects)' },
+                  { value: 'viewer', label: 'viewer (reads only; no console or exec)' },
                   { value: 'node', label: 'node (a node agent: NodeService only)' },
                 ],
               },
+              { key: 'projects', label: 'Projects (operator and viewer)', hint: 'comma-separated project names; empty = every project' },
             ]}
-            validate={(v) => ({ name: validateName(v.name) })}
-            submit={(v) => post<TokenView>('/v1/tokens', { name: v.name, role: v.role })}
+            validate={(v) => ({ name: validateName(v.name), projects: validateProjects(v.role, v.projects) })}
+            submit={(v) => post<TokenView>('/v1/tokens', tokenBody(v))}
             onDone={(t) => {
               setCreated(t as TokenView);
               setFormKey((k) => k + 1);
