@@ -16,6 +16,7 @@ PACKAGES=(
   docker-registry apache2-utils ca-certificates dnsmasq-base  # mvirt-one tests: OCI registry, htpasswd, CA bundle, DHCPv4/v6 + RA for the pod VM
   sqlite3 curl jq tmux xz-utils zstd gzip
   etcd-server              # mvirt-api benchmark baseline (3-member etcd side by side)
+  prometheus               # mvirt-node tests/metrics.rs: a real Prometheus scrapes every daemon
   python3                  # mvirt-vmm: fake cloud-hypervisor test double
   python3-venv             # mvirt-api: schemathesis (OpenAPI contract test) in a venv
   nix-bin                  # deployment test: every .nix file parses, nix/lib.nix evaluates

@@ -39,6 +39,9 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::Shutdown;
 
+/// The `prometheus-client` crate, for daemons' own metric types (no dependency of their own).
+pub use prometheus_client as prometheus;
+
 /// The `Content-Type` of a scrape answer.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -257,6 +260,17 @@ fn encode_value(
     match kind {
         Kind::Counter => ConstCounter::new(value).encode(sample),
         Kind::Gauge => ConstGauge::new(value).encode(sample),
+    }
+}
+
+/// The kernel's clock ticks per second (`USER_HZ`: the unit of CPU times in `/proc`).
+pub fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf only reads a constant.
+    let ticks = unsafe { nix::libc::sysconf(nix::libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as f64
+    } else {
+        100.0
     }
 }
 

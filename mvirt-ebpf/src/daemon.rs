@@ -89,6 +89,7 @@ pub async fn start(
     let audit = mvirt_log::create_audit_logger(&config.log_endpoint, "mvirt-ebpf");
     let manager = Arc::new(NetManager::start(config.manager(), audit.clone()).await?);
     let addr = listener.local_addr();
+    crate::metrics::watch(&manager, &shutdown);
     let server = GrpcServer::for_daemon("mvirt-ebpf")
         .add_service(NetServiceServer::new(NetGrpc::new(manager.clone())))
         .await;

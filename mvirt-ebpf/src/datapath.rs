@@ -587,6 +587,11 @@ impl Datapath {
         }
     }
 
+    /// Entries in the connection tracking table (for metrics).
+    pub fn conntrack_entries(&self) -> usize {
+        self.conntrack.keys().filter(Result::is_ok).count()
+    }
+
     /// Datapath counters of a NIC, summed over CPUs.
     pub fn stats(&self, ifindex: u32) -> NicStats {
         let mut total = NicStats::default();

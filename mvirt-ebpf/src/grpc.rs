@@ -406,6 +406,7 @@ impl NetService for NetGrpc {
     ) -> Result<Response<proto::NicStats>, Status> {
         let id = req.into_inner().id;
         let s = self.manager.nic_stats(&id).await?;
+        let control_rate_limited = self.manager.control_rate_limited(&id).await?;
         Ok(Response::new(proto::NicStats {
             nic_id: id,
             rx_packets: s.rx_packets,
@@ -414,6 +415,7 @@ impl NetService for NetGrpc {
             tx_packets: s.tx_packets,
             tx_bytes: s.tx_bytes,
             tx_drops: s.tx_drops,
+            control_rate_limited,
         }))
     }
 

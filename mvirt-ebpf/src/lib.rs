@@ -25,6 +25,8 @@ pub mod ip;
 #[cfg(feature = "server")]
 pub mod manager;
 #[cfg(feature = "server")]
+pub mod metrics;
+#[cfg(feature = "server")]
 pub mod model;
 #[cfg(feature = "server")]
 pub mod nat;

@@ -153,6 +153,7 @@ fn commit_group(
 }
 
 fn publish(live: &broadcast::Sender<Arc<StoredEntry>>, entries: &[NewEntry], written: &[Written]) {
+    crate::metrics::written(entries, written);
     for (entry, w) in entries.iter().zip(written) {
         if w.new {
             let _ = live.send(Arc::new(StoredEntry {

@@ -23,6 +23,8 @@ pub use level::Level;
 #[cfg(feature = "server")]
 pub mod grpc;
 #[cfg(feature = "server")]
+pub mod metrics;
+#[cfg(feature = "server")]
 pub mod retention;
 #[cfg(feature = "server")]
 pub mod server;

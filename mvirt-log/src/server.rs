@@ -81,6 +81,7 @@ impl BoundServer {
             let _ = tokio::task::spawn_blocking(move || policy.apply(&store)).await;
             tokio::spawn(retention::run(policy, self.store.clone(), shutdown.clone()));
         }
+        crate::metrics::init();
         let service = LogServiceImpl::new(self.store.clone(), shutdown.clone());
         tracing::info!(
             database = %self.config.database_path().display(),

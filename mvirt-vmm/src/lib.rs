@@ -27,6 +27,8 @@ pub mod grpc;
 #[cfg(feature = "server")]
 pub mod hypervisor;
 #[cfg(feature = "server")]
+pub mod metrics;
+#[cfg(feature = "server")]
 pub mod model;
 #[cfg(feature = "server")]
 mod oplock;
@@ -102,6 +104,7 @@ mod server {
                 vmm.shutdown().await;
             })
         };
+        crate::metrics::watch(&vmm, &pods, &shutdown);
         let server = mvirt_common::grpc::GrpcServer::for_daemon("mvirt-vmm")
             .add_service(VmServiceServer::new(crate::grpc::VmGrpc::new(
                 vmm.clone(),

@@ -29,6 +29,8 @@ pub mod layout;
 #[cfg(feature = "server")]
 pub mod locks;
 #[cfg(feature = "server")]
+pub mod metrics;
+#[cfg(feature = "server")]
 pub mod qemu_img;
 #[cfg(feature = "server")]
 pub mod server;

@@ -202,6 +202,7 @@ impl Daemon {
             imports: self.imports,
             version: VersionInfo::new("mvirt-zfs", env!("CARGO_PKG_VERSION")),
         };
+        crate::metrics::watch(&self.storage, &shutdown);
         let server = GrpcServer::for_daemon("mvirt-zfs")
             .add_service(ZfsServiceServer::new(service))
             .await;

@@ -17,11 +17,15 @@ use super::{lock, StopReason, VmEventKind, VmRuntime, Vmm, VmmError};
 impl Vmm {
     /// Starts a stopped (or failed) VM; returns it running. Starting a running VM is a no-op.
     pub async fn start(&self, id: &str) -> Result<VmRecord, VmmError> {
-        self.serialised(
-            id,
-            move |vmm, id| async move { vmm.start_locked(&id).await },
-        )
-        .await
+        let since = std::time::Instant::now();
+        let result = self
+            .serialised(
+                id,
+                move |vmm, id| async move { vmm.start_locked(&id).await },
+            )
+            .await;
+        crate::metrics::vm_started(&result, self.hypervisor_name(), since);
+        result
     }
 
     /// SIGKILLs every hypervisor process naming the VM's run directory that the daemon does

@@ -63,6 +63,7 @@ impl Progress {
     }
 
     pub(super) fn update(&mut self, done: u64) {
+        crate::metrics::import_progress(self.job.phase, done.saturating_sub(self.job.bytes_done));
         self.job.bytes_done = done;
         let elapsed = self.phase_started.elapsed().as_secs_f64();
         if elapsed > 0.0 {
@@ -81,6 +82,7 @@ impl Progress {
     }
 
     pub(super) fn finish(&mut self, phase: Phase, error: String) {
+        crate::metrics::import_finished(phase);
         self.job.phase = phase;
         self.job.error = error;
         if phase == Phase::Completed && self.job.bytes_total == 0 {
