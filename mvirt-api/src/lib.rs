@@ -24,6 +24,8 @@ pub mod grpc;
 #[cfg(feature = "server")]
 pub mod ipam;
 #[cfg(feature = "server")]
+pub mod metrics;
+#[cfg(feature = "server")]
 pub mod model;
 #[cfg(feature = "server")]
 pub mod nodespec;

@@ -56,6 +56,7 @@ impl Proposer {
 
     /// Proposes through Raft on this member and waits for the applied outcome.
     pub async fn write(&self, proposal: Proposal) -> Result<Outcome, WriteFailure> {
+        let _in_flight = crate::metrics::InFlight::start();
         let (reply, rx) = oneshot::channel();
         self.tx
             .send((proposal, reply))

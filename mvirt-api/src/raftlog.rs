@@ -271,6 +271,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId<MemberId>>) -> StorageResult<()> {
         let json = serde_json::to_string(&committed).map_err(|e| StorageIOError::write_logs(&e))?;
+        crate::metrics::committed(committed.as_ref().map(|c| c.index));
         lock(&self.committed).newest = Some(json);
         Ok(())
     }
@@ -375,8 +376,10 @@ fn run(
                     callbacks.push(callback);
                 }
                 // synchronous=FULL: durable once commit returned.
+                let since = std::time::Instant::now();
                 let r =
                     store::log_append(&mut conn, &all, hint.as_deref()).map_err(|e| e.to_string());
+                crate::metrics::log_appended(all.len(), since.elapsed());
                 if let (Ok(()), Some(written)) = (&r, all.iter().map(|(i, _)| *i).max()) {
                     // Keep the newest RECENT entries; never drop one not yet written.
                     let mut recent = lock(&recent);

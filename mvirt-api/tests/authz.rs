@@ -53,6 +53,8 @@ const TABLE: &[(&str, &str, Rule, bool, &[u16])] = &[
     ("PUT", "/v1/nodes/{id}", Rule::Admin, false, &[400]),
     ("DELETE", "/v1/nodes/{id}", Rule::Admin, false, &[412]),
     ("GET", "/v1/nodes/{id}/host", Rule::Read, false, &[409]),
+    ("GET", "/v1/nodes/{id}/stats", Rule::Read, false, &[409]),
+    ("GET", "/v1/vms/{id}/stats", Rule::Read, true, &[409]),
     ("GET", "/v1/networks", Rule::Read, false, &[200]),
     ("POST", "/v1/networks", Rule::Write, false, &[400]),
     ("GET", "/v1/networks/{id}", Rule::Read, true, &[200]),

@@ -697,6 +697,13 @@ impl proto::node_agent_server::NodeAgent for EchoRelay {
         ))
     }
 
+    async fn get_stats(
+        &self,
+        _: tonic::Request<proto::GetStatsRequest>,
+    ) -> Result<tonic::Response<proto::NodeStats>, tonic::Status> {
+        Err(tonic::Status::unimplemented("this stand-in has no stats"))
+    }
+
     async fn get_host(
         &self,
         _: tonic::Request<proto::GetHostRequest>,

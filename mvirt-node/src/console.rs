@@ -146,6 +146,16 @@ impl NodeAgent for ConsoleRelay {
         }))
     }
 
+    async fn get_stats(
+        &self,
+        request: Request<mvirt_api::proto::GetStatsRequest>,
+    ) -> Result<Response<mvirt_api::proto::NodeStats>, Status> {
+        self.authorize(&request)?;
+        let node_id = self.ledger.node_id().ok().flatten().unwrap_or_default();
+        let stats = crate::stats::sample(&self.daemons, &node_id, request.get_ref()).await?;
+        Ok(Response::new(stats))
+    }
+
     async fn console(
         &self,
         request: Request<Streaming<ConsoleFrame>>,

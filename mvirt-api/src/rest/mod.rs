@@ -24,6 +24,7 @@ mod pods;
 mod projects;
 mod resources;
 mod security_groups;
+mod stats;
 mod templates;
 pub mod ui;
 mod vms;
@@ -398,6 +399,8 @@ async fn not_found_fallback() -> ApiError {
         vms::create,
         vms::update,
         vms::delete,
+        stats::vm_stats,
+        stats::node_stats,
         pods::list,
         pods::get,
         pods::create,
@@ -463,6 +466,10 @@ async fn not_found_fallback() -> ApiError {
         Capacity,
         Member,
         hosts::HostInfo,
+        stats::GuestStats,
+        stats::NicStats,
+        stats::HostStats,
+        stats::NodeStats,
         hosts::StoragePool,
         access::WhoAmI,
     ))
@@ -496,6 +503,7 @@ fn routes() -> Vec<(&'static str, MethodRouter<Arc<App>>)> {
                 .delete(nodes::delete_node),
         ),
         ("/v1/nodes/{id}/host", get(hosts::get_host)),
+        ("/v1/nodes/{id}/stats", get(stats::node_stats)),
         ("/v1/networks", get(networks::list).post(networks::create)),
         (
             "/v1/networks/{id}",
@@ -567,6 +575,7 @@ fn routes() -> Vec<(&'static str, MethodRouter<Arc<App>>)> {
             get(vms::get).put(vms::update).delete(vms::delete),
         ),
         ("/v1/vms/{id}/console", get(console::vm_console)),
+        ("/v1/vms/{id}/stats", get(stats::vm_stats)),
         ("/v1/vms/{id}/{action}", post(vms::vm_action)),
         ("/v1/pods", get(pods::list).post(pods::create)),
         (
@@ -611,7 +620,7 @@ pub fn router(app: Arc<App>) -> Router {
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         // Outermost: every answer is counted, refusals by auth and body limit included.
         .layer(middleware::from_fn_with_state(
-            mvirt_common::metrics::HttpMetrics::of("mvirt-api"),
+            mvirt_common::metrics::HttpMetrics::of(crate::metrics::DAEMON),
             mvirt_common::metrics::track,
         ));
     api.with_state(app)
