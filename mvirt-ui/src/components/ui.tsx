@@ -5,7 +5,7 @@ import { ApiError } from '../api/client';
 
 type Variant = 'primary' | 'secondary' | 'danger' | 'ghost';
 const VARIANT: Record<Variant, string> = {
-  primary: 'bg-accent text-accent-fg hover:opacity-90',
+  primary: 'bg-accent text-accent-fg hover:bg-accent-hover',
   secondary: 'border border-line bg-panel text-fg hover:bg-line',
   danger: 'bg-red-700 text-white hover:bg-red-800 dark:bg-red-500 dark:text-slate-950 dark:hover:bg-red-400',
   ghost: 'text-fg hover:bg-line',
