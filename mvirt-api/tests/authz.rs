@@ -151,6 +151,16 @@ const TABLE: &[(&str, &str, Rule, bool, &[u16])] = &[
     ("POST", "/v1/vms/{id}/{action}", Rule::Write, true, &[200]),
     // The VM's node registered no console relay: 409 for an allowed caller.
     ("GET", "/v1/vms/{id}/console", Rule::Write, true, &[409]),
+    ("GET", "/v1/pods", Rule::Read, false, &[200]),
+    ("POST", "/v1/pods", Rule::Write, false, &[400]),
+    ("GET", "/v1/pods/{id}", Rule::Read, true, &[200]),
+    ("PUT", "/v1/pods/{id}", Rule::Write, true, &[400]),
+    ("DELETE", "/v1/pods/{id}", Rule::Write, true, &[412]),
+    ("POST", "/v1/pods/{id}/{action}", Rule::Write, true, &[200]),
+    // The pod's node registered no relay (or the pod is not placed yet): 409 when allowed.
+    ("GET", "/v1/pods/{id}/logs", Rule::Read, true, &[409]),
+    // Exec is a write channel into a container, like the console.
+    ("GET", "/v1/pods/{id}/exec", Rule::Write, true, &[409]),
     ("GET", "/v1/tokens", Rule::Admin, false, &[200]),
     ("POST", "/v1/tokens", Rule::Admin, false, &[400]),
     ("DELETE", "/v1/tokens/{id}", Rule::Admin, false, &[404]),
@@ -260,6 +270,7 @@ struct Objects {
     volume: String,
     snapshot: String,
     vm: String,
+    pod: String,
 }
 
 async fn populate(m: &Member, project: &str, net: &str) -> Objects {
@@ -308,6 +319,16 @@ async fn populate(m: &Member, project: &str, net: &str) -> Objects {
             ),
         )
         .await;
+    let pod = m
+        .create(
+            "/v1/pods",
+            with(
+                "web",
+                json!({"vcpus": 1, "memory_bytes": 256 * MIB, "desired_state": "stopped",
+                    "containers": [{"name": "web", "image": "127.0.0.1:5000/httpd:1"}]}),
+            ),
+        )
+        .await;
     let id = |v: &Value| v["id"].as_str().unwrap().to_string();
     Objects {
         network: id(&network),
@@ -317,6 +338,7 @@ async fn populate(m: &Member, project: &str, net: &str) -> Objects {
         volume: id(&volume),
         snapshot: id(&snapshot),
         vm: id(&vm),
+        pod: id(&pod),
     }
 }
 
@@ -332,6 +354,7 @@ fn concrete(path: &str, b: &Objects, node_id: &str) -> String {
         "templates" => &b.template,
         "volumes" => &b.volume,
         "vms" => &b.vm,
+        "pods" => &b.pod,
         "tokens" => "0190a5b0-0000-7000-8000-000000000000",
         "controlplane" => "99",
         _ => "",

@@ -32,6 +32,10 @@ const EXCLUDED_PATHS: &[(&str, &str)] = &[
         "a WebSocket upgrade, which schemathesis does not speak (console tests cover it)",
     ),
     (
+        "/v1/pods/{id}/exec",
+        "a WebSocket upgrade, which schemathesis does not speak (tests/pods.rs covers it)",
+    ),
+    (
         "/v1/tokens/{id}",
         "DELETE would revoke the admin token the run authenticates with (the stateful phase \
          finds its id in GET /v1/tokens); rest.rs tests revocation",
@@ -58,7 +62,12 @@ const ACCEPTED_REJECTIONS: &[Rule] = &[
         reason: "one field is allowed only for some values of another",
     },
     Rule {
-        operations: &["POST /v1/nics", "PUT /v1/nics/{id}"],
+        operations: &[
+            "POST /v1/nics",
+            "PUT /v1/nics/{id}",
+            "POST /v1/pods",
+            "PUT /v1/pods/{id}",
+        ],
         message: " is in project ",
         documented: "is in the object's own project",
         reason: "depends on the stored network's project",
@@ -75,6 +84,8 @@ const ACCEPTED_REJECTIONS: &[Rule] = &[
         reason: "depends on the stored objects' projects",
     },
     Rule {
+            "POST /v1/pods",
+            "PUT /v1/pods/{id}",
         operations: &["POST /v1/networks", "PUT /v1/networks/{id}"],
         message: "a network needs ipv4_prefix, ipv6_prefix or both",
         documented: "needs `ipv4_prefix`, `ipv6_prefix` or both",
@@ -212,6 +223,79 @@ const ACCEPTED_REJECTIONS: &[Rule] = &[
         message: "only grow",
         documented: "A volume only grows",
         reason: "compares with the stored size",
+    },
+    Rule {
+        operations: &["POST /v1/pods", "PUT /v1/pods/{id}"],
+        message: "duplicate container name",
+        documented: "Container names are distinct in the pod",
+        reason: "compares the items of a list by one field",
+    },
+    Rule {
+        operations: &["POST /v1/pods", "PUT /v1/pods/{id}"],
+        message: "OCI image reference",
+        documented: "each `image` is an OCI image reference",
+        reason:
+            "a limit in bytes and Rust's whitespace and control classes, beyond a portable pattern",
+    },
+    Rule {
+        operations: &["POST /v1/pods", "PUT /v1/pods/{id}"],
+        message: "and the pod's memory_bytes",
+        documented: "a container's `memory_bytes` is at most the pod's",
+        reason: "compares two fields",
+    },
+    Rule {
+        operations: &["POST /v1/pods", "PUT /v1/pods/{id}"],
+        message: "duplicate port",
+        documented: "its ports are distinct per protocol",
+        reason: "compares the items of a list",
+    },
+    Rule {
+        operations: &["POST /v1/pods", "PUT /v1/pods/{id}"],
+        message: "invalid env name",
+        documented: "env names have no `=`",
+        reason: "a pattern on map keys",
+    },
+    Rule {
+        operations: &["POST /v1/pods", "PUT /v1/pods/{id}"],
+        message: "no NUL characters",
+        documented: "command, args and env have no NUL",
+        reason: "a limit in bytes on every string of a container",
+    },
+    Rule {
+        operations: &["POST /v1/pods", "PUT /v1/pods/{id}"],
+        message: "registry_credentials for",
+        documented: "A registry credential has `username` with `password`, or a `token`, not both",
+        reason: "fields that require or exclude each other",
+    },
+    Rule {
+        operations: &["POST /v1/pods", "PUT /v1/pods/{id}"],
+        message: "duplicate registry_credentials",
+        documented: "one per registry",
+        reason: "compares the items of a list by one field",
+    },
+    Rule {
+        operations: &["POST /v1/pods"],
+        message: "a password (with username) or a token is required",
+        documented: "every registry credential carries its secret",
+        reason: "the secret fields are optional only on updates",
+    },
+    Rule {
+        operations: &["PUT /v1/pods/{id}"],
+        message: "a password (with username) or a token is required",
+        documented: "keeps the stored one of the same registry and username",
+        reason: "compares with the stored pod",
+    },
+    Rule {
+        operations: &["POST /v1/pods/{id}/{action}"],
+        message: "force applies to stop only",
+        documented: "`force` applies to `stop` only",
+        reason: "a parameter valid for one value of the path",
+    },
+    Rule {
+        operations: &["GET /v1/pods/{id}/logs"],
+        message: "name one with ?container=",
+        documented: "`container` is required when the pod has more than one container",
+        reason: "depends on the stored pod",
     },
 ];
 
@@ -366,6 +450,10 @@ parameters = { "query.follow" = "false" }
     let report_dir = work.path().join("report");
     let mut args: Vec<String> = vec![
         "--config-file".into(),
+
+[[operations]]
+include-path = "/v1/pods/{id}/logs"
+parameters = { "query.follow" = "false" }
         config.display().to_string(),
         "run".into(),
         format!("{}/v1/openapi.json", m.url),

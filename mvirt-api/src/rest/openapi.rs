@@ -71,6 +71,8 @@ const IF_MATCH: &[&str] = &[
     "DELETE /v1/volumes/{id}",
     "PUT /v1/vms/{id}",
     "DELETE /v1/vms/{id}",
+    "PUT /v1/pods/{id}",
+    "DELETE /v1/pods/{id}",
     "POST /v1/volumes/{id}/resize",
 ];
 
@@ -382,7 +384,7 @@ fn request_rules() -> Vec<(&'static str, &'static str, Value)> {
             json!({"minLength": 1, "maxLength": 1024,
             "pattern": format!("^([^=]+|{LABEL_KEY}={LABEL_VALUE}(,{LABEL_KEY}={LABEL_VALUE})*)$")}),
         ),
-        ("Spec:VmSpec", "kernel_cmdline", printable4k),
+        ("Spec:VmSpec", "kernel_cmdline", printable4k.clone()),
         ("RootVolumeRequest", "template_id", json!({"pattern": UUID})),
         (
             "RootVolumeRequest",
@@ -397,6 +399,64 @@ fn request_rules() -> Vec<(&'static str, &'static str, Value)> {
         ("NetworkInterfaceRequest", "security_group_ids", ids()),
         ("NetworkInterfaceRequest", "ipv4_address", ip()),
         ("NetworkInterfaceRequest", "ipv6_address", ip()),
+        // validate::pod
+        (
+            "Spec:PodSpec",
+            "vcpus",
+            json!({"minimum": 1, "maximum": 64}),
+        ),
+        (
+            "Spec:PodSpec",
+            "memory_bytes",
+            json!({"minimum": 128 * MIB, "maximum": 1024 * 1024 * MIB, "multipleOf": MIB}),
+        ),
+        ("Spec:PodSpec", "hostname", name.clone()),
+        (
+            "Spec:PodSpec",
+            "containers",
+            json!({"minItems": 1, "maxItems": crate::validate::MAX_CONTAINERS}),
+        ),
+        ("Spec:PodSpec", "nic_ids", ids()),
+        (
+            "Spec:PodSpec",
+            "desired_state",
+            json!({"enum": ["running", "stopped"]}),
+        ),
+        (
+            "Spec:PodSpec",
+            "node_selector",
+            json!({"minLength": 1, "maxLength": 1024,
+            "pattern": format!("^([^=]+|{LABEL_KEY}={LABEL_VALUE}(,{LABEL_KEY}={LABEL_VALUE})*)$")}),
+        ),
+        ("PodContainer", "name", name.clone()),
+        (
+            "PodContainer",
+            "image",
+            json!({"minLength": 1, "maxLength": 255, "pattern": "^[^\\s/-][^\\s]*$"}),
+        ),
+        (
+            "PodContainer",
+            "restart_policy",
+            json!({"enum": ["always", "on_failure", "never"]}),
+        ),
+        ("PodContainer", "cpu_millis", json!({"minimum": 1})),
+        ("PodContainer", "memory_bytes", json!({"minimum": MIB})),
+        ("PodContainer", "working_dir", json!({"pattern": "^/"})),
+        ("ContainerPort", "name", name.clone()),
+        (
+            "ContainerPort",
+            "container_port",
+            json!({"minimum": 1, "maximum": 65535}),
+        ),
+        ("ContainerPort", "protocol", json!({"enum": ["tcp", "udp"]})),
+        (
+            "RegistryCredential",
+            "registry",
+            json!({"pattern": "^[A-Za-z0-9.:\\[\\]-]{1,255}$"}),
+        ),
+        ("RegistryCredential", "username", printable4k.clone()),
+        ("RegistryCredential", "password", printable4k.clone()),
+        ("RegistryCredential", "token", printable4k.clone()),
     ]
 }
 
@@ -526,6 +586,14 @@ fn add_request_rules(doc: &mut Value) {
         props.remove("root_volume");
         props.remove("network_interfaces");
     }
+    // `network_interfaces` of a pod are create-only too.
+    if let Some(props) = schemas
+        .get_mut("UpdateRequest_PodSpec")
+        .and_then(|s| s.pointer_mut("/properties/spec/properties"))
+        .and_then(Value::as_object_mut)
+    {
+        props.remove("network_interfaces");
+    }
     // An update's `spec` may be null (= unchanged), like its absence.
     for (name, schema) in schemas.iter_mut() {
         if name.starts_with("UpdateRequest_") {
@@ -539,6 +607,15 @@ fn add_request_rules(doc: &mut Value) {
     // A join token's body is optional (all defaults).
     if let Some(body) = doc.pointer_mut("/paths/~1v1~1controlplane~1join-tokens/post/requestBody") {
         body["required"] = Value::Bool(false);
+    }
+    // The pod action in the path.
+    if let Some(params) = doc
+        .pointer_mut("/paths/~1v1~1pods~1{id}~1{action}/post/parameters")
+        .and_then(Value::as_array_mut)
+    {
+        for p in params.iter_mut().filter(|p| p["name"] == "action") {
+            p["schema"] = json!({"type": "string", "enum": ["start", "stop", "restart"]});
+        }
     }
     // The VM action in the path.
     if let Some(params) = doc
@@ -655,6 +732,26 @@ pub const CROSS_FIELD_RULES: &[(&[&str], &str)] = &[
     (
         &["POST /v1/security-groups/{id}/rules", "POST /v1/security-groups", "PUT /v1/security-groups/{id}"],
         "Rule ids are unique in their group.",
+    ),
+    (
+        &["POST /v1/pods", "PUT /v1/pods/{id}"],
+        "What a pod references (networks, security groups, NICs) is in the object's own project. Addresses are valid IP addresses of their family; ids in a list are distinct. Container names are distinct in the pod; each `image` is an OCI image reference (at most 255 bytes, no whitespace, not a URL, not ending in `/` or `:`); a container's `memory_bytes` is at most the pod's; its ports are distinct per protocol; env names have no `=`; `working_dir` is absolute; command, args and env have no NUL. A registry credential has `username` with `password`, or a `token`, not both; one per registry.",
+    ),
+    (
+        &["POST /v1/pods"],
+        "On create every registry credential carries its secret (`password` or `token`).",
+    ),
+    (
+        &["PUT /v1/pods/{id}"],
+        "A pod's containers, vCPUs, memory, hostname, NICs and node selector are fixed after create (409); `desired_state`, `registry_credentials` and labels change. A credential sent without its secret keeps the stored one of the same registry and username; otherwise it needs one.",
+    ),
+    (
+        &["POST /v1/pods/{id}/{action}"],
+        "`force` applies to `stop` only.",
+    ),
+    (
+        &["GET /v1/pods/{id}/logs", "GET /v1/pods/{id}/exec"],
+        "`container` is required when the pod has more than one container (400, listing them); an unknown one is 404.",
     ),
 ];
 
