@@ -13,6 +13,7 @@ export function WindowedTable<T>({
   renderItem,
   estimate = 41,
   fixed,
+  widths,
 }: {
   label: string;
   head: ReactNode[];
@@ -23,6 +24,8 @@ export function WindowedTable<T>({
   /** The usual height of an item in px (the first guess before it is measured). */
   estimate?: number;
   fixed?: boolean;
+  /** Column widths (CSS lengths) for a `fixed` table; the others share what is left. */
+  widths?: (string | undefined)[];
 }) {
   const top = useRef<HTMLTableSectionElement>(null);
   const [margin, setMargin] = useState(0);
@@ -45,6 +48,13 @@ export function WindowedTable<T>({
   return (
     <div className="overflow-x-auto rounded-lg border border-line">
       <table className={`w-full text-left text-sm ${fixed ? 'table-fixed' : ''}`} aria-label={label}>
+        {widths && (
+          <colgroup>
+            {head.map((_, i) => (
+              <col key={i} style={widths[i] ? { width: widths[i] } : undefined} />
+            ))}
+          </colgroup>
+        )}
         <thead className="bg-panel text-muted">
           <tr>
             {head.map((h, i) => (

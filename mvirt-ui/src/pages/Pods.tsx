@@ -84,6 +84,7 @@ export default function Pods() {
           <WindowedTable
             label="Pods"
             fixed
+            widths={['22%', undefined, '7rem', '8rem', '6rem', undefined, '4rem', '6rem', undefined]}
             estimate={37}
             head={['Name', 'Project', 'Phase', 'Containers', 'Restarts', 'Node', 'vCPU', 'Memory', 'Addresses']}
             items={shown}
