@@ -3,6 +3,11 @@
 //! bound to the node it registers first (`BindToken`); from then on it acts for that node only:
 //! another `node_id` is PERMISSION_DENIED, and status reports about resources not on its node
 //! are dropped and returned in `unknown_ids`. Admin tokens may act for any node.
+//!
+//! With TLS (the default) `Register` signs the node's CSR for `mvirt://node/<id>` and every
+//! other call of a node token also needs that client certificate (the listener asks for one
+//! but lets a first `Register` in without); another node's certificate, or none, is
+//! PERMISSION_DENIED. Admin tokens need no certificate.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -30,7 +35,39 @@ impl NodeServiceImpl {
         Self { app, shutdown }
     }
 
+    /// The caller of any RPC but `Register`: its token, and with TLS a node token's client
+    /// certificate must name the node the token is bound to (`mvirt://node/<id>`).
     fn authenticate<T>(&self, req: &Request<T>) -> Result<NodeCaller, Status> {
+        let caller = self.token_caller(req)?;
+        if let (true, NodeCaller::Node { bound, .. }) = (self.app.tls_on(), &caller) {
+            let presented = req
+                .extensions()
+                .get::<mvirt_common::tls::PeerInfo>()
+                .and_then(|p| p.identity.clone());
+            let Some(bound) = bound else {
+                return Err(Status::permission_denied(
+                    "this node token has registered no node yet: Register first",
+                ));
+            };
+            match presented {
+                Some(mvirt_common::tls::PeerIdentity::Node(id)) if &id == bound => {}
+                Some(other) => {
+                    return Err(Status::permission_denied(format!(
+                        "the client certificate is {other}, but this token is bound to node {bound}"
+                    )))
+                }
+                None => {
+                    return Err(Status::permission_denied(format!(
+                        "this call needs the client certificate of node {bound} (issued by Register)"
+                    )))
+                }
+            }
+        }
+        Ok(caller)
+    }
+
+    /// The caller as its token says (Register: a node's first registration has no certificate).
+    fn token_caller<T>(&self, req: &Request<T>) -> Result<NodeCaller, Status> {
         let token = req
             .metadata()
             .get("authorization")
@@ -139,7 +176,7 @@ impl NodeService for NodeServiceImpl {
         &self,
         request: Request<proto::RegisterRequest>,
     ) -> Result<Response<proto::RegisterResponse>, Status> {
-        let caller = self.authenticate(&request)?;
+        let caller = self.token_caller(&request)?;
         let req = request.into_inner();
         // A bound token asking for a new id is refused below (it may only be its node again): a
         // second machine using the same token fails instead of taking over the first's node.
@@ -171,6 +208,22 @@ impl NodeService for NodeServiceImpl {
         }
         let labels = req.labels.into_iter().collect();
         validate::labels(&labels)?;
+        if let NodeCaller::Node { bound: Some(_), .. } = &caller {
+            caller.may_act_for(&node_id)?;
+        }
+        // The node's certificate (identity set here, SANs limited to its own hosts), signed
+        // before anything is written so that a bad CSR changes nothing.
+        let certificate_pem = match (&self.app.tls, req.csr_pem.is_empty()) {
+            (Some(tls), false) => tls.sign_node_csr(
+                &req.csr_pem,
+                &node_id,
+                &[
+                    crate::tls::host_of(&req.address),
+                    crate::tls::host_of(&req.console_endpoint),
+                ],
+            )?,
+            _ => String::new(),
+        };
         if let NodeCaller::Node { token_id, bound } = &caller {
             if bound.is_some() {
                 caller.may_act_for(&node_id)?;
@@ -232,8 +285,13 @@ impl NodeService for NodeServiceImpl {
             node_id,
             revision,
             heartbeat_interval_ms: self.app.heartbeat_interval.as_millis() as u32,
-            certificate_pem: String::new(),
-            ca_pem: String::new(),
+            certificate_pem,
+            ca_pem: self
+                .app
+                .tls
+                .as_ref()
+                .map(|t| t.ca.cert_pem().to_string())
+                .unwrap_or_default(),
         }))
     }
 
@@ -430,10 +488,29 @@ impl NodeService for NodeServiceImpl {
         &self,
         request: Request<proto::RenewCertificateRequest>,
     ) -> Result<Response<proto::RenewCertificateResponse>, Status> {
-        let _caller = self.authenticate(&request)?;
-        Err(Status::unimplemented(
-            "RenewCertificate: node certificates are not issued by this member yet",
-        ))
+        let caller = self.authenticate(&request)?;
+        let req = request.into_inner();
+        validate::id("node_id", &req.node_id)?;
+        caller.may_act_for(&req.node_id)?;
+        let tls = self.app.tls.as_ref().ok_or_else(|| {
+            Status::failed_precondition("this member runs with --insecure-plaintext: no certificates")
+        })?;
+        if req.csr_pem.is_empty() {
+            return Err(Status::invalid_argument("csr_pem is empty"));
+        }
+        let hosts = {
+            let state = self.app.shared.read();
+            let node = state
+                .nodes
+                .get(&req.node_id)
+                .ok_or_else(|| Status::not_found(format!("node {} not found", req.node_id)))?;
+            [
+                crate::tls::host_of(&node.status.address),
+                crate::tls::host_of(&node.status.console_endpoint),
+            ]
+        };
+        let certificate_pem = tls.sign_node_csr(&req.csr_pem, &req.node_id, &hosts)?;
+        Ok(Response::new(proto::RenewCertificateResponse { certificate_pem }))
     }
 }
                     containers: s

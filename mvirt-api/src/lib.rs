@@ -50,6 +50,8 @@ pub mod state;
 #[cfg(feature = "server")]
 pub mod store;
 #[cfg(feature = "server")]
+pub mod tls;
+#[cfg(feature = "server")]
 pub mod validate;
 #[cfg(feature = "server")]
 pub mod writer;

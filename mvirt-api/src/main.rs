@@ -65,6 +65,39 @@ struct Args {
     /// Directory of the built web UI (mvirt-ui), served at `/`.
     #[arg(long, default_value = mvirt_api::rest::ui::DEFAULT_UI_DIR)]
     ui_dir: PathBuf,
+    /// Serve REST, NodeService and Raft WITHOUT TLS (logged as a warning). Every member of a
+    /// cluster must agree; node agents and the CLI then use http:// URLs.
+    #[arg(long)]
+    insecure_plaintext: bool,
+    /// With --join: the fingerprint of the cluster CA (sha256:<hex>, shown by the join-token
+    /// response and GET /v1/controlplane) the member being joined must present.
+    #[arg(long)]
+    ca_fingerprint: Option<String>,
+    /// With --join: the cluster CA certificate (a copy of a member's <data-dir>/tls/ca.pem).
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// Lifetime of issued certificates (e.g. 90d, 12h, 30s); renewed at 2/3 of it. For tests.
+    #[arg(long, default_value = "90d", value_parser = parse_lifetime, hide = true)]
+    cert_lifetime: Duration,
+}
+
+/// `<n>` followed by s, m, h or d.
+fn parse_lifetime(s: &str) -> Result<Duration, String> {
+    let (n, unit) = s.split_at(s.trim_end_matches(|c: char| c.is_ascii_alphabetic()).len());
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number and a unit (s, m, h, d)"))?;
+    let secs = match unit {
+        "s" | "" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (s, m, h, d)")),
+    };
+    if secs < 3 {
+        return Err(format!("{s:?}: at least 3 seconds"));
+    }
+    Ok(Duration::from_secs(secs))
 }
 
 const DAEMON: DaemonSpec = DaemonSpec {
@@ -92,7 +125,7 @@ fn main() -> ExitCode {
         grpc_listen: args.grpc_listen,
         raft_listen: args.raft_listen,
         advertise_host: args.advertise_host,
-        data_dir: args.common.data_dir,
+        data_dir: args.common.data_dir.clone(),
         join: args.join,
         join_token: args.token,
         node_offline_after: Duration::from_millis(args.node_offline_after_ms),
@@ -101,6 +134,10 @@ fn main() -> ExitCode {
         snapshot_every: args.snapshot_every,
         idempotency_retention: Duration::from_secs(args.idempotency_retention_secs),
         ui_dir: Some(args.ui_dir),
+        insecure_plaintext: args.insecure_plaintext,
+        cert_lifetime: args.cert_lifetime,
+        join_ca_fingerprint: args.ca_fingerprint,
+        join_ca_file: args.ca_file,
     };
     DAEMON.run_daemon(&args.common, |shutdown| async move {
         server::start(config, shutdown).await?.wait().await;

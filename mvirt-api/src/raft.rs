@@ -435,16 +435,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 /// address that reaches the wrong member, e.g. its own, never feeds it a stranger's messages).
 pub const TARGET_HEADER: &str = "x-mvirt-raft-target";
 
-/// Sends Raft RPCs as `POST http://<raft_addr>/raft/<rpc>` with a JSON body.
+/// Sends Raft RPCs as `POST https://<raft_addr>/raft/<rpc>` with a JSON body (over mutual TLS:
+/// `client` presents the member certificate; `http` with `--insecure-plaintext`).
 #[derive(Clone)]
 pub struct HttpNetworkFactory {
     pub client: reqwest::Client,
     pub secret: Arc<String>,
+    /// `https` or `http`.
+    pub scheme: &'static str,
 }
 
 pub struct HttpConnection {
     client: reqwest::Client,
     secret: Arc<String>,
+    scheme: &'static str,
     target: MemberId,
     addr: String,
     /// The AppendEntries stream to this member (opened on first use, dropped on any error).
@@ -464,6 +468,7 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetworkFactory {
         HttpConnection {
             client: self.client.clone(),
             secret: self.secret.clone(),
+            scheme: self.scheme,
             target,
             addr: node.raft_addr.clone(),
             stream: tokio::sync::Mutex::new(None),
@@ -485,7 +490,7 @@ impl HttpConnection {
         Resp: for<'de> Deserialize<'de>,
         E: std::error::Error + for<'de> Deserialize<'de>,
     {
-        let url = format!("http://{}/raft/{rpc}", self.addr);
+        let url = format!("{}://{}/raft/{rpc}", self.scheme, self.addr);
         let sent = self
             .client
             .post(&url)
@@ -593,7 +598,7 @@ impl HttpConnection {
         rpc: &AppendEntriesRequest<TypeConfig>,
     ) -> Result<Result<AppendEntriesResponse<MemberId>, RaftError<MemberId>>, StreamError> {
         if self.stream.get_mut().is_none() {
-            let url = format!("http://{}/raft/stream", self.addr);
+            let url = format!("{}://{}/raft/stream", self.scheme, self.addr);
             let resp = self
                 .client
                 .get(&url)

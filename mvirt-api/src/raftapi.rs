@@ -3,8 +3,11 @@
 //! the leader (writes, read-index requests and node heartbeats) and the leader's request to a
 //! follower to campaign when the leader hands over before its own removal (`/raft/elect`).
 //!
-//! A request is authenticated (and its `x-mvirt-raft-target` checked) on its headers alone, in a
-//! layer in front of every route, so a stranger's body is never read. Each route caps its body
+//! With TLS (the default) the listener requires a client certificate from the cluster CA at the
+//! handshake, and the certificate's member identity must be in the membership (see
+//! [`unknown_peer`]). A request is authenticated (and its `x-mvirt-raft-target` checked) on its
+//! certificate and headers alone, in a layer in front of every route, so a stranger's body is
+//! never read. Each route caps its body
 //! (see the `*_BODY_LIMIT` constants); a `Content-Length` over the cap is answered 413 before
 //! any of the body is read, a chunked body is cut off at the cap.
 
@@ -68,6 +71,9 @@ pub fn router(app: Arc<App>) -> Router {
 /// The gate in front of every route: the cluster secret, then the target member, from the
 /// headers only.
 async fn authenticate(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    if let Some(refused) = unknown_peer(&app, &req) {
+        return refused;
+    }
     if !authorized(&app, req.headers()) {
         return denied();
     }
@@ -75,6 +81,39 @@ async fn authenticate(State(app): State<Arc<App>>, req: Request, next: Next) -> 
         return refused;
     }
     next.run(req).await
+}
+
+/// With TLS the listener already required a certificate from the cluster CA at the handshake;
+/// here its identity must be a member: one in the current membership (voters and learners,
+/// which includes a joiner from the moment it is added), or any member while this member has
+/// no membership yet (a joiner waiting for the leader's first message). A removed member's
+/// certificate is still signed by the CA, but it is no longer let in. 403 otherwise.
+fn unknown_peer(app: &App, req: &Request) -> Option<Response> {
+    if !app.tls_on() {
+        return None;
+    }
+    let peer = req.extensions().get::<mvirt_common::tls::PeerInfo>();
+    let Some(id) = crate::tls::peer_member(peer) else {
+        return Some(
+            (
+                StatusCode::FORBIDDEN,
+                "the Raft listener takes member certificates only",
+            )
+                .into_response(),
+        );
+    };
+    let metrics = app.raft.metrics();
+    let metrics = metrics.borrow();
+    let membership = metrics.membership_config.membership();
+    let mut nodes = membership.nodes().peekable();
+    let known = nodes.peek().is_none() || membership.get_node(&id).is_some();
+    (!known).then(|| {
+        (
+            StatusCode::FORBIDDEN,
+            format!("member {id} is not a member of this cluster"),
+        )
+            .into_response()
+    })
 }
 
 fn authorized(app: &App, headers: &HeaderMap) -> bool {

@@ -5,7 +5,6 @@
 //! Identity lives in `<data-dir>/member.json` (member id + cluster secret). Once it exists the
 //! member restarts from its data dir and `--join` is ignored.
 
-use axum::serve::ListenerExt;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -46,6 +45,15 @@ pub struct ServerConfig {
     pub idempotency_retention: Duration,
     /// The built web UI served at `/` (`None`: `/` says that no UI is configured).
     pub ui_dir: Option<PathBuf>,
+    /// Plain HTTP/gRPC on every listener (no TLS). Logged as a warning.
+    pub insecure_plaintext: bool,
+    /// Lifetime of the certificates this member issues (its own, joiners', nodes'); renewed
+    /// at 2/3 of it.
+    pub cert_lifetime: Duration,
+    /// `--join`: the CA fingerprint (`sha256:<hex>`) the member being joined must present.
+    pub join_ca_fingerprint: Option<String>,
+    /// `--join`: a file with the CA certificate the member being joined must be signed by.
+    pub join_ca_file: Option<PathBuf>,
 }
 
 impl ServerConfig {
@@ -65,6 +73,10 @@ impl ServerConfig {
             snapshot_every: 50_000,
             idempotency_retention: crate::app::DEFAULT_IDEMPOTENCY_RETENTION,
             ui_dir: None,
+            insecure_plaintext: false,
+            cert_lifetime: mvirt_common::tls::DEFAULT_LEAF_LIFETIME,
+            join_ca_fingerprint: None,
+            join_ca_file: None,
         }
     }
 }
@@ -89,6 +101,10 @@ pub enum ServerError {
     JoinWithoutToken,
     #[error("joining the cluster at {url} failed: {message}")]
     Join { url: String, message: String },
+    #[error("TLS: {0}")]
+    Tls(#[from] mvirt_common::tls::TlsError),
+    #[error("{0}")]
+    Config(String),
 }
 
 /// The persisted identity of this member.
@@ -110,13 +126,38 @@ pub struct Running {
 }
 
 impl Running {
-    /// `http://<rest addr>`.
-    pub fn api_url(&self) -> String {
-        format!("http://{}", self.rest_addr)
+    fn scheme(&self) -> &'static str {
+        self.app.scheme()
     }
 
+    /// `https://<rest addr>` (`http://` with `--insecure-plaintext`).
+    pub fn api_url(&self) -> String {
+        format!("{}://{}", self.scheme(), self.rest_addr)
+    }
+
+    /// `https://<NodeService addr>` (`http://` with `--insecure-plaintext`).
     pub fn grpc_url(&self) -> String {
-        format!("http://{}", self.grpc_addr)
+        format!("{}://{}", self.scheme(), self.grpc_addr)
+    }
+
+    /// The cluster CA certificate (PEM); `None` with `--insecure-plaintext`.
+    pub fn ca_pem(&self) -> Option<String> {
+        self.app.tls.as_ref().map(|t| t.ca.cert_pem().to_string())
+    }
+
+    /// `<data-dir>/tls/ca.pem` (exists unless `--insecure-plaintext`).
+    pub fn ca_file(&self) -> PathBuf {
+        mvirt_common::tls::tls_dir(&self.data_dir).join(mvirt_common::tls::CA_FILE)
+    }
+
+    /// The cluster CA's fingerprint (`sha256:<hex>`); `None` with `--insecure-plaintext`.
+    pub fn ca_fingerprint(&self) -> Option<String> {
+        self.app.tls.as_ref().map(|t| t.fingerprint())
+    }
+
+    /// The serial (hex) of the certificate this member presents now.
+    pub fn cert_serial(&self) -> Option<String> {
+        self.app.tls.as_ref().map(|t| t.store.info().serial)
     }
 
     /// The admin token written at bootstrap (only on the bootstrap member).
@@ -149,6 +190,9 @@ impl Running {
         self.app.audit.flush().await;
     }
 }
+
+/// How long open connections may finish after shutdown before they are dropped.
+const DRAIN: Duration = Duration::from_secs(3);
 
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 /// The admin token before the cluster has committed it.
@@ -230,15 +274,80 @@ fn advertised(host: &Option<String>, addr: SocketAddr) -> String {
     }
 }
 
-async fn join_cluster(url: &str, token: &str, me: &Member) -> Result<JoinResponse, ServerError> {
+/// The client a joiner reaches the member it joins with, and the CA it pinned (TLS): from
+/// `--ca-file`, or fetched from the member and compared with `--ca-fingerprint`.
+async fn join_client(
+    config: &ServerConfig,
+    url: &str,
+) -> Result<(reqwest::Client, Option<String>), ServerError> {
     let err = |message: String| ServerError::Join {
         url: url.to_string(),
         message,
     };
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
+    let builder = reqwest::Client::builder().timeout(Duration::from_secs(30));
+    if url.starts_with("http://") {
+        if !config.insecure_plaintext {
+            return Err(ServerError::Config(format!(
+                "--join {url}: this member serves TLS, join the cluster's https:// URL (plain http:// only with --insecure-plaintext on every member)"
+            )));
+        }
+        return Ok((builder.build().map_err(|e| err(e.to_string()))?, None));
+    }
+    if !url.starts_with("https://") {
+        return Err(ServerError::Config(format!(
+            "--join {url}: not an https:// URL"
+        )));
+    }
+    if config.insecure_plaintext {
+        return Err(ServerError::Config(format!(
+            "--join {url}: a member with --insecure-plaintext cannot join a TLS cluster"
+        )));
+    }
+    let pinned = config
+        .join_ca_fingerprint
+        .as_deref()
+        .map(mvirt_common::tls::normalize_fingerprint)
+        .transpose()?;
+    let ca_pem = match (&config.join_ca_file, &pinned) {
+        (Some(file), _) => {
+            std::fs::read_to_string(file).map_err(|e| ServerError::DataDir {
+                path: file.display().to_string(),
+                source: e,
+            })?
+        }
+        (None, Some(_)) => mvirt_common::tls::fetch_server_ca(url).await?.0,
+        (None, None) => {
+            return Err(ServerError::Config(
+                "joining over TLS needs --ca-fingerprint sha256:... (shown by the join-token response) or --ca-file <ca.pem>".into(),
+            ))
+        }
+    };
+    let fingerprint = mvirt_common::tls::fingerprint_pem(&ca_pem)?;
+    if let Some(want) = &pinned {
+        if &fingerprint != want {
+            return Err(err(format!(
+                "the member presents CA {fingerprint}, not the pinned {want}"
+            )));
+        }
+    }
+    let tls = mvirt_common::tls::client_config(&ca_pem, None)?;
+    let client = builder
+        .use_preconfigured_tls((*tls).clone())
         .build()
         .map_err(|e| err(e.to_string()))?;
+    Ok((client, Some(ca_pem)))
+}
+
+async fn join_cluster(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    me: &Member,
+) -> Result<JoinResponse, ServerError> {
+    let err = |message: String| ServerError::Join {
+        url: url.to_string(),
+        message,
+    };
     let resp = client
         .post(format!(
             "{}/v1/controlplane/join",
@@ -274,10 +383,20 @@ pub async fn start(
     let rest_addr = local(&rest_listener, config.listen);
     let grpc_addr = local(&grpc_listener, config.grpc_listen);
     let raft_addr = local(&raft_listener, config.raft_listen);
+    let scheme = if config.insecure_plaintext {
+        "http"
+    } else {
+        "https"
+    };
     let me = Member {
-        api_url: format!("http://{}", advertised(&config.advertise_host, rest_addr)),
+        api_url: format!(
+            "{scheme}://{}",
+            advertised(&config.advertise_host, rest_addr)
+        ),
         raft_addr: advertised(&config.advertise_host, raft_addr),
     };
+    let tls_dir = mvirt_common::tls::tls_dir(&config.data_dir);
+    let mut joined_ca = None;
 
     let identity_path = config.data_dir.join(IDENTITY_FILE);
     let (identity, bootstrap) = if identity_path.exists() {
@@ -291,7 +410,30 @@ pub async fn start(
             .join_token
             .as_deref()
             .ok_or(ServerError::JoinWithoutToken)?;
-        let joined = join_cluster(url, token, &me).await?;
+        let (client, pinned) = join_client(&config, url).await?;
+        let joined = join_cluster(&client, url, token, &me).await?;
+        if let Some(pinned) = pinned {
+            // The CA handed over must be the one this member pinned.
+            let (Some(ca_pem), Some(ca_key)) = (&joined.ca_pem, &joined.ca_key_pem) else {
+                return Err(ServerError::Join {
+                    url: url.clone(),
+                    message: "the join response carries no cluster CA".into(),
+                });
+            };
+            let ca = mvirt_common::tls::ClusterCa::from_pem(ca_pem, ca_key)?;
+            if ca.fingerprint() != mvirt_common::tls::fingerprint_pem(&pinned)? {
+                return Err(ServerError::Join {
+                    url: url.clone(),
+                    message: "the join response carries another CA than the member presents"
+                        .into(),
+                });
+            }
+            ca.save(&tls_dir)?;
+            if let (Some(cert), Some(key)) = (&joined.cert_pem, &joined.key_pem) {
+                mvirt_common::tls::CertStore::from_pem(cert, key)?.save(&tls_dir)?;
+            }
+            joined_ca = Some(ca);
+        }
         tracing::info!(member_id = joined.member_id, %url, "joined the cluster");
         (
             Identity {
@@ -326,12 +468,50 @@ pub async fn start(
     });
     let log_store = LogStore::open(&db_path)?;
     let state_machine = StateMachine::open(shared.clone())?;
+    // TLS: the cluster CA (created at bootstrap, handed over at a join, else from the data
+    // dir) and this member's certificate, issued now for the current advertise host.
+    let tls = if config.insecure_plaintext {
+        tracing::warn!(
+            "--insecure-plaintext: REST, NodeService and Raft listen WITHOUT TLS; tokens, the cluster secret and all state cross the network in clear text"
+        );
+        None
+    } else {
+        let ca = match joined_ca {
+            Some(ca) => ca,
+            None if mvirt_common::tls::ClusterCa::exists(&tls_dir) => {
+                mvirt_common::tls::ClusterCa::load(&tls_dir)?
+            }
+            None if bootstrap => {
+                let ca = mvirt_common::tls::ClusterCa::generate()?;
+                ca.save(&tls_dir)?;
+                tracing::info!(fingerprint = %ca.fingerprint(), "created the cluster CA");
+                ca
+            }
+            None => {
+                return Err(ServerError::Config(format!(
+                    "{} holds no cluster CA: this member ran with --insecure-plaintext (a cluster cannot switch to TLS in place)",
+                    tls_dir.display()
+                )))
+            }
+        };
+        let host = crate::tls::host_of(&advertised(&config.advertise_host, rest_addr));
+        Some(Arc::new(crate::tls::MemberTls::start(
+            &config.data_dir,
+            ca,
+            identity.member_id,
+            crate::tls::member_sans(&host),
+            config.cert_lifetime,
+        )?))
+    };
+    let raft_client = reqwest::Client::builder().connect_timeout(Duration::from_millis(500));
     let network = HttpNetworkFactory {
-        client: reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(500))
-            .build()
-            .map_err(|e| ServerError::Raft(e.to_string()))?,
+        client: match &tls {
+            Some(tls) => tls.reqwest(raft_client),
+            None => raft_client.build(),
+        }
+        .map_err(|e| ServerError::Raft(e.to_string()))?,
         secret: Arc::new(identity.cluster_secret.clone()),
+        scheme,
     };
     let raft_config = raft::config(config.snapshot_every)
         .validate()
@@ -360,23 +540,36 @@ pub async fn start(
         config.log_endpoint.clone(),
     );
     app.idempotency_retention = config.idempotency_retention;
+    if let Some(tls) = &tls {
+        // Forwards to the leader (Raft listener, REST) go over TLS with the member certificate.
+        app.http = tls
+            .reqwest(reqwest::Client::builder().connect_timeout(Duration::from_secs(2)))
+            .map_err(|e| ServerError::Raft(e.to_string()))?;
+        tls.spawn_renewal(shutdown.clone());
+    }
+    app.tls = tls.clone();
     let app = Arc::new(app);
 
     let mut tasks = Vec::new();
+    // Server configs: REST server-auth only; Raft requires a member certificate; NodeService
+    // takes an optional client certificate (checked per call).
+    let (rest_tls, raft_tls, grpc_tls) = match &tls {
+        Some(t) => (
+            Some(t.rest_config()?),
+            Some(t.raft_config()?),
+            Some(t.grpc_config()?),
+        ),
+        None => (None, None, None),
+    };
     let raft_router = crate::raftapi::router(app.clone());
-    let sd = shutdown.clone();
-    tasks.push(tokio::spawn(async move {
-        // Small request/response messages: no Nagle delay on either side.
-        let raft_listener = raft_listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        if let Err(e) = axum::serve(raft_listener, raft_router)
-            .with_graceful_shutdown(async move { sd.wait().await })
-            .await
-        {
-            tracing::error!(error = %e, "raft listener failed");
-        }
-    }));
+    // Accepted connections get TCP_NODELAY (small request/response messages) in serve_http.
+    tasks.push(tokio::spawn(mvirt_common::tls::serve_http(
+        raft_listener,
+        raft_tls,
+        raft_router,
+        shutdown.clone(),
+        DRAIN,
+    )));
 
     if bootstrap {
         let is_init = raft
@@ -430,20 +623,25 @@ pub async fn start(
     }));
 
     let rest_router = rest::ui::with_ui(rest::router(app.clone()), config.ui_dir.as_deref());
-    let sd = shutdown.clone();
-    tasks.push(tokio::spawn(async move {
-        let rest_listener = rest_listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        // The peer address reaches handlers (the join rate limit is per source address).
-        let rest_service = rest_router.into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(e) = axum::serve(rest_listener, rest_service)
-            .with_graceful_shutdown(async move { sd.wait().await })
-            .await
-        {
-            tracing::error!(error = %e, "REST listener failed");
-        }
-    }));
+    // The peer address reaches handlers as `ConnectInfo` (the join rate limit is per source
+    // address).
+    let rest_service = tower::ServiceBuilder::new()
+        .map_request(|mut req: axum::http::Request<hyper::body::Incoming>| {
+            if let Some(peer) = req.extensions().get::<mvirt_common::tls::PeerInfo>() {
+                let addr = peer.remote_addr;
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo::<SocketAddr>(addr));
+            }
+            req
+        })
+        .service(rest_router);
+    tasks.push(tokio::spawn(mvirt_common::tls::serve_http(
+        rest_listener,
+        rest_tls,
+        rest_service,
+        shutdown.clone(),
+        DRAIN,
+    )));
 
     let grpc = mvirt_common::grpc::GrpcServer::for_daemon("mvirt-api")
         .add_service(crate::proto::node_service_server::NodeServiceServer::new(
@@ -452,14 +650,23 @@ pub async fn start(
         .await;
     let sd = shutdown.clone();
     tasks.push(tokio::spawn(async move {
-        if let Err(e) = grpc.serve(grpc_listener, sd).await {
+        if let Err(e) = grpc.serve_tls(grpc_listener, grpc_tls, sd).await {
             tracing::error!(error = %e, "NodeService listener failed");
         }
     }));
 
     tasks.push(tokio::spawn(app.clone().run_leader_loop(shutdown.clone())));
 
-    tracing::info!(member_id = identity.member_id, %rest_addr, %grpc_addr, %raft_addr, "mvirt-api member started");
+    let ca_fingerprint = tls.as_ref().map(|t| t.fingerprint());
+    tracing::info!(
+        member_id = identity.member_id,
+        %rest_addr,
+        %grpc_addr,
+        %raft_addr,
+        tls = tls.is_some(),
+        ca_fingerprint = ca_fingerprint.as_deref().unwrap_or("none (plaintext)"),
+        "mvirt-api member started"
+    );
     Ok(Running {
         rest_addr,
         grpc_addr,

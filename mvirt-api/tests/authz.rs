@@ -261,6 +261,37 @@ async fn register(
     .map(|r| r.into_inner().node_id)
 }
 
+/// Registers `id` again with a CSR and returns the node's certificate (and key).
+async fn node_cert(
+    c: &mut NodeServiceClient<Channel>,
+    token: &str,
+    id: &str,
+    name: &str,
+) -> mvirt_common::tls::CertStore {
+    let (csr, key) = mvirt_common::tls::generate_csr(name, &[]).unwrap();
+    let resp = c
+        .register(req(
+            proto::RegisterRequest {
+                node_id: id.into(),
+                name: name.into(),
+                address: "192.0.2.10".into(),
+                capacity: Some(proto::NodeCapacity {
+                    vcpus: 64,
+                    memory_bytes: 256 * GIB,
+                    storage_bytes: 1000 * GIB,
+                }),
+                agent_version: "test".into(),
+                csr_pem: csr,
+                ..Default::default()
+            },
+            token,
+        ))
+        .await
+        .expect("register with a CSR")
+        .into_inner();
+    mvirt_common::tls::CertStore::from_pem(&resp.certificate_pem, &key).expect("node certificate")
+}
+
 /// Ids of the objects of one project that the probes name.
 struct Objects {
     network: String,
@@ -392,9 +423,7 @@ async fn every_route_answers_every_role_as_the_rules_say() {
     populate(&m, "a", "10.1.0.0/24").await;
     let b = populate(&m, "b", "10.2.0.0/24").await;
     let node_secret = token(&m, "agent", json!({"role": "node"})).await;
-    let mut c = NodeServiceClient::connect(m.grpc_url.clone())
-        .await
-        .unwrap();
+    let mut c = m.node_client(None).await;
     let node_id = register(&mut c, &node_secret, "", "host-1").await.unwrap();
     let secrets = [
         (Who::Admin, m.token.clone()),
@@ -467,9 +496,7 @@ async fn a_node_token_acts_only_for_the_node_it_registered_first() {
     let m = start_member().await;
     let t1 = token(&m, "agent-1", json!({"role": "node"})).await;
     let t2 = token(&m, "agent-2", json!({"role": "node"})).await;
-    let mut c = NodeServiceClient::connect(m.grpc_url.clone())
-        .await
-        .unwrap();
+    let mut c = m.node_client(None).await;
 
     // Before registering, a node token may act for no node.
     let err = c
@@ -512,17 +539,26 @@ async fn a_node_token_acts_only_for_the_node_it_registered_first() {
     assert_eq!(me["role"], "node");
     assert_eq!(me["node_id"], json!(n1));
 
-    // Its own node: fine, again and again.
+    // Its own node: fine, again and again (with TLS every call but Register also needs the
+    // node's certificate, which Register issues for a CSR).
     assert_eq!(register(&mut c, &t1, &n1, "host-1").await.unwrap(), n1);
-    c.heartbeat(req(
-        proto::HeartbeatRequest {
-            node_id: n1.clone(),
-            ..Default::default()
-        },
-        &t1,
-    ))
-    .await
-    .unwrap();
+    let mut c1 = m.node_client(Some(node_cert(&mut c, &t1, &n1, "host-1").await)).await;
+    let mut c2 = m.node_client(Some(node_cert(&mut c, &t2, &n2, "host-2").await)).await;
+    let hb1 = |token: &str| {
+        req(
+            proto::HeartbeatRequest {
+                node_id: n1.clone(),
+                ..Default::default()
+            },
+            token,
+        )
+    };
+    c1.heartbeat(hb1(&t1)).await.unwrap();
+    // The token of n1 without a certificate, or with n2's: refused.
+    let code = c.heartbeat(hb1(&t1)).await.unwrap_err().code();
+    assert_eq!(code, tonic::Code::PermissionDenied);
+    let code = c2.heartbeat(hb1(&t1)).await.unwrap_err().code();
+    assert_eq!(code, tonic::Code::PermissionDenied);
 
     // The other node, or a new one: refused on every call.
     let denied = |r: Result<(), tonic::Status>, what: &str| {
@@ -537,7 +573,7 @@ async fn a_node_token_acts_only_for_the_node_it_registered_first() {
         register(&mut c, &t1, "", "host-3").await.map(|_| ()),
         "register a new node",
     );
-    let hb = c
+    let hb = c1
         .heartbeat(req(
             proto::HeartbeatRequest {
                 node_id: n2.clone(),
@@ -547,7 +583,7 @@ async fn a_node_token_acts_only_for_the_node_it_registered_first() {
         ))
         .await;
     denied(hb.map(|_| ()), "heartbeat n2");
-    let watch = c
+    let watch = c1
         .watch_specs(req(
             proto::WatchSpecsRequest {
                 node_id: n2.clone(),
@@ -557,7 +593,7 @@ async fn a_node_token_acts_only_for_the_node_it_registered_first() {
         ))
         .await;
     denied(watch.map(|_| ()), "watch n2");
-    let status = c
+    let status = c1
         .update_resource_status(req(
             proto::UpdateResourceStatusRequest {
                 node_id: n2.clone(),
@@ -567,7 +603,7 @@ async fn a_node_token_acts_only_for_the_node_it_registered_first() {
         ))
         .await;
     denied(status.map(|_| ()), "status for n2");
-    let dereg = c
+    let dereg = c1
         .deregister(req(
             proto::DeregisterRequest {
                 node_id: n2.clone(),
@@ -624,7 +660,7 @@ async fn a_node_token_acts_only_for_the_node_it_registered_first() {
             token,
         )
     };
-    let r = c
+    let r = c1
         .update_resource_status(report(&n1, &t1))
         .await
         .unwrap()
@@ -633,7 +669,7 @@ async fn a_node_token_acts_only_for_the_node_it_registered_first() {
         (r.accepted, r.unknown_ids.clone()),
         (0, vec![nic_id.clone()])
     );
-    let r = c
+    let r = c2
         .update_resource_status(report(&n2, &t2))
         .await
         .unwrap()
@@ -641,7 +677,7 @@ async fn a_node_token_acts_only_for_the_node_it_registered_first() {
     assert_eq!(r.accepted, 1, "{r:?}");
 
     // Deregistering its own node works; the token stays bound to it.
-    c.deregister(req(
+    c1.deregister(req(
         proto::DeregisterRequest {
             node_id: n1.clone(),
         },
@@ -671,6 +707,7 @@ async fn a_scoped_token_sees_only_its_projects() {
         token: secret,
         dir: tempfile::tempdir().unwrap(),
         http: m.http.clone(),
+        ca_pem: m.ca_pem.clone(),
     };
     let (s, me) = ops.get("/v1/whoami").await;
     assert_eq!(s, StatusCode::OK);
@@ -867,6 +904,7 @@ async fn a_scoped_token_reads_only_audit_entries_about_its_projects() {
         token: secret,
         dir: tempfile::tempdir().unwrap(),
         http: m.http.clone(),
+        ca_pem: m.ca_pem.clone(),
     };
     // The admin sees both networks' entries once they are written.
     for id in &ids {

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mvirt_api::proto::{self, node_service_client::NodeServiceClient};
+use mvirt_api::proto;
 use mvirt_testsupport::process::wait_until_async;
 use serde_json::{json, Value};
 
@@ -72,7 +72,9 @@ async fn a_three_member_cluster_replicates_forwards_and_survives_kill_9_of_the_l
         .req(
             reqwest::Method::POST,
             &format!("{}/v1/controlplane/join", a.url),
-            Some(json!({"token": t1, "api_url": "http://127.0.0.1:1", "raft_addr": "127.0.0.1:1"})),
+            Some(
+                json!({"token": t1, "api_url": "https://127.0.0.1:1", "raft_addr": "127.0.0.1:1"}),
+            ),
             None,
         )
         .await
@@ -128,7 +130,7 @@ async fn a_three_member_cluster_replicates_forwards_and_survives_kill_9_of_the_l
     let mut writers = Vec::new();
     for w in 0..4usize {
         let c = Client {
-            http: reqwest::Client::new(),
+            http: c.http.clone(),
             token: c.token.clone(),
         };
         let urls = urls.clone();
@@ -258,7 +260,8 @@ async fn a_three_member_cluster_replicates_forwards_and_survives_kill_9_of_the_l
         }
     }
     assert!(followers.len() >= 2, "expected two followers");
-    let grpc = |p: &Proc| format!("http://{}:{}", p.ip, p.ports.1);
+    let grpc = |p: &Proc| format!("https://{}:{}", p.ip, p.ports.1);
+    let ca = std::fs::read_to_string(a.dir.join("tls/ca.pem")).unwrap();
     let authed = |msg| {
         let mut r = tonic::Request::new(msg);
         r.metadata_mut().insert(
@@ -267,9 +270,7 @@ async fn a_three_member_cluster_replicates_forwards_and_survives_kill_9_of_the_l
         );
         r
     };
-    let mut n1 = NodeServiceClient::connect(grpc(followers[0]))
-        .await
-        .unwrap();
+    let mut n1 = common::node_service(&grpc(followers[0]), &ca, None).await;
     let node_id = n1
         .register(authed(proto::RegisterRequest {
             name: "host-f".into(),
@@ -304,9 +305,7 @@ async fn a_three_member_cluster_replicates_forwards_and_survives_kill_9_of_the_l
         .await
         .unwrap();
     assert_eq!(s, 201, "{vm}");
-    let mut n2 = NodeServiceClient::connect(grpc(followers[1]))
-        .await
-        .unwrap();
+    let mut n2 = common::node_service(&grpc(followers[1]), &ca, None).await;
     let mut w = tonic::Request::new(proto::WatchSpecsRequest {
         node_id: node_id.clone(),
         from_revision: 0,
@@ -488,7 +487,7 @@ async fn the_append_entries_stream_answers_frames_and_refuses_strangers() {
 
     let root = tempfile::tempdir().unwrap();
     let a = start("127.0.0.1", root.path(), "a", None);
-    let http = reqwest::Client::new();
+    let http = admin_client(&a).await.http;
     wait_until_async("member up", Duration::from_secs(30), || {
         let url = format!("{}/v1/health", a.url);
         let http = http.clone();
@@ -507,8 +506,13 @@ async fn the_append_entries_stream_answers_frames_and_refuses_strangers() {
     let raft_addr = format!("{}:{}", a.ip, a.ports.2);
 
     // Opens the stream by hand; returns the status line and the connection.
-    async fn open(addr: &str, secret: &str, upgrade: bool) -> (String, tokio::net::TcpStream) {
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    async fn open(
+        addr: &str,
+        dir: &std::path::Path,
+        secret: &str,
+        upgrade: bool,
+    ) -> (String, mvirt_common::tls::ClientStream) {
+        let mut s = common::raft_connect(addr, dir, 1).await;
         let mut req = format!(
             "GET /raft/stream HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {secret}\r\n"
         );
@@ -533,11 +537,11 @@ async fn the_append_entries_stream_answers_frames_and_refuses_strangers() {
         (head.lines().next().unwrap_or_default().to_string(), s)
     }
 
-    let (status, _) = open(&raft_addr, "not-the-secret", true).await;
+    let (status, _) = open(&raft_addr, &a.dir, "not-the-secret", true).await;
     assert!(status.contains(" 401"), "{status}");
-    let (status, _) = open(&raft_addr, &secret, false).await;
+    let (status, _) = open(&raft_addr, &a.dir, &secret, false).await;
     assert!(status.contains(" 400"), "{status}");
-    let (status, mut s) = open(&raft_addr, &secret, true).await;
+    let (status, mut s) = open(&raft_addr, &a.dir, &secret, true).await;
     assert!(status.contains(" 101"), "{status}");
 
     // A stale leader's AppendEntries (term 0): the member answers with its higher vote, on

@@ -100,7 +100,7 @@ fn start_as(uid: u32, ip: &str, root: &Path, name: &str, join: Option<(&str, &st
     let guard = spawn_as(ip, &dir, ports, join, Some(uid));
     Proc {
         guard,
-        url: format!("http://{ip}:{}", ports.0),
+        url: format!("https://{ip}:{}", ports.0),
         ip: ip.to_string(),
         ports,
         dir,

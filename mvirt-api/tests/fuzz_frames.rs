@@ -191,6 +191,7 @@ fn proto_samples() -> Vec<(u8, Vec<u8>)> {
                 agent_version: "fuzz".into(),
                 console_endpoint: "http://192.0.2.10:50057".into(),
                 console_secret: "s".into(),
+                csr_pem: String::new(),
                 pod_artefacts_version: "0123456789abcdef".into(),
             }
             .encode_to_vec(),
@@ -348,6 +349,7 @@ fn structured(rng: &mut StdRng) -> (u8, Vec<u8>) {
             agent_version: text(rng),
             console_endpoint: field(rng, valid, ""),
             console_secret: text(rng),
+            csr_pem: field(rng, valid, ""),
         }
         .encode_to_vec(),
         1 => proto::HeartbeatRequest {
@@ -453,9 +455,7 @@ fn nodeservice_answers_every_decodable_request_without_a_panic() {
             .as_str()
             .expect("node token")
             .to_string();
-        let mut client = NodeServiceClient::connect(m.grpc_url.clone())
-            .await
-            .expect("connect NodeService");
+        let mut client = m.node_client(None).await;
         client
             .register(request(
                 proto::RegisterRequest {

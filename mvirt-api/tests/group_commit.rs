@@ -120,7 +120,7 @@ async fn concurrent_writes_share_entries_and_each_gets_its_own_outcome() {
         .await
         .expect("restart");
     let url = running.api_url();
-    let http = reqwest::Client::new();
+    let http = common::client_for(&running);
     let after: Value = mvirt_testsupport::process::wait_until_async(
         "VMs readable after restart",
         std::time::Duration::from_secs(20),

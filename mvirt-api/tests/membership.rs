@@ -165,8 +165,14 @@ async fn removing_the_leader_hands_over_first_and_the_last_voter_stays() {
 
 /// Sends a request head by hand and returns the status line once it arrives, without sending
 /// any body.
-async fn head_only(addr: &str, path: &str, headers: &[(&str, String)]) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+async fn head_only(
+    addr: &str,
+    dir: &std::path::Path,
+    member_id: u64,
+    path: &str,
+    headers: &[(&str, String)],
+) -> String {
+    let mut s = common::raft_connect(addr, dir, member_id).await;
     let mut req = format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
@@ -219,10 +225,33 @@ async fn the_raft_listener_authenticates_and_caps_bodies_before_reading_them() {
         "/raft/write",
         "/raft/elect",
     ] {
-        let status = head_only(&raft_addr, path, &[("Content-Length", "1000000".into())]).await;
-        assert!(status.contains(" 401"), "{path} without a secret: {status}");
         let status = head_only(
             &raft_addr,
+            &a.dir,
+            1,
+            path,
+            &[("Content-Length", "1000000".into())],
+        )
+        .await;
+        assert!(status.contains(" 401"), "{path} without a secret: {status}");
+        // A certificate of the cluster CA for a member that is not in the cluster: 403, even
+        // with the right secret, before the body.
+        let status = head_only(
+            &raft_addr,
+            &a.dir,
+            99,
+            path,
+            &[
+                ("Authorization", bearer.clone()),
+                ("Content-Length", "1000000".into()),
+            ],
+        )
+        .await;
+        assert!(status.contains(" 403"), "{path} from member 99: {status}");
+        let status = head_only(
+            &raft_addr,
+            &a.dir,
+            1,
             path,
             &[
                 ("Authorization", "Bearer wrong".into()),
@@ -242,6 +271,8 @@ async fn the_raft_listener_authenticates_and_caps_bodies_before_reading_them() {
     ] {
         let status = head_only(
             &raft_addr,
+            &a.dir,
+            1,
             path,
             &[
                 ("Authorization", bearer.clone()),
@@ -254,8 +285,9 @@ async fn the_raft_listener_authenticates_and_caps_bodies_before_reading_them() {
     }
     // Chunked (no length up front): cut off at the cap — a 413, or the connection closed
     // under the sender when the answer overtakes the rest of the body.
-    let resp = reqwest::Client::new()
-        .post(format!("http://{raft_addr}/raft/vote"))
+    let raft = common::member_http(&a.dir, 1);
+    let resp = raft
+        .post(format!("https://{raft_addr}/raft/vote"))
         .header("authorization", &bearer)
         .header("content-type", "application/json")
         .body(reqwest::Body::wrap_stream(futures_chunks(
@@ -267,14 +299,23 @@ async fn the_raft_listener_authenticates_and_caps_bodies_before_reading_them() {
         assert_eq!(resp.status(), 413);
     }
     // The member still serves its peers' RPCs.
-    let resp = reqwest::Client::new()
-        .post(format!("http://{raft_addr}/raft/read-index"))
+    let resp = raft
+        .post(format!("https://{raft_addr}/raft/read-index"))
         .header("authorization", &bearer)
         .json(&())
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+    // Without a client certificate the TLS handshake is refused: no HTTP at all.
+    let anonymous = common::https_client(&std::fs::read_to_string(a.dir.join("tls/ca.pem")).unwrap());
+    let refused = anonymous
+        .post(format!("https://{raft_addr}/raft/read-index"))
+        .header("authorization", &bearer)
+        .json(&())
+        .send()
+        .await;
+    assert!(refused.is_err(), "a Raft call without a member certificate: {refused:?}");
     drop(a);
 }
 
@@ -303,13 +344,13 @@ async fn bad_joins_cost_no_raft_write_and_are_rate_limited() {
     let last_index = |v: Value| v["last_log_index"].as_u64();
     let before = last_index(c.controlplane(&a).await.unwrap());
 
-    let http = reqwest::Client::new();
+    let http = c.http.clone();
     let join = |token: String| {
         let http = http.clone();
         let url = format!("{}/v1/controlplane/join", a.url);
         async move {
             http.post(url)
-                .json(&json!({"token": token, "api_url": "http://127.0.0.9:1", "raft_addr": "127.0.0.9:2"}))
+                .json(&json!({"token": token, "api_url": "https://127.0.0.9:1", "raft_addr": "127.0.0.9:2"}))
                 .send()
                 .await
                 .unwrap()

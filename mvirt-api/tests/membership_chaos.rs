@@ -310,7 +310,7 @@ async fn join(c: &Client, members: &mut Vec<Live>, ip: &str, root: &std::path::P
     let guard = spawn(ip, &dir, ports, Some((&via.url, &token)));
     let proc = Proc {
         guard,
-        url: format!("http://{ip}:{}", ports.0),
+        url: format!("https://{ip}:{}", ports.0),
         ip: ip.to_string(),
         ports,
         dir,

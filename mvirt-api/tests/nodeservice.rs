@@ -19,9 +19,7 @@ fn req<T>(msg: T, token: &str) -> tonic::Request<T> {
 }
 
 async fn client(m: &Member) -> NodeServiceClient<Channel> {
-    NodeServiceClient::connect(m.grpc_url.clone())
-        .await
-        .expect("connect NodeService")
+    m.node_client(None).await
 }
 
 fn capacity(vcpus: u32, mem_gib: u64) -> Option<proto::NodeCapacity> {
@@ -726,6 +724,15 @@ impl proto::node_agent_server::NodeAgent for EchoRelay {
         if auth != format!("Bearer {}", self.secret) {
             return Err(tonic::Status::unauthenticated("bad console secret"));
         }
+        // Like the node agent: only a member may open a console.
+        let member = request
+            .extensions()
+            .get::<mvirt_common::tls::PeerInfo>()
+            .and_then(|p| p.identity.clone())
+            .and_then(|i| i.member_id());
+        if member.is_none() {
+            return Err(tonic::Status::permission_denied("not a member"));
+        }
         let mut input = request.into_inner();
         let stream = async_stream_like(move |tx| async move {
             let mut first = true;
@@ -780,36 +787,54 @@ async fn the_console_websocket_is_relayed_to_the_vms_node() {
     let m = start_member().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let relay_addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(proto::node_agent_server::NodeAgentServer::new(EchoRelay {
-                secret: "s3cret".into(),
-            }))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
     let mut c = client(&m).await;
-    let node = c
+    // The relay serves TLS with the node certificate Register issues for its CSR, and
+    // requires a member's client certificate (as mvirt-node's does).
+    let (csr, key) = mvirt_common::tls::generate_csr("host-1", &["127.0.0.1".into()]).unwrap();
+    let registered = c
         .register(req(
             proto::RegisterRequest {
                 name: "host-1".into(),
                 address: "127.0.0.1".into(),
                 capacity: capacity(4, 8),
-                console_endpoint: format!("http://{relay_addr}"),
+                console_endpoint: format!("https://{relay_addr}"),
                 console_secret: "s3cret".into(),
+                csr_pem: csr,
                 ..Default::default()
             },
             &m.token,
         ))
         .await
         .unwrap()
-        .into_inner()
-        .node_id;
+        .into_inner();
+    let node = registered.node_id;
+    assert_eq!(registered.ca_pem, m.ca_pem);
+    let cert = mvirt_common::tls::CertStore::from_pem(&registered.certificate_pem, &key).unwrap();
+    assert_eq!(
+        cert.identity(),
+        Some(mvirt_common::tls::PeerIdentity::Node(node.clone()))
+    );
+    let relay_tls = mvirt_common::tls::server_config(
+        &cert,
+        mvirt_common::tls::ClientAuth::Required(m.ca_pem.clone()),
+    )
+    .unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(proto::node_agent_server::NodeAgentServer::new(EchoRelay {
+                secret: "s3cret".into(),
+            }))
+            .serve_with_incoming(mvirt_common::tls::TlsIncoming::new(
+                listener,
+                Some(relay_tls),
+            )),
+    );
     // The secret is never shown.
     let (_, n) = m.get(&format!("/v1/nodes/{node}")).await;
     assert!(!n.to_string().contains("s3cret"), "{n}");
     assert_eq!(
         n["status"]["console_endpoint"],
-        format!("http://{relay_addr}")
+        format!("https://{relay_addr}")
     );
 
     let vm = m
@@ -821,15 +846,24 @@ async fn the_console_websocket_is_relayed_to_the_vms_node() {
     let vm_id = vm["id"].as_str().unwrap().to_string();
     vm_until(&m, &vm_id, "placed", |v| v["node_id"] == node.as_str()).await;
 
-    // Without a token the upgrade is refused.
-    let ws_url = format!("{}/v1/vms/web/console", m.url.replace("http://", "ws://"));
-    assert!(tokio_tungstenite::connect_async(ws_url.clone())
+    // The WebSocket runs over the REST listener's TLS. Without a token the upgrade is refused.
+    let ws_url = format!("{}/v1/vms/web/console", m.url.replace("https://", "wss://"));
+    let rest_addr = m.url.trim_start_matches("https://").to_string();
+    let tls = mvirt_common::tls::client_config(&m.ca_pem, None).unwrap();
+    let connect = |url: String| {
+        let tls = tls.clone();
+        let rest_addr = rest_addr.clone();
+        async move {
+            let stream = mvirt_common::tls::connect(&rest_addr, "127.0.0.1", tls)
+                .await
+                .unwrap();
+            tokio_tungstenite::client_async(url, stream).await
+        }
+    };
+    assert!(connect(ws_url.clone()).await.is_err());
+    let (mut ws, _) = connect(format!("{ws_url}?access_token={}", m.token))
         .await
-        .is_err());
-    let (mut ws, _) =
-        tokio_tungstenite::connect_async(format!("{ws_url}?access_token={}", m.token))
-            .await
-            .expect("console websocket");
+        .expect("console websocket");
     let first = ws.next().await.unwrap().unwrap();
     assert_eq!(
         first.into_data().as_ref(),

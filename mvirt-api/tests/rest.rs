@@ -789,7 +789,7 @@ async fn state_survives_a_restart_of_the_member() {
         .await
         .unwrap();
     let url = running.api_url();
-    let http = reqwest::Client::new();
+    let http = client_for(&running);
     let body: Value = mvirt_testsupport::process::wait_until_async(
         "network readable after restart",
         std::time::Duration::from_secs(20),

@@ -1200,6 +1200,91 @@ pub async fn serve_http<S, B>(
     }
 }
 
+/// A client-side TLS connection.
+pub type ClientStream = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// Connects to `addr` (`host:port`) over TLS with `config`, verifying the server as `host`.
+pub async fn connect(
+    addr: &str,
+    host: &str,
+    config: Arc<ClientConfig>,
+) -> io::Result<ClientStream> {
+    let tcp = TcpStream::connect(addr).await?;
+    let _ = tcp.set_nodelay(true);
+    let name = server_name(host).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    TlsConnector::from(config).connect(name, tcp).await
+}
+
+/// Like [`grpc_channel`], but connects now (an unreachable or untrusted server is an error
+/// here, not on the first call).
+pub async fn grpc_connect(
+    url: &str,
+    config: Option<Arc<ClientConfig>>,
+) -> Result<tonic::transport::Channel, TlsError> {
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+        .map_err(|e| TlsError::Invalid(format!("{url:?}: {e}")))?
+        .connect_timeout(Duration::from_secs(5));
+    let connect_err = |e: tonic::transport::Error| TlsError::Connect {
+        addr: url.to_string(),
+        message: std::error::Error::source(&e)
+            .map(|s| format!("{e}: {s}"))
+            .unwrap_or_else(|| e.to_string()),
+    };
+    if url.starts_with("http://") {
+        return endpoint.connect().await.map_err(connect_err);
+    }
+    let config = config.ok_or_else(|| TlsError::Config(format!("{url}: no TLS config")))?;
+    endpoint
+        .connect_with_connector(tls_connector(url, config)?)
+        .await
+        .map_err(connect_err)
+}
+
+type TlsConnectFuture = Pin<
+    Box<
+        dyn Future<
+                Output = io::Result<
+                    hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>,
+                >,
+            > + Send,
+    >,
+>;
+
+/// The tower connector of [`grpc_channel`] / [`grpc_connect`]: TCP to the URL's host and port,
+/// then TLS verifying that host.
+fn tls_connector(
+    url: &str,
+    config: Arc<ClientConfig>,
+) -> Result<
+    impl tower::Service<
+            http::Uri,
+            Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>,
+            Error = io::Error,
+            Future = TlsConnectFuture,
+        > + Clone
+        + Send
+        + 'static,
+    TlsError,
+> {
+    let (host, port) = url_host_port(url)?;
+    let name = server_name(&host)?;
+    let connector = TlsConnector::from(config);
+    let addr = format!("{}:{port}", bracket(&host));
+    Ok(tower::service_fn(
+        move |_uri: http::Uri| -> TlsConnectFuture {
+            let connector = connector.clone();
+            let name = name.clone();
+            let addr = addr.clone();
+            Box::pin(async move {
+                let tcp = TcpStream::connect(&addr).await?;
+                let _ = tcp.set_nodelay(true);
+                let tls = connector.connect(name, tcp).await?;
+                Ok(hyper_util::rt::TokioIo::new(tls))
+            })
+        },
+    ))
+}
+
 /// A lazily connecting tonic channel to `url` (`https://host:port`) over TLS with `config`
 /// (HTTP/2 with prior knowledge), or plain when the URL is `http://`.
 pub fn grpc_channel(
@@ -1213,23 +1298,7 @@ pub fn grpc_channel(
         return Ok(endpoint.connect_lazy());
     }
     let config = config.ok_or_else(|| TlsError::Config(format!("{url}: no TLS config")))?;
-    let (host, port) = url_host_port(url)?;
-    let name = server_name(&host)?;
-    let connector = TlsConnector::from(config);
-    let addr = format!("{}:{port}", bracket(&host));
-    Ok(
-        endpoint.connect_with_connector_lazy(tower::service_fn(move |_uri: http::Uri| {
-            let connector = connector.clone();
-            let name = name.clone();
-            let addr = addr.clone();
-            async move {
-                let tcp = TcpStream::connect(&addr).await?;
-                let _ = tcp.set_nodelay(true);
-                let tls = connector.connect(name, tcp).await?;
-                Ok::<_, io::Error>(hyper_util::rt::TokioIo::new(tls))
-            }
-        })),
-    )
+    Ok(endpoint.connect_with_connector_lazy(tls_connector(url, config)?))
 }
 
 #[cfg(test)]

@@ -87,6 +87,8 @@ pub struct App {
     pub log_endpoint: String,
     /// How long an `Idempotency-Key` is remembered (pruned by the leader afterwards).
     pub idempotency_retention: Duration,
+    /// The cluster CA and this member's certificate (`None` with `--insecure-plaintext`).
+    pub tls: Option<Arc<crate::tls::MemberTls>>,
     /// Last heartbeat per node, kept by the leader only.
     liveness: Mutex<HashMap<String, Instant>>,
     /// When this member last became leader (nodes get a grace period after a failover).
@@ -147,6 +149,7 @@ impl App {
             audit,
             log_endpoint,
             idempotency_retention: DEFAULT_IDEMPOTENCY_RETENTION,
+            tls: None,
             liveness: Mutex::new(HashMap::new()),
             leader_since: Mutex::new(None),
             membership_lock: tokio::sync::Mutex::new(()),
@@ -348,7 +351,7 @@ impl App {
         rpc: &str,
         body: &Req,
     ) -> Result<Resp, Forward> {
-        let url = format!("http://{}/raft/{rpc}", leader.raft_addr);
+        let url = format!("{}://{}/raft/{rpc}", self.scheme(), leader.raft_addr);
         let resp = self
             .http
             .post(&url)

@@ -33,6 +33,10 @@ pub struct TokenView {
     /// Only in the answer to the create call.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// Only in the answer to the create call: the cluster CA's fingerprint (`sha256:<hex>`),
+    /// to pin when using the token (absent with `--insecure-plaintext`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_fingerprint: Option<String>,
 }
 
 impl TokenView {
@@ -45,6 +49,7 @@ impl TokenView {
             node_id: t.node_id.clone(),
             created_at: t.created_at.clone(),
             token,
+            ca_fingerprint: None,
         }
     }
 }
@@ -115,11 +120,9 @@ pub async fn create_token(
         None,
     )
     .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(TokenView::of(&token, Some(secret))),
-    )
-        .into_response())
+    let mut view = TokenView::of(&token, Some(secret));
+    view.ca_fingerprint = app.tls.as_ref().map(|t| t.fingerprint());
+    Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
 #[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "auth", params(("id" = String, Path, description = "token id")), responses((status = 204), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
@@ -152,6 +155,9 @@ pub struct ControlPlaneView {
     pub snapshot_index: Option<u64>,
     /// The log is purged up to here (entries up to it exist only in the snapshot).
     pub purged_index: Option<u64>,
+    /// The cluster CA's fingerprint (`sha256:<hex>`; absent with `--insecure-plaintext`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_fingerprint: Option<String>,
 }
 
 #[utoipa::path(get, path = "/v1/controlplane", tag = "controlplane", responses((status = 200, body = ControlPlaneView)))]
@@ -191,6 +197,7 @@ pub async fn controlplane(State(app): State<Arc<App>>) -> Result<Response, ApiEr
         applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
         snapshot_index: m.snapshot.map(|l| l.index),
         purged_index: m.purged.map(|l| l.index),
+        ca_fingerprint: app.tls.as_ref().map(|t| t.fingerprint()),
     })
     .into_response())
 }
@@ -207,6 +214,10 @@ pub struct CreateJoinTokenRequest {
 pub struct JoinTokenView {
     pub token: String,
     pub expires_at_ms: i64,
+    /// The cluster CA's fingerprint (`sha256:<hex>`): the joiner pins it with
+    /// `--ca-fingerprint` (absent with `--insecure-plaintext`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_fingerprint: Option<String>,
 }
 
 #[utoipa::path(post, path = "/v1/controlplane/join-tokens", tag = "controlplane", request_body = CreateJoinTokenRequest, responses((status = 201, body = JoinTokenView)))]
@@ -242,6 +253,7 @@ pub async fn create_join_token(
         Json(JoinTokenView {
             token: secret,
             expires_at_ms,
+            ca_fingerprint: app.tls.as_ref().map(|t| t.fingerprint()),
         }),
     )
         .into_response())
@@ -285,7 +297,7 @@ pub async fn remove_member(
 pub struct JoinRequest {
     /// The single-use join token.
     pub token: String,
-    /// The joining member's REST URL (`http://host:port`).
+    /// The joining member's REST URL (`https://host:port`; `http://` with `--insecure-plaintext`).
     pub api_url: String,
     /// The joining member's Raft address (`host:port`).
     pub raft_addr: String,
@@ -296,9 +308,25 @@ pub struct JoinResponse {
     pub member_id: u64,
     /// The secret members authenticate Raft traffic with.
     pub cluster_secret: String,
+    /// The cluster CA certificate (PEM). Absent with `--insecure-plaintext`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+    /// The cluster CA key (PEM): every member can issue certificates. Sent only over TLS,
+    /// after the join token was checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_key_pem: Option<String>,
+    /// The joiner's member certificate chain `[leaf, ca]` (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_pem: Option<String>,
+    /// The key of `cert_pem` (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_pem: Option<String>,
 }
 
 /// Called by `mvirt-api --join`: authenticated by the join token in the body (no Bearer).
+/// The joiner's `api_url` must be `https://` on a TLS cluster (the default), `http://` on one
+/// running with `--insecure-plaintext`. Over TLS the answer carries the cluster CA (certificate
+/// and key) and the joiner's member certificate.
 /// The token is checked against the replicated state in memory first (a bad one costs no Raft
 /// write), and refused tokens are rate-limited per source address: past
 /// [`crate::app::JOIN_FAILURE_BURST`] of them the address gets 429 with `Retry-After`.
@@ -310,6 +338,13 @@ pub async fn join(
 ) -> Result<Response, ApiError> {
     if !req.api_url.starts_with("http://") && !req.api_url.starts_with("https://") {
         return Err(ApiError::invalid("api_url must be an http(s) URL"));
+    }
+    if app.tls_on() != req.api_url.starts_with("https://") {
+        return Err(ApiError::invalid(if app.tls_on() {
+            "this cluster serves TLS: the joining member's api_url must be https:// (is it running with --insecure-plaintext?)"
+        } else {
+            "this cluster runs with --insecure-plaintext: the joining member's api_url must be http://"
+        }));
     }
     if req.raft_addr.parse::<std::net::SocketAddr>().is_err() {
         return Err(ApiError::invalid(
@@ -378,6 +413,27 @@ pub async fn join(
         .get("member_id")
         .and_then(|v| v.as_u64())
         .ok_or_else(|| ApiError::internal("join did not mint a member id"))?;
+    // Over TLS the joiner gets the CA and its member certificate (SANs: the hosts of its
+    // api_url and raft_addr, and loopback).
+    let issued = match &app.tls {
+        Some(tls) => {
+            let mut sans = crate::tls::member_sans(&crate::tls::host_of(&req.api_url));
+            let raft_host = crate::tls::host_of(&req.raft_addr);
+            if !sans.contains(&raft_host) {
+                sans.push(raft_host);
+            }
+            let issued = tls
+                .ca
+                .issue(
+                    mvirt_common::tls::PeerIdentity::Member(member_id),
+                    &sans,
+                    tls.lifetime,
+                )
+                .map_err(|e| ApiError::internal(format!("issuing the member certificate: {e}")))?;
+            Some((tls.ca.clone(), issued))
+        }
+        None => None,
+    };
     let member = Member {
         api_url: req.api_url,
         raft_addr: req.raft_addr,
@@ -392,6 +448,10 @@ pub async fn join(
     Ok(Json(JoinResponse {
         member_id,
         cluster_secret: app.secret.to_string(),
+        ca_pem: issued.as_ref().map(|(ca, _)| ca.cert_pem().to_string()),
+        ca_key_pem: issued.as_ref().map(|(ca, _)| ca.key_pem().to_string()),
+        cert_pem: issued.as_ref().map(|(_, i)| i.cert_pem.clone()),
+        key_pem: issued.map(|(_, i)| i.key_pem),
     })
     .into_response())
 }

@@ -66,14 +66,12 @@ pub async fn vm_console(
     let (vm_id, endpoint, secret) = target(&app, &id, q.project.as_deref())?;
     let ws = ws.map_err(|e| ApiError::invalid(format!("a WebSocket upgrade is required: {e}")))?;
     // Connect before upgrading so a dead relay is an HTTP error, not a closed socket.
-    let client = NodeAgentClient::connect(endpoint.clone())
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                ErrorCode::Unavailable,
-                format!("console relay at {endpoint} unreachable: {e}"),
-            )
-        })?;
+    let client = NodeAgentClient::new(app.node_agent_channel(&endpoint).await.map_err(|e| {
+        ApiError::new(
+            ErrorCode::Unavailable,
+            format!("console relay unreachable: {}", e.message),
+        )
+    })?);
     app.audit
         .info(format!("console of VM {vm_id} opened"), &[&vm_id]);
     Ok(ws.on_upgrade(move |socket| relay(socket, client, vm_id, secret)))

@@ -91,9 +91,11 @@ pub async fn get_host(
         )
     };
     let unavailable = |e: String| ApiError::new(ErrorCode::Unavailable, e);
-    let mut client = NodeAgentClient::connect(endpoint.clone())
-        .await
-        .map_err(|e| unavailable(format!("node agent at {endpoint} unreachable: {e}")))?;
+    let mut client = NodeAgentClient::new(
+        app.node_agent_channel(&endpoint)
+            .await
+            .map_err(|e| unavailable(format!("unreachable: {}", e.message)))?,
+    );
     let mut request = tonic::Request::new(GetHostRequest {});
     let bearer = format!("Bearer {secret}")
         .parse()

@@ -82,7 +82,13 @@ pub fn spawn_as(
         .stdout(Stdio::null())
         .stderr(Stdio::from(log));
     if let Some((url, token)) = join {
-        cmd.arg("--join").arg(url).arg("--token").arg(token);
+        // The joiner pins the cluster CA (copied next to the members' dirs by `admin_client`).
+        cmd.arg("--join")
+            .arg(url)
+            .arg("--token")
+            .arg(token)
+            .arg("--ca-file")
+            .arg(cluster_ca_file(dir));
     }
     if let Some(uid) = uid {
         use std::os::unix::process::CommandExt;
@@ -97,7 +103,7 @@ pub fn start(ip: &str, root: &Path, name: &str, join: Option<(&str, &str)>) -> P
     let guard = spawn(ip, &dir, ports, join);
     Proc {
         guard,
-        url: format!("http://{ip}:{}", ports.0),
+        url: format!("https://{ip}:{}", ports.0),
         ip: ip.to_string(),
         ports,
         dir,
@@ -181,10 +187,21 @@ pub async fn admin_client(bootstrap: &Proc) -> Client {
             .filter(|s| !s.is_empty())
     })
     .await;
+    // The CA file exists before the token file (created first at bootstrap).
+    let ca = std::fs::read_to_string(bootstrap.dir.join("tls/ca.pem")).expect("the cluster CA");
+    std::fs::write(cluster_ca_file(&bootstrap.dir), &ca).unwrap();
     Client {
-        http: reqwest::Client::new(),
+        http: super::https_client(&ca),
         token,
     }
+}
+
+/// `<root>/cluster-ca.pem` for members in `<root>/<name>`: the CA joiners pin (`--ca-file`).
+pub fn cluster_ca_file(member_dir: &Path) -> PathBuf {
+    member_dir
+        .parent()
+        .expect("member dirs live under a root")
+        .join("cluster-ca.pem")
 }
 
 pub async fn join_token(c: &Client, leader: &Proc) -> String {
