@@ -5,6 +5,7 @@ set -euo pipefail
 
 PACKAGES=(
   protobuf-compiler        # tonic-build / prost-build
+  libprotobuf-dev          # google/protobuf/*.proto for etcd-client (mvirt-api bench)
   clang llvm libbpf-dev bpftool  # eBPF programs (mvirt-ebpf)
   qemu-system-x86 qemu-utils     # qemu driver, test guests, qemu-img
   ovmf                     # mvirt-vmm: UEFI firmware boot (qemu driver)

@@ -58,8 +58,8 @@ impl NodeServiceImpl {
                 }
                 None => {
                     return Err(Status::permission_denied(format!(
-                        "this call needs the client certificate of node {bound} (issued by Register)"
-                    )))
+                    "this call needs the client certificate of node {bound} (issued by Register)"
+                )))
                 }
             }
         }
@@ -449,6 +449,14 @@ impl NodeService for NodeServiceImpl {
                     rollback_generation: (s.rollback_generation > 0)
                         .then_some(s.rollback_generation),
                     fields: s.fields.into_iter().collect(),
+                    containers: s
+                        .containers
+                        .into_iter()
+                        .take(crate::validate::MAX_CONTAINERS)
+                        .map(crate::nodespec::container_status)
+                        .collect(),
+                    artefacts_version: (!s.artefacts_version.is_empty())
+                        .then(|| s.artefacts_version.chars().take(256).collect()),
                     nodes: Default::default(),
                 },
             });
@@ -493,7 +501,9 @@ impl NodeService for NodeServiceImpl {
         validate::id("node_id", &req.node_id)?;
         caller.may_act_for(&req.node_id)?;
         let tls = self.app.tls.as_ref().ok_or_else(|| {
-            Status::failed_precondition("this member runs with --insecure-plaintext: no certificates")
+            Status::failed_precondition(
+                "this member runs with --insecure-plaintext: no certificates",
+            )
         })?;
         if req.csr_pem.is_empty() {
             return Err(Status::invalid_argument("csr_pem is empty"));
@@ -510,14 +520,8 @@ impl NodeService for NodeServiceImpl {
             ]
         };
         let certificate_pem = tls.sign_node_csr(&req.csr_pem, &req.node_id, &hosts)?;
-        Ok(Response::new(proto::RenewCertificateResponse { certificate_pem }))
+        Ok(Response::new(proto::RenewCertificateResponse {
+            certificate_pem,
+        }))
     }
 }
-                    containers: s
-                        .containers
-                        .into_iter()
-                        .take(crate::validate::MAX_CONTAINERS)
-                        .map(crate::nodespec::container_status)
-                        .collect(),
-                    artefacts_version: (!s.artefacts_version.is_empty())
-                        .then(|| s.artefacts_version.chars().take(256).collect()),

@@ -258,6 +258,8 @@ fn write_private(path: &Path, contents: &str) -> Result<(), ServerError> {
         f.sync_all().map_err(io_err(&tmp))?;
     }
     std::fs::rename(&tmp, path).map_err(io_err(path))?;
+    // The name is durable only once the directory is synced (found by tests/powercut.rs).
+    mvirt_common::durable::sync_parent(path).map_err(io_err(path))?;
     Ok(())
 }
 
@@ -367,8 +369,6 @@ async fn join_cluster(
     serde_json::from_str(&body).map_err(|e| err(e.to_string()))
 }
 
-    // The name is durable only once the directory is synced (found by tests/powercut.rs).
-    mvirt_common::durable::sync_parent(path).map_err(io_err(path))?;
 /// Starts a member. Returns once all listeners are bound and Raft is running.
 pub async fn start(
     config: ServerConfig,
@@ -424,8 +424,7 @@ pub async fn start(
             if ca.fingerprint() != mvirt_common::tls::fingerprint_pem(&pinned)? {
                 return Err(ServerError::Join {
                     url: url.clone(),
-                    message: "the join response carries another CA than the member presents"
-                        .into(),
+                    message: "the join response carries another CA than the member presents".into(),
                 });
             }
             ca.save(&tls_dir)?;
@@ -549,6 +548,7 @@ pub async fn start(
     }
     app.tls = tls.clone();
     let app = Arc::new(app);
+    crate::metrics::watch(&app, &shutdown);
 
     let mut tasks = Vec::new();
     // Server configs: REST server-auth only; Raft requires a member certificate; NodeService
@@ -606,6 +606,7 @@ pub async fn start(
                 ));
             }
             std::fs::rename(&pending, &token_path).map_err(io_err(&token_path))?;
+            mvirt_common::durable::sync_parent(&token_path).map_err(io_err(&token_path))?;
         }
         tracing::info!(path = %token_path.display(), "admin API token written (mode 0600)");
         println!("mvirt-api: admin API token in {}", token_path.display());
@@ -677,4 +678,3 @@ pub async fn start(
         tasks,
     })
 }
-            mvirt_common::durable::sync_parent(&token_path).map_err(io_err(&token_path))?;

@@ -159,6 +159,7 @@ const TABLE: &[(&str, &str, Rule, bool, &[u16])] = &[
     ("POST", "/v1/pods/{id}/{action}", Rule::Write, true, &[200]),
     // The pod's node registered no relay (or the pod is not placed yet): 409 when allowed.
     ("GET", "/v1/pods/{id}/logs", Rule::Read, true, &[409]),
+    ("GET", "/v1/pods/{id}/stats", Rule::Read, true, &[409]),
     // Exec is a write channel into a container, like the console.
     ("GET", "/v1/pods/{id}/exec", Rule::Write, true, &[409]),
     ("GET", "/v1/tokens", Rule::Admin, false, &[200]),
@@ -542,8 +543,12 @@ async fn a_node_token_acts_only_for_the_node_it_registered_first() {
     // Its own node: fine, again and again (with TLS every call but Register also needs the
     // node's certificate, which Register issues for a CSR).
     assert_eq!(register(&mut c, &t1, &n1, "host-1").await.unwrap(), n1);
-    let mut c1 = m.node_client(Some(node_cert(&mut c, &t1, &n1, "host-1").await)).await;
-    let mut c2 = m.node_client(Some(node_cert(&mut c, &t2, &n2, "host-2").await)).await;
+    let mut c1 = m
+        .node_client(Some(node_cert(&mut c, &t1, &n1, "host-1").await))
+        .await;
+    let mut c2 = m
+        .node_client(Some(node_cert(&mut c, &t2, &n2, "host-2").await))
+        .await;
     let hb1 = |token: &str| {
         req(
             proto::HeartbeatRequest {

@@ -282,7 +282,7 @@ fn strings(rng: &mut StdRng) -> Vec<String> {
 
 fn status(rng: &mut StdRng) -> proto::ResourceStatus {
     proto::ResourceStatus {
-        kind: rng.gen_range(-1..9),
+        kind: rng.gen_range(-1..10),
         id: text(rng),
         phase: rng.gen_range(-1..12),
         message: text(rng),
@@ -311,6 +311,21 @@ fn status(rng: &mut StdRng) -> proto::ResourceStatus {
                 message: text(rng),
             })
             .collect(),
+        containers: (0..rng.gen_range(0..20))
+            .map(|_| proto::PodContainerStatus {
+                name: text(rng),
+                image: text(rng),
+                image_digest: text(rng),
+                state: rng.gen_range(-1..8),
+                exit_code: rng.gen(),
+                restart_count: rng.gen(),
+                oom_killed: rng.gen(),
+                message: text(rng),
+                started_at_ms: rng.gen(),
+                finished_at_ms: rng.gen(),
+            })
+            .collect(),
+        artefacts_version: text(rng),
     }
 }
 
@@ -350,12 +365,14 @@ fn structured(rng: &mut StdRng) -> (u8, Vec<u8>) {
             console_endpoint: field(rng, valid, ""),
             console_secret: text(rng),
             csr_pem: field(rng, valid, ""),
+            pod_artefacts_version: text(rng),
         }
         .encode_to_vec(),
         1 => proto::HeartbeatRequest {
             node_id: node,
             capacity: capacity(rng),
             applied_revision: number(rng),
+            pod_artefacts_version: rng.gen_bool(0.5).then(|| text(rng)),
         }
         .encode_to_vec(),
         2 => proto::DeregisterRequest { node_id: node }.encode_to_vec(),
@@ -365,7 +382,7 @@ fn structured(rng: &mut StdRng) -> (u8, Vec<u8>) {
                 .map(|_| {
                     let mut s = status(rng);
                     if valid {
-                        s.kind = rng.gen_range(1..8);
+                        s.kind = rng.gen_range(1..9);
                         s.id = format!("0190b5d2-0000-7000-8000-{:012x}", rng.gen::<u16>());
                         s.message = "fuzz".into();
                     }

@@ -308,14 +308,18 @@ async fn the_raft_listener_authenticates_and_caps_bodies_before_reading_them() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     // Without a client certificate the TLS handshake is refused: no HTTP at all.
-    let anonymous = common::https_client(&std::fs::read_to_string(a.dir.join("tls/ca.pem")).unwrap());
+    let anonymous =
+        common::https_client(&std::fs::read_to_string(a.dir.join("tls/ca.pem")).unwrap());
     let refused = anonymous
         .post(format!("https://{raft_addr}/raft/read-index"))
         .header("authorization", &bearer)
         .json(&())
         .send()
         .await;
-    assert!(refused.is_err(), "a Raft call without a member certificate: {refused:?}");
+    assert!(
+        refused.is_err(),
+        "a Raft call without a member certificate: {refused:?}"
+    );
     drop(a);
 }
 

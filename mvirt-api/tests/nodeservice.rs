@@ -153,6 +153,7 @@ async fn a_silent_node_goes_offline_and_comes_back_with_a_heartbeat() {
                     node_id: id,
                     capacity: None,
                     applied_revision: 0,
+                    ..Default::default()
                 },
                 &token,
             ))
@@ -191,6 +192,7 @@ async fn a_silent_node_goes_offline_and_comes_back_with_a_heartbeat() {
             node_id: id.clone(),
             capacity: None,
             applied_revision: 0,
+            ..Default::default()
         },
         &m.token,
     ))

@@ -12,9 +12,9 @@
 //! - [`error`]: the classification of typed errors and their mapping to `tonic::Status`.
 //! - [`version`]: the version a daemon reports from `GetVersion`.
 //! - [`validate`]: validation of names and ids that reach command lines, paths or datasets.
+//! - [`tls`]: the cluster CA, member/node certificates, TLS listeners and client configs.
 //! - [`metrics`]: Prometheus metrics: a registry per daemon, `--metrics-listen`'s `/metrics`,
 //!   gRPC method and REST route counters and latency histograms.
-//! - [`tls`]: the cluster CA, member/node certificates, TLS listeners and client configs.
 //! - [`names`]: node-local names (TAP devices, datasets, objects) derived from a whole id.
 //!
 //! A daemon's `main.rs` parses its flags (clap, every flag with an `MVIRT_<DAEMON>_<FLAG>`

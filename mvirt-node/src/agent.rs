@@ -228,6 +228,7 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), AgentErr
             stop_timeout_secs: config.stop_timeout_secs,
         },
     });
+    crate::metrics::watch(&daemons, &shutdown);
     let mut reported: HashMap<(i32, String), api::ResourceStatus> = HashMap::new();
     let mut resync = tokio::time::interval(config.resync_interval);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -246,6 +247,7 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), AgentErr
         };
         let started = std::time::Instant::now();
         let statuses = reconciler.reconcile(&spec).await;
+        crate::metrics::pass(spec.revision, &statuses, started.elapsed());
         tracing::debug!(
             revision = spec.revision,
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -344,18 +346,18 @@ async fn register(
     console_secret: &str,
     daemons: &Daemons,
     ledger: &Ledger,
+    tls: Option<&AgentTls>,
     shutdown: &Shutdown,
 ) -> Result<Option<(String, Duration)>, AgentError> {
-    tls: Option<&AgentTls>,
     let mut backoff = MIN_BACKOFF;
     loop {
-        let (capacity, pod_artefacts_version) = capacity(daemons).await;
-        let request = api::RegisterRequest {
         // A fresh key at every registration: the API signs its CSR for this node.
         let (csr_pem, key_pem) = match tls {
             Some(tls) => crate::tls::new_csr(&config.name, &tls.sans)?,
             None => (String::new(), String::new()),
         };
+        let (capacity, pod_artefacts_version) = capacity(daemons).await;
+        let request = api::RegisterRequest {
             node_id: ledger.node_id()?.unwrap_or_default(),
             name: config.name.clone(),
             address: config.address.clone(),
@@ -375,11 +377,11 @@ async fn register(
             Ok(response) => {
                 let response = response.into_inner();
                 ledger.set_node_id(&response.node_id)?;
-                let interval =
-                    Duration::from_millis(u64::from(response.heartbeat_interval_ms.max(200)));
                 if let Some(tls) = tls {
                     keep_registration_certificate(config, tls, &response, &key_pem)?;
                 }
+                let interval =
+                    Duration::from_millis(u64::from(response.heartbeat_interval_ms.max(200)));
                 tracing::info!(node = %response.node_id, "registered with the control plane");
                 return Ok(Some((response.node_id, interval)));
             }
@@ -408,8 +410,6 @@ async fn register(
     }
 }
 
-async fn heartbeat(
-    config: AgentConfig,
 /// Keeps the certificate a registration returned (it must name this node and chain to the
 /// trusted CA).
 fn keep_registration_certificate(
@@ -449,10 +449,12 @@ fn keep_registration_certificate(
 }
 
 #[allow(clippy::too_many_arguments)]
+async fn heartbeat(
+    config: AgentConfig,
     console_secret: String,
+    tls: Option<Arc<AgentTls>>,
     daemons: Daemons,
     ledger: Arc<Ledger>,
-    tls: Option<Arc<AgentTls>>,
     node_id: String,
     interval: Duration,
     shutdown: Shutdown,

@@ -623,6 +623,7 @@ impl App {
                 .filter(|r| r.full_at.elapsed() < FULL_ROUND_EVERY)
                 .map(|r| (r.key, r.newest));
             let (key, newest, decision) = scheduler::round(&state, self.strategy, previous);
+            crate::metrics::scheduled(&state, &decision.placements, started.elapsed());
             let full_at = match *last {
                 Some(r) if previous.is_some_and(|(k, _)| k == key) => r.full_at,
                 _ => Instant::now(),
@@ -680,14 +681,14 @@ fn related_ids(command: &Command) -> Vec<String> {
             .chain(owned_volumes.iter().map(|v| v.meta.id.clone()))
             .chain(owned_nics.iter().map(|n| n.meta.id.clone()))
             .collect(),
+        Command::CreatePod { pod, owned_nics } => std::iter::once(pod.meta.id.clone())
+            .chain(owned_nics.iter().map(|n| n.meta.id.clone()))
+            .collect(),
         Command::Update(Update { id, .. })
         | Command::Delete { id, .. }
         | Command::VmAction { id, .. }
         | Command::PodAction { id, .. } => {
             vec![id.clone()]
-        Command::CreatePod { pod, owned_nics } => std::iter::once(pod.meta.id.clone())
-            .chain(owned_nics.iter().map(|n| n.meta.id.clone()))
-            .collect(),
         }
         Command::ResizeVolume { id, .. } | Command::CancelImport { id, .. } => vec![id.clone()],
         Command::CreateSnapshot {

@@ -332,21 +332,19 @@ impl NodeAgent for EchoConsole {
         pods::exec(&self.secret, req).await
     }
 
+    async fn get_stats(
+        &self,
+        _: tonic::Request<mvirt_api::proto::GetStatsRequest>,
+    ) -> Result<tonic::Response<mvirt_api::proto::NodeStats>, tonic::Status> {
+        Err(tonic::Status::unimplemented("this stand-in has no stats"))
+    }
+
     async fn get_host(
         &self,
         _: tonic::Request<mvirt_api::proto::GetHostRequest>,
     ) -> Result<tonic::Response<mvirt_api::proto::HostInfo>, tonic::Status> {
         Err(tonic::Status::unimplemented(
             "the CLI tests' console double has no host",
-        ))
-    }
-
-    async fn get_stats(
-        &self,
-        _: tonic::Request<mvirt_api::proto::GetStatsRequest>,
-    ) -> Result<tonic::Response<mvirt_api::proto::NodeStats>, tonic::Status> {
-        Err(tonic::Status::unimplemented(
-            "the CLI tests' node-agent double has no stats",
         ))
     }
 
