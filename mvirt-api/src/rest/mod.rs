@@ -400,6 +400,7 @@ async fn not_found_fallback() -> ApiError {
         vms::update,
         vms::delete,
         stats::vm_stats,
+        stats::pod_stats,
         stats::node_stats,
         pods::list,
         pods::get,
@@ -583,6 +584,7 @@ fn routes() -> Vec<(&'static str, MethodRouter<Arc<App>>)> {
             get(pods::get).put(pods::update).delete(pods::delete),
         ),
         ("/v1/pods/{id}/logs", get(pods::pod_logs)),
+        ("/v1/pods/{id}/stats", get(stats::pod_stats)),
         ("/v1/pods/{id}/exec", get(pods::pod_exec)),
         ("/v1/pods/{id}/{action}", post(pods::pod_action)),
         // The cluster.

@@ -205,15 +205,17 @@ fn target(
     })
 }
 
-async fn dial(endpoint: &str) -> Result<NodeAgentClient<tonic::transport::Channel>, ApiError> {
-    NodeAgentClient::connect(endpoint.to_string())
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                ErrorCode::Unavailable,
-                format!("node agent at {endpoint} unreachable: {e}"),
-            )
-        })
+async fn dial(
+    app: &App,
+    endpoint: &str,
+) -> Result<NodeAgentClient<tonic::transport::Channel>, ApiError> {
+    let channel = app.node_agent_channel(endpoint).await.map_err(|e| {
+        ApiError::new(
+            ErrorCode::Unavailable,
+            format!("node agent unreachable: {}", e.message),
+        )
+    })?;
+    Ok(NodeAgentClient::new(channel))
 }
 
 fn authorized<T>(message: T, secret: &str) -> Result<tonic::Request<T>, ApiError> {
@@ -279,7 +281,7 @@ pub async fn pod_logs(
     let q = query(q)?;
     app.read_barrier().await?;
     let t = target(&app, &id, q.project.as_deref(), q.container.as_deref())?;
-    let mut client = dial(&t.endpoint).await?;
+    let mut client = dial(&app, &t.endpoint).await?;
     let request = authorized(
         proto::PodLogsRequest {
             pod_id: t.pod_id.clone(),
@@ -460,7 +462,7 @@ pub async fn pod_exec(
     let t = target(&app, &id, q.project.as_deref(), q.container.as_deref())?;
     let ws = ws.map_err(|e| ApiError::invalid(format!("a WebSocket upgrade is required: {e}")))?;
     // Connect before upgrading so a dead relay is an HTTP error, not a closed socket.
-    let client = dial(&t.endpoint).await?;
+    let client = dial(&app, &t.endpoint).await?;
     let program = command.first().cloned().unwrap_or_else(|| "/bin/sh".into());
     app.audit.audit(
         format!(

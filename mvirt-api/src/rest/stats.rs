@@ -1,4 +1,5 @@
-//! `GET /v1/vms/{id}/stats` and `GET /v1/nodes/{id}/stats`: usage sampled live on the node
+//! `GET /v1/vms/{id}/stats`, `GET /v1/pods/{id}/stats` and `GET /v1/nodes/{id}/stats`: usage
+//! sampled live on the node
 //! (the hypervisor process's CPU time, memory and I/O from `/proc`, NIC counters from the eBPF
 //! datapath; the host's CPU, memory and load).
 //!
@@ -204,6 +205,48 @@ pub async fn vm_stats(
         .into_iter()
         .find(|g| g.id == vm_id)
         .ok_or_else(|| ApiError::conflict(format!("node {node_id} has no VM {vm_id}")))?;
+    Ok(Json(guest(&node_id, stats.sampled_at_ms, usage)).into_response())
+}
+
+#[utoipa::path(get, path = "/v1/pods/{id}/stats", tag = "pods",
+    params(("id" = String, Path, description = "id or name"), ProjectQuery),
+    responses(
+        (status = 200, body = GuestStats),
+        (status = 404, body = ErrorEnvelope),
+        (status = 409, description = "the pod is not placed on a node, its node is offline or offers no agent endpoint, or the node has no such pod (yet)", body = ErrorEnvelope),
+        (status = 503, description = "the node's agent cannot be reached or its daemons fail", body = ErrorEnvelope)))]
+pub async fn pod_stats(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    Query(q): Query<ProjectQuery>,
+) -> Result<Response, ApiError> {
+    app.read_barrier().await?;
+    let (pod_id, node_id) = {
+        let state = app.shared.read();
+        let pod_id = super::resources::resolve(&state, Kind::Pod, &id, q.project.as_deref())?;
+        let pod = state
+            .pods
+            .get(&pod_id)
+            .ok_or_else(|| ApiError::not_found(Kind::Pod, &pod_id))?;
+        let node_id = pod.node_id.clone().ok_or_else(|| {
+            ApiError::conflict(format!("pod {} is not placed on a node yet", pod.meta.name))
+        })?;
+        (pod_id, node_id)
+    };
+    let stats = ask(
+        &app,
+        &node_id,
+        GetStatsRequest {
+            vm_ids: vec![],
+            pod_ids: vec![pod_id.clone()],
+        },
+    )
+    .await?;
+    let usage = stats
+        .pods
+        .into_iter()
+        .find(|g| g.id == pod_id)
+        .ok_or_else(|| ApiError::conflict(format!("node {node_id} has no pod {pod_id}")))?;
     Ok(Json(guest(&node_id, stats.sampled_at_ms, usage)).into_response())
 }
 
