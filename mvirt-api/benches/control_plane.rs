@@ -4,17 +4,21 @@
 //! 2. Spec propagation: 1,000 simulated nodes watch their specs; one change that concerns every
 //!    node (a new template); time until each stream has delivered it (p50/p99).
 //! 3. Writes: a 3-member mvirt-api cluster on loopback — three `mvirt-api` processes, like the
-//!    etcd members it is compared with — creating VMs (REST, on the leader) at 1, 16 and 128
-//!    concurrent clients, side by side with a 3-member etcd cluster (if `etcd` is installed)
-//!    doing puts of the same payload size through its JSON gateway on its leader. Throughput
-//!    and p50/p99.
+//!    etcd members it is compared with, each with audit logging on (an mvirt-log daemon of its
+//!    own on a unix socket, the API's `--log-endpoint`, as in production) — creating VMs (REST,
+//!    on the leader) at 1, 16 and 128 concurrent clients, side by side with a 3-member etcd
+//!    cluster (apt `etcd-server`) doing puts of the same payload size through its native gRPC
+//!    API (the `etcd-client` crate) on its leader. Throughput and p50/p99. The setup the bench
+//!    had before runs in the same rounds for comparison: a second mvirt-api cluster without
+//!    audit logging against etcd's JSON gateway (`POST /v3/kv/put`).
 //!
 //! Set `MVIRT_BENCH_QUICK=1` for a short run; `MVIRT_BENCH_CONC=1,128` runs only the write
 //! comparison at those concurrencies, `MVIRT_BENCH_NO_ETCD=1` leaves etcd out,
-//! `MVIRT_BENCH_WRITES=N` makes N writes per run, `MVIRT_BENCH_ROUNDS=N` runs each level N times
-//! (default 3, 1 when quick), alternating which system goes first; the row gives medians and
-//! each round's ratio. Each write row also gives the CPU time (user + system) the three
-//! members (or etcd's three) used per successful write.
+//! `MVIRT_BENCH_OLD=0` leaves the old setup out, `MVIRT_BENCH_WRITES=N` makes N writes per
+//! run, `MVIRT_BENCH_ROUNDS=N` runs each level N times (default 3, 1 when quick), the systems
+//! taking turns at going first; the row gives medians and each round's ratio. Each write row
+//! also gives the CPU time (user + system) the system's processes (mvirt-api's members and
+//! their mvirt-log daemons, or etcd's three) used per successful write.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -119,6 +123,8 @@ async fn start_member(
     join: Option<(String, String)>,
 ) -> Running {
     let mut config = ServerConfig::for_tests(IpAddr::from(ip), dir);
+    // Plain HTTP and gRPC, as the etcd members it is compared with (see bench_writes).
+    config.insecure_plaintext = true;
     if let Some((url, token)) = join {
         config.join = Some(url);
         config.join_token = Some(token);
@@ -272,6 +278,7 @@ async fn with_cpu<Fut: std::future::Future<Output = Load>>(pids: &[u32], load: F
     l
 }
 
+#[derive(Clone)]
 struct Load {
     throughput: f64,
     /// Successful operations.
@@ -427,14 +434,19 @@ fn start_etcd() -> Option<Etcd> {
 }
 
 /// One mvirt-api member as its own process (like the etcd members it is compared with), with
-/// its log in `<dir>/member.log`.
+/// its log in `<dir>/member.log` and its audit entries going to `log_endpoint` (empty: none).
 struct MemberProc {
-    _guard: ChildGuard,
+    guard: ChildGuard,
     url: String,
     dir: std::path::PathBuf,
 }
 
-fn spawn_member(ip: &str, dir: &std::path::Path, join: Option<(&str, &str)>) -> MemberProc {
+fn spawn_member(
+    ip: &str,
+    dir: &std::path::Path,
+    log_endpoint: &str,
+    join: Option<(&str, &str)>,
+) -> MemberProc {
     std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{e}"));
     let log = std::fs::File::create(dir.join("member.log")).unwrap_or_else(|e| panic!("{e}"));
     let rest = free_port_on(ip);
@@ -448,7 +460,10 @@ fn spawn_member(ip: &str, dir: &std::path::Path, join: Option<(&str, &str)>) -> 
         .arg("--data-dir")
         .arg(dir)
         .arg("--log-endpoint")
-        .arg("")
+        .arg(log_endpoint)
+        // Without TLS, as the etcd members are run (their peer and client URLs are http://):
+        // both sides pay for the same transport.
+        .arg("--insecure-plaintext")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::from(log));
@@ -456,7 +471,7 @@ fn spawn_member(ip: &str, dir: &std::path::Path, join: Option<(&str, &str)>) -> 
         cmd.arg("--join").arg(url).arg("--token").arg(token);
     }
     MemberProc {
-        _guard: ChildGuard::spawn("mvirt-api", &mut cmd),
+        guard: ChildGuard::spawn("mvirt-api", &mut cmd),
         url: format!("http://{ip}:{rest}"),
         dir: dir.to_path_buf(),
     }
@@ -469,9 +484,118 @@ fn free_port_on(ip: &str) -> u16 {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
-async fn bench_writes() {
-    let root = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let a = spawn_member("127.0.0.21", &root.path().join("a"), None);
+/// This bench binary, re-executed with this variable set to a directory, is an mvirt-log
+/// daemon: `mvirt_log::server` (what the `mvirt-log` binary serves) on `<dir>/log.sock` with
+/// the daemon's default retention, in a process of its own.
+const LOG_DAEMON_ENV: &str = "MVIRT_BENCH_LOG_DAEMON";
+
+fn run_log_daemon(dir: std::path::PathBuf) -> ! {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    runtime.block_on(async {
+        let config = mvirt_log::server::Config {
+            listen: format!("unix:{}", dir.join("log.sock").display())
+                .parse()
+                .unwrap_or_else(|e| panic!("{e}")),
+            data_dir: dir,
+            // mvirt-log's defaults: 90 days, 10,000,000 entries, checked every 300 s.
+            retention: mvirt_log::retention::RetentionPolicy {
+                max_age: Some(Duration::from_secs(90 * 86_400)),
+                max_rows: Some(10_000_000),
+                interval: Duration::from_secs(300),
+            },
+        };
+        let server = mvirt_log::server::BoundServer::bind(config)
+            .await
+            .unwrap_or_else(|e| panic!("mvirt-log: {e}"));
+        if let Err(e) = server.serve(mvirt_common::Shutdown::new()).await {
+            panic!("mvirt-log: {e}");
+        }
+    });
+    std::process::exit(0)
+}
+
+/// An mvirt-log daemon of one member's host (production: every node runs its own, and the
+/// API's `--log-endpoint` is its unix socket).
+struct LogDaemon {
+    guard: ChildGuard,
+    socket: std::path::PathBuf,
+    db: std::path::PathBuf,
+}
+
+async fn spawn_log_daemon(dir: &std::path::Path) -> LogDaemon {
+    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{e}"));
+    let socket = dir.join("log.sock");
+    let log = std::fs::File::create(dir.join("daemon.log")).unwrap_or_else(|e| panic!("{e}"));
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("{e}"));
+    let mut cmd = Command::new(exe);
+    cmd.env(LOG_DAEMON_ENV, dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log));
+    let guard = ChildGuard::spawn("mvirt-log", &mut cmd);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "mvirt-log did not listen");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    LogDaemon {
+        guard,
+        socket,
+        db: dir.join("log.db"),
+    }
+}
+
+/// A 3-member mvirt-api cluster (processes), with or without audit logging.
+struct MvirtCluster {
+    members: Vec<MemberProc>,
+    logs: Vec<LogDaemon>,
+    leader: String,
+    token: String,
+}
+
+impl MvirtCluster {
+    fn pids(&self) -> Vec<u32> {
+        self.members
+            .iter()
+            .map(|m| m.guard.id())
+            .chain(self.logs.iter().map(|l| l.guard.id()))
+            .collect()
+    }
+
+    /// Audit entries the mvirt-log daemons stored.
+    fn audit_entries(&self) -> u64 {
+        self.logs
+            .iter()
+            .map(|l| {
+                rusqlite::Connection::open(&l.db)
+                    .and_then(|c| c.query_row("SELECT count(*) FROM logs", [], |r| r.get(0)))
+                    .unwrap_or(0u64)
+            })
+            .sum()
+    }
+}
+
+async fn start_cluster(
+    http: &reqwest::Client,
+    root: &std::path::Path,
+    ips: [&str; 3],
+    audit: bool,
+) -> MvirtCluster {
+    let mut logs = Vec::new();
+    let mut endpoints = Vec::new();
+    for (i, _) in ips.iter().enumerate() {
+        if audit {
+            let l = spawn_log_daemon(&root.join(format!("log{i}"))).await;
+            endpoints.push(format!("unix:{}", l.socket.display()));
+            logs.push(l);
+        } else {
+            endpoints.push(String::new());
+        }
+    }
+    let a = spawn_member(ips[0], &root.join("a"), &endpoints[0], None);
     let token_path = a.dir.join(server::ADMIN_TOKEN_FILE);
     let deadline = Instant::now() + Duration::from_secs(60);
     let token = loop {
@@ -486,13 +610,9 @@ async fn bench_writes() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(256)
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"));
-    wait_ok(&http, &format!("{}/v1/projects", a.url), &token).await;
+    wait_ok(http, &format!("{}/v1/projects", a.url), &token).await;
     let mut members = vec![a];
-    for (ip, name) in [("127.0.0.22", "b"), ("127.0.0.23", "c")] {
+    for (i, name) in [(1, "b"), (2, "c")] {
         let jt: serde_json::Value = http
             .post(format!("{}/v1/controlplane/join-tokens", members[0].url))
             .bearer_auth(&token)
@@ -503,10 +623,15 @@ async fn bench_writes() {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let t = jt["token"].as_str().unwrap_or_default().to_string();
-        let joined = spawn_member(ip, &root.path().join(name), Some((&members[0].url, &t)));
+        let joined = spawn_member(
+            ips[i],
+            &root.join(name),
+            &endpoints[i],
+            Some((&members[0].url, &t)),
+        );
         members.push(joined);
     }
-    // Wait for 3 voters; the load goes to the leader (as etcd's goes to one member).
+    // Wait for 3 voters; the load goes to the leader (as etcd's goes to its leader).
     let deadline = Instant::now() + Duration::from_secs(60);
     let leader = loop {
         let cp: serde_json::Value = match http
@@ -533,23 +658,163 @@ async fn bench_writes() {
         assert!(Instant::now() < deadline, "cluster did not form");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    MvirtCluster {
+        members,
+        logs,
+        leader,
+        token,
+    }
+}
+
+/// What one column of the write comparison drives.
+enum System {
+    /// `POST /v1/vms` on the leader of an mvirt-api cluster.
+    Mvirt {
+        url: String,
+        token: String,
+        pids: Vec<u32>,
+    },
+    /// etcd puts through its native gRPC API (etcd-client) on its leader, over
+    /// ceil(clients / 16) connections (HTTP/2 multiplexes the rest, as etcd's own
+    /// `benchmark --conns` does).
+    EtcdGrpc {
+        clients: Vec<etcd_client::KvClient>,
+        pids: Vec<u32>,
+    },
+    /// etcd puts through its JSON gateway (`POST /v3/kv/put`) on its leader: the bench before.
+    EtcdJson { url: String, pids: Vec<u32> },
+}
+
+impl System {
+    async fn load(
+        &self,
+        http: &reqwest::Client,
+        concurrency: usize,
+        per: usize,
+        tag: usize,
+        body_len: usize,
+    ) -> Load {
+        match self {
+            System::Mvirt { url, token, pids } => {
+                let (http, url, tok) = (http.clone(), format!("{url}/v1/vms"), token.clone());
+                with_cpu(pids, run_load("mvirt-api", concurrency, per, move |i| {
+                    let (http, url, tok) = (http.clone(), url.clone(), tok.clone());
+                    async move {
+                        // Pending VMs (the selector matches no node): only the control plane works.
+                        let body = json!({"name": format!("vm-{tag:06}-{i:05}"), "spec": {"vcpus": 1, "memory_bytes": 1073741824u64, "node_selector": "none-such"}});
+                        matches!(http.post(&url).bearer_auth(&tok).json(&body).send().await, Ok(r) if r.status().as_u16() == 201)
+                    }
+                }))
+                .await
+            }
+            System::EtcdGrpc { clients, pids } => {
+                let conns = concurrency.div_ceil(16).min(clients.len()).max(1);
+                let clients: Vec<etcd_client::KvClient> = clients[..conns].to_vec();
+                with_cpu(
+                    pids,
+                    run_load("etcd-grpc", concurrency, per, move |i| {
+                        let mut kv = clients[i % clients.len()].clone();
+                        async move {
+                            let key = format!("vm-{tag:06}-{i:05}");
+                            kv.put(key, vec![b'x'; body_len], None).await.is_ok()
+                        }
+                    }),
+                )
+                .await
+            }
+            System::EtcdJson { url, pids } => {
+                let (http, url) = (http.clone(), format!("{url}/v3/kv/put"));
+                with_cpu(pids, run_load("etcd-json", concurrency, per, move |i| {
+                    let (http, url) = (http.clone(), url.clone());
+                    async move {
+                        use base64::Engine;
+                        let b64 = base64::engine::general_purpose::STANDARD;
+                        let key = b64.encode(format!("vm-{tag:06}-{i:05}"));
+                        let value = b64.encode(vec![b'x'; body_len]);
+                        let body = json!({"key": key, "value": value});
+                        matches!(http.post(&url).json(&body).send().await, Ok(r) if r.status().is_success())
+                    }
+                }))
+                .await
+            }
+        }
+    }
+}
+
+async fn bench_writes() {
+    let root = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    // `MVIRT_BENCH_OLD=0`: only the production setup (audit on, etcd over gRPC).
+    let old = std::env::var("MVIRT_BENCH_OLD").map_or(true, |v| v != "0");
+    let audited = start_cluster(
+        &http,
+        &root.path().join("audited"),
+        ["127.0.0.21", "127.0.0.22", "127.0.0.23"],
+        true,
+    )
+    .await;
+    let plain = if old {
+        Some(
+            start_cluster(
+                &http,
+                &root.path().join("plain"),
+                ["127.0.0.24", "127.0.0.25", "127.0.0.26"],
+                false,
+            )
+            .await,
+        )
+    } else {
+        None
+    };
     // `MVIRT_BENCH_NO_ETCD=1`: mvirt-api alone (for profiling it).
     let etcd = if std::env::var_os("MVIRT_BENCH_NO_ETCD").is_some() {
         None
     } else {
         start_etcd()
     };
-    let mut etcd_leader = String::new();
+    // (label, system) in the order of the columns.
+    let mut systems: Vec<(&str, System)> = vec![(
+        "mvirt-api, audit on",
+        System::Mvirt {
+            url: audited.leader.clone(),
+            token: audited.token.clone(),
+            pids: audited.pids(),
+        },
+    )];
     if let Some(e) = &etcd {
-        etcd_leader = wait_etcd(&http, &e.client_urls).await;
+        let leader = wait_etcd(&http, &e.client_urls).await;
+        let pids: Vec<u32> = e.children.iter().map(|c| c.id()).collect();
+        let mut clients = Vec::new();
+        for _ in 0..8 {
+            let c = etcd_client::Client::connect([leader.as_str()], None)
+                .await
+                .unwrap_or_else(|e| panic!("etcd gRPC connect: {e}"));
+            clients.push(c.kv_client());
+        }
+        systems.push((
+            "etcd, gRPC",
+            System::EtcdGrpc {
+                clients,
+                pids: pids.clone(),
+            },
+        ));
+        if let Some(p) = &plain {
+            systems.push((
+                "mvirt-api, audit off",
+                System::Mvirt {
+                    url: p.leader.clone(),
+                    token: p.token.clone(),
+                    pids: p.pids(),
+                },
+            ));
+            systems.push(("etcd, JSON gateway", System::EtcdJson { url: leader, pids }));
+        }
     } else {
         println!("etcd not installed (apt etcd-server): mvirt-api numbers only");
     }
-    let member_pids: Vec<u32> = members.iter().map(|m| m._guard.id()).collect();
-    let etcd_pids: Vec<u32> = etcd
-        .as_ref()
-        .map(|e| e.children.iter().map(|c| c.id()).collect())
-        .unwrap_or_default();
     // `MVIRT_BENCH_WRITES=N`: N writes per concurrency level (longer runs for profiling).
     let per = std::env::var("MVIRT_BENCH_WRITES")
         .ok()
@@ -559,85 +824,59 @@ async fn bench_writes() {
         .map(|v| v.len())
         .unwrap_or(100);
     println!("writes: {per} operations per run, payload ~{body_len} bytes");
-    println!(
-        "{:>11} | {:>22} | {:>22} | ratio",
-        "concurrency", "mvirt-api VM create", "etcd put"
-    );
     let concs: Vec<usize> = std::env::var("MVIRT_BENCH_CONC")
         .ok()
         .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
         .unwrap_or(vec![1usize, 16, 128]);
-    // Each level runs `rounds` times, the two systems alternating which goes first, and the
-    // row gives medians: single runs on this shared 2-core machine move by ±15 %.
+    // Each level runs `rounds` times, the systems taking turns at going first, and the row
+    // gives medians: single runs on this shared 2-core machine move by ±15 %.
     let rounds: usize = std::env::var("MVIRT_BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(if quick() { 1 } else { 3 })
         .max(1);
     println!(
-        "{rounds} interleaved round(s) per level after one warm-up round; medians, and the ratios in round order"
+        "{rounds} round(s) per level after one warm-up round, the systems rotating who goes first; medians, and the ratios in round order"
     );
     for (level, concurrency) in concs.into_iter().enumerate() {
-        let mut ours_runs = Vec::new();
-        let mut theirs_runs = Vec::new();
-        // Before the first level, one round that is not recorded: both clusters have just
-        // started (empty files that still grow, cold caches, new connections), and the system
-        // that happened to go first paid for that alone.
+        let mut runs: Vec<Vec<Load>> = systems.iter().map(|_| Vec::new()).collect();
+        // Before the first level, one round that is not recorded: the clusters have just
+        // started (empty files that still grow, cold caches, new connections).
         let warm_up = usize::from(level == 0);
         for r in 0..warm_up + rounds {
             if r == warm_up {
-                ours_runs.clear();
-                theirs_runs.clear();
+                runs.iter_mut().for_each(Vec::clear);
             }
             let tag = level * 100 + r;
-            // Every other recorded round etcd goes first.
-            let ours_first = (r + warm_up) % 2 == 0;
-            for ours in [ours_first, !ours_first] {
-                if ours {
-                    let http2 = http.clone();
-                    let url = format!("{leader}/v1/vms");
-                    let tok = token.clone();
-                    ours_runs.push(
-                        with_cpu(&member_pids, run_load("mvirt-api", concurrency, per, move |i| {
-                            let http = http2.clone();
-                            let url = url.clone();
-                            let tok = tok.clone();
-                            async move {
-                                // Pending VMs (the selector matches no node), so only the control plane works.
-                                let body = json!({"name": format!("vm-{tag:06}-{i:05}"), "spec": {"vcpus": 1, "memory_bytes": 1073741824u64, "node_selector": "none-such"}});
-                                matches!(http.post(&url).bearer_auth(&tok).json(&body).send().await, Ok(r) if r.status().as_u16() == 201)
-                            }
-                        }))
-                        .await,
-                    );
-                } else {
-                    theirs_runs.extend(
-                        etcd_load(
-                            &http,
-                            &etcd,
-                            &etcd_leader,
-                            &etcd_pids,
-                            concurrency,
-                            per,
-                            tag,
-                            body_len,
-                        )
-                        .await,
-                    );
-                }
+            for k in 0..systems.len() {
+                let s = (k + r) % systems.len();
+                let l = systems[s]
+                    .1
+                    .load(&http, concurrency, per, tag, body_len)
+                    .await;
+                runs[s].push(l);
             }
         }
-        let mut ratios: Vec<f64> = ours_runs
-            .iter()
-            .zip(&theirs_runs)
-            .map(|(o, t)| o.throughput / t.throughput.max(1e-9))
-            .collect();
-        // Printed in round order (mvirt-api goes first in the 1st, 3rd, ... round).
-        let per_round: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
-        ratios.sort_by(f64::total_cmp);
-        let fmt = |l: &Load| {
-            format!(
-                "{:>7.0}/s p50 {:>5.1} p99 {:>5.1} ms cpu {:>4.0} µs/op{}",
+        let ratios = |a: usize, b: usize| -> Option<String> {
+            let (ra, rb) = (runs.get(a)?, runs.get(b)?);
+            let mut rs: Vec<f64> = ra
+                .iter()
+                .zip(rb)
+                .map(|(x, y)| x.throughput / y.throughput.max(1e-9))
+                .collect();
+            let order: Vec<String> = rs.iter().map(|r| format!("{r:.2}")).collect();
+            rs.sort_by(f64::total_cmp);
+            Some(format!(
+                "{:.2}x (rounds {})",
+                rs[rs.len() / 2],
+                order.join(", ")
+            ))
+        };
+        println!("{concurrency} client(s):");
+        for ((label, _), rs) in systems.iter().zip(&runs) {
+            let l = median_load(rs.clone());
+            println!(
+                "  {label:<22} {:>7.0}/s p50 {:>5.1} p99 {:>5.1} ms cpu {:>4.0} µs/op{}",
                 l.throughput,
                 l.p50.as_secs_f64() * 1000.0,
                 l.p99.as_secs_f64() * 1000.0,
@@ -647,59 +886,24 @@ async fn bench_writes() {
                 } else {
                     String::new()
                 }
-            )
-        };
-        let ours = median_load(ours_runs);
-        if theirs_runs.is_empty() {
-            println!("{concurrency:>11} | {} | {:>22} |", fmt(&ours), "-");
-        } else {
-            println!(
-                "{concurrency:>11} | {} | {} | {:.2}x (rounds {})",
-                fmt(&ours),
-                fmt(&median_load(theirs_runs)),
-                ratios[ratios.len() / 2],
-                per_round.join(", ")
             );
         }
+        if let Some(r) = ratios(0, 1) {
+            println!("  mvirt-api / etcd, audit on vs gRPC (production): {r}");
+        }
+        if let Some(r) = ratios(2, 3) {
+            println!("  mvirt-api / etcd, audit off vs JSON gateway (the bench before): {r}");
+        }
     }
-    drop(members);
+    // Audit entries reach mvirt-log asynchronously (a bounded queue that counts what it drops).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    println!(
+        "audit entries stored by the audited cluster's mvirt-log daemons: {}",
+        audited.audit_entries()
+    );
+    drop(audited);
+    drop(plain);
 }
-
-/// One etcd load run (puts of `body_len` bytes on its leader), if etcd runs.
-#[allow(clippy::too_many_arguments)]
-async fn etcd_load(
-    http: &reqwest::Client,
-    etcd: &Option<Etcd>,
-    leader: &str,
-    pids: &[u32],
-    concurrency: usize,
-    per: usize,
-    tag: usize,
-    body_len: usize,
-) -> Option<Load> {
-    etcd.as_ref()?;
-    let http = http.clone();
-    let url = format!("{leader}/v3/kv/put");
-    Some(
-        with_cpu(
-            pids,
-            run_load("etcd", concurrency, per, move |i| {
-                let http = http.clone();
-                let url = url.clone();
-                async move {
-                    use base64::Engine;
-                    let b64 = base64::engine::general_purpose::STANDARD;
-                    let key = b64.encode(format!("vm-{tag:06}-{i:05}"));
-                    let value = b64.encode(vec![b'x'; body_len]);
-                    let body = json!({"key": key, "value": value});
-                    matches!(http.post(&url).json(&body).send().await, Ok(r) if r.status().is_success())
-                }
-            }),
-        )
-        .await,
-    )
-}
-
 /// The median of each figure over several runs (taken separately).
 fn median_load(mut runs: Vec<Load>) -> Load {
     let mid = runs.len() / 2;
@@ -746,6 +950,10 @@ async fn wait_etcd(http: &reqwest::Client, urls: &[String]) -> String {
 }
 
 fn main() {
+    // Re-executed as the mvirt-log daemon of one member (see `spawn_log_daemon`).
+    if let Some(dir) = std::env::var_os(LOG_DAEMON_ENV) {
+        run_log_daemon(dir.into());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
