@@ -7,7 +7,10 @@
 # DHCP); creates a network and a VM; waits until the VM runs and prints its address and how to
 # reach its console. A second run reuses the running daemons and the existing resources.
 # The local daemons listen on unix sockets in $MVIRT_DEV_DATA/run (mode 0600, root only), not on
-# TCP ports; mvirt-api and the agent reach them there.
+# TCP ports; mvirt-api and the agent reach them there. mvirt-api serves TLS (REST, dashboard,
+# NodeService, Raft) with certificates of the cluster CA it creates at bootstrap
+# ($MVIRT_DEV_DATA/api/tls/ca.pem); the agent and every curl here trust exactly that CA, and the
+# summary at the end prints its fingerprint and how to trust it (mvirt login, curl, a browser).
 #
 # Environment: MVIRT_DEV_DATA (default /var/lib/mvirt-dev), MVIRT_DEV_API_PORT (default 8080).
 # Stop the daemons with: bash scripts/up.sh stop (VMs keep running and are adopted again);
@@ -17,7 +20,8 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 DATA=${MVIRT_DEV_DATA:-/var/lib/mvirt-dev}
 API_PORT=${MVIRT_DEV_API_PORT:-8080}
-API=http://127.0.0.1:$API_PORT
+API=https://127.0.0.1:$API_PORT
+CA=$DATA/api/tls/ca.pem
 POOL=mvirtdev
 RUN=$DATA/run
 # The local daemons listen on unix sockets here (mode 0600, root only), never on TCP.
@@ -129,10 +133,13 @@ start mvirt-vmm "$BIN/mvirt-vmm" --data-dir "$DATA/vmm" --allowed-dir "$DATA" \
 start mvirt-api "$BIN/mvirt-api" --data-dir "$DATA/api" --listen "127.0.0.1:$API_PORT" \
   --grpc-listen 127.0.0.1:50056 --raft-listen 127.0.0.1:6001 --advertise-host 127.0.0.1 --ui-dir "$ROOT/mvirt-ui/dist" \
   --log-endpoint "unix:$LOG_SOCK"
-wait_for "mvirt-api" curl -sf "$API/v1/health"
+wait_for "the cluster CA" test -s "$CA"
+wait_for "mvirt-api" curl -sf --cacert "$CA" "$API/v1/health"
 wait_for "the admin token" test -s "$DATA/api/admin.token"
-start mvirt-node "$BIN/mvirt-node" --data-dir "$DATA/node" --api http://127.0.0.1:50056 \
-  --token-file "$DATA/api/admin.token" \
+# sha256: + hex of SHA-256 over the CA's DER: what mvirt-api logs and `mvirt login` shows.
+FINGERPRINT="sha256:$(openssl x509 -in "$CA" -outform der | sha256sum | cut -d' ' -f1)"
+start mvirt-node "$BIN/mvirt-node" --data-dir "$DATA/node" --api https://127.0.0.1:50056 \
+  --ca-file "$CA" --token-file "$DATA/api/admin.token" \
   --vmm "unix:$RUN/vmm.sock" --zfs "unix:$RUN/zfs.sock" --ebpf "unix:$RUN/ebpf.sock" --log "unix:$LOG_SOCK" \
   --name "$(hostname | tr 'A-Z_.' 'a-z--' | cut -c1-63)" \
   --console-listen 127.0.0.1:50057
@@ -140,17 +147,17 @@ start mvirt-node "$BIN/mvirt-node" --data-dir "$DATA/node" --api http://127.0.0.
 TOKEN=$(cat "$DATA/api/admin.token")
 api() { # api METHOD PATH [JSON]
   if [ $# -ge 3 ]; then
-    curl -sS -f -X "$1" -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+    curl -sS -f --cacert "$CA" -X "$1" -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
       --data "$3" "$API$2"
   else
-    curl -sS -f -X "$1" -H "Authorization: Bearer $TOKEN" "$API$2"
+    curl -sS -f --cacert "$CA" -X "$1" -H "Authorization: Bearer $TOKEN" "$API$2"
   fi
 }
 # lookup KIND NAME: prints the id of the named resource in the default project, if any.
 lookup() { api GET "/v1/$1?project=default" | jq -r --arg n "$2" '.items[] | select(.name == $n) | .id' | head -n 1; }
 
 say "waiting for this node to register"
-wait_for "the node" sh -c "curl -sf -H 'Authorization: Bearer $TOKEN' $API/v1/nodes | jq -e '.items | length > 0'"
+wait_for "the node" sh -c "curl -sf --cacert '$CA' -H 'Authorization: Bearer $TOKEN' $API/v1/nodes | jq -e '.items | length > 0'"
 
 say "network demo-net (10.42.0.0/24)"
 NET=$(lookup networks demo-net)
@@ -186,9 +193,16 @@ cat <<EOT
 
 mvirt is running (data in $DATA, logs and the daemons' sockets in $RUN).
   API:      $API   (token: $DATA/api/admin.token)
+  TLS:      cluster CA $CA
+            fingerprint $FINGERPRINT
+  Trust it: $BIN/mvirt login $API --token-file $DATA/api/admin.token --accept-fingerprint $FINGERPRINT
+            curl --cacert $CA -H "Authorization: Bearer \$(cat $DATA/api/admin.token)" $API/v1/vms
+            browser: import $CA as a certificate authority (Chromium: Settings > Privacy and
+            security > Security > Manage certificates > Authorities > Import; or
+            certutil -d sql:\$HOME/.pki/nssdb -A -t C,, -n mvirt-dev -i $CA)
   Dashboard: $API/   (log in with the token in $DATA/api/admin.token)
   VM demo:  $VM
-  Console:  $BIN/mvirt --url $API --token "\$(cat $DATA/api/admin.token)" vm console demo
-            (or websocat -H "Authorization: Bearer \$(cat $DATA/api/admin.token)" ws://127.0.0.1:$API_PORT/v1/vms/$VM/console)
+  Console:  $BIN/mvirt vm console demo   (after the mvirt login above)
+            (or SSL_CERT_FILE=$CA websocat -H "Authorization: Bearer \$(cat $DATA/api/admin.token)" wss://127.0.0.1:$API_PORT/v1/vms/$VM/console)
   Stop:     bash scripts/up.sh stop
 EOT

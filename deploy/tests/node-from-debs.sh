@@ -89,7 +89,10 @@ for dep in mvirt-log mvirt-zfs mvirt-ebpf mvirt-vmm mvirt-api; do
 done
 
 say "starting the daemons as their units say, in After= order"
-API=http://127.0.0.1:8080
+API=https://127.0.0.1:8080
+# mvirt-api serves TLS with the cluster CA it creates at bootstrap; every client here trusts
+# exactly that CA, and the agent is configured with it as an operator would (/etc/mvirt/ca.pem).
+CA=$R/var/lib/mvirt/api/tls/ca.pem
 for unit in "${ORDER[@]}"; do
   name=${unit%.service}
   case $name in
@@ -99,15 +102,19 @@ for unit in "${ORDER[@]}"; do
     mvirt-vmm) start_unit "$name"; wait_for "mvirt-vmm" 30 grpc_up MVIRT_VMM_LISTEN vmm ;;
     mvirt-api)
       start_unit "$name"
-      wait_for "mvirt-api" 60 curl -sf -o /dev/null "$API/v1/health"
+      wait_for "the cluster CA" 60 test -s "$CA"
+      wait_for "mvirt-api" 60 curl -sf --cacert "$CA" -o /dev/null "$API/v1/health"
       wait_for "the admin token" 30 test -s "$R/var/lib/mvirt/api/admin.token"
       [ "$(chroot "$R" stat -c "%U %a" /var/lib/mvirt/api/admin.token)" = "mvirt 600" ] || die "admin.token is not mvirt's, 0600"
       TOKEN=$(cat "$R/var/lib/mvirt/api/admin.token")
       # The node token the agent's packaged configuration expects in /etc/mvirt/node.token.
-      NODE_TOKEN=$(curl -sSf -X POST -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+      NODE_TOKEN=$(curl -sSf --cacert "$CA" -X POST -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
         --data '{"name":"hosts","role":"node"}' "$API/v1/tokens" | jq -r .token)
       install -m 0600 /dev/null "$R/etc/mvirt/node.token"
-      printf %s "$NODE_TOKEN" >"$R/etc/mvirt/node.token" ;;
+      printf %s "$NODE_TOKEN" >"$R/etc/mvirt/node.token"
+      install -m 0644 "$CA" "$R/etc/mvirt/ca.pem"
+      sed -i "s|^#MVIRT_NODE_CA_FILE=.*|MVIRT_NODE_CA_FILE=/etc/mvirt/ca.pem|" "$R/etc/mvirt/node.env"
+      grep -qx 'MVIRT_NODE_CA_FILE=/etc/mvirt/ca.pem' "$R/etc/mvirt/node.env" || die "node.env has no MVIRT_NODE_CA_FILE line to set" ;;
     mvirt-node) start_unit "$name" ;;
     *) die "an unknown unit $unit was installed" ;;
   esac
@@ -139,18 +146,18 @@ done
 
 api() { # api METHOD PATH [JSON]
   if [ $# -ge 3 ]; then
-    curl -sS -f -X "$1" -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' --data "$3" "$API$2"
+    curl -sS -f --cacert "$CA" -X "$1" -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' --data "$3" "$API$2"
   else
-    curl -sS -f -X "$1" -H "Authorization: Bearer $TOKEN" "$API$2"
+    curl -sS -f --cacert "$CA" -X "$1" -H "Authorization: Bearer $TOKEN" "$API$2"
   fi
 }
 if [ -f "$REPO/mvirt-ui/package.json" ]; then
   say "the web UI from the mvirt-ui package is served at /"
-  curl -sSf "$API/" | grep -qi '<!doctype html' || die "GET / does not serve the packaged UI's index.html"
-  cmp -s <(curl -sSf "$API/") "$R/usr/share/mvirt/ui/index.html" || die "GET / is not /usr/share/mvirt/ui/index.html"
+  curl -sSf --cacert "$CA" "$API/" | grep -qi '<!doctype html' || die "GET / does not serve the packaged UI's index.html"
+  cmp -s <(curl -sSf --cacert "$CA" "$API/") "$R/usr/share/mvirt/ui/index.html" || die "GET / is not /usr/share/mvirt/ui/index.html"
 fi
 say "through REST: the node registers with its node token"
-wait_for "the node to be online" 60 sh -c "curl -sf -H 'Authorization: Bearer $TOKEN' $API/v1/nodes | jq -e '.items | length == 1 and .[0].status.state == \"online\"' >/dev/null"
+wait_for "the node to be online" 60 sh -c "curl -sf --cacert '$CA' -H 'Authorization: Bearer $TOKEN' $API/v1/nodes | jq -e '.items | length == 1 and .[0].status.state == \"online\"' >/dev/null"
 NET=$(api POST /v1/networks '{"name":"net","spec":{"ipv4_prefix":"10.77.0.0/24"}}' | jq -r .id)
 TPL=$(api POST /v1/templates '{"name":"tiny","spec":{"source_url":"file:///var/lib/mvirt/images/disk.raw","format":"raw","kernel_url":"file:///var/lib/mvirt/images/vmlinuz","initramfs_url":"file:///var/lib/mvirt/images/initramfs.img","cmdline":"console=ttyS0 tsc_early_khz=2100000 panic=-1"}}' | jq -r .id)
 VM=$(api POST /v1/vms "$(jq -n --arg net "$NET" --arg tpl "$TPL" '{name:"vm1",spec:{vcpus:1,memory_bytes:268435456,hostname:"vm1",root_volume:{template_id:$tpl,size_bytes:67108864},network_interfaces:[{network_id:$net}]}}')" | jq -r .id)
@@ -175,7 +182,7 @@ $UNITRUN stop "$R" mvirt-vmm.service "${PIDS[mvirt-vmm]}"
 running "$QEMU" || die "stopping mvirt-vmm killed the guest"
 start_unit mvirt-vmm
 wait_for "mvirt-vmm" 30 grpc_up MVIRT_VMM_LISTEN vmm
-wait_for "the adopted VM to be reported running" 60 sh -c "[ \"\$(curl -sf -H 'Authorization: Bearer $TOKEN' $API/v1/vms/$VM | jq -r '.status.phase')\" = running ]"
+wait_for "the adopted VM to be reported running" 60 sh -c "[ \"\$(curl -sf --cacert '$CA' -H 'Authorization: Bearer $TOKEN' $API/v1/vms/$VM | jq -r '.status.phase')\" = running ]"
 [ "$(pgrep -f "qemu-system.*$VM" | head -n 1)" = "$QEMU" ] || die "the guest was replaced instead of adopted"
 grep -q 'adopted' "$WORK/logs/mvirt-vmm.log" || die "the restarted mvirt-vmm did not log an adoption"
 
