@@ -2,6 +2,7 @@
 // caller's role. Today every token that REST accepts is an admin token (node tokens get 403);
 // when the API gains `GET /v1/whoami` with a role (operator, viewer), the role comes from there.
 import { createContext, useCallback, useContext, useEffect, useMemo, useState, type ReactNode } from 'react';
+import { useQueryClient } from '@tanstack/react-query';
 import { api, ApiError, getSession, onSessionChange, setSession } from './api/client';
 
 export type Role = 'admin' | 'operator' | 'viewer';
@@ -35,15 +36,21 @@ export function AuthProvider({ children }: { children: ReactNode }) {
     return t;
   });
   const [role, setRole] = useState<Role>('admin');
+  const qc = useQueryClient();
 
   useEffect(
     () =>
       onSessionChange(() => {
         const s = getSession();
         setToken(s?.token ?? null);
-        if (!s) sessionStorage.removeItem(STORAGE);
+        if (!s) {
+          sessionStorage.removeItem(STORAGE);
+          // The next token may see less (a viewer, other projects): nothing read with this one
+          // may show after it (the live lists are never re-read otherwise).
+          qc.clear();
+        }
       }),
-    [],
+    [qc],
   );
   useEffect(() => {
     if (token) roleOf(token).then(setRole, () => undefined);
