@@ -3,7 +3,7 @@
 import { lazy, Suspense, useState, type ReactNode } from 'react';
 import { QueryClient, QueryClientProvider } from '@tanstack/react-query';
 import { BrowserRouter, NavLink, Route, Routes } from 'react-router';
-import { AuthProvider, useAuth } from './auth';
+import { allowed, AuthProvider, useAuth, type Action } from './auth';
 import { LiveProvider, useList, useLive } from './live';
 import { ALL, ProjectProvider, useProject } from './project';
 import { applyTheme, initialTheme, type Theme } from './theme';
@@ -20,6 +20,7 @@ const SecurityGroups = lazy(() => import('./pages/SecurityGroups'));
 const Volumes = lazy(() => import('./pages/Volumes'));
 const Templates = lazy(() => import('./pages/Templates'));
 const Nodes = lazy(() => import('./pages/Nodes'));
+const NodeDetail = lazy(() => import('./pages/NodeDetail'));
 const Projects = lazy(() => import('./pages/Projects'));
 const Tokens = lazy(() => import('./pages/Tokens'));
 const ControlPlane = lazy(() => import('./pages/ControlPlane'));
@@ -66,6 +67,7 @@ function Gate() {
             <Route path="/volumes" element={<Volumes />} />
             <Route path="/templates" element={<Templates />} />
             <Route path="/nodes" element={<Nodes />} />
+            <Route path="/nodes/:id" element={<NodeDetail />} />
             <Route path="/projects" element={<Projects />} />
             <Route path="/tokens" element={<Tokens />} />
             <Route path="/controlplane" element={<ControlPlane />} />
@@ -78,7 +80,8 @@ function Gate() {
   );
 }
 
-const NAV: { to: string; label: string }[] = [
+/** `needs`: pages whose reads the API refuses to other roles are not offered to them. */
+const NAV: { to: string; label: string; needs?: Action }[] = [
   { to: '/', label: 'Dashboard' },
   { to: '/vms', label: 'VMs' },
   { to: '/pods', label: 'Pods' },
@@ -89,7 +92,7 @@ const NAV: { to: string; label: string }[] = [
   { to: '/templates', label: 'Templates' },
   { to: '/nodes', label: 'Nodes' },
   { to: '/projects', label: 'Projects' },
-  { to: '/tokens', label: 'Tokens' },
+  { to: '/tokens', label: 'Tokens', needs: 'admin' },
   { to: '/controlplane', label: 'Control plane' },
   { to: '/audit', label: 'Audit log' },
 ];
@@ -110,7 +113,7 @@ function Shell({ children }: { children: ReactNode }) {
           <img src="/favicon.svg" alt="" className="h-6 w-6" /> mvirt
         </div>
         <ul className="flex flex-col gap-0.5">
-          {NAV.map((n) => (
+          {NAV.filter((n) => !n.needs || allowed(role, n.needs)).map((n) => (
             <li key={n.to}>
               <NavLink
                 to={n.to}

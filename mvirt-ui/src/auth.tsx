@@ -1,6 +1,6 @@
 // Login state: the API token (kept in sessionStorage: it lives as long as the tab) and the
-// caller's role. Today every token that REST accepts is an admin token (node tokens get 403);
-// when the API gains `GET /v1/whoami` with a role (operator, viewer), the role comes from there.
+// caller's role from `GET /v1/whoami` (admin, operator or viewer; node tokens get 403 on the
+// other REST routes and cannot log in), which decides the buttons shown (`useCan`).
 import { createContext, useCallback, useContext, useEffect, useMemo, useState, type ReactNode } from 'react';
 import { useQueryClient } from '@tanstack/react-query';
 import { api, ApiError, getSession, onSessionChange, setSession } from './api/client';
@@ -35,7 +35,9 @@ export function AuthProvider({ children }: { children: ReactNode }) {
     if (t) setSession({ token: t });
     return t;
   });
-  const [role, setRole] = useState<Role>('admin');
+  // Until whoami answers (a reload with a kept token), the least a role may: buttons appear
+  // when the role is known rather than flash up for a viewer.
+  const [role, setRole] = useState<Role>('viewer');
   const qc = useQueryClient();
 
   useEffect(
@@ -44,6 +46,7 @@ export function AuthProvider({ children }: { children: ReactNode }) {
         const s = getSession();
         setToken(s?.token ?? null);
         if (!s) {
+          setRole('viewer');
           sessionStorage.removeItem(STORAGE);
           // The next token may see less (a viewer, other projects): nothing read with this one
           // may show after it (the live lists are never re-read otherwise).

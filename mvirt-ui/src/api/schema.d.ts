@@ -226,6 +226,118 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/nodes/{id}/stats": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["node_stats"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/pods": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["get_v1_pods"];
+        put?: never;
+        post: operations["post_v1_pods"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/pods/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["get_v1_pods_id_"];
+        put: operations["put_v1_pods_id_"];
+        post?: never;
+        delete: operations["delete_v1_pods_id_"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/pods/{id}/{action}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post: operations["pod_action"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/pods/{id}/exec": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["pod_exec"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/pods/{id}/logs": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["pod_logs"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/pods/{id}/stats": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["pod_stats"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/projects": {
         parameters: {
             query?: never;
@@ -466,6 +578,22 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/vms/{id}/stats": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["vm_stats"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/volumes": {
         parameters: {
             query?: never;
@@ -611,9 +739,32 @@ export interface components {
             status: string;
             type: string;
         };
+        ContainerPort: {
+            /** Format: int32 */
+            container_port: number;
+            name?: string | null;
+            /** @enum {string} */
+            protocol?: "tcp" | "udp";
+        };
+        ContainerStatus: {
+            /** Format: int32 */
+            exit_code?: number | null;
+            finished_at?: string | null;
+            image?: string;
+            image_digest?: string;
+            message?: string;
+            name: string;
+            oom_killed?: boolean;
+            /** Format: int32 */
+            restart_count?: number;
+            started_at?: string | null;
+            /** @enum {string} */
+            state?: "waiting" | "created" | "running" | "exited";
+        };
         ControlPlaneView: {
             /** Format: int64 */
             applied_index: number;
+            ca_fingerprint?: string | null;
             /** Format: int64 */
             last_log_index?: number | null;
             /** Format: int64 */
@@ -671,6 +822,27 @@ export interface components {
                 network_id: string;
                 routed_prefixes?: string[];
                 security_group_ids?: string[];
+            };
+        };
+        CreateRequest_PodSpec: {
+            labels?: {
+                [key: string]: string;
+            } | null;
+            name: string;
+            project?: string | null;
+            spec: {
+                containers: components["schemas"]["PodContainer"][];
+                /** @enum {string} */
+                desired_state?: "running" | "stopped";
+                hostname?: string | null;
+                /** Format: int64 */
+                memory_bytes: number;
+                network_interfaces?: components["schemas"]["NetworkInterfaceRequest"][];
+                nic_ids?: string[];
+                node_selector?: string | null;
+                registry_credentials?: components["schemas"]["RegistryCredential"][];
+                /** Format: int32 */
+                vcpus: number;
             };
         };
         CreateRequest_SecurityGroupSpec: {
@@ -765,6 +937,30 @@ export interface components {
             revision: number;
             type: string;
         };
+        GuestStats: {
+            /** Format: double */
+            cpu_seconds: number;
+            /** Format: int64 */
+            disk_read_bytes: number;
+            /** Format: int64 */
+            disk_write_bytes: number;
+            id: string;
+            /** Format: int64 */
+            io_read_bytes: number;
+            /** Format: int64 */
+            io_write_bytes: number;
+            /** Format: int64 */
+            memory_rss_bytes: number;
+            nics: components["schemas"]["NicStats"][];
+            node_id: string;
+            /** Format: int32 */
+            pid: number;
+            running: boolean;
+            /** Format: int64 */
+            sampled_at_ms: number;
+            /** Format: int32 */
+            threads: number;
+        };
         HostInfo: {
             /** Format: int32 */
             cpu_cores: number;
@@ -787,17 +983,36 @@ export interface components {
             /** Format: int32 */
             running_vms: number;
         };
+        HostStats: {
+            /** Format: double */
+            cpu_busy_seconds: number;
+            /** Format: double */
+            cpu_idle_seconds: number;
+            /** Format: int32 */
+            cpus: number;
+            /** Format: double */
+            load1: number;
+            /** Format: int64 */
+            memory_available_bytes: number;
+            /** Format: int64 */
+            memory_total_bytes: number;
+        };
         JoinRequest: {
             api_url: string;
             raft_addr: string;
             token: string;
         };
         JoinResponse: {
+            ca_key_pem?: string | null;
+            ca_pem?: string | null;
+            cert_pem?: string | null;
             cluster_secret: string;
+            key_pem?: string | null;
             /** Format: int64 */
             member_id: number;
         };
         JoinTokenView: {
+            ca_fingerprint?: string | null;
             /** Format: int64 */
             expires_at_ms: number;
             token: string;
@@ -866,7 +1081,9 @@ export interface components {
             tunnel_key?: number | null;
         };
         Nic: components["schemas"]["Meta"] & {
+            owner_pod_id?: string | null;
             owner_vm_id?: string | null;
+            pod_id?: string | null;
             spec: components["schemas"]["NicSpec"];
             status: components["schemas"]["Status"];
             vm_id?: string | null;
@@ -879,6 +1096,21 @@ export interface components {
             routed_prefixes?: string[];
             security_group_ids?: string[];
         };
+        NicStats: {
+            nic_id: string;
+            /** Format: int64 */
+            rx_bytes: number;
+            /** Format: int64 */
+            rx_drops: number;
+            /** Format: int64 */
+            rx_packets: number;
+            /** Format: int64 */
+            tx_bytes: number;
+            /** Format: int64 */
+            tx_drops: number;
+            /** Format: int64 */
+            tx_packets: number;
+        };
         Node: components["schemas"]["Meta"] & {
             allocated?: components["schemas"]["Capacity"];
             spec: components["schemas"]["NodeSpec"];
@@ -886,6 +1118,14 @@ export interface components {
         };
         NodeSpec: {
             schedulable?: boolean;
+        };
+        NodeStats: {
+            host?: null | components["schemas"]["HostStats"];
+            node_id: string;
+            pods: components["schemas"]["GuestStats"][];
+            /** Format: int64 */
+            sampled_at_ms: number;
+            vms: components["schemas"]["GuestStats"][];
         };
         NodeStatus: {
             address: string;
@@ -906,6 +1146,55 @@ export interface components {
             phase: "" | "pending" | "creating" | "ready" | "running" | "stopping" | "stopped" | "failed" | "importing" | "deleting";
             updated_at?: string | null;
         };
+        Pod: components["schemas"]["Meta"] & {
+            node_id?: string | null;
+            /** @enum {string|null} */
+            node_state?: "online" | "offline" | null;
+            /** Format: int64 */
+            restart_generation?: number;
+            scheduling: components["schemas"]["Scheduling"];
+            spec: components["schemas"]["PodSpec"];
+            status: components["schemas"]["Status"];
+            /** @enum {string} */
+            stop_mode?: "graceful" | "force";
+        };
+        PodContainer: {
+            args?: string[];
+            command?: string[];
+            /** Format: int32 */
+            cpu_millis?: number | null;
+            env?: {
+                [key: string]: string;
+            };
+            image: string;
+            /** Format: int64 */
+            memory_bytes?: number | null;
+            name: string;
+            ports?: components["schemas"]["ContainerPort"][];
+            /** @enum {string} */
+            restart_policy?: "always" | "on_failure" | "never";
+            working_dir?: string | null;
+        };
+        PodLogLine: {
+            container: string;
+            line: string;
+            stream: string;
+            time: string;
+        };
+        PodSpec: {
+            containers: components["schemas"]["PodContainer"][];
+            /** @enum {string} */
+            desired_state?: "running" | "stopped";
+            hostname?: string | null;
+            /** Format: int64 */
+            memory_bytes: number;
+            network_interfaces?: components["schemas"]["NetworkInterfaceRequest"][];
+            nic_ids?: string[];
+            node_selector?: string | null;
+            registry_credentials?: components["schemas"]["RegistryCredential"][];
+            /** Format: int32 */
+            vcpus: number;
+        };
         Project: components["schemas"]["Meta"] & {
             description?: string;
         };
@@ -914,6 +1203,12 @@ export interface components {
                 [key: string]: string;
             } | null;
             name: string;
+        };
+        RegistryCredential: {
+            password?: string | null;
+            registry: string;
+            token?: string | null;
+            username?: string | null;
         };
         ResizeRequest: {
             /** Format: int64 */
@@ -965,7 +1260,9 @@ export interface components {
             used_bytes?: number | null;
         };
         Status: {
+            artefacts_version?: string | null;
             conditions?: components["schemas"]["Condition"][];
+            containers?: components["schemas"]["ContainerStatus"][];
             fields?: {
                 [key: string]: string;
             };
@@ -1027,6 +1324,7 @@ export interface components {
             source_url?: string;
         };
         TokenView: {
+            ca_fingerprint?: string | null;
             created_at: string;
             id: string;
             name: string;
@@ -1076,6 +1374,24 @@ export interface components {
             } | null;
             spec?: {
                 schedulable?: boolean;
+            } | null;
+        };
+        UpdateRequest_PodSpec: {
+            labels?: {
+                [key: string]: string;
+            } | null;
+            spec?: {
+                containers: components["schemas"]["PodContainer"][];
+                /** @enum {string} */
+                desired_state?: "running" | "stopped";
+                hostname?: string | null;
+                /** Format: int64 */
+                memory_bytes: number;
+                nic_ids?: string[];
+                node_selector?: string | null;
+                registry_credentials?: components["schemas"]["RegistryCredential"][];
+                /** Format: int32 */
+                vcpus: number;
             } | null;
         };
         UpdateRequest_SecurityGroupSpec: {
@@ -2729,6 +3045,766 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["HostInfo"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    node_stats: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["NodeStats"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    get_v1_pods: {
+        parameters: {
+            query?: {
+                label?: string;
+                limit?: number;
+                node?: string;
+                page_token?: string;
+                phase?: string;
+                project?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ListResponse"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    post_v1_pods: {
+        parameters: {
+            query?: never;
+            header?: {
+                "Idempotency-Key"?: string | null;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CreateRequest_PodSpec"];
+            };
+        };
+        responses: {
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Pod"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    get_v1_pods_id_: {
+        parameters: {
+            query?: {
+                project?: string;
+            };
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Pod"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    put_v1_pods_id_: {
+        parameters: {
+            query?: {
+                project?: string;
+            };
+            header?: {
+                "If-Match"?: string;
+            };
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["UpdateRequest_PodSpec"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Pod"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    delete_v1_pods_id_: {
+        parameters: {
+            query?: {
+                force?: boolean;
+                project?: string;
+            };
+            header?: {
+                "If-Match"?: string;
+            };
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    pod_action: {
+        parameters: {
+            query?: {
+                force?: boolean;
+                project?: string;
+            };
+            header?: never;
+            path: {
+                action: "start" | "stop" | "restart";
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Pod"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    pod_exec: {
+        parameters: {
+            query?: {
+                cols?: number;
+                command?: string[];
+                container?: string;
+                project?: string;
+                rows?: number;
+                tty?: boolean;
+            };
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            101: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    pod_logs: {
+        parameters: {
+            query?: {
+                container?: string;
+                follow?: boolean;
+                project?: string;
+                tail?: number;
+            };
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/x-ndjson": components["schemas"]["PodLogLine"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    pod_stats: {
+        parameters: {
+            query?: {
+                project?: string;
+            };
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["GuestStats"];
                 };
             };
             400: {
@@ -4871,6 +5947,77 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    vm_stats: {
+        parameters: {
+            query?: {
+                project?: string;
+            };
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["GuestStats"];
+                };
             };
             400: {
                 headers: {

@@ -18,3 +18,17 @@ export type ControlPlane = S['ControlPlaneView'];
 export type TokenView = S['TokenView'];
 export type Status = S['Status'];
 export type ApiEventSchema = S['Event'];
+
+export type Pod = S['Pod'];
+export type PodSpec = S['PodSpec'];
+export type PodContainerSpec = S['PodContainer'];
+export type PodPort = S['ContainerPort'];
+export type RegistryCredential = S['RegistryCredential'];
+export type RestartPolicy = NonNullable<PodContainerSpec['restart_policy']>;
+export type ContainerStatus = S['ContainerStatus'];
+/** One line of `GET /v1/pods/{id}/logs` (application/x-ndjson). */
+export type PodLogEntry = S['PodLogLine'];
+
+/** Usage, sampled live on the node (`GET /v1/{vms,pods}/{id}/stats`, `/v1/nodes/{id}/stats`). */
+export type GuestStats = S['GuestStats'];
+export type NodeStats = S['NodeStats'];

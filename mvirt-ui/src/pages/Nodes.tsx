@@ -1,16 +1,17 @@
-// Nodes: capacity and use, cordon (spec.schedulable = false: no new placements), labels.
+// Nodes: capacity and use, cordon (spec.schedulable = false: no new placements), labels; each
+// node's page (NodeDetail.tsx) adds its live usage.
 import { useState } from 'react';
 import { useMutation } from '@tanstack/react-query';
+import { Link } from 'react-router';
 import { put } from '../api/client';
-import type { Node, Vm, Volume } from '../api/types';
-import type { Pod } from '../api/pods';
+import type { Node, Pod, Vm, Volume } from '../api/types';
 import { useList } from '../live';
 import { useCan } from '../auth';
 import { ResourcePage } from '../components/ResourcePage';
 import { Badge, Button, ErrorBox, inputCls, Meter } from '../components/ui';
 import { ago, allocatedOn, bytes, formatLabels, parseLabels, validateLabels } from '../format';
 
-function NodeActions({ node }: { node: Node }) {
+export function NodeActions({ node }: { node: Node }) {
   const can = useCan('admin');
   const cordon = useMutation({ mutationFn: (schedulable: boolean) => put(`/v1/nodes/${node.id}`, { spec: { ...node.spec, schedulable } }, node.revision) });
   if (!can) return null;
@@ -24,7 +25,7 @@ function NodeActions({ node }: { node: Node }) {
   );
 }
 
-function useAllocated() {
+export function useAllocated() {
   const vms = useList<Vm>('vm').items;
   const pods = useList<Pod>('pod').items;
   const volumes = useList<Volume>('volume').items;
@@ -32,7 +33,7 @@ function useAllocated() {
   return (id: string) => allocatedOn(id, [...vms, ...pods], volumes);
 }
 
-function Labels({ node }: { node: Node }) {
+export function NodeOverview({ node }: { node: Node }) {
   const can = useCan('admin');
   const used = useAllocated()(node.id);
   const [text, setText] = useState(formatLabels(node.labels));
@@ -82,7 +83,14 @@ export default function Nodes() {
       projectScoped={false}
       writeAction="admin"
       columns={[
-        { head: 'Name', cell: (n) => n.name },
+        {
+          head: 'Name',
+          cell: (n) => (
+            <Link className="underline" to={`/nodes/${n.id}`}>
+              {n.name}
+            </Link>
+          ),
+        },
         { head: 'State', cell: (n) => <Badge value={n.status.state} /> },
         { head: 'Schedulable', cell: (n) => (n.spec.schedulable ? 'yes' : 'cordoned') },
         { head: 'vCPU', cell: (n) => `${allocated(n.id).vcpus} / ${n.status.capacity.vcpus}` },
@@ -90,7 +98,7 @@ export default function Nodes() {
         { head: 'Labels', cell: (n) => <span className="font-mono text-xs">{formatLabels(n.labels) || '—'}</span> },
       ]}
       extraActions={(n) => <NodeActions node={n} />}
-      expand={(n) => <Labels node={n} />}
+      expand={(n) => <NodeOverview node={n} />}
     />
   );
 }

@@ -1,18 +1,19 @@
 // One pod: status and placement (live), its containers' states (exit codes, restarts, OOM),
-// start/stop/restart/delete, the log (per container, following), and a command in a container
+// start/stop/restart/delete, its usage over the last minutes (its microVM's), the log (per container, following), and a command in a container
 // (xterm.js over the exec WebSocket).
 import { lazy, Suspense, useState, type FormEvent } from 'react';
 import { useMutation, useQuery } from '@tanstack/react-query';
 import { Link, useNavigate, useParams } from 'react-router';
 import { api, del, post } from '../api/client';
-import { podPhase, type Pod } from '../api/pods';
-import type { Node } from '../api/types';
+import type { Node, Pod } from '../api/types';
 import { useCan } from '../auth';
 import { Badge, Button, Card, ConfirmButton, ErrorBox, Field, inputCls, PageHeader, Table } from '../components/ui';
 import { ago, bytes } from '../format';
 import { useList } from '../live';
 import { splitArgs } from '../pods/frames';
 import { PodLogs } from '../pods/Logs';
+import { GuestUsage } from '../usage/Usage';
+import { podPhase } from './Pods';
 
 const ExecTerminal = lazy(() => import('../pods/Exec'));
 
@@ -69,7 +70,14 @@ export default function PodDetail() {
             </dd>
             <dt className="text-muted">Node</dt>
             <dd>
-              {node ? node.name : pod.node_id || '—'} {pod.node_state && <Badge value={pod.node_state} />}
+              {pod.node_id ? (
+                <Link className="underline" to={`/nodes/${pod.node_id}`}>
+                  {node ? node.name : pod.node_id}
+                </Link>
+              ) : (
+                '—'
+              )}{' '}
+              {pod.node_state && <Badge value={pod.node_state} />}
             </dd>
             <dt className="text-muted">Addresses</dt>
             <dd className="font-mono text-xs">{addresses.length ? addresses.join(', ') : '—'}</dd>
@@ -130,6 +138,7 @@ export default function PodDetail() {
       <Card title="Containers">
         <Containers pod={pod} />
       </Card>
+      <GuestUsage key={pod.id} kind="pod" id={pod.id} placed={!!pod.node_id} />
       <Card title="Logs">
         <PodLogs pod={pod} />
       </Card>

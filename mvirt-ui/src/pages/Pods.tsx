@@ -5,8 +5,7 @@ import { useMemo, useState, type FormEvent, type MouseEvent, type ReactNode } fr
 import { useMutation } from '@tanstack/react-query';
 import { useNavigate } from 'react-router';
 import { post } from '../api/client';
-import { podPhase, type Pod } from '../api/pods';
-import type { Network, Node, SecurityGroup } from '../api/types';
+import type { Network, Node, Pod, SecurityGroup } from '../api/types';
 import { useCan } from '../auth';
 import { Badge, Button, Dialog, Empty, ErrorBox, Field, inputCls, PageHeader } from '../components/ui';
 import { WindowedTable } from '../components/WindowedTable';
@@ -25,6 +24,13 @@ import {
   type PodForm,
   type PodFormErrors,
 } from '../pods/form';
+
+/** The phase to show: the node's report, else where scheduling stands. */
+export function podPhase(p: Pod): string {
+  if (p.status?.phase) return p.status.phase;
+  if (p.scheduling?.state === 'pending') return 'pending';
+  return 'creating';
+}
 
 /** "2/3 running" from the node's per-container report. */
 export function containerSummary(p: Pod): string {

@@ -1,11 +1,16 @@
 // Templates: importing one starts a download/conversion on every node; progress is live from
-// the template's status (import_bytes_done / import_bytes_total, per node).
+// the template's status (import_bytes_done / import_bytes_total: the least advanced node's at
+// the top, each node's own in `status.nodes`, shown in the template's panel). A running import
+// can be cancelled.
+import { useMutation } from '@tanstack/react-query';
 import { post } from '../api/client';
-import type { Template } from '../api/types';
+import type { Node, Template } from '../api/types';
+import { useCan } from '../auth';
 import { SimpleForm } from '../components/Form';
 import { ResourcePage } from '../components/ResourcePage';
-import { Badge } from '../components/ui';
-import { bytes, validateName } from '../format';
+import { Badge, Button, ErrorBox, Table } from '../components/ui';
+import { ago, bytes, validateName } from '../format';
+import { useList } from '../live';
 import { targetProject, useProject } from '../project';
 
 export function Progress({ done, total }: { done?: number | null; total?: number | null }) {
@@ -23,6 +28,47 @@ export function Progress({ done, total }: { done?: number | null; total?: number
 
 const URL_RE = /^(file|https?):\/\/\S+$/;
 
+/** Phases in which an import may still be running somewhere (what cancel stops). */
+const IMPORTING = new Set(['', 'pending', 'importing', 'creating']);
+
+function CancelImport({ template }: { template: Template }) {
+  const can = useCan('write');
+  const cancel = useMutation({ mutationFn: () => post(`/v1/templates/${template.id}/cancel`) });
+  if (!can || !IMPORTING.has(template.status?.phase ?? 'pending')) return null;
+  return (
+    <>
+      <Button onClick={() => cancel.mutate()} disabled={cancel.isPending}>
+        Cancel import
+      </Button>
+      <ErrorBox error={cancel.error} onClose={() => cancel.reset()} />
+    </>
+  );
+}
+
+/** Each node's own import: phase, progress and message. */
+export function PerNode({ template }: { template: Template }) {
+  const nodes = useList<Node>('node').items;
+  const reports = Object.entries(template.status?.nodes ?? {});
+  if (!reports.length) return <p className="text-sm text-muted">No node has reported on this template yet.</p>;
+  return (
+    <Table label={`Import of ${template.name} per node`} head={['Node', 'Phase', 'Import', 'Message', 'Updated']}>
+      {reports.map(([nodeId, r]) => (
+        <tr key={nodeId} data-testid="template-node-row" data-name={nodes.find((n) => n.id === nodeId)?.name ?? nodeId}>
+          <td className="px-3 py-2">{nodes.find((n) => n.id === nodeId)?.name ?? nodeId}</td>
+          <td className="px-3 py-2">
+            <Badge value={r.phase} />
+          </td>
+          <td className="px-3 py-2">
+            <Progress done={r.import_bytes_done} total={r.import_bytes_total} />
+          </td>
+          <td className="px-3 py-2 text-xs">{r.message || '—'}</td>
+          <td className="px-3 py-2">{ago(r.updated_at)}</td>
+        </tr>
+      ))}
+    </Table>
+  );
+}
+
 export default function Templates() {
   const { project } = useProject();
   return (
@@ -39,6 +85,8 @@ export default function Templates() {
         { head: 'Import', cell: (t) => <Progress done={t.status?.import_bytes_done} total={t.status?.import_bytes_total} /> },
         { head: 'Message', cell: (t) => <span className="text-xs">{t.status?.message}</span> },
       ]}
+      extraActions={(t) => <CancelImport template={t} />}
+      expand={(t) => <PerNode template={t} />}
       create={(close) => (
         <SimpleForm
           label="Import template"

@@ -32,11 +32,19 @@ export function tokenBody(v: Record<string, string>) {
 export default function Tokens() {
   const can = useCan('admin');
   const qc = useQueryClient();
-  const tokens = useQuery({ queryKey: ['tokens'], queryFn: () => api<TokenView[]>('/v1/tokens') });
-  useRefetchOnReconnect(tokens.refetch);
+  // Only admins may list tokens (the API answers 403 to others): nothing is asked for them.
+  const tokens = useQuery({ queryKey: ['tokens'], queryFn: () => api<TokenView[]>('/v1/tokens'), enabled: can });
+  useRefetchOnReconnect(() => can && tokens.refetch());
   const [created, setCreated] = useState<TokenView | null>(null);
   const [formKey, setFormKey] = useState(0);
   const remove = useMutation({ mutationFn: (id: string) => del(`/v1/tokens/${id}`), onSuccess: () => qc.invalidateQueries({ queryKey: ['tokens'] }) });
+  if (!can)
+    return (
+      <div>
+        <PageHeader title="API tokens" />
+        <p className="text-sm text-muted">Only admins see and manage tokens.</p>
+      </div>
+    );
   return (
     <div className="flex flex-col gap-4">
       <PageHeader title="API tokens" actions={<Button onClick={() => tokens.refetch()}>Refresh</Button>} />
@@ -65,42 +73,40 @@ export default function Tokens() {
             <td className="px-3 py-2">{t.projects?.length ? t.projects.join(', ') : t.role === 'operator' || t.role === 'viewer' ? 'all' : '—'}</td>
             <td className="px-3 py-2">{ago(t.created_at)}</td>
             <td className="px-3 py-2 text-right">
-              {can && <ConfirmButton label="Revoke" confirm={`Revoke ${t.name}?`} onConfirm={() => remove.mutate(t.id)} />}
+              <ConfirmButton label="Revoke" confirm={`Revoke ${t.name}?`} onConfirm={() => remove.mutate(t.id)} />
             </td>
           </tr>
         )}
       />
-      {can && (
-        <Card title="New token">
-          <SimpleForm
-            key={formKey}
-            label="Create token"
-            fields={[
-              { key: 'name', label: 'Name' },
-              {
-                key: 'role',
-                label: 'Role',
-                type: 'select',
-                initial: 'admin',
-                options: [
-                  { value: 'admin', label: 'admin (everything)' },
-                  { value: 'operator', label: 'operator (changes resources in its projects)' },
-                  { value: 'viewer', label: 'viewer (reads only; no console or exec)' },
-                  { value: 'node', label: 'node (a node agent: NodeService only)' },
-                ],
-              },
-              { key: 'projects', label: 'Projects (operator and viewer)', hint: 'comma-separated project names; empty = every project' },
-            ]}
-            validate={(v) => ({ name: validateName(v.name), projects: validateProjects(v.role, v.projects) })}
-            submit={(v) => post<TokenView>('/v1/tokens', tokenBody(v))}
-            onDone={(t) => {
-              setCreated(t as TokenView);
-              setFormKey((k) => k + 1);
-              void qc.invalidateQueries({ queryKey: ['tokens'] });
-            }}
-          />
-        </Card>
-      )}
+      <Card title="New token">
+        <SimpleForm
+          key={formKey}
+          label="Create token"
+          fields={[
+            { key: 'name', label: 'Name' },
+            {
+              key: 'role',
+              label: 'Role',
+              type: 'select',
+              initial: 'admin',
+              options: [
+                { value: 'admin', label: 'admin (everything)' },
+                { value: 'operator', label: 'operator (changes resources in its projects)' },
+                { value: 'viewer', label: 'viewer (reads only; no console or exec)' },
+                { value: 'node', label: 'node (a node agent: NodeService only)' },
+              ],
+            },
+            { key: 'projects', label: 'Projects (operator and viewer)', hint: 'comma-separated project names; empty = every project' },
+          ]}
+          validate={(v) => ({ name: validateName(v.name), projects: validateProjects(v.role, v.projects) })}
+          submit={(v) => post<TokenView>('/v1/tokens', tokenBody(v))}
+          onDone={(t) => {
+            setCreated(t as TokenView);
+            setFormKey((k) => k + 1);
+            void qc.invalidateQueries({ queryKey: ['tokens'] });
+          }}
+        />
+      </Card>
     </div>
   );
 }

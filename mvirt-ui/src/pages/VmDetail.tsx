@@ -1,5 +1,6 @@
-// One VM: status, conditions and placement (live), power actions, changes to vCPU/memory, disks
-// and NICs (sent as the full spec with If-Match), and the serial console.
+// One VM: status, conditions and placement (live), power actions, its usage over the last
+// minutes, changes to vCPU/memory, disks and NICs (sent as the full spec with If-Match), and the
+// serial console.
 import { lazy, Suspense, useState, type FormEvent } from 'react';
 import { useMutation, useQuery } from '@tanstack/react-query';
 import { Link, useNavigate, useParams } from 'react-router';
@@ -9,6 +10,7 @@ import { useCan } from '../auth';
 import { Badge, Button, Card, ConfirmButton, ErrorBox, Field, inputCls, PageHeader, Table } from '../components/ui';
 import { ago, bytes, MIB, validateInt } from '../format';
 import { useList } from '../live';
+import { GuestUsage } from '../usage/Usage';
 import { vmPhase } from './Vms';
 
 const Console = lazy(() => import('../console/Console'));
@@ -72,7 +74,14 @@ export default function VmDetail() {
             </dd>
             <dt className="text-muted">Node</dt>
             <dd>
-              {node ? node.name : vm.node_id || '—'} {vm.node_state && <Badge value={vm.node_state} />}
+              {vm.node_id ? (
+                <Link className="underline" to={`/nodes/${vm.node_id}`}>
+                  {node ? node.name : vm.node_id}
+                </Link>
+              ) : (
+                '—'
+              )}{' '}
+              {vm.node_state && <Badge value={vm.node_state} />}
             </dd>
             <dt className="text-muted">Updated</dt>
             <dd>{ago(vm.status?.updated_at)}</dd>
@@ -94,6 +103,7 @@ export default function VmDetail() {
         </Card>
         <Resize vm={vm} />
       </div>
+      <GuestUsage key={vm.id} kind="vm" id={vm.id} placed={!!vm.node_id} />
       <Attachments vm={vm} />
     </div>
   );
@@ -105,14 +115,16 @@ function Actions({ vm, onConsole, consoleOpen }: { vm: Vm; onConsole: () => void
   const navigate = useNavigate();
   const action = useMutation({ mutationFn: (verb: string) => post(`/v1/vms/${vm.id}/${verb}`) });
   const remove = useMutation({ mutationFn: () => del(`/v1/vms/${vm.id}`), onSuccess: () => navigate('/vms') });
+  if (!canAct && !canWrite) return null;
   return (
     <div className="flex flex-col gap-2">
       <div className="flex flex-wrap gap-2">
-        <Button variant="primary" onClick={onConsole} disabled={!vm.node_id}>
-          {consoleOpen ? 'Close console' : 'Console'}
-        </Button>
         {canAct && (
           <>
+            {/* The console is a write channel (keystrokes reach the guest): operators and admins. */}
+            <Button variant="primary" onClick={onConsole} disabled={!vm.node_id}>
+              {consoleOpen ? 'Close console' : 'Console'}
+            </Button>
             <Button onClick={() => action.mutate('start')} disabled={action.isPending}>
               Start
             </Button>

@@ -83,7 +83,7 @@ function VolumeDetail({ volume }: { volume: Volume }) {
         ))}
         {!volume.snapshots?.length && (
           <tr>
-            <td colSpan={3} className="px-3 py-2 text-sm text-muted">
+            <td colSpan={4} className="px-3 py-2 text-sm text-muted">
               No snapshots.
             </td>
           </tr>

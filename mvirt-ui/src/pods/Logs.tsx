@@ -3,7 +3,7 @@
 // hold thousands of lines) and sticks to the bottom unless the reader scrolled up.
 import { useEffect, useRef, useState } from 'react';
 import { useVirtualizer } from '@tanstack/react-virtual';
-import type { Pod, PodLogEntry } from '../api/pods';
+import type { Pod, PodLogEntry } from '../api/types';
 import { Button, ErrorBox, inputCls } from '../components/ui';
 import { validateInt } from '../format';
 import { readLogs } from './ndjson';

@@ -1,7 +1,7 @@
 // The pod create form: its state (strings, as typed), the checks run before sending (mirroring
 // the API's rules so the form says what is wrong first; the API has the last word), and the
 // POST /v1/pods body built from it.
-import type { PodContainerSpec, PodPort, RegistryCredential, RestartPolicy } from '../api/pods';
+import type { PodContainerSpec, PodPort, RegistryCredential, RestartPolicy } from '../api/types';
 import { MIB, validateInt, validateLabels, validateName, parseLabels } from '../format';
 import { splitArgs } from './frames';
 

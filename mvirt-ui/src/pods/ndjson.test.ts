@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { ApiError, setSession } from '../api/client';
-import type { PodLogEntry } from '../api/pods';
+import type { PodLogEntry } from '../api/types';
 import { logsPath, NdjsonParser, readLogs } from './ndjson';
 
 afterEach(() => {

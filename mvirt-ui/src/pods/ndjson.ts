@@ -1,7 +1,7 @@
 // Reading `GET /v1/pods/{id}/logs` (application/x-ndjson: one JSON object per line; with
 // follow=true the response stays open and new lines keep coming).
 import { ApiError, buildUrl, errorFrom, getSession } from '../api/client';
-import type { PodLogEntry } from '../api/pods';
+import type { PodLogEntry } from '../api/types';
 
 /** Incremental NDJSON parser: feed it chunks of text, get the complete lines' objects. A line
  *  that is not JSON is handed to `onBad` (and skipped) rather than ending the stream. */

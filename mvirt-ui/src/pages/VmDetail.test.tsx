@@ -1,0 +1,77 @@
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { screen, waitFor } from '@testing-library/react';
+import { Route, Routes } from 'react-router';
+import { json, page, renderApp, stubApi } from '../test/render';
+import VmDetail from './VmDetail';
+
+afterEach(() => vi.unstubAllGlobals());
+
+const vm = {
+  id: '0190-web',
+  name: 'web',
+  project: 'default',
+  revision: 7,
+  labels: {},
+  spec: { vcpus: 2, memory_bytes: 512 << 20, volume_ids: [], nic_ids: [], ssh_authorized_keys: [], desired_state: 'running' },
+  status: { phase: 'running', message: '', conditions: [], observed_revision: 7 },
+  scheduling: { state: 'scheduled', reason: '' },
+  node_id: 'n1',
+  node_state: 'online',
+};
+
+const stats = {
+  id: vm.id,
+  node_id: 'n1',
+  sampled_at_ms: 5_000,
+  running: true,
+  pid: 4242,
+  cpu_seconds: 3,
+  memory_rss_bytes: 300 << 20,
+  threads: 6,
+  disk_read_bytes: 0,
+  disk_write_bytes: 0,
+  io_read_bytes: 0,
+  io_write_bytes: 0,
+  nics: [],
+};
+
+function routes(role: string) {
+  return stubApi((url) => {
+    if (url.startsWith('/v1/whoami')) return json({ role });
+    if (url === `/v1/vms/${vm.id}/stats`) return json(stats);
+    if (url.startsWith('/v1/vms')) return page([vm]);
+    return undefined;
+  });
+}
+
+const detail = () => (
+  <Routes>
+    <Route path="/vms/:id" element={<VmDetail />} />
+  </Routes>
+);
+
+describe('VmDetail', () => {
+  it("shows the VM's usage from its node and, to an admin, the console and actions", async () => {
+    const calls = routes('admin');
+    renderApp(detail(), { path: `/vms/${vm.id}` });
+    await screen.findByRole('heading', { name: 'web' });
+    expect(await screen.findByRole('button', { name: 'Console' })).toBeTruthy();
+    for (const b of ['Start', 'Stop', 'Restart', 'Kill', 'Delete']) expect(screen.getByRole('button', { name: b })).toBeTruthy();
+    await waitFor(() => expect(screen.getByTestId('usage-memory-now').textContent).toBe('300 MiB'));
+    expect(screen.getByText(/hypervisor pid 4242/)).toBeTruthy();
+    expect(calls.some((c) => c.url === `/v1/vms/${vm.id}/stats`)).toBe(true);
+    expect(screen.getByRole('link', { name: 'n1' }).getAttribute('href')).toBe('/nodes/n1');
+  });
+
+  it('a viewer sees the VM and its usage but no console (a write channel), action or change', async () => {
+    routes('viewer');
+    renderApp(detail(), { path: `/vms/${vm.id}` });
+    await screen.findByRole('heading', { name: 'web' });
+    await waitFor(() => expect(screen.getByTestId('usage-memory-now').textContent).toBe('300 MiB'));
+    await waitFor(() => {
+      for (const b of ['Console', 'Start', 'Stop', 'Restart', 'Kill', 'Delete', 'Apply', 'Attach'])
+        expect(screen.queryByRole('button', { name: b })).toBeNull();
+    });
+    expect(screen.queryByRole('form', { name: 'Change vCPU and memory' })).toBeNull();
+  });
+});
