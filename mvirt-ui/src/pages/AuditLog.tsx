@@ -1,8 +1,9 @@
 // The audit log (mvirt-log through GET /v1/logs): filters, pages, and "follow", which keeps a
-// stream open (the same fetch-based SSE reader as the events, with the token in the header).
+// stream open (the same fetch-based SSE reader as the events, with the token in the header) and
+// opens it again where it left off when it ends (mvirt-log or the API restarted).
 import { useEffect, useState, type FormEvent } from 'react';
 import { useInfiniteQuery } from '@tanstack/react-query';
-import { api, buildUrl, getSession } from '../api/client';
+import { api, ApiError, buildUrl, errorFrom, getSession, setSession } from '../api/client';
 import { SseParser } from '../api/events';
 import { Badge, Button, ErrorBox, inputCls, PageHeader } from '../components/ui';
 import { WindowedTable } from '../components/WindowedTable';
@@ -29,12 +30,71 @@ function query(f: Filters) {
   return { object_id: f.object_id, component: f.component, text: f.text, level: f.levels.join(',') };
 }
 
+export type FollowState = 'connecting' | 'following' | 'reconnecting';
+
+/** Follows `GET /v1/logs?follow=true` from `sinceNs`. When the stream ends or fails it is
+ *  opened again after `retryMs` from the newest entry seen (entries may then come twice:
+ *  callers drop those by id); a refusal (4xx) is reported and not asked again. */
+export function followLogs(opts: {
+  query: Record<string, string>;
+  token: string;
+  sinceNs: number;
+  onEntries: (entries: LogEntry[]) => void;
+  onState: (s: FollowState) => void;
+  onError: (e: ApiError) => void;
+  retryMs?: number;
+}): () => void {
+  const ctrl = new AbortController();
+  let since = opts.sinceNs;
+  const pause = (ms: number) =>
+    new Promise<void>((resolve) => {
+      const t = setTimeout(resolve, ms);
+      ctrl.signal.addEventListener('abort', () => (clearTimeout(t), resolve()), { once: true });
+    });
+  void (async () => {
+    opts.onState('connecting');
+    while (!ctrl.signal.aborted) {
+      try {
+        const resp = await fetch(buildUrl('/v1/logs', { ...opts.query, follow: true, since_ns: since }), {
+          headers: { Authorization: `Bearer ${opts.token}`, Accept: 'text/event-stream' },
+          signal: ctrl.signal,
+        });
+        if (!resp.ok || !resp.body) {
+          const err = errorFrom(resp.status, await resp.text());
+          opts.onError(err);
+          if (resp.status === 401) setSession(null);
+          if (resp.status >= 400 && resp.status < 500) return;
+        } else {
+          opts.onState('following');
+          const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
+          const parser = new SseParser();
+          for (;;) {
+            const { value, done } = await reader.read();
+            if (done) break;
+            const entries = parser.push(value).map((m) => JSON.parse(m.data) as LogEntry);
+            for (const e of entries) since = Math.max(since, e.timestamp_ns);
+            if (entries.length) opts.onEntries(entries);
+          }
+        }
+      } catch (e) {
+        if (ctrl.signal.aborted) return;
+        opts.onError(e instanceof ApiError ? e : new ApiError(0, 'network', `the follow stream failed: ${(e as Error).message}`));
+      }
+      if (ctrl.signal.aborted) return;
+      opts.onState('reconnecting');
+      await pause(opts.retryMs ?? 1_000);
+    }
+  })();
+  return () => ctrl.abort();
+}
+
 export default function AuditLog() {
   const [draft, setDraft] = useState<Filters>({ object_id: '', component: '', text: '', levels: [] });
   const [filters, setFilters] = useState(draft);
   const [follow, setFollow] = useState(false);
   const [live, setLive] = useState<LogEntry[]>([]);
-  const [followError, setFollowError] = useState<string>();
+  const [followError, setFollowError] = useState<ApiError>();
+  const [followState, setFollowState] = useState<FollowState>('connecting');
   const pages = useInfiniteQuery({
     queryKey: ['logs', filters],
     queryFn: ({ pageParam }) =>
@@ -45,32 +105,24 @@ export default function AuditLog() {
 
   useEffect(() => {
     setLive([]);
+    setFollowError(undefined);
     if (!follow) return;
-    const ctrl = new AbortController();
-    const token = getSession()?.token ?? '';
-    (async () => {
-      try {
-        const resp = await fetch(buildUrl('/v1/logs', { ...query(filters), follow: true, since_ns: Date.now() * 1e6 }), {
-          headers: { Authorization: `Bearer ${token}` },
-          signal: ctrl.signal,
-        });
-        if (!resp.ok || !resp.body) {
-          setFollowError(`follow failed: ${await resp.text()}`);
-          return;
-        }
-        const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
-        const parser = new SseParser();
-        for (;;) {
-          const { value, done } = await reader.read();
-          if (done) break;
-          const entries = parser.push(value).map((m) => JSON.parse(m.data) as LogEntry);
-          if (entries.length) setLive((old) => [...entries.reverse(), ...old].slice(0, 1000));
-        }
-      } catch (e) {
-        if (!ctrl.signal.aborted) setFollowError((e as Error).message);
-      }
-    })();
-    return () => ctrl.abort();
+    return followLogs({
+      query: query(filters),
+      token: getSession()?.token ?? '',
+      sinceNs: Date.now() * 1e6,
+      onEntries: (entries) =>
+        setLive((old) => {
+          const known = new Set(old.map((e) => e.id));
+          const fresh = entries.filter((e) => !known.has(e.id)).reverse();
+          return fresh.length ? [...fresh, ...old].slice(0, 1000) : old;
+        }),
+      onState: (st) => {
+        setFollowState(st);
+        if (st === 'following') setFollowError(undefined);
+      },
+      onError: setFollowError,
+    });
   }, [follow, filters]);
 
   const seen = new Set(live.map((e) => e.id));
@@ -112,10 +164,15 @@ export default function AuditLog() {
         <label className="flex items-center gap-1 text-sm">
           <input type="checkbox" checked={follow} onChange={(e) => setFollow(e.target.checked)} /> Follow
         </label>
+        {follow && (
+          <span role="status" className="pb-1 text-xs text-muted" data-testid="follow-state">
+            {followState === 'reconnecting' ? 'reconnecting…' : followState}
+          </span>
+        )}
       </form>
       <ErrorBox error={pages.error} />
       {pages.isLoading && <p className="text-sm text-muted">Loading…</p>}
-      {followError && <ErrorBox error={new Error(followError)} onClose={() => setFollowError(undefined)} />}
+      <ErrorBox error={followError} onClose={() => setFollowError(undefined)} />
       <WindowedTable
         label="Log entries"
         head={['Time', 'Level', 'Component', 'Message', 'Objects']}
