@@ -87,7 +87,8 @@ impl GrpcServer {
         }
     }
 
-    /// Adds a service and marks it SERVING in the health service.
+    /// Adds a service and marks it SERVING in the health service. Its calls run in the
+    /// caller's trace ([`crate::trace::Traced`]).
     pub async fn add_service<S>(mut self, service: S) -> Self
     where
         S: tower::Service<
@@ -104,6 +105,8 @@ impl GrpcServer {
         self.health
             .set_service_status(S::NAME, tonic_health::ServingStatus::Serving)
             .await;
+        // Every call runs in the caller's trace (`x-mvirt-trace-id`, see [`crate::trace`]).
+        let service = crate::trace::Traced::new(service);
         self.router = match self.metrics {
             Some(metrics) => self
                 .router

@@ -15,6 +15,8 @@
 //! - [`tls`]: the cluster CA, member/node certificates, TLS listeners and client configs.
 //! - [`metrics`]: Prometheus metrics: a registry per daemon, `--metrics-listen`'s `/metrics`,
 //!   gRPC method and REST route counters and latency histograms.
+//! - [`trace`]: one trace id per request, carried across processes (`X-Request-Id`,
+//!   `x-mvirt-trace-id`), in tracing spans and audit entries.
 //! - [`names`]: node-local names (TAP devices, datasets, objects) derived from a whole id.
 //!
 //! A daemon's `main.rs` parses its flags (clap, every flag with an `MVIRT_<DAEMON>_<FLAG>`
@@ -33,6 +35,7 @@ pub mod shutdown;
 pub mod sqlite;
 pub mod telemetry;
 pub mod tls;
+pub mod trace;
 pub mod validate;
 pub mod version;
 
