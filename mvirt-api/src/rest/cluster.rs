@@ -324,6 +324,7 @@ pub struct JoinResponse {
 }
 
 /// Called by `mvirt-api --join`: authenticated by the join token in the body (no Bearer).
+///
 /// The joiner's `api_url` must be `https://` on a TLS cluster (the default), `http://` on one
 /// running with `--insecure-plaintext`. Over TLS the answer carries the cluster CA (certificate
 /// and key) and the joiner's member certificate.
