@@ -39,6 +39,7 @@ fn domain(i: usize) -> NewEntry {
         component: "bench".into(),
         object_ids: vec![format!("obj-{}", i % OBJECTS)],
         dedup_key: None,
+        trace_id: None,
     }
 }
 

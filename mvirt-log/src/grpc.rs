@@ -163,6 +163,7 @@ fn publish(live: &broadcast::Sender<Arc<StoredEntry>>, entries: &[NewEntry], wri
                 level: entry.level,
                 component: entry.component.clone(),
                 object_ids: entry.object_ids.clone(),
+                trace_id: entry.trace_id.clone(),
             }));
         }
     }
@@ -221,6 +222,13 @@ fn new_entry(entry: LogEntry, now_ns: i64) -> Result<NewEntry, ServiceError> {
             "object id {bad:?} must be 1 to 256 characters"
         )));
     }
+    if !entry.trace_id.is_empty() && !mvirt_common::trace::is_valid(&entry.trace_id) {
+        return Err(invalid(format!(
+            "trace_id {:?} must be 1 to {} characters of A-Z a-z 0-9 . _ : -",
+            entry.trace_id,
+            mvirt_common::trace::MAX_LEN
+        )));
+    }
     Ok(NewEntry {
         timestamp_ns: if entry.timestamp_ns == 0 {
             now_ns
@@ -232,6 +240,7 @@ fn new_entry(entry: LogEntry, now_ns: i64) -> Result<NewEntry, ServiceError> {
         component: entry.component,
         object_ids: entry.object_ids,
         dedup_key: Some(entry.dedup_key).filter(|k| !k.is_empty()),
+        trace_id: Some(entry.trace_id).filter(|t| !t.is_empty()),
     })
 }
 
@@ -244,6 +253,7 @@ fn to_wire(entry: &StoredEntry) -> LogEntry {
         component: entry.component.clone(),
         object_ids: entry.object_ids.clone(),
         dedup_key: String::new(),
+        trace_id: entry.trace_id.clone().unwrap_or_default(),
     }
 }
 
@@ -298,6 +308,7 @@ fn parse_query(q: proto::QueryRequest) -> Result<ParsedQuery, ServiceError> {
             since_ns: since,
             until_ns: until,
             contains: Some(q.contains).filter(|s| !s.is_empty()),
+            trace_id: Some(q.trace_id).filter(|s| !s.is_empty()),
         },
         order,
         limit: q.limit,
@@ -510,6 +521,14 @@ mod tests {
         assert!(new_entry(e, 1).is_err());
         let e = new_entry(wire("ok", 1), 42).unwrap();
         assert_eq!(e.timestamp_ns, 42);
+        assert_eq!(e.trace_id, None);
+        let mut traced = wire("ok", 1);
+        traced.trace_id = "req-1".into();
+        assert_eq!(new_entry(traced, 1).unwrap().trace_id.as_deref(), Some("req-1"));
+        let mut bad = wire("ok", 1);
+        bad.trace_id = "not a token".into();
+        let err = new_entry(bad, 1).unwrap_err();
+        assert!(err.to_string().contains("trace_id"), "{err}");
     }
 
     #[test]

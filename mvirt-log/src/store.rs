@@ -1,6 +1,6 @@
 //! The SQLite store behind mvirt-log.
 //!
-//! `logs(id, timestamp_ns, message, level, component, dedup_key)` holds one row per entry; the
+//! `logs(id, timestamp_ns, message, level, component, dedup_key, trace_id)` holds one row per entry; the
 //! `log_objects(log_id, object_id)` junction says which objects an entry concerns. `id` is the
 //! write order (a single writer assigns it), so "everything after id N" is a gap-free way to
 //! follow new entries. Pages are ordered by `(timestamp_ns, id)` and continued with a cursor
@@ -39,6 +39,9 @@ CREATE TABLE log_objects (
     PRIMARY KEY (object_id, log_id)
 ) WITHOUT ROWID;
 CREATE INDEX log_objects_log ON log_objects(log_id);
+"#, r#"
+ALTER TABLE logs ADD COLUMN trace_id TEXT;
+CREATE INDEX logs_trace ON logs(trace_id, timestamp_ns, id) WHERE trace_id IS NOT NULL;
 "#];
 
 /// Largest page a query may ask for.
@@ -79,6 +82,8 @@ pub struct NewEntry {
     pub component: String,
     pub object_ids: Vec<String>,
     pub dedup_key: Option<String>,
+    /// The request whose work wrote the entry (see `mvirt_common::trace`).
+    pub trace_id: Option<String>,
 }
 
 /// An entry as stored.
@@ -90,6 +95,7 @@ pub struct StoredEntry {
     pub level: Level,
     pub component: String,
     pub object_ids: Vec<String>,
+    pub trace_id: Option<String>,
 }
 
 /// The outcome of writing one entry.
@@ -110,6 +116,7 @@ pub struct Filter {
     pub since_ns: Option<i64>,
     pub until_ns: Option<i64>,
     pub contains: Option<String>,
+    pub trace_id: Option<String>,
 }
 
 impl Filter {
@@ -129,6 +136,10 @@ impl Filter {
                 .contains
                 .as_ref()
                 .is_none_or(|t| entry.message.contains(t.as_str()))
+            && self
+                .trace_id
+                .as_ref()
+                .is_none_or(|t| entry.trace_id.as_ref() == Some(t))
     }
 }
 
@@ -240,8 +251,8 @@ impl Store {
         let mut written = Vec::with_capacity(entries.len());
         {
             let mut insert_log = tx.prepare_cached(
-                "INSERT INTO logs (timestamp_ns, message, level, component, dedup_key)
-                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+                "INSERT INTO logs (timestamp_ns, message, level, component, dedup_key, trace_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
             )?;
             let mut insert_object = tx.prepare_cached(
                 "INSERT OR IGNORE INTO log_objects (object_id, log_id) VALUES (?1, ?2)",
@@ -254,6 +265,7 @@ impl Store {
                     entry.level.code(),
                     entry.component,
                     entry.dedup_key,
+                    entry.trace_id,
                 ])?;
                 if changed == 0 {
                     // Only a dedup key can conflict: the entry is already stored.
@@ -396,7 +408,7 @@ impl Store {
 /// `SELECT ... WHERE <filter>` with its arguments; callers append ordering and limits.
 fn select_matching(filter: &Filter) -> (String, Vec<Value>) {
     let mut sql =
-        String::from("SELECT l.id, l.timestamp_ns, l.message, l.level, l.component FROM logs l");
+        String::from("SELECT l.id, l.timestamp_ns, l.message, l.level, l.component, l.trace_id FROM logs l");
     let mut args = Vec::new();
     if let Some(object_id) = &filter.object_id {
         sql.push_str(" JOIN log_objects o ON o.log_id = l.id AND o.object_id = ?");
@@ -429,6 +441,10 @@ fn select_matching(filter: &Filter) -> (String, Vec<Value>) {
         sql.push_str(" AND instr(l.message, ?) > 0");
         args.push(Value::Text(text.clone()));
     }
+    if let Some(trace_id) = &filter.trace_id {
+        sql.push_str(" AND l.trace_id = ?");
+        args.push(Value::Text(trace_id.clone()));
+    }
     (sql, args)
 }
 
@@ -444,6 +460,7 @@ fn fetch(conn: &Connection, sql: &str, args: Vec<Value>) -> Result<Vec<StoredEnt
                 level: Level::from_code(level).unwrap_or(Level::Info),
                 component: row.get(4)?,
                 object_ids: Vec::new(),
+                trace_id: row.get(5)?,
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
@@ -468,6 +485,7 @@ mod tests {
             component: component.into(),
             object_ids: objects.iter().map(|s| s.to_string()).collect(),
             dedup_key: None,
+            trace_id: None,
         }
     }
 
@@ -496,6 +514,48 @@ mod tests {
         assert!(!second[0].new);
         assert_eq!(first[0].id, second[0].id);
         assert_eq!(store.count().unwrap(), 1);
+    }
+
+    #[test]
+    fn entries_are_found_by_trace_id_and_an_old_database_gains_the_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.db");
+        // A database written before trace ids (schema version 1) keeps its entries.
+        sqlite::open(&path, &MIGRATIONS[..1])
+            .unwrap()
+            .execute(
+                "INSERT INTO logs (timestamp_ns, message, level, component) VALUES (1, 'old', 1, 'c')",
+                [],
+            )
+            .unwrap();
+        let store = Store::open(&path).unwrap();
+        let mut traced = entry(2, "created", Level::Audit, "api", &["vm-1"]);
+        traced.trace_id = Some("req-1".into());
+        let mut other = entry(3, "created", Level::Audit, "node", &["vm-2"]);
+        other.trace_id = Some("req-2".into());
+        let mut also = entry(4, "started", Level::Audit, "vmm", &["vm-1"]);
+        also.trace_id = Some("req-1".into());
+        store.insert(&[traced, other, also]).unwrap();
+        let by_trace = Filter {
+            trace_id: Some("req-1".into()),
+            ..Filter::default()
+        };
+        let page = store
+            .query(&by_trace, Order::OldestFirst, 100, None)
+            .unwrap();
+        let found: Vec<_> = page
+            .entries
+            .iter()
+            .map(|e| (e.component.as_str(), e.trace_id.as_deref()))
+            .collect();
+        assert_eq!(found, [("api", Some("req-1")), ("vmm", Some("req-1"))]);
+        assert!(page.entries.iter().all(|e| by_trace.matches(e)));
+        let all = store
+            .query(&Filter::default(), Order::OldestFirst, 100, None)
+            .unwrap();
+        assert_eq!(all.entries[0].message, "old");
+        assert_eq!(all.entries[0].trace_id, None);
+        assert!(!by_trace.matches(&all.entries[0]));
     }
 
     #[test]
