@@ -15,6 +15,11 @@ use tonic_health::pb::HealthCheckRequest;
 
 const NOBODY: u32 = 65534;
 
+/// Held across every fork (connect_as) and while a test holds a socket it means to leave stale:
+/// a child forked meanwhile by a concurrent test would inherit the listening descriptor (fork
+/// without exec keeps even close-on-exec ones) and keep answering on the "stale" socket.
+static FORK: Mutex<()> = Mutex::new(());
+
 /// A temp dir that other users may traverse (tempfile makes them 0700), so that only the
 /// socket's own mode decides who connects.
 fn open_dir() -> tempfile::TempDir {
@@ -34,6 +39,7 @@ fn connect_as(path: &Path, uid: u32, gid: u32) -> i32 {
     for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
         *dst = *src as libc::c_char;
     }
+    let _fork = FORK.lock().unwrap_or_else(|e| e.into_inner());
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork");
     if pid == 0 {
@@ -161,8 +167,12 @@ async fn socket_group_gives_0660_and_admits_that_group_only() {
 async fn a_stale_socket_from_a_crash_is_replaced() {
     let dir = open_dir();
     let path = dir.path().join("ebpf.sock");
-    // A crashed daemon leaves its socket file behind with nobody listening.
-    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    // A crashed daemon leaves its socket file behind with nobody listening (no fork may copy
+    // the descriptor while it is open).
+    {
+        let _fork = FORK.lock().unwrap_or_else(|e| e.into_inner());
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    }
     assert!(path.exists());
     let listener = bind_unix(&path, &SocketOptions::default()).unwrap();
     let (shutdown, task) = serve(listener).await;
