@@ -313,7 +313,14 @@ pub struct MetricsServer {
     pub addr: SocketAddr,
 }
 
-/// Binds `addr` and serves `daemon`'s registry at `GET /metrics` until `shutdown` fires.
+/// Whether a metrics listener on `addr` is reachable from other hosts (anything but loopback):
+/// the daemon warns, as the listener is plain HTTP without authentication.
+fn beyond_loopback(addr: &SocketAddr) -> bool {
+    !addr.ip().to_canonical().is_loopback()
+}
+
+/// Binds `addr` and serves `daemon`'s registry at `GET /metrics` until `shutdown` fires; warns
+/// when `addr` is not a loopback address.
 pub async fn serve(
     daemon: &str,
     addr: SocketAddr,
@@ -341,6 +348,14 @@ pub async fn serve(
         }),
     );
     tracing::info!(%addr, "metrics listening (GET /metrics)");
+    if beyond_loopback(&addr) {
+        tracing::warn!(
+            %addr,
+            "metrics are served over plain HTTP without authentication beyond loopback: anyone \
+             who reaches this address reads them (ids of VMs, NICs, pools); prefer a loopback \
+             address and a node-local scraper"
+        );
+    }
     tokio::spawn(async move {
         let stop = shutdown.clone();
         if let Err(err) = axum::serve(listener, app)
@@ -712,6 +727,18 @@ mod tests {
         // The second refresh said its source is gone: no third read.
         refresh("metrics-test-sampled").await;
         assert_eq!(reads.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn only_listeners_beyond_loopback_are_warned_about() {
+        let at = |s: &str| beyond_loopback(&s.parse().unwrap());
+        assert!(!at("127.0.0.1:50061"));
+        assert!(!at("127.0.0.2:50061"));
+        assert!(!at("[::1]:50061"));
+        assert!(!at("[::ffff:127.0.0.1]:50061"));
+        assert!(at("0.0.0.0:50061"));
+        assert!(at("[::]:50061"));
+        assert!(at("10.0.0.11:50061"));
     }
 
     #[test]
