@@ -119,4 +119,21 @@ describe('AuditLog', () => {
     expect(screen.getByTestId('follow-state').textContent).toBe('reconnecting…');
     await userEvent.click(screen.getByRole('checkbox', { name: 'Follow' }));
   });
+
+  it("reads its filters from the URL (the resource pages' links) and filters by an entry's trace", async () => {
+    const calls = stubApi((url) => {
+      if (url.startsWith('/v1/logs') && url.includes('trace_id=req-42'))
+        return json({ entries: [{ ...entry('t1', 3), message: 'node applied it', trace_id: 'req-42' }], next_cursor: null });
+      if (url.startsWith('/v1/logs')) return json({ entries: [{ ...entry('v1', 2), trace_id: 'req-42' }], next_cursor: null });
+      return undefined;
+    });
+    renderApp(<AuditLog />, { path: '/audit?object_id=0190-v1' });
+    await screen.findByText('created v1');
+    expect(calls.find((c) => c.url.startsWith('/v1/logs'))!.url).toBe('/v1/logs?object_id=0190-v1&limit=100');
+    expect((screen.getByLabelText('Object id') as HTMLInputElement).value).toBe('0190-v1');
+    await userEvent.click(screen.getByRole('button', { name: 'req-42' }));
+    expect(await screen.findByText('node applied it')).toBeTruthy();
+    expect(calls.some((c) => c.url === '/v1/logs?trace_id=req-42&limit=100')).toBe(true);
+    expect((screen.getByLabelText('Trace id') as HTMLInputElement).value).toBe('req-42');
+  });
 });

@@ -3,6 +3,7 @@
 // opens it again where it left off when it ends (mvirt-log or the API restarted).
 import { useEffect, useState, type FormEvent } from 'react';
 import { useInfiniteQuery } from '@tanstack/react-query';
+import { useSearchParams } from 'react-router';
 import { api, ApiError, buildUrl, errorFrom, getSession, setSession } from '../api/client';
 import { SseParser } from '../api/events';
 import { Badge, Button, ErrorBox, inputCls, PageHeader } from '../components/ui';
@@ -15,6 +16,8 @@ export interface LogEntry {
   level: string;
   component: string;
   object_ids: string[];
+  /** The request whose work wrote the entry (absent when none). */
+  trace_id?: string | null;
 }
 
 const LEVELS = ['audit', 'info', 'warn', 'error', 'debug'];
@@ -23,11 +26,25 @@ interface Filters {
   object_id: string;
   component: string;
   text: string;
+  trace_id: string;
   levels: string[];
 }
 
-function query(f: Filters) {
-  return { object_id: f.object_id, component: f.component, text: f.text, level: f.levels.join(',') };
+/** The query of the API's filters (empty ones are left out of the URL). */
+export function query(f: Filters) {
+  return { object_id: f.object_id, component: f.component, text: f.text, trace_id: f.trace_id, level: f.levels.join(',') };
+}
+
+/** Filters from the page's URL (`/audit?object_id=…`, `?trace_id=…`: the links on the VM, pod
+ *  and node pages), so a filtered view can be linked and reloaded. */
+export function filtersFrom(params: URLSearchParams): Filters {
+  return {
+    object_id: params.get('object_id') ?? '',
+    component: params.get('component') ?? '',
+    text: params.get('text') ?? '',
+    trace_id: params.get('trace_id') ?? '',
+    levels: (params.get('level') ?? '').split(',').filter((l) => LEVELS.includes(l)),
+  };
 }
 
 export type FollowState = 'connecting' | 'following' | 'reconnecting';
@@ -89,7 +106,8 @@ export function followLogs(opts: {
 }
 
 export default function AuditLog() {
-  const [draft, setDraft] = useState<Filters>({ object_id: '', component: '', text: '', levels: [] });
+  const [params, setParams] = useSearchParams();
+  const [draft, setDraft] = useState<Filters>(() => filtersFrom(params));
   const [filters, setFilters] = useState(draft);
   const [follow, setFollow] = useState(false);
   const [live, setLive] = useState<LogEntry[]>([]);
@@ -127,9 +145,16 @@ export default function AuditLog() {
 
   const seen = new Set(live.map((e) => e.id));
   const entries = [...live, ...(pages.data?.pages.flatMap((p) => p.entries) ?? []).filter((e) => !seen.has(e.id))];
+  const show = (f: Filters) => {
+    setDraft(f);
+    setFilters(f);
+    const q = new URLSearchParams();
+    for (const [k, v] of Object.entries(query(f))) if (v) q.set(k, v);
+    setParams(q, { replace: true });
+  };
   const apply = (e: FormEvent) => {
     e.preventDefault();
-    setFilters(draft);
+    show(draft);
   };
   return (
     <div className="flex flex-col gap-3">
@@ -146,6 +171,10 @@ export default function AuditLog() {
         <label className="flex flex-col text-sm">
           Text
           <input className={inputCls} value={draft.text} onChange={(e) => setDraft({ ...draft, text: e.target.value })} />
+        </label>
+        <label className="flex flex-col text-sm">
+          Trace id
+          <input className={inputCls} value={draft.trace_id} onChange={(e) => setDraft({ ...draft, trace_id: e.target.value.trim() })} />
         </label>
         <fieldset className="flex gap-2 text-sm">
           <legend className="sr-only">Levels</legend>
@@ -175,7 +204,7 @@ export default function AuditLog() {
       <ErrorBox error={followError} onClose={() => setFollowError(undefined)} />
       <WindowedTable
         label="Log entries"
-        head={['Time', 'Level', 'Component', 'Message', 'Objects']}
+        head={['Time', 'Level', 'Component', 'Message', 'Objects', 'Trace']}
         items={entries}
         itemKey={(e) => e.id}
         estimate={33}
@@ -188,6 +217,20 @@ export default function AuditLog() {
             <td className="px-3 py-1">{e.component}</td>
             <td className="px-3 py-1">{e.message}</td>
             <td className="px-3 py-1 font-mono text-xs">{e.object_ids.map((o) => o.slice(-8)).join(' ')}</td>
+            <td className="px-3 py-1 font-mono text-xs">
+              {e.trace_id ? (
+                <button
+                  type="button"
+                  className="underline"
+                  title={`every entry of request ${e.trace_id}`}
+                  onClick={() => show({ object_id: '', component: '', text: '', trace_id: e.trace_id!, levels: [] })}
+                >
+                  {e.trace_id.slice(-8)}
+                </button>
+              ) : (
+                '—'
+              )}
+            </td>
           </tr>
         )}
       />

@@ -90,7 +90,7 @@ export function Dashboard() {
             return (
               <div key={n.id} className="rounded-md border border-line p-3">
                 <div className="mb-2 flex items-center justify-between">
-                  <Link to="/nodes" className="font-medium underline">
+                  <Link to={`/nodes/${n.id}`} className="font-medium underline">
                     {n.name}
                   </Link>
                   <Badge value={n.status?.state ?? ''} />

@@ -4,6 +4,7 @@ import { Link, useParams } from 'react-router';
 import type { Node, Pod, Vm } from '../api/types';
 import { Badge, Card, PageHeader } from '../components/ui';
 import { ago } from '../format';
+import { LogLinks } from '../components/LogLinks';
 import { useList } from '../live';
 import { NodeUsage } from '../usage/Usage';
 import { NodeActions, NodeOverview } from './Nodes';
@@ -32,7 +33,7 @@ export default function NodeDetail() {
   return (
     <div className="flex flex-col gap-4">
       <PageHeader title={node.name} actions={<NodeActions node={node} />}>
-        <span className="font-mono">{node.id}</span>
+        <span className="font-mono">{node.id}</span> · <LogLinks object={node} />
       </PageHeader>
       <div className="grid gap-4 lg:grid-cols-2">
         <Card title="Status">

@@ -9,6 +9,7 @@ import type { Node, Pod } from '../api/types';
 import { useCan } from '../auth';
 import { Badge, Button, Card, ConfirmButton, ErrorBox, Field, inputCls, PageHeader, Table } from '../components/ui';
 import { ago, bytes } from '../format';
+import { LogLinks } from '../components/LogLinks';
 import { useList } from '../live';
 import { splitArgs } from '../pods/frames';
 import { PodLogs } from '../pods/Logs';
@@ -49,7 +50,7 @@ export default function PodDetail() {
   return (
     <div className="flex flex-col gap-4">
       <PageHeader title={pod.name}>
-        <span className="font-mono">{pod.id}</span> · project {pod.project}
+        <span className="font-mono">{pod.id}</span> · project {pod.project} · <LogLinks object={pod} />
       </PageHeader>
       <Actions pod={pod} />
       <div className="grid gap-4 lg:grid-cols-2">

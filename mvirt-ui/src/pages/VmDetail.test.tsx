@@ -17,6 +17,7 @@ const vm = {
   scheduling: { state: 'scheduled', reason: '' },
   node_id: 'n1',
   node_state: 'online',
+  trace_id: 'req-7',
 };
 
 const stats = {
@@ -51,7 +52,7 @@ const detail = () => (
 );
 
 describe('VmDetail', () => {
-  it("shows the VM's usage from its node and, to an admin, the console and actions", async () => {
+  it("shows the VM's usage from its node, links to its log and trace and, to an admin, the console and actions", async () => {
     const calls = routes('admin');
     renderApp(detail(), { path: `/vms/${vm.id}` });
     await screen.findByRole('heading', { name: 'web' });
@@ -61,6 +62,8 @@ describe('VmDetail', () => {
     expect(screen.getByText(/hypervisor pid 4242/)).toBeTruthy();
     expect(calls.some((c) => c.url === `/v1/vms/${vm.id}/stats`)).toBe(true);
     expect(screen.getByRole('link', { name: 'n1' }).getAttribute('href')).toBe('/nodes/n1');
+    expect(screen.getByRole('link', { name: 'Log entries' }).getAttribute('href')).toBe('/audit?object_id=0190-web');
+    expect(screen.getByRole('link', { name: 'Trace of the last change' }).getAttribute('href')).toBe('/audit?trace_id=req-7');
   });
 
   it('a viewer sees the VM and its usage but no console (a write channel), action or change', async () => {

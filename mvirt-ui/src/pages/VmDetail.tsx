@@ -9,6 +9,7 @@ import type { Nic, Node, Vm, Volume } from '../api/types';
 import { useCan } from '../auth';
 import { Badge, Button, Card, ConfirmButton, ErrorBox, Field, inputCls, PageHeader, Table } from '../components/ui';
 import { ago, bytes, MIB, validateInt } from '../format';
+import { LogLinks } from '../components/LogLinks';
 import { useList } from '../live';
 import { GuestUsage } from '../usage/Usage';
 import { vmPhase } from './Vms';
@@ -46,7 +47,7 @@ export default function VmDetail() {
   return (
     <div className="flex flex-col gap-4">
       <PageHeader title={vm.name}>
-        <span className="font-mono">{vm.id}</span> · project {vm.project}
+        <span className="font-mono">{vm.id}</span> · project {vm.project} · <LogLinks object={vm} />
       </PageHeader>
       <Actions vm={vm} onConsole={() => setShowConsole((s) => !s)} consoleOpen={showConsole} />
       {showConsole && (
