@@ -50,6 +50,7 @@ fn meta(id: String, name: String) -> Meta {
         spec_revision: 1,
         created_at: "t".into(),
         updated_at: "t".into(),
+        trace_id: None,
     }
 }
 

@@ -252,6 +252,7 @@ impl NodeService for NodeServiceImpl {
                 spec_revision: 0,
                 created_at: now.clone(),
                 updated_at: now.clone(),
+                trace_id: None,
             },
             spec: NodeSpec { schedulable: true },
             status: NodeStatus {

@@ -161,6 +161,10 @@ pub struct Meta {
     pub spec_revision: u64,
     pub created_at: String,
     pub updated_at: String,
+    /// The request id (`X-Request-Id`) of the last request that changed this object; its
+    /// work can be followed in every process's audit entries (`GET /v1/logs?trace_id=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// What nodes report. Empty phase until the first report.

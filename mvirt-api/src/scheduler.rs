@@ -434,6 +434,7 @@ mod tests {
             spec_revision: 0,
             created_at: "t".into(),
             updated_at: "t".into(),
+            trace_id: None,
         }
     }
 
@@ -532,6 +533,7 @@ mod tests {
                 now: "t".into(),
             },
             idempotency: None,
+            trace_id: None,
         };
         let (outcome, _) = s.apply(1, &p);
         outcome.result.unwrap();

@@ -37,6 +37,7 @@ fn raft_samples() -> Vec<Vec<u8>> {
     let proposal = Proposal {
         command: Command::Noop,
         idempotency: None,
+        trace_id: None,
     };
     let append = AppendEntriesRequest::<TypeConfig> {
         vote,

@@ -277,6 +277,8 @@ impl App {
         let proposal = Proposal {
             command,
             idempotency,
+            // The REST request (or gRPC call) this write is part of, if any.
+            trace_id: mvirt_common::trace::current(),
         };
         let summary = proposal.to_string();
         let ids = related_ids(&proposal.command);

@@ -12,6 +12,7 @@ pub(super) fn networks(cx: &mut Desired, ids: &BTreeSet<String>) -> Vec<proto::N
         cx.bump(n.meta.spec_revision);
         networks.push(proto::NetworkSpec {
             id: n.meta.id.clone(),
+            trace_id: n.meta.trace_id.clone().unwrap_or_default(),
             name: n.meta.name.clone(),
             project_id: cx.project_id(&n.meta.project),
             ipv4_prefix: n.spec.ipv4_prefix.clone().unwrap_or_default(),

@@ -36,6 +36,7 @@ pub(super) fn nics(
             .extend(nic.spec.security_group_ids.iter().cloned());
         attached.nics.push(proto::NicSpec {
             id: nic.meta.id.clone(),
+            trace_id: nic.meta.trace_id.clone().unwrap_or_default(),
             name: nic.meta.name.clone(),
             network_id: nic.spec.network_id.clone(),
             mac_address: nic.spec.mac_address.clone().unwrap_or_default(),

@@ -29,6 +29,7 @@ pub(super) fn pods(cx: &mut Desired) -> (Vec<proto::PodSpec>, BTreeSet<String>) 
 fn pod_spec(cx: &Desired, pod: &Pod) -> proto::PodSpec {
     proto::PodSpec {
         id: pod.meta.id.clone(),
+        trace_id: pod.meta.trace_id.clone().unwrap_or_default(),
         name: pod.meta.name.clone(),
         project_id: cx.project_id(&pod.meta.project),
         vcpus: pod.spec.vcpus,

@@ -35,6 +35,7 @@ pub(super) fn routes(cx: &mut Desired, network_ids: &BTreeSet<String>) -> Vec<pr
         destinations.extend(nic.spec.routed_prefixes.iter().cloned());
         routes.push(proto::RouteSpec {
             id: nic.meta.id.clone(),
+            trace_id: nic.meta.trace_id.clone().unwrap_or_default(),
             network_id: nic.spec.network_id.clone(),
             destinations,
             node_id: other_node.meta.id.clone(),

@@ -36,6 +36,7 @@ pub(super) fn security_groups(
         let rules = g.spec.rules.iter().map(|r| rule_spec(cx, r)).collect();
         groups.push(proto::SecurityGroupSpec {
             id: g.meta.id.clone(),
+            trace_id: g.meta.trace_id.clone().unwrap_or_default(),
             name: g.meta.name.clone(),
             project_id: cx.project_id(&g.meta.project),
             rules,

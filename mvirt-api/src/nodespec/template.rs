@@ -24,6 +24,7 @@ fn template_spec(t: &Template) -> proto::TemplateSpec {
     let source = t.spec.source_snapshot.as_ref();
     proto::TemplateSpec {
         id: t.meta.id.clone(),
+        trace_id: t.meta.trace_id.clone().unwrap_or_default(),
         name: t.meta.name.clone(),
         source_url: t.spec.source_url.clone(),
         format: match t.spec.format {

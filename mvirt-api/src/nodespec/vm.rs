@@ -26,6 +26,7 @@ pub(super) fn vms(cx: &mut Desired) -> (Vec<proto::VmSpec>, BTreeSet<String>) {
 fn vm_spec(cx: &Desired, vm: &Vm) -> proto::VmSpec {
     proto::VmSpec {
         id: vm.meta.id.clone(),
+        trace_id: vm.meta.trace_id.clone().unwrap_or_default(),
         name: vm.meta.name.clone(),
         project_id: cx.project_id(&vm.meta.project),
         hostname: vm

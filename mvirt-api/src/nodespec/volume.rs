@@ -21,6 +21,7 @@ pub(super) fn volumes(cx: &mut Desired) -> Vec<proto::VolumeSpec> {
 fn volume_spec(vol: &Volume) -> proto::VolumeSpec {
     proto::VolumeSpec {
         id: vol.meta.id.clone(),
+        trace_id: vol.meta.trace_id.clone().unwrap_or_default(),
         name: vol.meta.name.clone(),
         size_bytes: vol.spec.size_bytes,
         template_id: vol.spec.template_id.clone().unwrap_or_default(),

@@ -34,6 +34,8 @@ pub struct LogsQuery {
     pub until_ns: Option<i64>,
     /// Substring of the message.
     pub text: Option<String>,
+    /// Only entries written for this request id (`X-Request-Id`, an object's `meta.trace_id`).
+    pub trace_id: Option<String>,
     /// `newest` (default) or `oldest`.
     pub order: Option<String>,
     pub limit: Option<u32>,
@@ -50,6 +52,9 @@ pub struct LogEntryView {
     pub level: String,
     pub component: String,
     pub object_ids: Vec<String>,
+    /// The request whose work wrote the entry; absent when none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -74,6 +79,7 @@ fn view(e: LogEntry) -> LogEntryView {
         level: level.into(),
         component: e.component,
         object_ids: e.object_ids,
+        trace_id: Some(e.trace_id).filter(|t| !t.is_empty()),
     }
 }
 
@@ -115,6 +121,16 @@ fn request(q: &LogsQuery) -> Result<QueryRequest, ApiError> {
             other => return Err(ApiError::invalid(format!("unknown level {other:?}"))),
         } as i32);
     }
+    if let Some(t) = q
+        .trace_id
+        .as_deref()
+        .filter(|t| !mvirt_common::trace::is_valid(t))
+    {
+        return Err(ApiError::invalid(format!(
+            "trace_id {t:?} must be 1 to {} characters of A-Z a-z 0-9 . _ : -",
+            mvirt_common::trace::MAX_LEN
+        )));
+    }
     if q.limit.is_some_and(|l| l == 0 || l > 10_000) {
         return Err(ApiError::invalid("limit must be between 1 and 10000"));
     }
@@ -138,6 +154,7 @@ fn request(q: &LogsQuery) -> Result<QueryRequest, ApiError> {
         limit: q.limit.unwrap_or(100).min(10_000),
         cursor: q.cursor.clone().unwrap_or_default(),
         follow: q.follow,
+        trace_id: q.trace_id.clone().unwrap_or_default(),
     })
 }
 

@@ -62,8 +62,12 @@ impl IntoResponse for ApiError {
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %self.message, "internal error");
         }
-        let body =
-            json!({"error": {"code": self.code, "message": self.message, "details": self.details}});
+        let body = json!({"error": {
+            "code": self.code,
+            "message": self.message,
+            "details": self.details,
+            "request_id": mvirt_common::trace::current(),
+        }});
         (status, Json(body)).into_response()
     }
 }
@@ -82,6 +86,38 @@ pub struct ErrorBody {
     pub message: String,
     #[schema(value_type = Object)]
     pub details: Value,
+    /// The request's id (also in the `X-Request-Id` response header): quote it when reporting
+    /// a problem; `GET /v1/logs?trace_id=` finds the work it caused.
+    pub request_id: Option<String>,
+}
+
+/// Gives every request an id: the client's `X-Request-Id` when it is a sane token (1-128
+/// characters of `A-Z a-z 0-9 . _ : -`), a fresh one otherwise. The handler runs in that trace
+/// ([`mvirt_common::trace::scope`]): the Raft command, the objects it changes (`meta.trace_id`),
+/// the audit entries and the node agent's calls carry it. The answer echoes it in
+/// `X-Request-Id` (and error bodies in `error.request_id`).
+pub async fn request_id(mut req: Request, next: middleware::Next) -> Response {
+    let offered = req
+        .headers()
+        .get(mvirt_common::trace::REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok());
+    let id = mvirt_common::trace::accept_or_new(offered);
+    let value = HeaderValue::from_str(&id).ok();
+    if let Some(value) = &value {
+        req.headers_mut()
+            .insert(mvirt_common::trace::REQUEST_ID_HEADER, value.clone());
+    }
+    let span = tracing::info_span!("request", trace_id = %id);
+    let mut resp = tracing::Instrument::instrument(
+        mvirt_common::trace::scope(Some(id), next.run(req)),
+        span,
+    )
+    .await;
+    if let Some(value) = value {
+        resp.headers_mut()
+            .insert(mvirt_common::trace::REQUEST_ID_HEADER, value);
+    }
+    resp
 }
 
 /// A JSON body: parsed with serde (unknown fields are rejected by the types), errors in the
@@ -624,7 +660,8 @@ pub fn router(app: Arc<App>) -> Router {
         .layer(middleware::from_fn_with_state(
             mvirt_common::metrics::HttpMetrics::of(crate::metrics::DAEMON),
             mvirt_common::metrics::track,
-        ));
+        ))
+        .layer(middleware::from_fn(request_id));
     api.with_state(app)
 }
 

@@ -846,7 +846,13 @@ pub async fn envelope_rejections(
         "" => status.canonical_reason().unwrap_or("error").to_lowercase(),
         t => t.to_string(),
     };
-    let body = json!({"error": {"code": code, "message": message, "details": null}}).to_string();
+    let body = json!({"error": {
+        "code": code,
+        "message": message,
+        "details": null,
+        "request_id": mvirt_common::trace::current(),
+    }})
+    .to_string();
     parts.headers.remove(header::CONTENT_LENGTH);
     parts.headers.insert(
         header::CONTENT_TYPE,

@@ -86,6 +86,7 @@ pub fn new_meta(
         spec_revision: 0,
         created_at: now.clone(),
         updated_at: now,
+        trace_id: None,
     })
 }
 

@@ -207,12 +207,15 @@ pub enum Command {
     Noop,
 }
 
-/// A request as it travels through Raft: the command plus its optional idempotency key.
+/// A request as it travels through Raft: the command plus its optional idempotency key and
+/// the trace id of the request that asked for it (stamped on the objects it changes).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Proposal {
     pub command: Command,
     #[serde(default)]
     pub idempotency: Option<Idempotency>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 impl std::fmt::Display for Proposal {

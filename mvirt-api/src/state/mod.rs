@@ -325,6 +325,7 @@ impl State {
                     spec_revision: 0,
                     created_at: "1970-01-01T00:00:00Z".into(),
                     updated_at: "1970-01-01T00:00:00Z".into(),
+                    trace_id: None,
                 },
                 description: "The default project".into(),
             },
@@ -424,7 +425,10 @@ impl State {
         }
         let result = self.apply_command(index, &proposal.command);
         match result {
-            Ok((value, mut changes)) => {
+            Ok((mut value, mut changes)) => {
+                if let Some(trace_id) = &proposal.trace_id {
+                    value = self.stamp_trace(trace_id, &mut changes, value);
+                }
                 if let (Some(idem), Some(kind_id)) =
                     (&proposal.idempotency, created_kind_id(&proposal.command))
                 {
@@ -455,6 +459,35 @@ impl State {
                 Vec::new(),
             ),
         }
+    }
+
+    /// Records `trace_id` as the last request that changed each object in `changes` (its
+    /// `meta.trace_id`), and refreshes their payloads — and the response, when it is one of
+    /// them. Objects a command only removed keep no trace.
+    fn stamp_trace(&mut self, trace_id: &str, changes: &mut [Change], mut value: Json) -> Json {
+        for change in changes.iter_mut() {
+            if change.object.is_none() {
+                continue;
+            }
+            let stamped = with_resource!(change.kind, R => match R::map_mut(self).get_mut(&change.id) {
+                Some(object) => {
+                    object.meta_mut().trace_id = Some(trace_id.to_string());
+                    true
+                }
+                None => false,
+            }, _ => false);
+            if !stamped {
+                continue;
+            }
+            let fresh = self.object_json(change.kind, &change.id);
+            if let (Some(old), Some(new)) = (&change.object, &fresh) {
+                if *old == value {
+                    value = new.clone();
+                }
+            }
+            change.object = fresh;
+        }
+        value
     }
 
     /// Runs one command: the kind's module does the work, the shared steps are below.

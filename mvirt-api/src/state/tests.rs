@@ -15,6 +15,7 @@ pub(crate) fn meta(id: &str, name: &str) -> Meta {
         spec_revision: 0,
         created_at: "t0".into(),
         updated_at: "t0".into(),
+        trace_id: None,
     }
 }
 
@@ -63,6 +64,7 @@ pub(crate) fn p(command: Command) -> Proposal {
     Proposal {
         command,
         idempotency: None,
+        trace_id: None,
     }
 }
 
@@ -454,4 +456,47 @@ fn every_change_carries_the_revision_of_its_command() {
     assert_eq!(events[0].event_type, "network.created");
     assert_eq!(s.networks["n1"].meta.revision, 7);
     assert_eq!(s.networks["n1"].meta.spec_revision, 7);
+}
+
+#[test]
+fn a_commands_trace_id_is_stamped_on_what_it_changed_and_kept_by_untraced_ones() {
+    let mut s = State::initial();
+    let traced = |prop: Proposal, id: &str| Proposal {
+        trace_id: Some(id.into()),
+        ..prop
+    };
+    let (outcome, changes) = s.apply(1, &traced(network("n1", "net"), "req-1"));
+    assert_eq!(s.networks["n1"].meta.trace_id.as_deref(), Some("req-1"));
+    // The event payload and the answer carry it as the object's `trace_id`.
+    let answer = outcome.result.unwrap().to_value();
+    assert_eq!(answer["trace_id"], "req-1", "{answer}");
+    let event = changes[0].object.as_ref().unwrap().to_value();
+    assert_eq!(event["trace_id"], "req-1", "{event}");
+    // A command without one (a node report, the scheduler) leaves the last request's id.
+    s.apply(2, &nic("c1", "nic", "n1")).0.result.unwrap();
+    assert_eq!(s.nics["c1"].meta.trace_id, None);
+    assert_eq!(s.networks["n1"].meta.trace_id.as_deref(), Some("req-1"));
+    // The next traced change replaces it; the same log replays to the same state.
+    let relabel = traced(
+        p(Command::Update(Update {
+            kind: Kind::Network,
+            id: "n1".into(),
+            if_match: None,
+            labels: Some([("a".to_string(), "b".to_string())].into()),
+            spec: None,
+            now: "t2".into(),
+        })),
+        "req-2",
+    );
+    s.apply(3, &relabel).0.result.unwrap();
+    assert_eq!(s.networks["n1"].meta.trace_id.as_deref(), Some("req-2"));
+    let replayed = state_after(&[
+        traced(network("n1", "net"), "req-1"),
+        nic("c1", "nic", "n1"),
+        relabel,
+    ]);
+    assert_eq!(replayed.networks["n1"], s.networks["n1"]);
+    // Without a trace id the proposal's log form is what it always was.
+    let plain = serde_json::to_value(network("n2", "x")).unwrap();
+    assert!(plain.get("trace_id").is_none(), "{plain}");
 }
