@@ -13,6 +13,8 @@
 //! - [`powercut`]: a FUSE file system that drops everything not fsynced on a simulated power
 //!   cut (crash tests that notice a missing fsync).
 //! - [`tls`]: HTTP clients and a browser profile that trust a cluster's CA.
+//! - [`local_daemon`]: a local daemon binary's listen flags (unix socket by default, TCP only
+//!   with `--allow-tcp` and then with a warning).
 //!
 //! A missing prerequisite (QEMU, zfs-fuse, root, …) is a loud failure, never a skipped test:
 //! `scripts/setup.sh` installs everything the tests need.
@@ -20,6 +22,7 @@
 pub mod fuzz;
 pub mod guest;
 pub mod http;
+pub mod local_daemon;
 pub mod net;
 pub mod netns;
 pub mod pod;
