@@ -9,7 +9,8 @@
 //! the private one) is booted once and shared by the checks: logs, exec, its DHCP address, a VM
 //! on the same network fetching its page until a security-group change cuts it off, the agent's
 //! and mvirt-vmm's restarts (adopted, not restarted), stop and delete (nothing left). Two pods that
-//! must fail (wrong registry credentials, an unknown image) boot alongside.
+//! must fail (wrong registry credentials, an unknown image) boot first, side by side, and are
+//! deleted before the VM and the shared pod are created (a node's capacity is its host's cores).
 
 mod common;
 
@@ -331,7 +332,90 @@ async fn pods_pull_run_serve_a_vm_and_survive_agent_and_vmm_restarts() {
         )
         .await;
     let web_sg_id = web_sg["id"].as_str().unwrap().to_string();
+    // The template imports meanwhile.
     let template_id = rest.create_template("tiny", &host.images).await;
+    let httpd = format!("{}/httpd:1", registry.host());
+    let logger = format!("{}/team/logger:1", private.host());
+    // Two pods that must fail, first: wrong credentials for the private registry, and an
+    // image that does not exist. (They boot before the VM and the pod that runs: a node's
+    // capacity is its host's cores, 2 on the CI machine; a failed pod keeps its place until
+    // deleted.)
+    let bad_credentials = rest
+        .post(
+            "/v1/pods",
+            json!({"name": "bad-credentials", "spec": {
+                "vcpus": 1, "memory_bytes": 256u64 << 20,
+                "containers": [container("app", &logger, "true")],
+                "network_interfaces": [{"network_id": network_id}],
+                "registry_credentials": [{"registry": private.host(), "username": PULL_USER,
+                    "password": "wrong-password"}],
+            }}),
+        )
+        .await;
+    let no_image = rest
+        .post(
+            "/v1/pods",
+            json!({"name": "no-image", "spec": {
+                "vcpus": 1, "memory_bytes": 256u64 << 20,
+                "containers": [container("app", &format!("{}/nope:1", registry.host()), "true")],
+                "network_interfaces": [{"network_id": network_id}],
+            }}),
+        )
+        .await;
+
+    let mut net = mvirt_ebpf::proto::net_service_client::NetServiceClient::connect(
+        host.endpoints.ebpf.clone(),
+    )
+    .await
+    .unwrap();
+    let mut pods = PodServiceClient::connect(host.endpoints.vmm.clone())
+        .await
+        .unwrap();
+    // The failing pods: the registry's reason in the status.
+    let bad_credentials_id = bad_credentials["id"].as_str().unwrap().to_string();
+    let no_image_id = no_image["id"].as_str().unwrap().to_string();
+    let failed = wait_phase(
+        &rest,
+        &format!("/v1/pods/{bad_credentials_id}"),
+        "failed",
+        BOOT,
+    )
+    .await;
+    let reason = failed["status"]["message"].as_str().unwrap().to_lowercase();
+    assert!(
+        reason.contains("unauthorized") || reason.contains("401"),
+        "{failed:#}"
+    );
+    assert!(!failed.to_string().contains("wrong-password"));
+    // A failed pod runs nothing (until its back-off ends).
+    assert_eq!(vmm_pod(&mut pods, &bad_credentials_id).await.pid, 0);
+    let failed = wait_phase(&rest, &format!("/v1/pods/{no_image_id}"), "failed", BOOT).await;
+    let reason = failed["status"]["message"].as_str().unwrap();
+    assert!(reason.contains("nope"), "{failed:#}");
+    assert_eq!(vmm_pod(&mut pods, &no_image_id).await.pid, 0);
+
+    // The failing pods go, with everything they had.
+    let nic_of = |p: &Value| p["spec"]["nic_ids"][0].as_str().unwrap().to_string();
+    let mut gone_nics = Vec::new();
+    for p in [&bad_credentials, &no_image] {
+        let nic = nic_of(p);
+        let tap = net
+            .get_nic(mvirt_ebpf::proto::GetNicRequest { id: nic.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .tap_name;
+        gone_nics.push((nic, tap));
+    }
+    rest.delete(&format!("/v1/pods/{bad_credentials_id}")).await;
+    rest.delete(&format!("/v1/pods/{no_image_id}")).await;
+    wait_gone(
+        &host,
+        &[bad_credentials_id.clone(), no_image_id.clone()],
+        &gone_nics,
+    )
+    .await;
+
     let vm = rest
         .post(
             "/v1/vms",
@@ -345,8 +429,6 @@ async fn pods_pull_run_serve_a_vm_and_survive_agent_and_vmm_restarts() {
     let vm_id = vm["id"].as_str().unwrap().to_string();
 
     // The pod: an HTTP server from the anonymous registry, a line writer from the private one.
-    let httpd = format!("{}/httpd:1", registry.host());
-    let logger = format!("{}/team/logger:1", private.host());
     let created = rest
         .post(
             "/v1/pods",
@@ -424,9 +506,6 @@ async fn pods_pull_run_serve_a_vm_and_survive_agent_and_vmm_restarts() {
     )
     .await;
     assert!(address.starts_with("10.78.0."), "{pod_with_address:#}");
-    let mut pods = PodServiceClient::connect(host.endpoints.vmm.clone())
-        .await
-        .unwrap();
     let in_vmm = vmm_pod(&mut pods, &pod_id).await;
     let eth0 = in_vmm
         .interfaces
@@ -498,36 +577,12 @@ async fn pods_pull_run_serve_a_vm_and_survive_agent_and_vmm_restarts() {
     assert_eq!(status, 401);
     let node_id = running["node_id"].as_str().unwrap().to_string();
 
-    // Two pods that must fail boot now: wrong credentials for the private registry, and an
-    // image that does not exist.
-    let bad_credentials = rest
-        .post(
-            "/v1/pods",
-            json!({"name": "bad-credentials", "spec": {
-                "vcpus": 1, "memory_bytes": 256u64 << 20,
-                "containers": [container("app", &logger, "true")],
-                "network_interfaces": [{"network_id": network_id}],
-                "registry_credentials": [{"registry": private.host(), "username": PULL_USER,
-                    "password": "wrong-password"}],
-            }}),
-        )
-        .await;
-    let no_image = rest
-        .post(
-            "/v1/pods",
-            json!({"name": "no-image", "spec": {
-                "vcpus": 1, "memory_bytes": 256u64 << 20,
-                "containers": [container("app", &format!("{}/nope:1", registry.host()), "true")],
-                "network_interfaces": [{"network_id": network_id}],
-            }}),
-        )
-        .await;
-
     // A VM on the network fetches the pod's page; removing the group's rule cuts it off.
     rest.wait_vm_phase(&vm_id, "running", BOOT).await;
     console_until(&host.endpoints.vmm, &vm_id, b"", "MVIRT-GUEST-BOOTED", BOOT).await;
+    // `timeout`, not `wget -T`: busybox 1.35's wget (Debian 12) segfaults with -T.
     let fetch = format!(
-        "for i in $(seq 1 60); do wget -q -T 3 -O - http://{address}/ && break; sleep 1; done; echo FETCHED-$((40+2))\n"
+        "for i in $(seq 1 60); do timeout 5 wget -q -O - http://{address}/ && break; sleep 1; done; echo FETCHED-$((40+2))\n"
     );
     let seen = console_until(
         &host.endpoints.vmm,
@@ -543,11 +598,6 @@ async fn pods_pull_run_serve_a_vm_and_survive_agent_and_vmm_restarts() {
         json!({"spec": {"rules": []}}),
     )
     .await;
-    let mut net = mvirt_ebpf::proto::net_service_client::NetServiceClient::connect(
-        host.endpoints.ebpf.clone(),
-    )
-    .await
-    .unwrap();
     wait_until_async(
         "the rule to leave mvirt-ebpf",
         Duration::from_secs(60),
@@ -564,7 +614,7 @@ async fn pods_pull_run_serve_a_vm_and_survive_agent_and_vmm_restarts() {
         },
     )
     .await;
-    let cut = format!("wget -q -T 5 -O - http://{address}/ || echo CUT-OFF-$((6*7))\n");
+    let cut = format!("timeout 5 wget -q -O - http://{address}/ || echo CUT-OFF-$((6*7))\n");
     let seen = console_until(
         &host.endpoints.vmm,
         &vm_id,
@@ -578,51 +628,6 @@ async fn pods_pull_run_serve_a_vm_and_survive_agent_and_vmm_restarts() {
         !after_cut.contains("hello-from-pod"),
         "fetched after the cut: {seen}"
     );
-
-    // The failing pods: the registry's reason in the status.
-    let bad_credentials_id = bad_credentials["id"].as_str().unwrap().to_string();
-    let no_image_id = no_image["id"].as_str().unwrap().to_string();
-    let failed = wait_phase(
-        &rest,
-        &format!("/v1/pods/{bad_credentials_id}"),
-        "failed",
-        BOOT,
-    )
-    .await;
-    let reason = failed["status"]["message"].as_str().unwrap().to_lowercase();
-    assert!(
-        reason.contains("unauthorized") || reason.contains("401"),
-        "{failed:#}"
-    );
-    assert!(!failed.to_string().contains("wrong-password"));
-    // A failed pod runs nothing (until its back-off ends).
-    assert_eq!(vmm_pod(&mut pods, &bad_credentials_id).await.pid, 0);
-    let failed = wait_phase(&rest, &format!("/v1/pods/{no_image_id}"), "failed", BOOT).await;
-    let reason = failed["status"]["message"].as_str().unwrap();
-    assert!(reason.contains("nope"), "{failed:#}");
-    assert_eq!(vmm_pod(&mut pods, &no_image_id).await.pid, 0);
-
-    // The failing pods go, with everything they had.
-    let nic_of = |p: &Value| p["spec"]["nic_ids"][0].as_str().unwrap().to_string();
-    let mut gone_nics = Vec::new();
-    for p in [&bad_credentials, &no_image] {
-        let nic = nic_of(p);
-        let tap = net
-            .get_nic(mvirt_ebpf::proto::GetNicRequest { id: nic.clone() })
-            .await
-            .unwrap()
-            .into_inner()
-            .tap_name;
-        gone_nics.push((nic, tap));
-    }
-    rest.delete(&format!("/v1/pods/{bad_credentials_id}")).await;
-    rest.delete(&format!("/v1/pods/{no_image_id}")).await;
-    wait_gone(
-        &host,
-        &[bad_credentials_id.clone(), no_image_id.clone()],
-        &gone_nics,
-    )
-    .await;
 
     // The agent is killed and started again: the pod is adopted, not started again.
     agent.kill();

@@ -83,7 +83,9 @@ pub enum ImageError {
         #[source]
         source: OciDistributionError,
     },
-    #[error("registry refused access to {reference}")]
+    /// Names the registry's answer (`HTTP 401 Unauthorized`, its error codes and messages, or
+    /// the token server's refusal), which the status of a failed pod shows.
+    #[error("registry refused access to {reference}: {}", refusal(.source))]
     Unauthorized {
         reference: String,
         #[source]
@@ -229,6 +231,25 @@ fn classify(reference: &str, err: OciDistributionError) -> ImageError {
             reference,
             source: err,
         }
+    }
+}
+
+/// What a registry answered when it refused access. oci-client keeps no body of a 401, so that
+/// one is named by its status; other refusals carry the registry's error codes and messages.
+fn refusal(err: &OciDistributionError) -> String {
+    match err {
+        OciDistributionError::UnauthorizedError { .. } => "HTTP 401 Unauthorized".to_string(),
+        OciDistributionError::AuthenticationFailure(message) => message.clone(),
+        OciDistributionError::RegistryError { envelope, .. } => envelope
+            .errors
+            .iter()
+            .map(|e| format!("{:?}: {}", e.code, e.message))
+            .collect::<Vec<_>>()
+            .join("; "),
+        OciDistributionError::ServerError { code, message, .. } => {
+            format!("HTTP {code}: {}", message.trim())
+        }
+        other => other.to_string(),
     }
 }
 
