@@ -42,5 +42,8 @@ export default defineConfig({
     environment: 'jsdom',
     include: ['src/**/*.test.{ts,tsx}'],
     setupFiles: ['src/test/setup.ts'],
+    // The form tests type a few hundred keys through user-event: ~2.5 s alone, over 5 s (the
+    // default) on a 2-core machine that builds Rust at the same time.
+    testTimeout: 20_000,
   },
 });

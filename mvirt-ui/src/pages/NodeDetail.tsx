@@ -46,7 +46,7 @@ export default function NodeDetail() {
             <dd>{node.spec.schedulable ? 'yes' : 'cordoned'}</dd>
             <dt className="text-muted">Placed here</dt>
             <dd>
-              {placedVms.length} VMs · {placedPods.length} pods
+              {placedVms.length} {placedVms.length === 1 ? 'VM' : 'VMs'} · {placedPods.length} {placedPods.length === 1 ? 'pod' : 'pods'}
             </dd>
             <dt className="text-muted">State changed</dt>
             <dd>{ago(node.status.last_state_change_at)}</dd>

@@ -1,6 +1,8 @@
 // A small SVG line chart of the last minutes (no chart library: a few lines of SVG keep the
-// detail pages light). The x axis is time (the node's sample times), the y axis starts at 0 and
-// grows with the highest value shown; a missing value (null) breaks the line.
+// detail pages light). The x axis is time (the node's sample times) from the oldest sample kept
+// to the newest — it grows up to the window as samples come in, so a page opened seconds ago
+// shows a line across the chart, not a dot at its edge —, the y axis starts at 0 and grows with
+// the highest value shown; a missing value (null) breaks the line, a value alone is a dot.
 
 export interface Series {
   name: string;
@@ -17,26 +19,38 @@ export interface Frame {
   height: number;
 }
 
-/** The SVG path of one series: `M x y L x y …`, a new `M` after every gap. */
+/** The SVG path of one series: `M x y L x y …`, a new `M` after every gap; a point with no
+ *  neighbour gets a zero-length segment (`h0`), which a round line cap draws as a dot. */
 export function sparkPath(times: number[], values: (number | null)[], f: Frame): string {
-  const parts: string[] = [];
-  let pen = false;
+  const runs: string[][] = [];
+  let run: string[] | null = null;
   for (let i = 0; i < times.length; i++) {
     const v = values[i];
-    if (v === null || v === undefined || !Number.isFinite(v)) {
-      pen = false;
-      continue;
-    }
     const x = f.width - ((f.end - times[i]) / f.span) * f.width;
-    if (x < 0) {
-      pen = false;
+    if (v === null || v === undefined || !Number.isFinite(v) || x < 0) {
+      run = null;
       continue;
     }
     const y = f.height - (Math.min(Math.max(v, 0), f.max) / f.max) * f.height;
-    parts.push(`${pen ? 'L' : 'M'}${round(x)} ${round(y)}`);
-    pen = true;
+    if (!run) runs.push((run = []));
+    run.push(`${run.length ? 'L' : 'M'}${round(x)} ${round(y)}`);
   }
-  return parts.join(' ');
+  return runs.map((r) => (r.length === 1 ? `${r[0]} h0` : r.join(' '))).join(' ');
+}
+
+/** The least span of the x axis (one sample alone sits at the right edge). */
+export const MIN_SPAN_MS = 10_000;
+
+/** The time the x axis covers: from the oldest sample to the newest, at least `MIN_SPAN_MS`,
+ *  at most `window`. */
+export function shownSpan(times: number[], window: number): number {
+  if (times.length < 2) return Math.min(MIN_SPAN_MS, window);
+  return Math.min(window, Math.max(MIN_SPAN_MS, times[times.length - 1] - times[0]));
+}
+
+/** "40 s", "3 min". */
+export function spanLabel(ms: number): string {
+  return ms < 60_000 ? `${Math.round(ms / 1000)} s` : `${Math.round(ms / 60_000)} min`;
 }
 
 const round = (n: number) => Math.round(n * 10) / 10;
@@ -79,15 +93,16 @@ export function Sparkline({
   format: (n: number) => string;
   /** The least top of the y axis (100 for a share in %, so an idle guest looks idle). */
   floor?: number;
+  /** The most time the x axis covers (the samples' window). */
   span: number;
   testId?: string;
 }) {
   const end = times.length ? times[times.length - 1] : 0;
   const max = scaleMax(series, floor);
-  const frame = { end, span, max, width: W, height: H };
+  const shown = shownSpan(times, span);
+  const frame = { end, span: shown, max, width: W, height: H };
   const now = series.map((s) => latest(s.values));
-  const minutes = Math.round(span / 60_000);
-  const summary = `${title}, last ${minutes} min: ${series
+  const summary = `${title}, last ${spanLabel(shown)}: ${series
     .map((s, i) => `${s.name} ${now[i] === null ? 'no value yet' : format(now[i])}`)
     .join(', ')}; top of the scale ${format(max)}`;
   return (
@@ -112,15 +127,16 @@ export function Sparkline({
             key={s.name}
             d={sparkPath(times, s.values, frame)}
             fill="none"
-            strokeWidth={1.5}
+            strokeWidth={2}
             vectorEffect="non-scaling-stroke"
             strokeLinejoin="round"
+            strokeLinecap="round"
             className={STROKE[i % STROKE.length]}
           />
         ))}
       </svg>
       <span className="flex justify-between text-[0.65rem] text-muted" aria-hidden="true">
-        <span>−{minutes} min</span>
+        <span>−{spanLabel(shown)}</span>
         <span>max {format(max)}</span>
       </span>
     </figure>
