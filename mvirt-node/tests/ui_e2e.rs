@@ -1,8 +1,10 @@
 //! The web dashboard end to end: a whole host (mvirt-log, -zfs, -ebpf, -vmm with QEMU TCG
 //! guests, mvirt-api serving the built UI from `mvirt-ui/dist`, the node agent) is started here,
 //! then `node mvirt-ui/e2e/run.mjs` drives the UI in a real headless Chromium against it (log
-//! in, create a network and a VM, watch it run, use its console, see a REST-created VM appear
-//! live, delete; axe-core on every page; a screenshot of every page). The UI must be built
+//! in, create a network and a VM, watch it run, chart its usage from the node, use its console,
+//! see a REST-created VM appear live, the node's page with the host's usage, a viewer without
+//! the buttons the API would refuse, delete; axe-core on every page; a screenshot of every
+//! page). The UI must be built
 //! first: `bash scripts/test-ui.sh` does `npm ci && npm run build` and then runs this test.
 
 mod common;

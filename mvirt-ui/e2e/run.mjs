@@ -4,9 +4,11 @@
 //   MVIRT_TEMPLATE=tiny node e2e/run.mjs
 // Steps: the checked-in API types match the live spec; log in (a bad token shows the API's
 // message); create a network and a VM in the UI and see the VM reach running without a reload;
-// its console shows the guest's output and answers a typed command; a bad input shows the API's
-// message; a VM created through REST meanwhile appears live; pods (list, create, detail, log,
-// exec, live, delete; pending: no node runs them here); delete. axe-core runs on every
+// its usage charts show the guest's CPU and memory; its console shows the guest's output and
+// answers a typed command; a bad input shows the API's message; a VM created through REST
+// meanwhile appears live; the node's page charts the host and lists the VM; the template's
+// import per node; pods (list, create, detail, log, exec, live, delete; pending: no node runs
+// them here); a viewer sees no button the API would refuse it; delete. axe-core runs on every
 // page (no critical or serious violation) and every page is screenshotted into MVIRT_SHOTS.
 import { chromium } from 'playwright-core';
 import { mkdirSync, readFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -176,6 +178,14 @@ try {
   await page.getByTestId('detail-phase').filter({ hasText: 'running' }).waitFor({ timeout: BOOT_MS });
   log(`VM ${VM} shown running ${((Date.now() - created) / 1000).toFixed(1)}s after create, no reload`);
 
+  // 4b. Its usage: the page samples /v1/vms/{id}/stats from the node; the guest boots under
+  // TCG, so its hypervisor's CPU share is well above zero.
+  const cpuNow = page.getByTestId('usage-cpu-now');
+  await waitFor('a CPU value above 0 on the VM page', 30_000, async () => parseFloat(await cpuNow.innerText()) > 0);
+  await waitFor('the memory chart', 10_000, async () => /MiB|GiB/.test(await page.getByTestId('usage-memory-now').innerText()));
+  log(`the VM page charts its usage: CPU ${await cpuNow.innerText()}, memory ${await page.getByTestId('usage-memory-now').innerText()}`);
+  await check('vm-detail-usage');
+
   // 5. Its console: the guest's boot output, then a typed command and its answer.
   await page.getByRole('button', { name: 'Console', exact: true }).click();
   const term = page.getByTestId('console');
@@ -303,6 +313,22 @@ try {
   await nodeRow.getByRole('cell', { name: 'yes', exact: true }).waitFor();
   log('the node was cordoned and uncordoned');
 
+  // The node's page: the host's usage and the VM on it, from /v1/nodes/{id}/stats.
+  await nodeRow.getByRole('link').first().click();
+  await page.getByTestId('node-detail-state').filter({ hasText: 'online' }).waitFor();
+  await waitFor('a host CPU value on the node page', 30_000, async () => parseFloat(await page.getByTestId('usage-host-cpu-now').innerText()) > 0);
+  await page.locator(`[data-testid="node-guest-row"][data-name="${VM}"]`).waitFor({ timeout: 15_000 });
+  log(`the node page charts the host (CPU ${await page.getByTestId('usage-host-cpu-now').innerText()}) and lists ${VM}`);
+  await check('node-detail');
+
+  // The template's import on each node (the panel), ready here.
+  await nav('Templates');
+  const tplRow = page.locator(`[data-testid="template-row"][data-name="${TEMPLATE}"]`);
+  await tplRow.getByRole('button', { name: 'Details' }).click();
+  await page.locator('[data-testid="template-node-row"]').filter({ hasText: 'ready' }).first().waitFor();
+  if (await tplRow.getByRole('button', { name: 'Cancel import' }).count()) throw new Error('an imported template offers Cancel import');
+  await check('templates-per-node');
+
   // The audit log follows: an entry for a project created now through REST arrives in the table.
   await nav('Audit log');
   await page.getByRole('checkbox', { name: 'Follow' }).check();
@@ -367,6 +393,7 @@ try {
   const podId = new URL(page.url()).pathname.split('/').pop();
   await page.getByTestId('pod-detail-phase').filter({ hasText: 'pending' }).waitFor();
   await page.getByTestId('pod-scheduling').filter({ hasText: 'pending' }).waitFor();
+  await page.getByTestId('usage-unavailable').filter({ hasText: 'Not placed on a node yet' }).waitFor();
   const containerRows = page.getByTestId('container-row');
   await containerRows.nth(1).waitFor();
   if ((await containerRows.count()) !== 2) throw new Error(`expected 2 container rows, got ${await containerRows.count()}`);
@@ -436,6 +463,17 @@ try {
   for (const b of ['Start', 'Stop', 'Restart', 'Force stop', 'Delete', 'Run'])
     if (await page.getByRole('button', { name: b, exact: true }).count()) throw new Error(`a viewer sees the ${b} button on a pod`);
   await check('pod-detail-viewer');
+  // … and a VM's page with its usage, but no console (a write channel), action or change; no
+  // tokens page in the navigation (the API refuses viewers the token list).
+  if (await page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: 'Tokens' }).count())
+    throw new Error('a viewer is offered the tokens page');
+  await nav('VMs');
+  await page.locator(`[data-testid="vm-row"][data-name="${VM}"]`).getByRole('link', { name: VM }).click();
+  await page.getByRole('heading', { name: VM }).waitFor();
+  await waitFor('a CPU value on the VM page (viewer)', 30_000, async () => parseFloat(await page.getByTestId('usage-cpu-now').innerText()) > 0);
+  for (const b of ['Console', 'Start', 'Stop', 'Restart', 'Kill', 'Delete', 'Apply', 'Attach'])
+    if (await page.getByRole('button', { name: b, exact: true }).count()) throw new Error(`a viewer sees the ${b} button on a VM`);
+  await check('vm-detail-viewer');
   await page.getByRole('button', { name: 'Log out' }).click();
   await page.getByLabel('API token').fill(TOKEN);
   await page.getByRole('button', { name: 'Log in' }).click();
