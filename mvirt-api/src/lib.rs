@@ -20,6 +20,8 @@ pub mod proto {
 #[cfg(feature = "server")]
 pub mod app;
 #[cfg(feature = "server")]
+pub mod backup;
+#[cfg(feature = "server")]
 pub mod grpc;
 #[cfg(feature = "server")]
 pub mod ipam;

@@ -26,6 +26,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Args {
     #[command(flatten)]
     common: CommonArgs,
+    /// Without a command: run the member.
+    #[command(subcommand)]
+    tool: Option<Tool>,
     /// REST API listen address.
     #[arg(long, default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
@@ -40,11 +43,16 @@ struct Args {
     #[arg(long)]
     advertise_host: Option<String>,
     /// REST URL of an existing member to join (first start only).
-    #[arg(long, requires = "token")]
+    #[arg(long, requires = "join_token")]
     join: Option<String>,
-    /// Join token from `POST /v1/controlplane/join-tokens`.
-    #[arg(long)]
+    /// Join token from `POST /v1/controlplane/join-tokens` (visible in `ps`: prefer
+    /// --token-file).
+    #[arg(long, group = "join_token")]
     token: Option<String>,
+    /// A file holding the join token; read only on the first start, when the member joins (it
+    /// may be deleted afterwards).
+    #[arg(long, group = "join_token")]
+    token_file: Option<PathBuf>,
     /// A node whose heartbeats stop for this long becomes offline.
     #[arg(long, default_value_t = 15_000)]
     node_offline_after_ms: u64,
@@ -79,6 +87,80 @@ struct Args {
     /// Lifetime of issued certificates (e.g. 90d, 12h, 30s); renewed at 2/3 of it. For tests.
     #[arg(long, default_value = "90d", value_parser = parse_lifetime, hide = true)]
     cert_lifetime: Duration,
+}
+
+/// Control-plane backups (see docs/deploy.md, "Backups of the control plane").
+#[derive(Debug, clap::Subcommand)]
+enum Tool {
+    /// Writes a consistent backup of this member's state (while it runs), with the cluster CA
+    /// and the admin token, to a new file (mode 0600: keep it like a root password).
+    Backup {
+        /// The member's data directory [default: --data-dir].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The backup file to create (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Prepares a new data directory from a backup: the next start of mvirt-api on it runs a
+    /// one-member cluster with the backup's state (after losing a majority of the members;
+    /// further members join it as usual). Run it as the user mvirt-api runs as.
+    Restore {
+        /// The backup file (from `mvirt-api backup`).
+        #[arg(long)]
+        from: PathBuf,
+        /// The data directory to create: absent or without mvirt-api files [default: --data-dir].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+fn run_tool(tool: Tool, default_data_dir: PathBuf) -> ExitCode {
+    let (what, result) = match tool {
+        Tool::Backup { data_dir, out } => {
+            let data_dir = data_dir.unwrap_or(default_data_dir);
+            let r = mvirt_api::backup::backup(&data_dir, &out).map(|info| {
+                format!(
+                    "backup of member {} at applied index {} written to {} (cluster CA: {}, admin token: {})",
+                    info.member_id,
+                    info.applied_index,
+                    out.display(),
+                    if info.has_ca { "included" } else { "none, plaintext cluster" },
+                    if info.has_admin_token { "included" } else { "not on this member" },
+                )
+            });
+            ("backup", r)
+        }
+        Tool::Restore { from, data_dir } => {
+            let data_dir = data_dir.unwrap_or(default_data_dir);
+            let r = mvirt_api::backup::restore(&from, &data_dir).map(|info| {
+                format!(
+                    "restored member {}'s backup (applied index {}) into {}: the next `mvirt-api --data-dir {}` runs a one-member cluster with this state; never start the old members again",
+                    info.member_id,
+                    info.applied_index,
+                    data_dir.display(),
+                    data_dir.display(),
+                )
+            });
+            ("restore", r)
+        }
+    };
+    match result {
+        Ok(message) => {
+            println!("mvirt-api {what}: {message}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let mut message = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                message.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            eprintln!("mvirt-api {what}: {message}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `<n>` followed by s, m, h or d.
@@ -120,6 +202,9 @@ fn main() -> ExitCode {
         eprintln!("mvirt-api: cannot opt out of transparent huge pages (continuing): {e}");
     }
     let args: Args = DAEMON.parse();
+    if let Some(tool) = args.tool {
+        return run_tool(tool, args.common.data_dir);
+    }
     let config = ServerConfig {
         listen: args.listen,
         grpc_listen: args.grpc_listen,
@@ -128,6 +213,7 @@ fn main() -> ExitCode {
         data_dir: args.common.data_dir.clone(),
         join: args.join,
         join_token: args.token,
+        join_token_file: args.token_file,
         node_offline_after: Duration::from_millis(args.node_offline_after_ms),
         strategy: args.scheduler,
         log_endpoint: args.log_endpoint,

@@ -124,9 +124,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 // ------------------------------------------------------------------------------ state machine
 
+/// A snapshot's data (also written by `backup::finish_restore`).
 #[derive(Serialize, Deserialize)]
-struct SnapshotPayload {
-    state: State,
+pub(crate) struct SnapshotPayload {
+    pub(crate) state: State,
 }
 
 /// The state machine: [`State`] in memory (shared for reads), every applied batch written to

@@ -35,6 +35,8 @@ pub struct ServerConfig {
     /// REST URL of an existing member to join (first start only).
     pub join: Option<String>,
     pub join_token: Option<String>,
+    /// A file holding the join token (read only when joining: it may be gone afterwards).
+    pub join_token_file: Option<PathBuf>,
     pub node_offline_after: Duration,
     pub strategy: Strategy,
     /// mvirt-log gRPC endpoint (empty: audit entries go to tracing only).
@@ -67,6 +69,7 @@ impl ServerConfig {
             data_dir: data_dir.to_path_buf(),
             join: None,
             join_token: None,
+            join_token_file: None,
             node_offline_after: Duration::from_secs(15),
             strategy: Strategy::Spread,
             log_endpoint: String::new(),
@@ -97,7 +100,7 @@ pub enum ServerError {
     Store(#[from] crate::store::StoreError),
     #[error("raft failed to start: {0}")]
     Raft(String),
-    #[error("--join needs --token")]
+    #[error("--join needs --token or --token-file")]
     JoinWithoutToken,
     #[error("joining the cluster at {url} failed: {message}")]
     Join { url: String, message: String },
@@ -105,6 +108,18 @@ pub enum ServerError {
     Tls(#[from] mvirt_common::tls::TlsError),
     #[error("{0}")]
     Config(String),
+}
+
+/// An error and its causes on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 /// The persisted identity of this member.
@@ -399,17 +414,44 @@ pub async fn start(
     let mut joined_ca = None;
 
     let identity_path = config.data_dir.join(IDENTITY_FILE);
+    // A data dir prepared by `mvirt-api restore` becomes a one-member cluster of this member.
+    let restored = crate::backup::finish_restore(&config.data_dir, &me)
+        .map_err(|e| ServerError::Config(format!("finishing the restore: {}", error_chain(&e))))?;
     let (identity, bootstrap) = if identity_path.exists() {
         let raw = std::fs::read_to_string(&identity_path).map_err(io_err(&identity_path))?;
         (
             serde_json::from_str::<Identity>(&raw).map_err(ServerError::Identity)?,
             false,
         )
+    } else if let Some(member_id) = restored {
+        let cluster_secret = random_secret();
+        (
+            Identity {
+                member_id,
+                cluster_secret,
+            },
+            false,
+        )
     } else if let Some(url) = &config.join {
-        let token = config
-            .join_token
-            .as_deref()
-            .ok_or(ServerError::JoinWithoutToken)?;
+        let token = match (&config.join_token, &config.join_token_file) {
+            (Some(token), _) => token.clone(),
+            (None, Some(file)) => {
+                let raw = std::fs::read_to_string(file).map_err(|e| ServerError::DataDir {
+                    path: file.display().to_string(),
+                    source: e,
+                })?;
+                let token = raw.trim();
+                if token.is_empty() {
+                    return Err(ServerError::Config(format!(
+                        "--token-file {}: the file is empty (expected the join token)",
+                        file.display()
+                    )));
+                }
+                token.to_string()
+            }
+            (None, None) => return Err(ServerError::JoinWithoutToken),
+        };
+        let token = token.as_str();
         let (client, pinned) = join_client(&config, url).await?;
         let joined = join_cluster(&client, url, token, &me).await?;
         if let Some(pinned) = pinned {
@@ -453,6 +495,10 @@ pub async fn start(
     if !identity_path.exists() {
         let json = serde_json::to_string(&identity).map_err(ServerError::Identity)?;
         write_private(&identity_path, &json)?;
+    }
+    if restored.is_some() {
+        crate::backup::restore_done(&config.data_dir)
+            .map_err(|e| ServerError::Config(error_chain(&e)))?;
     }
 
     let db_path = config.data_dir.join(DB_FILE);
