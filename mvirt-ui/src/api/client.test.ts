@@ -2,11 +2,12 @@ import { describe, expect, it, vi } from 'vitest';
 import { api, ApiError, errorFrom, getSession, listAll, setSession } from './client';
 
 describe('errors', () => {
-  it('carry the API envelope message, code and details', () => {
-    const e = errorFrom(409, '{"error":{"code":"conflict","message":"network n is in use","details":{"in_use_by":["x"]}}}');
+  it('carry the API envelope message, code, details and request id', () => {
+    const e = errorFrom(409, '{"error":{"code":"conflict","message":"network n is in use","details":{"in_use_by":["x"]},"request_id":"req-9"}}');
     expect(e).toBeInstanceOf(ApiError);
-    expect([e.status, e.code, e.message]).toEqual([409, 'conflict', 'network n is in use']);
+    expect([e.status, e.code, e.message, e.requestId]).toEqual([409, 'conflict', 'network n is in use', 'req-9']);
     expect(e.details).toEqual({ in_use_by: ['x'] });
+    expect(errorFrom(404, '{"error":{"code":"not_found","message":"no","details":null,"request_id":null}}').requestId).toBeUndefined();
   });
   it('fall back to the body text when it is not an envelope', () => {
     expect(errorFrom(502, 'Bad Gateway').message).toBe('Bad Gateway');

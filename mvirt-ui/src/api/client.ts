@@ -3,7 +3,8 @@
 // so every page can show the API's own message.
 
 export interface ErrorEnvelope {
-  error: { code: string; message: string; details?: unknown };
+  /** `request_id`: the request's trace id (`GET /v1/logs?trace_id=` finds the work it caused). */
+  error: { code: string; message: string; details?: unknown; request_id?: string | null };
 }
 
 export class ApiError extends Error {
@@ -12,6 +13,7 @@ export class ApiError extends Error {
     readonly code: string,
     message: string,
     readonly details?: unknown,
+    readonly requestId?: string,
   ) {
     super(message);
     this.name = 'ApiError';
@@ -23,7 +25,7 @@ export function errorFrom(status: number, body: string): ApiError {
   try {
     const parsed = JSON.parse(body) as Partial<ErrorEnvelope>;
     if (parsed.error && typeof parsed.error.message === 'string') {
-      return new ApiError(status, parsed.error.code ?? 'unknown', parsed.error.message, parsed.error.details);
+      return new ApiError(status, parsed.error.code ?? 'unknown', parsed.error.message, parsed.error.details, parsed.error.request_id ?? undefined);
     }
   } catch {
     // not JSON: fall through

@@ -1,6 +1,7 @@
 // Small building blocks shared by every page: buttons, cards, tables, badges, form fields,
 // dialogs and the API error box.
 import { useEffect, useId, useRef, useState, type ButtonHTMLAttributes, type ReactNode } from 'react';
+import { Link } from 'react-router';
 import { ApiError } from '../api/client';
 
 type Variant = 'primary' | 'secondary' | 'danger' | 'ghost';
@@ -92,12 +93,14 @@ export function Empty({ children }: { children: ReactNode }) {
   return <p className="rounded-lg border border-dashed border-line p-6 text-center text-sm text-muted">{children}</p>;
 }
 
-/** Shows an error with the API's own message (and code). */
+/** Shows an error with the API's own message (and code, details, and the request's id with a
+ *  link to the audit entries of the work it caused). */
 export function ErrorBox({ error, onClose }: { error: unknown; onClose?: () => void }) {
   if (!error) return null;
   const e = error as Error;
   const code = error instanceof ApiError ? error.code : undefined;
   const details = error instanceof ApiError && error.details && Object.keys(error.details as object).length ? JSON.stringify(error.details) : undefined;
+  const requestId = error instanceof ApiError ? error.requestId : undefined;
   return (
     <div
       role="alert"
@@ -107,6 +110,14 @@ export function ErrorBox({ error, onClose }: { error: unknown; onClose?: () => v
         <span className="font-medium">{e.message}</span>
         {code && <span className="ml-2 font-mono text-xs">({code})</span>}
         {details && <div className="mt-1 font-mono text-xs break-all">{details}</div>}
+        {requestId && (
+          <div className="mt-1 text-xs">
+            request{' '}
+            <Link className="font-mono underline" to={`/audit?trace_id=${encodeURIComponent(requestId)}`} title="the audit entries of this request">
+              {requestId}
+            </Link>
+          </div>
+        )}
       </div>
       {onClose && (
         <button type="button" className="text-xs underline" onClick={onClose}>

@@ -145,12 +145,21 @@ export default function AuditLog() {
 
   const seen = new Set(live.map((e) => e.id));
   const entries = [...live, ...(pages.data?.pages.flatMap((p) => p.entries) ?? []).filter((e) => !seen.has(e.id))];
+  // The URL is where the filters live: a link to this page (a request id in an error, a
+  // resource's log links) changes them as the Apply button does.
+  const search = params.toString();
+  useEffect(() => {
+    const f = filtersFrom(new URLSearchParams(search));
+    const same = (old: Filters) => JSON.stringify(old) === JSON.stringify(f);
+    setFilters((old) => (same(old) ? old : f));
+    setDraft((old) => (same(old) ? old : f));
+  }, [search]);
   const show = (f: Filters) => {
-    setDraft(f);
-    setFilters(f);
     const q = new URLSearchParams();
     for (const [k, v] of Object.entries(query(f))) if (v) q.set(k, v);
-    setParams(q, { replace: true });
+    setDraft(f);
+    if (q.toString() === search) setFilters(f);
+    else setParams(q, { replace: true });
   };
   const apply = (e: FormEvent) => {
     e.preventDefault();

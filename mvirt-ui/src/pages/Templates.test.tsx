@@ -36,11 +36,11 @@ const node = (id: string, name: string) => ({
 });
 
 describe('Templates', () => {
-  it("show each node's import, and cancel a running import (the API's refusal shown)", async () => {
+  it("show each node's import, and cancel a running import (the API's refusal shown, with its request id)", async () => {
     const calls = stubApi((url, init) => {
       if (url.startsWith('/v1/whoami')) return json({ role: 'operator' });
       if (url === `/v1/templates/${template.id}/cancel` && init.method === 'POST')
-        return json({ error: { code: 'failed_precondition', message: 'template debian: nothing to cancel' } }, 409);
+        return json({ error: { code: 'failed_precondition', message: 'template debian: nothing to cancel', details: null, request_id: 'req-c1' } }, 409);
       if (url.startsWith('/v1/templates')) return page([template]);
       if (url.startsWith('/v1/nodes')) return page([node('n1', 'alpha'), node('n2', 'beta')]);
       return undefined;
@@ -54,7 +54,10 @@ describe('Templates', () => {
     expect(within(perNode[0]).getByText('100% of 400 MiB')).toBeTruthy();
     expect(within(perNode[1]).getByText('downloading')).toBeTruthy();
     await userEvent.click(await within(row).findByRole('button', { name: 'Cancel import' }));
-    expect((await screen.findByRole('alert')).textContent).toContain('template debian: nothing to cancel');
+    const alert = await screen.findByRole('alert');
+    expect(alert.textContent).toContain('template debian: nothing to cancel');
+    // The request's id links to the audit entries of its work.
+    expect(within(alert).getByRole('link', { name: 'req-c1' }).getAttribute('href')).toBe('/audit?trace_id=req-c1');
     expect(calls.filter((c) => c.url.endsWith('/cancel') && c.init.method === 'POST')).toHaveLength(1);
   });
 
