@@ -623,6 +623,9 @@ pub fn router_advertisement(cfg: &NicConfig, dst: Ipv6Addr) -> Vec<u8> {
     out
 }
 
+/// Longest DUID (RFC 8415 §11.1: a 2-byte type and at most 128 bytes of identifier).
+const MAX_DUID_LEN: usize = 130;
+
 /// The gateway's DHCPv6 server DUID (DUID-LL of the gateway MAC).
 fn server_duid() -> Vec<u8> {
     let mut duid = vec![0, 3, 0, 1];
@@ -640,6 +643,16 @@ fn answer_dhcp6(cfg: &NicConfig, src: Ipv6Addr, payload: &[u8]) -> Option<Vec<u8
         Some(v6::DhcpOption::ClientId(id)) => id.clone(),
         _ => return None,
     };
+    // The reply echoes the client's DUID: one longer than a DUID can be would make the reply
+    // larger than the request (a reflection amplifier; found by `tests/fuzz_responder.rs`).
+    if client_id.len() > MAX_DUID_LEN {
+        tracing::debug!(
+            nic = cfg.nic_id,
+            len = client_id.len(),
+            "DHCPv6 message with an overlong client DUID ignored"
+        );
+        return None;
+    }
     let rapid = request.opts().get(v6::OptionCode::RapidCommit).is_some();
     let kind = match request.msg_type() {
         v6::MessageType::Solicit if rapid => v6::MessageType::Reply,

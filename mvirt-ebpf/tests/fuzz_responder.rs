@@ -428,3 +428,62 @@ fn dhcp_messages_that_crashed_the_decoder_are_ignored() {
         .expect("frame");
     assert_eq!(answer(&cfg, &out), None);
 }
+
+/// The long run (seed 7310925419, case 4897133 of `responder/payloads`) found a DHCPv6 Solicit
+/// whose ~1,000-byte client id the reply echoed: 1,202 bytes back for 1,104 in. A client id
+/// longer than a DUID (130 bytes) now gets no answer; one of exactly 130 bytes still does, and
+/// its reply is smaller than the 600-byte bound.
+#[test]
+fn a_dhcpv6_client_id_longer_than_a_duid_gets_no_answer() {
+    let cfg = NicConfig {
+        nic_id: "regression".into(),
+        mac: [2, 0, 0, 0, 0, 1],
+        ipv4: None,
+        ipv6: Some(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1)),
+        ipv4_prefix: None,
+        ipv6_prefix: None,
+        dns_servers: (0..8)
+            .map(|i| IpAddr::V6(Ipv6Addr::new(0xfd00, 0x53, 0, 0, 0, 0, 0, i)))
+            .collect(),
+        ntp_servers: vec![],
+        hostname: String::new(),
+        lease_secs: 60,
+        mtu: 0,
+    };
+    let solicit = |client_id_len: usize| {
+        let mut msg = v6::Message::new(v6::MessageType::Solicit);
+        msg.opts_mut()
+            .insert(v6::DhcpOption::ClientId(vec![7; client_id_len]));
+        msg.opts_mut().insert(v6::DhcpOption::RapidCommit);
+        msg.opts_mut().insert(v6::DhcpOption::IANA(v6::IANA {
+            id: 1,
+            t1: 0,
+            t2: 0,
+            opts: v6::DhcpOptions::new(),
+        }));
+        let mut body = Vec::new();
+        msg.encode(&mut Encoder::new(&mut body)).expect("encode");
+        let mut out = Vec::new();
+        PacketBuilder::ethernet2(cfg.mac, [0x33, 0x33, 0, 1, 0, 2])
+            .ipv6(
+                Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 2).octets(),
+                Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 1, 2).octets(),
+                64,
+            )
+            .udp(546, 547)
+            .write(&mut out, &body)
+            .expect("frame");
+        out
+    };
+    for len in [131, 1000, 1400] {
+        assert_eq!(
+            answer(&cfg, &solicit(len)),
+            None,
+            "client id of {len} bytes"
+        );
+    }
+    let frame = solicit(130);
+    let reply = answer(&cfg, &frame).expect("a DUID of 130 bytes is answered");
+    check(&cfg, &frame);
+    assert!(reply.len() <= 600, "{}-byte reply", reply.len());
+}
