@@ -7,24 +7,100 @@ use std::sync::Arc;
 use futures::{Stream, StreamExt};
 use mvirt_common::version::VersionInfo;
 use tokio_stream::wrappers::WatchStream;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
+use crate::backup::{Backup, Backups};
 use crate::drift::{self, DriftKind};
 use crate::fetch::Format;
 use crate::import::{ImportManager, ImportRequest};
 use crate::proto::{self, zfs_service_server::ZfsService};
-use crate::storage::{self, Storage};
+use crate::storage::replica::{ReceiveHeader, ReplicationSnapshot, StreamPart};
+use crate::storage::{self, Storage, StorageError};
 use crate::store::{JobRecord, Phase, TemplateState};
 
 /// The gRPC service.
 pub struct ZfsGrpc {
     pub storage: Arc<Storage>,
     pub imports: Arc<ImportManager>,
+    pub backups: Arc<Backups>,
     pub version: VersionInfo,
+}
+
+fn replication_snapshot_to_proto(s: ReplicationSnapshot) -> proto::ReplicationSnapshot {
+    proto::ReplicationSnapshot {
+        id: s.id,
+        volume_id: s.volume_id,
+        created_at: s.created_at,
+        used_bytes: s.used_bytes,
+        referenced_bytes: s.referenced_bytes,
+    }
+}
+
+fn backup_to_proto(b: Backup) -> proto::Backup {
+    let m = b.manifest;
+    proto::Backup {
+        id: m.id,
+        volume_id: m.volume_id,
+        volume_name: m.volume_name,
+        base_backup_id: m.base_backup_id.unwrap_or_default(),
+        size_bytes: m.size_bytes,
+        sha256: m.sha256,
+        volume_size_bytes: m.volume_size_bytes,
+        created_at: m.created_at,
+        path: b.path.display().to_string(),
+    }
+}
+
+/// The parts of a ReceiveVolume stream after its header: data, then the trailer.
+fn receive_parts(
+    first_data: bytes::Bytes,
+    first_trailer: Option<StreamPart>,
+    rest: Streaming<proto::ReceiveVolumeRequest>,
+) -> Pin<Box<dyn Stream<Item = Result<StreamPart, StorageError>> + Send>> {
+    fn parts_of(
+        data: bytes::Bytes,
+        sha256: String,
+        byte_count: u64,
+    ) -> Vec<Result<StreamPart, StorageError>> {
+        let mut parts = Vec::new();
+        if !data.is_empty() {
+            parts.push(Ok(StreamPart::Data(data)));
+        }
+        if !sha256.is_empty() {
+            parts.push(Ok(StreamPart::Trailer { sha256, byte_count }));
+        }
+        parts
+    }
+    let mut head = Vec::new();
+    if !first_data.is_empty() {
+        head.push(Ok(StreamPart::Data(first_data)));
+    }
+    head.extend(first_trailer.map(Ok));
+    let rest = rest.flat_map(|item| {
+        let parts = match item {
+            Ok(m) => {
+                if m.header.is_some() {
+                    vec![Err(StorageError::InvalidArgument(
+                        "only the first message of a stream carries a header".into(),
+                    ))]
+                } else {
+                    parts_of(m.data, m.sha256, m.byte_count)
+                }
+            }
+            Err(status) => vec![Err(StorageError::InvalidArgument(format!(
+                "the stream broke off: {}",
+                status.message()
+            )))],
+        };
+        futures::stream::iter(parts)
+    });
+    Box::pin(futures::stream::iter(head).chain(rest))
 }
 
 fn volume_to_proto(v: storage::Volume) -> proto::Volume {
     proto::Volume {
+        replica: v.replica_source.is_some(),
+        replica_source: v.replica_source.unwrap_or_default(),
         id: v.record.id,
         name: v.record.name,
         size_bytes: v.record.size_bytes,
@@ -107,6 +183,7 @@ pub fn job_to_proto(j: JobRecord) -> proto::ImportJob {
 }
 
 type JobStream = Pin<Box<dyn Stream<Item = Result<proto::ImportJob, Status>> + Send>>;
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<proto::VolumeStreamChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl ZfsService for ZfsGrpc {
@@ -399,5 +476,208 @@ impl ZfsService for ZfsGrpc {
             .promote_snapshot(&r.volume_id, &r.snapshot_id, &r.template_id, &r.name)
             .await?;
         Ok(Response::new(template_to_proto(t)))
+    }
+
+    async fn create_replication_snapshot(
+        &self,
+        request: Request<proto::CreateReplicationSnapshotRequest>,
+    ) -> Result<Response<proto::ReplicationSnapshot>, Status> {
+        let r = request.into_inner();
+        let s = self
+            .storage
+            .create_replication_snapshot(&r.volume_id, &r.snapshot_id)
+            .await?;
+        Ok(Response::new(replication_snapshot_to_proto(s)))
+    }
+
+    async fn list_replication_snapshots(
+        &self,
+        request: Request<proto::ListReplicationSnapshotsRequest>,
+    ) -> Result<Response<proto::ListReplicationSnapshotsResponse>, Status> {
+        let snapshots = self
+            .storage
+            .list_replication_snapshots(&request.into_inner().volume_id)
+            .await?;
+        Ok(Response::new(proto::ListReplicationSnapshotsResponse {
+            snapshots: snapshots
+                .into_iter()
+                .map(replication_snapshot_to_proto)
+                .collect(),
+        }))
+    }
+
+    async fn prune_replication_snapshots(
+        &self,
+        request: Request<proto::PruneReplicationSnapshotsRequest>,
+    ) -> Result<Response<proto::PruneReplicationSnapshotsResponse>, Status> {
+        let r = request.into_inner();
+        let deleted = self
+            .storage
+            .prune_replication_snapshots(&r.volume_id, r.keep_last)
+            .await?;
+        Ok(Response::new(proto::PruneReplicationSnapshotsResponse {
+            deleted_snapshot_ids: deleted,
+        }))
+    }
+
+    type SendVolumeStream = ChunkStream;
+
+    async fn send_volume(
+        &self,
+        request: Request<proto::SendVolumeRequest>,
+    ) -> Result<Response<Self::SendVolumeStream>, Status> {
+        let r = request.into_inner();
+        let mut sender = self
+            .storage
+            .send_volume(&r.volume_id, &r.snapshot_id, &r.base_snapshot_id)
+            .await?;
+        // A few chunks in flight: `zfs send` runs at the pace the receiver reads.
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            loop {
+                match sender.next_chunk().await {
+                    Ok(Some(data)) => {
+                        let chunk = proto::VolumeStreamChunk {
+                            data,
+                            ..Default::default()
+                        };
+                        if tx.send(Ok(chunk)).await.is_err() {
+                            // The caller went away; dropping `sender` kills `zfs send`.
+                            return;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(err) => {
+                        let _ = tx.send(Err(err.into())).await;
+                        return;
+                    }
+                }
+            }
+            let last = sender.finish().await.map(|sum| proto::VolumeStreamChunk {
+                data: Default::default(),
+                sha256: sum.sha256,
+                byte_count: sum.byte_count,
+            });
+            let _ = tx.send(last.map_err(Status::from)).await;
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn receive_volume(
+        &self,
+        request: Request<Streaming<proto::ReceiveVolumeRequest>>,
+    ) -> Result<Response<proto::ReceiveVolumeResponse>, Status> {
+        let mut inbound = request.into_inner();
+        let first = inbound.message().await?.ok_or_else(|| {
+            Status::invalid_argument("the stream is empty: the first message must carry the header")
+        })?;
+        let header = first
+            .header
+            .ok_or_else(|| Status::invalid_argument("the first message must carry the header"))?;
+        let trailer = (!first.sha256.is_empty()).then(|| StreamPart::Trailer {
+            sha256: first.sha256,
+            byte_count: first.byte_count,
+        });
+        let parts = receive_parts(first.data, trailer, inbound);
+        let header = ReceiveHeader {
+            volume_id: header.volume_id,
+            name: header.name,
+            base_snapshot_id: header.base_snapshot_id,
+            source: header.source,
+        };
+        // In a task of its own: a caller that goes away mid-stream must not cut off the
+        // clean-up of what was received so far.
+        let storage = self.storage.clone();
+        let received = tokio::spawn(async move { storage.receive_volume(header, parts).await })
+            .await
+            .map_err(|e| Status::internal(format!("receive failed: {e}")))??;
+        Ok(Response::new(proto::ReceiveVolumeResponse {
+            volume: Some(volume_to_proto(received.volume)),
+            snapshot_id: received.snapshot_id,
+            byte_count: received.sum.byte_count,
+            sha256: received.sum.sha256,
+        }))
+    }
+
+    async fn list_replicas(
+        &self,
+        _: Request<proto::ListReplicasRequest>,
+    ) -> Result<Response<proto::ListVolumesResponse>, Status> {
+        let volumes = self.storage.list_replicas().await?;
+        Ok(Response::new(proto::ListVolumesResponse {
+            volumes: volumes.into_iter().map(volume_to_proto).collect(),
+        }))
+    }
+
+    async fn promote_replica(
+        &self,
+        request: Request<proto::PromoteReplicaRequest>,
+    ) -> Result<Response<proto::Volume>, Status> {
+        let v = self
+            .storage
+            .promote_replica(&request.into_inner().volume_id)
+            .await?;
+        Ok(Response::new(volume_to_proto(v)))
+    }
+
+    async fn create_backup(
+        &self,
+        request: Request<proto::CreateBackupRequest>,
+    ) -> Result<Response<proto::Backup>, Status> {
+        let r = request.into_inner();
+        // Runs to its end even if the caller goes away (no half-written backup left behind).
+        let backups = self.backups.clone();
+        let backup =
+            tokio::spawn(async move { backups.create(&r.id, &r.volume_id, r.incremental).await })
+                .await
+                .map_err(|e| Status::internal(format!("backup failed: {e}")))??;
+        Ok(Response::new(backup_to_proto(backup)))
+    }
+
+    async fn list_backups(
+        &self,
+        request: Request<proto::ListBackupsRequest>,
+    ) -> Result<Response<proto::ListBackupsResponse>, Status> {
+        let backups = self.backups.list(&request.into_inner().volume_id).await?;
+        Ok(Response::new(proto::ListBackupsResponse {
+            backups: backups.into_iter().map(backup_to_proto).collect(),
+        }))
+    }
+
+    async fn delete_backup(
+        &self,
+        request: Request<proto::DeleteBackupRequest>,
+    ) -> Result<Response<proto::DeleteBackupResponse>, Status> {
+        let r = request.into_inner();
+        let deleted = self.backups.delete(&r.id, r.with_dependents).await?;
+        Ok(Response::new(proto::DeleteBackupResponse {
+            deleted_backup_ids: deleted,
+        }))
+    }
+
+    async fn prune_backups(
+        &self,
+        request: Request<proto::PruneBackupsRequest>,
+    ) -> Result<Response<proto::PruneBackupsResponse>, Status> {
+        let r = request.into_inner();
+        let deleted = self.backups.prune(&r.volume_id, r.keep_last).await?;
+        Ok(Response::new(proto::PruneBackupsResponse {
+            deleted_backup_ids: deleted,
+        }))
+    }
+
+    async fn restore_backup(
+        &self,
+        request: Request<proto::RestoreBackupRequest>,
+    ) -> Result<Response<proto::Volume>, Status> {
+        let r = request.into_inner();
+        let backups = self.backups.clone();
+        let volume =
+            tokio::spawn(async move { backups.restore(&r.backup_id, &r.volume_id, &r.name).await })
+                .await
+                .map_err(|e| Status::internal(format!("restore failed: {e}")))??;
+        Ok(Response::new(volume_to_proto(volume)))
     }
 }

@@ -6,6 +6,7 @@
 //!                                        /vmlinuz, /initramfs, /cmdline   optional direct boot
 //! <pool>/<parent>/staging/<volume id>.new           copy of a clone being made independent
 //! <pool>/<parent>/staging/<volume id>.old           the clone it replaces, until destroyed
+//! <pool>/<parent>/staging/<volume id>.recv          a stream being received (replica, restore)
 //! ```
 //! Ids are validated UUIDs before they get here, so they are safe in dataset names and paths.
 
@@ -23,6 +24,13 @@ pub const BASE_SNAPSHOT: &str = "base";
 
 /// The snapshot a clone is copied from when it is made independent of its template.
 pub const DETACH_SNAPSHOT: &str = "mvirt-detach";
+
+/// Replication snapshots are `volumes/<id>@repl-<snapshot id>`.
+pub const REPLICATION_PREFIX: &str = "repl-";
+/// Backup snapshots are `volumes/<id>@backup-<backup id>` (the newest backup's stays).
+pub const BACKUP_PREFIX: &str = "backup-";
+/// Set (to the sender's description) on a volume received from another node until promoted.
+pub const PROP_REPLICA: &str = "mvirt:replica";
 
 /// ZFS user properties that label datasets with mvirt ids.
 pub const PROP_ID: &str = "mvirt:id";
@@ -57,6 +65,26 @@ impl Layout {
     /// Where the clone of volume `id` waits to be destroyed once its copy is in place.
     pub fn detach_old(&self, id: &str) -> String {
         format!("{}/staging/{id}.old", self.root)
+    }
+    /// Where a stream is received (a new replica, a restored backup) before it takes its name.
+    pub fn receive_staging(&self, id: &str) -> String {
+        format!("{}/staging/{id}.recv", self.root)
+    }
+    /// Where [`Layout::receive_staging`] is mounted.
+    pub fn receive_staging_dir(&self, id: &str) -> PathBuf {
+        self.mountpoint.join("staging").join(format!("{id}.recv"))
+    }
+    pub fn replication_snapshot(&self, volume_id: &str, snapshot_id: &str) -> String {
+        format!(
+            "{}/volumes/{volume_id}@{REPLICATION_PREFIX}{snapshot_id}",
+            self.root
+        )
+    }
+    pub fn backup_snapshot(&self, volume_id: &str, backup_id: &str) -> String {
+        format!(
+            "{}/volumes/{volume_id}@{BACKUP_PREFIX}{backup_id}",
+            self.root
+        )
     }
     pub fn volume_dataset(&self, id: &str) -> String {
         format!("{}/volumes/{id}", self.root)

@@ -15,6 +15,8 @@ pub mod proto {
 }
 
 #[cfg(feature = "server")]
+pub mod backup;
+#[cfg(feature = "server")]
 pub mod command;
 #[cfg(feature = "server")]
 pub mod drift;
@@ -40,6 +42,8 @@ pub mod storage;
 pub mod store;
 #[cfg(feature = "server")]
 pub mod zfs;
+#[cfg(feature = "server")]
+pub mod zstream;
 
 #[cfg(feature = "server")]
 pub use server::{run, Config, Daemon};

@@ -31,6 +31,10 @@ struct Flags {
     /// ZFS compression set on the parent dataset when it is created.
     #[arg(long, default_value = "on")]
     compression: String,
+    /// Directory for volume backups (zfs send stream files + JSON manifests); an absolute
+    /// path, created with mode 0700 (default: <data-dir>/backups).
+    #[arg(long)]
+    backup_dir: Option<PathBuf>,
 }
 
 const DAEMON: DaemonSpec = DaemonSpec {
@@ -45,7 +49,12 @@ const DAEMON: DaemonSpec = DaemonSpec {
 
 fn main() -> ExitCode {
     let flags: Flags = DAEMON.parse();
+    let backup_dir = flags.backup_dir.unwrap_or_else(|| {
+        let dir = flags.daemon.common.data_dir.join("backups");
+        std::path::absolute(&dir).unwrap_or(dir)
+    });
     let config = mvirt_zfs::Config {
+        backup_dir,
         pool: flags.pool,
         parent_dataset: flags.parent_dataset,
         data_dir: flags.daemon.common.data_dir.clone(),

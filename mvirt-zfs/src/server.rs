@@ -9,6 +9,7 @@ use mvirt_common::listen::Listener;
 use mvirt_common::version::VersionInfo;
 use mvirt_common::Shutdown;
 
+use crate::backup::{BackupDirError, Backups};
 use crate::drift;
 use crate::grpc::ZfsGrpc;
 use crate::import::{ImportError, ImportManager};
@@ -34,6 +35,8 @@ pub struct Config {
     pub log_endpoint: String,
     /// `compression` set on the parent dataset when it is created.
     pub compression: String,
+    /// Where backups go (absolute; created with mode 0700).
+    pub backup_dir: PathBuf,
 }
 
 /// Why the daemon could not start or stopped with an error.
@@ -59,6 +62,12 @@ pub enum StartError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    BackupDir(#[from] BackupDirError),
+    #[error("cannot clean up interrupted receives")]
+    RecoverReceives(#[source] StorageError),
+    #[error("cannot clean up interrupted backups")]
+    RecoverBackups(#[source] StorageError),
     #[error("cannot recover interrupted detaches of clones")]
     RecoverDetach(#[source] StorageError),
     #[error("cannot recover interrupted imports")]
@@ -80,6 +89,7 @@ fn valid_dataset_component(s: &str) -> bool {
 pub struct Daemon {
     pub storage: Arc<Storage>,
     pub imports: Arc<ImportManager>,
+    pub backups: Arc<Backups>,
 }
 
 impl Daemon {
@@ -161,6 +171,21 @@ impl Daemon {
             config.import_dir.clone(),
             shutdown.token(),
         ));
+        let backups = Arc::new(Backups::open(storage.clone(), &config.backup_dir)?);
+        let receives = storage
+            .recover_receives()
+            .await
+            .map_err(StartError::RecoverReceives)?;
+        if !receives.is_empty() {
+            tracing::warn!(volumes = ?receives, "removed receives interrupted by a restart");
+        }
+        let leftovers = backups
+            .recover()
+            .await
+            .map_err(StartError::RecoverBackups)?;
+        if leftovers > 0 {
+            tracing::warn!(leftovers, "removed what interrupted backups left");
+        }
         storage
             .recover_detaches()
             .await
@@ -188,7 +213,11 @@ impl Daemon {
             drift = drift.len(),
             "storage ready"
         );
-        Ok(Self { storage, imports })
+        Ok(Self {
+            storage,
+            imports,
+            backups,
+        })
     }
 
     /// Serves on `listener` until `shutdown` fires.
@@ -200,6 +229,7 @@ impl Daemon {
         let service = ZfsGrpc {
             storage: self.storage.clone(),
             imports: self.imports,
+            backups: self.backups,
             version: VersionInfo::new("mvirt-zfs", env!("CARGO_PKG_VERSION")),
         };
         crate::metrics::watch(&self.storage, &shutdown);

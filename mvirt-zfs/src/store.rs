@@ -62,6 +62,14 @@ CREATE INDEX import_jobs_template ON import_jobs (template_id, created_at);
 ALTER TABLE templates ADD COLUMN kernel_sha256 TEXT NOT NULL DEFAULT '';
 ALTER TABLE templates ADD COLUMN initramfs_sha256 TEXT NOT NULL DEFAULT '';
 "#,
+    // Volumes received from another node and not promoted yet (see storage::replica).
+    r#"
+CREATE TABLE replicas (
+    volume_id TEXT PRIMARY KEY REFERENCES volumes(id) ON DELETE CASCADE,
+    source TEXT NOT NULL,
+    received_at INTEGER NOT NULL
+);
+"#,
 ];
 
 /// Failure of a metadata operation.
@@ -374,6 +382,57 @@ impl Store {
                 "UPDATE volumes SET size_bytes = ?2 WHERE id = ?1",
                 params![id, size as i64],
             )
+            .map_err(StoreError::Sql)?;
+        Ok(())
+    }
+
+    /// Inserts a received volume and its replica row in one transaction.
+    pub fn insert_replica(&self, v: &VolumeRecord, source: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(StoreError::Sql)?;
+        tx.execute(
+            "INSERT INTO volumes (id, name, size_bytes, spec_size_bytes, template_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![v.id, v.name, v.size_bytes as i64, v.spec_size_bytes as i64, v.template_id, v.created_at],
+        )
+        .map_err(sql_err(&v.name))?;
+        tx.execute(
+            "INSERT INTO replicas (volume_id, source, received_at) VALUES (?1, ?2, ?3)",
+            params![v.id, source, v.created_at],
+        )
+        .map_err(StoreError::Sql)?;
+        tx.commit().map_err(StoreError::Sql)
+    }
+
+    /// The source of replica `id`, `None` when it is no replica.
+    pub fn replica_source(&self, id: &str) -> Result<Option<String>, StoreError> {
+        self.conn()
+            .query_row(
+                "SELECT source FROM replicas WHERE volume_id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(StoreError::Sql)
+    }
+
+    /// Every replica's source, by volume id.
+    pub fn replica_sources(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, String>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT volume_id, source FROM replicas")
+            .map_err(StoreError::Sql)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(StoreError::Sql)?;
+        rows.collect::<Result<_, _>>().map_err(StoreError::Sql)
+    }
+
+    /// Forgets that volume `id` is a replica (it was promoted).
+    pub fn delete_replica(&self, id: &str) -> Result<(), StoreError> {
+        self.conn()
+            .execute("DELETE FROM replicas WHERE volume_id = ?1", [id])
             .map_err(StoreError::Sql)?;
         Ok(())
     }

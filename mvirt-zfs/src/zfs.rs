@@ -201,6 +201,35 @@ impl Zfs {
         Ok(result)
     }
 
+    /// Property values of several datasets or snapshots (one `zfs get` call).
+    pub async fn get_each(
+        &self,
+        names: &[String],
+        props: &[&str],
+    ) -> Result<BTreeMap<String, Properties>, ZfsError> {
+        if names.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let list = props.join(",");
+        let mut args = vec!["get", "-H", "-p", "-o", "name,property,value", &list];
+        args.extend(names.iter().map(String::as_str));
+        let out = self.zfs(&names[0], &args).await?;
+        let mut result: BTreeMap<String, Properties> = BTreeMap::new();
+        for line in out.lines().filter(|l| !l.is_empty()) {
+            let mut fields = line.splitn(3, '\t');
+            let (Some(name), Some(prop), Some(value)) =
+                (fields.next(), fields.next(), fields.next())
+            else {
+                return Err(ZfsError::Parse(line.to_string()));
+            };
+            result
+                .entry(name.to_string())
+                .or_default()
+                .insert(prop.to_string(), value.to_string());
+        }
+        Ok(result)
+    }
+
     /// One numeric property of one dataset.
     pub async fn get_u64(&self, dataset: &str, prop: &str) -> Result<u64, ZfsError> {
         let props = self.get(dataset, &[prop], false).await?;

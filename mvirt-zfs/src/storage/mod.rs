@@ -10,6 +10,7 @@
 //! This file holds the shared types, errors and helpers.
 
 mod pool;
+pub mod replica;
 mod snapshot;
 mod template;
 mod volume;
@@ -47,6 +48,9 @@ pub enum StorageError {
     Zfs(#[from] ZfsError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Data that arrived or was stored is not what its checksum says (gRPC DATA_LOSS).
+    #[error("{0}")]
+    DataLoss(String),
     #[error("{context}")]
     Io {
         context: String,
@@ -66,13 +70,25 @@ impl HasErrorKind for StorageError {
             StorageError::FailedPrecondition(_) => ErrorKind::FailedPrecondition,
             StorageError::Zfs(e) => e.kind(),
             StorageError::Store(e) => e.kind(),
-            StorageError::Io { .. } => ErrorKind::Internal,
+            // DATA_LOSS has no ErrorKind; the conversion below maps it.
+            StorageError::Io { .. } | StorageError::DataLoss(_) => ErrorKind::Internal,
         }
     }
 }
-mvirt_common::impl_status_from!(StorageError);
 
-fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StorageError {
+impl From<StorageError> for tonic::Status {
+    fn from(err: StorageError) -> Self {
+        match &err {
+            StorageError::DataLoss(message) => {
+                tracing::warn!(error = %message, "data loss");
+                tonic::Status::data_loss(message.clone())
+            }
+            _ => mvirt_common::error::to_status(&err),
+        }
+    }
+}
+
+pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StorageError {
     let context = context.into();
     move |source| StorageError::Io { context, source }
 }
@@ -88,6 +104,8 @@ pub struct Volume {
     pub initramfs_path: String,
     pub cmdline: String,
     pub in_use_by: Vec<u32>,
+    /// The source of a replica (received, not promoted); `None` for a normal volume.
+    pub replica_source: Option<String>,
 }
 
 /// A snapshot as reported to callers.

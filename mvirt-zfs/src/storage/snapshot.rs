@@ -21,6 +21,7 @@ impl Storage {
         validate::dns_label("snapshot name", name)?;
         let _guard = self.locks.lock(volume_id).await;
         let volume = self.volume_record(volume_id)?;
+        self.check_not_replica(volume_id, "taking snapshots of it")?;
         if let Some(existing) = self.store.get_snapshot(id)? {
             if existing.volume_id == volume_id && existing.name == name {
                 return self.snapshot_view(existing).await;
@@ -133,6 +134,7 @@ impl Storage {
         let _guard = self.locks.lock(volume_id).await;
         let volume = self.volume_record(volume_id)?;
         let record = self.snapshot_record(volume_id, id)?;
+        self.check_not_replica(volume_id, "rolling it back")?;
         let image = self.layout.volume_dir(volume_id).join(layout::IMAGE_FILE);
         let holders = tokio::task::spawn_blocking(move || processes_holding(&image))
             .await

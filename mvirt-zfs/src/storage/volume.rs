@@ -63,7 +63,7 @@ impl Storage {
         self.volume_view(record).await
     }
 
-    pub(super) fn check_volume_name(&self, name: &str) -> Result<(), StorageError> {
+    pub(crate) fn check_volume_name(&self, name: &str) -> Result<(), StorageError> {
         if let Some(owner) = self.store.volume_name_owner(name)? {
             return Err(StorageError::AlreadyExists(format!(
                 "volume name {name:?} is already used by volume {owner}"
@@ -72,7 +72,17 @@ impl Storage {
         Ok(())
     }
 
-    pub(super) async fn undo_dataset(&self, dataset: &str) {
+    /// Refuses an operation that would change a replica (it only changes by receiving).
+    pub(super) fn check_not_replica(&self, id: &str, doing: &str) -> Result<(), StorageError> {
+        if self.store.replica_source(id)?.is_some() {
+            return Err(StorageError::FailedPrecondition(format!(
+                "volume {id} is a replica (read-only, changed only by receiving increments); promote it before {doing}"
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn undo_dataset(&self, dataset: &str) {
         if let Err(err) = self.zfs.destroy_if_exists(dataset).await {
             tracing::error!(dataset, error = %mvirt_common::error::error_chain(&err), "cannot remove dataset after a failed operation");
         }
@@ -118,7 +128,15 @@ impl Storage {
         let cmdline = tokio::fs::read_to_string(dir.join(layout::CMDLINE_FILE))
             .await
             .unwrap_or_default();
+        let replica_source = match self.store.replica_source(&record.id) {
+            Ok(source) => source,
+            Err(err) => {
+                tracing::warn!(volume_id = %record.id, error = %mvirt_common::error::error_chain(&err), "cannot read the replica marker");
+                None
+            }
+        };
         Volume {
+            replica_source,
             dataset: self.layout.volume_dataset(&record.id),
             kernel_path: layout::existing(&dir.join(layout::KERNEL_FILE)),
             initramfs_path: layout::existing(&dir.join(layout::INITRAMFS_FILE)),
@@ -135,8 +153,25 @@ impl Storage {
         self.volume_view(record).await
     }
 
+    /// The normal volumes of this node: replicas are left out (see [`Storage::list_replicas`]),
+    /// so that nothing that reconciles volumes mistakes one for its own.
     pub async fn list_volumes(&self) -> Result<Vec<Volume>, StorageError> {
-        let records = self.store.list_volumes()?;
+        self.list_volumes_where(false).await
+    }
+
+    /// Replicas received from other nodes and not promoted.
+    pub async fn list_replicas(&self) -> Result<Vec<Volume>, StorageError> {
+        self.list_volumes_where(true).await
+    }
+
+    async fn list_volumes_where(&self, replicas: bool) -> Result<Vec<Volume>, StorageError> {
+        let sources = self.store.replica_sources()?;
+        let records: Vec<_> = self
+            .store
+            .list_volumes()?
+            .into_iter()
+            .filter(|r| sources.contains_key(&r.id) == replicas)
+            .collect();
         let used = self
             .zfs
             .get(&self.layout.volumes_dataset(), &["used"], true)
@@ -214,6 +249,7 @@ impl Storage {
         validate_size("volume size", size)?;
         let _guard = self.locks.lock(id).await;
         let record = self.volume_record(id)?;
+        self.check_not_replica(id, "resizing it")?;
         if size < record.size_bytes {
             return Err(StorageError::InvalidArgument(format!(
                 "volume {id} cannot shrink from {} to {size} bytes (grow only)",

@@ -137,6 +137,7 @@ pub fn config_for(pool: &TestPool, data_dir: &Path, import_dir: &Path) -> mvirt_
         import_dir: Some(import_dir.to_path_buf()),
         log_endpoint: String::new(),
         compression: "on".into(),
+        backup_dir: data_dir.join("backups"),
     }
 }
 
