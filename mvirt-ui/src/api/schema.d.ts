@@ -924,6 +924,7 @@ export interface components {
             code: string;
             details: Record<string, never> | null;
             message: string;
+            request_id?: string | null;
         };
         ErrorEnvelope: {
             error: components["schemas"]["ErrorBody"];
@@ -1031,6 +1032,7 @@ export interface components {
             object_ids: string[];
             /** Format: int64 */
             timestamp_ns: number;
+            trace_id?: string | null;
         };
         LogPage: {
             entries: components["schemas"]["LogEntryView"][];
@@ -1059,6 +1061,7 @@ export interface components {
             revision: number;
             /** Format: int64 */
             spec_revision: number;
+            trace_id?: string | null;
             updated_at: string;
         };
         Network: components["schemas"]["Meta"] & {
@@ -1876,6 +1879,7 @@ export interface operations {
                 order?: "newest" | "oldest";
                 since_ns?: number;
                 text?: string;
+                trace_id?: string;
                 until_ns?: number;
             };
             header?: never;

@@ -29,6 +29,9 @@ export type ContainerStatus = S['ContainerStatus'];
 /** One line of `GET /v1/pods/{id}/logs` (application/x-ndjson). */
 export type PodLogEntry = S['PodLogLine'];
 
+/** One audit log entry (`GET /v1/logs`, and each event of its follow stream). */
+export type LogEntry = S['LogEntryView'];
+
 /** Usage, sampled live on the node (`GET /v1/{vms,pods}/{id}/stats`, `/v1/nodes/{id}/stats`). */
 export type GuestStats = S['GuestStats'];
 export type NodeStats = S['NodeStats'];

@@ -6,19 +6,11 @@ import { useInfiniteQuery } from '@tanstack/react-query';
 import { useSearchParams } from 'react-router';
 import { api, ApiError, buildUrl, errorFrom, getSession, setSession } from '../api/client';
 import { SseParser } from '../api/events';
+import type { LogEntry } from '../api/types';
 import { Badge, Button, ErrorBox, inputCls, PageHeader } from '../components/ui';
 import { WindowedTable } from '../components/WindowedTable';
 
-export interface LogEntry {
-  id: string;
-  timestamp_ns: number;
-  message: string;
-  level: string;
-  component: string;
-  object_ids: string[];
-  /** The request whose work wrote the entry (absent when none). */
-  trace_id?: string | null;
-}
+export type { LogEntry };
 
 const LEVELS = ['audit', 'info', 'warn', 'error', 'debug'];
 
