@@ -4,10 +4,12 @@
 # sysusers/tmpfiles/modules-load/sysctl snippets, maintainer scripts) come from deploy/debian/,
 # which deploy/gen.py writes from deploy/services.toml.
 #
-# Usage: deploy/build-debs.sh [--bin-dir DIR] [--out DIR] [--ui-dist DIR]
-#   --bin-dir   where mvirt-log, mvirt-vmm, ..., mvirt are (default: target/release)
-#   --out       where the .deb files go (default: target/debian)
-#   --ui-dist   the built web UI (default: mvirt-ui/dist; without it no mvirt-ui package)
+# Usage: deploy/build-debs.sh [--bin-dir DIR] [--out DIR] [--ui-dist DIR] [--pod-artefacts DIR]
+#   --bin-dir        where mvirt-log, mvirt-vmm, ..., mvirt are (default: target/release)
+#   --out            where the .deb files go (default: target/debian)
+#   --ui-dist        the built web UI (default: mvirt-ui/dist; without it no mvirt-ui package)
+#   --pod-artefacts  the built pod artefacts (scripts/build-pod-artefacts.sh DIR; without it no
+#                    mvirt-pod-artefacts package): installed to /usr/lib/mvirt/pod-artefacts
 # Environment: MVIRT_DEB_VERSION (default: the workspace version), MVIRT_DEB_COMPRESSION
 # (dpkg-deb -Z: xz by default; the tests use none).
 #
@@ -19,11 +21,13 @@ ROOT=$PWD
 BIN=$ROOT/target/release
 OUT=$ROOT/target/debian
 UI_DIST=$ROOT/mvirt-ui/dist
+POD_ARTEFACTS=""
 while [ $# -gt 0 ]; do
   case $1 in
     --bin-dir) BIN=$(realpath "$2"); shift 2 ;;
     --out) OUT=$(realpath -m "$2"); shift 2 ;;
     --ui-dist) UI_DIST=$(realpath -m "$2"); shift 2 ;;
+    --pod-artefacts) POD_ARTEFACTS=$(realpath -m "$2"); shift 2 ;;
     *) echo "build-debs.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -84,6 +88,25 @@ for template in deploy/debian/*/; do
       mkdir -p "$dir/usr/share/mvirt"
       cp -r "$UI_DIST" "$dir/usr/share/mvirt/ui"
       chmod -R u=rwX,go=rX "$dir/usr/share/mvirt/ui" ;;
+    mvirt-pod-artefacts)
+      if [ -z "$POD_ARTEFACTS" ]; then
+        echo "build-debs.sh: no --pod-artefacts DIR: no mvirt-pod-artefacts package"
+        continue
+      fi
+      # Every file the manifest lists, with its digest (what mvirt-vmm verifies at first use).
+      python3 - "$POD_ARTEFACTS" <<'PY' || die "$POD_ARTEFACTS: not complete pod artefacts (scripts/build-pod-artefacts.sh)"
+import hashlib, json, sys
+from pathlib import Path
+d = Path(sys.argv[1])
+files = json.loads((d / "manifest.json").read_text())["files"]
+assert set(files) == {"vmlinuz", "initramfs.img"}, sorted(files)
+for name, f in files.items():
+    data = (d / name).read_bytes()
+    assert len(data) == f["size"] and hashlib.sha256(data).hexdigest() == f["sha256"], name
+PY
+      for f in vmlinuz initramfs.img manifest.json; do
+        install -D -m 0644 "$POD_ARTEFACTS/$f" "$dir/usr/lib/mvirt/pod-artefacts/$f"
+      done ;;
   esac
   shlibs=""
   [ -n "$bin" ] && shlibs=$(shlibs_of "$dir/usr/bin/$bin")

@@ -21,8 +21,9 @@ let
     if setting ? endpoint_of then endpoint (listenOf setting.endpoint_of)
     else setting.default or null;
 
-  # argv for service `key` from `values` (setting name -> value; null = not passed). Secrets
-  # never go on argv (see `secrets`).
+  # argv for service `key` from `values` (setting name -> value; null = not passed). A
+  # credential's file is loaded by systemd (LoadCredential=, see `credentials`) and the daemon
+  # gets the path of its copy: `%d` is the unit's credentials directory.
   argv = key: values:
     let
       settings = services.${key}.settings;
@@ -32,18 +33,21 @@ let
           v = values.${name} or null;
           kind = kindOf s;
         in
-        if v == null || kind == "secret" then [ ]
+        if v == null then [ ]
+        else if kind == "credential" then [ s.flag "%d/${name}" ]
         else if kind == "switch" then (if v then [ s.flag ] else [ ])
         else if kind == "list" then builtins.concatMap (x: [ s.flag (toString x) ]) v
         else [ s.flag (toString v) ];
     in
     builtins.concatMap one (builtins.attrNames settings);
 
-  # [{ name, env }] of the settings whose value is a file handed to the daemon in `env`.
-  secrets = key:
+  # LoadCredential= lines ("name:path") for the credential settings of service `key` that are
+  # set in `values`.
+  credentials = key: values:
     let settings = services.${key}.settings;
-    in map (name: { inherit name; env = settings.${name}.env; })
-      (builtins.filter (name: kindOf settings.${name} == "secret") (builtins.attrNames settings));
+    in map (name: "${name}:${toString values.${name}}")
+      (builtins.filter (name: kindOf settings.${name} == "credential" && (values.${name} or null) != null)
+        (builtins.attrNames settings));
 
   # Ports to open: [{ proto, port }] for the settings marked `firewall` that are set.
   firewallPorts = key: values:
@@ -86,12 +90,12 @@ let
         binary = services.${key}.binary;
         argv = argv key (everySetting key);
         env = map (s: s.env) (builtins.attrValues services.${key}.settings);
-        secretEnv = map (s: s.env) (secrets key);
+        credentials = credentials key (everySetting key);
       };
     })
     keys);
 in
 {
-  inherit description services keys kindOf endpoint defaultOf argv secrets firewallPorts unitName
-    flagCheck;
+  inherit description services keys kindOf endpoint defaultOf argv credentials firewallPorts
+    unitName flagCheck;
 }

@@ -1,6 +1,10 @@
 # mvirt's packages, built with crane: one per binary (dependencies compiled once and shared),
 # the eBPF object, the web UI when mvirt-ui/ exists, and `mvirt-all` with every binary.
-# Pods (mvirt-one's kernel and initramfs) get packages once pods are wired into mvirt-vmm.
+# Pods: `mvirt-one` (the microVM's init) and `mvirt-pod-image` (builds the pod artefacts). The
+# artefacts themselves (kernel + initramfs) are made from a Debian kernel package that
+# mvirt-pod-image fetches with apt at build time, which a Nix build cannot do: on NixOS they are
+# built on the host (docs/deploy.md, "Pods"), or taken from the Debian package
+# mvirt-pod-artefacts.
 { pkgs, crane, src }:
 let
   inherit (pkgs) lib;
@@ -52,6 +56,8 @@ let
     mvirt-ebpf = binary "mvirt-ebpf" "mvirt-ebpf";
     mvirt-log = binary "mvirt-log" "mvirt-log";
     mvirt = binary "mvirt-cli" "mvirt";
+    mvirt-one = binary "mvirt-one" "mvirt-one";
+    mvirt-pod-image = binary "mvirt-podimage" "mvirt-pod-image";
   };
 
   # The datapath object on its own, for inspection with bpftool (mvirt-ebpf embeds its own copy).

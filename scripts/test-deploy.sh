@@ -10,8 +10,10 @@
 #     (nix/tests/module-eval.nix evaluates the module with a stand-in for nixpkgs' lib), and every
 #     variable of /etc/mvirt/*.env, is checked against the daemon's --help
 #     (deploy/tests/check_flags.py);
-#  4. the .deb files are built from the debug binaries cargo already built
-#     (deploy/build-debs.sh) and installed with dpkg into a fresh root: a copy-on-write overlay
+#  4. the .deb files are built from the debug binaries cargo already built and the pod
+#     artefacts (mvirt-pod-image from this checkout's mvirt-one; cached in
+#     target/mvirt-test-cache like the tests' own), with deploy/build-debs.sh, and installed
+#     with dpkg into a fresh root: a copy-on-write overlay
 #     of this machine's root file system, so dpkg checks the packages' dependencies against a
 #     real Debian 12 and runs their maintainer scripts (user, group, directories);
 #     `systemd-analyze verify` checks every installed unit;
@@ -24,7 +26,11 @@
 #  6. through REST: a node token, a network, a template imported from /var/lib/mvirt/images,
 #     a VM; the guest boots and gets its address from mvirt-ebpf's DHCP; mvirt-vmm is stopped
 #     as its unit's KillMode=process stops it and started again: the guest keeps running and
-#     is adopted.
+#     is adopted;
+#  7. a control-plane backup of the running member (`mvirt-api backup`, the installed binary)
+#     is restored into a fresh data directory as docs/deploy.md says (`mvirt-api restore` as
+#     user mvirt), the packaged unit starts on it: same CA and admin token, the objects are
+#     there, the agent reconnects and the guest is still reported running.
 # Needs root, zfs-fuse, QEMU (scripts/setup.sh). Everything is removed afterwards, also on
 # failure. About a minute when the binaries are built.
 set -euo pipefail
@@ -38,7 +44,7 @@ START=$(date +%s)
 say() { printf '== test-deploy: %s (%ss)\n' "$*" "$(($(date +%s) - START))"; }
 die() { printf 'test-deploy: FAILED: %s\n' "$*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "needs root (packages are installed into a chroot, daemons use TAPs and eBPF)"
-for tool in nix-instantiate systemd-analyze dpkg-deb zfs-fuse zpool unshare setpriv python3 curl jq; do
+for tool in nix-instantiate systemd-analyze dpkg-deb zfs-fuse zpool unshare setpriv python3 curl jq apt-get; do
   command -v "$tool" >/dev/null || die "$tool is missing: run scripts/setup.sh"
 done
 
@@ -58,7 +64,7 @@ fi
 if [ -z "${MVIRT_TEST_DEPLOY_BIN:-}" ]; then
   say "building the daemons (debug, shared with cargo test)"
   cargo build -q --bins -p mvirt-log -p mvirt-zfs -p mvirt-ebpf -p mvirt-vmm -p mvirt-api \
-    -p mvirt-node -p mvirt-cli -p mvirt-testsupport
+    -p mvirt-node -p mvirt-cli -p mvirt-testsupport -p mvirt-one -p mvirt-podimage
 fi
 
 WORK=$(mktemp -d /var/tmp/mvirt-test-deploy.XXXXXX)
@@ -89,11 +95,21 @@ nix-instantiate --eval --strict --json -E '(import ./nix/lib.nix).flagCheck' >"$
 nix-instantiate --eval --strict --json nix/tests/module-eval.nix >"$WORK/module.json"
 python3 deploy/tests/check_flags.py "$BIN" "$WORK/flagcheck.json" "$WORK/module.json" deploy/debian
 
+say "the pod artefacts (mvirt-pod-image; a Debian kernel, cached)"
+CACHE=$REPO/target/mvirt-test-cache
+mkdir -p "$CACHE"
+"$BIN/mvirt-pod-image" build --out "$CACHE/pod-artefacts-deploy" --mvirt-one "$BIN/mvirt-one" \
+  --cache-dir "$CACHE" >"$WORK/pod-version" 2>"$WORK/pod-artefacts.log" ||
+  { cat "$WORK/pod-artefacts.log"; die "mvirt-pod-image build failed"; }
+POD_VERSION=$(cat "$WORK/pod-version")
+[ -n "$POD_VERSION" ] || die "mvirt-pod-image printed no version"
+
 say "building the .deb files"
-MVIRT_DEB_COMPRESSION=none deploy/build-debs.sh --bin-dir "$BIN" --out "$WORK/debs" >"$WORK/build-debs.log" ||
+MVIRT_DEB_COMPRESSION=none deploy/build-debs.sh --bin-dir "$BIN" --out "$WORK/debs" \
+  --pod-artefacts "$CACHE/pod-artefacts-deploy" >"$WORK/build-debs.log" ||
   { cat "$WORK/build-debs.log"; die "build-debs.sh failed"; }
 for pkg in mvirt-common mvirt-log mvirt-zfs mvirt-ebpf mvirt-vmm mvirt-api mvirt-node mvirt-cli \
-  mvirt-hypervisor mvirt-controlplane; do
+  mvirt-pod-artefacts mvirt-hypervisor mvirt-controlplane; do
   ls "$WORK/debs/${pkg}_"*.deb >/dev/null 2>&1 || die "no $pkg package was built"
 done
 if [ -f mvirt-ui/package.json ]; then
@@ -128,5 +144,5 @@ say "the guest template (mvirt-dev-image: Debian kernel, busybox initramfs, cach
 mkdir -p "$WORK/logs"
 # Everything below runs in a mount and network namespace of its own.
 unshare --mount --net --propagation slave -- \
-  bash deploy/tests/node-from-debs.sh "$REPO" "$WORK" "$POOL" "$START"
+  bash deploy/tests/node-from-debs.sh "$REPO" "$WORK" "$POOL" "$START" "$BIN" "$POD_VERSION"
 say "passed"

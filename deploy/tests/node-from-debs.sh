@@ -2,9 +2,10 @@
 # Steps 4-6 of scripts/test-deploy.sh, run by it inside a mount and network namespace of its own
 # (unshare --mount --net --propagation slave): installs the .deb files from WORK/debs into a
 # fresh root, verifies the units, starts every daemon as its unit says and boots a VM through
-# REST. Arguments: REPO WORK POOL START (set up by scripts/test-deploy.sh, which also cleans up).
+# REST; then restores a control-plane backup. Arguments: REPO WORK POOL START BIN POD_VERSION
+# (set up by scripts/test-deploy.sh, which also cleans up).
 set -euo pipefail
-REPO=$1 WORK=$2 POOL=$3 START=$4
+REPO=$1 WORK=$2 POOL=$3 START=$4 BIN=$5 POD_VERSION=$6
 R=$WORK/root
 UNITRUN="python3 $REPO/deploy/tests/unitrun.py"
 say() { printf '== test-deploy: %s (%ss)\n' "$*" "$(($(date +%s) - START))"; }
@@ -30,7 +31,7 @@ mount --rbind "$WORK/shared" "$R$WORK/shared"
 say "dpkg -i every package into the root"
 cp "$WORK"/debs/*.deb "$R/tmp/debs/"
 chroot "$R" sh -c 'dpkg -i /tmp/debs/*.deb' >"$WORK/logs/dpkg.log" 2>&1 || { cat "$WORK/logs/dpkg.log"; die "dpkg -i failed"; }
-for pkg in mvirt-common mvirt-log mvirt-zfs mvirt-ebpf mvirt-vmm mvirt-api mvirt-node mvirt-cli mvirt-hypervisor mvirt-controlplane; do
+for pkg in mvirt-common mvirt-log mvirt-zfs mvirt-ebpf mvirt-vmm mvirt-api mvirt-node mvirt-cli mvirt-pod-artefacts mvirt-hypervisor mvirt-controlplane; do
   [ "$(chroot "$R" dpkg-query -W -f '${Status}' "$pkg")" = "install ok installed" ] || die "$pkg is not installed"
 done
 chroot "$R" getent group mvirt >/dev/null || die "no mvirt group"
@@ -40,6 +41,10 @@ chroot "$R" getent group mvirt >/dev/null || die "no mvirt group"
 [ "$(stat -c %a "$R/etc/mvirt/api.env")" = 600 ] || die "/etc/mvirt/api.env (may hold a join token) is not 0600"
 grep -qx 'KillMode=process' "$R/lib/systemd/system/mvirt-vmm.service" || die "mvirt-vmm.service lacks KillMode=process"
 chroot "$R" mvirt --help >/dev/null || die "the mvirt CLI does not run"
+# The pod artefacts where the packaged mvirt-vmm looks for them, every file as the manifest says.
+PODS=$(sed -n 's/^MVIRT_VMM_POD_ARTEFACTS=//p' "$R/etc/mvirt/vmm.env")
+[ "$PODS" = /usr/lib/mvirt/pod-artefacts ] || die "vmm.env points mvirt-vmm at pod artefacts in '$PODS'"
+[ "$("$BIN/mvirt-pod-image" verify --out "$R$PODS")" = "$POD_VERSION" ] || die "the installed pod artefacts are not the ones built"
 
 say "systemd-analyze verify"
 chroot "$R" sh -c 'systemd-analyze verify /lib/systemd/system/mvirt-*.service' >"$WORK/logs/verify.log" 2>&1 ||
@@ -185,6 +190,33 @@ wait_for "mvirt-vmm" 30 grpc_up MVIRT_VMM_LISTEN vmm
 wait_for "the adopted VM to be reported running" 60 sh -c "[ \"\$(curl -sf --cacert '$CA' -H 'Authorization: Bearer $TOKEN' $API/v1/vms/$VM | jq -r '.status.phase')\" = running ]"
 [ "$(pgrep -f "qemu-system.*$VM" | head -n 1)" = "$QEMU" ] || die "the guest was replaced instead of adopted"
 grep -q 'adopted' "$WORK/logs/mvirt-vmm.log" || die "the restarted mvirt-vmm did not log an adoption"
+
+say "control-plane backup of the running member, restored into a fresh data directory"
+NETWORKS_BEFORE=$(api GET "/v1/networks?project=default" | jq -c '[.items[].id] | sort')
+FINGERPRINT=$(api GET /v1/controlplane | jq -r .ca_fingerprint)
+# As docs/deploy.md says: backup as root while the member runs, restore as user mvirt.
+chroot "$R" mvirt-api backup --data-dir /var/lib/mvirt/api --out /root/api.backup >"$WORK/logs/backup.log" 2>&1 ||
+  { cat "$WORK/logs/backup.log"; die "mvirt-api backup failed"; }
+[ "$(chroot "$R" stat -c %a /root/api.backup)" = 600 ] || die "the backup is not mode 0600"
+$UNITRUN stop "$R" mvirt-api.service "${PIDS[mvirt-api]}"
+mv "$R/var/lib/mvirt/api" "$R/var/lib/mvirt/api.lost"
+chroot "$R" install -d -o mvirt -g mvirt /var/lib/mvirt/api
+chroot "$R" install -o mvirt -m 0600 /root/api.backup /tmp/api.backup
+chroot "$R" runuser -u mvirt -- mvirt-api restore --from /tmp/api.backup --data-dir /var/lib/mvirt/api \
+  >"$WORK/logs/restore.log" 2>&1 || { cat "$WORK/logs/restore.log"; die "mvirt-api restore failed"; }
+start_unit mvirt-api
+wait_for "the restored mvirt-api" 60 curl -sf --cacert "$CA" -o /dev/null "$API/v1/health"
+[ "$(api GET /v1/controlplane | jq -r .ca_fingerprint)" = "$FINGERPRINT" ] || die "the restored member has another CA"
+[ "$(api GET /v1/controlplane | jq '.members | length')" = 1 ] || die "the restored cluster is not one member"
+[ "$(api GET "/v1/networks?project=default" | jq -c '[.items[].id] | sort')" = "$NETWORKS_BEFORE" ] ||
+  die "the restored networks differ from the backed-up ones"
+[ "$(api GET "/v1/vms/$VM" | jq -r .status.phase)" = running ] || die "the VM is not running after the restore"
+running "$QEMU" || die "the guest died during the restore"
+# The agent follows the restored member: a kill through it reaches the guest.
+api POST "/v1/vms/$VM/kill" '{}' >/dev/null
+qemu_gone() { ! running "$QEMU"; }
+wait_for "the agent to carry out a kill sent to the restored member" 60 qemu_gone
+wait_for "the VM to be reported stopped" 60 sh -c "[ \"\$(curl -sf --cacert '$CA' -H 'Authorization: Bearer $TOKEN' $API/v1/vms/$VM | jq -r '.status.phase')\" = stopped ]"
 
 say "stopping every daemon as its unit says"
 for ((i = ${#ORDER[@]} - 1; i >= 0; i--)); do

@@ -2,7 +2,8 @@
 # bootstraps the cluster on its first start and writes the admin token to
 # /var/lib/mvirt/api/admin.token; members 2 and 3 join it with a single-use join token
 # (`POST /v1/controlplane/join-tokens` on member 1) that the operator copies to
-# /run/keys/mvirt-join-token before their first start (docs/deploy.md).
+# /run/keys/mvirt-join-token, and member 1's CA certificate to /etc/mvirt/ca.pem, before their
+# first start (docs/deploy.md).
 { member }:
 { lib, ... }:
 let
@@ -19,8 +20,11 @@ in
       settings = {
         advertiseHost = address;
       } // lib.optionalAttrs (member != 1) {
-        join = "http://10.0.0.1:8080";
-        joinToken = "/run/keys/mvirt-join-token";
+        join = "https://10.0.0.1:8080";
+        joinTokenFile = "/run/keys/mvirt-join-token";
+        # The cluster CA the member joined must present: member 1's tls/ca.pem, copied here
+        # (or caFingerprint = "sha256:..." from the join-token answer).
+        caFile = "/etc/mvirt/ca.pem";
       };
     };
   };

@@ -1,6 +1,7 @@
 # Example: a hypervisor host (10.0.0.11) of the cluster in docs/deploy.md. It runs mvirt-log,
 # mvirt-zfs (pool `tank`, mounted at /tank), mvirt-ebpf, mvirt-vmm and the agent, which reaches
-# the control plane at 10.0.0.1 with a node token the operator put in /etc/mvirt/node.token.
+# the control plane at 10.0.0.1 over TLS with a node token the operator put in
+# /etc/mvirt/node.token and the cluster CA in /etc/mvirt/ca.pem.
 { lib, ... }:
 {
   networking.hostName = "host-a";
@@ -25,7 +26,10 @@
     node = {
       enable = true;
       settings = {
-        api = "http://10.0.0.1:50056";
+        api = "https://10.0.0.1:50056";
+        # The cluster CA, copied from a member's /var/lib/mvirt/api/tls/ca.pem (or
+        # caFingerprint = "sha256:..." to fetch and pin it on the first start).
+        caFile = "/etc/mvirt/ca.pem";
         tokenFile = "/etc/mvirt/node.token";
         address = "10.0.0.11";
         labels = [ "zone=a" ];

@@ -42,11 +42,12 @@ let
         example = setting.example or null;
         description = doc;
       }
-    else if kind == "secret" then
+    else if kind == "credential" then
       lib.mkOption {
         type = lib.types.nullOr lib.types.path;
         default = null;
-        description = "${doc} A file holding the value; it reaches the daemon in `${setting.env}` through a systemd credential, never on its command line.";
+        example = setting.example or null;
+        description = "${doc} Loaded as a systemd credential (readable by the service whoever owns the file); the daemon gets the path of that copy, so the secret is never on its command line or in its environment. Use a path outside the Nix store.";
       }
     else
       lib.mkOption ({
@@ -78,19 +79,7 @@ let
     let
       c = cfg.${key};
       args = mvirtLib.argv key c.settings ++ c.extraFlags;
-      exe = "${c.package}/bin/${svc.binary}";
-      secrets = builtins.filter (s: c.settings.${s.name} != null) (mvirtLib.secrets key);
-      # Secrets arrive as systemd credentials; a small wrapper exports them for the daemon.
-      start =
-        if secrets == [ ] then "${exe} ${lib.escapeShellArgs args}"
-        else
-          toString (pkgs.writeShellScript "${svc.binary}-start" ''
-            ${lib.concatMapStrings (s: ''
-              ${s.env}="$(< "$CREDENTIALS_DIRECTORY/${s.name}")"
-              export ${s.env}
-            '') secrets}
-            exec ${exe} ${lib.escapeShellArgs args}
-          '');
+      credentials = mvirtLib.credentials key c.settings;
     in
     {
       description = svc.description;
@@ -100,7 +89,7 @@ let
       path = servicePath.${key};
       serviceConfig = svc.hardening // {
         Type = "exec";
-        ExecStart = start;
+        ExecStart = "${c.package}/bin/${svc.binary} ${lib.escapeShellArgs args}";
         Restart = "on-failure";
         RestartSec = "2s";
         KillMode = svc.kill_mode;
@@ -108,8 +97,8 @@ let
       } // lib.optionalAttrs (svc ? user) {
         User = svc.user;
         Group = svc.group;
-      } // lib.optionalAttrs (secrets != [ ]) {
-        LoadCredential = map (s: "${s.name}:${c.settings.${s.name}}") secrets;
+      } // lib.optionalAttrs (credentials != [ ]) {
+        LoadCredential = credentials;
       };
     };
 
@@ -163,6 +152,9 @@ in
     })
     (lib.mkIf cfg.vmm.enable {
       services.mvirt.vmm.settings.qemuFirmware = lib.mkDefault "${pkgs.OVMF.fd}/FV/OVMF.fd";
+      # The packaged default is where the Debian package mvirt-pod-artefacts installs them; on
+      # NixOS they are built on the host into mvirt-vmm's own default (docs/deploy.md, "Pods").
+      services.mvirt.vmm.settings.podArtefacts = lib.mkDefault "/var/lib/mvirt/pod-artefacts";
     })
   ]);
 }

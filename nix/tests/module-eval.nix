@@ -1,5 +1,5 @@
 # Evaluates nix/modules/mvirt.nix itself, with every service enabled and every setting at its
-# default (plus a join and its token for the API), and returns the systemd services it defines.
+# default (plus a join, its token file and the CA fingerprint for the API), and returns the systemd services it defines.
 # nixpkgs cannot be fetched on the machines the tests run on, so `lib` and `pkgs` here are
 # TEST DOUBLES: the few nixpkgs functions the module calls, reduced to what they return for
 # plain values (mkIf/mkMerge/mkDefault resolved eagerly, option types as names). They check the
@@ -41,7 +41,7 @@ let
       enable = true;
       package = "/nix/store/${k}";
       extraFlags = [ ];
-      settings = builtins.mapAttrs (n: o: o.default) opts.${k}.settings // (if k == "api" then { joinToken = "/run/keys/jt"; join = "http://10.0.0.1:8080"; } else { });
+      settings = builtins.mapAttrs (n: o: o.default) opts.${k}.settings // (if k == "api" then { joinTokenFile = "/run/keys/jt"; join = "https://10.0.0.1:8080"; caFingerprint = "sha256:${builtins.concatStringsSep "" (builtins.genList (_: "ab") 32)}"; } else { });
     }; }) keys) // { packages = { mvirt = "/nix/store/mvirt"; mvirt-ui = "/nix/store/ui"; }; openFirewall = true; };
   };
 in

@@ -1,7 +1,8 @@
 # NixOS test: a control-plane member (`cp`) and a hypervisor host (`host`), both configured
-# only through services.mvirt.*; the host's agent registers with a node token, and a VM created
-# through REST boots under QEMU (TCG: nested KVM is not guaranteed) and survives a restart of
-# mvirt-vmm. Runs where Nix and KVM exist: `nix build .#checks.x86_64-linux.vm`.
+# only through services.mvirt.*, over TLS (the cluster CA cp creates at bootstrap, copied to
+# the host as an operator would); the host's agent registers with a node token, and a VM
+# created through REST boots under QEMU (TCG: nested KVM is not guaranteed) and survives a
+# restart of mvirt-vmm. Runs where Nix and KVM exist: `nix build .#checks.x86_64-linux.vm`.
 { pkgs, module }:
 let
   # A tiny guest: the NixOS test kernel and a busybox initramfs that prints a marker.
@@ -57,13 +58,14 @@ pkgs.testers.runNixOSTest {
       node = {
         enable = true;
         settings = {
-          api = "http://cp:50056";
+          api = "https://cp:50056";
+          caFile = "/etc/mvirt/ca.pem";
           address = config.networking.primaryIPAddress;
           tokenFile = "/etc/mvirt/node.token";
         };
       };
     };
-    # The agent starts once the test has put its node token in place.
+    # The agent starts once the test has put its node token and the CA in place.
     systemd.services.mvirt-node.wantedBy = lib.mkForce [ ];
 
     systemd.services.mvirt-test-setup = {
@@ -91,11 +93,14 @@ pkgs.testers.runNixOSTest {
 
     start_all()
     cp.wait_for_unit("mvirt-api.service")
-    cp.wait_until_succeeds("curl -sf http://localhost:8080/v1/health")
+    ca_file = "/var/lib/mvirt/api/tls/ca.pem"
+    url = "https://localhost:8080"
+    cp.wait_until_succeeds(f"curl -sf --cacert {ca_file} {url}/v1/health")
     token = cp.succeed("cat /var/lib/mvirt/api/admin.token").strip()
+    ca = cp.succeed(f"cat {ca_file}")
 
     def api(method, path, body=None):
-        cmd = f"curl -sSf -X {method} -H 'Authorization: Bearer {token}' http://localhost:8080{path}"
+        cmd = f"curl -sSf --cacert {ca_file} -X {method} -H 'Authorization: Bearer {token}' {url}{path}"
         if body is not None:
             cmd += " -H 'Content-Type: application/json' --data " + shlex.quote(json.dumps(body))
         return json.loads(cp.succeed(cmd))
@@ -103,9 +108,10 @@ pkgs.testers.runNixOSTest {
     node_token = api("POST", "/v1/tokens", {"name": "hosts", "role": "node"})["token"]
     host.wait_for_unit("mvirt-vmm.service")
     host.succeed(f"install -D -m 0600 /dev/null /etc/mvirt/node.token && printf %s {node_token} > /etc/mvirt/node.token")
+    host.succeed(f"printf %s {shlex.quote(ca)} > /etc/mvirt/ca.pem")
     host.systemctl("start mvirt-node.service")
     cp.wait_until_succeeds(
-        f"curl -sf -H 'Authorization: Bearer {token}' http://localhost:8080/v1/nodes"
+        f"curl -sf --cacert {ca_file} -H 'Authorization: Bearer {token}' {url}/v1/nodes"
         " | jq -e '.items[0].status.state == \"online\"'"
     )
 
@@ -120,7 +126,7 @@ pkgs.testers.runNixOSTest {
         "root_volume": {"template_id": tpl["id"], "size_bytes": 67108864},
         "network_interfaces": [{"network_id": net["id"]}]}})
     cp.wait_until_succeeds(
-        f"curl -sf -H 'Authorization: Bearer {token}' http://localhost:8080/v1/vms/{vm['id']}"
+        f"curl -sf --cacert {ca_file} -H 'Authorization: Bearer {token}' {url}/v1/vms/{vm['id']}"
         " | jq -e '.status.phase == \"running\"'",
         timeout=600,
     )
@@ -132,7 +138,7 @@ pkgs.testers.runNixOSTest {
     host.wait_for_unit("mvirt-vmm.service")
     assert host.succeed("pgrep -f 'qemu-system.*mvirt'").strip() == pid
     cp.wait_until_succeeds(
-        f"curl -sf -H 'Authorization: Bearer {token}' http://localhost:8080/v1/vms/{vm['id']}"
+        f"curl -sf --cacert {ca_file} -H 'Authorization: Bearer {token}' {url}/v1/vms/{vm['id']}"
         " | jq -e '.status.phase == \"running\"'"
     )
   '';
