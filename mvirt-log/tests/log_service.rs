@@ -493,6 +493,46 @@ async fn the_audit_logger_delivers_entries_logged_while_the_server_was_down_exac
 }
 
 #[tokio::test]
+async fn the_audit_logger_sends_a_trickle_of_entries_in_batches_at_most_one_per_linger() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Running::start(dir.path(), socket_in(dir.path())).await;
+    let logger = mvirt_log::create_audit_logger(&server.addr.endpoint(), "tester");
+    // One entry about every millisecond: without the linger each would go in a call (a
+    // transaction and an fsync in mvirt-log) of its own.
+    let started = std::time::Instant::now();
+    for i in 0..200 {
+        logger.audit(format!("trickle {i}"), &["vm-trickle"]);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(logger.flush().await, "a flush sends what lingers");
+    let elapsed = started.elapsed();
+    assert_eq!(logger.delivered(), 200);
+    // Every batch but the last (which the flush may cut short) waited the whole linger before it
+    // was sent, and the next one began after that: batches began at least LINGER apart.
+    let bound = (elapsed.as_millis() / mvirt_log::audit::LINGER.as_millis()) as u64 + 1;
+    assert!(
+        logger.batches() <= bound,
+        "{} LogBatch calls in {elapsed:?}: more than one per {:?}",
+        logger.batches(),
+        mvirt_log::audit::LINGER
+    );
+    let mut client = server.client().await;
+    let (entries, _) = query(
+        &mut client,
+        QueryRequest {
+            object_id: "vm-trickle".into(),
+            order: Order::OldestFirst as i32,
+            ..q(1000)
+        },
+    )
+    .await;
+    let got: Vec<String> = entries.into_iter().map(|e| e.message).collect();
+    let want: Vec<String> = (0..200).map(|i| format!("trickle {i}")).collect();
+    assert_eq!(got, want, "every entry stored once, in order");
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_retried_entry_with_the_same_dedup_key_is_stored_once() {
     let dir = tempfile::tempdir().unwrap();
     let server = Running::start(dir.path(), socket_in(dir.path())).await;
