@@ -69,6 +69,10 @@ pub struct GlobalArgs {
     /// the remote by `mvirt login`.
     #[arg(long, global = true, env = "MVIRT_CA_FILE")]
     pub ca_file: Option<std::path::PathBuf>,
+    /// Print the request id of every API call on stderr (`request-id: <id>`): `mvirt logs
+    /// --trace <id>` then lists what that call caused in every process.
+    #[arg(long, global = true, env = "MVIRT_SHOW_TRACE")]
+    pub show_trace: bool,
 }
 
 impl GlobalArgs {
@@ -158,6 +162,22 @@ mvirt completion zsh > \"${fpath[1]}/_mvirt\"\n  mvirt completion fish > ~/.conf
     },
     /// Full-screen terminal UI.
     Tui,
+    /// Live usage of the nodes and their VMs and pods (CPU, memory, disk and network rates),
+    /// sorted by CPU.
+    #[command(
+        after_help = "Examples:\n  mvirt top\n  mvirt top --once\n  mvirt top --once -o json --interval 1"
+    )]
+    Top(TopArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Print one table (two samples one interval apart: rates need two) and exit.
+    #[arg(long)]
+    pub once: bool,
+    /// Seconds between samples.
+    #[arg(long, default_value_t = 2.0, value_name = "SECONDS")]
+    pub interval: f64,
 }
 
 #[derive(Debug, Args)]
@@ -628,6 +648,10 @@ pub struct LogsArgs {
     /// Substring to search for.
     #[arg(long)]
     pub text: Option<String>,
+    /// Only entries written for this request id (printed by `--show-trace`; an object's
+    /// `trace_id` field names the last request that changed it).
+    #[arg(long, value_name = "REQUEST_ID")]
+    pub trace: Option<String>,
     #[arg(long)]
     pub limit: Option<u32>,
     /// Keep the stream open and print new entries.

@@ -163,6 +163,8 @@ pub struct ApiClient {
     trust: Option<Trust>,
     /// The TLS configuration built from `trust` (also used for WebSockets).
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// `--show-trace`: print each answer's `X-Request-Id` on stderr.
+    pub show_trace: bool,
 }
 
 impl ApiClient {
@@ -213,6 +215,7 @@ impl ApiClient {
             if_match: None,
             trust,
             tls,
+            show_trace: false,
         })
     }
 
@@ -277,6 +280,15 @@ impl ApiClient {
             Err(e) => return Err(self.unreachable(e).await),
         };
         let status = resp.status();
+        if self.show_trace {
+            if let Some(id) = resp
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+            {
+                eprintln!("request-id: {id}");
+            }
+        }
         let body = match resp.text().await {
             Ok(body) => body,
             Err(e) => return Err(self.unreachable(e).await),

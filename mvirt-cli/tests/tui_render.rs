@@ -281,3 +281,54 @@ fn pods_view_shows_container_states_the_detail_pane_logs_and_the_exec_title() {
         "{s}"
     );
 }
+
+/// One reading of node `99999999-node` in which VM `db` has used `cpu` CPU seconds and
+/// received `rx` bytes, at `at_ms`.
+fn stats(at_ms: i64, busy: f64, idle: f64, cpu: f64, rx: u64) -> Msg {
+    let mut sample = mvirt_cli::top::Sample::default();
+    sample.nodes.insert(
+        "99999999-node".into(),
+        json!({"node_id": "99999999-node", "sampled_at_ms": at_ms,
+               "host": {"cpus": 2, "cpu_busy_seconds": busy, "cpu_idle_seconds": idle,
+                        "memory_total_bytes": 1u64 << 32, "memory_available_bytes": 1u64 << 31},
+               "vms": [{"id": "22222222-bbbb", "running": true, "pid": 42, "cpu_seconds": cpu,
+                        "memory_rss_bytes": 1u64 << 28,
+                        "nics": [{"nic_id": "n", "rx_bytes": rx, "tx_bytes": 0}]}],
+               "pods": []}),
+    );
+    Msg::Stats(Box::new(sample))
+}
+
+#[test]
+fn vm_and_node_views_chart_cpu_and_network_of_the_selection() {
+    let mut a = app();
+    // Before two readings there is nothing to chart.
+    let s = screen(&a);
+    assert!(
+        s.contains("Usage · db") && s.contains("no usage yet"),
+        "{s}"
+    );
+    a.update(stats(0, 100.0, 100.0, 10.0, 0));
+    a.update(stats(2000, 101.0, 102.0, 11.0, 4096));
+    a.update(stats(4000, 103.0, 102.0, 12.5, 8192));
+    // db: 1 s of CPU in 2 s, then 1.5 s; 2 KiB/s received both times.
+    assert_eq!(
+        a.usage.series["22222222-bbbb"].cpu_percent,
+        [50, 75]
+            .into_iter()
+            .collect::<std::collections::VecDeque<u64>>()
+    );
+    let s = screen(&a);
+    assert!(s.contains("CPU 75% of one CPU"), "{s}");
+    assert!(s.contains("Net 2KiB/s"), "{s}");
+    assert!(
+        s.chars().any(|c| ('▁'..='█').contains(&c)),
+        "sparkline bars:\n{s}"
+    );
+    // The node: 1 busy of 3 CPU seconds, then 2 of 2 (100 %); its guests' network summed.
+    a.update(key(KeyCode::Char('2')));
+    let s = screen(&a);
+    assert!(s.contains("Usage · hv1"), "{s}");
+    assert!(s.contains("CPU 100% of all CPUs"), "{s}");
+    assert!(s.contains("Net 2KiB/s"), "{s}");
+}

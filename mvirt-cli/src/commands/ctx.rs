@@ -36,6 +36,7 @@ pub fn client_for(g: &GlobalArgs) -> Result<ApiClient, ApiError> {
     let trust = trust_of(r.ca.as_ref())?;
     let mut api = ApiClient::with_trust(&r.url, r.token, &r.project, trust)?;
     api.if_match = g.if_match;
+    api.show_trace = g.show_trace;
     Ok(api)
 }
 

@@ -79,6 +79,7 @@ pub async fn run(ctx: &Ctx, a: LogsArgs) -> Result<(), ApiError> {
         ("since_ns", since.map(|n| n.to_string())),
         ("until_ns", until.map(|n| n.to_string())),
         ("text", a.text.clone()),
+        ("trace_id", a.trace.clone()),
         ("limit", a.limit.map(|l| l.to_string())),
         ("order", a.follow.then(|| "oldest".to_string())),
     ] {

@@ -64,6 +64,12 @@ async fn dispatch(cli: Cli) -> Result<(), ApiError> {
             let api = client_for(&g)?;
             return crate::console::run(&api, &a.vm).await;
         }
+        Command::Top(a) => {
+            let api = client_for(&g)?;
+            let interval = std::time::Duration::try_from_secs_f64(a.interval)
+                .map_err(|_| ApiError::Usage(format!("invalid --interval {}", a.interval)))?;
+            return crate::top::run(&api, g.output, a.once, interval).await;
+        }
         _ => {}
     }
     let ctx = Ctx {
@@ -91,6 +97,7 @@ async fn dispatch(cli: Cli) -> Result<(), ApiError> {
         | Command::Remote(_)
         | Command::Completion { .. }
         | Command::Tui
+        | Command::Top(_)
         | Command::Console(_) => Ok(()),
     }
 }

@@ -187,6 +187,70 @@ pub enum Msg {
         pod_id: String,
         why: String,
     },
+    /// A reading of every online node's stats (the stats worker, every 2 s).
+    Stats(Box<crate::top::Sample>),
+}
+
+/// How many points a usage chart keeps (2 s apart: four minutes).
+pub const USAGE_POINTS: usize = 120;
+
+/// The recent usage of one node, VM or pod: one point per stats reading.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UsageSeries {
+    /// CPU %, of one CPU for a VM or pod, of all CPUs for a node.
+    pub cpu_percent: std::collections::VecDeque<u64>,
+    /// Network bytes per second, both directions (a node: summed over its guests).
+    pub net_bytes_per_sec: std::collections::VecDeque<u64>,
+}
+
+impl UsageSeries {
+    fn push(&mut self, cpu: u64, net: u64) {
+        for (series, value) in [
+            (&mut self.cpu_percent, cpu),
+            (&mut self.net_bytes_per_sec, net),
+        ] {
+            series.push_back(value);
+            if series.len() > USAGE_POINTS {
+                series.pop_front();
+            }
+        }
+    }
+}
+
+/// The charts' data: the last reading (rates need the previous one) and a series per id.
+#[derive(Debug, Clone, Default)]
+pub struct Usage {
+    last: Option<crate::top::Sample>,
+    pub series: std::collections::HashMap<String, UsageSeries>,
+}
+
+impl Usage {
+    /// Adds one point per node, VM and pod from a new reading.
+    pub fn add(&mut self, sample: crate::top::Sample) {
+        let rows = crate::top::rows(self.last.as_ref(), &sample);
+        let net = |r: &crate::top::Row| {
+            r.net_rx_bytes_per_sec.unwrap_or(0.0) + r.net_tx_bytes_per_sec.unwrap_or(0.0)
+        };
+        for row in &rows {
+            // A first reading (or a restarted process) has no rates yet.
+            let Some(cpu) = row.cpu_percent else {
+                continue;
+            };
+            let net = if row.kind == "node" {
+                rows.iter()
+                    .filter(|g| g.kind != "node" && g.node == row.node)
+                    .map(net)
+                    .sum()
+            } else {
+                net(row)
+            };
+            self.series
+                .entry(row.id.clone())
+                .or_default()
+                .push(cpu.round() as u64, net.round() as u64);
+        }
+        self.last = Some(sample);
+    }
 }
 
 /// What the storage view does with the selected volume's snapshots.
@@ -410,6 +474,8 @@ pub struct App {
     pub size: (u16, u16),
     pub project: String,
     pub api_url: String,
+    /// Recent CPU and network usage, charted under the VM and node lists.
+    pub usage: Usage,
 }
 
 impl App {
@@ -432,6 +498,7 @@ impl App {
             size: (80, 24),
             project: project.into(),
             api_url: api_url.into(),
+            usage: Usage::default(),
         }
     }
 
@@ -572,6 +639,10 @@ impl App {
                         v.ended = Some(why);
                     }
                 }
+                vec![]
+            }
+            Msg::Stats(sample) => {
+                self.usage.add(*sample);
                 vec![]
             }
         }

@@ -40,6 +40,7 @@ pub async fn run(api: ApiClient) -> std::io::Result<()> {
     });
     tokio::spawn(command_worker(api.clone(), cmd_rx, msg_tx.clone()));
     tokio::spawn(events_worker(api.clone(), msg_tx.clone()));
+    tokio::spawn(stats_worker(api.clone(), msg_tx.clone()));
 
     let mut terminal = ratatui::try_init()?;
     let mut app = App::new(&api.base, &api.project);
@@ -73,6 +74,22 @@ pub async fn run(api: ApiClient) -> std::io::Result<()> {
     ratatui::restore();
     result
 }
+
+/// Reads every online node's stats every [`STATS_EVERY`] for the usage charts. A failed
+/// reading (no node, the API away) is skipped: the charts wait for the next.
+async fn stats_worker(api: ApiClient, tx: UnboundedSender<Msg>) {
+    loop {
+        if let Ok(sample) = crate::top::sample(&api).await {
+            if tx.send(Msg::Stats(Box::new(sample))).is_err() {
+                return;
+            }
+        }
+        tokio::time::sleep(STATS_EVERY).await;
+    }
+}
+
+/// How often the TUI reads usage.
+pub const STATS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Runs each command as its own task so a slow call never holds up the others.
 async fn command_worker(api: ApiClient, mut rx: UnboundedReceiver<Cmd>, tx: UnboundedSender<Msg>) {

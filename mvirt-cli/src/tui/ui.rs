@@ -3,7 +3,7 @@
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style, Stylize};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Cell, Clear, Paragraph, Row, Table, TableState, Tabs};
+use ratatui::widgets::{Block, Cell, Clear, Paragraph, Row, Sparkline, Table, TableState, Tabs};
 use ratatui::Frame;
 use serde_json::Value;
 
@@ -42,15 +42,27 @@ pub fn draw(f: &mut Frame, app: &App) {
     f.render_widget(tabs, header);
 
     match app.view {
-        View::Vms => table(f, body, "VMs", &app.vms, VM_COLUMNS, Some(app.selected())),
-        View::Nodes => table(
-            f,
-            body,
-            "Nodes",
-            &app.nodes,
-            NODE_COLUMNS,
-            Some(app.selected()),
-        ),
+        View::Vms => {
+            let [list, charts] =
+                Layout::vertical([Constraint::Min(3), Constraint::Length(USAGE_HEIGHT)])
+                    .areas(body);
+            table(f, list, "VMs", &app.vms, VM_COLUMNS, Some(app.selected()));
+            usage(f, charts, app, "of one CPU");
+        }
+        View::Nodes => {
+            let [list, charts] =
+                Layout::vertical([Constraint::Min(3), Constraint::Length(USAGE_HEIGHT)])
+                    .areas(body);
+            table(
+                f,
+                list,
+                "Nodes",
+                &app.nodes,
+                NODE_COLUMNS,
+                Some(app.selected()),
+            );
+            usage(f, charts, app, "of all CPUs");
+        }
         View::Networks => table(
             f,
             body,
@@ -401,6 +413,55 @@ fn table(
         };
         f.render_widget(Paragraph::new("nothing here yet").dim(), inner);
     }
+}
+
+/// Height of the usage charts under the VM and node lists.
+const USAGE_HEIGHT: u16 = 7;
+
+/// Sparklines of the selected VM's or node's CPU % and network rate (both directions), one
+/// point per stats reading (every 2 s), newest on the right.
+fn usage(f: &mut Frame, area: Rect, app: &App, cpu_of: &str) {
+    let selected = app.selected_item();
+    let name = selected
+        .map(|v| crate::output::text_at(v, "name"))
+        .unwrap_or_default();
+    let block = Block::bordered().title(format!(" Usage · {name} "));
+    let series = selected
+        .map(|v| crate::output::text_at(v, "id"))
+        .and_then(|id| app.usage.series.get(&id))
+        .filter(|s| !s.cpu_percent.is_empty());
+    let Some(series) = series else {
+        let why = if selected.is_none() {
+            "nothing selected"
+        } else {
+            "no usage yet: read from its node every 2 s while it runs"
+        };
+        f.render_widget(Paragraph::new(why).block(block), area);
+        return;
+    };
+    let inner = block.inner(area);
+    f.render_widget(block, area);
+    let [cpu_area, net_area] =
+        Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(inner);
+    let last = |s: &std::collections::VecDeque<u64>| s.back().copied().unwrap_or(0);
+    let width = |a: Rect| a.width.saturating_sub(2) as usize;
+    let tail = |s: &std::collections::VecDeque<u64>, n: usize| -> Vec<u64> {
+        s.iter().skip(s.len().saturating_sub(n)).copied().collect()
+    };
+    let cpu = Sparkline::default()
+        .block(Block::bordered().title(format!(" CPU {}% {cpu_of} ", last(&series.cpu_percent))))
+        .max(100)
+        .style(Style::new().fg(Color::Green))
+        .data(tail(&series.cpu_percent, width(cpu_area)));
+    f.render_widget(cpu, cpu_area);
+    let net = Sparkline::default()
+        .block(Block::bordered().title(format!(
+            " Net {}/s ",
+            crate::output::human_bytes(last(&series.net_bytes_per_sec))
+        )))
+        .style(Style::new().fg(Color::Cyan))
+        .data(tail(&series.net_bytes_per_sec, width(net_area)));
+    f.render_widget(net, net_area);
 }
 
 fn phase_style(header: &str, text: &str) -> Style {

@@ -304,9 +304,87 @@ pub async fn start_log(dir: &std::path::Path, shutdown: mvirt_common::Shutdown) 
 
 /// Test double for the node agent's console relay (mvirt-node's `NodeAgent.Console`): a VM
 /// console cannot run behind a fake node here, so this plays the guest: it greets with a
-/// login prompt (the "scrollback") and echoes input back upper-cased.
+/// login prompt (the "scrollback") and echoes input back upper-cased. Its `GetStats` reads
+/// real numbers from /proc: the host's, and for each VM in `guests` those of a process the
+/// test started in the VM's place (no hypervisor runs behind this double).
 pub struct EchoConsole {
     pub secret: String,
+    pub guests: Guests,
+}
+
+/// VM id → pid of the process that stands in for its hypervisor.
+pub type Guests = std::sync::Arc<std::sync::Mutex<Vec<(String, u32)>>>;
+
+/// `/proc/<pid>` read as the node agent reads a hypervisor process (`None` once it is gone).
+fn proc_usage(id: &str, pid: u32) -> Option<proto::GuestUsage> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    let ticks = mvirt_common::metrics::clock_ticks_per_second();
+    let cpu = (fields[11].parse::<u64>().ok()? + fields[12].parse::<u64>().ok()?) as f64 / ticks;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |text: &str, key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    Some(proto::GuestUsage {
+        id: id.to_string(),
+        running: true,
+        pid,
+        cpu_seconds: cpu,
+        memory_rss_bytes: field(&status, "VmRSS:") * 1024,
+        threads: field(&status, "Threads:") as u32,
+        disk_read_bytes: field(&io, "read_bytes:"),
+        disk_write_bytes: field(&io, "write_bytes:"),
+        io_read_bytes: field(&io, "rchar:"),
+        io_write_bytes: field(&io, "wchar:"),
+        nics: vec![],
+    })
+}
+
+/// The host's CPU, memory and load from /proc, as the node agent reads them.
+fn host_usage() -> proto::HostUsage {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks = mvirt_common::metrics::clock_ticks_per_second();
+    let mut busy = 0.0;
+    let mut idle = 0.0;
+    if let Some(cpu) = stat.lines().find(|l| l.starts_with("cpu ")) {
+        for (i, v) in cpu.split_whitespace().skip(1).take(8).enumerate() {
+            let v = v.parse::<f64>().unwrap_or(0.0) / ticks;
+            if i == 3 || i == 4 {
+                idle += v;
+            } else {
+                busy += v;
+            }
+        }
+    }
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let kib = |key: &str| {
+        meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    proto::HostUsage {
+        cpus: stat
+            .lines()
+            .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
+            .count() as u32,
+        cpu_busy_seconds: busy,
+        cpu_idle_seconds: idle,
+        memory_total_bytes: kib("MemTotal:"),
+        memory_available_bytes: kib("MemAvailable:"),
+        load1: std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|l| l.split_whitespace().next().and_then(|v| v.parse().ok()))
+            .unwrap_or(0.0),
+    }
 }
 
 pub type FrameStream =
@@ -334,9 +412,34 @@ impl NodeAgent for EchoConsole {
 
     async fn get_stats(
         &self,
-        _: tonic::Request<mvirt_api::proto::GetStatsRequest>,
+        req: tonic::Request<mvirt_api::proto::GetStatsRequest>,
     ) -> Result<tonic::Response<mvirt_api::proto::NodeStats>, tonic::Status> {
-        Err(tonic::Status::unimplemented("this stand-in has no stats"))
+        let auth = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if auth != format!("Bearer {}", self.secret) {
+            return Err(tonic::Status::unauthenticated("bad node secret"));
+        }
+        let wanted = req.into_inner().vm_ids;
+        let guests = self.guests.lock().unwrap().clone();
+        let vms = guests
+            .iter()
+            .filter(|(id, _)| wanted.is_empty() || wanted.contains(id))
+            .filter_map(|(id, pid)| proc_usage(id, *pid))
+            .collect();
+        let sampled_at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        Ok(tonic::Response::new(proto::NodeStats {
+            node_id: String::new(),
+            sampled_at_ms,
+            host: Some(host_usage()),
+            vms,
+            pods: vec![],
+        }))
     }
 
     async fn get_host(
@@ -403,6 +506,18 @@ pub async fn start_echo_console(
     String,
     tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
 ) {
+    start_echo_console_with(api, secret, Guests::default()).await
+}
+
+/// [`start_echo_console`] whose `GetStats` reports the processes in `guests` as VMs.
+pub async fn start_echo_console_with(
+    api: &Api,
+    secret: &str,
+    guests: Guests,
+) -> (
+    String,
+    tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+) {
     use mvirt_common::tls;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -410,6 +525,7 @@ pub async fn start_echo_console(
     let addr = listener.local_addr().expect("addr");
     let echo = NodeAgentServer::new(EchoConsole {
         secret: secret.to_string(),
+        guests,
     });
     if !api.tls {
         let server = tonic::transport::Server::builder()
