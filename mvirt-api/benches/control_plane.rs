@@ -18,7 +18,9 @@
 //! run, `MVIRT_BENCH_ROUNDS=N` runs each level N times (default 3, 1 when quick), the systems
 //! taking turns at going first; the row gives medians and each round's ratio. Each write row
 //! also gives the CPU time (user + system) the system's processes (mvirt-api's members and
-//! their mvirt-log daemons, or etcd's three) used per successful write.
+//! their mvirt-log daemons, or etcd's three) used per successful write — for mvirt-api also the
+//! mvirt-log daemons' share —, and the CPU time the load generator (this process) used per
+//! write: it shares the cores with both systems.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -270,12 +272,27 @@ fn cpu_time(pids: &[u32]) -> Duration {
     Duration::from_secs_f64(total as f64 / ticks)
 }
 
-/// Runs `load` and returns its result with the CPU time `pids` spent per operation.
+/// Runs `load` and returns its result with the CPU time `pids` spent per operation, and the
+/// CPU time the load generator (this process: the clients, nothing else runs in it meanwhile)
+/// spent per operation — it shares the two cores with the system under test.
 async fn with_cpu<Fut: std::future::Future<Output = Load>>(pids: &[u32], load: Fut) -> Load {
-    let before = cpu_time(pids);
+    with_cpu_of(pids, &[], load).await
+}
+
+/// [`with_cpu`], also giving the share of `part` (some of `pids`: the mvirt-log daemons).
+async fn with_cpu_of<Fut: std::future::Future<Output = Load>>(
+    pids: &[u32],
+    part: &[u32],
+    load: Fut,
+) -> Load {
+    let me = [std::process::id()];
+    let (before, part_before, client_before) = (cpu_time(pids), cpu_time(part), cpu_time(&me));
     let mut l = load.await;
     let ops = (l.ok as f64).max(1.0);
     l.cpu_per_op = Duration::from_secs_f64((cpu_time(pids) - before).as_secs_f64() / ops);
+    l.part_cpu_per_op = Duration::from_secs_f64((cpu_time(part) - part_before).as_secs_f64() / ops);
+    l.client_cpu_per_op =
+        Duration::from_secs_f64((cpu_time(&me) - client_before).as_secs_f64() / ops);
     l
 }
 
@@ -286,6 +303,10 @@ struct Load {
     ok: usize,
     /// CPU time of the measured system's processes per successful operation (set by `with_cpu`).
     cpu_per_op: Duration,
+    /// CPU time of the load generator per successful operation (set by `with_cpu`).
+    client_cpu_per_op: Duration,
+    /// Of `cpu_per_op`, what the mvirt-log daemons used (set by `with_cpu_of`).
+    part_cpu_per_op: Duration,
     p50: Duration,
     p99: Duration,
     errors: usize,
@@ -353,6 +374,8 @@ where
         throughput: lat.len() as f64 / elapsed.as_secs_f64(),
         ok: lat.len(),
         cpu_per_op: Duration::ZERO,
+        client_cpu_per_op: Duration::ZERO,
+        part_cpu_per_op: Duration::ZERO,
         p50: percentile(&lat, 0.5),
         p99: percentile(&lat, 0.99),
         errors,
@@ -566,6 +589,10 @@ impl MvirtCluster {
             .collect()
     }
 
+    fn log_pids(&self) -> Vec<u32> {
+        self.logs.iter().map(|l| l.guard.id()).collect()
+    }
+
     /// Audit entries the mvirt-log daemons stored.
     fn audit_entries(&self) -> u64 {
         self.logs
@@ -674,6 +701,8 @@ enum System {
         url: String,
         token: String,
         pids: Vec<u32>,
+        /// Its mvirt-log daemons (none without audit logging).
+        log_pids: Vec<u32>,
     },
     /// etcd puts through its native gRPC API (etcd-client) on its leader, over
     /// ceil(clients / 16) connections (HTTP/2 multiplexes the rest, as etcd's own
@@ -696,9 +725,14 @@ impl System {
         body_len: usize,
     ) -> Load {
         match self {
-            System::Mvirt { url, token, pids } => {
+            System::Mvirt {
+                url,
+                token,
+                pids,
+                log_pids,
+            } => {
                 let (http, url, tok) = (http.clone(), format!("{url}/v1/vms"), token.clone());
-                with_cpu(pids, run_load("mvirt-api", concurrency, per, move |i| {
+                with_cpu_of(pids, log_pids, run_load("mvirt-api", concurrency, per, move |i| {
                     let (http, url, tok) = (http.clone(), url.clone(), tok.clone());
                     async move {
                         // Pending VMs (the selector matches no node): only the control plane works.
@@ -783,6 +817,7 @@ async fn bench_writes() {
             url: audited.leader.clone(),
             token: audited.token.clone(),
             pids: audited.pids(),
+            log_pids: audited.log_pids(),
         },
     )];
     if let Some(e) = &etcd {
@@ -809,6 +844,7 @@ async fn bench_writes() {
                     url: p.leader.clone(),
                     token: p.token.clone(),
                     pids: p.pids(),
+                    log_pids: p.log_pids(),
                 },
             ));
             systems.push(("etcd, JSON gateway", System::EtcdJson { url: leader, pids }));
@@ -877,11 +913,17 @@ async fn bench_writes() {
         for ((label, _), rs) in systems.iter().zip(&runs) {
             let l = median_load(rs.clone());
             println!(
-                "  {label:<22} {:>7.0}/s p50 {:>5.1} p99 {:>5.1} ms cpu {:>4.0} µs/op{}",
+                "  {label:<22} {:>7.0}/s p50 {:>5.1} p99 {:>5.1} ms cpu {:>4.0} µs/op{}, client {:>4.0} µs/op{}",
                 l.throughput,
                 l.p50.as_secs_f64() * 1000.0,
                 l.p99.as_secs_f64() * 1000.0,
                 l.cpu_per_op.as_secs_f64() * 1e6,
+                if l.part_cpu_per_op.is_zero() {
+                    String::new()
+                } else {
+                    format!(" (mvirt-log {:.0})", l.part_cpu_per_op.as_secs_f64() * 1e6)
+                },
+                l.client_cpu_per_op.as_secs_f64() * 1e6,
                 if l.errors > 0 {
                     format!(" ({} errors)", l.errors)
                 } else {
@@ -916,10 +958,14 @@ fn median_load(mut runs: Vec<Load>) -> Load {
     let p50 = pick(&mut runs, |l| l.p50.as_secs_f64());
     let p99 = pick(&mut runs, |l| l.p99.as_secs_f64());
     let cpu = pick(&mut runs, |l| l.cpu_per_op.as_secs_f64());
+    let client_cpu = pick(&mut runs, |l| l.client_cpu_per_op.as_secs_f64());
+    let part_cpu = pick(&mut runs, |l| l.part_cpu_per_op.as_secs_f64());
     Load {
         throughput,
         ok: runs.iter().map(|l| l.ok).sum(),
         cpu_per_op: Duration::from_secs_f64(cpu),
+        client_cpu_per_op: Duration::from_secs_f64(client_cpu),
+        part_cpu_per_op: Duration::from_secs_f64(part_cpu),
         p50: Duration::from_secs_f64(p50),
         p99: Duration::from_secs_f64(p99),
         errors: runs.iter().map(|l| l.errors).sum(),
