@@ -298,7 +298,9 @@ async fn the_raft_listener_authenticates_and_caps_bodies_before_reading_them() {
     if let Ok(resp) = resp {
         assert_eq!(resp.status(), 413);
     }
-    // The member still serves its peers' RPCs.
+    // The member still serves its peers' RPCs (on a new connection: the one above may have
+    // been closed under the sender, and a pooled client would reuse it).
+    let raft = common::member_http(&a.dir, 1);
     let resp = raft
         .post(format!("https://{raft_addr}/raft/read-index"))
         .header("authorization", &bearer)
