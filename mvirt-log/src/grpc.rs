@@ -524,7 +524,10 @@ mod tests {
         assert_eq!(e.trace_id, None);
         let mut traced = wire("ok", 1);
         traced.trace_id = "req-1".into();
-        assert_eq!(new_entry(traced, 1).unwrap().trace_id.as_deref(), Some("req-1"));
+        assert_eq!(
+            new_entry(traced, 1).unwrap().trace_id.as_deref(),
+            Some("req-1")
+        );
         let mut bad = wire("ok", 1);
         bad.trace_id = "not a token".into();
         let err = new_entry(bad, 1).unwrap_err();

@@ -21,7 +21,8 @@ use mvirt_common::sqlite::{self, SqliteError};
 
 use crate::level::Level;
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE logs (
     id           INTEGER PRIMARY KEY,
     timestamp_ns INTEGER NOT NULL,
@@ -39,10 +40,12 @@ CREATE TABLE log_objects (
     PRIMARY KEY (object_id, log_id)
 ) WITHOUT ROWID;
 CREATE INDEX log_objects_log ON log_objects(log_id);
-"#, r#"
+"#,
+    r#"
 ALTER TABLE logs ADD COLUMN trace_id TEXT;
 CREATE INDEX logs_trace ON logs(trace_id, timestamp_ns, id) WHERE trace_id IS NOT NULL;
-"#];
+"#,
+];
 
 /// Largest page a query may ask for.
 pub const MAX_LIMIT: u32 = 10_000;
@@ -407,8 +410,9 @@ impl Store {
 
 /// `SELECT ... WHERE <filter>` with its arguments; callers append ordering and limits.
 fn select_matching(filter: &Filter) -> (String, Vec<Value>) {
-    let mut sql =
-        String::from("SELECT l.id, l.timestamp_ns, l.message, l.level, l.component, l.trace_id FROM logs l");
+    let mut sql = String::from(
+        "SELECT l.id, l.timestamp_ns, l.message, l.level, l.component, l.trace_id FROM logs l",
+    );
     let mut args = Vec::new();
     if let Some(object_id) = &filter.object_id {
         sql.push_str(" JOIN log_objects o ON o.log_id = l.id AND o.object_id = ?");
