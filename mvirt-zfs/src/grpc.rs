@@ -84,7 +84,7 @@ fn receive_parts(
                         "only the first message of a stream carries a header".into(),
                     ))]
                 } else {
-                    parts_of(m.data, m.sha256, m.byte_count)
+                    parts_of(m.data.into(), m.sha256, m.byte_count)
                 }
             }
             Err(status) => vec![Err(StorageError::InvalidArgument(format!(
@@ -538,7 +538,7 @@ impl ZfsService for ZfsGrpc {
                 match sender.next_chunk().await {
                     Ok(Some(data)) => {
                         let chunk = proto::VolumeStreamChunk {
-                            data,
+                            data: data.into(),
                             ..Default::default()
                         };
                         if tx.send(Ok(chunk)).await.is_err() {
@@ -580,7 +580,7 @@ impl ZfsService for ZfsGrpc {
             sha256: first.sha256,
             byte_count: first.byte_count,
         });
-        let parts = receive_parts(first.data, trailer, inbound);
+        let parts = receive_parts(first.data.into(), trailer, inbound);
         let header = ReceiveHeader {
             volume_id: header.volume_id,
             name: header.name,

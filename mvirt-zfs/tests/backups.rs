@@ -564,10 +564,15 @@ async fn a_daemon_killed_while_writing_a_backup_leaves_nothing_after_restart() {
             })
             .await
         });
-        let stopped = tokio::task::spawn_blocking(move || stopper.join().unwrap())
+        let Some(stopped) = tokio::task::spawn_blocking(move || stopper.join().unwrap())
             .await
             .unwrap()
-            .expect("the backup's zfs send was never seen");
+        else {
+            panic!(
+                "the backup's zfs send was never seen; the call: {:?}",
+                call.await
+            );
+        };
         // Finished before the stop took effect: try again with a new backup.
         tokio::time::sleep(Duration::from_millis(300)).await;
         if call.is_finished() {
@@ -609,8 +614,9 @@ async fn a_daemon_killed_while_writing_a_backup_leaves_nothing_after_restart() {
 
     let _daemon = start_daemon(&pool, &data_dir, &socket);
     let mut c = connect(&socket).await;
-    assert!(!partial.exists());
+    // Answered once the start (and its clean-up) is done.
     assert_eq!(list(&mut c, &v.id).await, vec![full.id.clone()]);
+    assert!(!partial.exists());
     // The interrupted backup's snapshot is gone; the full's stays as the incremental base.
     assert_eq!(
         snapshots_of(&pool, &v.id),
