@@ -66,6 +66,10 @@ fn channel(daemon: &'static str, endpoint: &str) -> Result<Channel, DaemonError>
         .connect_lazy())
 }
 
+fn traced(channel: Channel) -> DaemonChannel {
+    InterceptedService::new(channel, mvirt_common::trace::Propagate)
+}
+
 /// Adds `authorization: Bearer <token>` to every NodeService call.
 #[derive(Clone)]
 pub struct BearerAuth {
@@ -102,15 +106,19 @@ pub fn api_client(channel: Channel, token: &str) -> Result<ApiClient, DaemonErro
     ))
 }
 
+/// A channel to a local daemon whose calls carry the trace id of the work they are made for
+/// (`x-mvirt-trace-id`, see [`mvirt_common::trace`]).
+pub type DaemonChannel = InterceptedService<Channel, mvirt_common::trace::Propagate>;
+
 /// The gRPC clients the agent uses. Cheap to clone.
 #[derive(Clone)]
 pub struct Daemons {
     pub api: ApiClient,
-    pub vmm: VmServiceClient<Channel>,
+    pub vmm: VmServiceClient<DaemonChannel>,
     /// mvirt-vmm's PodService (same socket as `vmm`).
-    pub pods: PodServiceClient<Channel>,
-    pub zfs: ZfsServiceClient<Channel>,
-    pub net: NetServiceClient<Channel>,
+    pub pods: PodServiceClient<DaemonChannel>,
+    pub zfs: ZfsServiceClient<DaemonChannel>,
+    pub net: NetServiceClient<DaemonChannel>,
 }
 
 impl Daemons {
@@ -125,10 +133,10 @@ impl Daemons {
         let vmm = channel("mvirt-vmm", &endpoints.vmm)?;
         Ok(Daemons {
             api: NodeServiceClient::with_interceptor(api, BearerAuth { header }),
-            vmm: VmServiceClient::new(vmm.clone()),
-            pods: PodServiceClient::new(vmm),
-            zfs: ZfsServiceClient::new(channel("mvirt-zfs", &endpoints.zfs)?),
-            net: NetServiceClient::new(channel("mvirt-ebpf", &endpoints.ebpf)?),
+            vmm: VmServiceClient::new(traced(vmm.clone())),
+            pods: PodServiceClient::new(traced(vmm)),
+            zfs: ZfsServiceClient::new(traced(channel("mvirt-zfs", &endpoints.zfs)?)),
+            net: NetServiceClient::new(traced(channel("mvirt-ebpf", &endpoints.ebpf)?)),
         })
     }
 }

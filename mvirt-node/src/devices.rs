@@ -11,12 +11,12 @@
 
 use std::collections::{HashMap, HashSet};
 
+use crate::daemons::DaemonChannel;
 use mvirt_api::proto as api;
 use mvirt_ebpf::proto as net;
 use mvirt_vmm::proto as vmm;
 use mvirt_vmm::proto::vm_service_client::VmServiceClient;
 use mvirt_zfs::proto as zfs;
-use tonic::transport::Channel;
 
 const MIB: u64 = 1 << 20;
 
@@ -117,7 +117,7 @@ fn plan(
 
 /// Asks mvirt-vmm for one change; returns the VM as it is after it.
 async fn apply(
-    client: &mut VmServiceClient<Channel>,
+    client: &mut VmServiceClient<DaemonChannel>,
     vm_id: &str,
     change: Change,
 ) -> Result<Option<vmm::Vm>, tonic::Status> {
@@ -160,7 +160,7 @@ async fn apply(
 /// Brings an existing VM's shape to the desired one. Returns the VM as mvirt-vmm has it after
 /// the changes, and the problems met (a device that is not ready yet, a refused change).
 pub async fn converge(
-    client: &mut VmServiceClient<Channel>,
+    client: &mut VmServiceClient<DaemonChannel>,
     want: &api::VmSpec,
     mut vm: vmm::Vm,
     volumes: &HashMap<String, zfs::Volume>,

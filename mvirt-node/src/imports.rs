@@ -8,9 +8,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use crate::daemons::DaemonChannel;
 use tokio::sync::Notify;
 use tokio_stream::StreamExt;
-use tonic::transport::Channel;
 
 use mvirt_zfs::proto::zfs_service_client::ZfsServiceClient;
 use mvirt_zfs::proto::{ImportPhase, WatchImportRequest};
@@ -53,7 +53,7 @@ impl ImportTracker {
     /// Starts following `job_id` for `template_id` unless it is already followed.
     pub fn follow(
         self: &Arc<Self>,
-        zfs: ZfsServiceClient<Channel>,
+        zfs: ZfsServiceClient<DaemonChannel>,
         template_id: &str,
         job_id: &str,
         wake: Arc<Notify>,
@@ -74,7 +74,7 @@ impl ImportTracker {
         let tracker = self.clone();
         let template_id = template_id.to_string();
         let job_id = job_id.to_string();
-        tokio::spawn(async move {
+        tokio::spawn(mvirt_common::trace::inherit(async move {
             let outcome = follow_job(zfs, &tracker, &template_id, &job_id).await;
             match outcome {
                 Ok(state) => tracker.set(&template_id, state),
@@ -86,12 +86,12 @@ impl ImportTracker {
                 }
             }
             wake.notify_one();
-        });
+        }));
     }
 }
 
 async fn follow_job(
-    mut zfs: ZfsServiceClient<Channel>,
+    mut zfs: ZfsServiceClient<DaemonChannel>,
     tracker: &ImportTracker,
     template_id: &str,
     job_id: &str,

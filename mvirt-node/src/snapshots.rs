@@ -13,13 +13,13 @@
 
 use std::collections::HashMap;
 
+use crate::daemons::DaemonChannel;
 use mvirt_api::proto as api;
 use mvirt_api::proto::Phase;
 use mvirt_log::AuditLogger;
 use mvirt_vmm::proto as vmm;
 use mvirt_zfs::proto as zfs;
 use mvirt_zfs::proto::zfs_service_client::ZfsServiceClient;
-use tonic::transport::Channel;
 
 use crate::ledger::Ledger;
 
@@ -53,7 +53,7 @@ fn snapshot_status(id: &str, phase: Phase, message: impl Into<String>) -> api::S
 /// Converges the snapshots (and a pending rollback) of one volume that exists on this node.
 /// `running_users` are the VMs using the volume that run here now.
 pub async fn converge(
-    zfs: &mut ZfsServiceClient<Channel>,
+    zfs: &mut ZfsServiceClient<DaemonChannel>,
     ledger: &Ledger,
     audit: &AuditLogger,
     want: &api::VolumeSpec,
@@ -159,7 +159,7 @@ pub async fn converge(
 
 /// Carries out the volume's pending rollback once, or says why it cannot yet.
 async fn rollback(
-    zfs: &mut ZfsServiceClient<Channel>,
+    zfs: &mut ZfsServiceClient<DaemonChannel>,
     ledger: &Ledger,
     audit: &AuditLogger,
     want: &api::VolumeSpec,

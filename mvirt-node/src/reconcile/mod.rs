@@ -33,8 +33,8 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 
+use crate::daemons::DaemonChannel;
 use tokio::sync::Notify;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use mvirt_api::proto as api;
@@ -77,15 +77,15 @@ pub struct Context {
 }
 
 impl Context {
-    fn net(&self) -> NetServiceClient<Channel> {
+    fn net(&self) -> NetServiceClient<DaemonChannel> {
         self.daemons.net.clone()
     }
 
-    fn zfs(&self) -> ZfsServiceClient<Channel> {
+    fn zfs(&self) -> ZfsServiceClient<DaemonChannel> {
         self.daemons.zfs.clone()
     }
 
-    fn vmm(&self) -> VmServiceClient<Channel> {
+    fn vmm(&self) -> VmServiceClient<DaemonChannel> {
         self.daemons.vmm.clone()
     }
 
@@ -168,10 +168,13 @@ impl std::fmt::Display for Failure {
     }
 }
 
-/// A resource of the desired set: its id, and where the set lists its kind.
+/// A resource of the desired set: its id, the trace id of the request that last changed it,
+/// and where the set lists its kind.
 pub trait DesiredResource: Sized {
     fn all(spec: &api::NodeSpec) -> &[Self];
     fn id(&self) -> &str;
+    /// Empty when the API sent none.
+    fn trace_id(&self) -> &str;
 }
 
 macro_rules! desired_resources {
@@ -182,6 +185,9 @@ macro_rules! desired_resources {
             }
             fn id(&self) -> &str {
                 &self.id
+            }
+            fn trace_id(&self) -> &str {
+                &self.trace_id
             }
         }
     )*};
@@ -335,7 +341,24 @@ async fn converge_kind<R: Reconciler>(
         }
     };
     for want in R::Desired::all(spec) {
-        let outcome = match reconciler.converge(want, &observed).await {
+        // The resource is converged in the trace of the request that last changed it: its
+        // log lines carry the id (span field), and so do the daemon calls made for it
+        // (`x-mvirt-trace-id`) and the audit entries written meanwhile.
+        let trace_id = want.trace_id();
+        let span = tracing::info_span!(
+            "reconcile",
+            kind = R::KIND.as_str(),
+            id = want.id(),
+            trace_id = tracing::field::Empty
+        );
+        if !trace_id.is_empty() {
+            span.record("trace_id", tracing::field::display(trace_id));
+        }
+        let converging = mvirt_common::trace::scope(
+            Some(trace_id.to_string()),
+            reconciler.converge(want, &observed),
+        );
+        let outcome = match tracing::Instrument::instrument(converging, span).await {
             Ok(outcome) => outcome,
             Err(err) => {
                 tracing::warn!(kind = R::KIND.as_str(), error = %err, "kind stopped this pass");

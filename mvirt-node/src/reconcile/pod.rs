@@ -20,7 +20,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tonic::transport::Channel;
+use crate::daemons::DaemonChannel;
 use tonic::{Code, Status};
 
 use mvirt_api::proto as api;
@@ -85,7 +85,7 @@ impl<'a> PodReconciler<'a> {
 }
 
 impl Context {
-    fn pods(&self) -> PodServiceClient<Channel> {
+    fn pods(&self) -> PodServiceClient<DaemonChannel> {
         self.daemons.pods.clone()
     }
 
@@ -447,7 +447,7 @@ fn converge_power(cx: &Context, ops: &Operations, want: &api::PodSpec, pod: &vmm
 /// the agent is woken. A failed start schedules the retry (and a wake-up for it).
 fn in_background<F, Fut>(cx: &Context, ops: &Operations, id: &str, operation: F)
 where
-    F: FnOnce(PodServiceClient<Channel>, String) -> Fut + Send + 'static,
+    F: FnOnce(PodServiceClient<DaemonChannel>, String) -> Fut + Send + 'static,
     Fut: Future<Output = Result<(), Status>> + Send + 'static,
 {
     ops.lock().busy.insert(id.to_string());
@@ -455,7 +455,7 @@ where
     let wake = cx.wake.clone();
     let client = cx.pods();
     let id = id.to_string();
-    tokio::spawn(async move {
+    tokio::spawn(mvirt_common::trace::inherit(async move {
         let result = operation(client, id.clone()).await;
         let retry_in = {
             let mut state = inner.lock().unwrap_or_else(|e| e.into_inner());
@@ -489,7 +489,7 @@ where
             tokio::time::sleep(wait).await;
             wake.notify_one();
         }
-    });
+    }));
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
-use tonic::transport::Channel;
+use crate::daemons::DaemonChannel;
 use tonic::Status;
 
 use mvirt_api::proto as api;
@@ -164,7 +164,7 @@ async fn start(cx: &Context, want: &api::VmSpec, mut vm: vmm::Vm) -> vmm::Vm {
 /// agent is woken.
 fn in_background<F, Fut>(cx: &Context, operations: &Operations, id: &str, operation: F)
 where
-    F: FnOnce(VmServiceClient<Channel>, String, u32) -> Fut + Send + 'static,
+    F: FnOnce(VmServiceClient<DaemonChannel>, String, u32) -> Fut + Send + 'static,
     Fut: Future<Output = Result<(), Status>> + Send + 'static,
 {
     operations.lock().insert(id.to_string());
@@ -173,7 +173,7 @@ where
     let client = cx.vmm();
     let id = id.to_string();
     let timeout = cx.settings.stop_timeout_secs;
-    tokio::spawn(async move {
+    tokio::spawn(mvirt_common::trace::inherit(async move {
         if let Err(err) = operation(client, id.clone(), timeout).await {
             tracing::warn!(vm = %id, error = %err, "VM operation failed");
         }
@@ -182,7 +182,7 @@ where
             .unwrap_or_else(|e| e.into_inner())
             .remove(&id);
         wake.notify_one();
-    });
+    }));
 }
 
 #[cfg(test)]

@@ -101,6 +101,7 @@ impl HostDaemons {
             import_dir: Some(images.clone()),
             log_endpoint: log_endpoint.to_string(),
             compression: "on".into(),
+            backup_dir: dir.join("zfs-backups"),
         };
         let zfs = mvirt_zfs::server::Daemon::prepare(&zfs_config, &shutdown)
             .await
