@@ -108,11 +108,9 @@ pub async fn request_id(mut req: Request, next: middleware::Next) -> Response {
             .insert(mvirt_common::trace::REQUEST_ID_HEADER, value.clone());
     }
     let span = tracing::info_span!("request", trace_id = %id);
-    let mut resp = tracing::Instrument::instrument(
-        mvirt_common::trace::scope(Some(id), next.run(req)),
-        span,
-    )
-    .await;
+    let mut resp =
+        tracing::Instrument::instrument(mvirt_common::trace::scope(Some(id), next.run(req)), span)
+            .await;
     if let Some(value) = value {
         resp.headers_mut()
             .insert(mvirt_common::trace::REQUEST_ID_HEADER, value);
