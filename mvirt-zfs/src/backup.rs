@@ -359,16 +359,12 @@ impl Backups {
             tokio::fs::File::from_std(file)
         };
         let mut sender = Sender::start(snapshot, base)?;
-        let werr = io_err(format!("cannot write {}", partial.display()));
-        loop {
-            match sender.next_chunk().await? {
-                Some(chunk) => {
-                    if let Err(e) = out.write_all(&chunk).await {
-                        return Err(werr(e));
-                    }
-                }
-                None => break,
-            }
+        let werr = |e| StorageError::Io {
+            context: format!("cannot write {}", partial.display()),
+            source: e,
+        };
+        while let Some(chunk) = sender.next_chunk().await? {
+            out.write_all(&chunk).await.map_err(&werr)?;
         }
         let sum = sender.finish().await?;
         out.flush()

@@ -321,7 +321,7 @@ async fn a_volume_moves_to_another_pool_full_then_incrementally_and_bad_streams_
     let mut corrupted = full.clone();
     let mut data = corrupted[1].data.to_vec();
     data[1000] ^= 0xff;
-    corrupted[1].data = data.into();
+    corrupted[1].data = data;
     let err = receive(&mut cb, header(&fresh, "fresh", ""), corrupted)
         .await
         .unwrap_err();
@@ -386,7 +386,7 @@ async fn a_volume_moves_to_another_pool_full_then_incrementally_and_bad_streams_
     let mut data = corrupted[last_data].data.to_vec();
     let mid = data.len() / 2;
     data[mid] ^= 0x01;
-    corrupted[last_data].data = data.into();
+    corrupted[last_data].data = data;
     let err = receive(&mut cb, header(&vid, "", &s2), corrupted)
         .await
         .unwrap_err();
@@ -542,7 +542,7 @@ async fn a_receive_interrupted_by_a_restart_is_removed_at_the_next_start() {
     // What a daemon killed after `zfs receive` finished but before the rename leaves.
     let leftover = new_id();
     let staged = a.pool.dataset(&format!("mvirt/staging/{leftover}.recv"));
-    let send = std::process::Command::new("zfs")
+    let mut send = std::process::Command::new("zfs")
         .args([
             "send",
             &a.pool.dataset(&format!("mvirt/volumes/{vid}@repl-{s1}")),
@@ -552,9 +552,10 @@ async fn a_receive_interrupted_by_a_restart_is_removed_at_the_next_start() {
         .unwrap();
     let recv = std::process::Command::new("zfs")
         .args(["receive", &staged])
-        .stdin(send.stdout.unwrap())
+        .stdin(send.stdout.take().unwrap())
         .status()
         .unwrap();
+    assert!(send.wait().unwrap().success());
     assert!(recv.success());
     assert!(!staging_is_empty(&a.pool));
     let config = a.daemon.stop().await;
