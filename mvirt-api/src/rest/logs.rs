@@ -124,7 +124,7 @@ fn request(q: &LogsQuery) -> Result<QueryRequest, ApiError> {
     if let Some(t) = q
         .trace_id
         .as_deref()
-        .filter(|t| !mvirt_common::trace::is_valid(t))
+        .filter(|t| !t.is_empty() && !mvirt_common::trace::is_valid(t))
     {
         return Err(ApiError::invalid(format!(
             "trace_id {t:?} must be 1 to {} characters of A-Z a-z 0-9 . _ : -",
@@ -154,6 +154,7 @@ fn request(q: &LogsQuery) -> Result<QueryRequest, ApiError> {
         limit: q.limit.unwrap_or(100).min(10_000),
         cursor: q.cursor.clone().unwrap_or_default(),
         follow: q.follow,
+        // Empty = no filter, like the other filters.
         trace_id: q.trace_id.clone().unwrap_or_default(),
     })
 }

@@ -647,7 +647,11 @@ fn add_request_rules(doc: &mut Value) {
                         }
                         (Some("query"), Some("order")) => json!({"enum": ["newest", "oldest"]}),
                         (Some("query"), Some("level")) => json!({
-                            "pattern": "^,*((audit|info|warn|error|debug),*)*$"
+                            "pattern": "^,*((audit|info|warn|error|debug)(,+(audit|info|warn|error|debug))*)?,*$"
+                        }),
+                        // Empty: no filter (mvirt_common::trace::is_valid otherwise).
+                        (Some("query"), Some("trace_id")) => json!({
+                            "pattern": "^[A-Za-z0-9._:-]{0,128}$"
                         }),
                         (Some("header"), Some("Idempotency-Key")) => json!({
                             "pattern": "^[\\x21-\\x7e]([\\x20-\\x7e]{0,253}[\\x21-\\x7e])?$"
