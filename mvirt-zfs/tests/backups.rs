@@ -15,39 +15,9 @@ use mvirt_testsupport::process::{wait_until, wait_until_async, ChildGuard};
 use mvirt_testsupport::zfs::TestPool;
 use mvirt_zfs::proto;
 use mvirt_zfs::proto::zfs_service_client::ZfsServiceClient;
-use sha2::{Digest, Sha256};
 use tonic::Code;
 
 const MIB: u64 = 1 << 20;
-
-fn write_pattern(path: &str, offset: u64, len: usize, seed: u64) {
-    let mut x = seed | 1;
-    let mut data = vec![0u8; len];
-    for chunk in data.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-    }
-    let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-    f.seek(SeekFrom::Start(offset)).unwrap();
-    f.write_all(&data).unwrap();
-    f.sync_all().unwrap();
-}
-
-fn file_sha(path: &str) -> String {
-    let mut f = std::fs::File::open(path).unwrap();
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).unwrap();
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    hex::encode(h.finalize())
-}
 
 async fn create_volume(c: &mut Client, name: &str, size: u64) -> proto::Volume {
     c.create_volume(proto::CreateVolumeRequest {
@@ -131,13 +101,13 @@ async fn full_and_incremental_backups_restore_every_point_and_retention_keeps_ch
     let fx = Fixture::start().await;
     let mut c = fx.client();
     let v = create_volume(&mut c, "data", 64 * MIB).await;
-    write_pattern(&v.path, 0, 2 * MIB as usize, 1);
+    common::write_pattern(&v.path, 0, 2 * MIB as usize, 1);
     let b1 = backup(&mut c, &v.id, false).await;
-    let at_b1 = file_sha(&v.path);
-    write_pattern(&v.path, 10 * MIB, MIB as usize, 2);
+    let at_b1 = common::sha256_file(&v.path);
+    common::write_pattern(&v.path, 10 * MIB, MIB as usize, 2);
     let b2 = backup(&mut c, &v.id, true).await;
-    let at_b2 = file_sha(&v.path);
-    write_pattern(&v.path, 30 * MIB, MIB as usize, 3);
+    let at_b2 = common::sha256_file(&v.path);
+    common::write_pattern(&v.path, 30 * MIB, MIB as usize, 3);
     // The volume grows between backups: the restore has the new size.
     c.resize_volume(proto::ResizeVolumeRequest {
         id: v.id.clone(),
@@ -145,9 +115,9 @@ async fn full_and_incremental_backups_restore_every_point_and_retention_keeps_ch
     })
     .await
     .unwrap();
-    write_pattern(&v.path, 90 * MIB, MIB as usize, 4);
+    common::write_pattern(&v.path, 90 * MIB, MIB as usize, 4);
     let b3 = backup(&mut c, &v.id, true).await;
-    let at_b3 = file_sha(&v.path);
+    let at_b3 = common::sha256_file(&v.path);
     assert_ne!(at_b1, at_b2);
     assert_ne!(at_b2, at_b3);
 
@@ -164,7 +134,7 @@ async fn full_and_incremental_backups_restore_every_point_and_retention_keeps_ch
             backup_dir.join(format!("{}.zstream", b.id))
         );
         assert_eq!(std::fs::metadata(&b.path).unwrap().len(), b.size_bytes);
-        assert_eq!(file_sha(&b.path), b.sha256);
+        assert_eq!(common::sha256_file(&b.path), b.sha256);
         let manifest: serde_json::Value = serde_json::from_slice(
             &std::fs::read(backup_dir.join(format!("{}.json", b.id))).unwrap(),
         )
@@ -252,7 +222,7 @@ async fn full_and_incremental_backups_restore_every_point_and_retention_keeps_ch
     ] {
         let r = restore(&mut c, &b.id, name).await.unwrap();
         assert_eq!(r.size_bytes, size);
-        assert_eq!(&file_sha(&r.path), sha, "restore of {name}");
+        assert_eq!(&common::sha256_file(&r.path), sha, "restore of {name}");
         assert!(!r.replica);
         assert!(snapshots_of(&fx.pool, &r.id).is_empty());
         assert_eq!(
@@ -306,11 +276,11 @@ async fn full_and_incremental_backups_restore_every_point_and_retention_keeps_ch
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     // A new chain: keeping the newest 1 keeps it and its full, the old chain goes.
-    write_pattern(&v.path, 50 * MIB, MIB as usize, 5);
+    common::write_pattern(&v.path, 50 * MIB, MIB as usize, 5);
     let b4 = backup(&mut c, &v.id, false).await;
-    write_pattern(&v.path, 51 * MIB, MIB as usize, 6);
+    common::write_pattern(&v.path, 51 * MIB, MIB as usize, 6);
     let b5 = backup(&mut c, &v.id, true).await;
-    let at_b5 = file_sha(&v.path);
+    let at_b5 = common::sha256_file(&v.path);
     assert_eq!(b5.base_backup_id, b4.id);
     let pruned = c
         .prune_backups(proto::PruneBackupsRequest {
@@ -333,7 +303,7 @@ async fn full_and_incremental_backups_restore_every_point_and_retention_keeps_ch
         assert!(!backup_dir.join(format!("{}.json", b.id)).exists());
     }
     let r = restore(&mut c, &b5.id, "r5").await.unwrap();
-    assert_eq!(file_sha(&r.path), at_b5);
+    assert_eq!(common::sha256_file(&r.path), at_b5);
 
     // The whole chain goes with with_dependents (newest first).
     let deleted = c
@@ -381,10 +351,10 @@ async fn a_corrupted_or_truncated_backup_file_is_named_and_nothing_is_created() 
     let fx = Fixture::start().await;
     let mut c = fx.client();
     let v = create_volume(&mut c, "data", 32 * MIB).await;
-    write_pattern(&v.path, 0, 2 * MIB as usize, 7);
+    common::write_pattern(&v.path, 0, 2 * MIB as usize, 7);
     let b1 = backup(&mut c, &v.id, false).await;
-    let at_b1 = file_sha(&v.path);
-    write_pattern(&v.path, 8 * MIB, 2 * MIB as usize, 8);
+    let at_b1 = common::sha256_file(&v.path);
+    common::write_pattern(&v.path, 8 * MIB, 2 * MIB as usize, 8);
     let b2 = backup(&mut c, &v.id, true).await;
 
     // One flipped byte in the middle of the incremental's file.
@@ -429,7 +399,7 @@ async fn a_corrupted_or_truncated_backup_file_is_named_and_nothing_is_created() 
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(file_sha(&r.path), at_b1);
+    assert_eq!(common::sha256_file(&r.path), at_b1);
 
     // A truncated full backup: restoring either point names the full's file.
     let f = std::fs::OpenOptions::new()
@@ -523,9 +493,9 @@ async fn a_daemon_killed_while_writing_a_backup_leaves_nothing_after_restart() {
     let mut daemon = start_daemon(&pool, &data_dir, &socket);
     let mut c = connect(&socket).await;
     let v = create_volume(&mut c, "data", 32 * MIB).await;
-    write_pattern(&v.path, 0, 8 * MIB as usize, 11);
+    common::write_pattern(&v.path, 0, 8 * MIB as usize, 11);
     let full = backup(&mut c, &v.id, false).await;
-    write_pattern(&v.path, 16 * MIB, 8 * MIB as usize, 12);
+    common::write_pattern(&v.path, 16 * MIB, 8 * MIB as usize, 12);
     let backup_dir = data_dir.join("backups").join(&v.id);
 
     // The incremental's `zfs send` is stopped (SIGSTOP) as soon as it appears, so the daemon
@@ -639,5 +609,5 @@ async fn a_daemon_killed_while_writing_a_backup_leaves_nothing_after_restart() {
         .into_inner();
     assert_eq!(again.base_backup_id, full.id);
     let r = restore(&mut c, &id, "restored").await.unwrap();
-    assert_eq!(file_sha(&r.path), file_sha(&v.path));
+    assert_eq!(common::sha256_file(&r.path), common::sha256_file(&v.path));
 }

@@ -101,7 +101,7 @@ async fn deleting_a_template_with_detach_clones_copies_each_clone_and_keeps_its_
     let (tid, template_sha) = import_template(&fx, &mut c, "golden").await;
     let plain = clone(&mut c, &tid, "plain", 0).await;
     let grown = clone(&mut c, &tid, "grown", 32 * MIB).await;
-    assert_eq!(common::sha256_file(plain.path.as_ref()), template_sha);
+    assert_eq!(common::sha256_file(&plain.path), template_sha);
 
     // Writes after cloning, a snapshot between two of them, and a user property of our own.
     write_at(&plain.path, 3 * MIB, b"written to the clone after cloning");
@@ -114,13 +114,13 @@ async fn deleting_a_template_with_detach_clones_copies_each_clone_and_keeps_its_
     })
     .await
     .unwrap();
-    let grown_at_snapshot = common::sha256_file(grown.path.as_ref());
+    let grown_at_snapshot = common::sha256_file(&grown.path);
     write_at(&grown.path, 20 * MIB, b"second write");
     let plain_ds = fx.pool.dataset(&format!("mvirt/volumes/{}", plain.id));
     common::run("zfs", &["set", "com.example:owner=team-a", &plain_ds]);
     let before: Vec<(String, String)> = [&plain, &grown]
         .iter()
-        .map(|v| (v.path.clone(), common::sha256_file(v.path.as_ref())))
+        .map(|v| (v.path.clone(), common::sha256_file(&v.path)))
         .collect();
     assert_ne!(before[0].1, template_sha);
 
@@ -220,7 +220,7 @@ async fn deleting_a_template_with_detach_clones_copies_each_clone_and_keeps_its_
             .into_inner();
         assert_eq!(&now.path, path, "the image path does not change");
         assert_eq!(now.size_bytes, volume.size_bytes);
-        assert_eq!(&common::sha256_file(now.path.as_ref()), sha);
+        assert_eq!(&common::sha256_file(&now.path), sha);
         // A full copy now: it no longer shares blocks with anything.
         assert!(now.used_bytes > 8 * MIB, "{now:?}");
     }
@@ -242,7 +242,7 @@ async fn deleting_a_template_with_detach_clones_copies_each_clone_and_keeps_its_
     })
     .await
     .unwrap();
-    assert_eq!(common::sha256_file(grown.path.as_ref()), grown_at_snapshot);
+    assert_eq!(common::sha256_file(&grown.path), grown_at_snapshot);
 
     // Nothing left over: no staging datasets, no detach snapshots, no drift.
     assert!(descendants(&fx.pool.dataset("mvirt/staging")).is_empty());
@@ -273,8 +273,8 @@ async fn a_detach_interrupted_by_a_restart_leaves_the_clone_or_the_copy_never_ne
     let partial = clone(&mut c, &tid, "partial", 0).await;
     write_at(&swapped.path, MIB, b"swapped volume data");
     write_at(&partial.path, MIB, b"partial volume data");
-    let swapped_sha = common::sha256_file(swapped.path.as_ref());
-    let partial_sha = common::sha256_file(partial.path.as_ref());
+    let swapped_sha = common::sha256_file(&swapped.path);
+    let partial_sha = common::sha256_file(&partial.path);
     let base = fx.pool.dataset(&format!("mvirt/templates/{tid}@base"));
 
     let common::Fixture {
@@ -313,10 +313,10 @@ async fn a_detach_interrupted_by_a_restart_leaves_the_clone_or_the_copy_never_ne
     assert_eq!(zfs_value(&ds, "origin"), "-");
     assert_eq!(zfs_value(&ds, "mvirt:id"), swapped.id);
     assert_eq!(zfs_value(&ds, "mvirt:detach"), "-");
-    assert_eq!(common::sha256_file(swapped.path.as_ref()), swapped_sha);
+    assert_eq!(common::sha256_file(&swapped.path), swapped_sha);
     // The incomplete copy was dropped: the volume is still the clone, data unchanged.
     assert_eq!(zfs_value(&pds, "origin"), base);
-    assert_eq!(common::sha256_file(partial.path.as_ref()), partial_sha);
+    assert_eq!(common::sha256_file(&partial.path), partial_sha);
     assert!(descendants(&pool.dataset("mvirt/staging")).is_empty());
     let leftovers: Vec<String> = descendants(&pool.dataset("mvirt/volumes"))
         .into_iter()
@@ -342,7 +342,7 @@ async fn a_detach_interrupted_by_a_restart_leaves_the_clone_or_the_copy_never_ne
         .into_inner();
     assert_eq!(deleted.detached_volume_ids, vec![partial.id.clone()]);
     assert_eq!(zfs_value(&pds, "origin"), "-");
-    assert_eq!(common::sha256_file(partial.path.as_ref()), partial_sha);
+    assert_eq!(common::sha256_file(&partial.path), partial_sha);
     daemon.stop().await;
     drop(pool);
 }

@@ -34,9 +34,9 @@ async fn raw_import_over_http_streams_progress_and_clones_carry_data_and_boot_fi
     request.sha256 = sha.clone();
     request.kernel_url = http.url("vmlinuz");
     request.initramfs_url = http.url("initrd");
-    request.kernel_sha256 = common::sha256_file(&fx.import_dir.join("vmlinuz"));
+    request.kernel_sha256 = common::sha256_file(fx.import_dir.join("vmlinuz"));
     // Any case is accepted (and normalised).
-    request.initramfs_sha256 = common::sha256_file(&fx.import_dir.join("initrd")).to_uppercase();
+    request.initramfs_sha256 = common::sha256_file(fx.import_dir.join("initrd")).to_uppercase();
     request.cmdline = "console=ttyS0 root=/dev/vda".into();
     let job = c
         .import_template(request.clone())
@@ -87,7 +87,7 @@ async fn raw_import_over_http_streams_progress_and_clones_carry_data_and_boot_fi
         TemplateState::Ready
     );
     assert_eq!(t.size_bytes, 64 * MIB);
-    assert_eq!(common::sha256_file(t.path.as_ref()), sha);
+    assert_eq!(common::sha256_file(&t.path), sha);
     assert!(!t.kernel_path.is_empty() && !t.initramfs_path.is_empty());
     assert_eq!(t.cmdline, "console=ttyS0 root=/dev/vda");
     assert!(fx.dataset_exists(&format!("mvirt/templates/{tid}@base")));
@@ -111,7 +111,7 @@ async fn raw_import_over_http_streams_progress_and_clones_carry_data_and_boot_fi
         "a clone shares its data: used {}",
         clone.used_bytes
     );
-    assert_eq!(common::sha256_file(clone.path.as_ref()), sha);
+    assert_eq!(common::sha256_file(&clone.path), sha);
     assert!(clone.kernel_path.contains(&v1), "{}", clone.kernel_path);
     assert_eq!(
         std::fs::read(&clone.kernel_path).unwrap(),
@@ -138,7 +138,7 @@ async fn raw_import_over_http_streams_progress_and_clones_carry_data_and_boot_fi
     assert_eq!(sha256_prefix(&big.path, 64 * MIB), sha);
     // Writing to a clone leaves the template alone.
     std::fs::write(&big.path, b"overwritten").unwrap();
-    assert_eq!(common::sha256_file(t.path.as_ref()), sha);
+    assert_eq!(common::sha256_file(&t.path), sha);
 
     let err = c
         .clone_from_template(proto::CloneFromTemplateRequest {
@@ -231,7 +231,7 @@ async fn qcow2_and_compressed_sources_are_detected_converted_and_equal_the_origi
         let tid = new_id();
         // The checksum is that of the downloaded (compressed) bytes.
         let mut request = import_request(&tid, &format!("t{i}"), url);
-        request.sha256 = common::sha256_file(&fx.import_dir.join(file));
+        request.sha256 = common::sha256_file(fx.import_dir.join(file));
         let job = c.import_template(request).await.unwrap().into_inner();
         assert_eq!(job.detected_format, *detected as i32, "{url}");
         let seen = watch_to_end(&mut c, &job.id).await;
@@ -248,7 +248,7 @@ async fn qcow2_and_compressed_sources_are_detected_converted_and_equal_the_origi
             .unwrap()
             .into_inner();
         assert_eq!(t.size_bytes, 8 * MIB, "{url}");
-        assert_eq!(common::sha256_file(t.path.as_ref()), sha, "{url}");
+        assert_eq!(common::sha256_file(&t.path), sha, "{url}");
         // The staging file is gone: the template holds the raw image only.
         let files: Vec<_> = std::fs::read_dir(std::path::Path::new(&t.path).parent().unwrap())
             .unwrap()
@@ -310,8 +310,8 @@ async fn a_kernel_checksum_mismatch_fails_the_import_naming_the_kernel() {
     )
     .unwrap();
     std::fs::write(fx.import_dir.join("initrd"), vec![0x22u8; 1_000_000]).unwrap();
-    let kernel_sha = common::sha256_file(&fx.import_dir.join("vmlinuz"));
-    let initrd_sha = common::sha256_file(&fx.import_dir.join("initrd"));
+    let kernel_sha = common::sha256_file(fx.import_dir.join("vmlinuz"));
+    let initrd_sha = common::sha256_file(fx.import_dir.join("initrd"));
     let tid = new_id();
     let mut request = import_request(&tid, "boot-sums", &http.url("disk.img"));
     request.sha256 = common::sha256_file(&image);
@@ -378,7 +378,7 @@ async fn a_kernel_checksum_mismatch_fails_the_import_naming_the_kernel() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(common::sha256_file(t.kernel_path.as_ref()), kernel_sha);
+    assert_eq!(common::sha256_file(&t.kernel_path), kernel_sha);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 
 use common::{new_id, Client, Fixture};
 use mvirt_testsupport::zfs::TestPool;
@@ -15,36 +15,6 @@ use tokio_stream::StreamExt;
 use tonic::Code;
 
 const MIB: u64 = 1 << 20;
-
-/// Writes `len` bytes of a pattern derived from `seed` at `offset` and syncs.
-fn write_pattern(path: &str, offset: u64, len: usize, seed: u64) {
-    let mut x = seed | 1;
-    let mut data = vec![0u8; len];
-    for chunk in data.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-    }
-    let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-    f.seek(SeekFrom::Start(offset)).unwrap();
-    f.write_all(&data).unwrap();
-    f.sync_all().unwrap();
-}
-
-fn file_sha(path: &str) -> String {
-    let mut f = std::fs::File::open(path).unwrap();
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).unwrap();
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    hex::encode(h.finalize())
-}
 
 async fn repl_snapshot(c: &mut Client, volume_id: &str) -> String {
     let id = new_id();
@@ -172,9 +142,9 @@ async fn a_volume_moves_to_another_pool_full_then_incrementally_and_bad_streams_
         .await
         .unwrap()
         .into_inner();
-    write_pattern(&v.path, MIB, 3 * MIB as usize, 1);
+    common::write_pattern(&v.path, MIB, 3 * MIB as usize, 1);
     let s1 = repl_snapshot(&mut ca, &vid).await;
-    let at_s1 = file_sha(&v.path);
+    let at_s1 = common::sha256_file(&v.path);
 
     // Full: SendVolume relayed chunk by chunk into ReceiveVolume (nothing held in the test).
     let sent = ca
@@ -207,7 +177,7 @@ async fn a_volume_moves_to_another_pool_full_then_incrementally_and_bad_streams_
     assert_eq!(replica.replica_source, "node-a");
     assert_eq!(replica.size_bytes, 64 * MIB);
     assert_eq!(replica.id, vid);
-    assert_eq!(file_sha(&replica.path), at_s1);
+    assert_eq!(common::sha256_file(&replica.path), at_s1);
     assert_eq!(
         common::run(
             "zfs",
@@ -352,9 +322,9 @@ async fn a_volume_moves_to_another_pool_full_then_incrementally_and_bad_streams_
     assert!(staging_is_empty(&b.pool));
 
     // Incremental after more writes.
-    write_pattern(&v.path, 20 * MIB, 2 * MIB as usize, 2);
+    common::write_pattern(&v.path, 20 * MIB, 2 * MIB as usize, 2);
     let s2 = repl_snapshot(&mut ca, &vid).await;
-    let at_s2 = file_sha(&v.path);
+    let at_s2 = common::sha256_file(&v.path);
     assert_ne!(at_s1, at_s2);
     let inc = send_all(&mut ca, &vid, &s2, &s1).await;
     assert!(
@@ -365,7 +335,7 @@ async fn a_volume_moves_to_another_pool_full_then_incrementally_and_bad_streams_
         .await
         .unwrap();
     assert_eq!(got.snapshot_id, s2);
-    assert_eq!(file_sha(&replica.path), at_s2);
+    assert_eq!(common::sha256_file(&replica.path), at_s2);
     // The same increment again: its base is no longer the replica's newest snapshot.
     let err = receive(&mut cb, header(&vid, "", &s1), inc)
         .await
@@ -378,7 +348,7 @@ async fn a_volume_moves_to_another_pool_full_then_incrementally_and_bad_streams_
     assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
 
     // A corrupted increment: DATA_LOSS, the replica keeps s2 and its data.
-    write_pattern(&v.path, 40 * MIB, 2 * MIB as usize, 3);
+    common::write_pattern(&v.path, 40 * MIB, 2 * MIB as usize, 3);
     let s3 = repl_snapshot(&mut ca, &vid).await;
     let inc3 = send_all(&mut ca, &vid, &s3, &s2).await;
     let mut corrupted = inc3.clone();
@@ -395,11 +365,11 @@ async fn a_volume_moves_to_another_pool_full_then_incrementally_and_bad_streams_
         snapshots_of(&b.pool, &vid),
         vec![format!("repl-{s1}"), format!("repl-{s2}")]
     );
-    assert_eq!(file_sha(&replica.path), at_s2);
+    assert_eq!(common::sha256_file(&replica.path), at_s2);
     // The intact stream is then taken.
     receive(&mut cb, header(&vid, "", &s2), inc3).await.unwrap();
-    let at_s3 = file_sha(&v.path);
-    assert_eq!(file_sha(&replica.path), at_s3);
+    let at_s3 = common::sha256_file(&v.path);
+    assert_eq!(common::sha256_file(&replica.path), at_s3);
 
     // Replication snapshots, oldest first, with their creation time; pruning keeps the newest.
     let listed = ca
@@ -480,7 +450,7 @@ async fn a_volume_moves_to_another_pool_full_then_incrementally_and_bad_streams_
         .trim(),
         "-\t-"
     );
-    write_pattern(&promoted.path, 0, 4096, 9);
+    common::write_pattern(&promoted.path, 0, 4096, 9);
     assert_eq!(
         snapshots_of(&b.pool, &vid),
         vec![format!("repl-{s2}"), format!("repl-{s3}")]
@@ -537,7 +507,7 @@ async fn a_receive_interrupted_by_a_restart_is_removed_at_the_next_start() {
         .await
         .unwrap()
         .into_inner();
-    write_pattern(&v.path, 0, MIB as usize, 4);
+    common::write_pattern(&v.path, 0, MIB as usize, 4);
     let s1 = repl_snapshot(&mut ca, &vid).await;
     // What a daemon killed after `zfs receive` finished but before the rename leaves.
     let leftover = new_id();

@@ -196,9 +196,37 @@ pub fn make_disk_image(path: &Path, size: u64, seed: u64) {
     std::fs::write(path, &data).unwrap();
 }
 
-pub fn sha256_file(path: &Path) -> String {
-    let data = std::fs::read(path).unwrap();
-    hex::encode(Sha256::digest(&data))
+/// SHA-256 of a file, read in 1 MiB pieces (volumes are files of many MiB).
+pub fn sha256_file(path: impl AsRef<Path>) -> String {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    hex::encode(h.finalize())
+}
+
+/// Writes `len` bytes of a pattern derived from `seed` at `offset` of `path` and syncs.
+pub fn write_pattern(path: impl AsRef<Path>, offset: u64, len: usize, seed: u64) {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut x = seed | 1;
+    let mut data = vec![0u8; len];
+    for chunk in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    f.write_all(&data).unwrap();
+    f.sync_all().unwrap();
 }
 
 /// Follows `WatchImport` to the end; returns every state seen.
