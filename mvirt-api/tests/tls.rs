@@ -218,3 +218,57 @@ async fn insecure_plaintext_serves_plain_http_and_has_no_ca() {
     assert!(cp.get("ca_fingerprint").is_none(), "{cp}");
     a.stop().await;
 }
+
+/// The real binary with `--insecure-plaintext` logs a WARN that nothing is encrypted (an
+/// operator sees it in the journal) and serves plain HTTP.
+#[tokio::test]
+async fn insecure_plaintext_binary_warns() {
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("member.log");
+    let [rest, grpc, raft] = [(); 3].map(|_| mvirt_testsupport::net::free_port());
+    let mut member = mvirt_testsupport::process::ChildGuard::spawn(
+        "mvirt-api",
+        Command::new(env!("CARGO_BIN_EXE_mvirt-api"))
+            .args(["--insecure-plaintext", "--log-format", "text"])
+            .args(["--metrics-listen", "off"])
+            .arg("--data-dir")
+            .arg(dir.path().join("api"))
+            .args(["--listen", &format!("127.0.0.1:{rest}")])
+            .args(["--grpc-listen", &format!("127.0.0.1:{grpc}")])
+            .args(["--raft-listen", &format!("127.0.0.1:{raft}")])
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.path().join("stdout.log")).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap()),
+    );
+    // It serves plain HTTP ...
+    let url = format!("http://127.0.0.1:{rest}/v1/health");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match reqwest::get(&url).await {
+            Ok(resp) => {
+                assert_eq!(resp.status(), 200, "{url}");
+                break;
+            }
+            Err(e) => {
+                assert!(
+                    member.is_running() && Instant::now() < deadline,
+                    "{url} never answered over plain HTTP ({e}):\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    // ... and said so before it did.
+    let output = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        output.lines().any(|line| line.contains("WARN")
+            && line.contains("--insecure-plaintext")
+            && line.contains("WITHOUT TLS")),
+        "mvirt-api warns that it serves without TLS:\n{output}"
+    );
+    member.kill();
+}
