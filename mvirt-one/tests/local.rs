@@ -34,7 +34,13 @@ async fn container_runs_in_its_namespaces_and_its_output_is_logged_with_timestam
     let pod = h.create(vec![spec]).await;
     assert_eq!(pod.phase, proto::PodPhase::Created as i32);
     assert!(pod.containers[0].image_digest.starts_with("sha256:"));
-    h.start_pod(&pod.id).await;
+    // Launched by the time StartPod answers: running, or (a short script) already exited.
+    let started = h.start_pod(&pod.id).await;
+    assert_ne!(
+        started.containers[0].state,
+        proto::ContainerState::Created as i32,
+        "{started:?}"
+    );
     let status = h
         .wait_container(&pod.id, "container to exit", |c| c.state == EXITED)
         .await;
@@ -326,7 +332,18 @@ async fn stop_delivers_sigterm_then_sigkill_and_records_exit_codes() {
             ),
         ])
         .await;
-    h.start_pod(&pod.id).await;
+    // StartPod answers once the processes run: both are running with their pids in the answer
+    // itself (no second look needed).
+    let started = h.start_pod(&pod.id).await;
+    for c in &started.containers {
+        assert_eq!(
+            c.state, RUNNING,
+            "StartPod answered before the launch: {c:?}"
+        );
+        assert_ne!(c.pid, 0, "{c:?}");
+        assert_ne!(c.started_at_ns, 0, "{c:?}");
+    }
+    assert_eq!(started.containers.len(), 2);
     for name in ["graceful", "stubborn"] {
         h.wait_container(&pod.id, name, |c| c.name == name && c.state == RUNNING)
             .await;
@@ -454,7 +471,11 @@ async fn delete_stops_the_pod_and_removes_its_files() {
         .wait_container(&pod.id, "running", |c| c.state == RUNNING)
         .await;
     let pod_dir = h.data.path().join("pods").join(&pod.id);
-    assert!(pod_dir.join("main/upper/tmp/file").exists());
+    // The running shell writes it a moment after its launch.
+    let file = pod_dir.join("main/upper/tmp/file");
+    mvirt_testsupport::process::wait_until("the container's file", Duration::from_secs(30), || {
+        file.exists().then_some(())
+    });
     h.client
         .delete_pod(proto::DeletePodRequest {
             id: pod.id.clone(),

@@ -18,6 +18,9 @@ use super::{
     Runtime, RuntimeError,
 };
 
+/// How long `StartPod` waits for its containers' launches before answering anyway.
+pub const LAUNCH_WAIT: Duration = Duration::from_secs(60);
+
 impl Runtime {
     /// Pulls the images and records the pod; idempotent for the same id and spec.
     pub async fn create_pod(&self, mut spec: PodSpec) -> Result<PodStatus, RuntimeError> {
@@ -201,12 +204,17 @@ impl Runtime {
             .collect()
     }
 
-    /// Starts every container that is not already running or restarting.
+    /// Starts every container that is not already running or restarting, and answers once each
+    /// container it started has been launched: its process runs (or already exited), or its
+    /// launch failed (`exited` with the reason). So a `running` container in the answer is a
+    /// running process, not a supervisor about to start one. A launch that takes longer than
+    /// [`LAUNCH_WAIT`] is answered as it stands (the caller reads the status again).
     pub async fn start_pod(self: &Arc<Self>, id: &str) -> Result<PodStatus, RuntimeError> {
         let pod = self.pod(id).await?;
         let _op = pod.op.lock().await;
         pod.stopped
             .store(false, std::sync::atomic::Ordering::SeqCst);
+        let mut launches = Vec::new();
         for container in &pod.containers {
             let mut supervisor = container
                 .supervisor
@@ -215,6 +223,18 @@ impl Runtime {
             if supervisor.as_ref().is_some_and(|h| !h.is_finished()) {
                 continue;
             }
+            // A launch stamps `started_at_ns` (the process runs) or `finished_at_ns` (it
+            // exited, or could not be started): either moves one of them.
+            let mut status = container.status.subscribe();
+            let before = {
+                let s = status.borrow_and_update();
+                (s.started_at_ns, s.finished_at_ns)
+            };
+            launches.push(async move {
+                let _ = status
+                    .wait_for(|s| (s.started_at_ns, s.finished_at_ns) != before)
+                    .await;
+            });
             container.control.send_replace(Desired::Run);
             let runtime = self.clone();
             let c = container.clone();
@@ -222,6 +242,12 @@ impl Runtime {
             *supervisor = Some(tokio::spawn(async move {
                 runtime.supervise(c, hostname).await;
             }));
+        }
+        if tokio::time::timeout(LAUNCH_WAIT, futures::future::join_all(launches))
+            .await
+            .is_err()
+        {
+            tracing::warn!(pod = %id, "containers not launched within {LAUNCH_WAIT:?}; answering StartPod with their current state");
         }
         self.audit.audit("pod started", &[id]);
         Ok(pod.status())

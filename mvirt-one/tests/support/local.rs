@@ -87,11 +87,13 @@ impl Harness {
             .into_inner()
     }
 
-    pub async fn start_pod(&mut self, id: &str) {
+    /// StartPod's answer.
+    pub async fn start_pod(&mut self, id: &str) -> proto::Pod {
         self.client
             .start_pod(proto::StartPodRequest { id: id.into() })
             .await
-            .unwrap();
+            .unwrap()
+            .into_inner()
     }
 
     pub async fn pod(&mut self, id: &str) -> proto::Pod {
