@@ -259,6 +259,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut outcomes = Vec::new();
             let mut ready = Vec::new();
             let mut changes: Vec<(u64, Change)> = Vec::new();
+            let mut member_events: Vec<Event> = Vec::new();
             let mut state = self.shared.write();
             let mut last = self.last_applied;
             for entry in entries {
@@ -279,6 +280,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         outcomes.push(batch_outcomes);
                     }
                     EntryPayload::Membership(m) => {
+                        member_events.extend(membership_events(
+                            index,
+                            self.last_membership.membership(),
+                            m,
+                        ));
                         self.last_membership = StoredMembership::new(Some(entry.log_id), m.clone());
                         outcomes.push(Vec::new());
                     }
@@ -293,6 +299,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut events = Vec::new();
             for (revision, change) in &changes {
                 events.extend(change.event(*revision));
+            }
+            if !member_events.is_empty() {
+                // In log order with the others (a sort by revision keeps each entry's own order).
+                events.extend(member_events);
+                events.sort_by_key(|e| e.revision);
             }
             for (_, change) in changes.into_iter().rev() {
                 let key = (change.kind, change.id);
@@ -686,6 +697,134 @@ impl RaftNetwork<TypeConfig> for HttpConnection {
         option: RPCOption,
     ) -> Result<VoteResponse<MemberId>, RPCError<MemberId, Member, RaftError<MemberId>>> {
         self.call("vote", &rpc, &option).await
+    }
+}
+
+/// The events one membership log entry makes, against the membership before it: a member in
+/// the new set only → `member.joined` (as a learner: voters are added once caught up), gone →
+/// `member.removed` (object `null`), learner ↔ voter → `member.updated`. The object is
+/// `{"id","api_url","raft_addr","role"}` with role `voter` or `learner` (who leads is not a
+/// membership change: `/v1/controlplane` tells). A joint configuration counts its members of
+/// either side as voters, so a change through joint consensus makes its events once. Applied
+/// on every member at the entry's log index, like every other event; members belong to no
+/// project.
+pub fn membership_events(
+    revision: u64,
+    old: &openraft::Membership<MemberId, Member>,
+    new: &openraft::Membership<MemberId, Member>,
+) -> Vec<Event> {
+    let role = |m: &openraft::Membership<MemberId, Member>, id: &MemberId| {
+        if m.voter_ids().any(|v| v == *id) {
+            "voter"
+        } else {
+            "learner"
+        }
+    };
+    let event = |id: MemberId, verb: &str, object: Option<crate::model::Json>| Event {
+        revision,
+        event_type: format!("member.{verb}"),
+        kind: "member".into(),
+        id: id.to_string(),
+        project: String::new(),
+        object,
+    };
+    let view = |id: MemberId, member: &Member, role: &str| {
+        Some(crate::model::Json::of(&serde_json::json!({
+            "id": id,
+            "api_url": member.api_url,
+            "raft_addr": member.raft_addr,
+            "role": role,
+        })))
+    };
+    let mut events = Vec::new();
+    for (id, member) in new.nodes() {
+        let now = role(new, id);
+        match old.get_node(id) {
+            None => events.push(event(*id, "joined", view(*id, member, now))),
+            Some(before) if role(old, id) != now || before != member => {
+                events.push(event(*id, "updated", view(*id, member, now)))
+            }
+            Some(_) => {}
+        }
+    }
+    for (id, _) in old.nodes() {
+        if new.get_node(id).is_none() {
+            events.push(event(*id, "removed", None));
+        }
+    }
+    events
+}
+
+#[cfg(test)]
+mod membership_event_tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+
+    fn member(i: u64) -> Member {
+        Member {
+            api_url: format!("https://127.0.0.{i}:8443"),
+            raft_addr: format!("127.0.0.{i}:7000"),
+        }
+    }
+
+    fn membership(configs: &[&[u64]], nodes: &[u64]) -> openraft::Membership<MemberId, Member> {
+        let configs = configs
+            .iter()
+            .map(|c| c.iter().copied().collect::<BTreeSet<u64>>())
+            .collect();
+        let nodes: BTreeMap<u64, Member> = nodes.iter().map(|i| (*i, member(*i))).collect();
+        openraft::Membership::new(configs, nodes)
+    }
+
+    fn summary(events: &[Event]) -> Vec<(String, String, serde_json::Value)> {
+        events
+            .iter()
+            .map(|e| {
+                assert_eq!(
+                    (e.kind.as_str(), e.revision, e.project.as_str()),
+                    ("member", 9, "")
+                );
+                let role = e
+                    .object
+                    .as_ref()
+                    .map(|o| o.to_value()["role"].clone())
+                    .unwrap_or(serde_json::Value::Null);
+                (e.event_type.clone(), e.id.clone(), role)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn joins_role_changes_and_removals_make_one_event_each() {
+        let one = membership(&[&[1]], &[1]);
+        let learner = membership(&[&[1]], &[1, 2]);
+        let joint = membership(&[&[1], &[1, 2]], &[1, 2]);
+        let two = membership(&[&[1, 2]], &[1, 2]);
+        let joined = membership_events(9, &one, &learner);
+        assert_eq!(
+            summary(&joined),
+            vec![("member.joined".into(), "2".into(), "learner".into())]
+        );
+        let object = joined[0].object.as_ref().unwrap().to_value();
+        assert_eq!(object["api_url"], "https://127.0.0.2:8443");
+        assert_eq!(object["raft_addr"], "127.0.0.2:7000");
+        assert_eq!(object["id"], 2);
+        assert_eq!(
+            summary(&membership_events(9, &learner, &joint)),
+            vec![("member.updated".into(), "2".into(), "voter".into())]
+        );
+        // Leaving the joint configuration changes no one's role.
+        assert!(membership_events(9, &joint, &two).is_empty());
+        // Removal of member 1 through joint consensus: one event, at the end.
+        let leaving = membership(&[&[1, 2], &[2]], &[1, 2]);
+        assert!(membership_events(9, &two, &leaving).is_empty());
+        let gone = membership(&[&[2]], &[2]);
+        assert_eq!(
+            summary(&membership_events(9, &leaving, &gone)),
+            vec![("member.removed".into(), "1".into(), serde_json::Value::Null)]
+        );
+        assert!(membership_events(9, &gone, &gone).is_empty());
     }
 }
 

@@ -41,6 +41,50 @@ async fn create_project(c: &Client, p: &Proc, name: &str) -> Result<(u16, Value)
     .await
 }
 
+/// `member.*` events from `p`'s `/v1/events` (from the start of its event log) until `done`
+/// holds for those read so far; each as `(type, id, role)`.
+async fn member_events_until(
+    c: &Client,
+    p: &Proc,
+    done: impl Fn(&[(String, String, String)]) -> bool,
+) -> Vec<(String, String, String)> {
+    use futures::StreamExt;
+    let resp = c
+        .http
+        .get(format!("{}/v1/events?type=member&from_revision=0", p.url))
+        .bearer_auth(&c.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.bytes_stream();
+    let (mut text, mut seen) = (String::new(), Vec::new());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !done(&seen) {
+        let chunk = tokio::time::timeout_at(deadline, body.next())
+            .await
+            .unwrap_or_else(|_| panic!("member events in time; so far {seen:?}"))
+            .expect("stream open")
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        seen = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .map(|d| serde_json::from_str::<Value>(d.trim()).unwrap())
+            .map(|e| {
+                assert_eq!(e["kind"], "member", "{e}");
+                let role = e["object"]["role"].as_str().unwrap_or("").to_string();
+                (
+                    e["type"].as_str().unwrap().to_string(),
+                    e["id"].as_str().unwrap().to_string(),
+                    role,
+                )
+            })
+            .collect();
+    }
+    seen
+}
+
 /// The sequence from the issue: a join naming member 1's own addresses (409), then members 1,
 /// 2 and 3 removed one by one through REST. Each removal of the leader hands leadership over
 /// first: a new leader within 5 s, the removed member gone, writes succeed. The last voter
@@ -92,6 +136,22 @@ async fn removing_the_leader_hands_over_first_and_the_last_voter_stays() {
         .await;
         procs.push((id, p));
     }
+    // Each join made its events on the members: joined as a learner, then a voter.
+    let ev = |t: &str, id: u64, role: &str| (t.to_string(), id.to_string(), role.to_string());
+    let joins: Vec<_> = procs[1..]
+        .iter()
+        .flat_map(|(id, _)| {
+            [
+                ev("member.joined", *id, "learner"),
+                ev("member.updated", *id, "voter"),
+            ]
+        })
+        .collect();
+    let seen = member_events_until(&c, &procs[0].1, |seen| {
+        joins.iter().all(|j| seen.contains(j))
+    })
+    .await;
+    eprintln!("member events on the bootstrap member: {seen:?}");
     let mut written = Vec::new();
     for round in 0..3 {
         let id = procs[0].0;
@@ -139,6 +199,9 @@ async fn removing_the_leader_hands_over_first_and_the_last_voter_stays() {
             !member_ids(&view).contains(&id),
             "member {id} still in {view}"
         );
+        // The removal is an event on the members that stay.
+        let removed_event = ev("member.removed", id, "");
+        member_events_until(&c, live[at], |seen| seen.contains(&removed_event)).await;
         let name = format!("after-removing-{id}");
         let (s, v) = create_project(&c, live[live.len() - 1], &name)
             .await

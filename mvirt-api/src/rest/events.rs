@@ -45,13 +45,14 @@ const PAGE: usize = 1000;
 
 /// Whether `e` passes the query's filters and the caller may see it: events about tokens, join
 /// tokens and idempotency records only for admins; a project-scoped token only its projects'
-/// events (and nodes', which belong to no project).
+/// events (and nodes' and control-plane members', which belong to no project).
 fn matches(q: &EventsQuery, caller: &Caller, e: &Event) -> bool {
     let bookkeeping = matches!(e.kind.as_str(), "token" | "join_token" | "idempotency");
     if bookkeeping && caller.role != Role::Admin {
         return false;
     }
-    if caller.is_scoped() && e.kind != "node" && !caller.sees(&e.project) {
+    let projectless = matches!(e.kind.as_str(), "node" | "member");
+    if caller.is_scoped() && !projectless && !caller.sees(&e.project) {
         return false;
     }
     if let Some(p) = &q.project {
@@ -106,7 +107,8 @@ fn backlog(db: &rusqlite::Connection, after: u64) -> Result<Vec<Event>, ApiError
 }
 
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(EventsQuery, ("Last-Event-ID" = Option<String>, Header, description = "resume after this revision")),
-    responses((status = 200, description = "text/event-stream of Event objects: those the token may see (a project-scoped token: its projects' and nodes'; tokens' only for admins)", body = Event)))]
+    description = "Server-Sent Events: `id:` the revision, `event:` the type, `data:` an Event. Types are `<kind>.<verb>`. Resources (`project`, `node`, `network`, `nic`, `security_group`, `template`, `volume`, `vm`, `pod`): `created`, `updated`, `deleted` and the kind's own verbs (`status`, actions); the object is the resource as `GET` shows it, `null` when deleted. API tokens (`token.created`, `token.updated` when a node token binds to its node, `token.deleted` on revocation) and join tokens (`join_token.created`, `join_token.updated` once used, `join_token.deleted` when pruned), for admins only: the object is the token without its secret or its hash (`{id,name,role,projects,node_id,created_at,revision}`; a join token `{id,expires_at_ms,used}`). Control-plane members (`member.joined` as a learner, `member.updated` when its role changes between learner and voter, `member.removed` with a `null` object), for every role: the object is `{id,api_url,raft_addr,role}`; who leads is not an event (read `/v1/controlplane`).",
+    responses((status = 200, description = "text/event-stream of Event objects: those the token may see (a project-scoped token: its projects', nodes' and members'; tokens' and join tokens' only for admins)", body = Event)))]
 pub async fn events(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
