@@ -76,10 +76,10 @@ export function useRecentEvents(n: number): ApiEvent[] {
   return events;
 }
 
-/** Reads again what has no events (control-plane membership, tokens) whenever the event stream
- *  comes back after a drop: a member that left, a new leader, a restarted API all drop the
- *  stream, so this catches most changes without polling. (The API emits no events for members
- *  or tokens: README, known gaps.) */
+/** Reads again what the stream does not carry whole whenever the event stream comes back after a
+ *  drop: who leads and the log indexes of the control plane are no events (members joining,
+ *  changing role or leaving are, and tokens are: `LiveSync.onEvent`), and a new leader or a
+ *  restarted API drops the stream, so this catches those without polling. */
 export function useRefetchOnReconnect(refetch: () => unknown) {
   const { state } = useLive();
   const was = useRef(state);

@@ -63,6 +63,39 @@ export function applyEvent<T extends Resource>(list: LiveList<T>, e: ApiEvent): 
   return { items, revision };
 }
 
+/** A token as `GET /v1/tokens` lists it. */
+interface TokenRow {
+  id: string;
+  name: string;
+  role: string;
+  projects?: string[];
+  node_id?: string | null;
+  created_at: string;
+}
+
+/** Applies a `token.*` event to the token list as `GET /v1/tokens` gives it (pure). The event's
+ *  object is the token without its secret or hash (`null` once revoked). */
+export function applyTokenEvent<T extends TokenRow>(list: T[], e: ApiEvent): T[] {
+  const rest = list.filter((t) => t.id !== e.id);
+  if (!e.object) return rest.length === list.length ? list : rest;
+  const o = e.object as Partial<TokenRow>;
+  const row = {
+    id: e.id,
+    name: o.name ?? '',
+    role: o.role ?? '',
+    projects: o.projects ?? [],
+    created_at: o.created_at ?? '',
+    ...(o.node_id ? { node_id: o.node_id } : {}),
+  } as T;
+  const i = list.findIndex((t) => t.id === e.id);
+  if (i >= 0) {
+    const items = list.slice();
+    items[i] = row;
+    return items;
+  }
+  return [...list, row];
+}
+
 const BUFFER = 5000;
 
 export class LiveSync {
@@ -98,6 +131,10 @@ export class LiveSync {
     if (KIND_PATH[kind]) {
       this.qc.setQueryData<LiveList>(listKey(kind), (old) => (old ? applyEvent(old, e) : old));
     }
+    // What pages read directly rather than as a live list: the token list is updated in
+    // place; the control plane's view (who leads, log indexes) is read again on a member event.
+    if (e.kind === 'token') this.qc.setQueryData<TokenRow[]>(['tokens'], (old) => (old ? applyTokenEvent(old, e) : old));
+    if (e.kind === 'member') void this.qc.invalidateQueries({ queryKey: ['controlplane'] });
     if (e.kind === 'vm' || e.kind === 'pod') {
       // The detail pages' direct reads (before the list has the object) follow the stream too.
       if (e.object) this.qc.setQueryData([e.kind, e.id], e.object);

@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { screen, within } from '@testing-library/react';
+import { screen, waitFor, within } from '@testing-library/react';
 import userEvent from '@testing-library/user-event';
 import { json, renderApp, stubApi } from '../test/render';
 import Tokens, { tokenBody, validateProjects } from './Tokens';
@@ -40,8 +40,8 @@ describe('token roles and projects', () => {
   });
 });
 
-describe('Tokens without events', () => {
-  it('are read again when the event stream comes back after a drop (no polling)', async () => {
+describe('Tokens after a drop', () => {
+  it('are read again when the event stream comes back after a drop (a safety net besides the replay)', async () => {
     let reads = 0;
     let streams = 0;
     stubApi((url) => {
@@ -63,6 +63,33 @@ describe('Tokens without events', () => {
     expect(await screen.findByText('token-2', undefined, { timeout: 3000 })).toBeTruthy();
     expect(streams).toBe(2);
     expect(reads).toBe(2);
+  });
+});
+
+describe('Tokens live', () => {
+  it('follow token events from the stream (created, bound, revoked) without reading the list again', async () => {
+    let push!: (text: string) => void;
+    const events = new ReadableStream<Uint8Array>({ start: (c) => (push = (t) => c.enqueue(new TextEncoder().encode(t))) });
+    const calls = stubApi((url) => {
+      if (url.startsWith('/v1/events')) return new Response(events, { status: 200 });
+      if (url === '/v1/tokens') return json([{ id: 't1', name: 'root', role: 'admin', created_at: '2026-01-01T00:00:00Z' }]);
+      return undefined;
+    });
+    renderApp(<Tokens />);
+    expect(await screen.findByText('root')).toBeTruthy();
+    const send = (revision: number, type: string, id: string, object: unknown) =>
+      push(`id: ${revision}\nevent: ${type}\ndata: ${JSON.stringify({ revision, type, kind: 'token', id, project: '', object })}\n\n`);
+    const made = { id: 't2', name: 'reader', role: 'viewer', projects: ['team-a'], created_at: '2026-01-02T00:00:00Z', revision: 5 };
+    send(5, 'token.created', 't2', made);
+    const row = await screen.findByText('reader');
+    expect(row.closest('tr')?.textContent).toContain('team-a');
+    send(6, 'token.created', 't3', { id: 't3', name: 'agent', role: 'node', created_at: '2026-01-02T00:00:00Z', revision: 6 });
+    await screen.findByText('agent');
+    send(7, 'token.updated', 't3', { id: 't3', name: 'agent', role: 'node', node_id: 'n1', created_at: '2026-01-02T00:00:00Z', revision: 7 });
+    send(8, 'token.deleted', 't2', null);
+    await waitFor(() => expect(screen.queryByText('reader')).toBeNull());
+    expect(screen.getByText('agent')).toBeTruthy();
+    expect(calls.filter((c) => c.url === '/v1/tokens').length).toBe(1);
   });
 });
 
