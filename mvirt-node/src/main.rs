@@ -19,8 +19,10 @@ use mvirt_node::daemons::Endpoints;
 struct Args {
     #[command(flatten)]
     common: CommonArgs,
-    /// mvirt-api NodeService endpoint (https://; http:// only with --insecure-plaintext).
-    #[arg(long, default_value = "https://[::1]:50056")]
+    /// mvirt-api NodeService endpoint (https://; http:// only with --insecure-plaintext). The
+    /// default reaches a member on this host at mvirt-api's default --grpc-listen
+    /// (0.0.0.0:50056, IPv4).
+    #[arg(long, default_value = "https://127.0.0.1:50056")]
     api: String,
     /// Trust this cluster CA certificate (PEM, e.g. a member's <data-dir>/tls/ca.pem) for the
     /// API and the NodeAgent's callers.
