@@ -307,6 +307,84 @@ pub fn fetch(cache: &Path, package: &KernelPackage) -> Result<DebianKernel, Kern
     }
 }
 
+/// A kernel built elsewhere, in a directory: its image (`bzImage`, `vmlinuz` or
+/// `boot/vmlinuz-<release>`) and `lib/modules/<release>/` — the layout of nixpkgs' `linux`
+/// output. It is entered into `cache` like a fetched package (the image copied, the modules
+/// linked, not copied) under a [`KernelPackage`] named `linux-image-<release>` whose version
+/// is `dir-` and the first 16 hex digits of the image's SHA-256 and whose `sha256` is the
+/// image's: that record is what the artefacts' version hashes, so another kernel in the same
+/// place is another version. Then [`fetch`] finds it there and asks apt nothing.
+pub fn import_dir(cache: &Path, dir: &Path) -> Result<KernelPackage, KernelError> {
+    let name = dir.display().to_string();
+    let incomplete = |what: &str| KernelError::Incomplete {
+        name: name.clone(),
+        what: what.to_string(),
+    };
+    let modules_parent = dir.join("lib/modules");
+    let mut releases: Vec<String> = std::fs::read_dir(&modules_parent)
+        .map_err(|_| incomplete("lib/modules/<release>"))?
+        .flatten()
+        .filter(|e| e.path().join("kernel").is_dir())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
+    releases.sort();
+    let release = match releases.as_slice() {
+        [one] => one.clone(),
+        [] => return Err(incomplete("lib/modules/<release>/kernel")),
+        more => {
+            return Err(incomplete(&format!(
+                "single kernel release in lib/modules (found {})",
+                more.join(", ")
+            )))
+        }
+    };
+    let image = [
+        "bzImage".to_string(),
+        "vmlinuz".into(),
+        format!("boot/vmlinuz-{release}"),
+    ]
+    .into_iter()
+    .map(|f| dir.join(f))
+    .find(|p| p.is_file())
+    .ok_or_else(|| incomplete("bzImage, vmlinuz or boot/vmlinuz-<release>"))?;
+    let sha256 = sha256_file(&image).map_err(io(&image))?;
+    let package = KernelPackage {
+        name: format!("linux-image-{release}"),
+        version: format!("dir-{}", &sha256[..16]),
+        sha256,
+    };
+    let target = cache.join(format!("kernel-{}_{}", release, package.version));
+    let record_path = target.join(PACKAGE_RECORD);
+    if std::fs::read(&record_path)
+        .ok()
+        .and_then(|r| serde_json::from_slice::<KernelPackage>(&r).ok())
+        .is_some_and(|r| r == package)
+    {
+        return Ok(package);
+    }
+    std::fs::create_dir_all(cache).map_err(io(cache))?;
+    let work = tempfile::Builder::new()
+        .prefix(".kernel-import-")
+        .tempdir_in(cache)
+        .map_err(io(cache))?;
+    let out = work.path().join("out");
+    let out_modules = out.join("root/lib/modules");
+    std::fs::create_dir_all(&out_modules).map_err(io(&out_modules))?;
+    std::fs::copy(&image, out.join("vmlinuz")).map_err(io(&image))?;
+    let modules = std::fs::canonicalize(modules_parent.join(&release)).map_err(io(dir))?;
+    std::os::unix::fs::symlink(&modules, out_modules.join(&release)).map_err(io(&modules))?;
+    let record = serde_json::to_vec_pretty(&package).map_err(|source| KernelError::Record {
+        path: record_path.clone(),
+        source,
+    })?;
+    std::fs::write(out.join(PACKAGE_RECORD), record).map_err(io(&out))?;
+    match std::fs::rename(&out, &target) {
+        Ok(()) => Ok(package),
+        Err(_) if record_path.exists() => Ok(package),
+        Err(e) => Err(io(&target)(e)),
+    }
+}
+
 /// SHA-256 of a file, hex.
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     let mut file = std::fs::File::open(path)?;
@@ -546,6 +624,55 @@ mod tests {
         )
         .unwrap();
         kernel
+    }
+
+    #[test]
+    fn a_kernel_directory_is_entered_into_the_cache_and_fetched_from_there() {
+        let src = tempfile::tempdir().unwrap();
+        let modules = src.path().join("lib/modules/6.12.1/kernel/drivers");
+        std::fs::create_dir_all(&modules).unwrap();
+        std::fs::write(modules.join("vsock.ko"), "\0name=vsock\0depends=\0").unwrap();
+        let cache = tempfile::tempdir().unwrap();
+        // No image yet: the error says what is missing.
+        match import_dir(cache.path(), src.path()) {
+            Err(KernelError::Incomplete { what, .. }) => {
+                assert!(what.contains("bzImage"), "{what}")
+            }
+            other => panic!("{other:?}"),
+        }
+        std::fs::write(src.path().join("bzImage"), b"kernel image one").unwrap();
+        let package = import_dir(cache.path(), src.path()).unwrap();
+        assert_eq!(package.name, "linux-image-6.12.1");
+        assert_eq!(package.release(), "6.12.1");
+        assert_eq!(
+            package.sha256,
+            sha256_file(&src.path().join("bzImage")).unwrap()
+        );
+        assert_eq!(package.version, format!("dir-{}", &package.sha256[..16]));
+        // `fetch` finds it in the cache: no apt, the image and the modules are the directory's.
+        let kernel = fetch(cache.path(), &package).unwrap();
+        assert_eq!(std::fs::read(&kernel.vmlinuz).unwrap(), b"kernel image one");
+        let index = kernel.module_index().unwrap();
+        let names: Vec<String> = index
+            .resolve(&["vsock"], &BTreeSet::new())
+            .unwrap()
+            .into_iter()
+            .map(|m| m.name)
+            .collect();
+        assert_eq!(names, ["vsock"]);
+        // Again: the same package, nothing rewritten; another image is another version.
+        assert_eq!(import_dir(cache.path(), src.path()).unwrap(), package);
+        std::fs::write(src.path().join("bzImage"), b"kernel image two").unwrap();
+        let other = import_dir(cache.path(), src.path()).unwrap();
+        assert_ne!(other.version, package.version);
+        // Two releases side by side are refused rather than guessed between.
+        std::fs::create_dir_all(src.path().join("lib/modules/6.13.0/kernel")).unwrap();
+        match import_dir(cache.path(), src.path()) {
+            Err(KernelError::Incomplete { what, .. }) => {
+                assert!(what.contains("6.12.1, 6.13.0"), "{what}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

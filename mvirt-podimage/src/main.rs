@@ -9,7 +9,7 @@ use mvirt_podimage::image::{self, BuildConfig, Outcome};
 use mvirt_podimage::Manifest;
 
 /// Builds the kernel and initramfs mvirt's pod microVMs boot (mvirt-one as /init), from Debian
-/// packages, reproducibly; does nothing when the output already matches its inputs.
+/// packages (or a kernel directory), reproducibly; does nothing when the output already matches its inputs.
 #[derive(Parser)]
 #[command(name = "mvirt-pod-image", version)]
 struct Cli {
@@ -34,6 +34,16 @@ enum Command {
             env = "MVIRT_POD_IMAGE_KERNEL_PACKAGE"
         )]
         kernel_package: Option<String>,
+        /// Instead of a Debian package: a kernel built elsewhere, as a directory holding
+        /// `bzImage` (or `vmlinuz`) and `lib/modules/<release>/` — e.g. nixpkgs' `linux`. apt is
+        /// not asked.
+        #[arg(
+            long,
+            value_name = "DIR",
+            env = "MVIRT_POD_IMAGE_KERNEL_DIR",
+            conflicts_with = "kernel_package"
+        )]
+        kernel_dir: Option<PathBuf>,
         /// Where downloaded, unpacked kernels are kept
         /// [default: $XDG_CACHE_HOME/mvirt-pod-image or ~/.cache/mvirt-pod-image].
         #[arg(long, value_name = "DIR", env = "MVIRT_POD_IMAGE_CACHE_DIR")]
@@ -90,10 +100,16 @@ fn main() -> ExitCode {
             out,
             mvirt_one,
             kernel_package,
+            kernel_dir,
             cache_dir,
             ca_bundle,
         } => {
-            let kernel = match image::kernel_package(kernel_package.as_deref()) {
+            let cache_dir = cache_dir.unwrap_or_else(default_cache_dir);
+            let kernel = match &kernel_dir {
+                Some(dir) => mvirt_podimage::kernel::import_dir(&cache_dir, dir),
+                None => image::kernel_package(kernel_package.as_deref()),
+            };
+            let kernel = match kernel {
                 Ok(kernel) => kernel,
                 Err(e) => {
                     eprintln!("mvirt-pod-image: {}", report(&e));
@@ -104,7 +120,7 @@ fn main() -> ExitCode {
                 out_dir: out,
                 mvirt_one: mvirt_one.unwrap_or_else(default_mvirt_one),
                 kernel,
-                cache_dir: cache_dir.unwrap_or_else(default_cache_dir),
+                cache_dir,
                 ca_bundle,
             };
             match image::build(&config) {
