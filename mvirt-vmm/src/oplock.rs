@@ -1,6 +1,7 @@
 //! Per-resource operation locks shared by VMs and pods: an operation on one id runs under that
 //! id's lock, on a task of its own, so it completes even when its caller goes away (a gRPC
 //! deadline, an agent killed mid-call) and never interleaves with another operation on the id.
+//! The task inherits the caller's trace id (`mvirt_common::trace::inherit`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -44,7 +45,9 @@ impl OpLocks {
         gone: impl FnOnce() -> bool + Send + 'static,
     ) -> Option<T> {
         let (locks, owned) = (self.clone(), id.to_string());
-        let task = tokio::spawn(async move {
+        // The task carries on the caller's request: its trace id (and span) go with it, so the
+        // operation's log lines and audit entries name the request that caused them.
+        let task = tokio::spawn(mvirt_common::trace::inherit(async move {
             let op = locks.get(&owned);
             let guard = op.lock().await;
             let result = operation.await;
@@ -53,7 +56,7 @@ impl OpLocks {
                 locks.release(&owned, &op);
             }
             result
-        });
+        }));
         match task.await {
             Ok(result) => Some(result),
             Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),

@@ -455,7 +455,7 @@ async fn a_pod_runs_its_containers_survives_a_daemon_crash_and_leaves_nothing_be
         .filter(|(t, _, _)| *t != proto::PodEventType::Updated)
         .map(|(t, s, r)| (*t, *s, r.as_str()))
         .collect();
-    use proto::PodEventType::{Created, StateChanged, Updated};
+    use proto::PodEventType::{Created, StateChanged};
     use proto::PodState::{Running, Starting};
     assert_eq!(
         transitions,
@@ -468,7 +468,41 @@ async fn a_pod_runs_its_containers_survives_a_daemon_crash_and_leaves_nothing_be
         ],
         "{seen:?}"
     );
-    assert!(seen.iter().any(|(t, s, _)| *t == Updated && *s == Running));
+    // RUNNING is honest: the event that first says so already carries both containers
+    // launched (the logger's process running, the one-shot running or exited), never `created`.
+    let first_running = events
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|e| e.pod.clone().filter(|p| state(p) == Running))
+        .unwrap();
+    let launched = |c: &proto::PodContainerStatus| {
+        c.state == proto::PodContainerState::Running as i32
+            || c.state == proto::PodContainerState::Exited as i32
+    };
+    assert_eq!(first_running.containers.len(), 2, "{first_running:?}");
+    assert!(
+        first_running.containers.iter().all(launched),
+        "RUNNING before the containers were launched: {first_running:?}"
+    );
+    let logger_then = first_running
+        .containers
+        .iter()
+        .find(|c| c.name == "logger")
+        .unwrap();
+    assert_eq!(
+        logger_then.state,
+        proto::PodContainerState::Running as i32,
+        "{first_running:?}"
+    );
+    // The one-shot's exit reached the watch too: in that event already, or an UPDATED after.
+    let last = events.lock().unwrap().last().unwrap().pod.clone().unwrap();
+    let once_last = last.containers.iter().find(|c| c.name == "once").unwrap();
+    assert_eq!(
+        (once_last.state, once_last.exit_code),
+        (proto::PodContainerState::Exited as i32, 3),
+        "{seen:?}"
+    );
 
     // The daemon crashes; the restarted one adopts the running pod.
     daemon.kill();

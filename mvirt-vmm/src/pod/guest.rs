@@ -120,6 +120,17 @@ pub fn container_status(s: one::ContainerStatus) -> ContainerStatus {
     }
 }
 
+/// Whether every container of mvirt-one's answer was launched: its process runs, already
+/// exited, or could not be started (`exited` with the reason) — none is still `created`.
+pub fn launched(pod: &one::Pod) -> bool {
+    pod.containers.iter().all(|c| {
+        matches!(
+            one::ContainerState::try_from(c.state),
+            Ok(one::ContainerState::Running | one::ContainerState::Exited)
+        )
+    })
+}
+
 pub fn interfaces(info: one::NetworkInfo) -> Vec<PodInterface> {
     info.interfaces
         .into_iter()

@@ -11,11 +11,13 @@ use crate::model::{now_ms, VmState};
 use crate::vmm::VmEventKind;
 
 use super::guest;
-use super::model::{PodRecord, PodState};
+use super::model::{ContainerStatus, PodInterface, PodRecord, PodState};
 use super::{PodError, PodEventKind, PodManager, READY_PORT};
 
 /// How much of the serial console a failed start quotes.
 const CONSOLE_TAIL: usize = 1500;
+/// How often a start asks an mvirt-one that answered StartPod before its launches again.
+const LAUNCH_POLL: Duration = Duration::from_millis(100);
 
 impl PodManager {
     /// Starts a created, stopped or failed pod; answers once it runs (or failed: the error
@@ -39,8 +41,8 @@ impl PodManager {
             p.containers.clear();
             p.interfaces.clear();
         })?;
-        match self.boot(&pod, &artefacts).await {
-            Ok(()) => {}
+        let (containers, interfaces) = match self.boot(&pod, &artefacts).await {
+            Ok(status) => status,
             Err(reason) => {
                 let vmm = self.vmm();
                 if vmm.exists(id).unwrap_or(false) {
@@ -57,24 +59,30 @@ impl PodManager {
                     reason,
                 });
             }
-        }
+        };
+        // RUNNING carries the launched containers in the same write: a watcher never sees a
+        // running pod whose processes are not there yet.
         let pod = self.update(id, PodEventKind::StateChanged, |p| {
             p.state = PodState::Running;
             p.state_reason = "started".into();
             p.started_at_ms = now_ms();
+            p.containers = containers;
+            p.interfaces = interfaces;
         })?;
         self.vmm()
             .audit()
             .audit(format!("started pod {}", pod.spec.name), &[id]);
-        Ok(self.refresh(&pod).await.unwrap_or(pod))
+        Ok(pod)
     }
 
-    /// Boots the microVM and starts the containers; `Err` is the reason for the FAILED state.
+    /// Boots the microVM and starts the containers; answers once every container's process
+    /// was launched (running, already exited, or its launch failed), with their status and the
+    /// guest's interfaces. `Err` is the reason for the FAILED state.
     async fn boot(
         &self,
         pod: &PodRecord,
         artefacts: &super::artefacts::Artefacts,
-    ) -> Result<(), String> {
+    ) -> Result<(Vec<ContainerStatus>, Vec<PodInterface>), String> {
         let id = pod.id.as_str();
         let vmm = self.vmm();
         let chain = |e: &dyn std::error::Error| mvirt_common::error::error_chain(e);
@@ -138,11 +146,42 @@ impl PodManager {
             .map_err(|s| format!("creating the containers failed: {}", s.message()))?;
         self.set_state(id, PodState::Starting, "starting the containers")
             .map_err(|e| chain(&e))?;
-        client
+        let mut started = client
             .start_pod(one::StartPodRequest { id: id.to_string() })
             .await
-            .map_err(|s| format!("starting the containers failed: {}", s.message()))?;
-        Ok(())
+            .map_err(|s| format!("starting the containers failed: {}", s.message()))?
+            .into_inner();
+        // mvirt-one's StartPod answers once the processes were launched; one that answers
+        // earlier (older pod artefacts, or a launch slower than its wait) is asked again until
+        // each container has left `created`, within the readiness timeout.
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !guest::launched(&started) {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "the containers were not launched within {}s",
+                    timeout.as_secs()
+                ));
+            }
+            tokio::time::sleep(LAUNCH_POLL).await;
+            started = client
+                .get_pod(one::GetPodRequest { id: id.to_string() })
+                .await
+                .map_err(|s| format!("reading the containers' status failed: {}", s.message()))?
+                .into_inner();
+        }
+        let info = client
+            .get_network_info(one::GetNetworkInfoRequest {})
+            .await
+            .map_err(|s| format!("reading the guest's interfaces failed: {}", s.message()))?
+            .into_inner();
+        Ok((
+            started
+                .containers
+                .into_iter()
+                .map(guest::container_status)
+                .collect(),
+            guest::interfaces(info),
+        ))
     }
 
     /// Reads the container status and addresses from mvirt-one and records them (an UPDATED
