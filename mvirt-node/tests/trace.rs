@@ -2,10 +2,10 @@
 //! `X-Request-Id` keeps that id in the Raft command (the VM's and its owned objects'
 //! `meta.trace_id`), in the node spec, in the agent's reconcile span and its calls to the
 //! local daemons (`x-mvirt-trace-id`), and in the audit entries every one of them writes:
-//! `GET /v1/logs?trace_id=` finds the API's, the agent's, mvirt-zfs' and mvirt-ebpf's entries,
-//! and mvirt-ebpf's own log lines carry the id in their `rpc` span. (mvirt-vmm's CreateVm line
-//! does not show the id yet: a known gap, see the README.) The VM is created stopped: the
-//! create reaching mvirt-vmm is the point, no guest boots. Also: a request without (or with an
+//! `GET /v1/logs?trace_id=` finds the API's, the agent's, mvirt-zfs', mvirt-ebpf's and
+//! mvirt-vmm's entries, and mvirt-ebpf's and mvirt-vmm's own log lines carry the id in their
+//! `rpc` span (mvirt-vmm runs the create on a task of its own, which inherits the trace). The VM
+//! is created stopped: the create reaching mvirt-vmm is the point, no guest boots. Also: a request without (or with an
 //! unusable) `X-Request-Id` gets a fresh one, echoed in the answer and in error bodies.
 
 mod common;
@@ -211,7 +211,7 @@ async fn a_vm_create_is_followed_by_its_request_id_across_every_process() {
     // The audit log: the API's entry for the command, the agent's for what it created (volume,
     // NIC, VM, in the resource's trace) and mvirt-vmm's, written inside the traced gRPC call.
     let entries = wait_until_async(
-        "audit entries of the API, the agent, mvirt-zfs and mvirt-ebpf",
+        "audit entries of the API, the agent, mvirt-zfs, mvirt-ebpf and mvirt-vmm",
         Duration::from_secs(30),
         || {
             let (rest, path) = (rest.clone(), format!("/v1/logs?trace_id={trace}&limit=100"));
@@ -219,7 +219,11 @@ async fn a_vm_create_is_followed_by_its_request_id_across_every_process() {
                 let page = rest.get(&path).await;
                 let entries = page["entries"].as_array().unwrap().clone();
                 let has = |component: &str| entries.iter().any(|e| e["component"] == component);
-                (has("mvirt-api") && has("mvirt-node") && has("mvirt-zfs") && has("mvirt-ebpf"))
+                (has("mvirt-api")
+                    && has("mvirt-node")
+                    && has("mvirt-zfs")
+                    && has("mvirt-ebpf")
+                    && has("mvirt-vmm"))
                     .then_some(entries)
             }
         },
@@ -247,6 +251,7 @@ async fn a_vm_create_is_followed_by_its_request_id_across_every_process() {
         "{messages:#?}"
     );
     assert!(said("mvirt-zfs", "cloned volume"), "{messages:#?}");
+    assert!(said("mvirt-vmm", "created VM traced"), "{messages:#?}");
     assert!(
         said("mvirt-ebpf", &format!("created NIC {nic_id}")),
         "{messages:#?}"
@@ -273,6 +278,12 @@ async fn a_vm_create_is_followed_by_its_request_id_across_every_process() {
             && l.contains("method=CreateNic")
             && l.contains("mvirt_ebpf")),
         "no mvirt-ebpf CreateNic line in the trace: {with_trace:#?}"
+    );
+    assert!(
+        with_trace.iter().any(|l| l.contains("rpc{")
+            && l.contains("method=CreateVm")
+            && l.contains("created VM traced")),
+        "no mvirt-vmm CreateVm line in the trace: {with_trace:#?}"
     );
     assert!(
         with_trace
