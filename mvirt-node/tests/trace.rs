@@ -224,7 +224,7 @@ async fn a_vm_create_is_followed_by_its_request_id_across_every_process() {
                     && has("mvirt-zfs")
                     && has("mvirt-ebpf")
                     && has("mvirt-vmm"))
-                    .then_some(entries)
+                .then_some(entries)
             }
         },
     )
