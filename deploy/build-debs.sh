@@ -5,11 +5,15 @@
 # which deploy/gen.py writes from deploy/services.toml.
 #
 # Usage: deploy/build-debs.sh [--bin-dir DIR] [--out DIR] [--ui-dist DIR] [--pod-artefacts DIR]
+#                             [--vhost-device-vsock PATH]
 #   --bin-dir        where mvirt-log, mvirt-vmm, ..., mvirt are (default: target/release)
 #   --out            where the .deb files go (default: target/debian)
 #   --ui-dist        the built web UI (default: mvirt-ui/dist; without it no mvirt-ui package)
 #   --pod-artefacts  the built pod artefacts (scripts/build-pod-artefacts.sh DIR; without it no
 #                    mvirt-pod-artefacts package): installed to /usr/lib/mvirt/pod-artefacts
+#   --vhost-device-vsock  the vhost-device-vsock binary (`cargo install vhost-device-vsock`;
+#                    default: the one on PATH or in ~/.cargo/bin; without one no
+#                    mvirt-vhost-device-vsock package): installed to /usr/bin
 # Environment: MVIRT_DEB_VERSION (default: the workspace version), MVIRT_DEB_COMPRESSION
 # (dpkg-deb -Z: xz by default; the tests use none).
 #
@@ -22,12 +26,17 @@ BIN=$ROOT/target/release
 OUT=$ROOT/target/debian
 UI_DIST=$ROOT/mvirt-ui/dist
 POD_ARTEFACTS=""
+VHOST_VSOCK=$(command -v vhost-device-vsock || true)
+if [ -z "$VHOST_VSOCK" ] && [ -x "${HOME:-/root}/.cargo/bin/vhost-device-vsock" ]; then
+  VHOST_VSOCK=${HOME:-/root}/.cargo/bin/vhost-device-vsock
+fi
 while [ $# -gt 0 ]; do
   case $1 in
     --bin-dir) BIN=$(realpath "$2"); shift 2 ;;
     --out) OUT=$(realpath -m "$2"); shift 2 ;;
     --ui-dist) UI_DIST=$(realpath -m "$2"); shift 2 ;;
     --pod-artefacts) POD_ARTEFACTS=$(realpath -m "$2"); shift 2 ;;
+    --vhost-device-vsock) VHOST_VSOCK=$(realpath -m "$2"); shift 2 ;;
     *) echo "build-debs.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -43,6 +52,7 @@ binary_of() {
   case $1 in
     mvirt-cli) echo mvirt ;;
     mvirt-log | mvirt-zfs | mvirt-ebpf | mvirt-vmm | mvirt-api | mvirt-node) echo "$1" ;;
+    mvirt-vhost-device-vsock) echo vhost-device-vsock ;;
     *) echo "" ;;
   esac
 }
@@ -72,9 +82,17 @@ for template in deploy/debian/*/; do
       "$pkg"/*) [ -e "$STAGE/$rel" ] && chmod "$mode" "$STAGE/$rel" ;;
     esac
   done < <(python3 deploy/gen.py --modes)
+  src_bin=$BIN/$bin
+  if [ "$pkg" = mvirt-vhost-device-vsock ]; then
+    if [ -z "$VHOST_VSOCK" ]; then
+      echo "build-debs.sh: no vhost-device-vsock (cargo install vhost-device-vsock): no $pkg package"
+      continue
+    fi
+    src_bin=$VHOST_VSOCK
+  fi
   if [ -n "$bin" ]; then
-    [ -x "$BIN/$bin" ] || die "$BIN/$bin is missing: build it first"
-    install -D -m 0755 "$BIN/$bin" "$dir/usr/bin/$bin"
+    [ -x "$src_bin" ] || die "$src_bin is missing: build it first"
+    install -D -m 0755 "$src_bin" "$dir/usr/bin/$bin"
     strip --strip-unneeded "$dir/usr/bin/$bin"
   fi
   case $pkg in

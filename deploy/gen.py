@@ -41,11 +41,21 @@ EXTRA_PACKAGES = {
         "depends": [],
         "arch": "native",
     },
+    # rust-vmm's vhost-device-vsock (not in Debian 12), as `cargo install vhost-device-vsock`
+    # built it (scripts/setup.sh pins the version): the vsock backend mvirt-vmm starts beside
+    # each QEMU pod microVM, found on PATH (/usr/bin).
+    "mvirt-vhost-device-vsock": {
+        "description": "vhost-device-vsock for mvirt's QEMU pod microVMs",
+        "depends": [],
+        "arch": "binary",
+        "conflicts": ["vhost-device-vsock"],
+        "provides": ["vhost-device-vsock"],
+    },
     "mvirt-hypervisor": {
         "description": "everything a mvirt hypervisor host runs",
         "depends": ["mvirt-log", "mvirt-zfs", "mvirt-ebpf", "mvirt-vmm", "mvirt-node"],
         # Built from the same checkout: mvirt-one speaks this mvirt-vmm's protocol.
-        "recommends": ["mvirt-pod-artefacts (= @VERSION@)"],
+        "recommends": ["mvirt-pod-artefacts (= @VERSION@)", "mvirt-vhost-device-vsock"],
         "arch": "all",
     },
     "mvirt-controlplane": {
@@ -134,7 +144,7 @@ def render_env(key, services):
     return "\n".join(out) + "\n"
 
 
-def control(package, description, arch, depends, recommends=()):
+def control(package, description, arch, depends, recommends=(), conflicts=(), provides=()):
     lines = [
         f"Package: {package}",
         "Version: @VERSION@",
@@ -150,6 +160,10 @@ def control(package, description, arch, depends, recommends=()):
         lines.append("Depends: " + ", ".join(depends))
     if recommends:
         lines.append("Recommends: " + ", ".join(recommends))
+    if conflicts:
+        lines.append("Conflicts: " + ", ".join(conflicts))
+    if provides:
+        lines.append("Provides: " + ", ".join(provides))
     lines.append(f"Description: {description}")
     lines.append(" Part of mvirt, a distributed manager for virtual machines.")
     return "\n".join(lines) + "\n"
@@ -253,7 +267,8 @@ def generate():
             depends = [versioned(d) for d in depends]
         recommends = extra.get("recommends", [])
         put(f"{pkg}/DEBIAN/control.in",
-            control(pkg, extra["description"], extra["arch"], depends, recommends))
+            control(pkg, extra["description"], extra["arch"], depends, recommends,
+                    extra.get("conflicts", []), extra.get("provides", [])))
     return files
 
 

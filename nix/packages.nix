@@ -1,11 +1,11 @@
 # mvirt's packages, built with crane: one per binary (dependencies compiled once and shared),
 # the eBPF object, the web UI when mvirt-ui/ exists, and `mvirt-all` with every binary.
-# Pods: `mvirt-one` (the microVM's init) and `mvirt-pod-image` (builds the pod artefacts). The
-# artefacts themselves (kernel + initramfs) are made from a Debian kernel package that
-# mvirt-pod-image fetches with apt at build time, which a Nix build cannot do: on NixOS they are
-# built on the host (docs/deploy.md, "Pods"), or taken from the Debian package
-# mvirt-pod-artefacts.
-{ pkgs, crane, src }:
+# Pods: `mvirt-one` (the microVM's init), `mvirt-pod-image` (builds the pod artefacts) and
+# `mvirt-pod-artefacts`: the artefacts themselves (vmlinuz, initramfs.img, manifest.json) made
+# by mvirt-pod-image from nixpkgs' kernel (`--kernel-dir`, instead of the Debian package it
+# fetches with apt elsewhere). vhost-device-vsock, which QEMU pod microVMs need, is nixpkgs'
+# own package (the module puts it on mvirt-vmm's PATH).
+{ pkgs, crane, src, podKernel ? pkgs.linuxPackages.kernel }:
 let
   inherit (pkgs) lib;
   craneLib = crane.mkLib pkgs;
@@ -94,9 +94,32 @@ let
       '';
     };
   };
+
+  # The pod boot artefacts, by mvirt-podimage's recipe (mvirt-podimage/README.md): `podKernel`'s
+  # bzImage as vmlinuz; an uncompressed initramfs with this flake's mvirt-one as /init, its
+  # libraries at the /nix/store paths ldd names, the virtio/vsock/overlay/button/evdev modules
+  # from the kernel's lib/modules (dependencies first; built-in ones skipped; a module the kernel
+  # lacks fails the build with its name) and nixpkgs' CA bundle; manifest.json with the digests
+  # mvirt-vmm checks. Installed as lib/mvirt/pod-artefacts (the module's default podArtefacts).
+  mvirt-pod-artefacts = pkgs.runCommand "mvirt-pod-artefacts-${version}"
+    {
+      # strip (binutils), ldd (glibc's bin output), xz/zstd for compressed modules.
+      nativeBuildInputs = [ pkgs.binutils pkgs.glibc.bin pkgs.xz pkgs.zstd ];
+    } ''
+    mkdir -p $out/lib/mvirt/pod-artefacts
+    ${binaries.mvirt-pod-image}/bin/mvirt-pod-image build \
+      --out $out/lib/mvirt/pod-artefacts \
+      --kernel-dir ${podKernel} \
+      --mvirt-one ${binaries.mvirt-one}/bin/mvirt-one \
+      --ca-bundle ${pkgs.cacert}/etc/ssl/certs/ca-bundle.crt \
+      --cache-dir "$TMPDIR/pod-image-cache"
+    ${binaries.mvirt-pod-image}/bin/mvirt-pod-image verify --out $out/lib/mvirt/pod-artefacts
+  '';
 in
 binaries // ui // {
-  inherit mvirt-ebpf-objects;
+  inherit mvirt-ebpf-objects mvirt-pod-artefacts;
+  # nixpkgs' build, re-exported so a host without the module can install it next to mvirt-vmm.
+  inherit (pkgs) vhost-device-vsock;
   mvirt-all = pkgs.symlinkJoin {
     name = "mvirt-all-${version}";
     paths = builtins.attrValues binaries;

@@ -109,7 +109,7 @@ MVIRT_DEB_COMPRESSION=none deploy/build-debs.sh --bin-dir "$BIN" --out "$WORK/de
   --pod-artefacts "$CACHE/pod-artefacts-deploy" >"$WORK/build-debs.log" ||
   { cat "$WORK/build-debs.log"; die "build-debs.sh failed"; }
 for pkg in mvirt-common mvirt-log mvirt-zfs mvirt-ebpf mvirt-vmm mvirt-api mvirt-node mvirt-cli \
-  mvirt-pod-artefacts mvirt-hypervisor mvirt-controlplane; do
+  mvirt-pod-artefacts mvirt-vhost-device-vsock mvirt-hypervisor mvirt-controlplane; do
   ls "$WORK/debs/${pkg}_"*.deb >/dev/null 2>&1 || die "no $pkg package was built"
 done
 if [ -f mvirt-ui/package.json ]; then

@@ -31,7 +31,7 @@ mount --rbind "$WORK/shared" "$R$WORK/shared"
 say "dpkg -i every package into the root"
 cp "$WORK"/debs/*.deb "$R/tmp/debs/"
 chroot "$R" sh -c 'dpkg -i /tmp/debs/*.deb' >"$WORK/logs/dpkg.log" 2>&1 || { cat "$WORK/logs/dpkg.log"; die "dpkg -i failed"; }
-for pkg in mvirt-common mvirt-log mvirt-zfs mvirt-ebpf mvirt-vmm mvirt-api mvirt-node mvirt-cli mvirt-pod-artefacts mvirt-hypervisor mvirt-controlplane; do
+for pkg in mvirt-common mvirt-log mvirt-zfs mvirt-ebpf mvirt-vmm mvirt-api mvirt-node mvirt-cli mvirt-pod-artefacts mvirt-vhost-device-vsock mvirt-hypervisor mvirt-controlplane; do
   [ "$(chroot "$R" dpkg-query -W -f '${Status}' "$pkg")" = "install ok installed" ] || die "$pkg is not installed"
 done
 chroot "$R" getent group mvirt >/dev/null || die "no mvirt group"
@@ -41,6 +41,8 @@ chroot "$R" getent group mvirt >/dev/null || die "no mvirt group"
 [ "$(stat -c %a "$R/etc/mvirt/api.env")" = 600 ] || die "/etc/mvirt/api.env (may hold a join token) is not 0600"
 grep -qx 'KillMode=process' "$R/lib/systemd/system/mvirt-vmm.service" || die "mvirt-vmm.service lacks KillMode=process"
 chroot "$R" mvirt --help >/dev/null || die "the mvirt CLI does not run"
+# The QEMU pods' vsock backend where mvirt-vmm's default finds it (on systemd's PATH), runnable.
+chroot "$R" /usr/bin/vhost-device-vsock --version >/dev/null || die "the packaged vhost-device-vsock does not run"
 # The pod artefacts where the packaged mvirt-vmm looks for them, every file as the manifest says.
 PODS=$(sed -n 's/^MVIRT_VMM_POD_ARTEFACTS=//p' "$R/etc/mvirt/vmm.env")
 [ "$PODS" = /usr/lib/mvirt/pod-artefacts ] || die "vmm.env points mvirt-vmm at pod artefacts in '$PODS'"

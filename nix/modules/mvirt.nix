@@ -23,7 +23,8 @@ let
     log = [ ];
     zfs = [ config.boot.zfs.package pkgs.qemu-utils pkgs.coreutils ];
     ebpf = [ pkgs.iproute2 pkgs.nftables ];
-    vmm = [ pkgs.qemu_kvm pkgs.cloud-hypervisor pkgs.dosfstools pkgs.mtools pkgs.util-linux ];
+    # vhost-device-vsock: the vsock backend mvirt-vmm starts beside each QEMU pod microVM.
+    vmm = [ pkgs.qemu_kvm pkgs.cloud-hypervisor pkgs.dosfstools pkgs.mtools pkgs.util-linux pkgs.vhost-device-vsock ];
     api = [ ];
     node = [ ];
   };
@@ -153,8 +154,12 @@ in
     (lib.mkIf cfg.vmm.enable {
       services.mvirt.vmm.settings.qemuFirmware = lib.mkDefault "${pkgs.OVMF.fd}/FV/OVMF.fd";
       # The packaged default is where the Debian package mvirt-pod-artefacts installs them; on
-      # NixOS they are built on the host into mvirt-vmm's own default (docs/deploy.md, "Pods").
-      services.mvirt.vmm.settings.podArtefacts = lib.mkDefault "/var/lib/mvirt/pod-artefacts";
+      # NixOS the flake's mvirt-pod-artefacts package (nixpkgs' kernel), or without it
+      # mvirt-vmm's own default, where they can be built on the host (docs/deploy.md, "Pods").
+      services.mvirt.vmm.settings.podArtefacts = lib.mkDefault (
+        if cfg.packages ? mvirt-pod-artefacts
+        then "${cfg.packages.mvirt-pod-artefacts}/lib/mvirt/pod-artefacts"
+        else "/var/lib/mvirt/pod-artefacts");
     })
   ]);
 }

@@ -30,7 +30,8 @@ let
   };
   pkgs = { writeShellScript = name: text: "/nix/store/script-${name}:\n${text}"; qemu-utils = "qemu-utils";
     coreutils = "coreutils"; iproute2 = "iproute2"; nftables = "nftables"; qemu_kvm = "qemu"; cloud-hypervisor = "ch";
-    dosfstools = "dosfstools"; mtools = "mtools"; util-linux = "util-linux"; OVMF = { fd = "/nix/store/ovmf"; }; };
+    dosfstools = "dosfstools"; mtools = "mtools"; util-linux = "util-linux"; OVMF = { fd = "/nix/store/ovmf"; };
+    vhost-device-vsock = "vhost-device-vsock"; };
   module = import ../modules/mvirt.nix;
   m = module { inherit config lib pkgs; };
   opts = m.options.services.mvirt;
