@@ -211,6 +211,23 @@ try {
   await page.getByTestId('detail-phase').filter({ hasText: 'running' }).waitFor({ timeout: 60_000 });
   log(`stopped (${stopMs} ms) and started again (${Date.now() - t} ms) from its page`);
 
+  // 5c. The trace of its last change (the start just made here): the page's link opens the
+  // audit log filtered by that request's id, and every entry shown carries it.
+  await page.getByRole('link', { name: 'Trace of the last change' }).click();
+  await page.waitForURL(/\/audit\?trace_id=/);
+  const traceId = new URL(page.url()).searchParams.get('trace_id') ?? '';
+  const logRows = page.getByRole('table', { name: 'Log entries' }).getByRole('row');
+  await logRows.nth(1).waitFor();
+  const traced = (await logRows.evaluateAll((rows) => rows.map((r) => [...r.querySelectorAll('td')].map((td) => td.innerText.trim())))).filter(
+    (cells) => cells.length >= 6,
+  );
+  if (!traceId || !traced.length || traced.some((cells) => cells[5] !== traceId.slice(-8)))
+    throw new Error(`the trace link of ${VM} (request ${traceId}) shows other entries: ${JSON.stringify(traced)}`);
+  log(`the VM's trace link shows ${traced.length} entries of request ${traceId} (${[...new Set(traced.map((c) => c[2]))].join(', ')})`);
+  await check('audit-trace');
+  await page.goBack();
+  await page.getByRole('heading', { name: VM }).waitFor();
+
   // 6. A VM created through REST meanwhile appears in the list live (no reload).
   await nav('VMs');
   await page.locator(`[data-testid="vm-row"][data-name="${VM}"]`).waitFor();
