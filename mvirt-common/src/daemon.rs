@@ -224,14 +224,22 @@ impl DaemonSpec {
 
     /// Starts the `/metrics` listener. The daemon's default address being taken is logged
     /// (the daemon runs without metrics: a second daemon on a host, a test); an address the
-    /// operator chose that cannot be bound is an error.
+    /// operator chose that cannot be bound is an error. `off` switches recording off for the
+    /// whole process ([`crate::metrics::disable`]).
     pub async fn start_metrics(
         &self,
         listen: Option<MetricsListen>,
         shutdown: &Shutdown,
     ) -> Result<Option<std::net::SocketAddr>, Box<dyn Error>> {
-        let Some(MetricsListen::Addr(addr)) = listen else {
-            return Ok(None);
+        let addr = match listen {
+            Some(MetricsListen::Addr(addr)) => addr,
+            Some(MetricsListen::Off) => {
+                // Nobody can scrape them: record nothing either.
+                crate::metrics::disable();
+                tracing::info!("metrics off (--metrics-listen off): nothing is recorded");
+                return Ok(None);
+            }
+            None => return Ok(None),
         };
         match crate::metrics::serve(self.name, addr, shutdown.clone()).await {
             Ok(server) => Ok(Some(server.addr)),

@@ -17,6 +17,12 @@
 //! daemon starts serving → every scrape encodes the daemon's registry. gRPC calls are counted
 //! by [`crate::grpc::GrpcServer::for_daemon`] (a [`GrpcMetrics`] wrapper around each service);
 //! REST routes by [`http_layer`] (axum middleware: route template, method, status).
+//!
+//! `--metrics-listen off` switches metrics off for the whole process ([`disable`], called by
+//! [`crate::daemon::DaemonSpec::start_metrics`]): nobody can scrape them, so nothing is recorded
+//! either — the gRPC and REST layers pass calls straight through and a daemon's own recording
+//! points ask [`enabled`] first. (Its cost with them on is measured by mvirt-api's
+//! `control_plane` bench, `MVIRT_BENCH_METRICS=1`.)
 
 use std::collections::HashMap;
 use std::fmt;
@@ -44,6 +50,19 @@ pub use prometheus_client as prometheus;
 
 /// The `Content-Type` of a scrape answer.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Whether this process records metrics (on unless [`disable`]d).
+pub fn enabled() -> bool {
+    ENABLED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Stops recording metrics in this process (`--metrics-listen off`): the gRPC and REST layers
+/// pass calls through untouched, daemons' own recording points skip their work.
+pub fn disable() {
+    ENABLED.store(false, std::sync::atomic::Ordering::Relaxed);
+}
 
 /// Label set of a metric family: `(name, value)` pairs.
 pub type Labels = Vec<(&'static str, String)>;
@@ -478,6 +497,9 @@ where
     }
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        if !enabled() {
+            return Box::pin(self.inner.call(request));
+        }
         let started = Instant::now();
         let path = request.uri().path().to_string();
         let metrics = self.metrics;
@@ -618,6 +640,9 @@ pub async fn track(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
+    if !enabled() {
+        return next.run(request).await;
+    }
     let started = Instant::now();
     let method = request.method().as_str().to_string();
     let route = request
