@@ -425,6 +425,94 @@ impl VmService for VmGrpc {
         console_stream(&self.vmm, &vm_id, first.data, inputs).await
     }
 
+    async fn prepare_incoming_migration(
+        &self,
+        request: Request<proto::PrepareIncomingMigrationRequest>,
+    ) -> Result<Response<proto::IncomingMigration>, Status> {
+        let req = request.into_inner();
+        let config = req.config.ok_or_else(|| invalid("config is required"))?;
+        let spec = spec_from_proto(config)?;
+        let (vm, socket) = self.vmm.prepare_incoming(&req.id, spec).await?;
+        Ok(Response::new(proto::IncomingMigration {
+            vm: Some(vm_to_proto(&vm)),
+            socket_path: socket.display().to_string(),
+        }))
+    }
+
+    type MigrateVmStream = BoxStream<proto::MigrationProgress>;
+
+    async fn migrate_vm(
+        &self,
+        request: Request<proto::MigrateVmRequest>,
+    ) -> Result<Response<Self::MigrateVmStream>, Status> {
+        let req = request.into_inner();
+        self.vm_only(&req.id)?;
+        if !req.destination_socket.starts_with('/') {
+            return Err(invalid("destination_socket must be an absolute path"));
+        }
+        let downtime = match req.max_downtime_ms {
+            0 => std::time::Duration::from_millis(300),
+            ms => std::time::Duration::from_millis(u64::from(ms)),
+        };
+        let rx = self
+            .vmm
+            .migrate(
+                &req.id,
+                std::path::PathBuf::from(req.destination_socket),
+                req.with_disks,
+                downtime,
+            )
+            .await?;
+        let stream = futures::stream::unfold((rx, false), |(mut rx, done)| async move {
+            if done {
+                return None;
+            }
+            // The first item is the current value; afterwards each change.
+            let stats = rx.borrow_and_update().clone();
+            let finished = !matches!(
+                stats.status,
+                crate::hypervisor::MigrationStatus::Active
+                    | crate::hypervisor::MigrationStatus::None
+            );
+            if !finished && rx.changed().await.is_err() {
+                let stats = rx.borrow().clone();
+                return Some((Ok(migration_to_proto(&stats)), (rx, true)));
+            }
+            Some((Ok(migration_to_proto(&stats)), (rx, finished)))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn cancel_migration(
+        &self,
+        request: Request<proto::CancelMigrationRequest>,
+    ) -> Result<Response<proto::Vm>, Status> {
+        let id = request.into_inner().id;
+        self.vm_only(&id)?;
+        let vm = self.vmm.cancel_migration(&id).await?;
+        Ok(Response::new(vm_to_proto(&vm)))
+    }
+
+    async fn complete_incoming_migration(
+        &self,
+        request: Request<proto::CompleteIncomingMigrationRequest>,
+    ) -> Result<Response<proto::Vm>, Status> {
+        let id = request.into_inner().id;
+        self.vm_only(&id)?;
+        let vm = self.vmm.complete_incoming(&id).await?;
+        Ok(Response::new(vm_to_proto(&vm)))
+    }
+
+    async fn resume_migrated_vm(
+        &self,
+        request: Request<proto::ResumeMigratedVmRequest>,
+    ) -> Result<Response<proto::Vm>, Status> {
+        let id = request.into_inner().id;
+        self.vm_only(&id)?;
+        let vm = self.vmm.resume_migrated(&id).await?;
+        Ok(Response::new(vm_to_proto(&vm)))
+    }
+
     type WatchVmsStream = BoxStream<proto::VmEvent>;
 
     async fn watch_vms(
@@ -523,4 +611,24 @@ pub(crate) async fn console_stream(
         }
     };
     Ok(Response::new(Box::pin(output)))
+}
+
+fn migration_to_proto(stats: &crate::hypervisor::MigrationStats) -> proto::MigrationProgress {
+    use crate::hypervisor::MigrationStatus as S;
+    let status = match stats.status {
+        S::None | S::Active => proto::MigrationStatus::Active,
+        S::Completed => proto::MigrationStatus::Completed,
+        S::Failed => proto::MigrationStatus::Failed,
+        S::Cancelled => proto::MigrationStatus::Cancelled,
+    };
+    proto::MigrationProgress {
+        status: status as i32,
+        transferred_bytes: stats.transferred_bytes,
+        remaining_bytes: stats.remaining_bytes,
+        total_bytes: stats.total_bytes,
+        disk_transferred_bytes: stats.disk_transferred_bytes,
+        downtime_ms: stats.downtime_ms,
+        total_time_ms: stats.total_time_ms,
+        error: stats.error.clone(),
+    }
 }

@@ -170,6 +170,45 @@ fn vm_create_bodies_validate_against_the_openapi_spec() {
 }
 
 #[test]
+fn migration_bodies_validate_against_the_openapi_spec_and_use_the_vms_paths() {
+    let contract = Contract::load();
+    let out = Path::new("/var/lib/mvirt/node/migrate/id.sock");
+    let body = ch::send_migration(out, std::time::Duration::from_millis(300));
+    contract.assert_valid("SendMigrationData", &body);
+    assert_eq!(
+        contract
+            .request_schema("put", "/vm.send-migration")
+            .as_deref(),
+        Some("#/components/schemas/SendMigrationData")
+    );
+    assert_eq!(
+        body["destination_url"],
+        "unix:/var/lib/mvirt/node/migrate/id.sock"
+    );
+    assert_eq!(body["downtime_ms"], 300);
+    let socket = Path::new("/var/lib/mvirt/vmm/run/id/migrate-in.sock");
+    let body = ch::receive_migration(socket);
+    contract.assert_valid("ReceiveMigrationData", &body);
+    assert_eq!(
+        contract
+            .request_schema("put", "/vm.receive-migration")
+            .as_deref(),
+        Some("#/components/schemas/ReceiveMigrationData")
+    );
+    assert_eq!(
+        body["receiver_url"],
+        "unix:/var/lib/mvirt/vmm/run/id/migrate-in.sock"
+    );
+    // The strict contract refuses what cloud-hypervisor would refuse.
+    assert!(!contract
+        .errors(
+            "#/components/schemas/SendMigrationData",
+            &serde_json::json!({"destination_url": "unix:/x", "downtime_ms": 0})
+        )
+        .is_empty());
+}
+
+#[test]
 fn a_pod_microvm_gets_cloud_hypervisors_hybrid_vsock_on_its_run_directory_socket() {
     let contract = Contract::load();
     let run = RunDir::new(PathBuf::from("/var/lib/mvirt/vmm/run/id"));

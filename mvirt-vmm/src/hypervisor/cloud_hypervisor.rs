@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 
 use super::{
     listen_socket, spawn_hypervisor, until_ready, Hypervisor, HypervisorError, LaunchRequest,
-    Launched, RunDir,
+    Launched, MigrationStats, MigrationStatus, RunDir,
 };
 use crate::model::{BootSource, DiskSpec, NicSpec, VmSpec};
 
@@ -44,11 +44,16 @@ impl Default for CloudHypervisorConfig {
 
 pub struct CloudHypervisorDriver {
     config: CloudHypervisorConfig,
+    /// How each VM's blocking migration call ended (cloud-hypervisor has no progress query).
+    outcomes: MigrationOutcomes,
 }
 
 impl CloudHypervisorDriver {
     pub fn new(config: CloudHypervisorConfig) -> Self {
-        Self { config }
+        Self {
+            config,
+            outcomes: MigrationOutcomes::default(),
+        }
     }
 }
 
@@ -177,6 +182,23 @@ pub fn vm_resize(vcpus: Option<u32>, memory_mib: Option<u64>) -> Value {
 /// The `vm.remove-device` body (`VmRemoveDevice`).
 pub fn remove_device(id: &str) -> Value {
     json!({ "id": id })
+}
+
+/// The `vm.send-migration` body (`SendMigrationData`): the state goes to a unix socket the
+/// node agent listens on (`local: false`: guest memory is copied, not handed over by fd).
+pub fn send_migration(destination: &Path, max_downtime: Duration) -> Value {
+    json!({
+        "destination_url": format!("unix:{}", destination.display()),
+        "local": false,
+        "downtime_ms": max_downtime.as_millis().max(1) as u64,
+        "timeout_strategy": "Cancel",
+    })
+}
+
+/// The `vm.receive-migration` body (`ReceiveMigrationData`): cloud-hypervisor listens on the
+/// unix socket itself.
+pub fn receive_migration(socket: &Path) -> Value {
+    json!({ "receiver_url": format!("unix:{}", socket.display()) })
 }
 
 /// One HTTP request to cloud-hypervisor's API socket. Returns the status and body.
@@ -378,5 +400,187 @@ impl Hypervisor for CloudHypervisorDriver {
         )
         .await?;
         Ok(())
+    }
+
+    async fn launch_incoming(
+        &self,
+        request: &LaunchRequest<'_>,
+        socket: &Path,
+    ) -> Result<Launched, HypervisorError> {
+        super::qemu::check_host(request.spec, true)?;
+        let run = request.run;
+        let _ = std::fs::remove_file(run.console_socket());
+        let _ = std::fs::remove_file(socket);
+        let program = self.config.binary.display().to_string();
+        let api = [listen_socket(&run.control_socket())?];
+        let args = vec![
+            "--api-socket".to_string(),
+            "fd=3".to_string(),
+            "--log-file".to_string(),
+            run.hypervisor_log().display().to_string(),
+        ];
+        let mut child = spawn_hypervisor(&self.config.binary, &args, run, &api)?;
+        drop(api);
+        let pid = child.id().unwrap_or(0);
+        let control = run.control_socket();
+        until_ready(
+            &program,
+            &mut child,
+            run,
+            self.config.start_timeout,
+            async {
+                let (status, body) =
+                    api_call(&control, hyper::Method::GET, "vmm.ping", None).await?;
+                if status == 200 {
+                    Ok(body)
+                } else {
+                    Err(HypervisorError::Api {
+                        call: "vmm.ping".into(),
+                        message: format!("HTTP {status}"),
+                    })
+                }
+            },
+        )
+        .await?;
+        // vm.receive-migration answers only once the whole state arrived: it runs on its own
+        // task (its outcome is the migration's, read through `migration_progress`), and the
+        // guest runs as soon as it completes (cloud-hypervisor has no paused-incoming mode).
+        let body = receive_migration(socket);
+        let receiving = control.clone();
+        let outcome = self.outcomes.clone();
+        let key = run.path().to_path_buf();
+        outcome.set(&key, MigrationStatus::Active, String::new());
+        tokio::spawn(async move {
+            let result = put_long(&receiving, "vm.receive-migration", Some(&body)).await;
+            match result {
+                Ok(_) => outcome.set(&key, MigrationStatus::Completed, String::new()),
+                Err(err) => outcome.set(&key, MigrationStatus::Failed, err.to_string()),
+            }
+        });
+        // Wait until cloud-hypervisor listens.
+        let deadline = tokio::time::Instant::now() + self.config.start_timeout;
+        while !socket.exists() {
+            if tokio::time::Instant::now() > deadline {
+                let _ = child.start_kill();
+                return Err(HypervisorError::StartTimeout {
+                    program,
+                    timeout: self.config.start_timeout,
+                    log: run.hypervisor_log_tail(2000),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let identity = crate::process::identity(pid).ok_or_else(|| HypervisorError::EarlyExit {
+            program,
+            status: "gone right after start".into(),
+            log: run.hypervisor_log_tail(2000),
+        })?;
+        Ok(Launched {
+            identity,
+            child: Some(child),
+        })
+    }
+
+    async fn migrate_out(
+        &self,
+        run: &RunDir,
+        destination: &Path,
+        with_disks: bool,
+        max_downtime: Duration,
+    ) -> Result<(), HypervisorError> {
+        if with_disks {
+            return Err(HypervisorError::Unsupported {
+                driver: "cloud-hypervisor",
+                what: "migrating local disks in the migration stream (cloud-hypervisor has no \
+                       block migration; the disks must be copied by ZFS send first)"
+                    .into(),
+            });
+        }
+        let body = send_migration(destination, max_downtime);
+        let control = run.control_socket();
+        let outcome = self.outcomes.clone();
+        let key = run.path().to_path_buf();
+        outcome.set(&key, MigrationStatus::Active, String::new());
+        // vm.send-migration answers when the migration ended.
+        tokio::spawn(async move {
+            match put_long(&control, "vm.send-migration", Some(&body)).await {
+                Ok(_) => outcome.set(&key, MigrationStatus::Completed, String::new()),
+                Err(err) => outcome.set(&key, MigrationStatus::Failed, err.to_string()),
+            }
+        });
+        Ok(())
+    }
+
+    async fn migration_progress(&self, run: &RunDir) -> Result<MigrationStats, HypervisorError> {
+        // cloud-hypervisor reports no byte counts: only how the API call ended.
+        let (status, error) = self.outcomes.get(run.path());
+        Ok(MigrationStats {
+            status,
+            error,
+            ..Default::default()
+        })
+    }
+
+    async fn cancel_migration(&self, run: &RunDir) -> Result<(), HypervisorError> {
+        // No cancel endpoint: a failed send-migration leaves the source running
+        // (timeout_strategy Cancel); make sure it is not left paused.
+        self.resume(run).await
+    }
+
+    async fn resume(&self, run: &RunDir) -> Result<(), HypervisorError> {
+        let (status, body) =
+            api_call(&run.control_socket(), hyper::Method::GET, "vm.info", None).await?;
+        if status == 200 {
+            let info: Value = serde_json::from_slice(&body)
+                .map_err(|e| HypervisorError::Protocol(format!("vm.info: {e}")))?;
+            if info.get("state").and_then(Value::as_str) == Some("Running") {
+                return Ok(());
+            }
+        }
+        put(&run.control_socket(), "vm.resume", None).await?;
+        Ok(())
+    }
+}
+
+/// A PUT that may take as long as a migration (no call timeout).
+async fn put_long(
+    socket: &Path,
+    endpoint: &str,
+    body: Option<&Value>,
+) -> Result<Bytes, HypervisorError> {
+    let (status, bytes) = api_call_inner(socket, hyper::Method::PUT, endpoint, body).await?;
+    if (200..300).contains(&status) {
+        Ok(bytes)
+    } else {
+        Err(HypervisorError::Api {
+            call: endpoint.to_string(),
+            message: format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes).trim()),
+        })
+    }
+}
+
+/// How the blocking migration calls of each VM (by run directory) ended.
+#[derive(Clone, Default)]
+struct MigrationOutcomes {
+    inner: std::sync::Arc<
+        std::sync::Mutex<std::collections::HashMap<PathBuf, (MigrationStatus, String)>>,
+    >,
+}
+
+impl MigrationOutcomes {
+    fn set(&self, run: &Path, status: MigrationStatus, error: String) {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(run.to_path_buf(), (status, error));
+    }
+
+    fn get(&self, run: &Path) -> (MigrationStatus, String) {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(run)
+            .cloned()
+            .unwrap_or_default()
     }
 }

@@ -195,6 +195,104 @@ pub trait Hypervisor: Send + Sync + 'static {
         vcpus: Option<u32>,
         memory_mib: Option<u64>,
     ) -> Result<(), HypervisorError>;
+
+    // --- Live migration (see `crate::vmm::migration` for the whole walk) ---
+
+    /// Spawns the hypervisor waiting for an incoming migration: it listens on `socket` (a unix
+    /// socket) and keeps the guest paused after the state arrived, until
+    /// [`Hypervisor::resume`]. Returns once the process answers on its control socket.
+    async fn launch_incoming(
+        &self,
+        _request: &LaunchRequest<'_>,
+        _socket: &Path,
+    ) -> Result<Launched, HypervisorError> {
+        Err(HypervisorError::Unsupported {
+            driver: self.name(),
+            what: "incoming live migration".into(),
+        })
+    }
+
+    /// Starts sending the running VM (memory, devices, and its disks when `with_disks`) to
+    /// `destination`, a unix socket something listens on; returns once the migration runs
+    /// (follow it with [`Hypervisor::migration_progress`]).
+    async fn migrate_out(
+        &self,
+        _run: &RunDir,
+        _destination: &Path,
+        _with_disks: bool,
+        _max_downtime: Duration,
+    ) -> Result<(), HypervisorError> {
+        Err(HypervisorError::Unsupported {
+            driver: self.name(),
+            what: "outgoing live migration".into(),
+        })
+    }
+
+    /// The state of the current (or last) migration of the process, either side.
+    async fn migration_progress(&self, _run: &RunDir) -> Result<MigrationStats, HypervisorError> {
+        Err(HypervisorError::Unsupported {
+            driver: self.name(),
+            what: "migration progress".into(),
+        })
+    }
+
+    /// Cancels an outgoing migration (if one runs) and lets the guest run here again.
+    async fn cancel_migration(&self, _run: &RunDir) -> Result<(), HypervisorError> {
+        Err(HypervisorError::Unsupported {
+            driver: self.name(),
+            what: "migration cancel".into(),
+        })
+    }
+
+    /// Lets a paused guest run (an incoming VM whose state arrived, or a source whose
+    /// migration completed but whose target could not take over).
+    async fn resume(&self, _run: &RunDir) -> Result<(), HypervisorError> {
+        Err(HypervisorError::Unsupported {
+            driver: self.name(),
+            what: "resume".into(),
+        })
+    }
+}
+
+/// Where a migration stands, as the hypervisor reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MigrationStats {
+    pub status: MigrationStatus,
+    /// Bytes of RAM (and of disks with block migration) sent so far.
+    pub transferred_bytes: u64,
+    pub remaining_bytes: u64,
+    pub total_bytes: u64,
+    /// Disk bytes sent so far (block migration), part of `transferred_bytes`.
+    pub disk_transferred_bytes: u64,
+    /// How long the guest was paused for the final switch-over (once completed).
+    pub downtime_ms: u64,
+    pub total_time_ms: u64,
+    /// Why it failed, when it did.
+    pub error: String,
+}
+
+/// A migration's state (QEMU's `query-migrate` status, reduced).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MigrationStatus {
+    /// No migration ran on this process.
+    #[default]
+    None,
+    Active,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl MigrationStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MigrationStatus::None => "none",
+            MigrationStatus::Active => "active",
+            MigrationStatus::Completed => "completed",
+            MigrationStatus::Failed => "failed",
+            MigrationStatus::Cancelled => "cancelled",
+        }
+    }
 }
 
 /// Whether `cmdline` runs `program` and one of its arguments names a path in `run`.

@@ -15,7 +15,7 @@ use serde_json::json;
 
 use super::{
     listen_socket, names_run_dir, qmp, spawn_detached, spawn_hypervisor, until_ready, Hypervisor,
-    HypervisorError, LaunchRequest, Launched, RunDir,
+    HypervisorError, LaunchRequest, Launched, MigrationStats, MigrationStatus, RunDir,
 };
 use crate::model::{BootSource, DiskSpec, NicSpec, ProcessIdentity, VmSpec};
 
@@ -65,6 +65,9 @@ impl Default for QemuConfig {
         }
     }
 }
+
+/// QEMU's migration bandwidth cap (bytes/s).
+const MIGRATION_MAX_BANDWIDTH: u64 = 10 * 1024 * 1024 * 1024;
 
 /// How long a hot-unplug waits for the guest to release the device.
 const UNPLUG_WAIT: Duration = Duration::from_secs(10);
@@ -263,8 +266,18 @@ impl QemuDriver {
         request: &LaunchRequest<'_>,
         sockets: [std::os::fd::OwnedFd; 2],
     ) -> Result<Launched, HypervisorError> {
+        self.launch_qemu_with(request, sockets, Vec::new()).await
+    }
+
+    async fn launch_qemu_with(
+        &self,
+        request: &LaunchRequest<'_>,
+        sockets: [std::os::fd::OwnedFd; 2],
+        extra_args: Vec<String>,
+    ) -> Result<Launched, HypervisorError> {
         let run = request.run;
-        let args = self.command_line(request);
+        let mut args = self.command_line(request);
+        args.extend(extra_args);
         let program = self.config.binary.display().to_string();
         let mut child = spawn_hypervisor(&self.config.binary, &args, run, &sockets)?;
         drop(sockets);
@@ -345,6 +358,37 @@ impl QemuDriver {
         // hypervisor; dropping the handle leaves it to tokio's orphan reaping) and is killed when
         // the microVM is gone (`Hypervisor::owns_backend`).
         Ok(child)
+    }
+}
+
+/// QEMU's `query-migrate` answer, reduced. `setup`, `active`, `pre-switchover`, `device` and
+/// the postcopy states count as active; `cancelling` too (it is not over yet).
+pub fn migration_stats(info: &serde_json::Value) -> MigrationStats {
+    let u =
+        |v: &serde_json::Value, k: &str| v.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+    let status = match info.get("status").and_then(serde_json::Value::as_str) {
+        None => MigrationStatus::None,
+        Some("completed") => MigrationStatus::Completed,
+        Some("failed") => MigrationStatus::Failed,
+        Some("cancelled") => MigrationStatus::Cancelled,
+        Some("none") => MigrationStatus::None,
+        Some(_) => MigrationStatus::Active,
+    };
+    let ram = info.get("ram").cloned().unwrap_or_default();
+    let disk = info.get("disk").cloned().unwrap_or_default();
+    MigrationStats {
+        status,
+        transferred_bytes: u(&ram, "transferred") + u(&disk, "transferred"),
+        remaining_bytes: u(&ram, "remaining") + u(&disk, "remaining"),
+        total_bytes: u(&ram, "total") + u(&disk, "total"),
+        disk_transferred_bytes: u(&disk, "transferred"),
+        downtime_ms: u(info, "downtime"),
+        total_time_ms: u(info, "total-time"),
+        error: info
+            .get("error-desc")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
     }
 }
 
@@ -478,6 +522,105 @@ impl Hypervisor for QemuDriver {
             let _ = backend.wait().await;
         }
         launched
+    }
+
+    async fn launch_incoming(
+        &self,
+        request: &LaunchRequest<'_>,
+        socket: &Path,
+    ) -> Result<Launched, HypervisorError> {
+        check_host(request.spec, self.use_kvm)?;
+        if request.spec.vsock.is_some() {
+            return Err(HypervisorError::Unsupported {
+                driver: "qemu",
+                what: "live migration of a pod microVM (its vhost-user vsock backend)".into(),
+            });
+        }
+        let run = request.run;
+        let _ = std::fs::remove_file(socket);
+        let sockets = [
+            listen_socket(&run.control_socket())?,
+            listen_socket(&run.console_socket())?,
+        ];
+        // `-S`: the guest stays paused after the state arrived, until `resume` (`cont`), so
+        // it never runs before the source is known to have stopped for good.
+        let extra = vec![
+            "-incoming".to_string(),
+            format!("unix:{}", socket.display()),
+            "-S".to_string(),
+        ];
+        self.launch_qemu_with(request, sockets, extra).await
+    }
+
+    async fn migrate_out(
+        &self,
+        run: &RunDir,
+        destination: &Path,
+        with_disks: bool,
+        max_downtime: Duration,
+    ) -> Result<(), HypervisorError> {
+        let mut session = qmp::Session::connect(&run.control_socket()).await?;
+        // `block`: the disks travel in the same stream (QEMU's block migration: a bulk copy
+        // while the guest runs, dirty blocks re-sent, the rest during the final pause), onto
+        // same-sized images the target opened.
+        session
+            .execute(
+                "migrate-set-capabilities",
+                Some(json!({"capabilities": [
+                    {"capability": "block", "state": with_disks},
+                    {"capability": "zero-blocks", "state": with_disks},
+                ]})),
+            )
+            .await?;
+        session
+            .execute(
+                "migrate-set-parameters",
+                Some(json!({
+                    "downtime-limit": max_downtime.as_millis() as u64,
+                    // QEMU's default cap is 32 MiB/s (and 0 means almost nothing, not
+                    // unlimited): 10 GiB/s leaves the pace to the relay's flow control.
+                    "max-bandwidth": MIGRATION_MAX_BANDWIDTH,
+                })),
+            )
+            .await?;
+        session
+            .execute(
+                "migrate",
+                Some(json!({"uri": format!("unix:{}", destination.display())})),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn migration_progress(&self, run: &RunDir) -> Result<MigrationStats, HypervisorError> {
+        let info = qmp::execute(&run.control_socket(), "query-migrate", None).await?;
+        Ok(migration_stats(&info))
+    }
+
+    async fn cancel_migration(&self, run: &RunDir) -> Result<(), HypervisorError> {
+        let socket = run.control_socket();
+        let _ = qmp::execute(&socket, "migrate_cancel", None).await;
+        // migrate_cancel is asynchronous: wait until QEMU left the migration states before
+        // letting the guest run again.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let stats = self.migration_progress(run).await?;
+            if stats.status != MigrationStatus::Active || tokio::time::Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.resume(run).await
+    }
+
+    async fn resume(&self, run: &RunDir) -> Result<(), HypervisorError> {
+        let socket = run.control_socket();
+        let status = qmp::execute(&socket, "query-status", None).await?;
+        if status.get("running").and_then(serde_json::Value::as_bool) == Some(true) {
+            return Ok(());
+        }
+        qmp::execute(&socket, "cont", None).await?;
+        Ok(())
     }
 
     async fn power_button(&self, run: &RunDir) -> Result<(), HypervisorError> {

@@ -22,6 +22,7 @@
 //! running VMs at start and detaches from them at shutdown.
 
 mod devices;
+pub mod migration;
 mod lifecycle;
 mod records;
 mod recovery;
