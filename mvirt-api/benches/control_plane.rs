@@ -21,6 +21,13 @@
 //! their mvirt-log daemons, or etcd's three) used per successful write — for mvirt-api also the
 //! mvirt-log daemons' share —, and the CPU time the load generator (this process) used per
 //! write: it shares the cores with both systems.
+//!
+//! `MVIRT_BENCH_METRICS=1`: only the cost of metrics — two 3-member mvirt-api clusters (audit
+//! on, as in production), one with metrics on (each member its own `--metrics-listen`) and one
+//! with `--metrics-listen off` (nothing recorded), creating VMs side by side in the same rounds
+//! (`MVIRT_BENCH_CONC`, `MVIRT_BENCH_WRITES`, `MVIRT_BENCH_ROUNDS` apply); the ratio on/off is
+//! the cost. Afterwards the on cluster's `/metrics` must show the writes and the off cluster's
+//! members must serve none.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -463,13 +470,18 @@ struct MemberProc {
     guard: ChildGuard,
     url: String,
     dir: std::path::PathBuf,
+    /// `http://ip:port/metrics` when metrics are on.
+    metrics_url: Option<String>,
 }
 
+/// With `metrics` the member serves them on a port of its own (else `--metrics-listen off`:
+/// nothing is recorded).
 fn spawn_member(
     ip: &str,
     dir: &std::path::Path,
     log_endpoint: &str,
     join: Option<(&str, &str)>,
+    metrics: bool,
 ) -> MemberProc {
     std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{e}"));
     let log = std::fs::File::create(dir.join("member.log")).unwrap_or_else(|e| panic!("{e}"));
@@ -494,10 +506,14 @@ fn spawn_member(
     if let Some((url, token)) = join {
         cmd.arg("--join").arg(url).arg("--token").arg(token);
     }
+    let metrics_addr = metrics.then(|| format!("{ip}:{}", free_port_on(ip)));
+    cmd.arg("--metrics-listen")
+        .arg(metrics_addr.as_deref().unwrap_or("off"));
     MemberProc {
         guard: ChildGuard::spawn("mvirt-api", &mut cmd),
         url: format!("http://{ip}:{rest}"),
         dir: dir.to_path_buf(),
+        metrics_url: metrics_addr.map(|a| format!("http://{a}/metrics")),
     }
 }
 
@@ -612,6 +628,17 @@ async fn start_cluster(
     ips: [&str; 3],
     audit: bool,
 ) -> MvirtCluster {
+    start_cluster_with(http, root, ips, audit, true).await
+}
+
+/// [`start_cluster`] with metrics on or off (`--metrics-listen off`).
+async fn start_cluster_with(
+    http: &reqwest::Client,
+    root: &std::path::Path,
+    ips: [&str; 3],
+    audit: bool,
+    metrics: bool,
+) -> MvirtCluster {
     let mut logs = Vec::new();
     let mut endpoints = Vec::new();
     for (i, _) in ips.iter().enumerate() {
@@ -623,7 +650,7 @@ async fn start_cluster(
             endpoints.push(String::new());
         }
     }
-    let a = spawn_member(ips[0], &root.join("a"), &endpoints[0], None);
+    let a = spawn_member(ips[0], &root.join("a"), &endpoints[0], None, metrics);
     let token_path = a.dir.join(server::ADMIN_TOKEN_FILE);
     let deadline = Instant::now() + Duration::from_secs(60);
     let token = loop {
@@ -656,6 +683,7 @@ async fn start_cluster(
             &root.join(name),
             &endpoints[i],
             Some((&members[0].url, &t)),
+            metrics,
         );
         members.push(joined);
     }
@@ -1010,5 +1038,137 @@ fn main() {
         bench_scheduler();
         runtime.block_on(bench_propagation());
     }
+    if std::env::var_os("MVIRT_BENCH_METRICS").is_some() {
+        runtime.block_on(bench_metrics_cost());
+        return;
+    }
     runtime.block_on(bench_writes());
+}
+
+/// `MVIRT_BENCH_METRICS=1`: write throughput with metrics on and off, side by side (see the
+/// module documentation).
+async fn bench_metrics_cost() {
+    let root = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let on = start_cluster_with(
+        &http,
+        &root.path().join("on"),
+        ["127.0.0.31", "127.0.0.32", "127.0.0.33"],
+        true,
+        true,
+    )
+    .await;
+    let off = start_cluster_with(
+        &http,
+        &root.path().join("off"),
+        ["127.0.0.34", "127.0.0.35", "127.0.0.36"],
+        true,
+        false,
+    )
+    .await;
+    let system = |c: &MvirtCluster| System::Mvirt {
+        url: c.leader.clone(),
+        token: c.token.clone(),
+        pids: c.pids(),
+        log_pids: c.log_pids(),
+    };
+    let systems = [
+        ("mvirt-api, metrics on", system(&on)),
+        ("mvirt-api, metrics off", system(&off)),
+    ];
+    let per = std::env::var("MVIRT_BENCH_WRITES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if quick() { 200 } else { 2000 });
+    let concs: Vec<usize> = std::env::var("MVIRT_BENCH_CONC")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or(vec![1usize, 16, 128]);
+    let rounds: usize = std::env::var("MVIRT_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if quick() { 1 } else { 5 })
+        .max(1);
+    println!(
+        "metrics cost: {per} writes per run, {rounds} round(s) per level after one warm-up, the two clusters taking turns at going first; medians"
+    );
+    for (level, concurrency) in concs.into_iter().enumerate() {
+        let mut runs: [Vec<Load>; 2] = [Vec::new(), Vec::new()];
+        let warm_up = usize::from(level == 0);
+        for r in 0..warm_up + rounds {
+            if r == warm_up {
+                runs.iter_mut().for_each(Vec::clear);
+            }
+            for k in 0..2 {
+                let s = (k + r) % 2;
+                let l = systems[s]
+                    .1
+                    .load(&http, concurrency, per, 1000 + level * 100 + r, 0)
+                    .await;
+                runs[s].push(l);
+            }
+        }
+        println!("{concurrency} client(s):");
+        for ((label, _), rs) in systems.iter().zip(&runs) {
+            let l = median_load(rs.clone());
+            println!(
+                "  {label:<24} {:>7.0}/s p50 {:>5.1} p99 {:>5.1} ms cpu {:>4.0} µs/op{}",
+                l.throughput,
+                l.p50.as_secs_f64() * 1000.0,
+                l.p99.as_secs_f64() * 1000.0,
+                l.cpu_per_op.as_secs_f64() * 1e6,
+                if l.errors > 0 {
+                    format!(" ({} errors)", l.errors)
+                } else {
+                    String::new()
+                }
+            );
+        }
+        let mut ratios: Vec<f64> = runs[0]
+            .iter()
+            .zip(&runs[1])
+            .map(|(a, b)| a.throughput / b.throughput.max(1e-9))
+            .collect();
+        let order: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
+        ratios.sort_by(f64::total_cmp);
+        let cpu = |rs: &Vec<Load>| median_load(rs.clone()).cpu_per_op.as_secs_f64();
+        println!(
+            "  throughput on / off: {:.3}x (rounds {}); cost {:+.1} %; CPU per write on / off: {:.3}x",
+            ratios[ratios.len() / 2],
+            order.join(", "),
+            (1.0 - ratios[ratios.len() / 2]) * 100.0,
+            cpu(&runs[0]) / cpu(&runs[1]).max(1e-12)
+        );
+    }
+    // The switch works: the on cluster counted the writes, the off cluster serves no metrics.
+    let mut counted = 0.0;
+    for m in &on.members {
+        let url = m.metrics_url.as_deref().unwrap_or_default();
+        let text = http
+            .get(url)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("scrape {url}: {e}"))
+            .text()
+            .await
+            .unwrap_or_default();
+        counted += text
+            .lines()
+            .filter(|l| {
+                l.starts_with("mvirt_http_requests_total{")
+                    && l.contains("route=\"/v1/vms\"")
+                    && l.contains("method=\"POST\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    assert!(
+        counted > 0.0,
+        "the metrics-on cluster counted no POST /v1/vms"
+    );
+    assert!(off.members.iter().all(|m| m.metrics_url.is_none()));
+    println!("POST /v1/vms counted by the metrics-on cluster's members: {counted}");
 }

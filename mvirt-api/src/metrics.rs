@@ -127,6 +127,9 @@ pub fn get() -> &'static ApiMetrics {
 
 /// One durable log append of `entries` entries that took `took`.
 pub fn log_appended(entries: usize, took: Duration) {
+    if !mvirt_common::metrics::enabled() {
+        return;
+    }
     let m = get();
     m.log_append.observe(took.as_secs_f64());
     m.log_appended_entries.inc_by(entries as u64);
@@ -134,29 +137,40 @@ pub fn log_appended(entries: usize, took: Duration) {
 
 /// The committed index openraft saved.
 pub fn committed(index: Option<u64>) {
+    if !mvirt_common::metrics::enabled() {
+        return;
+    }
     if let Some(i) = index {
         get().commit_index.set(i as i64);
     }
 }
 
-/// Counts a proposal in flight while it lives.
-pub struct InFlight(());
+/// Counts a proposal in flight while it lives (when metrics are on).
+pub struct InFlight(bool);
 
 impl InFlight {
     pub fn start() -> InFlight {
-        get().proposals_in_flight.inc();
-        InFlight(())
+        let on = mvirt_common::metrics::enabled();
+        if on {
+            get().proposals_in_flight.inc();
+        }
+        InFlight(on)
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        get().proposals_in_flight.dec();
+        if self.0 {
+            get().proposals_in_flight.dec();
+        }
     }
 }
 
 /// One scheduler round: its placements (their delay since the VM was created) and its time.
 pub fn scheduled(state: &State, placements: &[Placement], round: Duration) {
+    if !mvirt_common::metrics::enabled() {
+        return;
+    }
     let m = get();
     m.round.observe(round.as_secs_f64());
     let now = chrono::Utc::now();
@@ -175,6 +189,9 @@ pub fn scheduled(state: &State, placements: &[Placement], round: Duration) {
 /// Follows this member's Raft metrics (term, leader, indexes) until `shutdown`, and counts
 /// pending VMs and members on every scrape.
 pub fn watch(app: &Arc<App>, shutdown: &Shutdown) {
+    if !mvirt_common::metrics::enabled() {
+        return;
+    }
     let m = get();
     let mut rx = app.raft.metrics();
     let stop = shutdown.clone();
