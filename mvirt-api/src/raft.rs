@@ -755,6 +755,30 @@ pub fn membership_events(
     events
 }
 
+/// The openraft configuration: loopback/LAN timings; a snapshot every `snapshot_every` entries
+/// (the log before it is purged, keeping a tail so that slightly lagging followers catch up
+/// from the log rather than a snapshot).
+pub fn config(snapshot_every: u64) -> openraft::Config {
+    let snapshot_every = snapshot_every.max(10);
+    openraft::Config {
+        cluster_name: "mvirt".into(),
+        heartbeat_interval: 150,
+        election_timeout_min: 600,
+        election_timeout_max: 1200,
+        install_snapshot_timeout: 10_000,
+        // openraft's default, pinned: the Raft listener's snapshot body limit
+        // (`raftapi::SNAPSHOT_BODY_LIMIT`) is sized for chunks of this size.
+        snapshot_max_chunk_size: 3 * 1024 * 1024,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_every),
+        max_in_snapshot_log_to_keep: (snapshot_every / 4).max(5),
+        purge_batch_size: 64,
+        // An entry is a batch of up to `proposer::MAX_BATCH` proposals: keep one AppendEntries
+        // (one follower fsync) to a bounded size when a follower catches up.
+        max_payload_entries: 64,
+        ..Default::default()
+    }
+}
+
 #[cfg(test)]
 mod membership_event_tests {
     use std::collections::{BTreeMap, BTreeSet};
@@ -825,29 +849,5 @@ mod membership_event_tests {
             vec![("member.removed".into(), "1".into(), serde_json::Value::Null)]
         );
         assert!(membership_events(9, &gone, &gone).is_empty());
-    }
-}
-
-/// The openraft configuration: loopback/LAN timings; a snapshot every `snapshot_every` entries
-/// (the log before it is purged, keeping a tail so that slightly lagging followers catch up
-/// from the log rather than a snapshot).
-pub fn config(snapshot_every: u64) -> openraft::Config {
-    let snapshot_every = snapshot_every.max(10);
-    openraft::Config {
-        cluster_name: "mvirt".into(),
-        heartbeat_interval: 150,
-        election_timeout_min: 600,
-        election_timeout_max: 1200,
-        install_snapshot_timeout: 10_000,
-        // openraft's default, pinned: the Raft listener's snapshot body limit
-        // (`raftapi::SNAPSHOT_BODY_LIMIT`) is sized for chunks of this size.
-        snapshot_max_chunk_size: 3 * 1024 * 1024,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_every),
-        max_in_snapshot_log_to_keep: (snapshot_every / 4).max(5),
-        purge_batch_size: 64,
-        // An entry is a batch of up to `proposer::MAX_BATCH` proposals: keep one AppendEntries
-        // (one follower fsync) to a bounded size when a follower catches up.
-        max_payload_entries: 64,
-        ..Default::default()
     }
 }
