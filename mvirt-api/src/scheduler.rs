@@ -10,10 +10,17 @@
 //! `spread` picks the least loaded node, `binpack` the most loaded one that still fits; ties go to
 //! the smaller node id so the result is deterministic. A VM that fits nowhere stays pending with a
 //! reason that says why.
+//!
+//! What holds capacity ([`holds_capacity`]): a placed VM or pod holds its vCPUs and memory unless
+//! it failed, or stopped and is to stay stopped — like Proxmox and Incus, which count running
+//! guests only. Its place may then go to another workload; starting it again later runs it on its
+//! node regardless (the node may then be overcommitted; the scheduler itself never overcommits).
+//! Volumes always hold their storage. vCPU overcommit would be the node's choice (it reports its
+//! vCPU capacity); no node overcommits today (see the README's Known gaps).
 
 use std::collections::HashMap;
 
-use crate::model::{Capacity, Kind, Node, NodeState, Pod, Vm};
+use crate::model::{Capacity, DesiredState, Kind, Node, NodeState, Phase, Pod, Vm};
 use crate::state::{Placement, State};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +67,67 @@ pub fn matches_selector(node: &Node, selector: &str) -> bool {
     }
 }
 
+/// Whether a placed VM or pod holds its vCPUs and memory on its node, by what it is asked to
+/// be (`desired`) and what its node last reported (`phase`): everything does except what has
+/// failed, or has stopped and is to stay stopped. (A stopped one that is to run is about to
+/// start; one not reported yet is starting.)
+pub fn holds_capacity(desired: DesiredState, phase: Phase) -> bool {
+    match phase {
+        Phase::Failed => false,
+        Phase::Stopped => desired != DesiredState::Stopped,
+        _ => true,
+    }
+}
+
+fn vm_holds(vm: &Vm) -> bool {
+    holds_capacity(vm.spec.desired_state, vm.status.phase)
+}
+
+fn pod_holds(pod: &Pod) -> bool {
+    holds_capacity(pod.spec.desired_state, pod.status.phase)
+}
+
+/// What the VMs, pods and volumes placed on `node_id` hold of it ([`holds_capacity`]); the
+/// apply-time re-check of a placement uses it like the scheduler. (`State::allocated_on`, the
+/// node's `allocated`, counts everything placed.)
+pub fn held_on(state: &State, node_id: &str) -> Capacity {
+    let mut cap = Capacity::default();
+    for vm in state.vms.values() {
+        if vm.node_id.as_deref() == Some(node_id) && vm_holds(vm) {
+            cap.vcpus += vm.spec.vcpus;
+            cap.memory_bytes += vm.spec.memory_bytes;
+        }
+    }
+    for pod in state.pods.values() {
+        if pod.node_id.as_deref() == Some(node_id) && pod_holds(pod) {
+            cap.vcpus += pod.spec.vcpus;
+            cap.memory_bytes += pod.spec.memory_bytes;
+        }
+    }
+    for vol in state.volumes.values() {
+        if vol.node_id.as_deref() == Some(node_id) {
+            cap.storage_bytes += vol.spec.size_bytes;
+        }
+    }
+    cap
+}
+
+/// Placed VMs and pods that hold no capacity: how many, and the newest revision among them. A
+/// workload failing or stopping for good moves it (its status report is a new revision), so
+/// the [`CapacityKey`] moves and pending work is looked at again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Released {
+    count: usize,
+    revision: u64,
+}
+
+impl Released {
+    fn add(&mut self, revision: u64) {
+        self.count += 1;
+        self.revision = self.revision.max(revision);
+    }
+}
+
 fn load(alloc: &Capacity, cap: &Capacity) -> f64 {
     let frac = |a: u64, c: u64| if c == 0 { 1.0 } else { a as f64 / c as f64 };
     frac(alloc.vcpus as u64, cap.vcpus as u64)
@@ -77,7 +145,6 @@ struct Work<'a> {
     volume_ids: &'a [String],
     /// Oldest first: (the lower of revision and spec revision, id).
     age: (u64, &'a str),
-    spec_revision: u64,
     /// Why it is pending now.
     reason: &'a str,
 }
@@ -92,7 +159,6 @@ impl<'a> Work<'a> {
             node_selector: vm.spec.node_selector.as_ref(),
             volume_ids: &vm.spec.volume_ids,
             age: (vm.meta.revision.min(vm.meta.spec_revision), &vm.meta.id),
-            spec_revision: vm.meta.spec_revision,
             reason: &vm.scheduling.reason,
         }
     }
@@ -106,7 +172,6 @@ impl<'a> Work<'a> {
             node_selector: pod.spec.node_selector.as_ref(),
             volume_ids: &[],
             age: (pod.meta.revision.min(pod.meta.spec_revision), &pod.meta.id),
-            spec_revision: pod.meta.spec_revision,
             reason: &pod.scheduling.reason,
         }
     }
@@ -126,29 +191,41 @@ pub fn schedule(state: &State, strategy: Strategy) -> Decision {
 }
 
 /// What a pending VM's chances depend on besides itself: the nodes (any change: registration,
-/// state, capacity, labels), anything removed (a deleted VM or volume frees capacity) and the
-/// placed VMs' specs (a placement or a resize changes what is free). While this key stays the
-/// same, a VM that fit nowhere still fits nowhere.
+/// state, capacity, labels), anything removed (a deleted VM or volume frees capacity), the
+/// placed VMs' specs (a placement or a resize changes what is free) and the placed workloads
+/// that released their capacity (failed, stopped for good). While this key stays the same, a
+/// VM that fit nowhere still fits nowhere.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CapacityKey {
     nodes: usize,
     node_revision: u64,
     removal_revision: u64,
     placed_revision: u64,
+    released: Released,
 }
 
 /// The key as its own pass over the VMs; the leader gets it from [`round`], and the tests check
 /// `round` against this.
 #[cfg(test)]
 pub fn capacity_key(state: &State) -> CapacityKey {
+    let placed_vms = state.vms.values().filter(|v| v.node_id.is_some());
+    let placed_pods = state.pods.values().filter(|p| p.node_id.is_some());
+    let mut released = Released::default();
+    placed_vms
+        .clone()
+        .filter(|v| !vm_holds(v))
+        .for_each(|v| released.add(v.meta.revision));
+    placed_pods
+        .clone()
+        .filter(|p| !pod_holds(p))
+        .for_each(|p| released.add(p.meta.revision));
     CapacityKey {
-        placed_revision: state
-            .vms
-            .values()
-            .filter(|v| v.node_id.is_some())
+        placed_revision: placed_vms
             .map(|v| v.meta.spec_revision)
+            .chain(placed_pods.map(|p| p.meta.spec_revision))
             .max()
             .unwrap_or(0),
+        released,
         ..node_key(state)
     }
 }
@@ -165,6 +242,7 @@ fn node_key(state: &State) -> CapacityKey {
             .unwrap_or(0),
         removal_revision: state.counters.last_removal_revision,
         placed_revision: 0,
+        released: Released::default(),
     }
 }
 
@@ -203,13 +281,13 @@ pub fn schedule_since(state: &State, strategy: Strategy, since: Option<u64>) -> 
     }
     let nodes = candidate_nodes(state);
     let mut allocated = empty_allocation(&nodes);
-    for vm in state.vms.values() {
+    for vm in state.vms.values().filter(|v| vm_holds(v)) {
         if let Some(a) = vm.node_id.as_deref().and_then(|n| allocated.get_mut(n)) {
             a.vcpus += vm.spec.vcpus;
             a.memory_bytes += vm.spec.memory_bytes;
         }
     }
-    for pod in state.pods.values() {
+    for pod in state.pods.values().filter(|p| pod_holds(p)) {
         if let Some(a) = pod.node_id.as_deref().and_then(|n| allocated.get_mut(n)) {
             a.vcpus += pod.spec.vcpus;
             a.memory_bytes += pod.spec.memory_bytes;
@@ -232,18 +310,29 @@ pub fn round(
     let nodes = candidate_nodes(state);
     let mut allocated = empty_allocation(&nodes);
     let (mut newest, mut placed_revision) = (0, 0);
+    let mut released = Released::default();
+    // Only VMs whose spec is newer than `since` are collected while the pass runs, as if the
+    // key were unchanged (it almost always is); should it have moved, a second pass collects
+    // every pending VM. Collecting all of them each round (tens of thousands under a stream of
+    // creates) cost more in allocation and page faults than the pass itself.
+    let since = last.map(|(_, since)| since);
+    let wanted = |spec_revision: u64| since.is_none_or(|s| spec_revision > s);
+    let mut skipped = false;
     let mut pending = Vec::new();
     for vm in state.vms.values() {
         newest = newest.max(vm.meta.spec_revision);
         match vm.node_id.as_deref() {
             Some(node) => {
                 placed_revision = placed_revision.max(vm.meta.spec_revision);
-                if let Some(a) = allocated.get_mut(node) {
+                if !vm_holds(vm) {
+                    released.add(vm.meta.revision);
+                } else if let Some(a) = allocated.get_mut(node) {
                     a.vcpus += vm.spec.vcpus;
                     a.memory_bytes += vm.spec.memory_bytes;
                 }
             }
-            None => pending.push(Work::vm(vm)),
+            None if wanted(vm.meta.spec_revision) => pending.push(Work::vm(vm)),
+            None => skipped = true,
         }
     }
     for pod in state.pods.values() {
@@ -251,20 +340,36 @@ pub fn round(
         match pod.node_id.as_deref() {
             Some(node) => {
                 placed_revision = placed_revision.max(pod.meta.spec_revision);
-                if let Some(a) = allocated.get_mut(node) {
+                if !pod_holds(pod) {
+                    released.add(pod.meta.revision);
+                } else if let Some(a) = allocated.get_mut(node) {
                     a.vcpus += pod.spec.vcpus;
                     a.memory_bytes += pod.spec.memory_bytes;
                 }
             }
-            None => pending.push(Work::pod(pod)),
+            None if wanted(pod.meta.spec_revision) => pending.push(Work::pod(pod)),
+            None => skipped = true,
         }
     }
     let key = CapacityKey {
         placed_revision,
+        released,
         ..node_key(state)
     };
-    if let Some((_, since)) = last.filter(|(k, _)| *k == key) {
-        pending.retain(|w| w.spec_revision > since);
+    if skipped && last.is_none_or(|(k, _)| k != key) {
+        pending = state
+            .vms
+            .values()
+            .filter(|v| v.node_id.is_none())
+            .map(Work::vm)
+            .chain(
+                state
+                    .pods
+                    .values()
+                    .filter(|p| p.node_id.is_none())
+                    .map(Work::pod),
+            )
+            .collect();
     }
     if pending.is_empty() {
         return (key, newest, Decision::default());
@@ -301,6 +406,74 @@ fn add_volumes<'a>(state: &'a State, allocated: &mut HashMap<&'a str, Capacity>)
     }
 }
 
+const SPLIT_VOLUMES: &str = "the VM's volumes live on different nodes";
+
+/// What `volume_ids` ask of a node: the storage of those not placed yet, the node those placed
+/// already live on, and whether they live on different nodes.
+fn volume_placement<'a>(state: &'a State, volume_ids: &[String]) -> (u64, Option<&'a str>, bool) {
+    let mut storage = 0u64;
+    let mut locality: Option<&str> = None;
+    let mut split = false;
+    for vid in volume_ids {
+        if let Some(vol) = state.volumes.get(vid) {
+            match vol.node_id.as_deref() {
+                None => storage += vol.spec.size_bytes,
+                Some(n) => {
+                    if locality.is_some_and(|l| l != n) {
+                        split = true;
+                    }
+                    locality = Some(n);
+                }
+            }
+        }
+    }
+    (storage, locality, split)
+}
+
+/// Why a VM or pod is pending when no node is a candidate for it (whatever the capacity).
+fn no_candidate_reason(
+    no_nodes: bool,
+    selector: Option<&String>,
+    locality: Option<&str>,
+) -> String {
+    if no_nodes {
+        return "no online, schedulable node".to_string();
+    }
+    match (selector, locality) {
+        (_, Some(l)) => format!("the VM's volumes live on node {l}, which is offline, cordoned or does not match the selector"),
+        (Some(sel), None) => format!("no online node matches node_selector {sel:?}"),
+        (None, None) => "no online, schedulable node".to_string(),
+    }
+}
+
+/// Why a new VM or pod (not placed) cannot be placed now whatever the capacity — its volumes
+/// live on different nodes, or no online, schedulable node is a candidate (none at all, or none
+/// that matches its selector and its volumes' node) — in the words a round would use; `None`
+/// when some node is a candidate (a round decides). `apply` sets it at create, so the next
+/// round finds the reason already given and proposes nothing for the VM: before, every such
+/// create cost a second command's change (an event and a row on every member).
+pub fn reason_without_candidates(
+    state: &State,
+    node_selector: Option<&String>,
+    volume_ids: &[String],
+) -> Option<String> {
+    let (_, locality, split) = volume_placement(state, volume_ids);
+    if split {
+        return Some(SPLIT_VOLUMES.to_string());
+    }
+    let mut nodes = state
+        .nodes
+        .values()
+        .filter(|n| n.status.state == NodeState::Online && n.spec.schedulable)
+        .peekable();
+    let no_nodes = nodes.peek().is_none();
+    let matched = nodes.any(|n| {
+        node_selector.is_none_or(|sel| matches_selector(n, sel))
+            && locality.is_none_or(|l| l == n.meta.id)
+    });
+    (!matched).then(|| no_candidate_reason(no_nodes, node_selector, locality))
+}
+
 /// Places `pending` (oldest first) on `nodes`, given what is `allocated` on them already.
 fn place<'a>(
     state: &'a State,
@@ -314,24 +487,9 @@ fn place<'a>(
     pending.sort_by(|a, b| a.age.cmp(&b.age));
 
     for vm in pending {
-        let mut storage = 0u64;
-        let mut locality: Option<&str> = None;
-        let mut split = false;
-        for vid in vm.volume_ids {
-            if let Some(vol) = state.volumes.get(vid) {
-                match vol.node_id.as_deref() {
-                    None => storage += vol.spec.size_bytes,
-                    Some(n) => {
-                        if locality.is_some_and(|l| l != n) {
-                            split = true;
-                        }
-                        locality = Some(n);
-                    }
-                }
-            }
-        }
+        let (storage, locality, split) = volume_placement(state, vm.volume_ids);
         let reason = if split {
-            Some("the VM's volumes live on different nodes".to_string())
+            Some(SPLIT_VOLUMES.to_string())
         } else {
             let mut best: Option<(&Node, f64)> = None;
             let (mut matched, mut fitting) = (0usize, 0usize);
@@ -387,12 +545,11 @@ fn place<'a>(
                     });
                     None
                 }
-                None if nodes.is_empty() => Some("no online, schedulable node".to_string()),
-                None if matched == 0 => Some(match (vm.node_selector, locality) {
-                    (_, Some(l)) => format!("the VM's volumes live on node {l}, which is offline, cordoned or does not match the selector"),
-                    (Some(sel), None) => format!("no online node matches node_selector {sel:?}"),
-                    (None, None) => "no online, schedulable node".to_string(),
-                }),
+                None if nodes.is_empty() || matched == 0 => Some(no_candidate_reason(
+                    nodes.is_empty(),
+                    vm.node_selector,
+                    locality,
+                )),
                 None => {
                     debug_assert_eq!(fitting, 0);
                     Some(format!(
@@ -525,6 +682,87 @@ mod tests {
         assert_eq!(before, capacity_key(&s));
     }
 
+    fn pod(id: &str, vcpus: u32, mem_gib: u64) -> Pod {
+        let spec = serde_json::from_value(serde_json::json!({
+            "vcpus": vcpus, "memory_bytes": mem_gib * GIB,
+            "containers": [{"name": "c", "image": "r/busybox"}],
+        }))
+        .unwrap();
+        Pod::new(meta(id, &format!("pod-{id}")), spec)
+    }
+
+    /// A 2-vCPU node full of 1-vCPU workloads: what failed, or stopped and is to stay
+    /// stopped, gives its place to a pending pod (also through the apply-time re-check); a
+    /// stopped one that is to run again, and one not reported yet, keep theirs.
+    #[test]
+    fn failed_and_stopped_workloads_hold_no_capacity() {
+        assert!(holds_capacity(DesiredState::Running, Phase::Unknown));
+        assert!(holds_capacity(DesiredState::Running, Phase::Creating));
+        assert!(holds_capacity(DesiredState::Running, Phase::Running));
+        assert!(holds_capacity(DesiredState::Running, Phase::Stopped));
+        assert!(holds_capacity(DesiredState::Stopped, Phase::Stopping));
+        assert!(!holds_capacity(DesiredState::Stopped, Phase::Stopped));
+        assert!(!holds_capacity(DesiredState::Running, Phase::Failed));
+        assert!(!holds_capacity(DesiredState::Stopped, Phase::Failed));
+
+        let mut s = state(vec![node("a", 2, 8, &[])], vec![]);
+        for id in ["p1", "p2"] {
+            let mut p = pod(id, 1, 1);
+            p.node_id = Some("a".into());
+            p.meta.spec_revision = 3;
+            s.pods.insert(id.into(), p);
+        }
+        s.pods.insert("p3".into(), pod("p3", 1, 1));
+        let (full_key, newest, d) = round(&s, Strategy::Spread, None);
+        assert!(d.placements.is_empty(), "{d:?}");
+        assert!(d.pending[0].1.contains("insufficient capacity"), "{d:?}");
+        apply_decision(&mut s, &d);
+        assert_eq!(held_on(&s, "a").vcpus, 2);
+
+        // p1 fails: its status report (a new revision) moves the key, so even a round that
+        // only looks at newer specs sees the pending pod again, and places it.
+        let p1 = s.pods.get_mut("p1").unwrap();
+        p1.status.phase = Phase::Failed;
+        p1.meta.revision = 7;
+        assert_eq!(held_on(&s, "a").vcpus, 1);
+        assert_eq!(
+            s.allocated_on("a").vcpus,
+            2,
+            "allocated still lists everything placed"
+        );
+        let (key, _, d) = round(&s, Strategy::Spread, Some((full_key, newest)));
+        assert_ne!(key, full_key);
+        assert_eq!(key, capacity_key(&s));
+        assert_eq!(d.placements.len(), 1, "{d:?}");
+        assert_eq!(d.placements[0].vm_id, "p3");
+        apply_decision(&mut s, &d);
+        assert_eq!(s.pods["p3"].node_id.as_deref(), Some("a"));
+
+        // A pod stopped for good releases its vCPU; a VM stopped but to run again takes it
+        // (placed by hand here), and releases it once it is to stay stopped.
+        let p2 = s.pods.get_mut("p2").unwrap();
+        p2.spec.desired_state = DesiredState::Stopped;
+        p2.status.phase = Phase::Stopped;
+        assert_eq!(held_on(&s, "a").vcpus, 1);
+        let mut stopped = vm("v1", 1, 1);
+        stopped.node_id = Some("a".into());
+        stopped.status.phase = Phase::Stopped;
+        stopped.spec.desired_state = DesiredState::Running;
+        s.vms.insert("v1".into(), stopped);
+        s.pods.insert("p4".into(), pod("p4", 1, 1));
+        let d = schedule(&s, Strategy::Spread);
+        assert!(
+            d.placements.is_empty(),
+            "a VM about to start keeps its place: {d:?}"
+        );
+        s.vms.get_mut("v1").unwrap().spec.desired_state = DesiredState::Stopped;
+        let d = schedule(&s, Strategy::Spread);
+        assert_eq!(d.placements.len(), 1, "{d:?}");
+        apply_decision(&mut s, &d);
+        assert_eq!(s.pods["p4"].node_id.as_deref(), Some("a"));
+        assert_eq!(held_on(&s, "a").vcpus, 2);
+    }
+
     fn apply_decision(s: &mut State, d: &Decision) {
         let p = Proposal {
             command: Command::Schedule {
@@ -537,6 +775,60 @@ mod tests {
         };
         let (outcome, _) = s.apply(1, &p);
         outcome.result.unwrap();
+    }
+
+    /// A VM that no node could take whatever the capacity gets the round's reason at create;
+    /// the round then has nothing to change for it. One that some node could take waits for
+    /// the round, which places it.
+    #[test]
+    fn a_create_without_candidates_carries_the_reason_the_round_would_give() {
+        let create = |s: &mut State, index: u64, v: Vm| {
+            let p = Proposal {
+                command: Command::CreateVm {
+                    vm: v,
+                    owned_volumes: vec![],
+                    owned_nics: vec![],
+                },
+                idempotency: None,
+                trace_id: None,
+            };
+            s.apply(index, &p).0.result.unwrap();
+        };
+        let with_selector = |id: &str, sel: &str| {
+            let mut v = vm(id, 1, 1);
+            v.spec.node_selector = Some(sel.into());
+            v
+        };
+        // No node at all.
+        let mut s = State::initial();
+        create(&mut s, 1, vm("1", 1, 1));
+        assert_eq!(s.vms["1"].scheduling.reason, "no online, schedulable node");
+        let d = schedule(&s, Strategy::Spread);
+        assert!(d.is_empty(), "nothing left to change: {d:?}");
+        // Nodes, but none matches the selector (by label, id or name).
+        let mut s = state(vec![node("a", 8, 16, &[("zone", "x")])], vec![]);
+        create(&mut s, 1, with_selector("2", "zone=y"));
+        create(&mut s, 2, with_selector("3", "none-such"));
+        assert_eq!(
+            s.vms["2"].scheduling.reason,
+            "no online node matches node_selector \"zone=y\""
+        );
+        assert_eq!(
+            s.vms["3"].scheduling.reason,
+            "no online node matches node_selector \"none-such\""
+        );
+        let d = schedule(&s, Strategy::Spread);
+        assert!(d.is_empty(), "nothing left to change: {d:?}");
+        // A candidate (even one too small): the round decides.
+        create(&mut s, 3, with_selector("4", "zone=x"));
+        create(&mut s, 4, vm("5", 64, 1));
+        for id in ["4", "5"] {
+            assert_eq!(s.vms[id].scheduling.reason, "waiting for the scheduler");
+        }
+        let d = schedule(&s, Strategy::Spread);
+        assert_eq!(d.placements.len(), 1, "{d:?}");
+        assert_eq!(d.pending.len(), 1, "{d:?}");
+        assert!(d.pending[0].1.starts_with("insufficient capacity"), "{d:?}");
     }
 
     #[test]
@@ -609,8 +901,8 @@ mod tests {
             meta: meta("vol", "vol"),
             spec: VolumeSpec {
                 size_bytes: GIB,
-                template_id: None,
                 node_id: Some("b".into()),
+                ..VolumeSpec::default()
             },
             status: Status::default(),
             node_id: Some("b".into()),

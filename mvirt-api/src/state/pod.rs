@@ -97,9 +97,16 @@ impl State {
         let mut pod = pod.clone();
         stamp_new(&mut pod.meta, index);
         pod.node_id = None;
+        // When no node could take it whatever the capacity, the reason the scheduler would give
+        // (so its next round has nothing to change).
+        let reason = crate::scheduler::reason_without_candidates(
+            self,
+            pod.spec.node_selector.as_ref(),
+            &[],
+        );
         pod.scheduling = Scheduling {
             state: SchedulingState::Pending,
-            reason: "waiting for the scheduler".into(),
+            reason: reason.unwrap_or_else(|| "waiting for the scheduler".into()),
         };
         let id = pod.meta.id.clone();
         self.pods.insert(id.clone(), pod);
@@ -258,7 +265,7 @@ impl State {
             return None;
         }
         let node = self.nodes.get(node_id)?;
-        let alloc = self.allocated_on(node_id);
+        let alloc = crate::scheduler::held_on(self, node_id);
         let cap = node.status.capacity;
         if node.status.state != NodeState::Online
             || alloc.vcpus + pod.spec.vcpus > cap.vcpus

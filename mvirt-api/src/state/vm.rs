@@ -116,9 +116,16 @@ impl State {
         let mut vm = vm.clone();
         stamp_new(&mut vm.meta, index);
         vm.node_id = None;
+        // When no node could take it whatever the capacity, the reason the scheduler would give
+        // (so its next round has nothing to change).
+        let reason = crate::scheduler::reason_without_candidates(
+            self,
+            vm.spec.node_selector.as_ref(),
+            &vm.spec.volume_ids,
+        );
         vm.scheduling = Scheduling {
             state: SchedulingState::Pending,
-            reason: "waiting for the scheduler".into(),
+            reason: reason.unwrap_or_else(|| "waiting for the scheduler".into()),
         };
         let id = vm.meta.id.clone();
         self.vms.insert(id.clone(), vm);
@@ -386,7 +393,7 @@ impl State {
             };
             // Re-check capacity against the state at apply time: the decision is only applied
             // if it is still valid.
-            let alloc = self.allocated_on(&p.node_id);
+            let alloc = crate::scheduler::held_on(self, &p.node_id);
             let storage: u64 = vm
                 .spec
                 .volume_ids
