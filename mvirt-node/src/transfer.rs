@@ -1,0 +1,657 @@
+//! The node-to-node transfer channel (`NodePeer` in mvirt-api's `node.proto`).
+//!
+//! mvirt-zfs and mvirt-vmm listen only on their local unix sockets, so data that must move to
+//! another host goes agent to agent: the source agent reads its local daemon (mvirt-zfs
+//! `SendVolume`, or a unix socket a hypervisor writes its migration stream to) and streams it
+//! to the target agent's `NodePeer` service, which feeds its local daemon (`ReceiveVolume`, or
+//! the socket the incoming hypervisor listens on).
+//!
+//! ```text
+//! source agent                                 target agent
+//! zfs.SendVolume ──chunks──> PushVolume ───────> zfs.ReceiveVolume (verifies the SHA-256 trailer)
+//! unix socket  <──bytes──>   Relay      <──────> unix socket (IncomingSockets)
+//! ```
+//!
+//! **Authorisation.** NodePeer shares the NodeAgent listener (TLS with the node certificate,
+//! client certificate of the cluster CA required). A call must (1) come from a node certificate
+//! (`mvirt://node/<id>`) — members and unauthenticated callers are refused, (2) name a
+//! [`TransferGrant`] that is in this node's current spec with this node as target and the
+//! caller as source, and (3) present the grant's token (`authorization: Bearer`). The control
+//! plane puts each grant into both nodes' specs for as long as the work (a migration, a
+//! replication) runs, so a node can push only what the control plane asked for. A call that
+//! arrives before this node's spec carries the grant waits for it up to [`GRANT_WAIT`].
+//!
+//! **Streaming.** Nothing is buffered whole: each side pulls the next chunk only when the
+//! other side has taken the previous one (gRPC flow control end to end), so a slow target
+//! slows the source's `zfs send` down. The SHA-256 trailer SendVolume computes travels
+//! unchanged to the target's mvirt-zfs, which checks it before the received snapshot exists.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::Stream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use mvirt_api::proto::node_peer_client::NodePeerClient;
+use mvirt_api::proto::node_peer_server::NodePeer;
+use mvirt_api::proto::{
+    NodeSpec, PeerVolumeChunk, PeerVolumeHeader, PeerVolumeResult, RelayFrame, RelayOpen,
+    RelayTarget, TransferGrant,
+};
+use mvirt_common::tls::{self as ctls, CertStore, PeerIdentity, PeerInfo};
+use mvirt_zfs::proto as zfs;
+
+use crate::daemons::Daemons;
+
+/// How long a call waits for its grant to appear in this node's spec (the control plane
+/// sends both nodes their new spec at once, but the target may get it a moment later).
+pub const GRANT_WAIT: Duration = Duration::from_secs(15);
+
+/// Size of the pieces a relay reads from its local socket.
+const RELAY_CHUNK: usize = 256 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    #[error("the grant {0} names no endpoint of the target node")]
+    NoEndpoint(String),
+    #[error("cannot dial the target node at {endpoint}: {message}")]
+    Dial { endpoint: String, message: String },
+    #[error("the source's mvirt-zfs: {0}")]
+    Source(Status),
+    #[error("the target node: {0}")]
+    Target(Status),
+    #[error("the local socket: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl TransferError {
+    /// The gRPC status this error stands for (the target's or the source's code when one of
+    /// them failed).
+    pub fn status(&self) -> Status {
+        match self {
+            TransferError::Source(s) | TransferError::Target(s) => {
+                Status::new(s.code(), self.to_string())
+            }
+            TransferError::NoEndpoint(_) => Status::failed_precondition(self.to_string()),
+            TransferError::Dial { .. } | TransferError::Io(_) => {
+                Status::unavailable(self.to_string())
+            }
+        }
+    }
+}
+
+/// The grant `grant_id` if it lets `caller` push to this node (`node_id`), from `spec`.
+/// `tls`: the listener runs TLS, so the caller's certificate identity must be the grant's
+/// source (without TLS — `--insecure-plaintext` — only the token is checked).
+pub fn authorize(
+    spec: Option<&NodeSpec>,
+    node_id: &str,
+    grant_id: &str,
+    caller: Option<&PeerIdentity>,
+    tls: bool,
+    bearer: Option<&str>,
+) -> Result<TransferGrant, Status> {
+    if tls {
+        match caller {
+            Some(PeerIdentity::Node(_)) => {}
+            Some(other) => {
+                return Err(Status::permission_denied(format!(
+                "NodePeer answers only nodes of the cluster; the client certificate names {other}"
+            )))
+            }
+            None => {
+                return Err(Status::unauthenticated(
+                    "NodePeer needs a node client certificate of the cluster",
+                ))
+            }
+        }
+    }
+    let grant = spec
+        .and_then(|s| s.transfers.iter().find(|g| g.id == grant_id))
+        .ok_or_else(|| {
+            Status::permission_denied(format!(
+                "no transfer grant {grant_id:?} in this node's spec"
+            ))
+        })?;
+    if grant.target_node_id != node_id {
+        return Err(Status::permission_denied(format!(
+            "the transfer grant {grant_id} is for node {}, not this node ({node_id})",
+            grant.target_node_id
+        )));
+    }
+    if let Some(PeerIdentity::Node(caller)) = caller {
+        if tls && *caller != grant.source_node_id {
+            return Err(Status::permission_denied(format!(
+                "the transfer grant {grant_id} lets node {} push, not node {caller}",
+                grant.source_node_id
+            )));
+        }
+    }
+    let presented = bearer
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .ok_or_else(|| Status::unauthenticated("missing the grant's bearer token"))?;
+    crate::console::check_secret(Some(&format!("Bearer {presented}")), &grant.token)
+        .map_err(|_| Status::unauthenticated("bad token for the transfer grant"))?;
+    Ok(grant.clone())
+}
+
+/// Local sockets an incoming relay may reach, by VM id: filled by whoever prepares an
+/// incoming migration on this node (the socket the incoming hypervisor listens on), emptied
+/// when it ends.
+#[derive(Clone, Default)]
+pub struct IncomingSockets {
+    inner: Arc<Mutex<HashMap<String, PathBuf>>>,
+}
+
+impl IncomingSockets {
+    pub fn insert(&self, vm_id: &str, path: PathBuf) {
+        self.lock().insert(vm_id.to_string(), path);
+    }
+
+    pub fn remove(&self, vm_id: &str) {
+        self.lock().remove(vm_id);
+    }
+
+    pub fn get(&self, vm_id: &str) -> Option<PathBuf> {
+        self.lock().get(vm_id).cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, PathBuf>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The `NodePeer` service of this node (the target side).
+pub struct PeerServer {
+    node_id: String,
+    specs: watch::Receiver<Option<NodeSpec>>,
+    daemons: Daemons,
+    incoming: IncomingSockets,
+    /// Served over TLS: callers must present a node certificate of the cluster.
+    tls: bool,
+}
+
+impl PeerServer {
+    pub fn new(
+        node_id: String,
+        specs: watch::Receiver<Option<NodeSpec>>,
+        daemons: Daemons,
+        incoming: IncomingSockets,
+        tls: bool,
+    ) -> Self {
+        Self {
+            node_id,
+            specs,
+            daemons,
+            incoming,
+            tls,
+        }
+    }
+
+    /// The grant the request names, once this node's spec carries it (see [`GRANT_WAIT`]).
+    async fn grant<T>(
+        &self,
+        request: &Request<T>,
+        grant_id: &str,
+    ) -> Result<TransferGrant, Status> {
+        let caller = request
+            .extensions()
+            .get::<PeerInfo>()
+            .and_then(|peer| peer.identity.clone());
+        let bearer = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let mut specs = self.specs.clone();
+        let deadline = tokio::time::Instant::now() + GRANT_WAIT;
+        loop {
+            let result = authorize(
+                specs.borrow_and_update().as_ref(),
+                &self.node_id,
+                grant_id,
+                caller.as_ref(),
+                self.tls,
+                bearer.as_deref(),
+            );
+            match result {
+                Ok(grant) => return Ok(grant),
+                // Only a grant that is not (yet) here is worth waiting for.
+                Err(status)
+                    if status.code() == tonic::Code::PermissionDenied
+                        && status.message().starts_with("no transfer grant") =>
+                {
+                    tokio::select! {
+                        changed = specs.changed() => {
+                            if changed.is_err() { return Err(status); }
+                        }
+                        _ = tokio::time::sleep_until(deadline) => return Err(status),
+                    }
+                }
+                Err(status) => return Err(status),
+            }
+        }
+    }
+}
+
+type RelayStream = Pin<Box<dyn Stream<Item = Result<RelayFrame, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl NodePeer for PeerServer {
+    type RelayStream = RelayStream;
+
+    async fn push_volume(
+        &self,
+        request: Request<Streaming<PeerVolumeChunk>>,
+    ) -> Result<Response<PeerVolumeResult>, Status> {
+        let (metadata, extensions, mut input) = request.into_parts();
+        let first = input
+            .next()
+            .await
+            .ok_or_else(|| Status::invalid_argument("the first message must carry the header"))??;
+        let header = first
+            .header
+            .clone()
+            .ok_or_else(|| Status::invalid_argument("the first message must carry the header"))?;
+        let probe = Request::from_parts(metadata, extensions, ());
+        let grant = self.grant(&probe, &header.grant_id).await?;
+        if !grant.volume_ids.contains(&header.volume_id) {
+            return Err(Status::permission_denied(format!(
+                "the transfer grant {} does not cover volume {}",
+                grant.id, header.volume_id
+            )));
+        }
+        let zfs_header = zfs::ReceiveVolumeHeader {
+            volume_id: header.volume_id.clone(),
+            name: header.name.clone(),
+            base_snapshot_id: header.base_snapshot_id.clone(),
+            source: format!("node:{}", grant.source_node_id),
+        };
+        let head = tokio_stream::once(zfs::ReceiveVolumeRequest {
+            header: Some(zfs_header),
+            data: first.data,
+            sha256: first.sha256,
+            byte_count: first.byte_count,
+        });
+        // A broken client stream ends the upstream without its trailer: mvirt-zfs then refuses
+        // the stream and leaves nothing behind.
+        let rest = input
+            .take_while(|chunk| chunk.is_ok())
+            .filter_map(|chunk| chunk.ok())
+            .map(|chunk| zfs::ReceiveVolumeRequest {
+                header: None,
+                data: chunk.data,
+                sha256: chunk.sha256,
+                byte_count: chunk.byte_count,
+            });
+        tracing::info!(
+            grant = %grant.id,
+            purpose = %grant.purpose,
+            volume = %header.volume_id,
+            source = %grant.source_node_id,
+            incremental = !header.base_snapshot_id.is_empty(),
+            "receiving a volume stream from a peer node"
+        );
+        let received = self
+            .daemons
+            .zfs
+            .clone()
+            .receive_volume(head.chain(rest))
+            .await?
+            .into_inner();
+        Ok(Response::new(PeerVolumeResult {
+            volume_id: header.volume_id,
+            snapshot_id: received.snapshot_id,
+            byte_count: received.byte_count,
+            sha256: received.sha256,
+        }))
+    }
+
+    async fn relay(
+        &self,
+        request: Request<Streaming<RelayFrame>>,
+    ) -> Result<Response<Self::RelayStream>, Status> {
+        let (metadata, extensions, mut input) = request.into_parts();
+        let first = input
+            .next()
+            .await
+            .ok_or_else(|| Status::invalid_argument("the first frame must carry `open`"))??;
+        let open = first
+            .open
+            .clone()
+            .ok_or_else(|| Status::invalid_argument("the first frame must carry `open`"))?;
+        let probe = Request::from_parts(metadata, extensions, ());
+        let grant = self.grant(&probe, &open.grant_id).await?;
+        let path = match RelayTarget::try_from(open.target) {
+            Ok(RelayTarget::VmMigration) => {
+                if grant.vm_id.is_empty() || grant.vm_id != open.vm_id {
+                    return Err(Status::permission_denied(format!(
+                        "the transfer grant {} does not cover the migration of VM {}",
+                        grant.id, open.vm_id
+                    )));
+                }
+                self.incoming.get(&open.vm_id).ok_or_else(|| {
+                    Status::failed_precondition(format!(
+                        "no incoming migration of VM {} is prepared on this node",
+                        open.vm_id
+                    ))
+                })?
+            }
+            _ => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown relay target {}",
+                    open.target
+                )))
+            }
+        };
+        let socket = tokio::net::UnixStream::connect(&path).await.map_err(|e| {
+            Status::unavailable(format!("cannot connect to {}: {e}", path.display()))
+        })?;
+        tracing::info!(grant = %grant.id, vm = %open.vm_id, socket = %path.display(), "relaying a migration stream from a peer node");
+        let (reader, mut writer) = socket.into_split();
+        // Peer → local socket.
+        tokio::spawn(async move {
+            if !first.data.is_empty() && writer.write_all(&first.data).await.is_err() {
+                return;
+            }
+            while let Some(Ok(frame)) = input.next().await {
+                if writer.write_all(&frame.data).await.is_err() {
+                    return;
+                }
+            }
+            let _ = writer.shutdown().await;
+        });
+        // Local socket → peer.
+        let output = read_frames(reader)
+            .map(|frame| frame.map_err(|e| Status::unavailable(format!("local socket: {e}"))));
+        Ok(Response::new(Box::pin(output)))
+    }
+}
+
+/// How this node dials other nodes' NodePeer: TLS against the cluster CA presenting the node
+/// certificate, or plain with `--insecure-plaintext`. Cheap to clone.
+#[derive(Clone)]
+pub struct PeerDialer {
+    ca_pem: Option<String>,
+    store: Option<CertStore>,
+}
+
+impl PeerDialer {
+    /// `ca_pem` and `store` are `None` with `--insecure-plaintext`.
+    pub fn new(ca_pem: Option<String>, store: Option<CertStore>) -> Self {
+        Self { ca_pem, store }
+    }
+
+    fn client(
+        &self,
+        grant: &TransferGrant,
+    ) -> Result<
+        NodePeerClient<
+            tonic::service::interceptor::InterceptedService<
+                tonic::transport::Channel,
+                crate::daemons::BearerAuth,
+            >,
+        >,
+        TransferError,
+    > {
+        if grant.target_endpoint.is_empty() {
+            return Err(TransferError::NoEndpoint(grant.id.clone()));
+        }
+        let dial = |message: String| TransferError::Dial {
+            endpoint: grant.target_endpoint.clone(),
+            message,
+        };
+        let config = match &self.ca_pem {
+            Some(ca) => {
+                Some(ctls::client_config(ca, self.store.clone()).map_err(|e| dial(e.to_string()))?)
+            }
+            None => None,
+        };
+        let channel =
+            ctls::grpc_channel(&grant.target_endpoint, config).map_err(|e| dial(e.to_string()))?;
+        let auth = crate::daemons::bearer_auth(&grant.token)
+            .map_err(|_| dial("the grant's token is not a valid header".into()))?;
+        Ok(NodePeerClient::with_interceptor(channel, auth)
+            .max_decoding_message_size(8 * 1024 * 1024)
+            .max_encoding_message_size(8 * 1024 * 1024))
+    }
+
+    /// Pushes the replication snapshot `snapshot_id` of the local volume `volume_id` (an
+    /// increment from `base_snapshot_id` when not empty, which the target's replica must hold)
+    /// to the grant's target node, where it becomes (or updates) a replica. A full stream
+    /// names the replica like the local volume.
+    pub async fn push_volume(
+        &self,
+        daemons: &Daemons,
+        grant: &TransferGrant,
+        volume_id: &str,
+        snapshot_id: &str,
+        base_snapshot_id: &str,
+    ) -> Result<PeerVolumeResult, TransferError> {
+        let mut client = self.client(grant)?;
+        let mut zfs = daemons.zfs.clone();
+        let name = if base_snapshot_id.is_empty() {
+            zfs.get_volume(zfs::GetVolumeRequest {
+                id: volume_id.to_string(),
+            })
+            .await
+            .map_err(TransferError::Source)?
+            .into_inner()
+            .name
+        } else {
+            String::new()
+        };
+        let source = zfs
+            .send_volume(zfs::SendVolumeRequest {
+                volume_id: volume_id.to_string(),
+                snapshot_id: snapshot_id.to_string(),
+                base_snapshot_id: base_snapshot_id.to_string(),
+            })
+            .await
+            .map_err(TransferError::Source)?
+            .into_inner();
+        // A failing source ends the upload without its trailer (the target refuses it and
+        // keeps nothing); the source's own error is what the caller gets.
+        let source_error: Arc<Mutex<Option<Status>>> = Arc::default();
+        let seen = source_error.clone();
+        let mut header = Some(PeerVolumeHeader {
+            grant_id: grant.id.clone(),
+            volume_id: volume_id.to_string(),
+            name,
+            base_snapshot_id: base_snapshot_id.to_string(),
+        });
+        let upload = source
+            .map_while(move |chunk| match chunk {
+                Ok(chunk) => Some(chunk),
+                Err(status) => {
+                    *seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(status);
+                    None
+                }
+            })
+            .map(move |chunk| PeerVolumeChunk {
+                header: header.take(),
+                data: chunk.data,
+                sha256: chunk.sha256,
+                byte_count: chunk.byte_count,
+            });
+        let result = client.push_volume(upload).await;
+        if let Some(status) = source_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            return Err(TransferError::Source(status));
+        }
+        Ok(result.map_err(TransferError::Target)?.into_inner())
+    }
+
+    /// Relays `local` (e.g. the connection a hypervisor opened to send its migration stream)
+    /// to the grant's target node, which connects it to the incoming socket of `vm_id`.
+    /// Returns when both directions ended.
+    pub async fn relay(
+        &self,
+        grant: &TransferGrant,
+        vm_id: &str,
+        local: tokio::net::UnixStream,
+    ) -> Result<(), TransferError> {
+        let mut client = self.client(grant)?;
+        let (reader, mut writer) = local.into_split();
+        let open = RelayFrame {
+            open: Some(RelayOpen {
+                grant_id: grant.id.clone(),
+                target: RelayTarget::VmMigration as i32,
+                vm_id: vm_id.to_string(),
+            }),
+            data: Vec::new(),
+        };
+        let read_error: Arc<Mutex<Option<std::io::Error>>> = Arc::default();
+        let seen = read_error.clone();
+        let upload = read_frames(reader).map_while(move |frame| match frame {
+            Ok(frame) => Some(frame),
+            Err(e) => {
+                *seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                None
+            }
+        });
+        let mut replies = client
+            .relay(tokio_stream::once(open).chain(upload))
+            .await
+            .map_err(TransferError::Target)?
+            .into_inner();
+        while let Some(frame) = replies.next().await {
+            let frame = frame.map_err(TransferError::Target)?;
+            writer.write_all(&frame.data).await?;
+        }
+        let _ = writer.shutdown().await;
+        if let Some(err) = read_error.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            return Err(TransferError::Io(err));
+        }
+        Ok(())
+    }
+}
+
+/// The bytes read from `reader` as relay frames of at most [`RELAY_CHUNK`] bytes, read only
+/// when the consumer asks for the next one; ends at EOF, and after yielding a read error.
+fn read_frames<R>(reader: R) -> impl Stream<Item = std::io::Result<RelayFrame>> + Send
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+{
+    futures::stream::unfold(Some((reader, vec![0u8; RELAY_CHUNK])), |state| async move {
+        let (mut reader, mut buf) = state?;
+        match reader.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                let frame = RelayFrame {
+                    open: None,
+                    data: buf[..n].to_vec(),
+                };
+                Some((Ok(frame), Some((reader, buf))))
+            }
+            Err(e) => Some((Err(e), None)),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> NodeSpec {
+        NodeSpec {
+            node_id: "b".into(),
+            transfers: vec![TransferGrant {
+                id: "g1".into(),
+                source_node_id: "a".into(),
+                target_node_id: "b".into(),
+                target_endpoint: "https://127.0.0.1:1".into(),
+                volume_ids: vec!["v1".into()],
+                vm_id: "vm1".into(),
+                token: "secret".into(),
+                purpose: "test".into(),
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_the_granted_source_node_with_the_token_may_push() {
+        let spec = spec();
+        let a = PeerIdentity::Node("a".into());
+        let ok = authorize(
+            Some(&spec),
+            "b",
+            "g1",
+            Some(&a),
+            true,
+            Some("Bearer secret"),
+        );
+        assert_eq!(ok.unwrap().id, "g1");
+        // Another node, a member, no certificate.
+        let c = PeerIdentity::Node("c".into());
+        let err = authorize(
+            Some(&spec),
+            "b",
+            "g1",
+            Some(&c),
+            true,
+            Some("Bearer secret"),
+        )
+        .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+        assert!(err.message().contains("not node c"), "{}", err.message());
+        let member = PeerIdentity::Member(1);
+        let err = authorize(
+            Some(&spec),
+            "b",
+            "g1",
+            Some(&member),
+            true,
+            Some("Bearer secret"),
+        )
+        .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+        let err = authorize(Some(&spec), "b", "g1", None, true, Some("Bearer secret")).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        // A wrong or missing token.
+        let err =
+            authorize(Some(&spec), "b", "g1", Some(&a), true, Some("Bearer nope")).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        let err = authorize(Some(&spec), "b", "g1", Some(&a), true, None).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        // An unknown grant, no spec yet, a grant for another target.
+        let err = authorize(
+            Some(&spec),
+            "b",
+            "g2",
+            Some(&a),
+            true,
+            Some("Bearer secret"),
+        )
+        .unwrap_err();
+        assert!(
+            err.message().starts_with("no transfer grant"),
+            "{}",
+            err.message()
+        );
+        assert!(authorize(None, "b", "g1", Some(&a), true, Some("Bearer secret")).is_err());
+        let err = authorize(
+            Some(&spec),
+            "c",
+            "g1",
+            Some(&a),
+            true,
+            Some("Bearer secret"),
+        )
+        .unwrap_err();
+        assert!(err.message().contains("not this node"), "{}", err.message());
+        // Without TLS only the token is checked.
+        assert!(authorize(Some(&spec), "b", "g1", None, false, Some("Bearer secret")).is_ok());
+        assert!(authorize(Some(&spec), "b", "g1", None, false, Some("Bearer x")).is_err());
+    }
+}
