@@ -34,7 +34,7 @@ pub const MIGRATED: &str = "migrated away: paused until stopped";
 /// The state reason of a VM whose outgoing migration runs.
 pub const MIGRATING: &str = "migrating";
 
-const POLL: Duration = Duration::from_millis(200);
+const POLL: Duration = Duration::from_millis(50);
 /// How long an outgoing migration may send nothing before it is cancelled.
 const STALL: Duration = Duration::from_secs(30);
 
@@ -118,7 +118,7 @@ impl Vmm {
     }
 
     /// Starts sending the running VM to `destination` (a unix socket the caller listens on)
-    /// and returns the progress, updated every 200 ms until it ends (completed: the guest
+    /// and returns the progress, updated every 50 ms until it ends (completed: the guest
     /// stays paused here; failed or cancelled: the guest runs on here).
     pub async fn migrate(
         &self,
