@@ -22,8 +22,8 @@
 //! running VMs at start and detaches from them at shutdown.
 
 mod devices;
-pub mod migration;
 mod lifecycle;
+pub mod migration;
 mod records;
 mod recovery;
 
