@@ -99,11 +99,8 @@ impl State {
         pod.node_id = None;
         // When no node could take it whatever the capacity, the reason the scheduler would give
         // (so its next round has nothing to change).
-        let reason = crate::scheduler::reason_without_candidates(
-            self,
-            pod.spec.node_selector.as_ref(),
-            &[],
-        );
+        let reason =
+            crate::scheduler::reason_without_candidates(self, pod.spec.node_selector.as_ref(), &[]);
         pod.scheduling = Scheduling {
             state: SchedulingState::Pending,
             reason: reason.unwrap_or_else(|| "waiting for the scheduler".into()),
