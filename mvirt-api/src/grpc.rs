@@ -149,6 +149,7 @@ fn kind_of(k: i32) -> Option<Kind> {
         proto::ResourceKind::Nic => Kind::Nic,
         proto::ResourceKind::Vm => Kind::Vm,
         proto::ResourceKind::Pod => Kind::Pod,
+        proto::ResourceKind::Backup => Kind::Backup,
         proto::ResourceKind::Route | proto::ResourceKind::Unspecified => return None,
     })
 }
@@ -459,6 +460,13 @@ impl NodeService for NodeServiceImpl {
                     artefacts_version: (!s.artefacts_version.is_empty())
                         .then(|| s.artefacts_version.chars().take(256).collect()),
                     nodes: Default::default(),
+                    backup: s.backup.map(|b| crate::model::BackupReport {
+                        size_bytes: b.size_bytes,
+                        sha256: b.sha256.chars().take(64).collect(),
+                        base_backup_id: (!b.base_backup_id.is_empty())
+                            .then(|| b.base_backup_id.chars().take(64).collect()),
+                        volume_size_bytes: b.volume_size_bytes,
+                    }),
                 },
             });
         }

@@ -210,6 +210,9 @@ pub struct Status {
     /// another's failure.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub nodes: BTreeMap<String, PerNodeStatus>,
+    /// Backups: what the node's mvirt-zfs wrote, once the backup is `ready`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupReport>,
 }
 
 /// One node's report on a resource that lives on several nodes.
@@ -507,6 +510,15 @@ pub struct VolumeSpec {
     /// Pin the volume to a node (otherwise it goes where its first VM is placed).
     #[serde(default)]
     pub node_id: Option<String>,
+    /// Create-only: the volume is restored from this backup (on the backup's node; the
+    /// backup must be `ready`). Excludes `template_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_id: Option<String>,
+    /// Backup retention: when a new backup of this volume is ready, only the newest
+    /// `backup_keep_last` ready backups are kept (with the backups they are increments on).
+    /// Unset: every backup is kept until deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_keep_last: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -595,6 +607,66 @@ impl Volume {
             rollback: None,
         }
     }
+}
+
+// -------------------------------------------------------------------------------- backups
+
+/// What a backup is of. A backup is taken on its volume's node by that node's mvirt-zfs (a
+/// `zfs send` stream file in its backup directory) and outlives the volume.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct BackupSpec {
+    pub volume_id: String,
+    /// An increment on the volume's newest backup (the volume must have a backup already).
+    #[serde(default)]
+    pub incremental: bool,
+}
+
+/// A backup of one volume. `status.phase`: empty until the node reports (pending), `running`
+/// while the stream is written, `ready` with `status.backup` (size, SHA-256, base), or
+/// `failed` with the reason in `status.message`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Backup {
+    #[serde(flatten)]
+    pub meta: Meta,
+    pub spec: BackupSpec,
+    pub status: Status,
+    /// The node that holds the backup (the volume's node when it was taken).
+    #[serde(default)]
+    pub node_id: Option<String>,
+    /// The volume's name when the backup was asked for.
+    #[serde(default)]
+    pub volume_name: String,
+    /// Set when the backup was taken as part of a VM's backup (`POST /v1/vms/{id}/backups`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_id: Option<String>,
+}
+
+impl Backup {
+    /// A new backup as a create asks for it: on no node until the state checks its volume.
+    pub fn new(meta: Meta, spec: BackupSpec) -> Backup {
+        Backup {
+            meta,
+            spec,
+            status: Status::default(),
+            node_id: None,
+            volume_name: String::new(),
+            vm_id: None,
+        }
+    }
+}
+
+/// A ready backup as its node reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+pub struct BackupReport {
+    /// Size and lowercase hex SHA-256 of the stream file.
+    pub size_bytes: u64,
+    pub sha256: String,
+    /// The backup this one is an increment on (`null`: a full backup).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_backup_id: Option<String>,
+    /// The volume's size when the backup was taken (a restore needs at least this much).
+    pub volume_size_bytes: u64,
 }
 
 // ------------------------------------------------------------------------------------ VMs
@@ -1002,6 +1074,7 @@ pub enum Kind {
     Volume,
     Vm,
     Pod,
+    Backup,
     Token,
     JoinToken,
     Idempotency,
@@ -1024,6 +1097,7 @@ impl Kind {
             Kind::Volume => "volume",
             Kind::Vm => "vm",
             Kind::Pod => "pod",
+            Kind::Backup => "backup",
             Kind::Token => "token",
             Kind::JoinToken => "join_token",
             Kind::Idempotency => "idempotency",
@@ -1041,6 +1115,7 @@ impl Kind {
             "volume" => Kind::Volume,
             "vm" => Kind::Vm,
             "pod" => Kind::Pod,
+            "backup" => Kind::Backup,
             "token" => Kind::Token,
             "join_token" => Kind::JoinToken,
             "idempotency" => Kind::Idempotency,

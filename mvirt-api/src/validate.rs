@@ -260,7 +260,31 @@ pub fn volume(spec: &VolumeSpec) -> Result<(), ApiError> {
     if let Some(n) = &spec.node_id {
         id("node_id", n)?;
     }
+    if let Some(b) = &spec.backup_id {
+        id("backup_id", b)?;
+        if spec.template_id.is_some() {
+            return Err(ApiError::invalid(
+                "backup_id and template_id exclude each other: a volume is restored or cloned",
+            ));
+        }
+    }
+    if let Some(keep) = spec.backup_keep_last {
+        backup_keep_last(keep)?;
+    }
     Ok(())
+}
+
+pub fn backup_keep_last(keep: u32) -> Result<(), ApiError> {
+    if !(1..=1000).contains(&keep) {
+        return Err(ApiError::invalid(format!(
+            "invalid backup_keep_last {keep}: between 1 and 1000"
+        )));
+    }
+    Ok(())
+}
+
+pub fn backup(spec: &BackupSpec) -> Result<(), ApiError> {
+    id("volume_id", &spec.volume_id)
 }
 
 pub fn vm(spec: &VmSpec) -> Result<(), ApiError> {

@@ -46,7 +46,7 @@ fn raft_samples() -> Vec<Vec<u8>> {
             log_id: log_id(7),
             payload: EntryPayload::Normal(Batch {
                 id: 9,
-                proposals: vec![proposal.clone(), proposal.clone()],
+                proposals: vec![proposal.clone(), proposal.clone()].into(),
             }),
         }],
         leader_commit: Some(log_id(6)),
@@ -327,6 +327,12 @@ fn status(rng: &mut StdRng) -> proto::ResourceStatus {
             })
             .collect(),
         artefacts_version: text(rng),
+        backup: rng.gen_bool(0.3).then(|| proto::BackupReport {
+            size_bytes: number(rng),
+            sha256: text(rng),
+            base_backup_id: text(rng),
+            volume_size_bytes: number(rng),
+        }),
     }
 }
 

@@ -126,6 +126,9 @@ mvirt login https://10.0.0.1:8080 --ca-file /var/lib/mvirt/api/tls/ca.pem --toke
     /// Disk volumes, their snapshots and resizing.
     #[command(subcommand)]
     Volume(VolumeCmd),
+    /// Backups of volumes and VMs (stream files on the volume's node), and restores.
+    #[command(subcommand)]
+    Backup(BackupCmd),
     /// Disk image templates, imported from a URL on every node.
     #[command(subcommand)]
     Template(TemplateCmd),
@@ -434,6 +437,55 @@ mvirt volume create root2 --size 20G --template debian-12 --node hv1")]
     /// Snapshots of a volume.
     #[command(subcommand)]
     Snapshot(SnapshotCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCmd {
+    /// List backups (with size, SHA-256 and phase: pending, running, ready, failed).
+    List {
+        #[command(flatten)]
+        list: ListArgs,
+        /// Only the backups of this volume (id or name).
+        #[arg(long)]
+        volume: Option<String>,
+    },
+    /// Show one backup.
+    Show { backup: String },
+    /// Back up a volume, or every volume of a VM.
+    #[command(after_help = "Examples:\n  mvirt backup create --volume data\n  \
+mvirt backup create --vm web --name nightly\n  mvirt backup create --volume data --incremental")]
+    Create {
+        /// The volume to back up (id or name).
+        #[arg(long, conflicts_with = "vm", required_unless_present = "vm")]
+        volume: Option<String>,
+        /// Back up every volume of this VM (id or name).
+        #[arg(long)]
+        vm: Option<String>,
+        /// Backup name (a VM's backups get <name>-<n>); default <volume>-<8 hex digits>.
+        #[arg(long)]
+        name: Option<String>,
+        /// An increment on the volume's newest backup.
+        #[arg(long)]
+        incremental: bool,
+    },
+    /// Restore a backup into a new volume (on the backup's node).
+    #[command(after_help = "Example:\n  mvirt backup restore nightly --name data-restored")]
+    Restore {
+        backup: String,
+        /// Name of the new volume.
+        #[arg(long)]
+        name: String,
+        /// Size of the new volume, e.g. 40G (default and minimum: the backed-up volume's size).
+        #[arg(long)]
+        size: Option<String>,
+    },
+    /// Delete a backup (refused while increments depend on it, unless --force deletes them
+    /// too).
+    Delete {
+        backup: String,
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -117,6 +117,25 @@ pub const VOLUMES: Resource = Resource {
     ],
 };
 
+pub const BACKUPS: Resource = Resource {
+    name: "backup",
+    path: "/v1/backups",
+    projected: true,
+    columns: &[
+        colf("id", "id", Fmt::ShortId),
+        col("name", "name"),
+        col("volume", "volume_name"),
+        colf("vm", "vm_id", Fmt::ShortId),
+        col("incremental", "spec.incremental"),
+        colf("node", "node_id", Fmt::ShortId),
+        col("phase", "status.phase"),
+        colf("size", "status.backup.size_bytes", Fmt::Bytes),
+        col("sha256", "status.backup.sha256"),
+        col("message", "status.message"),
+        colf("age", "created_at", Fmt::Age),
+    ],
+};
+
 pub const SNAPSHOTS: &[Column] = &[
     col("id", "id"),
     col("name", "name"),

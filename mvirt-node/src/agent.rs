@@ -169,6 +169,14 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), AgentErr
             shutdown.clone(),
         );
     }
+    let (spec_tx, mut spec_rx) = watch::channel::<Option<api::NodeSpec>>(None);
+    // The node-to-node channel (NodePeer): this node's side as a target, and how it dials
+    // other nodes as a source (see crate::transfer).
+    let incoming = crate::transfer::IncomingSockets::default();
+    let peers = crate::transfer::PeerDialer::new(
+        tls.as_ref().map(|t| t.ca_pem.clone()),
+        tls.as_ref().and_then(|t| t.store()),
+    );
     if let Some(listener) = console_listener {
         let server_tls = match &tls {
             Some(tls) => Some(crate::tls::agent_server_config(
@@ -185,6 +193,18 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), AgentErr
         );
         let server = mvirt_common::grpc::GrpcServer::for_daemon("mvirt-node")
             .add_service(api::node_agent_server::NodeAgentServer::new(relay))
+            .await
+            .add_service(
+                api::node_peer_server::NodePeerServer::new(crate::transfer::PeerServer::new(
+                    node_id.clone(),
+                    spec_rx.clone(),
+                    daemons.clone(),
+                    incoming.clone(),
+                    server_tls.is_some(),
+                ))
+                .max_decoding_message_size(8 * 1024 * 1024)
+                .max_encoding_message_size(8 * 1024 * 1024),
+            )
             .await;
         let stop = shutdown.clone();
         tokio::spawn(async move {
@@ -196,7 +216,6 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), AgentErr
     audit.info(format!("node agent registered as {node_id}"), &[&node_id]);
 
     let wake = Arc::new(Notify::new());
-    let (spec_tx, mut spec_rx) = watch::channel::<Option<api::NodeSpec>>(None);
     tokio::spawn(watch_specs(
         daemons.clone(),
         node_id.clone(),
@@ -227,6 +246,8 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), AgentErr
             firmware: config.firmware.clone(),
             stop_timeout_secs: config.stop_timeout_secs,
         },
+        peers,
+        incoming,
     });
     crate::metrics::watch(&daemons, &shutdown);
     let mut reported: HashMap<(i32, String), api::ResourceStatus> = HashMap::new();

@@ -96,6 +96,13 @@ fn bearer(token: &str) -> Result<MetadataValue<tonic::metadata::Ascii>, DaemonEr
         .map_err(|_| DaemonError::BadToken)
 }
 
+/// An interceptor adding `authorization: Bearer <token>` (e.g. a transfer grant's token).
+pub fn bearer_auth(token: &str) -> Result<BearerAuth, DaemonError> {
+    Ok(BearerAuth {
+        header: bearer(token)?,
+    })
+}
+
 /// A NodeService client over `channel` that sends `token` with every call.
 pub fn api_client(channel: Channel, token: &str) -> Result<ApiClient, DaemonError> {
     Ok(NodeServiceClient::with_interceptor(

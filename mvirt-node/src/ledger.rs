@@ -44,6 +44,7 @@ pub enum Kind {
     Route,
     Vm,
     Pod,
+    Backup,
 }
 
 impl Kind {
@@ -57,6 +58,7 @@ impl Kind {
             Kind::Route => "route",
             Kind::Vm => "vm",
             Kind::Pod => "pod",
+            Kind::Backup => "backup",
         }
     }
 }

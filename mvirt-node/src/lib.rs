@@ -23,6 +23,8 @@
 //! - [`agent`] is the loop: register, heartbeat, watch, reconcile, report.
 //! - [`tls`] is the agent's TLS: the trusted cluster CA, the node certificate (issued at
 //!   registration, renewed at 2/3 of its lifetime), the NodeAgent listener's member check.
+//! - [`transfer`] is the node-to-node channel (`NodePeer`): volume streams and byte relays
+//!   between agents, authorised by transfer grants in both nodes' specs.
 
 pub mod agent;
 pub mod console;
@@ -36,3 +38,4 @@ pub mod reconcile;
 pub mod snapshots;
 pub mod stats;
 pub mod tls;
+pub mod transfer;

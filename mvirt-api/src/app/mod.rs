@@ -683,6 +683,11 @@ fn related_ids(command: &Command) -> Vec<String> {
             .chain(owned_volumes.iter().map(|v| v.meta.id.clone()))
             .chain(owned_nics.iter().map(|n| n.meta.id.clone()))
             .collect(),
+        Command::CreateBackups { backups } => backups
+            .iter()
+            .flat_map(|b| [b.meta.id.clone(), b.spec.volume_id.clone()])
+            .chain(backups.iter().filter_map(|b| b.vm_id.clone()).take(1))
+            .collect(),
         Command::CreatePod { pod, owned_nics } => std::iter::once(pod.meta.id.clone())
             .chain(owned_nics.iter().map(|n| n.meta.id.clone()))
             .collect(),

@@ -10,12 +10,14 @@
 //! node's networks that live on other nodes). Each takes a [`Desired`], which knows the node
 //! and keeps the revision; a new kind adds a module and one line in [`desired_for`].
 
+mod backup;
 mod network;
 mod nic;
 mod pod;
 mod route;
 mod security_group;
 mod template;
+mod transfer;
 mod vm;
 mod volume;
 
@@ -64,6 +66,7 @@ pub fn desired_for(state: &State, node_id: &str) -> proto::NodeSpec {
     let security_groups = security_group::security_groups(&mut cx, attached.security_group_ids);
     let templates = template::templates(&mut cx);
     let routes = route::routes(&mut cx, &attached.network_ids);
+    let backups = backup::backups(&mut cx);
     proto::NodeSpec {
         node_id: node_id.to_string(),
         revision: cx.revision,
@@ -75,5 +78,7 @@ pub fn desired_for(state: &State, node_id: &str) -> proto::NodeSpec {
         routes,
         vms,
         pods,
+        transfers: transfer::grants(&mut cx),
+        backups,
     }
 }

@@ -40,5 +40,6 @@ fn volume_spec(vol: &Volume) -> proto::VolumeSpec {
             .map(|r| r.snapshot_id.clone())
             .unwrap_or_default(),
         rollback_generation: vol.rollback.as_ref().map_or(0, |r| r.generation),
+        restore_backup_id: vol.spec.backup_id.clone().unwrap_or_default(),
     }
 }

@@ -93,7 +93,7 @@ impl Caller {
 }
 
 /// The kinds that live in a project (their item paths are checked against a token's scope).
-const SCOPED_KINDS: [Kind; 7] = [
+const SCOPED_KINDS: [Kind; 8] = [
     Kind::Network,
     Kind::Nic,
     Kind::SecurityGroup,
@@ -101,6 +101,7 @@ const SCOPED_KINDS: [Kind; 7] = [
     Kind::Volume,
     Kind::Vm,
     Kind::Pod,
+    Kind::Backup,
 ];
 
 /// What a route needs.
@@ -172,6 +173,7 @@ fn kind_of_collection(collection: &str) -> Option<Kind> {
         "volumes" => Kind::Volume,
         "vms" => Kind::Vm,
         "pods" => Kind::Pod,
+        "backups" => Kind::Backup,
         _ => return None,
     })
 }

@@ -11,6 +11,7 @@
 //! `/v1`. Every route is in the one table of [`routes`].
 
 mod access;
+mod backups;
 mod cluster;
 mod console;
 mod events;
@@ -458,6 +459,14 @@ async fn not_found_fallback() -> ApiError {
         volumes::rollback_snapshot,
         templates::cancel_import,
         volumes::promote_snapshot,
+        backups::list,
+        backups::get,
+        backups::create,
+        backups::update,
+        backups::delete,
+        backups::backup_volume,
+        backups::backup_vm,
+        backups::restore_backup,
         security_groups::add_rule,
         security_groups::delete_rule,
         cluster::list_tokens,
@@ -488,6 +497,12 @@ async fn not_found_fallback() -> ApiError {
         SnapshotStatus,
         VolumeRollback,
         SnapshotSource,
+        Backup,
+        BackupSpec,
+        BackupReport,
+        backups::TakeBackupRequest,
+        backups::RestoreRequest,
+        backups::VmBackups,
         Vm,
         Pod,
         PodSpec,
@@ -604,12 +619,22 @@ fn routes() -> Vec<(&'static str, MethodRouter<Arc<App>>)> {
             "/v1/volumes/{id}/snapshots/{snapshot_id}/promote",
             post(volumes::promote_snapshot),
         ),
+        ("/v1/volumes/{id}/backups", post(backups::backup_volume)),
+        ("/v1/backups", get(backups::list).post(backups::create)),
+        (
+            "/v1/backups/{id}",
+            get(backups::get)
+                .put(backups::update)
+                .delete(backups::delete),
+        ),
+        ("/v1/backups/{id}/restore", post(backups::restore_backup)),
         ("/v1/vms", get(vms::list).post(vms::create)),
         (
             "/v1/vms/{id}",
             get(vms::get).put(vms::update).delete(vms::delete),
         ),
         ("/v1/vms/{id}/console", get(console::vm_console)),
+        ("/v1/vms/{id}/backups", post(backups::backup_vm)),
         ("/v1/vms/{id}/stats", get(stats::vm_stats)),
         ("/v1/vms/{id}/{action}", post(vms::vm_action)),
         ("/v1/pods", get(pods::list).post(pods::create)),

@@ -73,6 +73,8 @@ const IF_MATCH: &[&str] = &[
     "DELETE /v1/vms/{id}",
     "PUT /v1/pods/{id}",
     "DELETE /v1/pods/{id}",
+    "PUT /v1/backups/{id}",
+    "DELETE /v1/backups/{id}",
     "POST /v1/volumes/{id}/resize",
 ];
 
@@ -343,6 +345,17 @@ fn request_rules() -> Vec<(&'static str, &'static str, Value)> {
         ),
         ("Spec:VolumeSpec", "template_id", json!({"pattern": UUID})),
         ("Spec:VolumeSpec", "node_id", json!({"pattern": UUID})),
+        ("Spec:VolumeSpec", "backup_id", json!({"pattern": UUID})),
+        (
+            "Spec:VolumeSpec",
+            "backup_keep_last",
+            json!({"minimum": 1, "maximum": 1000}),
+        ),
+        // validate::backup and the backup requests
+        ("Spec:BackupSpec", "volume_id", json!({"pattern": UUID})),
+        ("TakeBackupRequest", "name", name.clone()),
+        ("RestoreRequest", "name", name.clone()),
+        ("RestoreRequest", "size_bytes", size(64 * 1024 * 1024 * MIB)),
         // validate::vm
         (
             "Spec:VmSpec",
@@ -677,6 +690,14 @@ fn add_request_rules(doc: &mut Value) {
 /// `tests/openapi.rs` accepts a schemathesis "schema-valid request rejected" only for one of
 /// these.
 pub const CROSS_FIELD_RULES: &[(&[&str], &str)] = &[
+    (
+        &["POST /v1/volumes", "PUT /v1/volumes/{id}"],
+        "`backup_id` and `template_id` exclude each other; `backup_id` names a ready backup (409 otherwise) in any project, the volume goes to the backup's node and is at least as large as the backed-up volume; `backup_id` cannot change.",
+    ),
+    (
+        &["POST /v1/backups"],
+        "`volume_id` names a volume of the backup's project that is on a node (409 otherwise); `incremental` needs an earlier backup of that volume (409).",
+    ),
     (
         &["POST /v1/tokens"],
         "`projects` is for operator and viewer tokens only (400 with `admin` or `node`).",

@@ -119,6 +119,7 @@ fn objects(state: &Cluster, kind: Kind) -> Vec<Value> {
         Kind::Template => all(&state.templates),
         Kind::Volume => all(&state.volumes),
         Kind::Vm => all(&state.vms),
+        Kind::Backup => all(&state.backups),
         // Registry secrets never leave the state.
         Kind::Pod => state
             .pods

@@ -48,7 +48,7 @@ fn build_vm(meta: Meta, mut spec: VmSpec) -> Result<Command, ApiError> {
             spec: VolumeSpec {
                 size_bytes: root.size_bytes,
                 template_id: Some(root.template_id.clone()),
-                node_id: None,
+                ..VolumeSpec::default()
             },
             status: Status::default(),
             node_id: None,

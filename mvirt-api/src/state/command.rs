@@ -98,6 +98,10 @@ pub enum Command {
         pod: Pod,
         owned_nics: Vec<Nic>,
     },
+    /// One backup, or a VM's backups (one per volume) asked for at once.
+    CreateBackups {
+        backups: Vec<Backup>,
+    },
     /// Start, stop (graceful or forced) or restart a pod.
     PodAction {
         id: String,
@@ -207,6 +211,47 @@ pub enum Command {
     Noop,
 }
 
+impl Command {
+    /// The command's name: its `op` tag in the log (`create_vm`, `schedule`, ...), without
+    /// serializing it (audit summaries name every write's op).
+    pub fn op(&self) -> &'static str {
+        match self {
+            Command::CreateProject { .. } => "create_project",
+            Command::CreateNetwork { .. } => "create_network",
+            Command::CreateNic { .. } => "create_nic",
+            Command::CreateSecurityGroup { .. } => "create_security_group",
+            Command::CreateTemplate { .. } => "create_template",
+            Command::CreateVolume { .. } => "create_volume",
+            Command::CreateVm { .. } => "create_vm",
+            Command::CreatePod { .. } => "create_pod",
+            Command::CreateBackups { .. } => "create_backups",
+            Command::PodAction { .. } => "pod_action",
+            Command::Update(_) => "update",
+            Command::Delete { .. } => "delete",
+            Command::VmAction { .. } => "vm_action",
+            Command::ResizeVolume { .. } => "resize_volume",
+            Command::CreateSnapshot { .. } => "create_snapshot",
+            Command::DeleteSnapshot { .. } => "delete_snapshot",
+            Command::RollbackSnapshot { .. } => "rollback_snapshot",
+            Command::CancelImport { .. } => "cancel_import",
+            Command::PromoteSnapshot { .. } => "promote_snapshot",
+            Command::AddRule { .. } => "add_rule",
+            Command::DeleteRule { .. } => "delete_rule",
+            Command::RegisterNode { .. } => "register_node",
+            Command::SetNodeState { .. } => "set_node_state",
+            Command::UpdateStatuses { .. } => "update_statuses",
+            Command::Schedule { .. } => "schedule",
+            Command::CreateToken { .. } => "create_token",
+            Command::DeleteToken { .. } => "delete_token",
+            Command::BindToken { .. } => "bind_token",
+            Command::CreateJoinToken { .. } => "create_join_token",
+            Command::ConsumeJoinToken { .. } => "consume_join_token",
+            Command::Prune { .. } => "prune",
+            Command::Noop => "noop",
+        }
+    }
+}
+
 /// A request as it travels through Raft: the command plus its optional idempotency key and
 /// the trace id of the request that asked for it (stamped on the objects it changes).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -220,11 +265,7 @@ pub struct Proposal {
 
 impl std::fmt::Display for Proposal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let op = serde_json::to_value(&self.command)
-            .ok()
-            .and_then(|v| v.get("op").and_then(|o| o.as_str().map(String::from)))
-            .unwrap_or_else(|| "noop".into());
-        write!(f, "{op}")
+        f.write_str(self.command.op())
     }
 }
 
@@ -279,6 +320,7 @@ specs!(
     Volume(VolumeSpec),
     Vm(VmSpec),
     Pod(PodSpec),
+    Backup(BackupSpec),
 );
 
 impl Spec {
@@ -296,6 +338,7 @@ impl Spec {
             Kind::Volume => Spec::Volume(typed(v)?),
             Kind::Vm => Spec::Vm(typed(v)?),
             Kind::Pod => Spec::Pod(typed(v)?),
+            Kind::Backup => Spec::Backup(typed(v)?),
             other => return Err(format!("{} has no spec", other.as_str())),
         })
     }
@@ -348,5 +391,71 @@ impl Serialize for Update {
             now: &self.now,
         }
         .serialize(ser)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `op()` names a command as its serialized `op` tag does (the audit summary used to read
+    /// the tag from a serialized copy of the whole command).
+    #[test]
+    fn op_is_the_serialized_tag() {
+        let now = "2026-01-01T00:00:00Z".to_string();
+        let commands = [
+            Command::Noop,
+            Command::DeleteToken { id: "t".into() },
+            Command::BindToken {
+                id: "t".into(),
+                node_id: "n".into(),
+            },
+            Command::Delete {
+                kind: Kind::Vm,
+                id: "v".into(),
+                if_match: None,
+                force: false,
+            },
+            Command::Schedule {
+                placements: vec![],
+                pending: vec![("v".into(), "r".into())],
+                now: now.clone(),
+            },
+            Command::ConsumeJoinToken {
+                hash: "h".into(),
+                now_ms: 1,
+            },
+            Command::Prune {
+                idempotency_before_ms: 0,
+                now_ms: 1,
+            },
+            Command::CancelImport {
+                id: "t".into(),
+                now: now.clone(),
+            },
+            Command::DeleteSnapshot {
+                volume_id: "v".into(),
+                snapshot_id: "s".into(),
+                now: now.clone(),
+            },
+            Command::Update(Update {
+                kind: Kind::Vm,
+                id: "v".into(),
+                if_match: None,
+                labels: Some(BTreeMap::new()),
+                spec: None,
+                now,
+            }),
+        ];
+        for c in commands {
+            let v = serde_json::to_value(&c).unwrap();
+            assert_eq!(v["op"].as_str(), Some(c.op()), "{c:?}");
+            let p = Proposal {
+                command: c.clone(),
+                idempotency: None,
+                trace_id: None,
+            };
+            assert_eq!(p.to_string(), c.op());
+        }
     }
 }

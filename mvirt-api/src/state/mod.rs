@@ -26,6 +26,7 @@ use serde_json::json;
 
 use crate::model::*;
 
+mod backup;
 mod command;
 mod error;
 mod names;
@@ -72,20 +73,34 @@ pub struct Change {
 }
 
 impl Change {
-    /// The event for this change, if its kind is visible to users.
+    /// The event for this change, if its kind is visible to users. API and join tokens become
+    /// events (`token.created`, `token.updated`, `token.deleted`, `join_token.…`; `/v1/events`
+    /// shows them to admins only) without their `hash`: the change carries the stored form (it
+    /// is also the row), the event never does. Idempotency records make no event.
     pub fn event(&self, revision: u64) -> Option<Event> {
-        match self.kind {
-            Kind::Token | Kind::JoinToken | Kind::Idempotency => None,
-            kind => Some(Event {
-                revision,
-                event_type: format!("{}.{}", kind.as_str(), self.verb),
-                kind: kind.as_str().into(),
-                id: self.id.clone(),
-                project: self.project.clone(),
-                object: self.object.clone(),
-            }),
-        }
+        let object = match self.kind {
+            Kind::Idempotency => return None,
+            Kind::Token | Kind::JoinToken => self.object.as_ref().map(without_hash),
+            _ => self.object.clone(),
+        };
+        Some(Event {
+            revision,
+            event_type: format!("{}.{}", self.kind.as_str(), self.verb),
+            kind: self.kind.as_str().into(),
+            id: self.id.clone(),
+            project: self.project.clone(),
+            object,
+        })
     }
+}
+
+/// A token's JSON without its `hash` (what an event about it may show).
+fn without_hash(object: &Json) -> Json {
+    let mut v = object.to_value();
+    if let Some(fields) = v.as_object_mut() {
+        fields.remove("hash");
+    }
+    Json::of(&v)
 }
 
 /// Counters kept with the state.
@@ -111,6 +126,8 @@ pub struct State {
     pub vms: BTreeMap<String, Vm>,
     #[serde(default)]
     pub pods: BTreeMap<String, Pod>,
+    #[serde(default)]
+    pub backups: BTreeMap<String, Backup>,
     pub tokens: BTreeMap<String, ApiToken>,
     pub join_tokens: BTreeMap<String, JoinToken>,
     pub idempotency: BTreeMap<String, IdempotencyRecord>,
@@ -199,6 +216,7 @@ stored!(Template, Kind::Template, templates, meta);
 stored!(Volume, Kind::Volume, volumes, meta);
 stored!(Vm, Kind::Vm, vms, meta);
 stored!(Pod, Kind::Pod, pods, meta);
+stored!(Backup, Kind::Backup, backups, meta);
 stored!(ApiToken, Kind::Token, tokens);
 stored!(JoinToken, Kind::JoinToken, join_tokens);
 stored!(IdempotencyRecord, Kind::Idempotency, idempotency);
@@ -265,6 +283,7 @@ macro_rules! with_resource {
             Kind::Volume => with_resource!(@ $T = Volume, $body),
             Kind::Vm => with_resource!(@ $T = Vm, $body),
             Kind::Pod => with_resource!(@ $T = Pod, $body),
+            Kind::Backup => with_resource!(@ $T = Backup, $body),
             Kind::Token | Kind::JoinToken | Kind::Idempotency => $other,
         }
     };
@@ -505,6 +524,7 @@ impl State {
             C::CreateVolume { volume } => self.create(at, volume),
             C::CreateVm { vm, owned_volumes: v, owned_nics: n } => self.create_vm(at, vm, v, n),
             C::CreatePod { pod, owned_nics: n } => self.create_pod(at, pod, n),
+            C::CreateBackups { backups } => self.create_backups(at, backups),
             C::PodAction { id, action, force, now } => self.pod_action(at, id, *action, *force, now),
             C::Update(update) => self.apply_update(at, update),
             C::Delete { kind, id, if_match: m, force: f } => self.apply_delete(at, *kind, id, *m, *f),
@@ -577,6 +597,7 @@ impl State {
             Spec::Volume(s) => self.update::<Volume>(at, u, Some(s)),
             Spec::Vm(s) => self.update::<Vm>(at, u, Some(s)),
             Spec::Pod(s) => self.update::<Pod>(at, u, Some(s)),
+            Spec::Backup(s) => self.update::<Backup>(at, u, Some(s)),
         }
     }
 
@@ -711,6 +732,7 @@ fn created_kind_id(command: &Command) -> Option<(Kind, String)> {
         Command::CreateVolume { volume } => (Kind::Volume, volume.meta.id.clone()),
         Command::CreateVm { vm, .. } => (Kind::Vm, vm.meta.id.clone()),
         Command::CreatePod { pod, .. } => (Kind::Pod, pod.meta.id.clone()),
+        Command::CreateBackups { backups } => (Kind::Backup, backups.first()?.meta.id.clone()),
         _ => return None,
     })
 }

@@ -34,7 +34,7 @@ fn name_key(kind: Kind, meta: &Meta) -> NameKey {
     (kind, project, meta.name.clone())
 }
 
-const NAMED_KINDS: [Kind; 9] = [
+const NAMED_KINDS: [Kind; 10] = [
     Kind::Project,
     Kind::Node,
     Kind::Network,
@@ -44,6 +44,7 @@ const NAMED_KINDS: [Kind; 9] = [
     Kind::Volume,
     Kind::Vm,
     Kind::Pod,
+    Kind::Backup,
 ];
 
 impl NameMaps {
@@ -59,7 +60,19 @@ impl NameMaps {
 
     /// Records that object `id` of `kind` now has `meta` (`None`: it is gone).
     fn set(&mut self, kind: Kind, id: &str, meta: Option<&Meta>) {
-        if let Some(old) = self.by_id.remove(&(kind, id.to_string())) {
+        let id_key = (kind, id.to_string());
+        // Most changes (status reports, scheduling, spec updates) keep the name: nothing to
+        // do, and no rehashing or key allocation on every write of every member.
+        if let (Some(meta), Some(old)) = (meta, self.by_id.get(&id_key)) {
+            let cluster_wide = matches!(kind, Kind::Project | Kind::Node);
+            if old.2 == meta.name
+                && (cluster_wide || old.1 == meta.project)
+                && self.by_name.get(old).is_some_and(|v| v == id)
+            {
+                return;
+            }
+        }
+        if let Some(old) = self.by_id.remove(&id_key) {
             if self.by_name.get(&old).is_some_and(|v| v == id) {
                 self.by_name.remove(&old);
             }
@@ -67,7 +80,7 @@ impl NameMaps {
         if let Some(meta) = meta {
             let key = name_key(kind, meta);
             self.by_name.insert(key.clone(), id.to_string());
-            self.by_id.insert((kind, id.to_string()), key);
+            self.by_id.insert(id_key, key);
         }
     }
 }

@@ -38,6 +38,12 @@ impl Resource for Node {
                     .filter(|v| v.node_id.as_deref() == Some(id))
                     .map(|v| format!("volume/{}", v.meta.id)),
             )
+            .chain(
+                s.backups
+                    .values()
+                    .filter(|b| b.node_id.as_deref() == Some(id))
+                    .map(|b| format!("backup/{}", b.meta.id)),
+            )
             .collect();
         refuse_if_used(placed, || {
             format!("node {id} still has resources placed on it")

@@ -94,6 +94,7 @@ impl State {
         push::<Volume>(self, &mut rows);
         push::<Vm>(self, &mut rows);
         push::<Pod>(self, &mut rows);
+        push::<Backup>(self, &mut rows);
         push::<ApiToken>(self, &mut rows);
         push::<JoinToken>(self, &mut rows);
         push::<super::IdempotencyRecord>(self, &mut rows);

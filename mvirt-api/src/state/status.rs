@@ -23,7 +23,16 @@ macro_rules! reported {
     )*};
 }
 
-reported!(Vm, Pod, Volume, Nic, Network, SecurityGroup, Template);
+reported!(
+    Vm,
+    Pod,
+    Volume,
+    Nic,
+    Network,
+    SecurityGroup,
+    Template,
+    Backup
+);
 
 impl State {
     pub(super) fn update_statuses(
@@ -62,6 +71,7 @@ impl State {
                 Kind::Network => self.slot::<Network>(id, |_| true),
                 Kind::SecurityGroup => self.slot::<SecurityGroup>(id, |_| true),
                 Kind::Template => self.slot::<Template>(id, |_| true),
+                Kind::Backup => self.slot::<Backup>(id, |b| b.node_id.as_deref() == node),
                 _ => None,
             };
             let Some((slot, meta)) = slot else {
@@ -86,6 +96,10 @@ impl State {
             meta.revision = index;
             meta.updated_at = now.to_string();
             changes.push(self.change(report.kind, &report.id, "status"));
+            if report.kind == Kind::Backup {
+                // A backup that became ready may push older ones out of its volume's retention.
+                changes.extend(self.apply_backup_retention(index, &report.id));
+            }
         }
         Ok((
             Json::of(&json!({"accepted": accepted, "unknown_ids": unknown})),

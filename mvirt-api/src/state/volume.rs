@@ -14,14 +14,20 @@ impl Resource for Volume {
     fn check_create(s: &State, new: &mut Self) -> Result<(), ApiError> {
         s.check_new(Kind::Volume, &new.meta)?;
         new.node_id = s.volume_home(new)?;
+        if let Some(home) = s.restore_source(new)? {
+            new.node_id = Some(home);
+        }
         Ok(())
     }
 
     fn update_spec(s: &mut State, _: u64, id: &str, new: VolumeSpec) -> SpecChanged {
         let vol = &s.volumes[id];
-        if new.template_id != vol.spec.template_id || new.node_id != vol.spec.node_id {
+        if new.template_id != vol.spec.template_id
+            || new.node_id != vol.spec.node_id
+            || new.backup_id != vol.spec.backup_id
+        {
             return Err(ApiError::invalid(
-                "a volume's template and node cannot change",
+                "a volume's template, backup and node cannot change",
             ));
         }
         if new.size_bytes < vol.spec.size_bytes {

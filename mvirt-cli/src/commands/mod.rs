@@ -6,6 +6,7 @@
 //! those two and never each other, so a new noun is one new file plus an arm in `dispatch`.
 //! Every command returns `Result<(), ApiError>`; `run` turns that into the process exit code.
 
+pub mod backup;
 pub mod cluster;
 pub mod ctx;
 pub mod events;
@@ -84,6 +85,7 @@ async fn dispatch(cli: Cli) -> Result<(), ApiError> {
         Command::Sg(c) => sg::run(&ctx, c).await,
         Command::Route(RouteCmd::List(a)) => route::list(&ctx, &a).await,
         Command::Volume(c) => volume::run(&ctx, c).await,
+        Command::Backup(c) => backup::run(&ctx, c).await,
         Command::Template(c) => template::run(&ctx, c).await,
         Command::Vm(c) => vm::run(&ctx, c).await,
         Command::Pod(c) => pod::run(&ctx, c).await,

@@ -19,6 +19,7 @@
 //! Calls that may take long — template imports, graceful VM stops and restarts — run in
 //! background tasks so a pass never waits for them; they wake the agent when they end.
 
+mod backup;
 mod network;
 mod nic;
 mod pod;
@@ -74,6 +75,10 @@ pub struct Context {
     pub wake: Arc<Notify>,
     pub audit: AuditLogger,
     pub settings: Settings,
+    /// Dials other nodes' NodePeer (volume pushes, relays: see [`crate::transfer`]).
+    pub peers: crate::transfer::PeerDialer,
+    /// Local sockets incoming relays reach (incoming migrations prepared on this node).
+    pub incoming: crate::transfer::IncomingSockets,
 }
 
 impl Context {
@@ -134,6 +139,8 @@ pub enum Outcome<C> {
     Degraded(C, Failure),
     /// Not there yet: waiting for what the message says.
     Pending(String),
+    /// Not there yet: being made in the background (a backup stream being written).
+    Running(String),
     /// A template import at work.
     Importing { bytes_done: u64, bytes_total: u64 },
     /// Not there, and it cannot be made now.
@@ -202,6 +209,7 @@ desired_resources!(
     api::VolumeSpec => volumes,
     api::VmSpec => vms,
     api::PodSpec => pods,
+    api::BackupSpec => backups,
 );
 
 /// What [`Reconciler::converge`] returns: an error stops the kind for this pass.
@@ -287,6 +295,7 @@ fn resource_kind(kind: Kind) -> ResourceKind {
         Kind::Route => ResourceKind::Route,
         Kind::Vm => ResourceKind::Vm,
         Kind::Pod => ResourceKind::Pod,
+        Kind::Backup => ResourceKind::Backup,
     }
 }
 
@@ -307,6 +316,10 @@ fn report<R: Reconciler>(
         Outcome::Pending(waiting) => {
             s.phase = Phase::Pending as i32;
             s.message = waiting.clone();
+        }
+        Outcome::Running(working) => {
+            s.phase = Phase::Running as i32;
+            s.message = working.clone();
         }
         Outcome::Importing {
             bytes_done,
@@ -391,6 +404,7 @@ pub struct NodeReconciler {
     cx: Context,
     power: power::Operations,
     pods: pod::Operations,
+    backups: backup::Operations,
 }
 
 impl NodeReconciler {
@@ -399,6 +413,7 @@ impl NodeReconciler {
             cx,
             power: power::Operations::default(),
             pods: pod::Operations::default(),
+            backups: backup::Operations::default(),
         }
     }
 
@@ -421,7 +436,13 @@ impl NodeReconciler {
                 spec,
                 templates: &templates,
             };
-            converge_kind(&volumes, spec, &mut storage_out).await
+            let volumes = converge_kind(&volumes, spec, &mut storage_out).await;
+            let backups = backup::BackupReconciler {
+                cx,
+                operations: &self.backups,
+            };
+            converge_kind(&backups, spec, &mut storage_out).await;
+            volumes
         };
         let networking = async {
             let out = &mut network_out;
@@ -461,6 +482,7 @@ impl NodeReconciler {
         deletes.of::<vm::VmReconciler>().await?;
         deletes.of::<route::RouteReconciler>().await?;
         deletes.of::<nic::NicReconciler>().await?;
+        deletes.of::<backup::BackupReconciler>().await?;
         deletes.of::<volume::VolumeReconciler>().await?;
         deletes.of::<template::TemplateReconciler>().await?;
         deletes

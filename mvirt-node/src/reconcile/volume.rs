@@ -48,13 +48,22 @@ pub fn objects(volumes: HashMap<String, LocalVolume>) -> HashMap<String, zfs::Vo
 enum Creation {
     Empty(zfs::CreateVolumeRequest),
     FromTemplate(zfs::CloneFromTemplateRequest),
+    /// Restored from a backup on this node (mvirt-zfs checks every stream file's SHA-256
+    /// first; a mismatch fails the volume with the file named).
+    FromBackup(zfs::RestoreBackupRequest),
     /// Its template is not ready here yet.
     WaitForTemplate,
 }
 
 fn creation(want: &api::VolumeSpec, templates: &HashMap<String, zfs::Template>) -> Creation {
     let name = local_name(&want.name, &want.id);
-    if want.template_id.is_empty() {
+    if !want.restore_backup_id.is_empty() {
+        Creation::FromBackup(zfs::RestoreBackupRequest {
+            backup_id: want.restore_backup_id.clone(),
+            volume_id: want.id.clone(),
+            name,
+        })
+    } else if want.template_id.is_empty() {
         Creation::Empty(zfs::CreateVolumeRequest {
             id: want.id.clone(),
             name,
@@ -126,6 +135,34 @@ impl Reconciler for VolumeReconciler<'_> {
                 self.cx
                     .create(Kind::Volume, "volume", &want.id, call)
                     .await?
+            }
+            Creation::FromBackup(request) => {
+                let call = client.restore_backup(request);
+                let restored = self
+                    .cx
+                    .create(Kind::Volume, "volume", &want.id, call)
+                    .await?;
+                // A restore keeps the backed-up size; grow it when asked for more.
+                let restored = match restored {
+                    Ok(volume) if want.size_bytes > volume.size_bytes => client
+                        .resize_volume(zfs::ResizeVolumeRequest {
+                            id: want.id.clone(),
+                            size_bytes: want.size_bytes,
+                        })
+                        .await
+                        .map(tonic::Response::into_inner),
+                    other => other,
+                };
+                return Ok(match restored {
+                    Ok(volume) => Outcome::Ready(LocalVolume {
+                        volume,
+                        snapshots: SnapshotOutcome::default(),
+                    }),
+                    Err(error) => Outcome::Failed(Failure::Call {
+                        what: "restore backup",
+                        error,
+                    }),
+                });
             }
         };
         let created = created.map(|volume| LocalVolume {
