@@ -274,10 +274,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             changes.extend(c.into_iter().map(|c| (index, c)));
                             batch_outcomes.push(outcome);
                         }
-                        if batch.id != 0 {
-                            ready.push((batch.id, batch_outcomes.clone()));
+                        // A proposer waiting for this batch (on the leader) gets the outcomes
+                        // themselves, once the rows are handed to the writer; openraft's own
+                        // response then carries none (the proposer uses it only when no
+                        // waiter was there, and a failed apply answers with the error).
+                        let waiter = (batch.id != 0)
+                            .then(|| lock(&self.shared.waiters).remove(&batch.id))
+                            .flatten();
+                        match waiter {
+                            Some(deliver) => {
+                                ready.push((deliver, batch_outcomes));
+                                outcomes.push(Vec::new());
+                            }
+                            None => outcomes.push(batch_outcomes),
                         }
-                        outcomes.push(batch_outcomes);
                     }
                     EntryPayload::Membership(m) => {
                         member_events.extend(membership_events(
@@ -352,17 +362,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.shared
             .applied
             .send_replace(last.map(|l| l.index).unwrap_or(0));
-        if !ready.is_empty() {
-            let deliveries: Vec<_> = {
-                let mut waiters = lock(&self.shared.waiters);
-                ready
-                    .into_iter()
-                    .filter_map(|(id, o)| waiters.remove(&id).map(|deliver| (deliver, o)))
-                    .collect()
-            };
-            for (deliver, o) in deliveries {
-                deliver(o);
-            }
+        for (deliver, o) in ready {
+            deliver(o);
         }
         Ok(outcomes)
     }
