@@ -231,7 +231,8 @@ async fn a_counting_guest_moves_with_its_disk_and_a_failed_migration_leaves_it_o
         .await
         .unwrap();
 
-    // 2. The migration that works.
+    // 2. The migration that works. The target's daemon restarts while its VM waits: the VM is
+    // adopted as still waiting (not as running).
     let prepared = target
         .prepare_incoming_migration(proto::PrepareIncomingMigrationRequest {
             id: id.clone(),
@@ -240,6 +241,12 @@ async fn a_counting_guest_moves_with_its_disk_and_a_failed_migration_leaves_it_o
         .await
         .expect("PrepareIncomingMigration")
         .into_inner();
+    _target.stop().await.expect("stop the target's mvirt-vmm");
+    let (_target, mut target) =
+        start_daemon(common::config(target_dir.path(), &[disks.path()])).await;
+    let vm = get_vm(&mut target, &id).await;
+    assert_eq!(state(&vm), proto::VmState::Starting, "{vm:?}");
+    assert_eq!(vm.state_reason, "waiting for an incoming migration");
     let out = source_dir.path().join("migrate-out-2.sock");
     let _relay = relay(&out, PathBuf::from(&prepared.socket_path));
     let (seen, last) = migrate_to_end(&mut source, &id, &out).await;

@@ -224,6 +224,18 @@ impl Vmm {
         }
     }
 
+    /// After a daemon restart: follows an outgoing migration that was running (see
+    /// `recovery.rs`); its progress has no reader any more.
+    pub(super) fn follow_migration_again(&self, id: &str) {
+        let (tx, _rx) = watch::channel(MigrationStats {
+            status: MigrationStatus::Active,
+            ..Default::default()
+        });
+        let vmm = self.clone();
+        let id = id.to_string();
+        tokio::spawn(async move { vmm.follow_outgoing(&id, tx).await });
+    }
+
     /// Cancels a running outgoing migration; the guest runs on here. The follower task sees
     /// the cancellation and settles the state.
     pub async fn cancel_migration(&self, id: &str) -> Result<VmRecord, VmmError> {

@@ -40,11 +40,22 @@ impl Vmm {
                     let seed = read_tail(&run.console_log(), crate::console::SCROLLBACK_BYTES);
                     self.track(&id, identity, None, seed);
                     let previous = vm.state;
+                    // A guest paused for a migration (waiting for its incoming state, or
+                    // migrated away) stays as recorded: it does not run.
+                    let paused = vm.state_reason == super::migration::INCOMING
+                        || vm.state_reason == super::migration::MIGRATED;
                     self.update(&id, VmEventKind::StateChanged, |vm| {
-                        vm.state = VmState::Running;
-                        vm.state_reason = "adopted after mvirt-vmm restart".into();
+                        if !paused {
+                            vm.state = VmState::Running;
+                            vm.state_reason = "adopted after mvirt-vmm restart".into();
+                        }
                         vm.process = Some(identity);
                     })?;
+                    if vm.state_reason == super::migration::MIGRATING {
+                        // The outgoing migration went on without the daemon: follow it again
+                        // so its end is recorded (and a failure resumes the guest here).
+                        self.follow_migration_again(&id);
+                    }
                     tracing::info!(vm = %id, pid = identity.pid, ?previous, "adopted running VM");
                     self.inner.audit.info(
                         format!("adopted running VM {} (pid {})", vm.spec.name, identity.pid),
