@@ -108,7 +108,12 @@ async fn run(raft: Raft, shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<(P
         );
         // Handed to the Raft core from here (no task in between); a task waits for openraft's
         // response.
-        let response = raft.client_write_ff(Batch { id, proposals }).await;
+        let response = raft
+            .client_write_ff(Batch {
+                id,
+                proposals: Arc::new(proposals),
+            })
+            .await;
         let shared = shared.clone();
         tokio::spawn(async move {
             let result = match response {
