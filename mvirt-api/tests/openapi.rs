@@ -203,6 +203,18 @@ const ACCEPTED_REJECTIONS: &[Rule] = &[
         reason: "compares with the stored template",
     },
     Rule {
+        operations: &["POST /v1/volumes", "PUT /v1/volumes/{id}"],
+        message: "backup_id and template_id exclude each other",
+        documented: "`backup_id` and `template_id` exclude each other",
+        reason: "two nullable fields exclude each other",
+    },
+    Rule {
+        operations: &["PUT /v1/volumes/{id}"],
+        message: "backup_id cannot change",
+        documented: "`backup_id` cannot change",
+        reason: "compares with the stored volume",
+    },
+    Rule {
         operations: &["PUT /v1/volumes/{id}"],
         message: "template and node cannot change",
         documented: "`template_id` and `node_id` cannot change",

@@ -354,7 +354,9 @@ fn request_rules() -> Vec<(&'static str, &'static str, Value)> {
         // validate::backup and the backup requests
         ("Spec:BackupSpec", "volume_id", json!({"pattern": UUID})),
         ("TakeBackupRequest", "name", name.clone()),
+        ("TakeBackupRequest", "labels", labels()),
         ("RestoreRequest", "name", name.clone()),
+        ("RestoreRequest", "labels", labels()),
         ("RestoreRequest", "size_bytes", size(64 * 1024 * 1024 * MIB)),
         // validate::vm
         (

@@ -22,12 +22,14 @@ impl Resource for Volume {
 
     fn update_spec(s: &mut State, _: u64, id: &str, new: VolumeSpec) -> SpecChanged {
         let vol = &s.volumes[id];
-        if new.template_id != vol.spec.template_id
-            || new.node_id != vol.spec.node_id
-            || new.backup_id != vol.spec.backup_id
-        {
+        if new.template_id != vol.spec.template_id || new.node_id != vol.spec.node_id {
             return Err(ApiError::invalid(
-                "a volume's template, backup and node cannot change",
+                "a volume's template and node cannot change",
+            ));
+        }
+        if new.backup_id != vol.spec.backup_id {
+            return Err(ApiError::invalid(
+                "a volume's backup_id cannot change (it names the backup the volume was restored from)",
             ));
         }
         if new.size_bytes < vol.spec.size_bytes {
