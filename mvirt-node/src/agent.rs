@@ -47,6 +47,20 @@ pub struct AgentConfig {
     pub console_endpoint: String,
     /// TLS to the API and on the NodeAgent listener (see [`crate::tls`]).
     pub tls: crate::tls::TlsOptions,
+    /// vCPU overcommit: the node reports its host threads times this as its vCPU capacity
+    /// (`--cpu-overcommit`, at least 1.0; memory is never overcommitted).
+    pub cpu_overcommit: f64,
+}
+
+/// The vCPU capacity a node with `threads` host threads reports under `ratio` (rounded down,
+/// never below the threads themselves).
+pub fn overcommitted_vcpus(threads: u32, ratio: f64) -> u32 {
+    let scaled = (f64::from(threads) * ratio.max(1.0)).floor();
+    if scaled >= f64::from(u32::MAX) {
+        u32::MAX
+    } else {
+        (scaled as u32).max(threads)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -329,7 +343,7 @@ fn same_status(a: &api::ResourceStatus, b: &api::ResourceStatus) -> bool {
 /// Total allocatable capacity of this host, from mvirt-vmm and mvirt-zfs (falling back to what
 /// the agent can read itself when a daemon is not up yet), and the pod artefacts version
 /// mvirt-vmm reports (empty when it has none usable, or cannot be asked).
-async fn capacity(daemons: &Daemons) -> (api::NodeCapacity, String) {
+async fn capacity(daemons: &Daemons, cpu_overcommit: f64) -> (api::NodeCapacity, String) {
     let mut capacity = api::NodeCapacity {
         vcpus: std::thread::available_parallelism()
             .map(|n| n.get() as u32)
@@ -357,6 +371,7 @@ async fn capacity(daemons: &Daemons) -> (api::NodeCapacity, String) {
     {
         capacity.storage_bytes = stats.into_inner().size_bytes;
     }
+    capacity.vcpus = overcommitted_vcpus(capacity.vcpus, cpu_overcommit);
     (capacity, pod_artefacts_version)
 }
 
@@ -377,7 +392,7 @@ async fn register(
             Some(tls) => crate::tls::new_csr(&config.name, &tls.sans)?,
             None => (String::new(), String::new()),
         };
-        let (capacity, pod_artefacts_version) = capacity(daemons).await;
+        let (capacity, pod_artefacts_version) = capacity(daemons, config.cpu_overcommit).await;
         let request = api::RegisterRequest {
             node_id: ledger.node_id()?.unwrap_or_default(),
             name: config.name.clone(),
@@ -489,7 +504,7 @@ async fn heartbeat(
         }
         // Capacity changes rarely; refresh it every 20 beats.
         let (capacity, pod_artefacts_version) = if beats.is_multiple_of(20) {
-            let (capacity, version) = capacity(&daemons).await;
+            let (capacity, version) = capacity(&daemons, config.cpu_overcommit).await;
             (Some(capacity), Some(version))
         } else {
             (None, None)
@@ -645,5 +660,19 @@ async fn watch_pods(daemons: Daemons, wake: Arc<Notify>, shutdown: Shutdown) {
         if !back_off(&mut backoff, &shutdown).await {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod overcommit_tests {
+    use super::overcommitted_vcpus;
+
+    #[test]
+    fn a_node_offers_its_threads_times_the_ratio() {
+        assert_eq!(overcommitted_vcpus(2, 1.0), 2);
+        assert_eq!(overcommitted_vcpus(2, 4.0), 8);
+        assert_eq!(overcommitted_vcpus(3, 1.5), 4, "rounded down");
+        assert_eq!(overcommitted_vcpus(2, 0.5), 2, "never below the threads");
+        assert_eq!(overcommitted_vcpus(u32::MAX, 64.0), u32::MAX);
     }
 }

@@ -75,6 +75,11 @@ struct Args {
     /// Seconds a graceful VM stop waits before the hard stop.
     #[arg(long, default_value_t = 30)]
     stop_timeout_secs: u32,
+    /// vCPU overcommit ratio: the node offers its host threads times this as vCPUs to the
+    /// scheduler (1.0 = none; OpenStack's cpu_allocation_ratio defaults to 4.0). Memory is never
+    /// overcommitted.
+    #[arg(long, default_value_t = 1.0, value_parser = parse_overcommit)]
+    cpu_overcommit: f64,
     /// Where the console relay (the API's path to VM consoles) listens; "off" disables it.
     #[arg(long, default_value = "0.0.0.0:50057")]
     console_listen: String,
@@ -162,6 +167,7 @@ fn main() -> ExitCode {
         firmware: args.firmware,
         resync_interval: Duration::from_secs(args.resync_secs.max(1)),
         stop_timeout_secs: args.stop_timeout_secs,
+        cpu_overcommit: args.cpu_overcommit,
         deregister_on_shutdown: args.deregister_on_shutdown,
         console_listen,
         console_endpoint: args.console_endpoint,
@@ -172,4 +178,34 @@ fn main() -> ExitCode {
         },
     };
     DAEMON.run_daemon(&args.common, |shutdown| agent::run(config, shutdown))
+}
+
+/// `--cpu-overcommit`: a finite ratio from 1.0 to 64.0.
+fn parse_overcommit(value: &str) -> Result<f64, String> {
+    let ratio: f64 = value
+        .parse()
+        .map_err(|_| format!("{value:?} is not a number (e.g. 1.0 or 4.0)"))?;
+    if !(1.0..=64.0).contains(&ratio) {
+        return Err(format!("{value} is outside 1.0 to 64.0"));
+    }
+    Ok(ratio)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_overcommit;
+
+    #[test]
+    fn cpu_overcommit_takes_ratios_from_one_to_sixty_four() {
+        assert_eq!(parse_overcommit("1"), Ok(1.0));
+        assert_eq!(parse_overcommit("4.0"), Ok(4.0));
+        assert!(parse_overcommit("0.5")
+            .unwrap_err()
+            .contains("outside 1.0 to 64.0"));
+        assert!(parse_overcommit("65").is_err());
+        assert!(parse_overcommit("NaN").is_err());
+        assert!(parse_overcommit("lots")
+            .unwrap_err()
+            .contains("not a number"));
+    }
 }

@@ -349,6 +349,7 @@ pub fn agent_config(
         resync_interval: Duration::from_secs(5),
         stop_timeout_secs: 10,
         deregister_on_shutdown: false,
+        cpu_overcommit: 1.0,
         console_listen: Some(loopback()),
         console_endpoint: String::new(),
         tls: mvirt_node::tls::TlsOptions {
