@@ -15,8 +15,8 @@
 //! it failed, or stopped and is to stay stopped — like Proxmox and Incus, which count running
 //! guests only. Its place may then go to another workload; starting it again later runs it on its
 //! node regardless (the node may then be overcommitted; the scheduler itself never overcommits).
-//! Volumes always hold their storage. vCPU overcommit would be the node's choice (it reports its
-//! vCPU capacity); no node overcommits today (see the README's Known gaps).
+//! Volumes always hold their storage. vCPU overcommit is the node's choice: mvirt-node reports
+//! its host threads times its `--cpu-overcommit` as its vCPU capacity.
 
 use std::collections::HashMap;
 
