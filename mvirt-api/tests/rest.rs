@@ -777,6 +777,87 @@ async fn events_stream_live_and_resume_from_last_event_id_without_gaps() {
     assert!(revs.windows(2).all(|w| w[0] < w[1]));
 }
 
+/// Token and join-token events reach admins live, never with the secret or its hash (the
+/// hash is in the stored row; a stream read from the database shows the same redacted form).
+#[tokio::test]
+async fn token_events_carry_no_secret_or_hash() {
+    let m = start_member().await;
+    let (_, start) = m.get("/v1/networks").await;
+    let from = start["revision"].as_u64().unwrap();
+    let live = m
+        .http
+        .get(format!("{}/v1/events?type=token", m.url))
+        .bearer_auth(&m.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), 200);
+    let created = m
+        .create("/v1/tokens", json!({"name": "watcher", "role": "viewer"}))
+        .await;
+    let secret = created["token"].as_str().unwrap().to_string();
+    let id = created["id"].as_str().unwrap().to_string();
+    let (s, _) = m.delete(&format!("/v1/tokens/{id}")).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, join) = m
+        .post("/v1/controlplane/join-tokens", json!({"ttl_seconds": 60}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{join}");
+    let join_secret = join["token"].as_str().unwrap().to_string();
+
+    let got = read_sse(live, 2).await;
+    assert_eq!(got[0].1["type"], "token.created");
+    assert_eq!(got[0].1["id"], id.as_str());
+    assert_eq!(got[0].1["object"]["name"], "watcher");
+    assert_eq!(got[0].1["object"]["role"], "viewer");
+    assert_eq!(got[1].1["type"], "token.deleted");
+    assert_eq!(got[1].1["object"], Value::Null);
+    // The backlog (read from SQLite), token and join-token events together.
+    let replay = m
+        .http
+        .get(format!("{}/v1/events?from_revision={from}", m.url))
+        .bearer_auth(&m.token)
+        .send()
+        .await
+        .unwrap();
+    let replayed = read_sse(replay, 3).await;
+    let types: Vec<&str> = replayed
+        .iter()
+        .map(|(_, e)| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        vec!["token.created", "token.deleted", "join_token.created"]
+    );
+    assert_eq!(replayed[2].1["object"]["used"], false);
+    for (_, e) in got.iter().chain(&replayed) {
+        let text = e.to_string();
+        assert!(e["object"].get("hash").is_none(), "{text}");
+        assert!(
+            !text.contains(&secret) && !text.contains(&join_secret),
+            "{text}"
+        );
+        for s in [&secret, &join_secret] {
+            let hash = mvirt_api::app::hash_secret(s);
+            assert!(!text.contains(&hash), "the hash in {text}");
+        }
+    }
+    // Not for viewers (scoped or not; tests/authz.rs checks the scoped case).
+    let viewer = m
+        .create("/v1/tokens", json!({"name": "reader", "role": "viewer"}))
+        .await;
+    let marker = network(&m, "after-tokens", "10.9.0.0/24").await;
+    let as_viewer = m
+        .http
+        .get(format!("{}/v1/events?from_revision={from}", m.url))
+        .bearer_auth(viewer["token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let seen = read_sse(as_viewer, 1).await;
+    assert_eq!(seen[0].1["id"], marker["id"]);
+}
+
 #[tokio::test]
 async fn state_survives_a_restart_of_the_member() {
     let mut m = start_member().await;

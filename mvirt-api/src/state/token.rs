@@ -193,6 +193,50 @@ mod tests {
     }
 
     #[test]
+    fn token_events_carry_the_token_without_its_hash_and_the_row_keeps_it() {
+        let mut s = State::initial();
+        let (_, changes) = s.apply(1, &p(token("t1", Role::Viewer)));
+        let events: Vec<Event> = changes.iter().filter_map(|c| c.event(1)).collect();
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            (events[0].event_type.as_str(), events[0].id.as_str()),
+            ("token.created", "t1")
+        );
+        let object = events[0].object.as_ref().unwrap().to_value();
+        assert_eq!(object["name"], "t1");
+        assert_eq!(object["role"], "viewer");
+        assert!(object.get("hash").is_none(), "{object}");
+        assert!(!events[0].object.as_ref().unwrap().get().contains("hash-t1"));
+        // The change itself (the stored row) still has it: members authenticate with it.
+        assert!(changes[0]
+            .object
+            .as_ref()
+            .unwrap()
+            .get()
+            .contains("hash-t1"));
+
+        let join = JoinToken {
+            id: "j".into(),
+            hash: "secret-hash".into(),
+            expires_at_ms: 10,
+            used: false,
+        };
+        let (_, changes) = s.apply(2, &p(Command::CreateJoinToken { token: join }));
+        let event = changes[0].event(2).unwrap();
+        assert_eq!(event.event_type, "join_token.created");
+        let text = event.object.as_ref().unwrap().get().to_string();
+        assert!(
+            !text.contains("secret-hash") && !text.contains("hash"),
+            "{text}"
+        );
+
+        let (_, changes) = s.apply(3, &p(Command::DeleteToken { id: "t1".into() }));
+        let event = changes[0].event(3).unwrap();
+        assert_eq!(event.event_type, "token.deleted");
+        assert!(event.object.is_none());
+    }
+
+    #[test]
     fn a_node_token_binds_to_its_first_node_only() {
         let mut s = State::initial();
         s.apply(1, &p(token("agent1", Role::Node)))
