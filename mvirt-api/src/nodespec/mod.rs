@@ -67,6 +67,8 @@ pub fn desired_for(state: &State, node_id: &str) -> proto::NodeSpec {
     let templates = template::templates(&mut cx);
     let routes = route::routes(&mut cx, &attached.network_ids);
     let backups = backup::backups(&mut cx);
+    // Before the literal: every part must bump the revision before it is read.
+    let transfers = transfer::grants(&mut cx);
     proto::NodeSpec {
         node_id: node_id.to_string(),
         revision: cx.revision,
@@ -78,7 +80,7 @@ pub fn desired_for(state: &State, node_id: &str) -> proto::NodeSpec {
         routes,
         vms,
         pods,
-        transfers: transfer::grants(&mut cx),
+        transfers,
         backups,
     }
 }
