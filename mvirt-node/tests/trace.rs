@@ -6,7 +6,10 @@
 //! mvirt-vmm's entries, and mvirt-ebpf's and mvirt-vmm's own log lines carry the id in their
 //! `rpc` span (mvirt-vmm runs the create on a task of its own, which inherits the trace). The VM
 //! is created stopped: the create reaching mvirt-vmm is the point, no guest boots. Also: a request without (or with an
-//! unusable) `X-Request-Id` gets a fresh one, echoed in the answer and in error bodies.
+//! unusable) `X-Request-Id` gets a fresh one, echoed in the answer and in error bodies. Then the
+//! VM's DELETE, with an id of its own: the agent deletes the VM, its NIC and its root volume in
+//! that trace (the node spec names removed objects' trace ids), and mvirt-vmm's, mvirt-ebpf's
+//! and mvirt-zfs' audit entries of the deletes carry it.
 
 mod common;
 
@@ -290,6 +293,65 @@ async fn a_vm_create_is_followed_by_its_request_id_across_every_process() {
             .iter()
             .any(|l| l.contains("reconcile{") && l.contains(&vm_id)),
         "no agent reconcile line in the trace: {with_trace:#?}"
+    );
+
+    // The DELETE's own id reaches the agent's deletes (the node spec names removed objects'
+    // trace ids) and the daemons' audit entries: the VM in mvirt-vmm, its NIC in mvirt-ebpf,
+    // its root volume in mvirt-zfs.
+    let removal = format!("trace-delete-{}", mvirt_testsupport::unique_suffix());
+    let (status, echoed, body) = call(
+        &rest,
+        reqwest::Method::DELETE,
+        &format!("/v1/vms/{vm_id}"),
+        Some(&removal),
+        None,
+    )
+    .await;
+    assert!((200..300).contains(&status), "DELETE: {status} {body}");
+    assert_eq!(echoed.as_deref(), Some(removal.as_str()));
+    let entries = wait_until_async(
+        "the delete's audit entries of the API, the agent, mvirt-vmm, mvirt-ebpf and mvirt-zfs",
+        Duration::from_secs(60),
+        || {
+            let (rest, path) = (
+                rest.clone(),
+                format!("/v1/logs?trace_id={removal}&limit=100"),
+            );
+            let wanted = [
+                ("mvirt-node", format!("deleted vm {vm_id}")),
+                ("mvirt-node", format!("deleted nic {nic_id}")),
+                ("mvirt-node", format!("deleted volume {volume_id}")),
+                ("mvirt-vmm", "deleted VM traced".to_string()),
+                ("mvirt-ebpf", format!("deleted NIC {nic_id}")),
+                ("mvirt-zfs", "deleted volume".to_string()),
+                ("mvirt-api", "delete".to_string()),
+            ];
+            async move {
+                let page = rest.get(&path).await;
+                let entries = page["entries"].as_array().unwrap().clone();
+                let has = |component: &str, text: &str| {
+                    entries.iter().any(|e| {
+                        e["component"] == component
+                            && e["message"].as_str().is_some_and(|m| m.contains(text))
+                    })
+                };
+                wanted
+                    .iter()
+                    .all(|(component, text)| has(component, text))
+                    .then_some(entries)
+            }
+        },
+    )
+    .await;
+    for entry in &entries {
+        assert_eq!(entry["trace_id"], removal.as_str(), "{entry}");
+    }
+    let lines = captured.lines();
+    assert!(
+        lines.iter().any(|l| l.contains("delete{")
+            && l.contains(&format!("trace_id={removal}"))
+            && l.contains(&vm_id)),
+        "no agent delete line in the DELETE's trace"
     );
 
     agent.stop().await;

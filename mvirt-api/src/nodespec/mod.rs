@@ -82,5 +82,6 @@ pub fn desired_for(state: &State, node_id: &str) -> proto::NodeSpec {
         pods,
         transfers,
         backups,
+        removed_trace_ids: state.removals.trace_ids().clone(),
     }
 }

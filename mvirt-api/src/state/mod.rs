@@ -35,6 +35,7 @@ mod nic;
 mod node;
 mod pod;
 mod project;
+pub mod removals;
 mod rows;
 mod security_group;
 mod status;
@@ -136,6 +137,9 @@ pub struct State {
     /// kept current by [`State::apply`] from the changes every command reports.
     #[serde(skip)]
     names: NameIndex,
+    /// The trace ids of recent removals, for the node specs (derived, not persisted).
+    #[serde(skip)]
+    pub removals: removals::RecentRemovals,
 }
 
 /// The id of the built-in `default` project (fixed so every member agrees without a command).
@@ -482,10 +486,12 @@ impl State {
 
     /// Records `trace_id` as the last request that changed each object in `changes` (its
     /// `meta.trace_id`), and refreshes their payloads — and the response, when it is one of
-    /// them. Objects a command only removed keep no trace.
+    /// them. Objects a command removed are remembered in [`State::removals`].
     fn stamp_trace(&mut self, trace_id: &str, changes: &mut [Change], mut value: Json) -> Json {
         for change in changes.iter_mut() {
             if change.object.is_none() {
+                // Removed: the node specs name it with this trace until the agents deleted it.
+                self.removals.record(&change.id, trace_id);
                 continue;
             }
             let stamped = with_resource!(change.kind, R => match R::map_mut(self).get_mut(&change.id) {

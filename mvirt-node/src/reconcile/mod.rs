@@ -519,15 +519,31 @@ impl Deletes<'_> {
                 tracing::debug!(kind = R::KIND.as_str(), id = %id, "still attached to a VM here");
                 continue;
             }
-            if let Err(err) = R::delete(cx, id).await {
+            // In the trace of the request that removed it (when the spec still names it): the
+            // daemon calls carry the id, and so do the audit entries written meanwhile.
+            let trace_id = self.spec.removed_trace_ids.get(id).cloned();
+            let span = tracing::info_span!(
+                "delete",
+                kind = R::KIND.as_str(),
+                id = %id,
+                trace_id = tracing::field::Empty
+            );
+            if let Some(trace_id) = &trace_id {
+                span.record("trace_id", tracing::field::display(trace_id));
+            }
+            let deleting = async {
+                R::delete(cx, id).await?;
+                if let Err(err) = cx.ledger.release(R::KIND, id) {
+                    tracing::error!(error = %mvirt_common::error::error_chain(&err), "cannot update the ledger");
+                }
+                cx.audit
+                    .audit(format!("deleted {} {id}", R::KIND.as_str()), &[id]);
+                Ok::<(), Status>(())
+            };
+            let deleting = mvirt_common::trace::scope(trace_id, deleting);
+            if let Err(err) = tracing::Instrument::instrument(deleting, span).await {
                 tracing::warn!(kind = R::KIND.as_str(), id = %id, error = %err, "delete failed; retrying on the next pass");
-                continue;
             }
-            if let Err(err) = cx.ledger.release(R::KIND, id) {
-                tracing::error!(error = %mvirt_common::error::error_chain(&err), "cannot update the ledger");
-            }
-            cx.audit
-                .audit(format!("deleted {} {id}", R::KIND.as_str()), &[id]);
         }
         Ok(())
     }
