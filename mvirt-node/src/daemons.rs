@@ -45,7 +45,7 @@ pub struct Endpoints {
 impl Default for Endpoints {
     fn default() -> Self {
         Self {
-            api: "http://[::1]:50056".into(),
+            api: "https://127.0.0.1:50056".into(),
             vmm: "unix:/run/mvirt/vmm.sock".into(),
             log: "unix:/run/mvirt/log.sock".into(),
             zfs: "unix:/run/mvirt/zfs.sock".into(),
