@@ -12,7 +12,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use mvirt_log::server::{BoundServer, Config as LogConfig};
 use mvirt_testsupport::process::wait_until_async;
 use serde_json::{json, Value};
 
@@ -67,34 +66,15 @@ async fn a_vm_backup_restored_into_a_new_vm_boots_with_the_data_and_a_corrupt_ba
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
 
-    let log = BoundServer::bind(LogConfig {
-        listen: common::socket(root, "log"),
-        data_dir: root.join("log"),
-        retention: Default::default(),
-    })
-    .await
-    .unwrap();
-    let log_endpoint = log.endpoint();
-    let log_shutdown = mvirt_common::Shutdown::new();
-    tokio::spawn(log.serve(log_shutdown.clone()));
-
-    let host = HostDaemons::start(root, &root.join("images"), &log_endpoint).await;
-    let api = mvirt_api::server::start(
-        mvirt_api::server::ServerConfig::for_tests("127.0.0.1".parse().unwrap(), &root.join("api")),
-        mvirt_common::Shutdown::new(),
-    )
-    .await
-    .expect("mvirt-api starts");
-    let token = api.admin_token().expect("admin token");
-    let rest = Rest::for_member(&api, &token);
-    rest.wait_ready().await;
-    let agent = Agent::start(agent_config(
-        "node-a",
-        &root.join("agent"),
-        &host.endpoints,
-        &api,
-        &token,
-    ));
+    let OneNode {
+        log_shutdown,
+        host,
+        // Bound (not `..`): the member must outlive the test body.
+        api: _api,
+        rest,
+        agent,
+        ..
+    } = OneNode::start(root, "node-a").await;
 
     let template_id = rest.create_template("tiny", &host.images).await;
     let vm = rest

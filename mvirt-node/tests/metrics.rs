@@ -13,7 +13,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use mvirt_log::server::{BoundServer, Config as LogConfig};
 use mvirt_testsupport::process::wait_until_async;
 use serde_json::{json, Value};
 
@@ -159,34 +158,15 @@ async fn prometheus_scrapes_every_daemon_and_stats_match_proc() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
 
-    let log = BoundServer::bind(LogConfig {
-        listen: common::socket(root, "log"),
-        data_dir: root.join("log"),
-        retention: Default::default(),
-    })
-    .await
-    .unwrap();
-    let log_endpoint = log.endpoint();
-    let shutdown = mvirt_common::Shutdown::new();
-    tokio::spawn(log.serve(shutdown.clone()));
-
-    let host = HostDaemons::start(root, &root.join("images"), &log_endpoint).await;
-    let api = mvirt_api::server::start(
-        mvirt_api::server::ServerConfig::for_tests("127.0.0.1".parse().unwrap(), &root.join("api")),
-        mvirt_common::Shutdown::new(),
-    )
-    .await
-    .expect("mvirt-api starts");
-    let token = api.admin_token().expect("admin token");
-    let rest = Rest::for_member(&api, &token);
-    rest.wait_ready().await;
-    let agent = Agent::start(agent_config(
-        "node-m",
-        &root.join("agent"),
-        &host.endpoints,
-        &api,
-        &token,
-    ));
+    let OneNode {
+        log_shutdown: shutdown,
+        host,
+        // Bound (not `..`): the member must outlive the test body.
+        api: _api,
+        rest,
+        agent,
+        ..
+    } = OneNode::start(root, "node-m").await;
 
     // Every daemon runs in this process; each gets the /metrics listener its binary opens
     // with --metrics-listen, serving its own registry.

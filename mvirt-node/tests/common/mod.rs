@@ -645,3 +645,61 @@ pub async fn ws_console_until(
     let _ = socket.close(None).await;
     seen
 }
+
+/// A single-node cluster in `root`: mvirt-log, the host's daemons, a one-member mvirt-api and
+/// an agent named `node_name` registered with it.
+pub struct OneNode {
+    pub log_endpoint: String,
+    /// Stops mvirt-log.
+    pub log_shutdown: Shutdown,
+    pub host: HostDaemons,
+    pub api: mvirt_api::server::Running,
+    pub token: String,
+    pub rest: Rest,
+    pub agent: Agent,
+}
+
+impl OneNode {
+    pub async fn start(root: &Path, node_name: &str) -> OneNode {
+        let log = mvirt_log::server::BoundServer::bind(mvirt_log::server::Config {
+            listen: socket(root, "log"),
+            data_dir: root.join("log"),
+            retention: Default::default(),
+        })
+        .await
+        .unwrap();
+        let log_endpoint = log.endpoint();
+        let log_shutdown = Shutdown::new();
+        tokio::spawn(log.serve(log_shutdown.clone()));
+
+        let host = HostDaemons::start(root, &root.join("images"), &log_endpoint).await;
+        let api = mvirt_api::server::start(
+            mvirt_api::server::ServerConfig::for_tests(
+                "127.0.0.1".parse().unwrap(),
+                &root.join("api"),
+            ),
+            Shutdown::new(),
+        )
+        .await
+        .expect("mvirt-api starts");
+        let token = api.admin_token().expect("admin token");
+        let rest = Rest::for_member(&api, &token);
+        rest.wait_ready().await;
+        let agent = Agent::start(agent_config(
+            node_name,
+            &root.join("agent"),
+            &host.endpoints,
+            &api,
+            &token,
+        ));
+        OneNode {
+            log_endpoint,
+            log_shutdown,
+            host,
+            api,
+            token,
+            rest,
+            agent,
+        }
+    }
+}
