@@ -424,6 +424,10 @@ mvirt volume create root2 --size 20G --template debian-12 --node hv1")]
         /// Pin to a node (id).
         #[arg(long)]
         node: Option<String>,
+        /// Retention of the volume's backups: keep the newest N ready backups (1-1000) and
+        /// the backups they are increments on.
+        #[arg(long, value_name = "N")]
+        keep_backups: Option<u32>,
     },
     /// Grow a volume.
     Resize {
@@ -478,6 +482,27 @@ mvirt backup create --vm web --name nightly\n  mvirt backup create --volume data
         /// Size of the new volume, e.g. 40G (default and minimum: the backed-up volume's size).
         #[arg(long)]
         size: Option<String>,
+    },
+    /// Set or clear the retention of a volume's backups: after each new ready backup the
+    /// newest N ready backups (and the bases they are increments on) are kept, older ones deleted.
+    #[command(
+        after_help = "Examples:\n  mvirt backup retention data --keep-last 7\n  \
+mvirt backup retention data --off"
+    )]
+    Retention {
+        /// The volume (id or name).
+        volume: String,
+        /// Keep the newest N ready backups (1-1000).
+        #[arg(
+            long,
+            value_name = "N",
+            conflicts_with = "off",
+            required_unless_present = "off"
+        )]
+        keep_last: Option<u32>,
+        /// Keep every backup (remove the retention rule).
+        #[arg(long)]
+        off: bool,
     },
     /// Delete a backup (refused while increments depend on it, unless --force deletes them
     /// too).

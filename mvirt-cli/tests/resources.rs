@@ -281,6 +281,57 @@ async fn volumes_resize_snapshot_and_refuse_shrinking() {
         serde_json::json!([])
     );
 
+    // Retention of backups: set on create, changed, refused out of range, removed.
+    let kept = api
+        .json(&[
+            "volume",
+            "create",
+            "logs",
+            "--size",
+            "1G",
+            "--keep-backups",
+            "3",
+        ])
+        .await;
+    assert_eq!(kept["spec"]["backup_keep_last"], 3);
+    let out = api
+        .mvirt(&["backup", "retention", "logs", "--keep-last", "7"])
+        .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout
+            .contains("volume logs keeps its newest 7 ready backup(s)"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        api.json(&["volume", "show", "logs"]).await["spec"]["backup_keep_last"],
+        7
+    );
+    api.fails(
+        &["backup", "retention", "logs", "--keep-last", "0"],
+        1,
+        "backup_keep_last",
+    )
+    .await;
+    api.fails(&["backup", "retention", "logs"], 2, "--keep-last")
+        .await;
+    api.fails(
+        &["backup", "retention", "nope", "--keep-last", "2"],
+        3,
+        "not found",
+    )
+    .await;
+    let out = api.mvirt(&["backup", "retention", "logs", "--off"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        api.json(&["volume", "show", "logs"]).await["spec"]
+            .get("backup_keep_last")
+            .is_none_or(Value::is_null),
+        "retention removed"
+    );
+    assert_eq!(api.mvirt(&["volume", "delete", "logs"]).await.code, 0);
+
     // If-Match: a stale revision is refused (412 → exit 4), the current one succeeds.
     let current = api.json(&["volume", "show", "data"]).await["revision"]
         .as_u64()

@@ -1,5 +1,6 @@
 //! `mvirt backup`: backups of volumes and VMs (`POST /v1/volumes/{id}/backups`,
-//! `POST /v1/vms/{id}/backups`), listing, restoring into a new volume, deleting.
+//! `POST /v1/vms/{id}/backups`), listing, restoring into a new volume, the retention rule of a
+//! volume's backups (`spec.backup_keep_last`), deleting.
 
 use serde_json::{json, Value};
 
@@ -9,6 +10,7 @@ use crate::resources as res;
 
 use super::ctx::Ctx;
 use super::parse::size;
+use super::update::update_spec;
 
 pub async fn run(ctx: &Ctx, c: BackupCmd) -> Result<(), ApiError> {
     let r = &res::BACKUPS;
@@ -70,6 +72,30 @@ pub async fn run(ctx: &Ctx, c: BackupCmd) -> Result<(), ApiError> {
                 &v,
                 &format!("volume {name} ({id}) is being restored from backup {backup}"),
             )
+        }
+        BackupCmd::Retention {
+            volume,
+            keep_last,
+            off,
+        } => {
+            let keep = if off { None } else { keep_last };
+            let v = update_spec(&ctx.api, &res::VOLUMES, &volume, |spec| {
+                match keep {
+                    Some(n) => spec["backup_keep_last"] = json!(n),
+                    None => {
+                        if let Some(o) = spec.as_object_mut() {
+                            o.remove("backup_keep_last");
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+            let what = match keep {
+                Some(n) => format!("volume {volume} keeps its newest {n} ready backup(s)"),
+                None => format!("volume {volume} keeps every backup"),
+            };
+            ctx.done(&v, &what)
         }
         BackupCmd::Delete { backup, force } => {
             let extra = if force {

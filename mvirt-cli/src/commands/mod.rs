@@ -23,6 +23,7 @@ pub mod sg;
 pub mod template;
 pub mod token;
 pub mod version;
+pub mod update;
 pub mod vm;
 pub mod volume;
 

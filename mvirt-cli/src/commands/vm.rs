@@ -8,8 +8,9 @@ use crate::client::{ApiClient, ApiError};
 use crate::output;
 use crate::resources as res;
 
-use super::ctx::{item_path, set_given, Ctx};
+use super::ctx::{set_given, Ctx};
 use super::parse::{parse_labels, size, ssh_key};
+use super::update::update_spec;
 
 /// The JSON body of `POST /v1/vms` for `mvirt vm create` (names already resolved to ids).
 pub fn vm_create_body(
@@ -120,73 +121,14 @@ pub async fn run(ctx: &Ctx, c: VmCmd) -> Result<(), ApiError> {
     }
 }
 
-/// Reads a VM, lets `edit` change its spec, and writes the spec back only while the VM is still
-/// at the revision that was read (`If-Match`): a change someone made to the spec in between is
-/// refused with a message that says so, never overwritten. A revision that moved on without a
-/// spec change (the platform recording status or placement) is read again and the edit
-/// re-applied, a few times; a global `--if-match` is never retried.
+/// Reads a VM, lets `edit` change its spec, and writes it back at the revision that was read
+/// (see `update::update_spec`).
 pub async fn update_vm_spec(
     api: &ApiClient,
     vm: &str,
     edit: impl Fn(&mut Value) -> Result<(), ApiError>,
 ) -> Result<Value, ApiError> {
-    const ATTEMPTS: usize = 5;
-    let q = vec![("project", api.project.clone())];
-    let mut current = api.get(&item_path(&res::VMS, vm), &q).await?;
-    let first_spec = current.get("spec").cloned();
-    for attempt in 1..=ATTEMPTS {
-        let field = |k: &str| {
-            current
-                .get(k)
-                .cloned()
-                .ok_or_else(|| ApiError::BadResponse(format!("vm {vm}: the response has no {k}")))
-        };
-        let revision = field("revision")?.as_u64().unwrap_or_default();
-        let id = field("id")?.as_str().unwrap_or(vm).to_string();
-        let mut spec = field("spec")?;
-        edit(&mut spec)?;
-        // By id from here on: a rename in between must not make the write hit another VM.
-        let path = item_path(&res::VMS, &id);
-        match api
-            .put_at_revision(&path, &q, &json!({"spec": spec}), revision)
-            .await
-        {
-            Err(ApiError::Api { status: 412, .. })
-                if api.if_match.is_none() && attempt < ATTEMPTS =>
-            {
-                let fresh = api.get(&path, &q).await?;
-                if fresh.get("spec").cloned() != first_spec {
-                    return Err(stale_revision(vm, revision, &fresh));
-                }
-                current = fresh;
-            }
-            Err(ApiError::Api { status: 412, .. }) => {
-                let fresh = api.get(&path, &q).await?;
-                return Err(stale_revision(vm, api.if_match.unwrap_or(revision), &fresh));
-            }
-            other => return other,
-        }
-    }
-    Err(ApiError::Other(format!(
-        "vm {vm}: the update did not go through after {ATTEMPTS} attempts"
-    )))
-}
-
-/// A refused `If-Match` of a read-modify-write, told as what happened (exit code 4).
-fn stale_revision(vm: &str, read: u64, fresh: &Value) -> ApiError {
-    let now = fresh
-        .get("revision")
-        .and_then(Value::as_u64)
-        .map(|r| format!(", it is now at revision {r}"))
-        .unwrap_or_default();
-    ApiError::Api {
-        status: 412,
-        code: "precondition_failed".into(),
-        message: format!(
-            "vm {vm} was changed by someone else after it was read at revision {read}{now}; nothing was changed, run the command again"
-        ),
-        details: Value::Null,
-    }
+    update_spec(api, &res::VMS, vm, edit).await
 }
 
 /// Sets the vCPUs and/or memory in a VM spec.

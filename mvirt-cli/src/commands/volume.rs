@@ -20,6 +20,7 @@ pub async fn run(ctx: &Ctx, c: VolumeCmd) -> Result<(), ApiError> {
             size: sz,
             template,
             node,
+            keep_backups,
         } => {
             let mut spec = json!({"size_bytes": size(&sz)?});
             let template_id = match template {
@@ -34,6 +35,9 @@ pub async fn run(ctx: &Ctx, c: VolumeCmd) -> Result<(), ApiError> {
                 &mut spec,
                 [("template_id", template_id), ("node_id", node_id)],
             );
+            if let Some(n) = keep_backups {
+                spec["backup_keep_last"] = json!(n);
+            }
             ctx.create(
                 r,
                 json!({"name": name, "project": ctx.api.project, "spec": spec}),
