@@ -150,6 +150,7 @@ fn kind_of(k: i32) -> Option<Kind> {
         proto::ResourceKind::Vm => Kind::Vm,
         proto::ResourceKind::Pod => Kind::Pod,
         proto::ResourceKind::Backup => Kind::Backup,
+        proto::ResourceKind::Replication => Kind::Replication,
         proto::ResourceKind::Route | proto::ResourceKind::Unspecified => return None,
     })
 }
@@ -467,6 +468,7 @@ impl NodeService for NodeServiceImpl {
                             .then(|| b.base_backup_id.chars().take(64).collect()),
                         volume_size_bytes: b.volume_size_bytes,
                     }),
+                    replicas: crate::nodespec::replica_reports(s.replicas),
                 },
             });
         }

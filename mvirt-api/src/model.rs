@@ -213,6 +213,9 @@ pub struct Status {
     /// Backups: what the node's mvirt-zfs wrote, once the backup is `ready`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupReport>,
+    /// Replications: one entry per volume and target, as the source node last reported it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<ReplicaReport>,
 }
 
 /// One node's report on a resource that lives on several nodes.
@@ -669,6 +672,76 @@ pub struct BackupReport {
     pub volume_size_bytes: u64,
 }
 
+// ---------------------------------------------------------------------------- replications
+
+/// A VM's replication schedule: every `interval_secs` its node takes a replication snapshot of
+/// each of the VM's volumes and sends it (incrementally after the first time) to each target
+/// node, where it is kept as a replica (read-only, promoted by HA failover). Both sides keep
+/// the newest `keep` replication snapshots.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicationSpec {
+    /// The VM (id) whose volumes are replicated.
+    pub vm_id: String,
+    /// Partner node ids (1 to 4, not the VM's node).
+    pub targets: Vec<String>,
+    /// Seconds between two replications (10 to 86400).
+    pub interval_secs: u32,
+    /// Replication snapshots kept on the source and on each replica (1 to 100; default 3).
+    #[serde(default = "default_replication_keep")]
+    pub keep: u32,
+}
+
+fn default_replication_keep() -> u32 {
+    3
+}
+
+/// A replication schedule. The source is the VM's node, wherever the VM is now;
+/// `status.replicas` holds one entry per volume and target as that node reports it;
+/// `status.phase` is `ready` when every volume reached every target on its last attempt,
+/// `failed` (with the first error in `status.message`) otherwise, `pending` while the VM is on
+/// no node, empty until the source reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Replication {
+    #[serde(flatten)]
+    pub meta: Meta,
+    pub spec: ReplicationSpec,
+    pub status: Status,
+}
+
+impl Replication {
+    pub fn new(meta: Meta, spec: ReplicationSpec) -> Replication {
+        Replication {
+            meta,
+            spec,
+            status: Status::default(),
+        }
+    }
+}
+
+/// One volume's replication to one target node, as the source node reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+pub struct ReplicaReport {
+    pub volume_id: String,
+    pub target_node_id: String,
+    /// The newest replication snapshot the target holds (`null`: none yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_snapshot_id: Option<String>,
+    /// When the last successful push ended (RFC 3339; `null`: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_replicated_at: Option<String>,
+    /// Bytes of the last successful stream.
+    pub last_bytes: u64,
+    /// Whether the last successful stream was an increment.
+    pub last_incremental: bool,
+    /// Why the last attempt failed (`null` after a success).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Seconds between the last success and the report: the data a failover to this target
+    /// would lose, as of the report.
+    pub lag_secs: u64,
+}
+
 // ------------------------------------------------------------------------------------ VMs
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -1075,6 +1148,7 @@ pub enum Kind {
     Vm,
     Pod,
     Backup,
+    Replication,
     Token,
     JoinToken,
     Idempotency,
@@ -1098,6 +1172,7 @@ impl Kind {
             Kind::Vm => "vm",
             Kind::Pod => "pod",
             Kind::Backup => "backup",
+            Kind::Replication => "replication",
             Kind::Token => "token",
             Kind::JoinToken => "join_token",
             Kind::Idempotency => "idempotency",
@@ -1116,6 +1191,7 @@ impl Kind {
             "vm" => Kind::Vm,
             "pod" => Kind::Pod,
             "backup" => Kind::Backup,
+            "replication" => Kind::Replication,
             "token" => Kind::Token,
             "join_token" => Kind::JoinToken,
             "idempotency" => Kind::Idempotency,

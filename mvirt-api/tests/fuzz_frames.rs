@@ -333,6 +333,18 @@ fn status(rng: &mut StdRng) -> proto::ResourceStatus {
             base_backup_id: text(rng),
             volume_size_bytes: number(rng),
         }),
+        replicas: (0..rng.gen_range(0..3))
+            .map(|_| proto::ReplicaReport {
+                volume_id: text(rng),
+                target_node_id: text(rng),
+                last_snapshot_id: text(rng),
+                last_replicated_at: rng.gen(),
+                last_bytes: number(rng),
+                last_error: text(rng),
+                lag_secs: number(rng),
+                last_incremental: rng.gen(),
+            })
+            .collect(),
     }
 }
 

@@ -92,6 +92,24 @@ const ACCEPTED_REJECTIONS: &[Rule] = &[
         reason: "depends on the stored objects' projects",
     },
     Rule {
+        operations: &["POST /v1/replications", "PUT /v1/replications/{id}"],
+        message: "is the VM's own node",
+        documented: "none the VM's current node",
+        reason: "depends on where the stored VM is placed",
+    },
+    Rule {
+        operations: &["POST /v1/replications", "PUT /v1/replications/{id}"],
+        message: "a replication lives in its VM's project",
+        documented: "of the replication's project",
+        reason: "depends on the stored VM's project",
+    },
+    Rule {
+        operations: &["PUT /v1/replications/{id}"],
+        message: "vm_id cannot change",
+        documented: "`vm_id` cannot change",
+        reason: "depends on the stored replication",
+    },
+    Rule {
         operations: &["POST /v1/networks", "PUT /v1/networks/{id}"],
         message: "a network needs ipv4_prefix, ipv6_prefix or both",
         documented: "needs `ipv4_prefix`, `ipv6_prefix` or both",

@@ -129,6 +129,9 @@ mvirt login https://10.0.0.1:8080 --ca-file /var/lib/mvirt/api/tls/ca.pem --toke
     /// Backups of volumes and VMs (stream files on the volume's node), and restores.
     #[command(subcommand)]
     Backup(BackupCmd),
+    /// Replication schedules: a VM's volumes sent to other nodes every interval.
+    #[command(subcommand)]
+    Replication(crate::commands::replication::ReplicationCmd),
     /// Disk image templates, imported from a URL on every node.
     #[command(subcommand)]
     Template(TemplateCmd),

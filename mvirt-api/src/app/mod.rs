@@ -688,6 +688,9 @@ fn related_ids(command: &Command) -> Vec<String> {
             .flat_map(|b| [b.meta.id.clone(), b.spec.volume_id.clone()])
             .chain(backups.iter().filter_map(|b| b.vm_id.clone()).take(1))
             .collect(),
+        Command::CreateReplication { replication } => {
+            vec![replication.meta.id.clone(), replication.spec.vm_id.clone()]
+        }
         Command::CreatePod { pod, owned_nics } => std::iter::once(pod.meta.id.clone())
             .chain(owned_nics.iter().map(|n| n.meta.id.clone()))
             .collect(),

@@ -14,6 +14,7 @@ mod backup;
 mod network;
 mod nic;
 mod pod;
+mod replication;
 mod route;
 mod security_group;
 mod template;
@@ -22,6 +23,7 @@ mod vm;
 mod volume;
 
 pub use pod::container_status;
+pub use replication::replica_reports;
 
 use crate::proto;
 use crate::state::State;
@@ -67,6 +69,7 @@ pub fn desired_for(state: &State, node_id: &str) -> proto::NodeSpec {
     let templates = template::templates(&mut cx);
     let routes = route::routes(&mut cx, &attached.network_ids);
     let backups = backup::backups(&mut cx);
+    let replications = replication::replications(&mut cx);
     // Before the literal: every part must bump the revision before it is read.
     let transfers = transfer::grants(&mut cx);
     proto::NodeSpec {
@@ -82,6 +85,7 @@ pub fn desired_for(state: &State, node_id: &str) -> proto::NodeSpec {
         pods,
         transfers,
         backups,
+        replications,
         removed_trace_ids: state.removals.trace_ids().clone(),
     }
 }

@@ -10,8 +10,7 @@ use crate::proto;
 
 /// The grants naming the node as source or target.
 pub(super) fn grants(cx: &mut Desired) -> Vec<proto::TransferGrant> {
-    let all: Vec<proto::TransferGrant> = Vec::new();
-    all.into_iter()
-        .filter(|g| g.source_node_id == cx.node_id || g.target_node_id == cx.node_id)
-        .collect()
+    let mut all = Vec::new();
+    super::replication::grants(cx, &mut all);
+    all
 }

@@ -93,7 +93,7 @@ impl Caller {
 }
 
 /// The kinds that live in a project (their item paths are checked against a token's scope).
-const SCOPED_KINDS: [Kind; 8] = [
+const SCOPED_KINDS: [Kind; 9] = [
     Kind::Network,
     Kind::Nic,
     Kind::SecurityGroup,
@@ -102,6 +102,7 @@ const SCOPED_KINDS: [Kind; 8] = [
     Kind::Vm,
     Kind::Pod,
     Kind::Backup,
+    Kind::Replication,
 ];
 
 /// What a route needs.
@@ -174,6 +175,7 @@ fn kind_of_collection(collection: &str) -> Option<Kind> {
         "vms" => Kind::Vm,
         "pods" => Kind::Pod,
         "backups" => Kind::Backup,
+        "replications" => Kind::Replication,
         _ => return None,
     })
 }

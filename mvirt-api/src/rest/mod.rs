@@ -23,6 +23,7 @@ mod nodes;
 pub mod openapi;
 mod pods;
 mod projects;
+mod replications;
 mod resources;
 mod security_groups;
 mod stats;
@@ -467,6 +468,11 @@ async fn not_found_fallback() -> ApiError {
         backups::backup_volume,
         backups::backup_vm,
         backups::restore_backup,
+        replications::list,
+        replications::get,
+        replications::create,
+        replications::update,
+        replications::delete,
         security_groups::add_rule,
         security_groups::delete_rule,
         cluster::list_tokens,
@@ -503,6 +509,9 @@ async fn not_found_fallback() -> ApiError {
         backups::TakeBackupRequest,
         backups::RestoreRequest,
         backups::VmBackups,
+        Replication,
+        ReplicationSpec,
+        ReplicaReport,
         Vm,
         Pod,
         PodSpec,
@@ -628,6 +637,16 @@ fn routes() -> Vec<(&'static str, MethodRouter<Arc<App>>)> {
                 .delete(backups::delete),
         ),
         ("/v1/backups/{id}/restore", post(backups::restore_backup)),
+        (
+            "/v1/replications",
+            get(replications::list).post(replications::create),
+        ),
+        (
+            "/v1/replications/{id}",
+            get(replications::get)
+                .put(replications::update)
+                .delete(replications::delete),
+        ),
         ("/v1/vms", get(vms::list).post(vms::create)),
         (
             "/v1/vms/{id}",

@@ -75,6 +75,8 @@ const IF_MATCH: &[&str] = &[
     "DELETE /v1/pods/{id}",
     "PUT /v1/backups/{id}",
     "DELETE /v1/backups/{id}",
+    "PUT /v1/replications/{id}",
+    "DELETE /v1/replications/{id}",
     "POST /v1/volumes/{id}/resize",
 ];
 
@@ -358,6 +360,24 @@ fn request_rules() -> Vec<(&'static str, &'static str, Value)> {
         ("RestoreRequest", "name", name.clone()),
         ("RestoreRequest", "labels", labels()),
         ("RestoreRequest", "size_bytes", size(64 * 1024 * 1024 * MIB)),
+        // rest::replications::validate_replication
+        ("Spec:ReplicationSpec", "vm_id", name.clone()),
+        (
+            "Spec:ReplicationSpec",
+            "targets",
+            json!({"minItems": 1, "maxItems": 4, "uniqueItems": true,
+                "items": {"type": "string", "pattern": DNS_LABEL}}),
+        ),
+        (
+            "Spec:ReplicationSpec",
+            "interval_secs",
+            json!({"minimum": 5, "maximum": 86400}),
+        ),
+        (
+            "Spec:ReplicationSpec",
+            "keep",
+            json!({"minimum": 1, "maximum": 100}),
+        ),
         // validate::vm
         (
             "Spec:VmSpec",
@@ -699,6 +719,10 @@ pub const CROSS_FIELD_RULES: &[(&[&str], &str)] = &[
     (
         &["POST /v1/backups"],
         "`volume_id` names a volume of the backup's project that is on a node (409 otherwise); `incremental` needs an earlier backup of that volume (409).",
+    ),
+    (
+        &["POST /v1/replications", "PUT /v1/replications/{id}"],
+        "`vm_id` names a VM (id, or name in the replication's project) of the replication's project; `targets` name nodes (ids or names), none twice and none the VM's current node; a VM is replicated to one node by at most one replication (409); `vm_id` cannot change.",
     ),
     (
         &["POST /v1/tokens"],

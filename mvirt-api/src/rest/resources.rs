@@ -120,6 +120,7 @@ fn objects(state: &Cluster, kind: Kind) -> Vec<Value> {
         Kind::Volume => all(&state.volumes),
         Kind::Vm => all(&state.vms),
         Kind::Backup => all(&state.backups),
+        Kind::Replication => all(&state.replications),
         // Registry secrets never leave the state.
         Kind::Pod => state
             .pods

@@ -102,6 +102,9 @@ pub enum Command {
     CreateBackups {
         backups: Vec<Backup>,
     },
+    CreateReplication {
+        replication: Replication,
+    },
     /// Start, stop (graceful or forced) or restart a pod.
     PodAction {
         id: String,
@@ -225,6 +228,7 @@ impl Command {
             Command::CreateVm { .. } => "create_vm",
             Command::CreatePod { .. } => "create_pod",
             Command::CreateBackups { .. } => "create_backups",
+            Command::CreateReplication { .. } => "create_replication",
             Command::PodAction { .. } => "pod_action",
             Command::Update(_) => "update",
             Command::Delete { .. } => "delete",
@@ -321,6 +325,7 @@ specs!(
     Vm(VmSpec),
     Pod(PodSpec),
     Backup(BackupSpec),
+    Replication(ReplicationSpec),
 );
 
 impl Spec {
@@ -339,6 +344,7 @@ impl Spec {
             Kind::Vm => Spec::Vm(typed(v)?),
             Kind::Pod => Spec::Pod(typed(v)?),
             Kind::Backup => Spec::Backup(typed(v)?),
+            Kind::Replication => Spec::Replication(typed(v)?),
             other => return Err(format!("{} has no spec", other.as_str())),
         })
     }

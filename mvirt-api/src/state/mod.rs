@@ -36,6 +36,7 @@ mod node;
 mod pod;
 mod project;
 pub mod removals;
+mod replication;
 mod rows;
 mod security_group;
 mod status;
@@ -129,6 +130,8 @@ pub struct State {
     pub pods: BTreeMap<String, Pod>,
     #[serde(default)]
     pub backups: BTreeMap<String, Backup>,
+    #[serde(default)]
+    pub replications: BTreeMap<String, Replication>,
     pub tokens: BTreeMap<String, ApiToken>,
     pub join_tokens: BTreeMap<String, JoinToken>,
     pub idempotency: BTreeMap<String, IdempotencyRecord>,
@@ -221,6 +224,7 @@ stored!(Volume, Kind::Volume, volumes, meta);
 stored!(Vm, Kind::Vm, vms, meta);
 stored!(Pod, Kind::Pod, pods, meta);
 stored!(Backup, Kind::Backup, backups, meta);
+stored!(Replication, Kind::Replication, replications, meta);
 stored!(ApiToken, Kind::Token, tokens);
 stored!(JoinToken, Kind::JoinToken, join_tokens);
 stored!(IdempotencyRecord, Kind::Idempotency, idempotency);
@@ -288,6 +292,7 @@ macro_rules! with_resource {
             Kind::Vm => with_resource!(@ $T = Vm, $body),
             Kind::Pod => with_resource!(@ $T = Pod, $body),
             Kind::Backup => with_resource!(@ $T = Backup, $body),
+            Kind::Replication => with_resource!(@ $T = Replication, $body),
             Kind::Token | Kind::JoinToken | Kind::Idempotency => $other,
         }
     };
@@ -531,6 +536,7 @@ impl State {
             C::CreateVm { vm, owned_volumes: v, owned_nics: n } => self.create_vm(at, vm, v, n),
             C::CreatePod { pod, owned_nics: n } => self.create_pod(at, pod, n),
             C::CreateBackups { backups } => self.create_backups(at, backups),
+            C::CreateReplication { replication } => self.create(at, replication),
             C::PodAction { id, action, force, now } => self.pod_action(at, id, *action, *force, now),
             C::Update(update) => self.apply_update(at, update),
             C::Delete { kind, id, if_match: m, force: f } => self.apply_delete(at, *kind, id, *m, *f),
@@ -604,6 +610,7 @@ impl State {
             Spec::Vm(s) => self.update::<Vm>(at, u, Some(s)),
             Spec::Pod(s) => self.update::<Pod>(at, u, Some(s)),
             Spec::Backup(s) => self.update::<Backup>(at, u, Some(s)),
+            Spec::Replication(s) => self.update::<Replication>(at, u, Some(s)),
         }
     }
 
@@ -739,6 +746,9 @@ fn created_kind_id(command: &Command) -> Option<(Kind, String)> {
         Command::CreateVm { vm, .. } => (Kind::Vm, vm.meta.id.clone()),
         Command::CreatePod { pod, .. } => (Kind::Pod, pod.meta.id.clone()),
         Command::CreateBackups { backups } => (Kind::Backup, backups.first()?.meta.id.clone()),
+        Command::CreateReplication { replication } => {
+            (Kind::Replication, replication.meta.id.clone())
+        }
         _ => return None,
     })
 }

@@ -34,7 +34,7 @@ fn name_key(kind: Kind, meta: &Meta) -> NameKey {
     (kind, project, meta.name.clone())
 }
 
-const NAMED_KINDS: [Kind; 10] = [
+const NAMED_KINDS: [Kind; 11] = [
     Kind::Project,
     Kind::Node,
     Kind::Network,
@@ -45,6 +45,7 @@ const NAMED_KINDS: [Kind; 10] = [
     Kind::Vm,
     Kind::Pod,
     Kind::Backup,
+    Kind::Replication,
 ];
 
 impl NameMaps {

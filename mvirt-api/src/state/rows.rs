@@ -95,6 +95,7 @@ impl State {
         push::<Vm>(self, &mut rows);
         push::<Pod>(self, &mut rows);
         push::<Backup>(self, &mut rows);
+        push::<Replication>(self, &mut rows);
         push::<ApiToken>(self, &mut rows);
         push::<JoinToken>(self, &mut rows);
         push::<super::IdempotencyRecord>(self, &mut rows);

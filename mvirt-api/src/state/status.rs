@@ -31,7 +31,8 @@ reported!(
     Network,
     SecurityGroup,
     Template,
-    Backup
+    Backup,
+    Replication
 );
 
 impl State {
@@ -72,6 +73,10 @@ impl State {
                 Kind::SecurityGroup => self.slot::<SecurityGroup>(id, |_| true),
                 Kind::Template => self.slot::<Template>(id, |_| true),
                 Kind::Backup => self.slot::<Backup>(id, |b| b.node_id.as_deref() == node),
+                Kind::Replication => {
+                    let source = self.replication_source(id).map(String::from);
+                    self.slot::<Replication>(id, |_| source.as_deref() == node)
+                }
                 _ => None,
             };
             let Some((slot, meta)) = slot else {

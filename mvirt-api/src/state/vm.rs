@@ -20,7 +20,9 @@ impl Resource for Vm {
 
     /// Its owned volumes and NICs go with it; attached ones are detached.
     fn delete(s: &mut State, at: u64, id: &str, _: bool) -> Removed {
-        Ok(s.remove_vm(at, id))
+        let mut changes = s.remove_vm(at, id);
+        changes.extend(s.remove_replications_of(id));
+        Ok(changes)
     }
 }
 

@@ -18,6 +18,7 @@ pub mod parse;
 pub mod pod;
 pub mod project;
 pub mod remote;
+pub mod replication;
 pub mod route;
 pub mod sg;
 pub mod template;
@@ -87,6 +88,7 @@ async fn dispatch(cli: Cli) -> Result<(), ApiError> {
         Command::Route(RouteCmd::List(a)) => route::list(&ctx, &a).await,
         Command::Volume(c) => volume::run(&ctx, c).await,
         Command::Backup(c) => backup::run(&ctx, c).await,
+        Command::Replication(c) => replication::run(&ctx, c).await,
         Command::Template(c) => template::run(&ctx, c).await,
         Command::Vm(c) => vm::run(&ctx, c).await,
         Command::Pod(c) => pod::run(&ctx, c).await,

@@ -96,7 +96,8 @@ pub async fn run(ctx: &Ctx, c: ReplicationCmd) -> Result<(), ApiError> {
             keep,
             labels,
         } => {
-            let spec = json!({"vm_id": vm, "targets": targets, "interval_secs": interval, "keep": keep});
+            let spec =
+                json!({"vm_id": vm, "targets": targets, "interval_secs": interval, "keep": keep});
             let body = json!({"name": name, "project": ctx.api.project, "labels": parse_labels(&labels)?, "spec": spec});
             ctx.create(r, body).await
         }

@@ -24,6 +24,7 @@ mod network;
 mod nic;
 mod pod;
 mod power;
+mod replication;
 mod route;
 mod security_group;
 mod template;
@@ -405,6 +406,7 @@ pub struct NodeReconciler {
     power: power::Operations,
     pods: pod::Operations,
     backups: backup::Operations,
+    replications: replication::Operations,
 }
 
 impl NodeReconciler {
@@ -414,6 +416,7 @@ impl NodeReconciler {
             power: power::Operations::default(),
             pods: pod::Operations::default(),
             backups: backup::Operations::default(),
+            replications: replication::Operations::default(),
         }
     }
 
@@ -465,6 +468,8 @@ impl NodeReconciler {
         converge_kind(&vms, spec, &mut out).await;
         let pods = pod::PodReconciler::new(cx, &self.pods, &nics);
         converge_kind(&pods, spec, &mut out).await;
+        // Replication schedules run in their own tasks; this starts and stops them.
+        self.replications.converge(cx, spec, &mut out);
         for s in &mut out {
             s.observed_revision = spec.revision;
         }
