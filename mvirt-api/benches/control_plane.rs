@@ -103,6 +103,7 @@ fn bench_scheduler() {
                 scheduling: Scheduling::default(),
                 stop_mode: StopMode::Graceful,
                 restart_generation: 0,
+                migration: None,
             },
         );
     }

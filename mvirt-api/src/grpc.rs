@@ -423,10 +423,12 @@ impl NodeService for NodeServiceImpl {
                     },
                 })
                 .collect();
+            let migration = s.migration.as_ref().and_then(migration_update);
             reports.push(StatusReport {
                 kind,
                 id: s.id,
                 snapshots,
+                migration,
                 status: ResourceStatus {
                     phase: phase_of(s.phase),
                     message: s.message,
@@ -535,4 +537,25 @@ impl NodeService for NodeServiceImpl {
             certificate_pem,
         }))
     }
+}
+
+/// A source node's migration report in domain form (`None`: no phase given).
+fn migration_update(r: &proto::MigrationReport) -> Option<crate::state::MigrationUpdate> {
+    use crate::state::ReportedPhase;
+    use proto::MigrationReportPhase as P;
+    let phase = match P::try_from(r.phase).unwrap_or_default() {
+        P::Transferring => ReportedPhase::Transferring,
+        P::Completing => ReportedPhase::Completing,
+        P::Completed => ReportedPhase::Completed,
+        P::Failed => ReportedPhase::Failed,
+        P::Unspecified => return None,
+    };
+    Some(crate::state::MigrationUpdate {
+        migration_id: r.migration_id.clone(),
+        phase,
+        bytes_transferred: r.bytes_transferred,
+        bytes_remaining: r.bytes_remaining,
+        downtime_ms: r.downtime_ms,
+        error: r.error.chars().take(4096).collect(),
+    })
 }

@@ -836,6 +836,10 @@ pub struct Vm {
     pub stop_mode: StopMode,
     #[serde(default)]
     pub restart_generation: u64,
+    /// The VM's live migration: the running one, or the last one (`mvirt-api`
+    /// `state/migration.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<Migration>,
 }
 
 impl Vm {
@@ -850,8 +854,81 @@ impl Vm {
             scheduling: Scheduling::default(),
             stop_mode: StopMode::Graceful,
             restart_generation: 0,
+            migration: None,
         }
     }
+
+    /// The VM as REST, events and audit show it: the migration's grant token removed.
+    pub fn view(&self) -> Vm {
+        let mut view = self.clone();
+        if let Some(m) = view.migration.as_mut() {
+            m.grant_token.clear();
+        }
+        view
+    }
+}
+
+string_enum! {
+    // Where a live migration is: `pending` (the target prepares), `transferring` (memory and
+    // disks on the way), `completing` (the target takes over), then one of the ends.
+    MigrationPhase {
+        #[default]
+        Pending = "pending",
+        Transferring = "transferring",
+        Completing = "completing",
+        Completed = "completed",
+        Failed = "failed",
+        Cancelled = "cancelled",
+    }
+}
+
+impl MigrationPhase {
+    /// Still running (not completed, failed or cancelled).
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            MigrationPhase::Pending | MigrationPhase::Transferring | MigrationPhase::Completing
+        )
+    }
+}
+
+/// A VM's live migration from its node to another (`POST /v1/vms/{id}/migrate`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Migration {
+    pub id: String,
+    #[schema(inline)]
+    pub phase: MigrationPhase,
+    pub source_node_id: String,
+    pub target_node_id: String,
+    /// Bytes sent so far (memory and disks), as the source's hypervisor counts them.
+    #[serde(default)]
+    pub bytes_transferred: u64,
+    /// What is left to send in this round (0 when unknown).
+    #[serde(default)]
+    pub bytes_remaining: u64,
+    /// The guest's pause at the switch-over (completed migrations).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downtime_ms: Option<u64>,
+    pub started_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// Why it failed or was cancelled; the VM runs on the source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The secret of the transfer grant (source → target). Stored (replicated), never shown.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schema(ignore)]
+    pub grant_token: String,
+}
+
+/// `POST /v1/vms/{id}/migrate`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateRequest {
+    /// The target node (id or name); the scheduler picks one when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 253)]
+    pub node: Option<String>,
 }
 
 // ------------------------------------------------------------------------------------ pods

@@ -634,6 +634,7 @@ mod tests {
             scheduling: Scheduling::default(),
             stop_mode: StopMode::Graceful,
             restart_generation: 0,
+            migration: None,
         }
     }
 

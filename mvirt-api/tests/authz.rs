@@ -176,6 +176,7 @@ const TABLE: &[(&str, &str, Rule, bool, &[u16])] = &[
     ("PUT", "/v1/vms/{id}", Rule::Write, true, &[400]),
     ("DELETE", "/v1/vms/{id}", Rule::Write, true, &[412]),
     ("POST", "/v1/vms/{id}/{action}", Rule::Write, true, &[200]),
+    ("POST", "/v1/vms/{id}/migrate", Rule::Write, true, &[400]),
     // The VM's node registered no console relay: 409 for an allowed caller.
     ("GET", "/v1/vms/{id}/console", Rule::Write, true, &[409]),
     ("GET", "/v1/pods", Rule::Read, false, &[200]),

@@ -333,6 +333,14 @@ fn status(rng: &mut StdRng) -> proto::ResourceStatus {
             base_backup_id: text(rng),
             volume_size_bytes: number(rng),
         }),
+        migration: rng.gen_bool(0.3).then(|| proto::MigrationReport {
+            migration_id: text(rng),
+            phase: rng.gen_range(-1..6),
+            bytes_transferred: number(rng),
+            bytes_remaining: number(rng),
+            downtime_ms: number(rng),
+            error: text(rng),
+        }),
         replicas: (0..rng.gen_range(0..3))
             .map(|_| proto::ReplicaReport {
                 volume_id: text(rng),

@@ -262,6 +262,7 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), AgentErr
         },
         peers,
         incoming,
+        migration_dir: config.data_dir.join("migrations"),
     });
     crate::metrics::watch(&daemons, &shutdown);
     let mut reported: HashMap<(i32, String), api::ResourceStatus> = HashMap::new();

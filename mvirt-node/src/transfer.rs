@@ -10,6 +10,7 @@
 //! source agent                                 target agent
 //! zfs.SendVolume ──chunks──> PushVolume ───────> zfs.ReceiveVolume (verifies the SHA-256 trailer)
 //! unix socket  <──bytes──>   Relay      <──────> unix socket (IncomingSockets)
+//! (migration sent)           CompleteMigration ──> vmm.CompleteIncomingMigration
 //! ```
 //!
 //! **Authorisation.** NodePeer shares the NodeAgent listener (TLS with the node certificate,
@@ -41,8 +42,8 @@ use tonic::{Request, Response, Status, Streaming};
 use mvirt_api::proto::node_peer_client::NodePeerClient;
 use mvirt_api::proto::node_peer_server::NodePeer;
 use mvirt_api::proto::{
-    NodeSpec, PeerVolumeChunk, PeerVolumeHeader, PeerVolumeResult, RelayFrame, RelayOpen,
-    RelayTarget, TransferGrant,
+    CompleteMigrationRequest, CompleteMigrationResponse, NodeSpec, PeerVolumeChunk,
+    PeerVolumeHeader, PeerVolumeResult, RelayFrame, RelayOpen, RelayTarget, TransferGrant,
 };
 use mvirt_common::tls::{self as ctls, CertStore, PeerIdentity, PeerInfo};
 use mvirt_zfs::proto as zfs;
@@ -52,6 +53,9 @@ use crate::daemons::Daemons;
 /// How long a call waits for its grant to appear in this node's spec (the control plane
 /// sends both nodes their new spec at once, but the target may get it a moment later).
 pub const GRANT_WAIT: Duration = Duration::from_secs(15);
+
+/// How long a migration relay waits for this node to prepare the incoming VM.
+pub const PREPARE_WAIT: Duration = Duration::from_secs(60);
 
 /// Size of the pieces a relay reads from its local socket.
 const RELAY_CHUNK: usize = 256 * 1024;
@@ -147,11 +151,29 @@ pub fn authorize(
 #[derive(Clone, Default)]
 pub struct IncomingSockets {
     inner: Arc<Mutex<HashMap<String, PathBuf>>>,
+    /// Woken on every insert (relays that arrived before the prepare wait for it).
+    inserted: Arc<tokio::sync::Notify>,
 }
 
 impl IncomingSockets {
     pub fn insert(&self, vm_id: &str, path: PathBuf) {
         self.lock().insert(vm_id.to_string(), path);
+        self.inserted.notify_waiters();
+    }
+
+    /// The socket of `vm_id`, once it is registered (or `None` after `timeout`): the source may
+    /// start sending as soon as both specs carry the grant, before this node prepared the VM.
+    pub async fn wait(&self, vm_id: &str, timeout: Duration) -> Option<PathBuf> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let inserted = self.inserted.notified();
+            if let Some(path) = self.get(vm_id) {
+                return Some(path);
+            }
+            if tokio::time::timeout_at(deadline, inserted).await.is_err() {
+                return self.get(vm_id);
+            }
+        }
     }
 
     pub fn remove(&self, vm_id: &str) {
@@ -336,12 +358,15 @@ impl NodePeer for PeerServer {
                         grant.id, open.vm_id
                     )));
                 }
-                self.incoming.get(&open.vm_id).ok_or_else(|| {
-                    Status::failed_precondition(format!(
-                        "no incoming migration of VM {} is prepared on this node",
-                        open.vm_id
-                    ))
-                })?
+                self.incoming
+                    .wait(&open.vm_id, PREPARE_WAIT)
+                    .await
+                    .ok_or_else(|| {
+                        Status::failed_precondition(format!(
+                            "no incoming migration of VM {} is prepared on this node",
+                            open.vm_id
+                        ))
+                    })?
             }
             _ => {
                 return Err(Status::invalid_argument(format!(
@@ -371,6 +396,31 @@ impl NodePeer for PeerServer {
         let output = read_frames(reader)
             .map(|frame| frame.map_err(|e| Status::unavailable(format!("local socket: {e}"))));
         Ok(Response::new(Box::pin(output)))
+    }
+
+    async fn complete_migration(
+        &self,
+        request: Request<CompleteMigrationRequest>,
+    ) -> Result<Response<CompleteMigrationResponse>, Status> {
+        let grant_id = request.get_ref().grant_id.clone();
+        let grant = self.grant(&request, &grant_id).await?;
+        let vm_id = request.into_inner().vm_id;
+        if grant.vm_id.is_empty() || grant.vm_id != vm_id {
+            return Err(Status::permission_denied(format!(
+                "the transfer grant {} does not cover the migration of VM {vm_id}",
+                grant.id
+            )));
+        }
+        tracing::info!(grant = %grant.id, vm = %vm_id, "completing an incoming migration");
+        self.daemons
+            .vmm
+            .clone()
+            .complete_incoming_migration(mvirt_vmm::proto::CompleteIncomingMigrationRequest {
+                id: vm_id.clone(),
+            })
+            .await?;
+        self.incoming.remove(&vm_id);
+        Ok(Response::new(CompleteMigrationResponse {}))
     }
 }
 
@@ -532,6 +582,26 @@ impl PeerDialer {
         if let Some(err) = read_error.lock().unwrap_or_else(|e| e.into_inner()).take() {
             return Err(TransferError::Io(err));
         }
+        Ok(())
+    }
+}
+
+impl PeerDialer {
+    /// Asks the grant's target to let the incoming VM `vm_id` run (its hypervisor received
+    /// everything); returns once it runs there.
+    pub async fn complete_migration(
+        &self,
+        grant: &TransferGrant,
+        vm_id: &str,
+    ) -> Result<(), TransferError> {
+        let mut client = self.client(grant)?;
+        client
+            .complete_migration(CompleteMigrationRequest {
+                grant_id: grant.id.clone(),
+                vm_id: vm_id.to_string(),
+            })
+            .await
+            .map_err(TransferError::Target)?;
         Ok(())
     }
 }

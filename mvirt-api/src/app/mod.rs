@@ -697,6 +697,7 @@ fn related_ids(command: &Command) -> Vec<String> {
         Command::Update(Update { id, .. })
         | Command::Delete { id, .. }
         | Command::VmAction { id, .. }
+        | Command::MigrateVm { id, .. }
         | Command::PodAction { id, .. } => {
             vec![id.clone()]
         }

@@ -19,6 +19,11 @@ pub(super) fn routes(cx: &mut Desired, network_ids: &BTreeSet<String>) -> Vec<pr
         let Some(other) = vm.node_id.as_deref().filter(|n| *n != cx.node_id) else {
             continue;
         };
+        // A VM migrating here has its NICs here already: no route to its node. (Its traffic
+        // keeps going to the source until the switch moves the VM, and with it every route.)
+        if super::vm::incoming(vm, cx.node_id).is_some() {
+            continue;
+        }
         let Some(other_node) = state.nodes.get(other) else {
             continue;
         };

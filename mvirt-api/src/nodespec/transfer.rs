@@ -4,6 +4,10 @@
 //!
 //! A kind of work that moves data between nodes (live migration, replication) adds its grants
 //! here, derived from its state, so a grant exists exactly as long as that work does.
+//!
+//! Live migration: one grant per active migration (`state/migration.rs`), id = the
+//! migration's id, `vm_id` = the VM (a relay of its migration stream and the final
+//! `CompleteMigration`), no volumes (disks travel in the hypervisor's stream).
 
 use super::Desired;
 use crate::proto;
@@ -11,6 +15,35 @@ use crate::proto;
 /// The grants naming the node as source or target.
 pub(super) fn grants(cx: &mut Desired) -> Vec<proto::TransferGrant> {
     let mut all = Vec::new();
+    migrations(cx, &mut all);
     super::replication::grants(cx, &mut all);
     all
+}
+
+/// The grants of the live migrations from or to the node.
+fn migrations(cx: &mut Desired, out: &mut Vec<proto::TransferGrant>) {
+    let (state, node_id) = (cx.state, cx.node_id);
+    for vm in state.vms.values() {
+        let Some(m) = vm.migration.as_ref().filter(|m| m.phase.is_active()) else {
+            continue;
+        };
+        if m.source_node_id != node_id && m.target_node_id != node_id {
+            continue;
+        }
+        let Some(target) = state.nodes.get(&m.target_node_id) else {
+            continue;
+        };
+        cx.bump(vm.meta.spec_revision);
+        cx.bump(target.meta.spec_revision);
+        out.push(proto::TransferGrant {
+            id: m.id.clone(),
+            source_node_id: m.source_node_id.clone(),
+            target_node_id: m.target_node_id.clone(),
+            target_endpoint: target.status.console_endpoint.clone(),
+            volume_ids: Vec::new(),
+            vm_id: vm.meta.id.clone(),
+            token: m.grant_token.clone(),
+            purpose: format!("migration {}", m.id),
+        });
+    }
 }

@@ -1,9 +1,9 @@
-//! The VMs placed on the node.
+//! The VMs placed on the node, and those migrating to it (`incoming_migration_id`).
 
 use std::collections::BTreeSet;
 
 use super::Desired;
-use crate::model::{BootMode, DesiredState, StopMode, Vm};
+use crate::model::{BootMode, DesiredState, Migration, StopMode, Vm};
 use crate::proto;
 
 /// The node's VMs, and their ids.
@@ -14,13 +14,25 @@ pub(super) fn vms(cx: &mut Desired) -> (Vec<proto::VmSpec>, BTreeSet<String>) {
     for vm in state
         .vms
         .values()
-        .filter(|v| v.node_id.as_deref() == Some(node_id))
+        .filter(|v| v.node_id.as_deref() == Some(node_id) || incoming(v, node_id).is_some())
     {
         cx.bump(vm.meta.spec_revision);
         ids.insert(vm.meta.id.clone());
-        vms.push(vm_spec(cx, vm));
+        let mut spec = vm_spec(cx, vm);
+        if let Some(migration) = incoming(vm, node_id) {
+            spec.incoming_migration_id = migration.id.clone();
+        }
+        vms.push(spec);
     }
     (vms, ids)
+}
+
+/// The active live migration that brings `vm` to `node_id`, if any: the target's spec carries
+/// the VM (and its NICs and volumes) for as long as it runs.
+pub(super) fn incoming<'v>(vm: &'v Vm, node_id: &str) -> Option<&'v Migration> {
+    vm.migration
+        .as_ref()
+        .filter(|m| m.phase.is_active() && m.target_node_id == node_id)
 }
 
 fn vm_spec(cx: &Desired, vm: &Vm) -> proto::VmSpec {
@@ -57,5 +69,6 @@ fn vm_spec(cx: &Desired, vm: &Vm) -> proto::VmSpec {
         hugepages: vm.spec.hugepages,
         nested_virtualization: vm.spec.nested_virtualization,
         kernel_cmdline: vm.spec.kernel_cmdline.clone().unwrap_or_default(),
+        incoming_migration_id: String::new(),
     }
 }

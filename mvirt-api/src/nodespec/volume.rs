@@ -15,6 +15,28 @@ pub(super) fn volumes(cx: &mut Desired) -> Vec<proto::VolumeSpec> {
         cx.bump(vol.meta.spec_revision);
         volumes.push(volume_spec(vol));
     }
+    // The volumes of a VM migrating here: made like the source's (same size, cloned from the
+    // same template, so a root volume has its kernel here too); the migration stream then
+    // overwrites every block. Snapshots, rollbacks and restores stay with the source's copy.
+    for vm in state.vms.values() {
+        if super::vm::incoming(vm, node_id).is_none() {
+            continue;
+        }
+        for vol in vm
+            .spec
+            .volume_ids
+            .iter()
+            .filter_map(|v| state.volumes.get(v))
+        {
+            cx.bump(vol.meta.spec_revision);
+            let mut spec = volume_spec(vol);
+            spec.snapshots.clear();
+            spec.rollback_snapshot_id.clear();
+            spec.rollback_generation = 0;
+            spec.restore_backup_id.clear();
+            volumes.push(spec);
+        }
+    }
     volumes
 }
 

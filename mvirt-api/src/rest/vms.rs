@@ -9,9 +9,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 
-use super::object_response;
 use super::resources::{crud, query, resolve};
-use crate::app::{new_id, now, App};
+use super::{object_response, JsonBody};
+use crate::app::{new_id, now, random_secret, App};
 use crate::model::*;
 use crate::state::{ApiError, Command, ErrorCode};
 use crate::validate;
@@ -115,4 +115,40 @@ pub async fn vm_action(
         )
         .await?;
     Ok(object_response(StatusCode::OK, value))
+}
+
+#[utoipa::path(post, path = "/v1/vms/{id}/migrate", tag = "vms",
+    request_body = MigrateRequest,
+    params(("id" = String, Path, description = "id or name"), ProjectQuery),
+    responses(
+        (status = 202, description = "the migration started; the VM's `migration` shows its phase", body = Vm),
+        (status = 400, body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope),
+        (status = 409, description = "the VM is not running or migrating already, the target cannot take it, or there is no other node", body = ErrorEnvelope)))]
+pub async fn migrate_vm(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    q: Result<Query<ProjectQuery>, QueryRejection>,
+    JsonBody(req, _): JsonBody<MigrateRequest>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let id = resolve(&app.shared.read(), Kind::Vm, &id, q.project.as_deref())?;
+    if let Some(node) = &req.node {
+        if node.is_empty() || node.len() > 253 {
+            return Err(ApiError::invalid("node: a node id or name"));
+        }
+    }
+    let (_, value) = app
+        .submit(
+            Command::MigrateVm {
+                id,
+                node: req.node,
+                migration_id: new_id(),
+                grant_token: random_secret(),
+                now: now(),
+            },
+            None,
+        )
+        .await?;
+    Ok(object_response(StatusCode::ACCEPTED, value))
 }

@@ -306,6 +306,7 @@ mod tests {
                 ..Status::default()
             },
             snapshots: Vec::new(),
+            migration: None,
         };
         let command = Command::UpdateStatuses {
             node_id: "n1".into(),

@@ -56,6 +56,9 @@ pub struct StatusReport {
     /// Volumes: the state of each of the volume's snapshots on its node.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub snapshots: Vec<SnapshotReport>,
+    /// VMs: the source node's report on the VM's live migration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<super::MigrationUpdate>,
 }
 
 /// One snapshot's state as the volume's node reports it.
@@ -123,6 +126,14 @@ pub enum Command {
     VmAction {
         id: String,
         action: VmAction,
+        now: String,
+    },
+    /// Starts a live migration (`node`: the target's id or name; `None`: the scheduler's pick).
+    MigrateVm {
+        id: String,
+        node: Option<String>,
+        migration_id: String,
+        grant_token: String,
         now: String,
     },
     ResizeVolume {
@@ -233,6 +244,7 @@ impl Command {
             Command::Update(_) => "update",
             Command::Delete { .. } => "delete",
             Command::VmAction { .. } => "vm_action",
+            Command::MigrateVm { .. } => "migrate_vm",
             Command::ResizeVolume { .. } => "resize_volume",
             Command::CreateSnapshot { .. } => "create_snapshot",
             Command::DeleteSnapshot { .. } => "delete_snapshot",

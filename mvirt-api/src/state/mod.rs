@@ -29,6 +29,7 @@ use crate::model::*;
 mod backup;
 mod command;
 mod error;
+mod migration;
 mod names;
 mod network;
 mod nic;
@@ -53,6 +54,7 @@ pub use command::{
     StatusReport, Update,
 };
 pub use error::{ApiError, ErrorCode};
+pub use migration::{MigrationUpdate, ReportedPhase};
 
 use names::NameIndex;
 
@@ -541,6 +543,7 @@ impl State {
             C::Update(update) => self.apply_update(at, update),
             C::Delete { kind, id, if_match: m, force: f } => self.apply_delete(at, *kind, id, *m, *f),
             C::VmAction { id, action, now } => self.vm_action(at, id, *action, now),
+            C::MigrateVm { id, node, migration_id: m, grant_token: t, now } => self.migrate_vm(at, id, node.as_deref(), m, t, now),
             C::ResizeVolume { id, size_bytes: b, if_match: m, now } => self.resize_volume(at, id, *b, *m, now),
             C::CreateSnapshot { volume_id: v, snapshot } => self.create_snapshot(at, v, snapshot),
             C::DeleteSnapshot { volume_id: v, snapshot_id: s, now } => self.delete_snapshot(at, v, s, now),

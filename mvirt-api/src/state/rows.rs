@@ -33,6 +33,7 @@ impl Serialize for ObjectRef<'_> {
             Kind::Node => s.nodes.get(id).map(|n| s.node_view(n)).serialize(ser),
             // Registry secrets stay in the state (the node needs them), never in a view.
             Kind::Pod => s.pods.get(id).map(Pod::view).serialize(ser),
+            Kind::Vm => s.vms.get(id).map(Vm::view).serialize(ser),
             kind => with_stored!(kind, T => T::map(s).get(id).serialize(ser)),
         }
     }

@@ -80,7 +80,10 @@ impl State {
                 _ => None,
             };
             let Some((slot, meta)) = slot else {
-                unknown.push(report.id.clone());
+                // The target of a live migration reports the incoming VM before it owns it.
+                if !(report.kind == Kind::Vm && self.migrating_to(&report.id, node_id)) {
+                    unknown.push(report.id.clone());
+                }
                 continue;
             };
             accepted += 1;
@@ -104,6 +107,12 @@ impl State {
             if report.kind == Kind::Backup {
                 // A backup that became ready may push older ones out of its volume's retention.
                 changes.extend(self.apply_backup_retention(index, &report.id));
+            }
+        }
+        // Migration reports ride on VM reports, whether or not the status itself changed.
+        for report in reports.iter().filter(|r| r.kind == Kind::Vm) {
+            if let Some(update) = &report.migration {
+                changes.extend(self.migration_reported(index, node_id, &report.id, update, now));
             }
         }
         Ok((

@@ -20,6 +20,7 @@
 //! background tasks so a pass never waits for them; they wake the agent when they end.
 
 mod backup;
+mod migration;
 mod network;
 mod nic;
 mod pod;
@@ -80,6 +81,8 @@ pub struct Context {
     pub peers: crate::transfer::PeerDialer,
     /// Local sockets incoming relays reach (incoming migrations prepared on this node).
     pub incoming: crate::transfer::IncomingSockets,
+    /// Where outgoing migrations listen for their hypervisor's stream (unix sockets).
+    pub migration_dir: std::path::PathBuf,
 }
 
 impl Context {
@@ -404,6 +407,7 @@ enum DeletesWait {
 pub struct NodeReconciler {
     cx: Context,
     power: power::Operations,
+    migrations: migration::Operations,
     pods: pod::Operations,
     backups: backup::Operations,
     replications: replication::Operations,
@@ -414,6 +418,7 @@ impl NodeReconciler {
         Self {
             cx,
             power: power::Operations::default(),
+            migrations: migration::Operations::default(),
             pods: pod::Operations::default(),
             backups: backup::Operations::default(),
             replications: replication::Operations::default(),
@@ -464,7 +469,8 @@ impl NodeReconciler {
         let mut out = network_out;
         out.append(&mut storage_out);
         let volumes = volume::objects(volumes);
-        let vms = vm::VmReconciler::new(cx, &self.power, spec, &volumes, &nics);
+        self.migrations.retain(spec);
+        let vms = vm::VmReconciler::new(cx, &self.power, &self.migrations, spec, &volumes, &nics);
         converge_kind(&vms, spec, &mut out).await;
         let pods = pod::PodReconciler::new(cx, &self.pods, &nics);
         converge_kind(&pods, spec, &mut out).await;

@@ -14,7 +14,9 @@ use mvirt_vmm::proto as vmm;
 use mvirt_zfs::proto as zfs;
 
 use super::nic::report_addresses;
-use super::{by_id, deleted, power, Context, Converging, Failure, Outcome, Reconciler, Settings};
+use super::{
+    by_id, deleted, migration, power, Context, Converging, Failure, Outcome, Reconciler, Settings,
+};
 use crate::devices;
 use crate::ledger::Kind;
 
@@ -26,6 +28,8 @@ const MIB: u64 = 1024 * 1024;
 pub struct VmReconciler<'a> {
     cx: &'a Context,
     power: &'a power::Operations,
+    migrations: &'a migration::Operations,
+    spec: &'a api::NodeSpec,
     volumes: &'a HashMap<String, zfs::Volume>,
     nics: &'a HashMap<String, net::Nic>,
     /// The desired NICs, for the VMs' addresses.
@@ -36,6 +40,7 @@ impl<'a> VmReconciler<'a> {
     pub fn new(
         cx: &'a Context,
         power: &'a power::Operations,
+        migrations: &'a migration::Operations,
         spec: &'a api::NodeSpec,
         volumes: &'a HashMap<String, zfs::Volume>,
         nics: &'a HashMap<String, net::Nic>,
@@ -43,6 +48,8 @@ impl<'a> VmReconciler<'a> {
         Self {
             cx,
             power,
+            migrations,
+            spec,
             volumes,
             nics,
             nic_specs: spec.nics.iter().map(|n| (n.id.as_str(), n)).collect(),
@@ -55,6 +62,41 @@ pub struct LocalVm {
     vm: vmm::Vm,
     /// Device changes that could not be made yet (see [`devices::converge`]).
     device_problems: Vec<String>,
+    /// This node is the source of the VM's live migration: where it is.
+    migration: Option<api::MigrationReport>,
+}
+
+impl<'a> VmReconciler<'a> {
+    /// The target of a live migration: the VM is prepared to receive it (not started), until
+    /// the source has it run here.
+    async fn converge_incoming(
+        &self,
+        want: &api::VmSpec,
+        seen: &HashMap<String, vmm::Vm>,
+    ) -> Converging<LocalVm> {
+        let here = seen.get(&want.id);
+        let ready = |vm: vmm::Vm| {
+            Ok(Outcome::Ready(LocalVm {
+                vm,
+                device_problems: Vec::new(),
+                migration: None,
+            }))
+        };
+        if let Some(vm) = here.filter(|vm| vm.state == vmm::VmState::Running as i32) {
+            return ready(vm.clone());
+        }
+        let config = match vm_config(want, self.volumes, self.nics, &self.cx.settings) {
+            Ok(config) => config,
+            Err(waiting) => return Ok(Outcome::Pending(waiting)),
+        };
+        match migration::prepare_incoming(self.cx, want, config, here.is_some()).await? {
+            Ok(vm) => ready(vm),
+            Err(error) => Ok(Outcome::Failed(Failure::Call {
+                what: "prepare the incoming migration",
+                error,
+            })),
+        }
+    }
 }
 
 impl Reconciler for VmReconciler<'_> {
@@ -68,6 +110,22 @@ impl Reconciler for VmReconciler<'_> {
     }
 
     async fn converge(&self, want: &Self::Desired, seen: &Self::Observed) -> Converging<LocalVm> {
+        if !want.incoming_migration_id.is_empty() {
+            return self.converge_incoming(want, seen).await;
+        }
+        let node_id = &self.cx.settings.node_id;
+        if let (Some(grant), Some(vm)) = (
+            migration::outgoing_grant(self.spec, node_id, &want.id),
+            seen.get(&want.id),
+        ) {
+            // Migrating away: devices and power wait until the migration ended.
+            self.migrations.start(self.cx, grant, vm);
+            return Ok(Outcome::Ready(LocalVm {
+                vm: vm.clone(),
+                device_problems: Vec::new(),
+                migration: self.migrations.report(&grant.id),
+            }));
+        }
         let mut client = self.cx.vmm();
         let (vm, device_problems) = match seen.get(&want.id) {
             Some(vm) => {
@@ -98,6 +156,7 @@ impl Reconciler for VmReconciler<'_> {
         Ok(Outcome::Ready(LocalVm {
             vm,
             device_problems,
+            migration: None,
         }))
     }
 
@@ -121,6 +180,7 @@ impl Reconciler for VmReconciler<'_> {
         status
             .conditions
             .extend(conditions(&vm.pending_changes, &have.device_problems));
+        status.migration = have.migration.clone();
     }
 
     async fn delete(cx: &Context, id: &str) -> Result<(), Status> {
