@@ -28,6 +28,11 @@
 //! (`MVIRT_BENCH_CONC`, `MVIRT_BENCH_WRITES`, `MVIRT_BENCH_ROUNDS` apply); the ratio on/off is
 //! the cost. Afterwards the on cluster's `/metrics` must show the writes and the off cluster's
 //! members must serve none.
+//!
+//! `MVIRT_BENCH_BASELINE=<path to an mvirt-api binary>`: the same two-cluster comparison, this
+//! build against that binary (say, a copy of `target/release/mvirt-api` built from the commit
+//! before a change), both with metrics on — on a machine shared with other work a change shows
+//! itself in this ratio, measured in the same rounds, rather than in two separate runs.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -478,6 +483,7 @@ struct MemberProc {
 /// With `metrics` the member serves them on a port of its own (else `--metrics-listen off`:
 /// nothing is recorded).
 fn spawn_member(
+    bin: &std::path::Path,
     ip: &str,
     dir: &std::path::Path,
     log_endpoint: &str,
@@ -487,7 +493,7 @@ fn spawn_member(
     std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{e}"));
     let log = std::fs::File::create(dir.join("member.log")).unwrap_or_else(|e| panic!("{e}"));
     let rest = free_port_on(ip);
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mvirt-api"));
+    let mut cmd = Command::new(bin);
     cmd.arg("--listen")
         .arg(format!("{ip}:{rest}"))
         .arg("--grpc-listen")
@@ -629,16 +635,22 @@ async fn start_cluster(
     ips: [&str; 3],
     audit: bool,
 ) -> MvirtCluster {
-    start_cluster_with(http, root, ips, audit, true).await
+    start_cluster_with(http, root, ips, audit, true, &this_build()).await
 }
 
-/// [`start_cluster`] with metrics on or off (`--metrics-listen off`).
+/// The `mvirt-api` binary built with this bench.
+fn this_build() -> std::path::PathBuf {
+    env!("CARGO_BIN_EXE_mvirt-api").into()
+}
+
+/// [`start_cluster`] with metrics on or off (`--metrics-listen off`), running `bin`.
 async fn start_cluster_with(
     http: &reqwest::Client,
     root: &std::path::Path,
     ips: [&str; 3],
     audit: bool,
     metrics: bool,
+    bin: &std::path::Path,
 ) -> MvirtCluster {
     let mut logs = Vec::new();
     let mut endpoints = Vec::new();
@@ -651,7 +663,7 @@ async fn start_cluster_with(
             endpoints.push(String::new());
         }
     }
-    let a = spawn_member(ips[0], &root.join("a"), &endpoints[0], None, metrics);
+    let a = spawn_member(bin, ips[0], &root.join("a"), &endpoints[0], None, metrics);
     let token_path = a.dir.join(server::ADMIN_TOKEN_FILE);
     let deadline = Instant::now() + Duration::from_secs(60);
     let token = loop {
@@ -680,6 +692,7 @@ async fn start_cluster_with(
             .unwrap_or_else(|e| panic!("{e}"));
         let t = jt["token"].as_str().unwrap_or_default().to_string();
         let joined = spawn_member(
+            bin,
             ips[i],
             &root.join(name),
             &endpoints[i],
@@ -1039,27 +1052,48 @@ fn main() {
         bench_scheduler();
         runtime.block_on(bench_propagation());
     }
+    if let Some(bin) = std::env::var_os("MVIRT_BENCH_BASELINE") {
+        runtime.block_on(bench_two_clusters(Some(bin.into())));
+        return;
+    }
     if std::env::var_os("MVIRT_BENCH_METRICS").is_some() {
-        runtime.block_on(bench_metrics_cost());
+        runtime.block_on(bench_two_clusters(None));
         return;
     }
     runtime.block_on(bench_writes());
 }
 
-/// `MVIRT_BENCH_METRICS=1`: write throughput with metrics on and off, side by side (see the
-/// module documentation).
-async fn bench_metrics_cost() {
+/// Two 3-member mvirt-api clusters (audit on) side by side: `MVIRT_BENCH_METRICS=1` compares
+/// this build with metrics on and off, `MVIRT_BENCH_BASELINE=<mvirt-api binary>` this build
+/// against another build (both with metrics on, as in production; see the module
+/// documentation).
+async fn bench_two_clusters(baseline: Option<std::path::PathBuf>) {
     let root = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()
         .unwrap_or_else(|e| panic!("{e}"));
+    let (labels, other_bin, other_metrics, what) = match &baseline {
+        Some(bin) => (
+            ["this build", "baseline"],
+            bin.clone(),
+            true,
+            "this build / baseline",
+        ),
+        None => (
+            ["metrics on", "metrics off"],
+            this_build(),
+            false,
+            "on / off",
+        ),
+    };
     let on = start_cluster_with(
         &http,
         &root.path().join("on"),
         ["127.0.0.31", "127.0.0.32", "127.0.0.33"],
         true,
         true,
+        &this_build(),
     )
     .await;
     let off = start_cluster_with(
@@ -1067,7 +1101,8 @@ async fn bench_metrics_cost() {
         &root.path().join("off"),
         ["127.0.0.34", "127.0.0.35", "127.0.0.36"],
         true,
-        false,
+        other_metrics,
+        &other_bin,
     )
     .await;
     let system = |c: &MvirtCluster| System::Mvirt {
@@ -1077,8 +1112,8 @@ async fn bench_metrics_cost() {
         log_pids: c.log_pids(),
     };
     let systems = [
-        ("mvirt-api, metrics on", system(&on)),
-        ("mvirt-api, metrics off", system(&off)),
+        (format!("mvirt-api, {}", labels[0]), system(&on)),
+        (format!("mvirt-api, {}", labels[1]), system(&off)),
     ];
     let per = std::env::var("MVIRT_BENCH_WRITES")
         .ok()
@@ -1094,7 +1129,8 @@ async fn bench_metrics_cost() {
         .unwrap_or(if quick() { 1 } else { 5 })
         .max(1);
     println!(
-        "metrics cost: {per} writes per run, {rounds} round(s) per level after one warm-up, the two clusters taking turns at going first; medians"
+        "{} vs {}: {per} writes per run, {rounds} round(s) per level after one warm-up, the two clusters taking turns at going first; medians",
+        labels[0], labels[1]
     );
     for (level, concurrency) in concs.into_iter().enumerate() {
         let mut runs: [Vec<Load>; 2] = [Vec::new(), Vec::new()];
@@ -1136,13 +1172,20 @@ async fn bench_metrics_cost() {
         let order: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
         ratios.sort_by(f64::total_cmp);
         let cpu = |rs: &Vec<Load>| median_load(rs.clone()).cpu_per_op.as_secs_f64();
+        let median = ratios[ratios.len() / 2];
+        let cost = if baseline.is_some() {
+            String::new()
+        } else {
+            format!("; cost {:+.1} %", (1.0 - median) * 100.0)
+        };
         println!(
-            "  throughput on / off: {:.3}x (rounds {}); cost {:+.1} %; CPU per write on / off: {:.3}x",
-            ratios[ratios.len() / 2],
+            "  throughput {what}: {median:.3}x (rounds {}){cost}; CPU per write {what}: {:.3}x",
             order.join(", "),
-            (1.0 - ratios[ratios.len() / 2]) * 100.0,
             cpu(&runs[0]) / cpu(&runs[1]).max(1e-12)
         );
+    }
+    if baseline.is_some() {
+        return;
     }
     // The switch works: the on cluster counted the writes, the off cluster serves no metrics.
     let mut counted = 0.0;

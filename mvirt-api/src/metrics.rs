@@ -186,14 +186,15 @@ pub fn scheduled(state: &State, placements: &[Placement], round: Duration) {
     }
 }
 
-/// Follows this member's Raft metrics (term, leader, indexes) until `shutdown`, and counts
-/// pending VMs and members on every scrape.
+/// Follows this member's Raft server state (term, leader: these change on elections only) until
+/// `shutdown`, and reads the log indexes, pending VMs and members on every scrape (they change
+/// with every write, so following them would wake a task per write).
 pub fn watch(app: &Arc<App>, shutdown: &Shutdown) {
     if !mvirt_common::metrics::enabled() {
         return;
     }
     let m = get();
-    let mut rx = app.raft.metrics();
+    let mut rx = app.raft.server_metrics();
     let stop = shutdown.clone();
     tokio::spawn(async move {
         let mut leader = None;
@@ -201,13 +202,8 @@ pub fn watch(app: &Arc<App>, shutdown: &Shutdown) {
         loop {
             {
                 let r = rx.borrow_and_update();
-                m.term.set(r.current_term as i64);
+                m.term.set(r.vote.leader_id().get_term() as i64);
                 m.is_leader.set((r.state == ServerState::Leader) as i64);
-                m.last_log_index.set(r.last_log_index.unwrap_or(0) as i64);
-                m.applied_index
-                    .set(r.last_applied.map(|l| l.index).unwrap_or(0) as i64);
-                m.snapshot_index
-                    .set(r.snapshot.map(|l| l.index).unwrap_or(0) as i64);
                 if !first && r.current_leader != leader {
                     m.leader_changes.inc();
                 }
@@ -235,14 +231,16 @@ pub fn watch(app: &Arc<App>, shutdown: &Shutdown) {
                     let pending = state.vms.values().filter(|v| v.node_id.is_none()).count();
                     (pending, state.vms.len(), state.nodes.len())
                 };
-                let members = app
-                    .raft
-                    .metrics()
-                    .borrow()
-                    .membership_config
-                    .membership()
-                    .voter_ids()
-                    .count();
+                let members = {
+                    let r = app.raft.metrics();
+                    let r = r.borrow();
+                    m.last_log_index.set(r.last_log_index.unwrap_or(0) as i64);
+                    m.applied_index
+                        .set(r.last_applied.map(|l| l.index).unwrap_or(0) as i64);
+                    m.snapshot_index
+                        .set(r.snapshot.map(|l| l.index).unwrap_or(0) as i64);
+                    r.membership_config.membership().voter_ids().count()
+                };
                 let mut s = Snapshot::default();
                 for (name, help, value) in [
                     (

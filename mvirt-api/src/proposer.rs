@@ -111,7 +111,7 @@ async fn run(raft: Raft, shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<(P
         let response = raft
             .client_write_ff(Batch {
                 id,
-                proposals: Arc::new(proposals),
+                proposals: proposals.into(),
             })
             .await;
         let shared = shared.clone();

@@ -59,37 +59,87 @@ pub type Raft = openraft::Raft<TypeConfig>;
 /// `id` is a random number the leader's proposer picked: when a member applies the entry it
 /// hands the outcomes straight to a proposer waiting for that id ([`Shared::waiters`]), which
 /// saves the hops back through the Raft core. 0 = nobody waits.
-///
-/// The proposals are shared (`Arc`): openraft clones an entry for every read of the log
-/// (replication to each follower, apply), and a deep copy of every proposal's objects was ~3 %
-/// of the leader's CPU in the write benchmark. On the wire and in the log it is the plain list.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Batch {
     #[serde(default)]
     pub id: u64,
-    #[serde(
-        serialize_with = "serialize_proposals",
-        deserialize_with = "deserialize_proposals"
-    )]
-    pub proposals: Arc<Vec<Proposal>>,
+    pub proposals: Proposals,
 }
 
-fn serialize_proposals<S: serde::Serializer>(
-    proposals: &Arc<Vec<Proposal>>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    proposals.as_slice().serialize(serializer)
+/// The proposals of a [`Batch`], shared (`Arc`): openraft clones an entry for every read of the
+/// log (replication to each follower, apply), and a deep copy of every proposal's objects was
+/// ~3 % of the leader's CPU in the write benchmark.
+///
+/// On the wire and in the log they are the plain JSON list, and that JSON is made once: the
+/// leader encodes it for its own log and reuses it for every follower's AppendEntries, and a
+/// follower keeps the text it received (it decoded the proposals from that very text) for its
+/// log. Before, each batch was encoded three times on the leader (log and two followers) and
+/// once more on each follower.
+#[derive(Clone, Default)]
+pub struct Proposals {
+    list: Arc<Vec<Proposal>>,
+    /// `list` as JSON: made on first use, or kept from the text it was decoded from.
+    json: Arc<std::sync::OnceLock<Box<serde_json::value::RawValue>>>,
 }
 
-fn deserialize_proposals<'de, D: serde::Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Arc<Vec<Proposal>>, D::Error> {
-    Vec::<Proposal>::deserialize(deserializer).map(Arc::new)
+impl From<Vec<Proposal>> for Proposals {
+    fn from(list: Vec<Proposal>) -> Self {
+        Proposals {
+            list: Arc::new(list),
+            json: Arc::default(),
+        }
+    }
+}
+
+impl std::ops::Deref for Proposals {
+    type Target = [Proposal];
+
+    fn deref(&self) -> &[Proposal] {
+        &self.list
+    }
+}
+
+impl std::fmt::Debug for Proposals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.list.fmt(f)
+    }
+}
+
+impl PartialEq for Proposals {
+    fn eq(&self, other: &Self) -> bool {
+        self.list == other.list
+    }
+}
+
+impl Serialize for Proposals {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let json = match self.json.get() {
+            Some(json) => json,
+            None => {
+                let json = serde_json::value::to_raw_value(self.list.as_slice())
+                    .map_err(serde::ser::Error::custom)?;
+                self.json.get_or_init(|| json)
+            }
+        };
+        json.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Proposals {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let json = Box::<serde_json::value::RawValue>::deserialize(deserializer)?;
+        let list: Vec<Proposal> =
+            serde_json::from_str(json.get()).map_err(serde::de::Error::custom)?;
+        Ok(Proposals {
+            list: Arc::new(list),
+            json: Arc::new(json.into()),
+        })
+    }
 }
 
 impl std::fmt::Display for Batch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.proposals.as_slice() {
+        match &self.proposals[..] {
             [one] => write!(f, "{one}"),
             many => write!(f, "batch of {}", many.len()),
         }
@@ -798,6 +848,92 @@ pub fn config(snapshot_every: u64) -> openraft::Config {
         // (one follower fsync) to a bounded size when a follower catches up.
         max_payload_entries: 64,
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+    use crate::state::Command;
+
+    fn proposals() -> Vec<Proposal> {
+        vec![
+            Proposal {
+                command: Command::Noop,
+                idempotency: None,
+                trace_id: Some("req-1".into()),
+            },
+            Proposal {
+                command: Command::Noop,
+                idempotency: None,
+                trace_id: Some("a \"quoted\" ünïcode\n id".into()),
+            },
+            Proposal {
+                command: Command::Noop,
+                idempotency: None,
+                trace_id: None,
+            },
+        ]
+    }
+
+    /// The form the derived `Serialize` wrote before the JSON was cached: logs written by
+    /// earlier versions hold it.
+    fn old_form(id: u64, list: &[Proposal]) -> String {
+        serde_json::to_string(&serde_json::json!({ "id": id, "proposals": list })).unwrap()
+    }
+
+    #[test]
+    fn batch_json_is_the_plain_list_and_made_once() {
+        let batch = Batch {
+            id: 7,
+            proposals: proposals().into(),
+        };
+        let first = serde_json::to_string(&batch).unwrap();
+        let as_value: serde_json::Value = serde_json::from_str(&first).unwrap();
+        let old: serde_json::Value = serde_json::from_str(&old_form(7, &proposals())).unwrap();
+        assert_eq!(as_value, old);
+        // A clone (what openraft hands to each follower's replication) reuses the same text.
+        let clone = batch.clone();
+        assert!(Arc::ptr_eq(&batch.proposals.json, &clone.proposals.json));
+        assert_eq!(serde_json::to_string(&clone).unwrap(), first);
+    }
+
+    #[test]
+    fn entries_written_before_still_decode_and_keep_their_text() {
+        // Old entry JSON, with the whitespace and field order another encoder might use and no
+        // `id` (entries from before the proposer's batch ids).
+        let list = proposals();
+        let log_id =
+            serde_json::to_string(&LogId::new(openraft::CommittedLeaderId::new(2, 1), 5)).unwrap();
+        let old = format!(
+            r#"{{"log_id":{log_id},"payload":{{"Normal":{{ "proposals" : {} }}}}}}"#,
+            serde_json::to_string_pretty(&list).unwrap()
+        );
+        let entry: Entry<TypeConfig> = serde_json::from_str(&old).unwrap();
+        assert_eq!(entry.log_id.index, 5);
+        let EntryPayload::Normal(batch) = &entry.payload else {
+            panic!("not a normal entry: {entry:?}");
+        };
+        assert_eq!(batch.id, 0);
+        assert_eq!(&batch.proposals[..], &list[..]);
+        // Written again (a follower's log), it decodes to the same entry.
+        let again: Entry<TypeConfig> =
+            serde_json::from_str(&serde_json::to_string(&entry).unwrap()).unwrap();
+        assert_eq!(again, entry);
+        // And a batch in the current form decodes as well.
+        let current: Batch = serde_json::from_str(&old_form(9, &list)).unwrap();
+        assert_eq!((current.id, &current.proposals[..]), (9, &list[..]));
+    }
+
+    #[test]
+    fn a_batch_that_is_not_a_list_of_proposals_is_refused() {
+        for bad in [
+            r#"{"id":1,"proposals":{}}"#,
+            r#"{"id":1,"proposals":[{"command":{"op":"no_such_op"}}]}"#,
+            r#"{"id":1}"#,
+        ] {
+            assert!(serde_json::from_str::<Batch>(bad).is_err(), "{bad}");
+        }
     }
 }
 

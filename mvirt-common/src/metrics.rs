@@ -29,7 +29,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::str::FromStr;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock, RwLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -397,6 +397,19 @@ pub struct RpcMetrics {
     /// `mvirt_grpc_request_duration_seconds{service,method}`: until the call's status (a
     /// stream's whole life for streaming calls).
     duration: HistogramFamily,
+    /// The series of each path seen so far, so that a call records without building labels.
+    series: RwLock<HashMap<String, Arc<RpcSeries>>>,
+}
+
+/// The handles of one gRPC method's series, resolved on its first call: its duration histogram
+/// and its counters by status code (created on first use of each code).
+#[derive(Debug)]
+struct RpcSeries {
+    service: String,
+    method: String,
+    duration: Histogram,
+    /// By `tonic::Code` (0..=16).
+    requests: [OnceLock<Counter>; 17],
 }
 
 static RPC: LazyLock<Mutex<HashMap<String, &'static RpcMetrics>>> = LazyLock::new(Default::default);
@@ -411,6 +424,7 @@ impl RpcMetrics {
         let m: &'static RpcMetrics = Box::leak(Box::new(RpcMetrics {
             requests: Family::default(),
             duration: latency_family(),
+            series: RwLock::default(),
         }));
         register(daemon, |r| {
             r.register(
@@ -429,22 +443,51 @@ impl RpcMetrics {
         m
     }
 
-    fn record(&self, path: &str, code: tonic::Code, started: Instant) {
+    /// The series of `path` (`/pkg.Service/Method`): a read lock and a lookup once it exists.
+    fn series(&self, path: &str) -> Arc<RpcSeries> {
+        if let Some(series) = read(&self.series).get(path) {
+            return series.clone();
+        }
         let (service, method) = split_path(path);
-        self.requests
-            .get_or_create(&vec![
-                ("service", service.to_string()),
-                ("method", method.to_string()),
-                ("code", format!("{code:?}")),
-            ])
-            .inc();
-        self.duration
-            .get_or_create(&vec![
-                ("service", service.to_string()),
-                ("method", method.to_string()),
-            ])
-            .observe(started.elapsed().as_secs_f64());
+        let series = Arc::new(RpcSeries {
+            service: service.to_string(),
+            method: method.to_string(),
+            duration: self
+                .duration
+                .get_or_create(&vec![
+                    ("service", service.to_string()),
+                    ("method", method.to_string()),
+                ])
+                .clone(),
+            requests: Default::default(),
+        });
+        write(&self.series)
+            .entry(path.to_string())
+            .or_insert(series)
+            .clone()
     }
+
+    fn record(&self, series: &RpcSeries, code: tonic::Code, started: Instant) {
+        let requests = series.requests[(code as usize).min(16)].get_or_init(|| {
+            self.requests
+                .get_or_create(&vec![
+                    ("service", series.service.clone()),
+                    ("method", series.method.clone()),
+                    ("code", format!("{code:?}")),
+                ])
+                .clone()
+        });
+        requests.inc();
+        series.duration.observe(started.elapsed().as_secs_f64());
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
 }
 
 /// `/pkg.Service/Method` → (`pkg.Service`, `Method`).
@@ -501,19 +544,19 @@ where
             return Box::pin(self.inner.call(request));
         }
         let started = Instant::now();
-        let path = request.uri().path().to_string();
         let metrics = self.metrics;
+        let series = metrics.series(request.uri().path());
         let future = self.inner.call(request);
         Box::pin(async move {
             let response = future.await?;
             // A trailers-only answer (most errors) carries its status in the headers.
             if let Some(code) = grpc_status(response.headers()) {
-                metrics.record(&path, code, started);
+                metrics.record(&series, code, started);
                 return Ok(response);
             }
             let pending = Pending {
                 metrics,
-                path,
+                series,
                 started,
             };
             Ok(response.map(|body| {
@@ -528,7 +571,7 @@ where
 
 struct Pending {
     metrics: &'static RpcMetrics,
-    path: String,
+    series: Arc<RpcSeries>,
     started: Instant,
 }
 
@@ -542,7 +585,7 @@ struct MeteredBody {
 impl MeteredBody {
     fn finish(&mut self, code: tonic::Code) {
         if let Some(p) = self.pending.take() {
-            p.metrics.record(&p.path, code, p.started);
+            p.metrics.record(&p.series, code, p.started);
         }
     }
 }
@@ -597,6 +640,19 @@ pub struct HttpMetrics {
     requests: Family<Labels, Counter>,
     /// `mvirt_http_request_duration_seconds{method,route}`: until the response head.
     duration: HistogramFamily,
+    /// The series of each route template and method seen so far, so that a request records
+    /// with a read lock and a lookup instead of building and hashing label sets.
+    series: Arc<RwLock<HashMap<String, Vec<Arc<HttpSeries>>>>>,
+}
+
+/// The handles of one route and method: its duration histogram and its counters by status
+/// (resolved on the first answer with each status).
+#[derive(Debug)]
+struct HttpSeries {
+    method: http::Method,
+    route: String,
+    duration: Histogram,
+    requests: RwLock<Vec<(u16, Counter)>>,
 }
 
 static HTTP: LazyLock<Mutex<HashMap<String, &'static HttpMetrics>>> =
@@ -612,6 +668,7 @@ impl HttpMetrics {
         let m: &'static HttpMetrics = Box::leak(Box::new(HttpMetrics {
             requests: Family::default(),
             duration: latency_family(),
+            series: Arc::default(),
         }));
         register(daemon, |r| {
             r.register(
@@ -629,6 +686,57 @@ impl HttpMetrics {
         all.insert(daemon.to_string(), m);
         m
     }
+
+    /// The series of `method` on `route` (a template or `unmatched`).
+    fn series(&self, method: &http::Method, route: &str) -> Arc<HttpSeries> {
+        if let Some(series) = read(&self.series)
+            .get(route)
+            .and_then(|all| all.iter().find(|s| s.method == method))
+        {
+            return series.clone();
+        }
+        let duration = self
+            .duration
+            .get_or_create(&vec![
+                ("method", method.as_str().to_string()),
+                ("route", route.to_string()),
+            ])
+            .clone();
+        let mut all = write(&self.series);
+        let of_route = all.entry(route.to_string()).or_default();
+        if let Some(series) = of_route.iter().find(|s| s.method == method) {
+            return series.clone();
+        }
+        let series = Arc::new(HttpSeries {
+            method: method.clone(),
+            route: route.to_string(),
+            duration,
+            requests: RwLock::default(),
+        });
+        of_route.push(series.clone());
+        series
+    }
+
+    fn record(&self, series: &HttpSeries, status: u16, started: Instant) {
+        series.duration.observe(started.elapsed().as_secs_f64());
+        if let Some((_, c)) = read(&series.requests).iter().find(|(s, _)| *s == status) {
+            c.inc();
+            return;
+        }
+        let counter = self
+            .requests
+            .get_or_create(&vec![
+                ("method", series.method.as_str().to_string()),
+                ("route", series.route.clone()),
+                ("status", status.to_string()),
+            ])
+            .clone();
+        counter.inc();
+        let mut requests = write(&series.requests);
+        if !requests.iter().any(|(s, _)| *s == status) {
+            requests.push((status, counter));
+        }
+    }
 }
 
 /// Axum middleware counting and timing every request by its route template (`/v1/vms/{id}`,
@@ -644,26 +752,15 @@ pub async fn track(
         return next.run(request).await;
     }
     let started = Instant::now();
-    let method = request.method().as_str().to_string();
-    let route = request
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".to_string());
+    let series = {
+        let route = request
+            .extensions()
+            .get::<axum::extract::MatchedPath>()
+            .map_or("unmatched", |p| p.as_str());
+        metrics.series(request.method(), route)
+    };
     let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    metrics
-        .requests
-        .get_or_create(&vec![
-            ("method", method.clone()),
-            ("route", route.clone()),
-            ("status", status),
-        ])
-        .inc();
-    metrics
-        .duration
-        .get_or_create(&vec![("method", method), ("route", route)])
-        .observe(started.elapsed().as_secs_f64());
+    metrics.record(&series, response.status().as_u16(), started);
     response
 }
 
@@ -764,6 +861,42 @@ mod tests {
         assert!(at("0.0.0.0:50061"));
         assert!(at("[::]:50061"));
         assert!(at("10.0.0.11:50061"));
+    }
+
+    #[tokio::test]
+    async fn rest_requests_are_counted_by_route_template_method_and_status() {
+        use tower::ServiceExt;
+        let router = http_layer(
+            axum::Router::new().route(
+                "/v1/things/{id}",
+                axum::routing::get(|| async { "thing" })
+                    .delete(|| async { (http::StatusCode::CONFLICT, "busy") }),
+            ),
+            "metrics-test-http",
+        );
+        for (method, path) in [
+            ("GET", "/v1/things/a"),
+            ("GET", "/v1/things/b"),
+            ("DELETE", "/v1/things/a"),
+            ("GET", "/nowhere"),
+        ] {
+            let request = http::Request::builder()
+                .method(method)
+                .uri(path)
+                .body(axum::body::Body::empty())
+                .unwrap();
+            router.clone().oneshot(request).await.unwrap();
+        }
+        let text = encode_text("metrics-test-http");
+        for line in [
+            r#"mvirt_http_requests_total{method="GET",route="/v1/things/{id}",status="200"} 2"#,
+            r#"mvirt_http_requests_total{method="DELETE",route="/v1/things/{id}",status="409"} 1"#,
+            r#"mvirt_http_requests_total{method="GET",route="unmatched",status="404"} 1"#,
+            r#"mvirt_http_request_duration_seconds_count{method="GET",route="/v1/things/{id}"} 2"#,
+            r#"mvirt_http_request_duration_seconds_count{method="DELETE",route="/v1/things/{id}"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} missing in:\n{text}");
+        }
     }
 
     #[test]
