@@ -53,7 +53,8 @@ pub(super) fn replications(cx: &mut Desired) -> Vec<proto::ReplicationSpec> {
         let Some((source, targets)) = live_targets(state, r) else {
             continue;
         };
-        if source != node_id && !targets.contains(&node_id) {
+        // Without a target (all gone, or the VM moved onto the only one) nothing runs.
+        if targets.is_empty() || (source != node_id && !targets.contains(&node_id)) {
             continue;
         }
         let vm = &state.vms[&r.spec.vm_id];

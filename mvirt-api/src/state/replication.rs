@@ -127,3 +127,188 @@ impl State {
         self.vms.get(&r.spec.vm_id)?.node_id.as_deref()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::*;
+    use super::super::*;
+    use crate::nodespec::desired_for;
+
+    fn node(id: &str, name: &str) -> Node {
+        Node {
+            meta: meta(id, name),
+            spec: NodeSpec { schedulable: true },
+            status: NodeStatus {
+                state: NodeState::Online,
+                address: "10.0.0.1".into(),
+                capacity: Capacity::default(),
+                agent_version: "1".into(),
+                last_state_change_at: None,
+                console_endpoint: format!("https://{name}:50057"),
+            },
+            allocated: Capacity::default(),
+            console_secret: format!("secret-of-{id}"),
+        }
+    }
+
+    /// VM `vm1` ("web", volume v1) on node n1; nodes n1, n2, n3.
+    fn with_vm() -> State {
+        let mut s = state_after(&[volume("v1", "data")]);
+        for (id, name) in [("n1", "one"), ("n2", "two"), ("n3", "three")] {
+            s.nodes.insert(id.into(), node(id, name));
+        }
+        let spec: VmSpec = serde_json::from_value(serde_json::json!({
+            "vcpus": 1, "memory_bytes": 128u64 << 20, "volume_ids": ["v1"]
+        }))
+        .unwrap();
+        let mut vm = Vm::new(meta("vm1", "web"), spec);
+        vm.node_id = Some("n1".into());
+        s.vms.insert("vm1".into(), vm);
+        s.volumes.get_mut("v1").unwrap().node_id = Some("n1".into());
+        // Inserted behind apply's back: the name index is rebuilt on the next lookup.
+        s.names = Default::default();
+        s
+    }
+
+    fn schedule(id: &str, name: &str, vm: &str, targets: &[&str]) -> Proposal {
+        p(Command::CreateReplication {
+            replication: Replication::new(
+                meta(id, name),
+                ReplicationSpec {
+                    vm_id: vm.into(),
+                    targets: targets.iter().map(|t| t.to_string()).collect(),
+                    interval_secs: 60,
+                    keep: 3,
+                },
+            ),
+        })
+    }
+
+    fn report(s: &mut State, index: u64, node: &str) -> serde_json::Value {
+        let report: StatusReport = serde_json::from_value(serde_json::json!({
+            "kind": "replication", "id": "r1",
+            "status": {"phase": "ready", "replicas": [{
+                "volume_id": "v1", "target_node_id": "n2", "last_snapshot_id": "s1",
+                "last_replicated_at": "2026-12-07T17:00:00Z", "last_bytes": 10,
+                "last_incremental": false, "lag_secs": 0
+            }]}
+        }))
+        .unwrap();
+        let command = Command::UpdateStatuses {
+            node_id: node.into(),
+            reports: vec![report],
+            now: "t2".into(),
+        };
+        s.apply(index, &p(command)).0.result.unwrap().to_value()
+    }
+
+    #[test]
+    fn a_schedule_names_a_vm_and_other_nodes_once() {
+        let mut s = with_vm();
+        // Names become ids.
+        s.apply(10, &schedule("r1", "dr", "web", &["two"]))
+            .0
+            .result
+            .unwrap();
+        assert_eq!(s.replications["r1"].spec.vm_id, "vm1");
+        assert_eq!(s.replications["r1"].spec.targets, ["n2"]);
+
+        let err = refused(&mut s, 11, &schedule("r2", "own", "vm1", &["n1"]));
+        assert_eq!(err.code, ErrorCode::InvalidArgument, "{err}");
+        assert!(err.message.contains("VM's own node"), "{err}");
+        let err = refused(&mut s, 11, &schedule("r2", "twice", "vm1", &["n3", "n3"]));
+        assert!(err.message.contains("named twice"), "{err}");
+        let err = refused(&mut s, 11, &schedule("r2", "nosuch", "vm1", &["n9"]));
+        assert_eq!(err.code, ErrorCode::NotFound, "{err}");
+        let err = refused(&mut s, 11, &schedule("r2", "again", "vm1", &["n3", "n2"]));
+        assert_eq!(err.code, ErrorCode::Conflict, "{err}");
+        assert!(err.message.contains("already replicates"), "{err}");
+        s.apply(12, &schedule("r2", "other", "vm1", &["n3"]))
+            .0
+            .result
+            .unwrap();
+
+        // vm_id cannot change; targets can (and their reports go with them).
+        let mut spec = s.replications["r2"].spec.clone();
+        spec.vm_id = "vm9".into();
+        let err = refused(&mut s, 13, &update("r2", Spec::Replication(spec)));
+        assert!(err.message.contains("vm_id cannot change"), "{err}");
+
+        // A VM's delete takes its schedules.
+        s.apply(14, &delete(Kind::Vm, "vm1")).0.result.unwrap();
+        assert!(s.replications.is_empty());
+    }
+
+    #[test]
+    fn source_and_target_get_the_schedule_and_the_same_grant() {
+        let mut s = with_vm();
+        s.apply(10, &schedule("r1", "dr", "vm1", &["n2"]))
+            .0
+            .result
+            .unwrap();
+        let (a, b, c) = (
+            desired_for(&s, "n1"),
+            desired_for(&s, "n2"),
+            desired_for(&s, "n3"),
+        );
+        assert_eq!(a.replications.len(), 1);
+        assert_eq!(a.replications, b.replications);
+        assert!(c.replications.is_empty() && c.transfers.is_empty());
+        let r = &a.replications[0];
+        assert_eq!(
+            (r.source_node_id.as_str(), r.volume_ids.clone()),
+            ("n1", vec!["v1".to_string()])
+        );
+        assert_eq!(r.targets.len(), 1);
+        assert_eq!(r.targets[0].node_id, "n2");
+        let grant = a
+            .transfers
+            .iter()
+            .find(|g| g.id == r.targets[0].grant_id)
+            .expect("the source's grant");
+        assert_eq!(Some(grant), b.transfers.iter().find(|g| g.id == grant.id));
+        assert_eq!(
+            (grant.source_node_id.as_str(), grant.target_node_id.as_str()),
+            ("n1", "n2")
+        );
+        assert_eq!(grant.target_endpoint, "https://two:50057");
+        assert_eq!(grant.volume_ids, ["v1"]);
+        assert_eq!(grant.token.len(), 64);
+        assert!(!grant.token.contains("secret"));
+        // The token depends on the nodes' secrets.
+        let before = grant.token.clone();
+        s.nodes.get_mut("n2").unwrap().console_secret = "rotated".into();
+        let after = desired_for(&s, "n1").transfers[0].token.clone();
+        assert_ne!(before, after);
+
+        // The VM moves onto its only target: nothing is replicated.
+        s.vms.get_mut("vm1").unwrap().node_id = Some("n2".into());
+        assert!(desired_for(&s, "n2").replications.is_empty());
+        assert!(desired_for(&s, "n1").transfers.is_empty());
+    }
+
+    #[test]
+    fn status_is_taken_from_the_vms_node_only() {
+        let mut s = with_vm();
+        s.apply(10, &schedule("r1", "dr", "vm1", &["n2"]))
+            .0
+            .result
+            .unwrap();
+        let answer = report(&mut s, 11, "n2");
+        assert_eq!(answer["accepted"], 0, "{answer}");
+        assert!(s.replications["r1"].status.replicas.is_empty());
+        let answer = report(&mut s, 12, "n1");
+        assert_eq!(answer["accepted"], 1, "{answer}");
+        let r = &s.replications["r1"].status;
+        assert_eq!(r.phase, Phase::Ready);
+        assert_eq!(r.replicas[0].last_snapshot_id.as_deref(), Some("s1"));
+        // Dropping the target drops its report.
+        let mut spec = s.replications["r1"].spec.clone();
+        spec.targets = vec!["n3".into()];
+        s.apply(13, &update("r1", Spec::Replication(spec)))
+            .0
+            .result
+            .unwrap();
+        assert!(s.replications["r1"].status.replicas.is_empty());
+    }
+}
