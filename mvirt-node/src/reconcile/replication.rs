@@ -356,6 +356,14 @@ impl Source {
                         _ => return Err(TransferError::Target(status).to_string()),
                     }
                 }
+                Err(TransferError::Target(status)) if status.code() == Code::AlreadyExists => {
+                    // A full stream onto a replica this node has no snapshot of (the VM came
+                    // here by a migration or failover, or the snapshots were pruned away).
+                    return Err(format!(
+                        "the target holds a replica of the volume but none of this node's replication snapshots ({}); delete it on the target to start over",
+                        status.message()
+                    ));
+                }
                 Err(error) => return Err(error.to_string()),
             }
         }
