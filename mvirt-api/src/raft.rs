@@ -91,6 +91,13 @@ impl From<Vec<Proposal>> for Proposals {
     }
 }
 
+impl Proposals {
+    /// The length of their JSON if it is made already.
+    pub fn encoded_len(&self) -> Option<usize> {
+        self.json.get().map(|json| json.get().len())
+    }
+}
+
 impl std::ops::Deref for Proposals {
     type Target = [Proposal];
 
@@ -630,16 +637,53 @@ pub async fn write_frame<W: tokio::io::AsyncWrite + Unpin>(
     w: &mut W,
     body: &[u8],
 ) -> std::io::Result<()> {
-    use tokio::io::AsyncWriteExt;
-    let len = u32::try_from(body.len())
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&[0; 4]);
+    frame.extend_from_slice(body);
+    send_frame(w, seal_frame(frame)?).await
+}
+
+/// `value`'s JSON as one frame, encoded straight after the length's place (no second copy of
+/// the body, as [`write_frame`] makes). `size_hint`: the expected JSON length, so that a large
+/// frame (an AppendEntries of many batches) is not grown and copied step by step.
+pub fn encode_frame<T: Serialize>(value: &T, size_hint: usize) -> std::io::Result<Vec<u8>> {
+    let mut frame = Vec::with_capacity(4 + size_hint.min(MAX_FRAME));
+    frame.extend_from_slice(&[0; 4]);
+    serde_json::to_writer(&mut frame, value).map_err(std::io::Error::other)?;
+    seal_frame(frame)
+}
+
+/// Fills in the length of a frame whose first 4 bytes were left for it.
+fn seal_frame(mut frame: Vec<u8>) -> std::io::Result<Vec<u8>> {
+    let len = u32::try_from(frame.len() - 4)
         .ok()
         .filter(|l| (*l as usize) <= MAX_FRAME)
         .ok_or_else(|| std::io::Error::other("frame too large"))?;
-    let mut buf = Vec::with_capacity(4 + body.len());
-    buf.extend_from_slice(&len.to_be_bytes());
-    buf.extend_from_slice(body);
-    w.write_all(&buf).await?;
+    frame[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(frame)
+}
+
+/// Sends a frame made by [`encode_frame`].
+pub async fn send_frame<W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    frame: Vec<u8>,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    w.write_all(&frame).await?;
     w.flush().await
+}
+
+/// The JSON length to expect for `rpc`: its batches' proposals as far as they are encoded
+/// already (the leader's own log append usually encoded them first), plus room for the rest.
+pub fn append_size_hint(rpc: &AppendEntriesRequest<TypeConfig>) -> usize {
+    rpc.entries
+        .iter()
+        .map(|e| match &e.payload {
+            EntryPayload::Normal(batch) => 128 + batch.proposals.encoded_len().unwrap_or(0),
+            _ => 256,
+        })
+        .sum::<usize>()
+        + 256
 }
 
 /// Reads one frame; `None` on a clean end of stream before it.
@@ -659,8 +703,15 @@ pub async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
             "frame of {len} bytes is too large"
         )));
     }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).await?;
+    // Read into spare capacity: no zeroing of a buffer that is overwritten at once.
+    let mut body = Vec::with_capacity(len);
+    (&mut *r).take(len as u64).read_to_end(&mut body).await?;
+    if body.len() < len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("frame cut off after {} of {len} bytes", body.len()),
+        ));
+    }
     Ok(Some(body))
 }
 
@@ -709,8 +760,7 @@ impl HttpConnection {
         let Some(stream) = self.stream.get_mut().as_mut() else {
             return Err(StreamError::Io(std::io::Error::other("no stream")));
         };
-        let body = serde_json::to_vec(rpc).map_err(std::io::Error::other)?;
-        write_frame(stream, &body).await?;
+        send_frame(stream, encode_frame(rpc, append_size_hint(rpc))?).await?;
         let frame = read_frame(stream).await?.ok_or_else(|| {
             std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "stream closed")
         })?;

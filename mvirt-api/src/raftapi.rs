@@ -198,8 +198,7 @@ where
         let req: AppendEntriesRequest<TypeConfig> =
             serde_json::from_slice(&frame).map_err(std::io::Error::other)?;
         let resp = app.raft.append_entries(req).await;
-        let body = serde_json::to_vec(&resp).map_err(std::io::Error::other)?;
-        crate::raft::write_frame(&mut io, &body).await?;
+        crate::raft::send_frame(&mut io, crate::raft::encode_frame(&resp, 256)?).await?;
     }
     Ok(())
 }
