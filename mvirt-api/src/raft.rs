@@ -381,7 +381,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // A row is the object after its last change in these entries: that change's JSON
             // (every mutation is followed by its change, so it is the final form), except for
             // nodes and pods, whose stored form differs from the view their events show (a
-            // node's relay secret, a pod's registry secrets).
+            // node's relay secret, a pod's registry secrets), and VMs while a migration's grant
+            // token is stored.
             let mut rows: std::collections::BTreeMap<(Kind, String), Option<String>> =
                 std::collections::BTreeMap::new();
             let mut events = Vec::new();
@@ -398,8 +399,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 if rows.contains_key(&key) {
                     continue;
                 }
+                let secret = key.0 == Kind::Vm && state.vm_holds_secret(&key.1);
                 let json = match (key.0, change.object) {
                     (Kind::Node | Kind::Pod, _) | (_, None) => state.stored_json(key.0, &key.1),
+                    _ if secret => state.stored_json(key.0, &key.1),
                     (_, Some(object)) => Some(String::from(object)),
                 };
                 debug_assert_eq!(

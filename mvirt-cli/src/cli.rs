@@ -606,6 +606,10 @@ mvirt vm create db --cpus 4 --memory 8G --template debian-12 --disk-size 100G --
     Kill { vm: String },
     /// Restart a VM.
     Restart { vm: String },
+    /// Move a running VM to another node while it runs (live migration, memory and disks).
+    #[command(after_help = "Examples:\n  mvirt vm migrate web-1\n  \
+mvirt vm migrate web-1 --node node-b --wait")]
+    Migrate(VmMigrateArgs),
     /// Delete a VM with its owned root volume and NICs.
     Delete { vm: String },
     /// Attach to the serial console (leave with Ctrl+a t).
@@ -623,6 +627,18 @@ mvirt vm attach web-1 --nic web-eth1")]
     #[command(after_help = "Examples:\n  mvirt vm detach web-1 --volume data\n  \
 mvirt vm detach web-1 --nic web-eth1")]
     Detach(VmDeviceArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct VmMigrateArgs {
+    /// VM id or name.
+    pub vm: String,
+    /// The target node (id or name); the scheduler picks one when absent.
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Wait until the migration completed (or failed: then the exit status is non-zero).
+    #[arg(long)]
+    pub wait: bool,
 }
 
 #[derive(Debug, Args, Clone)]

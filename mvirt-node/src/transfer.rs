@@ -54,8 +54,9 @@ use crate::daemons::Daemons;
 /// sends both nodes their new spec at once, but the target may get it a moment later).
 pub const GRANT_WAIT: Duration = Duration::from_secs(15);
 
-/// How long a migration relay waits for this node to prepare the incoming VM.
-pub const PREPARE_WAIT: Duration = Duration::from_secs(60);
+/// How long a migration relay waits for this node to prepare the incoming VM (less than the
+/// 30 s mvirt-vmm lets a migration stream stall, so the source learns why).
+pub const PREPARE_WAIT: Duration = Duration::from_secs(25);
 
 /// Size of the pieces a relay reads from its local socket.
 const RELAY_CHUNK: usize = 256 * 1024;

@@ -118,6 +118,14 @@ fn refusal(state: &State, node: &Node, vm: &Vm) -> Option<String> {
 }
 
 impl State {
+    /// Whether VM `vm_id`'s stored form holds a migration's grant token (its view does not).
+    pub fn vm_holds_secret(&self, vm_id: &str) -> bool {
+        self.vms
+            .get(vm_id)
+            .and_then(|v| v.migration.as_ref())
+            .is_some_and(|m| !m.grant_token.is_empty())
+    }
+
     /// Whether VM `vm_id` is migrating to `node_id` right now.
     pub(super) fn migrating_to(&self, vm_id: &str, node_id: &str) -> bool {
         self.vms

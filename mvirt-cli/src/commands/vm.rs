@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::cli::{VmCmd, VmCreateArgs, VmDeviceArgs};
+use crate::cli::{VmCmd, VmCreateArgs, VmDeviceArgs, VmMigrateArgs};
 use crate::client::{ApiClient, ApiError};
 use crate::output;
 use crate::resources as res;
@@ -96,6 +96,7 @@ pub async fn run(ctx: &Ctx, c: VmCmd) -> Result<(), ApiError> {
         VmCmd::Stop { vm } => vm_action(ctx, &vm, "stop", "stop requested").await,
         VmCmd::Kill { vm } => vm_action(ctx, &vm, "kill", "kill requested").await,
         VmCmd::Restart { vm } => vm_action(ctx, &vm, "restart", "restart requested").await,
+        VmCmd::Migrate(a) => migrate(ctx, &a).await,
         VmCmd::Delete { vm } => ctx.delete(r, &vm, &[]).await,
         VmCmd::Console(a) => crate::console::run(&ctx.api, &a.vm).await,
         VmCmd::Resize(a) => {
@@ -235,6 +236,74 @@ pub fn with_conditions(what: String, v: &Value) -> String {
     s
 }
 
+/// The body of `POST /v1/vms/{id}/migrate`.
+pub fn migrate_body(node: Option<&str>) -> Value {
+    match node {
+        Some(node) => json!({ "node": node }),
+        None => json!({}),
+    }
+}
+
+/// What a VM's `migration` says, in one line; `None` while it runs.
+pub fn migration_outcome(vm: &str, v: &Value) -> Option<Result<String, String>> {
+    let m = v.get("migration")?;
+    let target = output::text_at(m, "target_node_id");
+    match m.get("phase").and_then(Value::as_str)? {
+        "completed" => Some(Ok(format!(
+            "vm {vm}: migrated to node {target} (downtime {} ms, {} sent)",
+            output::text_at(m, "downtime_ms"),
+            output::human_bytes(
+                m.get("bytes_transferred")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0)
+            )
+        ))),
+        "failed" | "cancelled" => Some(Err(format!(
+            "vm {vm}: migration to node {target} failed: {}",
+            output::text_at(m, "error")
+        ))),
+        _ => None,
+    }
+}
+
+async fn migrate(ctx: &Ctx, a: &VmMigrateArgs) -> Result<(), ApiError> {
+    let v = ctx
+        .post_below(
+            &res::VMS,
+            &a.vm,
+            "migrate",
+            &migrate_body(a.node.as_deref()),
+        )
+        .await?;
+    if !a.wait {
+        let target = output::lookup(&v, "migration.target_node_id")
+            .map(output::text)
+            .unwrap_or_default();
+        return ctx.done(
+            &v,
+            &format!("vm {}: migration to node {target} started", a.vm),
+        );
+    }
+    let id = output::text_at(&v, "id");
+    // Generous: a migration copies the VM's memory and every block of its disks.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3600);
+    loop {
+        let v = ctx.get(&res::VMS, &id).await?;
+        match migration_outcome(&a.vm, &v) {
+            Some(Ok(line)) => return ctx.done(&v, &line),
+            Some(Err(line)) => return Err(ApiError::Other(line)),
+            None if std::time::Instant::now() > deadline => {
+                return Err(ApiError::Other(format!(
+                    "vm {}: the migration did not end within an hour (still {})",
+                    a.vm,
+                    output::text_at(&v, "migration.phase")
+                )))
+            }
+            None => tokio::time::sleep(std::time::Duration::from_millis(500)).await,
+        }
+    }
+}
+
 async fn vm_action(ctx: &Ctx, vm: &str, action: &str, what: &str) -> Result<(), ApiError> {
     let v = ctx.post_below(&res::VMS, vm, action, &json!({})).await?;
     ctx.done(&v, &format!("vm {vm}: {what}"))
@@ -245,6 +314,28 @@ mod tests {
     use super::*;
     use crate::cli::{Cli, Command};
     use clap::Parser;
+
+    #[test]
+    fn migrate_names_the_node_only_when_given_and_says_how_it_ended() {
+        assert_eq!(migrate_body(None), json!({}));
+        assert_eq!(migrate_body(Some("node-b")), json!({"node": "node-b"}));
+        let vm = |m: Value| json!({"id": "v", "migration": m});
+        assert_eq!(migration_outcome("web", &json!({"id": "v"})), None);
+        let running = vm(json!({"phase": "transferring", "target_node_id": "n2"}));
+        assert_eq!(migration_outcome("web", &running), None);
+        let done = vm(json!({"phase": "completed", "target_node_id": "n2",
+            "downtime_ms": 42, "bytes_transferred": 2048}));
+        let line = migration_outcome("web", &done).unwrap().unwrap();
+        assert!(
+            line.contains("migrated to node n2") && line.contains("42 ms"),
+            "{line}"
+        );
+        let failed = vm(json!({"phase": "failed", "target_node_id": "n2", "error": "target gone"}));
+        let line = migration_outcome("web", &failed).unwrap().unwrap_err();
+        assert!(line.ends_with("failed: target gone"), "{line}");
+        let cli = Cli::try_parse_from(["mvirt", "vm", "migrate", "web", "--node", "b", "--wait"]);
+        assert!(cli.is_ok(), "{cli:?}");
+    }
 
     #[test]
     fn vm_create_body_has_root_volume_nics_keys_and_selector() {

@@ -225,8 +225,12 @@ impl Outgoing {
         let last = last.ok_or("MigrateVm ended without a result")?;
         let status = vmm::MigrationStatus::try_from(last.status).unwrap_or_default();
         if status != vmm::MigrationStatus::Completed {
-            relay.abort();
-            // mvirt-vmm resumed the guest here.
+            // mvirt-vmm resumed the guest here. The relay's error, if it failed, says more
+            // than the hypervisor's broken pipe.
+            let relayed = tokio::time::timeout(Duration::from_secs(5), relay).await;
+            if let Ok(Ok(Err(relay_error))) = relayed {
+                return Err(format!("{relay_error}; running on the source"));
+            }
             let why = if last.error.is_empty() {
                 format!("{status:?}").to_lowercase()
             } else {

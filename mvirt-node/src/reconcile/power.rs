@@ -83,6 +83,17 @@ fn take_restart_request(cx: &Context, want: &api::VmSpec) -> bool {
     true
 }
 
+/// Records the spec's restart generation as acted on without restarting: a VM that migrated
+/// here was restarted (or not) where it ran before.
+pub(super) fn adopt_restart_generation(cx: &Context, want: &api::VmSpec) {
+    let key = restart_key(&want.id);
+    if want.restart_generation > cx.ledger.counter(&key) {
+        if let Err(err) = cx.ledger.set_counter(&key, want.restart_generation) {
+            tracing::warn!(vm = %want.id, error = %mvirt_common::error::error_chain(&err), "cannot record the restart");
+        }
+    }
+}
+
 /// Starts, stops or restarts the VM as the spec asks; returns the VM as it is now.
 pub(super) async fn converge(
     cx: &Context,

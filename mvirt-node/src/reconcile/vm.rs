@@ -74,6 +74,7 @@ impl<'a> VmReconciler<'a> {
         want: &api::VmSpec,
         seen: &HashMap<String, vmm::Vm>,
     ) -> Converging<LocalVm> {
+        power::adopt_restart_generation(self.cx, want);
         let here = seen.get(&want.id);
         let ready = |vm: vmm::Vm| {
             Ok(Outcome::Ready(LocalVm {

@@ -1,0 +1,377 @@
+//! Live migration through the API between two nodes on this host (each with its own agent,
+//! data dir and local daemons; QEMU TCG guests), on one booted VM:
+//!
+//! 1. Refusals: the VM's own node and an unknown node are refused with the reason.
+//! 2. A migration whose target agent is down fails with a reason, and the VM runs on where it
+//!    was (one hypervisor process, on the source; the guest keeps counting there).
+//! 3. With both agents up, `POST /v1/vms/{id}/migrate {}` moves the counting guest to the other
+//!    node (the scheduler's choice): the count goes on there without a reboot (no second boot
+//!    banner, uptime continues), the migration is `completed` with its downtime, the VM's node
+//!    changed, and exactly one hypervisor process runs it (the source's paused copy is gone).
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use mvirt_log::server::{BoundServer, Config as LogConfig};
+use mvirt_testsupport::process::wait_until_async;
+use mvirt_vmm::proto as vmm;
+use mvirt_vmm::proto::vm_service_client::VmServiceClient;
+use serde_json::{json, Value};
+use tokio_stream::StreamExt;
+
+const BOOT: Duration = Duration::from_secs(180);
+const MIGRATION: Duration = Duration::from_secs(120);
+
+/// A VM's serial console on one node's mvirt-vmm, read continuously.
+struct Viewer {
+    output: Arc<Mutex<String>>,
+    input: tokio::sync::mpsc::Sender<vmm::ConsoleInput>,
+}
+
+impl Viewer {
+    async fn open(vmm_endpoint: &str, vm_id: &str) -> Viewer {
+        let mut client = VmServiceClient::connect(vmm_endpoint.to_string())
+            .await
+            .expect("connect vmm");
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tx.send(vmm::ConsoleInput {
+            vm_id: vm_id.to_string(),
+            data: Vec::new(),
+        })
+        .await
+        .unwrap();
+        let mut stream = client
+            .console(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("open the console")
+            .into_inner();
+        let output = Arc::new(Mutex::new(String::new()));
+        let sink = output.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(chunk)) = stream.next().await {
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&chunk.data));
+            }
+        });
+        Viewer { output, input: tx }
+    }
+
+    fn text(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    async fn wait_for(&self, needle: &str, timeout: Duration) -> String {
+        let output = self.output.clone();
+        wait_until_async(&format!("console output {needle:?}"), timeout, || {
+            let text = output.lock().unwrap().clone();
+            let found = text.contains(needle);
+            async move { found.then_some(text) }
+        })
+        .await
+    }
+
+    async fn send(&self, text: &str) {
+        self.input
+            .send(vmm::ConsoleInput {
+                vm_id: String::new(),
+                data: text.as_bytes().to_vec(),
+            })
+            .await
+            .unwrap();
+    }
+
+    /// The highest `COUNT-<n>` the guest printed so far.
+    fn count(&self) -> u64 {
+        self.text()
+            .split("COUNT-")
+            .skip(1)
+            .filter_map(|s| {
+                let digits: String = s.chars().take_while(char::is_ascii_digit).collect();
+                digits.parse().ok()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+fn uptime_of(text: &str, marker: &str) -> f64 {
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with(marker))
+        .unwrap_or_else(|| panic!("no {marker} line in {text}"));
+    line[marker.len()..]
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("bad uptime line {line:?}"))
+}
+
+/// The VMs one node's mvirt-vmm has, with their state.
+async fn vms_on(vmm_endpoint: &str) -> Vec<vmm::Vm> {
+    VmServiceClient::connect(vmm_endpoint.to_string())
+        .await
+        .expect("connect vmm")
+        .list_vms(vmm::ListVmsRequest::default())
+        .await
+        .expect("ListVms")
+        .into_inner()
+        .vms
+}
+
+/// Waits until the VM's migration reached `phase`; returns the VM.
+async fn wait_migration(rest: &Rest, vm_id: &str, phase: &str) -> Value {
+    let path = format!("/v1/vms/{vm_id}");
+    wait_until_async(&format!("the migration to be {phase}"), MIGRATION, || {
+        let (rest, path) = (rest.clone(), path.clone());
+        async move {
+            let vm = rest.get(&path).await;
+            (vm["migration"]["phase"] == phase).then_some(vm)
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_counting_guest_migrates_live_through_the_api_and_a_failed_migration_leaves_it_running() {
+    mvirt_testsupport::require_root();
+    mvirt_common::telemetry::init_for_tests();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let log = BoundServer::bind(LogConfig {
+        listen: common::socket(root, "log"),
+        data_dir: root.join("log"),
+        retention: Default::default(),
+    })
+    .await
+    .unwrap();
+    let log_endpoint = log.endpoint();
+    let log_shutdown = mvirt_common::Shutdown::new();
+    tokio::spawn(log.serve(log_shutdown.clone()));
+    let api = mvirt_api::server::start(
+        mvirt_api::server::ServerConfig::for_tests("127.0.0.1".parse().unwrap(), &root.join("api")),
+        mvirt_common::Shutdown::new(),
+    )
+    .await
+    .expect("mvirt-api starts");
+    let token = api.admin_token().expect("admin token");
+    let rest = Rest::for_member(&api, &token);
+    rest.wait_ready().await;
+    let hosts = [
+        HostDaemons::start(&root.join("a"), &root.join("images"), &log_endpoint).await,
+        HostDaemons::start(&root.join("b"), &root.join("images"), &log_endpoint).await,
+    ];
+    let configs = [("node-a", "a"), ("node-b", "b")].map(|(name, d)| {
+        agent_config(
+            name,
+            &root.join(d).join("agent"),
+            &hosts[if d == "a" { 0 } else { 1 }].endpoints,
+            &api,
+            &token,
+        )
+    });
+    let mut agents = [
+        Some(Agent::start(configs[0].clone())),
+        Some(Agent::start(configs[1].clone())),
+    ];
+    let nodes = wait_until_async("both nodes online", Duration::from_secs(30), || {
+        let rest = rest.clone();
+        async move {
+            let items = rest.get("/v1/nodes").await["items"].as_array()?.clone();
+            (items.len() == 2 && items.iter().all(|n| n["status"]["state"] == "online"))
+                .then_some(items)
+        }
+    })
+    .await;
+    let node_ids: Vec<String> = ["node-a", "node-b"]
+        .iter()
+        .map(|name| {
+            let node = nodes.iter().find(|n| n["name"] == *name).unwrap();
+            node["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+
+    let template_id = rest.create_template("tiny", &hosts[0].images).await;
+    // No NIC: both "hosts" of this test share one kernel, and a NIC's TAP name derives from
+    // its id alone, so the target's TAP for the moving VM's NIC would be the source's, which
+    // the source's QEMU holds (on two machines each has its own).
+    let vm = rest
+        .post(
+            "/v1/vms",
+            json!({"name": "mover", "spec": {
+                "vcpus": 1,
+                "memory_bytes": 128u64 << 20,
+                "root_volume": {"template_id": template_id, "size_bytes": 32u64 << 20},
+            }}),
+        )
+        .await;
+    let vm_id = vm["id"].as_str().unwrap().to_string();
+    let vm = rest.wait_vm_phase(&vm_id, "running", BOOT).await;
+    let source = vm["node_id"].as_str().unwrap().to_string();
+    let (s, t) = if source == node_ids[0] {
+        (0, 1)
+    } else {
+        (1, 0)
+    };
+    let target = node_ids[t].clone();
+
+    let on_source = Viewer::open(&hosts[s].endpoints.vmm, &vm_id).await;
+    on_source.wait_for("MVIRT-GUEST-BOOTED", BOOT).await;
+    // Typed with `""` inside, so the echo of the typed line never matches what is waited for.
+    on_source
+        .send("(i=0; while true; do i=$((i+1)); echo COUNT-$i; sleep 1; done) &\n")
+        .await;
+    on_source.wait_for("COUNT-2", BOOT).await;
+    on_source
+        .send("echo UP\"\"BEFORE $(cut -d' ' -f1 /proc/uptime)\n")
+        .await;
+    on_source.wait_for("UPBEFORE ", BOOT).await;
+    let path = format!("/v1/vms/{vm_id}/migrate");
+
+    // 1. Refusals, with the reason.
+    let (status, body) = rest
+        .call(
+            reqwest::Method::POST,
+            &path,
+            Some(json!({"node": source.clone()})),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("already runs"),
+        "{body}"
+    );
+    let (status, body) = rest
+        .call(
+            reqwest::Method::POST,
+            &path,
+            Some(json!({"node": "nowhere"})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+
+    // 2. The target's agent is down: the migration fails, the VM runs on where it was.
+    let endpoint_before =
+        rest.get(&format!("/v1/nodes/{target}")).await["status"]["console_endpoint"].clone();
+    agents[t].take().unwrap().kill();
+    let started = rest.post(&path, json!({"node": target.clone()})).await;
+    assert_eq!(started["migration"]["phase"], "pending", "{started:#}");
+    assert_eq!(started["migration"]["target_node_id"], json!(target));
+    assert!(
+        started["migration"].get("grant_token").is_none(),
+        "the grant's secret is never shown: {started:#}"
+    );
+    let failed = wait_migration(&rest, &vm_id, "failed").await;
+    assert_eq!(failed["node_id"], json!(source), "{failed:#}");
+    let reason = failed["migration"]["error"].as_str().unwrap_or_default();
+    assert!(
+        !reason.is_empty(),
+        "a failed migration says why: {failed:#}"
+    );
+    let count = on_source.count();
+    on_source
+        .wait_for(&format!("COUNT-{}", count + 2), BOOT)
+        .await;
+    let here = vms_on(&hosts[s].endpoints.vmm).await;
+    assert_eq!(here.len(), 1, "{here:?}");
+    assert_eq!(here[0].state, vmm::VmState::Running as i32, "{here:?}");
+    agents[t] = Some(Agent::start(configs[t].clone()));
+    // What the target may have prepared is gone once its agent is back.
+    wait_until_async(
+        "the target to hold no copy of the VM",
+        Duration::from_secs(60),
+        || {
+            let endpoint = hosts[t].endpoints.vmm.clone();
+            async move { vms_on(&endpoint).await.is_empty().then_some(()) }
+        },
+    )
+    .await;
+    // Back: registered again (with the endpoint of its new listener) and online.
+    wait_until_async("the target back online", Duration::from_secs(60), || {
+        let (rest, target, before) = (rest.clone(), target.clone(), endpoint_before.clone());
+        async move {
+            let node = rest.get(&format!("/v1/nodes/{target}")).await;
+            (node["status"]["state"] == "online" && node["status"]["console_endpoint"] != before)
+                .then_some(())
+        }
+    })
+    .await;
+
+    // 3. The migration the scheduler targets: the guest moves and counts on.
+    let started = rest.post(&path, json!({})).await;
+    assert_eq!(started["migration"]["target_node_id"], json!(target));
+    let done = wait_migration(&rest, &vm_id, "completed").await;
+    assert_eq!(done["node_id"], json!(target), "{done:#}");
+    let migration = &done["migration"];
+    assert_eq!(migration["source_node_id"], json!(source));
+    assert!(migration["downtime_ms"].is_u64(), "{done:#}");
+    assert!(
+        migration["bytes_transferred"].as_u64().unwrap_or(0) > 0,
+        "{done:#}"
+    );
+    assert!(migration["finished_at"].is_string(), "{done:#}");
+    let last_on_source = on_source.count();
+    let on_target = Viewer::open(&hosts[t].endpoints.vmm, &vm_id).await;
+    on_target
+        .wait_for(&format!("COUNT-{}", last_on_source + 2), BOOT)
+        .await;
+    on_target
+        .send("echo UP\"\"AFTER $(cut -d' ' -f1 /proc/uptime)\n")
+        .await;
+    let after = on_target.wait_for("UPAFTER ", BOOT).await;
+    let (before, after_up) = (
+        uptime_of(&on_source.text(), "UPBEFORE "),
+        uptime_of(&after, "UPAFTER "),
+    );
+    assert!(after_up > before, "uptime went on: {before} -> {after_up}");
+    assert!(
+        !after.contains("MVIRT-GUEST-BOOTED"),
+        "no second boot on the target:\n{after}"
+    );
+    // Exactly one hypervisor runs the VM: the source's paused copy goes.
+    wait_until_async(
+        "the source's paused copy to be deleted",
+        Duration::from_secs(60),
+        || {
+            let endpoint = hosts[s].endpoints.vmm.clone();
+            async move { vms_on(&endpoint).await.is_empty().then_some(()) }
+        },
+    )
+    .await;
+    let there = vms_on(&hosts[t].endpoints.vmm).await;
+    assert_eq!(there.len(), 1, "{there:?}");
+    assert_eq!(there[0].state, vmm::VmState::Running as i32, "{there:?}");
+    rest.wait_vm_phase(&vm_id, "running", Duration::from_secs(60))
+        .await;
+    let volume = rest
+        .get(&format!(
+            "/v1/volumes/{}",
+            done["spec"]["volume_ids"][0].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(
+        volume["node_id"],
+        json!(target),
+        "the disk moved with the VM"
+    );
+
+    rest.delete(&format!("/v1/vms/{vm_id}")).await;
+    wait_until_async("the VM to be deleted", Duration::from_secs(60), || {
+        let endpoint = hosts[t].endpoints.vmm.clone();
+        async move { vms_on(&endpoint).await.is_empty().then_some(()) }
+    })
+    .await;
+    for agent in agents.iter_mut() {
+        agent.take().unwrap().stop().await;
+    }
+    api.stop().await;
+    mvirt_testsupport::process::assert_no_hypervisor_outlives(root, Duration::from_secs(10)).await;
+    log_shutdown.trigger();
+}
