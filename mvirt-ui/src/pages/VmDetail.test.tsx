@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { screen, waitFor } from '@testing-library/react';
+import { fireEvent, screen, waitFor } from '@testing-library/react';
 import { Route, Routes } from 'react-router';
 import { json, page, renderApp, stubApi } from '../test/render';
 import VmDetail from './VmDetail';
@@ -66,13 +66,44 @@ describe('VmDetail', () => {
     expect(screen.getByRole('link', { name: 'Trace of the last change' }).getAttribute('href')).toBe('/audit?trace_id=req-7');
   });
 
+  it('an operator migrates the VM to a chosen node and sees where the migration is', async () => {
+    const moving = {
+      ...vm,
+      migration: { id: 'm1', phase: 'transferring', source_node_id: 'n1', target_node_id: 'n2', bytes_transferred: 1, bytes_remaining: 2, started_at: 't' },
+    };
+    const node = (id: string, name: string) => ({
+      id,
+      name,
+      project: '',
+      revision: 1,
+      labels: {},
+      spec: { schedulable: true },
+      status: { state: 'online', address: '', capacity: { vcpus: 4, memory_bytes: 1, storage_bytes: 1 }, agent_version: '' },
+      allocated: { vcpus: 0, memory_bytes: 0, storage_bytes: 0 },
+    });
+    const calls = stubApi((url, init) => {
+      if (url.startsWith('/v1/whoami')) return json({ role: 'operator' });
+      if (url === `/v1/vms/${vm.id}/migrate` && init?.method === 'POST') return json(moving, 202);
+      if (url === `/v1/vms/${vm.id}/stats`) return json(stats);
+      if (url.startsWith('/v1/nodes')) return page([node('n1', 'alpha'), node('n2', 'beta')]);
+      if (url.startsWith('/v1/vms')) return page([vm]);
+      return undefined;
+    });
+    renderApp(detail(), { path: `/vms/${vm.id}` });
+    const select = (await screen.findByRole('combobox', { name: 'Migration target' })) as HTMLSelectElement;
+    await waitFor(() => expect([...select.options].map((o) => o.textContent)).toEqual(['any other node', 'beta']));
+    fireEvent.change(select, { target: { value: 'n2' } });
+    fireEvent.click(screen.getByRole('button', { name: 'Migrate' }));
+    await waitFor(() => expect(calls.some((c) => c.url === `/v1/vms/${vm.id}/migrate` && String(c.init.body).includes('"node":"n2"'))).toBe(true));
+  });
+
   it('a viewer sees the VM and its usage but no console (a write channel), action or change', async () => {
     routes('viewer');
     renderApp(detail(), { path: `/vms/${vm.id}` });
     await screen.findByRole('heading', { name: 'web' });
     await waitFor(() => expect(screen.getByTestId('usage-memory-now').textContent).toBe('300 MiB'));
     await waitFor(() => {
-      for (const b of ['Console', 'Start', 'Stop', 'Restart', 'Kill', 'Delete', 'Apply', 'Attach'])
+      for (const b of ['Console', 'Start', 'Stop', 'Restart', 'Kill', 'Delete', 'Apply', 'Attach', 'Migrate'])
         expect(screen.queryByRole('button', { name: b })).toBeNull();
     });
     expect(screen.queryByRole('form', { name: 'Change vCPU and memory' })).toBeNull();

@@ -1,6 +1,6 @@
 // One VM: status, conditions and placement (live), power actions, its usage over the last
 // minutes, changes to vCPU/memory, disks and NICs (sent as the full spec with If-Match), and the
-// serial console.
+// serial console, and live migration to another node (operators and admins).
 import { lazy, Suspense, useState, type FormEvent } from 'react';
 import { useMutation, useQuery } from '@tanstack/react-query';
 import { Link, useNavigate, useParams } from 'react-router';
@@ -143,6 +143,43 @@ function Actions({ vm, onConsole, consoleOpen }: { vm: Vm; onConsole: () => void
         {canWrite && <ConfirmButton label="Delete" confirm={`Delete ${vm.name} and its owned disks and NICs?`} onConfirm={() => remove.mutate()} />}
       </div>
       <ErrorBox error={action.error ?? remove.error} onClose={() => (action.reset(), remove.reset())} />
+      {canAct && <Migrate vm={vm} />}
+    </div>
+  );
+}
+
+/** Live migration: the target node (or the scheduler's choice), and where the last one is. */
+function Migrate({ vm }: { vm: Vm }) {
+  const nodes = useList<Node>('node');
+  const [target, setTarget] = useState('');
+  const migrate = useMutation({
+    mutationFn: () => post(`/v1/vms/${vm.id}/migrate`, target ? { node: target } : {}),
+  });
+  const others = nodes.items.filter((n) => n.id !== vm.node_id && n.status.state === 'online' && n.spec.schedulable);
+  const m = vm.migration;
+  const nameOf = (id: string) => nodes.items.find((n) => n.id === id)?.name ?? id;
+  const active = !!m && ['pending', 'transferring', 'completing'].includes(m.phase);
+  return (
+    <div className="flex flex-wrap items-center gap-2">
+      <select aria-label="Migration target" className={inputCls} value={target} onChange={(e) => setTarget(e.target.value)}>
+        <option value="">any other node</option>
+        {others.map((n) => (
+          <option key={n.id} value={n.id}>
+            {n.name}
+          </option>
+        ))}
+      </select>
+      <Button onClick={() => migrate.mutate()} disabled={migrate.isPending || active || !vm.node_id || others.length === 0}>
+        Migrate
+      </Button>
+      {m && (
+        <span className="text-sm text-muted" data-testid="migration">
+          migration to {nameOf(m.target_node_id)}: {m.phase}
+          {m.phase === 'completed' && m.downtime_ms != null && ` (downtime ${m.downtime_ms} ms)`}
+          {m.error && ` — ${m.error}`}
+        </span>
+      )}
+      <ErrorBox error={migrate.error} onClose={() => migrate.reset()} />
     </div>
   );
 }
