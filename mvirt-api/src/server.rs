@@ -673,7 +673,7 @@ pub async fn start(
     // The peer address reaches handlers as `ConnectInfo` (the join rate limit is per source
     // address).
     let rest_service = tower::ServiceBuilder::new()
-        .map_request(|mut req: axum::http::Request<hyper::body::Incoming>| {
+        .map_request(|mut req: axum::http::Request<mvirt_common::tls::RequestBody>| {
             if let Some(peer) = req.extensions().get::<mvirt_common::tls::PeerInfo>() {
                 let addr = peer.remote_addr;
                 req.extensions_mut()

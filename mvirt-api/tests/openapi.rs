@@ -92,6 +92,12 @@ const ACCEPTED_REJECTIONS: &[Rule] = &[
         reason: "depends on the stored objects' projects",
     },
     Rule {
+        operations: &["POST /v1/backups"],
+        message: "a backup lives in its volume's project",
+        documented: "names a volume of the backup's project",
+        reason: "depends on the stored volume's project",
+    },
+    Rule {
         operations: &["POST /v1/replications", "PUT /v1/replications/{id}"],
         message: "is the VM's own node",
         documented: "none the VM's current node",

@@ -1140,10 +1140,61 @@ mod futures_core_stream {
     pub use tokio_stream::Stream;
 }
 
+/// A request body as [`serve_http`] hands it to the service: hyper's body, noting whether it
+/// was read to its end.
+pub struct RequestBody {
+    inner: hyper::body::Incoming,
+    done: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl http_body::Body for RequestBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let frame = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(frame, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// An HTTP/1 response to a request whose body was not read to its end (refused before it was
+/// read: authentication, a wrong content type, an unknown route, a body over the limit) says
+/// `Connection: close`. hyper closes such a connection after the response anyway, since the
+/// unread rest cannot be told apart from the next request; without the header a client that
+/// sends its next request on the pooled connection at that moment meets a closed connection
+/// ("EOF occurred in violation of protocol") instead of opening a new one.
+fn close_if_unread<B>(version: http::Version, read_to_end: bool, response: &mut http::Response<B>) {
+    if read_to_end
+        || version >= http::Version::HTTP_2
+        || response.status() == http::StatusCode::SWITCHING_PROTOCOLS
+    {
+        return;
+    }
+    response.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+}
+
 /// Serves HTTP/1.1 (with upgrades: WebSocket, Raft streams) and HTTP/2 on `listener`, over
 /// TLS when `config` is given. Every request carries the connection's [`PeerInfo`] as an
-/// extension. Returns when `shutdown` resolves; open connections are then asked to finish
-/// (graceful shutdown) and dropped after `drain`.
+/// extension, and its body is a [`RequestBody`] (a response to a request whose body was left
+/// unread closes the connection and says so). Returns when `shutdown` resolves; open
+/// connections are then asked to finish (graceful shutdown) and dropped after `drain`.
 pub async fn serve_http<S, B>(
     listener: TcpListener,
     config: Option<Arc<ServerConfig>>,
@@ -1152,7 +1203,7 @@ pub async fn serve_http<S, B>(
     drain: Duration,
 ) where
     S: tower::Service<
-            http::Request<hyper::body::Incoming>,
+            http::Request<RequestBody>,
             Response = http::Response<B>,
             Error = std::convert::Infallible,
         > + Clone
@@ -1163,6 +1214,7 @@ pub async fn serve_http<S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    use http_body::Body as _;
     use tokio_stream::StreamExt;
     let mut incoming = TlsIncoming::new(listener, config);
     loop {
@@ -1178,10 +1230,25 @@ pub async fn serve_http<S, B>(
         let service = service.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let hyper_service = hyper::service::service_fn(move |mut req| {
-                req.extensions_mut().insert(peer.clone());
-                tower::ServiceExt::oneshot(service.clone(), req)
-            });
+            let hyper_service =
+                hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(peer.clone());
+                    let version = req.version();
+                    let done = Arc::new(std::sync::atomic::AtomicBool::new(
+                        req.body().is_end_stream(),
+                    ));
+                    let req = req.map(|inner| RequestBody {
+                        inner,
+                        done: done.clone(),
+                    });
+                    let response = tower::ServiceExt::oneshot(service.clone(), req);
+                    async move {
+                        let mut response = response.await?;
+                        let read_to_end = done.load(std::sync::atomic::Ordering::Relaxed);
+                        close_if_unread(version, read_to_end, &mut response);
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                });
             let builder =
                 hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
             let conn = builder.serve_connection_with_upgrades(
@@ -1487,7 +1554,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let config = server_config(store, auth).unwrap();
         let shutdown = crate::Shutdown::new();
-        let service = tower::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+        let service = tower::service_fn(|req: http::Request<RequestBody>| async move {
             let peer = req.extensions().get::<PeerInfo>().cloned();
             let who = peer
                 .and_then(|p| p.identity)
@@ -1531,6 +1598,76 @@ mod tests {
             .nth(1)
             .ok_or_else(|| io::Error::other(format!("no HTTP response: {out:?}")))?;
         Ok((body.to_string(), serial))
+    }
+
+    /// A request whose body the service leaves unread gets `Connection: close` (hyper closes
+    /// that connection after the response); one read to its end, or without a body, keeps the
+    /// connection open for the next request.
+    #[tokio::test]
+    async fn a_response_to_an_unread_body_says_connection_close() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = crate::Shutdown::new();
+        let service = tower::service_fn(|req: http::Request<RequestBody>| async move {
+            let read = req.uri().path() == "/read";
+            let n = if read {
+                use http_body_util::BodyExt;
+                req.into_body().collect().await.unwrap().to_bytes().len()
+            } else {
+                0
+            };
+            Ok::<_, std::convert::Infallible>(http::Response::new(format!("{n}")))
+        });
+        tokio::spawn(serve_http(
+            listener,
+            None,
+            service,
+            shutdown.clone(),
+            Duration::from_secs(1),
+        ));
+        // Two requests on one connection; the head of each response.
+        async fn exchange(addr: SocketAddr, first: &str) -> (String, String) {
+            let mut tcp = TcpStream::connect(addr).await.unwrap();
+            let body = "x".repeat(200_000);
+            let req = format!(
+                "POST {first} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            tcp.write_all(req.as_bytes()).await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !String::from_utf8_lossy(&head).contains("\r\n\r\n") {
+                let n = tcp.read(&mut buf).await.unwrap();
+                assert!(n > 0, "closed before a response");
+                head.extend_from_slice(&buf[..n]);
+            }
+            let first_head = String::from_utf8_lossy(&head).to_string();
+            // The second request, on the same connection if it is still open.
+            let second = tcp
+                .write_all(b"GET /other HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await;
+            let mut rest = String::new();
+            if second.is_ok() {
+                let _ = tcp.read_to_string(&mut rest).await;
+            }
+            (first_head.to_lowercase(), rest)
+        }
+        let (head, rest) = exchange(addr, "/ignore").await;
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert!(head.contains("connection: close"), "{head}");
+        assert!(!rest.contains("HTTP/1.1 200"), "no second answer: {rest}");
+
+        let (head, rest) = exchange(addr, "/read").await;
+        assert!(
+            head.contains("\r\n\r\n200000") || head.contains("content-length: 6"),
+            "{head}"
+        );
+        assert!(!head.contains("connection: close"), "{head}");
+        assert!(
+            rest.contains("HTTP/1.1 200"),
+            "the connection answers again: {rest}"
+        );
+        shutdown.trigger();
     }
 
     #[tokio::test]
