@@ -109,6 +109,7 @@ fn bench_scheduler() {
                 stop_mode: StopMode::Graceful,
                 restart_generation: 0,
                 migration: None,
+                ha_status: None,
             },
         );
     }

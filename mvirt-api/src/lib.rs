@@ -44,6 +44,7 @@ pub mod raftlog;
 #[cfg(feature = "server")]
 pub mod rest;
 #[cfg(feature = "server")]
+pub mod ha;
 pub mod scheduler;
 #[cfg(feature = "server")]
 pub mod server;

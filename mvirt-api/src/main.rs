@@ -56,6 +56,14 @@ struct Args {
     /// A node whose heartbeats stop for this long becomes offline.
     #[arg(long, default_value_t = 15_000)]
     node_offline_after_ms: u64,
+    /// HA: the agents' fencing time (must match mvirt-node's --ha-fencing-secs): an agent cut
+    /// off from the API this long kills its HA VMs.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    ha_fencing_secs: u64,
+    /// HA: how much longer than the fencing time a node must be silent before its HA VMs are
+    /// restarted elsewhere.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    ha_margin_secs: u64,
     /// Placement strategy: spread or binpack.
     #[arg(long, default_value = "spread")]
     scheduler: Strategy,
@@ -215,6 +223,7 @@ fn main() -> ExitCode {
         join_token: args.token,
         join_token_file: args.token_file,
         node_offline_after: Duration::from_millis(args.node_offline_after_ms),
+        ha_lost_after: Duration::from_secs(args.ha_fencing_secs + args.ha_margin_secs),
         strategy: args.scheduler,
         log_endpoint: args.log_endpoint,
         snapshot_every: args.snapshot_every,

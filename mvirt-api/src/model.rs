@@ -594,6 +594,10 @@ pub struct Volume {
     pub snapshots: Vec<VolumeSnapshot>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback: Option<VolumeRollback>,
+    /// Set by an HA failover: the volume's node holds a replica of it, which its agent
+    /// promotes (mvirt-zfs `PromoteReplica`) instead of creating the volume.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub promote_replica: bool,
 }
 
 impl Volume {
@@ -608,6 +612,7 @@ impl Volume {
             vm_id: None,
             snapshots: Vec::new(),
             rollback: None,
+            promote_replica: false,
         }
     }
 }
@@ -804,6 +809,10 @@ pub struct VmSpec {
     /// Expose the CPU's virtualization extensions to the guest. Fixed after create.
     #[serde(default)]
     pub nested_virtualization: bool,
+    /// High availability: when the VM's node is lost, the VM is restarted on the online node
+    /// holding its newest replica (needs a replication schedule; see `ha_status` in the object).
+    #[serde(default)]
+    pub ha: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -840,6 +849,41 @@ pub struct Vm {
     /// `state/migration.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration: Option<Migration>,
+    /// What the HA monitor last did with this `ha` VM (`mvirt-api` `ha.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha_status: Option<HaStatus>,
+}
+
+/// `failed_over`: the VM's node was lost and the VM was moved to the node holding its newest
+/// replica; `stuck`: its node is lost and it stays there (`message` says why).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HaState {
+    #[default]
+    FailedOver,
+    Stuck,
+}
+
+/// The HA monitor's last action on a VM.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HaStatus {
+    #[schema(inline)]
+    pub state: HaState,
+    /// Why the VM is stuck, or what the failover did.
+    pub message: String,
+    /// The lost node.
+    pub from_node_id: String,
+    /// Where the VM was restarted (`failed_over`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_node_id: Option<String>,
+    /// When the monitor acted (RFC 3339).
+    pub at: String,
+    /// The oldest `last_replicated_at` of the replicas the VM was restarted from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicated_at: Option<String>,
+    /// The data-loss window: seconds between `replicated_at` and `at`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_loss_secs: Option<u64>,
 }
 
 impl Vm {
@@ -855,6 +899,7 @@ impl Vm {
             stop_mode: StopMode::Graceful,
             restart_generation: 0,
             migration: None,
+            ha_status: None,
         }
     }
 

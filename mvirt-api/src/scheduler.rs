@@ -635,6 +635,7 @@ mod tests {
             stop_mode: StopMode::Graceful,
             restart_generation: 0,
             migration: None,
+            ha_status: None,
         }
     }
 
@@ -911,6 +912,7 @@ mod tests {
             vm_id: None,
             snapshots: vec![],
             rollback: None,
+            promote_replica: false,
         };
         s.volumes.insert("vol".into(), vol);
         let mut v = vm("1", 1, 1);

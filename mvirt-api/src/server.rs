@@ -38,6 +38,9 @@ pub struct ServerConfig {
     /// A file holding the join token (read only when joining: it may be gone afterwards).
     pub join_token_file: Option<PathBuf>,
     pub node_offline_after: Duration,
+    /// HA: a node silent for this long (the agents' fencing time + a margin) is lost and its
+    /// HA VMs restart elsewhere (`crate::ha`).
+    pub ha_lost_after: Duration,
     pub strategy: Strategy,
     /// mvirt-log gRPC endpoint (empty: audit entries go to tracing only).
     pub log_endpoint: String,
@@ -71,6 +74,7 @@ impl ServerConfig {
             join_token: None,
             join_token_file: None,
             node_offline_after: Duration::from_secs(15),
+            ha_lost_after: crate::ha::DEFAULT_LOST_AFTER,
             strategy: Strategy::Spread,
             log_endpoint: String::new(),
             snapshot_every: 50_000,
@@ -585,6 +589,7 @@ pub async fn start(
         config.log_endpoint.clone(),
     );
     app.idempotency_retention = config.idempotency_retention;
+    app.ha_lost_after = config.ha_lost_after;
     if let Some(tls) = &tls {
         // Forwards to the leader (Raft listener, REST) go over TLS with the member certificate.
         app.http = tls

@@ -50,6 +50,8 @@ pub struct AgentConfig {
     /// vCPU overcommit: the node reports its host threads times this as its vCPU capacity
     /// (`--cpu-overcommit`, at least 1.0; memory is never overcommitted).
     pub cpu_overcommit: f64,
+    /// HA fencing time (`crate::fencing`).
+    pub ha_fencing: Duration,
 }
 
 /// The vCPU capacity a node with `threads` host threads reports under `ratio` (rounded down,
@@ -230,10 +232,19 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), AgentErr
     audit.info(format!("node agent registered as {node_id}"), &[&node_id]);
 
     let wake = Arc::new(Notify::new());
+    let fence = crate::fencing::Fence::new(config.ha_fencing);
+    tokio::spawn(crate::fencing::run(
+        fence.clone(),
+        daemons.clone(),
+        spec_rx.clone(),
+        audit.clone(),
+        shutdown.clone(),
+    ));
     tokio::spawn(watch_specs(
         daemons.clone(),
         node_id.clone(),
         spec_tx,
+        fence.clone(),
         shutdown.clone(),
     ));
     tokio::spawn(watch_vms(daemons.clone(), wake.clone(), shutdown.clone()));
@@ -246,6 +257,7 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), AgentErr
         ledger.clone(),
         node_id.clone(),
         heartbeat_interval,
+        fence.clone(),
         shutdown.clone(),
     ));
 
@@ -282,7 +294,9 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), AgentErr
             continue;
         };
         let started = std::time::Instant::now();
-        let statuses = reconciler.reconcile(&spec).await;
+        // While fenced, HA VMs are desired stopped (crate::fencing).
+        let fenced = fence.filter(&spec);
+        let statuses = reconciler.reconcile(fenced.as_ref().unwrap_or(&spec)).await;
         crate::metrics::pass(spec.revision, &statuses, started.elapsed());
         tracing::debug!(
             revision = spec.revision,
@@ -494,6 +508,7 @@ async fn heartbeat(
     ledger: Arc<Ledger>,
     node_id: String,
     interval: Duration,
+    fence: Arc<crate::fencing::Fence>,
     shutdown: Shutdown,
 ) {
     let mut ticker = tokio::time::interval(interval);
@@ -518,7 +533,7 @@ async fn heartbeat(
             pod_artefacts_version,
         };
         match daemons.api.clone().heartbeat(request).await {
-            Ok(_) => {}
+            Ok(_) => fence.contact(),
             Err(status) if status.code() == Code::NotFound => {
                 // The API forgot this node (removed while the agent was away): register again.
                 tracing::warn!("the control plane does not know this node; registering again");
@@ -565,11 +580,21 @@ async fn watch_specs(
     daemons: Daemons,
     node_id: String,
     specs: watch::Sender<Option<api::NodeSpec>>,
+    fence: Arc<crate::fencing::Fence>,
     shutdown: Shutdown,
 ) {
     let mut from_revision = 0;
     let mut backoff = MIN_BACKOFF;
+    let mut epochs = fence.epochs();
+    let mut last_epoch = 0;
     loop {
+        // A new fencing epoch (contact is back after a fence): a new stream from revision 0,
+        // whose first spec the API computes now (crate::fencing).
+        let epoch = *epochs.borrow_and_update();
+        if epoch != last_epoch {
+            last_epoch = epoch;
+            from_revision = 0;
+        }
         let request = api::WatchSpecsRequest {
             node_id: node_id.clone(),
             from_revision,
@@ -578,12 +603,20 @@ async fn watch_specs(
             Ok(stream) => {
                 let mut stream = stream.into_inner();
                 loop {
-                    let Some(next) = next_unless_shutdown(&mut stream, &shutdown).await else {
+                    let next = tokio::select! {
+                        next = next_unless_shutdown(&mut stream, &shutdown) => next,
+                        _ = epochs.changed() => {
+                            tracing::info!("contact is back after a fence: watching specs anew");
+                            break;
+                        }
+                    };
+                    let Some(next) = next else {
                         return;
                     };
                     match next {
                         Some(Ok(spec)) => {
                             backoff = MIN_BACKOFF;
+                            fence.spec_received(epoch, spec.revision);
                             if spec.revision >= from_revision {
                                 from_revision = spec.revision;
                                 let _ = specs.send(Some(spec));

@@ -30,6 +30,7 @@ pub mod agent;
 pub mod console;
 pub mod daemons;
 pub mod devices;
+pub mod fencing;
 pub mod imports;
 pub mod ledger;
 pub mod metrics;

@@ -80,6 +80,10 @@ struct Args {
     /// overcommitted.
     #[arg(long, default_value_t = 1.0, value_parser = parse_overcommit)]
     cpu_overcommit: f64,
+    /// HA fencing: without a successful heartbeat for this many seconds the agent kills its HA
+    /// VMs (must match mvirt-api's --ha-fencing-secs).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    ha_fencing_secs: u64,
     /// Where the console relay (the API's path to VM consoles) listens; "off" disables it.
     #[arg(long, default_value = "0.0.0.0:50057")]
     console_listen: String,
@@ -168,6 +172,7 @@ fn main() -> ExitCode {
         resync_interval: Duration::from_secs(args.resync_secs.max(1)),
         stop_timeout_secs: args.stop_timeout_secs,
         cpu_overcommit: args.cpu_overcommit,
+        ha_fencing: Duration::from_secs(args.ha_fencing_secs),
         deregister_on_shutdown: args.deregister_on_shutdown,
         console_listen,
         console_endpoint: args.console_endpoint,

@@ -89,6 +89,9 @@ pub struct App {
     pub idempotency_retention: Duration,
     /// The cluster CA and this member's certificate (`None` with `--insecure-plaintext`).
     pub tls: Option<Arc<crate::tls::MemberTls>>,
+    /// HA: a node silent for this long (the agents' fencing time plus a margin) is lost and
+    /// its HA VMs are restarted elsewhere (`crate::ha`).
+    pub ha_lost_after: Duration,
     /// Last heartbeat per node, kept by the leader only.
     liveness: Mutex<HashMap<String, Instant>>,
     /// When this member last became leader (nodes get a grace period after a failover).
@@ -150,6 +153,7 @@ impl App {
             log_endpoint,
             idempotency_retention: DEFAULT_IDEMPOTENCY_RETENTION,
             tls: None,
+            ha_lost_after: crate::ha::DEFAULT_LOST_AFTER,
             liveness: Mutex::new(HashMap::new()),
             leader_since: Mutex::new(None),
             membership_lock: tokio::sync::Mutex::new(()),
@@ -476,6 +480,7 @@ impl App {
             if let Err(e) = self.mark_offline_nodes(since).await {
                 tracing::warn!(error = %e, "could not mark silent nodes offline");
             }
+            self.ha_round(since).await;
             match self.schedule_round().await {
                 Ok(cost) => gap = (cost * 10).clamp(ROUND_GAP, MAX_ROUND_GAP),
                 Err(e) => tracing::warn!(error = %e, "scheduling round failed"),
@@ -603,6 +608,57 @@ impl App {
             .await?;
         }
         Ok(())
+    }
+
+    /// The HA monitor's round (`crate::ha`): nodes silent for `ha_lost_after` (counted from
+    /// their last heartbeat, or from when this member became leader) are lost; each HA VM on
+    /// one is moved to the node with its newest replica, or marked stuck with the reason.
+    async fn ha_round(&self, leader_since: Instant) {
+        let lost: Vec<String> = {
+            let live = locked(&self.liveness);
+            let state = self.shared.read();
+            state
+                .nodes
+                .keys()
+                .filter(|id| {
+                    let last = live
+                        .get(*id)
+                        .copied()
+                        .unwrap_or(leader_since)
+                        .max(leader_since);
+                    last.elapsed() > self.ha_lost_after
+                })
+                .cloned()
+                .collect()
+        };
+        if lost.is_empty() {
+            return;
+        }
+        let decisions = crate::ha::decide(&self.shared.read(), &lost, chrono::Utc::now());
+        for decision in decisions {
+            let vm_id = decision.vm_id.clone();
+            let what = match &decision.to_node_id {
+                Some(to) => format!(
+                    "HA failover of VM {vm_id} from lost node {} to node {to}: {}",
+                    decision.from_node_id, decision.message
+                ),
+                None => format!(
+                    "HA VM {vm_id} on lost node {} stays: {}",
+                    decision.from_node_id, decision.message
+                ),
+            };
+            let command = Command::HaFailover {
+                decision,
+                now: now(),
+            };
+            match self.submit(command, None).await {
+                Ok(_) => {
+                    tracing::warn!("{what}");
+                    self.audit.warn(what, &[&vm_id]);
+                }
+                Err(e) => tracing::warn!(vm_id = %vm_id, error = %e, "HA failover not applied"),
+            }
+        }
     }
 
     /// One scheduler round: proposes placements (if any).
@@ -735,6 +791,10 @@ fn related_ids(command: &Command) -> Vec<String> {
         }
         Command::RegisterNode { node } => vec![node.meta.id.clone()],
         Command::SetNodeState { id, .. } => vec![id.clone()],
+        Command::HaFailover { decision, .. } => std::iter::once(decision.vm_id.clone())
+            .chain([decision.from_node_id.clone()])
+            .chain(decision.to_node_id.clone())
+            .collect(),
         Command::UpdateStatuses { .. } => vec![],
         Command::Schedule { placements, .. } => placements
             .iter()

@@ -70,5 +70,6 @@ fn vm_spec(cx: &Desired, vm: &Vm) -> proto::VmSpec {
         nested_virtualization: vm.spec.nested_virtualization,
         kernel_cmdline: vm.spec.kernel_cmdline.clone().unwrap_or_default(),
         incoming_migration_id: String::new(),
+        ha: vm.spec.ha,
     }
 }

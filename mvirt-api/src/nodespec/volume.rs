@@ -34,6 +34,7 @@ pub(super) fn volumes(cx: &mut Desired) -> Vec<proto::VolumeSpec> {
             spec.rollback_snapshot_id.clear();
             spec.rollback_generation = 0;
             spec.restore_backup_id.clear();
+            spec.promote_replica = false;
             volumes.push(spec);
         }
     }
@@ -63,5 +64,6 @@ fn volume_spec(vol: &Volume) -> proto::VolumeSpec {
             .unwrap_or_default(),
         rollback_generation: vol.rollback.as_ref().map_or(0, |r| r.generation),
         restore_backup_id: vol.spec.backup_id.clone().unwrap_or_default(),
+        promote_replica: vol.promote_replica,
     }
 }

@@ -515,6 +515,7 @@ async fn not_found_fallback() -> ApiError {
         ReplicaReport,
         Vm,
         Migration,
+        HaStatus,
         MigrateRequest,
         Pod,
         PodSpec,

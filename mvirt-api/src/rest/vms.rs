@@ -56,6 +56,7 @@ fn build_vm(meta: Meta, mut spec: VmSpec) -> Result<Command, ApiError> {
             vm_id: Some(meta.id.clone()),
             snapshots: Vec::new(),
             rollback: None,
+            promote_replica: false,
         });
     }
     for (i, req) in spec.network_interfaces.iter().enumerate() {

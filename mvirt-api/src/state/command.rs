@@ -136,6 +136,12 @@ pub enum Command {
         grant_token: String,
         now: String,
     },
+    /// The leader's HA monitor (`crate::ha`): a VM on a lost node moves to the node holding its
+    /// replicas, or stays with the reason.
+    HaFailover {
+        decision: super::HaDecision,
+        now: String,
+    },
     ResizeVolume {
         id: String,
         size_bytes: u64,
@@ -245,6 +251,7 @@ impl Command {
             Command::Delete { .. } => "delete",
             Command::VmAction { .. } => "vm_action",
             Command::MigrateVm { .. } => "migrate_vm",
+            Command::HaFailover { .. } => "ha_failover",
             Command::ResizeVolume { .. } => "resize_volume",
             Command::CreateSnapshot { .. } => "create_snapshot",
             Command::DeleteSnapshot { .. } => "delete_snapshot",

@@ -383,6 +383,7 @@ mod tests {
                 network_interfaces: Vec::new(),
                 hugepages: false,
                 nested_virtualization: false,
+                ha: false,
             },
         );
         vm.node_id = Some(on.into());

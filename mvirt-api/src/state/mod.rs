@@ -29,6 +29,7 @@ use crate::model::*;
 mod backup;
 mod command;
 mod error;
+mod ha;
 mod migration;
 mod names;
 mod network;
@@ -54,6 +55,7 @@ pub use command::{
     StatusReport, Update,
 };
 pub use error::{ApiError, ErrorCode};
+pub use ha::HaDecision;
 pub use migration::{MigrationUpdate, ReportedPhase};
 
 use names::NameIndex;
@@ -544,6 +546,7 @@ impl State {
             C::Delete { kind, id, if_match: m, force: f } => self.apply_delete(at, *kind, id, *m, *f),
             C::VmAction { id, action, now } => self.vm_action(at, id, *action, now),
             C::MigrateVm { id, node, migration_id: m, grant_token: t, now } => self.migrate_vm(at, id, node.as_deref(), m, t, now),
+            C::HaFailover { decision, now } => self.ha_failover(at, decision, now),
             C::ResizeVolume { id, size_bytes: b, if_match: m, now } => self.resize_volume(at, id, *b, *m, now),
             C::CreateSnapshot { volume_id: v, snapshot } => self.create_snapshot(at, v, snapshot),
             C::DeleteSnapshot { volume_id: v, snapshot_id: s, now } => self.delete_snapshot(at, v, s, now),

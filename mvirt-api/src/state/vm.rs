@@ -490,6 +490,7 @@ mod tests {
                     network_interfaces: Vec::new(),
                     hugepages: false,
                     nested_virtualization: false,
+                    ha: false,
                 },
             ),
             owned_volumes: Vec::new(),

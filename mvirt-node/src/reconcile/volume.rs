@@ -117,6 +117,23 @@ impl Reconciler for VolumeReconciler<'_> {
             return Ok(self.update(want, have, seen).await);
         }
         let mut client = self.cx.zfs();
+        if want.promote_replica {
+            // An HA failover moved the volume here: this node holds its replica (same id),
+            // which becomes the volume (mvirt-zfs PromoteReplica, idempotent).
+            let request = zfs::PromoteReplicaRequest {
+                volume_id: want.id.clone(),
+            };
+            let call = client.promote_replica(request);
+            let promoted = self
+                .cx
+                .create(Kind::Volume, "volume (promoted replica)", &want.id, call)
+                .await?;
+            let promoted = promoted.map(|volume| LocalVolume {
+                volume,
+                snapshots: SnapshotOutcome::default(),
+            });
+            return Ok(Outcome::of_call("promote replica", promoted));
+        }
         let created = match creation(want, self.templates) {
             Creation::WaitForTemplate => {
                 return Ok(Outcome::Pending(format!(

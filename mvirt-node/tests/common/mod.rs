@@ -350,6 +350,7 @@ pub fn agent_config(
         stop_timeout_secs: 10,
         deregister_on_shutdown: false,
         cpu_overcommit: 1.0,
+        ha_fencing: Duration::from_secs(30),
         console_listen: Some(loopback()),
         console_endpoint: String::new(),
         tls: mvirt_node::tls::TlsOptions {

@@ -1,0 +1,260 @@
+//! HA fencing (issue 23), the node's half: an agent that has not reached the API for the
+//! fencing time (`--ha-fencing-secs`, default 30, the same value as mvirt-api's) kills every
+//! HA VM it runs, watchdog-style, and starts none until it has a fresh spec again.
+//!
+//! Contact is a successful `Heartbeat` (the call the API's liveness is made of, so the two
+//! sides count from nearly the same moment; the API moves the VMs only after the fencing time
+//! plus a margin). While fenced:
+//! - a background task ([`run`]) kills (mvirt-vmm `KillVm`) every VM of the latest spec
+//!   marked `ha` that mvirt-vmm shows running, every tick, and audits it;
+//! - the reconcile passes see those VMs as desired stopped (forced, [`Fence::filter`]), so
+//!   nothing restarts them.
+//!
+//! Leaving the fence: the first heartbeat that succeeds again bumps an epoch; the spec watch
+//! then opens a new stream from revision 0 (the API answers at once with the node's whole
+//! set, computed after that heartbeat). The fence lifts with the first spec of such a stream,
+//! and only specs at least that new may start HA VMs. A VM the API failed over is no longer
+//! in that spec: the ordinary delete path removes its old copy, which is never started again.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use mvirt_api::proto as api;
+use mvirt_common::Shutdown;
+use mvirt_vmm::proto as vmm;
+
+use crate::daemons::Daemons;
+
+#[derive(Debug)]
+struct Inner {
+    last_contact: Instant,
+    fenced: bool,
+    /// Fenced, and a heartbeat succeeded since: waiting for a spec from a stream of this epoch.
+    resumed_epoch: Option<u64>,
+    /// Specs older than this may not start HA VMs (the first fresh spec after a fence).
+    min_revision: u64,
+}
+
+/// The agent's fencing state, shared by the heartbeat, the spec watch and the reconcile loop.
+#[derive(Debug)]
+pub struct Fence {
+    fencing: Duration,
+    inner: Mutex<Inner>,
+    epoch: watch::Sender<u64>,
+}
+
+impl Fence {
+    pub fn new(fencing: Duration) -> Arc<Fence> {
+        Arc::new(Fence {
+            fencing,
+            inner: Mutex::new(Inner {
+                last_contact: Instant::now(),
+                fenced: false,
+                resumed_epoch: None,
+                min_revision: 0,
+            }),
+            epoch: watch::channel(0).0,
+        })
+    }
+
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A heartbeat succeeded.
+    pub fn contact(&self) {
+        let mut inner = self.inner();
+        inner.last_contact = Instant::now();
+        if inner.fenced && inner.resumed_epoch.is_none() {
+            let epoch = *self.epoch.borrow() + 1;
+            inner.resumed_epoch = Some(epoch);
+            self.epoch.send_replace(epoch);
+            tracing::warn!("fencing: the API answers again; waiting for a fresh spec");
+        }
+    }
+
+    /// Changes when the spec watch must open a new stream (see the module's docs).
+    pub fn epochs(&self) -> watch::Receiver<u64> {
+        self.epoch.subscribe()
+    }
+
+    /// A spec arrived on a stream opened at `stream_epoch`. Lifts the fence when that stream
+    /// was opened after the heartbeat resumed.
+    pub fn spec_received(&self, stream_epoch: u64, revision: u64) {
+        let mut inner = self.inner();
+        if inner.fenced && inner.resumed_epoch.is_some_and(|e| stream_epoch >= e) {
+            inner.fenced = false;
+            inner.resumed_epoch = None;
+            inner.min_revision = revision;
+            tracing::warn!(revision, "fencing lifted: a fresh spec arrived");
+        }
+    }
+
+    /// Whether the fence holds now: fenced already, or no contact for the fencing time
+    /// (which fences). True only once per fence as the second value.
+    fn check(&self) -> (bool, bool) {
+        let mut inner = self.inner();
+        if !inner.fenced && inner.last_contact.elapsed() >= self.fencing {
+            inner.fenced = true;
+            inner.resumed_epoch = None;
+            return (true, true);
+        }
+        (inner.fenced, false)
+    }
+
+    /// Whether HA VMs of a spec with this revision may run.
+    pub fn may_run_ha(&self, revision: u64) -> bool {
+        let inner = self.inner();
+        !inner.fenced && revision >= inner.min_revision
+    }
+
+    /// `spec` as the reconcile pass may carry it out: while HA VMs may not run, they are
+    /// desired stopped (forced).
+    pub fn filter(&self, spec: &api::NodeSpec) -> Option<api::NodeSpec> {
+        self.check();
+        if self.may_run_ha(spec.revision) || !spec.vms.iter().any(|v| v.ha) {
+            return None;
+        }
+        let mut spec = spec.clone();
+        for vm in spec.vms.iter_mut().filter(|v| v.ha) {
+            vm.desired_state = api::DesiredState::Stopped as i32;
+            vm.stop_mode = api::StopMode::Force as i32;
+        }
+        Some(spec)
+    }
+}
+
+/// Fences when contact is lost: kills the running HA VMs of the latest spec, every tick while
+/// fenced.
+pub async fn run(
+    fence: Arc<Fence>,
+    daemons: Daemons,
+    specs: watch::Receiver<Option<api::NodeSpec>>,
+    audit: mvirt_log::AuditLogger,
+    shutdown: Shutdown,
+) {
+    let tick = (fence.fencing / 10).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = shutdown.wait() => return,
+        }
+        let (fenced, now_fenced) = fence.check();
+        if now_fenced {
+            let message = format!(
+                "fencing: no contact with the API for {} s; killing this node's HA VMs",
+                fence.fencing.as_secs()
+            );
+            tracing::error!("{message}");
+            audit.warn(message, &[]);
+        }
+        if !fenced {
+            continue;
+        }
+        let ha: Vec<String> = specs
+            .borrow()
+            .as_ref()
+            .map(|s| {
+                s.vms
+                    .iter()
+                    .filter(|v| v.ha)
+                    .map(|v| v.id.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if ha.is_empty() {
+            continue;
+        }
+        let listed = match daemons
+            .vmm
+            .clone()
+            .list_vms(vmm::ListVmsRequest::default())
+            .await
+        {
+            Ok(listed) => listed.into_inner().vms,
+            Err(err) => {
+                tracing::error!(error = %err, "fencing: cannot list the VMs");
+                continue;
+            }
+        };
+        for vm in listed.iter().filter(|v| ha.contains(&v.id)) {
+            let running = matches!(
+                vmm::VmState::try_from(vm.state),
+                Ok(vmm::VmState::Running | vmm::VmState::Starting | vmm::VmState::Stopping)
+            );
+            if !running {
+                continue;
+            }
+            let request = vmm::KillVmRequest { id: vm.id.clone() };
+            match daemons.vmm.clone().kill_vm(request).await {
+                Ok(_) => {
+                    let message = format!("fencing: killed HA VM {} (pid {})", vm.id, vm.pid);
+                    tracing::error!("{message}");
+                    audit.warn(message, &[&vm.id]);
+                }
+                Err(err) => tracing::error!(vm = %vm.id, error = %err, "fencing: kill failed"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(revision: u64) -> api::NodeSpec {
+        api::NodeSpec {
+            revision,
+            vms: vec![
+                api::VmSpec {
+                    id: "ha".into(),
+                    ha: true,
+                    desired_state: api::DesiredState::Running as i32,
+                    ..Default::default()
+                },
+                api::VmSpec {
+                    id: "plain".into(),
+                    desired_state: api::DesiredState::Running as i32,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_fence_holds_until_a_fresh_spec_after_contact() {
+        let fence = Fence::new(Duration::from_millis(50));
+        assert!(fence.filter(&spec(5)).is_none(), "in contact: unchanged");
+        std::thread::sleep(Duration::from_millis(80));
+        let filtered = fence.filter(&spec(5)).expect("fenced");
+        assert_eq!(
+            filtered.vms[0].desired_state,
+            api::DesiredState::Stopped as i32
+        );
+        assert_eq!(filtered.vms[0].stop_mode, api::StopMode::Force as i32);
+        assert_eq!(
+            filtered.vms[1].desired_state,
+            api::DesiredState::Running as i32
+        );
+        // A spec from the old stream does not lift it, nor does contact alone.
+        fence.spec_received(0, 9);
+        fence.contact();
+        assert!(fence.filter(&spec(5)).is_some());
+        let epoch = *fence.epochs().borrow();
+        assert_eq!(epoch, 1);
+        fence.spec_received(0, 9);
+        assert!(
+            fence.filter(&spec(9)).is_some(),
+            "a stream opened before the contact"
+        );
+        fence.spec_received(epoch, 9);
+        assert!(fence.filter(&spec(9)).is_none(), "lifted by the fresh spec");
+        assert!(
+            fence.filter(&spec(8)).is_some(),
+            "an older spec still may not start them"
+        );
+    }
+}
