@@ -1057,6 +1057,7 @@ export interface components {
                 boot_mode?: "uefi" | "direct_kernel" | null;
                 /** @enum {string} */
                 desired_state?: "running" | "stopped";
+                ha?: boolean;
                 hostname?: string | null;
                 hugepages?: boolean;
                 kernel_cmdline?: string | null;
@@ -1137,6 +1138,17 @@ export interface components {
             sampled_at_ms: number;
             /** Format: int32 */
             threads: number;
+        };
+        HaStatus: {
+            at: string;
+            /** Format: int64 */
+            data_loss_secs?: number | null;
+            from_node_id: string;
+            message: string;
+            replicated_at?: string | null;
+            /** @enum {string} */
+            state: "failed_over" | "stuck";
+            to_node_id?: string | null;
         };
         HostInfo: {
             /** Format: int32 */
@@ -1688,6 +1700,7 @@ export interface components {
                 boot_mode?: "uefi" | "direct_kernel" | null;
                 /** @enum {string} */
                 desired_state?: "running" | "stopped";
+                ha?: boolean;
                 hostname?: string | null;
                 hugepages?: boolean;
                 kernel_cmdline?: string | null;
@@ -1718,6 +1731,7 @@ export interface components {
             } | null;
         };
         Vm: components["schemas"]["Meta"] & {
+            ha_status?: null | components["schemas"]["HaStatus"];
             migration?: null | components["schemas"]["Migration"];
             node_id?: string | null;
             /** @enum {string|null} */
@@ -1738,6 +1752,7 @@ export interface components {
             boot_mode?: "uefi" | "direct_kernel" | null;
             /** @enum {string} */
             desired_state?: "running" | "stopped";
+            ha?: boolean;
             hostname?: string | null;
             hugepages?: boolean;
             kernel_cmdline?: string | null;
@@ -1757,6 +1772,7 @@ export interface components {
         Volume: components["schemas"]["Meta"] & {
             node_id?: string | null;
             owner_vm_id?: string | null;
+            promote_replica?: boolean;
             rollback?: null | components["schemas"]["VolumeRollback"];
             snapshots?: components["schemas"]["VolumeSnapshot"][];
             spec: components["schemas"]["VolumeSpec"];
