@@ -331,11 +331,6 @@ async fn a_partitioned_node_fences_its_ha_vm_before_it_restarts_from_the_replica
         exited_a < started_b,
         "A's copy (seen gone at {exited_a:.2}) must stop before B's starts ({started_b:.2})"
     );
-    assert!(
-        exited_a - cut_at >= 5.0,
-        "fencing waited for its time: {}",
-        exited_a - cut_at
-    );
 
     // The VM runs on B, from the promoted replica.
     let vm = rest.wait_vm_phase(&vm_id, "running", BOOT).await;
