@@ -8,7 +8,8 @@
 //! - a background task ([`run`]) kills (mvirt-vmm `KillVm`) every VM of the latest spec
 //!   marked `ha` that mvirt-vmm shows running, every tick, and audits it;
 //! - the reconcile passes see those VMs as desired stopped (forced, [`Fence::filter`]), so
-//!   nothing restarts them.
+//!   nothing restarts them, and without their replication schedules as the source (a round
+//!   in flight is aborted: the API may be promoting the replica on the target).
 //!
 //! Leaving the fence: the first heartbeat that succeeds again bumps an epoch; the spec watch
 //! then opens a new stream from revision 0 (the API answers at once with the node's whole
@@ -118,10 +119,17 @@ impl Fence {
             return None;
         }
         let mut spec = spec.clone();
+        let mut ha = Vec::new();
         for vm in spec.vms.iter_mut().filter(|v| v.ha) {
             vm.desired_state = api::DesiredState::Stopped as i32;
             vm.stop_mode = api::StopMode::Force as i32;
+            ha.push(vm.id.clone());
         }
+        // Their replication from here stops too (a running round is aborted, so its stream
+        // ends without trailer and commits nothing): the API may be promoting the replica.
+        let node_id = spec.node_id.clone();
+        spec.replications
+            .retain(|r| r.source_node_id != node_id || !ha.contains(&r.vm_id));
         Some(spec)
     }
 }
@@ -205,7 +213,14 @@ mod tests {
     use super::*;
 
     fn spec(revision: u64) -> api::NodeSpec {
+        let replication = |vm: &str| api::ReplicationSpec {
+            vm_id: vm.into(),
+            source_node_id: "me".into(),
+            ..Default::default()
+        };
         api::NodeSpec {
+            node_id: "me".into(),
+            replications: vec![replication("ha"), replication("plain")],
             revision,
             vms: vec![
                 api::VmSpec {
@@ -239,6 +254,8 @@ mod tests {
             filtered.vms[1].desired_state,
             api::DesiredState::Running as i32
         );
+        let replicated: Vec<_> = filtered.replications.iter().map(|r| &r.vm_id).collect();
+        assert_eq!(replicated, ["plain"], "the HA VM's replication stops");
         // A spec from the old stream does not lift it, nor does contact alone.
         fence.spec_received(0, 9);
         fence.contact();
