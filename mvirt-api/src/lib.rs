@@ -24,6 +24,8 @@ pub mod backup;
 #[cfg(feature = "server")]
 pub mod grpc;
 #[cfg(feature = "server")]
+pub mod ha;
+#[cfg(feature = "server")]
 pub mod ipam;
 #[cfg(feature = "server")]
 pub mod metrics;
@@ -44,7 +46,6 @@ pub mod raftlog;
 #[cfg(feature = "server")]
 pub mod rest;
 #[cfg(feature = "server")]
-pub mod ha;
 pub mod scheduler;
 #[cfg(feature = "server")]
 pub mod server;
