@@ -678,14 +678,16 @@ pub async fn start(
     // The peer address reaches handlers as `ConnectInfo` (the join rate limit is per source
     // address).
     let rest_service = tower::ServiceBuilder::new()
-        .map_request(|mut req: axum::http::Request<mvirt_common::tls::RequestBody>| {
-            if let Some(peer) = req.extensions().get::<mvirt_common::tls::PeerInfo>() {
-                let addr = peer.remote_addr;
-                req.extensions_mut()
-                    .insert(axum::extract::ConnectInfo::<SocketAddr>(addr));
-            }
-            req
-        })
+        .map_request(
+            |mut req: axum::http::Request<mvirt_common::tls::RequestBody>| {
+                if let Some(peer) = req.extensions().get::<mvirt_common::tls::PeerInfo>() {
+                    let addr = peer.remote_addr;
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo::<SocketAddr>(addr));
+                }
+                req
+            },
+        )
         .service(rest_router);
     tasks.push(tokio::spawn(mvirt_common::tls::serve_http(
         rest_listener,

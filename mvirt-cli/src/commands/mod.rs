@@ -23,8 +23,8 @@ pub mod route;
 pub mod sg;
 pub mod template;
 pub mod token;
-pub mod version;
 pub mod update;
+pub mod version;
 pub mod vm;
 pub mod volume;
 
