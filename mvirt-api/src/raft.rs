@@ -706,8 +706,10 @@ pub async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
             "frame of {len} bytes is too large"
         )));
     }
-    // Read into spare capacity: no zeroing of a buffer that is overwritten at once.
-    let mut body = Vec::with_capacity(len);
+    // Read into spare capacity: no zeroing of a buffer that is overwritten at once. At most
+    // 1 MiB is reserved up front; a larger frame grows as its bytes arrive, so a declared
+    // length alone never reserves up to MAX_FRAME.
+    let mut body = Vec::with_capacity(len.min(1 << 20));
     (&mut *r).take(len as u64).read_to_end(&mut body).await?;
     if body.len() < len {
         return Err(std::io::Error::new(
