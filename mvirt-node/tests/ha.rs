@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
-use mvirt_log::server::{BoundServer, Config as LogConfig};
 use mvirt_testsupport::process::wait_until_async;
 use mvirt_vmm::proto as vmm;
 use mvirt_vmm::proto::vm_service_client::VmServiceClient;
@@ -161,27 +160,13 @@ async fn a_partitioned_node_fences_its_ha_vm_before_it_restarts_from_the_replica
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
 
-    let log = BoundServer::bind(LogConfig {
-        listen: common::socket(root, "log"),
-        data_dir: root.join("log"),
-        retention: Default::default(),
-    })
-    .await
-    .unwrap();
-    let log_endpoint = log.endpoint();
-    let log_shutdown = mvirt_common::Shutdown::new();
-    tokio::spawn(log.serve(log_shutdown.clone()));
-    let mut config =
-        mvirt_api::server::ServerConfig::for_tests("127.0.0.1".parse().unwrap(), &root.join("api"));
+    let (log_endpoint, log_shutdown) = start_log(root).await;
     // Heartbeats every second; lost after fencing (6 s) + margin (4 s).
-    config.node_offline_after = Duration::from_secs(5);
-    config.ha_lost_after = Duration::from_secs(10);
-    let api = mvirt_api::server::start(config, mvirt_common::Shutdown::new())
-        .await
-        .expect("mvirt-api starts");
-    let token = api.admin_token().expect("admin token");
-    let rest = Rest::for_member(&api, &token);
-    rest.wait_ready().await;
+    let (api, token, rest) = start_api(root, |config| {
+        config.node_offline_after = Duration::from_secs(5);
+        config.ha_lost_after = Duration::from_secs(10);
+    })
+    .await;
     let proxy = Proxy::start(api.grpc_addr).await;
     let host_a = HostDaemons::start(&root.join("a"), &root.join("images"), &log_endpoint).await;
     let host_b = HostDaemons::start(&root.join("b"), &root.join("images"), &log_endpoint).await;
@@ -206,24 +191,11 @@ async fn a_partitioned_node_fences_its_ha_vm_before_it_restarts_from_the_replica
     config_b.ha_fencing = Duration::from_secs(6);
     let agent_a = Agent::start(config_a);
     let agent_b = Agent::start(config_b);
-    wait_until_async("both nodes online", Duration::from_secs(30), || {
-        let rest = rest.clone();
-        async move {
-            let nodes = rest.get("/v1/nodes").await;
-            let items = nodes["items"].as_array()?.clone();
-            (items.len() == 2 && items.iter().all(|n| n["status"]["state"] == "online"))
-                .then_some(())
-        }
-    })
-    .await;
-    let node_a = rest.get("/v1/nodes/node-a").await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let node_b = rest.get("/v1/nodes/node-b").await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let [node_a, node_b]: [String; 2] = rest
+        .wait_nodes_online(&["node-a", "node-b"])
+        .await
+        .try_into()
+        .unwrap();
 
     let template_id = rest.create_template("tiny", &host_a.images).await;
     let network = rest

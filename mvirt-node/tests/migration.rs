@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use mvirt_log::server::{BoundServer, Config as LogConfig};
 use mvirt_testsupport::process::wait_until_async;
 use mvirt_vmm::proto as vmm;
 use mvirt_vmm::proto::vm_service_client::VmServiceClient;
@@ -142,25 +141,8 @@ async fn a_counting_guest_migrates_live_through_the_api_and_a_failed_migration_l
     mvirt_common::telemetry::init_for_tests();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let log = BoundServer::bind(LogConfig {
-        listen: common::socket(root, "log"),
-        data_dir: root.join("log"),
-        retention: Default::default(),
-    })
-    .await
-    .unwrap();
-    let log_endpoint = log.endpoint();
-    let log_shutdown = mvirt_common::Shutdown::new();
-    tokio::spawn(log.serve(log_shutdown.clone()));
-    let api = mvirt_api::server::start(
-        mvirt_api::server::ServerConfig::for_tests("127.0.0.1".parse().unwrap(), &root.join("api")),
-        mvirt_common::Shutdown::new(),
-    )
-    .await
-    .expect("mvirt-api starts");
-    let token = api.admin_token().expect("admin token");
-    let rest = Rest::for_member(&api, &token);
-    rest.wait_ready().await;
+    let (log_endpoint, log_shutdown) = start_log(root).await;
+    let (api, token, rest) = start_api(root, |_| {}).await;
     let hosts = [
         HostDaemons::start(&root.join("a"), &root.join("images"), &log_endpoint).await,
         HostDaemons::start(&root.join("b"), &root.join("images"), &log_endpoint).await,
@@ -178,22 +160,7 @@ async fn a_counting_guest_migrates_live_through_the_api_and_a_failed_migration_l
         Some(Agent::start(configs[0].clone())),
         Some(Agent::start(configs[1].clone())),
     ];
-    let nodes = wait_until_async("both nodes online", Duration::from_secs(30), || {
-        let rest = rest.clone();
-        async move {
-            let items = rest.get("/v1/nodes").await["items"].as_array()?.clone();
-            (items.len() == 2 && items.iter().all(|n| n["status"]["state"] == "online"))
-                .then_some(items)
-        }
-    })
-    .await;
-    let node_ids: Vec<String> = ["node-a", "node-b"]
-        .iter()
-        .map(|name| {
-            let node = nodes.iter().find(|n| n["name"] == *name).unwrap();
-            node["id"].as_str().unwrap().to_string()
-        })
-        .collect();
+    let node_ids = rest.wait_nodes_online(&["node-a", "node-b"]).await;
 
     let template_id = rest.create_template("tiny", &hosts[0].images).await;
     // No NIC: both "hosts" of this test share one kernel, and a NIC's TAP name derives from

@@ -15,7 +15,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use mvirt_log::server::{BoundServer, Config as LogConfig};
 use mvirt_testsupport::process::wait_until_async;
 use mvirt_zfs::proto as zfs;
 use mvirt_zfs::proto::zfs_service_client::ZfsServiceClient;
@@ -97,25 +96,8 @@ async fn a_vm_is_replicated_to_its_partner_incrementally_pruned_and_resumed_afte
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
 
-    let log = BoundServer::bind(LogConfig {
-        listen: common::socket(root, "log"),
-        data_dir: root.join("log"),
-        retention: Default::default(),
-    })
-    .await
-    .unwrap();
-    let log_endpoint = log.endpoint();
-    let log_shutdown = mvirt_common::Shutdown::new();
-    tokio::spawn(log.serve(log_shutdown.clone()));
-    let api = mvirt_api::server::start(
-        mvirt_api::server::ServerConfig::for_tests("127.0.0.1".parse().unwrap(), &root.join("api")),
-        mvirt_common::Shutdown::new(),
-    )
-    .await
-    .expect("mvirt-api starts");
-    let token = api.admin_token().expect("admin token");
-    let rest = Rest::for_member(&api, &token);
-    rest.wait_ready().await;
+    let (log_endpoint, log_shutdown) = start_log(root).await;
+    let (api, token, rest) = start_api(root, |_| {}).await;
     let host_a = HostDaemons::start(&root.join("a"), &root.join("images"), &log_endpoint).await;
     let host_b = HostDaemons::start(&root.join("b"), &root.join("images"), &log_endpoint).await;
     let mut config_a = agent_config(
@@ -135,24 +117,11 @@ async fn a_vm_is_replicated_to_its_partner_incrementally_pruned_and_resumed_afte
     );
     let agent_a = Agent::start(config_a.clone());
     let agent_b = Agent::start(config_b);
-    wait_until_async("both nodes online", Duration::from_secs(30), || {
-        let rest = rest.clone();
-        async move {
-            let nodes = rest.get("/v1/nodes").await;
-            let items = nodes["items"].as_array()?.clone();
-            (items.len() == 2 && items.iter().all(|n| n["status"]["state"] == "online"))
-                .then_some(())
-        }
-    })
-    .await;
-    let node_a = rest.get("/v1/nodes/node-a").await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let node_b = rest.get("/v1/nodes/node-b").await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let [node_a, node_b]: [String; 2] = rest
+        .wait_nodes_online(&["node-a", "node-b"])
+        .await
+        .try_into()
+        .unwrap();
 
     let template_id = rest.create_template("tiny", &host_a.images).await;
     let network = rest

@@ -494,6 +494,29 @@ impl Rest {
     /// Creates the standard template from `images` and returns its id.
     /// Creates a template from [`template_files`] (kernel and initramfs with their checksums,
     /// which every node verifies); returns its id.
+    /// Waits until exactly `names` are registered and online; their ids, in that order.
+    pub async fn wait_nodes_online(&self, names: &[&str]) -> Vec<String> {
+        let nodes = wait_until_async("the nodes online", Duration::from_secs(30), || {
+            let rest = self.clone();
+            async move {
+                let items = rest.get("/v1/nodes").await["items"].as_array()?.clone();
+                (items.len() == names.len()
+                    && items.iter().all(|n| n["status"]["state"] == "online"))
+                .then_some(items)
+            }
+        })
+        .await;
+        names
+            .iter()
+            .map(|name| {
+                let node = nodes.iter().find(|n| n["name"] == *name);
+                let id = node.and_then(|n| n["id"].as_str());
+                id.unwrap_or_else(|| panic!("node {name} is not among {nodes:?}"))
+                    .to_string()
+            })
+            .collect()
+    }
+
     pub async fn create_template(&self, name: &str, images: &Path) -> String {
         let kernel_sha256 = sha256_of(&images.join("vmlinuz"));
         self.create_template_with_kernel_sha256(name, images, &kernel_sha256)
@@ -647,6 +670,39 @@ pub async fn ws_console_until(
     seen
 }
 
+/// mvirt-log on a unix socket in `root` (data in `root/log`): its endpoint and what stops it.
+pub async fn start_log(root: &Path) -> (String, Shutdown) {
+    let log = mvirt_log::server::BoundServer::bind(mvirt_log::server::Config {
+        listen: socket(root, "log"),
+        data_dir: root.join("log"),
+        retention: Default::default(),
+    })
+    .await
+    .unwrap();
+    let endpoint = log.endpoint();
+    let shutdown = Shutdown::new();
+    tokio::spawn(log.serve(shutdown.clone()));
+    (endpoint, shutdown)
+}
+
+/// A one-member mvirt-api in `root/api` (test configuration, changed by `edit`), ready: the
+/// member, its admin token and a REST client with it.
+pub async fn start_api(
+    root: &Path,
+    edit: impl FnOnce(&mut mvirt_api::server::ServerConfig),
+) -> (mvirt_api::server::Running, String, Rest) {
+    let mut config =
+        mvirt_api::server::ServerConfig::for_tests("127.0.0.1".parse().unwrap(), &root.join("api"));
+    edit(&mut config);
+    let api = mvirt_api::server::start(config, Shutdown::new())
+        .await
+        .expect("mvirt-api starts");
+    let token = api.admin_token().expect("admin token");
+    let rest = Rest::for_member(&api, &token);
+    rest.wait_ready().await;
+    (api, token, rest)
+}
+
 /// A single-node cluster in `root`: mvirt-log, the host's daemons, a one-member mvirt-api and
 /// an agent named `node_name` registered with it.
 pub struct OneNode {
@@ -662,30 +718,9 @@ pub struct OneNode {
 
 impl OneNode {
     pub async fn start(root: &Path, node_name: &str) -> OneNode {
-        let log = mvirt_log::server::BoundServer::bind(mvirt_log::server::Config {
-            listen: socket(root, "log"),
-            data_dir: root.join("log"),
-            retention: Default::default(),
-        })
-        .await
-        .unwrap();
-        let log_endpoint = log.endpoint();
-        let log_shutdown = Shutdown::new();
-        tokio::spawn(log.serve(log_shutdown.clone()));
-
+        let (log_endpoint, log_shutdown) = start_log(root).await;
         let host = HostDaemons::start(root, &root.join("images"), &log_endpoint).await;
-        let api = mvirt_api::server::start(
-            mvirt_api::server::ServerConfig::for_tests(
-                "127.0.0.1".parse().unwrap(),
-                &root.join("api"),
-            ),
-            Shutdown::new(),
-        )
-        .await
-        .expect("mvirt-api starts");
-        let token = api.admin_token().expect("admin token");
-        let rest = Rest::for_member(&api, &token);
-        rest.wait_ready().await;
+        let (api, token, rest) = start_api(root, |_| {}).await;
         let agent = Agent::start(agent_config(
             node_name,
             &root.join("agent"),
