@@ -321,23 +321,7 @@ mod tests {
     fn with_volume_on_node() -> State {
         let mut s = state_after(&[volume("v1", "data")]);
         s.volumes.get_mut("v1").unwrap().node_id = Some("n1".into());
-        s.nodes.insert(
-            "n1".into(),
-            Node {
-                meta: meta("n1", "one"),
-                spec: NodeSpec { schedulable: true },
-                status: NodeStatus {
-                    state: NodeState::Online,
-                    address: "10.0.0.1".into(),
-                    capacity: Capacity::default(),
-                    agent_version: "1".into(),
-                    last_state_change_at: None,
-                    console_endpoint: String::new(),
-                },
-                allocated: Capacity::default(),
-                console_secret: String::new(),
-            },
-        );
+        s.nodes.insert("n1".into(), online_node("n1", "one"));
         s
     }
 

@@ -122,20 +122,9 @@ mod tests {
     use crate::ha::decide;
 
     fn node(id: &str, state: NodeState) -> Node {
-        Node {
-            meta: meta(id, id),
-            spec: NodeSpec { schedulable: true },
-            status: NodeStatus {
-                state,
-                address: "127.0.0.1".into(),
-                capacity: Capacity::default(),
-                agent_version: String::new(),
-                last_state_change_at: None,
-                console_endpoint: String::new(),
-            },
-            allocated: Capacity::default(),
-            console_secret: String::new(),
-        }
+        let mut node = online_node(id, id);
+        node.status.state = state;
+        node
     }
 
     fn replica(volume: &str, target: &str, at: &str) -> ReplicaReport {

@@ -344,24 +344,13 @@ mod tests {
     use super::*;
 
     fn node(id: &str, name: &str, vcpus: u32) -> Node {
-        Node {
-            meta: meta(id, name),
-            spec: NodeSpec { schedulable: true },
-            status: NodeStatus {
-                state: NodeState::Online,
-                address: "127.0.0.1".into(),
-                capacity: Capacity {
-                    vcpus,
-                    memory_bytes: 8 << 30,
-                    storage_bytes: 1 << 40,
-                },
-                agent_version: String::new(),
-                last_state_change_at: None,
-                console_endpoint: format!("https://{name}:1"),
-            },
-            allocated: Capacity::default(),
-            console_secret: String::new(),
-        }
+        let mut node = online_node(id, name);
+        node.status.capacity = Capacity {
+            vcpus,
+            memory_bytes: 8 << 30,
+            storage_bytes: 1 << 40,
+        };
+        node
     }
 
     fn running_vm(s: &mut State, id: &str, on: &str) {

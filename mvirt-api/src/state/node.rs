@@ -162,20 +162,7 @@ mod tests {
     use super::super::*;
 
     fn node(id: &str, name: &str) -> Node {
-        Node {
-            meta: meta(id, name),
-            spec: NodeSpec { schedulable: true },
-            status: NodeStatus {
-                state: NodeState::Online,
-                address: "10.0.0.1".into(),
-                capacity: Capacity::default(),
-                agent_version: "1".into(),
-                last_state_change_at: None,
-                console_endpoint: String::new(),
-            },
-            allocated: Capacity::default(),
-            console_secret: String::new(),
-        }
+        online_node(id, name)
     }
 
     #[test]

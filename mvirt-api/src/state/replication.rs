@@ -135,20 +135,7 @@ mod tests {
     use crate::nodespec::desired_for;
 
     fn node(id: &str, name: &str) -> Node {
-        Node {
-            meta: meta(id, name),
-            spec: NodeSpec { schedulable: true },
-            status: NodeStatus {
-                state: NodeState::Online,
-                address: "10.0.0.1".into(),
-                capacity: Capacity::default(),
-                agent_version: "1".into(),
-                last_state_change_at: None,
-                console_endpoint: format!("https://{name}:50057"),
-            },
-            allocated: Capacity::default(),
-            console_secret: format!("secret-of-{id}"),
-        }
+        online_node(id, name)
     }
 
     /// VM `vm1` ("web", volume v1) on node n1; nodes n1, n2, n3.

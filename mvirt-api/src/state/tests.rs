@@ -19,6 +19,25 @@ pub(crate) fn meta(id: &str, name: &str) -> Meta {
     }
 }
 
+/// An online, schedulable node without capacity, reachable at `https://{name}:50057`, with the
+/// console secret `secret-of-{id}`; tests set what they need on top.
+pub(crate) fn online_node(id: &str, name: &str) -> Node {
+    Node {
+        meta: meta(id, name),
+        spec: NodeSpec { schedulable: true },
+        status: NodeStatus {
+            state: NodeState::Online,
+            address: "10.0.0.1".into(),
+            capacity: Capacity::default(),
+            agent_version: "1".into(),
+            last_state_change_at: None,
+            console_endpoint: format!("https://{name}:50057"),
+        },
+        allocated: Capacity::default(),
+        console_secret: format!("secret-of-{id}"),
+    }
+}
+
 /// A delete of `id` without `If-Match` or `force`.
 pub(crate) fn delete(kind: Kind, id: &str) -> Proposal {
     p(Command::Delete {
