@@ -217,7 +217,8 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), AgentErr
                     daemons.clone(),
                     incoming.clone(),
                     server_tls.is_some(),
-                ))
+                )
+                .with_migration_dir(config.data_dir.join("migrations")))
                 .max_decoding_message_size(8 * 1024 * 1024)
                 .max_encoding_message_size(8 * 1024 * 1024),
             )

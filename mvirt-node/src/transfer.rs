@@ -11,6 +11,7 @@
 //! zfs.SendVolume ──chunks──> PushVolume ───────> zfs.ReceiveVolume (verifies the SHA-256 trailer)
 //! unix socket  <──bytes──>   Relay      <──────> unix socket (IncomingSockets)
 //! (migration sent)           CompleteMigration ──> vmm.CompleteIncomingMigration
+//! (completion refused)       AbortMigration ─────> never completes it (unless it runs already)
 //! ```
 //!
 //! **Authorisation.** NodePeer shares the NodeAgent listener (TLS with the node certificate,
@@ -42,8 +43,9 @@ use tonic::{Request, Response, Status, Streaming};
 use mvirt_api::proto::node_peer_client::NodePeerClient;
 use mvirt_api::proto::node_peer_server::NodePeer;
 use mvirt_api::proto::{
-    CompleteMigrationRequest, CompleteMigrationResponse, NodeSpec, PeerVolumeChunk,
-    PeerVolumeHeader, PeerVolumeResult, RelayFrame, RelayOpen, RelayTarget, TransferGrant,
+    AbortMigrationRequest, AbortMigrationResponse, CompleteMigrationRequest,
+    CompleteMigrationResponse, NodeSpec, PeerVolumeChunk, PeerVolumeHeader, PeerVolumeResult,
+    RelayFrame, RelayOpen, RelayTarget, TransferGrant,
 };
 use mvirt_common::tls::{self as ctls, CertStore, PeerIdentity, PeerInfo};
 use mvirt_zfs::proto as zfs;
@@ -190,6 +192,105 @@ impl IncomingSockets {
     }
 }
 
+/// Test failpoint: nodes whose `CompleteMigration` and `AbortMigration` do their work and then
+/// answer `UNAVAILABLE`, as if the agent died right after it (the answer is lost). Set only by
+/// tests (`lose_migration_answers`); empty in production.
+static LOSE_ANSWERS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Test failpoint: while `lose` is set, node `node_id`'s `CompleteMigration` and
+/// `AbortMigration` answers are lost after their work is done (see `tests/migration.rs`).
+#[doc(hidden)]
+pub fn lose_migration_answers(node_id: &str, lose: bool) {
+    let mut nodes = LOSE_ANSWERS.lock().unwrap_or_else(|e| e.into_inner());
+    nodes.retain(|n| n != node_id);
+    if lose {
+        nodes.push(node_id.to_string());
+    }
+}
+
+fn answer_lost(node_id: &str) -> Result<(), Status> {
+    let nodes = LOSE_ANSWERS.lock().unwrap_or_else(|e| e.into_inner());
+    if nodes.iter().any(|n| n == node_id) {
+        return Err(Status::unavailable("the answer was lost (test failpoint)"));
+    }
+    Ok(())
+}
+
+/// The migrations this node aborted as their target (`AbortMigration`): it never completes
+/// them. Kept in memory and as `<dir>/<grant id>.aborted` files, so an agent restarted while
+/// the grant exists still refuses; files of grants no longer in the spec are removed.
+#[derive(Clone, Default)]
+struct Aborted {
+    dir: Option<PathBuf>,
+    ids: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// Serialises completions and aborts on this node, so an abort never races a completion.
+    settle: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Aborted {
+    fn marker(&self, id: &str) -> Option<PathBuf> {
+        // Grant ids are minted by the API; anything that is not a plain name has no file.
+        let plain = !id.is_empty()
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        self.dir
+            .as_ref()
+            .filter(|_| plain)
+            .map(|d| d.join(format!("{id}.aborted")))
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(id)
+            || self.marker(id).is_some_and(|m| m.exists())
+    }
+
+    fn insert(&self, id: &str) -> Result<(), Status> {
+        self.ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_string());
+        if let Some(marker) = self.marker(id) {
+            let written = marker
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| std::fs::write(&marker, b"aborted\n"));
+            written.map_err(|e| {
+                Status::internal(format!(
+                    "cannot record the abort in {}: {e}",
+                    marker.display()
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Forgets aborts whose grants are gone from `spec` (no call can name them any more).
+    fn retain(&self, spec: Option<&NodeSpec>) {
+        let Some(spec) = spec else { return };
+        let live = |id: &str| spec.transfers.iter().any(|g| g.id == id);
+        self.ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|id| live(id));
+        let Some(dir) = &self.dir else { return };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if let Some(id) = name.strip_suffix(".aborted") {
+                if !live(id) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+    }
+}
+
 /// The `NodePeer` service of this node (the target side).
 pub struct PeerServer {
     node_id: String,
@@ -198,6 +299,7 @@ pub struct PeerServer {
     incoming: IncomingSockets,
     /// Served over TLS: callers must present a node certificate of the cluster.
     tls: bool,
+    aborted: Aborted,
 }
 
 impl PeerServer {
@@ -214,7 +316,15 @@ impl PeerServer {
             daemons,
             incoming,
             tls,
+            aborted: Aborted::default(),
         }
+    }
+
+    /// Records aborted incoming migrations under `dir` too (the agent's migration directory),
+    /// so they stay aborted across an agent restart.
+    pub fn with_migration_dir(mut self, dir: PathBuf) -> Self {
+        self.aborted.dir = Some(dir);
+        self
     }
 
     /// The grant the request names, once this node's spec carries it (see [`GRANT_WAIT`]).
@@ -412,7 +522,16 @@ impl NodePeer for PeerServer {
                 grant.id
             )));
         }
+        let _settle = self.aborted.settle.lock().await;
+        if self.aborted.contains(&grant.id) {
+            return Err(Status::failed_precondition(format!(
+                "the migration {} of VM {vm_id} was aborted on this node: it will not run here",
+                grant.id
+            )));
+        }
         tracing::info!(grant = %grant.id, vm = %vm_id, "completing an incoming migration");
+        // Idempotent: a VM that runs here already (an earlier call whose answer was lost)
+        // answers as a completion.
         self.daemons
             .vmm
             .clone()
@@ -421,7 +540,45 @@ impl NodePeer for PeerServer {
             })
             .await?;
         self.incoming.remove(&vm_id);
+        answer_lost(&self.node_id)?;
         Ok(Response::new(CompleteMigrationResponse {}))
+    }
+
+    async fn abort_migration(
+        &self,
+        request: Request<AbortMigrationRequest>,
+    ) -> Result<Response<AbortMigrationResponse>, Status> {
+        let grant_id = request.get_ref().grant_id.clone();
+        let grant = self.grant(&request, &grant_id).await?;
+        let vm_id = request.into_inner().vm_id;
+        if grant.vm_id.is_empty() || grant.vm_id != vm_id {
+            return Err(Status::permission_denied(format!(
+                "the transfer grant {} does not cover the migration of VM {vm_id}",
+                grant.id
+            )));
+        }
+        let _settle = self.aborted.settle.lock().await;
+        self.aborted.retain(self.specs.borrow().as_ref());
+        let here = self
+            .daemons
+            .vmm
+            .clone()
+            .get_vm(mvirt_vmm::proto::GetVmRequest { id: vm_id.clone() })
+            .await;
+        let running = match here {
+            Ok(vm) => vm.into_inner().state == mvirt_vmm::proto::VmState::Running as i32,
+            Err(status) if status.code() == tonic::Code::NotFound => false,
+            Err(status) => return Err(status),
+        };
+        if !running {
+            self.aborted.insert(&grant.id)?;
+            self.incoming.remove(&vm_id);
+            tracing::warn!(grant = %grant.id, vm = %vm_id, "incoming migration aborted by its source");
+        } else {
+            tracing::info!(grant = %grant.id, vm = %vm_id, "abort asked for a migration that completed here");
+        }
+        answer_lost(&self.node_id)?;
+        Ok(Response::new(AbortMigrationResponse { running }))
     }
 }
 
@@ -588,6 +745,24 @@ impl PeerDialer {
 }
 
 impl PeerDialer {
+    /// Asks the grant's target never to let the incoming VM `vm_id` run for this grant; `true`
+    /// when it runs there already (the completion took effect after all).
+    pub async fn abort_migration(
+        &self,
+        grant: &TransferGrant,
+        vm_id: &str,
+    ) -> Result<bool, TransferError> {
+        let mut client = self.client(grant)?;
+        let answer = client
+            .abort_migration(AbortMigrationRequest {
+                grant_id: grant.id.clone(),
+                vm_id: vm_id.to_string(),
+            })
+            .await
+            .map_err(TransferError::Target)?;
+        Ok(answer.into_inner().running)
+    }
+
     /// Asks the grant's target to let the incoming VM `vm_id` run (its hypervisor received
     /// everything); returns once it runs there.
     pub async fn complete_migration(

@@ -8,6 +8,12 @@
 //!    node (the scheduler's choice): the count goes on there without a reboot (no second boot
 //!    banner, uptime continues), the migration is `completed` with its downtime, the VM's node
 //!    changed, and exactly one hypervisor process runs it (the source's paused copy is gone).
+//! 4. The lost answer: the VM migrates back while the new target loses its `CompleteMigration`
+//!    answers (a failpoint: it resumes the guest, then answers UNAVAILABLE) and its agent is
+//!    killed right after the guest runs there. The source keeps its copy paused (never two
+//!    running copies, sampled for 40 s — longer than the 30 s after which the source used to
+//!    resume), the migration stays `completing` with the reason; the target's agent restarted,
+//!    the source's next completion attempt succeeds: `completed`, the VM on the target, one copy.
 
 mod common;
 
@@ -327,6 +333,76 @@ async fn a_counting_guest_migrates_live_through_the_api_and_a_failed_migration_l
         volume["node_id"],
         json!(target),
         "the disk moved with the VM"
+    );
+
+    // 4. Back to the first node, whose answers to the switch-over are lost and whose agent
+    // dies right after it let the guest run.
+    let (s, t) = (t, s);
+    let (source, target) = (target, source);
+    mvirt_node::transfer::lose_migration_answers(&target, true);
+    let started = rest.post(&path, json!({})).await;
+    assert_eq!(started["migration"]["target_node_id"], json!(target));
+    let resumed_there = wait_until_async("the guest to run on the target", MIGRATION, || {
+        let endpoint = hosts[t].endpoints.vmm.clone();
+        async move {
+            let vms = vms_on(&endpoint).await;
+            vms.iter()
+                .any(|vm| vm.state == vmm::VmState::Running as i32)
+                .then_some(vms)
+        }
+    })
+    .await;
+    agents[t].take().unwrap().kill();
+    mvirt_node::transfer::lose_migration_answers(&target, false);
+    assert_eq!(resumed_there.len(), 1, "{resumed_there:?}");
+    let on_new = Viewer::open(&hosts[t].endpoints.vmm, &vm_id).await;
+    // The source must not resume its paused copy while the target cannot tell it whether it
+    // runs the VM: exactly one running copy the whole time.
+    let watch_until = std::time::Instant::now() + Duration::from_secs(40);
+    let mut waiting = Value::Null;
+    while std::time::Instant::now() < watch_until {
+        let (here, there) = (
+            vms_on(&hosts[s].endpoints.vmm).await,
+            vms_on(&hosts[t].endpoints.vmm).await,
+        );
+        let running = here
+            .iter()
+            .chain(there.iter())
+            .filter(|vm| vm.state == vmm::VmState::Running as i32)
+            .count();
+        assert_eq!(running, 1, "one running copy:\n{here:?}\n{there:?}");
+        assert_eq!(there[0].state, vmm::VmState::Running as i32, "{there:?}");
+        waiting = rest.get(&format!("/v1/vms/{vm_id}")).await;
+        assert_eq!(waiting["node_id"], json!(source), "{waiting:#}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(waiting["migration"]["phase"], "completing", "{waiting:#}");
+    let reason = waiting["migration"]["error"].as_str().unwrap_or_default();
+    assert!(reason.contains("stays paused"), "{waiting:#}");
+    let count = on_new.count();
+    on_new.wait_for(&format!("COUNT-{}", count + 2), BOOT).await;
+    agents[t] = Some(Agent::start(configs[t].clone()));
+    let done = wait_migration(&rest, &vm_id, "completed").await;
+    assert_eq!(done["node_id"], json!(target), "{done:#}");
+    assert!(done["migration"]["error"].is_null(), "{done:#}");
+    wait_until_async(
+        "the source's paused copy to be deleted",
+        Duration::from_secs(60),
+        || {
+            let endpoint = hosts[s].endpoints.vmm.clone();
+            async move { vms_on(&endpoint).await.is_empty().then_some(()) }
+        },
+    )
+    .await;
+    let there = vms_on(&hosts[t].endpoints.vmm).await;
+    assert_eq!(there.len(), 1, "{there:?}");
+    assert_eq!(there[0].state, vmm::VmState::Running as i32, "{there:?}");
+    let count = on_new.count();
+    on_new.wait_for(&format!("COUNT-{}", count + 2), BOOT).await;
+    assert!(
+        !on_new.text().contains("MVIRT-GUEST-BOOTED"),
+        "no second boot:\n{}",
+        on_new.text()
     );
 
     rest.delete(&format!("/v1/vms/{vm_id}")).await;

@@ -281,10 +281,14 @@ impl State {
             }
             ReportedPhase::Completing => {
                 m.phase = MigrationPhase::Completing;
+                // Why the switch-over waits (an unreachable target), if it does.
+                m.error =
+                    (!update.error.is_empty()).then(|| update.error.chars().take(4096).collect());
                 "migration_completing"
             }
             ReportedPhase::Completed => {
                 m.phase = MigrationPhase::Completed;
+                m.error = None;
                 m.downtime_ms = Some(update.downtime_ms);
                 m.bytes_remaining = 0;
                 "migration_completed"

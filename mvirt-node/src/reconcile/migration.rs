@@ -11,11 +11,16 @@
 //! background operation per migration ([`Operations`]) listens on a unix socket, calls
 //! `MigrateVm(with_disks)` (QEMU connects to the socket) and relays the connection to the
 //! target (`peers.relay`). When the hypervisor reports COMPLETED (the guest paused here), it
-//! asks the target to `CompleteMigration`; when that succeeded it reports `completed` (the API
-//! then moves the VM, and this node deletes its paused copy once its spec no longer names the
-//! VM). A failed stream leaves the VM running here (mvirt-vmm resumes it); a failed completion
-//! resumes it with `ResumeMigratedVm`; both report `failed` with the reason. Progress rides on
-//! the VM's status report (`ResourceStatus.migration`).
+//! settles the switch-over with the target ([`Outgoing::settle`]): `CompleteMigration`
+//! (idempotent on the target) until it answers; when the target refuses, `AbortMigration`,
+//! which says whether the target runs the VM after all (else it never will). Only a target
+//! that says it does not run the VM, or the API ending the migration (its grant leaves this
+//! node's spec), lets the paused copy here run again (`ResumeMigratedVm`): an unreachable
+//! target or a lost answer keeps it paused, never two copies. Completed: the API moves the VM
+//! and this node deletes its paused copy once its spec no longer names the VM. A failed stream
+//! leaves the VM running here (mvirt-vmm resumes it). An agent restarted while its VM is
+//! paused after a completed stream settles the same way. Progress rides on the VM's status
+//! report (`ResourceStatus.migration`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -34,8 +39,12 @@ use crate::transfer::PeerDialer;
 
 /// How long the source waits for its hypervisor to connect to the migration socket.
 const CONNECT_WAIT: Duration = Duration::from_secs(60);
-/// How long the source keeps asking an unreachable target to complete.
-const COMPLETE_WAIT: Duration = Duration::from_secs(30);
+/// How long one settling call to the target may take (its grant wait is 15 s).
+const CALL_WAIT: Duration = Duration::from_secs(40);
+/// Pause between settling calls to a target that did not answer.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+/// mvirt-vmm's state reason of a source VM paused after its state went (vmm `MIGRATED`).
+const PAUSED_MIGRATED: &str = "migrated away: paused until stopped";
 /// Progress wakes the agent (and so reaches the API) at most this often.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
@@ -54,6 +63,9 @@ pub fn outgoing_grant<'a>(
 #[derive(Default)]
 pub struct Operations {
     running: Arc<Mutex<HashMap<String, api::MigrationReport>>>,
+    /// The latest spec's grant of each migration (the target's endpoint may change while it
+    /// runs, e.g. its agent restarted); gone when the grant left the spec.
+    grants: Arc<Mutex<HashMap<String, api::TransferGrant>>>,
 }
 
 impl Operations {
@@ -70,11 +82,21 @@ impl Operations {
     pub fn retain(&self, spec: &api::NodeSpec) {
         self.lock()
             .retain(|id, _| spec.transfers.iter().any(|g| &g.id == id));
+        self.grants
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|id, _| spec.transfers.iter().any(|g| &g.id == id));
     }
 
     /// Runs the migration `grant` asks for in the background, unless it ran or runs already.
     /// Only a running VM is sent; one found otherwise fails the migration at once.
+    /// A VM found paused after a completed stream (this agent restarted in the switch-over)
+    /// is not sent again: the operation only settles who runs it with the target.
     pub fn start(&self, cx: &Context, grant: &api::TransferGrant, vm: &vmm::Vm) {
+        self.grants
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(grant.id.clone(), grant.clone());
         let mut running = self.lock();
         if running.contains_key(&grant.id) {
             return;
@@ -84,7 +106,11 @@ impl Operations {
             phase: Phase::Transferring as i32,
             ..Default::default()
         };
-        if vm.state != vmm::VmState::Running as i32 {
+        let paused =
+            vm.state == vmm::VmState::Stopping as i32 && vm.state_reason == PAUSED_MIGRATED;
+        if paused {
+            report.phase = Phase::Completing as i32;
+        } else if vm.state != vmm::VmState::Running as i32 {
             report.phase = Phase::Failed as i32;
             report.error = format!("the VM is not running on the source ({})", vm.state_reason);
             running.insert(grant.id.clone(), report);
@@ -101,6 +127,8 @@ impl Operations {
         );
         let outgoing = Outgoing {
             reports: self.running.clone(),
+            grants: self.grants.clone(),
+            paused,
             wake: cx.wake.clone(),
             vmm: cx.vmm(),
             peers: cx.peers.clone(),
@@ -116,6 +144,9 @@ impl Operations {
 /// One outgoing migration, run in the background.
 struct Outgoing {
     reports: Arc<Mutex<HashMap<String, api::MigrationReport>>>,
+    grants: Arc<Mutex<HashMap<String, api::TransferGrant>>>,
+    /// The stream completed before this operation started (see [`Operations::start`]).
+    paused: bool,
     wake: Arc<tokio::sync::Notify>,
     vmm: vmm::vm_service_client::VmServiceClient<crate::daemons::DaemonChannel>,
     peers: PeerDialer,
@@ -134,7 +165,11 @@ impl Outgoing {
     }
 
     async fn run(self) {
-        let result = self.send().await;
+        let result = if self.paused {
+            self.switch_over(0).await
+        } else {
+            self.send().await
+        };
         let _ = std::fs::remove_file(&self.socket);
         match result {
             Ok(downtime_ms) => {
@@ -247,52 +282,118 @@ impl Outgoing {
         });
         self.wake.notify_one();
         let _ = tokio::time::timeout(Duration::from_secs(10), relay).await;
-        match self.complete().await {
-            Ok(()) => Ok(last.downtime_ms),
-            Err(status) => {
-                let resumed = self
-                    .vmm
-                    .clone()
-                    .resume_migrated_vm(vmm::ResumeMigratedVmRequest {
-                        id: self.vm_id.clone(),
-                    })
-                    .await;
-                let here = match resumed {
-                    Ok(_) => "running on the source".to_string(),
-                    Err(e) => format!("resuming on the source failed too: {}", e.message()),
-                };
-                Err(format!(
-                    "the target could not take over: {}; {here}",
-                    status.message()
-                ))
-            }
+        self.switch_over(last.downtime_ms).await
+    }
+
+    /// The guest is paused here, its state on the target: settle which side runs it, and
+    /// resume it here only when the target will not.
+    async fn switch_over(&self, downtime_ms: u64) -> Result<u64, String> {
+        let why = match self.settle().await {
+            Ok(()) => return Ok(downtime_ms),
+            Err(why) => why,
+        };
+        let resumed = self
+            .vmm
+            .clone()
+            .resume_migrated_vm(vmm::ResumeMigratedVmRequest {
+                id: self.vm_id.clone(),
+            })
+            .await;
+        let here = match resumed {
+            Ok(_) => "running on the source".to_string(),
+            Err(e) => format!("resuming on the source failed too: {}", e.message()),
+        };
+        Err(format!("the target did not take over: {why}; {here}"))
+    }
+
+    /// The grant as the latest spec has it; `None` once it left the spec (the API ended the
+    /// migration).
+    fn current_grant(&self) -> Option<api::TransferGrant> {
+        self.grants
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&self.grant.id)
+            .cloned()
+    }
+
+    /// `Ok` when the target runs the VM; `Err(why)` when it said it does not and never will
+    /// (or the API ended the migration). Keeps asking a target that does not answer: the
+    /// VM stays paused here meanwhile, and the report says so.
+    async fn settle(&self) -> Result<(), String> {
+        let ended = "the API ended the migration while the target could not be asked";
+        let mut woken: Option<Instant> = None;
+        // 1. CompleteMigration (idempotent), until the target answers it.
+        let refusal = loop {
+            let Some(grant) = self.current_grant() else {
+                return Err(ended.into());
+            };
+            let call = self.peers.complete_migration(&grant, &self.vm_id);
+            let problem = match tokio::time::timeout(CALL_WAIT, call).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(err)) => {
+                    let status = err.status();
+                    if !retry_completion(&status) {
+                        break status.message().to_string();
+                    }
+                    status.message().to_string()
+                }
+                Err(_) => format!("no answer within {CALL_WAIT:?}"),
+            };
+            self.unsettled("complete", &problem, &mut woken);
+            tokio::time::sleep(RETRY_EVERY).await;
+        };
+        // 2. Refused: the target must promise never to run it, or say that it runs it.
+        tracing::warn!(vm = %self.vm_id, migration = %self.grant.id, %refusal, "the target refused to complete the migration; aborting it there");
+        loop {
+            let Some(grant) = self.current_grant() else {
+                return Err(format!("{refusal}; {ended}"));
+            };
+            let call = self.peers.abort_migration(&grant, &self.vm_id);
+            let problem = match tokio::time::timeout(CALL_WAIT, call).await {
+                Ok(Ok(true)) => return Ok(()),
+                Ok(Ok(false)) => return Err(refusal),
+                Ok(Err(err)) => err.status().message().to_string(),
+                Err(_) => format!("no answer within {CALL_WAIT:?}"),
+            };
+            self.unsettled("abort", &problem, &mut woken);
+            tokio::time::sleep(RETRY_EVERY).await;
         }
     }
 
-    /// Asks the target to let the VM run, retrying while it cannot be reached.
-    async fn complete(&self) -> Result<(), Status> {
-        let deadline = Instant::now() + COMPLETE_WAIT;
-        loop {
-            match self
-                .peers
-                .complete_migration(&self.grant, &self.vm_id)
-                .await
-            {
-                Ok(()) => return Ok(()),
-                Err(err) => {
-                    let status = err.status();
-                    let unreachable = matches!(
-                        status.code(),
-                        tonic::Code::Unavailable | tonic::Code::Unknown
-                    );
-                    if !unreachable || Instant::now() >= deadline {
-                        return Err(status);
-                    }
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
+    /// Reports that the switch-over waits for the target (phase `completing`, with the error).
+    fn unsettled(&self, call: &str, problem: &str, woken: &mut Option<Instant>) {
+        let error = format!(
+            "the target node did not answer the switch-over ({call}: {problem}); the VM stays \
+             paused on the source until the target answers or the migration is ended"
+        );
+        self.update(|r| {
+            r.phase = Phase::Completing as i32;
+            r.error = error;
+        });
+        if woken.is_none_or(|at| at.elapsed() >= PROGRESS_EVERY * 5) {
+            if woken.is_none() {
+                tracing::warn!(vm = %self.vm_id, migration = %self.grant.id, %problem, "the migration target does not answer; the VM stays paused here");
             }
+            *woken = Some(Instant::now());
+            self.wake.notify_one();
         }
     }
+}
+
+/// Whether a failed `CompleteMigration` is worth asking again (the target may not have been
+/// reached, or may not know the grant yet) rather than a refusal that calls for an abort.
+fn retry_completion(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Cancelled
+            | tonic::Code::PermissionDenied
+            | tonic::Code::Unauthenticated
+            | tonic::Code::ResourceExhausted
+            | tonic::Code::Aborted
+    )
 }
 
 /// Target side: prepares the incoming VM (`config` as on the source) and registers its socket.
