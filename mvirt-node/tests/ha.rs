@@ -1,22 +1,25 @@
 //! HA restart with fencing end to end (issue 23): one control plane, two hosts (each its own
-//! zfs-fuse pool, daemons and agent), an `ha` VM on node A replicated to node B every 5 s.
-//! Node A's agent reaches the API only through a TCP proxy in this test; cutting the proxy
-//! partitions A from the control plane while A's daemons (and its VM) keep running.
+//! zfs-fuse pool, daemons and agent), two `ha` VMs on node A — "web" with its root and a data
+//! volume, "db" with its root — each replicated to node B every 5 s by its schedule. Node A's
+//! agent reaches the API only through a TCP proxy in this test; cutting the proxy partitions A
+//! from the control plane while A's daemons (and its VMs) keep running.
 //!
-//! Proves (fencing 6 s, margin 4 s): A's hypervisor process for the VM exits (A fenced
+//! Proves (fencing 6 s, margin 4 s): for each VM, A's hypervisor process exits (A fenced
 //! itself) before the VM's hypervisor process starts on B (the exit is observed by polling
-//! /proc; B's process start time is read from /proc/<pid>/stat); the VM runs on B from the
-//! promoted replica, which holds the write replicated before the cut; its `ha_status` shows the
-//! failover and the data-loss window; once A is reconnected it does not start the old copy
-//! (no hypervisor process for the VM on A) and removes the VM and its volume.
+//! /proc; B's process start time is read from /proc/<pid>/stat); both VMs run on B from the
+//! promoted replicas, each of the three volumes holding its write replicated before the cut;
+//! `ha_status` shows the failover and the data-loss window; each schedule now targets A (not
+//! protected while A is away). Once A is reconnected it does not start the old copies and
+//! removes the VMs and volumes; then the schedules replicate B -> A (re-protection): both are
+//! `ready` with a replica of every volume on A, one carrying a write made on B after the
+//! failover.
 
 mod common;
+#[path = "common/partition.rs"]
+mod partition;
 
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use common::*;
 use mvirt_testsupport::process::wait_until_async;
@@ -24,134 +27,11 @@ use mvirt_vmm::proto as vmm;
 use mvirt_vmm::proto::vm_service_client::VmServiceClient;
 use mvirt_zfs::proto as zfs;
 use mvirt_zfs::proto::zfs_service_client::ZfsServiceClient;
+use partition::*;
 use serde_json::json;
-use tokio::net::{TcpListener, TcpStream};
 
 const BOOT: Duration = Duration::from_secs(180);
 const ROUND: Duration = Duration::from_secs(90);
-const OFFSET: u64 = 28 * 1024 * 1024;
-
-fn write_tag(path: &Path, tag: &str) {
-    let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-    f.seek(SeekFrom::Start(OFFSET)).unwrap();
-    let block: Vec<u8> = tag.bytes().cycle().take(1024 * 1024).collect();
-    f.write_all(&block).unwrap();
-    f.sync_all().unwrap();
-}
-
-fn has_tag(path: &Path, tag: &str) -> bool {
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return false;
-    };
-    let mut buf = vec![0; 4096];
-    f.seek(SeekFrom::Start(OFFSET)).unwrap();
-    f.read_exact(&mut buf).is_ok() && buf.starts_with(tag.as_bytes())
-}
-
-/// A TCP proxy to `target` that can be cut (open connections closed, new ones dropped) and
-/// restored.
-struct Proxy {
-    port: u16,
-    cut: Arc<AtomicBool>,
-    generation: tokio::sync::watch::Sender<u64>,
-}
-
-impl Proxy {
-    async fn start(target: std::net::SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let cut = Arc::new(AtomicBool::new(false));
-        let generation = tokio::sync::watch::channel(0u64).0;
-        let (cut2, generation2) = (cut.clone(), generation.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
-                    return;
-                };
-                if cut2.load(Ordering::SeqCst) {
-                    drop(inbound);
-                    continue;
-                }
-                let mut cuts = generation2.subscribe();
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(target).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cuts.changed() => {}
-                    }
-                });
-            }
-        });
-        Proxy {
-            port,
-            cut,
-            generation,
-        }
-    }
-
-    fn cut(&self) {
-        self.cut.store(true, Ordering::SeqCst);
-        self.generation.send_modify(|g| *g += 1);
-    }
-
-    fn restore(&self) {
-        self.cut.store(false, Ordering::SeqCst);
-    }
-}
-
-/// The hypervisor process of `vm_id` on a host, if mvirt-vmm shows one running.
-async fn hypervisor_pid(
-    vmm: &mut VmServiceClient<tonic::transport::Channel>,
-    vm_id: &str,
-) -> Option<u32> {
-    vmm.list_vms(vmm::ListVmsRequest::default())
-        .await
-        .ok()?
-        .into_inner()
-        .vms
-        .into_iter()
-        .find(|v| v.id == vm_id && v.pid != 0)
-        .map(|v| v.pid)
-}
-
-/// Whether process `pid` is gone (or a zombie).
-fn process_gone(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-    }
-}
-
-/// When process `pid` started, as seconds since the epoch (from /proc/<pid>/stat and btime).
-fn process_start(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let (_, rest) = stat.rsplit_once(')').unwrap();
-    // Fields after the command: state is field 3, starttime field 22.
-    let ticks: f64 = rest.split_whitespace().nth(19).unwrap().parse().unwrap();
-    let btime: f64 = std::fs::read_to_string("/proc/stat")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("btime "))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .unwrap()
-        .unwrap() as f64;
-    btime + ticks / hz
-}
-
-fn epoch_secs() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_partitioned_node_fences_its_ha_vm_before_it_restarts_from_the_replica_elsewhere() {
@@ -204,21 +84,56 @@ async fn a_partitioned_node_fences_its_ha_vm_before_it_restarts_from_the_replica
             json!({"name": "net", "spec": {"ipv4_prefix": "10.88.0.0/24"}}),
         )
         .await;
-    let vm = rest
+    // Two HA VMs on A: "web" with its root and a data volume, "db" with its root.
+    let data = rest
+        .post(
+            "/v1/volumes",
+            json!({"name": "web-data", "spec": {"size_bytes": 32u64 << 20}}),
+        )
+        .await;
+    let web = rest
         .post(
             "/v1/vms",
             json!({"name": "web", "spec": {
                 "vcpus": 1, "memory_bytes": 128u64 << 20, "node_selector": "zone=a", "ha": true,
                 "root_volume": {"template_id": template_id, "size_bytes": 32u64 << 20},
+                "volume_ids": [data["id"]],
                 "network_interfaces": [{"network_id": network["id"]}],
             }}),
         )
         .await;
-    assert_eq!(vm["spec"]["ha"], true, "{vm}");
-    let vm_id = vm["id"].as_str().unwrap().to_string();
-    let vm = rest.wait_vm_phase(&vm_id, "running", BOOT).await;
-    assert_eq!(vm["node_id"], node_a.as_str());
-    let volume_id = vm["spec"]["volume_ids"][0].as_str().unwrap().to_string();
+    assert_eq!(web["spec"]["ha"], true, "{web}");
+    let db = rest
+        .post(
+            "/v1/vms",
+            json!({"name": "db", "spec": {
+                "vcpus": 1, "memory_bytes": 128u64 << 20, "node_selector": "zone=a", "ha": true,
+                "root_volume": {"template_id": template_id, "size_bytes": 32u64 << 20},
+            }}),
+        )
+        .await;
+    let vm_ids: Vec<String> = [&web, &db]
+        .iter()
+        .map(|v| v["id"].as_str().unwrap().to_string())
+        .collect();
+    // (volume id, its tag), every volume of both VMs.
+    let mut volumes: Vec<(String, String)> = Vec::new();
+    for (vm_id, name) in vm_ids.iter().zip(["web", "db"]) {
+        let vm = rest.wait_vm_phase(vm_id, "running", BOOT).await;
+        assert_eq!(vm["node_id"], node_a.as_str());
+        for (i, v) in vm["spec"]["volume_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+        {
+            volumes.push((
+                v.as_str().unwrap().to_string(),
+                format!("before-the-cut-{name}-{i}"),
+            ));
+        }
+    }
+    assert_eq!(volumes.len(), 3, "{volumes:?}");
     let mut zfs_a = ZfsServiceClient::connect(host_a.endpoints.zfs.clone())
         .await
         .unwrap();
@@ -231,104 +146,128 @@ async fn a_partitioned_node_fences_its_ha_vm_before_it_restarts_from_the_replica
     let mut vmm_b = VmServiceClient::connect(host_b.endpoints.vmm.clone())
         .await
         .unwrap();
-    let source_path = zfs_a
-        .get_volume(zfs::GetVolumeRequest {
-            id: volume_id.clone(),
-        })
-        .await
-        .expect("the VM's volume on node A")
-        .into_inner()
-        .path;
-    write_tag(Path::new(&source_path), "before-the-cut");
+    for (volume_id, tag) in &volumes {
+        let path = zfs_a
+            .get_volume(zfs::GetVolumeRequest {
+                id: volume_id.clone(),
+            })
+            .await
+            .expect("the VM's volume on node A")
+            .into_inner()
+            .path;
+        write_tag(Path::new(&path), tag);
+    }
 
-    let created = rest
-        .post(
-            "/v1/replications",
-            json!({"name": "web-dr", "spec": {"vm_id": "web", "targets": ["node-b"], "interval_secs": 5, "keep": 2}}),
-        )
-        .await;
-    let schedule_id = created["id"].as_str().unwrap().to_string();
-    wait_until_async("a replica on node B with the write", ROUND, || {
-        let rest = rest.clone();
-        let mut zfs_b = zfs_b.clone();
-        let (schedule_id, volume_id) = (schedule_id.clone(), volume_id.clone());
+    let mut schedule_ids = Vec::new();
+    for name in ["web", "db"] {
+        let created = rest
+            .post(
+                "/v1/replications",
+                json!({"name": format!("{name}-dr"), "spec": {"vm_id": name, "targets": ["node-b"], "interval_secs": 5, "keep": 2}}),
+            )
+            .await;
+        schedule_ids.push(created["id"].as_str().unwrap().to_string());
+    }
+    wait_until_async("replicas on node B with the writes", ROUND, || {
+        let (rest, zfs_b) = (rest.clone(), zfs_b.clone());
+        let (schedule_ids, volumes) = (schedule_ids.clone(), volumes.clone());
         async move {
-            let r = rest.get(&format!("/v1/replications/{schedule_id}")).await;
-            let report = r["status"]["replicas"].get(0)?.clone();
-            (report["last_replicated_at"].is_string() && report.get("last_error").is_none())
-                .then_some(())?;
-            let held = zfs_b
-                .list_replicas(zfs::ListReplicasRequest {})
-                .await
-                .ok()?
-                .into_inner()
-                .volumes
-                .into_iter()
-                .find(|v| v.id == volume_id)?;
-            has_tag(Path::new(&held.path), "before-the-cut").then_some(())
+            for id in &schedule_ids {
+                protected_on(&rest, id, None).await?;
+            }
+            replicas_hold(zfs_b, &volumes).await
         }
     })
     .await;
-    let pid_a = hypervisor_pid(&mut vmm_a, &vm_id)
-        .await
-        .expect("the VM runs on node A");
+    let mut pids_a = Vec::new();
+    for vm_id in &vm_ids {
+        let pid = hypervisor_pid(&mut vmm_a, vm_id).await;
+        pids_a.push(pid.expect("the VM runs on node A"));
+    }
 
-    // The partition: A's agent loses the API; A's daemons and VM keep running.
+    // The partition: A's agent loses the API; A's daemons and VMs keep running.
     proxy.cut();
     let cut_at = epoch_secs();
-    let mut exited_a: Option<f64> = None;
-    let mut pid_b: Option<u32> = None;
+    let mut exited_a: Vec<Option<f64>> = vec![None; 2];
+    let mut pids_b: Vec<Option<u32>> = vec![None; 2];
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while pid_b.is_none() || exited_a.is_none() {
+    while pids_b.iter().any(Option::is_none) || exited_a.iter().any(Option::is_none) {
         assert!(
             std::time::Instant::now() < deadline,
-            "no failover: A's process gone = {exited_a:?}, B's pid = {pid_b:?}"
+            "no failover: A's processes gone = {exited_a:?}, B's pids = {pids_b:?}"
         );
-        if exited_a.is_none() && process_gone(pid_a) {
-            exited_a = Some(epoch_secs());
-        }
-        if pid_b.is_none() {
-            pid_b = hypervisor_pid(&mut vmm_b, &vm_id).await;
+        for i in 0..2 {
+            if exited_a[i].is_none() && process_gone(pids_a[i]) {
+                exited_a[i] = Some(epoch_secs());
+            }
+            if pids_b[i].is_none() {
+                pids_b[i] = hypervisor_pid(&mut vmm_b, &vm_ids[i]).await;
+            }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (exited_a, pid_b) = (exited_a.unwrap(), pid_b.unwrap());
-    let started_b = process_start(pid_b);
-    eprintln!(
-        "cut at {cut_at:.2}; A's hypervisor gone by {:.2} s after; B's started {:.2} s after",
-        exited_a - cut_at,
-        started_b - cut_at
-    );
-    assert!(
-        exited_a < started_b,
-        "A's copy (seen gone at {exited_a:.2}) must stop before B's starts ({started_b:.2})"
-    );
+    for i in 0..2 {
+        let (exited_a, started_b) = (exited_a[i].unwrap(), process_start(pids_b[i].unwrap()));
+        eprintln!(
+            "VM {i}: cut at {cut_at:.2}; A's hypervisor gone by {:.2} s after; B's started {:.2} s after",
+            exited_a - cut_at,
+            started_b - cut_at
+        );
+        assert!(
+            exited_a < started_b,
+            "VM {i}: A's copy (seen gone at {exited_a:.2}) must stop before B's starts ({started_b:.2})"
+        );
+    }
 
-    // The VM runs on B, from the promoted replica.
-    let vm = rest.wait_vm_phase(&vm_id, "running", BOOT).await;
-    assert_eq!(vm["node_id"], node_b.as_str(), "{vm}");
-    let ha = &vm["ha_status"];
-    assert_eq!(ha["state"], "failed_over", "{vm}");
-    assert_eq!(ha["from_node_id"], node_a.as_str(), "{vm}");
-    assert_eq!(ha["to_node_id"], node_b.as_str(), "{vm}");
-    assert!(
-        ha["data_loss_secs"].is_u64() && ha["replicated_at"].is_string(),
-        "{vm}"
-    );
-    let promoted = zfs_b
-        .get_volume(zfs::GetVolumeRequest {
-            id: volume_id.clone(),
-        })
-        .await
-        .expect("the volume on node B")
-        .into_inner();
-    assert!(!promoted.replica, "promoted: {promoted:?}");
-    assert!(
-        has_tag(Path::new(&promoted.path), "before-the-cut"),
-        "the replicated write is there"
-    );
+    // Both VMs run on B, from the promoted replicas; their schedules now point back at A.
+    for (vm_id, schedule_id) in vm_ids.iter().zip(&schedule_ids) {
+        let vm = rest.wait_vm_phase(vm_id, "running", BOOT).await;
+        assert_eq!(vm["node_id"], node_b.as_str(), "{vm}");
+        let ha = &vm["ha_status"];
+        assert_eq!(ha["state"], "failed_over", "{vm}");
+        assert_eq!(ha["from_node_id"], node_a.as_str(), "{vm}");
+        assert_eq!(ha["to_node_id"], node_b.as_str(), "{vm}");
+        assert!(
+            ha["data_loss_secs"].is_u64() && ha["replicated_at"].is_string(),
+            "{vm}"
+        );
+        assert!(
+            ha["message"]
+                .as_str()
+                .unwrap()
+                .contains("goes back to node"),
+            "{vm}"
+        );
+        let r = rest.get(&format!("/v1/replications/{schedule_id}")).await;
+        assert_eq!(r["spec"]["targets"], json!([node_a]), "{r}");
+        assert!(
+            protected_on(&rest, schedule_id, Some(&node_a))
+                .await
+                .is_none(),
+            "not protected while A is away: {r}"
+        );
+    }
+    let mut promoted_paths = Vec::new();
+    for (volume_id, tag) in &volumes {
+        let promoted = zfs_b
+            .get_volume(zfs::GetVolumeRequest {
+                id: volume_id.clone(),
+            })
+            .await
+            .expect("the volume on node B")
+            .into_inner();
+        assert!(!promoted.replica, "promoted: {promoted:?}");
+        assert!(
+            has_tag(Path::new(&promoted.path), tag),
+            "the replicated write {tag} is there"
+        );
+        promoted_paths.push(promoted.path);
+    }
+    // A write on B after the failover, on web's data volume: re-protection must carry it to A.
+    write_tag(Path::new(&promoted_paths[1]), "after-the-failover");
 
-    // Reconnect A: the old copy never starts again; the VM and its volume leave node A.
+    // Reconnect A: the old copies never start again; the VMs and volumes leave node A; then
+    // the schedules replicate B -> A (a full stream each) and say so.
     proxy.restore();
     let watch_until = std::time::Instant::now() + Duration::from_secs(90);
     let mut removed = false;
@@ -336,7 +275,7 @@ async fn a_partitioned_node_fences_its_ha_vm_before_it_restarts_from_the_replica
     while !(removed && quiet_since.is_some_and(|t| t.elapsed() >= Duration::from_secs(8))) {
         assert!(
             std::time::Instant::now() < watch_until,
-            "node A did not clean up its copy"
+            "node A did not clean up its copies"
         );
         let listed = vmm_a
             .list_vms(vmm::ListVmsRequest::default())
@@ -344,17 +283,22 @@ async fn a_partitioned_node_fences_its_ha_vm_before_it_restarts_from_the_replica
             .unwrap()
             .into_inner()
             .vms;
-        let copy = listed.iter().find(|v| v.id == vm_id);
+        let copies: Vec<_> = listed.iter().filter(|v| vm_ids.contains(&v.id)).collect();
         assert!(
-            copy.is_none_or(|v| v.pid == 0),
-            "node A started the old copy again: {copy:?}"
+            copies.iter().all(|v| v.pid == 0),
+            "node A started an old copy again: {copies:?}"
         );
-        let volume = zfs_a
-            .get_volume(zfs::GetVolumeRequest {
-                id: volume_id.clone(),
-            })
-            .await;
-        if copy.is_none() && volume.is_err_and(|e| e.code() == tonic::Code::NotFound) {
+        let listed = zfs_a
+            .list_volumes(zfs::ListVolumesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .volumes;
+        if copies.is_empty()
+            && !listed
+                .iter()
+                .any(|v| volumes.iter().any(|(id, _)| *id == v.id))
+        {
             removed = true;
         }
         let a = rest.get("/v1/nodes/node-a").await;
@@ -363,14 +307,33 @@ async fn a_partitioned_node_fences_its_ha_vm_before_it_restarts_from_the_replica
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let vm = rest.get(&format!("/v1/vms/{vm_id}")).await;
-    assert_eq!(vm["node_id"], node_b.as_str(), "{vm}");
-    assert_eq!(vm["status"]["phase"], "running", "{vm}");
+    let mut expected = volumes.clone();
+    expected[1].1 = "after-the-failover".into();
+    wait_until_async("replicas of every volume back on node A", ROUND, || {
+        let (rest, zfs_a) = (rest.clone(), zfs_a.clone());
+        let (schedule_ids, expected, node_a) =
+            (schedule_ids.clone(), expected.clone(), node_a.clone());
+        async move {
+            for id in &schedule_ids {
+                protected_on(&rest, id, Some(&node_a)).await?;
+            }
+            replicas_hold(zfs_a, &expected).await
+        }
+    })
+    .await;
+    for vm_id in &vm_ids {
+        let vm = rest.get(&format!("/v1/vms/{vm_id}")).await;
+        assert_eq!(vm["node_id"], node_b.as_str(), "{vm}");
+        assert_eq!(vm["status"]["phase"], "running", "{vm}");
+    }
 
-    rest.delete(&format!("/v1/replications/{schedule_id}"))
-        .await;
-    rest.delete(&format!("/v1/vms/{vm_id}")).await;
-    wait_until_async("the VM deleted on node B", Duration::from_secs(60), || {
+    for id in &schedule_ids {
+        rest.delete(&format!("/v1/replications/{id}")).await;
+    }
+    for id in &vm_ids {
+        rest.delete(&format!("/v1/vms/{id}")).await;
+    }
+    wait_until_async("the VMs deleted on node B", Duration::from_secs(60), || {
         let mut vmm_b = vmm_b.clone();
         async move {
             let vms = vmm_b
@@ -388,4 +351,47 @@ async fn a_partitioned_node_fences_its_ha_vm_before_it_restarts_from_the_replica
     api.stop().await;
     mvirt_testsupport::process::assert_no_hypervisor_outlives(root, Duration::from_secs(10)).await;
     log_shutdown.trigger();
+}
+
+/// Whether replication `id` is ready with a successful report for every volume (to `target`
+/// when given: the VM is protected there), as the API shows it.
+async fn protected_on(rest: &Rest, id: &str, target: Option<&str>) -> Option<()> {
+    let r = rest.get(&format!("/v1/replications/{id}")).await;
+    (r["status"]["phase"] == "ready").then_some(())?;
+    let reports = r["status"]["replicas"].as_array()?;
+    let vm = rest
+        .get(&format!("/v1/vms/{}", r["spec"]["vm_id"].as_str()?))
+        .await;
+    let volume_ids = vm["spec"]["volume_ids"].as_array()?;
+    volume_ids
+        .iter()
+        .all(|v| {
+            reports.iter().any(|rep| {
+                rep["volume_id"] == *v
+                    && target.is_none_or(|t| rep["target_node_id"] == t)
+                    && rep["last_replicated_at"].is_string()
+                    && rep.get("last_error").is_none()
+            })
+        })
+        .then_some(())
+}
+
+/// Whether a node's mvirt-zfs holds a replica of each volume with its tag.
+async fn replicas_hold(
+    mut zfs: ZfsServiceClient<tonic::transport::Channel>,
+    volumes: &[(String, String)],
+) -> Option<()> {
+    let held = zfs
+        .list_replicas(zfs::ListReplicasRequest {})
+        .await
+        .ok()?
+        .into_inner()
+        .volumes;
+    volumes
+        .iter()
+        .all(|(id, tag)| {
+            held.iter()
+                .any(|v| v.id == *id && has_tag(Path::new(&v.path), tag))
+        })
+        .then_some(())
 }

@@ -38,7 +38,7 @@ impl State {
                 d.vm_id, d.from_node_id
             )));
         }
-        let status = HaStatus {
+        let mut status = HaStatus {
             state: if d.to_node_id.is_some() {
                 HaState::FailedOver
             } else {
@@ -93,6 +93,14 @@ impl State {
             stamp(&mut vol.meta, at, now, true);
             changes.push(self.change(Kind::Volume, &vid, "failed_over"));
         }
+        let reversed = self.reverse_replications(at, now, &d.vm_id, &d.from_node_id, &target);
+        if !reversed.is_empty() {
+            status.message.push_str(&format!(
+                "; replication now goes back to node {} (unprotected until it holds a replica)",
+                d.from_node_id
+            ));
+        }
+        changes.extend(reversed);
         let vm = self.get_mut::<Vm>(&d.vm_id)?;
         vm.node_id = Some(target);
         vm.node_state = Some(NodeState::Online);
@@ -210,7 +218,20 @@ mod tests {
         let before = s.counters.last_removal_revision;
         let (_, changes) = s.ha_failover(11, &d[0], "t2").unwrap();
         let verbs: Vec<_> = changes.iter().map(|c| c.verb).collect();
-        assert_eq!(verbs, ["failed_over", "failed_over", "failover"]);
+        assert_eq!(
+            verbs,
+            ["failed_over", "failed_over", "retargeted", "failover"]
+        );
+        // Re-protection: the schedule replicates from b back to a (in b's place), the reports
+        // about b are gone, c's stay; pending until b reports.
+        let r = &s.replications["r"];
+        assert_eq!(r.spec.targets, ["a", "c"]);
+        assert!(r.status.replicas.iter().all(|x| x.target_node_id == "c"));
+        assert_eq!(r.status.replicas.len(), 1);
+        assert_eq!(r.status.phase, Phase::Pending);
+        assert!(r.status.message.contains("node a"), "{}", r.status.message);
+        let ha = s.vms["vm"].ha_status.as_ref().unwrap();
+        assert!(ha.message.contains("goes back to node a"), "{}", ha.message);
         let vm = &s.vms["vm"];
         assert_eq!(vm.node_id.as_deref(), Some("b"));
         assert_eq!(vm.status.phase, Phase::default());
@@ -227,12 +248,44 @@ mod tests {
         // The specs: b runs the VM and promotes the replicas; a has neither any more.
         let b = crate::nodespec::desired_for(&s, "b");
         assert!(b.vms[0].ha && b.volumes.iter().all(|v| v.promote_replica));
+        assert_eq!(b.replications[0].source_node_id, "b");
+        let targets: Vec<_> = b.replications[0]
+            .targets
+            .iter()
+            .map(|t| &t.node_id)
+            .collect();
+        assert_eq!(targets, ["a", "c"]);
         let a = crate::nodespec::desired_for(&s, "a");
         assert!(a.vms.is_empty() && a.volumes.is_empty());
+        // a is a target now: it gets the schedule (and the grant) once it reads its spec.
+        assert_eq!(a.replications.len(), 1);
         assert!(a.revision >= 11);
         // Done: the same decision again is refused (the VM is not on a any more).
         assert!(s.ha_failover(12, &d[0], "t3").is_err());
         assert!(decide(&s, &lost, now).is_empty());
+    }
+
+    #[test]
+    fn a_schedule_naming_the_lost_node_already_is_left_alone() {
+        let mut s = cluster();
+        schedule(
+            &mut s,
+            vec![
+                replica("v1", "b", "2026-01-01T00:00:20Z"),
+                replica("v2", "b", "2026-01-01T00:00:30Z"),
+            ],
+        );
+        // Another schedule of the VM names a (the VM came to a after it was created).
+        let mut other = s.replications["r"].clone();
+        other.meta = meta("r2", "r2");
+        other.spec.targets = vec!["a".into()];
+        s.replications.insert("r2".into(), other);
+        let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 1, 0).unwrap();
+        let d = decide(&s, &["a".to_string()], now);
+        let (_, changes) = s.ha_failover(11, &d[0], "t").unwrap();
+        assert!(changes.iter().all(|c| c.verb != "retargeted"));
+        assert_eq!(s.replications["r"].spec.targets, ["b", "c"]);
+        assert_eq!(s.vms["vm"].node_id.as_deref(), Some("b"));
     }
 
     #[test]

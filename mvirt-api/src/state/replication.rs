@@ -5,7 +5,7 @@
 //! replicated to one target by at most one schedule (two would fight over one replica). A
 //! deleted VM takes its schedules along (the replicas stay on their nodes).
 
-use super::{ApiError, Change, Removed, Resource, SpecChanged, State};
+use super::{stamp, ApiError, Change, Removed, Resource, SpecChanged, State};
 use crate::model::*;
 
 impl Resource for Replication {
@@ -119,6 +119,65 @@ impl State {
                 Some(State::removed(Kind::Replication, &id, &r.meta.project))
             })
             .collect()
+    }
+
+    /// Re-protection after VM `vm_id` moved from node `from` to node `to` (an HA failover):
+    /// each of its schedules that replicated to `to` replicates back to `from` instead (what
+    /// Proxmox does after a failover or migration onto a replication target), unless some
+    /// schedule of the VM names `from` already. The reports about `to` go (they described
+    /// replicas of the old source); the schedule is `pending` until the new source reports.
+    /// `from` is lost: pushes to it fail until it is back and has deleted its old copy of the
+    /// volumes, then it gets a full stream. Returns the changes.
+    pub(super) fn reverse_replications(
+        &mut self,
+        at: u64,
+        now: &str,
+        vm_id: &str,
+        from: &str,
+        to: &str,
+    ) -> Vec<Change> {
+        let named = |r: &Replication, node: &str| r.spec.targets.iter().any(|t| t == node);
+        let of_vm = |r: &&Replication| r.spec.vm_id == vm_id;
+        if self
+            .replications
+            .values()
+            .filter(of_vm)
+            .any(|r| named(r, from))
+        {
+            return Vec::new();
+        }
+        let ids: Vec<String> = self
+            .replications
+            .values()
+            .filter(of_vm)
+            .filter(|r| named(r, to))
+            .map(|r| r.meta.id.clone())
+            .collect();
+        let mut changes = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            let Some(r) = self.replications.get_mut(id) else {
+                continue;
+            };
+            if i == 0 {
+                for target in &mut r.spec.targets {
+                    if target == to {
+                        *target = from.to_string();
+                    }
+                }
+            } else {
+                // A second schedule naming `to` (none can: one VM, one target, one schedule).
+                r.spec.targets.retain(|t| t != to);
+            }
+            r.status.replicas.retain(|rep| rep.target_node_id != to);
+            r.status.phase = Phase::Pending;
+            r.status.message = format!(
+                "re-targeted to node {from} after the HA failover of the VM to node {to}: \
+                 no replica there yet"
+            );
+            stamp(&mut r.meta, at, now, true);
+            changes.push(self.change(Kind::Replication, id, "retargeted"));
+        }
+        changes
     }
 
     /// The node replication `id` is sent from now: its VM's node.
