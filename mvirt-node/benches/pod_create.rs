@@ -13,13 +13,24 @@
 //!   vCPUs and memory, created and started straight on mvirt-vmm (`CreateVm` + `StartVm`), until
 //!   the kernel hands over to its init (`Run /init as init process` on the serial console).
 //!
+//! The pod's create is also split into stages: the host time at which the hypervisor's console
+//! log appears and each of the kernel's and mvirt-one's marks (`/init`, OneService listening,
+//! interface up, DHCP lease, readiness, pull started, pulled and unpacked, container running)
+//! first shows on it.
+//!
+//! The pod artefacts carry a **release** mvirt-one, as production artefacts do
+//! (`scripts/build-pod-artefacts.sh`): `target/release/mvirt-one` when fresh, else built once
+//! under the test cache (`MVIRT_ONE_BINARY` overrides).
+//!
 //! Then the host memory of an idle pod: the RSS of its hypervisor (and of its vsock backend)
 //! after it sat idle, against its guest memory, and how many such pods fit in 8 GiB.
 //!
 //! Targets (issue "Pods end to end"): host memory per idle pod ≤ 1.3× its guest memory; create →
 //! container running ≤ 2× the TCG guest-kernel boot alone.
 //!
-//! Run as root: `cargo bench -p mvirt-node --bench pod_create` (about 15 minutes).
+//! Run as root: `cargo bench --profile dev -p mvirt-node --bench pod_create` (about 20 minutes;
+//! `--profile dev` keeps the host side in the workspace's debug build instead of rebuilding it
+//! all in release).
 //! `MVIRT_BENCH_PODS` sets the rounds (default 20); `MVIRT_BENCH_IDLE_SECS` the idle time before
 //! the memory is read (default 10).
 
@@ -131,11 +142,58 @@ impl Rss {
     }
 }
 
+/// Where a pod's create spends its time: the host time (since `POST /v1/pods`) at which each of
+/// these first shows in the pod's serial console log (the kernel's and mvirt-one's lines), in
+/// the order they happen. `None` for the console log itself: the hypervisor started.
+const STAGES: [(&str, Option<&str>); 9] = [
+    ("hypervisor up (console log exists)", None),
+    ("kernel -> /init", Some(INIT_MARK)),
+    (
+        "mvirt-one: OneService listening",
+        Some("OneService listening"),
+    ),
+    ("mvirt-one: interface up", Some("interface up")),
+    ("mvirt-one: DHCP lease applied", Some("DHCP lease applied")),
+    (
+        "mvirt-one: readiness announced",
+        Some("announced readiness"),
+    ),
+    ("mvirt-one: pull started", Some("pulling image manifest")),
+    (
+        "mvirt-one: pulled and unpacked",
+        Some("image pulled and unpacked"),
+    ),
+    ("mvirt-one: container running", Some("container running")),
+];
+
+/// The host times of [`STAGES`] in one pod's create; `None` where a mark never showed.
+type StageTimes = [Option<Duration>; STAGES.len()];
+
+fn note_stages(console: &Path, start: Instant, times: &mut StageTimes) {
+    let Ok(bytes) = std::fs::read(console) else {
+        return;
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let now = start.elapsed();
+    for (slot, (_, mark)) in times.iter_mut().zip(STAGES) {
+        if slot.is_none() && mark.is_none_or(|m| text.contains(m)) {
+            *slot = Some(now);
+        }
+    }
+}
+
 /// Waits until mvirt-vmm's pod runs and a container of it is `running`; panics with its reason
-/// if it failed.
-async fn wait_pod_running(pods: &mut PodServiceClient<Channel>, id: &str) -> vmm::Pod {
+/// if it failed. Meanwhile notes when the stages of [`STAGES`] show in `console`.
+async fn wait_pod_running(
+    pods: &mut PodServiceClient<Channel>,
+    id: &str,
+    console: &Path,
+    start: Instant,
+) -> (vmm::Pod, StageTimes) {
     let deadline = Instant::now() + Duration::from_secs(600);
+    let mut stages: StageTimes = Default::default();
     loop {
+        note_stages(console, start, &mut stages);
         if let Ok(pod) = pods.get_pod(vmm::GetPodRequest { id: id.into() }).await {
             let pod = pod.into_inner();
             match vmm::PodState::try_from(pod.state).unwrap_or_default() {
@@ -147,7 +205,8 @@ async fn wait_pod_running(pods: &mut PodServiceClient<Channel>, id: &str) -> vmm
                         .iter()
                         .any(|c| c.state == vmm::PodContainerState::Running as i32) =>
                 {
-                    return pod
+                    note_stages(console, start, &mut stages);
+                    return (pod, stages);
                 }
                 vmm::PodState::Failed => panic!("pod {id} failed: {}", pod.state_reason),
                 _ => {}
@@ -232,6 +291,51 @@ async fn wait_clean(host: &HostDaemons) {
     }
 }
 
+/// The medians of each stage's host time over the rounds, and of the step from the stage before.
+fn print_stages(rounds: &[StageTimes], total_p50: Duration) {
+    println!("where a pod's create goes (medians over the rounds; ms since POST, step from the line before):");
+    let median = |mut values: Vec<Duration>| {
+        values.sort();
+        values.get(values.len() / 2).copied()
+    };
+    let mut previous = Some(Duration::ZERO);
+    for (n, (name, _)) in STAGES.iter().enumerate() {
+        let at = median(rounds.iter().filter_map(|r| r[n]).collect());
+        let step = median(
+            rounds
+                .iter()
+                .filter_map(|r| {
+                    let before = if n == 0 {
+                        Some(Duration::ZERO)
+                    } else {
+                        r[n - 1]
+                    };
+                    Some(r[n]?.saturating_sub(before?))
+                })
+                .collect(),
+        );
+        match (at, step) {
+            (Some(at), Some(step)) => {
+                println!(
+                    "  {name:<40} at {:>7.0} ms  step {:>7.0} ms",
+                    ms(at),
+                    ms(step)
+                )
+            }
+            _ => println!("  {name:<40} never seen on the console"),
+        }
+        previous = at.or(previous);
+    }
+    if let Some(last) = previous {
+        println!(
+            "  {:<40} at {:>7.0} ms  step {:>7.0} ms",
+            "GetPod: container running (p50)",
+            ms(total_p50),
+            ms(total_p50.saturating_sub(last))
+        );
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() {
     mvirt_testsupport::require_root();
@@ -241,7 +345,9 @@ async fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path();
 
-    let artefacts = tokio::task::spawn_blocking(pod::artefacts)
+    // Production artefacts carry a release mvirt-one (scripts/build-pod-artefacts.sh); so do
+    // these: what runs after /init is emulated under TCG, and a debug build pays for it.
+    let artefacts = tokio::task::spawn_blocking(|| pod::artefacts_for(pod::OneProfile::Release))
         .await
         .expect("artefacts");
     let uplink = Uplink::create();
@@ -331,19 +437,22 @@ async fn main() {
     rest.delete(&format!("/v1/vms/{warm_vm}")).await;
     let warm = rest.post("/v1/pods", pod_body("warm".into())).await;
     let warm_pod = warm["id"].as_str().expect("id").to_string();
-    wait_pod_running(&mut pods, &warm_pod).await;
+    let console = |id: &str| root.join("vmm").join("run").join(id).join("console.log");
+    wait_pod_running(&mut pods, &warm_pod, &console(&warm_pod), Instant::now()).await;
     rest.delete(&format!("/v1/pods/{warm_pod}")).await;
     wait_clean(&host).await;
 
     let (mut pod_times, mut vm_times, mut kernel_times) = (Vec::new(), Vec::new(), Vec::new());
     let (mut qemu_rss, mut backend_rss) = (Vec::new(), Vec::new());
+    let mut pod_stages = Vec::new();
     for i in 0..rounds {
         // A pod through the control plane, to its container's process.
         let start = Instant::now();
         let created = rest.post("/v1/pods", pod_body(format!("pod-{i}"))).await;
         let id = created["id"].as_str().expect("id").to_string();
-        let running = wait_pod_running(&mut pods, &id).await;
+        let (running, stages) = wait_pod_running(&mut pods, &id, &console(&id), start).await;
         pod_times.push(start.elapsed());
+        pod_stages.push(stages);
         assert!(
             running
                 .containers
@@ -386,11 +495,7 @@ async fn main() {
             })),
             ..Default::default()
         };
-        let console = root
-            .join("vmm")
-            .join("run")
-            .join(&kernel_id)
-            .join("console.log");
+        let kernel_console = console(&kernel_id);
         let start = Instant::now();
         vms.create_vm(vmm::CreateVmRequest {
             id: kernel_id.clone(),
@@ -403,7 +508,7 @@ async fn main() {
         })
         .await
         .expect("start the kernel VM");
-        wait_in_file(&console, INIT_MARK).await;
+        wait_in_file(&kernel_console, INIT_MARK).await;
         kernel_times.push(start.elapsed());
         let _ = vms
             .kill_vm(vmm::KillVmRequest {
@@ -429,6 +534,11 @@ async fn main() {
             q.shmem as f64 / MIB,
             backend_rss[i].total as f64 / MIB
         );
+        let marks: Vec<String> = stages
+            .iter()
+            .map(|t| t.map_or("-".into(), |t| format!("{:.0}", ms(t))))
+            .collect();
+        eprintln!("round {i}: pod stages (ms since POST): {}", marks.join(" "));
     }
 
     let (p50, p99) = (percentile(&pod_times, 0.5), percentile(&pod_times, 0.99));
@@ -456,6 +566,7 @@ async fn main() {
         ms(k50),
         ms(k99)
     );
+    print_stages(&pod_stages, p50);
     let boot_ratio = p50.as_secs_f64() / k50.as_secs_f64();
     println!(
         "pod / kernel boot: p50 {boot_ratio:.2}, p99 {:.2} (target <= 2.0: {})",

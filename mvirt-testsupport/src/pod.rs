@@ -7,6 +7,9 @@
 //! newer than every source of mvirt-one (a `cargo test --workspace` builds it); else it is built
 //! once with `cargo build -p mvirt-one` into a target directory of its own under the test cache
 //! (so it never waits on the lock of the running `cargo test`), which makes a fresh clone work.
+//! Tests use that debug build ([`artefacts`]); benchmarks use a release one as production
+//! artefacts do ([`artefacts_for`] with [`OneProfile::Release`]: `target/release/mvirt-one` when
+//! fresh, else `cargo build --release -p mvirt-one` under the test cache).
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -39,10 +42,37 @@ fn newest_mtime(dir: &Path) -> SystemTime {
     newest
 }
 
-/// The mvirt-one binary of this checkout (see the module documentation).
+/// How the mvirt-one in the pod artefacts is compiled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OneProfile {
+    /// `cargo build -p mvirt-one`: what a `cargo test` builds anyway (the tests).
+    Debug,
+    /// `cargo build --release -p mvirt-one`: what production artefacts carry
+    /// (`scripts/build-pod-artefacts.sh`); minutes to build on 2 cores (the benchmarks).
+    Release,
+}
+
+impl OneProfile {
+    fn dir(self) -> &'static str {
+        match self {
+            OneProfile::Debug => "debug",
+            OneProfile::Release => "release",
+        }
+    }
+}
+
+/// The mvirt-one binary of this checkout, debug build (see the module documentation).
 pub fn mvirt_one_binary() -> PathBuf {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY
+    mvirt_one_binary_for(OneProfile::Debug)
+}
+
+/// The mvirt-one binary of this checkout in `profile`: `MVIRT_ONE_BINARY` when set; else
+/// `target/<profile>/mvirt-one` when it is newer than every source of mvirt-one; else built once
+/// into a target directory of its own under the test cache (never waiting on the lock of the
+/// running `cargo test`/`cargo bench`), `mvirt-one-target` or `mvirt-one-release-target`.
+pub fn mvirt_one_binary_for(profile: OneProfile) -> PathBuf {
+    static BINARIES: [OnceLock<PathBuf>; 2] = [OnceLock::new(), OnceLock::new()];
+    BINARIES[profile as usize]
         .get_or_init(|| {
             if let Some(path) = std::env::var_os("MVIRT_ONE_BINARY") {
                 return PathBuf::from(path);
@@ -55,59 +85,76 @@ pub fn mvirt_one_binary() -> PathBuf {
                         .and_then(|m| m.modified())
                         .unwrap_or(SystemTime::UNIX_EPOCH),
                 );
-            let built = root.join("target/debug/mvirt-one");
             let fresh = |path: &Path| {
                 std::fs::metadata(path)
                     .and_then(|m| m.modified())
                     .is_ok_and(|m| m >= sources)
             };
+            let built = root.join("target").join(profile.dir()).join("mvirt-one");
             if fresh(&built) {
                 return built;
             }
-            let target = crate::cache_dir().join("mvirt-one-target");
+            let target = crate::cache_dir().join(match profile {
+                OneProfile::Debug => "mvirt-one-target",
+                OneProfile::Release => "mvirt-one-release-target",
+            });
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
             eprintln!(
-                "building mvirt-one for the pod artefacts into {}",
+                "building mvirt-one ({}) for the pod artefacts into {}",
+                profile.dir(),
                 target.display()
             );
-            let status = Command::new(cargo)
+            let mut command = Command::new(cargo);
+            command
                 .current_dir(&root)
-                .args(["build", "-p", "mvirt-one", "--target-dir"])
+                .args(["build", "-p", "mvirt-one", "--bin", "mvirt-one"]);
+            if profile == OneProfile::Release {
+                command.arg("--release");
+            }
+            let status = command
+                .arg("--target-dir")
                 .arg(&target)
                 .status()
                 .expect("run cargo build -p mvirt-one");
             assert!(status.success(), "cargo build -p mvirt-one failed");
-            target.join("debug/mvirt-one")
+            target.join(profile.dir()).join("mvirt-one")
         })
         .clone()
 }
 
-/// The directory of pod artefacts built from [`mvirt_one_binary`] (cached by version under the
-/// test cache; a rebuild only when an input changed).
+/// The directory of pod artefacts built from the debug [`mvirt_one_binary`] (cached by version
+/// under the test cache; a rebuild only when an input changed).
 pub fn artefacts() -> PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let cache = crate::cache_dir();
-        let mut config = BuildConfig {
-            out_dir: PathBuf::new(),
-            mvirt_one: mvirt_one_binary(),
-            kernel: image::kernel_package(None).expect("the kernel package apt names"),
-            cache_dir: cache.clone(),
-            ca_bundle: PathBuf::from(image::CA_BUNDLE),
-        };
-        let version = Inputs::collect(&config)
-            .expect("hash the pod artefacts' inputs")
-            .version();
-        config.out_dir = cache.join(format!("pod-artefacts-{}", &version[..16]));
-        let (manifest, outcome) = image::build(&config).expect("build the pod artefacts");
-        eprintln!(
-            "pod artefacts {} ({outcome:?}) in {}",
-            manifest.version,
-            config.out_dir.display()
-        );
-        config.out_dir
-    })
-    .clone()
+    artefacts_for(OneProfile::Debug)
+}
+
+/// The directory of pod artefacts built from [`mvirt_one_binary_for`] `profile`.
+pub fn artefacts_for(profile: OneProfile) -> PathBuf {
+    static DIRS: [OnceLock<PathBuf>; 2] = [OnceLock::new(), OnceLock::new()];
+    DIRS[profile as usize]
+        .get_or_init(|| {
+            let cache = crate::cache_dir();
+            let mut config = BuildConfig {
+                out_dir: PathBuf::new(),
+                mvirt_one: mvirt_one_binary_for(profile),
+                kernel: image::kernel_package(None).expect("the kernel package apt names"),
+                cache_dir: cache.clone(),
+                ca_bundle: PathBuf::from(image::CA_BUNDLE),
+            };
+            let version = Inputs::collect(&config)
+                .expect("hash the pod artefacts' inputs")
+                .version();
+            config.out_dir = cache.join(format!("pod-artefacts-{}", &version[..16]));
+            let (manifest, outcome) = image::build(&config).expect("build the pod artefacts");
+            eprintln!(
+                "pod artefacts {} ({outcome:?}, mvirt-one {}) in {}",
+                manifest.version,
+                config.mvirt_one.display(),
+                config.out_dir.display()
+            );
+            config.out_dir
+        })
+        .clone()
 }
 
 /// `vhost-device-vsock` from PATH or `~/.cargo/bin` (installed by `scripts/setup.sh`).
