@@ -88,6 +88,7 @@ fn bench_scheduler() {
                     agent_version: "bench".into(),
                     last_state_change_at: None,
                     console_endpoint: String::new(),
+                    drain: None,
                 },
                 allocated: Capacity::default(),
                 console_secret: String::new(),

@@ -264,6 +264,7 @@ impl NodeService for NodeServiceImpl {
                 agent_version: req.agent_version,
                 last_state_change_at: Some(now),
                 console_endpoint: req.console_endpoint,
+                drain: None,
             },
             allocated: Capacity::default(),
             console_secret: req.console_secret,

@@ -286,6 +286,65 @@ pub struct NodeStatus {
     /// The agent's NodeAgent endpoint (console relay); empty = none.
     #[serde(default)]
     pub console_endpoint: String,
+    /// The node's last drain (`POST /v1/nodes/{id}/drain`), while it runs and after it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<NodeDrain>,
+}
+
+/// Where a node drain is: `draining` (VMs are migrating off), then `drained` (nothing that
+/// can move is left on it), `failed` (something could not move: see `failed`) or `cancelled`
+/// (`DELETE /v1/nodes/{id}/drain`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DrainState {
+    #[default]
+    Draining,
+    Drained,
+    Failed,
+    Cancelled,
+}
+
+/// Something a drain could not move off the node, and why.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DrainFailure {
+    /// `vm` or `pod`.
+    pub kind: String,
+    pub id: String,
+    pub reason: String,
+}
+
+/// `POST /v1/nodes/{id}/drain` (no options yet: `{}`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DrainRequest {}
+
+/// A node drain: the node is cordoned and its running VMs migrate live to other nodes, one at
+/// a time; each next migration starts when the previous one is reported completed or failed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct NodeDrain {
+    pub id: String,
+    #[schema(inline)]
+    pub state: DrainState,
+    pub started_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// VMs still to move (not started yet), in the order they will go.
+    #[serde(default)]
+    pub remaining: Vec<String>,
+    /// VMs migrating right now.
+    #[serde(default)]
+    pub migrating: Vec<String>,
+    /// VMs moved off the node.
+    #[serde(default)]
+    pub moved: Vec<String>,
+    /// VMs and pods that could not move (stopped VMs, pods, no node to take a VM, a failed
+    /// migration): the node still holds them.
+    #[serde(default)]
+    pub failed: Vec<DrainFailure>,
+    /// Seed of the drain's migrations' grant tokens. Stored (replicated), never shown.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schema(ignore)]
+    pub secret: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -52,6 +52,8 @@ const TABLE: &[(&str, &str, Rule, bool, &[u16])] = &[
     ("GET", "/v1/nodes/{id}", Rule::Read, false, &[200]),
     ("PUT", "/v1/nodes/{id}", Rule::Admin, false, &[400]),
     ("DELETE", "/v1/nodes/{id}", Rule::Admin, false, &[412]),
+    ("POST", "/v1/nodes/{id}/drain", Rule::Write, false, &[400]),
+    ("DELETE", "/v1/nodes/{id}/drain", Rule::Write, false, &[412]),
     ("GET", "/v1/nodes/{id}/host", Rule::Read, false, &[409]),
     ("GET", "/v1/nodes/{id}/stats", Rule::Read, false, &[409]),
     ("GET", "/v1/vms/{id}/stats", Rule::Read, true, &[409]),

@@ -754,6 +754,8 @@ fn related_ids(command: &Command) -> Vec<String> {
         | Command::Delete { id, .. }
         | Command::VmAction { id, .. }
         | Command::MigrateVm { id, .. }
+        | Command::DrainNode { id, .. }
+        | Command::UndrainNode { id, .. }
         | Command::PodAction { id, .. } => {
             vec![id.clone()]
         }

@@ -157,6 +157,9 @@ pub fn access(method: &Method, path: &str) -> Access {
         } else {
             Access::Read
         }
+    } else if collection == "nodes" && path.ends_with("/drain") {
+        // Draining moves VMs (operators migrate them too) and cordons the node while it runs.
+        Access::Write
     } else if admin_only {
         Access::Admin
     } else {

@@ -450,6 +450,8 @@ async fn not_found_fallback() -> ApiError {
         nodes::get_node,
         nodes::update_node,
         nodes::delete_node,
+        nodes::drain_node,
+        nodes::undrain_node,
         hosts::get_host,
         vms::vm_action,
         vms::migrate_vm,
@@ -494,6 +496,9 @@ async fn not_found_fallback() -> ApiError {
         Event,
         Project,
         Node,
+        NodeDrain,
+        DrainFailure,
+        DrainRequest,
         Network,
         Nic,
         SecurityGroup,
@@ -564,6 +569,10 @@ fn routes() -> Vec<(&'static str, MethodRouter<Arc<App>>)> {
             get(nodes::get_node)
                 .put(nodes::update_node)
                 .delete(nodes::delete_node),
+        ),
+        (
+            "/v1/nodes/{id}/drain",
+            post(nodes::drain_node).delete(nodes::undrain_node),
         ),
         ("/v1/nodes/{id}/host", get(hosts::get_host)),
         ("/v1/nodes/{id}/stats", get(stats::node_stats)),

@@ -136,6 +136,21 @@ pub enum Command {
         grant_token: String,
         now: String,
     },
+    /// Cordons node `id` and migrates its running VMs off it, one at a time (`state/drain.rs`).
+    /// The drain's migrations' ids and grant tokens derive from `drain_id` and `secret`.
+    DrainNode {
+        id: String,
+        drain_id: String,
+        secret: String,
+        now: String,
+    },
+    /// Ends node `id`'s drain (no new migrations; running ones finish) and uncordons it.
+    UndrainNode {
+        id: String,
+        #[serde(default)]
+        if_match: Option<u64>,
+        now: String,
+    },
     /// The leader's HA monitor (`crate::ha`): a VM on a lost node moves to the node holding its
     /// replicas, or stays with the reason.
     HaFailover {
@@ -251,6 +266,8 @@ impl Command {
             Command::Delete { .. } => "delete",
             Command::VmAction { .. } => "vm_action",
             Command::MigrateVm { .. } => "migrate_vm",
+            Command::DrainNode { .. } => "drain_node",
+            Command::UndrainNode { .. } => "undrain_node",
             Command::HaFailover { .. } => "ha_failover",
             Command::ResizeVolume { .. } => "resize_volume",
             Command::CreateSnapshot { .. } => "create_snapshot",

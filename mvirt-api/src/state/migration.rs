@@ -312,6 +312,7 @@ impl State {
             m.grant_token.clear();
         }
         let completed = m.phase == MigrationPhase::Completed;
+        let error = m.error.clone();
         let target = m.target_node_id.clone();
         let mut changes = Vec::new();
         if completed {
@@ -337,6 +338,17 @@ impl State {
             self.counters.last_removal_revision = index;
         }
         changes.push(self.change(Kind::Vm, vm_id, verb));
+        if ended {
+            // A drain of the source waiting on it starts its next migration.
+            let error = (!completed).then(|| error.unwrap_or_default());
+            changes.extend(self.drain_migration_ended(
+                index,
+                node_id,
+                vm_id,
+                error.as_deref(),
+                now,
+            ));
+        }
         changes
     }
 }

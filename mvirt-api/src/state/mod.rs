@@ -28,6 +28,7 @@ use crate::model::*;
 
 mod backup;
 mod command;
+mod drain;
 mod error;
 mod ha;
 mod migration;
@@ -382,6 +383,9 @@ impl State {
         let mut view = node.clone();
         view.allocated = self.allocated_on(&node.meta.id);
         view.console_secret.clear();
+        if let Some(drain) = view.status.drain.as_mut() {
+            drain.secret.clear();
+        }
         view
     }
 
@@ -546,6 +550,8 @@ impl State {
             C::Delete { kind, id, if_match: m, force: f } => self.apply_delete(at, *kind, id, *m, *f),
             C::VmAction { id, action, now } => self.vm_action(at, id, *action, now),
             C::MigrateVm { id, node, migration_id: m, grant_token: t, now } => self.migrate_vm(at, id, node.as_deref(), m, t, now),
+            C::DrainNode { id, drain_id: d, secret, now } => self.drain_node(at, id, d, secret, now),
+            C::UndrainNode { id, if_match: m, now } => self.undrain_node(at, id, *m, now),
             C::HaFailover { decision, now } => self.ha_failover(at, decision, now),
             C::ResizeVolume { id, size_bytes: b, if_match: m, now } => self.resize_volume(at, id, *b, *m, now),
             C::CreateSnapshot { volume_id: v, snapshot } => self.create_snapshot(at, v, snapshot),

@@ -14,8 +14,21 @@ impl Resource for Node {
         s.check_unique_name(Kind::Node, "", &new.meta.name)
     }
 
-    /// Cordoning does not change what the node runs, so the spec revision stays.
+    /// Cordoning does not change what the node runs, so the spec revision stays. A draining
+    /// node stays cordoned until its drain is ended (`DELETE /v1/nodes/{id}/drain`).
     fn update_spec(s: &mut State, _: u64, id: &str, new: NodeSpec) -> SpecChanged {
+        let node = s.get::<Node>(id)?;
+        let draining = node
+            .status
+            .drain
+            .as_ref()
+            .is_some_and(|d| d.state == DrainState::Draining);
+        if draining && new.schedulable {
+            return Err(ApiError::conflict(format!(
+                "node {} is draining: DELETE /v1/nodes/{id}/drain ends the drain and uncordons it",
+                node.meta.name
+            )));
+        }
         s.store_spec(id, new, |n: &mut Node| &mut n.spec);
         Ok((false, Vec::new()))
     }
@@ -150,6 +163,9 @@ impl State {
                     pod.meta.updated_at = now.to_string();
                 }
                 changes.push(self.change(Kind::Pod, &pod_id, "node_state"));
+            }
+            if state == NodeState::Offline {
+                changes.extend(self.drain_node_lost(index, id, now));
             }
         }
         Ok((value, changes))

@@ -32,6 +32,7 @@ pub(crate) fn online_node(id: &str, name: &str) -> Node {
             agent_version: "1".into(),
             last_state_change_at: None,
             console_endpoint: format!("https://{name}:50057"),
+            drain: None,
         },
         allocated: Capacity::default(),
         console_secret: format!("secret-of-{id}"),
