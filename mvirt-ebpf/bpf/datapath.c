@@ -34,6 +34,21 @@
 
 #define MAX_RULES 4096
 
+/* Why the datapath dropped a frame: the index into nic_drops.rx/tx (the names are in
+ * datapath.rs DROP_REASONS). A deny by security groups can only be "no rule matched": the rules
+ * are allow rules, a NIC with groups denies ingress (and, with egress rules, egress) by default. */
+#define DROP_MALFORMED 0       /* headers cannot be read */
+#define DROP_SPOOFED_MAC 1     /* source MAC is not the NIC's */
+#define DROP_SPOOFED_SOURCE 2  /* source address does not route back to the NIC */
+#define DROP_NOT_IP 3          /* neither IPv4, IPv6 nor ARP */
+#define DROP_NO_ROUTE 4        /* no route for the destination in the NIC's network */
+#define DROP_HAIRPIN 5         /* the destination is the sending NIC itself */
+#define DROP_NO_EGRESS_RULE 6  /* the sender's groups have egress rules and none matched */
+#define DROP_NO_INGRESS_RULE 7 /* the receiver's groups: no ingress rule matched */
+#define DROP_ERROR 8           /* a helper failed (MAC rewrite, tunnel key) */
+#define DROP_REASONS 16        /* room in nic_drops (a pinned map: its layout must not change) */
+#define PASS -1                /* count(): not dropped; policy_verdict(): allowed */
+
 struct nic_info {
 	__u32 network;
 	__u32 flags;
@@ -112,6 +127,11 @@ struct nic_stats {
 	__u64 tx_drops;
 };
 
+struct nic_drops {
+	__u64 rx[DROP_REASONS];
+	__u64 tx[DROP_REASONS];
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 8192);
@@ -180,8 +200,33 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } stats SEC(".maps");
 
+/* Drops per NIC, direction and reason; an entry per NIC, written by the loader with `stats`'. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u32);
+	__type(value, struct nic_drops);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} drops SEC(".maps");
+
+/* Flows each security-group rule allowed, keyed like sg_rules (NIC, direction, position). Only
+ * a flow's first packet walks the rules (conntrack carries the rest), so this counts flows, at
+ * no cost to established traffic. Not pinned: the loader knows which rule a position holds
+ * only for its own lifetime, and zeroes a position whenever another rule takes it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sg_key);
+	__type(value, __u64);
+} rule_flows SEC(".maps");
+
 /* Set by the loader (EbpfLoader::set_global). */
 volatile const __u64 ct_timeout_ns = 600ULL * 1000000000ULL;
+/* 0: count(), the drop reasons and the rule counters do nothing (the verifier removes them).
+ * Only mvirt-ebpf-bench clears it, to measure what the counters cost; the daemon needs them
+ * (GetNicStats). */
+volatile const __u32 counters = 1;
 
 static const __u8 gateway_mac[6] = {0x02, 0x6d, 0x76, 0x00, 0x00, 0x01};
 #define GATEWAY_V4 bpf_htonl(0xa9fe0001) /* 169.254.0.1 */
@@ -197,8 +242,22 @@ struct flow {
 	__u8 dst[16];
 };
 
-static __always_inline void count(__u32 ifindex, int tx, __u64 bytes, int dropped)
+/* Counts a frame on NIC `ifindex`: delivered (`reason` PASS) or dropped for `reason`. */
+static __always_inline void count(__u32 ifindex, int tx, __u64 bytes, int reason)
 {
+	if (!counters)
+		return;
+	int dropped = reason != PASS;
+	if (dropped) {
+		struct nic_drops *d = bpf_map_lookup_elem(&drops, &ifindex);
+		if (d) {
+			__u32 r = (__u32)reason & (DROP_REASONS - 1);
+			if (tx)
+				d->tx[r]++;
+			else
+				d->rx[r]++;
+		}
+	}
 	struct nic_stats *s = bpf_map_lookup_elem(&stats, &ifindex);
 	if (!s)
 		return;
@@ -246,6 +305,7 @@ struct match_ctx {
 	__u16 port;
 	__u8 remote[16];
 	int allowed;
+	__u32 matched; /* the rule's position, when allowed */
 };
 
 static long match_rule(__u32 i, void *data)
@@ -264,20 +324,24 @@ static long match_rule(__u32 i, void *data)
 	if (!prefix_match(r->addr, m->remote, r->prefixlen > 128 ? 128 : r->prefixlen))
 		return 0;
 	m->allowed = 1;
+	m->matched = i & 0xffff;
 	return 1;
 }
 
-/* Whether the security groups of NIC `ifindex` allow `f` in direction `dir`.
+#define SG_DENY -1    /* no rule matched */
+#define SG_DEFAULT -2 /* allowed by default, no rule involved */
+
+/* Which rule of NIC `ifindex` allows `f` in direction `dir`: its position, or SG_DENY / SG_DEFAULT.
  * Defaults: a NIC without security groups allows everything; with security groups, ingress is
  * denied unless a rule allows it, and egress is allowed unless the groups have egress rules. */
-static __always_inline int sg_allows(__u32 ifindex, __u32 dir, const struct flow *f)
+static __always_inline int sg_match(__u32 ifindex, __u32 dir, const struct flow *f)
 {
 	struct sg_meta *meta = bpf_map_lookup_elem(&sg_nics, &ifindex);
 	if (!meta)
-		return 1;
+		return SG_DEFAULT;
 	__u32 n = dir == DIR_INGRESS ? meta->rules[0] : meta->rules[1];
 	if (n == 0)
-		return dir == DIR_EGRESS;
+		return dir == DIR_EGRESS ? SG_DEFAULT : SG_DENY;
 	if (n > MAX_RULES)
 		n = MAX_RULES;
 	struct match_ctx m = {.ifindex = ifindex, .dir = dir, .family = f->family, .proto = f->proto,
@@ -287,7 +351,18 @@ static __always_inline int sg_allows(__u32 ifindex, __u32 dir, const struct flow
 	else
 		__builtin_memcpy(m.remote, f->dst, 16);
 	bpf_loop(n, match_rule, &m, 0);
-	return m.allowed;
+	return m.allowed ? (int)(m.matched & 0xffff) : SG_DENY;
+}
+
+/* One more flow allowed by the rule at `position` of NIC `ifindex` (nothing for SG_DEFAULT). */
+static __always_inline void count_rule(__u32 ifindex, __u32 dir, int position)
+{
+	if (!counters || position < 0)
+		return;
+	struct sg_key k = {.ifindex = ifindex, .index = (dir << 16) | ((__u32)position & 0xffff)};
+	__u64 *v = bpf_map_lookup_elem(&rule_flows, &k);
+	if (v)
+		(*v)++;
 }
 
 #define TCP_FIN 0x01
@@ -325,12 +400,12 @@ static __always_inline int ct_fresh(struct ct_key *k, __u64 now, const struct fl
 /* Security-group verdict for a flow from NIC `src_if` (0: from a tunnel/host) to NIC `dst_if`
  * (0: leaves the node); `src_sg`/`dst_sg`: whether they have security groups (flags in their
  * nic_info and route entries, so unfiltered traffic costs no lookup here). Connection tracking:
- * an allowed flow is remembered; its replies pass. */
-static __always_inline int policy_allows(__u32 network, __u32 src_if, int src_sg, __u32 dst_if,
-					 int dst_sg, const struct flow *f)
+ * an allowed flow is remembered; its replies pass. Returns PASS or the drop reason. */
+static __always_inline int policy_verdict(__u32 network, __u32 src_if, int src_sg, __u32 dst_if,
+					  int dst_sg, const struct flow *f)
 {
 	if (!src_sg && !dst_sg)
-		return 1;
+		return PASS;
 
 	__u64 now = bpf_ktime_get_ns();
 	struct ct_key k = {.network = network, .family = f->family, .proto = f->proto,
@@ -338,23 +413,27 @@ static __always_inline int policy_allows(__u32 network, __u32 src_if, int src_sg
 	__builtin_memcpy(k.src, f->src, 16);
 	__builtin_memcpy(k.dst, f->dst, 16);
 	if (ct_fresh(&k, now, f))
-		return 1;
+		return PASS;
 	struct ct_key r = {.network = network, .family = f->family, .proto = f->proto,
 			   .sport = f->dport, .dport = f->sport};
 	__builtin_memcpy(r.src, f->dst, 16);
 	__builtin_memcpy(r.dst, f->src, 16);
 	if (ct_fresh(&r, now, f))
-		return 1;
+		return PASS;
 
-	if (src_sg && !sg_allows(src_if, DIR_EGRESS, f))
-		return 0;
-	if (dst_sg && !sg_allows(dst_if, DIR_INGRESS, f))
-		return 0;
+	int egress = src_sg ? sg_match(src_if, DIR_EGRESS, f) : SG_DEFAULT;
+	if (egress == SG_DENY)
+		return DROP_NO_EGRESS_RULE;
+	int ingress = dst_sg ? sg_match(dst_if, DIR_INGRESS, f) : SG_DEFAULT;
+	if (ingress == SG_DENY)
+		return DROP_NO_INGRESS_RULE;
+	count_rule(src_if, DIR_EGRESS, egress);
+	count_rule(dst_if, DIR_INGRESS, ingress);
 	if (f->proto == IPPROTO_TCP && (f->tcp_flags & TCP_RST))
-		return 1; /* a stray RST is allowed but starts nothing */
+		return PASS; /* a stray RST is allowed but starts nothing */
 	struct ct_value v = {.last_seen = now};
 	bpf_map_update_elem(&conntrack, &k, &v, BPF_ANY);
-	return 1;
+	return PASS;
 }
 
 /* Fills ports of `f` from the L4 header at offset `l4`. ICMP echo uses the identifier as both
@@ -412,35 +491,51 @@ static __always_inline int redirect(const struct route *rt)
 	return bpf_redirect(rt->ifindex, 0);
 }
 
+/* The verdict for a frame from NIC `src_if` along route `rt`; on TC_ACT_SHOT, `*reason` says
+ * why. */
 static __always_inline int deliver(struct __sk_buff *skb, __u32 network, __u32 src_if,
-				   int src_sg, struct route *rt, const struct flow *f, __u64 len)
+				   int src_sg, struct route *rt, const struct flow *f, __u64 len,
+				   int *reason)
 {
+	int verdict;
 	if (rt->kind == ROUTE_NIC) {
-		if (rt->ifindex == src_if)
-			return TC_ACT_SHOT;
-		if (!policy_allows(network, src_if, src_sg, rt->ifindex,
-				   rt->flags & ROUTE_F_SECURITY, f)) {
-			count(rt->ifindex, 1, len, 1);
+		if (rt->ifindex == src_if) {
+			*reason = DROP_HAIRPIN;
 			return TC_ACT_SHOT;
 		}
-		if (rewrite_macs(skb, rt->mac) < 0)
+		verdict = policy_verdict(network, src_if, src_sg, rt->ifindex,
+					 rt->flags & ROUTE_F_SECURITY, f);
+		if (verdict != PASS) {
+			count(rt->ifindex, 1, len, verdict);
+			*reason = verdict;
 			return TC_ACT_SHOT;
-		count(rt->ifindex, 1, len, 0);
+		}
+		if (rewrite_macs(skb, rt->mac) < 0) {
+			*reason = DROP_ERROR;
+			return TC_ACT_SHOT;
+		}
+		count(rt->ifindex, 1, len, PASS);
 		return redirect(rt);
 	}
-	if (!policy_allows(network, src_if, src_sg, 0, 0, f))
+	verdict = policy_verdict(network, src_if, src_sg, 0, 0, f);
+	if (verdict != PASS) {
+		*reason = verdict;
 		return TC_ACT_SHOT;
+	}
 	if (rt->kind == ROUTE_TUNNEL) {
 		struct bpf_tunnel_key key = {};
 		key.remote_ipv4 = bpf_ntohl(rt->remote);
 		key.tunnel_id = rt->key;
 		key.tunnel_ttl = 64;
-		if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), 0) < 0)
+		if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), 0) < 0) {
+			*reason = DROP_ERROR;
 			return TC_ACT_SHOT;
+		}
 		return bpf_redirect(rt->ifindex, 0);
 	}
 	if (rt->kind == ROUTE_UPLINK)
 		return TC_ACT_OK;
+	*reason = DROP_NO_ROUTE;
 	return TC_ACT_SHOT;
 }
 
@@ -498,19 +593,22 @@ int tap_ingress(struct __sk_buff *skb)
 	__u32 network = nic->network;
 	int src_sg = nic->flags & NIC_F_SECURITY;
 	__u64 len = skb->len;
+	int reason = DROP_MALFORMED;
 
 	struct ethhdr eth;
 	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0)
 		goto drop;
 	__u16 proto = bpf_ntohs(eth.h_proto);
 	/* Frames not from the NIC's own MAC are spoofed. */
-	if (!mac_equal(eth.h_source, nic->mac))
+	if (!mac_equal(eth.h_source, nic->mac)) {
+		reason = DROP_SPOOFED_MAC;
 		goto drop;
+	}
 
 	struct flow f;
 	struct route *rt;
 	if (proto == ETH_P_ARP) {
-		count(ifindex, 0, len, 0);
+		count(ifindex, 0, len, PASS);
 		return TC_ACT_SHOT; /* answered by the userspace responder */
 	} else if (proto == ETH_P_IP) {
 		__u32 dst;
@@ -519,7 +617,7 @@ int tap_ingress(struct __sk_buff *skb)
 		__u8 first = ((__u8 *)&dst)[0];
 		if (dst == GATEWAY_V4 || dst == 0xffffffff || (first >= 224 && first < 240) ||
 		    (f.proto == IPPROTO_UDP && f.dport == 67)) {
-			count(ifindex, 0, len, 0);
+			count(ifindex, 0, len, PASS);
 			return TC_ACT_SHOT; /* userspace: DHCP, ICMP echo to the gateway */
 		}
 		/* Anti-spoofing: the source must route back to this very NIC (its address or one of
@@ -527,37 +625,44 @@ int tap_ingress(struct __sk_buff *skb)
 		struct route4_key sk = {.prefixlen = 64, .network = network};
 		__builtin_memcpy(&sk.addr, f.src, 4);
 		struct route *own = bpf_map_lookup_elem(&routes4, &sk);
-		if (!own || own->kind != ROUTE_NIC || own->ifindex != ifindex)
+		if (!own || own->kind != ROUTE_NIC || own->ifindex != ifindex) {
+			reason = DROP_SPOOFED_SOURCE;
 			goto drop;
+		}
 		struct route4_key k = {.prefixlen = 64, .network = network, .addr = dst};
 		rt = bpf_map_lookup_elem(&routes4, &k);
 	} else if (proto == ETH_P_IPV6) {
 		if (flow_v6(skb, sizeof(eth), &f) < 0)
 			goto drop;
 		if (is_ndp_or_control_v6(&f)) {
-			count(ifindex, 0, len, 0);
+			count(ifindex, 0, len, PASS);
 			return TC_ACT_SHOT;
 		}
 		struct route6_key sk = {.prefixlen = 32 + 128, .network = network};
 		__builtin_memcpy(sk.addr, f.src, 16);
 		struct route *own = bpf_map_lookup_elem(&routes6, &sk);
-		if (!own || own->kind != ROUTE_NIC || own->ifindex != ifindex)
+		if (!own || own->kind != ROUTE_NIC || own->ifindex != ifindex) {
+			reason = DROP_SPOOFED_SOURCE;
 			goto drop;
+		}
 		struct route6_key k = {.prefixlen = 32 + 128, .network = network};
 		__builtin_memcpy(k.addr, f.dst, 16);
 		rt = bpf_map_lookup_elem(&routes6, &k);
 	} else {
+		reason = DROP_NOT_IP;
 		goto drop;
 	}
-	if (!rt)
+	if (!rt) {
+		reason = DROP_NO_ROUTE;
 		goto drop;
-	int verdict = deliver(skb, network, ifindex, src_sg, rt, &f, len);
+	}
+	int verdict = deliver(skb, network, ifindex, src_sg, rt, &f, len, &reason);
 	if (verdict == TC_ACT_SHOT)
 		goto drop;
-	count(ifindex, 0, len, 0);
+	count(ifindex, 0, len, PASS);
 	return verdict;
 drop:
-	count(ifindex, 0, len, 1);
+	count(ifindex, 0, len, reason);
 	return TC_ACT_SHOT;
 }
 
@@ -600,13 +705,16 @@ int tunnel_ingress(struct __sk_buff *skb)
 	int dst_sg = rt->flags & ROUTE_F_SECURITY;
 	__u8 mac[6];
 	__builtin_memcpy(mac, rt->mac, 6);
-	if (!policy_allows(net, 0, 0, dst_if, dst_sg, &f)) {
-		count(dst_if, 1, skb->len, 1);
+	int verdict = policy_verdict(net, 0, 0, dst_if, dst_sg, &f);
+	if (verdict != PASS) {
+		count(dst_if, 1, skb->len, verdict);
 		return TC_ACT_SHOT;
 	}
-	if (rewrite_macs(skb, mac) < 0)
+	if (rewrite_macs(skb, mac) < 0) {
+		count(dst_if, 1, skb->len, DROP_ERROR);
 		return TC_ACT_SHOT;
-	count(dst_if, 1, skb->len, 0);
+	}
+	count(dst_if, 1, skb->len, PASS);
 	return bpf_redirect(dst_if, 0);
 }
 

@@ -33,6 +33,33 @@ pub const ROUTE_F_PEER: u8 = 1;
 const ROUTE_F_SECURITY: u8 = 2;
 const NIC_F_SECURITY: u32 = 1;
 
+/// Why the datapath dropped a frame, by the index `bpf/datapath.c` counts it under
+/// (`DROP_*`): the `reason` label of `mvirt_ebpf_nic_dropped_packets_total` and the keys of
+/// `NicStats.{rx,tx}_drops_by_reason`. Security groups are allow rules over a default deny, so
+/// a deny is always "no rule matched" (no rule can be named for it).
+pub const DROP_REASONS: [&str; 9] = [
+    // Headers too short to read.
+    "malformed",
+    // Source MAC is not the NIC's.
+    "spoofed_mac",
+    // Source address does not route back to the sending NIC (anti-spoofing).
+    "spoofed_source",
+    // Neither IPv4, IPv6 nor ARP.
+    "not_ip",
+    // No route for the destination in the NIC's network.
+    "no_route",
+    // The destination is the sending NIC itself.
+    "hairpin",
+    // The sender's groups have egress rules and none matched.
+    "no_egress_rule_matched",
+    // The receiver's groups: no ingress rule matched (default deny).
+    "no_ingress_rule_matched",
+    // A helper failed (MAC rewrite, tunnel key).
+    "error",
+];
+/// Room for reasons in `NicDrops` (a pinned map: its layout must not change).
+const DROP_SLOTS: usize = 16;
+
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
     #[error("cannot prepare the bpf filesystem at {path}")]
@@ -195,12 +222,53 @@ unsafe impl aya::Pod for SgRule {}
 unsafe impl aya::Pod for CtKey {}
 unsafe impl aya::Pod for CtValue {}
 unsafe impl aya::Pod for NicStats {}
+unsafe impl aya::Pod for NicDrops {}
+
+/// Drops of one NIC by reason (indexes of [`DROP_REASONS`]) and direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NicDrops {
+    /// From the VM.
+    pub rx: [u64; DROP_SLOTS],
+    /// To the VM.
+    pub tx: [u64; DROP_SLOTS],
+}
+
+impl NicDrops {
+    /// `(reason, from the VM, to the VM)` for every known reason.
+    pub fn by_reason(&self) -> impl Iterator<Item = (&'static str, u64, u64)> + '_ {
+        DROP_REASONS
+            .iter()
+            .enumerate()
+            .map(|(i, name)| (*name, self.rx[i], self.tx[i]))
+    }
+}
+
+/// Where an expanded datapath rule comes from: the labels of its flow counter.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RuleOrigin {
+    pub security_group: String,
+    pub rule: String,
+}
+
+/// Flows a security-group rule allowed on one NIC (its expanded entries summed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleFlows {
+    /// 0 ingress, 1 egress.
+    pub direction: u32,
+    pub origin: RuleOrigin,
+    pub flows: u64,
+}
 
 /// A security-group rule set for one NIC, per direction, as the datapath evaluates it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NicRules {
     pub ingress: Vec<SgRule>,
     pub egress: Vec<SgRule>,
+    /// The group and rule of each entry of `ingress` / `egress` (same positions; missing
+    /// entries count under empty labels).
+    pub ingress_origin: Vec<RuleOrigin>,
+    pub egress_origin: Vec<RuleOrigin>,
 }
 
 /// Everything the tables must contain, computed from the store by the manager.
@@ -226,6 +294,11 @@ pub struct Datapath {
     sg_rules: HashMap<MapData, SgKey, SgRule>,
     conntrack: HashMap<MapData, CtKey, CtValue>,
     stats: PerCpuHashMap<MapData, u32, NicStats>,
+    drops: PerCpuHashMap<MapData, u32, NicDrops>,
+    rule_flows: PerCpuHashMap<MapData, SgKey, u64>,
+    /// What each position of `sg_rules` holds, as far as its counter is concerned: a position
+    /// whose rule or origin changes gets a zeroed counter, so no count moves to another rule.
+    rule_positions: StdHashMap<SgKey, (RuleOrigin, SgRule)>,
 }
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -270,11 +343,24 @@ fn map_err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
 impl Datapath {
     /// Loads the programs into the kernel, reusing pinned maps under `pin_dir`.
     pub fn load(pin_dir: &Path, conntrack_timeout_secs: u64) -> Result<Self, DatapathError> {
+        Self::load_with_counters(pin_dir, conntrack_timeout_secs, true)
+    }
+
+    /// [`Datapath::load`], with `counters` false: the programs count nothing (no NIC stats,
+    /// drop reasons or rule counters; the verifier removes that code). For `mvirt-ebpf-bench`
+    /// only, which measures what counting costs: the daemon's `GetNicStats` needs the counters.
+    pub fn load_with_counters(
+        pin_dir: &Path,
+        conntrack_timeout_secs: u64,
+        counters: bool,
+    ) -> Result<Self, DatapathError> {
         ensure_bpffs(pin_dir)?;
         let timeout_ns = conntrack_timeout_secs.saturating_mul(1_000_000_000);
+        let counters = u32::from(counters);
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
             .override_global("ct_timeout_ns", &timeout_ns, true)
+            .override_global("counters", &counters, true)
             .load(DATAPATH_OBJ)
             .map_err(DatapathError::Load)?;
         for name in ["tap_ingress", "tunnel_ingress"] {
@@ -315,6 +401,8 @@ impl Datapath {
         let sg_rules = take(&mut ebpf, "sg_rules")?;
         let conntrack = take(&mut ebpf, "conntrack")?;
         let stats = take(&mut ebpf, "stats")?;
+        let drops = take(&mut ebpf, "drops")?;
+        let rule_flows = take(&mut ebpf, "rule_flows")?;
         tracing::info!(pin_dir = %pin_dir.display(), "eBPF datapath loaded");
         Ok(Self {
             ebpf,
@@ -327,6 +415,9 @@ impl Datapath {
             sg_rules,
             conntrack,
             stats,
+            drops,
+            rule_flows,
+            rule_positions: StdHashMap::new(),
         })
     }
 
@@ -432,8 +523,12 @@ impl Datapath {
         // Security first (each NIC's rules before its rule count), then NICs and routes, whose
         // flags tell the program which NICs have rules: a NIC is only ever treated as filtered
         // once its rules are in place, and unfiltered traffic costs no security lookup.
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Cpus(e))?;
         for (ifindex, rules) in &desired.security {
-            for (dir, list) in [(0u32, &rules.ingress), (1u32, &rules.egress)] {
+            for (dir, list, origins) in [
+                (0u32, &rules.ingress, &rules.ingress_origin),
+                (1u32, &rules.egress, &rules.egress_origin),
+            ] {
                 for (i, rule) in list.iter().enumerate() {
                     let key = SgKey {
                         ifindex: *ifindex,
@@ -442,6 +537,17 @@ impl Datapath {
                     self.sg_rules
                         .insert(key, rule, 0)
                         .map_err(map_err("sg_rules"))?;
+                    // Another rule at this position: its counter starts at zero (after the rule
+                    // was written, so the old rule's matches cannot land in the new count).
+                    let held = (origins.get(i).cloned().unwrap_or_default(), *rule);
+                    if self.rule_positions.get(&key) != Some(&held) {
+                        let zero = PerCpuValues::try_from(vec![0u64; cpus])
+                            .map_err(DatapathError::Cpus)?;
+                        self.rule_flows
+                            .insert(key, zero, 0)
+                            .map_err(map_err("rule_flows"))?;
+                        self.rule_positions.insert(key, held);
+                    }
                 }
             }
             let meta = SgMeta {
@@ -461,12 +567,18 @@ impl Datapath {
                 .insert(ifindex, info, 0)
                 .map_err(map_err("nics"))?;
             if self.stats.get(ifindex, 0).is_err() {
-                let cpus = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Cpus(e))?;
                 let zero = PerCpuValues::try_from(vec![NicStats::default(); cpus])
                     .map_err(DatapathError::Cpus)?;
                 self.stats
                     .insert(ifindex, zero, 0)
                     .map_err(map_err("stats"))?;
+            }
+            if self.drops.get(ifindex, 0).is_err() {
+                let zero = PerCpuValues::try_from(vec![NicDrops::default(); cpus])
+                    .map_err(DatapathError::Cpus)?;
+                self.drops
+                    .insert(ifindex, zero, 0)
+                    .map_err(map_err("drops"))?;
             }
         }
         let route_flags = |value: &RouteValue| {
@@ -525,6 +637,16 @@ impl Datapath {
         for k in stale {
             let _ = self.sg_rules.remove(&k);
         }
+        let stale: Vec<SgKey> = self
+            .rule_positions
+            .keys()
+            .filter(|k| self.sg_rules.get(k, 0).is_err())
+            .copied()
+            .collect();
+        for k in stale {
+            let _ = self.rule_flows.remove(&k);
+            self.rule_positions.remove(&k);
+        }
         let stale: Vec<Key<Route4Data>> = self
             .routes4
             .keys()
@@ -569,6 +691,7 @@ impl Datapath {
         for k in stale {
             let _ = self.nics.remove(&k);
             let _ = self.stats.remove(&k);
+            let _ = self.drops.remove(&k);
         }
         Ok(())
     }
@@ -606,6 +729,45 @@ impl Datapath {
             }
         }
         total
+    }
+
+    /// Drops of a NIC by reason, summed over CPUs.
+    pub fn drops(&self, ifindex: u32) -> NicDrops {
+        let mut total = NicDrops::default();
+        if let Ok(values) = self.drops.get(&ifindex, 0) {
+            for v in values.iter() {
+                for i in 0..DROP_SLOTS {
+                    total.rx[i] += v.rx[i];
+                    total.tx[i] += v.tx[i];
+                }
+            }
+        }
+        total
+    }
+
+    /// Flows each security-group rule of NIC `ifindex` allowed (every rule in its tables, also
+    /// those at zero), summed over CPUs and over the entries a rule expanded to, ordered by
+    /// direction, group and rule.
+    pub fn rule_flows(&self, ifindex: u32) -> Vec<RuleFlows> {
+        let mut sums: std::collections::BTreeMap<(u32, RuleOrigin), u64> = Default::default();
+        for (key, (origin, _)) in &self.rule_positions {
+            if key.ifindex != ifindex {
+                continue;
+            }
+            let flows: u64 = self
+                .rule_flows
+                .get(key, 0)
+                .map(|values| values.iter().sum())
+                .unwrap_or(0);
+            *sums.entry((key.index >> 16, origin.clone())).or_default() += flows;
+        }
+        sums.into_iter()
+            .map(|((direction, origin), flows)| RuleFlows {
+                direction,
+                origin,
+                flows,
+            })
+            .collect()
     }
 }
 

@@ -407,6 +407,26 @@ impl NetService for NetGrpc {
         let id = req.into_inner().id;
         let s = self.manager.nic_stats(&id).await?;
         let control_rate_limited = self.manager.control_rate_limited(&id).await?;
+        let (drops, rules) = self.manager.nic_drops_and_rule_flows(&id).await?;
+        let by_reason = |pick: fn(&(&'static str, u64, u64)) -> u64| {
+            drops
+                .by_reason()
+                .map(|r| (r.0.to_string(), pick(&r)))
+                .collect()
+        };
+        let rule_flows = rules
+            .into_iter()
+            .map(|r| proto::RuleFlows {
+                security_group_id: r.origin.security_group,
+                rule_id: r.origin.rule,
+                direction: if r.direction == 0 {
+                    proto::Direction::Ingress
+                } else {
+                    proto::Direction::Egress
+                } as i32,
+                flows: r.flows,
+            })
+            .collect();
         Ok(Response::new(proto::NicStats {
             nic_id: id,
             rx_packets: s.rx_packets,
@@ -416,6 +436,9 @@ impl NetService for NetGrpc {
             tx_bytes: s.tx_bytes,
             tx_drops: s.tx_drops,
             control_rate_limited,
+            rx_drops_by_reason: by_reason(|r| r.1),
+            tx_drops_by_reason: by_reason(|r| r.2),
+            rule_flows,
         }))
     }
 

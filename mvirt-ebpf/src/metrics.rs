@@ -1,6 +1,7 @@
 //! mvirt-ebpf's Prometheus metrics (see `mvirt_common::metrics` and the README's table): the
-//! datapath's per-NIC counters, the control-frame rate-limit drops, the conntrack table's size,
-//! read from the manager at scrape time.
+//! datapath's per-NIC counters (drops by reason), the flows each security-group rule allowed,
+//! the control-frame rate-limit drops, the conntrack table's size, read from the manager at
+//! scrape time.
 
 use std::sync::{Arc, OnceLock, Weak};
 
@@ -28,18 +29,8 @@ pub fn snapshot(sample: &MetricsSample) -> Snapshot {
     let mut s = Snapshot::default();
     let directions = |n: &crate::manager::metrics::NicSample| {
         [
-            (
-                "from_guest",
-                n.stats.rx_bytes,
-                n.stats.rx_packets,
-                n.stats.rx_drops,
-            ),
-            (
-                "to_guest",
-                n.stats.tx_bytes,
-                n.stats.tx_packets,
-                n.stats.tx_drops,
-            ),
+            ("from_guest", n.stats.rx_bytes, n.stats.rx_packets),
+            ("to_guest", n.stats.tx_bytes, n.stats.tx_packets),
         ]
     };
     for (name, help, pick) in [
@@ -53,21 +44,66 @@ pub fn snapshot(sample: &MetricsSample) -> Snapshot {
             "Packets through a NIC's datapath, by direction",
             1,
         ),
-        (
-            "mvirt_ebpf_nic_dropped_packets",
-            "Packets the datapath dropped on a NIC (security groups, spoofing, no route), by direction",
-            2,
-        ),
     ] {
         let family = s.family(Kind::Counter, name, help, None);
         for nic in &sample.nics {
-            for (direction, bytes, packets, drops) in directions(nic) {
-                let value = [bytes, packets, drops][pick];
+            for (direction, bytes, packets) in directions(nic) {
+                let value = [bytes, packets][pick];
                 family.add(
                     vec![("nic", nic.nic_id.clone()), ("direction", direction.into())],
                     value as f64,
                 );
             }
+        }
+    }
+    let family = s.family(
+        Kind::Counter,
+        "mvirt_ebpf_nic_dropped_packets",
+        "Packets the datapath dropped on a NIC, by direction and reason (no_ingress_rule_matched, \
+         no_egress_rule_matched: security groups; spoofed_mac, spoofed_source, no_route, \
+         hairpin, not_ip, malformed, error)",
+        None,
+    );
+    for nic in &sample.nics {
+        for (reason, from_guest, to_guest) in nic.drops.by_reason() {
+            for (direction, value) in [("from_guest", from_guest), ("to_guest", to_guest)] {
+                family.add(
+                    vec![
+                        ("nic", nic.nic_id.clone()),
+                        ("direction", direction.into()),
+                        ("reason", reason.into()),
+                    ],
+                    value as f64,
+                );
+            }
+        }
+    }
+    let family = s.family(
+        Kind::Counter,
+        "mvirt_ebpf_sg_rule_flows",
+        "Flows a security-group rule allowed on a NIC (their first packet matched it; \
+         connection tracking passes the rest), by the rule's direction",
+        None,
+    );
+    for nic in &sample.nics {
+        for rule in &nic.rule_flows {
+            family.add(
+                vec![
+                    ("nic", nic.nic_id.clone()),
+                    ("security_group", rule.origin.security_group.clone()),
+                    ("rule", rule.origin.rule.clone()),
+                    (
+                        "direction",
+                        if rule.direction == 0 {
+                            "ingress"
+                        } else {
+                            "egress"
+                        }
+                        .into(),
+                    ),
+                ],
+                rule.flows as f64,
+            );
         }
     }
     let family = s.family(

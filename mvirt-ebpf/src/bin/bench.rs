@@ -23,6 +23,15 @@
 //! A fifth path bounds what any datapath could reach: the two namespaces joined directly by one
 //! veth pair, with no forwarding step at all. A datapath between two veth (or TAP) endpoints
 //! always adds a second device crossing to that, so its ratio to the bridge is the ceiling.
+//!
+//! `mvirt-ebpf-bench [rounds] [seconds] [offload|no-offload] counters` measures instead what
+//! the datapath's counters cost (target <= 1 %): the same traffic through the TAP delivery
+//! (`bpf_redirect`), without and with 1,000 security-group rules on the receiver, each with the
+//! program loaded with counters on (the daemon's) and off (`Datapath::load_with_counters`: the
+//! per-NIC stats, drop reasons and rule counters compiled out by the verifier). Both programs
+//! share the pinned tables; a path switch replaces the program through the pinned TCX links.
+//! Rounds interleave the four paths (every other round reversed) and the ratio on/off is taken
+//! within each round. "Off" exists only here: the daemon always counts (GetNicStats needs it).
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -218,6 +227,11 @@ fn bench() -> Result<(), String> {
         Some("no-offload") => false,
         Some(other) => return Err(format!("third argument {other:?}: offload or no-offload")),
     };
+    let counters_mode = match std::env::args().nth(4).as_deref() {
+        None => false,
+        Some("counters") => true,
+        Some(other) => return Err(format!("fourth argument {other:?}: counters or nothing")),
+    };
     let mut c = Cleanup::default();
 
     // Baseline: Linux bridge, one subnet.
@@ -262,6 +276,9 @@ fn bench() -> Result<(), String> {
     let pin = PathBuf::from(format!("/sys/fs/bpf/mvirt-bench-{id:x}"));
     c.dirs.push(pin.clone());
     let mut dp = Datapath::load(&pin, 600).map_err(|e| mvirt_common::error::error_chain(&e))?;
+    // The same program with its counters compiled out, on the same pinned tables.
+    let mut dp_off = Datapath::load_with_counters(&pin, 600, false)
+        .map_err(|e| mvirt_common::error::error_chain(&e))?;
     let (e1, e2) = (format!("mvbe1{id:x}"), format!("mvbe2{id:x}"));
     let mut desired = DesiredState::default();
     let mut ifindexes = Vec::new();
@@ -368,7 +385,9 @@ fn bench() -> Result<(), String> {
     let mut security = HashMap::new();
     security.insert(ifindexes[1], rules);
     let mut with_rules = peer.clone();
-    with_rules.security = security;
+    with_rules.security = security.clone();
+    let mut tap_rules = plain.clone();
+    tap_rules.security = security;
 
     // Rounds interleave the paths and the median is reported: other work on the machine
     // shifts absolute numbers, interleaving keeps the comparison fair.
@@ -378,6 +397,115 @@ fn bench() -> Result<(), String> {
         .unwrap_or(15);
     let seconds = std::env::args().nth(2).unwrap_or_else(|| "2".into());
     let load_before = loadavg();
+    if counters_mode {
+        let hosts = [format!("{e1}h"), format!("{e2}h")];
+        let paths: [(&str, &DesiredState, bool); 4] = [
+            ("TAP delivery, counters on", &plain, true),
+            ("TAP delivery, counters off", &plain, false),
+            (
+                "TAP delivery + 1,000 SG rules, counters on",
+                &tap_rules,
+                true,
+            ),
+            (
+                "TAP delivery + 1,000 SG rules, counters off",
+                &tap_rules,
+                false,
+            ),
+        ];
+        let mut results: Vec<Vec<Result3>> = paths.iter().map(|_| Vec::new()).collect();
+        let mut counted_while_off = 0u64;
+        for round in 0..rounds {
+            eprintln!("round {}/{rounds}", round + 1);
+            let mut order: Vec<usize> = (0..paths.len()).collect();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for i in order {
+                let (name, tables, on) = paths[i];
+                let d = if on { &mut dp } else { &mut dp_off };
+                for host in &hosts {
+                    d.attach_tap(host)
+                        .map_err(|e| mvirt_common::error::error_chain(&e))?;
+                }
+                d.sync(tables)
+                    .map_err(|e| mvirt_common::error::error_chain(&e))?;
+                let before = dp.stats(ifindexes[1]).tx_packets;
+                let r = measure(&e2, "10.99.0.3", &e1, &seconds)?;
+                let delta = dp.stats(ifindexes[1]).tx_packets - before;
+                if !on {
+                    counted_while_off += delta;
+                }
+                eprintln!(
+                    "  {name}: {:.2} Gbit/s, {:.1} CPU %/Gbit/s, {:.3} ms, {delta} packets counted",
+                    r.gbits, r.cpu_per_gbit, r.rtt_ms
+                );
+                results[i].push(r);
+            }
+        }
+        let load_after = loadavg();
+        for host in &hosts {
+            dp.detach(host);
+        }
+        if counted_while_off != 0 {
+            return Err(format!(
+                "{counted_while_off} packets were counted with the counters off"
+            ));
+        }
+        // Per round: throughput and CPU per Gbit/s with counters on relative to off.
+        let quartiles = |mut r: Vec<f64>| -> [f64; 3] {
+            r.sort_by(f64::total_cmp);
+            let n = r.len() - 1;
+            [r[n / 4], r[n / 2], r[(3 * n).div_ceil(4)]]
+        };
+        let on_off = |on: usize, off: usize, f: fn(&Result3) -> f64| {
+            quartiles(
+                results[on]
+                    .iter()
+                    .zip(&results[off])
+                    .map(|(a, b)| (f(a) / f(b) - 1.0) * 100.0)
+                    .collect(),
+            )
+        };
+        let cmp: Vec<([f64; 3], [f64; 3])> = [(0, 1), (2, 3)]
+            .iter()
+            .map(|&(on, off)| {
+                (
+                    on_off(on, off, |r| r.gbits),
+                    on_off(on, off, |r| r.cpu_per_gbit),
+                )
+            })
+            .collect();
+        let medians: Vec<Result3> = results.into_iter().map(median).collect();
+        println!(
+            "| path | TCP Gbit/s (median) | iperf3 CPU % per Gbit/s (median) | ping RTT (ms) |"
+        );
+        println!("|---|---|---|---|");
+        for ((name, _, _), r) in paths.iter().zip(&medians) {
+            println!(
+                "| {name} | {:.2} | {:.1} | {:.3} |",
+                r.gbits, r.cpu_per_gbit, r.rtt_ms
+            );
+        }
+        for (label, ([t1, t2, t3], [c1, c2, c3])) in
+            ["TAP delivery", "TAP delivery + 1,000 SG rules"]
+                .iter()
+                .zip(&cmp)
+        {
+            println!(
+                "{label}: counters on vs off, per round: throughput median {t2:+.2}% (quartiles \
+                 {t1:+.2}% to {t3:+.2}%), CPU per Gbit/s median {c2:+.2}% (quartiles {c1:+.2}% \
+                 to {c3:+.2}%)"
+            );
+        }
+        println!(
+            "{rounds} rounds of {seconds} s, offloads {}; load average before: {load_before}; \
+             after: {load_after}",
+            if offload { "on" } else { "off" }
+        );
+        return Ok(());
+    }
+    drop(dp_off);
     let paths: [(&str, Path); 5] = [
         ("Linux bridge", Path::Bridge),
         ("eBPF, bpf_redirect (TAP delivery)", Path::Ebpf(&plain)),

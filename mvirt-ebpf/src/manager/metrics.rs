@@ -1,13 +1,16 @@
 //! What the metrics read from the manager at scrape time (see `crate::metrics`).
 
 use super::{NetManager, Result};
-use crate::datapath::NicStats;
+use crate::datapath::{NicDrops, NicStats, RuleFlows};
 
-/// One NIC's datapath counters and its control-frame rate-limit drops.
+/// One NIC's datapath counters (drops by reason, flows per security-group rule) and its
+/// control-frame rate-limit drops.
 #[derive(Debug, Clone)]
 pub struct NicSample {
     pub nic_id: String,
     pub stats: NicStats,
+    pub drops: NicDrops,
+    pub rule_flows: Vec<RuleFlows>,
     pub control_rate_limited: u64,
 }
 
@@ -35,6 +38,16 @@ impl NetManager {
                     .ifindex
                     .get(&nic.id)
                     .map(|i| inner.datapath.stats(*i))
+                    .unwrap_or_default(),
+                drops: inner
+                    .ifindex
+                    .get(&nic.id)
+                    .map(|i| inner.datapath.drops(*i))
+                    .unwrap_or_default(),
+                rule_flows: inner
+                    .ifindex
+                    .get(&nic.id)
+                    .map(|i| inner.datapath.rule_flows(*i))
                     .unwrap_or_default(),
                 control_rate_limited: inner
                     .responders

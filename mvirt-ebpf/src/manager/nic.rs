@@ -9,7 +9,7 @@ use mvirt_common::validate;
 
 use super::rules::nic_rules;
 use super::{dedup, not_found, now, ManagerError, NetManager, Result, MAX_RULES_PER_DIRECTION};
-use crate::datapath::NicStats;
+use crate::datapath::{NicDrops, NicStats, RuleFlows};
 use crate::model::{tap_name, Invalid, Network, Nic, NicSpec, SecurityGroup};
 use crate::tap;
 
@@ -231,5 +231,15 @@ impl NetManager {
             .get(&nic.id)
             .map(|i| inner.datapath.stats(*i))
             .unwrap_or_default())
+    }
+
+    /// The NIC's drops by reason and the flows each of its security-group rules allowed.
+    pub async fn nic_drops_and_rule_flows(&self, id: &str) -> Result<(NicDrops, Vec<RuleFlows>)> {
+        let inner = self.inner.lock().await;
+        let nic = self.get_nic(id)?;
+        Ok(match inner.ifindex.get(&nic.id) {
+            Some(i) => (inner.datapath.drops(*i), inner.datapath.rule_flows(*i)),
+            None => Default::default(),
+        })
     }
 }

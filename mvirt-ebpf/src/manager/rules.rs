@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::datapath::{CtKey, NicRules, SgRule};
+use crate::datapath::{CtKey, NicRules, RuleOrigin, SgRule};
 use crate::model::{self, Direction, Nic, Protocol, RuleTarget, SecurityGroup};
 
 fn addr_bytes(ip: IpAddr) -> [u8; 16] {
@@ -40,7 +40,8 @@ fn sg_rule(rule: &model::Rule, family: u8, addr: [u8; 16], prefixlen: u8) -> SgR
 /// The datapath's rule lists for a NIC: rules of all attached groups, remote groups expanded
 /// into the addresses of their member NICs on this node merged with the rule's
 /// `remote_addresses` (members on other nodes). Addresses of the wrong family for an ICMP or
-/// ICMPv6 rule are left out, and so are duplicates.
+/// ICMPv6 rule are left out, and so are duplicates. Each entry's group and rule id go to the
+/// `*_origin` lists (the labels of its flow counter).
 pub fn nic_rules(nic: &Nic, nics: &[Nic], groups: &HashMap<String, SecurityGroup>) -> NicRules {
     let mut out = NicRules::default();
     for gid in &nic.spec.security_groups {
@@ -48,9 +49,9 @@ pub fn nic_rules(nic: &Nic, nics: &[Nic], groups: &HashMap<String, SecurityGroup
             continue;
         };
         for rule in &group.spec.rules {
-            let list = match rule.direction {
-                Direction::Ingress => &mut out.ingress,
-                Direction::Egress => &mut out.egress,
+            let (list, origins) = match rule.direction {
+                Direction::Ingress => (&mut out.ingress, &mut out.ingress_origin),
+                Direction::Egress => (&mut out.egress, &mut out.egress_origin),
             };
             match &rule.target {
                 RuleTarget::Any => list.push(sg_rule(rule, 0, [0; 16], 0)),
@@ -81,6 +82,11 @@ pub fn nic_rules(nic: &Nic, nics: &[Nic], groups: &HashMap<String, SecurityGroup
                     }
                 }
             }
+            let origin = RuleOrigin {
+                security_group: group.id.clone(),
+                rule: rule.id.clone(),
+            };
+            origins.resize(list.len(), origin);
         }
     }
     out
