@@ -1,5 +1,6 @@
-// One node: state and placement capacity (live), cordon and labels, and its usage — the host's
-// CPU, memory and load over the last minutes and its busiest VMs and pods.
+// One node: state and placement capacity (live), cordon, drain (with its progress) and labels,
+// and its usage — the host's CPU, memory and load over the last minutes and its busiest VMs
+// and pods.
 import { Link, useParams } from 'react-router';
 import type { Node, Pod, Vm } from '../api/types';
 import { Badge, Card, PageHeader } from '../components/ui';
@@ -7,7 +8,7 @@ import { ago } from '../format';
 import { LogLinks } from '../components/LogLinks';
 import { useList } from '../live';
 import { NodeUsage } from '../usage/Usage';
-import { NodeActions, NodeOverview } from './Nodes';
+import { DrainStatus, NodeActions, NodeOverview } from './Nodes';
 
 export default function NodeDetail() {
   const { id = '' } = useParams();
@@ -43,7 +44,7 @@ export default function NodeDetail() {
               <Badge value={node.status.state} />
             </dd>
             <dt className="text-muted">Schedulable</dt>
-            <dd>{node.spec.schedulable ? 'yes' : 'cordoned'}</dd>
+            <dd>{node.spec.schedulable ? 'yes' : node.status.drain?.state === 'draining' ? 'cordoned (draining)' : 'cordoned'}</dd>
             <dt className="text-muted">Placed here</dt>
             <dd>
               {placedVms.length} {placedVms.length === 1 ? 'VM' : 'VMs'} · {placedPods.length} {placedPods.length === 1 ? 'pod' : 'pods'}
@@ -56,6 +57,11 @@ export default function NodeDetail() {
           <NodeOverview node={node} />
         </Card>
       </div>
+      {node.status.drain && (
+        <Card title="Drain">
+          <DrainStatus node={node} vms={vms} />
+        </Card>
+      )}
       <NodeUsage key={node.id} nodeId={node.id} online={node.status.state === 'online'} vms={placedVms} pods={placedPods} />
     </div>
   );

@@ -1,27 +1,111 @@
-// Nodes: capacity and use, cordon (spec.schedulable = false: no new placements), labels; each
-// node's page (NodeDetail.tsx) adds its live usage.
+// Nodes: capacity and use, cordon (spec.schedulable = false: no new placements), drain (cordon
+// and migrate the running VMs off, operator+), labels; each node's page (NodeDetail.tsx) adds
+// its live usage and the drain's progress.
 import { useState } from 'react';
 import { useMutation } from '@tanstack/react-query';
 import { Link } from 'react-router';
-import { put } from '../api/client';
+import { del, post, put } from '../api/client';
 import type { Node, Pod, Vm, Volume } from '../api/types';
 import { useList } from '../live';
 import { useCan } from '../auth';
 import { ResourcePage } from '../components/ResourcePage';
-import { Badge, Button, ErrorBox, inputCls, Meter } from '../components/ui';
+import { Badge, Button, ConfirmButton, ErrorBox, inputCls, Meter } from '../components/ui';
 import { ago, allocatedOn, bytes, formatLabels, parseLabels, validateLabels } from '../format';
 
 export function NodeActions({ node }: { node: Node }) {
-  const can = useCan('admin');
+  const admin = useCan('admin');
+  const operator = useCan('write');
   const cordon = useMutation({ mutationFn: (schedulable: boolean) => put(`/v1/nodes/${node.id}`, { spec: { ...node.spec, schedulable } }, node.revision) });
-  if (!can) return null;
+  const drain = useMutation({ mutationFn: () => post(`/v1/nodes/${node.id}/drain`, {}) });
+  const undrain = useMutation({ mutationFn: () => del(`/v1/nodes/${node.id}/drain`) });
+  if (!operator) return null;
+  const draining = node.status.drain?.state === 'draining';
+  const error = cordon.error ?? drain.error ?? undrain.error;
   return (
     <>
-      <Button onClick={() => cordon.mutate(!node.spec.schedulable)} disabled={cordon.isPending}>
-        {node.spec.schedulable ? 'Cordon' : 'Uncordon'}
-      </Button>
-      {cordon.error && <ErrorBox error={cordon.error} onClose={() => cordon.reset()} />}
+      {admin && !draining && (
+        <Button onClick={() => cordon.mutate(!node.spec.schedulable)} disabled={cordon.isPending}>
+          {node.spec.schedulable ? 'Cordon' : 'Uncordon'}
+        </Button>
+      )}
+      {!draining && (
+        <ConfirmButton
+          label="Drain"
+          confirm={`Cordon ${node.name} and migrate its running VMs to other nodes?`}
+          disabled={drain.isPending || node.status.state !== 'online'}
+          onConfirm={() => drain.mutate()}
+        />
+      )}
+      {node.status.drain && (
+        <Button onClick={() => undrain.mutate()} disabled={undrain.isPending}>
+          {draining ? 'Cancel drain' : 'Undrain'}
+        </Button>
+      )}
+      {error && (
+        <ErrorBox
+          error={error}
+          onClose={() => {
+            cordon.reset();
+            drain.reset();
+            undrain.reset();
+          }}
+        />
+      )}
     </>
+  );
+}
+
+/** A node's drain: where it is, what moved, what is moving or left, what could not move and why. */
+export function DrainStatus({ node, vms }: { node: Node; vms: Vm[] }) {
+  const d = node.status.drain;
+  if (!d) return null;
+  const name = (id: string) => vms.find((v) => v.id === id)?.name ?? id;
+  const vmLinks = (ids: string[] | undefined) =>
+    ids && ids.length > 0
+      ? ids.map((id, i) => (
+          <span key={id}>
+            {i > 0 && ', '}
+            <Link to={`/vms/${id}`} className="underline">
+              {name(id)}
+            </Link>
+          </span>
+        ))
+      : '—';
+  return (
+    <dl className="grid grid-cols-[10rem_1fr] gap-1 text-sm" data-testid="node-drain">
+      <dt className="text-muted">State</dt>
+      <dd>
+        <Badge value={d.state} />
+      </dd>
+      <dt className="text-muted">Started</dt>
+      <dd>{ago(d.started_at)}</dd>
+      {d.finished_at && (
+        <>
+          <dt className="text-muted">Ended</dt>
+          <dd>{ago(d.finished_at)}</dd>
+        </>
+      )}
+      <dt className="text-muted">Migrating</dt>
+      <dd>{vmLinks(d.migrating)}</dd>
+      <dt className="text-muted">Remaining</dt>
+      <dd>{vmLinks(d.remaining)}</dd>
+      <dt className="text-muted">Moved</dt>
+      <dd>{vmLinks(d.moved)}</dd>
+      <dt className="text-muted">Could not move</dt>
+      <dd>
+        {(d.failed ?? []).length === 0 ? (
+          '—'
+        ) : (
+          <ul>
+            {(d.failed ?? []).map((f) => (
+              <li key={`${f.kind}/${f.id}`}>
+                {f.kind} {f.kind === 'vm' ? name(f.id) : f.id}: {f.reason}
+              </li>
+            ))}
+          </ul>
+        )}
+      </dd>
+    </dl>
   );
 }
 
