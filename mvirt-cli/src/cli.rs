@@ -271,6 +271,16 @@ pub enum NodeCmd {
     Cordon { node: String },
     /// Allow placing VMs on a node again.
     Uncordon { node: String },
+    /// Cordon a node and migrate its running VMs live to other nodes, one at a time; stopped
+    /// VMs and pods stay (listed as failed). With --wait: follow it, exit 1 if it failed.
+    Drain {
+        node: String,
+        /// Print progress until the drain ends; exit non-zero if it ended failed.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// End a node's drain (no new migrations start; one in flight finishes) and uncordon it.
+    Undrain { node: String },
     /// Set labels on a node (`k=v`, repeatable; replaces the label set).
     #[command(after_help = "Example:\n  mvirt node label hv1 --label zone=a --label ssd=true")]
     Label {

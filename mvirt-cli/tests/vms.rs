@@ -367,3 +367,67 @@ async fn resize_prints_the_conditions_the_vm_reports() {
         out.stdout
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_drain_waits_for_the_end_and_fails_with_what_could_not_move() {
+    let api = start_api().await;
+    let node = api.register_node("hv1", "", "").await;
+    let vm_id = id_of(
+        &api.json(&["vm", "create", "web", "--cpus", "1", "--memory", "1G"])
+            .await,
+    );
+    let http = api.http();
+    mvirt_testsupport::process::wait_until_async(
+        "vm placed",
+        std::time::Duration::from_secs(20),
+        || async {
+            let v: Value = http
+                .get(format!("{}/v1/vms/{vm_id}", api.url))
+                .bearer_auth(&api.token)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (v["node_id"] == node.as_str()).then_some(())
+        },
+    )
+    .await;
+    api.report(
+        &node,
+        proto::ResourceStatus {
+            kind: proto::ResourceKind::Vm as i32,
+            id: vm_id.clone(),
+            phase: proto::Phase::Running as i32,
+            ..Default::default()
+        },
+    )
+    .await;
+    // The only node: the running VM has nowhere to go, the drain ends failed (exit 1).
+    let out = api
+        .fails(&["node", "drain", "hv1", "--wait"], 1, "drain failed")
+        .await;
+    assert!(
+        out.stderr.contains(&format!("vm {vm_id}: no other node")),
+        "{out:?}"
+    );
+    assert!(out.stdout.contains("node hv1: failed: 0 moved"), "{out:?}");
+    let shown = api.json(&["node", "show", "hv1"]).await;
+    assert_eq!(shown["status"]["drain"]["state"], "failed");
+    assert_eq!(shown["spec"]["schedulable"], false);
+    let out = api.mvirt(&["node", "undrain", "hv1"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout, "node hv1 undrained (schedulable again)\n");
+    let shown = api.json(&["node", "show", "hv1"]).await;
+    assert!(shown["status"]["drain"].is_null(), "{shown}");
+    assert_eq!(shown["spec"]["schedulable"], true);
+
+    // An empty node drains at once.
+    api.register_node("hv2", "", "").await;
+    let out = api.mvirt(&["node", "drain", "hv2", "--wait"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("node hv2: drained: 0 moved"), "{out:?}");
+    api.fails(&["node", "drain", "nosuch"], 3, "not found")
+        .await;
+}
