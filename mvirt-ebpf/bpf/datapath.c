@@ -49,11 +49,15 @@
 #define DROP_REASONS 16        /* room in nic_drops (a pinned map: its layout must not change) */
 #define PASS -1                /* count(): not dropped; policy_verdict(): allowed */
 
+/* A NIC's counters live at index `slot` of nic_counters/nic_drop_counters (per-CPU arrays:
+ * an array lookup is inlined, a hash lookup walks a bucket). Slot 0: not counted. */
+#define MAX_SLOTS 8192
+
 struct nic_info {
 	__u32 network;
 	__u32 flags;
 	__u8 mac[6];
-	__u8 pad[2];
+	__u16 slot;
 };
 
 struct route4_key {
@@ -79,7 +83,7 @@ struct route {
 	__u8 flags;
 	__u8 pad;
 	__u32 remote;  /* ROUTE_TUNNEL: remote node IPv4, network byte order */
-	__u32 key;     /* ROUTE_TUNNEL: VXLAN VNI of the network */
+	__u32 key;     /* ROUTE_TUNNEL: VXLAN VNI of the network; ROUTE_NIC: the NIC's counter slot */
 };
 
 struct sg_meta {
@@ -192,22 +196,23 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } conntrack SEC(".maps");
 
+/* Per NIC slot (nic_info.slot, ROUTE_NIC route.key): packets and bytes by direction. */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, 8192);
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MAX_SLOTS);
 	__type(key, __u32);
 	__type(value, struct nic_stats);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} stats SEC(".maps");
+} nic_counters SEC(".maps");
 
-/* Drops per NIC, direction and reason; an entry per NIC, written by the loader with `stats`'. */
+/* Per NIC slot: drops by direction and reason. */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, 8192);
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MAX_SLOTS);
 	__type(key, __u32);
 	__type(value, struct nic_drops);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} drops SEC(".maps");
+} nic_drop_counters SEC(".maps");
 
 /* Flows each security-group rule allowed, keyed like sg_rules (NIC, direction, position). Only
  * a flow's first packet walks the rules (conntrack carries the rest), so this counts flows, at
@@ -242,14 +247,15 @@ struct flow {
 	__u8 dst[16];
 };
 
-/* Counts a frame on NIC `ifindex`: delivered (`reason` PASS) or dropped for `reason`. */
-static __always_inline void count(__u32 ifindex, int tx, __u64 bytes, int reason)
+/* Counts a frame on the NIC with counter slot `slot`: delivered (`reason` PASS) or dropped for
+ * `reason`. */
+static __always_inline void count(__u32 slot, int tx, __u64 bytes, int reason)
 {
 	if (!counters)
 		return;
 	int dropped = reason != PASS;
 	if (dropped) {
-		struct nic_drops *d = bpf_map_lookup_elem(&drops, &ifindex);
+		struct nic_drops *d = bpf_map_lookup_elem(&nic_drop_counters, &slot);
 		if (d) {
 			__u32 r = (__u32)reason & (DROP_REASONS - 1);
 			if (tx)
@@ -258,7 +264,7 @@ static __always_inline void count(__u32 ifindex, int tx, __u64 bytes, int reason
 				d->rx[r]++;
 		}
 	}
-	struct nic_stats *s = bpf_map_lookup_elem(&stats, &ifindex);
+	struct nic_stats *s = bpf_map_lookup_elem(&nic_counters, &slot);
 	if (!s)
 		return;
 	if (tx) {
@@ -506,7 +512,7 @@ static __always_inline int deliver(struct __sk_buff *skb, __u32 network, __u32 s
 		verdict = policy_verdict(network, src_if, src_sg, rt->ifindex,
 					 rt->flags & ROUTE_F_SECURITY, f);
 		if (verdict != PASS) {
-			count(rt->ifindex, 1, len, verdict);
+			count(rt->key, 1, len, verdict);
 			*reason = verdict;
 			return TC_ACT_SHOT;
 		}
@@ -514,7 +520,7 @@ static __always_inline int deliver(struct __sk_buff *skb, __u32 network, __u32 s
 			*reason = DROP_ERROR;
 			return TC_ACT_SHOT;
 		}
-		count(rt->ifindex, 1, len, PASS);
+		count(rt->key, 1, len, PASS);
 		return redirect(rt);
 	}
 	verdict = policy_verdict(network, src_if, src_sg, 0, 0, f);
@@ -591,6 +597,7 @@ int tap_ingress(struct __sk_buff *skb)
 	if (!nic)
 		return TC_ACT_OK;
 	__u32 network = nic->network;
+	__u32 slot = nic->slot;
 	int src_sg = nic->flags & NIC_F_SECURITY;
 	__u64 len = skb->len;
 	int reason = DROP_MALFORMED;
@@ -608,7 +615,7 @@ int tap_ingress(struct __sk_buff *skb)
 	struct flow f;
 	struct route *rt;
 	if (proto == ETH_P_ARP) {
-		count(ifindex, 0, len, PASS);
+		count(slot, 0, len, PASS);
 		return TC_ACT_SHOT; /* answered by the userspace responder */
 	} else if (proto == ETH_P_IP) {
 		__u32 dst;
@@ -617,7 +624,7 @@ int tap_ingress(struct __sk_buff *skb)
 		__u8 first = ((__u8 *)&dst)[0];
 		if (dst == GATEWAY_V4 || dst == 0xffffffff || (first >= 224 && first < 240) ||
 		    (f.proto == IPPROTO_UDP && f.dport == 67)) {
-			count(ifindex, 0, len, PASS);
+			count(slot, 0, len, PASS);
 			return TC_ACT_SHOT; /* userspace: DHCP, ICMP echo to the gateway */
 		}
 		/* Anti-spoofing: the source must route back to this very NIC (its address or one of
@@ -635,7 +642,7 @@ int tap_ingress(struct __sk_buff *skb)
 		if (flow_v6(skb, sizeof(eth), &f) < 0)
 			goto drop;
 		if (is_ndp_or_control_v6(&f)) {
-			count(ifindex, 0, len, PASS);
+			count(slot, 0, len, PASS);
 			return TC_ACT_SHOT;
 		}
 		struct route6_key sk = {.prefixlen = 32 + 128, .network = network};
@@ -659,10 +666,10 @@ int tap_ingress(struct __sk_buff *skb)
 	int verdict = deliver(skb, network, ifindex, src_sg, rt, &f, len, &reason);
 	if (verdict == TC_ACT_SHOT)
 		goto drop;
-	count(ifindex, 0, len, PASS);
+	count(slot, 0, len, PASS);
 	return verdict;
 drop:
-	count(ifindex, 0, len, reason);
+	count(slot, 0, len, reason);
 	return TC_ACT_SHOT;
 }
 
@@ -702,19 +709,20 @@ int tunnel_ingress(struct __sk_buff *skb)
 	if (!rt || rt->kind != ROUTE_NIC)
 		return TC_ACT_SHOT;
 	__u32 dst_if = rt->ifindex;
+	__u32 dst_slot = rt->key;
 	int dst_sg = rt->flags & ROUTE_F_SECURITY;
 	__u8 mac[6];
 	__builtin_memcpy(mac, rt->mac, 6);
 	int verdict = policy_verdict(net, 0, 0, dst_if, dst_sg, &f);
 	if (verdict != PASS) {
-		count(dst_if, 1, skb->len, verdict);
+		count(dst_slot, 1, skb->len, verdict);
 		return TC_ACT_SHOT;
 	}
 	if (rewrite_macs(skb, mac) < 0) {
-		count(dst_if, 1, skb->len, DROP_ERROR);
+		count(dst_slot, 1, skb->len, DROP_ERROR);
 		return TC_ACT_SHOT;
 	}
-	count(dst_if, 1, skb->len, PASS);
+	count(dst_slot, 1, skb->len, PASS);
 	return bpf_redirect(dst_if, 0);
 }
 

@@ -11,7 +11,7 @@ use std::collections::{HashMap as StdHashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{HashMap, MapData, MapError, PerCpuHashMap, PerCpuValues};
+use aya::maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{LinkOrder, ProgramError, SchedClassifier, SocketFilter, TcAttachType};
@@ -122,8 +122,13 @@ pub struct NicInfo {
     pub network: u32,
     pub flags: u32,
     pub mac: [u8; 6],
-    pub pad: [u8; 2],
+    /// Index of the NIC's counters in `nic_counters` / `nic_drop_counters`; assigned by
+    /// [`Datapath::sync`] (whatever the caller sets is replaced). 0: not counted.
+    pub slot: u16,
 }
+
+/// Counter slots (`MAX_SLOTS` in datapath.c); slot 0 is never assigned.
+const MAX_SLOTS: u16 = 8192;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -293,8 +298,10 @@ pub struct Datapath {
     sg_nics: HashMap<MapData, u32, SgMeta>,
     sg_rules: HashMap<MapData, SgKey, SgRule>,
     conntrack: HashMap<MapData, CtKey, CtValue>,
-    stats: PerCpuHashMap<MapData, u32, NicStats>,
-    drops: PerCpuHashMap<MapData, u32, NicDrops>,
+    stats: PerCpuArray<MapData, NicStats>,
+    drops: PerCpuArray<MapData, NicDrops>,
+    /// The counter slot of each NIC (ifindex); recovered from the pinned `nics` at load.
+    slots: StdHashMap<u32, u16>,
     rule_flows: PerCpuHashMap<MapData, SgKey, u64>,
     /// What each position of `sg_rules` holds, as far as its counter is concerned: a position
     /// whose rule or origin changes gets a zeroed counter, so no count moves to another rule.
@@ -400,8 +407,13 @@ impl Datapath {
         let sg_nics = take(&mut ebpf, "sg_nics")?;
         let sg_rules = take(&mut ebpf, "sg_rules")?;
         let conntrack = take(&mut ebpf, "conntrack")?;
-        let stats = take(&mut ebpf, "stats")?;
-        let drops = take(&mut ebpf, "drops")?;
+        let stats = take(&mut ebpf, "nic_counters")?;
+        let drops = take(&mut ebpf, "nic_drop_counters")?;
+        // Per-CPU hashes by ifindex of earlier versions, replaced by the slot arrays (a program
+        // still attached keeps its own reference until it is replaced).
+        for old in ["stats", "drops"] {
+            let _ = std::fs::remove_file(pin_dir.join(old));
+        }
         let rule_flows = take(&mut ebpf, "rule_flows")?;
         tracing::info!(pin_dir = %pin_dir.display(), "eBPF datapath loaded");
         Ok(Self {
@@ -416,8 +428,20 @@ impl Datapath {
             conntrack,
             stats,
             drops,
+            slots: StdHashMap::new(),
             rule_flows,
             rule_positions: StdHashMap::new(),
+        })
+        .map(|mut dp: Self| {
+            // The slots the NICs had (entries of earlier versions carry 0: they get new ones).
+            dp.slots = dp
+                .nics
+                .iter()
+                .filter_map(Result::ok)
+                .filter(|(_, info)| info.slot != 0 && info.slot < MAX_SLOTS)
+                .map(|(ifindex, info)| (ifindex, info.slot))
+                .collect();
+            dp
         })
     }
 
@@ -563,29 +587,21 @@ impl Datapath {
             if desired.security.contains_key(ifindex) {
                 info.flags |= NIC_F_SECURITY;
             }
+            info.slot = self.slot(*ifindex, cpus)?;
             self.nics
                 .insert(ifindex, info, 0)
                 .map_err(map_err("nics"))?;
-            if self.stats.get(ifindex, 0).is_err() {
-                let zero = PerCpuValues::try_from(vec![NicStats::default(); cpus])
-                    .map_err(DatapathError::Cpus)?;
-                self.stats
-                    .insert(ifindex, zero, 0)
-                    .map_err(map_err("stats"))?;
-            }
-            if self.drops.get(ifindex, 0).is_err() {
-                let zero = PerCpuValues::try_from(vec![NicDrops::default(); cpus])
-                    .map_err(DatapathError::Cpus)?;
-                self.drops
-                    .insert(ifindex, zero, 0)
-                    .map_err(map_err("drops"))?;
-            }
         }
+        let slots = &self.slots;
         let route_flags = |value: &RouteValue| {
             let mut value = *value;
             value.flags &= !ROUTE_F_SECURITY;
-            if value.kind == ROUTE_NIC && desired.security.contains_key(&value.ifindex) {
-                value.flags |= ROUTE_F_SECURITY;
+            if value.kind == ROUTE_NIC {
+                if desired.security.contains_key(&value.ifindex) {
+                    value.flags |= ROUTE_F_SECURITY;
+                }
+                // The receiver's counter slot (0 for a NIC that is not in `desired.nics`).
+                value.key = slots.get(&value.ifindex).copied().unwrap_or(0).into();
             }
             value
         };
@@ -690,10 +706,38 @@ impl Datapath {
             .collect();
         for k in stale {
             let _ = self.nics.remove(&k);
-            let _ = self.stats.remove(&k);
-            let _ = self.drops.remove(&k);
+            self.slots.remove(&k);
         }
         Ok(())
+    }
+
+    /// The counter slot of NIC `ifindex`: its own, or the lowest free one, zeroed before the
+    /// NIC's entries point at it (a freed slot carries the counts of the NIC that had it).
+    /// Without a free slot the NIC is not counted (slot 0), with an error in the log.
+    fn slot(&mut self, ifindex: u32, cpus: usize) -> Result<u16, DatapathError> {
+        if let Some(slot) = self.slots.get(&ifindex) {
+            return Ok(*slot);
+        }
+        let used: HashSet<u16> = self.slots.values().copied().collect();
+        let Some(slot) = (1..MAX_SLOTS).find(|s| !used.contains(s)) else {
+            tracing::error!(
+                ifindex,
+                "no free counter slot: the NIC's traffic is not counted"
+            );
+            return Ok(0);
+        };
+        let zero =
+            PerCpuValues::try_from(vec![NicStats::default(); cpus]).map_err(DatapathError::Cpus)?;
+        self.stats
+            .set(u32::from(slot), zero, 0)
+            .map_err(map_err("nic_counters"))?;
+        let zero =
+            PerCpuValues::try_from(vec![NicDrops::default(); cpus]).map_err(DatapathError::Cpus)?;
+        self.drops
+            .set(u32::from(slot), zero, 0)
+            .map_err(map_err("nic_drop_counters"))?;
+        self.slots.insert(ifindex, slot);
+        Ok(slot)
     }
 
     /// Forgets tracked connections for which `still_allowed` says no (after rule changes, so
@@ -718,7 +762,10 @@ impl Datapath {
     /// Datapath counters of a NIC, summed over CPUs.
     pub fn stats(&self, ifindex: u32) -> NicStats {
         let mut total = NicStats::default();
-        if let Ok(values) = self.stats.get(&ifindex, 0) {
+        let Some(slot) = self.slots.get(&ifindex) else {
+            return total;
+        };
+        if let Ok(values) = self.stats.get(&u32::from(*slot), 0) {
             for v in values.iter() {
                 total.rx_packets += v.rx_packets;
                 total.rx_bytes += v.rx_bytes;
@@ -734,7 +781,10 @@ impl Datapath {
     /// Drops of a NIC by reason, summed over CPUs.
     pub fn drops(&self, ifindex: u32) -> NicDrops {
         let mut total = NicDrops::default();
-        if let Ok(values) = self.drops.get(&ifindex, 0) {
+        let Some(slot) = self.slots.get(&ifindex) else {
+            return total;
+        };
+        if let Ok(values) = self.drops.get(&u32::from(*slot), 0) {
             for v in values.iter() {
                 for i in 0..DROP_SLOTS {
                     total.rx[i] += v.rx[i];

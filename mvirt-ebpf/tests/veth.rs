@@ -71,7 +71,7 @@ fn veth_endpoints_reach_each_other_with_bpf_redirect_and_with_bpf_redirect_peer(
             network: 1,
             flags: 0,
             mac,
-            pad: [0; 2],
+            slot: 0,
         };
         desired.nics.insert(ifindex, info);
         let to_nic = RouteValue {

@@ -328,7 +328,7 @@ fn bench() -> Result<(), String> {
                 network: 1,
                 flags: 0,
                 mac,
-                pad: [0; 2],
+                slot: 0,
             },
         );
         desired.routes4.insert(

@@ -76,7 +76,7 @@ impl NetManager {
                     network: network.index,
                     flags: 0,
                     mac: nic.spec.mac,
-                    pad: [0; 2],
+                    slot: 0,
                 },
             );
             let to_nic = RouteValue {
