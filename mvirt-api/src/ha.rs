@@ -15,9 +15,11 @@
 //! (ties: the smaller node id). The data-loss window is `now − that oldest
 //! last_replicated_at`. A VM without a usable replica stays, marked `stuck` with the reason.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 
-use crate::model::{HaState, NodeState, Vm};
+use crate::model::{HaState, NodeState, Replication, Vm};
 use crate::state::{HaDecision, State};
 
 /// Fencing time + margin when no flags say otherwise (30 s + 15 s).
@@ -25,16 +27,34 @@ pub const DEFAULT_LOST_AFTER: std::time::Duration = std::time::Duration::from_se
 
 /// The decisions for the HA VMs on the `lost` nodes. Stuck VMs whose reason did not change are
 /// left out (no write per round).
+///
+/// Cost: the leader calls this every round (100-200 ms) while a node stays lost, usually with
+/// nothing left to decide (its HA VMs moved, or are stuck with an unchanged reason). One pass
+/// over the VMs (the lost set is small); the schedules are grouped by VM once, and only when
+/// some HA VM is on a lost node (not once per such VM).
 pub fn decide(state: &State, lost: &[String], now: DateTime<Utc>) -> Vec<HaDecision> {
+    let on_lost: Vec<(&Vm, &str)> = state
+        .vms
+        .values()
+        .filter(|v| v.spec.ha)
+        .filter_map(|v| {
+            let from = v.node_id.as_deref()?;
+            lost.iter().any(|l| l == from).then_some((v, from))
+        })
+        .collect();
+    if on_lost.is_empty() {
+        return Vec::new();
+    }
+    let mut schedules: HashMap<&str, Vec<&Replication>> = HashMap::new();
+    for r in state.replications.values() {
+        schedules.entry(r.spec.vm_id.as_str()).or_default().push(r);
+    }
     let mut out = Vec::new();
-    for vm in state.vms.values().filter(|v| v.spec.ha) {
-        let Some(from) = vm.node_id.as_deref() else {
-            continue;
-        };
-        if !lost.iter().any(|l| l == from) {
-            continue;
-        }
-        let decision = match best_replica(state, vm, lost) {
+    for (vm, from) in on_lost {
+        let of_vm = schedules
+            .get(vm.meta.id.as_str())
+            .map_or(&[][..], Vec::as_slice);
+        let decision = match best_replica(state, vm, of_vm, lost) {
             Ok((target, oldest)) => {
                 let loss = (now - oldest).num_seconds().max(0) as u64;
                 HaDecision {
@@ -79,16 +99,12 @@ pub fn decide(state: &State, lost: &[String], now: DateTime<Utc>) -> Vec<HaDecis
 fn best_replica(
     state: &State,
     vm: &Vm,
+    schedules: &[&Replication],
     lost: &[String],
 ) -> Result<(String, DateTime<Utc>), String> {
     if vm.spec.volume_ids.is_empty() {
         return Err("the VM has no volumes to restart from".into());
     }
-    let schedules: Vec<_> = state
-        .replications
-        .values()
-        .filter(|r| r.spec.vm_id == vm.meta.id)
-        .collect();
     if schedules.is_empty() {
         return Err("its node is lost and the VM has no replication schedule".into());
     }
