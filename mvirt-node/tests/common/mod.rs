@@ -739,3 +739,100 @@ impl OneNode {
         }
     }
 }
+
+/// A VM's serial console on one node's mvirt-vmm, read continuously in the background (for a
+/// guest that keeps printing, e.g. a counter, across a live migration).
+pub struct GuestConsole {
+    output: std::sync::Arc<std::sync::Mutex<String>>,
+    input: tokio::sync::mpsc::Sender<mvirt_vmm::proto::ConsoleInput>,
+}
+
+impl GuestConsole {
+    pub async fn open(vmm_endpoint: &str, vm_id: &str) -> GuestConsole {
+        use mvirt_vmm::proto::vm_service_client::VmServiceClient;
+        use tokio_stream::StreamExt;
+        let mut client = VmServiceClient::connect(vmm_endpoint.to_string())
+            .await
+            .expect("connect vmm");
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tx.send(mvirt_vmm::proto::ConsoleInput {
+            vm_id: vm_id.to_string(),
+            data: Vec::new(),
+        })
+        .await
+        .unwrap();
+        let mut stream = client
+            .console(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("open the console")
+            .into_inner();
+        let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = output.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(chunk)) = stream.next().await {
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&chunk.data));
+            }
+        });
+        GuestConsole { output, input: tx }
+    }
+
+    pub fn text(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// Waits until the output holds `needle`; the output so far.
+    pub async fn wait_for(&self, needle: &str, timeout: Duration) -> String {
+        let output = self.output.clone();
+        wait_until_async(&format!("console output {needle:?}"), timeout, || {
+            let text = output.lock().unwrap().clone();
+            let found = text.contains(needle);
+            async move { found.then_some(text) }
+        })
+        .await
+    }
+
+    pub async fn send(&self, text: &str) {
+        self.input
+            .send(mvirt_vmm::proto::ConsoleInput {
+                vm_id: String::new(),
+                data: text.as_bytes().to_vec(),
+            })
+            .await
+            .unwrap();
+    }
+
+    /// Starts a counter in the guest printing `COUNT-<n>` every second.
+    pub async fn start_counter(&self, timeout: Duration) {
+        self.send("(i=0; while true; do i=$((i+1)); echo COUNT-$i; sleep 1; done) &\n")
+            .await;
+        self.wait_for("COUNT-2", timeout).await;
+    }
+
+    /// The highest `COUNT-<n>` the guest printed so far.
+    pub fn count(&self) -> u64 {
+        self.text()
+            .split("COUNT-")
+            .skip(1)
+            .filter_map(|s| {
+                let digits: String = s.chars().take_while(char::is_ascii_digit).collect();
+                digits.parse().ok()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// The VMs one node's mvirt-vmm has, with their state.
+pub async fn hypervisor_vms(vmm_endpoint: &str) -> Vec<mvirt_vmm::proto::Vm> {
+    use mvirt_vmm::proto::vm_service_client::VmServiceClient;
+    VmServiceClient::connect(vmm_endpoint.to_string())
+        .await
+        .expect("connect vmm")
+        .list_vms(mvirt_vmm::proto::ListVmsRequest::default())
+        .await
+        .expect("ListVms")
+        .into_inner()
+        .vms
+}
