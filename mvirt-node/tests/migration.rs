@@ -14,6 +14,10 @@
 //!    running copies, sampled for 40 s — longer than the 30 s after which the source used to
 //!    resume), the migration stays `completing` with the reason; the target's agent restarted,
 //!    the source's next completion attempt succeeds: `completed`, the VM on the target, one copy.
+//! 5. The source's agent killed mid-stream (the guest rewrites 32 MiB in a loop, so the stream
+//!    goes on for seconds): never two running copies; once the agent is back the migration
+//!    ended (failed or, retried under the same grant, completed), exactly one copy runs, on the
+//!    VM's node, and the guest counts on without a reboot.
 
 mod common;
 
@@ -405,10 +409,135 @@ async fn a_counting_guest_migrates_live_through_the_api_and_a_failed_migration_l
         on_new.text()
     );
 
+    // 5. The source's agent killed in the middle of the stream.
+    let (s, t) = (t, s);
+    let (source, target) = (target, source);
+    on_new
+        .send("dd if=/dev/urandom of=/src bs=1M count=32 2>/dev/null; echo DIRTY\"\"READY\n")
+        .await;
+    on_new.wait_for("DIRTYREADY", BOOT).await;
+    on_new
+        .send("(while [ ! -e /stop ]; do dd if=/src of=/dirty bs=1M conv=notrunc 2>/dev/null; done; echo DIRTY\"\"STOPPED) &\n")
+        .await;
+    // Both nodes online again and the VM running where it is, as the API sees it.
+    rest.wait_nodes_online(&["node-a", "node-b"]).await;
+    rest.wait_vm_phase(&vm_id, "running", Duration::from_secs(60))
+        .await;
+    let started = rest.post(&path, json!({})).await;
+    assert_eq!(started["migration"]["target_node_id"], json!(target));
+    wait_until_async("the stream to run", MIGRATION, || {
+        let endpoint = hosts[s].endpoints.vmm.clone();
+        async move {
+            let vms = vms_on(&endpoint).await;
+            vms.iter()
+                .any(|vm| vm.state_reason == "migrating")
+                .then_some(())
+        }
+    })
+    .await;
+    let mid = vms_on(&hosts[s].endpoints.vmm).await;
+    assert!(
+        mid.iter().any(|vm| vm.state_reason == "migrating"),
+        "still streaming: {mid:?}"
+    );
+    agents[s].take().unwrap().kill();
+    let copies = |what: &'static str| {
+        let endpoints = [
+            hosts[s].endpoints.vmm.clone(),
+            hosts[t].endpoints.vmm.clone(),
+        ];
+        async move {
+            let (here, there) = (vms_on(&endpoints[0]).await, vms_on(&endpoints[1]).await);
+            let running: Vec<_> = here
+                .iter()
+                .map(|vm| (0, vm))
+                .chain(there.iter().map(|vm| (1, vm)))
+                .filter(|(_, vm)| vm.state == vmm::VmState::Running as i32)
+                .map(|(i, vm)| (i, vm.state_reason.clone()))
+                .collect();
+            assert!(
+                running.len() <= 1,
+                "{what}: at most one running copy:\n{here:?}\n{there:?}"
+            );
+            running
+        }
+    };
+    // Without its agent the stream breaks: mvirt-vmm resumes the guest on the source — or,
+    // when the source's hypervisor had written its last bytes into the socket already (it
+    // paused the guest: "migrated away"), nothing runs it until the restarted agent settled
+    // with the target. Never two.
+    let watch_until = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < watch_until {
+        copies("source agent killed").await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let running = copies("source agent killed").await;
+    eprintln!(
+        "after the source agent's kill: running {running:?}; source {:?}; target {:?}",
+        vms_on(&hosts[s].endpoints.vmm).await,
+        vms_on(&hosts[t].endpoints.vmm).await
+    );
+    agents[s] = Some(Agent::start(configs[s].clone()));
+    let ended = wait_until_async("the migration to end", MIGRATION, || {
+        let (rest, path) = (rest.clone(), format!("/v1/vms/{vm_id}"));
+        async move {
+            let vm = rest.get(&path).await;
+            let phase = vm["migration"]["phase"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            (phase == "failed" || phase == "completed").then_some(vm)
+        }
+    })
+    .await;
+    let node = ended["node_id"].as_str().unwrap().to_string();
+    let (home, away) = if node == source { (s, t) } else { (t, s) };
+    wait_until_async(
+        "one copy, on the VM's node",
+        Duration::from_secs(60),
+        || {
+            let copies = copies("after the restart");
+            let away = hosts[away].endpoints.vmm.clone();
+            async move {
+                let running = copies.await;
+                let gone = vms_on(&away).await.is_empty();
+                (gone && running.len() == 1).then_some(())
+            }
+        },
+    )
+    .await;
+    let on_home = if home == s {
+        on_new
+    } else {
+        Viewer::open(&hosts[home].endpoints.vmm, &vm_id).await
+    };
+    let count = on_home.count();
+    on_home
+        .wait_for(&format!("COUNT-{}", count + 2), BOOT)
+        .await;
+    on_home.send("touch /stop\n").await;
+    on_home.wait_for("DIRTYSTOPPED", BOOT).await;
+    eprintln!(
+        "the source agent's kill mid-stream ended as {}",
+        ended["migration"]
+    );
+    assert!(
+        !on_home.text().contains("MVIRT-GUEST-BOOTED"),
+        "no second boot ({}):\n{}",
+        ended["migration"],
+        on_home.text()
+    );
+
     rest.delete(&format!("/v1/vms/{vm_id}")).await;
     wait_until_async("the VM to be deleted", Duration::from_secs(60), || {
-        let endpoint = hosts[t].endpoints.vmm.clone();
-        async move { vms_on(&endpoint).await.is_empty().then_some(()) }
+        let endpoints = [
+            hosts[0].endpoints.vmm.clone(),
+            hosts[1].endpoints.vmm.clone(),
+        ];
+        async move {
+            (vms_on(&endpoints[0]).await.is_empty() && vms_on(&endpoints[1]).await.is_empty())
+                .then_some(())
+        }
     })
     .await;
     for agent in agents.iter_mut() {

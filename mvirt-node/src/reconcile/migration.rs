@@ -66,6 +66,31 @@ pub struct Operations {
     /// The latest spec's grant of each migration (the target's endpoint may change while it
     /// runs, e.g. its agent restarted); gone when the grant left the spec.
     grants: Arc<Mutex<HashMap<String, api::TransferGrant>>>,
+    /// The background tasks, aborted when the agent ends (as a killed agent's would be): a
+    /// relay never outlives the agent that runs it.
+    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+impl Drop for Operations {
+    fn drop(&mut self) {
+        for task in self
+            .tasks
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            task.abort();
+        }
+    }
+}
+
+/// Aborts the task when dropped (the relay of an outgoing migration whose operation ended).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Operations {
@@ -137,7 +162,10 @@ impl Operations {
             socket: cx.migration_dir.join(format!("{}.sock", grant.id)),
             audit: cx.audit.clone(),
         };
-        tokio::spawn(mvirt_common::trace::inherit(outgoing.run()));
+        let task = tokio::spawn(mvirt_common::trace::inherit(outgoing.run()));
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task.abort_handle());
     }
 }
 
@@ -214,7 +242,7 @@ impl Outgoing {
         let listener = tokio::net::UnixListener::bind(&self.socket)
             .map_err(|e| format!("cannot listen on {}: {e}", self.socket.display()))?;
         let (peers, grant, vm_id) = (self.peers.clone(), self.grant.clone(), self.vm_id.clone());
-        let relay = tokio::spawn(async move {
+        let mut relay = AbortOnDrop(tokio::spawn(async move {
             let (stream, _) = tokio::time::timeout(CONNECT_WAIT, listener.accept())
                 .await
                 .map_err(|_| "the hypervisor did not connect to the migration socket".to_string())?
@@ -223,7 +251,7 @@ impl Outgoing {
                 .relay(&grant, &vm_id, stream)
                 .await
                 .map_err(|e| format!("relay to the target: {}", e.status().message()))
-        });
+        }));
         let request = vmm::MigrateVmRequest {
             id: self.vm_id.clone(),
             destination_socket: self.socket.display().to_string(),
@@ -233,7 +261,7 @@ impl Outgoing {
         let mut progress = match self.vmm.clone().migrate_vm(request).await {
             Ok(stream) => stream.into_inner(),
             Err(status) => {
-                relay.abort();
+                relay.0.abort();
                 return Err(format!("MigrateVm: {}", status.message()));
             }
         };
@@ -243,7 +271,7 @@ impl Outgoing {
             let p = match item {
                 Ok(p) => p,
                 Err(status) => {
-                    relay.abort();
+                    relay.0.abort();
                     return Err(format!("MigrateVm: {}", status.message()));
                 }
             };
@@ -262,7 +290,7 @@ impl Outgoing {
         if status != vmm::MigrationStatus::Completed {
             // mvirt-vmm resumed the guest here. The relay's error, if it failed, says more
             // than the hypervisor's broken pipe.
-            let relayed = tokio::time::timeout(Duration::from_secs(5), relay).await;
+            let relayed = tokio::time::timeout(Duration::from_secs(5), &mut relay.0).await;
             if let Ok(Ok(Err(relay_error))) = relayed {
                 return Err(format!("{relay_error}; running on the source"));
             }
@@ -281,7 +309,7 @@ impl Outgoing {
             r.downtime_ms = last.downtime_ms;
         });
         self.wake.notify_one();
-        let _ = tokio::time::timeout(Duration::from_secs(10), relay).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), &mut relay.0).await;
         self.switch_over(last.downtime_ms).await
     }
 
