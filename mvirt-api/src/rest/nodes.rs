@@ -103,6 +103,7 @@ pub async fn drain_node(
     params(("id" = String, Path, description = "id or name")),
     responses(
         (status = 200, description = "the node is uncordoned; a running drain ends `cancelled` (no new migration starts, one in flight finishes), an ended drain's status is cleared", body = Node),
+        (status = 400, description = "an invalid If-Match header", body = ErrorEnvelope),
         (status = 404, body = ErrorEnvelope),
         (status = 412, body = ErrorEnvelope)))]
 pub async fn undrain_node(
