@@ -826,6 +826,35 @@ mod tests {
     }
 
     #[test]
+    fn an_aborted_migration_stays_aborted_across_a_restart_until_its_grant_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let aborted = Aborted {
+            dir: Some(dir.path().join("migrations")),
+            ..Default::default()
+        };
+        assert!(!aborted.contains("g1"));
+        aborted.insert("g1").unwrap();
+        assert!(aborted.contains("g1"));
+        // A restarted agent (nothing in memory) still refuses: the marker file.
+        let restarted = Aborted {
+            dir: Some(dir.path().join("migrations")),
+            ..Default::default()
+        };
+        assert!(restarted.contains("g1"));
+        assert!(!restarted.contains("g2"));
+        // While the grant is in the spec the abort holds; once it left, it is forgotten.
+        restarted.retain(Some(&spec()));
+        assert!(restarted.contains("g1"));
+        restarted.retain(Some(&NodeSpec::default()));
+        assert!(!restarted.contains("g1"));
+        assert!(!dir.path().join("migrations/g1.aborted").exists());
+        // A grant id that is no plain name has no file (and no path outside the directory).
+        assert!(aborted.marker("../x").is_none());
+        aborted.insert("../x").unwrap();
+        assert!(aborted.contains("../x"));
+    }
+
+    #[test]
     fn only_the_granted_source_node_with_the_token_may_push() {
         let spec = spec();
         let a = PeerIdentity::Node("a".into());
