@@ -1,7 +1,7 @@
 //! mvirt-ebpf's Prometheus metrics (see `mvirt_common::metrics` and the README's table): the
 //! datapath's per-NIC counters (drops by reason), the flows each security-group rule allowed,
-//! the control-frame rate-limit drops, the conntrack table's size, read from the manager at
-//! scrape time.
+//! the control-frame rate-limit drops, DHCP leases, the conntrack table's size, read from the
+//! manager at scrape time.
 
 use std::sync::{Arc, OnceLock, Weak};
 
@@ -117,6 +117,31 @@ pub fn snapshot(sample: &MetricsSample) -> Snapshot {
             vec![("nic", nic.nic_id.clone())],
             nic.control_rate_limited as f64,
         );
+    }
+    const FAMILIES: [&str; 2] = ["ipv4", "ipv6"];
+    let family = s.family(
+        Kind::Counter,
+        "mvirt_ebpf_dhcp_leases_granted",
+        "DHCP leases (DHCPACK, DHCPv6 Reply with the address) granted to a NIC's guest, renewals included",
+        None,
+    );
+    for nic in &sample.nics {
+        for (f, name) in FAMILIES.iter().enumerate() {
+            family.add(
+                vec![("nic", nic.nic_id.clone()), ("family", (*name).into())],
+                nic.leases.granted[f] as f64,
+            );
+        }
+    }
+    let family = s.family(
+        Kind::Gauge,
+        "mvirt_ebpf_dhcp_leases",
+        "NICs whose guest holds an unexpired DHCP lease on its address",
+        None,
+    );
+    for (f, name) in FAMILIES.iter().enumerate() {
+        let active = sample.nics.iter().filter(|n| n.leases.active[f]).count();
+        family.add(vec![("family", (*name).into())], active as f64);
     }
     for (name, help, value) in [
         ("mvirt_ebpf_nics", "NICs on this host", sample.nics.len()),

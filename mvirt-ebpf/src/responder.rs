@@ -11,6 +11,12 @@
 //! the bucket empty is dropped before it is parsed, counted ([`Responder::rate_limited`]) and
 //! reported in the log at most every [`DROP_LOG_INTERVAL`]. Everything that parses guest bytes
 //! is fuzzed (`tests/fuzz_responder.rs`).
+//!
+//! Leases: each NIC has exactly one address, so there is no pool and no table to allocate
+//! from; what a lease means here is that the guest was told it may use its address until a
+//! time. [`Leases`] keeps that per NIC and family (granted by a DHCPACK / DHCPv6 Reply with the
+//! address, ended by RELEASE/DECLINE or expiry) for the metrics. It lives in memory: after a
+//! daemon restart a NIC counts again from the guest's next renewal (at half the lease time).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
@@ -119,10 +125,76 @@ impl TokenBucket {
 /// Frames dropped by the rate limit are logged at most this often per NIC (with their count).
 pub const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
+/// The address family of a DHCP lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+/// What answering one DHCP message did to the NIC's lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseEvent {
+    /// The reply hands the guest its address for `secs` seconds (DHCPACK, or a DHCPv6 Reply
+    /// carrying the address).
+    Granted { family: Family, secs: u32 },
+    /// The guest gave its address back (DHCPRELEASE/DECLINE, DHCPv6 Release).
+    Released { family: Family },
+}
+
+/// One NIC's leases, per family: until when the guest holds its address (Unix seconds, 0 =
+/// none) and how many times it was granted.
+#[derive(Debug, Default)]
+pub struct Leases {
+    until: [AtomicU64; 2],
+    granted: [AtomicU64; 2],
+}
+
+/// One NIC's leases as read at one instant.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LeaseSample {
+    /// Whether the guest holds an unexpired lease, IPv4 and IPv6.
+    pub active: [bool; 2],
+    /// Leases granted (including renewals) since the responder started, IPv4 and IPv6.
+    pub granted: [u64; 2],
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Leases {
+    /// Applies what an answer did, at `now` (Unix seconds).
+    pub fn note(&self, event: LeaseEvent, now: u64) {
+        match event {
+            LeaseEvent::Granted { family, secs } => {
+                self.until[family as usize].store(now + u64::from(secs), Ordering::Relaxed);
+                self.granted[family as usize].fetch_add(1, Ordering::Relaxed);
+            }
+            LeaseEvent::Released { family } => {
+                self.until[family as usize].store(0, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The leases at `now` (Unix seconds).
+    pub fn sample(&self, now: u64) -> LeaseSample {
+        let active = |f: usize| self.until[f].load(Ordering::Relaxed) > now;
+        let granted = |f: usize| self.granted[f].load(Ordering::Relaxed);
+        LeaseSample {
+            active: [active(0), active(1)],
+            granted: [granted(0), granted(1)],
+        }
+    }
+}
+
 /// A running responder for one NIC; stops when dropped.
 pub struct Responder {
     config: Arc<RwLock<NicConfig>>,
     rate_limited: Arc<AtomicU64>,
+    leases: Arc<Leases>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -203,12 +275,20 @@ impl Responder {
             last_log: None,
         };
         let tap = tap.to_string();
-        let task = tokio::spawn(async move { serve(afd, shared, limiter, tap).await });
+        let leases = Arc::new(Leases::default());
+        let noted = leases.clone();
+        let task = tokio::spawn(async move { serve(afd, shared, limiter, noted, tap).await });
         Ok(Self {
             config,
             rate_limited,
+            leases,
             task,
         })
+    }
+
+    /// The NIC's DHCP leases now.
+    pub fn leases(&self) -> LeaseSample {
+        self.leases.sample(unix_now())
     }
 
     /// Frames dropped so far because the NIC exceeded its control rate limit.
@@ -280,6 +360,7 @@ async fn serve(
     afd: AsyncFd<OwnedFd>,
     config: Arc<RwLock<NicConfig>>,
     mut limiter: RateLimiter,
+    leases: Arc<Leases>,
     tap: String,
 ) {
     let mut buf = vec![0u8; 2048];
@@ -328,34 +409,63 @@ async fn serve(
         if !limiter.admit(&tap, &config) {
             continue;
         }
-        let reply = {
+        let (reply, lease) = {
             let cfg = config.read().unwrap_or_else(|p| p.into_inner());
-            answer(&cfg, &buf[..n])
+            answer_noting(&cfg, &buf[..n])
         };
         if let Some(frame) = reply {
             send(&afd, &frame, &tap);
+        }
+        if let Some(event) = lease {
+            leases.note(event, unix_now());
         }
     }
 }
 
 /// The reply to one frame from the VM, if the gateway answers it.
 pub fn answer(cfg: &NicConfig, frame: &[u8]) -> Option<Vec<u8>> {
-    let packet = SlicedPacket::from_ethernet(frame).ok()?;
+    answer_noting(cfg, frame).0
+}
+
+/// The reply to one frame from the VM, and what it did to the NIC's DHCP lease.
+pub fn answer_noting(cfg: &NicConfig, frame: &[u8]) -> (Option<Vec<u8>>, Option<LeaseEvent>) {
+    let Ok(packet) = SlicedPacket::from_ethernet(frame) else {
+        return (None, None);
+    };
     let Some(LinkSlice::Ethernet2(eth)) = &packet.link else {
-        return None;
+        return (None, None);
     };
     if eth.source() != cfg.mac {
-        return None;
+        return (None, None);
     }
+    let udp_to = |port: u16| match &packet.transport {
+        Some(TransportSlice::Udp(udp)) if udp.destination_port() == port => Some(udp.payload()),
+        _ => None,
+    };
+    match &packet.net {
+        Some(NetSlice::Ipv4(_)) => {
+            if let Some(payload) = udp_to(67) {
+                return answer_dhcp4(cfg, payload);
+            }
+        }
+        Some(NetSlice::Ipv6(ip)) => {
+            if let Some(payload) = udp_to(547) {
+                return answer_dhcp6(cfg, ip.header().source_addr(), payload);
+            }
+        }
+        _ => {}
+    }
+    (answer_other(cfg, &packet), None)
+}
+
+/// ARP, echo to the gateway and NDP: answers that change no lease.
+fn answer_other(cfg: &NicConfig, packet: &SlicedPacket) -> Option<Vec<u8>> {
     match &packet.net {
         Some(NetSlice::Arp(arp)) => answer_arp(cfg, arp),
         Some(NetSlice::Ipv4(ip)) => {
             let src = ip.header().source_addr();
             let dst = ip.header().destination_addr();
             match &packet.transport {
-                Some(TransportSlice::Udp(udp)) if udp.destination_port() == 67 => {
-                    answer_dhcp4(cfg, udp.payload())
-                }
                 Some(TransportSlice::Icmpv4(icmp)) if dst == GATEWAY_V4 => match icmp.icmp_type() {
                     Icmpv4Type::EchoRequest(echo) => {
                         let builder = PacketBuilder::ethernet2(GATEWAY_MAC, cfg.mac)
@@ -374,9 +484,6 @@ pub fn answer(cfg: &NicConfig, frame: &[u8]) -> Option<Vec<u8>> {
             let src = ip.header().source_addr();
             let dst = ip.header().destination_addr();
             match &packet.transport {
-                Some(TransportSlice::Udp(udp)) if udp.destination_port() == 547 => {
-                    answer_dhcp6(cfg, src, udp.payload())
-                }
                 Some(TransportSlice::Icmpv6(icmp)) => {
                     match icmp.icmp_type() {
                         Icmpv6Type::EchoRequest(echo) if dst == GATEWAY_V6 => {
@@ -432,7 +539,14 @@ fn answer_arp(cfg: &NicConfig, arp: &etherparse::ArpPacketSlice<'_>) -> Option<V
     Some(out)
 }
 
-fn answer_dhcp4(cfg: &NicConfig, payload: &[u8]) -> Option<Vec<u8>> {
+fn answer_dhcp4(cfg: &NicConfig, payload: &[u8]) -> (Option<Vec<u8>>, Option<LeaseEvent>) {
+    let mut lease = None;
+    let reply = dhcp4(cfg, payload, &mut lease);
+    (reply, lease)
+}
+
+/// The DHCPv4 answer; `lease` is set to what it does to the NIC's lease.
+fn dhcp4(cfg: &NicConfig, payload: &[u8], lease: &mut Option<LeaseEvent>) -> Option<Vec<u8>> {
     let ip = cfg.ipv4?;
     if let Err(e) = option_lengths::check_v4(payload) {
         tracing::debug!(nic = cfg.nic_id, error = %e, "DHCPv4 message ignored");
@@ -458,6 +572,7 @@ fn answer_dhcp4(cfg: &NicConfig, payload: &[u8]) -> Option<Vec<u8>> {
         }
         v4::MessageType::Release | v4::MessageType::Decline => {
             tracing::info!(nic = cfg.nic_id, "DHCP lease released");
+            *lease = Some(LeaseEvent::Released { family: Family::V4 });
             return None;
         }
         v4::MessageType::Inform => v4::MessageType::Ack,
@@ -520,6 +635,13 @@ fn answer_dhcp4(cfg: &NicConfig, payload: &[u8]) -> Option<Vec<u8>> {
         .udp(67, 68)
         .write(&mut out, &body)
         .ok()?;
+    // An INFORM's ACK hands out no address (the guest configured it by other means).
+    if kind == v4::MessageType::Ack && request.opts().msg_type() == Some(v4::MessageType::Request) {
+        *lease = Some(LeaseEvent::Granted {
+            family: Family::V4,
+            secs: cfg.lease_secs,
+        });
+    }
     Some(out)
 }
 
@@ -633,7 +755,23 @@ fn server_duid() -> Vec<u8> {
     duid
 }
 
-fn answer_dhcp6(cfg: &NicConfig, src: Ipv6Addr, payload: &[u8]) -> Option<Vec<u8>> {
+fn answer_dhcp6(
+    cfg: &NicConfig,
+    src: Ipv6Addr,
+    payload: &[u8],
+) -> (Option<Vec<u8>>, Option<LeaseEvent>) {
+    let mut lease = None;
+    let reply = dhcp6(cfg, src, payload, &mut lease);
+    (reply, lease)
+}
+
+/// The DHCPv6 answer; `lease` is set to what it does to the NIC's lease.
+fn dhcp6(
+    cfg: &NicConfig,
+    src: Ipv6Addr,
+    payload: &[u8],
+    lease: &mut Option<LeaseEvent>,
+) -> Option<Vec<u8>> {
     if let Err(e) = option_lengths::check_v6(payload) {
         tracing::debug!(nic = cfg.nic_id, error = %e, "DHCPv6 message ignored");
         return None;
@@ -674,6 +812,8 @@ fn answer_dhcp6(cfg: &NicConfig, src: Ipv6Addr, payload: &[u8]) -> Option<Vec<u8
     }
     let wants_address = request.msg_type() != v6::MessageType::InformationRequest
         && request.msg_type() != v6::MessageType::Release;
+    // Whether this reply gives the guest its address (an Advertise only offers it).
+    let mut grants = false;
     if wants_address {
         if let (Some(addr), Some(v6::DhcpOption::IANA(ia))) =
             (cfg.ipv6, request.opts().get(v6::OptionCode::IANA))
@@ -691,6 +831,8 @@ fn answer_dhcp6(cfg: &NicConfig, src: Ipv6Addr, payload: &[u8]) -> Option<Vec<u8
                 t2: cfg.lease_secs / 8 * 7,
                 opts: ia_opts,
             }));
+            grants =
+                kind == v6::MessageType::Reply && request.msg_type() != v6::MessageType::Confirm;
         }
     }
     let dns: Vec<Ipv6Addr> = cfg.dns_servers.iter().filter_map(v6_of).collect();
@@ -705,6 +847,14 @@ fn answer_dhcp6(cfg: &NicConfig, src: Ipv6Addr, payload: &[u8]) -> Option<Vec<u8
         .udp(547, 546)
         .write(&mut out, &body)
         .ok()?;
+    if grants {
+        *lease = Some(LeaseEvent::Granted {
+            family: Family::V6,
+            secs: cfg.lease_secs,
+        });
+    } else if request.msg_type() == v6::MessageType::Release {
+        *lease = Some(LeaseEvent::Released { family: Family::V6 });
+    }
     Some(out)
 }
 
@@ -979,6 +1129,127 @@ mod tests {
             start,
         );
         assert!((0..10_000).all(|_| unlimited.take(start)));
+    }
+
+    fn dhcp4(cfg: &NicConfig, kind: v4::MessageType, asked: Option<Ipv4Addr>) -> Vec<u8> {
+        let mut msg = v4::Message::default();
+        msg.set_opcode(v4::Opcode::BootRequest)
+            .set_xid(7)
+            .set_chaddr(&cfg.mac);
+        msg.opts_mut().insert(v4::DhcpOption::MessageType(kind));
+        if let Some(a) = asked {
+            msg.opts_mut().insert(v4::DhcpOption::RequestedIpAddress(a));
+        }
+        let mut body = Vec::new();
+        msg.encode(&mut Encoder::new(&mut body)).unwrap();
+        let mut out = Vec::new();
+        PacketBuilder::ethernet2(cfg.mac, [0xff; 6])
+            .ipv4([0, 0, 0, 0], [255, 255, 255, 255], 64)
+            .udp(68, 67)
+            .write(&mut out, &body)
+            .unwrap();
+        out
+    }
+
+    fn dhcp6(cfg: &NicConfig, kind: v6::MessageType, rapid: bool) -> Vec<u8> {
+        let mut msg = v6::Message::new_with_id(kind, [1, 2, 3]);
+        msg.opts_mut()
+            .insert(v6::DhcpOption::ClientId(vec![0, 3, 0, 1, 2, 0, 0, 0, 0, 9]));
+        msg.opts_mut().insert(v6::DhcpOption::IANA(v6::IANA {
+            id: 1,
+            t1: 0,
+            t2: 0,
+            opts: v6::DhcpOptions::new(),
+        }));
+        if rapid {
+            msg.opts_mut().insert(v6::DhcpOption::RapidCommit);
+        }
+        let mut body = Vec::new();
+        msg.encode(&mut Encoder::new(&mut body)).unwrap();
+        let mut out = Vec::new();
+        PacketBuilder::ethernet2(cfg.mac, [0x33, 0x33, 0, 1, 0, 2])
+            .ipv6(
+                "fe80::9".parse::<Ipv6Addr>().unwrap().octets(),
+                "ff02::1:2".parse::<Ipv6Addr>().unwrap().octets(),
+                64,
+            )
+            .udp(546, 547)
+            .write(&mut out, &body)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn only_an_ack_or_a_reply_with_the_address_grants_a_lease_and_a_release_ends_it() {
+        let mut cfg = config();
+        cfg.ipv6 = Some("fd00::9".parse().unwrap());
+        let own = cfg.ipv4;
+        let granted = |family| {
+            Some(LeaseEvent::Granted {
+                family,
+                secs: cfg.lease_secs,
+            })
+        };
+        let event = |frame: Vec<u8>| answer_noting(&cfg, &frame).1;
+        // DHCPv4: an offer is no lease; an ACK is; a NAK (another address) and an INFORM's ACK
+        // are not; RELEASE and DECLINE end it.
+        assert_eq!(event(dhcp4(&cfg, v4::MessageType::Discover, None)), None);
+        assert_eq!(
+            event(dhcp4(&cfg, v4::MessageType::Request, own)),
+            granted(Family::V4)
+        );
+        let other = Some(Ipv4Addr::new(10, 0, 0, 10));
+        assert_eq!(event(dhcp4(&cfg, v4::MessageType::Request, other)), None);
+        assert_eq!(event(dhcp4(&cfg, v4::MessageType::Inform, None)), None);
+        let released = |family| Some(LeaseEvent::Released { family });
+        assert_eq!(
+            event(dhcp4(&cfg, v4::MessageType::Release, None)),
+            released(Family::V4)
+        );
+        assert_eq!(
+            event(dhcp4(&cfg, v4::MessageType::Decline, None)),
+            released(Family::V4)
+        );
+        // DHCPv6: an Advertise offers; a Reply to a Request, or to a rapid-commit Solicit, grants.
+        assert_eq!(event(dhcp6(&cfg, v6::MessageType::Solicit, false)), None);
+        assert_eq!(
+            event(dhcp6(&cfg, v6::MessageType::Solicit, true)),
+            granted(Family::V6)
+        );
+        assert_eq!(
+            event(dhcp6(&cfg, v6::MessageType::Request, false)),
+            granted(Family::V6)
+        );
+        assert_eq!(event(dhcp6(&cfg, v6::MessageType::Confirm, false)), None);
+        assert_eq!(
+            event(dhcp6(&cfg, v6::MessageType::Release, false)),
+            released(Family::V6)
+        );
+        // Without an IPv6 address there is nothing to lease.
+        cfg.ipv6 = None;
+        assert_eq!(
+            answer_noting(&cfg, &dhcp6(&cfg, v6::MessageType::Request, false)).1,
+            None
+        );
+    }
+
+    #[test]
+    fn leases_expire_count_renewals_and_end_with_a_release() {
+        let leases = Leases::default();
+        let grant = LeaseEvent::Granted {
+            family: Family::V4,
+            secs: 60,
+        };
+        assert_eq!(leases.sample(1000), LeaseSample::default());
+        leases.note(grant, 1000);
+        leases.note(grant, 1030);
+        let s = leases.sample(1089);
+        assert_eq!((s.active, s.granted), ([true, false], [2, 0]));
+        assert_eq!(leases.sample(1090).active, [false, false]);
+        leases.note(grant, 1100);
+        leases.note(LeaseEvent::Released { family: Family::V4 }, 1101);
+        let s = leases.sample(1102);
+        assert_eq!((s.active, s.granted), ([false, false], [3, 0]));
     }
 
     #[test]

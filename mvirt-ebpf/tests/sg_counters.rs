@@ -8,65 +8,10 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::io::{Read, Write};
-
+use common::prom::*;
 use common::*;
-use mvirt_common::Shutdown;
 use mvirt_ebpf::proto;
 use mvirt_testsupport::netns::TestTap;
-
-/// One sample of the Prometheus text: metric name, labels, value.
-type Sample = (String, HashMap<String, String>, f64);
-
-/// `GET /metrics` over plain HTTP/1.0 (the server closes the connection after the answer).
-fn scrape(addr: std::net::SocketAddr) -> Vec<Sample> {
-    let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics listener");
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
-    assert!(
-        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
-        "{head}"
-    );
-    body.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|line| {
-            let (series, value) = line.rsplit_once(' ').expect("name and value");
-            let (name, labels) = match series.split_once('{') {
-                Some((name, rest)) => (name, rest.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            let labels = labels
-                .split(',')
-                .filter(|kv| !kv.is_empty())
-                .map(|kv| {
-                    let (k, v) = kv.split_once('=').expect("label=value");
-                    (k.to_string(), v.trim_matches('"').to_string())
-                })
-                .collect();
-            (name.to_string(), labels, value.parse().expect("a number"))
-        })
-        .collect()
-}
-
-/// The value of the one sample of `name` whose labels include `want`.
-fn value(samples: &[Sample], name: &str, want: &[(&str, &str)]) -> f64 {
-    let found: Vec<f64> = samples
-        .iter()
-        .filter(|(n, labels, _)| {
-            n == name
-                && want
-                    .iter()
-                    .all(|(k, v)| labels.get(*k).map(String::as_str) == Some(*v))
-        })
-        .map(|s| s.2)
-        .collect();
-    assert_eq!(found.len(), 1, "{name} {want:?}: {found:?}");
-    found[0]
-}
 
 fn rule_flows(stats: &proto::NicStats, rule_id: &str) -> Option<u64> {
     stats
@@ -79,15 +24,7 @@ fn rule_flows(stats: &proto::NicStats, rule_id: &str) -> Option<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rules_count_the_flows_they_allow_drops_count_by_reason_and_metrics_show_both() {
     let mut h = Harness::start().await;
-    let shutdown = Shutdown::new();
-    let metrics = mvirt_common::metrics::serve(
-        mvirt_ebpf::metrics::DAEMON,
-        "127.0.0.1:0".parse().unwrap(),
-        shutdown.clone(),
-    )
-    .await
-    .expect("metrics listener");
-    let _stop_metrics = scopeguard(shutdown);
+    let metrics = MetricsListener::start().await;
 
     let net = h.network("10.47.0.0/24", false).await;
     let client_sg = new_id();
@@ -262,15 +199,4 @@ async fn rules_count_the_flows_they_allow_drops_count_by_reason_and_metrics_show
                 && l.get("rule") == Some(&http.id)),
         "the removed rule left the metrics"
     );
-}
-
-/// Stops the metrics listener when the test ends (also on a panic).
-fn scopeguard(shutdown: Shutdown) -> impl Drop {
-    struct Stop(Shutdown);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            self.0.trigger();
-        }
-    }
-    Stop(shutdown)
 }

@@ -2,6 +2,7 @@
 
 use super::{NetManager, Result};
 use crate::datapath::{NicDrops, NicStats, RuleFlows};
+use crate::responder::LeaseSample;
 
 /// One NIC's datapath counters (drops by reason, flows per security-group rule) and its
 /// control-frame rate-limit drops.
@@ -12,6 +13,8 @@ pub struct NicSample {
     pub drops: NicDrops,
     pub rule_flows: Vec<RuleFlows>,
     pub control_rate_limited: u64,
+    /// Its DHCP leases (none when its responder is not running).
+    pub leases: LeaseSample,
 }
 
 /// Everything the metrics show, read under the manager's lock once.
@@ -54,6 +57,11 @@ impl NetManager {
                     .get(&nic.id)
                     .map(|r| r.rate_limited())
                     .unwrap_or(0),
+                leases: inner
+                    .responders
+                    .get(&nic.id)
+                    .map(|r| r.leases())
+                    .unwrap_or_default(),
                 nic_id: nic.id,
             })
             .collect();

@@ -3,6 +3,8 @@
 //! Everything global is removed on drop (TAPs of NICs the test created, pins, NAT table).
 #![allow(dead_code)]
 
+pub mod prom;
+
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::sync::Mutex;
