@@ -204,6 +204,7 @@ impl OneService for OneServiceImpl {
         request: Request<proto::CreatePodRequest>,
     ) -> Result<Response<proto::Pod>, Status> {
         let r = request.into_inner();
+        tracing::info!(pod = %r.id, containers = r.containers.len(), "CreatePod received");
         let containers = r
             .containers
             .into_iter()
