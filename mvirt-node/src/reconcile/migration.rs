@@ -41,6 +41,9 @@ use crate::transfer::PeerDialer;
 const CONNECT_WAIT: Duration = Duration::from_secs(60);
 /// How long one settling call to the target may take (its grant wait is 15 s).
 const CALL_WAIT: Duration = Duration::from_secs(40);
+/// How long a target whose hypervisor is still loading the stream is asked again before its
+/// refusal counts.
+const LOAD_WAIT: Duration = Duration::from_secs(30);
 /// Pause between settling calls to a target that did not answer.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 /// mvirt-vmm's state reason of a source VM paused after its state went (vmm `MIGRATED`).
@@ -351,6 +354,7 @@ impl Outgoing {
         let ended = "the API ended the migration while the target could not be asked";
         let mut woken: Option<Instant> = None;
         // 1. CompleteMigration (idempotent), until the target answers it.
+        let loading_until = Instant::now() + LOAD_WAIT;
         let refusal = loop {
             let Some(grant) = self.current_grant() else {
                 return Err(ended.into());
@@ -360,7 +364,10 @@ impl Outgoing {
                 Ok(Ok(())) => return Ok(()),
                 Ok(Err(err)) => {
                     let status = err.status();
-                    if !retry_completion(&status) {
+                    // The target's hypervisor may still be loading the last of the stream.
+                    let loading = status.message().contains("waiting for its migration state")
+                        && Instant::now() < loading_until;
+                    if !loading && !retry_completion(&status) {
                         break status.message().to_string();
                     }
                     status.message().to_string()
