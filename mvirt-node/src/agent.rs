@@ -211,14 +211,16 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), AgentErr
             .add_service(api::node_agent_server::NodeAgentServer::new(relay))
             .await
             .add_service(
-                api::node_peer_server::NodePeerServer::new(crate::transfer::PeerServer::new(
-                    node_id.clone(),
-                    spec_rx.clone(),
-                    daemons.clone(),
-                    incoming.clone(),
-                    server_tls.is_some(),
+                api::node_peer_server::NodePeerServer::new(
+                    crate::transfer::PeerServer::new(
+                        node_id.clone(),
+                        spec_rx.clone(),
+                        daemons.clone(),
+                        incoming.clone(),
+                        server_tls.is_some(),
+                    )
+                    .with_migration_dir(config.data_dir.join("migrations")),
                 )
-                .with_migration_dir(config.data_dir.join("migrations")))
                 .max_decoding_message_size(8 * 1024 * 1024)
                 .max_encoding_message_size(8 * 1024 * 1024),
             )
