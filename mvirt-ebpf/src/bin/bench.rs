@@ -32,6 +32,15 @@
 //! share the pinned tables; a path switch replaces the program through the pinned TCX links.
 //! Rounds interleave the four paths (every other round reversed) and the ratio on/off is taken
 //! within each round. "Off" exists only here: the daemon always counts (GetNicStats needs it).
+//! Throughput on 2 busy cores is far too noisy to resolve 1 %, so the variant also measures the
+//! programs' own cost with the kernel's BPF run-time statistics (`BPF_ENABLE_STATS`, the switch
+//! behind `kernel.bpf_stats_enabled`, held through a file descriptor for the run only: the
+//! kernel switches it back when the descriptor closes, whatever way the bench ends): the
+//! `run_time_ns`/`run_cnt` of the program attached to both TAP ends, read before and after
+//! each iperf3 run, give ns per packet through the program with counters on and off; their
+//! difference is set against the wall time per packet of the run (1e9 / packets per second)
+//! and the iperf3 CPU time per packet, i.e. the share of the path's per-packet cost that the
+//! counters are.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -128,6 +137,48 @@ struct Result3 {
     /// the cost of moving the bytes, which other work on the machine disturbs less than the
     /// throughput itself.
     cpu_per_gbit: f64,
+    /// % of one CPU that iperf3's client and server used (as iperf3 reports it).
+    cpu_percent: f64,
+}
+
+/// One round of a counters-on/off pair: (ns in the program, runs) on and off, and the off run.
+type RoundPair<'a> = ((&'a (u64, u64), &'a (u64, u64)), &'a Result3);
+
+/// `run_time_ns` and `run_cnt` summed over the programs attached (pinned TCX links under
+/// `pin/links/<iface>`) to `ifaces`: the kernel's BPF run-time statistics, which count only
+/// while they are enabled (`BPF_ENABLE_STATS`).
+fn prog_stats(pin: &std::path::Path, ifaces: &[String]) -> Result<(u64, u64), String> {
+    use aya::programs::links::{FdLink, PinnedLink};
+    let mut ids: Vec<u32> = Vec::new();
+    for iface in ifaces {
+        let path = pin.join("links").join(iface);
+        let link = FdLink::from(
+            PinnedLink::from_pin(&path).map_err(|e| format!("{}: {e}", path.display()))?,
+        );
+        let id = link
+            .info()
+            .map_err(|e| format!("link info of {}: {e}", path.display()))?
+            .program_id();
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    let mut found = 0;
+    let (mut ns, mut cnt) = (0u64, 0u64);
+    for info in aya::programs::loaded_programs() {
+        let info = info.map_err(|e| format!("listing BPF programs: {e}"))?;
+        if ids.contains(&info.id()) {
+            found += 1;
+            ns += info.run_time().as_nanos() as u64;
+            cnt += info.run_count();
+        }
+    }
+    if found != ids.len() {
+        return Err(format!(
+            "programs {ids:?} attached to {ifaces:?}: only {found} found loaded"
+        ));
+    }
+    Ok((ns, cnt))
 }
 
 fn measure(
@@ -196,6 +247,7 @@ fn measure(
         gbits,
         rtt_ms,
         cpu_per_gbit: cpu_total / gbits,
+        cpu_percent: cpu_total,
     })
 }
 
@@ -206,10 +258,13 @@ fn median(mut runs: Vec<Result3>) -> Result3 {
     runs.sort_by(|a, b| a.rtt_ms.total_cmp(&b.rtt_ms));
     let rtt_ms = runs[mid].rtt_ms;
     runs.sort_by(|a, b| a.cpu_per_gbit.total_cmp(&b.cpu_per_gbit));
+    let cpu_per_gbit = runs[mid].cpu_per_gbit;
+    runs.sort_by(|a, b| a.cpu_percent.total_cmp(&b.cpu_percent));
     Result3 {
         gbits,
         rtt_ms,
-        cpu_per_gbit: runs[mid].cpu_per_gbit,
+        cpu_per_gbit,
+        cpu_percent: runs[mid].cpu_percent,
     }
 }
 
@@ -414,7 +469,16 @@ fn bench() -> Result<(), String> {
             ),
         ];
         let mut results: Vec<Vec<Result3>> = paths.iter().map(|_| Vec::new()).collect();
+        // Per path and round: ns in the program and program runs (packets through it).
+        let mut prog: Vec<Vec<(u64, u64)>> = paths.iter().map(|_| Vec::new()).collect();
         let mut counted_while_off = 0u64;
+        // The kernel's BPF run-time statistics, on while this descriptor is open (an earlier
+        // `kernel.bpf_stats_enabled=1` stays; closing it switches back only what it switched).
+        let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+            .map_err(|e| format!("BPF_ENABLE_STATS (run time): {e}"))?;
+        let secs: f64 = seconds
+            .parse()
+            .map_err(|e| format!("second argument {seconds:?}: {e}"))?;
         for round in 0..rounds {
             eprintln!("round {}/{rounds}", round + 1);
             let mut order: Vec<usize> = (0..paths.len()).collect();
@@ -431,16 +495,29 @@ fn bench() -> Result<(), String> {
                 d.sync(tables)
                     .map_err(|e| mvirt_common::error::error_chain(&e))?;
                 let before = dp.stats(ifindexes[1]).tx_packets;
+                let (ns0, cnt0) = prog_stats(&pin, &hosts)?;
                 let r = measure(&e2, "10.99.0.3", &e1, &seconds)?;
+                let (ns1, cnt1) = prog_stats(&pin, &hosts)?;
                 let delta = dp.stats(ifindexes[1]).tx_packets - before;
                 if !on {
                     counted_while_off += delta;
                 }
+                let (run_ns, runs) = (ns1 - ns0, cnt1 - cnt0);
+                if runs == 0 {
+                    return Err(format!(
+                        "{name}: the program did not run (run_cnt unchanged)"
+                    ));
+                }
                 eprintln!(
-                    "  {name}: {:.2} Gbit/s, {:.1} CPU %/Gbit/s, {:.3} ms, {delta} packets counted",
-                    r.gbits, r.cpu_per_gbit, r.rtt_ms
+                    "  {name}: {:.2} Gbit/s, {:.1} CPU %/Gbit/s, {:.3} ms, {delta} packets \
+                     counted, {runs} program runs, {:.1} ns/run",
+                    r.gbits,
+                    r.cpu_per_gbit,
+                    r.rtt_ms,
+                    run_ns as f64 / runs as f64
                 );
                 results[i].push(r);
+                prog[i].push((run_ns, runs));
             }
         }
         let load_after = loadavg();
@@ -476,7 +553,48 @@ fn bench() -> Result<(), String> {
                 )
             })
             .collect();
+        // Per round: ns per packet in the program with counters on and off, their difference,
+        // and that difference as a share of the whole path's time per packet (wall: 1e9 /
+        // packets per second of the run; CPU: iperf3's CPU time per packet).
+        let per_run = |&(ns, n): &(u64, u64)| ns as f64 / n as f64;
+        let bpf: Vec<[[f64; 3]; 5]> =
+            [(0, 1), (2, 3)]
+                .iter()
+                .map(|&(on, off)| {
+                    let pairs = || prog[on].iter().zip(&prog[off]).zip(&results[off]);
+                    let q = |f: &dyn Fn(RoundPair) -> f64| quartiles(pairs().map(f).collect());
+                    [
+                        q(&|((a, _), _)| per_run(a)),
+                        q(&|((_, b), _)| per_run(b)),
+                        q(&|((a, b), _)| per_run(a) - per_run(b)),
+                        // Wall time per packet of the off run: 1e9 * seconds / packets.
+                        q(&|((a, b), _)| {
+                            (per_run(a) - per_run(b)) / (1e9 * secs / b.1 as f64) * 100.0
+                        }),
+                        // iperf3 CPU time per packet of the off run.
+                        q(&|((a, b), r)| {
+                            (per_run(a) - per_run(b))
+                                / (r.cpu_percent / 100.0 * 1e9 * secs / b.1 as f64)
+                                * 100.0
+                        }),
+                    ]
+                })
+                .collect();
+        // Pooled over all rounds: total ns in the program / total runs.
+        let pooled: Vec<f64> = prog
+            .iter()
+            .map(|p| {
+                let (ns, n) = p
+                    .iter()
+                    .fold((0u64, 0u64), |(a, b), &(ns, n)| (a + ns, b + n));
+                ns as f64 / n as f64
+            })
+            .collect();
         let medians: Vec<Result3> = results.into_iter().map(median).collect();
+        let rates: Vec<f64> = prog
+            .iter()
+            .map(|p| quartiles(p.iter().map(|&(_, n)| n as f64 / secs).collect())[1])
+            .collect();
         println!(
             "| path | TCP Gbit/s (median) | iperf3 CPU % per Gbit/s (median) | ping RTT (ms) |"
         );
@@ -496,6 +614,36 @@ fn bench() -> Result<(), String> {
                 "{label}: counters on vs off, per round: throughput median {t2:+.2}% (quartiles \
                  {t1:+.2}% to {t3:+.2}%), CPU per Gbit/s median {c2:+.2}% (quartiles {c1:+.2}% \
                  to {c3:+.2}%)"
+            );
+        }
+        println!(
+            "BPF run-time statistics (run_time_ns / run_cnt of the program on both TAP ends, \
+             per round; medians, quartiles in brackets):"
+        );
+        for (k, (label, [on, off, diff, wall, cpu])) in
+            ["TAP delivery", "TAP delivery + 1,000 SG rules"]
+                .iter()
+                .zip(&bpf)
+                .enumerate()
+        {
+            let fmt = |[a, b, c]: [f64; 3], unit: &str| format!("{b:.1}{unit} ({a:.1}…{c:.1})");
+            let fmt2 = |[a, b, c]: [f64; 3]| format!("{b:+.2} % ({a:+.2}…{c:+.2})");
+            println!(
+                "{label}: ns per packet in the program: counters on {}, off {}; on − off {}; \
+                 share of the path's time per packet: {} of wall time (1e9 / packets per \
+                 second, {:.0} kpps off), {} of iperf3 CPU time; pooled over all rounds: on \
+                 {:.1} ns, off {:.1} ns, on − off {:+.1} ns = {:+.2} % of the median wall time \
+                 per packet",
+                fmt(*on, " ns"),
+                fmt(*off, " ns"),
+                fmt(*diff, " ns"),
+                fmt2(*wall),
+                rates[2 * k + 1] / 1e3,
+                fmt2(*cpu),
+                pooled[2 * k],
+                pooled[2 * k + 1],
+                pooled[2 * k] - pooled[2 * k + 1],
+                (pooled[2 * k] - pooled[2 * k + 1]) * rates[2 * k + 1] / 1e9 * 100.0,
             );
         }
         println!(
