@@ -590,6 +590,21 @@ fn bench() -> Result<(), String> {
                 ns as f64 / n as f64
             })
             .collect();
+        // Mean and standard error of the per-round difference on − off (ns per packet).
+        let mean_se: Vec<(f64, f64)> = [(0, 1), (2, 3)]
+            .iter()
+            .map(|&(on, off)| {
+                let d: Vec<f64> = prog[on]
+                    .iter()
+                    .zip(&prog[off])
+                    .map(|(a, b)| per_run(a) - per_run(b))
+                    .collect();
+                let n = d.len() as f64;
+                let mean = d.iter().sum::<f64>() / n;
+                let var = d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+                (mean, (var / n).sqrt())
+            })
+            .collect();
         let medians: Vec<Result3> = results.into_iter().map(median).collect();
         let rates: Vec<f64> = prog
             .iter()
@@ -633,7 +648,8 @@ fn bench() -> Result<(), String> {
                  share of the path's time per packet: {} of wall time (1e9 / packets per \
                  second, {:.0} kpps off), {} of iperf3 CPU time; pooled over all rounds: on \
                  {:.1} ns, off {:.1} ns, on − off {:+.1} ns = {:+.2} % of the median wall time \
-                 per packet",
+                 per packet; per-round mean on − off {:+.1} ns (standard error {:.1} ns): 95 % \
+                 interval {:+.2} % to {:+.2} % of the median wall time per packet",
                 fmt(*on, " ns"),
                 fmt(*off, " ns"),
                 fmt(*diff, " ns"),
@@ -644,6 +660,10 @@ fn bench() -> Result<(), String> {
                 pooled[2 * k + 1],
                 pooled[2 * k] - pooled[2 * k + 1],
                 (pooled[2 * k] - pooled[2 * k + 1]) * rates[2 * k + 1] / 1e9 * 100.0,
+                mean_se[k].0,
+                mean_se[k].1,
+                (mean_se[k].0 - 2.0 * mean_se[k].1) * rates[2 * k + 1] / 1e9 * 100.0,
+                (mean_se[k].0 + 2.0 * mean_se[k].1) * rates[2 * k + 1] / 1e9 * 100.0,
             );
         }
         println!(
