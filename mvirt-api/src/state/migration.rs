@@ -330,6 +330,8 @@ impl State {
                     }
                 }
             }
+            // A schedule that replicated to the target now replicates back to the source.
+            changes.extend(self.reverse_replications(index, now, vm_id, node_id, &target));
         }
         let vm = self.vms.get_mut(vm_id).expect("the VM is there");
         // An end changes both nodes' sets (the VM leaves the source's or the target's).
@@ -514,5 +516,44 @@ mod tests {
         assert_eq!(vm.node_id.as_deref(), Some("n2"));
         assert_eq!(m.phase, MigrationPhase::Failed);
         assert_eq!(m.error.as_deref(), Some("vmm gone"));
+    }
+
+    #[test]
+    fn a_vm_migrated_onto_its_replication_target_replicates_back_to_its_old_node() {
+        let mut s = State::initial();
+        for (id, name) in [("n1", "one"), ("n2", "two"), ("n3", "three")] {
+            s.nodes.insert(id.into(), node(id, name, 8));
+        }
+        running_vm(&mut s, "vm", "n1");
+        running_vm(&mut s, "other", "n1");
+        let spec = |vm: &str, targets: &[&str]| ReplicationSpec {
+            vm_id: vm.into(),
+            targets: targets.iter().map(|t| t.to_string()).collect(),
+            interval_secs: 5,
+            keep: 2,
+        };
+        for (id, vm, targets) in [("r", "vm", &["n2", "n3"][..]), ("o", "other", &["n2"][..])] {
+            let r = Replication::new(meta(id, id), spec(vm, targets));
+            s.replications.insert(id.into(), r);
+        }
+        migrate(&mut s, 1, "vm", Some("two")).unwrap();
+        let done = report(ReportedPhase::Completed, "mig-1");
+        let changes = s.migration_reported(2, "n1", "vm", &done, "t");
+        assert!(
+            changes.iter().any(|c| c.verb == "retargeted"),
+            "{changes:?}"
+        );
+        // The VM's schedule: n2 (now its node) replaced by n1, n3 kept; pending until n2
+        // reports. Another VM's schedule to n2 is not touched.
+        let r = &s.replications["r"];
+        assert_eq!(r.spec.targets, ["n1", "n3"]);
+        assert_eq!(r.status.phase, Phase::Pending);
+        assert_eq!(s.replications["o"].spec.targets, ["n2"]);
+        // A failed migration turns nothing around.
+        s.vms.get_mut("other").unwrap().status.phase = Phase::Running;
+        migrate(&mut s, 3, "other", Some("two")).unwrap();
+        let failed = report(ReportedPhase::Failed, "mig-3");
+        s.migration_reported(4, "n1", "other", &failed, "t");
+        assert_eq!(s.replications["o"].spec.targets, ["n2"]);
     }
 }

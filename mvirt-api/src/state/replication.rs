@@ -121,13 +121,15 @@ impl State {
             .collect()
     }
 
-    /// Re-protection after VM `vm_id` moved from node `from` to node `to` (an HA failover):
+    /// Re-protection after VM `vm_id` moved from node `from` to node `to` (an HA failover, or a
+    /// completed live migration onto one of its replication targets):
     /// each of its schedules that replicated to `to` replicates back to `from` instead (what
     /// Proxmox does after a failover or migration onto a replication target), unless some
     /// schedule of the VM names `from` already. The reports about `to` go (they described
     /// replicas of the old source); the schedule is `pending` until the new source reports.
-    /// `from` is lost: pushes to it fail until it is back and has deleted its old copy of the
-    /// volumes, then it gets a full stream. Returns the changes.
+    /// Pushes to `from` fail until it has deleted its old copy of the volumes (at once after a
+    /// migration; once it is back after a failover), then it gets a full stream. Returns the
+    /// changes.
     pub(super) fn reverse_replications(
         &mut self,
         at: u64,
