@@ -356,8 +356,9 @@ async fn a_counting_guest_migrates_live_through_the_api_and_a_failed_migration_l
         }
     })
     .await;
+    // Answers stay lost until the agent is started again: the killed agent's peer server may
+    // still be winding down (graceful shutdown) and must not answer a retry meanwhile.
     agents[t].take().unwrap().kill();
-    mvirt_node::transfer::lose_migration_answers(&target, false);
     assert_eq!(resumed_there.len(), 1, "{resumed_there:?}");
     let on_new = Viewer::open(&hosts[t].endpoints.vmm, &vm_id).await;
     // The source must not resume its paused copy while the target cannot tell it whether it
@@ -385,6 +386,7 @@ async fn a_counting_guest_migrates_live_through_the_api_and_a_failed_migration_l
     assert!(reason.contains("stays paused"), "{waiting:#}");
     let count = on_new.count();
     on_new.wait_for(&format!("COUNT-{}", count + 2), BOOT).await;
+    mvirt_node::transfer::lose_migration_answers(&target, false);
     agents[t] = Some(Agent::start(configs[t].clone()));
     let done = wait_migration(&rest, &vm_id, "completed").await;
     assert_eq!(done["node_id"], json!(target), "{done:#}");
