@@ -291,51 +291,6 @@ mod tests {
     use super::super::*;
     use super::*;
 
-    fn node(id: &str, name: &str, vcpus: u32) -> Node {
-        let mut node = online_node(id, name);
-        node.status.capacity = Capacity {
-            vcpus,
-            memory_bytes: 8 << 30,
-            storage_bytes: 1 << 40,
-        };
-        node
-    }
-
-    fn vm(s: &mut State, id: &str, on: &str, running: bool) {
-        let mut vm = Vm::new(
-            meta(id, id),
-            VmSpec {
-                vcpus: 2,
-                memory_bytes: 1 << 30,
-                hostname: None,
-                boot_mode: None,
-                volume_ids: Vec::new(),
-                nic_ids: Vec::new(),
-                user_data: None,
-                ssh_authorized_keys: Vec::new(),
-                desired_state: if running {
-                    DesiredState::Running
-                } else {
-                    DesiredState::Stopped
-                },
-                node_selector: None,
-                kernel_cmdline: None,
-                root_volume: None,
-                network_interfaces: Vec::new(),
-                hugepages: false,
-                nested_virtualization: false,
-                ha: false,
-            },
-        );
-        vm.node_id = Some(on.into());
-        vm.status.phase = if running {
-            Phase::Running
-        } else {
-            Phase::Stopped
-        };
-        s.vms.insert(id.into(), vm);
-    }
-
     fn drain(s: &mut State, at: u64, id: &str) -> Result<serde_json::Value, ApiError> {
         s.apply(
             at,
@@ -376,12 +331,12 @@ mod tests {
     #[test]
     fn a_drain_moves_running_vms_one_at_a_time_and_lists_what_stays() {
         let mut s = State::initial();
-        s.nodes.insert("a".into(), node("a", "alpha", 8));
-        s.nodes.insert("b".into(), node("b", "beta", 8));
-        vm(&mut s, "vm1", "a", true);
-        vm(&mut s, "vm2", "a", true);
-        vm(&mut s, "vm3", "a", false);
-        vm(&mut s, "other", "b", true);
+        s.nodes.insert("a".into(), sized_node("a", "alpha", 8));
+        s.nodes.insert("b".into(), sized_node("b", "beta", 8));
+        placed_vm(&mut s, "vm1", "a", true);
+        placed_vm(&mut s, "vm2", "a", true);
+        placed_vm(&mut s, "vm3", "a", false);
+        placed_vm(&mut s, "other", "b", true);
         let value = drain(&mut s, 10, "alpha").unwrap_err();
         assert_eq!(value.code, ErrorCode::NotFound, "the command takes the id");
         let value = drain(&mut s, 10, "a").unwrap();
@@ -463,12 +418,12 @@ mod tests {
     #[test]
     fn a_drain_with_nowhere_to_go_fails_at_once_and_one_that_completes_is_drained() {
         let mut s = State::initial();
-        s.nodes.insert("a".into(), node("a", "alpha", 8));
-        let mut b = node("b", "beta", 8);
+        s.nodes.insert("a".into(), sized_node("a", "alpha", 8));
+        let mut b = sized_node("b", "beta", 8);
         b.spec.schedulable = false;
         s.nodes.insert("b".into(), b);
-        vm(&mut s, "vm1", "a", true);
-        vm(&mut s, "vm2", "a", true);
+        placed_vm(&mut s, "vm1", "a", true);
+        placed_vm(&mut s, "vm2", "a", true);
         drain(&mut s, 5, "a").unwrap();
         let d = status(&s, "a");
         assert_eq!(d.state, DrainState::Failed);
@@ -499,10 +454,10 @@ mod tests {
     #[test]
     fn a_cancelled_drain_starts_nothing_more_and_an_offline_node_ends_it() {
         let mut s = State::initial();
-        s.nodes.insert("a".into(), node("a", "alpha", 8));
-        s.nodes.insert("b".into(), node("b", "beta", 8));
-        vm(&mut s, "vm1", "a", true);
-        vm(&mut s, "vm2", "a", true);
+        s.nodes.insert("a".into(), sized_node("a", "alpha", 8));
+        s.nodes.insert("b".into(), sized_node("b", "beta", 8));
+        placed_vm(&mut s, "vm1", "a", true);
+        placed_vm(&mut s, "vm2", "a", true);
         drain(&mut s, 5, "a").unwrap();
         s.apply(
             6,
@@ -535,7 +490,7 @@ mod tests {
         .0
         .result
         .unwrap();
-        vm(&mut s, "vm3", "a", true);
+        placed_vm(&mut s, "vm3", "a", true);
         drain(&mut s, 9, "a").unwrap();
         let offline = Command::SetNodeState {
             id: "a".into(),
@@ -560,10 +515,10 @@ mod tests {
     fn the_drain_is_the_same_on_every_member() {
         let build = || {
             let mut s = State::initial();
-            s.nodes.insert("a".into(), node("a", "alpha", 8));
-            s.nodes.insert("b".into(), node("b", "beta", 8));
-            vm(&mut s, "vm1", "a", true);
-            vm(&mut s, "vm2", "a", true);
+            s.nodes.insert("a".into(), sized_node("a", "alpha", 8));
+            s.nodes.insert("b".into(), sized_node("b", "beta", 8));
+            placed_vm(&mut s, "vm1", "a", true);
+            placed_vm(&mut s, "vm2", "a", true);
             drain(&mut s, 3, "a").unwrap();
             ended(&mut s, 4, "a", "vm1", None);
             s

@@ -361,43 +361,6 @@ mod tests {
     use super::super::*;
     use super::*;
 
-    fn node(id: &str, name: &str, vcpus: u32) -> Node {
-        let mut node = online_node(id, name);
-        node.status.capacity = Capacity {
-            vcpus,
-            memory_bytes: 8 << 30,
-            storage_bytes: 1 << 40,
-        };
-        node
-    }
-
-    fn running_vm(s: &mut State, id: &str, on: &str) {
-        let mut vm = Vm::new(
-            meta(id, id),
-            VmSpec {
-                vcpus: 2,
-                memory_bytes: 1 << 30,
-                hostname: None,
-                boot_mode: None,
-                volume_ids: Vec::new(),
-                nic_ids: Vec::new(),
-                user_data: None,
-                ssh_authorized_keys: Vec::new(),
-                desired_state: DesiredState::Running,
-                node_selector: None,
-                kernel_cmdline: None,
-                root_volume: None,
-                network_interfaces: Vec::new(),
-                hugepages: false,
-                nested_virtualization: false,
-                ha: false,
-            },
-        );
-        vm.node_id = Some(on.into());
-        vm.status.phase = Phase::Running;
-        s.vms.insert(id.into(), vm);
-    }
-
     fn migrate(s: &mut State, at: u64, id: &str, target: Option<&str>) -> Result<Json, ApiError> {
         s.migrate_vm(at, id, target, &format!("mig-{at}"), "secret", "t")
             .map(|(v, _)| v)
@@ -417,11 +380,11 @@ mod tests {
     #[test]
     fn a_migration_is_refused_clearly() {
         let mut s = State::initial();
-        s.nodes.insert("n1".into(), node("n1", "one", 8));
-        running_vm(&mut s, "vm", "n1");
+        s.nodes.insert("n1".into(), sized_node("n1", "one", 8));
+        placed_vm(&mut s, "vm", "n1", true);
         let err = migrate(&mut s, 1, "vm", None).unwrap_err();
         assert!(err.message.contains("no other node"), "{}", err.message);
-        s.nodes.insert("n2".into(), node("n2", "two", 1));
+        s.nodes.insert("n2".into(), sized_node("n2", "two", 1));
         let err = migrate(&mut s, 2, "vm", Some("one")).unwrap_err();
         assert_eq!(err.code, ErrorCode::Conflict);
         let err = migrate(&mut s, 3, "vm", Some("two")).unwrap_err();
@@ -450,9 +413,9 @@ mod tests {
     #[test]
     fn the_vm_moves_only_when_the_source_reports_completion_and_stays_on_failure() {
         let mut s = State::initial();
-        s.nodes.insert("n1".into(), node("n1", "one", 8));
-        s.nodes.insert("n2".into(), node("n2", "two", 8));
-        running_vm(&mut s, "vm", "n1");
+        s.nodes.insert("n1".into(), sized_node("n1", "one", 8));
+        s.nodes.insert("n2".into(), sized_node("n2", "two", 8));
+        placed_vm(&mut s, "vm", "n1", true);
         migrate(&mut s, 1, "vm", Some("two")).unwrap();
         // The target reporting, or another migration's report, changes nothing.
         assert!(s
@@ -522,10 +485,10 @@ mod tests {
     fn a_vm_migrated_onto_its_replication_target_replicates_back_to_its_old_node() {
         let mut s = State::initial();
         for (id, name) in [("n1", "one"), ("n2", "two"), ("n3", "three")] {
-            s.nodes.insert(id.into(), node(id, name, 8));
+            s.nodes.insert(id.into(), sized_node(id, name, 8));
         }
-        running_vm(&mut s, "vm", "n1");
-        running_vm(&mut s, "other", "n1");
+        placed_vm(&mut s, "vm", "n1", true);
+        placed_vm(&mut s, "other", "n1", true);
         let spec = |vm: &str, targets: &[&str]| ReplicationSpec {
             vm_id: vm.into(),
             targets: targets.iter().map(|t| t.to_string()).collect(),

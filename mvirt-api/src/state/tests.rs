@@ -39,6 +39,53 @@ pub(crate) fn online_node(id: &str, name: &str) -> Node {
     }
 }
 
+/// [`online_node`] with room for `vcpus` vCPUs, 8 GiB of memory and 1 TiB of storage.
+pub(crate) fn sized_node(id: &str, name: &str, vcpus: u32) -> Node {
+    let mut node = online_node(id, name);
+    node.status.capacity = Capacity {
+        vcpus,
+        memory_bytes: 8 << 30,
+        storage_bytes: 1 << 40,
+    };
+    node
+}
+
+/// A 2-vCPU, 1 GiB VM placed on node `on`, running (desired and reported) or stopped.
+pub(crate) fn placed_vm(s: &mut State, id: &str, on: &str, running: bool) {
+    let mut vm = Vm::new(
+        meta(id, id),
+        VmSpec {
+            vcpus: 2,
+            memory_bytes: 1 << 30,
+            hostname: None,
+            boot_mode: None,
+            volume_ids: Vec::new(),
+            nic_ids: Vec::new(),
+            user_data: None,
+            ssh_authorized_keys: Vec::new(),
+            desired_state: if running {
+                DesiredState::Running
+            } else {
+                DesiredState::Stopped
+            },
+            node_selector: None,
+            kernel_cmdline: None,
+            root_volume: None,
+            network_interfaces: Vec::new(),
+            hugepages: false,
+            nested_virtualization: false,
+            ha: false,
+        },
+    );
+    vm.node_id = Some(on.into());
+    vm.status.phase = if running {
+        Phase::Running
+    } else {
+        Phase::Stopped
+    };
+    s.vms.insert(id.into(), vm);
+}
+
 /// A delete of `id` without `If-Match` or `force`.
 pub(crate) fn delete(kind: Kind, id: &str) -> Proposal {
     p(Command::Delete {
