@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use dhcproto::{v4, Decodable, Decoder, Encodable, Encoder};
+use dhcproto::{v4, Decodable, Decoder};
 use etherparse::{Icmpv6Type, PacketBuilder, SlicedPacket, TransportSlice};
 use mvirt_ebpf::responder::ControlRateLimit;
 use mvirt_testsupport::netns::TestTap;
@@ -22,21 +22,7 @@ const LIMIT: ControlRateLimit = ControlRateLimit {
 const FLOOD: Duration = Duration::from_secs(3);
 
 fn discover(mac: [u8; 6], xid: u32) -> Vec<u8> {
-    let mut msg = v4::Message::default();
-    msg.set_opcode(v4::Opcode::BootRequest)
-        .set_xid(xid)
-        .set_chaddr(&mac);
-    msg.opts_mut()
-        .insert(v4::DhcpOption::MessageType(v4::MessageType::Discover));
-    let mut body = Vec::new();
-    msg.encode(&mut Encoder::new(&mut body)).unwrap();
-    let mut out = Vec::new();
-    PacketBuilder::ethernet2(mac, [0xff; 6])
-        .ipv4([0, 0, 0, 0], [255, 255, 255, 255], 64)
-        .udp(68, 67)
-        .write(&mut out, &body)
-        .unwrap();
-    out
+    dhcp4_frame(mac, xid, v4::MessageType::Discover, None)
 }
 
 /// A neighbour solicitation for the gateway (fe80::1).

@@ -7,35 +7,12 @@
 
 mod common;
 
-use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use common::prom::*;
 use common::*;
-use dhcproto::{v4, Decodable, Decoder, Encodable, Encoder};
-use etherparse::PacketBuilder;
+use dhcproto::{v4, Decodable, Decoder};
 use mvirt_testsupport::netns::TestTap;
-
-/// A DHCPv4 client message of `kind` from `mac`, asking for `asked` if given.
-fn dhcp(mac: [u8; 6], xid: u32, kind: v4::MessageType, asked: Option<Ipv4Addr>) -> Vec<u8> {
-    let mut msg = v4::Message::default();
-    msg.set_opcode(v4::Opcode::BootRequest)
-        .set_xid(xid)
-        .set_chaddr(&mac);
-    msg.opts_mut().insert(v4::DhcpOption::MessageType(kind));
-    if let Some(a) = asked {
-        msg.opts_mut().insert(v4::DhcpOption::RequestedIpAddress(a));
-    }
-    let mut body = Vec::new();
-    msg.encode(&mut Encoder::new(&mut body)).unwrap();
-    let mut out = Vec::new();
-    PacketBuilder::ethernet2(mac, [0xff; 6])
-        .ipv4([0, 0, 0, 0], [255, 255, 255, 255], 64)
-        .udp(68, 67)
-        .write(&mut out, &body)
-        .unwrap();
-    out
-}
 
 /// Sends `frame` on `tap` and returns the type of the DHCP answer with `xid`.
 fn exchange(tap: &mut TestTap, frame: &[u8], xid: u32) -> v4::MessageType {
@@ -92,16 +69,16 @@ async fn leases_granted_by_an_ack_show_per_nic_and_end_with_a_release() {
         assert_eq!(granted(&m, &a_id), 0.0);
 
         // A: offered (no lease yet), then acknowledged, then renewed.
-        let discover = dhcp(a_mac, 1, v4::MessageType::Discover, None);
+        let discover = dhcp4_frame(a_mac, 1, v4::MessageType::Discover, None);
         assert_eq!(exchange(&mut a_tap, &discover, 1), v4::MessageType::Offer);
         assert_eq!(leases(&scrape(addr)), 0.0, "an offer is no lease");
         let own = Some("10.48.0.51".parse().unwrap());
-        let request = dhcp(a_mac, 2, v4::MessageType::Request, own);
+        let request = dhcp4_frame(a_mac, 2, v4::MessageType::Request, own);
         assert_eq!(exchange(&mut a_tap, &request, 2), v4::MessageType::Ack);
-        let renew = dhcp(a_mac, 3, v4::MessageType::Request, own);
+        let renew = dhcp4_frame(a_mac, 3, v4::MessageType::Request, own);
         assert_eq!(exchange(&mut a_tap, &renew, 3), v4::MessageType::Ack);
         // B asks for A's address: refused, no lease.
-        let stolen = dhcp(b_mac, 4, v4::MessageType::Request, own);
+        let stolen = dhcp4_frame(b_mac, 4, v4::MessageType::Request, own);
         assert_eq!(exchange(&mut b_tap, &stolen, 4), v4::MessageType::Nak);
         let m = scrape(addr);
         assert_eq!(leases(&m), 1.0, "A holds its lease, B none");
@@ -110,10 +87,10 @@ async fn leases_granted_by_an_ack_show_per_nic_and_end_with_a_release() {
 
         // B gets its own; A releases.
         let b_own = Some("10.48.0.52".parse().unwrap());
-        let request = dhcp(b_mac, 5, v4::MessageType::Request, b_own);
+        let request = dhcp4_frame(b_mac, 5, v4::MessageType::Request, b_own);
         assert_eq!(exchange(&mut b_tap, &request, 5), v4::MessageType::Ack);
         assert_eq!(leases(&scrape(addr)), 2.0);
-        a_tap.write_frame(&dhcp(a_mac, 6, v4::MessageType::Release, None));
+        a_tap.write_frame(&dhcp4_frame(a_mac, 6, v4::MessageType::Release, None));
         let m = scrape_until(addr, |m| leases(m) == 1.0);
         assert_eq!(leases(&m), 1.0, "A's release ended its lease, B's stays");
         assert_eq!(granted(&m, &a_id), 2.0);

@@ -196,6 +196,34 @@ impl Drop for Harness {
     }
 }
 
+/// A DHCPv4 client message of `kind` from `mac` (broadcast from 0.0.0.0), asking for `asked`
+/// if given.
+pub fn dhcp4_frame(
+    mac: [u8; 6],
+    xid: u32,
+    kind: dhcproto::v4::MessageType,
+    asked: Option<Ipv4Addr>,
+) -> Vec<u8> {
+    use dhcproto::{v4, Encodable, Encoder};
+    let mut msg = v4::Message::default();
+    msg.set_opcode(v4::Opcode::BootRequest)
+        .set_xid(xid)
+        .set_chaddr(&mac);
+    msg.opts_mut().insert(v4::DhcpOption::MessageType(kind));
+    if let Some(a) = asked {
+        msg.opts_mut().insert(v4::DhcpOption::RequestedIpAddress(a));
+    }
+    let mut body = Vec::new();
+    msg.encode(&mut Encoder::new(&mut body)).unwrap();
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(mac, [0xff; 6])
+        .ipv4([0, 0, 0, 0], [255, 255, 255, 255], 64)
+        .udp(68, 67)
+        .write(&mut out, &body)
+        .unwrap();
+    out
+}
+
 pub fn mac_str(mac: &[u8; 6]) -> String {
     mac.iter()
         .map(|b| format!("{b:02x}"))
