@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use mvirt_testsupport::net::free_port;
-use mvirt_testsupport::process::{wait_until_async, ChildGuard};
+use mvirt_testsupport::process::ChildGuard;
 use serde_json::{json, Value};
 
 /// Prints the members' logs when the test fails (the temp dir goes away with it).
@@ -180,13 +180,26 @@ impl Client {
 /// A client with the bootstrap member's admin token (the file appears once it is usable).
 pub async fn admin_client(bootstrap: &Proc) -> Client {
     let token_path = bootstrap.dir.join("admin.token");
-    let token = wait_until_async("admin token file", Duration::from_secs(30), || async {
+    let read = || {
         std::fs::read_to_string(&token_path)
             .ok()
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty())
+    };
+    let waited = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let Some(token) = read() {
+                break token;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     })
     .await;
+    // A member that never got going says why in its log (a port taken, a start-up error).
+    let token = waited.unwrap_or_else(|_| {
+        let log = std::fs::read_to_string(bootstrap.dir.join("member.log")).unwrap_or_default();
+        panic!("no admin token file after 30 s; the member's log:\n{log}")
+    });
     // The CA file exists before the token file (created first at bootstrap).
     let ca = std::fs::read_to_string(bootstrap.dir.join("tls/ca.pem")).expect("the cluster CA");
     std::fs::write(cluster_ca_file(&bootstrap.dir), &ca).unwrap();
