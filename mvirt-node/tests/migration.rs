@@ -21,7 +21,6 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -29,83 +28,9 @@ use mvirt_testsupport::process::wait_until_async;
 use mvirt_vmm::proto as vmm;
 use mvirt_vmm::proto::vm_service_client::VmServiceClient;
 use serde_json::{json, Value};
-use tokio_stream::StreamExt;
 
 const BOOT: Duration = Duration::from_secs(180);
 const MIGRATION: Duration = Duration::from_secs(120);
-
-/// A VM's serial console on one node's mvirt-vmm, read continuously.
-struct Viewer {
-    output: Arc<Mutex<String>>,
-    input: tokio::sync::mpsc::Sender<vmm::ConsoleInput>,
-}
-
-impl Viewer {
-    async fn open(vmm_endpoint: &str, vm_id: &str) -> Viewer {
-        let mut client = VmServiceClient::connect(vmm_endpoint.to_string())
-            .await
-            .expect("connect vmm");
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        tx.send(vmm::ConsoleInput {
-            vm_id: vm_id.to_string(),
-            data: Vec::new(),
-        })
-        .await
-        .unwrap();
-        let mut stream = client
-            .console(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-            .expect("open the console")
-            .into_inner();
-        let output = Arc::new(Mutex::new(String::new()));
-        let sink = output.clone();
-        tokio::spawn(async move {
-            while let Some(Ok(chunk)) = stream.next().await {
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&chunk.data));
-            }
-        });
-        Viewer { output, input: tx }
-    }
-
-    fn text(&self) -> String {
-        self.output.lock().unwrap().clone()
-    }
-
-    async fn wait_for(&self, needle: &str, timeout: Duration) -> String {
-        let output = self.output.clone();
-        wait_until_async(&format!("console output {needle:?}"), timeout, || {
-            let text = output.lock().unwrap().clone();
-            let found = text.contains(needle);
-            async move { found.then_some(text) }
-        })
-        .await
-    }
-
-    async fn send(&self, text: &str) {
-        self.input
-            .send(vmm::ConsoleInput {
-                vm_id: String::new(),
-                data: text.as_bytes().to_vec(),
-            })
-            .await
-            .unwrap();
-    }
-
-    /// The highest `COUNT-<n>` the guest printed so far.
-    fn count(&self) -> u64 {
-        self.text()
-            .split("COUNT-")
-            .skip(1)
-            .filter_map(|s| {
-                let digits: String = s.chars().take_while(char::is_ascii_digit).collect();
-                digits.parse().ok()
-            })
-            .max()
-            .unwrap_or(0)
-    }
-}
 
 fn uptime_of(text: &str, marker: &str) -> f64 {
     let line = text
@@ -196,7 +121,7 @@ async fn a_counting_guest_migrates_live_through_the_api_and_a_failed_migration_l
     };
     let target = node_ids[t].clone();
 
-    let on_source = Viewer::open(&hosts[s].endpoints.vmm, &vm_id).await;
+    let on_source = GuestConsole::open(&hosts[s].endpoints.vmm, &vm_id).await;
     on_source.wait_for("MVIRT-GUEST-BOOTED", BOOT).await;
     // Typed with `""` inside, so the echo of the typed line never matches what is waited for.
     on_source
@@ -295,7 +220,7 @@ async fn a_counting_guest_migrates_live_through_the_api_and_a_failed_migration_l
     );
     assert!(migration["finished_at"].is_string(), "{done:#}");
     let last_on_source = on_source.count();
-    let on_target = Viewer::open(&hosts[t].endpoints.vmm, &vm_id).await;
+    let on_target = GuestConsole::open(&hosts[t].endpoints.vmm, &vm_id).await;
     on_target
         .wait_for(&format!("COUNT-{}", last_on_source + 2), BOOT)
         .await;
@@ -360,7 +285,7 @@ async fn a_counting_guest_migrates_live_through_the_api_and_a_failed_migration_l
     // still be winding down (graceful shutdown) and must not answer a retry meanwhile.
     agents[t].take().unwrap().kill();
     assert_eq!(resumed_there.len(), 1, "{resumed_there:?}");
-    let on_new = Viewer::open(&hosts[t].endpoints.vmm, &vm_id).await;
+    let on_new = GuestConsole::open(&hosts[t].endpoints.vmm, &vm_id).await;
     // The source must not resume its paused copy while the target cannot tell it whether it
     // runs the VM: exactly one running copy the whole time.
     let watch_until = std::time::Instant::now() + Duration::from_secs(40);
@@ -511,7 +436,7 @@ async fn a_counting_guest_migrates_live_through_the_api_and_a_failed_migration_l
     let on_home = if home == s {
         on_new
     } else {
-        Viewer::open(&hosts[home].endpoints.vmm, &vm_id).await
+        GuestConsole::open(&hosts[home].endpoints.vmm, &vm_id).await
     };
     let count = on_home.count();
     on_home
