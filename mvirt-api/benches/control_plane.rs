@@ -45,6 +45,7 @@ use mvirt_api::proto::{self, node_service_client::NodeServiceClient};
 use mvirt_api::scheduler::{schedule, Strategy};
 use mvirt_api::server::{self, Running, ServerConfig};
 use mvirt_api::state::State;
+use mvirt_testsupport::net::free_port;
 use mvirt_testsupport::process::ChildGuard;
 use serde_json::json;
 
@@ -412,13 +413,6 @@ impl Drop for Etcd {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("{e}"))
-}
-
 fn start_etcd() -> Option<Etcd> {
     let bin = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
         .into_iter()
@@ -494,14 +488,14 @@ fn spawn_member(
 ) -> MemberProc {
     std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{e}"));
     let log = std::fs::File::create(dir.join("member.log")).unwrap_or_else(|e| panic!("{e}"));
-    let rest = free_port_on(ip);
+    let rest = free_port();
     let mut cmd = Command::new(bin);
     cmd.arg("--listen")
         .arg(format!("{ip}:{rest}"))
         .arg("--grpc-listen")
-        .arg(format!("{ip}:{}", free_port_on(ip)))
+        .arg(format!("{ip}:{}", free_port()))
         .arg("--raft-listen")
-        .arg(format!("{ip}:{}", free_port_on(ip)))
+        .arg(format!("{ip}:{}", free_port()))
         .arg("--data-dir")
         .arg(dir)
         .arg("--log-endpoint")
@@ -515,7 +509,7 @@ fn spawn_member(
     if let Some((url, token)) = join {
         cmd.arg("--join").arg(url).arg("--token").arg(token);
     }
-    let metrics_addr = metrics.then(|| format!("{ip}:{}", free_port_on(ip)));
+    let metrics_addr = metrics.then(|| format!("{ip}:{}", free_port()));
     cmd.arg("--metrics-listen")
         .arg(metrics_addr.as_deref().unwrap_or("off"));
     MemberProc {
@@ -524,13 +518,6 @@ fn spawn_member(
         dir: dir.to_path_buf(),
         metrics_url: metrics_addr.map(|a| format!("http://{a}/metrics")),
     }
-}
-
-fn free_port_on(ip: &str) -> u16 {
-    std::net::TcpListener::bind((ip, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// This bench binary, re-executed with this variable set to a directory, is an mvirt-log
