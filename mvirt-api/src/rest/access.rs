@@ -157,10 +157,9 @@ pub fn access(method: &Method, path: &str) -> Access {
         } else {
             Access::Read
         }
-    } else if collection == "nodes" && path.ends_with("/drain") {
-        // Draining moves VMs (operators migrate them too) and cordons the node while it runs.
-        Access::Write
     } else if admin_only {
+        // Nodes included: a drain moves every project's VMs and cordons the node, and an
+        // undrain uncordons it — what `PUT /v1/nodes/{id}` does, which is an admin's.
         Access::Admin
     } else {
         Access::Write

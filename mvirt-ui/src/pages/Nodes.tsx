@@ -1,5 +1,5 @@
 // Nodes: capacity and use, cordon (spec.schedulable = false: no new placements), drain (cordon
-// and migrate the running VMs off, operator+), labels; each node's page (NodeDetail.tsx) adds
+// and migrate the running VMs off), labels — both admin's (a drain moves every project's VMs); each node's page (NodeDetail.tsx) adds
 // its live usage and the drain's progress.
 import { useState } from 'react';
 import { useMutation } from '@tanstack/react-query';
@@ -14,16 +14,15 @@ import { ago, allocatedOn, bytes, formatLabels, parseLabels, validateLabels } fr
 
 export function NodeActions({ node }: { node: Node }) {
   const admin = useCan('admin');
-  const operator = useCan('write');
   const cordon = useMutation({ mutationFn: (schedulable: boolean) => put(`/v1/nodes/${node.id}`, { spec: { ...node.spec, schedulable } }, node.revision) });
   const drain = useMutation({ mutationFn: () => post(`/v1/nodes/${node.id}/drain`, {}) });
   const undrain = useMutation({ mutationFn: () => del(`/v1/nodes/${node.id}/drain`) });
-  if (!operator) return null;
+  if (!admin) return null;
   const draining = node.status.drain?.state === 'draining';
   const error = cordon.error ?? drain.error ?? undrain.error;
   return (
     <>
-      {admin && !draining && (
+      {!draining && (
         <Button onClick={() => cordon.mutate(!node.spec.schedulable)} disabled={cordon.isPending}>
           {node.spec.schedulable ? 'Cordon' : 'Uncordon'}
         </Button>
