@@ -297,3 +297,169 @@ impl Drop for TestTap {
         }
     }
 }
+
+/// A tokio runtime whose threads all live in a network namespace: an in-process daemon spawned
+/// on it (and every process it starts: `ip`, `tc`, QEMU, …) sees that namespace's interfaces,
+/// as a daemon run under `ip netns exec` would. Unix sockets are paths, so clients in the host
+/// namespace still reach it.
+///
+/// A network namespace is per thread (`setns(CLONE_NEWNET)`), and threads and processes a
+/// thread creates inherit it; the runtime is built on a thread that first entered the
+/// namespace, so its workers and blocking threads are inside too. Like `ip netns exec`, the
+/// thread also takes a mount namespace of its own (slave to the host's) with a fresh `/sys`, so
+/// `/sys/class/net` lists the namespace's interfaces; the host's bpffs stays mounted at
+/// `/sys/fs/bpf` (pins are shared with the host namespace). Dropping it shuts the runtime down.
+pub struct NetnsRuntime {
+    handle: tokio::runtime::Handle,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Puts the calling thread into network namespace `name` (`/run/netns/<name>`) and a private
+/// mount namespace whose `/sys` shows it.
+fn enter_netns(name: &str) -> Result<(), String> {
+    use nix::mount::{mount, MsFlags};
+    use nix::sched::{setns, unshare, CloneFlags};
+    let none: Option<&str> = None;
+    // A mount namespace of this thread's own (implies CLONE_FS: this thread's fs attributes
+    // are no longer shared with the process), nothing mounted here propagates back.
+    unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("unshare(CLONE_NEWNS): {e}"))?;
+    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_SLAVE, none)
+        .map_err(|e| format!("make / a slave mount: {e}"))?;
+    let file = File::open(format!("/run/netns/{name}"))
+        .map_err(|e| format!("open /run/netns/{name}: {e}"))?;
+    setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns({name}): {e}"))?;
+    // Keep the host's bpffs: bind it aside, mount the namespace's sysfs, move it back.
+    let aside = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
+    mount(
+        Some("/sys/fs/bpf"),
+        aside.path(),
+        none,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        none,
+    )
+    .map_err(|e| format!("bind /sys/fs/bpf aside: {e}"))?;
+    mount(Some(name), "/sys", Some("sysfs"), MsFlags::empty(), none)
+        .map_err(|e| format!("mount sysfs: {e}"))?;
+    mount(
+        Some(aside.path()),
+        "/sys/fs/bpf",
+        none,
+        MsFlags::MS_MOVE,
+        none,
+    )
+    .map_err(|e| format!("move bpffs back to /sys/fs/bpf: {e}"))?;
+    Ok(())
+}
+
+impl NetnsRuntime {
+    /// A multi-thread runtime (`workers` threads) inside `ns`.
+    pub fn new(ns: &Netns, workers: usize) -> NetnsRuntime {
+        let name = ns.name().to_string();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(format!("netns-{name}"))
+            .spawn(move || {
+                if let Err(e) = enter_netns(&name) {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+                let runtime = match tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(workers)
+                    .thread_name(format!("ns-{name}"))
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("build runtime: {e}")));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(runtime.handle().clone()));
+                // Until dropped (or the owner is gone).
+                let _ = stop_rx.recv();
+                runtime.shutdown_timeout(Duration::from_secs(5));
+            })
+            .expect("spawn the netns thread");
+        let handle = ready_rx
+            .recv()
+            .expect("the netns thread reports")
+            .unwrap_or_else(|e| panic!("cannot enter netns {}: {e}", ns.name()));
+        NetnsRuntime {
+            handle,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Runs `future` on the namespace's runtime and waits for its output (from any runtime).
+    pub async fn run<F>(&self, future: F) -> F::Output
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.handle
+            .spawn(future)
+            .await
+            .expect("the task in the netns runtime panicked")
+    }
+
+    pub fn handle(&self) -> &tokio::runtime::Handle {
+        &self.handle
+    }
+}
+
+impl Drop for NetnsRuntime {
+    fn drop(&mut self) {
+        self.stop.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_netns_runtime_sees_only_its_namespace_and_its_children_run_there() {
+        crate::require_root();
+        let ns = Netns::new("mvtr");
+        let mut veth = VethPair::new("mvr");
+        veth.move_peer(&ns);
+        let runtime = NetnsRuntime::new(&ns, 2);
+        let peer = veth.peer.clone();
+        let (listed, children) = runtime
+            .run(async move {
+                // From a worker and from a blocking thread: both inside.
+                let listed: Vec<String> = std::fs::read_dir("/sys/class/net")
+                    .unwrap()
+                    .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .collect();
+                let out = tokio::task::spawn_blocking(|| {
+                    Command::new("ip").args(["-o", "link"]).output().unwrap()
+                })
+                .await
+                .unwrap();
+                (listed, String::from_utf8_lossy(&out.stdout).into_owned())
+            })
+            .await;
+        assert!(listed.contains(&peer), "{listed:?}");
+        assert!(!listed.contains(&veth.host), "{listed:?}");
+        assert!(children.contains(&peer), "{children}");
+        assert!(!children.contains(&veth.host), "{children}");
+        // The host's view is untouched (sysfs and bpffs).
+        assert!(std::path::Path::new("/sys/class/net")
+            .join(&veth.host)
+            .exists());
+        assert!(!std::path::Path::new("/sys/class/net").join(&peer).exists());
+        let bpf = runtime
+            .run(async { std::fs::read_dir("/sys/fs/bpf").is_ok() })
+            .await;
+        assert!(bpf, "bpffs is mounted inside");
+        drop(runtime);
+    }
+}
