@@ -189,6 +189,7 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), AgentErr
     // The node-to-node channel (NodePeer): this node's side as a target, and how it dials
     // other nodes as a source (see crate::transfer).
     let incoming = crate::transfer::IncomingSockets::default();
+    let fence = crate::fencing::Fence::new(config.ha_fencing);
     let peers = crate::transfer::PeerDialer::new(
         tls.as_ref().map(|t| t.ca_pem.clone()),
         tls.as_ref().and_then(|t| t.store()),
@@ -219,7 +220,8 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), AgentErr
                         incoming.clone(),
                         server_tls.is_some(),
                     )
-                    .with_migration_dir(config.data_dir.join("migrations")),
+                    .with_migration_dir(config.data_dir.join("migrations"))
+                    .with_fence(fence.clone()),
                 )
                 .max_decoding_message_size(8 * 1024 * 1024)
                 .max_encoding_message_size(8 * 1024 * 1024),
@@ -235,7 +237,6 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), AgentErr
     audit.info(format!("node agent registered as {node_id}"), &[&node_id]);
 
     let wake = Arc::new(Notify::new());
-    let fence = crate::fencing::Fence::new(config.ha_fencing);
     tokio::spawn(crate::fencing::run(
         fence.clone(),
         daemons.clone(),

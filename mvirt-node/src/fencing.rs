@@ -11,6 +11,16 @@
 //!   nothing restarts them, and without their replication schedules as the source (a round
 //!   in flight is aborted: the API may be promoting the replica on the target).
 //!
+//! Migration targets (issue 23): a VM this node holds as the TARGET of a live migration the
+//! API has not confirmed (the latest spec still names it with `incoming_migration_id`) is
+//! fenced like an HA VM, whether prepared, receiving or already resumed after
+//! `CompleteMigration`: killed every tick (audited `fencing: killed incoming VM …`), not
+//! prepared again ([`fenced_incoming`]), and `NodePeer.CompleteMigration` is refused while
+//! fenced (`AbortMigration` kills the copy first, then records the abort). The API fails
+//! such a migration only after the fencing time plus the margin (mvirt-api `ha.rs`), so the
+//! source resumes its paused copy only after this node's copy is gone. What the target's
+//! guest ran after the switch-over is lost with it.
+//!
 //! Leaving the fence: the first heartbeat that succeeds again bumps an epoch; the spec watch
 //! then opens a new stream from revision 0 (the API answers at once with the node's whole
 //! set, computed after that heartbeat). The fence lifts with the first spec of such a stream,
@@ -105,6 +115,11 @@ impl Fence {
         (inner.fenced, false)
     }
 
+    /// Whether the fence holds now (no contact for the fencing time fences).
+    pub fn fenced(&self) -> bool {
+        self.check().0
+    }
+
     /// Whether HA VMs of a spec with this revision may run.
     pub fn may_run_ha(&self, revision: u64) -> bool {
         let inner = self.inner();
@@ -115,12 +130,12 @@ impl Fence {
     /// desired stopped (forced).
     pub fn filter(&self, spec: &api::NodeSpec) -> Option<api::NodeSpec> {
         self.check();
-        if self.may_run_ha(spec.revision) || !spec.vms.iter().any(|v| v.ha) {
+        if self.may_run_ha(spec.revision) || !spec.vms.iter().any(fenced_kind) {
             return None;
         }
         let mut spec = spec.clone();
         let mut ha = Vec::new();
-        for vm in spec.vms.iter_mut().filter(|v| v.ha) {
+        for vm in spec.vms.iter_mut().filter(|v| fenced_kind(v)) {
             vm.desired_state = api::DesiredState::Stopped as i32;
             vm.stop_mode = api::StopMode::Force as i32;
             ha.push(vm.id.clone());
@@ -134,8 +149,22 @@ impl Fence {
     }
 }
 
-/// Fences when contact is lost: kills the running HA VMs of the latest spec, every tick while
-/// fenced.
+/// The VMs a fence stops: HA VMs, and VMs held as a migration's target (the API has not
+/// confirmed the migration: the spec still names them with `incoming_migration_id`).
+fn fenced_kind(vm: &api::VmSpec) -> bool {
+    vm.ha || !vm.incoming_migration_id.is_empty()
+}
+
+/// Whether `vm` is an incoming migration's VM the fence stopped ([`Fence::filter`] marks it
+/// desired stopped, forced): it must not be prepared again.
+pub fn fenced_incoming(vm: &api::VmSpec) -> bool {
+    !vm.incoming_migration_id.is_empty()
+        && vm.desired_state == api::DesiredState::Stopped as i32
+        && vm.stop_mode == api::StopMode::Force as i32
+}
+
+/// Fences when contact is lost: kills the running HA VMs and the migration targets' VMs of
+/// the latest spec, every tick while fenced.
 pub async fn run(
     fence: Arc<Fence>,
     daemons: Daemons,
@@ -152,7 +181,8 @@ pub async fn run(
         let (fenced, now_fenced) = fence.check();
         if now_fenced {
             let message = format!(
-                "fencing: no contact with the API for {} s; killing this node's HA VMs",
+                "fencing: no contact with the API for {} s; killing this node's HA VMs and \
+                 unconfirmed incoming migrations",
                 fence.fencing.as_secs()
             );
             tracing::error!("{message}");
@@ -161,14 +191,14 @@ pub async fn run(
         if !fenced {
             continue;
         }
-        let ha: Vec<String> = specs
+        let ha: Vec<(String, bool)> = specs
             .borrow()
             .as_ref()
             .map(|s| {
                 s.vms
                     .iter()
-                    .filter(|v| v.ha)
-                    .map(|v| v.id.clone())
+                    .filter(|v| fenced_kind(v))
+                    .map(|v| (v.id.clone(), !v.incoming_migration_id.is_empty()))
                     .collect()
             })
             .unwrap_or_default();
@@ -187,7 +217,15 @@ pub async fn run(
                 continue;
             }
         };
-        for vm in listed.iter().filter(|v| ha.contains(&v.id)) {
+        for vm in listed.iter() {
+            let Some((_, incoming)) = ha.iter().find(|(id, _)| *id == vm.id) else {
+                continue;
+            };
+            let what = if *incoming {
+                "incoming VM (unconfirmed migration target)"
+            } else {
+                "HA VM"
+            };
             let running = matches!(
                 vmm::VmState::try_from(vm.state),
                 Ok(vmm::VmState::Running | vmm::VmState::Starting | vmm::VmState::Stopping)
@@ -198,7 +236,7 @@ pub async fn run(
             let request = vmm::KillVmRequest { id: vm.id.clone() };
             match daemons.vmm.clone().kill_vm(request).await {
                 Ok(_) => {
-                    let message = format!("fencing: killed HA VM {} (pid {})", vm.id, vm.pid);
+                    let message = format!("fencing: killed {what} {} (pid {})", vm.id, vm.pid);
                     tracing::error!("{message}");
                     audit.warn(message, &[&vm.id]);
                 }
@@ -234,6 +272,12 @@ mod tests {
                     desired_state: api::DesiredState::Running as i32,
                     ..Default::default()
                 },
+                api::VmSpec {
+                    id: "incoming".into(),
+                    incoming_migration_id: "mig".into(),
+                    desired_state: api::DesiredState::Running as i32,
+                    ..Default::default()
+                },
             ],
             ..Default::default()
         }
@@ -254,6 +298,12 @@ mod tests {
             filtered.vms[1].desired_state,
             api::DesiredState::Running as i32
         );
+        assert!(
+            fenced_incoming(&filtered.vms[2]),
+            "an unconfirmed incoming migration is fenced too"
+        );
+        assert!(!fenced_incoming(&spec(5).vms[2]));
+        assert!(fence.fenced());
         let replicated: Vec<_> = filtered.replications.iter().map(|r| &r.vm_id).collect();
         assert_eq!(replicated, ["plain"], "the HA VM's replication stops");
         // A spec from the old stream does not lift it, nor does contact alone.

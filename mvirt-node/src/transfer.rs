@@ -300,6 +300,8 @@ pub struct PeerServer {
     /// Served over TLS: callers must present a node certificate of the cluster.
     tls: bool,
     aborted: Aborted,
+    /// While fenced (`crate::fencing`), no incoming migration completes here.
+    fence: Option<std::sync::Arc<crate::fencing::Fence>>,
 }
 
 impl PeerServer {
@@ -317,7 +319,19 @@ impl PeerServer {
             incoming,
             tls,
             aborted: Aborted::default(),
+            fence: None,
         }
+    }
+
+    /// While `fence` holds, `CompleteMigration` is refused and `AbortMigration` kills the
+    /// incoming copy before it records the abort.
+    pub fn with_fence(mut self, fence: std::sync::Arc<crate::fencing::Fence>) -> Self {
+        self.fence = Some(fence);
+        self
+    }
+
+    fn fenced(&self) -> bool {
+        self.fence.as_ref().is_some_and(|f| f.fenced())
     }
 
     /// Records aborted incoming migrations under `dir` too (the agent's migration directory),
@@ -529,6 +543,13 @@ impl NodePeer for PeerServer {
                 grant.id
             )));
         }
+        if self.fenced() {
+            return Err(Status::failed_precondition(format!(
+                "node {} is fenced (no contact with the API): the migration {} of VM {vm_id} \
+                 will not run here",
+                self.node_id, grant.id
+            )));
+        }
         tracing::info!(grant = %grant.id, vm = %vm_id, "completing an incoming migration");
         // Idempotent: a VM that runs here already (an earlier call whose answer was lost)
         // answers as a completion.
@@ -559,6 +580,16 @@ impl NodePeer for PeerServer {
         }
         let _settle = self.aborted.settle.lock().await;
         self.aborted.retain(self.specs.borrow().as_ref());
+        if self.fenced() {
+            // The fence kills the copy anyway; kill it now, so "not running" holds.
+            let kill = mvirt_vmm::proto::KillVmRequest { id: vm_id.clone() };
+            match self.daemons.vmm.clone().kill_vm(kill).await {
+                Ok(_) => tracing::error!(vm = %vm_id, "fencing: killed incoming VM on abort"),
+                Err(status) if status.code() == tonic::Code::NotFound => {}
+                Err(status) if status.code() == tonic::Code::FailedPrecondition => {}
+                Err(status) => return Err(status),
+            }
+        }
         let here = self
             .daemons
             .vmm

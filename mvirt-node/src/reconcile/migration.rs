@@ -438,6 +438,12 @@ pub async fn prepare_incoming(
     config: vmm::VmConfig,
     seen: bool,
 ) -> Result<Result<vmm::Vm, Status>, Status> {
+    if crate::fencing::fenced_incoming(want) {
+        // The fence killed (or will kill) this copy: nothing is prepared while it holds.
+        return Ok(Err(Status::failed_precondition(
+            "fenced: no contact with the API; the incoming migration is not prepared",
+        )));
+    }
     let request = vmm::PrepareIncomingMigrationRequest {
         id: want.id.clone(),
         config: Some(config),
