@@ -94,6 +94,45 @@ pub fn decide(state: &State, lost: &[String], now: DateTime<Utc>) -> Vec<HaDecis
     out
 }
 
+/// The active migrations with an end on a `lost` node (`silent_secs`: how long each lost node
+/// has been silent), to be ended `failed` (`Command::EndMigrationOnNodeLoss`).
+///
+/// - Target lost: its agent, without contact for the fencing time, killed the copy it held
+///   (prepared, receiving, or resumed after the switch-over) and refuses to complete; only
+///   now, after the fencing time plus the margin, does the API end the migration, so the
+///   source's `Outgoing::settle` resumes its paused copy (or the copy that never stopped
+///   runs on). What the target ran after the switch-over is lost.
+/// - Source lost: the migration ends too, so the target deletes its copy and never runs the
+///   VM besides the source's (which stays the VM's; an HA VM is then failed over by
+///   [`decide`] in the same round, from its replicas). Proposed before the HA decisions.
+///
+/// Cost: one pass over the VMs, only while some node is lost.
+pub fn lost_migrations(state: &State, lost: &[(String, u64)]) -> Vec<crate::state::MigrationLoss> {
+    let mut out = Vec::new();
+    for vm in state.vms.values() {
+        let Some(m) = vm.migration.as_ref().filter(|m| m.phase.is_active()) else {
+            continue;
+        };
+        let ends = [
+            m.target_node_id.as_str(),
+            vm.node_id.as_deref().unwrap_or(""),
+        ];
+        let Some((node, secs)) = ends
+            .iter()
+            .find_map(|end| lost.iter().find(|(id, _)| id == end))
+        else {
+            continue;
+        };
+        out.push(crate::state::MigrationLoss {
+            vm_id: vm.meta.id.clone(),
+            migration_id: m.id.clone(),
+            lost_node_id: node.clone(),
+            silent_secs: *secs,
+        });
+    }
+    out
+}
+
 /// The target with the newest complete set of replicas of `vm`, and the oldest
 /// `last_replicated_at` of that set; or why there is none.
 fn best_replica(

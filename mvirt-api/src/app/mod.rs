@@ -614,26 +614,44 @@ impl App {
     /// their last heartbeat, or from when this member became leader) are lost; each HA VM on
     /// one is moved to the node with its newest replica, or marked stuck with the reason.
     async fn ha_round(&self, leader_since: Instant) {
-        let lost: Vec<String> = {
+        let silent: Vec<(String, u64)> = {
             let live = locked(&self.liveness);
             let state = self.shared.read();
             state
                 .nodes
                 .keys()
-                .filter(|id| {
+                .filter_map(|id| {
                     let last = live
-                        .get(*id)
+                        .get(id)
                         .copied()
                         .unwrap_or(leader_since)
                         .max(leader_since);
-                    last.elapsed() > self.ha_lost_after
+                    (last.elapsed() > self.ha_lost_after)
+                        .then(|| (id.clone(), last.elapsed().as_secs()))
                 })
-                .cloned()
                 .collect()
         };
-        if lost.is_empty() {
+        if silent.is_empty() {
             return;
         }
+        // Migrations with an end on a lost node end first (`crate::ha::lost_migrations`).
+        let losses = crate::ha::lost_migrations(&self.shared.read(), &silent);
+        for loss in losses {
+            let what = format!(
+                "migration {} of VM {} failed: node {} is lost (no heartbeat for {} s)",
+                loss.migration_id, loss.vm_id, loss.lost_node_id, loss.silent_secs
+            );
+            let vm_id = loss.vm_id.clone();
+            let command = Command::EndMigrationOnNodeLoss { loss, now: now() };
+            match self.submit(command, None).await {
+                Ok(_) => {
+                    tracing::warn!("{what}");
+                    self.audit.warn(what, &[&vm_id]);
+                }
+                Err(e) => tracing::warn!(vm_id = %vm_id, error = %e, "migration end not applied"),
+            }
+        }
+        let lost: Vec<String> = silent.into_iter().map(|(id, _)| id).collect();
         let decisions = crate::ha::decide(&self.shared.read(), &lost, chrono::Utc::now());
         for decision in decisions {
             let vm_id = decision.vm_id.clone();
@@ -793,6 +811,9 @@ fn related_ids(command: &Command) -> Vec<String> {
         }
         Command::RegisterNode { node } => vec![node.meta.id.clone()],
         Command::SetNodeState { id, .. } => vec![id.clone()],
+        Command::EndMigrationOnNodeLoss { loss, .. } => {
+            vec![loss.vm_id.clone(), loss.lost_node_id.clone()]
+        }
         Command::HaFailover { decision, .. } => std::iter::once(decision.vm_id.clone())
             .chain([decision.from_node_id.clone()])
             .chain(decision.to_node_id.clone())

@@ -157,6 +157,11 @@ pub enum Command {
         decision: super::HaDecision,
         now: String,
     },
+    /// The leader's monitor: a migration whose source or target node is lost ends `failed`.
+    EndMigrationOnNodeLoss {
+        loss: super::MigrationLoss,
+        now: String,
+    },
     ResizeVolume {
         id: String,
         size_bytes: u64,
@@ -269,6 +274,7 @@ impl Command {
             Command::DrainNode { .. } => "drain_node",
             Command::UndrainNode { .. } => "undrain_node",
             Command::HaFailover { .. } => "ha_failover",
+            Command::EndMigrationOnNodeLoss { .. } => "end_migration_node_lost",
             Command::ResizeVolume { .. } => "resize_volume",
             Command::CreateSnapshot { .. } => "create_snapshot",
             Command::DeleteSnapshot { .. } => "delete_snapshot",

@@ -44,6 +44,19 @@ pub struct MigrationUpdate {
     pub error: String,
 }
 
+/// A migration whose source or target node the leader's monitor found lost: no heartbeat for
+/// the agents' fencing time plus the margin (`crate::ha::lost_migrations`, the same numbers
+/// as an HA failover). Applied as `Command::EndMigrationOnNodeLoss`: the migration ends
+/// `failed` with a reason naming the node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrationLoss {
+    pub vm_id: String,
+    pub migration_id: String,
+    pub lost_node_id: String,
+    /// How long the node had been silent when the leader decided (for the reason).
+    pub silent_secs: u64,
+}
+
 /// What a VM asks of a node: vCPUs, memory (its volumes move with it and are counted apart).
 fn fits(state: &State, node: &Node, vm: &Vm) -> bool {
     let held = scheduler::held_on(state, &node.meta.id);
@@ -246,6 +259,74 @@ impl State {
         self.answer(Kind::Vm, id, "migration_started")
     }
 
+    /// Ends a migration whose source or target node is lost (see [`MigrationLoss`]): `failed`
+    /// with the reason, exactly as if the source had reported the failure — the grant leaves
+    /// both specs, so the target deletes what it prepared (its agent fenced a copy it may have
+    /// resumed before the API could decide: it had no contact for the fencing time) and the
+    /// source resumes its paused copy or simply runs on; a drain waiting on it goes on.
+    /// Refused (stale decision) when the migration is no longer active or the node is neither
+    /// of its ends.
+    pub(super) fn migration_node_lost(
+        &mut self,
+        index: u64,
+        loss: &MigrationLoss,
+        now: &str,
+    ) -> Applied {
+        let vm = self.get::<Vm>(&loss.vm_id)?;
+        let active = vm
+            .migration
+            .as_ref()
+            .filter(|m| m.phase.is_active() && m.id == loss.migration_id);
+        let Some(m) = active else {
+            return Err(ApiError::conflict(format!(
+                "VM {} has no active migration {} any more",
+                loss.vm_id, loss.migration_id
+            )));
+        };
+        let Some(source) = vm.node_id.clone() else {
+            return Err(ApiError::conflict(format!(
+                "VM {} is not placed on a node",
+                loss.vm_id
+            )));
+        };
+        let lost = &loss.lost_node_id;
+        let name = self
+            .nodes
+            .get(lost)
+            .map_or(lost.as_str(), |n| n.meta.name.as_str());
+        let error = if *lost == m.target_node_id {
+            format!(
+                "the target node {name} ({lost}) is lost: no heartbeat for {} s (its agent \
+                 fenced its copy of the VM after the fencing time); the VM runs on its source",
+                loss.silent_secs
+            )
+        } else if *lost == source {
+            format!(
+                "the source node {name} ({lost}) is lost: no heartbeat for {} s; the target's \
+                 copy is deleted, the VM stays on its source",
+                loss.silent_secs
+            )
+        } else {
+            return Err(ApiError::conflict(format!(
+                "node {lost} is neither end of the migration {} of VM {}",
+                loss.migration_id, loss.vm_id
+            )));
+        };
+        let update = MigrationUpdate {
+            migration_id: loss.migration_id.clone(),
+            phase: ReportedPhase::Failed,
+            bytes_transferred: 0,
+            bytes_remaining: m.bytes_remaining,
+            downtime_ms: 0,
+            error,
+        };
+        let changes = self.migration_reported(index, &source, &loss.vm_id, &update, now);
+        let value = self
+            .object_json(Kind::Vm, &loss.vm_id)
+            .unwrap_or_else(Json::null);
+        Ok((value, changes))
+    }
+
     /// Applies what the VM's node (the migration's source) reports about its migration.
     pub(super) fn migration_reported(
         &mut self,
@@ -375,6 +456,111 @@ mod tests {
             downtime_ms: 7,
             error: "vmm gone".into(),
         }
+    }
+
+    fn lose(s: &mut State, at: u64, vm: &str, node: &str) -> Result<Json, ApiError> {
+        let migration_id = s.vms[vm].migration.as_ref().unwrap().id.clone();
+        let loss = MigrationLoss {
+            vm_id: vm.into(),
+            migration_id,
+            lost_node_id: node.into(),
+            silent_secs: 46,
+        };
+        s.migration_node_lost(at, &loss, "t-lost").map(|(v, _)| v)
+    }
+
+    #[test]
+    fn a_migration_whose_target_is_lost_fails_naming_the_node_and_the_drain_goes_on() {
+        let mut s = State::initial();
+        s.nodes.insert("n1".into(), sized_node("n1", "one", 8));
+        s.nodes.insert("n2".into(), sized_node("n2", "two", 8));
+        s.nodes.insert("n3".into(), sized_node("n3", "three", 8));
+        placed_vm(&mut s, "vm", "n1", true);
+        placed_vm(&mut s, "calm", "n3", true);
+        s.drain_node(1, "n1", "d1", "secret", "t").unwrap();
+        assert_eq!(s.vms["vm"].migration.as_ref().unwrap().target_node_id, "n2");
+        let mig = s.vms["vm"].migration.as_ref().unwrap().id.clone();
+        s.migration_reported(
+            2,
+            "n1",
+            "vm",
+            &MigrationUpdate {
+                error: "the target does not answer; the VM stays paused".into(),
+                ..report(ReportedPhase::Completing, &mig)
+            },
+            "t",
+        );
+        // The monitor's decision: only the migration with an end on a lost node.
+        let lost = [("n2".to_string(), 46)];
+        let losses = crate::ha::lost_migrations(&s, &lost);
+        assert_eq!(losses.len(), 1, "{losses:?}");
+        assert_eq!(
+            (losses[0].vm_id.as_str(), losses[0].lost_node_id.as_str()),
+            ("vm", "n2")
+        );
+        assert!(crate::ha::lost_migrations(&s, &[("n3".to_string(), 46)]).is_empty());
+        // A node that is neither end is refused (a stale decision).
+        let err = lose(&mut s, 3, "vm", "n3").unwrap_err();
+        assert_eq!(err.code, ErrorCode::Conflict);
+        s.nodes.get_mut("n2").unwrap().status.state = NodeState::Offline;
+        let value = lose(&mut s, 4, "vm", "n2").unwrap();
+        assert_ne!(value, Json::null());
+        let vm = &s.vms["vm"];
+        let m = vm.migration.as_ref().unwrap();
+        assert_eq!(
+            vm.node_id.as_deref(),
+            Some("n1"),
+            "the VM stays on its source"
+        );
+        assert_eq!(m.phase, MigrationPhase::Failed);
+        let error = m.error.as_deref().unwrap();
+        assert!(
+            error.contains("target node two (n2) is lost") && error.contains("46 s"),
+            "{error}"
+        );
+        assert!(m.grant_token.is_empty(), "the grant leaves both specs");
+        assert_eq!(m.finished_at.as_deref(), Some("t-lost"));
+        assert_eq!(s.counters.last_removal_revision, 4);
+        // The drain waiting on it counted it as failed, with the reason, and went on.
+        let d = s.nodes["n1"].status.drain.clone().unwrap();
+        assert!(!d.migrating.contains(&"vm".to_string()), "{d:?}");
+        assert!(
+            d.failed.iter().any(|f| f.reason.contains("n2) is lost")),
+            "{d:?}"
+        );
+        // Applied twice (the next round proposed it again): refused, nothing changes.
+        let err = lose(&mut s, 5, "vm", "n2").unwrap_err();
+        assert_eq!(err.code, ErrorCode::Conflict);
+        assert!(crate::ha::lost_migrations(&s, &lost).is_empty());
+    }
+
+    #[test]
+    fn a_migration_whose_source_is_lost_ends_and_the_target_drops_its_copy() {
+        let mut s = State::initial();
+        s.nodes.insert("n1".into(), sized_node("n1", "one", 8));
+        s.nodes.insert("n2".into(), sized_node("n2", "two", 8));
+        placed_vm(&mut s, "vm", "n1", true);
+        migrate(&mut s, 1, "vm", Some("two")).unwrap();
+        let lost = [("n1".to_string(), 50)];
+        let losses = crate::ha::lost_migrations(&s, &lost);
+        assert_eq!(losses.len(), 1);
+        assert_eq!(losses[0].lost_node_id, "n1");
+        lose(&mut s, 2, "vm", "n1").unwrap();
+        let vm = &s.vms["vm"];
+        let m = vm.migration.as_ref().unwrap();
+        assert_eq!(m.phase, MigrationPhase::Failed);
+        assert!(
+            m.error
+                .as_deref()
+                .unwrap()
+                .contains("source node one (n1) is lost"),
+            "{m:?}"
+        );
+        assert_eq!(vm.node_id.as_deref(), Some("n1"));
+        assert!(
+            !s.migrating_to("vm", "n2"),
+            "the target's spec no longer names the VM: it deletes its copy"
+        );
     }
 
     #[test]

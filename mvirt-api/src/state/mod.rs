@@ -57,7 +57,7 @@ pub use command::{
 };
 pub use error::{ApiError, ErrorCode};
 pub use ha::HaDecision;
-pub use migration::{MigrationUpdate, ReportedPhase};
+pub use migration::{MigrationLoss, MigrationUpdate, ReportedPhase};
 
 use names::NameIndex;
 
@@ -553,6 +553,7 @@ impl State {
             C::DrainNode { id, drain_id: d, secret, now } => self.drain_node(at, id, d, secret, now),
             C::UndrainNode { id, if_match: m, now } => self.undrain_node(at, id, *m, now),
             C::HaFailover { decision, now } => self.ha_failover(at, decision, now),
+            C::EndMigrationOnNodeLoss { loss, now } => self.migration_node_lost(at, loss, now),
             C::ResizeVolume { id, size_bytes: b, if_match: m, now } => self.resize_volume(at, id, *b, *m, now),
             C::CreateSnapshot { volume_id: v, snapshot } => self.create_snapshot(at, v, snapshot),
             C::DeleteSnapshot { volume_id: v, snapshot_id: s, now } => self.delete_snapshot(at, v, s, now),
