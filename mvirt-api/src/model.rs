@@ -1023,6 +1023,10 @@ pub struct Migration {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schema(ignore)]
     pub grant_token: String,
+    /// A cold move of a stopped VM (mvirt-api README, "Cold move"): its volumes are sent to
+    /// the target as replicas and promoted there; no hypervisor stream, no downtime.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cold: bool,
 }
 
 /// `POST /v1/vms/{id}/migrate`.

@@ -77,7 +77,37 @@ pub(super) fn replications(cx: &mut Desired) -> Vec<proto::ReplicationSpec> {
             trace_id: r.meta.trace_id.clone().unwrap_or_default(),
         });
     }
+    cold_moves(cx, &mut out);
     out
+}
+
+/// The one-off schedules of the cold moves off the node (`state/cold_move.rs`): id = the
+/// migration id, one target, pushed with the migration's grant; to the source only.
+fn cold_moves(cx: &mut Desired, out: &mut Vec<proto::ReplicationSpec>) {
+    let (state, node_id) = (cx.state, cx.node_id);
+    for vm in state.vms.values() {
+        let Some(m) = vm.migration.as_ref() else {
+            continue;
+        };
+        if !m.cold || !m.phase.is_active() || m.source_node_id != node_id {
+            continue;
+        }
+        cx.bump(vm.meta.spec_revision);
+        out.push(proto::ReplicationSpec {
+            id: m.id.clone(),
+            vm_id: vm.meta.id.clone(),
+            volume_ids: vm.spec.volume_ids.clone(),
+            source_node_id: m.source_node_id.clone(),
+            targets: vec![proto::ReplicationTarget {
+                node_id: m.target_node_id.clone(),
+                grant_id: m.id.clone(),
+            }],
+            interval_secs: crate::state::COLD_MOVE_INTERVAL_SECS,
+            // The move's own snapshots are few; the VM's schedules prune theirs.
+            keep: 100,
+            trace_id: vm.meta.trace_id.clone().unwrap_or_default(),
+        });
+    }
 }
 
 /// The transfer grants of the replications from or to the node: one per (replication, target).

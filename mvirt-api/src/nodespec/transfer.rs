@@ -7,7 +7,8 @@
 //!
 //! Live migration: one grant per active migration (`state/migration.rs`), id = the
 //! migration's id, `vm_id` = the VM (a relay of its migration stream and the final
-//! `CompleteMigration`), no volumes (disks travel in the hypervisor's stream).
+//! `CompleteMigration`), no volumes (disks travel in the hypervisor's stream). A cold move
+//! (`state/cold_move.rs`): the VM's volumes, no `vm_id`.
 
 use super::Desired;
 use crate::proto;
@@ -35,15 +36,21 @@ fn migrations(cx: &mut Desired, out: &mut Vec<proto::TransferGrant>) {
         };
         cx.bump(vm.meta.spec_revision);
         cx.bump(target.meta.spec_revision);
+        // A cold move pushes the volumes (replication path), no hypervisor stream.
+        let (volume_ids, vm_id, purpose) = if m.cold {
+            (vm.spec.volume_ids.clone(), String::new(), "cold move")
+        } else {
+            (Vec::new(), vm.meta.id.clone(), "migration")
+        };
         out.push(proto::TransferGrant {
             id: m.id.clone(),
             source_node_id: m.source_node_id.clone(),
             target_node_id: m.target_node_id.clone(),
             target_endpoint: target.status.console_endpoint.clone(),
-            volume_ids: Vec::new(),
-            vm_id: vm.meta.id.clone(),
+            volume_ids,
+            vm_id,
             token: m.grant_token.clone(),
-            purpose: format!("migration {}", m.id),
+            purpose: format!("{purpose} {}", m.id),
         });
     }
 }

@@ -28,11 +28,12 @@ pub(super) fn vms(cx: &mut Desired) -> (Vec<proto::VmSpec>, BTreeSet<String>) {
 }
 
 /// The active live migration that brings `vm` to `node_id`, if any: the target's spec carries
-/// the VM (and its NICs and volumes) for as long as it runs.
+/// the VM (and its NICs and volumes) for as long as it runs. Not a cold move: its target gets
+/// the volumes as replicas and the VM only at the switch (`state/cold_move.rs`).
 pub(super) fn incoming<'v>(vm: &'v Vm, node_id: &str) -> Option<&'v Migration> {
     vm.migration
         .as_ref()
-        .filter(|m| m.phase.is_active() && m.target_node_id == node_id)
+        .filter(|m| m.phase.is_active() && !m.cold && m.target_node_id == node_id)
 }
 
 fn vm_spec(cx: &Desired, vm: &Vm) -> proto::VmSpec {

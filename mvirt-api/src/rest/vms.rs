@@ -122,10 +122,10 @@ pub async fn vm_action(
     request_body = MigrateRequest,
     params(("id" = String, Path, description = "id or name"), ProjectQuery),
     responses(
-        (status = 202, description = "the migration started; the VM's `migration` shows its phase", body = Vm),
+        (status = 202, description = "the migration started; the VM's `migration` shows its phase. A running VM migrates live; a stopped one (`desired_state: stopped`, reported stopped) moves cold (`migration.cold`: its volumes are sent to the target and promoted there, then the VM switches; a start cancels the move)", body = Vm),
         (status = 400, body = ErrorEnvelope),
         (status = 404, body = ErrorEnvelope),
-        (status = 409, description = "the VM is not running or migrating already, the target cannot take it, or there is no other node", body = ErrorEnvelope)))]
+        (status = 409, description = "the VM is starting or stopping, migrating already, a stopped VM's volume has snapshots, the target cannot take it, or there is no other node", body = ErrorEnvelope)))]
 pub async fn migrate_vm(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,

@@ -1,16 +1,18 @@
 //! Node drain (`POST /v1/nodes/{id}/drain`): the node is cordoned and every running VM on it
 //! migrates live to another node (chosen like an unnamed `POST /v1/vms/{id}/migrate`), one at
-//! a time ([`DRAIN_PARALLEL`]). The next migration starts inside the apply of the status
+//! a time ([`DRAIN_PARALLEL`]); then every stopped VM moves cold the same way (one at a time,
+//! `state/cold_move.rs`: its volumes as replicas); then the pods are moved, all in one apply
+//! (stateless: evicted from the node and created on another, [`State::move_pod`]). The next migration starts inside the apply of the status
 //! report that ends the previous one (completed or failed), so every member starts the same
 //! one: its migration id and grant token derive from the drain's id and secret (minted once by
 //! the REST handler, carried in the `DrainNode` command) and the log index — no clock or
 //! randomness outside a command.
 //!
 //! What does not move is listed in `status.drain.failed` with the reason and the node keeps
-//! it: stopped VMs (only running VMs migrate live; a cold move is not built), pods (they do
-//! not migrate), VMs no node can take (cordoned, full, selector, a node-local template), and
-//! failed migrations (the VM runs on the source again). The drain ends `drained` when nothing
-//! failed, else `failed`; `DELETE /v1/nodes/{id}/drain` ends it `cancelled` (no new migration
+//! it: VMs and pods no node can take (cordoned, full, selector, a node-local template), a
+//! stopped VM not reported stopped yet or with volume snapshots, and failed migrations or cold
+//! moves (the VM stays on the source). The drain ends `drained` when nothing failed and the
+//! node holds no VM or pod, else `failed`; `DELETE /v1/nodes/{id}/drain` ends it `cancelled` (no new migration
 //! starts, one in flight finishes) and uncordons the node. A drain never waits on anything but
 //! a migration in flight, which its source ends; the node going offline ends it `failed`.
 
@@ -22,9 +24,6 @@ use crate::model::*;
 /// How many of a drain's migrations run at once. One: a migration streams the VM's memory and
 /// disks through both agents, and the 2-core hosts this runs on have no room for more.
 pub const DRAIN_PARALLEL: usize = 1;
-
-/// Why a stopped VM stays.
-const STOPPED: &str = "the VM is not running: only running VMs migrate live (a cold move is not built); start it or delete it, then drain again";
 
 /// The migration id of VM `vm_id`'s migration started by drain `drain_id` at log index `at`:
 /// UUID-shaped, the same on every member.
@@ -106,6 +105,8 @@ impl State {
             secret: secret.to_string(),
             ..NodeDrain::default()
         };
+        // Running VMs first (live), then stopped ones (cold); pods when no VM is left.
+        let mut stopped = Vec::new();
         for vm in self.vms.values() {
             if vm.node_id.as_deref() != Some(id) {
                 continue;
@@ -117,18 +118,10 @@ impl State {
             } else if vm.spec.desired_state == DesiredState::Running {
                 drain.remaining.push(vm_id);
             } else {
-                drain.failed.push(failure(Kind::Vm, &vm_id, STOPPED));
+                stopped.push(vm_id);
             }
         }
-        for pod in self.pods.values() {
-            if pod.node_id.as_deref() == Some(id) {
-                drain.failed.push(failure(
-                    Kind::Pod,
-                    &pod.meta.id,
-                    "pods do not migrate: delete it (and create it again elsewhere)",
-                ));
-            }
-        }
+        drain.remaining.extend(stopped);
         let node = self.get_mut::<Node>(id)?;
         node.spec.schedulable = false;
         node.status.drain = Some(drain);
@@ -186,8 +179,21 @@ impl State {
             return Vec::new();
         };
         d.migrating.remove(pos);
+        let cold = self
+            .vms
+            .get(vm_id)
+            .and_then(|v| v.migration.as_ref())
+            .is_some_and(|m| m.cold);
+        let Some(d) = self.active_drain_mut(source) else {
+            return Vec::new();
+        };
         match error {
             None => d.moved.push(vm_id.to_string()),
+            Some(e) if cold => d.failed.push(failure(
+                Kind::Vm,
+                vm_id,
+                format!("the cold move failed (the VM stays here): {e}"),
+            )),
             Some(e) => d.failed.push(failure(
                 Kind::Vm,
                 vm_id,
@@ -268,6 +274,13 @@ impl State {
             }
         }
         let mut verb = verb;
+        let vms_done = self
+            .active_drain_mut(node_id)
+            .is_some_and(|d| d.remaining.is_empty() && d.migrating.is_empty());
+        if vms_done {
+            changes.extend(self.drain_pods(at, node_id, now));
+            self.drain_leftovers(node_id);
+        }
         if let Some(d) = self.active_drain_mut(node_id) {
             if d.remaining.is_empty() && d.migrating.is_empty() {
                 (d.state, verb) = if d.failed.is_empty() {
@@ -281,6 +294,58 @@ impl State {
         }
         changes.push(self.change(Kind::Node, node_id, verb));
         changes
+    }
+
+    /// Moves every pod off draining node `node_id` (`State::move_pod`), each listed in
+    /// `moved` or `failed`.
+    fn drain_pods(&mut self, at: u64, node_id: &str, now: &str) -> Vec<Change> {
+        let pods: Vec<String> = self
+            .pods
+            .values()
+            .filter(|p| p.node_id.as_deref() == Some(node_id))
+            .map(|p| p.meta.id.clone())
+            .collect();
+        let mut changes = Vec::new();
+        for pod_id in pods {
+            let result = self.move_pod(at, &pod_id, node_id, now);
+            let Some(d) = self.active_drain_mut(node_id) else {
+                break;
+            };
+            match result {
+                Ok(change) => {
+                    d.moved.push(pod_id);
+                    changes.push(change);
+                }
+                Err(why) => d.failed.push(failure(Kind::Pod, &pod_id, why)),
+            }
+        }
+        changes
+    }
+
+    /// `drained` means the node holds nothing: a VM or pod still on it that the drain did
+    /// not list (none should be: the node is cordoned) is listed as failed.
+    fn drain_leftovers(&mut self, node_id: &str) {
+        let here = |n: &Option<String>| n.as_deref() == Some(node_id);
+        let mut left: Vec<(Kind, String)> = self
+            .vms
+            .values()
+            .filter(|v| here(&v.node_id))
+            .map(|v| (Kind::Vm, v.meta.id.clone()))
+            .collect();
+        left.extend(
+            self.pods
+                .values()
+                .filter(|p| here(&p.node_id))
+                .map(|p| (Kind::Pod, p.meta.id.clone())),
+        );
+        if let Some(d) = self.active_drain_mut(node_id) {
+            for (kind, id) in left {
+                if !d.failed.iter().any(|f| f.id == id) {
+                    d.failed
+                        .push(failure(kind, &id, "still on the node after the drain"));
+                }
+            }
+        }
     }
 }
 
@@ -328,6 +393,102 @@ mod tests {
         s.migration_reported(at, source, vm, &update, &format!("t{at}"))
     }
 
+    /// A 1-vCPU, 256 MiB pod placed on node `on` (`selector`: its node_selector).
+    fn placed_pod(s: &mut State, id: &str, on: &str, selector: Option<&str>) {
+        let spec: PodSpec = serde_json::from_value(serde_json::json!({
+            "vcpus": 1, "memory_bytes": 268435456,
+            "containers": [{"name": "web", "image": "r.example:5000/httpd:1"}],
+            "node_selector": selector,
+        }))
+        .unwrap();
+        let mut pod = Pod::new(meta(id, id), spec);
+        pod.node_id = Some(on.into());
+        pod.status.phase = Phase::Running;
+        s.pods.insert(id.into(), pod);
+    }
+
+    /// The source's report that stopped VM `vm`'s cold move sent every volume (it has none
+    /// in these tests: the switch needs no replica).
+    fn cold_sent(s: &mut State, at: u64, source: &str, vm: &str) -> Vec<Change> {
+        let m = s.vms[vm].migration.clone().expect("moving");
+        assert!(m.cold, "{m:?}");
+        let status = Status {
+            phase: Phase::Ready,
+            ..Status::default()
+        };
+        s.cold_move_reported(at, source, &m.id, &status, &format!("t{at}"))
+            .expect("a cold move from the source")
+    }
+
+    #[test]
+    fn a_drain_moves_running_vms_then_stopped_ones_cold_then_pods() {
+        let mut s = State::initial();
+        s.nodes.insert("a".into(), sized_node("a", "alpha", 8));
+        s.nodes.insert("b".into(), sized_node("b", "beta", 8));
+        s.nodes
+            .get_mut("b")
+            .unwrap()
+            .meta
+            .labels
+            .insert("disk".into(), "ssd".into());
+        s.nodes.insert("c".into(), sized_node("c", "gamma", 8));
+        s.nodes.get_mut("c").unwrap().status.capacity.vcpus = 0;
+        s.nodes
+            .get_mut("c")
+            .unwrap()
+            .meta
+            .labels
+            .insert("disk".into(), "hdd".into());
+        // Ids sort the stopped VM first: the order is still running, then stopped.
+        placed_vm(&mut s, "vm0", "a", false);
+        placed_vm(&mut s, "vm1", "a", true);
+        placed_pod(&mut s, "pod1", "a", Some("disk=ssd"));
+        placed_pod(&mut s, "pod2", "a", Some("disk=hdd"));
+        drain(&mut s, 10, "a").unwrap();
+        let d = status(&s, "a");
+        assert_eq!(
+            (d.migrating.clone(), d.remaining.clone()),
+            (vec!["vm1".to_string()], vec!["vm0".to_string()])
+        );
+        assert!(!s.vms["vm1"].migration.as_ref().unwrap().cold);
+        assert!(s.vms["vm0"].migration.is_none(), "one at a time");
+        assert!(
+            s.pods.values().all(|p| p.node_id.as_deref() == Some("a")),
+            "pods wait for the VMs"
+        );
+        // vm1 live on b: vm0's cold move starts in the same apply.
+        ended(&mut s, 11, "a", "vm1", None);
+        let m0 = s.vms["vm0"].migration.clone().unwrap();
+        assert!(m0.cold && m0.target_node_id == "b", "{m0:?}");
+        assert_eq!(m0.id, migration_id("d1", "vm0", 11));
+        assert!(s.pods.values().all(|p| p.node_id.as_deref() == Some("a")));
+        // vm0 sent: it switches to b, then the pods move in the same apply; one has no node.
+        let changes = cold_sent(&mut s, 12, "a", "vm0");
+        let verbs: Vec<_> = changes.iter().map(|c| (c.kind, c.verb)).collect();
+        assert!(verbs.contains(&(Kind::Pod, "moved")), "{verbs:?}");
+        assert_eq!(verbs.last(), Some(&(Kind::Node, "drain_failed")));
+        assert_eq!(s.vms["vm0"].node_id.as_deref(), Some("b"));
+        assert_eq!(s.vms["vm0"].spec.desired_state, DesiredState::Stopped);
+        let pod1 = &s.pods["pod1"];
+        assert_eq!(pod1.node_id.as_deref(), Some("b"));
+        assert_eq!(pod1.status, Status::default(), "b reports it afresh");
+        assert_eq!(s.pods["pod2"].node_id.as_deref(), Some("a"));
+        let d = status(&s, "a");
+        assert_eq!(d.moved, ["vm1", "vm0", "pod1"]);
+        assert_eq!(d.failed.len(), 1, "{:?}", d.failed);
+        assert_eq!(
+            (d.failed[0].kind.as_str(), d.failed[0].id.as_str()),
+            ("pod", "pod2")
+        );
+        let why = &d.failed[0].reason;
+        assert!(
+            why.contains("beta does not match") && why.contains("gamma has no capacity"),
+            "{why}"
+        );
+        // Without pod2 the node would have been drained: it holds nothing else.
+        assert!(s.vms.values().all(|v| v.node_id.as_deref() == Some("b")));
+    }
+
     #[test]
     fn a_drain_moves_running_vms_one_at_a_time_and_lists_what_stays() {
         let mut s = State::initial();
@@ -349,14 +510,12 @@ mod tests {
         let d = status(&s, "a");
         assert_eq!(
             (d.migrating.clone(), d.remaining.clone()),
-            (vec!["vm1".to_string()], vec!["vm2".to_string()])
+            (
+                vec!["vm1".to_string()],
+                vec!["vm2".to_string(), "vm3".to_string()]
+            )
         );
-        assert_eq!(d.failed.len(), 1);
-        assert_eq!(
-            (d.failed[0].kind.as_str(), d.failed[0].id.as_str()),
-            ("vm", "vm3")
-        );
-        assert!(d.failed[0].reason.contains("not running"), "{:?}", d.failed);
+        assert!(d.failed.is_empty(), "{:?}", d.failed);
         let m1 = s.vms["vm1"].migration.clone().unwrap();
         assert_eq!(m1.target_node_id, "b");
         assert_eq!(m1.id, migration_id("d1", "vm1", 10));
@@ -382,15 +541,31 @@ mod tests {
         assert_ne!(m2.grant_token, m1.grant_token);
         assert_eq!(status(&s, "a").moved, vec!["vm1".to_string()]);
 
-        // vm2's migration fails: the drain ends failed, listing it and the stopped VM.
-        let changes = ended(&mut s, 13, "a", "vm2", Some("vmm gone"));
-        assert_eq!(changes.last().map(|c| c.verb), Some("drain_failed"));
+        // vm2's migration fails: the stopped vm3 moves cold next; a start of it cancels the
+        // move (it starts here) and the drain ends failed, listing both.
+        ended(&mut s, 13, "a", "vm2", Some("vmm gone"));
+        assert!(s.vms["vm3"].migration.as_ref().is_some_and(|m| m.cold));
+        let start = Command::VmAction {
+            id: "vm3".into(),
+            action: VmAction::Start,
+            now: "t13".into(),
+        };
+        let changes = s.apply(13, &p(start)).1;
+        let verbs: Vec<_> = changes.iter().map(|c| (c.kind, c.verb)).collect();
+        assert!(verbs.contains(&(Kind::Node, "drain_failed")), "{verbs:?}");
         let d = status(&s, "a");
         assert_eq!(d.state, DrainState::Failed);
         assert_eq!(d.finished_at.as_deref(), Some("t13"));
         assert!(d.secret.is_empty());
-        assert_eq!(d.failed[1].id, "vm2");
-        assert!(d.failed[1].reason.contains("vmm gone"), "{:?}", d.failed);
+        assert_eq!(d.failed[0].id, "vm2");
+        assert!(d.failed[0].reason.contains("vmm gone"), "{:?}", d.failed);
+        assert_eq!(d.failed[1].id, "vm3");
+        assert!(
+            d.failed[1].reason.contains("cold move failed"),
+            "{:?}",
+            d.failed
+        );
+        assert_eq!(s.vms["vm3"].node_id.as_deref(), Some("a"));
         assert_eq!(s.vms["vm2"].node_id.as_deref(), Some("a"));
         assert!(
             !s.nodes["a"].spec.schedulable,

@@ -226,9 +226,13 @@ impl State {
                 m.phase.as_str()
             )));
         }
-        if vm.spec.desired_state != DesiredState::Running || vm.status.phase != Phase::Running {
+        // A stopped VM moves cold (`state/cold_move.rs`): its volumes as replicas.
+        let cold = vm.spec.desired_state == DesiredState::Stopped;
+        if cold {
+            self.cold_move_check(vm)?;
+        } else if vm.status.phase != Phase::Running {
             return Err(ApiError::conflict(format!(
-                "VM {id} is not running (only a running VM migrates live)"
+                "VM {id} is not running (only a running VM migrates live; a stopped one moves cold)"
             )));
         }
         if self
@@ -249,6 +253,7 @@ impl State {
             target_node_id: target.clone(),
             started_at: now.to_string(),
             grant_token: grant_token.to_string(),
+            cold,
             ..Migration::default()
         });
         // The target's spec gains the VM and the grant: the VM's spec revision moves.

@@ -27,6 +27,7 @@ use serde_json::json;
 use crate::model::*;
 
 mod backup;
+mod cold_move;
 mod command;
 mod drain;
 mod error;
@@ -51,6 +52,7 @@ mod volume;
 #[cfg(test)]
 mod tests;
 
+pub use cold_move::COLD_MOVE_INTERVAL_SECS;
 pub use command::{
     Command, Idempotency, IdempotencyRecord, Placement, Proposal, SnapshotReport, Spec,
     StatusReport, Update,

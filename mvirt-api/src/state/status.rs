@@ -61,6 +61,14 @@ impl State {
                     .filter(|v| v.node_id.as_deref() == Some(node_id))
                     .is_some_and(|v| apply_snapshot_reports(v, &report.snapshots));
             let (id, node) = (report.id.as_str(), Some(node_id));
+            // A cold move's one-off schedule (`state/cold_move.rs`) is no replication object.
+            if report.kind == Kind::Replication && !self.replications.contains_key(id) {
+                if let Some(c) = self.cold_move_reported(index, node_id, id, &status, now) {
+                    accepted += 1;
+                    changes.extend(c);
+                    continue;
+                }
+            }
             // A VM's report counts from its node only, a volume's also before it is placed.
             let slot = match report.kind {
                 Kind::Vm => self.slot::<Vm>(id, |v| v.node_id.as_deref() == node),

@@ -161,6 +161,16 @@ impl State {
                 "hugepages and nested_virtualization are fixed after create",
             ));
         }
+        if new.desired_state == DesiredState::Running
+            && vm
+                .migration
+                .as_ref()
+                .is_some_and(|m| m.cold && m.phase.is_active())
+        {
+            return Err(ApiError::conflict(format!(
+                "VM {id} is moving cold: POST /v1/vms/{id}/start cancels the move and starts it"
+            )));
+        }
         let placed = vm.node_id.is_some();
         if placed && (new.vcpus != vm.spec.vcpus || new.memory_bytes != vm.spec.memory_bytes) {
             // Resizing a placed VM would need a capacity re-check on its node.
@@ -346,6 +356,12 @@ impl State {
         action: VmAction,
         now: &str,
     ) -> Applied {
+        self.get::<Vm>(id)?;
+        // Asked to run: a cold move of the VM ends (`state/cold_move.rs`).
+        let cancelled = match action {
+            VmAction::Start | VmAction::Restart => self.cancel_cold_move(index, id, now),
+            _ => Vec::new(),
+        };
         let vm = self.get_mut::<Vm>(id)?;
         match action {
             VmAction::Start => vm.spec.desired_state = DesiredState::Running,
@@ -363,7 +379,8 @@ impl State {
             }
         }
         stamp(&mut vm.meta, index, now, true);
-        self.answer(Kind::Vm, id, action_verb(action))
+        let (value, changes) = self.answer(Kind::Vm, id, action_verb(action))?;
+        Ok((value, cancelled.into_iter().chain(changes).collect()))
     }
 
     /// Applies the scheduler's decisions that still hold, and why the others wait.
