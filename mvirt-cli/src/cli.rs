@@ -271,8 +271,9 @@ pub enum NodeCmd {
     Cordon { node: String },
     /// Allow placing VMs on a node again.
     Uncordon { node: String },
-    /// Cordon a node and migrate its running VMs live to other nodes, one at a time; stopped
-    /// VMs and pods stay (listed as failed). With --wait: follow it, exit 1 if it failed.
+    /// Cordon a node and move everything off it: running VMs live, then stopped VMs cold (their
+    /// volumes copied), one at a time, then its pods (re-created on another node). What cannot
+    /// move is listed as failed. With --wait: follow it, exit 1 if it failed.
     Drain {
         node: String,
         /// Print progress until the drain ends; exit non-zero if it ended failed.
@@ -616,7 +617,8 @@ mvirt vm create db --cpus 4 --memory 8G --template debian-12 --disk-size 100G --
     Kill { vm: String },
     /// Restart a VM.
     Restart { vm: String },
-    /// Move a running VM to another node while it runs (live migration, memory and disks).
+    /// Move a VM to another node: a running VM while it runs (live migration, memory and
+    /// disks), a stopped VM cold (its volumes copied; it stays stopped there).
     #[command(after_help = "Examples:\n  mvirt vm migrate web-1\n  \
 mvirt vm migrate web-1 --node node-b --wait")]
     Migrate(VmMigrateArgs),

@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use mvirt_api::proto;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vm_lifecycle_create_actions_routes_and_cascading_delete() {
@@ -430,4 +430,87 @@ async fn node_drain_waits_for_the_end_and_fails_with_what_could_not_move() {
     assert!(out.stdout.contains("node hv2: drained: 0 moved"), "{out:?}");
     api.fails(&["node", "drain", "nosuch"], 3, "not found")
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_migrate_moves_a_stopped_vm_cold_once_its_node_sent_the_volumes() {
+    let api = start_api().await;
+    let hv1 = api.register_node("hv1", "https://127.0.0.1:1", "s1").await;
+    let vm = api
+        .json(&[
+            "vm",
+            "create",
+            "web",
+            "--cpus",
+            "1",
+            "--memory",
+            "1G",
+            "--stopped",
+        ])
+        .await;
+    let vm_id = id_of(&vm);
+    let http = api.http();
+    mvirt_testsupport::process::wait_until_async(
+        "vm placed",
+        std::time::Duration::from_secs(20),
+        || async {
+            let v: Value = http
+                .get(format!("{}/v1/vms/{vm_id}", api.url))
+                .bearer_auth(&api.token)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (v["node_id"] == hv1.as_str()).then_some(())
+        },
+    )
+    .await;
+    let hv2 = api.register_node("hv2", "https://127.0.0.1:2", "s2").await;
+    api.fails(
+        &["vm", "migrate", "web"],
+        4,
+        "a cold move waits until it is stopped",
+    )
+    .await;
+    api.report(
+        &hv1,
+        proto::ResourceStatus {
+            kind: proto::ResourceKind::Vm as i32,
+            id: vm_id.clone(),
+            phase: proto::Phase::Stopped as i32,
+            ..Default::default()
+        },
+    )
+    .await;
+    let out = api.mvirt(&["vm", "migrate", "web", "--node", "hv2"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        out.stdout,
+        format!("vm web: cold move to node {hv2} started\n")
+    );
+    let shown = api.json(&["vm", "show", "web"]).await;
+    let m = &shown["migration"];
+    assert_eq!(
+        (m["cold"].clone(), m["phase"].clone()),
+        (json!(true), json!("pending")),
+        "{shown}"
+    );
+    // The source's report on the move's one-off schedule (the VM has no volumes: nothing to
+    // wait for) switches it; --wait then says so.
+    api.report(
+        &hv1,
+        proto::ResourceStatus {
+            kind: proto::ResourceKind::Replication as i32,
+            id: m["id"].as_str().unwrap().to_string(),
+            phase: proto::Phase::Ready as i32,
+            ..Default::default()
+        },
+    )
+    .await;
+    let shown = api.json(&["vm", "show", "web"]).await;
+    assert_eq!(shown["node_id"], json!(hv2), "{shown}");
+    assert_eq!(shown["migration"]["phase"], "completed", "{shown}");
+    assert_eq!(shown["spec"]["desired_state"], "stopped", "{shown}");
 }

@@ -248,7 +248,23 @@ pub fn migrate_body(node: Option<&str>) -> Value {
 pub fn migration_outcome(vm: &str, v: &Value) -> Option<Result<String, String>> {
     let m = v.get("migration")?;
     let target = output::text_at(m, "target_node_id");
+    let cold = m.get("cold").and_then(Value::as_bool).unwrap_or(false);
+    let sent = || {
+        output::human_bytes(
+            m.get("bytes_transferred")
+                .and_then(Value::as_u64)
+                .unwrap_or(0),
+        )
+    };
     match m.get("phase").and_then(Value::as_str)? {
+        "completed" if cold => Some(Ok(format!(
+            "vm {vm}: moved cold to node {target} (stopped there, {} of volumes sent)",
+            sent()
+        ))),
+        "failed" | "cancelled" if cold => Some(Err(format!(
+            "vm {vm}: cold move to node {target} failed: {}",
+            output::text_at(m, "error")
+        ))),
         "completed" => Some(Ok(format!(
             "vm {vm}: migrated to node {target} (downtime {} ms, {} sent)",
             output::text_at(m, "downtime_ms"),
@@ -279,10 +295,12 @@ async fn migrate(ctx: &Ctx, a: &VmMigrateArgs) -> Result<(), ApiError> {
         let target = output::lookup(&v, "migration.target_node_id")
             .map(output::text)
             .unwrap_or_default();
-        return ctx.done(
-            &v,
-            &format!("vm {}: migration to node {target} started", a.vm),
-        );
+        let what = if output::lookup(&v, "migration.cold").and_then(Value::as_bool) == Some(true) {
+            "cold move"
+        } else {
+            "migration"
+        };
+        return ctx.done(&v, &format!("vm {}: {what} to node {target} started", a.vm));
     }
     let id = output::text_at(&v, "id");
     // Generous: a migration copies the VM's memory and every block of its disks.
@@ -333,6 +351,25 @@ mod tests {
         let failed = vm(json!({"phase": "failed", "target_node_id": "n2", "error": "target gone"}));
         let line = migration_outcome("web", &failed).unwrap().unwrap_err();
         assert!(line.ends_with("failed: target gone"), "{line}");
+        // A stopped VM moves cold: said so, without a downtime.
+        let cold = vm(
+            json!({"phase": "completed", "target_node_id": "n2", "cold": true,
+            "bytes_transferred": 4096}),
+        );
+        let line = migration_outcome("web", &cold).unwrap().unwrap();
+        assert_eq!(
+            line,
+            "vm web: moved cold to node n2 (stopped there, 4KiB of volumes sent)"
+        );
+        let cancelled = vm(
+            json!({"phase": "cancelled", "target_node_id": "n2", "cold": true,
+            "error": "cancelled: the VM was asked to start"}),
+        );
+        let line = migration_outcome("web", &cancelled).unwrap().unwrap_err();
+        assert!(
+            line.starts_with("vm web: cold move to node n2 failed: cancelled"),
+            "{line}"
+        );
         let cli = Cli::try_parse_from(["mvirt", "vm", "migrate", "web", "--node", "b", "--wait"]);
         assert!(cli.is_ok(), "{cli:?}");
     }
