@@ -352,6 +352,18 @@ fn enter_netns(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Makes the mount at `path` (and those below it) shared (`mount --make-rshared`), so mounts
+/// made below it later in the host's mount namespace also appear in the mount namespaces of
+/// [`NetnsRuntime`]s created afterwards (their copies are slaves of it). The host's mounts are
+/// private here; a test pool's mount point is what needs this (mvirt-zfs mounts each new
+/// volume below it, and QEMU inside the namespace opens the volume's files).
+pub fn share_mounts_below(path: &std::path::Path) {
+    use nix::mount::{mount, MsFlags};
+    let none: Option<&str> = None;
+    mount(none, path, none, MsFlags::MS_REC | MsFlags::MS_SHARED, none)
+        .unwrap_or_else(|e| panic!("mount --make-rshared {}: {e}", path.display()));
+}
+
 impl NetnsRuntime {
     /// A multi-thread runtime (`workers` threads) inside `ns`.
     pub fn new(ns: &Netns, workers: usize) -> NetnsRuntime {
@@ -461,5 +473,39 @@ mod tests {
             .await;
         assert!(bpf, "bpffs is mounted inside");
         drop(runtime);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mounts_made_later_below_a_shared_mount_reach_a_netns_runtime() {
+        use nix::mount::{mount, umount2, MntFlags, MsFlags};
+        crate::require_root();
+        let none: Option<&str> = None;
+        let dir = tempfile::tempdir().unwrap();
+        let top = dir.path().join("top");
+        std::fs::create_dir_all(top.join("later")).unwrap();
+        mount(Some(&top), &top, none, MsFlags::MS_BIND, none).unwrap();
+        struct Unmount(std::path::PathBuf);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                let _ = umount2(&self.0.join("later"), MntFlags::MNT_DETACH);
+                let _ = umount2(&self.0, MntFlags::MNT_DETACH);
+            }
+        }
+        let _unmount = Unmount(top.clone());
+        share_mounts_below(&top);
+        let ns = Netns::new("mvts");
+        let runtime = NetnsRuntime::new(&ns, 1);
+        mount(
+            Some("tmpfs"),
+            &top.join("later"),
+            Some("tmpfs"),
+            MsFlags::empty(),
+            none,
+        )
+        .unwrap();
+        std::fs::write(top.join("later").join("file"), "x").unwrap();
+        let file = top.join("later").join("file");
+        let seen = runtime.run(async move { file.exists() }).await;
+        assert!(seen, "the later mount is visible inside");
     }
 }
