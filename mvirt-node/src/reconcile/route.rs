@@ -2,7 +2,7 @@
 //! is one local route, with an id derived from the route's id so it is stable across passes.
 //! The ledger records the derived ids.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use tonic::Status;
 
@@ -22,22 +22,35 @@ pub fn derived_id(parent: &str, name: &str) -> String {
     uuid::Uuid::new_v5(&namespace, name.as_bytes()).to_string()
 }
 
-/// The destinations of a route mvirt-ebpf lacks, with their local ids.
+/// Where a local route sends its destination: (network, remote node's underlay address).
+pub type Via = (String, String);
+
+/// The destinations of a route mvirt-ebpf lacks or sends elsewhere, with their local ids and
+/// whether a local route with that id exists (and must be replaced: the VM behind it moved to
+/// another node, e.g. by a live migration).
 fn missing_destinations<'a>(
     want: &'a api::RouteSpec,
-    existing: &HashSet<String>,
-) -> Vec<(String, &'a String)> {
+    existing: &HashMap<String, Via>,
+) -> Vec<(String, &'a String, bool)> {
     want.destinations
         .iter()
         .map(|destination| (derived_id(&want.id, destination), destination))
-        .filter(|(id, _)| !existing.contains(id))
+        .filter_map(|(id, destination)| match existing.get(&id) {
+            None => Some((id, destination, false)),
+            Some((network, remote))
+                if *network != want.network_id || *remote != want.node_address =>
+            {
+                Some((id, destination, true))
+            }
+            Some(_) => None,
+        })
         .collect()
 }
 
 impl Reconciler for RouteReconciler<'_> {
     const KIND: Kind = Kind::Route;
     type Desired = api::RouteSpec;
-    type Observed = HashSet<String>;
+    type Observed = HashMap<String, Via>;
     type Converged = ();
 
     fn local_ids(spec: &api::NodeSpec) -> HashSet<String> {
@@ -47,18 +60,29 @@ impl Reconciler for RouteReconciler<'_> {
             .collect()
     }
 
-    async fn observe(&self) -> Result<HashSet<String>, Status> {
+    async fn observe(&self) -> Result<HashMap<String, Via>, Status> {
         let request = net::ListRoutesRequest::default();
         let listed = self.cx.net().list_routes(request).await?;
         let routes = listed.into_inner().routes;
-        Ok(routes.into_iter().map(|r| r.id).collect())
+        Ok(routes
+            .into_iter()
+            .map(|r| (r.id, (r.network_id, r.remote_node)))
+            .collect())
     }
 
     async fn converge(&self, want: &Self::Desired, seen: &Self::Observed) -> Converging<()> {
         let mut client = self.cx.net();
         let mut result = Ok(());
-        for (id, destination) in missing_destinations(want, seen) {
+        for (id, destination, replace) in missing_destinations(want, seen) {
             self.cx.claim(Kind::Route, &id)?;
+            if replace {
+                // mvirt-ebpf refuses a second spec under one id: delete, then create anew.
+                let request = net::DeleteRouteRequest { id: id.clone() };
+                if let Err(error) = deleted(client.delete_route(request).await) {
+                    result = Err(error);
+                    continue;
+                }
+            }
             if let Err(error) = client
                 .create_route(net::CreateRouteRequest {
                     id,
@@ -106,10 +130,34 @@ mod tests {
             destinations: vec!["10.0.0.5/32".into(), "fd00::5/128".into()],
             ..Default::default()
         };
-        let existing = HashSet::from([derived_id(PARENT, "10.0.0.5/32")]);
+        let existing = HashMap::from([(
+            derived_id(PARENT, "10.0.0.5/32"),
+            (String::new(), String::new()),
+        )]);
         let missing = missing_destinations(&want, &existing);
         assert_eq!(missing.len(), 1);
         assert_eq!(missing[0].1, "fd00::5/128");
         assert_eq!(missing[0].0, derived_id(PARENT, "fd00::5/128"));
+        assert!(!missing[0].2);
+    }
+
+    #[test]
+    fn a_destination_whose_vm_moved_to_another_node_is_replaced() {
+        let want = api::RouteSpec {
+            id: PARENT.into(),
+            network_id: "net".into(),
+            destinations: vec!["10.0.0.5/32".into(), "fd00::5/128".into()],
+            node_address: "10.200.0.2".into(),
+            ..Default::default()
+        };
+        let via = |remote: &str| ("net".to_string(), remote.to_string());
+        let existing = HashMap::from([
+            (derived_id(PARENT, "10.0.0.5/32"), via("10.200.0.1")),
+            (derived_id(PARENT, "fd00::5/128"), via("10.200.0.2")),
+        ]);
+        let missing = missing_destinations(&want, &existing);
+        assert_eq!(missing.len(), 1, "{missing:?}");
+        assert_eq!(missing[0].1, "10.0.0.5/32");
+        assert!(missing[0].2, "the old route is replaced");
     }
 }
