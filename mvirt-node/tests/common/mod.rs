@@ -71,6 +71,9 @@ pub struct HostDaemons {
     pub vmm_config: mvirt_vmm::vmm::VmmConfig,
     pin_dir: PathBuf,
     tunnel_device: String,
+    /// The runtime mvirt-ebpf and mvirt-vmm run on when the host has a network namespace of
+    /// its own ([`HostDaemons::start_in_netns`]); dropped last, after the daemons stopped.
+    netns: Option<mvirt_testsupport::netns::NetnsRuntime>,
 }
 
 impl HostDaemons {
@@ -87,6 +90,38 @@ impl HostDaemons {
         log_endpoint: &str,
         options: HostOptions,
     ) -> HostDaemons {
+        Self::start_inner(dir, images, log_endpoint, options, None).await
+    }
+
+    /// [`HostDaemons::start`] with mvirt-ebpf and mvirt-vmm (so the host's TAPs, VXLAN device
+    /// and QEMU processes) inside the network namespace `netns` runs in, as on a machine of
+    /// their own; mvirt-zfs stays in the host namespace (it has no network). The VXLAN port is
+    /// 4789 in every namespace (the port is both the local and the remote one).
+    /// Its namespace runtime holds copies of the mounts of pools created before it (of other
+    /// hosts too): drop such hosts in reverse order of their start, or their pools stay busy.
+    pub async fn start_in_netns(
+        dir: &Path,
+        images: &Path,
+        log_endpoint: &str,
+        netns: &mvirt_testsupport::netns::Netns,
+    ) -> HostDaemons {
+        Self::start_inner(
+            dir,
+            images,
+            log_endpoint,
+            HostOptions::default(),
+            Some(netns),
+        )
+        .await
+    }
+
+    async fn start_inner(
+        dir: &Path,
+        images: &Path,
+        log_endpoint: &str,
+        options: HostOptions,
+        netns: Option<&mvirt_testsupport::netns::Netns>,
+    ) -> HostDaemons {
         let shutdown = Shutdown::new();
         let images = images.to_path_buf();
         if !images.join("disk.raw").exists() {
@@ -94,6 +129,13 @@ impl HostDaemons {
         }
 
         let pool = TestPool::create();
+        // The daemons in the namespace have a mount namespace of their own (for its /sys): the
+        // volumes mvirt-zfs mounts later (each dataset is a FUSE mount of zfs-fuse) reach it
+        // only through a shared mount, so the pool's mount becomes one before it is copied.
+        let netns = netns.map(|ns| {
+            mvirt_testsupport::netns::share_mounts_below(&pool.mountpoint);
+            mvirt_testsupport::netns::NetnsRuntime::new(ns, 2)
+        });
         let zfs_config = mvirt_zfs::server::Config {
             pool: pool.name.clone(),
             parent_dataset: "mvirt".into(),
@@ -123,15 +165,22 @@ impl HostDaemons {
             uplink: options.uplink.clone(),
             nft_table: format!("mvnt{}", mvirt_testsupport::unique_suffix()),
             tunnel_device: tunnel_device.clone(),
-            tunnel_port: mvirt_testsupport::net::free_port(),
+            tunnel_port: if netns.is_some() {
+                4789
+            } else {
+                mvirt_testsupport::net::free_port()
+            },
             guest_mtu: 1450,
             log_endpoint: log_endpoint.to_string(),
             control_rate: Default::default(),
         };
         let ebpf_listener = bind_socket(dir, "ebpf").await;
-        let ebpf = mvirt_ebpf::start(ebpf_config, ebpf_listener, shutdown.clone())
-            .await
-            .expect("mvirt-ebpf starts (eBPF programs load)");
+        let ebpf_start = mvirt_ebpf::start(ebpf_config, ebpf_listener, shutdown.clone());
+        let ebpf = match &netns {
+            Some(ns) => ns.run(ebpf_start).await,
+            None => ebpf_start.await,
+        }
+        .expect("mvirt-ebpf starts (eBPF programs load)");
 
         let mut vmm_config = mvirt_vmm::vmm::VmmConfig::new(dir.join("vmm"));
         vmm_config.allowed_dirs = vec![dir.join("vmm"), pool.mountpoint.clone(), images.clone()];
@@ -144,9 +193,12 @@ impl HostDaemons {
             vmm_config.pod = pods;
             vmm_config.qemu.vhost_vsock_binary = mvirt_testsupport::pod::vhost_device_vsock();
         }
-        let vmm = mvirt_vmm::start(vmm_config.clone(), socket(dir, "vmm"))
-            .await
-            .expect("mvirt-vmm starts");
+        let vmm_start = mvirt_vmm::start(vmm_config.clone(), socket(dir, "vmm"));
+        let vmm = match &netns {
+            Some(ns) => ns.run(vmm_start).await,
+            None => vmm_start.await,
+        }
+        .expect("mvirt-vmm starts");
 
         HostDaemons {
             endpoints: Endpoints {
@@ -164,6 +216,7 @@ impl HostDaemons {
             vmm_config,
             pin_dir,
             tunnel_device,
+            netns,
         }
     }
 
@@ -172,9 +225,12 @@ impl HostDaemons {
         let old = self.vmm.take().expect("vmm running");
         let addr = old.addr.clone();
         old.stop().await.expect("vmm stops cleanly");
-        let vmm = mvirt_vmm::start(self.vmm_config.clone(), addr)
-            .await
-            .expect("mvirt-vmm restarts");
+        let vmm_start = mvirt_vmm::start(self.vmm_config.clone(), addr);
+        let vmm = match &self.netns {
+            Some(ns) => ns.run(vmm_start).await,
+            None => vmm_start.await,
+        }
+        .expect("mvirt-vmm restarts");
         self.vmm = Some(vmm);
     }
 }
@@ -250,6 +306,9 @@ impl Drop for HostDaemons {
         // Last resort: no hypervisor started from this host's directory outlives the test.
         kill_processes_mentioning(&self.dir);
         self.shutdown.trigger();
+        // The namespace's runtime (and with it its mount namespace, which holds copies of the
+        // pool's mounts) ends before the pool is destroyed.
+        drop(self.netns.take());
         let _ = std::process::Command::new("ip")
             .args(["link", "del", &self.tunnel_device])
             .output();

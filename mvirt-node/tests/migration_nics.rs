@@ -1,0 +1,436 @@
+//! Live migration of a VM with NICs, between two nodes whose datapaths are machines of their
+//! own (issue 23): each node's mvirt-ebpf and mvirt-vmm — so its TAPs, VXLAN device and QEMU
+//! processes — run in a network namespace of its own (`HostDaemons::start_in_netns`), joined
+//! by a veth pair that is the VXLAN underlay (the node's registered `address` is its veth
+//! address); the agents, mvirt-zfs and mvirt-api stay in the host namespace and talk to the
+//! daemons over unix sockets.
+//!
+//! VM X (two NICs on two networks, DHCP addresses from mvirt-ebpf) serves TCP on both: each
+//! connection gets a line `ONE-<n>` (net one) or `TWO-<n>` (net two) every 100 ms. VM Y, on the
+//! same node as X (so that after the move the connections cross the VXLAN underlay and the
+//! source node must route X's addresses to the new node), holds ONE connection to each of X's
+//! addresses and prints what it receives. X migrates to the other node. Then:
+//! - both connections keep delivering on the SAME connection (the numbers go on, never restart,
+//!   the client never ends), X's addresses are unchanged, its uptime goes on (no second boot);
+//! - the migration is `completed` with `downtime_ms`;
+//! - exactly one hypervisor process runs X (on the target), the source's TAPs for X are gone
+//!   and the target holds them.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use mvirt_testsupport::netns::{ip, Netns, VethPair};
+use mvirt_testsupport::process::wait_until_async;
+use serde_json::{json, Value};
+
+const BOOT: Duration = Duration::from_secs(240);
+const MIGRATION: Duration = Duration::from_secs(180);
+
+/// The underlay: two namespaces joined by a veth pair (10.200.0.1 ↔ 10.200.0.2). Dropped after
+/// the hosts (declared before them in the test), also on panic.
+struct Underlay {
+    _veth: VethPair,
+    namespaces: [Netns; 2],
+    addresses: [&'static str; 2],
+}
+
+impl Underlay {
+    fn new() -> Underlay {
+        let namespaces = [Netns::new("mvma"), Netns::new("mvmb")];
+        let mut veth = VethPair::new("mvu");
+        // Both ends into namespaces: the host end to A by hand (the peer end by the fixture,
+        // which deletes the pair from B's side on drop).
+        ip(&["link", "set", &veth.host, "netns", namespaces[0].name()]);
+        veth.move_peer(&namespaces[1]);
+        let addresses = ["10.200.0.1", "10.200.0.2"];
+        for (i, (ns, dev)) in namespaces
+            .iter()
+            .zip([veth.host.clone(), veth.peer.clone()])
+            .enumerate()
+        {
+            ns.exec_ok(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{}/24", addresses[i]),
+                "dev",
+                &dev,
+            ]);
+            ns.exec_ok(&["ip", "link", "set", &dev, "up"]);
+        }
+        Underlay {
+            _veth: veth,
+            namespaces,
+            addresses,
+        }
+    }
+
+    /// Whether interface `dev` exists in namespace `i`.
+    fn has_link(&self, i: usize, dev: &str) -> bool {
+        self.namespaces[i]
+            .exec(&["ip", "link", "show", "dev", dev])
+            .status
+            .success()
+    }
+}
+
+/// The hosts, dropped in reverse order of their start (also on panic): a later host's
+/// namespace runtime holds copies of the earlier hosts' pool mounts, and a pool cannot be
+/// destroyed while a copy of its mounts exists.
+struct Hosts(Vec<HostDaemons>);
+
+impl std::ops::Index<usize> for Hosts {
+    type Output = HostDaemons;
+    fn index(&self, i: usize) -> &HostDaemons {
+        &self.0[i]
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        while let Some(host) = self.0.pop() {
+            drop(host);
+        }
+    }
+}
+
+fn uptime_of(text: &str, marker: &str) -> f64 {
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with(marker))
+        .unwrap_or_else(|| panic!("no {marker} line in {text}"));
+    line[marker.len()..]
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("bad uptime line {line:?}"))
+}
+
+/// The numbers of every `<tag>-<n>` in `text`, in order.
+fn ticks(text: &str, tag: &str) -> Vec<u64> {
+    text.split(&format!("{tag}-"))
+        .skip(1)
+        .filter_map(|s| {
+            let digits: String = s.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .collect()
+}
+
+/// The routes one node's mvirt-ebpf has.
+async fn routes_on(ebpf_endpoint: &str) -> Vec<mvirt_ebpf::proto::Route> {
+    mvirt_ebpf::proto::net_service_client::NetServiceClient::connect(ebpf_endpoint.to_string())
+        .await
+        .expect("connect mvirt-ebpf")
+        .list_routes(mvirt_ebpf::proto::ListRoutesRequest::default())
+        .await
+        .expect("ListRoutes")
+        .into_inner()
+        .routes
+}
+
+/// The IPv4 address the API assigned to each of the VM's NICs, in NIC order.
+async fn nic_addresses(rest: &Rest, vm: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for id in vm["spec"]["nic_ids"].as_array().expect("nic_ids") {
+        let id = id.as_str().unwrap();
+        let nic = rest.get(&format!("/v1/nics/{id}")).await;
+        let address = nic["spec"]["ipv4_address"]
+            .as_str()
+            .unwrap_or_else(|| panic!("NIC without an IPv4 address: {nic:#}"))
+            .to_string();
+        out.push((id.to_string(), address));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tcp_connection_from_another_vm_survives_the_live_migration_of_its_server() {
+    mvirt_testsupport::require_root();
+    mvirt_common::telemetry::init_for_tests();
+    let started = std::time::Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let underlay = Underlay::new();
+    let (log_endpoint, _log_shutdown) = start_log(root).await;
+    let (api, token, rest) = start_api(root, |_| {}).await;
+    let mut hosts = Hosts(Vec::new());
+    for (i, d) in ["a", "b"].iter().enumerate() {
+        hosts.0.push(
+            HostDaemons::start_in_netns(
+                &root.join(d),
+                &root.join("images"),
+                &log_endpoint,
+                &underlay.namespaces[i],
+            )
+            .await,
+        );
+    }
+    let mut agents = Vec::new();
+    for (i, (name, d)) in [("node-a", "a"), ("node-b", "b")].iter().enumerate() {
+        let mut config = agent_config(
+            name,
+            &root.join(d).join("agent"),
+            &hosts[i].endpoints,
+            &api,
+            &token,
+        );
+        // The underlay address (routes to this node's VMs are VXLAN to it); the agent itself
+        // (console relay, node-to-node channel) listens on loopback in the host namespace.
+        config.address = underlay.addresses[i].to_string();
+        let port = mvirt_testsupport::net::free_port();
+        config.console_listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
+        let scheme = if config.tls.insecure_plaintext {
+            "http"
+        } else {
+            "https"
+        };
+        config.console_endpoint = format!("{scheme}://127.0.0.1:{port}");
+        agents.push(Agent::start(config));
+    }
+    let node_ids = rest.wait_nodes_online(&["node-a", "node-b"]).await;
+
+    let mut networks = Vec::new();
+    for (name, prefix) in [("one", "10.81.0.0/24"), ("two", "10.82.0.0/24")] {
+        let network = rest
+            .post(
+                "/v1/networks",
+                json!({"name": name, "spec": {"ipv4_prefix": prefix}}),
+            )
+            .await;
+        networks.push(network["id"].as_str().unwrap().to_string());
+    }
+    let template_id = rest.create_template("tiny", &hosts[0].images).await;
+    let vm_spec = |selector: Option<&str>| {
+        let mut spec = json!({
+            "vcpus": 1,
+            "memory_bytes": 128u64 << 20,
+            "root_volume": {"template_id": template_id, "size_bytes": 32u64 << 20},
+            "network_interfaces": [{"network_id": networks[0]}, {"network_id": networks[1]}],
+        });
+        if let Some(s) = selector {
+            spec["node_selector"] = json!(s);
+        }
+        spec
+    };
+    let x = rest
+        .post("/v1/vms", json!({"name": "server", "spec": vm_spec(None)}))
+        .await;
+    let x_id = x["id"].as_str().unwrap().to_string();
+    let x = rest.wait_vm_phase(&x_id, "running", BOOT).await;
+    let source = x["node_id"].as_str().unwrap().to_string();
+    let (s, t) = if source == node_ids[0] {
+        (0, 1)
+    } else {
+        (1, 0)
+    };
+    let target = node_ids[t].clone();
+    // Y next to X: after the move its connections cross the underlay.
+    let y = rest
+        .post(
+            "/v1/vms",
+            json!({"name": "client", "spec": vm_spec(Some(&source))}),
+        )
+        .await;
+    let y_id = y["id"].as_str().unwrap().to_string();
+    let y = rest.wait_vm_phase(&y_id, "running", BOOT).await;
+    assert_eq!(y["node_id"], json!(source), "{y:#}");
+
+    let x_nics = nic_addresses(&rest, &x).await;
+    let y_nics = nic_addresses(&rest, &y).await;
+    let x_taps: Vec<String> = x_nics
+        .iter()
+        .map(|(id, _)| mvirt_common::names::tap_name(id))
+        .collect();
+    for tap in &x_taps {
+        assert!(underlay.has_link(s, tap), "X's TAP {tap} on the source");
+        assert!(!underlay.has_link(t, tap), "no TAP {tap} on the target yet");
+    }
+
+    // Both guests: eth0 from the init's DHCP, eth1 by DHCP here; wait for both addresses.
+    let x_console = GuestConsole::open(&hosts[s].endpoints.vmm, &x_id).await;
+    let y_console = GuestConsole::open(&hosts[s].endpoints.vmm, &y_id).await;
+    for (console, nics, tag) in [(&x_console, &x_nics, "X"), (&y_console, &y_nics, "Y")] {
+        console.wait_for("MVIRT-GUEST-BOOTED", BOOT).await;
+        console
+            .send(&format!(
+                "udhcpc -i eth1 -s /etc/udhcpc.script -t 5 -T 2 -A 5 -b >/dev/null 2>&1; \
+                 for i in $(seq 1 90); do ip -o addr show dev eth0 | grep -q 'inet {}/' && \
+                 ip -o addr show dev eth1 | grep -q 'inet {}/' && break; sleep 1; done; \
+                 ip -o addr; echo ADDR\"\"S-{tag}\n",
+                nics[0].1, nics[1].1
+            ))
+            .await;
+        let seen = console.wait_for(&format!("ADDRS-{tag}"), BOOT).await;
+        for (_, address) in nics.iter() {
+            assert!(
+                seen.contains(&format!("inet {address}/")),
+                "{tag} got {address} by DHCP:\n{seen}"
+            );
+        }
+    }
+
+    // X serves: one line every 100 ms to each connection, one server per network.
+    x_console
+        .send(
+            "for n in ONE TWO; do printf '#!/bin/sh\\ni=0; while true; do i=$((i+1)); echo %s-$i; sleep 0.1; done\\n' $n > /tmp/$n; chmod +x /tmp/$n; done; \
+             nc -l -p 7001 -e /tmp/ONE & nc -l -p 7002 -e /tmp/TWO & echo SERV\"\"ING\n",
+        )
+        .await;
+    x_console.wait_for("SERVING", BOOT).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    y_console
+        .send(&format!(
+            "(nc {} 7001; echo NC1\"\"-ENDED) & (nc {} 7002; echo NC2\"\"-ENDED) &\n",
+            x_nics[0].1, x_nics[1].1
+        ))
+        .await;
+    y_console.wait_for("ONE-20", BOOT).await;
+    y_console.wait_for("TWO-20", BOOT).await;
+    x_console
+        .send("echo UP\"\"BEFORE $(cut -d' ' -f1 /proc/uptime)\n")
+        .await;
+    x_console.wait_for("UPBEFORE ", BOOT).await;
+
+    // Migrate X away from Y's node.
+    let path = format!("/v1/vms/{x_id}/migrate");
+    let before = (
+        *ticks(&y_console.text(), "ONE").last().unwrap(),
+        *ticks(&y_console.text(), "TWO").last().unwrap(),
+    );
+    let migration_started = std::time::Instant::now();
+    let begun = rest.post(&path, json!({})).await;
+    assert_eq!(begun["migration"]["target_node_id"], json!(target));
+    let done = wait_until_async("the migration to complete", MIGRATION, || {
+        let (rest, path) = (rest.clone(), format!("/v1/vms/{x_id}"));
+        async move {
+            let vm = rest.get(&path).await;
+            assert_ne!(vm["migration"]["phase"], "failed", "{vm:#}");
+            (vm["migration"]["phase"] == "completed").then_some(vm)
+        }
+    })
+    .await;
+    let migration_secs = migration_started.elapsed().as_secs_f64();
+    assert_eq!(done["node_id"], json!(target), "{done:#}");
+    let downtime = &done["migration"]["downtime_ms"];
+    assert!(downtime.is_u64(), "{done:#}");
+    let at_switch = (
+        *ticks(&y_console.text(), "ONE").last().unwrap(),
+        *ticks(&y_console.text(), "TWO").last().unwrap(),
+    );
+
+    // The same connections keep delivering: 100+ more lines each (10 s of the server's
+    // counting), after the switch.
+    for (tag, n) in [("ONE", at_switch.0), ("TWO", at_switch.1)] {
+        let needle = format!("{tag}-{}", n + 100);
+        let text = y_console.wait_for(&needle, MIGRATION).await;
+        let seen = ticks(&text, tag);
+        assert!(
+            seen.windows(2).all(|w| w[1] > w[0]),
+            "{tag}: the numbers never restart (one connection, one server process): {seen:?}"
+        );
+    }
+    let text = y_console.text();
+    assert!(
+        !text.contains("NC1-ENDED") && !text.contains("NC2-ENDED"),
+        "a client's connection ended:\n{text}"
+    );
+
+    // X: same addresses, no reboot, uptime went on.
+    let x_after = rest.get(&format!("/v1/vms/{x_id}")).await;
+    assert_eq!(nic_addresses(&rest, &x_after).await, x_nics);
+    let on_target = GuestConsole::open(&hosts[t].endpoints.vmm, &x_id).await;
+    on_target
+        .send("echo UP\"\"AFTER $(cut -d' ' -f1 /proc/uptime); ip -o addr; echo ADDR\"\"S-AFTER\n")
+        .await;
+    let after = on_target.wait_for("ADDRS-AFTER", BOOT).await;
+    let up_before = uptime_of(&x_console.text(), "UPBEFORE ");
+    let up_after = uptime_of(&after, "UPAFTER ");
+    assert!(
+        up_after > up_before,
+        "uptime went on: {up_before} -> {up_after}"
+    );
+    assert!(!after.contains("MVIRT-GUEST-BOOTED"), "{after}");
+    for (_, address) in &x_nics {
+        assert!(after.contains(&format!("inet {address}/")), "{after}");
+    }
+
+    // One hypervisor process for X, on the target; X's TAPs only there.
+    wait_until_async(
+        "X only on the target's hypervisor",
+        Duration::from_secs(60),
+        || {
+            let (a, b) = (
+                hosts[s].endpoints.vmm.clone(),
+                hosts[t].endpoints.vmm.clone(),
+            );
+            let x_id = x_id.clone();
+            async move {
+                let on_source = hypervisor_vms(&a).await;
+                let on_target = hypervisor_vms(&b).await;
+                (!on_source.iter().any(|v| v.id == x_id)
+                    && on_target.iter().filter(|v| v.id == x_id).count() == 1)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    for tap in &x_taps {
+        let tap = tap.clone();
+        wait_until_async(
+            &format!("X's TAP {tap} gone from the source"),
+            Duration::from_secs(60),
+            || {
+                let gone = !underlay.has_link(s, &tap);
+                async move { gone.then_some(()) }
+            },
+        )
+        .await;
+        assert!(underlay.has_link(t, &tap), "X's TAP {tap} on the target");
+    }
+    // The source routes X's addresses to the target over the underlay (the routes followed
+    // the VM); the target has no route for them (its NICs are local there).
+    for (i, via) in [(s, Some(underlay.addresses[t])), (t, None)] {
+        let want: Vec<(String, Option<&str>)> = x_nics
+            .iter()
+            .map(|(_, a)| (format!("{a}/32"), via))
+            .collect();
+        let endpoint = hosts[i].endpoints.ebpf.clone();
+        wait_until_async(
+            &format!("node {i}'s routes for X's addresses: {want:?}"),
+            Duration::from_secs(30),
+            || {
+                let (endpoint, want) = (endpoint.clone(), want.clone());
+                async move {
+                    let routes = routes_on(&endpoint).await;
+                    want.iter()
+                        .all(|(destination, via)| {
+                            let found = routes.iter().find(|r| r.destination == *destination);
+                            found.map(|r| r.remote_node.as_str()) == *via
+                        })
+                        .then_some(())
+                }
+            },
+        )
+        .await;
+    }
+    // Y still on the source, its connections still going.
+    let n = *ticks(&y_console.text(), "ONE").last().unwrap();
+    y_console
+        .wait_for(&format!("ONE-{}", n + 20), MIGRATION)
+        .await;
+    eprintln!(
+        "migration_nics: lines before {before:?}, at the switch {at_switch:?}; migration {migration_secs:.1} s, \
+         downtime {downtime} ms; test {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    for agent in agents {
+        agent.stop().await;
+    }
+    drop(hosts);
+    drop(underlay);
+}
