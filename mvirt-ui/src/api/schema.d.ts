@@ -1282,6 +1282,7 @@ export interface components {
             bytes_remaining?: number;
             /** Format: int64 */
             bytes_transferred?: number;
+            cold?: boolean;
             /** Format: int64 */
             downtime_ms?: number | null;
             error?: string | null;

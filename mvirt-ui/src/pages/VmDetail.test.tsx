@@ -97,6 +97,32 @@ describe('VmDetail', () => {
     await waitFor(() => expect(calls.some((c) => c.url === `/v1/vms/${vm.id}/migrate` && String(c.init.body).includes('"node":"n2"'))).toBe(true));
   });
 
+  it('a stopped VM moved cold says so', async () => {
+    const moved = {
+      ...vm,
+      spec: { ...vm.spec, desired_state: 'stopped' },
+      migration: {
+        id: 'm2',
+        phase: 'completed',
+        cold: true,
+        source_node_id: 'n2',
+        target_node_id: 'n1',
+        bytes_transferred: 5,
+        bytes_remaining: 0,
+        started_at: 't',
+      },
+    };
+    stubApi((url) => {
+      if (url.startsWith('/v1/whoami')) return json({ role: 'operator' });
+      if (url === `/v1/vms/${vm.id}/stats`) return json(stats);
+      if (url.startsWith('/v1/nodes')) return page([]);
+      if (url.startsWith('/v1/vms')) return page([moved]);
+      return undefined;
+    });
+    renderApp(detail(), { path: `/vms/${vm.id}` });
+    await waitFor(() => expect(screen.getByTestId('migration').textContent).toBe('cold move to n1: completed'));
+  });
+
   it('a viewer sees the VM and its usage but no console (a write channel), action or change', async () => {
     routes('viewer');
     renderApp(detail(), { path: `/vms/${vm.id}` });

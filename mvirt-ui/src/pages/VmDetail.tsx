@@ -148,7 +148,8 @@ function Actions({ vm, onConsole, consoleOpen }: { vm: Vm; onConsole: () => void
   );
 }
 
-/** Live migration: the target node (or the scheduler's choice), and where the last one is. */
+/** Migration: the target node (or the scheduler's choice), and where the last one is. A running
+ *  VM migrates live, a stopped one moves cold (its volumes copied; `migration.cold`). */
 function Migrate({ vm }: { vm: Vm }) {
   const nodes = useList<Node>('node');
   const [target, setTarget] = useState('');
@@ -174,7 +175,7 @@ function Migrate({ vm }: { vm: Vm }) {
       </Button>
       {m && (
         <span className="text-sm text-muted" data-testid="migration">
-          migration to {nameOf(m.target_node_id)}: {m.phase}
+          {m.cold ? 'cold move' : 'migration'} to {nameOf(m.target_node_id)}: {m.phase}
           {m.phase === 'completed' && m.downtime_ms != null && ` (downtime ${m.downtime_ms} ms)`}
           {m.error && ` — ${m.error}`}
         </span>
