@@ -369,6 +369,32 @@ mod tests {
         let m = s.vms["vm"].migration.clone().unwrap();
         assert!(m.cold && m.phase == MigrationPhase::Pending, "{m:?}");
         assert_eq!(m.target_node_id, "n2");
+        // The specs: the source keeps the VM and pushes its volumes with a one-off schedule;
+        // the target gets the grant only (no VM, no volumes: they arrive as replicas).
+        let (n1, n2) = (
+            crate::nodespec::desired_for(&s, "n1"),
+            crate::nodespec::desired_for(&s, "n2"),
+        );
+        assert_eq!((n1.vms.len(), n1.volumes.len()), (1, 2));
+        let r = &n1.replications[0];
+        assert_eq!((r.id.as_str(), r.source_node_id.as_str()), ("mig", "n1"));
+        assert_eq!(
+            (
+                r.targets[0].node_id.as_str(),
+                r.targets[0].grant_id.as_str()
+            ),
+            ("n2", "mig")
+        );
+        assert_eq!(r.volume_ids, ["root", "data"]);
+        for spec in [&n1, &n2] {
+            let g = &spec.transfers[0];
+            assert_eq!(
+                (g.id.as_str(), g.token.as_str(), g.vm_id.as_str()),
+                ("mig", "tok", "")
+            );
+            assert_eq!(g.volume_ids, ["root", "data"]);
+        }
+        assert!(n2.vms.is_empty() && n2.volumes.is_empty() && n2.replications.is_empty());
         // Only one volume there, and another node's or another id's report: nothing moves.
         report(
             &mut s,
@@ -433,6 +459,17 @@ mod tests {
             assert!(s.volumes[v].promote_replica);
         }
         assert_eq!(s.counters.last_removal_revision, 5);
+        // The target runs it (stopped) and promotes the replicas; the source holds nothing,
+        // and neither has the grant or the schedule any more.
+        let (n1, n2) = (
+            crate::nodespec::desired_for(&s, "n1"),
+            crate::nodespec::desired_for(&s, "n2"),
+        );
+        assert!(n1.vms.is_empty() && n1.volumes.is_empty() && n1.transfers.is_empty());
+        assert!(n1.replications.is_empty());
+        assert_eq!(n2.vms.len(), 1);
+        assert!(n2.volumes.len() == 2 && n2.volumes.iter().all(|v| v.promote_replica));
+        assert!(n2.transfers.is_empty());
         // A late report changes nothing.
         report(
             &mut s,
