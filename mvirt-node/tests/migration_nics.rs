@@ -1,20 +1,23 @@
-//! Live migration of a VM with NICs, between two nodes whose datapaths are machines of their
+//! Live migration of a VM with NICs, between three nodes whose datapaths are machines of their
 //! own (issue 23): each node's mvirt-ebpf and mvirt-vmm — so its TAPs, VXLAN device and QEMU
 //! processes — run in a network namespace of its own (`HostDaemons::start_in_netns`), joined
-//! by a veth pair that is the VXLAN underlay (the node's registered `address` is its veth
+//! by veth pairs to a bridge: the VXLAN underlay (the node's registered `address` is its veth
 //! address); the agents, mvirt-zfs and mvirt-api stay in the host namespace and talk to the
 //! daemons over unix sockets.
 //!
-//! VM X (two NICs on two networks, DHCP addresses from mvirt-ebpf) serves TCP on both: each
-//! connection gets a line `ONE-<n>` (net one) or `TWO-<n>` (net two) every 100 ms. VM Y, on the
-//! same node as X (so that after the move the connections cross the VXLAN underlay and the
-//! source node must route X's addresses to the new node), holds ONE connection to each of X's
-//! addresses and prints what it receives. X migrates to the other node. Then:
-//! - both connections keep delivering on the SAME connection (the numbers go on, never restart,
-//!   the client never ends), X's addresses are unchanged, its uptime goes on (no second boot);
+//! VM X (two NICs on two networks, DHCP addresses from mvirt-ebpf) serves TCP: each connection
+//! gets a line `<TAG>-<n>` every 100 ms. VM Y, on X's node (so that after the move its
+//! connections cross the underlay and X's old node must route X's addresses to the new one),
+//! holds ONE connection to each of X's addresses (`ONE`, `TWO`); VM Z on the third node holds
+//! one to X's network-one address (`THREE`: its node's route to X must be replaced). X migrates
+//! to the second node. Then:
+//! - all three connections keep delivering on the SAME connection (the numbers go on, never
+//!   restart, no client ends), X's addresses are unchanged, its uptime goes on (no second boot);
 //! - the migration is `completed` with `downtime_ms`;
 //! - exactly one hypervisor process runs X (on the target), the source's TAPs for X are gone
-//!   and the target holds them.
+//!   and the target holds them;
+//! - the source and the third node route X's addresses to the target's underlay address, the
+//!   target has no route for them.
 
 mod common;
 
@@ -28,42 +31,49 @@ use serde_json::{json, Value};
 const BOOT: Duration = Duration::from_secs(240);
 const MIGRATION: Duration = Duration::from_secs(180);
 
-/// The underlay: two namespaces joined by a veth pair (10.200.0.1 ↔ 10.200.0.2). Dropped after
-/// the hosts (declared before them in the test), also on panic.
+/// The underlay: one namespace per node, each joined by a veth pair to a bridge in a namespace
+/// of its own (10.200.0.1, .2, .3 /24). Dropped after the hosts (declared before them in the
+/// test), also on panic.
 struct Underlay {
-    _veth: VethPair,
-    namespaces: [Netns; 2],
-    addresses: [&'static str; 2],
+    _veths: Vec<VethPair>,
+    namespaces: Vec<Netns>,
+    addresses: Vec<String>,
+    _switch: Netns,
 }
 
 impl Underlay {
-    fn new() -> Underlay {
-        let namespaces = [Netns::new("mvma"), Netns::new("mvmb")];
-        let mut veth = VethPair::new("mvu");
-        // Both ends into namespaces: the host end to A by hand (the peer end by the fixture,
-        // which deletes the pair from B's side on drop).
-        ip(&["link", "set", &veth.host, "netns", namespaces[0].name()]);
-        veth.move_peer(&namespaces[1]);
-        let addresses = ["10.200.0.1", "10.200.0.2"];
-        for (i, (ns, dev)) in namespaces
-            .iter()
-            .zip([veth.host.clone(), veth.peer.clone()])
-            .enumerate()
-        {
+    fn new(nodes: usize) -> Underlay {
+        let switch = Netns::new("mvms");
+        switch.exec_ok(&["ip", "link", "add", "br0", "type", "bridge"]);
+        switch.exec_ok(&["ip", "link", "set", "br0", "up"]);
+        let (mut veths, mut namespaces, mut addresses) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..nodes {
+            let ns = Netns::new("mvmn");
+            let mut veth = VethPair::new("mvu");
+            // The host end to the switch by hand (the fixture deletes the pair from the
+            // node's side on drop), the peer end into the node's namespace.
+            ip(&["link", "set", &veth.host, "netns", switch.name()]);
+            switch.exec_ok(&["ip", "link", "set", &veth.host, "master", "br0"]);
+            switch.exec_ok(&["ip", "link", "set", &veth.host, "up"]);
+            veth.move_peer(&ns);
+            let address = format!("10.200.0.{}", i + 1);
             ns.exec_ok(&[
                 "ip",
                 "addr",
                 "add",
-                &format!("{}/24", addresses[i]),
+                &format!("{address}/24"),
                 "dev",
-                &dev,
+                &veth.peer,
             ]);
-            ns.exec_ok(&["ip", "link", "set", &dev, "up"]);
+            veths.push(veth);
+            namespaces.push(ns);
+            addresses.push(address);
         }
         Underlay {
-            _veth: veth,
+            _veths: veths,
             namespaces,
             addresses,
+            _switch: switch,
         }
     }
 
@@ -154,11 +164,11 @@ async fn a_tcp_connection_from_another_vm_survives_the_live_migration_of_its_ser
     let started = std::time::Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let underlay = Underlay::new();
+    let underlay = Underlay::new(3);
     let (log_endpoint, _log_shutdown) = start_log(root).await;
     let (api, token, rest) = start_api(root, |_| {}).await;
     let mut hosts = Hosts(Vec::new());
-    for (i, d) in ["a", "b"].iter().enumerate() {
+    for (i, d) in ["a", "b", "c"].iter().enumerate() {
         hosts.0.push(
             HostDaemons::start_in_netns(
                 &root.join(d),
@@ -170,7 +180,10 @@ async fn a_tcp_connection_from_another_vm_survives_the_live_migration_of_its_ser
         );
     }
     let mut agents = Vec::new();
-    for (i, (name, d)) in [("node-a", "a"), ("node-b", "b")].iter().enumerate() {
+    for (i, (name, d)) in [("node-a", "a"), ("node-b", "b"), ("node-c", "c")]
+        .iter()
+        .enumerate()
+    {
         let mut config = agent_config(
             name,
             &root.join(d).join("agent"),
@@ -180,7 +193,7 @@ async fn a_tcp_connection_from_another_vm_survives_the_live_migration_of_its_ser
         );
         // The underlay address (routes to this node's VMs are VXLAN to it); the agent itself
         // (console relay, node-to-node channel) listens on loopback in the host namespace.
-        config.address = underlay.addresses[i].to_string();
+        config.address = underlay.addresses[i].clone();
         let port = mvirt_testsupport::net::free_port();
         config.console_listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
         let scheme = if config.tls.insecure_plaintext {
@@ -191,7 +204,9 @@ async fn a_tcp_connection_from_another_vm_survives_the_live_migration_of_its_ser
         config.console_endpoint = format!("{scheme}://127.0.0.1:{port}");
         agents.push(Agent::start(config));
     }
-    let node_ids = rest.wait_nodes_online(&["node-a", "node-b"]).await;
+    let node_ids = rest
+        .wait_nodes_online(&["node-a", "node-b", "node-c"])
+        .await;
 
     let mut networks = Vec::new();
     for (name, prefix) in [("one", "10.81.0.0/24"), ("two", "10.82.0.0/24")] {
@@ -204,12 +219,16 @@ async fn a_tcp_connection_from_another_vm_survives_the_live_migration_of_its_ser
         networks.push(network["id"].as_str().unwrap().to_string());
     }
     let template_id = rest.create_template("tiny", &hosts[0].images).await;
-    let vm_spec = |selector: Option<&str>| {
+    let vm_spec = |selector: Option<&str>, nets: usize| {
+        let interfaces: Vec<Value> = networks[..nets]
+            .iter()
+            .map(|n| json!({"network_id": n}))
+            .collect();
         let mut spec = json!({
             "vcpus": 1,
             "memory_bytes": 128u64 << 20,
             "root_volume": {"template_id": template_id, "size_bytes": 32u64 << 20},
-            "network_interfaces": [{"network_id": networks[0]}, {"network_id": networks[1]}],
+            "network_interfaces": interfaces,
         });
         if let Some(s) = selector {
             spec["node_selector"] = json!(s);
@@ -217,27 +236,40 @@ async fn a_tcp_connection_from_another_vm_survives_the_live_migration_of_its_ser
         spec
     };
     let x = rest
-        .post("/v1/vms", json!({"name": "server", "spec": vm_spec(None)}))
+        .post(
+            "/v1/vms",
+            json!({"name": "server", "spec": vm_spec(None, 2)}),
+        )
         .await;
     let x_id = x["id"].as_str().unwrap().to_string();
     let x = rest.wait_vm_phase(&x_id, "running", BOOT).await;
     let source = x["node_id"].as_str().unwrap().to_string();
-    let (s, t) = if source == node_ids[0] {
-        (0, 1)
-    } else {
-        (1, 0)
-    };
+    let s = node_ids.iter().position(|n| *n == source).unwrap();
+    // t: the target; c: the third node, where Z is.
+    let (t, c) = ((s + 1) % 3, (s + 2) % 3);
     let target = node_ids[t].clone();
     // Y next to X: after the move its connections cross the underlay.
     let y = rest
         .post(
             "/v1/vms",
-            json!({"name": "client", "spec": vm_spec(Some(&source))}),
+            json!({"name": "client", "spec": vm_spec(Some(&source), 2)}),
         )
         .await;
     let y_id = y["id"].as_str().unwrap().to_string();
+    // Z on the third node, on network one only: it reaches X over the underlay before and
+    // after, so its node's route for X must follow X.
+    let z = rest
+        .post(
+            "/v1/vms",
+            json!({"name": "far-client", "spec": vm_spec(Some(&node_ids[c]), 1)}),
+        )
+        .await;
+    let z_id = z["id"].as_str().unwrap().to_string();
     let y = rest.wait_vm_phase(&y_id, "running", BOOT).await;
     assert_eq!(y["node_id"], json!(source), "{y:#}");
+    let z = rest.wait_vm_phase(&z_id, "running", BOOT).await;
+    assert_eq!(z["node_id"], json!(node_ids[c]), "{z:#}");
+    let z_address = nic_addresses(&rest, &z).await[0].1.clone();
 
     let x_nics = nic_addresses(&rest, &x).await;
     let y_nics = nic_addresses(&rest, &y).await;
@@ -273,11 +305,22 @@ async fn a_tcp_connection_from_another_vm_survives_the_live_migration_of_its_ser
         }
     }
 
-    // X serves: one line every 100 ms to each connection, one server per network.
+    let z_console = GuestConsole::open(&hosts[c].endpoints.vmm, &z_id).await;
+    z_console.wait_for("MVIRT-GUEST-BOOTED", BOOT).await;
+    z_console
+        .send(&format!(
+            "for i in $(seq 1 90); do ip -o addr show dev eth0 | grep -q 'inet {z_address}/' && break; \
+             sleep 1; done; ip -o addr; echo ADDR\"\"S-Z\n"
+        ))
+        .await;
+    let seen = z_console.wait_for("ADDRS-Z", BOOT).await;
+    assert!(seen.contains(&format!("inet {z_address}/")), "{seen}");
+
+    // X serves: one line every 100 ms to each connection; one server per client connection.
     x_console
         .send(
-            "for n in ONE TWO; do printf '#!/bin/sh\\ni=0; while true; do i=$((i+1)); echo %s-$i; sleep 0.1; done\\n' $n > /tmp/$n; chmod +x /tmp/$n; done; \
-             nc -l -p 7001 -e /tmp/ONE & nc -l -p 7002 -e /tmp/TWO & echo SERV\"\"ING\n",
+            "for n in ONE TWO THREE; do printf '#!/bin/sh\\ni=0; while true; do i=$((i+1)); echo %s-$i; sleep 0.1; done\\n' $n > /tmp/$n; chmod +x /tmp/$n; done; \
+             nc -l -p 7001 -e /tmp/ONE & nc -l -p 7002 -e /tmp/TWO & nc -l -p 7003 -e /tmp/THREE & echo SERV\"\"ING\n",
         )
         .await;
     x_console.wait_for("SERVING", BOOT).await;
@@ -288,8 +331,24 @@ async fn a_tcp_connection_from_another_vm_survives_the_live_migration_of_its_ser
             x_nics[0].1, x_nics[1].1
         ))
         .await;
+    z_console
+        .send(&format!(
+            "(nc {} 7003; echo NC3\"\"-ENDED) &\n",
+            x_nics[0].1
+        ))
+        .await;
     y_console.wait_for("ONE-20", BOOT).await;
     y_console.wait_for("TWO-20", BOOT).await;
+    z_console.wait_for("THREE-20", BOOT).await;
+    // Z's node routes X's network-one address to X's node.
+    let via_source = routes_on(&hosts[c].endpoints.ebpf).await;
+    let x0 = format!("{}/32", x_nics[0].1);
+    assert!(
+        via_source
+            .iter()
+            .any(|r| r.destination == x0 && r.remote_node == underlay.addresses[s]),
+        "{via_source:?}"
+    );
     x_console
         .send("echo UP\"\"BEFORE $(cut -d' ' -f1 /proc/uptime)\n")
         .await;
@@ -302,7 +361,7 @@ async fn a_tcp_connection_from_another_vm_survives_the_live_migration_of_its_ser
         *ticks(&y_console.text(), "TWO").last().unwrap(),
     );
     let migration_started = std::time::Instant::now();
-    let begun = rest.post(&path, json!({})).await;
+    let begun = rest.post(&path, json!({"node": target.clone()})).await;
     assert_eq!(begun["migration"]["target_node_id"], json!(target));
     let done = wait_until_async("the migration to complete", MIGRATION, || {
         let (rest, path) = (rest.clone(), format!("/v1/vms/{x_id}"));
@@ -320,22 +379,27 @@ async fn a_tcp_connection_from_another_vm_survives_the_live_migration_of_its_ser
     let at_switch = (
         *ticks(&y_console.text(), "ONE").last().unwrap(),
         *ticks(&y_console.text(), "TWO").last().unwrap(),
+        *ticks(&z_console.text(), "THREE").last().unwrap(),
     );
 
     // The same connections keep delivering: 100+ more lines each (10 s of the server's
     // counting), after the switch.
-    for (tag, n) in [("ONE", at_switch.0), ("TWO", at_switch.1)] {
+    for (console, tag, n) in [
+        (&y_console, "ONE", at_switch.0),
+        (&y_console, "TWO", at_switch.1),
+        (&z_console, "THREE", at_switch.2),
+    ] {
         let needle = format!("{tag}-{}", n + 100);
-        let text = y_console.wait_for(&needle, MIGRATION).await;
+        let text = console.wait_for(&needle, MIGRATION).await;
         let seen = ticks(&text, tag);
         assert!(
             seen.windows(2).all(|w| w[1] > w[0]),
             "{tag}: the numbers never restart (one connection, one server process): {seen:?}"
         );
     }
-    let text = y_console.text();
+    let text = y_console.text() + &z_console.text();
     assert!(
-        !text.contains("NC1-ENDED") && !text.contains("NC2-ENDED"),
+        !text.contains("NC1-ENDED") && !text.contains("NC2-ENDED") && !text.contains("NC3-ENDED"),
         "a client's connection ended:\n{text}"
     );
 
@@ -393,8 +457,10 @@ async fn a_tcp_connection_from_another_vm_survives_the_live_migration_of_its_ser
     }
     // The source routes X's addresses to the target over the underlay (the routes followed
     // the VM); the target has no route for them (its NICs are local there).
-    for (i, via) in [(s, Some(underlay.addresses[t])), (t, None)] {
-        let want: Vec<(String, Option<&str>)> = x_nics
+    // Z's node too, for the network it has (its route to X was replaced).
+    let to_target = Some(underlay.addresses[t].as_str());
+    for (i, via, nets) in [(s, to_target, 2), (t, None, 2), (c, to_target, 1)] {
+        let want: Vec<(String, Option<&str>)> = x_nics[..nets]
             .iter()
             .map(|(_, a)| (format!("{a}/32"), via))
             .collect();
