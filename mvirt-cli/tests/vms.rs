@@ -514,3 +514,100 @@ async fn vm_migrate_moves_a_stopped_vm_cold_once_its_node_sent_the_volumes() {
     assert_eq!(shown["migration"]["phase"], "completed", "{shown}");
     assert_eq!(shown["spec"]["desired_state"], "stopped", "{shown}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_drain_moves_a_stopped_vm_cold_and_then_the_pods() {
+    let api = start_api().await;
+    let hv1 = api.register_node("hv1", "https://127.0.0.1:1", "s1").await;
+    let vm_id = id_of(
+        &api.json(&[
+            "vm",
+            "create",
+            "idle",
+            "--cpus",
+            "1",
+            "--memory",
+            "1G",
+            "--stopped",
+        ])
+        .await,
+    );
+    let out = api
+        .mvirt(&["pod", "run", "web", "--image", "i:1", "--detach"])
+        .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let http = api.http();
+    let placed = |path: String| {
+        let (http, url, token, hv1) = (
+            http.clone(),
+            api.url.clone(),
+            api.token.clone(),
+            hv1.clone(),
+        );
+        async move {
+            let v: Value = http
+                .get(format!("{url}{path}"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (v["node_id"] == hv1.as_str()).then_some(())
+        }
+    };
+    for what in [format!("/v1/vms/{vm_id}"), "/v1/pods/web".to_string()] {
+        mvirt_testsupport::process::wait_until_async(
+            "placed on hv1",
+            std::time::Duration::from_secs(20),
+            || placed(what.clone()),
+        )
+        .await;
+    }
+    api.report(
+        &hv1,
+        proto::ResourceStatus {
+            kind: proto::ResourceKind::Vm as i32,
+            id: vm_id.clone(),
+            phase: proto::Phase::Stopped as i32,
+            ..Default::default()
+        },
+    )
+    .await;
+    let hv2 = api.register_node("hv2", "https://127.0.0.1:2", "s2").await;
+    // The stopped VM moves cold first; the pod waits for it.
+    let out = api.mvirt(&["node", "drain", "hv1"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        out.stdout,
+        format!("node hv1: draining: 0 moved, 1 migrating, 0 remaining, 0 failed (migrating: {vm_id})\n")
+    );
+    let vm = api.json(&["vm", "show", "idle"]).await;
+    assert_eq!(vm["migration"]["cold"], true, "{vm}");
+    assert_eq!(
+        api.json(&["pod", "show", "web"]).await["node_id"],
+        json!(hv1)
+    );
+    // hv1 sent the VM's volumes (it has none): the VM switches, then the pod moves.
+    api.report(
+        &hv1,
+        proto::ResourceStatus {
+            kind: proto::ResourceKind::Replication as i32,
+            id: vm["migration"]["id"].as_str().unwrap().to_string(),
+            phase: proto::Phase::Ready as i32,
+            ..Default::default()
+        },
+    )
+    .await;
+    let node = api.json(&["node", "show", "hv1"]).await;
+    let d = &node["status"]["drain"];
+    assert_eq!(d["state"], "drained", "{node}");
+    let pod = api.json(&["pod", "show", "web"]).await;
+    assert_eq!(d["moved"], json!([vm_id, pod["id"]]), "{node}");
+    assert_eq!(pod["node_id"], json!(hv2), "{pod}");
+    assert_eq!(
+        api.json(&["vm", "show", "idle"]).await["node_id"],
+        json!(hv2)
+    );
+}
