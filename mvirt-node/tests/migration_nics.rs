@@ -209,12 +209,16 @@ async fn a_tcp_connection_from_another_vm_survives_the_live_migration_of_its_ser
         .await;
 
     let mut networks = Vec::new();
-    for (name, prefix) in [("one", "10.81.0.0/24"), ("two", "10.82.0.0/24")] {
+    // Network two is dual-stack: X's /128 there must follow X too.
+    for (name, spec) in [
+        ("one", json!({"ipv4_prefix": "10.81.0.0/24"})),
+        (
+            "two",
+            json!({"ipv4_prefix": "10.82.0.0/24", "ipv6_prefix": "fd00:82::/64"}),
+        ),
+    ] {
         let network = rest
-            .post(
-                "/v1/networks",
-                json!({"name": name, "spec": {"ipv4_prefix": prefix}}),
-            )
+            .post("/v1/networks", json!({"name": name, "spec": spec}))
             .await;
         networks.push(network["id"].as_str().unwrap().to_string());
     }
@@ -272,6 +276,10 @@ async fn a_tcp_connection_from_another_vm_survives_the_live_migration_of_its_ser
     let z_address = nic_addresses(&rest, &z).await[0].1.clone();
 
     let x_nics = nic_addresses(&rest, &x).await;
+    let x_v6 = rest.get(&format!("/v1/nics/{}", x_nics[1].0)).await["spec"]["ipv6_address"]
+        .as_str()
+        .expect("X's NIC on network two has an IPv6 address")
+        .to_string();
     let y_nics = nic_addresses(&rest, &y).await;
     let x_taps: Vec<String> = x_nics
         .iter()
@@ -460,10 +468,13 @@ async fn a_tcp_connection_from_another_vm_survives_the_live_migration_of_its_ser
     // Z's node too, for the network it has (its route to X was replaced).
     let to_target = Some(underlay.addresses[t].as_str());
     for (i, via, nets) in [(s, to_target, 2), (t, None, 2), (c, to_target, 1)] {
-        let want: Vec<(String, Option<&str>)> = x_nics[..nets]
+        let mut want: Vec<(String, Option<&str>)> = x_nics[..nets]
             .iter()
             .map(|(_, a)| (format!("{a}/32"), via))
             .collect();
+        if nets == 2 {
+            want.push((format!("{x_v6}/128"), via));
+        }
         let endpoint = hosts[i].endpoints.ebpf.clone();
         wait_until_async(
             &format!("node {i}'s routes for X's addresses: {want:?}"),
