@@ -334,11 +334,14 @@ pub struct NodeDrain {
     /// VMs migrating right now.
     #[serde(default)]
     pub migrating: Vec<String>,
-    /// VMs moved off the node.
+    /// VMs moved off the node (live or cold).
     #[serde(default)]
     pub moved: Vec<String>,
-    /// VMs and pods that could not move (stopped VMs, pods, no node to take a VM, a failed
-    /// migration): the node still holds them.
+    /// Pods moved off the node (re-created on another one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub moved_pods: Vec<String>,
+    /// VMs and pods that could not move (no node to take it, a failed migration or cold
+    /// move, a stopped VM not reported stopped yet): the node still holds them.
     #[serde(default)]
     pub failed: Vec<DrainFailure>,
     /// Seed of the drain's migrations' grant tokens. Stored (replicated), never shown.

@@ -604,7 +604,8 @@ async fn node_drain_moves_a_stopped_vm_cold_and_then_the_pods() {
     let d = &node["status"]["drain"];
     assert_eq!(d["state"], "drained", "{node}");
     let pod = api.json(&["pod", "show", "web"]).await;
-    assert_eq!(d["moved"], json!([vm_id, pod["id"]]), "{node}");
+    assert_eq!(d["moved"], json!([vm_id]), "{node}");
+    assert_eq!(d["moved_pods"], json!([pod["id"]]), "{node}");
     assert_eq!(pod["node_id"], json!(hv2), "{pod}");
     assert_eq!(
         api.json(&["vm", "show", "idle"]).await["node_id"],

@@ -297,7 +297,7 @@ impl State {
     }
 
     /// Moves every pod off draining node `node_id` (`State::move_pod`), each listed in
-    /// `moved` or `failed`.
+    /// `moved_pods` or `failed`.
     fn drain_pods(&mut self, at: u64, node_id: &str, now: &str) -> Vec<Change> {
         let pods: Vec<String> = self
             .pods
@@ -313,7 +313,7 @@ impl State {
             };
             match result {
                 Ok(change) => {
-                    d.moved.push(pod_id);
+                    d.moved_pods.push(pod_id);
                     changes.push(change);
                 }
                 Err(why) => d.failed.push(failure(Kind::Pod, &pod_id, why)),
@@ -474,7 +474,13 @@ mod tests {
         assert_eq!(pod1.status, Status::default(), "b reports it afresh");
         assert_eq!(s.pods["pod2"].node_id.as_deref(), Some("a"));
         let d = status(&s, "a");
-        assert_eq!(d.moved, ["vm1", "vm0", "pod1"]);
+        assert_eq!(
+            (d.moved, d.moved_pods),
+            (
+                vec!["vm1".to_string(), "vm0".into()],
+                vec!["pod1".to_string()]
+            )
+        );
         assert_eq!(d.failed.len(), 1, "{:?}", d.failed);
         assert_eq!(
             (d.failed[0].kind.as_str(), d.failed[0].id.as_str()),

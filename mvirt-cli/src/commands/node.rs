@@ -114,6 +114,9 @@ pub fn drain_progress(node: &Value) -> String {
         len("remaining"),
         len("failed")
     );
+    if len("moved_pods") > 0 {
+        line.push_str(&format!(", {} pods moved", len("moved_pods")));
+    }
     let migrating: Vec<&str> = d["migrating"]
         .as_array()
         .map(|a| a.iter().filter_map(Value::as_str).collect())
@@ -178,7 +181,11 @@ mod tests {
             "draining: 1 moved, 1 migrating, 2 remaining, 0 failed (migrating: b)"
         );
         assert_eq!(drain_outcome("hv1", &running), None);
-        let done = node(json!({"state": "drained", "moved": ["a"]}));
+        let done = node(json!({"state": "drained", "moved": ["a"], "moved_pods": ["p"]}));
+        assert_eq!(
+            drain_progress(&done),
+            "drained: 1 moved, 0 migrating, 0 remaining, 0 failed, 1 pods moved"
+        );
         assert_eq!(drain_outcome("hv1", &done), Some(Ok(())));
         let failed = node(json!({"state": "failed", "failed": [
             {"kind": "vm", "id": "x", "reason": "node hv2 is cordoned"}]}));

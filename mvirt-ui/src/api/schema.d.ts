@@ -1355,6 +1355,7 @@ export interface components {
             id: string;
             migrating?: string[];
             moved?: string[];
+            moved_pods?: string[];
             remaining?: string[];
             started_at: string;
             /** @enum {string} */

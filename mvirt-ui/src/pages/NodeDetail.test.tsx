@@ -80,14 +80,16 @@ describe('NodeDetail drain', () => {
       remaining: [],
       migrating: [],
       moved: ['vm-1'],
-      failed: [{ kind: 'pod', id: 'p1', reason: 'pods do not migrate' }],
+      moved_pods: ['p2'],
+      failed: [{ kind: 'pod', id: 'p1', reason: 'no node can take the pod: node b is cordoned' }],
     };
     const calls = routes('admin', node(failed));
     renderApp(detail(), { path: '/nodes/n1' });
     const card = await screen.findByTestId('node-drain');
     expect(card.textContent).toContain('failed');
     expect(screen.getByRole('link', { name: 'web' }).getAttribute('href')).toBe('/vms/vm-1');
-    expect(card.textContent).toContain('pod p1: pods do not migrate');
+    expect(screen.getByRole('link', { name: 'p2' }).getAttribute('href')).toBe('/pods/p2');
+    expect(card.textContent).toContain('pod p1: no node can take the pod: node b is cordoned');
     fireEvent.click(screen.getByRole('button', { name: 'Undrain' }));
     await waitFor(() => expect(calls.some((c) => c.url === '/v1/nodes/n1/drain' && c.init.method === 'DELETE')).toBe(true));
   });

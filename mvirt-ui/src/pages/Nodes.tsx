@@ -90,6 +90,21 @@ export function DrainStatus({ node, vms }: { node: Node; vms: Vm[] }) {
       <dd>{vmLinks(d.remaining)}</dd>
       <dt className="text-muted">Moved</dt>
       <dd>{vmLinks(d.moved)}</dd>
+      {(d.moved_pods ?? []).length > 0 && (
+        <>
+          <dt className="text-muted">Pods moved</dt>
+          <dd>
+            {(d.moved_pods ?? []).map((id, i) => (
+              <span key={id}>
+                {i > 0 && ', '}
+                <Link to={`/pods/${id}`} className="underline">
+                  {id}
+                </Link>
+              </span>
+            ))}
+          </dd>
+        </>
+      )}
       <dt className="text-muted">Could not move</dt>
       <dd>
         {(d.failed ?? []).length === 0 ? (
