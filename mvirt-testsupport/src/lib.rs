@@ -7,7 +7,8 @@
 //! - [`zfs`]: a zfs-fuse daemon and a pool on a sparse file, unique per test.
 //! - [`registry`]: a local OCI registry (distribution) on 127.0.0.1.
 //! - [`token_server`]: a Docker token server for registries with bearer-token auth.
-//! - [`netns`]: network namespaces, veth pairs and TAP devices removed on drop.
+//! - [`netns`]: network namespaces, veth pairs and TAP devices removed on drop; a tokio runtime
+//!   inside a namespace ([`netns::NetnsRuntime`]) for in-process daemons of a test node.
 //! - [`pod`]: the pod artefacts built from this checkout's mvirt-one, and a host network
 //!   (TAP + DHCP) for pod microVMs.
 //! - [`powercut`]: a FUSE file system that drops everything not fsynced on a simulated power

@@ -7,6 +7,9 @@
 //!   the "VM" is the test. [`TestTap::create`] makes a fresh (non-persistent) TAP that vanishes
 //!   with the fd; [`TestTap::open`] attaches to an existing persistent TAP (e.g. one created by
 //!   mvirt-ebpf for a NIC), which stays when the fd is closed.
+//! - [`NetnsRuntime`]: a tokio runtime whose threads (and the processes they start) live in a
+//!   [`Netns`], with a mount namespace whose `/sys` shows it; [`share_mounts_below`] lets mounts
+//!   made later in the host (a test pool's volumes) reach it.
 
 use std::fs::File;
 use std::io::{Read, Write};
