@@ -190,6 +190,8 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), AgentErr
     // other nodes as a source (see crate::transfer).
     let incoming = crate::transfer::IncomingSockets::default();
     let fence = crate::fencing::Fence::new(config.ha_fencing);
+    // Lives as long as this future: the peer server's relays end with it (crate::transfer).
+    let (_alive, alive) = watch::channel(());
     let peers = crate::transfer::PeerDialer::new(
         tls.as_ref().map(|t| t.ca_pem.clone()),
         tls.as_ref().and_then(|t| t.store()),
@@ -221,7 +223,8 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), AgentErr
                         server_tls.is_some(),
                     )
                     .with_migration_dir(config.data_dir.join("migrations"))
-                    .with_fence(fence.clone()),
+                    .with_fence(fence.clone())
+                    .with_alive(alive.clone()),
                 )
                 .max_decoding_message_size(8 * 1024 * 1024)
                 .max_encoding_message_size(8 * 1024 * 1024),

@@ -302,6 +302,9 @@ pub struct PeerServer {
     aborted: Aborted,
     /// While fenced (`crate::fencing`), no incoming migration completes here.
     fence: Option<std::sync::Arc<crate::fencing::Fence>>,
+    /// Closed when the agent is gone (its `run` future dropped): what it served ends at once,
+    /// as with `kill -9`, not after a graceful drain.
+    alive: Option<watch::Receiver<()>>,
 }
 
 impl PeerServer {
@@ -320,6 +323,23 @@ impl PeerServer {
             tls,
             aborted: Aborted::default(),
             fence: None,
+            alive: None,
+        }
+    }
+
+    /// `alive`'s sender lives as long as the agent: once it is dropped, relays end, and
+    /// completions and aborts are refused (UNAVAILABLE), as if the process had died.
+    pub fn with_alive(mut self, alive: watch::Receiver<()>) -> Self {
+        self.alive = Some(alive);
+        self
+    }
+
+    fn gone(&self) -> Result<(), Status> {
+        match &self.alive {
+            Some(rx) if rx.has_changed().is_err() => {
+                Err(Status::unavailable("the node agent is gone"))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -483,15 +503,16 @@ impl NodePeer for PeerServer {
                         grant.id, open.vm_id
                     )));
                 }
-                self.incoming
-                    .wait(&open.vm_id, PREPARE_WAIT)
-                    .await
-                    .ok_or_else(|| {
-                        Status::failed_precondition(format!(
-                            "no incoming migration of VM {} is prepared on this node",
-                            open.vm_id
-                        ))
-                    })?
+                let prepared = tokio::select! {
+                    prepared = self.incoming.wait(&open.vm_id, PREPARE_WAIT) => prepared,
+                    () = agent_gone(self.alive.clone()) => None,
+                };
+                prepared.ok_or_else(|| {
+                    Status::failed_precondition(format!(
+                        "no incoming migration of VM {} is prepared on this node",
+                        open.vm_id
+                    ))
+                })?
             }
             _ => {
                 return Err(Status::invalid_argument(format!(
@@ -505,21 +526,29 @@ impl NodePeer for PeerServer {
         })?;
         tracing::info!(grant = %grant.id, vm = %open.vm_id, socket = %path.display(), "relaying a migration stream from a peer node");
         let (reader, mut writer) = socket.into_split();
-        // Peer → local socket.
+        // Peer → local socket (both directions end when the agent is gone).
+        let alive = self.alive.clone();
         tokio::spawn(async move {
-            if !first.data.is_empty() && writer.write_all(&first.data).await.is_err() {
-                return;
-            }
-            while let Some(Ok(frame)) = input.next().await {
-                if writer.write_all(&frame.data).await.is_err() {
+            let copy = async move {
+                if !first.data.is_empty() && writer.write_all(&first.data).await.is_err() {
                     return;
                 }
+                while let Some(Ok(frame)) = input.next().await {
+                    if writer.write_all(&frame.data).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = writer.shutdown().await;
+            };
+            tokio::select! {
+                () = copy => {}
+                () = agent_gone(alive) => {}
             }
-            let _ = writer.shutdown().await;
         });
         // Local socket → peer.
         let output = read_frames(reader)
             .map(|frame| frame.map_err(|e| Status::unavailable(format!("local socket: {e}"))));
+        let output = futures::StreamExt::take_until(output, agent_gone(self.alive.clone()));
         Ok(Response::new(Box::pin(output)))
     }
 
@@ -527,6 +556,7 @@ impl NodePeer for PeerServer {
         &self,
         request: Request<CompleteMigrationRequest>,
     ) -> Result<Response<CompleteMigrationResponse>, Status> {
+        self.gone()?;
         let grant_id = request.get_ref().grant_id.clone();
         let grant = self.grant(&request, &grant_id).await?;
         let vm_id = request.into_inner().vm_id;
@@ -562,6 +592,7 @@ impl NodePeer for PeerServer {
             .await?;
         self.incoming.remove(&vm_id);
         answer_lost(&self.node_id)?;
+        self.gone()?;
         Ok(Response::new(CompleteMigrationResponse {}))
     }
 
@@ -569,6 +600,7 @@ impl NodePeer for PeerServer {
         &self,
         request: Request<AbortMigrationRequest>,
     ) -> Result<Response<AbortMigrationResponse>, Status> {
+        self.gone()?;
         let grant_id = request.get_ref().grant_id.clone();
         let grant = self.grant(&request, &grant_id).await?;
         let vm_id = request.into_inner().vm_id;
@@ -815,6 +847,14 @@ impl PeerDialer {
 
 /// The bytes read from `reader` as relay frames of at most [`RELAY_CHUNK`] bytes, read only
 /// when the consumer asks for the next one; ends at EOF, and after yielding a read error.
+/// Ends when the agent behind `alive` is gone (never without one).
+async fn agent_gone(alive: Option<watch::Receiver<()>>) {
+    match alive {
+        Some(mut rx) => while rx.changed().await.is_ok() {},
+        None => std::future::pending().await,
+    }
+}
+
 fn read_frames<R>(reader: R) -> impl Stream<Item = std::io::Result<RelayFrame>> + Send
 where
     R: tokio::io::AsyncRead + Unpin + Send + 'static,
