@@ -130,7 +130,9 @@ impl AuditLogger {
             level: level.code(),
             component: self.shared.component.clone(),
             object_ids: object_ids.iter().map(|s| s.to_string()).collect(),
-            dedup_key: uuid::Uuid::new_v4().to_string(),
+            // Time-ordered (UUIDv7): mvirt-log's unique index on the key then grows at its end
+            // instead of taking every insert at a random page.
+            dedup_key: uuid::Uuid::now_v7().to_string(),
             trace_id: mvirt_common::trace::current().unwrap_or_default(),
         };
         if sender.try_send(Message::Entry(entry)).is_err() {
@@ -303,7 +305,7 @@ impl SenderTask {
                 level: Level::Warn.code(),
                 component: self.shared.component.clone(),
                 object_ids: Vec::new(),
-                dedup_key: uuid::Uuid::new_v4().to_string(),
+                dedup_key: uuid::Uuid::now_v7().to_string(),
                 trace_id: String::new(),
             });
         }
@@ -311,6 +313,16 @@ impl SenderTask {
 }
 
 fn emit_tracing(level: Level, component: &str, message: &str, object_ids: &[&str]) {
+    let enabled = match level {
+        Level::Audit | Level::Info => tracing::enabled!(tracing::Level::INFO),
+        Level::Warn => tracing::enabled!(tracing::Level::WARN),
+        Level::Error => tracing::enabled!(tracing::Level::ERROR),
+        Level::Debug => tracing::enabled!(tracing::Level::DEBUG),
+    };
+    if !enabled {
+        // Nobody records it: skip joining the ids (every audited write passes here).
+        return;
+    }
     let ids = object_ids.join(",");
     match level {
         Level::Audit => tracing::info!(audit = true, component, objects = %ids, "{message}"),

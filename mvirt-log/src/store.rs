@@ -52,6 +52,9 @@ pub const MAX_LIMIT: u32 = 10_000;
 /// Page size when the query gives none.
 pub const DEFAULT_LIMIT: u32 = 100;
 const READER_POOL: usize = 4;
+/// The writer connection's page cache, at most (SQLite's `cache_size` in KiB; the default is
+/// 2 MiB). Filled only as pages are used.
+const WRITER_CACHE_KIB: i64 = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -223,6 +226,10 @@ impl Store {
     /// Opens (or creates) the database at `path`.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let writer = sqlite::open(path, MIGRATIONS)?;
+        // Every entry inserts into five indexes; with SQLite's default 2 MiB page cache their
+        // pages were read back from the OS on most inserts once the store held ~100,000
+        // entries (a third of the daemon's CPU under a stream of audited writes).
+        writer.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
         Ok(Store {
             path: path.to_path_buf(),
             writer: Mutex::new(writer),
