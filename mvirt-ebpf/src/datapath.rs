@@ -754,6 +754,42 @@ impl Datapath {
         }
     }
 
+    /// The tracked flows of `network` with `addrs` (16 bytes; IPv4 in the first 4) on either
+    /// side, for handing them to another node (live migration).
+    pub fn conntrack_of(&self, network: u32, addrs: &[[u8; 16]]) -> Vec<(CtKey, CtValue)> {
+        self.conntrack
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, _)| {
+                k.network == network && (addrs.contains(&k.src) || addrs.contains(&k.dst))
+            })
+            .collect()
+    }
+
+    /// Inserts tracked flows with last-seen = now (the datapath's clock, CLOCK_MONOTONIC).
+    pub fn conntrack_insert(&mut self, flows: &[(CtKey, bool)]) -> Result<(), DatapathError> {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes one timespec into the one we pass.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        let now = (ts.tv_sec as u64)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(ts.tv_nsec as u64);
+        for (key, closing) in flows {
+            let value = CtValue {
+                last_seen: now,
+                closing: u32::from(*closing),
+                pad: 0,
+            };
+            self.conntrack
+                .insert(key, value, 0)
+                .map_err(map_err("conntrack"))?;
+        }
+        Ok(())
+    }
+
     /// Entries in the connection tracking table (for metrics).
     pub fn conntrack_entries(&self) -> usize {
         self.conntrack.keys().filter(Result::is_ok).count()

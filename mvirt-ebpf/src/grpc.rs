@@ -7,6 +7,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use tonic::{Request, Response, Status};
 
+use crate::manager::flows::TrackedFlow;
 use crate::manager::NetManager;
 use crate::model::{self, format_mac, Direction, Protocol, RuleTarget};
 use crate::proto::{self, net_service_server::NetService};
@@ -439,6 +440,64 @@ impl NetService for NetGrpc {
             rx_drops_by_reason: by_reason(|r| r.1),
             tx_drops_by_reason: by_reason(|r| r.2),
             rule_flows,
+        }))
+    }
+
+    async fn export_flows(
+        &self,
+        req: Request<proto::ExportFlowsRequest>,
+    ) -> Result<Response<proto::ExportFlowsResponse>, Status> {
+        let flows = self.manager.export_flows(&req.into_inner().nic_id).await?;
+        Ok(Response::new(proto::ExportFlowsResponse {
+            flows: flows
+                .into_iter()
+                .map(|f| proto::TrackedFlow {
+                    protocol: u32::from(f.protocol),
+                    src: f.src.to_string(),
+                    dst: f.dst.to_string(),
+                    src_port: u32::from(f.src_port),
+                    dst_port: u32::from(f.dst_port),
+                    closing: f.closing,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn import_flows(
+        &self,
+        req: Request<proto::ImportFlowsRequest>,
+    ) -> Result<Response<proto::ImportFlowsResponse>, Status> {
+        let req = req.into_inner();
+        let small = |what: &str, v: u32, max: u32| {
+            if v > max {
+                Err(bad(format!("invalid {what} {v} (at most {max})")))
+            } else {
+                Ok(v)
+            }
+        };
+        let flows = req
+            .flows
+            .into_iter()
+            .map(|f| {
+                Ok(TrackedFlow {
+                    protocol: small("protocol", f.protocol, 255)? as u8,
+                    src: f
+                        .src
+                        .parse()
+                        .map_err(|_| bad(format!("invalid flow source {:?}", f.src)))?,
+                    dst: f
+                        .dst
+                        .parse()
+                        .map_err(|_| bad(format!("invalid flow destination {:?}", f.dst)))?,
+                    src_port: small("source port", f.src_port, 65535)? as u16,
+                    dst_port: small("destination port", f.dst_port, 65535)? as u16,
+                    closing: f.closing,
+                })
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
+        let imported = self.manager.import_flows(&req.nic_id, &flows).await?;
+        Ok(Response::new(proto::ImportFlowsResponse {
+            imported: imported as u32,
         }))
     }
 

@@ -11,6 +11,7 @@
 //! manager, its errors, start-up and a NIC's bring-up.
 
 mod converge;
+pub mod flows;
 pub mod metrics;
 mod network;
 mod nic;
