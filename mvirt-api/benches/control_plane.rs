@@ -1141,11 +1141,12 @@ async fn bench_two_clusters(baseline: Option<std::path::PathBuf>) {
         for ((label, _), rs) in systems.iter().zip(&runs) {
             let l = median_load(rs.clone());
             println!(
-                "  {label:<24} {:>7.0}/s p50 {:>5.1} p99 {:>5.1} ms cpu {:>4.0} µs/op{}",
+                "  {label:<24} {:>7.0}/s p50 {:>5.1} p99 {:>5.1} ms cpu {:>4.0} µs/op (mvirt-log {:.0}){}",
                 l.throughput,
                 l.p50.as_secs_f64() * 1000.0,
                 l.p99.as_secs_f64() * 1000.0,
                 l.cpu_per_op.as_secs_f64() * 1e6,
+                l.part_cpu_per_op.as_secs_f64() * 1e6,
                 if l.errors > 0 {
                     format!(" ({} errors)", l.errors)
                 } else {
@@ -1161,6 +1162,18 @@ async fn bench_two_clusters(baseline: Option<std::path::PathBuf>) {
         let order: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
         ratios.sort_by(f64::total_cmp);
         let cpu = |rs: &Vec<Load>| median_load(rs.clone()).cpu_per_op.as_secs_f64();
+        // Each round's CPU-per-write ratio too: the two runs of a round are back to back, so
+        // they share the machine's load more closely than the medians of all rounds do.
+        let cpu_order: Vec<String> = runs[0]
+            .iter()
+            .zip(&runs[1])
+            .map(|(a, b)| {
+                format!(
+                    "{:.3}",
+                    a.cpu_per_op.as_secs_f64() / b.cpu_per_op.as_secs_f64().max(1e-12)
+                )
+            })
+            .collect();
         let median = ratios[ratios.len() / 2];
         let cost = if baseline.is_some() {
             String::new()
@@ -1168,9 +1181,10 @@ async fn bench_two_clusters(baseline: Option<std::path::PathBuf>) {
             format!("; cost {:+.1} %", (1.0 - median) * 100.0)
         };
         println!(
-            "  throughput {what}: {median:.3}x (rounds {}){cost}; CPU per write {what}: {:.3}x",
+            "  throughput {what}: {median:.3}x (rounds {}){cost}; CPU per write {what}: {:.3}x (rounds {})",
             order.join(", "),
-            cpu(&runs[0]) / cpu(&runs[1]).max(1e-12)
+            cpu(&runs[0]) / cpu(&runs[1]).max(1e-12),
+            cpu_order.join(", ")
         );
     }
     if baseline.is_some() {

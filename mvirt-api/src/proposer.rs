@@ -32,8 +32,9 @@ pub const MAX_IN_FLIGHT: usize = 8;
 #[derive(Debug, Clone)]
 pub enum WriteFailure {
     /// This member is not (or no longer) the leader and the entry was not appended: safe to
-    /// retry on the new leader.
-    NotLeader,
+    /// retry on the new leader. The proposal comes back for that (the caller hands it over
+    /// rather than keep a copy of every write).
+    NotLeader(Box<Proposal>),
     /// Raft failed after the entry may have been appended: the outcome is unknown.
     Unknown(String),
 }
@@ -102,32 +103,30 @@ async fn run(raft: Raft, shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<(P
             id,
             Box::new(move |outcomes| {
                 if let Some((replies, _permit)) = take(&from_apply) {
-                    deliver(replies, Ok(outcomes));
+                    deliver(replies, Ok(outcomes), &[]);
                 }
             }),
         );
         // Handed to the Raft core from here (no task in between); a task waits for openraft's
         // response.
-        let response = raft
-            .client_write_ff(Batch {
-                id,
-                proposals: proposals.into(),
-            })
-            .await;
+        let proposals: crate::raft::Proposals = proposals.into();
+        // Shared, not copied: only a refused batch hands its proposals back.
+        let kept = proposals.clone();
+        let response = raft.client_write_ff(Batch { id, proposals }).await;
         let shared = shared.clone();
         tokio::spawn(async move {
             let result = match response {
                 Ok(rx) => match rx.await {
                     Ok(Ok(resp)) => Ok(resp.data),
-                    Ok(Err(ClientWriteError::ForwardToLeader(_))) => Err(WriteFailure::NotLeader),
-                    Ok(Err(e)) => Err(WriteFailure::Unknown(e.to_string())),
-                    Err(_) => Err(WriteFailure::Unknown("raft is shutting down".into())),
+                    Ok(Err(ClientWriteError::ForwardToLeader(_))) => Err(NotLeader),
+                    Ok(Err(e)) => Err(e.to_string().into()),
+                    Err(_) => Err(String::from("raft is shutting down").into()),
                 },
-                Err(fatal) => Err(WriteFailure::Unknown(fatal.to_string())),
+                Err(fatal) => Err(fatal.to_string().into()),
             };
             waiters(&shared).remove(&id);
             if let Some((replies, _permit)) = take(&waiting) {
-                deliver(replies, result);
+                deliver(replies, result, &kept);
             }
         });
     }
@@ -142,8 +141,26 @@ fn take(w: &Waiting) -> Option<(Vec<Reply>, tokio::sync::OwnedSemaphorePermit)> 
     }
 }
 
-/// Answers each proposer of a batch with its outcome (or the batch's failure).
-fn deliver(replies: Vec<Reply>, result: Result<Vec<Outcome>, WriteFailure>) {
+/// Why a batch was not applied (a [`WriteFailure`] without the proposals).
+enum BatchFailure {
+    NotLeader,
+    Unknown(String),
+}
+use BatchFailure::NotLeader;
+
+impl From<String> for BatchFailure {
+    fn from(e: String) -> Self {
+        BatchFailure::Unknown(e)
+    }
+}
+
+/// Answers each proposer of a batch with its outcome (or the batch's failure; a proposer whose
+/// batch went to a member that is not the leader gets its proposal back from `proposals`).
+fn deliver(
+    replies: Vec<Reply>,
+    result: Result<Vec<Outcome>, BatchFailure>,
+    proposals: &[Proposal],
+) {
     match result {
         Ok(outcomes) if outcomes.len() == replies.len() => {
             for (r, o) in replies.into_iter().zip(outcomes) {
@@ -162,9 +179,18 @@ fn deliver(replies: Vec<Reply>, result: Result<Vec<Outcome>, WriteFailure>) {
                 let _ = r.send(Err(WriteFailure::Unknown(msg.clone())));
             }
         }
-        Err(failure) => {
+        Err(BatchFailure::NotLeader) => {
+            for (i, r) in replies.into_iter().enumerate() {
+                let failure = match proposals.get(i) {
+                    Some(p) => WriteFailure::NotLeader(Box::new(p.clone())),
+                    None => WriteFailure::Unknown("raft refused a batch it was not given".into()),
+                };
+                let _ = r.send(Err(failure));
+            }
+        }
+        Err(BatchFailure::Unknown(e)) => {
             for r in replies {
-                let _ = r.send(Err(failure.clone()));
+                let _ = r.send(Err(WriteFailure::Unknown(e.clone())));
             }
         }
     }

@@ -220,7 +220,7 @@ async fn write(State(app): State<Arc<App>>, Json(proposal): Json<Proposal>) -> R
     // Only the leader appends; a follower that got this (leadership moved) says so.
     let result = match app.write_local(proposal).await {
         Ok(outcome) => Ok(outcome),
-        Err(WriteFailure::NotLeader) => Err(ApiError::no_leader("not the leader; not written")),
+        Err(WriteFailure::NotLeader(_)) => Err(ApiError::no_leader("not the leader; not written")),
         Err(WriteFailure::Unknown(e)) => Err(ApiError::new(
             ErrorCode::Unavailable,
             format!("outcome unknown: {e}"),

@@ -172,7 +172,10 @@ impl App {
 
     /// The current leader as this member sees it.
     pub fn leader(&self) -> Option<(MemberId, Member)> {
-        let m = self.raft.metrics().borrow().clone();
+        // Borrowed, not cloned: every write asks (the metrics hold the whole membership and
+        // the replication state).
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
         let id = m.current_leader?;
         let node = m.membership_config.membership().get_node(&id).cloned()?;
         Some((id, node))
@@ -197,7 +200,7 @@ impl App {
     }
 
     /// Proposes a command and returns its outcome; forwards to the leader when needed.
-    pub async fn propose(&self, proposal: Proposal) -> Result<Outcome, ApiError> {
+    pub async fn propose(&self, mut proposal: Proposal) -> Result<Outcome, ApiError> {
         let deadline = Instant::now() + LEADER_WAIT;
         loop {
             let leader = self
@@ -205,10 +208,11 @@ impl App {
                 .await
                 .ok_or_else(|| ApiError::no_leader("no Raft leader elected; retry later"))?;
             if leader.0 == self.member_id {
-                match self.write_local(proposal.clone()).await {
+                match self.write_local(proposal).await {
                     Ok(outcome) => return Ok(outcome),
-                    Err(WriteFailure::NotLeader) => {
+                    Err(WriteFailure::NotLeader(back)) => {
                         // Lost leadership before the entry was appended: safe to retry.
+                        proposal = *back;
                         self.wait_leader_change(leader.0, deadline).await?;
                         continue;
                     }

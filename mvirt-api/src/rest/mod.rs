@@ -98,7 +98,15 @@ pub struct ErrorBody {
 /// ([`mvirt_common::trace::scope`]): the Raft command, the objects it changes (`meta.trace_id`),
 /// the audit entries and the node agent's calls carry it. The answer echoes it in
 /// `X-Request-Id` (and error bodies in `error.request_id`).
-pub async fn request_id(mut req: Request, next: middleware::Next) -> Response {
+pub async fn request_id(req: Request, next: middleware::Next) -> Response {
+    with_request_id(req, |req| next.run(req)).await
+}
+
+/// What [`request_id`] does, around `rest` (the rest of the stack).
+async fn with_request_id<F: std::future::Future<Output = Response>>(
+    mut req: Request,
+    rest: impl FnOnce(Request) -> F,
+) -> Response {
     let offered = req
         .headers()
         .get(mvirt_common::trace::REQUEST_ID_HEADER)
@@ -111,13 +119,31 @@ pub async fn request_id(mut req: Request, next: middleware::Next) -> Response {
     }
     let span = tracing::info_span!("request", trace_id = %id);
     let mut resp =
-        tracing::Instrument::instrument(mvirt_common::trace::scope(Some(id), next.run(req)), span)
+        tracing::Instrument::instrument(mvirt_common::trace::scope(Some(id), rest(req)), span)
             .await;
     if let Some(value) = value {
         resp.headers_mut()
             .insert(mvirt_common::trace::REQUEST_ID_HEADER, value);
     }
     resp
+}
+
+/// The outer layers of every route in one `from_fn` (each layer costs a boxed future and a
+/// service clone per request), from the outside in: the request id ([`request_id`]), the HTTP
+/// metrics ([`mvirt_common::metrics::track`]: every answer is counted, refusals by auth and the
+/// body limit included) and the error envelope for what axum answers by itself
+/// ([`openapi::envelope_rejections`]).
+pub async fn front(
+    State(metrics): State<&'static mvirt_common::metrics::HttpMetrics>,
+    req: Request,
+    next: middleware::Next,
+) -> Response {
+    with_request_id(req, |req| {
+        mvirt_common::metrics::tracked(metrics, req, |req| async move {
+            openapi::envelope(next.run(req).await).await
+        })
+    })
+    .await
 }
 
 /// A JSON body: parsed with serde (unknown fields are rejected by the types), errors in the
@@ -710,14 +736,12 @@ pub fn router(app: Arc<App>) -> Router {
         })
         .fallback(not_found_fallback)
         .layer(middleware::from_fn_with_state(app.clone(), access::auth))
-        .layer(middleware::from_fn(openapi::envelope_rejections))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        // Outermost: every answer is counted, refusals by auth and body limit included.
+        // Request id, metrics and the error envelope (see `front`).
         .layer(middleware::from_fn_with_state(
             mvirt_common::metrics::HttpMetrics::of(crate::metrics::DAEMON),
-            mvirt_common::metrics::track,
-        ))
-        .layer(middleware::from_fn(request_id));
+            front,
+        ));
     api.with_state(app)
 }
 

@@ -863,7 +863,12 @@ pub async fn envelope_rejections(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let resp = next.run(req).await;
+    envelope(next.run(req).await).await
+}
+
+/// What [`envelope_rejections`] does to a response (the REST router's front layer,
+/// `rest::front`, calls it).
+pub async fn envelope(resp: Response) -> Response {
     let status = resp.status();
     if !(status.is_client_error() || status.is_server_error()) {
         return resp;

@@ -150,6 +150,11 @@ pub struct State {
     /// The trace ids of recent removals, for the node specs (derived, not persisted).
     #[serde(skip)]
     pub removals: removals::RecentRemovals,
+    /// The trace id of the proposal being applied (set only inside [`State::apply`]): objects
+    /// a command creates carry it from the start, so [`State::apply`] need not serialize them
+    /// a second time to stamp it.
+    #[serde(skip)]
+    applying_trace: Option<String>,
 }
 
 /// The id of the built-in `default` project (fixed so every member agrees without a command).
@@ -323,6 +328,16 @@ fn stamp_new(meta: &mut Meta, index: u64) {
     meta.spec_revision = index;
 }
 
+impl State {
+    /// [`stamp_new`], and the trace id of the proposal being applied (see `applying_trace`).
+    fn stamp_created(&self, meta: &mut Meta, index: u64) {
+        stamp_new(meta, index);
+        if self.applying_trace.is_some() {
+            meta.trace_id.clone_from(&self.applying_trace);
+        }
+    }
+}
+
 fn check_if_match(if_match: Option<u64>, actual: u64) -> Result<(), ApiError> {
     match if_match {
         Some(expected) if expected != actual => Err(ApiError::precondition(expected, actual)),
@@ -461,7 +476,9 @@ impl State {
                 );
             }
         }
+        self.applying_trace.clone_from(&proposal.trace_id);
         let result = self.apply_command(index, &proposal.command);
+        self.applying_trace = None;
         match result {
             Ok((mut value, mut changes)) => {
                 if let Some(trace_id) = &proposal.trace_id {
@@ -509,7 +526,9 @@ impl State {
                 self.removals.record(&change.id, trace_id);
                 continue;
             }
+            // Created with the trace id already (`stamp_created`): its JSON carries it.
             let stamped = with_resource!(change.kind, R => match R::map_mut(self).get_mut(&change.id) {
+                Some(object) if object.meta().trace_id.as_deref() == Some(trace_id) => false,
                 Some(object) => {
                     object.meta_mut().trace_id = Some(trace_id.to_string());
                     true
@@ -597,7 +616,7 @@ impl State {
         }
         let mut new = new.clone();
         R::check_create(self, &mut new)?;
-        stamp_new(new.meta_mut(), at);
+        self.stamp_created(new.meta_mut(), at);
         R::map_mut(self).insert(id.clone(), new);
         self.created(R::KIND, &id)
     }

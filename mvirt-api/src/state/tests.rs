@@ -567,3 +567,52 @@ fn a_commands_trace_id_is_stamped_on_what_it_changed_and_kept_by_untraced_ones()
     let plain = serde_json::to_value(network("n2", "x")).unwrap();
     assert!(plain.get("trace_id").is_none(), "{plain}");
 }
+
+#[test]
+fn a_created_vm_carries_its_trace_id_in_the_answer_its_event_and_its_row() {
+    let mut s = State::initial();
+    s.apply(1, &volume("v1", "disk")).0.result.unwrap();
+    let mut vm = Vm::new(
+        meta("vm1", "web"),
+        VmSpec {
+            vcpus: 1,
+            memory_bytes: 1 << 30,
+            volume_ids: vec!["v1".into()],
+            ..placed_vm_spec()
+        },
+    );
+    vm.meta.trace_id = None;
+    let create = Proposal {
+        trace_id: Some("req-vm".into()),
+        ..p(Command::CreateVm {
+            vm,
+            owned_volumes: Vec::new(),
+            owned_nics: Vec::new(),
+        })
+    };
+    let (outcome, changes) = s.apply(2, &create);
+    let answer = outcome.result.unwrap().to_value();
+    assert_eq!(answer["trace_id"], "req-vm", "{answer}");
+    // The VM (stamped as it is created) and the volume it attached (stamped afterwards).
+    for (kind, id) in [(Kind::Vm, "vm1"), (Kind::Volume, "v1")] {
+        let change = changes
+            .iter()
+            .rev()
+            .find(|c| c.kind == kind && c.id == id)
+            .unwrap_or_else(|| panic!("no change of {id}"));
+        let object = change.object.as_ref().unwrap();
+        assert_eq!(object.to_value()["trace_id"], "req-vm", "{}", object.get());
+        assert_eq!(
+            Some(String::from(object.clone())),
+            s.stored_json(kind, id),
+            "{id}"
+        );
+    }
+    assert_eq!(s.vms["vm1"].meta.trace_id.as_deref(), Some("req-vm"));
+}
+
+fn placed_vm_spec() -> VmSpec {
+    let mut s = State::initial();
+    placed_vm(&mut s, "x", "n", false);
+    s.vms["x"].spec.clone()
+}

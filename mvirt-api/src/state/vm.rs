@@ -116,7 +116,7 @@ impl State {
             changes.extend(self.attach_free::<Nic>(index, nid, &vm.meta.id));
         }
         let mut vm = vm.clone();
-        stamp_new(&mut vm.meta, index);
+        self.stamp_created(&mut vm.meta, index);
         vm.node_id = None;
         // When no node could take it whatever the capacity, the reason the scheduler would give
         // (so its next round has nothing to change).
