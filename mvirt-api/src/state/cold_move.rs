@@ -363,6 +363,37 @@ mod tests {
     }
 
     #[test]
+    fn a_cold_move_to_a_lost_node_ends_failed_saying_nothing_ran_there() {
+        let mut s = cluster();
+        s.migrate_vm(1, "vm", None, "mig", "tok", T0).unwrap();
+        let lost = [("n2".to_string(), 46)];
+        let losses = crate::ha::lost_migrations(&s, &lost);
+        assert_eq!(losses.len(), 1, "{losses:?}");
+        s.migration_node_lost(2, &losses[0], &at(60)).unwrap();
+        let vm = &s.vms["vm"];
+        let m = vm.migration.as_ref().unwrap();
+        assert_eq!(m.phase, MigrationPhase::Failed);
+        let error = m.error.as_deref().unwrap();
+        assert!(
+            error.contains("cold move ended") && error.contains("stay on node n1"),
+            "{error}"
+        );
+        assert!(!error.contains("fenced"), "{error}");
+        assert_eq!(vm.node_id.as_deref(), Some("n1"));
+        for v in ["root", "data"] {
+            assert_eq!(s.volumes[v].node_id.as_deref(), Some("n1"));
+        }
+        // The grant and the one-off schedule left both specs.
+        for n in ["n1", "n2"] {
+            let spec = crate::nodespec::desired_for(&s, n);
+            assert!(
+                spec.transfers.is_empty() && spec.replications.is_empty(),
+                "{n}"
+            );
+        }
+    }
+
+    #[test]
     fn a_stopped_vm_moves_cold_only_once_every_volume_is_on_the_target() {
         let mut s = cluster();
         s.migrate_vm(1, "vm", None, "mig", "tok", T0).unwrap();

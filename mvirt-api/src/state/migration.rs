@@ -299,7 +299,14 @@ impl State {
             .nodes
             .get(lost)
             .map_or(lost.as_str(), |n| n.meta.name.as_str());
-        let error = if *lost == m.target_node_id {
+        let error = if m.cold {
+            // A cold move: nothing ran on the target, only replicas were sent there.
+            format!(
+                "node {name} ({lost}) is lost: no heartbeat for {} s; the cold move ended, the \
+                 VM and its volumes stay on node {source}",
+                loss.silent_secs
+            )
+        } else if *lost == m.target_node_id {
             format!(
                 "the target node {name} ({lost}) is lost: no heartbeat for {} s (its agent \
                  fenced its copy of the VM after the fencing time); the VM runs on its source",
