@@ -19,11 +19,22 @@ use crate::vmm::{DeviceChange, VmEventKind, Vmm, VmmError};
 pub struct VmGrpc {
     vmm: Vmm,
     pods: crate::pod::PodManager,
+    lease: Option<crate::lease::FenceLease>,
 }
 
 impl VmGrpc {
     pub fn new(vmm: Vmm, pods: crate::pod::PodManager) -> Self {
-        Self { vmm, pods }
+        Self {
+            vmm,
+            pods,
+            lease: None,
+        }
+    }
+
+    /// Serves `RenewFenceLease` with `lease` (without one it is UNIMPLEMENTED).
+    pub fn with_lease(mut self, lease: crate::lease::FenceLease) -> Self {
+        self.lease = Some(lease);
+        self
     }
 }
 
@@ -406,6 +417,21 @@ impl VmService for VmGrpc {
         self.vm_only(&req.vm_id)?;
         let change = self.vmm.detach_nic(&req.vm_id, &req.nic_id).await?;
         Ok(Response::new(change_to_proto(change)))
+    }
+
+    async fn renew_fence_lease(
+        &self,
+        request: Request<proto::RenewFenceLeaseRequest>,
+    ) -> Result<Response<proto::RenewFenceLeaseResponse>, Status> {
+        let lease = self
+            .lease
+            .as_ref()
+            .ok_or_else(|| Status::unimplemented("this daemon holds no fence lease"))?;
+        let req = request.into_inner();
+        let expires_at_ms = lease.renew(req.ttl_ms, req.vm_ids).map_err(invalid)?;
+        Ok(Response::new(proto::RenewFenceLeaseResponse {
+            expires_at_ms,
+        }))
     }
 
     type ConsoleStream = BoxStream<proto::ConsoleOutput>;

@@ -27,6 +27,8 @@ pub mod grpc;
 #[cfg(feature = "server")]
 pub mod hypervisor;
 #[cfg(feature = "server")]
+pub mod lease;
+#[cfg(feature = "server")]
 pub mod metrics;
 #[cfg(feature = "server")]
 pub mod model;
@@ -51,6 +53,7 @@ mod server {
     use mvirt_common::listen::{ListenAddr, Listener, SocketOptions};
     use mvirt_common::Shutdown;
 
+    use crate::lease::FenceLease;
     use crate::pod::{PodError, PodManager};
     use crate::proto::pod_service_server::PodServiceServer;
     use crate::proto::vm_service_server::VmServiceServer;
@@ -74,24 +77,28 @@ mod server {
         shutdown: Shutdown,
     ) -> Result<(), ServeError> {
         let listener = listener.into();
-        let (vmm, pods) = open(config).await?;
-        serve_vmm(vmm, pods, listener, shutdown).await
+        let (vmm, pods, lease) = open(config).await?;
+        serve_vmm(vmm, pods, lease, listener, shutdown).await
     }
 
     /// Opens the manager and adopts what survived a restart: VMs first, then the pods on
     /// their microVMs.
-    async fn open(config: VmmConfig) -> Result<(Vmm, PodManager), ServeError> {
+    /// The fence lease is re-armed after the VMs are adopted (it may fire at once).
+    async fn open(config: VmmConfig) -> Result<(Vmm, PodManager, FenceLease), ServeError> {
         let pod_config = config.pod.clone();
+        let data_dir = config.data_dir.clone();
         let vmm = Vmm::open(config)?;
         vmm.recover().await?;
         let pods = PodManager::new(vmm.clone(), pod_config);
         pods.recover().await?;
-        Ok((vmm, pods))
+        let lease = FenceLease::start(vmm.clone(), &data_dir);
+        Ok((vmm, pods, lease))
     }
 
     async fn serve_vmm(
         vmm: Vmm,
         pods: PodManager,
+        lease: FenceLease,
         listener: Listener,
         shutdown: Shutdown,
     ) -> Result<(), ServeError> {
@@ -106,10 +113,9 @@ mod server {
         };
         crate::metrics::watch(&vmm, &pods, &shutdown);
         let server = mvirt_common::grpc::GrpcServer::for_daemon("mvirt-vmm")
-            .add_service(VmServiceServer::new(crate::grpc::VmGrpc::new(
-                vmm.clone(),
-                pods.clone(),
-            )))
+            .add_service(VmServiceServer::new(
+                crate::grpc::VmGrpc::new(vmm.clone(), pods.clone()).with_lease(lease),
+            ))
             .await
             .add_service(PodServiceServer::new(crate::pod::grpc::PodGrpc::new(pods)))
             .await;
@@ -148,13 +154,14 @@ mod server {
     /// Opens, recovers and serves on `addr` (a unix socket with mode 0600, or TCP where port
     /// 0 picks one) in a background task.
     pub async fn start(config: VmmConfig, addr: ListenAddr) -> Result<RunningVmm, ServeError> {
-        let (vmm, pods) = open(config).await?;
+        let (vmm, pods, lease) = open(config).await?;
         let listener = Listener::bind(&addr, &SocketOptions::default()).await?;
         let addr = listener.local_addr();
         let shutdown = Shutdown::new();
         let task = tokio::spawn(serve_vmm(
             vmm.clone(),
             pods.clone(),
+            lease,
             listener,
             shutdown.clone(),
         ));

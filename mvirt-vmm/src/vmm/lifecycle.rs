@@ -298,6 +298,15 @@ impl Vmm {
         .await
     }
 
+    /// Immediate stop (SIGKILL) recording `reason` as the state reason (the fence lease).
+    pub async fn kill_with_reason(&self, id: &str, reason: &str) -> Result<VmRecord, VmmError> {
+        let reason = reason.to_string();
+        self.serialised(id, move |vmm, id| async move {
+            vmm.kill_locked(&id, &reason).await
+        })
+        .await
+    }
+
     pub(super) async fn kill_locked(&self, id: &str, reason: &str) -> Result<VmRecord, VmmError> {
         let vm = self.load(id)?;
         let Some((identity, mut exited, stop_reason)) = self.runtime_handles(id) else {
