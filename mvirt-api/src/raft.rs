@@ -230,7 +230,6 @@ impl StateMachine {
         // ([`persist::Writer`]); a snapshot (a synced commit on that thread, after every batch
         // before it, before the log is purged) syncs the WAL including everything before it.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.pragma_update(None, "cache_size", -store::WRITER_CACHE_KIB)?;
         let loaded = store::sm_load(&conn)?;
         let last_applied: Option<LogId<MemberId>> = match &loaded.last_applied {
             Some(s) => serde_json::from_str(s)?,

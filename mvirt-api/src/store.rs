@@ -37,12 +37,6 @@ CREATE TABLE raft_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 /// How many events are kept for `Last-Event-ID` resumption (older ones are pruned).
 pub const EVENTS_RETAINED: i64 = 200_000;
 
-/// The state writer's page cache, at most (SQLite's `cache_size` in KiB; the default is 2 MiB).
-/// Every applied batch upserts its objects by `(kind, id)`, ids being random: with the default
-/// the primary key's pages were read back from the OS on most upserts once the state held
-/// ~100,000 objects. Filled only as pages are used.
-pub const WRITER_CACHE_KIB: i64 = 32 * 1024;
-
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot open database")]
