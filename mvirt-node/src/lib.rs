@@ -34,6 +34,7 @@ pub mod fencing;
 pub mod imports;
 pub mod ledger;
 pub mod metrics;
+pub mod migration_flows;
 pub mod pod_relay;
 pub mod reconcile;
 pub mod snapshots;

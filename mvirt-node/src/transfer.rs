@@ -44,8 +44,8 @@ use mvirt_api::proto::node_peer_client::NodePeerClient;
 use mvirt_api::proto::node_peer_server::NodePeer;
 use mvirt_api::proto::{
     AbortMigrationRequest, AbortMigrationResponse, CompleteMigrationRequest,
-    CompleteMigrationResponse, NodeSpec, PeerVolumeChunk, PeerVolumeHeader, PeerVolumeResult,
-    RelayFrame, RelayOpen, RelayTarget, TransferGrant,
+    CompleteMigrationResponse, MigratedNicFlows, NodeSpec, PeerVolumeChunk, PeerVolumeHeader,
+    PeerVolumeResult, RelayFrame, RelayOpen, RelayTarget, TransferGrant,
 };
 use mvirt_common::tls::{self as ctls, CertStore, PeerIdentity, PeerInfo};
 use mvirt_zfs::proto as zfs;
@@ -559,7 +559,9 @@ impl NodePeer for PeerServer {
         self.gone()?;
         let grant_id = request.get_ref().grant_id.clone();
         let grant = self.grant(&request, &grant_id).await?;
-        let vm_id = request.into_inner().vm_id;
+        let CompleteMigrationRequest {
+            vm_id, nic_flows, ..
+        } = request.into_inner();
         if grant.vm_id.is_empty() || grant.vm_id != vm_id {
             return Err(Status::permission_denied(format!(
                 "the transfer grant {} does not cover the migration of VM {vm_id}",
@@ -581,6 +583,8 @@ impl NodePeer for PeerServer {
             )));
         }
         tracing::info!(grant = %grant.id, vm = %vm_id, "completing an incoming migration");
+        let flows_error =
+            crate::migration_flows::import(self.daemons.net.clone(), &nic_flows).await;
         // Idempotent: a VM that runs here already (an earlier call whose answer was lost)
         // answers as a completion.
         self.daemons
@@ -593,7 +597,7 @@ impl NodePeer for PeerServer {
         self.incoming.remove(&vm_id);
         answer_lost(&self.node_id)?;
         self.gone()?;
-        Ok(Response::new(CompleteMigrationResponse {}))
+        Ok(Response::new(CompleteMigrationResponse { flows_error }))
     }
 
     async fn abort_migration(
@@ -827,21 +831,24 @@ impl PeerDialer {
     }
 
     /// Asks the grant's target to let the incoming VM `vm_id` run (its hypervisor received
-    /// everything); returns once it runs there.
+    /// everything), with its NICs' tracked flows; returns once it runs there, with the
+    /// target's flow import error (empty: none).
     pub async fn complete_migration(
         &self,
         grant: &TransferGrant,
         vm_id: &str,
-    ) -> Result<(), TransferError> {
+        nic_flows: Vec<MigratedNicFlows>,
+    ) -> Result<String, TransferError> {
         let mut client = self.client(grant)?;
-        client
+        let answer = client
             .complete_migration(CompleteMigrationRequest {
                 grant_id: grant.id.clone(),
                 vm_id: vm_id.to_string(),
+                nic_flows,
             })
             .await
             .map_err(TransferError::Target)?;
-        Ok(())
+        Ok(answer.into_inner().flows_error)
     }
 }
 

@@ -164,6 +164,12 @@ impl Operations {
             vm_id: vm.id.clone(),
             socket: cx.migration_dir.join(format!("{}.sock", grant.id)),
             audit: cx.audit.clone(),
+            net: cx.net(),
+            nic_ids: vm
+                .config
+                .iter()
+                .flat_map(|c| c.nics.iter().map(|n| n.id.clone()))
+                .collect(),
         };
         let task = tokio::spawn(mvirt_common::trace::inherit(outgoing.run()));
         let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
@@ -185,6 +191,9 @@ struct Outgoing {
     vm_id: String,
     socket: PathBuf,
     audit: mvirt_log::AuditLogger,
+    /// This node's mvirt-ebpf and the VM's NICs: their tracked flows go to the target.
+    net: mvirt_ebpf::proto::net_service_client::NetServiceClient<crate::daemons::DaemonChannel>,
+    nic_ids: Vec<String>,
 }
 
 impl Outgoing {
@@ -353,15 +362,22 @@ impl Outgoing {
     async fn settle(&self) -> Result<(), String> {
         let ended = "the API ended the migration while the target could not be asked";
         let mut woken: Option<Instant> = None;
+        let (flows, flow_problems) =
+            crate::migration_flows::export(self.net.clone(), &self.nic_ids).await;
         // 1. CompleteMigration (idempotent), until the target answers it.
         let loading_until = Instant::now() + LOAD_WAIT;
         let refusal = loop {
             let Some(grant) = self.current_grant() else {
                 return Err(ended.into());
             };
-            let call = self.peers.complete_migration(&grant, &self.vm_id);
+            let call = self
+                .peers
+                .complete_migration(&grant, &self.vm_id, flows.clone());
             let problem = match tokio::time::timeout(CALL_WAIT, call).await {
-                Ok(Ok(())) => return Ok(()),
+                Ok(Ok(flows_error)) => {
+                    self.flows_reported(flow_problems, flows_error);
+                    return Ok(());
+                }
                 Ok(Err(err)) => {
                     let status = err.status();
                     // The target's hypervisor may still be loading the last of the stream.
@@ -392,6 +408,15 @@ impl Outgoing {
             };
             self.unsettled("abort", &problem, &mut woken);
             tokio::time::sleep(RETRY_EVERY).await;
+        }
+    }
+
+    /// Puts flow hand-over problems (best-effort: the migration goes on) in the report's error.
+    fn flows_reported(&self, mut problems: Vec<String>, target: String) {
+        problems.extend((!target.is_empty()).then_some(target));
+        if !problems.is_empty() {
+            let error = problems.join("; ");
+            self.update(|r| r.error = error);
         }
     }
 
