@@ -21,6 +21,14 @@
 //! source resumes its paused copy only after this node's copy is gone. What the target's
 //! guest ran after the switch-over is lost with it.
 //!
+//! The fence lease (a dead or hung agent still fences): every tick while not fenced, [`run`]
+//! renews mvirt-vmm's lease (`RenewFenceLease`) naming the VMs this fence would kill, with
+//! ttl = the time left until this fence would fire (last contact + fencing time - now). If
+//! this agent dies or hangs, mvirt-vmm kills them itself at that moment (state reason
+//! "fenced: the node agent's lease expired"); the API's margin is unchanged. With nothing to
+//! name, the lease is cancelled (an empty list, sent once). An mvirt-vmm without the RPC
+//! (UNIMPLEMENTED) is logged once and not asked again.
+//!
 //! Leaving the fence: the first heartbeat that succeeds again bumps an epoch; the spec watch
 //! then opens a new stream from revision 0 (the API answers at once with the node's whole
 //! set, computed after that heartbeat). The fence lifts with the first spec of such a stream,
@@ -115,6 +123,16 @@ impl Fence {
         (inner.fenced, false)
     }
 
+    /// The fence lease's ttl now: the time left until this fence fires (None when fenced or
+    /// due).
+    pub fn lease_ttl(&self) -> Option<Duration> {
+        let inner = self.inner();
+        if inner.fenced {
+            return None;
+        }
+        Some(self.fencing.saturating_sub(inner.last_contact.elapsed())).filter(|t| !t.is_zero())
+    }
+
     /// Whether the fence holds now (no contact for the fencing time fences).
     pub fn fenced(&self) -> bool {
         self.check().0
@@ -173,12 +191,16 @@ pub async fn run(
     shutdown: Shutdown,
 ) {
     let tick = (fence.fencing / 10).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let mut lease = LeaseRenewer::default();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(tick) => {}
             _ = shutdown.wait() => return,
         }
         let (fenced, now_fenced) = fence.check();
+        if !fenced {
+            lease.renew(&fence, &daemons, &specs).await;
+        }
         if now_fenced {
             let message = format!(
                 "fencing: no contact with the API for {} s; killing this node's HA VMs and \
@@ -246,6 +268,63 @@ pub async fn run(
     }
 }
 
+/// Renews mvirt-vmm's fence lease (see the module's docs).
+#[derive(Default)]
+struct LeaseRenewer {
+    /// The last renewal that succeeded named no VM (nothing to cancel).
+    cancelled: bool,
+    /// mvirt-vmm answered UNIMPLEMENTED (logged once; not asked again).
+    unsupported: bool,
+}
+
+impl LeaseRenewer {
+    async fn renew(
+        &mut self,
+        fence: &Fence,
+        daemons: &Daemons,
+        specs: &watch::Receiver<Option<api::NodeSpec>>,
+    ) {
+        if self.unsupported {
+            return;
+        }
+        let Some(ttl) = fence.lease_ttl() else {
+            return;
+        };
+        // No spec yet (e.g. a restarted agent): a lease left by the previous one stands.
+        let Some(vm_ids) = specs.borrow().as_ref().map(|s| {
+            s.vms
+                .iter()
+                .filter(|v| fenced_kind(v))
+                .map(|v| v.id.clone())
+                .collect::<Vec<_>>()
+        }) else {
+            return;
+        };
+        if vm_ids.is_empty() && self.cancelled {
+            return;
+        }
+        let empty = vm_ids.is_empty();
+        let request = vmm::RenewFenceLeaseRequest {
+            ttl_ms: (ttl.as_millis() as u64).max(1),
+            vm_ids,
+        };
+        match daemons.vmm.clone().renew_fence_lease(request).await {
+            Ok(_) => self.cancelled = empty,
+            Err(status) if status.code() == tonic::Code::Unimplemented => {
+                self.unsupported = true;
+                tracing::warn!(
+                    "fencing: mvirt-vmm has no fence lease (RenewFenceLease unimplemented): \
+                     a dead agent's HA VMs are not fenced"
+                );
+            }
+            Err(err) => {
+                self.cancelled = false;
+                tracing::error!(error = %err, "fencing: cannot renew mvirt-vmm's fence lease");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,6 +366,11 @@ mod tests {
     fn a_fence_holds_until_a_fresh_spec_after_contact() {
         let fence = Fence::new(Duration::from_millis(50));
         assert!(fence.filter(&spec(5)).is_none(), "in contact: unchanged");
+        let ttl = fence.lease_ttl().expect("a lease while in contact");
+        assert!(
+            ttl <= Duration::from_millis(50) && !ttl.is_zero(),
+            "{ttl:?}"
+        );
         std::thread::sleep(Duration::from_millis(80));
         let filtered = fence.filter(&spec(5)).expect("fenced");
         assert_eq!(
@@ -304,6 +388,7 @@ mod tests {
         );
         assert!(!fenced_incoming(&spec(5).vms[2]));
         assert!(fence.fenced());
+        assert_eq!(fence.lease_ttl(), None, "no lease while fenced");
         let replicated: Vec<_> = filtered.replications.iter().map(|r| &r.vm_id).collect();
         assert_eq!(replicated, ["plain"], "the HA VM's replication stops");
         // A spec from the old stream does not lift it, nor does contact alone.
