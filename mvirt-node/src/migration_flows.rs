@@ -4,11 +4,21 @@
 //! opened (which no ingress rule of its security groups allows) are dropped on the target.
 //! Best-effort: a failure is logged and reported, never fails the migration.
 
+use std::time::Duration;
+
 use mvirt_api::proto::{MigratedFlow, MigratedNicFlows};
 use mvirt_ebpf::proto as net;
 use net::net_service_client::NetServiceClient;
 
 use crate::daemons::DaemonChannel;
+
+/// How long one export or import may take: the guest is paused meanwhile, and a stuck
+/// mvirt-ebpf must not hold the switch-over.
+const CALL_WAIT: Duration = Duration::from_secs(5);
+
+fn timed_out() -> tonic::Status {
+    tonic::Status::deadline_exceeded(format!("mvirt-ebpf did not answer within {CALL_WAIT:?}"))
+}
 
 /// The flows of each of `nic_ids` (the VM's NICs here), and what could not be exported.
 pub async fn export(
@@ -20,7 +30,8 @@ pub async fn export(
         let request = net::ExportFlowsRequest {
             nic_id: nic_id.clone(),
         };
-        match client.export_flows(request).await {
+        let answer = tokio::time::timeout(CALL_WAIT, client.export_flows(request)).await;
+        match answer.unwrap_or_else(|_| Err(timed_out())) {
             Ok(answer) => out.push(MigratedNicFlows {
                 nic_id: nic_id.clone(),
                 flows: answer
@@ -71,7 +82,8 @@ pub async fn import(
                 })
                 .collect(),
         };
-        match client.import_flows(request).await {
+        let answer = tokio::time::timeout(CALL_WAIT, client.import_flows(request)).await;
+        match answer.unwrap_or_else(|_| Err(timed_out())) {
             Ok(answer) => {
                 tracing::info!(nic = %nic.nic_id, flows = answer.into_inner().imported, "imported the tracked flows of a migrating NIC");
             }
