@@ -63,6 +63,10 @@ pub const PREPARE_WAIT: Duration = Duration::from_secs(25);
 /// Size of the pieces a relay reads from its local socket.
 const RELAY_CHUNK: usize = 256 * 1024;
 
+/// Send buffer of the relay's socket to the incoming hypervisor (the kernel caps it at
+/// `net.core.wmem_max`, 4 MiB here).
+const RELAY_SEND_BUFFER: usize = 4 << 20;
+
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {
     #[error("the grant {0} names no endpoint of the target node")]
@@ -525,6 +529,7 @@ impl NodePeer for PeerServer {
             Status::unavailable(format!("cannot connect to {}: {e}", path.display()))
         })?;
         tracing::info!(grant = %grant.id, vm = %open.vm_id, socket = %path.display(), "relaying a migration stream from a peer node");
+        enlarge_send_buffer(&socket);
         let (reader, mut writer) = socket.into_split();
         // Peer → local socket (both directions end when the agent is gone).
         let alive = self.alive.clone();
@@ -862,21 +867,27 @@ async fn agent_gone(alive: Option<watch::Receiver<()>>) {
     }
 }
 
+/// Lets the relay hand the incoming hypervisor up to [`RELAY_SEND_BUFFER`] bytes ahead of
+/// its reads (the default ~208 KiB is less than one frame), so a write to it returns at once
+/// and the next frames keep arriving while it loads the last ones. Best effort.
+fn enlarge_send_buffer(socket: &tokio::net::UnixStream) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    if let Err(err) = setsockopt(socket, sockopt::SndBuf, &RELAY_SEND_BUFFER) {
+        tracing::debug!(error = %err, "cannot enlarge the relay's socket buffer");
+    }
+}
+
 fn read_frames<R>(reader: R) -> impl Stream<Item = std::io::Result<RelayFrame>> + Send
 where
     R: tokio::io::AsyncRead + Unpin + Send + 'static,
 {
-    futures::stream::unfold(Some((reader, vec![0u8; RELAY_CHUNK])), |state| async move {
-        let (mut reader, mut buf) = state?;
-        match reader.read(&mut buf).await {
+    futures::stream::unfold(Some(reader), |state| async move {
+        let mut reader = state?;
+        // Read straight into the frame's own buffer: no zeroing, no copy into the message.
+        let mut data = Vec::with_capacity(RELAY_CHUNK);
+        match reader.read_buf(&mut data).await {
             Ok(0) => None,
-            Ok(n) => {
-                let frame = RelayFrame {
-                    open: None,
-                    data: buf[..n].to_vec(),
-                };
-                Some((Ok(frame), Some((reader, buf))))
-            }
+            Ok(_) => Some((Ok(RelayFrame { open: None, data }), Some(reader))),
             Err(e) => Some((Err(e), None)),
         }
     })
