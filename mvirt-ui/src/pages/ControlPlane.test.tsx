@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { screen, waitFor } from '@testing-library/react';
-import { json, renderApp, stubApi } from '../test/render';
+import { fireEvent, screen, waitFor } from '@testing-library/react';
+import { json, renderApp, stubApi, writes } from '../test/render';
 import ControlPlane from './ControlPlane';
 
 afterEach(() => vi.unstubAllGlobals());
@@ -35,5 +35,30 @@ describe('ControlPlane', () => {
     send(12, 'member.removed', 1, null);
     await waitFor(() => expect(screen.queryByText('https://10.0.0.1:8443')).toBeNull());
     expect(reads()).toBe(3);
+  });
+  it('"Create join token" posts once and shows the secret once: leaving the page and coming back shows it no more', async () => {
+    const secret = 'mvirt-join-7f3a9c2e51d04b8a';
+    const calls = stubApi((url, init) => {
+      if (url === '/v1/controlplane/join-tokens' && init.method === 'POST') return json({ token: secret, expires_at_ms: Date.UTC(2026, 0, 2, 3, 4) }, 201);
+      if (url.startsWith('/v1/controlplane'))
+        return json({ member_id: 1, leader_id: 1, term: 2, state: 'leader', applied_index: 9, members: [member(1, 'leader')] });
+      return undefined;
+    });
+    const view = renderApp(<ControlPlane />);
+    expect(await screen.findByText(/mvirt-api --join https:\/\/10\.0\.0\.1:8443 --token/)).toBeTruthy();
+    expect(screen.queryByText(new RegExp(secret))).toBeNull();
+    fireEvent.click(screen.getByRole('button', { name: 'Create join token' }));
+    const shown = await screen.findByRole('status');
+    expect(shown.textContent).toContain(secret);
+    expect(shown.textContent).toContain(`expires ${new Date(Date.UTC(2026, 0, 2, 3, 4)).toLocaleString()}`);
+    expect(writes(calls)).toEqual([{ method: 'POST', url: '/v1/controlplane/join-tokens', body: {}, ifMatch: undefined }]);
+
+    // The secret lives only in the page that minted it: no read brings it back.
+    view.unmount();
+    renderApp(<ControlPlane />);
+    await screen.findByRole('button', { name: 'Create join token' });
+    await screen.findByText('https://10.0.0.1:8443');
+    expect(screen.queryByText(new RegExp(secret))).toBeNull();
+    expect(writes(calls)).toHaveLength(1);
   });
 });

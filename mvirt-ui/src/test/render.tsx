@@ -44,3 +44,27 @@ export function renderApp(ui: ReactNode, { token = 'test-token', path = '/' } = 
     </QueryClientProvider>,
   );
 }
+
+/** What a page sent besides reads: method, path (with query), body (parsed JSON) and If-Match. */
+export function writes(calls: ReturnType<typeof stubApi>) {
+  return calls
+    .filter((c) => c.init.method && c.init.method !== 'GET')
+    .map((c) => ({
+      method: c.init.method,
+      url: c.url,
+      body: c.init.body === undefined ? undefined : JSON.parse(String(c.init.body)),
+      ifMatch: (c.init.headers as Record<string, string> | undefined)?.['If-Match'],
+    }));
+}
+
+/** An event stream the test pushes SSE frames into (answer `/v1/events` with `response()`). */
+export function eventStream() {
+  let push!: (text: string) => void;
+  const body = new ReadableStream<Uint8Array>({ start: (c) => (push = (t) => c.enqueue(new TextEncoder().encode(t))) });
+  return {
+    response: () => new Response(body, { status: 200 }),
+    /** One event: `type` like `vm.updated`; `object` null for a deletion. */
+    send: (revision: number, type: string, id: string, project: string, object: unknown) =>
+      push(`id: ${revision}\nevent: ${type}\ndata: ${JSON.stringify({ revision, type, kind: type.split('.')[0], id, project, object })}\n\n`),
+  };
+}
