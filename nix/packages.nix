@@ -11,15 +11,14 @@ let
   craneLib = crane.mkLib pkgs;
   version = (builtins.fromTOML (builtins.readFile (src + "/Cargo.toml"))).workspace.package.version;
 
-  # What cargo reads: Rust sources and manifests, protos, the eBPF C source, vendored openraft,
-  # .cargo/config.toml (SQLite is built with HAVE_FDATASYNC).
+  # What cargo reads: Rust sources and manifests (also .cargo/config.toml: SQLite is built with
+  # HAVE_FDATASYNC) and every non-Rust file a crate compiles in (protos, the eBPF C source, the
+  # API docs page, vendored openraft). The list is nix/cargo-src.nix; scripts/test-deploy.sh
+  # evaluates that filter for every file an include_str!/include_bytes! or a build.rs names.
   cargoSrc = lib.cleanSourceWith {
     inherit src;
     filter = path: type:
-      craneLib.filterCargoSources path type
-      || lib.hasSuffix ".proto" path
-      || lib.hasSuffix ".c" path
-      || lib.hasInfix "/vendor/" path;
+      craneLib.filterCargoSources path type || (import ./cargo-src.nix).filter src path type;
   };
 
   commonArgs = {

@@ -3,20 +3,27 @@
 # deploy/services.toml, pass the daemons only what they read, and the packages make a working
 # node.
 #
-#  1. every .nix file parses (nix-instantiate --parse; nixpkgs cannot be fetched here);
+#  1. every .nix file parses (nix-instantiate --parse; nixpkgs cannot be fetched here), and the
+#     crane build's source filter (nix/cargo-src.nix) keeps every non-Rust file a crate compiles
+#     in: include_str!/include_bytes!/include! targets, files and directories build.rs reads
+#     (deploy/tests/check_cargo_src.py evaluates the filter itself for each);
 #  2. deploy/debian/ is what deploy/gen.py makes of deploy/services.toml, and the NixOS module
 #     spells no flag of its own;
 #  3. every flag the NixOS module can pass (nix/lib.nix) and does pass on its ExecStart lines
 #     (nix/tests/module-eval.nix evaluates the module with a stand-in for nixpkgs' lib), and every
-#     variable of /etc/mvirt/*.env, is checked against the daemon's --help
-#     (deploy/tests/check_flags.py);
+#     variable of /etc/mvirt/*.env, is checked against the daemon's --help; the module's
+#     kernel modules, sysctls, firewall ports (against the ports the daemons' --help defaults
+#     listen on) and unit ordering are checked too (deploy/tests/check_flags.py);
 #  4. the .deb files are built from the debug binaries cargo already built and the pod
 #     artefacts (mvirt-pod-image from this checkout's mvirt-one; cached in
-#     target/mvirt-test-cache like the tests' own), with deploy/build-debs.sh, and installed
+#     $CARGO_TARGET_DIR/mvirt-test-cache, default target/), with deploy/build-debs.sh, and installed
 #     with dpkg into a fresh root: a copy-on-write overlay
 #     of this machine's root file system, so dpkg checks the packages' dependencies against a
 #     real Debian 12 and runs their maintainer scripts (user, group, directories);
-#     `systemd-analyze verify` checks every installed unit;
+#     `systemd-analyze verify` checks every installed unit, the installed modules-load.d and
+#     sysctl.d files say what services.toml says, `systemd-analyze security --offline` rates
+#     each unit's hardening (systemd is not PID 1 here, so the sandbox itself is not run:
+#     deploy/README.md);
 #  5. each daemon is started exactly as its installed unit says (deploy/tests/unitrun.py:
 #     ExecStart chrooted into the root, EnvironmentFile=/etc/mvirt/*.env, User=, StateDirectory=,
 #     UMask=, NoNewPrivileges=, CapabilityBoundingSet=), in the order of the units' After=
@@ -36,7 +43,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
-BIN=${CARGO_TARGET_DIR:-$REPO/target}/debug
+TARGET=${CARGO_TARGET_DIR:-$REPO/target}
+BIN=$TARGET/debug
 # MVIRT_TEST_DEPLOY_BIN=DIR tests binaries built elsewhere (no cargo build here).
 BIN=${MVIRT_TEST_DEPLOY_BIN:-$BIN}
 START=$(date +%s)
@@ -54,6 +62,9 @@ mapfile -t nix_files < <(git ls-files '*.nix'; git ls-files --others --exclude-s
 for f in "${nix_files[@]}"; do
   nix-instantiate --parse "$f" >/dev/null || die "$f does not parse"
 done
+
+say "the Nix build's cargo source keeps every file a crate compiles in"
+python3 deploy/tests/check_cargo_src.py "$REPO" || die "nix/cargo-src.nix drops a file cargo needs"
 
 say "deploy/debian/ is generated from deploy/services.toml"
 python3 deploy/gen.py --check || die "deploy/debian/ is stale: run deploy/gen.py"
@@ -96,7 +107,7 @@ nix-instantiate --eval --strict --json nix/tests/module-eval.nix >"$WORK/module.
 python3 deploy/tests/check_flags.py "$BIN" "$WORK/flagcheck.json" "$WORK/module.json" deploy/debian
 
 say "the pod artefacts (mvirt-pod-image; a Debian kernel, cached)"
-CACHE=$REPO/target/mvirt-test-cache
+CACHE=$TARGET/mvirt-test-cache
 mkdir -p "$CACHE"
 "$BIN/mvirt-pod-image" build --out "$CACHE/pod-artefacts-deploy" --mvirt-one "$BIN/mvirt-one" \
   --cache-dir "$CACHE" >"$WORK/pod-version" 2>"$WORK/pod-artefacts.log" ||

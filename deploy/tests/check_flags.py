@@ -23,6 +23,20 @@ service this
     `[default: ...]` unless the setting says why not (`differs`) — so e.g. mvirt-zfs
     --import-dir and mvirt-vmm --allowed-dir cannot differ between the daemon, the .debs and
     the NixOS module without a stated reason.
+It then checks what the host gets for the daemons (check_host), in the NixOS module (MODULE_JSON's
+kernelModules, sysctl, firewall, each unit's After=/Wants=) and in the Debian units (After=,
+Wants=), against what the daemons do, not against services.toml alone:
+  - kernel modules: tun (the TAPs mvirt-ebpf creates and the hypervisors open), vxlan (mvirt-
+    ebpf's tunnel device), nf_tables (its SNAT table) for mvirt-ebpf; tun, vhost_net, vhost_vsock
+    for mvirt-vmm; the module loads exactly the union services.toml declares;
+  - sysctls: net.ipv4.ip_forward and net.ipv6.conf.all.forwarding = 1 for mvirt-ebpf (SNAT of
+    public networks routes guest traffic through the host);
+  - firewall (openFirewall): exactly the TCP ports of every listener whose `--help` default is a
+    non-loopback host:port (the API's REST, NodeService and Raft, the agent's console relay) and
+    mvirt-ebpf's --tunnel-port (UDP) — never a loopback /metrics port or a unix socket;
+  - ordering: every daemon after mvirt-log (audit), mvirt-vmm after mvirt-zfs and mvirt-ebpf
+    (volumes, TAPs), the agent after all five, mvirt-zfs after the pool import, the network-
+    facing daemons after network-online.target (and wanting it).
 """
 
 import json
@@ -106,10 +120,125 @@ def check_description(key, service, services, helpflags):
     return failures
 
 
+# What the daemons need loaded, by service key, and why (kernel module: reason).
+NEEDED_MODULES = {
+    "ebpf": {
+        "tun": "mvirt-ebpf creates each NIC's TAP device",
+        "vxlan": "mvirt-ebpf's tunnel device (ip link add ... type vxlan) between hypervisor hosts",
+        "nf_tables": "mvirt-ebpf's SNAT table for public networks (nft -f)",
+    },
+    "vmm": {
+        "tun": "the hypervisors open the NICs' TAP devices (/dev/net/tun)",
+        "vhost_net": "in-kernel virtio-net backend (/dev/vhost-net) for the hypervisors",
+        "vhost_vsock": "in-kernel vsock backend (/dev/vhost-vsock) for the hypervisors",
+    },
+}
+NEEDED_SYSCTL = {
+    "ebpf": {"net.ipv4.ip_forward": "1", "net.ipv6.conf.all.forwarding": "1"},
+}
+# unit: the units it must start after (and whether it must also want them).
+NEEDED_AFTER = {
+    "mvirt-zfs": ["mvirt-log.service", "zfs-import.target"],
+    "mvirt-ebpf": ["mvirt-log.service", "network-online.target"],
+    "mvirt-vmm": ["mvirt-log.service", "mvirt-zfs.service", "mvirt-ebpf.service"],
+    "mvirt-api": ["mvirt-log.service", "network-online.target"],
+    "mvirt-node": ["mvirt-log.service", "mvirt-zfs.service", "mvirt-ebpf.service",
+                   "mvirt-vmm.service", "mvirt-api.service", "network-online.target"],
+}
+# After=network-online.target orders nothing unless something pulls the target in.
+NEEDED_WANTS = {
+    "mvirt-ebpf": ["network-online.target"],
+    "mvirt-api": ["network-online.target"],
+    "mvirt-node": ["network-online.target", "mvirt-zfs.service", "mvirt-ebpf.service", "mvirt-vmm.service"],
+}
+LOOPBACK = ("127.", "[::1]", "::1", "localhost")
+
+
+def public_ports(helps):
+    """{"tcp": {port: "binary --flag"}, "udp": {...}} the daemons listen on for other hosts,
+    from their --help defaults: every *-listen flag with a non-loopback host:port default, and
+    mvirt-ebpf's VXLAN --tunnel-port."""
+    ports = {"tcp": {}, "udp": {}}
+    for binary, flags in helps.items():
+        for flag, info in flags.items():
+            default = info["default"]
+            if not flag.endswith("listen") or not default or len(default) != 1:
+                continue
+            m = re.fullmatch(r"(.+):(\d+)", default[0])
+            if m and not m.group(1).startswith(LOOPBACK):
+                ports["tcp"][int(m.group(2))] = f"{binary} {flag} {default[0]}"
+    tunnel = helps["mvirt-ebpf"].get("--tunnel-port", {}).get("default")
+    if not tunnel:
+        raise SystemExit("mvirt-ebpf --help shows no default for --tunnel-port")
+    ports["udp"][int(tunnel[0])] = f"mvirt-ebpf --tunnel-port {tunnel[0]}"
+    return ports
+
+
+def check_order(where, unit, after, wants):
+    failures = []
+    for dep in NEEDED_AFTER.get(unit, []):
+        if dep not in after:
+            failures.append(f"{where}: {unit} is not ordered after {dep} (After={' '.join(after)})")
+    for dep in NEEDED_WANTS.get(unit, []):
+        if dep not in wants:
+            failures.append(f"{where}: {unit} does not want {dep} (Wants={' '.join(wants)})")
+    return failures
+
+
+def check_host(services, module_all, helps, debian):
+    """The host side of the module and the units: see the module doc."""
+    failures = []
+    declared = []
+    for key, svc in services.items():
+        mods = svc.get("kernel_modules", [])
+        declared += [m for m in mods if m not in declared]
+        for mod, why in NEEDED_MODULES.get(key, {}).items():
+            if mod not in mods:
+                failures.append(f"services.toml: {key} does not load {mod} ({why})")
+        for name, value in NEEDED_SYSCTL.get(key, {}).items():
+            if str(svc.get("sysctl", {}).get(name)) != value:
+                failures.append(f"services.toml: {key} does not set {name} = {value}")
+    if sorted(module_all["kernelModules"]) != sorted(declared):
+        failures.append(f"the NixOS module loads {module_all['kernelModules']}, services.toml declares {declared}")
+    wanted_sysctl = {}
+    for key, svc in services.items():
+        wanted_sysctl.update({k: str(v) for k, v in svc.get("sysctl", {}).items()})
+    if {k: str(v) for k, v in module_all["sysctl"].items()} != wanted_sysctl:
+        failures.append(f"the NixOS module sets sysctls {module_all['sysctl']}, services.toml {wanted_sysctl}")
+
+    ports = public_ports(helps)
+    for proto, option in (("tcp", "allowedTCPPorts"), ("udp", "allowedUDPPorts")):
+        opened = set(module_all["firewall"].get(option, []))
+        for port, why in sorted(ports[proto].items()):
+            if port not in opened:
+                failures.append(f"openFirewall does not open {proto} {port} ({why})")
+        for port in sorted(opened - set(ports[proto])):
+            failures.append(f"openFirewall opens {proto} {port}, which no daemon's default listens on for other hosts")
+    print("host: modules " + " ".join(module_all["kernelModules"]) + "; sysctl "
+          + " ".join(f"{k}={v}" for k, v in module_all["sysctl"].items()) + "; firewall "
+          + "; ".join(f"{proto} {port} ({why})" for proto in ports for port, why in sorted(ports[proto].items())))
+
+    for unit, svc in module_all["services"].items():
+        failures += check_order("NixOS module", unit, svc["after"], svc["wants"])
+    for path in sorted(debian.glob("*/lib/systemd/system/mvirt-*.service")):
+        after, wants = [], []
+        for line in path.read_text().splitlines():
+            if line.startswith("After="):
+                after += line[len("After="):].split()
+            elif line.startswith("Wants="):
+                wants += line[len("Wants="):].split()
+        failures += check_order(str(path), path.stem, after, wants)
+    if sorted(module_all["services"]) != sorted([*NEEDED_AFTER, "mvirt-log"]):
+        failures.append(f"the module defines {sorted(module_all['services'])}: update NEEDED_AFTER")
+    return failures
+
+
 def main():
     bin_dir, flag_json, module_json, debian = (Path(a) for a in sys.argv[1:5])
     check = json.loads(flag_json.read_text())
-    module = json.loads(module_json.read_text())["services"]
+    module_all = json.loads(module_json.read_text())
+    module = module_all["services"]
+    helps = {}
     failures = []
     with open(SERVICES_TOML, "rb") as f:
         services = tomllib.load(f)["services"]
@@ -121,6 +250,7 @@ def main():
         known_env = set(re.findall(r"\[env: ([A-Z0-9_]+)=", helptext))
         known_flags = set(re.findall(r"(--[a-z0-9][a-z0-9-]*)", helptext))
         helpflags = parse_help(helptext)
+        helps[svc["binary"]] = helpflags
         if not helpflags:
             failures.append(f"{key}: no flags found in {svc['binary']} --help")
         failures += check_description(key, services[key], services, helpflags)
@@ -164,6 +294,7 @@ def main():
                     if flag not in known_flags:
                         failures.append(f"{unit}: {flag} is not a flag of {svc['binary']}")
         print(f"{svc['binary']}: {len(svc['argv'])} argv words, {len(svc['env'])} variables checked")
+    failures += check_host(services, module_all, helps, debian)
     if failures:
         print("\n".join(failures), file=sys.stderr)
         return 1

@@ -54,6 +54,67 @@ chroot "$R" sh -c 'systemd-analyze verify /lib/systemd/system/mvirt-*.service' >
 # Units this machine does not have (zfs.target: kernel ZFS) are fine; anything about ours is not.
 if grep -E 'mvirt-[a-z]+\.service:' "$WORK/logs/verify.log"; then die "systemd-analyze verify complains about a unit"; fi
 
+say "the kernel modules and sysctls the packages install (modules-load.d, sysctl.d)"
+# Exactly what services.toml declares, in the files systemd reads at boot, and at least what the
+# daemons need (deploy/tests/check_flags.py NEEDED_MODULES/NEEDED_SYSCTL say why).
+python3 - "$R" "$REPO/deploy/services.toml" <<'PY' || die "the installed modules-load.d/sysctl.d files are wrong"
+import sys, tomllib
+from pathlib import Path
+root, toml = Path(sys.argv[1]), sys.argv[2]
+services = tomllib.load(open(toml, "rb"))["services"]
+needed_modules = {"mvirt-ebpf": {"tun", "vxlan", "nf_tables"}, "mvirt-vmm": {"tun", "vhost_net", "vhost_vsock"}}
+needed_sysctl = {"mvirt-ebpf": {"net.ipv4.ip_forward": "1", "net.ipv6.conf.all.forwarding": "1"}}
+def lines(path):
+    return [l.strip() for l in path.read_text().splitlines() if l.strip() and not l.lstrip().startswith(("#", ";"))]
+bad = []
+for svc in services.values():
+    pkg = svc["package"]
+    conf = root / f"usr/lib/modules-load.d/{pkg}.conf"
+    if svc.get("kernel_modules"):
+        got = lines(conf) if conf.is_file() else None
+        if got != svc["kernel_modules"]:
+            bad.append(f"{conf}: {got}, services.toml says {svc['kernel_modules']}")
+        if (root / f"etc/modules-load.d/{pkg}.conf").exists():
+            bad.append(f"/etc/modules-load.d/{pkg}.conf shadows the package's file")
+    elif conf.exists():
+        bad.append(f"{conf} installed, but services.toml declares no module for {pkg}")
+    if not needed_modules.get(pkg, set()) <= set(svc.get("kernel_modules", [])):
+        bad.append(f"{pkg}: loads {svc.get('kernel_modules')}, needs {sorted(needed_modules[pkg])}")
+    conf = root / f"usr/lib/sysctl.d/60-{pkg}.conf"
+    if svc.get("sysctl"):
+        got = dict(tuple(p.strip() for p in l.split("=", 1)) for l in lines(conf)) if conf.is_file() else None
+        want = {k: str(v) for k, v in svc["sysctl"].items()}
+        if got != want:
+            bad.append(f"{conf}: {got}, services.toml says {want}")
+    elif conf.exists():
+        bad.append(f"{conf} installed, but services.toml declares no sysctl for {pkg}")
+    for k, v in needed_sysctl.get(pkg, {}).items():
+        if str(svc.get("sysctl", {}).get(k)) != v:
+            bad.append(f"{pkg}: does not set {k} = {v}")
+    print(f"   {pkg}: modules {' '.join(svc.get('kernel_modules', [])) or '-'}; "
+          f"sysctl {' '.join(f'{k}={v}' for k, v in svc.get('sysctl', {}).items()) or '-'}")
+if bad:
+    print("\n".join(bad), file=sys.stderr)
+    sys.exit(1)
+PY
+# systemd-sysctl's own merged view (later files and /etc override earlier ones): forwarding on.
+chroot "$R" systemd-analyze cat-config sysctl.d >"$WORK/logs/sysctl.log" 2>&1 || { cat "$WORK/logs/sysctl.log"; die "systemd-analyze cat-config sysctl.d failed"; }
+grep -qx '# /usr/lib/sysctl.d/60-mvirt-ebpf.conf' "$WORK/logs/sysctl.log" || die "systemd-sysctl does not read 60-mvirt-ebpf.conf"
+for key in net.ipv4.ip_forward net.ipv6.conf.all.forwarding; do
+  last=$(grep -E "^[[:space:]]*-?$key[[:space:]]*=" "$WORK/logs/sysctl.log" | tail -n 1 | sed 's/.*=[[:space:]]*//')
+  [ "$last" = 1 ] || die "after every sysctl.d file, $key is '$last', not 1"
+done
+
+say "systemd-analyze security --offline: each unit's exposure at most services.toml's exposure_max"
+# systemd is not PID 1 here (no systemd-run): the sandbox is rated from the unit files, not run.
+while read -r unit max; do
+  threshold=$(python3 -c "print(round($max * 10))")
+  out=$(chroot "$R" systemd-analyze security --offline=true --threshold="$threshold" "/lib/systemd/system/$unit" 2>&1) ||
+    { printf '%s\n' "$out" | tail -n 40; die "$unit: exposure above $max, or the rating failed"; }
+  echo "   $(printf '%s\n' "$out" | grep 'Overall exposure level' | sed 's/^→ //') (at most $max)"
+done < <(python3 -c 'import sys, tomllib
+for s in tomllib.load(open(sys.argv[1], "rb"))["services"].values(): print(s["binary"] + ".service", s["exposure_max"])' "$REPO/deploy/services.toml")
+
 say "operator configuration in /etc/mvirt/"
 sed -i "s|^MVIRT_ZFS_POOL=.*|MVIRT_ZFS_POOL=$POOL|" "$R/etc/mvirt/zfs.env"
 sed -i "s|^MVIRT_VMM_ALLOWED_DIRS=.*|MVIRT_VMM_ALLOWED_DIRS=/var/lib/mvirt,$WORK/shared/pool/mnt|" "$R/etc/mvirt/vmm.env"
