@@ -2,7 +2,8 @@
 //! guests, mvirt-api serving the built UI from `mvirt-ui/dist`, the node agent) is started here,
 //! then `node mvirt-ui/e2e/run.mjs` drives the UI in a real headless Chromium against it (log
 //! in, create a network and a VM, watch it run, chart its usage from the node, use its console,
-//! see a REST-created VM appear live, the node's page with the host's usage, a viewer without
+//! see a VM created with the real `mvirt` CLI (this checkout's, logged in with `mvirt login
+//! --accept-fingerprint`) appear live, the node's page with the host's usage, a viewer without
 //! the buttons the API would refuse, delete; axe-core on every page; a screenshot of every
 //! page). The UI must be built
 //! first: `bash scripts/test-ui.sh` does `npm ci && npm run build` and then runs this test.
@@ -41,6 +42,14 @@ async fn the_dashboard_logs_in_creates_a_vm_that_runs_opens_its_console_and_foll
     assert!(
         std::path::Path::new("/usr/bin/chromium").exists(),
         "/usr/bin/chromium is missing: run scripts/setup.sh (apt-get install chromium)"
+    );
+
+    // The CLI step runs this checkout's `mvirt` binary (built first if there is no fresh one).
+    let cli = mvirt_testsupport::cli::mvirt_cli_binary();
+    assert!(
+        cli.is_file(),
+        "the mvirt CLI is missing at {}",
+        cli.display()
     );
 
     let dir = tempfile::tempdir().unwrap();
@@ -99,8 +108,13 @@ async fn the_dashboard_logs_in_creates_a_vm_that_runs_opens_its_console_and_foll
         let ca_file = member_ca_file(&api);
         let ca_pem = std::fs::read_to_string(&ca_file).expect("the cluster CA");
         let browser_home = mvirt_testsupport::tls::browser_home_trusting(root, &ca_pem);
+        // The fingerprint an operator reads off the cluster's CA and hands to `mvirt login
+        // --accept-fingerprint` (the CLI pins the CA the server presents only if it matches).
+        let fingerprint =
+            mvirt_common::tls::fingerprint_pem(&ca_pem).expect("the CA's fingerprint");
         run.env("HOME", &browser_home)
-            .env("NODE_EXTRA_CA_CERTS", &ca_file);
+            .env("NODE_EXTRA_CA_CERTS", &ca_file)
+            .env("MVIRT_CA_FINGERPRINT", fingerprint);
     }
     run.arg("e2e/run.mjs")
         .current_dir(&ui)
@@ -108,6 +122,7 @@ async fn the_dashboard_logs_in_creates_a_vm_that_runs_opens_its_console_and_foll
         .env("MVIRT_TOKEN", &token)
         .env("MVIRT_TEMPLATE", "tiny")
         .env("MVIRT_SHOTS", &shots)
+        .env("MVIRT_CLI", &cli)
         .kill_on_drop(true);
     let status = tokio::time::timeout(RUN_TIMEOUT, run.status())
         .await

@@ -20,6 +20,7 @@
 //! A missing prerequisite (QEMU, zfs-fuse, root, …) is a loud failure, never a skipped test:
 //! `scripts/setup.sh` installs everything the tests need.
 
+pub mod cli;
 pub mod fuzz;
 pub mod guest;
 pub mod http;

@@ -1,17 +1,19 @@
 // End to end in a real headless Chromium against a real mvirt-api (and a node that runs QEMU
 // guests), started by mvirt-node/tests/ui_e2e.rs. Also usable by hand against `scripts/up.sh`:
 //   MVIRT_UI_URL=http://127.0.0.1:8080 MVIRT_TOKEN=$(cat /var/lib/mvirt-dev/api/admin.token) \
-//   MVIRT_TEMPLATE=tiny node e2e/run.mjs
+//   MVIRT_TEMPLATE=tiny MVIRT_CLI=../target/debug/mvirt node e2e/run.mjs
+// (MVIRT_CA_FINGERPRINT=sha256:… too when the API serves https).
 // Steps: the checked-in API types match the live spec; log in (a bad token shows the API's
 // message); create a network and a VM in the UI and see the VM reach running without a reload;
 // its usage charts show the guest's CPU and memory; its console shows the guest's output and
-// answers a typed command; a bad input shows the API's message; a VM created through REST
-// meanwhile appears live; the node's page charts the host and lists the VM; the template's
-// import per node; pods (list, create, detail, log, exec, live, delete; pending: no node runs
+// answers a typed command; a bad input shows the API's message; a VM created meanwhile with the
+// real `mvirt` CLI (MVIRT_CLI) appears live; the node's page charts the host and lists the VM;
+// the template's import per node; pods (list, create, detail, log, exec, live, delete; pending: no node runs
 // them here); a viewer sees no button the API would refuse it; delete. axe-core runs on every
 // page (no critical or serious violation) and every page is screenshotted into MVIRT_SHOTS.
 import { chromium } from 'playwright-core';
 import { mkdirSync, readFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { execFile } from 'node:child_process';
 import { createRequire } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
@@ -25,7 +27,11 @@ const BOOT_MS = Number(process.env.MVIRT_BOOT_TIMEOUT_MS ?? 180_000);
 const SUFFIX = Date.now().toString(36).slice(-5);
 const NET = `ui-net-${SUFFIX}`;
 const VM = `ui-vm-${SUFFIX}`;
-const REST_VM = `rest-vm-${SUFFIX}`;
+const CLI_VM = `cli-vm-${SUFFIX}`;
+// The real `mvirt` CLI (ui_e2e.rs passes this checkout's binary) and the fingerprint of the
+// cluster's CA that `mvirt login --accept-fingerprint` pins (unset for a plaintext API).
+const CLI = must('MVIRT_CLI');
+const CA_FINGERPRINT = process.env.MVIRT_CA_FINGERPRINT;
 const axeSource = readFileSync(createRequire(import.meta.url).resolve('axe-core/axe.min.js'), 'utf8');
 
 function must(name) {
@@ -48,6 +54,20 @@ async function rest(method, p, body) {
   });
   const text = await resp.text();
   return { status: resp.status, body: text ? JSON.parse(text) : undefined };
+}
+
+// The CLI as an operator runs it: a config of its own (written by `mvirt login`), none of the
+// MVIRT_* variables of this script (MVIRT_TOKEN would override the remote's token).
+const cliHome = mkdtempSync(path.join(os.tmpdir(), 'mvirt-ui-e2e-cli-'));
+function cli(args) {
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('MVIRT_')));
+  env.MVIRT_CONFIG = path.join(cliHome, 'config.toml');
+  return new Promise((resolve, reject) => {
+    execFile(CLI, args, { env, timeout: 60_000 }, (err, stdout, stderr) => {
+      if (err) reject(new Error(`mvirt ${args.join(' ')} failed (${err.code ?? err.signal}): ${stderr}${stdout}`));
+      else resolve({ stdout, stderr });
+    });
+  });
 }
 
 // 1. The UI's generated API types must match the live spec (a difference fails the run at the
@@ -228,17 +248,24 @@ try {
   await page.goBack();
   await page.getByRole('heading', { name: VM }).waitFor();
 
-  // 6. A VM created through REST meanwhile appears in the list live (no reload).
+  // 6. A VM created meanwhile with the CLI appears in the list live (no reload): this
+  // checkout's `mvirt`, logged in non-interactively (`mvirt login --accept-fingerprint`, the
+  // token from a 0600 file, so the CA is pinned only if it is the cluster's), then `mvirt vm create`.
   await nav('VMs');
   await page.locator(`[data-testid="vm-row"][data-name="${VM}"]`).waitFor();
-  const restVm = await rest('POST', '/v1/vms', {
-    name: REST_VM,
-    spec: { vcpus: 1, memory_bytes: 64 << 20, node_selector: 'mvirt-ui-e2e=nowhere' },
-  });
-  if (restVm.status !== 201 && restVm.status !== 200) throw new Error(`REST create: ${restVm.status} ${JSON.stringify(restVm.body)}`);
-  const restStart = Date.now();
-  await page.locator(`[data-testid="vm-row"][data-name="${REST_VM}"]`).waitFor({ timeout: 10_000 });
-  log(`a VM created through REST appeared in ${Date.now() - restStart} ms`);
+  writeFileSync(path.join(cliHome, 'token'), TOKEN, { mode: 0o600 });
+  const loginArgs = ['login', BASE, '--name', 'e2e', '--token-file', path.join(cliHome, 'token')];
+  if (BASE.startsWith('https://')) {
+    if (!CA_FINGERPRINT) throw new Error('MVIRT_CA_FINGERPRINT is not set for an https:// API');
+    loginArgs.push('--accept-fingerprint', CA_FINGERPRINT);
+  }
+  await cli(loginArgs);
+  const cliStart = Date.now();
+  const cliCreated = await cli(['-o', 'json', 'vm', 'create', CLI_VM, '--cpus', '1', '--memory', '64M', '--node-selector', 'mvirt-ui-e2e=nowhere']);
+  const cliVm = { body: JSON.parse(cliCreated.stdout) };
+  if (cliVm.body?.name !== CLI_VM || !cliVm.body?.id) throw new Error(`mvirt vm create printed ${cliCreated.stdout}`);
+  await page.locator(`[data-testid="vm-row"][data-name="${CLI_VM}"]`).waitFor({ timeout: 10_000 });
+  log(`a VM created with the mvirt CLI appeared in ${Date.now() - cliStart} ms (after the CLI returned)`);
   await check('vms');
 
   // 6b. The stream drops (the browser goes offline); a VM is created meanwhile; back online the
@@ -510,19 +537,19 @@ try {
   await restPodRow.waitFor({ state: 'detached' });
   log('both pods deleted and gone from the list');
 
-  // 8. Delete: the VM from its page (the row goes away live), the REST VM and the network.
+  // 8. Delete: the VM from its page (the row goes away live), the CLI's VM with the CLI, the
+  // REST VM through REST, and the network.
   await nav('VMs');
   await page.locator(`[data-testid="vm-row"][data-name="${VM}"]`).getByRole('link', { name: VM }).click();
   await page.getByRole('button', { name: 'Delete' }).click();
   await page.getByRole('button', { name: 'Yes, delete' }).click();
   await page.getByRole('heading', { name: 'Virtual machines' }).waitFor();
   await page.locator(`[data-testid="vm-row"][data-name="${VM}"]`).waitFor({ state: 'detached' });
-  for (const id of [restVm.body.id, missed.body.id]) {
-    const del = await rest('DELETE', `/v1/vms/${id}`);
-    if (del.status !== 204) throw new Error(`REST delete: ${del.status}`);
-  }
+  await cli(['vm', 'delete', CLI_VM]);
+  const del = await rest('DELETE', `/v1/vms/${missed.body.id}`);
+  if (del.status !== 204) throw new Error(`REST delete: ${del.status}`);
   await page.locator(`[data-testid="vm-row"][data-name="${MISSED}"]`).waitFor({ state: 'detached' });
-  await page.locator(`[data-testid="vm-row"][data-name="${REST_VM}"]`).waitFor({ state: 'detached' });
+  await page.locator(`[data-testid="vm-row"][data-name="${CLI_VM}"]`).waitFor({ state: 'detached' });
   log('the VMs deleted and gone from the list');
   await nav('Networks');
   const row = page.locator(`[data-testid="network-row"][data-name="${NET}"]`);
@@ -538,6 +565,7 @@ try {
   if (page) await page.screenshot({ path: path.join(SHOTS, 'failure.png'), fullPage: true }).catch(() => undefined);
 } finally {
   await context.close();
+  rmSync(cliHome, { recursive: true, force: true });
 }
 
 async function waitFor(what, ms, cond) {
