@@ -16,6 +16,7 @@ use mvirt_common::tls::{self as ctls, CertStore, ClientAuth, ClusterCa, PeerIden
 use tonic::transport::Channel;
 
 use crate::app::App;
+use crate::proto::node_agent_client::NodeAgentClient;
 use crate::state::{ApiError, ErrorCode};
 
 /// The TLS material of a running member.
@@ -184,6 +185,11 @@ impl MemberTls {
     }
 }
 
+/// A node agent's `NodeAgent` client whose calls carry the current trace id ([`App::node_agent`]).
+pub type AgentClient = NodeAgentClient<
+    tonic::service::interceptor::InterceptedService<Channel, mvirt_common::trace::Propagate>,
+>;
+
 /// The member identity of a Raft peer, if the connection presented a verified certificate.
 pub fn peer_member(peer: Option<&PeerInfo>) -> Option<u64> {
     peer?.identity.as_ref()?.member_id()
@@ -204,10 +210,21 @@ impl App {
         }
     }
 
-    /// A connected channel to a node agent's `NodeAgent` endpoint: over TLS (cluster CA as
-    /// root, member certificate as client certificate) for `https://`; plain `http://` only
-    /// when this member runs with `--insecure-plaintext`.
-    pub async fn node_agent_channel(&self, endpoint: &str) -> Result<Channel, ApiError> {
+    /// A client of a node agent's `NodeAgent` endpoint (stats, host info, console, pod logs and
+    /// exec), connected: over TLS (cluster CA as root, member certificate as client
+    /// certificate) for `https://`; plain `http://` only when this member runs with
+    /// `--insecure-plaintext`. Every call carries the trace id of the request it is made for
+    /// (`x-mvirt-trace-id`, [`mvirt_common::trace::Propagate`]), so the agent's span, its calls
+    /// to the local daemons and their audit entries carry it too.
+    pub async fn node_agent(&self, endpoint: &str) -> Result<AgentClient, ApiError> {
+        let channel = self.node_agent_channel(endpoint).await?;
+        Ok(NodeAgentClient::with_interceptor(
+            channel,
+            mvirt_common::trace::Propagate,
+        ))
+    }
+
+    async fn node_agent_channel(&self, endpoint: &str) -> Result<Channel, ApiError> {
         let unavailable = |m: String| ApiError::new(ErrorCode::Unavailable, m);
         let config = match &self.tls {
             Some(tls) if endpoint.starts_with("https://") => Some(tls.client.clone()),

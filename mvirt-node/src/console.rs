@@ -94,6 +94,7 @@ impl NodeAgent for ConsoleRelay {
         request: Request<mvirt_api::proto::PodLogsRequest>,
     ) -> Result<Response<Self::PodLogsStream>, Status> {
         self.authorize(&request)?;
+        tracing::debug!(pod_id = %request.get_ref().pod_id, "pod logs relayed");
         let stream =
             crate::pod_relay::logs(&self.daemons, &self.ledger, request.into_inner()).await?;
         Ok(Response::new(stream))
@@ -114,6 +115,7 @@ impl NodeAgent for ConsoleRelay {
         request: Request<GetHostRequest>,
     ) -> Result<Response<HostInfo>, Status> {
         self.authorize(&request)?;
+        tracing::debug!("host info asked");
         let (mut vmm, mut zfs) = (self.daemons.vmm.clone(), self.daemons.zfs.clone());
         let (system, pool) = tokio::join!(
             vmm.get_system_info(mvirt_vmm::proto::GetSystemInfoRequest {}),
@@ -151,6 +153,13 @@ impl NodeAgent for ConsoleRelay {
         request: Request<mvirt_api::proto::GetStatsRequest>,
     ) -> Result<Response<mvirt_api::proto::NodeStats>, Status> {
         self.authorize(&request)?;
+        // Debug: the TUI and the web UI ask every 2 s per open page. The line names the
+        // request's trace id (the `rpc` span), which is how a slow sample is found.
+        tracing::debug!(
+            vms = request.get_ref().vm_ids.len(),
+            pods = request.get_ref().pod_ids.len(),
+            "stats asked"
+        );
         let node_id = self.ledger.node_id().ok().flatten().unwrap_or_default();
         let stats = crate::stats::sample(&self.daemons, &node_id, request.get_ref()).await?;
         Ok(Response::new(stats))
@@ -178,6 +187,7 @@ impl NodeAgent for ConsoleRelay {
                 first.vm_id
             )));
         }
+        tracing::info!(vm_id = %first.vm_id, "console relay opened");
         let vm_id = first.vm_id.clone();
         let upstream = async_stream_input(vm_id.clone(), first.data, input);
         let output = self

@@ -85,6 +85,7 @@ pub async fn exec(
     if start.container.is_empty() {
         return Err(Status::invalid_argument("name the container"));
     }
+    tracing::info!(pod_id = %start.pod_id, container = %start.container, "pod exec relayed");
     let command = if start.command.is_empty() {
         vec![DEFAULT_SHELL.to_string()]
     } else {

@@ -6,7 +6,9 @@
 //! mvirt-vmm's entries, and mvirt-ebpf's and mvirt-vmm's own log lines carry the id in their
 //! `rpc` span (mvirt-vmm runs the create on a task of its own, which inherits the trace). The VM
 //! is created stopped: the create reaching mvirt-vmm is the point, no guest boots. Also: a request without (or with an
-//! unusable) `X-Request-Id` gets a fresh one, echoed in the answer and in error bodies. Then the
+//! unusable) `X-Request-Id` gets a fresh one, echoed in the answer and in error bodies. The API's
+//! direct calls to the agent (the stats relay, host info, the console WebSocket) carry the
+//! request's id too: the agent serves them in an `rpc{trace_id=…}` span. Then the
 //! VM's DELETE, with an id of its own: the agent deletes the VM, its NIC and its root volume in
 //! that trace (the node spec names removed objects' trace ids), and mvirt-vmm's, mvirt-ebpf's
 //! and mvirt-zfs' audit entries of the deletes carry it.
@@ -42,7 +44,10 @@ impl Captured {
         let captured = Captured::default();
         let writer = captured.clone();
         tracing_subscriber::registry()
-            .with(tracing_subscriber::EnvFilter::new("info"))
+            // The agent's NodeAgent calls log at debug (stats are asked every 2 s).
+            .with(tracing_subscriber::EnvFilter::new(
+                "info,mvirt_node::console=debug",
+            ))
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_ansi(false)
@@ -59,6 +64,46 @@ impl Captured {
             .map(str::to_string)
             .collect()
     }
+}
+
+/// Opens the VM's console WebSocket through the API with `X-Request-Id: trace` and waits for
+/// the API to close it or for 10 s (the VM is stopped: the relay ends soon after it opens).
+async fn open_console(rest: &Rest, vm_id: &str, trace: &str) {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = format!(
+        "{}/v1/vms/{vm_id}/console",
+        rest.base
+            .replacen("https://", "wss://", 1)
+            .replacen("http://", "ws://", 1)
+    );
+    let mut request = url.into_client_request().unwrap();
+    let headers = request.headers_mut();
+    headers.insert(
+        "authorization",
+        format!("Bearer {}", rest.token).parse().unwrap(),
+    );
+    headers.insert("x-request-id", trace.parse().unwrap());
+    let connector = rest.ca_pem.as_ref().map(|ca| {
+        tokio_tungstenite::Connector::Rustls(
+            mvirt_common::tls::client_config(ca, None).expect("TLS client config"),
+        )
+    });
+    let (mut socket, response) =
+        tokio_tungstenite::connect_async_tls_with_config(request, None, false, connector)
+            .await
+            .expect("console WebSocket opens");
+    assert_eq!(
+        response
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok()),
+        Some(trace)
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(_)) = socket.next().await {}
+    })
+    .await;
 }
 
 /// `GET path` with extra headers: (status, `X-Request-Id` of the answer, body).
@@ -294,6 +339,55 @@ async fn a_vm_create_is_followed_by_its_request_id_across_every_process() {
             .any(|l| l.contains("reconcile{") && l.contains(&vm_id)),
         "no agent reconcile line in the trace: {with_trace:#?}"
     );
+
+    // The API's own calls to the node agent (the stats relay, host info, the console) carry the
+    // request's id: the agent serves each inside an `rpc{trace_id=…}` span, which only exists
+    // when the call brought `x-mvirt-trace-id`.
+    let node_id = vm["node_id"]
+        .as_str()
+        .expect("the VM is placed")
+        .to_string();
+    let stats_trace = format!("trace-stats-{}", mvirt_testsupport::unique_suffix());
+    let (status, echoed, body) = call(
+        &rest,
+        reqwest::Method::GET,
+        &format!("/v1/vms/{vm_id}/stats"),
+        Some(&stats_trace),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(echoed.as_deref(), Some(stats_trace.as_str()));
+    let host_trace = format!("trace-host-{}", mvirt_testsupport::unique_suffix());
+    let (status, _, body) = call(
+        &rest,
+        reqwest::Method::GET,
+        &format!("/v1/nodes/{node_id}/host"),
+        Some(&host_trace),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let console_trace = format!("trace-console-{}", mvirt_testsupport::unique_suffix());
+    open_console(&rest, &vm_id, &console_trace).await;
+    let agent_line = |trace: &str, method: &str, message: &str| {
+        captured.lines().into_iter().any(|l| {
+            l.contains(&format!("rpc{{trace_id={trace} method={method}}}"))
+                && l.contains("mvirt_node::console")
+                && l.contains(message)
+        })
+    };
+    wait_until_async(
+        "the agent's GetStats, GetHost and Console lines in the requests' traces",
+        Duration::from_secs(15),
+        || {
+            let found = agent_line(&stats_trace, "GetStats", "stats asked")
+                && agent_line(&host_trace, "GetHost", "host info asked")
+                && agent_line(&console_trace, "Console", "console relay opened");
+            async move { found.then_some(()) }
+        },
+    )
+    .await;
 
     // The DELETE's own id reaches the agent's deletes (the node spec names removed objects'
     // trace ids) and the daemons' audit entries: the VM in mvirt-vmm, its NIC in mvirt-ebpf,

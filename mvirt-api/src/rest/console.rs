@@ -19,8 +19,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::resources::{query, resolve, ProjectQuery};
 use crate::app::App;
 use crate::model::Kind;
-use crate::proto::{node_agent_client::NodeAgentClient, ConsoleFrame};
+use crate::proto::ConsoleFrame;
 use crate::state::{ApiError, ErrorCode};
+use crate::tls::AgentClient;
 
 /// Where a VM's console is: (vm id, endpoint, secret).
 fn target(
@@ -66,23 +67,23 @@ pub async fn vm_console(
     let (vm_id, endpoint, secret) = target(&app, &id, q.project.as_deref())?;
     let ws = ws.map_err(|e| ApiError::invalid(format!("a WebSocket upgrade is required: {e}")))?;
     // Connect before upgrading so a dead relay is an HTTP error, not a closed socket.
-    let client = NodeAgentClient::new(app.node_agent_channel(&endpoint).await.map_err(|e| {
+    let client = app.node_agent(&endpoint).await.map_err(|e| {
         ApiError::new(
             ErrorCode::Unavailable,
             format!("console relay unreachable: {}", e.message),
         )
-    })?);
+    })?;
     app.audit
         .info(format!("console of VM {vm_id} opened"), &[&vm_id]);
-    Ok(ws.on_upgrade(move |socket| relay(socket, client, vm_id, secret)))
+    // The relay runs on a task of its own after the upgrade: it keeps the request's trace id,
+    // which its call to the agent carries.
+    let trace = mvirt_common::trace::current();
+    Ok(ws.on_upgrade(move |socket| {
+        mvirt_common::trace::scope(trace, relay(socket, client, vm_id, secret))
+    }))
 }
 
-async fn relay(
-    socket: WebSocket,
-    mut client: NodeAgentClient<tonic::transport::Channel>,
-    vm_id: String,
-    secret: String,
-) {
+async fn relay(socket: WebSocket, mut client: AgentClient, vm_id: String, secret: String) {
     let (mut ws_tx, mut ws_rx) = socket.split();
     let (in_tx, in_rx) = tokio::sync::mpsc::channel::<ConsoleFrame>(64);
     if in_tx

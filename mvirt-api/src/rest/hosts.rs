@@ -17,7 +17,6 @@ use utoipa::ToSchema;
 use super::ErrorEnvelope;
 use crate::app::App;
 use crate::model::{Kind, NodeState};
-use crate::proto::node_agent_client::NodeAgentClient;
 use crate::proto::GetHostRequest;
 use crate::state::{ApiError, ErrorCode};
 
@@ -91,11 +90,10 @@ pub async fn get_host(
         )
     };
     let unavailable = |e: String| ApiError::new(ErrorCode::Unavailable, e);
-    let mut client = NodeAgentClient::new(
-        app.node_agent_channel(&endpoint)
-            .await
-            .map_err(|e| unavailable(format!("unreachable: {}", e.message)))?,
-    );
+    let mut client = app
+        .node_agent(&endpoint)
+        .await
+        .map_err(|e| unavailable(format!("unreachable: {}", e.message)))?;
     let mut request = tonic::Request::new(GetHostRequest {});
     let bearer = format!("Bearer {secret}")
         .parse()

@@ -29,8 +29,9 @@ use super::object_response;
 use super::resources::{crud, query, resolve};
 use crate::app::{new_id, now, App};
 use crate::model::*;
-use crate::proto::{self, node_agent_client::NodeAgentClient};
+use crate::proto;
 use crate::state::{ApiError, Command, ErrorCode};
+use crate::tls::AgentClient;
 use crate::validate;
 
 crud!(
@@ -205,17 +206,13 @@ fn target(
     })
 }
 
-async fn dial(
-    app: &App,
-    endpoint: &str,
-) -> Result<NodeAgentClient<tonic::transport::Channel>, ApiError> {
-    let channel = app.node_agent_channel(endpoint).await.map_err(|e| {
+async fn dial(app: &App, endpoint: &str) -> Result<AgentClient, ApiError> {
+    app.node_agent(endpoint).await.map_err(|e| {
         ApiError::new(
             ErrorCode::Unavailable,
             format!("node agent unreachable: {}", e.message),
         )
-    })?;
-    Ok(NodeAgentClient::new(channel))
+    })
 }
 
 fn authorized<T>(message: T, secret: &str) -> Result<tonic::Request<T>, ApiError> {
@@ -485,9 +482,13 @@ pub async fn pod_exec(
         cols: q.cols.unwrap_or(0),
     };
     let secret = t.secret;
+    // The relay runs on a task of its own after the upgrade: it keeps the request's trace id.
+    let trace = mvirt_common::trace::current();
     Ok(ws
         .protocols(["v4.channel.k8s.io"])
-        .on_upgrade(move |socket| exec_relay(socket, client, start, secret)))
+        .on_upgrade(move |socket| {
+            mvirt_common::trace::scope(trace, exec_relay(socket, client, start, secret))
+        }))
 }
 
 fn frame(channel: u8, data: &[u8]) -> Message {
@@ -503,7 +504,7 @@ fn status_frame(value: serde_json::Value) -> Message {
 
 async fn exec_relay(
     socket: WebSocket,
-    mut client: NodeAgentClient<tonic::transport::Channel>,
+    mut client: AgentClient,
     start: proto::PodExecStart,
     secret: String,
 ) {

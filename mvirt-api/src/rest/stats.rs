@@ -19,7 +19,6 @@ use super::resources::ProjectQuery;
 use super::ErrorEnvelope;
 use crate::app::App;
 use crate::model::{Kind, NodeState};
-use crate::proto::node_agent_client::NodeAgentClient;
 use crate::proto::GetStatsRequest;
 use crate::state::{ApiError, ErrorCode};
 
@@ -145,11 +144,10 @@ async fn ask(
 ) -> Result<crate::proto::NodeStats, ApiError> {
     let (endpoint, secret) = agent_of(app, node_id)?;
     let unavailable = |e: String| ApiError::new(ErrorCode::Unavailable, e);
-    let mut client = NodeAgentClient::new(
-        app.node_agent_channel(&endpoint)
-            .await
-            .map_err(|e| unavailable(format!("node agent unreachable: {}", e.message)))?,
-    );
+    let mut client = app
+        .node_agent(&endpoint)
+        .await
+        .map_err(|e| unavailable(format!("node agent unreachable: {}", e.message)))?;
     let mut request = tonic::Request::new(request);
     let bearer = format!("Bearer {secret}")
         .parse()
