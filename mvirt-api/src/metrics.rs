@@ -1,7 +1,7 @@
 //! mvirt-api's Prometheus metrics (see `mvirt_common::metrics` and the README's table): Raft
 //! (term, leader changes, log/commit/apply/snapshot indexes, log append latency — each append
 //! is one SQLite transaction with `synchronous=FULL`, so its fsync — and proposals in flight)
-//! and the scheduler (pending VMs, placement delay, round time). REST routes and NodeService
+//! and the scheduler (pending VMs and pods, placement delay by kind, round time). REST routes and NodeService
 //! calls are counted by `mvirt_common::metrics` itself.
 
 use std::sync::{Arc, OnceLock, Weak};
@@ -11,11 +11,12 @@ use mvirt_common::metrics::prometheus::metrics::counter::Counter;
 use mvirt_common::metrics::prometheus::metrics::gauge::Gauge;
 use mvirt_common::metrics::prometheus::metrics::histogram::Histogram;
 use mvirt_common::metrics::prometheus::registry::Unit;
-use mvirt_common::metrics::{self, Kind, Sampled, Snapshot};
+use mvirt_common::metrics::{self, HistogramFamily, Kind, Sampled, Snapshot};
 use mvirt_common::Shutdown;
 use openraft::ServerState;
 
 use crate::app::App;
+use crate::model::Kind as ObjectKind;
 use crate::state::{Placement, State};
 
 /// The registry name (the binary's).
@@ -32,7 +33,8 @@ pub struct ApiMetrics {
     log_append: Histogram,
     log_appended_entries: Counter,
     proposals_in_flight: Gauge,
-    placement_delay: Histogram,
+    /// Label `kind`: `vm` or `pod`.
+    placement_delay: HistogramFamily,
     round: Histogram,
     sampled: Sampled,
 }
@@ -51,7 +53,7 @@ pub fn get() -> &'static ApiMetrics {
             log_append: metrics::latency_histogram(),
             log_appended_entries: Counter::default(),
             proposals_in_flight: Gauge::default(),
-            placement_delay: metrics::slow_histogram(),
+            placement_delay: metrics::slow_family(),
             round: metrics::latency_histogram(),
             sampled: Sampled::default(),
         };
@@ -109,7 +111,7 @@ pub fn get() -> &'static ApiMetrics {
             );
             r.register_with_unit(
                 "mvirt_scheduler_placement_delay",
-                "Time from a VM's creation until the scheduler placed it (on the leader)",
+                "Time from a VM's or pod's creation until the scheduler placed it (on the leader)",
                 Unit::Seconds,
                 m.placement_delay.clone(),
             );
@@ -166,7 +168,8 @@ impl Drop for InFlight {
     }
 }
 
-/// One scheduler round: its placements (their delay since the VM was created) and its time.
+/// One scheduler round: its placements (their delay since the VM or pod was created, by
+/// `kind`) and its time.
 pub fn scheduled(state: &State, placements: &[Placement], round: Duration) {
     if !mvirt_common::metrics::enabled() {
         return;
@@ -175,19 +178,23 @@ pub fn scheduled(state: &State, placements: &[Placement], round: Duration) {
     m.round.observe(round.as_secs_f64());
     let now = chrono::Utc::now();
     for p in placements {
-        let Some(vm) = state.vms.get(&p.vm_id) else {
+        let (kind, created_at) = match p.kind {
+            ObjectKind::Pod => ("pod", state.pods.get(&p.vm_id).map(|p| &p.meta.created_at)),
+            _ => ("vm", state.vms.get(&p.vm_id).map(|v| &v.meta.created_at)),
+        };
+        let Some(created) = created_at.and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok())
+        else {
             continue;
         };
-        if let Ok(created) = chrono::DateTime::parse_from_rfc3339(&vm.meta.created_at) {
-            let delay = now.signed_duration_since(created.with_timezone(&chrono::Utc));
-            m.placement_delay
-                .observe(delay.num_milliseconds().max(0) as f64 / 1000.0);
-        }
+        let delay = now.signed_duration_since(created.with_timezone(&chrono::Utc));
+        m.placement_delay
+            .get_or_create(&vec![("kind", kind.to_string())])
+            .observe(delay.num_milliseconds().max(0) as f64 / 1000.0);
     }
 }
 
 /// Follows this member's Raft server state (term, leader: these change on elections only) until
-/// `shutdown`, and reads the log indexes, pending VMs and members on every scrape (they change
+/// `shutdown`, and reads the log indexes, pending VMs and pods and members on every scrape (they change
 /// with every write, so following them would wake a task per write).
 pub fn watch(app: &Arc<App>, shutdown: &Shutdown) {
     if !mvirt_common::metrics::enabled() {
@@ -226,10 +233,11 @@ pub fn watch(app: &Arc<App>, shutdown: &Shutdown) {
                 let Some(app) = app.filter(|_| !shutdown.is_triggered()) else {
                     return false;
                 };
-                let (pending, vms, nodes) = {
+                let (pending, pending_pods, vms, nodes) = {
                     let state = app.shared.read();
                     let pending = state.vms.values().filter(|v| v.node_id.is_none()).count();
-                    (pending, state.vms.len(), state.nodes.len())
+                    let pending_pods = state.pods.values().filter(|p| p.node_id.is_none()).count();
+                    (pending, pending_pods, state.vms.len(), state.nodes.len())
                 };
                 let members = {
                     let r = app.raft.metrics();
@@ -247,6 +255,11 @@ pub fn watch(app: &Arc<App>, shutdown: &Shutdown) {
                         "mvirt_scheduler_pending_vms",
                         "VMs not placed on a node yet",
                         pending,
+                    ),
+                    (
+                        "mvirt_scheduler_pending_pods",
+                        "Pods not placed on a node yet",
+                        pending_pods,
                     ),
                     ("mvirt_api_vms", "VMs in the desired state", vms),
                     ("mvirt_api_nodes", "Registered nodes", nodes),
