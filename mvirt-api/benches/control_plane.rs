@@ -15,7 +15,9 @@
 //! Set `MVIRT_BENCH_QUICK=1` for a short run; `MVIRT_BENCH_CONC=1,128` runs only the write
 //! comparison at those concurrencies, `MVIRT_BENCH_NO_ETCD=1` leaves etcd out,
 //! `MVIRT_BENCH_OLD=0` leaves the old setup out, `MVIRT_BENCH_WRITES=N` makes N writes per
-//! run, `MVIRT_BENCH_ROUNDS=N` runs each level N times (default 3, 1 when quick), the systems
+//! run, `MVIRT_BENCH_HTTP=2` drives mvirt-api over HTTP/2 on ceil(clients / 16) connections like
+//! etcd's gRPC column (default: HTTP/1.1, a connection per client),
+//! `MVIRT_BENCH_ROUNDS=N` runs each level N times (default 3, 1 when quick), the systems
 //! taking turns at going first; the row gives medians and each round's ratio. Each write row
 //! also gives the CPU time (user + system) the system's processes (mvirt-api's members and
 //! their mvirt-log daemons, or etcd's three) used per successful write — for mvirt-api also the
@@ -89,6 +91,7 @@ fn bench_scheduler() {
                     agent_version: "bench".into(),
                     last_state_change_at: None,
                     console_endpoint: String::new(),
+                    pod_artefacts_version: String::new(),
                     drain: None,
                 },
                 allocated: Capacity::default(),
@@ -725,6 +728,38 @@ async fn start_cluster_with(
     }
 }
 
+/// `MVIRT_BENCH_HTTP=2`: mvirt-api is driven over HTTP/2 (prior knowledge, the bench runs
+/// without TLS; over TLS browsers get it by ALPN) on ceil(clients / 16) connections, as etcd's
+/// gRPC column is; otherwise (the default) over HTTP/1.1, one keep-alive connection per client.
+fn http2() -> bool {
+    std::env::var("MVIRT_BENCH_HTTP").is_ok_and(|v| v == "2")
+}
+
+/// One HTTP/2 client (one connection, multiplexed) per 16 concurrent clients.
+fn h2_clients(
+    concurrency: usize,
+) -> Arc<
+    Vec<
+        hyper_util::client::legacy::Client<
+            hyper_util::client::legacy::connect::HttpConnector,
+            String,
+        >,
+    >,
+> {
+    let conns = concurrency.div_ceil(16).max(1);
+    Arc::new(
+        (0..conns)
+            .map(|_| {
+                let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+                connector.set_nodelay(true);
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .http2_only(true)
+                    .build(connector)
+            })
+            .collect(),
+    )
+}
+
 /// What one column of the write comparison drives.
 enum System {
     /// `POST /v1/vms` on the leader of an mvirt-api cluster.
@@ -762,6 +797,30 @@ impl System {
                 pids,
                 log_pids,
             } => {
+                if http2() {
+                    let clients = h2_clients(concurrency);
+                    let (url, auth) = (format!("{url}/v1/vms"), format!("Bearer {token}"));
+                    return with_cpu_of(pids, log_pids, run_load("mvirt-api", concurrency, per, move |i| {
+                        let client = clients[i % clients.len()].clone();
+                        let body = json!({"name": format!("vm-{tag:06}-{i:05}"), "spec": {"vcpus": 1, "memory_bytes": 1073741824u64, "node_selector": "none-such"}}).to_string();
+                        let request = http::Request::post(&url)
+                            .header(http::header::AUTHORIZATION, &auth)
+                            .header(http::header::CONTENT_TYPE, "application/json")
+                            .body(body);
+                        async move {
+                            let Ok(request) = request else { return false };
+                            match client.request(request).await {
+                                Ok(response) => {
+                                    let created = response.status().as_u16() == 201;
+                                    // Read the answer to its end, as a client does.
+                                    created && http_body_util::BodyExt::collect(response.into_body()).await.is_ok()
+                                }
+                                Err(_) => false,
+                            }
+                        }
+                    }))
+                    .await;
+                }
                 let (http, url, tok) = (http.clone(), format!("{url}/v1/vms"), token.clone());
                 with_cpu_of(pids, log_pids, run_load("mvirt-api", concurrency, per, move |i| {
                     let (http, url, tok) = (http.clone(), url.clone(), tok.clone());

@@ -549,6 +549,12 @@ pub struct HttpConnection {
     /// In a mutex only because openraft wants the connection `Sync`; `&mut self` reaches it
     /// with `get_mut`, without locking.
     stream: tokio::sync::Mutex<Option<reqwest::Upgraded>>,
+    /// A call on `stream` has started and not read its answer yet. openraft drops an
+    /// AppendEntries future at its own timeout (the heartbeat interval), which can fall between
+    /// our frame going out and the answer coming back; that answer would then be read as the
+    /// answer to the next request, and the leader would take it for a follower whose log went
+    /// backwards (openraft panics on that). So a call that finds this set drops the stream first.
+    stream_busy: bool,
     /// The member does not offer the stream (an older build): AppendEntries go by HTTP POST.
     no_stream: bool,
     /// Recent failures, to log an unreachable peer once instead of on every heartbeat.
@@ -566,6 +572,7 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetworkFactory {
             target,
             addr: node.raft_addr.clone(),
             stream: tokio::sync::Mutex::new(None),
+            stream_busy: false,
             no_stream: false,
             failures: VecDeque::new(),
         }
@@ -737,6 +744,11 @@ impl HttpConnection {
         &mut self,
         rpc: &AppendEntriesRequest<TypeConfig>,
     ) -> Result<Result<AppendEntriesResponse<MemberId>, RaftError<MemberId>>, StreamError> {
+        if self.stream_busy {
+            // The previous call was dropped before it read its answer: start afresh.
+            *self.stream.get_mut() = None;
+            self.stream_busy = false;
+        }
         if self.stream.get_mut().is_none() {
             let url = format!("{}://{}/raft/stream", self.scheme, self.addr);
             let resp = self
@@ -765,10 +777,12 @@ impl HttpConnection {
         let Some(stream) = self.stream.get_mut().as_mut() else {
             return Err(StreamError::Io(std::io::Error::other("no stream")));
         };
+        self.stream_busy = true;
         send_frame(stream, encode_frame(rpc, append_size_hint(rpc))?).await?;
         let frame = read_frame(stream).await?.ok_or_else(|| {
             std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "stream closed")
         })?;
+        self.stream_busy = false;
         Ok(serde_json::from_slice(&frame).map_err(std::io::Error::other)?)
     }
 }
@@ -1062,5 +1076,121 @@ mod membership_event_tests {
             vec![("member.removed".into(), "1".into(), serde_json::Value::Null)]
         );
         assert!(membership_events(9, &gone, &gone).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use super::*;
+    use openraft::Vote;
+
+    /// A member's `/raft/stream` stand-in on loopback: answers each AppendEntries frame with a
+    /// response that names the request (its `leader_commit` index) — a `Success` for request
+    /// 2, a `Conflict` for anything else — and holds its first answer back for 300 ms.
+    async fn slow_first_answer_server() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let mut answered = 0usize;
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let first = answered == 0;
+                answered += 1;
+                tokio::spawn(serve_one(tcp, first));
+            }
+        });
+        addr
+    }
+
+    async fn serve_one(tcp: tokio::net::TcpStream, first_connection: bool) {
+        let service =
+            hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                let on_upgrade = hyper::upgrade::on(&mut req);
+                tokio::spawn(async move {
+                    let Ok(upgraded) = on_upgrade.await else {
+                        return;
+                    };
+                    let mut io = hyper_util::rt::TokioIo::new(upgraded);
+                    let mut first_frame = first_connection;
+                    while let Ok(Some(frame)) = read_frame(&mut io).await {
+                        let req: AppendEntriesRequest<TypeConfig> =
+                            serde_json::from_slice(&frame).unwrap();
+                        if first_frame {
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                            first_frame = false;
+                        }
+                        let resp: Result<AppendEntriesResponse<MemberId>, RaftError<MemberId>> =
+                            Ok(match req.leader_commit.map(|l| l.index) {
+                                Some(2) => AppendEntriesResponse::Success,
+                                _ => AppendEntriesResponse::Conflict,
+                            });
+                        if send_frame(&mut io, encode_frame(&resp, 64).unwrap())
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+                async {
+                    http::Response::builder()
+                        .status(http::StatusCode::SWITCHING_PROTOCOLS)
+                        .header(http::header::CONNECTION, "upgrade")
+                        .header(http::header::UPGRADE, STREAM_PROTOCOL)
+                        .body(http_body_util::Empty::<bytes::Bytes>::new())
+                }
+            });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+            .with_upgrades()
+            .await;
+    }
+
+    fn request(commit: u64) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: None,
+            entries: Vec::new(),
+            leader_commit: Some(LogId::new(openraft::CommittedLeaderId::new(1, 1), commit)),
+        }
+    }
+
+    /// openraft drops an AppendEntries call at its own timeout; the answer to that call must
+    /// never be taken for the answer to the next one (a leader then sees a follower's log go
+    /// backwards and its Raft core panics).
+    #[tokio::test]
+    async fn an_answer_to_a_dropped_call_is_never_read_as_the_next_calls_answer() {
+        let addr = slow_first_answer_server().await;
+        let mut conn = HttpConnection {
+            client: reqwest::Client::new(),
+            secret: Arc::new("secret".into()),
+            scheme: "http",
+            target: 2,
+            addr,
+            stream: tokio::sync::Mutex::new(None),
+            stream_busy: false,
+            no_stream: false,
+            failures: VecDeque::new(),
+        };
+        // Request 1 is dropped after its frame went out, before its (late) answer came.
+        let dropped = tokio::time::timeout(
+            Duration::from_millis(150),
+            conn.append_on_stream(&request(1)),
+        )
+        .await;
+        assert!(dropped.is_err(), "the first answer was meant to come late");
+        // Request 2 must get request 2's answer.
+        let answer = match conn.append_on_stream(&request(2)).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => panic!("remote error: {e}"),
+            Err(StreamError::Io(e)) => panic!("stream error: {e}"),
+            Err(StreamError::NotOffered) => panic!("stream not offered"),
+        };
+        assert!(
+            matches!(answer, AppendEntriesResponse::Success),
+            "request 2 read {answer:?}: the dropped request's answer"
+        );
     }
 }
