@@ -132,6 +132,16 @@ fn on_node(state: &crate::state::State, kind: Kind, id: &str, node_id: &str) -> 
     }
 }
 
+/// A pod artefacts version as a node reports it: a manifest's `version`, short and printable.
+fn pod_artefacts_version(version: &str) -> Result<(), Status> {
+    if version.len() > 128 || version.chars().any(char::is_control) {
+        return Err(Status::invalid_argument(
+            "pod_artefacts_version: at most 128 bytes, no control characters",
+        ));
+    }
+    Ok(())
+}
+
 fn capacity(c: Option<proto::NodeCapacity>) -> Option<Capacity> {
     c.map(|c| Capacity {
         vcpus: c.vcpus,
@@ -208,6 +218,7 @@ impl NodeService for NodeServiceImpl {
                 "console_secret: at most 1024 bytes",
             ));
         }
+        pod_artefacts_version(&req.pod_artefacts_version)?;
         let labels = req.labels.into_iter().collect();
         validate::labels(&labels)?;
         if let NodeCaller::Node { bound: Some(_), .. } = &caller {
@@ -264,6 +275,7 @@ impl NodeService for NodeServiceImpl {
                 agent_version: req.agent_version,
                 last_state_change_at: Some(now),
                 console_endpoint: req.console_endpoint,
+                pod_artefacts_version: req.pod_artefacts_version,
                 drain: None,
             },
             allocated: Capacity::default(),
@@ -282,6 +294,7 @@ impl NodeService for NodeServiceImpl {
                 .heartbeat(HeartbeatForward {
                     node_id: node_id.clone(),
                     capacity: None,
+                    pod_artefacts_version: None,
                 })
                 .await;
         }
@@ -307,10 +320,14 @@ impl NodeService for NodeServiceImpl {
         let req = request.into_inner();
         validate::id("node_id", &req.node_id)?;
         caller.may_act_for(&req.node_id)?;
+        if let Some(version) = &req.pod_artefacts_version {
+            pod_artefacts_version(version)?;
+        }
         self.app
             .heartbeat(HeartbeatForward {
                 node_id: req.node_id,
                 capacity: capacity(req.capacity),
+                pod_artefacts_version: req.pod_artefacts_version,
             })
             .await?;
         Ok(Response::new(proto::HeartbeatResponse {

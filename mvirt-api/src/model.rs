@@ -286,6 +286,11 @@ pub struct NodeStatus {
     /// The agent's NodeAgent endpoint (console relay); empty = none.
     #[serde(default)]
     pub console_endpoint: String,
+    /// The version of the pod artefacts (kernel + initramfs of pod microVMs) the node's
+    /// mvirt-vmm serves, from their manifest; empty when the node has none usable (missing or
+    /// failing verification: then it cannot run pods).
+    #[serde(default)]
+    pub pod_artefacts_version: String,
     /// The node's last drain (`POST /v1/nodes/{id}/drain`), while it runs and after it ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain: Option<NodeDrain>,

@@ -615,6 +615,7 @@ mod tests {
                 agent_version: "t".into(),
                 last_state_change_at: None,
                 console_endpoint: String::new(),
+                pod_artefacts_version: String::new(),
                 drain: None,
             },
             allocated: Capacity::default(),

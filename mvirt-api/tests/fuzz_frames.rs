@@ -61,6 +61,7 @@ fn raft_samples() -> Vec<Vec<u8>> {
     let heartbeat = HeartbeatForward {
         node_id: "0190b5d2-0000-7000-8000-000000000001".into(),
         capacity: None,
+        pod_artefacts_version: None,
     };
     [
         serde_json::to_vec(&append),
@@ -392,7 +393,7 @@ fn structured(rng: &mut StdRng) -> (u8, Vec<u8>) {
             console_endpoint: field(rng, valid, ""),
             console_secret: text(rng),
             csr_pem: field(rng, valid, ""),
-            pod_artefacts_version: text(rng),
+            pod_artefacts_version: field(rng, valid, "0123456789abcdef"),
         }
         .encode_to_vec(),
         1 => proto::HeartbeatRequest {

@@ -133,6 +133,84 @@ async fn register_mints_an_id_once_and_reregistering_is_not_a_conflict() {
 }
 
 #[tokio::test]
+async fn the_pod_artefacts_version_a_node_reports_is_in_its_status() {
+    let m = start_member().await;
+    let mut c = client(&m).await;
+    let registration = |id: &str, version: &str| proto::RegisterRequest {
+        node_id: id.into(),
+        name: "host-1".into(),
+        address: "192.0.2.10".into(),
+        capacity: capacity(4, 8),
+        agent_version: "test".into(),
+        pod_artefacts_version: version.into(),
+        ..Default::default()
+    };
+    let id = c
+        .register(req(registration("", "pods-v1"), &m.token))
+        .await
+        .expect("register")
+        .into_inner()
+        .node_id;
+    let node = || async {
+        let (s, n) = m.get(&format!("/v1/nodes/{id}")).await;
+        assert_eq!(s, StatusCode::OK, "{n}");
+        n
+    };
+    let n = node().await;
+    assert_eq!(n["status"]["pod_artefacts_version"], "pods-v1", "{n}");
+    let beat = |version: Option<&str>| proto::HeartbeatRequest {
+        node_id: id.clone(),
+        capacity: capacity(4, 8),
+        applied_revision: 0,
+        pod_artefacts_version: version.map(str::to_string),
+    };
+    // A heartbeat without the version leaves it as it was, and writes nothing.
+    c.heartbeat(req(beat(None), &m.token)).await.unwrap();
+    let same = node().await;
+    assert_eq!(same["status"]["pod_artefacts_version"], "pods-v1");
+    assert_eq!(same["revision"], n["revision"], "{same}");
+    // A new version (artefacts upgraded on the node) is stored, once.
+    c.heartbeat(req(beat(Some("pods-v2")), &m.token))
+        .await
+        .unwrap();
+    let upgraded = node().await;
+    assert_eq!(upgraded["status"]["pod_artefacts_version"], "pods-v2");
+    assert!(
+        upgraded["revision"].as_u64() > n["revision"].as_u64(),
+        "{upgraded}"
+    );
+    c.heartbeat(req(beat(Some("pods-v2")), &m.token))
+        .await
+        .unwrap();
+    assert_eq!(node().await["revision"], upgraded["revision"]);
+    // The node lost its artefacts (missing, failing verification): empty.
+    c.heartbeat(req(beat(Some("")), &m.token)).await.unwrap();
+    assert_eq!(node().await["status"]["pod_artefacts_version"], "");
+    // A re-registration (agent restart) says it again; the list shows it too.
+    c.register(req(registration(&id, "pods-v3"), &m.token))
+        .await
+        .expect("re-register");
+    let (_, nodes) = m.get("/v1/nodes").await;
+    assert_eq!(
+        nodes["items"][0]["status"]["pod_artefacts_version"], "pods-v3",
+        "{nodes}"
+    );
+    // What a node may report is bounded; a refused report changes nothing.
+    let long = "v".repeat(129);
+    let err = c
+        .heartbeat(req(beat(Some(&long)), &m.token))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let err = c
+        .register(req(registration(&id, "pods\nv4"), &m.token))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(node().await["status"]["pod_artefacts_version"], "pods-v3");
+}
+
+#[tokio::test]
 async fn a_silent_node_goes_offline_and_comes_back_with_a_heartbeat() {
     let m = start_member_with(|c| c.node_offline_after = Duration::from_millis(600)).await;
     let mut c = client(&m).await;

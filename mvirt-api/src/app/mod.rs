@@ -64,6 +64,9 @@ pub fn random_secret() -> String {
 pub struct HeartbeatForward {
     pub node_id: String,
     pub capacity: Option<Capacity>,
+    /// The node's pod artefacts version, when the heartbeat carries it (`None` = unchanged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_artefacts_version: Option<String>,
 }
 
 /// Default for `--idempotency-retention-secs`: one day, like Stripe's idempotency keys.
@@ -417,7 +420,11 @@ impl App {
                 Some(node) => (
                     true,
                     node.status.state != NodeState::Online
-                        || hb.capacity.is_some_and(|c| c != node.status.capacity),
+                        || hb.capacity.is_some_and(|c| c != node.status.capacity)
+                        || hb
+                            .pod_artefacts_version
+                            .as_ref()
+                            .is_some_and(|v| *v != node.status.pod_artefacts_version),
                 ),
             }
         };
@@ -431,6 +438,7 @@ impl App {
                     id: hb.node_id.clone(),
                     state: NodeState::Online,
                     capacity: hb.capacity,
+                    pod_artefacts_version: hb.pod_artefacts_version.clone(),
                     now: now(),
                 },
                 None,
@@ -605,6 +613,7 @@ impl App {
                     id,
                     state: NodeState::Offline,
                     capacity: None,
+                    pod_artefacts_version: None,
                     now: now(),
                 },
                 None,

@@ -210,6 +210,9 @@ pub enum Command {
         id: String,
         state: NodeState,
         capacity: Option<Capacity>,
+        /// The node's pod artefacts version from a heartbeat (`None` = unchanged).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pod_artefacts_version: Option<String>,
         now: String,
     },
     UpdateStatuses {

@@ -677,6 +677,7 @@ mod tests {
             id: "a".into(),
             state: NodeState::Offline,
             capacity: None,
+            pod_artefacts_version: None,
             now: "t10".into(),
         };
         s.apply(10, &p(offline)).0.result.unwrap();

@@ -584,7 +584,7 @@ impl State {
             C::AddRule { security_group_id: g, rule, now } => self.add_rule(at, g, rule, now),
             C::DeleteRule { security_group_id: g, rule_id: r, now } => self.delete_rule(at, g, r, now),
             C::RegisterNode { node } => self.register_node(at, node),
-            C::SetNodeState { id, state, capacity: c, now } => self.set_node_state(at, id, *state, c.as_ref(), now),
+            C::SetNodeState { id, state, capacity: c, pod_artefacts_version: v, now } => self.set_node_state(at, id, *state, c.as_ref(), v.as_deref(), now),
             C::UpdateStatuses { node_id: n, reports: r, now } => self.update_statuses(at, n, r, now),
             C::Schedule { placements: p, pending: w, now } => self.schedule(at, p, w, now),
             C::CreateToken { token } => self.create_token(at, token),

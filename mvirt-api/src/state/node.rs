@@ -83,6 +83,7 @@ impl State {
             updated.status.capacity = node.status.capacity;
             updated.status.agent_version = node.status.agent_version.clone();
             updated.status.console_endpoint = node.status.console_endpoint.clone();
+            updated.status.pod_artefacts_version = node.status.pod_artefacts_version.clone();
             updated.console_secret = node.console_secret.clone();
             if updated.status.state != NodeState::Online {
                 updated.status.state = NodeState::Online;
@@ -102,13 +103,16 @@ impl State {
         self.create(index, node)
     }
 
-    /// Marks a node online or offline (and records its capacity); its VMs show the state too.
+    /// Marks a node online or offline (and records its capacity and pod artefacts version when
+    /// given); its VMs show the state too.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn set_node_state(
         &mut self,
         index: u64,
         id: &str,
         state: NodeState,
         capacity: Option<&Capacity>,
+        pod_artefacts_version: Option<&str>,
         now: &str,
     ) -> Applied {
         let node = self.get_mut::<Node>(id)?;
@@ -123,6 +127,12 @@ impl State {
         if let Some(cap) = capacity {
             if &node.status.capacity != cap {
                 node.status.capacity = *cap;
+                changed = true;
+            }
+        }
+        if let Some(version) = pod_artefacts_version {
+            if node.status.pod_artefacts_version != version {
+                node.status.pod_artefacts_version = version.to_string();
                 changed = true;
             }
         }
@@ -205,6 +215,7 @@ mod tests {
             id: "a".into(),
             state: NodeState::Offline,
             capacity: None,
+            pod_artefacts_version: None,
             now: "t1".into(),
         };
         s.apply(3, &p(offline)).0.result.unwrap();

@@ -32,6 +32,7 @@ pub(crate) fn online_node(id: &str, name: &str) -> Node {
             agent_version: "1".into(),
             last_state_change_at: None,
             console_endpoint: format!("https://{name}:50057"),
+            pod_artefacts_version: String::new(),
             drain: None,
         },
         allocated: Capacity::default(),
