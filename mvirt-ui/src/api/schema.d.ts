@@ -1379,6 +1379,7 @@ export interface components {
             console_endpoint?: string;
             drain?: null | components["schemas"]["NodeDrain"];
             last_state_change_at?: string | null;
+            pod_artefacts_version?: string;
             /** @enum {string} */
             state: "online" | "offline";
         };

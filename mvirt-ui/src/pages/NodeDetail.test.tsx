@@ -103,3 +103,16 @@ describe('NodeDetail drain', () => {
     for (const b of ['Drain', 'Cancel drain', 'Cordon', 'Uncordon']) expect(screen.queryByRole('button', { name: b })).toBeNull();
   });
 });
+
+describe('NodeDetail status', () => {
+  it("shows the pod artefacts version the node's agent reported, or that it has none", async () => {
+    const withArtefacts = { ...node(), status: { ...node().status, pod_artefacts_version: '0.1.0+ab12cd' } };
+    routes('viewer', withArtefacts);
+    const { unmount } = renderApp(detail(), { path: '/nodes/n1' });
+    expect((await screen.findByTestId('node-detail-pod-artefacts')).textContent).toBe('0.1.0+ab12cd');
+    unmount();
+    routes('viewer', node());
+    renderApp(detail(), { path: '/nodes/n1' });
+    expect((await screen.findByTestId('node-detail-pod-artefacts')).textContent).toContain('none');
+  });
+});

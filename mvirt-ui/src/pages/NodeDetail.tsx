@@ -1,6 +1,6 @@
-// One node: state and placement capacity (live), cordon, drain (with its progress) and labels,
-// and its usage — the host's CPU, memory and load over the last minutes and its busiest VMs
-// and pods.
+// One node: state, pod artefacts version and placement capacity (live), cordon, drain (with its
+// progress) and labels, and its usage — the host's CPU, memory and load over the last minutes
+// and its busiest VMs and pods.
 import { Link, useParams } from 'react-router';
 import type { Node, Pod, Vm } from '../api/types';
 import { Badge, Card, PageHeader } from '../components/ui';
@@ -51,6 +51,14 @@ export default function NodeDetail() {
             </dd>
             <dt className="text-muted">State changed</dt>
             <dd>{ago(node.status.last_state_change_at)}</dd>
+            <dt className="text-muted">Pod artefacts</dt>
+            <dd data-testid="node-detail-pod-artefacts">
+              {node.status.pod_artefacts_version ? (
+                <span className="font-mono">{node.status.pod_artefacts_version}</span>
+              ) : (
+                <span className="text-muted">none (no pods can run here)</span>
+              )}
+            </dd>
           </dl>
         </Card>
         <Card title="Capacity and labels">
