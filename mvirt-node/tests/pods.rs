@@ -8,12 +8,16 @@
 //! One pod with two containers (an HTTP server from the anonymous registry, a line writer from
 //! the private one) is booted once and shared by the checks: logs, exec, its DHCP address, a VM
 //! on the same network fetching its page until a security-group change cuts it off, the agent's
-//! and mvirt-vmm's restarts (adopted, not restarted), stop and delete (nothing left). Two pods that
-//! must fail (wrong registry credentials, an unknown image) boot first, side by side, and are
-//! deleted before the VM and the shared pod are created (a node's capacity is its host's cores).
+//! and mvirt-vmm's restarts (adopted, not restarted), its usage (REST stats, the agent's
+//! metrics), stop, start and restart (a new microVM each time), delete (nothing left). Two pods
+//! that must fail (wrong registry credentials, an unknown image) boot first, side by side, and
+//! are deleted before the VM and the shared pod are created (a node's capacity is its host's
+//! cores). Neither registry password appears in any log: every mvirt-log entry, everything the
+//! in-process daemons trace, the pods' console and process logs.
 
 mod common;
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -31,6 +35,121 @@ use tonic::transport::Channel;
 const BOOT: Duration = Duration::from_secs(300);
 const PULL_USER: &str = "puller";
 const PULL_PASSWORD: &str = "right-password";
+const WRONG_PASSWORD: &str = "wrong-password";
+
+/// Everything the daemons in this process trace (the mvirt crates at DEBUG), kept to be searched
+/// for secrets. The test harness still gets WARN and above (or `RUST_LOG`).
+#[derive(Clone, Default)]
+struct Traced(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Traced {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Traced {
+    /// Installs the process's tracing subscriber (this test binary has one test).
+    fn install() -> Traced {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        use tracing_subscriber::{fmt, EnvFilter, Layer};
+        let traced = Traced::default();
+        let writer = traced.clone();
+        let daemons = "warn,mvirt_api=debug,mvirt_node=debug,mvirt_vmm=debug,mvirt_log=debug,\
+                       mvirt_ebpf=debug,mvirt_zfs=debug,mvirt_common=debug,mvirt_podimage=debug";
+        tracing_subscriber::registry()
+            .with(
+                fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(move || writer.clone())
+                    .with_filter(EnvFilter::new(daemons)),
+            )
+            .with(fmt::layer().with_test_writer().with_filter(
+                EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+            ))
+            .try_init()
+            .expect("the test's tracing subscriber is the process's first");
+        traced
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// Every entry mvirt-log holds, of every level and component, oldest first (all pages).
+async fn all_log_entries(endpoint: &str) -> Vec<mvirt_log::proto::LogEntry> {
+    use mvirt_log::proto::query_response::Item;
+    let mut client =
+        mvirt_log::proto::log_service_client::LogServiceClient::connect(endpoint.to_string())
+            .await
+            .expect("mvirt-log");
+    let (mut entries, mut cursor) = (Vec::new(), String::new());
+    loop {
+        let mut stream = client
+            .query(mvirt_log::proto::QueryRequest {
+                order: mvirt_log::proto::Order::OldestFirst as i32,
+                limit: 10_000,
+                cursor: cursor.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("query mvirt-log")
+            .into_inner();
+        let mut next = String::new();
+        while let Some(item) = stream.message().await.expect("a log page") {
+            match item.item {
+                Some(Item::Entry(entry)) => entries.push(entry),
+                Some(Item::PageEnd(end)) => next = end.next_cursor,
+                None => {}
+            }
+        }
+        if next.is_empty() {
+            return entries;
+        }
+        cursor = next;
+    }
+}
+
+/// The logs mvirt-vmm keeps of a pod's processes (serial console: the guest kernel and
+/// mvirt-one; QEMU's and vhost-device-vsock's output): none may hold a password. Returns the
+/// console's text (never empty for a pod that booted).
+fn assert_run_logs_hold_no_secret(host: &HostDaemons, pod_id: &str) -> String {
+    let run = host.dir.join("vmm").join("run").join(pod_id);
+    let mut console = String::new();
+    for entry in std::fs::read_dir(&run).unwrap_or_else(|e| panic!("{}: {e}", run.display())) {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "log") {
+            continue;
+        }
+        let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned();
+        for secret in [PULL_PASSWORD, WRONG_PASSWORD] {
+            assert!(
+                !text.contains(secret),
+                "{} holds {secret:?}",
+                path.display()
+            );
+        }
+        if path.file_name().is_some_and(|n| n == "console.log") {
+            console = text;
+        }
+    }
+    console
+}
+
+/// The value of the sample `name{labels}` in a Prometheus text exposition.
+fn sample(exposition: &str, series: &str) -> Option<f64> {
+    exposition.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|v| v.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
 
 /// An interface holding the registries' address: the host side a public network's traffic
 /// reaches (mvirt-ebpf's `--uplink`). Removed on drop.
@@ -266,7 +385,7 @@ async fn wait_gone(host: &HostDaemons, ids: &[String], nics: &[(String, String)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pods_pull_run_serve_a_vm_and_survive_agent_and_vmm_restarts() {
     mvirt_testsupport::require_root();
-    mvirt_common::telemetry::init_for_tests();
+    let traced = Traced::install();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
 
@@ -288,6 +407,14 @@ async fn pods_pull_run_serve_a_vm_and_survive_agent_and_vmm_restarts() {
     let log_endpoint = log.endpoint();
     let log_shutdown = mvirt_common::Shutdown::new();
     tokio::spawn(log.serve(log_shutdown.clone()));
+    // The agent's /metrics, as `mvirt-node --metrics-listen` serves it.
+    let metrics = mvirt_common::metrics::serve(
+        mvirt_node::metrics::DAEMON,
+        "127.0.0.1:0".parse().unwrap(),
+        log_shutdown.clone(),
+    )
+    .await
+    .unwrap();
 
     let pods_config = mvirt_vmm::pod::PodConfig {
         artefacts_dir: artefacts.clone(),
@@ -348,7 +475,7 @@ async fn pods_pull_run_serve_a_vm_and_survive_agent_and_vmm_restarts() {
                 "containers": [container("app", &logger, "true")],
                 "network_interfaces": [{"network_id": network_id}],
                 "registry_credentials": [{"registry": private.host(), "username": PULL_USER,
-                    "password": "wrong-password"}],
+                    "password": WRONG_PASSWORD}],
             }}),
         )
         .await;
@@ -386,9 +513,13 @@ async fn pods_pull_run_serve_a_vm_and_survive_agent_and_vmm_restarts() {
         reason.contains("unauthorized") || reason.contains("401"),
         "{failed:#}"
     );
-    assert!(!failed.to_string().contains("wrong-password"));
+    assert!(!failed.to_string().contains(WRONG_PASSWORD));
     // A failed pod runs nothing (until its back-off ends).
     assert_eq!(vmm_pod(&mut pods, &bad_credentials_id).await.pid, 0);
+    // Its microVM booted and mvirt-one tried the pull: neither the console nor QEMU's output
+    // has the password.
+    let console = assert_run_logs_hold_no_secret(&host, &bad_credentials_id);
+    assert!(console.contains("Linux version"), "{console}");
     let failed = wait_phase(&rest, &format!("/v1/pods/{no_image_id}"), "failed", BOOT).await;
     let reason = failed["status"]["message"].as_str().unwrap();
     assert!(reason.contains("nope"), "{failed:#}");
@@ -507,6 +638,51 @@ async fn pods_pull_run_serve_a_vm_and_survive_agent_and_vmm_restarts() {
     assert_eq!(eth0.mac, nic["spec"]["mac_address"].as_str().unwrap());
     let pid = in_vmm.pid;
     assert!(pid > 0);
+    let console = assert_run_logs_hold_no_secret(&host, &pod_id);
+    assert!(console.contains("Linux version"), "{console}");
+
+    // The node says which pod artefacts it has: the ones the pod booted.
+    let node_id = running["node_id"].as_str().unwrap().to_string();
+    let node = rest.get(&format!("/v1/nodes/{node_id}")).await;
+    assert_eq!(
+        node["status"]["pod_artefacts_version"],
+        manifest.version.as_str(),
+        "{node:#}"
+    );
+
+    // Its usage, sampled on the node: through REST, and in the agent's metrics.
+    let stats = rest.get(&format!("{pod_path}/stats")).await;
+    assert_eq!(stats["id"], pod_id.as_str(), "{stats:#}");
+    assert_eq!(stats["node_id"], node_id.as_str(), "{stats:#}");
+    assert_eq!(stats["running"], true, "{stats:#}");
+    assert_eq!(stats["pid"], pid, "{stats:#}");
+    assert!(stats["cpu_seconds"].as_f64().unwrap() > 0.0, "{stats:#}");
+    // The microVM's RSS: at least its kernel and mvirt-one, at most its memory plus QEMU's own.
+    let rss = stats["memory_rss_bytes"].as_u64().unwrap();
+    assert!(rss > 16 << 20 && rss < 1 << 30, "{stats:#}");
+    assert_eq!(stats["nics"][0]["nic_id"], nic_id.as_str(), "{stats:#}");
+    let exposition = rest
+        .http
+        .get(format!("http://{}/metrics", metrics.addr))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .unwrap();
+    let cpu = sample(
+        &exposition,
+        &format!("mvirt_node_pod_cpu_seconds_total{{pod=\"{pod_id}\"}}"),
+    );
+    assert!(cpu.is_some_and(|v| v > 0.0), "{exposition}");
+    let memory = sample(
+        &exposition,
+        &format!("mvirt_node_pod_memory_resident_bytes{{pod=\"{pod_id}\"}}"),
+    );
+    assert!(
+        memory.is_some_and(|v| v > (16 << 20) as f64),
+        "{exposition}"
+    );
 
     // Logs and exec through REST (API -> agent -> mvirt-vmm -> mvirt-one).
     let entries = rest_follow(&rest, &pod_id, "logger", 3).await;
@@ -563,7 +739,6 @@ async fn pods_pull_run_serve_a_vm_and_survive_agent_and_vmm_restarts() {
         )
         .await;
     assert_eq!(status, 401);
-    let node_id = running["node_id"].as_str().unwrap().to_string();
 
     // A VM on the network fetches the pod's page; removing the group's rule cuts it off.
     rest.wait_vm_phase(&vm_id, "running", BOOT).await;
@@ -696,11 +871,77 @@ async fn pods_pull_run_serve_a_vm_and_survive_agent_and_vmm_restarts() {
     assert_eq!(listed.len(), 1, "no other pod: {listed:?}");
     wait_phase(&rest, &pod_path, "running", Duration::from_secs(60)).await;
 
-    // Stop: the microVM goes; delete: the pod, its NIC and TAP, its files.
+    // Stop: the microVM goes.
     rest.post(&format!("{pod_path}/stop"), json!({})).await;
     let stopped = wait_phase(&rest, &pod_path, "stopped", Duration::from_secs(90)).await;
     assert_eq!(stopped["status"]["phase"], "stopped");
     assert_eq!(vmm_pod(&mut pods, &pod_id).await.pid, 0);
+
+    // Start: a new microVM (the images pulled again, with the stored credentials), both
+    // containers running in it, their restart counts from 0 (a new mvirt-one counts anew).
+    rest.post(&format!("{pod_path}/start"), json!({})).await;
+    let started = wait_phase(&rest, &pod_path, "running", BOOT).await;
+    let second_pid = vmm_pod(&mut pods, &pod_id).await.pid;
+    assert!(
+        second_pid > 0 && second_pid != pid,
+        "{second_pid} after {pid}"
+    );
+    let containers_running = |pod: &Value| {
+        let containers = pod["status"]["containers"].as_array().unwrap().clone();
+        assert_eq!(containers.len(), 2, "{pod:#}");
+        for c in &containers {
+            assert_eq!(c["state"], "running", "{pod:#}");
+            assert_eq!(c["restart_count"], 0, "{pod:#}");
+        }
+        containers
+    };
+    let before_restart = containers_running(&started);
+    let (out, _, code) =
+        rest_exec(&rest, &pod_id, "logger", &["echo", "started-again"], false).await;
+    assert_eq!((out.as_str(), code), ("started-again\n", 0));
+
+    // Restart: once more through a new microVM (stop, then start), containers started anew.
+    let generation = started["restart_generation"].as_u64().unwrap_or(0);
+    let restarted = rest.post(&format!("{pod_path}/restart"), json!({})).await;
+    assert_eq!(
+        restarted["restart_generation"].as_u64(),
+        Some(generation + 1),
+        "{restarted:#}"
+    );
+    let restarted = wait_until_async(
+        "the pod running in a new microVM after the restart",
+        BOOT,
+        || {
+            let (rest, path, vmm_endpoint) =
+                (rest.clone(), pod_path.clone(), host.endpoints.vmm.clone());
+            let (id, before) = (pod_id.clone(), before_restart.clone());
+            async move {
+                let mut pods = PodServiceClient::connect(vmm_endpoint).await.ok()?;
+                let in_vmm = pods
+                    .get_pod(vmm::GetPodRequest { id })
+                    .await
+                    .ok()?
+                    .into_inner();
+                let pod = rest.get(&path).await;
+                let containers = pod["status"]["containers"].as_array()?;
+                let anew = containers.iter().zip(&before).all(|(now, then)| {
+                    now["state"] == "running" && now["started_at"] != then["started_at"]
+                });
+                (in_vmm.pid > 0
+                    && in_vmm.pid != second_pid
+                    && pod["status"]["phase"] == "running"
+                    && anew)
+                    .then_some(pod)
+            }
+        },
+    )
+    .await;
+    containers_running(&restarted);
+    let (out, _, code) = rest_exec(&rest, &pod_id, "web", &["echo", "restarted"], false).await;
+    assert_eq!((out.as_str(), code), ("restarted\n", 0));
+    assert_run_logs_hold_no_secret(&host, &pod_id);
+
+    // Delete (the pod running): the pod, its NIC and TAP, its files.
     let tap = net
         .get_nic(mvirt_ebpf::proto::GetNicRequest { id: nic_id.clone() })
         .await
@@ -712,6 +953,38 @@ async fn pods_pull_run_serve_a_vm_and_survive_agent_and_vmm_restarts() {
     assert!(pod::vsock_backends_under(root).is_empty());
 
     rest.delete(&format!("/v1/vms/{vm_id}")).await;
+
+    // No password in any log: every mvirt-log entry (every level and component), and all the
+    // daemons here traced. Both hold what this test did (so the search looked at something).
+    let entries = all_log_entries(&log_endpoint).await;
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.object_ids.contains(&bad_credentials_id)),
+        "mvirt-log has nothing about the pods: {} entries",
+        entries.len()
+    );
+    for entry in &entries {
+        let text = format!("{entry:?}");
+        for secret in [PULL_PASSWORD, WRONG_PASSWORD] {
+            assert!(
+                !text.contains(secret),
+                "mvirt-log entry holds {secret:?}: {text}"
+            );
+        }
+    }
+    let traced = traced.text();
+    assert!(
+        traced.contains(&pod_id),
+        "the daemons traced nothing about the pod"
+    );
+    for secret in [PULL_PASSWORD, WRONG_PASSWORD] {
+        if let Some(at) = traced.find(secret) {
+            let line = traced[..at].rsplit('\n').next().unwrap_or_default();
+            panic!("the daemons traced {secret:?}: {line}{secret}…");
+        }
+    }
+
     agent.stop().await;
     api_server.stop().await;
     drop(host);
