@@ -1,5 +1,5 @@
-//! Commands that stream through the API: `mvirt logs` (with a real mvirt-log behind the API)
-//! and `mvirt vm console` (through the API's WebSocket relay).
+//! Commands that stream through the API: `mvirt logs` (with a real mvirt-log behind the API;
+//! `--trace` lists one request's entries, the id taken from `--show-trace`) and `mvirt vm console` (through the API's WebSocket relay).
 
 mod common;
 
@@ -103,6 +103,101 @@ async fn logs_query_filters_and_follow_show_audit_entries_from_mvirt_log() {
         }
     }
     child.kill().await.expect("stop follower");
+    shutdown.trigger();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_trace_lists_only_the_entries_of_one_request() {
+    let logdir = tempfile::tempdir().expect("tempdir");
+    let shutdown = mvirt_common::Shutdown::new();
+    let endpoint = start_log(logdir.path(), shutdown.clone()).await;
+    let api = start_api_with(|c| c.log_endpoint = endpoint.clone()).await;
+
+    // `--show-trace` prints the id of each call; the created object names the one that made it.
+    let out = api
+        .mvirt(&[
+            "--show-trace",
+            "network",
+            "create",
+            "traced",
+            "--ipv4",
+            "10.9.0.0/24",
+            "-o",
+            "json",
+        ])
+        .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let net = out.json();
+    let net_id = id_of(&net);
+    let trace = net["trace_id"].as_str().expect("trace_id").to_string();
+    let printed: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("request-id: "))
+        .collect();
+    assert!(printed.contains(&trace.as_str()), "{}", out.stderr);
+    // Another request, with entries of its own.
+    let other = api
+        .json(&["network", "create", "untraced", "--ipv4", "10.10.0.0/24"])
+        .await;
+    let other_id = id_of(&other);
+    assert_ne!(other["trace_id"], trace.as_str());
+
+    // `mvirt logs --trace <id>` lists that request's audit entry and nothing of the other one.
+    let entries = mvirt_testsupport::process::wait_until_async(
+        "the create's audit entry under its trace id",
+        Duration::from_secs(20),
+        || async {
+            let v = api.json(&["logs", "--trace", &trace]).await;
+            v.as_array()
+                .filter(|a| {
+                    a.iter().any(|e| {
+                        e["object_ids"]
+                            .as_array()
+                            .is_some_and(|o| o.iter().any(|i| i == net_id.as_str()))
+                    })
+                })
+                .cloned()
+        },
+    )
+    .await;
+    for entry in &entries {
+        assert_eq!(entry["trace_id"], trace.as_str(), "{entry}");
+        assert!(
+            !entry["object_ids"]
+                .as_array()
+                .is_some_and(|o| o.iter().any(|i| i == other_id.as_str())),
+            "{entry}"
+        );
+    }
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["component"] == "mvirt-api" && e["level"] == "audit"),
+        "{entries:?}"
+    );
+    // The other request's entries exist (so the filter, not an empty log, kept them out).
+    let all = api
+        .json(&["logs", "--object", &other_id, "--since", "1h"])
+        .await;
+    assert!(!all.as_array().unwrap().is_empty(), "{all}");
+    // As a table: whole object ids, greppable.
+    let table = api.mvirt(&["logs", "--trace", &trace]).await;
+    assert_eq!(table.code, 0, "{table:?}");
+    assert!(
+        table
+            .stdout
+            .lines()
+            .any(|l| l.contains("AUDIT") && l.contains(&net_id)),
+        "{}",
+        table.stdout
+    );
+    assert!(!table.stdout.contains(&other_id), "{}", table.stdout);
+    // An id no request had lists nothing; a malformed one is the API's 400.
+    let none = api.json(&["logs", "--trace", "no-such-request"]).await;
+    assert_eq!(none, serde_json::json!([]));
+    api.fails(&["logs", "--trace", "bad id"], 1, "trace_id")
+        .await;
     shutdown.trigger();
 }
 
