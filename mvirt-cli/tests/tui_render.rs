@@ -332,3 +332,72 @@ fn vm_and_node_views_chart_cpu_and_network_of_the_selection() {
     assert!(s.contains("CPU 100% of all CPUs"), "{s}");
     assert!(s.contains("Net 2KiB/s"), "{s}");
 }
+
+/// One reading of node `99999999-node` in which pod `app` has used `cpu` CPU seconds and
+/// sent `tx` bytes, at `at_ms`.
+fn pod_stats(at_ms: i64, cpu: f64, tx: u64) -> Msg {
+    let mut sample = mvirt_cli::top::Sample::default();
+    sample.nodes.insert(
+        "99999999-node".into(),
+        json!({"node_id": "99999999-node", "sampled_at_ms": at_ms,
+               "host": {"cpus": 2, "cpu_busy_seconds": 10.0 + cpu, "cpu_idle_seconds": 10.0,
+                        "memory_total_bytes": 1u64 << 32, "memory_available_bytes": 1u64 << 31},
+               "vms": [],
+               "pods": [{"id": "66666666-pod", "running": true, "pid": 43, "cpu_seconds": cpu,
+                         "memory_rss_bytes": 1u64 << 28,
+                         "nics": [{"nic_id": "p", "rx_bytes": 0, "tx_bytes": tx}]}]}),
+    );
+    Msg::Stats(Box::new(sample))
+}
+
+#[test]
+fn pods_view_charts_cpu_and_network_of_the_selected_pod() {
+    let mut a = app();
+    a.update(Msg::Loaded(
+        Kind::Pod,
+        vec![
+            json!({"id":"66666666-pod","name":"app","project":"default","revision":7,
+            "spec":{"vcpus":1,"memory_bytes":536870912u64,"desired_state":"running",
+                    "containers":[{"name":"web","image":"reg/httpd:1"}]},
+            "status":{"phase":"running","containers":[
+                {"name":"web","image":"reg/httpd:1","state":"running","restart_count":0}]},
+            "node_id":"99999999-node"}),
+        ],
+    ));
+    a.update(key(KeyCode::Char('6')));
+    // Before two readings there is nothing to chart; the containers pane stays.
+    let s = screen(&a);
+    assert!(
+        s.contains("Usage · app") && s.contains("no usage yet"),
+        "{s}"
+    );
+    assert!(s.contains("Containers of app (1)"), "{s}");
+    a.update(pod_stats(0, 5.0, 0));
+    a.update(pod_stats(2000, 5.5, 8192));
+    a.update(pod_stats(4000, 7.5, 16384));
+    // app: 0.5 s of CPU in 2 s, then 2 s in 2 s; 4 KiB/s sent both times.
+    assert_eq!(
+        a.usage.series["66666666-pod"].cpu_percent,
+        [25, 100]
+            .into_iter()
+            .collect::<std::collections::VecDeque<u64>>()
+    );
+    let s = screen(&a);
+    assert!(s.contains("CPU 100% of one CPU"), "{s}");
+    assert!(s.contains("Net 4KiB/s"), "{s}");
+    assert!(
+        s.chars().any(|c| ('▁'..='█').contains(&c)),
+        "sparkline bars:\n{s}"
+    );
+    // The list, the containers pane and the charts all fit.
+    assert!(
+        s.lines()
+            .any(|l| l.contains("app ") && l.contains("running")),
+        "{s}"
+    );
+    assert!(
+        s.lines()
+            .any(|l| l.contains("web") && l.contains("reg/httpd:1")),
+        "{s}"
+    );
+}

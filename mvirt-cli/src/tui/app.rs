@@ -474,7 +474,7 @@ pub struct App {
     pub size: (u16, u16),
     pub project: String,
     pub api_url: String,
-    /// Recent CPU and network usage, charted under the VM and node lists.
+    /// Recent CPU and network usage, charted under the VM, node and pod lists.
     pub usage: Usage,
 }
 

@@ -313,9 +313,15 @@ const POD_COLUMNS: &[Column] = &[
 /// The pods view: the pod list above, the selected pod's containers below (the selected
 /// container marked: `l` follows its logs, Enter opens a shell in it).
 fn pods(f: &mut Frame, area: Rect, app: &App) {
-    let [top, bottom] =
-        Layout::vertical([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(area);
+    let [top, bottom, charts] = Layout::vertical([
+        Constraint::Percentage(40),
+        Constraint::Min(4),
+        Constraint::Length(USAGE_HEIGHT),
+    ])
+    .areas(area);
     table(f, top, "Pods", &app.pods, POD_COLUMNS, Some(app.selected()));
+    // A pod's usage is its microVM's (hypervisor process and NICs), as for a VM.
+    usage(f, charts, app, "of one CPU");
     let Some(pod) = app.selected_item() else {
         f.render_widget(Block::bordered().title(" Containers "), bottom);
         return;
@@ -415,10 +421,10 @@ fn table(
     }
 }
 
-/// Height of the usage charts under the VM and node lists.
+/// Height of the usage charts under the VM, node and pod lists.
 const USAGE_HEIGHT: u16 = 7;
 
-/// Sparklines of the selected VM's or node's CPU % and network rate (both directions), one
+/// Sparklines of the selected VM's, pod's or node's CPU % and network rate (both directions), one
 /// point per stats reading (every 2 s), newest on the right.
 fn usage(f: &mut Frame, area: Rect, app: &App, cpu_of: &str) {
     let selected = app.selected_item();
