@@ -40,6 +40,7 @@ pub const NODES: Resource = Resource {
         colf("memory", "status.capacity.memory_bytes", Fmt::Bytes),
         colf("memory used", "allocated.memory_bytes", Fmt::Bytes),
         colf("storage", "status.capacity.storage_bytes", Fmt::Bytes),
+        col("pod artefacts", "status.pod_artefacts_version"),
         colf("labels", "labels", Fmt::Labels),
     ],
 };

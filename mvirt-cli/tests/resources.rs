@@ -559,9 +559,19 @@ async fn nodes_cordon_label_and_delete() {
         table
             .stdout
             .lines()
-            .any(|l| l.contains("hv7") && l.contains("64GiB")),
+            .any(|l| l.contains("hv7") && l.contains("64GiB") && l.contains("pods-cli-test")),
         "{}",
         table.stdout
+    );
+    // `node show` names the pod artefacts version the node's agent reported.
+    let shown = api.mvirt(&["node", "show", "hv7"]).await;
+    assert!(
+        shown
+            .stdout
+            .lines()
+            .any(|l| l.contains("status.pod_artefacts_version") && l.contains("pods-cli-test")),
+        "{}",
+        shown.stdout
     );
 
     assert_eq!(

@@ -234,6 +234,7 @@ impl Api {
                         storage_bytes: 1000 * GIB,
                     }),
                     agent_version: "cli-test".into(),
+                    pod_artefacts_version: "pods-cli-test".into(),
                     console_endpoint: console_endpoint.into(),
                     console_secret: console_secret.into(),
                     csr_pem,
