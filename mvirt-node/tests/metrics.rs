@@ -3,7 +3,10 @@
 //! -zfs, -ebpf, -vmm, the API and the agent, each on its own `/metrics` listener). After a VM
 //! is created and started through REST, Prometheus' query API shows the VM count, the
 //! start-latency histogram, the VM's CPU time increasing and its NIC's bytes growing while the
-//! guest pings. `GET /v1/vms/{id}/stats` and `/v1/nodes/{id}/stats` are checked against /proc
+//! guest pings (bytes and packets). Also: Raft's commit, applied and last log indexes and the
+//! proposals gauge, the agent's converge-time histogram, the pool's use and the template
+//! import's bytes, mvirt-vmm's pods by state and mvirt-ebpf's conntrack gauge are exported.
+//! `GET /v1/vms/{id}/stats` and `/v1/nodes/{id}/stats` are checked against /proc
 //! of the hypervisor process and of the host, for a running and a stopped VM, and bad input.
 
 mod common;
@@ -321,6 +324,74 @@ async fn prometheus_scrapes_every_daemon_and_stats_match_proc() {
             |v| v > 0.0,
         )
         .await;
+    // Raft's indexes (every write above went through the log) and the proposals gauge.
+    let commit = prometheus
+        .wait_for("a commit index", "mvirt_raft_commit_index", |v| v > 0.0)
+        .await;
+    prometheus
+        .wait_for("an applied index", "mvirt_raft_applied_index", |v| v > 0.0)
+        .await;
+    let last_log = prometheus
+        .wait_for("the last log index", "mvirt_raft_last_log_index", |v| {
+            v >= commit
+        })
+        .await;
+    assert!(last_log >= commit, "{last_log} < {commit}");
+    prometheus
+        .wait_for(
+            "the proposals-in-flight gauge",
+            "mvirt_raft_proposals_in_flight",
+            |v| v >= 0.0,
+        )
+        .await;
+    // The agent timed converging to a new spec (the VMs' creates left nothing in progress).
+    prometheus
+        .wait_for(
+            "the agent's converge time",
+            "mvirt_node_converge_duration_seconds_count",
+            |v| v > 0.0,
+        )
+        .await;
+    // The pool holds the template and the volumes; the template's import moved at least its
+    // disk image and ended completed.
+    prometheus
+        .wait_for("the pool's use", "mvirt_zfs_pool_used_bytes", |v| v > 0.0)
+        .await;
+    let image_bytes = std::fs::metadata(host.images.join("disk.raw"))
+        .unwrap()
+        .len() as f64;
+    prometheus
+        .wait_for(
+            "the template import's bytes",
+            "sum(mvirt_zfs_import_bytes_total)",
+            |v| v >= image_bytes,
+        )
+        .await;
+    prometheus
+        .wait_for(
+            "the completed import",
+            "mvirt_zfs_imports_total{outcome=\"completed\"}",
+            |v| v >= 1.0,
+        )
+        .await;
+    // mvirt-vmm's pods by state: a series per state, all 0 (no pod on this host).
+    prometheus
+        .wait_for("a pod series per state", "count(mvirt_vmm_pods)", |v| {
+            v == 6.0
+        })
+        .await;
+    prometheus
+        .wait_for("no pods", "sum(mvirt_vmm_pods)", |v| v == 0.0)
+        .await;
+    // The datapath's conntrack table size is exported (the pings below go to the gateway,
+    // which userspace answers: no tracked flow, so only its presence is asserted).
+    prometheus
+        .wait_for(
+            "the conntrack entries gauge",
+            "mvirt_ebpf_conntrack_entries",
+            |v| v >= 0.0,
+        )
+        .await;
 
     // The VM's CPU time increases.
     let cpu = format!("mvirt_node_vm_cpu_seconds_total{{vm=\"{vm_id}\"}}");
@@ -360,6 +431,11 @@ async fn prometheus_scrapes_every_daemon_and_stats_match_proc() {
     let before_node = prometheus
         .wait_for("the VM's NIC bytes", &node_bytes, |v| v >= 0.0)
         .await;
+    let ebpf_packets =
+        format!("mvirt_ebpf_nic_packets_total{{nic=\"{nic_id}\",direction=\"from_guest\"}}");
+    let packets_before = prometheus
+        .wait_for("the NIC's packets", &ebpf_packets, |v| v >= 0.0)
+        .await;
     console_until(
         &host.endpoints.vmm,
         &vm_id,
@@ -379,6 +455,14 @@ async fn prometheus_scrapes_every_daemon_and_stats_match_proc() {
         })
         .await;
     assert!(after > before);
+    // 20 echo requests, each one packet from the guest.
+    prometheus
+        .wait_for(
+            "the NIC's packets to grow by the pings",
+            &ebpf_packets,
+            |v| v >= packets_before + 20.0,
+        )
+        .await;
 
     // GET /v1/vms/{id}/stats against /proc of the hypervisor process.
     let mut vmm =
