@@ -236,6 +236,19 @@ pub trait Hypervisor: Send + Sync + 'static {
         })
     }
 
+    /// Waits until the outgoing migration's state may have changed and returns it. `watch`
+    /// is what the driver keeps between calls of one follower (QEMU: the QMP connection it
+    /// receives `MIGRATION` events on). The default sleeps [`MIGRATION_POLL`] and asks
+    /// [`Hypervisor::migration_progress`].
+    async fn watch_migration(
+        &self,
+        run: &RunDir,
+        _watch: &mut MigrationWatch,
+    ) -> Result<MigrationStats, HypervisorError> {
+        tokio::time::sleep(MIGRATION_POLL).await;
+        self.migration_progress(run).await
+    }
+
     /// Cancels an outgoing migration (if one runs) and lets the guest run here again.
     async fn cancel_migration(&self, _run: &RunDir) -> Result<(), HypervisorError> {
         Err(HypervisorError::Unsupported {
@@ -269,6 +282,25 @@ pub struct MigrationStats {
     pub total_time_ms: u64,
     /// Why it failed, when it did.
     pub error: String,
+}
+
+/// How often [`Hypervisor::watch_migration`] polls a driver without migration events.
+pub const MIGRATION_POLL: Duration = Duration::from_millis(50);
+
+/// What a driver keeps between [`Hypervisor::watch_migration`] calls of one follower; drop it
+/// (or [`MigrationWatch::close`]) before anything else talks to the process's control socket
+/// for long (QEMU serves one QMP client at a time).
+#[derive(Default)]
+pub struct MigrationWatch {
+    /// QEMU: the QMP connection waiting for `MIGRATION` events, and since when it is open.
+    pub(crate) session: Option<(qmp::Session, tokio::time::Instant)>,
+}
+
+impl MigrationWatch {
+    /// Closes what the driver kept open.
+    pub fn close(&mut self) {
+        self.session = None;
+    }
 }
 
 /// A migration's state (QEMU's `query-migrate` status, reduced).

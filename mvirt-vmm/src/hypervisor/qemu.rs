@@ -15,7 +15,8 @@ use serde_json::json;
 
 use super::{
     listen_socket, names_run_dir, qmp, spawn_detached, spawn_hypervisor, until_ready, Hypervisor,
-    HypervisorError, LaunchRequest, Launched, MigrationStats, MigrationStatus, RunDir,
+    HypervisorError, LaunchRequest, Launched, MigrationStats, MigrationStatus, MigrationWatch,
+    RunDir,
 };
 use crate::model::{BootSource, DiskSpec, NicSpec, ProcessIdentity, VmSpec};
 
@@ -392,6 +393,48 @@ pub fn migration_stats(info: &serde_json::Value) -> MigrationStats {
     }
 }
 
+/// How long a migration follower keeps its QMP connection before giving other clients their
+/// turn (see `watch_migration`).
+const QMP_HOLD: Duration = Duration::from_millis(500);
+
+async fn watch_migration_on(
+    run: &RunDir,
+    watch: &mut MigrationWatch,
+) -> Result<MigrationStats, HypervisorError> {
+    if let Some((_, since)) = &watch.session {
+        if since.elapsed() >= QMP_HOLD {
+            watch.close();
+            // Let a client queued behind this connection take its turn first.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let (session, since) = match &mut watch.session {
+        Some((session, since)) => (session, *since),
+        None => {
+            let session = qmp::Session::connect(&run.control_socket()).await?;
+            let (session, _) = watch.session.insert((session, tokio::time::Instant::now()));
+            return settled_stats(session).await;
+        }
+    };
+    let left = QMP_HOLD.saturating_sub(since.elapsed());
+    session.wait_event("MIGRATION", |_| true, left).await?;
+    settled_stats(session).await
+}
+
+/// `query-migrate` on `session`. QEMU announces `completed` a moment before it computed the
+/// total time and downtime (both still 0): asked right after the event, it is asked again.
+async fn settled_stats(session: &mut qmp::Session) -> Result<MigrationStats, HypervisorError> {
+    let mut tries = 0;
+    loop {
+        let stats = migration_stats(&session.execute("query-migrate", None).await?);
+        if stats.status != MigrationStatus::Completed || stats.total_time_ms > 0 || tries >= 50 {
+            return Ok(stats);
+        }
+        tries += 1;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 /// Where systemd mounts the default-size hugetlbfs.
 const DEFAULT_HUGETLBFS: &str = "/dev/hugepages";
 
@@ -569,6 +612,9 @@ impl Hypervisor for QemuDriver {
                 Some(json!({"capabilities": [
                     {"capability": "block", "state": with_disks},
                     {"capability": "zero-blocks", "state": with_disks},
+                    // `MIGRATION` events on every state change: the follower reacts to the
+                    // completion at once instead of polling (see `watch_migration`).
+                    {"capability": "events", "state": true},
                 ]})),
             )
             .await?;
@@ -595,6 +641,24 @@ impl Hypervisor for QemuDriver {
     async fn migration_progress(&self, run: &RunDir) -> Result<MigrationStats, HypervisorError> {
         let info = qmp::execute(&run.control_socket(), "query-migrate", None).await?;
         Ok(migration_stats(&info))
+    }
+
+    /// One QMP connection waits for `MIGRATION` events (state changes: setup, active,
+    /// device, completed, failed, cancelled) and asks `query-migrate` on the same connection
+    /// after each, or after [`QMP_HOLD`]. QEMU serves one QMP client at a time, so the
+    /// connection is closed after [`QMP_HOLD`] and opened again (a cancel, stop or delete
+    /// waits at most that long for its turn); the first `query-migrate` on a new connection
+    /// catches a change that happened while none was open.
+    async fn watch_migration(
+        &self,
+        run: &RunDir,
+        watch: &mut MigrationWatch,
+    ) -> Result<MigrationStats, HypervisorError> {
+        let result = watch_migration_on(run, watch).await;
+        if result.is_err() {
+            watch.close();
+        }
+        result
     }
 
     async fn cancel_migration(&self, run: &RunDir) -> Result<(), HypervisorError> {

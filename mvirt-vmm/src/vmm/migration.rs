@@ -8,9 +8,10 @@
 //!    `-incoming unix:… -S`). The VM is `starting` with the reason [`INCOMING`].
 //! 2. **Source** [`Vmm::migrate`]: the running VM's hypervisor sends memory, device state and,
 //!    with `with_disks`, its disks (QEMU block migration) to a unix socket the agent listens on.
-//!    A follower task polls the progress (`query-migrate`) into a watch channel. On failure or
-//!    cancellation the migration is cancelled and the guest runs on here (`cont`); on
-//!    completion the guest stays paused and the VM is `stopping` with the reason [`MIGRATED`].
+//!    A follower task follows the progress (QEMU: `MIGRATION` events and `query-migrate` on
+//!    one QMP connection) into a watch channel. On failure or cancellation the migration is
+//!    cancelled and the guest runs on here (`cont`); on completion the guest stays paused and
+//!    the VM is `stopping` with the reason [`MIGRATED`].
 //! 3. **Target** [`Vmm::complete_incoming`]: once the state arrived completely, lets the guest
 //!    run (`cont`): `running`.
 //! 4. **Source**: the agent kills the paused source once the target runs — or, if the target
@@ -22,7 +23,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::cloudinit;
-use crate::hypervisor::{LaunchRequest, MigrationStats, MigrationStatus};
+use crate::hypervisor::{
+    LaunchRequest, MigrationStats, MigrationStatus, MigrationWatch, MIGRATION_POLL,
+};
 use crate::model::{now_ms, VmRecord, VmSpec, VmState};
 
 use super::{VmEventKind, Vmm, VmmError};
@@ -34,7 +37,6 @@ pub const MIGRATED: &str = "migrated away: paused until stopped";
 /// The state reason of a VM whose outgoing migration runs.
 pub const MIGRATING: &str = "migrating";
 
-const POLL: Duration = Duration::from_millis(50);
 /// How long an outgoing migration may send nothing before it is cancelled.
 const STALL: Duration = Duration::from_secs(30);
 
@@ -118,7 +120,8 @@ impl Vmm {
     }
 
     /// Starts sending the running VM to `destination` (a unix socket the caller listens on)
-    /// and returns the progress, updated every 50 ms until it ends (completed: the guest
+    /// and returns the progress, updated on each state change (at least every 0.5 s with QEMU)
+    /// until it ends (completed: the guest
     /// stays paused here; failed or cancelled: the guest runs on here).
     pub async fn migrate(
         &self,
@@ -158,20 +161,23 @@ impl Vmm {
         Ok(rx)
     }
 
-    /// Polls the outgoing migration until it ends and settles the VM's state (see
-    /// [`Vmm::migrate`]). Runs on its own task, whatever the caller does.
+    /// Follows the outgoing migration until it ends (the driver's
+    /// [`crate::hypervisor::Hypervisor::watch_migration`]: QEMU's `MIGRATION` events on one
+    /// QMP connection) and settles the VM's state (see [`Vmm::migrate`]). Runs on its own
+    /// task, whatever the caller does.
     async fn follow_outgoing(&self, id: &str, progress: watch::Sender<MigrationStats>) {
         let run = self.run_dir(id);
         let mut failures = 0;
+        let mut watch = MigrationWatch::default();
         // A stream that stops moving (a target that hangs without closing) is cancelled.
         let mut last_moved = (0u64, tokio::time::Instant::now());
         loop {
-            tokio::time::sleep(POLL).await;
-            let stats = match self.inner.driver.migration_progress(&run).await {
+            let stats = match self.inner.driver.watch_migration(&run, &mut watch).await {
                 Ok(stats) => stats,
                 Err(err) => {
                     failures += 1;
                     if failures < 10 {
+                        tokio::time::sleep(MIGRATION_POLL).await;
                         continue;
                     }
                     MigrationStats {
@@ -195,6 +201,7 @@ impl Vmm {
                     let _ = progress.send(stats);
                 }
                 MigrationStatus::Completed => {
+                    watch.close();
                     let _ = self.set_state(id, VmState::Stopping, MIGRATED);
                     self.inner.audit.audit(
                         format!(
@@ -207,6 +214,8 @@ impl Vmm {
                     return;
                 }
                 MigrationStatus::Failed | MigrationStatus::Cancelled => {
+                    // The cancel needs the QMP socket.
+                    watch.close();
                     if let Err(err) = self.inner.driver.cancel_migration(&run).await {
                         stats.error = format!("{}; resuming the guest failed: {err}", stats.error);
                     }
