@@ -154,6 +154,53 @@ fn proc_kib(path: &str, key: &str) -> u64 {
         * 1024
 }
 
+/// Runs this checkout's `mvirt top --once -o json` against `rest`'s member with a config of
+/// its own (`mvirt login` with the token from a 0600 file and, over TLS, the CA's fingerprint
+/// accepted) and returns its rows.
+async fn mvirt_top_once(rest: &Rest, home: &Path) -> Vec<Value> {
+    use std::os::unix::fs::PermissionsExt;
+    let cli = tokio::task::spawn_blocking(mvirt_testsupport::cli::mvirt_cli_binary)
+        .await
+        .unwrap();
+    let config = home.join("mvirt-cli.toml");
+    let token_file = home.join("mvirt-cli-token");
+    std::fs::write(&token_file, &rest.token).unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut login = tokio::process::Command::new(&cli);
+    login
+        .env("MVIRT_CONFIG", &config)
+        .args(["login", &rest.base, "--name", "metrics", "--token-file"])
+        .arg(&token_file);
+    if let Some(ca) = &rest.ca_pem {
+        login
+            .arg("--accept-fingerprint")
+            .arg(mvirt_common::tls::fingerprint_pem(ca).unwrap());
+    }
+    let out = login.output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "mvirt login: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = tokio::process::Command::new(&cli)
+        .env("MVIRT_CONFIG", &config)
+        .args(["top", "--once", "-o", "json"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mvirt top: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "mvirt top -o json printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn prometheus_scrapes_every_daemon_and_stats_match_proc() {
     mvirt_testsupport::require_root();
@@ -558,6 +605,40 @@ async fn prometheus_scrapes_every_daemon_and_stats_match_proc() {
         .call(reqwest::Method::GET, "/v1/nodes/no-such-node/stats", None)
         .await;
     assert_eq!(status, 404, "{body}");
+
+    // `mvirt top --once`, as an operator runs it (this checkout's CLI, logged in with the
+    // cluster's CA pinned): the node's row and both VMs', the running one with a CPU share from
+    // its two samples and its hypervisor's resident memory, the stopped one without usage.
+    let rows = mvirt_top_once(&rest, root).await;
+    let row = |id: &str| {
+        rows.iter()
+            .find(|r| r["id"] == id)
+            .unwrap_or_else(|| panic!("no row for {id} in {rows:#?}"))
+    };
+    let node_row = row(&node_id);
+    assert_eq!(node_row["kind"], "node", "{node_row:#}");
+    assert!(node_row["memory_total_bytes"].as_u64().unwrap() > 0);
+    let busy = row(&vm_id);
+    assert_eq!(busy["kind"], "vm", "{busy:#}");
+    assert_eq!(busy["name"], "busy", "{busy:#}");
+    assert!(
+        // A share from two samples (an idle guest may use under a clock tick between them).
+        busy["cpu_percent"].as_f64().is_some_and(|c| c >= 0.0),
+        "{busy:#}"
+    );
+    let resident = busy["memory_bytes"].as_u64().unwrap();
+    let proc_rss = proc_kib(&format!("/proc/{pid}/status"), "VmRSS:");
+    assert!(
+        resident > proc_rss / 2 && resident < proc_rss * 2,
+        "top says {resident} B resident, /proc says {proc_rss} B"
+    );
+    let stopped = row(&stopped_id);
+    assert!(
+        stopped["cpu_percent"].is_null()
+            && stopped["memory_bytes"] == 0
+            && stopped["disk_read_bytes_per_sec"].is_null(),
+        "a stopped VM has no hypervisor to sample: {stopped:#}"
+    );
 
     // The agent's metrics name both VMs' phases.
     prometheus
