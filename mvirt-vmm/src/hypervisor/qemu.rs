@@ -416,7 +416,10 @@ async fn watch_migration_on(
             return settled_stats(session).await;
         }
     };
-    let left = QMP_HOLD.saturating_sub(since.elapsed());
+    // Progress every 50 ms as before (cheap on an open connection), a state change at once.
+    let left = QMP_HOLD
+        .saturating_sub(since.elapsed())
+        .min(super::MIGRATION_POLL);
     session.wait_event("MIGRATION", |_| true, left).await?;
     settled_stats(session).await
 }
@@ -645,7 +648,7 @@ impl Hypervisor for QemuDriver {
 
     /// One QMP connection waits for `MIGRATION` events (state changes: setup, active,
     /// device, completed, failed, cancelled) and asks `query-migrate` on the same connection
-    /// after each, or after [`QMP_HOLD`]. QEMU serves one QMP client at a time, so the
+    /// after each, or after 50 ms without one. QEMU serves one QMP client at a time, so the
     /// connection is closed after [`QMP_HOLD`] and opened again (a cancel, stop or delete
     /// waits at most that long for its turn); the first `query-migrate` on a new connection
     /// catches a change that happened while none was open.

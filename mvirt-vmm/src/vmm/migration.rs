@@ -120,7 +120,7 @@ impl Vmm {
     }
 
     /// Starts sending the running VM to `destination` (a unix socket the caller listens on)
-    /// and returns the progress, updated on each state change (at least every 0.5 s with QEMU)
+    /// and returns the progress, updated every 50 ms and at once on a state change
     /// until it ends (completed: the guest
     /// stays paused here; failed or cancelled: the guest runs on here).
     pub async fn migrate(
