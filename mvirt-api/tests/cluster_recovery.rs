@@ -206,7 +206,7 @@ async fn a_partitioned_leader_acknowledges_nothing_and_rejoins_without_divergenc
         "the isolated leader acknowledged a write: {isolated:?}"
     );
 
-    // --- heal: the old leader steps down, drops its uncommitted entry and catches up.
+    // --- heal: the old leader steps down and catches up with the new leader's log.
     drop(partition);
     let want: Vec<String> = {
         let mut names = c.network_names(majority[0].1).await.unwrap();
@@ -220,7 +220,12 @@ async fn a_partitioned_leader_acknowledges_nothing_and_rejoins_without_divergenc
         .await;
         names.sort();
         assert_eq!(names, want, "member {} diverged", p.url);
-        assert!(!names.contains(&"isolated".to_string()));
+        // The write sent to the isolated leader was never acknowledged (checked above), so
+        // its outcome is unknown to its client, as with etcd: it may be gone, or committed in
+        // the new term (seen: at the first index after the new leader's election, before the
+        // majority's writes — linearizable, as the request was made before those), or proposed
+        // again once its REST request learns of the new leader. Either way every member agrees
+        // (the comparison above) and keeps every acknowledged write (below).
         for n in &acked_in_majority {
             assert!(names.contains(n), "acknowledged {n} lost on {}", p.url);
         }
