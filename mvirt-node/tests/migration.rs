@@ -76,8 +76,10 @@ async fn vms_on(vmm_endpoint: &str) -> Vec<vmm::Vm> {
         .vms
 }
 
-/// The running copies of the VM on the two nodes' mvirt-vmms: (index, pid). Each one's
-/// hypervisor process must be alive; never two.
+/// The running copies of the VM on the two nodes' mvirt-vmms: (index, pid) of each one that
+/// mvirt-vmm reports running and whose hypervisor process is alive; never two. (A copy killed a
+/// moment ago — fenced — may still be reported running until mvirt-vmm notes its exit: its
+/// process is what counts.)
 async fn running_copies(endpoints: &[String; 2]) -> Vec<(usize, u32)> {
     let (here, there) = (vms_on(&endpoints[0]).await, vms_on(&endpoints[1]).await);
     let running: Vec<(usize, u32)> = here
@@ -85,18 +87,13 @@ async fn running_copies(endpoints: &[String; 2]) -> Vec<(usize, u32)> {
         .map(|vm| (0, vm))
         .chain(there.iter().map(|vm| (1, vm)))
         .filter(|(_, vm)| vm.state == vmm::VmState::Running as i32)
+        .filter(|(_, vm)| vm.pid != 0 && !partition::process_gone(vm.pid))
         .map(|(i, vm)| (i, vm.pid))
         .collect();
     assert!(
         running.len() <= 1,
         "at most one running copy:\n{here:?}\n{there:?}"
     );
-    for (_, pid) in &running {
-        assert!(
-            !partition::process_gone(*pid),
-            "pid {pid} runs:\n{here:?}\n{there:?}"
-        );
-    }
     running
 }
 
@@ -562,7 +559,7 @@ async fn a_counting_guest_migrates_live_through_the_api_and_a_failed_migration_l
         async move { vms_on(&endpoint).await.into_iter().find(|vm| vm.pid != 0) }
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // No pause here: on a quiet machine the whole stream takes about a second.
     let mid = vms_on(&hosts[s].endpoints.vmm).await;
     assert!(
         mid.iter().any(|vm| vm.state_reason == "migrating"),
