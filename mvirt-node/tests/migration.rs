@@ -51,18 +51,7 @@ const FENCING: Duration = Duration::from_secs(20);
 const LOST_AFTER: Duration = Duration::from_secs(25);
 const MIGRATION: Duration = Duration::from_secs(120);
 
-fn uptime_of(text: &str, marker: &str) -> f64 {
-    let line = text
-        .lines()
-        .rev()
-        .find(|l| l.starts_with(marker))
-        .unwrap_or_else(|| panic!("no {marker} line in {text}"));
-    line[marker.len()..]
-        .split_whitespace()
-        .next()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("bad uptime line {line:?}"))
-}
+use mvirt_testsupport::guest::uptime_of;
 
 /// The VMs one node's mvirt-vmm has, with their state.
 async fn vms_on(vmm_endpoint: &str) -> Vec<vmm::Vm> {

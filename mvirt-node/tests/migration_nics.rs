@@ -33,18 +33,7 @@ use underlay::*;
 const BOOT: Duration = Duration::from_secs(240);
 const MIGRATION: Duration = Duration::from_secs(180);
 
-fn uptime_of(text: &str, marker: &str) -> f64 {
-    let line = text
-        .lines()
-        .rev()
-        .find(|l| l.starts_with(marker))
-        .unwrap_or_else(|| panic!("no {marker} line in {text}"));
-    line[marker.len()..]
-        .split_whitespace()
-        .next()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("bad uptime line {line:?}"))
-}
+use mvirt_testsupport::guest::uptime_of;
 
 /// The routes one node's mvirt-ebpf has.
 async fn routes_on(ebpf_endpoint: &str) -> Vec<mvirt_ebpf::proto::Route> {

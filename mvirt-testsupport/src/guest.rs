@@ -435,6 +435,22 @@ pub fn standard_initramfs_with_init(init: &str) -> PathBuf {
         .build()
 }
 
+/// The number after `marker` on the last console line that starts with it: a guest's
+/// `/proc/uptime` seconds as the migration tests' guests print them (`UPTIME 12.34 …`).
+/// Panics when there is no such line or no number.
+pub fn uptime_of(text: &str, marker: &str) -> f64 {
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with(marker))
+        .unwrap_or_else(|| panic!("no {marker} line in {text}"));
+    line[marker.len()..]
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("bad uptime line {line:?}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -95,18 +95,7 @@ async fn migrate_to_end(
     (seen, last)
 }
 
-fn uptime_of(text: &str, marker: &str) -> f64 {
-    let line = text
-        .lines()
-        .rev()
-        .find(|l| l.starts_with(marker))
-        .unwrap_or_else(|| panic!("no {marker} line in {text}"));
-    line[marker.len()..]
-        .split_whitespace()
-        .next()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("bad uptime line {line:?}"))
-}
+use mvirt_testsupport::guest::uptime_of;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_counting_guest_moves_with_its_disk_and_a_failed_migration_leaves_it_on_the_source() {
